@@ -1,0 +1,97 @@
+r"""Input checks shared by every module of gpgeom.
+
+Each check raises :class:`ValueError` or :class:`TypeError` whose message names the argument, the expected form
+and what was given, so that a user reading the traceback knows what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _shape_str(shape: Sequence[int | None | str]) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    ndim: int | Iterable[int] | None = None,
+    shape: Sequence[int | None | str] | None = None,
+    finite: bool = True,
+    floating: bool = False,
+) -> Tensor:
+    r"""Check that ``x`` is a tensor of the expected form and return it.
+
+    Args:
+        name: The argument's name, used in the error message.
+        x: The value to check.
+        ndim: Allowed number(s) of dimensions.
+        shape: Expected trailing shape; ``None`` entries match any size. When given with fewer entries than
+            ``x.dim()``, only the trailing dimensions are compared.
+        finite: Reject NaN and infinite entries.
+        floating: Require a floating-point dtype.
+
+    Returns:
+        ``x`` unchanged.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in allowed:
+            raise ValueError(
+                f"`{name}` must have {' or '.join(map(str, allowed))} dimensions, got shape {tuple(x.shape)}."
+            )
+    if shape is not None:
+        if x.dim() < len(shape) or any(
+            s is not None and not isinstance(s, str) and x.shape[x.dim() - len(shape) + i] != s
+            for i, s in enumerate(shape)
+        ):
+            raise ValueError(
+                f"`{name}` must have trailing shape {_shape_str(shape)}, got shape {tuple(x.shape)}."
+            )
+    if floating and not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
+    if finite and (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"`{name}` contains {n_bad} NaN or infinite value(s); remove or impute them first.")
+    return x
+
+
+def check_option(name: str, value: object, options: Iterable[object]) -> object:
+    r"""Check that ``value`` is one of ``options`` and return it."""
+    options = tuple(options)
+    if value not in options:
+        raise ValueError(f"Unknown `{name}`={value!r}; expected one of {', '.join(map(repr, options))}.")
+    return value
+
+
+def check_increasing(name: str, t: Tensor, *, strict: bool = True) -> Tensor:
+    r"""Check that ``t`` (``... x n``) increases along its last dimension (strictly by default)."""
+    check_tensor(name, t, floating=True)
+    if t.shape[-1] > 1:
+        dt = t[..., 1:] - t[..., :-1]
+        bad = dt <= 0 if strict else dt < 0
+        if bool(bad.any()):
+            idx = int(bad.reshape(-1, bad.shape[-1]).any(0).nonzero()[0])
+            raise ValueError(
+                f"`{name}` must be {'strictly ' if strict else ''}increasing along its last dimension; "
+                f"entry {idx + 1} ({float(t.reshape(-1, t.shape[-1])[0, idx + 1]):.6g}) does not exceed "
+                f"entry {idx} ({float(t.reshape(-1, t.shape[-1])[0, idx]):.6g}). Sort the inputs first."
+            )
+    return t
+
+
+def check_positive(name: str, value: float | int, *, integer: bool = False, allow_zero: bool = False) -> None:
+    r"""Check that a scalar option is positive (or non-negative), and an integer when asked."""
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.")
+    if (value < 0) if allow_zero else (value <= 0):
+        raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")

@@ -1,0 +1,1 @@
+r"""Built-in data: generators that run without any download."""

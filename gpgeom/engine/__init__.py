@@ -1,0 +1,1 @@
+r"""The shared inference engine: fitting, exact GPs, state-space GPs, Gauss-Newton on chains, BoTorch glue."""

@@ -1,0 +1,1 @@
+r"""Geometry independent of any GP: meshes, morphing, POD, connection Laplacians, Lie groups."""

@@ -1,0 +1,1 @@
+r"""GPyTorch kernels of gpgeom: Markov (state-space) kernels and spectral kernels on an eigenbasis."""
