@@ -1,0 +1,33 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gpgeom.cli import main
+from gpgeom.demo import SECTIONS, run_demo
+
+TUTORIALS = sorted((Path(__file__).resolve().parent.parent / "tutorials").glob("*.ipynb"))
+
+
+def test_demo_list(capsys):
+    assert main(["demo", "--list"]) == 0
+    assert capsys.readouterr().out.split() == list(SECTIONS)
+
+
+def test_demo_unknown_section(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown demo section\(s\) \['nope'\]"):
+        run_demo(tmp_path, only=["nope"])
+
+
+def test_bench_unknown_name(capsys):
+    assert main(["bench", "no_such_benchmark"]) == 2
+    assert "Unknown benchmark" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorials_read_smoke_test_flag_and_have_no_outputs(path):
+    nb = json.loads(path.read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "SMOKE_TEST" in code, f"{path.name} must size its work by the SMOKE_TEST flag"
+    assert "set_num_threads(1)" in code or "OMP_NUM_THREADS" in code
+    assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), "strip outputs"
