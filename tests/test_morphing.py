@@ -1,0 +1,297 @@
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import triangle
+
+from gpgeom.geometry.mesh import Mesh, boundary_loops, p1_transfer, renumber_for_parametrization
+from gpgeom.geometry.morphing import RBFMorphing, floater_disk, rbf_morph, wendland_c2
+
+
+def _rng():
+    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+
+
+def random_disk_mesh(rng, n_boundary=40, n_interior=150, jitter=0.2):
+    """Constrained Delaunay of random points inside a random star-shaped polygon (many skinny triangles)."""
+    base = 2 * np.pi * np.arange(n_boundary) / n_boundary
+    ang = base + rng.uniform(-0.4, 0.4, n_boundary) * 2 * np.pi / n_boundary
+    r = 1 + jitter * rng.uniform(-1, 1, n_boundary)
+    B = np.c_[r * np.cos(ang), r * np.sin(ang)]
+    rr = 0.7 * np.sqrt(rng.uniform(0, 1, n_interior))
+    th = rng.uniform(0, 2 * np.pi, n_interior)
+    V = np.r_[B, np.c_[rr * np.cos(th), rr * np.sin(th)]]
+    S = np.c_[np.arange(n_boundary), (np.arange(n_boundary) + 1) % n_boundary]
+    T = triangle.triangulate({"vertices": V, "segments": S}, "p")
+    return Mesh(T["vertices"], T["triangles"])
+
+
+def perturbed_grid_mesh(rng, nx, ny, amp=0.3):
+    """Structured grid of [0, 2] x [0, 1], interior nodes moved randomly, cells split along random diagonals."""
+    x, y = np.meshgrid(np.linspace(0, 2, nx), np.linspace(0, 1, ny))
+    P = np.c_[x.ravel(), y.ravel()]
+    hx, hy = 2 / (nx - 1), 1 / (ny - 1)
+    inner = (P[:, 0] > 0) & (P[:, 0] < 2) & (P[:, 1] > 0) & (P[:, 1] < 1)
+    P[inner] += amp * rng.uniform(-0.5, 0.5, (inner.sum(), 2)) * [hx, hy]
+    i, j = np.meshgrid(np.arange(nx - 1), np.arange(ny - 1))
+    a = (j * nx + i).ravel()
+    b, c, d = a + 1, a + nx + 1, a + nx
+    flip = rng.uniform(size=a.size) < 0.5
+    t1 = np.where(flip[:, None], np.c_[a, b, c], np.c_[a, b, d])
+    t2 = np.where(flip[:, None], np.c_[a, c, d], np.c_[b, c, d])
+    return Mesh(P, np.r_[t1, t2])
+
+
+def notched_plate_mesh(rng, h):
+    """The NotchedPlate2d geometry of the spec: [0, 1] x [0, 2] with two random notches, `triangle` pq30."""
+    ys = np.linspace(0.4, 1.6, 41)[1:-1]
+    t = (ys - 0.4) / 1.2
+    dl = rng.uniform(0.05, 0.3) * np.sin(np.pi * t)
+    dr = rng.uniform(0.05, 0.3) * np.sin(np.pi * t)
+    poly = np.r_[
+        [[0, 0], [1, 0], [1, 0.4]],
+        np.c_[1 - dr, ys],
+        [[1, 1.6], [1, 2], [0, 2], [0, 1.6]],
+        np.c_[dl, ys][::-1],
+        [[0, 0.4]],
+    ]
+    pts = []
+    for p, q in zip(poly, np.roll(poly, -1, axis=0)):
+        m = max(1, int(np.ceil(np.linalg.norm(q - p) / h)))
+        pts.append(p + np.outer(np.arange(m) / m, q - p))
+    V = np.concatenate(pts)
+    S = np.c_[np.arange(len(V)), (np.arange(len(V)) + 1) % len(V)]
+    T = triangle.triangulate({"vertices": V, "segments": S}, f"pq30a{h * h / 2:.12f}")
+    return Mesh(T["vertices"], T["triangles"])
+
+
+def signed_areas(P, cells):
+    a, b, c = P[cells[:, 0]], P[cells[:, 1]], P[cells[:, 2]]
+    return 0.5 * ((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+
+def check_floater(mesh, uv):
+    perm, nb = renumber_for_parametrization(mesh)
+    loop, interior = perm[-nb:], perm[:-nb]
+    # boundary on the unit circle, in loop order, starting at angle 0
+    np.testing.assert_allclose(np.hypot(uv[loop, 0], uv[loop, 1]), 1.0, atol=1e-14)
+    np.testing.assert_allclose(uv[loop[0]], [1.0, 0.0], atol=1e-15)
+    theta = np.unwrap(np.arctan2(uv[loop, 1], uv[loop, 0]))
+    assert np.all(np.diff(theta) > 0) and theta[-1] < 2 * np.pi
+    # interior: mean of the neighbours
+    E = mesh.edges()
+    A = sp.coo_matrix((np.ones(2 * len(E)), (np.r_[E[:, 0], E[:, 1]], np.r_[E[:, 1], E[:, 0]]))).tocsr()
+    deg = np.asarray(A.sum(1)).ravel()
+    mean_nb = (A @ uv) / deg[:, None]
+    assert np.abs(uv[interior] - mean_nb[interior]).max() < 1e-12
+    # bijection: no triangle flips and the images tile the inscribed polygon exactly once
+    s0, s1 = signed_areas(mesh.points, mesh.cells), signed_areas(uv, mesh.cells)
+    assert np.all(np.sign(s1) == np.sign(s0)) and np.all(np.abs(s1) > 0)
+    B = uv[loop]
+    poly_area = 0.5 * np.sum(B[:, 0] * np.roll(B[:, 1], -1) - np.roll(B[:, 0], -1) * B[:, 1])
+    assert np.abs(s1).sum() == pytest.approx(poly_area, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Floater
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nb, ni", [(12, 5), (40, 150), (90, 800)])
+def test_floater_random_delaunay_meshes(nb, ni):
+    rng = _rng()
+    mesh = random_disk_mesh(rng, nb, ni)
+    uv = floater_disk(mesh)
+    assert uv.shape == (mesh.n_points, 2) and uv.dtype == np.float64
+    check_floater(mesh, uv)
+
+
+@pytest.mark.parametrize("nx, ny", [(5, 4), (23, 11), (60, 31)])
+def test_floater_perturbed_grids(nx, ny):
+    rng = _rng()
+    mesh = perturbed_grid_mesh(rng, nx, ny)
+    check_floater(mesh, floater_disk(mesh))
+    # clockwise triangles: the map keeps their (negative) orientation
+    rev = Mesh(mesh.points, mesh.cells[:, ::-1])
+    check_floater(rev, floater_disk(rev))
+
+
+def test_floater_boundary_parametrisations():
+    rng = _rng()
+    mesh = random_disk_mesh(rng, 30, 80)
+    perm, nb = renumber_for_parametrization(mesh)
+    loop = perm[-nb:]
+    B = mesh.points[loop]
+    seg = np.linalg.norm(np.roll(B, -1, 0) - B, axis=1)
+    for angles, expect in [
+        ("arclength", 2 * np.pi * np.r_[0, np.cumsum(seg[:-1])] / seg.sum()),
+        ("reference", 2 * np.pi * (1 - 1 / nb) * np.r_[0, np.cumsum(seg[:-1])] / seg[:-1].sum()),
+        ("uniform", 2 * np.pi * np.arange(nb) / nb),
+    ]:
+        uv = floater_disk(mesh, angles=angles)
+        theta = np.mod(np.arctan2(uv[loop, 1], uv[loop, 0]), 2 * np.pi)
+        theta[0] = 0.0
+        np.testing.assert_allclose(theta, expect, atol=1e-13)
+        check_floater(mesh, uv)
+
+
+def test_floater_reference_orientation_mirrors_some_meshes():
+    V = np.array([[0, 0], [1, 0.5], [1, 3], [0.1, 0.2]], dtype=float)
+    S = np.c_[np.arange(4), (np.arange(4) + 1) % 4]
+    T = triangle.triangulate({"vertices": V, "segments": S}, "pYqa0.02")
+    mesh = Mesh(T["vertices"], T["triangles"])
+    s_ref = signed_areas(floater_disk(mesh, orientation="reference"), mesh.cells)
+    s_ccw = signed_areas(floater_disk(mesh), mesh.cells)
+    assert np.all(s_ccw > 0) and np.all(s_ref < 0)  # the reference rule flips every triangle here
+
+
+def test_floater_surface_in_3d():
+    rng = _rng()
+    flat = random_disk_mesh(rng, 30, 100)
+    P = flat.points
+    surf = Mesh(np.c_[P, P[:, 0] ** 2 - 0.5 * P[:, 1] ** 2], flat.cells)  # saddle surface
+    uv = floater_disk(surf)
+    # same combinatorics and boundary order as the flat mesh; chord lengths differ, so only topology checks
+    assert np.all(signed_areas(uv, surf.cells) > 0)
+    np.testing.assert_allclose(np.hypot(*uv[boundary_loops(surf)[0]].T), 1.0, atol=1e-14)
+
+
+def test_floater_rejects_meshes_that_are_not_disks():
+    rng = _rng()
+    # annulus: two boundary loops
+    a = 2 * np.pi * np.arange(40) / 40
+    V = np.r_[np.c_[np.cos(a), np.sin(a)], 0.4 * np.c_[np.cos(a[::2]), np.sin(a[::2])]]
+    S = np.r_[np.c_[np.arange(40), (np.arange(40) + 1) % 40], 40 + np.c_[np.arange(20), (np.arange(20) + 1) % 20]]
+    T = triangle.triangulate({"vertices": V, "segments": S, "holes": [[0.0, 0.0]]}, "pqa0.01")
+    with pytest.raises(ValueError, match="exactly one loop; found 2 boundary loops"):
+        floater_disk(Mesh(T["vertices"], T["triangles"]))
+    # non-manifold edge
+    P = np.array([[0, 0], [1, 0], [0.5, 1], [0.5, -1], [0.7, 0.4]], dtype=float)
+    with pytest.raises(ValueError, match="non-manifold edge"):
+        floater_disk(Mesh(P, [[0, 1, 2], [0, 3, 1], [0, 1, 4]]))
+    # a node in no triangle
+    m = random_disk_mesh(rng, 12, 5)
+    with pytest.raises(ValueError, match="belong to no triangle"):
+        floater_disk(Mesh(np.r_[m.points, [[5.0, 5.0]]], m.cells))
+    # two disjoint disks: two loops
+    m2 = Mesh(np.r_[m.points, m.points + 3], np.r_[m.cells, m.cells + m.n_points])
+    with pytest.raises(ValueError, match="found 2 boundary loops"):
+        floater_disk(m2)
+    # closed surface (tetrahedron boundary): no loop
+    tet = Mesh(np.r_[np.zeros((1, 3)), np.eye(3)], [[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    with pytest.raises(ValueError, match="found 0 boundary loops"):
+        floater_disk(tet)
+    # unknown options
+    with pytest.raises(ValueError, match="Unknown `angles`='chord'"):
+        floater_disk(m, angles="chord")
+    with pytest.raises(ValueError, match="Unknown `start`='max_x'"):
+        floater_disk(m, start="max_x")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        floater_disk(m, boundary="circle")
+
+
+def test_floater_plus_transfers_consistency_between_two_plates():
+    rng = _rng()
+    a, b = notched_plate_mesh(rng, 0.06), notched_plate_mesh(rng, 0.05)
+    ma, mb = a.with_points(floater_disk(a)), b.with_points(floater_disk(b))
+    Tab = p1_transfer(ma, mb.points)  # a -> nodes of b
+    # disk coordinates are carried exactly by the transfer (a linear field on the disk) up to clamping on the circle
+    err = np.abs(Tab @ ma.points - mb.points).max()
+    assert err < 0.05
+    inner = np.hypot(*mb.points.T) < 0.9
+    np.testing.assert_allclose((Tab @ ma.points)[inner], mb.points[inner], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timing (printed, not asserted)
+# ----------------------------------------------------------------------------------------------------------------
+def test_timing_floater_and_transfers_2600_nodes():
+    rng = np.random.default_rng(0)
+    sample = notched_plate_mesh(rng, 0.0335)
+    common = notched_plate_mesh(rng, 0.0335)
+    common_uv = floater_disk(common)
+    torch_threads = torch.get_num_threads()
+
+    def one(fresh_common: bool):
+        c = Mesh(common_uv, common.cells) if fresh_common else common_disk
+        t0, c0 = time.perf_counter(), time.process_time()
+        uv = floater_disk(Mesh(sample.points, sample.cells))
+        to_sample = p1_transfer(c, uv)  # common mesh -> sample nodes
+        to_common = p1_transfer(Mesh(uv, sample.cells), common_uv)  # sample -> common nodes
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        assert to_sample.shape == (sample.n_points, common.n_points)
+        assert to_common.shape == (common.n_points, sample.n_points)
+        return dt, dc
+
+    common_disk = Mesh(common_uv, common.cells)
+    for _ in range(3):
+        one(True)
+    cold = np.median([one(True) for _ in range(15)], axis=0) * 1e3
+    warm = np.median([one(False) for _ in range(15)], axis=0) * 1e3
+    print(
+        f"\n[timing] Floater + 2 P1 transfers, sample {sample.n_points} nodes / common {common.n_points} nodes, "
+        f"torch threads {torch_threads}, median of 15 (wall / CPU): {cold[0]:.1f} / {cold[1]:.1f} ms with the "
+        f"common-mesh locator rebuilt, {warm[0]:.1f} / {warm[1]:.1f} ms with it cached; target < 50 ms, "
+        "reference 520 ms"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RBF
+# ----------------------------------------------------------------------------------------------------------------
+def test_wendland_c2_profile():
+    r = np.array([0.0, 0.5, 1.0, 2.0])
+    np.testing.assert_allclose(wendland_c2(r, 1.0), [1.0, 0.5**4 * 3, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_rbf_interpolates_control_points(affine):
+    rng = _rng()
+    src = rng.uniform(-1, 1, (60, 2))
+    tgt = src + 0.1 * rng.normal(size=src.shape)
+    morph = RBFMorphing(src, tgt, affine=affine)
+    np.testing.assert_allclose(morph(src), tgt, atol=1e-10)
+    assert morph.radius == pytest.approx(0.5 * np.linalg.norm(np.ptp(src, axis=0)))
+    x = rng.uniform(-1, 1, (500, 2))
+    np.testing.assert_allclose(rbf_morph(x, src, tgt, affine=affine), morph(x))
+    np.testing.assert_allclose(morph(torch.as_tensor(x)), morph(x))
+
+
+def test_rbf_affine_part_reproduces_affine_motions_everywhere():
+    rng = _rng()
+    src = rng.uniform(-1, 1, (40, 3))
+    A = np.eye(3) + 0.3 * rng.normal(size=(3, 3))
+    t = rng.normal(size=3)
+    morph = RBFMorphing(src, src @ A.T + t, radius=0.7)
+    x = rng.uniform(-3, 3, (300, 3))
+    np.testing.assert_allclose(morph(x), x @ A.T + t, atol=1e-10)
+
+
+def test_rbf_morphs_a_mesh_without_flips():
+    rng = _rng()
+    mesh = perturbed_grid_mesh(rng, 21, 11)
+    (loop,) = boundary_loops(mesh)
+    B = mesh.points[loop]
+    tgt = B + 0.05 * np.c_[np.sin(3 * B[:, 1]), np.cos(2 * B[:, 0])]
+    new = mesh.with_points(rbf_morph(mesh.points, B, tgt))
+    np.testing.assert_allclose(new.points[loop], tgt, atol=1e-10)
+    assert np.all(signed_areas(new.points, new.cells) > 0)
+
+
+def test_rbf_bad_input():
+    src = np.random.default_rng(0).uniform(size=(10, 2))
+    with pytest.raises(ValueError, match="shape of `source`"):
+        RBFMorphing(src, src[:-1])
+    with pytest.raises(ValueError, match="coincident control points"):
+        RBFMorphing(np.r_[src, src[:1]], np.r_[src, src[:1]])
+    with pytest.raises(ValueError, match="`target` contains 1 NaN"):
+        tgt = src.copy()
+        tgt[2, 1] = np.nan
+        RBFMorphing(src, tgt)
+    with pytest.raises(ValueError, match="`radius` must be > 0"):
+        RBFMorphing(src, src, radius=-1.0)
+    with pytest.raises(ValueError, match="hyperplane"):
+        line = np.c_[np.linspace(0, 1, 5), np.zeros(5)]
+        RBFMorphing(line, line)
+    with pytest.raises(ValueError, match="trailing shape"):
+        RBFMorphing(src, src)(np.zeros((3, 3)))

@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+import torch
+import triangle
+
+from gpgeom.geometry.mesh import Mesh, mass_matrix
+from gpgeom.geometry.pod import SnapshotPOD
+
+
+def _rng():
+    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+
+
+def disk_mesh(n_boundary=48, area=0.004):
+    a = 2 * np.pi * np.arange(n_boundary) / n_boundary
+    V = np.c_[np.cos(a), np.sin(a)]
+    S = np.c_[np.arange(n_boundary), (np.arange(n_boundary) + 1) % n_boundary]
+    T = triangle.triangulate({"vertices": V, "segments": S}, f"pqa{area}")
+    return Mesh(T["vertices"], T["triangles"])
+
+
+def smooth_snapshots(rng, mesh, n, n_comp=None):
+    """Random smooth fields: random combinations of a few low-order polynomials and trigonometric functions."""
+    x, y = mesh.points.T
+    basis = np.stack([np.ones_like(x), x, y, x * y, x**2 - y**2, np.sin(3 * x), np.cos(2 * y), np.exp(x * y)])
+    shape = (n, len(basis)) if n_comp is None else (n, n_comp, len(basis))
+    coef = rng.normal(size=shape)
+    U = coef @ basis
+    return U if n_comp is None else U.transpose(0, 2, 1)
+
+
+def test_all_modes_reconstruct_training_snapshots_and_are_M_orthonormal():
+    rng = _rng()
+    mesh = disk_mesh()
+    M = mass_matrix(mesh)
+    U = rng.normal(size=(25, mesh.n_points)) + smooth_snapshots(rng, mesh, 25)
+    pod = SnapshotPOD().fit(U, M)
+    assert pod.n_modes_ == 24  # centred: rank n - 1
+    assert pod.modes_.shape == (24, mesh.n_points) and pod.mean_.shape == (mesh.n_points,)
+    G = pod.modes_ @ (M @ pod.modes_.T)
+    np.testing.assert_allclose(G, np.eye(24), atol=1e-10)
+    A = pod.transform(U)
+    R = pod.inverse_transform(A)
+    assert np.abs(R - U).max() < 1e-10 * np.abs(U).max()
+    assert np.all(np.diff(pod.eigenvalues_) <= 0)
+    # eigenvalues = variance of the coefficients; coefficients of the training set are V Lambda^(1/2)
+    np.testing.assert_allclose((A**2).sum(0), pod.eigenvalues_, rtol=1e-10)
+    # a fresh snapshot: transform is the M-orthogonal projection onto mean + span(modes)
+    u = smooth_snapshots(rng, mesh, 1)
+    r = pod.inverse_transform(pod.transform(u))[0] - pod.mean_
+    resid = (u[0] - pod.mean_) - r
+    np.testing.assert_allclose(pod.modes_ @ (M @ resid), 0.0, atol=1e-9 * np.abs(u).max())
+
+
+def test_uncentred_pod_like_the_reference():
+    rng = _rng()
+    mesh = disk_mesh(24, 0.02)
+    M = mass_matrix(mesh)
+    U = smooth_snapshots(rng, mesh, 6)
+    pod = SnapshotPOD(center=False).fit(U, M)
+    assert pod.n_modes_ == 6 and not pod.mean_.any()
+    np.testing.assert_allclose(pod.inverse_transform(pod.transform(U)), U, atol=1e-10 * np.abs(U).max())
+    # reference: C = S M S^T, eigenvalues of C
+    lam = np.sort(np.linalg.eigvalsh(U @ (M @ U.T)))[::-1]
+    np.testing.assert_allclose(pod.eigenvalues_, lam, rtol=1e-8)
+
+
+def test_vector_snapshots_with_per_node_and_flattened_mass():
+    rng = _rng()
+    mesh = disk_mesh(32, 0.01)
+    U = smooth_snapshots(rng, mesh, 10, n_comp=2)  # (10, n, 2)
+    M = mass_matrix(mesh)
+    p1 = SnapshotPOD().fit(U, M)
+    p2 = SnapshotPOD().fit(U, mass_matrix(mesh, 2, "interleaved"))
+    np.testing.assert_allclose(p1.eigenvalues_, p2.eigenvalues_, rtol=1e-10)
+    assert p1.modes_.shape == (p1.n_modes_, mesh.n_points, 2)
+    np.testing.assert_allclose(p1.inverse_transform(p1.transform(U)), U, atol=1e-10 * np.abs(U).max())
+    # blocked layout on interleaved data (the reference quirk): still an SPD inner product, still exact
+    p3 = SnapshotPOD().fit(U, mass_matrix(mesh, 2, "blocked"))
+    np.testing.assert_allclose(p3.inverse_transform(p3.transform(U)), U, atol=1e-10 * np.abs(U).max())
+    Phi = p3.modes_.reshape(p3.n_modes_, -1)
+    np.testing.assert_allclose(Phi @ (mass_matrix(mesh, 2, "blocked") @ Phi.T), np.eye(p3.n_modes_), atol=1e-10)
+
+
+def test_energy_truncation_on_a_low_rank_case():
+    rng = _rng()
+    mesh = disk_mesh(32, 0.01)
+    M = mass_matrix(mesh)
+    # three M-orthonormal directions with standard deviations 10, 3, 1, plus tiny noise
+    Q = smooth_snapshots(rng, mesh, 3)
+    R = np.linalg.cholesky(Q @ (M @ Q.T))
+    Psi = np.linalg.solve(R, Q)
+    coef = rng.normal(size=(400, 3))
+    coef = np.linalg.qr(coef - coef.mean(0))[0] * np.sqrt(400) * [10.0, 3.0, 1.0]  # uncorrelated, centred
+    U = 5.0 + coef @ Psi + 1e-7 * rng.normal(size=(400, mesh.n_points))
+    lam_share = np.array([100.0, 9.0, 1.0]) / 110.0
+    assert SnapshotPOD(energy=0.90).fit(U, M).n_modes_ == 1
+    assert SnapshotPOD(energy=0.95).fit(U, M).n_modes_ == 2
+    pod = SnapshotPOD(energy=0.999).fit(U, M)
+    assert pod.n_modes_ == 3
+    np.testing.assert_allclose(pod.explained_energy_ratio_, lam_share, rtol=1e-3)
+    assert SnapshotPOD(n_modes=2).fit(U, M).n_modes_ == 2
+
+
+def test_identity_inner_product_and_torch_input():
+    rng = _rng()
+    U = torch.as_tensor(rng.normal(size=(8, 30)))
+    pod = SnapshotPOD().fit(U)
+    np.testing.assert_allclose(pod.modes_ @ pod.modes_.T, np.eye(7), atol=1e-10)
+    A = pod.fit_transform(U)
+    assert isinstance(A, np.ndarray) and A.dtype == np.float64 and A.shape == (8, 7)
+    np.testing.assert_allclose(pod.inverse_transform(torch.as_tensor(A)), U.numpy(), atol=1e-10)
+
+
+def test_rank_deficient_request_warns_and_truncates():
+    rng = _rng()
+    U = np.outer(rng.normal(size=6), rng.normal(size=20))  # rank 1 after centring
+    with pytest.warns(UserWarning, match="Only 1 POD mode"):
+        pod = SnapshotPOD(n_modes=3).fit(U)
+    assert pod.n_modes_ == 1
+
+
+def test_pod_bad_input():
+    rng = _rng()
+    mesh = disk_mesh(16, 0.05)
+    M = mass_matrix(mesh)
+    U = rng.normal(size=(5, mesh.n_points))
+    bad = U.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="`snapshots` contains 1 NaN"):
+        SnapshotPOD().fit(bad, M)
+    with pytest.raises(ValueError, match="`mass` must be"):
+        SnapshotPOD().fit(U[:, :-1], M)
+    pod = SnapshotPOD().fit(U, M)
+    with pytest.raises(ValueError, match=rf"must have shape \(n_samples, {mesh.n_points}\)"):
+        pod.transform(U[:, :-1])
+    with pytest.raises(ValueError, match="trailing shape"):
+        pod.inverse_transform(np.zeros((2, pod.n_modes_ + 1)))
+    with pytest.raises(ValueError, match="either `n_modes` or `energy`"):
+        SnapshotPOD(3, energy=0.9)
+    with pytest.raises(ValueError, match="fraction in"):
+        SnapshotPOD(energy=1.5)
+    with pytest.raises(TypeError, match="`n_modes` must be an int"):
+        SnapshotPOD(2.5)
+    with pytest.raises(ValueError, match="exceeds the number of snapshots"):
+        SnapshotPOD(6).fit(U, M)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SnapshotPOD().transform(U)
+    with pytest.raises(ValueError, match="no energy"):
+        SnapshotPOD().fit(np.ones((4, 10)))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        SnapshotPOD(modes=3)
