@@ -1,0 +1,617 @@
+#!/usr/bin/env python3
+r"""Tests of gpgeom.engine.gauss_newton against independent dense and scipy solutions."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import least_squares
+from scipy.spatial.transform import Rotation
+
+from gpgeom.engine.gauss_newton import (
+    Factor,
+    block_banded_cholesky,
+    block_banded_selected_inverse,
+    block_banded_solve,
+    gauss_newton,
+)
+from gpgeom.errors import ConvergenceWarning, NotPSDError
+
+DT = torch.float64
+
+
+def _rand_sqrt_info(*batch: int, n: int) -> torch.Tensor:
+    r"""Random well-conditioned upper-triangular whitening matrices."""
+    W = torch.randn(*batch, n, n, dtype=DT).triu()
+    idx = torch.arange(n)
+    W[..., idx, idx] = 1.0 + torch.rand(*batch, n, dtype=DT)
+    return W
+
+
+def _blocks_of(mat: torch.Tensor, s: int, K: int, i: int, j: int) -> torch.Tensor:
+    return mat[i * s : (i + 1) * s, j * s : (j + 1) * s]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Linear-Gaussian chains with an independent dense truth
+# ------------------------------------------------------------------------------------------------------------------
+def _linear_chain(K: int, s: int, g: int, bandwidth: int, analytic: bool = False):
+    r"""Factors of a random linear-Gaussian chain and the dense whitened system (J, z) of the same cost.
+
+    Unknowns theta = [x_0, ..., x_{K-1}, gamma]; cost = 1/2 |J theta - z|^2 built directly from the matrices.
+    """
+    m = 2  # measurement size
+    n = K * s + g
+    rows, rhs, factors = [], [], []
+
+    def put(Jrow: torch.Tensor, k: int, block: torch.Tensor) -> None:
+        Jrow[:, k * s : (k + 1) * s] += block
+
+    # priors on the first `bandwidth` states
+    for k0 in range(bandwidth):
+        mu = torch.randn(s, dtype=DT)
+        W0 = _rand_sqrt_info(n=s)
+        J = torch.zeros(s, n, dtype=DT)
+        put(J, k0, W0)
+        rows.append(J)
+        rhs.append(W0 @ mu)
+        jac = (lambda x, gg: (torch.eye(s, dtype=DT)[None, :, None, :].clone(), None)) if analytic else None
+        factors.append(
+            Factor(torch.tensor([[k0]]), lambda x, gg, mu=mu: x[:, 0] - mu, jacobian=jac, sqrt_information=W0)
+        )
+
+    # transitions x_{k+w} = sum_{d} A_{k,d} x_{k+w-1-d} (+ noise); indices stored in a scrambled order
+    M = K - bandwidth
+    A = 0.6 * torch.randn(M, bandwidth, s, s, dtype=DT) / bandwidth
+    Wq = _rand_sqrt_info(n=s)
+    base = torch.arange(M)
+    order = torch.randperm(bandwidth + 1)  # column u of `indices` holds state base + order[u]
+    idx = base[:, None] + order[None, :]
+    pos = torch.argsort(order)  # pos[o] = column holding state base + o
+    for k in range(M):
+        J = torch.zeros(s, n, dtype=DT)
+        put(J, k + bandwidth, Wq)
+        for d in range(bandwidth):
+            put(J, k + bandwidth - 1 - d, -Wq @ A[k, d])
+        rows.append(J)
+        rhs.append(torch.zeros(s, dtype=DT))
+
+    def trans_res(x: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
+        r = x[:, pos[bandwidth]]
+        for d in range(bandwidth):
+            r = r - torch.einsum("mij,mj->mi", A[:, d], x[:, pos[bandwidth - 1 - d]])
+        return r
+
+    def trans_jac(x: torch.Tensor, gg: torch.Tensor):
+        Jx = torch.zeros(M, s, bandwidth + 1, s, dtype=DT)
+        Jx[:, :, pos[bandwidth]] = torch.eye(s, dtype=DT)
+        for d in range(bandwidth):
+            Jx[:, :, pos[bandwidth - 1 - d]] = -A[:, d]
+        return Jx, None
+
+    factors.append(
+        Factor(idx, trans_res, jacobian=trans_jac if analytic else None, sqrt_information=Wq, name="transition")
+    )
+
+    # measurements y_k = C_k x_k + B_k gamma + noise, per-block whitening
+    C = torch.randn(K, m, s, dtype=DT)
+    B = torch.randn(K, m, g, dtype=DT)
+    y = torch.randn(K, m, dtype=DT)
+    Wr = _rand_sqrt_info(K, n=m)
+    for k in range(K):
+        J = torch.zeros(m, n, dtype=DT)
+        J[:, k * s : (k + 1) * s] = Wr[k] @ C[k]
+        J[:, K * s :] = Wr[k] @ B[k]
+        rows.append(J)
+        rhs.append(Wr[k] @ y[k])
+
+    def meas_res(x: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("mij,mj->mi", C, x[:, 0]) + B @ gg - y
+
+    def meas_jac(x: torch.Tensor, gg: torch.Tensor):
+        return C[:, :, None, :].clone(), B.clone()
+
+    factors.append(
+        Factor(
+            torch.arange(K)[:, None],
+            meas_res,
+            jacobian=meas_jac if analytic else None,
+            sqrt_information=Wr,
+            name="measurement",
+        )
+    )
+
+    if g > 0:  # a weak prior on the globals only (names state 0, Jacobian there is zero)
+        g0 = torch.randn(g, dtype=DT)
+        J = torch.zeros(g, n, dtype=DT)
+        J[:, K * s :] = 0.1 * torch.eye(g, dtype=DT)
+        rows.append(J)
+        rhs.append(0.1 * g0)
+        gjac = (lambda x, gg: (torch.zeros(1, g, 1, s, dtype=DT), torch.eye(g, dtype=DT)[None])) if analytic else None
+        factors.append(
+            Factor(
+                torch.zeros(1, 1, dtype=torch.long),
+                lambda x, gg, g0=g0: (gg - g0)[None],
+                jacobian=gjac,
+                sqrt_information=0.1 * torch.eye(g, dtype=DT),
+                name="global prior",
+            )
+        )
+    return factors, torch.cat(rows), torch.cat(rhs)
+
+
+def _dense_truth(J: torch.Tensor, z: torch.Tensor):
+    H = J.T @ J
+    return torch.linalg.solve(H, J.T @ z), torch.linalg.inv(H)
+
+
+@pytest.mark.parametrize("g", [0, 2])
+def test_linear_chain_one_gn_step_equals_dense(g):
+    K, s = 25, 3
+    factors, J, z = _linear_chain(K, s, g, bandwidth=1)
+    theta, Sigma = _dense_truth(J, z)
+    res = gauss_newton(
+        torch.randn(K, s, dtype=DT),
+        factors,
+        global_params=torch.randn(g, dtype=DT) if g else None,
+        method="gn",
+        compute_covariances=True,
+    )
+    assert res.iterations == 1 and res.converged, res.message
+    torch.testing.assert_close(res.states.reshape(-1), theta[: K * s], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(res.globals, theta[K * s :], rtol=1e-10, atol=1e-10)
+    # the cost is half the dense residual norm at the optimum
+    assert res.cost == pytest.approx(0.5 * float((J @ theta - z).square().sum()), rel=1e-10)
+    # marginal and lag-1 covariances = blocks of the dense inverse
+    for k in range(K):
+        torch.testing.assert_close(res.covariances[k], _blocks_of(Sigma, s, K, k, k), rtol=1e-10, atol=1e-12)
+        if k + 1 < K:
+            torch.testing.assert_close(
+                res.cross_covariances[k, 0], _blocks_of(Sigma, s, K, k, k + 1), rtol=1e-10, atol=1e-12
+            )
+    assert torch.all(res.cross_covariances[K - 1] == 0)
+    if g:
+        torch.testing.assert_close(res.global_covariance, Sigma[K * s :, K * s :], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            res.state_global_covariance.reshape(K * s, g), Sigma[: K * s, K * s :], rtol=1e-10, atol=1e-12
+        )
+    else:
+        assert res.global_covariance is None and res.globals.shape == (0,)
+
+
+def test_linear_chain_lm_converges_to_dense():
+    K, s, g = 30, 2, 1
+    factors, J, z = _linear_chain(K, s, g, bandwidth=1)
+    theta, _ = _dense_truth(J, z)
+    res = gauss_newton(torch.randn(K, s, dtype=DT), factors, global_params=torch.zeros(g, dtype=DT), method="lm")
+    assert res.converged
+    torch.testing.assert_close(res.states.reshape(-1), theta[: K * s], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.globals, theta[K * s :], rtol=1e-9, atol=1e-9)
+    assert all(b <= a for a, b in zip(res.cost_history, res.cost_history[1:]))
+
+
+def test_bandwidth_two_equals_dense():
+    K, s, g = 20, 2, 2
+    factors, J, z = _linear_chain(K, s, g, bandwidth=2)
+    theta, Sigma = _dense_truth(J, z)
+    res = gauss_newton(
+        torch.zeros(K, s, dtype=DT),
+        factors,
+        global_params=torch.zeros(g, dtype=DT),
+        bandwidth=2,
+        method="gn",
+        compute_covariances=True,
+    )
+    assert res.iterations == 1
+    torch.testing.assert_close(res.states.reshape(-1), theta[: K * s], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(res.globals, theta[K * s :], rtol=1e-10, atol=1e-10)
+    for k in range(K):
+        torch.testing.assert_close(res.covariances[k], _blocks_of(Sigma, s, K, k, k), rtol=1e-10, atol=1e-12)
+        for d in (1, 2):
+            if k + d < K:
+                torch.testing.assert_close(
+                    res.cross_covariances[k, d - 1], _blocks_of(Sigma, s, K, k, k + d), rtol=1e-10, atol=1e-12
+                )
+    torch.testing.assert_close(res.global_covariance, Sigma[K * s :, K * s :], rtol=1e-10, atol=1e-12)
+    # a larger bandwidth than needed gives the same answer
+    res3 = gauss_newton(
+        torch.zeros(K, s, dtype=DT), factors, global_params=torch.zeros(g, dtype=DT), bandwidth=3, method="gn"
+    )
+    torch.testing.assert_close(res3.states, res.states, rtol=1e-10, atol=1e-10)
+
+
+def test_analytic_and_autodiff_jacobians_agree():
+    K, s, g = 15, 3, 2
+    torch.manual_seed(1234)
+    f_auto, J, z = _linear_chain(K, s, g, bandwidth=2)
+    torch.manual_seed(1234)
+    f_ana, J2, z2 = _linear_chain(K, s, g, bandwidth=2, analytic=True)
+    assert torch.equal(J, J2) and torch.equal(z, z2)
+    x0 = torch.randn(K, s, dtype=DT)
+    kw = dict(global_params=torch.zeros(g, dtype=DT), bandwidth=2, method="gn", compute_covariances=True)
+    r_auto = gauss_newton(x0, f_auto, **kw)
+    r_ana = gauss_newton(x0, f_ana, **kw)
+    torch.testing.assert_close(r_auto.states, r_ana.states, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r_auto.globals, r_ana.globals, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r_auto.covariances, r_ana.covariances, rtol=1e-12, atol=1e-13)
+
+
+def test_block_banded_linear_algebra_matches_dense():
+    for K, w, s in [(9, 1, 2), (11, 2, 3), (10, 3, 2), (3, 3, 2), (1, 2, 2), (8, 0, 3)]:
+        n = K * s
+        Jd = torch.zeros(2 * n, n, dtype=DT)
+        for i in range(2 * n):  # random rows touching at most w + 1 consecutive blocks
+            kb = min(i // (2 * s), K - 1)
+            lo = max(0, kb - w)
+            Jd[i, lo * s : (kb + 1) * s] = torch.randn((kb + 1 - lo) * s, dtype=DT)
+        A = Jd.T @ Jd + 0.1 * torch.eye(n, dtype=DT)
+        Ab = torch.zeros(K, w + 1, s, s, dtype=DT)
+        for k in range(K):
+            for d in range(min(k, w) + 1):
+                Ab[k, d] = _blocks_of(A, s, K, k, k - d)
+        Lb, failed = block_banded_cholesky(Ab)
+        assert failed is None
+        Ld = torch.linalg.cholesky(A)
+        for k in range(K):
+            for d in range(min(k, w) + 1):
+                torch.testing.assert_close(Lb[k, d], _blocks_of(Ld, s, K, k, k - d), rtol=1e-10, atol=1e-12)
+        rhs = torch.randn(K, s, 3, dtype=DT)
+        X = block_banded_solve(Lb, rhs)
+        torch.testing.assert_close(X.reshape(n, 3), torch.linalg.solve(A, rhs.reshape(n, 3)), rtol=1e-10, atol=1e-10)
+        Sb = block_banded_selected_inverse(Lb)
+        Ainv = torch.linalg.inv(A)
+        for k in range(K):
+            for d in range(w + 1):
+                want = _blocks_of(Ainv, s, K, k, k + d) if k + d < K else torch.zeros(s, s, dtype=DT)
+                torch.testing.assert_close(Sb[k, d], want, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_linear_chain():
+    K, s = 20, 2
+    factors, J, z = _linear_chain(K, s, 0, bandwidth=1)
+    theta, _ = _dense_truth(J, z)
+    f32 = [Factor(f.indices, f.residual, sqrt_information=f.sqrt_information.float(), name=f.name) for f in factors]
+
+    def cast(fn):
+        return lambda x, g: fn(x.double(), g.double()).float()
+
+    for f in f32:
+        f.residual = cast(f.residual)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # the float32 default tolerances are reachable
+        for method in ("gn", "lm"):
+            res = gauss_newton(torch.zeros(K, s), f32, method=method)
+            assert res.states.dtype == torch.float32 and res.converged
+            torch.testing.assert_close(res.states.reshape(-1).double(), theta, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Nonlinear problems with non-additive retractions
+# ------------------------------------------------------------------------------------------------------------------
+def _circle_retract(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(dx[:, 0]), torch.sin(dx[:, 0])
+    return torch.stack([c * x[:, 0] - s * x[:, 1], s * x[:, 0] + c * x[:, 1]], -1)
+
+
+def _wrap_t(a: torch.Tensor) -> torch.Tensor:
+    return torch.atan2(torch.sin(a), torch.cos(a))
+
+
+def _circle_problem(K: int, analytic: bool):
+    theta_true = torch.cumsum(0.3 + 0.2 * torch.randn(K, dtype=DT), 0)
+    rel_sd, abs_sd = 0.05, 0.3
+    z = theta_true[1:] - theta_true[:-1] + rel_sd * torch.randn(K - 1, dtype=DT)
+    anchors = torch.arange(0, K, 4)
+    y = theta_true[anchors] + abs_sd * torch.randn(len(anchors), dtype=DT)
+
+    def rel_res(x, g):  # angle of x_{k+1} relative to x_k, minus the measurement
+        a, b = x[:, 0], x[:, 1]
+        phi = torch.atan2(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0], a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1])
+        return _wrap_t(phi - z)[:, None]
+
+    def abs_res(x, g):
+        return _wrap_t(torch.atan2(x[:, 0, 1], x[:, 0, 0]) - y)[:, None]
+
+    def rel_jac(x, g):  # right perturbation by dtheta: d phi / d(d_k, d_{k+1}) = (-1, 1)
+        Jx = torch.zeros(K - 1, 1, 2, 1, dtype=DT)
+        Jx[:, 0, 0, 0], Jx[:, 0, 1, 0] = -1.0, 1.0
+        return Jx, None
+
+    def abs_jac(x, g):
+        return torch.ones(len(anchors), 1, 1, 1, dtype=DT), None
+
+    ar = torch.arange(K)
+    factors = [
+        Factor(
+            torch.stack([ar[:-1], ar[1:]], 1),
+            rel_res,
+            jacobian=rel_jac if analytic else None,
+            sqrt_information=torch.tensor([[1 / rel_sd]], dtype=DT),
+        ),
+        Factor(
+            anchors[:, None],
+            abs_res,
+            jacobian=abs_jac if analytic else None,
+            sqrt_information=torch.tensor([[1 / abs_sd]], dtype=DT),
+        ),
+    ]
+
+    def wrap_np(a):
+        return np.arctan2(np.sin(a), np.cos(a))
+
+    def scipy_res(th):
+        return np.concatenate(
+            [
+                wrap_np(th[1:] - th[:-1] - z.numpy()) / rel_sd,
+                wrap_np(th[anchors.numpy()] - y.numpy()) / abs_sd,
+            ]
+        )
+
+    # with the wrap inactive at the optimum (all residuals << pi) the problem is linear in the unwrapped angles:
+    # an exact dense least-squares truth
+    Jd = torch.zeros(K - 1 + len(anchors), K, dtype=DT)
+    Jd[torch.arange(K - 1), torch.arange(1, K)] = 1 / rel_sd
+    Jd[torch.arange(K - 1), torch.arange(K - 1)] = -1 / rel_sd
+    Jd[K - 1 + torch.arange(len(anchors)), anchors] = 1 / abs_sd
+    zd = torch.cat([z / rel_sd, y / abs_sd])
+    theta_dense = torch.linalg.lstsq(Jd, zd[:, None]).solution[:, 0]
+    return factors, theta_true, scipy_res, theta_dense
+
+
+def test_circle_chain_matches_scipy_and_jacobians_agree():
+    K = 40
+    factors_auto, theta_true, scipy_res, theta_dense = _circle_problem(K, analytic=False)
+    theta0 = theta_true + 0.5 * torch.randn(K, dtype=DT)
+    x0 = torch.stack([torch.cos(theta0), torch.sin(theta0)], -1)
+    kw = dict(retract=_circle_retract, tangent_dim=1)
+    r_lm = gauss_newton(x0, factors_auto, method="lm", **kw)
+    r_gn = gauss_newton(x0, factors_auto, method="gn", **kw)
+    ref = least_squares(scipy_res, theta0.numpy(), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    theta_ref = torch.from_numpy(ref.x)
+    for r in (r_lm, r_gn):
+        assert r.converged, r.message
+        torch.testing.assert_close(r.states.norm(dim=-1), torch.ones(K, dtype=DT), rtol=0, atol=1e-12)
+        est = torch.atan2(r.states[:, 1], r.states[:, 0])
+        # round-off bound: cond(H) ~ 1e6 here (10 weak anchors, 39 strong increments), angles up to ~12 rad
+        assert float(_wrap_t(est - theta_dense).abs().max()) < 1e-8
+        assert float(_wrap_t(est - theta_ref).abs().max()) < 1e-7  # scipy stops at ~1e-9
+        assert r.cost == pytest.approx(ref.cost, rel=1e-10)
+    # LM decreases the cost monotonically
+    hist = r_lm.cost_history
+    assert all(b <= a for a, b in zip(hist, hist[1:]))
+    # analytic Jacobians give the same iterates
+    factors_ana = [
+        Factor(f.indices, f.residual, jacobian=fa.jacobian, sqrt_information=f.sqrt_information)
+        for f, fa in zip(factors_auto, _circle_problem(K, analytic=True)[0])
+    ]
+    r_ana = gauss_newton(x0, factors_ana, method="lm", **kw)
+    assert r_ana.iterations == r_lm.iterations
+    torch.testing.assert_close(r_ana.states, r_lm.states, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(r_ana.cost_history), torch.tensor(hist), rtol=1e-12, atol=1e-12)
+
+
+def _hat(v: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(v[..., 0])
+    return torch.stack(
+        [
+            torch.stack([z, -v[..., 2], v[..., 1]], -1),
+            torch.stack([v[..., 2], z, -v[..., 0]], -1),
+            torch.stack([-v[..., 1], v[..., 0], z], -1),
+        ],
+        -2,
+    )
+
+
+def _so3_retract(x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    R = x.reshape(-1, 3, 3)
+    return (R @ torch.linalg.matrix_exp(_hat(dx))).reshape(-1, 9)
+
+
+def test_so3_chain_matches_scipy_least_squares():
+    K = 12
+    rv_true = torch.cumsum(0.3 * torch.randn(K, 3, dtype=DT), 0)
+    R_true = torch.linalg.matrix_exp(_hat(rv_true))
+    sd_rel, sd_abs = 0.02, 0.2
+    Z = R_true[:-1].mT @ R_true[1:] @ torch.linalg.matrix_exp(_hat(sd_rel * torch.randn(K - 1, 3, dtype=DT)))
+    anchors = torch.tensor([0, 5, 11])
+    Yabs = R_true[anchors] @ torch.linalg.matrix_exp(_hat(sd_abs * torch.randn(len(anchors), 3, dtype=DT)))
+
+    # chordal residuals vec(E - I), E the rotation error: 9 components, Jacobian of full rank 3 at every E
+    # (a sin(angle)-axis residual would have spurious stationary points at angle pi)
+    eye = torch.eye(3, dtype=DT)
+
+    def rel_res(x, g):
+        Ra, Rb = x[:, 0].reshape(-1, 3, 3), x[:, 1].reshape(-1, 3, 3)
+        return (Z.mT @ Ra.mT @ Rb - eye).reshape(-1, 9)
+
+    def abs_res(x, g):
+        return (Yabs.mT @ x[:, 0].reshape(-1, 3, 3) - eye).reshape(-1, 9)
+
+    ar = torch.arange(K)
+    factors = [
+        Factor(torch.stack([ar[:-1], ar[1:]], 1), rel_res, sqrt_information=torch.eye(9, dtype=DT) / sd_rel),
+        Factor(anchors[:, None], abs_res, sqrt_information=torch.eye(9, dtype=DT) / sd_abs),
+    ]
+    rv0 = rv_true + 0.2 * torch.randn(K, 3, dtype=DT)
+    x0 = torch.linalg.matrix_exp(_hat(rv0)).reshape(K, 9)
+    res = gauss_newton(x0, factors, retract=_so3_retract, tangent_dim=3, method="lm", compute_covariances=True)
+    assert res.converged, res.message
+    hist = res.cost_history
+    assert all(b <= a for a, b in zip(hist, hist[1:]))
+    R_est = res.states.reshape(K, 3, 3)
+    torch.testing.assert_close(R_est.mT @ R_est, torch.eye(3, dtype=DT).expand(K, 3, 3), rtol=0, atol=1e-12)
+
+    # independent optimum: scipy on rotation vectors (global chart), same residual definitions in numpy
+    Zn, Yn = Z.numpy(), Yabs.numpy()
+
+    def fun(v):
+        R = Rotation.from_rotvec(v.reshape(K, 3)).as_matrix()
+        r1 = (np.swapaxes(Zn, -1, -2) @ np.swapaxes(R[:-1], -1, -2) @ R[1:] - np.eye(3)) / sd_rel
+        r2 = (np.swapaxes(Yn, -1, -2) @ R[anchors.numpy()] - np.eye(3)) / sd_abs
+        return np.concatenate([r1.ravel(), r2.ravel()])
+
+    ref = least_squares(fun, rv0.numpy().ravel(), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    R_ref = torch.from_numpy(Rotation.from_rotvec(ref.x.reshape(K, 3)).as_matrix())
+    torch.testing.assert_close(R_est, R_ref, rtol=0, atol=1e-7)  # scipy's own stopping limits this to ~1e-9
+    assert res.cost <= ref.cost * (1 + 1e-12) and res.cost == pytest.approx(ref.cost, rel=1e-10)
+    # GN reaches the same optimum
+    res_gn = gauss_newton(x0, factors, retract=_so3_retract, tangent_dim=3, method="gn")
+    torch.testing.assert_close(res_gn.states, res.states, rtol=0, atol=1e-8)
+    # covariances are symmetric positive definite
+    assert bool((torch.linalg.eigvalsh(res.covariances) > 0).all())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Robust loss, singular problems, bad input
+# ------------------------------------------------------------------------------------------------------------------
+def test_huber_downweights_outlier():
+    K = 60
+    x_true = torch.cumsum(0.1 * torch.randn(K, dtype=DT), 0)
+    y = x_true + 0.1 * torch.randn(K, dtype=DT)
+    k_out = 30
+    y[k_out] += 5.0  # a 50-sigma outlier
+    ar = torch.arange(K)
+
+    def factors(robust):
+        return [
+            Factor(
+                ar[:, None],
+                lambda x, g: x[:, 0] - y[:, None],
+                sqrt_information=torch.tensor([[10.0]], dtype=DT),
+                robust=robust,
+                robust_threshold=1.5,
+            ),
+            Factor(
+                torch.stack([ar[:-1], ar[1:]], 1),
+                lambda x, g: x[:, 1] - x[:, 0],
+                sqrt_information=torch.tensor([[10.0]], dtype=DT),
+            ),
+        ]
+
+    x0 = torch.zeros(K, 1, dtype=DT)
+    ls = gauss_newton(x0, factors(None))
+    hub = gauss_newton(x0, factors("huber"))
+    assert hub.converged
+    err_ls = abs(float(ls.states[k_out, 0] - x_true[k_out]))
+    err_hub = abs(float(hub.states[k_out, 0] - x_true[k_out]))
+    assert err_hub < 0.3 * err_ls, (err_hub, err_ls)
+    # Huber cost is linear beyond the threshold: the outlier contributes about delta * (|e| - delta / 2)
+    assert hub.cost < ls.cost
+    assert all(b <= a for a, b in zip(hub.cost_history, hub.cost_history[1:]))
+
+
+def _gauge_free_problem(K: int = 15):
+    r"""2-D positions with only relative (odometry and skip) measurements: translation is unobservable."""
+    ar = torch.arange(K)
+    p = torch.cumsum(torch.randn(K, 2, dtype=DT), 0)
+    z1 = p[1:] - p[:-1] + 0.1 * torch.randn(K - 1, 2, dtype=DT)
+    z2 = p[2:] - p[:-2] + 0.1 * torch.randn(K - 2, 2, dtype=DT)
+    factors = [
+        Factor(torch.stack([ar[:-1], ar[1:]], 1), lambda x, g: x[:, 1] - x[:, 0] - z1, name="odometry"),
+        Factor(torch.stack([ar[:-2], ar[2:]], 1), lambda x, g: x[:, 1] - x[:, 0] - z2, name="skip"),
+    ]
+    # dense least-squares minimum (pseudo-inverse) for the cost
+    n = 2 * K
+    rows, rhs = [], []
+    for d, z in ((1, z1), (2, z2)):
+        for k in range(K - d):
+            J = torch.zeros(2, n, dtype=DT)
+            J[:, 2 * (k + d) : 2 * (k + d) + 2] = torch.eye(2)
+            J[:, 2 * k : 2 * k + 2] = -torch.eye(2)
+            rows.append(J)
+            rhs.append(z[k])
+    J, zz = torch.cat(rows), torch.cat(rhs)
+    sol = torch.linalg.lstsq(J, zz).solution
+    min_cost = 0.5 * float((J @ sol - zz).square().sum())
+    return factors, min_cost, p
+
+
+def test_gauge_freedom_gn_raises_and_lm_solves():
+    K = 15
+    factors, min_cost, p = _gauge_free_problem(K)
+    x0 = torch.randn(K, 2, dtype=DT)
+    with pytest.raises(NotPSDError, match=r"prior factor.*method='lm'"):
+        gauss_newton(x0, factors, bandwidth=2, method="gn")
+    res = gauss_newton(x0, factors, bandwidth=2, method="lm")
+    assert res.converged, res.message
+    assert res.cost == pytest.approx(min_cost, rel=1e-8)
+    # the Laplace covariance of a gauge-free problem does not exist
+    with pytest.raises(NotPSDError, match="marginal covariances .* do not exist"):
+        gauss_newton(x0, factors, bandwidth=2, method="lm", compute_covariances=True)
+    # anchoring the first state removes the gauge freedom
+    anchor = Factor(torch.zeros(1, 1, dtype=torch.long), lambda x, g: x[:, 0] - p[0])
+    res2 = gauss_newton(x0, [*factors, anchor], bandwidth=2, method="gn", compute_covariances=True)
+    assert res2.converged and res2.cost == pytest.approx(min_cost, rel=1e-8)
+
+
+def test_bad_input_errors():
+    K = 6
+    ar = torch.arange(K)
+    x0 = torch.zeros(K, 2, dtype=DT)
+    good = Factor(ar[:, None], lambda x, g: x[:, 0] - 1.0)
+    wide = Factor(torch.stack([ar[:-2], ar[2:]], 1), lambda x, g: x[:, 1] - x[:, 0], name="skip")
+    with pytest.raises(ValueError, match=r"Factor 'skip'.*spans states 0\.\.2.*bandwidth"):
+        gauss_newton(x0, [good, wide], bandwidth=1)
+    flat = Factor(ar[:, None], lambda x, g: (x[:, 0] - 1.0).sum(-1))
+    with pytest.raises(ValueError, match=r"must return an M x r tensor with M = 6"):
+        gauss_newton(x0, flat)
+    with pytest.raises(ValueError, match="NaN"):
+        gauss_newton(torch.full((K, 2), float("nan"), dtype=DT), good)
+    with pytest.raises(ValueError, match="Unknown `method`"):
+        gauss_newton(x0, good, method="newton")
+    with pytest.raises(ValueError, match="Unknown `Factor.robust`"):
+        Factor(ar[:, None], lambda x, g: x[:, 0], robust="cauchy")
+    with pytest.raises(TypeError, match="integer tensor"):
+        Factor(ar[:, None].double(), lambda x, g: x[:, 0])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 5\]"):
+        gauss_newton(x0, Factor(torch.tensor([[7]]), lambda x, g: x[:, 0]))
+    with pytest.raises(ValueError, match="`bandwidth` must be >= 0"):
+        gauss_newton(x0, good, bandwidth=-1)
+    with pytest.raises(ValueError, match="tangent_dim"):
+        gauss_newton(x0, good, tangent_dim=1)
+    with pytest.raises(ValueError, match="tangent_dim"):
+        gauss_newton(x0, good, retract=lambda x, d: x + d)
+    with pytest.raises(ValueError, match=r"sqrt_information"):
+        Factor(ar[:, None], lambda x, g: x[:, 0], sqrt_information=torch.eye(2, 3, dtype=DT))
+    mism = Factor(ar[:, None], lambda x, g: x[:, 0], sqrt_information=torch.eye(3, dtype=DT))
+    with pytest.raises(ValueError, match="sqrt_information"):
+        gauss_newton(x0, mism)
+    badjac = Factor(ar[:, None], lambda x, g: x[:, 0], jacobian=lambda x, g: (torch.zeros(K, 2, 2), None))
+    with pytest.raises(ValueError, match="J_x"):
+        gauss_newton(x0, badjac)
+    nanres = Factor(ar[:, None], lambda x, g: x[:, 0].log() - 1.0)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        gauss_newton(-torch.ones(K, 2, dtype=DT), nanres)
+    with pytest.raises(TypeError, match="Factor"):
+        gauss_newton(x0, [good, "not a factor"])
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        gauss_newton(torch.zeros(K, 1, dtype=DT), Factor(ar[:, None], lambda x, g: x.exp()[:, 0] - 2.0), max_iter=1)
+
+
+def test_time_per_iteration_scales_linearly():
+    r"""Print (no assert) the time per Gauss-Newton iteration on a chain with state size 6."""
+    s = 6
+    lines = []
+    for K in (100, 1000, 10000):
+        ar = torch.arange(K)
+        A = torch.eye(s, dtype=DT) + 0.1 * torch.randn(K - 1, s, s, dtype=DT)
+        y = torch.randn(K, s, dtype=DT)
+        fs = [
+            Factor(
+                torch.stack([ar[:-1], ar[1:]], 1), lambda x, g, A=A: x[:, 1] - torch.einsum("mij,mj->mi", A, x[:, 0])
+            ),
+            Factor(ar[:, None], lambda x, g, y=y: x[:, 0] - y),
+        ]
+        x0 = torch.zeros(K, s, dtype=DT)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gauss_newton(x0[:10], [Factor(ar[:10, None], lambda x, g: x[:, 0])], max_iter=1)  # warm-up
+            t = time.perf_counter()
+            gauss_newton(x0, fs, method="gn", max_iter=1)
+            dt = time.perf_counter() - t
+        lines.append(f"K={K:6d} s={s}: {dt * 1e3:8.1f} ms per GN iteration ({dt / K * 1e6:.1f} us per state)")
+    print("\n" + "\n".join(lines))
