@@ -1,0 +1,362 @@
+r"""Tests of gpgeom.kernels.markov: Markov kernels in covariance form and in SDE form.
+
+Each identity compares two different mechanisms: GPyTorch's dense ``MaternKernel`` vs our covariance; our
+closed-form transitions vs Van Loan's matrix exponential; the closed-form integrated-Wiener cross-covariance vs
+the covariance propagated step by step through (Phi, Q).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import unittest
+
+import gpytorch
+import pytest
+import torch
+from gpytorch.test.base_kernel_test_case import BaseKernelTestCase
+
+from gpgeom.engine.statespace import discretize
+from gpgeom.errors import NotPSDError
+from gpgeom.kernels.markov import (
+    SDE,
+    IntegratedWienerKernel,
+    MarkovKernel,
+    MaternMarkovKernel,
+    WNOAKernel,
+    WNOJKernel,
+)
+
+D = torch.float64
+NUS = (0.5, 1.5, 2.5)
+EMPTY = torch.Size([])
+BATCHES = (EMPTY, torch.Size([2]))
+
+
+def _matern(nu, batch_shape=EMPTY):
+    k = MaternMarkovKernel(nu=nu, batch_shape=batch_shape).to(D)
+    k.lengthscale = 0.2 + torch.rand(*batch_shape, 1, 1, dtype=D)
+    k.variance = 0.5 + torch.rand(batch_shape, dtype=D)
+    return k
+
+
+def _psd(s, *batch):
+    A = torch.randn(*batch, s, s, dtype=D)
+    return A @ A.transpose(-1, -2) / s + 0.1 * torch.eye(s, dtype=D)
+
+
+def _iw(order, batch_shape=EMPTY, t0=-0.3, P0=True):
+    k = IntegratedWienerKernel(order, t0=t0, P0=_psd(order, *batch_shape) if P0 else None, batch_shape=batch_shape).to(
+        D
+    )
+    k.qc = 0.5 + torch.rand(batch_shape, dtype=D)
+    return k
+
+
+def _close(a, b, rtol=1e-10, atol=0.0):
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPyTorch's kernel test base (active dims, batches, getitem, pickling, dtype)
+# --------------------------------------------------------------------------------------------------------------
+class TestMaternMarkovKernelBase(unittest.TestCase, BaseKernelTestCase):
+    nu = 2.5
+
+    def create_kernel_no_ard(self, **kwargs):
+        return MaternMarkovKernel(nu=self.nu, **kwargs)
+
+
+class TestMaternMarkovKernelBaseHalf(TestMaternMarkovKernelBase):
+    nu = 0.5
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Matern covariance and SDE
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nu", NUS)
+@pytest.mark.parametrize("batch_shape", BATCHES)
+def test_matern_forward_equals_scaled_gpytorch_matern(nu, batch_shape):
+    k = _matern(nu, batch_shape)
+    ref = gpytorch.kernels.MaternKernel(nu=nu, batch_shape=batch_shape).to(D)
+    ref.lengthscale = k.lengthscale.detach()
+    x1 = 3 * torch.rand(*batch_shape, 17, 1, dtype=D)
+    x2 = 3 * torch.rand(*batch_shape, 11, 1, dtype=D)
+    var = k.variance.detach()[..., None, None]
+    _close(k(x1, x2).to_dense(), var * ref(x1, x2).to_dense(), rtol=1e-12, atol=1e-14)
+    _close(k(x1).to_dense(), var * ref(x1).to_dense(), rtol=1e-12, atol=1e-14)
+    _close(k(x1, diag=True), var[..., 0] * ref(x1, diag=True), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("nu", NUS)
+@pytest.mark.parametrize("batch_shape", BATCHES)
+def test_matern_sde_is_consistent(nu, batch_shape):
+    k = _matern(nu, batch_shape)
+    F, L, Qc, H, Pinf = k.sde()
+    s = k.state_dim
+    assert s == int(nu + 0.5)
+    assert F.shape == (*batch_shape, s, s) and L.shape == (*batch_shape, s, 1)
+    assert Qc.shape == (*batch_shape, 1, 1) and H.shape == (*batch_shape, 1, s) and Pinf.shape == F.shape
+    # Pinf solves the Lyapunov equation and has the kernel's variance in its (0, 0) entry.
+    lyap = F @ Pinf + Pinf @ F.transpose(-1, -2) + L @ Qc @ L.transpose(-1, -2)
+    assert lyap.abs().max() <= 1e-10 * Pinf.abs().max()
+    _close(Pinf[..., 0, 0], k.variance, rtol=1e-13)
+    # The SDE reproduces the covariance: k(tau) = H Phi(tau) Pinf H^T (Phi from Van Loan, not the closed form).
+    tau = 2 * torch.rand(*batch_shape, 9, dtype=D)
+    Phi, _ = discretize(F, L, Qc, tau)
+    k_sde = (H.unsqueeze(-3) @ Phi @ Pinf.unsqueeze(-3) @ H.transpose(-1, -2).unsqueeze(-3))[..., 0, 0]
+    zero = torch.zeros(*batch_shape, 1, 1, dtype=D)
+    _close(k_sde, k(zero, tau[..., None]).to_dense()[..., 0, :], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("nu", NUS)
+@pytest.mark.parametrize("batch_shape", BATCHES)
+def test_matern_closed_form_transition_equals_van_loan(nu, batch_shape):
+    k = _matern(nu, batch_shape)
+    dt = torch.cat([torch.zeros(*batch_shape, 1, dtype=D), 2 * torch.rand(*batch_shape, 12, dtype=D)], -1)
+    Phi, Q = k.transition(dt)
+    F, L, Qc, _, Pinf = k.sde()
+    Phi_vl, Q_vl = discretize(F, L, Qc, dt)
+    scale = Pinf.abs().amax((-1, -2), keepdim=True).unsqueeze(-3)
+    assert Phi.shape == Q.shape == (*batch_shape, 13, k.state_dim, k.state_dim)
+    # Compare in units where every state component is O(1): x_i -> x_i / lam^i (f^(i) scales like lam^i).
+    lam = math.sqrt(2 * nu) / k.lengthscale.detach()[..., 0, 0]
+    u = lam[..., None] ** torch.arange(k.state_dim, dtype=D)  # bs x s
+    T, Ti = (u[..., None, :] / u[..., :, None]).unsqueeze(-3), (1.0 / (u[..., :, None] * u[..., None, :])).unsqueeze(-3)
+    assert ((Phi - Phi_vl) * T).abs().max() < 1e-9
+    assert ((Q - Q_vl) * Ti).abs().max() < 1e-9 * float(k.variance.detach().max())
+    # The generic fallback of the base class is the Van Loan route.
+    Phi_b, Q_b = MarkovKernel.transition(k, dt)
+    _close(Phi_b, Phi_vl, rtol=0, atol=0)
+    # Q(0) = 0 and Phi(0) = I.
+    _close(Phi[..., 0, :, :], torch.eye(k.state_dim, dtype=D).expand_as(Phi[..., 0, :, :]), rtol=0, atol=1e-15)
+    assert (Q[..., 0, :, :].abs() / scale[..., 0, :, :]).max() < 1e-14
+
+
+def test_matern_transition_broadcasts_data_batch_with_kernel_batch():
+    k = _matern(1.5, torch.Size([2]))
+    dt = torch.rand(3, 1, 5, dtype=D)
+    Phi, Q = k.transition(dt)
+    assert Phi.shape == Q.shape == (3, 2, 5, 2, 2)
+    Phi1, Q1 = k[1].transition(dt[2, 0])
+    _close(Phi[2, 1], Phi1, rtol=1e-14)
+    _close(Q[2, 1], Q1, rtol=1e-14)
+
+
+@pytest.mark.parametrize("nu", NUS)
+def test_matern_initial_state_is_stationary(nu):
+    k = _matern(nu, torch.Size([2]))
+    m0, P0 = k.initial_state(torch.rand(2, dtype=D))
+    assert m0.shape == (2, k.state_dim) and not m0.any()
+    _close(P0, k.sde().Pinf, rtol=0, atol=0)
+
+
+def test_matern_parameters_priors_and_gradients():
+    k = MaternMarkovKernel(
+        nu=1.5,
+        variance_prior=gpytorch.priors.GammaPrior(2.0, 1.0),
+        lengthscale_prior=gpytorch.priors.GammaPrior(3.0, 2.0),
+    ).to(D)
+    k.variance = 2.5
+    _close(k.variance, torch.tensor(2.5, dtype=D))
+    names = {name for name, *_ in k.named_priors()}
+    assert names == {"variance_prior", "lengthscale_prior"}
+    loss = k.sde().Qc.sum() + k.transition(torch.rand(4, dtype=D))[1].sum()
+    loss.backward()
+    assert k.raw_variance.grad is not None and k.raw_lengthscale.grad is not None
+    k2 = pickle.loads(pickle.dumps(k))
+    _close(k2.variance, k.variance)
+    assert k.is_stationary
+
+
+def test_matern_rejects_bad_options():
+    with pytest.raises(ValueError, match="nu"):
+        MaternMarkovKernel(nu=3.5)
+    with pytest.raises(ValueError, match="nu"):
+        MaternMarkovKernel(nu=1)
+    with pytest.raises(ValueError, match="ard_num_dims"):
+        MaternMarkovKernel(nu=1.5, ard_num_dims=2)
+    with pytest.raises(TypeError, match="variance_prior"):
+        MaternMarkovKernel(nu=1.5, variance_prior=1.0)
+
+
+def test_matern_float32_smoke():
+    k = MaternMarkovKernel(nu=2.5)
+    k.lengthscale = 0.5
+    k64 = copy.deepcopy(k).to(D)
+    t = torch.rand(20, 1)
+    K = k(t).to_dense()
+    assert K.dtype == torch.float32
+    _close(K.double(), k64(t.double()).to_dense(), rtol=1e-5, atol=1e-5)
+    dt = torch.rand(7)
+    Phi, Q = k.transition(dt)
+    assert Phi.dtype == Q.dtype == torch.float32 and torch.isfinite(Q).all()
+    Phi64, Q64 = k64.transition(dt.double())
+    _close(Phi.double(), Phi64, rtol=1e-4, atol=1e-5)
+    _close(Q.double(), Q64, rtol=1e-3, atol=1e-3 * float(k64.sde().Pinf.detach().abs().max()))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Integrated Wiener processes (WNOA, WNOJ)
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", (1, 2, 3, 4))
+@pytest.mark.parametrize("batch_shape", BATCHES)
+def test_integrated_wiener_transition_equals_van_loan(order, batch_shape):
+    k = _iw(order, batch_shape)
+    dt = 3 * torch.rand(*batch_shape, 10, dtype=D)
+    Phi, Q = k.transition(dt)
+    F, L, Qc, H, Pinf = k.sde()
+    assert Pinf is None and F.shape == (*batch_shape, order, order)
+    Phi_vl, Q_vl = discretize(F, L, Qc, dt)
+    _close(Phi, Phi_vl, rtol=1e-12, atol=1e-13)
+    _close(Q, Q_vl, rtol=1e-10, atol=1e-12)
+
+
+def test_wnoa_wnoj_match_textbook_matrices():
+    d = 0.7
+    qc = 1.9
+    a = WNOAKernel().to(D)
+    a.qc = qc
+    Phi, Q = a.transition(torch.tensor([d], dtype=D))
+    _close(Phi[0], torch.tensor([[1, d], [0, 1]], dtype=D))
+    _close(Q[0], qc * torch.tensor([[d**3 / 3, d**2 / 2], [d**2 / 2, d]], dtype=D))
+    j = WNOJKernel().to(D)
+    j.qc = qc
+    Phi, Q = j.transition(torch.tensor([d], dtype=D))
+    _close(Phi[0], torch.tensor([[1, d, d * d / 2], [0, 1, d], [0, 0, 1]], dtype=D))
+    ref = torch.tensor(
+        [[d**5 / 20, d**4 / 8, d**3 / 6], [d**4 / 8, d**3 / 3, d**2 / 2], [d**3 / 6, d**2 / 2, d]], dtype=D
+    )
+    _close(Q[0], qc * ref)
+    assert isinstance(j.sde(), SDE) and j.state_dim == 3 and not j.is_stationary
+
+
+def test_wnoa_kernel_closed_form():
+    k = WNOAKernel(t0=0.0).to(D)
+    k.qc = 1.3
+    x = 2 * torch.rand(15, 1, dtype=D)
+    a, b = x, x.transpose(-1, -2)
+    mu = torch.minimum(a, b)
+    ref = 1.3 * (mu**3 / 3 + (a - b).abs() * mu**2 / 2)
+    _close(k(x).to_dense(), ref, rtol=1e-12, atol=1e-14)
+
+
+def _propagated_joint(k, t):
+    r"""Joint state covariance ``n x n x s x s`` over sorted ``t`` (``n``) by the (Phi, Q) recursion from t0, with
+    Phi and Q from Van Loan (not from the kernel)."""
+    F, L, Qc, _, _ = k.sde()
+    steps = torch.cat([t[:1] - k.t0, t[1:] - t[:-1]])
+    Phi, Q = discretize(F, L, Qc, steps)
+    n, s = t.shape[0], k.state_dim
+    J = [[None] * n for _ in range(n)]
+    P = k.P0
+    for i in range(n):
+        P = Phi[i] @ P @ Phi[i].T + Q[i]
+        J[i][i] = P
+        for j in range(i - 1, -1, -1):  # Cov(x_j, x_i) = Cov(x_j, x_{i-1}) Phi_i^T
+            J[j][i] = J[j][i - 1] @ Phi[i].T
+            J[i][j] = J[j][i].T
+    return torch.stack([torch.stack(row) for row in J]).reshape(n, n, s, s)
+
+
+@pytest.mark.parametrize("order", (2, 3))
+@pytest.mark.parametrize("with_P0", (False, True))
+def test_integrated_wiener_dense_covariance_equals_propagated(order, with_P0):
+    k = _iw(order, P0=with_P0, t0=-0.4)
+    t = torch.sort(-0.4 + 3 * torch.rand(25, dtype=D)).values
+    J = _propagated_joint(k, t)
+    C = k.state_covariance(t[:, None])
+    assert C.shape == (25, 25, order, order)
+    _close(C, J, rtol=1e-9, atol=1e-12)
+    _close(k(t[:, None]).to_dense(), J[..., 0, 0], rtol=1e-9, atol=1e-12)
+    _close(k(t[:, None], diag=True), J.diagonal(0, 0, 1)[0, 0], rtol=1e-9, atol=1e-12)
+    _close(k.state_covariance(t[:, None], diag=True), J.diagonal(0, 0, 1).permute(2, 0, 1), rtol=1e-9, atol=1e-12)
+    # Unsorted, rectangular: entries permute accordingly.
+    perm = torch.randperm(25)
+    _close(k.state_covariance(t[perm, None], t[:7, None]), J[perm][:, :7], rtol=1e-9, atol=1e-12)
+    # initial_state = the marginal at the first time.
+    m0, P1 = k.initial_state(t[0])
+    _close(P1, J[0, 0], rtol=1e-10, atol=1e-13)
+    assert not m0.any()
+
+
+def test_integrated_wiener_batched_equals_unbatched():
+    bs = torch.Size([2])
+    k = _iw(3, bs, t0=0.0)
+    k.t0 = torch.tensor([0.0, -0.5], dtype=D)
+    x = torch.rand(2, 8, 1, dtype=D)
+    K = k(x).to_dense()
+    C = k.state_covariance(x, x[:, :3])
+    for b in range(2):
+        kb = k[b]
+        assert kb.batch_shape == torch.Size([]) and kb.t0.shape == torch.Size([])
+        _close(K[b], kb(x[b]).to_dense(), rtol=1e-13)
+        _close(C[b], kb.state_covariance(x[b], x[b, :3]), rtol=1e-13)
+    # A shared input against the batched kernel.
+    _close(k(x[0]).to_dense()[1], k[1](x[0]).to_dense(), rtol=1e-13)
+    # Diagonal, double batch of data broadcast with the kernel batch.
+    xx = torch.rand(3, 2, 6, 1, dtype=D)
+    _close(k(xx, diag=True), k(xx).to_dense().diagonal(dim1=-1, dim2=-2), rtol=1e-13)
+
+
+def test_integrated_wiener_is_a_gpytorch_kernel():
+    k = WNOJKernel(qc_prior=gpytorch.priors.GammaPrior(2.0, 1.0)).to(D)
+    k.qc = 3.0
+    x = torch.rand(10, 1, dtype=D)
+    loss = k(x).to_dense().sum()
+    loss.backward()
+    assert k.raw_qc.grad is not None and k.raw_qc.grad.abs() > 0
+    assert {name for name, *_ in k.named_priors()} == {"qc_prior"}
+    k2 = pickle.loads(pickle.dumps(k))
+    _close(k2(x).to_dense(), k(x).to_dense())
+    assert (k + MaternMarkovKernel(nu=0.5).to(D))(x).to_dense().shape == (10, 10)
+
+
+def test_integrated_wiener_rejects_bad_input():
+    k = WNOJKernel(t0=1.0).to(D)
+    with pytest.raises(ValueError, match="t0"):
+        k(torch.tensor([[0.5], [2.0]], dtype=D)).to_dense()
+    with pytest.raises(ValueError, match="x1"):
+        k.state_covariance(torch.rand(4, 2, dtype=D))
+    with pytest.raises(ValueError, match="t0"):
+        k.initial_state(torch.tensor(0.0, dtype=D))
+    with pytest.raises(ValueError, match="P0"):
+        WNOJKernel(P0=torch.eye(2))
+    with pytest.raises(NotPSDError, match="P0"):
+        WNOAKernel(P0=torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(ValueError, match="P0"):
+        WNOAKernel(P0=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match="P0"):
+        WNOAKernel(P0="big")
+    with pytest.raises(ValueError, match="order"):
+        IntegratedWienerKernel(0)
+    with pytest.raises(ValueError, match="t0"):
+        WNOAKernel(t0=torch.zeros(3), batch_shape=torch.Size([2]))
+    with pytest.raises(TypeError, match="t0"):
+        WNOAKernel(t0=float("nan"))
+    with pytest.raises(TypeError, match="qc_prior"):
+        WNOAKernel(qc_prior=2.0)
+
+
+def test_integrated_wiener_float32_smoke():
+    k = WNOJKernel(P0=0.5)
+    t = torch.rand(12, 1)
+    K = k(t).to_dense()
+    assert K.dtype == torch.float32
+    _close(K.double(), k.to(D)(t.double()).to_dense(), rtol=1e-4, atol=1e-5)
+
+
+def test_markov_base_requires_sde():
+    class Bare(MarkovKernel):
+        state_dim = 1
+
+    with pytest.raises(NotImplementedError):
+        Bare().sde()
+    k = WNOAKernel()
+    with pytest.raises(NotImplementedError):
+        MarkovKernel.initial_state(k, torch.tensor(0.0))
+    # math sanity of the Matern Qc constants used in the docs
+    lam = torch.tensor(2.0, dtype=D)
+    q = [2 * math.sqrt(math.pi) * math.gamma(nu + 0.5) / math.gamma(nu) * lam ** (2 * nu) for nu in NUS]
+    _close(torch.stack(q), torch.stack([2 * lam, 4 * lam**3, 16 / 3 * lam**5]))

@@ -1,0 +1,439 @@
+r"""Tests of gpgeom.engine.statespace: Van Loan discretisation, Kalman filter, RTS smoother, temporal GP front.
+
+The truth in each test comes from a different mechanism: dense GPyTorch kernels and Cholesky-based GP regression
+(or a GPyTorch ``ExactGP``), Gauss-Legendre quadrature of the discretisation integral, finite subsets of the data.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+
+from gpgeom.engine.statespace import (
+    discretize,
+    kalman_filter,
+    log_marginal_likelihood,
+    posterior,
+    rts_smoother,
+)
+from gpgeom.kernels.markov import MaternMarkovKernel, WNOAKernel, WNOJKernel
+
+D = torch.float64
+NUS = (0.5, 1.5, 2.5)
+EMPTY = torch.Size([])
+BATCHES = (EMPTY, torch.Size([2]))
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _matern(nu, batch_shape=EMPTY, device="cpu"):
+    k = MaternMarkovKernel(nu=nu, batch_shape=batch_shape).to(device=device, dtype=D)
+    k.lengthscale = 0.3 + 0.7 * torch.rand(*batch_shape, 1, 1, dtype=D, device=device)
+    k.variance = 0.5 + torch.rand(batch_shape, dtype=D, device=device)
+    return k
+
+
+def _dense_matern(k, x1, x2):
+    r"""``variance * gpytorch.MaternKernel`` -- the dense reference, independent of our forward."""
+    ref = gpytorch.kernels.MaternKernel(nu=k.nu, batch_shape=k.batch_shape).to(x1)
+    ref.lengthscale = k.lengthscale.detach()
+    return ref(x1[..., None], x2[..., None]).to_dense() * k.variance[..., None, None]
+
+
+def _times(*shape, lo=0.0, hi=4.0, device="cpu"):
+    t = lo + (hi - lo) * torch.rand(*shape, dtype=D, device=device)
+    return torch.sort(t, dim=-1).values
+
+
+def _dense_gp(Ktt, Kst, kss_diag, y, noise):
+    r"""Dense GP regression by Cholesky: log N(y | 0, K + R), posterior mean/variance at the test inputs."""
+    n = y.shape[-1]
+    Kn = Ktt + torch.diag_embed(noise.expand(*Ktt.shape[:-2], n))
+    Lc = torch.linalg.cholesky(Kn)
+    alpha = torch.cholesky_solve(y.unsqueeze(-1), Lc)
+    ll = (
+        -0.5 * (y.unsqueeze(-2) @ alpha)[..., 0, 0]
+        - Lc.diagonal(dim1=-1, dim2=-2).log().sum(-1)
+        - 0.5 * n * math.log(2 * math.pi)
+    )
+    mean = (Kst @ alpha)[..., 0]
+    V = torch.linalg.solve_triangular(Lc, Kst.transpose(-1, -2), upper=False)
+    var = kss_diag - V.square().sum(-2)
+    return ll, mean, var
+
+
+def _close(a, b, rtol=1e-8, atol=1e-10):
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Discretisation
+# --------------------------------------------------------------------------------------------------------------
+def test_discretize_equals_quadrature_of_the_integral():
+    s, w = 3, 2
+    F = torch.randn(2, s, s, dtype=D) - 1.5 * torch.eye(s, dtype=D)
+    L = torch.randn(2, s, w, dtype=D)
+    A = torch.randn(2, w, w, dtype=D)
+    Qc = A @ A.transpose(-1, -2)
+    dt = torch.tensor([[0.0, 0.3, 1.7, 6.0], [0.05, 0.9, 2.5, 12.0]], dtype=D)
+    Phi, Q = discretize(F, L, Qc, dt)
+    assert Phi.shape == Q.shape == (2, 4, s, s)
+    _close(Phi, torch.linalg.matrix_exp(F[:, None] * dt[..., None, None]), rtol=1e-11, atol=1e-13)
+    nodes, weights = (torch.tensor(a, dtype=D) for a in np.polynomial.legendre.leggauss(80))
+    W = L @ Qc @ L.transpose(-1, -2)
+    for b in range(2):
+        for j in range(4):
+            h = float(dt[b, j])
+            u = 0.5 * h * (nodes + 1)  # nodes on [0, h]
+            E = torch.linalg.matrix_exp(F[b] * u[:, None, None])
+            integrand = E @ W[b] @ E.transpose(-1, -2)
+            Qq = 0.5 * h * (weights[:, None, None] * integrand).sum(0)
+            _close(Q[b, j], Qq, rtol=1e-9, atol=1e-12)
+    # Broadcasting an unbatched SDE over batched steps.
+    Phi1, Q1 = discretize(F[0], L[0], Qc[0], dt)
+    _close(Q1[0], Q[0], rtol=1e-9, atol=1e-12)  # (the number of doublings may differ)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Matern: Kalman = dense GP
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("parallel", (False, True))
+@pytest.mark.parametrize("nu", NUS)
+@pytest.mark.parametrize("batch_shape", BATCHES)
+def test_matern_kalman_equals_dense_gp(nu, batch_shape, parallel):
+    n = int(torch.randint(30, 61, ()))
+    k = _matern(nu, batch_shape)
+    t = _times(*batch_shape, n)
+    y = torch.randn(*batch_shape, n, dtype=D)
+    noise = 0.02 + 0.2 * torch.rand(*batch_shape, n, dtype=D)
+    # Test times: before, between and after the data, plus one equal to a training time.
+    t_test = torch.cat(
+        [-1.0 + 6.5 * torch.rand(*batch_shape, 12, dtype=D), t[..., 3:4], t[..., :1] - 2.0, t[..., -1:] + 3.0], -1
+    )
+    post = posterior(k, t, y, noise, t_test=t_test, parallel=parallel)
+    with torch.no_grad():
+        Ktt = _dense_matern(k, t, t)
+        ll, mean, var = _dense_gp(Ktt, Ktt, Ktt.diagonal(dim1=-1, dim2=-2), y, noise)
+        kss = k.variance[..., None].expand_as(t_test)
+        _, mean_s, var_s = _dense_gp(Ktt, _dense_matern(k, t_test, t), kss, y, noise)
+    lml = log_marginal_likelihood(k, t, y, noise, parallel=parallel)
+    assert lml.shape == batch_shape == post.log_likelihood.shape
+    _close(lml, ll, rtol=1e-10, atol=1e-10)
+    _close(post.log_likelihood, ll, rtol=1e-10, atol=1e-10)
+    _close(post.mean, mean)
+    _close(post.variance, var)
+    _close(post.test_mean, mean_s)
+    _close(post.test_variance, var_s)
+    # The posterior at the test time equal to t[3] is the posterior at t[3].
+    _close(post.test_mean[..., 12], post.mean[..., 3], rtol=1e-12, atol=1e-13)
+    s = k.state_dim
+    assert post.state_mean.shape == (*batch_shape, n, s) and post.state_cov.shape == (*batch_shape, n, s, s)
+    assert post.test_state_cov.shape == (*batch_shape, 15, s, s)
+
+
+def test_matches_gpytorch_exact_gp():
+    n = 40
+    t = _times(n)
+    y = torch.sin(3 * t) + 0.1 * torch.randn(n, dtype=D)
+    noise = 0.05 + 0.1 * torch.rand(n, dtype=D)
+    t_test = -0.5 + 5 * torch.rand(20, dtype=D)
+    k = _matern(1.5)
+
+    class GP(gpytorch.models.ExactGP):
+        def __init__(self, x, yy, lik):
+            super().__init__(x, yy, lik)
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=1.5))
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+    lik = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise)
+    gp = GP(t[:, None], y, lik).to(D)
+    gp.covar_module.outputscale = k.variance.detach()
+    gp.covar_module.base_kernel.lengthscale = k.lengthscale.detach()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, gp)
+    gp.train()
+    with torch.no_grad():
+        ref_ll = mll(gp(t[:, None]), y) * n
+    gp.eval()
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(False):
+        pred = gp(t_test[:, None])
+    post = posterior(k, t, y, noise, t_test=t_test)
+    _close(post.log_likelihood, ref_ll, rtol=1e-9, atol=1e-9)
+    _close(post.test_mean, pred.mean, rtol=1e-8, atol=1e-9)
+    _close(post.test_variance, pred.variance, rtol=1e-8, atol=1e-9)
+
+
+def test_shared_and_per_batch_times_and_kernel_batch():
+    n = 25
+    k = _matern(2.5, torch.Size([2]))
+    t = _times(n)
+    y = torch.randn(2, n, dtype=D)
+    lml = log_marginal_likelihood(k, t, y, 0.1)
+    lml_b = log_marginal_likelihood(k, t.expand(2, n), y, 0.1)
+    _close(lml, lml_b, rtol=1e-13, atol=0)
+    for b in range(2):
+        _close(lml[b], log_marginal_likelihood(k[b], t, y[b], 0.1), rtol=1e-13, atol=0)
+    # Unbatched data broadcast against the kernel batch.
+    lml_u = log_marginal_likelihood(k, t, y[0], 0.1)
+    assert lml_u.shape == (2,)
+    _close(lml_u[0], lml[0], rtol=1e-13, atol=0)
+    # Extra data batch (3 x 2) with per-batch times and shared test times.
+    t3 = _times(3, 2, n)
+    y3 = torch.randn(3, 2, n, dtype=D)
+    t_test = torch.rand(5, dtype=D)
+    post = posterior(k, t3, y3, 0.1, t_test=t_test)
+    assert post.test_mean.shape == (3, 2, 5) and post.log_likelihood.shape == (3, 2)
+    one = posterior(k[1], t3[2, 1], y3[2, 1], 0.1, t_test=t_test)
+    _close(post.test_mean[2, 1], one.test_mean, rtol=1e-12, atol=1e-14)
+    _close(post.state_cov[2, 1], one.state_cov, rtol=1e-12, atol=1e-14)
+
+
+def test_missing_observations_equal_dropping_them():
+    n = 40
+    k = _matern(1.5)
+    t = _times(n)
+    y = torch.randn(n, dtype=D)
+    noise = 0.05 + 0.1 * torch.rand(n, dtype=D)
+    keep = torch.rand(n) < 0.6
+    keep[0] = keep[-1] = False  # missing at the ends too
+    y_nan = torch.where(keep, y, torch.full_like(y, float("nan")))
+    ref = posterior(k, t[keep], y[keep], noise[keep], t_test=t[~keep])
+    by_mask = posterior(k, t, y_nan, noise, mask=keep)
+    by_inf = posterior(k, t, y_nan, torch.where(keep, noise, torch.full_like(noise, math.inf)))
+    for got in (by_mask, by_inf):
+        _close(got.log_likelihood, ref.log_likelihood, rtol=1e-12, atol=1e-12)
+        _close(got.mean[keep], ref.mean, rtol=1e-10, atol=1e-12)
+        _close(got.mean[~keep], ref.test_mean, rtol=1e-10, atol=1e-12)
+        _close(got.variance[~keep], ref.test_variance, rtol=1e-10, atol=1e-12)
+    # Nothing observed: the prior.
+    prior = posterior(k, t, y, noise, mask=torch.zeros(n, dtype=torch.bool))
+    _close(prior.mean, torch.zeros_like(y), rtol=0, atol=0)
+    _close(prior.variance, k.variance.expand(n), rtol=1e-12, atol=1e-14)
+    assert float(prior.log_likelihood.detach()) == 0.0
+
+
+def test_single_time_and_joseph_form():
+    k = _matern(0.5)
+    t = torch.tensor([0.3], dtype=D)
+    y = torch.tensor([0.7], dtype=D)
+    post = posterior(k, t, y, 0.2, t_test=torch.tensor([0.3, 1.0], dtype=D))
+    v = k.variance.detach()
+    _close(post.mean, v / (v + 0.2) * y)
+    _close(post.log_likelihood, torch.distributions.Normal(0.0, (v + 0.2).sqrt()).log_prob(y[0]))
+    # Joseph-form update gives the same filter.
+    t = _times(2, 30)
+    y = torch.randn(2, 30, dtype=D)
+    k = _matern(2.5)
+    Phi, Q = k.transition(t[..., 1:] - t[..., :-1])
+    m0, P0 = k.initial_state(t[..., 0])
+    H = k.sde().H
+    a = kalman_filter(Phi, Q, H, y, 0.1, m0, P0)
+    b = kalman_filter(Phi, Q, H, y, 0.1, m0, P0, joseph=True)
+    for x, z in zip(a, b, strict=True):
+        _close(x, z, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("n", (1, 2, 3, 8, 65, 130))
+def test_parallel_scan_equals_sequential(n):
+    k = _matern(2.5, torch.Size([2]))
+    t = _times(3, 1, n)
+    y = torch.randn(3, 2, n, dtype=D)
+    noise = 0.05 + 0.1 * torch.rand(3, 2, n, dtype=D)
+    noise[..., ::4] = math.inf
+    t_test = 4.5 * torch.rand(3, 1, 6, dtype=D) - 0.2
+    seq = posterior(k, t, y, noise, t_test=t_test, parallel=False)
+    par = posterior(k, t, y, noise, t_test=t_test, parallel=True)
+    for a, b in zip(seq, par, strict=True):
+        _close(b, a, rtol=1e-9, atol=1e-10)
+    # The automatic choice follows the length.
+    auto = posterior(k, t, y, noise, t_test=t_test)
+    _close(auto.test_mean, seq.test_mean, rtol=1e-9, atol=1e-10)
+    with pytest.raises(TypeError, match="parallel"):
+        log_marginal_likelihood(k, t, y, noise, parallel="yes")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# WNOA / WNOJ: Kalman = dense GP, including velocity and acceleration
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("parallel", (False, True))
+@pytest.mark.parametrize("kernel_cls", (WNOAKernel, WNOJKernel))
+def test_integrated_wiener_kalman_equals_dense_gp(kernel_cls, parallel):
+    n, nt = 35, 10
+    s = 3 if kernel_cls is WNOJKernel else 2
+    A = torch.randn(s, s, dtype=D)
+    k = kernel_cls(t0=-0.5, P0=A @ A.T + 0.1 * torch.eye(s, dtype=D)).to(D)
+    k.qc = 0.5 + torch.rand((), dtype=D)
+    t = _times(n, lo=-0.5, hi=3.0)
+    y = torch.randn(n, dtype=D)
+    noise = 0.01 + 0.05 * torch.rand(n, dtype=D)
+    t_test = torch.cat([torch.tensor([-0.5], dtype=D), -0.5 + 4.5 * torch.rand(nt - 1, dtype=D)])
+    post = posterior(k, t, y, noise, t_test=t_test, parallel=parallel)
+    with torch.no_grad():
+        x_all = torch.cat([t, t_test])[:, None]
+        C = k.state_covariance(x_all, t[:, None])[..., 0]  # (n + nt) x n x s: Cov(x(t_i), p(t_j))
+        Cxx = k.state_covariance(x_all, diag=True)
+        Kn = C[:n, :, 0] + torch.diag(noise)
+        Lc = torch.linalg.cholesky(Kn)
+        alpha = torch.cholesky_solve(y[:, None], Lc)[:, 0]
+        m_ref = torch.einsum("ijs,j->is", C, alpha)
+        V = torch.linalg.solve_triangular(Lc, C.permute(0, 2, 1).reshape(-1, n).T, upper=False)  # n x (N s)
+        V = V.T.reshape(n + nt, s, n)
+        P_ref = Cxx - V @ V.transpose(-1, -2)
+        ll_ref = torch.distributions.MultivariateNormal(torch.zeros(n, dtype=D), Kn).log_prob(y)
+    _close(post.log_likelihood, ll_ref, rtol=1e-10, atol=1e-10)
+    _close(log_marginal_likelihood(k, t, y, noise, parallel=parallel), ll_ref, rtol=1e-10, atol=1e-10)
+    _close(post.state_mean, m_ref[:n], rtol=1e-8, atol=1e-9)
+    _close(post.test_state_mean, m_ref[n:], rtol=1e-8, atol=1e-9)
+    _close(post.state_cov, P_ref[:n], rtol=1e-8, atol=1e-9)
+    _close(post.test_state_cov, P_ref[n:], rtol=1e-8, atol=1e-9)
+    _close(post.test_mean, m_ref[n:, 0], rtol=1e-8, atol=1e-9)
+    _close(post.variance, P_ref[:n, 0, 0], rtol=1e-8, atol=1e-9)
+
+
+def test_smoother_gain_gives_lag_one_cross_covariance():
+    n = 20
+    k = WNOJKernel(t0=0.0, P0=0.3).to(D)
+    k.qc = 2.0
+    t = _times(n, lo=0.1, hi=2.0)
+    y = torch.randn(n, dtype=D)
+    Phi, Q = k.transition(t[1:] - t[:-1])
+    m0, P0 = k.initial_state(t[0])
+    kf = kalman_filter(Phi, Q, k.sde().H, y, 0.05, m0, P0)
+    sm = rts_smoother(Phi, kf)
+    cross = sm.gain @ sm.cov[1:]  # Cov(x_k, x_{k+1} | y)
+    sm_par = rts_smoother(Phi, kalman_filter(Phi, Q, k.sde().H, y, 0.05, m0, P0, parallel=True), parallel=True)
+    _close(sm_par.gain @ sm_par.cov[1:], cross, rtol=1e-9, atol=1e-11)
+    with torch.no_grad():
+        C = k.state_covariance(t[:, None])  # n x n x s x s
+        Kn = C[..., 0, 0] + 0.05 * torch.eye(n, dtype=D)
+        Cp = C[..., 0]  # Cov(x_i, p_j): n x n x s
+        ref = torch.stack([C[i, i + 1] - Cp[i].T @ torch.linalg.solve(Kn, Cp[i + 1]) for i in range(n - 1)])
+    _close(cross, ref, rtol=1e-8, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Gradients
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("parallel", (False, True))
+@pytest.mark.parametrize("nu", NUS)
+def test_gradients_equal_dense(nu, parallel):
+    n = 30
+    k = _matern(nu, torch.Size([2]))
+    t = _times(2, n)
+    y = torch.randn(2, n, dtype=D)
+    noise = (0.05 + 0.1 * torch.rand(2, n, dtype=D)).requires_grad_(True)
+    lml = log_marginal_likelihood(k, t, y, noise, parallel=parallel).sum()
+    g = torch.autograd.grad(lml, [k.raw_lengthscale, k.raw_variance, noise])
+    # Dense: gpytorch kernel sharing our raw parameters.
+    ref = gpytorch.kernels.MaternKernel(nu=nu, batch_shape=torch.Size([2])).to(D)
+    ref.raw_lengthscale = k.raw_lengthscale
+    K = ref(t[..., None]).to_dense() * k.variance[..., None, None] + torch.diag_embed(noise)
+    ll = torch.distributions.MultivariateNormal(torch.zeros(2, n, dtype=D), K).log_prob(y).sum()
+    g_ref = torch.autograd.grad(ll, [k.raw_lengthscale, k.raw_variance, noise])
+    for a, b in zip(g, g_ref, strict=True):
+        _close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_wnoj_gradient_equals_finite_difference():
+    k = WNOJKernel(t0=0.0, P0=0.5).to(D)
+    t = _times(30, lo=0.0, hi=2.0)
+    y = torch.randn(30, dtype=D)
+    lml = log_marginal_likelihood(k, t, y, 0.05)
+    (g,) = torch.autograd.grad(lml, k.raw_qc)
+    h = 1e-5
+    with torch.no_grad():
+        vals = []
+        for sign in (1, -1):
+            k.raw_qc.add_(sign * h)
+            vals.append(log_marginal_likelihood(k, t, y, 0.05))
+            k.raw_qc.sub_(sign * h)
+    _close(g, (vals[0] - vals[1]) / (2 * h), rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checks, dtypes, devices
+# --------------------------------------------------------------------------------------------------------------
+def test_bad_input_raises_clear_errors():
+    k = _matern(1.5)
+    t = _times(10)
+    y = torch.randn(10, dtype=D)
+    with pytest.raises(ValueError, match="`t` must be strictly increasing"):
+        log_marginal_likelihood(k, t.flip(-1), y, 0.1)
+    t_dup = t.clone()
+    t_dup[4] = t_dup[3]
+    with pytest.raises(ValueError, match="`t`"):
+        posterior(k, t_dup, y, 0.1)
+    y_nan = y.clone()
+    y_nan[2] = float("nan")
+    with pytest.raises(ValueError, match="`y` contains 1 NaN"):
+        log_marginal_likelihood(k, t, y_nan, 0.1)
+    with pytest.raises(ValueError, match="`y` contains"):  # NaN where the mask says observed
+        log_marginal_likelihood(k, t, y_nan, 0.1, mask=torch.arange(10) != 5)
+    with pytest.raises(ValueError, match="`y` must have shape"):
+        log_marginal_likelihood(k, t, y[:9], 0.1)
+    with pytest.raises(ValueError, match="`noise`"):
+        log_marginal_likelihood(k, t, y, torch.full((9,), 0.1, dtype=D))
+    with pytest.raises(ValueError, match="`noise` must be >= 0"):
+        log_marginal_likelihood(k, t, y, -0.1)
+    with pytest.raises(ValueError, match="`noise` contains NaN"):
+        log_marginal_likelihood(k, t, y, torch.full((10,), float("nan"), dtype=D))
+    with pytest.raises(TypeError, match="`noise`"):
+        log_marginal_likelihood(k, t, y, "0.1")
+    with pytest.raises(TypeError, match="`mask`"):
+        log_marginal_likelihood(k, t, y, 0.1, mask=torch.ones(10))
+    with pytest.raises(ValueError, match="`mask`"):
+        log_marginal_likelihood(k, t, y, 0.1, mask=torch.ones(9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="Batch shapes"):
+        log_marginal_likelihood(k, _times(3, 10), torch.randn(2, 10, dtype=D), 0.1)
+    with pytest.raises(TypeError, match="`kernel`"):
+        log_marginal_likelihood(gpytorch.kernels.MaternKernel(nu=1.5).to(D), t, y, 0.1)
+    with pytest.raises(TypeError, match="dtype"):
+        log_marginal_likelihood(MaternMarkovKernel(nu=1.5), t, y, 0.1)
+    with pytest.raises(TypeError, match="`y`"):
+        log_marginal_likelihood(k, t, y.float(), 0.1)
+    with pytest.raises(TypeError, match="`t`"):
+        log_marginal_likelihood(k, [0.0, 1.0], y, 0.1)
+    with pytest.raises(ValueError, match="`t_test`"):
+        posterior(k, t, y, 0.1, t_test=torch.tensor([0.5, float("nan")], dtype=D))
+    with pytest.raises(ValueError, match="t0"):
+        posterior(WNOJKernel(t0=0.0).to(D), t, y, 0.1, t_test=torch.tensor([-1.0], dtype=D))
+
+
+def test_float32_smoke():
+    n = 200
+    k = MaternMarkovKernel(nu=1.5)
+    k.lengthscale = 0.5
+    t = _times(n, hi=20.0)
+    y = torch.sin(t) + 0.1 * torch.randn(n, dtype=D)
+    ll64 = log_marginal_likelihood(copy.deepcopy(k).to(D), t, y, 0.05)
+    k32 = k
+    t32, y32 = t.float(), y.float()
+    ll32 = log_marginal_likelihood(k32, t32, y32, 0.05)
+    assert ll32.dtype == torch.float32
+    _close(ll32.double(), ll64, rtol=1e-4, atol=1e-3)
+    post = posterior(k32, t32, y32, 0.05, t_test=torch.linspace(-1, 21, 50))
+    assert torch.isfinite(post.test_mean).all() and (post.test_variance > 0).all()
+    j = WNOJKernel()
+    post = posterior(j, t32, y32, 0.05, t_test=torch.linspace(0, 21, 50))
+    assert torch.isfinite(post.test_mean).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_agnostic(device):
+    k = _matern(2.5, torch.Size([2]), device=device)
+    t = _times(2, 30, device=device)
+    y = torch.randn(2, 30, dtype=D, device=device)
+    t_test = torch.rand(7, dtype=D, device=device)
+    post = posterior(k, t, y, 0.1, t_test=t_test)
+    assert post.test_mean.device.type == device
+    lml = log_marginal_likelihood(k, t, y, 0.1)
+    k_cpu = copy.deepcopy(k).cpu()
+    ref = posterior(k_cpu, t.cpu(), y.cpu(), 0.1, t_test=t_test.cpu())
+    _close(lml.cpu(), ref.log_likelihood, rtol=1e-9, atol=1e-9)
+    _close(post.test_variance.cpu(), ref.test_variance, rtol=1e-9, atol=1e-12)
