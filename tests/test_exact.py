@@ -1,0 +1,247 @@
+r"""Tests of gpgeom.engine.exact.ExactGPModel against a hand-written dense GP posterior."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from botorch.models.transforms.input import Normalize
+
+from gpgeom.engine.exact import ExactGPModel
+
+DT = torch.float64
+
+
+def matern52(x1: torch.Tensor, x2: torch.Tensor, lengthscale: torch.Tensor, outputscale: float) -> torch.Tensor:
+    r"""Matern 5/2 ARD kernel written out by hand: ``x1`` is ``n x d``, ``x2`` is ``p x d``, result ``n x p``."""
+    diff = (x1[:, None, :] - x2[None, :, :]) / lengthscale
+    r = math.sqrt(5.0) * diff.pow(2).sum(-1).clamp_min(0).sqrt()
+    return outputscale * (1.0 + r + r**2 / 3.0) * torch.exp(-r)
+
+
+def dense_posterior(X, y, Xt, ls, os, noise, const, y_mean=0.0, y_std=1.0):
+    r"""Exact GP posterior mean and latent variance at ``Xt`` (original units) by Cholesky of ``K + noise I``.
+
+    ``y`` (``n``) is in original units; the GP is on ``(y - y_mean) / y_std`` with constant mean ``const``.
+    """
+    yt = (y - y_mean) / y_std
+    K = matern52(X, X, ls, os) + noise * torch.eye(X.shape[0], dtype=X.dtype)
+    L = torch.linalg.cholesky(K)
+    Ks = matern52(Xt, X, ls, os)
+    alpha = torch.cholesky_solve((yt - const).unsqueeze(-1), L).squeeze(-1)
+    mean = const + Ks @ alpha
+    V = torch.linalg.solve_triangular(L, Ks.T, upper=False)
+    var = os - V.pow(2).sum(0)
+    return y_mean + y_std * mean, y_std**2 * var
+
+
+def hypers(model, out=None, batch=None):
+    r"""Fitted hyperparameters (lengthscale d, outputscale, noise, constant) of one output / batch member."""
+    ls = model.covar_module.base_kernel.lengthscale.detach()
+    os = model.covar_module.outputscale.detach()
+    noise = model.likelihood.noise.detach()
+    const = model.mean_module.constant.detach()
+
+    def pick(t, per_output=True):
+        if batch is not None:
+            t = t[batch]
+        if out is not None and per_output:
+            t = t[out] if t.shape[0] > 1 else t[0]
+        return t
+
+    return pick(ls).reshape(-1), float(pick(os).reshape(-1)[0]), float(pick(noise).reshape(-1)[0]), float(pick(const))
+
+
+def standardise(Y):
+    return Y.mean(-2), Y.std(-2)
+
+
+@pytest.fixture
+def data():
+    X = torch.rand(25, 2, dtype=DT)
+    f1 = torch.sin(5 * X[:, 0]) + X[:, 1] ** 2
+    f2 = torch.cos(2 * X.sum(-1))
+    Y = torch.stack([f1, f2], -1) * torch.tensor([3.0, 0.5], dtype=DT) + torch.tensor([10.0, -2.0], dtype=DT)
+    Y = Y + 0.05 * torch.randn_like(Y)
+    return X, Y
+
+
+def test_predict_equals_dense_gp_single_output(data):
+    X, Y = data
+    Y = Y[:, :1]
+    model = ExactGPModel(X, Y).fit(progress=False, max_iter=100)
+    Xt = torch.rand(30, 2, dtype=DT)
+    ls, os, noise, const = hypers(model)
+    ym, ys = standardise(Y)
+    mean, var = dense_posterior(X, Y[:, 0], Xt, ls, os, noise, const, ym[0], ys[0])
+
+    mu, sd = model.predict(Xt, return_std=True, chunk_size=7)
+    assert mu.shape == sd.shape == (30, 1)
+    torch.testing.assert_close(mu[:, 0], mean, rtol=0, atol=1e-8)
+    torch.testing.assert_close(sd[:, 0] ** 2, var, rtol=0, atol=1e-8)
+    # chunked = unchunked = posterior, with and without observation noise
+    mu_full, sd_full = model.predict(Xt, return_std=True, chunk_size=10_000)
+    torch.testing.assert_close(mu, mu_full, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sd, sd_full, rtol=0, atol=1e-10)
+    post = model.posterior(Xt)
+    torch.testing.assert_close(mu, post.mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sd**2, post.variance, rtol=0, atol=1e-10)
+    mu_n, sd_n = model.predict(Xt, return_std=True, observation_noise=True, chunk_size=4)
+    post_n = model.posterior(Xt, observation_noise=True)
+    torch.testing.assert_close(mu_n, post_n.mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sd_n**2, post_n.variance, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sd_n[:, 0] ** 2, var + ys[0] ** 2 * noise, rtol=0, atol=1e-8)
+    # mean only
+    torch.testing.assert_close(model.predict(Xt, chunk_size=3), mu, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_multi_output_separate_and_shared_equal_dense_truth(data, shared):
+    X, Y = data
+    model = ExactGPModel(X, Y, shared_hyperparameters=shared).fit(progress=False, max_iter=100)
+    ls_all = model.covar_module.base_kernel.lengthscale
+    assert ls_all.shape == ((1, 1, 2) if shared else (2, 1, 2))
+    assert model.likelihood.noise.shape == ((1, 1) if shared else (2, 1))
+    assert model.mean_module.constant.shape == (2,)
+    if not shared:  # two different functions get two different lengthscale sets
+        assert not torch.allclose(ls_all[0], ls_all[1], rtol=1e-3)
+    Xt = torch.rand(17, 2, dtype=DT)
+    mu, sd = model.predict(Xt, return_std=True, chunk_size=5)
+    assert mu.shape == sd.shape == (17, 2)
+    ym, ys = standardise(Y)
+    for j in range(2):
+        ls, os, noise, const = hypers(model, out=j)
+        mean, var = dense_posterior(X, Y[:, j], Xt, ls, os, noise, const, ym[j], ys[j])
+        torch.testing.assert_close(mu[:, j], mean, rtol=0, atol=1e-8)
+        torch.testing.assert_close(sd[:, j] ** 2, var, rtol=0, atol=1e-8)
+    post = model.posterior(Xt)
+    torch.testing.assert_close(mu, post.mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(sd**2, post.variance, rtol=0, atol=1e-10)
+    # subset_output keeps the selected output exactly
+    sub = model.subset_output([1])
+    assert sub.num_outputs == 1
+    torch.testing.assert_close(sub.predict(Xt), mu[:, 1:], rtol=0, atol=1e-10)
+
+
+def test_batched_model_equals_dense_truth_per_member():
+    X = torch.rand(3, 15, 2, dtype=DT)
+    Y = torch.sin(4 * X[..., :1]) * torch.arange(1, 4, dtype=DT).view(3, 1, 1)
+    model = ExactGPModel(X, Y).fit(progress=False, max_iter=100)
+    assert model.batch_shape == (3,)
+    Xt = torch.rand(8, 2, dtype=DT)
+    mu, sd = model.predict(Xt, return_std=True)  # broadcast: 3 x 8 x 1
+    assert mu.shape == (3, 8, 1)
+    for b in range(3):
+        ls, os, noise, const = hypers(model, batch=b)
+        ym, ys = standardise(Y[b])
+        mean, var = dense_posterior(X[b], Y[b, :, 0], Xt, ls, os, noise, const, ym[0], ys[0])
+        torch.testing.assert_close(mu[b, :, 0], mean, rtol=0, atol=1e-8)
+        torch.testing.assert_close(sd[b, :, 0] ** 2, var, rtol=0, atol=1e-8)
+
+
+def test_condition_on_observations_equals_dense_gp_on_augmented_data(data):
+    X, Y = data
+    Y = Y[:, :1]
+    model = ExactGPModel(X, Y).fit(progress=False, max_iter=60)
+    Xt = torch.rand(9, 2, dtype=DT)
+    model.posterior(Xt)  # builds the caches that fantasy updates need
+    Xn = torch.rand(3, 2, dtype=DT)
+    Yn = 10 + torch.randn(3, 1, dtype=DT)
+    cond = model.condition_on_observations(Xn, Yn)
+    ls, os, noise, const = hypers(model)
+    ym, ys = standardise(Y)  # the outcome transform stays the one learnt from the original data
+    mean, var = dense_posterior(torch.cat([X, Xn]), torch.cat([Y, Yn])[:, 0], Xt, ls, os, noise, const, ym[0], ys[0])
+    post = cond.posterior(Xt)
+    torch.testing.assert_close(post.mean[:, 0], mean, rtol=0, atol=1e-8)
+    torch.testing.assert_close(post.variance[:, 0], var, rtol=0, atol=1e-8)
+
+
+def test_outcome_transform_round_trip_and_no_transform():
+    X = torch.rand(20, 1, dtype=DT)
+    Y = 50.0 + 100.0 * torch.sin(6 * X)
+    model = ExactGPModel(X, Y, train_Yvar=torch.full_like(Y, 1e-2))
+    # the stored targets are standardised; untransforming gives the data back
+    Y_back, _ = model.outcome_transform.untransform(model.train_targets.unsqueeze(-1))
+    torch.testing.assert_close(Y_back, Y, rtol=0, atol=1e-10)
+    model.fit(progress=False, max_iter=100)
+    # near-noiseless data (range 200, noise sd 0.1): the predictions interpolate the data in the original units
+    torch.testing.assert_close(model.predict(X), Y, rtol=0, atol=0.2)
+    # without a transform the GP works on the raw outputs, still equal to its dense truth
+    raw = ExactGPModel(X, Y / 100.0, outcome_transform=None).fit(progress=False, max_iter=100)
+    assert not hasattr(raw, "outcome_transform")
+    Xt = torch.rand(6, 1, dtype=DT)
+    ls, os, noise, const = hypers(raw)
+    mean, var = dense_posterior(X, Y[:, 0] / 100.0, Xt, ls, os, noise, const)
+    mu, sd = raw.predict(Xt, return_std=True)
+    torch.testing.assert_close(mu[:, 0], mean, rtol=0, atol=1e-8)
+    torch.testing.assert_close(sd[:, 0] ** 2, var, rtol=0, atol=1e-8)
+
+
+def test_predict_falls_back_to_the_posterior_for_a_nonlinear_outcome_transform():
+    from botorch.models.transforms.outcome import ChainedOutcomeTransform, Log, Standardize
+
+    X = torch.rand(15, 2, dtype=DT)
+    Y = torch.exp(torch.sin(4 * X[:, :1]))
+    octf = ChainedOutcomeTransform(log=Log(), standardize=Standardize(m=1))
+    model = ExactGPModel(X, Y, outcome_transform=octf).fit(progress=False, max_iter=40)
+    assert not model._fast_predict_ok()
+    Xt = torch.rand(2, 9, 2, dtype=DT)
+    mu, sd = model.predict(Xt, return_std=True, chunk_size=4)
+    post = model.posterior(Xt)  # log-normal moments
+    torch.testing.assert_close(mu, post.mean, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sd**2, post.variance, rtol=1e-10, atol=1e-10)
+    assert (mu > 0).all()
+
+
+def test_input_transform_and_float32():
+    X = 100.0 * torch.rand(20, 2, dtype=DT)
+    Y = torch.sin(X[:, :1] / 20.0)
+    bounds = torch.tensor([[0.0, 0.0], [100.0, 100.0]], dtype=DT)
+    model = ExactGPModel(X, Y, input_transform=Normalize(2, bounds=bounds)).fit(progress=False, max_iter=60)
+    Xt = 100.0 * torch.rand(5, 2, dtype=DT)
+    torch.testing.assert_close(model.predict(Xt), model.posterior(Xt).mean, rtol=0, atol=1e-10)
+    # float32: with the float64 model's hyperparameters, predictions agree to float32 accuracy
+    model64 = ExactGPModel(X / 100.0, Y).fit(progress=False, max_iter=60)
+    model32 = ExactGPModel(X.float() / 100.0, Y.float())
+    model32.load_state_dict(model64.state_dict())
+    mu32, sd32 = model32.predict(Xt.float() / 100.0, return_std=True)
+    mu64, sd64 = model64.predict(Xt / 100.0, return_std=True)
+    assert mu32.dtype == torch.float32
+    torch.testing.assert_close(mu32.double(), mu64, rtol=0, atol=1e-3)
+    torch.testing.assert_close(sd32.double(), sd64, rtol=0, atol=1e-3)
+    # ...and a float32 fit runs and fits the data
+    model32.fit(progress=False, max_iter=60)
+    assert float((model32.predict(X.float() / 100.0) - Y.float()).pow(2).mean().sqrt()) < 0.05
+
+
+def test_bad_input_errors():
+    X = torch.rand(10, 2, dtype=DT)
+    Y = torch.rand(10, 1, dtype=DT)
+    with pytest.raises(ValueError, match=r"train_Y.*unsqueeze\(-1\)"):
+        ExactGPModel(X, Y[:, 0])
+    with pytest.raises(ValueError, match="share the batch shape and the number of points"):
+        ExactGPModel(X, Y[:7])
+    with pytest.raises(ValueError, match="train_X` must be"):
+        ExactGPModel(X[0], Y[0])
+    Y_nan = Y.clone()
+    Y_nan[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="`train_Y` contains 1 NaN"):
+        ExactGPModel(X, Y_nan)
+    with pytest.raises(TypeError, match="train_X` must be a torch.Tensor"):
+        ExactGPModel(X.numpy(), Y)
+    with pytest.raises(TypeError, match="share a dtype"):
+        ExactGPModel(X, Y.float())
+    with pytest.raises(ValueError, match="train_Yvar` must be non-negative"):
+        ExactGPModel(X, Y, train_Yvar=-torch.ones_like(Y))
+    with pytest.raises(ValueError, match="train_Yvar` must have the shape"):
+        ExactGPModel(X, Y, train_Yvar=torch.ones(10, dtype=DT))
+    with pytest.raises(ValueError, match="Unknown `outcome_transform`='log'"):
+        ExactGPModel(X, Y, outcome_transform="log")
+    model = ExactGPModel(X, Y)
+    with pytest.raises(ValueError, match=r"`X` must be `batch_shape x N x 2`"):
+        model.predict(torch.rand(4, 3, dtype=DT))
+    with pytest.raises(ValueError, match="chunk_size"):
+        model.predict(torch.rand(4, 2, dtype=DT), chunk_size=0)
+    with pytest.raises(ValueError, match="Unknown `optimizer`='sgd'"):
+        model.fit(optimizer="sgd")

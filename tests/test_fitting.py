@@ -1,0 +1,299 @@
+r"""Tests of gpgeom.engine.fitting.fit: L-BFGS-B, restarts, jitter escalation, Adam, early stopping, progress."""
+
+from __future__ import annotations
+
+import math
+
+import gpytorch
+import pytest
+import torch
+from gpytorch.constraints import Interval
+from gpytorch.kernels import Kernel, RBFKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.mlls import ExactMarginalLogLikelihood, VariationalELBO
+from gpytorch.priors import NormalPrior
+from linear_operator import to_dense
+from linear_operator.utils.errors import NotPSDError as LinearOperatorNotPSDError
+from torch.utils.data import DataLoader, TensorDataset
+
+from gpgeom.engine.exact import ExactGPModel
+from gpgeom.engine.fitting import FitResult, fit, jitter_levels, random_reinitialize
+from gpgeom.errors import NotPSDError
+
+DT = torch.float64
+
+
+def neg_mll(mll) -> float:
+    r"""The loss fit() minimises, evaluated independently: -mll summed over batch members, in train mode."""
+    model = mll.model
+    model.train()
+    with torch.no_grad():
+        out = model(*model.train_inputs)
+        value = -mll(out, model.train_targets, *model.train_inputs).sum()
+    model.eval()
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exact path
+
+
+def test_lbfgs_raises_the_mll_from_a_bad_start():
+    X = torch.rand(30, 2, dtype=DT)
+    Y = torch.sin(6 * X[:, :1]) + 0.05 * torch.randn(30, 1, dtype=DT)
+    model = ExactGPModel(X, Y)
+    model.covar_module.base_kernel.lengthscale = 20.0
+    model.likelihood.noise = 0.8
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    before = neg_mll(mll)
+    result = fit(mll, progress=False)
+    after = neg_mll(mll)
+    assert isinstance(result, FitResult)
+    assert result.optimizer == "lbfgs" and result.attempts == 1 and result.best_attempt == 0
+    assert after < before - 0.5, (before, after)
+    assert result.loss == pytest.approx(after, abs=1e-8)  # the reported loss is the state that was loaded
+    assert result.history[0][-1] == pytest.approx(after, abs=1e-6)
+    assert result.converged and result.wall_time > 0
+    assert not model.training  # left in eval mode
+    assert result.jitter == gpytorch.settings.cholesky_jitter.value(DT)
+
+
+def test_restarts_keep_the_best_attempt_gp():
+    # Attempt 0 starts in the "everything is noise" basin (long lengthscale, large noise, no priors) and stays
+    # there; random re-initialisations around the data scale find the far better periodic fit.
+    X = torch.rand(40, 1, dtype=DT)
+    Y = torch.sin(20 * X) + 0.05 * torch.randn(40, 1, dtype=DT)
+    model = ExactGPModel(X, Y, covar_module=ScaleKernel(RBFKernel()), likelihood=GaussianLikelihood())
+    model.covar_module.base_kernel.lengthscale = 20.0
+    model.covar_module.outputscale = 0.1
+    model.likelihood.noise = 1.0
+    model.fit(restarts=6, seed=3, progress=False)
+    r = model.fit_result
+    assert r.attempts == 7 and len(r.history) == len(r.final_losses) == 7
+    assert r.best_attempt > 0
+    assert r.final_losses[0] > r.loss + 0.5, r.final_losses
+    assert r.loss == min(r.final_losses)
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    assert neg_mll(mll) == pytest.approx(r.loss, abs=1e-8)  # the best state is the one loaded
+    assert float(model.covar_module.base_kernel.lengthscale.detach()) < 0.5
+
+
+class DoubleWell(gpytorch.Module):
+    r"""One parameter with a N(0, 1) prior and loss (x^2 - 1)^2 + 0.3 x: a local minimum near x = 0.96 and the
+    global one near x = -1.04."""
+
+    def __init__(self, x0: float = 1.5) -> None:
+        super().__init__()
+        self.register_parameter("x", torch.nn.Parameter(torch.tensor([x0], dtype=DT)))
+        self.register_prior("x_prior", NormalPrior(0.0, 1.0), lambda m: m.x, lambda m, v: m.x.data.copy_(v))
+
+    def loss(self) -> torch.Tensor:
+        return ((self.x**2 - 1) ** 2 + 0.3 * self.x).sum()
+
+
+def test_restarts_from_priors_are_seeded_and_keep_the_best():
+    module = DoubleWell()
+    result = fit(module.loss, module=module, optimizer="lbfgs", restarts=6, seed=0, progress=False)
+    assert result.final_losses[0] == pytest.approx(-1 + 0.3 * 0.96 + 1, abs=0.05)  # the local well
+    assert result.best_attempt > 0
+    assert float(module.x.detach()) == pytest.approx(-1.04, abs=0.01)
+    assert result.loss == pytest.approx(float(module.loss().detach()), abs=1e-10) == min(result.final_losses)
+    # the same seed gives the same attempts, and the caller's random stream is untouched
+    state = torch.random.get_rng_state()
+    other = DoubleWell()
+    again = fit(other.loss, module=other, optimizer="lbfgs", restarts=6, seed=0, progress=False)
+    assert again.final_losses == pytest.approx(result.final_losses, abs=1e-12)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_random_reinitialize_lengthscales_around_the_data_scale():
+    X = torch.cat([torch.rand(50, 1, dtype=DT), 100 * torch.rand(50, 1, dtype=DT)], -1)
+    model = ExactGPModel(X, torch.rand(50, 1, dtype=DT), covar_module=ScaleKernel(RBFKernel(ard_num_dims=2)))
+    scale = X.std(0)
+    for _ in range(20):
+        random_reinitialize(model)
+        ls = model.covar_module.base_kernel.lengthscale.detach().reshape(-1)
+        assert torch.all(ls >= 0.1 * scale * (1 - 1e-9)) and torch.all(ls <= 10 * scale * (1 + 1e-9))
+    with pytest.raises(ValueError, match="priors or constrained parameters"):
+        random_reinitialize(torch.nn.Linear(2, 1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# jitter escalation
+
+
+class DeficitKernel(Kernel):
+    r"""A base kernel minus ``deficit`` on the diagonal of square self-covariances.
+
+    With duplicated inputs the Gram matrix is exactly singular, and round-off makes its smallest eigenvalue a
+    tiny number of either sign; the explicit deficit makes that eigenvalue ``-deficit`` for every BLAS, so the
+    jitter needed (the first level above ``deficit``) is known.
+    """
+
+    def __init__(self, base: Kernel, deficit: float) -> None:
+        super().__init__()
+        self.base = base
+        self.deficit = deficit
+
+    def forward(self, x1, x2, diag=False, **params):
+        K = self.base.forward(x1, x2, diag=diag, **params)
+        if x1.shape == x2.shape and torch.equal(x1, x2):
+            if diag:
+                return K - self.deficit
+            K = to_dense(K)
+            return K - self.deficit * torch.eye(K.shape[-1], dtype=K.dtype)
+        return K
+
+
+def singular_model(deficit: float) -> ExactGPModel:
+    X = torch.rand(12, 2, dtype=DT).repeat(3, 1)  # every input three times
+    Y = torch.sin(3 * X.sum(-1, keepdim=True))
+    kernel = DeficitKernel(ScaleKernel(RBFKernel(ard_num_dims=2)), deficit)
+    return ExactGPModel(X, Y, train_Yvar=torch.full_like(Y, 1e-12), covar_module=kernel)
+
+
+@pytest.mark.filterwarnings("ignore:Very small noise values")
+def test_jitter_escalates_on_a_singular_kernel_matrix():
+    assert jitter_levels(DT, 1e-4) == [1e-8, 1e-7, 1e-6, 1e-5, 1e-4]
+    assert jitter_levels(torch.float32, 1e-4) == [1e-6, 1e-5, 1e-4]
+    # GPyTorch floors fixed noise at 1e-6, so the smallest eigenvalue is 1e-6 - 3e-6 = -2e-6:
+    # jitter 1e-8, 1e-7 and 1e-6 fail, 1e-5 works
+    model = singular_model(3e-6)
+    model.fit(progress=False, max_iter=30)
+    assert model.fit_result.jitter == pytest.approx(1e-5)
+    mu, sd = model.predict(torch.rand(5, 2, dtype=DT), return_std=True)  # later factorisations reuse it
+    assert torch.isfinite(mu).all() and torch.isfinite(sd).all()
+    # with a smaller allowance the same problem is reported, with the remedies
+    with pytest.raises(NotPSDError, match=r"jitter up to 1\.0e-06"):
+        singular_model(3e-6).fit(progress=False, max_iter=30, max_jitter=1e-6)
+
+
+class NegativeKernel(Kernel):
+    r"""Minus an RBF kernel: negative definite, no jitter can fix it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = RBFKernel()
+
+    def forward(self, x1, x2, diag=False, **params):
+        return -to_dense(self.base.forward(x1, x2, diag=diag, **params))
+
+
+class NaNKernel(Kernel):
+    def forward(self, x1, x2, diag=False, **params):
+        shape = x1.shape[:-1] if diag else x1.shape[:-1] + x2.shape[-2:-1]
+        return torch.full(shape, float("nan"), dtype=x1.dtype)
+
+
+def test_impossible_kernel_raises_gpgeom_not_psd_with_remedies():
+    X = torch.rand(15, 1, dtype=DT)
+    Y = torch.sin(5 * X)
+    model = ExactGPModel(X, Y, covar_module=NegativeKernel())
+    with pytest.raises(NotPSDError) as info:
+        model.fit(progress=False, restarts=1, seed=0)
+    msg = str(info.value)
+    assert isinstance(info.value, LinearOperatorNotPSDError)  # GPyTorch users' except clauses still catch it
+    for needle in ("ExactGPModel", "jitter up to 1.0e-04", "float64", "normalise", "noise", "duplicate"):
+        assert needle in msg, (needle, msg)
+    with pytest.raises(NotPSDError, match="NaN"):
+        ExactGPModel(X, Y, covar_module=NaNKernel()).fit(progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Adam path
+
+
+class SVGP(gpytorch.models.ApproximateGP):
+    def __init__(self, inducing: torch.Tensor) -> None:
+        dist = gpytorch.variational.CholeskyVariationalDistribution(inducing.shape[0])
+        strategy = gpytorch.variational.VariationalStrategy(self, inducing, dist, learn_inducing_locations=True)
+        super().__init__(strategy)
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = ScaleKernel(RBFKernel())
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+def elbo_value(model, likelihood, X, y) -> float:
+    model.train()
+    likelihood.train()
+    with torch.no_grad():
+        return float(VariationalELBO(likelihood, model, num_data=y.numel())(model(X), y))
+
+
+@pytest.mark.parametrize("minibatch", [True, False])
+def test_adam_raises_the_elbo_of_a_variational_gp(minibatch):
+    X = torch.rand(200, 1, dtype=DT)
+    y = torch.sin(8 * X[:, 0]) + 0.1 * torch.randn(200, dtype=DT)
+    model = SVGP(torch.linspace(0, 1, 8, dtype=DT).unsqueeze(-1)).double()
+    likelihood = GaussianLikelihood().double()
+    mll = VariationalELBO(likelihood, model, num_data=200)
+    before = elbo_value(model, likelihood, X, y)
+    loader = DataLoader(TensorDataset(X, y), batch_size=50, shuffle=True) if minibatch else None
+    if not minibatch:
+        model.train_inputs, model.train_targets = (X,), y  # full batch: fit() reads the model's data
+    lr = 0.02 if minibatch else 0.05
+    result = fit(mll, data_loader=loader, epochs=40 if minibatch else 150, lr=lr, seed=0, progress=False)
+    assert not model.training and not likelihood.training
+    after = elbo_value(model, likelihood, X, y)
+    assert result.optimizer == "adam"
+    assert after > before + 0.3, (before, after)
+    assert len(result.history[0]) <= (40 if minibatch else 150)
+    if not minibatch:  # full batch: the reported loss is that of the returned (best) parameters
+        assert after == pytest.approx(-result.loss, abs=1e-8)
+
+
+def test_early_stopping_on_a_flat_loss():
+    p = torch.nn.Parameter(torch.zeros(3))
+    module = torch.nn.Module()
+    module.p = p
+    result = fit(lambda: 0.0 * p.sum() + 1.0, module=module, epochs=500, patience=5, progress=False)
+    assert result.optimizer == "adam" and result.converged
+    assert len(result.history[0]) == 6  # the first epoch sets the reference, then 5 without improvement
+    # a loss that keeps improving runs to the epoch limit
+    q = torch.nn.Parameter(torch.tensor([5.0]))
+    module.q = q
+    result = fit(lambda: (q**2).sum(), module=module, epochs=30, lr=0.01, patience=5, progress=False)
+    assert len(result.history[0]) == 30 and not result.converged
+
+
+def test_progress_bar_on_and_off(capsys):
+    module = DoubleWell()
+    fit(module.loss, module=module, optimizer="lbfgs", restarts=1, seed=0, progress=False)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    fit(module.loss, module=module, optimizer="lbfgs", restarts=1, seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert "attempt 2/2" in err and "loss=" in err
+
+
+def test_bad_options():
+    module = DoubleWell()
+    with pytest.raises(ValueError, match="Unknown `optimizer`='sgd'; expected one of 'auto', 'lbfgs', 'adam'"):
+        fit(module.loss, module=module, optimizer="sgd")
+    with pytest.raises(ValueError, match="`restarts` must be >= 0"):
+        fit(module.loss, module=module, restarts=-1)
+    with pytest.raises(TypeError, match="`max_iter` must be an int"):
+        fit(module.loss, module=module, max_iter=10.5)
+    with pytest.raises(ValueError, match="needs `module=`"):
+        fit(module.loss)
+    with pytest.raises(ValueError, match="full-batch only"):
+        fit(module.loss, module=module, optimizer="lbfgs", data_loader=[(torch.zeros(1),)])
+    with pytest.raises(TypeError, match="MarginalLogLikelihood or a callable"):
+        fit(3.0, module=module)
+    with pytest.raises(ValueError, match="nothing to fit"):
+        fit(module.loss, module=module.requires_grad_(False))
+
+
+def test_bounded_parameters_stay_inside_their_bounds_with_adam():
+    class Bounded(gpytorch.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_parameter("raw_a", torch.nn.Parameter(torch.tensor([0.5], dtype=DT)))
+            self.register_constraint("raw_a", Interval(0.1, 2.0, transform=None))
+
+    module = Bounded()
+    result = fit(lambda: (module.raw_a - 10.0).pow(2).sum(), module=module, epochs=200, lr=0.5, progress=False)
+    assert float(module.raw_a.detach()) == pytest.approx(2.0)
+    assert math.isfinite(result.loss)
