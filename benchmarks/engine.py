@@ -34,7 +34,7 @@ def kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats):
         t = torch.sort(torch.rand(n, generator=g, dtype=torch.float64) * n / 100).values.to(device, dtype)
         y = torch.randn(n, generator=g, dtype=torch.float64).to(device, dtype)
 
-        def kal(parallel):
+        def kal(parallel, t=t, y=y):
             with torch.no_grad():
                 return log_marginal_likelihood(kernel, t, y, noise, parallel=parallel)
 
@@ -44,7 +44,7 @@ def kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats):
         t_dense, diff = None, None
         if n <= dense_max:
 
-            def dense():
+            def dense(t=t, y=y, n=n):
                 with torch.no_grad():
                     K = dense_kernel(t[:, None]).to_dense() * kernel.variance
                     K = K + noise * torch.eye(n, device=device, dtype=dtype)
@@ -75,7 +75,7 @@ def exact_fit_times(ns, d, restarts, device, dtype):
         X, Y, Xt, ft = (a.to(device, dtype) for a in (X, Y, Xt, ft))
         model = ExactGPModel(X, Y)
 
-        def run():
+        def run(model=model):
             model.fit(restarts=restarts, seed=0, progress=False)
 
         t_fit = timeit(run, 1, device)
