@@ -1,3 +1,63 @@
-r"""gpgeom: Gaussian-process models of geometric and physical data on one shared GPyTorch/BoTorch engine."""
+r"""gpgeom: Gaussian-process models of geometric and physical data on one shared GPyTorch/BoTorch engine.
+
+The public API is re-exported here (loaded on first access, so ``import gpgeom`` stays fast):
+
+- engine: :func:`fit`, :class:`FitResult`, :class:`ExactGPModel`, :func:`check_botorch_model`,
+  :func:`gauss_newton`, :class:`Factor`, and the state-space functions in :mod:`gpgeom.engine.statespace`;
+- kernels: :class:`MaternMarkovKernel`, :class:`WNOAKernel`, :class:`WNOJKernel`, :class:`SpectralKernel`;
+- geometry: :class:`Mesh`, :func:`floater_disk`, :func:`p1_transfer`, :func:`mass_matrix`, :class:`SnapshotPOD`,
+  :func:`connection_laplacian`, :func:`graph_laplacian`, and :mod:`gpgeom.geometry.lie`;
+- nn: :class:`GICNet`;
+- errors: :class:`NotPSDError`.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # engine
+    "fit": "gpgeom.engine.fitting",
+    "FitResult": "gpgeom.engine.fitting",
+    "ExactGPModel": "gpgeom.engine.exact",
+    "check_botorch_model": "gpgeom.engine.botorch",
+    "gauss_newton": "gpgeom.engine.gauss_newton",
+    "Factor": "gpgeom.engine.gauss_newton",
+    "GaussNewtonResult": "gpgeom.engine.gauss_newton",
+    # kernels
+    "MarkovKernel": "gpgeom.kernels.markov",
+    "MaternMarkovKernel": "gpgeom.kernels.markov",
+    "WNOAKernel": "gpgeom.kernels.markov",
+    "WNOJKernel": "gpgeom.kernels.markov",
+    "SpectralKernel": "gpgeom.kernels.spectral",
+    # geometry
+    "Mesh": "gpgeom.geometry.mesh",
+    "mass_matrix": "gpgeom.geometry.mesh",
+    "p1_transfer": "gpgeom.geometry.mesh",
+    "floater_disk": "gpgeom.geometry.morphing",
+    "RBFMorphing": "gpgeom.geometry.morphing",
+    "SnapshotPOD": "gpgeom.geometry.pod",
+    "ConnectionLaplacian": "gpgeom.geometry.connection",
+    "connection_laplacian": "gpgeom.geometry.connection",
+    "graph_laplacian": "gpgeom.geometry.connection",
+    # nn
+    "GICNet": "gpgeom.nn.gicnet",
+    # errors
+    "NotPSDError": "gpgeom.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpgeom' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

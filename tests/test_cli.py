@@ -31,3 +31,10 @@ def test_tutorials_read_smoke_test_flag_and_have_no_outputs(path):
     assert "SMOKE_TEST" in code, f"{path.name} must size its work by the SMOKE_TEST flag"
     assert "set_num_threads(1)" in code or "OMP_NUM_THREADS" in code
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), "strip outputs"
+
+
+def test_demo_engine_sections_write_report_and_figures(tmp_path):
+    report = run_demo(tmp_path, quick=True, only=["kalman"], progress=False)
+    text = report.read_text()
+    assert "Kalman vs dense log lik." in text
+    assert (tmp_path / "kalman.png").stat().st_size > 10_000

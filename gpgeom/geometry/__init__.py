@@ -1,1 +1,27 @@
-r"""Geometry independent of any GP: meshes, morphing, POD, connection Laplacians, Lie groups."""
+r"""Geometry independent of any GP: meshes, morphing, POD, connection Laplacians, Lie groups.
+
+Submodules: :mod:`~gpgeom.geometry.mesh`, :mod:`~gpgeom.geometry.morphing`, :mod:`~gpgeom.geometry.pod`,
+:mod:`~gpgeom.geometry.connection`, :mod:`~gpgeom.geometry.lie` (SO(3)/SE(3) functions, used by name from there).
+"""
+
+from gpgeom.geometry import lie
+from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian
+from gpgeom.geometry.mesh import Mesh, boundary_loops, interpolate, mass_matrix, p1_transfer
+from gpgeom.geometry.morphing import RBFMorphing, floater_disk, rbf_morph
+from gpgeom.geometry.pod import SnapshotPOD
+
+__all__ = [
+    "ConnectionLaplacian",
+    "Mesh",
+    "RBFMorphing",
+    "SnapshotPOD",
+    "boundary_loops",
+    "connection_laplacian",
+    "floater_disk",
+    "graph_laplacian",
+    "interpolate",
+    "lie",
+    "mass_matrix",
+    "p1_transfer",
+    "rbf_morph",
+]
