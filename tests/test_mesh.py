@@ -3,6 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 import triangle
+from mesh_factories import random_disk_mesh, seeded_rng
 
 from gpgeom.geometry.mesh import (
     Mesh,
@@ -17,24 +18,6 @@ from gpgeom.geometry.mesh import (
 # ----------------------------------------------------------------------------------------------------------------
 # random meshes
 # ----------------------------------------------------------------------------------------------------------------
-def _rng():
-    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-
-
-def random_disk_mesh(rng, n_boundary=40, n_interior=150, jitter=0.2):
-    """Constrained Delaunay of random points inside a random star-shaped polygon (many skinny triangles)."""
-    base = 2 * np.pi * np.arange(n_boundary) / n_boundary
-    ang = base + rng.uniform(-0.4, 0.4, n_boundary) * 2 * np.pi / n_boundary
-    r = 1 + jitter * rng.uniform(-1, 1, n_boundary)
-    B = np.c_[r * np.cos(ang), r * np.sin(ang)]
-    rr = 0.7 * np.sqrt(rng.uniform(0, 1, n_interior))
-    th = rng.uniform(0, 2 * np.pi, n_interior)
-    V = np.r_[B, np.c_[rr * np.cos(th), rr * np.sin(th)]]
-    S = np.c_[np.arange(n_boundary), (np.arange(n_boundary) + 1) % n_boundary]
-    T = triangle.triangulate({"vertices": V, "segments": S}, "p")
-    return Mesh(T["vertices"], T["triangles"])
-
-
 def annulus_mesh(n_outer=40, n_inner=16, area=0.01):
     a = 2 * np.pi * np.arange(n_outer) / n_outer
     b = 2 * np.pi * np.arange(n_inner) / n_inner
@@ -60,7 +43,7 @@ def shoelace(P):
 # container, I/O
 # ----------------------------------------------------------------------------------------------------------------
 def test_mesh_basic_properties_and_torch_input():
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng)
     m2 = Mesh(torch.tensor(np.array(m.points)), torch.tensor(np.array(m.cells)))
     assert m2.points.dtype == np.float64 and m2.cells.dtype == np.int64
@@ -74,7 +57,7 @@ def test_mesh_basic_properties_and_torch_input():
 
 @pytest.mark.parametrize("ext", [".vtu", ".vtk"])
 def test_meshio_round_trip(tmp_path, ext):
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng, 30, 60)
     u = rng.normal(size=m.n_points)
     vec = rng.normal(size=(m.n_points, 2))
@@ -105,7 +88,7 @@ def test_meshio_quads_are_split_into_triangles():
 # boundary loops and renumbering
 # ----------------------------------------------------------------------------------------------------------------
 def test_boundary_loops_disk_and_annulus_orientation():
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng)
     (loop,) = boundary_loops(m)
     assert len(loop) == 40 and shoelace(m.points[loop]) > 0  # counter-clockwise
@@ -172,7 +155,7 @@ def _exact_product_integral(mesh, f, g):
 
 
 def test_mass_matrix_integrates_products_of_linear_fields_exactly():
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng, 30, 100)
     a, b = rng.normal(size=3), rng.normal(size=3)
 
@@ -214,7 +197,7 @@ def test_mass_matrix_other_dimensions():
 # P1 transfer
 # ----------------------------------------------------------------------------------------------------------------
 def test_p1_transfer_reproduces_linear_fields_inside():
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng, 50, 300)
     q = np.r_[random_points_in_cells(rng, m, 2000), m.points]  # interior points and the nodes themselves
     T = p1_transfer(m, q)
@@ -251,7 +234,7 @@ def _closest_boundary_point(mesh, q):
 
 
 def test_p1_transfer_clamps_outside_points_to_closest_boundary_point():
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng, 40, 100)
     ang = rng.uniform(0, 2 * np.pi, 300)
     q = rng.uniform(1.25, 3.0, (300, 1)) * np.c_[np.cos(ang), np.sin(ang)]  # all outside (radius <= 1.2)
@@ -286,7 +269,7 @@ def test_p1_transfer_1d_and_3d():
 # bad input
 # ----------------------------------------------------------------------------------------------------------------
 def test_bad_input_gives_clear_errors():
-    rng = _rng()
+    rng = seeded_rng()
     m = random_disk_mesh(rng, 20, 30)
     q = random_points_in_cells(rng, m, 5)
     with pytest.raises(ValueError, match=rf"one row per source node \({m.n_points}\)"):

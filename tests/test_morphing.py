@@ -5,27 +5,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 import triangle
+from mesh_factories import random_disk_mesh, seeded_rng
 
 from gpgeom.geometry.mesh import Mesh, boundary_loops, p1_transfer, renumber_for_parametrization
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk, rbf_morph, wendland_c2
-
-
-def _rng():
-    return np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
-
-
-def random_disk_mesh(rng, n_boundary=40, n_interior=150, jitter=0.2):
-    """Constrained Delaunay of random points inside a random star-shaped polygon (many skinny triangles)."""
-    base = 2 * np.pi * np.arange(n_boundary) / n_boundary
-    ang = base + rng.uniform(-0.4, 0.4, n_boundary) * 2 * np.pi / n_boundary
-    r = 1 + jitter * rng.uniform(-1, 1, n_boundary)
-    B = np.c_[r * np.cos(ang), r * np.sin(ang)]
-    rr = 0.7 * np.sqrt(rng.uniform(0, 1, n_interior))
-    th = rng.uniform(0, 2 * np.pi, n_interior)
-    V = np.r_[B, np.c_[rr * np.cos(th), rr * np.sin(th)]]
-    S = np.c_[np.arange(n_boundary), (np.arange(n_boundary) + 1) % n_boundary]
-    T = triangle.triangulate({"vertices": V, "segments": S}, "p")
-    return Mesh(T["vertices"], T["triangles"])
 
 
 def perturbed_grid_mesh(rng, nx, ny, amp=0.3):
@@ -99,7 +82,7 @@ def check_floater(mesh, uv):
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("nb, ni", [(12, 5), (40, 150), (90, 800)])
 def test_floater_random_delaunay_meshes(nb, ni):
-    rng = _rng()
+    rng = seeded_rng()
     mesh = random_disk_mesh(rng, nb, ni)
     uv = floater_disk(mesh)
     assert uv.shape == (mesh.n_points, 2) and uv.dtype == np.float64
@@ -108,7 +91,7 @@ def test_floater_random_delaunay_meshes(nb, ni):
 
 @pytest.mark.parametrize("nx, ny", [(5, 4), (23, 11), (60, 31)])
 def test_floater_perturbed_grids(nx, ny):
-    rng = _rng()
+    rng = seeded_rng()
     mesh = perturbed_grid_mesh(rng, nx, ny)
     check_floater(mesh, floater_disk(mesh))
     # clockwise triangles: the map keeps their (negative) orientation
@@ -117,7 +100,7 @@ def test_floater_perturbed_grids(nx, ny):
 
 
 def test_floater_boundary_parametrisations():
-    rng = _rng()
+    rng = seeded_rng()
     mesh = random_disk_mesh(rng, 30, 80)
     perm, nb = renumber_for_parametrization(mesh)
     loop = perm[-nb:]
@@ -146,7 +129,7 @@ def test_floater_reference_orientation_mirrors_some_meshes():
 
 
 def test_floater_surface_in_3d():
-    rng = _rng()
+    rng = seeded_rng()
     flat = random_disk_mesh(rng, 30, 100)
     P = flat.points
     surf = Mesh(np.c_[P, P[:, 0] ** 2 - 0.5 * P[:, 1] ** 2], flat.cells)  # saddle surface
@@ -157,7 +140,7 @@ def test_floater_surface_in_3d():
 
 
 def test_floater_rejects_meshes_that_are_not_disks():
-    rng = _rng()
+    rng = seeded_rng()
     # annulus: two boundary loops
     a = 2 * np.pi * np.arange(40) / 40
     V = np.r_[np.c_[np.cos(a), np.sin(a)], 0.4 * np.c_[np.cos(a[::2]), np.sin(a[::2])]]
@@ -191,7 +174,7 @@ def test_floater_rejects_meshes_that_are_not_disks():
 
 
 def test_floater_plus_transfers_consistency_between_two_plates():
-    rng = _rng()
+    rng = seeded_rng()
     a, b = notched_plate_mesh(rng, 0.06), notched_plate_mesh(rng, 0.05)
     ma, mb = a.with_points(floater_disk(a)), b.with_points(floater_disk(b))
     Tab = p1_transfer(ma, mb.points)  # a -> nodes of b
@@ -246,7 +229,7 @@ def test_wendland_c2_profile():
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_rbf_interpolates_control_points(affine):
-    rng = _rng()
+    rng = seeded_rng()
     src = rng.uniform(-1, 1, (60, 2))
     tgt = src + 0.1 * rng.normal(size=src.shape)
     morph = RBFMorphing(src, tgt, affine=affine)
@@ -258,7 +241,7 @@ def test_rbf_interpolates_control_points(affine):
 
 
 def test_rbf_affine_part_reproduces_affine_motions_everywhere():
-    rng = _rng()
+    rng = seeded_rng()
     src = rng.uniform(-1, 1, (40, 3))
     A = np.eye(3) + 0.3 * rng.normal(size=(3, 3))
     t = rng.normal(size=3)
@@ -268,7 +251,7 @@ def test_rbf_affine_part_reproduces_affine_motions_everywhere():
 
 
 def test_rbf_morphs_a_mesh_without_flips():
-    rng = _rng()
+    rng = seeded_rng()
     mesh = perturbed_grid_mesh(rng, 21, 11)
     (loop,) = boundary_loops(mesh)
     B = mesh.points[loop]
