@@ -1,0 +1,81 @@
+"""Device and dtype agnosticism: the engine's pieces give the same numbers on every available device.
+
+On a machine without CUDA these run on the CPU only; the GPU check script (benchmarks/gpu_check.sh) runs them on a
+GPU, where each CUDA result is compared with the CPU result of the same inputs.
+"""
+
+import pytest
+import torch
+
+from gpgeom.engine.exact import ExactGPModel
+from gpgeom.engine.gauss_newton import Factor, gauss_newton
+from gpgeom.engine.statespace import log_marginal_likelihood, posterior
+from gpgeom.kernels.markov import MaternMarkovKernel, WNOJKernel
+from gpgeom.kernels.spectral import SpectralKernel
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TOL = {torch.float64: 1e-9, torch.float32: 2e-3}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("parallel", [False, True])
+@torch.no_grad()
+def test_kalman_on_device_matches_cpu_float64(device, dtype, parallel):
+    n = 200
+    t = torch.sort(torch.rand(n, dtype=torch.float64) * 20).values
+    y = torch.sin(t) + 0.1 * torch.randn(n, dtype=torch.float64)
+    ref_kernel = MaternMarkovKernel(nu=2.5).double()
+    ref = log_marginal_likelihood(ref_kernel, t, y, 0.05, parallel=parallel)
+    kernel = MaternMarkovKernel(nu=2.5).to(device=device, dtype=dtype)
+    out = log_marginal_likelihood(kernel, t.to(device, dtype), y.to(device, dtype), 0.05, parallel=parallel)
+    assert out.device.type == device and out.dtype == dtype
+    assert abs(float(out) - float(ref)) <= TOL[dtype] * abs(float(ref))
+    post = posterior(WNOJKernel().to(device=device, dtype=dtype), t.to(device, dtype) + 0.1, y.to(device, dtype), 0.05)
+    ref_post = posterior(WNOJKernel().double(), t + 0.1, y, 0.05)
+    assert torch.allclose(post.mean.cpu().double(), ref_post.mean, atol=50 * TOL[dtype], rtol=50 * TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_exact_gp_and_spectral_kernel_on_device(device):
+    X = torch.rand(30, 2, dtype=torch.float64)
+    Y = torch.sin(4 * X[:, :1]) + X[:, 1:] ** 2
+    Xt = torch.rand(7, 2, dtype=torch.float64)
+    ref = ExactGPModel(X, Y)
+    ref.eval()
+    model = ExactGPModel(X.to(device), Y.to(device))
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    m, s = model.predict(Xt.to(device), return_std=True)
+    mr, sr = ref.predict(Xt, return_std=True)
+    assert m.device.type == device
+    assert torch.allclose(m.cpu(), mr, atol=1e-9) and torch.allclose(s.cpu(), sr, atol=1e-9)
+
+    evals = torch.linspace(0, 3, 10, dtype=torch.float64)
+    evecs = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64))[0]
+    k_ref = SpectralKernel(evals, evecs, nu=1.5, dimension=1)
+    k_dev = SpectralKernel(evals.to(device), evecs.to(device), nu=1.5, dimension=1)
+    idx = torch.arange(10, dtype=torch.float64)[:, None]
+    K = k_dev(idx.to(device)).to_dense()
+    assert K.device.type == device
+    assert torch.allclose(K.detach().cpu(), k_ref(idx).to_dense().detach(), atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gauss_newton_linear_chain_on_device(device):
+    K, s = 40, 2
+    truth = torch.cumsum(torch.randn(K, s, dtype=torch.float64), 0)
+    meas = truth + 0.1 * torch.randn(K, s, dtype=torch.float64)
+    idx_pair = torch.stack([torch.arange(K - 1), torch.arange(1, K)], -1)
+
+    def solve(dev):
+        m = meas.to(dev)
+        factors = [
+            Factor(torch.arange(K)[:, None].to(dev), lambda x, g: (x[:, 0] - m) / 0.1),
+            Factor(idx_pair.to(dev), lambda x, g: x[:, 1] - x[:, 0]),
+        ]
+        return gauss_newton(torch.zeros(K, s, dtype=torch.float64, device=dev), factors, method="gn").states
+
+    out = solve(device)
+    assert out.device.type == device
+    assert torch.allclose(out.cpu(), solve("cpu"), atol=1e-10)
