@@ -1,0 +1,206 @@
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from gpytorch.distributions import MultivariateNormal
+
+from gpgeom.datasets.pde import NonlinearPoisson1D, ViscousBurgers, burgers_cole_hopf
+from gpgeom.engine.variational import elbo_loss
+from gpgeom.models.rgnp import RGNP, coverage, nse, pointwise_grad
+
+SMALL_GIC = dict(lift_channels=6, lift_hidden=(12,), cnn_channels=(8, 8), mlp_hidden=(32,), grid_size=12)
+
+
+def _poisson_model(**kw):
+    opts = dict(hidden=(48, 48, 48), n_freqs=16, gicnet=SMALL_GIC, batch_size=8)
+    opts.update(kw)
+    return RGNP.from_family(NonlinearPoisson1D(), **opts)
+
+
+def _helmholtz_residual(u, x, z, w):
+    u_xx = pointwise_grad(pointwise_grad(u, x)[..., 0], x)[..., 0]
+    return u_xx + z[:, :1] ** 2 * u
+
+
+def test_residual_of_exact_solutions_vanishes():
+    # a user-defined PDE: u'' + z^2 u = 0, exact solution sin(z x) + w cos(z x)
+    m = RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.5], [3.0]), w_bounds=([0.0], [1.0])).double()
+    z = torch.tensor([[0.7], [2.5]], dtype=torch.float64)
+    w = torch.tensor([[0.2], [0.9]], dtype=torch.float64)
+    x = torch.rand(2, 17, 1, dtype=torch.float64) * 2 - 1
+    r = m.residual(lambda xx: torch.sin(z * xx[..., 0]) + w * torch.cos(z * xx[..., 0]), x, z, w)
+    assert r.shape == (2, 17) and float(r.detach().abs().max()) < 1e-12
+    # the Burgers family through its Cole-Hopf solution (a finite sum of heat solutions: residual ~ round-off)
+    fam = ViscousBurgers()
+    mb = RGNP.from_family(fam, gicnet=SMALL_GIC).double()
+    zb = torch.tensor([[0.05, 0.8]], dtype=torch.float64)
+    wb = torch.tensor([[1.3]], dtype=torch.float64)
+    xb = torch.rand(1, 20, 2, dtype=torch.float64) * torch.tensor([1.0, 0.9]) + torch.tensor([0.0, 0.1])
+
+    def u_fn(xx):
+        return burgers_cole_hopf(xx[..., 0], xx[..., 1], 0.05, 0.8, 1.3)
+
+    rb = mb.residual(u_fn, xb, zb, wb)
+    scale = float(pointwise_grad(u_fn(xb.requires_grad_(True)), xb).detach().abs().max())
+    assert float(rb.detach().abs().max()) < 1e-9 * max(scale, 1.0)
+
+
+def test_sampled_field_derivatives_are_pointwise():
+    m = _poisson_model(rank=2).double()
+    z, w = m.sample_params(3)
+    x = m.sample_grid(3, 11).requires_grad_(True)
+    q = m.forward_dist(z, w, x)
+    eps_k = torch.randn(3, 2, dtype=torch.float64)
+    eps = torch.randn(3, 11, dtype=torch.float64)
+
+    def sample(xx):
+        qq = m.forward_dist(z, w, xx)
+        return qq.loc + (qq.cov_factor @ eps_k[..., None])[..., 0] + qq.cov_diag.sqrt() * eps
+
+    u = sample(x)
+    du = pointwise_grad(u, x)[..., 0]
+    h = 1e-6
+    fd = (sample(x.detach() + h) - sample(x.detach() - h)) / (2 * h)
+    torch.testing.assert_close(du, fd, rtol=1e-5, atol=1e-6)
+    assert q.rank == 2
+
+
+def test_elbo_equals_hand_computed_expression():
+    m = RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.5, -1.0], [3.0, 1.0]),
+             w_bounds=([0.0], [1.0]), rank=2, inverse_rank=1, residual_scale=0.3, hidden=(16, 16), n_freqs=4,
+             gicnet=SMALL_GIC, lift=lambda x, w: (w * x[..., 0], 1 - x[..., 0] ** 2)).double()
+    B, n = 2, 5
+    x = m.sample_grid(B, n).requires_grad_(True)
+    _, w = m.sample_params(B)
+    pyro.set_rng_seed(7)
+    value = elbo_loss(m.model, m.guide, x, w)
+    pyro.set_rng_seed(7)
+    tr = pyro.poutine.trace(m.guide).get_trace(x, w)
+    z, u_hat = tr.nodes["z"]["value"], tr.nodes["u"]["value"]
+    # hand-computed: sum_i log N(r_i; 0, eps^2) + log q_beta(z | u, w) - log q_alpha(u_hat | z, w, x)
+    u = w * x[..., 0] + (1 - x[..., 0] ** 2) * u_hat
+    u_xx = torch.autograd.grad(torch.autograd.grad(u.sum(), x, create_graph=True)[0].sum(), x, create_graph=True)[0]
+    r = u_xx[..., 0] + z[:, :1] ** 2 * u
+    eps = float(m.residual_scale)  # 0.3 rounded through the float32 buffer
+    log_r = (-0.5 * r**2 / eps**2 - 0.5 * math.log(2 * math.pi * eps**2)).sum(-1)
+
+    def dense_log_normal(v, dist):
+        cov = torch.diag_embed(dist.cov_diag) + dist.cov_factor @ dist.cov_factor.transpose(-1, -2)
+        diff = v - dist.loc
+        sol = torch.linalg.solve(cov, diff[..., None])[..., 0]
+        k = v.shape[-1]
+        return -0.5 * (diff * sol).sum(-1) - 0.5 * torch.logdet(cov) - 0.5 * k * math.log(2 * math.pi)
+
+    log_beta = dense_log_normal(z, m.inverse_dist(x, u, w))
+    log_alpha = dense_log_normal(u_hat, m.forward_dist(z, w, x))
+    hand = (log_r + log_beta - log_alpha).sum()
+    torch.testing.assert_close(-value, hand, rtol=1e-9, atol=1e-8)
+    pyro.set_rng_seed(7)
+    terms = m.elbo_terms(x, w)
+    torch.testing.assert_close(terms["elbo"], hand, rtol=1e-9, atol=1e-8)
+
+
+def test_short_training_raises_elbo_and_lowers_forward_error():
+    fam = NonlinearPoisson1D()
+    rng = np.random.default_rng(5)
+    z, w = fam.sample_params(4, rng)
+    xt = np.linspace(-1, 1, 41)[:, None]
+    ut = torch.tensor(np.stack([fam.solve(z[i], w[i], xt) for i in range(4)]), dtype=torch.float32)
+    z, w, xt = (torch.tensor(a, dtype=torch.float32) for a in (z, w, xt))
+    m = _poisson_model()
+    errors = []
+
+    def err():
+        mu, _ = m.predict_forward(z, w, xt)
+        return float(nse(mu, ut).mean())
+
+    errors.append(err())
+    losses = []
+    for k in range(3):
+        res = m.fit(100, lr=3e-3, progress=False, seed=k)
+        losses += res.history[0]
+        errors.append(err())
+    first, last = np.mean(losses[:20]), np.mean(losses[-20:])
+    assert last < 0.2 * first  # the ELBO rises
+    assert errors[-1] < 0.3 * errors[0] and errors[-1] < 0.2, errors  # forward error falls in trend
+    assert sum(b < a for a, b in zip(errors, errors[1:])) >= 2, errors
+    assert m.fit_history == losses
+    mu, sd = m.predict_forward(z, w, xt)
+    assert mu.shape == sd.shape == (4, 41) and 0.0 <= float(coverage(mu, sd, ut)) <= 1.0
+    zm, zs = m.predict_inverse(xt, ut, w)
+    assert zm.shape == zs.shape == (4, 5) and bool((zs > 0).all())
+
+
+def test_data_term_learned_scale_and_fixed_grid():
+    fam = NonlinearPoisson1D()
+    m = _poisson_model(learn_residual_scale=True, residual_scale=1.0, grid="fixed", n_points=12)
+    g1, g2 = m.sample_grid(2), m.sample_grid(2)
+    assert torch.equal(g1, g2) and g1.shape == (2, 12, 1)
+    S, mpts = 6, 9
+    z, w = (torch.tensor(a, dtype=torch.float32) for a in fam.sample_params(S, 0))
+    x = torch.rand(S, mpts, 1) * 1.6 - 0.8
+    y = torch.randn(S, mpts) * 0.05
+    data = m._prepare_data({"x": x, "y": y, "z": z, "w": w}, 0.05, 3)
+    xg, wg = m._draw(4, None)
+    terms = m.elbo_terms(xg, wg, data)
+    assert {"z", "u", "pde", "z_obs", "y", "q:z", "q:u"} <= set(terms)
+    eps0 = float(m.residual_scale.detach())
+    m.fit(5, data={"x": x, "y": y, "z": z, "w": w}, data_batch=3, progress=False, seed=0, lr=1e-2)
+    assert float(m.residual_scale.detach()) != eps0
+
+
+def test_predict_mvn_and_save_load(tmp_path):
+    m = _poisson_model(rank=2).double()
+    z = torch.tensor([0.1, -0.2, 0.3, 0.0, 0.5], dtype=torch.float64)
+    w = torch.tensor([1.5], dtype=torch.float64)
+    x = torch.linspace(-0.9, 0.9, 7, dtype=torch.float64)[:, None]
+    mvn = m.predict_forward(z, w, x, return_mvn=True)
+    assert isinstance(mvn, MultivariateNormal) and mvn.mean.shape == (1, 7)
+    dense = MultivariateNormal(mvn.mean, mvn.covariance_matrix)
+    v = mvn.mean + 0.01
+    torch.testing.assert_close(mvn.log_prob(v), dense.log_prob(v))
+    mu, sd = m.predict_forward(z, w, x)
+    torch.testing.assert_close(sd**2, mvn.variance)
+    m.save(tmp_path / "m.pt")
+    m2 = RGNP.load(tmp_path / "m.pt")
+    mu2, sd2 = m2.predict_forward(z, w, x)
+    torch.testing.assert_close(mu, mu2)
+    torch.testing.assert_close(sd, sd2)
+    custom = RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.5], [3.0]), gicnet=SMALL_GIC)
+    custom.save(tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="pass `residual=`"):
+        RGNP.load(tmp_path / "c.pt")
+    c2 = RGNP.load(tmp_path / "c.pt", residual=_helmholtz_residual)
+    zc = torch.tensor([1.0])
+    xf = x.float()
+    torch.testing.assert_close(custom.predict_forward(zc, None, xf)[0], c2.predict_forward(zc, None, xf)[0])
+
+
+def test_bad_input_gives_clear_errors():
+    m = _poisson_model()
+    z = torch.zeros(2, 5)
+    w = torch.full((2, 1), 1.5)
+    x = torch.linspace(-1, 1, 9)[:, None]
+    with pytest.raises(ValueError, match="outside the domain"):
+        m.predict_forward(z, w, x * 1.5)
+    with pytest.raises(ValueError, match="outside the domain"):
+        m.predict_inverse(x * 1.5, torch.zeros(2, 9), w)
+    with pytest.raises(ValueError, match="prior support of z"):
+        m.predict_forward(z + 2.0, w, x)
+    with pytest.raises(ValueError, match="support of w"):
+        m.predict_forward(z, w * 3, x)
+    with pytest.raises(ValueError, match="prior support of z"):
+        m.fit(1, data={"x": x[None].expand(2, -1, -1), "y": torch.zeros(2, 9), "z": z - 3, "w": w}, progress=False)
+    bad = RGNP(lambda u, x, z, w: u.sum(-1), domain=(-1.0, 1.0), z_bounds=([0.0], [1.0]), gicnet=SMALL_GIC)
+    with pytest.raises(ValueError, match=r"residual function must return a tensor of shape \(B, n\)"):
+        bad.loss(2, 5)
+    with pytest.raises(ValueError, match="shape"):
+        m.predict_forward(torch.zeros(2, 4), w, x)
+    with pytest.raises(ValueError, match="lower < upper"):
+        RGNP(_helmholtz_residual, domain=(1.0, -1.0), z_bounds=([0.0], [1.0]))
+    with pytest.raises(ValueError, match="grid"):
+        RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.0], [1.0]), grid="sobol")
+    with pytest.raises(ValueError, match="lift"):
+        RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.0], [1.0]), lift=lambda x, w: (x, x)).loss(2, 4)
