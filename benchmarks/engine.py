@@ -91,6 +91,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--fit-sizes", type=int, nargs="*", default=None, help="n of the exact-GP fit timings")
     args = p.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cpu":
@@ -101,6 +102,8 @@ def main():
         ns = [1000, 2000, 5000, 10000, 20000, 50000, 100000]
         dense_max = 20000 if device.type == "cuda" else 10000
         seq_max, fit_ns = 10000, [100, 500, 1000]
+    if args.fit_sizes is not None:
+        fit_ns = args.fit_sizes
     print(machine_info(device))
     rows, slope_kal, slope_dense = kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats=3)
     fit_rows = exact_fit_times(fit_ns, 3, 3, device, dtype)

@@ -3,6 +3,7 @@
 #   - the device tests (CUDA results against CPU results of the same inputs),
 #   - the engine benchmark on CUDA (Kalman vs dense likelihood up to n = 1e5, exact-GP fit),
 #   - each model benchmark's GPU configuration, when present.
+# Usage: bash benchmarks/gpu_check.sh [engine] [rgnp] [rvgp] [funbat] [trajectory]   (default: all)
 # Results land in benchmarks/results/ and, when $OUT is set (the device tool), are copied there.
 # Packages the GPU image lacks travel as wheels in .whl/ (pyro-ppl, pyro-api, meshio).
 set -uo pipefail
@@ -19,13 +20,17 @@ nvidia-smi -L || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 status=0
 run() { echo "== $*"; timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!! failed: $*"; status=1; }; }
+want() { [[ " ${SELECTED} " == *" $1 "* ]]; }
+SELECTED="${*:-engine rgnp rvgp funbat trajectory}"
 run $PY -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_statespace.py tests/test_lie.py -k "cuda or device"
-run $PY benchmarks/engine.py --device cuda --dtype float64
-run $PY benchmarks/engine.py --device cuda --dtype float32 --quick
-[ -f benchmarks/rgnp.py ] && run $PY benchmarks/rgnp.py --device cuda --paper-sizes
-[ -f benchmarks/rvgp.py ] && run $PY benchmarks/rvgp.py --device cuda --quick
-[ -f benchmarks/funbat.py ] && run $PY benchmarks/funbat.py --device cuda --quick
-[ -f benchmarks/trajectory.py ] && run $PY benchmarks/trajectory.py --device cuda --quick
+if want engine; then
+    run $PY benchmarks/engine.py --device cuda --dtype float64 --fit-sizes 200
+    run $PY benchmarks/engine.py --device cuda --dtype float32 --quick --fit-sizes
+fi
+want rgnp && run $PY benchmarks/rgnp.py --device cuda --paper-sizes ${RGNP_ARGS:-}
+want rvgp && run $PY benchmarks/rvgp.py --device cuda --quick
+want funbat && [ -f benchmarks/funbat.py ] && run $PY benchmarks/funbat.py --device cuda --quick
+want trajectory && [ -f benchmarks/trajectory.py ] && run $PY benchmarks/trajectory.py --device cuda --quick
 if [ -n "${OUT:-}" ]; then
     tar czf "$OUT/gpu_results.tgz" benchmarks/results
 fi
