@@ -32,8 +32,10 @@ class Section:
 SECTIONS: dict[str, str] = {
     "kalman": "gpgeom.demo.engine:kalman_section",
     "exact_gp": "gpgeom.demo.engine:exact_gp_section",
+    "mmgp": "gpgeom.demo.mmgp:mmgp_section",
     "rvgp": "gpgeom.demo.rvgp:rvgp_section",
     "rgnp": "gpgeom.demo.rgnp:rgnp_section",
+    "trajectory": "gpgeom.demo.trajectory:trajectory_section",
 }
 
 
