@@ -1,0 +1,426 @@
+r"""Analytic fast 6-DoF trajectories with exact derivatives, and simulated pose, UWB, TDOA and IMU measurements.
+
+Trajectories (:class:`FastTrajectory`), evaluated at any time by :meth:`FastTrajectory.state`:
+
+* ``kind="split"`` (the GPTR UWB simulation, "split" ground truth): rotation and translation independent,
+
+  .. math::
+      R(t) = \mathrm{Exp}\big(r \odot [\cos(f t + 57), \sin(f t + 57), \sin(f t / 3 + 43)]\big), \quad
+      r = (\pi/2, \pi/2, \pi\sqrt3/2), \quad f = 0.075\,n,
+
+  .. math::
+      p(t) = c\,[\sin(g t + 43), \cos(g t + 43), \cos(g t / 3 + 57)], \quad g = 0.45\,m_{\text{pos}},
+
+  with ``speed`` :math:`n` (the body rate grows with it: :math:`|\omega| \approx 1.7, 3.7, 4.9` rad/s for
+  :math:`n = 15, 30, 45`) and ``radius`` :math:`c`.
+* ``kind="heading"`` ("non-split"): the same position, the body x-axis along the velocity, the z-axis as close to
+  the world z as possible, and a roll oscillation :math:`0.6 \sin(f t)` about the body x-axis.
+
+The derivatives are *exact*: :math:`\omega^\wedge = R^\top\dot R` and :math:`\alpha^\wedge = \frac{d}{dt}(R^\top
+\dot R) = \dot R^\top\dot R + R^\top\ddot R` with :math:`\dot R, \ddot R` from nested forward-mode automatic
+differentiation of :math:`R(t)` (no finite differences, no Jacobian formula), and :math:`v, a` likewise.
+
+Measurements (seeded, returned as dataclasses of float64 tensors; feed them to the classes of
+:mod:`gpgeom.models.trajectory_factors`): :func:`simulate_pose`, :func:`simulate_uwb` (two-way ranging from
+tags with body-frame offsets to fixed anchors), :func:`simulate_tdoa`, :func:`simulate_imu` (gyroscope and
+accelerometer with constant biases and gravity) and :func:`perturbed_knots` (the initial guess of the GPTR
+protocol: truth perturbed by Gaussian noise on rotation and position, rates zeroed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom.geometry.lie import rotmat_to_quat, so3_exp, so3_vee
+
+__all__ = [
+    "DEFAULT_ANCHORS",
+    "DEFAULT_TAG_OFFSETS",
+    "FastTrajectory",
+    "GPTR_ANCHORS",
+    "GPTR_TAG_OFFSETS",
+    "GroundTruth",
+    "IMUData",
+    "PoseData",
+    "TDOAData",
+    "UWBData",
+    "perturbed_knots",
+    "simulate_imu",
+    "simulate_pose",
+    "simulate_tdoa",
+    "simulate_uwb",
+]
+
+_DT = torch.float64
+
+#: Eight UWB anchors on the corners of a 20 m x 20 m x 6 m box around the default trajectory (m).
+DEFAULT_ANCHORS = torch.tensor(
+    [[sx * 10.0, sy * 10.0, sz] for sz in (-3.0, 3.0) for sx, sy in ((1, 1), (-1, 1), (-1, -1), (1, -1))], dtype=_DT
+)
+#: Three UWB tags on the body (body frame, m), not collinear so that every rotation axis is observable.
+DEFAULT_TAG_OFFSETS = torch.tensor([[0.2, 0.0, 0.0], [-0.2, 0.0, 0.0], [0.0, 0.25, 0.05]], dtype=_DT)
+#: The GPTR simulation's two tags (+-0.2, 0, 0) m: the roll about the body x-axis is not observable from them.
+GPTR_TAG_OFFSETS = torch.tensor([[0.2, 0.0, 0.0], [-0.2, 0.0, 0.0]], dtype=_DT)
+#: The GPTR simulation's four anchors (+-10, +-10, {0.5, 2.5}) m.
+GPTR_ANCHORS = torch.tensor([[10.0, 10.0, 0.5], [-10.0, 10.0, 2.5], [-10.0, -10.0, 0.5], [10.0, -10.0, 2.5]], dtype=_DT)
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+def _times(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        t = torch.as_tensor(t, dtype=_DT)
+    check_tensor(name, t, floating=True)
+    if t.dim() != 1:
+        raise ValueError(f"`{name}` must be a 1-D tensor of times, got shape {tuple(t.shape)}.")
+    return t.to(_DT)
+
+
+@dataclass
+class GroundTruth:
+    r"""Exact states at ``n`` times (float64).
+
+    Attributes:
+        t: ``n``. R: ``n x 3 x 3`` (body to world). omega, alpha: ``n x 3`` body angular velocity/acceleration.
+        p, v, a: ``n x 3`` world position, velocity, acceleration.
+    """
+
+    t: Tensor
+    R: Tensor
+    omega: Tensor
+    alpha: Tensor
+    p: Tensor
+    v: Tensor
+    a: Tensor
+
+    @property
+    def quaternion(self) -> Tensor:
+        r"""``n x 4`` unit quaternions ``(x, y, z, w)``."""
+        return rotmat_to_quat(self.R, validate=False)
+
+    def knots(self, prior: str = "wnoj") -> dict[str, Tensor]:
+        r"""The states as keyword arguments of :meth:`gpgeom.models.trajectory.Trajectory.set_knots`."""
+        d = {"R": self.R, "omega": self.omega, "p": self.p, "v": self.v}
+        if prior == "wnoj":
+            d.update(alpha=self.alpha, a=self.a)
+        return d
+
+
+@dataclass
+class FastTrajectory:
+    r"""An analytic fast 6-DoF trajectory (see the module docstring).
+
+    Args:
+        kind: ``"split"`` or ``"heading"``.
+        speed: :math:`n`, the rotation frequency factor (:math:`f = 0.075 n` rad/s); default 30
+            (:math:`|\omega| \approx 3.7` rad/s on average).
+        pos_speed: Factor of the position frequencies (default 1: :math:`|v| \approx 2.3` m/s).
+        radius: Position amplitude :math:`c` (m), default 5.
+    """
+
+    kind: str = "split"
+    speed: float = 30.0
+    pos_speed: float = 1.0
+    radius: float = 5.0
+    _r: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_option("kind", self.kind, ("split", "heading"))
+        check_positive("speed", self.speed)
+        check_positive("pos_speed", self.pos_speed)
+        check_positive("radius", self.radius)
+        self._r = torch.tensor([math.pi / 2, math.pi / 2, math.pi * math.sqrt(3.0) / 2], dtype=_DT)
+
+    # ----- analytic maps (elementwise in t) -----
+    def _position(self, t: Tensor) -> Tensor:
+        g = 0.45 * self.pos_speed
+        c = self.radius
+        return c * torch.stack([torch.sin(g * t + 43), torch.cos(g * t + 43), torch.cos(g * t / 3 + 57)], -1)
+
+    def _velocity(self, t: Tensor) -> Tensor:
+        return torch.func.jvp(self._position, (t,), (torch.ones_like(t),))[1]
+
+    def _rotation(self, t: Tensor) -> Tensor:
+        f = 0.075 * self.speed
+        if self.kind == "split":
+            phi = self._r * torch.stack([torch.cos(f * t + 57), torch.sin(f * t + 57), torch.sin(f * t / 3 + 43)], -1)
+            return so3_exp(phi)
+        v = self._velocity(t)
+        x = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        ez = torch.zeros_like(x)
+        ez[..., 2] = 1.0
+        y = torch.linalg.cross(ez, x, dim=-1)
+        y = y / torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+        z = torch.linalg.cross(x, y, dim=-1)
+        R0 = torch.stack([x, y, z], dim=-1)
+        roll = 0.6 * torch.sin(f * t)
+        ex = torch.zeros_like(x)
+        ex[..., 0] = 1.0
+        return R0 @ so3_exp(roll[..., None] * ex)
+
+    def state(self, t: Tensor | float) -> GroundTruth:
+        r"""Exact :math:`(R, \omega, \alpha, p, v, a)` at times ``t`` (``n``, float64)."""
+        t = _times("t", torch.as_tensor(t, dtype=_DT).reshape(-1))
+        one = torch.ones_like(t)
+
+        def dR(tt):
+            return torch.func.jvp(self._rotation, (tt,), (torch.ones_like(tt),))
+
+        R, Rd = dR(t)
+        Rdd = torch.func.jvp(dR, (t,), (one,))[1][1]
+        W = R.mT @ Rd
+        A = Rd.mT @ Rd + R.mT @ Rdd
+        omega = so3_vee(0.5 * (W - W.mT))
+        alpha = so3_vee(0.5 * (A - A.mT))
+
+        def dp(tt):
+            return torch.func.jvp(self._position, (tt,), (torch.ones_like(tt),))
+
+        p, v = dp(t)
+        a = torch.func.jvp(dp, (t,), (one,))[1][1]
+        return GroundTruth(t=t, R=R, omega=omega, alpha=alpha, p=p, v=v, a=a)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Measurements
+# ------------------------------------------------------------------------------------------------------------------
+@dataclass
+class PoseData:
+    r"""Noisy poses: ``t`` (``M``), ``R`` (``M x 3 x 3``), ``p`` (``M x 3``), noise stds ``sigma_rot`` (rad),
+    ``sigma_pos`` (m). ``R = R_true Exp(n_R)``, ``p = p_true + n_p``."""
+
+    t: Tensor
+    R: Tensor
+    p: Tensor
+    sigma_rot: float
+    sigma_pos: float
+
+    @property
+    def quaternion(self) -> Tensor:
+        return rotmat_to_quat(self.R, validate=False)
+
+
+@dataclass
+class UWBData:
+    r"""Two-way ranges: ``t`` (``M``), ``anchors`` (``M x 3``, world), ``tag_offsets`` (``M x 3``, body),
+    ``ranges`` (``M``), ``sigma`` (m), ``anchor_index`` and ``tag_index`` (``M``, int)."""
+
+    t: Tensor
+    anchors: Tensor
+    tag_offsets: Tensor
+    ranges: Tensor
+    sigma: float
+    anchor_index: Tensor
+    tag_index: Tensor
+
+
+@dataclass
+class TDOAData:
+    r"""Range differences :math:`\lVert x - x_j\rVert - \lVert x - x_i\rVert`: ``t`` (``M``), ``anchor_i``,
+    ``anchor_j`` (``M x 3``), ``tag_offsets`` (``M x 3``), ``tdoa`` (``M``), ``sigma`` (m)."""
+
+    t: Tensor
+    anchor_i: Tensor
+    anchor_j: Tensor
+    tag_offsets: Tensor
+    tdoa: Tensor
+    sigma: float
+
+
+@dataclass
+class IMUData:
+    r"""IMU readings: ``t`` (``M``), ``gyro``, ``accel`` (``M x 3``, body frame), the true constant biases
+    ``bias_gyro``, ``bias_accel`` (3), ``gravity`` (3, world gravity acceleration) and the noise stds."""
+
+    t: Tensor
+    gyro: Tensor
+    accel: Tensor
+    bias_gyro: Tensor
+    bias_accel: Tensor
+    gravity: Tensor
+    sigma_gyro: float
+    sigma_accel: float
+
+
+def simulate_pose(
+    truth: FastTrajectory,
+    t: Tensor,
+    *,
+    sigma_rot: float = 0.01,
+    sigma_pos: float = 0.01,
+    seed: int | torch.Generator | None = 0,
+) -> PoseData:
+    r"""Poses at times ``t`` (``M``) with right-multiplied rotation noise :math:`\mathrm{Exp}(n_R)`,
+    :math:`n_R \sim N(0, \sigma_{rot}^2 I)`, and position noise :math:`N(0, \sigma_{pos}^2 I)`."""
+    t = _times("t", t)
+    check_positive("sigma_rot", sigma_rot, allow_zero=True)
+    check_positive("sigma_pos", sigma_pos, allow_zero=True)
+    g = _generator(seed)
+    gt = truth.state(t)
+    M = t.shape[0]
+    nR = sigma_rot * torch.randn(M, 3, generator=g, dtype=_DT)
+    nP = sigma_pos * torch.randn(M, 3, generator=g, dtype=_DT)
+    return PoseData(t=t, R=gt.R @ so3_exp(nR), p=gt.p + nP, sigma_rot=float(sigma_rot), sigma_pos=float(sigma_pos))
+
+
+def simulate_uwb(
+    truth: FastTrajectory,
+    t_start: float,
+    t_end: float,
+    *,
+    rate: float = 20.0,
+    anchors: Tensor | None = None,
+    tag_offsets: Tensor | None = None,
+    sigma: float = 0.05,
+    stagger: bool = True,
+    seed: int | torch.Generator | None = 0,
+) -> UWBData:
+    r"""UWB two-way ranges from every tag to every anchor at ``rate`` epochs per second in ``[t_start, t_end]``.
+
+    :math:`d = \lVert R(t)\, o + p(t) - x_{\text{anc}}\rVert + n`, :math:`n \sim N(0, \sigma^2)`. With ``stagger``,
+    the ``P`` (anchor, tag) pairs of an epoch are ranged one after the other, at ``epoch + j / (P rate)``
+    (sequential ranging), otherwise all at the epoch time.
+
+    Args:
+        truth: The trajectory.
+        t_start, t_end: Time span.
+        rate: Epochs per second (default 20 Hz).
+        anchors: ``A x 3`` anchor positions (default :data:`DEFAULT_ANCHORS`).
+        tag_offsets: ``T x 3`` tag positions in the body frame (default :data:`DEFAULT_TAG_OFFSETS`).
+        sigma: Range noise std (m).
+        stagger: Sequential ranging times (see above).
+        seed: Seed or generator.
+    """
+    check_positive("rate", rate)
+    check_positive("sigma", sigma, allow_zero=True)
+    if not t_end > t_start:
+        raise ValueError(f"`t_end` ({t_end}) must exceed `t_start` ({t_start}).")
+    anchors = DEFAULT_ANCHORS if anchors is None else torch.as_tensor(anchors, dtype=_DT)
+    tags = DEFAULT_TAG_OFFSETS if tag_offsets is None else torch.as_tensor(tag_offsets, dtype=_DT)
+    check_tensor("anchors", anchors, ndim=2, shape=(None, 3))
+    check_tensor("tag_offsets", tags, ndim=2, shape=(None, 3))
+    g = _generator(seed)
+    n_ep = int(math.floor((t_end - t_start) * rate + 1e-9)) + 1
+    epochs = t_start + torch.arange(n_ep, dtype=_DT) / rate
+    A, T = anchors.shape[0], tags.shape[0]
+    P = A * T
+    ai = torch.arange(A).repeat(T)
+    ti = torch.arange(T).repeat_interleave(A)
+    off = torch.arange(P, dtype=_DT) / (P * rate) if stagger else torch.zeros(P, dtype=_DT)
+    t = (epochs[:, None] + off[None, :]).reshape(-1)
+    ai = ai.repeat(n_ep)
+    ti = ti.repeat(n_ep)
+    keep = t <= t_end
+    t, ai, ti = t[keep], ai[keep], ti[keep]
+    st = truth.state(t)
+    x = (st.R @ tags[ti].unsqueeze(-1)).squeeze(-1) + st.p - anchors[ai]
+    d = torch.linalg.vector_norm(x, dim=-1) + sigma * torch.randn(t.shape[0], generator=g, dtype=_DT)
+    return UWBData(
+        t=t, anchors=anchors[ai], tag_offsets=tags[ti], ranges=d, sigma=float(sigma), anchor_index=ai, tag_index=ti
+    )
+
+
+def simulate_tdoa(
+    truth: FastTrajectory,
+    t: Tensor,
+    *,
+    anchors: Tensor | None = None,
+    tag_offset: Tensor | None = None,
+    sigma: float = 0.05,
+    seed: int | torch.Generator | None = 0,
+) -> TDOAData:
+    r"""TDOA (in metres) at times ``t`` (``M``), cycling through the anchor pairs ``(0, j)``, ``j = 1..A-1``:
+    :math:`m = \lVert x - x_j\rVert - \lVert x - x_0\rVert + n`, :math:`x = R(t)\,o + p(t)`."""
+    t = _times("t", t)
+    check_positive("sigma", sigma, allow_zero=True)
+    anchors = DEFAULT_ANCHORS if anchors is None else torch.as_tensor(anchors, dtype=_DT)
+    check_tensor("anchors", anchors, ndim=2, shape=(None, 3))
+    if anchors.shape[0] < 2:
+        raise ValueError(f"`anchors` must hold at least 2 anchors for TDOA, got {anchors.shape[0]}.")
+    o = torch.zeros(3, dtype=_DT) if tag_offset is None else torch.as_tensor(tag_offset, dtype=_DT)
+    g = _generator(seed)
+    M = t.shape[0]
+    j = 1 + torch.arange(M) % (anchors.shape[0] - 1)
+    ai, aj = anchors[0].expand(M, 3), anchors[j]
+    st = truth.state(t)
+    x = (st.R @ o.expand(M, 3).unsqueeze(-1)).squeeze(-1) + st.p
+    m = torch.linalg.vector_norm(x - aj, dim=-1) - torch.linalg.vector_norm(x - ai, dim=-1)
+    m = m + sigma * torch.randn(M, generator=g, dtype=_DT)
+    return TDOAData(
+        t=t, anchor_i=ai.clone(), anchor_j=aj, tag_offsets=o.expand(M, 3).clone(), tdoa=m, sigma=float(sigma)
+    )
+
+
+def simulate_imu(
+    truth: FastTrajectory,
+    t: Tensor,
+    *,
+    sigma_gyro: float = 0.01,
+    sigma_accel: float = 0.05,
+    bias_gyro=(0.01, -0.02, 0.015),
+    bias_accel=(0.05, -0.03, 0.04),
+    gravity=(0.0, 0.0, -9.81),
+    seed: int | torch.Generator | None = 0,
+) -> IMUData:
+    r"""Gyroscope :math:`\tilde\omega = \omega + b_g + n_g` and accelerometer (specific force)
+    :math:`\tilde f = R^\top(a - g) + b_a + n_a` at times ``t`` (``M``)."""
+    t = _times("t", t)
+    check_positive("sigma_gyro", sigma_gyro, allow_zero=True)
+    check_positive("sigma_accel", sigma_accel, allow_zero=True)
+    g = _generator(seed)
+    bg, ba, gv = (torch.as_tensor(x, dtype=_DT) for x in (bias_gyro, bias_accel, gravity))
+    st = truth.state(t)
+    M = t.shape[0]
+    gyro = st.omega + bg + sigma_gyro * torch.randn(M, 3, generator=g, dtype=_DT)
+    f = (st.R.mT @ (st.a - gv).unsqueeze(-1)).squeeze(-1)
+    accel = f + ba + sigma_accel * torch.randn(M, 3, generator=g, dtype=_DT)
+    return IMUData(
+        t=t,
+        gyro=gyro,
+        accel=accel,
+        bias_gyro=bg,
+        bias_accel=ba,
+        gravity=gv,
+        sigma_gyro=float(sigma_gyro),
+        sigma_accel=float(sigma_accel),
+    )
+
+
+def perturbed_knots(
+    truth: FastTrajectory,
+    knot_times: Tensor,
+    *,
+    sigma_rot: float = 0.2,
+    sigma_pos: float = 0.5,
+    prior: str = "wnoj",
+    seed: int | torch.Generator | None = 0,
+) -> dict[str, Tensor]:
+    r"""Initial knots of the GPTR protocol: :math:`R = R_{true}\mathrm{Exp}(n_R)`, :math:`p = p_{true} + n_p`
+    (:math:`n_R \sim N(0, \sigma_{rot}^2 I)`, :math:`n_p \sim N(0, \sigma_{pos}^2 I)`), every rate zero; returned as
+    keyword arguments of :meth:`~gpgeom.models.trajectory.Trajectory.set_knots`."""
+    check_option("prior", prior, ("wnoj", "wnoa"))
+    knot_times = _times("knot_times", knot_times)
+    g = _generator(seed)
+    st = truth.state(knot_times)
+    K = knot_times.shape[0]
+    z = torch.zeros(K, 3, dtype=_DT)
+    out = {
+        "R": st.R @ so3_exp(sigma_rot * torch.randn(K, 3, generator=g, dtype=_DT)),
+        "p": st.p + sigma_pos * torch.randn(K, 3, generator=g, dtype=_DT),
+        "omega": z.clone(),
+        "v": z.clone(),
+    }
+    if prior == "wnoj":
+        out.update(alpha=z.clone(), a=z.clone())
+    return out

@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+r"""Tests of gpgeom.models.trajectory against independent truths (float64).
+
+* interpolation with exact knots of an analytic fast trajectory (derivatives by autodiff of the closed form);
+* the local variable's theta-double-dot against finite differences of Log(R_a^T R(t));
+* hand-written interpolation and prior Jacobians against torch.func.jacfwd, incl. angles near 0 and pi;
+* the engine identity: the position posterior equals dense GP regression with the WNOJ kernel;
+* UWB estimation of a fast 10 s trajectory; measurements at knot times; bad input; save/load; float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb
+from gpgeom.engine.statespace import posterior as ss_posterior
+from gpgeom.geometry.lie import quat_to_rotmat, so3_exp, so3_log
+from gpgeom.kernels.markov import WNOJKernel
+from gpgeom.models.trajectory import (
+    KnotPrior,
+    PoseMeasurement,
+    PositionMeasurement,
+    RangeMeasurement,
+    SE3Trajectory,
+    SO3xR3Trajectory,
+    Trajectory,
+    local_kinematics,
+)
+
+DT = torch.float64
+FAST = FastTrajectory(kind="heading", speed=30.0, pos_speed=9.0)  # |omega| about 4 rad/s, fast roll and yaw
+
+
+def _rot_err(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
+    return so3_log(Ra.mT @ Rb, validate=False).norm(dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Interpolation accuracy and kinematics
+# ------------------------------------------------------------------------------------------------------------------
+def test_interpolation_with_exact_knots_closed_form_beats_taylor_beats_second_order():
+    kt = torch.arange(0.0, 10.0 + 1e-9, 0.2, dtype=DT)
+    tq = torch.linspace(0.5, 9.5, 1801, dtype=DT)
+    truth = FAST.state(tq)
+    assert 3.5 < float(truth.omega.norm(dim=-1).mean()) < 4.5
+    err = {}
+    for prior, kin in (("wnoj", "closed_form"), ("wnoj", "taylor"), ("wnoa", "closed_form")):
+        traj = SO3xR3Trajectory(kt, prior=prior, kinematics=kin)
+        traj.set_knots(**FAST.state(kt).knots(prior))
+        st = traj.interpolate(tq)
+        err[(prior, kin)] = float(_rot_err(truth.R, st.R).square().mean().sqrt())
+        if prior == "wnoj":  # position is a plain quintic Hermite interpolation: tiny error
+            assert float((st.p - truth.p).norm(dim=-1).max()) < 5e-3
+    cf, ap, so = err[("wnoj", "closed_form")], err[("wnoj", "taylor")], err[("wnoa", "closed_form")]
+    assert 10 * cf < ap < so, err
+    assert cf < 1e-6
+
+
+def test_theta_ddot_matches_finite_differences():
+    ta = torch.tensor(2.0, dtype=DT)
+    Ra = FAST.state(ta).R
+    t = torch.tensor([2.05, 2.1, 2.2, 2.3], dtype=DT)  # |theta| up to about 1.2 rad
+    st = FAST.state(t)
+    th, thd, thdd = local_kinematics(Ra, st.R, st.omega, st.alpha)
+    _, _, thdd_ap = local_kinematics(Ra, st.R, st.omega, st.alpha, kinematics="taylor")
+    h = 1e-3
+
+    def theta(tt):
+        return so3_log(Ra.mT @ FAST.state(tt).R, validate=False)
+
+    # fourth-order central differences (truncation ~ h^4, rounding ~ 1e-16 / h^2)
+    f = {k: theta(t + k * h) for k in (-2, -1, 0, 1, 2)}
+    fd1 = (f[-2] - 8 * f[-1] + 8 * f[1] - f[2]) / (12 * h)
+    fd2 = (-f[-2] + 16 * f[-1] - 30 * f[0] + 16 * f[1] - f[2]) / (12 * h**2)
+    assert torch.allclose(th, theta(t), atol=1e-14)
+    assert float((thd - fd1).abs().max()) < 1e-6
+    assert float((thdd - fd2).abs().max()) < 1e-6
+    assert float((thdd_ap - fd2).abs().max()) > 1e-2  # the Taylor approximation is visibly off at 4 rad/s
+
+
+def test_interpolation_at_knot_times_reproduces_knots():
+    kt = torch.tensor([0.0, 0.13, 0.3, 0.55], dtype=DT)
+    for cls in (SO3xR3Trajectory, SE3Trajectory):
+        traj = cls(kt)
+        traj.set_knots(**FAST.state(kt).knots())
+        st = traj.interpolate(kt, jacobians=True)
+        for c in ("p", "v", "a", "omega", "alpha"):
+            assert torch.allclose(getattr(st, c), getattr(traj, c), atol=1e-10), c
+        assert float(_rot_err(st.R, traj.R).max()) < 1e-10
+        assert bool(torch.isfinite(st.jacobian_a).all()) and bool(torch.isfinite(st.jacobian_b).all())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Jacobians vs jacfwd
+# ------------------------------------------------------------------------------------------------------------------
+def _random_knots(prior: str, rel_angles: list[float], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    r"""Knots whose consecutive relative rotations have the given angles (random axes)."""
+    K = len(rel_angles) + 1
+    R = [so3_exp(torch.randn(3, dtype=DT, generator=gen))]
+    for ang in rel_angles:
+        ax = torch.randn(3, dtype=DT, generator=gen)
+        R.append(R[-1] @ so3_exp(ang * ax / ax.norm()))
+    out = {
+        "R": torch.stack(R),
+        "omega": 3 * torch.randn(K, 3, dtype=DT, generator=gen),
+        "p": torch.randn(K, 3, dtype=DT, generator=gen),
+        "v": torch.randn(K, 3, dtype=DT, generator=gen),
+    }
+    if prior == "wnoj":
+        out.update(alpha=5 * torch.randn(K, 3, dtype=DT, generator=gen), a=torch.randn(K, 3, dtype=DT, generator=gen))
+    return out
+
+
+_ANGLES = [1e-9, 1e-4, 0.3, 2.0, math.pi - 1e-3]
+
+
+def _traj(cls, prior, kin, gen):
+    kt = torch.cumsum(torch.rand(len(_ANGLES) + 1, dtype=DT, generator=gen) * 0.3 + 0.05, 0)
+    traj = cls(kt, prior=prior, kinematics=kin, qc_rot=[1.0, 2.0, 3.0], qc_pos=[2.0, 0.5, 1.0])
+    traj.set_knots(**_random_knots(prior, _ANGLES, gen))
+    # small rates so that the interpolated angles stay near the knots' ones (near 0 and near pi)
+    traj.set_knots(omega=traj.omega * 1e-3, **({"alpha": traj.alpha * 1e-3} if prior == "wnoj" else {}))
+    return traj
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+@pytest.mark.parametrize("prior", ["wnoj", "wnoa"])
+@pytest.mark.parametrize("kin", ["closed_form", "taylor"])
+def test_interpolation_jacobians_match_jacfwd(cls, prior, kin):
+    gen = torch.Generator().manual_seed(3)
+    traj = _traj(cls, prior, kin, gen)
+    kt = traj.knot_times
+    frac = torch.tensor([0.0, 0.3, 0.77, 1.0], dtype=DT)
+    t = (kt[:-1, None] + frac * (kt[1:] - kt[:-1])[:, None]).reshape(-1)
+    st = traj.interpolate(t, jacobians=True)
+    mix = traj._locate(t, "t")
+    X, s = traj.knots, traj.tangent_dim
+    Xa, Xb = X[mix.index], X[mix.index + 1]
+    comps = traj.state_components
+
+    def f(d):
+        out = traj._interp(traj.retract(Xa, d[:s]), traj.retract(Xb, d[s:]), mix, traj.order - 1, jac=False)[0]
+        return torch.cat([so3_log(st.R.mT @ out["R"], validate=False) if c == "R" else out[c] for c in comps], -1)
+
+    J = torch.func.jacfwd(f)(torch.zeros(2 * s, dtype=DT))
+    scale = max(1.0, float(J.abs().max()))
+    assert float((J[:, :, :s] - st.jacobian_a).abs().max()) < 1e-9 * scale
+    assert float((J[:, :, s:] - st.jacobian_b).abs().max()) < 1e-9 * scale
+    # the angles of R_a^T R_b and R_a^T R(t) reach both ends of [0, pi]
+    ang_b = so3_log(traj.R[:-1].mT @ traj.R[1:], validate=False).norm(dim=-1)
+    ang_t = so3_log(traj.R[mix.index].mT @ st.R, validate=False).norm(dim=-1)
+    assert float(ang_b.min()) < 1e-8 and float(ang_b.max()) > math.pi - 2e-3
+    assert float(ang_t[ang_t > 0].min()) < 1e-3 and float(ang_t.max()) > math.pi - 0.01
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+@pytest.mark.parametrize("prior", ["wnoj", "wnoa"])
+@pytest.mark.parametrize("kin", ["closed_form", "taylor"])
+def test_prior_jacobians_match_jacfwd(cls, prior, kin):
+    gen = torch.Generator().manual_seed(4)
+    traj = _traj(cls, prior, kin, gen)
+    traj.set_knots(omega=traj.omega * 1e3)  # full-size rates for the prior
+    X, s = traj.knots, traj.tangent_dim
+    dt = traj.knot_times.diff()
+    e, Jx = traj._prior(X[:-1], X[1:], dt, jac=True)
+    J = torch.func.jacfwd(
+        lambda d: traj._prior(traj.retract(X[:-1], d[:s]), traj.retract(X[1:], d[s:]), dt, jac=False)[0]
+    )(torch.zeros(2 * s, dtype=DT))
+    scale = max(1.0, float(J.abs().max()))
+    assert float((J - Jx.reshape(J.shape)).abs().max()) < 1e-9 * scale
+    assert e.shape == (len(_ANGLES), 6 * traj.order)
+
+
+def test_prior_residual_zero_on_a_constant_jerk_free_motion():
+    # constant body rates and constant world acceleration satisfy the WNOJ mean dynamics exactly
+    kt = torch.tensor([0.0, 0.4, 1.0], dtype=DT)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=DT)
+    traj = SO3xR3Trajectory(kt)
+    a = torch.tensor([0.3, 0.1, -0.2], dtype=DT)
+    v0 = torch.tensor([1.0, 0.0, 0.0], dtype=DT)
+    traj.set_knots(
+        R=so3_exp(kt[:, None] * w),
+        omega=w.expand(3, 3),
+        alpha=torch.zeros(3, 3, dtype=DT),
+        p=v0 * kt[:, None] + 0.5 * a * kt[:, None] ** 2,
+        v=v0 + a * kt[:, None],
+        a=a.expand(3, 3),
+    )
+    assert float(traj.prior_residuals().abs().max()) < 1e-12
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Engine identity: position posterior == dense GP regression with the WNOJ kernel
+# ------------------------------------------------------------------------------------------------------------------
+def test_position_posterior_equals_dense_wnoj_gp_regression():
+    gen = torch.Generator().manual_seed(5)
+    kt = torch.cumsum(0.05 + 0.2 * torch.rand(25, dtype=DT, generator=gen), 0)
+    kt = kt - kt[0]  # t0 = 0 exactly (the kernel keeps t0 in the default dtype)
+    qc, c0, sig = 2.5, 0.7, 0.05
+    obs = torch.arange(0, 25, 2)
+    y = torch.randn(len(obs), 3, dtype=DT, generator=gen)
+    traj = SO3xR3Trajectory(kt, qc_rot=1.0, qc_pos=qc)
+    traj.set_knots(p=torch.randn(25, 3, dtype=DT, generator=gen))  # start away from the answer
+    zero = torch.zeros(3, dtype=DT)
+    anchor = KnotPrior(0, R=torch.eye(3, dtype=DT), omega=zero, alpha=zero, p=zero, v=zero, a=zero, sigma=math.sqrt(c0))
+    traj.fit([anchor, PositionMeasurement(kt[obs], y, sigma=sig)], method="gn", compute_covariances=True)
+    assert traj.result_.converged and traj.result_.iterations <= 3
+
+    with torch.no_grad():  # dense GP algebra only (the kernel's parameters require grad)
+        kern = WNOJKernel(t0=0.0, P0=c0).double()
+        kern.qc = qc
+        pk = traj.prior_kernel("pos")  # the trajectory's own view of its prior: same covariance
+        assert torch.allclose(pk(kt[:, None]).to_dense()[0], WNOJKernel(t0=0.0).double()(kt[:, None]).to_dense() * qc)
+        tq = torch.cat([kt, (kt[:-1] + kt[1:]) / 2 + 0.013])
+        Kyy = kern(kt[obs, None]).to_dense() + sig**2 * torch.eye(len(obs), dtype=DT)
+        Kqy = kern(tq[:, None], kt[obs, None]).to_dense()
+        mean = Kqy @ torch.linalg.solve(Kyy, y)  # one GP per axis, same kernel
+        var = kern(tq[:, None], diag=True) - (Kqy * torch.linalg.solve(Kyy, Kqy.mT).mT).sum(-1)
+        st = traj.interpolate(tq, covariance=True)
+        assert float((st.p - mean).abs().max()) < 1e-8
+        pvar = st.covariance[:, 9:12, 9:12].diagonal(dim1=-2, dim2=-1)
+        assert float((pvar - var[:, None]).abs().max() / var.max()) < 1e-8
+        # knots' marginals from the engine's selected inversion
+        assert torch.allclose(traj.covariances_[:, 9:12, 9:12].diagonal(dim1=-2, dim2=-1), var[:25, None], rtol=1e-8)
+        # and the Kalman/RTS smoother on the state-space form agrees on the velocity too
+        ss = ss_posterior(kern, kt[obs], y[:, 0], sig**2, t_test=tq)
+        assert float((ss.test_mean - mean[:, 0]).abs().max()) < 1e-8
+        assert float((ss.test_state_mean[:, 1] - st.v[:, 0]).abs().max()) < 1e-7
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Estimation
+# ------------------------------------------------------------------------------------------------------------------
+def _uwb_problem(T=10.0, rate=10.0, seed=1):
+    truth = FastTrajectory(kind="split", speed=40.0)  # |omega| about 4 rad/s
+    uwb = simulate_uwb(truth, 0.0, T, rate=rate, sigma=0.05, seed=seed)
+    meas = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
+    return truth, meas
+
+
+def _pos_rmse(traj, truth, T, dt):
+    tq = torch.arange(dt, T - dt, 0.01, dtype=DT)
+    gt, st = truth.state(tq), traj.interpolate(tq)
+    return float((st.p - gt.p).norm(dim=-1).square().mean().sqrt()), float(_rot_err(gt.R, st.R).square().mean().sqrt())
+
+
+def test_uwb_estimation_fast_trajectory_converges_to_centimetres():
+    T = 10.0
+    truth, meas = _uwb_problem(T)
+    traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+    traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.2, sigma_pos=0.5, seed=2))
+    traj.fit([meas], max_iter=50)
+    res = traj.result_
+    assert res.converged and res.iterations < 50
+    pos, rot = _pos_rmse(traj, truth, T, 0.1)
+    assert pos < 0.03, pos
+    assert rot < math.radians(5.0), rot
+
+
+def test_measurements_exactly_at_knot_times_are_fine():
+    truth = FAST
+    kt = torch.arange(0.0, 1.0 + 1e-9, 0.1, dtype=DT)
+    pose_t = torch.cat([kt, kt[:-1] + 0.05])  # every knot time (first and last included) and midpoints
+    gt = truth.state(pose_t)
+    for cls in (SO3xR3Trajectory, SE3Trajectory):
+        traj = cls(kt, qc_rot=100.0, qc_pos=100.0)
+        traj.set_knots(**perturbed_knots(truth, kt, sigma_rot=0.1, sigma_pos=0.1, seed=3))
+        traj.fit(
+            [PoseMeasurement(pose_t, R=gt.R, p=gt.p, sigma_rot=1e-3, sigma_pos=1e-3)],
+            max_iter=30,
+            compute_covariances=True,
+        )
+        assert traj.result_.converged
+        assert bool(torch.isfinite(traj.knots).all()) and bool(torch.isfinite(traj.covariances_).all())
+        st = traj.interpolate(kt, covariance=True)
+        assert bool(torch.isfinite(st.covariance).all())
+        assert float((st.p - truth.state(kt).p).abs().max()) < 1e-2
+
+
+def test_float32_fit_and_interpolation():
+    T = 4.0
+    truth, meas = _uwb_problem(T, rate=10.0)
+    traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0, dtype=torch.float32)
+    init = {k: v.float() for k, v in perturbed_knots(truth, traj.knot_times.double(), seed=2).items()}
+    traj.set_knots(**init)
+    traj.fit([meas], max_iter=50)
+    assert traj.result_.converged and traj.knots.dtype == torch.float32
+    st = traj.interpolate(torch.linspace(0.1, T - 0.1, 50))
+    assert st.p.dtype == torch.float32
+    pos, _ = _pos_rmse(traj.to(dtype=DT), truth, T, 0.1)
+    assert pos < 0.05, pos
+
+
+@pytest.mark.parametrize("cls,prior,T", [(SE3Trajectory, "wnoj", 1.5), (SO3xR3Trajectory, "wnoa", 4.0)])
+def test_se3_and_wnoa_trajectories_fit_uwb(cls, prior, T):
+    truth, meas = _uwb_problem(T, rate=10.0)
+    traj = cls.uniform(0.0, T, 0.1, prior=prior, qc_rot=10.0, qc_pos=10.0)
+    traj.set_knots(**perturbed_knots(truth, traj.knot_times, prior=prior, sigma_rot=0.1, sigma_pos=0.2, seed=2))
+    traj.fit([meas], max_iter=50, ftol=1e-7)
+    assert traj.result_.converged
+    assert _pos_rmse(traj, truth, T, 0.1)[0] < 0.05
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Persistence
+# ------------------------------------------------------------------------------------------------------------------
+def test_save_load_roundtrip(tmp_path):
+    kt = torch.arange(0.0, 1.0 + 1e-9, 0.1, dtype=DT)
+    gt = FAST.state(kt)
+    traj = SO3xR3Trajectory(kt, kinematics="taylor", qc_rot=[1.0, 2.0, 3.0], qc_pos=4.0)
+    traj.set_knots(**perturbed_knots(FAST, kt, sigma_rot=0.1, sigma_pos=0.1, seed=3))
+    traj.fit([PoseMeasurement(kt, R=gt.R, p=gt.p, sigma_rot=0.01, sigma_pos=0.01)], compute_covariances=True)
+    path = tmp_path / "traj.pt"
+    traj.save(path)
+    back = Trajectory.load(path)
+    assert isinstance(back, SO3xR3Trajectory) and back.kinematics == "taylor" and back.prior == "wnoj"
+    tq = torch.linspace(0.0, 1.0, 23, dtype=DT)
+    a, b = traj.interpolate(tq, covariance=True), back.interpolate(tq, covariance=True)
+    assert torch.equal(a.R, b.R) and torch.equal(a.a, b.a) and torch.equal(a.covariance, b.covariance)
+    assert torch.equal(back.qc_rot, traj.qc_rot)
+    se3 = SE3Trajectory(kt, prior="wnoa", qc_pos=2.0, dtype=torch.float32)
+    se3.set_knots(**{k: v.float() for k, v in gt.knots("wnoa").items()})
+    se3.save(tmp_path / "se3.pt")
+    back = SE3Trajectory.load(tmp_path / "se3.pt")
+    assert back.prior == "wnoa" and back.dtype == torch.float32 and torch.equal(back.knots, se3.knots)
+    with pytest.raises(TypeError, match="holds a SE3Trajectory, not a SO3xR3Trajectory"):
+        SO3xR3Trajectory.load(tmp_path / "se3.pt")
+    torch.save({"format": "something else"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="Not a gpgeom trajectory"):
+        Trajectory.load(tmp_path / "bad.pt")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------------------------------
+def test_bad_knot_times():
+    with pytest.raises(ValueError, match="`knot_times` must be strictly increasing"):
+        SO3xR3Trajectory(torch.tensor([0.0, 0.2, 0.2, 0.5], dtype=DT))
+    with pytest.raises(ValueError, match="`knot_times` must be strictly increasing"):
+        SO3xR3Trajectory(torch.tensor([0.0, 0.3, 0.1], dtype=DT))
+    with pytest.raises(ValueError, match="at least 2 knots"):
+        SO3xR3Trajectory(torch.tensor([0.0], dtype=DT))
+    with pytest.raises(ValueError, match="`knot_times` contains 1 NaN"):
+        SO3xR3Trajectory(torch.tensor([0.0, float("nan")], dtype=DT))
+    with pytest.raises(ValueError, match="`t_end`"):
+        SO3xR3Trajectory.uniform(1.0, 0.5, 0.1)
+    with pytest.raises(ValueError, match="`dt` must be > 0"):
+        SO3xR3Trajectory.uniform(0.0, 1.0, -0.1)
+    with pytest.raises(TypeError, match="abstract"):
+        Trajectory(torch.tensor([0.0, 1.0]))
+
+
+def test_bad_options():
+    kt = torch.tensor([0.0, 1.0], dtype=DT)
+    with pytest.raises(ValueError, match="Unknown `prior`='wnox'"):
+        SO3xR3Trajectory(kt, prior="wnox")
+    with pytest.raises(ValueError, match="Unknown `kinematics`='exact'"):
+        SO3xR3Trajectory(kt, kinematics="exact")
+    with pytest.raises(ValueError, match="`qc_rot` must be finite and > 0"):
+        SO3xR3Trajectory(kt, qc_rot=-1.0)
+    with pytest.raises(ValueError, match="`qc_pos` must be a positive float or a 3-vector"):
+        SO3xR3Trajectory(kt, qc_pos=[1.0, 2.0])
+    with pytest.raises(TypeError, match="`dtype` must be torch.float32 or torch.float64"):
+        SO3xR3Trajectory(kt, dtype=torch.float16)
+
+
+def test_measurements_outside_the_knot_span():
+    traj = SO3xR3Trajectory(torch.tensor([0.0, 0.5, 1.0], dtype=DT))
+    meas = PositionMeasurement(torch.tensor([0.2, 1.2], dtype=DT), torch.zeros(2, 3, dtype=DT), name="gps")
+    with pytest.raises(ValueError, match=r"`gps.t` has 1 time\(s\) outside the knot span \[0, 1\]"):
+        traj.fit([meas])
+    with pytest.raises(ValueError, match=r"`t` has 1 time\(s\) outside the knot span"):
+        traj.interpolate(torch.tensor([-0.1, 0.5], dtype=DT))
+
+
+def test_non_orthonormal_rotations_and_non_unit_quaternions():
+    kt = torch.tensor([0.0, 0.5, 1.0], dtype=DT)
+    traj = SO3xR3Trajectory(kt)
+    R = torch.eye(3, dtype=DT).repeat(3, 1, 1)
+    R[1, 0, 0] = 1.1
+    with pytest.raises(ValueError, match=r"`R` is not a rotation matrix: max \|R\^T R - I\|"):
+        traj.set_knots(R=R)
+    with pytest.raises(ValueError, match=r"det\(R\) = -1"):
+        traj.set_knots(R=-torch.eye(3, dtype=DT).repeat(3, 1, 1))
+    q = torch.tensor([[0.0, 0.0, 0.0, 1.0]] * 3, dtype=DT)
+    q[2, 3] = 1.5
+    with pytest.raises(ValueError, match="`q` must hold unit quaternions"):
+        traj.set_knots(q=q)
+    with pytest.raises(ValueError, match="`R` must have shape \\(3, 3, 3\\)"):
+        traj.set_knots(R=torch.eye(3, dtype=DT))
+    with pytest.raises(ValueError, match="`R` is not a rotation matrix"):
+        PoseMeasurement(kt, R=R, p=torch.zeros(3, 3, dtype=DT))
+    with pytest.raises(ValueError, match="`q` must hold unit quaternions"):
+        PoseMeasurement(kt, q=q, p=torch.zeros(3, 3, dtype=DT))
+    with pytest.raises(ValueError, match="`q` must hold unit quaternions"):
+        KnotPrior(0, q=q[2])
+    good = torch.tensor([[0.0, 0.0, math.sin(0.3), math.cos(0.3)]] * 3, dtype=DT)
+    traj.set_knots(q=good)
+    assert torch.allclose(traj.R, quat_to_rotmat(good)) and torch.allclose(traj.quaternion, good)
+
+
+def test_other_bad_input():
+    kt = torch.tensor([0.0, 0.5, 1.0], dtype=DT)
+    traj = SO3xR3Trajectory(kt, prior="wnoa")
+    with pytest.raises(ValueError, match="`alpha` is not a knot state of a prior='wnoa' trajectory"):
+        traj.set_knots(alpha=torch.zeros(3, 3, dtype=DT))
+    with pytest.raises(AttributeError, match="has no `a` knots"):
+        _ = traj.a
+    with pytest.raises(ValueError, match="needs the state components \\['a'\\].*use prior='wnoj'"):
+        traj.fit([KnotPrior(0, a=torch.zeros(3, dtype=DT))])
+    with pytest.raises(ValueError, match="call fit\\(..., compute_covariances=True\\) first"):
+        traj.interpolate(kt, covariance=True)
+    with pytest.raises(TypeError, match="must hold gpgeom trajectory measurements"):
+        traj.fit([object()])
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        traj.fit([])
+    with pytest.raises(ValueError, match="`v` must have shape \\(3, 3\\)"):
+        traj.set_knots(v=torch.zeros(2, 3, dtype=DT))
+    with pytest.raises(ValueError, match="knot `index` must lie in"):
+        traj.fit([KnotPrior(5, p=torch.zeros(3, dtype=DT))])
+
+
+def test_demo_section(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gpgeom.demo.trajectory import trajectory_section
+
+    sec = trajectory_section(tmp_path, quick=True, seed=0, progress=False)
+    assert sec.figures and sec.figures[0].exists()
+    table = dict(sec.table)
+    assert "converged" in table["LM iterations"] and float(table["position RMSE (100 Hz)"].split()[0]) < 5.0

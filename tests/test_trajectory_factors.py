@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+r"""Tests of gpgeom.models.trajectory_factors: every hand-written factor Jacobian (through the interpolation) against
+torch.func.jacfwd, user-defined factors, IMU biases, TDOA, Huber, chunking and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gpgeom.datasets.trajectories import (
+    FastTrajectory,
+    perturbed_knots,
+    simulate_imu,
+    simulate_tdoa,
+    simulate_uwb,
+)
+from gpgeom.geometry.lie import rotmat_to_quat, so3_exp
+from gpgeom.models.trajectory import SE3Trajectory, SO3xR3Trajectory
+from gpgeom.models.trajectory_factors import (
+    CustomMeasurement,
+    GlobalPrior,
+    IMUMeasurement,
+    KnotPrior,
+    PoseMeasurement,
+    PositionMeasurement,
+    RangeMeasurement,
+    TDOAMeasurement,
+    components,
+)
+
+DT = torch.float64
+TRUTH = FastTrajectory(kind="split", speed=40.0)
+
+
+def _measurements(kt: torch.Tensor, gen: torch.Generator, prior: str) -> list:
+    r"""One of each kind at random times, knot times included; rotations far from the state (near pi) included."""
+    t = torch.cat([kt[[0, 2, -1]], kt[0] + (kt[-1] - kt[0]) * torch.rand(9, dtype=DT, generator=gen)])
+    M = t.shape[0]
+
+    def r(*shape, scale=1.0):
+        return scale * torch.randn(*shape, dtype=DT, generator=gen)
+
+    Rm = so3_exp(r(M, 3, scale=1.5))
+    Rm[0] = so3_exp(torch.tensor([0.0, 0.0, math.pi - 1e-3], dtype=DT))
+    anchors = r(M, 3, scale=5.0)
+    out = [
+        PoseMeasurement(t, R=Rm, p=r(M, 3), sigma_rot=[0.1, 0.2, 0.3], sigma_pos=0.5),
+        PoseMeasurement(t, q=rotmat_to_quat(Rm), p=r(M, 3), sigma_rot=0.1, sigma_pos=r(M, 3).abs() + 0.1),
+        PositionMeasurement(t, r(M, 3), sigma=[0.1, 0.2, 0.3]),
+        RangeMeasurement(t, anchors, anchors.norm(dim=-1), tag_offset=r(M, 3, scale=0.3), sigma=0.05),
+        TDOAMeasurement(t, anchors, r(3, scale=5.0), r(M), tag_offset=r(3, scale=0.3), sigma=r(M).abs() + 0.1),
+        KnotPrior(
+            [0, -1, 2],
+            R=so3_exp(r(3, 3)),
+            omega=r(3),
+            p=r(3),
+            v=r(3, 3),
+            sigma={"R": 0.1, "omega": 1.0, "p": 2.0, "v": [1.0, 2.0, 3.0]},
+        ),
+        KnotPrior(1, q=rotmat_to_quat(Rm[0]), sigma=0.3),
+        GlobalPrior("calib", r(4), sigma=[1.0, 2.0, 3.0, 4.0]),
+        CustomMeasurement(
+            t,
+            lambda st, pr: torch.cat(
+                [
+                    (st["R"] @ pr["calib"][:3].unsqueeze(-1)).squeeze(-1) + st["p"] * pr["calib"][3],
+                    st["omega"] * st["v"],
+                ],
+                -1,
+            ),
+            residual_dim=6,
+            level=1,
+            sigma=0.5,
+            params={"calib": r(4)},
+        ),
+    ]
+    if prior == "wnoj":
+        out += [
+            IMUMeasurement(t, r(M, 3), r(M, 3), sigma_gyro=0.01, sigma_accel=[0.1, 0.2, 0.3]),
+            IMUMeasurement(t, r(M, 3), r(M, 3), bias_name=None),
+            GlobalPrior("imu_bias", torch.zeros(6, dtype=DT), sigma=0.1),
+            CustomMeasurement(
+                t, lambda st, pr: st["a"] - (st["R"] @ st["alpha"].unsqueeze(-1)).squeeze(-1), residual_dim=3, level=2
+            ),
+        ]
+    return out
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+@pytest.mark.parametrize("prior", ["wnoj", "wnoa"])
+def test_every_factor_jacobian_matches_jacfwd(cls, prior):
+    gen = torch.Generator().manual_seed(11)
+    kt = torch.cumsum(0.1 + 0.3 * torch.rand(6, dtype=DT, generator=gen), 0)
+    traj = cls(kt, prior=prior, qc_rot=[1.0, 2.0, 3.0], qc_pos=[3.0, 2.0, 1.0])
+    K = kt.shape[0]
+    R = [so3_exp(torch.randn(3, dtype=DT, generator=gen))]
+    for ang in (1e-9, 0.5, math.pi - 1e-3, 2.0, 1e-4):  # relative angles near 0 and near pi
+        ax = torch.randn(3, dtype=DT, generator=gen)
+        R.append(R[-1] @ so3_exp(ang * ax / ax.norm()))
+    kw = {c: torch.randn(K, 3, dtype=DT, generator=gen) for c in components(traj.order - 1) if c != "R"}
+    traj.set_knots(R=torch.stack(R), **kw)
+    meas = _measurements(kt, gen, prior)
+    if cls is SE3Trajectory:  # the measurement side is shared; keep one factor per interpolation level (autodiff)
+        meas = [m for m in meas if isinstance(m, RangeMeasurement | IMUMeasurement | CustomMeasurement)][:3]
+    factors, g0, layout = traj.build_factors(meas)
+    if cls is SO3xR3Trajectory:
+        assert set(layout) == ({"calib", "imu_bias"} if prior == "wnoj" else {"calib"})
+    G = g0 + torch.randn(g0.shape, dtype=DT, generator=gen)
+    X, s, g = traj.knots, traj.tangent_dim, g0.shape[0]
+    for f in factors:
+        Xb = X[f.indices]
+        M, a = f.indices.shape
+        e = f.residual(Xb, G)
+        Jx, Jg = f.jacobian(Xb, G)
+        Jg = torch.zeros(M, e.shape[1], g, dtype=DT) if Jg is None else Jg
+
+        def res(d, f=f, Xb=Xb, M=M, a=a):
+            dx = d[: a * s].reshape(1, a, s).expand(M, a, s).reshape(M * a, s)
+            return f.residual(traj.retract(Xb.reshape(M * a, -1), dx).reshape(M, a, -1), G + d[a * s :])
+
+        J = torch.func.jacfwd(res)(torch.zeros(a * s + g, dtype=DT))
+        scale = max(1.0, float(J.abs().max()))
+        assert torch.isfinite(e).all(), f.name
+        assert float((J[..., : a * s] - Jx.reshape(M, -1, a * s)).abs().max()) < 1e-9 * scale, f.name
+        assert float((J[..., a * s :] - Jg).abs().max()) < 1e-9 * scale, f.name
+
+
+def test_custom_measurement_equals_builtin_position_measurement():
+    kt = torch.arange(0.0, 2.0 + 1e-9, 0.2, dtype=DT)
+    t = torch.linspace(0.0, 2.0, 31, dtype=DT)
+    y = TRUTH.state(t).p + 0.01 * torch.randn(31, 3, dtype=DT)
+    fits = []
+    for m in (
+        PositionMeasurement(t, y, sigma=0.01),
+        CustomMeasurement(t, lambda st, pr: st["p"] - y, residual_dim=3, sigma=0.01),
+    ):
+        traj = SO3xR3Trajectory(kt, qc_pos=10.0)
+        zero = torch.zeros(3, dtype=DT)
+        traj.fit(
+            [m, KnotPrior(0, R=torch.eye(3, dtype=DT), omega=zero, alpha=zero, sigma=1.0)], compute_covariances=True
+        )
+        fits.append(traj)
+    assert torch.allclose(fits[0].p, fits[1].p, atol=1e-9)
+    assert torch.allclose(fits[0].covariances_, fits[1].covariances_, atol=1e-12)
+
+
+def test_imu_and_uwb_fit_recovers_biases():
+    T = 4.0
+    truth = FastTrajectory(kind="split", speed=20.0)
+    uwb = simulate_uwb(truth, 0.0, T, rate=10.0, sigma=0.05, seed=3)
+    imu = simulate_imu(truth, torch.arange(0.0, T, 0.01, dtype=DT), sigma_gyro=0.01, sigma_accel=0.05, seed=4)
+    traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+    traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.05, sigma_pos=0.1, seed=5))
+    traj.fit(
+        [
+            RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05),
+            IMUMeasurement(imu.t, imu.gyro, imu.accel, sigma_gyro=0.01, sigma_accel=0.05),
+        ],
+        max_iter=50,
+        compute_covariances=True,
+    )
+    b = traj.result_.globals["imu_bias"]
+    sd = traj.result_.global_covariance.diagonal().sqrt()
+    true_b = torch.cat([imu.bias_gyro, imu.bias_accel])
+    assert traj.result_.converged
+    assert float(((b - true_b).abs() / sd).max()) < 3.0  # within 3 posterior standard deviations
+    tq = torch.linspace(0.2, T - 0.2, 200, dtype=DT)
+    assert float((traj.interpolate(tq).omega - truth.state(tq).omega).norm(dim=-1).mean()) < 0.02
+
+
+def test_tdoa_fit():
+    T = 3.0
+    truth = FastTrajectory(kind="split", speed=20.0)
+    td = simulate_tdoa(truth, torch.arange(0.0, T, 0.005, dtype=DT), sigma=0.05, seed=6)
+    traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+    traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.05, sigma_pos=0.3, seed=7))
+    traj.fit(
+        [
+            TDOAMeasurement(td.t, td.anchor_i, td.anchor_j, td.tdoa, tag_offset=td.tag_offsets, sigma=0.05),
+            KnotPrior(0, p=truth.state(torch.zeros(1, dtype=DT)).p, sigma=0.05),
+        ],
+        max_iter=50,
+    )
+    tq = torch.linspace(0.2, T - 0.2, 200, dtype=DT)
+    err = (traj.interpolate(tq).p - truth.state(tq).p).norm(dim=-1)
+    assert traj.result_.converged and float(err.square().mean().sqrt()) < 0.1
+
+
+def test_huber_resists_outliers():
+    T = 3.0
+    uwb = simulate_uwb(TRUTH, 0.0, T, rate=10.0, sigma=0.05, seed=8)
+    ranges = uwb.ranges.clone()
+    bad = torch.arange(0, ranges.shape[0], 17)
+    ranges[bad] += 3.0  # 6 % of the ranges are off by 3 m (multipath)
+    tq = torch.linspace(0.2, T - 0.2, 200, dtype=DT)
+    err = {}
+    for robust in (None, "huber"):
+        traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+        traj.set_knots(**perturbed_knots(TRUTH, traj.knot_times, sigma_rot=0.1, sigma_pos=0.2, seed=9))
+        m = RangeMeasurement(
+            uwb.t, uwb.anchors, ranges, tag_offset=uwb.tag_offsets, sigma=0.05, robust=robust, robust_threshold=2.0
+        )
+        traj.fit([m], max_iter=50, warn=False)
+        err[robust] = float((traj.interpolate(tq).p - TRUTH.state(tq).p).norm(dim=-1).square().mean().sqrt())
+    assert err["huber"] < 0.05 < err[None], err
+
+
+def test_chunked_factors_give_the_same_fit():
+    T = 2.0
+    uwb = simulate_uwb(TRUTH, 0.0, T, rate=10.0, sigma=0.05, seed=10)
+    m = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
+    out = []
+    for chunk in (16384, 100):
+        traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+        traj.set_knots(**perturbed_knots(TRUTH, traj.knot_times, sigma_rot=0.1, sigma_pos=0.2, seed=9))
+        assert len(traj.build_factors([m], chunk_size=chunk)[0]) == 1 + math.ceil(m.num_blocks / chunk)
+        out.append(traj.fit([m], chunk_size=chunk).knots)
+    assert torch.allclose(out[0], out[1], atol=1e-8)
+
+
+def test_measurement_bad_input():
+    t = torch.tensor([0.1, 0.2], dtype=DT)
+    with pytest.raises(ValueError, match="`p` must have shape \\(2, 3\\)"):
+        PositionMeasurement(t, torch.zeros(3, 3, dtype=DT))
+    with pytest.raises(ValueError, match="`sigma` must be finite and > 0"):
+        PositionMeasurement(t, torch.zeros(2, 3, dtype=DT), sigma=-1.0)
+    with pytest.raises(ValueError, match="`sigma` must be a positive float, a vector of 3"):
+        PositionMeasurement(t, torch.zeros(2, 3, dtype=DT), sigma=[1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="Unknown `robust`='cauchy'"):
+        PositionMeasurement(t, torch.zeros(2, 3, dtype=DT), robust="cauchy")
+    with pytest.raises(ValueError, match="`t` must be a non-empty 1-D tensor"):
+        PositionMeasurement(torch.zeros(2, 2, dtype=DT), torch.zeros(2, 3, dtype=DT))
+    with pytest.raises(ValueError, match="`t` contains 1 NaN"):
+        PositionMeasurement(torch.tensor([0.1, float("nan")], dtype=DT), torch.zeros(2, 3, dtype=DT))
+    with pytest.raises(ValueError, match="exactly one of `R`"):
+        PoseMeasurement(t, p=torch.zeros(2, 3, dtype=DT))
+    with pytest.raises(ValueError, match="`ranges` must have shape \\(2,\\)"):
+        RangeMeasurement(t, torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT))
+    with pytest.raises(ValueError, match="`tdoa` must have shape \\(2,\\)"):
+        TDOAMeasurement(t, torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT), torch.ones(1, dtype=DT))
+    with pytest.raises(ValueError, match="`gravity` must be a 3-vector"):
+        IMUMeasurement(t, torch.zeros(2, 3, dtype=DT), torch.zeros(2, 3, dtype=DT), gravity=torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="`residual_fn` must be callable"):
+        CustomMeasurement(t, None, residual_dim=1)
+    with pytest.raises(ValueError, match="Unknown `level`=3"):
+        CustomMeasurement(t, lambda st, pr: st["p"], residual_dim=3, level=3)
+    with pytest.raises(ValueError, match="`sigma` has unknown keys \\['w'\\]"):
+        KnotPrior(0, p=torch.zeros(3, dtype=DT), sigma={"w": 1.0, "p": 1.0})
+    with pytest.raises(ValueError, match="missing \\['p'\\]"):
+        KnotPrior(0, p=torch.zeros(3, dtype=DT), sigma={"v": 1.0})
+    with pytest.raises(ValueError, match="KnotPrior needs at least one of"):
+        KnotPrior(0)
+    with pytest.raises(TypeError, match="`index` must be an int"):
+        KnotPrior(0.5, p=torch.zeros(3, dtype=DT))
+    traj = SO3xR3Trajectory(torch.tensor([0.0, 0.5], dtype=DT), prior="wnoa")
+    with pytest.raises(ValueError, match="needs the state components \\['a', 'alpha'\\].*use prior='wnoj'"):
+        traj.fit([IMUMeasurement(t, torch.zeros(2, 3, dtype=DT), torch.zeros(2, 3, dtype=DT))])
+    bad = CustomMeasurement(t, lambda st, pr: st["p"][:, :2], residual_dim=3)
+    with pytest.raises(ValueError, match="`residual_fn` must return an \\(M, r\\) = \\(2, 3\\) tensor, got \\(2, 2\\)"):
+        traj.fit([bad])
+    with pytest.raises(ValueError, match="Global parameter 'b' has size 2 in one measurement and 3"):
+        traj.fit([GlobalPrior("b", torch.zeros(2, dtype=DT)), GlobalPrior("b", torch.zeros(3, dtype=DT))])
