@@ -31,7 +31,9 @@ def kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats):
     noise = 0.1
     for n in ns:
         g = torch.Generator().manual_seed(n)
-        t = torch.sort(torch.rand(n, generator=g, dtype=torch.float64) * n / 100).values.to(device, dtype)
+        # irregular, strictly increasing even after rounding to float32 (a minimum gap of 1e-3)
+        t = torch.sort(torch.rand(n, generator=g, dtype=torch.float64) * n / 100).values
+        t = (t + 1e-3 * torch.arange(n, dtype=torch.float64)).to(device, dtype)
         y = torch.randn(n, generator=g, dtype=torch.float64).to(device, dtype)
 
         def kal(parallel, t=t, y=y):
