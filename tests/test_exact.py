@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 from botorch.models.transforms.input import Normalize
+from botorch.sampling.normal import SobolQMCNormalSampler
 
+from gpgeom.engine.botorch import check_botorch_model
 from gpgeom.engine.exact import ExactGPModel
 
 DT = torch.float64
@@ -213,6 +215,79 @@ def test_input_transform_and_float32():
     # ...and a float32 fit runs and fits the data
     model32.fit(progress=False, max_iter=60)
     assert float((model32.predict(X.float() / 100.0) - Y.float()).pow(2).mean().sqrt()) < 0.05
+
+
+@pytest.mark.parametrize("idcs", ([2, 0], [1]))
+def test_subset_output_with_input_transform_conditions_and_fantasizes(idcs):
+    # Regression: subset_output kept BoTorch's stored untransformed training inputs of all m outputs, so
+    # condition_on_observations / fantasize of the subset model crashed (shape mismatch) and train() restored
+    # the wrong inputs.
+    n, d = 18, 2
+    X = 5.0 + 40.0 * torch.rand(n, d, dtype=DT)
+    Y = torch.stack([torch.sin(X[:, 0] / 10.0), torch.cos(X[:, 1] / 15.0), X.sum(-1) / 50.0], -1)
+    Y = Y + 0.05 * torch.randn(n, 3, dtype=DT)
+    model = ExactGPModel(X, Y, input_transform=Normalize(d))
+    with torch.no_grad():  # distinct random hyperparameters per output, so a wrong selection shows
+        model.covar_module.base_kernel.lengthscale = 0.2 + 0.5 * torch.rand(3, 1, d, dtype=DT)
+        model.covar_module.outputscale = 0.5 + torch.rand(3, dtype=DT)
+        model.likelihood.noise = 1e-3 + 0.05 * torch.rand(3, 1, dtype=DT)
+        model.mean_module.constant = 0.3 * torch.randn(3, dtype=DT)
+    model.eval()
+    sub = model.subset_output(idcs)
+    lo, hi = X.min(0).values, X.max(0).values
+
+    def unit(Z):
+        return (Z - lo) / (hi - lo)
+
+    y_mean, y_std = standardise(Y)
+
+    def truth(out, X_train, y_train, Xt):
+        ls, os, noise, const = hypers(model, out)
+        return dense_posterior(unit(X_train), y_train, unit(Xt), ls, os, noise, const, y_mean[out], y_std[out])
+
+    def close(a, b):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+    Xt = 5.0 + 40.0 * torch.rand(6, d, dtype=DT)
+    # 1) The subset posterior is the full model's for those outputs.
+    full, post = model.posterior(Xt), sub.posterior(Xt)
+    close(post.mean, full.mean[..., idcs])
+    close(post.variance, full.variance[..., idcs])
+    # 2) condition_on_observations: dense GP on the augmented data, and the full model conditioned the same way.
+    Xn = 5.0 + 40.0 * torch.rand(4, d, dtype=DT)
+    Yn = torch.randn(4, 3, dtype=DT)
+    cond = sub.condition_on_observations(Xn, Yn[:, idcs]).posterior(Xt)
+    cond_full = model.condition_on_observations(Xn, Yn).posterior(Xt)
+    close(cond.mean, cond_full.mean[..., idcs])
+    close(cond.variance, cond_full.variance[..., idcs])
+    X_aug = torch.cat([X, Xn])
+    for j, out in enumerate(idcs):
+        mu, var = truth(out, X_aug, torch.cat([Y[:, out], Yn[:, out]]), Xt)
+        close(cond.mean[:, j], mu)
+        close(cond.variance[:, j], var)
+    # 3) fantasize: each fantasy model is the dense GP conditioned on its fantasised values.
+    nf = 3
+    fant = sub.fantasize(Xn, SobolQMCNormalSampler(torch.Size([nf]), seed=int(torch.randint(1000, ()))))
+    fpost = fant.posterior(Xt)
+    assert fpost.mean.shape == (nf, 6, len(idcs))
+    targets = fant.train_targets[..., n:]  # standardised fantasies, nf x (m') x 4
+    targets = targets.reshape(nf, len(idcs), 4)
+    for f in range(nf):
+        for j, out in enumerate(idcs):
+            yf = y_mean[out] + y_std[out] * targets[f, j]
+            mu, var = truth(out, X_aug, torch.cat([Y[:, out], yf]), Xt)
+            close(fpost.mean[f, :, j], mu)
+            close(fpost.variance[f, :, j], var)
+    # 4) train mode restores this subset's own untransformed inputs; eval gives the same posterior again.
+    sub.train()
+    close(sub.train_inputs[0], X.expand(len(idcs), n, d) if len(idcs) > 1 else X)
+    sub.eval()
+    close(sub.posterior(Xt).mean, full.mean[..., idcs])
+    # 5) the whole BoTorch contract.
+    report = check_botorch_model(
+        sub, bounds=torch.stack([lo, hi]), predict_fn=lambda Z: sub.predict(Z, return_std=True)
+    )
+    assert report["num_outputs"] == len(idcs)
 
 
 def test_bad_input_errors():

@@ -14,6 +14,9 @@ from scipy.spatial.transform import Rotation
 
 from gpgeom.engine.gauss_newton import (
     Factor,
+    _additive_retract,
+    _assemble,
+    _Problem,
     block_banded_cholesky,
     block_banded_selected_inverse,
     block_banded_solve,
@@ -238,6 +241,71 @@ def test_analytic_and_autodiff_jacobians_agree():
     torch.testing.assert_close(r_auto.states, r_ana.states, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(r_auto.globals, r_ana.globals, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(r_auto.covariances, r_ana.covariances, rtol=1e-12, atol=1e-13)
+
+
+def test_chunked_assembly_equals_unchunked_and_dense(monkeypatch):
+    # Regression: _assemble formed the per-block Hessians of a whole factor at once (M x a x a x s x s; 1.66 GB
+    # for 160k blocks). Now it works in chunks of blocks: same normal equations, bounded working memory.
+    K, s, g, w = 120, 2, 2, 2
+    factors, J, z = _linear_chain(K, s, g, bandwidth=w)
+    # plus a robust (Huber) factor with per-block whitening, so IRLS weights vary across chunks
+    yy = 2.0 * torch.randn(K, s, dtype=DT)
+    factors.append(
+        Factor(
+            torch.arange(K)[:, None],
+            lambda x, gg: x[:, 0] - yy,
+            sqrt_information=_rand_sqrt_info(K, n=s),
+            robust="huber",
+            robust_threshold=0.7,
+            name="huber",
+        )
+    )
+    X, G = torch.randn(K, s, dtype=DT), torch.randn(g, dtype=DT)
+    largest = {}
+    einsum = torch.einsum
+
+    def spy(eq, *ops):
+        out = einsum(eq, *ops)
+        if eq.endswith("->muvst"):
+            largest["blocks"] = max(largest.get("blocks", 0), out.numel())
+        return out
+
+    def assemble(facs, chunk):
+        prob = _Problem(factors=facs, retract=_additive_retract, K=K, p=s, s=s, g=g, w=w, chunk_size=chunk)
+        return _assemble(prob, X, G)
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    chunk = 7  # several chunks per factor, not dividing M
+    small = assemble(factors, chunk)
+    assert 0 < largest["blocks"] <= chunk * (w + 1) ** 2 * s * s
+    monkeypatch.setattr(torch, "einsum", einsum)
+    big = assemble(factors, 10**6)
+    for name in ("Hb", "bx", "Hxg", "Hgg", "bg", "cost", "diag_x", "diag_g"):
+        torch.testing.assert_close(getattr(small, name), getattr(big, name), rtol=1e-12, atol=1e-12, msg=name)
+    # dense truth for the linear-Gaussian part: H = J^T J, b = J^T (J theta - z), cost = |J theta - z|^2 / 2
+    lin = assemble(factors[:-1], chunk)
+    theta = torch.cat([X.reshape(-1), G])
+    e = J @ theta - z
+    H, b = J.T @ J, J.T @ e
+    for k in range(K):
+        for d in range(w + 1):
+            if k - d >= 0:
+                torch.testing.assert_close(lin.Hb[k, d], _blocks_of(H, s, K, k, k - d), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.bx.reshape(-1), b[: K * s], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.Hxg.reshape(K * s, g), H[: K * s, K * s :], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.Hgg, H[K * s :, K * s :], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lin.bg, b[K * s :], rtol=1e-12, atol=1e-12)
+    assert float(lin.cost) == pytest.approx(0.5 * float(e.square().sum()), rel=1e-12)
+    # and the solver gives the same MAP estimate and covariances for any chunk size
+    kw = dict(global_params=G, bandwidth=w, method="lm", compute_covariances=True)
+    r_small = gauss_newton(X, factors, chunk_size=chunk, **kw)
+    r_big = gauss_newton(X, factors, **kw)
+    torch.testing.assert_close(r_small.states, r_big.states, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r_small.globals, r_big.globals, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(r_small.covariances, r_big.covariances, rtol=1e-12, atol=1e-12)
+    assert r_small.iterations == r_big.iterations
+    with pytest.raises(ValueError, match="chunk_size"):
+        gauss_newton(X, factors, chunk_size=0, **kw)
 
 
 def test_block_banded_linear_algebra_matches_dense():

@@ -339,6 +339,48 @@ def test_integrated_wiener_rejects_bad_input():
         WNOAKernel(qc_prior=2.0)
 
 
+def _t0_rounding_up_in_float32():
+    r"""A random start time whose float32 rounding lies above it (the float32 copy would reject t = t0)."""
+    while True:
+        t0 = float(torch.rand((), dtype=D)) - 0.5
+        if float(torch.tensor(t0, dtype=torch.float32)) > t0:
+            return t0
+
+
+@pytest.mark.parametrize("cls, order", ((WNOAKernel, 2), (WNOJKernel, 3)))
+@pytest.mark.parametrize("with_P0", (False, True))
+def test_integrated_wiener_keeps_t0_precision_through_casts(cls, order, with_P0):
+    # Regression: t0/P0 were stored in the default dtype (float32), so cls(t0=0.1784).double() rejected t = 0.1784.
+    t0 = _t0_rounding_up_in_float32()
+    P0 = _psd(order) if with_P0 else None
+    k = cls(t0=t0, P0=P0).double()
+    k.qc = 0.5 + float(torch.rand(()))
+    assert float(k.t0) == t0 and k.t0.dtype == D and k.P0.dtype == D
+    # A round trip through float32 does not lose t0 or P0 either.
+    k32 = copy.deepcopy(k).float()
+    assert float(k32.t0) == t0 and (P0 is None or torch.equal(k32.P0, P0))
+    assert float(copy.deepcopy(k32).double().t0) == t0
+    # Times starting exactly at t0: dense covariance equals the Van Loan propagation from t0 (independent truth).
+    t = torch.cat([torch.tensor([t0], dtype=D), t0 + torch.sort(2 * torch.rand(9, dtype=D)).values])
+    J = _propagated_joint(k, t)
+    _close(k(t[:, None]).to_dense(), J[..., 0, 0], rtol=1e-12, atol=1e-15)
+    _close(k.state_covariance(t[:, None]), J, rtol=1e-12, atol=1e-15)
+    m0, P1 = k.initial_state(t[0])
+    _close(P1, k.P0 if with_P0 else torch.zeros(order, order, dtype=D), rtol=0.0, atol=1e-15)
+    assert not m0.any()
+    # A float32 kernel on float32 data accepts the float32 rounding of t0 and returns float32.
+    t32 = t.float()[:, None]
+    K32 = k32(t32).to_dense()
+    assert K32.dtype == torch.float32
+    _close(K32.double(), J[..., 0, 0], rtol=1e-4, atol=1e-5)
+    # Still rejected: a time just before t0.
+    with pytest.raises(ValueError, match="t0"):
+        k(torch.tensor([[math.nextafter(t0, -math.inf)]], dtype=D)).to_dense()
+    # A float64 tensor t0 keeps its dtype through .float() too.
+    kt = cls(t0=torch.tensor(t0, dtype=D)).float()
+    assert kt.t0.dtype == D and float(kt.t0) == t0
+
+
 def test_integrated_wiener_float32_smoke():
     k = WNOJKernel(P0=0.5)
     t = torch.rand(12, 1)

@@ -526,6 +526,20 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
         sel = index if mm > 1 else idcs[0]
         new.train_inputs = tuple(t[(slice(None),) * k + (sel,)] for t in new.train_inputs)
         new.train_targets = new.train_targets[(slice(None),) * k + (sel,)]
+        # With an input transform BoTorch keeps the untransformed training inputs (``batch x m x n x d``) to restore
+        # them in train mode and to extend them in ``condition_on_observations``/``fantasize``: subset them too.
+        # (Indexed from the end: a conditioned model may store them with fewer batch dimensions than its data.)
+        orig = getattr(new, "_original_train_inputs", None)
+        if isinstance(orig, Tensor) and not new._has_transformed_inputs:
+            new._original_train_inputs = None  # train mode: stale; set again from train_inputs by eval()
+        elif isinstance(orig, Tensor):
+            if orig.dim() < 3 or orig.shape[-3] != m:
+                raise RuntimeError(
+                    f"Cannot subset the stored original training inputs of shape {tuple(orig.shape)}: expected the "
+                    f"output dimension ({m}) third from the end."
+                )
+            orig = orig.index_select(-3, index)
+            new._original_train_inputs = orig if mm > 1 else orig.squeeze(-3)
         named = dict(new.named_parameters())
         named.update(dict(new.named_buffers()))
         for name, dim in self._output_dims.items():

@@ -377,6 +377,7 @@ class _Problem:
     s: int
     g: int
     w: int
+    chunk_size: int = 16384  # residual blocks per chunk of the assembly (see _assemble)
 
 
 @dataclass
@@ -478,8 +479,18 @@ def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor,
     return r, J[..., : a * s].reshape(M, r.shape[1], a, s), J[..., a * s :]
 
 
-def _assemble(prob: _Problem, X: Tensor, G: Tensor) -> _Normal:
+def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = None) -> _Normal:
+    r"""Normal equations :math:`H = \mathsf J^\top \Omega \mathsf J`, :math:`b = \mathsf J^\top \Omega e` and the cost.
+
+    Each factor is linearised once (its residual and Jacobians, ``O(M r a s)``); the whitening, the IRLS weights
+    and the per-block products :math:`J_m^\top J_m` (``a s x a s`` each) are formed for ``chunk_size`` residual
+    blocks at a time (default ``prob.chunk_size``) and scatter-added into the ``K x (w + 1)`` band, so the
+    working memory is ``O(chunk_size a^2 s^2) + O(K w s^2)`` however many blocks a factor has. The chunks are
+    added in block order, so the result does not depend on ``chunk_size`` (up to the summation order of the
+    global-parameter sums, i.e. rounding).
+    """
     K, s, g, w = prob.K, prob.s, prob.g, prob.w
+    chunk = prob.chunk_size if chunk_size is None else chunk_size
     dtype, device = X.dtype, X.device
     nslots = K * (w + 1)
     Hflat = torch.zeros(nslots + 1, s, s, dtype=dtype, device=device)  # last slot collects upper-triangle pairs
@@ -496,28 +507,36 @@ def _assemble(prob: _Problem, X: Tensor, G: Tensor) -> _Normal:
                 "inputs and the initial states."
             )
         e = _whiten(f, r)
-        if f.sqrt_information is not None:
-            W = f.sqrt_information.to(r)
-            Jx = torch.einsum("...ij,...jas->...ias", W, Jx)
-            Jg = torch.einsum("...ij,...jg->...ig", W, Jg)
         rho, weight = _robust(f, e)
         cost = cost + rho.sum()
         sw = weight.sqrt()
-        e = e * sw[:, None]
-        Jx = Jx * sw[:, None, None, None]
-        Jg = Jg * sw[:, None, None]
+        W = None if f.sqrt_information is None else f.sqrt_information.to(r)
         idx = f.indices
         M, a = idx.shape
-        blocks = torch.einsum("mrus,mrvt->muvst", Jx, Jx)  # M x a x a x s x s
-        rows = idx[:, :, None].expand(M, a, a)
-        cols = idx[:, None, :].expand(M, a, a)
-        slot = torch.where(rows >= cols, rows * (w + 1) + (rows - cols), torch.full_like(rows, nslots))
-        Hflat.index_add_(0, slot.reshape(-1), blocks.reshape(-1, s, s))
-        bx.index_add_(0, idx.reshape(-1), torch.einsum("mrus,mr->mus", Jx, e).reshape(-1, s))
-        if g > 0:
-            Hxg.index_add_(0, idx.reshape(-1), torch.einsum("mrus,mrg->musg", Jx, Jg).reshape(-1, s, g))
-            Hgg = Hgg + torch.einsum("mrg,mrh->gh", Jg, Jg)
-            bg = bg + torch.einsum("mrg,mr->g", Jg, e)
+        for lo in range(0, M, chunk):
+            hi = min(lo + chunk, M)
+            Jx_c, Jg_c = Jx[lo:hi], Jg[lo:hi]
+            if W is not None:
+                W_c = W[lo:hi] if W.dim() == 3 else W
+                Jx_c = torch.einsum("...ij,...jas->...ias", W_c, Jx_c)
+                Jg_c = torch.einsum("...ij,...jg->...ig", W_c, Jg_c)
+            sw_c = sw[lo:hi]
+            e_c = e[lo:hi] * sw_c[:, None]
+            Jx_c = Jx_c * sw_c[:, None, None, None]
+            Jg_c = Jg_c * sw_c[:, None, None]
+            idx_c = idx[lo:hi]
+            m = hi - lo
+            blocks = torch.einsum("mrus,mrvt->muvst", Jx_c, Jx_c)  # chunk x a x a x s x s
+            rows = idx_c[:, :, None].expand(m, a, a)
+            cols = idx_c[:, None, :].expand(m, a, a)
+            slot = torch.where(rows >= cols, rows * (w + 1) + (rows - cols), torch.full_like(rows, nslots))
+            Hflat.index_add_(0, slot.reshape(-1), blocks.reshape(-1, s, s))
+            del blocks
+            bx.index_add_(0, idx_c.reshape(-1), torch.einsum("mrus,mr->mus", Jx_c, e_c).reshape(-1, s))
+            if g > 0:
+                Hxg.index_add_(0, idx_c.reshape(-1), torch.einsum("mrus,mrg->musg", Jx_c, Jg_c).reshape(-1, s, g))
+                Hgg = Hgg + torch.einsum("mrg,mrh->gh", Jg_c, Jg_c)
+                bg = bg + torch.einsum("mrg,mr->g", Jg_c, e_c)
     Hb = Hflat[:nslots].reshape(K, w + 1, s, s)
     out = _Normal(Hb=Hb, bx=bx, Hxg=Hxg, Hgg=Hgg, bg=bg, cost=cost)
     out.diag_x = Hb[:, 0].diagonal(dim1=-2, dim2=-1).clone()
@@ -640,6 +659,7 @@ def gauss_newton(
     initial_damping: float = 1e-4,
     compute_covariances: bool = False,
     singular_tol: float | None = None,
+    chunk_size: int = 16384,
 ) -> GaussNewtonResult:
     r"""MAP estimate of a chain of states by Gauss-Newton or Levenberg-Marquardt.
 
@@ -685,6 +705,9 @@ def gauss_newton(
         compute_covariances: Also return the marginal covariances (Laplace approximation at the estimate,
             :math:`H^{-1}` with the IRLS weights of the final estimate) by selected inversion.
         singular_tol: Relative pivot threshold of :func:`block_banded_cholesky` (default ``1e3 * eps``).
+        chunk_size: Number of residual blocks whose normal-matrix contributions (``a s x a s`` each) are formed
+            at once: the assembly's working memory is ``O(chunk_size a^2 s^2)`` plus the band, instead of growing
+            with the number of blocks of a factor. The result does not depend on it (up to rounding).
 
     Returns:
         A :class:`GaussNewtonResult`.
@@ -726,6 +749,7 @@ def gauss_newton(
     check_positive("initial_damping", initial_damping)
     if singular_tol is not None:
         check_positive("singular_tol", singular_tol)
+    check_positive("chunk_size", chunk_size, integer=True)
     if retract is None:
         if tangent_dim is not None and tangent_dim != p:
             raise ValueError(
@@ -755,7 +779,7 @@ def gauss_newton(
                 f"{f._label()}: residual block {m} spans states {int(idx[m].min())}..{int(idx[m].max())} "
                 f"(span {int(span[m])}), more than `bandwidth`={w}. Increase `bandwidth` or split the factor."
             )
-    prob = _Problem(factors=factors, retract=retract, K=K, p=p, s=s, g=g, w=w)
+    prob = _Problem(factors=factors, retract=retract, K=K, p=p, s=s, g=g, w=w, chunk_size=int(chunk_size))
 
     # Check the retraction once (shape and identity at zero).
     x_test = retract(X, X.new_zeros(K, s))

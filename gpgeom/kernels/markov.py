@@ -373,6 +373,11 @@ class IntegratedWienerKernel(MarkovKernel):
         qc: ``batch_shape`` spectral density :math:`Q_c` (learnable), initialised to 1.
         t0: ``batch_shape`` buffer.
         P0: ``batch_shape x s x s`` buffer.
+
+    ``t0`` and ``P0`` keep the precision they are given in -- float64 for Python numbers, the tensor's dtype
+    otherwise -- and casting the module (``.to(dtype)``, ``.float()``, ``.double()``) never lowers it: the start
+    time is rounded to the dtype of the data only when it is compared with and subtracted from the times, so
+    ``WNOJKernel(t0=0.1784).double()`` accepts ``t = 0.1784`` in float64 and in float32 alike.
     """
 
     has_lengthscale = False
@@ -391,25 +396,26 @@ class IntegratedWienerKernel(MarkovKernel):
         super().__init__(**kwargs)
         s = self.state_dim = order
         bs = self.batch_shape
-        dtype = torch.get_default_dtype()
+        # t0 and P0 keep the precision they are given in (float64 for Python numbers), whatever the module's
+        # dtype: rounding t0 through float32 could move it past the first time (see _apply).
         if isinstance(t0, Tensor):
             check_tensor("t0", t0, floating=True)
             try:
-                t0_ = t0.to(dtype).expand(bs).clone()
+                t0_ = t0.detach().expand(bs).clone()
             except RuntimeError:
                 raise ValueError(
                     f"`t0` must have shape () or batch_shape={tuple(bs)}, got {tuple(t0.shape)}."
                 ) from None
         elif isinstance(t0, int | float) and not isinstance(t0, bool) and math.isfinite(t0):
-            t0_ = torch.full(bs, float(t0), dtype=dtype)
+            t0_ = torch.full(bs, float(t0), dtype=torch.float64)
         else:
             raise TypeError(f"`t0` must be a finite float or a tensor, got {t0!r}.")
         if P0 is None:
-            P0_ = torch.zeros(*bs, s, s, dtype=dtype)
+            P0_ = torch.zeros(*bs, s, s, dtype=torch.float64)
         elif isinstance(P0, Tensor):
             check_tensor("P0", P0, shape=(s, s), floating=True)
             try:
-                P0_ = P0.to(dtype).expand(*bs, s, s).clone()
+                P0_ = P0.detach().expand(*bs, s, s).clone()
             except RuntimeError:
                 raise ValueError(
                     f"`P0` must have shape ({s}, {s}) or batch_shape + ({s}, {s}), got {tuple(P0.shape)}."
@@ -420,7 +426,7 @@ class IntegratedWienerKernel(MarkovKernel):
             if bool((ev < -1e-10 * ev.abs().amax(-1, keepdim=True).clamp_min(1.0)).any()):
                 raise NotPSDError(f"`P0` is not positive semi-definite (smallest eigenvalue {float(ev.min()):.3g}).")
         elif isinstance(P0, int | float) and not isinstance(P0, bool) and P0 >= 0:
-            P0_ = float(P0) * torch.eye(s, dtype=dtype).expand(*bs, s, s).clone()
+            P0_ = float(P0) * torch.eye(s, dtype=torch.float64).expand(*bs, s, s).clone()
         else:
             raise TypeError(f"`P0` must be None, a non-negative float or a tensor, got {P0!r}.")
         self.register_buffer("t0", t0_)
@@ -462,6 +468,29 @@ class IntegratedWienerKernel(MarkovKernel):
     @property
     def is_stationary(self) -> bool:
         return False
+
+    # ----- buffers kept at their own precision -----
+    _precise_buffers = ("t0", "P0")
+
+    def _apply(self, fn, *args, **kwargs):
+        r"""``Module._apply`` (behind ``.to``, ``.double()``, ``.float()``, ``.cuda()``, ...) that moves
+        :attr:`t0` and :attr:`P0` to the new device but never lowers their precision: a module cast to float32
+        keeps its float64 start time, which is compared with (and subtracted from) the data in the data's
+        dtype. Casting to a wider dtype widens them (exactly)."""
+        old = {name: self._buffers.get(name) for name in self._precise_buffers}
+        out = super()._apply(fn, *args, **kwargs)
+        for name, before in old.items():
+            after = self._buffers.get(name)
+            if before is None or after is None or after is before or not before.is_floating_point():
+                continue
+            if after.is_floating_point() and torch.finfo(after.dtype).bits < torch.finfo(before.dtype).bits:
+                self._buffers[name] = before.to(device=after.device)
+        return out
+
+    def _t0_like(self, t: Tensor) -> Tensor:
+        r"""The start time in the dtype and on the device of the times ``t``. Rounding to nearest is monotone,
+        so a time :math:`t \ge t_0` representable in that dtype is never below the rounded start time."""
+        return self.t0.to(dtype=t.dtype, device=t.device)
 
     # ----- constant tables -----
     @staticmethod
@@ -537,11 +566,12 @@ class IntegratedWienerKernel(MarkovKernel):
         Returns:
             ``(m0, P0)`` of shapes ``broadcast(batch, batch_shape) x s`` and ``... x s x s``.
         """
-        self._check_after_t0("t", t0, self.t0)
-        a = (t0 - self.t0).unsqueeze(-1)  # ... x 1
+        start = self._t0_like(t0)
+        self._check_after_t0("t", t0, start)
+        a = (t0 - start).unsqueeze(-1)  # ... x 1
         Phi, Q = self.transition(a)
         Phi, Q = Phi[..., 0, :, :], Q[..., 0, :, :]
-        P = Phi @ self.P0 @ Phi.transpose(-1, -2) + Q
+        P = Phi @ self.P0.to(Phi) @ Phi.transpose(-1, -2) + Q
         P = 0.5 * (P + P.transpose(-1, -2))
         return P.new_zeros(*P.shape[:-1]), P
 
@@ -562,19 +592,20 @@ class IntegratedWienerKernel(MarkovKernel):
         if bool((P0 != 0).any()):
             Pa = self._phi(a)[..., rows, :]
             Pb = self._phi(b)[..., cols, :]
-            P0_ = P0.reshape(*bsh, *([1] * ntime), s, s)
+            P0_ = P0.to(a).reshape(*bsh, *([1] * ntime), s, s)
             out = out + Pa @ P0_ @ Pb.transpose(-1, -2)
         return out
 
     def _start_relative(self, x1: Tensor, x2: Tensor, diag: bool) -> tuple[Tensor, Tensor]:
         t1 = _time_column("x1", x1)
         t2 = _time_column("x2", x2)
-        t0 = self.t0.unsqueeze(-1)
-        self._check_after_t0("x1", t1, t0)
-        self._check_after_t0("x2", t2, t0)
+        t01 = self._t0_like(t1).unsqueeze(-1)
+        t02 = self._t0_like(t2).unsqueeze(-1)
+        self._check_after_t0("x1", t1, t01)
+        self._check_after_t0("x2", t2, t02)
         if diag:
-            return t1 - t0, t2 - t0
-        return (t1 - t0).unsqueeze(-1), (t2 - t0).unsqueeze(-2)
+            return t1 - t01, t2 - t02
+        return (t1 - t01).unsqueeze(-1), (t2 - t02).unsqueeze(-2)
 
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params) -> Tensor:
         r"""Position covariance ``... x n x m`` (``... x n`` when ``diag``) for times ``x1`` ``... x n x 1`` and
