@@ -8,6 +8,8 @@ The public API is re-exported here (loaded on first access, so ``import gpgeom``
 - geometry: :class:`Mesh`, :func:`floater_disk`, :func:`p1_transfer`, :func:`mass_matrix`, :class:`SnapshotPOD`,
   :func:`connection_laplacian`, :func:`graph_laplacian`, and :mod:`gpgeom.geometry.lie`;
 - nn: :class:`GICNet`;
+- models: :class:`MMGP`, :class:`RVGP`, :class:`FunBaT`, :class:`FunBaTCP`, :class:`RGNP`,
+  :class:`SO3xR3Trajectory`, :class:`SE3Trajectory`;
 - errors: :class:`NotPSDError`.
 """
 
@@ -44,6 +46,14 @@ _EXPORTS: dict[str, str] = {
     "graph_laplacian": "gpgeom.geometry.connection",
     # nn
     "GICNet": "gpgeom.nn.gicnet",
+    # models
+    "MMGP": "gpgeom.models.mmgp",
+    "RVGP": "gpgeom.models.rvgp",
+    "FunBaT": "gpgeom.models.funbat",
+    "FunBaTCP": "gpgeom.models.funbat",
+    "RGNP": "gpgeom.models.rgnp",
+    "SO3xR3Trajectory": "gpgeom.models.trajectory",
+    "SE3Trajectory": "gpgeom.models.trajectory",
     # errors
     "NotPSDError": "gpgeom.errors",
 }

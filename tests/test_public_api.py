@@ -15,6 +15,13 @@ def test_subpackages_export_what_they_list():
             assert hasattr(mod, name), f"{pkg}.{name}"
 
 
+def test_models_export_resolves():
+    import gpgeom.models as models
+
+    for name, module in models._EXPORTS.items():
+        assert getattr(models, name) is getattr(importlib.import_module(module), name), name
+
+
 def test_unknown_attribute_raises():
     import pytest
 

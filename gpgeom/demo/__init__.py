@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "exact_gp": "gpgeom.demo.engine:exact_gp_section",
     "mmgp": "gpgeom.demo.mmgp:mmgp_section",
     "rvgp": "gpgeom.demo.rvgp:rvgp_section",
+    "funbat": "gpgeom.demo.funbat:funbat_section",
     "rgnp": "gpgeom.demo.rgnp:rgnp_section",
     "trajectory": "gpgeom.demo.trajectory:trajectory_section",
 }

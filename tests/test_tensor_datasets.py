@@ -1,0 +1,173 @@
+r"""Tests of gpgeom.datasets.tensors: the synthetic continuous-indexed Tucker/CP generator and the Beijing loader.
+
+Truths: the generator's values are recomputed here from its own latent functions and core by an independent einsum;
+the Beijing preprocessing is recomputed from the CSV with numpy when the shared data folder is present.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpgeom.datasets import tensors
+from gpgeom.datasets.tensors import (
+    ContinuousTensor,
+    beijing_csv_path,
+    load_beijing_air,
+    make_synthetic_tensor,
+    write_beijing_npz,
+)
+
+SHARED_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "beijing_air_daily.csv"
+needs_csv = pytest.mark.skipif(not SHARED_CSV.is_file(), reason="shared/data/beijing_air_daily.csv not present")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# synthetic
+@pytest.mark.parametrize("decomposition", ["tucker", "cp"])
+@pytest.mark.parametrize("K", [2, 3])
+def test_synthetic_values_are_the_tucker_model(decomposition, K):
+    d = make_synthetic_tensor(300, 100, n_modes=K, rank=2, decomposition=decomposition, n_coords=25, seed=3)
+    assert d.X_train.shape == (300, K) and d.X_test.shape == (100, K)
+    letters = "abcd"[:K]
+    for X, f in ((d.X_train, d.f_train), (d.X_test, d.f_test)):
+        Us = [d.latent(k, X[:, k]) for k in range(K)]
+        expr = f"{letters}," + ",".join(f"n{c}" for c in letters) + "->n"
+        torch.testing.assert_close(torch.einsum(expr, d.core, *Us), f, rtol=0, atol=1e-12)
+    if decomposition == "cp":
+        assert int((d.core != 0).sum()) == 2 and float(d.core[(0,) * K]) == 1.0
+    # noise of the requested size, unit-scale signal
+    assert abs(float((d.y_train - d.f_train).std()) - 0.05) < 0.01
+    assert 0.7 < float(d.f_train.std()) < 1.3
+
+
+def test_synthetic_seen_unseen_split():
+    d = make_synthetic_tensor(400, 200, n_coords=20, unseen_fraction=0.5, seed=0)
+    assert int(d.test_unseen.sum()) == 100
+    seen = ~d.test_unseen
+    for k in range(3):
+        train_coords = torch.unique(d.X_train[:, k])
+        assert bool(torch.isin(d.X_test[seen, k], train_coords).all())
+        assert torch.unique(d.X_train[:, k]).numel() <= 20
+    # no test entry is a training entry
+    same = (d.X_test[:, None, :] == d.X_train[None, :, :]).all(-1).any(-1)
+    assert not bool(same.any())
+    # unseen coordinates stay inside the training range by default, may leave it with unseen_range="unit"
+    assert not bool(d.test_outside.any())
+    d2 = make_synthetic_tensor(400, 400, n_coords=20, unseen_range="unit", seed=0)
+    assert bool(d2.test_outside.any()) and bool((d2.test_outside <= d2.test_unseen).all())
+
+
+def test_synthetic_is_seeded():
+    a = make_synthetic_tensor(100, 50, seed=7)
+    b = make_synthetic_tensor(100, 50, seed=7)
+    c = make_synthetic_tensor(100, 50, seed=8)
+    assert torch.equal(a.X_train, b.X_train) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.X_train, c.X_train)
+
+
+def test_synthetic_bad_arguments():
+    with pytest.raises(ValueError, match="rank"):
+        make_synthetic_tensor(10, 5, rank=0)
+    with pytest.raises(ValueError, match="rank"):
+        make_synthetic_tensor(10, 5, rank=(2, 2))
+    with pytest.raises(ValueError, match="same rank"):
+        make_synthetic_tensor(10, 5, rank=(2, 3, 2), decomposition="cp")
+    with pytest.raises(ValueError, match="cells"):
+        make_synthetic_tensor(100, 10, n_modes=2, n_coords=5)
+    with pytest.raises(ValueError, match="decomposition"):
+        make_synthetic_tensor(10, 5, decomposition="parafac")
+    with pytest.raises(ValueError, match="unseen_fraction"):
+        make_synthetic_tensor(10, 5, unseen_fraction=1.5)
+    with pytest.raises(ValueError, match="Mode"):
+        make_synthetic_tensor(10, 5).latent(3, torch.zeros(2, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Beijing
+def test_shipped_beijing_tensor():
+    data = load_beijing_air()
+    assert "beijing_pm25.npz" in data.info["source"]
+    assert data.X.shape == (16965, 3) and data.y.shape == (16965,)
+    assert data.n_unique == (428, 498, 1461)
+    assert torch.allclose(data.X.min(0).values, torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(data.X.max(0).values, torch.full((3,), 10.0, dtype=torch.float64))
+    assert abs(float(data.y.mean())) < 1e-12 and abs(float(data.y.std()) - 1.0) < 1e-12
+    assert data.mode_names == ("temperature", "pressure", "time")
+    assert (tensors._SHIPPED.stat().st_size) < 1_000_000
+
+
+@needs_csv
+def test_beijing_csv_matches_an_independent_preprocessing_and_the_shipped_copy():
+    with open(SHARED_CSV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    temp = np.round(np.array([float(r["TEMP"]) for r in rows]), 1)
+    pres = np.round(np.array([float(r["PRES"]) for r in rows]), 1)
+    days = np.array(
+        [(dt.date(int(r["year"]), int(r["month"]), int(r["day"])) - dt.date(1970, 1, 1)).days for r in rows], float
+    )
+    secs = days * 86400.0
+    z = np.round((secs - secs.mean()) / secs.std(), 3)
+    y = np.array([float(r["PM10"]) for r in rows])
+    scale = lambda a: 10 * (a - a.min()) / (a.max() - a.min())  # noqa: E731
+    X = np.stack([scale(temp), scale(pres), scale(z)], 1)
+    csv_data = load_beijing_air("PM10", path=SHARED_CSV)
+    np.testing.assert_allclose(csv_data.X.numpy(), X, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(csv_data.y.numpy(), (y - y.mean()) / y.std(ddof=1), rtol=0, atol=1e-12)
+    shipped = load_beijing_air()
+    from_csv = load_beijing_air(path=SHARED_CSV.parent)
+    assert torch.equal(shipped.X, from_csv.X) and torch.equal(shipped.y, from_csv.y)
+    assert from_csv.info["source"].endswith("beijing_air_daily.csv")
+
+
+@needs_csv
+def test_beijing_env_variable_and_npz_writer(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPGEOM_DATA", str(SHARED_CSV.parent))
+    assert beijing_csv_path() == SHARED_CSV
+    data = load_beijing_air("SO2")
+    assert data.info["target"] == "SO2" and len(data) == 16965
+    out = write_beijing_npz(tmp_path / "pm25.npz")
+    with np.load(out) as z:
+        assert z["codes"].shape == (16965, 3) and z["coords_2"].shape == (1461,)
+
+
+def test_beijing_missing_file_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="beijing_air_daily.csv.*GPGEOM_DATA"):
+        load_beijing_air(path=tmp_path)
+    monkeypatch.setenv("GPGEOM_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Cannot find"):
+        load_beijing_air("PM10")
+    with pytest.raises(ValueError, match="target"):
+        load_beijing_air("NO2")
+
+
+def test_splits_are_seeded_disjoint_and_flag_unseen():
+    data = load_beijing_air()
+    a, b, c = data.split(0), data.split(0), data.split(1)
+    assert torch.equal(a.info["test_index"], b.info["test_index"])
+    assert not torch.equal(a.info["test_index"], c.info["test_index"])
+    tr, te = a.info["train_index"], a.info["test_index"]
+    assert tr.numel() + te.numel() == len(data) and te.numel() == round(0.2 * len(data))
+    assert not bool(torch.isin(tr, te).any())
+    for k in range(3):
+        fresh = ~torch.isin(a.X_test[:, k], torch.unique(a.X_train[:, k]))
+        assert bool((fresh <= a.test_unseen).all())
+    small = data.split(2, n_train=1000)
+    assert small.X_train.shape == (1000, 3) and small.X_test.shape[0] == te.numel()
+    with pytest.raises(ValueError, match="fold"):
+        data.split(-1)
+    with pytest.raises(ValueError, match="n_train"):
+        data.split(0, n_train=10**6)
+
+
+def test_continuous_tensor_container():
+    X = torch.tensor([[0.0, 1.0], [0.5, 1.0], [0.5, 2.0], [1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+    ct = ContinuousTensor(X, torch.arange(5.0, dtype=torch.float64), ("a", "b"))
+    assert len(ct) == 5 and ct.n_unique == (3, 3)
+    sp = ct.split(0, test_fraction=0.4)
+    assert sp.X_test.shape == (2, 2) and sp.test_unseen.dtype == torch.bool
