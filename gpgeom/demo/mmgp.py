@@ -76,6 +76,6 @@ def mmgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     text = (
         "Mesh-morphing GP (Floater morphing onto the unit disk, P1 transfer to a common mesh, mass-weighted POD, "
         "exact GP per POD coefficient and scalar). Held-out plate: von Mises stress, prediction, error and the "
-        "exact predictive std through the affine decode chain."
+        "exact predictive std through the affine decode chain plus the POD truncation variance."
     )
     return Section(title="MMGP: fields on meshes of varying shape", text=text, table=table, figures=[path])
