@@ -12,7 +12,12 @@ BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from gpgeom.demo import SECTIONS, run_demo
+
+    # small GP fits run about ten times slower with two threads on small machines: one thread unless told
+    torch.set_num_threads(args.threads)
 
     if args.list:
         for name in SECTIONS:
@@ -55,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--only", nargs="*", default=None, help="run only these sections (see --list)")
     demo.add_argument("--list", action="store_true", help="list the sections and exit")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                      help="torch CPU threads (default: $OMP_NUM_THREADS or 1)")
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="run the benchmark scripts of a source checkout")
