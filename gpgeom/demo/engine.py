@@ -139,7 +139,7 @@ def exact_gp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -
 
     grid = torch.stack(torch.meshgrid(*(torch.linspace(0, 1, 60, dtype=torch.float64),) * 2, indexing="xy"), -1)
     mean, std = model.predict(grid.reshape(-1, 2), return_std=True)
-    post_mean = model.posterior(grid.reshape(-1, 2)).mean
+    post_mean = model.posterior(grid.reshape(-1, 2)).mean.detach()
     agree = float((post_mean - mean).abs().max())
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, z, title in zip(axes, (mean, std), ("posterior mean", "posterior std")):
