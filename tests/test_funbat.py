@@ -23,6 +23,7 @@ from gpgeom.models.funbat import (
     FunBaTCP,
     _chain,
     _joint_log_likelihood,
+    expected_log_prior,
     latent_conditional,
     latent_posterior,
 )
@@ -99,6 +100,24 @@ def test_latent_posterior_equals_dense_gp(nu, R):
         [post.log_likelihood, latent_posterior(k2, t[:10], lam[:10], eta[:10], smooth=False).log_likelihood]
     )
     torch.testing.assert_close(joint, single, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5])
+def test_em_objective_gradient_is_the_marginal_likelihood_gradient(nu):
+    r"""Fisher's identity: at the current hyperparameters the EM objective (expected complete-data log prior under
+    the smoothed posterior) has the gradient of the pseudo-observations' log marginal likelihood (Kalman filter)."""
+    I, R = 30, 2
+    k = MaternMarkovKernel(nu=nu).to(D)
+    k.lengthscale, k.variance = 0.25, 1.3
+    t = torch.linspace(0, 1, I, dtype=D) + 0.01 * torch.rand(I, dtype=D)
+    lam, eta = _random_sites(I, R)
+    ll = latent_posterior(k, t, lam, eta, smooth=False).log_likelihood
+    g_ll = torch.autograd.grad(ll, [k.raw_lengthscale, k.raw_variance])
+    with torch.no_grad():
+        post = latent_posterior(k, t, lam, eta)
+    g_em = torch.autograd.grad(expected_log_prior(k, t, post), [k.raw_lengthscale, k.raw_variance])
+    for a, b in zip(g_ll, g_em):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("decomposition", ["tucker", "cp"])
