@@ -104,6 +104,36 @@ def test_boundary_loops_disk_and_annulus_orientation():
     assert sum(len(lp) for lp in loops) == len(bf)
 
 
+def test_boundary_loops_start_node_rotates_its_loop_only():
+    a = annulus_mesh()
+    loops = boundary_loops(a)
+    outer, inner = (loops[0], loops[1]) if len(loops[0]) == 40 else (loops[1], loops[0])
+    assert outer[0] == outer.min() and inner[0] == inner.min()  # default: each loop begins at its smallest node
+    s = int(inner[5])
+    rolled = boundary_loops(a, start=s)
+    assert len(rolled) == 2
+    k = [i for i, lp in enumerate(loops) if s in lp][0]
+    # independent truth: the same cyclic sequence read from position 5
+    np.testing.assert_array_equal(rolled[k], np.concatenate([inner[5:], inner[:5]]))
+    np.testing.assert_array_equal(rolled[1 - k], loops[1 - k])
+    assert rolled[k].dtype == np.int64
+    assert shoelace(a.points[rolled[k]]) < 0  # orientation kept (hole clockwise)
+    # numpy / torch integer scalars are accepted
+    np.testing.assert_array_equal(boundary_loops(a, start=np.int32(s))[k], rolled[k])
+    np.testing.assert_array_equal(boundary_loops(a, start=torch.tensor(s))[k], rolled[k])
+    # the cached loops are not modified by a rotated request
+    np.testing.assert_array_equal(boundary_loops(a)[k], loops[k])
+    interior = int(np.setdiff1d(np.arange(a.n_points), np.concatenate(loops))[0])
+    with pytest.raises(ValueError, match="not on the boundary"):
+        boundary_loops(a, start=interior)
+    with pytest.raises(ValueError, match="not a node index"):
+        boundary_loops(a, start=a.n_points)
+    with pytest.raises(TypeError, match="node index"):
+        boundary_loops(a, start=1.0)
+    with pytest.raises(TypeError, match="node index"):
+        boundary_loops(a, start=True)
+
+
 def test_renumbering_rule_tolerant_ties_and_orientation():
     # unit square grid: the left side x = 0 has many nodes; perturb one of them by -1e-17
     n = 6

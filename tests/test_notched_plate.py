@@ -125,7 +125,7 @@ def test_symmetric_notches_give_symmetric_fields():
     notch = NotchShape(0.22, (0.8, -0.5, 0.3, 1.1))
     pts, tris, mirror = _symmetric_mesh(notch, COARSE)
     np.testing.assert_allclose(pts[mirror], np.column_stack([1.0 - pts[:, 0], pts[:, 1]]), atol=1e-14)
-    assert len(boundary_loop(tris, 0)) > 0  # the glued mesh is one disk-like region
+    assert len(boundary_loop(pts, tris, 0)) > 0  # the glued mesh is one disk-like region
     sol = solve_plane_strain(pts, tris, load=1.1, nu=0.35)
     f = sol.fields
     scale = np.abs(f["U2"]).max()
@@ -193,8 +193,13 @@ def test_exactly_one_boundary_loop_and_start_node():
         # Euler characteristic of a disk: V - E + F = 1.
         edges = np.unique(np.sort(np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]]), axis=1), axis=0)
         assert len(s.points) - len(edges) + len(tri) == 1
-        loop = boundary_loop(tri, s.boundary_start)  # raises unless one closed loop holds every boundary edge
+        loop = boundary_loop(s.points, tri, s.boundary_start)  # raises unless the boundary is one closed loop
         np.testing.assert_array_equal(loop, s.boundary_loop)
+        # Independent truth: the loop's steps are exactly the directed edges used by one (ccw) triangle.
+        directed = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+        _, inv, cnt = np.unique(np.sort(directed, axis=1), axis=0, return_inverse=True, return_counts=True)
+        bedges = {tuple(e) for e in directed[cnt[inv.ravel()] == 1].tolist()}
+        assert {(int(a), int(b)) for a, b in zip(loop, np.roll(loop, -1))} == bedges
         assert len(np.unique(loop)) == len(loop)
         # Start node = bottom-left corner = the MMGP reference's choice (min x, then min y).
         assert s.boundary_start == 0 and tuple(s.points[0]) == (0.0, 0.0)
@@ -211,6 +216,23 @@ def test_exactly_one_boundary_loop_and_start_node():
         assert idx == sorted(idx) and len(LANDMARK_NAMES) == len(idx)
         expected = [(0, 0), (1, 0), (1, 0.4), (1, 1.6), (1, 2), (0, 2), (0, 1.6), (0, 0.4)]
         np.testing.assert_allclose(s.points[s.landmarks], expected, atol=1e-14)
+
+
+def test_boundary_loop_rejects_holes_and_interior_start():
+    import triangle
+
+    outer = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=float)
+    inner = 0.5 + 0.2 * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)
+    seg = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4]])
+    out = triangle.triangulate({"vertices": np.r_[outer, inner], "segments": seg, "holes": [[0.5, 0.5]]}, "pq30a0.02Q")
+    with pytest.raises(ValueError, match="exactly one boundary loop, found 2"):
+        boundary_loop(out["vertices"], out["triangles"], 0)
+    pts, tris, _ = mesh_plate(PlateShape.rectangle(), 0.25)
+    loop = boundary_loop(pts, tris, 3)
+    assert loop[0] == 3 and len(loop) == len(boundary_loop(pts, tris, 0))
+    interior = int(np.setdiff1d(np.arange(len(pts)), loop)[0])
+    with pytest.raises(ValueError, match="not on the boundary"):
+        boundary_loop(pts, tris, interior)
 
 
 def test_seeded_reproducibility_and_prefix_stability():

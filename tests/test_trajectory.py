@@ -18,7 +18,7 @@ import torch
 from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb
 from gpgeom.engine.statespace import posterior as ss_posterior
 from gpgeom.geometry.lie import quat_to_rotmat, so3_exp, so3_log
-from gpgeom.kernels.markov import WNOJKernel
+from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
 from gpgeom.models.trajectory import (
     KnotPrior,
     PoseMeasurement,
@@ -198,7 +198,7 @@ def test_prior_residual_zero_on_a_constant_jerk_free_motion():
 def test_position_posterior_equals_dense_wnoj_gp_regression():
     gen = torch.Generator().manual_seed(5)
     kt = torch.cumsum(0.05 + 0.2 * torch.rand(25, dtype=DT, generator=gen), 0)
-    kt = kt - kt[0]  # t0 = 0 exactly (the kernel keeps t0 in the default dtype)
+    kt = kt - kt[0]  # t0 = 0, the start of the dense kernel below
     qc, c0, sig = 2.5, 0.7, 0.05
     obs = torch.arange(0, 25, 2)
     y = torch.randn(len(obs), 3, dtype=DT, generator=gen)
@@ -229,6 +229,32 @@ def test_position_posterior_equals_dense_wnoj_gp_regression():
         ss = ss_posterior(kern, kt[obs], y[:, 0], sig**2, t_test=tq)
         assert float((ss.test_mean - mean[:, 0]).abs().max()) < 1e-8
         assert float((ss.test_state_mean[:, 1] - st.v[:, 0]).abs().max()) < 1e-7
+
+
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+@pytest.mark.parametrize("prior", ["wnoj", "wnoa"])
+def test_prior_kernel_keeps_the_start_time_exact(default, prior):
+    # 0.1784 and 1e6 + 0.1 are not float32 numbers: a start time rounded through float32 would move
+    # (1e6 + 0.1 by about 0.03), so the kernel would see the first knot before or after its real t0.
+    for start in (0.1784, 1e6 + 0.1):
+        kt = start + torch.tensor([0.0, 0.2, 0.45, 0.7], dtype=DT)
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(default)
+        try:
+            traj = SO3xR3Trajectory(kt, prior=prior, qc_rot=0.5, qc_pos=3.0)
+            for part, qc in (("pos", 3.0), ("rot", 0.5)):
+                k = traj.prior_kernel(part)
+                assert k.t0.dtype == torch.float64 and k.t0.shape == (3,)
+                assert k.t0.tolist() == [start] * 3  # bit-exact, not rounded
+                assert k.qc.dtype == torch.float64 and torch.allclose(k.qc, torch.full((3,), qc, dtype=DT))
+                with torch.no_grad():
+                    K = k(kt[:, None]).to_dense()
+                    # pinned at t0 (P0 = 0): zero prior variance at the first knot, then Q_c * tau^(2N-1) / (...)
+                    assert float(K[:, 0, 0].abs().max()) == 0.0
+                    ref = (WNOJKernel if prior == "wnoj" else WNOAKernel)(t0=0.0).double()(kt[:, None] - start)
+                    torch.testing.assert_close(K, (ref.to_dense() * qc).expand(3, 4, 4), rtol=1e-6, atol=0.0)
+        finally:
+            torch.set_default_dtype(old)
 
 
 # ------------------------------------------------------------------------------------------------------------------

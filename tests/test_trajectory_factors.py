@@ -240,6 +240,18 @@ def test_measurement_bad_input():
         RangeMeasurement(t, torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT))
     with pytest.raises(ValueError, match="`tdoa` must have shape \\(2,\\)"):
         TDOAMeasurement(t, torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT), torch.ones(1, dtype=DT))
+    # the two scalar UWB factors share their validation of the tag offset and of sigma
+    a3, one2 = torch.zeros(3, dtype=DT), torch.ones(2, dtype=DT)
+    for make in (lambda **kw: RangeMeasurement(t, a3, one2, **kw), lambda **kw: TDOAMeasurement(t, a3, a3, one2, **kw)):
+        with pytest.raises(ValueError, match="`tag_offset` must have shape \\(2, 3\\) \\(one per measurement"):
+            make(tag_offset=torch.zeros(4, 3, dtype=DT))
+        with pytest.raises(ValueError, match="`sigma` must be finite and > 0"):
+            make(sigma=0.0)
+        with pytest.raises(ValueError, match="`sigma` must be a positive float, a vector of 1"):
+            make(sigma=[1.0, 2.0, 3.0])
+        m = make(sigma=torch.tensor([0.5, 0.25], dtype=DT))
+        assert m.offset.shape == (2, 3) and bool((m.offset == 0).all())
+        torch.testing.assert_close(m.w, torch.tensor([[2.0], [4.0]], dtype=DT))
     with pytest.raises(ValueError, match="`gravity` must be a 3-vector"):
         IMUMeasurement(t, torch.zeros(2, 3, dtype=DT), torch.zeros(2, 3, dtype=DT), gravity=torch.zeros(2, 3))
     with pytest.raises(TypeError, match="`residual_fn` must be callable"):

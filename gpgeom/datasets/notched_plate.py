@@ -61,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from gpgeom.geometry.mesh import Mesh, boundary_loops
+
 __all__ = [
     "DATASET_VERSION",
     "DEFAULT_OPTIONS",
@@ -294,50 +296,27 @@ def mesh_plate(
     return points, tris, landmarks
 
 
-def boundary_loop(triangles: np.ndarray, start: int = 0) -> np.ndarray:
-    r"""The boundary nodes of a triangulation in walk order, starting at ``start``.
+def boundary_loop(points: np.ndarray, triangles: np.ndarray, start: int = 0) -> np.ndarray:
+    r"""The boundary nodes of a disk-like 2D triangulation in walk order, starting at ``start``.
 
-    The walk follows the boundary edges in the direction they have in their (counter-clockwise) triangle, so it
-    goes counter-clockwise around the domain.
+    A thin wrapper of :func:`gpgeom.geometry.mesh.boundary_loops` that also checks that the boundary is a single
+    loop. The loop goes with the mesh on its left, i.e. counter-clockwise around the domain.
 
     Args:
-        triangles: ``(m, 3)`` node indices, consistently counter-clockwise.
+        points: ``(n, 2)`` node coordinates.
+        triangles: ``(m, 3)`` node indices.
         start: A boundary node to start from.
 
     Returns:
-        ``(nB,)`` node indices.
+        ``(nB,)`` node indices (int64).
 
     Raises:
-        ValueError: When the boundary is not exactly one closed loop through ``start``.
+        ValueError: When the boundary is not exactly one closed simple loop, or ``start`` is not on it.
     """
-    tri = np.asarray(triangles, dtype=np.int64)
-    edges = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
-    lo, hi = np.minimum(edges[:, 0], edges[:, 1]), np.maximum(edges[:, 0], edges[:, 1])
-    key = lo * (int(tri.max()) + 1) + hi  # one integer per undirected edge
-    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    bedges = edges[counts[inverse] == 1]
-    if len(bedges) == 0:
-        raise ValueError("The triangulation has no boundary edge.")
-    nxt = {}
-    for a, b in bedges.tolist():
-        if a in nxt:
-            raise ValueError(f"Boundary node {a} has two outgoing boundary edges (the boundary is not manifold).")
-        nxt[a] = b
-    if start not in nxt:
-        raise ValueError(f"Node {start} is not on the boundary.")
-    loop = [start]
-    node = nxt[start]
-    while node != start:
-        loop.append(node)
-        if len(loop) > len(bedges):
-            raise ValueError("The boundary walk does not close.")
-        node = nxt[node]
-    if len(loop) != len(bedges):
-        raise ValueError(
-            f"The boundary has more than one loop: the loop through node {start} has {len(loop)} of the "
-            f"{len(bedges)} boundary edges."
-        )
-    return np.asarray(loop, dtype=np.int64)
+    loops = boundary_loops(Mesh(points, triangles), start=start)
+    if len(loops) != 1:
+        raise ValueError(f"The triangulation must have exactly one boundary loop, found {len(loops)}.")
+    return loops[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -566,7 +545,7 @@ def make_notched_plate(
         fields=sol.fields,
         out_scalars=sol.out_scalars,
         boundary_start=0,
-        boundary_loop=boundary_loop(tris, 0),
+        boundary_loop=boundary_loop(points, tris, 0),
         landmarks=landmarks,
         mesh_size=float(h),
         shape=shape,

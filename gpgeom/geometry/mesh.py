@@ -17,6 +17,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import operator
 import os
 import warnings
 from collections.abc import Mapping
@@ -378,11 +379,20 @@ class Mesh:
         used[self._cells.ravel()] = True
         return used
 
-    def boundary_loops(self) -> list[np.ndarray]:
+    def boundary_loops(self, *, start: int | None = None) -> list[np.ndarray]:
         r"""Closed boundary loops of a triangle mesh; see :func:`boundary_loops`."""
         if "loops" not in self._cache:
             self._cache["loops"] = _boundary_loops(self)
-        return [lp.copy() for lp in self._cache["loops"]]
+        loops = [lp.copy() for lp in self._cache["loops"]]
+        if start is None:
+            return loops
+        s = _node_index("start", start, self.n_points)
+        for i, lp in enumerate(loops):
+            hit = np.flatnonzero(lp == s)
+            if len(hit):
+                loops[i] = np.roll(lp, -int(hit[0]))  # same cyclic order and orientation, first node `start`
+                return loops
+        raise ValueError(f"`start` = node {s} is not on the boundary of the mesh.")
 
     def _locator(self) -> _CellLocator:
         if "locator" not in self._cache:
@@ -413,6 +423,21 @@ class Mesh:
 # ----------------------------------------------------------------------------------------------------------------
 # boundary loops and the renumbering rule
 # ----------------------------------------------------------------------------------------------------------------
+def _node_index(name: str, value: object, n: int) -> int:
+    r"""A single node index in ``[0, n)`` (Python / numpy / 0-d torch integer)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a node index (an integer), got {value!r}.")
+    try:
+        idx = operator.index(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a node index (an integer), got {type(value).__name__}.") from None
+    if not 0 <= idx < n:
+        raise ValueError(f"`{name}` = {idx} is not a node index in [0, {n}).")
+    return int(idx)
+
+
 def _check_triangles(mesh: Mesh, what: str) -> None:
     if not isinstance(mesh, Mesh):
         raise TypeError(f"`mesh` must be a gpgeom Mesh, got {type(mesh).__name__}.")
@@ -504,7 +529,7 @@ def _boundary_loops(mesh: Mesh) -> list[np.ndarray]:
     return out
 
 
-def boundary_loops(mesh: Mesh) -> list[np.ndarray]:
+def boundary_loops(mesh: Mesh, *, start: int | None = None) -> list[np.ndarray]:
     r"""Closed boundary loops of a triangle mesh.
 
     The boundary edges are the edges used by exactly one triangle; they are chained into loops. Each loop is an
@@ -512,10 +537,18 @@ def boundary_loops(mesh: Mesh) -> list[np.ndarray]:
     geometrically (the outer boundary counter-clockwise, holes clockwise, whatever the triangles' vertex order), for
     surfaces in 3D by the triangles' vertex order. Loops are listed by their smallest node index.
 
+    Args:
+        mesh: A triangle mesh.
+        start: Optional boundary node. The loop through it is rotated to begin at it (same cyclic order and
+            orientation); the other loops and the order of the list are unchanged. By default every loop begins
+            at its smallest node index.
+
     Raises:
-        ValueError: non-triangle mesh, non-manifold edges, or a boundary node touching more than two boundary edges.
+        ValueError: non-triangle mesh, non-manifold edges, a boundary node touching more than two boundary edges,
+            or a ``start`` that is not a boundary node.
+        TypeError: ``start`` is not an integer.
     """
-    return mesh.boundary_loops()
+    return mesh.boundary_loops(start=start)
 
 
 def _lexicographic_min(X: np.ndarray, rtol: float, scale: float) -> int:

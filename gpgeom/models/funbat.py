@@ -1491,7 +1491,12 @@ class FunBaTBoTorchModel(Model):
     (original units of ``y``) and **independent** ``q`` points (the entries' posterior correlation through shared
     latent functions and core is not modelled). Gradients flow to ``X``, so ``optimize_acqf`` works, e.g. to find
     the coordinates with the largest predicted value (``PosteriorMean`` or ``UpperConfidenceBound``).
-    ``condition_on_observations`` and ``fantasize`` are not supported (refit with the new data instead).
+    ``condition_on_observations`` and ``fantasize`` are not supported (refit with the new data instead): an entry
+    is a multilinear function of the latent functions and the core, so the posterior over entries is not jointly
+    Gaussian and observing an entry is not a rank update of the latent GPs (it changes the EP messages of every
+    mode); and exact Gaussian conditioning of the returned predictive would be vacuous, since its ``q`` points are
+    independent (it would change nothing away from the conditioned coordinates, so fantasy-based acquisition
+    functions would see no information gain).
     """
 
     _is_fully_bayesian = False

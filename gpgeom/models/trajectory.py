@@ -537,9 +537,7 @@ class Trajectory:
         first knot's prior)."""
         check_option("part", part, ("pos", "rot"))
         cls = WNOJKernel if self.order == 3 else WNOAKernel
-        k = cls(batch_shape=torch.Size([3])).to(torch.float64)
-        # set t0 after the cast: the kernel stores it in the default dtype, which could round it past the first knot
-        k.t0 = torch.full((3,), float(self._times[0]), dtype=torch.float64)
+        k = cls(t0=float(self._times[0]), batch_shape=torch.Size([3])).to(torch.float64)
         k.qc = (self.qc_pos if part == "pos" else self.qc_rot).detach().to(torch.float64).cpu()
         return k
 

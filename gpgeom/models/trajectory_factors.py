@@ -273,6 +273,19 @@ class PositionMeasurement(Measurement):
 # ------------------------------------------------------------------------------------------------------------------
 # UWB: two-way ranging and TDOA
 # ------------------------------------------------------------------------------------------------------------------
+def _uwb_inputs(M: int, name: str, values: object, tag_offset: object, sigma: object) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Validate the inputs shared by the scalar UWB factors.
+
+    Returns ``(values, offset, w)``: the ``M`` measured scalars (named ``name`` in the errors), the ``M x 3`` tag
+    offsets (0 when ``tag_offset`` is None) and the ``M x 1`` inverse standard deviations.
+    """
+    v = _as_tensor(name, values, shape=())
+    if v.shape != (M,):
+        raise ValueError(f"`{name}` must have shape ({M},) like `t`, got {tuple(v.shape)}.")
+    offset = _as_tensor("tag_offset", torch.zeros(3) if tag_offset is None else tag_offset, shape=(3,), M=M)
+    return v, offset, _sigma("sigma", sigma, M, 1)
+
+
 class RangeMeasurement(Measurement):
     r"""UWB two-way ranging between a tag on the body and a fixed anchor (GPTR ``GPTWRFactor``).
 
@@ -305,14 +318,8 @@ class RangeMeasurement(Measurement):
         name="",
     ):
         super().__init__(t, robust=robust, robust_threshold=robust_threshold, name=name)
-        M = self.num_blocks
-        self.anchors = _as_tensor("anchors", anchors, shape=(3,), M=M)
-        d = _as_tensor("ranges", ranges, shape=())
-        if d.shape != (M,):
-            raise ValueError(f"`ranges` must have shape ({M},) like `t`, got {tuple(d.shape)}.")
-        self.d = d
-        self.offset = _as_tensor("tag_offset", torch.zeros(3) if tag_offset is None else tag_offset, shape=(3,), M=M)
-        self.w = _sigma("sigma", sigma, M, 1)
+        self.anchors = _as_tensor("anchors", anchors, shape=(3,), M=self.num_blocks)
+        self.d, self.offset, self.w = _uwb_inputs(self.num_blocks, "ranges", ranges, tag_offset, sigma)
 
     def _x(self, state):
         return (state["R"] @ self.offset.unsqueeze(-1)).squeeze(-1) + state["p"] - self.anchors
@@ -361,15 +368,9 @@ class TDOAMeasurement(Measurement):
         name="",
     ):
         super().__init__(t, robust=robust, robust_threshold=robust_threshold, name=name)
-        M = self.num_blocks
-        self.ai = _as_tensor("anchor_i", anchor_i, shape=(3,), M=M)
-        self.aj = _as_tensor("anchor_j", anchor_j, shape=(3,), M=M)
-        m = _as_tensor("tdoa", tdoa, shape=())
-        if m.shape != (M,):
-            raise ValueError(f"`tdoa` must have shape ({M},) like `t`, got {tuple(m.shape)}.")
-        self.m = m
-        self.offset = _as_tensor("tag_offset", torch.zeros(3) if tag_offset is None else tag_offset, shape=(3,), M=M)
-        self.w = _sigma("sigma", sigma, M, 1)
+        self.ai = _as_tensor("anchor_i", anchor_i, shape=(3,), M=self.num_blocks)
+        self.aj = _as_tensor("anchor_j", anchor_j, shape=(3,), M=self.num_blocks)
+        self.m, self.offset, self.w = _uwb_inputs(self.num_blocks, "tdoa", tdoa, tag_offset, sigma)
 
     def _x(self, state):
         return (state["R"] @ self.offset.unsqueeze(-1)).squeeze(-1) + state["p"]
