@@ -225,7 +225,8 @@ def main() -> None:
             f"- model: morphing {args.morphing}, {model.n_modes_geometry_} geometry modes, field modes "
             f"{model.n_modes_fields_}, Matern 5/2 ARD, learned noise, hyperparameters {args.hyperparameters} "
             f"({len(model.gps_)} GPs), {restarts + 1} L-BFGS-B attempts of at most {args.max_iter} iterations "
-            f"(best attempt per GP {[g.fit_result.best_attempt for g in model.gps_]})",
+            f"(attempt kept per GP, or per output for separate hyperparameters: "
+            f"{[g.fit_result.member_attempts or g.fit_result.best_attempt for g in model.gps_]})",
             "",
             "## Accuracy on the original test nodes",
             "",

@@ -47,6 +47,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from gpgeom._validation import check_positive, check_tensor
+from gpgeom.engine.exact_mll import exact_mll_loss
 from gpgeom.engine.fitting import FitResult, fit
 
 __all__ = ["ExactGPModel", "default_covar_module", "default_likelihood"]
@@ -250,6 +251,8 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
         self.shared_hyperparameters = shared_hyperparameters
         self.max_cholesky_size = max_cholesky_size
         self.fit_result: FitResult | None = None
+        #: Fit with the closed-form-gradient exact MLL when the model is in its family (see :meth:`fit`).
+        self.fast_mll = True
         self._fit_jitter: float | None = None
         self._d = train_X.shape[-1]
         given = {"likelihood": likelihood_given, "mean_module": mean_module, "covar_module": covar_module}
@@ -295,6 +298,12 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
     def fit(self, **kwargs: Any) -> ExactGPModel:
         r"""Fit the hyperparameters by maximising the exact marginal likelihood (plus log priors).
 
+        For a ``ScaleKernel`` over a Matern or RBF kernel with a Gaussian likelihood and a constant mean (the
+        default model), L-BFGS-B runs on :func:`gpgeom.engine.exact_mll.exact_mll_loss`: the same loss as
+        GPyTorch's ``ExactMarginalLogLikelihood`` with closed-form gradients, one factorisation per group of outputs
+        that share their hyperparameters, and only the still-running outputs evaluated when each output has its
+        own. Set ``model.fast_mll = False`` to go through GPyTorch's autograd instead.
+
         Args:
             **kwargs: Passed to :func:`gpgeom.engine.fitting.fit` (``restarts``, ``max_iter``, ``seed``,
                 ``progress``, ``max_jitter``, ``optimizer``, ...).
@@ -302,10 +311,16 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
         Returns:
             The model itself (in eval mode); the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result``.
         """
-        mll = ExactMarginalLogLikelihood(self.likelihood, self)
         self._fit_jitter = None
+        # the closed-form-gradient loss (same value as GPyTorch's MLL) for the kernels it covers; GPyTorch otherwise
+        loss = None
+        if kwargs.get("optimizer", "auto") in ("auto", "lbfgs") and kwargs.get("data_loader") is None:
+            loss = exact_mll_loss(self) if getattr(self, "fast_mll", True) else None
         with self.numerics():
-            result = fit(mll, **kwargs)
+            if loss is not None:
+                result = fit(loss, module=self, **{**kwargs, "optimizer": "lbfgs"})
+            else:
+                result = fit(ExactMarginalLogLikelihood(self.likelihood, self), **kwargs)
         default = gpytorch.settings.cholesky_jitter.value(self.train_inputs[0].dtype)
         self._fit_jitter = result.jitter if result.jitter > default else None
         self.fit_result = result

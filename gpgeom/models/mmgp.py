@@ -868,7 +868,8 @@ class MMGP:
             for k, fk in enumerate(self._fields):
                 a = mean[i, offs[k] : offs[k + 1]]
                 Ui.append(ops.inv_proj @ (fk["mean"] + a @ fk["modes"]))
-                tv = ops.inv_proj @ fk["trunc_var"] if self.truncation_variance else None  # (N_i,)
+                # (N_i,); the P1 weights can be -1e-15 (rounding), so clamp: a variance is never negative
+                tv = np.maximum(ops.inv_proj @ fk["trunc_var"], 0.0) if self.truncation_variance else None
                 if return_std:
                     A = np.asarray(ops.inv_proj @ fk["modes"].T)  # (N_i, n_f)
                     var = (A**2) @ std[i, offs[k] : offs[k + 1]] ** 2
