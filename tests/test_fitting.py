@@ -297,3 +297,21 @@ def test_bounded_parameters_stay_inside_their_bounds_with_adam():
     result = fit(lambda: (module.raw_a - 10.0).pow(2).sum(), module=module, epochs=200, lr=0.5, progress=False)
     assert float(module.raw_a.detach()) == pytest.approx(2.0)
     assert math.isfinite(result.loss)
+
+
+def test_linalg_error_inside_a_callable_loss_is_not_retried_with_jitter():
+    # a callable loss that factorises with torch.linalg directly ignores gpytorch's jitter setting: escalating
+    # would repeat the same failure, so each attempt fails once and the error names the cause
+    w = torch.nn.Parameter(torch.ones(2, dtype=DT))
+    module = torch.nn.Module()
+    module.w = w
+    calls = []
+
+    def loss():
+        calls.append(1)
+        A = torch.diag(torch.stack([w[0], -w[1]]))  # indefinite whatever w is
+        return torch.linalg.cholesky(A).diagonal().sum()
+
+    with pytest.raises(NotPSDError, match="does not factorise through"):
+        fit(loss, module=module, optimizer="lbfgs", progress=False)
+    assert len(calls) == 1  # the probe failed once; no jitter reruns

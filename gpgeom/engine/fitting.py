@@ -8,7 +8,9 @@ behind any callable loss, and returns a :class:`FitResult`. It chooses the optim
   bounds taken from the GPyTorch constraints (``botorch.optim.utils.get_parameters_and_bounds``); a batch of
   independent problems (separate hyperparameters per output or per batch member) gets one L-BFGS-B run per member
   (``botorch.optim.batched_lbfgs_b``), and a NaN covariance at a line-search trial point counts as an infinite
-  loss;
+  loss. Parameters bounded below only (lengthscales, variances, noise) are optimised as ``log(x - lower)``;
+  a callable loss that can evaluate a subset of its members (``accepts_batch_indices``, as
+  :func:`gpgeom.engine.exact_mll.exact_mll_loss`) is evaluated only for the members still iterating;
 * a variational objective (``gpytorch.mlls._ApproximateMarginalLogLikelihood``, e.g. ``VariationalELBO``) or any
   callable loss is minimised with Adam, optionally on minibatches from a ``data_loader``, with early stopping on an
   exponentially smoothed loss. Both optimisers return the best parameters they evaluated, not the last iterate.
@@ -18,7 +20,8 @@ Around the optimiser, :func:`fit` adds what users of raw GPyTorch/BoTorch ask fo
 * **random restarts**: attempt 0 starts from the current parameters; later attempts start from a draw of the
   hyperparameter priors (``botorch.optim.utils.sample_all_priors``) when the model has priors, otherwise from a
   random re-initialisation (see :func:`random_reinitialize`). The state with the lowest final loss is loaded at
-  the end and the model is left in eval mode.
+  the end and the model is left in eval mode; for a batch of independent problems, every member keeps its own
+  best attempt (``FitResult.member_attempts``).
 * **jitter escalation**: when a Cholesky factorisation fails (linear_operator ``NotPSDError`` or
   ``torch.linalg.LinAlgError``), the attempt is rerun from its starting point with
   ``gpytorch.settings.cholesky_jitter`` ten times larger, from the dtype's default (1e-8 for float64, 1e-6 for
@@ -733,6 +736,15 @@ def fit(
                 except Exception as err:  # noqa: BLE001 - only Cholesky failures are retried
                     if not _is_cholesky_failure(err):
                         raise
+                    if not is_mll and not isinstance(err, _LONotPSDError):
+                        # a plain torch.linalg failure inside a callable loss: its factorisations do not read
+                        # gpytorch.settings.cholesky_jitter, so more jitter cannot help; the attempt fails
+                        reason = (
+                            f"the loss raised {type(err).__name__} ({err}); it does not factorise through "
+                            "linear_operator's psd_safe_cholesky, so no jitter was tried"
+                        )
+                        module.load_state_dict(start_state)
+                        break
                     reason = f"Cholesky failed with jitter {levels[level]:.1e} ({err})"
                     module.load_state_dict(start_state)
                     if level + 1 >= len(levels):
