@@ -402,3 +402,35 @@ def test_markov_base_requires_sde():
     lam = torch.tensor(2.0, dtype=D)
     q = [2 * math.sqrt(math.pi) * math.gamma(nu + 0.5) / math.gamma(nu) * lam ** (2 * nu) for nu in NUS]
     _close(torch.stack(q), torch.stack([2 * lam, 4 * lam**3, 16 / 3 * lam**5]))
+
+
+@pytest.mark.parametrize("nu", [1.5, 2.5])
+def test_matern_transition_q_is_accurate_for_small_steps(nu):
+    # P_inf - Phi P_inf Phi^T alone loses all relative accuracy in Q's smallest entries as lam * dt -> 0
+    # (about eps / (lam dt)^(2s-1)); the transition switches to the integral's power series there
+    mpmath = pytest.importorskip("mpmath")
+    k = MaternMarkovKernel(nu=nu).double()
+    with torch.no_grad():
+        k.lengthscale = torch.tensor(0.7, dtype=torch.float64)
+    F, L, Qc, _, _ = k.sde()
+    Fm = mpmath.matrix(F.reshape(F.shape[-2:]).tolist())
+    Gm = mpmath.matrix((L @ Qc @ L.mT).reshape(F.shape[-2:]).tolist())
+    lam = float(k._lam().detach())
+    # reference: Van Loan's block exponential in 50 digits (Q ~ dt^(2s-1) comes out of terms ~ 1)
+    with mpmath.workdps(50):
+        s = Fm.rows
+        for x in [1e-6, 1e-3, 0.1, 0.249, 0.251, 1.0]:
+            dt = x / lam
+            C = mpmath.zeros(2 * s, 2 * s)
+            for i in range(s):
+                for j in range(s):
+                    C[i, j] = -Fm[i, j] * dt
+                    C[i, s + j] = Gm[i, j] * dt
+                    C[s + i, s + j] = Fm[j, i] * dt
+            E = mpmath.expm(C)
+            Phi = E[s:, s:].T
+            Qm = Phi * E[:s, s:]
+            ref = torch.tensor([[float(Qm[i, j]) for j in range(s)] for i in range(s)], dtype=torch.float64)
+            _, Q = k.transition(torch.tensor([dt], dtype=torch.float64))
+            rel = ((Q.detach().reshape(s, s) - ref).abs() / ref.abs()).max()
+            assert rel < 1e-11, (x, float(rel))

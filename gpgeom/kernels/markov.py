@@ -60,6 +60,12 @@ __all__ = [
 ]
 
 
+#: Below this lam * dt, the Matern transition's Q comes from its power series (see MaternMarkovKernel.transition).
+_SERIES_STEP = 0.25
+#: Highest power of F kept in that series (F has norm up to 3 lam for nu = 5/2): remainder below (3 * 0.25)^21 / 21!.
+_SERIES_ORDER = 20
+
+
 class SDE(NamedTuple):
     r"""The matrices of a linear time-invariant SDE :math:`\mathrm dx = F x\,\mathrm dt + L\,\mathrm d\beta`.
 
@@ -324,8 +330,34 @@ class MaternMarkovKernel(MarkovKernel):
         Phi = (dt_pows[..., None, None] * Npow.unsqueeze(-4)).sum(-3) * decay[..., None, None]
         Pinf_ = Pinf.unsqueeze(-3)
         Q = Pinf_ - Phi @ Pinf_ @ Phi.transpose(-1, -2)
+        if s > 1:
+            # P_inf - Phi P_inf Phi^T cancels catastrophically for small steps (relative error about
+            # eps / (lam dt)^(2s-1) in the smallest entries); below lam dt = _SERIES_STEP the integral's series is
+            # exact to rounding instead
+            small = (lam[..., None] * dt < _SERIES_STEP)[..., None, None]
+            if bool(small.any()):
+                Q = torch.where(small, self._q_series(dt), Q)
         Q = 0.5 * (Q + Q.transpose(-1, -2))
         return Phi, Q
+
+    def _q_series(self, dt: Tensor) -> Tensor:
+        r""":math:`Q(\Delta) = \int_0^\Delta e^{Fu} L Q_c L^\top e^{F^\top u} du = \sum_{p \ge 0} \Delta^{p+1}
+        \sum_{j+k=p} \frac{F^j G (F^\top)^k}{j!\,k!\,(p+1)}`, :math:`G = L Q_c L^\top`, truncated after
+        ``p = _SERIES_ORDER`` (remainder below :math:`(\lambda\Delta)^{p+1}/(p+1)!` relative); for ``dt`` of shape
+        ``batch x m``, returns ``broadcast(batch, batch_shape) x m x s x s``."""
+        F, L, Qc, _, _ = self.sde()
+        G = L @ Qc @ L.transpose(-1, -2)
+        left = [G]  # F^j G / j!
+        for j in range(1, _SERIES_ORDER + 1):
+            left.append(F @ left[-1] / j)
+        right = [torch.eye(F.shape[-1], dtype=F.dtype, device=F.device).expand_as(F)]  # (F^T)^k / k!
+        for k in range(1, _SERIES_ORDER + 1):
+            right.append(right[-1] @ F.transpose(-1, -2) / k)
+        B = torch.stack(
+            [sum(left[j] @ right[p - j] for j in range(p + 1)) / (p + 1) for p in range(_SERIES_ORDER + 1)], dim=-3
+        )  # bs x (P+1) x s x s
+        dt_pows = _powers(dt, _SERIES_ORDER + 2)[..., 1:]  # dt^1 .. dt^(P+1)
+        return (dt_pows[..., None, None] * B.unsqueeze(-4)).sum(-3)
 
 
 class IntegratedWienerKernel(MarkovKernel):
