@@ -281,10 +281,11 @@ class MMGP:
             their own L-BFGS-B runs and keep their own best restart), ``"per_field"`` (one GP with shared
             hyperparameters over the POD coefficients of each field, as the reference, and one GP per output
             scalar) or ``"shared"`` (one set for all outputs). Each output is an independent GP with its own
-            constant mean in every case, and the predictive variance is exact. Measured on NotchedPlate2d (``benchmarks/results/mmgp.md``):
-            ``"per_output"`` is the more accurate (the leading modes are smooth, the trailing ones noise-like, and
-            one shared noise level fits neither); ``"per_field"`` factorises one kernel matrix per field and is
-            about 3x cheaper to train (10 attempts at 300 shapes: 32 s vs 103 s of CPU).
+            constant mean in every case, and the predictive variance is exact. Measured on NotchedPlate2d
+            (``benchmarks/results/mmgp.md``): ``"per_output"`` is the more accurate (the leading modes are smooth,
+            the trailing ones noise-like, and one shared noise level fits neither); ``"per_field"`` factorises one
+            kernel matrix per field and is about 3x cheaper to train (10 attempts at 300 shapes: 32 s vs 103 s of
+            CPU).
         truncation_variance: Add the POD truncation variance (module docstring) to the predicted field variance.
         restarts: Random restarts of the hyperparameter fit (on top of the first attempt).
         max_iter: L-BFGS-B iterations per attempt.
