@@ -88,10 +88,12 @@ def test_replicating_points_leaves_output_unchanged():
 def test_near_invariance_to_number_of_points_30_vs_300():
     """30 vs 300 uniform points of the same smooth fields, at initialisation, default lengthscale (1 grid spacing).
 
-    Metrics, averaged over 8 independent draws of the points and 16 fields each:
-    grid: relative L2 change of the interpolated values (measured over 40 network seeds: median 3.2%, worst 6.4%);
-    output: ||f_30 - f_300|| / ||f_300 - mean over fields|| (median 9%, worst 15%).
-    Tolerances 8% and 25%.
+    Metrics, averaged over 8 independent draws of the points and 16 fields each, both relative to the spread over
+    the fields (the signal the encoder must keep apart):
+    grid: ||g_30 - g_300|| / ||g_300 - mean over fields|| of the interpolated lifted values (measured over 40
+    network seeds with the default initialisation: median 21%, worst 28%; PyTorch's initialisation: 21%, 29%);
+    output: ||f_30 - f_300|| / ||f_300 - mean over fields|| (median 14%, worst 22%; PyTorch's: 9%, 19%).
+    Tolerances 35% and 30%.
     """
     net = _net(1, param_features=1, lift_channels=16, lift_hidden=(32, 32), cnn_channels=(32, 32, 32),
                mlp_hidden=(128, 128), out_features=4)
@@ -110,10 +112,10 @@ def test_near_invariance_to_number_of_points_30_vs_300():
             out_err.append(float((f30 - f300).norm() / (f300 - f300.mean(0)).norm()))
             P = net.lift_channels
             g30, g300 = net.grid_features(x30, fam(x30))[:, :P], net.grid_features(x300, fam(x300))[:, :P]
-            grid_err.append(float((g30 - g300).norm() / g300.norm()))
+            grid_err.append(float((g30 - g300).norm() / (g300 - g300.mean(0)).norm()))
     grid_err, out_err = sum(grid_err) / 8, sum(out_err) / 8
-    assert grid_err < 0.08, grid_err
-    assert out_err < 0.25, out_err
+    assert grid_err < 0.35, grid_err
+    assert out_err < 0.3, out_err
 
 
 def test_density_channel_is_one_inside_for_uniform_points():
@@ -146,6 +148,42 @@ def test_gradients_reach_lengthscales_and_weights():
     for name, p in net.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
     assert float(net.raw_lengthscale.grad.abs().min()) > 0
+
+
+def test_silu_gain_is_the_second_moment_of_silu():
+    from gpgeom.nn.gicnet import SILU_GAIN
+
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=DT)
+    mc = float(torch.nn.functional.silu(z).square().mean())  # Monte Carlo, rel. sd about 2e-3
+    assert SILU_GAIN == pytest.approx(mc**-0.5, rel=5e-3)
+    assert SILU_GAIN == pytest.approx(1.6765, abs=1e-4)
+
+
+def test_deep_encoder_keeps_its_input_dependence_at_initialisation():
+    r"""At the reference's sizes (3 lifting + 6 conv + 6 head layers) the default initialisation keeps the output
+    dependent on the field and the lowest layer's gradient of the same order as the top layer's; PyTorch's default
+    initialisation loses both (the cause of an inverse network stuck at the prior mean, issue 6)."""
+    kw = dict(lift_channels=20, lift_hidden=(20, 20, 20), cnn_channels=(20,) * 6, grid_size=20,
+              mlp_hidden=(500, 100, 300, 300, 300, 300), param_features=1)
+    g = torch.Generator().manual_seed(1)
+    B, n = 32, 30
+    x = torch.rand(B, n, 1, generator=g) * 2 - 1
+    amp, freq = torch.rand(B, 1, 1, generator=g), torch.rand(B, 1, 1, generator=g)
+    u = torch.cos(0.5 * math.pi * x) * (0.3 + amp) * (1 + 0.5 * torch.sin(3 * freq * x))  # O(1) smooth fields
+    w = torch.zeros(B, 1)  # the same known parameter: any spread of the output comes from the field
+    stats = {}
+    for init in ("silu", "torch"):
+        spreads, ratios = [], []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            net = GICNet(1, 1, 10, (-1.0, 1.0), weight_init=init, **kw)
+            out = net(x, u, w)
+            spreads.append(float((out.std(0).mean() / out.square().mean().sqrt()).detach()))
+            out.square().sum().backward()
+            ratios.append(float(net.lift[0].weight.grad.norm() / net.head[-1].weight.grad.norm()))
+        stats[init] = (min(spreads), max(spreads), min(ratios), max(ratios))
+    assert stats["silu"][0] > 0.1 and stats["silu"][2] > 1e-3, stats
+    assert stats["torch"][1] < 1e-2 and stats["torch"][3] < 1e-6, stats  # measured ~1e-3 and ~1e-9
 
 
 def test_dtype_and_device_follow_the_module():

@@ -151,6 +151,17 @@ def test_data_term_learned_scale_and_fixed_grid():
     assert float(m.residual_scale.detach()) != eps0
 
 
+def test_fit_passes_the_learning_rate_schedule():
+    m = _poisson_model()
+    before = [p.detach().clone() for p in m.parameters()]
+    m.fit(3, lr=1e-2, lr_schedule=lambda e: 0.0, progress=False, seed=0)  # zero rate: nothing moves
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    m.fit(3, lr=1e-2, lr_schedule="cosine", lr_final_fraction=0.1, progress=False, seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        m.fit(2, lr_schedule="step", progress=False)
+
+
 def test_predict_mvn_and_save_load(tmp_path):
     m = _poisson_model(rank=2).double()
     z = torch.tensor([0.1, -0.2, 0.3, 0.0, 0.5], dtype=torch.float64)
