@@ -201,3 +201,16 @@ def test_restarts_keep_the_best_attempt_of_every_output():
     assert abs(float(recomputed.sum()) - res.loss) < 1e-10
     # and each member is at least as good as in any single attempt's winner
     assert float(recomputed.sum()) <= min(res.final_losses) + 1e-12
+
+
+@pytest.mark.parametrize("elements", [1, 10**9])  # one matrix per chunk / all at once (the GPU's way)
+def test_chunking_does_not_change_the_result(monkeypatch, elements):
+    ls, os_, noise, c, x, y = _random_case("matern52", kb=(5,))
+    params = [ls, os_, noise, c]
+    ref = stationary_nll("matern52", ls, os_, noise, c, x, y)
+    g_ref = torch.autograd.grad(ref.sum(), params)
+    monkeypatch.setattr(exact_mll, "_CHUNK_ELEMENTS", elements)
+    out = stationary_nll("matern52", ls, os_, noise, c, x, y)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(torch.autograd.grad(out.sum(), params), g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
