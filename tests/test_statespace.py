@@ -437,3 +437,54 @@ def test_device_agnostic(device):
     ref = posterior(k_cpu, t.cpu(), y.cpu(), 0.1, t_test=t_test.cpu())
     _close(lml.cpu(), ref.log_likelihood, rtol=1e-9, atol=1e-9)
     _close(post.test_variance.cpu(), ref.test_variance, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A measurement row per step: values and derivatives of a Matern 5/2 GP
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("parallel", (False, True))
+def test_per_step_measurement_rows_equal_dense_gp_with_derivatives(parallel):
+    # y_k = a_k f(t_k) + b_k f'(t_k) + noise; the dense truth from k, k' and k'' in closed form
+    n = 40
+    k = _matern(2.5)
+    sigma2, ell = float(k.variance.detach()), float(k.lengthscale.detach())
+    a = math.sqrt(5.0) / ell
+    t = _times(n)
+    alpha = torch.rand(n, dtype=D)
+    beta = torch.where(torch.rand(n) < 0.5, torch.zeros(n, dtype=D), torch.randn(n, dtype=D))
+    y = torch.randn(n, dtype=D)
+    noise = 0.01 + 0.1 * torch.rand(n, dtype=D)
+
+    def kern(tau, order):
+        r = tau.abs()
+        e = torch.exp(-a * r)
+        if order == 0:
+            return sigma2 * (1 + a * r + a * a * r * r / 3) * e
+        if order == 1:
+            return -sigma2 * a * a / 3 * tau * (1 + a * r) * e
+        return -sigma2 * a * a / 3 * (1 + a * r - a * a * r * r) * e
+
+    tau = t[:, None] - t[None, :]
+    C = (
+        alpha[:, None] * alpha[None, :] * kern(tau, 0)
+        + beta[:, None] * alpha[None, :] * kern(tau, 1)
+        - alpha[:, None] * beta[None, :] * kern(tau, 1)
+        - beta[:, None] * beta[None, :] * kern(tau, 2)
+    )
+    tau_n = t[-1] - t  # Cov(f(t_n), y_j)
+    cross = (alpha * kern(tau_n, 0) - beta * kern(tau_n, 1))[None, :]
+    ll, mean, var = _dense_gp(C, cross, torch.tensor([sigma2], dtype=D), y, noise)
+    with torch.no_grad():
+        Phi, Q = k.transition(torch.diff(t))
+        P0 = k.sde().Pinf
+    H = torch.stack([alpha, beta, torch.zeros(n, dtype=D)], -1)[:, None, :]  # n x 1 x 3
+    kf = kalman_filter(Phi, Q, H, y, noise, torch.zeros(3, dtype=D), P0, parallel=parallel, H_per_step=True)
+    _close(kf.log_likelihood, ll, rtol=1e-10, atol=1e-10)
+    _close(kf.mean[-1, 0], mean[0])  # the filtered f at the last step is the full posterior there
+    _close(kf.cov[-1, 0, 0], var[0])
+    # one row for all steps still equals the shared-H call
+    shared = kalman_filter(Phi, Q, H[0], y, noise, torch.zeros(3, dtype=D), P0)
+    same = kalman_filter(Phi, Q, H[:1].expand(n, 1, 3), y, noise, torch.zeros(3, dtype=D), P0, H_per_step=True)
+    _close(same.log_likelihood, shared.log_likelihood, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="H_per_step"):
+        kalman_filter(Phi, Q, H[:-1], y, noise, torch.zeros(3, dtype=D), P0, H_per_step=True)

@@ -153,8 +153,9 @@ def kalman_filter(
     mask: Tensor | None = None,
     joseph: bool = False,
     parallel: bool = False,
+    H_per_step: bool = False,
 ) -> KalmanFilterResult:
-    r"""Batched Kalman filter for scalar observations :math:`y_k = H x_k + \varepsilon_k`.
+    r"""Batched Kalman filter for scalar observations :math:`y_k = H x_k + \varepsilon_k` (or :math:`H_k x_k`).
 
     Prediction :math:`m^-_k = \Phi_k m_{k-1}`, :math:`P^-_k = \Phi_k P_{k-1} \Phi_k^\top + Q_k`; update with
     :math:`S_k = H P^-_k H^\top + r_k`, :math:`K_k = P^-_k H^\top / S_k`, :math:`m_k = m^-_k + K_k (y_k - H m^-_k)`,
@@ -173,7 +174,8 @@ def kalman_filter(
     Args:
         Phi: ``batch x (n-1) x s x s`` transitions, ``Phi[..., k-1, :, :]`` maps :math:`x_{k-1}` to :math:`x_k`.
         Q: ``batch x (n-1) x s x s`` process noise covariances.
-        H: ``batch x 1 x s`` measurement matrix.
+        H: ``batch x 1 x s`` measurement matrix, or with ``H_per_step`` a ``batch x n x 1 x s`` stack of one row
+            :math:`H_k` per step (e.g. observing :math:`f` at some steps and :math:`f'` at others).
         y: ``batch x n`` observations (values at missing steps are ignored, NaN allowed there).
         noise: ``batch x n`` (or scalar) noise variances :math:`r_k \ge 0`; ``inf`` marks a missing observation.
         m0: ``batch x s`` prior mean of :math:`x_1`.
@@ -181,12 +183,20 @@ def kalman_filter(
         mask: Optional ``batch x n`` boolean, ``True`` where :math:`y_k` is observed.
         joseph: Use the Joseph-form covariance update (sequential filter only; more robust in float32).
         parallel: Use the associative-scan filter.
+        H_per_step: ``H`` holds one measurement row per step.
 
     Returns:
         A :class:`KalmanFilterResult` (batch shape = broadcast of all inputs' batch shapes).
     """
     n = y.shape[-1]
     s = H.shape[-1]
+    if H_per_step and (H.dim() < 3 or H.shape[-3:-1] != (n, 1)):
+        raise ValueError(
+            f"With `H_per_step=True`, `H` must be `batch x n x 1 x s` with n = {n} (the length of `y`), got shape "
+            f"{tuple(H.shape)}."
+        )
+    if not H_per_step:
+        H = H.unsqueeze(-3)  # the same row at every step: batch x 1 x 1 x s
     noise = torch.as_tensor(noise, dtype=y.dtype, device=y.device)
     if noise.dim() == 0:
         noise = noise.expand(y.shape)
@@ -196,7 +206,7 @@ def kalman_filter(
     batch = _batch_shape(
         ("Phi", Phi.shape[:-3]),
         ("Q", Q.shape[:-3]),
-        ("H", H.shape[:-2]),
+        ("H", H.shape[:-3]),
         ("y", y.shape[:-1]),
         ("noise", noise.shape[:-1]),
         ("m0", m0.shape[:-1]),
@@ -208,7 +218,7 @@ def kalman_filter(
     # Flatten the batch: every tensor below is B x ...
     Phi = Phi.expand(*batch, n - 1, s, s).reshape(B, n - 1, s, s)
     Q = Q.expand(*batch, n - 1, s, s).reshape(B, n - 1, s, s)
-    H = H.expand(*batch, 1, s).reshape(B, 1, s)
+    H = H.expand(*batch, n, 1, s).reshape(B, n, 1, s)
     obs = obs.expand(*batch, n).reshape(B, n)
     y = torch.where(obs, y.expand(*batch, n).reshape(B, n), torch.zeros((), dtype=dtype, device=y.device))
     r = torch.where(obs, noise.expand(*batch, n).reshape(B, n), torch.ones((), dtype=dtype, device=y.device))
@@ -220,9 +230,8 @@ def kalman_filter(
     else:
         fm, fP, pm, pP = _sequential_filter(Phi, Q, H, y, r, w, m0, P0, joseph)
     # Innovations from the predictions (batched, identical for both filters).
-    HT = H.transpose(-1, -2).unsqueeze(1)
-    S = (H.unsqueeze(1) @ pP @ HT)[..., 0, 0] + r  # B x n
-    v = y - (H.unsqueeze(1) @ pm)[..., 0, 0]
+    S = (H @ pP @ H.transpose(-1, -2))[..., 0, 0] + r  # B x n
+    v = y - (H @ pm)[..., 0, 0]
     ll = -0.5 * (w * (torch.log(S) + _LOG_2PI + v.square() / S)).sum(-1)
     return KalmanFilterResult(
         mean=fm.reshape(*batch, n, s),
@@ -239,7 +248,7 @@ def _sequential_filter(
     r"""The recursion on flattened inputs (``B x ...``, ``m`` as ``B x s x 1``); returns ``B x n x ...`` stacks
     of filtered and predicted means (``B x n x s x 1``) and covariances."""
     n, s = y.shape[1], H.shape[-1]
-    HT = H.transpose(-1, -2)
+    Hs = H.unbind(1)  # one B x 1 x s row per step
     Phis, Qs = Phi.unbind(1), Q.unbind(1)
     ys, rs, ws = y[:, :, None, None].unbind(1), r[:, :, None, None].unbind(1), w[:, :, None, None].unbind(1)
     eye = torch.eye(s, dtype=y.dtype, device=y.device).expand(y.shape[0], s, s)
@@ -252,13 +261,14 @@ def _sequential_filter(
             P = 0.5 * (P + P.transpose(1, 2))
         pm.append(m)
         pP.append(P)
-        Ph = torch.bmm(P, HT)  # B x s x 1
-        S = torch.bmm(H, Ph) + rs[k]  # B x 1 x 1
+        Hk = Hs[k]
+        Ph = torch.bmm(P, Hk.transpose(1, 2))  # B x s x 1
+        S = torch.bmm(Hk, Ph) + rs[k]  # B x 1 x 1
         c = ws[k] / S
-        m = m + Ph * (c * (ys[k] - torch.bmm(H, m)))
+        m = m + Ph * (c * (ys[k] - torch.bmm(Hk, m)))
         if joseph:
             K = Ph * c
-            A = torch.baddbmm(eye, K, H, alpha=-1.0)
+            A = torch.baddbmm(eye, K, Hk, alpha=-1.0)
             P = torch.baddbmm(rs[k] * torch.bmm(K, K.transpose(1, 2)), torch.bmm(A, P), A.transpose(1, 2))
         else:
             P = torch.baddbmm(P, Ph * c, Ph.transpose(1, 2), alpha=-1.0)
@@ -331,7 +341,7 @@ def _parallel_filter(
     # Prior covariance / mean of x_k before the update at step k: (P0, m0) for k = 1, (Q_k, 0) given x_{k-1}.
     Pprior = torch.cat([P0.unsqueeze(1), Q], dim=1)  # B x n x s x s
     mprior = torch.cat([m0.unsqueeze(1), m0.new_zeros(B, n - 1, s, 1)], dim=1)  # B x n x s x 1
-    Hn = H.unsqueeze(1)  # B x 1 x 1 x s
+    Hn = H  # B x n x 1 x s
     HT = Hn.transpose(-1, -2)
     yk, rk, wk = y[..., None, None], r[..., None, None], w[..., None, None]
     PH = Pprior @ HT  # B x n x s x 1
