@@ -566,34 +566,35 @@ class Trajectory:
         first = first.scatter_reduce(0, inv, torch.arange(M, device=k.device), reduce="amin")
         return _Mix(k, dt, s, Lh * scale, Ph * scale, first, inv)
 
-    def _mix_hat(self, s: Tensor) -> tuple[Tensor, Tensor]:
-        r""":math:`\hat\Lambda(s), \hat\Psi(s)` (``M x N x N``) for unit spacing, from the kernel's transition."""
+    def _unit_interp(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""For unit spacing at fractions ``s`` (``M``), in float64 on the unit kernel's device:
+        :math:`\hat\Phi(s), \hat\Phi(1-s), \hat Q(s)` (per unit :math:`Q_c`) and
+        :math:`\hat\Psi(s) = \hat Q(s)\hat\Phi(1-s)^\top\hat Q(1)^{-1}`, each ``M x N x N``."""
         kern = self._unit_kernel
         qc = kern.qc.detach()
         # the unit-spacing kernel lives on the CPU in float64 (its coefficients are tiny): evaluate there
         s64 = s.detach().to(dtype=torch.float64, device=qc.device)
         Phi_s, Q_s = kern.transition(s64)
         Phi_r, _ = kern.transition(1.0 - s64)
-        Q_s = Q_s.detach() / qc
-        Psi = Q_s @ Phi_r.detach().mT @ self._const("Q1inv", torch.float64, s64.device)
-        Lam = Phi_s.detach() - Psi @ self._const("Phi1", torch.float64, s64.device)
+        Phi_s, Phi_r, Q_s = Phi_s.detach(), Phi_r.detach(), Q_s.detach() / qc
+        Psi = Q_s @ Phi_r.mT @ self._const("Q1inv", torch.float64, s64.device)
+        return Phi_s, Phi_r, Q_s, Psi
+
+    def _mix_hat(self, s: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`\hat\Lambda(s), \hat\Psi(s)` (``M x N x N``) for unit spacing, from the kernel's transition."""
+        Phi_s, _, _, Psi = self._unit_interp(s)
+        Lam = Phi_s - Psi @ self._const("Phi1", torch.float64, Psi.device)
         return Lam.to(dtype=self.dtype, device=s.device), Psi.to(dtype=self.dtype, device=s.device)
 
     def _cond_cov_hat(self, s: Tensor, dt: Tensor) -> Tensor:
         r"""Interpolation covariance given both knots (per unit :math:`Q_c`), ``M x N x N``:
         :math:`Q(\tau) - \Psi(\tau)\Phi(\Delta-\tau)Q(\tau) = \Delta D[\hat Q(s) - \hat\Psi\hat\Phi(1-s)\hat Q(s)]D`."""
-        kern = self._unit_kernel
-        qc = kern.qc.detach()
-        s64 = s.detach().to(dtype=torch.float64, device=qc.device)
-        _, Q_s = kern.transition(s64)
-        Phi_r, _ = kern.transition(1.0 - s64)
-        Q_s = Q_s.detach() / qc
-        Psi = Q_s @ Phi_r.detach().mT @ self._const("Q1inv", torch.float64, s64.device)
-        C = Q_s - Psi @ Phi_r.detach() @ Q_s
+        _, Phi_r, Q_s, Psi = self._unit_interp(s)
+        C = Q_s - Psi @ Phi_r @ Q_s
         C = 0.5 * (C + C.mT)
         N = self.order
-        col = self._const("col", torch.float64, s64.device)
-        d64 = dt.detach().to(dtype=torch.float64, device=qc.device)
+        col = self._const("col", torch.float64, C.device)
+        d64 = dt.detach().to(dtype=torch.float64, device=C.device)
         Dpow = d64[:, None] ** col  # M x N: Delta^(N-1-i)
         out = d64[:, None, None] * Dpow[:, :, None] * C * Dpow[:, None, :]
         return out.to(dtype=self.dtype, device=s.device)[:, :N, :N]
