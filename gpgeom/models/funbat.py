@@ -172,6 +172,17 @@ class LatentPosterior(NamedTuple):
     log_likelihood: Tensor
 
 
+def _cp_products(mom: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    r"""Elementwise products over modes of per-mode moments ``(m_k, S_k)`` (``N x R``, ``N x R x R``;
+    :math:`S_k = E[u u^\top]`): :math:`\prod_k m_{k,r}` and :math:`\prod_k S_{k,rr'}`. Summed over ``r`` (and
+    ``r'``) they are the CP entry's :math:`E[f]` and :math:`E[f^2]` (modes independent)."""
+    z, M = mom[0]
+    for mj, Sj in mom[1:]:
+        z = z * mj
+        M = M * Sj
+    return z, M
+
+
 def _block(M: Tensor, R: int) -> Tensor:
     r"""``... x s x s`` -> ``... x (R s) x (R s)`` block-diagonal with ``R`` copies of ``M``."""
     s = M.shape[-1]
@@ -981,11 +992,7 @@ class FunBaT:
         else:
             mom = [self._entry_moments(j) for j in others]
         if self.decomposition == "cp":
-            z = mom[0][0]
-            M = mom[0][1]
-            for mj, Sj in mom[1:]:
-                z = z * mj
-                M = M * Sj
+            z, M = _cp_products(mom)
             if not others:
                 z, M = z.expand(-1, R), M.expand(-1, R, R)
             lam.index_add_(0, idx, M)
@@ -1122,10 +1129,7 @@ class FunBaT:
         tau = self._tau_a / self._tau_b
         a0, b0 = self.noise_prior
         if self.decomposition == "cp":
-            z, M = mom[0]
-            for mj, Sj in mom[1:]:
-                z = z * mj
-                M = M * Sj
+            z, M = _cp_products(mom)
             f_bar = z.sum(-1)
             Ef2 = M.sum((-1, -2)).sum()
         else:
@@ -1257,10 +1261,7 @@ class FunBaT:
             m, C = latent_conditional(self.kernels[k], md["t"], md["post"], Xn[:, k])
             mom.append((m, C + m[:, :, None] * m[:, None, :]))
         if self.decomposition == "cp":
-            z, M = mom[0]
-            for mj, Sj in mom[1:]:
-                z = z * mj
-                M = M * Sj
+            z, M = _cp_products(mom)
             mean = z.sum(-1)
             second = M.sum((-1, -2))
         else:
