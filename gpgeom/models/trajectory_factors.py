@@ -286,7 +286,25 @@ def _uwb_inputs(M: int, name: str, values: object, tag_offset: object, sigma: ob
     return v, offset, _sigma("sigma", sigma, M, 1)
 
 
-class RangeMeasurement(Measurement):
+class _TagMeasurement(Measurement):
+    r"""A scalar UWB measurement of the tag at :math:`x_{\text{tag}} = R(t)\, o + p(t)` (lever arm :math:`o`): the
+    tag position and the Jacobian of a residual through it, shared by ranging and TDOA."""
+
+    level = 0
+    residual_dim = 1
+
+    def _tag(self, state):
+        return (state["R"] @ self.offset.unsqueeze(-1)).squeeze(-1) + state["p"]
+
+    def _jacobian(self, g, state):
+        r"""``[de/d delta_R, de/dp]`` (``M x 1 x 6``, weighted) from ``g = de/dx_tag`` (``M x 1 x 3``, unweighted),
+        with :math:`\partial x_{\text{tag}}/\partial\delta_R = -R\, o^\wedge` and
+        :math:`\partial x_{\text{tag}}/\partial p = I`."""
+        dR = -(g @ state["R"] @ so3_hat(self.offset))
+        return torch.cat([dR, g], dim=-1) * self.w[:, :, None]
+
+
+class RangeMeasurement(_TagMeasurement):
     r"""UWB two-way ranging between a tag on the body and a fixed anchor (GPTR ``GPTWRFactor``).
 
     .. math:: x = R(t)\, o + p(t) - x_{\text{anc}}, \qquad e = (\lVert x\rVert - d) / \sigma,
@@ -301,9 +319,6 @@ class RangeMeasurement(Measurement):
         tag_offset: ``M x 3`` (or ``3``) tag position in the body frame (lever arm), default 0.
         sigma: Range noise std: float or ``M``.
     """
-
-    level = 0
-    residual_dim = 1
 
     def __init__(
         self,
@@ -322,7 +337,7 @@ class RangeMeasurement(Measurement):
         self.d, self.offset, self.w = _uwb_inputs(self.num_blocks, "ranges", ranges, tag_offset, sigma)
 
     def _x(self, state):
-        return (state["R"] @ self.offset.unsqueeze(-1)).squeeze(-1) + state["p"] - self.anchors
+        return self._tag(state) - self.anchors
 
     def residual(self, state, params):
         return (torch.linalg.vector_norm(self._x(state), dim=-1, keepdim=True) - self.d[:, None]) * self.w
@@ -331,13 +346,10 @@ class RangeMeasurement(Measurement):
         x = self._x(state)
         rho = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         e = (rho - self.d[:, None]) * self.w
-        n = x / rho
-        dR = -(n.unsqueeze(-2) @ state["R"] @ so3_hat(self.offset))  # M x 1 x 3
-        J = torch.cat([dR, n.unsqueeze(-2)], dim=-1) * self.w[:, :, None]
-        return e, J, {}
+        return e, self._jacobian((x / rho).unsqueeze(-2), state), {}
 
 
-class TDOAMeasurement(Measurement):
+class TDOAMeasurement(_TagMeasurement):
     r"""UWB time difference of arrival (in metres) between anchors ``i`` and ``j`` (GPTR ``GPTDOAFactor``).
 
     .. math:: x = R(t)\, o + p(t), \qquad e = (\lVert x - x_j\rVert - \lVert x - x_i\rVert - m) / \sigma,
@@ -350,9 +362,6 @@ class TDOAMeasurement(Measurement):
         tag_offset: ``M x 3`` (or ``3``) tag position in the body frame, default 0.
         sigma: Noise std: float or ``M``.
     """
-
-    level = 0
-    residual_dim = 1
 
     def __init__(
         self,
@@ -372,24 +381,19 @@ class TDOAMeasurement(Measurement):
         self.aj = _as_tensor("anchor_j", anchor_j, shape=(3,), M=self.num_blocks)
         self.m, self.offset, self.w = _uwb_inputs(self.num_blocks, "tdoa", tdoa, tag_offset, sigma)
 
-    def _x(self, state):
-        return (state["R"] @ self.offset.unsqueeze(-1)).squeeze(-1) + state["p"]
-
     def residual(self, state, params):
-        x = self._x(state)
+        x = self._tag(state)
         dj = torch.linalg.vector_norm(x - self.aj, dim=-1)
         di = torch.linalg.vector_norm(x - self.ai, dim=-1)
         return ((dj - di - self.m) * self.w[:, 0]).unsqueeze(-1)
 
     def linearize(self, state, params):
-        x = self._x(state)
+        x = self._tag(state)
         xj, xi = x - self.aj, x - self.ai
         dj = torch.linalg.vector_norm(xj, dim=-1, keepdim=True)
         di = torch.linalg.vector_norm(xi, dim=-1, keepdim=True)
         e = (dj - di - self.m[:, None]) * self.w
-        g = (xj / dj - xi / di).unsqueeze(-2)  # M x 1 x 3
-        dR = -(g @ state["R"] @ so3_hat(self.offset))
-        return e, torch.cat([dR, g], dim=-1) * self.w[:, :, None], {}
+        return e, self._jacobian((xj / dj - xi / di).unsqueeze(-2), state), {}
 
 
 # ------------------------------------------------------------------------------------------------------------------
