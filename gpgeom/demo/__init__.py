@@ -28,6 +28,19 @@ class Section:
     figures: list[Path] = field(default_factory=list)
 
 
+def save_figure(fig, out_dir: str | os.PathLike, name: str, *, tight: bool = True) -> Path:
+    r"""Write a section's matplotlib figure as ``out_dir/name`` (110 dpi, tight layout unless ``tight=False``),
+    close it and return the path."""
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
+    path = Path(out_dir) / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # name -> "module:function"; a model joins the demo by adding its line here.
 SECTIONS: dict[str, str] = {
     "kalman": "gpgeom.demo.engine:kalman_section",

@@ -9,7 +9,7 @@ from pathlib import Path
 import gpytorch
 import torch
 
-from gpgeom.demo import Section
+from gpgeom.demo import Section, save_figure
 from gpgeom.engine.exact import ExactGPModel
 from gpgeom.engine.fitting import fit
 from gpgeom.engine.statespace import log_marginal_likelihood, posterior
@@ -83,10 +83,7 @@ def kalman_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> 
     ax.set_xlabel("t")
     ax.legend(loc="upper right", fontsize=7, ncol=2)
     ax.set_title(f"Matern 3/2 state-space GP, n = {n:,} (first 30 time units shown)")
-    fig.tight_layout()
-    fig_path = out_dir / "kalman.png"
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
+    fig_path = save_figure(fig, out_dir, "kalman.png")
     return Section(
         title="Engine: state-space GP by Kalman filter and RTS smoother",
         text=(
@@ -149,10 +146,7 @@ def exact_gp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -
         ax.set_title(title)
         fig.colorbar(cs, ax=ax)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig_path = out_dir / "exact_gp_bo.png"
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
+    fig_path = save_figure(fig, out_dir, "exact_gp_bo.png")
     return Section(
         title="Engine: ExactGPModel as a BoTorch surrogate (Bayesian optimisation of Branin)",
         text=(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gpgeom.demo import Section
+from gpgeom.demo import Section, save_figure
 
 
 def funbat_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
@@ -68,10 +68,7 @@ def funbat_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> 
     ax.set_ylabel("predicted")
     ax.set_title(f"test RMSE {rmse:.3f}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(out_dir) / "funbat_beijing.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out_dir, "funbat_beijing.png")
 
     def sub(mask: torch.Tensor) -> str:
         return f"{float(err[mask].square().mean().sqrt()):.4f} (n={int(mask.sum())})" if bool(mask.any()) else "-"

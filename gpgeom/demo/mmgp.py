@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpgeom.demo import Section
+from gpgeom.demo import Section, save_figure
 
 
 def _q2(y: np.ndarray, yp: np.ndarray) -> float:
@@ -70,9 +70,7 @@ def mmgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
         ax.set_aspect("equal")
         ax.axis("off")
         fig.colorbar(im, ax=ax, shrink=0.7)
-    path = Path(out_dir) / "mmgp_von_mises.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out_dir, "mmgp_von_mises.png", tight=False)
     text = (
         "Mesh-morphing GP (Floater morphing onto the unit disk, P1 transfer to a common mesh, mass-weighted POD, "
         "exact GP per POD coefficient and scalar). Held-out plate: von Mises stress, prediction, error and the "

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gpgeom.datasets.pde import NonlinearPoisson1D
-from gpgeom.demo import Section
+from gpgeom.demo import Section, save_figure
 from gpgeom.models.rgnp import RGNP, coverage, nse
 
 
@@ -54,10 +54,7 @@ def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     ax.errorbar(z.reshape(-1), zm.reshape(-1), yerr=2 * zs.reshape(-1), fmt="o", ms=3, alpha=0.7)
     ax.plot([-1, 1], [-1, 1], "k-", lw=0.8)
     ax.set(title="inverse: z from 40 random points (+- 2 sd)", xlabel="true z", ylabel="estimated z")
-    fig.tight_layout()
-    path = Path(out_dir) / "rgnp_poisson.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out_dir, "rgnp_poisson.png")
 
     table = [
         ("training", f"{steps} Adam steps, 8 random grids of 30 points each, {t_fit:.1f} s"),

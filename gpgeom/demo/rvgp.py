@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gpgeom.datasets.vector_fields import sphere_vector_field
-from gpgeom.demo import Section
+from gpgeom.demo import Section, save_figure
 from gpgeom.models.rvgp import RVGP, angular_errors, relative_l2
 
 
@@ -59,10 +59,7 @@ def rvgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     for ax in axes:
         ax.set_xlabel("y")
         ax.set_ylabel("z")
-    fig.tight_layout()
-    path = out_dir / "rvgp_sphere.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out_dir, "rvgp_sphere.png")
 
     table = [
         ("points n / observed / eigenpairs k", f"{n} / {len(observed)} / {k}"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gpgeom.demo import Section
+from gpgeom.demo import Section, save_figure
 
 
 def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
@@ -67,10 +67,7 @@ def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool)
     ax[1].set_ylabel("cm")
     ax[1].legend(fontsize=8)
     ax[1].set_title("error and uncertainty")
-    fig.tight_layout()
-    path = Path(out_dir) / "trajectory_uwb.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out_dir, "trajectory_uwb.png")
 
     res = traj.result_
     return Section(
