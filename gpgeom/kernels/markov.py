@@ -96,6 +96,22 @@ def _powers(x: Tensor, n: int) -> Tensor:
     return torch.stack(out, dim=-1)
 
 
+def _q_series(F: Tensor, G: Tensor, dt: Tensor) -> Tensor:
+    r""":math:`Q(\Delta) = \int_0^\Delta e^{Fu} G e^{F^\top u} du = \sum_{p \ge 0} C_p \Delta^{p+1} / (p+1)` with
+    :math:`C_0 = G`, :math:`C_p = (F C_{p-1} + C_{p-1} F^\top)/p` (the Taylor coefficients of
+    :math:`e^{Fu} G e^{F^\top u}`), truncated after ``p = _SERIES_ORDER`` (remainder below
+    :math:`(\lVert F\rVert\Delta)^{p+1}/(p+1)!` relative). ``F``, ``G``: ``bs x s x s``; ``dt``: ``batch x m``;
+    returns ``broadcast(batch, bs) x m x s x s``."""
+    C = G
+    terms = [C]
+    for p in range(1, _SERIES_ORDER + 1):
+        C = (F @ C + C @ F.transpose(-1, -2)) / p
+        terms.append(C / (p + 1))
+    B = torch.stack(terms, dim=-3)  # bs x (P+1) x s x s
+    dt_pows = _powers(dt, _SERIES_ORDER + 2)[..., 1:]  # dt^1 .. dt^(P+1)
+    return (dt_pows[..., None, None] * B.unsqueeze(-4)).sum(-3)
+
+
 def _time_column(name: str, x: Tensor) -> Tensor:
     r"""Check that ``x`` is ``... x n x 1`` and return the ``... x n`` times."""
     if x.shape[-1] != 1:
@@ -318,7 +334,7 @@ class MaternMarkovKernel(MarkovKernel):
         for ``dt`` of shape ``batch x m`` (non-negative)."""
         s = self.state_dim
         lam = self._lam()  # bs
-        F, _, _, _, Pinf = self.sde()
+        F, L, Qc, _, Pinf = self.sde()
         N = F + lam[..., None, None] * torch.eye(s, dtype=F.dtype, device=F.device)
         # N^k / k!, k = 0..s-1: bs x s x s x s
         terms = [torch.eye(s, dtype=F.dtype, device=F.device).expand_as(N)]
@@ -336,28 +352,9 @@ class MaternMarkovKernel(MarkovKernel):
             # exact to rounding instead
             small = (lam[..., None] * dt < _SERIES_STEP)[..., None, None]
             if bool(small.any()):
-                Q = torch.where(small, self._q_series(dt), Q)
+                Q = torch.where(small, _q_series(F, L @ Qc @ L.transpose(-1, -2), dt), Q)
         Q = 0.5 * (Q + Q.transpose(-1, -2))
         return Phi, Q
-
-    def _q_series(self, dt: Tensor) -> Tensor:
-        r""":math:`Q(\Delta) = \int_0^\Delta e^{Fu} L Q_c L^\top e^{F^\top u} du = \sum_{p \ge 0} \Delta^{p+1}
-        \sum_{j+k=p} \frac{F^j G (F^\top)^k}{j!\,k!\,(p+1)}`, :math:`G = L Q_c L^\top`, truncated after
-        ``p = _SERIES_ORDER`` (remainder below :math:`(\lambda\Delta)^{p+1}/(p+1)!` relative); for ``dt`` of shape
-        ``batch x m``, returns ``broadcast(batch, batch_shape) x m x s x s``."""
-        F, L, Qc, _, _ = self.sde()
-        G = L @ Qc @ L.transpose(-1, -2)
-        left = [G]  # F^j G / j!
-        for j in range(1, _SERIES_ORDER + 1):
-            left.append(F @ left[-1] / j)
-        right = [torch.eye(F.shape[-1], dtype=F.dtype, device=F.device).expand_as(F)]  # (F^T)^k / k!
-        for k in range(1, _SERIES_ORDER + 1):
-            right.append(right[-1] @ F.transpose(-1, -2) / k)
-        B = torch.stack(
-            [sum(left[j] @ right[p - j] for j in range(p + 1)) / (p + 1) for p in range(_SERIES_ORDER + 1)], dim=-3
-        )  # bs x (P+1) x s x s
-        dt_pows = _powers(dt, _SERIES_ORDER + 2)[..., 1:]  # dt^1 .. dt^(P+1)
-        return (dt_pows[..., None, None] * B.unsqueeze(-4)).sum(-3)
 
 
 class IntegratedWienerKernel(MarkovKernel):
