@@ -258,6 +258,28 @@ def _is_cholesky_failure(err: BaseException) -> bool:
 # the two optimisers
 
 
+class _MemberBests:
+    r"""For a batch of independent problems: each member's best loss over the attempts, its parameter rows
+    (``nb x ...`` per parameter name), the attempt they came from, and the largest jitter any attempt used."""
+
+    def __init__(self, losses: np.ndarray, params: dict[str, Tensor], attempt: int, jitter: float) -> None:
+        nb = losses.size
+        self.loss = losses.copy()
+        self.rows = {n: p.detach().reshape(nb, -1).clone() for n, p in params.items()}
+        self.attempt = [attempt] * nb
+        self.jitter = jitter
+
+    def update(self, losses: np.ndarray, params: dict[str, Tensor], attempt: int, jitter: float) -> None:
+        better = losses < self.loss
+        rows = torch.as_tensor(better)
+        for n, p in params.items():
+            self.rows[n][rows] = p.detach().reshape(losses.size, -1)[rows]
+        for i in np.flatnonzero(better):
+            self.attempt[i] = attempt
+        self.loss = np.minimum(losses, self.loss)
+        self.jitter = max(self.jitter, jitter)
+
+
 class _Attempt:
     r"""Outcome of one optimiser run."""
 
@@ -691,7 +713,7 @@ def fit(
     finals: list[float] = []
     failures: list[str] = []
     best: tuple[float, int, dict[str, Any], bool, float] | None = None
-    members: tuple[np.ndarray, dict[str, Tensor], list[int], float] | None = None
+    members: _MemberBests | None = None
     name = type(model).__name__
 
     cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -764,20 +786,11 @@ def fit(
                 failures.append(f"attempt {attempt}: the loss was never finite (NaN or infinite covariance?)")
             if math.isfinite(result.loss) and (best is None or result.loss < best[0]):
                 best = (result.loss, attempt, copy.deepcopy(module.state_dict()), result.converged, levels[level])
-            if result.member_losses is not None:
-                # independent members: each keeps its own best attempt (rows of every parameter)
-                losses = result.member_losses
-                nb = losses.size
-                rows = {n: p.detach().reshape(nb, -1) for n, p in params.items()}
+            if result.member_losses is not None:  # independent members: each keeps its own best attempt
                 if members is None:
-                    members = (losses.copy(), {n: r.clone() for n, r in rows.items()}, [attempt] * nb, levels[level])
+                    members = _MemberBests(result.member_losses, params, attempt, levels[level])
                 else:
-                    better = torch.as_tensor(losses < members[0])
-                    for n, r in rows.items():
-                        members[1][n][better] = r[better]
-                    for i in np.flatnonzero(better.numpy()):
-                        members[2][i] = attempt
-                    members = (np.minimum(losses, members[0]), members[1], members[2], max(members[3], levels[level]))
+                    members.update(result.member_losses, params, attempt, levels[level])
 
     if best is None:
         module.load_state_dict(initial_state)
@@ -790,12 +803,12 @@ def fit(
         )
     module.load_state_dict(best[2])
     member_attempts = None
-    if members is not None and np.all(np.isfinite(members[0])) and float(members[0].sum()) < best[0]:
+    if members is not None and np.all(np.isfinite(members.loss)) and float(members.loss.sum()) < best[0]:
         with torch.no_grad():
             for n, p in params.items():
-                p.copy_(members[1][n].reshape(p.shape))
-        best = (float(members[0].sum()), best[1], best[2], best[3], members[3])
-        member_attempts = list(members[2])
+                p.copy_(members.rows[n].reshape(p.shape))
+        best = (float(members.loss.sum()), best[1], best[2], best[3], members.jitter)
+        member_attempts = list(members.attempt)
     module.eval()
     return FitResult(
         member_attempts=member_attempts,
