@@ -17,7 +17,7 @@ from _common import loglog_slope, machine_info, markdown_table, timeit, write_re
 from gpytorch.distributions import MultivariateNormal  # noqa: E402
 from gpytorch.kernels import MaternKernel  # noqa: E402
 
-from gpgeom.engine.exact import ExactGPModel  # noqa: E402
+from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
 from gpgeom.engine.statespace import log_marginal_likelihood  # noqa: E402
 from gpgeom.kernels.markov import MaternMarkovKernel  # noqa: E402
 

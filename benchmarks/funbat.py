@@ -3,7 +3,7 @@ r"""FunBaT benchmark: the protocol of ``shared/specs/funbat.md`` (sec. 7), on on
 
 1. BeijingAir-PM2.5 (the shipped tensor), seeded random 80/20 folds: FunBaT Tucker and CP, test RMSE / MAE
    (z-scored units) on all, seen and unseen test entries, 95% predictive coverage, Gaussian NLL, wall time, sweeps;
-   beside them a dense exact GP with a product Matérn kernel (GPyTorch, through :class:`gpgeom.engine.exact.
+   beside them a dense exact GP with a product Matérn kernel (GPyTorch, through :class:`gpgeom.botorch.exact_gp.
    ExactGPModel`) on the same folds: hyperparameters fitted on a random subsample of the training entries, then the
    prediction conditioned on a (larger) subsample (both sizes are printed). The reference's logged numbers
    (5-fold mean: Tucker R=2 0.2955, CP R=2 0.2876) are quoted for comparison.
@@ -98,7 +98,7 @@ def run_dense_gp(split, n_fit: int, n_pred: int, nu: float, seed: int, device: s
     conditioned on ``n_pred`` random training entries (Cholesky), both through ``ExactGPModel``."""
     from botorch.models.transforms.input import Normalize
 
-    from gpgeom.engine.exact import ExactGPModel
+    from gpgeom.botorch.exact_gp import ExactGPModel
 
     g = torch.Generator().manual_seed(seed)
     N = split.X_train.shape[0]

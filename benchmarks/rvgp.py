@@ -5,7 +5,7 @@ Accuracy (spec ``shared/specs/rvgp.md`` section 5, same data and splits): Fibona
 ``default_rng(0).permutation``, first half train (n = 500, 1000, 2000; k = 16, 48, 100), the cap inpainting case
 (test = {z > cos 0.35}), the 50 x 20 torus grid, and the reference's rough random field (vector diffusion of random
 tangent noise, t = 100), each against a per-component Euclidean RBF GP on the ambient coordinates
-(:class:`gpgeom.engine.exact.ExactGPModel`). Metrics on held-out points: relative L2
+(:class:`gpgeom.botorch.exact_gp.ExactGPModel`). Metrics on held-out points: relative L2
 :math:`\|\hat V - V\|_F/\|V\|_F`, median/mean angle (deg), 95 % coverage (fraction of held-out components within
 1.96 predictive standard deviations, noise included), and the median normal component :math:`|\hat v \cdot n|/|\hat v|`.
 
@@ -31,6 +31,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import machine_info, markdown_table, write_report  # noqa: E402
+from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
 from gpgeom.datasets.vector_fields import (  # noqa: E402
     rough_field,
     sample_sphere,
@@ -39,7 +40,6 @@ from gpgeom.datasets.vector_fields import (  # noqa: E402
     torus_field,
     torus_normals,
 )
-from gpgeom.engine.exact import ExactGPModel  # noqa: E402
 from gpgeom.geometry.connection import connection_laplacian  # noqa: E402
 from gpgeom.models.rvgp import RVGP, angular_errors, relative_l2  # noqa: E402
 

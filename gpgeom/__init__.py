@@ -15,7 +15,7 @@ The public API is re-exported here (loaded on first access, so ``import gpgeom``
 
 from __future__ import annotations
 
-import importlib
+from gpgeom._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -23,8 +23,8 @@ _EXPORTS: dict[str, str] = {
     # engine
     "fit": "gpgeom.engine.fitting",
     "FitResult": "gpgeom.engine.fitting",
-    "ExactGPModel": "gpgeom.engine.exact",
-    "check_botorch_model": "gpgeom.engine.botorch",
+    "ExactGPModel": "gpgeom.botorch.exact_gp",
+    "check_botorch_model": "gpgeom.botorch.check",
     "gauss_newton": "gpgeom.engine.gauss_newton",
     "Factor": "gpgeom.engine.gauss_newton",
     "GaussNewtonResult": "gpgeom.engine.gauss_newton",
@@ -59,14 +59,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gpgeom' has no attribute {name!r}")
+__getattr__, _dir = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -1,8 +1,10 @@
-r"""Exceptions raised by gpgeom."""
+r"""Exceptions and warnings raised by gpgeom."""
 
 from __future__ import annotations
 
 from linear_operator.utils.errors import NotPSDError as _LinearOperatorNotPSDError
+
+__all__ = ["ConvergenceWarning", "ModelFileError", "NotFittedError", "NotPSDError"]
 
 
 class NotPSDError(_LinearOperatorNotPSDError):
@@ -15,3 +17,19 @@ class NotPSDError(_LinearOperatorNotPSDError):
 
 class ConvergenceWarning(UserWarning):
     r"""An iterative solver stopped before its convergence test was met."""
+
+
+class NotFittedError(RuntimeError, AttributeError):
+    r"""A model was used (``predict``, ``save``, ...) before ``fit`` or ``load``.
+
+    Subclasses ``RuntimeError`` and ``AttributeError``, as scikit-learn's ``NotFittedError`` subclasses
+    ``ValueError`` and ``AttributeError``, so ``hasattr``-style probes keep working.
+    """
+
+
+class ModelFileError(ValueError):
+    r"""A file given to ``Model.load`` is not a gpgeom model file of that class, or lacks what the model needs.
+
+    The message names the file, the class it holds, the class asked for and, for a missing piece (a user
+    callable that cannot be stored), the argument that supplies it.
+    """

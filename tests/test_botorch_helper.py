@@ -1,4 +1,4 @@
-r"""Tests of gpgeom.engine.botorch.check_botorch_model: it passes on conforming models and fails on broken ones."""
+r"""Tests of gpgeom.botorch.check.check_botorch_model: it passes on conforming models and fails on broken ones."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from gpytorch.constraints import Positive
 from gpytorch.kernels import Kernel, ScaleKernel
 
-from gpgeom.engine.botorch import check_botorch_model
-from gpgeom.engine.exact import ExactGPModel
+from gpgeom.botorch.check import check_botorch_model
+from gpgeom.botorch.exact_gp import ExactGPModel
 
 DT = torch.float64
 UNIT3 = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=DT)

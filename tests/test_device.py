@@ -7,7 +7,7 @@ GPU, where each CUDA result is compared with the CPU result of the same inputs.
 import pytest
 import torch
 
-from gpgeom.engine.exact import ExactGPModel
+from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.gauss_newton import Factor, gauss_newton
 from gpgeom.engine.statespace import log_marginal_likelihood, posterior
 from gpgeom.kernels.markov import MaternMarkovKernel, WNOJKernel

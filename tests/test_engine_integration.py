@@ -3,8 +3,8 @@
 import torch
 from gpytorch.kernels import ScaleKernel
 
-from gpgeom.engine.botorch import check_botorch_model
-from gpgeom.engine.exact import ExactGPModel
+from gpgeom.botorch.check import check_botorch_model
+from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.kernels.spectral import SpectralKernel
 

@@ -1,4 +1,4 @@
-r"""Tests of gpgeom.engine.exact.ExactGPModel against a hand-written dense GP posterior."""
+r"""Tests of gpgeom.botorch.exact_gp.ExactGPModel against a hand-written dense GP posterior."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from botorch.models.transforms.input import Normalize
 from botorch.sampling.normal import SobolQMCNormalSampler
 
-from gpgeom.engine.botorch import check_botorch_model
-from gpgeom.engine.exact import ExactGPModel
+from gpgeom.botorch.check import check_botorch_model
+from gpgeom.botorch.exact_gp import ExactGPModel
 
 DT = torch.float64
 

@@ -11,9 +11,9 @@ import torch
 from botorch.optim.closures import get_loss_closure
 from gpytorch.kernels import MaternKernel, PeriodicKernel, RBFKernel, ScaleKernel
 
-import gpgeom.engine.exact as exact_module
+import gpgeom.botorch.exact_gp as exact_module
 import gpgeom.engine.exact_mll as exact_mll
-from gpgeom.engine.exact import ExactGPModel
+from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.exact_mll import exact_mll_loss, stationary_nll
 
 KINDS = ["matern12", "matern32", "matern52", "rbf"]

@@ -16,7 +16,7 @@ from linear_operator import to_dense
 from linear_operator.utils.errors import NotPSDError as LinearOperatorNotPSDError
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpgeom.engine.exact import ExactGPModel
+from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.fitting import FitResult, fit, jitter_levels, random_reinitialize
 from gpgeom.errors import NotPSDError
 

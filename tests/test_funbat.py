@@ -14,8 +14,8 @@ import gpytorch
 import pytest
 import torch
 
+from gpgeom.botorch.check import check_botorch_model
 from gpgeom.datasets.tensors import make_synthetic_tensor
-from gpgeom.engine.botorch import check_botorch_model
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.models.funbat import (

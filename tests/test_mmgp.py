@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from gpgeom.botorch.check import check_botorch_model
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates
-from gpgeom.engine.botorch import check_botorch_model
 from gpgeom.geometry.mesh import Mesh
 from gpgeom.models.mmgp import MMGP, MMGPPrediction, samples_to_arrays
 

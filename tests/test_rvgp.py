@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from gpgeom.botorch.check import check_botorch_model
 from gpgeom.datasets.vector_fields import sample_sphere, sphere_vector_field
-from gpgeom.engine.botorch import check_botorch_model
 from gpgeom.geometry.connection import connection_laplacian
 from gpgeom.models.rvgp import RVGP, angular_errors, relative_l2
 

@@ -8,7 +8,7 @@ cells = [
         "Every gpgeom model is a thin composition of a few engine mechanisms. This notebook shows three of them:\n\n"
         "1. a Matern GP on a long time series, fitted in O(n) by the Kalman filter (`gpgeom.engine.statespace`),\n"
         "   checked against the dense GP;\n"
-        "2. an exact GP that is also a BoTorch model (`gpgeom.engine.exact.ExactGPModel`) inside an optimisation loop;\n"
+        "2. an exact GP that is also a BoTorch model (`gpgeom.botorch.exact_gp.ExactGPModel`) inside an optimisation loop;\n"
         "3. a spectral (graph) kernel on an eigenbasis (`gpgeom.kernels.spectral.SpectralKernel`)."
     ),
     nbf.v4.new_code_cell(
@@ -21,7 +21,7 @@ cells = [
         "import gpytorch\n"
         "from gpgeom.kernels.markov import MaternMarkovKernel\n"
         "from gpgeom.engine.statespace import log_marginal_likelihood, posterior\n"
-        "from gpgeom.engine.exact import ExactGPModel\n"
+        "from gpgeom.botorch.exact_gp import ExactGPModel\n"
         "from gpgeom.engine.fitting import fit"
     ),
     nbf.v4.new_markdown_cell(

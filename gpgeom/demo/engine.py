@@ -9,8 +9,8 @@ from pathlib import Path
 import gpytorch
 import torch
 
+from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.demo import Section, save_figure
-from gpgeom.engine.exact import ExactGPModel
 from gpgeom.engine.fitting import fit
 from gpgeom.engine.statespace import log_marginal_likelihood, posterior
 from gpgeom.kernels.markov import MaternMarkovKernel

@@ -1,39 +1,36 @@
-r"""The shared inference engine: fitting, exact GPs, state-space GPs, Gauss-Newton on chains, BoTorch glue.
+r"""The shared inference engine: fitting, exact marginal likelihoods, state-space GPs, Gauss-Newton on chains.
 
 - :func:`fit` (:mod:`gpgeom.engine.fitting`): one training loop for every GPyTorch objective.
-- :class:`ExactGPModel` (:mod:`gpgeom.engine.exact`): an exact GP that is also a BoTorch model.
-- :func:`exact_mll_loss` (:mod:`gpgeom.engine.exact_mll`): its marginal likelihood with closed-form gradients.
-- :mod:`gpgeom.engine.statespace`: exact SDE discretisation, Kalman filter, RTS smoother, O(n) likelihood.
+- :func:`exact_mll_loss` (:mod:`gpgeom.engine.exact_mll`): the exact marginal likelihood of Matern/RBF GPs with
+  closed-form gradients.
+- :mod:`gpgeom.engine.statespace`: Kalman filter, RTS smoother, O(n) likelihood (exact discretisation in
+  :mod:`gpgeom.kernels.sde`).
 - :func:`gauss_newton` (:mod:`gpgeom.engine.gauss_newton`): GN/LM MAP on block-banded chains of states.
-- :func:`check_botorch_model` (:mod:`gpgeom.engine.botorch`): the BoTorch contract of every gpgeom surrogate.
+- :mod:`gpgeom.engine.variational`: Pyro ELBOs with minibatches and low-rank Gaussian outputs.
+
+The BoTorch adapters (:class:`~gpgeom.botorch.ExactGPModel`, :func:`~gpgeom.botorch.check_botorch_model`, ...)
+build on the engine and live in :mod:`gpgeom.botorch`. Names are loaded on first access, so ``import
+gpgeom.engine`` is cheap.
 """
 
-from gpgeom.engine.botorch import check_botorch_model
-from gpgeom.engine.exact import ExactGPModel
-from gpgeom.engine.exact_mll import exact_mll_loss, stationary_nll
-from gpgeom.engine.fitting import FitResult, fit
-from gpgeom.engine.gauss_newton import Factor, GaussNewtonResult, gauss_newton
-from gpgeom.engine.statespace import (
-    discretize,
-    kalman_filter,
-    log_marginal_likelihood,
-    posterior,
-    rts_smoother,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ExactGPModel",
-    "Factor",
-    "FitResult",
-    "GaussNewtonResult",
-    "check_botorch_model",
-    "discretize",
-    "exact_mll_loss",
-    "fit",
-    "gauss_newton",
-    "kalman_filter",
-    "log_marginal_likelihood",
-    "posterior",
-    "rts_smoother",
-    "stationary_nll",
-]
+from gpgeom._lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "FitResult": "gpgeom.engine.fitting",
+    "fit": "gpgeom.engine.fitting",
+    "exact_mll_loss": "gpgeom.engine.exact_mll",
+    "stationary_nll": "gpgeom.engine.exact_mll",
+    "Factor": "gpgeom.engine.gauss_newton",
+    "GaussNewtonResult": "gpgeom.engine.gauss_newton",
+    "gauss_newton": "gpgeom.engine.gauss_newton",
+    "discretize": "gpgeom.kernels.sde",
+    "kalman_filter": "gpgeom.engine.statespace",
+    "log_marginal_likelihood": "gpgeom.engine.statespace",
+    "posterior": "gpgeom.engine.statespace",
+    "rts_smoother": "gpgeom.engine.statespace",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

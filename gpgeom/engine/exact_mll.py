@@ -25,7 +25,7 @@ and :math:`\sum_{ij} G_{ij}(x_{ik} - x_{jk})^2 = 2\sum_i x_{ik}^2 (G\mathbf 1)_i
 inverse and a few ``n x n`` elementwise passes; autograd through GPyTorch costs about four times as much (the
 backward pass of the kernel's elementwise graph and of the Cholesky factorisation).
 
-Two more savings used by :meth:`gpgeom.engine.exact.ExactGPModel.fit`:
+Two more savings used by :meth:`gpgeom.botorch.exact_gp.ExactGPModel.fit`:
 
 * with hyperparameters shared by ``m`` outputs (``shared_hyperparameters=True`` and a likelihood noise shared as
   well), the covariance is the same for all outputs: it is built and factorised **once** and the ``m`` outputs
@@ -206,7 +206,7 @@ def exact_mll_loss(model: Any) -> Callable[..., Tensor] | None:
     r"""The loss ``-ExactMarginalLogLikelihood(model.likelihood, model)(model(X), y)`` with closed-form gradients,
     or ``None`` when ``model`` is outside the supported family (the caller then uses GPyTorch's MLL).
 
-    Supported: a :class:`~gpgeom.engine.exact.ExactGPModel` (or any BoTorch ``BatchedMultiOutputGPyTorchModel``
+    Supported: a :class:`~gpgeom.botorch.exact_gp.ExactGPModel` (or any BoTorch ``BatchedMultiOutputGPyTorchModel``
     exact GP with the same attributes) with one training input, a ``ScaleKernel`` over ``MaternKernel`` (nu 1/2,
     3/2, 5/2) or ``RBFKernel`` without ``active_dims``, a ``GaussianLikelihood`` with homoskedastic noise or a
     ``FixedNoiseGaussianLikelihood`` without learned extra noise, a ``ConstantMean`` or ``ZeroMean``, an input

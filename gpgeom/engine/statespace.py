@@ -22,15 +22,13 @@ into the grid as missing observations, so that predictions anywhere are the exac
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from gpgeom._validation import check_increasing, check_tensor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from gpgeom.kernels.markov import MarkovKernel
+from gpgeom.kernels.sde import MarkovKernel, discretize
 
 __all__ = [
     "discretize",
@@ -48,53 +46,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 #: Series at least this long use the associative-scan filter/smoother when ``parallel=None``.
 PARALLEL_THRESHOLD = 64
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Discretisation
-# --------------------------------------------------------------------------------------------------------------
-def discretize(F: Tensor, L: Tensor, Qc: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Exact discretisation of :math:`\mathrm dx = F x\,\mathrm dt + L\,\mathrm d\beta` over steps ``dt``
-    by Van Loan's matrix exponential (Van Loan 1978; Särkkä & Solin 2019, sec. 6.3):
-
-    .. math::
-        \exp\left(\begin{pmatrix} F & L Q_c L^\top \\ 0 & -F^\top \end{pmatrix} h\right)
-        = \begin{pmatrix} \Phi(h) & G \\ 0 & \Phi(h)^{-\top} \end{pmatrix}, \qquad
-        \Phi(h) = e^{Fh}, \quad Q(h) = G \Phi(h)^\top = \int_0^h e^{Fu} L Q_c L^\top e^{F^\top u} \mathrm du.
-
-    The block :math:`\Phi^{-\top}` grows like :math:`e^{\lambda h}` for a stable :math:`F`, which ruins
-    :math:`Q = G\Phi^\top` for long steps; so the exponential is taken over :math:`h = \Delta / 2^k` with
-    :math:`\|F\|_\infty |h| \le 1/2`, and the result is doubled :math:`k` times with the exact semigroup rule
-    :math:`\Phi(2h) = \Phi(h)^2`, :math:`Q(2h) = \Phi(h) Q(h) \Phi(h)^\top + Q(h)`.
-
-    Args:
-        F: ``batch x s x s``.
-        L: ``batch x s x w``.
-        Qc: ``batch x w x w``.
-        dt: ``batch x m`` steps, :math:`\Delta \ge 0` (irregular).
-
-    Returns:
-        ``(Phi, Q)``, each ``broadcast(batch...) x m x s x s`` (``Q`` symmetrised).
-    """
-    s = F.shape[-1]
-    W = L @ Qc @ L.transpose(-1, -2)
-    top = torch.cat(torch.broadcast_tensors(F, W), dim=-1)
-    bottom = torch.cat([torch.zeros_like(top[..., :s]), -F.transpose(-1, -2).expand_as(top[..., s:])], dim=-1)
-    M = torch.cat([top, bottom], dim=-2)  # batch x 2s x 2s
-    # Number of doublings k (one host sync; 0 for short steps).
-    with torch.no_grad():
-        size = F.abs().sum(-1).amax(-1)[..., None] * dt.abs()
-        biggest = float(size.max()) if size.numel() else 0.0
-    k = max(0, math.ceil(math.log2(biggest / 0.5))) if biggest > 0.5 else 0
-    E = torch.linalg.matrix_exp(M.unsqueeze(-3) * (dt / 2.0**k)[..., None, None])
-    Phi = E[..., :s, :s]
-    Q = E[..., :s, s:] @ Phi.transpose(-1, -2)
-    Q = 0.5 * (Q + Q.transpose(-1, -2))
-    for _ in range(k):
-        Q = Phi @ Q @ Phi.transpose(-1, -2) + Q
-        Q = 0.5 * (Q + Q.transpose(-1, -2))
-        Phi = Phi @ Phi
-    return Phi, Q
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -455,11 +406,9 @@ class StateSpacePosterior(NamedTuple):
 
 
 def _check_kernel(kernel: object, dtype: torch.dtype) -> None:
-    from gpgeom.kernels.markov import MarkovKernel
-
     if not isinstance(kernel, MarkovKernel):
         raise TypeError(
-            f"`kernel` must be a gpgeom.kernels.markov.MarkovKernel (it needs an SDE form), "
+            f"`kernel` must be a gpgeom.kernels.MarkovKernel (it needs an SDE form), "
             f"got {type(kernel).__name__}."
         )
     for name, p in kernel.named_parameters():

@@ -1,13 +1,15 @@
-r"""GPyTorch kernels of gpgeom: Markov (state-space) kernels and spectral kernels on an eigenbasis."""
+r"""GPyTorch kernels of gpgeom: Markov (state-space) kernels, their SDE base, and spectral kernels on an eigenbasis.
+
+Importing this package loads GPyTorch only: neither the engine nor BoTorch.
+"""
 
 from gpgeom.kernels.markov import (
-    SDE,
     IntegratedWienerKernel,
-    MarkovKernel,
     MaternMarkovKernel,
     WNOAKernel,
     WNOJKernel,
 )
+from gpgeom.kernels.sde import SDE, MarkovKernel, discretize
 from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = [
@@ -18,4 +20,5 @@ __all__ = [
     "SpectralKernel",
     "WNOAKernel",
     "WNOJKernel",
+    "discretize",
 ]

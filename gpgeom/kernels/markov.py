@@ -38,17 +38,15 @@ Kernels:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from gpytorch.constraints import Interval, Positive
-from gpytorch.kernels import Kernel
 from gpytorch.priors import Prior
 from torch import Tensor
 
 from gpgeom._validation import check_option, check_tensor
-from gpgeom.engine.statespace import discretize
 from gpgeom.errors import NotPSDError
+from gpgeom.kernels.sde import SDE, MarkovKernel, time_column
 
 __all__ = [
     "SDE",
@@ -64,27 +62,6 @@ __all__ = [
 _SERIES_STEP = 0.25
 #: Highest power of F kept in that series (F has norm up to 3 lam for nu = 5/2): remainder below (3 * 0.25)^21 / 21!.
 _SERIES_ORDER = 20
-
-
-class SDE(NamedTuple):
-    r"""The matrices of a linear time-invariant SDE :math:`\mathrm dx = F x\,\mathrm dt + L\,\mathrm d\beta`.
-
-    Every field carries the kernel's ``batch_shape`` in front (expanded views where the matrix is constant).
-
-    Attributes:
-        F: ``batch_shape x s x s`` feedback (drift) matrix.
-        L: ``batch_shape x s x w`` noise effect matrix.
-        Qc: ``batch_shape x w x w`` spectral density of the white noise :math:`\beta`.
-        H: ``batch_shape x 1 x s`` measurement matrix, :math:`f(t) = H x(t)`.
-        Pinf: ``batch_shape x s x s`` stationary state covariance, the solution of
-            :math:`F P_\infty + P_\infty F^\top + L Q_c L^\top = 0`; ``None`` for non-stationary kernels.
-    """
-
-    F: Tensor
-    L: Tensor
-    Qc: Tensor
-    H: Tensor
-    Pinf: Tensor | None
 
 
 def _powers(x: Tensor, n: int) -> Tensor:
@@ -110,64 +87,6 @@ def _q_series(F: Tensor, G: Tensor, dt: Tensor) -> Tensor:
     B = torch.stack(terms, dim=-3)  # bs x (P+1) x s x s
     dt_pows = _powers(dt, _SERIES_ORDER + 2)[..., 1:]  # dt^1 .. dt^(P+1)
     return (dt_pows[..., None, None] * B.unsqueeze(-4)).sum(-3)
-
-
-def _time_column(name: str, x: Tensor) -> Tensor:
-    r"""Check that ``x`` is ``... x n x 1`` and return the ``... x n`` times."""
-    if x.shape[-1] != 1:
-        raise ValueError(
-            f"`{name}` must be a time column of shape (..., n, 1) for a Markov kernel, got shape {tuple(x.shape)}."
-        )
-    return x[..., 0]
-
-
-class MarkovKernel(Kernel):
-    r"""Base class of the kernels on time that have a linear SDE form.
-
-    Subclasses set ``state_dim`` and implement :meth:`sde` and :meth:`forward`; they may override
-    :meth:`transition` and :meth:`initial_state` with closed forms. The generic :meth:`transition` discretises
-    :meth:`sde` exactly with Van Loan's matrix exponential (:func:`gpgeom.engine.statespace.discretize`), and the
-    generic :meth:`initial_state` returns the stationary covariance :math:`P_\infty`.
-
-    The inputs of ``forward`` are times, ``... x n x 1``.
-    """
-
-    state_dim: int
-
-    def sde(self) -> SDE:
-        r"""Return the SDE matrices :math:`(F, L, Q_c, H, P_\infty)`, each with ``batch_shape`` in front."""
-        raise NotImplementedError
-
-    def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Exact discrete transition over steps ``dt``.
-
-        Args:
-            dt: ``batch x m`` non-negative time steps; ``batch`` broadcasts with the kernel's ``batch_shape``.
-
-        Returns:
-            ``(Phi, Q)``, both ``broadcast(batch, batch_shape) x m x s x s``:
-            :math:`\Phi(\Delta) = \exp(F\Delta)` and :math:`Q(\Delta) = \int_0^\Delta \Phi(u) L Q_c L^\top
-            \Phi(u)^\top \mathrm du`.
-        """
-        F, L, Qc, _, _ = self.sde()
-        return discretize(F, L, Qc, dt)
-
-    def initial_state(self, t0: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Prior mean and covariance of the state at the first time.
-
-        Args:
-            t0: ``batch`` first times (a 0-dim tensor for unbatched data).
-
-        Returns:
-            ``(m0, P0)``: ``broadcast(batch, batch_shape) x s`` zeros and ``... x s x s`` covariance. For a
-            stationary kernel :math:`P_0 = P_\infty` whatever the time.
-        """
-        Pinf = self.sde().Pinf
-        if Pinf is None:
-            raise NotImplementedError(f"{type(self).__name__} must implement initial_state (it is not stationary).")
-        shape = torch.broadcast_shapes(t0.shape, Pinf.shape[:-2])
-        P0 = Pinf.expand(*shape, *Pinf.shape[-2:])
-        return P0.new_zeros(*shape, self.state_dim), P0
 
 
 class MaternMarkovKernel(MarkovKernel):
@@ -626,8 +545,8 @@ class IntegratedWienerKernel(MarkovKernel):
         return out
 
     def _start_relative(self, x1: Tensor, x2: Tensor, diag: bool) -> tuple[Tensor, Tensor]:
-        t1 = _time_column("x1", x1)
-        t2 = _time_column("x2", x2)
+        t1 = time_column("x1", x1)
+        t2 = time_column("x2", x2)
         t01 = self._t0_like(t1).unsqueeze(-1)
         t02 = self._t0_like(t2).unsqueeze(-1)
         self._check_after_t0("x1", t1, t01)

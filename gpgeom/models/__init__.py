@@ -12,7 +12,7 @@ The models are loaded on first access (``gpgeom.models.MMGP``), so importing one
 
 from __future__ import annotations
 
-import importlib
+from gpgeom._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "MMGP": "gpgeom.models.mmgp",
@@ -26,15 +26,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'gpgeom.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -22,7 +22,7 @@ Algorithm 1):
 5. **Field embedding**: :math:`P_i U_i^{(f)}` reduced by one POD per field, coefficients
    :math:`a_i^{(f)} \in \mathbb{R}^{n_f}`.
 6. **GP** (Sec. 3.3, Eq. (4)): independent exact GPs from :math:`z_i = (\xi_i, \mu_i) \in \mathbb{R}^{n_g + p}` to
-   every field POD coefficient and every output scalar (:class:`gpgeom.engine.exact.ExactGPModel`, standardised
+   every field POD coefficient and every output scalar (:class:`gpgeom.botorch.exact_gp.ExactGPModel`, standardised
    outputs, Matern 5/2 ARD with learned noise by default). ``hyperparameters="per_output"`` (default) gives every
    output its own kernel and noise (one batched GP); ``"per_field"`` (the reference's choice) shares them among the
    modes of each field (one ``ExactGPModel`` with ``shared_hyperparameters=True`` per field) and gives every output
@@ -76,7 +76,7 @@ from gpytorch.kernels import Kernel, RBFKernel
 from linear_operator import to_dense
 
 from gpgeom._validation import check_option, check_positive
-from gpgeom.engine.exact import ExactGPModel, default_covar_module
+from gpgeom.botorch.exact_gp import ExactGPModel, default_covar_module
 from gpgeom.geometry.mesh import Mesh, as_float_array, mass_matrix, p1_transfer
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk
 from gpgeom.geometry.pod import SnapshotPOD
@@ -190,8 +190,8 @@ class MMGPPrediction:
 
 
 class MMGPModelList(ModelListGP):
-    r"""A BoTorch ``ModelListGP`` of independent :class:`~gpgeom.engine.exact.ExactGPModel` groups (outputs
-    concatenated in order), with the ``predict`` of :class:`~gpgeom.engine.exact.ExactGPModel`."""
+    r"""A BoTorch ``ModelListGP`` of independent :class:`~gpgeom.botorch.exact_gp.ExactGPModel` groups (outputs
+    concatenated in order), with the ``predict`` of :class:`~gpgeom.botorch.exact_gp.ExactGPModel`."""
 
     @torch.no_grad()
     def predict(
@@ -305,10 +305,10 @@ class MMGP:
         gp: A BoTorch model from the latent inputs :math:`z = (\xi, \mu)` (``d = n_g + p`` columns, original units,
             normalised inside by a fixed ``Normalize`` transform) to the ``n_outputs = sum(n_f) + q`` outputs (the
             field POD coefficients, field by field, then the scalars): the single
-            :class:`~gpgeom.engine.exact.ExactGPModel` for ``"per_output"`` / ``"shared"``, a
+            :class:`~gpgeom.botorch.exact_gp.ExactGPModel` for ``"per_output"`` / ``"shared"``, a
             :class:`MMGPModelList` (a BoTorch ``ModelListGP`` of the group GPs with a ``predict`` method) for
             ``"per_field"``.
-        gps_: The fitted :class:`~gpgeom.engine.exact.ExactGPModel` of every output group (``"per_field"``: one per
+        gps_: The fitted :class:`~gpgeom.botorch.exact_gp.ExactGPModel` of every output group (``"per_field"``: one per
             field, then one per output scalar); ``output_groups_`` their ``(start, stop)`` output columns.
         common_mesh_: The common mesh in physical coordinates (``N_c`` nodes).
         common_morphed_: Its morphed node positions ``(N_c, 2)``.

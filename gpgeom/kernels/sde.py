@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+r"""Linear time-invariant SDEs: the base of every Markov kernel and their exact discretisation.
+
+This is a leaf module (it imports nothing else of gpgeom but the input checks): the state-space engine
+(:mod:`gpgeom.engine.statespace`) and the Markov kernels (:mod:`gpgeom.kernels.markov`) both build on it, so the
+kernels never import the engine.
+
+* :class:`SDE` -- the matrices :math:`(F, L, Q_c, H, P_\infty)` of :math:`\mathrm dx = F x\,\mathrm dt + L\,
+  \mathrm d\beta`, :math:`f = H x` (Särkkä & Solin, *Applied Stochastic Differential Equations*, 2019, ch. 6);
+* :func:`discretize` -- the exact discrete model :math:`(\Phi(\Delta), Q(\Delta))` by Van Loan's matrix
+  exponential;
+* :class:`MarkovKernel` -- the GPyTorch kernel base class of kernels with an SDE form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from gpytorch.kernels import Kernel
+from torch import Tensor
+
+__all__ = ["SDE", "MarkovKernel", "discretize", "time_column"]
+
+
+class SDE(NamedTuple):
+    r"""The matrices of a linear time-invariant SDE :math:`\mathrm dx = F x\,\mathrm dt + L\,\mathrm d\beta`.
+
+    Every field carries the kernel's ``batch_shape`` in front (expanded views where the matrix is constant).
+
+    Attributes:
+        F: ``batch_shape x s x s`` feedback (drift) matrix.
+        L: ``batch_shape x s x w`` noise effect matrix.
+        Qc: ``batch_shape x w x w`` spectral density of the white noise :math:`\beta`.
+        H: ``batch_shape x 1 x s`` measurement matrix, :math:`f(t) = H x(t)`.
+        Pinf: ``batch_shape x s x s`` stationary state covariance, the solution of
+            :math:`F P_\infty + P_\infty F^\top + L Q_c L^\top = 0`; ``None`` for non-stationary kernels.
+    """
+
+    F: Tensor
+    L: Tensor
+    Qc: Tensor
+    H: Tensor
+    Pinf: Tensor | None
+
+
+
+def discretize(F: Tensor, L: Tensor, Qc: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Exact discretisation of :math:`\mathrm dx = F x\,\mathrm dt + L\,\mathrm d\beta` over steps ``dt``
+    by Van Loan's matrix exponential (Van Loan 1978; Särkkä & Solin 2019, sec. 6.3):
+
+    .. math::
+        \exp\left(\begin{pmatrix} F & L Q_c L^\top \\ 0 & -F^\top \end{pmatrix} h\right)
+        = \begin{pmatrix} \Phi(h) & G \\ 0 & \Phi(h)^{-\top} \end{pmatrix}, \qquad
+        \Phi(h) = e^{Fh}, \quad Q(h) = G \Phi(h)^\top = \int_0^h e^{Fu} L Q_c L^\top e^{F^\top u} \mathrm du.
+
+    The block :math:`\Phi^{-\top}` grows like :math:`e^{\lambda h}` for a stable :math:`F`, which ruins
+    :math:`Q = G\Phi^\top` for long steps; so the exponential is taken over :math:`h = \Delta / 2^k` with
+    :math:`\|F\|_\infty |h| \le 1/2`, and the result is doubled :math:`k` times with the exact semigroup rule
+    :math:`\Phi(2h) = \Phi(h)^2`, :math:`Q(2h) = \Phi(h) Q(h) \Phi(h)^\top + Q(h)`.
+
+    Args:
+        F: ``batch x s x s``.
+        L: ``batch x s x w``.
+        Qc: ``batch x w x w``.
+        dt: ``batch x m`` steps, :math:`\Delta \ge 0` (irregular).
+
+    Returns:
+        ``(Phi, Q)``, each ``broadcast(batch...) x m x s x s`` (``Q`` symmetrised).
+    """
+    s = F.shape[-1]
+    W = L @ Qc @ L.transpose(-1, -2)
+    top = torch.cat(torch.broadcast_tensors(F, W), dim=-1)
+    bottom = torch.cat([torch.zeros_like(top[..., :s]), -F.transpose(-1, -2).expand_as(top[..., s:])], dim=-1)
+    M = torch.cat([top, bottom], dim=-2)  # batch x 2s x 2s
+    # Number of doublings k (one host sync; 0 for short steps).
+    with torch.no_grad():
+        size = F.abs().sum(-1).amax(-1)[..., None] * dt.abs()
+        biggest = float(size.max()) if size.numel() else 0.0
+    k = max(0, math.ceil(math.log2(biggest / 0.5))) if biggest > 0.5 else 0
+    E = torch.linalg.matrix_exp(M.unsqueeze(-3) * (dt / 2.0**k)[..., None, None])
+    Phi = E[..., :s, :s]
+    Q = E[..., :s, s:] @ Phi.transpose(-1, -2)
+    Q = 0.5 * (Q + Q.transpose(-1, -2))
+    for _ in range(k):
+        Q = Phi @ Q @ Phi.transpose(-1, -2) + Q
+        Q = 0.5 * (Q + Q.transpose(-1, -2))
+        Phi = Phi @ Phi
+    return Phi, Q
+
+
+
+def time_column(name: str, x: Tensor) -> Tensor:
+    r"""Check that ``x`` is ``... x n x 1`` and return the ``... x n`` times."""
+    if x.shape[-1] != 1:
+        raise ValueError(
+            f"`{name}` must be a time column of shape (..., n, 1) for a Markov kernel, got shape {tuple(x.shape)}."
+        )
+    return x[..., 0]
+
+
+class MarkovKernel(Kernel):
+    r"""Base class of the kernels on time that have a linear SDE form.
+
+    Subclasses set ``state_dim`` and implement :meth:`sde` and :meth:`forward`; they may override
+    :meth:`transition` and :meth:`initial_state` with closed forms. The generic :meth:`transition` discretises
+    :meth:`sde` exactly with Van Loan's matrix exponential (:func:`discretize`), and the
+    generic :meth:`initial_state` returns the stationary covariance :math:`P_\infty`.
+
+    The inputs of ``forward`` are times, ``... x n x 1``.
+    """
+
+    state_dim: int
+
+    def sde(self) -> SDE:
+        r"""Return the SDE matrices :math:`(F, L, Q_c, H, P_\infty)`, each with ``batch_shape`` in front."""
+        raise NotImplementedError
+
+    def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Exact discrete transition over steps ``dt``.
+
+        Args:
+            dt: ``batch x m`` non-negative time steps; ``batch`` broadcasts with the kernel's ``batch_shape``.
+
+        Returns:
+            ``(Phi, Q)``, both ``broadcast(batch, batch_shape) x m x s x s``:
+            :math:`\Phi(\Delta) = \exp(F\Delta)` and :math:`Q(\Delta) = \int_0^\Delta \Phi(u) L Q_c L^\top
+            \Phi(u)^\top \mathrm du`.
+        """
+        F, L, Qc, _, _ = self.sde()
+        return discretize(F, L, Qc, dt)
+
+    def initial_state(self, t0: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Prior mean and covariance of the state at the first time.
+
+        Args:
+            t0: ``batch`` first times (a 0-dim tensor for unbatched data).
+
+        Returns:
+            ``(m0, P0)``: ``broadcast(batch, batch_shape) x s`` zeros and ``... x s x s`` covariance. For a
+            stationary kernel :math:`P_0 = P_\infty` whatever the time.
+        """
+        Pinf = self.sde().Pinf
+        if Pinf is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement initial_state (it is not stationary).")
+        shape = torch.broadcast_shapes(t0.shape, Pinf.shape[:-2])
+        P0 = Pinf.expand(*shape, *Pinf.shape[-2:])
+        return P0.new_zeros(*shape, self.state_dim), P0
