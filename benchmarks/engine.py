@@ -87,7 +87,7 @@ def exact_fit_times(ns, d, restarts, device, dtype):
             t_fit = timeit(run, 1, device)
             mean = model.predict(Xt)
             rmse = float(((mean - ft) ** 2).mean().sqrt())
-            row += [t_fit, model.fit_result.loss, rmse]
+            row += [t_fit, model.fit_result_.loss, rmse]
             print(
                 f"  exact GP n={n} {'closed-form' if fast else 'autograd'}: fit {t_fit:.3g}s rmse {rmse:.3g}",
                 flush=True,

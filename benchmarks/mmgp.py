@@ -226,7 +226,7 @@ def main() -> None:
             f"{model.n_modes_fields_}, Matern 5/2 ARD, learned noise, hyperparameters {args.hyperparameters} "
             f"({len(model.gps_)} GPs), {restarts + 1} L-BFGS-B attempts of at most {args.max_iter} iterations "
             f"(attempt kept per GP, or per output for separate hyperparameters: "
-            f"{[g.fit_result.member_attempts or g.fit_result.best_attempt for g in model.gps_]})",
+            f"{[g.fit_result_.member_attempts or g.fit_result_.best_attempt for g in model.gps_]})",
             "",
             "## Accuracy on the original test nodes",
             "",

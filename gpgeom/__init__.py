@@ -54,8 +54,13 @@ _EXPORTS: dict[str, str] = {
     "RGNP": "gpgeom.models.rgnp",
     "SO3xR3Trajectory": "gpgeom.models.trajectory",
     "SE3Trajectory": "gpgeom.models.trajectory",
+    # the model contract
+    "ModelContract": "gpgeom.base",
+    "load": "gpgeom.base",
     # errors
     "NotPSDError": "gpgeom.errors",
+    "NotFittedError": "gpgeom.errors",
+    "ModelFileError": "gpgeom.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -52,9 +52,7 @@ def check_tensor(
             s is not None and not isinstance(s, str) and x.shape[x.dim() - len(shape) + i] != s
             for i, s in enumerate(shape)
         ):
-            raise ValueError(
-                f"`{name}` must have trailing shape {_shape_str(shape)}, got shape {tuple(x.shape)}."
-            )
+            raise ValueError(f"`{name}` must have trailing shape {_shape_str(shape)}, got shape {tuple(x.shape)}.")
     if floating and not x.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
     if finite and (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
@@ -95,3 +93,54 @@ def check_positive(name: str, value: float | int, *, integer: bool = False, allo
         raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.")
     if (value < 0) if allow_zero else (value <= 0):
         raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
+
+
+def as_tensor(
+    name: str,
+    x: object,
+    *,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None = None,
+    ndim: int | Iterable[int] | None = None,
+    shape: Sequence[int | None | str] | None = None,
+    finite: bool = True,
+) -> Tensor:
+    r"""Convert a numpy array, tensor, number or nested sequence to a tensor of ``dtype`` on ``device`` and check it.
+
+    This is gpgeom's one dtype rule for inputs (see :mod:`gpgeom.base`): whatever the float dtype of ``x``, the
+    result has the model's ``dtype`` (``None`` keeps a floating ``x``'s dtype and turns integers and booleans into
+    float64) on the model's ``device``.
+
+    Args:
+        name: The argument's name, used in error messages.
+        x: The value (numpy array, torch tensor, Python number or nested sequence of numbers).
+        dtype: The floating dtype of the result.
+        device: The device of the result (``None``: the device of a tensor ``x``, else the CPU).
+        ndim, shape, finite: As in :func:`check_tensor`.
+
+    Raises:
+        TypeError: For a value that is not numeric (strings, objects, complex numbers).
+        ValueError: For a wrong number of dimensions or shape, or NaN/inf values.
+    """
+    if isinstance(x, Tensor):
+        t = x
+    else:
+        import numpy as np
+
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - ragged sequences and the like
+            raise TypeError(
+                f"`{name}` must be a numpy array or a torch tensor of numbers; got {type(x).__name__}."
+            ) from exc
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise TypeError(
+                f"`{name}` must be a numpy array or a torch tensor of numbers; got {type(x).__name__} "
+                f"of dtype {arr.dtype}."
+            )
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise TypeError(f"`{name}` must be real, got dtype {t.dtype}.")
+    target = dtype if dtype is not None else (t.dtype if t.is_floating_point() else torch.float64)
+    t = t.to(device=device if device is not None else t.device, dtype=target)
+    return check_tensor(name, t, ndim=ndim, shape=shape, finite=finite)

@@ -1,4 +1,4 @@
-r"""Tests of gpgeom.botorch.check.check_botorch_model: it passes on conforming models and fails on broken ones."""
+r"""Tests of gpgeom.botorch.check_botorch_model: it passes on conforming models and catches broken ones by meaning."""
 
 from __future__ import annotations
 
@@ -7,32 +7,52 @@ import torch
 from gpytorch.constraints import Positive
 from gpytorch.kernels import Kernel, ScaleKernel
 
-from gpgeom.botorch.check import check_botorch_model
-from gpgeom.botorch.exact_gp import ExactGPModel
+from gpgeom.botorch import ExactGPModel, check_botorch_model
 
 DT = torch.float64
 UNIT3 = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=DT)
 
 
-def make_data(n=15, m=1, batch=()):
-    X = torch.rand(*batch, n, 3, dtype=DT)
+def make_data(n=15, m=1, batch=(), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(*batch, n, 3, dtype=DT, generator=g)
     cols = [torch.sin(4 * X[..., 0]) + X[..., 1], torch.cos(3 * X.sum(-1))][:m]
-    return X, torch.stack(cols, -1) + 0.02 * torch.randn(*batch, n, m, dtype=DT)
+    return X, torch.stack(cols, -1) + 0.02 * torch.randn(*batch, n, m, dtype=DT, generator=g)
 
 
 def fitted(X, Y, **kwargs):
-    return ExactGPModel(X, Y, **kwargs).fit(progress=False, max_iter=40)
+    return ExactGPModel(X, Y, **kwargs).fit(progress=False, max_iter=60)
+
+
+def data_kwargs(n=15, m=1, batch=()):
+    X, Y = make_data(n, m, batch)
+    Xt, Yt = make_data(40, m, batch, seed=1)
+    return X, Y, {"train_X": X, "train_Y": Y, "test_X": Xt, "test_Y": Yt}
+
+
+def refit_fn(model, X, Y):
+    r"""The model rebuilt on the union of its data and (Xn, Yn) with the same hyperparameters (no optimisation)."""
+    return lambda Xn, Yn: model.rebuild_with(Xn, Yn)
 
 
 @pytest.mark.parametrize("m", [1, 2])
-def test_exact_gp_passes(m):
-    model = fitted(*make_data(m=m))
-    report = check_botorch_model(model, bounds=UNIT3, predict_fn=lambda X: model.predict(X, return_std=True))
+def test_exact_gp_passes_every_check(m):
+    X, Y, data = data_kwargs(m=m)
+    model = fitted(X, Y)
+    report = check_botorch_model(
+        model, bounds=UNIT3, predict_fn=lambda X: model.predict(X, return_std=True), refit=refit_fn(model, X, Y),
+        **data,
+    )  # fmt: skip
     assert report["num_outputs"] == m and report["batch_shape"] == torch.Size()
     for name in (
         "posterior shapes",
         "fantasize",
+        "fantasize = conditioning on samples",
         "condition_on_observations",
+        "conditioning = Bayes' rule",
+        "conditioning = refit on the union",
+        "posterior depends on the training data",
+        "held-out calibration",
         "predict_fn agreement",
         "qLogNoisyExpectedImprovement optimisation",
     ):
@@ -41,14 +61,22 @@ def test_exact_gp_passes(m):
         assert "subset_output" in report["checks"] and "output_indices" in report["checks"]
     assert report["candidate"].shape == (1, 3)
     assert report["skipped"] == {}
+    meas = report["measured"]
+    assert meas["condition_error"] < 1e-8 and meas["refit_error"] < 1e-8 and meas["fantasy_error"] < 1e-8
+    assert meas["train_r2"] > 0.9 and 0.5 < meas["z_rms"] < 2.0
 
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_batched_exact_gp_passes(shared):
-    model = fitted(*make_data(m=2, batch=(2,)), shared_hyperparameters=shared)
-    report = check_botorch_model(model, bounds=UNIT3, predict_fn=lambda X: model.predict(X, return_std=True))
+    X, Y, data = data_kwargs(m=2, batch=(2,))
+    model = fitted(X, Y, shared_hyperparameters=shared)
+    report = check_botorch_model(
+        model, bounds=UNIT3, predict_fn=lambda X: model.predict(X, return_std=True), refit=refit_fn(model, X, Y),
+        **data,
+    )  # fmt: skip
     assert report["batch_shape"] == (2,)
     assert "optimize" in report["skipped"]  # batched acquisition values cannot be optimised jointly
+    assert "conditioning = refit on the union" in report["checks"]
 
 
 class LaplaceKernel(Kernel):
@@ -73,31 +101,119 @@ class LaplaceKernel(Kernel):
 
 
 def test_custom_kernel_passes_continuous_and_discrete():
-    X, Y = make_data()
+    X, Y, data = data_kwargs()
     model = fitted(X, Y, covar_module=ScaleKernel(LaplaceKernel()))
-    check_botorch_model(model, bounds=UNIT3, predict_fn=lambda X: model.predict(X, return_std=True))
+    check_botorch_model(model, bounds=UNIT3, predict_fn=lambda X: model.predict(X, return_std=True), **data)
     # discrete domain (e.g. mesh vertices): the optimisation picks one of the choices
     choices = torch.rand(30, 3, dtype=DT)
     report = check_botorch_model(model, choices=choices, batch_shapes=((),), qs=(2,))
     assert (report["candidate"] == choices).all(-1).any()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# broken models: each breaks one promise; the helper must raise
 class WrongShapeModel(ExactGPModel):
-    r"""Breaks the contract: the posterior forgets the last of the q points."""
+    r"""The posterior forgets the last of the q points."""
 
     def posterior(self, X, *args, **kwargs):
         return super().posterior(X[..., :-1, :] if X.shape[-2] > 1 else X, *args, **kwargs)
 
 
 class WrongNumOutputsModel(ExactGPModel):
-    r"""Breaks the contract: ``num_outputs`` claims two outputs while the posterior has one."""
+    r"""``num_outputs`` claims two outputs while the posterior has one."""
 
     @property
     def num_outputs(self):
         return 2
 
 
-def test_helper_fails_on_broken_models():
+class ConditionIgnoresY(ExactGPModel):
+    r"""``condition_on_observations`` conditions on the posterior mean, whatever ``Y`` says."""
+
+    def condition_on_observations(self, X, Y, **kwargs):
+        mean = self.posterior(X).mean.detach().expand(Y.shape)
+        return super().condition_on_observations(X, mean, **kwargs)
+
+
+class FantasizeIgnoresY(ExactGPModel):
+    r"""``fantasize`` conditions every fantasy on the posterior mean instead of the sampled values."""
+
+    def fantasize(self, X, sampler, observation_noise=None, **kwargs):
+        Y = sampler(self.posterior(X, observation_noise=True)).detach()
+        mean = self.posterior(X).mean.detach().expand(Y.shape)
+        return self.condition_on_observations(X.expand(*Y.shape[:-2], *X.shape[-2:]), mean)
+
+
+class IgnoresObservationNoise(ExactGPModel):
+    r"""``posterior(X, observation_noise=True)`` returns the noiseless posterior."""
+
+    def posterior(self, X, output_indices=None, observation_noise=False, **kwargs):
+        return super().posterior(X, output_indices=output_indices, observation_noise=False, **kwargs)
+
+
+class VarianceTooLarge(ExactGPModel):
+    r"""The posterior covariance is 100 times too large (means right)."""
+
+    def posterior(self, X, *args, **kwargs):
+        from botorch.posteriors import GPyTorchPosterior
+        from gpytorch.distributions import MultivariateNormal
+
+        post = super().posterior(X, *args, **kwargs)
+        mvn = post.distribution
+        return GPyTorchPosterior(MultivariateNormal(mvn.mean, 100.0 * mvn.lazy_covariance_matrix))
+
+
+class IgnoresTrainingData(ExactGPModel):
+    r"""The posterior is the GP prior (with the fitted hyperparameters): the training data are ignored."""
+
+    def posterior(self, X, output_indices=None, observation_noise=False, posterior_transform=None, **kwargs):
+        from botorch.posteriors import GPyTorchPosterior
+        from gpytorch.distributions import MultivariateNormal
+
+        self.eval()
+        Xt = self.transform_inputs(X)
+        prior = self.forward(Xt)
+        cov = prior.lazy_covariance_matrix
+        if observation_noise is True:
+            cov = cov.add_diagonal(self.likelihood.noise.reshape(-1)[0].expand(Xt.shape[-2]))
+        post = GPyTorchPosterior(MultivariateNormal(prior.mean, cov))
+        post = self.outcome_transform.untransform_posterior(post)
+        return post if posterior_transform is None else posterior_transform(post)
+
+
+def _broken(cls, X, Y, template):
+    model = cls(X, Y)
+    model.load_state_dict(template.state_dict())
+    model.eval()
+    return model
+
+
+def test_helper_catches_five_broken_models_by_meaning():
+    X, Y, data = data_kwargs(n=20)
+    good = fitted(X, Y)
+    report = check_botorch_model(good, bounds=UNIT3, optimize=False, refit=refit_fn(good, X, Y), **data)
+    assert "held-out calibration" in report["checks"]
+    cases = [
+        (ConditionIgnoresY, "conditioned posterior mean vs Bayes' rule"),
+        (FantasizeIgnoresY, "fantasy model mean vs conditioning on the fantasy samples"),
+        (IgnoresObservationNoise, "the likelihood's noise is ignored"),
+        (VarianceTooLarge, r"held-out standardised errors.*too wide|Bayes' rule"),
+        (IgnoresTrainingData, r"posterior mean at the training inputs: expected R\^2"),
+    ]
+    for cls, message in cases:
+        broken = _broken(cls, X, Y, good)
+        with pytest.raises(AssertionError, match=message):
+            check_botorch_model(broken, bounds=UNIT3, optimize=False, **data)
+
+
+def test_variance_too_large_is_caught_by_calibration_alone():
+    X, Y, data = data_kwargs(n=20)
+    broken = _broken(VarianceTooLarge, X, Y, fitted(X, Y))
+    with pytest.raises(AssertionError, match="too wide"):
+        check_botorch_model(broken, bounds=UNIT3, optimize=False, check_condition=False, check_fantasize=False, **data)
+
+
+def test_helper_fails_on_broken_shapes():
     X, Y = make_data()
     broken = WrongShapeModel(X, Y)
     with pytest.raises(AssertionError, match=r"posterior\(X of shape \(3, 3\)\)\.mean shape: expected \(3, 1\)"):

@@ -102,4 +102,8 @@ def test_closed_form_exact_mll_on_device_matches_cpu_float64(device, dtype):
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a.cpu().double(), b, rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
     fitted = ExactGPModel(X.to(device, dtype), Y.to(device, dtype)).fit(restarts=1, seed=0, progress=False)
-    assert fitted.fit_result.member_attempts is not None and torch.isfinite(fitted.predict(X.to(device, dtype))).all()
+    # the kept state is at least as good as every attempt (whether it is assembled per member or one attempt wins
+    # outright depends on rounding, so it is not asserted)
+    res = fitted.fit_result_
+    assert res.loss <= min(res.final_losses) + 10 * TOL[dtype] * (1 + abs(res.loss))
+    assert torch.isfinite(fitted.predict(X.to(device, dtype))).all()

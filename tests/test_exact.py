@@ -38,6 +38,14 @@ def dense_posterior(X, y, Xt, ls, os, noise, const, y_mean=0.0, y_std=1.0):
     return y_mean + y_std * mean, y_std**2 * var
 
 
+def unit_box(X_train):
+    r"""The default input transform written out: the training inputs' bounding box (over all batch members) onto
+    the unit cube."""
+    flat = X_train.reshape(-1, X_train.shape[-1])
+    lo, hi = flat.min(0).values, flat.max(0).values
+    return lambda Z: (Z - lo) / (hi - lo)
+
+
 def hypers(model, out=None, batch=None):
     r"""Fitted hyperparameters (lengthscale d, outputscale, noise, constant) of one output / batch member."""
     ls = model.covar_module.base_kernel.lengthscale.detach()
@@ -76,7 +84,8 @@ def test_predict_equals_dense_gp_single_output(data):
     Xt = torch.rand(30, 2, dtype=DT)
     ls, os, noise, const = hypers(model)
     ym, ys = standardise(Y)
-    mean, var = dense_posterior(X, Y[:, 0], Xt, ls, os, noise, const, ym[0], ys[0])
+    u = unit_box(X)
+    mean, var = dense_posterior(u(X), Y[:, 0], u(Xt), ls, os, noise, const, ym[0], ys[0])
 
     mu, sd = model.predict(Xt, return_std=True, chunk_size=7)
     assert mu.shape == sd.shape == (30, 1)
@@ -114,7 +123,8 @@ def test_multi_output_separate_and_shared_equal_dense_truth(data, shared):
     ym, ys = standardise(Y)
     for j in range(2):
         ls, os, noise, const = hypers(model, out=j)
-        mean, var = dense_posterior(X, Y[:, j], Xt, ls, os, noise, const, ym[j], ys[j])
+        u = unit_box(X)
+        mean, var = dense_posterior(u(X), Y[:, j], u(Xt), ls, os, noise, const, ym[j], ys[j])
         torch.testing.assert_close(mu[:, j], mean, rtol=0, atol=1e-8)
         torch.testing.assert_close(sd[:, j] ** 2, var, rtol=0, atol=1e-8)
     post = model.posterior(Xt)
@@ -137,7 +147,8 @@ def test_batched_model_equals_dense_truth_per_member():
     for b in range(3):
         ls, os, noise, const = hypers(model, batch=b)
         ym, ys = standardise(Y[b])
-        mean, var = dense_posterior(X[b], Y[b, :, 0], Xt, ls, os, noise, const, ym[0], ys[0])
+        u = unit_box(X)
+        mean, var = dense_posterior(u(X[b]), Y[b, :, 0], u(Xt), ls, os, noise, const, ym[0], ys[0])
         torch.testing.assert_close(mu[b, :, 0], mean, rtol=0, atol=1e-8)
         torch.testing.assert_close(sd[b, :, 0] ** 2, var, rtol=0, atol=1e-8)
 
@@ -153,7 +164,9 @@ def test_condition_on_observations_equals_dense_gp_on_augmented_data(data):
     cond = model.condition_on_observations(Xn, Yn)
     ls, os, noise, const = hypers(model)
     ym, ys = standardise(Y)  # the outcome transform stays the one learnt from the original data
-    mean, var = dense_posterior(torch.cat([X, Xn]), torch.cat([Y, Yn])[:, 0], Xt, ls, os, noise, const, ym[0], ys[0])
+    u = unit_box(X)  # the input transform too stays the one of the original data
+    XX, YY = torch.cat([X, Xn]), torch.cat([Y, Yn])
+    mean, var = dense_posterior(u(XX), YY[:, 0], u(Xt), ls, os, noise, const, ym[0], ys[0])
     post = cond.posterior(Xt)
     torch.testing.assert_close(post.mean[:, 0], mean, rtol=0, atol=1e-8)
     torch.testing.assert_close(post.variance[:, 0], var, rtol=0, atol=1e-8)
@@ -174,7 +187,8 @@ def test_outcome_transform_round_trip_and_no_transform():
     assert not hasattr(raw, "outcome_transform")
     Xt = torch.rand(6, 1, dtype=DT)
     ls, os, noise, const = hypers(raw)
-    mean, var = dense_posterior(X, Y[:, 0] / 100.0, Xt, ls, os, noise, const)
+    u = unit_box(X)
+    mean, var = dense_posterior(u(X), Y[:, 0] / 100.0, u(Xt), ls, os, noise, const)
     mu, sd = raw.predict(Xt, return_std=True)
     torch.testing.assert_close(mu[:, 0], mean, rtol=0, atol=1e-8)
     torch.testing.assert_close(sd[:, 0] ** 2, var, rtol=0, atol=1e-8)
@@ -303,10 +317,13 @@ def test_bad_input_errors():
     Y_nan[3, 0] = float("nan")
     with pytest.raises(ValueError, match="`train_Y` contains 1 NaN"):
         ExactGPModel(X, Y_nan)
-    with pytest.raises(TypeError, match="train_X` must be a torch.Tensor"):
-        ExactGPModel(X.numpy(), Y)
-    with pytest.raises(TypeError, match="share a dtype"):
-        ExactGPModel(X, Y.float())
+    with pytest.raises(TypeError, match="train_X` must be a numpy array or a torch tensor of numbers"):
+        ExactGPModel([["a", "b"]] * 10, Y)
+    # numpy input is accepted, and train_Y takes train_X's dtype (the dtype rule of gpgeom.base)
+    a, b = ExactGPModel(X.numpy(), Y), ExactGPModel(X, Y.float())
+    assert a.dtype == b.dtype == DT
+    torch.testing.assert_close(a.train_inputs[0], ExactGPModel(X, Y).train_inputs[0])
+    assert ExactGPModel(X.float(), Y).dtype == torch.float32
     with pytest.raises(ValueError, match="train_Yvar` must be non-negative"):
         ExactGPModel(X, Y, train_Yvar=-torch.ones_like(Y))
     with pytest.raises(ValueError, match="train_Yvar` must have the shape"):
@@ -314,6 +331,9 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="Unknown `outcome_transform`='log'"):
         ExactGPModel(X, Y, outcome_transform="log")
     model = ExactGPModel(X, Y)
+    Xt = torch.rand(4, 2, dtype=DT)
+    torch.testing.assert_close(model.predict(Xt.numpy()), model.predict(Xt))  # numpy test inputs too
+    torch.testing.assert_close(model.predict(Xt.float()), model.predict(Xt.float().double()))
     with pytest.raises(ValueError, match=r"`X` must be `batch_shape x N x 2`"):
         model.predict(torch.rand(4, 3, dtype=DT))
     with pytest.raises(ValueError, match="chunk_size"):

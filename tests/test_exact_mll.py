@@ -182,7 +182,7 @@ def test_fit_uses_the_closed_form_loss_and_matches_gpytorch_fit(monkeypatch):
     slow.fit(seed=0, progress=False)
     assert len(calls) == 1
     # the same objective: both optima have (nearly) the same loss, and predictions agree
-    assert fast.fit_result.loss <= slow.fit_result.loss + 1e-4
+    assert fast.fit_result_.loss <= slow.fit_result_.loss + 1e-4
     Xt = torch.rand(30, 2, dtype=torch.float64)
     torch.testing.assert_close(fast.predict(Xt), slow.predict(Xt), rtol=0, atol=2e-3)
 
@@ -192,7 +192,7 @@ def test_restarts_keep_the_best_attempt_of_every_output():
     X = torch.rand(60, 3, dtype=torch.float64)
     Y = torch.sin(4 * X @ torch.randn(3, 5, dtype=torch.float64)) + 0.05 * torch.randn(60, 5, dtype=torch.float64)
     model = ExactGPModel(X, Y).fit(restarts=3, seed=0, progress=False)
-    res = model.fit_result
+    res = model.fit_result_
     assert res.member_attempts is not None and len(res.member_attempts) == 5
     assert res.loss <= min(res.final_losses) + 1e-12
     model.train()

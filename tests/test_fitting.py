@@ -68,7 +68,7 @@ def test_restarts_keep_the_best_attempt_gp():
     model.covar_module.outputscale = 0.1
     model.likelihood.noise = 1.0
     model.fit(restarts=6, seed=3, progress=False)
-    r = model.fit_result
+    r = model.fit_result_
     assert r.attempts == 7 and len(r.history) == len(r.final_losses) == 7
     assert r.best_attempt > 0
     assert r.final_losses[0] > r.loss + 0.5, r.final_losses
@@ -160,7 +160,7 @@ def test_jitter_escalates_on_a_singular_kernel_matrix():
     # jitter 1e-8, 1e-7 and 1e-6 fail, 1e-5 works
     model = singular_model(3e-6)
     model.fit(progress=False, max_iter=30)
-    assert model.fit_result.jitter == pytest.approx(1e-5)
+    assert model.fit_result_.jitter == pytest.approx(1e-5)
     mu, sd = model.predict(torch.rand(5, 2, dtype=DT), return_std=True)  # later factorisations reuse it
     assert torch.isfinite(mu).all() and torch.isfinite(sd).all()
     # with a smaller allowance the same problem is reported, with the remedies

@@ -1,23 +1,39 @@
-r"""The BoTorch contract every gpgeom surrogate passes, as one checking function.
+r"""The BoTorch contract every gpgeom surrogate passes, checked by shape *and by meaning*.
 
 :func:`check_botorch_model` exercises a model the way BoTorch's acquisition functions and optimisers do and raises
-``AssertionError`` with a message that says what was expected and what came back. Every gpgeom model that can
-serve as a Bayesian-optimisation surrogate calls it in its tests. A model passes when:
+``AssertionError`` with a message that says what was expected and what came back. A model passes when:
+
+Shapes and plumbing
 
 1. ``num_outputs`` is a positive int and ``batch_shape`` a ``torch.Size``;
 2. ``posterior(X)`` for ``X`` of shape ``test_batch x q x d`` has ``mean`` and ``variance`` of shape
-   ``broadcast(test_batch, model.batch_shape) x q x m``, finite, with non-negative variance, and ``rsample`` gives
-   ``sample_shape x broadcast(...) x q x m``;
-3. ``output_indices`` selects outputs (when ``m > 1``), ``observation_noise=True`` does not lower the variance;
-4. the posterior equals ``predict_fn`` (the model's own ``predict``), when given;
-5. a ``ScalarizedPosteriorTransform`` gives the weighted sum of the output means (``... x q x 1``);
-6. ``condition_on_observations`` returns a model with the expected batch shape and posterior shapes;
-7. ``fantasize`` with a ``SobolQMCNormalSampler`` gives a model of batch shape
-   ``num_fantasies x broadcast(...)``;
-8. (``m > 1``) ``subset_output`` keeps the selected outputs' posterior, if the model implements it;
-9. one ``qLogNoisyExpectedImprovement`` is optimised end to end: ``optimize_acqf`` inside ``bounds`` or
-   ``optimize_acqf_discrete`` over ``choices`` (skipped for models with a non-empty batch shape, whose
-   acquisition values are batched).
+   ``broadcast(test_batch, model.batch_shape) x q x m``, finite, non-negative variance, and ``rsample`` gives
+   ``sample_shape x broadcast(...) x q x m``; ``output_indices`` selects outputs; a ``ScalarizedPosteriorTransform``
+   gives the weighted sum of the output means; the posterior equals ``predict_fn`` (the model's own ``predict``);
+3. ``fantasize`` gives a model of batch shape ``num_fantasies x broadcast(...)``; ``subset_output`` (when
+   implemented) keeps the selected outputs' posterior; one ``qLogNoisyExpectedImprovement`` is optimised end to end.
+
+Meaning (what acquisition functions rely on)
+
+4. **observation noise**: ``posterior(X, observation_noise=True)`` adds a positive noise variance
+   :math:`s(X) = \mathrm{Var}_{noisy} - \mathrm{Var}` (unless ``expect_observation_noise=False``);
+5. **conditioning is Bayes' rule**: for new observations :math:`(X_n, Y_n)`, the posterior of
+   ``condition_on_observations(X_n, Y_n)`` at test points (:math:`X_n` among them) equals the Gaussian
+   conditional computed here from the model's *own* joint posterior over :math:`(X_n, X_t)` and its noise
+   :math:`s(X_n)` (the Schur complement). For an exact GP this is the posterior of the GP refitted on the union of
+   the data with the same hyperparameters (Rasmussen & Williams 2006, eq. 2.19); tolerance ``condition_tol``
+   (relative to the prior scale). With ``refit=``, the conditioned posterior is also compared with the model that
+   ``refit(X_n, Y_n)`` rebuilds on the union (tolerance ``refit_tol``; approximate adapters document theirs);
+6. **fantasies are conditioning on the sampled values**: ``fantasize(X, sampler)`` equals
+   ``condition_on_observations(X, sampler(posterior(X, observation_noise=True)))`` with the same base samples;
+7. **the posterior depends on the data** (with ``train_X``, ``train_Y``): the posterior mean at the training inputs
+   explains at least ``min_train_r2`` of the training outputs' variance (pooled over outputs, original units);
+8. **held-out calibration** (with ``test_X``, ``test_Y``): the standardised errors
+   :math:`z = (y - \mu) / \sqrt{\sigma^2 + s}` have a root mean square inside ``z_rms_band`` (1 for a calibrated
+   model; a variance 100 times too large gives 0.1).
+
+Checks 5 and 6 run on a model's first posterior in ``gpytorch`` form (``GPyTorchPosterior``); a posterior of
+another family skips them with a reason in the report.
 """
 
 from __future__ import annotations
@@ -31,10 +47,12 @@ from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.models.model import Model
 from botorch.optim import optimize_acqf, optimize_acqf_discrete
+from botorch.posteriors import GPyTorchPosterior, Posterior
 from botorch.sampling.normal import SobolQMCNormalSampler
+from gpytorch.distributions import MultitaskMultivariateNormal
 from torch import Tensor
 
-__all__ = ["check_botorch_model"]
+__all__ = ["check_botorch_model", "joint_moments"]
 
 
 def _fail(what: str, expected: object, got: object) -> None:
@@ -59,6 +77,32 @@ def _close(what: str, a: Tensor, b: Tensor, rtol: float, atol: float) -> None:
         _fail(what, f"agreement within rtol={rtol:g}, atol={atol:g}", f"max abs difference {err:.3g}")
 
 
+def _rel_close(what: str, got: Tensor, want: Tensor, scale: Tensor, tol: float) -> None:
+    r"""``max |got - want| / scale <= tol`` (``scale``: a positive number per batch member, broadcastable)."""
+    if got.shape != want.shape:
+        _fail(f"{what} shape", tuple(want.shape), tuple(got.shape))
+    err = ((got - want).abs() / scale).max()
+    if not bool(err <= tol):
+        _fail(what, f"relative error <= {tol:g}", f"{float(err):.3g}")
+
+
+def joint_moments(post: Posterior) -> tuple[Tensor, Tensor]:
+    r"""Mean ``batch x q x m`` and joint covariance ``batch x (q m) x (q m)`` (row ``i m + a`` = output ``a`` at
+    point ``i``) of a ``GPyTorchPosterior``, whatever the internal ordering of its multitask distribution."""
+    if not isinstance(post, GPyTorchPosterior):
+        raise TypeError(f"joint moments need a GPyTorchPosterior, got {type(post).__name__}.")
+    dist = post.distribution
+    mean = post.mean.detach()
+    q, m = mean.shape[-2], mean.shape[-1]
+    cov = dist.covariance_matrix.detach()
+    if isinstance(dist, MultitaskMultivariateNormal) and not dist._interleaved:
+        # output-major (a q + i) -> point-major (i m + a)
+        perm = torch.arange(m, device=cov.device)[None, :] * q + torch.arange(q, device=cov.device)[:, None]
+        perm = perm.reshape(-1)
+        cov = cov[..., perm[:, None], perm]
+    return mean, cov.expand(*mean.shape[:-2], q * m, q * m)
+
+
 def _infer_d_dtype(model: Model, bounds: Tensor | None, choices: Tensor | None) -> tuple[int, torch.dtype]:
     for t in (bounds, choices):
         if t is not None:
@@ -72,9 +116,6 @@ def _infer_d_dtype(model: Model, bounds: Tensor | None, choices: Tensor | None) 
 def _infer_device(model: Model, bounds: Tensor | None, choices: Tensor | None) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
-    train_inputs = getattr(model, "train_inputs", None)
-    if train_inputs and isinstance(train_inputs[0], Tensor):
-        return train_inputs[0].device
     for t in (bounds, choices):
         if t is not None:
             return t.device
@@ -95,47 +136,89 @@ def check_botorch_model(
     num_fantasies: int = 2,
     rtol: float = 1e-6,
     atol: float = 1e-8,
+    condition_tol: float | None = None,
+    refit: Callable[[Tensor, Tensor], Model] | None = None,
+    refit_tol: float | None = None,
+    expect_observation_noise: bool = True,
+    train_X: Tensor | None = None,
+    train_Y: Tensor | None = None,
+    min_train_r2: float = 0.5,
+    test_X: Tensor | None = None,
+    test_Y: Tensor | None = None,
+    z_rms_band: tuple[float, float] = (1.0 / 3.0, 3.0),
+    seed: int = 0,
 ) -> dict[str, Any]:
-    r"""Check that ``model`` satisfies the BoTorch surrogate contract; raise ``AssertionError`` if not.
+    r"""Check that ``model`` satisfies the BoTorch surrogate contract (module docstring); raise ``AssertionError``.
 
     Test inputs are drawn uniformly inside ``bounds`` or as random rows of ``choices`` (for graph/mesh domains
-    whose inputs are vertex indices), else uniformly in the unit cube. A test batch shape that does not broadcast
-    with ``model.batch_shape`` is extended by it (``(3,)`` becomes ``(3, *model.batch_shape)``).
+    whose inputs are vertex indices), else uniformly in the unit cube; the draws use ``seed`` and leave the global
+    random state untouched. A test batch shape that does not broadcast with ``model.batch_shape`` is extended by it.
 
     Args:
         model: The fitted model (a ``botorch.models.model.Model``).
         bounds: A ``2 x d`` tensor of lower/upper input bounds (continuous domains).
-        choices: A ``c x d`` tensor of admissible inputs (discrete domains); then the optimisation uses
+        choices: A ``c x d`` tensor of admissible inputs (discrete domains); the optimisation then uses
             ``optimize_acqf_discrete``.
         batch_shapes: Test batch shapes to try.
         qs: Numbers of joint points ``q`` to try.
-        check_fantasize: Check ``fantasize``.
-        check_condition: Check ``condition_on_observations``.
-        optimize: Run one ``qLogNoisyExpectedImprovement`` optimisation (small: 2 restarts, 16 raw samples).
+        check_fantasize: Check ``fantasize`` (shapes and check 6).
+        check_condition: Check ``condition_on_observations`` (shapes and check 5).
+        optimize: Run one ``qLogNoisyExpectedImprovement`` optimisation (2 restarts, 16 raw samples).
         predict_fn: Optional ``X (batch x q x d) -> (mean, std)`` (each ``batch x q x m``), e.g.
             ``lambda X: model.predict(X, return_std=True)``; compared with the posterior's mean and variance.
-        num_fantasies: Number of fantasies for the ``fantasize`` check.
-        rtol: Relative tolerance of the comparisons.
-        atol: Absolute tolerance of the comparisons.
+        num_fantasies: Number of fantasies.
+        rtol, atol: Tolerances of the plumbing comparisons (predict vs posterior, output selection).
+        condition_tol: Tolerance of checks 5 and 6, relative to the prior scale (default ``1e-6`` in float64,
+            ``1e-3`` in float32).
+        refit: Optional ``(X_n, Y_n) -> Model``: the model rebuilt from scratch on its training data plus
+            ``(X_n, Y_n)`` with the same hyperparameters; its posterior must equal the conditioned one.
+        refit_tol: Tolerance of the ``refit`` comparison (default: ``condition_tol``).
+        expect_observation_noise: Require ``observation_noise=True`` to add a positive variance.
+        train_X, train_Y: The training data in original units (``n x d``, ``n x m``, the model's batch shape in
+            front if any) for check 7.
+        min_train_r2: Smallest pooled :math:`R^2` of the posterior mean at ``train_X`` (check 7).
+        test_X, test_Y: Held-out data (``n x d``, ``n x m``) for check 8.
+        z_rms_band: Accepted ``(low, high)`` root mean square of the held-out standardised errors.
+        seed: Seed of the random test inputs, observations and fantasy samples.
 
     Returns:
         A dict with ``num_outputs``, ``batch_shape``, ``checks`` (names of the checks that ran), ``skipped``
-        (check -> reason), ``candidate`` (``q x d``, when optimised), ``acq_value`` and ``seconds``.
+        (check -> reason), ``candidate`` (``q x d``, when optimised), ``acq_value``, ``measured`` (the errors of
+        checks 5-8: ``condition_error``, ``refit_error``, ``fantasy_error``, ``train_r2``, ``z_rms``) and ``seconds``.
 
     Raises:
         AssertionError: When the model breaks the contract (the message says where).
-        ValueError: When ``d`` cannot be inferred.
+        ValueError: When ``d`` cannot be inferred or an argument has the wrong shape.
 
     Example:
-        >>> model = ExactGPModel(X, Y).fit(progress=False)
+        >>> model = ExactGPModel(X, Y).fit()
         >>> check_botorch_model(model, bounds=torch.stack([X.min(0).values, X.max(0).values]),
-        ...                     predict_fn=lambda X: model.predict(X, return_std=True))
+        ...                     predict_fn=lambda X: model.predict(X, return_std=True),
+        ...                     train_X=X, train_Y=Y, test_X=X_test, test_Y=Y_test)
     """
     start = time.perf_counter()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _check(
+            model, start, bounds=bounds, choices=choices, batch_shapes=batch_shapes, qs=qs,
+            check_fantasize=check_fantasize, check_condition=check_condition, optimize=optimize,
+            predict_fn=predict_fn, num_fantasies=num_fantasies, rtol=rtol, atol=atol, condition_tol=condition_tol,
+            refit=refit, refit_tol=refit_tol, expect_observation_noise=expect_observation_noise, train_X=train_X,
+            train_Y=train_Y, min_train_r2=min_train_r2, test_X=test_X, test_Y=test_Y, z_rms_band=z_rms_band,
+            seed=seed,
+        )  # fmt: skip
+
+
+def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
+    bounds, choices = kw["bounds"], kw["choices"]
+    rtol, atol = kw["rtol"], kw["atol"]
     checks: list[str] = []
     skipped: dict[str, str] = {}
+    measured: dict[str, float] = {}
     d, dtype = _infer_d_dtype(model, bounds, choices)
     tkw = {"dtype": dtype, "device": _infer_device(model, bounds, choices)}
+    ctol = kw["condition_tol"] if kw["condition_tol"] is not None else (1e-6 if dtype == torch.float64 else 1e-3)
     if bounds is not None:
         bounds = bounds.to(**tkw)
         if bounds.shape != (2, d):
@@ -169,11 +252,11 @@ def check_botorch_model(
             tb = tb + mbs
             return tb, torch.broadcast_shapes(tb, mbs)
 
-    # 2-5. posterior shapes, values, predict agreement, transforms
+    # 2. posterior shapes, values, predict agreement, transforms; 4. observation noise
     weights = torch.rand(m, dtype=dtype).to(lo_hi.device) + 0.5
-    for tb in batch_shapes:
+    for tb in kw["batch_shapes"]:
         tb, out_batch = full_batch(tb)
-        for q in qs:
+        for q in kw["qs"]:
             X = draw(tuple(tb) + (q,))
             where = f"posterior(X of shape {tuple(X.shape)})"
             post = model.posterior(X)
@@ -189,7 +272,16 @@ def check_botorch_model(
             _check_finite(f"{where}.rsample", samples)
             noisy = model.posterior(X, observation_noise=True)
             _check_shape(f"{where} with observation_noise=True: mean", noisy.mean, expected)
-            if bool((noisy.variance < post.variance - 1e-8 * (1 + post.variance.abs())).any()):
+            _close(f"{where} with observation_noise=True: mean", noisy.mean, post.mean, rtol, atol)
+            added = noisy.variance - post.variance
+            floor = 1e-10 * (1.0 + post.variance.abs()) if dtype == torch.float64 else 1e-5 * (1 + post.variance)
+            if kw["expect_observation_noise"] and bool((added <= floor).any()):
+                _fail(
+                    f"{where} with observation_noise=True: variance",
+                    "the noiseless variance plus a positive noise variance",
+                    f"an increase of {float(added.min()):.3g} (the likelihood's noise is ignored)",
+                )
+            if bool((added < -floor).any()):
                 _fail(f"{where} with observation_noise=True: variance", ">= the noiseless variance", "smaller")
             if m > 1:
                 sub = model.posterior(X, output_indices=[m - 1])
@@ -205,45 +297,123 @@ def check_botorch_model(
                 rtol,
                 max(atol, 1e-10),
             )
-            if predict_fn is not None:
-                mean, std = predict_fn(X)
+            if kw["predict_fn"] is not None:
+                mean, std = kw["predict_fn"](X)
                 _close(f"predict_fn mean vs {where}.mean", mean.to(post.mean), post.mean, rtol, atol)
                 _close(f"predict_fn std**2 vs {where}.variance", std.to(post.mean) ** 2, post.variance, rtol, atol)
     checks += ["posterior shapes", "rsample", "observation_noise", "posterior_transform"]
     if m > 1:
         checks.append("output_indices")
-    if predict_fn is not None:
+    if kw["predict_fn"] is not None:
         checks.append("predict_fn agreement")
 
-    X_test = draw(mbs + (2,))
-    # 6. condition_on_observations
-    if check_condition:
+    X_test = draw(mbs + (3,))
+    gaussian = isinstance(model.posterior(X_test), GPyTorchPosterior)
+
+    # 7. the posterior depends on the training data
+    if kw["train_X"] is not None and kw["train_Y"] is not None:
+        Xtr, Ytr = kw["train_X"].to(**tkw), kw["train_Y"].to(**tkw)
+        mean = model.posterior(Xtr).mean.detach()
+        if mean.shape != Ytr.shape:
+            raise ValueError(f"`train_Y` must have the posterior's shape {tuple(mean.shape)}, got {tuple(Ytr.shape)}.")
+        sst = (Ytr - Ytr.mean(dim=-2, keepdim=True)).square().sum()
+        r2 = float(1.0 - (Ytr - mean).square().sum() / sst.clamp_min(1e-300))
+        measured["train_r2"] = r2
+        if not r2 >= kw["min_train_r2"]:
+            _fail("posterior mean at the training inputs", f"R^2 >= {kw['min_train_r2']:g} (it uses the data)",
+                  f"R^2 = {r2:.3g}")  # fmt: skip
+        checks.append("posterior depends on the training data")
+    else:
+        skipped["posterior depends on the training data"] = "no train_X/train_Y given"
+
+    # 8. held-out calibration
+    if kw["test_X"] is not None and kw["test_Y"] is not None:
+        Xte, Yte = kw["test_X"].to(**tkw), kw["test_Y"].to(**tkw)
+        post = model.posterior(Xte, observation_noise=True)
+        if post.mean.shape != Yte.shape:
+            raise ValueError(
+                f"`test_Y` must have the posterior's shape {tuple(post.mean.shape)}, got {tuple(Yte.shape)}."
+            )
+        z = (Yte - post.mean.detach()) / post.variance.detach().clamp_min(1e-300).sqrt()
+        z_rms = float(z.square().mean().sqrt())
+        measured["z_rms"] = z_rms
+        lo, hi = kw["z_rms_band"]
+        if not lo <= z_rms <= hi:
+            what = "too wide: variance too large" if z_rms < lo else "too narrow: variance too small"
+            _fail("held-out standardised errors", f"root mean square in [{lo:.3g}, {hi:.3g}]",
+                  f"{z_rms:.3g} (intervals {what})")  # fmt: skip
+        checks.append("held-out calibration")
+    else:
+        skipped["held-out calibration"] = "no test_X/test_Y given"
+
+    # 5. conditioning = Bayes' rule on the model's own joint (= refit on the union for exact GPs)
+    if kw["check_condition"]:
         Xn = draw(mbs + (2,))
-        Yn = model.posterior(Xn).mean.detach()
+        Yn = model.posterior(Xn, observation_noise=True).rsample(torch.Size([1]))[0].detach()
         cond = model.condition_on_observations(Xn, Yn)
         if tuple(cond.batch_shape) != tuple(mbs):
             _fail("condition_on_observations(...).batch_shape", tuple(mbs), tuple(cond.batch_shape))
-        cpost = cond.posterior(X_test)
-        _check_shape("condition_on_observations(...).posterior(X).mean", cpost.mean, mbs + (2, m))
+        Xt = torch.cat([Xn, X_test], dim=-2)
+        cpost = cond.posterior(Xt)
+        _check_shape("condition_on_observations(...).posterior(X).mean", cpost.mean, mbs + (5, m))
         _check_finite("condition_on_observations(...).posterior(X).mean", cpost.mean)
         checks.append("condition_on_observations")
+        if gaussian:
+            want_mean, want_var, scale = _schur(model, Xn, Yn, X_test)
+            got_mean, got_var = cpost.mean.detach(), cpost.variance.detach()
+            measured["condition_error"] = max(
+                float(((got_mean - want_mean).abs() / scale.sqrt()).max()),
+                float(((got_var - want_var).abs() / scale).max()),
+            )
+            _rel_close("conditioned posterior mean vs Bayes' rule on the model's joint", got_mean, want_mean,
+                       scale.sqrt(), ctol)  # fmt: skip
+            _rel_close("conditioned posterior variance vs Bayes' rule on the model's joint", got_var, want_var,
+                       scale, ctol)  # fmt: skip
+            checks.append("conditioning = Bayes' rule")
+        else:
+            skipped["conditioning = Bayes' rule"] = f"posterior is a {type(model.posterior(X_test)).__name__}"
+        if kw["refit"] is not None:
+            rpost = kw["refit"](Xn, Yn).posterior(Xt)
+            rtol_refit = kw["refit_tol"] if kw["refit_tol"] is not None else ctol
+            scale = model.posterior(Xt).variance.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
+            measured["refit_error"] = max(
+                float(((cpost.mean - rpost.mean).detach().abs() / scale.sqrt()).max()),
+                float(((cpost.variance - rpost.variance).detach().abs() / scale).max()),
+            )
+            _rel_close("conditioned posterior mean vs the model refitted on the union", cpost.mean.detach(),
+                       rpost.mean.detach(), scale.sqrt(), rtol_refit)  # fmt: skip
+            _rel_close("conditioned posterior variance vs the model refitted on the union", cpost.variance.detach(),
+                       rpost.variance.detach(), scale, rtol_refit)  # fmt: skip
+            checks.append("conditioning = refit on the union")
 
-    # 7. fantasize
-    if check_fantasize:
-        sampler = SobolQMCNormalSampler(sample_shape=torch.Size([num_fantasies]))
+    # 3./6. fantasize: shapes, and equal to conditioning on the sampled values
+    if kw["check_fantasize"]:
+        nf = kw["num_fantasies"]
         for tb in ((), (3,)):
             _, out_batch = full_batch(tb)
             Xf = draw(tuple(out_batch) + (2,))
+            sampler = SobolQMCNormalSampler(sample_shape=torch.Size([nf]), seed=kw["seed"])
             fm = model.fantasize(Xf, sampler)
-            expected_bs = torch.Size([num_fantasies]) + out_batch
+            expected_bs = torch.Size([nf]) + out_batch
             if tuple(fm.batch_shape) != tuple(expected_bs):
                 _fail(f"fantasize(X of shape {tuple(Xf.shape)}).batch_shape", tuple(expected_bs), tuple(fm.batch_shape))
-            fpost = fm.posterior(X_test)
-            _check_shape("fantasy model posterior(X).mean", fpost.mean, expected_bs + (2, m))
+            Xt = torch.cat([Xf, X_test.expand(*out_batch, *X_test.shape[-2:])], dim=-2)
+            fpost = fm.posterior(Xt)
+            _check_shape("fantasy model posterior(X).mean", fpost.mean, expected_bs + (5, m))
             _check_finite("fantasy model posterior(X).mean", fpost.mean)
-        checks.append("fantasize")
+            if tb == ():
+                Yf = sampler(model.posterior(Xf, observation_noise=True)).detach()
+                Xf_b = Xf.expand(*Yf.shape[:-2], *Xf.shape[-2:])
+                cpost = model.condition_on_observations(Xf_b, Yf).posterior(Xt)
+                scale = model.posterior(Xt).variance.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
+                measured["fantasy_error"] = float(((fpost.mean - cpost.mean).detach().abs() / scale.sqrt()).max())
+                _rel_close("fantasy model mean vs conditioning on the fantasy samples", fpost.mean.detach(),
+                           cpost.mean.detach(), scale.sqrt(), ctol)  # fmt: skip
+                _rel_close("fantasy model variance vs conditioning on the fantasy samples", fpost.variance.detach(),
+                           cpost.variance.detach(), scale, ctol)  # fmt: skip
+        checks += ["fantasize", "fantasize = conditioning on samples"]
 
-    # 8. subset_output
+    # 3. subset_output
     if m > 1:
         try:
             sub_model = model.subset_output([m - 1])
@@ -261,9 +431,9 @@ def check_botorch_model(
             )
             checks.append("subset_output")
 
-    # 9. one acquisition optimisation
+    # 3. one acquisition optimisation
     candidate = acq_value = None
-    if not optimize:
+    if not kw["optimize"]:
         skipped["optimize"] = "optimize=False"
     elif len(mbs) > 0:
         skipped["optimize"] = f"batched model (batch_shape {tuple(mbs)}) gives batched acquisition values"
@@ -271,7 +441,7 @@ def check_botorch_model(
         acqf = qLogNoisyExpectedImprovement(
             model=model,
             X_baseline=draw((4,)),
-            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([16])),
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([16]), seed=kw["seed"]),
             posterior_transform=ScalarizedPosteriorTransform(weights=weights) if m > 1 else None,
         )
         if choices is not None:
@@ -295,5 +465,28 @@ def check_botorch_model(
         "skipped": skipped,
         "candidate": candidate,
         "acq_value": acq_value,
+        "measured": measured,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _schur(model: Model, Xn: Tensor, Yn: Tensor, Xt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Mean and variance at ``cat(Xn, Xt)`` of the model's joint posterior conditioned on ``Yn`` at ``Xn`` with
+    the model's own noise, and the prior scale (largest variance per batch member) for relative errors."""
+    n = Xn.shape[-2]
+    X = torch.cat([Xn, Xt], dim=-2)
+    mean, cov = joint_moments(model.posterior(X))
+    m = mean.shape[-1]
+    noise = (model.posterior(Xn, observation_noise=True).variance - model.posterior(Xn).variance).detach()
+    c = n * m
+    mu = mean.reshape(*mean.shape[:-2], -1)
+    S = cov[..., :c, :c] + torch.diag_embed(noise.reshape(*noise.shape[:-2], -1))
+    K = cov[..., :, :c]
+    L = torch.linalg.cholesky(0.5 * (S + S.mT))
+    A = torch.linalg.solve_triangular(L, K.mT, upper=False)
+    r = torch.linalg.solve_triangular(L, (Yn.reshape(*Yn.shape[:-2], -1) - mu[..., :c]).unsqueeze(-1), upper=False)
+    cmean = mu + (A.mT @ r).squeeze(-1)
+    cvar = torch.diagonal(cov, dim1=-2, dim2=-1) - A.square().sum(-2)
+    scale = torch.diagonal(cov, dim1=-2, dim2=-1).amax(-1)[..., None, None].clamp_min(1e-300)
+    shape = mean.shape
+    return cmean.reshape(shape), cvar.reshape(shape), scale

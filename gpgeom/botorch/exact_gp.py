@@ -30,7 +30,7 @@ import torch
 from botorch.acquisition.objective import PosteriorTransform
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
-from botorch.models.transforms.input import InputTransform
+from botorch.models.transforms.input import InputTransform, Normalize
 from botorch.models.transforms.outcome import OutcomeTransform, Standardize
 from botorch.models.utils import validate_input_scaling
 from botorch.posteriors import GPyTorchPosterior, Posterior
@@ -46,11 +46,19 @@ from linear_operator import to_dense
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-from gpgeom._validation import check_positive, check_tensor
+from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
+from gpgeom.base import ModelContract
 from gpgeom.engine.exact_mll import exact_mll_loss
 from gpgeom.engine.fitting import FitResult, fit
+from gpgeom.errors import ModelFileError
 
-__all__ = ["ExactGPModel", "default_covar_module", "default_likelihood"]
+__all__ = [
+    "ExactGPModel",
+    "default_covar_module",
+    "default_input_transform",
+    "default_likelihood",
+    "default_outcome_transform",
+]
 
 #: Smallest inferred noise variance of the default likelihood (standardised outputs).
 MIN_NOISE = 1e-4
@@ -107,7 +115,34 @@ def default_likelihood(batch_shape: torch.Size | None = None) -> GaussianLikelih
     )
 
 
-class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
+def default_input_transform(train_X: Tensor) -> Normalize:
+    r"""The default input transform: ``Normalize`` with the fixed bounds of ``train_X`` (columns min/max over all
+    points and batch members) onto the unit cube, as BoTorch recommends; a constant column gets width 1.
+
+    Args:
+        train_X: ``batch_shape x n x d`` training inputs.
+
+    Returns:
+        A ``Normalize(d, bounds)`` whose ``bounds`` (``2 x d``) do not move when the model is conditioned.
+    """
+    flat = train_X.detach().reshape(-1, train_X.shape[-1])
+    lo, hi = flat.min(0).values, flat.max(0).values
+    hi = torch.where(hi > lo, hi, lo + 1.0)
+    return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi]))
+
+
+def default_outcome_transform(m: int, batch_shape: torch.Size) -> Standardize:
+    r"""The default outcome transform: ``Standardize`` of every output to mean 0 and variance 1.
+
+    BoTorch's ``Standardize`` leaves an output unscaled when its standard deviation is below ``min_stdv`` (1e-8
+    by default), so outputs measured in tiny units (a displacement in km, a probability of 1e-10) kept their raw
+    scale and met the likelihood's noise floor of 1e-4: a GP on ``Y * 1e-9`` predicted a constant. Here only an
+    exactly constant output (standard deviation 0 or subnormal) is left unscaled.
+    """
+    return Standardize(m=m, batch_shape=batch_shape, min_stdv=torch.finfo(torch.float64).tiny)
+
+
+class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
     r"""Exact GP regression with independent outputs, usable directly as a BoTorch surrogate.
 
     Example:
@@ -127,7 +162,7 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
         mean_module: Mean | None = None,
         likelihood: Likelihood | None = None,
         shared_hyperparameters: bool = False,
-        input_transform: InputTransform | None = None,
+        input_transform: InputTransform | str | None = "default",
         outcome_transform: OutcomeTransform | str | None = "default",
         max_cholesky_size: int = 4096,
     ) -> None:
@@ -146,9 +181,14 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
                 ``train_Yvar``).
             shared_hyperparameters: For ``m > 1``: one kernel and one noise level for all outputs (each output
                 keeps its own constant mean) instead of one set per output. The outputs stay independent GPs.
-            input_transform: Optional BoTorch ``InputTransform`` (e.g. ``Normalize(d)``).
-            outcome_transform: ``"default"`` (``Standardize(m, batch_shape)``), ``None`` or a BoTorch
-                ``OutcomeTransform``. Predictions and posteriors are always in the original units.
+            input_transform: ``"default"``: with the default kernel, :func:`default_input_transform` (the
+                training inputs' bounding box onto the unit cube, the scale the default priors assume); with a
+                custom ``covar_module`` none (its inputs may be indices or angles). ``None`` or a BoTorch
+                ``InputTransform`` otherwise.
+            outcome_transform: ``"default"`` (:func:`default_outcome_transform`: every output standardised, also
+                outputs of size 1e-12), ``None`` or a BoTorch ``OutcomeTransform``. A transform in training mode
+                (as built) is fitted to ``train_Y``; one in eval mode is applied with its stored parameters. Predictions
+                and posteriors are always in the original units.
             max_cholesky_size: Use Cholesky (exact) algebra up to this many training points per batch member;
                 above, GPyTorch's CG/Lanczos approximations.
 
@@ -156,6 +196,11 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
             TypeError, ValueError: For tensors of the wrong type, shape or dtype, NaN/inf values, negative noise
                 or an unknown ``outcome_transform``.
         """
+        if not isinstance(train_X, Tensor) or not train_X.is_floating_point():
+            train_X = as_tensor("train_X", train_X, dtype=None)
+        train_Y = as_tensor("train_Y", train_Y, dtype=train_X.dtype, device=train_X.device)
+        if train_Yvar is not None:
+            train_Yvar = as_tensor("train_Yvar", train_Yvar, dtype=train_X.dtype, device=train_X.device)
         check_tensor("train_X", train_X, floating=True)
         check_tensor("train_Y", train_Y, floating=True)
         if train_X.dim() < 2:
@@ -180,8 +225,6 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
                 f"Need at least one point, one input dimension and one output; got train_X {tuple(train_X.shape)}, "
                 f"train_Y {tuple(train_Y.shape)}."
             )
-        if train_Y.dtype != train_X.dtype:
-            raise TypeError(f"`train_X` ({train_X.dtype}) and `train_Y` ({train_Y.dtype}) must share a dtype.")
         if train_Yvar is not None:
             check_tensor("train_Yvar", train_Yvar, floating=True)
             if train_Yvar.shape != train_Y.shape:
@@ -195,28 +238,35 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
         if not isinstance(shared_hyperparameters, bool):
             raise TypeError(f"`shared_hyperparameters` must be a bool, got {type(shared_hyperparameters).__name__}.")
         check_positive("max_cholesky_size", max_cholesky_size, integer=True)
+        outcome_kind = "custom" if isinstance(outcome_transform, OutcomeTransform) else outcome_transform
         if isinstance(outcome_transform, str):
             if outcome_transform != "default":
                 raise ValueError(
                     f"Unknown `outcome_transform`={outcome_transform!r}; expected 'default', None or a BoTorch "
                     "OutcomeTransform."
                 )
-            outcome_transform = Standardize(m=train_Y.shape[-1], batch_shape=train_X.shape[:-2])
+            outcome_transform = default_outcome_transform(train_Y.shape[-1], train_X.shape[:-2])
         elif outcome_transform is not None and not isinstance(outcome_transform, OutcomeTransform):
             raise TypeError(
                 "`outcome_transform` must be 'default', None or a BoTorch OutcomeTransform, "
                 f"got {type(outcome_transform).__name__}."
             )
-        if input_transform is not None and not isinstance(input_transform, InputTransform):
+        input_kind = "custom" if isinstance(input_transform, InputTransform) else input_transform
+        if isinstance(input_transform, str):
+            check_option("input_transform", input_transform, ("default",))
+            input_transform = default_input_transform(train_X) if covar_module is None else None
+            input_kind = "default" if input_transform is not None else None
+        elif input_transform is not None and not isinstance(input_transform, InputTransform):
             raise TypeError(
-                f"`input_transform` must be a BoTorch InputTransform, got {type(input_transform).__name__}."
+                "`input_transform` must be 'default', None or a BoTorch InputTransform, "
+                f"got {type(input_transform).__name__}."
             )
+        original_data = (train_X, train_Y, train_Yvar)
 
         self._validate_tensor_args(X=train_X, Y=train_Y, Yvar=train_Yvar)
         with torch.no_grad():
             transformed_X = self.transform_inputs(X=train_X, input_transform=input_transform)
         if outcome_transform is not None:
-            outcome_transform.train()
             train_Y, train_Yvar = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=transformed_X)
         validate_input_scaling(
             train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=covar_module is not None
@@ -250,12 +300,22 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
             self.input_transform = input_transform
         self.shared_hyperparameters = shared_hyperparameters
         self.max_cholesky_size = max_cholesky_size
-        self.fit_result: FitResult | None = None
+        #: The optimisation record of :meth:`fit` (``None`` before it).
+        self.fit_result_: FitResult | None = None
         #: Fit with the closed-form-gradient exact MLL when the model is in its family (see :meth:`fit`).
         self.fast_mll = True
         self._fit_jitter: float | None = None
         self._d = train_X.shape[-1]
+        #: Training data in original units (inputs before the input transform, outputs before standardisation).
+        self._original_data = original_data
         given = {"likelihood": likelihood_given, "mean_module": mean_module, "covar_module": covar_module}
+        self._config = {
+            "shared_hyperparameters": shared_hyperparameters,
+            "max_cholesky_size": max_cholesky_size,
+            "custom_modules": sorted(name for name, module in given.items() if module is not None),
+            "input_transform": input_kind,
+            "outcome_transform": outcome_kind,
+        }
         defaults = tuple(name for name, module in given.items() if module is None)
         self._default_modules = defaults
         self._output_dims = self._find_output_dims(defaults)
@@ -283,7 +343,7 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
                 stack.enter_context(
                     gpytorch.settings.cholesky_jitter(float_value=self._fit_jitter, double_value=self._fit_jitter)
                 )
-                # the jitter is known and reported in fit_result; do not warn about it at every prediction
+                # the jitter is known and reported in fit_result_; do not warn about it at every prediction
                 stack.enter_context(warnings.catch_warnings())
                 warnings.filterwarnings("ignore", message="A not p.d., added jitter")
             yield
@@ -309,7 +369,7 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
                 ``progress``, ``max_jitter``, ``optimizer``, ...).
 
         Returns:
-            The model itself (in eval mode); the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result``.
+            The model itself (in eval mode); the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result_``.
         """
         self._fit_jitter = None
         # the closed-form-gradient loss (same value as GPyTorch's MLL) for the kernels it covers; GPyTorch otherwise
@@ -323,8 +383,9 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
                 result = fit(ExactMarginalLogLikelihood(self.likelihood, self), **kwargs)
         default = gpytorch.settings.cholesky_jitter.value(self.train_inputs[0].dtype)
         self._fit_jitter = result.jitter if result.jitter > default else None
-        self.fit_result = result
+        self.fit_result_ = result
         self.prediction_strategy = None
+        self._fitted = True
         return self
 
     @torch.no_grad()
@@ -356,14 +417,13 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
             The mean, a ``broadcast(test_batch_shape, batch_shape) x N x m`` tensor, and with ``return_std`` the
             standard deviation of the same shape.
         """
-        check_tensor("X", X, floating=True)
+        X = as_tensor("X", X, dtype=self.dtype, device=self.device)
         if X.dim() < 2 or X.shape[-1] != self._d:
             raise ValueError(f"`X` must be `batch_shape x N x {self._d}`, got shape {tuple(X.shape)}.")
         check_positive("chunk_size", chunk_size, integer=True)
-        X = X.to(self.train_inputs[0])
         self.eval()
         with self.numerics():
-            fast = self._marginal_predictor(observation_noise) if self._fast_predict_ok() else None
+            fast = self._marginal_predictor(observation_noise, return_std) if self._fast_predict_ok() else None
             means, variances = [], []
             for start in range(0, X.shape[-2], chunk_size):
                 Xc = X[..., start : start + chunk_size, :]
@@ -387,14 +447,16 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
         # change the posterior's family, so their moments come from ``posterior``
         return octf is None or bool(getattr(octf, "_is_linear", False))
 
-    def _marginal_predictor(self, observation_noise: bool) -> Any:
-        r"""A function ``Xc (test_batch x q x d) -> (mean, variance)`` (each ``batch x q x m``) for :meth:`predict`."""
+    def _marginal_predictor(self, observation_noise: bool, want_variance: bool = True) -> Any:
+        r"""A function ``Xc (test_batch x q x d) -> (mean, variance)`` (each ``batch x q x m``) for :meth:`predict`;
+        without ``want_variance`` the variance is ``None`` and its triangular solves are skipped (mean-only
+        prediction costs one ``q x n`` cross-covariance and a matrix-vector product per chunk)."""
         m = self._num_outputs
         train_X = self.train_inputs[0]  # eval mode: transformed inputs, ``batch_shape x (m) x n x d``
         prior = self.forward(train_X)
         noisy = self.likelihood(prior, train_X)
         chol = psd_safe_cholesky(to_dense(noisy.lazy_covariance_matrix))
-        resid = (self.train_targets - prior.mean).unsqueeze(-1)
+        resid = (self.train_targets - prior.mean).unsqueeze(-1)  # one Cholesky per call, shared by every chunk
         alpha = torch.cholesky_solve(resid, chol).squeeze(-1)  # ``batch_shape x (m) x n``
         noise = None
         if observation_noise:
@@ -413,14 +475,14 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
                 Xq = Xq.unsqueeze(-3).expand(batch + (m,) + Xt.shape[-2:])
             cross = to_dense(self.covar_module(Xq, Xtr))  # ``batch x (m) x q x n``
             mean = self.mean_module(Xq) + (cross @ alpha.unsqueeze(-1)).squeeze(-1)
+            mean = mean.mT if m > 1 else mean.unsqueeze(-1)  # ``batch x q x m``
+            if not want_variance:
+                return (mean if octf is None else octf.untransform(mean, None, X=Xt)[0]), None
             v = torch.linalg.solve_triangular(chol.expand(cross.shape[:-2] + chol.shape[-2:]), cross.mT, upper=False)
             var = to_dense(self.covar_module(Xq, diag=True)) - v.pow(2).sum(-2)
             if noise is not None:
                 var = var + noise
-            if m > 1:  # ``batch x m x q`` -> ``batch x q x m``
-                mean, var = mean.mT, var.mT
-            else:
-                mean, var = mean.unsqueeze(-1), var.unsqueeze(-1)
+            var = var.mT if m > 1 else var.unsqueeze(-1)
             if octf is not None:
                 mean, var = octf.untransform(mean, var, X=Xt)
             return mean, var
@@ -485,6 +547,9 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
             An :class:`ExactGPModel` with ``n + n'`` training points and batch shape ``batch_shape'`` broadcast
             with the model's.
         """
+        if self.prediction_strategy is None:  # GPyTorch conditions only a model that has predicted once
+            with torch.no_grad():
+                ExactGPModel.posterior(self, self.train_data[0][..., :1, :])
         with self.numerics():
             return super().condition_on_observations(X, Y, **kwargs)
 
@@ -575,3 +640,131 @@ class ExactGPModel(BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
             new.outcome_transform = new.outcome_transform.subset_output(idcs=list(idcs))
         new._output_dims = new._find_output_dims(new._default_modules)
         return new
+
+    # ---------------------------------------------------------------------------------------------------------
+    # the model contract: data, rebuild, files, devices, repr
+
+    def _check_fitted(self) -> None:
+        r"""An exact GP predicts with any hyperparameters, fitted or not: nothing to check."""
+
+    @property
+    def train_data(self) -> tuple[Tensor, Tensor]:
+        r"""The training data in original units: ``train_X`` (``batch_shape x n x d``, before the input transform)
+        and ``train_Y`` (``batch_shape x n x m``, before the outcome transform)."""
+        return self._original_data[0], self._original_data[1]
+
+    def rebuild_with(self, X: Tensor, Y: Tensor, Yvar: Tensor | None = None) -> ExactGPModel:
+        r"""The model rebuilt from scratch on its training data plus ``(X, Y)`` with the same hyperparameters and
+        the same (fixed) input and outcome transforms, without optimisation: the reference that
+        ``condition_on_observations(X, Y)`` must equal (:func:`gpgeom.botorch.check_botorch_model`, ``refit=``).
+
+        Args:
+            X: ``batch' x n' x d`` new inputs (original units), broadcastable with the model's batch shape.
+            Y: ``batch' x n' x m`` new outputs (original units).
+            Yvar: ``batch' x n' x m`` noise variances of the new outputs (fixed-noise models only).
+
+        Returns:
+            An :class:`ExactGPModel` on ``n + n'`` points, in eval mode.
+        """
+        X0, Y0, V0 = self._original_data
+        X = as_tensor("X", X, dtype=self.dtype, device=self.device)
+        Y = as_tensor("Y", Y, dtype=self.dtype, device=self.device)
+        batch = torch.broadcast_shapes(X0.shape[:-2], X.shape[:-2], Y.shape[:-2])
+        cat = lambda a, b: torch.cat([a.expand(*batch, *a.shape[-2:]), b.expand(*batch, *b.shape[-2:])], -2)  # noqa: E731
+        Yvar_all = None
+        if V0 is not None:
+            if Yvar is None:
+                raise ValueError("A fixed-noise model needs `Yvar` for the new observations.")
+            Yvar_all = cat(V0, as_tensor("Yvar", Yvar, dtype=self.dtype, device=self.device))
+        frozen = {}
+        for name in ("input_transform", "outcome_transform"):
+            module = getattr(self, name, None)
+            frozen[name] = copy.deepcopy(module).eval() if module is not None else None
+        new = ExactGPModel(
+            cat(X0, X),
+            cat(Y0, Y),
+            Yvar_all,
+            covar_module=copy.deepcopy(self.covar_module),
+            mean_module=copy.deepcopy(self.mean_module),
+            likelihood=copy.deepcopy(self.likelihood) if V0 is None else None,
+            shared_hyperparameters=self.shared_hyperparameters,
+            input_transform=frozen["input_transform"],
+            outcome_transform=frozen["outcome_transform"],
+            max_cholesky_size=self.max_cholesky_size,
+        )
+        new._fit_jitter = self._fit_jitter
+        return new.eval()
+
+    def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
+        data = self.__dict__.get("_original_data")
+        if data is not None:
+            self._original_data = tuple(None if t is None else t.to(device=device, dtype=dtype) for t in data)
+        self.prediction_strategy = None
+
+    def _get_state(self) -> dict[str, Any]:
+        X, Y, Yvar = self._original_data
+        return {
+            "train_X": X,
+            "train_Y": Y,
+            "train_Yvar": Yvar,
+            "config": dict(self._config),
+            "module_state": self.state_dict(),
+            "fit_jitter": self._fit_jitter,
+            "fast_mll": bool(self.fast_mll),
+        }
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any], **modules: Any) -> ExactGPModel:
+        r"""Rebuild from :meth:`_get_state`. Custom modules (kernel, mean, likelihood, transforms) are not stored
+        (no code is unpickled): pass them to :meth:`load` by name (``covar_module=...``), freshly built."""
+        cfg = state["config"]
+        need = list(cfg["custom_modules"])
+        need += [name for name in ("input_transform", "outcome_transform") if cfg[name] == "custom"]
+        missing = [name for name in need if modules.get(name) is None]
+        if missing:
+            raise ModelFileError(
+                f"This ExactGPModel file was written with a custom {', '.join(missing)}, which a file cannot hold; "
+                f"pass {', '.join(f'{n}=...' for n in missing)} (built as for the saved model) to ExactGPModel.load."
+            )
+        unknown = set(modules) - set(need)
+        if unknown:
+            raise TypeError(f"ExactGPModel.load got unexpected arguments {sorted(unknown)}; this file needs {need}.")
+        kwargs = {name: modules.get(name) for name in ("covar_module", "mean_module", "likelihood")}
+        for name in ("input_transform", "outcome_transform"):
+            kwargs[name] = modules[name] if cfg[name] == "custom" else cfg[name]
+        model = cls(
+            state["train_X"],
+            state["train_Y"],
+            state["train_Yvar"],
+            shared_hyperparameters=cfg["shared_hyperparameters"],
+            max_cholesky_size=cfg["max_cholesky_size"],
+            **kwargs,
+        )
+        model.load_state_dict(state["module_state"])
+        model._fit_jitter = state["fit_jitter"]
+        model.fast_mll = state["fast_mll"]
+        return model.eval()
+
+    def _repr_fields(self) -> dict[str, Any]:
+        X, Y, _ = self._original_data
+        fields: dict[str, Any] = {"n": X.shape[-2], "d": X.shape[-1], "m": Y.shape[-1]}
+        if len(X.shape) > 2:
+            fields["batch_shape"] = tuple(X.shape[:-2])
+        kernel = self.covar_module
+        base = getattr(kernel, "base_kernel", kernel)
+        name = type(base).__name__
+        if getattr(base, "nu", None) is not None:
+            name += f"(nu={float(base.nu):g})"
+        fields["kernel"] = name
+        with torch.no_grad():
+            if getattr(base, "lengthscale", None) is not None:
+                fields["lengthscale"] = base.lengthscale.detach().squeeze()
+            if hasattr(kernel, "outputscale"):
+                fields["outputscale"] = kernel.outputscale.detach().squeeze()
+            noise = getattr(self.likelihood, "noise", None)
+            if noise is not None:
+                fields["noise"] = noise.detach().squeeze()
+        if self.shared_hyperparameters:
+            fields["shared_hyperparameters"] = True
+        fields["dtype"] = self.dtype
+        return fields

@@ -26,7 +26,7 @@ Around the optimiser, :func:`fit` adds what users of raw GPyTorch/BoTorch ask fo
   ``torch.linalg.LinAlgError``), the attempt is rerun from its starting point with
   ``gpytorch.settings.cholesky_jitter`` ten times larger, from the dtype's default (1e-8 for float64, 1e-6 for
   float32) up to ``max_jitter``. Past that, :class:`gpgeom.errors.NotPSDError` is raised with the remedies.
-* **progress**: a tqdm bar per attempt showing the loss (``progress=False`` prints nothing).
+* **progress**: a tqdm bar per attempt showing the loss, by gpgeom's one rule (:mod:`gpgeom._progress`).
 * **seeds**: ``seed`` makes restarts (and minibatch shuffling) reproducible without touching the caller's global
   random state.
 
@@ -56,8 +56,8 @@ from linear_operator.utils.errors import NanError
 from linear_operator.utils.errors import NotPSDError as _LONotPSDError
 from scipy.optimize import Bounds, minimize
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from gpgeom._progress import progress_bar
 from gpgeom._validation import check_option, check_positive
 from gpgeom.errors import NotPSDError
 
@@ -485,13 +485,17 @@ def _lr_factor_fn(
         return None
     if isinstance(lr_schedule, str):
         if lr_schedule != "cosine":
-            raise ValueError(f"Unknown `lr_schedule`={lr_schedule!r}; expected None, one of {_LR_SCHEDULES} or a "
-                             "callable epoch -> factor.")
+            raise ValueError(
+                f"Unknown `lr_schedule`={lr_schedule!r}; expected None, one of {_LR_SCHEDULES} or a "
+                "callable epoch -> factor."
+            )
         phi = float(lr_final_fraction)
         return lambda e: phi + (1.0 - phi) * 0.5 * (1.0 + math.cos(math.pi * e / epochs))
     if not callable(lr_schedule):
-        raise TypeError(f"`lr_schedule` must be None, one of {_LR_SCHEDULES} or a callable epoch -> factor, got "
-                        f"{type(lr_schedule).__name__}.")
+        raise TypeError(
+            f"`lr_schedule` must be None, one of {_LR_SCHEDULES} or a callable epoch -> factor, got "
+            f"{type(lr_schedule).__name__}."
+        )
     return lr_schedule
 
 
@@ -589,7 +593,7 @@ def fit(
     epochs: int = 500,
     patience: int = 20,
     rel_tol: float = 1e-4,
-    progress: bool = True,
+    progress: bool | None = None,
     seed: int | None = None,
     max_jitter: float = 1e-4,
 ) -> FitResult:
@@ -623,7 +627,8 @@ def fit(
         patience: Adam stops when the smoothed loss has not improved by a relative ``rel_tol`` for this many
             consecutive epochs.
         rel_tol: Relative improvement that resets the patience counter.
-        progress: Show a tqdm progress bar (attempt and loss). ``False`` prints nothing.
+        progress: A tqdm progress bar (attempt and loss): ``True``, ``False``, or ``None`` (the default: shown in a
+            terminal or notebook, not in logs or tests; see :mod:`gpgeom._progress`).
         seed: Seed for the restarts' starting points and minibatch order; the caller's global random state is
             left untouched. ``None`` uses the global random state.
         max_jitter: The largest Cholesky jitter to escalate to before giving up.
@@ -731,12 +736,11 @@ def fit(
             result: _Attempt | None = None
             reason = ""
             while True:
-                bar = tqdm(
+                bar = progress_bar(
                     total=total,
                     desc=f"fit {name} attempt {attempt + 1}/{restarts + 1}",
-                    disable=not progress,
+                    progress=progress,
                     leave=False,
-                    dynamic_ncols=True,
                 )
                 try:
                     with _jitter_context(levels[level]):
@@ -744,7 +748,16 @@ def fit(
                             result = _run_lbfgs(module, full_loss, params, bounds, max_iter, bar)
                         else:
                             result = _run_adam(
-                                module, batch_loss, batches, params, bounds, lr, epochs, patience, rel_tol, bar,
+                                module,
+                                batch_loss,
+                                batches,
+                                params,
+                                bounds,
+                                lr,
+                                epochs,
+                                patience,
+                                rel_tol,
+                                bar,
                                 lr_factor=lr_factor,
                             )
                     bar.set_postfix(loss=f"{result.loss:.5g}", refresh=True)

@@ -45,7 +45,6 @@ class SDE(NamedTuple):
     Pinf: Tensor | None
 
 
-
 def discretize(F: Tensor, L: Tensor, Qc: Tensor, dt: Tensor) -> tuple[Tensor, Tensor]:
     r"""Exact discretisation of :math:`\mathrm dx = F x\,\mathrm dt + L\,\mathrm d\beta` over steps ``dt``
     by Van Loan's matrix exponential (Van Loan 1978; Särkkä & Solin 2019, sec. 6.3):
@@ -88,7 +87,6 @@ def discretize(F: Tensor, L: Tensor, Qc: Tensor, dt: Tensor) -> tuple[Tensor, Te
         Q = 0.5 * (Q + Q.transpose(-1, -2))
         Phi = Phi @ Phi
     return Phi, Q
-
 
 
 def time_column(name: str, x: Tensor) -> Tensor:

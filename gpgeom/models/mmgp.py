@@ -243,7 +243,7 @@ class MMGPModelList(ModelListGP):
     @property
     def fit_results(self) -> list[Any]:
         r"""The :class:`~gpgeom.engine.fitting.FitResult` of every group."""
-        return [g.fit_result for g in self.models]
+        return [g.fit_result_ for g in self.models]
 
 
 @dataclass

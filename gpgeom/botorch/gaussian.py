@@ -1,0 +1,288 @@
+r"""The shared posterior and conditioning code of gpgeom's BoTorch adapters that are not GPyTorch ``ExactGP`` s.
+
+A :class:`GaussianSurrogate` is a model whose predictive distribution at any finite set of inputs is jointly
+Gaussian: a *base* mean function :math:`\mu(x) \in \mathbb R^m`, a base covariance function
+:math:`C(x, x') \in \mathbb R^{m \times m}` (the model's own posterior: the low-rank weight-space GP of RVGP, the
+Gaussian approximation of FunBaT's posterior over entries, ...) and an observation-noise variance
+:math:`\sigma^2(x) \in \mathbb R^m_{\ge 0}`. Subclasses give those three functions; this class turns them into
+everything BoTorch asks of a surrogate, with one code path for all of them:
+
+* ``posterior(X)`` over ``broadcast(batch, batch_shape) x q x m``: a ``GPyTorchPosterior`` of the joint Gaussian
+  (``MultitaskMultivariateNormal`` for ``m > 1``), with ``output_indices``, ``observation_noise`` (``True``: add
+  :math:`\sigma^2(X)`; a tensor: add it) and ``posterior_transform``;
+* ``condition_on_observations(X, Y, noise=None)``: Bayes' rule for the Gaussian model
+  :math:`Y = f(X) + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \mathrm{diag}(\sigma^2(X)))` (or the given
+  ``noise``). With the observations :math:`c` stacked (points-major, outputs interleaved),
+
+  .. math:: \mu_{\mid c}(x) = \mu(x) + C(x, c)\,[C(c, c) + N_c]^{-1} (Y_c - \mu(c)), \qquad
+            C_{\mid c}(x, x') = C(x, x') - C(x, c)\,[C(c, c) + N_c]^{-1} C(c, x'),
+
+  the Schur complement of the joint Gaussian of :math:`(f(c) + \varepsilon_c, f(x))`. For a base that is an exact
+  GP posterior, this *is* the posterior of the GP refitted on the union of the data with the same
+  hyperparameters (Rasmussen & Williams 2006, eq. 2.19, applied twice); conditioning twice concatenates the data;
+* ``fantasize`` (BoTorch's ``FantasizeMixin``: sample :math:`Y` from ``posterior(X, observation_noise=True)``, then
+  condition on it) and ``subset_output``;
+* :meth:`GaussianSurrogate.predict`: chunked marginal means and standard deviations (no ``q x q`` covariance).
+
+Shapes: inputs ``batch x q x d`` (``d`` as the subclass defines its inputs), outputs ``batch x q x m``; the joint
+covariance is ``batch x (q m) x (q m)`` with row ``i m + a`` for output ``a`` at point ``i``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from botorch.acquisition.objective import PosteriorTransform
+from botorch.models.model import FantasizeMixin, Model
+from botorch.posteriors import GPyTorchPosterior
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from linear_operator import to_linear_operator
+from linear_operator.utils.cholesky import psd_safe_cholesky
+from torch import Tensor
+
+from gpgeom._validation import check_positive
+
+__all__ = ["GaussianSurrogate"]
+
+
+class _Block:
+    r"""Observations added by one ``condition_on_observations`` call: inputs ``batch x n x d``, values and noise
+    ``batch x n x k`` of the ``k`` outputs ``outputs`` (indices into the base's ``m``)."""
+
+    __slots__ = ("X", "Y", "noise", "outputs")
+
+    def __init__(self, X: Tensor, Y: Tensor, noise: Tensor, outputs: list[int]) -> None:
+        self.X, self.Y, self.noise, self.outputs = X, Y, noise, outputs
+
+
+class GaussianSurrogate(Model, FantasizeMixin):
+    r"""Base of BoTorch surrogates with a jointly Gaussian predictive (see the module docstring).
+
+    Subclasses implement :meth:`_base_mean`, :meth:`_base_covariance` and :meth:`_noise_variance` (and may
+    override :meth:`_base_variance` with a cheaper diagonal, :meth:`_check_inputs` and :attr:`_base_batch_shape`),
+    and set ``self._base_num_outputs``. Everything is in the model's original output units.
+    """
+
+    _is_fully_bayesian = False
+    _is_ensemble = False
+    #: BoTorch's ``FantasizeMixin.fantasize`` reads ``model.likelihood`` (a fixed-noise check); none here.
+    likelihood = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # what subclasses provide
+    def _base_mean(self, X: Tensor) -> Tensor:
+        r"""Base mean at ``X`` (``batch x q x d``): ``batch x q x m``."""
+        raise NotImplementedError
+
+    def _base_covariance(self, X1: Tensor, X2: Tensor) -> Tensor:
+        r"""Base covariance between ``X1`` (``batch x q1 x d``) and ``X2`` (``batch x q2 x d``), batches broadcast:
+        ``batch x (q1 m) x (q2 m)``, row ``i m + a`` = output ``a`` at point ``i``."""
+        raise NotImplementedError
+
+    def _base_variance(self, X: Tensor) -> Tensor:
+        r"""Base marginal variances at ``X``: ``batch x q x m`` (default: the diagonal of :meth:`_base_covariance`)."""
+        m = self._base_num_outputs
+        cov = self._base_covariance(X, X)
+        return torch.diagonal(cov, dim1=-2, dim2=-1).reshape(*cov.shape[:-2], -1, m)
+
+    def _noise_variance(self, X: Tensor) -> Tensor:
+        r"""Observation-noise variance at ``X``: ``batch x q x m`` (broadcastable)."""
+        raise NotImplementedError
+
+    def _check_inputs(self, X: Tensor) -> Tensor:
+        r"""Validate (and convert) BoTorch inputs ``batch x q x d``; the default only checks the dimensions."""
+        if not isinstance(X, Tensor) or X.dim() < 2:
+            raise ValueError(
+                f"`X` must be a `batch x q x d` tensor, got {tuple(X.shape) if isinstance(X, Tensor) else type(X)}."
+            )
+        return X
+
+    @property
+    def _base_batch_shape(self) -> torch.Size:
+        r"""Batch shape of the base model (``torch.Size([])`` unless a subclass is batched)."""
+        return torch.Size([])
+
+    # ------------------------------------------------------------------------------------------------------------
+    # BoTorch attributes
+    @property
+    def _conditioning(self) -> list[_Block]:
+        return self.__dict__.setdefault("_blocks", [])
+
+    @property
+    def _outputs(self) -> list[int]:
+        out = self.__dict__.get("_output_subset")
+        return list(range(self._base_num_outputs)) if out is None else out
+
+    @property
+    def num_outputs(self) -> int:
+        r"""Number of outputs ``m`` (after ``subset_output``)."""
+        return len(self._outputs)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        r"""The base batch shape broadcast with the batch shapes of the conditioning data (fantasies add theirs)."""
+        shape = self._base_batch_shape
+        for block in self._conditioning:
+            shape = torch.broadcast_shapes(shape, block.X.shape[:-2])
+        return shape
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the conditioned joint
+    def _conditioned(self, X: Tensor, want_cov: bool) -> tuple[Tensor, Tensor]:
+        r"""Mean ``batch x q x m`` and covariance ``batch x (q m) x (q m)`` (``want_cov``) or variances
+        ``batch x q x m`` of all ``m`` base outputs at ``X``, conditioned on every stored block."""
+        m = self._base_num_outputs
+        blocks = self._conditioning
+        batch = torch.broadcast_shapes(X.shape[:-2], self.batch_shape)
+        Xb = X.expand(*batch, *X.shape[-2:])
+        mean = self._base_mean(Xb).expand(*batch, X.shape[-2], m)
+        second = self._base_covariance(Xb, Xb) if want_cov else self._base_variance(Xb)
+        if not blocks:
+            return mean, second
+        Xc = torch.cat([b.X.expand(*batch, *b.X.shape[-2:]) for b in blocks], dim=-2)
+        rows, values, noises, start = [], [], [], 0
+        for b in blocks:
+            n = b.X.shape[-2]
+            idx = torch.arange(n, device=X.device)[:, None] * m + torch.tensor(b.outputs, device=X.device)
+            rows.append(start * m + idx.reshape(-1))
+            values.append(b.Y.expand(*batch, n, len(b.outputs)).reshape(*batch, -1))
+            noises.append(b.noise.expand(*batch, n, len(b.outputs)).reshape(*batch, -1))
+            start += n
+        rows_t = torch.cat(rows)
+        y_c = torch.cat(values, dim=-1)
+        noise_c = torch.cat(noises, dim=-1)
+        mu_c = self._base_mean(Xc).expand(*batch, Xc.shape[-2], m).reshape(*batch, -1)[..., rows_t]
+        K_cc = self._base_covariance(Xc, Xc)[..., rows_t[:, None], rows_t]
+        K_cc = K_cc + torch.diag_embed(noise_c.to(K_cc))
+        K_xc = self._base_covariance(Xb, Xc)[..., rows_t]  # batch x (q m) x n_c
+        L = psd_safe_cholesky(0.5 * (K_cc + K_cc.mT))
+        A = torch.linalg.solve_triangular(L, K_xc.mT, upper=False)  # batch x n_c x (q m)
+        r = torch.linalg.solve_triangular(L, (y_c - mu_c).unsqueeze(-1), upper=False)
+        mean = mean + (A.mT @ r).squeeze(-1).reshape(mean.shape)
+        if want_cov:
+            return mean, second - A.mT @ A
+        return mean, second - A.square().sum(-2).reshape(second.shape)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # BoTorch API
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: PosteriorTransform | None = None,
+        **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        r"""The joint Gaussian posterior at ``X``.
+
+        Args:
+            X: A ``batch x q x d`` tensor of inputs.
+            output_indices: Outputs to keep (indices into the ``num_outputs`` outputs; all by default).
+            observation_noise: ``True`` adds the model's noise variance, a ``batch x q x m`` tensor adds that.
+            posterior_transform: Optional BoTorch ``PosteriorTransform``.
+
+        Returns:
+            A ``GPyTorchPosterior`` over ``broadcast(batch, batch_shape) x q x m'``.
+        """
+        self.eval()
+        X = self._check_inputs(X)
+        q, m = X.shape[-2], self._base_num_outputs
+        mean, cov = self._conditioned(X, want_cov=True)
+        outputs = self._outputs
+        if output_indices is not None:
+            output_indices = list(output_indices)
+            if not output_indices or any(not 0 <= i < len(outputs) for i in output_indices):
+                raise ValueError(
+                    f"`output_indices` must be a non-empty list of indices in range({len(outputs)}), "
+                    f"got {output_indices}."
+                )
+            outputs = [outputs[i] for i in output_indices]
+        if isinstance(observation_noise, Tensor):
+            extra = torch.zeros_like(mean)
+            extra[..., outputs] = observation_noise.to(mean).expand(*mean.shape[:-1], len(outputs))
+            cov = cov + torch.diag_embed(extra.reshape(*cov.shape[:-1]))
+        elif observation_noise:
+            noise = self._noise_variance(X).to(mean).expand(mean.shape)
+            cov = cov + torch.diag_embed(noise.reshape(*cov.shape[:-1]))
+        if outputs != list(range(m)):
+            sel = (torch.arange(q, device=X.device)[:, None] * m + torch.tensor(outputs, device=X.device)).reshape(-1)
+            mean, cov = mean[..., outputs], cov[..., sel[:, None], sel]
+        cov = to_linear_operator(0.5 * (cov + cov.mT))
+        if len(outputs) == 1:
+            dist = MultivariateNormal(mean[..., 0], cov)
+        else:
+            dist = MultitaskMultivariateNormal(mean, cov, interleaved=True)
+        post = GPyTorchPosterior(dist)
+        return post if posterior_transform is None else posterior_transform(post)
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any):
+        r"""A model also conditioned on observations ``Y`` at ``X`` (no refit, hyperparameters shared).
+
+        Args:
+            X: A ``batch' x n' x d`` tensor of inputs (broadcastable with ``batch_shape``).
+            Y: A ``batch' x n' x m`` tensor of observations, original units (``m = num_outputs``).
+            noise: Optional ``batch' x n' x m`` observation-noise variances; default: the model's noise at ``X``.
+
+        Returns:
+            A model of the same class, batch shape ``broadcast(batch', batch_shape)``, that shares the base (and its
+            hyperparameters) and stores the new observations.
+        """
+        X = self._check_inputs(X)
+        if not isinstance(Y, Tensor) or Y.dim() < 2 or Y.shape[-2:] != (X.shape[-2], self.num_outputs):
+            raise ValueError(
+                f"`Y` must be `batch x {X.shape[-2]} x {self.num_outputs}` (one row per input, one column per output), "
+                f"got {tuple(Y.shape) if isinstance(Y, Tensor) else type(Y).__name__}."
+            )
+        if not bool(torch.isfinite(Y).all()):
+            raise ValueError("`Y` contains NaN or infinite values.")
+        outputs = self._outputs
+        if noise is None:
+            noise = self._noise_variance(X)[..., outputs]
+        elif not isinstance(noise, Tensor) or bool((noise < 0).any()):
+            raise ValueError("`noise` must be a tensor of non-negative variances shaped like `Y`.")
+        noise = noise.to(Y).expand(*torch.broadcast_shapes(noise.shape[:-2], Y.shape[:-2]), *Y.shape[-2:])
+        new = copy.copy(self)
+        new.__dict__["_blocks"] = [*self._conditioning, _Block(X, Y, noise, list(outputs))]
+        return new
+
+    def subset_output(self, idcs: list[int]) -> GaussianSurrogate:
+        r"""A view of the model restricted to outputs ``idcs`` (the joint, and any conditioning, are unchanged)."""
+        outputs = self._outputs
+        if not idcs or any(not 0 <= i < len(outputs) for i in idcs):
+            raise ValueError(f"`idcs` must be a non-empty list of output indices in range({len(outputs)}), got {idcs}.")
+        new = copy.copy(self)
+        new.__dict__["_output_subset"] = [outputs[i] for i in idcs]
+        return new
+
+    @torch.no_grad()
+    def predict(
+        self, X: Tensor, return_std: bool = False, observation_noise: bool = False, chunk_size: int = 2048
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Marginal predictive mean (and standard deviation) at ``X`` in chunks of points, never a ``q x q``
+        covariance; equal to ``posterior(X).mean`` / ``.variance.sqrt()``.
+
+        Args:
+            X: ``batch x N x d`` inputs.
+            return_std: Also return the standard deviations.
+            observation_noise: Add the observation noise to the variance.
+            chunk_size: Points per chunk.
+
+        Returns:
+            The mean, ``broadcast(batch, batch_shape) x N x m``, and with ``return_std`` the standard deviation.
+        """
+        check_positive("chunk_size", chunk_size, integer=True)
+        X = self._check_inputs(X)
+        outputs = self._outputs
+        means, stds = [], []
+        for start in range(0, X.shape[-2], chunk_size):
+            Xc = X[..., start : start + chunk_size, :]
+            mean, var = self._conditioned(Xc, want_cov=False)
+            means.append(mean[..., outputs])
+            if return_std:
+                if observation_noise:
+                    var = var + self._noise_variance(Xc).to(var).expand(var.shape)
+                stds.append(var[..., outputs].clamp_min(0.0).sqrt())
+        mean = torch.cat(means, dim=-2)
+        return (mean, torch.cat(stds, dim=-2)) if return_std else mean
