@@ -340,3 +340,69 @@ def test_bad_input_errors():
         model.predict(torch.rand(4, 2, dtype=DT), chunk_size=0)
     with pytest.raises(ValueError, match="Unknown `optimizer`='sgd'"):
         model.fit(optimizer="sgd")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the model contract (tests/contract.py), with the default modules and with a custom kernel
+
+
+def contract_query(model, as_numpy):
+    Xt = torch.linspace(0, 1, 12, dtype=DT).reshape(6, 2)
+    Xt = Xt.numpy() if as_numpy else Xt
+    return model.predict(Xt, return_std=True)
+
+
+def test_exact_gp_keeps_the_model_contract(tmp_path, data):
+    from contract import check_model_contract
+
+    X, Y = data
+    check_model_contract(
+        lambda: ExactGPModel(X, Y), lambda m: m.fit(max_iter=50), contract_query, tmp_path,
+        unfitted_save_raises=False,
+    )  # fmt: skip
+
+
+def test_exact_gp_file_with_a_custom_kernel_asks_for_it(tmp_path, data):
+    from gpytorch.kernels import RBFKernel, ScaleKernel
+
+    from gpgeom.errors import ModelFileError
+
+    X, Y = data
+    model = ExactGPModel(X, Y[:, :1], covar_module=ScaleKernel(RBFKernel())).fit(max_iter=30)
+    model.save(tmp_path / "m.pt")
+    with pytest.raises(ModelFileError, match=r"custom covar_module.*pass covar_module=\.\.\."):
+        ExactGPModel.load(tmp_path / "m.pt")
+    back = ExactGPModel.load(tmp_path / "m.pt", covar_module=ScaleKernel(RBFKernel()))
+    Xt = torch.rand(5, 2, dtype=DT)
+    torch.testing.assert_close(back.predict(Xt), model.predict(Xt), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-9, 1e-12])
+def test_tiny_outputs_reach_the_relative_error_of_unit_outputs(scale):
+    # BoTorch's Standardize leaves outputs with std < 1e-8 unscaled; then the noise floor 1e-4 swamped them
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(60, 3, dtype=DT, generator=g)
+    Xt = torch.rand(400, 3, dtype=DT, generator=g)
+
+    def f(Z):
+        return torch.sin(5 * Z[:, :1]) + Z[:, 1:2] ** 2
+
+    unit = ExactGPModel(X, f(X)).fit(max_iter=100, seed=0)
+    model = ExactGPModel(X, f(X) * scale).fit(max_iter=100, seed=0)
+    err_unit = float((unit.predict(Xt) - f(Xt)).norm() / f(Xt).norm())
+    err = float((model.predict(Xt) - scale * f(Xt)).norm() / (scale * f(Xt)).norm())
+    assert err_unit < 0.05
+    assert err <= 1.1 * err_unit + 1e-12  # within 10% (measured: equal to 4 digits)
+
+
+def test_mean_only_prediction_skips_the_variance(data, monkeypatch):
+    X, Y = data
+    model = ExactGPModel(X, Y).fit(max_iter=30)
+    Xt = torch.rand(50, 2, dtype=DT)
+    calls = []
+    real = torch.linalg.solve_triangular
+    monkeypatch.setattr(torch.linalg, "solve_triangular", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mean = model.predict(Xt)
+    assert calls == []  # no triangular solve per chunk: K* alpha only
+    torch.testing.assert_close(mean, model.predict(Xt, return_std=True)[0], rtol=0, atol=1e-12)
+    assert calls  # the variance needs them

@@ -2,6 +2,11 @@ r"""BoTorch adapters of gpgeom and the conformance check they all pass.
 
 - :class:`ExactGPModel` (:mod:`gpgeom.botorch.exact_gp`): an exact GP (GPyTorch) that is a BoTorch model, with
   input normalisation and outcome standardisation by default, chunked prediction and ``save``/``load``.
+- :class:`GaussianSurrogate` (:mod:`gpgeom.botorch.gaussian`): the one posterior/conditioning code path of the
+  adapters that are not GPyTorch ``ExactGP`` s (RVGP's low-rank GP, FunBaT): Bayes' rule on a jointly Gaussian
+  predictive, fantasies, output subsets, chunked prediction.
+- :class:`SurrogateList` (:mod:`gpgeom.botorch.model_list`): a BoTorch model list whose members have several
+  outputs each (MMGP's ``per_field`` GPs), with conditioning and fantasies grouped by member.
 - :func:`check_botorch_model` (:mod:`gpgeom.botorch.check`): what every gpgeom surrogate must satisfy, checked by
   meaning (conditioning equals a refit on the union, fantasies equal conditioning on the sampled values,
   observation noise adds the likelihood's noise, the posterior depends on the data, calibrated held-out errors).
@@ -18,6 +23,9 @@ _EXPORTS: dict[str, str] = {
     "default_covar_module": "gpgeom.botorch.exact_gp",
     "default_likelihood": "gpgeom.botorch.exact_gp",
     "check_botorch_model": "gpgeom.botorch.check",
+    "joint_moments": "gpgeom.botorch.check",
+    "GaussianSurrogate": "gpgeom.botorch.gaussian",
+    "SurrogateList": "gpgeom.botorch.model_list",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -86,15 +86,15 @@ def _rel_close(what: str, got: Tensor, want: Tensor, scale: Tensor, tol: float) 
         _fail(what, f"relative error <= {tol:g}", f"{float(err):.3g}")
 
 
-def joint_moments(post: Posterior) -> tuple[Tensor, Tensor]:
+def joint_moments(post: Posterior, detach: bool = True) -> tuple[Tensor, Tensor]:
     r"""Mean ``batch x q x m`` and joint covariance ``batch x (q m) x (q m)`` (row ``i m + a`` = output ``a`` at
     point ``i``) of a ``GPyTorchPosterior``, whatever the internal ordering of its multitask distribution."""
     if not isinstance(post, GPyTorchPosterior):
         raise TypeError(f"joint moments need a GPyTorchPosterior, got {type(post).__name__}.")
     dist = post.distribution
-    mean = post.mean.detach()
+    mean = post.mean.detach() if detach else post.mean
     q, m = mean.shape[-2], mean.shape[-1]
-    cov = dist.covariance_matrix.detach()
+    cov = dist.covariance_matrix.detach() if detach else dist.covariance_matrix
     if isinstance(dist, MultitaskMultivariateNormal) and not dist._interleaved:
         # output-major (a q + i) -> point-major (i m + a)
         perm = torch.arange(m, device=cov.device)[None, :] * q + torch.arange(q, device=cov.device)[:, None]

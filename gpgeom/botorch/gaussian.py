@@ -242,7 +242,10 @@ class GaussianSurrogate(Model, FantasizeMixin):
             noise = self._noise_variance(X)[..., outputs]
         elif not isinstance(noise, Tensor) or bool((noise < 0).any()):
             raise ValueError("`noise` must be a tensor of non-negative variances shaped like `Y`.")
-        noise = noise.to(Y).expand(*torch.broadcast_shapes(noise.shape[:-2], Y.shape[:-2]), *Y.shape[-2:])
+        batch = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2], noise.shape[:-2])
+        X = X.expand(*batch, *X.shape[-2:])
+        Y = Y.expand(*batch, *Y.shape[-2:])
+        noise = noise.to(Y).expand(*batch, *Y.shape[-2:])
         new = copy.copy(self)
         new.__dict__["_blocks"] = [*self._conditioning, _Block(X, Y, noise, list(outputs))]
         return new

@@ -1,0 +1,152 @@
+r"""A BoTorch model list of gpgeom surrogates with several outputs per member.
+
+BoTorch's ``ModelListGP`` assumes one output per member in two places: ``fantasize`` indexes the members by
+output (``IndexError`` for a list whose first member has two outputs), and ``posterior`` labels the block-diagonal
+joint of multi-output members with the wrong ordering (its marginal variances land on the wrong outputs and
+points). :class:`SurrogateList` fixes both:
+
+* ``posterior`` assembles the joint from the members' posteriors, block-diagonal across members, in BoTorch's
+  interleaved ordering, with ``output_indices``, ``observation_noise`` and ``posterior_transform``;
+
+* ``condition_on_observations(X, Y)`` splits the ``m`` columns of ``Y`` (and of ``noise``) by member, in order;
+* ``fantasize`` is BoTorch's generic rule (``FantasizeMixin``): sample all outputs from the joint posterior with
+  observation noise, then condition on the samples, so members see independent draws and a fantasy model equals
+  conditioning on the sampled values;
+* ``predict`` concatenates the members' chunked marginal predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from botorch.acquisition.objective import PosteriorTransform
+from botorch.models.model import FantasizeMixin
+from botorch.models.model_list_gp_regression import ModelListGP
+from botorch.posteriors import GPyTorchPosterior
+from botorch.sampling.base import MCSampler
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from linear_operator import to_linear_operator
+from torch import Tensor
+
+from gpgeom.botorch.check import joint_moments
+
+__all__ = ["SurrogateList"]
+
+
+class SurrogateList(ModelListGP):
+    r"""Independent BoTorch GP models on the same inputs, outputs concatenated in order (``m = sum m_k``).
+
+    Args:
+        *models: The members (e.g. :class:`~gpgeom.botorch.ExactGPModel` s with one or several outputs each).
+    """
+
+    @property
+    def output_groups(self) -> list[tuple[int, int]]:
+        r"""``(start, stop)`` output columns of every member."""
+        out, start = [], 0
+        for g in self.models:
+            out.append((start, start + g.num_outputs))
+            start += g.num_outputs
+        return out
+
+    @torch.no_grad()
+    def predict(self, X: Tensor, return_std: bool = False, observation_noise: bool = False) -> Any:
+        r"""Predictive means (and standard deviations) of all outputs, ``batch x n x m``, in the original units."""
+        outs = [g.predict(X, return_std=return_std, observation_noise=observation_noise) for g in self.models]
+        if not return_std:
+            return torch.cat(outs, -1)
+        return torch.cat([o[0] for o in outs], -1), torch.cat([o[1] for o in outs], -1)
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform: PosteriorTransform | None = None,
+        **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        r"""The joint posterior of the selected outputs at ``X``: block-diagonal across members.
+
+        Built here from the members' own posteriors: BoTorch's ``ModelListGP.posterior`` labels the joint of a list
+        whose members have several outputs as output-major while its blocks are not, so its marginal variances are
+        assigned to the wrong outputs and points (found by this project's conformance check; MMGP's
+        ``per_field`` GP list met it).
+
+        Args:
+            X: ``batch x q x d`` inputs.
+            output_indices: Outputs to keep (default all ``m``).
+            observation_noise: ``True`` adds each member's noise; a ``batch x q x m`` tensor adds that.
+            posterior_transform: Optional BoTorch ``PosteriorTransform``.
+
+        Returns:
+            A ``GPyTorchPosterior`` over ``batch x q x m'`` (``MultitaskMultivariateNormal`` with interleaved
+            covariance for ``m' > 1``).
+        """
+        m = self.num_outputs
+        wanted = list(range(m)) if output_indices is None else list(output_indices)
+        if not wanted or any(not 0 <= i < m for i in wanted):
+            raise ValueError(f"`output_indices` must be a non-empty list of indices in range({m}), got {wanted}.")
+        means, covs = [], []
+        for g, (a, b) in zip(self.models, self.output_groups):
+            local = [i - a for i in wanted if a <= i < b]
+            if not local:
+                continue
+            noise = observation_noise
+            if isinstance(observation_noise, Tensor):
+                noise = observation_noise[..., [a + j for j in local]]
+            post = g.posterior(X, output_indices=local if local != list(range(b - a)) else None,
+                               observation_noise=noise, **kwargs)  # fmt: skip
+            mean, cov = joint_moments(post, detach=False)
+            means.append(mean)
+            covs.append(cov)
+        q = X.shape[-2]
+        batch = torch.broadcast_shapes(*(mu.shape[:-2] for mu in means))
+        mean = torch.cat([mu.expand(*batch, *mu.shape[-2:]) for mu in means], dim=-1)  # batch x q x m'
+        k = mean.shape[-1]
+        cov = mean.new_zeros(*batch, q * k, q * k)
+        start = 0
+        points = torch.arange(q, device=mean.device)[:, None] * k
+        for c in covs:
+            kk = c.shape[-1] // q
+            idx = (points + start + torch.arange(kk, device=mean.device)).reshape(-1)
+            cov[..., idx[:, None], idx] = c.expand(*batch, *c.shape[-2:])
+            start += kk
+        cov = to_linear_operator(cov)
+        dist = (
+            MultivariateNormal(mean[..., 0], cov)
+            if k == 1
+            else MultitaskMultivariateNormal(mean, cov, interleaved=True)
+        )
+        post = GPyTorchPosterior(dist)
+        return post if posterior_transform is None else posterior_transform(post)
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> SurrogateList:
+        r"""Condition every member on observations at the same inputs.
+
+        Args:
+            X: ``batch x n' x d`` inputs (one tensor, as for a single model).
+            Y: ``batch x n' x m`` observations of all outputs, original units.
+            **kwargs: ``noise`` (optional, shaped like ``Y``) is split by member like ``Y``; the rest is passed on.
+        """
+        if Y.shape[-1] != self.num_outputs:
+            raise ValueError(f"`Y` must have {self.num_outputs} outputs in its last dimension, got {Y.shape[-1]}.")
+        noise = kwargs.pop("noise", None)
+        members = []
+        for g, (a, b) in zip(self.models, self.output_groups):
+            kw = dict(kwargs) if noise is None else {**kwargs, "noise": noise[..., a:b]}
+            members.append(g.condition_on_observations(X, Y[..., a:b], **kw))
+        return type(self)(*members)
+
+    def fantasize(self, X: Tensor, sampler: MCSampler, observation_noise: Tensor | None = None, **kwargs: Any):
+        r"""A fantasy model: ``Y`` drawn jointly for all outputs from ``posterior(X, observation_noise=True)``, then
+        :meth:`condition_on_observations` (BoTorch's ``FantasizeMixin.fantasize``)."""
+        if kwargs.get("evaluation_mask") is not None:
+            raise NotImplementedError("SurrogateList.fantasize does not support `evaluation_mask`.")
+        kwargs.pop("evaluation_mask", None)
+        return FantasizeMixin.fantasize(self, X, sampler, observation_noise=observation_noise, **kwargs)
+
+    @property
+    def fit_results(self) -> list[Any]:
+        r"""The :class:`~gpgeom.engine.fitting.FitResult` of every member (``fit_result_``)."""
+        return [getattr(g, "fit_result_", None) for g in self.models]
