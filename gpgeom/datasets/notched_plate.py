@@ -1,10 +1,10 @@
 r"""NotchedPlate2d: a seeded family of 2D plates with two random free-form notches, solved by P1 FEM.
 
-This is the offline substitute for the Tensile2d benchmark of MMGP (spec ``mmgp.md`` section 4). Each sample is a
-plate :math:`\Omega \subset [0, 1] \times [0, 2]` whose left and right edges carry one smooth random notch each
-on :math:`y \in [0.4, 1.6]`. The notches indent the outer boundary, so every mesh is one connected triangulated
-region with exactly **one boundary loop** (disk-like), which is what a Floater morphing onto the unit disk needs.
-Node counts and connectivity differ from sample to sample.
+This is the offline substitute for the Tensile2d benchmark of MMGP (Casenave et al., NeurIPS 2023, Sec. 4). Each
+sample is a plate :math:`\Omega \subset [0, 1] \times [0, 2]` whose left and right edges carry one smooth random
+notch each on :math:`y \in [0.4, 1.6]`. The notches indent the outer boundary, so every mesh is one connected
+triangulated region with exactly **one boundary loop** (disk-like), which is what a Floater morphing onto the unit
+disk needs. Node counts and connectivity differ from sample to sample.
 
 Geometry (per sample, all drawn from one ``numpy.random.Generator`` seeded by ``(seed, index)``):
 
@@ -61,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from gpgeom._cache import cache_dir as gpgeom_cache_dir
+from gpgeom._progress import progress_bar, resolve_progress
 from gpgeom.geometry.mesh import Mesh, boundary_loops
 
 __all__ = [
@@ -75,7 +77,6 @@ __all__ = [
     "PlaneStrainSolution",
     "PlateShape",
     "boundary_loop",
-    "default_cache_dir",
     "generate_notched_plates",
     "load_notched_plates",
     "make_notched_plate",
@@ -618,18 +619,12 @@ def _check_mesh_size(mesh_size: Any) -> tuple[float, float]:
     return lo, hi
 
 
-def default_cache_dir() -> Path:
-    r"""``$GPGEOM_CACHE`` when set, else ``~/.cache/gpgeom``."""
-    env = os.environ.get("GPGEOM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gpgeom"
-
-
 def generate_notched_plates(
     n_samples: int,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     mesh_size: float | tuple[float, float] = (0.028, 0.036),
-    progress: bool = True,
+    progress: bool | None = None,
     *,
     use_cache: bool = True,
     n_jobs: int = 1,
@@ -644,12 +639,13 @@ def generate_notched_plates(
     Args:
         n_samples: Number of samples (>= 1).
         seed: Non-negative integer seed.
-        cache_dir: Cache directory; ``None`` means :func:`default_cache_dir` (``$GPGEOM_CACHE`` or
-            ``~/.cache/gpgeom``). One ``.npz`` file per dataset, keyed by every parameter and
+        cache_dir: Cache directory; ``None`` means gpgeom's cache (:func:`gpgeom._cache.cache_dir`:
+            ``$GPGEOM_CACHE`` or ``~/.cache/gpgeom``). One ``.npz`` file per dataset, keyed by every parameter and
             :data:`DATASET_VERSION`.
         mesh_size: The boundary spacing ``h``: a range ``(low, high)`` drawn per sample, or one number. The default
             gives about 2.0k-3.7k nodes; ``0.1`` gives about 300 nodes.
-        progress: Show a progress bar (tqdm) and a timing line while generating.
+        progress: A progress bar (tqdm) and a timing line while generating: ``True``, ``False`` or ``None``
+            (gpgeom's rule: shown in a terminal or notebook, not in logs or tests; :mod:`gpgeom._progress`).
         use_cache: Read and write the cache.
         n_jobs: Worker processes for the generation (results do not depend on it).
         **options: Overrides of :data:`DEFAULT_OPTIONS`; an unknown name raises :class:`ValueError`.
@@ -673,7 +669,7 @@ def generate_notched_plates(
         config.update({k: opts[k] for k in sorted(opts)})
         text = json.dumps(config, sort_keys=True)
         key = hashlib.sha256(text.encode()).hexdigest()[:20]
-        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        root = gpgeom_cache_dir(root=cache_dir)
         path = root / f"notched_plate_{key}.npz"
         if path.exists():
             try:
@@ -682,6 +678,7 @@ def generate_notched_plates(
                 print(f"gpgeom: ignoring unreadable cache {path} ({err}); regenerating.", file=sys.stderr)
 
     t0 = time.perf_counter()
+    progress = resolve_progress(progress)
     samples = _run_generation(n_samples, seed, h_range, opts, progress, n_jobs)
     elapsed = time.perf_counter() - t0
     if progress:
@@ -696,14 +693,7 @@ def generate_notched_plates(
 
 
 def _run_generation(n, seed, h_range, opts, progress, n_jobs) -> list[NotchedPlateSample]:
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=n, desc="notched plates", unit="sample")
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = progress_bar(total=n, desc="notched plates", unit="sample", progress=progress) if progress else None
     out: list[NotchedPlateSample] = []
     try:
         if n_jobs == 1:

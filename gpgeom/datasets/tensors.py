@@ -15,7 +15,7 @@ coordinates is a training coordinate of its mode and **unseen** otherwise.
   test values. Half of the test entries (``unseen_fraction``) have at least one coordinate that no training entry
   has.
 * :func:`load_beijing_air` -- the BeijingAir tensor of the FunBaT paper (modes temperature, pressure, time;
-  target PM2.5, PM10 or SO2), preprocessed as described in ``shared/data/README.md``; :meth:`ContinuousTensor.split`
+  target PM2.5, PM10 or SO2), preprocessed as described in :func:`load_beijing_air`; :meth:`ContinuousTensor.split`
   makes the seeded random 80/20 folds.
 
 All tensors are ``torch.float64`` on the CPU (convert with ``.to(...)``).
@@ -464,12 +464,13 @@ def load_beijing_air(
 ) -> ContinuousTensor:
     r"""The BeijingAir continuous-indexed tensor of the FunBaT paper.
 
-    Preprocessing (``shared/data/README.md``): 16,965 daily station means (12 stations, 2013-03-01 to 2017-02-28);
+    Preprocessing: the hourly station files without rows that miss any kept column, averaged per (day, station):
+    16,965 daily station means (12 stations, 2013-03-01 to 2017-02-28);
     modes: temperature rounded to 0.1 °C, pressure rounded to 0.1 hPa, time = the day as epoch seconds
     (UTC midnight), standardised and rounded to 3 decimals; each mode is then scaled linearly to ``[0, 10]``;
     the target is z-scored over the whole table (sample standard deviation). With this CSV the modes have 428,
-    498 and 1461 unique coordinates (the README quotes 501 pressures: the CSV stores 6 significant digits, which
-    moves a few roundings).
+    498 and 1461 unique coordinates (501 pressures from the hourly files: the daily CSV stores 6 significant digits,
+    which moves a few roundings).
 
     Where the data come from: for PM2.5 the copy shipped in the package (``gpgeom/data/beijing_pm25.npz``) unless
     ``path`` is given or ``prefer_shipped=False``; otherwise the CSV from ``path`` (the file or its folder), the

@@ -4,15 +4,17 @@ From a point cloud :math:`X \in \mathbb{R}^{n \times D}` sampled from a (latent)
 :math:`d`, this module builds the discrete objects of vector diffusion maps (Singer & Wu, *Comm. Pure Appl. Math.*
 2012) as used by RVGP (Peach et al., ICLR 2024, arXiv 2309.16746):
 
-1. **Proximity graph** (:func:`proximity_graph`): the k-nearest-neighbour graph, symmetrised by union (or mutual
-   kNN), or the continuous kNN graph of Berry & Sauer (2019), which joins :math:`i \sim j` iff
-   :math:`\|x_i - x_j\| < \delta \sqrt{\rho_i \rho_j}` with :math:`\rho_i` the distance from :math:`x_i` to its k-th
-   neighbour.
-2. **Tangent frames** (:func:`tangent_frames`): local PCA of the ``k_pca`` nearest points around each :math:`x_i`,
-   centred at their mean; the frame :math:`T_i \in \mathbb{R}^{D \times d}` holds the top-:math:`d` right singular
-   vectors (orthonormal columns), by default tilt-corrected by a local quadratic fit (:func:`local_pca`). The
-   dimension :math:`d` is given or estimated (:func:`estimate_dimension`).
-3. **Connection** (:func:`procrustes`): for every edge the orthogonal matrix closest to :math:`T_i^\top T_j`,
+1. **Proximity graph** (:func:`~gpgeom.geometry.point_cloud.proximity_graph`): the k-nearest-neighbour graph,
+   symmetrised by union (or mutual kNN), or the continuous kNN graph of Berry & Sauer (2019), which joins
+   :math:`i \sim j` iff :math:`\|x_i - x_j\| < \delta \sqrt{\rho_i \rho_j}` with :math:`\rho_i` the distance from
+   :math:`x_i` to its k-th neighbour.
+2. **Tangent frames** (:func:`~gpgeom.geometry.tangent.tangent_frames`): local PCA of the ``k_pca`` nearest
+   points around each :math:`x_i`, centred at their mean; the frame :math:`T_i \in \mathbb{R}^{D \times d}` holds
+   the top-:math:`d` right singular vectors (orthonormal columns), by default tilt-corrected by a local quadratic fit
+   (:func:`~gpgeom.geometry.tangent.local_pca`). The dimension :math:`d` is given or estimated
+   (:func:`~gpgeom.geometry.tangent.estimate_dimension`).
+3. **Connection** (:func:`~gpgeom.geometry.tangent.procrustes`): for every edge the orthogonal matrix closest to
+   :math:`T_i^\top T_j`,
 
    .. math:: O_{ij} = \arg\min_{O \in O(d)} \|O - T_i^\top T_j\|_F = U V^\top, \qquad T_i^\top T_j = U \Sigma V^\top,
 
@@ -63,7 +65,6 @@ All arrays are numpy ``float64``; inputs may be numpy arrays, torch tensors or n
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import time
 import warnings
@@ -73,10 +74,16 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
-from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom._validation import check_option, check_positive
+from gpgeom.geometry.point_cloud import (
+    ProximityGraph,
+    _handle_duplicates,
+    as_points,
+    find_duplicates,
+    proximity_graph,
+)
+from gpgeom.geometry.tangent import _check_dim, estimate_dimension, local_pca, procrustes, tangent_frames
 
 __all__ = [
     "ConnectionLaplacian",
@@ -94,404 +101,7 @@ __all__ = [
 
 _NORMALIZATIONS = ("none", "sym", "rw")
 _WEIGHTS = ("connectivity", "gaussian")
-_METHODS = ("knn", "mutual", "cknn")
 _EIG_METHODS = ("auto", "shift-invert", "lobpcg", "dense")
-_ON_DISCONNECTED = ("warn", "raise", "ignore")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# input handling
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def as_points(name: str, x: object, *, min_points: int = 2) -> np.ndarray:
-    r"""Convert a point cloud (numpy, torch or nested sequence) to a C-contiguous ``float64`` array ``(n, D)``.
-
-    Raises:
-        TypeError: non-numeric input.
-        ValueError: not two-dimensional, non-finite entries, or fewer than ``min_points`` rows.
-    """
-    if isinstance(x, torch.Tensor):
-        check_tensor(name, x, ndim=2)
-        arr = x.detach().cpu().to(torch.float64).numpy()
-    else:
-        try:
-            arr = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"`{name}` must be a numeric array of shape (n, D), got {type(x).__name__}.") from err
-        check_tensor(name, torch.from_numpy(arr), ndim=2)
-    if arr.shape[0] < min_points or arr.shape[1] < 1:
-        raise ValueError(f"`{name}` must hold at least {min_points} point(s) of dimension >= 1, got shape {arr.shape}.")
-    return np.ascontiguousarray(arr, dtype=np.float64)
-
-
-def _default_tol(X: np.ndarray) -> float:
-    return 1e-10 * max(float(np.linalg.norm(X.max(0) - X.min(0))), np.finfo(float).tiny)
-
-
-def find_duplicates(X: object, tol: float | None = None) -> np.ndarray:
-    r"""Pairs of points closer than ``tol`` (default :math:`10^{-10}` times the bounding-box diagonal).
-
-    Args:
-        X: Points ``(n, D)``.
-        tol: Absolute distance below which two points count as duplicates.
-
-    Returns:
-        ``(p, 2)`` int64 array of index pairs ``i < j``, sorted.
-    """
-    X = as_points("X", X, min_points=1)
-    tol = _default_tol(X) if tol is None else float(tol)
-    pairs = cKDTree(X).query_pairs(tol, output_type="ndarray").astype(np.int64)
-    if len(pairs):
-        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-    return pairs.reshape(-1, 2)
-
-
-def _handle_duplicates(X: np.ndarray, policy: str, tol: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Return the points to use and their row indices in the input."""
-    check_option("duplicates", policy, ("raise", "drop"))
-    pairs = find_duplicates(X, tol)
-    if len(pairs) == 0:
-        return X, np.arange(len(X))
-    if policy == "raise":
-        shown = ", ".join(f"({i}, {j})" for i, j in pairs[:5])
-        raise ValueError(
-            f"The point cloud holds {len(pairs)} pair(s) of duplicate points (closer than the tolerance), e.g. "
-            f"{shown}. Remove them, or pass duplicates='drop' to keep the first point of each group."
-        )
-    n = len(X)
-    adj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(adj, directed=False)
-    # keep the smallest index of every group of coinciding points
-    first = np.full(labels.max() + 1, n, dtype=np.int64)
-    np.minimum.at(first, labels, np.arange(n))
-    keep = np.sort(first)
-    return X[keep], keep
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# proximity graph
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ProximityGraph:
-    r"""An undirected proximity graph on ``n`` points, stored as its edge list.
-
-    Attributes:
-        n: Number of nodes.
-        rows, cols: ``(E,)`` int64 end points of each undirected edge, ``rows < cols``, sorted, no self loops.
-        dists: ``(E,)`` Euclidean edge lengths.
-        rho: ``(n,)`` distance from each point to its k-th nearest neighbour.
-        k: Number of neighbours used.
-        method: ``"knn"``, ``"mutual"`` or ``"cknn"``.
-        n_components: Number of connected components.
-        labels: ``(n,)`` component label of each node (0 = the largest component).
-    """
-
-    n: int
-    rows: np.ndarray
-    cols: np.ndarray
-    dists: np.ndarray
-    rho: np.ndarray
-    k: int
-    method: str
-    n_components: int
-    labels: np.ndarray
-
-    @property
-    def n_edges(self) -> int:
-        return int(len(self.rows))
-
-    def adjacency(self, weights: np.ndarray | None = None) -> sp.csr_matrix:
-        r"""Symmetric ``(n, n)`` CSR adjacency with ``weights`` (``(E,)``, default 1) and a zero diagonal."""
-        w = np.ones(self.n_edges) if weights is None else np.asarray(weights, dtype=np.float64)
-        r = np.concatenate([self.rows, self.cols])
-        c = np.concatenate([self.cols, self.rows])
-        return sp.csr_matrix((np.concatenate([w, w]), (r, c)), shape=(self.n, self.n))
-
-    def degrees(self) -> np.ndarray:
-        r"""Number of neighbours of each node, ``(n,)``."""
-        return np.bincount(self.rows, minlength=self.n) + np.bincount(self.cols, minlength=self.n)
-
-
-def _unique_edges(n: int, i: np.ndarray, j: np.ndarray, *, mutual: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.minimum(i, j), np.maximum(i, j)
-    keep = a != b
-    key = a[keep].astype(np.int64) * n + b[keep]
-    key, counts = np.unique(key, return_counts=True)
-    if mutual:
-        key = key[counts >= 2]
-    return key // n, key % n
-
-
-def proximity_graph(
-    X: object,
-    k: int = 10,
-    *,
-    method: str = "knn",
-    delta: float = 1.0,
-    on_disconnected: str = "warn",
-    duplicate_tol: float | None = None,
-    workers: int = 1,
-    _stacklevel: int = 2,
-) -> ProximityGraph:
-    r"""Build the k-nearest-neighbour (or continuous kNN) graph of a point cloud.
-
-    Args:
-        X: Points ``(n, D)`` without duplicates (see :func:`find_duplicates`).
-        k: Number of nearest neighbours (excluding the point itself), ``1 <= k < n``.
-        method: ``"knn"``: :math:`i \sim j` if either is among the other's k nearest neighbours (union, as in the
-            reference); ``"mutual"``: if each is among the other's; ``"cknn"``: continuous kNN,
-            :math:`\|x_i - x_j\| < \delta\sqrt{\rho_i\rho_j}`.
-        delta: CkNN scale :math:`\delta` (ignored otherwise).
-        on_disconnected: ``"warn"``, ``"raise"`` or ``"ignore"`` when the graph has several components.
-        duplicate_tol: Distance below which two points count as duplicates (which raises).
-        workers: Threads for the KD-tree queries (-1: all).
-
-    Returns:
-        A :class:`ProximityGraph`.
-    """
-    X = as_points("X", X)
-    n = len(X)
-    check_positive("k", k, integer=True)
-    check_option("method", method, _METHODS)
-    check_option("on_disconnected", on_disconnected, _ON_DISCONNECTED)
-    check_positive("delta", delta)
-    if k >= n:
-        raise ValueError(f"`k` must be smaller than the number of points n={n}, got k={k}.")
-    tree = cKDTree(X)
-    dist, idx = tree.query(X, k=k + 1, workers=workers)
-    tol = _default_tol(X) if duplicate_tol is None else float(duplicate_tol)
-    if np.any(dist[:, 1] <= tol):
-        bad = int(np.flatnonzero(dist[:, 1] <= tol)[0])
-        raise ValueError(
-            f"Point {bad} coincides with point {int(idx[bad, 1])} (distance {dist[bad, 1]:.3g}); the graph needs "
-            "distinct points. Remove duplicates first (see find_duplicates, or duplicates='drop')."
-        )
-    rho = dist[:, k].copy()
-    if method in ("knn", "mutual"):
-        i = np.repeat(np.arange(n), k)
-        j = idx[:, 1:].ravel()
-        rows, cols = _unique_edges(n, i, j, mutual=method == "mutual")
-    else:
-        # every CkNN edge satisfies |x_i - x_j| < delta * max(rho_i, rho_j): search balls of radius delta * rho_i
-        balls = tree.query_ball_point(X, r=delta * rho, workers=workers, return_sorted=False)
-        lengths = np.fromiter((len(b) for b in balls), dtype=np.int64, count=n)
-        j = np.fromiter(itertools.chain.from_iterable(balls), dtype=np.int64, count=int(lengths.sum()))
-        i = np.repeat(np.arange(n), lengths)
-        d2 = np.einsum("ij,ij->i", X[i] - X[j], X[i] - X[j])
-        ok = d2 < delta**2 * rho[i] * rho[j]
-        rows, cols = _unique_edges(n, i[ok], j[ok])
-    dists = np.linalg.norm(X[rows] - X[cols], axis=1)
-    adj = sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    n_comp, labels = connected_components(adj, directed=False)
-    if n_comp > 1:
-        sizes = np.bincount(labels)
-        order = np.argsort(-sizes, kind="stable")
-        relabel = np.empty_like(order)
-        relabel[order] = np.arange(n_comp)
-        labels = relabel[labels]
-        sizes = sizes[order]
-        smallest = np.flatnonzero(labels == n_comp - 1)[:5].tolist()
-        msg = (
-            f"The {method} graph (k={k}) of the {n} points has {n_comp} connected components of sizes "
-            f"{sizes[:8].tolist()}{' ...' if n_comp > 8 else ''}; the smallest holds points {smallest}"
-            f"{' ...' if sizes[-1] > 5 else ''}. Each component contributes its own zero/low eigenvalues; increase "
-            "k, or restrict to one component (ProximityGraph.labels == 0 is the largest)."
-        )
-        if on_disconnected == "raise":
-            raise ValueError(msg)
-        if on_disconnected == "warn":
-            warnings.warn(msg, UserWarning, stacklevel=_stacklevel)
-    return ProximityGraph(n, rows, cols, dists, rho, k, method, int(n_comp), labels.astype(np.int64))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# tangent frames
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _neighbourhoods(X: np.ndarray, k_pca: int, workers: int = 1) -> np.ndarray:
-    if k_pca > len(X):
-        raise ValueError(f"`k_pca`={k_pca} exceeds the number of points n={len(X)}.")
-    _, idx = cKDTree(X).query(X, k=k_pca, workers=workers)
-    return idx.reshape(len(X), k_pca)
-
-
-def _quadratic_correction(Y: np.ndarray, T: np.ndarray) -> np.ndarray:
-    r"""Tilt-free frames from a local quadratic fit (see :func:`local_pca`). ``Y``: ``(c, k, D)`` offsets
-    :math:`x_j - x_i`; ``T``: ``(c, D, d)`` PCA frames. Returns ``(c, D, d)`` orthonormal frames."""
-    c, k, _ = Y.shape
-    d = T.shape[2]
-    t = Y @ T  # (c, k, d) tangent coordinates
-    R = Y - t @ np.swapaxes(T, 1, 2)  # (c, k, D) normal residuals
-    iu = np.triu_indices(d)
-    quad = (t[:, :, :, None] * t[:, :, None, :])[:, :, iu[0], iu[1]]
-    F = np.concatenate([np.ones((c, k, 1)), t, quad], axis=2)  # (c, k, p)
-    coef = np.linalg.pinv(F) @ R  # (c, p, D)
-    q, _ = np.linalg.qr(T + np.swapaxes(coef[:, 1 : 1 + d, :], 1, 2))
-    return q
-
-
-def local_pca(
-    X: object,
-    k_pca: int = 15,
-    *,
-    n_components: int | None = None,
-    fit: str = "quadratic",
-    chunk: int = 32768,
-    workers: int = 1,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    r"""Batched local PCA: SVD of each point's ``k_pca`` nearest points (itself included), centred at their mean.
-
-    With :math:`Y_i \in \mathbb{R}^{k_{pca} \times D}` the centred neighbourhood of :math:`x_i` and
-    :math:`Y_i = U_i \operatorname{diag}(s_i) V_i^\top`, returns the singular values :math:`s_i` and, when
-    ``n_components`` is given, frames :math:`T_i`:
-
-    * ``fit="pca"`` (the reference): :math:`T_i = V_i[:, :d]`. This plane fits the whole neighbourhood, so it is
-      tangent near the neighbourhood's centroid, not at :math:`x_i`: with random sampling it is tilted by about
-      curvature :math:`\times` centroid offset (median 0.03, max 0.12 on a unit sphere with n = 800, k = 15).
-    * ``fit="quadratic"`` (default): in the PCA coordinates :math:`t_j = T_i^\top(x_j - x_i)` the normal residuals
-      :math:`r_j = (I - T_iT_i^\top)(x_j - x_i)` are fitted by least squares as
-      :math:`r_j \approx a + B t_j + \sum_{a \le b} C_{ab} t_{j,a} t_{j,b}` (the manifold as a graph over the PCA
-      plane); the tangent plane at :math:`x_i` is spanned by the columns of :math:`T_i + B`, orthonormalised by QR.
-      Leakage onto the true normal drops ~60-300x (median 5e-4 at n = 800). Needs
-      ``k_pca > 1 + d + d(d+1)/2``; with fewer points it falls back to ``"pca"``.
-
-    Returns:
-        ``s``: ``(n, min(k_pca, D))`` singular values, descending; ``frames``: ``(n, D, n_components)`` with
-        orthonormal columns, or ``None``.
-    """
-    X = as_points("X", X)
-    n, D = X.shape
-    check_positive("k_pca", k_pca, integer=True)
-    check_option("fit", fit, ("quadratic", "pca"))
-    if k_pca < 2:
-        raise ValueError(f"`k_pca` must be >= 2 (a neighbourhood of one point has no directions), got {k_pca}.")
-    idx = _neighbourhoods(X, k_pca, workers)
-    m = min(k_pca, D)
-    s_all = np.empty((n, m))
-    frames = None if n_components is None else np.empty((n, D, n_components))
-    quadratic = (
-        fit == "quadratic"
-        and n_components is not None
-        and n_components < D
-        and k_pca > 1 + n_components + n_components * (n_components + 1) // 2
-    )
-    for start in range(0, n, chunk):
-        sl = slice(start, min(start + chunk, n))
-        Y = X[idx[sl]]  # (c, k_pca, D)
-        Yc = Y - Y.mean(axis=1, keepdims=True)
-        if frames is None:
-            s_all[sl] = np.linalg.svd(Yc, compute_uv=False)
-            continue
-        _, s, Vt = np.linalg.svd(Yc, full_matrices=False)
-        s_all[sl] = s
-        T = np.swapaxes(Vt[:, :n_components, :], 1, 2)
-        if quadratic:
-            T = _quadratic_correction(Y - X[sl][:, None, :], T)
-        frames[sl] = T
-    return s_all, frames
-
-
-def estimate_dimension(singular_values: np.ndarray, threshold: float = 0.9) -> int:
-    r"""Manifold dimension from local-PCA singular values.
-
-    Rule: with the explained-variance fractions :math:`r_{i,m} = \sum_{a \le m} s_{i,a}^2 / \sum_a s_{i,a}^2`,
-    :math:`d` is the smallest :math:`m` such that the **median** over points of :math:`r_{i,m}` reaches
-    ``threshold`` (default 0.9). The median makes the rule robust to the few neighbourhoods that straddle
-    high-curvature regions or outliers (the reference uses mean minus one standard deviation, threshold 0.8).
-
-    Args:
-        singular_values: ``(n, m)`` from :func:`local_pca`.
-        threshold: Fraction of local variance the tangent space must explain, in ``(0, 1]``.
-    """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"`threshold` must lie in (0, 1], got {threshold!r}.")
-    s2 = np.asarray(singular_values, dtype=np.float64) ** 2
-    total = s2.sum(axis=1, keepdims=True)
-    frac = np.cumsum(s2, axis=1) / np.where(total > 0, total, 1.0)
-    med = np.median(frac, axis=0)
-    return int(np.argmax(med >= threshold - 1e-12) + 1) if np.any(med >= threshold - 1e-12) else s2.shape[1]
-
-
-def tangent_frames(
-    X: object,
-    dim: int | None = None,
-    *,
-    k_pca: int = 15,
-    threshold: float = 0.9,
-    fit: str = "quadratic",
-    workers: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""Orthonormal tangent frames by local PCA, with the manifold dimension given or estimated.
-
-    Args:
-        X: Points ``(n, D)``.
-        dim: Manifold dimension :math:`d`, ``1 <= d <= D`` and ``d < k_pca``; ``None`` estimates it with
-            :func:`estimate_dimension` (``threshold``).
-        k_pca: Points in each PCA neighbourhood, the point itself included.
-        fit: ``"quadratic"`` (tilt-corrected, default) or ``"pca"`` (the reference); see :func:`local_pca`.
-
-    Returns:
-        ``frames`` ``(n, D, d)`` with :math:`T_i^\top T_i = I_d`, and the singular values ``(n, min(k_pca, D))``.
-    """
-    X = as_points("X", X)
-    D = X.shape[1]
-    if dim is not None:
-        _check_dim(dim, D, k_pca)
-        s, frames = local_pca(X, k_pca, n_components=dim, fit=fit, workers=workers)
-    else:
-        s, _ = local_pca(X, k_pca, workers=workers)
-        dim = estimate_dimension(s, threshold)
-        _check_dim(dim, D, k_pca)
-        _, frames = local_pca(X, k_pca, n_components=dim, fit=fit, workers=workers)
-    assert frames is not None
-    if dim < s.shape[1]:
-        deficient = s[:, dim - 1] <= 1e-10 * np.maximum(s[:, 0], np.finfo(float).tiny)
-    else:
-        deficient = s[:, -1] <= 1e-10 * np.maximum(s[:, 0], np.finfo(float).tiny)
-        deficient &= k_pca - 1 < dim
-    if np.any(deficient):
-        warnings.warn(
-            f"{int(deficient.sum())} of {len(X)} PCA neighbourhoods span fewer than dim={dim} directions (e.g. point "
-            f"{int(np.flatnonzero(deficient)[0])}); their frames are completed arbitrarily. Increase k_pca.",
-            UserWarning,
-            stacklevel=2,
-        )
-    return frames, s
-
-
-def _check_dim(dim: object, D: int, k_pca: int) -> None:
-    check_positive("dim", dim, integer=True)
-    assert isinstance(dim, int)
-    if dim > D:
-        raise ValueError(f"The manifold dimension dim={dim} exceeds the ambient dimension D={D}.")
-    if dim >= k_pca:
-        raise ValueError(f"Local PCA needs k_pca > dim points per neighbourhood, got k_pca={k_pca}, dim={dim}.")
-
-
-def procrustes(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Batched orthogonal Procrustes between frames: :math:`O = \arg\min_{O \in O(d)} \|O - A^\top B\|_F`.
-
-    With :math:`A^\top B = U \Sigma V^\top`, :math:`O = U V^\top` (reflections allowed: frames carry no
-    orientation). :math:`O` maps coordinates in frame ``B`` to coordinates in frame ``A``.
-
-    Args:
-        A, B: ``(..., D, d)`` frames with orthonormal columns.
-
-    Returns:
-        ``O`` ``(..., d, d)`` orthogonal, and ``cosines`` ``(..., d)``: the singular values of :math:`A^\top B`,
-        the cosines of the principal angles between the two subspaces (1 = parallel planes).
-    """
-    A = np.asarray(A, dtype=np.float64)
-    B = np.asarray(B, dtype=np.float64)
-    if A.shape != B.shape or A.ndim < 2:
-        raise ValueError(f"`A` and `B` must be frames of the same shape (..., D, d), got {A.shape} and {B.shape}.")
-    M = np.swapaxes(A, -1, -2) @ B
-    U, s, Vt = np.linalg.svd(M)
-    return U @ Vt, s
 
 
 # ----------------------------------------------------------------------------------------------------------------
