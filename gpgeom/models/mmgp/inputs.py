@@ -1,0 +1,138 @@
+r"""What MMGP accepts: meshes in several forms, NotchedPlate2d samples, scalar tables, field lists, mode counts.
+
+Every helper converts at the boundary: meshes become :class:`~gpgeom.geometry.mesh.Mesh` objects (numpy, CPU:
+the geometry preprocessing), field arrays become float64 numpy arrays (they are transported to the common mesh
+by scipy), and scalar tables become tensors of the model's dtype on its device (they enter the GP directly).
+Numpy arrays and torch tensors are accepted alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gpgeom._validation import as_tensor, check_positive
+from gpgeom.geometry.mesh import Mesh
+
+__all__ = ["as_mesh", "check_output_fields", "clock", "mode_option", "samples_to_arrays", "scalar_table", "split_clock"]
+
+
+def as_mesh(mesh: object, name: str = "mesh") -> Mesh:
+    r"""A :class:`~gpgeom.geometry.mesh.Mesh` from a Mesh, a ``(points, triangles)`` pair (numpy or torch), or any
+    object with ``points`` ``(N, 2)`` and ``triangles`` (or ``cells``) ``(n_tri, 3)`` attributes (e.g. a
+    NotchedPlate2d sample of :mod:`gpgeom.datasets.notched_plate`)."""
+    if isinstance(mesh, Mesh):
+        return mesh
+    if isinstance(mesh, tuple | list) and len(mesh) == 2:
+        return Mesh(mesh[0], mesh[1])
+    cells = getattr(mesh, "triangles", None)
+    if cells is None:
+        cells = getattr(mesh, "cells", None)
+    if hasattr(mesh, "points") and cells is not None:
+        return Mesh(mesh.points, cells)
+    raise TypeError(
+        f"`{name}` must be a gpgeom Mesh, a (points, triangles) pair or an object with `points` and `triangles`; "
+        f"got {type(mesh).__name__}."
+    )
+
+
+def as_meshes(meshes: Sequence[object]) -> list[Mesh]:
+    r"""Every entry of ``meshes`` through :func:`as_mesh` (a single mesh is refused: pass a list)."""
+    if isinstance(meshes, Mesh) or not isinstance(meshes, Sequence):
+        raise TypeError(f"`meshes` must be a sequence of meshes (a list), got {type(meshes).__name__}.")
+    return [as_mesh(m, f"meshes[{i}]") for i, m in enumerate(meshes)]
+
+
+def samples_to_arrays(samples: Sequence[Any]) -> tuple[list[Mesh], np.ndarray, list[np.ndarray], np.ndarray]:
+    r"""Split NotchedPlate2d samples into MMGP's inputs.
+
+    Returns:
+        ``(meshes, input_scalars, output_fields, output_scalars)``: ``n`` meshes, ``(n, 2)`` (P, nu), ``n`` arrays
+        ``(N_i, 4)`` (U1, U2, von_mises, sigma22) and ``(n, 3)`` (max_vm, mean_U2_top, compliance), numpy.
+    """
+    meshes = [Mesh(s.points, s.triangles) for s in samples]
+    mu = np.stack([s.in_scalar_array() for s in samples])
+    fields = [s.field_array() for s in samples]
+    w = np.stack([s.out_scalar_array() for s in samples])
+    return meshes, mu, fields, w
+
+
+def scalar_table(name: str, x: object, n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    r"""``x`` as an ``(n, k)`` tensor: ``None`` gives ``(n, 0)``; a vector is one column (or one row when
+    ``n = 1``)."""
+    if x is None:
+        return torch.zeros(n, 0, dtype=dtype, device=device)
+    t = as_tensor(name, x, dtype=dtype, device=device, ndim=(1, 2))
+    if t.dim() == 1:
+        t = t[:, None] if n > 1 or t.shape[0] == 1 else t[None, :]
+    if t.shape[0] != n:
+        raise ValueError(f"`{name}` must have one row per mesh ({n}), got shape {tuple(t.shape)}.")
+    return t
+
+
+def check_output_fields(output_fields: object, meshes: list[Mesh], name: str = "output_fields") -> list[np.ndarray]:
+    r"""One float64 array ``(N_i, m)`` per mesh from arrays, tensors, ``(N_i,)`` vectors or dicts name -> ``(N_i,)``."""
+    if isinstance(output_fields, np.ndarray | Tensor) and len(meshes) and output_fields.ndim >= 2:
+        output_fields = list(output_fields)
+    if not isinstance(output_fields, Sequence) or len(output_fields) != len(meshes):
+        raise ValueError(f"`{name}` must be a sequence with one array (N_i, m) per mesh ({len(meshes)} meshes).")
+    out = []
+    for i, (u, mesh) in enumerate(zip(output_fields, meshes)):
+        if isinstance(u, Mapping):
+            u = np.column_stack([np.asarray(_numpy(v), dtype=np.float64) for v in u.values()])
+        arr = np.asarray(_numpy(u), dtype=np.float64)
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2 or arr.shape[0] != mesh.n_points:
+            raise ValueError(
+                f"`{name}[{i}]` has shape {arr.shape}, but mesh {i} has {mesh.n_points} nodes: each field "
+                "array must be (N_i, m) with one row per node of its mesh."
+            )
+        if out and arr.shape[1] != out[0].shape[1]:
+            raise ValueError(
+                f"`{name}[{i}]` has {arr.shape[1]} field(s), `{name}[0]` {out[0].shape[1]}; every sample needs "
+                "the same fields."
+            )
+        if not np.isfinite(arr).all():
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise ValueError(
+                f"`{name}[{i}]` contains {int((~np.isfinite(arr)).sum())} NaN or infinite value(s) "
+                f"(first at node {int(bad[0])}, field {int(bad[1])}); remove or impute them first."
+            )
+        out.append(arr)
+    return out
+
+
+def _numpy(x: object) -> object:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else x
+
+
+def mode_option(name: str, value: int | float) -> tuple[int | None, float | None]:
+    r"""A number of POD modes: an ``int`` is a fixed count, a ``float`` in (0, 1] an energy fraction to keep.
+
+    Returns:
+        ``(n_modes, None)`` or ``(None, energy)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"`{name}` must be an int (number of modes) or a float in (0, 1] (energy), got {value!r}.")
+    if isinstance(value, int):
+        check_positive(name, value, integer=True)
+        return value, None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"`{name}` as a float is an energy fraction in (0, 1], got {value!r}.")
+    return None, float(value)
+
+
+def clock() -> np.ndarray:
+    r"""``(wall, cpu)`` clock readings: ``time.perf_counter()`` and ``time.process_time()``."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
+def split_clock(t: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
+    r"""``{stage: (wall, cpu)}`` -> ``({stage: wall}, {stage: cpu})``."""
+    return {k: float(v[0]) for k, v in t.items()}, {k: float(v[1]) for k, v in t.items()}

@@ -1,0 +1,103 @@
+r"""MMGP's GP stage (Casenave et al., NeurIPS 2023, arXiv:2305.12871, Sec. 3.3, Eq. (4)): independent exact GPs
+from the latent inputs :math:`z = (\xi, \mu) \in \mathbb{R}^{n_g + p}` to every field POD coefficient and every
+output scalar, as BoTorch models.
+
+How the hyperparameters (kernel and noise) are tied across the ``sum(n_f) + q`` outputs:
+
+* ``"per_output"``: every output its own (one batched :class:`~gpgeom.botorch.ExactGPModel`);
+* ``"per_field"``: shared among the modes of each field (one ``ExactGPModel`` with
+  ``shared_hyperparameters=True`` per field), and one GP per output scalar, gathered in a
+  :class:`~gpgeom.botorch.SurrogateList`;
+* ``"shared"``: one set for all outputs (one ``ExactGPModel``).
+
+Each output keeps its own constant mean, and the outputs are independent GPs in every case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from botorch.models.transforms.input import Normalize
+from gpytorch.kernels import Kernel, RBFKernel
+from torch import Tensor
+
+from gpgeom.botorch.exact_gp import ExactGPModel, default_covar_module
+
+__all__ = ["HYPERPARAMETERS", "KERNELS", "make_gp", "make_kernel", "output_groups", "single_output_gp"]
+
+KERNELS = ("matern52", "matern32", "matern12", "rbf")
+HYPERPARAMETERS = ("per_field", "per_output", "shared")
+
+KernelSpec = str | Callable[[int, torch.Size], Kernel]
+
+
+def make_kernel(kernel: KernelSpec, d: int, m: int, shared: bool = False) -> Kernel:
+    r"""A scaled ARD kernel on ``d`` inputs for ``m`` outputs (batch shape ``m``, or ``1`` when ``shared``)."""
+    batch = torch.Size([1 if shared else m]) if m > 1 else torch.Size()
+    if callable(kernel):
+        return kernel(d, batch)
+    k = default_covar_module(d, batch_shape=batch)
+    if kernel in ("matern32", "matern12"):
+        k.base_kernel.nu = 1.5 if kernel == "matern32" else 0.5
+    elif kernel == "rbf":
+        old = k.base_kernel
+        k.base_kernel = RBFKernel(
+            ard_num_dims=d,
+            batch_shape=batch,
+            lengthscale_prior=old.lengthscale_prior,
+            lengthscale_constraint=old.raw_lengthscale_constraint,
+        )
+    return k
+
+
+def make_gp(X: Tensor, Y: Tensor, bounds: Tensor, kernel: KernelSpec, shared: bool = False) -> ExactGPModel:
+    r"""An :class:`~gpgeom.botorch.ExactGPModel` on ``X`` ``n x d`` -> ``Y`` ``n x m`` with the inputs normalised
+    by the fixed box ``bounds`` ``2 x d`` (the training latent box; it does not move under conditioning)."""
+    d, m = X.shape[-1], Y.shape[-1]
+    shared = shared and m > 1
+    return ExactGPModel(
+        X,
+        Y,
+        covar_module=make_kernel(kernel, d, m, shared).to(X),
+        shared_hyperparameters=shared,
+        input_transform=Normalize(d=d, bounds=bounds.to(X)),
+    )
+
+
+def output_groups(n_modes_fields: list[int], n_scalars: int, hyperparameters: str) -> list[tuple[int, int]]:
+    r"""``(start, stop)`` output columns of each GP: one group for ``"per_output"``/``"shared"``; one per field
+    and one per scalar for ``"per_field"``."""
+    total = sum(n_modes_fields) + n_scalars
+    if hyperparameters != "per_field":
+        return [(0, total)]
+    groups, start = [], 0
+    for nf in n_modes_fields:
+        groups.append((start, start + nf))
+        start += nf
+    return groups + [(start + j, start + j + 1) for j in range(n_scalars)]
+
+
+def single_output_gp(
+    gp: ExactGPModel, j: int, X: Tensor, Y: Tensor, bounds: Tensor, kernel: KernelSpec
+) -> ExactGPModel:
+    r"""A single-output GP of output ``j`` of ``gp`` (a member GP), on ``X`` -> ``Y`` ``n x 1``, with that output's
+    hyperparameters.
+
+    Built afresh rather than by ``gp.subset_output``: the new model carries BoTorch's stored original training
+    inputs of an input-transformed model, so ``condition_on_observations`` and ``fantasize`` work on it.
+    """
+    new = make_gp(X, Y, bounds, kernel)
+    old = gp.state_dict()
+    state = {}
+    for name, t in new.state_dict().items():
+        src = old[name]
+        if src.shape == t.shape:
+            state[name] = src.clone()
+        elif name.startswith("outcome_transform."):
+            state[name] = src[..., j : j + 1].clone()
+        else:  # per-output parameter (leading dim m) or shared one (leading dim 1)
+            state[name] = src[j if src.shape[0] > 1 else 0].reshape(t.shape).clone()
+    new.load_state_dict(state)
+    new._fit_jitter = gp._fit_jitter
+    return new.eval()

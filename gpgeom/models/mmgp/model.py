@@ -1,0 +1,609 @@
+r"""The MMGP model: morphing, transfer, POD and GP stages put together (Casenave et al., NeurIPS 2023,
+arXiv:2305.12871, Algorithm 1); the method is described in :mod:`gpgeom.models.mmgp`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gpytorch.kernels import Kernel
+from torch import Tensor
+
+from gpgeom._progress import resolve_progress
+from gpgeom._validation import as_tensor, check_option, check_positive
+from gpgeom.base import ModelContract
+from gpgeom.botorch.exact_gp import ExactGPModel
+from gpgeom.botorch.model_list import SurrogateList
+from gpgeom.errors import ModelFileError
+from gpgeom.geometry.mesh import Mesh, as_float_array
+from gpgeom.models.mmgp.inputs import (
+    as_mesh,
+    as_meshes,
+    check_output_fields,
+    clock,
+    mode_option,
+    scalar_table,
+    split_clock,
+)
+from gpgeom.models.mmgp.latent_gp import HYPERPARAMETERS, KERNELS, make_gp, output_groups, single_output_gp
+from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
+from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, decode_fields
+from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
+
+__all__ = ["MMGP"]
+
+
+class MMGP(ModelContract):
+    r"""Mesh-morphing GP regression of nodal fields and scalars (Casenave et al., NeurIPS 2023).
+
+    Args:
+        morphing: ``"floater"`` (default; Tutte map onto the unit disk, meshes with exactly one boundary loop),
+            ``"rbf"`` (Wendland-C2 RBF map of each mesh onto the common mesh's shape, boundary nodes matched by
+            normalised arc length from their lowest-leftmost node; the same number of boundary loops in every
+            mesh) or ``"none"`` (every mesh has the common mesh's node count and node order, as for a fixed
+            topology; the transfers are identities).
+        common_mesh: ``"middle"`` (training mesh ``n // 2``, the reference's choice), an ``int`` index of a
+            training mesh, or a user mesh (anything :func:`~gpgeom.models.mmgp.as_mesh` accepts) in physical
+            coordinates, morphed like the others.
+        n_modes_geometry: Geometry POD modes :math:`n_g`: an ``int``, or a float in (0, 1] = the energy fraction to
+            keep.
+        n_modes_fields: Modes per output field :math:`n_f` (``int`` or energy fraction), or a sequence with one
+            entry per field.
+        kernel: ``"matern52"`` (ARD, default), ``"matern32"``, ``"matern12"``, ``"rbf"``, or a callable
+            ``(d, batch_shape) -> gpytorch Kernel`` with that batch shape (then :meth:`load` asks for it again:
+            ``MMGP.load(path, kernel=...)``).
+        hyperparameters: How the GP hyperparameters (kernel and noise) are tied across outputs: ``"per_output"``
+            (default; separate hyperparameters for every coefficient and scalar, one batched GP whose members get
+            their own L-BFGS-B runs and keep their own best restart), ``"per_field"`` (one GP with shared
+            hyperparameters over the POD coefficients of each field, as the reference, and one GP per output
+            scalar) or ``"shared"`` (one set for all outputs). Each output is an independent GP with its own
+            constant mean in every case, and the predictive variance is exact. Measured on NotchedPlate2d
+            (``benchmarks/results/mmgp.md``): ``"per_output"`` is the more accurate (the leading modes are smooth,
+            the trailing ones noise-like, and one shared noise level fits neither); ``"per_field"`` factorises one
+            kernel matrix per field and is about 3x cheaper to train (10 attempts at 300 shapes: 32 s vs 103 s of
+            CPU).
+        truncation_variance: Add the POD truncation variance (:mod:`gpgeom.models.mmgp`) to the predicted field
+            variance.
+        restarts: Random restarts of the hyperparameter fit (on top of the first attempt).
+        max_iter: L-BFGS-B iterations per attempt.
+        center: Centre the POD snapshots (``False`` decomposes the raw snapshots, as the reference code does).
+        ref_compat: Reproduce the reference code: Floater boundary angles and orientation of Muscat, no centring,
+            and the geometry inner product ``kron(I_2, M)`` applied to interleaved coordinates.
+        floater_start: Where the Floater boundary walk starts (the node that lands at angle 0):
+            ``"min_x"`` (the reference rule: lowest-leftmost boundary node, ties within round-off) or a point
+            ``(2,)``, the boundary node nearest to it. A geometric anchor (e.g. a corner every shape shares) is
+            the robust choice: it also holds for decoded shapes (:meth:`decode_geometry`), whose straight edges
+            are straight only up to the POD truncation, which can move the "min_x" node along the edge.
+        seed: Seed of the restarts and of the Monte Carlo draws.
+        dtype: The floating dtype of the GP stage and the decode (the geometry preprocessing is float64 numpy).
+        device: The device of the GP stage and the decode (``"cuda"`` runs both there; morphing and P1 transfer
+            stay on the CPU).
+
+    Attributes (after :meth:`fit`):
+        gp: A BoTorch model from the latent inputs :math:`z = (\xi, \mu)` (``d = n_g + p`` columns, original units,
+            normalised inside by a fixed ``Normalize`` transform) to the ``n_outputs = sum(n_f) + q`` outputs (the
+            field POD coefficients, field by field, then the scalars): the single
+            :class:`~gpgeom.botorch.ExactGPModel` for ``"per_output"`` / ``"shared"``, a
+            :class:`~gpgeom.botorch.SurrogateList` of the group GPs for ``"per_field"``.
+        gps_: The fitted :class:`~gpgeom.botorch.ExactGPModel` of every output group (``"per_field"``: one per
+            field, then one per output scalar); ``output_groups_`` their ``(start, stop)`` output columns.
+        fit_result_: An :class:`~gpgeom.models.mmgp.MMGPFitResult` (the GPs' fit results and the stage timings).
+        common_mesh_: The common mesh in physical coordinates (``N_c`` nodes).
+        common_morphed_: Its morphed node positions ``(N_c, 2)``.
+        n_modes_geometry_, n_modes_fields_: The numbers of modes kept.
+        train_latent_: ``n x d`` training inputs; ``train_targets_``: ``n x n_outputs`` (tensors).
+        timings_: Wall seconds per stage of the fit (``morph``, ``transfer``, ``pod``, ``gp``); ``cpu_timings_`` the
+            same in CPU seconds of this process.
+    """
+
+    def __init__(
+        self,
+        *,
+        morphing: str = "floater",
+        common_mesh: str | int | object = "middle",
+        n_modes_geometry: int | float = 8,
+        n_modes_fields: int | float | Sequence[int | float] = 8,
+        kernel: str | Callable[[int, torch.Size], Kernel] = "matern52",
+        hyperparameters: str = "per_output",
+        truncation_variance: bool = True,
+        restarts: int = 10,
+        max_iter: int = 500,
+        center: bool = True,
+        ref_compat: bool = False,
+        floater_start: str | Sequence[float] = "min_x",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        check_option("morphing", morphing, MORPHINGS)
+        if isinstance(common_mesh, str):
+            check_option("common_mesh", common_mesh, ("middle",))
+        elif isinstance(common_mesh, int) and not isinstance(common_mesh, bool):
+            if common_mesh < 0:
+                raise ValueError(f"`common_mesh` as an index must be >= 0, got {common_mesh}.")
+        else:
+            common_mesh = as_mesh(common_mesh, "common_mesh")
+        mode_option("n_modes_geometry", n_modes_geometry)
+        if isinstance(n_modes_fields, Sequence):
+            for v in n_modes_fields:
+                mode_option("n_modes_fields", v)
+        else:
+            mode_option("n_modes_fields", n_modes_fields)
+        if isinstance(kernel, str):
+            check_option("kernel", kernel, KERNELS)
+        elif not callable(kernel):
+            raise TypeError(f"`kernel` must be one of {KERNELS} or a callable (d, batch_shape) -> Kernel.")
+        check_positive("restarts", restarts, integer=True, allow_zero=True)
+        check_option("hyperparameters", hyperparameters, HYPERPARAMETERS)
+        check_positive("max_iter", max_iter, integer=True)
+        check_positive("seed", seed, integer=True, allow_zero=True)
+        self.morphing = morphing
+        self.common_mesh = common_mesh
+        self.n_modes_geometry = n_modes_geometry
+        self.n_modes_fields = list(n_modes_fields) if isinstance(n_modes_fields, Sequence) else n_modes_fields
+        self.kernel = kernel
+        self.hyperparameters = hyperparameters
+        self.truncation_variance = bool(truncation_variance)
+        self.restarts = restarts
+        self.max_iter = max_iter
+        self.center = bool(center)
+        self.ref_compat = bool(ref_compat)
+        if isinstance(floater_start, str):
+            check_option("floater_start", floater_start, ("min_x",))
+        else:
+            floater_start = [float(v) for v in as_float_array("floater_start", floater_start, ndim=1, shape=(2,))]
+        self.floater_start = floater_start
+        self.seed = seed
+        self.to(device=device or "cpu", dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # stages
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def common_mesh_(self) -> Mesh:
+        r"""The common mesh :math:`\mathcal{M}_c` in physical coordinates."""
+        self._check_fitted()
+        return self._transfer.common_mesh
+
+    @property
+    def common_morphed_(self) -> np.ndarray:
+        r"""The morphed node positions of the common mesh, ``(N_c, 2)``."""
+        self._check_fitted()
+        return self._transfer.common_morphed
+
+    @property
+    def _mass(self) -> Any:
+        r"""The P1 mass matrix of the common mesh (the POD inner product), scipy CSR ``(N_c, N_c)``."""
+        return self._transfer.mass
+
+    def _operators(self, mesh: Mesh, index: str) -> TransferOperators:
+        r"""Morphing and P1 transfers of ``mesh`` (:class:`~gpgeom.models.mmgp.transfer.TransferOperators`)."""
+        return self._transfer.operators(mesh, index)
+
+    @property
+    def gp(self) -> ExactGPModel | SurrogateList:
+        r"""The BoTorch model of all ``sum(n_f) + q`` outputs (see the class docstring)."""
+        self._check_fitted()
+        if len(self.gps_) == 1:
+            return self.gps_[0]
+        if getattr(self, "_gp_list", None) is None:
+            self._gp_list = SurrogateList(*self.gps_)
+        return self._gp_list
+
+    def _build_gps(self, Z: Tensor, Y: Tensor) -> list[ExactGPModel]:
+        shared = self.hyperparameters != "per_output"
+        return [make_gp(Z, Y[:, a:b], self._bounds, self.kernel, shared) for a, b in self.output_groups_]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # fit
+    # ------------------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        meshes: Sequence[object],
+        input_scalars: object,
+        output_fields: object,
+        output_scalars: object = None,
+        *,
+        field_names: Sequence[str] | None = None,
+        scalar_names: Sequence[str] | None = None,
+        progress: bool | None = None,
+    ) -> MMGP:
+        r"""Morph, transfer, reduce and fit the GPs.
+
+        Args:
+            meshes: ``n`` triangle meshes (see :func:`~gpgeom.models.mmgp.as_mesh`), :math:`N_i` nodes each.
+            input_scalars: ``n x p`` (or ``None`` for ``p = 0``), numpy or torch.
+            output_fields: ``n`` arrays ``N_i x m`` (or ``(N_i,)`` for one field, or dicts name -> ``(N_i,)``).
+            output_scalars: ``n x q`` (or ``None``).
+            field_names, scalar_names: Optional names (default ``field0``, ... / ``scalar0``, ...).
+            progress: Progress bars of the GP fits (``None``: when a person is watching, :mod:`gpgeom._progress`).
+
+        Returns:
+            The model itself; the fit record is in ``fit_result_``.
+        """
+        progress = resolve_progress(progress)
+        meshes = as_meshes(meshes)
+        n = len(meshes)
+        if n < 2:
+            raise ValueError(f"MMGP needs at least 2 training meshes, got {n}.")
+        tkw = {"dtype": self.dtype, "device": self.device}
+        mu = scalar_table("input_scalars", input_scalars, n, **tkw)
+        U = check_output_fields(output_fields, meshes)
+        w = scalar_table("output_scalars", output_scalars, n, **tkw)
+        n_fields = U[0].shape[1]
+        self.field_names_ = list(field_names) if field_names is not None else [f"field{k}" for k in range(n_fields)]
+        self.scalar_names_ = (
+            list(scalar_names) if scalar_names is not None else [f"scalar{k}" for k in range(w.shape[1])]
+        )
+        if len(self.field_names_) != n_fields or len(self.scalar_names_) != w.shape[1]:
+            raise ValueError("`field_names` / `scalar_names` must have one name per field / output scalar.")
+        nmf = self.n_modes_fields if isinstance(self.n_modes_fields, list) else [self.n_modes_fields] * n_fields
+        if len(nmf) != n_fields:
+            raise ValueError(f"`n_modes_fields` has {len(nmf)} entries for {n_fields} fields.")
+        timings = {k: np.zeros(2) for k in ("morph", "transfer", "pod", "gp")}
+
+        if isinstance(self.common_mesh, Mesh):
+            common = self.common_mesh
+            self.common_index_ = None
+        else:
+            c = n // 2 if self.common_mesh == "middle" else int(self.common_mesh)
+            if c >= n:
+                raise ValueError(f"`common_mesh`={c} is not the index of a training mesh (n = {n}).")
+            common = meshes[c]
+            self.common_index_ = c
+        t0 = clock()
+        self._transfer = CommonMeshTransfer(self.morphing, self.floater_start, self.ref_compat)
+        self._transfer.set_common(common)
+        timings["morph"] += clock() - t0
+        Nc = common.n_points
+
+        # transport geometry and fields to the common mesh (Eq. (2))
+        X = np.empty((n, Nc, 2))
+        F = np.empty((n, Nc, n_fields))
+        for i, mesh in enumerate(meshes):
+            ops = self._operators(mesh, f"mesh {i}")
+            timings["morph"] += ops.t_morph
+            timings["transfer"] += ops.t_transfer
+            X[i] = ops.proj @ mesh.points[:, :2]
+            F[i] = ops.proj @ U[i]
+
+        # POD (Eq. (3)) of the geometry and of every field
+        t0 = clock()
+        center = self.center and not self.ref_compat
+        self._geometry, xi = GeometryPOD.fit(X, common, self._mass, self.n_modes_geometry, center, self.ref_compat)
+        self._fields, coefs = [], []
+        for k in range(n_fields):
+            pod, a = FieldPOD.fit(F[:, :, k], self._mass, nmf[k], center, **tkw)
+            self._fields.append(pod)
+            coefs.append(torch.as_tensor(a, **tkw))
+        timings["pod"] = clock() - t0
+        self.n_modes_geometry_ = self._geometry.n_modes
+        self.n_modes_fields_ = [f.n_modes for f in self._fields]
+        self.n_input_scalars_ = mu.shape[1]
+
+        # GPs (Eq. (4))
+        Z = torch.cat([torch.as_tensor(xi, **tkw), mu], dim=1)
+        Y = torch.cat(coefs + [w], dim=1)
+        t0 = clock()
+        self._set_training_data(Z, Y)
+        self.gps_ = self._build_gps(Z, Y)
+        for g in self.gps_:
+            g.fit(restarts=self.restarts, max_iter=self.max_iter, seed=self.seed, progress=progress)
+        timings["gp"] = clock() - t0
+        self.timings_, self.cpu_timings_ = split_clock(timings)
+        self.fit_result_ = MMGPFitResult([g.fit_result_ for g in self.gps_], self.timings_, self.cpu_timings_)
+        self._fitted = True
+        return self
+
+    def _set_training_data(self, Z: Tensor, Y: Tensor) -> None:
+        lo, hi = Z.min(0).values, Z.max(0).values
+        hi = torch.where(hi > lo, hi, lo + 1.0)
+        self._bounds = torch.stack([lo, hi])
+        self.train_latent_ = Z
+        self.train_targets_ = Y
+        self._gp_list = None
+        self.output_groups_ = output_groups(self.n_modes_fields_, len(self.scalar_names_), self.hyperparameters)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the latent space
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def n_latent(self) -> int:
+        r"""Input dimension of :attr:`gp`: ``n_g + p``."""
+        self._check_fitted()
+        return self.n_modes_geometry_ + self.n_input_scalars_
+
+    @property
+    def n_outputs(self) -> int:
+        r"""Number of outputs of :attr:`gp`: ``sum(n_f) + q``."""
+        self._check_fitted()
+        return sum(self.n_modes_fields_) + len(self.scalar_names_)
+
+    @property
+    def latent_bounds(self) -> Tensor:
+        r"""``2 x d`` box of the training latent inputs (columns min / max), e.g. the bounds of ``optimize_acqf``."""
+        self._check_fitted()
+        return self._bounds.clone()
+
+    def output_index(self, name: str) -> int:
+        r"""Column of output scalar ``name`` among the ``sum(n_f) + q`` outputs of :attr:`gp`."""
+        self._check_fitted()
+        check_option("name", name, self.scalar_names_)
+        return sum(self.n_modes_fields_) + self.scalar_names_.index(name)
+
+    def output_gp(self, output: str | int) -> ExactGPModel:
+        r"""A single-output BoTorch model of one output of :attr:`gp` (an output scalar name or a column index),
+        with that output's fitted hyperparameters and the same latent inputs (``d = n_g + p``, original units).
+
+        Use it as the surrogate of a shape optimisation (e.g. ``qLogNoisyExpectedImprovement`` on ``"max_vm"``).
+        """
+        self._check_fitted()
+        m = self.n_outputs
+        j = self.output_index(output) if isinstance(output, str) else int(output)
+        if not 0 <= j < m:
+            raise ValueError(f"`output` index must be in range({m}), got {output!r}.")
+        g = next(k for k, (a, b) in enumerate(self.output_groups_) if a <= j < b)
+        Y = self.train_targets_[:, j : j + 1]
+        jj = j - self.output_groups_[g][0]
+        return single_output_gp(self.gps_[g], jj, self.train_latent_, Y, self._bounds, self.kernel)
+
+    def encode(self, meshes: Sequence[object], input_scalars: object = None) -> Tensor:
+        r"""Latent GP inputs :math:`z = (\xi, \mu)` of meshes, ``n x (n_g + p)``."""
+        self._check_fitted()
+        meshes = as_meshes(meshes)
+        mu = self._input_scalars(input_scalars, len(meshes))
+        xi = [self._geometry.encode(self._operators(m, f"mesh {i}"), m) for i, m in enumerate(meshes)]
+        return torch.cat([self._latent_geometry(xi), mu], dim=1)
+
+    def encode_targets(self, meshes: Sequence[object], output_fields: object, output_scalars: object = None) -> Tensor:
+        r"""The outputs of :attr:`gp` for known fields and scalars on meshes: the field POD coefficients
+        :math:`a^{(f)} = \Phi_f M (P_i U_i^{(f)} - \bar u^{(f)})`, field by field, then the output scalars,
+        ``n x (sum(n_f) + q)`` (e.g. held-out targets of the GP for data that were not used in the fit)."""
+        self._check_fitted()
+        meshes = as_meshes(meshes)
+        n = len(meshes)
+        U = check_output_fields(output_fields, meshes)
+        if U[0].shape[1] != len(self._fields):
+            raise ValueError(f"`output_fields` must have {len(self._fields)} field(s), got {U[0].shape[1]}.")
+        w = scalar_table("output_scalars", output_scalars, n, dtype=self.dtype, device=self.device)
+        if w.shape[1] != len(self.scalar_names_):
+            raise ValueError(f"`output_scalars` must have {len(self.scalar_names_)} column(s), got {w.shape[1]}.")
+        F = np.stack([self._operators(m, f"mesh {i}").proj @ u for i, (m, u) in enumerate(zip(meshes, U))])
+        coefs = [f.project(F[:, :, k], self._mass) for k, f in enumerate(self._fields)]
+        return torch.cat([torch.as_tensor(np.concatenate(coefs, 1), dtype=self.dtype, device=self.device), w], 1)
+
+    def decode_geometry(self, latent: object, *, as_mesh: bool = True) -> list[Mesh] | Tensor:
+        r"""Shapes of latent geometry coordinates: the common mesh with its nodes at :math:`\bar X + \Phi_g^\top \xi`.
+
+        Args:
+            latent: ``k x n_g`` geometry coefficients, or ``k x (n_g + p)`` latent inputs of :attr:`gp` (the scalar
+                columns are ignored); a single ``(n_g,)`` / ``(n_g + p,)`` vector is accepted (numpy or torch).
+            as_mesh: Return meshes (common-mesh connectivity) instead of node positions.
+
+        Returns:
+            ``k`` :class:`~gpgeom.geometry.mesh.Mesh` objects, or the node positions ``k x N_c x 2`` (a tensor of the
+            model's dtype on its device).
+        """
+        self._check_fitted()
+        z = as_tensor("latent", latent, dtype=torch.float64, device="cpu", ndim=(1, 2)).detach()
+        z = z[None] if z.dim() == 1 else z
+        ng = self.n_modes_geometry_
+        if z.shape[1] not in (ng, self.n_latent):
+            raise ValueError(f"`latent` must be (k, {ng}) or (k, {self.n_latent}), got shape {tuple(z.shape)}.")
+        pos = self._geometry.decode(z[:, :ng].numpy())
+        if not as_mesh:
+            return torch.as_tensor(pos, dtype=self.dtype, device=self.device)
+        return [Mesh(p, self.common_mesh_.cells) for p in pos]
+
+    def _input_scalars(self, input_scalars: object, n: int) -> Tensor:
+        mu = scalar_table("input_scalars", input_scalars, n, dtype=self.dtype, device=self.device)
+        if mu.shape[1] != self.n_input_scalars_:
+            raise ValueError(f"`input_scalars` must have {self.n_input_scalars_} column(s), got {mu.shape[1]}.")
+        return mu
+
+    def _latent_geometry(self, xi: list[np.ndarray]) -> Tensor:
+        arr = np.stack(xi) if xi else np.zeros((0, self.n_modes_geometry_))
+        return torch.as_tensor(arr, dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # predict
+    # ------------------------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        meshes: Sequence[object],
+        input_scalars: object = None,
+        *,
+        return_std: bool = False,
+        n_samples: int = 0,
+        observation_noise: bool = False,
+    ) -> MMGPPrediction:
+        r"""Predict the fields on the original nodes of new meshes, and the output scalars.
+
+        Args:
+            meshes: ``n`` meshes (any node count / connectivity that the morphing accepts).
+            input_scalars: ``n x p`` (numpy or torch).
+            return_std: Also return the exact predictive standard deviations (fields: :math:`\sqrt{\sum_k (A_{jk}
+                s_k)^2 + (Q r)_j}` per node, see :mod:`gpgeom.models.mmgp`).
+            n_samples: Number ``S`` of Monte Carlo draws of the coefficients and scalars to decode (0 = none).
+            observation_noise: Include the GPs' learned noise in the coefficient / scalar variances (predicts new
+                observations; the default is the latent GP, as the reference).
+
+        Returns:
+            An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device.
+        """
+        self._check_fitted()
+        check_positive("n_samples", n_samples, integer=True, allow_zero=True)
+        meshes = as_meshes(meshes)
+        n = len(meshes)
+        mu = self._input_scalars(input_scalars, n)
+        tm = {k: np.zeros(2) for k in ("morph", "transfer", "gp", "decode")}
+        ops_all, xi = [], []
+        for i, mesh in enumerate(meshes):
+            ops = self._operators(mesh, f"mesh {i}")
+            tm["morph"] += ops.t_morph
+            tm["transfer"] += ops.t_transfer
+            ops_all.append(ops)
+            xi.append(self._geometry.encode(ops, mesh))
+        Z = torch.cat([self._latent_geometry(xi), mu], dim=1)
+        t0 = clock()
+        want_std = return_std or n_samples > 0
+        out = self.gp.predict(Z, return_std=want_std, observation_noise=observation_noise)
+        mean, std = out if want_std else (out, None)
+        tm["gp"] = clock() - t0
+
+        t0 = clock()
+        tkw = {"dtype": self.dtype, "device": self.device}
+        nf, q, m = sum(self.n_modes_fields_), len(self.scalar_names_), len(self._fields)
+        gen = torch.Generator().manual_seed(int(self.seed) + 7919)
+        eps = torch.randn(n_samples, n, mean.shape[1], generator=gen, dtype=torch.float64).to(**tkw)
+        fields, fields_std, fsamp = [], [], []
+        for i, ops in enumerate(ops_all):
+            Q = sparse_to_torch(ops.inv_proj, **tkw)
+            noise = None
+            if n_samples and self.truncation_variance:
+                noise = torch.randn(n_samples, Q.shape[0], m, generator=gen, dtype=torch.float64).to(**tkw)
+            U, sd, draws = decode_fields(
+                Q, self._fields, mean[i, :nf], std[i, :nf] if want_std else None,
+                truncation=self.truncation_variance, eps=eps[:, i, :nf] if n_samples else None, noise=noise,
+            )  # fmt: skip
+            fields.append(U)
+            fields_std.append(sd)
+            fsamp.append(draws)
+        tm["decode"] = clock() - t0
+        sl = slice(nf, nf + q)
+        wall, cpu = split_clock(tm)
+        return MMGPPrediction(
+            fields=fields,
+            scalars=mean[:, sl],
+            fields_std=fields_std if return_std else None,
+            scalars_std=std[:, sl] if return_std else None,
+            field_samples=fsamp if n_samples else None,
+            scalar_samples=(mean[None, :, sl] + std[None, :, sl] * eps[:, :, sl]) if n_samples else None,
+            latent=Z,
+            timings=wall,
+            cpu_timings=cpu,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the model contract: devices, files, repr
+    # ------------------------------------------------------------------------------------------------------------
+    def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
+        r"""Move the GP stage and the decode operators (field POD means, modes, truncation variances); the geometry
+        preprocessing stays on the CPU in float64."""
+        super()._to(device=device, dtype=dtype)
+        if not hasattr(self, "gps_"):
+            return
+        for g in self.gps_:
+            g.to(device=device, dtype=dtype)
+        self._fields = [f.to(device=device, dtype=dtype) for f in self._fields]
+        self._bounds = self._bounds.to(device=device, dtype=dtype)
+        self.train_latent_ = self.train_latent_.to(device=device, dtype=dtype)
+        self.train_targets_ = self.train_targets_.to(device=device, dtype=dtype)
+        self._gp_list = None
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "morphing": self.morphing,
+            "common_mesh": "user" if isinstance(self.common_mesh, Mesh) else self.common_mesh,
+            "n_modes_geometry": self.n_modes_geometry,
+            "n_modes_fields": self.n_modes_fields,
+            "kernel": "custom" if callable(self.kernel) else self.kernel,
+            "hyperparameters": self.hyperparameters,
+            "truncation_variance": self.truncation_variance,
+            "restarts": self.restarts,
+            "max_iter": self.max_iter,
+            "center": self.center,
+            "ref_compat": self.ref_compat,
+            "floater_start": self.floater_start,
+            "seed": self.seed,
+        }
+
+    def _get_state(self) -> dict[str, Any]:
+        common = self.common_mesh_
+        return {
+            "config": self._config(),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "common_points": torch.from_numpy(np.ascontiguousarray(common.points)),
+            "common_cells": torch.from_numpy(np.ascontiguousarray(common.cells)),
+            "common_index": self.common_index_,
+            "geometry": self._geometry.state(),
+            "fields": [f.state() for f in self._fields],
+            "field_names": list(self.field_names_),
+            "scalar_names": list(self.scalar_names_),
+            "n_input_scalars": int(self.n_input_scalars_),
+            "train_latent": self.train_latent_,
+            "train_targets": self.train_targets_,
+            "bounds": self._bounds,
+            "gp_states": [g.state_dict() for g in self.gps_],
+            "fit_jitters": [g._fit_jitter for g in self.gps_],
+            "fit_result": self.fit_result_.to_state(),
+        }
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any], kernel: Callable[[int, torch.Size], Kernel] | None = None) -> MMGP:
+        r"""Rebuild from :meth:`_get_state`; a model fitted with a custom kernel callable needs it again
+        (``MMGP.load(path, kernel=...)``), as no file can hold code safely."""
+        cfg = dict(state["config"])
+        if cfg["kernel"] == "custom":
+            if kernel is None:
+                raise ModelFileError(
+                    "This MMGP file was written with a custom kernel callable, which a file cannot hold; pass "
+                    "kernel=... (the same callable) to MMGP.load."
+                )
+            cfg["kernel"] = kernel
+        elif kernel is not None:
+            raise TypeError(f"MMGP.load got `kernel`, but this file uses the named kernel {cfg['kernel']!r}.")
+        common = Mesh(state["common_points"], state["common_cells"])
+        if cfg["common_mesh"] == "user":
+            cfg["common_mesh"] = common
+        model = cls(**cfg, dtype=getattr(torch, state["dtype"]))
+        model.common_index_ = state["common_index"]
+        model._transfer = CommonMeshTransfer(model.morphing, model.floater_start, model.ref_compat)
+        model._transfer.set_common(common)
+        model._geometry = GeometryPOD.from_state(state["geometry"])
+        model._fields = [FieldPOD.from_state(f) for f in state["fields"]]
+        model.field_names_ = list(state["field_names"])
+        model.scalar_names_ = list(state["scalar_names"])
+        model.n_input_scalars_ = int(state["n_input_scalars"])
+        model.n_modes_geometry_ = model._geometry.n_modes
+        model.n_modes_fields_ = [f.n_modes for f in model._fields]
+        Z, Y = state["train_latent"], state["train_targets"]
+        model._set_training_data(Z, Y)
+        model._bounds = state["bounds"]
+        model.gps_ = model._build_gps(Z, Y)
+        for g, st, jitter in zip(model.gps_, state["gp_states"], state["fit_jitters"], strict=True):
+            g.load_state_dict(st)
+            g._fit_jitter = jitter
+            g._fitted = True
+            g.eval()
+        model.fit_result_ = MMGPFitResult.from_state(state["fit_result"])
+        model.timings_ = dict(model.fit_result_.timings)
+        model.cpu_timings_ = dict(model.fit_result_.cpu_timings)
+        model._fitted = True
+        return model
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"morphing": self.morphing}
+        if self.is_fitted:
+            fields["n_train"] = int(self.train_latent_.shape[0])
+            fields["common_nodes"] = self.common_mesh_.n_points
+            fields["n_modes_geometry"] = self.n_modes_geometry_
+            fields["n_modes_fields"] = list(self.n_modes_fields_)
+            fields["n_latent"] = self.n_latent
+            fields["fields"] = list(self.field_names_)
+            fields["scalars"] = list(self.scalar_names_)
+        else:
+            fields["n_modes_geometry"] = self.n_modes_geometry
+            fields["n_modes_fields"] = self.n_modes_fields
+        fields["kernel"] = "custom" if callable(self.kernel) else self.kernel
+        fields["hyperparameters"] = self.hyperparameters
+        if self.is_fitted:
+            fields["n_gps"] = len(self.gps_)
+            noise = [g.likelihood.noise.detach().reshape(-1) for g in self.gps_]
+            fields["noise_range"] = [float(min(t.min() for t in noise)), float(max(t.max() for t in noise))]
+        fields["dtype"] = self.dtype
+        if self.device.type != "cpu":
+            fields["device"] = str(self.device)
+        return fields

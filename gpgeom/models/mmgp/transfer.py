@@ -1,0 +1,178 @@
+r"""MMGP's morphing and finite-element transfer (Casenave et al., NeurIPS 2023, arXiv:2305.12871, Sec. 3.1).
+
+Every mesh :math:`\mathcal{M}_i` is morphed by :math:`\varphi_i` onto one reference shape, and P1 interpolation
+between the morphed mesh and the morphed common mesh :math:`\mathcal{M}_c` (paper Eq. (2)) gives two sparse
+operators: :math:`P_i \in \mathbb{R}^{N_c \times N_i}` (fields of mesh :math:`i` -> common nodes) and
+:math:`Q_i \in \mathbb{R}^{N_i \times N_c}` (common nodes -> nodes of mesh :math:`i`). This geometry
+preprocessing runs on the CPU with numpy and scipy; :func:`sparse_to_torch` hands :math:`Q_i` to the decode on the
+model's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from gpgeom.geometry.mesh import Mesh, mass_matrix, p1_transfer
+from gpgeom.geometry.morphing import RBFMorphing, floater_disk
+from gpgeom.models.mmgp.inputs import clock
+
+__all__ = ["MORPHINGS", "CommonMeshTransfer", "TransferOperators", "sparse_to_torch"]
+
+MORPHINGS = ("floater", "rbf", "none")
+
+#: Largest number of boundary control points of the dense RBF solve (every k-th point above it).
+_MAX_RBF_POINTS = 1500
+
+
+@dataclass
+class TransferOperators:
+    r"""The morphing and the two P1 transfers of one mesh.
+
+    Attributes:
+        morphed: Morphed node positions, ``(N_i, 2)``.
+        proj: :math:`P_i`, ``(N_c, N_i)`` CSR: mesh ``i`` -> common nodes.
+        inv_proj: :math:`Q_i`, ``(N_i, N_c)`` CSR: common mesh -> nodes of mesh ``i``.
+        t_morph: ``(wall, cpu)`` seconds of the morphing.
+        t_transfer: ``(wall, cpu)`` seconds of the two transfers.
+    """
+
+    morphed: np.ndarray
+    proj: sp.csr_matrix
+    inv_proj: sp.csr_matrix
+    t_morph: np.ndarray
+    t_transfer: np.ndarray
+
+
+def sparse_to_torch(A: sp.spmatrix, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    r"""A scipy sparse matrix as a torch sparse COO tensor of ``dtype`` on ``device`` (for ``A @ dense``)."""
+    coo = A.tocoo()
+    idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    val = torch.from_numpy(np.asarray(coo.data, dtype=np.float64))
+    out = torch.sparse_coo_tensor(idx, val, coo.shape, dtype=dtype, device=device, check_invariants=False)
+    return out.coalesce()
+
+
+class CommonMeshTransfer:
+    r"""Morphing onto a reference shape and P1 transfer to and from the common mesh.
+
+    Args:
+        morphing: ``"floater"`` (Tutte map onto the unit disk, :func:`gpgeom.geometry.morphing.floater_disk`),
+            ``"rbf"`` (a Wendland-C2 RBF map of every mesh onto the common mesh's shape) or ``"none"`` (every mesh
+            has the common mesh's nodes; the transfers are identities).
+        floater_start: Where the Floater boundary walk starts: ``"min_x"`` or a point ``(2,)``.
+        ref_compat: Floater boundary angles and orientation of the reference implementation.
+    """
+
+    def __init__(self, morphing: str, floater_start: str | Sequence[float], ref_compat: bool) -> None:
+        self.morphing = morphing
+        self.floater_start = floater_start
+        self.ref_compat = bool(ref_compat)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the common mesh
+    def set_common(self, common: Mesh) -> None:
+        r"""Fix the common mesh :math:`\mathcal{M}_c`: its morphed nodes, its boundary loops (RBF) and its P1 mass
+        matrix :math:`M` (the POD inner product)."""
+        self.common_mesh = common
+        if self.morphing == "rbf":
+            self._ref_loops = []
+            for lp in self._loops_with_start(common):
+                B = common.points[lp]
+                self._ref_loops.append((B, self._arclength(B)))
+            self.common_morphed = common.points.copy()
+        else:
+            self.common_morphed = self.morph(common, "common mesh")
+        self._common_morphed_mesh = common.with_points(self.common_morphed, keep_data=False)
+        self.mass = mass_matrix(common)  # (N_c, N_c)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # morphing
+    def _floater(self, mesh: Mesh) -> np.ndarray:
+        if self.ref_compat:
+            return floater_disk(mesh, start=self.floater_start, orientation="reference", angles="reference", rtol=0.0)
+        return floater_disk(mesh, start=self.floater_start)
+
+    @staticmethod
+    def _loops_with_start(mesh: Mesh) -> list[np.ndarray]:
+        r"""Boundary loops (mesh on the left), each rolled to start at its lowest-leftmost node."""
+        out = []
+        P = mesh.points
+        for lp in mesh.boundary_loops():
+            B = P[lp]
+            i0 = int(np.lexsort((B[:, 1], B[:, 0]))[0])
+            out.append(np.roll(lp, -i0))
+        return out
+
+    @staticmethod
+    def _arclength(B: np.ndarray) -> np.ndarray:
+        seg = np.sqrt((np.diff(np.vstack([B, B[:1]]), axis=0) ** 2).sum(1))
+        s = np.concatenate([[0.0], np.cumsum(seg)])
+        return s / s[-1]  # (nB + 1,), closing node included
+
+    def _rbf_morph(self, mesh: Mesh) -> np.ndarray:
+        r"""Map ``mesh`` onto the common shape: the boundary node at arc-length fraction ``s`` of its loop goes to
+        the point at fraction ``s`` of the matching common loop; the interior follows the Wendland-C2 RBF map."""
+        loops = self._loops_with_start(mesh)
+        ref = self._ref_loops
+        if len(loops) != len(ref):
+            raise ValueError(
+                f"RBF morphing needs the same number of boundary loops as the common mesh ({len(ref)}); this mesh "
+                f"has {len(loops)}."
+            )
+        P = mesh.points
+        src, tgt = [], []
+        free = list(range(len(ref)))
+        for lp in sorted(loops, key=len, reverse=True):
+            c = P[lp].mean(0)
+            j = min(free, key=lambda k: float(((ref[k][0].mean(0) - c) ** 2).sum()))
+            free.remove(j)
+            RB, Rs = ref[j]
+            s = self._arclength(P[lp])[:-1]
+            closed = np.vstack([RB, RB[:1]])
+            tgt.append(np.column_stack([np.interp(s, Rs, closed[:, 0]), np.interp(s, Rs, closed[:, 1])]))
+            src.append(P[lp])
+        S, T = np.concatenate(src), np.concatenate(tgt)
+        if len(S) > _MAX_RBF_POINTS:  # keep the dense RBF solve small: every k-th control point
+            step = math.ceil(len(S) / _MAX_RBF_POINTS)
+            S, T = S[::step], T[::step]
+        return RBFMorphing(S, T)(P)
+
+    def morph(self, mesh: Mesh, index: str) -> np.ndarray:
+        r"""The morphed node positions :math:`\varphi(x)` of ``mesh`` (``index`` names it in errors)."""
+        try:
+            if self.morphing == "floater":
+                if mesh.dim != 2:
+                    raise ValueError(f"Floater morphing needs 2D meshes, got {mesh.dim}D points.")
+                return self._floater(mesh)
+            if self.morphing == "rbf":
+                return self._rbf_morph(mesh)
+            return mesh.points
+        except ValueError as exc:
+            raise ValueError(f"MMGP(morphing={self.morphing!r}): {index}: {exc}") from exc
+
+    # ------------------------------------------------------------------------------------------------------------
+    # P1 transfer (Eq. (2))
+    def operators(self, mesh: Mesh, index: str) -> TransferOperators:
+        r"""Morph ``mesh`` and build :math:`P_i` and :math:`Q_i` (``index`` names the mesh in errors)."""
+        t0 = clock()
+        if self.morphing == "none":
+            if mesh.n_points != self.common_mesh.n_points:
+                raise ValueError(
+                    f"MMGP(morphing='none'): {index} has {mesh.n_points} nodes, the common mesh "
+                    f"{self.common_mesh.n_points}; without morphing every mesh must share the common mesh's nodes "
+                    "(same topology). Use morphing='floater' or 'rbf' for meshes that differ."
+                )
+            eye = sp.identity(mesh.n_points, format="csr")
+            return TransferOperators(mesh.points, eye, eye, clock() - t0, np.zeros(2))
+        morphed = self.morph(mesh, index)
+        t1 = clock()
+        proj = p1_transfer(mesh.with_points(morphed, keep_data=False), self._common_morphed_mesh.points)
+        inv_proj = p1_transfer(self._common_morphed_mesh, morphed)
+        return TransferOperators(morphed, proj, inv_proj, t1 - t0, clock() - t1)
