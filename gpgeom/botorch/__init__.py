@@ -5,6 +5,8 @@ r"""BoTorch adapters of gpgeom and the conformance check they all pass.
 - :class:`GaussianSurrogate` (:mod:`gpgeom.botorch.gaussian`): the one posterior/conditioning code path of the
   adapters that are not GPyTorch ``ExactGP`` s (RVGP's low-rank GP, FunBaT): Bayes' rule on a jointly Gaussian
   predictive, fantasies, output subsets, chunked prediction.
+- :class:`LowRankSpectralGP` (:mod:`gpgeom.botorch.low_rank`): an exact (or variational) GP with a finite-rank
+  spectral kernel over point indices, in weight space (:math:`O(N k^2)`), on the shared path; RVGP builds on it.
 - :class:`SurrogateList` (:mod:`gpgeom.botorch.model_list`): a BoTorch model list whose members have several
   outputs each (MMGP's ``per_field`` GPs), with conditioning and fantasies grouped by member.
 - :func:`check_botorch_model` (:mod:`gpgeom.botorch.check`): what every gpgeom surrogate must satisfy, checked by
@@ -26,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "joint_moments": "gpgeom.botorch.check",
     "GaussianSurrogate": "gpgeom.botorch.gaussian",
     "SurrogateList": "gpgeom.botorch.model_list",
+    "LowRankSpectralGP": "gpgeom.botorch.low_rank",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -67,8 +67,20 @@ class GaussianSurrogate(Model, FantasizeMixin):
 
     _is_fully_bayesian = False
     _is_ensemble = False
-    #: BoTorch's ``FantasizeMixin.fantasize`` reads ``model.likelihood`` (a fixed-noise check); none here.
-    likelihood = None
+
+    @property
+    def likelihood(self) -> Any:
+        r"""The ``likelihood`` submodule if the subclass registers one, else ``None`` (BoTorch's ``fantasize`` reads
+        ``model.likelihood`` for a fixed-noise check)."""
+        return self._modules.get("likelihood")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GaussianSurrogate:
+        r"""``nn.Module`` moves and casts (``to``, ``double``, ...) also apply to the stored conditioning data."""
+        out = super()._apply(fn, recurse)
+        blocks = self.__dict__.get("_blocks")
+        if blocks:
+            self.__dict__["_blocks"] = [_Block(fn(b.X), fn(b.Y), fn(b.noise), list(b.outputs)) for b in blocks]
+        return out
 
     # ------------------------------------------------------------------------------------------------------------
     # what subclasses provide

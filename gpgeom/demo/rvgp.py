@@ -33,10 +33,10 @@ def rvgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     gp.fit(observed, s.vectors[observed], progress=progress, seed=seed)
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
-    mean, std = gp.predict(observation_noise=False)
+    mean, std = (t.cpu().numpy() for t in gp.predict(return_std=True))
     t_pred = time.perf_counter() - t0
     truth = s.clean_vectors
-    _, std_noisy = gp.predict(hidden, observation_noise=True)
+    std_noisy = gp.predict(hidden, return_std=True, observation_noise=True)[1].cpu().numpy()
     ang = angular_errors(mean[hidden], truth[hidden])
     ang_patch = angular_errors(mean[patch], truth[patch])
     cover = float(np.mean(np.abs(mean[hidden] - truth[hidden]) <= 1.96 * std_noisy))

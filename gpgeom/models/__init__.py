@@ -17,7 +17,7 @@ from gpgeom._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "MMGP": "gpgeom.models.mmgp",
     "RVGP": "gpgeom.models.rvgp",
-    "LowRankSpectralGP": "gpgeom.models.rvgp",
+    "LowRankSpectralGP": "gpgeom.botorch.low_rank",
     "FunBaT": "gpgeom.models.funbat",
     "FunBaTCP": "gpgeom.models.funbat",
     "RGNP": "gpgeom.models.rgnp",

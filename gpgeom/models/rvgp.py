@@ -1,16 +1,18 @@
 r"""RVGP: Gaussian processes for vector fields on a latent manifold known only through a point cloud.
 
-Peach, Vinao-Carl, Grossman, Aguilar, Tsai, Vandergheynst and Gosztolai, "Implicit Gaussian process representation
-of vector fields over arbitrary latent manifolds", ICLR 2024 (arXiv 2309.16746).
+Peach, Vinao-Carl, Grossman, David, Mallas, Sharp, Malhotra, Vandergheynst and Gosztolai, "Implicit Gaussian
+process representation of vector fields over arbitrary latent manifolds", ICLR 2024 (arXiv 2309.16746).
 
-**Pipeline** (the method section of the paper; equation numbers are not quoted because the paper body could not be
-re-read here, see ``shared/specs/rvgp.md``). From a cloud :math:`X \in \mathbb R^{n \times D}`:
+**Pipeline** (the paper's sec. 3, its construction of the RVGP kernel). From a cloud
+:math:`X \in \mathbb R^{n \times D}`:
 
-1. the connection Laplacian :math:`L_c \in \mathbb R^{nd \times nd}` of the kNN graph, tangent frames
-   :math:`T_i \in \mathbb R^{D \times d}` by local PCA and Procrustes transports :math:`O_{ij}`
+1. the connection Laplacian :math:`L_c \in \mathbb R^{nd \times nd}` of the kNN graph (Singer and Wu, "Vector
+   diffusion maps and the connection Laplacian", CPAM 2012): tangent frames :math:`T_i \in \mathbb R^{D \times d}`
+   by local PCA, transports :math:`O_{ij}` = the orthogonal Procrustes alignment of :math:`T_i^\top T_j`, blocks
+   :math:`(L_c)_{ii} = \deg_i I_d`, :math:`(L_c)_{ij} = -w_{ij} O_{ij}`
    (:func:`gpgeom.geometry.connection.connection_laplacian`);
 2. its ``k`` smallest eigenpairs :math:`L_c u_l = \lambda_l u_l`, lifted to ambient vector fields
-   :math:`\phi_l(i) = T_i u_l(i) \in \mathbb R^D` (the paper's "positional encoding");
+   :math:`\phi_l(i) = T_i u_l(i) \in \mathbb R^D` (the paper's positional encoding of the tangent bundle);
 3. the vector-valued kernel, a :class:`~gpgeom.kernels.spectral.SpectralKernel` times an outputscale
    :math:`\sigma_f^2`,
 
@@ -19,56 +21,28 @@ re-read here, see ``shared/specs/rvgp.md``). From a cloud :math:`X \in \mathbb R
       f(\lambda) = (2\nu/\kappa^2 + \lambda)^{-\nu}\ \text{(Matern)} \ \text{or}\ e^{-\kappa^2\lambda/2}
       \ \text{(diffusion)},
 
-   with :math:`\tilde f = f / \sigma_0^2` normalised to unit mean prior variance; :math:`\kappa, \nu, \sigma_f^2`
-   and the noise variance :math:`\sigma^2` are learnt.
+   the graph Matern and diffusion filters of Borovitskiy et al. ("Matern Gaussian processes on graphs",
+   AISTATS 2021, eq. 7 and its :math:`\nu \to \infty` limit) applied to :math:`L_c`, with
+   :math:`\tilde f = f / \sigma_0^2` normalised to unit mean prior variance; :math:`\kappa, \nu, \sigma_f^2` and the
+   noise variance :math:`\sigma^2` are learnt by maximising the marginal likelihood.
 
-**Finite rank, exact training in O(N k^2).** Write the kernel as :math:`K = R R^\top` with the rows
-:math:`R = \Phi\, \mathrm{diag}(\sigma_f^2 \tilde f)^{1/2} \in \mathbb R^{N \times k}` (``N = n_train D`` scalar
-observations, point-major: row ``i D + a`` is component ``a`` at point ``i``). Equivalently
-:math:`f = R v`, :math:`v \sim \mathcal N(0, I_k)` (weight space). With :math:`y = f + \varepsilon`,
-:math:`\varepsilon \sim \mathcal N(0, \sigma^2 I)`, the posterior of :math:`v` has precision and shift
+**Training** is the exact GP on this rank-``k`` kernel, computed in weight space in :math:`O(N k^2)` for ``N = n_train
+D`` scalar observations (or variationally for large ``n``): :class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`,
+whose module docstring has the algebra. The reference implementation factorises the dense ``N x N`` matrix.
 
-.. math:: \Lambda = P_0 + R^\top R / \sigma^2, \qquad \eta = \eta_0 + R^\top y / \sigma^2
-   \quad (P_0 = I, \eta_0 = 0 \text{ for the exact GP}),
-
-so, with :math:`\Lambda = C C^\top` (Cholesky, ``k x k``), predictions at rows :math:`R_*` are
-:math:`\mu_* = R_* \Lambda^{-1} \eta` and :math:`\Sigma_* = (C^{-1} R_*^\top)^\top (C^{-1} R_*^\top)` (computed in
-the square-root form of :meth:`LowRankSpectralGP.weight_posterior`), and the
-log marginal likelihood follows from Woodbury and the determinant lemma
-(:math:`B = I + R^\top R/\sigma^2`, :math:`K + \sigma^2 I` never formed):
-
-.. math:: \log p(y) = -\tfrac12\left[\frac{y^\top y}{\sigma^2} - \frac{(R^\top y)^\top B^{-1} R^\top y}{\sigma^4}
-   + \log|B| + N \log \sigma^2 + N \log 2\pi\right].
-
-Cost :math:`O(N k^2 + k^3)` per evaluation instead of the dense :math:`O(N^3)` Cholesky of the reference
-(GPflow ``GPR`` on the ``(n D) x (n D)`` matrix).
-
-**Variational training (large n).** The inducing variables are the ``k`` whitened spectral coefficients
-:math:`v` (inter-domain inducing features, :math:`K_{uu} = I`, :math:`K_{uf} = R^\top`), with
-:math:`q(v) = \mathcal N(m, S S^\top)`. Because the kernel has rank ``k``, inducing *points* at ``M`` cloud nodes
-:math:`u = R_Z v` carry no more information than :math:`v` (for :math:`\mathrm{rank}\, R_Z = k` the two families of
-:math:`q` coincide), so this is the optimal inducing set, at cost :math:`O(b k^2)` per minibatch of ``b`` points:
-
-.. math:: \mathcal L = \frac{N}{|\mathcal B|}\sum_{r \in \mathcal B} \left[\log\mathcal N(y_r \mid R_r m, \sigma^2)
-   - \frac{\|S^\top R_r^\top\|^2}{2\sigma^2}\right] - \mathrm{KL}(\mathcal N(m, SS^\top) \,\|\, \mathcal N(0, I)).
-
-The optimiser starts from the exact posterior for the initial hyperparameters (one streaming pass accumulating
-:math:`R^\top R`, :math:`R^\top y`). Predictions use :math:`q(v)` as the base Gaussian (further observations from
-``condition_on_observations`` are added exactly, in square-root form).
-
-**Out-of-sample extension** (:meth:`RVGP.extend`, rule "Nystrom with Procrustes transport"). A new point
-:math:`x` near the cloud joins the graph with its ``k`` nearest cloud points :math:`j` (weights :math:`w_j`: 1, or
-the Laplacian's Gaussian weights), gets a frame :math:`T_x` by PCA of those neighbours, and transports
-:math:`O_{xj}` = Procrustes(:math:`T_x, T_j`). Solving the eigen-equation's row of the new node for its value
-(Nystrom) gives, with :math:`c_l(j) = T_j^\top \phi_l(j)` and :math:`W = \sum_j w_j`,
+**Out-of-sample extension** (:meth:`RVGP.extend`, gpgeom's addition: the paper's model is transductive, its test
+points belong to the cloud). A new point :math:`x` near the cloud joins the graph with its ``k`` nearest cloud points
+:math:`j` (weights :math:`w_j`: 1, or the Laplacian's Gaussian weights), gets a frame :math:`T_x` by PCA of those
+neighbours, and transports :math:`O_{xj}` = Procrustes(:math:`T_x, T_j`). Solving the eigen-equation's row of the
+new node for its value (Nystrom) gives, with :math:`c_l(j) = T_j^\top \phi_l(j)` and :math:`W = \sum_j w_j`,
 
 .. math:: c_l(x) = \frac{\sum_j w_j O_{xj} c_l(j)}{W - \lambda_l} \ (\text{"none"}), \quad
    \frac{\sum_j w_j O_{xj} c_l(j)/\sqrt{d_x d_j}}{1 - \lambda_l - 1/d_x}\ (\text{"sym"}), \quad
    \frac{\sum_j w_j O_{xj} c_l(j)/d_x}{1 - \lambda_l - 1/d_x}\ (\text{"rw"}),
 
 (:math:`d_x = 1 + W` the degree with the self loop), and :math:`\phi_l(x) = T_x c_l(x)`. At a cloud point this
-reproduces :math:`c_l` up to the asymmetry of its kNN neighbourhood. The scalar case is the same with
-:math:`d = 1`, :math:`O = 1`.
+reproduces :math:`c_l` up to the asymmetry of its kNN neighbourhood (the cloud's own basis is returned there). The
+scalar case is the same with :math:`d = 1`, :math:`O = 1`.
 
 **Tangency.** Every lifted eigenvector lies in :math:`\mathrm{span}\, T_i`, so posterior means, samples and the
 columns of the posterior covariance are tangent to the estimated frames by construction (no projection).
@@ -76,9 +50,16 @@ columns of the posterior covariance are tangent to the estimated frames by const
 **Scalar fields** (``scalar=True``): the same model on the graph Laplacian's eigenvectors (``D_out = 1``).
 
 **BoTorch.** :class:`RVGP` is a ``botorch.models.model.Model`` over point indices (inputs ``... x q x 1`` holding
-integer indices as floats; outputs the ``D`` ambient components): ``posterior`` returns a
-``GPyTorchPosterior(MultitaskMultivariateNormal)``; ``condition_on_observations``/``fantasize`` update the
-weight-space posterior exactly; optimise acquisitions with ``optimize_acqf_discrete(acqf, q, choices=idx)``.
+integer indices as floats; outputs the ``D`` ambient components), through the shared Gaussian path of
+:class:`~gpgeom.botorch.gaussian.GaussianSurrogate`: ``posterior`` returns a
+``GPyTorchPosterior(MultitaskMultivariateNormal)``; ``condition_on_observations``/``fantasize`` apply Bayes' rule
+to the joint, which equals the exact refit on the union (:meth:`~LowRankSpectralGP.rebuild_with`); optimise
+acquisitions with ``optimize_acqf_discrete(acqf, q, choices=idx)``.
+
+**The model contract** (:mod:`gpgeom.base`): ``fit`` returns the model (``fit_result_``), ``predict``/``predict_at``
+return torch tensors ``m x D`` (``m x 1`` for a scalar field), numpy or torch inputs, ``to(device=, dtype=)``,
+``save``/``load`` of everything ``predict`` needs (cloud, frames, graph and Laplacian, eigenpairs,
+hyperparameters, data).
 
 Bad input: vectors not of shape ``(len(index), D)`` (or ``(n, D)``), indices out of range or not integers,
 non-finite values, a manifold dimension above ``D``, duplicate points (``ValueError`` from the geometry, or
@@ -89,28 +70,25 @@ components' spectra, so every component gets its own low modes), ``n_eigenpairs`
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import warnings
 from typing import Any
 
-import gpytorch
 import numpy as np
+import scipy.sparse as sp
 import torch
-from botorch.acquisition.objective import PosteriorTransform
-from botorch.models.model import FantasizeMixin, Model
-from botorch.posteriors import GPyTorchPosterior
 from gpytorch.constraints import GreaterThan, Interval
-from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from gpytorch.kernels import ScaleKernel
-from gpytorch.likelihoods import GaussianLikelihood
-from linear_operator import to_linear_operator
 from scipy.spatial import cKDTree
-from torch import Tensor, nn
+from torch import Tensor
 
 from gpgeom._validation import check_option, check_positive
+from gpgeom.base import ModelContract
+from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian, procrustes
+from gpgeom.geometry.point_cloud import ProximityGraph
 from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = ["LowRankSpectralGP", "RVGP", "angular_errors", "relative_l2"]
@@ -118,275 +96,23 @@ __all__ = ["LowRankSpectralGP", "RVGP", "angular_errors", "relative_l2"]
 _FILTERS = {"matern": "matern", "heat": "heat", "diffusion": "heat"}
 
 
+def _numpy(x: object) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+
+
 def relative_l2(pred: object, true: object) -> float:
-    r""":math:`\|\hat V - V\|_F / \|V\|_F` for ``(m, D)`` arrays."""
-    p, t = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    r""":math:`\|\hat V - V\|_F / \|V\|_F` for ``(m, D)`` arrays or tensors."""
+    p, t = _numpy(pred), _numpy(true)
     return float(np.linalg.norm(p - t) / max(np.linalg.norm(t), np.finfo(float).tiny))
 
 
 def angular_errors(pred: object, true: object) -> np.ndarray:
-    r"""Angles (degrees) between predicted and true vectors, ``(m,)`` (rows of ``(m, D)`` arrays)."""
-    p, t = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    r"""Angles (degrees) between predicted and true vectors, ``(m,)`` numpy (rows of ``(m, D)`` arrays or
+    tensors)."""
+    p, t = _numpy(pred), _numpy(true)
     num = np.einsum("ij,ij->i", p, t)
     den = np.maximum(np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1), np.finfo(float).tiny)
     return np.degrees(np.arccos(np.clip(num / den, -1.0, 1.0)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the low-rank GP (a BoTorch model over point indices)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class LowRankSpectralGP(Model, gpytorch.Module, FantasizeMixin):
-    r"""Exact (or variational) GP with a finite-rank spectral kernel, over point indices; a BoTorch model.
-
-    The weight-space algebra of the module docstring: every quantity costs :math:`O(N k^2 + k^3)`.
-
-    Args:
-        covar_module: ``ScaleKernel(SpectralKernel(...))`` with an ``n x D x k`` (or ``n x k``) basis.
-        y_scale: Outputs are divided by this number internally (root-mean-square of the training vectors), so
-            that the noise constraint and initial values are unit free; predictions are in the original units.
-        noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= 1e-6``).
-
-    Attributes:
-        data_index: ``(*batch, N_pts)`` long indices of the observations used by the posterior.
-        data_y: ``(*batch, N_pts, D)`` observations (scaled by ``1 / y_scale``).
-        mode: ``"exact"`` (prior :math:`N(0, I)` on :math:`v` plus all data) or ``"variational"`` (prior
-            :math:`q(v)` plus data added after training).
-    """
-
-    _supports_cache_root = False
-
-    def __init__(self, covar_module: ScaleKernel, y_scale: float = 1.0, noise: float = 1e-2) -> None:
-        super().__init__()
-        if not isinstance(covar_module, ScaleKernel) or not isinstance(covar_module.base_kernel, SpectralKernel):
-            raise TypeError("`covar_module` must be ScaleKernel(SpectralKernel(...)).")
-        self.covar_module = covar_module
-        dtype = covar_module.base_kernel.basis.eigenvectors.dtype
-        device = covar_module.base_kernel.basis.eigenvectors.device
-        self.likelihood = GaussianLikelihood(noise_constraint=GreaterThan(1e-6)).to(dtype=dtype, device=device)
-        self.likelihood.noise = torch.as_tensor(noise, dtype=torch.float64).to(dtype=dtype, device=device)
-        self.y_scale = float(y_scale)
-        self.mode = "exact"
-        D = self.output_dim
-        self.data_index = torch.zeros(0, dtype=torch.long, device=device)
-        self.data_y = torch.zeros(0, D, dtype=dtype, device=device)
-        self.fit_result: FitResult | None = None
-
-    # -------------------------------------------------------------------------------------------------------- #
-    @property
-    def kernel(self) -> SpectralKernel:
-        return self.covar_module.base_kernel
-
-    @property
-    def output_dim(self) -> int:
-        return self.covar_module.base_kernel.output_dim
-
-    @property
-    def num_outputs(self) -> int:
-        return self.output_dim
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self.data_index.shape[:-1]
-
-    @property
-    def noise(self) -> Tensor:
-        r"""Noise variance :math:`\sigma^2` (scaled units), scalar tensor."""
-        return self.likelihood.noise.reshape(())
-
-    def set_hyperparameters(
-        self,
-        lengthscale: float | None = None,
-        outputscale: float | None = None,
-        noise: float | None = None,
-        nu: float | None = None,
-    ) -> None:
-        r"""Set :math:`\kappa`, :math:`\sigma_f^2`, :math:`\sigma^2` (scaled units) and :math:`\nu` exactly in the
-        model's dtype (GPyTorch's setters round Python floats through float32)."""
-        ref = self.kernel.basis.eigenvectors
-
-        def t(v: float) -> Tensor:
-            return torch.as_tensor(v, dtype=torch.float64).to(ref)
-
-        if lengthscale is not None:
-            self.kernel.lengthscale = t(lengthscale)
-        if outputscale is not None:
-            self.covar_module.outputscale = t(outputscale)
-        if noise is not None:
-            self.likelihood.noise = t(noise)
-        if nu is not None:
-            self.kernel.nu = t(nu)
-
-    def sqrt_spectrum(self) -> Tensor:
-        r""":math:`(\sigma_f^2 \tilde f(\lambda_l))^{1/2}`, shape ``(k,)``."""
-        return (self.covar_module.outputscale.reshape(()) * self.kernel.spectrum().reshape(-1)).sqrt()
-
-    def rows(self, index: Tensor, phi: Tensor | None = None) -> Tensor:
-        r"""Rows of :math:`R`: ``(*b, q * D, k)`` for ``index`` ``(*b, q)`` (or given basis values ``phi``
-        ``(*b, q, D, k)``, e.g. from an out-of-sample extension)."""
-        if phi is None:
-            phi = self.kernel.basis.eigenvectors[index]  # *b x q x D x k
-        R = phi * self.sqrt_spectrum()
-        return R.reshape(*R.shape[:-3], R.shape[-3] * R.shape[-2], R.shape[-1])
-
-    # -------------------------------------------------------------------------------------------------------- #
-    def _base_v(self) -> tuple[Tensor, Tensor]:
-        r"""Mean :math:`m_0` ``(k,)`` and lower-triangular root :math:`S_0` ``(k, k)`` of the base Gaussian on
-        :math:`v`: :math:`N(0, I)` (mode ``"exact"``) or :math:`q(v) = N(m, S S^\top)` (``"variational"``)."""
-        k = self.kernel.num_eigenpairs
-        ref = self.kernel.basis.eigenvectors
-        if self.mode == "exact":
-            return torch.zeros(k, dtype=ref.dtype, device=ref.device), torch.eye(k, dtype=ref.dtype, device=ref.device)
-        return self.q_mean, self.q_scale_tril()
-
-    def q_scale_tril(self) -> Tensor:
-        r"""Lower-triangular :math:`S` of :math:`q(v)`, positive diagonal, ``(k, k)``."""
-        raw = self.q_raw_scale
-        diag = torch.nn.functional.softplus(torch.diagonal(raw)) + 1e-8
-        return torch.tril(raw, -1) + torch.diag(diag)
-
-    def weight_posterior(self) -> tuple[Tensor, Tensor]:
-        r"""Posterior mean of :math:`v` ``(*batch, k)`` and a root :math:`F` ``(*batch, k, k)`` of its covariance
-        :math:`F F^\top`.
-
-        From the base :math:`N(m_0, S_0 S_0^\top)` (:meth:`_base_v`) and the data :math:`y = R v + \varepsilon`, in
-        square-root form (every matrix factorised is :math:`\succeq I`): :math:`A = R S_0`,
-        :math:`M = I + A^\top A / \sigma^2 = L_M L_M^\top`,
-        :math:`\bar v = m_0 + S_0 M^{-1} A^\top (y - R m_0) / \sigma^2`, :math:`F = S_0 L_M^{-\top}`. For the exact
-        GP (:math:`m_0 = 0, S_0 = I`) this is the weight-space posterior of the module docstring
-        (:math:`M = \Lambda`)."""
-        m0, S0 = self._base_v()
-        k = m0.shape[-1]
-        if self.data_index.shape[-1] == 0:
-            return m0.expand(*self.batch_shape, k), S0.expand(*self.batch_shape, k, k)
-        R = self.rows(self.data_index)  # *b x N x k
-        y = self.data_y.reshape(*self.data_y.shape[:-2], -1)
-        s2 = self.noise
-        A = R @ S0
-        M = torch.eye(k, dtype=R.dtype, device=R.device) + A.mT @ A / s2
-        LM = torch.linalg.cholesky(M)
-        r = y - (R @ m0.unsqueeze(-1)).squeeze(-1)
-        w = torch.cholesky_solve((A.mT @ r.unsqueeze(-1)) / s2, LM)
-        mean = m0 + (S0 @ w).squeeze(-1)
-        F = torch.linalg.solve_triangular(LM, S0.mT.expand(*LM.shape[:-2], k, k), upper=False).mT
-        return mean, F
-
-    def log_marginal_likelihood(self) -> Tensor:
-        r"""Exact :math:`\log p(y)` of the data (mode ``"exact"``), by Woodbury; ``(*batch,)``."""
-        R = self.rows(self.data_index)
-        y = self.data_y.reshape(*self.data_y.shape[:-2], -1)
-        N, k = R.shape[-2], R.shape[-1]
-        s2 = self.noise
-        B = torch.eye(k, dtype=R.dtype, device=R.device) + R.mT @ R / s2
-        C = torch.linalg.cholesky(B)
-        Rty = (R.mT @ y.unsqueeze(-1)).squeeze(-1)
-        z = torch.linalg.solve_triangular(C, Rty.unsqueeze(-1), upper=False).squeeze(-1)
-        quad = y.square().sum(-1) / s2 - z.square().sum(-1) / s2**2
-        logdet = 2 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1)).sum(-1) + N * torch.log(s2)
-        return -0.5 * (quad + logdet + N * math.log(2 * math.pi))
-
-    def _exact_loss(self) -> Tensor:
-        return -self.log_marginal_likelihood() / self.data_y.numel()
-
-    def _elbo_loss(self, index: Tensor, y: Tensor) -> Tensor:
-        r"""Negative ELBO per observation for a minibatch ``index`` ``(b,)``, ``y`` ``(b, D)`` (scaled)."""
-        R = self.rows(index)  # (b D) x k
-        yy = y.reshape(-1)
-        s2 = self.noise
-        S = self.q_scale_tril()
-        resid = yy - R @ self.q_mean
-        var = (R @ S).square().sum(-1)
-        ll = -0.5 * (math.log(2 * math.pi) + torch.log(s2) + (resid.square() + var) / s2)
-        k = S.shape[-1]
-        kl = 0.5 * (S.square().sum() + self.q_mean.square().sum() - k - 2 * torch.log(torch.diagonal(S)).sum())
-        n_total = self._n_train_obs
-        return -(ll.sum() * (n_total / yy.numel()) - kl) / n_total
-
-    # -------------------------------------------------------------------------------------------------------- #
-    def _check_index_input(self, X: Tensor) -> Tensor:
-        if not torch.is_tensor(X) or X.dim() < 2 or X.shape[-1] != 1:
-            raise ValueError(
-                f"Inputs must be `batch x q x 1` point indices (stored as floats), got shape "
-                f"{tuple(X.shape) if torch.is_tensor(X) else type(X).__name__}."
-            )
-        return self.kernel._indices(X, "X")  # validated long indices ``batch x q``
-
-    def _predict_rows(self, Rq: Tensor, noise: Tensor | bool = False) -> tuple[Tensor, Tensor]:
-        r"""Mean ``(*b, M)`` and covariance ``(*b, M, M)`` (scaled units) at rows ``Rq`` ``(*b, M, k)``."""
-        mean_v, F = self.weight_posterior()
-        batch = torch.broadcast_shapes(Rq.shape[:-2], mean_v.shape[:-1])
-        Rq = Rq.expand(*batch, *Rq.shape[-2:])
-        mean = (Rq @ mean_v.expand(*batch, mean_v.shape[-1]).unsqueeze(-1)).squeeze(-1)
-        V = F.expand(*batch, *F.shape[-2:]).mT @ Rq.mT  # (R_* F)^T, k x M
-        cov = V.mT @ V
-        if isinstance(noise, Tensor):
-            cov = cov + torch.diag_embed(noise.expand(mean.shape).to(cov))
-        elif noise:
-            cov = cov + self.noise * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        return mean, cov
-
-    def posterior(
-        self,
-        X: Tensor,
-        output_indices: list[int] | None = None,
-        observation_noise: bool | Tensor = False,
-        posterior_transform: PosteriorTransform | None = None,
-        **kwargs: Any,
-    ) -> GPyTorchPosterior:
-        r"""BoTorch posterior at point indices ``X`` (``batch x q x 1``), over ``batch x q x m`` outputs (``m = D``
-        ambient components, or the selected ``output_indices``), in the original units."""
-        self.eval()
-        idx = self._check_index_input(X)
-        D = self.output_dim
-        noise = observation_noise
-        if isinstance(observation_noise, Tensor):  # batch x q x m, original units
-            noise = (observation_noise / self.y_scale**2).expand(*idx.shape, D).reshape(*idx.shape[:-1], -1)
-        mean, cov = self._predict_rows(self.rows(idx), noise)
-        q = idx.shape[-1]
-        mean = mean * self.y_scale
-        cov = cov * self.y_scale**2
-        if output_indices is not None:
-            oi = list(output_indices)
-            if not oi or any(not 0 <= i < D for i in oi):
-                raise ValueError(f"`output_indices` must be indices in range({D}), got {oi}.")
-            sel = (torch.arange(q, device=mean.device)[:, None] * D + torch.tensor(oi, device=mean.device)).reshape(-1)
-            mean, cov = mean[..., sel], cov[..., sel[:, None], sel]
-            D = len(oi)
-        # a linear operator: the (rank-deficient: no normal component) covariance is factorised lazily, with jitter
-        cov = to_linear_operator(cov)
-        if D == 1:
-            dist = MultivariateNormal(mean, cov)
-        else:
-            dist = MultitaskMultivariateNormal(mean.reshape(*mean.shape[:-1], q, D), cov, interleaved=True)
-        post = GPyTorchPosterior(dist)
-        return post if posterior_transform is None else posterior_transform(post)
-
-    def _with_data(self, index: Tensor, y: Tensor) -> LowRankSpectralGP:
-        new = copy.copy(self)  # shares the (large) eigenbasis and the hyperparameters
-        new.data_index, new.data_y = index, y
-        return new
-
-    def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> LowRankSpectralGP:
-        r"""A model whose posterior also conditions on ``Y`` (``batch' x n' x D``, original units) at indices ``X``
-        (``batch' x n' x 1``); exact (no refit), shares the hyperparameters."""
-        idx = self._check_index_input(X)
-        if Y.shape[-1] != self.output_dim or Y.shape[-2] != idx.shape[-1]:
-            raise ValueError(f"`Y` must be `batch x {idx.shape[-1]} x {self.output_dim}`, got {tuple(Y.shape)}.")
-        batch = torch.broadcast_shapes(self.batch_shape, idx.shape[:-1], Y.shape[:-2])
-        old_i = self.data_index.expand(*batch, self.data_index.shape[-1])
-        old_y = self.data_y.expand(*batch, *self.data_y.shape[-2:])
-        new_i = torch.cat([old_i, idx.expand(*batch, idx.shape[-1])], -1)
-        new_y = torch.cat([old_y, (Y / self.y_scale).to(old_y).expand(*batch, *Y.shape[-2:])], -2)
-        return self._with_data(new_i, new_y)
-
-    def subset_output(self, idcs: list[int]) -> Model:
-        raise NotImplementedError("The components of a vector field share one kernel; use output_indices.")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# RVGP
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def _as_index(name: str, index: object, n: int) -> np.ndarray:
@@ -397,6 +123,8 @@ def _as_index(name: str, index: object, n: int) -> np.ndarray:
         return np.flatnonzero(arr)
     if arr.ndim != 1:
         raise ValueError(f"`{name}` must be a 1-D array of point indices, got shape {arr.shape}.")
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"`{name}` must hold integer point indices, got dtype {arr.dtype}.")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
             raise ValueError(f"`{name}` must hold integer point indices.")
@@ -408,14 +136,104 @@ def _as_index(name: str, index: object, n: int) -> np.ndarray:
     return arr
 
 
-class RVGP(LowRankSpectralGP):
+def _plain(obj: Any) -> Any:
+    r"""``obj`` with numpy scalars and arrays turned into Python numbers and tensors, values that a file read with
+    ``weights_only=True`` can hold (anything else becomes its ``repr``)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if obj is None or isinstance(obj, bool | int | float | str | Tensor):
+        return obj
+    return repr(obj)
+
+
+def _laplacian_state(lap: ConnectionLaplacian) -> dict[str, Any]:
+    r"""Every field of a :class:`ConnectionLaplacian` (and its graph) as tensors and plain values."""
+
+    def t(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    G = lap.graph
+    L = sp.csr_matrix(lap.L)
+    return {
+        "points": t(lap.points),
+        "index": t(lap.index),
+        "graph": {
+            "n": int(G.n),
+            "rows": t(G.rows),
+            "cols": t(G.cols),
+            "dists": t(G.dists),
+            "rho": t(G.rho),
+            "k": int(G.k),
+            "method": str(G.method),
+            "n_components": int(G.n_components),
+            "labels": t(G.labels),
+        },
+        "frames": t(lap.frames),
+        "singular_values": t(lap.singular_values),
+        "transports": t(lap.transports),
+        "alignment": t(lap.alignment),
+        "weights": t(lap.weights),
+        "self_weights": t(lap.self_weights),
+        "degree": t(lap.degree),
+        "L": {"data": t(L.data), "indices": t(L.indices), "indptr": t(L.indptr), "shape": list(L.shape)},
+        "normalization": str(lap.normalization),
+        "eps": None if lap.eps is None else float(lap.eps),
+        "scale": float(lap.scale),
+        "timings": {str(k): float(v) for k, v in lap.timings.items()},
+        "cache_dir": lap.cache_dir,
+    }
+
+
+def _laplacian_from_state(s: dict[str, Any]) -> ConnectionLaplacian:
+    r"""The :class:`ConnectionLaplacian` written by :func:`_laplacian_state` (no recomputation)."""
+    g = s["graph"]
+    graph = ProximityGraph(
+        n=g["n"],
+        rows=g["rows"].numpy(),
+        cols=g["cols"].numpy(),
+        dists=g["dists"].numpy(),
+        rho=g["rho"].numpy(),
+        k=g["k"],
+        method=g["method"],
+        n_components=g["n_components"],
+        labels=g["labels"].numpy(),
+    )
+    m = s["L"]
+    L = sp.csr_matrix((m["data"].numpy(), m["indices"].numpy(), m["indptr"].numpy()), shape=tuple(m["shape"]))
+    return ConnectionLaplacian(
+        points=s["points"].numpy(),
+        index=s["index"].numpy(),
+        graph=graph,
+        frames=s["frames"].numpy(),
+        singular_values=s["singular_values"].numpy(),
+        transports=s["transports"].numpy(),
+        alignment=s["alignment"].numpy(),
+        weights=s["weights"].numpy(),
+        self_weights=s["self_weights"].numpy(),
+        degree=s["degree"].numpy(),
+        L=L,
+        normalization=s["normalization"],
+        eps=s["eps"],
+        scale=s["scale"],
+        timings=dict(s["timings"]),
+        cache_dir=s["cache_dir"],
+    )
+
+
+class RVGP(ModelContract, LowRankSpectralGP):
     r"""Vector-field GP on a point cloud (the connection-Laplacian spectral kernel); a BoTorch model.
 
     Example:
         >>> s = sphere_vector_field(1000, "mixed")
         >>> gp = RVGP(s.points, n_eigenpairs=48).fit(train_idx, s.vectors[train_idx])
-        >>> mean, std = gp.predict(test_idx)                 # (m, 3) each, tangent
-        >>> mean_new, std_new = gp.predict_at(new_points)    # out-of-sample (Nystrom)
+        >>> mean, std = gp.predict(test_idx, return_std=True)                 # (m, 3) tensors each, tangent
+        >>> mean_new, std_new = gp.predict_at(new_points, return_std=True)    # out-of-sample (Nystrom)
         >>> gp.save("rvgp.pt"); gp2 = RVGP.load("rvgp.pt")
 
     Point indices (``fit``, ``predict``, BoTorch inputs) refer to the rows of :attr:`points` (the cloud after
@@ -431,7 +249,7 @@ class RVGP(LowRankSpectralGP):
         nu, learn_nu: Matern smoothness (initial value) and whether it is learnt.
         lengthscale: Initial :math:`\kappa` (default: :math:`2\nu/\kappa^2 = \lambda_k / 2`, i.e. the filter
             halves over the kept spectrum; diffusion: :math:`\kappa^2 \lambda_k / 2 = 2`).
-        scalar: Model a scalar field with the graph Laplacian (outputs ``(m,)``).
+        scalar: Model a scalar field with the graph Laplacian (outputs ``(m, 1)``).
         laplacian: A prebuilt :class:`~gpgeom.geometry.connection.ConnectionLaplacian` (then the geometry
             arguments are ignored).
         eigenpairs: Optional precomputed ``(eigenvalues (k,), eigenvectors (n d, k))`` of the Laplacian.
@@ -439,7 +257,15 @@ class RVGP(LowRankSpectralGP):
         dtype, device: Of the GP tensors (float64 default; ``"cuda"`` for the GPU).
         laplacian_kwargs: Passed to :func:`~gpgeom.geometry.connection.connection_laplacian` (``normalization``,
             ``weights``, ``frames``, ``duplicates``, ``on_disconnected``, ...).
+
+    Attributes:
+        fit_result_: The :class:`~gpgeom.engine.fitting.FitResult` of the last :meth:`fit`.
+        train_index_: ``(m,)`` long indices of the training points of the last :meth:`fit`.
+        laplacian: The :class:`~gpgeom.geometry.connection.ConnectionLaplacian` (graph, frames, transports).
+        eigenvalues, eigenvectors: The ``k`` eigenpairs (numpy ``float64``; eigenvectors ``(n d, k)``).
     """
+
+    _format_version = 1
 
     def __init__(
         self,
@@ -462,6 +288,8 @@ class RVGP(LowRankSpectralGP):
     ) -> None:
         check_positive("n_eigenpairs", n_eigenpairs, integer=True)
         check_option("spectral_filter", spectral_filter, tuple(_FILTERS))
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}.")
         if laplacian is None:
             if scalar:
                 laplacian = graph_laplacian(points, k_neighbors, **laplacian_kwargs)
@@ -476,9 +304,7 @@ class RVGP(LowRankSpectralGP):
         if eigenpairs is None:
             vals, vecs = lap.eigenpairs(n_eigenpairs, method=eig_method)
         else:
-            vals, vecs = (
-                np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a, dtype=np.float64) for a in eigenpairs
-            )
+            vals, vecs = (_numpy(a) for a in eigenpairs)
             if vals.shape != (n_eigenpairs,) or vecs.shape != (lap.n * d, n_eigenpairs):
                 raise ValueError(
                     f"`eigenpairs` must be ((k,), (n d, k)) = (({n_eigenpairs},), ({lap.n * d}, {n_eigenpairs})), "
@@ -486,10 +312,9 @@ class RVGP(LowRankSpectralGP):
                 )
         vals = np.maximum(vals, 0.0)
         phi = vecs.reshape(lap.n, 1, n_eigenpairs) if scalar else lap.lift(vecs)  # n x D_out x k
-        phi_t = torch.as_tensor(phi, dtype=dtype, device=device)
         base = SpectralKernel(
             torch.as_tensor(vals, dtype=dtype, device=device),
-            phi_t,
+            torch.as_tensor(phi, dtype=dtype, device=device),
             spectral_filter=_FILTERS[spectral_filter],
             nu=nu,
             learn_nu=learn_nu and _FILTERS[spectral_filter] == "matern",
@@ -515,32 +340,39 @@ class RVGP(LowRankSpectralGP):
             "scalar": bool(scalar),
             "laplacian_kwargs": {k: v for k, v in laplacian_kwargs.items() if k != "frames"},
         }
+        self.fit_result_: FitResult | None = None
+        self.train_index_: Tensor | None = None
         self._tree: cKDTree | None = None
 
-    # -------------------------------------------------------------------------------------------------------- #
+    # ------------------------------------------------------------------------------------------------------------
     @property
     def n(self) -> int:
+        r"""Number of points of the cloud."""
         return self.laplacian.n
 
     @property
     def points(self) -> np.ndarray:
+        r"""``(n, D)`` the cloud (numpy ``float64``)."""
         return self.laplacian.points
 
-    def _vectors(self, vectors: object, m: int) -> Tensor:
-        v = np.asarray(vectors.detach().cpu() if isinstance(vectors, Tensor) else vectors, dtype=np.float64)
-        D = self.output_dim
-        if self.scalar and v.ndim == 1:
+    def _vectors(self, vectors: object, idx: np.ndarray) -> Tensor:
+        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` tensor of the model's dtype, checked."""
+        v = self._as_tensor("vectors", vectors, finite=False)
+        m, D = len(idx), self.output_dim
+        if m != self.n and v.dim() >= 1 and v.shape[0] == self.n:
+            v = v[torch.as_tensor(idx, device=v.device)]
+        if self.scalar and v.dim() == 1:
             v = v[:, None]
-        if v.shape != (m, D):
+        if tuple(v.shape) != (m, D):
             what = "values" if self.scalar else "vectors"
             raise ValueError(
                 f"`{what}` must have shape ({m}, {D}) (one {'value' if self.scalar else 'ambient vector'} per "
-                f"index; the cloud is {self.n} x {self.points.shape[1]}), got {v.shape}."
+                f"index; the cloud is {self.n} x {self.points.shape[1]}), got {tuple(v.shape)}."
             )
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"`vectors` contain {int((~np.isfinite(v)).sum())} NaN or infinite value(s).")
-        ref = self.kernel.basis.eigenvectors
-        return torch.as_tensor(v, dtype=ref.dtype, device=ref.device)
+        bad = ~torch.isfinite(v)
+        if bool(bad.any()):
+            raise ValueError(f"`vectors` contain {int(bad.sum())} NaN or infinite value(s).")
+        return v
 
     def fit(
         self,
@@ -555,42 +387,44 @@ class RVGP(LowRankSpectralGP):
         lr: float = 0.05,
         patience: int = 20,
         seed: int | None = 0,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> RVGP:
         r"""Learn :math:`\kappa, \nu, \sigma_f^2, \sigma^2` (and :math:`q(v)`) from observed vectors.
 
         Args:
-            index: ``(m,)`` integer indices of the observed points (or an ``(n,)`` boolean mask).
+            index: ``(m,)`` integer indices of the observed points (or an ``(n,)`` boolean mask); numpy or torch.
             vectors: ``(m, D)`` observed ambient vectors at those points (``(n, D)`` is also accepted, then
-                rows ``index`` are taken). Scalar model: ``(m,)``.
-            method: ``"exact"`` (L-BFGS-B on the Woodbury marginal likelihood, O(N k^2) per step) or
+                rows ``index`` are taken); numpy or torch. Scalar model: ``(m,)`` or ``(m, 1)``.
+            method: ``"exact"`` (L-BFGS-B on the Woodbury marginal likelihood, :math:`O(N k^2)` per step) or
                 ``"variational"`` (Adam on minibatch ELBOs of ``batch_size`` points, ``epochs``).
-            restarts, max_iter, lr, patience, seed, progress: Passed to :func:`gpgeom.engine.fitting.fit`.
+            restarts, max_iter, lr, patience, seed: Passed to :func:`gpgeom.engine.fitting.fit`.
+            progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only;
+                :mod:`gpgeom._progress`).
 
         Returns:
-            ``self`` (the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result``).
+            ``self``; the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result_``.
         """
         check_option("method", method, ("exact", "variational"))
         idx = _as_index("index", index, self.n)
         if len(idx) == 0:
             raise ValueError("`index` is empty: nothing to fit.")
-        v = np.asarray(vectors.detach().cpu() if isinstance(vectors, Tensor) else vectors)
-        if len(idx) != self.n and v.ndim >= 1 and v.shape[0] == self.n:
-            v = v[idx]
-        y = self._vectors(v, len(idx))
+        y = self._vectors(vectors, idx)
         scale = float(y.square().mean().sqrt())
         self.y_scale = scale if scale > 0 else 1.0
         ref = self.kernel.basis.eigenvectors
         idx_t = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
         ys = y / self.y_scale
+        for name in ("_blocks", "_output_subset", "_wp_cache"):
+            self.__dict__.pop(name, None)
         for name in ("q_mean", "q_raw_scale"):
             if name in self._parameters:
                 self._parameters[name].requires_grad_(method == "variational")
         if method == "exact":
             self.mode = "exact"
             self.data_index, self.data_y = idx_t, ys
-            self.fit_result = fit(
-                self._exact_loss,
+            self._n_train_obs = int(ys.numel())
+            result = fit(
+                self.exact_loss,
                 module=self,
                 optimizer="lbfgs",
                 restarts=restarts,
@@ -599,20 +433,15 @@ class RVGP(LowRankSpectralGP):
                 progress=progress,
             )
         else:
-            k = self.kernel.num_eigenpairs
+            self.ensure_variational()
             self.mode = "variational"
-            if "q_mean" not in self._parameters or self.q_mean.shape != (k,):
-                self.q_mean = nn.Parameter(torch.zeros(k, dtype=ref.dtype, device=ref.device))
-                inv1 = math.log(math.expm1(1.0))
-                self.q_raw_scale = nn.Parameter(torch.eye(k, dtype=ref.dtype, device=ref.device) * inv1)
             self._n_train_obs = int(ys.numel())
-            self.data_index = idx_t[:0]
-            self.data_y = ys[:0]
+            self.data_index, self.data_y = idx_t[:0], ys[:0]
             gen = torch.Generator().manual_seed(0 if seed is None else seed)
-            loader = _Minibatches(idx_t, ys, batch_size, gen)
-            self._init_q(loader)
-            self.fit_result = fit(
-                self._elbo_loss,
+            loader = Minibatches(idx_t, ys, batch_size, gen)
+            self.init_variational(loader)
+            result = fit(
+                self.elbo_loss,
                 module=self,
                 optimizer="adam",
                 data_loader=loader,
@@ -623,135 +452,119 @@ class RVGP(LowRankSpectralGP):
                 seed=seed,
                 progress=progress,
             )
-        self.train_index = idx
+        self.fit_result_ = result
+        self.train_index_ = idx_t
+        self._fitted = True
         self.eval()
         return self
 
-    @torch.no_grad()
-    def _init_q(self, loader: _Minibatches) -> None:
-        r"""Start :math:`q(v)` at the exact posterior for the current hyperparameters, accumulated in one streaming
-        pass over the minibatches (:math:`R^\top R` and :math:`R^\top y`, :math:`O(N k^2)` time, :math:`O(k^2)`
-        memory)."""
-        k = self.kernel.num_eigenpairs
-        ref = self.kernel.basis.eigenvectors
-        RtR = torch.zeros(k, k, dtype=ref.dtype, device=ref.device)
-        Rty = torch.zeros(k, dtype=ref.dtype, device=ref.device)
-        for index, y in loader:
-            R = self.rows(index)
-            RtR += R.mT @ R
-            Rty += R.mT @ y.reshape(-1)
-        s2 = self.noise
-        Lam = torch.eye(k, dtype=ref.dtype, device=ref.device) + RtR / s2
-        C = torch.linalg.cholesky(Lam)
-        self.q_mean.copy_(torch.cholesky_solve((Rty / s2).unsqueeze(-1), C).squeeze(-1))
-        # lower S with S S^T = Lam^-1, without forming the (ill-conditioned) inverse: Lam = U U^T with U upper
-        # (the Cholesky factor of the index-reversed matrix, reversed back), then S = U^-T
-        U = torch.linalg.cholesky(Lam.flip(0, 1)).flip(0, 1)
-        S = torch.linalg.solve_triangular(U, torch.eye(k, dtype=U.dtype, device=U.device), upper=True).mT
-        diag = torch.diagonal(S).clamp_min(1e-6)
-        raw_diag = diag + torch.log(-torch.expm1(-diag))  # inverse softplus
-        self.q_raw_scale.copy_(torch.tril(S, -1) + torch.diag(raw_diag))
-
-    # -------------------------------------------------------------------------------------------------------- #
-    def _marginals(self, phi_or_idx: Tensor, is_phi: bool, return_cov: bool) -> tuple[Tensor, Tensor]:
-        D = self.output_dim
-        Rq = self.rows(phi_or_idx) if not is_phi else self.rows(None, phi_or_idx)
-        mean_v, F = self.weight_posterior()
-        mean = (Rq @ mean_v.unsqueeze(-1)).squeeze(-1)
-        V = F.mT @ Rq.mT  # (R_* F)^T, k x (q D)
-        q = Rq.shape[0] // D
-        Vb = V.reshape(V.shape[0], q, D)
-        if return_cov:
-            cov = torch.einsum("kqa,kqb->qab", Vb, Vb)
-        else:
-            cov = Vb.square().sum(0)
-        return mean.reshape(q, D), cov
-
+    # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _predict(
-        self, source: Tensor, is_phi: bool, return_std: bool, return_cov: bool, observation_noise: bool, chunk_size: int
-    ) -> Any:
+        self, X: Tensor, return_std: bool, return_cov: bool, observation_noise: bool, chunk_size: int
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Marginals at internal inputs ``X`` (``(m, 1)`` indices or :meth:`extended_inputs`), in chunks, through
+        the shared conditioned joint (so a conditioned model predicts with its extra data)."""
+        self._check_fitted()
+        check_positive("chunk_size", chunk_size, integer=True)
         self.eval()
-        means, second = [], []
-        for s in range(0, source.shape[0], chunk_size):
-            m, c = self._marginals(source[s : s + chunk_size], is_phi, return_cov)
-            if observation_noise:
-                c = c + (
-                    self.noise * torch.eye(self.output_dim, dtype=c.dtype, device=c.device)
-                    if return_cov
-                    else self.noise
-                )
-            means.append(m)
-            second.append(c)
-        mean = torch.cat(means) * self.y_scale
-        sec = torch.cat(second) * self.y_scale**2
-        if self.scalar:
-            mean = mean[:, 0]
-            sec = sec[:, 0, 0] if return_cov else sec[:, 0]
-        out_mean = mean.cpu().numpy()
+        D = self.output_dim
+        outputs = self._outputs
+        step = min(chunk_size, 256) if return_cov else chunk_size
+        means, seconds = [], []
+        for start in range(0, X.shape[-2], step):
+            Xc = X[..., start : start + step, :]
+            if return_cov:
+                mean, cov = self._conditioned(Xc, want_cov=True)
+                q = Xc.shape[-2]
+                cov = cov.reshape(*cov.shape[:-2], q, D, q, D)
+                cov = torch.diagonal(cov, dim1=-4, dim2=-2).movedim(-1, -3)  # ... x q x D x D
+                if observation_noise:
+                    cov = cov + torch.diag_embed(self._noise_variance(Xc).to(cov).expand(*cov.shape[:-1]))
+                seconds.append(cov[..., outputs, :][..., outputs])
+            else:
+                mean, var = self._conditioned(Xc, want_cov=False)
+                if observation_noise:
+                    var = var + self._noise_variance(Xc).to(var)
+                seconds.append(var[..., outputs])
+            means.append(mean[..., outputs])
+        mean = torch.cat(means, dim=-2)
         if return_cov:
-            return out_mean, sec.cpu().numpy()
+            return mean, torch.cat(seconds, dim=-3)
         if return_std:
-            return out_mean, sec.clamp_min(0).sqrt().cpu().numpy()
-        return out_mean
+            return mean, torch.cat(seconds, dim=-2).clamp_min(0.0).sqrt()
+        return mean
 
     def predict(
         self,
         index: object | None = None,
-        *,
-        return_std: bool = True,
-        return_cov: bool = False,
+        return_std: bool = False,
         observation_noise: bool = False,
+        *,
+        return_cov: bool = False,
         chunk_size: int = 4096,
-    ) -> Any:
+    ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Posterior of the field at cloud points (super-resolution, inpainting).
 
         Args:
-            index: ``(m,)`` point indices (or a boolean mask); ``None``: all ``n`` points.
+            index: ``(m,)`` point indices (or an ``(n,)`` boolean mask), numpy or torch; ``None``: all ``n`` points.
             return_std: Also return the ``(m, D)`` per-component standard deviations.
-            return_cov: Return the ``(m, D, D)`` per-point covariances instead (rank ``d``, in the tangent plane).
-            observation_noise: Include the noise variance.
+            observation_noise: Include the noise variance (predict observations rather than the field).
+            return_cov: Return the ``(m, D, D)`` per-point covariances instead of standard deviations (rank ``d``,
+                in the tangent plane, when ``observation_noise=False``).
+            chunk_size: Points per chunk (memory :math:`O(\text{chunk} \cdot D k)`).
 
         Returns:
-            ``mean`` ``(m, D)`` (``(m,)`` for a scalar field), tangent to the frames; with ``return_std`` also
-            ``std``; with ``return_cov`` ``(mean, cov)``. numpy arrays in the original units.
+            The mean, an ``(m, D)`` tensor (``(m, 1)`` for a scalar field) tangent to the frames, of the model's
+            dtype and device, in the original units; with ``return_std`` also the standard deviation; with
+            ``return_cov`` ``(mean, cov)``. Equal to ``posterior(index[:, None]).mean`` / ``.variance.sqrt()``.
+
+        Raises:
+            gpgeom.errors.NotFittedError: Before :meth:`fit` or :meth:`load`.
         """
+        self._check_fitted()
         idx = np.arange(self.n) if index is None else _as_index("index", index, self.n)
-        ref = self.kernel.basis.eigenvectors
-        src = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
-        return self._predict(src, False, return_std, return_cov, observation_noise, chunk_size)
+        X = torch.as_tensor(idx, device=self.device).to(self.dtype)[:, None]
+        return self._predict(X, return_std, return_cov, observation_noise, chunk_size)
 
     def predict_at(
         self,
         points: object,
-        *,
-        return_std: bool = True,
-        return_cov: bool = False,
+        return_std: bool = False,
         observation_noise: bool = False,
+        *,
+        return_cov: bool = False,
         chunk_size: int = 4096,
-    ) -> Any:
-        r"""Posterior at new points near the cloud ``(m, D)``, through :meth:`extend` (see the module docstring).
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Posterior at new points near the cloud, through :meth:`extend` (the module docstring).
+
+        Args:
+            points: ``(m, D)`` new points (numpy or torch).
+            return_std, observation_noise, return_cov, chunk_size: As in :meth:`predict`.
 
         Returns:
             As :meth:`predict`; the vectors are tangent to the new points' PCA frames.
         """
-        phi = torch.as_tensor(self.extend(points)[0], dtype=self.kernel.basis.eigenvectors.dtype)
-        return self._predict(
-            phi.to(self.kernel.basis.eigenvectors.device), True, return_std, return_cov, observation_noise, chunk_size
-        )
+        self._check_fitted()
+        phi, _ = self.extend(points)
+        return self._predict(self.extended_inputs(phi), return_std, return_cov, observation_noise, chunk_size)
 
-    def extend(self, points: object) -> tuple[np.ndarray, np.ndarray]:
+    def extend(self, points: object) -> tuple[Tensor, Tensor]:
         r"""Out-of-sample extension of the lifted eigenvectors (Nystrom with Procrustes transport).
 
         Args:
-            points: ``(m, D)`` new points near the cloud.
+            points: ``(m, D)`` new points near the cloud (numpy or torch).
 
         Returns:
-            ``phi`` ``(m, D_out, k)`` the basis at the new points and ``frames`` ``(m, D, d)`` their tangent frames
-            (``(m, D, 0)`` for a scalar model).
+            ``phi`` ``(m, D_out, k)``, the basis at the new points, and ``frames`` ``(m, D, d)``, their tangent
+            frames (``(m, D, 0)`` for a scalar model): tensors of the model's dtype and device.
+
+        Raises:
+            ValueError: For points of the wrong shape or non-finite values, or a Laplacian with density
+                normalisation (``alpha > 0``), which the extension does not cover.
         """
         lap = self.laplacian
-        P = np.asarray(points.detach().cpu() if isinstance(points, Tensor) else points, dtype=np.float64)
+        P = _numpy(points)
         if P.ndim != 2 or P.shape[1] != lap.points.shape[1]:
             raise ValueError(f"`points` must have shape (m, {lap.points.shape[1]}), got {P.shape}.")
         if not np.all(np.isfinite(P)):
@@ -762,6 +575,7 @@ class RVGP(LowRankSpectralGP):
             self._tree = cKDTree(lap.points)
         kk = lap.graph.k
         dist, nb = self._tree.query(P, k=kk)
+        dist, nb = dist.reshape(len(P), kk), nb.reshape(len(P), kk)
         far = dist[:, 0] > 2.0 * np.median(lap.graph.rho)
         if np.any(far):
             warnings.warn(
@@ -800,88 +614,99 @@ class RVGP(LowRankSpectralGP):
         else:
             c_x = num / den[:, None, :]  # m x d x k
             phi = np.einsum("mDd,mdk->mDk", frames, c_x)
-        # a point of the cloud keeps its own basis values
+        # a point of the cloud keeps its own basis values and frame
         same = dist[:, 0] <= 1e-12 * max(1.0, float(np.abs(lap.points).max()))
+        out = torch.as_tensor(phi, dtype=self.dtype, device=self.device)
         if np.any(same):
-            phi[same] = self.kernel.basis.eigenvectors.cpu()[torch.as_tensor(nb[same, 0])].numpy()
+            own = torch.as_tensor(nb[same, 0], device=self.device)
+            out[torch.as_tensor(np.flatnonzero(same), device=self.device)] = self.kernel.basis.eigenvectors[own]
             if not self.scalar:
                 frames[same] = lap.frames[nb[same, 0]]
-        return phi, frames
+        return out, torch.as_tensor(frames, dtype=self.dtype, device=self.device)
 
-    # -------------------------------------------------------------------------------------------------------- #
-    def save(self, path: str) -> None:
-        r"""Save the cloud, frames, eigenpairs, hyperparameters and training data (``torch.save``)."""
-        lap = self.laplacian
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        blob = {
-            "format": "gpgeom.RVGP/1",
-            "config": self.config,
-            "points": torch.as_tensor(lap.points),
-            "frames": torch.as_tensor(lap.frames),
-            "eigenvalues": torch.as_tensor(self.eigenvalues),
-            "eigenvectors": torch.as_tensor(self.eigenvectors),
-            "state": state,
+    # ------------------------------------------------------------------------------------------------------------
+    # the model contract: devices, files, repr
+    def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
+        r"""The data and conditioning tensors move with ``nn.Module.to`` (``LowRankSpectralGP._apply``); the
+        geometry (cloud, graph, frames, eigenpairs, KD-tree) stays in numpy ``float64`` on the CPU, where the
+        extension computes before casting to the model's dtype; only the cached posterior is dropped."""
+        self.__dict__.pop("_wp_cache", None)
+
+    def _get_state(self) -> dict[str, Any]:
+        basis = "covar_module.base_kernel.basis."
+        return {
+            "laplacian": _laplacian_state(self.laplacian),
+            "eigenvalues": torch.from_numpy(np.ascontiguousarray(self.eigenvalues)),
+            "eigenvectors": torch.from_numpy(np.ascontiguousarray(self.eigenvectors)),
+            "config": _plain(self.config),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            # the basis buffers are rebuilt from the eigenpairs and the frames (bitwise the same)
+            "module_state": {k: v for k, v in self.state_dict().items() if not k.startswith(basis)},
             "mode": self.mode,
-            "y_scale": self.y_scale,
-            "data_index": self.data_index.cpu(),
-            "data_y": self.data_y.cpu(),
-            "n_train_obs": getattr(self, "_n_train_obs", 0),
-            "dtype": str(self.kernel.basis.eigenvectors.dtype),
+            "y_scale": float(self.y_scale),
+            "data_index": self.data_index,
+            "data_y": self.data_y,
+            "n_train_obs": int(self._n_train_obs),
+            "train_index": self.train_index_,
+            "fit_result": None if self.fit_result_ is None else _plain(dataclasses.asdict(self.fit_result_)),
         }
-        torch.save(blob, path)
 
     @classmethod
-    def load(cls, path: str, device: str | torch.device = "cpu") -> RVGP:
-        r"""Rebuild a model saved by :meth:`save` (no eigensolve; the graph is rebuilt from the saved points)."""
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != "gpgeom.RVGP/1":
-            raise ValueError(f"{path!r} is not an RVGP file saved by RVGP.save.")
-        cfg = blob["config"]
-        dtype = getattr(torch, blob["dtype"].split(".")[-1])
-        kw = dict(cfg["laplacian_kwargs"])
-        pts = blob["points"].numpy()
-        kw.pop("duplicates", None)
-        if cfg["scalar"]:
-            lap = graph_laplacian(pts, cfg["k_neighbors"], **kw)
-        else:
-            kw.pop("dim", None)
-            lap = connection_laplacian(pts, cfg["k_neighbors"], frames=blob["frames"].numpy(), **kw)
+    def _from_state(cls, state: dict[str, Any], **kwargs: Any) -> RVGP:
+        if kwargs:
+            raise TypeError(f"RVGP.load takes no extra arguments (the file holds everything), got {sorted(kwargs)}.")
+        cfg = state["config"]
+        lap = _laplacian_from_state(state["laplacian"])
         model = cls(
-            pts,
+            lap.points,
             n_eigenpairs=cfg["n_eigenpairs"],
             spectral_filter=cfg["spectral_filter"],
             nu=cfg["nu"],
             learn_nu=cfg["learn_nu"],
             scalar=cfg["scalar"],
             laplacian=lap,
-            eigenpairs=(blob["eigenvalues"].numpy(), blob["eigenvectors"].numpy()),
-            dtype=dtype,
-            device=device,
+            eigenpairs=(state["eigenvalues"], state["eigenvectors"]),
+            dtype=getattr(torch, state["dtype"]),
         )
         model.config = cfg
-        model.mode = blob["mode"]
-        if model.mode == "variational":
-            k = cfg["n_eigenpairs"]
-            model.q_mean = nn.Parameter(torch.zeros(k, dtype=dtype, device=device))
-            model.q_raw_scale = nn.Parameter(torch.zeros(k, k, dtype=dtype, device=device))
-            model._n_train_obs = blob["n_train_obs"]
-        model.load_state_dict(blob["state"])
-        model.y_scale = blob["y_scale"]
-        model.data_index = blob["data_index"].to(device)
-        model.data_y = blob["data_y"].to(device=device, dtype=dtype)
-        model.eval()
-        return model
+        if state["mode"] == "variational":
+            model.ensure_variational()
+        module_state = model.state_dict()
+        module_state.update(state["module_state"])
+        model.load_state_dict(module_state)
+        model.mode = state["mode"]
+        model.y_scale = state["y_scale"]
+        model.data_index = state["data_index"].to(model.device)
+        model.data_y = state["data_y"].to(device=model.device, dtype=model.dtype)
+        model._n_train_obs = state["n_train_obs"]
+        ti = state["train_index"]
+        model.train_index_ = None if ti is None else ti.to(model.device)
+        fr = state["fit_result"]
+        model.fit_result_ = None if fr is None else FitResult(**fr)
+        model._fitted = True
+        return model.eval()
 
-
-class _Minibatches:
-    r"""Reshuffled minibatches ``(index (b,), y (b, D))`` of the training points, one pass per iteration."""
-
-    def __init__(self, index: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> None:
-        check_positive("batch_size", batch_size, integer=True)
-        self.index, self.y, self.b, self.gen = index, y, batch_size, generator
-
-    def __iter__(self):
-        perm = torch.randperm(len(self.index), generator=self.gen).to(self.index.device)
-        for s in range(0, len(perm), self.b):
-            sel = perm[s : s + self.b]
-            yield self.index[sel], self.y[sel]
+    def _repr_fields(self) -> dict[str, Any]:
+        lap = self.laplacian
+        fields: dict[str, Any] = {
+            "n": lap.n,
+            "D": lap.points.shape[1],
+            "d": 0 if self.scalar else lap.dim,
+            "k": self.kernel.num_eigenpairs,
+        }
+        if self.scalar:
+            fields["scalar"] = True
+        fields["filter"] = self.kernel.spectral_filter
+        s2 = self.y_scale**2
+        with torch.no_grad():
+            fields["kappa"] = self.kernel.lengthscale.detach().squeeze()
+            if self.kernel.nu is not None:
+                fields["nu"] = self.kernel.nu.detach().squeeze()
+            # in the original units (the parameters live in units of y_scale)
+            fields["outputscale"] = self.covar_module.outputscale.detach().squeeze() * s2
+            fields["noise"] = self.noise.detach() * s2
+        if self.is_fitted:
+            fields["n_train"] = self._n_train_obs // max(self.output_dim, 1)
+            fields["mode"] = self.mode
+        fields["dtype"] = self.dtype
+        return fields
