@@ -14,8 +14,8 @@ are far from converged, and annealing then slows the forward map: measured 15% i
 * ``rgnp-diag-long`` (with ``--paper-sizes``): the headline, a fresh rgnp-diag trained for ``--long-steps`` steps
   (default 4000 on a GPU, 2000 on the CPU) with the test metrics tracked every ``--eval-every`` steps;
 * ``rgnp-diag-long-torchinit`` (opt-in, ``--variants``): the same with PyTorch's default initialisation of the
-  inverse network (GICNet ``weight_init="torch"``), the configuration of issue 6 whose inverse stayed at the
-  prior mean;
+  inverse network (GICNet ``weight_init="torch"``), the configuration whose inverse stayed at the prior mean
+  (see ``gpgeom.nn.gicnet.silu_init_``);
 * ``rgnp-lr-long`` (opt-in): the headline run with a rank-2 q_alpha.
 
 With ``--quick`` each variant runs 700 steps; with ``--paper-sizes`` the first three variants share one wall-clock
@@ -23,7 +23,7 @@ budget each (``--budget``, default 25 s: a few probe steps time one step, then o
 On the CPU, ``--paper-sizes`` runs only the headline (``--variants`` to choose) and writes
 ``rgnp_cpu_paper.md``.
 
-Metrics (spec ``rgnp.md`` 1.7): NSE = (||mean - true|| / ||true||)^2 per test field (mean over fields; its square
+Metrics: NSE = (||mean - true|| / ||true||)^2 per test field (mean over fields; its square
 root is the relative L2 error), the fraction of test nodes (or z components) inside mean +- 2 sigma, the inverse
 NSE with q_beta fed the true field at the test nodes (the prior mean gives NSE 1), the mean |residual| of the mean
 field on the test nodes, and the training time (wall clock and, on the CPU, process CPU time).
@@ -49,9 +49,9 @@ import torch  # noqa: E402
 from _common import machine_info, markdown_table, write_report  # noqa: E402
 from torch import nn  # noqa: E402
 
-from gpgeom.datasets.pde import NonlinearPoisson1D  # noqa: E402
 from gpgeom.engine.fitting import fit  # noqa: E402
 from gpgeom.models.rgnp import RGNP, FourierFeatures, coverage, nse  # noqa: E402
+from gpgeom.pde import NonlinearPoisson1D  # noqa: E402
 
 FAMILY = NonlinearPoisson1D()
 
@@ -74,12 +74,28 @@ def make_test_set(n_samples: int, n_points: int, seed: int, workers: int):
 
 
 def rgnp_kwargs(paper: bool) -> dict:
-    if paper:  # the reference notebook's sizes (spec 1.4, 1.5, 1.7)
-        return dict(hidden=(300,) * 7, n_freqs=100, freq_range=(1e-3, 2.0), batch_size=50, n_points=30,
-                    gicnet=dict(lift_channels=20, lift_hidden=(20, 20, 20), cnn_channels=(20,) * 6, grid_size=20,
-                                mlp_hidden=(500, 100, 300, 300, 300, 300)))
-    return dict(hidden=(64, 64, 64), n_freqs=16, batch_size=8, n_points=30,
-                gicnet=dict(lift_channels=8, lift_hidden=(16,), cnn_channels=(16, 16), mlp_hidden=(64,), grid_size=16))
+    if paper:  # the sizes of the authors' reference notebook (Vadeboncoeur et al., arXiv 2301.11040)
+        return dict(
+            hidden=(300,) * 7,
+            n_freqs=100,
+            freq_range=(1e-3, 2.0),
+            batch_size=50,
+            n_points=30,
+            gicnet=dict(
+                lift_channels=20,
+                lift_hidden=(20, 20, 20),
+                cnn_channels=(20,) * 6,
+                grid_size=20,
+                mlp_hidden=(500, 100, 300, 300, 300, 300),
+            ),
+        )
+    return dict(
+        hidden=(64, 64, 64),
+        n_freqs=16,
+        batch_size=8,
+        n_points=30,
+        gicnet=dict(lift_channels=8, lift_hidden=(16,), cnn_channels=(16, 16), mlp_hidden=(64,), grid_size=16),
+    )
 
 
 class PIDeepONet(nn.Module):
@@ -112,7 +128,7 @@ class PIDeepONet(nn.Module):
     def loss(self, batch, x_fixed):
         lo, hi = self.zlo, self.zhi
         zw = lo + (hi - lo) * torch.rand(batch, lo.numel(), device=lo.device, dtype=lo.dtype)
-        z, w = zw[:, :FAMILY.dim_z], zw[:, FAMILY.dim_z:]
+        z, w = zw[:, : FAMILY.dim_z], zw[:, FAMILY.dim_z :]
         x = x_fixed[None].expand(batch, -1, -1).clone().requires_grad_(True)
         u = self.field(x, z, w)
         r = FAMILY.residual_from_derivatives(FAMILY.derivatives(lambda _x: u, x), x, z, w)
@@ -138,13 +154,19 @@ def train_for(step_fn, budget_s: float, steps: int | None = None, probe: int = 1
 
 def evaluate_rgnp(model: RGNP, test: dict) -> dict:
     x, z, w, u = test["x"], test["z"], test["w"], test["u"]
-    mu, sd = model.predict_forward(z, w, x)
-    zm, zs = model.predict_inverse(x, u, w)
+    mu, sd = (t[..., 0] for t in model.predict(z, w, x, return_std=True))  # (B, n, 1) -> (B, n)
+    zm, zs = model.predict_inverse(x, u, w, return_std=True)
     xx = x[None].expand(z.shape[0], -1, -1)
     r = model.residual(lambda xg: model.field_dist(z, w, xg).mean, xx, z, w).detach()
     f_nse = nse(mu, u)
-    return {"u_rel_l2": float(f_nse.sqrt().mean()), "u_nse": float(f_nse.mean()), "u_cov": float(coverage(mu, sd, u)),
-            "z_nse": float(nse(zm, z).mean()), "z_cov": float(coverage(zm, zs, z)), "res": float(r.abs().mean())}
+    return {
+        "u_rel_l2": float(f_nse.sqrt().mean()),
+        "u_nse": float(f_nse.mean()),
+        "u_cov": float(coverage(mu, sd, u)),
+        "z_nse": float(nse(zm, z).mean()),
+        "z_cov": float(coverage(zm, zs, z)),
+        "res": float(r.abs().mean()),
+    }
 
 
 def evaluate_deeponet(net: PIDeepONet, test: dict) -> dict:
@@ -153,8 +175,14 @@ def evaluate_deeponet(net: PIDeepONet, test: dict) -> dict:
     mu = net.field(xx, z, w)
     r = FAMILY.residual_from_derivatives(FAMILY.derivatives(lambda _x: mu, xx), xx, z, w).detach()
     f_nse = nse(mu.detach(), u)
-    return {"u_rel_l2": float(f_nse.sqrt().mean()), "u_nse": float(f_nse.mean()), "u_cov": None, "z_nse": None,
-            "z_cov": None, "res": float(r.abs().mean())}
+    return {
+        "u_rel_l2": float(f_nse.sqrt().mean()),
+        "u_nse": float(f_nse.mean()),
+        "u_cov": None,
+        "z_nse": None,
+        "z_cov": None,
+        "res": float(r.abs().mean()),
+    }
 
 
 def run_variant(name: str, cfg: dict, test_np: dict) -> tuple[tuple, list]:
@@ -173,17 +201,26 @@ def run_variant(name: str, cfg: dict, test_np: dict) -> tuple[tuple, list]:
     cpu0 = time.process_time()
     long = "-long" in name
     if name == "pi-deeponet":
-        net = PIDeepONet(300 if paper else 64, 6 if paper else 3, 100 if paper else 32,
-                         100 if paper else 16).to(device)
+        net = PIDeepONet(300 if paper else 64, 6 if paper else 3, 100 if paper else 32, 100 if paper else 16).to(device)
         x_fixed = torch.linspace(-1, 1, 300 if paper else 100, **opts)[:, None]
         batch = kw["batch_size"]
         seed_box = [cfg["seed"]]
 
         def deeponet_steps(k, scheduled, net=net, x_fixed=x_fixed, batch=batch, seed_box=seed_box):
             seed_box[0] += 1
-            fit(lambda: net.loss(batch, x_fixed), module=net, optimizer="adam", lr=lr, epochs=k,
-                lr_schedule=sched if scheduled else None, lr_final_fraction=phi,
-                patience=k + 1, rel_tol=0.0, progress=False, seed=seed_box[0])
+            fit(
+                lambda: net.loss(batch, x_fixed),
+                module=net,
+                optimizer="adam",
+                lr=lr,
+                epochs=k,
+                lr_schedule=sched if scheduled else None,
+                lr_final_fraction=phi,
+                patience=k + 1,
+                rel_tol=0.0,
+                progress=False,
+                seed=seed_box[0],
+            )
 
         steps, wall = train_for(deeponet_steps, budget, steps_fixed)
         cpu_s = time.process_time() - cpu0
@@ -194,7 +231,7 @@ def run_variant(name: str, cfg: dict, test_np: dict) -> tuple[tuple, list]:
             extra["grid"] = "fixed"
         if name.endswith("torchinit"):
             extra["gicnet"] = {**kw["gicnet"], "weight_init": "torch"}
-        model = RGNP.from_family(FAMILY, **{**kw, **extra}).to(device)
+        model = RGNP.from_family(FAMILY, dtype=torch.float32, **{**kw, **extra}).to(device=device)
         seed_box = [cfg["seed"]]
         clock = {"start": 0.0, "eval": 0.0, "cpu_eval": 0.0}
 
@@ -207,13 +244,23 @@ def run_variant(name: str, cfg: dict, test_np: dict) -> tuple[tuple, list]:
             clock["eval"] += time.perf_counter() - te
             clock["cpu_eval"] += time.process_time() - ce
             traj.append((step, time.perf_counter() - clock["start"] - clock["eval"], loss, m))
-            print(f"  {name} step {step}: loss {loss:.4g}, u rel-L2 {m['u_rel_l2']:.4g}, u cov "
-                  f"{m['u_cov']:.3f}, z NSE {m['z_nse']:.4g}, z cov {m['z_cov']:.3f}", flush=True)
+            print(
+                f"  {name} step {step}: loss {loss:.4g}, u rel-L2 {m['u_rel_l2']:.4g}, u cov "
+                f"{m['u_cov']:.3f}, z NSE {m['z_nse']:.4g}, z cov {m['z_cov']:.3f}",
+                flush=True,
+            )
 
         def rgnp_steps(k, scheduled, model=model, seed_box=seed_box, callback=None):
             seed_box[0] += 1
-            model.fit(k, lr=lr, lr_schedule=sched if scheduled else None, lr_final_fraction=phi,
-                      progress=False, seed=seed_box[0], callback=callback)
+            model.fit(
+                k,
+                lr=lr,
+                lr_schedule=sched if scheduled else None,
+                lr_final_fraction=phi,
+                progress=False,
+                seed=seed_box[0],
+                callback=callback,
+            )
 
         if long:
             clock["start"] = time.perf_counter()
@@ -227,8 +274,15 @@ def run_variant(name: str, cfg: dict, test_np: dict) -> tuple[tuple, list]:
     return (name, steps, wall, cpu_s, 1e3 * wall / steps, metrics), traj
 
 
-VARIANTS = ("rgnp-diag", "rgnp-lr", "pddlvm-fixed", "pi-deeponet", "rgnp-diag-long", "rgnp-diag-long-torchinit",
-            "rgnp-lr-long")
+VARIANTS = (
+    "rgnp-diag",
+    "rgnp-lr",
+    "pddlvm-fixed",
+    "pi-deeponet",
+    "rgnp-diag-long",
+    "rgnp-diag-long-torchinit",
+    "rgnp-lr-long",
+)
 
 
 def main() -> None:
@@ -238,20 +292,33 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default=None, help=f"comma-separated subset of {', '.join(VARIANTS)}")
     ap.add_argument("--budget", type=float, default=None, help="seconds of training per short variant")
-    ap.add_argument("--steps", type=int, default=None, help="fixed steps per short variant instead of a time budget "
-                    "(default 700 with --quick)")
-    ap.add_argument("--long-steps", type=int, default=None, help="steps of the headline run (default 4000 on a GPU, "
-                    "2000 on the CPU)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="fixed steps per short variant instead of a time budget (default 700 with --quick)",
+    )
+    ap.add_argument(
+        "--long-steps",
+        type=int,
+        default=None,
+        help="steps of the headline run (default 4000 on a GPU, 2000 on the CPU)",
+    )
     ap.add_argument("--eval-every", type=int, default=None, help="test metrics every this many headline steps")
     ap.add_argument("--test-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="peak Adam learning rate")
-    ap.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
-                    help="learning-rate schedule of every run (default: cosine with --paper-sizes, else constant)")
+    ap.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="learning-rate schedule of every run (default: cosine with --paper-sizes, else constant)",
+    )
     ap.add_argument("--lr-final-fraction", type=float, default=0.05, help="cosine schedule: final rate / peak")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="CPU: train the variants in this many processes at once")
-    ap.add_argument("--report", default=None, help="name of the report under benchmarks/results (default "
-                    "rgnp_<device>[_paper])")
+    ap.add_argument(
+        "--report", default=None, help="name of the report under benchmarks/results (default rgnp_<device>[_paper])"
+    )
     args = ap.parse_args()
     paper = args.paper_sizes
     device = torch.device(args.device)
@@ -281,14 +348,28 @@ def main() -> None:
     t_test = time.perf_counter() - t0
     print(f"test set: {n_test} reference solutions in {t_test:.1f} s", flush=True)
     opts = {"dtype": torch.float32, "device": device}
-    test = {"x": torch.tensor(x, **opts), "z": torch.tensor(z, **opts), "w": torch.tensor(w, **opts),
-            "u": torch.tensor(u, **opts)}
+    test = {
+        "x": torch.tensor(x, **opts),
+        "z": torch.tensor(z, **opts),
+        "w": torch.tensor(w, **opts),
+        "u": torch.tensor(u, **opts),
+    }
     kw = rgnp_kwargs(paper)
     rows, trajectories = [], {}
 
-    cfg = {"device": str(device), "paper": paper, "kw": kw, "lr": lr, "phi": phi, "schedule": schedule,
-           "budget": budget, "steps_fixed": steps_fixed, "long_steps": long_steps, "eval_every": eval_every,
-           "seed": args.seed}
+    cfg = {
+        "device": str(device),
+        "paper": paper,
+        "kw": kw,
+        "lr": lr,
+        "phi": phi,
+        "schedule": schedule,
+        "budget": budget,
+        "steps_fixed": steps_fixed,
+        "long_steps": long_steps,
+        "eval_every": eval_every,
+        "seed": args.seed,
+    }
     test_np = {k: v.cpu().numpy() for k, v in test.items()}
     if args.jobs > 1 and device.type == "cpu":  # one process per variant, one torch thread each
         with ProcessPoolExecutor(min(args.jobs, len(variants))) as ex:
@@ -300,14 +381,55 @@ def main() -> None:
         if traj:
             trajectories[name] = traj
 
-    header = ["variant", "steps", "train s", "CPU s", "ms/step", "u rel-L2", "u NSE", "u 2sig cov", "z NSE",
-              "z 2sig cov", "mean abs residual"]
-    table = [(n, s, t, c if device.type == "cpu" else None, ms, m["u_rel_l2"], m["u_nse"], m["u_cov"], m["z_nse"],
-              m["z_cov"], m["res"]) for n, s, t, c, ms, m in rows]
-    table.append(("prior mean of z", 0, 0.0, None, None, None, None, None,
-                  float(nse(torch.zeros_like(test["z"]), test["z"]).mean()), None, None))
-    desc = ("paper sizes (alpha 7x300, 100 Fourier freqs, GICNet P=20, 3 lift + 6 conv + 6 head layers, B=50, N=30)"
-           if paper else "quick (alpha 3x64, 16 freqs, GICNet P=8, B=8, N=30)")
+    header = [
+        "variant",
+        "steps",
+        "train s",
+        "CPU s",
+        "ms/step",
+        "u rel-L2",
+        "u NSE",
+        "u 2sig cov",
+        "z NSE",
+        "z 2sig cov",
+        "mean abs residual",
+    ]
+    table = [
+        (
+            n,
+            s,
+            t,
+            c if device.type == "cpu" else None,
+            ms,
+            m["u_rel_l2"],
+            m["u_nse"],
+            m["u_cov"],
+            m["z_nse"],
+            m["z_cov"],
+            m["res"],
+        )
+        for n, s, t, c, ms, m in rows
+    ]
+    table.append(
+        (
+            "prior mean of z",
+            0,
+            0.0,
+            None,
+            None,
+            None,
+            None,
+            None,
+            float(nse(torch.zeros_like(test["z"]), test["z"]).mean()),
+            None,
+            None,
+        )
+    )
+    desc = (
+        "paper sizes (alpha 7x300, 100 Fourier freqs, GICNet P=20, 3 lift + 6 conv + 6 head layers, B=50, N=30)"
+        if paper
+        else "quick (alpha 3x64, 16 freqs, GICNet P=8, B=8, N=30)"
+    )
     short = [v for v in variants if "-long" not in v]
     budget_text = (f"{steps_fixed} steps" if steps_fixed else f"{budget:.0f} s wall clock") if short else ""
     lines = [
@@ -315,13 +437,22 @@ def main() -> None:
         "",
         f"- machine: {machine_info(device)}",
         f"- config: {desc}; Adam, "
-        + (f"peak lr {lr:g}, cosine schedule to {phi:g} x peak over each run" if schedule == "cosine" else
-           f"constant lr {lr:g}")
+        + (
+            f"peak lr {lr:g}, cosine schedule to {phi:g} x peak over each run"
+            if schedule == "cosine"
+            else f"constant lr {lr:g}"
+        )
         + (f"; {', '.join(short)}: {budget_text} each" if short else "")
-        + (f"; {', '.join(v for v in variants if v not in short)}: {long_steps} steps each"
-           if len(short) < len(variants) else "")
-        + (f"; variants trained in {min(args.jobs, len(variants))} parallel processes (one torch thread each)"
-           if args.jobs > 1 and device.type == "cpu" and len(variants) > 1 else ""),
+        + (
+            f"; {', '.join(v for v in variants if v not in short)}: {long_steps} steps each"
+            if len(short) < len(variants)
+            else ""
+        )
+        + (
+            f"; variants trained in {min(args.jobs, len(variants))} parallel processes (one torch thread each)"
+            if args.jobs > 1 and device.type == "cpu" and len(variants) > 1
+            else ""
+        ),
         f"- test set: {n_test} draws of (z, w) from the prior, reference (shooting, ~1e-9) on {len(x)} nodes "
         f"({t_test:.1f} s); float32",
         "- u metrics from the mean of q_alpha at the test nodes; z metrics from q_beta fed the true field at the "
@@ -333,11 +464,24 @@ def main() -> None:
         "",
     ]
     for name, traj in trajectories.items():
-        lines += [f"Training trajectory of {name} (current parameters, test metrics as above):", "",
-                  markdown_table(["step", "train s", "loss (one step)", "u rel-L2", "u 2sig cov", "z NSE",
-                                  "z 2sig cov", "mean abs residual"],
-                                 [(st, t, lo, m["u_rel_l2"], m["u_cov"], m["z_nse"], m["z_cov"], m["res"])
-                                  for st, t, lo, m in traj]), ""]
+        lines += [
+            f"Training trajectory of {name} (current parameters, test metrics as above):",
+            "",
+            markdown_table(
+                [
+                    "step",
+                    "train s",
+                    "loss (one step)",
+                    "u rel-L2",
+                    "u 2sig cov",
+                    "z NSE",
+                    "z 2sig cov",
+                    "mean abs residual",
+                ],
+                [(st, t, lo, m["u_rel_l2"], m["u_cov"], m["z_nse"], m["z_cov"], m["res"]) for st, t, lo, m in traj],
+            ),
+            "",
+        ]
     write_report(args.report or (f"rgnp_{device.type}" + ("_paper" if cpu_paper else "")), "\n".join(lines))
     if not math.isfinite(rows[0][5]["u_rel_l2"]):
         raise SystemExit("non-finite forward error")

@@ -2,15 +2,20 @@ r"""gpgeom: Gaussian-process models of geometric and physical data on one shared
 
 The public API is re-exported here (loaded on first access, so ``import gpgeom`` stays fast):
 
-- engine: :func:`fit`, :class:`FitResult`, :class:`ExactGPModel`, :func:`check_botorch_model`,
-  :func:`gauss_newton`, :class:`Factor`, and the state-space functions in :mod:`gpgeom.engine.statespace`;
+- the model contract: :class:`ModelContract` (every model's base) and :func:`load` (any model file);
+- engine: :func:`fit`, :class:`FitResult`, :func:`gauss_newton`, :class:`Factor`, and the state-space functions in
+  :mod:`gpgeom.engine.statespace`;
+- BoTorch adapters: :class:`ExactGPModel`, :class:`GaussianSurrogate`, :class:`LowRankSpectralGP`,
+  :class:`SurrogateList`, :func:`check_botorch_model`;
 - kernels: :class:`MaternMarkovKernel`, :class:`WNOAKernel`, :class:`WNOJKernel`, :class:`SpectralKernel`;
 - geometry: :class:`Mesh`, :func:`floater_disk`, :func:`p1_transfer`, :func:`mass_matrix`, :class:`SnapshotPOD`,
   :func:`connection_laplacian`, :func:`graph_laplacian`, and :mod:`gpgeom.geometry.lie`;
 - nn: :class:`GICNet`;
-- models: :class:`MMGP`, :class:`RVGP`, :class:`FunBaT`, :class:`FunBaTCP`, :class:`RGNP`,
+- PDE families: :class:`PDEFamily`, :class:`NonlinearPoisson1D`, :class:`ViscousBurgers`, :func:`register_family`,
+  :func:`get_family`;
+- models: :class:`MMGP` (:class:`MMGPPrediction`), :class:`RVGP`, :class:`FunBaT`, :class:`FunBaTCP`, :class:`RGNP`,
   :class:`SO3xR3Trajectory`, :class:`SE3Trajectory`;
-- errors: :class:`NotPSDError`.
+- errors: :class:`NotPSDError`, :class:`NotFittedError`, :class:`ModelFileError`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ _EXPORTS: dict[str, str] = {
     # engine
     "fit": "gpgeom.engine.fitting",
     "FitResult": "gpgeom.engine.fitting",
+    # BoTorch adapters
     "ExactGPModel": "gpgeom.botorch.exact_gp",
+    "GaussianSurrogate": "gpgeom.botorch.gaussian",
+    "LowRankSpectralGP": "gpgeom.botorch.low_rank",
+    "SurrogateList": "gpgeom.botorch.model_list",
     "check_botorch_model": "gpgeom.botorch.check",
     "gauss_newton": "gpgeom.engine.gauss_newton",
     "Factor": "gpgeom.engine.gauss_newton",
@@ -46,8 +55,15 @@ _EXPORTS: dict[str, str] = {
     "graph_laplacian": "gpgeom.geometry.connection",
     # nn
     "GICNet": "gpgeom.nn.gicnet",
+    # PDE families
+    "PDEFamily": "gpgeom.pde",
+    "NonlinearPoisson1D": "gpgeom.pde",
+    "ViscousBurgers": "gpgeom.pde",
+    "register_family": "gpgeom.pde",
+    "get_family": "gpgeom.pde",
     # models
     "MMGP": "gpgeom.models.mmgp",
+    "MMGPPrediction": "gpgeom.models.mmgp",
     "RVGP": "gpgeom.models.rvgp",
     "FunBaT": "gpgeom.models.funbat",
     "FunBaTCP": "gpgeom.models.funbat",

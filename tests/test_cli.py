@@ -14,9 +14,31 @@ def test_demo_list(capsys):
     assert capsys.readouterr().out.split() == list(SECTIONS)
 
 
-def test_demo_unknown_section(tmp_path):
+def test_demo_unknown_section(tmp_path, capsys):
+    out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"Unknown demo section\(s\) \['nope'\]"):
-        run_demo(tmp_path, only=["nope"])
+        run_demo(out, only=["nope"])
+    assert not out.exists()  # nothing created for a wrong request
+    # the command line says it in one line, without a traceback, and exits 2
+    assert main(["demo", "--out", str(out), "--only", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown section(s) ['bogus']" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_help_and_version(capsys):
+    import gpgeom
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"gpgeom {gpgeom.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "gpgeom demo" in text and "gpgeom bench" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "seed of every random draw" in capsys.readouterr().out
 
 
 def test_bench_unknown_name(capsys):

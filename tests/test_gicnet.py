@@ -53,16 +53,17 @@ def test_grid_features_match_direct_formula(dim):
     h = net.lift(u)  # (B, n, P)
     ls = net.lengthscale  # (P, D)
     g = net.grid_points()  # (G, D)
-    k = torch.exp(-0.5 * (((g[None, None, :, None, :] - x[:, None, None, :, :]) / ls[None, :, None, None, :]) ** 2)
-                  .sum(-1))  # (B, P, G, n)
+    k = torch.exp(
+        -0.5 * (((g[None, None, :, None, :] - x[:, None, None, :, :]) / ls[None, :, None, None, :]) ** 2).sum(-1)
+    )  # (B, P, G, n)
     width = net.upper - net.lower
     c = (ls * math.sqrt(2 * math.pi) / width * torch.erf(width / (2 * math.sqrt(2) * ls))).prod(-1)
     dens = k.sum(-1) / (n * c[None, :, None])
     vals = (k * h.transpose(1, 2)[:, :, None, :]).sum(-1) / (n * c[None, :, None]) / (dens + net.eps)
     P, sizes = net.lift_channels, net.grid_size
     torch.testing.assert_close(got[:, :P], vals.reshape(B, P, *sizes), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(got[:, P:2 * P], dens.reshape(B, P, *sizes), rtol=1e-12, atol=1e-12)
-    lo, hi = got[:, 2 * P:].detach().amin(), got[:, 2 * P:].detach().amax()
+    torch.testing.assert_close(got[:, P : 2 * P], dens.reshape(B, P, *sizes), rtol=1e-12, atol=1e-12)
+    lo, hi = got[:, 2 * P :].detach().amin(), got[:, 2 * P :].detach().amax()
     assert float(lo) == -1.0 and float(hi) == 1.0  # coordinate channels rescaled to [-1, 1]
 
 
@@ -95,8 +96,15 @@ def test_near_invariance_to_number_of_points_30_vs_300():
     output: ||f_30 - f_300|| / ||f_300 - mean over fields|| (median 14%, worst 22%; PyTorch's: 9%, 19%).
     Tolerances 35% and 30%.
     """
-    net = _net(1, param_features=1, lift_channels=16, lift_hidden=(32, 32), cnn_channels=(32, 32, 32),
-               mlp_hidden=(128, 128), out_features=4)
+    net = _net(
+        1,
+        param_features=1,
+        lift_channels=16,
+        lift_hidden=(32, 32),
+        cnn_channels=(32, 32, 32),
+        mlp_hidden=(128, 128),
+        out_features=4,
+    )
     F = 16
     grid_err, out_err = [], []
     with torch.no_grad():
@@ -121,7 +129,7 @@ def test_near_invariance_to_number_of_points_30_vs_300():
 def test_density_channel_is_one_inside_for_uniform_points():
     net = _net(1, density_channel=True, init_lengthscale=(0.05, 0.4))
     x = _points(1, 20000, 1)
-    dens = net.grid_features(x, _field(x)).detach()[0, net.lift_channels:2 * net.lift_channels]  # (P, R)
+    dens = net.grid_features(x, _field(x)).detach()[0, net.lift_channels : 2 * net.lift_channels]  # (P, R)
     centre = dens[:, 8:12]  # nodes near the centre of [-1, 1]
     assert float((centre - 1).abs().max()) < 0.06
 
@@ -162,9 +170,15 @@ def test_silu_gain_is_the_second_moment_of_silu():
 def test_deep_encoder_keeps_its_input_dependence_at_initialisation():
     r"""At the reference's sizes (3 lifting + 6 conv + 6 head layers) the default initialisation keeps the output
     dependent on the field and the lowest layer's gradient of the same order as the top layer's; PyTorch's default
-    initialisation loses both (the cause of an inverse network stuck at the prior mean, issue 6)."""
-    kw = dict(lift_channels=20, lift_hidden=(20, 20, 20), cnn_channels=(20,) * 6, grid_size=20,
-              mlp_hidden=(500, 100, 300, 300, 300, 300), param_features=1)
+    initialisation loses both (with it, RGNP's inverse network stayed at the prior mean)."""
+    kw = dict(
+        lift_channels=20,
+        lift_hidden=(20, 20, 20),
+        cnn_channels=(20,) * 6,
+        grid_size=20,
+        mlp_hidden=(500, 100, 300, 300, 300, 300),
+        param_features=1,
+    )
     g = torch.Generator().manual_seed(1)
     B, n = 32, 30
     x = torch.rand(B, n, 1, generator=g) * 2 - 1
@@ -229,8 +243,11 @@ def test_w_must_be_none_without_param_features():
         (lambda n, x, u: n(x, u[..., :0]), ValueError, r"`u` must have trailing shape \(2, 5, 1\)"),
         (lambda n, x, u: n(x, u, None), ValueError, r"`w` is required"),
         (lambda n, x, u: n(x, u, torch.ones(2, 3, dtype=DT)), ValueError, r"`w` must have trailing shape \(2, 1\)"),
-        (lambda n, x, u: n(x, u, torch.ones(2, 1), torch.zeros(2, 5, dtype=torch.bool)), ValueError,
-         r"set 0 of the batch has no real points"),
+        (
+            lambda n, x, u: n(x, u, torch.ones(2, 1), torch.zeros(2, 5, dtype=torch.bool)),
+            ValueError,
+            r"set 0 of the batch has no real points",
+        ),
         (lambda n, x, u: n(x, u, torch.ones(2, 1), torch.ones(2, 5)), TypeError, r"`mask` must be a bool tensor"),
         (lambda n, x, u: n(x, u.fill_(float("nan")), torch.ones(2, 1)), ValueError, r"`u` contains 10 real point"),
         (lambda n, x, u: n(x.long(), u, torch.ones(2, 1)), TypeError, r"`x` must be a floating-point tensor"),

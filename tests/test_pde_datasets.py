@@ -1,4 +1,5 @@
-r"""Tests of the PDE families and their reference solvers (:mod:`gpgeom.datasets.pde`)."""
+r"""Tests of the PDE families, their registry and reference solvers (:mod:`gpgeom.pde`) and of the cached test
+sets (:mod:`gpgeom.datasets.pde`)."""
 
 import math
 
@@ -6,12 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from gpgeom.datasets import pde
-from gpgeom.datasets.pde import (
+import gpgeom.datasets.pde
+from gpgeom.datasets.pde import make_test_set
+from gpgeom.pde import (
     NonlinearPoisson1D,
+    PDEFamily,
     ViscousBurgers,
     burgers_cole_hopf,
     burgers_initial_condition,
+    family_names,
+    get_family,
+    is_registered,
+    poisson,
+    register_family,
     solve_burgers,
     solve_burgers_mol,
     solve_nonlinear_poisson,
@@ -136,8 +144,9 @@ def test_burgers_quadrature_is_resolved():
 def test_burgers_initial_and_boundary_conditions():
     nu, a, w = 0.01, 0.8, 1.7
     x = torch.rand(50, dtype=DT)
-    torch.testing.assert_close(burgers_cole_hopf(x, torch.zeros_like(x), nu, a, w), burgers_initial_condition(x, w),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        burgers_cole_hopf(x, torch.zeros_like(x), nu, a, w), burgers_initial_condition(x, w), rtol=0, atol=0
+    )
     t = torch.rand(50, dtype=DT)
     for edge in (0.0, 1.0):
         assert float(burgers_cole_hopf(torch.full_like(t, edge), t, nu, a, w).abs().max()) < 1e-12
@@ -158,12 +167,20 @@ def test_burgers_residual_of_cole_hopf_is_zero_through_autograd():
     for (nu, a), w in [((0.1, 1.0), 1.0), ((0.01, 0.7), 2.0)]:
         x = fam.sample_points(1, 150)
         x[..., 1] = 0.02 + 0.98 * x[..., 1]
-        r = fam.residual(lambda xx, nu=nu, a=a, w=w: burgers_cole_hopf(xx[..., 0], xx[..., 1], nu, a, w), x,
-                         torch.tensor([[nu, a]], dtype=DT), torch.tensor([[w]], dtype=DT))
+        r = fam.residual(
+            lambda xx, nu=nu, a=a, w=w: burgers_cole_hopf(xx[..., 0], xx[..., 1], nu, a, w),
+            x,
+            torch.tensor([[nu, a]], dtype=DT),
+            torch.tensor([[w]], dtype=DT),
+        )
         assert float(r.detach().abs().max()) < 1e-11
         # a wrong field has a large residual (the check can fail)
-        r_bad = fam.residual(lambda xx, nu=nu, a=a, w=w: burgers_cole_hopf(xx[..., 0], xx[..., 1], 2 * nu, a, w), x,
-                             torch.tensor([[nu, a]], dtype=DT), torch.tensor([[w]], dtype=DT))
+        r_bad = fam.residual(
+            lambda xx, nu=nu, a=a, w=w: burgers_cole_hopf(xx[..., 0], xx[..., 1], 2 * nu, a, w),
+            x,
+            torch.tensor([[nu, a]], dtype=DT),
+            torch.tensor([[w]], dtype=DT),
+        )
         assert float(r_bad.detach().abs().max()) > 1e-3
 
 
@@ -195,7 +212,7 @@ def test_priors_points_and_boundary_ansatz(fam):
 def test_make_test_set_stores_on_first_use_and_reloads(tmp_path, monkeypatch):
     monkeypatch.setenv("GPGEOM_CACHE", str(tmp_path))
     fam = NonlinearPoisson1D()
-    ts = fam.make_test_set(2, 21, seed=3)
+    ts = make_test_set(fam, 2, 21, seed=3)
     files = list((tmp_path / "pde").glob("*.npz"))
     assert len(files) == 1 and "nonlinear_poisson_1d" in files[0].name
     assert ts.x.shape == (21, 1) and ts.z.shape == (2, 5) and ts.w.shape == (2, 1) and ts.u.shape == (2, 21)
@@ -204,13 +221,13 @@ def test_make_test_set_stores_on_first_use_and_reloads(tmp_path, monkeypatch):
     def no_solve(*args, **kwargs):
         raise AssertionError("the cached test set should have been reloaded")
 
-    monkeypatch.setattr(pde, "solve_nonlinear_poisson", no_solve)
-    again = fam.make_test_set(2, 21, seed=3)
+    monkeypatch.setattr(poisson, "solve_nonlinear_poisson", no_solve)
+    again = make_test_set(fam, 2, 21, seed=3)
     for k in ("x", "z", "w", "u"):
         np.testing.assert_array_equal(getattr(again, k), getattr(ts, k))
     assert again.seed == 3 and again.to_torch()["u"].dtype == DT
 
-    bts = ViscousBurgers().make_test_set(2, (9, 5), seed=0, cache_dir=tmp_path / "other")
+    bts = make_test_set(ViscousBurgers(), 2, (9, 5), seed=0, cache_dir=tmp_path / "other")
     assert bts.x.shape == (45, 2) and bts.u.shape == (2, 45)
     assert len(list((tmp_path / "other" / "pde").glob("viscous_burgers_S2_P9x5_seed0_*.npz"))) == 1
     t0 = bts.x[:, 1] == 0
@@ -230,13 +247,20 @@ def test_make_test_set_stores_on_first_use_and_reloads(tmp_path, monkeypatch):
         (lambda: solve_burgers((0.1, 1.0), 1.0, [[0.5, -0.5]]), ValueError, r"`xt\[\.\.\., 1\] \(time\)` must lie"),
         (lambda: solve_burgers((0.1, 1.0), 1.0, [[1.5, 0.5]]), ValueError, r"`x` must lie in \[0, 1\]"),
         (lambda: solve_burgers((0.1,), 1.0, [[0.5, 0.5]]), ValueError, r"`z` must hold 2 number"),
-        (lambda: burgers_cole_hopf(torch.zeros(3, dtype=DT), torch.zeros(2, dtype=DT), 0.1, 1.0, 1.0), ValueError,
-         r"same shape"),
-        (lambda: burgers_cole_hopf(torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT), 0.1, 0.0, 1.0), ValueError,
-         r"`a` must be finite and nonzero"),
+        (
+            lambda: burgers_cole_hopf(torch.zeros(3, dtype=DT), torch.zeros(2, dtype=DT), 0.1, 1.0, 1.0),
+            ValueError,
+            r"same shape",
+        ),
+        (
+            lambda: burgers_cole_hopf(torch.zeros(3, dtype=DT), torch.ones(3, dtype=DT), 0.1, 0.0, 1.0),
+            ValueError,
+            r"`a` must be finite and nonzero",
+        ),
         (lambda: solve_burgers_mol((0.1, 1.0), 1.0, 31, [0.5, 0.2]), ValueError, r"`t_eval` must be .*increasing"),
-        (lambda: NonlinearPoisson1D().make_test_set(2, 1), ValueError, r"`n_points` must be >= 2"),
-        (lambda: ViscousBurgers().make_test_set(2, 9, seed=-1), ValueError, r"`seed` must be a non-negative int"),
+        (lambda: make_test_set(NonlinearPoisson1D(), 2, 1), ValueError, r"`n_points` must be >= 2"),
+        (lambda: make_test_set(ViscousBurgers(), 2, 9, seed=-1), ValueError, r"`seed` must be a non-negative int"),
+        (lambda: make_test_set("viscous_burgers", 2, 9), TypeError, r"`family` must be a gpgeom.pde.PDEFamily"),
         (lambda: NonlinearPoisson1D().solve(np.zeros(4), 1.0, np.zeros((3, 1))), ValueError, r"`z` must hold 5"),
     ],
 )
@@ -266,3 +290,60 @@ def test_bad_residual_inputs():
         fam.residual(lambda xx: xx[..., 0], x[..., :1], z, w)
     with pytest.raises(ValueError, match=r"`u_fn\(x\)` must return shape \(2, 5\) \(B, n\), got \(2, 5, 2\)"):
         fam.residual(lambda xx: xx, x, z, w)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the registry
+def test_builtin_families_are_registered_by_name():
+    assert {"nonlinear_poisson_1d", "viscous_burgers"} <= set(family_names())
+    assert get_family("nonlinear_poisson_1d") is NonlinearPoisson1D and get_family("viscous_burgers") is ViscousBurgers
+    assert is_registered(NonlinearPoisson1D()) and is_registered(ViscousBurgers())
+    # the datasets module builds on the families, it does not define its own
+    assert gpgeom.datasets.pde.NonlinearPoisson1D is NonlinearPoisson1D
+    with pytest.raises(ValueError, match=r"No PDE family is registered as 'heat'; registered: .*viscous_burgers"):
+        get_family("heat")
+
+
+def test_register_family_rules():
+    class Sub(NonlinearPoisson1D):  # inherits the name, is not the registered class
+        pass
+
+    assert not is_registered(Sub())
+    with pytest.raises(ValueError, match="already registered"):
+        register_family(Sub)
+    with pytest.raises(TypeError, match="subclass of gpgeom.pde.PDEFamily"):
+        register_family(dict)
+
+    class Nameless(PDEFamily):
+        pass
+
+    with pytest.raises(ValueError, match="non-empty string class attribute `name`"):
+        register_family(Nameless)
+
+    def define():
+        @register_family
+        class Heat(PDEFamily):
+            name = "test_registry_heat"
+
+        return Heat
+
+    first = define()
+    second = define()  # the same class defined again (a notebook cell run twice) replaces the first
+    assert first is not second and get_family("test_registry_heat") is second and is_registered(second())
+    renamed = register_family(replace=True)(type("Other", (PDEFamily,), {"name": "test_registry_heat"}))
+    assert get_family("test_registry_heat") is renamed
+
+
+def test_residual_fn_equals_the_residual_of_the_field():
+    fam = NonlinearPoisson1D()
+    x = fam.sample_points(2, 9).requires_grad_(True)
+    z = torch.rand(2, 5, dtype=DT) * 2 - 1
+    w = torch.rand(2, 1, dtype=DT) + 1
+
+    def u_fn(xx):
+        return (1 - xx[..., 0] ** 2) * torch.sin(2 * xx[..., 0] + 0.3)
+
+    r_fn = fam.residual_fn()
+    assert r_fn.__name__ == "nonlinear_poisson_1d_residual"
+    torch.testing.assert_close(r_fn(u_fn(x), x, z, w), fam.residual(u_fn, x, z, w), rtol=0, atol=0)
+    assert repr(fam) == "NonlinearPoisson1D()" and fam.config() == {}

@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyro
@@ -6,15 +9,16 @@ import pytest
 import torch
 from gpytorch.distributions import MultivariateNormal
 
-from gpgeom.datasets.pde import NonlinearPoisson1D, ViscousBurgers, burgers_cole_hopf
 from gpgeom.engine.variational import elbo_loss
+from gpgeom.errors import ModelFileError, NotFittedError
 from gpgeom.models.rgnp import RGNP, coverage, nse, pointwise_grad
+from gpgeom.pde import NonlinearPoisson1D, ViscousBurgers, burgers_cole_hopf, register_family
 
 SMALL_GIC = dict(lift_channels=6, lift_hidden=(12,), cnn_channels=(8, 8), mlp_hidden=(32,), grid_size=12)
 
 
 def _poisson_model(**kw):
-    opts = dict(hidden=(48, 48, 48), n_freqs=16, gicnet=SMALL_GIC, batch_size=8)
+    opts = dict(hidden=(48, 48, 48), n_freqs=16, gicnet=SMALL_GIC, batch_size=8, dtype=torch.float32)
     opts.update(kw)
     return RGNP.from_family(NonlinearPoisson1D(), **opts)
 
@@ -68,9 +72,19 @@ def test_sampled_field_derivatives_are_pointwise():
 
 
 def test_elbo_equals_hand_computed_expression():
-    m = RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.5, -1.0], [3.0, 1.0]),
-             w_bounds=([0.0], [1.0]), rank=2, inverse_rank=1, residual_scale=0.3, hidden=(16, 16), n_freqs=4,
-             gicnet=SMALL_GIC, lift=lambda x, w: (w * x[..., 0], 1 - x[..., 0] ** 2)).double()
+    m = RGNP(
+        _helmholtz_residual,
+        domain=(-1.0, 1.0),
+        z_bounds=([0.5, -1.0], [3.0, 1.0]),
+        w_bounds=([0.0], [1.0]),
+        rank=2,
+        inverse_rank=1,
+        residual_scale=0.3,
+        hidden=(16, 16),
+        n_freqs=4,
+        gicnet=SMALL_GIC,
+        lift=lambda x, w: (w * x[..., 0], 1 - x[..., 0] ** 2),
+    ).double()
     B, n = 2, 5
     x = m.sample_grid(B, n).requires_grad_(True)
     _, w = m.sample_params(B)
@@ -83,7 +97,7 @@ def test_elbo_equals_hand_computed_expression():
     u = w * x[..., 0] + (1 - x[..., 0] ** 2) * u_hat
     u_xx = torch.autograd.grad(torch.autograd.grad(u.sum(), x, create_graph=True)[0].sum(), x, create_graph=True)[0]
     r = u_xx[..., 0] + z[:, :1] ** 2 * u
-    eps = float(m.residual_scale)  # 0.3 rounded through the float32 buffer
+    eps = float(m.residual_scale)  # 0.3 through exp(log(0.3))
     log_r = (-0.5 * r**2 / eps**2 - 0.5 * math.log(2 * math.pi * eps**2)).sum(-1)
 
     def dense_log_normal(v, dist):
@@ -110,27 +124,32 @@ def test_short_training_raises_elbo_and_lowers_forward_error():
     ut = torch.tensor(np.stack([fam.solve(z[i], w[i], xt) for i in range(4)]), dtype=torch.float32)
     z, w, xt = (torch.tensor(a, dtype=torch.float32) for a in (z, w, xt))
     m = _poisson_model()
-    errors = []
+    with pytest.raises(NotFittedError):
+        m.predict(z, w, xt)
+    with torch.no_grad():  # the untrained network, through the distribution that predict() returns the mean of
+        errors = [float(nse(m.field_dist(z, w, xt[None].expand(4, -1, -1)).mean, ut).mean())]
 
     def err():
-        mu, _ = m.predict_forward(z, w, xt)
-        return float(nse(mu, ut).mean())
+        mu = m.predict(z, w, xt)
+        assert mu.shape == (4, 41, 1)
+        return float(nse(mu[..., 0], ut).mean())
 
-    errors.append(err())
     losses = []
     for k in range(3):
-        res = m.fit(100, lr=3e-3, progress=False, seed=k)
-        losses += res.history[0]
+        assert m.fit(100, lr=3e-3, progress=False, seed=k) is m
+        losses += m.fit_result_.history[0]
         errors.append(err())
     first, last = np.mean(losses[:20]), np.mean(losses[-20:])
     assert last < 0.2 * first  # the ELBO rises
     assert errors[-1] < 0.3 * errors[0] and errors[-1] < 0.2, errors  # forward error falls in trend
     assert sum(b < a for a, b in zip(errors, errors[1:])) >= 2, errors
     assert m.fit_history == losses
-    mu, sd = m.predict_forward(z, w, xt)
-    assert mu.shape == sd.shape == (4, 41) and 0.0 <= float(coverage(mu, sd, ut)) <= 1.0
-    zm, zs = m.predict_inverse(xt, ut, w)
+    mu, sd = m.predict(z, w, xt, return_std=True)
+    assert mu.shape == sd.shape == (4, 41, 1) and 0.0 <= float(coverage(mu, sd, ut[..., None])) <= 1.0
+    zm, zs = m.predict_inverse(xt, ut, w, return_std=True)
     assert zm.shape == zs.shape == (4, 5) and bool((zs > 0).all())
+    torch.testing.assert_close(m.predict_inverse(xt, ut, w), zm)
+    torch.testing.assert_close(m.predict_inverse(xt, mu, w), m.predict_inverse(xt, mu[..., 0], w))
 
 
 def test_data_term_learned_scale_and_fixed_grid():
@@ -163,30 +182,150 @@ def test_fit_passes_the_learning_rate_schedule():
 
 
 def test_predict_mvn_and_save_load(tmp_path):
-    m = _poisson_model(rank=2).double()
+    m = _poisson_model(rank=2).double().fit(2, progress=False, seed=0)
     z = torch.tensor([0.1, -0.2, 0.3, 0.0, 0.5], dtype=torch.float64)
     w = torch.tensor([1.5], dtype=torch.float64)
     x = torch.linspace(-0.9, 0.9, 7, dtype=torch.float64)[:, None]
-    mvn = m.predict_forward(z, w, x, return_mvn=True)
+    mvn = m.predict(z, w, x, return_mvn=True)
     assert isinstance(mvn, MultivariateNormal) and mvn.mean.shape == (1, 7)
     dense = MultivariateNormal(mvn.mean, mvn.covariance_matrix)
     v = mvn.mean + 0.01
     torch.testing.assert_close(mvn.log_prob(v), dense.log_prob(v))
-    mu, sd = m.predict_forward(z, w, x)
-    torch.testing.assert_close(sd**2, mvn.variance)
+    mu, sd = m.predict(z, w, x, return_std=True)
+    torch.testing.assert_close(sd[..., 0] ** 2, mvn.variance)
     m.save(tmp_path / "m.pt")
     m2 = RGNP.load(tmp_path / "m.pt")
-    mu2, sd2 = m2.predict_forward(z, w, x)
+    mu2, sd2 = m2.predict(z, w, x, return_std=True)
     torch.testing.assert_close(mu, mu2)
     torch.testing.assert_close(sd, sd2)
+    assert m2.family.name == "nonlinear_poisson_1d" and m2.fit_history == m.fit_history
     custom = RGNP(_helmholtz_residual, domain=(-1.0, 1.0), z_bounds=([0.5], [3.0]), gicnet=SMALL_GIC)
-    custom.save(tmp_path / "c.pt")
-    with pytest.raises(ValueError, match="pass `residual=`"):
+    custom.fit(1, progress=False, seed=0).save(tmp_path / "c.pt")
+    with pytest.raises(ModelFileError, match=r"_helmholtz_residual.*pass residual=\.\.\."):
         RGNP.load(tmp_path / "c.pt")
     c2 = RGNP.load(tmp_path / "c.pt", residual=_helmholtz_residual)
     zc = torch.tensor([1.0])
     xf = x.float()
-    torch.testing.assert_close(custom.predict_forward(zc, None, xf)[0], c2.predict_forward(zc, None, xf)[0])
+    torch.testing.assert_close(custom.predict(zc, None, xf), c2.predict(zc, None, xf))
+    with pytest.raises(TypeError, match="without a lift"):
+        RGNP.load(tmp_path / "c.pt", residual=_helmholtz_residual, lift=_helmholtz_lift)
+
+
+def _helmholtz_lift(x, w):
+    return w * (1 + x[..., 0]) / 2, 1 - x[..., 0] ** 2
+
+
+def test_user_callables_are_required_on_load(tmp_path):
+    # a model built with a user residual and a user lift: loading it with the residual alone used to fall back to
+    # no lift (b = 0, d = 1) and move the predictions by ~1 on a field of size ~0.35; it must refuse instead
+    m = RGNP(
+        _helmholtz_residual,
+        domain=(-1.0, 1.0),
+        z_bounds=([0.5], [1.4]),
+        w_bounds=([0.0], [1.0]),
+        lift=_helmholtz_lift,
+        hidden=(16, 16),
+        n_freqs=4,
+        gicnet=SMALL_GIC,
+    )
+    m.fit(2, progress=False, seed=0).save(tmp_path / "u.pt")
+    with pytest.raises(ModelFileError, match=r"user-defined lift function \(saved as '_helmholtz_lift'\).*pass lift="):
+        RGNP.load(tmp_path / "u.pt", residual=_helmholtz_residual)
+    with pytest.raises(
+        ModelFileError,
+        match=r"residual function .* and a user-defined lift .*pass residual=\.\.\., "
+        r"lift=\.\.\.",
+    ):
+        RGNP.load(tmp_path / "u.pt")
+    import gpgeom
+
+    with pytest.raises(ModelFileError, match="pass lift="):
+        gpgeom.load(tmp_path / "u.pt", residual=_helmholtz_residual)
+    back = gpgeom.load(tmp_path / "u.pt", residual=_helmholtz_residual, lift=_helmholtz_lift)
+    z, w, x = np.array([[1.2], [0.7]]), np.array([[0.5], [0.9]]), np.linspace(-1, 1, 9)[:, None]
+    torch.testing.assert_close(
+        back.predict(z, w, x, return_std=True), m.predict(z, w, x, return_std=True), rtol=0, atol=0
+    )
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        gpgeom.load(tmp_path / "u.pt", residual=_helmholtz_residual, lift=_helmholtz_lift, family="x")
+
+
+@register_family
+class _ScaledPoisson(NonlinearPoisson1D):
+    # a registered family of the tests, with a constructor argument
+    name = "test_scaled_poisson"
+
+    def __init__(self, scale=1.0):
+        self.scale = float(scale)
+
+    def config(self):
+        return {"scale": self.scale}
+
+    def residual_from_derivatives(self, d, x, z, w):
+        return super().residual_from_derivatives(d, x, z, w * self.scale)
+
+
+class _UnregisteredPoisson(NonlinearPoisson1D):
+    # inherits the name of the built-in family but is not the class registered under it
+    def boundary_ansatz(self, x, w):
+        b, d = super().boundary_ansatz(x, w)
+        return b, 2 * d
+
+
+def test_families_reload_by_name_and_unregistered_ones_ask_for_callables(tmp_path):
+    z = np.array([0.1, -0.2, 0.3, 0.0, 0.5])
+    x = np.linspace(-0.9, 0.9, 5)[:, None]
+    m = RGNP.from_family(_ScaledPoisson(3.0), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC).fit(1, progress=False)
+    m.save(tmp_path / "s.pt")
+    back = RGNP.load(tmp_path / "s.pt")
+    assert isinstance(back.family, _ScaledPoisson) and back.family.scale == 3.0
+    assert "family='test_scaled_poisson'" in repr(back) and "steps=1" in repr(back)
+    torch.testing.assert_close(back.predict(z, [1.5], x), m.predict(z, [1.5], x), rtol=0, atol=0)
+    # a residual given at load replaces the family's, and a later file asks for it again
+    RGNP.load(tmp_path / "s.pt", residual=_ScaledPoisson(3.0).residual_fn()).save(tmp_path / "s2.pt")
+    with pytest.raises(ModelFileError, match="pass residual=\\.\\.\\. "):
+        RGNP.load(tmp_path / "s2.pt")
+    assert isinstance(RGNP.load(tmp_path / "s2.pt", residual=_helmholtz_residual).family, _ScaledPoisson)
+
+    u = RGNP.from_family(_UnregisteredPoisson(), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC).fit(1, progress=False)
+    u.save(tmp_path / "u.pt")
+    with pytest.raises(ModelFileError, match=r"'nonlinear_poisson_1d' .*_UnregisteredPoisson.*not registered"):
+        RGNP.load(tmp_path / "u.pt")
+    fam = _UnregisteredPoisson()
+    back = RGNP.load(tmp_path / "u.pt", residual=fam.residual_fn(), lift=fam.boundary_ansatz)
+    torch.testing.assert_close(back.predict(z, [1.5], x), u.predict(z, [1.5], x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="takes lift"):
+        RGNP.from_family(NonlinearPoisson1D(), lift=_helmholtz_lift)
+
+
+def test_the_model_does_not_import_datasets():
+    code = "import sys, gpgeom.models.rgnp; sys.exit(any(m.startswith('gpgeom.datasets') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode == 0
+
+
+def contract_query(model, as_numpy):
+    z = np.array([[0.1, -0.2, 0.3, 0.0, 0.5], [-0.4, 0.2, 0.0, 0.1, -0.3]])
+    w = np.array([[1.2], [1.7]])
+    x = np.linspace(-0.9, 0.9, 7)[:, None]
+    u = 0.3 * np.cos(0.5 * np.pi * x[:, 0])[None] * np.array([[1.0], [0.6]])
+    if not as_numpy:
+        z, w, x, u = (torch.tensor(a, dtype=torch.float64) for a in (z, w, x, u))
+    return {
+        "forward": model.predict(z, w, x, return_std=True),
+        "inverse": model.predict_inverse(x, u, w, return_std=True),
+    }
+
+
+def test_rgnp_keeps_the_model_contract(tmp_path):
+    from contract import check_model_contract
+
+    def build():
+        return RGNP.from_family(
+            NonlinearPoisson1D(), hidden=(16, 16), n_freqs=4, gicnet=SMALL_GIC, batch_size=4, n_points=10
+        )
+
+    model = check_model_contract(build, lambda m: m.fit(3, lr=1e-3, progress=False, seed=0), contract_query, tmp_path)
+    assert model.predict(np.zeros(5), [1.5], np.zeros((3, 1))).shape == (1, 3, 1)
 
 
 def test_bad_input_gives_clear_errors():
@@ -194,21 +333,33 @@ def test_bad_input_gives_clear_errors():
     z = torch.zeros(2, 5)
     w = torch.full((2, 1), 1.5)
     x = torch.linspace(-1, 1, 9)[:, None]
+    for call in (
+        lambda: m.predict(z, w, x),
+        lambda: m.predict_inverse(x, torch.zeros(2, 9), w),
+        lambda: m.save("never-written.pt"),
+    ):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            call()
+    m.fit(1, progress=False, seed=0)
     with pytest.raises(ValueError, match="outside the domain"):
-        m.predict_forward(z, w, x * 1.5)
+        m.predict(z, w, x * 1.5)
     with pytest.raises(ValueError, match="outside the domain"):
         m.predict_inverse(x * 1.5, torch.zeros(2, 9), w)
     with pytest.raises(ValueError, match="prior support of z"):
-        m.predict_forward(z + 2.0, w, x)
+        m.predict(z + 2.0, w, x)
     with pytest.raises(ValueError, match="support of w"):
-        m.predict_forward(z, w * 3, x)
+        m.predict(z, w * 3, x)
     with pytest.raises(ValueError, match="prior support of z"):
         m.fit(1, data={"x": x[None].expand(2, -1, -1), "y": torch.zeros(2, 9), "z": z - 3, "w": w}, progress=False)
     bad = RGNP(lambda u, x, z, w: u.sum(-1), domain=(-1.0, 1.0), z_bounds=([0.0], [1.0]), gicnet=SMALL_GIC)
     with pytest.raises(ValueError, match=r"residual function must return a tensor of shape \(B, n\)"):
         bad.loss(2, 5)
     with pytest.raises(ValueError, match="shape"):
-        m.predict_forward(torch.zeros(2, 4), w, x)
+        m.predict(torch.zeros(2, 4), w, x)
+    with pytest.raises(ValueError, match="one shape"):
+        nse(torch.zeros(2, 9, 1), torch.ones(2, 9))
+    with pytest.raises(TypeError, match="numbers"):
+        m.predict(z, w, [["a"]])
     with pytest.raises(ValueError, match="lower < upper"):
         RGNP(_helmholtz_residual, domain=(1.0, -1.0), z_bounds=([0.0], [1.0]))
     with pytest.raises(ValueError, match="grid"):

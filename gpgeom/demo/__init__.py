@@ -64,7 +64,7 @@ def run_demo(
     quick: bool = False,
     seed: int = 0,
     only: list[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     r"""Run the demo sections and write ``out_dir/report.md`` with their numbers and figures.
 
@@ -73,20 +73,20 @@ def run_demo(
         quick: Smaller problem sizes.
         seed: Seed of every random draw (each section reseeds with it).
         only: Names of the sections to run (default: all of :data:`SECTIONS`).
-        progress: Show progress bars.
+        progress: Progress bars: ``True``, ``False`` or ``None`` (gpgeom's rule: shown in a terminal or notebook).
 
     Returns:
         The path of the report.
     """
     import matplotlib
 
+    names = list(SECTIONS) if only is None else list(only)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:  # checked before the output folder is created
+        raise ValueError(f"Unknown demo section(s) {unknown}; expected some of {list(SECTIONS)}.")
     matplotlib.use("Agg")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(SECTIONS) if only is None else list(only)
-    unknown = [n for n in names if n not in SECTIONS]
-    if unknown:
-        raise ValueError(f"Unknown demo section(s) {unknown}; expected some of {list(SECTIONS)}.")
     lines = [
         "# gpgeom demo report",
         "",

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpgeom.datasets.pde import NonlinearPoisson1D
 from gpgeom.demo import Section, save_figure
 from gpgeom.models.rgnp import RGNP, coverage, nse
+from gpgeom.pde import NonlinearPoisson1D
 
 
 def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
@@ -23,11 +23,11 @@ def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     n_test = 6 if quick else 12
     torch.manual_seed(seed)
     model = RGNP.from_family(
-        fam, hidden=(64, 64, 64), n_freqs=16, batch_size=8, n_points=30,
+        fam, hidden=(64, 64, 64), n_freqs=16, batch_size=8, n_points=30, dtype=torch.float32,
         gicnet=dict(lift_channels=8, lift_hidden=(16,), cnn_channels=(16, 16), mlp_hidden=(64,), grid_size=16),
-    )
+    )  # fmt: skip
     t0 = time.perf_counter()
-    result = model.fit(steps, lr=3e-3, progress=progress, seed=seed)
+    result = model.fit(steps, lr=3e-3, progress=progress, seed=seed).fit_result_
     t_fit = time.perf_counter() - t0
 
     rng = np.random.default_rng(seed + 1)
@@ -35,13 +35,14 @@ def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     x_np = fam.test_points(101)
     u_np = np.stack([fam.solve(z_np[i], w_np[i], x_np) for i in range(n_test)])
     z, w, x, u = (torch.tensor(a, dtype=torch.float32) for a in (z_np, w_np, x_np, u_np))
-    mu, sd = model.predict_forward(z, w, x)
+    mu, sd = (t[..., 0] for t in model.predict(z, w, x, return_std=True))  # (B, n, 1) -> (B, n)
     f_nse = nse(mu, u)
     # inverse: each field observed at 40 random points (a random grid, not the training grid)
     xr = model.sample_grid(n_test, 40)
-    ur = torch.tensor(np.stack([fam.solve(z_np[i], w_np[i], xr[i].numpy()) for i in range(n_test)]),
-                      dtype=torch.float32)
-    zm, zs = model.predict_inverse(xr, ur, w)
+    ur = torch.tensor(
+        np.stack([fam.solve(z_np[i], w_np[i], xr[i].numpy()) for i in range(n_test)]), dtype=torch.float32
+    )
+    zm, zs = model.predict_inverse(xr, ur, w, return_std=True)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     ax = axes[0]

@@ -1,17 +1,18 @@
 r"""Random Grid Neural Processes (RGNP): physics- and data-informed amortised forward and inverse maps of a
-parametric PDE (Vadeboncoeur, Akyildiz, Kazlauskaite, Girolami, Cirak, ICML 2023, arXiv 2301.11040; spec
-``rgnp.md`` section 1).
+parametric PDE (Vadeboncoeur, Akyildiz, Kazlauskaite, Girolami, Cirak, "Random Grid Neural Processes for
+Parametric Partial Differential Equations", ICML 2023, arXiv 2301.11040).
 
 **Problem.** A PDE :math:`\mathcal R[u](x; z, w) = 0` on a box :math:`\Omega \subset \mathbb R^D`, with
 inverse-problem parameters :math:`z` (uniform prior on a box) and known parameters :math:`w` (uniform on a box).
 The user gives the PDE as a *residual function* ``residual(u, x, z, w) -> (B, n)`` of the field values ``u``
 ``(B, n)`` at points ``x`` ``(B, n, D)`` (``x.requires_grad`` is on and ``u[b, i]`` depends on ``x[b, i]`` only, so
-:func:`pointwise_grad` (``torch.autograd.grad`` of the sum, ``create_graph=True``) gives exact pointwise
-derivatives of any order), and optionally a *lift* ``lift(x, w) -> (b, d)`` that imposes the boundary conditions
-hard: :math:`u(x) = b(x) + d(x)\,\hat u(x)` with :math:`d = 0` on the constrained boundary (Sukumar & Srivastava
-2022). Nothing is specific to one equation; :meth:`RGNP.from_family` wires a :mod:`gpgeom.datasets.pde` family.
+:func:`~gpgeom.pde.autodiff.pointwise_grad` (``torch.autograd.grad`` of the sum, ``create_graph=True``) gives exact
+pointwise derivatives of any order), and optionally a *lift* ``lift(x, w) -> (b, d)`` that imposes the boundary
+conditions hard: :math:`u(x) = b(x) + d(x)\,\hat u(x)` with :math:`d = 0` on the constrained boundary (Sukumar &
+Srivastava, CMAME 389, 2022). Nothing is specific to one equation; :meth:`RGNP.from_family` wires a registered
+:class:`gpgeom.pde.PDEFamily` (its residual, lift, domain and priors), and such a model reloads from its file alone.
 
-**Model** (paper Sec. 3, eqs. for the joint and the ELBO; a random collocation grid :math:`X = \{x_i\}_{i=1}^N`,
+**Model** (paper Sec. 3, the joint density and the ELBO; a random collocation grid :math:`X = \{x_i\}_{i=1}^N`,
 :math:`x_i \sim U(\Omega)` i.i.d., drawn afresh at every step):
 
 .. math::
@@ -39,20 +40,23 @@ size (:func:`gpgeom.engine.variational.elbo_loss`), minimised by :func:`gpgeom.e
 variance :math:`\sigma^2(x) = a + (b - a)\,\mathrm{sigmoid}(\cdot)` and, for ``rank = k > 0``, a row
 :math:`l(x) \in \mathbb R^k`: :math:`q_\alpha = \mathcal N(\mu, L L^\top + \operatorname{diag}\sigma^2)`. Evaluated
 pointwise, these Gaussians are the marginals of one Gaussian process over the solution field
-(:class:`gpgeom.engine.variational.LowRankGaussian`; :meth:`RGNP.predict_forward` returns it lifted, or as a
-GPyTorch ``MultivariateNormal`` over any point set). Samples :math:`\hat u = \mu + L\varepsilon_k + \sigma \odot
-\varepsilon` depend on :math:`x_i` only through row :math:`i`, so autograd derivatives of a sample are pointwise.
+(:class:`gpgeom.engine.variational.LowRankGaussian`; :meth:`RGNP.predict` returns its lifted mean and standard
+deviation, or a GPyTorch ``MultivariateNormal`` over any point set). Samples :math:`\hat u = \mu + L\varepsilon_k +
+\sigma \odot \varepsilon` depend on :math:`x_i` only through row :math:`i`, so autograd derivatives of a sample are
+pointwise.
 
-**Inverse network** :math:`q_\beta(z \mid u(X), w)`: :class:`gpgeom.nn.gicnet.GICNet` on the lifted field values
-(not :math:`\hat u = (u - b)/d`, which the reference uses and which blows up where :math:`d \to 0`) and :math:`w`;
-output a Gaussian over :math:`z` with diagonal (``inverse_rank = 0``) or low-rank-plus-diagonal covariance,
-parameterised on the prior box scaled to :math:`[-1, 1]`. Its layers are initialised variance-preserving for SiLU
-(:func:`gpgeom.nn.gicnet.silu_init_`): at the reference's sizes (3 lifting, 6 convolution and 6 head layers) PyTorch's
-default initialisation shrinks the field-dependent part of the output by about 0.36 per layer (to ~1e-3 of the
-output) and the gradients of the lower layers to ~1e-10, below Adam's :math:`\epsilon = 10^{-8}`, so
-:math:`q_\beta` learnt only its bias and stayed at the prior mean (issue 6). The forward network keeps PyTorch's
-default initialisation (its small initial weights give a smooth initial field; with the SiLU-preserving one the
-forward error stalled near 28% in 600 steps at the reference's sizes, against 3.3%).
+**Inverse network** :math:`q_\beta(z \mid u(X), w)`: the grid-invariant convolutional encoder GICNet of the same
+paper (:class:`gpgeom.nn.gicnet.GICNet`) on the lifted field values (not :math:`\hat u = (u - b)/d`, which the
+authors' reference code uses and which blows up where :math:`d \to 0`) and :math:`w`; output a Gaussian over
+:math:`z` with diagonal (``inverse_rank = 0``) or low-rank-plus-diagonal covariance, parameterised on the prior box
+scaled to :math:`[-1, 1]` (:meth:`RGNP.predict_inverse`). Its layers are initialised variance-preserving for SiLU
+(:func:`gpgeom.nn.gicnet.silu_init_`): at the reference code's sizes (3 lifting, 6 convolution and 6 head layers)
+PyTorch's default initialisation shrinks the field-dependent part of the output by about 0.36 per layer (to ~1e-3 of
+the output) and the gradients of the lower layers to ~1e-10, below Adam's :math:`\epsilon = 10^{-8}`, so that
+:math:`q_\beta` learnt only its bias and stayed at the prior mean (``tests/test_gicnet.py``,
+``benchmarks/results/rgnp_cpu_paper.md``). The forward network keeps PyTorch's default initialisation (its small
+initial weights give a smooth initial field; with the SiLU-preserving one the forward error stalled near 28% in 600
+steps at the reference code's sizes, against 3.3%).
 
 **Training**: :meth:`RGNP.fit` runs Adam through :func:`gpgeom.engine.fitting.fit`; ``lr_schedule="cosine"``
 anneals the learning rate over the run (used by ``benchmarks/rgnp.py``).
@@ -62,16 +66,22 @@ anneals the learning rate over the run (used by ``benchmarks/rgnp.py``).
 + \operatorname{diag}\sigma^2)\operatorname{diag}(d) + \sigma_y^2 I\bigr)` (:math:`\hat u` integrated out under
 :math:`q_\alpha`), minibatched with the scale :math:`S/\text{batch}` (a subsampled ``pyro.plate``).
 
-Differences from the reference TensorFlow code: the inverse network sees the lifted field; :math:`z` and :math:`w`
-are normalised to :math:`[-1, 1]` before entering the networks (both the forward network and GICNet); Fourier
-features are per axis (2·D·F features); GICNet as documented there, with the initialisation above.
+**Files**: :meth:`RGNP.save` writes the configuration and the network weights (:mod:`gpgeom._io`); a model from
+:meth:`RGNP.from_family` with a registered family (:mod:`gpgeom.pde.registry`) stores the family's name and reloads
+with ``RGNP.load(path)``; user callables cannot be stored, so a model built with ``residual=`` (and ``lift=``) asks
+for them by name at :meth:`RGNP.load`.
+
+Differences from the authors' reference TensorFlow code: the inverse network sees the lifted field; :math:`z` and
+:math:`w` are normalised to :math:`[-1, 1]` before entering the networks (both the forward network and GICNet);
+Fourier features are per axis (2·D·F features); GICNet as documented there, with the initialisation above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyro
@@ -80,84 +90,75 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from gpgeom._validation import check_positive, check_tensor
+from gpgeom._validation import check_positive
+from gpgeom.base import ModelContract
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.engine.variational import LowRankGaussian, bounded_variance, elbo_loss, elbo_terms, gaussian_log_density
+from gpgeom.errors import ModelFileError
 from gpgeom.nn.gicnet import GICNet
+from gpgeom.pde.autodiff import pointwise_grad
+from gpgeom.pde.box import as_bounds, check_in_box
+from gpgeom.pde.family import LiftFn, PDEFamily, ResidualFn
+from gpgeom.pde.registry import get_family, is_registered
 
 __all__ = ["RGNP", "pointwise_grad", "family_residual", "FourierFeatures", "ForwardNet", "nse", "coverage"]
-
-_FORMAT_VERSION = 1
-ResidualFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-LiftFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
-def pointwise_grad(y: Tensor, x: Tensor) -> Tensor:
-    r"""Pointwise gradient :math:`\partial y_{bi} / \partial x_{bi}`, shape of ``x`` ``(B, n, D)``, graph kept.
-
-    Exact when ``y[b, i]`` (``(B, n)``) depends on ``x[b, i]`` only (true for RGNP's pointwise networks and their
-    samples); call it again on a component to get second derivatives, e.g.
-    ``u_xx = pointwise_grad(pointwise_grad(u, x)[..., 0], x)[..., 0]``.
-    """
-    if not y.requires_grad:
-        return torch.zeros_like(x)
-    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True, allow_unused=True)
-    return torch.zeros_like(x) if g is None else g
+def family_residual(family: PDEFamily) -> ResidualFn:
+    r"""The residual function ``(u, x, z, w) -> (B, n)`` of a :class:`gpgeom.pde.PDEFamily`
+    (:meth:`~gpgeom.pde.family.PDEFamily.residual_fn`)."""
+    return family.residual_fn()
 
 
-def family_residual(family: Any) -> ResidualFn:
-    r"""The residual function ``(u, x, z, w) -> (B, n)`` of a :class:`gpgeom.datasets.pde.PDEFamily`."""
-
-    def residual(u: Tensor, x: Tensor, z: Tensor, w: Tensor) -> Tensor:
-        return family.residual_from_derivatives(family.derivatives(lambda _x: u, x), x, z, w)
-
-    residual.__name__ = f"{family.name}_residual"
-    return residual
+def _same_shape(what: str, *tensors: Tensor) -> None:
+    shapes = [tuple(t.shape) for t in tensors]
+    if len(set(shapes)) > 1:
+        raise ValueError(
+            f"`{what}` needs tensors of one shape (no broadcasting), got {', '.join(map(str, shapes))}; compare "
+            "RGNP.predict's (B, n, 1) output with truth[..., None], or its [..., 0] with a (B, n) truth."
+        )
 
 
 def nse(mean: Tensor, truth: Tensor) -> Tensor:
-    r"""Normalised squared error per field, :math:`(\|m - t\|_2 / \|t\|_2)^2` over the last dimension ``(..., n)``
-    (the study's metric, spec 1.7; its square root is the relative L2 error)."""
-    return ((mean - truth).norm(dim=-1) / truth.norm(dim=-1)) ** 2
+    r"""Normalised squared error per field, :math:`(\|m - t\|_2 / \|t\|_2)^2`; its square root is the relative
+    :math:`L_2` error.
+
+    Args:
+        mean, truth: Tensors of one shape: ``(B, n)`` or ``(B, n, m)`` (``B`` fields; the norm runs over all other
+            dimensions, e.g. the ``(B, n, 1)`` output of :meth:`RGNP.predict`, or ``(B, dz)`` parameters), or
+            ``(n,)`` for one field.
+
+    Returns:
+        ``(B,)`` (a scalar tensor for 1-D inputs).
+    """
+    _same_shape("nse(mean, truth)", mean, truth)
+    dims = tuple(range(1, mean.dim())) if mean.dim() > 1 else (0,)
+    return (torch.linalg.vector_norm(mean - truth, dim=dims) / torch.linalg.vector_norm(truth, dim=dims)) ** 2
 
 
 def coverage(mean: Tensor, std: Tensor, truth: Tensor, k: float = 2.0) -> Tensor:
-    r"""Fraction of entries with :math:`|t - m| \le k \sigma` (over all entries; points with :math:`\sigma = 0`
-    count as covered only if the mean is exact)."""
+    r"""Fraction of entries with :math:`|t - m| \le k \sigma` over all entries of three tensors of one shape
+    (points with :math:`\sigma = 0` count as covered only if the mean is exact)."""
+    _same_shape("coverage(mean, std, truth)", mean, std, truth)
     return ((truth - mean).abs() <= k * std).to(mean.dtype).mean()
 
 
-def _as_bounds(name: str, bounds: Any, size: int | None = None) -> tuple[list[float], list[float]]:
-    if not (isinstance(bounds, Sequence) and len(bounds) == 2):
-        raise ValueError(f"`{name}` must be a pair (lower, upper), got {bounds!r}.")
-    lo, hi = bounds
-    lo = [float(v) for v in (lo if isinstance(lo, Sequence) else [lo])]
-    hi = [float(v) for v in (hi if isinstance(hi, Sequence) else [hi])]
-    if size is not None and len(lo) == 1 and size > 1:
-        lo = lo * size
-    if size is not None and len(hi) == 1 and size > 1:
-        hi = hi * size
-    if len(lo) != len(hi) or (size is not None and len(lo) != size):
-        raise ValueError(f"`{name}`: lower and upper bounds must have the same length, got {lo} and {hi}.")
-    for i, (a, b) in enumerate(zip(lo, hi)):
-        if not (math.isfinite(a) and math.isfinite(b) and a < b):
-            raise ValueError(f"`{name}`: entry {i} needs finite lower < upper, got [{a}, {b}].")
-    return lo, hi
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
-def _check_box(name: str, t: Tensor, lo: Tensor, hi: Tensor, what: str, tol: float = 1e-9) -> None:
-    slack = tol * (hi - lo)
-    bad = (t < lo - slack) | (t > hi + slack)
-    if bool(bad.any()):
-        idx = tuple(int(v) for v in bad.nonzero()[0])
-        d = idx[-1]
-        raise ValueError(
-            f"{int(bad.reshape(-1, t.shape[-1]).any(-1).sum())} row(s) of `{name}` lie outside {what}; e.g. "
-            f"{name}[{', '.join(map(str, idx))}] = {float(t[idx]):.6g} is not in [{float(lo[d]):.6g}, "
-            f"{float(hi[d]):.6g}] (bounds: lower={lo.tolist()}, upper={hi.tolist()})."
-        )
+def _callable_name(fn: Any) -> str | None:
+    if fn is None:
+        return None
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 class FourierFeatures(nn.Module):
@@ -188,8 +189,10 @@ class ForwardNet(nn.Module):
     and ``w`` ``(B, dw)`` -> :class:`LowRankGaussian` over :math:`\hat u` ``(B, n)`` (rank ``k`` factor
     ``(B, n, k)``)."""
 
-    def __init__(self, dim: int, dim_z: int, dim_w: int, *, hidden: Sequence[int], rank: int, n_freqs: int,
-                 freq_range: tuple[float, float], trainable_freqs: bool, variance_bounds: tuple[float, float]):
+    def __init__(
+        self, dim: int, dim_z: int, dim_w: int, *, hidden: Sequence[int], rank: int, n_freqs: int,
+        freq_range: tuple[float, float], trainable_freqs: bool, variance_bounds: tuple[float, float],
+    ) -> None:  # fmt: skip
         super().__init__()
         self.features = FourierFeatures(dim, n_freqs, freq_range, trainable_freqs) if n_freqs > 0 else None
         n_in = dim + dim_z + dim_w + (self.features.out_features if self.features is not None else 0)
@@ -215,13 +218,17 @@ class ForwardNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-class RGNP(nn.Module):
+class RGNP(ModelContract, nn.Module):
     r"""Random Grid Neural Process for a parametric PDE (see the module docstring for the model and the ELBO).
+
+    Build it with :meth:`from_family` (a registered :class:`gpgeom.pde.PDEFamily`) or from a residual function;
+    :meth:`fit` trains it from the PDE (and optional data), :meth:`predict` solves the forward problem,
+    :meth:`predict_inverse` the inverse one.
 
     Args:
         residual: ``residual(u, x, z, w) -> (B, n)``: the PDE residual of the field values ``u`` ``(B, n)`` at
-            ``x`` ``(B, n, D)`` (``requires_grad``; derivatives by :func:`pointwise_grad`), ``z`` ``(B, dz)``,
-            ``w`` ``(B, dw)``.
+            ``x`` ``(B, n, D)`` (``requires_grad``; derivatives by :func:`~gpgeom.pde.autodiff.pointwise_grad`),
+            ``z`` ``(B, dz)``, ``w`` ``(B, dw)``.
         domain: ``(lower, upper)`` of the box :math:`\Omega` (numbers or sequences of ``D`` numbers).
         z_bounds: ``(lower, upper)`` of the uniform prior of :math:`z` (sequences of ``dz`` numbers).
         w_bounds: ``(lower, upper)`` of the uniform distribution of :math:`w`, or ``None`` (no known parameters).
@@ -234,22 +241,27 @@ class RGNP(nn.Module):
             [1e-3, 2], fixed).
         variance_bounds: ``(a, b)`` of :math:`\sigma^2_\alpha` (and of :math:`q_\beta`'s normalised variance).
         residual_scale: :math:`\varepsilon_r` (initial value when learned).
-        learn_residual_scale: Learn :math:`\varepsilon_r` by Adam with the networks (the reference does for
-            Burgers). With the flat prior :math:`p(\hat u)`, the ELBO maximised over :math:`\sigma_\alpha` rises
-            with :math:`\varepsilon_r` until :math:`\sigma_\alpha` meets its upper bound (to first order the
+        learn_residual_scale: Learn :math:`\varepsilon_r` by Adam with the networks (the authors' reference code
+            does for Burgers). With the flat prior :math:`p(\hat u)`, the ELBO maximised over :math:`\sigma_\alpha`
+            rises with :math:`\varepsilon_r` until :math:`\sigma_\alpha` meets its upper bound (to first order the
             optimal :math:`\sigma_\alpha` is proportional to :math:`\varepsilon_r` and its entropy gain cancels
             the residual penalty of the sampled noise), so a learned scale is not pinned to the residual the mean
-            field attains. Measured on the Poisson family at the reference's sizes with the per-step closed-form
-            maximiser :math:`\varepsilon_r^2 = \overline{r^2}` (600 steps): forward error 6.1% instead of 3.4%,
-            :math:`\varepsilon_r` = 0.5 against a mean residual of 0.13, 2-sigma coverage 0.99 from bands far
-            too wide. Fixed is the default.
+            field attains. Measured on the Poisson family at the reference code's sizes with the per-step
+            closed-form maximiser :math:`\varepsilon_r^2 = \overline{r^2}` (600 steps): forward error 6.1% instead
+            of 3.4%, :math:`\varepsilon_r` = 0.5 against a mean residual of 0.13, 2-sigma coverage 0.99 from bands
+            far too wide. Fixed is the default.
         n_points, batch_size: Collocation points per field and fields per step (defaults of :meth:`fit`).
         grid: ``"random"`` (fresh i.i.d. uniform points each step, RGNP) or ``"fixed"`` (a fixed regular grid
             of ``n_points`` points reused every step: the PDDLVM baseline).
         boundary_margin: Random points are drawn in the box shrunk by this margin (relative to its width).
         gicnet: Keyword arguments of :class:`GICNet` (sizes of the inverse encoder).
-        family: Name of a :mod:`gpgeom.datasets.pde` family (set by :meth:`from_family`; lets :meth:`load` rebuild
-            the residual and lift).
+        dtype: The floating dtype of the model (``torch.float64`` or ``torch.float32``); inputs of any dtype are
+            converted to it. ``model.to(dtype=...)`` changes it later.
+
+    Attributes:
+        family: The :class:`gpgeom.pde.PDEFamily` of :meth:`from_family` (``None`` for a user-defined residual).
+        fit_history: The loss (negative ELBO per field) of every step of every :meth:`fit` so far.
+        fit_result_: The :class:`gpgeom.engine.fitting.FitResult` of the last :meth:`fit`.
     """
 
     def __init__(
@@ -274,19 +286,21 @@ class RGNP(nn.Module):
         grid: str = "random",
         boundary_margin: float = 1e-5,
         gicnet: dict | None = None,
-        family: str | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
         if not callable(residual):
             raise TypeError(f"`residual` must be a callable (u, x, z, w) -> (B, n), got {type(residual).__name__}.")
         if lift is not None and not callable(lift):
             raise TypeError(f"`lift` must be None or a callable (x, w) -> (b, d), got {type(lift).__name__}.")
-        lo, hi = _as_bounds("domain", domain)
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}.")
+        lo, hi = as_bounds("domain", domain)
         D = len(lo)
         if D not in (1, 2, 3):
             raise ValueError(f"`domain` must have 1, 2 or 3 dimensions, got {D}.")
-        zlo, zhi = _as_bounds("z_bounds", z_bounds)
-        wlo, whi = _as_bounds("w_bounds", w_bounds) if w_bounds is not None else ([], [])
+        zlo, zhi = as_bounds("z_bounds", z_bounds)
+        wlo, whi = as_bounds("w_bounds", w_bounds) if w_bounds is not None else ([], [])
         for name, v in (("rank", rank), ("inverse_rank", inverse_rank), ("n_freqs", n_freqs)):
             check_positive(name, v, integer=True, allow_zero=True)
         check_positive("residual_scale", residual_scale)
@@ -302,52 +316,79 @@ class RGNP(nn.Module):
 
         self.residual_fn = residual
         self.lift_fn = lift
+        #: The PDE family of :meth:`from_family`, or ``None``.
+        self.family: PDEFamily | None = None
+        # where the residual and the lift come from ("family", "user" or, for the lift, "none"): decides what
+        # save() can store and what load() must be given
+        self._sources = {"residual": "user", "lift": "none" if lift is None else "user"}
         self.dim, self.dim_z, self.dim_w = D, len(zlo), len(wlo)
         self.rank, self.inverse_rank = rank, inverse_rank
         self.n_points, self.batch_size, self.grid = n_points, batch_size, grid
         self.boundary_margin = float(boundary_margin)
         gic = dict(gicnet or {})
+        #: The constructor's arguments as plain values (stored in model files).
         self.config = {
             "domain": (lo, hi), "z_bounds": (zlo, zhi), "w_bounds": (wlo, whi) if w_bounds is not None else None,
             "rank": rank, "inverse_rank": inverse_rank, "hidden": list(hidden), "n_freqs": n_freqs,
             "freq_range": tuple(float(v) for v in freq_range), "trainable_freqs": bool(trainable_freqs),
             "variance_bounds": (a, b), "residual_scale": float(residual_scale),
             "learn_residual_scale": bool(learn_residual_scale), "n_points": n_points, "batch_size": batch_size,
-            "grid": grid, "boundary_margin": float(boundary_margin), "gicnet": gic, "family": family,
-        }
-        dt = torch.get_default_dtype()
-        for name, v in (("lower", lo), ("upper", hi), ("z_low", zlo), ("z_high", zhi), ("w_low", wlo),
-                        ("w_high", whi)):
-            self.register_buffer(name, torch.tensor(v, dtype=dt))
-        self.forward_net = ForwardNet(D, self.dim_z, self.dim_w, hidden=hidden, rank=rank, n_freqs=n_freqs,
-                                      freq_range=freq_range, trainable_freqs=trainable_freqs,
-                                      variance_bounds=(a, b))
-        gic.setdefault("lift_channels", 16)
-        self.inverse_net = GICNet(D, 1, self.dim_z * (2 + inverse_rank), (lo, hi), param_features=self.dim_w, **gic)
-        log_eps = torch.tensor(math.log(residual_scale), dtype=dt)
-        if learn_residual_scale:
-            self.log_residual_scale = nn.Parameter(log_eps)
-        else:
-            self.register_buffer("log_residual_scale", log_eps)
+            "grid": grid, "boundary_margin": float(boundary_margin), "gicnet": dict(gic),
+        }  # fmt: skip
+        with _default_dtype(dtype):  # every buffer and parameter is created in the model's dtype
+            for name, v in (("lower", lo), ("upper", hi), ("z_low", zlo), ("z_high", zhi), ("w_low", wlo),
+                            ("w_high", whi)):  # fmt: skip
+                self.register_buffer(name, torch.tensor(v, dtype=dtype))
+            self.forward_net = ForwardNet(
+                D, self.dim_z, self.dim_w, hidden=hidden, rank=rank, n_freqs=n_freqs, freq_range=freq_range,
+                trainable_freqs=trainable_freqs, variance_bounds=(a, b),
+            )  # fmt: skip
+            gic.setdefault("lift_channels", 16)
+            self.inverse_net = GICNet(
+                D, 1, self.dim_z * (2 + inverse_rank), (lo, hi), param_features=self.dim_w, **gic
+            )  # fmt: skip
+            log_eps = torch.tensor(math.log(residual_scale), dtype=dtype)
+            if learn_residual_scale:
+                self.log_residual_scale = nn.Parameter(log_eps)
+            else:
+                self.register_buffer("log_residual_scale", log_eps)
         self.fit_history: list[float] = []
+        self.fit_result_: FitResult | None = None
 
-    # -- construction from a dataset family -------------------------------------------------------------------------
+    # -- construction from a PDE family -----------------------------------------------------------------------------
     @classmethod
-    def from_family(cls, family: Any, **kwargs: Any) -> RGNP:
-        r"""An RGNP for a :class:`gpgeom.datasets.pde.PDEFamily` (its residual, hard boundary ansatz, domain and
-        priors); ``kwargs`` as in the constructor."""
+    def from_family(cls, family: PDEFamily, **kwargs: Any) -> RGNP:
+        r"""An RGNP for a :class:`gpgeom.pde.PDEFamily`: its residual, hard boundary lift, domain and priors.
+
+        A model of a registered family (:func:`gpgeom.pde.register_family`; the built-in ones are) reloads with
+        ``RGNP.load(path)`` alone; one of an unregistered family asks for ``residual=`` and ``lift=`` at load.
+
+        Args:
+            family: The family (an instance).
+            **kwargs: Constructor arguments other than ``residual``, ``lift``, ``domain``, ``z_bounds`` and
+                ``w_bounds`` (which come from the family).
+        """
+        if not isinstance(family, PDEFamily):
+            raise TypeError(f"`family` must be a gpgeom.pde.PDEFamily instance, got {type(family).__name__}.")
+        taken = sorted({"residual", "lift", "domain", "z_bounds", "w_bounds"} & set(kwargs))
+        if taken:
+            raise TypeError(
+                f"RGNP.from_family takes {', '.join(taken)} from the family; build RGNP(residual, ...) to set them."
+            )
         w_bounds = (family.w_low, family.w_high) if family.dim_w > 0 else None
-        return cls(family_residual(family), domain=(family.lower, family.upper), z_bounds=(family.z_low, family.z_high),
-                   w_bounds=w_bounds, lift=family.boundary_ansatz, family=family.name, **kwargs)
+        model = cls(
+            family.residual_fn(), domain=(family.lower, family.upper), z_bounds=(family.z_low, family.z_high),
+            w_bounds=w_bounds, lift=family.boundary_ansatz, **kwargs,
+        )  # fmt: skip
+        model.family = family
+        model._sources = {"residual": "family", "lift": "family"}
+        return model
 
     # -- small pieces -----------------------------------------------------------------------------------------------
     @property
     def residual_scale(self) -> Tensor:
         r""":math:`\varepsilon_r`, a scalar tensor."""
         return self.log_residual_scale.exp()
-
-    def _ref(self) -> Tensor:
-        return self.lower
 
     def _normalise(self, t: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         return 2 * (t - lo) / (hi - lo) - 1
@@ -359,8 +400,11 @@ class RGNP(nn.Module):
         if self.grid == "fixed":
             m = self.boundary_margin * (hi - lo)
             per_axis = max(2, round(n ** (1 / self.dim)))
-            axes = [torch.linspace(float(lo[d] + m[d]), float(hi[d] - m[d]), per_axis if self.dim > 1 else n,
-                                   dtype=lo.dtype, device=lo.device) for d in range(self.dim)]
+            axes = [
+                torch.linspace(float(lo[d] + m[d]), float(hi[d] - m[d]), per_axis if self.dim > 1 else n,
+                               dtype=lo.dtype, device=lo.device)
+                for d in range(self.dim)
+            ]  # fmt: skip
             mesh = torch.meshgrid(*axes, indexing="ij")
             pts = torch.stack([g.reshape(-1) for g in mesh], dim=-1)
             return pts[None].expand(batch, -1, -1).clone()
@@ -382,8 +426,10 @@ class RGNP(nn.Module):
         b, d = self.lift_fn(x, w)
         for name, t in (("b", b), ("d", d)):
             if not isinstance(t, Tensor) or t.shape != x.shape[:2]:
-                raise ValueError(f"`lift(x, w)` must return two tensors (b, d) of shape {tuple(x.shape[:2])}; "
-                                 f"{name} has shape {tuple(getattr(t, 'shape', ()))}.")
+                raise ValueError(
+                    f"`lift(x, w)` must return two tensors (b, d) of shape {tuple(x.shape[:2])}; "
+                    f"{name} has shape {tuple(getattr(t, 'shape', ()))}."
+                )
         return b, d
 
     def _call_residual(self, u: Tensor, x: Tensor, z: Tensor, w: Tensor) -> Tensor:
@@ -397,7 +443,7 @@ class RGNP(nn.Module):
             )
         return r
 
-    def residual(self, u_fn: Callable[[Tensor], Tensor], x: Tensor, z: Tensor, w: Tensor | None = None) -> Tensor:
+    def residual(self, u_fn: Callable[[Tensor], Tensor], x: Any, z: Any, w: Any = None) -> Tensor:
         r"""Residual of a field function ``u_fn: x (B, n, D) -> (B, n)`` at ``x``, through the model's residual
         function and autograd derivatives, ``(B, n)`` (e.g. ~0 for an exact solution)."""
         x, z, w = self._check_xzw(x, z, w, check_support=False)
@@ -408,8 +454,9 @@ class RGNP(nn.Module):
         return self._call_residual(u, x, z, w)
 
     def _zw_features(self, z: Tensor, w: Tensor) -> Tensor:
-        return torch.cat([self._normalise(z, self.z_low, self.z_high), self._normalise(w, self.w_low, self.w_high)],
-                         dim=-1)
+        return torch.cat(
+            [self._normalise(z, self.z_low, self.z_high), self._normalise(w, self.w_low, self.w_high)], dim=-1
+        )
 
     def forward_dist(self, z: Tensor, w: Tensor, x: Tensor) -> LowRankGaussian:
         r""":math:`q_\alpha(\hat u \mid z, w, X)` over the network output (before the lift), ``(B, n)``."""
@@ -428,14 +475,13 @@ class RGNP(nn.Module):
         dz = self.dim_z
         half = (self.z_high - self.z_low) / 2
         loc = self.z_low + half * (out[:, :dz] + 1)
-        var = half**2 * bounded_variance(out[:, dz:2 * dz], *self.config["variance_bounds"])
-        factor = half[:, None] * out[:, 2 * dz:].reshape(-1, dz, self.inverse_rank) if self.inverse_rank else None
+        var = half**2 * bounded_variance(out[:, dz : 2 * dz], *self.config["variance_bounds"])
+        factor = half[:, None] * out[:, 2 * dz :].reshape(-1, dz, self.inverse_rank) if self.inverse_rank else None
         return LowRankGaussian(loc, var, factor)
 
     # -- Pyro model and guide ---------------------------------------------------------------------------------------
     def model(self, x: Tensor, w: Tensor, data: dict | None = None) -> None:
-        r"""Pyro model: ``x`` ``(B, n, D)`` (``requires_grad``), ``w`` ``(B, dw)``, ``data`` optional (:meth:`fit`).
-        """
+        r"""Pyro model: ``x`` ``(B, n, D)`` (``requires_grad``), ``w`` ``(B, dw)``, ``data`` optional (:meth:`fit`)."""
         B, n, _ = x.shape
         with pyro.plate("fields", B, device=x.device):
             z = pyro.sample("z", pdist.Uniform(self.z_low, self.z_high).to_event(1))
@@ -479,20 +525,20 @@ class RGNP(nn.Module):
     def _prepare_data(self, data: dict, noise_std: float, batch: int) -> dict:
         if not isinstance(data, dict) or not {"x", "y", "z", "w"} <= set(data):
             raise ValueError("`data` must be a dict with keys 'x' (S, m, D), 'y' (S, m), 'z' (S, dz), 'w' (S, dw).")
-        opts = {"dtype": self.lower.dtype, "device": self.lower.device}
-        x = check_tensor("data['x']", data["x"], ndim=3, shape=(None, None, self.dim), floating=True).to(**opts)
+        x = self._as_tensor("data['x']", data["x"], ndim=3, shape=(None, None, self.dim))
         S, m = x.shape[:2]
-        y = check_tensor("data['y']", data["y"], ndim=2, shape=(S, m), floating=True).to(**opts)
-        z = check_tensor("data['z']", data["z"], ndim=2, shape=(S, self.dim_z), floating=True).to(**opts)
+        y = self._as_tensor("data['y']", data["y"], ndim=2, shape=(S, m))
+        z = self._as_tensor("data['z']", data["z"], ndim=2, shape=(S, self.dim_z))
         w = data["w"] if data["w"] is not None else torch.zeros(S, 0)
-        w = check_tensor("data['w']", w, ndim=2, shape=(S, self.dim_w), floating=True).to(**opts)
-        _check_box("data['x']", x, self.lower, self.upper, "the domain")
-        _check_box("data['z']", z, self.z_low, self.z_high, "the declared prior support of z")
+        w = self._as_tensor("data['w']", w, ndim=2, shape=(S, self.dim_w))
+        check_in_box("data['x']", x, self.lower, self.upper, "the domain")
+        check_in_box("data['z']", z, self.z_low, self.z_high, "the declared prior support of z")
         if self.dim_w:
-            _check_box("data['w']", w, self.w_low, self.w_high, "the declared support of w")
+            check_in_box("data['w']", w, self.w_low, self.w_high, "the declared support of w")
         check_positive("noise_std", noise_std)
         check_positive("data_batch", batch, integer=True)
-        return {"x": x, "y": y, "z": z, "w": w, "noise": torch.tensor(float(noise_std), **opts), "batch": batch}
+        noise = torch.tensor(float(noise_std), dtype=self.dtype, device=self.device)
+        return {"x": x, "y": y, "z": z, "w": w, "noise": noise, "batch": batch}
 
     def fit(
         self,
@@ -507,11 +553,13 @@ class RGNP(nn.Module):
         noise_std: float = 0.05,
         data_batch: int = 50,
         patience: int | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         seed: int | None = None,
         callback: Callable[[int, float], None] | None = None,
-    ) -> FitResult:
+    ) -> RGNP:
         r"""Maximise the ELBO with Adam, a fresh random grid (and fresh :math:`z, w`) every step.
+
+        Calling ``fit`` again continues from the current networks (``fit_history`` grows).
 
         Args:
             steps: Number of Adam steps (each one of :func:`gpgeom.engine.fitting.fit`'s "epochs").
@@ -522,17 +570,20 @@ class RGNP(nn.Module):
                 ``lr * lr_final_fraction``) or a callable ``step -> factor``.
             data: Optional noisy observations of fields with known parameters (the data-informed variant): a dict
                 with ``x`` ``(S, m, D)`` (any points in the domain), ``y`` ``(S, m)``, ``z`` ``(S, dz)``, ``w``
-                ``(S, dw)``.
+                ``(S, dw)`` (numpy arrays or tensors).
             noise_std: Observation noise :math:`\sigma_y` of ``data``.
             data_batch: Data fields per step (the data term is scaled by ``S / data_batch``).
             patience: Early-stopping patience of the smoothed loss (default: never stop early).
-            progress: tqdm bar.
+            progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only; see
+                :mod:`gpgeom._progress`).
             seed: Seed of the grids, parameters and network noise (the global random state is left untouched).
-            callback: ``callback(step, loss)`` after every step (e.g. to track test errors during training).
+            callback: ``callback(step, loss)`` at every step (e.g. to track test errors during training: it may call
+                :meth:`predict`, which sees the current networks).
 
         Returns:
-            :class:`gpgeom.engine.fitting.FitResult` (``history[0]`` holds the loss, the negative ELBO per field,
-            of every step). The parameters with the lowest one-step loss are kept (as ``fit`` does for Adam).
+            The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
+            the loss, the negative ELBO per field, of every step); the parameters with the lowest one-step loss are
+            kept (as ``fit`` does for Adam).
         """
         check_positive("steps", steps, integer=True)
         prepared = self._prepare_data(data, noise_std, data_batch) if data is not None else None
@@ -544,146 +595,261 @@ class RGNP(nn.Module):
             with pyro.validation_enabled(False):
                 value = self.loss(batch_size, n_points, prepared)
             counter[0] += 1
+            self._fitted = True  # trained from here on: a callback may call predict()
             if callback is not None:
                 callback(counter[0], float(value.detach()))
             return value
 
-        result = fit(objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
-                     lr_final_fraction=lr_final_fraction, epochs=steps,
-                     patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
-                     progress=progress, seed=seed)
+        result = fit(
+            objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
+            lr_final_fraction=lr_final_fraction, epochs=steps,
+            patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
+            progress=progress, seed=seed,
+        )  # fmt: skip
         self.fit_history.extend(result.history[0])
-        return result
+        self.fit_result_ = result
+        self._fitted = True
+        return self
 
     # -- prediction -------------------------------------------------------------------------------------------------
-    def _check_xzw(self, x: Any, z: Any, w: Any, check_support: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        opts = {"dtype": self.lower.dtype, "device": self.lower.device}
-        check_tensor("z", z, ndim=(1, 2), shape=(self.dim_z,), floating=True)
-        z = z.to(**opts) if z.dim() == 2 else z.to(**opts)[None]
-        B = z.shape[0]
+    def _rows(self, name: str, t: Any, size: int) -> Tensor:
+        t = self._as_tensor(name, t, ndim=(1, 2), shape=(size,))
+        return t if t.dim() == 2 else t[None]
+
+    def _check_w(self, w: Any, B: int) -> Tensor:
         if w is None:
             if self.dim_w:
                 raise ValueError(f"`w` is required: the model has {self.dim_w} known parameter(s).")
-            w = torch.zeros(B, 0, **opts)
-        check_tensor("w", w, ndim=(1, 2), shape=(self.dim_w,), floating=True)
-        w = w.to(**opts) if w.dim() == 2 else w.to(**opts)[None]
+            return torch.zeros(B, 0, dtype=self.dtype, device=self.device)
+        w = self._rows("w", w, self.dim_w)
+        if w.shape[0] == 1 and B > 1:
+            w = w.expand(B, -1)
         if w.shape[0] != B:
-            raise ValueError(f"`z` and `w` must hold the same number of rows, got {B} and {w.shape[0]}.")
-        check_tensor("x", x, ndim=(2, 3), shape=(self.dim,), floating=True)
-        x = x.to(**opts)
+            raise ValueError(f"`w` must hold 1 or {B} rows (one per field), got {w.shape[0]}.")
+        return w
+
+    def _check_xzw(self, x: Any, z: Any, w: Any, check_support: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        z = self._rows("z", z, self.dim_z)
+        B = z.shape[0]
+        w = self._check_w(w, B)
+        x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,))
         if x.dim() == 2:
             x = x[None].expand(B, -1, -1)
         if x.shape[0] != B:
             raise ValueError(f"`x` has {x.shape[0]} point sets but `z` has {B} rows.")
-        _check_box("x", x, self.lower, self.upper, "the domain")
+        check_in_box("x", x, self.lower, self.upper, "the domain")
         if check_support:
-            _check_box("z", z, self.z_low, self.z_high, "the declared prior support of z")
+            check_in_box("z", z, self.z_low, self.z_high, "the declared prior support of z")
             if self.dim_w:
-                _check_box("w", w, self.w_low, self.w_high, "the declared support of w")
+                check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
         return x, z, w
 
     @torch.no_grad()
-    def predict_forward(self, z: Tensor, w: Tensor | None, x: Tensor, *, return_mvn: bool = False,
-                        jitter: float = 0.0) -> tuple[Tensor, Tensor] | Any:
-        r"""Predictive distribution of the solution field for given parameters.
+    def predict(
+        self, z: Any, w: Any, x: Any, return_std: bool = False, *, return_mvn: bool = False, jitter: float = 0.0
+    ) -> Tensor | tuple[Tensor, Tensor] | Any:
+        r"""The forward problem: the predictive distribution of the solution field :math:`u = b + d\hat u`,
+        :math:`\hat u \sim q_\alpha(\cdot \mid z, w, X)`, for given parameters.
 
         Args:
-            z: ``(B, dz)`` or ``(dz,)``, inside the prior support.
-            w: ``(B, dw)`` or ``(dw,)`` (``None`` when the model has no known parameters).
-            x: Points ``(B, n, D)`` or ``(n, D)`` (shared), inside the domain.
+            z: ``(B, dz)``, or ``(dz,)`` for one field, inside the prior support (numpy or torch).
+            w: ``(B, dw)`` or ``(dw,)`` (one row shared by all fields); ``None`` when the model has no known
+                parameters.
+            x: Points ``(B, n, D)``, or ``(n, D)`` shared by all fields, inside the domain.
+            return_std: Also return the standard deviation.
             return_mvn: Return a GPyTorch ``MultivariateNormal`` (batch ``B``, ``n`` points; low-rank covariance
-                when ``rank > 0``) instead of ``(mean, std)``.
+                when ``rank > 0``) instead of tensors.
             jitter: Added to the covariance diagonal of the MVN (the lifted variance is 0 on a hard boundary).
 
         Returns:
-            ``(mean, std)``, each ``(B, n)``, or the MVN.
+            The mean ``(B, n, 1)`` (one output: the field; ``B = 1`` for a 1-D ``z``), with ``return_std`` the pair
+            ``(mean, std)`` of that shape, or the MVN. Tensors of the model's dtype on its device.
         """
-        self.eval()
+        self._check_fitted()
         x, z, w = self._check_xzw(x, z, w)
         dist = self.field_dist(z, w, x)
         if return_mvn:
             return dist.to_gpytorch(jitter)
-        return dist.mean, dist.stddev
+        mean = dist.mean[..., None]
+        return (mean, dist.stddev[..., None]) if return_std else mean
 
     @torch.no_grad()
-    def predict_inverse(self, x: Tensor, u: Tensor, w: Tensor | None = None, *, mask: Tensor | None = None,
-                        return_dist: bool = False) -> tuple[Tensor, Tensor] | LowRankGaussian:
-        r"""Posterior :math:`q_\beta(z \mid u(X), w)` from a field sampled at arbitrary points.
+    def predict_inverse(
+        self, x: Any, u: Any, w: Any = None, return_std: bool = False, *, mask: Any = None, return_dist: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | LowRankGaussian:
+        r"""The inverse problem: the posterior :math:`q_\beta(z \mid u(X), w)` from a field sampled at arbitrary
+        points.
 
         Args:
-            x: Points ``(B, n, D)`` or ``(n, D)``, inside the domain (any number, order and placement).
-            u: Field values ``(B, n)`` or ``(n,)``.
-            w: Known parameters ``(B, dw)`` or ``(dw,)``.
+            x: Points ``(B, n, D)``, or ``(n, D)`` shared by all fields, inside the domain (any number, order and
+                placement).
+            u: Field values ``(B, n)``, ``(B, n, 1)`` (the shape :meth:`predict` returns) or ``(n,)`` for one field.
+            w: Known parameters ``(B, dw)`` or ``(dw,)`` (one row shared by all fields).
+            return_std: Also return the standard deviation.
             mask: ``(B, n)`` bool, ``False`` for padding.
-            return_dist: Return the :class:`LowRankGaussian` over ``z`` instead of ``(mean, std)``.
+            return_dist: Return the :class:`~gpgeom.engine.variational.LowRankGaussian` over ``z`` instead of
+                tensors.
 
         Returns:
-            ``(mean, std)`` each ``(B, dz)``, or the distribution.
+            The posterior mean ``(B, dz)`` (``B = 1`` for a 1-D ``u``), with ``return_std`` the pair
+            ``(mean, std)``, or the distribution.
         """
-        self.eval()
-        opts = {"dtype": self.lower.dtype, "device": self.lower.device}
-        check_tensor("u", u, ndim=(1, 2), floating=True)
-        u = u.to(**opts).reshape(-1, u.shape[-1])
+        self._check_fitted()
+        u = self._as_tensor("u", u, ndim=(1, 2, 3))
+        if u.dim() == 3:
+            if u.shape[-1] != 1:
+                raise ValueError(f"`u` of 3 dimensions must be (B, n, 1), got shape {tuple(u.shape)}.")
+            u = u[..., 0]
+        u = u.reshape(-1, u.shape[-1])
         B = u.shape[0]
-        check_tensor("x", x, ndim=(2, 3), shape=(self.dim,), floating=True)
-        x = x.to(**opts)
+        x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,))
         if x.dim() == 2:
             x = x[None].expand(B, -1, -1)
         if x.shape[:2] != u.shape:
             raise ValueError(f"`x` {tuple(x.shape)} and `u` {tuple(u.shape)} must describe the same points.")
-        _check_box("x", x, self.lower, self.upper, "the domain")
+        check_in_box("x", x, self.lower, self.upper, "the domain")
+        w = self._check_w(w, B)
         if self.dim_w:
-            if w is None:
-                raise ValueError(f"`w` is required: the model has {self.dim_w} known parameter(s).")
-            check_tensor("w", w, ndim=(1, 2), shape=(self.dim_w,), floating=True)
-            w = (w.to(**opts) if w.dim() == 2 else w.to(**opts)[None]).expand(B, -1)
-            _check_box("w", w, self.w_low, self.w_high, "the declared support of w")
-        else:
-            w = torch.zeros(B, 0, **opts)
+            check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=self.device)
+            if mask.dtype != torch.bool or mask.reshape(-1, mask.shape[-1]).shape != u.shape:
+                raise ValueError(
+                    f"`mask` must be a bool array of shape {tuple(u.shape)}, got {mask.dtype} {tuple(mask.shape)}."
+                )
+            mask = mask.reshape(u.shape)
         dist = self.inverse_dist(x, u, w, mask)
-        return dist if return_dist else (dist.mean, dist.stddev)
+        if return_dist:
+            return dist
+        return (dist.mean, dist.stddev) if return_std else dist.mean
 
-    # -- persistence ------------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        r"""Write the configuration and parameters with ``torch.save`` (loadable with ``weights_only=True``)."""
-        state = {"format_version": _FORMAT_VERSION, "config": self.config,
-                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
-        torch.save(state, path)
+    # -- the model contract: files and repr ---------------------------------------------------------------------------
+    def _get_state(self) -> dict[str, Any]:
+        fam = self.family
+        family = None
+        if fam is not None:
+            family = {
+                "name": fam.name, "config": dict(fam.config()), "registered": is_registered(fam),
+                "class": f"{type(fam).__module__}.{type(fam).__qualname__}",
+            }  # fmt: skip
+        return {
+            "config": dict(self.config),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "module_state": self.state_dict(),
+            "fit_history": [float(v) for v in self.fit_history],
+            "family": family,
+            "sources": dict(self._sources),
+            "callable_names": {"residual": _callable_name(self.residual_fn), "lift": _callable_name(self.lift_fn)},
+        }
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, residual: ResidualFn | None = None, lift: LiftFn | None = None,
-             device: torch.device | str | None = None) -> RGNP:
-        r"""Load a model written by :meth:`save`. ``residual`` (and ``lift``) are required unless the model was
-        built by :meth:`from_family` with a family of :mod:`gpgeom.datasets.pde`."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{path} is not an RGNP file of format version {_FORMAT_VERSION}.")
-        cfg = dict(state["config"])
-        fam_name = cfg.pop("family")
+    def _from_state(
+        cls, state: dict[str, Any], residual: ResidualFn | None = None, lift: LiftFn | None = None, **unknown: Any
+    ) -> RGNP:
+        r"""Rebuild from :meth:`_get_state`: the family from the registry, user callables from the arguments."""
+        if unknown:
+            raise TypeError(f"RGNP.load got unexpected arguments {sorted(unknown)}; it takes `residual` and `lift`.")
+        sources, fam_info, names = dict(state["sources"]), state["family"], state["callable_names"]
+        if sources["lift"] == "none" and lift is not None:
+            raise TypeError(
+                "This RGNP file holds a model built without a lift (no hard boundary conditions); passing `lift=` "
+                "would change its predictions. Load it without `lift=`."
+            )
+        family = None
+        if fam_info is not None:
+            need = (sources["residual"] == "family" and residual is None) or (
+                sources["lift"] == "family" and lift is None
+            )
+            family = _rebuild_family(fam_info, required=need)
+        missing = []
+        # callables given here replace the family's (and must be given again after a later save)
+        if residual is not None:
+            sources["residual"] = "user"
+        if lift is not None:
+            sources["lift"] = "user"
         if residual is None:
-            if fam_name is None:
-                raise ValueError(f"{path} holds a model with a user-defined residual; pass `residual=` (and `lift=`).")
-            from gpgeom.datasets import pde
+            residual = family.residual_fn() if family is not None and sources["residual"] == "family" else None
+            if residual is None:
+                missing.append(("residual", names["residual"]))
+        if lift is None and sources["lift"] != "none":
+            lift = family.boundary_ansatz if family is not None and sources["lift"] == "family" else None
+            if lift is None:
+                missing.append(("lift", names["lift"]))
+        if missing:
+            what = " and ".join(f"a user-defined {k} function (saved as {n!r})" for k, n in missing)
+            args = ", ".join(f"{k}=..." for k, _ in missing)
+            raise ModelFileError(
+                f"This RGNP file holds a model built with {what}, which a file cannot hold; pass {args} (the same "
+                "function as when the model was saved) to RGNP.load."
+            )
+        dtype = getattr(torch, state["dtype"])
+        model = cls(residual, lift=lift, dtype=dtype, **state["config"])
+        model.load_state_dict(state["module_state"])
+        model.family = family
+        model._sources = sources
+        model.fit_history = list(state["fit_history"])
+        return model
 
-            known = {c.name: c for c in (pde.NonlinearPoisson1D, pde.ViscousBurgers)}
-            if fam_name not in known:
-                raise ValueError(f"{path} was built for the unknown family {fam_name!r}; pass `residual=` and `lift=`.")
-            family = known[fam_name]()
-            residual, lift = family_residual(family), family.boundary_ansatz if lift is None else lift
-        dtype = next(iter(v for v in state["state_dict"].values() if v.is_floating_point())).dtype
-        with _default_dtype(dtype):
-            model = cls(residual, lift=lift, family=fam_name, **cfg)
-        model.load_state_dict(state["state_dict"])
-        return model.to(device) if device is not None else model
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, map_location: torch.device | str | None = None,
+        residual: ResidualFn | None = None, lift: LiftFn | None = None,
+    ) -> RGNP:  # fmt: skip
+        r"""Load a model written by :meth:`save`; its predictions equal the saved model's.
+
+        Args:
+            path: The file.
+            map_location: Device to put the model on (default: the CPU).
+            residual, lift: The user callables of a model built with ``RGNP(residual, lift=...)``, which no file
+                can hold (the error names the missing ones). Not needed for a model of a registered PDE family
+                (:meth:`from_family`); given there, they replace the family's.
+
+        Raises:
+            gpgeom.errors.ModelFileError: For a file of another class, a callable that is needed but not given,
+                or a family that is not registered in this process.
+        """
+        return super().load(path, map_location, residual=residual, lift=lift)
+
+    def _repr_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if self.family is not None:
+            fields["family"] = self.family.name
+        else:
+            fields["residual"] = _callable_name(self.residual_fn)
+            fields["lift"] = _callable_name(self.lift_fn)
+        fields.update(dim=self.dim, dim_z=self.dim_z, dim_w=self.dim_w, hidden=list(self.config["hidden"]),
+                      n_freqs=self.config["n_freqs"], rank=self.rank, inverse_rank=self.inverse_rank)  # fmt: skip
+        gic = self.inverse_net
+        conv = [m.out_channels for m in gic.cnn if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d)]
+        head = [m.out_features for m in gic.head if isinstance(m, nn.Linear)][:-1]
+        grid = "x".join(map(str, gic.grid_size))
+        fields["gicnet"] = f"lift={gic.lift_channels} grid={grid} conv={conv} head={head}"
+        fields["n_params"] = sum(p.numel() for p in self.parameters())
+        fields["grid"] = self.grid
+        fields["residual_scale"] = float(self.residual_scale.detach())
+        fields["steps"] = len(self.fit_history)
+        fields["dtype"] = self.dtype
+        return fields
 
 
-class _default_dtype:
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-    def __enter__(self) -> None:
-        self.old = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_default_dtype(self.old)
+def _rebuild_family(info: dict[str, Any], required: bool) -> PDEFamily | None:
+    r"""The family a model file names, from the registry; ``None`` when it is not available and not ``required``."""
+    if not info["registered"]:
+        if required:
+            raise ModelFileError(
+                f"This RGNP file holds a model of the PDE family {info['name']!r} ({info['class']}), which was not "
+                "registered when it was saved; pass residual=... and lift=... to RGNP.load, or register the family "
+                "(gpgeom.pde.register_family) and save the model again."
+            )
+        return None
+    try:
+        family_cls = get_family(info["name"])
+    except ValueError as exc:
+        if not required:
+            return None
+        raise ModelFileError(
+            f"This RGNP file holds a model of the PDE family {info['name']!r} ({info['class']}), which is not "
+            "registered in this process: import the module that defines and registers it before RGNP.load, or pass "
+            "residual=... and lift=...."
+        ) from exc
+    return family_cls(**info["config"])

@@ -1,7 +1,8 @@
 r"""GICNet: a grid-invariant convolutional encoder of fields sampled at arbitrary points.
 
-The encoder of the inverse map :math:`q_\beta(z \mid u(X), w)` of Random Grid Neural Processes (Vadeboncoeur et al.,
-ICML 2023, arXiv 2301.11040, spec ``rgnp.md`` section 1.5). It maps a set of :math:`n` scattered observations
+The grid-invariant convolutional network (GICNet) introduced as the encoder of the inverse map
+:math:`q_\beta(z \mid u(X), w)` of Random Grid Neural Processes (Vadeboncoeur, Akyildiz, Kazlauskaite, Girolami,
+Cirak, ICML 2023, arXiv 2301.11040). It maps a set of :math:`n` scattered observations
 :math:`\{(x_i, u_i)\}_{i=1}^n`, :math:`x_i \in \Omega = \prod_d [a_d, b_d] \subset \mathbb{R}^D`,
 :math:`D \in \{1, 2, 3\}`, together with known parameters :math:`w \in \mathbb{R}^p`, to a vector of
 ``out_features`` numbers, so that the result does not depend on the order of the points and only weakly on how
@@ -61,7 +62,7 @@ Padding: sets of different sizes are batched by padding to a common :math:`n` an
 real points). Padded entries are ignored completely (their values may be anything, even NaN); :math:`n` in the
 formulas above is the number of real points of each set.
 
-Differences from the reference TensorFlow code (spec 1.5): the :math:`1/n` normalisation with a relative floor
+Differences from the authors' reference TensorFlow code: the :math:`1/n` normalisation with a relative floor
 (the reference puts an absolute floor 1e-6 on the unnormalised kernel sum), the optional density channel,
 per-dimension lengthscales, ``same`` padding with pooling instead of ``valid`` convolutions, a plain ``Conv3d`` in 3-D
 instead of the factorised 2-D + 1-D convolution, and one MLP on ``[features, w]`` instead of the DeepONet-style
@@ -99,8 +100,10 @@ def _int_tuple(name: str, value: object, *, allow_empty: bool = False) -> tuple[
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
     if not isinstance(value, Sequence) or isinstance(value, str) or (not allow_empty and len(value) == 0):
-        raise ValueError(f"`{name}` must be a {'possibly empty ' if allow_empty else 'non-empty '}sequence of "
-                         f"positive ints, got {value!r}.")
+        raise ValueError(
+            f"`{name}` must be a {'possibly empty ' if allow_empty else 'non-empty '}sequence of "
+            f"positive ints, got {value!r}."
+        )
     for i, v in enumerate(value):
         check_positive(f"{name}[{i}]", v, integer=True)
     return tuple(value)
