@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-r"""Benchmark of the GP trajectory models (GPTR protocol, research notes ``specs/gptr.md`` sec. 4).
+r"""Benchmark of the GP trajectory models (the simulation protocol of T.-M. Nguyen et al., *GPTR: Gaussian Process
+Trajectory Representation for Continuous-Time Motion Estimation*, arXiv:2410.22931, 2024).
 
 Sections (each prints a Markdown table; all go to ``benchmarks/results/trajectory.md``):
 
@@ -72,7 +73,7 @@ def _rot_err(Ra: torch.Tensor, Rb: torch.Tensor) -> torch.Tensor:
 def _errors(traj, truth: FastTrajectory, T: float, dt: float) -> tuple[float, float, float]:
     tq = torch.arange(dt, T - dt, 0.01, dtype=DT)
     gt = truth.state(tq)
-    st = traj.interpolate(tq.to(traj.device, traj.dtype))
+    st = traj.predict(tq)
     p, R, w = st.p.cpu().double(), st.R.cpu().double(), st.omega.cpu().double()
     return (
         float((p - gt.p).norm(dim=-1).square().mean().sqrt()),
@@ -99,7 +100,7 @@ def interpolation_study(quick: bool) -> str:
             for prior, kin in (("wnoj", "closed_form"), ("wnoj", "taylor"), ("wnoa", "closed_form")):
                 traj = SO3xR3Trajectory(kt, prior=prior, kinematics=kin)
                 traj.set_knots(**truth.state(kt).knots(prior))
-                errs.append(float(_rot_err(gt.R, traj.interpolate(tq).R).square().mean().sqrt()))
+                errs.append(float(_rot_err(gt.R, traj.predict(tq).R).square().mean().sqrt()))
             rows.append([name, f"{w:.2f}", f"{dt:g}"] + [f"{e:.2e}" for e in errs] + [f"{errs[1] / errs[0]:.0f}x"])
     return "### 1. Interpolation with exact knots (rotation RMSE, rad)\n\n" + _table(
         [
@@ -136,9 +137,11 @@ def accuracy_study(quick: bool, seeds: int, device: str) -> str:
                     init = perturbed_knots(truth, traj.knot_times.cpu().double(), prior=prior, seed=200 + seed)
                     traj.set_knots(**{k: v.to(device) for k, v in init.items()})
                     t0 = time.perf_counter()
-                    traj.fit([meas], max_iter=50, warn=False)
+                    traj.fit([meas], max_iter=50, warn=False, progress=False)
                     el = time.perf_counter() - t0
-                    stats.append((*_errors(traj, truth, T, dt), traj.result_.iterations, el, traj.result_.converged))
+                    stats.append(
+                        (*_errors(traj, truth, T, dt), traj.fit_result_.iterations, el, traj.fit_result_.converged)
+                    )
                 med = [statistics.median(s[i] for s in stats) for i in range(5)]
                 conv = sum(s[5] for s in stats)
                 rows.append(
@@ -190,7 +193,7 @@ def scaling_study(quick: bool, device: str) -> tuple[str, float]:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            traj.fit([meas], max_iter=n_it, method="gn", ftol=0.0, xtol=0.0, gtol=0.0, warn=False)
+            traj.fit([meas], max_iter=n_it, method="gn", ftol=0.0, xtol=0.0, gtol=0.0, warn=False, progress=False)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             tt[n_it] = time.perf_counter() - t0
@@ -270,14 +273,15 @@ def gtsam_study(quick: bool) -> str:
         traj = cls(kt, prior=prior, kinematics=kin, qc_rot=10.0, qc_pos=10.0)
         traj.set_knots(**{k: v for k, v in init.items() if k in traj.state_components})
         t0 = time.perf_counter()
-        traj.fit([PoseMeasurement(pose.t, R=pose.R, p=pose.p, sigma_rot=0.01, sigma_pos=0.01)], max_iter=50, warn=False)
+        pose_meas = PoseMeasurement(pose.t, R=pose.R, p=pose.p, sigma_rot=0.01, sigma_pos=0.01)
+        traj.fit([pose_meas], max_iter=50, warn=False, progress=False)
         el = time.perf_counter() - t0
         rows.append(
             [
                 f"gpgeom {name}",
                 f"{float((traj.p - gtk.p).norm(dim=-1).square().mean().sqrt()):.4f}",
                 f"{math.degrees(float(_rot_err(gtk.R, traj.R).square().mean().sqrt())):.3f}",
-                str(traj.result_.iterations),
+                str(traj.fit_result_.iterations),
                 f"{el:.2f}",
             ]
         )

@@ -69,6 +69,38 @@ def check_option(name: str, value: object, options: Iterable[object]) -> object:
     return value
 
 
+def check_device(name: str, device: object) -> torch.device:
+    r"""Check a device request and return it as a ``torch.device``.
+
+    Accepts what ``torch.device`` accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``, an int for a CUDA
+    index). A CUDA device is refused when CUDA is not available, or when its index exceeds the visible devices; an
+    ``"mps"`` device when MPS is not available. The check runs before any work, so a wrong request fails at once and
+    names the argument instead of failing later inside torch.
+
+    Raises:
+        ValueError: For something that is not a device, or a device this machine does not have.
+    """
+    if isinstance(device, bool):
+        raise ValueError(f"`{name}` must be a torch device such as 'cpu' or 'cuda', got {device!r}.")
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"`{name}`={str(dev)!r} was asked for, but CUDA is not available on this machine.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"`{name}`={str(dev)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)."
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"`{name}`={str(dev)!r} was asked for, but MPS is not available on this machine.")
+    return dev
+
+
 def check_increasing(name: str, t: Tensor, *, strict: bool = True) -> Tensor:
     r"""Check that ``t`` (``... x n``) increases along its last dimension (strictly by default)."""
     check_tensor(name, t, floating=True)
@@ -138,7 +170,7 @@ def as_tensor(
                 f"`{name}` must be a numpy array or a torch tensor of numbers; got {type(x).__name__} "
                 f"of dtype {arr.dtype}."
             )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = torch.from_numpy(np.ascontiguousarray(arr)).reshape(arr.shape)  # keeps 0-d scalars 0-d
     if t.is_complex():
         raise TypeError(f"`{name}` must be real, got dtype {t.dtype}.")
     target = dtype if dtype is not None else (t.dtype if t.is_floating_point() else torch.float64)

@@ -5,18 +5,23 @@ r"""Tests of gpgeom.models.trajectory against independent truths (float64).
 * the local variable's theta-double-dot against finite differences of Log(R_a^T R(t));
 * hand-written interpolation and prior Jacobians against torch.func.jacfwd, incl. angles near 0 and pi;
 * the engine identity: the position posterior equals dense GP regression with the WNOJ kernel;
-* UWB estimation of a fast 10 s trajectory; measurements at knot times; bad input; save/load; float32.
+* UWB estimation of a fast 10 s trajectory; measurements at knot times; bad input; save/load; float32;
+* the model contract (tests/contract.py), predict with standard deviations / covariances, numpy inputs, the
+  progress bar, repr and to().
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import gpgeom
 from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb
 from gpgeom.engine.statespace import posterior as ss_posterior
+from gpgeom.errors import ModelFileError, NotFittedError
 from gpgeom.geometry.lie import quat_to_rotmat, so3_exp, so3_log
 from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
 from gpgeom.models.trajectory import (
@@ -27,6 +32,9 @@ from gpgeom.models.trajectory import (
     SE3Trajectory,
     SO3xR3Trajectory,
     Trajectory,
+    TrajectoryFitResult,
+    TrajectoryState,
+    TrajectoryStd,
     local_kinematics,
 )
 
@@ -207,7 +215,7 @@ def test_position_posterior_equals_dense_wnoj_gp_regression():
     zero = torch.zeros(3, dtype=DT)
     anchor = KnotPrior(0, R=torch.eye(3, dtype=DT), omega=zero, alpha=zero, p=zero, v=zero, a=zero, sigma=math.sqrt(c0))
     traj.fit([anchor, PositionMeasurement(kt[obs], y, sigma=sig)], method="gn", compute_covariances=True)
-    assert traj.result_.converged and traj.result_.iterations <= 3
+    assert traj.fit_result_.converged and traj.fit_result_.iterations <= 3
 
     with torch.no_grad():  # dense GP algebra only (the kernel's parameters require grad)
         kern = WNOJKernel(t0=0.0, P0=c0).double()
@@ -279,7 +287,7 @@ def test_uwb_estimation_fast_trajectory_converges_to_centimetres():
     traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
     traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.2, sigma_pos=0.5, seed=2))
     traj.fit([meas], max_iter=50)
-    res = traj.result_
+    res = traj.fit_result_
     assert res.converged and res.iterations < 50
     pos, rot = _pos_rmse(traj, truth, T, 0.1)
     assert pos < 0.03, pos
@@ -299,7 +307,7 @@ def test_measurements_exactly_at_knot_times_are_fine():
             max_iter=30,
             compute_covariances=True,
         )
-        assert traj.result_.converged
+        assert traj.fit_result_.converged
         assert bool(torch.isfinite(traj.knots).all()) and bool(torch.isfinite(traj.covariances_).all())
         st = traj.interpolate(kt, covariance=True)
         assert bool(torch.isfinite(st.covariance).all())
@@ -313,7 +321,7 @@ def test_float32_fit_and_interpolation():
     init = {k: v.float() for k, v in perturbed_knots(truth, traj.knot_times.double(), seed=2).items()}
     traj.set_knots(**init)
     traj.fit([meas], max_iter=50)
-    assert traj.result_.converged and traj.knots.dtype == torch.float32
+    assert traj.fit_result_.converged and traj.knots.dtype == torch.float32
     st = traj.interpolate(torch.linspace(0.1, T - 0.1, 50))
     assert st.p.dtype == torch.float32
     pos, _ = _pos_rmse(traj.to(dtype=DT), truth, T, 0.1)
@@ -326,7 +334,7 @@ def test_se3_and_wnoa_trajectories_fit_uwb(cls, prior, T):
     traj = cls.uniform(0.0, T, 0.1, prior=prior, qc_rot=10.0, qc_pos=10.0)
     traj.set_knots(**perturbed_knots(truth, traj.knot_times, prior=prior, sigma_rot=0.1, sigma_pos=0.2, seed=2))
     traj.fit([meas], max_iter=50, ftol=1e-7)
-    assert traj.result_.converged
+    assert traj.fit_result_.converged
     assert _pos_rmse(traj, truth, T, 0.1)[0] < 0.05
 
 
@@ -352,11 +360,156 @@ def test_save_load_roundtrip(tmp_path):
     se3.save(tmp_path / "se3.pt")
     back = SE3Trajectory.load(tmp_path / "se3.pt")
     assert back.prior == "wnoa" and back.dtype == torch.float32 and torch.equal(back.knots, se3.knots)
-    with pytest.raises(TypeError, match="holds a SE3Trajectory, not a SO3xR3Trajectory"):
+    with pytest.raises(ModelFileError, match="holds a SE3Trajectory model, not a SO3xR3Trajectory"):
         SO3xR3Trajectory.load(tmp_path / "se3.pt")
     torch.save({"format": "something else"}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="Not a gpgeom trajectory"):
+    with pytest.raises(ModelFileError, match="is not a gpgeom model file"):
         Trajectory.load(tmp_path / "bad.pt")
+
+
+def test_fit_record_is_kept_through_save_load(tmp_path):
+    traj = _fitted_pose_problem(SO3xR3Trajectory)
+    traj.save(tmp_path / "t.pt")
+    back = gpgeom.load(tmp_path / "t.pt")
+    a, b = traj.fit_result_, back.fit_result_
+    assert type(back) is SO3xR3Trajectory and back.is_fitted
+    assert (a.iterations, a.converged, a.message, a.cost, a.cost_history) == (
+        b.iterations, b.converged, b.message, b.cost, b.cost_history,
+    )  # fmt: skip
+    assert torch.equal(back.covariances_, traj.covariances_) and repr(back) == repr(traj)
+    with pytest.raises(TypeError, match="takes no extra keyword arguments"):
+        SO3xR3Trajectory.load(tmp_path / "t.pt", covar_module=None)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The model contract (tests/contract.py), prediction with uncertainty, numpy inputs, progress, repr, to()
+# ------------------------------------------------------------------------------------------------------------------
+_KT = torch.arange(0.0, 1.0 + 1e-9, 0.1, dtype=DT)
+_TM = torch.linspace(0.0, 1.0, 21, dtype=DT)
+
+
+def _pose_measurement(as_numpy: bool = False) -> PoseMeasurement:
+    gt = FAST.state(_TM)
+    conv = (lambda x: x.numpy()) if as_numpy else (lambda x: x)
+    return PoseMeasurement(
+        conv(_TM), R=conv(gt.R), p=conv(gt.p), sigma_rot=0.01, sigma_pos=conv(torch.full((3,), 0.02))
+    )
+
+
+def _contract_fit(model):
+    model.set_knots(**perturbed_knots(FAST, model.knot_times, prior=model.prior, sigma_rot=0.1, sigma_pos=0.1, seed=3))
+    return model.fit([_pose_measurement()], compute_covariances=True, progress=False)
+
+
+def _fitted_pose_problem(cls, prior="wnoj"):
+    return _contract_fit(cls(_KT, prior=prior, qc_rot=[1.0, 2.0, 3.0], qc_pos=4.0))
+
+
+def contract_query(model, as_numpy):
+    tq = torch.linspace(0.0, 1.0, 17, dtype=DT)
+    return model.predict(tq.numpy() if as_numpy else tq, return_std=True)
+
+
+@pytest.mark.parametrize("cls,prior", [(SO3xR3Trajectory, "wnoj"), (SE3Trajectory, "wnoa")])  # SE3 WNOJ: ~1 s/step
+def test_trajectory_keeps_the_model_contract(cls, prior, tmp_path):
+    from contract import check_model_contract
+
+    def build():
+        return cls(_KT, prior=prior, qc_rot=[1.0, 2.0, 3.0], qc_pos=4.0)
+
+    model = check_model_contract(build, _contract_fit, contract_query, tmp_path)
+    assert model.fit_result_.converged and isinstance(model.fit_result_, TrajectoryFitResult)
+
+
+@pytest.mark.parametrize("prior", ["wnoj", "wnoa"])
+def test_predict_returns_the_state_and_its_uncertainty(prior):
+    traj = _fitted_pose_problem(SO3xR3Trajectory, prior)
+    tq = torch.linspace(0.0, 1.0, 33, dtype=DT)
+    st = traj.predict(tq.numpy())
+    assert isinstance(st, TrajectoryState) and st.covariance is None and st.jacobian_a is None
+    full = traj.interpolate(tq, covariance=True)
+    assert torch.equal(st.p, full.p) and torch.equal(st.R, full.R)
+    mean, std = traj.predict(tq, return_std=True)
+    assert isinstance(std, TrajectoryStd) and torch.equal(mean.v, full.v)
+    var = full.covariance.diagonal(dim1=-2, dim2=-1)
+    for i, c in enumerate(traj.state_components):
+        torch.testing.assert_close(getattr(std, c), var[:, 3 * i : 3 * i + 3].sqrt(), rtol=0, atol=0)
+    assert (std.alpha is None and std.a is None) == (prior == "wnoa")
+    assert set(std.as_dict()) == set(traj.state_components)
+    mean, cov = traj.predict(tq, return_cov=True)
+    d = 18 if prior == "wnoj" else 12
+    assert torch.equal(cov, full.covariance) and cov.shape == (33, d, d) and torch.equal(mean.v, full.v)
+    # the uncertainty is smallest where the poses were measured and stays finite at the knots
+    assert bool(torch.isfinite(std.p).all()) and float(std.p.max()) < 0.1
+    with pytest.raises(ValueError, match="one of `return_std` and `return_cov`"):
+        traj.predict(tq, return_std=True, return_cov=True)
+    plain = SO3xR3Trajectory(_KT, prior=prior)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        plain.predict(tq)
+    plain.set_knots(**FAST.state(_KT).knots(prior))
+    assert torch.equal(plain.predict(tq).R, plain.interpolate(tq).R)
+    with pytest.raises(ValueError, match=r"`return_std=True` needs .*compute_covariances=True"):
+        plain.predict(tq, return_std=True)
+
+
+def test_numpy_inputs_give_the_same_fit():
+    init = perturbed_knots(FAST, _KT, sigma_rot=0.1, sigma_pos=0.1, seed=3)
+    fits = []
+    for as_numpy in (False, True):
+        conv = (lambda x: x.numpy()) if as_numpy else (lambda x: x)
+        traj = SO3xR3Trajectory(conv(_KT), qc_rot=conv(torch.tensor([1.0, 2.0, 3.0], dtype=DT)), qc_pos=4.0)
+        traj.set_knots(**{k: conv(v) for k, v in init.items()})
+        anchor = KnotPrior(0, p=conv(torch.zeros(3, dtype=DT)), sigma=1.0)
+        fits.append(traj.fit([_pose_measurement(as_numpy), anchor], compute_covariances=True))
+    assert torch.equal(fits[0].knots, fits[1].knots) and torch.equal(fits[0].covariances_, fits[1].covariances_)
+    assert fits[0].fit_result_.cost == fits[1].fit_result_.cost
+
+
+def test_fit_shows_a_progress_bar_over_the_linear_solves(capsys):
+    out = {}
+    for progress in (False, True):
+        traj = SO3xR3Trajectory(_KT, qc_rot=[1.0, 2.0, 3.0], qc_pos=4.0)
+        traj.set_knots(**perturbed_knots(FAST, _KT, sigma_rot=0.1, sigma_pos=0.1, seed=3))
+        out[progress] = traj.fit([_pose_measurement()], progress=progress)
+        err = capsys.readouterr().err
+        assert ("SO3xR3Trajectory (LM)" in err) == progress
+    it = out[True].fit_result_.iterations
+    assert f"{it}/50" in err and torch.equal(out[True].knots, out[False].knots)
+    with pytest.raises(TypeError, match="`progress` must be True, False or None"):
+        out[True].fit([_pose_measurement()], progress="yes")
+
+
+def test_repr_names_knots_span_spacing_qc_and_the_fit():
+    traj = SO3xR3Trajectory.uniform(0.0, 1.0, 0.1, qc_rot=2.0, qc_pos=[1.0, 2.0, 3.0])
+    text = repr(traj)
+    assert text.startswith("SO3xR3Trajectory(fitted=False, knots=11, span=[0, 1], dt=0.1, prior='wnoj', ")
+    assert "qc_rot=[2, 2, 2]" in text and "qc_pos=[1, 2, 3]" in text and "iterations" not in text
+    fitted = repr(_fitted_pose_problem(SE3Trajectory, "wnoa"))
+    assert fitted.startswith("SE3Trajectory(knots=11, span=[0, 1], dt=0.1, prior='wnoa'")
+    assert "iterations=" in fitted and "converged=True" in fitted and "covariances=True" in fitted
+    uneven = repr(SO3xR3Trajectory(torch.tensor([0.0, 0.1, 0.3], dtype=DT)))
+    assert "dt=[0.1, 0.2]" in uneven
+
+
+def test_to_is_keyword_only_and_moves_everything():
+    traj = _fitted_pose_problem(SO3xR3Trajectory)
+    with pytest.raises(TypeError, match="keyword arguments only"):
+        traj.to(torch.float32)
+    with pytest.raises(TypeError, match="`dtype` must be torch.float32 or torch.float64"):
+        traj.to(dtype=torch.float16)
+    assert traj.to(dtype=torch.float32) is traj and traj.dtype == torch.float32
+    for x in (traj.knots, traj.knot_times, traj.qc_rot, traj.covariances_, traj.cross_covariances_):
+        assert x.dtype == torch.float32
+    assert traj.predict(np.linspace(0.0, 1.0, 5)).p.dtype == torch.float32
+    assert traj.to(device="cpu", dtype=DT).knots.dtype == DT
+
+
+def test_factors_module_alias():
+    import gpgeom.models.trajectory_factors as alias
+    from gpgeom.models.trajectory import factors
+
+    for name in factors.__all__:
+        assert getattr(alias, name) is getattr(factors, name)
 
 
 # ------------------------------------------------------------------------------------------------------------------

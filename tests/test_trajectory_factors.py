@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-r"""Tests of gpgeom.models.trajectory_factors: every hand-written factor Jacobian (through the interpolation) against
-torch.func.jacfwd, user-defined factors, IMU biases, TDOA, Huber, chunking and bad input."""
+r"""Tests of gpgeom.models.trajectory.factors: every hand-written factor Jacobian (through the interpolation) against
+torch.func.jacfwd, user-defined factors, IMU biases, TDOA, Huber, chunking, numpy inputs and bad input."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,8 +18,7 @@ from gpgeom.datasets.trajectories import (
     simulate_uwb,
 )
 from gpgeom.geometry.lie import rotmat_to_quat, so3_exp
-from gpgeom.models.trajectory import SE3Trajectory, SO3xR3Trajectory
-from gpgeom.models.trajectory_factors import (
+from gpgeom.models.trajectory import (
     CustomMeasurement,
     GlobalPrior,
     IMUMeasurement,
@@ -26,6 +26,8 @@ from gpgeom.models.trajectory_factors import (
     PoseMeasurement,
     PositionMeasurement,
     RangeMeasurement,
+    SE3Trajectory,
+    SO3xR3Trajectory,
     TDOAMeasurement,
     components,
 )
@@ -161,10 +163,10 @@ def test_imu_and_uwb_fit_recovers_biases():
         max_iter=50,
         compute_covariances=True,
     )
-    b = traj.result_.globals["imu_bias"]
-    sd = traj.result_.global_covariance.diagonal().sqrt()
+    b = traj.fit_result_.globals["imu_bias"]
+    sd = traj.fit_result_.global_covariance.diagonal().sqrt()
     true_b = torch.cat([imu.bias_gyro, imu.bias_accel])
-    assert traj.result_.converged
+    assert traj.fit_result_.converged
     assert float(((b - true_b).abs() / sd).max()) < 3.0  # within 3 posterior standard deviations
     tq = torch.linspace(0.2, T - 0.2, 200, dtype=DT)
     assert float((traj.interpolate(tq).omega - truth.state(tq).omega).norm(dim=-1).mean()) < 0.02
@@ -185,7 +187,7 @@ def test_tdoa_fit():
     )
     tq = torch.linspace(0.2, T - 0.2, 200, dtype=DT)
     err = (traj.interpolate(tq).p - truth.state(tq).p).norm(dim=-1)
-    assert traj.result_.converged and float(err.square().mean().sqrt()) < 0.1
+    assert traj.fit_result_.converged and float(err.square().mean().sqrt()) < 0.1
 
 
 def test_huber_resists_outliers():
@@ -274,3 +276,26 @@ def test_measurement_bad_input():
         traj.fit([bad])
     with pytest.raises(ValueError, match="Global parameter 'b' has size 2 in one measurement and 3"):
         traj.fit([GlobalPrior("b", torch.zeros(2, dtype=DT)), GlobalPrior("b", torch.zeros(3, dtype=DT))])
+
+
+def test_measurements_accept_numpy_and_convert_with_keyword_only_to():
+    t = np.array([0.1, 0.2])
+    a = RangeMeasurement(t, np.zeros(3), np.ones(2), tag_offset=np.full(3, 0.1), sigma=np.array([0.5, 0.25]))
+    b = RangeMeasurement(
+        torch.from_numpy(t),
+        torch.zeros(3, dtype=DT),
+        torch.ones(2, dtype=DT),
+        tag_offset=torch.full((3,), 0.1, dtype=DT),
+        sigma=torch.tensor([0.5, 0.25], dtype=DT),
+    )
+    for k in ("t", "anchors", "d", "offset", "w"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert IMUMeasurement(t, np.zeros((2, 3)), np.zeros((2, 3))).g[2].item() == -9.81  # float64, not rounded
+    small = a.to(dtype=torch.float32)
+    assert small is not a and small.t.dtype == torch.float32 and a.t.dtype == DT
+    with pytest.raises(TypeError):
+        a.to(torch.float32)  # keyword-only, as the models' to()
+    prior = KnotPrior([0, 1], R=np.eye(3), p=np.zeros(3), sigma=0.1).to(dtype=torch.float32)
+    assert prior.means["R"].dtype == prior.means["p"].dtype == torch.float32 and prior.index.dtype == torch.long
+    custom = CustomMeasurement(t, lambda st, pr: st["p"], residual_dim=3, params={"c": np.zeros(2)})
+    assert custom.to(dtype=torch.float32).params0["c"].dtype == torch.float32

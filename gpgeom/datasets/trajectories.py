@@ -21,7 +21,7 @@ The derivatives are *exact*: :math:`\omega^\wedge = R^\top\dot R` and :math:`\al
 differentiation of :math:`R(t)` (no finite differences, no Jacobian formula), and :math:`v, a` likewise.
 
 Measurements (seeded, returned as dataclasses of float64 tensors; feed them to the classes of
-:mod:`gpgeom.models.trajectory_factors`): :func:`simulate_pose`, :func:`simulate_uwb` (two-way ranging from
+:mod:`gpgeom.models.trajectory.factors`): :func:`simulate_pose`, :func:`simulate_uwb` (two-way ranging from
 tags with body-frame offsets to fixed anchors), :func:`simulate_tdoa`, :func:`simulate_imu` (gyroscope and
 accelerometer with constant biases and gravity) and :func:`perturbed_knots` (the initial guess of the GPTR
 protocol: truth perturbed by Gaussian noise on rotation and position, rates zeroed).

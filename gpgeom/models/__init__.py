@@ -5,7 +5,7 @@ r"""The five published models of gpgeom, each a thin composition of the engine.
 - :class:`FunBaT`, :class:`FunBaTCP` (:mod:`gpgeom.models.funbat`): functional Bayesian Tucker decomposition.
 - :class:`RGNP` (:mod:`gpgeom.models.rgnp`): random-grid neural processes for parametric PDEs.
 - :class:`SO3xR3Trajectory`, :class:`SE3Trajectory` (:mod:`gpgeom.models.trajectory`): third-order GP
-  trajectories with closed-form kinematics; measurement factors in :mod:`gpgeom.models.trajectory_factors`.
+  trajectories with closed-form kinematics; measurement factors in :mod:`gpgeom.models.trajectory.factors`.
 
 The models are loaded on first access (``gpgeom.models.MMGP``), so importing one does not import the others.
 """

@@ -1,0 +1,635 @@
+r"""The base class of the continuous-time GP trajectories: knots, interpolation, estimation and the model contract.
+
+A trajectory is represented by its states at ``K`` knots :math:`t_0 < \dots < t_{K-1}`, each
+:math:`(R, \omega, \alpha, p, v, a)` (white noise on jerk, WNOJ) or :math:`(R, \omega, p, v)` (white noise on
+acceleration, WNOA), and a Gauss-Markov motion prior between consecutive knots (Barfoot, Tong & Sarkka, *Batch
+continuous-time trajectory estimation as exactly sparse Gaussian process regression*, RSS 2014; Tang, Yoon &
+Barfoot, *A white-noise-on-jerk motion prior for continuous-time trajectory estimation on SE(3)*, IEEE RA-L 4(2),
+2019). The pose group -- :class:`~gpgeom.models.trajectory.so3xr3.SO3xR3Trajectory` or
+:class:`~gpgeom.models.trajectory.se3.SE3Trajectory` -- supplies the local variable, its kinematics and the
+Jacobians (``_interp``, ``_prior``, ``_gamma_noise``); this class supplies everything else:
+
+* the knots (:meth:`Trajectory.set_knots`, :attr:`Trajectory.knots`) and their retraction
+  :math:`R \leftarrow R\,\mathrm{Exp}(\delta_R)`, the rest additive (tangent order :math:`(\delta_R,
+  \delta_\omega, \delta_\alpha, \delta_p, \delta_v, \delta_a)`, 18-D for WNOJ, 12-D for WNOA);
+* evaluation at any time with Jacobians and posterior covariance (:meth:`Trajectory.interpolate`) and the
+  contract's :meth:`Trajectory.predict` (mean state, marginal standard deviations or full covariances);
+* MAP estimation of the knots from measurements (:meth:`Trajectory.fit`) by the engine's Gauss-Newton /
+  Levenberg-Marquardt on the block-tridiagonal normal matrix (:mod:`gpgeom.models.trajectory.estimation`);
+* the model contract of :mod:`gpgeom.base`: ``fit`` returns the model with ``fit_result_``, numpy or torch inputs,
+  ``to(device=..., dtype=...)``, ``save``/``load`` through one file format, an informative ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gpgeom._progress import progress_bar
+from gpgeom._validation import as_tensor, check_increasing, check_option, check_positive, check_tensor
+from gpgeom.base import ModelContract
+from gpgeom.engine.gauss_newton import Factor, gauss_newton
+from gpgeom.errors import ConvergenceWarning
+from gpgeom.geometry.lie import check_rotation, check_unit_quaternion, quat_to_rotmat, rotmat_to_quat, so3_exp
+from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
+from gpgeom.models.trajectory.algebra import as_vec3
+from gpgeom.models.trajectory.estimation import build_factors
+from gpgeom.models.trajectory.factors.base import Measurement
+from gpgeom.models.trajectory.interpolation import Bracket, MarkovChainAlgebra
+from gpgeom.models.trajectory.kinematics import KINEMATICS
+from gpgeom.models.trajectory.state import (
+    COMPONENTS,
+    TrajectoryFitResult,
+    TrajectoryState,
+    TrajectoryStd,
+    components,
+)
+
+__all__ = ["PRIORS", "Trajectory"]
+
+PRIORS = ("wnoj", "wnoa")
+
+
+class Trajectory(ModelContract):
+    r"""Continuous-time GP trajectory with knots carrying :math:`(R, \omega, \alpha, p, v, a)` (WNOJ) or
+    :math:`(R, \omega, p, v)` (WNOA). Use :class:`~gpgeom.models.trajectory.SO3xR3Trajectory` or
+    :class:`~gpgeom.models.trajectory.SE3Trajectory`.
+
+    Args:
+        knot_times: ``K`` strictly increasing knot times (``K >= 2``; numpy or torch); see also :meth:`uniform`.
+        prior: ``"wnoj"`` (white noise on jerk, third order, default) or ``"wnoa"`` (white noise on acceleration,
+            second order: no acceleration states).
+        kinematics: ``"closed_form"`` (exact :math:`\dot\theta, \ddot\theta`, default) or ``"taylor"`` (the
+            first-order approximation :math:`H' \approx -\tfrac12\omega^\wedge`).
+        qc_rot: Power spectral density of the rotational white noise (float or 3-vector, per axis).
+        qc_pos: Same for the translational part.
+        dtype: ``torch.float64`` (default) or ``torch.float32``.
+        device: Where the knots live.
+
+    Knots start at the identity rotation and zero rates. :meth:`fit` estimates them from measurements;
+    :meth:`set_knots` gives them directly. Either makes the trajectory usable by :meth:`predict` and
+    :meth:`save` (:meth:`interpolate` evaluates the current knots at any time).
+
+    Attributes:
+        fit_result_: The :class:`~gpgeom.models.trajectory.TrajectoryFitResult` of the last :meth:`fit`
+            (``None`` before).
+        covariances_: ``K x s x s`` marginal covariances of the knots' tangent perturbations (after
+            ``fit(..., compute_covariances=True)``), else ``None``.
+        cross_covariances_: ``K x 1 x s x s`` covariances between knots ``k`` and ``k + 1``, else ``None``.
+    """
+
+    pose_group = ""
+
+    def __init__(
+        self,
+        knot_times: Tensor | Sequence[float],
+        *,
+        prior: str = "wnoj",
+        kinematics: str = "closed_form",
+        qc_rot: float | Sequence[float] | Tensor = 1.0,
+        qc_pos: float | Sequence[float] | Tensor = 1.0,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ):
+        if type(self) is Trajectory:
+            raise TypeError("Trajectory is abstract; use SO3xR3Trajectory or SE3Trajectory.")
+        check_option("prior", prior, PRIORS)
+        check_option("kinematics", kinematics, KINEMATICS)
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}.")
+        knot_times = as_tensor("knot_times", knot_times, dtype=None)
+        check_tensor("knot_times", knot_times, ndim=1, floating=True)
+        if knot_times.shape[0] < 2:
+            raise ValueError(f"`knot_times` must hold at least 2 knots, got {knot_times.shape[0]}.")
+        check_increasing("knot_times", knot_times)
+        self.prior = prior
+        self.kinematics = kinematics
+        self.order = 3 if prior == "wnoj" else 2
+        self._dtype = dtype
+        self._device = torch.device(device) if device is not None else knot_times.device
+        self._times = knot_times.detach().to(dtype=dtype, device=self._device).clone()
+        self.qc_rot = as_vec3("qc_rot", qc_rot).to(dtype=dtype, device=self._device)
+        self.qc_pos = as_vec3("qc_pos", qc_pos).to(dtype=dtype, device=self._device)
+        K = self.num_knots
+        X = torch.zeros(K, self.state_dim, dtype=dtype, device=self._device)
+        X[:, :9] = torch.eye(3, dtype=dtype, device=self._device).reshape(9)
+        self._knots = X
+        self._chain = MarkovChainAlgebra(self.order)
+        self.covariances_: Tensor | None = None
+        self.cross_covariances_: Tensor | None = None
+        self.fit_result_: TrajectoryFitResult | None = None
+        self._fitted = False
+
+    # ----- construction helpers -----
+    @classmethod
+    def uniform(cls, t_start: float, t_end: float, dt: float, **kwargs: Any) -> Trajectory:
+        r"""Knots ``t_start + k dt``, ``k = 0..K-1``, with the last knot at or after ``t_end`` (``kwargs``: those
+        of the constructor)."""
+        for nm, val in (("t_start", t_start), ("t_end", t_end)):
+            if not isinstance(val, int | float) or isinstance(val, bool) or not math.isfinite(val):
+                raise TypeError(f"`{nm}` must be a finite float, got {val!r}.")
+        check_positive("dt", dt)
+        if not t_end > t_start:
+            raise ValueError(f"`t_end` ({t_end}) must exceed `t_start` ({t_start}).")
+        K = int(math.ceil((t_end - t_start) / dt - 1e-9)) + 1
+        times = t_start + dt * torch.arange(K, dtype=torch.float64)
+        return cls(times, **kwargs)
+
+    # ----- sizes and views -----
+    @property
+    def num_knots(self) -> int:
+        r"""``K``."""
+        return int(self._times.shape[0])
+
+    @property
+    def state_dim(self) -> int:
+        r"""Numbers stored per knot: 9 (R) + 3 (N - 1) + 3 N (24 for WNOJ, 18 for WNOA)."""
+        return 9 + 3 * (self.order - 1) + 3 * self.order
+
+    @property
+    def tangent_dim(self) -> int:
+        r"""``s``: 18 for WNOJ, 12 for WNOA."""
+        return 6 * self.order
+
+    @property
+    def state_components(self) -> tuple[str, ...]:
+        r"""``("R", "omega", "alpha", "p", "v", "a")`` (WNOJ) or ``("R", "omega", "p", "v")`` (WNOA)."""
+        return components(self.order - 1)
+
+    @property
+    def knot_times(self) -> Tensor:
+        r"""``K`` knot times."""
+        return self._times
+
+    @property
+    def knots(self) -> Tensor:
+        r"""``K x state_dim`` stored knot states ``[vec(R) (row-major), omega, (alpha), p, v, (a)]``."""
+        return self._knots
+
+    def _slices(self) -> dict[str, slice]:
+        """Tangent slices of each component (the storage after the 9 entries of R has the same layout, shifted)."""
+        names = self.state_components
+        return {c: slice(3 * i, 3 * i + 3) for i, c in enumerate(names)}
+
+    def _unpack(self, X: Tensor) -> dict[str, Tensor]:
+        r"""``... x state_dim`` -> dict of components (``R``: ``... x 3 x 3``, others ``... x 3``)."""
+        out = {"R": X[..., :9].reshape(*X.shape[:-1], 3, 3)}
+        rest = X[..., 9:]
+        for i, c in enumerate(self.state_components[1:]):
+            out[c] = rest[..., 3 * i : 3 * i + 3]
+        return out
+
+    def _pack(self, st: dict[str, Tensor]) -> Tensor:
+        R = st["R"]
+        parts = [R.reshape(*R.shape[:-2], 9)] + [st[c] for c in self.state_components[1:]]
+        return torch.cat(parts, dim=-1)
+
+    def __getattr__(self, name: str):
+        if name in COMPONENTS:
+            knots = self.__dict__.get("_knots")
+            if knots is None:
+                raise AttributeError(name)
+            st = self._unpack(knots)
+            if name not in st:
+                raise AttributeError(f"A trajectory with prior={self.prior!r} has no `{name}` knots.")
+            return st[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def quaternion(self) -> Tensor:
+        r"""``K x 4`` knot rotations as unit quaternions ``(x, y, z, w)``."""
+        return rotmat_to_quat(self._unpack(self._knots)["R"], validate=False)
+
+    def retract(self, X: Tensor, dX: Tensor) -> Tensor:
+        r""":math:`R \leftarrow R\,\mathrm{Exp}(\delta_R)`, the rest additive (``X``: ``... x state_dim``,
+        ``dX``: ``... x tangent_dim``)."""
+        R = X[..., :9].reshape(*X.shape[:-1], 3, 3) @ so3_exp(dX[..., :3])
+        return torch.cat([R.reshape(*X.shape[:-1], 9), X[..., 9:] + dX[..., 3:]], dim=-1)
+
+    def set_knots(self, *, R=None, q=None, omega=None, alpha=None, p=None, v=None, a=None) -> Trajectory:
+        r"""Set (some of) the knot states; the others are kept. Marks the trajectory as usable (as ``fit`` does)
+        and drops the covariances of an earlier fit.
+
+        Args:
+            R: ``K x 3 x 3`` rotations (checked orthonormal), or ``q``: ``K x 4`` unit quaternions
+                ``(x, y, z, w)``.
+            omega, alpha, p, v, a: ``K x 3`` (``alpha`` and ``a`` only for ``prior="wnoj"``).
+
+        All values may be numpy arrays or torch tensors.
+
+        Returns:
+            ``self``.
+        """
+        K = self.num_knots
+        if R is not None and q is not None:
+            raise ValueError("Give `R` or `q`, not both.")
+        st = self._unpack(self._knots.clone())
+
+        def given(name: str, x: object, shape: tuple) -> Tensor:
+            # checked in its own floating dtype, then cast to the trajectory's
+            return as_tensor(name, x, dtype=None, device=self.device, shape=shape)
+
+        if q is not None:
+            q = given("q", q, (4,))
+            if q.shape != (K, 4):
+                raise ValueError(f"`q` must have shape ({K}, 4) (one unit quaternion per knot), got {tuple(q.shape)}.")
+            check_unit_quaternion(q, name="q")
+            R = quat_to_rotmat(q.to(self.dtype), validate=False)
+        if R is not None:
+            R = given("R", R, (3, 3))
+            if R.shape != (K, 3, 3):
+                raise ValueError(f"`R` must have shape ({K}, 3, 3) (one rotation per knot), got {tuple(R.shape)}.")
+            check_rotation(R, name="R")
+            st["R"] = R.to(dtype=self.dtype)
+        for name, val in (("omega", omega), ("alpha", alpha), ("p", p), ("v", v), ("a", a)):
+            if val is None:
+                continue
+            if name not in st:
+                raise ValueError(f"`{name}` is not a knot state of a prior={self.prior!r} trajectory.")
+            val = given(name, val, (3,))
+            if val.shape != (K, 3):
+                raise ValueError(f"`{name}` must have shape ({K}, 3), got {tuple(val.shape)}.")
+            st[name] = val.to(dtype=self.dtype)
+        self._knots = self._pack(st)
+        self.covariances_ = self.cross_covariances_ = None
+        self._fitted = True
+        return self
+
+    def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
+        r"""Move the knots, :math:`Q_c`, the covariances and the fitted globals (:meth:`ModelContract.to
+        <gpgeom.base.ModelContract.to>` calls it)."""
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}.")
+        super()._to(device=device, dtype=dtype)
+        kw = {"dtype": dtype, "device": self._device}
+        self._times = self._times.to(**kw)
+        self._knots = self._knots.to(**kw)
+        self.qc_rot, self.qc_pos = self.qc_rot.to(**kw), self.qc_pos.to(**kw)
+        if self.covariances_ is not None:
+            self.covariances_ = self.covariances_.to(**kw)
+            self.cross_covariances_ = self.cross_covariances_.to(**kw)
+        res = self.fit_result_
+        if res is not None:
+            res.globals = {k: v.to(**kw) for k, v in res.globals.items()}
+            if res.global_covariance is not None:
+                res.global_covariance = res.global_covariance.to(**kw)
+
+    def prior_kernel(self, part: str = "pos") -> WNOJKernel | WNOAKernel:
+        r"""The engine kernel of one part of the prior, ``batch_shape = (3,)`` (one per axis), with this
+        trajectory's :math:`Q_c` and start time: ``part="pos"`` is the prior of :math:`p(t)` per world axis
+        (SO(3)xR3), ``"rot"`` that of the local variable :math:`\theta`. Its ``P0`` is zero (set it to model the
+        first knot's prior)."""
+        check_option("part", part, ("pos", "rot"))
+        cls = WNOJKernel if self.order == 3 else WNOAKernel
+        k = cls(t0=float(self._times[0]), batch_shape=torch.Size([3])).to(torch.float64)
+        k.qc = (self.qc_pos if part == "pos" else self.qc_rot).detach().to(torch.float64).cpu()
+        return k
+
+    # ----- the linear GP algebra (gpgeom.models.trajectory.interpolation) -----
+    def _locate(self, t: Tensor, name: str) -> Bracket:
+        r"""Bracketing knots and :math:`\Lambda(\tau), \Psi(\tau)` (``M x N x N``) for times ``t`` (``M``)."""
+        return self._chain.locate(self._times, t, name)
+
+    def _cond_cov_hat(self, s: Tensor, dt: Tensor) -> Tensor:
+        r"""Interpolation covariance given both knots per unit :math:`Q_c` (``M x N x N``)."""
+        return self._chain.conditional_cov(s, dt)
+
+    def _prior_mats(self, dt: Tensor) -> tuple[Tensor, Tensor]:
+        r""":math:`\Phi(\Delta)` and the motion-prior whitening :math:`W(\Delta)` (``M x N x N``)."""
+        return self._chain.prior_mats(dt)
+
+    # ----- to be provided by the pose group -----
+    def _interp(self, Xa: Tensor, Xb: Tensor, mix: Bracket, level: int, jac: bool, want_G: bool = False):
+        r"""Interpolated state (dict) at the times of ``mix`` between knots ``Xa`` and ``Xb`` and, with ``jac``,
+        the Jacobians ``M x d x s`` with respect to both knots and :math:`G = \partial X(t)/\partial\gamma(t)`."""
+        raise NotImplementedError
+
+    def _prior(self, Xa: Tensor, Xb: Tensor, dt: Tensor, jac: bool):
+        r"""Whitened motion-prior residuals ``M x 6N`` and, with ``jac``, Jacobians ``M x 6N x 2 x s``."""
+        raise NotImplementedError
+
+    def _gamma_noise(self, C: Tensor) -> Tensor:
+        r"""``M x 6N x 6N``: the conditional covariance ``C`` (per unit :math:`Q_c`) times the channels' :math:`Q_c`."""
+        raise NotImplementedError
+
+    # ----- evaluation -----
+    def interpolate(self, t: object, *, jacobians: bool = False, covariance: bool = False) -> TrajectoryState:
+        r"""State, velocities and accelerations of the current knots at times ``t`` (any shape ``...``), with
+        optional Jacobians with respect to the two bracketing knots and the posterior covariance.
+
+        Args:
+            t: Times inside the knot span, numpy or torch (a time equal to a knot time is exact: :math:`\Psi = 0`).
+            jacobians: Also return ``jacobian_a``/``jacobian_b`` (``... x d x s``, see
+                :class:`~gpgeom.models.trajectory.TrajectoryState`).
+            covariance: Also return the posterior covariance ``... x d x d`` of the state perturbation at ``t``
+                (needs a previous ``fit(..., compute_covariances=True)``):
+                :math:`[J_a\ J_b]\,\Sigma_{ab}\,[J_a\ J_b]^\top + G\,(Q_{\tau|ab} \otimes Q_c)\,G^\top`, where
+                :math:`Q_{\tau|ab} = Q(\tau) - \Psi(\tau)\Phi(\Delta-\tau)Q(\tau)` is the GP's uncertainty between
+                known knots and :math:`G = \partial X(t)/\partial\gamma(t)` (Barfoot 2017, sec. 3.4.3).
+        """
+        t = as_tensor("t", t, dtype=self.dtype, device=self.device)
+        shape = t.shape
+        tf = t.reshape(-1)
+        if covariance and self.covariances_ is None:
+            raise ValueError(
+                "`covariance=True` needs the knots' posterior covariances: call fit(..., compute_covariances=True) "
+                "first."
+            )
+        mix = self._locate(tf, "t")
+        Xa, Xb = self._knots[mix.index], self._knots[mix.index + 1]
+        level = self.order - 1
+        st, Ja, Jb, G = self._interp(Xa, Xb, mix, level, jacobians or covariance, want_G=covariance)
+        cov = None
+        if covariance:
+            k = mix.index
+            S_aa, S_bb = self.covariances_[k], self.covariances_[k + 1]
+            S_ab = self.cross_covariances_[k, 0]
+            cov = Ja @ S_aa @ Ja.mT + Jb @ S_bb @ Jb.mT
+            cross = Ja @ S_ab @ Jb.mT
+            cov = cov + cross + cross.mT
+            C = self._cond_cov_hat(mix.s, mix.dt)
+            cov = cov + G @ self._gamma_noise(C) @ G.mT
+            cov = 0.5 * (cov + cov.mT)
+        d = 3 * len(self.state_components)
+
+        def rs(x, tail):
+            return None if x is None else x.reshape(*shape, *tail)
+
+        return TrajectoryState(
+            t=t,
+            R=rs(st["R"], (3, 3)),
+            omega=rs(st["omega"], (3,)),
+            alpha=rs(st.get("alpha"), (3,)),
+            p=rs(st["p"], (3,)),
+            v=rs(st["v"], (3,)),
+            a=rs(st.get("a"), (3,)),
+            index=mix.index.reshape(shape),
+            jacobian_a=rs(Ja, (d, self.tangent_dim)) if jacobians else None,
+            jacobian_b=rs(Jb, (d, self.tangent_dim)) if jacobians else None,
+            covariance=rs(cov, (d, d)),
+        )
+
+    def predict(
+        self, t: object, return_std: bool = False, *, return_cov: bool = False
+    ) -> TrajectoryState | tuple[TrajectoryState, TrajectoryStd] | tuple[TrajectoryState, Tensor]:
+        r"""The posterior mean state at times ``t`` and, on request, its uncertainty.
+
+        Args:
+            t: Times inside the knot span (numpy or torch, any shape ``...``).
+            return_std: Also return the marginal standard deviations per component and axis
+                (:class:`~gpgeom.models.trajectory.TrajectoryStd`, ``... x 3`` each).
+            return_cov: Also return the full covariance ``... x d x d`` of the state perturbation at each time
+                (rows and columns in the order ``(R, omega, alpha, p, v, a)``, see :meth:`interpolate`).
+
+        The uncertainty needs the knots' covariances of ``fit(..., compute_covariances=True)``.
+
+        Returns:
+            ``state`` (:class:`~gpgeom.models.trajectory.TrajectoryState`, without Jacobians or covariance),
+            ``(state, std)`` with ``return_std`` or ``(state, covariance)`` with ``return_cov``.
+
+        Raises:
+            gpgeom.errors.NotFittedError: Before ``fit``, ``set_knots`` or ``load``.
+        """
+        self._check_fitted()
+        if return_std and return_cov:
+            raise ValueError("Ask for one of `return_std` and `return_cov`, not both (the std is in the covariance).")
+        if (return_std or return_cov) and self.covariances_ is None:
+            raise ValueError(
+                f"`return_{'std' if return_std else 'cov'}=True` needs the knots' posterior covariances: call "
+                "fit(..., compute_covariances=True) first."
+            )
+        st = self.interpolate(t, covariance=return_std or return_cov)
+        cov, st.covariance = st.covariance, None
+        if return_cov:
+            return st, cov
+        if not return_std:
+            return st
+        sd = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+        parts = dict(zip(self.state_components, sd.split(3, dim=-1)))
+        std = TrajectoryStd(**{c: parts.get(c) for c in COMPONENTS})
+        return st, std
+
+    def prior_residuals(self) -> Tensor:
+        r"""``(K - 1) x 6N`` whitened motion-prior residuals of the current knots (useful for diagnostics)."""
+        X = self._knots
+        return self._prior(X[:-1], X[1:], self._times[1:] - self._times[:-1], jac=False)[0]
+
+    # ----- estimation -----
+    def build_factors(
+        self, measurements: Sequence[Measurement] | Measurement, *, chunk_size: int = 16384
+    ) -> tuple[list[Factor], Tensor, dict[str, slice]]:
+        r"""The engine factors of the motion prior and of the measurements (a measurement with more than
+        ``chunk_size`` blocks is split into several factors, which bounds the engine's memory).
+
+        Returns:
+            ``(factors, g0, layout)``: a list of :class:`~gpgeom.engine.gauss_newton.Factor` (the prior first),
+            the initial global parameters ``g`` and their layout (name -> slice of ``g``). Feed them to
+            :func:`~gpgeom.engine.gauss_newton.gauss_newton` with ``retract=self.retract``,
+            ``tangent_dim=self.tangent_dim`` and ``bandwidth=1``.
+        """
+        return build_factors(self, measurements, chunk_size=chunk_size)
+
+    def fit(
+        self,
+        measurements: Sequence[Measurement] | Measurement,
+        *,
+        max_iter: int = 50,
+        method: str = "lm",
+        compute_covariances: bool = False,
+        ftol: float | None = None,
+        xtol: float | None = None,
+        gtol: float | None = None,
+        warn: bool = True,
+        chunk_size: int = 16384,
+        progress: bool | None = None,
+    ) -> Trajectory:
+        r"""MAP estimate of the knots (and global parameters) from measurements, starting at the current knots.
+
+        Minimises :math:`\sum_k \lVert e^{\text{prior}}_k\rVert^2/2 + \sum_m \rho(\lVert e_m\rVert)` with the
+        engine's Gauss-Newton (``method="gn"``) or Levenberg-Marquardt (``"lm"``, default) on the block-tridiagonal
+        normal matrix, :math:`O(K)` per iteration (:func:`gpgeom.engine.gauss_newton.gauss_newton`).
+
+        Args:
+            measurements: A measurement or a sequence of them (:mod:`gpgeom.models.trajectory.factors`).
+            max_iter: Maximum number of linear solves.
+            method: ``"lm"`` or ``"gn"``.
+            compute_covariances: Also compute the knots' marginal covariances (:attr:`covariances_`,
+                ``K x s x s``; :attr:`cross_covariances_`, ``K x 1 x s x s`` between knots ``k`` and ``k + 1``),
+                needed by ``predict(..., return_std=True)``; the problem must be anchored (e.g. absolute
+                measurements or a :class:`~gpgeom.models.trajectory.KnotPrior`).
+            ftol, xtol, gtol: Convergence tolerances of the engine (defaults ``1e-10``, ``1e-9``, engine default
+                in float64; ``1e-5``, ``1e-5``, engine default in float32, where the banded normal equations of a
+                fine knot grid are too ill-conditioned for a tighter test).
+            warn: Issue a :class:`~gpgeom.errors.ConvergenceWarning` when ``max_iter`` is reached.
+            chunk_size: Measurements with more blocks are split into several engine factors (memory bound).
+            progress: A bar over the linear solves: ``True``, ``False`` or ``None`` (shown when a person is
+                watching; :mod:`gpgeom._progress`).
+
+        Returns:
+            ``self``, with :attr:`fit_result_` (:class:`~gpgeom.models.trajectory.TrajectoryFitResult`).
+        """
+        check_positive("max_iter", max_iter, integer=True)
+        check_option("method", method, ("lm", "gn"))
+        if isinstance(measurements, Measurement):
+            measurements = [measurements]
+        if not isinstance(measurements, Sequence) or len(measurements) == 0:
+            raise ValueError("`measurements` must be a non-empty sequence of trajectory measurements.")
+        check_positive("chunk_size", chunk_size, integer=True)
+        factors, g0, layout = self.build_factors(measurements, chunk_size=chunk_size)
+        if ftol is None:
+            ftol = 1e-10 if self.dtype == torch.float64 else 1e-5
+        if xtol is None:
+            xtol = 1e-9 if self.dtype == torch.float64 else 1e-5
+        bar = progress_bar(total=max_iter, desc=f"{type(self).__name__} ({method.upper()})", progress=progress)
+        factors[0] = _counting(factors[0], bar)
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                if not warn:
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                res = gauss_newton(
+                    self._knots,
+                    factors,
+                    global_params=g0 if g0.numel() else None,
+                    retract=self.retract,
+                    tangent_dim=self.tangent_dim,
+                    bandwidth=1,
+                    method=method,
+                    max_iter=max_iter,
+                    ftol=ftol,
+                    xtol=xtol,
+                    gtol=gtol,
+                    compute_covariances=compute_covariances,
+                )
+            bar.update(res.iterations - bar.n)
+            bar.set_postfix_str(f"cost {res.cost:.4g}, {'converged' if res.converged else 'not converged'}")
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        X = res.states
+        R = X[:, :9].reshape(-1, 3, 3)
+        q = rotmat_to_quat(R, validate=False)
+        R = quat_to_rotmat(q / q.norm(dim=-1, keepdim=True), validate=False)  # remove round-off drift
+        self._knots = torch.cat([R.reshape(-1, 9), X[:, 9:]], dim=1)
+        self.covariances_ = res.covariances
+        self.cross_covariances_ = res.cross_covariances
+        gl = {name: res.globals[sl].clone() for name, sl in layout.items()}
+        self.fit_result_ = TrajectoryFitResult(
+            iterations=res.iterations,
+            converged=res.converged,
+            message=res.message,
+            cost=res.cost,
+            cost_history=list(res.cost_history),
+            globals=gl,
+            global_covariance=res.global_covariance,
+            seconds=seconds,
+        )
+        self._fitted = True
+        return self
+
+    # ----- the model contract: files and repr -----
+    def _get_state(self) -> dict[str, Any]:
+        res = self.fit_result_
+        fit = None
+        if res is not None:
+            fit = {
+                "iterations": int(res.iterations),
+                "converged": bool(res.converged),
+                "message": str(res.message),
+                "cost": float(res.cost),
+                "cost_history": [float(c) for c in res.cost_history],
+                "globals": dict(res.globals),
+                "global_covariance": res.global_covariance,
+                "seconds": float(res.seconds),
+            }
+        return {
+            "prior": self.prior,
+            "kinematics": self.kinematics,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "knot_times": self._times,
+            "knots": self._knots,
+            "qc_rot": self.qc_rot,
+            "qc_pos": self.qc_pos,
+            "covariances": self.covariances_,
+            "cross_covariances": self.cross_covariances_,
+            "fit_result": fit,
+        }
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any], **kwargs: Any) -> Trajectory:
+        if kwargs:
+            raise TypeError(f"{cls.__name__}.load takes no extra keyword arguments, got {sorted(kwargs)}.")
+        dtype = {"float32": torch.float32, "float64": torch.float64}[state["dtype"]]
+        traj = cls(
+            state["knot_times"],
+            prior=state["prior"],
+            kinematics=state["kinematics"],
+            qc_rot=state["qc_rot"],
+            qc_pos=state["qc_pos"],
+            dtype=dtype,
+        )
+        # the stored tensors exactly (the constructor's copies pass through float64 checks)
+        traj._times = state["knot_times"].to(dtype)
+        traj.qc_rot, traj.qc_pos = state["qc_rot"].to(dtype), state["qc_pos"].to(dtype)
+        traj._knots = state["knots"].to(dtype)
+        if state.get("covariances") is not None:
+            traj.covariances_ = state["covariances"].to(dtype)
+            traj.cross_covariances_ = state["cross_covariances"].to(dtype)
+        fit = state.get("fit_result")
+        if fit is not None:
+            traj.fit_result_ = TrajectoryFitResult(**fit)
+        traj._fitted = True
+        return traj
+
+    def _repr_fields(self) -> dict[str, Any]:
+        tk = self._times
+        gaps = tk.diff().double()
+        uniform = bool(gaps.max() - gaps.min() <= 1e-6 * gaps.mean())  # to the digits that repr shows
+        fields: dict[str, Any] = {
+            "knots": self.num_knots,
+            "span": [float(tk[0]), float(tk[-1])],
+            "dt": float(gaps.mean()) if uniform else [float(gaps.min()), float(gaps.max())],
+            "prior": self.prior,
+            "kinematics": self.kinematics,
+            "qc_rot": self.qc_rot,
+            "qc_pos": self.qc_pos,
+            "dtype": self.dtype,
+        }
+        if self.device.type != "cpu":
+            fields["device"] = str(self.device)
+        res = self.fit_result_
+        if res is not None:
+            fields["iterations"] = res.iterations
+            fields["converged"] = res.converged
+            fields["cost"] = float(res.cost)
+            if res.globals:
+                fields["globals"] = list(res.globals)
+        fields["covariances"] = self.covariances_ is not None
+        return fields
+
+
+def _counting(factor: Factor, bar: Any) -> Factor:
+    r"""``factor`` (the motion prior, linearised once per engine assembly and evaluated once per trial step) with
+    calls that move ``bar`` to the number of linear solves so far: evaluations minus linearisations."""
+    if bar.disable:
+        return factor
+    calls = {"residual": 0, "jacobian": 0}
+    residual, jacobian = factor.residual, factor.jacobian
+
+    def counted_residual(X: Tensor, G: Tensor) -> Tensor:
+        calls["residual"] += 1
+        return residual(X, G)
+
+    def counted_jacobian(X: Tensor, G: Tensor):
+        calls["jacobian"] += 1
+        bar.update(calls["residual"] - calls["jacobian"] - bar.n)
+        return jacobian(X, G)
+
+    return dataclasses.replace(factor, residual=counted_residual, jacobian=counted_jacobian)
