@@ -67,6 +67,7 @@ _EXPORTS: dict[str, str] = {
     "RVGP": "gpgeom.models.rvgp",
     "FunBaT": "gpgeom.models.funbat",
     "FunBaTCP": "gpgeom.models.funbat",
+    "FunBaTBoTorchModel": "gpgeom.models.funbat.surrogate",
     "RGNP": "gpgeom.models.rgnp",
     "SO3xR3Trajectory": "gpgeom.models.trajectory",
     "SE3Trajectory": "gpgeom.models.trajectory",

@@ -5,6 +5,9 @@ r"""The shared inference engine: fitting, exact marginal likelihoods, state-spac
   closed-form gradients.
 - :mod:`gpgeom.engine.statespace`: Kalman filter, RTS smoother, O(n) likelihood (exact discretisation in
   :mod:`gpgeom.kernels.sde`).
+- :mod:`gpgeom.engine.sites`: Gaussian sites (EP/variational messages) on a Markov chain: the latent posterior
+  given the sites through the Kalman filter with one measurement row per step, and covariances between any two
+  chain points (FunBaT's latent functions).
 - :func:`gauss_newton` (:mod:`gpgeom.engine.gauss_newton`): GN/LM MAP on block-banded chains of states.
 - :mod:`gpgeom.engine.variational`: Pyro ELBOs with minibatches and low-rank Gaussian outputs.
 
@@ -30,6 +33,13 @@ _EXPORTS: dict[str, str] = {
     "log_marginal_likelihood": "gpgeom.engine.statespace",
     "posterior": "gpgeom.engine.statespace",
     "rts_smoother": "gpgeom.engine.statespace",
+    "SiteChain": "gpgeom.engine.sites",
+    "SitePosterior": "gpgeom.engine.sites",
+    "site_chain": "gpgeom.engine.sites",
+    "site_posterior": "gpgeom.engine.sites",
+    "site_log_likelihoods": "gpgeom.engine.sites",
+    "gain_products": "gpgeom.engine.sites",
+    "chain_covariance": "gpgeom.engine.sites",
 }
 
 __all__ = sorted(_EXPORTS)

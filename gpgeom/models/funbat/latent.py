@@ -1,0 +1,176 @@
+r"""The posterior of one mode's latent function given its pseudo-observations, and the objectives of its
+hyperparameters.
+
+State-space prior (Fang et al., "Functional Bayesian Tucker Decomposition for Continuous-indexed Tensor Data",
+ICLR 2024: each latent function is a Matérn GP written as a linear SDE, Hartikainen & Särkkä 2010).
+A Matérn-:math:`\nu` component :math:`u_r = H x^r` has state dimension :math:`s = \nu + 1/2`
+(:class:`gpgeom.kernels.markov.MaternMarkovKernel`). Mode :math:`k` stacks its :math:`R_k` independent components,
+:math:`x = (x^1, \dots, x^{R_k}) \in \mathbb R^D`, :math:`D = R_k s` (component :math:`r` occupies entries
+``r*s : (r+1)*s``, its value :math:`u_r` is entry ``r*s``), with block-diagonal :math:`\Phi(\Delta)`, :math:`Q(\Delta)`
+and :math:`P_\infty`, on the sorted unique training coordinates :math:`t_1 < \dots < t_{I_k}` of the mode.
+
+Posterior given the messages (the paper's conditional EP). The entries send :math:`u^k(t_i)` Gaussian messages in
+natural parameters :math:`(\Lambda_i, \eta_i)` (:mod:`~gpgeom.models.funbat.inference`); the approximate posterior of
+the mode is the tilted Gaussian :math:`q(\mathcal U^k) \propto p(\mathcal U^k) \prod_i \exp(-\tfrac12 u^k(t_i)^\top
+\Lambda_i u^k(t_i) + \eta_i^\top u^k(t_i))`, computed exactly by :func:`gpgeom.engine.sites.site_posterior` (Kalman
+filter with one measurement row per step and RTS smoother, :math:`O(I_k R_k D^3)`): :func:`latent_posterior`. Its output
+is a :class:`~gpgeom.engine.sites.SitePosterior` (``LatentPosterior`` here): state means, covariances, lag-one
+cross-covariances, node gains, and the log likelihood of the pseudo-observations.
+
+Hyperparameters (not in the paper, whose code fixes them): each mode's lengthscale and variance maximise the
+log marginal likelihood of its current pseudo-observations, :math:`\log \int p(\mathcal U^k \mid \theta_k)
+\prod_i t_i\, \mathrm d\mathcal U^k`, the part of the EP evidence that depends on them. Two objectives:
+:func:`joint_log_likelihood` (the likelihood itself, every mode in one batched Kalman filter) and
+:func:`expected_log_prior` (an EM step: by Fisher's identity it has the likelihood's gradient at the current values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from gpgeom.engine.sites import SiteChain, SitePosterior, site_chain, site_log_likelihoods, site_posterior
+from gpgeom.kernels.markov import MaternMarkovKernel
+
+__all__ = [
+    "LatentPosterior",
+    "latent_posterior",
+    "mode_prior",
+    "mode_sites",
+    "joint_log_likelihood",
+    "expected_log_prior",
+]
+
+#: The smoothed posterior of one mode (:class:`gpgeom.engine.sites.SitePosterior`): ``mean`` ``I x D``, ``cov``
+#: ``I x D x D``, ``cross`` and ``gain`` ``(I-1) x D x D``, ``log_likelihood`` and ``log_normalizer`` (0-dim).
+LatentPosterior = SitePosterior
+
+
+def block_diagonal(M: Tensor, R: int) -> Tensor:
+    r"""``... x s x s`` -> ``... x (R s) x (R s)`` block-diagonal with ``R`` copies of ``M``."""
+    s = M.shape[-1]
+    eye = torch.eye(R, dtype=M.dtype, device=M.device)
+    out = eye[:, None, :, None] * M[..., None, :, None, :]  # ... x R x s x R x s
+    return out.reshape(*M.shape[:-2], R * s, R * s)
+
+
+def value_map(R: int, s: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    r"""The ``R x D`` output map :math:`H` with :math:`u_r = x_{r s}` (the value entry of every component)."""
+    H = torch.zeros(R, R * s, dtype=dtype, device=device)
+    H[torch.arange(R), torch.arange(R) * s] = 1.0
+    return H
+
+
+def mode_sites(lam: Tensor, eta: Tensor, s: int) -> SiteChain:
+    r"""The pseudo-observations :math:`(\Lambda_i, \eta_i)` (``I x R x R``, ``I x R``) on the values of ``R``
+    components of state dimension ``s``, as an engine :class:`~gpgeom.engine.sites.SiteChain`."""
+    R = eta.shape[-1]
+    return site_chain(lam, eta, value_map(R, s, eta.dtype, eta.device))
+
+
+def mode_prior(kernel: MaternMarkovKernel, t: Tensor, R: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``(Phi, Q, m0, P0)`` of ``R`` independent components with prior ``kernel`` on the sorted coordinates ``t``:
+    ``(I-1) x D x D`` twice, ``D`` zeros and the stationary ``D x D`` covariance (block-diagonal)."""
+    s = kernel.state_dim
+    D = R * s
+    dtype, device = t.dtype, t.device
+    P0 = block_diagonal(kernel.sde().Pinf, R)
+    m0 = torch.zeros(D, dtype=dtype, device=device)
+    if t.shape[0] < 2:
+        empty = torch.zeros(0, D, D, dtype=dtype, device=device)
+        return empty, empty, m0, P0
+    Phi, Q = kernel.transition(t[1:] - t[:-1])  # (I-1) x s x s
+    return block_diagonal(Phi, R), block_diagonal(Q, R), m0, P0
+
+
+def latent_posterior(
+    kernel: MaternMarkovKernel,
+    t: Tensor,
+    lam: Tensor,
+    eta: Tensor,
+    *,
+    smooth: bool = True,
+    parallel: bool | None = None,
+) -> LatentPosterior:
+    r"""Exact posterior of :math:`R` independent GP components :math:`u = (u_1, \dots, u_R)` with prior ``kernel``
+    given Gaussian pseudo-observations in natural parameters at sorted coordinates.
+
+    The target density is :math:`p(u) \prod_i \exp(-\tfrac12 u(t_i)^\top \Lambda_i u(t_i) + \eta_i^\top u(t_i))`,
+    computed by :func:`gpgeom.engine.sites.site_posterior` in :math:`O(I R (R s)^3)`.
+
+    Args:
+        kernel: The (unbatched) Markov kernel shared by the ``R`` components.
+        t: ``I`` strictly increasing coordinates.
+        lam: ``I x R x R`` symmetric positive semi-definite precisions :math:`\Lambda_i`.
+        eta: ``I x R`` precision-weighted means :math:`\eta_i` (in the range of :math:`\Lambda_i`).
+        smooth: Also run the smoother (``False``: only the log likelihood, for hyperparameter fitting).
+        parallel: Associative-scan filter/smoother (``None``: when the chain has ``>= PARALLEL_THRESHOLD`` steps).
+
+    Returns:
+        A :class:`LatentPosterior` (``mean``, ``cov``, ``cross``, ``gain`` are ``None`` when ``smooth=False``).
+    """
+    R = eta.shape[-1]
+    sites = mode_sites(lam.detach(), eta.detach(), kernel.state_dim)
+    Phi, Q, m0, P0 = mode_prior(kernel, t, R)
+    return site_posterior(sites, Phi, Q, m0, P0, smooth=smooth, parallel=parallel)
+
+
+def joint_log_likelihood(
+    kernels: Sequence[MaternMarkovKernel], ts: Sequence[Tensor], sites: Sequence[SiteChain]
+) -> Tensor:
+    r"""Log likelihoods (``K``) of every mode's pseudo-observations, in ONE batched engine Kalman filter
+    (:func:`gpgeom.engine.sites.site_log_likelihoods`; the chains of :func:`mode_sites` are built once per
+    hyperparameter step, the priors at every evaluation)."""
+    priors = [mode_prior(k, t, ch.R) for k, t, ch in zip(kernels, ts, sites, strict=True)]
+    return site_log_likelihoods(list(sites), priors)
+
+
+def expected_log_prior(kernel: MaternMarkovKernel, t: Tensor, post: LatentPosterior) -> Tensor:
+    r"""EM objective of the hyperparameters: :math:`\mathbb E_{q}[\log p(x_{1:I} \mid \theta)]` of the ``R``
+    independent components under a smoothed posterior ``post`` (held fixed), summed over components:
+
+    .. math::
+        \sum_r \Big( \mathbb E \log N(x^r_1; 0, P_\infty) + \sum_{i=1}^{I-1}
+        \mathbb E \log N(x^r_{i+1}; \Phi_i x^r_i, Q_i) \Big), \qquad
+        \mathbb E[(x_{i+1} - \Phi x_i)(\cdot)^\top] = P_{i+1} - \Phi C_i - C_i^\top\Phi^\top + \Phi P_i \Phi^\top
+        + d_i d_i^\top,
+
+    :math:`d_i = m_{i+1} - \Phi_i m_i`, :math:`C_i = \operatorname{Cov}(x_i, x_{i+1})` (from the smoother's gains).
+    When ``post`` is the exact posterior for the current :math:`\theta_0`, the gradient of this function at
+    :math:`\theta_0` equals the gradient of the pseudo-observations' log marginal likelihood (Fisher's identity),
+    and maximising it increases that likelihood (EM; Dempster, Laird & Rubin 1977). It costs :math:`O(I R s^3)`
+    batched, no Kalman recursion.
+
+    Args:
+        kernel: The kernel (differentiable parameters).
+        t: ``I`` sorted coordinates.
+        post: :func:`latent_posterior` output (treated as constants).
+
+    Returns:
+        0-dim tensor (without the :math:`-\tfrac12 I R s \log 2\pi` constant).
+    """
+    I, D = post.mean.shape
+    s = kernel.state_dim
+    R = D // s
+    dtype = post.mean.dtype
+    m = post.mean.detach().reshape(I, R, s)
+    P = post.cov.detach().reshape(I, R, s, R, s).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # I x R x s x s
+    Pinf = kernel.sde().Pinf
+    L0 = torch.linalg.cholesky(Pinf)
+    S1 = P[0] + m[0, :, :, None] * m[0, :, None, :]  # R x s x s
+    out = -R * L0.diagonal().log().sum() - 0.5 * torch.cholesky_solve(S1, L0).diagonal(dim1=-2, dim2=-1).sum()
+    if I > 1:
+        C = post.cross.detach().reshape(I - 1, R, s, R, s).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        Phi, Q = kernel.transition(t[1:] - t[:-1])  # (I-1) x s x s
+        Phi_ = Phi[:, None]
+        d = m[1:] - (Phi_ @ m[:-1, :, :, None])[..., 0]  # (I-1) x R x s
+        PC = Phi_ @ C
+        E = P[1:] - PC - PC.transpose(-1, -2) + Phi_ @ P[:-1] @ Phi_.transpose(-1, -2)
+        E = E + d[..., :, None] * d[..., None, :]
+        L = torch.linalg.cholesky(Q)  # (I-1) x s x s; raises when a tiny step makes Q numerically singular
+        out = out - R * L.diagonal(dim1=-2, dim2=-1).log().sum()
+        sol = torch.cholesky_solve(E, L[:, None].expand(I - 1, R, s, s))  # Q_i^{-1} E_{i,r}
+        out = out - 0.5 * sol.diagonal(dim1=-2, dim2=-1).sum()
+    return out.to(dtype)

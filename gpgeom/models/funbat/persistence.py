@@ -1,0 +1,115 @@
+r"""FunBaT's fitted state as plain values and tensors (for :meth:`gpgeom.base.ModelContract.save` / ``load``) and
+its moves between devices and dtypes.
+
+The file (:mod:`gpgeom._io`) holds the configuration, the scalings of coordinates and targets, every mode's
+kernel, coordinates, messages and smoothed posterior (means, covariances, lag-one cross-covariances, gains,
+likelihoods), the core, noise and bias factors, the training entries (normalised) and the sweep history: everything
+``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. A ``FunBaTCP`` file names its class and
+loads as a ``FunBaTCP`` through ``FunBaT.load``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gpgeom.models.funbat.inference import _Mode
+from gpgeom.models.funbat.latent import LatentPosterior
+
+__all__ = ["get_state", "from_state", "move"]
+
+_POST_FIELDS = ("mean", "cov", "cross", "gain", "log_likelihood", "log_normalizer")
+_TENSORS = (
+    "y_mean y_std coord_lo coord_span _core_mean _core_cov _core_lam _core_eta _tau_a _tau_b _tau_data _bias_mean "
+    "_bias_var _last_sq _X _ys _f_old"
+).split()
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def get_state(model: Any) -> dict[str, Any]:
+    r"""Everything :func:`from_state` needs (module docstring)."""
+    modes = []
+    for md in model._modes:
+        entry = {"t": md.t, "idx": md.idx, "lam": md.lam, "eta": md.eta}
+        entry.update({f"post_{name}": getattr(md.post, name) for name in _POST_FIELDS})
+        modes.append(entry)
+    state = {
+        "config": {k: _plain(v) for k, v in model._config().items()},
+        "ranks": list(model.ranks),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "nus": [float(k.nu) for k in model.kernels],
+        "kernels": [dict(k.state_dict()) for k in model.kernels],
+        "modes": modes,
+        "tensors": {name: getattr(model, name, None) for name in _TENSORS},
+        "n_train": int(model._N),
+        "history": list(model.history),
+        "converged": bool(model.converged),
+        "restart_elbos": list(model.restart_elbos),
+        "schedule": [int(model._next_hyper), int(model._interval), int(model._hyper_steps)],
+        "per_mode": [list(model._nus), list(model._ls0), list(model._vs0)],
+        "fit_result": asdict(model.fit_result_) if getattr(model, "fit_result_", None) is not None else None,
+    }
+    return state
+
+
+def from_state(cls: type, state: dict[str, Any]) -> Any:
+    r"""A fitted model of class ``cls`` from :func:`get_state`'s dict (on the CPU, in the saved dtype)."""
+    from gpgeom.models.funbat.model import FunBaTFitResult, _new_kernel
+
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
+    dtype = getattr(torch, state["dtype"])
+    cpu = torch.device("cpu")
+    model = cls._from_config(cfg, dtype=dtype)
+    model.ranks = tuple(state["ranks"])
+    model.kernels = torch.nn.ModuleList()
+    for nu, sd in zip(state["nus"], state["kernels"], strict=True):
+        kern = _new_kernel(nu, dtype, cpu)
+        kern.load_state_dict(sd)
+        kern.eval()
+        model.kernels.append(kern)
+    model._modes = []
+    for md, kern in zip(state["modes"], model.kernels, strict=True):
+        post = LatentPosterior(*(md[f"post_{name}"] for name in _POST_FIELDS))
+        s = kern.state_dim
+        model._modes.append(_Mode(md["t"], md["idx"], post.mean[:, ::s], post.cov[:, ::s, ::s], md["lam"], md["eta"],
+                                  post))  # fmt: skip
+    for name, value in state["tensors"].items():
+        setattr(model, name, value)
+    model._N = int(state["n_train"])
+    model._coords = [(md.t, md.idx) for md in model._modes]
+    model.history = list(state["history"])
+    model.converged = bool(state["converged"])
+    model.restart_elbos = list(state["restart_elbos"])
+    model._next_hyper, model._interval, model._hyper_steps = state["schedule"]
+    model._nus, model._ls0, model._vs0 = (list(v) for v in state["per_mode"])
+    model.fit_result_ = FunBaTFitResult(**state["fit_result"]) if state["fit_result"] is not None else None
+    model._fitted = True
+    return model
+
+
+def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    r"""Move every fitted tensor of ``model`` to ``device`` and cast the floating ones to ``dtype``, in place."""
+
+    def mv(x: Any) -> Any:
+        if isinstance(x, Tensor):
+            return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+        if isinstance(x, LatentPosterior):
+            return LatentPosterior(*(mv(v) for v in x))
+        return x
+
+    for name in _TENSORS:
+        if hasattr(model, name):
+            setattr(model, name, mv(getattr(model, name)))
+    for md in getattr(model, "_modes", []):
+        for name in ("t", "idx", "u_mean", "u_cov", "lam", "eta", "post"):
+            setattr(md, name, mv(getattr(md, name)))
+    if hasattr(model, "_coords"):
+        model._coords = [(mv(t), mv(i)) for t, i in model._coords]
+    if hasattr(model, "kernels"):
+        model.kernels.to(device=device, dtype=dtype)
