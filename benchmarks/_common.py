@@ -1,4 +1,10 @@
-"""Shared helpers of the benchmark scripts: machine description, timing, tables written to benchmarks/results/."""
+"""Shared helpers of the benchmark scripts: machine description, timing, tables written to benchmarks/results/.
+
+Report names (:func:`report_name`): a full run on the CPU writes ``<name>.md``, the committed table; any other run
+adds what it is, ``<name>_<device>.md`` and/or ``<name>_quick.md`` (``<name>_cuda_quick.md``), so that a quick
+or GPU run never overwrites a committed full table. The environment variable ``GPGEOM_BENCH_RESULTS`` sends every
+report to another folder (the GPU check writes there, away from the committed tables).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,34 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("GPGEOM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+
+
+def report_name(
+    name: str,
+    *,
+    device: torch.device | str = "cpu",
+    quick: bool = False,
+    tags: Sequence[str] = (),
+    always_device: bool = False,
+) -> str:
+    """The report name of a run: ``<name>[_<device>][_<tags>...][_quick]``.
+
+    Args:
+        name: The name of the full CPU run (the committed table).
+        device: The device of the run; the name carries it unless it is the CPU (or always, with ``always_device``,
+            for reports whose committed names include ``cpu``, e.g. ``engine_cpu_float64``).
+        quick: A reduced run (``--quick``, or any non-default size): adds ``_quick``.
+        tags: Other parts of the configuration that make a different table (e.g. a dtype), after the device.
+    """
+    dev = torch.device(device).type
+    parts = [name]
+    if always_device or dev != "cpu":
+        parts.append(dev)
+    parts += [str(t) for t in tags]
+    if quick:
+        parts.append("quick")
+    return "_".join(parts)
 
 
 def machine_info(device: torch.device | str = "cpu") -> str:

@@ -1,7 +1,9 @@
-"""Engine benchmark: Kalman vs dense GP log marginal likelihood (O(n) vs O(n^3)), and exact-GP fit time.
+"""Engine benchmark: Kalman vs dense GP log marginal likelihood (O(n) vs O(n^3)), the time of a Gauss-Newton
+iteration on a chain of K states (O(K): the block-banded solve), and exact-GP fit time.
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/engine.py [--quick] [--device cuda] [--dtype float32]``.
-Prints a table with the machine and thread count and writes it to ``benchmarks/results/engine_<device>.md``.
+Prints a table with the machine and thread count and writes it to ``benchmarks/results/engine_<device>_<dtype>.md``
+(``..._quick.md`` for ``--quick`` or other ``--fit-sizes`` than the defaults: ``benchmarks/_common.report_name``).
 """
 
 from __future__ import annotations
@@ -9,16 +11,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-from _common import loglog_slope, machine_info, markdown_table, timeit, write_report  # noqa: E402
+from _common import loglog_slope, machine_info, markdown_table, report_name, timeit, write_report  # noqa: E402
 from gpytorch.distributions import MultivariateNormal  # noqa: E402
 from gpytorch.kernels import MaternKernel  # noqa: E402
 
 from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
+from gpgeom.engine.gauss_newton import Factor, gauss_newton  # noqa: E402
 from gpgeom.engine.statespace import log_marginal_likelihood  # noqa: E402
+from gpgeom.errors import ConvergenceWarning  # noqa: E402
 from gpgeom.kernels.markov import MaternMarkovKernel  # noqa: E402
 
 
@@ -65,6 +70,38 @@ def kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats):
     return rows, slope_kal, slope_dense
 
 
+def gauss_newton_times(ks, s, device, dtype):
+    r"""Time of one Gauss-Newton iteration on a linear chain of ``K`` states of size ``s`` (a random walk with
+    ``s x s`` transitions observed at every state): assembly plus the block-banded Cholesky solve, O(K s^3).
+    (``tests/test_gauss_newton.py`` checks the linear operation count; the times are here.)"""
+    rows = []
+    for K in ks:
+        g = torch.Generator().manual_seed(K)
+        ar = torch.arange(K, device=device)
+        A = (torch.eye(s, dtype=torch.float64) + 0.1 * torch.randn(K - 1, s, s, generator=g, dtype=torch.float64)).to(
+            device, dtype
+        )
+        y = torch.randn(K, s, generator=g, dtype=torch.float64).to(device, dtype)
+        factors = [
+            Factor(
+                torch.stack([ar[:-1], ar[1:]], 1), lambda x, _g, A=A: x[:, 1] - torch.einsum("mij,mj->mi", A, x[:, 0])
+            ),
+            Factor(ar[:, None], lambda x, _g, y=y: x[:, 0] - y),
+        ]
+        x0 = torch.zeros(K, s, device=device, dtype=dtype)
+
+        def one(x0=x0, factors=factors):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                gauss_newton(x0, factors, method="gn", max_iter=1)
+
+        t = timeit(one, 3, device)
+        rows.append((K, s, t * 1e3, t / K * 1e6))
+        print(f"  Gauss-Newton K={K} s={s}: {t * 1e3:.1f} ms per iteration", flush=True)
+    slope = loglog_slope([r[0] for r in rows], [r[2] for r in rows]) if len(rows) > 1 else float("nan")
+    return rows, slope
+
+
 def exact_fit_times(ns, d, restarts, device, dtype):
     r"""Fit time of ExactGPModel with the closed-form-gradient MLL (default) and through GPyTorch's autograd."""
     rows = []
@@ -108,11 +145,13 @@ def main():
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.quick:
-        ns, dense_max, seq_max, fit_ns = [1000, 3000, 10000, 30000], 3000, 3000, [100, 300]
+        ns, dense_max, seq_max, fit_ns, gn_ks = [1000, 3000, 10000, 30000], 3000, 3000, [100, 300], [100, 1000]
     else:
         ns = [1000, 2000, 5000, 10000, 20000, 50000, 100000]
         dense_max = 20000 if device.type == "cuda" else 10000
-        seq_max, fit_ns = 10000, [100, 500, 1000]
+        seq_max, fit_ns, gn_ks = 10000, [100, 500, 1000], [100, 1000, 10000]
+    # any other sizes than the defaults make a reduced table, which must not overwrite the committed full one
+    reduced = args.quick or (args.fit_sizes is not None and list(args.fit_sizes) != fit_ns)
     if args.fit_sizes is not None:
         fit_ns = args.fit_sizes
     print(machine_info(device))
@@ -146,9 +185,12 @@ def main():
                 "",
             ]
         )
-        write_report(f"engine_fit_{device.type}_{args.dtype}", text)
+        write_report(
+            report_name("engine_fit", device=device, tags=(args.dtype,), quick=reduced, always_device=True), text
+        )
         return
     rows, slope_kal, slope_dense = kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats=3)
+    gn_rows, slope_gn = gauss_newton_times(gn_ks, 6, device, dtype)
     fit_rows = exact_fit_times(fit_ns, 3, 3, device, dtype)
     text = "\n".join(
         [
@@ -166,14 +208,19 @@ def main():
             "below 1 where fixed per-call overheads still dominate)",
             f"log-log slope of dense time vs n (n >= 1e3): {slope_dense:.2f} (O(n^3) asymptotically)",
             "",
+            "## One Gauss-Newton iteration on a linear chain of K states (state size s = 6): block-banded solve",
+            "",
+            markdown_table(["K", "s", "ms per iteration", "us per state"], gn_rows),
+            "",
+            f"log-log slope of the time vs K: {slope_gn:.2f} (O(K) means about 1)",
+            "",
             fit_title,
             "",
             markdown_table(fit_header, fit_rows),
             "",
         ]
     )
-    suffix = f"{device.type}_{args.dtype}" + ("_quick" if args.quick else "")
-    write_report(f"engine_{suffix}", text)
+    write_report(report_name("engine", device=device, tags=(args.dtype,), quick=reduced, always_device=True), text)
     if any(r[4] is not None and r[4] > (1e-6 if dtype == torch.float64 else 1e-2) for r in rows):
         raise SystemExit("Kalman and dense log likelihoods disagree")
     if math.isnan(slope_kal):

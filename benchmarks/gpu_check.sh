@@ -4,7 +4,10 @@
 #   - the engine benchmark on CUDA (Kalman vs dense likelihood up to n = 1e5, exact-GP fit),
 #   - each model benchmark's GPU configuration, when present.
 # Usage: bash benchmarks/gpu_check.sh [engine] [rgnp] [rvgp] [funbat] [trajectory]   (default: all)
-# Results land in benchmarks/results/ and, when $OUT is set (the device tool), are copied there.
+# Reports land in their own folder, never over the committed tables of benchmarks/results/ (a check runs reduced or
+# GPU configurations): $GPGEOM_BENCH_RESULTS, by default $OUT/gpu_check_results when $OUT is set (the device tool
+# brings it back) and benchmarks/results/gpu_check/ otherwise. Copy a table into benchmarks/results/ by hand, under the
+# name the script gives it (benchmarks/_common.report_name: <name>_cuda[_quick].md), when it should be committed.
 # Packages the GPU image lacks travel as wheels in .whl/ (pyro-ppl, pyro-api, meshio).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,13 @@ else
 fi
 nvidia-smi -L || true
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+if [ -n "${OUT:-}" ]; then
+    export GPGEOM_BENCH_RESULTS="${GPGEOM_BENCH_RESULTS:-$OUT/gpu_check_results}"
+else
+    export GPGEOM_BENCH_RESULTS="${GPGEOM_BENCH_RESULTS:-$PWD/benchmarks/results/gpu_check}"
+fi
+mkdir -p "$GPGEOM_BENCH_RESULTS"
+echo "reports go to $GPGEOM_BENCH_RESULTS"
 status=0
 run() { echo "== $*"; timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!! failed: $*"; status=1; }; }
 want() { [[ " ${SELECTED} " == *" $1 "* ]]; }
@@ -30,9 +40,12 @@ fi
 # the fixed RGNP recipe trains about 5 minutes on an H200 (three 25 s baselines, then 4000 cosine steps)
 want rgnp && STEP_TIMEOUT=${RGNP_TIMEOUT:-420} run $PY benchmarks/rgnp.py --device cuda --paper-sizes ${RGNP_ARGS:-}
 want rvgp && run $PY benchmarks/rvgp.py --device cuda --quick
-want funbat && [ -f benchmarks/funbat.py ] && run $PY benchmarks/funbat.py --device cuda --quick
-want trajectory && [ -f benchmarks/trajectory.py ] && run $PY benchmarks/trajectory.py --device cuda --quick
-if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/gpu_results.tgz" benchmarks/results
+# these two scripts choose their own file (--out); keep them off the committed tables too
+want funbat && [ -f benchmarks/funbat.py ] && run $PY benchmarks/funbat.py --device cuda --quick \
+    --out "$GPGEOM_BENCH_RESULTS/funbat_cuda_quick.md"
+want trajectory && [ -f benchmarks/trajectory.py ] && run $PY benchmarks/trajectory.py --device cuda --quick \
+    --out "$GPGEOM_BENCH_RESULTS/trajectory_cuda_quick.md"
+if [ -n "${OUT:-}" ] && [ "$GPGEOM_BENCH_RESULTS" != "$OUT/gpu_check_results" ]; then
+    tar czf "$OUT/gpu_results.tgz" -C "$GPGEOM_BENCH_RESULTS" .
 fi
 exit $status

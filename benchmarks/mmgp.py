@@ -12,6 +12,7 @@ The GP stage and the decode run on ``--device`` (``cuda``: on the GPU; morphing 
 
 Usage: python benchmarks/mmgp.py [--quick] [--n-modes-geometry 8] [--n-modes-fields 8] [--restarts 9]
        [--hyperparameters per_field|per_output|shared] [--device cpu|cuda] [--name mmgp_16modes]
+Writes ``benchmarks/results/<name>.md`` for a full CPU run, ``<name>_quick.md`` / ``<name>_cuda.md`` otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, timeit, write_report  # noqa: E402
+from _common import machine_info, markdown_table, report_name, timeit, write_report  # noqa: E402
 
 from gpgeom.datasets.notched_plate import (  # noqa: E402
     FIELD_NAMES,
@@ -113,7 +114,9 @@ def main() -> None:
     ap.add_argument("--morphing", default="floater", choices=["floater", "rbf"])
     ap.add_argument("--hyperparameters", default="per_output", choices=["per_field", "per_output", "shared"])
     ap.add_argument("--device", default="cpu", help="device of the GP stage and the decode (cpu, cuda)")
-    ap.add_argument("--name", default=None, help="report name (default mmgp or mmgp_quick)")
+    ap.add_argument(
+        "--name", default=None, help="report name of a full CPU run (default mmgp); others add _<device> / _quick"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     quick = args.quick
@@ -280,8 +283,7 @@ def main() -> None:
             f"Total fit {t_fit:.1f} s wall, {c_fit:.1f} s CPU; data generation / cache load {t_data:.1f} s.",
         ]
     )
-    name = args.name or ("mmgp_quick" if quick else "mmgp")
-    write_report(name, text)
+    write_report(report_name(args.name or "mmgp", device=args.device, quick=quick), text)
 
 
 if __name__ == "__main__":

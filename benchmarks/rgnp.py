@@ -31,7 +31,9 @@ field on the test nodes, and the training time (wall clock and, on the CPU, proc
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/rgnp.py --quick`` (CPU, minutes),
 ``python benchmarks/rgnp.py --device cuda --paper-sizes`` (GPU, about 5 minutes) or
 ``OMP_NUM_THREADS=1 python benchmarks/rgnp.py --paper-sizes`` (CPU, one core, about 20-30 minutes). Writes
-``benchmarks/results/rgnp_<device>[_paper].md``.
+``benchmarks/results/rgnp_<device>_paper.md`` at the paper's sizes and ``rgnp_<device>_quick.md`` otherwise
+(``--report NAME``: ``NAME.md`` for a paper-size CPU run, ``NAME_<device>`` / ``NAME_quick`` otherwise;
+``benchmarks/_common.report_name``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import machine_info, markdown_table, write_report  # noqa: E402
+from _common import machine_info, markdown_table, report_name, write_report  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gpgeom.engine.fitting import fit  # noqa: E402
@@ -317,7 +319,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="CPU: train the variants in this many processes at once")
     ap.add_argument(
-        "--report", default=None, help="name of the report under benchmarks/results (default rgnp_<device>[_paper])"
+        "--report",
+        default=None,
+        help="report name of a paper-size CPU run (default rgnp_cpu_paper); other runs add _<device> / _quick",
     )
     args = ap.parse_args()
     paper = args.paper_sizes
@@ -482,7 +486,11 @@ def main() -> None:
             ),
             "",
         ]
-    write_report(args.report or (f"rgnp_{device.type}" + ("_paper" if cpu_paper else "")), "\n".join(lines))
+    if args.report:  # a full (paper-size) CPU run writes <report>.md, others add _<device> / _quick
+        name = report_name(args.report, device=device, quick=not paper)
+    else:
+        name = report_name("rgnp", device=device, quick=not paper, tags=("paper",) if paper else (), always_device=True)
+    write_report(name, "\n".join(lines))
     if not math.isfinite(rows[0][5]["u_rel_l2"]):
         raise SystemExit("non-finite forward error")
 

@@ -14,7 +14,8 @@ Time per stage (graph, frames, Laplacian, eigensolve, training, prediction) for 
 sampled sphere, 50 % observed, k = 48: exact low-rank training (L-BFGS-B on the Woodbury likelihood) up to
 n = 2e4, variational (minibatch ELBO, Adam) above.
 
-Usage: ``python benchmarks/rvgp.py [--quick] [--device cuda]``; writes ``benchmarks/results/rvgp.md``.
+Usage: ``python benchmarks/rvgp.py [--quick] [--device cuda]``; writes ``benchmarks/results/rvgp.md``
+(``rvgp_quick.md``, ``rvgp_cuda_quick.md``, ... for other runs: ``benchmarks/_common.report_name``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import machine_info, markdown_table, write_report  # noqa: E402
+from benchmarks._common import machine_info, markdown_table, report_name, write_report  # noqa: E402
 from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
 from gpgeom.datasets.vector_fields import (  # noqa: E402
     rough_field,
@@ -241,8 +242,7 @@ def main() -> None:
             "",
         ]
     )
-    name = "rvgp" if args.device == "cpu" else f"rvgp_{args.device}"
-    write_report(name, text)
+    write_report(report_name("rvgp", device=args.device, quick=args.quick), text)
 
 
 if __name__ == "__main__":

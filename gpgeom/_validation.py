@@ -91,8 +91,7 @@ def check_device(name: str, device: object) -> torch.device:
             raise ValueError(f"`{name}`={str(dev)!r} was asked for, but CUDA is not available on this machine.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
-                f"`{name}`={str(dev)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
-                "device(s)."
+                f"`{name}`={str(dev)!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)."
             )
     elif dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from gpgeom._io import read_model_file, register_model_class, write_model_file
-from gpgeom._validation import as_tensor
+from gpgeom._validation import as_tensor, check_device
 from gpgeom.errors import NotFittedError
 
 __all__ = ["ModelContract", "format_value", "load"]
@@ -145,12 +145,7 @@ class ModelContract:
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise TypeError(f"`dtype` must be a floating torch.dtype (torch.float32 or torch.float64), got {dtype!r}.")
         if device is not None:
-            try:
-                device = torch.device(device)
-            except (RuntimeError, TypeError) as exc:
-                raise ValueError(f"`device` must be a torch device such as 'cpu' or 'cuda', got {device!r}.") from exc
-            if device.type == "cuda" and not torch.cuda.is_available():
-                raise ValueError(f"`device`={str(device)!r} was asked for, but CUDA is not available on this machine.")
+            device = check_device("device", device)
         if isinstance(self, torch.nn.Module):
             given = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
             torch.nn.Module.to(self, *args, **given, **kwargs)
@@ -193,7 +188,10 @@ class ModelContract:
 
         Raises:
             gpgeom.errors.ModelFileError: For a file of another class, a newer format or not a gpgeom file.
+            ValueError: For a ``map_location`` this machine does not have (e.g. CUDA without CUDA).
         """
+        if map_location is not None:
+            map_location = check_device("map_location", map_location)
         file_cls, state = read_model_file(path, cls)
         return _rebuild(file_cls, state, map_location, kwargs)
 
@@ -222,6 +220,8 @@ def load(path: str | os.PathLike, map_location: torch.device | str | None = None
         map_location: Device to put the model on (default: the CPU).
         **kwargs: Passed to the model's ``load`` (what the file cannot hold).
     """
+    if map_location is not None:
+        map_location = check_device("map_location", map_location)
     file_cls, state = read_model_file(path, ModelContract)
     return _rebuild(file_cls, state, map_location, kwargs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from linear_operator.utils.errors import NotPSDError as _LinearOperatorNotPSDError
 
-__all__ = ["ConvergenceWarning", "ModelFileError", "NotFittedError", "NotPSDError"]
+__all__ = ["ConvergenceWarning", "MeshRepairWarning", "ModelFileError", "NotFittedError", "NotPSDError"]
 
 
 class NotPSDError(_LinearOperatorNotPSDError):
@@ -17,6 +17,11 @@ class NotPSDError(_LinearOperatorNotPSDError):
 
 class ConvergenceWarning(UserWarning):
     r"""An iterative solver stopped before its convergence test was met."""
+
+
+class MeshRepairWarning(UserWarning):
+    r"""A degenerate mesh (coincident nodes, zero-area triangles) was repaired before use; the message names the mesh
+    and what was wrong with it (:meth:`gpgeom.geometry.mesh.Mesh.repair`)."""
 
 
 class NotFittedError(RuntimeError, AttributeError):

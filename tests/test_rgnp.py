@@ -145,7 +145,16 @@ def test_short_training_raises_elbo_and_lowers_forward_error():
     assert sum(b < a for a, b in zip(errors, errors[1:])) >= 2, errors
     assert m.fit_history == losses
     mu, sd = m.predict(z, w, xt, return_std=True)
-    assert mu.shape == sd.shape == (4, 41, 1) and 0.0 <= float(coverage(mu, sd, ut[..., None])) <= 1.0
+    assert mu.shape == sd.shape == (4, 41, 1)
+    # the hard boundary condition u(+-1) = 0 (lift d = cos(pi x / 2)): mean and std vanish there (float32 round-off)
+    assert float(mu[:, [0, -1]].abs().max()) < 1e-6 and float(sd[:, [0, -1]].max()) < 1e-6
+    assert bool((sd[:, 1:-1] > 0).all())
+    # the bands, measured over seeds after these 300 steps: q_alpha is overconfident (2-sigma coverage 0-0.13, its
+    # std about 1/25 of the error, as in benchmarks/results/rgnp_*.md) but its std follows the error: 88-94 % of
+    # the nodes lie within 100 std. A collapsed (or exploded) std fails one of the two bounds.
+    cov2, cov100 = (float(coverage(mu, sd, ut[..., None], k=k)) for k in (2.0, 100.0))
+    assert cov2 <= cov100 and cov100 >= 0.7, (cov2, cov100)
+    assert float(sd.mean()) < 0.2 * float(ut.abs().max())
     zm, zs = m.predict_inverse(xt, ut, w, return_std=True)
     assert zm.shape == zs.shape == (4, 5) and bool((zs > 0).all())
     torch.testing.assert_close(m.predict_inverse(xt, ut, w), zm)

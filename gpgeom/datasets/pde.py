@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gpgeom._cache import cache_dir as _cache_dir
-from gpgeom._validation import check_positive
+from gpgeom._validation import check_device, check_positive
 from gpgeom.pde.burgers import ViscousBurgers
 from gpgeom.pde.family import PDEFamily
 from gpgeom.pde.poisson import NonlinearPoisson1D
@@ -51,6 +51,8 @@ class PDETestSet:
 
     def to_torch(self, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> dict:
         r"""The arrays as tensors: a dict with keys ``x``, ``z``, ``w``, ``u``."""
+        if device is not None:
+            device = check_device("device", device)
         return {k: torch.as_tensor(getattr(self, k), dtype=dtype, device=device) for k in ("x", "z", "w", "u")}
 
 

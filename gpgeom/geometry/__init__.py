@@ -6,7 +6,7 @@ Submodules: :mod:`~gpgeom.geometry.mesh`, :mod:`~gpgeom.geometry.morphing`, :mod
 
 from gpgeom.geometry import lie
 from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian
-from gpgeom.geometry.mesh import Mesh, boundary_loops, interpolate, mass_matrix, p1_transfer
+from gpgeom.geometry.mesh import Mesh, as_mesh, boundary_loops, interpolate, mass_matrix, p1_transfer
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk, rbf_morph
 from gpgeom.geometry.pod import SnapshotPOD
 
@@ -15,6 +15,7 @@ __all__ = [
     "Mesh",
     "RBFMorphing",
     "SnapshotPOD",
+    "as_mesh",
     "boundary_loops",
     "connection_laplacian",
     "floater_disk",

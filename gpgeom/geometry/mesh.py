@@ -10,6 +10,11 @@ Conventions:
   topological dimension ``k`` (1 = lines, 2 = triangles, 3 = tetrahedra), ``k <= dim``. Triangles are the main
   case (MMGP, Casenave et al., NeurIPS 2023, arXiv:2305.12871); the rest is dimension-agnostic where that costs
   little (mass matrix, boundary facets, point location).
+* Every function that takes a mesh accepts whatever :func:`as_mesh` converts: a :class:`Mesh`, a ``meshio.Mesh``, a
+  ``(points, cells)`` pair or an object with ``points`` and ``triangles``.
+* Degenerate meshes (coincident nodes, zero-area cells, folds) are found by :meth:`Mesh.defects`, refused with a
+  message naming the nodes or cell by :meth:`Mesh.check` (which MMGP runs on every mesh it is given) and fixed, where
+  that is possible, by :meth:`Mesh.repair` (:mod:`gpgeom.geometry.validity`).
 * The P1 (piecewise-linear, nodal) space: a nodal field ``u`` of shape ``(n_points,)`` represents
   :math:`u_h(x) = \sum_i u_i \varphi_i(x)` with hat functions :math:`\varphi_i`.
 """
@@ -33,6 +38,7 @@ from gpgeom.geometry.locate import CellLocator
 
 __all__ = [
     "Mesh",
+    "as_mesh",
     "boundary_loops",
     "renumber_for_parametrization",
     "mass_matrix",
@@ -203,6 +209,32 @@ class Mesh:
             self.cell_data if keep_data else None,
         )
 
+    # -- validity (gpgeom.geometry.validity) ---------------------------------------------------------------------
+    def defects(self, *, tol: float = 1e-10) -> dict[str, np.ndarray]:
+        r"""Coincident nodes, zero-measure cells and folded cells, as index arrays
+        (:func:`gpgeom.geometry.validity.mesh_defects`)."""
+        from gpgeom.geometry.validity import mesh_defects
+
+        return mesh_defects(self, tol=tol)
+
+    def is_valid(self, *, tol: float = 1e-10) -> bool:
+        r"""Whether :meth:`check` passes (no coincident nodes, zero-measure cells or folds)."""
+        return not any(len(v) for v in self.defects(tol=tol).values())
+
+    def check(self, *, tol: float = 1e-10) -> Mesh:
+        r"""The mesh itself, or ``ValueError`` naming the first coincident nodes, zero-area cell or inverted cell
+        (:func:`gpgeom.geometry.validity.check_mesh`)."""
+        from gpgeom.geometry.validity import check_mesh
+
+        return check_mesh(self, tol=tol)
+
+    def repair(self, *, tol: float = 1e-10) -> tuple[Mesh, np.ndarray]:
+        r"""``(repaired, node_map)``: coincident nodes merged, zero-area triangles removed
+        (:func:`gpgeom.geometry.validity.repair_mesh`)."""
+        from gpgeom.geometry.validity import repair_mesh
+
+        return repair_mesh(self, tol=tol)
+
     # -- meshio I/O ----------------------------------------------------------------------------------------------
     @classmethod
     def from_meshio(cls, m: Any, cell_type: str | None = None, *, drop_zero_z: bool = True) -> Mesh:
@@ -290,18 +322,7 @@ class Mesh:
         k, d = self.cell_dim, self.dim
         if signed and k != d:
             raise ValueError(f"Signed volumes need cells of full dimension; cells are {k}D in {d}D space.")
-        V = self._points[self._cells]
-        E = V[:, 1:, :] - V[:, :1, :]  # (n_cells, k, d)
-        if k == d == 2:
-            vol = 0.5 * (E[:, 0, 0] * E[:, 1, 1] - E[:, 0, 1] * E[:, 1, 0])
-        elif k == d:
-            vol = np.linalg.det(E) / math.factorial(k)
-        elif k == 1:
-            vol = np.sqrt(np.einsum("nij,nij->n", E, E))
-        else:
-            vol = np.sqrt(np.abs(np.linalg.det(E @ E.transpose(0, 2, 1)))) / math.factorial(k)
-        if not signed:
-            vol = np.abs(vol)
+        vol = _cell_measures(self._points, self._cells, signed)
         vol.setflags(write=False)
         self._cache[key] = vol
         return vol
@@ -422,6 +443,68 @@ class Mesh:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the one conversion of mesh-like inputs
+# ----------------------------------------------------------------------------------------------------------------
+def _is_meshio(obj: object) -> bool:
+    r"""Whether ``obj`` is a ``meshio.Mesh`` (checked without importing meshio)."""
+    return any(c.__name__ == "Mesh" and c.__module__.split(".")[0] == "meshio" for c in type(obj).__mro__)
+
+
+def as_mesh(mesh: object, name: str = "mesh") -> Mesh:
+    r"""A :class:`Mesh` from any of the mesh forms gpgeom accepts.
+
+    * a :class:`Mesh` (returned as is);
+    * a ``meshio.Mesh`` (:meth:`Mesh.from_meshio`: its highest-dimensional simplices, quadrilaterals split into
+      triangles, zero ``z`` columns of 2D meshes dropped);
+    * a ``(points, cells)`` pair of arrays (numpy or torch);
+    * any object with ``points`` and ``triangles`` (or an array ``cells``) attributes, e.g. a NotchedPlate2d
+      sample of :mod:`gpgeom.datasets.notched_plate`.
+
+    Args:
+        mesh: The mesh.
+        name: The argument's name, used in the error message.
+
+    Raises:
+        TypeError: For anything else.
+    """
+    if isinstance(mesh, Mesh):
+        return mesh
+    if _is_meshio(mesh):
+        return Mesh.from_meshio(mesh)
+    if isinstance(mesh, tuple | list) and len(mesh) == 2:
+        return Mesh(mesh[0], mesh[1])
+    cells = getattr(mesh, "triangles", None)
+    if cells is None:
+        cells = getattr(mesh, "cells", None)
+    if hasattr(mesh, "points") and cells is not None and not isinstance(cells, list | tuple):
+        return Mesh(mesh.points, cells)
+    raise TypeError(
+        f"`{name}` must be a gpgeom Mesh, a meshio.Mesh, a (points, cells) pair or an object with `points` and "
+        f"`triangles` arrays; got {type(mesh).__name__}."
+    )
+
+
+def _cell_measures(P: np.ndarray, C: np.ndarray, signed: bool = False) -> np.ndarray:
+    r"""Measures of the cells ``C`` over the points ``P`` (:meth:`Mesh.cell_volumes`): determinants for cells of full
+    dimension, the cross product for triangles in 3D, the Gram determinant otherwise (whose cancellation would hide
+    a near-degenerate cell: its round-off is about sqrt(eps) of the measure)."""
+    k, d = C.shape[1] - 1, P.shape[1]
+    V = P[C]
+    E = V[:, 1:, :] - V[:, :1, :]  # (n_cells, k, d)
+    if k == d == 2:
+        vol = 0.5 * (E[:, 0, 0] * E[:, 1, 1] - E[:, 0, 1] * E[:, 1, 0])
+    elif k == d:
+        vol = np.linalg.det(E) / math.factorial(k)
+    elif k == 1:
+        vol = np.sqrt(np.einsum("nij,nij->n", E, E))
+    elif k == 2 and d == 3:
+        vol = 0.5 * np.linalg.norm(np.cross(E[:, 0], E[:, 1]), axis=1)
+    else:
+        vol = np.sqrt(np.abs(np.linalg.det(E @ E.transpose(0, 2, 1)))) / math.factorial(k)
+    return vol if signed else np.abs(vol)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # boundary loops and the renumbering rule
 # ----------------------------------------------------------------------------------------------------------------
 def _node_index(name: str, value: object, n: int) -> int:
@@ -440,8 +523,6 @@ def _node_index(name: str, value: object, n: int) -> int:
 
 
 def _check_triangles(mesh: Mesh, what: str) -> None:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"`mesh` must be a gpgeom Mesh, got {type(mesh).__name__}.")
     if mesh.cell_dim != 2:
         raise ValueError(f"{what} needs a triangle mesh, got {mesh.cell_type} cells.")
     nm = mesh.non_manifold_facets()
@@ -549,7 +630,7 @@ def boundary_loops(mesh: Mesh, *, start: int | None = None) -> list[np.ndarray]:
             or a ``start`` that is not a boundary node.
         TypeError: ``start`` is not an integer.
     """
-    return mesh.boundary_loops(start=start)
+    return as_mesh(mesh).boundary_loops(start=start)
 
 
 def _lexicographic_min(X: np.ndarray, rtol: float, scale: float) -> int:
@@ -602,6 +683,7 @@ def renumber_for_parametrization(
     Raises:
         ValueError: zero or several boundary loops (the message gives the number found), non-manifold edges.
     """
+    mesh = as_mesh(mesh)
     check_option("orientation", orientation, ("ccw", "cw", "reference"))
     check_positive("rtol", rtol, allow_zero=True)
     loops = boundary_loops(mesh)
@@ -661,8 +743,7 @@ def mass_matrix(mesh: Mesh, n_components: int = 1, layout: str = "interleaved") 
         CSR matrix ``(n_points * n_components, n_points * n_components)``, symmetric positive semi-definite
         (definite on the nodes used by cells).
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"`mesh` must be a gpgeom Mesh, got {type(mesh).__name__}.")
+    mesh = as_mesh(mesh)
     check_positive("n_components", n_components, integer=True)
     check_option("layout", layout, ("interleaved", "blocked"))
     k = mesh.cell_dim
@@ -762,8 +843,7 @@ def p1_transfer(source: Mesh, target_points: object, *, outside: str = "clamp", 
     Returns:
         CSR matrix ``(n_target, source.n_points)``.
     """
-    if not isinstance(source, Mesh):
-        raise TypeError(f"`source` must be a gpgeom Mesh, got {type(source).__name__}.")
+    source = as_mesh(source, "source")
     check_option("outside", outside, ("clamp", "zero", "raise"))
     check_positive("tol", tol, allow_zero=True)
     q = as_float_array("target_points", target_points, ndim=2, shape=(None, source.dim))
@@ -798,6 +878,7 @@ def interpolate(
     Returns ``(n[, ...])``; see :func:`p1_transfer` for the treatment of outside points. The field is checked for
     its length and for NaN / infinite values.
     """
+    source = as_mesh(source, "source")
     u = as_float_array("field", field, ndim=(1, 2, 3))
     if u.shape[0] != source.n_points:
         raise ValueError(f"`field` must have one row per source node ({source.n_points}), got shape {u.shape}.")

@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from gpgeom._validation import check_option, check_positive
-from gpgeom.geometry.mesh import Mesh, as_float_array, renumber_for_parametrization
+from gpgeom.geometry.mesh import Mesh, as_float_array, as_mesh, renumber_for_parametrization
 
 __all__ = ["floater_disk", "wendland_c2", "RBFMorphing", "rbf_morph"]
 
@@ -84,6 +84,7 @@ def floater_disk(
             nodes in no triangle, several connected components, a non-disk surface (Euler characteristic != 1),
             coincident boundary nodes, unknown option values.
     """
+    mesh = as_mesh(mesh)
     check_option("angles", angles, ("arclength", "reference", "uniform"))
     perm, nb = renumber_for_parametrization(mesh, start=start, orientation=orientation, rtol=rtol)
     n = mesh.n_points

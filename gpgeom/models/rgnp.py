@@ -95,7 +95,9 @@ from gpgeom.base import ModelContract
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.engine.variational import LowRankGaussian, bounded_variance, elbo_loss, elbo_terms, gaussian_log_density
 from gpgeom.errors import ModelFileError
+from gpgeom.models._rgnp_checks import check_user_functions
 from gpgeom.nn.gicnet import GICNet
+from gpgeom.pde._checks import NonFiniteOutputError, check_finite_output
 from gpgeom.pde.autodiff import pointwise_grad
 from gpgeom.pde.box import as_bounds, check_in_box
 from gpgeom.pde.family import LiftFn, PDEFamily, ResidualFn
@@ -423,13 +425,26 @@ class RGNP(ModelContract, nn.Module):
         r""":math:`(b(x), d(x))`, each ``(B, n)``, of the hard boundary conditions (``(0, 1)`` without a lift)."""
         if self.lift_fn is None:
             return torch.zeros_like(x[..., 0]), torch.ones_like(x[..., 0])
-        b, d = self.lift_fn(x, w)
+        out = self.lift_fn(x, w)
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            if isinstance(out, tuple | list):
+                got = f"a {type(out).__name__} of {len(out)} items"
+            raise ValueError(
+                f"`lift(x, w)` must return a pair (b, d) of tensors of shape {tuple(x.shape[:2])} (u = b + d * "
+                f"u_hat), got {got}."
+            )
+        b, d = out
         for name, t in (("b", b), ("d", d)):
             if not isinstance(t, Tensor) or t.shape != x.shape[:2]:
                 raise ValueError(
                     f"`lift(x, w)` must return two tensors (b, d) of shape {tuple(x.shape[:2])}; "
                     f"{name} has shape {tuple(getattr(t, 'shape', ()))}."
                 )
+            check_finite_output(
+                f"lift(x, w) -> {name}", t, {"x": x}, {"w": w},
+                "Make the lift finite on the whole domain (e.g. no log or division by a distance that vanishes).",
+            )  # fmt: skip
         return b, d
 
     def _call_residual(self, u: Tensor, x: Tensor, z: Tensor, w: Tensor) -> Tensor:
@@ -441,6 +456,12 @@ class RGNP(ModelContract, nn.Module):
                 f"collocation point), got {got}. For a system, stack the component residuals along the points "
                 f"axis or sum their squares into one residual per point."
             )
+        if not bool(torch.isfinite(r).all()) and bool(torch.isfinite(u).all()):
+            check_finite_output(
+                "residual(u, x, z, w)", r, {"x": x, "u": u}, {"z": z, "w": w},
+                "Make the residual finite on the whole domain and prior box (e.g. no log, sqrt or division that is "
+                "undefined there).",
+            )  # fmt: skip
         return r
 
     def residual(self, u_fn: Callable[[Tensor], Tensor], x: Any, z: Any, w: Any = None) -> Tensor:
@@ -584,9 +605,17 @@ class RGNP(ModelContract, nn.Module):
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
             the loss, the negative ELBO per field, of every step); the parameters with the lowest one-step loss are
             kept (as ``fit`` does for Adam).
+
+        Raises:
+            TypeError: For a residual or lift that cannot take its arguments (``(u, x, z, w)``, ``(x, w)``).
+            ValueError: Before the first step, when the residual or the lift fails on a small trial batch (e.g. a
+                residual that indexes ``w`` in a model built with ``w_bounds=None``), a lift that does not return a
+                pair ``(b, d)``, or a residual with no gradient path to the field ``u``; at any step, when the residual
+                or the lift returns NaN or infinite values for finite inputs (the message gives the point).
         """
         check_positive("steps", steps, integer=True)
         prepared = self._prepare_data(data, noise_std, data_batch) if data is not None else None
+        check_user_functions(self)
         counter = [0]
 
         def objective() -> Tensor:
@@ -600,12 +629,15 @@ class RGNP(ModelContract, nn.Module):
                 callback(counter[0], float(value.detach()))
             return value
 
-        result = fit(
-            objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
-            lr_final_fraction=lr_final_fraction, epochs=steps,
-            patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
-            progress=progress, seed=seed,
-        )  # fmt: skip
+        try:
+            result = fit(
+                objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
+                lr_final_fraction=lr_final_fraction, epochs=steps,
+                patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
+                progress=progress, seed=seed,
+            )  # fmt: skip
+        except NonFiniteOutputError as exc:  # the message says all: which function, where; not 20 Pyro frames
+            raise ValueError(f"{exc.original()} (at training step {counter[0] + 1})") from None
         self.fit_history.extend(result.history[0])
         self.fit_result_ = result
         self._fitted = True

@@ -83,7 +83,7 @@ from gpytorch.kernels import ScaleKernel
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from gpgeom._validation import check_option, check_positive
+from gpgeom._validation import check_device, check_option, check_positive
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.fitting import FitResult, fit
@@ -286,6 +286,7 @@ class RVGP(ModelContract, LowRankSpectralGP):
         device: str | torch.device = "cpu",
         **laplacian_kwargs: Any,
     ) -> None:
+        device = check_device("device", device)
         check_positive("n_eigenpairs", n_eigenpairs, integer=True)
         check_option("spectral_filter", spectral_filter, tuple(_FILTERS))
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

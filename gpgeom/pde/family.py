@@ -33,12 +33,16 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import check_positive, check_tensor
+from gpgeom.pde._checks import check_finite_output
 
 __all__ = ["PDEFamily", "ResidualFn", "LiftFn"]
 
-#: ``residual(u, x, z, w) -> (B, n)``: the PDE residual of field values ``u`` ``(B, n)`` at points ``x``.
+#: ``residual(u, x, z, w) -> (B, n)``: the PDE residual of field values ``u`` ``(B, n)`` at points ``x``. RGNP calls it
+#: once on a small batch before training (a wrong signature, a ``w`` the model does not have, or a residual detached
+#: from ``u`` fails there) and reports NaN or infinite residuals of finite inputs with the point that produced them.
 ResidualFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-#: ``lift(x, w) -> (b, d)``, each ``(B, n)``: the hard boundary conditions :math:`u = b + d\,\hat u`.
+#: ``lift(x, w) -> (b, d)``, each ``(B, n)``: the hard boundary conditions :math:`u = b + d\,\hat u` (a pair: one
+#: tensor alone, wrong shapes or NaN values are refused with the point that produced them).
 LiftFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -137,7 +141,17 @@ class PDEFamily:
         self._check_xzw(x, z, w)
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
-        return self.residual_from_derivatives(self.derivatives(u_fn, x), x, z, w)
+        d = self.derivatives(u_fn, x)
+        r = self.residual_from_derivatives(d, x, z, w)
+        if not bool(torch.isfinite(r).all()):  # say where the NaN comes from: the field or the equation
+            if "u" in d:
+                check_finite_output("u_fn(x)", d["u"], {"x": x}, {}, "The field must be finite at every point.")
+            if all(bool(torch.isfinite(v).all()) for v in d.values()):
+                check_finite_output(
+                    f"{type(self).__name__}.residual_from_derivatives(d, x, z, w)", r, {"x": x, **d}, {"z": z, "w": w},
+                    "The equation is not defined there: check z and w against the priors.",
+                )  # fmt: skip
+        return r
 
     def residual_fn(self) -> ResidualFn:
         r"""The residual as a function of field *values*, ``residual(u, x, z, w) -> (B, n)``: ``u`` ``(B, n)`` must

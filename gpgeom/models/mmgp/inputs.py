@@ -17,34 +17,17 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_positive
-from gpgeom.geometry.mesh import Mesh
+from gpgeom.geometry.mesh import Mesh, as_mesh
 
 __all__ = ["as_mesh", "check_output_fields", "clock", "mode_option", "samples_to_arrays", "scalar_table", "split_clock"]
 
 
-def as_mesh(mesh: object, name: str = "mesh") -> Mesh:
-    r"""A :class:`~gpgeom.geometry.mesh.Mesh` from a Mesh, a ``(points, triangles)`` pair (numpy or torch), or any
-    object with ``points`` ``(N, 2)`` and ``triangles`` (or ``cells``) ``(n_tri, 3)`` attributes (e.g. a
-    NotchedPlate2d sample of :mod:`gpgeom.datasets.notched_plate`)."""
-    if isinstance(mesh, Mesh):
-        return mesh
-    if isinstance(mesh, tuple | list) and len(mesh) == 2:
-        return Mesh(mesh[0], mesh[1])
-    cells = getattr(mesh, "triangles", None)
-    if cells is None:
-        cells = getattr(mesh, "cells", None)
-    if hasattr(mesh, "points") and cells is not None:
-        return Mesh(mesh.points, cells)
-    raise TypeError(
-        f"`{name}` must be a gpgeom Mesh, a (points, triangles) pair or an object with `points` and `triangles`; "
-        f"got {type(mesh).__name__}."
-    )
-
-
 def as_meshes(meshes: Sequence[object]) -> list[Mesh]:
-    r"""Every entry of ``meshes`` through :func:`as_mesh` (a single mesh is refused: pass a list)."""
+    r"""Every entry of ``meshes`` through :func:`gpgeom.geometry.mesh.as_mesh` (a Mesh, a ``meshio.Mesh``, a
+    ``(points, triangles)`` pair or an object with ``points`` and ``triangles``); a single mesh is refused: pass a
+    list."""
     if isinstance(meshes, Mesh) or not isinstance(meshes, Sequence):
-        raise TypeError(f"`meshes` must be a sequence of meshes (a list), got {type(meshes).__name__}.")
+        raise TypeError(f"`meshes` must be a list of meshes (a single mesh too: [mesh]), got {type(meshes).__name__}.")
     return [as_mesh(m, f"meshes[{i}]") for i, m in enumerate(meshes)]
 
 

@@ -12,7 +12,7 @@ from gpytorch.kernels import Kernel
 from torch import Tensor
 
 from gpgeom._progress import resolve_progress
-from gpgeom._validation import as_tensor, check_option, check_positive
+from gpgeom._validation import as_tensor, check_device, check_option, check_positive
 from gpgeom.base import ModelContract
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.botorch.model_list import SurrogateList
@@ -77,6 +77,12 @@ class MMGP(ModelContract):
             the robust choice: it also holds for decoded shapes (:meth:`decode_geometry`), whose straight edges
             are straight only up to the POD truncation, which can move the "min_x" node along the edge.
         seed: Seed of the restarts and of the Monte Carlo draws.
+        repair_meshes: What to do with a degenerate mesh (coincident nodes or duplicate points, zero-area or folded
+            triangles; :meth:`gpgeom.geometry.mesh.Mesh.check`), whose P1 transfer is undetermined at the nodes
+            involved: ``False`` (default) raises ``ValueError`` naming the mesh and the nodes or cell; ``True``
+            merges coincident nodes and removes zero-area triangles (:meth:`~gpgeom.geometry.mesh.Mesh.repair`,
+            with a :class:`~gpgeom.errors.MeshRepairWarning`), reading and predicting fields on the original nodes
+            all the same. Folded meshes are refused either way.
         dtype: The floating dtype of the GP stage and the decode (the geometry preprocessing is float64 numpy).
         device: The device of the GP stage and the decode (``"cuda"`` runs both there; morphing and P1 transfer
             stay on the CPU).
@@ -114,9 +120,11 @@ class MMGP(ModelContract):
         ref_compat: bool = False,
         floater_start: str | Sequence[float] = "min_x",
         seed: int = 0,
+        repair_meshes: bool = False,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> None:
+        device = check_device("device", "cpu" if device is None else device)
         check_option("morphing", morphing, MORPHINGS)
         if isinstance(common_mesh, str):
             check_option("common_mesh", common_mesh, ("middle",))
@@ -156,7 +164,8 @@ class MMGP(ModelContract):
             floater_start = [float(v) for v in as_float_array("floater_start", floater_start, ndim=1, shape=(2,))]
         self.floater_start = floater_start
         self.seed = seed
-        self.to(device=device or "cpu", dtype=dtype)
+        self.repair_meshes = bool(repair_meshes)
+        self.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------------------------
     # stages
@@ -254,8 +263,9 @@ class MMGP(ModelContract):
             common = meshes[c]
             self.common_index_ = c
         t0 = clock()
-        self._transfer = CommonMeshTransfer(self.morphing, self.floater_start, self.ref_compat)
+        self._transfer = CommonMeshTransfer(self.morphing, self.floater_start, self.ref_compat, self.repair_meshes)
         self._transfer.set_common(common)
+        common = self._transfer.common_mesh  # the repaired one, with repair_meshes=True
         timings["morph"] += clock() - t0
         Nc = common.n_points
 
@@ -518,6 +528,7 @@ class MMGP(ModelContract):
             "ref_compat": self.ref_compat,
             "floater_start": self.floater_start,
             "seed": self.seed,
+            "repair_meshes": self.repair_meshes,
         }
 
     def _get_state(self) -> dict[str, Any]:
@@ -560,7 +571,7 @@ class MMGP(ModelContract):
             cfg["common_mesh"] = common
         model = cls(**cfg, dtype=getattr(torch, state["dtype"]))
         model.common_index_ = state["common_index"]
-        model._transfer = CommonMeshTransfer(model.morphing, model.floater_start, model.ref_compat)
+        model._transfer = CommonMeshTransfer(model.morphing, model.floater_start, model.ref_compat, model.repair_meshes)
         model._transfer.set_common(common)
         model._geometry = GeometryPOD.from_state(state["geometry"])
         model._fields = [FieldPOD.from_state(f) for f in state["fields"]]

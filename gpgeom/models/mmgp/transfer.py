@@ -11,6 +11,7 @@ model's device.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from gpgeom.errors import MeshRepairWarning
 from gpgeom.geometry.mesh import Mesh, mass_matrix, p1_transfer
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk
 from gpgeom.models.mmgp.inputs import clock
@@ -70,16 +72,64 @@ class CommonMeshTransfer:
         ref_compat: Floater boundary angles and orientation of the reference implementation.
     """
 
-    def __init__(self, morphing: str, floater_start: str | Sequence[float], ref_compat: bool) -> None:
+    def __init__(
+        self, morphing: str, floater_start: str | Sequence[float], ref_compat: bool, repair_meshes: bool = False
+    ) -> None:
         self.morphing = morphing
         self.floater_start = floater_start
         self.ref_compat = bool(ref_compat)
+        self.repair_meshes = bool(repair_meshes)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # degenerate meshes
+    def checked(self, mesh: Mesh, index: str) -> tuple[Mesh, sp.csr_matrix | None, sp.csr_matrix | None]:
+        r"""``(work, restrict, expand)``: the mesh the morphing and the transfers use, and the maps between its
+        nodes and those of ``mesh`` (``None`` when ``mesh`` is valid and used as it is).
+
+        A degenerate mesh (:meth:`~gpgeom.geometry.mesh.Mesh.check`) raises ``ValueError`` naming ``index`` and the
+        nodes or cell, unless ``repair_meshes``: then the repaired mesh is used (a warning names what was wrong),
+        ``restrict`` ``(N_work, N)`` carries nodal fields of ``mesh`` to it (mean over merged nodes) and ``expand``
+        ``(N, N_work)`` back (P1 interpolation at the original nodes: exact for merged nodes and for the vertices of
+        removed slivers, which lie on an edge).
+        """
+        try:
+            mesh.check()
+            return mesh, None, None
+        except ValueError as exc:
+            if not self.repair_meshes:
+                raise ValueError(
+                    f"MMGP: {index}: {exc} MMGP(repair_meshes=True) repairs coincident nodes and zero-area triangles."
+                ) from None
+            problem = str(exc)
+        try:
+            work, node_map = mesh.repair()
+        except ValueError as exc:
+            raise ValueError(f"MMGP: {index}: {exc}") from None
+        warnings.warn(
+            f"MMGP: {index} is degenerate and was repaired ({work.n_points} of {mesh.n_points} nodes and "
+            f"{work.n_cells} of {mesh.n_cells} cells kept; fields are still read and predicted on all the original "
+            f"nodes). The first defect: {problem}",
+            MeshRepairWarning,
+            stacklevel=4,
+        )
+        kept = np.nonzero(node_map >= 0)[0]
+        counts = np.bincount(node_map[kept], minlength=work.n_points).astype(np.float64)
+        restrict = sp.csr_matrix(
+            (1.0 / counts[node_map[kept]], (node_map[kept], kept)), shape=(work.n_points, mesh.n_points)
+        )
+        expand = sp.csr_matrix((np.ones(len(kept)), (kept, node_map[kept])), shape=(mesh.n_points, work.n_points))
+        removed = np.nonzero(node_map < 0)[0]
+        if len(removed):  # nodes no cell uses any more (on an edge of the repaired mesh): P1 interpolation there
+            T = p1_transfer(work, mesh.points[removed]).tocoo()
+            expand = expand + sp.csr_matrix((T.data, (removed[T.row], T.col)), shape=expand.shape)
+        return work, restrict, expand.tocsr()
 
     # ------------------------------------------------------------------------------------------------------------
     # the common mesh
     def set_common(self, common: Mesh) -> None:
         r"""Fix the common mesh :math:`\mathcal{M}_c`: its morphed nodes, its boundary loops (RBF) and its P1 mass
         matrix :math:`M` (the POD inner product)."""
+        common, _, _ = self.checked(common, "common mesh")
         self.common_mesh = common
         if self.morphing == "rbf":
             self._ref_loops = []
@@ -160,19 +210,25 @@ class CommonMeshTransfer:
     # ------------------------------------------------------------------------------------------------------------
     # P1 transfer (Eq. (2))
     def operators(self, mesh: Mesh, index: str) -> TransferOperators:
-        r"""Morph ``mesh`` and build :math:`P_i` and :math:`Q_i` (``index`` names the mesh in errors)."""
+        r"""Morph ``mesh`` and build :math:`P_i` and :math:`Q_i` (``index`` names the mesh in errors); a degenerate
+        mesh is refused or repaired (:meth:`checked`)."""
         t0 = clock()
+        work, restrict, expand = self.checked(mesh, index)
         if self.morphing == "none":
-            if mesh.n_points != self.common_mesh.n_points:
+            if work.n_points != self.common_mesh.n_points:
                 raise ValueError(
-                    f"MMGP(morphing='none'): {index} has {mesh.n_points} nodes, the common mesh "
+                    f"MMGP(morphing='none'): {index} has {work.n_points} nodes, the common mesh "
                     f"{self.common_mesh.n_points}; without morphing every mesh must share the common mesh's nodes "
                     "(same topology). Use morphing='floater' or 'rbf' for meshes that differ."
                 )
-            eye = sp.identity(mesh.n_points, format="csr")
-            return TransferOperators(mesh.points, eye, eye, clock() - t0, np.zeros(2))
-        morphed = self.morph(mesh, index)
+            eye = sp.identity(work.n_points, format="csr")
+            if restrict is None:
+                return TransferOperators(mesh.points, eye, eye, clock() - t0, np.zeros(2))
+            return TransferOperators(mesh.points, restrict, expand, clock() - t0, np.zeros(2))
+        morphed = self.morph(work, index)
         t1 = clock()
-        proj = p1_transfer(mesh.with_points(morphed, keep_data=False), self._common_morphed_mesh.points)
+        proj = p1_transfer(work.with_points(morphed, keep_data=False), self._common_morphed_mesh.points)
         inv_proj = p1_transfer(self._common_morphed_mesh, morphed)
+        if restrict is not None:
+            proj, inv_proj, morphed = (proj @ restrict).tocsr(), (expand @ inv_proj).tocsr(), expand @ morphed
         return TransferOperators(morphed, proj, inv_proj, t1 - t0, clock() - t1)
