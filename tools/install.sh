@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==${GPGEOM_TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[test,fem]"
+python -m pip install -q -e ".[test,fem,docs]"
 python -c "import gpgeom, torch; print(f'gpgeom {gpgeom.__version__} installed (torch {torch.__version__})')"

@@ -8,7 +8,8 @@ cells = [
         "Every gpgeom model is a thin composition of a few engine mechanisms. This notebook shows three of them:\n\n"
         "1. a Matern GP on a long time series, fitted in O(n) by the Kalman filter (`gpgeom.engine.statespace`),\n"
         "   checked against the dense GP;\n"
-        "2. an exact GP that is also a BoTorch model (`gpgeom.botorch.exact_gp.ExactGPModel`) inside an optimisation loop;\n"
+        "2. an exact GP that is also a BoTorch model (`gpgeom.botorch.exact_gp.ExactGPModel`) "
+        "inside an optimisation loop;\n"
         "3. a spectral (graph) kernel on an eigenbasis (`gpgeom.kernels.spectral.SpectralKernel`)."
     ),
     nbf.v4.new_code_cell(
@@ -57,7 +58,8 @@ cells = [
         "    dense = gpytorch.kernels.MaternKernel(nu=1.5).double()\n"
         "    dense.lengthscale = reg.kernel.lengthscale\n"
         "    K = dense(t[:m, None]).to_dense() * reg.kernel.variance + reg.noise * torch.eye(m, dtype=torch.float64)\n"
-        "    ll_dense = gpytorch.distributions.MultivariateNormal(torch.zeros(m, dtype=torch.float64), K).log_prob(y[:m])\n"
+        "    ll_dense = gpytorch.distributions.MultivariateNormal(torch.zeros(m, dtype=torch.float64), K)"
+        ".log_prob(y[:m])\n"
         "    ll_kalman = log_marginal_likelihood(reg.kernel, t[:m], y[:m], reg.noise)\n"
         "print(f\"Kalman {ll_kalman.item():.8f}   dense {ll_dense.item():.8f}\")\n"
         "\n"

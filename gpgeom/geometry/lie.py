@@ -16,7 +16,7 @@ Conventions
   :func:`rotmat_to_quat` returns the representative with ``w >= 0``.
 
 Closed forms (with :math:`t = |\theta|`, :math:`\Phi = \theta^\wedge`, :math:`\Phi^2 = \theta\theta^T - t^2 I`)
------------------------------------------------------------------------------------------------------------
+---------------------------------------------------------------------------------------------------------------
 * :math:`\mathrm{Exp}(\theta) = I + A\Phi + B\Phi^2` (Rodrigues; Barfoot eq. 7.20, Sola eq. 77).
 * :math:`J_r = I - B\Phi + C\Phi^2`, :math:`J_l = I + B\Phi + C\Phi^2` (Barfoot eq. 7.77, Sola eqs. 143, 144).
 * :math:`J_r^{-1} = I + \tfrac12\Phi + D\Phi^2`, :math:`J_l^{-1} = I - \tfrac12\Phi + D\Phi^2`

@@ -170,10 +170,12 @@ class Mesh:
 
     @property
     def n_points(self) -> int:
+        r"""Number of nodes (rows of :attr:`points`)."""
         return int(self._points.shape[0])
 
     @property
     def n_cells(self) -> int:
+        r"""Number of cells (rows of :attr:`cells`)."""
         return int(self._cells.shape[0])
 
     @property

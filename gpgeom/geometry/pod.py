@@ -41,7 +41,7 @@ class SnapshotPOD:
         rtol: Eigenvalues below ``rtol * lambda_max`` count as zero (numerical rank); their modes are never kept,
             since dividing by :math:`\sqrt{\lambda}` would amplify round-off.
 
-    Attributes (after ``fit``):
+    Attributes:
         mean_: Snapshot mean, ``(n_nodes[, n_components])`` (zeros when ``center=False``).
         modes_: M-orthonormal modes, ``(n_modes_, n_nodes[, n_components])``.
         eigenvalues_: Their eigenvalues :math:`\lambda_k` of :math:`C`, ``(n_modes_,)``, decreasing.

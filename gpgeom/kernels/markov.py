@@ -168,6 +168,7 @@ class MaternMarkovKernel(MarkovKernel):
 
     @property
     def variance(self) -> Tensor:
+        r"""The marginal variance :math:`\sigma^2 = k(t, t)`, shape ``batch_shape x 1 x 1``."""
         return self.raw_variance_constraint.transform(self.raw_variance)
 
     @variance.setter
@@ -187,6 +188,7 @@ class MaternMarkovKernel(MarkovKernel):
 
     @property
     def is_stationary(self) -> bool:
+        r"""``True``: :math:`k(t, t')` depends on :math:`t - t'` only (the state starts at :math:`P_\infty`)."""
         return True
 
     def _lam(self) -> Tensor:
@@ -415,6 +417,7 @@ class IntegratedWienerKernel(MarkovKernel):
 
     @property
     def is_stationary(self) -> bool:
+        r"""``False``: the integrated Wiener process starts at :math:`t_0`; :math:`k(t, t')` depends on both times."""
         return False
 
     # ----- buffers kept at their own precision -----
