@@ -2,19 +2,27 @@
 r"""Benchmark of the GP trajectory models (the simulation protocol of T.-M. Nguyen et al., *GPTR: Gaussian Process
 Trajectory Representation for Continuous-Time Motion Estimation*, arXiv:2410.22931, 2024).
 
-Sections (each prints a Markdown table; all go to ``benchmarks/results/trajectory.md``):
+Sections (each prints a Markdown table; all go to one report, see "Output" below):
 
 1. Interpolation with exact knots: rotation RMSE of closed-form, Taylor and second-order (WNOA) kinematics versus
    knot spacing on two analytic fast trajectories (|omega| about 4 rad/s).
 2. UWB estimation accuracy per estimator and knot spacing: 10 s fast trajectory, 8 anchors, 3 tags, 20 Hz,
    sigma = 0.05 m, initial knots = truth (+) N(0.2 rad, 0.5 m) with zero rates, Qc = 10 I, LM <= 50 iterations;
    position/rotation/omega RMSE on a 100 Hz grid without the first and last knot interval; median over seeds.
-3. Time per Gauss-Newton iteration versus the number of knots (100 .. 10,000; UWB with the reference's 4 anchors
+3. Time per iteration versus the number of knots (100 .. 10,000; UWB with the reference's 4 anchors
    and 2 tags at 20 Hz, 16 ranges per knot) and the log-log slope.
 4. External baseline (only when ``gtsam`` imports): the same pose-measurement problem through GTSAM's
    second-order (WNOA) Pose3 prior and through ours.
+5. Start and stop: a body yawing 10 rad fitted from the default knots (the start built from the measurements,
+   ``init="auto"``, against ``init="none"``), and the GPTR two-tag UWB problem whose roll about the tag axis is not
+   observable (LM with the default ``stol``, with ``stol=0``, and ``method="gn"``).
 
-Usage: ``python benchmarks/trajectory.py [--quick] [--device cuda] [--seeds 3]``.
+Usage: ``python benchmarks/trajectory.py [--quick] [--device cuda] [--seeds 3] [--out FILE]``.
+
+Output: a full CPU run writes the committed table ``benchmarks/results/trajectory.md``; any other run writes
+``trajectory_quick.md``, ``trajectory_cuda.md``, ``trajectory_cuda_quick.md``, ... (``benchmarks/_common.report_name``;
+``GPGEOM_BENCH_RESULTS`` moves the folder), so a quick or GPU run never overwrites the full table. ``--out`` names the
+file instead.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, report_name  # noqa: E402
+
 from gpgeom.datasets.trajectories import (  # noqa: E402
     GPTR_ANCHORS,
     GPTR_TAG_OFFSETS,
@@ -42,7 +53,7 @@ from gpgeom.datasets.trajectories import (  # noqa: E402
     simulate_uwb,
 )
 from gpgeom.errors import ConvergenceWarning  # noqa: E402
-from gpgeom.geometry.lie import so3_log  # noqa: E402
+from gpgeom.geometry.lie import so3_exp, so3_log  # noqa: E402
 from gpgeom.models.trajectory import (  # noqa: E402
     PoseMeasurement,
     RangeMeasurement,
@@ -193,7 +204,10 @@ def scaling_study(quick: bool, device: str) -> tuple[str, float]:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            traj.fit([meas], max_iter=n_it, method="gn", ftol=0.0, xtol=0.0, gtol=0.0, warn=False, progress=False)
+            # LM, whose first steps from this start are all accepted: each iteration assembles, solves and evaluates
+            # (undamped Gauss-Newton steps raise the cost on this problem, whose roll is not observable, and are
+            # rejected, which would skip the next assembly)
+            traj.fit([meas], max_iter=n_it, ftol=0.0, xtol=0.0, gtol=0.0, stol=0.0, warn=False, progress=False)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             tt[n_it] = time.perf_counter() - t0
@@ -206,7 +220,7 @@ def scaling_study(quick: bool, device: str) -> tuple[str, float]:
     mk, mt = statistics.mean(lk), statistics.mean(lt)
     slope = sum((a - mk) * (b - mt) for a, b in zip(lk, lt)) / sum((a - mk) ** 2 for a in lk)
     return (
-        "### 3. Time per Gauss-Newton iteration (assembly + banded solve + cost) vs knots\n\n"
+        "### 3. Time per iteration (assembly + banded solve + cost; LM, every step accepted) vs knots\n\n"
         + _table(["knots K", "ranges", "s / iteration", "ms / iteration / knot"], rows)
         + f"\n\nlog-log slope (least squares, K = {Ks[0]}..{Ks[-1]}): **{slope:.2f}**"
     ), slope
@@ -293,13 +307,85 @@ def gtsam_study(quick: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+def start_stop_study(quick: bool, device: str) -> str:
+    rows = []
+    # a body yawing 10 rad in 10 s, 200 noisy poses (0.01 rad, 0.01 m), knots every 0.2 s, default Qc
+    gen = torch.Generator().manual_seed(0)
+    t = torch.linspace(0.0, 10.0, 200, dtype=DT)
+    R = so3_exp(torch.stack([0.1 * torch.sin(t), 0.05 * torch.cos(0.7 * t), t], -1))
+    p = torch.stack([torch.cos(0.3 * t), torch.sin(0.3 * t), 0.1 * t], -1)
+    pose = PoseMeasurement(
+        t,
+        R=R @ so3_exp(0.01 * torch.randn(200, 3, dtype=DT, generator=gen)),
+        p=p + 0.01 * torch.randn(200, 3, dtype=DT, generator=gen),
+        sigma_rot=0.01,
+        sigma_pos=0.01,
+    )
+    exact = SO3xR3Trajectory.uniform(0.0, 10.0, 0.2).initialise([PoseMeasurement(t, R=R, p=p)])
+    good = {c: getattr(exact, c).to(device) for c in exact.state_components}
+    for label, kw in (
+        ("yaw 10 rad, default knots, init='auto'", {}),
+        ("same, init='none'", {"init": "none"}),
+        ("same, from the noise-free poses (a good start)", {"start": good}),
+    ):
+        traj = SO3xR3Trajectory.uniform(0.0, 10.0, 0.2, device=device)
+        if "start" in kw:
+            traj.set_knots(**kw.pop("start"))
+        traj.fit([pose], warn=False, progress=False, **kw)
+        err = torch.rad2deg(_rot_err(R, traj.predict(t).R.cpu().double()))
+        res = traj.fit_result_
+        rows.append(
+            [label, str(res.iterations), f"{res.converged}", f"{res.cost:.6g}", f"{float(err.mean()):.2f}",
+             f"{float(err.max()):.1f}", "-"]
+        )  # fmt: skip
+        print("  ", rows[-1], flush=True)
+    # GPTR: 4 anchors, 2 tags on the body x-axis, 20 Hz; initial knots = truth (+) N(0.05 rad, 0.1 m)
+    T = 7.0 if quick else 9.9
+    truth = FastTrajectory(kind="split", speed=40.0)
+    uwb = simulate_uwb(truth, 0.0, T, sigma=0.05, seed=1, anchors=GPTR_ANCHORS, tag_offsets=GPTR_TAG_OFFSETS)
+    meas = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
+    fits = {}
+    for label, kw in (
+        ("two-tag UWB, LM (stol=0.2, default)", {}),
+        ("same, LM with stol=0 (ftol/xtol only)", {"stol": 0.0, "max_iter": 400}),
+        ("same, method='gn'", {"method": "gn", "max_iter": 200}),
+    ):
+        traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0, device=device)
+        init = perturbed_knots(truth, traj.knot_times.cpu().double(), sigma_rot=0.05, sigma_pos=0.1, seed=3)
+        traj.set_knots(**{k: v.to(device) for k, v in init.items()})
+        traj.fit([meas], warn=False, progress=False, **kw)
+        fits[label] = traj
+    ref = fits["same, LM with stol=0 (ftol/xtol only)"]
+    for label, traj in fits.items():
+        res = traj.fit_result_
+        dp = float((traj.p - ref.p).norm(dim=-1).max())
+        pos = _errors(traj, truth, T, 0.1)[0]
+        rows.append(
+            [label, str(res.iterations), f"{res.converged}", f"{res.cost:.6g}", "-", "-",
+             f"{pos:.4f} (max {1e3 * dp:.2f} mm from stol=0)"]
+        )  # fmt: skip
+        print("  ", rows[-1], flush=True)
+    return (
+        "### 5. Start and stop (default knots; an unobservable roll)\n\n"
+        + _table(
+            ["problem", "iterations", "converged", "final cost", "rot err mean deg", "rot err max deg", "pos RMSE m"],
+            rows,
+        )
+        + f"\n\nTwo-tag UWB: {T:g} s, GPTR anchors and tags, 20 Hz, sigma 0.05 m, knots every 0.1 s, Qc = 10 I."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--seeds", type=int, default=None, help="seeds of the accuracy study (default 3, quick 1)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "trajectory.md")
+    ap.add_argument("--out", type=Path, default=None, help="report file (default: see Output in the module docstring)")
     args = ap.parse_args(argv)
+    reduced = args.quick or (args.seeds is not None and args.seeds < 3)
+    if args.out is None:
+        args.out = RESULTS / f"{report_name('trajectory', device=args.device, quick=reduced)}.md"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("--device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
@@ -324,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parts.append(text)
     print(parts[-1], flush=True)
     parts.append(gtsam_study(args.quick))
+    print(parts[-1], flush=True)
+    parts.append(start_stop_study(args.quick, args.device))
     print(parts[-1], flush=True)
     report = "\n".join(head) + "\n\n".join(parts) + f"\n\n(total {time.perf_counter() - t0:.0f} s)\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ r"""Tests of gpgeom.models.trajectory against independent truths (float64).
 * hand-written interpolation and prior Jacobians against torch.func.jacfwd, incl. angles near 0 and pi;
 * the engine identity: the position posterior equals dense GP regression with the WNOJ kernel;
 * UWB estimation of a fast 10 s trajectory; measurements at knot times; bad input; save/load; float32;
+* the start from the measurements (a body yawing 10 rad from the default knots; UWB ranges with three tags), the
+  stop test of a fit with an unobservable roll (two UWB tags), Gauss-Newton there;
 * the model contract (tests/contract.py), predict with standard deviations / covariances, numpy inputs, the
   progress bar, repr and to().
 """
@@ -19,9 +21,15 @@ import pytest
 import torch
 
 import gpgeom
-from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb
+from gpgeom.datasets.trajectories import (
+    GPTR_ANCHORS,
+    GPTR_TAG_OFFSETS,
+    FastTrajectory,
+    perturbed_knots,
+    simulate_uwb,
+)
 from gpgeom.engine.statespace import posterior as ss_posterior
-from gpgeom.errors import ModelFileError, NotFittedError
+from gpgeom.errors import ConvergenceWarning, ModelFileError, NotFittedError, NotPSDError
 from gpgeom.geometry.lie import quat_to_rotmat, so3_exp, so3_log
 from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
 from gpgeom.models.trajectory import (
@@ -336,6 +344,156 @@ def test_se3_and_wnoa_trajectories_fit_uwb(cls, prior, T):
     traj.fit([meas], max_iter=50, ftol=1e-7)
     assert traj.fit_result_.converged
     assert _pos_rmse(traj, truth, T, 0.1)[0] < 0.05
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The start from the measurements and the stop test
+# ------------------------------------------------------------------------------------------------------------------
+def _yawing_body(M=200, sigma=0.01, seed=0):
+    r"""``M`` noisy poses of a body yawing 10 rad in 10 s (1 rad/s) while it climbs a slow helix."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0.0, 10.0, M, dtype=DT)
+    R = so3_exp(torch.stack([0.1 * torch.sin(t), 0.05 * torch.cos(0.7 * t), t], -1))
+    p = torch.stack([torch.cos(0.3 * t), torch.sin(0.3 * t), 0.1 * t], -1)
+    Rm = R @ so3_exp(sigma * torch.randn(M, 3, dtype=DT, generator=gen))
+    pm = p + sigma * torch.randn(M, 3, dtype=DT, generator=gen)
+    return t, R, p, PoseMeasurement(t, R=Rm, p=pm, sigma_rot=sigma, sigma_pos=sigma)
+
+
+def test_default_knots_reach_the_answer_of_a_good_start():
+    t, R, p, meas = _yawing_body()
+    # public API, no initialisation by the user: the knots start from the measurements
+    auto = SO3xR3Trajectory.uniform(0.0, 10.0, 0.2).fit([meas])
+    # a good start: the true states at the knots
+    good = SO3xR3Trajectory.uniform(0.0, 10.0, 0.2)
+    good.set_knots(**_truth_knots(good.knot_times, t, R, p))
+    good.fit([meas])
+    assert good.fit_result_.init == "current knots"
+    assert "rotations from 200 pose measurements" in auto.fit_result_.init
+    for traj in (auto, good):
+        res = traj.fit_result_
+        assert res.converged and res.iterations <= 10, res
+        err = torch.rad2deg(_rot_err(R, traj.predict(t).R))
+        assert float(err.mean()) < 1.0 and float(err.max()) < 1.0, (float(err.mean()), float(err.max()))
+    assert auto.fit_result_.cost == pytest.approx(good.fit_result_.cost, rel=1e-8)
+    assert float((auto.knots - good.knots).abs().max()) < 1e-5
+    # what the start guards against: the default knots themselves end far from the answer
+    with pytest.warns(ConvergenceWarning, match="better initial estimate"):
+        stuck = SO3xR3Trajectory.uniform(0.0, 10.0, 0.2).fit([meas], init="none", max_iter=10)
+    assert stuck.fit_result_.cost > 100 * good.fit_result_.cost
+
+
+def _truth_knots(kt, t, R, p):
+    from gpgeom.models.trajectory.initialisation import _interp_rotations, _interp_vectors
+
+    Rk, pk = _interp_rotations(t, R, kt, "truth"), _interp_vectors(t, p, kt)
+    z = torch.zeros(kt.shape[0], 3, dtype=DT)
+    return {"R": Rk, "p": pk, "omega": z, "alpha": z, "v": z, "a": z}
+
+
+def test_init_options_and_the_unwrapped_start(tmp_path):
+    t, R, p, meas = _yawing_body(M=60)
+    traj = SO3xR3Trajectory.uniform(0.0, 10.0, 0.25)
+    assert traj.initialise(meas) is traj and traj.is_fitted and traj.covariances_ is None
+    # the rotation is continuous over the 10 rad: every knot interval turns by about 0.25 rad, and the rates
+    # follow the yaw rate of 1 rad/s
+    turn = _rot_err(traj.R[:-1], traj.R[1:])
+    assert float(turn.max()) < 0.35 and float(turn.min()) > 0.15
+    assert float((traj.omega[2:-2, 2] - 1.0).abs().max()) < 0.15
+    assert float((traj.p - p[0]).norm(dim=-1).max()) > 1.0 and float((traj.v[1:-1] - 0.3).norm(-1).max()) < 0.3
+    start = traj.knots.clone()
+    traj.fit([meas], max_iter=1, warn=False)
+    assert traj.fit_result_.init == "current knots"  # auto: not the default state any more, a warm start
+    traj.set_knots(**_truth_knots(traj.knot_times, t, R, p))
+    traj.fit([meas], init="measurements", max_iter=1, warn=False)  # rebuilt from the measurements
+    assert "pose measurements" in traj.fit_result_.init
+    again = SO3xR3Trajectory.uniform(0.0, 10.0, 0.25).initialise([meas])
+    assert torch.equal(again.knots, start)
+    plain = SO3xR3Trajectory.uniform(0.0, 10.0, 0.25)
+    plain.fit([meas], init="none", max_iter=1, warn=False)
+    assert plain.fit_result_.init == "current knots"
+    with pytest.raises(ValueError, match="Unknown `init`='truth'"):
+        plain.fit([meas], init="truth")
+    with pytest.raises(ValueError, match="init='measurements' needs a PoseMeasurement"):
+        plain.fit([KnotPrior(0, p=torch.zeros(3, dtype=DT))], init="measurements")
+    # knots too far apart for the rotation: 4 s at 1 rad/s is more than pi in one interval
+    too_wide = r"turn the body by 4\.\d+ rad between knots 0 and 1 \(t = 0 \.\. 4\).*cannot hold more than pi"
+    with pytest.raises(ValueError, match=too_wide):
+        SO3xR3Trajectory.uniform(0.0, 12.0, 4.0).fit([meas])
+    # ranges that cannot place the body (four anchors in one plane): a warning, not a silent start at the origin
+    flat = torch.tensor([[10.0, 10.0, 0.0], [-10.0, 10.0, 0.0], [-10.0, -10.0, 0.0], [10.0, -10.0, 0.0]], dtype=DT)
+    uwb = simulate_uwb(FAST, 0.0, 2.0, rate=10.0, anchors=flat, seed=1)
+    coplanar = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets)
+    with pytest.warns(UserWarning, match="init='auto': the ranges do not determine positions by multilateration"):
+        SO3xR3Trajectory.uniform(0.0, 2.0, 0.1).fit([coplanar], max_iter=1, warn=False)
+    # a fit that fails after the start was built leaves the trajectory as it was: positions alone leave the global
+    # rotation free, so its covariance does not exist
+    fresh = SO3xR3Trajectory.uniform(0.0, 10.0, 0.25)
+    with pytest.raises(NotPSDError, match="marginal covariances"):
+        fresh.fit([PositionMeasurement(t, p, sigma=0.01)], compute_covariances=True, max_iter=3, warn=False)
+    assert not fresh.is_fitted and bool((fresh.p == 0).all()) and fresh.fit_result_ is None
+    # the record of the start survives save/load
+    traj.save(tmp_path / "t.pt")
+    assert gpgeom.load(tmp_path / "t.pt").fit_result_.init == traj.fit_result_.init
+
+
+def test_uwb_fit_from_the_default_knots_matches_a_good_start():
+    T = 5.0
+    truth, meas = _uwb_problem(T)
+    auto = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0).fit([meas], max_iter=50)
+    good = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+    good.set_knots(**perturbed_knots(truth, good.knot_times, sigma_rot=0.2, sigma_pos=0.5, seed=2))
+    good.fit([meas], max_iter=50)
+    assert "positions from" in auto.fit_result_.init and "lever arms" in auto.fit_result_.init
+    assert auto.fit_result_.converged and auto.fit_result_.iterations <= 20
+    assert auto.fit_result_.cost == pytest.approx(good.fit_result_.cost, rel=1e-6)
+    # the same estimate to a small fraction of its uncertainty (centimetres, degrees)
+    assert float((auto.p - good.p).norm(dim=-1).max()) < 1e-3 and float(_rot_err(auto.R, good.R).max()) < 1e-2
+    pos, rot = _pos_rmse(auto, truth, T, 0.1)
+    assert pos < 0.03 and rot < math.radians(8.0), (pos, rot)
+
+
+def _two_tag_problem(T=7.0):
+    r"""The GPTR simulation: 4 anchors, two tags on the body x-axis (the roll about it is not observable)."""
+    truth = FastTrajectory(kind="split", speed=40.0)
+    uwb = simulate_uwb(truth, 0.0, T, sigma=0.05, seed=1, anchors=GPTR_ANCHORS, tag_offsets=GPTR_TAG_OFFSETS)
+    meas = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
+
+    def start():
+        traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+        return traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.05, sigma_pos=0.1, seed=3))
+
+    return truth, meas, start
+
+
+def test_two_tag_uwb_fit_stops_by_its_own_test_once_the_position_has_converged():
+    T = 7.0
+    truth, meas, start = _two_tag_problem(T)
+    traj = start().fit([meas])  # defaults: LM, max_iter=50
+    res = traj.fit_result_
+    assert res.converged and res.iterations < 60, res.message
+    assert "posterior standard deviations <= stol" in res.message
+    # the old tests alone (stol=0) creep along the unobservable roll for more than 100 iterations ...
+    ref = start().fit([meas], stol=0, max_iter=400)
+    assert ref.fit_result_.converged and ref.fit_result_.iterations > 100
+    # ... without moving the position: the stop above had it to a millimetre (its posterior std is centimetres)
+    assert float((traj.p - ref.p).norm(dim=-1).max()) < 2e-3
+    assert 0.0 <= res.cost - ref.fit_result_.cost < 1.0  # less than one nat of posterior density, all in the roll
+    assert _pos_rmse(traj, truth, T, 0.1)[0] < 0.05
+
+
+def test_gauss_newton_on_the_unobservable_roll_falls_back_to_damped_steps():
+    T = 7.0
+    _, meas, start = _two_tag_problem(T)
+    with pytest.warns(ConvergenceWarning, match=r"method='gn': .*would raise the cost.*Levenberg-Marquardt"):
+        gn = start().fit([meas], method="gn", max_iter=100)
+    res = gn.fit_result_
+    assert res.converged and "Gauss-Newton continued as Levenberg-Marquardt" in res.message
+    hist = res.cost_history
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(hist, hist[1:])), "the cost oscillates"
+    lm = start().fit([meas])
+    assert res.cost == pytest.approx(lm.fit_result_.cost, rel=1e-3)
+    assert float((gn.p - lm.p).norm(dim=-1).max()) < 3e-3
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -222,6 +222,80 @@ def test_chunked_factors_give_the_same_fit():
     assert torch.allclose(out[0], out[1], atol=1e-8)
 
 
+def _baro(M=50, seed=12):
+    r"""``M`` barometer-like height readings :math:`z(t) + h_0` (offset ``h0 = 0.7``) and poses at the same times."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0.0, 2.0, M, dtype=DT)
+    gt = TRUTH.state(t)
+    z = gt.p[:, 2] + 0.7 + 0.02 * torch.randn(M, dtype=DT, generator=gen)
+    pose = PoseMeasurement(t[::5], R=gt.R[::5], p=gt.p[::5], sigma_rot=0.05, sigma_pos=0.05)
+    return t, z, pose
+
+
+def test_custom_measurement_data_is_sliced_with_the_chunks():
+    t, z, pose = _baro()
+    M = t.shape[0]
+
+    def height(st, prm, d):
+        return (st["p"][:, 2] + prm["h0"][0] - d["z"]).unsqueeze(-1) * d["scale"][:, None]
+
+    def baro(**kw):
+        return CustomMeasurement(
+            t, height, residual_dim=1, sigma=0.02, params={"h0": np.zeros(1)}, data={"z": z.numpy(), **kw}
+        )
+
+    fits = {}
+    for chunk in (None, 20):
+        traj = SO3xR3Trajectory.uniform(0.0, 2.0, 0.2, qc_rot=10.0, qc_pos=10.0)
+        m = baro(scale=torch.ones(M, dtype=DT))
+        assert len(traj.build_factors([m], chunk_size=chunk)[0]) == 1 + (1 if chunk is None else math.ceil(M / chunk))
+        fits[chunk] = traj.fit([pose, m], chunk_size=chunk, compute_covariances=True)
+    a, b = fits[None], fits[20]
+    assert float((a.knots - b.knots).abs().max()) < 1e-10
+    assert abs(a.fit_result_.cost - b.fit_result_.cost) < 1e-10 * a.fit_result_.cost
+    assert float((a.fit_result_.globals["h0"] - b.fit_result_.globals["h0"]).abs()) < 1e-10
+    assert abs(float(a.fit_result_.globals["h0"][0]) - 0.7) < 0.02
+    # integer data keep their dtype (indices), floating data take the trajectory's
+    idx = baro(scale=torch.ones(M, dtype=DT), k=np.arange(M)).to(dtype=torch.float32).data
+    assert idx["k"].dtype == torch.int64 and idx["z"].dtype == torch.float32
+    # per-measurement tensors captured by the function cannot follow the chunks: the error says what to do
+    closure = CustomMeasurement(t, lambda st, prm: (st["p"][:, 2] - z).unsqueeze(-1), residual_dim=1, sigma=0.02)
+    with pytest.raises(RuntimeError, match=r"failed on 20 measurement rows.*pass them as `data=\{...\}`"):
+        SO3xR3Trajectory.uniform(0.0, 2.0, 0.2).fit([pose, closure], chunk_size=20)
+    # wrong shapes and types
+    with pytest.raises(ValueError, match=r"`data\['z'\]` must have a leading dimension of M = 50 .* got shape \(49,\)"):
+        CustomMeasurement(t, height, residual_dim=1, data={"z": z[1:]})
+    with pytest.raises(ValueError, match=r"`data\['c'\]` must have a leading dimension of M = 50 .* got shape \(\)"):
+        CustomMeasurement(t, height, residual_dim=1, data={"z": z, "c": 1.0})
+    with pytest.raises(TypeError, match="`data` must be a dict"):
+        CustomMeasurement(t, height, residual_dim=1, data=[z])
+    with pytest.raises(TypeError, match=r"`data\['ok'\]` must hold numbers, got booleans"):
+        CustomMeasurement(t, height, residual_dim=1, data={"ok": np.ones(M, dtype=bool)})
+    with pytest.raises(ValueError, match=r"`data\['z'\]` contains \d+ NaN"):
+        CustomMeasurement(t, height, residual_dim=1, data={"z": torch.where(t > 1.9, float("nan"), z)[:, None]})
+
+
+def test_chunks_keep_shared_vectors_whole():
+    # an IMU with M = 3 readings, split in chunks of 2: its gravity (a 3-vector) and its initial biases are shared,
+    # not per reading (gravity used to be cut like the readings because its length equalled M)
+    T = 1.0
+    imu = simulate_imu(TRUTH, torch.linspace(0.05, 0.95, 3, dtype=DT), seed=4)
+    m = IMUMeasurement(imu.t, imu.gyro, imu.accel, gravity=imu.gravity, bias_init=0.01 * torch.ones(6, dtype=DT))
+    assert len(SO3xR3Trajectory.uniform(0.0, T, 0.1).build_factors([m], chunk_size=2)[0]) == 3
+    pieces = m.blocks(slice(0, 2)), m.blocks(slice(2, 3))
+    assert [p.num_blocks for p in pieces] == [2, 1] and pieces[1].name.endswith("[2:3]")
+    for p in pieces:
+        assert p.g.shape == (3,) and p.bias_init.shape == (6,) and torch.equal(p.g, m.g)
+    fits = []
+    for chunk in (None, 2):
+        traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+        traj.set_knots(**TRUTH.state(traj.knot_times).knots())
+        gt = TRUTH.state(imu.t)
+        pose = PoseMeasurement(imu.t, R=gt.R, p=gt.p, sigma_rot=0.01, sigma_pos=0.01)
+        fits.append(traj.fit([pose, m, GlobalPrior("imu_bias", torch.zeros(6, dtype=DT), sigma=0.1)], chunk_size=chunk))
+    assert float((fits[0].knots - fits[1].knots).abs().max()) < 1e-10
+
+
 def test_measurement_bad_input():
     t = torch.tensor([0.1, 0.2], dtype=DT)
     with pytest.raises(ValueError, match="`p` must have shape \\(2, 3\\)"):

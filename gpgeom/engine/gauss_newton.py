@@ -60,6 +60,12 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom.engine.banded import (
+    _default_singular_tol,
+    block_banded_cholesky,
+    block_banded_selected_inverse,
+    block_banded_solve,
+)
 from gpgeom.errors import ConvergenceWarning, NotPSDError
 
 __all__ = [
@@ -77,6 +83,8 @@ RetractFn = Callable[[Tensor, Tensor], Tensor]
 
 _ROBUST_LOSSES = (None, "huber")
 _METHODS = ("lm", "gn")
+#: Damping (relative to diag(H)) below which a step counts as undamped in the observable directions (``stol``).
+_OBSERVABLE_DAMPING = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,9 +173,10 @@ class GaussNewtonResult:
             squares).
         cost_history: Cost at the initial point and after each accepted step.
         iterations: Number of linear solves (accepted or rejected steps).
-        converged: Whether a convergence test (``ftol``, ``xtol`` or ``gtol``) was met.
+        converged: Whether a convergence test (``ftol``, ``xtol``, ``gtol`` or ``stol``) was met.
         message: Which test stopped the iteration.
-        damping: Final Levenberg-Marquardt damping :math:`\lambda` (``0.0`` for Gauss-Newton).
+        damping: Final Levenberg-Marquardt damping :math:`\lambda` (``0.0`` for Gauss-Newton, unless it continued
+            as Levenberg-Marquardt after a step that raised the cost).
         covariances: ``K x s x s`` marginal covariances of the states' tangent perturbations (the diagonal blocks
             of :math:`H^{-1}` at the final estimate, border included), or ``None`` unless requested.
         cross_covariances: ``K x w x s x s``: ``cross_covariances[k, d - 1]`` is :math:`\operatorname{Cov}(\delta_k,
@@ -188,177 +197,6 @@ class GaussNewtonResult:
     cross_covariances: Tensor | None = None
     global_covariance: Tensor | None = None
     state_global_covariance: Tensor | None = None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Block-banded linear algebra
-# ----------------------------------------------------------------------------------------------------------------
-def _default_singular_tol(dtype: torch.dtype) -> float:
-    return 1e3 * torch.finfo(dtype).eps
-
-
-def _band_blocks(Bb: Tensor) -> list[list[Tensor]]:
-    r"""``out[d][k] = Bb[k, d]`` as lists of ``s x s`` views (``w + 1`` unbind calls), cheap to index in loops."""
-    return [list(Bb[:, d].unbind(0)) for d in range(Bb.shape[1])]
-
-
-def _stack_band(rows: list[list[Tensor]], w: int, like: Tensor) -> Tensor:
-    K = len(rows)
-    out = like.new_zeros(K, w + 1, *like.shape[-2:])
-    for d in range(w + 1):
-        if d < K:
-            out[d:, d] = torch.stack([rows[k][d] for k in range(d, K)])
-    return out
-
-
-def _diag_inverse(Lb: Tensor) -> Tensor:
-    r"""``K x s x s`` inverses of the triangular diagonal blocks ``L_kk`` (one batched call)."""
-    eye = torch.eye(Lb.shape[-1], dtype=Lb.dtype, device=Lb.device)
-    return torch.linalg.solve_triangular(Lb[:, 0], eye.expand_as(Lb[:, 0]), upper=False)
-
-
-def block_banded_cholesky(Ab: Tensor, *, singular_tol: float | None = None) -> tuple[Tensor, int | None]:
-    r"""Cholesky factor of a symmetric positive-definite block-banded matrix, in banded storage.
-
-    Computes the lower block-banded :math:`L` with :math:`A = L L^\top` row by row:
-
-    .. math::
-        L_{kj} = \Big(A_{kj} - \sum_{i=k-w}^{j-1} L_{ki} L_{ji}^\top\Big) L_{jj}^{-\top}, \quad k-w \le j < k;
-        \qquad L_{kk} = \operatorname{chol}\Big(A_{kk} - \sum_{i=k-w}^{k-1} L_{ki} L_{ki}^\top\Big).
-
-    Cost :math:`O(K w^2 s^3)`, a Python loop over the ``K`` block rows with no host synchronisation (a failed
-    pivot is detected after the loop).
-
-    Args:
-        Ab: ``K x (w + 1) x s x s`` banded storage, ``Ab[k, d] = A[k, k - d]`` (see the module docstring).
-        singular_tol: A pivot is declared singular when :math:`(L_{kk})_{ii}^2 < \text{tol} \cdot (A_{kk})_{ii}`,
-            i.e. when conditioning on the preceding variables leaves less than a fraction ``tol`` of a variable's
-            information (a relative condition-number test). Default ``1e3 * eps`` of the dtype.
-
-    Returns:
-        ``(Lb, failed)``: the factor in the same storage (``Lb[k, d] = L[k, k - d]``) and ``None``, or the index of
-        the first block row whose pivot failed (``Lb`` is then unusable from that row on).
-    """
-    K, w1, s, _ = Ab.shape
-    w = w1 - 1
-    tol = _default_singular_tol(Ab.dtype) if singular_tol is None else singular_tol
-    A = _band_blocks(Ab)
-    L: list[list[Tensor]] = []
-    infos = []
-    for k in range(K):
-        dmax = min(k, w)
-        row: list = [None] * (dmax + 1)
-        for d in range(dmax, 0, -1):  # L[k, j] for j = k - d, farthest first
-            j = k - d
-            C = A[d][k]
-            for e in range(d + 1, dmax + 1):  # i = k - e < j:  L[k, i] L[j, i]^T, with j - i = e - d
-                C = torch.addmm(C, row[e], L[j][e - d].mT, alpha=-1.0)
-            row[d] = torch.linalg.solve_triangular(L[j][0].mT, C, upper=True, left=False)  # C L_jj^{-T}
-        C = A[0][k]
-        for d in range(1, dmax + 1):
-            C = torch.addmm(C, row[d], row[d].mT, alpha=-1.0)
-        row[0], info = torch.linalg.cholesky_ex(C)
-        infos.append(info)
-        L.append(row)
-    Lb = _stack_band(L, w, Ab)
-    info = torch.stack(infos)
-    piv = Lb[:, 0].diagonal(dim1=-2, dim2=-1).square()
-    ref = Ab[:, 0].diagonal(dim1=-2, dim2=-1)
-    bad = (info != 0) | ~(piv >= tol * ref).all(-1) | ~(ref > 0).all(-1) | ~torch.isfinite(piv).all(-1)
-    if bool(bad.any()):
-        return Lb, int(bad.nonzero()[0, 0])
-    return Lb, None
-
-
-def block_banded_solve(Lb: Tensor, rhs: Tensor) -> Tensor:
-    r"""Solve :math:`L L^\top X = B` given the banded Cholesky factor from :func:`block_banded_cholesky`.
-
-    Forward substitution :math:`L Y = B`, :math:`Y_k = L_{kk}^{-1}(B_k - \sum_{d=1}^{w} L_{k,k-d} Y_{k-d})`, then back
-    substitution :math:`L^\top X = Y`, :math:`X_k = L_{kk}^{-\top}(Y_k - \sum_{d=1}^{w} L_{k+d,k}^\top X_{k+d})`.
-    The inverses :math:`L_{kk}^{-1}` are formed in one batched call, so each row costs only matrix products.
-
-    Args:
-        Lb: ``K x (w + 1) x s x s`` banded Cholesky factor.
-        rhs: ``K x s x c`` right-hand sides.
-
-    Returns:
-        ``K x s x c`` solution.
-    """
-    K, w1, s, _ = Lb.shape
-    w = w1 - 1
-    Linv = _diag_inverse(Lb)
-    Li = list(Linv.unbind(0))
-    LiT = list(Linv.mT.unbind(0))
-    Lo = _band_blocks(Lb)
-    LoT = _band_blocks(Lb.mT)
-    B = list(rhs.unbind(0))
-    Y: list[Tensor] = []
-    for k in range(K):
-        C = B[k]
-        for d in range(1, min(k, w) + 1):
-            C = torch.addmm(C, Lo[d][k], Y[k - d], alpha=-1.0)
-        Y.append(Li[k] @ C)
-    X: list = [None] * K
-    for k in range(K - 1, -1, -1):
-        C = Y[k]
-        for d in range(1, min(w, K - 1 - k) + 1):
-            C = torch.addmm(C, LoT[d][k + d], X[k + d], alpha=-1.0)
-        X[k] = LiT[k] @ C
-    return torch.stack(X)
-
-
-def block_banded_selected_inverse(Lb: Tensor) -> Tensor:
-    r"""Blocks of :math:`A^{-1}` within the band, from the banded Cholesky factor of :math:`A = L L^\top`.
-
-    With :math:`\Sigma = A^{-1}`, :math:`L^\top \Sigma = L^{-1}` is lower triangular with diagonal blocks
-    :math:`L_{kk}^{-1}`. Reading its blocks :math:`(k, j)`, :math:`j \ge k`, from the last block row upwards gives
-    the recursion (Takahashi et al. 1973), with :math:`G^{(d)}_k = L_{kk}^{-\top} L_{k+d,k}^\top`:
-
-    .. math::
-        \Sigma_{k,k+e} = -\sum_{d=1}^{w} G^{(d)}_k \Sigma_{k+d,k+e} \quad (e = 1..w), \qquad
-        \Sigma_{kk} = (L_{kk} L_{kk}^\top)^{-1} - \sum_{e=1}^{w} \Sigma_{k,k+e} G^{(e)\top}_k,
-
-    which only touches blocks within the band: :math:`O(K w^2 s^3)` without forming :math:`\Sigma`. For ``w = 1``
-    it is the Rauch-Tung-Striebel covariance recursion.
-
-    Args:
-        Lb: ``K x (w + 1) x s x s`` banded Cholesky factor.
-
-    Returns:
-        ``K x (w + 1) x s x s`` tensor ``Sb`` with ``Sb[k, d] = Sigma[k, k + d]`` (*upper* band, zero where
-        ``k + d >= K``); ``Sb[:, 0]`` are the marginal covariances.
-    """
-    K, w1, s, _ = Lb.shape
-    w = w1 - 1
-    Linv = _diag_inverse(Lb)
-    P0 = list((Linv.mT @ Linv).unbind(0))
-    # G[d][k] = L_kk^{-T} L_{k+d,k}^T for k < K - d  (batched)
-    G: list[list[Tensor]] = [[]]
-    for d in range(1, w + 1):
-        G.append(list((Linv[: K - d].mT @ Lb[d:, d].mT).unbind(0)) if d < K else [])
-    S: list[list[Tensor]] = [[] for _ in range(K)]  # S[k][e] = Sigma[k, k + e]
-
-    def sig(i: int, j: int) -> Tensor:  # Sigma[i, j] for |i - j| <= w, i, j > current row
-        return S[i][j - i] if j >= i else S[j][i - j].mT
-
-    for k in range(K - 1, -1, -1):
-        dmax = min(w, K - 1 - k)
-        row = [P0[k]] + [P0[k]] * dmax
-        for e in range(1, dmax + 1):
-            C = -(G[1][k] @ sig(k + 1, k + e))
-            for d in range(2, dmax + 1):
-                C = torch.addmm(C, G[d][k], sig(k + d, k + e), alpha=-1.0)
-            row[e] = C
-        Skk = P0[k]
-        for e in range(1, dmax + 1):
-            Skk = torch.addmm(Skk, row[e], G[e][k].mT, alpha=-1.0)
-        row[0] = Skk
-        S[k] = row
-    Sb = torch.zeros_like(Lb)  # upper band: Sb[k, d] = Sigma[k, k + d]
-    for d in range(min(w, K - 1) + 1):
-        Sb[: K - d, d] = torch.stack([S[k][d] for k in range(K - d)])
-    Sb[:, 0] = 0.5 * (Sb[:, 0] + Sb[:, 0].mT)
-    return Sb
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -656,6 +494,7 @@ def gauss_newton(
     ftol: float | None = None,
     xtol: float | None = None,
     gtol: float | None = None,
+    stol: float | None = None,
     initial_damping: float = 1e-4,
     compute_covariances: bool = False,
     singular_tol: float | None = None,
@@ -669,9 +508,13 @@ def gauss_newton(
     :math:`H = \mathsf J^\top \Omega \mathsf J` and gradient :math:`b = \mathsf J^\top \Omega e` (Barfoot 2017,
     eq. 4.99 and sec. 4.3.1).
 
-    * ``method="gn"``: :math:`\lambda = 0`, every step accepted (no line search; the cost may increase on
-      strongly nonlinear problems). A singular normal matrix (e.g. no prior: a gauge freedom) raises
-      :class:`~gpgeom.errors.NotPSDError`.
+    * ``method="gn"``: :math:`\lambda = 0` and no line search. A singular normal matrix (e.g. no prior: a gauge
+      freedom) raises :class:`~gpgeom.errors.NotPSDError`. A step that *increases* the cost (or gives non-finite
+      states) is the sign of a normal matrix too close to singular for undamped steps (a direction the factors
+      barely determine, where the linear model's step is huge) or of a strongly nonlinear problem: that step is
+      rejected and the iteration continues as ``"lm"`` from the same estimate, with a
+      :class:`~gpgeom.errors.ConvergenceWarning` that names the cost increase and the smallest pivot ratio of the
+      normal matrix (so Gauss-Newton never oscillates; the result's ``message`` records the switch).
     * ``method="lm"``: Marquardt damping :math:`D = \operatorname{diag}(H)` (floored), a step is accepted when it
       decreases the cost, and :math:`\lambda` follows Nielsen's rule (accepted: :math:`\lambda \leftarrow \lambda
       \max(1/3, 1 - (2\varrho - 1)^3)` with the gain ratio :math:`\varrho` = actual / predicted decrease; rejected
@@ -683,8 +526,26 @@ def gauss_newton(
     Convergence (after an accepted step, or at the start of an iteration for ``gtol``): relative cost decrease
     :math:`(c - c') \le \text{ftol}\, c`, or step norm :math:`\lVert\delta\rVert \le \text{xtol}(\lVert x\rVert +
     \text{xtol})` (all stored numbers and globals), or gradient :math:`\lVert b\rVert_\infty \le \text{gtol}`
-    (whitened units). A linear-Gaussian problem with the additive retraction is solved exactly by the first
-    Gauss-Newton step; the second iteration detects convergence.
+    (whitened units), or (with ``stol``) a step below ``stol`` posterior standard deviations. A linear-Gaussian
+    problem with the additive retraction is solved exactly by the first Gauss-Newton step; the second iteration
+    detects convergence.
+
+    The ``stol`` test is the one that recognises a converged estimate when some directions are (nearly)
+    unobservable. Along such a direction the cost is almost flat, so the iterates keep drifting by steps that are
+    large in the stored numbers (``xtol`` never fires) while the cost falls by a tiny, slowly shrinking amount per
+    step (``ftol`` fires only after many iterations). In the metric of the posterior the same steps are tiny: for
+    the step :math:`\delta` solved with damping :math:`\lambda`,
+
+    .. math:: \lVert\delta\rVert_{H + \lambda D}^2 = \delta^\top(H + \lambda D)\,\delta = -b^\top\delta,
+       \qquad |u^\top\delta| \le \lVert\delta\rVert_H \sqrt{u^\top H^{-1} u} \quad \text{for every } u,
+
+    (Cauchy-Schwarz), so :math:`\sqrt{-b^\top\delta}` bounds the change of every linear function of the estimate in
+    units of its (Laplace) posterior standard deviation. The test is applied to steps with
+    :math:`\lambda \le 10^{-6}` only: such a step is the undamped Gauss-Newton step in every direction whose
+    information exceeds :math:`10^{-6}` of the diagonal's (the observable ones), while the damping holds back the
+    directions the factors do not determine (a heavily damped step is short in every metric and proves nothing).
+    It assumes whitened residuals (the cost is a negative log-posterior), as in
+    :mod:`gpgeom.models.trajectory`.
 
     Args:
         states: ``K x p`` initial states (float). Detached; the solver is not differentiable.
@@ -701,6 +562,8 @@ def gauss_newton(
         ftol, xtol, gtol: Convergence tolerances (see above); set to 0 to disable one. Defaults depend on the
             dtype: ``ftol = max(1e-12, 10 eps)``, ``xtol = max(1e-10, 10 eps)``, ``gtol = max(1e-10, 1e3 eps)``
             (float64: 1e-12, 1e-10, 1e-10; float32: 1.2e-6, 1.2e-6, 1.2e-4).
+        stol: Step tolerance in posterior standard deviations (see above), e.g. ``0.1``; ``None`` (default) or 0
+            disables the test.
         initial_damping: Initial :math:`\lambda` for ``"lm"`` (relative to :math:`\operatorname{diag}(H)`).
         compute_covariances: Also return the marginal covariances (Laplace approximation at the estimate,
             :math:`H^{-1}` with the IRLS weights of the final estimate) by selected inversion.
@@ -744,7 +607,8 @@ def gauss_newton(
     ftol = max(1e-12, 10 * eps) if ftol is None else ftol
     xtol = max(1e-10, 10 * eps) if xtol is None else xtol
     gtol = max(1e-10, 1e3 * eps) if gtol is None else gtol
-    for name, val in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
+    stol = 0.0 if stol is None else stol
+    for name, val in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol), ("stol", stol)):
         check_positive(name, val, allow_zero=True)
     check_positive("initial_damping", initial_damping)
     if singular_tol is not None:
@@ -789,6 +653,7 @@ def gauss_newton(
 
     lam = float(initial_damping) if method == "lm" else 0.0
     nu = 2.0
+    switched, switched_at = "", 0  # why and when a Gauss-Newton run continued as Levenberg-Marquardt
     N = _assemble(prob, X, G)
     cost = float(N.cost)
     history = [cost]
@@ -808,7 +673,7 @@ def gauss_newton(
         try:
             Lb, Y, LS = _factor_bordered(N, lam, singular_tol)
         except _Singular as err:
-            if method == "gn":
+            if method == "gn" and not switched:
                 raise _singular_error(err.where, method) from None
             lam, nu = lam * nu, nu * 2.0
             if lam > 1e16:
@@ -826,12 +691,15 @@ def gauss_newton(
         # Accept a decrease, or a step whose predicted and actual changes are both at round-off level (so that the
         # ftol/xtol tests can fire instead of the damping growing without bound).
         roundoff = 64.0 * torch.finfo(X.dtype).eps * max(cost, torch.finfo(X.dtype).tiny)
-        accept = method == "gn" or (cost_new < cost and pred > 0) or (cost_new <= cost + roundoff and pred <= roundoff)
-        if method == "gn" and not math.isfinite(cost_new):
-            raise ValueError(
-                "The Gauss-Newton step produced NaN or infinite states or cost; use method='lm' or a better "
-                "initial estimate."
-            )
+        if method == "gn" and not switched:
+            accept = cost_new <= cost + roundoff
+            if not accept:  # undamped steps no longer work here: continue damped (Levenberg-Marquardt)
+                switched, switched_at = _gn_fallback_reason(N, Lb, cost, cost_new, iterations), iterations
+                warnings.warn(switched, ConvergenceWarning, stacklevel=2)
+                lam, nu = float(initial_damping), 2.0
+                continue
+        else:
+            accept = (cost_new < cost and pred > 0) or (cost_new <= cost + roundoff and pred <= roundoff)
         if not accept:
             lam, nu = lam * nu, nu * 2.0
             if lam > 1e16:
@@ -842,27 +710,41 @@ def gauss_newton(
                 break
             continue
         decrease = cost - cost_new
+        lam_step = lam  # the damping this step was solved with (lam is updated below)
         xnorm = float(torch.cat([X.reshape(-1), G]).norm())
         X, G = X_new, G_new
         history.append(cost_new)
         cost_old, cost = cost, cost_new
         need_assembly = True
-        if method == "lm":
+        if lam > 0.0:
             rho = decrease / pred if pred > 0 else 0.0
             lam = lam * max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             lam = max(lam, 1e-12)
             nu = 2.0
         snorm = float(step.norm())
+        # the step in posterior standard deviations, sqrt(delta^T (H + lam D) delta) = sqrt(-b^T delta), for steps
+        # that are undamped in every observable direction (see the docstring)
+        sdev = math.sqrt(max(-float(grad @ step), 0.0))
+        if stol > 0 and lam_step <= _OBSERVABLE_DAMPING and sdev <= stol:
+            converged = True
+            message = (
+                f"step of {sdev:.3g} posterior standard deviations <= stol (directions with less than "
+                f"{_OBSERVABLE_DAMPING:g} of the diagonal's information are left to the damping)"
+            )
+            break
         if abs(decrease) <= ftol * cost_old:
             converged, message = True, f"relative cost decrease {abs(decrease) / max(cost_old, 1e-300):.3g} <= ftol"
             break
         if snorm <= xtol * (xnorm + xtol):
             converged, message = True, f"step norm {snorm:.3g} <= xtol * (|x| + xtol)"
             break
+    if switched:
+        message = f"{message} (Gauss-Newton continued as Levenberg-Marquardt from iteration {switched_at})"
     if not converged:
         warnings.warn(
-            f"gauss_newton stopped after {iterations} iterations without meeting ftol/xtol/gtol ({message}; "
-            f"cost {cost:.6g}); increase max_iter, loosen the tolerances or check the Jacobians.",
+            f"gauss_newton stopped after {iterations} iterations without meeting ftol/xtol/gtol/stol ({message}; "
+            f"cost {cost:.6g}); increase max_iter, start from a better initial estimate, loosen the tolerances or "
+            "check the Jacobians.",
             ConvergenceWarning,
             stacklevel=2,
         )
@@ -890,6 +772,26 @@ def gauss_newton(
         result.global_covariance = gcov
         result.state_global_covariance = xgcov
     return result
+
+
+def _pivot_ratio(N: _Normal, Lb: Tensor) -> float:
+    r"""Smallest :math:`(L_{kk})_{ii}^2 / (H_{kk})_{ii}` of the state block: the smallest fraction of a variable's
+    information left once the preceding variables are known (1 for independent variables, 0 when singular)."""
+    piv = Lb[:, 0].diagonal(dim1=-2, dim2=-1).square()
+    ref = N.Hb[:, 0].diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(piv.dtype).tiny)
+    return float((piv / ref).min())
+
+
+def _gn_fallback_reason(N: _Normal, Lb: Tensor, cost: float, cost_new: float, iteration: int) -> str:
+    ratio = _pivot_ratio(N, Lb)
+    return (
+        f"method='gn': the Gauss-Newton step of iteration {iteration} would raise the cost from {cost:.6g} to "
+        f"{cost_new:.6g}: the normal matrix is too close to singular for undamped steps, or the problem too "
+        f"nonlinear here (smallest pivot ratio {ratio:.2g}, the fraction of a variable's information left once the "
+        "others are known; small values mark directions the factors barely determine, e.g. an unobservable "
+        "rotation, along which the undamped step is huge). Rejected the step and continued with "
+        "Levenberg-Marquardt damping (method='lm') instead of oscillating."
+    )
 
 
 def _damped_norm(N: _Normal, dx: Tensor, dg: Tensor) -> Tensor:

@@ -26,12 +26,15 @@ Modules
 * :mod:`~gpgeom.models.trajectory.so3xr3` -- :class:`SO3xR3Trajectory` (hand-written Jacobians).
 * :mod:`~gpgeom.models.trajectory.se3` -- :class:`SE3Trajectory` (Jacobians by forward-mode autodiff).
 * :mod:`~gpgeom.models.trajectory.estimation` -- the engine factors of the prior and of the measurements.
+* :mod:`~gpgeom.models.trajectory.initialisation` -- the start of a fit built from the measurements (poses,
+  positions, UWB ranges), used by ``fit(..., init="auto")`` when the knots are still at their default state.
 * :mod:`~gpgeom.models.trajectory.factors` -- the measurements: pose, position, UWB range and TDOA, IMU, priors on
   knots and on global parameters, user-defined residuals.
 
 Example:
     >>> from gpgeom.models.trajectory import RangeMeasurement, SO3xR3Trajectory
     >>> traj = SO3xR3Trajectory.uniform(0.0, 10.0, 0.1, qc_rot=10.0, qc_pos=10.0)  # doctest: +SKIP
+    >>> # starts from the ranges themselves (fit_result_.init says how); set_knots(...) gives a start instead
     >>> traj.fit([RangeMeasurement(t, anchors, ranges, sigma=0.05)], compute_covariances=True)  # doctest: +SKIP
     >>> state, std = traj.predict(np.linspace(0.0, 10.0, 1001), return_std=True)  # doctest: +SKIP
 """

@@ -15,7 +15,8 @@ Jacobians (``_interp``, ``_prior``, ``_gamma_noise``); this class supplies every
 * evaluation at any time with Jacobians and posterior covariance (:meth:`Trajectory.interpolate`) and the
   contract's :meth:`Trajectory.predict` (mean state, marginal standard deviations or full covariances);
 * MAP estimation of the knots from measurements (:meth:`Trajectory.fit`) by the engine's Gauss-Newton /
-  Levenberg-Marquardt on the block-tridiagonal normal matrix (:mod:`gpgeom.models.trajectory.estimation`);
+  Levenberg-Marquardt on the block-tridiagonal normal matrix (:mod:`gpgeom.models.trajectory.estimation`),
+  started from the measurements (:mod:`gpgeom.models.trajectory.initialisation`) unless the knots were given;
 * the model contract of :mod:`gpgeom.base`: ``fit`` returns the model with ``fit_result_``, numpy or torch inputs,
   ``to(device=..., dtype=...)``, ``save``/``load`` through one file format, an informative ``repr``.
 """
@@ -40,8 +41,9 @@ from gpgeom.errors import ConvergenceWarning
 from gpgeom.geometry.lie import check_rotation, check_unit_quaternion, quat_to_rotmat, rotmat_to_quat, so3_exp
 from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
 from gpgeom.models.trajectory.algebra import as_vec3
-from gpgeom.models.trajectory.estimation import build_factors
+from gpgeom.models.trajectory.estimation import build_factors, check_measurement
 from gpgeom.models.trajectory.factors.base import Measurement
+from gpgeom.models.trajectory.initialisation import INIT_OPTIONS, at_default_state, initial_knots
 from gpgeom.models.trajectory.interpolation import Bracket, MarkovChainAlgebra
 from gpgeom.models.trajectory.kinematics import KINEMATICS
 from gpgeom.models.trajectory.state import (
@@ -55,6 +57,9 @@ from gpgeom.models.trajectory.state import (
 __all__ = ["PRIORS", "Trajectory"]
 
 PRIORS = ("wnoj", "wnoa")
+#: Default ``stol`` of :meth:`Trajectory.fit`: stop once a (nearly undamped) step moves the estimate by less than
+#: this many posterior standard deviations (:func:`gpgeom.engine.gauss_newton.gauss_newton`).
+STOL = 0.2
 
 
 class Trajectory(ModelContract):
@@ -73,8 +78,9 @@ class Trajectory(ModelContract):
         dtype: ``torch.float64`` (default) or ``torch.float32``.
         device: Where the knots live.
 
-    Knots start at the identity rotation and zero rates. :meth:`fit` estimates them from measurements;
-    :meth:`set_knots` gives them directly. Either makes the trajectory usable by :meth:`predict` and
+    Knots start at the identity rotation and zero rates. :meth:`fit` estimates them from measurements (starting,
+    by default, from knots built from the measurements themselves: :meth:`initialise`); :meth:`set_knots` gives
+    them directly (and a later :meth:`fit` starts from them). Either makes the trajectory usable by :meth:`predict` and
     :meth:`save` (:meth:`interpolate` evaluates the current knots at any time).
 
     Attributes:
@@ -423,7 +429,7 @@ class Trajectory(ModelContract):
 
     # ----- estimation -----
     def build_factors(
-        self, measurements: Sequence[Measurement] | Measurement, *, chunk_size: int = 16384
+        self, measurements: Sequence[Measurement] | Measurement, *, chunk_size: int | None = 16384
     ) -> tuple[list[Factor], Tensor, dict[str, slice]]:
         r"""The engine factors of the motion prior and of the measurements (a measurement with more than
         ``chunk_size`` blocks is split into several factors, which bounds the engine's memory).
@@ -440,17 +446,19 @@ class Trajectory(ModelContract):
         self,
         measurements: Sequence[Measurement] | Measurement,
         *,
+        init: str = "auto",
         max_iter: int = 50,
         method: str = "lm",
         compute_covariances: bool = False,
         ftol: float | None = None,
         xtol: float | None = None,
         gtol: float | None = None,
+        stol: float | None = None,
         warn: bool = True,
-        chunk_size: int = 16384,
+        chunk_size: int | None = 16384,
         progress: bool | None = None,
     ) -> Trajectory:
-        r"""MAP estimate of the knots (and global parameters) from measurements, starting at the current knots.
+        r"""MAP estimate of the knots (and global parameters) from measurements.
 
         Minimises :math:`\sum_k \lVert e^{\text{prior}}_k\rVert^2/2 + \sum_m \rho(\lVert e_m\rVert)` with the
         engine's Gauss-Newton (``method="gn"``) or Levenberg-Marquardt (``"lm"``, default) on the block-tridiagonal
@@ -458,6 +466,12 @@ class Trajectory(ModelContract):
 
         Args:
             measurements: A measurement or a sequence of them (:mod:`gpgeom.models.trajectory.factors`).
+            init: Where the iteration starts. ``"auto"`` (default): from knots built from the measurements
+                (:meth:`initialise`) when the knots are still at the constructor's default state (identity
+                rotations, zero positions and rates), else from the current knots (set by :meth:`set_knots` or an
+                earlier fit: a warm start). ``"measurements"``: always from the measurements (an error when none of
+                them is a pose, position or range). ``"none"``: from the current knots, whatever they are.
+                ``fit_result_.init`` says which start was used.
             max_iter: Maximum number of linear solves.
             method: ``"lm"`` or ``"gn"``.
             compute_covariances: Also compute the knots' marginal covariances (:attr:`covariances_`,
@@ -467,8 +481,14 @@ class Trajectory(ModelContract):
             ftol, xtol, gtol: Convergence tolerances of the engine (defaults ``1e-10``, ``1e-9``, engine default
                 in float64; ``1e-5``, ``1e-5``, engine default in float32, where the banded normal equations of a
                 fine knot grid are too ill-conditioned for a tighter test).
+            stol: Stop once a (nearly undamped) step moves the estimate by less than ``stol`` posterior standard
+                deviations in every direction the measurements and the prior determine (default
+                ``0.2``; ``0`` disables the test; see :func:`~gpgeom.engine.gauss_newton.gauss_newton`). It ends
+                the slow drift of a fit along directions the data do not determine (e.g. the roll about the axis
+                of two UWB tags), where the cost is flat and the other tests only fire after hundreds of steps.
             warn: Issue a :class:`~gpgeom.errors.ConvergenceWarning` when ``max_iter`` is reached.
-            chunk_size: Measurements with more blocks are split into several engine factors (memory bound).
+            chunk_size: Measurements with more blocks are split into several engine factors (memory bound);
+                ``None`` never splits. The result does not depend on it (up to rounding).
             progress: A bar over the linear solves: ``True``, ``False`` or ``None`` (shown when a person is
                 watching; :mod:`gpgeom._progress`).
 
@@ -477,12 +497,16 @@ class Trajectory(ModelContract):
         """
         check_positive("max_iter", max_iter, integer=True)
         check_option("method", method, ("lm", "gn"))
+        check_option("init", init, INIT_OPTIONS)
         if isinstance(measurements, Measurement):
             measurements = [measurements]
         if not isinstance(measurements, Sequence) or len(measurements) == 0:
             raise ValueError("`measurements` must be a non-empty sequence of trajectory measurements.")
-        check_positive("chunk_size", chunk_size, integer=True)
+        if chunk_size is not None:
+            check_positive("chunk_size", chunk_size, integer=True)
         factors, g0, layout = self.build_factors(measurements, chunk_size=chunk_size)
+        before = (self._knots, self.covariances_, self.cross_covariances_, self._fitted)
+        start = self._initialise(measurements, init)
         if ftol is None:
             ftol = 1e-10 if self.dtype == torch.float64 else 1e-5
         if xtol is None:
@@ -506,10 +530,14 @@ class Trajectory(ModelContract):
                     ftol=ftol,
                     xtol=xtol,
                     gtol=gtol,
+                    stol=STOL if stol is None else stol,
                     compute_covariances=compute_covariances,
                 )
             bar.update(res.iterations - bar.n)
             bar.set_postfix_str(f"cost {res.cost:.4g}, {'converged' if res.converged else 'not converged'}")
+        except BaseException:  # a failed fit (singular problem, interrupt) leaves the trajectory as it was
+            self._knots, self.covariances_, self.cross_covariances_, self._fitted = before
+            raise
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -530,9 +558,56 @@ class Trajectory(ModelContract):
             globals=gl,
             global_covariance=res.global_covariance,
             seconds=seconds,
+            init=start,
         )
         self._fitted = True
         return self
+
+    def initialise(self, measurements: Sequence[Measurement] | Measurement) -> Trajectory:
+        r"""Set the knots to a start built from the measurements (:mod:`gpgeom.models.trajectory.initialisation`):
+        rotations from pose measurements (geodesic interpolation, the angle unwrapped), positions from pose and
+        position measurements or, failing those, from UWB ranges (multilateration and a position-only solve, then
+        the rotations from the tags' lever arms), rates by finite differences across the knots. Components no
+        measurement informs keep their values.
+
+        ``fit(..., init="auto")`` calls it when the knots are still at the constructor's default state.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: When no pose, position or range measurement is given.
+        """
+        if isinstance(measurements, Measurement):
+            measurements = [measurements]
+        for m in measurements:
+            check_measurement(self, m)
+        self._initialise(list(measurements), "measurements")
+        return self
+
+    def _initialise(self, measurements: Sequence[Measurement], init: str) -> str:
+        r"""Apply ``init`` and say where the starting knots come from (``fit_result_.init``)."""
+        if init == "none" or (init == "auto" and not at_default_state(self)):
+            return "current knots"
+        knots, text = initial_knots(self, measurements)
+        if not knots:
+            why = text or "no pose, position or range measurement to initialise from"
+            if init == "measurements":
+                raise ValueError(
+                    "init='measurements' needs a PoseMeasurement, PositionMeasurement or RangeMeasurement to build "
+                    f"the knots from ({why}); got {sorted({type(m).__name__ for m in measurements})}. Set the knots "
+                    "with set_knots() and use init='none'."
+                )
+            if text:  # there were ranges, but they could not place the body: say so rather than start blind
+                warnings.warn(
+                    f"init='auto': {text}; the fit starts from the default knots (identity rotations, zero positions), "
+                    "which can end in a wrong local minimum. Give a start with set_knots() (fit then keeps it).",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return f"current knots (the default state: {why})"
+        self.set_knots(**knots)  # drops the covariances of an earlier fit
+        return text
 
     # ----- the model contract: files and repr -----
     def _get_state(self) -> dict[str, Any]:
@@ -548,6 +623,7 @@ class Trajectory(ModelContract):
                 "globals": dict(res.globals),
                 "global_covariance": res.global_covariance,
                 "seconds": float(res.seconds),
+                "init": str(res.init),
             }
         return {
             "prior": self.prior,

@@ -65,21 +65,15 @@ def check_measurement(traj: Trajectory, m: object) -> None:
         )
 
 
-def chunks(m: Measurement, size: int) -> list[Measurement]:
+def chunks(m: Measurement, size: int | None) -> list[Measurement]:
     r"""Split a time-attached measurement into pieces of at most ``size`` blocks (bounds the engine's memory,
-    which holds ``M x 2 x 2 x s x s`` Hessian blocks per factor)."""
-    if m.attach != "time" or m.num_blocks <= size:
+    which holds ``M x 2 x 2 x s x s`` Hessian blocks per factor); ``None`` never splits. Each piece holds its rows
+    of every per-block tensor (:meth:`Measurement.blocks
+    <gpgeom.models.trajectory.factors.base.Measurement.blocks>`)."""
+    if m.attach != "time" or size is None or m.num_blocks <= size:
         return [m]
     M = m.num_blocks
-    parts = []
-    for lo in range(0, M, size):
-        sl = slice(lo, min(lo + size, M))
-        part = object.__new__(type(m))
-        for k, v in m.__dict__.items():
-            part.__dict__[k] = v[sl] if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == M else v
-        part.name = f"{m.name}[{lo}:{sl.stop}]"
-        parts.append(part)
-    return parts
+    return [m.blocks(slice(lo, min(lo + size, M))) for lo in range(0, M, size)]
 
 
 def prior_factor(traj: Trajectory) -> Factor:
@@ -164,7 +158,7 @@ def measurement_factor(traj: Trajectory, m: Measurement, layout: dict[str, slice
 
 
 def build_factors(
-    traj: Trajectory, measurements: Sequence[Measurement] | Measurement, *, chunk_size: int = 16384
+    traj: Trajectory, measurements: Sequence[Measurement] | Measurement, *, chunk_size: int | None = 16384
 ) -> tuple[list[Factor], Tensor, dict[str, slice]]:
     r"""The engine factors of the motion prior (first) and of the measurements; see
     :meth:`Trajectory.build_factors <gpgeom.models.trajectory.Trajectory.build_factors>`."""

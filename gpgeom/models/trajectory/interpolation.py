@@ -110,7 +110,7 @@ class MarkovChainAlgebra:
             ValueError: When a time lies outside the knot span (``name`` names the argument).
         """
         tk = knot_times
-        t = t.to(dtype=tk.dtype, device=tk.device)
+        t = t.to(dtype=tk.dtype, device=tk.device).contiguous()
         lo, hi = tk[0], tk[-1]
         bad = (t < lo) | (t > hi)
         if bool(bad.any()):

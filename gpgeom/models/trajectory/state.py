@@ -106,6 +106,8 @@ class TrajectoryFitResult:
         globals: Estimated global parameters (name -> tensor), e.g. IMU biases.
         global_covariance: ``g x g`` covariance of the stacked globals (with covariances), else ``None``.
         seconds: Wall time of the optimisation.
+        init: Where the iteration started: ``"current knots"`` or which measurements the knots were built from
+            (``fit(..., init=...)``).
     """
 
     iterations: int
@@ -116,3 +118,4 @@ class TrajectoryFitResult:
     globals: dict[str, Tensor] = field(default_factory=dict)
     global_covariance: Tensor | None = None
     seconds: float = 0.0
+    init: str = ""

@@ -81,6 +81,10 @@ class Measurement:
     level: int = 0
     residual_dim: int = 0
     attach: str = "time"  # "time": interpolated state at t; "knot": a knot's state; "global": globals only
+    #: Tensor attributes shared by all blocks (never split by :meth:`blocks`, whatever their length).
+    shared: tuple[str, ...] = ()
+    #: Dict attributes whose tensors hold one row per block (split by :meth:`blocks` like the tensor attributes).
+    per_block_dicts: tuple[str, ...] = ()
 
     def __init__(self, t: object | None, *, robust: str | None = None, robust_threshold: float = 1.0, name: str = ""):
         if t is not None:
@@ -127,6 +131,26 @@ class Measurement:
         for k, v in self.__dict__.items():
             out.__dict__[k] = conv(v)
         return out
+
+    def blocks(self, sl: slice) -> Measurement:
+        r"""A shallow copy holding the blocks ``sl`` only (``name`` gets the range): every tensor attribute with a
+        leading dimension ``M`` is sliced, except those in :attr:`shared`, and so is every tensor of the dict
+        attributes in :attr:`per_block_dicts` (e.g. the ``data`` of a
+        :class:`~gpgeom.models.trajectory.factors.custom.CustomMeasurement`)."""
+        M = self.num_blocks
+
+        def cut(v: object) -> object:
+            return v[sl] if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == M else v
+
+        part = object.__new__(type(self))
+        for k, v in self.__dict__.items():
+            if k in self.per_block_dicts and isinstance(v, dict):
+                part.__dict__[k] = {n: cut(x) for n, x in v.items()}
+            else:
+                part.__dict__[k] = v if k in self.shared else cut(v)
+        start, stop, _ = sl.indices(M)
+        part.name = f"{self.name}[{start}:{stop}]"
+        return part
 
     def residual(self, state: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
         r"""Whitened residuals ``M x r``."""

@@ -42,6 +42,7 @@ class IMUMeasurement(Measurement):
 
     level = 2
     residual_dim = 6
+    shared = ("g", "bias_init")  # a 3- and a 6-vector: never split, even for M = 3 or 6 blocks
 
     def __init__(
         self,

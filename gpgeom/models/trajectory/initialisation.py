@@ -1,0 +1,420 @@
+r"""Initial knots of a GP trajectory from its measurements (``Trajectory.fit(..., init="auto")``).
+
+Gauss-Newton / Levenberg-Marquardt only finds the minimum whose basin holds the initial knots. The constructor's
+knots (identity rotation, zero position and rates) are a poor start for any body that turns by more than about
+:math:`\pi/2` or travels further than the spacing of its measurements: a body yawing 10 rad, started there, ends in a
+local minimum with half its rotations flipped. This module builds a start close to the answer from the
+measurements themselves:
+
+* **Rotations** from :class:`~gpgeom.models.trajectory.PoseMeasurement` s: measurements with the same time are
+  averaged in the tangent space, the knot rotation between two measurement times :math:`t_i \le t \le t_{i+1}` is
+  the geodesic :math:`R_i\,\mathrm{Exp}\big(s\,\mathrm{Log}(R_i^\top R_{i+1})\big)`, :math:`s = (t - t_i)/(t_{i+1} -
+  t_i)`. Chaining the *relative* rotations of consecutive measurements unwraps the angle: a body that yaws 10 rad
+  stays continuous (no jump where an absolute rotation vector would wrap at :math:`\pi`).
+* **Positions** from pose and :class:`~gpgeom.models.trajectory.PositionMeasurement` s by linear interpolation.
+  Before the first and after the last measurement time both are extrapolated at the mean rate of the first or
+  last few measurements (what the motion prior does where nothing is measured).
+* **Positions from UWB ranges** (:class:`~gpgeom.models.trajectory.RangeMeasurement`, when no pose or position is
+  measured): linear multilateration per time window, :math:`\lVert x\rVert^2 - 2a^\top x + \lVert a\rVert^2 =
+  d^2` solved for :math:`(x, \lVert x\rVert^2)` by weighted least squares (four or more non-coplanar anchors per
+  window), then a position-only Gauss-Newton solve of the same motion prior as the trajectory's position chain
+  (ranges to the body origin, the tag lever arm :math:`\lVert o\rVert` added to the range noise, Huber loss).
+* **Rotations from UWB ranges** with two or more tag positions: to first order in the lever arm a range is linear
+  in the world image :math:`R\,o` of the tag offset, solved per time window; the rotation is the nearest one
+  (Kabsch) for tags that span a plane, and for tags on one line (whose roll about it no range sees) the previous
+  window's rotation turned by the smallest angle (no roll rate); see :func:`_rotations_from_ranges`.
+* **Rates** by finite differences across the knots: :math:`\omega_k` from the increments
+  :math:`\mathrm{Log}(R_k^\top R_{k+1})` (the same vector in the body frames of both knots), :math:`\alpha_k` from
+  :math:`\omega`, :math:`v_k, a_k` from :math:`p`, with the three-point formula for uneven spacing
+  :math:`f'_k \approx (h_{k-1} g_k + h_k g_{k-1})/(h_{k-1} + h_k)`, :math:`g_k` the slope of interval ``k``.
+
+A knot interval over which the measured rotation turns by more than :math:`\pi` cannot be represented by the
+trajectory (its local variable is :math:`\mathrm{Log}(R_a^\top R_b)`): it raises a ``ValueError`` naming the
+interval, instead of a fit that silently takes the short way round.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from gpgeom.engine.gauss_newton import Factor, gauss_newton
+from gpgeom.errors import ConvergenceWarning, NotPSDError
+from gpgeom.geometry.lie import so3_exp, so3_log
+from gpgeom.models.trajectory.algebra import kron_eye
+from gpgeom.models.trajectory.factors.base import Measurement
+from gpgeom.models.trajectory.factors.pose import PoseMeasurement, PositionMeasurement
+from gpgeom.models.trajectory.factors.uwb import RangeMeasurement
+
+if TYPE_CHECKING:
+    from gpgeom.models.trajectory.base import Trajectory
+
+__all__ = ["INIT_OPTIONS", "at_default_state", "initial_knots"]
+
+#: The ``init`` options of :meth:`Trajectory.fit <gpgeom.models.trajectory.Trajectory.fit>`.
+INIT_OPTIONS = ("auto", "measurements", "none")
+
+
+def at_default_state(traj: Trajectory) -> bool:
+    r"""Whether every knot is the constructor's default state (identity rotation, every other number zero)."""
+    X = traj.knots
+    eye = torch.eye(3, dtype=X.dtype, device=X.device).reshape(9)
+    return bool((X[:, :9] == eye).all()) and bool((X[:, 9:] == 0).all())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Samples: sorted, one per distinct time
+# ------------------------------------------------------------------------------------------------------------------
+def _distinct(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Sort order, distinct times, the group of each sorted sample and the group sizes."""
+    order = torch.argsort(t, stable=True)
+    tu, inv, counts = torch.unique_consecutive(t[order], return_inverse=True, return_counts=True)
+    return order, tu, inv, counts
+
+
+def _mean_vectors(t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``(distinct times, mean of x per time)``."""
+    order, tu, inv, counts = _distinct(t)
+    out = x.new_zeros(tu.shape[0], x.shape[-1]).index_add_(0, inv, x[order])
+    return tu, out / counts[:, None].to(x.dtype)
+
+
+def _mean_rotations(t: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+    r"""``(distinct times, rotation per time)``: :math:`R_0\mathrm{Exp}(\overline{\mathrm{Log}(R_0^\top R_j)})` about
+    the first rotation :math:`R_0` of each time (one step of the Karcher mean)."""
+    order, tu, inv, counts = _distinct(t)
+    Rs = R[order]
+    first = torch.cumsum(counts, 0) - counts
+    ref = Rs[first]
+    d = so3_log(ref[inv].mT @ Rs, validate=False)
+    mean = d.new_zeros(tu.shape[0], 3).index_add_(0, inv, d) / counts[:, None].to(d.dtype)
+    return tu, ref @ so3_exp(mean)
+
+
+def _bracket(t: Tensor, tq: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Left sample ``i`` and fraction ``s`` in ``[0, 1]`` of each query time (clamped outside the samples)."""
+    i = (torch.searchsorted(t, tq, right=True) - 1).clamp(0, t.shape[0] - 2)
+    s = ((tq - t[i]) / (t[i + 1] - t[i])).clamp(0.0, 1.0)
+    return i, s
+
+
+def _end_pairs(t: Tensor, tq: Tensor, length: Tensor | None = None):
+    r"""Extrapolation outside the samples at the mean rate over (up to) the first or last four intervals (fewer when
+    the rotation turns by more than pi/2 over them): masks of the query times before and after the samples, their
+    sample pairs ``(a, b)`` and fractions ``(tq - t_a) / (t_b - t_a)``."""
+    n = t.shape[0]
+    jf, jl = min(n - 1, 4), max(0, n - 5)
+    if length is not None:
+        while jf > 1 and float(length[jf] - length[0]) > 0.5 * math.pi:
+            jf -= 1
+        while jl < n - 2 and float(length[-1] - length[jl]) > 0.5 * math.pi:
+            jl += 1
+    before, after = tq < t[0], tq > t[-1]
+    a = torch.where(before, 0, jl)
+    b = torch.where(before, jf, n - 1)
+    return before | after, a, b, (tq - t[a]) / (t[b] - t[a])
+
+
+def _interp_vectors(t: Tensor, x: Tensor, tq: Tensor) -> Tensor:
+    r"""Linear interpolation between the samples, linear extrapolation outside (:func:`_end_pairs`)."""
+    if t.shape[0] == 1:
+        return x.expand(tq.shape[0], x.shape[-1]).clone()
+    i, s = _bracket(t, tq)
+    out = x[i] + s[:, None] * (x[i + 1] - x[i])
+    outside, a, b, u = _end_pairs(t, tq)
+    return torch.where(outside[:, None], x[a] + u[:, None] * (x[b] - x[a]), out)
+
+
+def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str) -> Tensor:
+    r"""Geodesic interpolation between consecutive samples, extrapolation at a constant body rate outside
+    (:func:`_end_pairs`); raises when a knot interval turns by more than pi."""
+    if t.shape[0] == 1:
+        return R.expand(tq.shape[0], 3, 3).clone()
+    i, s = _bracket(t, tq)
+    steps = so3_log(R[:-1].mT @ R[1:], validate=False)
+    Rq = R[i] @ so3_exp(s[:, None] * steps[i])
+    # the unwrapped rotation angle travelled up to each sample and each knot (path length of the measured rotation)
+    length = torch.cat([steps.new_zeros(1), torch.cumsum(steps.norm(dim=-1), 0)])
+    at = length[i] + s * (length[i + 1] - length[i])
+    outside, a, b, u = _end_pairs(t, tq, length)
+    if bool(outside.any()):
+        ends = so3_log(R[a].mT @ R[b], validate=False)
+        Rq = torch.where(outside[:, None, None], R[a] @ so3_exp(u[:, None] * ends), Rq)
+        at = torch.where(outside, length[a] + u * ends.norm(dim=-1), at)
+    turn = at.diff()
+    if bool((turn > 0.9 * math.pi).any()):
+        k = int(turn.argmax())
+        raise ValueError(
+            f"The {name} turn the body by {float(turn[k]):.3g} rad between knots {k} and {k + 1} (t = "
+            f"{float(tq[k]):.6g} .. {float(tq[k + 1]):.6g}); a knot interval of the trajectory cannot hold more than "
+            "pi (its local variable is Log(R_a^T R_b)). Use denser knots."
+        )
+    return Rq
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Finite differences across the knots
+# ------------------------------------------------------------------------------------------------------------------
+def _derivative(tk: Tensor, increments: Tensor) -> Tensor:
+    r"""``K x 3`` derivative at the knots from the ``(K - 1) x 3`` increments between them: one-sided at the ends,
+    the three-point formula for uneven spacing inside."""
+    h = tk.diff()
+    g = increments / h[:, None]
+    out = torch.empty(tk.shape[0], increments.shape[-1], dtype=g.dtype, device=g.device)
+    out[0], out[-1] = g[0], g[-1]
+    h1, h2 = h[:-1, None], h[1:, None]
+    out[1:-1] = (h1 * g[1:] + h2 * g[:-1]) / (h1 + h2)
+    return out
+
+
+def _rotation_rates(tk: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Body angular velocity and acceleration at the knots. :math:`\mathrm{Log}(R_k^\top R_{k+1})` is the same
+    vector in the body frames of both knots (:math:`\mathrm{Exp}(\phi)\phi = \phi`), so the increments of both
+    sides of a knot can be averaged."""
+    omega = _derivative(tk, so3_log(R[:-1].mT @ R[1:], validate=False))
+    return omega, _derivative(tk, omega.diff(dim=0))
+
+
+def _position_rates(tk: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    v = _derivative(tk, p.diff(dim=0))
+    return v, _derivative(tk, v.diff(dim=0))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Positions from ranges
+# ------------------------------------------------------------------------------------------------------------------
+def _multilaterate(t: Tensor, anchors: Tensor, d: Tensor, sd: Tensor, t0: float, t1: float, width: float):
+    r"""Positions per time window by linear least squares on :math:`[-2a^\top, 1][x; \lVert x\rVert^2] = d^2 -
+    \lVert a\rVert^2`, weighted by the variance :math:`(2 d \sigma)^2` of :math:`d^2`. Returns ``(times,
+    positions)`` of the windows whose system is well determined (possibly none)."""
+    nw = max(1, int(round((t1 - t0) / width)))
+    win = ((t - t0) / max(t1 - t0, 1e-300) * nw).floor().long().clamp(0, nw - 1)
+    A = torch.cat([-2.0 * anchors, torch.ones_like(d)[:, None]], dim=1)
+    b = d.square() - anchors.square().sum(-1)
+    wt = 1.0 / (2.0 * d.clamp_min(1e-3) * sd).square()
+    AtA = A.new_zeros(nw, 4, 4).index_add_(0, win, A[:, :, None] * A[:, None, :] * wt[:, None, None])
+    Atb = A.new_zeros(nw, 4).index_add_(0, win, A * (b * wt)[:, None])
+    count = torch.zeros(nw, dtype=torch.long, device=t.device).index_add_(0, win, torch.ones_like(win))
+    tw = t.new_zeros(nw).index_add_(0, win, t) / count.clamp_min(1).to(t.dtype)
+    scale = AtA.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
+    An = AtA * scale[:, :, None] * scale[:, None, :]
+    ev = torch.linalg.eigvalsh(An)
+    ok = (count >= 6) & (ev[:, 0] > 1e-8 * ev[:, -1]) & torch.isfinite(ev).all(-1)
+    if not bool(ok.any()):
+        return tw[:0], anchors[:0]
+    sol = torch.linalg.solve(An[ok], (Atb[ok] * scale[ok]))[..., :3] * scale[ok][:, :3]
+    return tw[ok], sol
+
+
+def _range_factors(traj: Trajectory, t, anchors, d, sd) -> list[Factor]:
+    r"""The position-only problem on the knots: the trajectory's position prior and ranges to the body origin."""
+    N, K = traj.order, traj.num_knots
+    tk = traj.knot_times
+    Phi, W = traj._prior_mats(tk.diff())
+    wq = traj.qc_pos.rsqrt()
+    M = K - 1
+    eye = torch.eye(N, dtype=tk.dtype, device=tk.device).expand(M, N, N)
+    Ja = (kron_eye(-(W @ Phi)) * wq[None, None, :, None, None]).reshape(M, 3 * N, 3 * N)
+    Jb = (kron_eye(W @ eye) * wq[None, None, :, None, None]).reshape(M, 3 * N, 3 * N)
+    J_prior = torch.stack([Ja, Jb], dim=2)
+    J_flat = J_prior.reshape(M, 3 * N, 2 * 3 * N)
+
+    def prior_residual(X, G):
+        return (J_flat @ X.reshape(M, 2 * 3 * N, 1)).squeeze(-1)
+
+    prior = Factor(
+        torch.stack([torch.arange(M), torch.arange(1, K)], 1).to(tk.device),
+        prior_residual,
+        lambda X, G: (J_prior, None),
+        name="position prior",
+    )
+    mix = traj._locate(t, "t")
+    la, ps = mix.Lam[:, 0], mix.Psi[:, 0]  # M x N: p(t) = sum_i la_i gamma_a[i] + ps_i gamma_b[i]
+
+    def position(X):
+        ga, gb = X[:, 0].reshape(-1, N, 3), X[:, 1].reshape(-1, N, 3)
+        return (la[:, :, None] * ga).sum(1) + (ps[:, :, None] * gb).sum(1)
+
+    def residual(X, G):
+        return ((position(X) - anchors).norm(dim=-1) - d)[:, None] / sd[:, None]
+
+    def jacobian(X, G):
+        x = position(X) - anchors
+        n = x / x.norm(dim=-1, keepdim=True) / sd[:, None]
+        Jx = torch.stack([(la[:, :, None] * n[:, None, :]), (ps[:, :, None] * n[:, None, :])], dim=1)
+        return Jx.reshape(-1, 1, 2, 3 * N), None
+
+    meas = Factor(torch.stack([mix.index, mix.index + 1], 1), residual, jacobian, robust="huber", robust_threshold=3.0)
+    return [prior, meas]
+
+
+def _positions_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement]):
+    r"""``(p, v, a)`` at the knots (``a`` ``None`` for WNOA) from ranges, or ``None`` when the anchors do not
+    determine positions."""
+    tk = traj.knot_times
+    t = torch.cat([m.t for m in ranges])
+    anchors = torch.cat([m.anchors for m in ranges])
+    d = torch.cat([m.d for m in ranges])
+    noise = torch.cat([1.0 / m.w[:, 0] for m in ranges])
+    lever = torch.cat([m.offset for m in ranges]).norm(dim=-1)
+    sd = (noise.square() + lever.square()).sqrt()  # the unknown orientation of the lever arm as extra noise
+    t0, t1 = float(tk[0]), float(tk[-1])
+    spacing = float(tk.diff().median())
+    width = max(spacing, 24.0 * (t1 - t0) / t.shape[0])  # about 24 ranges per window
+    tw, xw = _multilaterate(t, anchors, d, sd, t0, t1, width)
+    if tw.shape[0] == 0:
+        return None
+    p0 = _interp_vectors(tw, xw, tk)
+    v0, a0 = _position_rates(tk, p0)
+    N = traj.order
+    X0 = torch.cat([p0, v0] + ([a0] if N == 3 else []), dim=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            factors = _range_factors(traj, t, anchors, d, sd)
+            res = gauss_newton(X0, factors, bandwidth=1, max_iter=30, ftol=1e-8, stol=0.1)
+        X = res.states if bool(torch.isfinite(res.states).all()) else X0
+    except NotPSDError:
+        X = X0
+    p, v = X[:, :3], X[:, 3:6]
+    return p, v, (X[:, 6:9] if N == 3 else None)
+
+
+def _minimal_rotation(a: Tensor, b: Tensor) -> Tensor:
+    r"""The rotation by the smallest angle that turns the unit vector ``a`` into the unit vector ``b``."""
+    axis = torch.linalg.cross(a, b, dim=-1)
+    s = axis.norm()
+    angle = torch.atan2(s, (a * b).sum())
+    return so3_exp(axis / s.clamp_min(1e-300) * angle if float(s) > 1e-12 else torch.zeros_like(a))
+
+
+def _rotations_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement], p_c: Tensor):
+    r"""Rotations at the knots from the tags' lever arms, and the positions corrected for the tags' centroid.
+
+    The position-only solve ignores the lever arms, so it finds :math:`p_c \approx p + R\bar o` (:math:`\bar o` the
+    mean tag offset). To first order in :math:`\lVert o\rVert / \lVert p - a\rVert` a range then reads
+    :math:`d - \lVert p_c - a\rVert \approx u^\top R (o - \bar o)`, :math:`u` the unit vector from the anchor:
+    linear in the world images :math:`m_k = R b_k` of an orthonormal basis :math:`b_k` of the span of the centred
+    offsets. Per time window they are solved by weighted least squares, and the rotation is the nearest one with
+    :math:`R b_k \approx m_k` (Kabsch; unique for two or more independent directions, i.e. three tags not on a
+    line). With the tags on a line (two tags) the roll about that line is not observable: each window's rotation is
+    the previous one turned by the smallest angle that aligns the line (no roll rate). Returns ``(R, p)`` at the
+    knots, or ``None`` with a single tag position or too few ranges per window.
+    """
+    tk = traj.knot_times
+    t = torch.cat([m.t for m in ranges])
+    anchors = torch.cat([m.anchors for m in ranges])
+    d = torch.cat([m.d for m in ranges])
+    w2 = torch.cat([m.w[:, 0] for m in ranges]).square()
+    off = torch.cat([m.offset for m in ranges])
+    M = t.shape[0]
+    obar = off.mean(0)
+    c = off - obar
+    ev, V = torch.linalg.eigh(c.mT @ c / M)
+    if float(ev[-1]) <= 1e-12:
+        return None
+    r = int((ev > 1e-6 * ev[-1]).sum())
+    B = V[:, 3 - r :]  # 3 x r, orthonormal body directions
+    coef = c @ B  # M x r
+    x = _interp_vectors(tk, p_c, t) - anchors
+    dist = x.norm(dim=-1)
+    u = x / dist[:, None]
+    y = d - dist
+    A = (coef[:, :, None] * u[:, None, :]).reshape(M, 3 * r)  # unknowns m_1, .., m_r
+    t0, t1 = float(tk[0]), float(tk[-1])
+    width = max(float(tk.diff().median()), 12.0 * r * (t1 - t0) / M)
+    nw = max(1, int(round((t1 - t0) / width)))
+    win = ((t - t0) / max(t1 - t0, 1e-300) * nw).floor().long().clamp(0, nw - 1)
+    AtA = A.new_zeros(nw, 3 * r, 3 * r).index_add_(0, win, A[:, :, None] * A[:, None, :] * w2[:, None, None])
+    Aty = A.new_zeros(nw, 3 * r).index_add_(0, win, A * (y * w2)[:, None])
+    count = torch.zeros(nw, dtype=torch.long, device=t.device).index_add_(0, win, torch.ones_like(win))
+    tw = t.new_zeros(nw).index_add_(0, win, t) / count.clamp_min(1).to(t.dtype)
+    ev = torch.linalg.eigvalsh(AtA)
+    ok = (count >= 3 * r + 2) & (ev[:, 0] > 1e-6 * ev[:, -1].clamp_min(1e-300))
+    if not bool(ok.any()):
+        return None
+    m = torch.linalg.solve(AtA[ok], Aty[ok]).reshape(-1, r, 3)  # nv x r x 3: m_k = R b_k
+    if r >= 2:
+        U, _, Vh = torch.linalg.svd(m.mT @ B.mT.expand(m.shape[0], r, 3))  # sum_k m_k b_k^T
+        sign = torch.linalg.det(U @ Vh)
+        U = torch.cat([U[:, :, :2], U[:, :, 2:] * sign[:, None, None]], dim=2)
+        Rw = U @ Vh
+    else:
+        dirs = m[:, 0] / m[:, 0].norm(dim=-1, keepdim=True)
+        b = B[:, 0]
+        Rs = [_minimal_rotation(b, dirs[0])]
+        for k in range(1, dirs.shape[0]):
+            Rs.append(_minimal_rotation(Rs[-1] @ b, dirs[k]) @ Rs[-1])
+        Rw = torch.stack(Rs)
+    R = _interp_rotations(tw[ok], Rw, tk, "ranges")
+    p = p_c - (R @ obar[:, None]).squeeze(-1)
+    return R, p, (B[:, 0] if r == 1 else None)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The initial knots
+# ------------------------------------------------------------------------------------------------------------------
+def initial_knots(traj: Trajectory, measurements: Sequence[Measurement]) -> tuple[dict[str, Tensor], str]:
+    r"""Knot states (keyword arguments of :meth:`Trajectory.set_knots
+    <gpgeom.models.trajectory.Trajectory.set_knots>`) from the measurements, and a sentence saying where they come
+    from; an empty dict (and the reason, or ``""``) when no measurement says anything about the rotation or the
+    position.
+
+    Sources, in order of preference: pose measurements (rotations and positions), position measurements
+    (positions), ranges (positions through a coarse solve, rotations from the tags' lever arms). Rates come from
+    finite differences across the knots (the velocities and accelerations from ranges, from the coarse solve).
+    Components without a source keep their current values.
+    """
+    ms = [m.to(dtype=traj.dtype, device=traj.device) for m in measurements]
+    poses = [m for m in ms if isinstance(m, PoseMeasurement)]
+    positions = [m for m in ms if isinstance(m, PositionMeasurement)]
+    ranges = [m for m in ms if isinstance(m, RangeMeasurement)]
+    tk = traj.knot_times
+    wnoj = traj.order == 3
+    out: dict[str, Tensor] = {}
+    said = []
+    if poses:
+        t = torch.cat([m.t for m in poses])
+        tu, Ru = _mean_rotations(t, torch.cat([m.Rm for m in poses]))
+        R = _interp_rotations(tu, Ru, tk, "pose measurements")
+        omega, alpha = _rotation_rates(tk, R)
+        out.update(R=R, omega=omega, **({"alpha": alpha} if wnoj else {}))
+        said.append(f"rotations from {t.shape[0]} pose measurements")
+    if poses or positions:
+        t = torch.cat([m.t for m in poses + positions])
+        tu, pu = _mean_vectors(t, torch.cat([m.pm for m in poses + positions]))
+        p = _interp_vectors(tu, pu, tk)
+        v, a = _position_rates(tk, p)
+        out.update(p=p, v=v, **({"a": a} if wnoj else {}))
+        said.append(f"positions from {t.shape[0]} pose/position measurements")
+    elif ranges:
+        got = _positions_from_ranges(traj, ranges)
+        if got is None:
+            return {}, (
+                "the ranges do not determine positions by multilateration (fewer than four anchors off a common "
+                "plane, or too few ranges, per time window)"
+            )
+        else:
+            p, v, a = got
+            n = sum(m.num_blocks for m in ranges)
+            said.append(f"positions from {n} ranges (multilateration and a position-only solve)")
+            rot = _rotations_from_ranges(traj, ranges, p)
+            if rot is not None:
+                R, p, axis = rot
+                omega, alpha = _rotation_rates(tk, R)
+                out.update(R=R, omega=omega, **({"alpha": alpha} if wnoj else {}))
+                said.append("rotations from the tags' lever arms")
+            out.update(p=p, v=v, **({"a": a} if wnoj else {}))
+            if rot is not None and axis is not None:
+                said[-1] += " (no roll rate about the tags' axis, which no range sees)"
+    if not out:
+        return {}, ""
+    text = "; ".join(said)
+    if "R" not in out:
+        text += "; rotations and angular rates left at the current knots"
+    return out, text
