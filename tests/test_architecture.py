@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gpgeom"
 #: Layers, lowest first: a module may import gpgeom modules of its own layer or of a lower one only.
 LAYERS: dict[str, int] = {
     "errors": 0, "_validation": 0, "_lazy": 0, "_progress": 0, "_io": 0, "_cache": 0, "base": 0,
-    "geometry": 1, "kernels": 1, "nn": 1, "pde": 1,
+    "geometry": 1, "kernels": 1, "nn": 1, "pde": 1, "metrics": 1,
     "engine": 2,
     "botorch": 3,
     "models": 4,
@@ -83,6 +83,7 @@ def test_kernels_never_import_the_engine_and_models_never_import_datasets():
         ("gpgeom", ("botorch", "gpytorch", "gpgeom.models")),
         ("gpgeom.botorch", ("botorch",)),
         ("gpgeom.models", ("gpgeom.models.mmgp", "gpgeom.models.rgnp")),
+        ("gpgeom.metrics", ("matplotlib", "gpytorch", "botorch", "gpgeom.engine", "gpgeom.models")),
     ],
 )
 def test_imports_stay_light(module, absent):

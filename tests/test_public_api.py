@@ -9,7 +9,15 @@ def test_every_export_resolves_to_the_object_of_its_module():
 
 
 def test_subpackages_export_what_they_list():
-    for pkg in ("gpgeom.engine", "gpgeom.kernels", "gpgeom.geometry", "gpgeom.botorch", "gpgeom.pde", "gpgeom.models"):
+    for pkg in (
+        "gpgeom.engine",
+        "gpgeom.kernels",
+        "gpgeom.geometry",
+        "gpgeom.botorch",
+        "gpgeom.pde",
+        "gpgeom.models",
+        "gpgeom.metrics",
+    ):
         mod = importlib.import_module(pkg)
         for name in mod.__all__:
             assert hasattr(mod, name), f"{pkg}.{name}"

@@ -50,6 +50,7 @@ SECTIONS: dict[str, str] = {
     "funbat": "gpgeom.demo.funbat:funbat_section",
     "rgnp": "gpgeom.demo.rgnp:rgnp_section",
     "trajectory": "gpgeom.demo.trajectory:trajectory_section",
+    "calibration": "gpgeom.demo.calibration:calibration_section",
 }
 
 

@@ -1,0 +1,35 @@
+r"""Calibration metrics of probabilistic predictions: proper scores, interval coverage and reliability, NEES
+consistency, out-of-distribution uncertainty ratio, Markdown tables and reliability diagrams.
+
+Every function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to one shape and are
+reduced over all entries; results are Python floats unless said otherwise. Bad input (shapes, NaN, a negative or,
+where it is divided by, zero standard deviation) raises ``ValueError`` naming the argument.
+
+References: Gneiting & Raftery (2007), "Strictly proper scoring rules, prediction, and estimation", JASA 102(477);
+Bar-Shalom, Li & Kirubarajan (2001), "Estimation with Applications to Tracking and Navigation", Wiley, Sec. 5.4.
+"""
+
+from __future__ import annotations
+
+from gpgeom.metrics.coverage import calibration_summary, coverage, coverage_table, reliability_curve
+from gpgeom.metrics.nees import nees, nees_band
+from gpgeom.metrics.ood import ood_std_ratio
+from gpgeom.metrics.report import format_calibration_table, plot_reliability
+from gpgeom.metrics.scores import crps_gaussian, interval_width, nlpd, standardized_errors, z_rms
+
+__all__ = [
+    "calibration_summary",
+    "coverage",
+    "coverage_table",
+    "crps_gaussian",
+    "format_calibration_table",
+    "interval_width",
+    "nees",
+    "nees_band",
+    "nlpd",
+    "ood_std_ratio",
+    "plot_reliability",
+    "reliability_curve",
+    "standardized_errors",
+    "z_rms",
+]

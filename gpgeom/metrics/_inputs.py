@@ -1,0 +1,87 @@
+r"""Input checking shared by the calibration metrics: numpy or torch in, float64 CPU tensors out, never NaN silently."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["as_float64", "broadcast_gaussian", "check_level", "normal_quantile"]
+
+
+def as_float64(x, name: str) -> torch.Tensor:
+    r"""``x`` (numpy array, torch tensor, number or nested list) as a detached float64 CPU tensor of the same shape.
+
+    Raises:
+        TypeError: ``x`` is not numeric (names ``name``).
+        ValueError: ``x`` is empty or holds NaN or infinite entries (names ``name``).
+    """
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise TypeError(f"{name} must be real, got a complex tensor.")
+        t = x.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}.") from exc
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}.")
+        t = torch.as_tensor(arr.astype(np.float64, copy=False))
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}).")
+    if not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+        raise ValueError(f"{name} holds {bad} entries ({int((~torch.isfinite(t)).sum())} of {t.numel()}).")
+    return t
+
+
+def broadcast_gaussian(y, mean, std, *, positive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``y``, ``mean``, ``std`` as float64 tensors broadcast to one shape.
+
+    Broadcasting may not create entries: the common shape must be the shape of the largest input (``y`` of shape
+    ``(n,)`` against ``mean`` of shape ``(n, 1)`` would compare every target with every mean, and is refused).
+
+    Args:
+        positive: Require ``std > 0`` (scores that divide by it) rather than ``std >= 0``.
+
+    Raises:
+        ValueError: shapes that do not broadcast or that broadcast to a larger array, NaN or infinite entries, a
+            negative (or, with ``positive``, zero) standard deviation; the message names the argument.
+    """
+    ty, tm, ts = as_float64(y, "y"), as_float64(mean, "mean"), as_float64(std, "std")
+    try:
+        shape = torch.broadcast_shapes(ty.shape, tm.shape, ts.shape)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"y {tuple(ty.shape)}, mean {tuple(tm.shape)} and std {tuple(ts.shape)} do not broadcast to one shape."
+        ) from exc
+    largest = max(t.numel() for t in (ty, tm, ts))
+    if math.prod(shape) != largest:
+        raise ValueError(
+            f"y {tuple(ty.shape)}, mean {tuple(tm.shape)} and std {tuple(ts.shape)} broadcast to {tuple(shape)}, "
+            "which has more entries than any of them: align their shapes (e.g. y of shape (n,) against mean of "
+            "shape (n, 1) pairs every target with every mean)."
+        )
+    if positive and bool((ts <= 0).any()):
+        raise ValueError(f"std must be > 0 everywhere, got min {float(ts.min()):.3g}.")
+    if bool((ts < 0).any()):
+        raise ValueError(f"std must be >= 0 everywhere, got min {float(ts.min()):.3g}.")
+    return ty.expand(shape), tm.expand(shape), ts.expand(shape)
+
+
+def check_level(level, name: str = "level") -> float:
+    r"""``level`` as a float in the open interval ``(0, 1)``; ValueError naming ``name`` otherwise."""
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {type(level).__name__}.")
+    lv = float(level)
+    if not 0.0 < lv < 1.0:
+        raise ValueError(f"{name} must lie in the open interval (0, 1), got {level!r}.")
+    return lv
+
+
+def normal_quantile(level: float) -> float:
+    r"""Half-width ``z_{(1+level)/2}`` of the central ``level`` interval of a standard normal, in standard
+    deviations (1.959964 for ``level = 0.95``)."""
+    return float(torch.special.ndtri(torch.tensor(0.5 * (1.0 + level), dtype=torch.float64)))
