@@ -8,10 +8,18 @@ import torch
 
 from gpgeom.botorch.check import check_botorch_model
 from gpgeom.botorch.low_rank import LowRankSpectralGP
-from gpgeom.datasets.vector_fields import sample_sphere, sphere_field, sphere_vector_field
+from gpgeom.datasets.vector_fields import sample_sphere, sphere_field, sphere_vector_field, torus_vector_field
 from gpgeom.errors import ModelFileError, NotFittedError
 from gpgeom.geometry.connection import connection_laplacian
-from gpgeom.models.rvgp import RVGP, angular_errors, relative_l2
+from gpgeom.metrics import coverage
+from gpgeom.models.rvgp import (
+    NU_BOUNDS,
+    RVGP,
+    OutOfReachWarning,
+    angular_errors,
+    local_noise_variance,
+    relative_l2,
+)
 
 DT = torch.float64
 
@@ -36,6 +44,15 @@ def fitted(sphere1000):
 
 def _col(idx):
     return torch.as_tensor(np.asarray(idx), dtype=DT)[:, None]
+
+
+def _block_projectors(frames):
+    """The (n D, n D) block diagonal of the tangent projectors T_i T_i^T."""
+    n, D, _ = frames.shape
+    out = np.zeros((n * D, n * D))
+    for i in range(n):
+        out[i * D : (i + 1) * D, i * D : (i + 1) * D] = frames[i] @ frames[i].T
+    return out
 
 
 def _dense_gp(K, tr_rows, te_rows, y, noise):
@@ -118,6 +135,10 @@ def test_out_of_sample_extension(sphere1000, fitted, rng):
     # at cloud points the extension returns the cloud's own basis
     phi, frames = fitted.extend(s.points[te[:10]])
     np.testing.assert_allclose(phi.numpy(), fitted.kernel.basis.eigenvectors[te[:10]].numpy())
+    # and the same predictions as the cloud point, training points (model error shrunk by the data) included
+    for idx in (te[:5], tr[:5]):
+        for a, b in zip(fitted.predict_at(s.points[idx], return_std=True), fitted.predict(idx, return_std=True)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     # new points near the cloud (on the sphere, between cloud points): accurate and tangent to their frames
     P = s.points[te[:200]] + 0.01 * rng.standard_normal((200, 3))
     P /= np.linalg.norm(P, axis=1, keepdims=True)
@@ -252,10 +273,12 @@ def test_condition_on_observations_is_exact(fitted, sphere1000):
     Yn = torch.as_tensor(s.vectors[new])
     cond = fitted.condition_on_observations(_col(new), Yn)
     idx = np.concatenate([tr, new])
-    # dense GP with the fitted kernel on all (old + new) observations, in scaled units
+    # dense GP with the fitted kernel on all (old + new) observations, in scaled units: the rank-k kernel plus the
+    # model-error term tau^2 T_i T_i^T of each point, observation noise sigma_obs^2
     with torch.no_grad():
         K = fitted.covar_module(torch.arange(fitted.n, dtype=DT)[:, None]).to_dense().numpy()
-        s2 = float(fitted.noise)
+        s2 = float(fitted.observation_noise_variance)
+    K = K + float(fitted.model_error_variance) * _block_projectors(fitted.laplacian.frames)
     rows = (idx[:, None] * 3 + np.arange(3)).ravel()
     te_rows = (te[10:20, None] * 3 + np.arange(3)).ravel()
     y = np.concatenate([s.vectors[tr], s.vectors[new]]).ravel() / fitted.y_scale
@@ -343,3 +366,132 @@ def test_rvgp_keeps_the_model_contract(tmp_path):
     text = repr(model)
     for part in ("RVGP(n=300", "D=3", "d=2", "k=16", "filter='matern'", "kappa=", "nu=", "outputscale=", "noise="):
         assert part in text, text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibrated uncertainty: model error, far points, bounded smoothness
+
+
+@pytest.mark.parametrize("surface", ["torus", "sphere"])
+def test_noise_free_field_latent_two_sigma_coverage(rng, surface):
+    # measured before the model-error term: 0.29-0.58 of the components inside the latent 2-sigma band; now 0.92-0.97
+    make = torus_vector_field if surface == "torus" else sphere_vector_field
+    s = make(600, "mixed", seed=rng)
+    perm = rng.permutation(600)
+    tr, te = perm[:300], perm[300:]
+    gp = RVGP(s.points, n_eigenpairs=48, dim=2).fit(tr, s.vectors[tr])
+    mean, std = gp.predict(te, return_std=True)
+    truth = s.clean_vectors[te]
+    assert coverage(truth, mean, std, level=0.9545) >= 0.85
+    assert 0.35 < coverage(truth, mean, std, level=0.5) < 0.8  # not too wide either (measured 0.47-0.64)
+    # the residual variance is mostly model error: the observation noise estimated without the basis is tiny
+    assert float(gp.model_error_variance) > 3 * float(gp.observation_noise_variance)
+
+
+def test_noisy_field_noise_split_recovers_the_noise(rng):
+    s = sphere_vector_field(800, "mixed", vector_noise=0.1, seed=rng)
+    perm = rng.permutation(800)
+    tr, te = perm[:400], perm[400:]
+    gp = RVGP(s.points, n_eigenpairs=48, dim=2).fit(tr, s.vectors[tr])
+    ys2 = gp.y_scale**2
+    # tangent noise of std 0.1 per tangent direction (measured 0.0086-0.0097 over seeds)
+    assert 0.007 < float(gp.observation_noise_variance) * ys2 < 0.013
+    # the tangent likelihood learns the in-plane residual: noise plus model error, not (d/D) of it
+    assert float(gp.noise.detach()) * ys2 > 0.009
+    mean, std = gp.predict(te, return_std=True)
+    assert coverage(s.clean_vectors[te], mean, std, level=0.9545) >= 0.85
+    # the basis-free estimator alone: the noise variance of the observations, and next to nothing without noise
+    frames = gp.laplacian.frames[tr]
+    assert 0.008 < local_noise_variance(s.points[tr], s.vectors[tr], frames) < 0.012
+    assert local_noise_variance(s.points[tr], s.clean_vectors[tr], frames) < 1e-4
+
+
+def test_far_points_return_to_the_prior_and_warn(sphere1000, fitted):
+    s, tr, te = sphere1000
+    near = s.points[te[:5]] * 1.001
+    far = s.points[te[5:25]] * 12.0  # 11 units from the sphere; the graph's reach is ~0.2
+    with pytest.warns(OutOfReachWarning, match="20 of 25 new points lie beyond the graph's reach"):
+        mean, std = fitted.predict_at(np.concatenate([near, far]), return_std=True)
+    assert issubclass(OutOfReachWarning, UserWarning)
+    # the prior, independently: the kernel's diagonal averaged over the cloud plus the model error (tau^2 on d of D)
+    with torch.no_grad():
+        diag = fitted.covar_module(torch.arange(fitted.n, dtype=DT)[:, None], diag=True)
+    prior_var = (float(diag.mean()) + float(fitted.model_error_variance) * 2 / 3) * fitted.y_scale**2
+    far_std = float(std[5:].square().mean().sqrt())
+    assert abs(far_std / math.sqrt(prior_var) - 1) < 0.1  # before: the std of a training point, 0.02 of the prior
+    assert float(mean[5:].abs().max()) < 1e-6 * float(mean[:5].abs().max())  # the prior mean
+    near_std = float(std[:5].square().mean().sqrt())
+    assert near_std < 0.3 * far_std  # near the cloud the data still count
+    # points within the reach neither warn nor change
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfReachWarning)
+        torch.testing.assert_close(fitted.predict_at(near, return_std=True)[1], std[:5])
+
+
+def test_smoothness_stays_identifiable():
+    # with 30 eigenpairs nu ran to 3e4 on this sphere (the Matern filter is the diffusion filter whatever nu there)
+    s = sphere_vector_field(1000, "mixed", seed=0)
+    tr = np.random.default_rng(0).permutation(1000)[:500]
+    gp = RVGP(s.points, n_eigenpairs=30, dim=2).fit(tr, s.vectors[tr])
+    nu, kappa = float(gp.kernel.nu.detach()), float(gp.kernel.lengthscale.detach())
+    assert NU_BOUNDS[0] <= nu <= NU_BOUNDS[1]
+    lo, hi = gp.lengthscale_bounds
+    assert lo <= kappa <= hi
+    # the bounds follow the spectrum: the flattest filter decays by 5 % over it, the smallest knee is lambda_+/100
+    lam = gp.eigenvalues
+    assert math.isclose(lo**2 * lam[-1] / 2, 0.05, rel_tol=1e-12)
+    assert math.isclose(2 * NU_BOUNDS[0] / hi**2, lam[lam > 1e-8 * lam[-1]][0] / 100, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="nu"):
+        RVGP(s.points, n_eigenpairs=30, dim=2, nu=40.0, laplacian=gp.laplacian)
+    with pytest.raises(ValueError, match="lengthscale"):
+        RVGP(s.points, n_eigenpairs=30, dim=2, lengthscale=1e4, laplacian=gp.laplacian)
+    RVGP(s.points, n_eigenpairs=30, dim=2, nu=40.0, learn_nu=False, laplacian=gp.laplacian)  # a fixed nu is free
+
+
+def test_model_error_term_is_the_dense_gp_with_a_nugget(rng):
+    # the latent field R v + e with e_i ~ N(0, tau^2 T_i T_i^T) one per point, observations with noise
+    # sigma_obs^2 T T^T + sigma_perp^2 (I - T T^T); repeated observations of a point share its e_i
+    n, D = 40, 3
+    X = sample_sphere(n, seed=rng)
+    lap = connection_laplacian(X, 8, dim=2)
+    gp = RVGP(X, n_eigenpairs=30, laplacian=lap, nu=2.0, learn_nu=False)
+    tr = rng.choice(n, 20, replace=False)
+    gp.fit(tr, rng.standard_normal((20, D)), max_iter=1)
+    ys = gp.y_scale
+    gp.set_hyperparameters(lengthscale=1.3, outputscale=0.7, noise=0.05, normal_noise=0.02)
+    gp.noise_estimate = 0.01  # tau^2 = 0.04, sigma_obs^2 = 0.01
+    tau2, s2, sp2 = 0.04, 0.01, 0.02
+    obs = np.concatenate([tr, tr[:3], tr[:1]])  # points observed once, twice and three times
+    Y = rng.standard_normal((len(obs), D))
+    model = gp.rebuild_with(_col(obs[20:]), torch.as_tensor(Y[20:]))
+    model.data_y = torch.as_tensor(Y / ys)  # all in scaled units, as the model stores them
+    with torch.no_grad():
+        K = gp.covar_module(torch.arange(n, dtype=DT)[:, None]).to_dense().numpy()
+    P = _block_projectors(lap.frames)
+    Kn = K + tau2 * P  # the kernel of R v + e
+    rows = (obs[:, None] * D + np.arange(D)).ravel()
+    noise = np.kron(np.eye(len(obs)), np.eye(D))
+    Pobs = P[np.ix_(rows, rows)] * np.kron(np.eye(len(obs)), np.ones((D, D)))
+    Sy = Kn[np.ix_(rows, rows)] + s2 * Pobs + sp2 * (noise - Pobs)
+    q = np.concatenate([tr[:5], np.setdiff1d(np.arange(n), tr)[:5]])  # observed and unobserved points
+    qrows = (q[:, None] * D + np.arange(D)).ravel()
+    Kq = Kn[np.ix_(qrows, rows)]
+    L = np.linalg.cholesky(Sy)
+    y = Y.ravel() / ys
+    a = np.linalg.solve(L.T, np.linalg.solve(L, y))
+    V = np.linalg.solve(L, Kq.T)
+    mean = Kq @ a
+    cov = Kn[np.ix_(qrows, qrows)] - V.T @ V
+    lml = -0.5 * (y @ a + 2 * np.log(np.diag(L)).sum() + len(y) * math.log(2 * math.pi))
+    post = model.posterior(_col(q))
+    np.testing.assert_allclose(post.mean.detach().numpy().ravel(), mean * ys, rtol=0, atol=1e-9)
+    C = post.distribution.covariance_matrix.detach().numpy()
+    np.testing.assert_allclose(C, cov * ys**2, rtol=0, atol=1e-9)
+    with torch.no_grad():
+        assert abs(float(model.log_marginal_likelihood()) - lml) < 1e-8
+    # predict at unobserved points: tau^2 in the tangent plane on top of the rank-k posterior
+    m, sd = model.predict(q[5:], return_std=True)
+    np.testing.assert_allclose(sd.numpy().ravel() ** 2, np.diag(cov)[15:] * ys**2, rtol=0, atol=1e-9)
+    # the observation noise of predictions and conditioning is sigma_obs^2
+    _, sdn = model.predict(q[5:], return_std=True, observation_noise=True)
+    np.testing.assert_allclose(sdn.numpy() ** 2 - sd.numpy() ** 2, s2 * ys**2, rtol=1e-9, atol=0)

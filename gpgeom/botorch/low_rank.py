@@ -43,6 +43,45 @@ For a kernel of rank ``k`` no other inducing set of any size carries more inform
 :meth:`LowRankSpectralGP.init_variational` starts :math:`q` at the exact posterior for the current
 hyperparameters (one streaming pass accumulating :math:`R^\top R` and :math:`R^\top y`).
 
+**Tangent bases** (``tangent_frames``, RVGP). When the basis at point ``i`` spans only the ``d``-dimensional
+column space of a frame :math:`T_i \in \mathbb R^{D \times d}` (:math:`P_i = T_i T_i^\top`), the components of an
+observation across it carry no information on :math:`v`, and they are far less noisy than those within it (observed
+vectors of a tangent field are tangent up to the frames' error). The noise is therefore
+:math:`\mathcal N(0, \sigma^2 P_i + \sigma_\perp^2 (I - P_i))`: the log marginal likelihood above gets
+:math:`\|P y\|^2/\sigma^2 + \|(I-P)y\|^2/\sigma_\perp^2` in place of :math:`\|y\|^2/\sigma^2` and
+:math:`N_{pts}(d \log\sigma^2 + (D-d)\log\sigma_\perp^2)` in place of :math:`N \log\sigma^2`; the posterior of
+:math:`v` is unchanged (it sees only :math:`P y`). One isotropic variance (``normal_noise=None``, the default and
+the identity with the dense GP) averages the two and underestimates the in-plane variance by about :math:`d/D`.
+
+**Model error** (``noise_estimate``). The rank-``k`` prior has no variance outside the span of its ``k``
+features, so the white residual variance :math:`\sigma^2` learnt in the span holds both the observation noise and
+what the truncated basis cannot represent at all (the spectrum beyond :math:`\lambda_k`, and the discretisation
+error of the basis itself). With an estimate :math:`\hat\sigma^2_{obs}` of the observation noise made without the
+basis (``noise_estimate``; RVGP: local polynomial fits), the residual is split into observation noise
+:math:`\sigma^2_{obs} = \min(\sigma^2, \hat\sigma^2_{obs})` and a latent model-error variance
+:math:`\tau^2 = \sigma^2 - \sigma^2_{obs}` (the nugget of geostatistics: micro-scale variation plus measurement
+error, Cressie 1993, "Statistics for Spatial Data", sec. 2.3.1). The latent field is :math:`f = Rv + e`, one
+:math:`e_i \sim \mathcal N(0, \tau^2 P_i)` per point (independent between points, shared by every observation and
+query of the point), and :math:`y = f + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \sigma^2_{obs} I)`.
+The ``m_j`` observations of point ``j`` enter the posterior of :math:`v` through their mean, of variance
+:math:`\tau^2 + \sigma^2_{obs}/m_j` in the span (row weights :math:`\omega = 1/(m_j\tau^2 + \sigma^2_{obs})`;
+:math:`1/\sigma^2` for points observed once: the same posterior as without the split), and given :math:`v`,
+:math:`e_j` has mean :math:`\alpha_j P_j (\bar y_j - R_j v)` and variance :math:`\tau^2(1-\alpha_j)P_j`,
+:math:`\alpha_j = m_j\tau^2/(m_j\tau^2 + \sigma^2_{obs})`. Hence at query points
+
+.. math:: \mu(x) = (1-\alpha_x) R_x \bar v + \alpha_x P_x \bar y_x, \qquad
+   C(x, x') = (1-\alpha_x)(1-\alpha_{x'}) R_x F F^\top R_{x'}^\top + [x = x']\, \tau^2 (1 - \alpha_x) P_x,
+
+(:math:`\alpha = 0` at unobserved points), the exact GP with the kernel :math:`RR^\top + \tau^2\,[i=j]\,P_i`, so
+conditioning still equals the refit on the union. The same device as FITC's diagonal correction of degenerate
+sparse GPs (Quinonero-Candela and Rasmussen, "A unifying view of sparse approximate Gaussian process regression",
+JMLR 2005, sec. 6), with the missing variance measured from the residuals rather than from a full-rank kernel.
+
+**Points outside the basis** (:meth:`LowRankSpectralGP.extended_inputs`): basis values :math:`\gamma(x)\phi(x)`
+whose taper :math:`\gamma \in [0, 1]` falls with the distance to the basis points get the prior variance they no
+longer carry restored, :math:`(1 - \gamma^2)\, \bar p\, P_x` with :math:`\bar p` the mean prior variance of the
+basis per direction of the span, so that far from the basis the posterior returns to the prior.
+
 **BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate`: its base mean,
 covariance and variance are those of the weight posterior above (in the original output units), and
 ``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian), ``fantasize``, ``subset_output``
@@ -86,12 +125,18 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             that the noise constraint and initial values are unit free; means, covariances, noise and conditioning
             data of the BoTorch API are in the original units.
         noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= 1e-6``).
+        tangent_frames: Optional ``(n, D, d)`` orthonormal frames whose column spaces hold the basis at each point
+            (the tangent likelihood and the model-error term of the module docstring); ``None``: the whole
+            ``D``-dimensional output space.
 
     Attributes:
         data_index: ``(*batch, N_pts)`` long indices of the observations the base posterior uses.
         data_y: ``(*batch, N_pts, D)`` those observations, divided by ``y_scale``.
         mode: ``"exact"`` (base :math:`N(0, I)` on :math:`v` plus all data) or ``"variational"`` (base
             :math:`q(v)` plus the data added after training, usually none).
+        normal_noise: :math:`\sigma_\perp^2` (scaled units) or ``None`` (equal to the noise).
+        noise_estimate: The basis-free estimate of the observation-noise variance (scaled units) that splits the
+            residual variance into noise and model error, or ``None`` (all of it is noise).
 
     Example:
         >>> kernel = ScaleKernel(SpectralKernel(eigenvalues, phi))          # phi: n x D x k
@@ -99,7 +144,13 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         >>> post = gp.posterior(torch.tensor([[3.0], [7.0]], dtype=torch.float64))  # 2 x D
     """
 
-    def __init__(self, covar_module: ScaleKernel, y_scale: float = 1.0, noise: float = 1e-2) -> None:
+    def __init__(
+        self,
+        covar_module: ScaleKernel,
+        y_scale: float = 1.0,
+        noise: float = 1e-2,
+        tangent_frames: Tensor | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(covar_module, ScaleKernel) or not isinstance(covar_module.base_kernel, SpectralKernel):
             raise TypeError("`covar_module` must be ScaleKernel(SpectralKernel(...)).")
@@ -116,6 +167,21 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         self.data_index = torch.zeros(0, dtype=torch.long, device=ref.device)
         self.data_y = torch.zeros(0, D, dtype=ref.dtype, device=ref.device)
         self._n_train_obs = 0
+        if tangent_frames is not None:
+            n = covar_module.base_kernel.num_points
+            if not torch.is_tensor(tangent_frames) or tangent_frames.dim() != 3 or tangent_frames.shape[:2] != (n, D):
+                raise ValueError(
+                    f"`tangent_frames` must be an (n, D, d) = ({n}, {D}, d) tensor, got "
+                    f"{tuple(tangent_frames.shape) if torch.is_tensor(tangent_frames) else type(tangent_frames)}."
+                )
+            if not 1 <= tangent_frames.shape[2] <= D:
+                raise ValueError(f"`tangent_frames` must have 1 <= d <= D={D} columns, got {tangent_frames.shape[2]}.")
+            tangent_frames = tangent_frames.detach().to(ref)
+        self.register_buffer("tangent_frames", tangent_frames, persistent=False)
+        #: sigma_perp^2 of the components across the frames (scaled units); None: equal to the noise (isotropic)
+        self.normal_noise: float | None = None
+        #: an estimate of the observation-noise variance made without the basis (scaled units), or None
+        self.noise_estimate: float | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     # parts
@@ -134,15 +200,46 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         r"""Noise variance :math:`\sigma^2` (scaled units), scalar tensor."""
         return self.likelihood.noise.reshape(())
 
+    @property
+    def tangent_dim(self) -> int:
+        r"""``d``, the dimension of the span of the basis at a point (``D`` without ``tangent_frames``)."""
+        return self.output_dim if self.tangent_frames is None else int(self.tangent_frames.shape[-1])
+
+    @property
+    def model_error_variance(self) -> Tensor:
+        r""":math:`\tau^2 = \max(0, \sigma^2 - \hat\sigma^2_{obs})` (scaled units, scalar tensor; zero without
+        ``noise_estimate``): the latent variance per direction of the span that the rank-``k`` basis misses."""
+        s2 = self.noise.detach()
+        if self.noise_estimate is None:
+            return torch.zeros_like(s2)
+        return (s2 - self.noise_estimate).clamp_min(0.0)
+
+    @property
+    def observation_noise_variance(self) -> Tensor:
+        r""":math:`\sigma^2_{obs} = \sigma^2 - \tau^2` (scaled units, scalar tensor): the noise of an observation."""
+        return self.noise.detach() - self.model_error_variance
+
+    def mean_prior_variance(self) -> Tensor:
+        r""":math:`\bar p`, the prior variance of the rank-``k`` part averaged over the basis points, per direction
+        of the span (scaled units, scalar tensor): :math:`\sigma_f^2 \sum_l \tilde f_l c_l \cdot D / d`."""
+        kern = self.kernel
+        per_row = (kern.spectrum().reshape(-1) * kern.basis.mass).sum()
+        return self.covar_module.outputscale.reshape(()) * per_row * (self.output_dim / self.tangent_dim)
+
     def set_hyperparameters(
         self,
         lengthscale: float | None = None,
         outputscale: float | None = None,
         noise: float | None = None,
         nu: float | None = None,
+        normal_noise: float | None = None,
     ) -> None:
         r"""Set :math:`\kappa`, :math:`\sigma_f^2`, :math:`\sigma^2` (scaled units) and :math:`\nu` exactly in the
-        model's dtype (GPyTorch's setters round Python floats through float32)."""
+        model's dtype (GPyTorch's setters round Python floats through float32). ``noise`` sets the noise in every
+        direction (``normal_noise`` returns to ``None``) unless ``normal_noise`` (:math:`\sigma_\perp^2`) is also
+        given."""
+        if normal_noise is not None:
+            check_positive("normal_noise", normal_noise)
         ref = self.kernel.basis.eigenvectors
 
         def t(v: float) -> Tensor:
@@ -154,8 +251,31 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             self.covar_module.outputscale = t(outputscale)
         if noise is not None:
             self.likelihood.noise = t(noise)
+            self.normal_noise = None
+        if normal_noise is not None:
+            self.normal_noise = float(normal_noise)
         if nu is not None:
             self.kernel.nu = t(nu)
+
+    def _projectors(self, index: Tensor) -> Tensor:
+        r"""``(*b, q, D, D)`` projectors :math:`P_i = T_i T_i^\top` onto the span at long ``index`` ``(*b, q)``."""
+        ref = self.kernel.basis.eigenvectors
+        D = self.output_dim
+        if self.tangent_frames is None:
+            return torch.eye(D, dtype=ref.dtype, device=ref.device).expand(*index.shape, D, D)
+        T = self.tangent_frames[index]
+        return T @ T.mT
+
+    def _normal_energy(self, index: Tensor, y: Tensor) -> Tensor:
+        r""":math:`\|(I - P_i) y_i\|^2` at the points of ``index`` ``(*b, N)`` for ``y`` ``(*b, N, D)``: ``(*b, N)``."""
+        if self.tangent_frames is None:
+            return y.new_zeros(y.shape[:-1])
+        t = (self.tangent_frames[index].mT @ y.unsqueeze(-1)).squeeze(-1)
+        return (y.square().sum(-1) - t.square().sum(-1)).clamp_min(0.0)
+
+    def _normal_noise(self) -> Tensor:
+        s2 = self.noise
+        return s2 if self.normal_noise is None else torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
 
     def sqrt_spectrum(self) -> Tensor:
         r""":math:`(\sigma_f^2 \tilde f(\lambda_l))^{1/2}`, shape ``(k,)``."""
@@ -197,15 +317,47 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             return m0.expand(*batch, k), S0.expand(*batch, k, k)
         R = self.rows(self.data_index)  # *b x N x k
         y = self.data_y.reshape(*self.data_y.shape[:-2], -1)
-        s2 = self.noise
+        om = self._row_precisions()
         A = R @ S0
-        M = torch.eye(k, dtype=R.dtype, device=R.device) + A.mT @ A / s2
+        M = torch.eye(k, dtype=R.dtype, device=R.device) + A.mT @ (A * om.unsqueeze(-1))
         LM = torch.linalg.cholesky(M)
         r = y - (R @ m0.unsqueeze(-1)).squeeze(-1)
-        w = torch.cholesky_solve((A.mT @ r.unsqueeze(-1)) / s2, LM)
+        w = torch.cholesky_solve(A.mT @ (om * r).unsqueeze(-1), LM)
         mean = m0 + (S0 @ w).squeeze(-1)
         F = torch.linalg.solve_triangular(LM, S0.mT.expand(*LM.shape[:-2], k, k), upper=False).mT
         return mean, F
+
+    def _noise_split(self) -> tuple[Tensor, Tensor]:
+        r""":math:`\tau^2` (detached) and :math:`\sigma^2_{obs} = \sigma^2 - \tau^2` (differentiable), scaled units."""
+        tau2 = self.model_error_variance
+        return tau2, self.noise - tau2
+
+    def _row_precisions(self) -> Tensor:
+        r"""``(*b, N D)`` weights :math:`\omega_r = 1/(m_r \tau^2 + \sigma^2_{obs})` of the observation rows, with
+        :math:`m_r` the number of observations of the point of row ``r``: the group mean of ``m`` observations of
+        one point has variance :math:`\tau^2 + \sigma^2_{obs}/m` in the span (``1/\sigma^2`` for distinct points)."""
+        tau2, s2 = self._noise_split()
+        counts = self._groups()[0]
+        return (1.0 / (counts * tau2 + s2)).repeat_interleave(self.output_dim, dim=-1)
+
+    def _groups(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        r"""The observations grouped by (batch member, point index), cached on the data tensors: per observation its
+        group's size ``(*b, N)`` and mean ``(*b, N, D)``; the sorted keys ``batch_id * n + index`` ``(U,)``, means
+        ``(U, D)`` and sizes ``(U,)`` of the groups."""
+        cached = self.__dict__.get("_groups_cache")
+        if cached is not None and cached[0] is self.data_index and cached[1] is self.data_y:
+            return cached[2]
+        idx, y = self.data_index, self.data_y
+        batch, N, D, n = idx.shape[:-1], idx.shape[-1], self.output_dim, self.kernel.num_points
+        bid = torch.arange(batch.numel(), device=idx.device).reshape(*batch, 1)
+        key = (bid * n + idx).reshape(-1)
+        uniq, inv, cnt = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+        yy = y.expand(*batch, N, D).reshape(-1, D).detach()
+        means = torch.zeros(len(uniq), D, dtype=y.dtype, device=y.device).index_add_(0, inv, yy) / cnt[:, None]
+        c = cnt.to(y.dtype)
+        out = (c[inv].reshape(*batch, N), means[inv].reshape(*batch, N, D), uniq, means, c)
+        self.__dict__["_groups_cache"] = (idx, y, out)
+        return out
 
     def _weight_posterior(self) -> tuple[Tensor, Tensor]:
         r""":meth:`weight_posterior`, cached (detached) in eval mode, as GPyTorch caches its prediction strategy.
@@ -222,7 +374,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             if (
                 index is self.data_index
                 and y is self.data_y
-                and mode == self.mode
+                and mode == (self.mode, self.noise_estimate)
                 and old.shape == values.shape
                 and old.dtype == values.dtype
                 and old.device == values.device
@@ -231,7 +383,13 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
                 return result
         with torch.no_grad():
             result = tuple(t.detach() for t in self.weight_posterior())
-        self.__dict__["_wp_cache"] = (self.data_index, self.data_y, self.mode, values.clone(), result)
+        self.__dict__["_wp_cache"] = (
+            self.data_index,
+            self.data_y,
+            (self.mode, self.noise_estimate),
+            values.clone(),
+            result,
+        )
         return result
 
     # ------------------------------------------------------------------------------------------------------------
@@ -239,15 +397,26 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
     def log_marginal_likelihood(self) -> Tensor:
         r"""Exact :math:`\log p(y)` of ``data_y`` (scaled units; mode ``"exact"``), by Woodbury; ``(*batch,)``."""
         R = self.rows(self.data_index)
-        y = self.data_y.reshape(*self.data_y.shape[:-2], -1)
         N, k = R.shape[-2], R.shape[-1]
-        s2 = self.noise
-        B = torch.eye(k, dtype=R.dtype, device=R.device) + R.mT @ R / s2
+        D, d = self.output_dim, self.tangent_dim
+        tau2, s2 = self._noise_split()
+        sp2 = self._normal_noise()
+        counts, ybar = self._groups()[:2]
+        om = self._row_precisions()
+        B = torch.eye(k, dtype=R.dtype, device=R.device) + R.mT @ (R * om.unsqueeze(-1))
         C = torch.linalg.cholesky(B)
-        Rty = (R.mT @ y.unsqueeze(-1)).squeeze(-1)
-        z = torch.linalg.solve_triangular(C, Rty.unsqueeze(-1), upper=False).squeeze(-1)
-        quad = y.square().sum(-1) / s2 - z.square().sum(-1) / s2**2
-        logdet = 2 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1)).sum(-1) + N * torch.log(s2)
+        yb = ybar.reshape(*ybar.shape[:-2], -1)
+        z = torch.linalg.solve_triangular(C, (R.mT @ (om * yb).unsqueeze(-1)), upper=False).squeeze(-1)
+        # in the span: group means (weights om) and deviations from them (sigma_obs^2); across it: sigma_perp^2
+        e_perp = self._normal_energy(self.data_index, self.data_y).sum(-1)
+        tang = ybar.square().sum(-1) - self._normal_energy(self.data_index, ybar)
+        e_mean = (tang / (counts * tau2 + s2)).sum(-1)
+        dev = self.data_y - ybar
+        e_dev = (dev.square().sum(-1) - self._normal_energy(self.data_index, dev)).sum(-1)
+        quad = e_mean - z.square().sum(-1) + e_dev / s2 + e_perp / sp2
+        logdet = 2 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1)).sum(-1)
+        logdet = logdet + (d / counts * torch.log(counts * tau2 + s2) + (1 - 1 / counts) * d * torch.log(s2)).sum(-1)
+        logdet = logdet + counts.shape[-1] * (D - d) * torch.log(sp2)
         return -0.5 * (quad + logdet + N * math.log(2 * math.pi))
 
     def exact_loss(self) -> Tensor:
@@ -259,15 +428,22 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         ``_n_train_obs`` scalar observations in all."""
         R = self.rows(index)  # (b D) x k
         yy = y.reshape(-1)
-        s2 = self.noise
+        s2, sp2 = self.noise, self._normal_noise()
         S = self.q_scale_tril()
         resid = yy - R @ self.q_mean
         var = (R @ S).square().sum(-1)
-        ll = -0.5 * (math.log(2 * math.pi) + torch.log(s2) + (resid.square() + var) / s2)
+        b, D, d = y.shape[0], self.output_dim, self.tangent_dim
+        e_perp = self._normal_energy(index, y).sum()  # R m and R S lie in the span: the residual across it is y's
+        ll = -0.5 * (
+            yy.numel() * math.log(2 * math.pi)
+            + b * (d * torch.log(s2) + (D - d) * torch.log(sp2))
+            + (resid.square().sum() - e_perp + var.sum()) / s2
+            + e_perp / sp2
+        )
         k = S.shape[-1]
         kl = 0.5 * (S.square().sum() + self.q_mean.square().sum() - k - 2 * torch.log(torch.diagonal(S)).sum())
         n_total = self._n_train_obs
-        return -(ll.sum() * (n_total / yy.numel()) - kl) / n_total
+        return -(ll * (n_total / yy.numel()) - kl) / n_total
 
     def ensure_variational(self) -> None:
         r"""Create the parameters of :math:`q(v)` (``q_mean`` ``(k,)``, ``q_raw_scale`` ``(k, k)``) if missing."""
@@ -320,39 +496,125 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         return X
 
     def _rows_at(self, X: Tensor) -> Tensor:
-        r"""Rows :math:`R` ``(*b, q D, k)`` at ``X``: point indices ``(*b, q, 1)``, or basis values at points
-        outside the basis ``(*b, q, 1 + D k)`` (column 0 ignored, then ``phi`` flattened; see
-        :meth:`extended_inputs`)."""
+        r"""Rows :math:`R` ``(*b, q D, k)`` at ``X``: point indices ``(*b, q, 1)``, or points outside the basis
+        ``(*b, q, 2 + D k + D^2)`` (:meth:`extended_inputs`)."""
         if X.shape[-1] == 1:
             return self.rows(self.kernel._indices(X, "X"))
         D, k = self.output_dim, self.kernel.num_eigenpairs
-        return self.rows(None, X[..., 1:].reshape(*X.shape[:-1], D, k))
+        return self.rows(None, X[..., 1 : 1 + D * k].reshape(*X.shape[:-1], D, k))
 
-    def extended_inputs(self, phi: Tensor) -> Tensor:
-        r"""Internal inputs ``(m, 1 + D k)`` standing for points outside the basis with basis values ``phi``
-        ``(m, D, k)``; the base functions accept them where they accept indices (never BoTorch's ``posterior``)."""
-        flat = phi.reshape(phi.shape[0], -1)
-        return torch.cat([torch.full_like(flat[:, :1], -1.0), flat], dim=-1)
+    def extended_inputs(
+        self,
+        phi: Tensor,
+        projectors: Tensor | None = None,
+        missing: Tensor | None = None,
+        index: Tensor | None = None,
+    ) -> Tensor:
+        r"""Internal inputs ``(m, 2 + D k + D^2)`` standing for points outside the basis; the base functions accept
+        them where they accept indices (never BoTorch's ``posterior``).
+
+        Args:
+            phi: ``(m, D, k)`` basis values at the points (already multiplied by their taper :math:`\gamma`).
+            projectors: ``(m, D, D)`` projectors :math:`P_x` onto the span there (default :math:`I_D`).
+            missing: ``(m,)`` the prior fraction :math:`1 - \gamma^2` to restore (default 0).
+            index: ``(m,)`` the basis point each point coincides with, or -1 (default: all -1): the same input as
+                that index for the model-error term.
+        """
+        m, D = phi.shape[0], self.output_dim
+        flat = phi.reshape(m, -1)
+        if projectors is None:
+            projectors = torch.eye(D, dtype=flat.dtype, device=flat.device).expand(m, D, D)
+        if missing is None:
+            missing = flat.new_zeros(m)
+        key = flat.new_full((m, 1), -1.0) if index is None else index.to(flat).reshape(m, 1)
+        parts = [key, flat, projectors.reshape(m, D * D).to(flat), missing.to(flat)[:, None]]
+        return torch.cat(parts, dim=-1)
+
+    def _entries(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        r"""What the base functions need at the entries of ``X`` (indices or :meth:`extended_inputs`): their point
+        keys ``(*b, q)`` (the index, or -1 for a point outside the basis), the shrinkage
+        :math:`\alpha = m\tau^2/(m\tau^2 + \sigma^2_{obs})` of the model-error term by the ``m`` observations of the
+        same point ``(*b, q)`` with their mean ``(*b, q, D)``, the coefficients :math:`\tau^2(1 - \alpha) +
+        (1 - \gamma^2)\bar p` of the latent variance outside the rank-``k`` part ``(*b, q)`` and the projectors
+        ``(*b, q, D, D)``, all in scaled units."""
+        D, k, n = self.output_dim, self.kernel.num_eigenpairs, self.kernel.num_points
+        if X.shape[-1] == 1:
+            key = self.kernel._indices(X, "X")
+            P, missing = self._projectors(key), None
+        else:
+            key = torch.round(X[..., 0]).long()
+            P = X[..., 1 + D * k : 1 + D * k + D * D].reshape(*X.shape[:-1], D, D)
+            missing = X[..., -1]
+        tau2, s2 = self._noise_split()
+        counts_q = torch.zeros(key.shape, dtype=P.dtype, device=P.device)
+        ybar_q = torch.zeros(*key.shape, D, dtype=P.dtype, device=P.device)
+        if self.data_index.shape[-1] and bool(tau2 > 0):
+            _, _, uniq, means, cnt = self._groups()
+            db = self.data_index.shape[:-1]
+            batch = torch.broadcast_shapes(key.shape[:-1], db)
+            bid = torch.arange(db.numel(), device=key.device).reshape(*db, 1).expand(*batch, key.shape[-1])
+            kq = key.expand(*batch, key.shape[-1])
+            qkey = bid * n + kq.clamp_min(0)
+            slot = torch.searchsorted(uniq, qkey.reshape(-1)).clamp_max(len(uniq) - 1).reshape(qkey.shape)
+            found = (uniq[slot] == qkey) & (kq >= 0)
+            counts_q = torch.where(found, cnt[slot], torch.zeros_like(cnt[slot]))
+            ybar_q = means[slot] * found.unsqueeze(-1)
+        alpha = counts_q * tau2 / (counts_q * tau2 + s2.detach())
+        coef = tau2 * (1.0 - alpha)
+        if missing is not None:
+            coef = coef + missing * self.mean_prior_variance()
+        return key, alpha, ybar_q, coef, P
+
+    @staticmethod
+    def _same_inputs(X1: Tensor, X2: Tensor, key1: Tensor, key2: Tensor) -> Tensor:
+        r"""``(*b, q1, q2)``: whether entries of ``X1`` and ``X2`` are the same input (the same basis point, or
+        identical rows for points outside the basis)."""
+        same = (key1.unsqueeze(-1) == key2.unsqueeze(-2)) & (key1 >= 0).unsqueeze(-1)
+        if X1.shape[-1] > 1 and X2.shape[-1] == X1.shape[-1]:
+            rows = (X1.unsqueeze(-2) == X2.unsqueeze(-3)).all(-1) & (key1 < 0).unsqueeze(-1)
+            same = same | rows
+        return same
+
+    def _scaled_rows(self, X: Tensor, alpha: Tensor) -> Tensor:
+        r"""Rows :math:`(1 - \alpha) R` ``(*b, q D, k)``: what the posterior of :math:`v` contributes at ``X``."""
+        R = self._rows_at(X)
+        a = (1.0 - alpha).repeat_interleave(self.output_dim, dim=-1).unsqueeze(-1)
+        return R * a
 
     def _base_mean(self, X: Tensor) -> Tensor:
-        R = self._rows_at(X)
+        _, alpha, ybar, _, P = self._entries(X)
         mean_v, _ = self._weight_posterior()
-        mean = (R @ mean_v.unsqueeze(-1)).squeeze(-1) * self.y_scale
-        return mean.reshape(*mean.shape[:-1], X.shape[-2], self.output_dim)
+        mean = (self._scaled_rows(X, alpha) @ mean_v.unsqueeze(-1)).squeeze(-1)
+        mean = mean.reshape(*mean.shape[:-1], X.shape[-2], self.output_dim)
+        mean = mean + alpha.unsqueeze(-1) * (P @ ybar.unsqueeze(-1)).squeeze(-1)
+        return mean * self.y_scale
 
     def _base_covariance(self, X1: Tensor, X2: Tensor) -> Tensor:
         _, F = self._weight_posterior()
-        V1 = F.mT @ self._rows_at(X1).mT  # (R_1 F)^T: k x (q1 D)
-        V2 = V1 if X2 is X1 else F.mT @ self._rows_at(X2).mT
-        return (V1.mT @ V2) * self.y_scale**2
+        key1, a1, _, c1, P1 = self._entries(X1)
+        V1 = F.mT @ self._scaled_rows(X1, a1).mT  # ((1 - alpha) R_1 F)^T: k x (q1 D)
+        if X2 is X1:
+            key2, V2 = key1, V1
+        else:
+            key2, a2, _, _, _ = self._entries(X2)
+            V2 = F.mT @ self._scaled_rows(X2, a2).mT
+        cov = V1.mT @ V2
+        # the model-error and restored terms: between entries that are the same input
+        same = self._same_inputs(X1, X2, key1, key2).to(cov.dtype)
+        blocks = torch.einsum("...iab,...ij->...iajb", c1[..., None, None] * P1, same)
+        q1, q2, D = X1.shape[-2], X2.shape[-2], self.output_dim
+        cov = cov + blocks.reshape(*blocks.shape[:-4], q1 * D, q2 * D)
+        return cov * self.y_scale**2
 
     def _base_variance(self, X: Tensor) -> Tensor:
         _, F = self._weight_posterior()
-        var = (F.mT @ self._rows_at(X).mT).square().sum(-2) * self.y_scale**2
-        return var.reshape(*var.shape[:-1], X.shape[-2], self.output_dim)
+        _, alpha, _, coef, P = self._entries(X)
+        var = (F.mT @ self._scaled_rows(X, alpha).mT).square().sum(-2)
+        var = var.reshape(*var.shape[:-1], X.shape[-2], self.output_dim)
+        return (var + coef.unsqueeze(-1) * torch.diagonal(P, dim1=-2, dim2=-1)) * self.y_scale**2
 
     def _noise_variance(self, X: Tensor) -> Tensor:
-        return (self.noise.detach() * self.y_scale**2).expand(*X.shape[:-1], self.output_dim)
+        return (self.observation_noise_variance * self.y_scale**2).expand(*X.shape[:-1], self.output_dim)
 
     # ------------------------------------------------------------------------------------------------------------
     # the exact refit on the union (the reference of conditioning)
