@@ -5,8 +5,11 @@ Metrics on the ORIGINAL test nodes (PLAID definitions):
     RRMSE_f = sqrt(mean_i[(1/N_i) ||U_ref^i - U_pred^i||^2 / ||U_ref^i||_inf^2]),
     RRMSE_s = sqrt(mean_i[(w_ref - w_pred)^2 / w_ref^2]),
     Q2 = 1 - SSE / SST over all test nodes concatenated (fields) or all test samples (scalars),
-plus the 95% coverage of the scalar intervals mean +- 1.96 std, the field coverage, the out-of-distribution std rise
-(half-ellipse and wedge notches) and the time per stage (morph, transfer, POD, GP training, inference per mesh).
+plus a calibration table (gpgeom.metrics: coverage of the 50/90/95% intervals, z RMS, NLPD, CRPS, interval width) of
+the default predictive std and of the previous default (latent GP variance plus a shape-independent truncation
+variance) from the same fit, the out-of-distribution behaviour on two notch families the training never saw
+(half-ellipse and wedge notches, ``generate_notched_plates(notch_family=...)``, seed 2): std ratio, error ratio,
+coverage and OOD score, and the time per stage (morph, transfer, POD, GP training, inference per mesh).
 
 The GP stage and the decode run on ``--device`` (``cuda``: on the GPU; morphing and P1 transfer stay on the CPU).
 
@@ -20,9 +23,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -33,41 +36,16 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, report_name, timeit, write_report  # noqa: E402
 
-from gpgeom.datasets.notched_plate import (  # noqa: E402
-    FIELD_NAMES,
-    OUT_SCALAR_NAMES,
-    PlateShape,
-    generate_notched_plates,
-    make_notched_plate,
-)
+from gpgeom import metrics  # noqa: E402
+from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates  # noqa: E402
 from gpgeom.models.mmgp import MMGP, MMGPPrediction, samples_to_arrays  # noqa: E402
 
 # the reference implementation's Q2 on the same protocol (8/8 modes, 10 restarts)
 REFERENCE_Q2 = {"U1": 0.9882, "U2": 0.9975, "von_mises": 0.9592, "sigma22": 0.9522, "max_vm": 0.9482,
                 "mean_U2_top": 0.9986, "compliance": 0.9993}  # fmt: skip
 ISSUE_TARGET_Q2 = {"U1": 0.988, "U2": 0.9975, "von_mises": 0.959, "max_vm": 0.948}
-
-
-@dataclass(frozen=True)
-class EllipseNotch:
-    r"""Half-ellipse notch profile :math:`\delta(t) = d \sqrt{1 - (2t - 1)^2}` (out of the training family)."""
-
-    depth: float
-
-    def __call__(self, t: np.ndarray) -> np.ndarray:
-        t = np.asarray(t, dtype=np.float64)
-        return self.depth * np.sqrt(np.clip(1.0 - (2.0 * t - 1.0) ** 2, 0.0, None))
-
-
-@dataclass(frozen=True)
-class WedgeNotch:
-    r"""V-shaped notch :math:`\delta(t) = d (1 - |2t - 1|)`."""
-
-    depth: float
-
-    def __call__(self, t: np.ndarray) -> np.ndarray:
-        t = np.asarray(t, dtype=np.float64)
-        return self.depth * (1.0 - np.abs(2.0 * t - 1.0))
+#: Notch families the training (smooth notches) never produces, ``generate_notched_plates(notch_family=...)``.
+OOD_FAMILIES = ("half_ellipse", "wedge")
 
 
 def q2(y: np.ndarray, yp: np.ndarray) -> float:
@@ -91,6 +69,16 @@ def numpy_prediction(pred: MMGPPrediction) -> MMGPPrediction:
         return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
     return dataclasses.replace(pred, **{f.name: conv(getattr(pred, f.name)) for f in dataclasses.fields(pred)})
+
+
+def field_or_scalar(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k: int):
+    """Targets, means and stds of quantity ``k`` (fields first, then scalars), pooled over meshes / samples."""
+    nf = len(FIELD_NAMES)
+    if k < nf:
+        cat = lambda xs: np.concatenate([x[:, k] for x in xs])  # noqa: E731
+        return cat(U), cat(pred.fields), cat(pred.fields_std)
+    j = k - nf
+    return w[:, j], pred.scalars[:, j], pred.scalars_std[:, j]
 
 
 def cpu_median(fn, repeats: int = 5) -> float:
@@ -152,10 +140,25 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     pred = numpy_prediction(model.predict(Mt, mut, return_std=True))
     t_pred, c_pred = time.perf_counter() - t0, time.process_time() - c0
-    pred_noise = numpy_prediction(model.predict(Mt, mut, return_std=True, observation_noise=True))
-    model.truncation_variance = False
-    pred_gp_only = numpy_prediction(model.predict(Mt, mut, return_std=True))
-    model.truncation_variance = True
+
+    # the same fit with the previous default variance: latent GP + shape-independent truncation variance
+    def predict_before(meshes, mu_):
+        model.geometry_variance = False
+        try:
+            return numpy_prediction(model.predict(meshes, mu_, return_std=True, observation_noise=False))
+        finally:
+            model.geometry_variance = True
+
+    pred_before = predict_before(Mt, mut)
+    n_ood = 20 if quick else 40
+    ood_sets = {
+        fam: samples_to_arrays(
+            generate_notched_plates(n_ood, seed=2, mesh_size=mesh_size, notch_family=fam, progress=not quick)
+        )
+        for fam in OOD_FAMILIES
+    }
+    ood_pred = {fam: (numpy_prediction(model.predict(a[0], a[1], return_std=True)), predict_before(a[0], a[1]))
+                for fam, a in ood_sets.items()}  # fmt: skip
 
     # accuracy
     rows = []
@@ -163,41 +166,40 @@ def main() -> None:
     for k, name in enumerate(FIELD_NAMES):
         refs = [u[:, k] for u in Ut]
         prs = [u[:, k] for u in pred.fields]
-        stds = np.concatenate([s[:, k] for s in pred.fields_std])
-        stds0 = np.concatenate([s[:, k] for s in pred_gp_only.fields_std])
-        err = np.concatenate(refs) - np.concatenate(prs)
-        cov = float(np.mean(np.abs(err) <= 1.96 * stds))
-        cov0 = float(np.mean(np.abs(err) <= 1.96 * stds0))
         results[name] = (rrmse_field(refs, prs), q2(np.concatenate(refs), np.concatenate(prs)))
-        rows.append([name, "field", results[name][0], results[name][1], REFERENCE_Q2.get(name), cov0, cov])
+        rows.append([name, "field", results[name][0], results[name][1], REFERENCE_Q2.get(name)])
     for k, name in enumerate(OUT_SCALAR_NAMES):
         y, yp = wt[:, k], pred.scalars[:, k]
-        cov_latent = float(np.mean(np.abs(y - yp) <= 1.96 * pred.scalars_std[:, k]))
-        cov_noise = float(np.mean(np.abs(y - yp) <= 1.96 * pred_noise.scalars_std[:, k]))
         results[name] = (rrmse_scalar(y, yp), q2(y, yp))
-        rows.append([name, "scalar", results[name][0], results[name][1], REFERENCE_Q2.get(name), cov_latent, cov_noise])
+        rows.append([name, "scalar", results[name][0], results[name][1], REFERENCE_Q2.get(name)])
 
-    # out of distribution: mean field std relative to the in-distribution mean std
-    in_std = np.mean([s.mean(0) for s in pred.fields_std], axis=0)  # (m,)
-    in_std0 = np.mean([s.mean(0) for s in pred_gp_only.fields_std], axis=0)
-    h = float(np.mean(mesh_size)) if not quick else 0.08
+    # calibration in distribution (gpgeom.metrics), now and before, with the OOD std ratios of both families
+    calib = {}
+    for label, p in (("now", pred), ("before", pred_before)):
+        for k, name in enumerate(FIELD_NAMES + OUT_SCALAR_NAMES):
+            y, m, sd = field_or_scalar(Ut, wt, p, k)
+            pos = sd > 0  # Dirichlet nodes: value, prediction and std exactly 0
+            row = {"Q2": results[name][1], **metrics.calibration_summary(y[pos], m[pos], sd[pos])}
+            for fam in OOD_FAMILIES:
+                _, _, sd_ood = field_or_scalar(ood_sets[fam][2], ood_sets[fam][3], ood_pred[fam][label == "before"], k)
+                row[f"std ratio {fam}"] = metrics.ood_std_ratio(sd_ood, sd)
+            calib[f"{name} ({label})"] = row
+
+    # out of distribution: per family, std ratio vs error ratio, coverage, OOD score
     ood_rows = []
-    for label, shape in (
-        ("half-ellipse notches (d = 0.3)", PlateShape(EllipseNotch(0.3), EllipseNotch(0.3))),
-        ("wedge notches (d = 0.25)", PlateShape(WedgeNotch(0.25), WedgeNotch(0.25))),
-        ("in-family test sample 0", None),
-    ):
-        s = test[0] if shape is None else make_notched_plate(shape, h, load=1.0, nu=0.3)
-        mesh, mu_s, U_s, _ = samples_to_arrays([s])
-        p = numpy_prediction(model.predict(mesh, mu_s, return_std=True))
-        ratio = p.fields_std[0].mean(0) / in_std
-        model.truncation_variance = False
-        ratio0 = numpy_prediction(model.predict(mesh, mu_s, return_std=True)).fields_std[0].mean(0) / in_std0
-        model.truncation_variance = True
-        errs = [rrmse_field([U_s[0][:, k]], [p.fields[0][:, k]]) for k in range(len(FIELD_NAMES))]
-        ood_rows.append(
-            [label, s.n_nodes] + [f"{r:.2f} ({r0:.2f})" for r, r0 in zip(ratio, ratio0)] + [f"{e:.2e}" for e in errs]
-        )
+    for fam, (M_o, _, U_o, w_o) in ood_sets.items():
+        score = model.ood_score(M_o).cpu().numpy()
+        for k, name in enumerate(FIELD_NAMES + OUT_SCALAR_NAMES):
+            y_in, m_in, _ = field_or_scalar(Ut, wt, pred, k)
+            y_o, m_o, _ = field_or_scalar(U_o, w_o, ood_pred[fam][0], k)
+            err = float(np.sqrt(np.mean((y_o - m_o) ** 2) / np.mean((y_in - m_in) ** 2)))
+            cells = []
+            for j in (0, 1):  # now, before
+                _, _, sd_in = field_or_scalar(Ut, wt, (pred, pred_before)[j], k)
+                _, _, sd_o = field_or_scalar(U_o, w_o, ood_pred[fam][j], k)
+                cells += [metrics.ood_std_ratio(sd_o, sd_in), metrics.coverage(y_o, m_o, sd_o)]
+            ood_rows.append([fam, name, err] + cells + [float(score.mean())])
+    in_score = model.ood_score(Mt).cpu().numpy()
 
     # speed: morph + both transfers of a ~2,600-node mesh; inference per mesh (wall and CPU seconds)
     big = min(test, key=lambda s: abs(s.n_nodes - 2600))
@@ -237,7 +239,8 @@ def main() -> None:
             "# MMGP on NotchedPlate2d" + (" (quick)" if quick else ""),
             "",
             f"- machine: {machine_info()}",
-            f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared)",
+            f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
+            f"(resident set, Linux): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
             f"- data: {n_train} train (seed 0) / {n_test} test (seed 1), mesh size {mesh_size}, "
             f"{n_tr_nodes:.0f} nodes on average; common mesh = train[{n_train // 2}] "
             f"({model.common_mesh_.n_points} nodes); GP stage and decode on {args.device}",
@@ -250,30 +253,42 @@ def main() -> None:
             "",
             "## Accuracy on the original test nodes",
             "",
-            "Coverage: fraction of test values inside mean +- 1.96 std. Fields: first column the GP (latent) "
-            "variance alone, second column with the POD truncation variance added (`truncation_variance=True`, the "
-            "default). Scalars: the latent std, then with the learned noise added.",
+            markdown_table(["quantity", "kind", "RRMSE", "Q2", "reference Q2"], rows),
+            "",
+            "## Calibration on the held-out plates (gpgeom.metrics)",
+            "",
+            "Predictive std of the default model (`now`: learned noise and truncation variance scaled by the mesh's "
+            "geometry factor) and of the previous default from the same fit (`before`: latent GP variance plus the "
+            "shape-independent truncation variance; scalars: latent GP variance). Fields pooled over all test nodes "
+            "with std > 0 (the Dirichlet nodes, where value, mean and std are exactly 0, are left out). Last "
+            f"columns: mean std on {n_ood} plates of each unseen notch family over the mean held-out std "
+            "(`metrics.ood_std_ratio`).",
+            "",
+            metrics.format_calibration_table(calib),
+            "",
+            f"## Out of distribution: {n_ood} plates per notch family (seed 2, same depth range and mesh size)",
+            "",
+            "Error ratio: RMS error on the family over RMS error on the held-out plates (what an honest std ratio "
+            "should follow). OOD score (`MMGP.ood_score`): boundary energy of the geometry POD residual over the "
+            f"training shapes' out-of-sample mean; held-out plates of the training family: mean {in_score.mean():.2f}, "
+            f"90% quantile {np.quantile(in_score, 0.9):.2f}; training shapes (out of sample): maximum "
+            f"{float(model.train_ood_score_.max()):.2f}. Geometric shares of the truncation variances "
+            f"{[round(float(v), 3) for v in model.truncation_share_]} and of the learned noise (fields, then "
+            f"scalars) {[round(float(v), 3) for v in model.noise_share_]}.",
             "",
             markdown_table(
                 [
+                    "family",
                     "quantity",
-                    "kind",
-                    "RRMSE",
-                    "Q2",
-                    "reference Q2",
-                    "95% coverage (latent GP)",
-                    "95% coverage (+truncation / +noise)",
+                    "error ratio",
+                    "std ratio (now)",
+                    "95% coverage (now)",
+                    "std ratio (before)",
+                    "95% coverage (before)",
+                    "mean OOD score",
                 ],
-                rows,
-            ),
-            "",
-            "## Out of distribution: mean field std / in-distribution mean std (in brackets: GP variance alone), "
-            "and RRMSE",
-            "",
-            markdown_table(
-                ["shape", "nodes"] + [f"std ratio {n}" for n in FIELD_NAMES] + [f"RRMSE {n}" for n in FIELD_NAMES],
                 ood_rows,
-            ),
+            ),  # fmt: skip
             "",
             "## Time per stage (one thread; wall and CPU seconds: the 2 cores are shared, so CPU time is the fair "
             "measure of one core)",
@@ -283,7 +298,8 @@ def main() -> None:
             f"Total fit {t_fit:.1f} s wall, {c_fit:.1f} s CPU; data generation / cache load {t_data:.1f} s.",
         ]
     )
-    write_report(report_name(args.name or "mmgp", device=args.device, quick=quick), text)
+    name = report_name(args.name or "mmgp", device=args.device, quick=quick)
+    write_report(name, text + "\n")
 
 
 if __name__ == "__main__":

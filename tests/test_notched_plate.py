@@ -287,6 +287,56 @@ def test_cache_roundtrip_is_fast_and_identical(tmp_path, monkeypatch):
     _assert_same(third[7], first[7])
 
 
+def _notch_nodes(s, side):
+    r"""Boundary nodes strictly inside the notch span on one side, as (t, inward depth)."""
+    p = s.points[s.boundary_loop]
+    inside = (p[:, 1] > 0.4 + 1e-9) & (p[:, 1] < 1.6 - 1e-9) & ((p[:, 0] < 0.5) if side == "left" else (p[:, 0] > 0.5))
+    t = (p[inside, 1] - 0.4) / 1.2
+    return t, (p[inside, 0] if side == "left" else 1.0 - p[inside, 0])
+
+
+def test_other_notch_families_follow_their_profiles(tmp_path):
+    r"""``notch_family``: every boundary node of a half-ellipse notch lies on d sqrt(1 - (2t - 1)^2) and of a wedge
+    notch on d min(t / c, (1 - t) / (1 - c)) (up to the chord error of the resampling), with d in ``depth_range``
+    and c in [0.35, 0.65]; the meshes are valid disks; seeding, caching and files keep the family."""
+    for family in ("half_ellipse", "wedge"):
+        samples = _gen(3, seed=7, notch_family=family)
+        for s in samples:
+            a, b, c = (s.points[s.triangles[:, j]] for j in range(3))
+            cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+            assert cross.min() > 0 and len(boundary_loop(s.points, s.triangles, 0)) == len(s.boundary_loop)
+            for notch, side in ((s.shape.left, "left"), (s.shape.right, "right")):
+                assert notch.kind == family and 0.05 <= notch.depth <= 0.30
+                t, depth = _notch_nodes(s, side)
+                if family == "half_ellipse":
+                    expect = notch.depth * np.sqrt(1.0 - (2.0 * t - 1.0) ** 2)
+                else:
+                    assert 0.35 <= notch.apex <= 0.65
+                    expect = notch.depth * np.minimum(t / notch.apex, (1.0 - t) / (1.0 - notch.apex))
+                np.testing.assert_allclose(depth, expect, atol=2e-3)
+                assert len(t) >= 5
+        for x, y in zip(samples, _gen(3, seed=7, notch_family=family)):
+            _assert_same(x, y)
+    # the smooth family is the default and unchanged; another family is another cache file, read back identically
+    kw = {"mesh_size": 0.12, "progress": False, "cache_dir": tmp_path}
+    smooth = generate_notched_plates(2, seed=3, **kw)
+    again = generate_notched_plates(2, seed=3, notch_family="smooth", **kw)
+    assert len(list(tmp_path.glob("notched_plate_*.npz"))) == 1
+    assert all(x.shape.left.kind == "smooth" for x in smooth)
+    wedges = generate_notched_plates(2, seed=3, notch_family="wedge", **kw)
+    assert len(list(tmp_path.glob("notched_plate_*.npz"))) == 2
+    for x, y in zip(smooth, again):
+        _assert_same(x, y)
+    for x, y in zip(wedges, generate_notched_plates(2, seed=3, notch_family="wedge", **kw)):
+        _assert_same(x, y)
+    with pytest.raises(ValueError, match="notch_family"):
+        _gen(1, notch_family="circle")
+    with pytest.raises(ValueError, match="kind"):
+        NotchShape(0.1, kind="square")
+    with pytest.raises(ValueError, match="apex"):
+        NotchShape(0.1, kind="wedge", apex=1.0)
+
+
 def test_save_load_explicit_file(tmp_path):
     samples = _gen(2, seed=9)
     path = save_notched_plates(samples, tmp_path / "frozen.npz")

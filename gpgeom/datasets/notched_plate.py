@@ -17,6 +17,11 @@ Geometry (per sample, all drawn from one ``numpy.random.Generator`` seeded by ``
       \quad d \sim U(0.05, 0.30),\; b_k \sim N(0, 1),\; a = 0.35;
 
   a draw whose maximal depth exceeds ``max_depth`` (0.45, so the ligament is at least 0.1 wide) is redrawn;
+* other notch families (``notch_family``; test sets of geometry the smooth family never produces, e.g. to measure
+  how a model's uncertainty behaves out of distribution): ``"half_ellipse"``,
+  :math:`\delta(t) = d \sqrt{1 - (2t - 1)^2}` (vertical tangents at the notch ends, where every smooth notch
+  starts with slope :math:`\pi d`), and ``"wedge"``, :math:`\delta(t) = d \min(t / c, (1 - t) / (1 - c))` (a
+  V with a kink at the apex :math:`c \sim U(0.35, 0.65)`), both with :math:`d \sim U` (``depth_range``);
 * mesh: the boundary polygon is discretised with spacing :math:`\approx h` (arc length on the notches), then
   meshed by ``triangle`` with switches ``pq30a{h^2/2}`` (min angle 30 degrees). The default sizes give about
   2.0k-3.7k nodes.
@@ -71,6 +76,7 @@ __all__ = [
     "FIELD_NAMES",
     "IN_SCALAR_NAMES",
     "LANDMARK_NAMES",
+    "NOTCH_FAMILIES",
     "OUT_SCALAR_NAMES",
     "NotchShape",
     "NotchedPlateSample",
@@ -117,7 +123,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "young": 1.0,  # Young's modulus
     "min_angle": 30.0,  # triangle's quality switch q
     "recovery": "l2",  # nodal stress recovery: "l2" or "average"
+    "notch_family": "smooth",  # notch profiles: "smooth" (the family above), "half_ellipse" or "wedge"
 }
+
+#: The notch families of :func:`generate_notched_plates` (``notch_family``) and of :class:`NotchShape` (``kind``).
+NOTCH_FAMILIES: tuple[str, ...] = ("smooth", "half_ellipse", "wedge")
+#: Range of the apex position :math:`c` of a wedge notch.
+WEDGE_APEX_RANGE = (0.35, 0.65)
 
 WIDTH = 1.0
 HEIGHT = 2.0
@@ -149,21 +161,40 @@ def _import_skfem():
 
 @dataclass(frozen=True)
 class NotchShape:
-    r"""One notch profile :math:`\delta(t) = \max(0, d \sin(\pi t)(1 + a \sum_k b_k \sin(k \pi t)/k))`.
+    r"""One notch profile :math:`\delta(t)`, :math:`t \in [0, 1]`, of one of three kinds:
+
+    * ``"smooth"`` (the training family): :math:`\max(0, d \sin(\pi t)(1 + a \sum_k b_k \sin(k \pi t)/k))`;
+    * ``"half_ellipse"``: :math:`d \sqrt{1 - (2t - 1)^2}`;
+    * ``"wedge"``: :math:`d \min(t / c, (1 - t) / (1 - c))` with the apex :math:`c` = ``apex``.
 
     Attributes:
         depth: The depth scale :math:`d` (>= 0; 0 gives a straight edge).
-        coefs: The harmonic coefficients :math:`b_k`, shape ``(K,)``, for :math:`k = 2, \dots, K + 1`.
-        amplitude: The harmonic amplitude :math:`a`.
+        coefs: The harmonic coefficients :math:`b_k`, shape ``(K,)``, for :math:`k = 2, \dots, K + 1` (smooth).
+        amplitude: The harmonic amplitude :math:`a` (smooth).
+        kind: ``"smooth"``, ``"half_ellipse"`` or ``"wedge"`` (:data:`NOTCH_FAMILIES`).
+        apex: The apex position :math:`c \in (0, 1)` of a wedge.
     """
 
     depth: float
     coefs: tuple[float, ...] = ()
     amplitude: float = 0.35
+    kind: str = "smooth"
+    apex: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOTCH_FAMILIES:
+            raise ValueError(f"Unknown notch `kind`={self.kind!r}; expected one of {NOTCH_FAMILIES}.")
+        if not 0.0 < self.apex < 1.0:
+            raise ValueError(f"`apex` must lie in (0, 1), got {self.apex!r}.")
 
     def __call__(self, t: np.ndarray) -> np.ndarray:
         r"""Inward depth at the notch parameter ``t`` (shape ``(k,)``, values in ``[0, 1]``); returns ``(k,)``."""
         t = np.asarray(t, dtype=np.float64)
+        if self.kind == "half_ellipse":
+            return self.depth * np.sqrt(np.clip(1.0 - (2.0 * t - 1.0) ** 2, 0.0, None))
+        if self.kind == "wedge":
+            c = self.apex
+            return self.depth * np.clip(np.minimum(t / c, (1.0 - t) / (1.0 - c)), 0.0, None)
         factor = np.ones_like(t)
         for k, b in enumerate(self.coefs, start=2):
             factor = factor + self.amplitude * b * np.sin(k * np.pi * t) / k
@@ -192,7 +223,7 @@ def sample_plate_shape(rng: np.random.Generator, **options: Any) -> PlateShape:
 
     Args:
         rng: The random generator.
-        **options: Any of ``depth_range``, ``max_depth``, ``harmonic_amplitude``, ``n_harmonics``
+        **options: Any of ``depth_range``, ``max_depth``, ``harmonic_amplitude``, ``n_harmonics``, ``notch_family``
             (see :data:`DEFAULT_OPTIONS`).
     """
     opts = _check_options(options)
@@ -201,6 +232,12 @@ def sample_plate_shape(rng: np.random.Generator, **options: Any) -> PlateShape:
 
 def _draw_notch(rng: np.random.Generator, opts: Mapping[str, Any]) -> NotchShape:
     lo, hi = opts["depth_range"]
+    family = opts.get("notch_family", "smooth")
+    if family == "half_ellipse":  # maximal depth d <= depth_range[1] <= max_depth: never redrawn
+        return NotchShape(float(rng.uniform(lo, hi)), kind="half_ellipse")
+    if family == "wedge":
+        depth = float(rng.uniform(lo, hi))
+        return NotchShape(depth, kind="wedge", apex=float(rng.uniform(*WEDGE_APEX_RANGE)))
     for _ in range(1000):
         depth = float(rng.uniform(lo, hi))
         coefs = tuple(float(b) for b in rng.standard_normal(int(opts["n_harmonics"])))
@@ -607,6 +644,10 @@ def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     opts["young"] = float(young)
     if opts["recovery"] not in ("l2", "average"):
         raise ValueError(f"Unknown `recovery`={opts['recovery']!r}; expected 'l2' or 'average'.")
+    if opts["notch_family"] not in NOTCH_FAMILIES:
+        raise ValueError(f"Unknown `notch_family`={opts['notch_family']!r}; expected one of {NOTCH_FAMILIES}.")
+    if opts["notch_family"] != "smooth" and opts["max_depth"] < opts["depth_range"][1]:
+        raise ValueError("`max_depth` must be at least the upper end of `depth_range` for these notch families.")
     return opts
 
 
@@ -649,6 +690,9 @@ def generate_notched_plates(
         use_cache: Read and write the cache.
         n_jobs: Worker processes for the generation (results do not depend on it).
         **options: Overrides of :data:`DEFAULT_OPTIONS`; an unknown name raises :class:`ValueError`.
+            ``notch_family="half_ellipse"`` or ``"wedge"`` draws notches of another shape family (out-of-distribution
+            test sets for models trained on the default ``"smooth"`` family); the depth, mesh size and scalars are
+            drawn from the same ranges.
 
     Returns:
         A list of :class:`NotchedPlateSample`.
@@ -666,7 +710,8 @@ def generate_notched_plates(
     path = None
     if use_cache:
         config = {"version": DATASET_VERSION, "n_samples": n_samples, "seed": seed, "mesh_size": h_range}
-        config.update({k: opts[k] for k in sorted(opts)})
+        # the notch family enters the key only when it is not the default, so the keys of the smooth datasets stay
+        config.update({k: opts[k] for k in sorted(opts) if k != "notch_family" or opts[k] != "smooth"})
         text = json.dumps(config, sort_keys=True)
         key = hashlib.sha256(text.encode()).hexdigest()[:20]
         root = gpgeom_cache_dir(root=cache_dir)
@@ -742,6 +787,8 @@ def save_notched_plates(samples: Sequence[NotchedPlateSample], path: str | os.Pa
         "notch_depth": np.array([[s.shape.left.depth, s.shape.right.depth] for s in samples]),
         "notch_amplitude": np.array([[s.shape.left.amplitude, s.shape.right.amplitude] for s in samples]),
         "notch_coefs": np.array([[s.shape.left.coefs, s.shape.right.coefs] for s in samples], dtype=np.float64),
+        "notch_kind": np.array([[s.shape.left.kind, s.shape.right.kind] for s in samples], dtype=np.str_),
+        "notch_apex": np.array([[s.shape.left.apex, s.shape.right.apex] for s in samples]),
     }
     for name in FIELD_NAMES:
         arrays[f"field_{name}"] = np.concatenate([s.fields[name] for s in samples])
@@ -762,7 +809,10 @@ def load_notched_plates(path: str | os.PathLike, *, _expect_config: str | None =
     cuts = {k: np.concatenate([[0], np.cumsum(data[f"n_{k}"])]) for k in ("points", "triangles", "boundary")}
     samples = []
     coefs = data["notch_coefs"]
-    for i in range(len(data["n_points"])):
+    n = len(data["n_points"])
+    kinds = data["notch_kind"] if "notch_kind" in data else np.full((n, 2), "smooth")  # files before the families
+    apex = data["notch_apex"] if "notch_apex" in data else np.full((n, 2), 0.5)
+    for i in range(n):
         p0, p1 = cuts["points"][i : i + 2]
         t0, t1 = cuts["triangles"][i : i + 2]
         b0, b1 = cuts["boundary"][i : i + 2]
@@ -772,6 +822,8 @@ def load_notched_plates(path: str | os.PathLike, *, _expect_config: str | None =
                     float(data["notch_depth"][i, j]),
                     tuple(float(c) for c in coefs[i, j]),
                     float(data["notch_amplitude"][i, j]),
+                    str(kinds[i, j]),
+                    float(apex[i, j]),
                 )
                 for j in range(2)
             )

@@ -20,11 +20,22 @@ from collections.abc import Callable
 import torch
 from botorch.models.transforms.input import Normalize
 from gpytorch.kernels import Kernel, RBFKernel
+from linear_operator import to_dense
+from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from gpgeom.botorch.exact_gp import ExactGPModel, default_covar_module
 
-__all__ = ["HYPERPARAMETERS", "KERNELS", "make_gp", "make_kernel", "output_groups", "single_output_gp"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "KERNELS",
+    "loo_residuals",
+    "make_gp",
+    "make_kernel",
+    "noise_variances",
+    "output_groups",
+    "single_output_gp",
+]
 
 KERNELS = ("matern52", "matern32", "matern12", "rbf")
 HYPERPARAMETERS = ("per_field", "per_output", "shared")
@@ -101,3 +112,35 @@ def single_output_gp(
     new.load_state_dict(state)
     new._fit_jitter = gp._fit_jitter
     return new.eval()
+
+
+def noise_variances(gp: ExactGPModel) -> Tensor:
+    r"""The learned noise variance :math:`\sigma_k^2` of every output of ``gp`` in the outputs' original units,
+    ``(m,)`` (the likelihood's noise times the squared scale of the outcome standardisation)."""
+    m = gp.num_outputs
+    noise = gp.likelihood.noise.detach().reshape(-1)
+    noise = noise.expand(m) if noise.numel() == 1 else noise
+    octf = getattr(gp, "outcome_transform", None)
+    return noise if octf is None else noise * octf.stdvs.detach().reshape(-1).square()
+
+
+def loo_residuals(gp: ExactGPModel) -> Tensor:
+    r"""Leave-one-out residuals :math:`y_i - \mu_{-i}(x_i)` of every training point and output of ``gp`` with its
+    fitted hyperparameters, ``n x m`` in the original units.
+
+    Closed form (Rasmussen & Williams 2006, Eq. (5.12)): with :math:`K_y = K + \sigma^2 I` and
+    :math:`\alpha = K_y^{-1}(y - m)`, the residual is :math:`\alpha_i / [K_y^{-1}]_{ii}`; one Cholesky factor per
+    output, no refit.
+    """
+    gp.eval()
+    with torch.no_grad(), gp.numerics():
+        X = gp.train_inputs[0]  # eval mode: transformed inputs, ``(m) x n x d``
+        prior = gp.forward(X)
+        K = to_dense(gp.likelihood(prior, X).lazy_covariance_matrix)
+        L = psd_safe_cholesky(K)
+        Kinv = torch.cholesky_inverse(L)
+        alpha = (Kinv @ (gp.train_targets - prior.mean).unsqueeze(-1)).squeeze(-1)
+        loo = alpha / torch.diagonal(Kinv, dim1=-2, dim2=-1)  # ``(m) x n``, standardised units
+    loo = loo.mT if loo.dim() > 1 else loo.unsqueeze(-1)
+    octf = getattr(gp, "outcome_transform", None)
+    return loo if octf is None else loo * octf.stdvs.detach().reshape(1, -1)

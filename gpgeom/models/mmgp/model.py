@@ -27,16 +27,31 @@ from gpgeom.models.mmgp.inputs import (
     scalar_table,
     split_clock,
 )
-from gpgeom.models.mmgp.latent_gp import HYPERPARAMETERS, KERNELS, make_gp, output_groups, single_output_gp
+from gpgeom.models.mmgp.latent_gp import (
+    HYPERPARAMETERS,
+    KERNELS,
+    loo_residuals,
+    make_gp,
+    noise_variances,
+    output_groups,
+    single_output_gp,
+)
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
 from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, decode_fields
 from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
+from gpgeom.models.mmgp.unexplained import GeometryResidual, geometry_share, variance_factor
 
 __all__ = ["MMGP"]
 
 
 class MMGP(ModelContract):
     r"""Mesh-morphing GP regression of nodal fields and scalars (Casenave et al., NeurIPS 2023).
+
+    What the predictive uncertainty assumes (:mod:`gpgeom.models.mmgp`, :mod:`~gpgeom.models.mmgp.unexplained`):
+    the outputs are smooth functions of the latent inputs :math:`z = (\xi, \mu)` (independent GPs) plus a variation
+    that :math:`z` does not explain (the GPs' learned noise, the POD truncation residual), caused mostly by the part
+    of the geometry that the :math:`n_g` modes do not represent; its variance is affine in the boundary energy of
+    that geometry residual, so it grows on shapes unlike the training ones (``ood_score`` of :meth:`predict`).
 
     Args:
         morphing: ``"floater"`` (default; Tutte map onto the unit disk, meshes with exactly one boundary loop),
@@ -66,6 +81,12 @@ class MMGP(ModelContract):
             CPU).
         truncation_variance: Add the POD truncation variance (:mod:`gpgeom.models.mmgp`) to the predicted field
             variance.
+        geometry_variance: Scale the unexplained variance terms (the GPs' learned noise, with
+            ``predict(observation_noise=True)``, and the truncation variance) per mesh by
+            :math:`\lambda = 1 - s + s \rho / \bar\rho`, with :math:`\rho` the boundary energy of the mesh's
+            geometry POD residual, :math:`\bar\rho` its training reference and :math:`s` the geometric share fitted
+            per term (:mod:`~gpgeom.models.mmgp.unexplained`). ``False`` keeps them at their training size whatever
+            the shape.
         restarts: Random restarts of the hyperparameter fit (on top of the first attempt).
         max_iter: L-BFGS-B iterations per attempt.
         center: Centre the POD snapshots (``False`` decomposes the raw snapshots, as the reference code does).
@@ -87,7 +108,7 @@ class MMGP(ModelContract):
         device: The device of the GP stage and the decode (``"cuda"`` runs both there; morphing and P1 transfer
             stay on the CPU).
 
-    Attributes (after :meth:`fit`):
+    Attributes:
         gp: A BoTorch model from the latent inputs :math:`z = (\xi, \mu)` (``d = n_g + p`` columns, original units,
             normalised inside by a fixed ``Normalize`` transform) to the ``n_outputs = sum(n_f) + q`` outputs (the
             field POD coefficients, field by field, then the scalars): the single
@@ -100,9 +121,17 @@ class MMGP(ModelContract):
         common_morphed_: Its morphed node positions ``(N_c, 2)``.
         n_modes_geometry_, n_modes_fields_: The numbers of modes kept.
         train_latent_: ``n x d`` training inputs; ``train_targets_``: ``n x n_outputs`` (tensors).
+        truncation_share_: The geometric shares :math:`s` of the fields' truncation variances, ``(m,)``.
+        noise_share_: The geometric shares of the learned noise, of every field (its coefficients pooled) then every
+            output scalar, ``(m + q,)``.
+        train_ood_score_: The out-of-sample scores :math:`g_i` of the training shapes, ``(n,)`` (mean 1; a
+            reference for thresholds on :meth:`ood_score`).
         timings_: Wall seconds per stage of the fit (``morph``, ``transfer``, ``pod``, ``gp``); ``cpu_timings_`` the
             same in CPU seconds of this process.
     """
+
+    #: 2: the geometry residual (OOD score), the geometric shares and ``geometry_variance``.
+    _format_version = 2
 
     def __init__(
         self,
@@ -114,6 +143,7 @@ class MMGP(ModelContract):
         kernel: str | Callable[[int, torch.Size], Kernel] = "matern52",
         hyperparameters: str = "per_output",
         truncation_variance: bool = True,
+        geometry_variance: bool = True,
         restarts: int = 10,
         max_iter: int = 500,
         center: bool = True,
@@ -154,6 +184,7 @@ class MMGP(ModelContract):
         self.kernel = kernel
         self.hyperparameters = hyperparameters
         self.truncation_variance = bool(truncation_variance)
+        self.geometry_variance = bool(geometry_variance)
         self.restarts = restarts
         self.max_iter = max_iter
         self.center = bool(center)
@@ -283,9 +314,16 @@ class MMGP(ModelContract):
         t0 = clock()
         center = self.center and not self.ref_compat
         self._geometry, xi = GeometryPOD.fit(X, common, self._mass, self.n_modes_geometry, center, self.ref_compat)
+
+        def pod_fit(Xs: np.ndarray, k: int) -> GeometryPOD:
+            return GeometryPOD.fit(Xs, common, self._mass, k, center, self.ref_compat)[0]
+
+        # out-of-sample boundary residual energies of the training shapes (the OOD score's reference)
+        self._residual, rho, rho_in = GeometryResidual.fit(X, common, self._geometry, pod_fit)
+        rho_mean = float(self._residual.mean_energy[0])
         self._fields, coefs = [], []
         for k in range(n_fields):
-            pod, a = FieldPOD.fit(F[:, :, k], self._mass, nmf[k], center, **tkw)
+            pod, a = FieldPOD.fit(F[:, :, k], self._mass, nmf[k], center, rho=rho, rho_mean=rho_mean, **tkw)
             self._fields.append(pod)
             coefs.append(torch.as_tensor(a, **tkw))
         timings["pod"] = clock() - t0
@@ -301,11 +339,50 @@ class MMGP(ModelContract):
         self.gps_ = self._build_gps(Z, Y)
         for g in self.gps_:
             g.fit(restarts=self.restarts, max_iter=self.max_iter, seed=self.seed, progress=progress)
+        # the GPs' noise was learned on the training shapes' own (in-sample) residuals: its reference is their mean
+        self._noise_share = self._fit_noise_shares(rho_in)
         timings["gp"] = clock() - t0
         self.timings_, self.cpu_timings_ = split_clock(timings)
         self.fit_result_ = MMGPFitResult([g.fit_result_ for g in self.gps_], self.timings_, self.cpu_timings_)
         self._fitted = True
         return self
+
+    def _fit_noise_shares(self, rho_in: np.ndarray) -> Tensor:
+        r"""The geometric share of the learned noise of every field (its coefficients pooled) and output scalar:
+        the leave-one-out squared residuals of its GP outputs regressed on the in-sample boundary residual energies
+        ``rho_in`` ``(n,)`` of the training shapes, relative to the summed noise variances."""
+        loo = torch.cat([loo_residuals(g) for g in self.gps_], 1).detach().cpu().double().numpy()
+        noise = torch.cat([noise_variances(g) for g in self.gps_]).detach().cpu().double().numpy()
+        owner = self._owners()
+        mean = float(self._residual.noise_reference[0])
+        shares = []
+        for k in range(len(self._fields) + len(self.scalar_names_)):
+            cols = owner == k
+            shares.append(geometry_share((loo[:, cols] ** 2).sum(1), rho_in, mean, float(noise[cols].sum())))
+        return torch.tensor(shares, dtype=self.dtype, device=self.device)
+
+    def _owners(self) -> np.ndarray:
+        r"""The field (``0 .. m-1``) or scalar (``m .. m+q-1``) of every GP output, ``(sum n_f + q,)``."""
+        m, q = len(self._fields), len(self.scalar_names_)
+        return np.concatenate([np.repeat(np.arange(m), self.n_modes_fields_), np.arange(m, m + q)])
+
+    @property
+    def truncation_share_(self) -> Tensor:
+        r"""The geometric shares :math:`s` of the fields' truncation variances, ``(m,)``."""
+        self._check_fitted()
+        return torch.cat([f.geometry_share for f in self._fields])
+
+    @property
+    def noise_share_(self) -> Tensor:
+        r"""The geometric shares of the learned noise, fields (coefficients pooled) then scalars, ``(m + q,)``."""
+        self._check_fitted()
+        return self._noise_share
+
+    @property
+    def train_ood_score_(self) -> Tensor:
+        r"""The out-of-sample scores :math:`g_i = \rho_i / \bar\rho` of the training shapes, ``(n,)``."""
+        self._check_fitted()
+        return torch.as_tensor(self._residual.train_scores, dtype=self.dtype, device=self.device)
 
     def _set_training_data(self, Z: Tensor, Y: Tensor) -> None:
         lo, hi = Z.min(0).values, Z.max(0).values
@@ -427,21 +504,25 @@ class MMGP(ModelContract):
         *,
         return_std: bool = False,
         n_samples: int = 0,
-        observation_noise: bool = False,
+        observation_noise: bool = True,
     ) -> MMGPPrediction:
         r"""Predict the fields on the original nodes of new meshes, and the output scalars.
 
         Args:
             meshes: ``n`` meshes (any node count / connectivity that the morphing accepts).
             input_scalars: ``n x p`` (numpy or torch).
-            return_std: Also return the exact predictive standard deviations (fields: :math:`\sqrt{\sum_k (A_{jk}
-                s_k)^2 + (Q r)_j}` per node, see :mod:`gpgeom.models.mmgp`).
+            return_std: Also return the exact predictive standard deviations (fields: :math:`\sqrt{\sum_k A_{jk}^2
+                (s_k^2 + \lambda_n \sigma_k^2) + \lambda_t (Q r)_j}` per node, see :mod:`gpgeom.models.mmgp`).
             n_samples: Number ``S`` of Monte Carlo draws of the coefficients and scalars to decode (0 = none).
-            observation_noise: Include the GPs' learned noise in the coefficient / scalar variances (predicts new
-                observations; the default is the latent GP, as the reference).
+            observation_noise: Include the GPs' learned noise :math:`\sigma_k^2` (scaled by the geometry factor
+                :math:`\lambda_n` with ``geometry_variance``) in the coefficient and scalar variances (default): the
+                variation of a new mesh's outputs that the latent inputs do not explain, which the training data show
+                (the FE data have no measurement noise; the "noise" is that variation). ``False`` gives the latent
+                GP variance of the coefficients and scalars, as the reference code.
 
         Returns:
-            An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device.
+            An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device, with the
+            out-of-distribution score of every mesh.
         """
         self._check_fitted()
         check_positive("n_samples", n_samples, integer=True, allow_zero=True)
@@ -449,23 +530,34 @@ class MMGP(ModelContract):
         n = len(meshes)
         mu = self._input_scalars(input_scalars, n)
         tm = {k: np.zeros(2) for k in ("morph", "transfer", "gp", "decode")}
-        ops_all, xi = [], []
+        ops_all, X = [], []
         for i, mesh in enumerate(meshes):
             ops = self._operators(mesh, f"mesh {i}")
             tm["morph"] += ops.t_morph
             tm["transfer"] += ops.t_transfer
             ops_all.append(ops)
-            xi.append(self._geometry.encode(ops, mesh))
-        Z = torch.cat([self._latent_geometry(xi), mu], dim=1)
+            X.append(self._geometry.transport(ops, mesh))
+        xi, score = self._encode_transported(X)
+        Z = torch.cat([xi, mu], dim=1)
         t0 = clock()
         want_std = return_std or n_samples > 0
-        out = self.gp.predict(Z, return_std=want_std, observation_noise=observation_noise)
+        out = self.gp.predict(Z, return_std=want_std)
         mean, std = out if want_std else (out, None)
+        tkw = {"dtype": self.dtype, "device": self.device}
+        nf, q, m = sum(self.n_modes_fields_), len(self.scalar_names_), len(self._fields)
+        lam = None  # n x m: the geometry factors of the truncation variances
+        if self.geometry_variance:
+            lam = variance_factor(self.truncation_share_, score)
+        if want_std and observation_noise:
+            noise = torch.cat([noise_variances(g) for g in self.gps_]).to(**tkw)
+            scale = 1.0
+            if self.geometry_variance:  # relative to the training shapes' in-sample residual energy
+                ratio = float(self._residual.mean_energy[0] / self._residual.noise_reference[0])
+                scale = variance_factor(self._noise_share, score * ratio)[:, self._owners().tolist()]
+            std = (std.square() + scale * noise).sqrt()
         tm["gp"] = clock() - t0
 
         t0 = clock()
-        tkw = {"dtype": self.dtype, "device": self.device}
-        nf, q, m = sum(self.n_modes_fields_), len(self.scalar_names_), len(self._fields)
         gen = torch.Generator().manual_seed(int(self.seed) + 7919)
         eps = torch.randn(n_samples, n, mean.shape[1], generator=gen, dtype=torch.float64).to(**tkw)
         fields, fields_std, fsamp = [], [], []
@@ -477,6 +569,7 @@ class MMGP(ModelContract):
             U, sd, draws = decode_fields(
                 Q, self._fields, mean[i, :nf], std[i, :nf] if want_std else None,
                 truncation=self.truncation_variance, eps=eps[:, i, :nf] if n_samples else None, noise=noise,
+                trunc_scale=lam[i, :m] if lam is not None else None,
             )  # fmt: skip
             fields.append(U)
             fields_std.append(sd)
@@ -492,9 +585,31 @@ class MMGP(ModelContract):
             field_samples=fsamp if n_samples else None,
             scalar_samples=(mean[None, :, sl] + std[None, :, sl] * eps[:, :, sl]) if n_samples else None,
             latent=Z,
+            ood_score=score,
             timings=wall,
             cpu_timings=cpu,
         )
+
+    def _encode_transported(self, X: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+        r"""Geometry coordinates :math:`\xi` ``n x n_g`` and OOD scores ``(n,)`` of transported coordinates."""
+        if not X:
+            empty = torch.zeros(0, dtype=self.dtype, device=self.device)
+            return empty.reshape(0, self.n_modes_geometry_), empty
+        Xa = np.stack(X)
+        xi = (Xa - self._geometry.mean) @ self._geometry.encoder.T
+        score = self._residual.score(self._geometry.residual(Xa))
+        return self._latent_geometry(list(xi)), torch.as_tensor(score, dtype=self.dtype, device=self.device)
+
+    def ood_score(self, meshes: Sequence[object]) -> Tensor:
+        r"""The out-of-distribution score of every mesh, ``(n,)``: the boundary energy of its geometry POD residual
+        relative to the mean out-of-sample value of the training shapes, :math:`g = \rho / \bar\rho`
+        (:mod:`~gpgeom.models.mmgp.unexplained`). About 1 for shapes of the training family (compare with
+        :attr:`train_ood_score_`); well above it for shapes the geometry modes cannot represent. Also returned by
+        :meth:`predict` (``ood_score``)."""
+        self._check_fitted()
+        meshes = as_meshes(meshes)
+        X = [self._geometry.transport(self._operators(m, f"mesh {i}"), m) for i, m in enumerate(meshes)]
+        return self._encode_transported(X)[1]
 
     # ------------------------------------------------------------------------------------------------------------
     # the model contract: devices, files, repr
@@ -508,6 +623,7 @@ class MMGP(ModelContract):
         for g in self.gps_:
             g.to(device=device, dtype=dtype)
         self._fields = [f.to(device=device, dtype=dtype) for f in self._fields]
+        self._noise_share = self._noise_share.to(device=device, dtype=dtype)
         self._bounds = self._bounds.to(device=device, dtype=dtype)
         self.train_latent_ = self.train_latent_.to(device=device, dtype=dtype)
         self.train_targets_ = self.train_targets_.to(device=device, dtype=dtype)
@@ -522,6 +638,7 @@ class MMGP(ModelContract):
             "kernel": "custom" if callable(self.kernel) else self.kernel,
             "hyperparameters": self.hyperparameters,
             "truncation_variance": self.truncation_variance,
+            "geometry_variance": self.geometry_variance,
             "restarts": self.restarts,
             "max_iter": self.max_iter,
             "center": self.center,
@@ -540,7 +657,9 @@ class MMGP(ModelContract):
             "common_cells": torch.from_numpy(np.ascontiguousarray(common.cells)),
             "common_index": self.common_index_,
             "geometry": self._geometry.state(),
+            "residual": self._residual.state(),
             "fields": [f.state() for f in self._fields],
+            "noise_share": self._noise_share,
             "field_names": list(self.field_names_),
             "scalar_names": list(self.scalar_names_),
             "n_input_scalars": int(self.n_input_scalars_),
@@ -574,7 +693,9 @@ class MMGP(ModelContract):
         model._transfer = CommonMeshTransfer(model.morphing, model.floater_start, model.ref_compat, model.repair_meshes)
         model._transfer.set_common(common)
         model._geometry = GeometryPOD.from_state(state["geometry"])
+        model._residual = GeometryResidual.from_state(state["residual"])
         model._fields = [FieldPOD.from_state(f) for f in state["fields"]]
+        model._noise_share = state["noise_share"]
         model.field_names_ = list(state["field_names"])
         model.scalar_names_ = list(state["scalar_names"])
         model.n_input_scalars_ = int(state["n_input_scalars"])
@@ -614,6 +735,8 @@ class MMGP(ModelContract):
             fields["n_gps"] = len(self.gps_)
             noise = [g.likelihood.noise.detach().reshape(-1) for g in self.gps_]
             fields["noise_range"] = [float(min(t.min() for t in noise)), float(max(t.max() for t in noise))]
+            fields["truncation_share"] = [round(float(v), 3) for v in self.truncation_share_]
+            fields["noise_share"] = [round(float(v), 3) for v in self.noise_share_]
         fields["dtype"] = self.dtype
         if self.device.type != "cpu":
             fields["device"] = str(self.device)

@@ -24,12 +24,17 @@ class MMGPPrediction:
         fields: Predicted mean fields on the original nodes, ``n`` tensors ``N_i x m``.
         scalars: Predicted mean output scalars, ``n x q``.
         fields_std: Exact predictive standard deviations of the fields, ``n`` tensors ``N_i x m`` (``return_std``;
-            including the POD truncation variance when ``truncation_variance`` is on).
+            including the GPs' learned noise with ``observation_noise`` and the POD truncation variance with
+            ``truncation_variance``, both scaled by the mesh's geometry factor with ``geometry_variance``).
         scalars_std: Predictive standard deviations of the scalars, ``n x q`` (``return_std``).
         field_samples: Monte Carlo draws, ``n`` tensors ``S x N_i x m`` (``n_samples = S > 0``); draws of different
             meshes are independent (each mesh's marginal).
         scalar_samples: Monte Carlo draws of the scalars, ``S x n x q``.
         latent: The GP inputs :math:`z = (\xi, \mu)`, ``n x (n_g + p)``.
+        ood_score: The out-of-distribution score of every mesh, ``(n,)``: the boundary energy of its geometry POD
+            residual over the training shapes' mean out-of-sample value (:meth:`MMGP.ood_score`,
+            :mod:`~gpgeom.models.mmgp.unexplained`); about 1 in the training family, larger for shapes the geometry
+            modes cannot represent. It scales the unexplained variance terms (``geometry_variance``).
         timings: Wall seconds per stage (``morph``, ``transfer``, ``gp``, ``decode``), summed over the meshes.
         cpu_timings: The same in CPU seconds of this process (``time.process_time``; robust on a shared machine).
     """
@@ -41,6 +46,7 @@ class MMGPPrediction:
     field_samples: list[Tensor] | None = None
     scalar_samples: Tensor | None = None
     latent: Tensor | None = None
+    ood_score: Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     cpu_timings: dict[str, float] = field(default_factory=dict)
 

@@ -16,7 +16,8 @@ part of the geometry preprocessing and stays in float64 numpy on the CPU (:class
 \operatorname{diag}(s^2))` the nodal variance is :math:`\sum_k (A_{jk} s_k)^2` with :math:`A = Q \Phi_f^\top \in
 \mathbb{R}^{N \times n_f}` (never an ``N x N`` matrix), plus the POD truncation variance :math:`(Q r)_j`, where
 :math:`r_c` is the cross-validated mean squared truncation residual of the training snapshots on common node
-:math:`c` (:func:`truncation_variance`).
+:math:`c` (:func:`truncation_variance`), scaled per mesh and field by the geometry factor :math:`\lambda^{(f)}` of
+:mod:`~gpgeom.models.mmgp.unexplained`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from gpgeom.geometry.mesh import Mesh, mass_matrix
 from gpgeom.geometry.pod import SnapshotPOD
 from gpgeom.models.mmgp.inputs import mode_option
 from gpgeom.models.mmgp.transfer import TransferOperators
+from gpgeom.models.mmgp.unexplained import cv_folds, geometry_share
 
-__all__ = ["FieldPOD", "GeometryPOD", "decode_fields", "truncation_variance"]
+__all__ = ["FieldPOD", "GeometryPOD", "decode_fields", "truncation_residuals", "truncation_variance"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -89,6 +91,12 @@ class GeometryPOD:
         r""":math:`\xi = W (P_i x_i - \bar X)`, ``(n_g,)``."""
         return self.encoder @ (self.transport(ops, mesh) - self.mean)
 
+    def residual(self, x: np.ndarray) -> np.ndarray:
+        r"""The part of transported coordinates ``x`` ``(k, 2 N_c)`` that the modes do not represent,
+        :math:`x - \bar X - \Phi_g^\top \xi` with :math:`\xi = W (x - \bar X)`, ``(k, 2 N_c)``."""
+        d = x - self.mean
+        return d - (d @ self.encoder.T) @ self.modes
+
     def decode(self, xi: np.ndarray) -> np.ndarray:
         r"""Node positions :math:`\bar X + \Phi_g^\top \xi` of the common mesh, ``(k, N_c, 2)`` for ``xi``
         ``(k, n_g)``."""
@@ -114,25 +122,31 @@ class FieldPOD:
         modes: :math:`\Phi_f`, ``(n_f, N_c)``, M-orthonormal.
         eigenvalues: ``(n_f,)``.
         trunc_var: The truncation variance :math:`r` on the common nodes, ``(N_c,)``.
+        geometry_share: The geometric share :math:`s \in [0, 1]` of the field's unexplained variance (truncation
+            and coefficient noise; :mod:`~gpgeom.models.mmgp.unexplained`), ``(1,)``.
     """
 
     mean: Tensor
     modes: Tensor
     eigenvalues: Tensor
     trunc_var: Tensor
+    geometry_share: Tensor
 
     @classmethod
     def fit(
-        cls, F: np.ndarray, mass: sp.spmatrix, n_modes: int | float, center: bool, *, dtype: torch.dtype,
-        device: torch.device,
+        cls, F: np.ndarray, mass: sp.spmatrix, n_modes: int | float, center: bool, *, rho: np.ndarray,
+        rho_mean: float, dtype: torch.dtype, device: torch.device,
     ) -> tuple[FieldPOD, np.ndarray]:  # fmt: skip
-        r"""The POD of the transported snapshots ``F`` ``(n, N_c)`` and their coefficients ``(n, n_f)``."""
+        r"""The POD of the transported snapshots ``F`` ``(n, N_c)`` and their coefficients ``(n, n_f)``; ``rho``
+        ``(n,)`` are the out-of-sample boundary residual energies of the training shapes and ``rho_mean`` their
+        reference :math:`\bar\rho` (:class:`~gpgeom.models.mmgp.unexplained.GeometryResidual`)."""
         nk, ek = mode_option("n_modes_fields", n_modes)
         pod = SnapshotPOD(nk, energy=ek, center=center)
         coefs = pod.fit_transform(F, mass)
-        tv = truncation_variance(F, pod.n_modes_, center, mass)
+        tv, energy = truncation_residuals(F, pod.n_modes_, center, mass)
+        share = geometry_share(energy, rho, rho_mean, float(energy.mean()))
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
-        return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv)), coefs
+        return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv), t([share])), coefs
 
     @property
     def n_modes(self) -> int:
@@ -163,18 +177,25 @@ def truncation_variance(S: np.ndarray, n_modes: int, center: bool, mass: sp.spma
     for a new mesh (the in-sample residual is 2-3 times too small at n = 30; this one is 1.5-1.9 times too large
     there, less for larger n as the folds approach leave-one-out).
     """
+    return truncation_residuals(S, n_modes, center, mass, folds)[0]
+
+
+def truncation_residuals(
+    S: np.ndarray, n_modes: int, center: bool, mass: sp.spmatrix, folds: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The cross-validated truncation variance :math:`r` ``(N_c,)`` (:func:`truncation_variance`) and the
+    out-of-sample residual energy :math:`e_i = \|F_i - \mathcal{P}_{-i} F_i\|_M^2` of every snapshot ``(n,)``."""
     n = S.shape[0]
-    folds = min(folds, n)
-    acc = np.zeros(S.shape[1])
-    for f in range(folds):
-        test = np.arange(f, n, folds)
-        train = np.setdiff1d(np.arange(n), test)
+    acc, energy = np.zeros(S.shape[1]), np.zeros(n)
+    for train, test in cv_folds(n, folds):
         k = min(n_modes, len(train) - 1 if center else len(train))
         if k < 1:
             continue
         pod = SnapshotPOD(k, center=center).fit(S[train], mass)
-        acc += ((S[test] - pod.inverse_transform(pod.transform(S[test]))) ** 2).sum(0)
-    return acc / n
+        R = S[test] - pod.inverse_transform(pod.transform(S[test]))
+        acc += (R**2).sum(0)
+        energy[test] = np.einsum("ij,ij->i", R, np.asarray(mass @ R.T).T)
+    return acc / n, energy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,6 +210,7 @@ def decode_fields(
     truncation: bool,
     eps: Tensor | None = None,
     noise: Tensor | None = None,
+    trunc_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Decode the predicted coefficients of one mesh onto its nodes.
 
@@ -197,7 +219,8 @@ def decode_fields(
         fields: The field PODs (``m`` of them, ``sum n_f`` coefficients).
         mean: Predicted coefficients :math:`\hat a` of all fields, ``(sum n_f,)``.
         std: Their predictive standard deviations :math:`s`, ``(sum n_f,)`` (``None``: no variance).
-        truncation: Add the POD truncation variance :math:`Q r`.
+        truncation: Add the POD truncation variance :math:`\lambda^{(f)} Q r^{(f)}`.
+        trunc_scale: The factors :math:`\lambda^{(f)}` of the truncation variances, ``(m,)`` (``None``: 1).
         eps: Standard normal draws of the coefficients, ``S x sum n_f`` (Monte Carlo samples; needs ``std``).
         noise: Standard normal draws of the truncation term, ``S x N_i x m`` (with ``eps`` and ``truncation``).
 
@@ -212,6 +235,8 @@ def decode_fields(
     if truncation and (std is not None or eps is not None):
         # the P1 weights can be -1e-15 (rounding): a variance is never negative
         tv = (Q @ torch.stack([f.trunc_var for f in fields], -1)).clamp_min(0.0)  # N_i x m
+        if trunc_scale is not None:
+            tv = tv * trunc_scale
     sd = None
     if std is not None:
         A = Q @ torch.cat([f.modes for f in fields], 0).mT  # N_i x sum n_f: A = Q Phi^T for every field
