@@ -1,6 +1,6 @@
 r"""Variational building blocks shared by gpgeom's amortised and latent-variable models.
 
-Two pieces, both generic (no model is hard-wired here):
+Three pieces, all generic (no model is hard-wired here):
 
 1. :class:`LowRankGaussian`: a Gaussian over the values of a field at :math:`n` points with a *low-rank plus
    diagonal* covariance,
@@ -25,6 +25,11 @@ Two pieces, both generic (no model is hard-wired here):
    tests: :math:`\mathrm{ELBO} = \sum_{\text{model sites}} \log p - \sum_{\text{guide sites}} \log q` on one joint
    draw), and :func:`bounded_variance` (the variance parameterisation of the reference code).
 
+3. :class:`ModelDiscrepancy`: a Gaussian-process model of the error of an approximate field map (the model
+   discrepancy of Kennedy & O'Hagan 2001), whose hyperparameters are the maximum a posteriori estimate given
+   reference fields; added to a :class:`LowRankGaussian` (:meth:`LowRankGaussian.add_factor`), it turns the
+   variational distribution of a physics-informed network into a predictive distribution of the true field.
+
 Shapes: a leading batch shape ``(...)`` is allowed everywhere; ``loc`` ``(..., n)``, ``cov_factor``
 ``(..., n, k)``, ``cov_diag`` ``(..., n)``.
 """
@@ -42,11 +47,20 @@ from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DiagLinearOperator, LowRankRootAddedDiagLinearOperator, LowRankRootLinearOperator
 from pyro import poutine
 from pyro.poutine.subsample_messenger import _Subsample
-from torch import Tensor
+from torch import Tensor, nn
 
 from gpgeom._validation import check_positive, check_tensor
 
-__all__ = ["LowRankGaussian", "bounded_variance", "elbo_loss", "elbo_terms", "gaussian_log_density"]
+__all__ = [
+    "DISCREPANCY_PRIOR",
+    "LowRankGaussian",
+    "ModelDiscrepancy",
+    "bounded_variance",
+    "elbo_loss",
+    "elbo_terms",
+    "gaussian_log_density",
+    "squared_exponential",
+]
 
 
 def bounded_variance(raw: Tensor, lower: float = 1e-5, upper: float = 1.0) -> Tensor:
@@ -140,6 +154,19 @@ class LowRankGaussian:
         r"""Distribution of :math:`u + \epsilon`, :math:`\epsilon \sim \mathcal N(0, s^2 I)` (observation noise)."""
         return LowRankGaussian(self.loc, self.cov_diag + noise_variance, self.cov_factor)
 
+    def add_factor(self, factor: Tensor) -> LowRankGaussian:
+        r"""Distribution of :math:`u + F a`, :math:`a \sim \mathcal N(0, I_m)` independent of :math:`u`: the columns
+        of ``factor`` :math:`F` ``(..., n, m)`` are appended to :math:`L` (covariance :math:`L L^\top + F F^\top +
+        \operatorname{diag}\sigma^2`)."""
+        check_tensor("factor", factor, floating=True, finite=False)
+        if factor.dim() != self.loc.dim() + 1 or factor.shape[:-1] != self.loc.shape:
+            raise ValueError(
+                f"`factor` must have shape {(*self.loc.shape, 'm')} (loc's shape plus a rank dimension), got "
+                f"{tuple(factor.shape)}."
+            )
+        joined = factor if self.cov_factor is None else torch.cat([self.cov_factor, factor], dim=-1)
+        return LowRankGaussian(self.loc, self.cov_diag, joined)
+
     def __getitem__(self, index) -> LowRankGaussian:
         r"""Index the *batch* dimensions (not the points)."""
         factor = None if self.cov_factor is None else self.cov_factor[index]
@@ -173,8 +200,15 @@ class LowRankGaussian:
         return self.to_pyro().log_prob(value)
 
     def rsample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
-        r"""Reparameterised draw, ``(*sample_shape, ..., n)``."""
-        return self.to_pyro().rsample(torch.Size(sample_shape))
+        r"""Reparameterised draw :math:`\mu + L\varepsilon_k + \sigma \odot \varepsilon`, ``(*sample_shape, ..., n)``
+        (no factorisation: valid for any rank and for zero variances, e.g. on a hard boundary)."""
+        shape = torch.Size(sample_shape) + self.loc.shape
+        opts = {"dtype": self.loc.dtype, "device": self.loc.device}
+        draw = self.loc + self.cov_diag.clamp_min(0).sqrt() * torch.randn(shape, **opts)
+        if self.cov_factor is not None:
+            eps = torch.randn(torch.Size(sample_shape) + self.cov_factor.shape[:-2] + (self.rank, 1), **opts)
+            draw = draw + (self.cov_factor @ eps)[..., 0]
+        return draw
 
     @classmethod
     def from_gpytorch(cls, mvn: MultivariateNormal) -> LowRankGaussian:
@@ -229,3 +263,204 @@ def elbo_terms(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, T
 def gaussian_log_density(value: Tensor, loc: Tensor, variance: Tensor) -> Tensor:
     r"""Elementwise :math:`\log \mathcal N(v; m, s^2) = -\tfrac12 (v - m)^2 / s^2 - \tfrac12 \log(2\pi s^2)`."""
     return -0.5 * (value - loc) ** 2 / variance - 0.5 * torch.log(2 * math.pi * variance)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# model discrepancy
+def squared_exponential(x1: Tensor, x2: Tensor, lengthscale: Tensor | float) -> Tensor:
+    r""":math:`k(x, x') = \exp(-\|x - x'\|^2 / 2\ell^2)`; ``x1`` ``(..., n, D)``, ``x2`` ``(..., m, D)`` ->
+    ``(..., n, m)``."""
+    d2 = (x1[..., :, None, :] - x2[..., None, :, :]).pow(2).sum(-1)
+    return torch.exp(-0.5 * d2 / lengthscale**2)
+
+
+#: ``(name, mean, sd)`` of the normal priors of the first three discrepancy hyperparameters (log scale, log
+#: lengthscale, log nugget fraction); the fourth, the boundary power :math:`p`, is uniform on (0, 1).
+DISCREPANCY_PRIOR = (
+    ("log_scale", 0.0, 3.0),
+    ("log_lengthscale", math.log(0.5), 1.0),
+    ("log_nugget", math.log(0.1), 2.0),
+)
+
+
+class ModelDiscrepancy(nn.Module):
+    r"""A Gaussian-process model of the error of an approximate field map, calibrated on reference fields
+    (the model discrepancy of Kennedy & O'Hagan, "Bayesian calibration of computer models", JRSS B 63(3), 2001,
+    Eq. 5: truth = model output + discrepancy).
+
+    For a field with parameters :math:`(z, w)` whose approximation :math:`\tilde u` has the boundary lift
+    :math:`u = b + d\,\hat u` (:math:`d = 0` on the constrained boundary), the true field is
+
+    .. math::
+        u^*(x) = \tilde u(x) + \delta(x), \qquad
+        \delta \mid z, w \sim \mathcal{GP}\Bigl(0,\; \rho^2\, |d(x)|^p |d(x')|^p
+            \bigl(\tau^2 k_\ell(x, x') + \eta^2 \delta_{x x'}\bigr)\Bigr),
+
+    :math:`k_\ell` the squared exponential (:func:`squared_exponential`) in coordinates normalised to
+    :math:`[-1, 1]^D`, :math:`\eta = \kappa \tau` a nugget for the rough part of the error, :math:`p \in (0, 1)` how
+    fast the error vanishes at the constrained boundary (:math:`p = 1`: like the lift; smaller: faster growth
+    away from it) and :math:`\rho = \rho(z, w) \ge 0` an error indicator given by the caller (RGNP: the
+    root-mean-square PDE residual of the mean field, the quantity that residual-based a posteriori error
+    estimates bound the error by, :math:`\|u^* - \tilde u\| \le C \|\mathcal R[\tilde u]\|`; Verfürth, "A
+    Posteriori Error Estimation Techniques for Finite Element Methods", OUP 2013, Sec. 1.4: :math:`\tau` plays the
+    stability constant :math:`C`).
+
+    The hyperparameters :math:`\theta = (\log\tau, \log\ell, \log\kappa, \operatorname{logit} p)` are the maximum
+    a posteriori estimate (:meth:`calibrate`) under proper priors: :math:`\log\tau \sim \mathcal N(0, 3^2)`,
+    :math:`\log\ell \sim \mathcal N(\log 0.5, 1)`, :math:`\log\kappa \sim \mathcal N(\log 0.1, 2^2)`,
+    :math:`p \sim U(0, 1)` (:data:`DISCREPANCY_PRIOR`), given reference fields :math:`y_f` at points :math:`X_f`
+    and the approximation's own Gaussian :math:`\mathcal N(m_f, B_f)` there:
+
+    .. math::
+        \log p(\theta \mid y) = \sum_f \log \mathcal N\bigl(y_f;\, m_f,\, B_f + C_\delta(X_f; \theta)\bigr)
+            + \log p(\theta) + \text{const}.
+
+    Until calibrated (``calibrated`` is ``False``) the discrepancy is zero. Hyperparameters and the flag are
+    buffers (saved with the state dict, not trained by the optimiser of the host model).
+    """
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        start = [mean for _, mean, _ in DISCREPANCY_PRIOR] + [0.0]
+        self.register_buffer("theta", torch.tensor(start, dtype=dtype or torch.get_default_dtype()))
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    # -- hyperparameters ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def unpack(theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r""":math:`(\tau, \ell, \eta, p)` from :math:`\theta` ``(4,)`` (:math:`\log\ell` clamped to
+        :math:`[\log 10^{-3}, \log 10^2]`, :math:`\log\tau, \log\kappa` to :math:`[-30, 30]`)."""
+        tau = theta[0].clamp(-30.0, 30.0).exp()
+        ell = theta[1].clamp(math.log(1e-3), math.log(1e2)).exp()
+        eta = tau * theta[2].clamp(-30.0, 30.0).exp()
+        return tau, ell, eta, torch.sigmoid(theta[3])
+
+    def hyperparameters(self) -> dict[str, float]:
+        r"""``{"scale": tau, "lengthscale": ell, "nugget": eta, "power": p}`` as floats."""
+        tau, ell, eta, p = (float(v) for v in self.unpack(self.theta.detach()))
+        return {"scale": tau, "lengthscale": ell, "nugget": eta, "power": p}
+
+    @staticmethod
+    def log_prior(theta: Tensor) -> Tensor:
+        r""":math:`\log p(\theta)` (up to a constant): the normal priors of :data:`DISCREPANCY_PRIOR` and the
+        uniform prior of :math:`p` through its logit (:math:`\log p + \log(1 - p)`)."""
+        lp = sum(-0.5 * ((theta[i] - mean) / sd) ** 2 for i, (_, mean, sd) in enumerate(DISCREPANCY_PRIOR))
+        return lp + torch.nn.functional.logsigmoid(theta[3]) + torch.nn.functional.logsigmoid(-theta[3])
+
+    # -- the Gaussian process ----------------------------------------------------------------------------------------
+    def _shape(self, d: Tensor, rho: Tensor, p: Tensor) -> Tensor:
+        return d.abs() ** p * rho[..., None]
+
+    def variance(self, d: Tensor, rho: Tensor) -> Tensor:
+        r"""Marginal variances :math:`\rho^2 |d|^{2p} (\tau^2 + \eta^2)`, ``(B, n)`` for ``d`` ``(B, n)`` (the
+        lift's :math:`d` at the points) and ``rho`` ``(B,)``; zeros until calibrated."""
+        if not bool(self.calibrated):
+            return torch.zeros_like(d)
+        tau, _, eta, p = self.unpack(self.theta)
+        return self._shape(d, rho, p) ** 2 * (tau**2 + eta**2)
+
+    def covariance(self, x: Tensor, d: Tensor, rho: Tensor, theta: Tensor | None = None) -> Tensor:
+        r""":math:`C_\delta` ``(B, n, n)`` at normalised points ``x`` ``(B, n, D)`` (with ``theta``: at those
+        hyperparameters, calibrated or not)."""
+        tau, ell, eta, p = self.unpack(self.theta if theta is None else theta)
+        g = self._shape(d, rho, p)
+        k = tau**2 * squared_exponential(x, x, ell) + eta**2 * torch.eye(x.shape[-2], dtype=x.dtype, device=x.device)
+        return g[..., :, None] * k * g[..., None, :]
+
+    def factor(self, x: Tensor, d: Tensor, rho: Tensor) -> Tensor:
+        r"""A square root :math:`F` ``(B, n, n)`` of :math:`C_\delta = F F^\top` (Cholesky factor of
+        :math:`\tau^2 k_\ell + \eta^2 I`, computed in float64, scaled by the shape), for
+        :meth:`LowRankGaussian.add_factor`."""
+        tau, ell, eta, p = (v.double() for v in self.unpack(self.theta))
+        xd = x.double()
+        k = tau**2 * squared_exponential(xd, xd, ell) + eta**2 * torch.eye(x.shape[-2], dtype=xd.dtype, device=x.device)
+        root = torch.linalg.cholesky(k)
+        return (self._shape(d.double(), rho.double(), p)[..., :, None] * root).to(x.dtype)
+
+    # -- calibration -------------------------------------------------------------------------------------------------
+    def log_marginal(
+        self, theta: Tensor, errors: Tensor, base_cov: Tensor, x: Tensor, d: Tensor, rho: Tensor
+    ) -> Tensor:
+        r""":math:`\sum_f \log \mathcal N(e_f; 0, B_f + C_\delta)` for errors :math:`e_f = y_f - m_f` ``(F, n)``,
+        ``base_cov`` :math:`B_f` ``(F, n, n)``, points ``x`` ``(F, n, D)`` (normalised), ``d`` ``(F, n)``, ``rho``
+        ``(F,)`` (a scalar tensor). Points on the constrained boundary (:math:`|d| \le 10^{-6} \max |d|`), where the
+        lifted field is exact and both covariances vanish, are left out; a jitter of :math:`10^{-10}` times the mean
+        variance of :math:`B_f` is added to the diagonal."""
+        keep = d.abs() > 1e-6 * d.abs().amax(-1, keepdim=True)
+        pair = keep[..., :, None] & keep[..., None, :]
+        eye = torch.eye(errors.shape[-1], dtype=errors.dtype, device=errors.device)
+        base_diag = base_cov.diagonal(dim1=-2, dim2=-1)
+        jitter = 1e-10 * (base_diag * keep).sum(-1) / keep.sum(-1).clamp_min(1) + 1e-300
+        cov = torch.where(pair, base_cov + self.covariance(x, d, rho, theta), eye * (~keep[..., None]))
+        cov = cov + jitter[:, None, None] * eye
+        errors = torch.where(keep, errors, torch.zeros_like(errors))
+        chol = torch.linalg.cholesky(cov)
+        sol = torch.cholesky_solve(errors[..., None], chol)[..., 0]
+        logdet = 2 * (torch.log(chol.diagonal(dim1=-2, dim2=-1)) * keep).sum()
+        return -0.5 * (errors * sol).sum() - 0.5 * logdet - 0.5 * int(keep.sum()) * math.log(2 * math.pi)
+
+    def calibrate(
+        self, errors: Tensor, base_cov: Tensor, x: Tensor, d: Tensor, rho: Tensor, *, max_iter: int = 200
+    ) -> dict[str, float]:
+        r"""Set :math:`\theta` to its maximum a posteriori estimate (see the class docstring) by L-BFGS-B
+        (:func:`gpgeom.engine.fitting.fit`) in float64 from two starts (:math:`p = 0.25` and :math:`0.9`, the scale
+        from the moments of the errors), and mark the discrepancy calibrated.
+
+        Args:
+            errors: :math:`e_f = y_f - m_f`, ``(F, n)``: reference minus the approximation's mean.
+            base_cov: The approximation's own covariance :math:`B_f` at the points, ``(F, n, n)``.
+            x: The points normalised to :math:`[-1, 1]^D`, ``(F, n, D)``.
+            d: The lift's :math:`d` at the points, ``(F, n)``.
+            rho: The error indicator per field, ``(F,)``.
+            max_iter: L-BFGS-B iterations per start.
+
+        Returns:
+            The hyperparameters (:meth:`hyperparameters`) with ``log_posterior`` and ``log_marginal`` (nats, at the
+            estimate).
+        """
+        from gpgeom.engine.fitting import fit  # local: fitting imports much of GPyTorch and BoTorch
+
+        check_tensor("errors", errors, ndim=2, floating=True)
+        F, n = errors.shape
+        check_tensor("base_cov", base_cov, shape=(F, n, n), floating=True)
+        check_tensor("x", x, ndim=3, shape=(F, n, None), floating=True)
+        check_tensor("d", d, shape=(F, n), floating=True)
+        check_tensor("rho", rho, shape=(F,), floating=True)
+        e, bc, xx, dd, rr = (t.detach().double() for t in (errors, base_cov, x, d, rho))
+        excess = (e**2 - bc.diagonal(dim1=-2, dim2=-1)).clamp_min(0)
+        best: tuple[float, Tensor] | None = None
+        for p0 in (0.25, 0.9):
+            g2 = (dd.abs() ** p0 * rr[:, None]) ** 2
+            ok = g2 > 0
+            tau0 = float((excess[ok] / g2[ok]).mean().sqrt()) if bool(ok.any()) else 1.0
+            holder = nn.Module()
+            start = [
+                math.log(max(tau0, 1e-12)),
+                DISCREPANCY_PRIOR[1][1],
+                DISCREPANCY_PRIOR[2][1],
+                math.log(p0 / (1 - p0)),
+            ]
+            holder.theta = nn.Parameter(torch.tensor(start, dtype=torch.float64, device=e.device))
+
+            def objective(holder: nn.Module = holder) -> Tensor:
+                return -(self.log_marginal(holder.theta, e, bc, xx, dd, rr) + self.log_prior(holder.theta)) / e.numel()
+
+            result = fit(objective, module=holder, optimizer="lbfgs", max_iter=max_iter, progress=False)
+            if best is None or result.loss < best[0]:
+                best = (result.loss, holder.theta.detach().clone())
+        assert best is not None
+        theta = best[1]
+        with torch.no_grad():
+            self.theta.copy_(theta.to(self.theta.dtype))
+            self.calibrated.fill_(True)
+            log_marginal = float(self.log_marginal(theta, e, bc, xx, dd, rr))
+        out = self.hyperparameters()
+        out.update(log_posterior=log_marginal + float(self.log_prior(theta)), log_marginal=log_marginal)
+        return out
+
+    def reset(self) -> None:
+        r"""Back to uncalibrated (zero discrepancy) at the prior means."""
+        with torch.no_grad():
+            start = [mean for _, mean, _ in DISCREPANCY_PRIOR] + [0.0]
+            self.theta.copy_(torch.tensor(start, dtype=self.theta.dtype))
+            self.calibrated.fill_(False)
