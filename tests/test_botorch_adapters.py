@@ -137,3 +137,50 @@ def test_surrogate_list_with_multi_output_members_conditions_and_fantasizes():
     assert "fantasize = conditioning on samples" in report["checks"]
     assert report["measured"]["refit_error"] < 1e-8
     assert math.isfinite(report["measured"]["z_rms"])
+
+
+def test_gaussian_surrogate_predict_chunks_from_the_memory_budget(monkeypatch):
+    X, Y = coregional_data()
+    model = DenseCoregionalGP(X, Y).condition_on_observations(*coregional_data(3, seed=4))
+    Xt = torch.rand(2, 25, 2, dtype=DT)
+    post = model.posterior(Xt)
+    sizes = []
+    real = GaussianSurrogate._conditioned
+    monkeypatch.setattr(
+        GaussianSurrogate, "_conditioned", lambda s, Z, **k: sizes.append(Z.shape[-2]) or real(s, Z, **k)
+    )
+    # unknown base cost: at most DEFAULT_CHUNK points, fewer if the conditioning rows (4 m^2 n_c per point) need it
+    mean, std = model.predict(Xt, return_std=True)
+    assert sizes == [25]
+    torch.testing.assert_close(mean, post.mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(std, post.variance.sqrt(), rtol=0, atol=1e-12)
+    per_point = 4 * 2 * 2 * 3 * 2 * 8  # m = 2 outputs, n_c = 3 conditioning points, batch 2, float64
+    sizes.clear()
+    chunked = model.predict(Xt, return_std=True, max_memory=6 * per_point)
+    assert sizes == [6, 6, 6, 6, 1]
+    for a, b in zip(chunked, (mean, std)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    # a subclass that states the cost of a point of its base
+    monkeypatch.setattr(DenseCoregionalGP, "_base_bytes_per_point", lambda s, Z: 3 * per_point, raising=False)
+    sizes.clear()
+    torch.testing.assert_close(model.predict(Xt, max_memory=8 * per_point), mean, rtol=0, atol=1e-12)
+    assert sizes == [2] * 12 + [1]
+
+
+def test_surrogate_list_predict_passes_the_budget_and_accepts_plain_botorch_members(monkeypatch):
+    from botorch.models import SingleTaskGP
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(15, 2, dtype=DT, generator=g)
+    Y = torch.stack([torch.sin(5 * X[:, 0]), X.sum(-1)], -1)
+    a, b = ExactGPModel(X, Y[:, :1]), SingleTaskGP(X, Y[:, 1:])  # b has no `predict`: its posterior, in chunks
+    model = SurrogateList(a, b)
+    Xt = torch.rand(9, 2, dtype=DT, generator=g)
+    post = model.posterior(Xt)
+    budgets = []
+    real = ExactGPModel.predict
+    monkeypatch.setattr(ExactGPModel, "predict", lambda s, Z, **k: budgets.append(k) or real(s, Z, **k))
+    mean, std = model.predict(Xt, return_std=True, max_memory="1MB", chunk_size=4)
+    assert budgets == [dict(return_std=True, observation_noise=False, chunk_size=4, max_memory=10**6)]
+    torch.testing.assert_close(mean, post.mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(std, post.variance.sqrt(), rtol=0, atol=1e-10)

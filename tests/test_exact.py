@@ -2,6 +2,8 @@ r"""Tests of gpgeom.botorch.exact_gp.ExactGPModel against a hand-written dense G
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
@@ -9,8 +11,10 @@ import torch
 from botorch.models.transforms.input import Normalize
 from botorch.sampling.normal import SobolQMCNormalSampler
 
+import gpgeom.botorch.exact_gp as exact_module
 from gpgeom.botorch.check import check_botorch_model
 from gpgeom.botorch.exact_gp import ExactGPModel
+from gpgeom.engine.chunking import memory_budget
 
 DT = torch.float64
 
@@ -395,14 +399,148 @@ def test_tiny_outputs_reach_the_relative_error_of_unit_outputs(scale):
     assert err <= 1.1 * err_unit + 1e-12  # within 10% (measured: equal to 4 digits)
 
 
-def test_mean_only_prediction_skips_the_variance(data, monkeypatch):
+def test_mean_only_prediction_reuses_the_factor_and_skips_the_variance(data, monkeypatch):
     X, Y = data
     model = ExactGPModel(X, Y).fit(max_iter=30)
     Xt = torch.rand(50, 2, dtype=DT)
-    calls = []
-    real = torch.linalg.solve_triangular
-    monkeypatch.setattr(torch.linalg, "solve_triangular", lambda *a, **k: calls.append(1) or real(*a, **k))
-    mean = model.predict(Xt)
-    assert calls == []  # no triangular solve per chunk: K* alpha only
+    first = model.predict(Xt)  # factorises the training covariance once and keeps the factor
+    solves, factors = [], []
+    real_solve, real_chol = torch.linalg.solve_triangular, exact_module.psd_safe_cholesky
+    monkeypatch.setattr(torch.linalg, "solve_triangular", lambda *a, **k: solves.append(1) or real_solve(*a, **k))
+    monkeypatch.setattr(exact_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real_chol(*a, **k))
+    mean = model.predict(Xt, chunk_size=7)
+    assert solves == [] and factors == []  # K* alpha only, against the kept factor
+    torch.testing.assert_close(mean, first, rtol=0, atol=1e-12)
     torch.testing.assert_close(mean, model.predict(Xt, return_std=True)[0], rtol=0, atol=1e-12)
-    assert calls  # the variance needs them
+    assert solves and factors == []  # the variance needs the solves, not a new factor
+
+
+def test_kept_factor_follows_parameters_data_and_copies(data, monkeypatch):
+    X, Y = data
+    model = ExactGPModel(X, Y).fit(max_iter=30)
+    Xt = torch.rand(20, 2, dtype=DT)
+    factors = []
+    real = exact_module.psd_safe_cholesky
+    monkeypatch.setattr(exact_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real(*a, **k))
+
+    def fresh(m):  # the truth: a new model with the same state, nothing kept
+        other = ExactGPModel(*m.train_data)
+        other.load_state_dict(m.state_dict())
+        return other.eval().predict(Xt, return_std=True)
+
+    before = model.predict(Xt, return_std=True)
+    model.posterior(Xt)
+    assert len(factors) == 1  # predict and posterior share one factor
+    # a hyperparameter set through GPyTorch's setter (an in-place copy into .data: no version bump)
+    model.covar_module.base_kernel.lengthscale = 2.0 * model.covar_module.base_kernel.lengthscale
+    after = model.predict(Xt, return_std=True)
+    assert len(factors) == 2 and not torch.allclose(after[1], before[1])
+    n_before = len(factors)
+    for got, want in zip(after, fresh(model)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert len(factors) == n_before + 1  # (the fresh model's own)
+    # the training targets edited in place (eval mode: the transformed targets BoTorch keeps)
+    model.train_targets.add_(0.5)
+    shifted = model.predict(Xt)
+    assert len(factors) == n_before + 2 and not torch.allclose(shifted, after[0])
+    # a deep copy starts without the factor, and conditioning gives a model with its own
+    copied = copy.deepcopy(model)
+    assert copied.__dict__["_factor_cache"].value is None
+    torch.testing.assert_close(copied.predict(Xt), shifted, rtol=0, atol=1e-12)
+    # refitting changes the hyperparameters: the factor follows
+    model = ExactGPModel(X, Y)
+    model.predict(Xt)
+    model.fit(max_iter=30)
+    for got, want in zip(model.predict(Xt, return_std=True), fresh(model)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def _gpytorch_posterior(model, X, **kwargs):
+    r"""The posterior through GPyTorch's prediction strategy (the (n + q) x (n + q) joint kernel)."""
+    with model._gpytorch_path():
+        return model.posterior(X, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [dict(m=1), dict(m=2), dict(m=3, shared=True), dict(m=2, batch=(2,)), dict(m=2, yvar=True)],
+    ids=["one-output", "two-outputs", "shared", "batched", "fixed-noise"],
+)
+@pytest.mark.parametrize("budget", ["default", "tiny"])
+def test_joint_posterior_equals_gpytorch_without_the_train_test_kernel(config, budget, monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    m, batch, n = config["m"], config.get("batch", ()), 30
+    X = torch.rand(*batch, n, 3, dtype=DT, generator=g)
+    Y = torch.randn(*batch, n, m, dtype=DT, generator=g)
+    Yvar = 0.01 + 0.01 * torch.rand(Y.shape, dtype=DT, generator=g) if config.get("yvar") else None
+    model = ExactGPModel(X, Y, Yvar, shared_hyperparameters=config.get("shared", False)).eval()
+    with torch.no_grad():
+        model.covar_module.base_kernel.lengthscale = 0.2 + torch.rand(model.covar_module.base_kernel.lengthscale.shape)
+    rows, factors = [], []
+    real, real_chol = exact_module.stationary_kernel_matrix, exact_module.psd_safe_cholesky
+    monkeypatch.setattr(
+        exact_module, "stationary_kernel_matrix", lambda k, x1, x2=None: rows.append(x1.shape[-2]) or real(k, x1, x2)
+    )
+    monkeypatch.setattr(exact_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real_chol(*a, **k))
+    context = (lambda: memory_budget(1)) if budget == "tiny" else contextlib.nullcontext  # tiny: a point per block
+    for Xq in (torch.rand(7, 3, dtype=DT, generator=g), torch.rand(4, *batch, 5, 3, dtype=DT, generator=g)):
+        for kwargs in (dict(), dict(observation_noise=True), dict(output_indices=[m - 1])):
+            with context():
+                got = model.posterior(Xq, **kwargs)
+            want = _gpytorch_posterior(model, Xq, **kwargs)
+            assert type(got.distribution) is type(want.distribution) and got.mean.shape == want.mean.shape
+            cov, ref = got.distribution.covariance_matrix, want.distribution.covariance_matrix.detach()
+            mean = want.mean.detach()
+            torch.testing.assert_close(got.mean, mean, rtol=1e-10, atol=1e-10 * float(mean.abs().max()))
+            torch.testing.assert_close(cov, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
+        # differentiable in the inputs (acquisition optimisation), with GPyTorch's gradient
+        Xa, Xb = Xq.clone().requires_grad_(), Xq.clone().requires_grad_()
+        with context():
+            a = model.posterior(Xa)
+        b = _gpytorch_posterior(model, Xb)
+        ga = torch.autograd.grad(a.mean.sum() + a.distribution.covariance_matrix.sum(), Xa)[0]
+        gb = torch.autograd.grad(b.mean.sum() + b.distribution.covariance_matrix.sum(), Xb)[0]
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-9 * float(gb.abs().max()))
+    # one training factor for all calls; no kernel block with the n + q rows of GPyTorch's joint kernel
+    assert len(factors) == 1
+    assert rows and max(rows) == (1 if budget == "tiny" else n)
+
+
+def test_predict_chunks_follow_the_memory_budget(data, monkeypatch):
+    X, Y = data
+    model = ExactGPModel(X, Y).fit(max_iter=30)
+    Xt = torch.rand(3, 40, 2, dtype=DT)
+    whole = model.predict(Xt, return_std=True, chunk_size=10**6)
+    sizes = []
+    real = exact_module.stationary_kernel_matrix
+    monkeypatch.setattr(
+        exact_module, "stationary_kernel_matrix", lambda k, x1, x2=None: sizes.append(x1.shape[-2]) or real(k, x1, x2)
+    )
+    # three rows of n = 25 per test batch member (3) and output (2), float64; five for a kernel GPyTorch evaluates
+    per_point = model._bytes_per_test_point(Xt.shape[:-2])
+    assert per_point == 3 * 3 * 2 * 25 * 8
+    for budget, chunk in ((per_point * 7, 7), (f"{per_point * 11}B", 11), (1, 1)):
+        sizes.clear()
+        for got, want in zip(model.predict(Xt, return_std=True, max_memory=budget), whole):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert max(sizes) == chunk and sum(sizes) == 40
+    sizes.clear()
+    with memory_budget(per_point * 13):  # the default budget inside the context
+        torch.testing.assert_close(model.predict(Xt), whole[0], rtol=0, atol=1e-12)
+    assert max(sizes) == 13
+    with pytest.raises(ValueError, match="memory size"):
+        model.predict(Xt, max_memory="a lot")
+
+
+def test_conditioned_models_keep_gpytorch_caches_and_equal_the_rebuilt_model(data):
+    X, Y = data
+    model = ExactGPModel(X, Y).fit(max_iter=30)
+    Xn, Yn = torch.rand(4, 2, dtype=DT), torch.randn(4, 2, dtype=DT) + Y.mean(0)
+    cond = model.condition_on_observations(Xn, Yn)
+    Xq = torch.rand(6, 2, dtype=DT)
+    assert not cond._joint_ok((Xq,), {}) and model._joint_ok((Xq,), {})  # fantasies keep the fast updates
+    got, want = cond.posterior(Xq), model.rebuild_with(Xn, Yn).posterior(Xq)  # GPyTorch's update / this factor
+    torch.testing.assert_close(got.mean, want.mean, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(
+        got.distribution.covariance_matrix, want.distribution.covariance_matrix, rtol=1e-8, atol=1e-8
+    )

@@ -214,3 +214,176 @@ def test_chunking_does_not_change_the_result(monkeypatch, elements):
     torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
     for a, b in zip(torch.autograd.grad(out.sum(), params), g_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_covariance_sized_tensor_is_kept_for_the_backward_pass(kind):
+    # the gradient parts are computed in the forward pass: what the backward pass keeps is O(n G) per member, so a
+    # batch of members costs the working memory of one chunk (the kernel matrices and the factor were kept before)
+    ls, os_, noise, c, x, y = _random_case(kind, kb=(4,), n=30, G=2)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        out = stationary_nll(kind, ls, os_, noise, c, x, y)
+    assert saved and all(s[-2:] != (30, 30) for s in saved), saved
+    ref = _dense_nll(kind, ls, os_, noise, c, x, y)  # and the gradient is still the dense one
+    w = torch.rand_like(out)
+    for a, b in zip(torch.autograd.grad((w * out).sum(), [ls, os_, noise, c]),
+                    torch.autograd.grad((w * ref).sum(), [ls, os_, noise, c])):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_no_gradient_work_without_gradients(monkeypatch):
+    calls = []
+    real = torch.cholesky_inverse
+    monkeypatch.setattr(torch, "cholesky_inverse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ls, os_, noise, c, x, y = _random_case("matern52")
+    with torch.no_grad():
+        value = stationary_nll("matern52", ls, os_, noise, c, x, y)
+    assert calls == []  # the inverse is for the gradient only
+    torch.testing.assert_close(value, stationary_nll("matern52", ls, os_, noise, c, x, y).detach(), rtol=0, atol=0)
+    assert len(calls) == 1  # one chunk of three small members
+
+
+@pytest.mark.parametrize("budget", [1, 3 * 12 * 12 * 8 * 4, None])  # one member per chunk, a few, all
+def test_memory_budget_does_not_change_the_result(budget):
+    ls, os_, noise, c, x, y = _random_case("matern32", kb=(5,))
+    params = [ls, os_, noise, c]
+    ref = stationary_nll("matern32", ls, os_, noise, c, x, y)
+    g_ref = torch.autograd.grad(ref.sum(), params)
+    with monkeypatch_cpu_chunk(10**9):  # the GPU's way: chunks from the budget alone
+        out = stationary_nll("matern32", ls, os_, noise, c, x, y, max_memory=budget)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    for a, b in zip(torch.autograd.grad(out.sum(), params), g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+class monkeypatch_cpu_chunk:  # noqa: N801 - a context manager used like a function
+    def __init__(self, elements):
+        self.elements = elements
+
+    def __enter__(self):
+        self.old, exact_mll._CHUNK_ELEMENTS = exact_mll._CHUNK_ELEMENTS, self.elements
+
+    def __exit__(self, *exc):
+        exact_mll._CHUNK_ELEMENTS = self.old
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("same", [True, False])
+def test_stationary_kernel_matrix_equals_gpytorch(kind, same):
+    model = _model(kind, m=2, batch=(3,)).eval()
+    X1 = torch.rand(3, 1, 9, 3, dtype=torch.float64)
+    X2 = None if same else torch.rand(3, 1, 7, 3, dtype=torch.float64)
+    with torch.no_grad():
+        fast = exact_mll.stationary_kernel_matrix(model.covar_module, X1, X2)
+        ref = model.covar_module(X1, X1 if same else X2).to_dense()
+    assert fast.shape == ref.shape == (3, 2, 9, 9 if same else 7)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    if same:  # exact zero distance on the diagonal: the prior variance
+        torch.testing.assert_close(fast.diagonal(dim1=-2, dim2=-1), ref.diagonal(dim1=-2, dim2=-1), rtol=1e-15, atol=0)
+
+
+def test_stationary_kernel_matrix_declines_other_kernels():
+    X = torch.rand(5, 2, dtype=torch.float64)
+    assert exact_mll.stationary_kernel_matrix(ScaleKernel(PeriodicKernel()).double(), X) is None
+    assert exact_mll.stationary_kernel_matrix(MaternKernel(nu=2.5).double(), X) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the memory-budget helper shared by the chunked computations (gpgeom.engine.chunking)
+
+
+def test_memory_sizes_and_budgets():
+    from gpgeom.engine.chunking import DEFAULT_MAX_MEMORY, memory_budget, parse_memory, resolve_max_memory
+
+    assert parse_memory("512MiB") == 512 * 2**20 and parse_memory("2 GB") == 2 * 10**9 and parse_memory("1.5k") == 1500
+    assert parse_memory(5e8) == 500_000_000 and parse_memory("100") == 100 and parse_memory("3e3 b") == 3000
+    for bad in ("lots", "-1MB", "1 XB", 0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="memory size"):
+            parse_memory(bad)
+    with pytest.raises(TypeError):
+        parse_memory(True)
+    assert resolve_max_memory() == DEFAULT_MAX_MEMORY
+    with memory_budget("1MB"):
+        assert resolve_max_memory() == 10**6
+        with pytest.raises(RuntimeError), memory_budget(10):
+            assert resolve_max_memory() == 10
+            raise RuntimeError  # the budget is restored on the way out
+        assert resolve_max_memory() == 10**6 and resolve_max_memory("2MB") == 2 * 10**6
+    assert resolve_max_memory() == DEFAULT_MAX_MEMORY
+
+
+def test_chunk_sizes_and_slices():
+    from gpgeom.engine.chunking import chunk_size_for, chunk_slices
+
+    assert chunk_size_for(100, 1000) == 10 and chunk_size_for(100, 1000, fixed=350) == 6
+    assert chunk_size_for(100, 1000, total=4) == 4 and chunk_size_for(10**6, 1000) == 1  # at least one item
+    assert chunk_size_for(0, 1000, total=7) == 7
+    with pytest.raises(ValueError):
+        chunk_size_for(0, 1000)
+    with pytest.raises(ValueError):
+        chunk_size_for(-1, 1000)
+    slices = list(chunk_slices(10, 4))
+    assert [(s.start, s.stop) for s in slices] == [(0, 4), (4, 8), (8, 10)] and list(chunk_slices(0, 3)) == []
+
+
+@pytest.mark.parametrize(
+    "factor_batch, rhs_shape", [((), (5, 3)), ((2,), (2, 5, 3)), ((2,), (4, 2, 5, 3)), ((2,), (4, 3, 1, 5, 3))]
+)
+def test_solve_lower_folded_equals_the_broadcast_solve(factor_batch, rhs_shape):
+    from gpgeom.engine.chunking import solve_lower_folded
+
+    A = torch.randn(*factor_batch, 5, 5, dtype=torch.float64)
+    L = torch.linalg.cholesky(A @ A.mT + 5 * torch.eye(5, dtype=torch.float64))
+    rhs = torch.randn(rhs_shape, dtype=torch.float64)
+    batch = torch.broadcast_shapes(L.shape[:-2], rhs.shape[:-2])
+    want = torch.linalg.solve_triangular(L.expand(batch + (5, 5)), rhs.expand(batch + (5, 3)), upper=False)
+    torch.testing.assert_close(solve_lower_folded(L, rhs), want, rtol=1e-13, atol=1e-13)
+
+
+def test_sub_gram_in_place_without_gradients():
+    from gpgeom.engine.chunking import sub_gram
+
+    K, A, B = (torch.randn(2, *s, dtype=torch.float64) for s in ((3, 4), (5, 3), (5, 4)))
+    want = K - A.mT @ B
+    with torch.no_grad():
+        out = sub_gram(K.clone(), A, B)
+    torch.testing.assert_close(out, want, rtol=1e-14, atol=1e-14)
+    Kc = K.clone()
+    with torch.no_grad():
+        assert sub_gram(Kc, A, B).data_ptr() == Kc.data_ptr()  # no q x q temporary
+    Ag = A.clone().requires_grad_()
+    out = sub_gram(K, Ag, B)  # with gradients: out of place, differentiable
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), Ag)[0], -B.sum(-1, keepdim=True).expand(2, 5, 3).clone())
+    torch.testing.assert_close(K, want + A.mT @ B)  # K untouched
+
+
+def test_factor_cache_follows_the_module_state_and_is_not_copied():
+    import copy
+    import pickle
+
+    from gpgeom.engine.chunking import FactorCache
+
+    module = torch.nn.Linear(3, 2).double()
+    module.register_buffer("big", torch.zeros(FactorCache.COPY_LIMIT + 1, dtype=torch.float64))
+    data = torch.randn(4, 3, dtype=torch.float64)
+    cache, calls = FactorCache(), []
+
+    def compute():
+        calls.append(1)
+        return module(data).sum()
+
+    def get():
+        return cache.get(FactorCache.key_of(module, (data,), ("jitter", 1e-8)), compute)
+
+    first = get()
+    assert get() is first and len(calls) == 1
+    module.weight.data.mul_(2.0)  # through .data: no version bump, seen by value
+    assert get() is not first and len(calls) == 2
+    data.add_(1.0)  # data edited in place: a new version
+    get()
+    module.big.add_(1.0)  # a large buffer: held, seen by its version
+    get()
+    assert len(calls) == 4
+    assert cache.get(FactorCache.key_of(module, (data,), ("jitter", 1e-6)), compute) is not None and len(calls) == 5
+    assert copy.deepcopy(cache).value is None and pickle.loads(pickle.dumps(cache)).value is None

@@ -22,7 +22,9 @@ everything BoTorch asks of a surrogate, with one code path for all of them:
   hyperparameters (Rasmussen & Williams 2006, eq. 2.19, applied twice); conditioning twice concatenates the data;
 * ``fantasize`` (BoTorch's ``FantasizeMixin``: sample :math:`Y` from ``posterior(X, observation_noise=True)``, then
   condition on it) and ``subset_output``;
-* :meth:`GaussianSurrogate.predict`: chunked marginal means and standard deviations (no ``q x q`` covariance).
+* :meth:`GaussianSurrogate.predict`: chunked marginal means and standard deviations (no ``q x q`` covariance),
+  chunks sized from a memory budget (:mod:`gpgeom.engine.chunking`) with the cost of a point that a subclass
+  gives in :meth:`GaussianSurrogate._base_bytes_per_point`.
 
 Shapes: inputs ``batch x q x d`` (``d`` as the subclass defines its inputs), outputs ``batch x q x m``; the joint
 covariance is ``batch x (q m) x (q m)`` with row ``i m + a`` for output ``a`` at point ``i``.
@@ -31,6 +33,7 @@ covariance is ``batch x (q m) x (q m)`` with row ``i m + a`` for output ``a`` at
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -43,8 +46,12 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from gpgeom._validation import check_positive
+from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
 
-__all__ = ["GaussianSurrogate"]
+__all__ = ["DEFAULT_CHUNK", "GaussianSurrogate"]
+
+#: Points per chunk of :meth:`GaussianSurrogate.predict` when a subclass does not give the cost of a point.
+DEFAULT_CHUNK = 2048
 
 
 class _Block:
@@ -271,28 +278,59 @@ class GaussianSurrogate(Model, FantasizeMixin):
         new.__dict__["_output_subset"] = [outputs[i] for i in idcs]
         return new
 
+    def _base_bytes_per_point(self, X: Tensor) -> int | None:
+        r"""Working bytes one test point of ``X`` (``batch x N x d``) costs in :meth:`_base_mean` and
+        :meth:`_base_variance` (all batch members and outputs), for sizing the chunks of :meth:`predict`; ``None``
+        (the default) when unknown: chunks then have at most :data:`DEFAULT_CHUNK` points. Override it with the
+        largest temporaries of a point (e.g. a low-rank base: its ``m x k`` rows of features, twice)."""
+        return None
+
+    def _chunk_size(self, X: Tensor, max_memory: int | str | None) -> int:
+        r"""Points per chunk of :meth:`predict` under the memory budget: the base cost of a point plus its rows
+        against the conditioning data (``K_xc`` over all base outputs, its selected columns, ``A`` and ``A^2``:
+        about ``4 m^2 n_c`` elements per batch member)."""
+        N, m = X.shape[-2], self._base_num_outputs
+        n_c = sum(b.X.shape[-2] for b in self._conditioning)
+        batch = math.prod(torch.broadcast_shapes(X.shape[:-2], self.batch_shape))
+        base = self._base_bytes_per_point(X)
+        per_point = 4 * m * m * n_c * batch * element_size(X.dtype if X.is_floating_point() else torch.float64)
+        if base is None:
+            return min(DEFAULT_CHUNK, chunk_size_for(per_point, max_memory, total=N)) if per_point else DEFAULT_CHUNK
+        return chunk_size_for(base + per_point, max_memory, total=N) if base + per_point else max(N, 1)
+
     @torch.no_grad()
     def predict(
-        self, X: Tensor, return_std: bool = False, observation_noise: bool = False, chunk_size: int = 2048
+        self,
+        X: Tensor,
+        return_std: bool = False,
+        observation_noise: bool = False,
+        chunk_size: int | None = None,
+        max_memory: int | str | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Marginal predictive mean (and standard deviation) at ``X`` in chunks of points, never a ``q x q``
-        covariance; equal to ``posterior(X).mean`` / ``.variance.sqrt()``.
+        covariance; equal to ``posterior(X).mean`` / ``.variance.sqrt()`` whatever the chunks.
 
         Args:
             X: ``batch x N x d`` inputs.
             return_std: Also return the standard deviations.
             observation_noise: Add the observation noise to the variance.
-            chunk_size: Points per chunk.
+            chunk_size: Points per chunk; default: from ``max_memory`` and the cost of a point
+                (:meth:`_base_bytes_per_point` plus the conditioning rows), at most :data:`DEFAULT_CHUNK` when the
+                base cost is unknown.
+            max_memory: Working-memory budget of a chunk, bytes or a string such as ``"1GB"``; default
+                :func:`gpgeom.engine.chunking.resolve_max_memory` (256 MiB).
 
         Returns:
             The mean, ``broadcast(batch, batch_shape) x N x m``, and with ``return_std`` the standard deviation.
         """
-        check_positive("chunk_size", chunk_size, integer=True)
+        if chunk_size is not None:
+            check_positive("chunk_size", chunk_size, integer=True)
         X = self._check_inputs(X)
+        chunk = chunk_size or self._chunk_size(X, max_memory)
         outputs = self._outputs
         means, stds = [], []
-        for start in range(0, X.shape[-2], chunk_size):
-            Xc = X[..., start : start + chunk_size, :]
+        for sl in chunk_slices(X.shape[-2], chunk):
+            Xc = X[..., sl, :]
             mean, var = self._conditioned(Xc, want_cov=False)
             means.append(mean[..., outputs])
             if return_std:

@@ -12,11 +12,12 @@ points). :class:`SurrogateList` fixes both:
 * ``fantasize`` is BoTorch's generic rule (``FantasizeMixin``): sample all outputs from the joint posterior with
   observation noise, then condition on the samples, so members see independent draws and a fantasy model equals
   conditioning on the sampled values;
-* ``predict`` concatenates the members' chunked marginal predictions.
+* ``predict`` concatenates the members' chunked marginal predictions (one memory budget, members in turn).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -30,8 +31,28 @@ from linear_operator import to_linear_operator
 from torch import Tensor
 
 from gpgeom.botorch.check import joint_moments
+from gpgeom.engine.chunking import chunk_slices, resolve_max_memory
 
 __all__ = ["SurrogateList"]
+
+
+def _member_predict(
+    model: Any, X: Tensor, return_std: bool, observation_noise: bool, chunk_size: int | None, max_memory: int
+) -> Any:
+    r"""``model.predict`` (with the chunking options it takes), or the chunked marginals of ``model.posterior``."""
+    if hasattr(model, "predict"):
+        params = inspect.signature(model.predict).parameters
+        anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        options = {"chunk_size": chunk_size, "max_memory": max_memory}
+        kwargs = {k: v for k, v in options.items() if (anything or k in params) and v is not None}
+        return model.predict(X, return_std=return_std, observation_noise=observation_noise, **kwargs)
+    means, stds = [], []
+    for sl in chunk_slices(X.shape[-2], chunk_size or 2048):
+        post = model.posterior(X[..., sl, :], observation_noise=observation_noise)
+        means.append(post.mean)
+        stds.append(post.variance.clamp_min(0.0).sqrt())
+    mean = torch.cat(means, -2)
+    return (mean, torch.cat(stds, -2)) if return_std else mean
 
 
 class SurrogateList(ModelListGP):
@@ -51,9 +72,34 @@ class SurrogateList(ModelListGP):
         return out
 
     @torch.no_grad()
-    def predict(self, X: Tensor, return_std: bool = False, observation_noise: bool = False) -> Any:
-        r"""Predictive means (and standard deviations) of all outputs, ``batch x n x m``, in the original units."""
-        outs = [g.predict(X, return_std=return_std, observation_noise=observation_noise) for g in self.models]
+    def predict(
+        self,
+        X: Tensor,
+        return_std: bool = False,
+        observation_noise: bool = False,
+        chunk_size: int | None = None,
+        max_memory: int | str | None = None,
+    ) -> Any:
+        r"""Predictive means (and standard deviations) of all outputs, ``batch x n x m``, in the original units.
+
+        The members predict one after the other, each in chunks under the same memory budget, so the working
+        memory is that of the largest member, not the sum.
+
+        Args:
+            X: ``batch x n x d`` inputs.
+            return_std: Also return the standard deviations.
+            observation_noise: Add each member's observation noise to its variance.
+            chunk_size: Points per chunk of every member (default: from ``max_memory``).
+            max_memory: Working-memory budget of a chunk (bytes or a string such as ``"1GB"``; default
+                :func:`gpgeom.engine.chunking.resolve_max_memory`, 256 MiB). A member without a ``predict`` of its
+                own (a plain BoTorch model) is asked for its posterior in chunks of ``chunk_size`` points
+                (default 2048).
+
+        Returns:
+            The means, ``batch x n x m``, and with ``return_std`` the standard deviations.
+        """
+        budget = resolve_max_memory(max_memory)
+        outs = [_member_predict(g, X, return_std, observation_noise, chunk_size, budget) for g in self.models]
         if not return_std:
             return torch.cat(outs, -1)
         return torch.cat([o[0] for o in outs], -1), torch.cat([o[1] for o in outs], -1)

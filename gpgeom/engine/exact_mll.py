@@ -49,49 +49,81 @@ from gpytorch.means import ConstantMean, ZeroMean
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-__all__ = ["exact_mll_loss", "stationary_nll"]
+from gpgeom.engine.chunking import chunk_size_for, element_size
+
+__all__ = ["exact_mll_loss", "stationary_kernel_matrix", "stationary_kind", "stationary_nll"]
 
 _KINDS = ("matern12", "matern32", "matern52", "rbf")
 #: Squared scaled distances at or below this are treated as zero (GPyTorch clamps them at 1e-30 too).
 _R2_FLOOR = 1e-30
-#: Elements of the covariance matrices processed together (about 2 MB of float64).
+#: Elements of the covariance matrices processed together on a CPU (about 2 MB of float64).
 _CHUNK_ELEMENTS = 2**18
+#: ``n x n`` matrices alive at once while one batch member is evaluated with its gradient (the kernel, which becomes
+#: the covariance; its derivative; the factor, which becomes the inverse), plus the boolean diagonal mask.
+_MEMBER_MATRICES = 3.125
 
 
-def _kernel_parts(kind: str, r2: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``k0(R)`` and ``dk0/d(R^2)`` (elementwise) for squared scaled distances ``r2`` (overwritten); the derivative
-    is 0 where ``r2`` is at the floor (the diagonal), where it multiplies a zero distance anyway. In-place
-    arithmetic: these ``n x n`` passes are memory-bound."""
+def _kernel_parts(kind: str, r2: Tensor, derivative: bool = True, lean: bool = False) -> tuple[Tensor, Tensor | None]:
+    r"""``k0(R)`` and ``dk0/d(R^2)`` (elementwise) for squared scaled distances ``r2`` (overwritten: ``k0`` is
+    returned in its storage); the derivative is 0 where ``r2`` is at the floor (the diagonal), where it multiplies a
+    zero distance anyway, and ``None`` without ``derivative``. In-place arithmetic: these ``n x n`` passes are
+    memory-bound, and at most two more ``n x n`` tensors are alive at once besides ``r2``."""
     if kind == "rbf":
         k0 = r2.mul_(-0.5).exp_()
-        return k0, k0.mul(-0.5)
-    zero = r2 <= _R2_FLOOR
+        return k0, (k0.mul(-0.5) if derivative else None)
+    zero = (r2 <= _R2_FLOOR) if derivative else None
     if kind == "matern12":
         r = r2.sqrt_()
         e = r.neg().exp_()
-        return e, e.div(r).mul_(-0.5).masked_fill_(zero, 0.0)
+        if not derivative:
+            return e, None
+        return e, torch.div(e, r, out=r).mul_(-0.5).masked_fill_(zero, 0.0)
     if kind == "matern32":
         s = r2.mul_(3.0).sqrt_()
         e = s.neg().exp_()
-        return s.add_(1.0).mul_(e), e.mul_(-1.5).masked_fill_(zero, 0.0)
+        k0 = s.add_(1.0).mul_(e)
+        return k0, (e.mul_(-1.5).masked_fill_(zero, 0.0) if derivative else None)
     s = r2.mul_(5.0).sqrt_()
+    if lean:  # one temporary: (s / 3 + 1) s + 1 by Horner's rule, with s kept in the exponential's storage
+        e = s.clone()
+        return s.div_(3.0).add_(1.0).mul_(e).add_(1.0).mul_(e.neg_().exp_()), None
     e = s.neg().exp_()
     t = s.add(1.0)
-    dk0 = t.mul(e).mul_(-5.0 / 6.0).masked_fill_(zero, 0.0)
-    return s.square_().div_(3.0).add_(t).mul_(e), dk0
+    k0 = s.square_().div_(3.0).add_(t).mul_(e)
+    return k0, (t.mul_(e).mul_(-5.0 / 6.0).masked_fill_(zero, 0.0) if derivative else None)
 
 
 def _scaled_sq_dist(x: Tensor, lengthscale: Tensor) -> Tensor:
-    r"""``R^2`` of shape ``kb x n x n`` for centred inputs ``x`` (``kb x n x d``), exact zeros on the diagonal."""
+    r"""``R^2`` of shape ``kb x n x n`` for centred inputs ``x`` (``kb x n x d``), exact zeros on the diagonal (one
+    ``n x n`` allocation)."""
     xs = x / lengthscale
     sq = xs.pow(2).sum(-1)
-    r2 = torch.baddbmm(sq.unsqueeze(-1) + sq.unsqueeze(-2), xs, xs.mT, alpha=-2.0).clamp_min_(_R2_FLOOR)
+    r2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2)).baddbmm_(xs, xs.mT, alpha=-2.0).clamp_min_(_R2_FLOOR)
     r2.diagonal(dim1=-2, dim2=-1).fill_(_R2_FLOOR)
     return r2
 
 
+def _frobenius(A: Tensor, B: Tensor) -> Tensor:
+    r"""``sum_ij A_ij B_ij`` per batch member (``kb x n x n`` each) as one dot product, without a temporary when
+    both are contiguous."""
+    return torch.bmm(A.reshape(A.shape[0], 1, -1), B.reshape(B.shape[0], -1, 1)).reshape(A.shape[0])
+
+
+def _pair_sq_sum(G1: Tensor, Gx: Tensor, x: Tensor) -> Tensor:
+    r"""``sum_ij G_ij (x_ik - x_jk)^2 = 2 sum_i x_ik^2 (G 1)_i - 2 sum_i x_ik (G x)_ik`` for a symmetric ``G``
+    given ``G 1`` (``kb x n x c``) and ``G x`` (``kb x n x c x d``): ``kb x c x d``."""
+    return 2.0 * torch.einsum("bnd,bnc->bcd", x * x, G1) - 2.0 * torch.einsum("bnd,bncd->bcd", x, Gx)
+
+
 class _StationaryNLL(torch.autograd.Function):
-    r"""Negative log density of ``G`` columns of targets under one stationary GP covariance per batch member."""
+    r"""Negative log density of ``G`` columns of targets under one stationary GP covariance per batch member.
+
+    The gradient is linear in the incoming cotangents ``g`` (``kb x G``): with :math:`W = \tfrac12 (\sum_c g_c)
+    K^{-1} - \tfrac12 \sum_c g_c \alpha_c \alpha_c^\top`, every hyperparameter gradient is a sum over the
+    ``K^{-1}`` part and over the columns. When a hyperparameter needs a gradient, the forward pass computes those
+    parts while the kernel matrices are at hand and keeps only them (``O(n G)`` per member): no ``n x n`` tensor
+    outlives a member's evaluation, so the working memory of a batch of members is that of one chunk of members,
+    not of the whole batch (the kernel matrices used to be kept for the backward pass of every member)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -103,37 +135,62 @@ class _StationaryNLL(torch.autograd.Function):
         x: Tensor,
         y: Tensor,
         kind: str,
+        grad_mode: bool,
     ) -> Tensor:
-        r2 = _scaled_sq_dist(x, lengthscale)
-        k0, dk0 = _kernel_parts(kind, r2)
-        K = outputscale[..., None, None] * k0
+        need = grad_mode and any(ctx.needs_input_grad[:4])  # (``needs_input_grad`` ignores ``torch.no_grad``)
+        os_ = outputscale[..., None, None]
+        k0, dk0 = _kernel_parts(kind, _scaled_sq_dist(x, lengthscale), derivative=need)
+        # K in the storage of k0 (k0 is recovered from it below), unless an outputscale is 0
+        in_place = not need or bool((outputscale > 0).all())
+        k0_diag = k0.diagonal(dim1=-2, dim2=-1).clone() if (need and in_place) else None
+        K = k0.mul_(os_) if in_place else os_ * k0
         K.diagonal(dim1=-2, dim2=-1).add_(noise)
         L = psd_safe_cholesky(K)
         resid = y - constant.unsqueeze(-2)  # ``kb x n x G``
-        alpha = torch.cholesky_solve(resid, L)
+        # two triangular solves: ``cholesky_solve`` would copy the factor
+        alpha = torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, resid, upper=False), upper=True)
         n = y.shape[-2]
         logdet = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # half the log determinant
         nll = 0.5 * (resid * alpha).sum(-2) + logdet.unsqueeze(-1) + 0.5 * n * math.log(2.0 * math.pi)
-        ctx.kind = kind
-        ctx.save_for_backward(lengthscale, outputscale, x, L, alpha, k0, dk0)
+        if not need:
+            return nll
+        if in_place:  # k0 = K / os off the diagonal (to a rounding), its own diagonal on it
+            k0 = K.div_(os_)
+            k0.diagonal(dim1=-2, dim2=-1).copy_(k0_diag)
+        del K
+        # the K^-1 part of W (weight sum_c g_c): W0 = K^-1 / 2, in the storage of the factor; the inverse is exactly
+        # symmetric, so its transpose (row-major like k0 when the factor is column-major, as LAPACK's) is used
+        W0 = torch.cholesky_inverse(L, out=L).mT.mul_(0.5)
+        del L
+        j0_os = _frobenius(W0, k0)
+        j0_noise = W0.diagonal(dim1=-2, dim2=-1).clone()
+        G0 = W0.mul_(dk0).mul_(os_)
+        j0_sq = _pair_sq_sum(G0.sum(-1, keepdim=True), (G0 @ x).unsqueeze(-2), x)[..., 0, :]  # ``kb x d``
+        del W0, G0
+        # the column parts (weights g_c): W_c = -alpha_c alpha_c^T / 2, so that sum_ij W_c,ij k0_ij =
+        # -alpha_c^T k0 alpha_c / 2 and G_c = os W_c o dk0 has G_c 1 = -os alpha_c o (dk0 alpha_c) / 2 and
+        # G_c x_k = -os alpha_c o (dk0 (alpha_c o x_k)) / 2
+        kb, G, d = alpha.shape[0], alpha.shape[-1], x.shape[-1]
+        jc_os = -0.5 * (alpha * (k0 @ alpha)).sum(-2)  # ``kb x G``
+        rhs = torch.cat([alpha.unsqueeze(-1), alpha.unsqueeze(-1) * x.unsqueeze(-2)], -1)  # ``kb x n x G x (1+d)``
+        P = (dk0 @ rhs.reshape(kb, n, -1)).reshape(kb, n, G, 1 + d)
+        P.mul_(alpha.unsqueeze(-1)).mul_(-0.5 * os_.unsqueeze(-1))
+        jc_sq = _pair_sq_sum(P[..., 0], P[..., 1:], x)  # ``kb x G x d``
+        ctx.save_for_backward(lengthscale, alpha, j0_os, j0_noise, j0_sq, jc_os, jc_sq)
         return nll
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        lengthscale, outputscale, x, L, alpha, k0, dk0 = ctx.saved_tensors
-        # W = dl/dK summed over the G columns with their incoming gradients: 0.5 (sum_g g_g) K^-1 - 0.5 A diag(g) A^T
-        W = 0.5 * grad.sum(-1)[..., None, None] * torch.cholesky_inverse(L)
-        W = W - 0.5 * (alpha * grad.unsqueeze(-2)) @ alpha.mT
-        g_outputscale = torch.einsum("...ij,...ij->...", W, k0)
-        g_noise = W.diagonal(dim1=-2, dim2=-1).clone()
+        lengthscale, alpha, j0_os, j0_noise, j0_sq, jc_os, jc_sq = ctx.saved_tensors
+        total = grad.sum(-1)  # ``kb``: the weight of the K^-1 part
+        g_outputscale = total * j0_os + (grad * jc_os).sum(-1)
+        g_noise = total.unsqueeze(-1) * j0_noise - 0.5 * (alpha.square() * grad.unsqueeze(-2)).sum(-1)
         g_constant = -grad * alpha.sum(-2)
-        G = W.mul_(dk0).mul_(outputscale[..., None, None])
-        # sum_ij G_ij (x_ik - x_jk)^2, G symmetric
-        sq_term = 2.0 * ((x * x) * G.sum(-1, keepdim=True)).sum(-2) - 2.0 * (x * (G @ x)).sum(-2)  # ``kb x d``
+        sq_term = total.unsqueeze(-1) * j0_sq + (grad.unsqueeze(-1) * jc_sq).sum(-2)  # ``kb x d``
         g_ls = -2.0 * sq_term.unsqueeze(-2) / lengthscale.pow(3)  # ``kb x 1 x d``
         if lengthscale.shape[-1] == 1:  # one lengthscale for all dimensions
             g_ls = g_ls.sum(-1, keepdim=True)
-        return g_ls, g_outputscale, g_noise, g_constant, None, None, None
+        return g_ls, g_outputscale, g_noise, g_constant, None, None, None, None
 
 
 def stationary_nll(
@@ -144,9 +201,15 @@ def stationary_nll(
     constant: Tensor,
     x: Tensor,
     y: Tensor,
+    max_memory: int | str | None = None,
 ) -> Tensor:
     r"""``-log N(y_g; c_g 1, s^2 k0(X / l) + diag(noise))`` for every batch member and column, differentiable in
     the four hyperparameter tensors (closed-form backward pass; Rasmussen & Williams 2006, eqs. 2.30 and 5.9).
+
+    Batch members are evaluated in chunks (a few at a time on a CPU, where the ``n x n`` passes then stay in
+    cache; as many as the memory budget allows on a GPU). When a hyperparameter requires a gradient, each chunk
+    computes its gradient parts in the forward pass and keeps only ``O(n G)`` numbers for the backward pass, so
+    the working memory is about ``4 n^2`` elements per member of one chunk, whatever the number of members.
 
     Args:
         kind: ``"matern12"``, ``"matern32"``, ``"matern52"`` or ``"rbf"`` (GPyTorch's definitions).
@@ -157,6 +220,8 @@ def stationary_nll(
         x: ``kb x n x d`` inputs; they are centred here (as GPyTorch's Matern kernel does), which does not change
             the distances.
         y: ``kb x n x G`` targets: ``G`` columns sharing each covariance.
+        max_memory: Working-memory budget of a chunk of members (bytes or a string such as ``"1GB"``; default
+            :func:`gpgeom.engine.chunking.resolve_max_memory`, 256 MiB). The result does not depend on it.
 
     Returns:
         A ``kb x G`` tensor of negative log densities.
@@ -182,14 +247,55 @@ def stationary_nll(
     ]
     flat = [a.reshape((-1,) + a.shape[len(kb) :]) for a in args]
     # on a CPU, a few covariance matrices at a time: the elementwise n x n passes then stay in cache (2.5x faster
-    # at n = 300); a GPU takes them all in one launch
+    # at n = 300); a GPU takes as many as the memory budget allows (all of them, unless they are large) in one launch
     B = flat[0].shape[0]
     chunk = max(1, _CHUNK_ELEMENTS // (n * n)) if x.device.type == "cpu" else B
-    out = [_StationaryNLL.apply(*(a[i : i + chunk] for a in flat), kind) for i in range(0, B, chunk)]
+    chunk = min(chunk, chunk_size_for(_MEMBER_MATRICES * n * n * element_size(x.dtype), max_memory, total=B))
+    grad_mode = torch.is_grad_enabled()
+    out = [_StationaryNLL.apply(*(a[i : i + chunk] for a in flat), kind, grad_mode) for i in range(0, B, chunk)]
     return torch.cat(out, 0).reshape(kb + y.shape[-1:])
 
 
-def _kernel_kind(covar: Any) -> str | None:
+def stationary_kernel_matrix(covar: Any, x1: Tensor, x2: Tensor | None = None) -> Tensor | None:
+    r"""The dense kernel matrix ``covar(x1, x2)`` of a ``ScaleKernel`` over a Matern (nu 1/2, 3/2, 5/2) or RBF
+    kernel without ``active_dims``, computed with in-place arithmetic: at most two ``q1 x q2`` blocks are alive at
+    once (the squared distances, which become the result, and the exponential factor), where GPyTorch's evaluation
+    holds five or six. ``None`` for other kernels (evaluate those with GPyTorch).
+
+    Not differentiable (in-place arithmetic): call it under ``torch.no_grad()``. The values equal GPyTorch's to
+    rounding (the inputs are centred on the mean of ``x1`` as GPyTorch's Matern kernel does).
+
+    Args:
+        covar: The kernel.
+        x1: ``batch x q1 x d`` inputs.
+        x2: ``batch x q2 x d`` inputs (batches broadcast), or ``None`` for ``covar(x1)``, whose diagonal has
+            exactly zero distance (GPyTorch's ``x1 == x2`` case).
+
+    Returns:
+        A ``broadcast(batch, kernel batch) x q1 x q2`` tensor, or ``None``.
+    """
+    kind = stationary_kind(covar)
+    if kind is None:
+        return None
+    ls = covar.base_kernel.lengthscale
+    centre = x1.reshape(-1, x1.shape[-1]).mean(0)
+    xs1 = (x1 - centre) / ls
+    xs2 = xs1 if x2 is None else (x2 - centre) / ls
+    batch = torch.broadcast_shapes(xs1.shape[:-2], xs2.shape[:-2], covar.outputscale.shape)
+    xs1, xs2 = xs1.expand(batch + xs1.shape[-2:]), xs2.expand(batch + xs2.shape[-2:])
+    q1, q2, d = xs1.shape[-2], xs2.shape[-2], xs1.shape[-1]
+    r2 = xs1.square().sum(-1).unsqueeze(-1) + xs2.square().sum(-1).unsqueeze(-2)
+    r2.view(-1, q1, q2).baddbmm_(xs1.reshape(-1, q1, d), xs2.reshape(-1, q2, d).mT, alpha=-2.0)
+    r2.clamp_min_(_R2_FLOOR)
+    if x2 is None:
+        r2.diagonal(dim1=-2, dim2=-1).fill_(_R2_FLOOR)
+    k0, _ = _kernel_parts(kind, r2, derivative=False, lean=True)
+    return k0.mul_(covar.outputscale[..., None, None])
+
+
+def stationary_kind(covar: Any) -> str | None:
+    r"""``"matern12"``, ``"matern32"``, ``"matern52"`` or ``"rbf"`` for a ``ScaleKernel`` over that kernel without
+    ``active_dims`` (the family of :func:`exact_mll_loss` and :func:`stationary_kernel_matrix`), else ``None``."""
     if type(covar) is not ScaleKernel or covar.active_dims is not None:
         return None
     base = covar.base_kernel
@@ -220,7 +326,7 @@ def exact_mll_loss(model: Any) -> Callable[..., Tensor] | None:
         of members with separate hyperparameters, ``batch_indices`` (a sequence of member indices) evaluates only
         those members and returns their losses; the attribute ``accepts_batch_indices`` tells whether it does.
     """
-    kind = _kernel_kind(getattr(model, "covar_module", None))
+    kind = stationary_kind(getattr(model, "covar_module", None))
     lik = getattr(model, "likelihood", None)
     mean = getattr(model, "mean_module", None)
     inputs = getattr(model, "train_inputs", None)
