@@ -191,10 +191,18 @@ def check_botorch_model(
         ValueError: When ``d`` cannot be inferred or an argument has the wrong shape.
 
     Example:
+        >>> import torch
+        >>> from gpgeom.botorch import ExactGPModel, check_botorch_model
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.rand(30, 2, generator=g, dtype=torch.float64)
+        >>> f = lambda X: torch.sin(6 * X[:, :1]) + X[:, 1:] ** 2
+        >>> Y = f(X) + 0.05 * torch.randn(30, 1, generator=g, dtype=torch.float64)
+        >>> X_test = torch.rand(40, 2, generator=g, dtype=torch.float64)
+        >>> Y_test = f(X_test) + 0.05 * torch.randn(40, 1, generator=g, dtype=torch.float64)
         >>> model = ExactGPModel(X, Y).fit()
-        >>> check_botorch_model(model, bounds=torch.stack([X.min(0).values, X.max(0).values]),
-        ...                     predict_fn=lambda X: model.predict(X, return_std=True),
-        ...                     train_X=X, train_Y=Y, test_X=X_test, test_Y=Y_test)
+        >>> report = check_botorch_model(model, train_X=X, train_Y=Y, test_X=X_test, test_Y=Y_test)
+        >>> report["measured"]["condition_error"] < 1e-6
+        True
     """
     start = time.perf_counter()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []

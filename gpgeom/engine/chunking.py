@@ -16,10 +16,14 @@ and frees); the inputs, the results and cached factors come on top. A chunk neve
 single item larger than the budget still runs (the budget is a target, not a hard limit).
 
 Example:
+    >>> from gpgeom.engine.chunking import chunk_size_for, memory_budget
+    >>> n, N, itemsize = 10_000, 1_000_000, 8
     >>> per_point = 8 * n * itemsize  # eight n-vectors of temporaries per test point
-    >>> chunk = chunk_size_for(per_point, total=N)  # default budget
+    >>> chunk_size_for(per_point, total=N)  # default budget, 256 MiB
+    419
     >>> with memory_budget("2GB"):
-    ...     chunk = chunk_size_for(per_point, total=N)  # about eight times as many points per chunk
+    ...     chunk_size_for(per_point, total=N)  # about eight times as many points per chunk
+    3125
 
 How a model uses it: estimate the bytes one test point (or one batch member) costs in the largest temporaries
 of its prediction (for a kernel model: the rows of the cross-covariance and of the triangular solve against the
@@ -197,9 +201,21 @@ class FactorCache:
     file never holds it.
 
     Example:
-        >>> cache = self.__dict__.setdefault("_factor_cache", FactorCache())
+        >>> import torch
+        >>> from gpgeom.engine.chunking import FactorCache
+        >>> module = torch.nn.Linear(2, 1)
+        >>> X = torch.randn(5, 2)
+        >>> cache, calls = FactorCache(), []
+        >>> def compute():
+        ...     calls.append(1)
+        ...     return module(X)
+        >>> first = cache.get(FactorCache.key_of(module, (X,)), compute)
+        >>> again = cache.get(FactorCache.key_of(module, (X,)), compute)  # same state: not recomputed
         >>> with torch.no_grad():
-        ...     L, alpha = cache.get(FactorCache.key_of(self, (X, y)), self._compute_factor)
+        ...     _ = module.bias.fill_(1.0)
+        >>> changed = cache.get(FactorCache.key_of(module, (X,)), compute)  # a parameter changed: recomputed
+        >>> len(calls)
+        2
     """
 
     __slots__ = ("key", "value")

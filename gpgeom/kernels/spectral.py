@@ -120,10 +120,19 @@ class SpectralKernel(Kernel):
     :ivar nu: :math:`\nu`, shape ``*batch_shape x 1 x 1`` (``None`` for the heat filter).
 
     Example:
+        >>> import torch
+        >>> from gpytorch.kernels import ScaleKernel
+        >>> from gpgeom.kernels import SpectralKernel
+        >>> n = 100
+        >>> A = torch.diag(torch.ones(n - 1, dtype=torch.float64), 1)
+        >>> A = A + A.T                                        # a path graph's adjacency, n x n
         >>> L = torch.diag(A.sum(-1)) - A                      # graph Laplacian, n x n
         >>> lam, phi = torch.linalg.eigh(L)
         >>> covar = ScaleKernel(SpectralKernel(lam[:50], phi[:, :50], nu=1.5))
-        >>> K = covar(torch.arange(n, dtype=lam.dtype)[:, None])   # n x n, rank 50
+        >>> idx = torch.arange(n, dtype=lam.dtype)[:, None]    # the kernel's inputs are node indices, n x 1
+        >>> K = covar(idx).to_dense()                          # n x n, rank 50
+        >>> K.shape, int(torch.linalg.matrix_rank(K))
+        (torch.Size([100, 100]), 50)
     """
 
     has_lengthscale = True
@@ -229,6 +238,9 @@ class SpectralKernel(Kernel):
 
     @property
     def nu(self) -> Tensor | None:
+        r"""The Matern smoothness :math:`\nu`, shape ``*batch_shape x 1 x 1`` (the constrained value of ``raw_nu``
+        when learned, the fixed buffer otherwise); ``None`` for the heat filter. Setting it accepts a float or a
+        tensor of that shape."""
         if self.spectral_filter != "matern":
             return None
         if self.learn_nu:
