@@ -56,10 +56,32 @@ def _version() -> str:
 
 
 def write_model_file(path: str | os.PathLike, model: Any, state: dict[str, Any]) -> None:
-    r"""Write ``state`` (tensors and plain Python values; tensors are moved to the CPU) for ``model`` to ``path``."""
+    r"""Write ``state`` (tensors and plain Python values; tensors are moved to the CPU) for ``model`` to ``path``.
+
+    In a ``torch.distributed`` process group of several ranks (training under ``torchrun``, see
+    :mod:`gpgeom.engine.distributed`) this is a collective: every rank calls it, rank 0 alone writes the file
+    (the ranks hold the same model) and all of them wait at a barrier until it is written, so that any rank may read
+    it afterwards; when rank 0 fails to write, every rank raises. Calling it on rank 0 only would leave rank 0
+    waiting for the others.
+    """
     name = model_name(type(model))
     header = {"class": name, "format_version": int(type(model)._format_version), "gpgeom_version": _version()}
-    torch.save({_HEADER: header, "state": _to_cpu(state)}, os.fspath(path))
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        torch.save({_HEADER: header, "state": _to_cpu(state)}, os.fspath(path))
+        return
+    failure = [None]
+    if dist.get_rank() == 0:
+        try:
+            torch.save({_HEADER: header, "state": _to_cpu(state)}, os.fspath(path))
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            failure[0] = f"{type(exc).__name__}: {exc}"
+            error = exc
+    dist.broadcast_object_list(failure, src=0)  # the barrier: the file is complete (or failed) on return
+    if failure[0] is not None:
+        if dist.get_rank() == 0:
+            raise error
+        raise OSError(f"Rank 0 could not write the model file {os.fspath(path)!r} ({failure[0]}).")
 
 
 def _to_cpu(obj: Any) -> Any:

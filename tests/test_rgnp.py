@@ -9,9 +9,11 @@ import pytest
 import torch
 from gpytorch.distributions import MultivariateNormal
 
+from gpgeom._io import write_model_file
 from gpgeom.engine.variational import elbo_loss
 from gpgeom.errors import ModelFileError, NotFittedError
 from gpgeom.metrics import calibration_summary
+from gpgeom.models._rgnp_checks import prepare_data
 from gpgeom.models.rgnp import RGNP, coverage, nse, pointwise_grad
 from gpgeom.pde import NonlinearPoisson1D, ViscousBurgers, burgers_cole_hopf, register_family
 
@@ -172,7 +174,7 @@ def test_data_term_learned_scale_and_fixed_grid():
     z, w = (torch.tensor(a, dtype=torch.float32) for a in fam.sample_params(S, 0))
     x = torch.rand(S, mpts, 1) * 1.6 - 0.8
     y = torch.randn(S, mpts) * 0.05
-    data = m._prepare_data({"x": x, "y": y, "z": z, "w": w}, 0.05, 3)
+    data = prepare_data(m, {"x": x, "y": y, "z": z, "w": w}, 0.05, 3)
     xg, wg = m._draw(4, None)
     terms = m.elbo_terms(xg, wg, data)
     assert {"z", "u", "pde", "z_obs", "y", "q:z", "q:u"} <= set(terms)
@@ -224,6 +226,34 @@ def test_predict_mvn_and_save_load(tmp_path):
     torch.testing.assert_close(custom.predict(zc, None, xf), c2.predict(zc, None, xf))
     with pytest.raises(TypeError, match="without a lift"):
         RGNP.load(tmp_path / "c.pt", residual=_helmholtz_residual, lift=_helmholtz_lift)
+
+
+def test_inverse_encoder_aggregation_is_stored_and_older_files_load_with_points(tmp_path):
+    """New models use GICNet's quadrature aggregation and store it; a file written before the option existed (no
+    ``aggregation`` key) was trained with the average over the points and loads with it, predicting as saved."""
+    m = _poisson_model().double().fit(2, progress=False, seed=0)
+    assert m.config["gicnet"]["aggregation"] == "quadrature" and m.inverse_net.aggregation == "quadrature"
+    x = torch.rand(3, 25, 1, dtype=torch.float64) * 2 - 1
+    u = torch.sin(2 * x[..., 0]) * torch.rand(3, 1, dtype=torch.float64)
+    w = torch.rand(3, 1, dtype=torch.float64) + 1.0
+    zq = m.predict_inverse(x, u, w, return_std=True)
+    m.save(tmp_path / "q.pt")
+    back = RGNP.load(tmp_path / "q.pt")
+    assert back.inverse_net.aggregation == "quadrature"
+    torch.testing.assert_close(back.predict_inverse(x, u, w, return_std=True), zq, rtol=0, atol=0)
+    state = m._get_state()
+    gic = {k: v for k, v in state["config"]["gicnet"].items() if k != "aggregation"}
+    state["config"] = {**state["config"], "gicnet": gic}  # as written before the option existed
+    write_model_file(tmp_path / "old.pt", m, state)
+    old = RGNP.load(tmp_path / "old.pt")
+    assert old.inverse_net.aggregation == "points" and m.config["gicnet"]["aggregation"] == "quadrature"
+    ref = _poisson_model(gicnet={**SMALL_GIC, "aggregation": "points"}).double()  # the same weights, points rule
+    ref.load_state_dict(m.state_dict())
+    ref._fitted = True
+    zp = old.predict_inverse(x, u, w, return_std=True)
+    torch.testing.assert_close(zp, ref.predict_inverse(x, u, w, return_std=True), rtol=0, atol=0)
+    assert float((zp[0] - zq[0]).abs().max()) > 1e-6  # the rule matters: loading with the new one would move z
+    torch.testing.assert_close(old.predict(zq[0], w, x[0]), m.predict(zq[0], w, x[0]), rtol=0, atol=0)
 
 
 def _helmholtz_lift(x, w):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gpgeom._validation import check_positive
 from gpgeom.errors import ModelFileError
 from gpgeom.pde._checks import check_finite_output
 from gpgeom.pde.box import check_in_box
@@ -235,6 +236,25 @@ def resolve_callables(state: dict[str, Any], residual: Any, lift: Any) -> tuple[
             "function as when the model was saved) to RGNP.load."
         )
     return residual, lift, family, sources
+
+
+def file_config(state: dict[str, Any]) -> dict[str, Any]:
+    r"""The constructor arguments stored in an RGNP file's state. Files written before GICNet's ``aggregation``
+    option hold no such key: their inverse network was trained with the Nadaraya-Watson average over the points,
+    so they load with ``aggregation="points"`` and predict as when they were saved."""
+    config = dict(state["config"])
+    config["gicnet"] = {"aggregation": "points", **dict(config.get("gicnet") or {})}
+    return config
+
+
+def prepare_data(model: Any, data: Any, noise_std: float, batch: int) -> dict[str, Any]:
+    r"""The checked observations of :meth:`~gpgeom.models.rgnp.RGNP.fit` (``data``: ``x`` ``(S, m, D)``, ``y``
+    ``(S, m)``, ``z`` ``(S, dz)``, ``w`` ``(S, dw)``) with the noise level and the data fields per step."""
+    x, y, z, w = check_field_data(model, data, "data")
+    check_positive("noise_std", noise_std)
+    check_positive("data_batch", batch, integer=True)
+    noise = torch.tensor(float(noise_std), dtype=model.dtype, device=model.device)
+    return {"x": x, "y": y, "z": z, "w": w, "noise": noise, "batch": batch}
 
 
 def reference_fields(model: Any, data: Any, n_fields: int, n_points: int, seed: int | None) -> tuple[Tensor, ...]:

@@ -103,6 +103,7 @@ from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
 from gpgeom.base import ModelContract, format_value
+from gpgeom.engine.distributed import data_parallel
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.engine.variational import (
     LowRankGaussian,
@@ -114,14 +115,15 @@ from gpgeom.engine.variational import (
 )
 from gpgeom.models._rgnp_checks import (
     callable_name,
-    check_field_data,
     check_lift_output,
     check_residual_output,
     check_user_functions,
     coverage,
     default_dtype,
     family_info,
+    file_config,
     nse,
+    prepare_data,
     reference_fields,
     resolve_callables,
 )
@@ -235,7 +237,7 @@ class RGNP(ModelContract, nn.Module):
         grid: ``"random"`` (fresh i.i.d. uniform points each step, RGNP) or ``"fixed"`` (a fixed regular grid
             of ``n_points`` points reused every step: the PDDLVM baseline).
         boundary_margin: Random points are drawn in the box shrunk by this margin (relative to its width).
-        gicnet: Keyword arguments of :class:`GICNet` (sizes of the inverse encoder).
+        gicnet: Keyword arguments of :class:`GICNet` (the inverse encoder; files before ``aggregation`` load "points").
         dtype: The floating dtype of the model (``torch.float64`` or ``torch.float32``); inputs of any dtype are
             converted to it. ``model.to(dtype=...)`` changes it later.
 
@@ -306,7 +308,7 @@ class RGNP(ModelContract, nn.Module):
         self.rank, self.inverse_rank = rank, inverse_rank
         self.n_points, self.batch_size, self.grid = n_points, batch_size, grid
         self.boundary_margin = float(boundary_margin)
-        gic = dict(gicnet or {})
+        gic = {"aggregation": "quadrature", **(gicnet or {})}  # stored explicitly: see file_config
         #: The constructor's arguments as plain values (stored in model files).
         self.config = {
             "domain": (lo, hi), "z_bounds": (zlo, zhi), "w_bounds": (wlo, whi) if w_bounds is not None else None,
@@ -526,13 +528,6 @@ class RGNP(ModelContract, nn.Module):
         return elbo_terms(self.model, self.guide, x.detach().requires_grad_(True), w, data)
 
     # -- training ---------------------------------------------------------------------------------------------------
-    def _prepare_data(self, data: dict, noise_std: float, batch: int) -> dict:
-        x, y, z, w = check_field_data(self, data, "data")
-        check_positive("noise_std", noise_std)
-        check_positive("data_batch", batch, integer=True)
-        noise = torch.tensor(float(noise_std), dtype=self.dtype, device=self.device)
-        return {"x": x, "y": y, "z": z, "w": w, "noise": noise, "batch": batch}
-
     def fit(
         self,
         steps: int = 1000,
@@ -573,6 +568,9 @@ class RGNP(ModelContract, nn.Module):
             callback: ``callback(step, loss)`` at every step (e.g. to track test errors during training: it may call
                 :meth:`predict`, which sees the current networks).
 
+        Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
+        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only.
+
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
             the loss, the negative ELBO per field, of every step); the parameters with the lowest one-step loss are
@@ -586,7 +584,7 @@ class RGNP(ModelContract, nn.Module):
                 or the lift returns NaN or infinite values for finite inputs (the message gives the point).
         """
         check_positive("steps", steps, integer=True)
-        prepared = self._prepare_data(data, noise_std, data_batch) if data is not None else None
+        prepared = prepare_data(self, data, noise_std, data_batch) if data is not None else None
         if bool(self.discrepancy.calibrated):
             warnings.warn(
                 "RGNP.fit changes the networks that calibrate() measured: the calibration is dropped; call "
@@ -603,20 +601,20 @@ class RGNP(ModelContract, nn.Module):
             # Pyro/torch argument validation off while training: it re-checks supports every step (a device sync
             # on GPU); the model checks its own inputs and outputs.
             with pyro.validation_enabled(False):
-                value = self.loss(batch_size, n_points, prepared)
+                value = dp.mean(self.loss(batch_size, n_points, prepared))  # torchrun: the mean over the ranks
             counter[0] += 1
             self._fitted = True  # trained from here on: a callback may call predict()
             if callback is not None:
                 callback(counter[0], float(value.detach()))
             return value
 
-        try:
-            result = fit(
-                objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
-                lr_final_fraction=lr_final_fraction, epochs=steps,
-                patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
-                progress=progress, seed=seed,
-            )  # fmt: skip
+        try:  # under torchrun: rank 0's parameters, each rank its own grids (seed + rank), gradients averaged
+            with data_parallel(self, seed) as dp:
+                result = fit(
+                    objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
+                    lr_final_fraction=lr_final_fraction, epochs=steps, progress=dp.progress(progress), seed=dp.seed,
+                    patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
+                )  # fmt: skip
         except NonFiniteOutputError as exc:  # the message says all: which function, where; not 20 Pyro frames
             raise ValueError(f"{exc.original()} (at training step {counter[0] + 1})") from None
         self.fit_history.extend(result.history[0])
@@ -842,7 +840,7 @@ class RGNP(ModelContract, nn.Module):
             raise TypeError(f"RGNP.load got unexpected arguments {sorted(unknown)}; it takes `residual` and `lift`.")
         residual, lift, family, sources = resolve_callables(state, residual, lift)
         dtype = getattr(torch, state["dtype"])
-        model = cls(residual, lift=lift, dtype=dtype, **state["config"])
+        model = cls(residual, lift=lift, dtype=dtype, **file_config(state))
         module_state = dict(state["module_state"])
         for key, value in model.discrepancy.state_dict().items():  # files from before the discrepancy existed
             module_state.setdefault(f"discrepancy.{key}", value)

@@ -1,0 +1,392 @@
+r"""Data-parallel training under ``torchrun``: one process per CPU socket or GPU, gradients averaged every step.
+
+Started by ``torchrun --nproc_per_node=W script.py`` (``python -m torch.distributed.run``), each of the :math:`W`
+processes (*ranks*) holds a full copy of the model and evaluates the loss on its own random draws (RGNP: its own
+fields and random grids, the seed offset by the rank). With :math:`L_r(\theta)` the loss of rank :math:`r`, the
+step minimises the average
+
+.. math::
+    L(\theta) = \frac1W \sum_{r=0}^{W-1} L_r(\theta), \qquad \nabla L = \frac1W \sum_r \nabla L_r,
+
+i.e. one step on :math:`W` times the batch: the gradient estimator of a batch of :math:`W B` fields, whose variance
+is :math:`1/W` that of one rank's (the draws of the ranks being independent). Every rank applies the same averaged
+gradient with the same optimiser from the same starting parameters (broadcast from rank 0), so the parameters stay
+identical on all ranks without ever being sent again. This is the scheme of PyTorch's
+:class:`~torch.nn.parallel.DistributedDataParallel` (Li et al., "PyTorch Distributed: Experiences on Accelerating
+Data Parallel Training", VLDB 2020): parameters broadcast once, gradients all-reduced (summed, divided by
+:math:`W`) during the backward pass.
+
+Why gradient hooks and not the DDP wrapper: DDP wraps a module and synchronises the backward of *its forward's
+output*. The objectives here are not a module's forward: RGNP's negative ELBO is computed by Pyro's
+``Trace_ELBO`` from a model and a guide (:mod:`gpgeom.engine.variational`), which call the networks several times
+(and the residual differentiates the forward network through ``torch.autograd.grad``), and
+:func:`gpgeom.engine.fitting.fit` takes any callable. :func:`average_gradients` therefore hooks the parameters
+themselves (``Tensor.register_post_accumulate_grad_hook``): the first gradient that reaches a parameter queues one
+callback at the end of that backward pass (as DDP's reducer does), which all-reduces every parameter's gradient in
+one flat buffer per dtype and device, in the fixed order of the parameter list, so that the collectives of all
+ranks match whatever order the autograd engine finished the parameters in. A parameter that received no gradient
+on some rank counts as zero there (DDP's ``find_unused_parameters``); one that received none on any rank keeps
+``grad = None`` (Adam then skips it, as in a single process). Gradients accumulated over several backward passes
+stay correct: each pass adds the average of its own gradients.
+
+The loss itself is averaged by :func:`mean_over_ranks` (value: the mean over the ranks; gradient: the rank's own,
+averaged by the hooks), so that every rank records the same loss history, keeps the same "best" parameters and
+stops early at the same step.
+
+A single process (no ``torchrun``, no process group) is unchanged: every function here is then a no-op and the
+training is bitwise the same as without this module. Under a process group of size 1 the hooks run and the result
+is again bitwise the same (the all-reduce of one rank is the identity, the division by 1 exact).
+
+Backends: ``gloo`` on the CPU, ``nccl`` for a model on CUDA (:func:`init_from_env` chooses from the model's
+device; with ``nccl`` each rank uses the GPU ``LOCAL_RANK``, :func:`local_device`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "DataParallel",
+    "average_gradients",
+    "broadcast_parameters",
+    "data_parallel",
+    "init_from_env",
+    "is_initialized",
+    "is_main_process",
+    "launched",
+    "local_device",
+    "mean_over_ranks",
+    "rank",
+    "rank_seed",
+    "world_size",
+]
+
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _dist() -> Any:
+    return torch.distributed
+
+
+def is_initialized() -> bool:
+    r"""Whether a default ``torch.distributed`` process group exists in this process."""
+    d = _dist()
+    return bool(d.is_available() and d.is_initialized())
+
+
+def world_size() -> int:
+    r"""The number of ranks of the default process group (1 without one)."""
+    return int(_dist().get_world_size()) if is_initialized() else 1
+
+
+def rank() -> int:
+    r"""This process's rank in the default process group (0 without one)."""
+    return int(_dist().get_rank()) if is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    r"""True on rank 0 and in a single process: the one that writes files and shows progress."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    r"""Whether this process was started by ``torchrun`` (its environment variables ``RANK`` and ``WORLD_SIZE`` are
+    set)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name)
+    try:
+        out = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Environment variable {name} must be a non-negative integer (set by torchrun), got {value!r}."
+        ) from None
+    if out < 0:
+        raise ValueError(f"Environment variable {name} must be a non-negative integer (set by torchrun), got {out}.")
+    return out
+
+
+def local_device(device: torch.device | str | None = None) -> torch.device:
+    r"""The device of this rank: ``cuda:LOCAL_RANK`` when ``device`` is a CUDA device (or ``None`` and CUDA is
+    available), else ``device`` (default: the CPU)."""
+    dev = torch.device(device) if device is not None else None
+    if (dev is None and torch.cuda.is_available()) or (dev is not None and dev.type == "cuda"):
+        return torch.device("cuda", _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0)
+    return dev if dev is not None else torch.device("cpu")
+
+
+def init_from_env(
+    backend: str | None = None, *, device: torch.device | str | None = None, timeout_s: float = 1800.0
+) -> bool:
+    r"""Initialise the default process group from ``torchrun``'s environment, once.
+
+    Reads ``RANK``, ``WORLD_SIZE`` (and ``MASTER_ADDR``/``MASTER_PORT`` through the ``env://`` rendezvous).
+
+    Args:
+        backend: ``"gloo"``, ``"nccl"`` or ``None``: ``nccl`` when ``device`` is a CUDA device (or ``device`` is
+            ``None`` and CUDA is available), else ``gloo``. With ``nccl`` the current CUDA device is set to
+            ``LOCAL_RANK``.
+        device: The device of the model that will be trained (chooses the backend).
+        timeout_s: Timeout of the collectives, in seconds.
+
+    Returns:
+        True when a process group exists afterwards (it did already, or this call made one); False when the process
+        was not started by ``torchrun`` (nothing is done: a single process).
+
+    Raises:
+        ValueError: For an unknown backend, or malformed ``RANK``/``WORLD_SIZE``.
+        RuntimeError: When ``torch.distributed`` or the backend is not available in this build of PyTorch.
+    """
+    if backend is not None and backend not in ("gloo", "nccl"):
+        raise ValueError(f"`backend` must be 'gloo', 'nccl' or None, got {backend!r}.")
+    if not (isinstance(timeout_s, int | float) and not isinstance(timeout_s, bool) and timeout_s > 0):
+        raise ValueError(f"`timeout_s` must be a positive number of seconds, got {timeout_s!r}.")
+    if is_initialized():
+        return True
+    if not launched():
+        return False
+    d = _dist()
+    if not d.is_available():
+        raise RuntimeError("This PyTorch build has no torch.distributed: data-parallel training is unavailable.")
+    r, w = _env_int("RANK"), _env_int("WORLD_SIZE")
+    if not r < w:
+        raise ValueError(f"Environment variable RANK must be below WORLD_SIZE ({w}), got {r}.")
+    dev = local_device(device)
+    if backend is None:
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    available = d.is_nccl_available() if backend == "nccl" else d.is_gloo_available()
+    if not available:
+        raise RuntimeError(f"The {backend} backend of torch.distributed is not available in this PyTorch build.")
+    if backend == "nccl":
+        torch.cuda.set_device(dev)
+    d.init_process_group(
+        backend, init_method="env://", rank=r, world_size=w, timeout=datetime.timedelta(seconds=float(timeout_s))
+    )
+    return True
+
+
+def rank_seed(seed: int | None) -> int | None:
+    r"""The seed of this rank: ``seed + rank``, so that every rank draws its own data.
+
+    ``seed=None`` with more than one rank: every rank draws one number from its global torch random stream and
+    rank 0's is broadcast as the base seed (ranks whose global streams were seeded alike would otherwise draw the
+    same data). A single process returns ``seed`` unchanged (and draws nothing).
+    """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"`seed` must be an int or None, got {type(seed).__name__}.")
+    if world_size() == 1:
+        return seed
+    if seed is None:
+        base = torch.randint(0, 2**62, (1,), dtype=torch.int64)
+        seed = int(_broadcast_object(base)[0])
+    return seed + rank()
+
+
+def _comm_device(tensors: Iterable[Tensor]) -> torch.device | None:
+    r"""With ``nccl``, collectives need CUDA tensors: the device they should be staged on (None: use them as
+    they are)."""
+    if not is_initialized() or _dist().get_backend() != "nccl":
+        return None
+    return next((t.device for t in tensors if t.device.type == "cuda"), local_device("cuda"))
+
+
+def _broadcast_object(t: Tensor) -> Tensor:
+    r"""Broadcast a small CPU tensor from rank 0 (staged on the GPU under ``nccl``)."""
+    dev = _comm_device([])
+    buf = t.to(dev) if dev is not None else t.clone()
+    _dist().broadcast(buf, src=0)
+    return buf.cpu()
+
+
+def broadcast_parameters(module: nn.Module, src: int = 0) -> None:
+    r"""Overwrite every parameter and buffer of ``module`` with those of rank ``src`` (in place; no gradient).
+
+    All ranks must call it with modules of the same structure: the number, shapes and dtypes of the tensors are
+    compared first, and every rank raises the same ``ValueError`` when they differ anywhere. A no-op without a
+    process group.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
+    if not is_initialized():
+        return
+    d = _dist()
+    tensors = list(module.parameters()) + list(module.buffers())
+    sig = zlib.crc32(repr([(tuple(t.shape), str(t.dtype)) for t in tensors]).encode())  # same in every process
+    mine = torch.tensor([len(tensors), sig], dtype=torch.int64)
+    theirs = _broadcast_object(mine)
+    differs = torch.tensor([int(not torch.equal(mine, theirs))], dtype=torch.int64)
+    dev = _comm_device(tensors)
+    flag = differs.to(dev) if dev is not None else differs
+    d.all_reduce(flag, op=d.ReduceOp.MAX)
+    if int(flag.item()):
+        raise ValueError(
+            f"broadcast_parameters: the modules differ between the ranks (this rank {rank()}: {len(tensors)} "
+            "parameters and buffers; another rank has other tensors, shapes or dtypes). Build the same model on "
+            "every rank."
+        )
+    with torch.no_grad():
+        for t in tensors:
+            buf = t.detach()
+            direct = buf.is_contiguous() and buf.dtype != torch.bool and (dev is None or buf.device == dev)
+            staged = buf if direct else buf.to(device=dev or buf.device, dtype=_wire_dtype(buf.dtype)).contiguous()
+            d.broadcast(staged, src=src)
+            if not direct:
+                buf.copy_(staged.to(device=buf.device, dtype=buf.dtype))
+
+
+def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.uint8 if dtype == torch.bool else dtype
+
+
+class _GradAverager:
+    r"""The gradient hooks of :func:`average_gradients`: one end-of-backward all-reduce of all the gradients."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = params
+        self.queued = False
+        self.reductions = 0  # number of backward passes reduced (for tests)
+
+    def on_accumulate(self, _param: Tensor) -> None:
+        if not self.queued:
+            self.queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.reduce)
+
+    def reduce(self) -> None:
+        self.queued = False
+        d, w = _dist(), world_size()
+        groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in self.params:
+            groups.setdefault((p.device, p.dtype), []).append(p)
+        for (device, dtype), ps in groups.items():
+            if any(p.grad is not None and p.grad.is_sparse for p in ps):
+                raise TypeError("average_gradients: sparse gradients are not supported.")
+            zeros = torch.zeros((), dtype=dtype, device=device)
+            parts = [p.grad.reshape(-1) if p.grad is not None else zeros.expand(p.numel()) for p in ps]
+            used = torch.tensor([float(p.grad is not None) for p in ps], dtype=dtype, device=device)
+            flat = torch.cat([*parts, used])
+            dev = _comm_device([flat])
+            staged = flat.to(dev) if dev is not None and dev != flat.device else flat
+            d.all_reduce(staged, op=d.ReduceOp.SUM)
+            flat = staged.to(device) if staged is not flat else flat
+            sums, counts = flat[: -len(ps)], flat[-len(ps) :]
+            offset = 0
+            for p, count in zip(ps, counts.tolist()):
+                k = p.numel()
+                if count > 0:
+                    mean = (sums[offset : offset + k] / w).view_as(p)
+                    if p.grad is None:
+                        p.grad = mean.clone()
+                    else:
+                        p.grad.copy_(mean)
+                offset += k
+        self.reductions += 1
+
+
+@contextlib.contextmanager
+def average_gradients(params: nn.Module | Iterable[Tensor]) -> Iterator[_GradAverager | None]:
+    r"""Within the block, every backward pass ends with the gradients of ``params`` averaged over the ranks.
+
+    Args:
+        params: A module (its parameters that require gradients) or an iterable of leaf tensors.
+
+    Yields:
+        The hook object (``.reductions``: backward passes reduced so far), or None without a process group (then
+        nothing is registered and training is unchanged).
+
+    Every rank must run the same number of backward passes inside the block (each one is a collective). The hooks
+    are removed on exit.
+    """
+    if isinstance(params, nn.Module):
+        tensors = [p for p in params.parameters() if p.requires_grad]
+    else:
+        tensors = list(params)
+        for t in tensors:
+            if not (isinstance(t, Tensor) and t.is_leaf and t.requires_grad):
+                raise TypeError("`params` must be a module or leaf tensors that require gradients.")
+    if not is_initialized() or not tensors:
+        yield None
+        return
+    averager = _GradAverager(tensors)
+    handles = [t.register_post_accumulate_grad_hook(averager.on_accumulate) for t in tensors]
+    try:
+        yield averager
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    r"""``value`` (a scalar loss) with the value of its mean over the ranks and the gradient of the rank's own.
+
+    Returned: :math:`\bar L + (L_r - \mathrm{sg}(L_r))` with :math:`\bar L = \frac1W \sum_r L_r` (the all-reduce of
+    the detached value) and :math:`\mathrm{sg}` the stop-gradient. The bracket is exactly zero, so every rank gets
+    the same number :math:`\bar L`; its gradient is :math:`\nabla L_r`, which :func:`average_gradients` turns into
+    :math:`\nabla \bar L`. Without a process group, ``value`` itself.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`value` must be a tensor, got {type(value).__name__}.")
+    if not is_initialized():
+        return value
+    d = _dist()
+    total = value.detach().clone()
+    dev = _comm_device([total])
+    staged = total.to(dev) if dev is not None and dev != total.device else total
+    d.all_reduce(staged, op=d.ReduceOp.SUM)
+    mean = staged.to(total.device) / world_size()
+    return mean + (value - value.detach())
+
+
+class DataParallel:
+    r"""What one data-parallel training run needs, from :func:`data_parallel`: ``seed`` (this rank's),
+    ``progress(p)`` (``p`` on rank 0, False elsewhere), ``mean(loss)`` (the loss with its value averaged over the
+    ranks, :func:`mean_over_ranks`), ``active`` (a process group exists)."""
+
+    def __init__(self, seed: int | None, active: bool) -> None:
+        self.seed, self.active = seed, active
+
+    def progress(self, progress: bool | None) -> bool | None:
+        r"""``progress`` on rank 0 (and in a single process), ``False`` on the other ranks."""
+        return progress if is_main_process() else False
+
+    def mean(self, value: Tensor) -> Tensor:
+        r"""The loss ``value`` with its value averaged over the ranks (:func:`mean_over_ranks`; itself when no
+        process group exists)."""
+        return mean_over_ranks(value) if self.active else value
+
+
+@contextlib.contextmanager
+def data_parallel(module: nn.Module, seed: int | None = None, *, init: bool = True) -> Iterator[DataParallel]:
+    r"""Train ``module`` data-parallel inside the block when started under ``torchrun`` (unchanged otherwise).
+
+    On entry: the process group is initialised from the environment (``init=True``, :func:`init_from_env`, the
+    backend chosen from the module's device), the parameters and buffers are broadcast from rank 0
+    (:func:`broadcast_parameters`) and the gradient hooks registered (:func:`average_gradients`). Use::
+
+        with data_parallel(model, seed) as dp:
+            fit(lambda: dp.mean(objective()), module=model, optimizer="adam", seed=dp.seed, progress=dp.progress(True))
+
+    Args:
+        module: The module trained (all ranks: the same structure).
+        seed: The run's seed; ``dp.seed`` is this rank's (:func:`rank_seed`).
+        init: Initialise the process group from ``torchrun``'s environment when there is none yet.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
+    if init:
+        first = next(iter(module.parameters()), None)
+        init_from_env(device=first.device if first is not None else None)
+    active = is_initialized()
+    seed = rank_seed(seed)
+    broadcast_parameters(module)
+    with average_gradients(module):
+        yield DataParallel(seed, active)

@@ -1,0 +1,107 @@
+r"""Worker of ``tests/test_distributed.py``, run as ``torchrun --nproc_per_node=W tests/ddp_worker.py OUT``.
+
+Every rank writes ``OUT/rank{r}.json`` and ``OUT/state{r}.pt``:
+
+* ``linear_error``: the gradient averaged by :func:`gpgeom.engine.distributed.average_gradients` (each rank a
+  least-squares loss on its own data, rank-dependent initial parameters made equal by
+  :func:`~gpgeom.engine.distributed.broadcast_parameters`) minus the mean of the per-rank gradients computed
+  directly in this process (max abs), and the number of reductions (one per backward pass);
+* an RGNP built from a rank-dependent initialisation, trained 20 steps by ``RGNP.fit``: its parameters
+  (``state{r}.pt``), the loss history (the mean over the ranks), every rank's own first-step loss, how many files
+  ``save`` wrote on this rank, and whether the saved file (written by rank 0) predicts like the rank's own model.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from gpgeom.engine import distributed as dd  # noqa: E402
+from gpgeom.models.rgnp import RGNP  # noqa: E402
+from gpgeom.pde import NonlinearPoisson1D  # noqa: E402
+
+STEPS = 20
+
+
+def _linear_check(r: int, w: int) -> dict:
+    torch.manual_seed(100 + r)  # a different initialisation on every rank
+    lin = torch.nn.Linear(3, 2).double()
+    dd.broadcast_parameters(lin)
+    data = []
+    for k in range(w):  # every rank can rebuild every rank's data
+        g = torch.Generator().manual_seed(1000 + k)
+        data.append((torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g).double()))
+
+    def loss(module, k):
+        x, y = data[k]
+        return ((module(x) - y) ** 2).mean()
+
+    start = [p.detach().clone() for p in lin.parameters()]
+    with dd.average_gradients(lin) as averager:
+        loss(lin, r).backward()
+    grads = [p.grad.clone() for p in lin.parameters()]
+    ref = [torch.zeros_like(p) for p in start]
+    for k in range(w):  # the mean of the per-rank gradients, directly
+        copy = torch.nn.Linear(3, 2).double()
+        with torch.no_grad():
+            for p, s in zip(copy.parameters(), start):
+                p.copy_(s)
+        loss(copy, k).backward()
+        for acc, p in zip(ref, copy.parameters()):
+            acc += p.grad / w
+    error = max(float((g - e).abs().max()) for g, e in zip(grads, ref))
+    return {"linear_error": error, "linear_reductions": averager.reductions, "linear_scale": float(ref[0].abs().max())}
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    assert dd.init_from_env(), "not started by torchrun"
+    r, w = dd.rank(), dd.world_size()
+    result = {"rank": r, "world_size": w, "backend": torch.distributed.get_backend()}
+    result.update(_linear_check(r, w))
+
+    torch.manual_seed(10 + r)  # different networks on every rank: fit must start from rank 0's
+    gic = dict(lift_channels=4, lift_hidden=(8,), cnn_channels=(6, 6), mlp_hidden=(16,), grid_size=10)
+    model = RGNP.from_family(
+        NonlinearPoisson1D(), hidden=(24, 24), n_freqs=8, gicnet=gic, batch_size=4, n_points=16, dtype=torch.float32
+    )
+    own_losses: list[float] = []
+    loss = model.loss
+
+    def recording_loss(*args):
+        value = loss(*args)
+        own_losses.append(float(value.detach()))
+        return value
+
+    model.loss = recording_loss
+    model.fit(STEPS, lr=3e-3, seed=0, progress=False)
+    result["history"] = [float(v) for v in model.fit_history]
+    result["own_first_loss"] = own_losses[0]
+    save = torch.save
+    writes = []
+
+    def counting_save(obj, path, *a, **k):
+        writes.append(str(path))
+        return save(obj, path, *a, **k)
+
+    torch.save = counting_save
+    try:
+        model.save(out / "model.pt")  # every rank calls it; rank 0 writes, all wait for it
+    finally:
+        torch.save = save
+    result["writes"] = len(writes)
+    back = RGNP.load(out / "model.pt")
+    z, w_ = model.sample_params(3)
+    x = model.sample_grid(3, 7)
+    result["loaded_matches"] = bool(torch.equal(back.predict(z, w_, x), model.predict(z, w_, x)))
+    save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"state{r}.pt")
+    (out / f"rank{r}.json").write_text(json.dumps(result))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
