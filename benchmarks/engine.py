@@ -77,8 +77,10 @@ def kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats):
 
 def gauss_newton_times(ks, s, device, dtype):
     r"""Time of one Gauss-Newton iteration on a linear chain of ``K`` states of size ``s`` (a random walk with
-    ``s x s`` transitions observed at every state): assembly plus the block-banded Cholesky solve, O(K s^3).
-    (``tests/test_gauss_newton.py`` checks the linear operation count; the times are here.)"""
+    ``s x s`` transitions observed at every state): assembly plus the block-banded Cholesky solve, O(K s^3), with
+    the default block-banded linear algebra (``banded="auto"``: LAPACK's banded Cholesky on the CPU) and with the
+    sequential loop (``banded="loop"``). (``tests/test_gauss_newton.py`` checks the linear operation count; the
+    times are here.)"""
     rows = []
     for K in ks:
         g = torch.Generator().manual_seed(K)
@@ -95,14 +97,17 @@ def gauss_newton_times(ks, s, device, dtype):
         ]
         x0 = torch.zeros(K, s, device=device, dtype=dtype)
 
-        def one(x0=x0, factors=factors):
+        def one(x0=x0, factors=factors, banded="auto"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                gauss_newton(x0, factors, method="gn", max_iter=1)
+                gauss_newton(x0, factors, method="gn", max_iter=1, banded=banded)
 
         t = timeit(one, 3, device)
-        rows.append((K, s, t * 1e3, t / K * 1e6))
-        print(f"  Gauss-Newton K={K} s={s}: {t * 1e3:.1f} ms per iteration", flush=True)
+        t_loop = timeit(lambda one=one: one(banded="loop"), 3, device)
+        rows.append((K, s, t * 1e3, t / K * 1e6, t_loop * 1e3))
+        print(
+            f"  Gauss-Newton K={K} s={s}: {t * 1e3:.1f} ms per iteration ({t_loop * 1e3:.1f} with the loop)", flush=True
+        )
     slope = loglog_slope([r[0] for r in rows], [r[2] for r in rows]) if len(rows) > 1 else float("nan")
     return rows, slope
 
@@ -242,7 +247,9 @@ def main():
             "",
             "## One Gauss-Newton iteration on a linear chain of K states (state size s = 6): block-banded solve",
             "",
-            markdown_table(["K", "s", "ms per iteration", "us per state"], gn_rows),
+            markdown_table(
+                ["K", "s", "ms per iteration", "us per state", "ms per iteration, sequential banded loop"], gn_rows
+            ),
             "",
             f"log-log slope of the time vs K: {slope_gn:.2f} (O(K) means about 1)",
             "",

@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
+import gpgeom.engine.gauss_newton as gn_module
 from gpgeom.engine.gauss_newton import (
     Factor,
     _additive_retract,
@@ -260,24 +261,23 @@ def test_chunked_assembly_equals_unchunked_and_dense(monkeypatch):
         )
     )
     X, G = torch.randn(K, s, dtype=DT), torch.randn(g, dtype=DT)
-    largest = {}
-    einsum = torch.einsum
+    largest = {"products": 0}
+    gram = gn_module._gram
 
-    def spy(eq, *ops):
-        out = einsum(eq, *ops)
-        if eq.endswith("->muvst"):
-            largest["blocks"] = max(largest.get("blocks", 0), out.numel())
+    def spy(Ju, Jv):
+        out = gram(Ju, Jv)
+        largest["products"] = max(largest["products"], out.numel())
         return out
 
     def assemble(facs, chunk):
         prob = _Problem(factors=facs, retract=_additive_retract, K=K, p=s, s=s, g=g, w=w, chunk_size=chunk)
         return _assemble(prob, X, G)
 
-    monkeypatch.setattr(torch, "einsum", spy)
+    monkeypatch.setattr(gn_module, "_gram", spy)
     chunk = 7  # several chunks per factor, not dividing M
     small = assemble(factors, chunk)
-    assert 0 < largest["blocks"] <= chunk * (w + 1) ** 2 * s * s
-    monkeypatch.setattr(torch, "einsum", einsum)
+    assert 0 < largest["products"] <= chunk * s * s
+    monkeypatch.setattr(gn_module, "_gram", gram)
     big = assemble(factors, 10**6)
     for name in ("Hb", "bx", "Hxg", "Hgg", "bg", "cost", "diag_x", "diag_g"):
         torch.testing.assert_close(getattr(small, name), getattr(big, name), rtol=1e-12, atol=1e-12, msg=name)
@@ -307,34 +307,139 @@ def test_chunked_assembly_equals_unchunked_and_dense(monkeypatch):
         gauss_newton(X, factors, chunk_size=0, **kw)
 
 
-def test_block_banded_linear_algebra_matches_dense():
-    for K, w, s in [(9, 1, 2), (11, 2, 3), (10, 3, 2), (3, 3, 2), (1, 2, 2), (8, 0, 3)]:
+def test_grouped_assembly_equals_per_block_and_dense(monkeypatch):
+    r"""Blocks on the same states (several measurements per knot interval) are summed as one Gram matrix per group
+    (padded rows); the normal equations equal one product per block and the dense J^T J, in any block order, with
+    per-block whitening, Huber weights and chunks of groups."""
+    K, s, w = 30, 3, 1
+    counts = 4 + torch.arange(K - 1) % 3
+    counts[3], counts[10] = 8, 0  # one large group (padding below twice the blocks) and an interval without blocks
+    pairs = torch.repeat_interleave(torch.arange(K - 1), counts)
+    perm = torch.randperm(pairs.shape[0])
+    k = pairs[perm]
+    flip = k % 4 == 1  # the blocks of some intervals list their states as (k + 1, k)
+    idx = torch.stack([torch.where(flip, k + 1, k), torch.where(flip, k, k + 1)], 1)
+    M, r = idx.shape[0], 2
+    C = torch.randn(M, r, 2, s, dtype=DT)
+    y = torch.randn(M, r, dtype=DT)
+    Wm = _rand_sqrt_info(M, n=r)
+
+    def res(x, gg):
+        return torch.einsum("mrus,mus->mr", C, x) - y
+
+    fac = Factor(idx, res, sqrt_information=Wm, robust="huber", robust_threshold=1.5, name="grouped")
+    prior = Factor(torch.arange(K)[:, None], lambda x, gg: x[:, 0], name="prior")
+    X = torch.randn(K, s, dtype=DT)
+    plan = gn_module._plan(idx)
+    assert plan.uniq is not None and plan.cmax == 8 and sorted(plan.pairs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    out = {}
+    for label, chunk in (("grouped", 10**6), ("grouped, chunks of 4 groups", 4)):
+        prob = _Problem(factors=[fac, prior], retract=_additive_retract, K=K, p=s, s=s, g=0, w=w, chunk_size=chunk)
+        out[label] = _assemble(prob, X, X.new_zeros(0))
+    grouped = gn_module._plan
+    monkeypatch.setattr(gn_module, "_plan", lambda ind: gn_module._Plan(grouped(ind).pairs))
+    prob = _Problem(factors=[fac, prior], retract=_additive_retract, K=K, p=s, s=s, g=0, w=w, chunk_size=5)
+    out["per block"] = _assemble(prob, X, X.new_zeros(0))
+    # dense truth: whitened, Huber-weighted rows of J and e
+    e = torch.einsum("mij,mj->mi", Wm, res(X[idx], None))
+    u = e.norm(dim=-1)
+    sw = torch.where(u <= 1.5, torch.ones_like(u), 1.5 / u).sqrt()
+    Jd = torch.zeros(M * r + K * s, K * s, dtype=DT)
+    for m in range(M):
+        for c in range(2):
+            kk = int(idx[m, c])
+            Jd[m * r : (m + 1) * r, kk * s : (kk + 1) * s] += sw[m] * Wm[m] @ C[m, :, c]
+    Jd[M * r :] = torch.eye(K * s, dtype=DT)
+    ed = torch.cat([(e * sw[:, None]).reshape(-1), X.reshape(-1)])
+    H, b = Jd.T @ Jd, Jd.T @ ed
+    for label, N in out.items():
+        for kk in range(K):
+            for d in range(min(kk, w) + 1):
+                torch.testing.assert_close(
+                    N.Hb[kk, d], _blocks_of(H, s, K, kk, kk - d), rtol=1e-12, atol=1e-12, msg=label
+                )
+        torch.testing.assert_close(N.bx.reshape(-1), b, rtol=1e-12, atol=1e-12, msg=label)
+
+
+def _random_band(K: int, w: int, s: int, ridge: float = 0.1):
+    r"""A random SPD block-banded matrix (dense and in band storage) from random rows on w + 1 consecutive blocks."""
+    n = K * s
+    Jd = torch.zeros(2 * n, n, dtype=DT)
+    for i in range(2 * n):  # random rows touching at most w + 1 consecutive blocks
+        kb = min(i // (2 * s), K - 1)
+        lo = max(0, kb - w)
+        Jd[i, lo * s : (kb + 1) * s] = torch.randn((kb + 1 - lo) * s, dtype=DT)
+    A = Jd.T @ Jd + ridge * torch.eye(n, dtype=DT)
+    Ab = torch.zeros(K, w + 1, s, s, dtype=DT)
+    for k in range(K):
+        for d in range(min(k, w) + 1):
+            Ab[k, d] = _blocks_of(A, s, K, k, k - d)
+    return A, Ab
+
+
+@pytest.mark.parametrize("method", ["loop", "lapack", "scan"])
+def test_block_banded_linear_algebra_matches_dense(method):
+    chol_method = "loop" if method == "scan" else method
+    for K, w, s in [(9, 1, 2), (11, 2, 3), (10, 3, 2), (3, 3, 2), (1, 2, 2), (8, 0, 3), (2, 1, 3), (13, 4, 1)]:
         n = K * s
-        Jd = torch.zeros(2 * n, n, dtype=DT)
-        for i in range(2 * n):  # random rows touching at most w + 1 consecutive blocks
-            kb = min(i // (2 * s), K - 1)
-            lo = max(0, kb - w)
-            Jd[i, lo * s : (kb + 1) * s] = torch.randn((kb + 1 - lo) * s, dtype=DT)
-        A = Jd.T @ Jd + 0.1 * torch.eye(n, dtype=DT)
-        Ab = torch.zeros(K, w + 1, s, s, dtype=DT)
-        for k in range(K):
-            for d in range(min(k, w) + 1):
-                Ab[k, d] = _blocks_of(A, s, K, k, k - d)
-        Lb, failed = block_banded_cholesky(Ab)
+        A, Ab = _random_band(K, w, s)
+        Lb, failed = block_banded_cholesky(Ab, method=chol_method)
         assert failed is None
         Ld = torch.linalg.cholesky(A)
         for k in range(K):
             for d in range(min(k, w) + 1):
                 torch.testing.assert_close(Lb[k, d], _blocks_of(Ld, s, K, k, k - d), rtol=1e-10, atol=1e-12)
         rhs = torch.randn(K, s, 3, dtype=DT)
-        X = block_banded_solve(Lb, rhs)
+        X = block_banded_solve(Lb, rhs, method=method)
         torch.testing.assert_close(X.reshape(n, 3), torch.linalg.solve(A, rhs.reshape(n, 3)), rtol=1e-10, atol=1e-10)
-        Sb = block_banded_selected_inverse(Lb)
+        Sb = block_banded_selected_inverse(Lb, method="loop" if method == "lapack" else method)
         Ainv = torch.linalg.inv(A)
         for k in range(K):
             for d in range(w + 1):
                 want = _blocks_of(Ainv, s, K, k, k + d) if k + d < K else torch.zeros(s, s, dtype=DT)
                 torch.testing.assert_close(Sb[k, d], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("w", [1, 2, 3])
+def test_banded_lapack_and_scan_equal_the_loop_on_long_chains(w):
+    r"""Long chains (K not a power of two, so the odd-even reduction meets odd lengths at every level): LAPACK's
+    banded factor and solve and the parallel-prefix solve and selected inverse equal the sequential recursions."""
+    K, s = 203, 3
+    _, Ab = _random_band(K, w, s, ridge=1e-3)
+    L_loop, f_loop = block_banded_cholesky(Ab, method="loop")
+    L_lap, f_lap = block_banded_cholesky(Ab, method="lapack")
+    assert f_loop is None and f_lap is None
+    torch.testing.assert_close(L_lap, L_loop, rtol=1e-10, atol=1e-10 * float(L_loop.abs().max()))
+    rhs = torch.randn(K, s, 2, dtype=DT)
+    x_loop = block_banded_solve(L_loop, rhs, method="loop")
+    scale = float(x_loop.abs().max())
+    for m in ("lapack", "scan"):
+        torch.testing.assert_close(block_banded_solve(L_loop, rhs, method=m), x_loop, rtol=1e-10, atol=1e-10 * scale)
+    S_loop = block_banded_selected_inverse(L_loop, method="loop")
+    S_scan = block_banded_selected_inverse(L_loop, method="scan")
+    torch.testing.assert_close(S_scan, S_loop, rtol=1e-10, atol=1e-10 * float(S_loop.abs().max()))
+
+
+def test_banded_singular_pivot_is_reported_at_the_same_block_by_every_method():
+    K, w, s = 12, 2, 3
+    A, Ab = _random_band(K, w, s)
+    for bad in (0, 5, K - 1):
+        Ab2 = Ab.clone()
+        Ab2[bad, 0, 1, :] = 0.0  # variable (bad, 1) has no information: the matrix is singular there
+        Ab2[bad, 0, :, 1] = 0.0
+        Ab2[bad, 1:, 1, :] = 0.0
+        for d in range(1, w + 1):  # and no coupling to later states
+            if bad + d < K:
+                Ab2[bad + d, d, :, 1] = 0.0
+        for method in ("loop", "lapack"):
+            _, failed = block_banded_cholesky(Ab2, method=method)
+            assert failed == bad, (method, bad, failed)
+    with pytest.raises(ValueError, match="method"):
+        block_banded_cholesky(Ab, method="scan")
+    with pytest.raises(ValueError, match="method"):
+        block_banded_selected_inverse(block_banded_cholesky(Ab)[0], method="lapack")
+    with pytest.raises(ValueError, match="method"):
+        block_banded_solve(block_banded_cholesky(Ab)[0], torch.zeros(K, s, 1, dtype=DT), method="cyclic")
 
 
 def test_float32_linear_chain():
@@ -592,7 +697,8 @@ def _gauge_free_problem(K: int = 15):
             rows.append(J)
             rhs.append(z[k])
     J, zz = torch.cat(rows), torch.cat(rhs)
-    sol = torch.linalg.lstsq(J, zz).solution
+    # rank-deficient (the gauge): the SVD-based driver (the default "gelsy" misses the minimum for some draws)
+    sol = torch.linalg.lstsq(J, zz, driver="gelsd").solution
     min_cost = 0.5 * float((J @ sol - zz).square().sum())
     return factors, min_cost, p
 
@@ -716,7 +822,7 @@ def test_an_iteration_does_linear_work_and_solves_the_linear_chain_exactly(monke
             v.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            res = gauss_newton(torch.zeros(K, s, dtype=DT), fs, method="gn", max_iter=1)
+            res = gauss_newton(torch.zeros(K, s, dtype=DT), fs, method="gn", max_iter=1, banded="loop")
         counts[K] = {name: len(v) for name, v in calls.items()}
         assert all(max(shape) <= s for v in calls.values() for shape in v), "a matrix larger than one block"
         assert counts[K]["cholesky_ex"] >= K
@@ -734,3 +840,38 @@ def test_an_iteration_does_linear_work_and_solves_the_linear_chain_exactly(monke
             torch.testing.assert_close(res.states, dense, rtol=1e-10, atol=1e-10)
     for name in calls:
         assert counts[150][name] - counts[100][name] == counts[100][name] - counts[50][name] > 0, counts
+
+
+def test_lapack_iterations_equal_the_loop_and_factorise_only_the_band(monkeypatch):
+    r"""``banded="auto"`` (LAPACK on the CPU) gives the loop's estimate, covariances and global border to 1e-10, and
+    every factorisation is one ``?pbtrf`` call on the ``(w + 1) s x K s`` scalar band (never a dense matrix)."""
+    import gpgeom.engine.banded as banded_module
+
+    K, s, g, w = 60, 3, 2, 2
+    factors, J, z = _linear_chain(K, s, g, bandwidth=w)
+    seen = []
+    lapack = banded_module._lapack
+
+    def spy(name, dtype):
+        fn = lapack(name, dtype)
+
+        def wrapped(ab, *args, **kwargs):
+            seen.append((name, tuple(ab.shape)))
+            return fn(ab, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(banded_module, "_lapack", spy)
+    kw = dict(global_params=torch.zeros(g, dtype=DT), bandwidth=w, compute_covariances=True)
+    x0 = torch.randn(K, s, dtype=DT)
+    fast = gauss_newton(x0, factors, **kw)
+    assert seen and {shape for _, shape in seen} == {((w + 1) * s, K * s)}
+    assert sum(name == "pbtrf" for name, _ in seen) == fast.iterations + 1  # each step and the covariances
+    ref = gauss_newton(x0, factors, banded="loop", **kw)
+    theta, Sigma = _dense_truth(J, z)
+    torch.testing.assert_close(fast.states.reshape(-1), theta[: K * s], rtol=1e-8, atol=1e-8)  # LM stops at ftol
+    for name in ("states", "globals", "covariances", "cross_covariances", "global_covariance"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-10, atol=1e-12, msg=name)
+    assert fast.iterations == ref.iterations
+    with pytest.raises(ValueError, match="banded"):
+        gauss_newton(x0, factors, banded="scan", **kw)

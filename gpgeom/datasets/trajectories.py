@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import check_option, check_positive, check_tensor
-from gpgeom.geometry.lie import rotmat_to_quat, so3_exp, so3_vee
+from gpgeom.geometry.lie import rotmat_to_quat, so3_exp, so3_jr, so3_jr_dtheta, so3_vee
 
 __all__ = [
     "DEFAULT_ANCHORS",
@@ -47,6 +47,7 @@ __all__ = [
     "GroundTruth",
     "IMUData",
     "PoseData",
+    "PriorTrajectory",
     "TDOAData",
     "UWBData",
     "perturbed_knots",
@@ -190,6 +191,97 @@ class FastTrajectory:
         p, v = dp(t)
         a = torch.func.jvp(dp, (t,), (one,))[1][1]
         return GroundTruth(t=t, R=R, omega=omega, alpha=alpha, p=p, v=v, a=a)
+
+
+def _sample_prior(n, t_end, qc_rot, qc_pos, omega0, v0, dt, g) -> tuple[Tensor, dict[str, Tensor]]:
+    r"""``n`` draws of the WNOJ chain on the grid ``0, dt, ...`` (see :class:`PriorTrajectory`): times and the knot
+    states ``n x K x ...``."""
+    from gpgeom.models.trajectory.interpolation import MarkovChainAlgebra
+
+    for name, val in (("t_end", t_end), ("qc_rot", qc_rot), ("qc_pos", qc_pos), ("dt", dt)):
+        check_positive(name, val)
+    K = int(math.ceil(t_end / dt - 1e-9)) + 1
+    times = dt * torch.arange(K, dtype=_DT)
+    Phi, W = MarkovChainAlgebra(3).prior_mats(torch.tensor([dt], dtype=_DT))
+    Phi, L = Phi[0], torch.linalg.inv(W[0])  # L L^T = Q(dt) per unit psd
+    rot = L @ torch.randn(K, n, 3, 3, generator=g, dtype=_DT) * math.sqrt(qc_rot)  # K x n x (theta, dot, ddot) x 3
+    pos = L @ torch.randn(K, n, 3, 3, generator=g, dtype=_DT) * math.sqrt(qc_pos)
+    R = torch.eye(3, dtype=_DT).expand(n, 3, 3)
+    w = torch.zeros(n, 3, dtype=_DT) + (0.0 if omega0 is None else torch.as_tensor(omega0, dtype=_DT))
+    al = torch.zeros(n, 3, dtype=_DT)
+    chain = torch.zeros(n, 3, 3, dtype=_DT)  # rows p, v, a
+    if v0 is not None:
+        chain[:, 1] = torch.as_tensor(v0, dtype=_DT)
+    out: dict[str, list[Tensor]] = {c: [] for c in ("R", "omega", "alpha", "p", "v", "a")}
+    for k in range(K):
+        if k > 0:
+            gam = Phi @ torch.stack([torch.zeros_like(w), w, al], 1) + rot[k]
+            th, thd, thdd = gam.unbind(1)
+            Jr = so3_jr(th)
+            R = R @ so3_exp(th)
+            w = (Jr @ thd.unsqueeze(-1)).squeeze(-1)
+            al = ((Jr @ thdd.unsqueeze(-1)) + so3_jr_dtheta(th, thd) @ thd.unsqueeze(-1)).squeeze(-1)
+            chain = Phi @ chain + pos[k]
+        for c, x in zip(out, (R, w, al, chain[:, 0], chain[:, 1], chain[:, 2])):
+            out[c].append(x)
+    return times, {c: torch.stack(x, 1) for c, x in out.items()}
+
+
+class PriorTrajectory:
+    r"""A trajectory drawn from the white-noise-on-jerk (WNOJ) prior of
+    :class:`~gpgeom.models.trajectory.SO3xR3Trajectory`: the motion the model assumes, for consistency checks (a
+    NEES of its posterior has mean :math:`d` only when the truth follows the prior; :func:`simulate_uwb` and
+    :func:`simulate_pose` accept it in place of a :class:`FastTrajectory`).
+
+    The state is drawn step by step on a fine grid of spacing ``dt`` (Barfoot, *State Estimation for Robotics*,
+    2017, sec. 3.4; Tang, Yoon & Barfoot, IEEE RA-L 4(2), 2019): the position chain :math:`(p, v, a)` per world axis,
+    :math:`\gamma_{k+1} = \Phi(\delta)\gamma_k + w`, :math:`w \sim N(0, q_{pos} Q(\delta))`, and the rotation through
+    its local variable, :math:`\gamma^{rot}_{k+1} = \Phi(\delta)(0, \omega_k, \alpha_k) + w` with :math:`R_{k+1} = R_k
+    \mathrm{Exp}(\theta)`, :math:`\omega_{k+1} = J_r(\theta)\dot\theta`, :math:`\alpha_{k+1} = J_r\ddot\theta +
+    H(\theta, \dot\theta)\dot\theta` (the closed-form kinematics). The position chain is exactly the model's prior
+    at any knot spacing (a Gauss-Markov chain); the rotation chain equals it to second order in the angle travelled
+    per step. :meth:`state` interpolates the fine grid with the model's own GP interpolation (its error is the
+    bridge variance at spacing ``dt``, :math:`\sim q\,dt^5`, negligible).
+
+    Args:
+        t_end: Duration (s), from 0.
+        qc_rot, qc_pos: Power spectral densities of the rotational and translational jerk (the model's ``qc_rot``,
+            ``qc_pos``).
+        omega0, v0: Initial body angular velocity (rad/s) and world velocity (m/s), ``3``; zero by default.
+        dt: Spacing of the fine grid (s).
+        seed: Seed or generator.
+    """
+
+    def __init__(self, t_end: float, *, qc_rot: float = 0.1, qc_pos: float = 1.0, omega0=None, v0=None,
+                 dt: float = 0.01, seed: int | torch.Generator | None = 0) -> None:  # fmt: skip
+        times, knots = _sample_prior(1, t_end, qc_rot, qc_pos, omega0, v0, dt, _generator(seed))
+        self._set(times, {c: x[0] for c, x in knots.items()}, t_end, dt, qc_rot, qc_pos)
+
+    @classmethod
+    def draw(cls, n: int, t_end: float, *, qc_rot: float = 0.1, qc_pos: float = 1.0, omega0=None, v0=None,
+             dt: float = 0.01, seed: int | torch.Generator | None = 0) -> list[PriorTrajectory]:  # fmt: skip
+        r"""``n`` independent draws (arguments as for the constructor), sampled together (one batched recursion)."""
+        check_positive("n", n, integer=True)
+        times, knots = _sample_prior(n, t_end, qc_rot, qc_pos, omega0, v0, dt, _generator(seed))
+        out = []
+        for i in range(n):
+            obj = cls.__new__(cls)
+            obj._set(times, {c: x[i] for c, x in knots.items()}, t_end, dt, qc_rot, qc_pos)
+            out.append(obj)
+        return out
+
+    def _set(self, times: Tensor, knots: dict[str, Tensor], t_end: float, dt: float, qc_rot: float, qc_pos: float):
+        from gpgeom.models.trajectory import SO3xR3Trajectory
+
+        self.t_end, self.dt = float(t_end), float(dt)
+        self._fine = SO3xR3Trajectory(times, qc_rot=qc_rot, qc_pos=qc_pos)
+        self._fine.set_knots(**knots)
+
+    def state(self, t: Tensor | float) -> GroundTruth:
+        r""":math:`(R, \omega, \alpha, p, v, a)` at times ``t`` (``n``, float64, within ``[0, t_end]``)."""
+        t = _times("t", torch.as_tensor(t, dtype=_DT).reshape(-1))
+        st = self._fine.interpolate(t)
+        return GroundTruth(t=t, R=st.R, omega=st.omega, alpha=st.alpha, p=st.p, v=st.v, a=st.a)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool)
 
     from gpgeom.datasets.trajectories import FastTrajectory, simulate_uwb
     from gpgeom.geometry.lie import so3_log
+    from gpgeom.metrics import nees
     from gpgeom.models.trajectory import RangeMeasurement, SO3xR3Trajectory
 
     dt64 = torch.float64
@@ -39,10 +40,15 @@ def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool)
 
     tq = torch.arange(dt, T - dt, 0.01, dtype=dt64)
     gt = truth.state(tq)
-    st, std = traj.predict(tq, return_std=True)
+    st, cov = traj.predict(tq, return_cov=True)
     perr = (st.p - gt.p).norm(dim=-1)
     rerr = so3_log(gt.R.mT @ st.R, validate=False).norm(dim=-1)
-    psd = std.p.square().sum(-1).sqrt()  # sqrt(trace) of the position covariance
+    k = 3 * traj.order  # rows of p in the state covariance
+    pcov = cov[:, k : k + 3, k : k + 3]
+    psd = pcov.diagonal(dim1=-2, dim2=-1).sum(-1).sqrt()  # sqrt(trace) of the position covariance
+    # the error against the covariance (NEES, 3 for a calibrated posterior; gpgeom.metrics, benchmarks/trajectory.py)
+    nees_p = float(nees(gt.p - st.p, pcov).mean())
+    nees_r = float(nees(so3_log(st.R.mT @ gt.R, validate=False), cov[:, :3, :3]).mean())
     pos_rmse = float(perr.square().mean().sqrt())
     rot_rmse = math.degrees(float(rerr.square().mean().sqrt()))
     w_mean = float(gt.omega.norm(dim=-1).mean())
@@ -85,6 +91,7 @@ def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool)
             ("position RMSE (100 Hz)", f"{100 * pos_rmse:.2f} cm"),
             ("rotation RMSE (100 Hz)", f"{rot_rmse:.2f} deg"),
             ("errors inside the 3-sigma band", f"{100 * inside:.0f} %"),
+            ("mean NEES position / rotation (3 = calibrated)", f"{nees_p:.2f} / {nees_r:.2f}"),
         ],
         figures=[path],
     )

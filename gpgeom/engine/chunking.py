@@ -101,19 +101,22 @@ def parse_memory(value: int | float | str) -> int:
         ValueError: For a size that is not positive and finite, or a string that is not a size.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"A memory size must be an int, a float or a string such as '512MB', got {value!r}.")
+        raise TypeError(
+            f"`max_memory`: a memory size must be an int, a float or a string such as '512MB', got {value!r}."
+        )
     if isinstance(value, str):
         match = _PATTERN.match(value)
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
             raise ValueError(
-                f"Cannot read the memory size {value!r}; expected a number and a unit, e.g. '512MB', '2GiB'."
+                f"`max_memory`: cannot read the memory size {value!r}; expected a number and a unit, e.g. '512MB', "
+                "'2GiB'."
             )
         size = float(match.group(1)) * _UNITS[unit]
     else:
         size = float(value)
     if not math.isfinite(size) or size < 1:
-        raise ValueError(f"A memory size must be at least one byte and finite, got {value!r}.")
+        raise ValueError(f"`max_memory`: a memory size must be at least one byte and finite, got {value!r}.")
     return int(size)
 
 

@@ -35,7 +35,9 @@ It is solved by a block-banded Cholesky factorisation :math:`H_{xx} = L L^\top` 
 complement :math:`S = H_{gg} - H_{gx} H_{xx}^{-1} H_{xg}` for the border. At the optimum, :math:`H^{-1}` is the
 Laplace (Gaussian) approximation of the posterior covariance; its diagonal blocks and the blocks within the band
 are obtained by the selected-inversion recursion (Takahashi et al. 1973; for a chain it is the
-Rauch-Tung-Striebel smoother's covariance recursion, Barfoot ch. 3.2) without forming the inverse.
+Rauch-Tung-Striebel smoother's covariance recursion, Barfoot ch. 3.2) without forming the inverse. On the CPU the
+factorisation and solves are one LAPACK banded call each and the selected inverse an odd-even reduction in
+``O(log K)`` batched steps (:mod:`gpgeom.engine.banded`), so an iteration's time is dominated by the linearisation.
 
 Public API:
 
@@ -116,6 +118,10 @@ class Factor:
             block weights :math:`\min(1, \delta/u)`.
         robust_threshold: Huber's :math:`\delta` in whitened units (standard deviations), default ``1.0``.
         name: Used in error messages.
+        linearize: Optional ``linearize(states, globals) -> (r, J_x, J_g)``: the residual and its analytic
+            Jacobian in one call (shapes as for ``residual`` and ``jacobian``), for factors whose Jacobian
+            computes the residual on the way (an interpolated state, say); the assembly then evaluates the
+            residual once instead of twice. ``residual`` is still used for the cost of trial steps.
     """
 
     indices: Tensor
@@ -125,6 +131,7 @@ class Factor:
     robust: str | None = None
     robust_threshold: float = 1.0
     name: str = ""
+    linearize: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]] | None = None
 
     def __post_init__(self) -> None:
         label = self._label()
@@ -138,6 +145,8 @@ class Factor:
             raise TypeError(f"`{label}.residual` must be callable, got {type(self.residual).__name__}.")
         if self.jacobian is not None and not callable(self.jacobian):
             raise TypeError(f"`{label}.jacobian` must be callable or None, got {type(self.jacobian).__name__}.")
+        if self.linearize is not None and not callable(self.linearize):
+            raise TypeError(f"`{label}.linearize` must be callable or None, got {type(self.linearize).__name__}.")
         if self.sqrt_information is not None:
             W = check_tensor(f"{label}.sqrt_information", self.sqrt_information, ndim=(2, 3), floating=True)
             if W.shape[-1] != W.shape[-2] or (W.dim() == 3 and W.shape[0] != self.indices.shape[0]):
@@ -216,6 +225,7 @@ class _Problem:
     g: int
     w: int
     chunk_size: int = 16384  # residual blocks per chunk of the assembly (see _assemble)
+    plans: dict = field(default_factory=dict)  # id(factor) -> _Plan, built on first assembly
 
 
 @dataclass
@@ -280,12 +290,19 @@ def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor,
     s, g, p = prob.s, prob.g, prob.p
     Xb = X[f.indices]  # M x a x p
     label = f._label()
-    if f.jacobian is not None:
-        r = _check_residual(f, f.residual(Xb, G), M)
-        out = f.jacobian(Xb, G)
-        if not (isinstance(out, tuple | list) and len(out) == 2):
-            raise ValueError(f"{label}: `jacobian` must return a pair (J_x, J_g), got {type(out).__name__}.")
-        Jx, Jg = out
+    if f.linearize is not None or f.jacobian is not None:
+        if f.linearize is not None:
+            out = f.linearize(Xb, G)
+            if not (isinstance(out, tuple | list) and len(out) == 3):
+                raise ValueError(f"{label}: `linearize` must return (r, J_x, J_g), got {type(out).__name__}.")
+            r = _check_residual(f, out[0], M)
+            Jx, Jg = out[1:]
+        else:
+            r = _check_residual(f, f.residual(Xb, G), M)
+            out = f.jacobian(Xb, G)
+            if not (isinstance(out, tuple | list) and len(out) == 2):
+                raise ValueError(f"{label}: `jacobian` must return a pair (J_x, J_g), got {type(out).__name__}.")
+            Jx, Jg = out
         check_tensor(f"{label} jacobian J_x", Jx, ndim=4, shape=(M, r.shape[1], a, s))
         if Jg is None:
             Jg = r.new_zeros(M, r.shape[1], g)
@@ -317,15 +334,70 @@ def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor,
     return r, J[..., : a * s].reshape(M, r.shape[1], a, s), J[..., a * s :]
 
 
+def _gram(Ju: Tensor, Jv: Tensor) -> Tensor:
+    r""":math:`J_u^\top J_v` of a batch of blocks (``c x n x s`` each, ``c x s x s``): normal-matrix contributions."""
+    return Ju.mT @ Jv
+
+
+@dataclass
+class _Plan:
+    r"""How the normal-matrix contributions of one factor are summed (built once per :func:`gauss_newton` call).
+
+    Attributes:
+        pairs: The pairs ``(u, v)`` of block columns whose products :math:`J_u^\top J_v` land in the lower band
+            (``indices[:, u] >= indices[:, v]`` for some block); the others are never formed.
+        uniq: ``U x a`` distinct index tuples, or ``None`` (one product per block).
+        slot: ``M``: the row of each block in the padded ``U x c_max`` layout of the groups.
+        cmax: The largest number of blocks on one tuple.
+    """
+
+    pairs: list[tuple[int, int]]
+    uniq: Tensor | None = None
+    slot: Tensor | None = None
+    cmax: int = 1
+
+
+def _plan(idx: Tensor) -> _Plan:
+    r"""Group a factor's blocks by their index tuple when it pays: more than one block per tuple and a padded layout
+    at most twice the number of blocks (else one product per block)."""
+    M, a = idx.shape
+    pairs = [(u, v) for u in range(a) for v in range(a) if bool((idx[:, u] >= idx[:, v]).any())]
+    if M < 2:
+        return _Plan(pairs)
+    uniq, inv, counts = torch.unique(idx, dim=0, return_inverse=True, return_counts=True)
+    U, cmax = uniq.shape[0], int(counts.max())
+    if cmax < 2 or U * cmax > 2 * M:
+        return _Plan(pairs)
+    order = torch.argsort(inv, stable=True)
+    start = torch.cumsum(counts, 0) - counts  # first sorted position of each group
+    rank = torch.empty_like(inv)
+    rank[order] = torch.arange(M, device=idx.device) - start[inv[order]]
+    return _Plan(pairs, uniq=uniq, slot=inv * cmax + rank, cmax=cmax)
+
+
+def _add_products(Hflat: Tensor, J: Tensor, idx: Tensor, pairs: list[tuple[int, int]], w: int) -> None:
+    r"""Scatter-add :math:`J_u^\top J_v` of blocks ``J`` (``c x n x a x s``) on states ``idx`` (``c x a``) into the
+    band (pairs whose rows lie above the diagonal go to the last, discarded slot of ``Hflat``)."""
+    nslots = Hflat.shape[0] - 1
+    for u, v in pairs:
+        rows, cols = idx[:, u], idx[:, v]
+        slot = torch.where(rows >= cols, rows * (w + 1) + (rows - cols), torch.full_like(rows, nslots))
+        Hflat.index_add_(0, slot, _gram(J[:, :, u], J[:, :, v]))
+
+
 def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = None) -> _Normal:
     r"""Normal equations :math:`H = \mathsf J^\top \Omega \mathsf J`, :math:`b = \mathsf J^\top \Omega e` and the cost.
 
-    Each factor is linearised once (its residual and Jacobians, ``O(M r a s)``); the whitening, the IRLS weights
-    and the per-block products :math:`J_m^\top J_m` (``a s x a s`` each) are formed for ``chunk_size`` residual
-    blocks at a time (default ``prob.chunk_size``) and scatter-added into the ``K x (w + 1)`` band, so the
-    working memory is ``O(chunk_size a^2 s^2) + O(K w s^2)`` however many blocks a factor has. The chunks are
-    added in block order, so the result does not depend on ``chunk_size`` (up to the summation order of the
-    global-parameter sums, i.e. rounding).
+    Each factor is linearised once (its residual and Jacobians, ``O(M r a s)``) and whitened and weighted (IRLS).
+    The normal-matrix contributions :math:`\sum_m J_m^\top J_m` (``a s x a s``) are summed per group of blocks
+    on the same states before they are scattered into the ``K x (w + 1)`` band: the whitened Jacobians of a group
+    are stacked (padded with zero rows to the largest group) into one ``c_max r x a s`` matrix whose Gram matrix
+    is the group's sum, one batched product per chunk of ``chunk_size`` groups (a measurement factor with ``c``
+    blocks per knot interval forms ``M / c`` products instead of ``M``). Factors whose blocks rarely share states
+    (the padding would more than double the rows) form one product per block, ``chunk_size`` blocks at a time.
+    Either way the working memory is ``O(chunk_size a^2 s^2) + O(K w s^2)`` besides the Jacobians, however many
+    blocks a factor has, and the result does not depend on ``chunk_size`` (up to the summation order, i.e.
+    rounding).
     """
     K, s, g, w = prob.K, prob.s, prob.g, prob.w
     chunk = prob.chunk_size if chunk_size is None else chunk_size
@@ -351,27 +423,36 @@ def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = Non
         W = None if f.sqrt_information is None else f.sqrt_information.to(r)
         idx = f.indices
         M, a = idx.shape
-        for lo in range(0, M, chunk):
-            hi = min(lo + chunk, M)
-            Jx_c, Jg_c = Jx[lo:hi], Jg[lo:hi]
-            if W is not None:
-                W_c = W[lo:hi] if W.dim() == 3 else W
-                Jx_c = torch.einsum("...ij,...jas->...ias", W_c, Jx_c)
-                Jg_c = torch.einsum("...ij,...jg->...ig", W_c, Jg_c)
-            sw_c = sw[lo:hi]
-            e_c = e[lo:hi] * sw_c[:, None]
-            Jx_c = Jx_c * sw_c[:, None, None, None]
-            Jg_c = Jg_c * sw_c[:, None, None]
-            idx_c = idx[lo:hi]
-            m = hi - lo
-            blocks = torch.einsum("mrus,mrvt->muvst", Jx_c, Jx_c)  # chunk x a x a x s x s
-            rows = idx_c[:, :, None].expand(m, a, a)
-            cols = idx_c[:, None, :].expand(m, a, a)
-            slot = torch.where(rows >= cols, rows * (w + 1) + (rows - cols), torch.full_like(rows, nslots))
-            Hflat.index_add_(0, slot.reshape(-1), blocks.reshape(-1, s, s))
-            del blocks
-            bx.index_add_(0, idx_c.reshape(-1), torch.einsum("mrus,mr->mus", Jx_c, e_c).reshape(-1, s))
-            if g > 0:
+        if W is not None:
+            Jx = torch.einsum("...ij,...jas->...ias", W, Jx)
+            Jg = torch.einsum("...ij,...jg->...ig", W, Jg)
+        if f.robust is not None:
+            Jx = Jx * sw[:, None, None, None]
+            Jg = Jg * sw[:, None, None]
+            e = e * sw[:, None]
+        nr = Jx.shape[1]
+        bx.index_add_(0, idx.reshape(-1), torch.einsum("mrus,mr->mus", Jx, e).reshape(-1, s))
+        key = id(f)
+        if key not in prob.plans:
+            prob.plans[key] = _plan(idx)
+        plan = prob.plans[key]
+        if plan.uniq is None:
+            for lo in range(0, M, chunk):
+                hi = min(lo + chunk, M)
+                _add_products(Hflat, Jx[lo:hi], idx[lo:hi], plan.pairs, w)
+        else:
+            U = plan.uniq.shape[0]
+            P = Jx.new_zeros(U * plan.cmax, nr, a, s)
+            P[plan.slot] = Jx
+            P = P.reshape(U, plan.cmax * nr, a, s)
+            for lo in range(0, U, chunk):
+                hi = min(lo + chunk, U)
+                _add_products(Hflat, P[lo:hi], plan.uniq[lo:hi], plan.pairs, w)
+            del P
+        if g > 0:
+            for lo in range(0, M, chunk):
+                hi = min(lo + chunk, M)
+                Jx_c, Jg_c, e_c, idx_c = Jx[lo:hi], Jg[lo:hi], e[lo:hi], idx[lo:hi]
                 Hxg.index_add_(0, idx_c.reshape(-1), torch.einsum("mrus,mrg->musg", Jx_c, Jg_c).reshape(-1, s, g))
                 Hgg = Hgg + torch.einsum("mrg,mrh->gh", Jg_c, Jg_c)
                 bg = bg + torch.einsum("mrg,mr->g", Jg_c, e_c)
@@ -391,7 +472,9 @@ class _Singular(Exception):
         self.where = where
 
 
-def _factor_bordered(N: _Normal, damping: float, singular_tol: float | None) -> tuple[Tensor, Tensor, Tensor]:
+def _factor_bordered(
+    N: _Normal, damping: float, singular_tol: float | None, banded: str = "auto"
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""Factorise the (damped) bordered system. Returns (Lb, Y = H_xx^{-1} H_xg, chol(S))."""
     Hb, Hgg = N.Hb, N.Hgg
     if damping > 0:
@@ -399,13 +482,13 @@ def _factor_bordered(N: _Normal, damping: float, singular_tol: float | None) -> 
         Hb = Hb.clone()
         Hb[:, 0] = Hb[:, 0] + torch.diag_embed(damping * Dx)
         Hgg = Hgg + torch.diag(damping * Dg)
-    Lb, failed = block_banded_cholesky(Hb, singular_tol=singular_tol)
+    Lb, failed = block_banded_cholesky(Hb, singular_tol=singular_tol, method=banded)
     if failed is not None:
         raise _Singular(f"state block {failed}")
     g = Hgg.shape[0]
     if g == 0:
         return Lb, N.Hxg, Hgg
-    Y = block_banded_solve(Lb, N.Hxg)
+    Y = block_banded_solve(Lb, N.Hxg, method=banded)
     S = Hgg - torch.einsum("ksg,ksh->gh", N.Hxg, Y)
     S = 0.5 * (S + S.mT)
     LS, info = torch.linalg.cholesky_ex(S)
@@ -417,9 +500,9 @@ def _factor_bordered(N: _Normal, damping: float, singular_tol: float | None) -> 
     return Lb, Y, LS
 
 
-def _solve_bordered(N: _Normal, Lb: Tensor, Y: Tensor, LS: Tensor) -> tuple[Tensor, Tensor]:
+def _solve_bordered(N: _Normal, Lb: Tensor, Y: Tensor, LS: Tensor, banded: str = "auto") -> tuple[Tensor, Tensor]:
     r"""Solve H [dx; dg] = -[bx; bg] with the factorisation of :func:`_factor_bordered`."""
-    z = block_banded_solve(Lb, N.bx.unsqueeze(-1)).squeeze(-1)  # H_xx^{-1} b_x
+    z = block_banded_solve(Lb, N.bx.unsqueeze(-1), method=banded).squeeze(-1)  # H_xx^{-1} b_x
     if LS.shape[0] == 0:
         return -z, N.bg.new_zeros(0)
     rhs = -N.bg + torch.einsum("ksg,ks->g", N.Hxg, z)
@@ -435,8 +518,8 @@ def _damping_diagonal(N: _Normal) -> tuple[Tensor, Tensor]:
     return N.diag_x.clamp_min(floor), N.diag_g.clamp_min(floor)
 
 
-def _covariances(N: _Normal, Lb: Tensor, Y: Tensor, LS: Tensor, w: int):
-    Sb = block_banded_selected_inverse(Lb)
+def _covariances(N: _Normal, Lb: Tensor, Y: Tensor, LS: Tensor, w: int, banded: str = "auto"):
+    Sb = block_banded_selected_inverse(Lb, method="loop" if banded == "loop" else "auto")
     cov = Sb[:, 0]
     cross = Sb[:, 1:]
     g = LS.shape[0]
@@ -499,6 +582,7 @@ def gauss_newton(
     compute_covariances: bool = False,
     singular_tol: float | None = None,
     chunk_size: int = 16384,
+    banded: str = "auto",
 ) -> GaussNewtonResult:
     r"""MAP estimate of a chain of states by Gauss-Newton or Levenberg-Marquardt.
 
@@ -570,7 +654,12 @@ def gauss_newton(
         singular_tol: Relative pivot threshold of :func:`block_banded_cholesky` (default ``1e3 * eps``).
         chunk_size: Number of residual blocks whose normal-matrix contributions (``a s x a s`` each) are formed
             at once: the assembly's working memory is ``O(chunk_size a^2 s^2)`` plus the band, instead of growing
-            with the number of blocks of a factor. The result does not depend on it (up to rounding).
+            with the number of blocks of a factor (blocks on the same states are summed per group first, see
+            :func:`_assemble`). The result does not depend on it (up to rounding).
+        banded: The implementation of the block-banded factorisation, solve and selected inverse
+            (:mod:`gpgeom.engine.banded`): ``"auto"`` (default: LAPACK's banded Cholesky on the CPU, the torch
+            loop for the factorisation and odd-even reduction for the solves elsewhere), ``"lapack"``, or
+            ``"loop"`` (the sequential recursions throughout, the reference). The results agree to rounding.
 
     Returns:
         A :class:`GaussNewtonResult`.
@@ -614,6 +703,7 @@ def gauss_newton(
     if singular_tol is not None:
         check_positive("singular_tol", singular_tol)
     check_positive("chunk_size", chunk_size, integer=True)
+    check_option("banded", banded, ("auto", "lapack", "loop"))
     if retract is None:
         if tangent_dim is not None and tangent_dim != p:
             raise ValueError(
@@ -671,7 +761,7 @@ def gauss_newton(
             break
         iterations += 1
         try:
-            Lb, Y, LS = _factor_bordered(N, lam, singular_tol)
+            Lb, Y, LS = _factor_bordered(N, lam, singular_tol, banded)
         except _Singular as err:
             if method == "gn" and not switched:
                 raise _singular_error(err.where, method) from None
@@ -679,7 +769,7 @@ def gauss_newton(
             if lam > 1e16:
                 raise _singular_error(err.where, method) from None
             continue
-        dx, dg = _solve_bordered(N, Lb, Y, LS)
+        dx, dg = _solve_bordered(N, Lb, Y, LS, banded)
         step = torch.cat([dx.reshape(-1), dg])
         X_new = retract(X, dx)
         G_new = G + dg
@@ -763,10 +853,10 @@ def gauss_newton(
         if need_assembly:
             N = _assemble(prob, X, G)
         try:
-            Lb, Y, LS = _factor_bordered(N, 0.0, singular_tol)
+            Lb, Y, LS = _factor_bordered(N, 0.0, singular_tol, banded)
         except _Singular as err:
             raise _singular_error(err.where, method, covariance=True) from None
-        cov, cross, gcov, xgcov = _covariances(N, Lb, Y, LS, w)
+        cov, cross, gcov, xgcov = _covariances(N, Lb, Y, LS, w, banded)
         result.covariances = cov
         result.cross_covariances = cross
         result.global_covariance = gcov

@@ -40,7 +40,10 @@ c4     :math:`(2t - 3\sin t + t\cos t)/(2t^5)`        :math:`\sum_k (-1)^k (k+1)
 (:math:`B_n` are Bernoulli numbers; the D series converges for :math:`t < 2\pi`.) The derivative terms use
 :math:`f_1 = f'(t)/t = 2\,df/ds` and :math:`f_2 = f_1'(t)/t`, so that :math:`\nabla_\theta f = f_1\theta` and
 :math:`\nabla_\theta f_1 = f_2\theta`; their series are the term-wise derivatives in :math:`s`
-(coefficients :math:`2(k+1)a_{k+1}` and :math:`4(k+1)(k+2)a_{k+2}`).
+(coefficients :math:`2(k+1)a_{k+1}` and :math:`4(k+1)(k+2)a_{k+2}`); the third derivatives of :math:`J_r` of the
+SE(3) trajectory Jacobians also use :math:`B_3 = B_2'(t)/t = (-t^3\sin t - 9t^2\cos t + 33t\sin t - 48(1-\cos t))
+/t^8` and :math:`C_3 = C_2'(t)/t = (t^3\cos t - 12t^2\sin t - 57t\cos t - 48t + 105\sin t)/t^9` (their closed
+forms cancel like :math:`\varepsilon/t^8`: 1e-11 relative at the switch, 1e-12 beyond 2 rad).
 
 Numerics
 --------
@@ -69,13 +72,20 @@ References
 
 from __future__ import annotations
 
-from fractions import Fraction
-from math import factorial
-
 import torch
 from torch import Tensor
 
 from gpgeom._validation import check_tensor
+from gpgeom.geometry.lie_series import (  # the coefficient functions; the private names are the tests' too
+    _LOG_SERIES,
+    _LOG_SWITCH,
+    _SERIES,  # noqa: F401
+    _SWITCH,  # noqa: F401
+    _closed,  # noqa: F401
+    _coef,
+    _coefs,
+    _horner,
+)
 
 __all__ = [
     "check_rotation",
@@ -93,6 +103,7 @@ __all__ = [
     "se3_jl",
     "se3_jl_inv",
     "se3_jr",
+    "se3_jr_dxi",
     "se3_jr_inv",
     "se3_log",
     "se3_vee",
@@ -101,8 +112,11 @@ __all__ = [
     "so3_jl",
     "so3_jl_inv",
     "so3_jr",
+    "so3_jr_coefficients",
     "so3_jr_dtheta",
     "so3_jr_dtheta2",
+    "so3_jr_dtheta2_dv",
+    "so3_jr_dtheta3",
     "so3_jr_dtheta_dv",
     "so3_jr_inv",
     "so3_jr_inv_dtheta",
@@ -111,97 +125,6 @@ __all__ = [
     "so3_log",
     "so3_vee",
 ]
-
-# ---------------------------------------------------------------------------------------------------------------
-# Coefficient functions of |theta| with series branches
-# ---------------------------------------------------------------------------------------------------------------
-
-_SWITCH = 1.5  # rad; below it every coefficient uses its Taylor series in s = t^2
-_N_TERMS = 22  # series terms; at s = _SWITCH^2 the first omitted D_2 term is < 1e-20 relative
-_LOG_SWITCH = 0.1  # |q_v| / w below which 2 atan(r)/r uses its series (r = |q_v| / w)
-_LOG_TERMS = 12
-
-
-def _bernoulli(n: int) -> list[Fraction]:
-    """Bernoulli numbers B_0..B_n (B_1 = -1/2) from the recurrence sum_j C(m+1, j) B_j = 0."""
-    b = [Fraction(1)]
-    for m in range(1, n + 1):
-        acc = Fraction(0)
-        for j in range(m):
-            acc += factorial(m + 1) // (factorial(j) * factorial(m + 1 - j)) * b[j]
-        b.append(-acc / (m + 1))
-    return b
-
-
-def _levels(a: list[Fraction], n: int) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """Series of f, f_1 = 2 df/ds and f_2 = 2 df_1/ds from the coefficients a_k of f(s) = sum a_k s^k."""
-    f0 = [float(a[k]) for k in range(n)]
-    f1 = [float(2 * (k + 1) * a[k + 1]) for k in range(n)]
-    f2 = [float(4 * (k + 1) * (k + 2) * a[k + 2]) for k in range(n)]
-    return tuple(f0), tuple(f1), tuple(f2)
-
-
-_M = _N_TERMS + 2
-_BERN = _bernoulli(2 * _M + 2)
-_SERIES = {
-    "A": _levels([Fraction((-1) ** k, factorial(2 * k + 1)) for k in range(_M)], _N_TERMS),
-    "B": _levels([Fraction((-1) ** k, factorial(2 * k + 2)) for k in range(_M)], _N_TERMS),
-    "C": _levels([Fraction((-1) ** k, factorial(2 * k + 3)) for k in range(_M)], _N_TERMS),
-    "D": _levels([(-1) ** k * _BERN[2 * k + 2] / factorial(2 * k + 2) for k in range(_M)], _N_TERMS),
-    "c3": _levels([Fraction((-1) ** k, factorial(2 * k + 4)) for k in range(_M)], _N_TERMS),
-    "c4": _levels([Fraction((-1) ** k * (k + 1), factorial(2 * k + 5)) for k in range(_M)], _N_TERMS),
-}
-_LOG_SERIES = tuple(float(Fraction((-1) ** k, 2 * k + 1)) for k in range(_LOG_TERMS))
-
-
-def _closed(name: str, level: int, t: Tensor) -> Tensor:
-    """Closed form of coefficient ``name`` at derivative level 0, 1 or 2, for t >= _SWITCH."""
-    if name == "A":
-        return torch.sin(t) / t
-    sn, cs = torch.sin(t), torch.cos(t)
-    h = 0.5 * t
-    sh = torch.sin(h)
-    omc = 2.0 * sh * sh  # 1 - cos t without cancellation
-    if name == "B":
-        if level == 0:
-            return omc / (t * t)
-        if level == 1:
-            return (t * sn - 2.0 * omc) / t**4
-        return (t * t * cs - 5.0 * t * sn + 8.0 * omc) / t**6
-    if name == "C":
-        if level == 0:
-            return (t - sn) / t**3
-        if level == 1:
-            return (3.0 * sn - 2.0 * t - t * cs) / t**5
-        return (8.0 * t + t * t * sn + 7.0 * t * cs - 15.0 * sn) / t**7
-    if name == "D":
-        ch = torch.cos(h)
-        cot = ch / sh
-        if level == 0:
-            return 1.0 / (t * t) - cot / (2.0 * t)
-        if level == 1:
-            return -2.0 / t**4 + 1.0 / (4.0 * t * t * sh * sh) + cot / (2.0 * t**3)
-        return 8.0 / t**6 - 3.0 / (4.0 * t**4 * sh * sh) - ch / (4.0 * t**3 * sh**3) - 3.0 * cot / (2.0 * t**5)
-    if name == "c3":
-        return (t * t - 2.0 * omc) / (2.0 * t**4)
-    if name == "c4":
-        return (2.0 * t - 3.0 * sn + t * cs) / (2.0 * t**5)
-    raise KeyError(name)
-
-
-def _horner(s: Tensor, coeffs: tuple[float, ...]) -> Tensor:
-    out = torch.full_like(s, coeffs[-1])
-    for c in coeffs[-2::-1]:
-        out = out * s + c
-    return out
-
-
-def _coef(name: str, s: Tensor, level: int = 0) -> Tensor:
-    """Coefficient ``name`` (level 0, 1, 2) as a function of ``s = |theta|^2`` (``...``), branch-safe."""
-    small = s < _SWITCH**2
-    s_series = torch.where(small, s, torch.zeros_like(s))
-    s_closed = torch.where(small, torch.full_like(s, _SWITCH**2), s)
-    return torch.where(small, _horner(s_series, _SERIES[name][level]), _closed(name, level, torch.sqrt(s_closed)))
 
 
 def _sq(theta: Tensor) -> Tensor:
@@ -351,7 +274,8 @@ def so3_exp(theta: Tensor) -> Tensor:
     check_tensor("theta", theta, shape=(3,), finite=False, floating=True)
     s = _sq(theta)
     P = so3_hat(theta)
-    return _eye(theta) + _sc(_coef("A", s)) * P + _sc(_coef("B", s)) * (P @ P)
+    a, b = _coefs(s, ("A", 0), ("B", 0))
+    return _eye(theta) + _sc(a) * P + _sc(b) * (P @ P)
 
 
 def quat_to_rotmat(q: Tensor, *, validate: bool = True, tol: float | None = None) -> Tensor:
@@ -437,7 +361,8 @@ def so3_jr(theta: Tensor) -> Tensor:
     check_tensor("theta", theta, shape=(3,), finite=False, floating=True)
     s = _sq(theta)
     P = so3_hat(theta)
-    return _eye(theta) - _sc(_coef("B", s)) * P + _sc(_coef("C", s)) * (P @ P)
+    b, c = _coefs(s, ("B", 0), ("C", 0))
+    return _eye(theta) - _sc(b) * P + _sc(c) * (P @ P)
 
 
 def so3_jl(theta: Tensor) -> Tensor:
@@ -478,7 +403,27 @@ def _fu(u: Tensor, v: Tensor) -> Tensor:
     return _sc(_dot(u, v)) * _eye(u) + _outer(u, v) - 2.0 * _outer(v, u)
 
 
-def so3_jr_dtheta(theta: Tensor, v: Tensor) -> Tensor:
+_Coefs = dict  # (name, level) -> ``...`` tensor, from so3_jr_coefficients
+_JR_KEYS = tuple((name, level) for name in "BC" for level in range(4))
+
+
+def so3_jr_coefficients(theta: Tensor) -> dict[tuple[str, int], Tensor]:
+    r"""The coefficients :math:`B, B_1, B_2, B_3, C, C_1, C_2, C_3` of :math:`|\theta|` (``...`` each, keyed
+    ``("B", level)``, ``("C", level)``) that :func:`so3_jr_dtheta`, :func:`so3_jr_dtheta2`,
+    :func:`so3_jr_dtheta_dv`, :func:`so3_jr_dtheta3` and :func:`so3_jr_dtheta2_dv` use, in one evaluation: pass
+    them as ``coefs=`` to evaluate several derivative terms at the same ``theta`` (``... x 3``) without recomputing
+    them (the results are the same numbers)."""
+    check_tensor("theta", theta, shape=(3,), finite=False, floating=True)
+    return dict(zip(_JR_KEYS, _coefs(_sq(theta), *_JR_KEYS)))
+
+
+def _jr_coefs(u: Tensor, coefs: _Coefs | None, *keys: tuple[str, int]) -> list[Tensor]:
+    if coefs is None:
+        return _coefs(_sq(u), *keys)
+    return [coefs[k].expand(u.shape[:-1]) for k in keys]
+
+
+def so3_jr_dtheta(theta: Tensor, v: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`H(\theta, v) = \partial (J_r(\theta) v) / \partial\theta` (GPTR ``DJrUV_DU``), ``... x 3 x 3``.
 
     With :math:`u = \theta`, :math:`J_r v = v - B\, u\times v + C\, m`, :math:`m = u \times (u \times v)`:
@@ -494,15 +439,10 @@ def so3_jr_dtheta(theta: Tensor, v: Tensor) -> Tensor:
         theta: ``... x 3``. v: ``... x 3`` (broadcast against ``theta``).
     """
     u, v = _check_vecs(theta=theta, v=v)
-    s = _sq(u)
     uxv = torch.linalg.cross(u, v, dim=-1)
     m = torch.linalg.cross(u, uxv, dim=-1)
-    return (
-        _sc(_coef("B", s)) * so3_hat(v)
-        - _sc(_coef("B", s, 1)) * _outer(uxv, u)
-        + _sc(_coef("C", s)) * _fu(u, v)
-        + _sc(_coef("C", s, 1)) * _outer(m, u)
-    )
+    b0, b1, c0, c1 = _jr_coefs(u, coefs, ("B", 0), ("B", 1), ("C", 0), ("C", 1))
+    return _sc(b0) * so3_hat(v) - _sc(b1) * _outer(uxv, u) + _sc(c0) * _fu(u, v) + _sc(c1) * _outer(m, u)
 
 
 def so3_jr_inv_dtheta(theta: Tensor, v: Tensor) -> Tensor:
@@ -517,7 +457,8 @@ def so3_jr_inv_dtheta(theta: Tensor, v: Tensor) -> Tensor:
     u, v = _check_vecs(theta=theta, v=v)
     s = _sq(u)
     m = torch.linalg.cross(u, torch.linalg.cross(u, v, dim=-1), dim=-1)
-    return -0.5 * so3_hat(v) + _sc(_coef("D", s)) * _fu(u, v) + _sc(_coef("D", s, 1)) * _outer(m, u)
+    d0, d1 = _coefs(s, ("D", 0), ("D", 1))
+    return -0.5 * so3_hat(v) + _sc(d0) * _fu(u, v) + _sc(d1) * _outer(m, u)
 
 
 def _g(u: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -528,7 +469,7 @@ def _g(u: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return g, dg, uw
 
 
-def so3_jr_dtheta2(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
+def so3_jr_dtheta2(theta: Tensor, v: Tensor, w: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`L_{11} = \partial [H(\theta, v)\, w] / \partial\theta` (GPTR ``DDJrUVW_DUDU``), ``... x 3 x 3``.
 
     With :math:`g = F_u w = (u\cdot v) w + (v\cdot w) u - 2 (u\cdot w) v` and :math:`B_2 = B_1'(t)/t =
@@ -544,9 +485,7 @@ def so3_jr_dtheta2(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     \dot\theta)`. Shapes: ``theta, v, w: ... x 3 -> ... x 3 x 3``.
     """
     u, v, w = _check_vecs(theta=theta, v=v, w=w)
-    s = _sq(u)
-    b1, b2 = _coef("B", s, 1), _coef("B", s, 2)
-    c0, c1, c2 = _coef("C", s), _coef("C", s, 1), _coef("C", s, 2)
+    b1, b2, c0, c1, c2 = _jr_coefs(u, coefs, ("B", 1), ("B", 2), ("C", 0), ("C", 1), ("C", 2))
     uxv = torch.linalg.cross(u, v, dim=-1)
     m = torch.linalg.cross(u, uxv, dim=-1)
     g, dg, uw = _g(u, v, w)
@@ -563,7 +502,7 @@ def so3_jr_dtheta2(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     )
 
 
-def so3_jr_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
+def so3_jr_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`L_{12} = \partial [H(\theta, v)\, w] / \partial v` (GPTR ``DDJrUVW_DUDV``), ``... x 3 x 3``.
 
     .. math:: L_{12} = -B\, w^\wedge - B_1 (u\cdot w)\, u^\wedge + C\,(w u^T + u w^T - 2(u\cdot w) I)
@@ -574,14 +513,14 @@ def so3_jr_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     \dot\theta)`. Shapes: ``theta, v, w: ... x 3 -> ... x 3 x 3`` (the result does not depend on ``v``).
     """
     u, v, w = _check_vecs(theta=theta, v=v, w=w)
-    s = _sq(u)
     uw = _dot(u, w)
     P = so3_hat(u)
+    b0, b1, c0, c1 = _jr_coefs(u, coefs, ("B", 0), ("B", 1), ("C", 0), ("C", 1))
     return (
-        -_sc(_coef("B", s)) * so3_hat(w)
-        - _sc(_coef("B", s, 1) * uw) * P
-        + _sc(_coef("C", s)) * (_outer(w, u) + _outer(u, w) - 2.0 * _sc(uw) * _eye(u))
-        + _sc(_coef("C", s, 1) * uw) * (P @ P)
+        -_sc(b0) * so3_hat(w)
+        - _sc(b1 * uw) * P
+        + _sc(c0) * (_outer(w, u) + _outer(u, w) - 2.0 * _sc(uw) * _eye(u))
+        + _sc(c1 * uw) * (P @ P)
     )
 
 
@@ -597,7 +536,7 @@ def so3_jr_inv_dtheta2(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     """
     u, v, w = _check_vecs(theta=theta, v=v, w=w)
     s = _sq(u)
-    d0, d1, d2 = _coef("D", s), _coef("D", s, 1), _coef("D", s, 2)
+    d0, d1, d2 = _coefs(s, ("D", 0), ("D", 1), ("D", 2))
     m = torch.linalg.cross(u, torch.linalg.cross(u, v, dim=-1), dim=-1)
     g, dg, uw = _g(u, v, w)
     return (
@@ -621,10 +560,80 @@ def so3_jr_inv_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     s = _sq(u)
     uw = _dot(u, w)
     P = so3_hat(u)
+    d0, d1 = _coefs(s, ("D", 0), ("D", 1))
+    return 0.5 * so3_hat(w) + _sc(d0) * (_outer(w, u) + _outer(u, w) - 2.0 * _sc(uw) * _eye(u)) + _sc(d1 * uw) * (P @ P)
+
+
+def _d3_term(b: list[Tensor], u: Tensor, w: Tensor, z: Tensor, g, Dg, Dgw, Dgz, D2wz, D2w, D2z) -> Tensor:
+    r"""Matrix of :math:`h \mapsto D^3(\beta(s) g(u))[w, z, h]` for a coefficient :math:`\beta` (levels ``b``) and a
+    polynomial map :math:`g` of degree <= 2 (value, Jacobian, :math:`Dg[w], Dg[z]`, :math:`D^2g[w,z]` and the
+    matrices :math:`D^2g[w,\cdot], D^2g[z,\cdot]`), by the product rule with :math:`D\beta_k[h] = \beta_{k+1}
+    (u\cdot h)`."""
+    uw, uz, wz = _dot(u, w), _dot(u, z), _dot(w, z)
+    vec_u = (b[3] * uw * uz + b[2] * wz).unsqueeze(-1) * g + (b[2] * uw).unsqueeze(-1) * Dgz
+    vec_u = vec_u + (b[2] * uz).unsqueeze(-1) * Dgw + b[1].unsqueeze(-1) * D2wz
+    out = _outer(vec_u, u) + _outer((b[2] * uw).unsqueeze(-1) * g + b[1].unsqueeze(-1) * Dgw, z)
+    out = out + _outer((b[2] * uz).unsqueeze(-1) * g + b[1].unsqueeze(-1) * Dgz, w)
+    return out + _sc(b[2] * uw * uz + b[1] * wz) * Dg + _sc(b[1] * uw) * D2z + _sc(b[1] * uz) * D2w
+
+
+def so3_jr_dtheta3(theta: Tensor, v: Tensor, w: Tensor, z: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
+    r""":math:`L_3 = \partial [L_{11}(\theta, v, w)\, z] / \partial\theta`, the matrix of :math:`h \mapsto
+    D^3_\theta(J_r(\theta) v)[w, z, h]` (``... x 3 x 3``; symmetric in ``w, z``).
+
+    With :math:`J_r v = v - B\,c + C\,m`, :math:`c = u\times v`, :math:`m = u\times(u\times v)`, each term
+    :math:`\beta g` differentiates three times by the product rule (:func:`_d3_term`; :math:`Dc = -v^\wedge`,
+    :math:`D^2c = 0`, :math:`Dm = F_u`, :math:`D^2m[a, h] = a (v\cdot h) + h (a\cdot v) - 2 (a\cdot h) v`), with the
+    level-3 coefficients :math:`B_3, C_3`. Enters :math:`\partial a/\partial\phi` of the SE(3) trajectory.
+    """
+    u, v, w, z = _check_vecs(theta=theta, v=v, w=w, z=z)
+    coefs = _jr_coefs(u, coefs, *[("B", k) for k in range(4)], *[("C", k) for k in range(4)])
+    bB, bC = coefs[:4], coefs[4:]
+    cross = torch.linalg.cross
+    zero = torch.zeros_like(u)
+    zero_m = torch.zeros_like(_eye(u))
+    tc = _d3_term(bB, u, w, z, cross(u, v, dim=-1), -so3_hat(v), cross(w, v, dim=-1), cross(z, v, dim=-1), zero,
+                  zero_m, zero_m)  # fmt: skip
+    uv = _dot(u, v)
+
+    def dm(a: Tensor) -> Tensor:
+        return uv.unsqueeze(-1) * a + _dot(v, a).unsqueeze(-1) * u - 2.0 * _dot(u, a).unsqueeze(-1) * v
+
+    def d2m(a: Tensor) -> Tensor:
+        return _outer(a, v) + _sc(_dot(a, v)) * _eye(u) - 2.0 * _outer(v, a)
+
+    d2wz = _dot(v, z).unsqueeze(-1) * w + _dot(w, v).unsqueeze(-1) * z - 2.0 * _dot(w, z).unsqueeze(-1) * v
+    m = cross(u, cross(u, v, dim=-1), dim=-1)
+    tm = _d3_term(bC, u, w, z, m, _fu(u, v), dm(w), dm(z), d2wz, d2m(w), d2m(z))
+    return tm - tc
+
+
+def so3_jr_dtheta2_dv(theta: Tensor, v: Tensor, w: Tensor, z: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
+    r""":math:`\partial [L_{11}(\theta, v, w)\, z] / \partial v = D^2_\theta J_r(\theta)[w, z]`, the second
+    directional derivative of the matrix :math:`J_r` (``... x 3 x 3``; does not depend on ``v``):
+
+    .. math:: -\big(B_2 (u\cdot w)(u\cdot z) + B_1 (w\cdot z)\big)\Phi - B_1 \big((u\cdot z) w^\wedge + (u\cdot w)
+              z^\wedge\big) + \big(C_2 (u\cdot w)(u\cdot z) + C_1 (w\cdot z)\big)\Phi^2 + C_1 (u\cdot z) S_{wu}
+              + C_1 (u\cdot w) S_{zu} + C\, S_{wz},
+
+    :math:`S_{ab} = a b^\top + b a^\top - 2 (a\cdot b) I`.
+    """
+    u, v, w, z = _check_vecs(theta=theta, v=v, w=w, z=z)
+    uw, uz, wz = _dot(u, w), _dot(u, z), _dot(w, z)
+    P = so3_hat(u)
+
+    def sym(a: Tensor, b: Tensor) -> Tensor:
+        return _outer(a, b) + _outer(b, a) - 2.0 * _sc(_dot(a, b)) * _eye(u)
+
+    b1, b2, c0, c1, c2 = _jr_coefs(u, coefs, ("B", 1), ("B", 2), ("C", 0), ("C", 1), ("C", 2))
     return (
-        0.5 * so3_hat(w)
-        + _sc(_coef("D", s)) * (_outer(w, u) + _outer(u, w) - 2.0 * _sc(uw) * _eye(u))
-        + _sc(_coef("D", s, 1) * uw) * (P @ P)
+        -_sc(b2 * uw * uz + b1 * wz) * P
+        - _sc(b1 * uz) * so3_hat(w)
+        - _sc(b1 * uw) * so3_hat(z)
+        + _sc(c2 * uw * uz + c1 * wz) * (P @ P)
+        + _sc(c1 * uz) * sym(w, u)
+        + _sc(c1 * uw) * sym(z, u)
+        + _sc(c0) * sym(w, z)
     )
 
 
@@ -725,11 +734,9 @@ def _q_left(phi: Tensor, rho: Tensor) -> Tensor:
     PR, RP = P @ Rh, Rh @ P
     PRP = PR @ P
     PP = P @ P
+    c, c3, c4 = _coefs(s, ("C", 0), ("c3", 0), ("c4", 0))
     return (
-        0.5 * Rh
-        + _sc(_coef("C", s)) * (PR + RP + PRP)
-        + _sc(_coef("c3", s)) * (PP @ Rh + RP @ P - 3.0 * PRP)
-        + _sc(_coef("c4", s)) * (PRP @ P + PP @ RP)
+        0.5 * Rh + _sc(c) * (PR + RP + PRP) + _sc(c3) * (PP @ Rh + RP @ P - 3.0 * PRP) + _sc(c4) * (PRP @ P + PP @ RP)
     )
 
 
@@ -770,3 +777,26 @@ def se3_jr_inv(xi: Tensor) -> Tensor:
     r""":math:`J_r^{-1}(\xi) = J_l^{-1}(-\xi) = [[J_r^{-1}, 0], [-J_r^{-1} Q_r J_r^{-1}, J_r^{-1}]]`
     (``... x 6 -> ... x 6 x 6``)."""
     return se3_jl_inv(-xi)
+
+
+def se3_jr_dxi(xi: Tensor, y: Tensor) -> Tensor:
+    r""":math:`S(\xi, y) = \partial (J_r(\xi)\, y) / \partial\xi` of the SE(3) right Jacobian (``xi, y: ... x 6``
+    -> ``... x 6 x 6``, order :math:`(\phi, \rho)`).
+
+    With :math:`J_r(\xi) = [[J_r(\phi), 0], [Q_r(\phi,\rho), J_r(\phi)]]` and the identity :math:`Q_r(\phi, \rho)
+    = H(\phi, \rho) - (J_r(\phi)\rho)^\wedge J_r(\phi)` (from differentiating the translation :math:`J_l(\phi)\rho` of
+    :math:`\mathrm{Exp}(\xi)`; checked against Barfoot eq. 7.86 in the tests), for :math:`y = (a, b)`:
+
+    .. math:: S = \begin{bmatrix} H(\phi, a) & 0 \\ L_{11}(\phi, \rho, a) + (J_r a)^\wedge H(\phi, \rho)
+              - (J_r\rho)^\wedge H(\phi, a) + H(\phi, b) & L_{12}(\phi, \cdot, a) + (J_r a)^\wedge J_r
+              \end{bmatrix}.
+    """
+    check_tensor("xi", xi, shape=(6,), finite=False, floating=True)
+    check_tensor("y", y, shape=(6,), finite=False, floating=True)
+    phi, rho, a, b = xi[..., :3], xi[..., 3:], y[..., :3], y[..., 3:]
+    Jr = so3_jr(phi)
+    Ha = so3_jr_dtheta(phi, a)
+    Ja, Jp = so3_hat((Jr @ a.unsqueeze(-1)).squeeze(-1)), so3_hat((Jr @ rho.unsqueeze(-1)).squeeze(-1))
+    low = so3_jr_dtheta2(phi, rho, a) + Ja @ so3_jr_dtheta(phi, rho) - Jp @ Ha + so3_jr_dtheta(phi, b)
+    right = so3_jr_dtheta_dv(phi, rho, a) + Ja @ Jr
+    return torch.cat([torch.cat([Ha, torch.zeros_like(Ha)], -1), torch.cat([low, right], -1)], -2)

@@ -24,7 +24,8 @@ Modules
 * :mod:`~gpgeom.models.trajectory.base` -- :class:`Trajectory`: knots, interpolation, ``fit``/``predict`` and the
   model contract (:class:`gpgeom.base.ModelContract`).
 * :mod:`~gpgeom.models.trajectory.so3xr3` -- :class:`SO3xR3Trajectory` (hand-written Jacobians).
-* :mod:`~gpgeom.models.trajectory.se3` -- :class:`SE3Trajectory` (Jacobians by forward-mode autodiff).
+* :mod:`~gpgeom.models.trajectory.se3` -- :class:`SE3Trajectory` (hand-written Jacobians through a rotational and a
+  translational channel).
 * :mod:`~gpgeom.models.trajectory.estimation` -- the engine factors of the prior and of the measurements.
 * :mod:`~gpgeom.models.trajectory.initialisation` -- the start of a fit built from the measurements (poses,
   positions, UWB ranges), used by ``fit(..., init="auto")`` when the knots are still at their default state.

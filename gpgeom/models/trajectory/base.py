@@ -36,6 +36,7 @@ from torch import Tensor
 from gpgeom._progress import progress_bar
 from gpgeom._validation import as_tensor, check_increasing, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
+from gpgeom.engine.chunking import chunk_size_for, resolve_max_memory
 from gpgeom.engine.gauss_newton import Factor, gauss_newton
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.geometry.lie import check_rotation, check_unit_quaternion, quat_to_rotmat, rotmat_to_quat, so3_exp
@@ -317,6 +318,14 @@ class Trajectory(ModelContract):
         the Jacobians ``M x d x s`` with respect to both knots and :math:`G = \partial X(t)/\partial\gamma(t)`."""
         raise NotImplementedError
 
+    def _interp_linearize(self, Xa: Tensor, Xb: Tensor, mix: Bracket, level: int, measure):
+        r"""A measurement ``measure(state) -> (e, J_s, J_p)`` (``J_s``: ``M x r x d``) at the interpolated state,
+        and its Jacobians ``M x r x 2 x s`` with respect to both knots, :math:`[J_s J_a, J_s J_b]` (pose groups
+        may contract :math:`J_s` into the chain rule without forming ``J_a, J_b``)."""
+        st, Ja, Jb, _ = self._interp(Xa, Xb, mix, level, jac=True)
+        e, Js, Jp = measure(st)
+        return e, torch.stack([Js @ Ja, Js @ Jb], dim=2), Jp
+
     def _prior(self, Xa: Tensor, Xb: Tensor, dt: Tensor, jac: bool):
         r"""Whitened motion-prior residuals ``M x 6N`` and, with ``jac``, Jacobians ``M x 6N x 2 x s``."""
         raise NotImplementedError
@@ -326,7 +335,14 @@ class Trajectory(ModelContract):
         raise NotImplementedError
 
     # ----- evaluation -----
-    def interpolate(self, t: object, *, jacobians: bool = False, covariance: bool = False) -> TrajectoryState:
+    def interpolate(
+        self,
+        t: object,
+        *,
+        jacobians: bool = False,
+        covariance: bool = False,
+        max_memory: int | float | str | None = None,
+    ) -> TrajectoryState:
         r"""State, velocities and accelerations of the current knots at times ``t`` (any shape ``...``), with
         optional Jacobians with respect to the two bracketing knots and the posterior covariance.
 
@@ -339,51 +355,100 @@ class Trajectory(ModelContract):
                 :math:`[J_a\ J_b]\,\Sigma_{ab}\,[J_a\ J_b]^\top + G\,(Q_{\tau|ab} \otimes Q_c)\,G^\top`, where
                 :math:`Q_{\tau|ab} = Q(\tau) - \Psi(\tau)\Phi(\Delta-\tau)Q(\tau)` is the GP's uncertainty between
                 known knots and :math:`G = \partial X(t)/\partial\gamma(t)` (Barfoot 2017, sec. 3.4.3).
+            max_memory: Budget for the working memory of the Jacobians and covariances, bytes or a string such as
+                ``"512MB"`` (default: the engine's, :data:`gpgeom.engine.chunking.DEFAULT_MAX_MEMORY` = 256 MiB, or
+                the enclosing :func:`gpgeom.engine.chunking.memory_budget`): the times are processed in chunks whose
+                intermediate tensors stay within it (measured: about six ``d x 2s`` matrices per time), written
+                into the preallocated outputs. The results do not depend on it; the outputs themselves (``n d^2``
+                numbers with ``covariance``) come on top (``benchmarks/trajectory.py`` measures the peak of 1e5
+                times with covariances against one piece).
         """
         t = as_tensor("t", t, dtype=self.dtype, device=self.device)
-        shape = t.shape
-        tf = t.reshape(-1)
+        resolve_max_memory(max_memory)  # a bad budget fails here, before any work
         if covariance and self.covariances_ is None:
             raise ValueError(
                 "`covariance=True` needs the knots' posterior covariances: call fit(..., compute_covariances=True) "
                 "first."
             )
-        mix = self._locate(tf, "t")
-        Xa, Xb = self._knots[mix.index], self._knots[mix.index + 1]
-        level = self.order - 1
-        st, Ja, Jb, G = self._interp(Xa, Xb, mix, level, jacobians or covariance, want_G=covariance)
-        cov = None
-        if covariance:
-            k = mix.index
-            S_aa, S_bb = self.covariances_[k], self.covariances_[k + 1]
-            S_ab = self.cross_covariances_[k, 0]
-            cov = Ja @ S_aa @ Ja.mT + Jb @ S_bb @ Jb.mT
-            cross = Ja @ S_ab @ Jb.mT
-            cov = cov + cross + cross.mT
-            C = self._cond_cov_hat(mix.s, mix.dt)
-            cov = cov + G @ self._gamma_noise(C) @ G.mT
-            cov = 0.5 * (cov + cov.mT)
-        d = 3 * len(self.state_components)
+        return self._state(t, self._interpolate_chunks(t.reshape(-1), jacobians, covariance, False, max_memory))
 
-        def rs(x, tail):
+    def _state(self, t: Tensor, out: dict[str, Tensor]) -> TrajectoryState:
+        r"""A :class:`TrajectoryState` of shape ``t.shape`` from the flat outputs of :meth:`_interpolate_chunks`."""
+        shape, d = t.shape, 3 * len(self.state_components)
+
+        def rs(name, tail):
+            x = out.get(name)
             return None if x is None else x.reshape(*shape, *tail)
 
         return TrajectoryState(
             t=t,
-            R=rs(st["R"], (3, 3)),
-            omega=rs(st["omega"], (3,)),
-            alpha=rs(st.get("alpha"), (3,)),
-            p=rs(st["p"], (3,)),
-            v=rs(st["v"], (3,)),
-            a=rs(st.get("a"), (3,)),
-            index=mix.index.reshape(shape),
-            jacobian_a=rs(Ja, (d, self.tangent_dim)) if jacobians else None,
-            jacobian_b=rs(Jb, (d, self.tangent_dim)) if jacobians else None,
-            covariance=rs(cov, (d, d)),
+            R=rs("R", (3, 3)),
+            omega=rs("omega", (3,)),
+            alpha=rs("alpha", (3,)),
+            p=rs("p", (3,)),
+            v=rs("v", (3,)),
+            a=rs("a", (3,)),
+            index=rs("index", ()),
+            jacobian_a=rs("jacobian_a", (d, self.tangent_dim)),
+            jacobian_b=rs("jacobian_b", (d, self.tangent_dim)),
+            covariance=rs("covariance", (d, d)),
         )
 
+    def _interpolate_chunks(
+        self, tf: Tensor, jacobians: bool, covariance: bool, variance_only: bool, max_memory: int | float | str | None
+    ) -> dict[str, Tensor]:
+        r""":meth:`_interpolate_flat` over chunks of times sized to the budget ``max_memory``, into preallocated
+        outputs."""
+        n = tf.shape[0]
+        per_time = 6 * 8 * (3 * len(self.state_components)) * 2 * self.tangent_dim  # bytes of intermediates (measured)
+        chunk = n if not (jacobians or covariance) else chunk_size_for(per_time, max_memory, total=n)
+        if n <= chunk:
+            return self._interpolate_flat(tf, jacobians, covariance, variance_only)
+        out: dict[str, Tensor] = {}
+        for lo in range(0, n, chunk):
+            part = self._interpolate_flat(tf[lo : lo + chunk], jacobians, covariance, variance_only)
+            for name, x in part.items():
+                if name not in out:
+                    out[name] = x.new_empty(n, *x.shape[1:])
+                out[name][lo : lo + chunk] = x
+        return out
+
+    def _interpolate_flat(self, tf: Tensor, jacobians: bool, covariance: bool, variance_only: bool = False):
+        r"""The state at times ``tf`` (``n``) as a dict (components, ``index``, ``jacobian_a``/``_b``, and
+        ``covariance`` ``n x d x d`` or, with ``variance_only``, its diagonal ``variance`` ``n x d``)."""
+        mix = self._locate(tf, "t")
+        Xa, Xb = self._knots[mix.index], self._knots[mix.index + 1]
+        level = self.order - 1
+        st, Ja, Jb, G = self._interp(Xa, Xb, mix, level, jacobians or covariance, want_G=covariance)
+        out = {c: st[c] for c in self.state_components}
+        out["index"] = mix.index
+        if jacobians:
+            out["jacobian_a"], out["jacobian_b"] = Ja, Jb
+        if covariance:
+            k = mix.index[mix.first]  # the joint covariance of each interval's two knots, once per interval
+            S_ab = self.cross_covariances_[k, 0]
+            Sig = torch.cat(
+                [torch.cat([self.covariances_[k], S_ab], -1), torch.cat([S_ab.mT, self.covariances_[k + 1]], -1)], -2
+            )
+            J = torch.cat([Ja, Jb], -1)
+            cov = mix.per_interval_matmul(J, Sig) @ J.mT
+            del J
+            C = self._cond_cov_hat(mix.s, mix.dt)
+            cov = cov + G @ self._gamma_noise(C) @ G.mT
+            cov = 0.5 * (cov + cov.mT)
+            if variance_only:
+                out["variance"] = cov.diagonal(dim1=-2, dim2=-1).clone()
+            else:
+                out["covariance"] = cov
+        return out
+
     def predict(
-        self, t: object, return_std: bool = False, *, return_cov: bool = False
+        self,
+        t: object,
+        return_std: bool = False,
+        *,
+        return_cov: bool = False,
+        max_memory: int | float | str | None = None,
     ) -> TrajectoryState | tuple[TrajectoryState, TrajectoryStd] | tuple[TrajectoryState, Tensor]:
         r"""The posterior mean state at times ``t`` and, on request, its uncertainty.
 
@@ -393,6 +458,8 @@ class Trajectory(ModelContract):
                 (:class:`~gpgeom.models.trajectory.TrajectoryStd`, ``... x 3`` each).
             return_cov: Also return the full covariance ``... x d x d`` of the state perturbation at each time
                 (rows and columns in the order ``(R, omega, alpha, p, v, a)``, see :meth:`interpolate`).
+            max_memory: Working-memory budget of the uncertainty, see :meth:`interpolate` (the standard
+                deviations are taken chunk by chunk, so only ``n d`` numbers are kept).
 
         The uncertainty needs the knots' covariances of ``fit(..., compute_covariances=True)``.
 
@@ -411,13 +478,15 @@ class Trajectory(ModelContract):
                 f"`return_{'std' if return_std else 'cov'}=True` needs the knots' posterior covariances: call "
                 "fit(..., compute_covariances=True) first."
             )
-        st = self.interpolate(t, covariance=return_std or return_cov)
-        cov, st.covariance = st.covariance, None
-        if return_cov:
-            return st, cov
         if not return_std:
-            return st
-        sd = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+            st = self.interpolate(t, covariance=return_cov, max_memory=max_memory)
+            cov, st.covariance = st.covariance, None
+            return (st, cov) if return_cov else st
+        t = as_tensor("t", t, dtype=self.dtype, device=self.device)
+        resolve_max_memory(max_memory)  # a bad budget fails here, before any work
+        out = self._interpolate_chunks(t.reshape(-1), False, True, True, max_memory)
+        st = self._state(t, {k: v for k, v in out.items() if k != "variance"})
+        sd = out["variance"].clamp_min(0.0).sqrt().reshape(*t.shape, -1)
         parts = dict(zip(self.state_components, sd.split(3, dim=-1)))
         std = TrajectoryStd(**{c: parts.get(c) for c in COMPONENTS})
         return st, std
@@ -693,19 +762,18 @@ class Trajectory(ModelContract):
 
 def _counting(factor: Factor, bar: Any) -> Factor:
     r"""``factor`` (the motion prior, linearised once per engine assembly and evaluated once per trial step) with
-    calls that move ``bar`` to the number of linear solves so far: evaluations minus linearisations."""
+    calls that move ``bar`` to the number of linear solves so far: the evaluations of trial steps."""
     if bar.disable:
         return factor
-    calls = {"residual": 0, "jacobian": 0}
-    residual, jacobian = factor.residual, factor.jacobian
+    calls = {"residual": 0}
+    residual, linearize = factor.residual, factor.linearize
 
     def counted_residual(X: Tensor, G: Tensor) -> Tensor:
         calls["residual"] += 1
         return residual(X, G)
 
-    def counted_jacobian(X: Tensor, G: Tensor):
-        calls["jacobian"] += 1
-        bar.update(calls["residual"] - calls["jacobian"] - bar.n)
-        return jacobian(X, G)
+    def counted_linearize(X: Tensor, G: Tensor):
+        bar.update(calls["residual"] - bar.n)
+        return linearize(X, G)
 
-    return dataclasses.replace(factor, residual=counted_residual, jacobian=counted_jacobian)
+    return dataclasses.replace(factor, residual=counted_residual, linearize=counted_linearize)

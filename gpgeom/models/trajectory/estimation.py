@@ -88,7 +88,11 @@ def prior_factor(traj: Trajectory) -> Factor:
     def jacobian(X, G):
         return traj._prior(X[:, 0], X[:, 1], dt, jac=True)[1], None
 
-    return Factor(idx, residual, jacobian, name="motion prior")
+    def linearize(X, G):
+        e, J = traj._prior(X[:, 0], X[:, 1], dt, jac=True)
+        return e, J, None
+
+    return Factor(idx, residual, jacobian, name="motion prior", linearize=linearize)
 
 
 def measurement_factor(traj: Trajectory, m: Measurement, layout: dict[str, slice], g: int) -> Factor:
@@ -148,13 +152,15 @@ def measurement_factor(traj: Trajectory, m: Measurement, layout: dict[str, slice
         st = traj._interp(X[:, 0], X[:, 1], mix, level, jac=False)[0]
         return m.residual(st, params(G))
 
-    def jacobian(X, G):
-        st, Ja, Jb, _ = traj._interp(X[:, 0], X[:, 1], mix, level, jac=True)
-        e, Js, Jp = m.linearize(st, params(G))
-        Jx = torch.stack([Js @ Ja, Js @ Jb], dim=2)
-        return Jx, scatter_globals(Jp, e.shape[0], e.shape[1], X)
+    def linearize(X, G):
+        gp = params(G)
+        e, Jx, Jp = traj._interp_linearize(X[:, 0], X[:, 1], mix, level, lambda st: m.linearize(st, gp))
+        return e, Jx, scatter_globals(Jp, e.shape[0], e.shape[1], X)
 
-    return Factor(idx, residual, jacobian, **robust)
+    def jacobian(X, G):
+        return linearize(X, G)[1:]
+
+    return Factor(idx, residual, jacobian, linearize=linearize, **robust)
 
 
 def build_factors(

@@ -63,6 +63,38 @@ class Bracket:
     Psi: Tensor
     first: Tensor
     inverse: Tensor
+    _layout: tuple | None = None
+
+    def per_interval_matmul(self, B: Tensor, J: Tensor) -> Tensor:
+        r""":math:`B_m J_{i(m)}` for per-time rows ``B`` (``M x r x q``) and per-interval matrices ``J`` (``U x q x
+        s``, ``i(m)`` = ``inverse[m]``), ``M x r x s``.
+
+        Without gathering ``J`` per time: the rows of the times of one interval are stacked (zero-padded to the
+        busiest interval, a layout built once) into one ``c_max r x q`` matrix per interval and multiplied in one
+        batched product, ``U`` products of ``c_max r`` rows instead of ``M`` of ``r`` (the measurements of a knot
+        interval share its Jacobians). Falls back to gathering when the padding would more than double the rows.
+        """
+        if self._layout is None:
+            inv = self.inverse
+            M, U = inv.shape[0], self.first.shape[0]
+            counts = torch.bincount(inv, minlength=U)
+            cmax = int(counts.max()) if M else 0
+            if U * cmax > 2 * M:
+                self._layout = (None, 0)
+            else:
+                order = torch.argsort(inv, stable=True)
+                start = torch.cumsum(counts, 0) - counts
+                rank = torch.empty_like(inv)
+                rank[order] = torch.arange(M, device=inv.device) - start[inv[order]]
+                self._layout = (inv * cmax + rank, cmax)
+        slot, cmax = self._layout
+        if slot is None:
+            return B @ J[self.inverse]
+        M, r, q = B.shape
+        U = J.shape[0]
+        P = B.new_zeros(U * cmax, r, q)
+        P[slot] = B
+        return (P.reshape(U, cmax * r, q) @ J).reshape(U * cmax, r, -1)[slot]
 
 
 class MarkovChainAlgebra:

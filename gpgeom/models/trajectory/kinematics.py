@@ -27,10 +27,23 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import check_option
-from gpgeom.geometry.lie import so3_jr_inv, so3_jr_inv_dtheta, so3_log
+from gpgeom.geometry.lie import (
+    so3_exp,
+    so3_hat,
+    so3_jr,
+    so3_jr_coefficients,
+    so3_jr_dtheta,
+    so3_jr_dtheta2,
+    so3_jr_dtheta_dv,
+    so3_jr_inv,
+    so3_jr_inv_dtheta,
+    so3_jr_inv_dtheta2,
+    so3_jr_inv_dtheta_dv,
+    so3_log,
+)
 from gpgeom.models.trajectory.algebra import mv
 
-__all__ = ["KINEMATICS", "local_kinematics", "so3_local"]
+__all__ = ["KINEMATICS", "local_kinematics", "so3_gamma_b", "so3_local", "so3_outputs"]
 
 KINEMATICS = ("closed_form", "taylor")
 
@@ -75,3 +88,97 @@ def local_kinematics(
     check_option("kinematics", kinematics, KINEMATICS)
     _, th, _, thd, _, thdd = so3_local(R_a, R, omega, alpha, kinematics == "closed_form")
     return th, thd, thdd
+
+
+def so3_gamma_b(Ra: Tensor, Rb: Tensor, wb: Tensor, ab: Tensor | None, order: int, closed_form: bool, jac: bool):
+    r"""The rotational local state at the right knot, :math:`\gamma_b = (\theta_b, \dot\theta_b, \ddot\theta_b)`
+    (``M x N x 3``), and its Jacobians ``M x N x 3 x N x 3`` with respect to the rotational tangent
+    :math:`(\delta_R, \delta_\omega, \delta_\alpha)` of knot ``a`` and of knot ``b`` (``None`` without ``jac``).
+
+    :math:`\partial\theta_b/\partial\delta_{R_a} = -J_r^{-1}(\theta_b) R_{ab}^\top`,
+    :math:`\partial\theta_b/\partial\delta_{R_b} = J_r^{-1}(\theta_b)`,
+    :math:`\partial\dot\theta_b/\partial\theta_b = H'(\theta_b,\omega_b)`,
+    :math:`\partial\ddot\theta_b/\partial\theta_b = H'(\theta_b,\alpha_b) + L'_{11}(\theta_b,\omega_b,
+    \dot\theta_b) + H'(\theta_b,\omega_b)^2`, :math:`\partial\ddot\theta_b/\partial\omega_b =
+    L'_{12}(\theta_b,\omega_b,\dot\theta_b) + H'(\theta_b,\omega_b)J_r^{-1}(\theta_b)` (``"taylor"``:
+    :math:`H'(\theta_b, \alpha_b) - \tfrac12\omega_b^\wedge H'(\theta_b, \omega_b)` and
+    :math:`\tfrac12\dot\theta_b^\wedge - \tfrac12\omega_b^\wedge J_r^{-1}`). Knot ``a`` enters through
+    :math:`R_a` only (column block 0).
+    """
+    N = order
+    Rab, th, Ji, thd, Hw, thdd = so3_local(Ra, Rb, wb, ab if N == 3 else None, closed_form, need_hw=jac)
+    g = torch.stack([th, thd] + ([thdd] if N == 3 else []), dim=1)
+    if not jac:
+        return g, None, None
+    M = th.shape[0]
+    Ja = th.new_zeros(M, N, 3, N, 3)
+    Jb = th.new_zeros(M, N, 3, N, 3)
+    A0 = -Ji @ Rab.mT
+    Ja[:, 0, :, 0] = A0
+    Jb[:, 0, :, 0] = Ji
+    Ja[:, 1, :, 0] = Hw @ A0
+    Jb[:, 1, :, 0] = Hw @ Ji
+    Jb[:, 1, :, 1] = Ji
+    if N == 3:
+        if closed_form:
+            T = so3_jr_inv_dtheta(th, ab) + so3_jr_inv_dtheta2(th, wb, thd) + Hw @ Hw
+            Dw = so3_jr_inv_dtheta_dv(th, wb, thd) + Hw @ Ji
+        else:
+            hw = so3_hat(wb)
+            T = so3_jr_inv_dtheta(th, ab) - 0.5 * hw @ Hw
+            Dw = 0.5 * so3_hat(thd) - 0.5 * hw @ Ji
+        Ja[:, 2, :, 0] = T @ A0
+        Jb[:, 2, :, 0] = T @ Ji
+        Jb[:, 2, :, 1] = Dw
+        Jb[:, 2, :, 2] = Ji
+    return g, Ja, Jb
+
+
+def so3_outputs(
+    gt: Tensor, level: int, closed_form: bool, jac: bool
+) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    r"""The rotation and body rates from the rotational local state :math:`\gamma(t) = (\theta, \dot\theta,
+    \ddot\theta)` (``M x N x 3``): :math:`E = \mathrm{Exp}(\theta)` (so that :math:`R = R_a E`),
+    :math:`\omega = J_r\dot\theta`, :math:`\alpha = J_r\ddot\theta + H(\theta, \dot\theta)\dot\theta` (``"taylor"``:
+    :math:`J_r(\ddot\theta + \tfrac12\omega\times\dot\theta)`) up to derivative ``level``, and with ``jac`` the
+    block lower-triangular :math:`G = \partial(\delta_R, \omega, \alpha)/\partial\gamma(t)` (``M x 3L x 3L``,
+    ``L = level + 1``; :math:`\delta_R` is the right perturbation of :math:`R`).
+
+    Returns:
+        ``(E, rates, G)``: ``rates`` holds ``"omega"`` and ``"alpha"`` as far as ``level`` asks.
+    """
+    th = gt[:, 0]
+    E = so3_exp(th)
+    out: dict[str, Tensor] = {}
+    Jr = so3_jr(th) if (level >= 1 or jac) else None
+    if level >= 1:
+        thd = gt[:, 1]
+        out["omega"] = mv(Jr, thd)
+        need = jac or (level >= 2 and closed_form)
+        k = so3_jr_coefficients(th) if need else None  # shared by the derivative terms at theta
+        Hd = so3_jr_dtheta(th, thd, coefs=k) if need else None
+    if level >= 2:
+        thdd = gt[:, 2]
+        if closed_form:
+            out["alpha"] = mv(Jr, thdd) + mv(Hd, thd)
+        else:
+            u = thdd + 0.5 * torch.linalg.cross(out["omega"], thd, dim=-1)
+            out["alpha"] = mv(Jr, u)
+    if not jac:
+        return E, out, None
+    M, L = th.shape[0], level + 1
+    G = th.new_zeros(M, L, 3, L, 3)
+    G[:, 0, :, 0] = Jr
+    if level >= 1:
+        G[:, 1, :, 0] = Hd
+        G[:, 1, :, 1] = Jr
+    if level >= 2:
+        if closed_form:
+            G[:, 2, :, 0] = so3_jr_dtheta(th, thdd, coefs=k) + so3_jr_dtheta2(th, thd, thd, coefs=k)
+            G[:, 2, :, 1] = Hd + so3_jr_dtheta_dv(th, thd, thd, coefs=k)
+        else:
+            htd = so3_hat(thd)
+            G[:, 2, :, 0] = so3_jr_dtheta(th, u, coefs=k) - 0.5 * Jr @ htd @ Hd
+            G[:, 2, :, 1] = 0.5 * Jr @ (so3_hat(out["omega"]) - htd @ Jr)
+        G[:, 2, :, 2] = Jr
+    return E, out, G.reshape(M, 3 * L, 3 * L)

@@ -32,20 +32,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gpgeom.geometry.lie import (
-    so3_exp,
-    so3_hat,
-    so3_jr,
-    so3_jr_dtheta,
-    so3_jr_dtheta2,
-    so3_jr_dtheta_dv,
-    so3_jr_inv_dtheta,
-    so3_jr_inv_dtheta2,
-    so3_jr_inv_dtheta_dv,
-)
-from gpgeom.models.trajectory.algebra import kron_eye, mv
+from gpgeom.models.trajectory.algebra import kron_eye
 from gpgeom.models.trajectory.base import Trajectory
-from gpgeom.models.trajectory.kinematics import so3_local
+from gpgeom.models.trajectory.kinematics import so3_gamma_b, so3_outputs
 
 __all__ = ["SO3xR3Trajectory"]
 
@@ -66,50 +55,18 @@ class SO3xR3Trajectory(Trajectory):
 
     def _gamma_b(self, Ra: Tensor, Rb: Tensor, wb: Tensor, ab: Tensor | None, jac: bool):
         r""":math:`\gamma_b` (``M x N x 3``) and its Jacobians ``M x N x 3 x N x 3`` with respect to the rotational
-        tangent :math:`(\delta_R, \delta_\omega, \delta_\alpha)` of knot ``a`` and of knot ``b``.
-
-        :math:`\partial\theta_b/\partial\delta_{R_a} = -J_r^{-1}(\theta_b) R_{ab}^\top`,
-        :math:`\partial\theta_b/\partial\delta_{R_b} = J_r^{-1}(\theta_b)`,
-        :math:`\partial\dot\theta_b/\partial\theta_b = H'(\theta_b,\omega_b)`,
-        :math:`\partial\ddot\theta_b/\partial\theta_b = H'(\theta_b,\alpha_b) + L'_{11}(\theta_b,\omega_b,
-        \dot\theta_b) + H'(\theta_b,\omega_b)^2`, :math:`\partial\ddot\theta_b/\partial\omega_b =
-        L'_{12}(\theta_b,\omega_b,\dot\theta_b) + H'(\theta_b,\omega_b)J_r^{-1}(\theta_b)`.
-        """
-        N = self.order
-        cf = self.kinematics == "closed_form"
-        Rab, th, Ji, thd, Hw, thdd = so3_local(Ra, Rb, wb, ab if N == 3 else None, cf, need_hw=jac)
-        g = torch.stack([th, thd] + ([thdd] if N == 3 else []), dim=1)
-        if not jac:
-            return g, None, None
-        M = th.shape[0]
-        Ja = th.new_zeros(M, N, 3, N, 3)
-        Jb = th.new_zeros(M, N, 3, N, 3)
-        A0 = -Ji @ Rab.mT
-        Ja[:, 0, :, 0] = A0
-        Jb[:, 0, :, 0] = Ji
-        Ja[:, 1, :, 0] = Hw @ A0
-        Jb[:, 1, :, 0] = Hw @ Ji
-        Jb[:, 1, :, 1] = Ji
-        if N == 3:
-            if cf:
-                T = so3_jr_inv_dtheta(th, ab) + so3_jr_inv_dtheta2(th, wb, thd) + Hw @ Hw
-                Dw = so3_jr_inv_dtheta_dv(th, wb, thd) + Hw @ Ji
-            else:
-                hw = so3_hat(wb)
-                T = so3_jr_inv_dtheta(th, ab) - 0.5 * hw @ Hw
-                Dw = 0.5 * so3_hat(thd) - 0.5 * hw @ Ji
-            Ja[:, 2, :, 0] = T @ A0
-            Jb[:, 2, :, 0] = T @ Ji
-            Jb[:, 2, :, 1] = Dw
-            Jb[:, 2, :, 2] = Ji
-        return g, Ja, Jb
+        tangent :math:`(\delta_R, \delta_\omega, \delta_\alpha)` of knot ``a`` and of knot ``b``
+        (:func:`~gpgeom.models.trajectory.kinematics.so3_gamma_b`)."""
+        return so3_gamma_b(Ra, Rb, wb, ab, self.order, self.kinematics == "closed_form", jac)
 
     def _gamma_a(self, A: dict[str, Tensor]) -> Tensor:
         rates = [A["omega"]] + ([A["alpha"]] if self.order == 3 else [])
         return torch.stack([torch.zeros_like(A["omega"])] + rates, dim=1)
 
-    def _interp(self, Xa, Xb, mix, level, jac, want_G=False):
-        r"""Interpolated state (dict) and, with ``jac``, ``J_a, J_b`` (``M x 6(level+1) x s``) and ``G``."""
+    def _interp_state(self, Xa, Xb, mix, level, jac):
+        r"""Interpolated state (dict) and, with ``jac``, the pieces of its Jacobians: ``Gm`` (``M x 3L x 3L``,
+        :math:`\partial(R, \omega, \alpha)/\partial\gamma^{rot}(t)`), ``E`` (:math:`\mathrm{Exp}(\theta(t))`) and the
+        per-interval Jacobians of :math:`\gamma_b` (``U x N x 3 x N x 3``; ``inverse`` maps times to intervals)."""
         N = self.order
         if level > N - 1:
             raise ValueError(f"Accelerations need prior='wnoj' (this trajectory has prior={self.prior!r}).")
@@ -120,61 +77,39 @@ class SO3xR3Trajectory(Trajectory):
         Bu = self._unpack(Xb[mix.first])
         gb, Jgb_a, Jgb_b = self._gamma_b(A["R"][mix.first], Bu["R"], Bu["omega"], Bu.get("alpha"), jac)
         gb = gb[mix.inverse]
-        if jac:
-            Jgb_a, Jgb_b = Jgb_a[mix.inverse], Jgb_b[mix.inverse]
         ga = self._gamma_a(A)
         gt = Lam @ ga + Psi @ gb
-        th = gt[:, 0]
-        E = so3_exp(th)
-        out = {"R": A["R"] @ E}
+        E, rates, Gm = so3_outputs(gt, level, cf, jac)
+        out = {"R": A["R"] @ E, **rates}
         pos_a = torch.stack([A[c] for c in ("p", "v", "a")[:N]], dim=1)
         pos_b = torch.stack([B[c] for c in ("p", "v", "a")[:N]], dim=1)
         pt = Lam[:, : level + 1] @ pos_a + Psi[:, : level + 1] @ pos_b
-        Jr = so3_jr(th) if (level >= 1 or jac) else None
-        if level >= 1:
-            thd = gt[:, 1]
-            out["omega"] = mv(Jr, thd)
-        if level >= 2:
-            thdd = gt[:, 2]
-            if cf:
-                Hd = so3_jr_dtheta(th, thd)
-                out["alpha"] = mv(Jr, thdd) + mv(Hd, thd)
-            else:
-                u = thdd + 0.5 * torch.linalg.cross(out["omega"], thd, dim=-1)
-                out["alpha"] = mv(Jr, u)
         for i, c in enumerate(("p", "v", "a")[: level + 1]):
             out[c] = pt[:, i]
         if not jac:
+            return out, None
+        parts = {"Gm": Gm, "E": E, "Jgb_a": Jgb_a, "Jgb_b": Jgb_b}
+        return out, parts
+
+    def _interp(self, Xa, Xb, mix, level, jac, want_G=False):
+        r"""Interpolated state (dict) and, with ``jac``, ``J_a, J_b`` (``M x 6(level+1) x s``) and ``G``."""
+        out, c = self._interp_state(Xa, Xb, mix, level, jac)
+        if not jac:
             return out, None, None, None
-        M = th.shape[0]
-        L = level + 1
+        N, L = self.order, level + 1
+        Lam, Psi, inv = mix.Lam, mix.Psi, mix.inverse
+        Gm, E = c["Gm"], c["E"]
+        M = Gm.shape[0]
         n3, l3 = 3 * N, 3 * L
         # d gamma_t / d (rotational tangent of a, of b), only the L row blocks the outputs need: M x L x 3 x N x 3.
         # gamma_b depends on knot a through R_a only (column block 0); gamma_a = (0, omega_a, alpha_a).
         Pl = Psi[:, :L]
-        Jt_a = th.new_zeros(M, L, 3, N, 3)
-        Jt_a[:, :, :, 0, :] = (Pl @ Jgb_a[:, :, :, 0, :].reshape(M, N, 9)).reshape(M, L, 3, 3)
+        Jt_a = Gm.new_zeros(M, L, 3, N, 3)
+        Jt_a[:, :, :, 0, :] = (Pl @ c["Jgb_a"][:, :, :, 0, :][inv].reshape(M, N, 9)).reshape(M, L, 3, 3)
         Jt_a[:, :, :, 1:, :].diagonal(dim1=2, dim2=4).add_(Lam[:, :L, 1:, None])
-        Jt_b = (Pl @ Jgb_b.reshape(M, N, 3 * n3)).reshape(M, L, 3, N, 3)
-        # d outputs / d gamma_t (block lower triangular):  M x L x 3 x L x 3
-        G = th.new_zeros(M, L, 3, L, 3)
-        G[:, 0, :, 0] = Jr
-        if level >= 1:
-            Hd = so3_jr_dtheta(th, thd)
-            G[:, 1, :, 0] = Hd
-            G[:, 1, :, 1] = Jr
-        if level >= 2:
-            if cf:
-                G[:, 2, :, 0] = so3_jr_dtheta(th, thdd) + so3_jr_dtheta2(th, thd, thd)
-                G[:, 2, :, 1] = Hd + so3_jr_dtheta_dv(th, thd, thd)
-            else:
-                htd = so3_hat(thd)
-                G[:, 2, :, 0] = so3_jr_dtheta(th, u) - 0.5 * Jr @ htd @ Hd
-                G[:, 2, :, 1] = 0.5 * Jr @ (so3_hat(out["omega"]) - htd @ Jr)
-            G[:, 2, :, 2] = Jr
-        Gm = G.reshape(M, l3, l3)
-        Ja = th.new_zeros(M, 2 * l3, 2 * n3)
-        Jb = th.new_zeros(M, 2 * l3, 2 * n3)
+        Jt_b = (Pl @ c["Jgb_b"][inv].reshape(M, N, 3 * n3)).reshape(M, L, 3, N, 3)
+        Ja = Gm.new_zeros(M, 2 * l3, 2 * n3)
+        Jb = Gm.new_zeros(M, 2 * l3, 2 * n3)
         Ja[:, :l3, :n3] = Gm @ Jt_a.reshape(M, l3, n3)
         Ja[:, :3, :3] += E.mT
         Jb[:, :l3, :n3] = Gm @ Jt_b.reshape(M, l3, n3)
@@ -182,10 +117,38 @@ class SO3xR3Trajectory(Trajectory):
         Jb[:, l3:, n3:] = kron_eye(Psi[:, :L]).reshape(M, l3, n3)
         Gfull = None
         if want_G:
-            Gfull = th.new_zeros(M, 2 * l3, 2 * n3)
+            Gfull = Gm.new_zeros(M, 2 * l3, 2 * n3)
             Gfull[:, :l3, :l3] = Gm
-            Gfull[:, l3:, n3 : n3 + l3] = torch.eye(l3, dtype=th.dtype, device=th.device)
+            Gfull[:, l3:, n3 : n3 + l3] = torch.eye(l3, dtype=Gm.dtype, device=Gm.device)
         return out, Ja, Jb, Gfull
+
+    def _interp_linearize(self, Xa, Xb, mix, level, measure):
+        r"""A measurement through the interpolated state, its Jacobians with respect to both knots contracted from
+        the left: with :math:`J_s = [J_s^{rot}, J_s^{pos}]` (``M x r x 6L``) of the measurement,
+        :math:`J_s J_{a,b}` is :math:`A\,\partial\gamma^{rot}(t)/\partial x_{a,b}` with :math:`A = J_s^{rot} G`
+        (``r x 3L``), contracted with :math:`\Lambda, \Psi` and the per-interval :math:`\partial\gamma_b`
+        before any ``6L x s`` matrix is formed, plus :math:`J_s^{rot} \mathrm{Exp}(\theta)^\top` on
+        :math:`\delta_{R_a}` and :math:`J_s^{pos}(\Lambda, \Psi) \otimes I_3` on the positions (the same
+        numbers as :meth:`_interp`, in ``O(r)`` instead of ``O(L)`` work per row)."""
+        out, c = self._interp_state(Xa, Xb, mix, level, True)
+        e, Js, Jp = measure(out)
+        N, L = self.order, level + 1
+        Lam, Psi = mix.Lam[:, :L], mix.Psi[:, :L]
+        M, r = Js.shape[:2]
+        l3 = 3 * L
+        A = (Js[:, :, :l3] @ c["Gm"]).reshape(M, r, L, 3)
+        Bk = torch.einsum("mrlc,mlk->mrkc", A, Psi).reshape(M, r, 3 * N)  # through gamma_b
+        Jx = e.new_empty(M, r, 2, 6 * N)
+        U = c["Jgb_b"].shape[0]
+        Jgb = torch.cat([c["Jgb_b"].reshape(U, 3 * N, 3 * N), c["Jgb_a"][:, :, :, 0, :].reshape(U, 3 * N, 3)], -1)
+        Jg = mix.per_interval_matmul(Bk, Jgb)
+        Jx[:, :, 1, : 3 * N] = Jg[:, :, : 3 * N]
+        Jx[:, :, 0, :3] = Jg[:, :, 3 * N :] + Js[:, :, :3] @ c["E"].mT
+        Jx[:, :, 0, 3 : 3 * N] = torch.einsum("mrlc,mln->mrnc", A, Lam[:, :, 1:]).reshape(M, r, 3 * (N - 1))
+        P = Js[:, :, l3:].reshape(M, r, L, 3)
+        Jx[:, :, 0, 3 * N :] = torch.einsum("mrlc,mln->mrnc", P, Lam).reshape(M, r, 3 * N)
+        Jx[:, :, 1, 3 * N :] = torch.einsum("mrlc,mln->mrnc", P, Psi).reshape(M, r, 3 * N)
+        return e, Jx, Jp
 
     def _gamma_noise(self, C: Tensor) -> Tensor:
         r"""``M x 6N x 6N``: :math:`Q_{\tau|ab}` for the stacked :math:`(\gamma^{rot}, \gamma^{pos})`."""
