@@ -23,6 +23,7 @@ from gpgeom.engine.sites import gain_products
 from gpgeom.engine.statespace import kalman_filter, rts_smoother
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.kernels.markov import MaternMarkovKernel
+from gpgeom.metrics import coverage, coverage_table, z_rms
 from gpgeom.models.funbat import (
     FunBaT,
     FunBaTCP,
@@ -288,7 +289,7 @@ def test_cp_recovers_a_cp_tensor():
     u = d.test_unseen
     assert _rmse(mean, d.y_test) <= 0.07
     assert _rmse(mean[u], d.y_test[u]) <= 0.07
-    assert 0.9 <= float(((mean - d.y_test).abs() < 1.96 * std).double().mean()) <= 1.0
+    assert abs(coverage(d.y_test, mean, std, 0.95) - 0.95) <= 0.04  # 400 entries: binomial sd 0.011
     assert m.core_mean.shape == (2, 2, 2) and float(m.core_cov.abs().max()) == 0.0
 
 
@@ -425,9 +426,10 @@ def test_funbat_keeps_the_model_contract(tmp_path):
 # BoTorch: the moment-matched joint Gaussian over entries, conditioning, fantasies
 #: Largest difference between the adapter conditioned on two new entries and FunBaT refitted on the union with the
 #: same hyperparameters (``rebuild_with``: 40 sweeps from the base), relative to the largest predictive variance
-#: (standard deviation for means). Measured on the 400-entry tensor below: 0.011-0.062 over five random pairs drawn
-#: from the predictive (0.053 for the pair check_botorch_model draws), while conditioning moved the posterior by
-#: 0.06-0.37 on the same scale; 0.051 for a pair observed one predictive sd above the mean (unconditioned: 0.24).
+#: (standard deviation for means). Measured on the 400-entry tensor below: 0.019-0.073 over four random pairs drawn
+#: from the predictive (0.052 for the pair check_botorch_model draws), while conditioning moved the posterior by
+#: 0.09-0.55 on the same scale; 0.064 for a pair observed 0.1 (about 3.5 predictive sd) above the mean
+#: (unconditioned: 0.37).
 REFIT_TOL = 0.15
 
 
@@ -509,7 +511,7 @@ def test_botorch_conditioning_against_a_refit_with_fixed_hyperparameters(bo_case
     # conditioning does most of what the refit does: it is much closer to the refit than the base model is
     g = torch.Generator().manual_seed(1)
     Xn = bounds[0] + (bounds[1] - bounds[0]) * torch.rand(2, 2, dtype=D, generator=g)
-    Yn = bo.posterior(Xn).mean.detach() + 0.1  # about one predictive standard deviation above the mean
+    Yn = bo.posterior(Xn).mean.detach() + 0.1  # about 3.5 predictive standard deviations above the mean
     X = torch.cat([Xn, d.X_test[:30]])
     cond = bo.condition_on_observations(Xn, Yn).posterior(X)
     ref = _refit(base, Xn, Yn).as_botorch().posterior(X)
@@ -523,7 +525,7 @@ def test_botorch_conditioning_against_a_refit_with_fixed_hyperparameters(bo_case
         )
 
     assert err(cond) <= REFIT_TOL
-    assert err(cond) < 0.5 * err(prior)  # measured 0.051 vs 0.24
+    assert err(cond) < 0.5 * err(prior)  # measured 0.064 vs 0.37
 
 
 def test_joint_moments_equal_a_brute_force_sum_over_the_core():
@@ -633,6 +635,8 @@ def test_bad_input_errors():
         FunBaT(2).fit(X, torch.full_like(y, float("nan")))
     with pytest.raises(RuntimeError, match="not fitted"):
         FunBaT(2).predict(X)
+    with pytest.raises(ValueError, match=r"noise_prior.*a0 \+ N/2 must exceed 1"):
+        FunBaT(2, noise_prior=(0.2, 1e-3)).fit(X[:1], y[:1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m = FunBaT(2, max_sweeps=3, learn_hyperparameters=False).fit(X, y)
@@ -667,3 +671,114 @@ def test_extrapolation_returns_to_the_prior():
     torch.testing.assert_close(u_mean, torch.zeros(1, 2, dtype=D), rtol=0, atol=1e-10)
     torch.testing.assert_close(u_cov[0], m.kernels[0].variance.detach() * torch.eye(2, dtype=D), rtol=1e-8, atol=0)
     assert math.isfinite(m.noise_variance)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# calibration of the predictive intervals on held-out entries
+#: Bands of the pooled coverage of three tensors (1200 held-out entries): about four binomial standard deviations
+#: (sqrt(l (1 - l) / 1200) = 0.014, 0.009, 0.006 at l = 0.5, 0.9, 0.95) plus room for the fit, which varies with the
+#: seed. Measured (eight seeds, 1000 entries): 0.52 / 0.91 / 0.96, z RMS 0.96; with the former noise prior b0 = 1:
+#: 0.66 / 0.99 / 1.00, z RMS 0.69.
+CALIBRATION_BANDS = {0.5: 0.06, 0.9: 0.04, 0.95: 0.03}
+
+
+def _calibration_case(seed, **kw):
+    d = make_synthetic_tensor(600, 400, rank=2, n_coords=30, noise_sd=0.05, seed=seed)
+    m = FunBaT(2, nu=1.5, max_sweeps=40, seed=0, **kw).fit(d.X_train, d.y_train)
+    mean, std = m.predict(d.X_test, return_std=True, observation_noise=True)
+    return d, m, mean[:, 0], std[:, 0]
+
+
+@pytest.fixture(scope="module")
+def calibration_fits():
+    r"""Three tensors and their fits with the default noise prior. (Seed 2 of this generator is left out: there the
+    three default initialisations all end in a local optimum with a component of mode 1 nearly switched off (ELBO 282;
+    the fourth of ``n_restarts=6`` finds 713), test RMSE 0.12 against the noise floor 0.05 whatever the noise prior;
+    the noise absorbs the misfit, sd 0.12, and the 95% coverage stays 0.94.)"""
+    return [_calibration_case(seed) for seed in (0, 1, 3)]
+
+
+def test_predictive_intervals_cover_held_out_entries_at_their_nominal_level(calibration_fits):
+    r"""Held-out entries of exact rank-2 Tucker tensors (noise sd 0.05, half of them at unseen coordinates) fall in
+    the central 50/90/95% predictive intervals (observation noise included) at the nominal rates, pooled over three
+    tensors, and the standardised errors have RMS close to 1. The noise variance :math:`\mathbb E[\tau^{-1}]` is
+    the truth's within the sampling error of 600 residuals (about 6% in variance) plus the fit."""
+    for _, m, _, _ in calibration_fits:
+        assert abs(m.noise_variance**0.5 / 0.05 - 1.0) < 0.1, m.noise_variance**0.5
+    y = torch.cat([d.y_test for d, _, _, _ in calibration_fits])
+    mean = torch.cat([mean for _, _, mean, _ in calibration_fits])
+    std = torch.cat([std for _, _, _, std in calibration_fits])
+    table = coverage_table(y, mean, std, tuple(CALIBRATION_BANDS))
+    for level, band in CALIBRATION_BANDS.items():
+        assert abs(table[level] - level) <= band, table
+    assert 0.85 <= z_rms(y, mean, std) <= 1.15
+
+
+def test_the_former_noise_prior_made_the_intervals_too_wide(calibration_fits):
+    r"""The diagnosis behind the default ``noise_prior``: with the rate :math:`b_0 = 1` (a prior sum of squares of
+    two data variances) the noise variance of 600 entries is inflated (:math:`\mathbb E[\tau^{-1}] = (b_0 +
+    \tfrac12 \sum_n \mathbb E(y_n - f_n)^2) / (a_0 + N/2 - 1)`: :math:`b_0 = 1` alone adds :math:`2/N = 0.0033` to
+    the noise variance 0.0025) and the 95% intervals cover nearly everything; with :math:`b_0 = 10^{-3}` the same
+    data are covered at the nominal rate."""
+    d, new, mean_new, std_new = calibration_fits[0]
+    _, old, mean, std = _calibration_case(0, noise_prior=(1.0, 1.0))
+    assert old.noise_variance**0.5 > 1.3 * 0.05 and abs(new.noise_variance**0.5 / 0.05 - 1.0) < 0.1
+    assert coverage(d.y_test, mean, std, 0.95) > 0.985
+    assert abs(coverage(d.y_test, mean_new, std_new, 0.95) - 0.95) <= 0.04
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hyperparameter steps: one documented numerical failure is caught and reported, everything else propagates
+def test_a_hyperparameter_step_that_cannot_factorise_is_reported_and_kept(monkeypatch):
+    import gpgeom.models.funbat.hyper as hyper
+
+    def singular(*args, **kwargs):
+        raise torch.linalg.LinAlgError("cholesky: the input is not positive-definite")
+
+    monkeypatch.setattr(hyper, "expected_log_prior", singular)
+    monkeypatch.setattr(hyper, "joint_log_likelihood", singular)
+    d = make_synthetic_tensor(150, 10, rank=2, n_coords=12, seed=14)
+    kw = dict(max_sweeps=4, min_sweeps=4, hyper_warmup=1, hyper_every=1, n_restarts=0, lengthscale=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(RuntimeWarning, match="hyperparameter step failed to factorise"):
+            m = FunBaT(2, **kw).fit(d.X_train, d.y_train)
+    steps = [h for h in m.history if h["hyper_step"]]
+    # steps at sweeps 1 and 3: the hyperparameters did not move, so the interval doubled
+    assert len(steps) == 2 and all("marginal-likelihood step" in h["hyper_failure"] for h in steps)
+    assert all(h["hyper_failure"] is None for h in m.history if not h["hyper_step"])
+    span = d.X_train.amax(0) - d.X_train.amin(0)
+    torch.testing.assert_close(m.lengthscales_ / span, torch.full((3,), 0.3, dtype=D))  # the initial values kept
+
+
+def test_other_errors_of_a_hyperparameter_step_propagate(monkeypatch):
+    import gpgeom.models.funbat.hyper as hyper
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug in the objective")
+
+    monkeypatch.setattr(hyper, "joint_log_likelihood", bug)
+    d = make_synthetic_tensor(150, 10, rank=2, n_coords=12, seed=14)
+    with pytest.raises(RuntimeError, match="a bug in the objective"):
+        FunBaT(2, max_sweeps=4, hyper_warmup=1, n_restarts=0).fit(d.X_train, d.y_train)
+
+
+def test_intervals_on_the_beijing_tensor_have_the_right_variance_and_heavy_tails():
+    r"""BeijingAir-PM2.5 (shipped tensor, fold 0, 3000 training entries, 3393 held-out): the predictive variance of
+    a new observation matches the squared errors on average (z RMS 1.05 measured) and the 90/95% intervals cover at
+    about their nominal rates (0.91 / 0.94); the residuals are heavy-tailed (pollution episodes), so the Gaussian 50%
+    interval covers more than half (0.64 measured; binomial sd 0.009) and the standardised errors have a kurtosis far
+    above the Gaussian 3 (17 measured), the behaviour documented in :mod:`gpgeom.models.funbat.model`."""
+    from gpgeom.datasets.tensors import load_beijing_air
+
+    split = load_beijing_air().split(0, n_train=3000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = FunBaT(2, nu=1.5, max_sweeps=20, n_restarts=0, seed=0).fit(split.X_train, split.y_train)
+    mean, std = (v[:, 0] for v in m.predict(split.X_test, return_std=True, observation_noise=True))
+    table = coverage_table(split.y_test, mean, std)
+    assert abs(table[0.95] - 0.95) <= 0.03 and abs(table[0.9] - 0.9) <= 0.04, table
+    assert 0.9 <= z_rms(split.y_test, mean, std) <= 1.2
+    assert table[0.5] > 0.55, table
+    z = (split.y_test - mean) / std
+    assert float(z.pow(4).mean() / z.square().mean().square()) > 6.0

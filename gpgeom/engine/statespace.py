@@ -408,8 +408,7 @@ class StateSpacePosterior(NamedTuple):
 def _check_kernel(kernel: object, dtype: torch.dtype) -> None:
     if not isinstance(kernel, MarkovKernel):
         raise TypeError(
-            f"`kernel` must be a gpgeom.kernels.MarkovKernel (it needs an SDE form), "
-            f"got {type(kernel).__name__}."
+            f"`kernel` must be a gpgeom.kernels.MarkovKernel (it needs an SDE form), got {type(kernel).__name__}."
         )
     for name, p in kernel.named_parameters():
         if p.is_floating_point() and p.dtype != dtype:

@@ -14,6 +14,13 @@ no log hyperparameter moves by 1%), run by :func:`gpgeom.engine.fitting.fit` (L-
 
 The default ``"auto"`` takes 3 marginal steps (EM moves slowly while a poor prior dominates the posterior), then EM
 (marginal throughout for :math:`\nu = 5/2`, whose smallest steps make :math:`Q(\Delta)` numerically singular).
+
+Failures. One numerical failure mode is caught: :class:`gpgeom.errors.NotPSDError` from the engine's ``fit``, raised
+when no evaluation of the objective, the starting point included, factorised (a Cholesky factor of some
+:math:`Q(\Delta)` or :math:`P_\infty`, or of a Kalman innovation, failed at every point tried; a trial point of the
+line search that fails is rejected as an infinite loss and is no failure). The step then keeps the previous
+hyperparameters, warns (``RuntimeWarning``) and records the message in the sweep's history entry
+(``hyper_failure``). Every other exception propagates.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from torch import Tensor
 
 from gpgeom.engine.fitting import fit as engine_fit
+from gpgeom.errors import NotPSDError
 from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.models.funbat.inference import _Mode
 from gpgeom.models.funbat.latent import expected_log_prior, joint_log_likelihood, latent_posterior, mode_sites
@@ -42,8 +50,9 @@ class _HyperparameterSteps:
             .log()
         )
 
-    def _learn_hyperparameters(self) -> float:
-        r"""One hyperparameter step for every mode; returns the largest change of a log hyperparameter."""
+    def _learn_hyperparameters(self) -> tuple[float, str | None]:
+        r"""One hyperparameter step for every mode; returns the largest change of a log hyperparameter and the
+        message of a failed step (module docstring, ``None`` when none failed)."""
         before = self._log_hypers()
         method = self.hyper_method
         if method == "auto":
@@ -60,28 +69,33 @@ class _HyperparameterSteps:
             except torch.linalg.LinAlgError:
                 method = "marginal"
         if method == "em":
-            for md, kern in zip(self._modes, self.kernels):
-                self._em_step(md, kern)
+            failures = [self._em_step(md, kern) for md, kern in zip(self._modes, self.kernels)]
         else:
-            self._marginal_step()
+            failures = [self._marginal_step()]
         self.kernels.eval()
-        return float((self._log_hypers() - before).abs().max())
+        failed = [f for f in failures if f is not None]
+        return float((self._log_hypers() - before).abs().max()), "; ".join(failed) if failed else None
 
-    def _fit_hypers(self, loss: Callable[[], Tensor], module: torch.nn.Module, max_iter: int) -> None:
+    def _fit_hypers(self, loss: Callable[[], Tensor], module: torch.nn.Module, max_iter: int, what: str) -> str | None:
+        r"""L-BFGS-B on ``loss`` over ``module``'s parameters; on the documented failure (module docstring) the
+        previous values are restored, a ``RuntimeWarning`` is issued and its message returned."""
         state = {n: p.detach().clone() for n, p in module.named_parameters()}
         try:
             engine_fit(loss, module=module, optimizer="lbfgs", max_iter=max_iter, progress=False)
-        except Exception as err:  # noqa: BLE001 - keep the old hyperparameters and say so
+        except NotPSDError as err:
             with torch.no_grad():
                 for n, p in module.named_parameters():
                     p.copy_(state[n])
+            message = f"{what}: {err}"
             warnings.warn(
-                f"FunBaT: a hyperparameter step failed ({err}); kept the previous values.",
+                f"FunBaT: a hyperparameter step failed to factorise ({message}); kept the previous values.",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
+            return message
+        return None
 
-    def _em_step(self, md: _Mode, kern: MaternMarkovKernel) -> None:
+    def _em_step(self, md: _Mode, kern: MaternMarkovKernel) -> str | None:
         r"""M-step of one mode on the expected log prior under its current smoothed posterior (float64)."""
         k64 = copy.deepcopy(kern).to(torch.float64)
         t64 = md.t.to(torch.float64)
@@ -98,12 +112,13 @@ class _HyperparameterSteps:
             except torch.linalg.LinAlgError:  # a trial point made some Q(dt) singular: reject it (line search)
                 return sum(p.sum() for p in k64.parameters()) * 0.0 + math.inf
 
-        self._fit_hypers(loss, k64, self.hyper_max_iter or 20)
+        failure = self._fit_hypers(loss, k64, self.hyper_max_iter or 20, "EM step")
         with torch.no_grad():
             for (_, p), (_, q) in zip(kern.named_parameters(), k64.named_parameters()):
                 p.copy_(q.to(p))
+        return failure
 
-    def _marginal_step(self) -> None:
+    def _marginal_step(self) -> str | None:
         r"""A few L-BFGS-B steps on the sum over modes of the pseudo-observations' log marginal likelihoods."""
         ts = [md.t for md in self._modes]
         sites = [
@@ -112,6 +127,9 @@ class _HyperparameterSteps:
         scale = 1.0 / max(sum(int(md.eta.numel()) for md in self._modes), 1)
 
         def loss() -> Tensor:
-            return -scale * joint_log_likelihood(list(self.kernels), ts, sites).sum()
+            try:
+                return -scale * joint_log_likelihood(list(self.kernels), ts, sites).sum()
+            except torch.linalg.LinAlgError:  # a trial point failed to factorise: reject it (line search)
+                return sum(p.sum() for p in self.kernels.parameters()) * 0.0 + math.inf
 
-        self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5)
+        return self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5, "marginal-likelihood step")
