@@ -46,8 +46,8 @@ hyperparameters (one streaming pass accumulating :math:`R^\top R` and :math:`R^\
 **Tangent bases** (``tangent_frames``, RVGP). When the basis at point ``i`` spans only the ``d``-dimensional
 column space of a frame :math:`T_i \in \mathbb R^{D \times d}` (:math:`P_i = T_i T_i^\top`), the components of an
 observation across it carry no information on :math:`v`, and they are far less noisy than those within it (observed
-vectors of a tangent field are tangent up to the frames' error). The noise is therefore
-:math:`\mathcal N(0, \sigma^2 P_i + \sigma_\perp^2 (I - P_i))`: the log marginal likelihood above gets
+vectors of a tangent field are tangent up to the frames' error). The noise is therefore (without the nugget
+below) :math:`\mathcal N(0, \sigma^2 P_i + \sigma_\perp^2 (I - P_i))`: the log marginal likelihood above gets
 :math:`\|P y\|^2/\sigma^2 + \|(I-P)y\|^2/\sigma_\perp^2` in place of :math:`\|y\|^2/\sigma^2` and
 :math:`N_{pts}(d \log\sigma^2 + (D-d)\log\sigma_\perp^2)` in place of :math:`N \log\sigma^2`; the posterior of
 :math:`v` is unchanged (it sees only :math:`P y`). One isotropic variance (``normal_noise=None``, the default and
@@ -82,14 +82,21 @@ whose taper :math:`\gamma \in [0, 1]` falls with the distance to the basis point
 longer carry restored, :math:`(1 - \gamma^2)\, \bar p\, P_x` with :math:`\bar p` the mean prior variance of the
 basis per direction of the span, so that far from the basis the posterior returns to the prior.
 
-**BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate`: its base mean,
-covariance and variance are those of the weight posterior above (in the original output units), and
-``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian), ``fantasize``, ``subset_output``
-and the chunked ``predict`` are the shared code of that class. Inputs are point indices stored as floats,
-``batch x q x 1``; outputs ``batch x q x D``. The weight-space data (``data_index``, ``data_y``) hold the training
-observations that define the base (and the marginal likelihood); :meth:`LowRankSpectralGP.rebuild_with` appends
-observations to them, which is the exact refit on the union with the same hyperparameters, the reference that
-conditioning must equal.
+**Projected ambient part, nugget across the frames** (``ambient_kernel``; RVGP's default, whose module docstring
+has the why). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2 k(x, x') I_D)` on
+the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim \mathcal N(0,
+\beta (I - P_i))`, :math:`\beta = \sigma_\perp^2` (the frames' error as latent variance, the noise isotropic
+:math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions use dense Cholesky algebra
+(float64, :math:`O((N d)^3)`, the likelihood's gradient in closed form, R&W eq. 5.9) on the ``N d`` tangent
+components :math:`T_r^\top y_r`, and per point closed forms across the frames; means are projected by
+:math:`P_x` once more, so they stay tangent to the frames to rounding.
+
+**BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate` with the base
+moments above (original units); ``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian),
+``fantasize``, ``subset_output`` and the chunked ``predict`` are that class's. Inputs: point indices as floats,
+``batch x q x 1``; outputs ``batch x q x D``. ``data_index``, ``data_y`` hold the observations of the base and the
+likelihood; :meth:`LowRankSpectralGP.rebuild_with` appends to them: the exact refit on the union with the same
+hyperparameters, which conditioning must equal.
 """
 
 from __future__ import annotations
@@ -102,15 +109,41 @@ from typing import Any
 import gpytorch
 import torch
 from gpytorch.constraints import GreaterThan
-from gpytorch.kernels import ScaleKernel
+from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
+from linear_operator import to_dense
+from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
 from gpgeom.botorch.gaussian import GaussianSurrogate
 from gpgeom.kernels.spectral import SpectralKernel
 
-__all__ = ["LowRankSpectralGP", "Minibatches"]
+__all__ = ["NOISE_FLOOR", "LowRankSpectralGP", "Minibatches"]
+
+#: the smallest noise variance (scaled units): below, the ambient part's dense algebra lost digits (conditioned means
+#: off by 1e-3 of the prior scale at 1e-9, 4e-6 at 1e-7: the prior variance, 1e2-1e3, minus nearly all of it)
+NOISE_FLOOR = 1e-6
+
+
+class _GaussianQuadLogdet(torch.autograd.Function):
+    r""":math:`y^\top \Sigma^{-1} y + \log|\Sigma|` ``(*b,)`` for ``Sigma`` ``(*b, N, N)`` and ``y`` ``(*b, N)``,
+    with the closed-form gradients :math:`\Sigma^{-1} - \alpha\alpha^\top` and :math:`2\alpha`,
+    :math:`\alpha = \Sigma^{-1} y` (R&W eq. 5.9): one Cholesky factorisation and one inverse from it, a fifth of
+    the time of differentiating through the factorisation."""
+
+    @staticmethod
+    def forward(ctx: Any, S: Tensor, y: Tensor) -> Tensor:  # noqa: D102 (the class docstring)
+        L = psd_safe_cholesky(S)
+        a = torch.cholesky_solve(y.unsqueeze(-1), L).squeeze(-1)
+        ctx.save_for_backward(L, a)
+        return (y * a).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102 (the class docstring)
+        L, a = ctx.saved_tensors
+        gS = (torch.cholesky_inverse(L) - a.unsqueeze(-1) * a.unsqueeze(-2)) * g[..., None, None]
+        return gS, 2 * a * g.unsqueeze(-1)
 
 
 class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
@@ -124,10 +157,12 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         y_scale: Outputs are divided by this number internally (e.g. the root mean square of the training data), so
             that the noise constraint and initial values are unit free; means, covariances, noise and conditioning
             data of the BoTorch API are in the original units.
-        noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= 1e-6``).
+        noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= NOISE_FLOOR``).
         tangent_frames: Optional ``(n, D, d)`` orthonormal frames whose column spaces hold the basis at each point
             (the tangent likelihood and the model-error term of the module docstring); ``None``: the whole
             ``D``-dimensional output space.
+        ambient_kernel, ambient_points: Optional stationary kernel (e.g. ``ScaleKernel(RBFKernel())``) on the
+            ``(n, D_in)`` coordinates of the points: the projected ambient part of the module docstring.
 
     Attributes:
         data_index: ``(*batch, N_pts)`` long indices of the observations the base posterior uses.
@@ -150,6 +185,8 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         y_scale: float = 1.0,
         noise: float = 1e-2,
         tangent_frames: Tensor | None = None,
+        ambient_kernel: Kernel | None = None,
+        ambient_points: Tensor | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(covar_module, ScaleKernel) or not isinstance(covar_module.base_kernel, SpectralKernel):
@@ -158,7 +195,8 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         check_positive("noise", noise)
         self.covar_module = covar_module
         ref = covar_module.base_kernel.basis.eigenvectors
-        self.likelihood = GaussianLikelihood(noise_constraint=GreaterThan(1e-6)).to(dtype=ref.dtype, device=ref.device)
+        self.likelihood = GaussianLikelihood(noise_constraint=GreaterThan(NOISE_FLOOR))
+        self.likelihood.to(dtype=ref.dtype, device=ref.device)
         self.likelihood.noise = torch.as_tensor(noise, dtype=torch.float64).to(ref)
         self.y_scale = float(y_scale)
         self.mode = "exact"
@@ -178,6 +216,21 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
                 raise ValueError(f"`tangent_frames` must have 1 <= d <= D={D} columns, got {tangent_frames.shape[2]}.")
             tangent_frames = tangent_frames.detach().to(ref)
         self.register_buffer("tangent_frames", tangent_frames, persistent=False)
+        if (ambient_kernel is None) != (ambient_points is None):
+            raise ValueError("`ambient_kernel` and `ambient_points` go together: give both or neither.")
+        if ambient_points is not None:
+            n = covar_module.base_kernel.num_points
+            if not torch.is_tensor(ambient_points) or ambient_points.dim() != 2 or ambient_points.shape[0] != n:
+                raise ValueError(f"`ambient_points` must be an (n, D_in) tensor with n={n} rows.")
+            if not isinstance(ambient_kernel, Kernel):
+                raise TypeError(f"`ambient_kernel` must be a gpytorch Kernel, got {type(ambient_kernel).__name__}.")
+            ambient_points = ambient_points.detach().to(dtype=torch.float64, device=ref.device)
+        self.ambient_kernel = None if ambient_kernel is None else ambient_kernel.to(dtype=ref.dtype, device=ref.device)
+        # the geometry of the dense algebra stays in float64 whatever the model's dtype (moved with the device only)
+        self.ambient_points = ambient_points
+        self._frames64 = None if tangent_frames is None else tangent_frames.to(torch.float64)
+        #: whether the ambient part is in the model (exact mode only; False: the spectral part alone)
+        self.ambient_active = ambient_kernel is not None
         #: sigma_perp^2 of the components across the frames (scaled units); None: equal to the noise (isotropic)
         self.normal_noise: float | None = None
         #: an estimate of the observation-noise variance made without the basis (scaled units), or None
@@ -207,12 +260,24 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
 
     @property
     def model_error_variance(self) -> Tensor:
-        r""":math:`\tau^2 = \max(0, \sigma^2 - \hat\sigma^2_{obs})` (scaled units, scalar tensor; zero without
-        ``noise_estimate``): the latent variance per direction of the span that the rank-``k`` basis misses."""
+        r""":math:`\tau^2 = \max(0, \sigma^2 - \max(\hat\sigma^2_{obs}, \sigma^2_{min}))` (scaled units, scalar
+        tensor; zero without ``noise_estimate``): the latent variance per direction of the span that the rank-``k``
+        basis misses. A noise variance at the floor :math:`\sigma^2_{min}` (``NOISE_FLOOR``) is a numerical jitter,
+        not a measurement: it stays observation noise."""
         s2 = self.noise.detach()
         if self.noise_estimate is None:
             return torch.zeros_like(s2)
-        return (s2 - self.noise_estimate).clamp_min(0.0)
+        return (s2 - max(self.noise_estimate, NOISE_FLOOR)).clamp_min(0.0)
+
+    @property
+    def normal_model_error_variance(self) -> Tensor:
+        r""":math:`\beta = \sigma_\perp^2` (scaled units, scalar tensor; zero without ``noise_estimate`` or
+        ``normal_noise``): the latent variance per direction across the frames, what the frames' error puts there
+        (module docstring)."""
+        s2 = self.noise.detach()
+        if self.noise_estimate is None or self.normal_noise is None:
+            return torch.zeros_like(s2)
+        return torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
 
     @property
     def observation_noise_variance(self) -> Tensor:
@@ -233,38 +298,28 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         noise: float | None = None,
         nu: float | None = None,
         normal_noise: float | None = None,
+        ambient_lengthscale: float | None = None,
+        ambient_outputscale: float | None = None,
     ) -> None:
         r"""Set :math:`\kappa`, :math:`\sigma_f^2`, :math:`\sigma^2` (scaled units) and :math:`\nu` exactly in the
-        model's dtype (GPyTorch's setters round Python floats through float32). ``noise`` sets the noise in every
-        direction (``normal_noise`` returns to ``None``) unless ``normal_noise`` (:math:`\sigma_\perp^2`) is also
-        given."""
+        model's dtype (GPyTorch's setters round Python floats through float32), and the ambient part's lengthscale
+        and variance. ``noise`` sets the noise in every direction (``normal_noise`` returns to ``None``) unless
+        ``normal_noise`` (:math:`\sigma_\perp^2`) is also given."""
         if normal_noise is not None:
             check_positive("normal_noise", normal_noise)
-        ref = self.kernel.basis.eigenvectors
-
-        def t(v: float) -> Tensor:
-            return torch.as_tensor(v, dtype=torch.float64).to(ref)
-
-        if lengthscale is not None:
-            self.kernel.lengthscale = t(lengthscale)
-        if outputscale is not None:
-            self.covar_module.outputscale = t(outputscale)
-        if noise is not None:
-            self.likelihood.noise = t(noise)
-            self.normal_noise = None
-        if normal_noise is not None:
-            self.normal_noise = float(normal_noise)
-        if nu is not None:
-            self.kernel.nu = t(nu)
-
-    def _projectors(self, index: Tensor) -> Tensor:
-        r"""``(*b, q, D, D)`` projectors :math:`P_i = T_i T_i^\top` onto the span at long ``index`` ``(*b, q)``."""
-        ref = self.kernel.basis.eigenvectors
-        D = self.output_dim
-        if self.tangent_frames is None:
-            return torch.eye(D, dtype=ref.dtype, device=ref.device).expand(*index.shape, D, D)
-        T = self.tangent_frames[index]
-        return T @ T.mT
+        amb = self.ambient_kernel
+        if amb is None and (ambient_lengthscale, ambient_outputscale) != (None, None):
+            raise ValueError("`ambient_lengthscale` and `ambient_outputscale` need a model with an ambient part.")
+        targets = [(self.kernel, "lengthscale", lengthscale), (self.covar_module, "outputscale", outputscale)]
+        targets += [(self.likelihood, "noise", noise), (self.kernel, "nu", nu)]
+        if amb is not None:
+            targets += [(amb.base_kernel, "lengthscale", ambient_lengthscale)]
+            targets += [(amb, "outputscale", ambient_outputscale)]
+        for module, name, value in targets:
+            if value is not None:
+                setattr(module, name, torch.as_tensor(value, dtype=torch.float64).to(self.kernel.basis.eigenvectors))
+        if noise is not None or normal_noise is not None:
+            self.normal_noise = None if normal_noise is None else float(normal_noise)
 
     def _normal_energy(self, index: Tensor, y: Tensor) -> Tensor:
         r""":math:`\|(I - P_i) y_i\|^2` at the points of ``index`` ``(*b, N)`` for ``y`` ``(*b, N, D)``: ``(*b, N)``."""
@@ -276,6 +331,26 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
     def _normal_noise(self) -> Tensor:
         s2 = self.noise
         return s2 if self.normal_noise is None else torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
+
+    def _normal_split(self) -> tuple[Tensor, Tensor]:
+        r""":math:`\beta` and the observation noise across the frames (scaled units): :math:`\sigma^2_{obs}` when
+        :math:`\beta > 0` (isotropic noise, what conditioning adds), else :math:`\sigma_\perp^2`."""
+        beta = self.normal_model_error_variance
+        return beta, (self.observation_noise_variance if bool(beta > 0) else self._normal_noise())
+
+    def _normal_likelihood_terms(self) -> tuple[Tensor, Tensor]:
+        r"""The quadratic form and log determinant ``(*batch,)`` of the components of the observations across the
+        frames: per point observed ``m`` times, :math:`m|(I-P)\bar y|^2/(m\beta + s) + \sum_j |(I-P)(y_j -
+        \bar y)|^2/s` and :math:`(D-d)(\log(m\beta + s) + (m-1)\log s)`, :math:`s` the noise of
+        :meth:`_normal_split` (:math:`|(I-P)y|^2/\sigma_\perp^2` summed, and :math:`N(D-d)\log\sigma_\perp^2`,
+        when :math:`\beta = 0`)."""
+        counts, ybar = self._groups()[:2]
+        beta, sp = self._normal_split()
+        idx, D, d = self.data_index, self.output_dim, self.tangent_dim
+        dev = self._normal_energy(idx, self.data_y - ybar).sum(-1)
+        quad = (self._normal_energy(idx, ybar) / (counts * beta + sp)).sum(-1) + dev / sp
+        logdet = (D - d) * (torch.log(counts * beta + sp) / counts + (1 - 1 / counts) * torch.log(sp)).sum(-1)
+        return quad, logdet
 
     def sqrt_spectrum(self) -> Tensor:
         r""":math:`(\sigma_f^2 \tilde f(\lambda_l))^{1/2}`, shape ``(k,)``."""
@@ -360,63 +435,160 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         return out
 
     def _weight_posterior(self) -> tuple[Tensor, Tensor]:
-        r""":meth:`weight_posterior`, cached (detached) in eval mode, as GPyTorch caches its prediction strategy.
+        r""":meth:`weight_posterior`, cached (detached) in eval mode (:meth:`_cached`)."""
+        return self._cached("weights", self.weight_posterior)
 
-        The cache is keyed on the data tensors (by identity), the mode and the values of every parameter, so
-        setting a hyperparameter, ``fit``, ``to`` or new data recompute it."""
+    def _cached(self, name: str, compute: Any) -> tuple[Tensor, ...]:
+        r"""``compute()`` (a tuple of tensors), cached detached in eval mode as GPyTorch caches its prediction
+        strategy. The cache is keyed on the data tensors (by identity), the mode, the noise split (with
+        :math:`\sigma_\perp^2`), the ambient switch and the values of every parameter, so setting a hyperparameter,
+        ``fit``, ``to`` or new data recompute it."""
         if self.training:
-            return self.weight_posterior()
+            return compute()
         params = [p.detach().reshape(-1) for p in self.parameters()]
         values = torch.cat(params) if params else torch.zeros(0)
+        mode = (self.mode, self.noise_estimate, self.normal_noise, self.ambient_active)
         cached = self.__dict__.get("_wp_cache")
-        if cached is not None:
-            index, y, mode, old, result = cached
-            if (
-                index is self.data_index
-                and y is self.data_y
-                and mode == (self.mode, self.noise_estimate)
-                and old.shape == values.shape
-                and old.dtype == values.dtype
-                and old.device == values.device
-                and torch.equal(old, values)
-            ):
-                return result
-        with torch.no_grad():
-            result = tuple(t.detach() for t in self.weight_posterior())
-        self.__dict__["_wp_cache"] = (
-            self.data_index,
-            self.data_y,
-            (self.mode, self.noise_estimate),
-            values.clone(),
-            result,
-        )
-        return result
+        old = None if cached is None else cached[3]
+        kind = None if old is None else (old.shape, old.dtype, old.device)
+        same_data = cached is not None and cached[0] is self.data_index and cached[1] is self.data_y
+        fresh = same_data and cached[2] == mode and kind == (values.shape, values.dtype, values.device)
+        if not (fresh and torch.equal(old, values)):
+            cached = (self.data_index, self.data_y, mode, values.clone(), {})
+            self.__dict__["_wp_cache"] = cached
+        store = cached[4]
+        if name not in store:
+            with torch.no_grad():
+                store[name] = tuple(t.detach() for t in compute())
+        return store[name]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the projected ambient part: dense algebra on the training observations (module docstring)
+    @property
+    def uses_ambient(self) -> bool:
+        r"""Whether predictions and the likelihood include the projected ambient part (exact mode only)."""
+        return self.ambient_kernel is not None and self.ambient_active and self.mode == "exact"
+
+    def _frames_at(self, index: Tensor) -> Tensor:
+        r"""``(*b, q, D, d)`` float64 frames of the span at long ``index`` (the identity without frames)."""
+        if self._frames64 is None:
+            eye = torch.eye(self.output_dim, dtype=torch.float64, device=index.device)
+            return eye.expand(*index.shape, -1, -1)
+        return self._frames64[index]
+
+    def _ambient_gram(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
+        r""":math:`\sigma_a^2 k(x_1, x_2)` ``(*b, q1, q2)`` between coordinates ``(*b, q, D_in)``; with
+        ``x2=None`` the diagonal :math:`\sigma_a^2 k(x_1, x_1)` ``(*b, q1)``."""
+        if x2 is None:
+            return to_dense(self.ambient_kernel.forward(x1, x1, diag=True))
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+        x1, x2 = x1.expand(*batch, *x1.shape[-2:]), x2.expand(*batch, *x2.shape[-2:])
+        return to_dense(self.ambient_kernel.forward(x1, x2))
+
+    def _dense_factor(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        r"""The training side (scaled units, float64): the Cholesky factor ``(*b, N d, N d)`` of :math:`\Sigma`,
+        :math:`\Sigma^{-1}\tilde y` and the rest of :meth:`_dense_covariance`."""
+        S, yt, T, C = self._dense_covariance()
+        L = psd_safe_cholesky(S)
+        return L, torch.cholesky_solve(yt.unsqueeze(-1), L).squeeze(-1), yt, T, C
+
+    def _dense_covariance(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        r"""The covariance :math:`\Sigma` ``(*b, N d, N d)`` of the observations in tangent coordinates
+        :math:`\tilde y_r = T_r^\top y_r` ``(*b, N d)``, their frames ``(*b, N, D, d)`` and the spectral rows in
+        tangent coordinates :math:`C_r = T_r^\top R_r` ``(*b, N d, k)`` (scaled units), in float64 whatever the
+        model's dtype (in float32 the rounding of :math:`\Sigma` exceeds the noise floor)."""
+        idx, y = self.data_index, self.data_y.double()
+        T = self._frames_at(idx)
+        N, D, d, k = idx.shape[-1], self.output_dim, T.shape[-1], self.kernel.num_eigenpairs
+        C = (T.mT @ self.rows(idx).double().reshape(*idx.shape, D, k)).reshape(*idx.shape[:-1], N * d, k)
+        yt = (T.mT @ y.unsqueeze(-1)).reshape(*y.shape[:-2], N * d)
+        tau2, s2 = self._noise_split()
+        x = self.ambient_points[idx]
+        point = self._ambient_gram(x, x) + tau2 * (idx.unsqueeze(-1) == idx.unsqueeze(-2)).to(x.dtype)
+        G = torch.einsum("...iDa,...jDb->...iajb", T, T)
+        S = (point[..., :, None, :, None] * G).reshape(*point.shape[:-2], N * d, N * d) + C @ C.mT
+        return S + s2 * torch.eye(N * d, dtype=S.dtype, device=S.device), yt, T, C
+
+    def _dense_log_marginal_likelihood(self) -> Tensor:
+        r""":math:`\log p(y)` with the ambient part (``(*batch,)``): the tangent components by the dense Cholesky
+        factor, the components across the frames as in the weight-space likelihood."""
+        S, yt, _, _ = self._dense_covariance()
+        N, D = self.data_index.shape[-1], self.output_dim
+        q_perp, ld_perp = self._normal_likelihood_terms()
+        lml = -0.5 * (_GaussianQuadLogdet.apply(S, yt) + q_perp + ld_perp + N * D * math.log(2 * math.pi))
+        return lml.to(self.data_y.dtype)
+
+    def _dense_cross(self, X: Tensor, T: Tensor, C: Tensor) -> Tensor:
+        r"""The prior covariance ``(*b, q D, N d)`` (float64) of the latent field at ``X`` with the training
+        observations in tangent coordinates (spectral, ambient and model-error parts)."""
+        key, P, _, x = self._parse(X)
+        idx = self.data_index
+        same = (key.unsqueeze(-1) == idx.unsqueeze(-2)) & (key >= 0).unsqueeze(-1)
+        point = self._ambient_gram(x.double(), self.ambient_points[idx]) + self._noise_split()[0] * same
+        K = point[..., :, None, :, None] * torch.einsum("...qDE,...nEd->...qDnd", P.double(), T)
+        return K.reshape(*K.shape[:-4], K.shape[-4] * K.shape[-3], -1) + self._rows_at(X).double() @ C.mT
+
+    def _dense_moments(self, X1: Tensor, X2: Tensor | None) -> tuple[Tensor, Tensor]:
+        r"""Posterior mean ``(*b, q1, D)`` at ``X1`` and covariance ``(*b, q1 D, q2 D)`` with ``X2`` (``X2=None``:
+        variances ``(*b, q1, D)``), in scaled units. The part in the span is projected onto it once more
+        (:math:`P_x`), which removes the rounding that :math:`\Sigma^{-1}\tilde y` (large where the noise is small)
+        leaves across it, so that means stay tangent to the frames to machine precision."""
+        dt = self.data_y.dtype
+        L, a, _, T, C = self._cached("dense", self._dense_factor)
+        K1 = self._dense_cross(X1, T, C)
+        q1, D = X1.shape[-2], self.output_dim
+        _, _, _, _, _, n_mean, n_cov = self._entries(X1)  # the nugget across the frames, given the data
+        key1, P1, coef1, x1 = self._parse(X1)
+        P1d = P1.double()
+        mean = (P1d @ (K1 @ a.unsqueeze(-1)).reshape(*K1.shape[:-2], q1, D, 1)).squeeze(-1).to(dt) + n_mean
+        V1 = torch.linalg.solve_triangular(L, K1.mT, upper=False)
+        R1 = self._rows_at(X1).double()
+        if X2 is None:  # per point D x D blocks, projected, then their diagonals
+            Vb = V1.reshape(*V1.shape[:-1], q1, D)
+            R1b = R1.reshape(*R1.shape[:-2], q1, D, -1)
+            amb = (self._ambient_gram(x1.double()) + coef1)[..., None, None] * P1d
+            B = R1b @ R1b.mT + amb - torch.einsum("...nia,...nib->...iab", Vb, Vb)
+            var = torch.diagonal(P1d @ B @ P1d, dim1=-2, dim2=-1).to(dt)
+            return mean, var + torch.diagonal(n_cov, dim1=-2, dim2=-1)
+        V2 = V1 if X2 is X1 else torch.linalg.solve_triangular(L, self._dense_cross(X2, T, C).mT, upper=False)
+        key2, P2, _, x2 = self._parse(X2)
+        P2d = P2.double()
+        same = self._same_inputs(X1, X2, key1, key2).to(torch.float64)
+        gram = self._ambient_gram(x1.double(), x2.double())
+        point = gram[..., :, None, :, None] * torch.einsum("...iab,...jbc->...iajc", P1d, P2d)
+        point = point + torch.einsum("...iab,...ij->...iajb", coef1[..., None, None] * P1d, same)
+        q2 = X2.shape[-2]
+        cov = point.reshape(*point.shape[:-4], q1 * D, q2 * D) + R1 @ self._rows_at(X2).double().mT - V1.mT @ V2
+        cov = torch.einsum("...iab,...ibjc,...jdc->...iajd", P1d, cov.reshape(*cov.shape[:-2], q1, D, q2, D), P2d)
+        nug = torch.einsum("...iab,...ij->...iajb", n_cov, same.to(dt))
+        return mean, (cov.to(dt) + nug).reshape(*cov.shape[:-4], q1 * D, q2 * D)
 
     # ------------------------------------------------------------------------------------------------------------
     # training objectives
     def log_marginal_likelihood(self) -> Tensor:
         r"""Exact :math:`\log p(y)` of ``data_y`` (scaled units; mode ``"exact"``), by Woodbury; ``(*batch,)``."""
+        if self.uses_ambient:
+            return self._dense_log_marginal_likelihood()
         R = self.rows(self.data_index)
         N, k = R.shape[-2], R.shape[-1]
-        D, d = self.output_dim, self.tangent_dim
+        d = self.tangent_dim
         tau2, s2 = self._noise_split()
-        sp2 = self._normal_noise()
         counts, ybar = self._groups()[:2]
         om = self._row_precisions()
         B = torch.eye(k, dtype=R.dtype, device=R.device) + R.mT @ (R * om.unsqueeze(-1))
         C = torch.linalg.cholesky(B)
         yb = ybar.reshape(*ybar.shape[:-2], -1)
         z = torch.linalg.solve_triangular(C, (R.mT @ (om * yb).unsqueeze(-1)), upper=False).squeeze(-1)
-        # in the span: group means (weights om) and deviations from them (sigma_obs^2); across it: sigma_perp^2
-        e_perp = self._normal_energy(self.data_index, self.data_y).sum(-1)
+        # in the span: group means (weights om) and deviations from them (sigma_obs^2); across it: beta, sigma_perp^2
+        q_perp, ld_perp = self._normal_likelihood_terms()
         tang = ybar.square().sum(-1) - self._normal_energy(self.data_index, ybar)
         e_mean = (tang / (counts * tau2 + s2)).sum(-1)
         dev = self.data_y - ybar
         e_dev = (dev.square().sum(-1) - self._normal_energy(self.data_index, dev)).sum(-1)
-        quad = e_mean - z.square().sum(-1) + e_dev / s2 + e_perp / sp2
+        quad = e_mean - z.square().sum(-1) + e_dev / s2 + q_perp
         logdet = 2 * torch.log(torch.diagonal(C, dim1=-2, dim2=-1)).sum(-1)
         logdet = logdet + (d / counts * torch.log(counts * tau2 + s2) + (1 - 1 / counts) * d * torch.log(s2)).sum(-1)
-        logdet = logdet + counts.shape[-1] * (D - d) * torch.log(sp2)
+        logdet = logdet + ld_perp
         return -0.5 * (quad + logdet + N * math.log(2 * math.pi))
 
     def exact_loss(self) -> Tensor:
@@ -497,7 +669,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
 
     def _rows_at(self, X: Tensor) -> Tensor:
         r"""Rows :math:`R` ``(*b, q D, k)`` at ``X``: point indices ``(*b, q, 1)``, or points outside the basis
-        ``(*b, q, 2 + D k + D^2)`` (:meth:`extended_inputs`)."""
+        (:meth:`extended_inputs`)."""
         if X.shape[-1] == 1:
             return self.rows(self.kernel._indices(X, "X"))
         D, k = self.output_dim, self.kernel.num_eigenpairs
@@ -509,9 +681,10 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         projectors: Tensor | None = None,
         missing: Tensor | None = None,
         index: Tensor | None = None,
+        coords: Tensor | None = None,
     ) -> Tensor:
-        r"""Internal inputs ``(m, 2 + D k + D^2)`` standing for points outside the basis; the base functions accept
-        them where they accept indices (never BoTorch's ``posterior``).
+        r"""Internal inputs ``(m, 2 + D k + D^2 + D_in)`` standing for points outside the basis; the base functions
+        accept them where they accept indices (never BoTorch's ``posterior``).
 
         Args:
             phi: ``(m, D, k)`` basis values at the points (already multiplied by their taper :math:`\gamma`).
@@ -519,6 +692,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             missing: ``(m,)`` the prior fraction :math:`1 - \gamma^2` to restore (default 0).
             index: ``(m,)`` the basis point each point coincides with, or -1 (default: all -1): the same input as
                 that index for the model-error term.
+            coords: ``(m, D_in)`` the points' coordinates, for the ambient part (required with one).
         """
         m, D = phi.shape[0], self.output_dim
         flat = phi.reshape(m, -1)
@@ -528,27 +702,49 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             missing = flat.new_zeros(m)
         key = flat.new_full((m, 1), -1.0) if index is None else index.to(flat).reshape(m, 1)
         parts = [key, flat, projectors.reshape(m, D * D).to(flat), missing.to(flat)[:, None]]
+        if self.ambient_points is not None:
+            if coords is None or tuple(coords.shape) != (m, self.ambient_points.shape[1]):
+                raise ValueError(f"`coords` must be (m, D_in) = ({m}, {self.ambient_points.shape[1]}).")
+            parts.append(coords.to(flat))
         return torch.cat(parts, dim=-1)
 
-    def _entries(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        r"""What the base functions need at the entries of ``X`` (indices or :meth:`extended_inputs`): their point
-        keys ``(*b, q)`` (the index, or -1 for a point outside the basis), the shrinkage
-        :math:`\alpha = m\tau^2/(m\tau^2 + \sigma^2_{obs})` of the model-error term by the ``m`` observations of the
-        same point ``(*b, q)`` with their mean ``(*b, q, D)``, the coefficients :math:`\tau^2(1 - \alpha) +
-        (1 - \gamma^2)\bar p` of the latent variance outside the rank-``k`` part ``(*b, q)`` and the projectors
-        ``(*b, q, D, D)``, all in scaled units."""
-        D, k, n = self.output_dim, self.kernel.num_eigenpairs, self.kernel.num_points
+    def _parse(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        r"""The entries of ``X`` (indices or :meth:`extended_inputs`): point keys ``(*b, q)`` (the index, or -1
+        for a point outside the basis), projectors ``(*b, q, D, D)``, the prior coefficients :math:`\tau^2 +
+        (1 - \gamma^2)\bar p` of the latent variance outside the rank-``k`` and ambient parts ``(*b, q)`` (scaled
+        units), and coordinates ``(*b, q, D_in)`` (``None`` without an ambient part)."""
+        D, k = self.output_dim, self.kernel.num_eigenpairs
+        tau2 = self._noise_split()[0]
         if X.shape[-1] == 1:
             key = self.kernel._indices(X, "X")
-            P, missing = self._projectors(key), None
-        else:
-            key = torch.round(X[..., 0]).long()
-            P = X[..., 1 + D * k : 1 + D * k + D * D].reshape(*X.shape[:-1], D, D)
-            missing = X[..., -1]
+            x = None if self.ambient_points is None else self.ambient_points[key]  # float64
+            T = self._frames_at(key)
+            return key, T @ T.mT, tau2.expand(key.shape), x
+        key = torch.round(X[..., 0]).long()
+        P = X[..., 1 + D * k : 1 + D * k + D * D].reshape(*X.shape[:-1], D, D).double()
+        # an exact projector again (float32 inputs round it): its top-d eigenvectors, or the dense algebra's prior
+        # variance, 10^1-10^2, minus nearly all of it, can go negative
+        U = torch.linalg.eigh(0.5 * (P + P.mT))[1][..., D - self.tangent_dim :]
+        P = U @ U.mT
+        coef = tau2 + X[..., 1 + D * k + D * D] * self.mean_prior_variance()
+        x = None if self.ambient_points is None else X[..., 2 + D * k + D * D :]
+        return key, P, coef, x
+
+    def _entries(self, X: Tensor) -> tuple[Tensor, ...]:
+        r"""What the base functions need at the entries of ``X`` (:meth:`_parse`): their point keys, the shrinkage
+        :math:`\alpha = m\tau^2/(m\tau^2 + \sigma^2_{obs})` of the model-error term by the ``m`` observations of
+        the same point ``(*b, q)`` with their mean ``(*b, q, D)``, the coefficients of the latent variance outside
+        the rank-``k`` part with the model error shrunk, :math:`\tau^2(1 - \alpha) + (1 - \gamma^2)\bar p`
+        ``(*b, q)``, the projectors ``(*b, q, D, D)``, and the posterior mean ``(*b, q, D)`` and covariance
+        ``(*b, q, D, D)`` of the nugget across the frames, all in scaled units."""
+        D, n = self.output_dim, self.kernel.num_points
+        key, P, coef, _ = self._parse(X)
+        P = P.to(self.data_y.dtype)
         tau2, s2 = self._noise_split()
+        beta, sp = self._normal_split()
         counts_q = torch.zeros(key.shape, dtype=P.dtype, device=P.device)
         ybar_q = torch.zeros(*key.shape, D, dtype=P.dtype, device=P.device)
-        if self.data_index.shape[-1] and bool(tau2 > 0):
+        if self.data_index.shape[-1] and bool(tau2 + beta > 0):
             _, _, uniq, means, cnt = self._groups()
             db = self.data_index.shape[:-1]
             batch = torch.broadcast_shapes(key.shape[:-1], db)
@@ -560,10 +756,11 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             counts_q = torch.where(found, cnt[slot], torch.zeros_like(cnt[slot]))
             ybar_q = means[slot] * found.unsqueeze(-1)
         alpha = counts_q * tau2 / (counts_q * tau2 + s2.detach())
-        coef = tau2 * (1.0 - alpha)
-        if missing is not None:
-            coef = coef + missing * self.mean_prior_variance()
-        return key, alpha, ybar_q, coef, P
+        # across the frames: the nugget beta (I - P) shrunk by the observations of the point, alpha_perp
+        Q = torch.eye(D, dtype=P.dtype, device=P.device) - P
+        a_perp = counts_q * beta / (counts_q * beta + sp.detach())
+        n_mean = a_perp.unsqueeze(-1) * (Q @ ybar_q.unsqueeze(-1)).squeeze(-1)
+        return key, alpha, ybar_q, coef - tau2 * alpha, P, n_mean, (beta * (1 - a_perp))[..., None, None] * Q
 
     @staticmethod
     def _same_inputs(X1: Tensor, X2: Tensor, key1: Tensor, key2: Tensor) -> Tensor:
@@ -582,36 +779,43 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         return R * a
 
     def _base_mean(self, X: Tensor) -> Tensor:
-        _, alpha, ybar, _, P = self._entries(X)
+        if self.uses_ambient:
+            return self._dense_moments(X, None)[0] * self.y_scale
+        _, alpha, ybar, _, P, n_mean, _ = self._entries(X)
         mean_v, _ = self._weight_posterior()
         mean = (self._scaled_rows(X, alpha) @ mean_v.unsqueeze(-1)).squeeze(-1)
         mean = mean.reshape(*mean.shape[:-1], X.shape[-2], self.output_dim)
-        mean = mean + alpha.unsqueeze(-1) * (P @ ybar.unsqueeze(-1)).squeeze(-1)
+        mean = mean + alpha.unsqueeze(-1) * (P @ ybar.unsqueeze(-1)).squeeze(-1) + n_mean
         return mean * self.y_scale
 
     def _base_covariance(self, X1: Tensor, X2: Tensor) -> Tensor:
+        if self.uses_ambient:
+            return self._dense_moments(X1, X2)[1] * self.y_scale**2
         _, F = self._weight_posterior()
-        key1, a1, _, c1, P1 = self._entries(X1)
+        key1, a1, _, c1, P1, _, n_cov = self._entries(X1)
         V1 = F.mT @ self._scaled_rows(X1, a1).mT  # ((1 - alpha) R_1 F)^T: k x (q1 D)
         if X2 is X1:
             key2, V2 = key1, V1
         else:
-            key2, a2, _, _, _ = self._entries(X2)
+            key2, a2 = self._entries(X2)[:2]
             V2 = F.mT @ self._scaled_rows(X2, a2).mT
         cov = V1.mT @ V2
         # the model-error and restored terms: between entries that are the same input
         same = self._same_inputs(X1, X2, key1, key2).to(cov.dtype)
-        blocks = torch.einsum("...iab,...ij->...iajb", c1[..., None, None] * P1, same)
+        blocks = torch.einsum("...iab,...ij->...iajb", c1[..., None, None] * P1 + n_cov, same)
         q1, q2, D = X1.shape[-2], X2.shape[-2], self.output_dim
         cov = cov + blocks.reshape(*blocks.shape[:-4], q1 * D, q2 * D)
         return cov * self.y_scale**2
 
     def _base_variance(self, X: Tensor) -> Tensor:
+        if self.uses_ambient:
+            return self._dense_moments(X, None)[1] * self.y_scale**2
         _, F = self._weight_posterior()
-        _, alpha, _, coef, P = self._entries(X)
+        _, alpha, _, coef, P, _, n_cov = self._entries(X)
         var = (F.mT @ self._scaled_rows(X, alpha).mT).square().sum(-2)
         var = var.reshape(*var.shape[:-1], X.shape[-2], self.output_dim)
-        return (var + coef.unsqueeze(-1) * torch.diagonal(P, dim1=-2, dim2=-1)) * self.y_scale**2
+        var = var + coef.unsqueeze(-1) * torch.diagonal(P, dim1=-2, dim2=-1)
+        return (var + torch.diagonal(n_cov, dim1=-2, dim2=-1)) * self.y_scale**2
 
     def _noise_variance(self, X: Tensor) -> Tensor:
         return (self.observation_noise_variance * self.y_scale**2).expand(*X.shape[:-1], self.output_dim)
@@ -664,6 +868,9 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         if "data_index" in self.__dict__:
             self.data_index = fn(self.data_index)  # integer tensors keep their dtype under .to(dtype=...)
             self.data_y = fn(self.data_y)
+        for name in ("ambient_points", "_frames64"):
+            if self.__dict__.get(name) is not None:
+                self.__dict__[name] = self.__dict__[name].to(device=fn(torch.zeros(1)).device)
         self.__dict__.pop("_wp_cache", None)
         return out
 

@@ -102,6 +102,9 @@ __all__ = [
 _NORMALIZATIONS = ("none", "sym", "rw")
 _WEIGHTS = ("connectivity", "gaussian")
 _EIG_METHODS = ("auto", "shift-invert", "lobpcg", "dense")
+_ARRAY_FIELDS = (
+    "points", "index", "frames", "singular_values", "transports", "alignment", "weights", "self_weights", "degree"
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,6 +200,9 @@ class ConnectionLaplacian:
             (Gaussian weights, ``alpha=1``, ``"sym"``/``"rw"``), else 1.
         timings: Seconds spent on ``"graph"``, ``"frames"``, ``"laplacian"`` and each eigensolve.
         cache_dir: Directory for on-disk eigenpair caching (``None``: memory only).
+        frame_fit: The local fit of the frames (``"cubic"``, ``"quadratic"``, ``"pca"``; ``"given"`` for frames
+            passed in, and for the scalar graph Laplacian), and ``k_pca`` its neighbourhood size: what
+            :func:`~gpgeom.geometry.tangent.frames_at` needs to give new points frames of the same kind.
     """
 
     points: np.ndarray
@@ -215,18 +221,24 @@ class ConnectionLaplacian:
     scale: float
     timings: dict = field(default_factory=dict)
     cache_dir: str | None = None
+    frame_fit: str = "given"
+    k_pca: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n(self) -> int:
+        r"""Number of points of the cloud (after ``duplicates="drop"``), the rows of :attr:`points`."""
         return int(self.points.shape[0])
 
     @property
     def ambient_dim(self) -> int:
+        r"""``D``, the dimension of the space the points live in (the columns of :attr:`points`)."""
         return int(self.points.shape[1])
 
     @property
     def dim(self) -> int:
+        r"""``d``, the manifold dimension: the columns of each frame (``1`` for the scalar graph Laplacian), so the
+        Laplacian is ``(n d, n d)``."""
         return int(self.frames.shape[2])
 
     # -------------------------------------------------------------------------------------------------------- #
@@ -356,6 +368,53 @@ class ConnectionLaplacian:
             raise ValueError(f"`vectors` must have the point cloud's shape (n, D)={self.points.shape}, got {v.shape}.")
         return np.einsum("nDd,nD->nd", self.frames, v).ravel()
 
+    def state(self) -> dict:
+        r"""Every field (and the graph's) as tensors and plain values, for a file read with ``weights_only=True``
+        (:meth:`from_state` rebuilds the object without recomputation)."""
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a))
+
+        G = self.graph
+        L = sp.csr_matrix(self.L)
+        graph = {"n": int(G.n), "k": int(G.k), "method": str(G.method), "n_components": int(G.n_components)}
+        graph.update({name: t(getattr(G, name)) for name in ("rows", "cols", "dists", "rho", "labels")})
+        out = {name: t(getattr(self, name)) for name in _ARRAY_FIELDS}
+        out.update(
+            graph=graph,
+            L={"data": t(L.data), "indices": t(L.indices), "indptr": t(L.indptr), "shape": list(L.shape)},
+            normalization=str(self.normalization),
+            eps=None if self.eps is None else float(self.eps),
+            scale=float(self.scale),
+            timings={str(k): float(v) for k, v in self.timings.items()},
+            cache_dir=self.cache_dir,
+            frame_fit=self.frame_fit,
+            k_pca=int(self.k_pca),
+        )
+        return out
+
+    @classmethod
+    def from_state(cls, s: dict) -> ConnectionLaplacian:
+        r"""The object :meth:`state` describes (files written before ``frame_fit`` existed get ``"pca"`` frames
+        at new points, as then)."""
+        g = s["graph"]
+        arrays = {name: g[name].numpy() for name in ("rows", "cols", "dists", "rho", "labels")}
+        graph = ProximityGraph(n=g["n"], k=g["k"], method=g["method"], n_components=g["n_components"], **arrays)
+        m = s["L"]
+        L = sp.csr_matrix((m["data"].numpy(), m["indices"].numpy(), m["indptr"].numpy()), shape=tuple(m["shape"]))
+        return cls(
+            graph=graph,
+            L=L,
+            normalization=s["normalization"],
+            eps=s["eps"],
+            scale=s["scale"],
+            timings=dict(s["timings"]),
+            cache_dir=s["cache_dir"],
+            frame_fit=s.get("frame_fit", "pca"),
+            k_pca=s.get("k_pca", 0),
+            **{name: s[name].numpy() for name in _ARRAY_FIELDS},
+        )
+
     def transport(self, i: int, j: int) -> np.ndarray:
         r"""The ``(d, d)`` transport :math:`O_{ij}` (frame ``j`` to frame ``i``) along the edge ``i ~ j``."""
         a, b = min(i, j), max(i, j)
@@ -379,7 +438,7 @@ def connection_laplacian(
     alpha: float = 0.0,
     normalization: str = "none",
     threshold: float = 0.9,
-    frame_fit: str = "quadratic",
+    frame_fit: str = "auto",
     duplicates: str = "raise",
     duplicate_tol: float | None = None,
     on_disconnected: str = "warn",
@@ -392,7 +451,10 @@ def connection_laplacian(
     The defaults follow the reference (RVGP): union kNN graph with ``k=10``, unit weights, unnormalised
     :math:`L = D - S`, dimension estimated; but PCA neighbourhoods are ambient kNN (not graph hops) and frames are
     tilt-corrected (``frame_fit="pca"`` gives plain local PCA). For convergence to the rough Laplacian use
-    ``weights="gaussian", alpha=1.0, normalization="sym"`` (and a larger ``k``, e.g. 30).
+    ``weights="gaussian", alpha=1.0, normalization="sym"`` (and a larger ``k``, e.g. 30) on quasi-uniform clouds. On
+    i.i.d. random clouds the ``"sym"`` eigenvectors carry the fluctuations of :math:`\sqrt{D_i}`: the part of a
+    smooth tangent field outside the span of the first 100 eigenfields (1200 random points on an ellipsoid) is 14 %
+    with those settings, 5.9 % with the defaults (``"rw"`` with the same weights: 7.0 %).
 
     Args:
         X: Points ``(n, D)`` (numpy, torch or sequence).
@@ -405,7 +467,9 @@ def connection_laplacian(
         alpha: Density normalisation exponent (0: none, 1: Laplace-Beltrami limit whatever the density).
         normalization: ``"none"``, ``"sym"`` or ``"rw"``.
         threshold: Explained-variance threshold of the dimension estimate (:func:`estimate_dimension`).
-        frame_fit: ``"quadratic"`` (tilt-corrected frames, default) or ``"pca"`` (the reference's plain local PCA).
+        frame_fit: ``"auto"`` (default: quadratic or cubic tilt correction, whichever predicts the neighbourhoods
+            better, :func:`~gpgeom.geometry.tangent.local_pca`), ``"cubic"``, ``"quadratic"`` or ``"pca"`` (the
+            reference's plain local PCA).
         duplicates: ``"raise"`` or ``"drop"`` (see the module docstring); ``duplicate_tol`` the distance.
         on_disconnected: ``"warn"``, ``"raise"`` or ``"ignore"``.
         frames: Optional given frames ``(n, D, d)`` with orthonormal columns (e.g. the exact tangent planes),
@@ -433,12 +497,15 @@ def connection_laplacian(
     timings["graph"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if frames is None:
-        T, s = tangent_frames(pts, dim, k_pca=min(k_pca, len(pts)), threshold=threshold, fit=frame_fit, workers=workers)
+        kp = min(k_pca, len(pts))
+        T, s, fit_used = tangent_frames(
+            pts, dim, k_pca=kp, threshold=threshold, fit=frame_fit, workers=workers, return_fit=True
+        )
     else:
         T = np.asarray(frames.detach().cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float64)
         if T.ndim != 3 or T.shape[:2] != (len(X0), X0.shape[1]):
             raise ValueError(f"`frames` must have shape (n, D, d) = ({len(X0)}, {X0.shape[1]}, d), got {T.shape}.")
-        T = T[index]
+        T, fit_used, kp = T[index], "given", 0
         _check_dim(T.shape[2], X0.shape[1], T.shape[2] + 1)
         if dim is not None and T.shape[2] != dim:
             raise ValueError(f"`frames` have d={T.shape[2]} columns but dim={dim} was given.")
@@ -470,6 +537,8 @@ def connection_laplacian(
         scale=scale,
         timings=timings,
         cache_dir=cache_dir,
+        frame_fit=fit_used,
+        k_pca=kp,
     )
 
 

@@ -132,6 +132,7 @@ class ProximityGraph:
 
     @property
     def n_edges(self) -> int:
+        r"""Number of undirected edges ``E``, each stored once (``rows[e] < cols[e]``)."""
         return int(len(self.rows))
 
     def adjacency(self, weights: np.ndarray | None = None) -> sp.csr_matrix:

@@ -3,7 +3,8 @@ Laplacian, :mod:`gpgeom.geometry.connection`; Singer & Wu, *Comm. Pure Appl. Mat
 
 * :func:`local_pca`, :func:`tangent_frames`: the frame :math:`T_i \in \mathbb{R}^{D \times d}` at each point from a
   local PCA of its ``k_pca`` nearest neighbours (centred at their mean), by default tilt-corrected by a local
-  quadratic fit; :func:`estimate_dimension` picks :math:`d` from the singular values.
+  polynomial fit (quadratic or cubic, chosen by leave-one-out error); :func:`frames_at` the same at new points;
+  :func:`estimate_dimension` picks :math:`d` from the singular values.
 * :func:`procrustes`: the orthogonal matrix closest to :math:`T_i^\top T_j`,
   :math:`O_{ij} = \arg\min_{O \in O(d)} \|O - T_i^\top T_j\|_F = U V^\top` with :math:`T_i^\top T_j = U \Sigma
   V^\top`, mapping frame-:math:`j` coordinates to frame :math:`i` (:math:`O_{ji} = O_{ij}^\top` exactly).
@@ -11,6 +12,8 @@ Laplacian, :mod:`gpgeom.geometry.connection`; Singer & Wu, *Comm. Pure Appl. Mat
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 
 import numpy as np
@@ -19,7 +22,7 @@ from scipy.spatial import cKDTree
 from gpgeom._validation import check_option, check_positive
 from gpgeom.geometry.point_cloud import as_points
 
-__all__ = ["estimate_dimension", "local_pca", "procrustes", "tangent_frames"]
+__all__ = ["estimate_dimension", "frames_at", "local_noise_variance", "local_pca", "procrustes", "tangent_frames"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # tangent frames
@@ -33,19 +36,42 @@ def _neighbourhoods(X: np.ndarray, k_pca: int, workers: int = 1) -> np.ndarray:
     return idx.reshape(len(X), k_pca)
 
 
-def _quadratic_correction(Y: np.ndarray, T: np.ndarray) -> np.ndarray:
-    r"""Tilt-free frames from a local quadratic fit (see :func:`local_pca`). ``Y``: ``(c, k, D)`` offsets
-    :math:`x_j - x_i`; ``T``: ``(c, D, d)`` PCA frames. Returns ``(c, D, d)`` orthonormal frames."""
-    c, k, _ = Y.shape
+_FITS = ("auto", "cubic", "quadratic", "pca")
+_DEGREE = {"quadratic": 2, "cubic": 3}
+
+
+def _n_terms(d: int, degree: int) -> int:
+    r"""Number of monomials of degree at most ``degree`` in ``d`` variables, :math:`\binom{d + p}{p}`."""
+    return math.comb(d + degree, degree)
+
+
+def _usable(fit: str, k: int, d: int) -> bool:
+    r"""Whether a neighbourhood of ``k`` points supports the fit (quadratic: more points than terms; cubic: three
+    more, so that its leave-one-out residuals are informative)."""
+    return k > _n_terms(d, _DEGREE[fit]) + (2 if fit == "cubic" else 0)
+
+
+def _polynomial_correction(Y: np.ndarray, T: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""Tilt-free frames from a local polynomial fit (see :func:`local_pca`) and its leave-one-out error.
+
+    ``Y``: ``(c, k, D)`` offsets :math:`x_j - x_i`; ``T``: ``(c, D, d)`` PCA frames. Returns ``(c, D, d)``
+    orthonormal frames and ``(c,)`` mean squared leave-one-out residuals :math:`|e_j|^2 / (1 - h_{jj})^2` of the
+    fit (:math:`h` its leverages, the PRESS statistic: Allen, "The relationship between variable selection and data
+    augmentation", Technometrics 1974)."""
     d = T.shape[2]
     t = Y @ T  # (c, k, d) tangent coordinates
     R = Y - t @ np.swapaxes(T, 1, 2)  # (c, k, D) normal residuals
-    iu = np.triu_indices(d)
-    quad = (t[:, :, :, None] * t[:, :, None, :])[:, :, iu[0], iu[1]]
-    F = np.concatenate([np.ones((c, k, 1)), t, quad], axis=2)  # (c, k, p)
-    coef = np.linalg.pinv(F) @ R  # (c, p, D)
+    cols = [np.ones(t.shape[:2])]
+    for deg in range(1, degree + 1):
+        cols += [np.prod(t[..., list(c)], axis=-1) for c in itertools.combinations_with_replacement(range(d), deg)]
+    F = np.stack(cols, axis=2)  # (c, k, p)
+    Fp = np.linalg.pinv(F)  # (c, p, k)
+    coef = Fp @ R  # (c, p, D)
+    lev = np.einsum("ckp,cpk->ck", F, Fp)
+    E = R - F @ coef
+    loo = np.mean(np.square(E).sum(-1) / np.square(np.maximum(1.0 - lev, 1e-3)), axis=1)
     q, _ = np.linalg.qr(T + np.swapaxes(coef[:, 1 : 1 + d, :], 1, 2))
-    return q
+    return q, loo
 
 
 def local_pca(
@@ -53,10 +79,11 @@ def local_pca(
     k_pca: int = 15,
     *,
     n_components: int | None = None,
-    fit: str = "quadratic",
+    fit: str = "auto",
     chunk: int = 32768,
     workers: int = 1,
-) -> tuple[np.ndarray, np.ndarray | None]:
+    return_fit: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None] | tuple[np.ndarray, np.ndarray | None, str]:
     r"""Batched local PCA: SVD of each point's ``k_pca`` nearest points (itself included), centred at their mean.
 
     With :math:`Y_i \in \mathbb{R}^{k_{pca} \times D}` the centred neighbourhood of :math:`x_i` and
@@ -66,33 +93,47 @@ def local_pca(
     * ``fit="pca"`` (the reference): :math:`T_i = V_i[:, :d]`. This plane fits the whole neighbourhood, so it is
       tangent near the neighbourhood's centroid, not at :math:`x_i`: with random sampling it is tilted by about
       curvature :math:`\times` centroid offset (median 0.03, max 0.12 on a unit sphere with n = 800, k = 15).
-    * ``fit="quadratic"`` (default): in the PCA coordinates :math:`t_j = T_i^\top(x_j - x_i)` the normal residuals
+    * ``fit="quadratic"``: in the PCA coordinates :math:`t_j = T_i^\top(x_j - x_i)` the normal residuals
       :math:`r_j = (I - T_iT_i^\top)(x_j - x_i)` are fitted by least squares as
       :math:`r_j \approx a + B t_j + \sum_{a \le b} C_{ab} t_{j,a} t_{j,b}` (the manifold as a graph over the PCA
       plane); the tangent plane at :math:`x_i` is spanned by the columns of :math:`T_i + B`, orthonormalised by QR.
       Leakage onto the true normal drops ~60-300x (median 5e-4 at n = 800). Needs
-      ``k_pca > 1 + d + d(d+1)/2``; with fewer points it falls back to ``"pca"``.
+      ``k_pca > 1 + d + d(d+1)/2``.
+    * ``fit="cubic"``: the same with the cubic monomials too (needs ``k_pca >`` the number of terms + 2, 12 for
+      ``d = 2``). The quadratic fit's error is the cubic term of the surface: on an ellipsoid with axes
+      (1, 0.75, 0.5), 1200 random points, ``k_pca = 15``, the median normal leakage drops from 6.0e-3 to 6.6e-4,
+      and the part of a smooth tangent field lost by projecting it onto the frames from 0.96 % to 0.18 %. But the
+      cubic fit follows positional noise: with noise of std 0.003 (4 % of the point spacing) its leakage is 3x the
+      quadratic's.
+    * ``fit="auto"`` (default): quadratic or cubic, whichever has the smaller median over points of the mean
+      leave-one-out residual of its local fits (the PRESS statistic): cubic on noise-free clouds, quadratic once
+      positional noise dominates the cubic term (measured: std 0.001 and above on the ellipsoid).
+
+    A fit the neighbourhood does not support falls back to the next simpler one (``"pca"`` last).
 
     Returns:
         ``s``: ``(n, min(k_pca, D))`` singular values, descending; ``frames``: ``(n, D, n_components)`` with
-        orthonormal columns, or ``None``.
+        orthonormal columns, or ``None``; with ``return_fit`` also the fit used (``"cubic"``, ``"quadratic"``,
+        ``"pca"``).
     """
     X = as_points("X", X)
     n, D = X.shape
     check_positive("k_pca", k_pca, integer=True)
-    check_option("fit", fit, ("quadratic", "pca"))
+    check_option("fit", fit, _FITS)
     if k_pca < 2:
         raise ValueError(f"`k_pca` must be >= 2 (a neighbourhood of one point has no directions), got {k_pca}.")
     idx = _neighbourhoods(X, k_pca, workers)
     m = min(k_pca, D)
     s_all = np.empty((n, m))
+    fits: list[str] = []
+    if n_components is not None and n_components < D:
+        wanted = ["quadratic", "cubic"] if fit == "auto" else ([] if fit == "pca" else [fit])
+        fits = [f for f in wanted if _usable(f, k_pca, n_components)]
+        if not fits and fit in ("auto", "cubic") and _usable("quadratic", k_pca, n_components):
+            fits = ["quadratic"]
+    cand = {f: np.empty((n, D, n_components)) for f in fits}
+    score = {f: np.empty(n) for f in fits}
     frames = None if n_components is None else np.empty((n, D, n_components))
-    quadratic = (
-        fit == "quadratic"
-        and n_components is not None
-        and n_components < D
-        and k_pca > 1 + n_components + n_components * (n_components + 1) // 2
-    )
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
         Y = X[idx[sl]]  # (c, k_pca, D)
@@ -103,10 +144,86 @@ def local_pca(
         _, s, Vt = np.linalg.svd(Yc, full_matrices=False)
         s_all[sl] = s
         T = np.swapaxes(Vt[:, :n_components, :], 1, 2)
-        if quadratic:
-            T = _quadratic_correction(Y - X[sl][:, None, :], T)
         frames[sl] = T
-    return s_all, frames
+        for f in fits:
+            cand[f][sl], score[f][sl] = _polynomial_correction(Y - X[sl][:, None, :], T, _DEGREE[f])
+    used = "pca"
+    if fits:
+        used = min(fits, key=lambda f: float(np.median(score[f])))
+        frames = cand[used]
+        _shrink_outliers(X, idx, frames, score[used], used)
+    return (s_all, frames, used) if return_fit else (s_all, frames)
+
+
+def _frames_from(Y: np.ndarray, x: np.ndarray, d: int, fit: str) -> tuple[np.ndarray, np.ndarray]:
+    r"""Frames ``(c, D, d)`` and leave-one-out scores ``(c,)`` of neighbourhoods ``Y`` ``(c, k, D)`` of points ``x``
+    ``(c, D)`` by PCA and the polynomial correction ``fit``."""
+    _, _, Vt = np.linalg.svd(Y - Y.mean(axis=1, keepdims=True), full_matrices=False)
+    return _polynomial_correction(Y - x[:, None, :], np.swapaxes(Vt[:, :d, :], 1, 2), _DEGREE[fit])
+
+
+def _shrink_outliers(X: np.ndarray, idx: np.ndarray, frames: np.ndarray, score: np.ndarray, fit: str) -> None:
+    r"""Refit, in place, the frames whose neighbourhood's leave-one-out score exceeds 100 times the median: with the
+    nearest three quarters of the neighbours, repeatedly, down to three points more than the fit's terms, keeping a
+    refit where it scores lower. A neighbourhood that reaches another sheet of the surface (the next turn of a roll,
+    the other side of a fold) fits it badly, and its nearest points are the point's own sheet: on a Swiss roll (3000
+    points, turns 0.25 apart), 4 edge points' frames leaked 0.26-0.69 onto the normal and made 80 % of the error of
+    a GP on them; after the refit their leak is below 0.01. The median is the whole cloud's, so a point's frame can
+    depend on points far from it."""
+    d = frames.shape[2]
+    k_min = _n_terms(d, _DEGREE[fit]) + 3
+    bad = np.flatnonzero(score > 100.0 * np.median(score))
+    k = idx.shape[1]
+    while bad.size and k > k_min:
+        k = max(k_min, (3 * k) // 4)
+        T, sc = _frames_from(X[idx[bad, :k]], X[bad], d, fit)
+        better = sc < score[bad]
+        frames[bad[better]], score[bad[better]] = T[better], sc[better]
+        bad = bad[score[bad] > 100.0 * np.median(score)]
+    _one_sheet_refit(X, idx, frames, score, fit, bad)
+
+
+def _one_sheet_refit(
+    X: np.ndarray, idx: np.ndarray, frames: np.ndarray, score: np.ndarray, fit: str, bad: np.ndarray
+) -> None:
+    r"""Refit, in place, the frames of the points ``bad`` ``(b,)`` that :func:`_shrink_outliers` left with a bad
+    score: their nearest subsets still hold two sheets. The plane of the nearest :math:`2d + 2` points (one sheet
+    where the spacing is below the sheets' distance) selects the neighbours seen from the point within 17 degrees
+    of it (offset across it at most 0.3 times the offset along it), and the polynomial fit on those replaces the
+    frame where it scores lower (with too few of them, the plane itself does). On a Swiss roll of 1200 points,
+    2.5 turns 0.4 apart (seed 1), 2 points kept frames with 0.67-0.79 of the normal in them, 1.1 % of a smooth
+    field was lost by projecting it onto the frames and a GP on them had 3x the error of a Euclidean GP; after this
+    refit, 0.02 and 0.16 %. (At 600 points neighbourhoods of 15 reach the next turn at 30 % of the points, and the
+    loss only falls from 7 % to 5 %: the cloud does not resolve the surface.)"""
+    d = frames.shape[2]
+    near = min(2 * d + 2, idx.shape[1])
+    terms = _n_terms(d, _DEGREE[fit])
+    for i in bad:
+        Y = X[idx[i]] - X[i]  # (k, D) offsets, the point itself first
+        T = np.linalg.svd(Y[:near] - Y[:near].mean(0), full_matrices=False)[2][:d].T  # (D, d)
+        t = Y @ T
+        keep = np.linalg.norm(Y - t @ T.T, axis=1) <= 0.3 * np.linalg.norm(t, axis=1)
+        keep[0] = True
+        if keep.sum() <= terms + 2:
+            frames[i] = T
+            continue
+        Tn, sc = _frames_from(X[idx[i][keep]][None], X[i][None], d, fit)
+        if sc[0] < score[i]:
+            frames[i], score[i] = Tn[0], sc[0]
+
+
+def frames_at(cloud: np.ndarray, points: np.ndarray, k_pca: int, dim: int, fit: str) -> np.ndarray:
+    r"""Tangent frames ``(m, D, dim)`` at new ``points`` ``(m, D)`` near a ``cloud`` ``(n, D)``: PCA of each
+    point's ``k_pca`` nearest cloud points, corrected by the local polynomial fit ``fit`` (``"cubic"``,
+    ``"quadratic"`` or ``"pca"``; as in :func:`local_pca`, with the offsets taken from the new point)."""
+    k = min(k_pca, len(cloud))
+    _, nb = cKDTree(cloud).query(points, k=k)
+    Y = cloud[nb.reshape(len(points), k)]
+    _, _, Vt = np.linalg.svd(Y - Y.mean(1, keepdims=True), full_matrices=False)
+    T = np.swapaxes(Vt[:, :dim, :], 1, 2)
+    if fit in _DEGREE and dim < cloud.shape[1] and _usable(fit, k, dim):
+        T, _ = _polynomial_correction(Y - points[:, None, :], T, _DEGREE[fit])
+    return T
 
 
 def estimate_dimension(singular_values: np.ndarray, threshold: float = 0.9) -> int:
@@ -136,9 +253,10 @@ def tangent_frames(
     *,
     k_pca: int = 15,
     threshold: float = 0.9,
-    fit: str = "quadratic",
+    fit: str = "auto",
     workers: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_fit: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, str]:
     r"""Orthonormal tangent frames by local PCA, with the manifold dimension given or estimated.
 
     Args:
@@ -146,21 +264,24 @@ def tangent_frames(
         dim: Manifold dimension :math:`d`, ``1 <= d <= D`` and ``d < k_pca``; ``None`` estimates it with
             :func:`estimate_dimension` (``threshold``).
         k_pca: Points in each PCA neighbourhood, the point itself included.
-        fit: ``"quadratic"`` (tilt-corrected, default) or ``"pca"`` (the reference); see :func:`local_pca`.
+        fit: ``"auto"`` (default), ``"cubic"``, ``"quadratic"`` (tilt-corrected) or ``"pca"`` (the reference); see
+            :func:`local_pca`.
+        return_fit: Also return the fit used.
 
     Returns:
-        ``frames`` ``(n, D, d)`` with :math:`T_i^\top T_i = I_d`, and the singular values ``(n, min(k_pca, D))``.
+        ``frames`` ``(n, D, d)`` with :math:`T_i^\top T_i = I_d`, and the singular values ``(n, min(k_pca, D))``
+        (and the fit used, with ``return_fit``).
     """
     X = as_points("X", X)
     D = X.shape[1]
     if dim is not None:
         _check_dim(dim, D, k_pca)
-        s, frames = local_pca(X, k_pca, n_components=dim, fit=fit, workers=workers)
+        s, frames, used = local_pca(X, k_pca, n_components=dim, fit=fit, workers=workers, return_fit=True)
     else:
         s, _ = local_pca(X, k_pca, workers=workers)
         dim = estimate_dimension(s, threshold)
         _check_dim(dim, D, k_pca)
-        _, frames = local_pca(X, k_pca, n_components=dim, fit=fit, workers=workers)
+        _, frames, used = local_pca(X, k_pca, n_components=dim, fit=fit, workers=workers, return_fit=True)
     assert frames is not None
     if dim < s.shape[1]:
         deficient = s[:, dim - 1] <= 1e-10 * np.maximum(s[:, 0], np.finfo(float).tiny)
@@ -174,7 +295,7 @@ def tangent_frames(
             UserWarning,
             stacklevel=2,
         )
-    return frames, s
+    return (frames, s, used) if return_fit else (frames, s)
 
 
 def _check_dim(dim: object, D: int, k_pca: int) -> None:
@@ -206,3 +327,55 @@ def procrustes(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     M = np.swapaxes(A, -1, -2) @ B
     U, s, Vt = np.linalg.svd(M)
     return U @ Vt, s
+
+
+def local_noise_variance(
+    points: np.ndarray, values: np.ndarray, frames: np.ndarray, n_neighbors: int = 30, max_centres: int = 5000
+) -> float | None:
+    r"""Estimate of the observation-noise variance per tangent coordinate, made without a spectral basis.
+
+    For each point :math:`i`, the values of its ``n_neighbors`` nearest other points (vectors: their tangent
+    coordinates transported into frame :math:`i` by :math:`O_{ij}` = Procrustes(:math:`T_i, T_j`)) are fitted by least
+    squares with a polynomial in the tangent coordinates :math:`T_i^\top (x_j - x_i)`, cubic (quadratic, linear with
+    fewer points). The leave-one-out residual :math:`r_i` at :math:`x_i` has :math:`E\|r_i\|^2 = d\,\sigma^2 (1 + h_i)`
+    plus a squared bias, :math:`h_i` the fit's leverage at :math:`x_i` and the bias :math:`O(\rho^4)` for a smooth
+    field and neighbourhoods of radius :math:`\rho` (local polynomial variance estimation: Hall and Marron, "On
+    variance estimation in nonparametric regression", Biometrika 1990), so
+    :math:`\hat\sigma^2 = \mathrm{mean}_i \|r_i\|^2 / (d (1 + h_i))`. Measured with 500 points, 30 neighbours:
+    noise-free sphere 4e-7, torus 4e-4 (their rank-48 residuals: 2e-3, 3e-2); tangent noise of variance 2.5e-3:
+    2.49e-3, 2.75e-3.
+
+    Args:
+        points: ``(m, D)`` positions.
+        values: ``(m, D)`` vectors or ``(m,)`` scalars.
+        frames: ``(m, D, d)`` orthonormal tangent frames at the points.
+        n_neighbors: Points per local fit.
+        max_centres: At most this many points (a fixed random subset) are fitted; all are neighbours.
+
+    Returns:
+        The estimate (units of ``values`` squared), or ``None`` with fewer than ``d + 5`` points.
+    """
+    m, d = len(points), frames.shape[2]
+    nn = min(n_neighbors, m - 1)
+    terms = [()]  # monomials of the tangent coordinates, by degree, while there are 10 points more than terms
+    for deg in (1, 2, 3):
+        more = list(itertools.combinations_with_replacement(range(d), deg))
+        if nn < len(terms) + len(more) + (3 if deg == 1 else 10):
+            break
+        terms += more
+    if len(terms) == 1:
+        return None
+    c = np.arange(m) if m <= max_centres else np.sort(np.random.default_rng(0).choice(m, max_centres, replace=False))
+    _, nb = cKDTree(points).query(points[c], k=nn + 1)
+    nb = nb[:, 1:]  # the other points
+    U = np.einsum("mDd,mjD->mjd", frames[c], points[nb] - points[c][:, None])
+    design = np.stack([np.prod(U[..., list(t)], axis=-1) for t in terms], axis=-1)
+    Xp = np.linalg.pinv(design)[:, 0, :]  # m x nn: weights of the fit's value at the point
+    if values.ndim == 1:
+        C, c0 = values[nb][..., None], values[c][:, None]
+    else:
+        O, _ = procrustes(np.repeat(frames[c][:, None], nn, 1), frames[nb])
+        C = np.einsum("mjab,mjDb,mjD->mja", O, frames[nb], values[nb])
+        c0 = np.einsum("mDd,mD->md", frames[c], values[c])
+    r2 = np.square(c0 - np.einsum("mj,mjc->mc", Xp, C)).mean(-1)
+    return float(np.mean(r2 / (1.0 + np.square(Xp).sum(-1))))
