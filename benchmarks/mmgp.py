@@ -13,14 +13,21 @@ coverage and OOD score, and the time per stage (morph, transfer, POD, GP trainin
 
 The GP stage and the decode run on ``--device`` (``cuda``: on the GPU; morphing and P1 transfer stay on the CPU).
 
+``--executor dask|process --workers W`` runs the data generation, the morphing and transfers, the GP fits (one task
+per GP or per restart) and the predictions' preprocessing on a ``dask.distributed.LocalCluster`` of ``W`` worker
+processes or a ``ProcessPoolExecutor`` (``gpgeom.engine.parallel``; the same numbers as the serial run).
+
 Usage: python benchmarks/mmgp.py [--quick] [--n-modes-geometry 8] [--n-modes-fields 8] [--restarts 9]
        [--hyperparameters per_field|per_output|shared] [--device cpu|cuda] [--name mmgp_16modes]
-Writes ``benchmarks/results/<name>.md`` for a full CPU run, ``<name>_quick.md`` / ``<name>_cuda.md`` otherwise.
+       [--executor none|dask|process] [--workers 2]
+Writes ``benchmarks/results/<name>.md`` for a full CPU run, ``<name>_quick.md`` / ``<name>_cuda.md`` otherwise
+(``<name>_dask2.md`` ... with an executor).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import resource
@@ -92,6 +99,24 @@ def cpu_median(fn, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+@contextlib.contextmanager
+def open_executor(kind: str, workers: int):
+    """``None`` (serial), a Dask ``LocalCluster`` executor or a ``ProcessPoolExecutor`` of ``workers`` processes."""
+    if kind == "none":
+        yield None
+    elif kind == "process":
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield pool
+    else:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None) as cl:
+            with Client(cl) as client:
+                yield client.get_executor()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="40 train / 20 test coarse meshes, 1 restart")
@@ -105,7 +130,14 @@ def main() -> None:
     ap.add_argument(
         "--name", default=None, help="report name of a full CPU run (default mmgp); others add _<device> / _quick"
     )
+    ap.add_argument("--executor", default="none", choices=["none", "dask", "process"], help="fan-out executor")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of --executor")
     args = ap.parse_args()
+    with open_executor(args.executor, args.workers) as executor:
+        run(args, executor)
+
+
+def run(args: argparse.Namespace, executor) -> None:
     torch.set_num_threads(1)
     quick = args.quick
     n_train, n_test = (40, 20) if quick else (300, 100)
@@ -113,8 +145,8 @@ def main() -> None:
     restarts = args.restarts if args.restarts is not None else (1 if quick else 9)
 
     t0 = time.perf_counter()
-    train = generate_notched_plates(n_train, seed=0, mesh_size=mesh_size, progress=not quick)
-    test = generate_notched_plates(n_test, seed=1, mesh_size=mesh_size, progress=not quick)
+    train = generate_notched_plates(n_train, seed=0, mesh_size=mesh_size, progress=not quick, executor=executor)
+    test = generate_notched_plates(n_test, seed=1, mesh_size=mesh_size, progress=not quick, executor=executor)
     t_data = time.perf_counter() - t0
     M, mu, U, w = samples_to_arrays(train)
     Mt, mut, Ut, wt = samples_to_arrays(test)
@@ -132,20 +164,21 @@ def main() -> None:
         device=args.device,
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    model.fit(M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES, progress=False)
+    model.fit(M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES, progress=False, executor=executor)
     t_fit, c_fit = time.perf_counter() - t0, time.process_time() - c0
     tim = model.timings_
     print(f"fit: {t_fit:.1f} s wall {tim}, CPU {model.cpu_timings_}", flush=True)
 
     t0, c0 = time.perf_counter(), time.process_time()
-    pred = numpy_prediction(model.predict(Mt, mut, return_std=True))
+    pred = numpy_prediction(model.predict(Mt, mut, return_std=True, executor=executor))
     t_pred, c_pred = time.perf_counter() - t0, time.process_time() - c0
 
     # the same fit with the previous default variance: latent GP + shape-independent truncation variance
     def predict_before(meshes, mu_):
         model.geometry_variance = False
         try:
-            return numpy_prediction(model.predict(meshes, mu_, return_std=True, observation_noise=False))
+            pred_ = model.predict(meshes, mu_, return_std=True, observation_noise=False, executor=executor)
+            return numpy_prediction(pred_)
         finally:
             model.geometry_variance = True
 
@@ -153,11 +186,14 @@ def main() -> None:
     n_ood = 20 if quick else 40
     ood_sets = {
         fam: samples_to_arrays(
-            generate_notched_plates(n_ood, seed=2, mesh_size=mesh_size, notch_family=fam, progress=not quick)
+            generate_notched_plates(
+                n_ood, seed=2, mesh_size=mesh_size, notch_family=fam, progress=not quick, executor=executor
+            )
         )
         for fam in OOD_FAMILIES
     }
-    ood_pred = {fam: (numpy_prediction(model.predict(a[0], a[1], return_std=True)), predict_before(a[0], a[1]))
+    ood_pred = {fam: (numpy_prediction(model.predict(a[0], a[1], return_std=True, executor=executor)),
+                      predict_before(a[0], a[1]))
                 for fam, a in ood_sets.items()}  # fmt: skip
 
     # accuracy
@@ -188,7 +224,7 @@ def main() -> None:
     # out of distribution: per family, std ratio vs error ratio, coverage, OOD score
     ood_rows = []
     for fam, (M_o, _, U_o, w_o) in ood_sets.items():
-        score = model.ood_score(M_o).cpu().numpy()
+        score = model.ood_score(M_o, executor=executor).cpu().numpy()
         for k, name in enumerate(FIELD_NAMES + OUT_SCALAR_NAMES):
             y_in, m_in, _ = field_or_scalar(Ut, wt, pred, k)
             y_o, m_o, _ = field_or_scalar(U_o, w_o, ood_pred[fam][0], k)
@@ -199,7 +235,7 @@ def main() -> None:
                 _, _, sd_o = field_or_scalar(U_o, w_o, ood_pred[fam][j], k)
                 cells += [metrics.ood_std_ratio(sd_o, sd_in), metrics.coverage(y_o, m_o, sd_o)]
             ood_rows.append([fam, name, err] + cells + [float(score.mean())])
-    in_score = model.ood_score(Mt).cpu().numpy()
+    in_score = model.ood_score(Mt, executor=executor).cpu().numpy()
 
     # speed: morph + both transfers of a ~2,600-node mesh; inference per mesh (wall and CPU seconds)
     big = min(test, key=lambda s: abs(s.n_nodes - 2600))
@@ -243,7 +279,13 @@ def main() -> None:
             f"(resident set, Linux): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
             f"- data: {n_train} train (seed 0) / {n_test} test (seed 1), mesh size {mesh_size}, "
             f"{n_tr_nodes:.0f} nodes on average; common mesh = train[{n_train // 2}] "
-            f"({model.common_mesh_.n_points} nodes); GP stage and decode on {args.device}",
+            f"({model.common_mesh_.n_points} nodes); GP stage and decode on {args.device}"
+            + (
+                f"; executor {args.executor}, {args.workers} worker processes (the morph/transfer rows sum the "
+                "workers' seconds)"
+                if args.executor != "none"
+                else ""
+            ),
             f"- model: `{model!r}`",
             f"- model: morphing {args.morphing}, {model.n_modes_geometry_} geometry modes, field modes "
             f"{model.n_modes_fields_}, Matern 5/2 ARD, learned noise, hyperparameters {args.hyperparameters} "
@@ -298,7 +340,8 @@ def main() -> None:
             f"Total fit {t_fit:.1f} s wall, {c_fit:.1f} s CPU; data generation / cache load {t_data:.1f} s.",
         ]
     )
-    name = report_name(args.name or "mmgp", device=args.device, quick=quick)
+    tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
+    name = report_name(args.name or "mmgp", device=args.device, quick=quick, tags=tags)
     write_report(name, text + "\n")
 
 

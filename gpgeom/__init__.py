@@ -15,7 +15,7 @@ The public API is re-exported here (loaded on first access, so ``import gpgeom``
   :func:`get_family`;
 - models: :class:`MMGP` (:class:`MMGPPrediction`), :class:`RVGP`, :class:`FunBaT`, :class:`FunBaTCP`, :class:`RGNP`,
   :class:`SO3xR3Trajectory`, :class:`SE3Trajectory`;
-- errors: :class:`NotPSDError`, :class:`NotFittedError`, :class:`ModelFileError`.
+- errors: :class:`NotPSDError`, :class:`NotFittedError`, :class:`ModelFileError`, :class:`UncalibratedWarning`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "NotPSDError": "gpgeom.errors",
     "NotFittedError": "gpgeom.errors",
     "ModelFileError": "gpgeom.errors",
+    "UncalibratedWarning": "gpgeom.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

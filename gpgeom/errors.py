@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from linear_operator.utils.errors import NotPSDError as _LinearOperatorNotPSDError
 
-__all__ = ["ConvergenceWarning", "MeshRepairWarning", "ModelFileError", "NotFittedError", "NotPSDError"]
+__all__ = [
+    "ConvergenceWarning",
+    "MeshRepairWarning",
+    "ModelFileError",
+    "NotFittedError",
+    "NotPSDError",
+    "UncalibratedWarning",
+]
 
 
 class NotPSDError(_LinearOperatorNotPSDError):
@@ -22,6 +29,12 @@ class ConvergenceWarning(UserWarning):
 class MeshRepairWarning(UserWarning):
     r"""A degenerate mesh (coincident nodes, zero-area triangles) was repaired before use; the message names the mesh
     and what was wrong with it (:meth:`gpgeom.geometry.mesh.Mesh.repair`)."""
+
+
+class UncalibratedWarning(UserWarning):
+    r"""A predictive uncertainty was asked of a model whose calibration step has not run, so that its bands are
+    known to be too narrow (e.g. :meth:`gpgeom.models.rgnp.RGNP.predict` before
+    :meth:`~gpgeom.models.rgnp.RGNP.calibrate`); the message says what to call."""
 
 
 class NotFittedError(RuntimeError, AttributeError):

@@ -2,6 +2,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pyro
@@ -11,7 +12,7 @@ from gpytorch.distributions import MultivariateNormal
 
 from gpgeom._io import write_model_file
 from gpgeom.engine.variational import elbo_loss
-from gpgeom.errors import ModelFileError, NotFittedError
+from gpgeom.errors import ModelFileError, NotFittedError, UncalibratedWarning
 from gpgeom.metrics import calibration_summary
 from gpgeom.models._rgnp_checks import prepare_data
 from gpgeom.models.rgnp import RGNP, coverage, nse, pointwise_grad
@@ -523,7 +524,12 @@ def test_calibration_is_kept_by_files_dropped_by_fit_and_checks_its_input(tmp_pa
     z = torch.tensor([[0.1, -0.2, 0.3, 0.0, 0.5]], dtype=torch.float64)
     w = torch.tensor([[1.5]], dtype=torch.float64)
     x = torch.linspace(-0.9, 0.9, 7, dtype=torch.float64)[:, None]
-    _, sd0 = m.predict(z, w, x, return_std=True)
+    with pytest.warns(UncalibratedWarning, match=r"call model.calibrate\(\)"):
+        _, sd0 = m.predict(z, w, x, return_std=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedWarning)  # once per model
+        m.predict(z, w, x, return_mvn=True)
+        m.predict(z, w, x)  # the mean alone never warns
     g = torch.Generator().manual_seed(0)
     xc = torch.rand(4, 8, 1, generator=g, dtype=torch.float64) * 1.8 - 0.9
     data = {"x": xc, "y": 0.3 * torch.cos(0.5 * math.pi * xc[..., 0]), "z": torch.zeros(4, 5), "w": torch.ones(4, 1)}
@@ -536,7 +542,10 @@ def test_calibration_is_kept_by_files_dropped_by_fit_and_checks_its_input(tmp_pa
     with pytest.raises(ValueError, match="n_fields"):
         m.calibrate(n_fields=0)
     assert m.calibrate(data, inverse_steps=0) is m and m.calibration_["n_fields"] == 4
-    mu, sd = m.predict(z, w, x, return_std=True)
+    m._uncalibrated_warned = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedWarning)  # calibrated: no warning
+        mu, sd = m.predict(z, w, x, return_std=True)
     assert bool((sd > sd0).all())
     # the std of predict (variance formula) is the diagonal of the MVN's covariance (Cholesky factor of the kernel)
     mvn = m.predict(z, w, x, return_mvn=True)

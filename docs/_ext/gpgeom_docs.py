@@ -204,8 +204,15 @@ def generate_api(outdir: Path) -> dict[str, str]:
         "",
     ]
     for group in order:
-        lines += [rst_title(GROUPS.get(group, group), "-"), ".. list-table::", "   :header-rows: 1",
-                  "   :widths: 25 75", "", "   * - name", "     - summary"]
+        lines += [
+            rst_title(GROUPS.get(group, group), "-"),
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 25 75",
+            "",
+            "   * - name",
+            "     - summary",
+        ]
         for name in groups[group]:
             obj = getattr(gpgeom, name)
             text = summary(obj) or "(no docstring)"
@@ -213,10 +220,16 @@ def generate_api(outdir: Path) -> dict[str, str]:
         lines.append("")
     lines += [rst_title("Modules", "-"), ".. toctree::", "   :maxdepth: 1", ""]
     lines += [f"   {page}" for page in pages if page in modules]
-    lines += ["", rst_title("Internal modules", "-"),
-              "Helpers that the public API's documentation refers to (input checks, the file format, progress bars, "
-              "the cache, lazy package faces). They are not part of the public API and may change.", "",
-              ".. toctree::", "   :maxdepth: 1", ""]
+    lines += [
+        "",
+        rst_title("Internal modules", "-"),
+        "Helpers that the public API's documentation refers to (input checks, the file format, progress bars, "
+        "the cache, lazy package faces). They are not part of the public API and may change.",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+    ]
     lines += [f"   {page}" for page in internal]
     write_if_changed(outdir / "index.rst", "\n".join(lines) + "\n")
     for stale in outdir.glob("*.rst"):

@@ -60,6 +60,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ import numpy as np
 
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
 from gpgeom._progress import progress_bar, resolve_progress
+from gpgeom.engine.parallel import jobs_executor, map_items
 from gpgeom.geometry.mesh import Mesh, boundary_loops
 
 __all__ = [
@@ -590,6 +592,11 @@ def make_notched_plate(
     )
 
 
+def _generate_item(config: tuple[int, tuple[float, float], Mapping[str, Any]], index: int) -> NotchedPlateSample:
+    seed, mesh_size, opts = config
+    return _generate_one(seed, index, mesh_size, opts)
+
+
 def _generate_one(seed: int, index: int, mesh_size: tuple[float, float], opts: Mapping[str, Any]):
     rng = np.random.default_rng([seed, index])
     h = float(rng.uniform(*mesh_size)) if mesh_size[0] < mesh_size[1] else float(mesh_size[0])
@@ -669,6 +676,7 @@ def generate_notched_plates(
     *,
     use_cache: bool = True,
     n_jobs: int = 1,
+    executor: Executor | None = None,
     **options: Any,
 ) -> list[NotchedPlateSample]:
     r"""Generate (or load from the disk cache) ``n_samples`` NotchedPlate2d samples.
@@ -688,7 +696,10 @@ def generate_notched_plates(
         progress: A progress bar (tqdm) and a timing line while generating: ``True``, ``False`` or ``None``
             (gpgeom's rule: shown in a terminal or notebook, not in logs or tests; :mod:`gpgeom._progress`).
         use_cache: Read and write the cache.
-        n_jobs: Worker processes for the generation (results do not depend on it).
+        n_jobs: Shorthand for ``executor=ProcessPoolExecutor(n_jobs)`` (opened and closed by the call; 1: serial).
+        executor: A ``concurrent.futures.Executor`` that runs the samples' finite-element solves (e.g.
+            ``dask.distributed.Client(...).get_executor()``; :mod:`gpgeom.engine.parallel`), several samples per
+            task. The samples are identical whatever runs them: sample ``i`` depends on ``(seed, i)`` only.
         **options: Overrides of :data:`DEFAULT_OPTIONS`; an unknown name raises :class:`ValueError`.
             ``notch_family="half_ellipse"`` or ``"wedge"`` draws notches of another shape family (out-of-distribution
             test sets for models trained on the default ``"smooth"`` family); the depth, mesh size and scalars are
@@ -703,6 +714,8 @@ def generate_notched_plates(
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"`n_jobs` must be an int >= 1, got {n_jobs!r}.")
+    if executor is not None and n_jobs != 1:
+        raise ValueError("Pass either `executor` or `n_jobs`, not both.")
     n_samples, seed = int(n_samples), int(seed)
     h_range = _check_mesh_size(mesh_size)
     opts = _check_options(options)
@@ -724,7 +737,8 @@ def generate_notched_plates(
 
     t0 = time.perf_counter()
     progress = resolve_progress(progress)
-    samples = _run_generation(n_samples, seed, h_range, opts, progress, n_jobs)
+    with jobs_executor(executor, n_jobs) as ex:
+        samples = _run_generation(n_samples, seed, h_range, opts, progress, ex)
     elapsed = time.perf_counter() - t0
     if progress:
         print(
@@ -737,28 +751,15 @@ def generate_notched_plates(
     return samples
 
 
-def _run_generation(n, seed, h_range, opts, progress, n_jobs) -> list[NotchedPlateSample]:
+def _run_generation(n, seed, h_range, opts, progress, executor) -> list[NotchedPlateSample]:
     bar = progress_bar(total=n, desc="notched plates", unit="sample", progress=progress) if progress else None
-    out: list[NotchedPlateSample] = []
     try:
-        if n_jobs == 1:
-            for i in range(n):
-                out.append(_generate_one(seed, i, h_range, opts))
-                if bar is not None:
-                    bar.update()
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-                futures = [pool.submit(_generate_one, seed, i, h_range, opts) for i in range(n)]
-                for fut in futures:
-                    out.append(fut.result())
-                    if bar is not None:
-                        bar.update()
+        return map_items(
+            executor, _generate_item, range(n), (seed, h_range, opts), on_chunk=bar.update if bar is not None else None
+        )
     finally:
         if bar is not None:
             bar.close()
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ from gpgeom.models._rgnp_checks import (
     prepare_data,
     reference_fields,
     resolve_callables,
+    warn_uncalibrated,
 )
 from gpgeom.nn.gicnet import GICNet
 from gpgeom.pde._checks import NonFiniteOutputError
@@ -756,6 +757,8 @@ class RGNP(ModelContract, nn.Module):
         """
         self._check_fitted()
         x, z, w = self._check_xzw(x, z, w)
+        if (return_std or return_mvn) and not bool(self.discrepancy.calibrated):
+            warn_uncalibrated(self)
         if return_mvn:
             return self.predictive_dist(z, w, x).to_gpytorch(jitter)
         dist = self.field_dist(z, w, x)

@@ -75,6 +75,12 @@ Devices and dtypes: the geometry preprocessing (morphing, P1 transfer, geometry 
 numpy; the GP stage and the decode run in ``model.dtype`` on ``model.device`` (``MMGP(device="cuda")`` or
 ``model.to(device="cuda")``), and every prediction is a tensor there.
 
+Parallel stages (:mod:`.fanout`, :mod:`gpgeom.engine.parallel`): ``fit``, ``predict``, ``encode``,
+``encode_targets`` and ``ood_score`` take ``executor=`` (a Dask ``Client.get_executor()``, a ``ProcessPoolExecutor``,
+...): the morphing and transfers of the meshes run there in chunks, with the common mesh shipped once per worker,
+and ``fit`` also fits separate GPs (``"per_field"``) or the restarts of one GP as tasks. The results equal the
+serial run's (restart ``k`` is seeded from ``(seed, k)``).
+
 The GP over the latent geometry, :attr:`MMGP.gp`, is a BoTorch model: optimise an output scalar over the latent
 shape space with any acquisition function and decode the optimum with :meth:`MMGP.decode_geometry`.
 """

@@ -4,6 +4,7 @@ arXiv:2305.12871, Algorithm 1); the method is described in :mod:`gpgeom.models.m
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ from gpgeom._validation import as_tensor, check_device, check_option, check_posi
 from gpgeom.base import ModelContract
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.botorch.model_list import SurrogateList
+from gpgeom.engine.parallel import check_executor
 from gpgeom.errors import ModelFileError
 from gpgeom.geometry.mesh import Mesh, as_float_array
+from gpgeom.models.mmgp.fanout import fit_gps, transport_new, transport_training
 from gpgeom.models.mmgp.inputs import (
     as_mesh,
     as_meshes,
@@ -249,6 +252,7 @@ class MMGP(ModelContract):
         field_names: Sequence[str] | None = None,
         scalar_names: Sequence[str] | None = None,
         progress: bool | None = None,
+        executor: Executor | None = None,
     ) -> MMGP:
         r"""Morph, transfer, reduce and fit the GPs.
 
@@ -259,10 +263,17 @@ class MMGP(ModelContract):
             output_scalars: ``n x q`` (or ``None``).
             field_names, scalar_names: Optional names (default ``field0``, ... / ``scalar0``, ...).
             progress: Progress bars of the GP fits (``None``: when a person is watching, :mod:`gpgeom._progress`).
+            executor: A ``concurrent.futures.Executor`` (e.g. ``dask.distributed.Client(...).get_executor()`` or a
+                ``ProcessPoolExecutor``; :mod:`gpgeom.engine.parallel`) for the independent stages: the morphing
+                and transfers of the meshes, in chunks of consecutive meshes with the common mesh shipped once per
+                worker, then the GP fits: one task per GP for ``"per_field"``, one per restart for a single GP.
+                The fitted model equals the serial one (``None``); the ``morph`` and ``transfer`` timings then sum
+                the workers' seconds.
 
         Returns:
             The model itself; the fit record is in ``fit_result_``.
         """
+        check_executor(executor)
         progress = resolve_progress(progress)
         meshes = as_meshes(meshes)
         n = len(meshes)
@@ -303,12 +314,11 @@ class MMGP(ModelContract):
         # transport geometry and fields to the common mesh (Eq. (2))
         X = np.empty((n, Nc, 2))
         F = np.empty((n, Nc, n_fields))
-        for i, mesh in enumerate(meshes):
-            ops = self._operators(mesh, f"mesh {i}")
-            timings["morph"] += ops.t_morph
-            timings["transfer"] += ops.t_transfer
-            X[i] = ops.proj @ mesh.points[:, :2]
-            F[i] = ops.proj @ U[i]
+        for i, (x, f, t_morph, t_transfer) in enumerate(transport_training(self._transfer, meshes, U, executor)):
+            timings["morph"] += t_morph
+            timings["transfer"] += t_transfer
+            X[i] = x
+            F[i] = f
 
         # POD (Eq. (3)) of the geometry and of every field
         t0 = clock()
@@ -336,9 +346,12 @@ class MMGP(ModelContract):
         Y = torch.cat(coefs + [w], dim=1)
         t0 = clock()
         self._set_training_data(Z, Y)
-        self.gps_ = self._build_gps(Z, Y)
-        for g in self.gps_:
-            g.fit(restarts=self.restarts, max_iter=self.max_iter, seed=self.seed, progress=progress)
+        gps = self._build_gps(Z, Y)
+        options = {"restarts": self.restarts, "max_iter": self.max_iter, "seed": self.seed, "progress": progress}
+        if len(gps) == 1:  # one GP: its restarts are the parallel tasks
+            self.gps_ = [gps[0].fit(**options, executor=executor)]
+        else:
+            self.gps_ = fit_gps(gps, options, executor)
         # the GPs' noise was learned on the training shapes' own (in-sample) residuals: its reference is their mean
         self._noise_share = self._fit_noise_shares(rho_in)
         timings["gp"] = clock() - t0
@@ -436,19 +449,33 @@ class MMGP(ModelContract):
         jj = j - self.output_groups_[g][0]
         return single_output_gp(self.gps_[g], jj, self.train_latent_, Y, self._bounds, self.kernel)
 
-    def encode(self, meshes: Sequence[object], input_scalars: object = None) -> Tensor:
-        r"""Latent GP inputs :math:`z = (\xi, \mu)` of meshes, ``n x (n_g + p)``."""
+    def encode(
+        self, meshes: Sequence[object], input_scalars: object = None, *, executor: Executor | None = None
+    ) -> Tensor:
+        r"""Latent GP inputs :math:`z = (\xi, \mu)` of meshes, ``n x (n_g + p)`` (``executor``: the morphing and
+        transfers of the meshes run there, as in :meth:`fit`)."""
         self._check_fitted()
+        check_executor(executor)
         meshes = as_meshes(meshes)
         mu = self._input_scalars(input_scalars, len(meshes))
-        xi = [self._geometry.encode(self._operators(m, f"mesh {i}"), m) for i, m in enumerate(meshes)]
+        geo = self._geometry
+        xi = [geo.encoder @ (x - geo.mean) for x, *_ in transport_new(self._transfer, meshes, executor)]
         return torch.cat([self._latent_geometry(xi), mu], dim=1)
 
-    def encode_targets(self, meshes: Sequence[object], output_fields: object, output_scalars: object = None) -> Tensor:
+    def encode_targets(
+        self,
+        meshes: Sequence[object],
+        output_fields: object,
+        output_scalars: object = None,
+        *,
+        executor: Executor | None = None,
+    ) -> Tensor:
         r"""The outputs of :attr:`gp` for known fields and scalars on meshes: the field POD coefficients
         :math:`a^{(f)} = \Phi_f M (P_i U_i^{(f)} - \bar u^{(f)})`, field by field, then the output scalars,
-        ``n x (sum(n_f) + q)`` (e.g. held-out targets of the GP for data that were not used in the fit)."""
+        ``n x (sum(n_f) + q)`` (e.g. held-out targets of the GP for data that were not used in the fit;
+        ``executor`` as in :meth:`fit`)."""
         self._check_fitted()
+        check_executor(executor)
         meshes = as_meshes(meshes)
         n = len(meshes)
         U = check_output_fields(output_fields, meshes)
@@ -457,7 +484,7 @@ class MMGP(ModelContract):
         w = scalar_table("output_scalars", output_scalars, n, dtype=self.dtype, device=self.device)
         if w.shape[1] != len(self.scalar_names_):
             raise ValueError(f"`output_scalars` must have {len(self.scalar_names_)} column(s), got {w.shape[1]}.")
-        F = np.stack([self._operators(m, f"mesh {i}").proj @ u for i, (m, u) in enumerate(zip(meshes, U))])
+        F = np.stack([f for _, f, *_ in transport_training(self._transfer, meshes, U, executor)])
         coefs = [f.project(F[:, :, k], self._mass) for k, f in enumerate(self._fields)]
         return torch.cat([torch.as_tensor(np.concatenate(coefs, 1), dtype=self.dtype, device=self.device), w], 1)
 
@@ -505,6 +532,7 @@ class MMGP(ModelContract):
         return_std: bool = False,
         n_samples: int = 0,
         observation_noise: bool = True,
+        executor: Executor | None = None,
     ) -> MMGPPrediction:
         r"""Predict the fields on the original nodes of new meshes, and the output scalars.
 
@@ -519,24 +547,27 @@ class MMGP(ModelContract):
                 variation of a new mesh's outputs that the latent inputs do not explain, which the training data show
                 (the FE data have no measurement noise; the "noise" is that variation). ``False`` gives the latent
                 GP variance of the coefficients and scalars, as the reference code.
+            executor: A ``concurrent.futures.Executor`` for the morphing and transfers of the meshes (in chunks,
+                the common mesh shipped once per worker; :meth:`fit`); the GP and the decode run here. The same
+                prediction as the serial run (``None``); the ``morph`` / ``transfer`` timings sum the workers'.
 
         Returns:
             An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device, with the
             out-of-distribution score of every mesh.
         """
         self._check_fitted()
+        check_executor(executor)
         check_positive("n_samples", n_samples, integer=True, allow_zero=True)
         meshes = as_meshes(meshes)
         n = len(meshes)
         mu = self._input_scalars(input_scalars, n)
         tm = {k: np.zeros(2) for k in ("morph", "transfer", "gp", "decode")}
-        ops_all, X = [], []
-        for i, mesh in enumerate(meshes):
-            ops = self._operators(mesh, f"mesh {i}")
-            tm["morph"] += ops.t_morph
-            tm["transfer"] += ops.t_transfer
-            ops_all.append(ops)
-            X.append(self._geometry.transport(ops, mesh))
+        Qs, X = [], []
+        for x, inv_proj, t_morph, t_transfer in transport_new(self._transfer, meshes, executor, inverse=True):
+            tm["morph"] += t_morph
+            tm["transfer"] += t_transfer
+            Qs.append(inv_proj)
+            X.append(x)
         xi, score = self._encode_transported(X)
         Z = torch.cat([xi, mu], dim=1)
         t0 = clock()
@@ -561,8 +592,8 @@ class MMGP(ModelContract):
         gen = torch.Generator().manual_seed(int(self.seed) + 7919)
         eps = torch.randn(n_samples, n, mean.shape[1], generator=gen, dtype=torch.float64).to(**tkw)
         fields, fields_std, fsamp = [], [], []
-        for i, ops in enumerate(ops_all):
-            Q = sparse_to_torch(ops.inv_proj, **tkw)
+        for i, inv_proj in enumerate(Qs):
+            Q = sparse_to_torch(inv_proj, **tkw)
             noise = None
             if n_samples and self.truncation_variance:
                 noise = torch.randn(n_samples, Q.shape[0], m, generator=gen, dtype=torch.float64).to(**tkw)
@@ -600,15 +631,16 @@ class MMGP(ModelContract):
         score = self._residual.score(self._geometry.residual(Xa))
         return self._latent_geometry(list(xi)), torch.as_tensor(score, dtype=self.dtype, device=self.device)
 
-    def ood_score(self, meshes: Sequence[object]) -> Tensor:
+    def ood_score(self, meshes: Sequence[object], *, executor: Executor | None = None) -> Tensor:
         r"""The out-of-distribution score of every mesh, ``(n,)``: the boundary energy of its geometry POD residual
         relative to the mean out-of-sample value of the training shapes, :math:`g = \rho / \bar\rho`
         (:mod:`~gpgeom.models.mmgp.unexplained`). About 1 for shapes of the training family (compare with
         :attr:`train_ood_score_`); well above it for shapes the geometry modes cannot represent. Also returned by
-        :meth:`predict` (``ood_score``)."""
+        :meth:`predict` (``ood_score``); ``executor`` as in :meth:`predict`."""
         self._check_fitted()
+        check_executor(executor)
         meshes = as_meshes(meshes)
-        X = [self._geometry.transport(self._operators(m, f"mesh {i}"), m) for i, m in enumerate(meshes)]
+        X = [x for x, *_ in transport_new(self._transfer, meshes, executor)]
         return self._encode_transported(X)[1]
 
     # ------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,382 @@
+r"""Fan-out of independent work through a :class:`concurrent.futures.Executor`.
+
+Every stage of gpgeom whose items do not depend on one another (MMGP's morphing and transfers mesh by mesh, the
+restarts of a hyperparameter fit, separate GPs, one finite-element solve per dataset sample) accepts
+``executor=``: any object with the ``concurrent.futures.Executor`` interface (``submit`` returning futures), e.g.
+``dask.distributed.Client(...).get_executor()``, a ``ProcessPoolExecutor`` or a ``ThreadPoolExecutor``. ``None``
+(the default) runs the same item function in this process, in order.
+
+**Results.** The items' results come back in item order whatever the number of workers and the chunking, and
+each item is computed by the same function on the same inputs as in the serial run; the randomness of an item is
+seeded from the base seed and the item's index (:func:`derive_seed`), never from a stream shared across items.
+With one thread per process on both sides the results are bitwise those of the serial run.
+
+**Chunks.** Items are shipped in chunks of consecutive items (:func:`map_items`): by default about
+``tasks_per_worker`` tasks per worker (``ceil(n / (workers * tasks_per_worker))`` items per task), so that a task
+carries enough work to pay for its scheduling and transfer and the workers still balance uneven items. A Dask
+client scatters the chunks to the workers (``client.scatter``) rather than putting them in the task graph, so they
+travel once, client to worker, without passing through the scheduler.
+
+**Shared data** (the rule). What every item needs (MMGP's common mesh, its morphed points and mass matrix; the
+model and training data of a fit) is passed once as ``shared`` and is never pickled once per item:
+
+* Dask executor (``Client.get_executor()``): ``client.scatter(shared, broadcast=True)`` puts one copy on every
+  worker before the tasks run; the tasks receive the scattered object (one deserialisation per worker), and the
+  copies are released when the call returns.
+* ``ProcessPoolExecutor``: the object is pickled once into a temporary file; tasks carry only its path and a
+  token, and each worker process loads it once and keeps it in a small per-process cache (the file is removed
+  when the call returns).
+* ``ThreadPoolExecutor`` (and the serial run): the object itself, no copy.
+* Any other executor (possibly remote): the pickled bytes travel with every task, and each worker deserialises
+  them once (token cache); larger chunks amortise the transfer.
+
+Shared objects are pickled here with ``cloudpickle`` when it is installed (it comes with ``dask``; it handles
+closures such as a loss function built around a model), with :mod:`pickle` otherwise; Dask serialises what it
+scatters itself, and each executor pickles the chunks of items its own way (by value) and the item function by
+reference (a module-level function).
+
+**Workers.** A task running in another process sets torch to one thread (once per process), applies this
+process's GPyTorch / linear_operator settings (:func:`numerics_snapshot`; process-global, so give Dask workers one
+thread each: ``threads_per_worker=1``) and records its warnings, which are re-issued here. A thread pool shares
+this process's settings; set ``OMP_NUM_THREADS=1`` in the environment of process workers so that numpy's BLAS also
+runs one thread (Dask's ``LocalCluster`` does).
+
+``dask`` is never imported by this module: a Dask executor is recognised by its type's module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import pickle
+import tempfile
+import threading
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_executor",
+    "chunk_size_for",
+    "derive_seed",
+    "dumps",
+    "executor_workers",
+    "jobs_executor",
+    "loads",
+    "map_items",
+    "numerics",
+    "numerics_snapshot",
+]
+
+#: Shared objects a worker process keeps (the most recent ones).
+_CACHE_SIZE = 4
+_cache: OrderedDict[str, Any] = OrderedDict()
+_cache_lock = threading.Lock()
+_worker_ready = False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# executors
+
+
+def check_executor(executor: object) -> None:
+    r"""Raise ``TypeError`` unless ``executor`` is ``None`` or has a callable ``submit``."""
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError(
+            "`executor` must be a concurrent.futures.Executor (e.g. dask.distributed.Client(...).get_executor() or "
+            f"a ProcessPoolExecutor), or None for the serial run; got {type(executor).__name__}."
+        )
+
+
+def _is_dask(executor: object) -> bool:
+    return type(executor).__module__.split(".")[0] == "distributed" and hasattr(executor, "_client")
+
+
+def executor_workers(executor: Executor | None) -> int:
+    r"""How many items the executor runs at once: the threads of a Dask cluster's workers, a pool's
+    ``max_workers``, or the CPU count of this machine for an executor that does not say (1 for ``None``)."""
+    if executor is None:
+        return 1
+    if _is_dask(executor):
+        with contextlib.suppress(Exception):
+            return max(1, sum(executor._client.nthreads().values()))
+    workers = getattr(executor, "_max_workers", None)
+    if isinstance(workers, int) and workers > 0:
+        return workers
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def jobs_executor(executor: Executor | None, n_jobs: int | None) -> Iterator[Executor | None]:
+    r"""The executor of a call that takes both ``executor=`` and the shorthand ``n_jobs=``: ``executor`` itself,
+    or a ``ProcessPoolExecutor`` of ``n_jobs`` processes (one torch thread each) open for the call, or ``None``
+    (serial) for ``n_jobs`` ``None`` or 1."""
+    check_executor(executor)
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1):
+        raise ValueError(f"`n_jobs` must be an int >= 1, got {n_jobs!r}.")
+    if executor is not None:
+        if n_jobs not in (None, 1):
+            raise ValueError("Pass either `executor` or `n_jobs`, not both.")
+        yield executor
+    elif n_jobs is not None and n_jobs > 1:
+        with ProcessPoolExecutor(max_workers=n_jobs, initializer=_set_one_thread) as pool:
+            yield pool
+    else:
+        yield None
+
+
+def _set_one_thread() -> None:
+    global _worker_ready
+    if not _worker_ready:
+        torch.set_num_threads(1)
+        _worker_ready = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seeds, pickling, numerical settings
+
+
+def derive_seed(base: int, *keys: int) -> int:
+    r"""A seed for item ``keys`` of a computation seeded with ``base``: independent streams for different keys
+    (``numpy.random.SeedSequence([base, *keys])``), the same for the same keys whichever worker runs the item.
+    Returns an int in ``[0, 2**63)`` (valid for ``torch.manual_seed`` and numpy)."""
+    entropy = [int(base) & (2**64 - 1)] + [int(k) & (2**64 - 1) for k in keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def dumps(obj: object) -> bytes:
+    r"""``obj`` pickled with ``cloudpickle`` when it is installed (closures, lambdas), with :mod:`pickle`
+    otherwise."""
+    try:
+        import cloudpickle
+    except ImportError:
+        try:
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise TypeError(
+                f"Cannot ship {type(obj).__name__} to the executor's workers with pickle ({err}); install "
+                "cloudpickle (it comes with dask: pip install 'gpgeom[distributed]'), which pickles closures."
+            ) from err
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    r"""The inverse of :func:`dumps` (plain :func:`pickle.loads` reads both)."""
+    return pickle.loads(data)
+
+
+#: Class attributes that hold the global value of a GPyTorch / linear_operator setting.
+_SETTING_ATTRS = ("_global_value", "_state", "_global_float_value", "_global_double_value", "_global_half_value")
+
+
+def _setting_classes() -> dict[str, type]:
+    import gpytorch.settings
+    import linear_operator.settings
+
+    out: dict[str, type] = {}
+    for mod in (linear_operator.settings, gpytorch.settings):
+        for obj in vars(mod).values():
+            if inspect.isclass(obj) and obj.__module__ in ("gpytorch.settings", "linear_operator.settings"):
+                if any(hasattr(obj, a) for a in _SETTING_ATTRS):
+                    out[f"{obj.__module__}:{obj.__qualname__}"] = obj
+    return out
+
+
+def numerics_snapshot() -> dict[str, Any]:
+    r"""The global GPyTorch and linear_operator settings in force here (the values that ``with
+    gpytorch.settings.max_cholesky_size(...)`` and friends set) and torch's default dtype, to re-apply in a worker
+    process (:func:`numerics`)."""
+    snap: dict[str, Any] = {"torch_default_dtype": str(torch.get_default_dtype()).replace("torch.", "")}
+    for key, cls in _setting_classes().items():
+        snap[key] = {a: getattr(cls, a) for a in _SETTING_ATTRS if hasattr(cls, a)}
+    return snap
+
+
+@contextlib.contextmanager
+def numerics(snapshot: dict[str, Any] | None) -> Iterator[None]:
+    r"""Apply a :func:`numerics_snapshot` for the duration of the block (restored afterwards)."""
+    if not snapshot:
+        yield
+        return
+    classes = _setting_classes()
+    saved: list[tuple[type, str, bool, Any]] = []
+    old_dtype = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(getattr(torch, snapshot["torch_default_dtype"]))
+        for key, values in snapshot.items():
+            cls = classes.get(key)
+            if cls is None:
+                continue
+            for attr, value in values.items():
+                saved.append((cls, attr, attr in vars(cls), vars(cls).get(attr)))
+                setattr(cls, attr, value)
+        yield
+    finally:
+        for cls, attr, own, value in reversed(saved):
+            if own:
+                setattr(cls, attr, value)
+            else:
+                delattr(cls, attr)
+        torch.set_default_dtype(old_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shared data
+
+
+@dataclass(frozen=True)
+class _FileRef:
+    token: str
+    path: str
+
+
+@dataclass(frozen=True)
+class _BytesRef:
+    token: str
+    data: bytes
+
+
+def _resolve(ref: object) -> Any:
+    r"""The shared object in this worker: loaded once per process for a file or bytes reference."""
+    if not isinstance(ref, _FileRef | _BytesRef):
+        return ref
+    with _cache_lock:
+        if ref.token in _cache:
+            _cache.move_to_end(ref.token)
+            return _cache[ref.token]
+    if isinstance(ref, _FileRef):
+        with open(ref.path, "rb") as fh:
+            obj = loads(fh.read())
+    else:
+        obj = loads(ref.data)
+    with _cache_lock:
+        _cache[ref.token] = obj
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return obj
+
+
+@contextlib.contextmanager
+def _share(executor: Executor, obj: object) -> Iterator[object]:
+    r"""What the tasks receive for the shared object (the rule in the module docstring)."""
+    if obj is None or isinstance(executor, ThreadPoolExecutor):
+        yield obj
+    elif _is_dask(executor):
+        client = executor._client
+        future = client.scatter(obj, broadcast=True, hash=False)
+        try:
+            yield future
+        finally:
+            with contextlib.suppress(Exception):
+                future.release()
+    elif isinstance(executor, ProcessPoolExecutor):
+        fd, path = tempfile.mkstemp(prefix="gpgeom-shared-", suffix=".pkl")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(dumps(obj))
+            yield _FileRef(uuid.uuid4().hex, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    else:
+        yield _BytesRef(uuid.uuid4().hex, dumps(obj))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tasks
+
+
+def _run_chunk(
+    fn: Callable[[Any, Any], Any], shared: object, items: Sequence[Any], parent: int, settings: dict[str, Any]
+) -> tuple[list[Any], list[Warning]]:
+    r"""One task: ``fn(shared, item)`` for every item of a chunk. In another process: one torch thread, the
+    caller's numerical settings, and the warnings recorded to be re-issued by the caller."""
+    if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
+        return [fn(_resolve(shared), item) for item in items], []
+    _set_one_thread()
+    obj = _resolve(shared)
+    with warnings.catch_warnings(record=True) as caught, numerics(settings):
+        warnings.simplefilter("always")
+        out = [fn(obj, item) for item in items]
+    return out, [w.message for w in caught]
+
+
+def chunk_size_for(n: int, executor: Executor | None, tasks_per_worker: int = 4, min_chunk: int = 1) -> int:
+    r"""Items per task: ``ceil(n / (workers * tasks_per_worker))``, at least ``min_chunk``."""
+    workers = executor_workers(executor)
+    return max(int(min_chunk), math.ceil(n / max(1, workers * int(tasks_per_worker))))
+
+
+def map_items(
+    executor: Executor | None,
+    fn: Callable[[Any, Any], Any],
+    items: Iterable[Any],
+    shared: object = None,
+    *,
+    chunk_size: int | None = None,
+    tasks_per_worker: int = 4,
+    min_chunk: int = 1,
+    on_chunk: Callable[[int], None] | None = None,
+) -> list[Any]:
+    r"""``[fn(shared, item) for item in items]``, in item order, through ``executor`` (serial for ``None``).
+
+    Args:
+        executor: A ``concurrent.futures.Executor`` or ``None``.
+        fn: A module-level function ``(shared, item) -> result`` (pickled by reference).
+        items: The independent items (each pickled with its chunk).
+        shared: What every item needs, shipped once per worker (module docstring).
+        chunk_size: Items per task (default :func:`chunk_size_for`).
+        tasks_per_worker: Tasks per worker of the default chunking.
+        min_chunk: Smallest default chunk.
+        on_chunk: Called here with the number of items of every finished chunk, in order (progress bars).
+
+    Returns:
+        The results, one per item, in order. An item's exception is raised here (the remaining tasks are
+        cancelled); warnings raised in worker processes are re-issued here.
+    """
+    check_executor(executor)
+    items = list(items)
+    if executor is None:
+        out = []
+        for item in items:
+            out.append(fn(shared, item))
+            if on_chunk is not None:
+                on_chunk(1)
+        return out
+    if not items:
+        return []
+    size = chunk_size_for(len(items), executor, tasks_per_worker, min_chunk) if chunk_size is None else int(chunk_size)
+    if size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size!r}.")
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    settings = numerics_snapshot()
+    extra: dict[str, Any] = {}
+    sent: Sequence[Any] = chunks
+    if _is_dask(executor):  # the chunks go to the workers directly, not inside the task graph through the scheduler
+        extra["pure"] = False
+        sent = executor._client.scatter(chunks, hash=False)
+    with _share(executor, shared) as ref:
+        futures = [executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, **extra) for chunk in sent]
+        out: list[Any] = []
+        try:
+            for fut, chunk in zip(futures, chunks):
+                results, caught = fut.result()
+                for message in caught:
+                    warnings.warn(message, stacklevel=2)
+                out.extend(results)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return out

@@ -1,0 +1,69 @@
+r"""MMGP's independent stages through an executor (:mod:`gpgeom.engine.parallel`): the morphing, the two P1
+transfers and the transport of every mesh, and the fits of separate GPs.
+
+Mesh stage: the :class:`~gpgeom.models.mmgp.transfer.CommonMeshTransfer` (common mesh, its morphed nodes and
+point locator, the mass matrix) is the shared object, shipped once per worker; the meshes (and their fields) travel
+in chunks of consecutive meshes. Each worker returns what the caller needs of a mesh: its coordinates (and fields)
+transported to the common nodes, :math:`P_i x_i` (:math:`P_i U_i`), and for a prediction :math:`Q_i`; the POD,
+the encoding :math:`\xi = W (P_i x_i - \bar X)` and the decode stay with the caller, computed as in the serial run.
+
+GP stage (``hyperparameters="per_field"``): one task per GP, each fitted with all its restarts in one worker and
+sent back whole. The serial run calls the same functions in order, so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from gpgeom.botorch.exact_gp import ExactGPModel
+from gpgeom.engine.parallel import map_items
+from gpgeom.geometry.mesh import Mesh
+from gpgeom.models.mmgp.transfer import CommonMeshTransfer
+
+__all__ = ["fit_gps", "transport_new", "transport_training"]
+
+
+def _training_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, np.ndarray]) -> tuple[np.ndarray, ...]:
+    i, mesh, u = item
+    ops = transfer.operators(mesh, f"mesh {i}")
+    return ops.proj @ mesh.points[:, :2], ops.proj @ u, ops.t_morph, ops.t_transfer
+
+
+def transport_training(
+    transfer: CommonMeshTransfer, meshes: Sequence[Mesh], fields: Sequence[np.ndarray], executor: Executor | None
+) -> list[tuple[np.ndarray, ...]]:
+    r"""``(P_i x_i (N_c, 2), P_i U_i (N_c, m), t_morph, t_transfer)`` of every mesh, in order."""
+    items = [(i, m, u) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
+    return map_items(executor, _training_item, items, transfer)
+
+
+def _new_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, bool]) -> tuple[Any, ...]:
+    i, mesh, inverse = item
+    ops = transfer.operators(mesh, f"mesh {i}")
+    x = np.asarray(ops.proj @ mesh.points[:, :2]).reshape(-1)  # GeometryPOD.transport
+    return x, (ops.inv_proj if inverse else None), ops.t_morph, ops.t_transfer
+
+
+def transport_new(
+    transfer: CommonMeshTransfer, meshes: Sequence[Mesh], executor: Executor | None, inverse: bool = False
+) -> list[tuple[np.ndarray, sp.csr_matrix | None, np.ndarray, np.ndarray]]:
+    r"""``(P_i x_i flattened (2 N_c,), Q_i or None, t_morph, t_transfer)`` of every new mesh, in order (``Q_i``
+    with ``inverse``, for the decode)."""
+    return map_items(executor, _new_item, [(i, m, inverse) for i, m in enumerate(meshes)], transfer)
+
+
+def _fit_item(options: dict[str, Any], gp: ExactGPModel) -> ExactGPModel:
+    return gp.fit(**options)
+
+
+def fit_gps(gps: list[ExactGPModel], options: dict[str, Any], executor: Executor | None) -> list[ExactGPModel]:
+    r"""Fit every GP with ``options`` (``restarts``, ``max_iter``, ``seed``, ``progress``): in this process in
+    order, or one task per GP on ``executor`` (the fitted GPs come back)."""
+    if executor is None:
+        return [g.fit(**options) for g in gps]
+    return map_items(executor, _fit_item, gps, {**options, "progress": False}, chunk_size=1)

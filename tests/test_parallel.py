@@ -1,0 +1,303 @@
+r"""Tests of the executor fan-out (gpgeom.engine.parallel): MMGP, the engine's fit and the notched-plate generator
+give the serial results through a Dask cluster of two worker processes and through a ProcessPoolExecutor; the
+plumbing keeps item order, ships the shared object once per worker process, carries the caller's GPyTorch settings
+and re-issues the workers' warnings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+
+from gpgeom.botorch.exact_gp import ExactGPModel
+from gpgeom.engine import parallel
+from gpgeom.engine.attempts import plan_tasks
+from gpgeom.engine.parallel import derive_seed, jobs_executor, map_items
+from gpgeom.geometry.mesh import Mesh
+
+DT = torch.float64
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# executors, started and closed by the tests
+
+
+@pytest.fixture(scope="module")
+def dask_executor():
+    distributed = pytest.importorskip(
+        "distributed", reason="dask[distributed] is not installed (the `distributed` extra)"
+    )
+    cluster = distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client.get_executor()
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ProcessPoolExecutor(max_workers=2) as ex:
+        yield ex
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the plumbing (item functions at module level: workers import them by name)
+
+
+def _pid_and_shared(shared, item):
+    return item, os.getpid(), id(shared), float(shared.sum())
+
+
+def _setting(shared, item):
+    return gpytorch.settings.cholesky_max_tries.value(), torch.get_num_threads()
+
+
+def _warn(shared, item):
+    warnings.warn(f"item {item} warns", UserWarning, stacklevel=1)
+    return item
+
+
+def _fail(shared, item):
+    if item == 3:
+        raise ValueError("item 3 is bad")
+    return item
+
+
+def test_map_items_keeps_order_and_ships_the_shared_object_once_per_process(pool):
+    big = np.arange(100_000, dtype=float)
+    out = map_items(pool, _pid_and_shared, range(23), big, chunk_size=2)
+    assert [o[0] for o in out] == list(range(23))
+    assert all(o[3] == big.sum() for o in out)
+    per_pid = {}
+    for _, pid, ident, _ in out:
+        per_pid.setdefault(pid, set()).add(ident)
+    assert os.getpid() not in per_pid  # ran in the workers
+    assert all(len(ids) == 1 for ids in per_pid.values()), per_pid  # one copy per worker process, reused
+    # serial and thread pool: the same results, the object itself
+    serial = map_items(None, _pid_and_shared, range(5), big)
+    assert [o[2] for o in serial] == [id(big)] * 5
+    with ThreadPoolExecutor(2) as threads:
+        assert [o[2] for o in map_items(threads, _pid_and_shared, range(5), big)] == [id(big)] * 5
+
+
+def test_workers_get_the_callers_settings_one_thread_and_its_warnings(pool):
+    with gpytorch.settings.cholesky_max_tries(7):
+        out = map_items(pool, _setting, range(4), chunk_size=1)
+    assert out == [(7, 1)] * 4
+    assert map_items(pool, _setting, range(2), chunk_size=1)[0][0] == gpytorch.settings.cholesky_max_tries.value()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert map_items(pool, _warn, range(4), chunk_size=2) == [0, 1, 2, 3]
+    assert sorted(str(w.message) for w in caught) == [f"item {k} warns" for k in range(4)]
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        map_items(pool, _fail, range(6), chunk_size=1)
+
+
+def test_seeds_chunks_and_executor_options():
+    assert derive_seed(0, 1) == derive_seed(0, 1)
+    assert len({derive_seed(0, k) for k in range(50)} | {derive_seed(1, k) for k in range(50)}) == 100
+    assert 0 <= derive_seed(-3, 2**70) < 2**63
+    assert parallel.chunk_size_for(400, ProcessPoolExecutor(2), tasks_per_worker=4) == 50
+    with pytest.raises(TypeError, match="concurrent.futures.Executor"):
+        map_items(object(), _setting, [1])
+    with pytest.raises(ValueError, match="either `executor` or `n_jobs`"):
+        with jobs_executor(ThreadPoolExecutor(1), 2):
+            pass
+    with jobs_executor(None, 1) as ex:
+        assert ex is None
+
+
+def test_importing_gpgeom_does_not_import_dask():
+    code = (
+        "import sys, gpgeom.engine.parallel, gpgeom.engine.fitting, gpgeom.models.mmgp, gpgeom.datasets.notched_plate; "
+        "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the engine's fit: restarts as tasks
+
+
+def _gp(fast: bool = True) -> ExactGPModel:
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(50, 3, generator=g, dtype=DT)
+    Y = torch.cat(
+        [torch.sin(6 * X[:, :1]) + 0.1 * torch.randn(50, 1, generator=g, dtype=DT), torch.cos(3 * X[:, 1:2])], 1
+    )
+    model = ExactGPModel(X, Y)
+    model.fast_mll = fast  # True: closed-form loss (a closure); False: GPyTorch's ExactMarginalLogLikelihood
+    return model
+
+
+def _same_fit(a: ExactGPModel, b: ExactGPModel, tol: float = 0.0, param_tol: float = 0.0) -> None:
+    r"""The same fit: bitwise (``tol=0``), or losses up to ``tol`` and parameters up to ``param_tol`` (relative)."""
+    ra, rb = a.fit_result_, b.fit_result_
+    assert ra.best_attempt == rb.best_attempt and ra.member_attempts == rb.member_attempts and ra.jitter == rb.jitter
+    assert [len(h) for h in ra.history] == [len(h) for h in rb.history]
+    if tol == 0.0:
+        assert ra.loss == rb.loss and ra.final_losses == rb.final_losses and ra.history == rb.history
+    else:
+        assert rb.loss == pytest.approx(ra.loss, rel=tol, abs=0)
+        assert rb.final_losses == pytest.approx(ra.final_losses, rel=tol, abs=0)
+        for ha, hb in zip(ra.history, rb.history):
+            assert hb == pytest.approx(ha, rel=tol, abs=0)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sb[k], sa[k], rtol=param_tol, atol=0, equal_nan=True, msg=k)
+    assert torch.equal(a.train_targets, b.train_targets)
+
+
+def test_tasks_are_attempts_or_groups_of_members():
+    assert [t[0] for t in plan_tasks(6, 2, 2)] == list(range(6)) and all(t[1] is None for t in plan_tasks(6, 2, 2))
+    assert all(t[1] is None for t in plan_tasks(3, None, 4))  # no members to split: one task per attempt
+    tasks = plan_tasks(2, 5, 2)  # 2 attempts, 5 members, 2 workers: 3 groups per attempt
+    assert [t[0] for t in tasks] == [0, 0, 0, 1, 1, 1]
+    assert [t[1].tolist() for t in tasks[:3]] == [[0, 3], [1, 4], [2]]
+
+
+@pytest.mark.parametrize(
+    ("how", "fast", "restarts"),
+    [("dask", True, 3), ("dask", True, 1), ("pool", False, 3)],
+    ids=["restarts-closed-form-loss", "member-groups", "restarts-gpytorch-mll"],
+)
+def test_engine_fit_with_an_executor_equals_the_serial_fit(request, how, fast, restarts):
+    executor = request.getfixturevalue("dask_executor" if how == "dask" else "pool")
+    serial = _gp(fast).fit(restarts=restarts, seed=5, max_iter=50, progress=False)
+    assert len(set(serial.fit_result_.final_losses)) == restarts + 1  # the attempts differ: not a vacuous check
+    groups = fast and restarts == 1  # 2 outputs, 2 attempts, 2 workers: 2 groups of outputs per attempt
+    kw = {"split_members": True} if groups else {}
+    parallel = _gp(fast).fit(restarts=restarts, seed=5, max_iter=50, progress=False, executor=executor, **kw)
+    # whole attempts as tasks: bitwise; groups of members: every member follows the serial iterates, evaluated in
+    # batches of other members, whose batched kernels round differently, and L-BFGS-B carries the last digits along
+    # (to its stopping tolerance in flat directions: here 1e-11 on the losses, 3e-9 on the raw parameters)
+    _same_fit(serial, parallel, tol=1e-9 if groups else 0.0, param_tol=1e-6 if groups else 0.0)
+    state = torch.random.get_rng_state()
+    _gp(fast).fit(restarts=1, seed=5, max_iter=20, progress=False, executor=executor)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+
+
+def test_fit_rejects_a_bad_executor_or_split_option():
+    with pytest.raises(TypeError, match="`executor` must be a concurrent.futures.Executor"):
+        _gp().fit(max_iter=2, progress=False, executor=object())
+    with pytest.raises(TypeError, match="`split_members` must be a bool"):
+        _gp().fit(max_iter=2, progress=False, split_members="yes")
+
+
+def test_restart_k_does_not_depend_on_the_other_restarts():
+    long = _gp().fit(restarts=3, seed=5, max_iter=50, progress=False).fit_result_
+    short = _gp().fit(restarts=1, seed=5, max_iter=50, progress=False).fit_result_
+    assert short.final_losses == long.final_losses[:2] and short.history == long.history[:2]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MMGP and the notched plates
+
+
+@pytest.fixture(scope="module")
+def plates(tmp_path_factory):
+    pytest.importorskip("skfem")
+    pytest.importorskip("triangle")
+    from gpgeom.datasets.notched_plate import generate_notched_plates
+    from gpgeom.models.mmgp import samples_to_arrays
+
+    cache = tmp_path_factory.mktemp("plates")
+    train = generate_notched_plates(24, seed=0, mesh_size=0.1, cache_dir=cache, progress=False)
+    test = generate_notched_plates(6, seed=1, mesh_size=0.1, cache_dir=cache, progress=False)
+    return samples_to_arrays(train), samples_to_arrays(test)
+
+
+def _mmgp(hyperparameters: str):
+    from gpgeom.models.mmgp import MMGP
+
+    return MMGP(hyperparameters=hyperparameters, restarts=1, max_iter=60, seed=0, floater_start=(0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def serial_fits(plates):
+    r"""The serial MMGP fits (2 attempts of at most 60 iterations), by ``hyperparameters``, made on first use."""
+    (M, mu, U, w), _ = plates
+    cache = {}
+
+    def get(hyperparameters: str):
+        if hyperparameters not in cache:
+            cache[hyperparameters] = _mmgp(hyperparameters).fit(M, mu, U, w, progress=False)
+        return cache[hyperparameters]
+
+    return get
+
+
+def _same_prediction(a, b) -> None:
+    for fa, fb in zip(a.fields + a.fields_std, b.fields + b.fields_std, strict=True):
+        torch.testing.assert_close(fa, fb, rtol=0.0, atol=1e-12)
+    for name in ("scalars", "scalars_std", "latent", "ood_score"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("hyperparameters", ["per_field", "per_output"])
+def test_mmgp_fitted_on_a_dask_cluster_predicts_the_serial_fields(plates, serial_fits, dask_executor, hyperparameters):
+    (M, mu, U, w), (Mt, mut, _, _) = plates
+    serial = serial_fits(hyperparameters)
+    dask = _mmgp(hyperparameters).fit(M, mu, U, w, progress=False, executor=dask_executor)
+    assert len(dask.gps_) == (7 if hyperparameters == "per_field" else 1)
+    assert [r.final_losses for r in dask.fit_result_.gps] == [r.final_losses for r in serial.fit_result_.gps]
+    expected = serial.predict(Mt, mut, return_std=True)
+    _same_prediction(expected, dask.predict(Mt, mut, return_std=True))
+    _same_prediction(expected, dask.predict(Mt, mut, return_std=True, executor=dask_executor))
+    torch.testing.assert_close(serial.encode(Mt, mut), dask.encode(Mt, mut, executor=dask_executor), rtol=0, atol=0)
+    torch.testing.assert_close(
+        serial.encode_targets(M[:5], U[:5], w[:5]), dask.encode_targets(M[:5], U[:5], w[:5], executor=dask_executor)
+    )
+    assert set(dask.fit_result_.timings) == {"morph", "transfer", "pod", "gp"}
+
+
+def test_mmgp_with_a_process_pool_and_worker_errors(plates, serial_fits, pool):
+    (M, mu, U, w), (Mt, mut, _, _) = plates
+    serial = serial_fits("per_field")
+    pooled = _mmgp("per_field").fit(M, mu, U, w, progress=False, executor=pool)
+    _same_prediction(serial.predict(Mt, mut, return_std=True), pooled.predict(Mt, mut, return_std=True, executor=pool))
+    torch.testing.assert_close(serial.ood_score(Mt), pooled.ood_score(Mt, executor=pool), rtol=0, atol=0)
+    m = Mt[4]  # a duplicate node: the worker's error names the mesh, as the serial run's does
+    bad = [*Mt[:4], Mesh(np.vstack([m.points, m.points[:1]]), np.vstack([m.cells, [[m.n_points, 1, 2]]])), Mt[5]]
+    with pytest.raises(ValueError, match="mesh 4: Nodes 0 and"):
+        pooled.predict(bad, mut, executor=pool)
+
+
+def _sample_arrays(s):
+    return [s.points, s.triangles, s.field_array(), s.in_scalar_array(), s.out_scalar_array(), s.boundary_loop]
+
+
+@pytest.mark.parametrize("how", ["dask", "pool", "n_jobs"])
+def test_generated_plates_are_identical_with_an_executor(request, how):
+    pytest.importorskip("skfem")
+    pytest.importorskip("triangle")
+    from gpgeom.datasets.notched_plate import generate_notched_plates
+
+    kw = {"mesh_size": 0.12, "use_cache": False, "progress": False}
+    serial = generate_notched_plates(7, seed=3, **kw)
+    if how == "n_jobs":
+        others = [generate_notched_plates(7, seed=3, n_jobs=2, **kw)]
+    else:
+        ex = request.getfixturevalue("dask_executor" if how == "dask" else "pool")
+        others = [generate_notched_plates(7, seed=3, executor=ex, **kw)]
+    for other in others:
+        assert len(other) == len(serial)
+        for a, b in zip(serial, other):
+            for x, y in zip(_sample_arrays(a), _sample_arrays(b), strict=True):
+                np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="either `executor` or `n_jobs`"):
+        generate_notched_plates(2, n_jobs=2, executor=ThreadPoolExecutor(1), **kw)
