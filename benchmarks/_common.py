@@ -2,8 +2,13 @@
 
 Report names (:func:`report_name`): a full run on the CPU writes ``<name>.md``, the committed table; any other run
 adds what it is, ``<name>_<device>.md`` and/or ``<name>_quick.md`` (``<name>_cuda_quick.md``), so that a quick
-or GPU run never overwrites a committed full table. The environment variable ``GPGEOM_BENCH_RESULTS`` sends every
-report to another folder (the GPU check writes there, away from the committed tables).
+or GPU run never overwrites a committed full table.
+
+Where (:func:`results_path`): full runs write to ``benchmarks/results/``; quick runs to
+``benchmarks/results/local/`` (ignored by git), so that running any benchmark with ``--quick`` leaves ``git status``
+clean. The ``*_quick.md`` tables committed in ``benchmarks/results/`` are records of deliberate runs (a device run,
+or a table quoted in the docs), copied there by hand from ``local/``. The environment variable
+``GPGEOM_BENCH_RESULTS`` sends every report to another folder (the GPU check writes there).
 """
 
 from __future__ import annotations
@@ -19,6 +24,15 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(os.environ.get("GPGEOM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+#: Where quick runs write unless ``GPGEOM_BENCH_RESULTS`` is set (ignored by git).
+LOCAL_RESULTS = RESULTS if os.environ.get("GPGEOM_BENCH_RESULTS") else RESULTS / "local"
+
+
+def results_path(name: str) -> Path:
+    """The file of report ``name`` (from :func:`report_name`): ``LOCAL_RESULTS`` for quick runs, else ``RESULTS``."""
+    folder = LOCAL_RESULTS if name.endswith("_quick") else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.md"
 
 
 def report_name(
@@ -91,8 +105,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def write_report(name: str, text: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.md"
+    path = results_path(name)
     path.write_text(text)
     print(text)
     print(f"\n(written to {path})")

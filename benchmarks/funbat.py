@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import RESULTS, machine_info, report_name  # noqa: E402
+from _common import machine_info, report_name, results_path  # noqa: E402
 
 from gpgeom.datasets.tensors import load_beijing_air, make_synthetic_tensor  # noqa: E402
 from gpgeom.errors import ConvergenceWarning  # noqa: E402
@@ -239,7 +239,7 @@ def main() -> int:
     dense_pred = args.dense_pred or (2000 if quick else None)  # None: conditioned on the whole training fold
     R = args.rank
     reduced = quick or folds != 5 or R != 2 or bool(args.skip) or args.dense_fit or args.dense_pred
-    out_path = args.out or RESULTS / f"{report_name('funbat', device=device, quick=bool(reduced))}.md"
+    out_path = args.out or results_path(report_name("funbat", device=device, quick=bool(reduced)))
     lines = [
         "# FunBaT benchmark",
         "",

@@ -50,7 +50,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, report_name  # noqa: E402
+from _common import report_name, results_path  # noqa: E402
 
 from gpgeom.datasets.trajectories import (  # noqa: E402
     GPTR_ANCHORS,
@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     reduced = args.quick or (args.seeds is not None and args.seeds < 3)
     if args.out is None:
-        args.out = RESULTS / f"{report_name('trajectory', device=args.device, quick=reduced)}.md"
+        args.out = results_path(report_name("trajectory", device=args.device, quick=reduced))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("--device cuda requested but CUDA is not available", file=sys.stderr)
         return 2

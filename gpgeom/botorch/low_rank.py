@@ -117,6 +117,7 @@ from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
 from gpgeom.botorch.gaussian import GaussianSurrogate
+from gpgeom.engine.exact_mll import gaussian_quad_logdet
 from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = ["NOISE_FLOOR", "LowRankSpectralGP", "Minibatches"]
@@ -124,26 +125,6 @@ __all__ = ["NOISE_FLOOR", "LowRankSpectralGP", "Minibatches"]
 #: the smallest noise variance (scaled units): below, the ambient part's dense algebra lost digits (conditioned means
 #: off by 1e-3 of the prior scale at 1e-9, 4e-6 at 1e-7: the prior variance, 1e2-1e3, minus nearly all of it)
 NOISE_FLOOR = 1e-6
-
-
-class _GaussianQuadLogdet(torch.autograd.Function):
-    r""":math:`y^\top \Sigma^{-1} y + \log|\Sigma|` ``(*b,)`` for ``Sigma`` ``(*b, N, N)`` and ``y`` ``(*b, N)``,
-    with the closed-form gradients :math:`\Sigma^{-1} - \alpha\alpha^\top` and :math:`2\alpha`,
-    :math:`\alpha = \Sigma^{-1} y` (R&W eq. 5.9): one Cholesky factorisation and one inverse from it, a fifth of
-    the time of differentiating through the factorisation."""
-
-    @staticmethod
-    def forward(ctx: Any, S: Tensor, y: Tensor) -> Tensor:  # noqa: D102 (the class docstring)
-        L = psd_safe_cholesky(S)
-        a = torch.cholesky_solve(y.unsqueeze(-1), L).squeeze(-1)
-        ctx.save_for_backward(L, a)
-        return (y * a).sum(-1) + 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor]:  # noqa: D102 (the class docstring)
-        L, a = ctx.saved_tensors
-        gS = (torch.cholesky_inverse(L) - a.unsqueeze(-1) * a.unsqueeze(-2)) * g[..., None, None]
-        return gS, 2 * a * g.unsqueeze(-1)
 
 
 class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
@@ -174,9 +155,15 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             residual variance into noise and model error, or ``None`` (all of it is noise).
 
     Example:
-        >>> kernel = ScaleKernel(SpectralKernel(eigenvalues, phi))          # phi: n x D x k
-        >>> gp = LowRankSpectralGP(kernel).rebuild_with(idx[:, None].double(), Y)   # exact GP on (idx, Y)
-        >>> post = gp.posterior(torch.tensor([[3.0], [7.0]], dtype=torch.float64))  # 2 x D
+        >>> import torch; from gpytorch.kernels import ScaleKernel; from gpgeom.kernels import SpectralKernel
+        >>> A = torch.diag(torch.ones(39, dtype=torch.float64), 1)  # a path graph of n = 40 points
+        >>> lam, vec = torch.linalg.eigh(torch.diag((A + A.T).sum(-1)) - A - A.T)  # its Laplacian's eigenpairs
+        >>> phi = torch.stack([vec[:, :10], vec.flip(0)[:, :10]], dim=1)  # n x D x k = 40 x 2 x 10, a lifted basis
+        >>> idx = torch.arange(0, 40, 4, dtype=torch.float64)  # 10 observed points
+        >>> Y = torch.stack([torch.sin(idx / 6), torch.cos(idx / 6)], dim=-1)  # 10 x D
+        >>> gp = LowRankSpectralGP(ScaleKernel(SpectralKernel(lam[:10], phi))).rebuild_with(idx[:, None], Y)
+        >>> gp.posterior(torch.tensor([[3.0], [7.0]], dtype=torch.float64)).mean.shape  # 2 points x D
+        torch.Size([2, 2])
     """
 
     def __init__(
@@ -515,7 +502,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         S, yt, _, _ = self._dense_covariance()
         N, D = self.data_index.shape[-1], self.output_dim
         q_perp, ld_perp = self._normal_likelihood_terms()
-        lml = -0.5 * (_GaussianQuadLogdet.apply(S, yt) + q_perp + ld_perp + N * D * math.log(2 * math.pi))
+        lml = -0.5 * (gaussian_quad_logdet(S, yt) + q_perp + ld_perp + N * D * math.log(2 * math.pi))
         return lml.to(self.data_y.dtype)
 
     def _dense_cross(self, X: Tensor, T: Tensor, C: Tensor) -> Tensor:

@@ -225,9 +225,16 @@ def fit(
         ValueError, TypeError: For invalid options.
 
     Example:
-        >>> mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
-        >>> result = fit(mll, restarts=3, seed=0, progress=False)
-        >>> result.loss, result.best_attempt, result.jitter
+        >>> import torch
+        >>> from botorch.models import SingleTaskGP
+        >>> from gpytorch.mlls import ExactMarginalLogLikelihood
+        >>> from gpgeom.engine.fitting import fit
+        >>> x = torch.linspace(0, 1, 30, dtype=torch.float64)[:, None]
+        >>> model = SingleTaskGP(x, torch.sin(6 * x))
+        >>> mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        >>> result = fit(mll, restarts=3, seed=0, progress=False)  # the best of 4 L-BFGS-B runs
+        >>> result.converged, result.loss < 0  # the loss: negative log marginal likelihood per observation
+        (True, True)
     """
     check_option("optimizer", optimizer, _OPTIMIZERS)
     check_positive("restarts", restarts, integer=True, allow_zero=True)

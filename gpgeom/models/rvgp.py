@@ -248,11 +248,18 @@ class RVGP(ModelContract, LowRankSpectralGP):
     r"""Vector-field GP on a point cloud (the connection-Laplacian spectral kernel); a BoTorch model.
 
     Example:
-        >>> s = sphere_vector_field(1000, "mixed")
-        >>> gp = RVGP(s.points, n_eigenpairs=48).fit(train_idx, s.vectors[train_idx])
-        >>> mean, std = gp.predict(test_idx, return_std=True)                 # (m, 3) tensors each, tangent
-        >>> mean_new, std_new = gp.predict_at(new_points, return_std=True)    # out-of-sample (Nystrom)
-        >>> gp.save("rvgp.pt"); gp2 = RVGP.load("rvgp.pt")
+        >>> import os, tempfile, torch; from gpgeom.datasets.vector_fields import sphere_vector_field
+        >>> s = sphere_vector_field(400, "mixed", seed=0)
+        >>> train_idx, test_idx = torch.arange(0, 400, 3), torch.arange(1, 400, 3)
+        >>> gp = RVGP(s.points, n_eigenpairs=24).fit(train_idx, s.vectors[train_idx], seed=0)
+        >>> mean, std = gp.predict(test_idx, return_std=True)  # (m, 3) tensors each, tangent
+        >>> mean.shape, std.shape
+        (torch.Size([133, 3]), torch.Size([133, 3]))
+        >>> new_points = torch.nn.functional.normalize(torch.randn(5, 3, dtype=torch.float64), dim=-1)
+        >>> mean_new, std_new = gp.predict_at(new_points, return_std=True)  # out-of-sample (Nystrom)
+        >>> gp.save(path := os.path.join(tempfile.mkdtemp(), "rvgp.pt"))
+        >>> bool(torch.equal(RVGP.load(path).predict(test_idx), mean))
+        True
 
     Point indices (``fit``, ``predict``, BoTorch inputs) refer to the rows of :attr:`points` (the cloud after
     ``duplicates="drop"``, if used; the input rows are ``laplacian.index``). Posterior covariances have rank ``d``
