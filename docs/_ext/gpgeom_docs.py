@@ -239,7 +239,17 @@ def generate_api(outdir: Path) -> dict[str, str]:
 
 
 #: The reading order of the tutorials; a tutorial not named here follows, in alphabetical order.
-TUTORIAL_ORDER = ("engine", "mmgp", "rvgp", "funbat", "rgnp", "trajectory", "user_data", "botorch_multiobjective")
+TUTORIAL_ORDER = (
+    "engine",
+    "mmgp",
+    "mmgp3d",
+    "rvgp",
+    "funbat",
+    "rgnp",
+    "trajectory",
+    "user_data",
+    "botorch_multiobjective",
+)
 
 
 def copy_tutorials(outdir: Path) -> list[str]:

@@ -34,6 +34,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom.geometry.closest import closest_on_surface
 from gpgeom.geometry.locate import CellLocator
 
 __all__ = [
@@ -769,7 +770,7 @@ def mass_matrix(mesh: Mesh, n_components: int = 1, layout: str = "interleaved") 
 # P1 transfer (point location: gpgeom.geometry.locate)
 # ----------------------------------------------------------------------------------------------------------------
 def _clamp_to_boundary(mesh: Mesh, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Closest point of the mesh boundary for points outside a 1D or 2D mesh.
+    r"""Closest point of the mesh boundary for points outside a 1D, 2D or tetrahedral mesh.
 
     Returns ``(nodes, weights)`` of shape ``(m, k + 1)``: the P1 weights of the closest boundary point on its
     boundary facet (the cell's opposite vertex gets weight 0).
@@ -786,11 +787,10 @@ def _clamp_to_boundary(mesh: Mesh, q: np.ndarray) -> tuple[np.ndarray, np.ndarra
         w = np.zeros((len(q), 2))
         w[:, 0] = 1.0
         return nodes, w
-    if k != 2:
-        raise NotImplementedError(
-            "Clamping points outside the source mesh is implemented for 1D and 2D meshes; use outside='zero' or "
-            "outside='raise' for tetrahedral meshes."
-        )
+    if k == 3:  # closest point on the boundary triangles (gpgeom.geometry.closest)
+        tri, w = closest_on_surface(P, bf, q)
+        nodes = np.concatenate([bf[tri], mesh.cells[bcell[tri], opp[tri]][:, None]], axis=1)
+        return nodes, np.pad(w, ((0, 0), (0, 1)))
     a, b = P[bf[:, 0]], P[bf[:, 1]]
     mid = 0.5 * (a + b)
     half = 0.5 * np.sqrt(((b - a) ** 2).sum(1)).max()
@@ -830,7 +830,8 @@ def p1_transfer(source: Mesh, target_points: object, *, outside: str = "clamp", 
 
     * ``"clamp"`` (default, the reference's "Interp/Clamp"): use the value at the *closest point of the source
       mesh*, which lies on a boundary facet; the row holds the two P1 weights ``(1 - t, t)`` of that point on its
-      boundary edge (2D) or weight 1 on the closest boundary node (1D). Exact ties between boundary edges (usually
+      boundary edge (2D), the three P1 weights on its boundary triangle (tetrahedra) or weight 1 on the closest
+      boundary node (1D). Exact ties between boundary edges (usually
       two edges sharing the closest node, which give the same row) go to the lowest boundary-edge index.
     * ``"zero"``: an empty row (the result is 0 there).
     * ``"raise"``: a ValueError naming how many points are outside.
@@ -839,7 +840,7 @@ def p1_transfer(source: Mesh, target_points: object, *, outside: str = "clamp", 
     up to round-off are interpolated, not clamped.
 
     Args:
-        source: Mesh with cells of full dimension (triangles in 2D; tetrahedra in 3D without clamping; lines in 1D).
+        source: Mesh with cells of full dimension (triangles in 2D, tetrahedra in 3D, lines in 1D).
         target_points: ``(n_target, dim)``.
 
     Returns:

@@ -10,16 +10,18 @@ Algorithm 1), one module per stage:
 
 1. **Morphing** :math:`\varphi_i` of every mesh onto one reference shape (Sec. 3.1; :mod:`.transfer`): Floater /
    Tutte onto the unit disk (:func:`gpgeom.geometry.morphing.floater_disk`), a Wendland-C2 RBF map onto the common
-   mesh's shape, or none (meshes that share their topology).
+   mesh's shape (in 3D: tetrahedral meshes, :func:`gpgeom.geometry.morphing3d.morph_volume`, and triangle
+   surfaces, :func:`gpgeom.geometry.morphing3d.morph_surface`), the identity (``"physical"``, the baseline), or
+   none (meshes that share their topology).
 2. **Common mesh** :math:`\mathcal{M}_c` (:math:`N_c` nodes): a morphed training mesh (the middle one by default).
 3. **Finite-element interpolation** (Sec. 3.1, Eq. (2); :mod:`.transfer`): P1 operators
    :math:`P_i \in \mathbb{R}^{N_c \times N_i}` (morphed mesh :math:`i` -> common nodes) and
    :math:`Q_i \in \mathbb{R}^{N_i \times N_c}` (common mesh -> morphed nodes of mesh :math:`i`), both
    :func:`gpgeom.geometry.mesh.p1_transfer` with clamping.
 4. **Geometry embedding** (Sec. 3.2; :mod:`.reduction`): the physical coordinates transported to the common
-   nodes, :math:`X_i = P_i x_i \in \mathbb{R}^{N_c \times 2}`, reduced by a snapshot POD with the P1 mass matrix
-   :math:`M` (Eq. (3)): :math:`\xi_i = \Phi_g M_2 (X_i - \bar X) \in \mathbb{R}^{n_g}` with
-   :math:`\Phi_g M_2 \Phi_g^\top = I`.
+   nodes, :math:`X_i = P_i x_i \in \mathbb{R}^{N_c \times d}` (:math:`d` = 2 or 3), reduced by a snapshot POD
+   with the P1 mass matrix :math:`M` (Eq. (3)): :math:`\xi_i = \Phi_g M_d (X_i - \bar X) \in \mathbb{R}^{n_g}`
+   with :math:`\Phi_g M_d \Phi_g^\top = I`.
 5. **Field embedding** (:mod:`.reduction`): :math:`P_i U_i^{(f)}` reduced by one POD per field, coefficients
    :math:`a_i^{(f)} \in \mathbb{R}^{n_f}`.
 6. **GP** (Sec. 3.3, Eq. (4); :mod:`.latent_gp`): independent exact GPs from

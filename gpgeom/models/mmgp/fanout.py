@@ -31,13 +31,14 @@ __all__ = ["fit_gps", "transport_new", "transport_training"]
 def _training_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, np.ndarray]) -> tuple[np.ndarray, ...]:
     i, mesh, u = item
     ops = transfer.operators(mesh, f"mesh {i}")
-    return ops.proj @ mesh.points[:, :2], ops.proj @ u, ops.t_morph, ops.t_transfer
+    return ops.proj @ mesh.points, ops.proj @ u, ops.t_morph, ops.t_transfer
 
 
 def transport_training(
     transfer: CommonMeshTransfer, meshes: Sequence[Mesh], fields: Sequence[np.ndarray], executor: Executor | None
 ) -> list[tuple[np.ndarray, ...]]:
-    r"""``(P_i x_i (N_c, 2), P_i U_i (N_c, m), t_morph, t_transfer)`` of every mesh, in order."""
+    r"""``(P_i x_i (N_c, d), P_i U_i (N_c, m), t_morph, t_transfer)`` of every mesh, in order (``d`` the space
+    dimension of the meshes)."""
     items = [(i, m, u) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
     return map_items(executor, _training_item, items, transfer)
 
@@ -45,14 +46,14 @@ def transport_training(
 def _new_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, bool]) -> tuple[Any, ...]:
     i, mesh, inverse = item
     ops = transfer.operators(mesh, f"mesh {i}")
-    x = np.asarray(ops.proj @ mesh.points[:, :2]).reshape(-1)  # GeometryPOD.transport
+    x = np.asarray(ops.proj @ mesh.points).reshape(-1)  # GeometryPOD.transport
     return x, (ops.inv_proj if inverse else None), ops.t_morph, ops.t_transfer
 
 
 def transport_new(
     transfer: CommonMeshTransfer, meshes: Sequence[Mesh], executor: Executor | None, inverse: bool = False
 ) -> list[tuple[np.ndarray, sp.csr_matrix | None, np.ndarray, np.ndarray]]:
-    r"""``(P_i x_i flattened (2 N_c,), Q_i or None, t_morph, t_transfer)`` of every new mesh, in order (``Q_i``
+    r"""``(P_i x_i flattened (d N_c,), Q_i or None, t_morph, t_transfer)`` of every new mesh, in order (``Q_i``
     with ``inverse``, for the decode)."""
     return map_items(executor, _new_item, [(i, m, inverse) for i, m in enumerate(meshes)], transfer)
 

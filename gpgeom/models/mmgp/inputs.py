@@ -19,7 +19,16 @@ from torch import Tensor
 from gpgeom._validation import as_tensor, check_positive
 from gpgeom.geometry.mesh import Mesh, as_mesh
 
-__all__ = ["as_mesh", "check_output_fields", "clock", "mode_option", "samples_to_arrays", "scalar_table", "split_clock"]
+__all__ = [
+    "as_mesh",
+    "check_family",
+    "check_output_fields",
+    "clock",
+    "mode_option",
+    "samples_to_arrays",
+    "scalar_table",
+    "split_clock",
+]
 
 
 def as_meshes(meshes: Sequence[object]) -> list[Mesh]:
@@ -31,14 +40,43 @@ def as_meshes(meshes: Sequence[object]) -> list[Mesh]:
     return [as_mesh(m, f"meshes[{i}]") for i, m in enumerate(meshes)]
 
 
+_KIND_NAMES = {(2, 2): "a triangle mesh in 2D", (3, 2): "a triangle surface in 3D", (3, 3): "a tetrahedral mesh in 3D"}
+
+
+def _kind_name(mesh: Mesh) -> str:
+    return _KIND_NAMES.get((mesh.dim, mesh.cell_dim), f"a mesh of {mesh.cell_type} cells in {mesh.dim}D")
+
+
+def check_family(meshes: Sequence[Mesh], reference: Mesh | None = None, name: str = "meshes") -> None:
+    r"""Every mesh of ``meshes`` has the space dimension and cell dimension of ``reference`` (default: the first
+    mesh): one family is made of 2D triangle meshes, 3D triangle surfaces or tetrahedral meshes, never a mix.
+
+    Raises:
+        ValueError: Naming the first mesh of another kind, its kind and the expected one.
+    """
+    if not len(meshes):
+        return
+    ref = meshes[0] if reference is None else reference
+    what = f"`{name}[0]`" if reference is None else "the common mesh"
+    for i, m in enumerate(meshes):
+        if (m.dim, m.cell_dim) != (ref.dim, ref.cell_dim):
+            raise ValueError(
+                f"`{name}[{i}]` is {_kind_name(m)} ({m.dim}D points, {m.cell_type} cells), but {what} is "
+                f"{_kind_name(ref)} ({ref.dim}D points, {ref.cell_type} cells): all meshes of a family must be of "
+                "one kind (2D triangle meshes, 3D triangle surfaces or tetrahedral meshes)."
+            )
+
+
 def samples_to_arrays(samples: Sequence[Any]) -> tuple[list[Mesh], np.ndarray, list[np.ndarray], np.ndarray]:
-    r"""Split NotchedPlate2d samples into MMGP's inputs.
+    r"""Split NotchedPlate2d (or Bracket3d) samples into MMGP's inputs.
 
     Returns:
-        ``(meshes, input_scalars, output_fields, output_scalars)``: ``n`` meshes, ``(n, 2)`` (P, nu), ``n`` arrays
-        ``(N_i, 4)`` (U1, U2, von_mises, sigma22) and ``(n, 3)`` (max_vm, mean_U2_top, compliance), numpy.
+        ``(meshes, input_scalars, output_fields, output_scalars)``: ``n`` meshes, ``(n, p)`` input scalars, ``n``
+        arrays ``(N_i, q)`` of fields and ``(n, r)`` output scalars, numpy (plates: ``(P, nu)``; ``(U1, U2,
+        von_mises, sigma22)``; ``(max_vm, mean_U2_top, compliance)``; brackets: the names of
+        :mod:`gpgeom.datasets.bracket3d`).
     """
-    meshes = [Mesh(s.points, s.triangles) for s in samples]
+    meshes = [s.mesh() if callable(getattr(s, "mesh", None)) else Mesh(s.points, s.triangles) for s in samples]
     mu = np.stack([s.in_scalar_array() for s in samples])
     fields = [s.field_array() for s in samples]
     w = np.stack([s.out_scalar_array() for s in samples])

@@ -24,6 +24,7 @@ from gpgeom.models.mmgp.fanout import fit_gps, transport_new, transport_training
 from gpgeom.models.mmgp.inputs import (
     as_mesh,
     as_meshes,
+    check_family,
     check_output_fields,
     clock,
     mode_option,
@@ -57,14 +58,22 @@ class MMGP(ModelContract):
     that geometry residual, so it grows on shapes unlike the training ones (``ood_score`` of :meth:`predict`).
 
     Args:
-        morphing: ``"floater"`` (default; Tutte map onto the unit disk, meshes with exactly one boundary loop),
-            ``"rbf"`` (Wendland-C2 RBF map of each mesh onto the common mesh's shape, boundary nodes matched by
-            normalised arc length from their lowest-leftmost node; the same number of boundary loops in every
-            mesh) or ``"none"`` (every mesh has the common mesh's node count and node order, as for a fixed
-            topology; the transfers are identities).
+        morphing: ``"floater"`` (default; Tutte map onto the unit disk: 2D triangle meshes and triangle surfaces
+            in 3D of disk topology, with exactly one boundary loop), ``"rbf"`` (Wendland-C2 RBF map of each mesh
+            onto the common mesh's shape: 2D triangle meshes, boundary nodes matched by normalised arc length from
+            their lowest-leftmost node, the same number of boundary loops in every mesh; tetrahedral meshes,
+            :func:`~gpgeom.geometry.morphing3d.morph_volume`; triangle surfaces in 3D,
+            :func:`~gpgeom.geometry.morphing3d.morph_surface`), ``"physical"`` (no morphing: the P1 transfers
+            between each mesh and the common mesh in physical space, common nodes outside a mesh clamped to its
+            boundary; a baseline for the morphings, any kind of mesh) or ``"none"`` (every mesh has the common
+            mesh's node count and node order, as for a fixed topology; the transfers are identities). All meshes of a
+            family are of one kind (a mix of 2D and 3D meshes is refused). In 3D the transported coordinates
+            :math:`X_i` are ``N_c x 3`` and the geometry residual is measured on the boundary surface.
         common_mesh: ``"middle"`` (training mesh ``n // 2``, the reference's choice), an ``int`` index of a
             training mesh, or a user mesh (anything :func:`~gpgeom.models.mmgp.as_mesh` accepts) in physical
-            coordinates, morphed like the others.
+            coordinates, morphed like the others. For volumes a template is advisable, e.g. the reference block
+            of Bracket3d (:func:`gpgeom.datasets.bracket3d.reference_mesh`), with more geometry modes than in 2D
+            (about 24 for Bracket3d, whose shapes need 16-24 coordinates; ``benchmarks/results/mmgp_bracket3d.md``).
         n_modes_geometry: Geometry POD modes :math:`n_g`: an ``int``, or a float in (0, 1] = the energy fraction to
             keep.
         n_modes_fields: Modes per output field :math:`n_f` (``int`` or energy fraction), or a sequence with one
@@ -121,7 +130,8 @@ class MMGP(ModelContract):
             field, then one per output scalar); ``output_groups_`` their ``(start, stop)`` output columns.
         fit_result_: An :class:`~gpgeom.models.mmgp.MMGPFitResult` (the GPs' fit results and the stage timings).
         common_mesh_: The common mesh in physical coordinates (``N_c`` nodes).
-        common_morphed_: Its morphed node positions ``(N_c, 2)``.
+        common_morphed_: Its morphed node positions ``(N_c, 2)`` (Floater) or ``(N_c, d)`` (the others, ``d`` the
+            space dimension).
         n_modes_geometry_, n_modes_fields_: The numbers of modes kept.
         train_latent_: ``n x d`` training inputs; ``train_targets_``: ``n x n_outputs`` (tensors).
         truncation_share_: The geometric shares :math:`s` of the fields' truncation variances, ``(m,)``.
@@ -212,7 +222,7 @@ class MMGP(ModelContract):
 
     @property
     def common_morphed_(self) -> np.ndarray:
-        r"""The morphed node positions of the common mesh, ``(N_c, 2)``."""
+        r"""The morphed node positions of the common mesh, ``(N_c, 2)`` (Floater) or ``(N_c, d)`` (the others)."""
         self._check_fitted()
         return self._transfer.common_morphed
 
@@ -257,7 +267,8 @@ class MMGP(ModelContract):
         r"""Morph, transfer, reduce and fit the GPs.
 
         Args:
-            meshes: ``n`` triangle meshes (see :func:`~gpgeom.models.mmgp.as_mesh`), :math:`N_i` nodes each.
+            meshes: ``n`` meshes of one kind (2D triangle meshes, 3D triangle surfaces or tetrahedral meshes; see
+                :func:`~gpgeom.models.mmgp.as_mesh`), :math:`N_i` nodes each.
             input_scalars: ``n x p`` (or ``None`` for ``p = 0``), numpy or torch.
             output_fields: ``n`` arrays ``N_i x m`` (or ``(N_i,)`` for one field, or dicts name -> ``(N_i,)``).
             output_scalars: ``n x q`` (or ``None``).
@@ -279,6 +290,9 @@ class MMGP(ModelContract):
         n = len(meshes)
         if n < 2:
             raise ValueError(f"MMGP needs at least 2 training meshes, got {n}.")
+        check_family(meshes)
+        if isinstance(self.common_mesh, Mesh):
+            check_family(meshes, self.common_mesh)
         tkw = {"dtype": self.dtype, "device": self.device}
         mu = scalar_table("input_scalars", input_scalars, n, **tkw)
         U = check_output_fields(output_fields, meshes)
@@ -312,7 +326,7 @@ class MMGP(ModelContract):
         Nc = common.n_points
 
         # transport geometry and fields to the common mesh (Eq. (2))
-        X = np.empty((n, Nc, 2))
+        X = np.empty((n, Nc, common.dim))
         F = np.empty((n, Nc, n_fields))
         for i, (x, f, t_morph, t_transfer) in enumerate(transport_training(self._transfer, meshes, U, executor)):
             timings["morph"] += t_morph
@@ -457,6 +471,7 @@ class MMGP(ModelContract):
         self._check_fitted()
         check_executor(executor)
         meshes = as_meshes(meshes)
+        check_family(meshes, self.common_mesh_)
         mu = self._input_scalars(input_scalars, len(meshes))
         geo = self._geometry
         xi = [geo.encoder @ (x - geo.mean) for x, *_ in transport_new(self._transfer, meshes, executor)]
@@ -477,6 +492,7 @@ class MMGP(ModelContract):
         self._check_fitted()
         check_executor(executor)
         meshes = as_meshes(meshes)
+        check_family(meshes, self.common_mesh_)
         n = len(meshes)
         U = check_output_fields(output_fields, meshes)
         if U[0].shape[1] != len(self._fields):
@@ -497,8 +513,8 @@ class MMGP(ModelContract):
             as_mesh: Return meshes (common-mesh connectivity) instead of node positions.
 
         Returns:
-            ``k`` :class:`~gpgeom.geometry.mesh.Mesh` objects, or the node positions ``k x N_c x 2`` (a tensor of the
-            model's dtype on its device).
+            ``k`` :class:`~gpgeom.geometry.mesh.Mesh` objects, or the node positions ``k x N_c x d`` (``d`` the space
+            dimension of the common mesh; a tensor of the model's dtype on its device).
         """
         self._check_fitted()
         z = as_tensor("latent", latent, dtype=torch.float64, device="cpu", ndim=(1, 2)).detach()
@@ -506,7 +522,7 @@ class MMGP(ModelContract):
         ng = self.n_modes_geometry_
         if z.shape[1] not in (ng, self.n_latent):
             raise ValueError(f"`latent` must be (k, {ng}) or (k, {self.n_latent}), got shape {tuple(z.shape)}.")
-        pos = self._geometry.decode(z[:, :ng].numpy())
+        pos = self._geometry.decode(z[:, :ng].numpy(), self.common_mesh_.dim)
         if not as_mesh:
             return torch.as_tensor(pos, dtype=self.dtype, device=self.device)
         return [Mesh(p, self.common_mesh_.cells) for p in pos]
@@ -559,6 +575,7 @@ class MMGP(ModelContract):
         check_executor(executor)
         check_positive("n_samples", n_samples, integer=True, allow_zero=True)
         meshes = as_meshes(meshes)
+        check_family(meshes, self.common_mesh_)
         n = len(meshes)
         mu = self._input_scalars(input_scalars, n)
         tm = {k: np.zeros(2) for k in ("morph", "transfer", "gp", "decode")}
@@ -628,7 +645,7 @@ class MMGP(ModelContract):
             return empty.reshape(0, self.n_modes_geometry_), empty
         Xa = np.stack(X)
         xi = (Xa - self._geometry.mean) @ self._geometry.encoder.T
-        score = self._residual.score(self._geometry.residual(Xa))
+        score = self._residual.score(self._geometry.residual(Xa).reshape(len(Xa), -1, self.common_mesh_.dim))
         return self._latent_geometry(list(xi)), torch.as_tensor(score, dtype=self.dtype, device=self.device)
 
     def ood_score(self, meshes: Sequence[object], *, executor: Executor | None = None) -> Tensor:
@@ -640,6 +657,7 @@ class MMGP(ModelContract):
         self._check_fitted()
         check_executor(executor)
         meshes = as_meshes(meshes)
+        check_family(meshes, self.common_mesh_)
         X = [x for x, *_ in transport_new(self._transfer, meshes, executor)]
         return self._encode_transported(X)[1]
 

@@ -46,10 +46,10 @@ class GeometryPOD:
     r"""The geometry POD (Eq. (3)), float64 numpy.
 
     Attributes:
-        mean: :math:`\bar X`, ``(2 N_c,)`` (interleaved ``x0, y0, x1, ...``).
-        modes: :math:`\Phi_g`, ``(n_g, 2 N_c)``.
+        mean: :math:`\bar X`, ``(d N_c,)`` (interleaved ``x0, y0, x1, ...``; ``d`` the space dimension).
+        modes: :math:`\Phi_g`, ``(n_g, d N_c)``.
         eigenvalues: ``(n_g,)``.
-        encoder: :math:`W = \Phi_g M_2`, ``(n_g, 2 N_c)``, so :math:`\xi = W (x - \bar X)`.
+        encoder: :math:`W = \Phi_g M_d`, ``(n_g, d N_c)``, so :math:`\xi = W (x - \bar X)`.
     """
 
     mean: np.ndarray
@@ -61,19 +61,20 @@ class GeometryPOD:
     def fit(
         cls, X: np.ndarray, common: Mesh, mass: sp.spmatrix, n_modes: int | float, center: bool, ref_compat: bool
     ) -> tuple[GeometryPOD, np.ndarray]:
-        r"""The POD of the transported coordinates ``X`` ``(n, N_c, 2)`` and their coefficients ``(n, n_g)``.
+        r"""The POD of the transported coordinates ``X`` ``(n, N_c, d)`` (``d`` = 2, or 3 for meshes in 3D) and their
+        coefficients ``(n, n_g)``.
 
-        ``ref_compat`` uses the reference implementation's inner product ``kron(I_2, M)`` applied to interleaved
+        ``ref_compat`` uses the reference implementation's inner product ``kron(I_d, M)`` applied to interleaved
         coordinates; otherwise ``M`` acts on each coordinate.
         """
-        n = X.shape[0]
+        n, d = X.shape[0], X.shape[-1]
         ng, eg = mode_option("n_modes_geometry", n_modes)
         pod = SnapshotPOD(ng, energy=eg, center=center)
         if ref_compat:
-            M2 = mass_matrix(common, 2, "blocked")
+            M2 = mass_matrix(common, d, "blocked")
             xi = pod.fit_transform(X.reshape(n, -1), M2)
         else:
-            M2 = mass_matrix(common, 2, "interleaved")
+            M2 = mass_matrix(common, d, "interleaved")
             xi = pod.fit_transform(X, mass)
         modes = pod.modes_.reshape(pod.n_modes_, -1)
         encoder = np.asarray((M2 @ modes.T).T)
@@ -84,8 +85,8 @@ class GeometryPOD:
         return int(self.modes.shape[0])
 
     def transport(self, ops: TransferOperators, mesh: Mesh) -> np.ndarray:
-        r"""The physical coordinates of ``mesh`` on the common nodes, :math:`P_i x_i`, flattened ``(2 N_c,)``."""
-        return np.asarray(ops.proj @ mesh.points[:, :2]).reshape(-1)
+        r"""The physical coordinates of ``mesh`` on the common nodes, :math:`P_i x_i`, flattened ``(d N_c,)``."""
+        return np.asarray(ops.proj @ mesh.points).reshape(-1)
 
     def encode(self, ops: TransferOperators, mesh: Mesh) -> np.ndarray:
         r""":math:`\xi = W (P_i x_i - \bar X)`, ``(n_g,)``."""
@@ -97,10 +98,10 @@ class GeometryPOD:
         d = x - self.mean
         return d - (d @ self.encoder.T) @ self.modes
 
-    def decode(self, xi: np.ndarray) -> np.ndarray:
-        r"""Node positions :math:`\bar X + \Phi_g^\top \xi` of the common mesh, ``(k, N_c, 2)`` for ``xi``
-        ``(k, n_g)``."""
-        return (self.mean + xi @ self.modes).reshape(len(xi), -1, 2)
+    def decode(self, xi: np.ndarray, dim: int = 2) -> np.ndarray:
+        r"""Node positions :math:`\bar X + \Phi_g^\top \xi` of the common mesh, ``(k, N_c, dim)`` for ``xi``
+        ``(k, n_g)`` (``dim``: the space dimension of the common mesh)."""
+        return (self.mean + xi @ self.modes).reshape(len(xi), -1, dim)
 
     def state(self) -> dict[str, Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in self.__dataclass_fields__}

@@ -21,13 +21,15 @@ import torch
 from torch import Tensor
 
 from gpgeom.errors import MeshRepairWarning
+from gpgeom.geometry.closest import surface_transfer
 from gpgeom.geometry.mesh import Mesh, mass_matrix, p1_transfer
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk
+from gpgeom.geometry.morphing3d import morph_surface, morph_volume
 from gpgeom.models.mmgp.inputs import clock
 
 __all__ = ["MORPHINGS", "CommonMeshTransfer", "TransferOperators", "sparse_to_torch"]
 
-MORPHINGS = ("floater", "rbf", "none")
+MORPHINGS = ("floater", "rbf", "physical", "none")
 
 #: Largest number of boundary control points of the dense RBF solve (every k-th point above it).
 _MAX_RBF_POINTS = 1500
@@ -38,7 +40,7 @@ class TransferOperators:
     r"""The morphing and the two P1 transfers of one mesh.
 
     Attributes:
-        morphed: Morphed node positions, ``(N_i, 2)``.
+        morphed: Morphed node positions, ``(N_i, d)`` (``d = 2`` for Floater, the space dimension for RBF).
         proj: :math:`P_i`, ``(N_c, N_i)`` CSR: mesh ``i`` -> common nodes.
         inv_proj: :math:`Q_i`, ``(N_i, N_c)`` CSR: common mesh -> nodes of mesh ``i``.
         t_morph: ``(wall, cpu)`` seconds of the morphing.
@@ -61,13 +63,33 @@ def sparse_to_torch(A: sp.spmatrix, *, dtype: torch.dtype, device: torch.device)
     return out.coalesce()
 
 
+_KINDS = {
+    "planar": "a triangle mesh in 2D",
+    "surface": "a triangle surface in 3D",
+    "volume": "a tetrahedral mesh in 3D",
+    "other": "neither a 2D triangle mesh, a 3D surface nor a tetrahedral mesh",
+}
+
+
+def _kind(mesh: Mesh) -> str:
+    r"""``"planar"`` (triangles in 2D), ``"surface"`` (triangles in 3D), ``"volume"`` (tetrahedra in 3D) or
+    ``"other"``."""
+    return {(2, 2): "planar", (3, 2): "surface", (3, 3): "volume"}.get((mesh.dim, mesh.cell_dim), "other")
+
+
 class CommonMeshTransfer:
     r"""Morphing onto a reference shape and P1 transfer to and from the common mesh.
 
     Args:
-        morphing: ``"floater"`` (Tutte map onto the unit disk, :func:`gpgeom.geometry.morphing.floater_disk`),
-            ``"rbf"`` (a Wendland-C2 RBF map of every mesh onto the common mesh's shape) or ``"none"`` (every mesh
-            has the common mesh's nodes; the transfers are identities).
+        morphing: ``"floater"`` (Tutte map onto the unit disk, :func:`gpgeom.geometry.morphing.floater_disk`;
+            triangle meshes in 2D or disk-topology surfaces in 3D), ``"rbf"`` (a Wendland-C2 RBF map of every mesh
+            onto the common mesh's shape: boundary loops by arc length in 2D, tetrahedral meshes by
+            :func:`gpgeom.geometry.morphing3d.morph_volume`, triangle surfaces in 3D by
+            :func:`gpgeom.geometry.morphing3d.morph_surface`, whose morphed nodes are carried by closest-point P1
+            transfer, :func:`gpgeom.geometry.closest.surface_transfer`), ``"physical"`` (no morphing: the P1
+            transfers in physical space, nodes outside the other mesh clamped to its boundary, closest-point
+            transfer on 3D surfaces; the baseline that morphing improves on) or ``"none"`` (every mesh has the
+            common mesh's nodes; the transfers are identities).
         floater_start: Where the Floater boundary walk starts: ``"min_x"`` or a point ``(2,)``.
         ref_compat: Floater boundary angles and orientation of the reference implementation.
     """
@@ -131,7 +153,10 @@ class CommonMeshTransfer:
         matrix :math:`M` (the POD inner product)."""
         common, _, _ = self.checked(common, "common mesh")
         self.common_mesh = common
-        if self.morphing == "rbf":
+        self._kind = _kind(common)
+        if self.morphing == "rbf" and self._kind in ("surface", "volume"):
+            self.common_morphed = common.points.copy()
+        elif self.morphing == "rbf":
             self._ref_loops = []
             for lp in self._loops_with_start(common):
                 B = common.points[lp]
@@ -197,12 +222,27 @@ class CommonMeshTransfer:
     def morph(self, mesh: Mesh, index: str) -> np.ndarray:
         r"""The morphed node positions :math:`\varphi(x)` of ``mesh`` (``index`` names it in errors)."""
         try:
+            kind = _kind(mesh)
+            if self.morphing != "none" and kind != self._kind:
+                raise ValueError(
+                    f"the mesh is {_KINDS[kind]}, the common mesh {_KINDS[self._kind]}; all meshes of a family "
+                    "must be of one kind."
+                )
             if self.morphing == "floater":
-                if mesh.dim != 2:
-                    raise ValueError(f"Floater morphing needs 2D meshes, got {mesh.dim}D points.")
+                if mesh.cell_dim != 2:
+                    raise ValueError(
+                        f"Floater morphing needs triangle meshes (2D, or surfaces in 3D), got {mesh.cell_type} "
+                        f"cells in {mesh.dim}D; use morphing='rbf' for tetrahedral meshes."
+                    )
                 return self._floater(mesh)
             if self.morphing == "rbf":
+                if kind == "volume":
+                    return morph_volume(mesh, self.common_mesh)
+                if kind == "surface":
+                    return morph_surface(mesh, self.common_mesh)
                 return self._rbf_morph(mesh)
+            if self.morphing == "physical":
+                return mesh.points.copy()
             return mesh.points
         except ValueError as exc:
             raise ValueError(f"MMGP(morphing={self.morphing!r}): {index}: {exc}") from exc
@@ -227,8 +267,12 @@ class CommonMeshTransfer:
             return TransferOperators(mesh.points, restrict, expand, clock() - t0, np.zeros(2))
         morphed = self.morph(work, index)
         t1 = clock()
-        proj = p1_transfer(work.with_points(morphed, keep_data=False), self._common_morphed_mesh.points)
-        inv_proj = p1_transfer(self._common_morphed_mesh, morphed)
+        if self.morphing in ("rbf", "physical") and self._kind == "surface":  # nodes on (or near) the surface
+            proj = surface_transfer(work.with_points(morphed, keep_data=False), self._common_morphed_mesh.points)
+            inv_proj = surface_transfer(self._common_morphed_mesh, morphed)
+        else:
+            proj = p1_transfer(work.with_points(morphed, keep_data=False), self._common_morphed_mesh.points)
+            inv_proj = p1_transfer(self._common_morphed_mesh, morphed)
         if restrict is not None:
             proj, inv_proj, morphed = (proj @ restrict).tocsr(), (expand @ inv_proj).tocsr(), expand @ morphed
         return TransferOperators(morphed, proj, inv_proj, t1 - t0, clock() - t1)

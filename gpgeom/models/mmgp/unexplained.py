@@ -3,7 +3,7 @@ r"""What MMGP's GP inputs do not explain, and how it grows on unseen geometry.
 The GP inputs keep :math:`n_g` geometry modes: :math:`\xi = \Phi_g M_2 (X - \bar X)` (Casenave et al., NeurIPS
 2023, arXiv:2305.12871, Eq. (3)). The rest of the transported geometry, the **geometry residual**
 
-.. math:: r = X - \bar X - \Phi_g^\top \xi \in \mathbb{R}^{N_c \times 2},
+.. math:: r = X - \bar X - \Phi_g^\top \xi \in \mathbb{R}^{N_c \times d},
 
 is invisible to the GPs. Its effect on the outputs shows up in two places of a fitted model: the learned noise
 :math:`\sigma^2_k` of every coefficient and scalar GP (variation that :math:`z = (\xi, \mu)` does not explain), and
@@ -15,7 +15,8 @@ constant terms, and its predictive standard deviation barely moves although its 
 **The boundary residual energy.** The shape of a mesh is its boundary; the interior coordinates are an artefact of
 the morphing (Floater weights depend on each mesh's triangulation). The residual is therefore measured on the
 boundary :math:`\partial\Omega_c` of the common mesh, with the lumped P1 quadrature of the boundary edges
-(weights :math:`w_b`, half the adjacent edge lengths):
+(weights :math:`w_b`, half the adjacent edge lengths; in 3D a third of the adjacent boundary triangle areas,
+:func:`boundary_quadrature`):
 
 .. math:: \rho = \int_{\partial \Omega_c} |r|^2 \, ds \approx \sum_b w_b |r_b|^2, \qquad
           g = \rho / \bar\rho,
@@ -89,13 +90,25 @@ def cv_folds(n: int, folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
 def boundary_quadrature(mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
     r"""Nodes and lumped P1 weights of :math:`\int_{\partial\Omega} f\,ds` on every boundary loop of ``mesh``.
 
+    For triangle meshes (in 2D, or surfaces in 3D with boundary loops) the boundary is the set of loops of
+    boundary edges; for tetrahedral meshes it is the boundary triangle surface, and for a closed triangle surface in
+    3D (no boundary edge) the surface itself, which is all of its shape.
+
     Returns:
-        ``(nodes (k,) int64, weights (k,))``: :math:`w_b` is half the length of the two boundary edges at node
-        :math:`b` (exact for piecewise-constant, second order for smooth integrands).
+        ``(nodes (k,) int64, weights (k,))``: on loops, :math:`w_b` is half the length of the two boundary edges at
+        node :math:`b`; on a triangle surface, a third of the area of the triangles around :math:`b` (lumped P1
+        mass). Exact for piecewise-constant, second order for smooth integrands.
     """
+    if mesh.cell_dim == 3 or not len(mesh.boundary_facets()[0]):
+        F = mesh.boundary_facets()[0] if mesh.cell_dim == 3 else mesh.cells
+        P = mesh.points
+        area = 0.5 * np.linalg.norm(np.cross(P[F[:, 1]] - P[F[:, 0]], P[F[:, 2]] - P[F[:, 0]]), axis=1)
+        w = np.bincount(F.ravel(), weights=np.repeat(area / 3.0, 3), minlength=mesh.n_points)
+        nodes = np.unique(F)
+        return nodes.astype(np.int64), w[nodes]
     nodes, weights = [], []
     for loop in boundary_loops(mesh):
-        p = mesh.points[loop, :2]
+        p = mesh.points[loop]
         edge = np.linalg.norm(np.roll(p, -1, axis=0) - p, axis=1)  # edge b -> b+1
         nodes.append(loop)
         weights.append(0.5 * (edge + np.roll(edge, 1)))
@@ -140,7 +153,7 @@ class GeometryResidual:
 
     @staticmethod
     def energies(nodes: np.ndarray, weights: np.ndarray, residual: np.ndarray) -> np.ndarray:
-        r""":math:`\rho = \sum_b w_b |r_b|^2` of residuals ``(k, N_c, 2)``; returns ``(k,)``."""
+        r""":math:`\rho = \sum_b w_b |r_b|^2` of residuals ``(k, N_c, d)``; returns ``(k,)``."""
         rb = residual[:, nodes, :]
         return np.einsum("b,kb->k", weights, (rb * rb).sum(-1))
 
@@ -151,7 +164,7 @@ class GeometryResidual:
         r"""Boundary residual energies of the training shapes, out of sample and in sample, and their means.
 
         Args:
-            X: The transported coordinates of the training shapes, ``(n, N_c, 2)``.
+            X: The transported coordinates of the training shapes, ``(n, N_c, d)``.
             common: The common mesh (its boundary carries the quadrature).
             geometry: The model's :class:`~gpgeom.models.mmgp.reduction.GeometryPOD` (``n_g`` modes).
             pod_fit: ``pod_fit(X_subset, k) -> GeometryPOD`` (the model's geometry POD on a subset, ``k`` modes).
@@ -168,18 +181,21 @@ class GeometryResidual:
             k = min(geometry.n_modes, len(train) - 1)
             if k >= 1:
                 pod = pod_fit(X[train], k)
-                R = pod.residual(X[test].reshape(len(test), -1)).reshape(len(test), -1, 2)
+                R = pod.residual(X[test].reshape(len(test), -1)).reshape(X[test].shape)
             else:  # one training shape: its own mean is all the fold can represent
                 R = X[test] - X[train].mean(0)
             rho[test] = cls.energies(nodes, weights, R)
-        rho_in = cls.energies(nodes, weights, geometry.residual(X.reshape(n, -1)).reshape(n, -1, 2))
+        rho_in = cls.energies(nodes, weights, geometry.residual(X.reshape(n, -1)).reshape(X.shape))
         # all shapes in the span: the references stay positive and the scores finite
         floor = max(1e-12 * float(np.mean((X - X.mean(0)) ** 2)) * float(weights.sum()), np.finfo(np.float64).tiny)
         mean, mean_in = max(float(rho.mean()), floor), max(float(rho_in.mean()), floor)
         return cls(nodes, weights, np.array([mean]), np.array([mean_in]), rho / mean), rho, rho_in
 
     def energy(self, residual: np.ndarray) -> np.ndarray:
-        r""":math:`\rho` of residuals ``(k, 2 N_c)`` (interleaved) or ``(k, N_c, 2)``; returns ``(k,)``."""
+        r""":math:`\rho` of residuals ``(k, N_c, d)`` (any space dimension ``d``) or ``(k, 2 N_c)`` (interleaved,
+        2D); returns ``(k,)``."""
+        if residual.ndim == 3:
+            return self.energies(self.nodes, self.weights, residual)
         return self.energies(self.nodes, self.weights, residual.reshape(len(residual), -1, 2))
 
     def score(self, residual: np.ndarray) -> np.ndarray:
