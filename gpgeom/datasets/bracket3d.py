@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
+from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
 from gpgeom.engine.parallel import jobs_executor, map_items
 from gpgeom.geometry.mesh import Mesh, _cell_measures
@@ -508,20 +509,12 @@ def save_brackets(samples: Sequence[BracketSample], path: str | os.PathLike, *, 
     }
     for name in FIELD_NAMES:
         arrays[f"field_{name}"] = np.concatenate([s.fields[name] for s in samples])
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return write_npz(path, arrays)
 
 
 def load_brackets(path: str | os.PathLike, *, _expect_config: str | None = None) -> list[BracketSample]:
     r"""Load samples saved by :func:`save_brackets` (or by the cache of :func:`generate_brackets`)."""
-    with np.load(Path(path), allow_pickle=False) as z:
-        if str(z["version"]) != DATASET_VERSION:
-            raise ValueError(f"dataset version {str(z['version'])!r} is not {DATASET_VERSION!r}")
-        if _expect_config is not None and str(z["config"]) != _expect_config:
-            raise ValueError("the cached configuration does not match")
-        d = {k: z[k] for k in z.files}
+    d = read_npz(path, DATASET_VERSION, _expect_config)
     cp = np.concatenate([[0], np.cumsum(d["n_points"])])
     cc = np.concatenate([[0], np.cumsum(d["n_cells"])])
     out = []

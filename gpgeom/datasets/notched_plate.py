@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
+from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
 from gpgeom.engine.parallel import jobs_executor, map_items
 from gpgeom.geometry.mesh import Mesh, boundary_loops
@@ -793,20 +794,12 @@ def save_notched_plates(samples: Sequence[NotchedPlateSample], path: str | os.Pa
     }
     for name in FIELD_NAMES:
         arrays[f"field_{name}"] = np.concatenate([s.fields[name] for s in samples])
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return write_npz(path, arrays)
 
 
 def load_notched_plates(path: str | os.PathLike, *, _expect_config: str | None = None) -> list[NotchedPlateSample]:
     r"""Load samples saved by :func:`save_notched_plates` (or by the cache of :func:`generate_notched_plates`)."""
-    with np.load(Path(path), allow_pickle=False) as z:
-        if str(z["version"]) != DATASET_VERSION:
-            raise ValueError(f"dataset version {str(z['version'])!r} is not {DATASET_VERSION!r}")
-        if _expect_config is not None and str(z["config"]) != _expect_config:
-            raise ValueError("the cached configuration does not match")
-        data = {k: z[k] for k in z.files}
+    data = read_npz(path, DATASET_VERSION, _expect_config)
     cuts = {k: np.concatenate([[0], np.cumsum(data[f"n_{k}"])]) for k in ("points", "triangles", "boundary")}
     samples = []
     coefs = data["notch_coefs"]

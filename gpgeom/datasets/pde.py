@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gpgeom._cache import cache_dir as _cache_dir
+from gpgeom._cache import write_npz
 from gpgeom._validation import check_device, check_positive
 from gpgeom.pde.burgers import ViscousBurgers
 from gpgeom.pde.family import PDEFamily
@@ -100,10 +101,6 @@ def make_test_set(
             return PDETestSet(family.name, data["x"], data["z"], data["w"], data["u"], int(data["seed"]))
     z, w = family.sample_params(n_samples, np.random.default_rng(seed))
     u = np.stack([family.solve(z[i], w[i], x) for i in range(n_samples)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-    np.savez(
-        tmp, family=np.array(family.name), x=x, z=z, w=w, u=u, seed=np.array(seed), version=np.array(_CACHE_VERSION)
-    )
-    os.replace(tmp, path)
+    arrays = {"family": np.array(family.name), "x": x, "z": z, "w": w, "u": u, "seed": np.array(seed)}
+    write_npz(path, {**arrays, "version": np.array(_CACHE_VERSION)})
     return PDETestSet(family.name, x, z, w, u, seed)
