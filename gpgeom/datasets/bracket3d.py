@@ -60,13 +60,14 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
 from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
+from gpgeom.datasets._samples import SampleArrays
 from gpgeom.engine.parallel import jobs_executor, map_items
 from gpgeom.geometry.mesh import Mesh, _cell_measures
 from gpgeom.geometry.morphing3d import boundary_surface
@@ -303,7 +304,7 @@ def solve_elasticity_3d(
 # samples
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass(eq=False)
-class BracketSample:
+class BracketSample(SampleArrays):
     r"""One Bracket3d sample.
 
     Attributes:
@@ -325,25 +326,13 @@ class BracketSample:
     out_scalars: dict[str, float]
     resolution: np.ndarray
 
-    @property
-    def n_nodes(self) -> int:
-        return len(self.points)
+    IN_SCALAR_NAMES: ClassVar[tuple[str, ...]] = IN_SCALAR_NAMES
+    FIELD_NAMES: ClassVar[tuple[str, ...]] = FIELD_NAMES
+    OUT_SCALAR_NAMES: ClassVar[tuple[str, ...]] = OUT_SCALAR_NAMES
 
     def mesh(self) -> Mesh:
         r"""The tetrahedral :class:`~gpgeom.geometry.mesh.Mesh` with the fields as point data."""
         return Mesh(self.points, self.cells, point_data=self.fields)
-
-    def in_scalar_array(self) -> np.ndarray:
-        r"""Input scalars ``(3,)`` in :data:`IN_SCALAR_NAMES` order."""
-        return np.array([self.in_scalars[k] for k in IN_SCALAR_NAMES])
-
-    def out_scalar_array(self) -> np.ndarray:
-        r"""Output scalars ``(3,)`` in :data:`OUT_SCALAR_NAMES` order."""
-        return np.array([self.out_scalars[k] for k in OUT_SCALAR_NAMES])
-
-    def field_array(self, names: Sequence[str] = FIELD_NAMES) -> np.ndarray:
-        r"""Nodal fields stacked as ``(n, len(names))``."""
-        return np.column_stack([self.fields[k] for k in names])
 
 
 def _faces(X: np.ndarray, cells: np.ndarray, axis: int, value: float) -> np.ndarray:
@@ -493,8 +482,6 @@ def generate_brackets(
 
 def save_brackets(samples: Sequence[BracketSample], path: str | os.PathLike, *, _config: str | None = "") -> Path:
     r"""Save samples to one ``.npz`` file (written atomically; ragged arrays concatenated). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = {
         "version": np.array(DATASET_VERSION),
         "config": np.array(_config or ""),

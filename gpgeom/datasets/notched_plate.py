@@ -63,13 +63,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
 from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
+from gpgeom.datasets._samples import SampleArrays
 from gpgeom.engine.parallel import jobs_executor, map_items
 from gpgeom.geometry.mesh import Mesh, boundary_loops
 
@@ -513,7 +514,7 @@ def _recover(points: np.ndarray, tri: np.ndarray, values: np.ndarray, recovery: 
 
 
 @dataclass(eq=False)
-class NotchedPlateSample:
+class NotchedPlateSample(SampleArrays):
     r"""One NotchedPlate2d sample.
 
     Attributes:
@@ -540,21 +541,9 @@ class NotchedPlateSample:
     mesh_size: float
     shape: PlateShape = field(repr=False)
 
-    @property
-    def n_nodes(self) -> int:
-        return len(self.points)
-
-    def in_scalar_array(self) -> np.ndarray:
-        r"""Input scalars as ``(2,)`` in :data:`IN_SCALAR_NAMES` order."""
-        return np.array([self.in_scalars[k] for k in IN_SCALAR_NAMES])
-
-    def out_scalar_array(self) -> np.ndarray:
-        r"""Output scalars as ``(3,)`` in :data:`OUT_SCALAR_NAMES` order."""
-        return np.array([self.out_scalars[k] for k in OUT_SCALAR_NAMES])
-
-    def field_array(self, names: Sequence[str] = FIELD_NAMES) -> np.ndarray:
-        r"""Nodal fields stacked as ``(n, len(names))``."""
-        return np.column_stack([self.fields[k] for k in names])
+    IN_SCALAR_NAMES: ClassVar[tuple[str, ...]] = IN_SCALAR_NAMES
+    FIELD_NAMES: ClassVar[tuple[str, ...]] = FIELD_NAMES
+    OUT_SCALAR_NAMES: ClassVar[tuple[str, ...]] = OUT_SCALAR_NAMES
 
 
 def stack_scalars(samples: Sequence[NotchedPlateSample], kind: str = "in") -> np.ndarray:
@@ -770,8 +759,6 @@ def _run_generation(n, seed, h_range, opts, progress, executor) -> list[NotchedP
 
 def save_notched_plates(samples: Sequence[NotchedPlateSample], path: str | os.PathLike, *, _config: str = "") -> Path:
     r"""Save samples to one ``.npz`` file (written atomically). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {
         "version": np.array(DATASET_VERSION),
         "config": np.array(_config),
