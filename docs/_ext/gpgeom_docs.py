@@ -111,7 +111,14 @@ def public_modules() -> list[str]:
 
 
 #: Internal helper modules that public docstrings refer to; documented on their own page.
-INTERNAL_MODULES = ("gpgeom._io", "gpgeom._progress", "gpgeom._validation", "gpgeom._cache", "gpgeom._lazy")
+INTERNAL_MODULES = (
+    "gpgeom._io",
+    "gpgeom._progress",
+    "gpgeom._validation",
+    "gpgeom._cache",
+    "gpgeom._lazy",
+    "gpgeom.datasets._samples",
+)
 
 
 def module_members(module: Any) -> list[str]:
