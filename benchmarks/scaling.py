@@ -139,7 +139,7 @@ def overheads(cluster: Cluster, transfer) -> dict[str, float]:
     t_task, t_task_cpu = (time.perf_counter() - t0) / n_empty, (time.process_time() - c0) / n_empty
     t0 = time.perf_counter()
     for _ in range(3):
-        fut = cluster.client.scatter(transfer, broadcast=True, hash=False)
+        fut = cluster.client.scatter(transfer, broadcast=True, hash=False, direct=True)
         fut.result()
         fut.release()
     return {"t_task": t_task, "t_task_cpu": t_task_cpu, "t_scatter": (time.perf_counter() - t0) / 3 / cluster.workers}

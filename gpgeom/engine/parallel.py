@@ -14,15 +14,16 @@ With one thread per process on both sides the results are bitwise those of the s
 **Chunks.** Items are shipped in chunks of consecutive items (:func:`map_items`): by default about
 ``tasks_per_worker`` tasks per worker (``ceil(n / (workers * tasks_per_worker))`` items per task), so that a task
 carries enough work to pay for its scheduling and transfer and the workers still balance uneven items. A Dask
-client scatters the chunks to the workers (``client.scatter``) rather than putting them in the task graph, so they
-travel once, client to worker, without passing through the scheduler.
+client scatters each chunk straight to a worker (``client.scatter(..., direct=True)``) rather than putting it in
+the task graph, and gathers the results straight from the workers, so data travels once each way without passing
+through the scheduler; each task is submitted as soon as its chunk has been sent.
 
 **Shared data** (the rule). What every item needs (MMGP's common mesh, its morphed points and mass matrix; the
 model and training data of a fit) is passed once as ``shared`` and is never pickled once per item:
 
-* Dask executor (``Client.get_executor()``): ``client.scatter(shared, broadcast=True)`` puts one copy on every
-  worker before the tasks run; the tasks receive the scattered object (one deserialisation per worker), and the
-  copies are released when the call returns.
+* Dask executor (``Client.get_executor()``): ``client.scatter(shared, broadcast=True, direct=True)`` puts one
+  copy on every worker before the tasks run; the tasks receive the scattered object (one deserialisation per
+  worker), and the copies are released when the call returns.
 * ``ProcessPoolExecutor``: the object is pickled once into a temporary file; tasks carry only its path and a
   token, and each worker process loads it once and keeps it in a small per-process cache (the file is removed
   when the call returns).
@@ -272,7 +273,7 @@ def _share(executor: Executor, obj: object) -> Iterator[object]:
         yield obj
     elif _is_dask(executor):
         client = executor._client
-        future = client.scatter(obj, broadcast=True, hash=False)
+        future = client.scatter(obj, broadcast=True, hash=False, direct=True)
         try:
             yield future
         finally:
@@ -359,24 +360,59 @@ def map_items(
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size!r}.")
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     settings = numerics_snapshot()
-    extra: dict[str, Any] = {}
-    sent: Sequence[Any] = chunks
-    if _is_dask(executor):  # the chunks go to the workers directly, not inside the task graph through the scheduler
-        extra["pure"] = False
-        sent = executor._client.scatter(chunks, hash=False)
     with _share(executor, shared) as ref:
-        futures = [executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, **extra) for chunk in sent]
+        if _is_dask(executor):
+            return _map_dask(executor, fn, chunks, ref, settings, on_chunk)
+        futures = [executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings) for chunk in chunks]
         out: list[Any] = []
         try:
             for fut, chunk in zip(futures, chunks):
-                results, caught = fut.result()
-                for message in caught:
-                    warnings.warn(message, stacklevel=2)
-                out.extend(results)
+                _collect(fut.result(), out)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
+    return out
+
+
+def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any]) -> None:
+    r"""Append a task's results to ``out`` and re-issue the warnings it recorded."""
+    results, caught = task_result
+    for message in caught:
+        warnings.warn(message, stacklevel=3)
+    out.extend(results)
+
+
+def _map_dask(
+    executor: Executor,
+    fn: Callable[[Any, Any], Any],
+    chunks: list[list[Any]],
+    ref: object,
+    settings: dict[str, Any],
+    on_chunk: Callable[[int], None] | None,
+) -> list[Any]:
+    r"""The chunks through a Dask client, client to worker and back without the scheduler in between.
+
+    Each chunk is scattered straight to a worker (``direct=True``: by default a client outside the cluster sends
+    data through the scheduler, which costs a second serialisation and a second copy in the scheduler's process,
+    the caller's own on a ``LocalCluster``), then its task is submitted at once, so the first tasks run while the
+    later chunks travel; the results are gathered from the workers directly, in order."""
+    client = executor._client
+    options = {**getattr(executor, "_kwargs", {}), "pure": False}
+    futures: list[Any] = []
+    out: list[Any] = []
+    try:
+        for chunk in chunks:
+            [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
+            futures.append(client.submit(_run_chunk, fn, ref, data, os.getpid(), settings, **options))
+        for i, chunk in enumerate(chunks):
+            _collect(client.gather(futures[i], direct=True), out)
+            futures[i] = None  # release the task's result and its chunk as soon as they are read
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    except BaseException:
+        client.cancel([f for f in futures if f is not None])
+        raise
     return out

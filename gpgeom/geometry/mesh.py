@@ -151,6 +151,20 @@ class Mesh:
             self.cell_data[str(name)] = self._data_array(f"cell_data[{name!r}]", val, self.n_cells)
         self._cache: dict[str, Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (executors ship meshes to worker processes) with 32-bit cell indices when they fit: the cells are
+        # half the bytes of a triangle mesh, and restoring int64 on load gives the same values.
+        state = self.__dict__.copy()
+        if self._points.shape[0] < 2**31:
+            state["_cells"] = self._cells.astype(np.int32)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cells = np.ascontiguousarray(self._cells, dtype=np.int64)
+        self._points.setflags(write=False)
+        self._cells.setflags(write=False)
+
     @staticmethod
     def _data_array(name: str, val: object, n: int) -> np.ndarray:
         arr = val.detach().cpu().numpy() if isinstance(val, torch.Tensor) else np.asarray(val)
