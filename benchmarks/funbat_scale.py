@@ -1,0 +1,204 @@
+"""FunBaT where an exact GP cannot run: one million observed entries, beside a sparse variational GP.
+
+Data: a synthetic continuous-indexed tensor on a 3-mode grid (200 x 200 x 50 coordinates in [0, 1]) of exact Tucker
+rank 2 with smooth mode functions, y = f + noise (sd 0.1); N training entries and 100,000 test entries drawn without
+replacement from the 2,000,000 cells (every coordinate of a mode is seen in training).
+
+Methods, each in its own child process (peak resident memory of that process; time of the fit and of the prediction
+of the test entries, one torch thread):
+- ``FunBaT(2)`` with its defaults (hyperparameters learned), at most ``--sweeps`` sweeps;
+- a sparse variational GP (Hensman et al., "Gaussian processes for big data", UAI 2013) from GPyTorch: M inducing
+  points (initialised at a random subset of the training inputs, then learned), Matern-3/2 ARD kernel on the three
+  coordinates, Gaussian likelihood, Adam (learning rate 0.03) on all parameters over minibatches of 4,096 entries
+  for ``--svgp-epochs`` epochs.
+- the exact GP is not run: its N x N kernel matrix alone would take N^2 x 8 bytes (8 TB at N = 1e6).
+
+Accuracy and calibration on the test entries against the noisy observations (gpgeom.metrics: RMSE, 95% coverage,
+z RMS, NLPD with observation noise); the noise floor is 0.1.
+
+Usage: python benchmarks/funbat_scale.py [--quick] [--n 1000000] [--sweeps 40] [--svgp-epochs 3] [--inducing 512]
+Writes ``benchmarks/results/funbat_scale.md`` (``results/local/funbat_scale_quick.md`` for a quick or reduced run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, markdown_table, report_name, write_report  # noqa: E402
+
+SHAPE = (200, 200, 50)
+NOISE = 0.1
+N_TEST = 100_000
+
+
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(X_train (n, 3), y_train (n,), X_test (N_TEST, 3), y_test (N_TEST,))``: rank-2 Tucker, smooth modes."""
+    rng = np.random.default_rng(seed)
+    grids = [np.linspace(0.0, 1.0, s) for s in SHAPE]
+    freq = [(1.0, 2.5), (1.5, 3.0), (0.5, 2.0)]
+    modes = [np.stack([np.sin(2 * np.pi * f * g + k) for k, f in enumerate(fk)], 1) for g, fk in zip(grids, freq)]
+    core = rng.standard_normal((2, 2, 2))
+    cells = rng.choice(np.prod(SHAPE), size=n + N_TEST, replace=False)
+    idx = np.stack(np.unravel_index(cells, SHAPE), 1)
+    f = np.einsum("abc,na,nb,nc->n", core, modes[0][idx[:, 0]], modes[1][idx[:, 1]], modes[2][idx[:, 2]])
+    y = f + NOISE * rng.standard_normal(f.shape)
+    X = np.stack([grids[k][idx[:, k]] for k in range(3)], 1)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def run_funbat(n: int, sweeps: int) -> dict:
+    from gpgeom.models.funbat import FunBaT
+
+    Xtr, ytr, Xte, yte = make_data(n)
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    model = FunBaT(2, max_sweeps=sweeps).fit(Xtr, ytr, progress=False)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mean, std = model.predict(Xte, return_std=True, observation_noise=True)
+    t_pred = time.perf_counter() - t0
+    return {"mean": mean[:, 0].tolist(), "std": std[:, 0].tolist(), "fit_s": t_fit, "predict_s": t_pred,
+            "peak_mb": _peak_mb(), "data_mb": base, "detail": f"{len(model.history)} sweeps"}  # fmt: skip
+
+
+def run_svgp(n: int, epochs: int, inducing: int) -> dict:
+    import gpytorch
+
+    Xtr, ytr, Xte, yte = make_data(n)
+    base = _peak_mb()
+    torch.manual_seed(0)
+    X = torch.as_tensor(Xtr)
+    y_mean, y_std = float(ytr.mean()), float(ytr.std())
+    y = torch.as_tensor((ytr - y_mean) / y_std)
+
+    class SVGP(gpytorch.models.ApproximateGP):
+        def __init__(self, Z: torch.Tensor) -> None:
+            dist = gpytorch.variational.CholeskyVariationalDistribution(Z.shape[0])
+            strat = gpytorch.variational.VariationalStrategy(self, Z, dist, learn_inducing_locations=True)
+            super().__init__(strat)
+            self.mean_module = gpytorch.means.ConstantMean()
+            self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=1.5, ard_num_dims=3))
+
+        def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+    Z = X[torch.randperm(n)[:inducing]].clone()
+    model = SVGP(Z).double()
+    lik = gpytorch.likelihoods.GaussianLikelihood().double()
+    mll = gpytorch.mlls.VariationalELBO(lik, model, num_data=n)
+    opt = torch.optim.Adam([*model.parameters(), *lik.parameters()], lr=0.03)
+    batch = 4096
+    t0 = time.perf_counter()
+    steps = 0
+    model.train()
+    lik.train()
+    for _ in range(epochs):
+        for b in torch.randperm(n).split(batch):
+            opt.zero_grad()
+            loss = -mll(model(X[b]), y[b])
+            loss.backward()
+            opt.step()
+            steps += 1
+    t_fit = time.perf_counter() - t0
+    model.eval()
+    lik.eval()
+    t0 = time.perf_counter()
+    means, stds = [], []
+    with torch.no_grad(), gpytorch.settings.fast_pred_var():
+        for xb in torch.as_tensor(Xte).split(8192):
+            p = lik(model(xb))
+            means.append(p.mean * y_std + y_mean)
+            stds.append(p.variance.sqrt() * y_std)
+    t_pred = time.perf_counter() - t0
+    return {"mean": torch.cat(means).tolist(), "std": torch.cat(stds).tolist(), "fit_s": t_fit,
+            "predict_s": t_pred, "peak_mb": _peak_mb(), "data_mb": base,
+            "detail": f"M = {inducing}, {epochs} epochs ({steps} Adam steps of {batch})"}  # fmt: skip
+
+
+def child(method: str, args: argparse.Namespace) -> dict:
+    """Run ``method`` in a fresh Python process and return its JSON result (its own peak memory)."""
+    cmd = [sys.executable, __file__, "--child", method, "--n", str(args.n), "--sweeps", str(args.sweeps),
+           "--svgp-epochs", str(args.svgp_epochs), "--inducing", str(args.inducing)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N = 100,000, 10 sweeps, 1 epoch, 256 inducing points")
+    ap.add_argument("--n", type=int, default=None, help="training entries (default 1,000,000; quick 100,000)")
+    ap.add_argument("--sweeps", type=int, default=None, help="FunBaT's max_sweeps (default 40; quick 10)")
+    ap.add_argument("--svgp-epochs", type=int, default=None, help="epochs of the sparse GP (default 3; quick 1)")
+    ap.add_argument("--inducing", type=int, default=None, help="inducing points (default 512; quick 256)")
+    ap.add_argument("--child", choices=("funbat", "svgp"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    reduced = args.quick or any(v is not None for v in (args.n, args.sweeps, args.svgp_epochs, args.inducing))
+    args.n = args.n or (100_000 if args.quick else 1_000_000)
+    args.sweeps = args.sweeps or (10 if args.quick else 40)
+    args.svgp_epochs = args.svgp_epochs or (1 if args.quick else 3)
+    args.inducing = args.inducing or (256 if args.quick else 512)
+    if args.child == "funbat":
+        print(json.dumps(run_funbat(args.n, args.sweeps)))
+        return
+    if args.child == "svgp":
+        print(json.dumps(run_svgp(args.n, args.svgp_epochs, args.inducing)))
+        return
+
+    from gpgeom.metrics import calibration_summary
+
+    _, _, _, y_test = make_data(args.n)
+    load0 = os.getloadavg()[0]
+    rows = []
+    for name, method in (("FunBaT tucker R=2 (defaults)", "funbat"), ("sparse variational GP (GPyTorch)", "svgp")):
+        print(f"running {name} ...", flush=True)
+        r = child(method, args)
+        y = torch.as_tensor(y_test)
+        mean, std = torch.tensor(r["mean"], dtype=y.dtype), torch.tensor(r["std"], dtype=y.dtype)
+        cal = calibration_summary(y, mean, std)
+        rmse = float((mean - y).square().mean().sqrt())
+        rows.append([name, r["detail"], rmse, cal["coverage_95"], cal["z_rms"], cal["nlpd"], r["fit_s"],
+                     r["predict_s"], r["peak_mb"], r["peak_mb"] - r["data_mb"]])  # fmt: skip
+        print(rows[-1], flush=True)
+    dense_tb = args.n**2 * 8 / 1e12
+    header = ["method", "setting", "test RMSE", "95% coverage", "z RMS", "NLPD", "fit s", "predict s",
+              "peak RSS MB", "peak above data MB"]  # fmt: skip
+    text = "\n".join(
+        [
+            "# FunBaT at scale beside a sparse variational GP",
+            "",
+            f"- machine: {machine_info()}",
+            f"- load average (1 min): {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
+            f"- data: synthetic rank-2 Tucker tensor on a {SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]} grid in [0, 1]^3, "
+            f"{args.n:,} training and {N_TEST:,} test entries (noise sd {NOISE}: the RMSE floor)",
+            f"- exact GP: not run; its kernel matrix alone needs N^2 x 8 bytes = {dense_tb:.3g} TB",
+            "- each method in its own process: peak RSS of that process (imports and data included; 'above data':"
+            " after generating the data), wall seconds of the fit and of predicting the test entries with the "
+            "observation noise; calibration of those predictions (gpgeom.metrics)",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+    )
+    write_report(report_name("funbat_scale", quick=reduced), text)
+
+
+if __name__ == "__main__":
+    main()
