@@ -151,12 +151,9 @@ class Mesh:
             self.cell_data[str(name)] = self._data_array(f"cell_data[{name!r}]", val, self.n_cells)
         self._cache: dict[str, Any] = {}
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickled (executors ship meshes to worker processes) with 32-bit cell indices when they fit: the cells are
-        # half the bytes of a triangle mesh, and restoring int64 on load gives the same values.
+    def __getstate__(self) -> dict[str, Any]:  # pickled (to workers) with int32 cells: half their bytes, same values
         state = self.__dict__.copy()
-        if self._points.shape[0] < 2**31:
-            state["_cells"] = self._cells.astype(np.int32)
+        state["_cells"] = self._cells.astype(np.int32 if self._points.shape[0] < 2**31 else np.int64)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
