@@ -1,5 +1,6 @@
-"""Tangent frames (gpgeom.geometry.tangent): the polynomial tilt corrections, their automatic choice, the refit of
-outlier neighbourhoods and the frames at new points, against the exact normals of analytic surfaces."""
+"""Tangent frames (gpgeom.geometry.tangent): the polynomial tilt corrections (degrees 4-6 in detail:
+tests/test_tangent_highorder.py), their automatic choice, the refit of outlier neighbourhoods and the frames at new
+points, against the exact normals of analytic surfaces."""
 
 import numpy as np
 import pytest
@@ -33,12 +34,12 @@ def test_cubic_fit_removes_the_cubic_tilt_on_an_ellipsoid(rng):
     assert lc < 2e-3
 
 
-def test_auto_fit_is_cubic_on_clean_clouds_and_quadratic_under_noise(rng):
+def test_auto_fit_is_of_high_degree_on_clean_clouds_and_quadratic_under_noise(rng):
     X, N = sample_ellipsoid(1200, seed=rng)
     _, T, used = local_pca(X, 15, n_components=2, return_fit=True)
-    assert used == "cubic"
+    assert used in ("quartic", "quintic", "sextic")  # measured: sextic (tests/test_tangent_highorder.py)
     _, Tc = local_pca(X, 15, n_components=2, fit="cubic")
-    np.testing.assert_array_equal(T, Tc)
+    assert np.median(_leak(T, N)) < np.median(_leak(Tc, N)) / 4
     # positional noise of std 0.005 (7 % of the spacing): the cubic terms follow the noise (docstring: from 0.001 up)
     Xn = X + 0.005 * rng.standard_normal(X.shape)
     _, Tn, used = local_pca(Xn, 15, n_components=2, return_fit=True)
@@ -49,10 +50,10 @@ def test_auto_fit_is_cubic_on_clean_clouds_and_quadratic_under_noise(rng):
 
 def test_too_small_neighbourhoods_fall_back_to_simpler_fits(rng):
     X, _ = sample_ellipsoid(300, seed=rng)
-    # d = 2: quadratic needs k_pca > 6, cubic > 12
-    assert local_pca(X, 10, n_components=2, return_fit=True)[2] == "quadratic"
+    # d = 2: quadratic needs k_pca > 6, cubic > 12 (the higher degrees take their own neighbourhoods: fit_size)
+    assert local_pca(X, 10, n_components=2, fit="quadratic", return_fit=True)[2] == "quadratic"
     assert local_pca(X, 10, n_components=2, fit="cubic", return_fit=True)[2] == "quadratic"
-    assert local_pca(X, 6, n_components=2, return_fit=True)[2] == "pca"
+    assert local_pca(X, 6, n_components=2, fit="cubic", return_fit=True)[2] == "pca"
 
 
 def test_refit_of_neighbourhoods_that_reach_the_next_turn_of_a_roll(rng):
@@ -79,7 +80,7 @@ def test_frames_at_new_points_are_those_of_the_cloud_construction(rng):
 def test_connection_laplacian_records_its_fit_and_round_trips_its_state(rng):
     X, _ = sample_ellipsoid(300, seed=rng)
     cl = connection_laplacian(X, 10, dim=2)
-    assert cl.frame_fit in ("cubic", "quadratic") and cl.k_pca == 15
+    assert cl.frame_fit in ("quadratic", "cubic", "quartic", "quintic", "sextic") and cl.k_pca == 15
     assert connection_laplacian(X, 10, dim=2, frames=cl.frames).frame_fit == "given"
     back = ConnectionLaplacian.from_state(cl.state())
     assert isinstance(back.graph, ProximityGraph)

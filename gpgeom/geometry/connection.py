@@ -10,9 +10,9 @@ From a point cloud :math:`X \in \mathbb{R}^{n \times D}` sampled from a (latent)
    :math:`x_i` to its k-th neighbour.
 2. **Tangent frames** (:func:`~gpgeom.geometry.tangent.tangent_frames`): local PCA of the ``k_pca`` nearest
    points around each :math:`x_i`, centred at their mean; the frame :math:`T_i \in \mathbb{R}^{D \times d}` holds
-   the top-:math:`d` right singular vectors (orthonormal columns), by default tilt-corrected by a local quadratic fit
-   (:func:`~gpgeom.geometry.tangent.local_pca`). The dimension :math:`d` is given or estimated
-   (:func:`~gpgeom.geometry.tangent.estimate_dimension`).
+   the top-:math:`d` right singular vectors (orthonormal columns), by default tilt-corrected by a local polynomial
+   fit of degree 2 to 6 chosen by its leave-one-out error (:func:`~gpgeom.geometry.tangent.local_pca`). The
+   dimension :math:`d` is given or estimated (:func:`~gpgeom.geometry.tangent.estimate_dimension`).
 3. **Connection** (:func:`~gpgeom.geometry.tangent.procrustes`): for every edge the orthogonal matrix closest to
    :math:`T_i^\top T_j`,
 
@@ -200,7 +200,7 @@ class ConnectionLaplacian:
             (Gaussian weights, ``alpha=1``, ``"sym"``/``"rw"``), else 1.
         timings: Seconds spent on ``"graph"``, ``"frames"``, ``"laplacian"`` and each eigensolve.
         cache_dir: Directory for on-disk eigenpair caching (``None``: memory only).
-        frame_fit: The local fit of the frames (``"cubic"``, ``"quadratic"``, ``"pca"``; ``"given"`` for frames
+        frame_fit: The local fit of the frames (``"sextic"`` ... ``"quadratic"``, ``"pca"``; ``"given"`` for frames
             passed in, and for the scalar graph Laplacian), and ``k_pca`` its neighbourhood size: what
             :func:`~gpgeom.geometry.tangent.frames_at` needs to give new points frames of the same kind.
     """
@@ -467,9 +467,9 @@ def connection_laplacian(
         alpha: Density normalisation exponent (0: none, 1: Laplace-Beltrami limit whatever the density).
         normalization: ``"none"``, ``"sym"`` or ``"rw"``.
         threshold: Explained-variance threshold of the dimension estimate (:func:`estimate_dimension`).
-        frame_fit: ``"auto"`` (default: quadratic or cubic tilt correction, whichever predicts the neighbourhoods
-            better, :func:`~gpgeom.geometry.tangent.local_pca`), ``"cubic"``, ``"quadratic"`` or ``"pca"`` (the
-            reference's plain local PCA).
+        frame_fit: ``"auto"`` (default: the polynomial tilt correction of degree 2 to 6 that predicts the
+            neighbourhoods best, :func:`~gpgeom.geometry.tangent.local_pca`), ``"sextic"``, ``"quintic"``,
+            ``"quartic"``, ``"cubic"``, ``"quadratic"`` or ``"pca"`` (the reference's plain local PCA).
         duplicates: ``"raise"`` or ``"drop"`` (see the module docstring); ``duplicate_tol`` the distance.
         on_disconnected: ``"warn"``, ``"raise"`` or ``"ignore"``.
         frames: Optional given frames ``(n, D, d)`` with orthonormal columns (e.g. the exact tangent planes),

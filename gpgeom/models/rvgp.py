@@ -72,14 +72,14 @@ projected onto the frames,
 independent projected kernels", NeurIPS 2021, with the estimated frames), :math:`\sigma_a^2` and the lengthscale
 learnt with the rest by the marginal likelihood, which weighs the two parts. The field stays tangent by
 construction; the sum contains the Euclidean GP made tangent, so it does not lose to it except through the frames:
-:math:`P_x` with estimated frames drops the part of the field across them (2.4e-4 of a smooth field on a sphere of
-1200 random points, where the Euclidean GP's error is below 5e-5). The algebra is dense on the tangent components of
-the observations (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`), so the part is used by exact fits on at most
+:math:`P_x` with estimated frames drops the part of the field across them (frames of a local cubic fit: 2.4e-4 of a
+smooth field on a sphere of 1200 random points, 10x the Euclidean GP's error; the frames of the default degree-2-6
+fit, :func:`~gpgeom.geometry.tangent.local_pca`, leak ~1e-6). The algebra is dense on the tangent components of the
+observations (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`), so the part is used by exact fits on at most
 ``AMBIENT_MAX_POINTS`` distinct points; variational fits and larger ones use the spectral kernel alone. Against the
 best of three Euclidean GPs with learnt hyperparameters (``benchmarks/rvgp.py``; 1200 points, 30 % observed, seeds
-0-2), RVGP's relative L2 over theirs, median (max): sphere rough 1.00 (1.01), ellipsoid rough 0.98 (0.99),
-ellipsoid smooth 0.72 (1.78), Swiss roll 0.45 (0.49); sphere smooth 14 (14), the frames' floor: 3.4e-4 against
-2.5e-5 (the spectral kernel alone: 0.06-0.11 on the smooth fields, 0.8-0.95 on the rough ones).
+0-2), RVGP's relative L2 over theirs, median (max): sphere rough 1.00 (1.01), ellipsoid rough 0.98 (0.99), ellipsoid
+smooth 0.045 (0.065), Swiss roll 0.42 (0.54), sphere smooth 0.064 (0.13): 1.6e-6 against 2.5e-5 (cubic frames: 14).
 
 **Out-of-sample extension** (:meth:`RVGP.extend`, gpgeom's addition: the paper's model is transductive, its test
 points belong to the cloud). A new point :math:`x` near the cloud joins the graph with its ``k`` nearest cloud points
@@ -147,7 +147,7 @@ from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian, procrustes
-from gpgeom.geometry.tangent import frames_at, local_noise_variance, tangent_frames
+from gpgeom.geometry.tangent import fit_size, frames_at, local_noise_variance, tangent_frames
 from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = ["LowRankSpectralGP", "OutOfReachWarning", "RVGP", "angular_errors", "local_noise_variance", "relative_l2"]
@@ -674,11 +674,11 @@ class RVGP(ModelContract, LowRankSpectralGP):
         return torch.cat([p[0] for p in parts], dim=-2), torch.cat([p[1] for p in parts], dim=-3 if return_cov else -2)
 
     def _bytes_per_point(self, new: bool) -> int:
-        r"""Working bytes one point of a prediction chunk costs: the rows ``(D, k)`` of the basis and the
-        internal inputs, the dense algebra's cross-covariance with the ``N d`` tangent components of the
-        training observations and its triangular solve (with the ambient part), and for a new point
-        (:meth:`predict_at`) the extension's transported neighbour coefficients ``(k_nn, d, k)`` (float64) and its
-        local fit over ``k_pca`` neighbours; each counted a few times for the temporaries."""
+        r"""Working bytes one point of a prediction chunk costs: the rows ``(D, k)`` of the basis and the internal
+        inputs, the dense algebra's cross-covariance with the ``N d`` tangent components of the training observations
+        and its triangular solve (with the ambient part), and for a new point (:meth:`predict_at`) the extension's
+        transported neighbour coefficients ``(k_nn, d, k)`` (float64) and its local fit over its
+        :func:`~gpgeom.geometry.tangent.fit_size` neighbours; each counted a few times for the temporaries."""
         D, k = self.output_dim, self.kernel.num_eigenpairs
         d = 1 if self.scalar else self.laplacian.dim
         size = element_size(self.dtype)
@@ -686,8 +686,10 @@ class RVGP(ModelContract, LowRankSpectralGP):
         if self.uses_ambient:
             per += 8 * 4 * D * d * int(self.data_index.shape[-1]) * max(1, math.prod(self.data_index.shape[:-1]))
         if new:
-            kk, kp = self.laplacian.graph.k, max(self.laplacian.k_pca, self.laplacian.graph.k)
-            per += 8 * (3 * kk * d * (k + 2 * d) + 6 * kp * (D + 20))
+            lap = self.laplacian  # the polynomial fit's own neighbourhood (up to 28 terms)
+            kp = max(lap.k_pca, lap.graph.k, fit_size(lap.frame_fit, lap.k_pca, d) if lap.frame_fit != "given" else 0)
+            kk = lap.graph.k
+            per += 8 * (3 * kk * d * (k + 2 * d) + 6 * kp * (D + 32))
         return per
 
     @property
