@@ -50,6 +50,64 @@ P^s_{i+1}` and, for :math:`i < j`,
 :func:`chain_covariance` evaluates it for any pairs of nodes through a binary-lifting table of gain products
 (:func:`gain_products`: level :math:`\ell` holds every product of :math:`2^\ell` consecutive gains), in
 :math:`O(\log I)` batched matrix products per pair.
+
+Node-level filter
+-----------------
+:func:`node_site_posterior` runs one step per node instead of :math:`R`: with :math:`\tilde\Lambda_i = H^\top
+\Lambda_i H` and :math:`\tilde\eta_i = H^\top \eta_i`, the element of node :math:`i` of the associative-scan filter
+(Särkkä & García-Fernández, "Temporal parallelization of Bayesian smoothers", IEEE TAC 2021, Lemma 8) is the
+conditional :math:`p(x_i \mid x_{i-1}, t_i) = N(A_i x_{i-1} + b_i, C_i)` and the information pair
+:math:`(\eta_i, J_i)` of :math:`\int p(x_i \mid x_{i-1}) t_i(H x_i)\, \mathrm dx_i` in :math:`x_{i-1}`: with
+:math:`T_i = (I + Q_{i-1} \tilde\Lambda_i)^{-1}`,
+
+.. math::
+    A_i = T_i \Phi_{i-1}, \quad b_i = T_i Q_{i-1} \tilde\eta_i, \quad C_i = T_i Q_{i-1}, \quad
+    J_i = \Phi_{i-1}^\top \tilde\Lambda_i T_i \Phi_{i-1}, \quad \eta_i = \Phi_{i-1}^\top T_i^\top \tilde\eta_i
+
+(the first node with :math:`(m_0, P_0)` in place of :math:`(\Phi x, Q)` and :math:`A_1 = 0`, :math:`J_1 = 0`); no
+:math:`Q^{-1}` or :math:`\Lambda^{-1}` is formed, so tiny steps and singular sites are exact. With the predictions
+:math:`(m^-_i, P^-_i)`, :math:`\mu_i = H m^-_i`, :math:`S_i = H P^-_i H^\top` and :math:`a_i = \eta_i - \Lambda_i
+\mu_i`, the normaliser is
+
+.. math::
+    \log Z = \sum_i \Big( -\tfrac12 \log\lvert I + S_i \Lambda_i\rvert + \eta_i^\top \mu_i
+    - \tfrac12 \mu_i^\top \Lambda_i \mu_i + \tfrac12 a_i^\top (I + S_i \Lambda_i)^{-1} S_i a_i \Big),
+
+and the RTS smoother runs on the nodes directly (its gains are the node gains).
+
+Score
+-----
+The gradient of :math:`\log Z` with respect to the prior :math:`\theta = (\Phi_{1:I-1}, Q_{1:I-1}, m_0, P_0)` needs
+no differentiation through the recursions. By Fisher's identity, :math:`\nabla_\theta \log Z = \mathbb E_q[
+\nabla_\theta \log p(x \mid \theta)]` with :math:`q` the posterior at :math:`\theta`, so with the innovation
+:math:`e_k = x_{k+1} - \Phi_k x_k`,
+
+.. math::
+    \frac{\partial \log Z}{\partial Q_k} = -\tfrac12 Q_k^{-1} + \tfrac12 Q_k^{-1} \mathbb E_q[e_k e_k^\top]
+    Q_k^{-1}, \qquad \frac{\partial \log Z}{\partial \Phi_k} = Q_k^{-1} \mathbb E_q[e_k x_k^\top].
+
+Written with :math:`\mathbb E_q[e_k e_k^\top] = P^s_{k+1} - \Phi_k C_k - C_k^\top \Phi_k^\top + \dots` these
+cancel catastrophically when :math:`Q_k` is small (dense coordinates: :math:`Q_k = O(\Delta^{2s-1})`), and
+:math:`Q_k^{-1}` itself is then numerically singular. The smoother's backward conditional :math:`x_k = G_k x_{k+1} +
+c_k + w_k`, :math:`\operatorname{Cov} w_k = P^f_k - G_k P^-_{k+1} G_k^\top`, with :math:`G_k = P^f_k \Phi_k^\top
+(P^-_{k+1})^{-1}`, gives :math:`I - \Phi_k G_k = Q_k (P^-_{k+1})^{-1}` exactly, hence (with :math:`\delta_{k+1} =
+m^s_{k+1} - m^-_{k+1}`)
+
+.. math::
+    \mathbb E_q[e_k] = Q_k (P^-_{k+1})^{-1} \delta_{k+1}, \qquad
+    \mathbb E_q[e_k e_k^\top] = Q_k - Q_k M_{k+1} Q_k, \qquad
+    \mathbb E_q[e_k x_k^\top] = Q_k N_{k+1},
+
+with :math:`M, N` of :class:`SiteScore`, in which :math:`Q_k^{-1}` cancels:
+
+.. math::
+    \mathrm d \log Z = -\tfrac12 \operatorname{tr}(M_1\, \mathrm dP_0) + \delta_1^\top P_0^{-1} \mathrm dm_0
+    + \sum_{k=1}^{I-1} \Big(-\tfrac12 \operatorname{tr}(M_{k+1}\, \mathrm dQ_k)
+    + \operatorname{tr}(N_{k+1}\, \mathrm d\Phi_k^\top)\Big)
+
+(the first node's prediction is the prior, the same formula with :math:`(m_0, P_0)`). These are the adjoint
+(backward-pass) equations of the Kalman likelihood in closed form; :func:`site_score` evaluates them from one filter
+and smoother, :func:`score_surrogate` as a linear function of the prior for autograd.
 """
 
 from __future__ import annotations
@@ -61,13 +119,25 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from gpgeom.engine.statespace import PARALLEL_THRESHOLD, kalman_filter, rts_smoother
+from gpgeom.engine.statespace import (
+    PARALLEL_THRESHOLD,
+    KalmanFilterResult,
+    _associative_scan,
+    _filter_combine,
+    kalman_filter,
+    rts_smoother,
+)
 
 __all__ = [
     "SiteChain",
     "SitePosterior",
     "site_chain",
     "site_posterior",
+    "SiteScore",
+    "site_score",
+    "score_surrogate",
+    "node_site_posterior",
+    "site_log_scale",
     "site_log_likelihoods",
     "gain_products",
     "chain_covariance",
@@ -192,6 +262,30 @@ def _expand_transitions(Phi: Tensor, Q: Tensor, I: int, R: int) -> tuple[Tensor,
     return Phi_n, Q_n
 
 
+class SiteScore(NamedTuple):
+    r"""Sufficient statistics of the gradient of :math:`\log Z` with respect to the prior (:func:`site_score`).
+
+    With the filter's predictions :math:`(m^-_k, P^-_k)` of node :math:`k` (:math:`(m_0, P_0)` at the first), its
+    filtered covariance :math:`P^f_k` and the smoothed moments :math:`(m^s_k, P^s_k)`, :math:`\delta_k = m^s_k -
+    m^-_k`:
+
+    .. math::
+        M_k = (P^-_k)^{-1}\big[P^-_k - P^s_k - \delta_k \delta_k^\top\big](P^-_k)^{-1}, \qquad
+        N_k = (P^-_k)^{-1}\big[(P^s_k - P^-_k)(P^-_k)^{-1} \Phi_{k-1} P^f_{k-1} + \delta_k m^{s\top}_{k-1}\big].
+
+    Attributes:
+        M0: ``batch x D x D`` :math:`M_1` (first node, prediction = the prior :math:`(m_0, P_0)`).
+        M: ``batch x (I-1) x D x D`` :math:`M_k`, ``k = 2..I``.
+        N: ``batch x (I-1) x D x D`` :math:`N_k`, ``k = 2..I``.
+        delta0: ``batch x D`` :math:`(P_0)^{-1} \delta_1` (the gradient with respect to :math:`m_0`).
+    """
+
+    M0: Tensor
+    M: Tensor
+    N: Tensor
+    delta0: Tensor
+
+
 def site_posterior(
     chain: SiteChain,
     Phi: Tensor,
@@ -218,6 +312,12 @@ def site_posterior(
     Returns:
         A :class:`SitePosterior`, differentiable with respect to the prior.
     """
+    kf, sm, _ = _run(chain, Phi, Q, m0, P0, smooth, parallel)
+    return _posterior(chain, kf, sm)
+
+
+def _run(chain: SiteChain, Phi: Tensor, Q: Tensor, m0: Tensor, P0: Tensor, smooth: bool, parallel: bool | None):
+    r"""The filter (and smoother) of the scalar-step chain, and its step transitions."""
     I, R = chain.num_sites, chain.R
     n = I * R
     Phi_n, Q_n = _expand_transitions(Phi, Q, I, R)
@@ -225,11 +325,16 @@ def site_posterior(
     kf = kalman_filter(
         Phi_n, Q_n, chain.H, chain.y, chain.noise, m0, P0, mask=chain.mask, parallel=par, H_per_step=True
     )
+    sm = rts_smoother(Phi_n, kf, parallel=par) if smooth else None
+    return kf, sm, Phi_n
+
+
+def _posterior(chain: SiteChain, kf, sm) -> SitePosterior:
+    I, R = chain.num_sites, chain.R
     ll = kf.log_likelihood
     log_z = ll + chain.log_scale
-    if not smooth:
+    if sm is None:
         return SitePosterior(None, None, None, None, ll, log_z)
-    sm = rts_smoother(Phi_n, kf, parallel=par)
     last = torch.arange(I, device=chain.y.device) * R + (R - 1)  # the last step of every node
     mean = sm.mean[..., last, :]
     cov = _sym(sm.cov[..., last, :, :])
@@ -237,6 +342,204 @@ def site_posterior(
     gain = sm.gain[..., k, :, :]
     cross = gain @ sm.cov[..., k + 1, :, :]  # step k + 1 is the first step of the next node
     return SitePosterior(mean, cov, cross, gain, ll, log_z)
+
+
+def _score(mp: Tensor, Pp: Tensor, Pf: Tensor, Phi: Tensor, post: SitePosterior) -> SiteScore:
+    r""":class:`SiteScore` from node predictions ``mp`` (``batch x I x D``), ``Pp`` (``batch x I x D x D``), the
+    filtered covariances ``Pf`` of nodes ``1..I-1`` and the smoothed posterior."""
+    D = Pp.shape[-1]
+    ms, Ps = post.mean, post.cov
+    delta = ms - mp  # batch x I x D
+    rhs = torch.cat([_sym(Pp - Ps) - delta[..., :, None] * delta[..., None, :], delta[..., :, None]], -1)
+    X = torch.linalg.solve(Pp, rhs)
+    M = _sym(torch.linalg.solve(Pp, X[..., :D].mT))  # P^{-1} [P - P^s - d d^T] P^{-1}
+    if Pp.shape[-3] > 1:
+        Y = torch.linalg.solve(Pp[..., 1:, :, :], Phi @ Pf)  # (P^-)^{-1} Phi P^f
+        Z = (Ps[..., 1:, :, :] - Pp[..., 1:, :, :]) @ Y + delta[..., 1:, :, None] * ms[..., :-1, None, :]
+        N = torch.linalg.solve(Pp[..., 1:, :, :], Z)
+    else:
+        N = M[..., 1:, :, :]
+    return SiteScore(M[..., 0, :, :], M[..., 1:, :, :], N, X[..., 0, :, D])
+
+
+def site_score(
+    chain: SiteChain,
+    Phi: Tensor,
+    Q: Tensor,
+    m0: Tensor,
+    P0: Tensor,
+    *,
+    parallel: bool | None = None,
+) -> tuple[SitePosterior, SiteScore]:
+    r"""The posterior of :func:`site_posterior` and the statistics :class:`SiteScore` of the gradient of
+    :math:`\log Z` with respect to the prior (module docstring, "Score"), from one filter and smoother.
+
+    Everything is computed without autograd through the recursions; :func:`score_surrogate` turns the statistics
+    into a function of the prior whose gradient is that of :math:`\log Z`.
+
+    Args:
+        chain, Phi, Q, m0, P0, parallel: As for :func:`site_posterior` (the prior is read, not differentiated).
+
+    Returns:
+        ``(posterior, score)``.
+    """
+    I, R = chain.num_sites, chain.R
+    with torch.no_grad():
+        kf, sm, _ = _run(chain, Phi.detach(), Q.detach(), m0.detach(), P0.detach(), True, parallel)
+        post = _posterior(chain, kf, sm)
+        first = torch.arange(I, device=chain.y.device) * R  # the first step of every node
+        Pf = kf.cov[..., first[1:] - 1, :, :]  # filtered at the last step of nodes 1..I-1
+        score = _score(kf.pred_mean[..., first, :], _sym(kf.pred_cov[..., first, :, :]), Pf, Phi.detach(), post)
+    return post, score
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Node-level filter: one step per site
+# ----------------------------------------------------------------------------------------------------------------
+def _node_filter(
+    lam: Tensor, eta: Tensor, H: Tensor, Phi: Tensor, Q: Tensor, m0: Tensor, P0: Tensor
+) -> tuple[KalmanFilterResult, Tensor]:
+    r"""The associative-scan filter with one element per node (module docstring, "Node-level filter"); returns
+    the filter moments (node-level predictions) and :math:`\log Z` (``batch``)."""
+    I, R = eta.shape[-2:]
+    D = H.shape[-1]
+    batch = torch.broadcast_shapes(eta.shape[:-2], Phi.shape[:-3], Q.shape[:-3], m0.shape[:-1], P0.shape[:-2])
+    B = batch.numel()
+    dtype, device = eta.dtype, eta.device
+    eye = torch.eye(D, dtype=dtype, device=device)
+    Ht = H.mT
+    lam = _sym(lam).expand(*batch, I, R, R).reshape(B, I, R, R)
+    eta = eta.expand(*batch, I, R).reshape(B, I, R)
+    Phi = Phi.expand(*batch, I - 1, D, D).reshape(B, I - 1, D, D)
+    Q = Q.expand(*batch, I - 1, D, D).reshape(B, I - 1, D, D)
+    m0 = m0.expand(*batch, D).reshape(B, D, 1)
+    P0 = P0.expand(*batch, D, D).reshape(B, D, D)
+    Lt = Ht @ lam @ H  # B x I x D x D, H^T Lambda H
+    et = Ht @ eta[..., None]  # B x I x D x 1
+    Pprior = torch.cat([P0[:, None], Q], 1)  # covariance of x_k given x_{k-1} (x_1: the prior)
+    T = torch.linalg.solve(eye + Pprior @ Lt, eye.expand_as(Lt))  # (I + P Lt)^{-1}
+    C = _sym(T @ Pprior)
+    A = torch.zeros_like(C)
+    A[:, 1:] = T[:, 1:] @ Phi
+    b = T @ (Pprior @ et)
+    b[:, :1] = b[:, :1] + T[:, :1] @ m0[:, None]
+    Phi0 = torch.cat([torch.zeros_like(P0)[:, None], Phi], 1)
+    J = _sym(Phi0.mT @ (Lt @ T) @ Phi0)
+    e = Phi0.mT @ (T.mT @ et)
+    _, fm, fP, _, _ = _associative_scan(_filter_combine, (A, b, C, e, J))
+    pm = torch.cat([m0[:, None], Phi @ fm[:, :-1]], 1)
+    pP = torch.cat([P0[:, None], _sym(Phi @ fP[:, :-1] @ Phi.mT + Q)], 1)
+    # log Z = sum_k log int N(x; m^-_k, P^-_k) t_k(H x) dx, in the R-dim output space
+    mu = H @ pm  # B x I x R x 1
+    S0 = _sym(H @ pP @ Ht)
+    eyeR = torch.eye(R, dtype=dtype, device=device)
+    a = eta[..., None] - lam @ mu
+    G = torch.linalg.solve(eyeR + S0 @ lam, torch.cat([S0, eyeR.expand_as(S0)], -1))
+    quad = (a.mT @ G[..., :R] @ a)[..., 0, 0]
+    logdet = -torch.linalg.slogdet(G[..., R:])[1]  # log det(I + S0 Lambda)
+    lin = (eta[..., None].mT @ mu)[..., 0, 0] - 0.5 * (mu.mT @ lam @ mu)[..., 0, 0]
+    log_z = (lin + 0.5 * quad - 0.5 * logdet).sum(-1)
+    kf = KalmanFilterResult(
+        mean=fm.reshape(*batch, I, D),
+        cov=fP.reshape(*batch, I, D, D),
+        pred_mean=pm.reshape(*batch, I, D),
+        pred_cov=pP.reshape(*batch, I, D, D),
+        log_likelihood=log_z.reshape(batch),
+    )
+    return kf, log_z.reshape(batch)
+
+
+def _node_posterior(kf: KalmanFilterResult, Phi: Tensor, log_z: Tensor, log_scale: Tensor) -> SitePosterior:
+    sm = rts_smoother(Phi, kf, parallel=True)
+    cov = _sym(sm.cov)
+    cross = sm.gain @ cov[..., 1:, :, :]
+    return SitePosterior(sm.mean, cov, cross, sm.gain, log_z - log_scale, log_z)
+
+
+def node_site_posterior(
+    lam: Tensor,
+    eta: Tensor,
+    H: Tensor,
+    Phi: Tensor,
+    Q: Tensor,
+    m0: Tensor,
+    P0: Tensor,
+    *,
+    smooth: bool = True,
+    score: bool = False,
+) -> SitePosterior | tuple[SitePosterior, SiteScore]:
+    r"""The posterior of :func:`site_posterior` by the node-level filter (module docstring, "Node-level filter"):
+    one associative-scan element per site instead of ``R``.
+
+    Args:
+        lam: ``batch x I x R x R`` site precisions :math:`\Lambda_i` (symmetric positive semi-definite).
+        eta: ``batch x I x R`` site natural means :math:`\eta_i`.
+        H: ``R x D`` output map.
+        Phi, Q, m0, P0: The prior, as for :func:`site_posterior` (``I >= 2``).
+        smooth: Also run the smoother (``False``: ``mean``, ``cov``, ``cross``, ``gain`` are ``None``).
+        score: Also return the :class:`SiteScore` (computed without autograd; implies ``smooth``).
+
+    Returns:
+        A :class:`SitePosterior` (``log_likelihood`` is :math:`\log Z` minus :attr:`SiteChain.log_scale` of
+        :func:`site_chain`, as for :func:`site_posterior`), with ``score`` the pair ``(posterior, score)``.
+    """
+    I = eta.shape[-2]
+    if I < 2:
+        raise ValueError(f"`eta` must hold at least 2 sites for the node-level filter, got {I}.")
+    log_scale = site_log_scale(lam, eta)
+    if score:
+        with torch.no_grad():
+            kf, log_z = _node_filter(lam, eta, H, Phi.detach(), Q.detach(), m0.detach(), P0.detach())
+            post = _node_posterior(kf, Phi.detach(), log_z, log_scale)
+            return post, _score(kf.pred_mean, _sym(kf.pred_cov), kf.cov[..., :-1, :, :], Phi.detach(), post)
+    kf, log_z = _node_filter(lam, eta, H, Phi, Q, m0, P0)
+    if not smooth:
+        return SitePosterior(None, None, None, None, log_z - log_scale, log_z)
+    return _node_posterior(kf, Phi, log_z, log_scale)
+
+
+def site_log_scale(lam: Tensor, eta: Tensor, *, threshold: float | None = None) -> Tensor:
+    r""":attr:`SiteChain.log_scale` of :func:`site_chain` (``batch``) without building the chain:
+    :math:`\sum_{ij} \tfrac12 \log(2\pi/d_{ij}) + \tfrac12 (v_{ij}^\top \eta_i)^2/d_{ij}` over the observed
+    directions."""
+    dtype = eta.dtype
+    thr = eigen_threshold(dtype) if threshold is None else float(threshold)
+    batch = eta.shape[:-2]
+    d, V = torch.linalg.eigh(_sym(lam.detach()))
+    if d.numel():
+        dmax = d.reshape(*batch, -1).amax(-1)[..., None, None]
+    else:
+        dmax = torch.zeros((*batch, 1, 1), dtype=dtype, device=eta.device)
+    observed = d > thr * torch.clamp(dmax, min=1e-300)
+    d_safe = torch.where(observed, d, torch.ones_like(d))
+    proj = (V.mT @ eta.detach()[..., None])[..., 0]
+    log_c = 0.5 * torch.log(2.0 * math.pi / d_safe) + 0.5 * proj.square() / d_safe
+    return torch.where(observed, log_c, torch.zeros_like(d)).sum((-2, -1))
+
+
+def score_surrogate(score: SiteScore, Phi: Tensor, Q: Tensor, m0: Tensor, P0: Tensor) -> Tensor:
+    r"""A function of the prior whose gradient at the prior of :func:`site_score` is the gradient of
+    :math:`\log Z` (module docstring, "Score"):
+
+    .. math::
+        s(\Phi, Q, m_0, P_0) = -\tfrac12 \operatorname{tr}(M_1 P_0) + \delta_0^\top m_0
+        + \sum_{k=2}^{I} \Big(-\tfrac12 \operatorname{tr}(M_k Q_{k-1}) + \operatorname{tr}(N_k \Phi_{k-1}^\top)
+        \Big).
+
+    Its value is not :math:`\log Z`; only its gradient (at that prior) is.
+
+    Args:
+        score: The :func:`site_score` statistics.
+        Phi, Q: ``batch x (I-1) x D x D`` (differentiable).
+        m0: ``batch x D``; P0: ``batch x D x D``.
+
+    Returns:
+        ``batch`` surrogate values.
+    """
+    out = -0.5 * (score.M0 * P0).sum((-2, -1)) + (score.delta0 * m0).sum(-1)
+    if score.M.shape[-3]:
+        out = out + (-0.5 * (score.M * Q) + score.N * Phi).sum((-3, -2, -1))
+    return out
 
 
 def site_log_likelihoods(

@@ -5,12 +5,16 @@ likelihood of its current pseudo-observations (the part of the EP evidence that 
 :mod:`~gpgeom.models.funbat.latent`), by steps between sweeps (from sweep ``hyper_warmup``; the interval doubles while
 no log hyperparameter moves by 1%), run by :func:`gpgeom.engine.fitting.fit` (L-BFGS-B) in one of two ways:
 
-* ``"marginal"``: the likelihood itself, by ONE batched engine Kalman filter over all modes' chains
-  (:func:`~gpgeom.models.funbat.latent.joint_log_likelihood`) and its backward pass per evaluation;
+* ``"marginal"``: the likelihood itself; per evaluation one Kalman filter and RTS smoother per mode without
+  autograd gives its value and, in closed form, its gradient (:func:`~gpgeom.models.funbat.latent.latent_score`,
+  :func:`~gpgeom.models.funbat.latent.score_surrogate`; no backward pass through the filter, memory linear in the
+  number of unique coordinates);
 * ``"em"``: an EM step (Dempster, Laird & Rubin 1977), maximising
   :func:`~gpgeom.models.funbat.latent.expected_log_prior` :math:`\mathbb E_q[\log p(x_{1:I} \mid \theta)]` under the
-  smoother's moments. By Fisher's identity its gradient at the current values is the likelihood's gradient; it
-  increases the likelihood, has the same stationary points, and costs no Kalman recursion (about 50 times cheaper).
+  smoother's moments at the current values, in its stable form (one filter and smoother per mode with the score
+  statistics of :func:`~gpgeom.models.funbat.latent.latent_score`, then no Kalman recursion while it is maximised).
+  By Fisher's identity its gradient at the current values is the likelihood's gradient; it increases the
+  likelihood and has the same stationary points.
 
 The default ``"auto"`` takes 3 marginal steps (EM moves slowly while a poor prior dominates the posterior), then EM
 (marginal throughout for :math:`\nu = 5/2`, whose smallest steps make :math:`Q(\Delta)` numerically singular).
@@ -37,7 +41,7 @@ from gpgeom.engine.fitting import fit as engine_fit
 from gpgeom.errors import NotPSDError
 from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.models.funbat.inference import _Mode
-from gpgeom.models.funbat.latent import expected_log_prior, joint_log_likelihood, latent_posterior, mode_sites
+from gpgeom.models.funbat.latent import expected_log_prior, joint_log_likelihood, latent_score
 
 
 class _HyperparameterSteps:
@@ -99,16 +103,14 @@ class _HyperparameterSteps:
         r"""M-step of one mode on the expected log prior under its current smoothed posterior (float64)."""
         k64 = copy.deepcopy(kern).to(torch.float64)
         t64 = md.t.to(torch.float64)
-        if md.post.mean.dtype == torch.float64:
-            post64 = md.post
-        else:  # the EM statistics cancel to O(Q(dt)): smooth again in float64
-            with torch.no_grad():
-                post64 = latent_posterior(k64, t64, md.lam.double(), md.eta.double())
+        # the posterior and its score statistics at the current values (one filter and smoother, float64): the
+        # stable form of the expected log prior (latent.expected_log_prior)
+        post64, score64 = latent_score(k64, t64, md.lam.double(), md.eta.double())
         scale = 1.0 / max(int(post64.mean.numel()), 1)
 
         def loss() -> Tensor:
             try:
-                return -scale * expected_log_prior(k64, t64, post64)
+                return -scale * expected_log_prior(k64, t64, post64, score64)
             except torch.linalg.LinAlgError:  # a trial point made some Q(dt) singular: reject it (line search)
                 return sum(p.sum() for p in k64.parameters()) * 0.0 + math.inf
 
@@ -119,17 +121,20 @@ class _HyperparameterSteps:
         return failure
 
     def _marginal_step(self) -> str | None:
-        r"""A few L-BFGS-B steps on the sum over modes of the pseudo-observations' log marginal likelihoods."""
-        ts = [md.t for md in self._modes]
-        sites = [
-            mode_sites(md.lam.detach(), md.eta.detach(), kern.state_dim) for md, kern in zip(self._modes, self.kernels)
-        ]
+        r"""A few L-BFGS-B steps on the sum over modes of the pseudo-observations' log marginal likelihoods: each
+        evaluation is one Kalman filter and smoother per mode without autograd (the value) and the closed-form
+        score (the gradient; :func:`~gpgeom.models.funbat.latent.joint_log_likelihood` with ``(lam, eta)``
+        sites): time and memory :math:`O(\sum_k I_k)`."""
         scale = 1.0 / max(sum(int(md.eta.numel()) for md in self._modes), 1)
+
+        ts = [md.t for md in self._modes]
+        sites = [(md.lam.detach(), md.eta.detach()) for md in self._modes]
 
         def loss() -> Tensor:
             try:
-                return -scale * joint_log_likelihood(list(self.kernels), ts, sites).sum()
+                value = joint_log_likelihood(list(self.kernels), ts, sites).sum()
             except torch.linalg.LinAlgError:  # a trial point failed to factorise: reject it (line search)
                 return sum(p.sum() for p in self.kernels.parameters()) * 0.0 + math.inf
+            return -scale * value
 
         return self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5, "marginal-likelihood step")

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+r"""FunBaT on continuous coordinates (issue #18): every coordinate of every entry unique (:math:`I_k = N`), the
+regime where each mode's chain is as long as the data and its coordinates are dense (the smallest gaps of
+:math:`N` uniform points are about :math:`1/N^2`, where :math:`Q(\Delta)` is numerically singular in precision form).
+
+Data: :math:`N` entries with coordinates uniform on :math:`[0, 1]^3`, :math:`y = \sin(6x_1)\cos(4x_2) + x_3^2 +
+0.1\varepsilon`; FunBaT Tucker rank 2, :math:`\nu = 3/2`, ``n_restarts=0``. For each :math:`N` (20,000 and
+100,000; ``--quick``: 5,000 and 20,000), each in its own process on one thread:
+
+* ``plain``: 3 sweeps without hyperparameter learning: median seconds per sweep;
+* ``hyper``: 4 sweeps with a hyperparameter step after every sweep (``hyper_warmup=0``; the default ``"auto"``
+  method: sweeps 1-3 marginal-likelihood steps, sweep 4 an EM step): seconds of each sweep;
+* ``default``: the default fit (``FunBaT(2, n_restarts=0)``, default sweeps and schedule): total seconds, sweeps,
+  held-out RMSE on 2,000 noiseless test entries.
+
+Memory: the peak resident set size of the process (``ru_maxrss``) and the peak above the resident set size after
+the imports and the data (``above``), both in MB.
+
+Usage: ``python benchmarks/funbat_continuous.py [--quick] [--sizes N ...] [--jobs J] [--out FILE]`` (also
+``python benchmarks/funbat.py --continuous-only [--quick]``). A full run writes
+``benchmarks/results/funbat_continuous.md``, other runs ``funbat_continuous_quick.md``
+(``benchmarks/_common.report_name``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MODES = ("plain", "hyper", "default")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1e3
+    return float("nan")
+
+
+def worker(n: int, mode: str) -> dict:
+    r"""One measurement in this process (one thread); returns the JSON-able row."""
+    import resource
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from gpgeom.models.funbat import FunBaT
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    g = np.random.default_rng(0)
+    X = g.uniform(0, 1, (n, 3))
+    y = np.sin(6 * X[:, 0]) * np.cos(4 * X[:, 1]) + X[:, 2] ** 2 + 0.1 * g.standard_normal(n)
+    Xt = g.uniform(0, 1, (2000, 3))
+    yt = np.sin(6 * Xt[:, 0]) * np.cos(4 * Xt[:, 1]) + Xt[:, 2] ** 2
+    base = _rss_mb()
+    if mode == "plain":
+        model = FunBaT(2, max_sweeps=3, min_sweeps=3, n_restarts=0, learn_hyperparameters=False)
+    elif mode == "hyper":
+        model = FunBaT(2, max_sweeps=4, min_sweeps=4, n_restarts=0, hyper_warmup=0)
+    else:
+        model = FunBaT(2, n_restarts=0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.fit(X, y, progress=False)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    row = {"n": n, "mode": mode, "total_s": total, "cpu_s": cpu, "sweeps": len(model.history), "peak_mb": peak}
+    row["base_mb"] = base
+    row["sweep_s"] = [float(h["seconds"]) for h in model.history]
+    row["hyper"] = [bool(h["hyper_step"]) for h in model.history]
+    if mode == "default":
+        mean = model.predict(torch.as_tensor(Xt))
+        mean = mean[0] if isinstance(mean, tuple) else mean
+        row["rmse"] = float((mean.reshape(-1).double() - torch.as_tensor(yt)).square().mean().sqrt())
+    return row
+
+
+def _run(n: int, mode: str, timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(n), mode]
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=True).stdout
+    except subprocess.TimeoutExpired:
+        return {"n": n, "mode": mode, "error": f"timeout after {timeout:.0f} s"}
+    except subprocess.CalledProcessError as err:
+        return {"n": n, "mode": mode, "error": err.stderr.strip().splitlines()[-1] if err.stderr else "failed"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def report(rows: list[dict], machine: str, quick: bool) -> list[str]:
+    lines = [
+        "# FunBaT on continuous coordinates (every coordinate unique)",
+        "",
+        f"- machine: {machine}; one thread per process (`OMP_NUM_THREADS=1`, `torch.set_num_threads(1)`)",
+        f"- mode: {'quick' if quick else 'full'}; data and columns: `benchmarks/funbat_continuous.py` docstring",
+        "- memory: `peak` = peak RSS of the process; `above` = peak minus the RSS after imports and data (MB)",
+        "- times: wall seconds (`fit_result` history); CPU seconds of the process beside the total fit",
+        "",
+        "| N | plain s/sweep (CPU) | hyper sweeps s (marginal, marginal, marginal, EM) | plain peak / above MB "
+        "| hyper peak / above MB | default fit s (CPU s) | sweeps | test RMSE | default peak / above MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in sorted({r["n"] for r in rows}):
+        by = {r["mode"]: r for r in rows if r["n"] == n}
+
+        def mem(mode: str, by=by) -> str:
+            r = by.get(mode, {})
+            if "peak_mb" not in r:
+                return r.get("error", "-")
+            return f"{r['peak_mb']:.0f} / {r['peak_mb'] - r['base_mb']:.0f}"
+
+        p, h, d = by.get("plain", {}), by.get("hyper", {}), by.get("default", {})
+        plain = (
+            f"{_median(p['sweep_s']):.2f} ({p['cpu_s'] / p['sweeps']:.2f})" if "sweep_s" in p else p.get("error", "-")
+        )
+        hyper = h.get("error", "-")
+        if "sweep_s" in h:
+            hyper = ", ".join(f"{s:.2f}" for s in h["sweep_s"]) + f" (CPU {h['cpu_s']:.1f} in all)"
+        fit = f"{d['total_s']:.1f} ({d['cpu_s']:.1f})" if "total_s" in d else d.get("error", "-")
+        sweeps = str(d.get("sweeps", "-"))
+        rmse = f"{d['rmse']:.4f}" if "rmse" in d else "-"
+        lines.append(f"| {n:,} | {plain} | {hyper} | {mem('plain')} | {mem('hyper')} | {fit} | {sweeps} | {rmse} "
+                     f"| {mem('default')} |")  # fmt: skip
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N = 5,000 and 20,000")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None, help="the N to run (counts as quick)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--jobs", type=int, default=1, help="measurements run at once (one thread each)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--worker", nargs=2, metavar=("N", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(int(args.worker[0]), args.worker[1])), flush=True)
+        return 0
+    from _common import machine_info, report_name, results_path
+
+    sizes = args.sizes or ([5_000, 20_000] if args.quick else [20_000, 100_000])
+    quick = args.quick or args.sizes is not None or args.modes != list(MODES)
+    jobs = [(n, m) for n in sizes for m in args.modes]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda job: _run(*job, args.timeout), jobs))
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    lines = report(rows, machine_info("cpu"), quick)
+    print("\n".join(lines))
+    out = args.out or results_path(report_name("funbat_continuous", device="cpu", quick=quick))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
