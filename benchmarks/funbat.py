@@ -23,6 +23,9 @@ the calibration of the predictive intervals beside the accuracy.
    coordinates grow with N (``n_coords = N / 2`` per mode) up to 1e5 entries; the log-log slope is fitted. The
    dense GP's Cholesky time versus N is measured beside it.
 
+5. ``--continuous-only``: only the table of FunBaT on continuous coordinates (every coordinate unique, N = 20,000
+   and 100,000; ``benchmarks/funbat_continuous.py``, which writes ``funbat_continuous.md``).
+
 Usage: ``python benchmarks/funbat.py [--quick] [--device cuda] [--folds 5] [--out FILE]``.
 
 Output: a full CPU run (the defaults) writes the committed table ``benchmarks/results/funbat.md``; any other run
@@ -212,6 +215,154 @@ def pooled_calibration(rs: list[dict], ys: list[torch.Tensor]) -> dict[str, floa
     return out
 
 
+# ---------------------------------------------------------------------- the noise models (issue #12): calibration
+NOISE_MODELS = ("gaussian", "student_t")
+
+
+def mixture_calibration(model, X: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    r"""Accuracy and calibration of the predictive distribution of a new observation from its true quantiles, CDF and
+    density (``FunBaT.predict_interval`` / ``predictive_cdf`` / ``log_predictive_density``; a scale mixture for
+    Student-t noise): coverage of the central 50/90/95% intervals, z RMS of the PIT, :math:`z_n =
+    \Phi^{-1}(F_n(y_n))` (the usual standardised error for a Gaussian predictive), NLPD, CRPS of the mixture
+    :math:`\sum_j w_j N(m, \sigma_j^2)` (:math:`\mathbb E|Y - y| - \tfrac12 \mathbb E|Y - Y'|`, in closed form per
+    pair of components) and the mean 95% width."""
+    y = y.to(model.device, model.dtype)
+    mean = model.predict(X)[:, 0]
+    out = {"rmse": float((mean - y).square().mean().sqrt())}
+    for level in (0.5, 0.9, 0.95):
+        lo, hi = model.predict_interval(X, level)
+        out[f"coverage_{round(100 * level)}"] = float(((y >= lo[:, 0]) & (y <= hi[:, 0])).double().mean())
+        if level == 0.95:
+            width = float((hi - lo).mean())
+    pit = model.predictive_cdf(X, y)[:, 0].double().clamp(1e-15, 1 - 1e-15)
+    z = math.sqrt(2.0) * torch.erfinv(2.0 * pit - 1.0)
+    out["z_rms"] = float(z.square().mean().sqrt())
+    out["nlpd"] = -float(model.log_predictive_density(X, y).double().mean())
+    m, var, w = (v.double() for v in model.predictive_mixture(X))
+    sd = var.sqrt()
+    crps = []
+    for sl in [slice(i, i + 64) for i in range(0, y.numel(), 64)]:
+        d = (m[sl] - y[sl, None].double()) / sd[sl]
+        phi = torch.exp(-0.5 * d.square()) / math.sqrt(2 * math.pi)
+        e_abs = (w * sd[sl] * (2 * phi + d * torch.erf(d / math.sqrt(2.0)))).sum(-1)
+        pair = (var[sl, :, None] + var[sl, None, :]).sqrt() * math.sqrt(2.0 / math.pi)
+        crps.append(e_abs - 0.5 * (w[:, None] * w[None, :] * pair).sum((-1, -2)))
+    out["crps"] = float(torch.cat(crps).mean())
+    out["width_95"] = width
+    return out
+
+
+def run_noise_model(split, device: str, noise: str, **kw) -> dict[str, float]:
+    r"""FunBaT with ``noise`` fitted on ``split``: :func:`mixture_calibration` on its test entries, the fitted degrees
+    of freedom, time and sweeps."""
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = FunBaT(noise=noise, **kw).fit(split.X_train.to(device), split.y_train.to(device))
+    out = {"seconds": time.perf_counter() - t0, "sweeps": model.fit_result_.sweeps, "dof": model.dof_}
+    with torch.no_grad():
+        out.update(mixture_calibration(model, split.X_test.to(device), split.y_test))
+    return out
+
+
+def _t_noise_tensor(n_train: int, dof: float, scale: float, seed: int):
+    r"""The synthetic rank-2 Tucker tensor of section 2 with Student-t noise (``dof``, ``scale``) instead of
+    Gaussian: a Gaussian scale mixture drawn from ``seed``."""
+    import dataclasses
+
+    d = make_synthetic_tensor(n_train, 1000, rank=2, decomposition="tucker", n_coords=60, noise_sd=0.0, seed=1)
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(n: int) -> torch.Tensor:
+        lam = torch._standard_gamma(torch.full((n,), dof / 2, dtype=torch.float64), generator=g) / (dof / 2)
+        return torch.randn(n, generator=g, dtype=torch.float64) * scale / lam.sqrt()
+
+    return dataclasses.replace(d, y_train=d.y_train + draw(len(d.y_train)), y_test=d.y_test + draw(len(d.y_test)))
+
+
+def noise_calibration(args, device: str, max_sweeps: int) -> int:
+    r"""The noise-model section (``--noise-calibration``): Gaussian against Student-t noise, FunBaT only (no exact
+    GP), on the Beijing folds ``--fold-ids`` and, with fold 0, on the synthetic tensor (Gaussian noise sd 0.05, and
+    Student-t noise with 4 degrees of freedom, scale 0.05). Every run is appended to a JSON-lines log as it finishes
+    (two processes can run the noise models side by side); the table is then written from every record in the log
+    (``--noise-report`` only writes it)."""
+    import json
+
+    quick = args.quick
+    log = results_path(report_name("funbat_calibration_runs", device=device, quick=quick)).with_suffix(".jsonl")
+    if not args.noise_report:
+        data = load_beijing_air()
+        fold_ids = args.fold_ids if args.fold_ids is not None else list(range(1 if quick else 5))
+        cases = [(f"beijing fold {k}", lambda k=k: data.split(k)) for k in fold_ids]
+        syn: list = []
+        if 0 in fold_ids and not args.beijing_only:
+            n_syn = 1000 if quick else 2000
+            syn.append(("synthetic, Gaussian noise sd 0.05", lambda: make_synthetic_tensor(
+                n_syn, 1000, rank=2, decomposition="tucker", n_coords=60, noise_sd=0.05, seed=1)))  # fmt: skip
+            syn.append(("synthetic, Student-t noise (4 dof, scale 0.05)", lambda: _t_noise_tensor(n_syn, 4.0, 0.05, 7)))
+        for name, make in cases[:1] + syn + cases[1:]:  # fold 0, the synthetic tensors, the other folds
+            split = make()
+            for noise in args.noise_models:
+                r = run_noise_model(
+                    split, device, noise, rank=args.rank, nu=1.5, max_sweeps=max_sweeps, tol=1e-4, seed=0
+                )
+                r.update(data=name, noise=noise)
+                print(
+                    f"  [{name}] {noise}: RMSE {r['rmse']:.4f}, dof {r['dof']:.3g}, ({r['seconds']:.0f} s)", flush=True
+                )
+                with log.open("a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    lines = [
+        "# FunBaT: Gaussian against Student-t noise (issue #12)",
+        "",
+        f"- machine: {machine_info(device)}",
+        f"- `python benchmarks/funbat.py --noise-calibration{' --quick' if quick else ''}`; FunBaT Tucker "
+        f"R={args.rank}, nu=1.5, max {max_sweeps} sweeps, tol 1e-4, seed 0 (defaults otherwise); no exact GP; runs may "
+        "be split over processes (`--fold-ids`, `--noise-models`, one log), so s / fit depends on the machine's load",
+        "- calibration of the predictive distribution of a new observation from its true quantiles "
+        "(`FunBaT.predict_interval`; Student-t: the scale mixture by quadrature), z RMS of the PIT "
+        "(z = Phi^-1(F(y)), the standardised error for a Gaussian), NLPD from `log_predictive_density`, CRPS of the "
+        "mixture; nominal coverage 0.5 / 0.9 / 0.95, z RMS 1",
+        "",
+    ]
+    keys = ("rmse", "coverage_50", "coverage_90", "coverage_95", "z_rms", "nlpd", "crps", "width_95", "dof")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        data_name = "BeijingAir-PM2.5" if r["data"].startswith("beijing") else r["data"]
+        groups.setdefault((data_name, r["noise"]), []).append(r)
+    rows = {}
+    for (data_name, noise), rs in sorted(groups.items()):
+        row: dict[str, object] = {}
+        for key in keys:
+            v = np.array([r[key] for r in rs], float)
+            row[key] = float(v[0]) if len(v) == 1 or not np.isfinite(v).all() else f"{v.mean():.4f} ± {v.std():.4f}"
+        row["s / fit"] = float(np.mean([r["seconds"] for r in rs]))
+        row["sweeps"] = float(np.mean([r["sweeps"] for r in rs]))
+        folds = sorted({r["data"] for r in rs})
+        label = f"{data_name}, {noise}" + (f" ({len(folds)} folds)" if data_name == "BeijingAir-PM2.5" else "")
+        rows[label] = row
+    if rows:
+        lines += [format_calibration_table(rows), ""]
+    fold_rows = [r for r in records if r["data"].startswith("beijing")]
+    if fold_rows:
+        lines += ["Per fold (Beijing):", "", "| fold | noise | RMSE | cov 50 | cov 90 | cov 95 | z RMS | NLPD | dof |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sorted(fold_rows, key=lambda r: (r["data"], r["noise"])):
+            lines.append(
+                f"| {r['data'][len('beijing fold ') :]} | {r['noise']} | {r['rmse']:.4f} | {r['coverage_50']:.3f} | "
+                f"{r['coverage_90']:.3f} | {r['coverage_95']:.3f} | {r['z_rms']:.3f} | {r['nlpd']:.3f} | "
+                f"{r['dof']:.3g} |"
+            )
+        lines.append("")
+    out_path = args.out or results_path(report_name("funbat_calibration", device=device, quick=quick))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written {out_path}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 fold, fewer sweeps and seeds, smaller scaling sizes")
@@ -226,7 +377,25 @@ def main() -> int:
         "--skip", nargs="*", default=[], help="sections to skip: beijing dense synthetic calibration scaling"
     )
     ap.add_argument("--out", type=Path, default=None, help="report file (default: see Output in the docstring)")
+    ap.add_argument(
+        "--noise-calibration",
+        action="store_true",
+        help="only the noise-model section: Gaussian vs Student-t FunBaT (no exact GP) -> funbat_calibration.md",
+    )
+    ap.add_argument("--noise-models", nargs="+", default=list(NOISE_MODELS), choices=NOISE_MODELS)
+    ap.add_argument("--fold-ids", type=int, nargs="+", default=None, help="Beijing folds of --noise-calibration")
+    ap.add_argument("--beijing-only", action="store_true", help="--noise-calibration without the synthetic tensors")
+    ap.add_argument("--noise-report", action="store_true", help="only write the table of the logged noise runs")
+    ap.add_argument(
+        "--continuous-only",
+        action="store_true",
+        help="only the continuous-coordinate table (every coordinate unique; benchmarks/funbat_continuous.py)",
+    )
     args = ap.parse_args()
+    if args.continuous_only:
+        from funbat_continuous import main as continuous_main
+
+        return continuous_main(["--quick"] if args.quick else [])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     device = args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -238,6 +407,8 @@ def main() -> int:
     dense_fit = args.dense_fit or (1000 if quick else 2000)
     dense_pred = args.dense_pred or (2000 if quick else None)  # None: conditioned on the whole training fold
     R = args.rank
+    if args.noise_calibration or args.noise_report:
+        return noise_calibration(args, device, max_sweeps)
     reduced = quick or folds != 5 or R != 2 or bool(args.skip) or args.dense_fit or args.dense_pred
     out_path = args.out or results_path(report_name("funbat", device=device, quick=bool(reduced)))
     lines = [

@@ -17,7 +17,9 @@ Entries :math:`(x_n, y_n)`, :math:`n = 1 \dots N`, with real coordinates :math:`
 with core :math:`\operatorname{vec}(\mathcal W) \sim N(0, \sigma_W^2 I)` (``P = R_1 \cdots R_K`` entries) and noise
 precision :math:`\tau \sim \mathrm{Gamma}(a_0, b_0)`; the bias :math:`b \sim N(0, \sigma_b^2)` is an addition
 (``bias=True``): centring ``y`` adds a constant, i.e. one more rank, to the tensor. The CP special case
-(:class:`~gpgeom.models.funbat.cp.FunBaTCP`) fixes :math:`\mathcal W` to the superdiagonal of ones.
+(:class:`~gpgeom.models.funbat.cp.FunBaTCP`) fixes :math:`\mathcal W` to the superdiagonal of ones. With
+``noise="student_t"`` the noise is Student-t, :math:`\varepsilon_n \sim N(0, (\tau\lambda_n)^{-1})`,
+:math:`\lambda_n \sim \mathrm{Gamma}(\nu/2, \nu/2)` (:mod:`~gpgeom.models.funbat.noise`).
 
 The package, one concept per module
 -----------------------------------
@@ -28,7 +30,11 @@ The package, one concept per module
   extrapolation), marginal and joint;
 * :mod:`~gpgeom.models.funbat.inference`: the conditional-EP sweep (messages, core, bias, noise) and the ELBO;
 * :mod:`~gpgeom.models.funbat.hyper`: the lengthscale and variance steps (marginal likelihood or EM);
+* :mod:`~gpgeom.models.funbat.noise`: Student-t noise as a Gaussian scale mixture (the scales' factors, the degrees
+  of freedom, their ELBO terms);
 * :mod:`~gpgeom.models.funbat.entries`: moments of the entries under the factorised posterior (prediction, BoTorch);
+* :mod:`~gpgeom.models.funbat.predictive`: the predictive distribution of a new observation (quantiles, intervals,
+  CDF, log density; a scale mixture by quadrature for Student-t noise);
 * :mod:`~gpgeom.models.funbat.model`: :class:`~gpgeom.models.funbat.model.FunBaT` (fit, predict, ``rebuild_with``, the
   model contract); :mod:`~gpgeom.models.funbat.cp`: :class:`~gpgeom.models.funbat.cp.FunBaTCP`;
   :mod:`~gpgeom.models.funbat.persistence`: files and device moves;
@@ -38,7 +44,9 @@ The package, one concept per module
 Prediction: the predictive mean and variance of an entry are its moments under :math:`q` (modes independent),
 :math:`\mathbb E f_* = \mu_W^\top \bigotimes_k m^k_*`, :math:`\mathbb E f_*^2 = \operatorname{tr}\big((\Sigma_W +
 \mu_W\mu_W^\top) \bigotimes_k (P^k_* + m^k_* m^{k\top}_*)\big)`, plus the bias; the noise adds
-:math:`\mathbb E[\tau^{-1}]`. ``predict`` returns ``n x 1`` tensors.
+:math:`\mathbb E[\tau^{-1}]` (times :math:`\nu/(\nu-2)` for Student-t noise). ``predict`` returns ``n x 1`` tensors;
+``predict_interval``, ``predict_quantile``, ``predictive_cdf`` and ``log_predictive_density`` give the predictive
+distribution itself (:mod:`~gpgeom.models.funbat.predictive`).
 """
 
 from __future__ import annotations

@@ -33,13 +33,15 @@ from torch import Tensor
 
 from gpgeom.models.funbat.conditional import latent_conditional, latent_cross_covariance
 from gpgeom.models.funbat.inference import chunks, cp_products, kron_mats, kron_vecs
+from gpgeom.models.funbat.noise import noise_factor
 
 __all__ = ["entry_marginals", "entry_joint"]
 
 
 def entry_marginals(model: Any, Xn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Mean and variance of the entries at normalised coordinates ``Xn`` (``n x K``), standardised units, and
-    :math:`\mathbb E[\tau^{-1}]` (0-dim)."""
+    r"""Mean and variance of the entries at normalised coordinates ``Xn`` (``n x K``), standardised units, and the
+    noise variance of a new entry (0-dim): :math:`\mathbb E[\tau^{-1}]`, times :math:`\nu/(\nu - 2)` for Student-t
+    noise (:mod:`~gpgeom.models.funbat.noise`)."""
     K = len(model.ranks)
     mom = []
     for k in range(K):
@@ -62,7 +64,7 @@ def entry_marginals(model: Any, Xn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean, second = torch.cat(means), torch.cat(seconds)
     var = (second - mean.square()).clamp_min(0.0) + model._bias_var
     mean = mean + model._bias_mean
-    noise = model._tau_b / (model._tau_a - 1.0)
+    noise = model._tau_b / (model._tau_a - 1.0) * noise_factor(getattr(model, "_dof", None))
     return mean, var, noise
 
 

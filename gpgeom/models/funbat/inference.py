@@ -27,7 +27,11 @@ Core (Tucker): :math:`q(\operatorname{vec}\mathcal W) = N(\mu_W, \Sigma_W)`, :ma
 \mathrm{Gamma}(a_0 + N/2, b_0 + \tfrac12 \sum_n \mathbb E[(y_n - b - w^\top z_n)^2])`. Bias (an addition to the paper's
 model): :math:`q(b) = N(\mu_b, v_b)`, :math:`v_b^{-1} = \sigma_b^{-2} + N \mathbb E\tau`, :math:`\mu_b = v_b
 \mathbb E\tau \sum_n (y_n - \mathbb E f_n)`. The data parts of the core and noise updates are damped like the
-messages. CP fixes the core to the superdiagonal of ones (no core update). Vectorisation is row-major
+messages. Student-t noise (``noise="student_t"``, :mod:`~gpgeom.models.funbat.noise`) multiplies every entry's
+terms above (its message, its parts of the core and bias precisions and means, its expected squared residual in
+:math:`q(\tau)`) by the weight :math:`w_n = \mathbb E[\lambda_n]` of its scale and then updates the scales
+:math:`q(\lambda_n)` and the degrees of freedom, each a coordinate maximum of the ELBO. CP fixes the core to the
+superdiagonal of ones (no core update). Vectorisation is row-major
 (``W.reshape(-1)``, the last mode fastest), matching ``torch.kron``.
 """
 
@@ -41,6 +45,7 @@ import torch
 from torch import Tensor
 
 from gpgeom.models.funbat.latent import LatentPosterior, latent_posterior
+from gpgeom.models.funbat.noise import dof_update, gamma_kl, scale_elbo_terms, scale_update
 
 __all__ = ["kron_vecs", "kron_mats", "cp_products", "chunks"]
 
@@ -123,12 +128,14 @@ class _ConditionalEP:
             mom = [(ones, ones[:, :, None])]
         else:
             mom = [self._entry_moments(j) for j in others]
+        w = self._scale_weights()  # Student-t: E[lambda_n] (noise.py); Gaussian: None (all ones)
+        wys = ys if w is None else w * ys
         if self.decomposition == "cp":
             z, M = cp_products(mom)
             if not others:
                 z, M = z.expand(-1, R), M.expand(-1, R, R)
-            lam.index_add_(0, idx, M)
-            eta.index_add_(0, idx, ys[:, None] * z)
+            lam.index_add_(0, idx, M if w is None else w[:, None, None] * M)
+            eta.index_add_(0, idx, wys[:, None] * z)
             return tau * lam, tau * eta
         # Tucker
         K = len(self.ranks)
@@ -142,8 +149,8 @@ class _ConditionalEP:
         for sl in chunks(self._N, Pk * Pk):
             z = kron_vecs([mj[sl] for mj, _ in mom])
             M = kron_mats([Sj[sl] for _, Sj in mom])
-            Ssum.index_add_(0, idx[sl], M)
-            zsum.index_add_(0, idx[sl], ys[sl, None] * z)
+            Ssum.index_add_(0, idx[sl], M if w is None else w[sl, None, None] * M)
+            zsum.index_add_(0, idx[sl], wys[sl, None] * z)
         lam = Wk @ Ssum @ Wk.T + torch.einsum("rpsq,ipq->irs", Ck, Ssum)
         eta = zsum @ Wk.T
         return tau * lam, tau * eta
@@ -169,13 +176,14 @@ class _ConditionalEP:
 
     def _update_core_and_noise(self) -> Tensor:
         r"""Core (Tucker), bias and noise updates; returns the fitted training values (``N``)."""
+        if self.noise != "gaussian":
+            return self._update_weighted()
         K = len(self.ranks)
         y0 = self._ys
         ys = y0 - self._bias_mean  # the core sees the data minus the current bias
         dtype, device = ys.dtype, ys.device
         mom = [self._entry_moments(j) for j in range(K)]
         tau = self._tau_a / self._tau_b
-        a0, b0 = self.noise_prior
         if self.decomposition == "cp":
             z, M = cp_products(mom)
             f_bar = z.sum(-1)
@@ -191,13 +199,7 @@ class _ConditionalEP:
                 b += (ys[sl, None] * z).sum(0)
                 zs.append(z)
             Z = torch.cat(zs, 0)
-            rho = self.damping_core if self._tau_data is not None else 0.0
-            self._core_lam = rho * self._core_lam + (1.0 - rho) * tau * A
-            self._core_eta = rho * self._core_eta + (1.0 - rho) * tau * b
-            prec = self._core_lam + torch.eye(P, dtype=dtype, device=device) / self.core_prior_variance
-            L = torch.linalg.cholesky(0.5 * (prec + prec.T))
-            self._core_cov = torch.cholesky_inverse(L)
-            self._core_mean = torch.cholesky_solve(self._core_eta[:, None], L)[:, 0]
+            self._solve_core(tau * A, tau * b)
             mu = self._core_mean
             f_bar = Z @ mu
             EwwT = self._core_cov + mu[:, None] * mu[None, :]
@@ -216,13 +218,79 @@ class _ConditionalEP:
             + 2.0 * mb * f_bar.sum()
             + self._N * (mb.square() + vb)
         )
-        sq = sq.clamp_min(0.0)
-        data = torch.stack([torch.tensor(0.5 * self._N, dtype=dtype, device=device), 0.5 * sq])
+        self._update_noise(sq.clamp_min(0.0))
+        return f_bar + self._bias_mean
+
+    def _solve_core(self, lam: Tensor, eta: Tensor) -> None:
+        r"""The core's Gaussian factor from this sweep's data message ``(lam, eta)`` (``P x P``, ``P``; damped)."""
+        P = lam.shape[0]
+        rho = self.damping_core if self._tau_data is not None else 0.0
+        self._core_lam = rho * self._core_lam + (1.0 - rho) * lam
+        self._core_eta = rho * self._core_eta + (1.0 - rho) * eta
+        prec = self._core_lam + torch.eye(P, dtype=lam.dtype, device=lam.device) / self.core_prior_variance
+        L = torch.linalg.cholesky(0.5 * (prec + prec.T))
+        self._core_cov = torch.cholesky_inverse(L)
+        self._core_mean = torch.cholesky_solve(self._core_eta[:, None], L)[:, 0]
+
+    def _update_noise(self, sq: Tensor) -> None:
+        r""":math:`q(\tau)` from the (weighted) sum of expected squared residuals ``sq`` (0-dim; damped)."""
+        a0, b0 = self.noise_prior
+        data = torch.stack([torch.tensor(0.5 * self._N, dtype=sq.dtype, device=sq.device), 0.5 * sq])
         rho = self.damping_tau if self._tau_data is not None else 0.0
         self._tau_data = data if self._tau_data is None else rho * self._tau_data + (1.0 - rho) * data
         self._tau_a = a0 + self._tau_data[0]
         self._tau_b = b0 + self._tau_data[1]
         self._last_sq = sq
+
+    def _scale_weights(self) -> Tensor | None:
+        r"""``N`` weights :math:`\mathbb E[\lambda_n]` of the Student-t scale mixture
+        (:mod:`~gpgeom.models.funbat.noise`); ``None`` for Gaussian noise."""
+        if self.noise == "gaussian":
+            return None
+        return self._scale_alpha / self._scale_beta
+
+    def _update_weighted(self) -> Tensor:
+        r"""The core, bias and noise updates of the Student-t model, every entry weighted by :math:`w_n =
+        \mathbb E[\lambda_n]`, then the scales :math:`q(\lambda_n)` and (when learned) the degrees of freedom
+        (:mod:`~gpgeom.models.funbat.noise`); returns the fitted training values (``N``)."""
+        K = len(self.ranks)
+        y0 = self._ys
+        ys = y0 - self._bias_mean
+        dtype, device = ys.dtype, ys.device
+        w = self._scale_weights()
+        mom = [self._entry_moments(j) for j in range(K)]
+        tau = self._tau_a / self._tau_b
+        if self.decomposition == "cp":
+            z, M = cp_products(mom)
+            f_bar, Ef2 = z.sum(-1), M.sum((-1, -2))
+        else:
+            P = math.prod(self.ranks)
+            A = torch.zeros(P, P, dtype=dtype, device=device)
+            b = torch.zeros(P, dtype=dtype, device=device)
+            zs = []
+            for sl in chunks(self._N, P * P):
+                z = kron_vecs([m[sl] for m, _ in mom])
+                A += (w[sl, None, None] * kron_mats([S[sl] for _, S in mom])).sum(0)
+                b += ((w[sl] * ys[sl])[:, None] * z).sum(0)
+                zs.append(z)
+            self._solve_core(tau * A, tau * b)
+            mu = self._core_mean
+            f_bar = torch.cat(zs, 0) @ mu
+            EwwT = self._core_cov + mu[:, None] * mu[None, :]
+            sl_all = chunks(self._N, P * P)
+            Ef2 = torch.cat([(kron_mats([S[sl] for _, S in mom]) * EwwT).sum((-1, -2)) for sl in sl_all])
+        if self.bias:
+            prec_b = 1.0 / self.bias_prior_variance + tau * w.sum()
+            self._bias_var = 1.0 / prec_b
+            self._bias_mean = tau * (w * (y0 - f_bar)).sum() / prec_b
+        mb, vb = self._bias_mean, self._bias_var
+        # e_n = E[(y_n - b - f_n)^2] = y^2 - 2 y (E f + E b) + E[f^2] + 2 E b E f + E[b^2]
+        e = (y0.square() - 2.0 * y0 * (f_bar + mb) + Ef2 + 2.0 * mb * f_bar + mb.square() + vb).clamp_min(0.0)
+        self._update_noise((w * e).sum())
+        self._resid_sq = e
+        self._scale_alpha, self._scale_beta = scale_update(e, self._tau_a / self._tau_b, self._dof)
+        if self.dof is None:
+            self._dof = dof_update(self._scale_alpha, self._scale_beta)
         return f_bar + self._bias_mean
 
     def elbo(self) -> float:
@@ -236,15 +304,14 @@ class _ConditionalEP:
         a0, b0 = self.noise_prior
         N = self._N
         e_log_tau = torch.digamma(a) - b.log()
-        out = 0.5 * N * (e_log_tau - math.log(2 * math.pi)) - 0.5 * (a / b) * self._last_sq
-        # KL(Gamma(a, b) || Gamma(a0, b0))
-        out = out - (
-            (a - a0) * torch.digamma(a)
-            - torch.lgamma(a)
-            + math.lgamma(a0)
-            + a0 * (b.log() - math.log(b0))
-            + a * (b0 - b) / b
-        )
+        if self.noise == "gaussian":
+            out = 0.5 * N * (e_log_tau - math.log(2 * math.pi)) - 0.5 * (a / b) * self._last_sq
+        else:  # the scale mixture (noise.py): weighted squares with the current q(lambda), E log lambda, KL
+            w = self._scale_weights()
+            half_e_log, kl = scale_elbo_terms(self._scale_alpha, self._scale_beta, self._dof)
+            out = 0.5 * N * (e_log_tau - math.log(2 * math.pi)) + half_e_log
+            out = out - 0.5 * (a / b) * (w * self._resid_sq).sum() - kl
+        out = out - gamma_kl(a, b, a0, b0)
         if self.decomposition == "tucker":
             P = self._core_mean.numel()
             v = self.core_prior_variance

@@ -3,9 +3,10 @@ its moves between devices and dtypes.
 
 The file (:mod:`gpgeom._io`) holds the configuration, the scalings of coordinates and targets, every mode's
 kernel, coordinates, messages and smoothed posterior (means, covariances, lag-one cross-covariances, gains,
-likelihoods), the core, noise and bias factors, the training entries (normalised) and the sweep history: everything
-``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. A ``FunBaTCP`` file names its class and
-loads as a ``FunBaTCP`` through ``FunBaT.load``.
+likelihoods), the core, noise and bias factors, the Student-t scales and degrees of freedom
+(:mod:`~gpgeom.models.funbat.noise`; format version 2), the training entries (normalised) and the sweep history:
+everything ``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. A ``FunBaTCP`` file names
+its class and loads as a ``FunBaTCP`` through ``FunBaT.load``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = ["get_state", "from_state", "move"]
 _POST_FIELDS = ("mean", "cov", "cross", "gain", "log_likelihood", "log_normalizer")
 _TENSORS = (
     "y_mean y_std coord_lo coord_span _core_mean _core_cov _core_lam _core_eta _tau_a _tau_b _tau_data _bias_mean "
-    "_bias_var _last_sq _X _ys _f_old"
+    "_bias_var _last_sq _X _ys _f_old _scale_alpha _scale_beta _resid_sq"
 ).split()
 
 
@@ -52,6 +53,7 @@ def get_state(model: Any) -> dict[str, Any]:
         "converged": bool(model.converged),
         "restart_elbos": list(model.restart_elbos),
         "schedule": [int(model._next_hyper), int(model._interval), int(model._hyper_steps)],
+        "dof": None if getattr(model, "_dof", None) is None else float(model._dof),
         "per_mode": [list(model._nus), list(model._ls0), list(model._vs0)],
         "fit_result": asdict(model.fit_result_) if getattr(model, "fit_result_", None) is not None else None,
     }
@@ -82,6 +84,7 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
     for name, value in state["tensors"].items():
         setattr(model, name, value)
     model._N = int(state["n_train"])
+    model._dof = state["dof"]
     model._coords = [(md.t, md.idx) for md in model._modes]
     model.history = list(state["history"])
     model.converged = bool(state["converged"])

@@ -16,8 +16,9 @@ variance; entries that share a latent function (the same or nearby coordinates i
 
 **Conditioning is an approximation.** ``condition_on_observations`` (and hence ``fantasize``) is exact Gaussian
 conditioning of this moment-matched Gaussian (:class:`~gpgeom.botorch.gaussian.GaussianSurrogate`: Bayes' rule with the
-noise variance :math:`\mathbb E[\tau^{-1}]`), not a refit: a refit would change the EP messages of every mode, the core
-and the noise. ``tests/test_funbat.py`` measures the difference against
+noise variance :math:`\mathbb E[\tau^{-1}]`; for Student-t noise the t variance :math:`\mathbb E[\tau^{-1}] \nu/(\nu -
+2)`, a moment match of the scale mixture, :mod:`~gpgeom.models.funbat.noise`), not a refit: a refit would change the EP
+messages of every mode, the core and the noise. ``tests/test_funbat.py`` measures the difference against
 :meth:`~gpgeom.models.funbat.model.FunBaT.rebuild_with` (FunBaT refitted on the union with the same hyperparameters held
 fixed, 40 sweeps from a base swept near its fixed point) on a rank-2, two-mode tensor of 400 entries (noise sd 0.05):
 the largest difference of the conditioned posterior at the new and held-out points, relative to the largest predictive
@@ -38,6 +39,7 @@ from torch import Tensor
 from gpgeom.botorch.gaussian import GaussianSurrogate
 from gpgeom.engine.sites import gain_products
 from gpgeom.models.funbat.entries import entry_joint
+from gpgeom.models.funbat.noise import noise_factor
 
 __all__ = ["FunBaTBoTorchModel"]
 
@@ -91,5 +93,5 @@ class FunBaTBoTorchModel(GaussianSurrogate):
 
     def _noise_variance(self, X: Tensor) -> Tensor:
         fb = self.funbat
-        noise = fb._tau_b / (fb._tau_a - 1.0) * fb.y_std.square()
+        noise = fb._tau_b / (fb._tau_a - 1.0) * fb.y_std.square() * noise_factor(fb._dof)  # Student-t: its variance
         return noise.expand(*X.shape[:-1], 1)
