@@ -42,7 +42,9 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(data):
     (M, mu, U, w), _ = data
-    return MMGP(hyperparameters="per_field", restarts=0, max_iter=150, seed=0, floater_start=(0.0, 0.0)).fit(
+    # the settings the thresholds below were measured with (8 geometry and 8 field modes, the defaults before 16)
+    kw = {"n_modes_geometry": 8, "n_modes_fields": 8}
+    return MMGP(hyperparameters="per_field", restarts=0, max_iter=150, seed=0, floater_start=(0.0, 0.0), **kw).fit(
         M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES
     )
 
@@ -363,7 +365,8 @@ def test_hyperparameter_modes(data, mode):
     per_output the full BoTorch check runs (conditioning, refit, fantasies, held-out calibration). Measured
     (per_output): condition / refit / fantasy errors 5e-14 / 1.5e-14 / 0, train R^2 0.9998, held-out z RMS 1.00."""
     (M, mu, U, w), (Mt, mut, Ut, _) = data
-    m = MMGP(hyperparameters=mode, restarts=0, max_iter=40, n_modes_fields=4, floater_start=(0.0, 0.0))
+    kw = {"n_modes_geometry": 8, "n_modes_fields": 4, "tail_energy": 0.0}  # one batched GP (no field tails)
+    m = MMGP(hyperparameters=mode, restarts=0, max_iter=40, floater_start=(0.0, 0.0), **kw)
     m.fit(M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES)
     assert len(m.gps_) == 1 and m.gp is m.gps_[0] and m.gp.num_outputs == 4 * 4 + 3
     ls = m.gp.covar_module.base_kernel.lengthscale
@@ -443,7 +446,8 @@ def fine(tmp_path_factory):
     }
     arrays = {k: samples_to_arrays(v) for k, v in sets.items()}
     M, mu, U, w = arrays["train"]
-    model = MMGP(restarts=1, max_iter=200, seed=0, floater_start=(0.0, 0.0))
+    kw = {"n_modes_geometry": 8, "n_modes_fields": 8, "tail_energy": 0.0}  # the settings the bounds were measured with
+    model = MMGP(restarts=1, max_iter=200, seed=0, floater_start=(0.0, 0.0), **kw)
     model.fit(M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES)
     return model, arrays
 

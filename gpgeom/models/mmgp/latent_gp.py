@@ -4,7 +4,10 @@ output scalar, as BoTorch models.
 
 How the hyperparameters (kernel and noise) are tied across the ``sum(n_f) + q`` outputs:
 
-* ``"per_output"``: every output its own (one batched :class:`~gpgeom.botorch.ExactGPModel`);
+* ``"per_output"``: every output its own (one batched :class:`~gpgeom.botorch.ExactGPModel`); with
+  ``n_modes_own`` (:func:`own_modes`), only the leading modes of each field, and the scalars, get their own, while
+  the trailing modes of each field share one set (one ``ExactGPModel`` with ``shared_hyperparameters=True`` per
+  field tail; groups of :func:`gp_groups`);
 * ``"per_field"``: shared among the modes of each field (one ``ExactGPModel`` with
   ``shared_hyperparameters=True`` per field), and one GP per output scalar, gathered in a
   :class:`~gpgeom.botorch.SurrogateList`;
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from botorch.models.transforms.input import Normalize
 from gpytorch.kernels import Kernel, RBFKernel
@@ -31,9 +35,11 @@ __all__ = [
     "KERNELS",
     "loo_residuals",
     "make_gp",
+    "gp_groups",
     "make_kernel",
     "noise_variances",
     "output_groups",
+    "own_modes",
     "single_output_gp",
 ]
 
@@ -76,17 +82,65 @@ def make_gp(X: Tensor, Y: Tensor, bounds: Tensor, kernel: KernelSpec, shared: bo
     )
 
 
-def output_groups(n_modes_fields: list[int], n_scalars: int, hyperparameters: str) -> list[tuple[int, int]]:
-    r"""``(start, stop)`` output columns of each GP: one group for ``"per_output"``/``"shared"``; one per field
-    and one per scalar for ``"per_field"``."""
+def output_groups(
+    n_modes_fields: list[int], n_scalars: int, hyperparameters: str, n_modes_own: list[int] | None = None
+) -> list[tuple[int, int]]:
+    r"""``(start, stop)`` output columns of each GP (:func:`gp_groups`)."""
+    return gp_groups(n_modes_fields, n_scalars, hyperparameters, n_modes_own)[0]
+
+
+def gp_groups(
+    n_modes_fields: list[int], n_scalars: int, hyperparameters: str, n_modes_own: list[int] | None = None
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    r"""The GPs of the ``sum(n_f) + q`` outputs (field coefficients field by field, then the scalars): their
+    ``(start, stop)`` output columns and whether each shares one set of hyperparameters over its outputs.
+
+    ``"shared"``: one group, shared. ``"per_field"``: one shared group per field, one group per scalar.
+    ``"per_output"``: one group of separate hyperparameters, unless ``n_modes_own`` (one count per field,
+    :func:`own_modes`) leaves a tail to some field: then per field a group of its first ``n_modes_own[f]`` modes
+    (separate hyperparameters) and a shared group of the others, then one group of the scalars (separate).
+    """
     total = sum(n_modes_fields) + n_scalars
-    if hyperparameters != "per_field":
-        return [(0, total)]
-    groups, start = [], 0
-    for nf in n_modes_fields:
-        groups.append((start, start + nf))
+    if hyperparameters == "shared":
+        return [(0, total)], [True]
+    if hyperparameters == "per_field":
+        groups, start = [], 0
+        for nf in n_modes_fields:
+            groups.append((start, start + nf))
+            start += nf
+        groups += [(start + j, start + j + 1) for j in range(n_scalars)]
+        return groups, [True] * len(groups)
+    own = n_modes_fields if n_modes_own is None else n_modes_own
+    if len(own) != len(n_modes_fields):
+        raise ValueError(f"`n_modes_own` needs one count per field ({len(n_modes_fields)}), got {len(own)}.")
+    if all(o >= nf for o, nf in zip(own, n_modes_fields, strict=True)):
+        return [(0, total)], [False]
+    groups, shared, start = [], [], 0
+    for o, nf in zip(own, n_modes_fields, strict=True):
+        o = min(max(int(o), 0), nf)
+        if o > 0:
+            groups.append((start, start + o))
+            shared.append(False)
+        if o < nf:
+            groups.append((start + o, start + nf))
+            shared.append(True)
         start += nf
-    return groups + [(start + j, start + j + 1) for j in range(n_scalars)]
+    if n_scalars:
+        groups.append((start, total))
+        shared.append(False)
+    return groups, shared
+
+
+def own_modes(energy_ratio: np.ndarray, n_modes: int, tail_energy: float) -> int:
+    r"""How many leading POD modes of a field get their own GP hyperparameters: those whose share of the field's
+    snapshot energy :math:`\lambda_k / \sum_j \lambda_j` (``energy_ratio``, decreasing, ``(>= n_modes,)``) is at
+    least ``tail_energy``, and at least one; the further modes up to ``n_modes`` form the field's tail, whose
+    coefficients are noise-like functions of the inputs that one shared kernel fits as well as separate ones
+    (measured in ``benchmarks/results/mmgp.md``). ``tail_energy = 0`` keeps every mode separate."""
+    if not 0.0 <= tail_energy < 1.0:
+        raise ValueError(f"`tail_energy` must be in [0, 1), got {tail_energy!r}.")
+    ratio = np.asarray(energy_ratio, dtype=np.float64)[:n_modes]
+    return int(max(1, (ratio >= tail_energy).sum())) if tail_energy > 0 else int(n_modes)
 
 
 def single_output_gp(

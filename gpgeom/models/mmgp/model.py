@@ -34,10 +34,11 @@ from gpgeom.models.mmgp.inputs import (
 from gpgeom.models.mmgp.latent_gp import (
     HYPERPARAMETERS,
     KERNELS,
+    gp_groups,
     loo_residuals,
     make_gp,
     noise_variances,
-    output_groups,
+    own_modes,
     single_output_gp,
 )
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
@@ -75,9 +76,17 @@ class MMGP(ModelContract):
             of Bracket3d (:func:`gpgeom.datasets.bracket3d.reference_mesh`), with more geometry modes than in 2D
             (about 24 for Bracket3d, whose shapes need 16-24 coordinates; ``benchmarks/results/mmgp_bracket3d.md``).
         n_modes_geometry: Geometry POD modes :math:`n_g`: an ``int``, or a float in (0, 1] = the energy fraction to
-            keep.
+            keep. Default 16 (was 8, the reference's): on NotchedPlate2d the stress coefficients depend on shape
+            detail beyond 8 modes (``benchmarks/results/mmgp.md``: von Mises Q2 0.968 with 8 geometry and 8 field
+            modes, 0.980 with 16 and 8, 0.988 with 16 and 16).
         n_modes_fields: Modes per output field :math:`n_f` (``int`` or energy fraction), or a sequence with one
-            entry per field.
+            entry per field. Default 24 (was 8): 8 modes bound the von Mises Q2 on NotchedPlate2d at 0.985 (the
+            projection of the true test fields, :meth:`project_fields`), 16 at 0.995, 24 at 0.997.
+        tail_energy: With ``hyperparameters="per_output"``: the modes of a field whose share of the field's snapshot
+            energy :math:`\lambda_k / \sum_j \lambda_j` is below ``tail_energy`` (beyond the first) share one set of
+            hyperparameters (one GP per field tail; :func:`~gpgeom.models.mmgp.latent_gp.own_modes`), so that more
+            field modes cost about one GP per field instead of one per mode. ``0`` gives every mode its own. The
+            counts kept separate are ``n_modes_own_``.
         kernel: ``"matern52"`` (ARD, default), ``"matern32"``, ``"matern12"``, ``"rbf"``, or a callable
             ``(d, batch_shape) -> gpytorch Kernel`` with that batch shape (then :meth:`load` asks for it again:
             ``MMGP.load(path, kernel=...)``).
@@ -127,12 +136,14 @@ class MMGP(ModelContract):
             :class:`~gpgeom.botorch.ExactGPModel` for ``"per_output"`` / ``"shared"``, a
             :class:`~gpgeom.botorch.SurrogateList` of the group GPs for ``"per_field"``.
         gps_: The fitted :class:`~gpgeom.botorch.ExactGPModel` of every output group (``"per_field"``: one per
-            field, then one per output scalar); ``output_groups_`` their ``(start, stop)`` output columns.
+            field, then one per output scalar; ``"per_output"`` with field tails: per field its leading modes and
+            its tail, then the scalars); ``output_groups_`` their ``(start, stop)`` output columns.
         fit_result_: An :class:`~gpgeom.models.mmgp.MMGPFitResult` (the GPs' fit results and the stage timings).
         common_mesh_: The common mesh in physical coordinates (``N_c`` nodes).
         common_morphed_: Its morphed node positions ``(N_c, 2)`` (Floater) or ``(N_c, d)`` (the others, ``d`` the
             space dimension).
-        n_modes_geometry_, n_modes_fields_: The numbers of modes kept.
+        n_modes_geometry_, n_modes_fields_: The numbers of modes kept. ``n_modes_own_``: per field, how many leading
+            modes have their own hyperparameters (``"per_output"`` with ``tail_energy``; all of them otherwise).
         train_latent_: ``n x d`` training inputs; ``train_targets_``: ``n x n_outputs`` (tensors).
         truncation_share_: The geometric shares :math:`s` of the fields' truncation variances, ``(m,)``.
         noise_share_: The geometric shares of the learned noise, of every field (its coefficients pooled) then every
@@ -151,8 +162,9 @@ class MMGP(ModelContract):
         *,
         morphing: str = "floater",
         common_mesh: str | int | object = "middle",
-        n_modes_geometry: int | float = 8,
-        n_modes_fields: int | float | Sequence[int | float] = 8,
+        n_modes_geometry: int | float = 16,
+        n_modes_fields: int | float | Sequence[int | float] = 24,
+        tail_energy: float = 5e-3,
         kernel: str | Callable[[int, torch.Size], Kernel] = "matern52",
         hyperparameters: str = "per_output",
         truncation_variance: bool = True,
@@ -188,6 +200,10 @@ class MMGP(ModelContract):
             raise TypeError(f"`kernel` must be one of {KERNELS} or a callable (d, batch_shape) -> Kernel.")
         check_positive("restarts", restarts, integer=True, allow_zero=True)
         check_option("hyperparameters", hyperparameters, HYPERPARAMETERS)
+        if isinstance(tail_energy, bool) or not isinstance(tail_energy, int | float):
+            raise TypeError(f"`tail_energy` must be a float in [0, 1), got {tail_energy!r}.")
+        if not 0.0 <= tail_energy < 1.0:
+            raise ValueError(f"`tail_energy` must be in [0, 1), got {tail_energy!r}.")
         check_positive("max_iter", max_iter, integer=True)
         check_positive("seed", seed, integer=True, allow_zero=True)
         self.morphing = morphing
@@ -196,6 +212,7 @@ class MMGP(ModelContract):
         self.n_modes_fields = list(n_modes_fields) if isinstance(n_modes_fields, Sequence) else n_modes_fields
         self.kernel = kernel
         self.hyperparameters = hyperparameters
+        self.tail_energy = float(tail_energy)
         self.truncation_variance = bool(truncation_variance)
         self.geometry_variance = bool(geometry_variance)
         self.restarts = restarts
@@ -246,8 +263,10 @@ class MMGP(ModelContract):
         return self._gp_list
 
     def _build_gps(self, Z: Tensor, Y: Tensor) -> list[ExactGPModel]:
-        shared = self.hyperparameters != "per_output"
-        return [make_gp(Z, Y[:, a:b], self._bounds, self.kernel, shared) for a, b in self.output_groups_]
+        return [
+            make_gp(Z, Y[:, a:b], self._bounds, self.kernel, sh)
+            for (a, b), sh in zip(self.output_groups_, self._group_shared, strict=True)
+        ]
 
     # ------------------------------------------------------------------------------------------------------------
     # fit
@@ -345,11 +364,13 @@ class MMGP(ModelContract):
         # out-of-sample boundary residual energies of the training shapes (the OOD score's reference)
         self._residual, rho, rho_in = GeometryResidual.fit(X, common, self._geometry, pod_fit)
         rho_mean = float(self._residual.mean_energy[0])
-        self._fields, coefs = [], []
+        self._fields, coefs, own = [], [], []
         for k in range(n_fields):
-            pod, a = FieldPOD.fit(F[:, :, k], self._mass, nmf[k], center, rho=rho, rho_mean=rho_mean, **tkw)
+            pod, a, ratio = FieldPOD.fit(F[:, :, k], self._mass, nmf[k], center, rho=rho, rho_mean=rho_mean, **tkw)
             self._fields.append(pod)
             coefs.append(torch.as_tensor(a, **tkw))
+            own.append(own_modes(ratio, pod.n_modes, self.tail_energy))
+        self.n_modes_own_ = own if self.hyperparameters == "per_output" else [f.n_modes for f in self._fields]
         timings["pod"] = clock() - t0
         self.n_modes_geometry_ = self._geometry.n_modes
         self.n_modes_fields_ = [f.n_modes for f in self._fields]
@@ -418,7 +439,9 @@ class MMGP(ModelContract):
         self.train_latent_ = Z
         self.train_targets_ = Y
         self._gp_list = None
-        self.output_groups_ = output_groups(self.n_modes_fields_, len(self.scalar_names_), self.hyperparameters)
+        self.output_groups_, self._group_shared = gp_groups(
+            self.n_modes_fields_, len(self.scalar_names_), self.hyperparameters, self.n_modes_own_
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # the latent space
@@ -503,6 +526,34 @@ class MMGP(ModelContract):
         F = np.stack([f for _, f, *_ in transport_training(self._transfer, meshes, U, executor)])
         coefs = [f.project(F[:, :, k], self._mass) for k, f in enumerate(self._fields)]
         return torch.cat([torch.as_tensor(np.concatenate(coefs, 1), dtype=self.dtype, device=self.device), w], 1)
+
+    def project_fields(self, meshes: Sequence[object], output_fields: object) -> list[Tensor]:
+        r"""The known fields of meshes as the retained POD modes represent them, on each mesh's original nodes:
+        :math:`Q_i\,(\bar u^{(f)} + \Phi_f^\top a^{(f)})` with the exact coefficients :math:`a^{(f)} = \Phi_f M
+        (P_i U_i^{(f)} - \bar u^{(f)})` (:meth:`encode_targets`). The best prediction any regression of the
+        coefficients can give: comparing it with the fields separates the POD truncation (and transfer) error from
+        the GP's (``benchmarks/results/mmgp.md``).
+
+        Args:
+            meshes: ``n`` meshes; output_fields: ``n`` arrays ``N_i x m`` as in :meth:`fit`.
+
+        Returns:
+            ``n`` tensors ``N_i x m`` of the model's dtype on its device.
+        """
+        self._check_fitted()
+        meshes = as_meshes(meshes)
+        check_family(meshes, self.common_mesh_)
+        U = check_output_fields(output_fields, meshes)
+        if U[0].shape[1] != len(self._fields):
+            raise ValueError(f"`output_fields` must have {len(self._fields)} field(s), got {U[0].shape[1]}.")
+        tkw = {"dtype": self.dtype, "device": self.device}
+        out = []
+        for ops, u in zip((self._operators(m, f"meshes[{i}]") for i, m in enumerate(meshes)), U, strict=True):
+            F = np.asarray(ops.proj @ u)  # N_c x m
+            a = np.concatenate([f.project(F[None, :, k], self._mass)[0] for k, f in enumerate(self._fields)])
+            Q = sparse_to_torch(ops.inv_proj, **tkw)
+            out.append(decode_fields(Q, self._fields, torch.as_tensor(a, **tkw), None, truncation=False)[0])
+        return out
 
     def decode_geometry(self, latent: object, *, as_mesh: bool = True) -> list[Mesh] | Tensor:
         r"""Shapes of latent geometry coordinates: the common mesh with its nodes at :math:`\bar X + \Phi_g^\top \xi`.
@@ -687,6 +738,7 @@ class MMGP(ModelContract):
             "n_modes_fields": self.n_modes_fields,
             "kernel": "custom" if callable(self.kernel) else self.kernel,
             "hyperparameters": self.hyperparameters,
+            "tail_energy": self.tail_energy,
             "truncation_variance": self.truncation_variance,
             "geometry_variance": self.geometry_variance,
             "restarts": self.restarts,
@@ -710,6 +762,7 @@ class MMGP(ModelContract):
             "residual": self._residual.state(),
             "fields": [f.state() for f in self._fields],
             "noise_share": self._noise_share,
+            "n_modes_own": list(self.n_modes_own_),
             "field_names": list(self.field_names_),
             "scalar_names": list(self.scalar_names_),
             "n_input_scalars": int(self.n_input_scalars_),
@@ -751,6 +804,8 @@ class MMGP(ModelContract):
         model.n_input_scalars_ = int(state["n_input_scalars"])
         model.n_modes_geometry_ = model._geometry.n_modes
         model.n_modes_fields_ = [f.n_modes for f in model._fields]
+        # files written before the tails: every mode its own hyperparameters
+        model.n_modes_own_ = list(state.get("n_modes_own", model.n_modes_fields_))
         Z, Y = state["train_latent"], state["train_targets"]
         model._set_training_data(Z, Y)
         model._bounds = state["bounds"]
@@ -773,6 +828,8 @@ class MMGP(ModelContract):
             fields["common_nodes"] = self.common_mesh_.n_points
             fields["n_modes_geometry"] = self.n_modes_geometry_
             fields["n_modes_fields"] = list(self.n_modes_fields_)
+            if self.n_modes_own_ != self.n_modes_fields_:
+                fields["n_modes_own"] = list(self.n_modes_own_)
             fields["n_latent"] = self.n_latent
             fields["fields"] = list(self.field_names_)
             fields["scalars"] = list(self.scalar_names_)

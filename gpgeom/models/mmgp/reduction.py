@@ -137,17 +137,19 @@ class FieldPOD:
     def fit(
         cls, F: np.ndarray, mass: sp.spmatrix, n_modes: int | float, center: bool, *, rho: np.ndarray,
         rho_mean: float, dtype: torch.dtype, device: torch.device,
-    ) -> tuple[FieldPOD, np.ndarray]:  # fmt: skip
-        r"""The POD of the transported snapshots ``F`` ``(n, N_c)`` and their coefficients ``(n, n_f)``; ``rho``
-        ``(n,)`` are the out-of-sample boundary residual energies of the training shapes and ``rho_mean`` their
-        reference :math:`\bar\rho` (:class:`~gpgeom.models.mmgp.unexplained.GeometryResidual`)."""
+    ) -> tuple[FieldPOD, np.ndarray, np.ndarray]:  # fmt: skip
+        r"""The POD of the transported snapshots ``F`` ``(n, N_c)``, their coefficients ``(n, n_f)`` and the kept
+        modes' shares of the snapshot energy :math:`\lambda_k / \sum_j \lambda_j` ``(n_f,)``; ``rho`` ``(n,)`` are
+        the out-of-sample boundary residual energies of the training shapes and ``rho_mean`` their reference
+        :math:`\bar\rho` (:class:`~gpgeom.models.mmgp.unexplained.GeometryResidual`)."""
         nk, ek = mode_option("n_modes_fields", n_modes)
         pod = SnapshotPOD(nk, energy=ek, center=center)
         coefs = pod.fit_transform(F, mass)
         tv, energy = truncation_residuals(F, pod.n_modes_, center, mass)
         share = geometry_share(energy, rho, rho_mean, float(energy.mean()))
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
-        return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv), t([share])), coefs
+        ratio = pod.explained_energy_ratio_
+        return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv), t([share])), coefs, ratio
 
     @property
     def n_modes(self) -> int:
