@@ -91,6 +91,14 @@ def test_map_items_keeps_order_and_ships_the_shared_object_once_per_process(pool
         assert [o[2] for o in map_items(threads, _pid_and_shared, range(5), big)] == [id(big)] * 5
 
 
+def test_dask_warnings_are_reissued_at_the_caller(dask_executor):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert map_items(dask_executor, _warn, range(4), chunk_size=2) == [0, 1, 2, 3]
+    assert sorted(str(w.message) for w in caught) == [f"item {k} warns" for k in range(4)]
+    assert {w.filename for w in caught} == {__file__}
+
+
 def test_workers_get_the_callers_settings_one_thread_and_its_warnings(pool):
     with gpytorch.settings.cholesky_max_tries(7):
         out = map_items(pool, _setting, range(4), chunk_size=1)
@@ -100,6 +108,7 @@ def test_workers_get_the_callers_settings_one_thread_and_its_warnings(pool):
         warnings.simplefilter("always")
         assert map_items(pool, _warn, range(4), chunk_size=2) == [0, 1, 2, 3]
     assert sorted(str(w.message) for w in caught) == [f"item {k} warns" for k in range(4)]
+    assert {w.filename for w in caught} == {__file__}  # re-issued at the caller of map_items
     with pytest.raises(ValueError, match="item 3 is bad"):
         map_items(pool, _fail, range(6), chunk_size=1)
 

@@ -367,7 +367,7 @@ def map_items(
         out: list[Any] = []
         try:
             for fut, chunk in zip(futures, chunks):
-                _collect(fut.result(), out)
+                _collect(fut.result(), out, 0)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
         except BaseException:
@@ -377,11 +377,12 @@ def map_items(
     return out
 
 
-def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any]) -> None:
-    r"""Append a task's results to ``out`` and re-issue the warnings it recorded."""
+def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any], depth: int) -> None:
+    r"""Append a task's results to ``out`` and re-issue the warnings it recorded, attributed to the caller of
+    :func:`map_items` (``depth``: the frames between this function and ``map_items``)."""
     results, caught = task_result
     for message in caught:
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(message, stacklevel=3 + depth)
     out.extend(results)
 
 
@@ -408,7 +409,7 @@ def _map_dask(
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
             futures.append(client.submit(_run_chunk, fn, ref, data, os.getpid(), settings, **options))
         for i, chunk in enumerate(chunks):
-            _collect(client.gather(futures[i], direct=True), out)
+            _collect(client.gather(futures[i], direct=True), out, 1)
             futures[i] = None  # release the task's result and its chunk as soon as they are read
             if on_chunk is not None:
                 on_chunk(len(chunk))
