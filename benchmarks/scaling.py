@@ -7,11 +7,11 @@ Stages:
   (``gpgeom.models.mmgp.fanout.transport_training``, what ``MMGP.fit(executor=...)`` runs), in chunks of
   ``ceil(N / (4 W))`` plates, the common mesh scattered once to every worker;
 - GP stage: MMGP's GP with ``hyperparameters="per_output"``, 35 independent GPs (8 POD coefficients of each of the
-  4 fields and 3 scalars, each with its own hyperparameters) fitted as one batch by the engine's ``fit``
-  (``gpgeom.engine.attempts``) on the latent inputs and targets of the first 200 plates (n = 200 training points
-  per GP: the stage then takes minutes, not most of an hour, on 2 shared cores): the tasks are the attempts (bitwise
-  the serial fit), or the attempts split into groups of outputs (``split_members=True``; the serial fit to
-  rounding).
+  4 fields and 3 scalars on 8 geometry modes, ``tail_energy=0``: each output with its own hyperparameters) fitted
+  as one batch by the engine's ``fit`` (``gpgeom.engine.attempts``) on the latent inputs and targets of the first
+  200 plates (n = 200 training points per GP: the stage then takes minutes, not most of an hour, on 2 shared
+  cores): the tasks are the attempts (bitwise the serial fit), or the attempts split into groups of outputs
+  (``split_members=True``; the serial fit to rounding).
 - RGNP data-parallel training (``torchrun``): a hook, :func:`ddp_rows`, fills its table when
   ``benchmarks/_ddp.py`` provides ``rgnp_steps_per_second(ranks, steps)``.
 
@@ -25,6 +25,8 @@ scheduling cost of one task (wall per empty task) and t_scatter the cost of send
 on 2 workers (the same number of tasks), s_c and f less this process's idle CPU (the client's and scheduler's
 event loops, measured over 5 s of idling, times the wall time, which the machine's load stretches). The
 extrapolation takes the CPU-based terms (dedicated cores) and the measured latencies t_task and t_scatter.
+
+The clusters start under ``dask.config.set(gpgeom.engine.parallel.DASK_SETTINGS)``.
 
 Usage: python benchmarks/scaling.py [--quick] [--n 400] [--gp-n 200] [--restarts 1] [--repeats 3] [--skip-gp]
        [--ddp-steps 200]
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, markdown_table, report_name, write_report  # noqa: E402
 
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates  # noqa: E402
-from gpgeom.engine.parallel import chunk_size_for, map_items  # noqa: E402
+from gpgeom.engine.parallel import DASK_SETTINGS, chunk_size_for, map_items  # noqa: E402
 from gpgeom.models.mmgp import MMGP, samples_to_arrays  # noqa: E402
 from gpgeom.models.mmgp.fanout import transport_training  # noqa: E402
 from gpgeom.models.mmgp.transfer import CommonMeshTransfer  # noqa: E402
@@ -83,11 +85,11 @@ class Cluster:
         t0 = time.perf_counter()
         import dask
 
-        # the workers' statistical profiler samples the Python stack every 10 ms: ~20% more worker CPU on the GP fits
-        dask.config.set({"distributed.worker.profile.enabled": False})
-        self.cluster = LocalCluster(
-            n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
-        )
+        # gpgeom's settings for CPU-bound workers (no profiler, glibc's malloc thresholds, slow ticks)
+        with dask.config.set(DASK_SETTINGS):
+            self.cluster = LocalCluster(
+                n_workers=workers, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
+            )
         self.client = Client(self.cluster)
         self.client.run(lambda: __import__("gpgeom.models.mmgp.fanout") and None)
         self.startup = time.perf_counter() - t0
@@ -215,7 +217,17 @@ def main() -> None:
     # and targets of an MMGP fitted on these plates (its own GP fit cut to one iteration: only Z and Y are used)
     units: list[tuple[str, dict]] = []
     if not args.skip_gp:
-        base = MMGP(hyperparameters="per_output", restarts=0, max_iter=1, seed=0, floater_start=(0.0, 0.0))
+        # the issue's stage: 8 modes of each field and 8 geometry modes, every output its own GP (no tail groups)
+        base = MMGP(
+            n_modes_geometry=8,
+            n_modes_fields=8,
+            tail_energy=0.0,
+            hyperparameters="per_output",
+            restarts=0,
+            max_iter=1,
+            seed=0,
+            floater_start=(0.0, 0.0),
+        )
         k = gp_n
         base.fit(M[:k], mu[:k], U[:k], w[:k], field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES, progress=False)
         Z, Y = base.train_latent_, base.train_targets_
@@ -320,8 +332,10 @@ def main() -> None:
             f"- data: {n} NotchedPlate2d plates (seed 0), mesh size {mesh_size}, {nodes:.0f} nodes on average; "
             f"common mesh = plate {n // 2} ({transfer.common_mesh.n_points} nodes); data generation / cache load "
             f"{t_data:.1f} s on 2 Dask workers",
-            "- executor: `dask.distributed.LocalCluster(n_workers=W, processes=True, threads_per_worker=1)` (worker "
-            "profiler off), `Client.get_executor()`; cluster start-up and warm-up (gpgeom imported on every worker) "
+            "- executor: `dask.distributed.LocalCluster(n_workers=W, processes=True, threads_per_worker=1)` started "
+            "under `dask.config.set(gpgeom.engine.parallel.DASK_SETTINGS)` (no worker profiler, glibc's own malloc "
+            "thresholds, slow monitoring ticks), `Client.get_executor()`; cluster start-up and warm-up (gpgeom "
+            "imported on every worker) "
             f"{startups.get(1, 0):.1f} s (W = 1), {startups.get(2, 0):.1f} s (W = 2), not included below",
             "",
             f"## Preprocessing: morphing, 2 P1 transfers and transport of {n} plates (median of {repeats})",

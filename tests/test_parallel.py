@@ -34,9 +34,12 @@ def dask_executor():
     distributed = pytest.importorskip(
         "distributed", reason="dask[distributed] is not installed (the `distributed` extra)"
     )
-    cluster = distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
-    )
+    import dask
+
+    with dask.config.set(parallel.DASK_SETTINGS):  # the documented set-up; every Dask test below runs under it
+        cluster = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
+        )
     client = distributed.Client(cluster)
     try:
         yield client.get_executor()
@@ -97,6 +100,30 @@ def test_dask_warnings_are_reissued_at_the_caller(dask_executor):
         assert map_items(dask_executor, _warn, range(4), chunk_size=2) == [0, 1, 2, 3]
     assert sorted(str(w.message) for w in caught) == [f"item {k} warns" for k in range(4)]
     assert {w.filename for w in caught} == {__file__}
+
+
+def _worker_environment():
+    import dask
+
+    return (
+        os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        dask.config.get("distributed.worker.profile.enabled"),
+        dask.config.get("distributed.admin.tick.interval"),
+    )
+
+
+def test_dask_workers_started_under_the_settings_have_them(dask_executor):
+    # the workers' glibc thresholds and Dask configuration are those of DASK_SETTINGS, not Dask's defaults
+    # (MALLOC_TRIM_THRESHOLD_=65536 alone, profiler on, 20 ms ticks)
+    found = dask_executor._client.run(_worker_environment)
+    assert len(found) == 2
+    expected = (str(32 * 2**20), str(64 * 2**20), False, "1s")
+    assert all(tuple(v) == expected for v in found.values()), found
+    assert set(parallel.DASK_SETTINGS) >= {
+        "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_",
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_",
+    }
 
 
 def test_workers_get_the_callers_settings_one_thread_and_its_warnings(pool):
@@ -311,3 +338,23 @@ def test_generated_plates_are_identical_with_an_executor(request, how):
                 np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="either `executor` or `n_jobs`"):
         generate_notched_plates(2, n_jobs=2, executor=ThreadPoolExecutor(1), **kw)
+
+
+def test_the_cluster_yaml_in_the_docs_holds_the_dask_settings():
+    # docs/scaling.md gives DASK_SETTINGS as a YAML file for workers started elsewhere (SLURM): the same values
+    yaml = pytest.importorskip("yaml")
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scaling.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    flat: dict[str, object] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(yaml.safe_load(block), "")
+    assert flat == parallel.DASK_SETTINGS

@@ -42,6 +42,17 @@ thread each: ``threads_per_worker=1``) and records its warnings, which are re-is
 this process's settings; set ``OMP_NUM_THREADS=1`` in the environment of process workers so that numpy's BLAS also
 runs one thread (Dask's ``LocalCluster`` does).
 
+**Dask settings.** :data:`DASK_SETTINGS` are the settings for CPU-bound work on Dask worker processes; apply them
+while the cluster starts (``with dask.config.set(DASK_SETTINGS): cluster = LocalCluster(...)``; the workers take the
+configuration of the process that spawns them). Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` (64 KiB) so that
+workers hand freed memory back at once; any explicit glibc malloc threshold switches glibc's dynamic mmap threshold
+off, so every array above 128 KiB is then mapped, page-faulted and unmapped each time it is allocated. On 400 MMGP
+plate transfers that is 3-5 s of system CPU in the workers, about a quarter of the work (docs/scaling.md). The
+settings restore the values glibc's dynamic rule reaches on 64-bit Linux (mmap threshold 32 MiB, trim threshold
+twice that), turn the workers' statistical profiler off (it samples the stack every 10 ms: about 20% more CPU on
+the GP fits) and slow the event loops' monitoring ticks (20 ms and 500 ms by default: 8% of a core in an idle
+client and scheduler, 3% per idle worker; 2% and 1% with these).
+
 ``dask`` is never imported by this module: a Dask executor is recognised by its type's module.
 """
 
@@ -66,6 +77,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DASK_SETTINGS",
     "check_executor",
     "chunk_size_for",
     "derive_seed",
@@ -77,6 +89,16 @@ __all__ = [
     "numerics",
     "numerics_snapshot",
 ]
+
+#: Dask configuration for CPU-bound gpgeom work on worker processes (module docstring, "Dask settings"): pass it to
+#: ``dask.config.set`` around the creation of the cluster.
+DASK_SETTINGS: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 64 * 2**20,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+}
 
 #: Shared objects a worker process keeps (the most recent ones).
 _CACHE_SIZE = 4
