@@ -16,8 +16,20 @@ no log hyperparameter moves by 1%), run by :func:`gpgeom.engine.fitting.fit` (L-
   By Fisher's identity its gradient at the current values is the likelihood's gradient; it increases the
   likelihood and has the same stationary points.
 
-The default ``"auto"`` takes 3 marginal steps (EM moves slowly while a poor prior dominates the posterior), then EM
-(marginal throughout for :math:`\nu = 5/2`, whose smallest steps make :math:`Q(\Delta)` numerically singular).
+* ``"sweep"``: no Kalman recursion of its own. The sweep's smoother of each mode also returns the score statistics
+  (:func:`~gpgeom.models.funbat.latent.latent_score`, the same filter and smoother), so the exact gradient of the
+  mode's marginal likelihood at the current values comes with the sweep; the step is iRprop\ :sup:`-` (Riedmiller &
+  Braun, "A direct adaptive method for faster backpropagation learning: the RPROP algorithm", ICNN 1993; Igel &
+  Hüsken, "Improving the Rprop learning algorithm", 2000) on each log hyperparameter: it moves by its own step
+  size in the direction of the gradient's sign; the step grows by 1.2 (up to 1) while the sign holds and halves
+  (down to :math:`10^{-4}`) when it flips, and that step is skipped. Signs only: the marginal likelihood's scale,
+  which changes from sweep to sweep with the sites, does not matter. With this method the fit's convergence test
+  also waits for the hyperparameters to move by less than 1% in a step.
+
+The default ``"auto"`` takes ``"sweep"`` when the modes hold more than :data:`SWEEP_THRESHOLD` unique coordinates
+in all (continuous coordinates: a marginal step's 5-10 filter passes per mode then cost several sweeps), and
+otherwise 3 marginal steps (EM moves slowly while a poor prior dominates the posterior), then EM (marginal
+throughout for :math:`\nu = 5/2`, whose smallest steps make :math:`Q(\Delta)` numerically singular).
 
 Failures. One numerical failure mode is caught: :class:`gpgeom.errors.NotPSDError` from the engine's ``fit``, raised
 when no evaluation of the objective, the starting point included, factorised (a Cholesky factor of some
@@ -41,7 +53,19 @@ from gpgeom.engine.fitting import fit as engine_fit
 from gpgeom.errors import NotPSDError
 from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.models.funbat.inference import _Mode
-from gpgeom.models.funbat.latent import expected_log_prior, joint_log_likelihood, latent_score
+from gpgeom.models.funbat.latent import (
+    ModeScore,
+    expected_log_prior,
+    joint_log_likelihood,
+    latent_score,
+    score_surrogate,
+)
+
+#: ``hyper_method="auto"`` takes the ``"sweep"`` steps above this many unique coordinates in all modes.
+SWEEP_THRESHOLD = 10_000
+
+# iRprop- constants (module docstring): initial, smallest and largest step (log units), growth and shrink factors
+_STEP0, _STEP_MIN, _STEP_MAX, _GROW, _SHRINK = 0.5, 1e-4, 1.0, 1.2, 0.5
 
 
 class _HyperparameterSteps:
@@ -54,15 +78,29 @@ class _HyperparameterSteps:
             .log()
         )
 
+    def _next_hyper_method(self) -> str:
+        r"""The method of the next hyperparameter step (``"auto"`` resolved; module docstring)."""
+        method = self.hyper_method
+        if method == "auto":
+            if sum(int(md.t.shape[0]) for md in self._modes) > SWEEP_THRESHOLD:
+                return "sweep"
+            early = self._hyper_steps < 3  # the first steps move far: the marginal likelihood gets there at once
+            method = "em" if (max(k.nu for k in self.kernels) <= 1.5 and not early) else "marginal"
+        return method
+
     def _learn_hyperparameters(self) -> tuple[float, str | None]:
         r"""One hyperparameter step for every mode; returns the largest change of a log hyperparameter and the
         message of a failed step (module docstring, ``None`` when none failed)."""
         before = self._log_hypers()
-        method = self.hyper_method
-        if method == "auto":
-            early = self._hyper_steps < 3  # the first steps move far: the marginal likelihood gets there at once
-            method = "em" if (max(k.nu for k in self.kernels) <= 1.5 and not early) else "marginal"
+        method = self._next_hyper_method()
         self._hyper_steps += 1
+        if method == "sweep":
+            self._sweep_step()
+            self.kernels.eval()
+            change = float((self._log_hypers() - before).abs().max())
+            self._hyper_settled = self._hyper_steps >= 3  # the first steps move far (the step grows)
+            return change, None
+        self._hyper_settled = True
         if method == "em":
             try:
                 with torch.no_grad():  # the EM objective needs every Q_i numerically positive definite
@@ -138,3 +176,35 @@ class _HyperparameterSteps:
             return -scale * value
 
         return self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5, "marginal-likelihood step")
+
+    def _sweep_step(self) -> None:
+        r"""One iRprop\ :sup:`-` step (module docstring) of every mode's log lengthscale and log variance, from the
+        gradient of its marginal likelihood at the current values: :func:`~gpgeom.models.funbat.latent.score_surrogate`
+        on the score statistics that this sweep's smoother left in ``md.score`` (modes without them keep their
+        values)."""
+        K = len(self.kernels)
+        if getattr(self, "_rprop", None) is None:
+            self._rprop = torch.stack([torch.full((K, 2), _STEP0), torch.zeros(K, 2)]).double()  # step, last sign
+        steps, signs = self._rprop
+        for k, (md, kern) in enumerate(zip(self._modes, self.kernels)):
+            if md.score is None:
+                continue
+            k64 = copy.deepcopy(kern).to(torch.float64)
+            score = ModeScore(*(x.to(torch.float64) for x in md.score))
+            md.score = None
+            raw = [k64.raw_lengthscale, k64.raw_variance]
+            grads = torch.autograd.grad(score_surrogate(k64, md.t.to(torch.float64), score), raw)
+            # the constraints are increasing maps: the sign of d log Z / d raw is that of d log Z / d log value
+            sign = torch.stack([g.reshape(()) for g in grads]).sign()
+            agree = sign * signs[k]
+            steps[k] = torch.where(agree > 0, (steps[k] * _GROW).clamp(max=_STEP_MAX), steps[k])
+            steps[k] = torch.where(agree < 0, (steps[k] * _SHRINK).clamp(min=_STEP_MIN), steps[k])
+            sign = torch.where(agree < 0, torch.zeros_like(sign), sign)  # a flipped sign: no move this time
+            signs[k] = sign
+            with torch.no_grad():
+                for i, (name, current) in enumerate((("lengthscale", kern.lengthscale), ("variance", kern.variance))):
+                    constraint = getattr(kern, f"raw_{name}_constraint")
+                    value = (current.detach().double().log() + sign[i] * steps[k, i]).exp()
+                    lo, hi = float(constraint.lower_bound), float(constraint.upper_bound)
+                    value = value.clamp(min=lo * (1 + 1e-6), max=hi * (1 - 1e-6) if math.isfinite(hi) else math.inf)
+                    setattr(kern, name, value.to(current).reshape(current.shape))

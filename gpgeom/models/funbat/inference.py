@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gpgeom.models.funbat.latent import LatentPosterior, latent_posterior
+from gpgeom.models.funbat.latent import LatentPosterior, ModeScore, latent_posterior, latent_score
 from gpgeom.models.funbat.noise import dof_update, gamma_kl, scale_elbo_terms, scale_update
 
 __all__ = ["kron_vecs", "kron_mats", "cp_products", "chunks"]
@@ -54,7 +54,8 @@ __all__ = ["kron_vecs", "kron_mats", "cp_products", "chunks"]
 class _Mode:
     r"""The state of one mode: sorted unique coordinates ``t`` (``I``, normalised), the coordinate of every entry
     ``idx`` (``N``), the moments of :math:`u^k(t_i)` (``u_mean`` ``I x R``, ``u_cov`` ``I x R x R``), the damped
-    messages ``lam`` (``I x R x R``) and ``eta`` (``I x R``), and the smoothed posterior ``post``."""
+    messages ``lam`` (``I x R x R``) and ``eta`` (``I x R``), the smoothed posterior ``post``, and the score
+    statistics of its marginal likelihood when the sweep computed them (``hyper_method="sweep"``)."""
 
     t: Tensor
     idx: Tensor | None
@@ -63,6 +64,7 @@ class _Mode:
     lam: Tensor
     eta: Tensor
     post: LatentPosterior | None = None
+    score: ModeScore | None = None
 
 
 def kron_vecs(vs: Sequence[Tensor]) -> Tensor:
@@ -160,7 +162,10 @@ class _ConditionalEP:
         md = self._modes[k]
         kern = self.kernels[k]
         with torch.no_grad():
-            post = latent_posterior(kern, md.t, md.lam, md.eta)
+            if getattr(self, "_want_score", False):  # the same filter and smoother, plus the score statistics
+                post, md.score = latent_score(kern, md.t, md.lam, md.eta)
+            else:
+                post = latent_posterior(kern, md.t, md.lam, md.eta)
         md.post = post
         s = kern.state_dim
         md.u_mean = post.mean[:, ::s]

@@ -168,10 +168,13 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         hyper_warmup: First sweep (0-based) with a hyperparameter step.
         hyper_every: Sweeps between hyperparameter steps (the interval doubles, up to ``8 hyper_every``, while the
             hyperparameters move by less than 1%).
-        hyper_method: ``"em"``, ``"marginal"`` or ``"auto"`` (:mod:`gpgeom.models.funbat.hyper`): EM steps on the
-            expected log prior (cheap, no Kalman recursion), L-BFGS-B on the marginal likelihood itself (one batched
-            Kalman filter per evaluation), or 3 marginal steps then EM when every :math:`\nu \le 3/2` (EM falls back
-            to marginal when some :math:`Q(\Delta)` is numerically singular).
+        hyper_method: ``"em"``, ``"marginal"``, ``"sweep"`` or ``"auto"`` (:mod:`gpgeom.models.funbat.hyper`): EM
+            steps on the expected log prior (one filter and smoother per mode, then no Kalman recursion), L-BFGS-B on
+            the marginal likelihood itself (one filter and smoother per mode and evaluation), sign-based steps on
+            the marginal likelihood's exact gradient from the sweep's own smoother (no extra filter), or ``"sweep"``
+            above ``SWEEP_THRESHOLD`` (10,000) unique coordinates in all modes and otherwise 3 marginal steps then EM
+            when every :math:`\nu \le 3/2` (EM falls back to marginal when some :math:`Q(\Delta)` is numerically
+            singular).
         hyper_max_iter: L-BFGS-B iterations per step (default 20 for EM, 5 for marginal).
         damping: Damping :math:`\rho \in [0, 1)` of the latent messages (0: no damping).
         damping_core: Damping of the core's data message (Tucker).
@@ -289,7 +292,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         check_positive("hyper_every", hyper_every, integer=True)
         if hyper_max_iter is not None:
             check_positive("hyper_max_iter", hyper_max_iter, integer=True)
-        self.hyper_method = check_option("hyper_method", hyper_method, ("auto", "em", "marginal"))
+        self.hyper_method = check_option("hyper_method", hyper_method, ("auto", "em", "marginal", "sweep"))
         self.hyper_warmup, self.hyper_every, self.hyper_max_iter = hyper_warmup, hyper_every, hyper_max_iter
         for name, val in (("damping", damping), ("damping_core", damping_core), ("damping_tau", damping_tau)):
             if isinstance(val, bool) or not isinstance(val, int | float) or not 0.0 <= val < 1.0:
@@ -508,7 +511,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
 
     _STATE = (
         "kernels _modes _core_mean _core_cov _core_lam _core_eta _tau_a _tau_b _tau_data _bias_mean _bias_var "
-        "history converged _f_old _next_hyper _interval _hyper_steps _last_sq _scale_alpha _scale_beta _resid_sq _dof"
+        "history converged _f_old _next_hyper _interval _hyper_steps _rprop _hyper_settled _last_sq _scale_alpha "
+        "_scale_beta _resid_sq _dof"
     ).split()
 
     def _snapshot(self) -> dict[str, Any]:
@@ -580,6 +584,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         self.history, self.converged = [], False
         self._f_old = None
         self._next_hyper, self._interval, self._hyper_steps = self.hyper_warmup, self.hyper_every, 0
+        self._rprop, self._hyper_settled = None, True
 
     def _run(self, max_sweeps: int, progress: bool | None, callback: Callable | None, final: bool) -> None:
         r"""Sweeps until the convergence test (only after a hyperparameter step when they are learned) or until
@@ -594,8 +599,11 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
             t0 = time.perf_counter()
             learn = self.learn_hyperparameters and sweep >= self._next_hyper
             failure = None
+            # "sweep" hyperparameter steps take the gradient from this sweep's smoothers (hyper module docstring)
+            self._want_score = learn and self._next_hyper_method() == "sweep"
             for k in range(K):
                 self._update_mode(k)
+            self._want_score = False
             f_bar = self._update_core_and_noise()
             if learn:
                 change, failure = self._learn_hyperparameters()
@@ -627,7 +635,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
                 raise FloatingPointError(
                     f"FunBaT diverged at sweep {sweep} (non-finite fit); try more damping or float64."
                 )
-            hypers_done = not self.learn_hyperparameters or self._hyper_steps > 0
+            hypers_done = not self.learn_hyperparameters or (self._hyper_steps > 0 and self._hyper_settled)
             if sweep + 1 >= self.min_sweeps and delta < self.tol and hypers_done:
                 self.converged = True
                 break
