@@ -10,7 +10,7 @@ status=0
 t0=$(date +%s)
 ruff check gpgeom tests benchmarks docs tools || status=1
 t1=$(date +%s)
-python -m pytest -q tests "$@"; rc=$?
+python -m pytest -q --durations=25 tests "$@"; rc=$?
 [ $rc -eq 0 ] || status=1
 t2=$(date +%s)
 if [ "${GPGEOM_TEST_DOCS:-1}" != 0 ]; then
