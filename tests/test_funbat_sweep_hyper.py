@@ -42,6 +42,18 @@ def _log_z(kern, md, log_ls, log_var):
         return float(latent_posterior(k, md.t, md.lam, md.eta, smooth=False).log_likelihood)
 
 
+def _fd_gradient(m, h=1e-5):
+    r"""The truth: central differences of each mode's log Z (Kalman filter) in its log lengthscale and log variance
+    at the current values (``K x 2``)."""
+    at = m._log_hypers()
+    fd = torch.zeros(len(m._modes), 2, dtype=D)
+    for k, (md, kern) in enumerate(zip(m._modes, m.kernels)):
+        a, b = float(at[k, 0]), float(at[k, 1])
+        fd[k, 0] = (_log_z(kern, md, a + h, b) - _log_z(kern, md, a - h, b)) / (2 * h)
+        fd[k, 1] = (_log_z(kern, md, a, b + h) - _log_z(kern, md, a, b - h)) / (2 * h)
+    return fd
+
+
 def test_the_smoother_with_the_score_gives_the_same_posterior():
     m = _warm_model()
     for k, md in enumerate(m._modes):
@@ -64,13 +76,7 @@ def test_a_step_follows_the_sign_of_the_finite_difference_gradient_and_the_step_
         m._smooth(k)
     m._want_score = False
     before = m._log_hypers().clone()
-    # the truth: central differences of each mode's log Z (Kalman filter) in log lengthscale and log variance
-    fd = torch.zeros(len(m._modes), 2, dtype=D)
-    h = 1e-5
-    for k, (md, kern) in enumerate(zip(m._modes, m.kernels)):
-        a, b = float(before[k, 0]), float(before[k, 1])
-        fd[k, 0] = (_log_z(kern, md, a + h, b) - _log_z(kern, md, a - h, b)) / (2 * h)
-        fd[k, 1] = (_log_z(kern, md, a, b + h) - _log_z(kern, md, a, b - h)) / (2 * h)
+    fd = _fd_gradient(m)
     assert bool((fd.abs() > 1e-3).all()), fd  # the signs below are not decided by rounding
     m._rprop = None
     m._sweep_step()
@@ -84,12 +90,9 @@ def test_a_step_follows_the_sign_of_the_finite_difference_gradient_and_the_step_
     m._want_score = False
     steps, signs = m._rprop
     signs_before = signs.clone()
-    fd2 = torch.zeros_like(fd)
     now = m._log_hypers().clone()
-    for k, (md, kern) in enumerate(zip(m._modes, m.kernels)):
-        a, b = float(now[k, 0]), float(now[k, 1])
-        fd2[k, 0] = (_log_z(kern, md, a + h, b) - _log_z(kern, md, a - h, b)) / (2 * h)
-        fd2[k, 1] = (_log_z(kern, md, a, b + h) - _log_z(kern, md, a, b - h)) / (2 * h)
+    fd2 = _fd_gradient(m)
+    assert bool((fd2.abs() > 1e-3).all()), fd2
     m._sweep_step()
     agree = fd2.sign() * signs_before
     expected = torch.where(agree > 0, torch.full_like(fd, 0.6) * fd2.sign(), torch.zeros_like(fd))
