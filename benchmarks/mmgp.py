@@ -1,5 +1,5 @@
 """MMGP on NotchedPlate2d: the reference protocol of Casenave et al. (NeurIPS 2023, arXiv:2305.12871): 300 train /
-100 test plates, 8 geometry and 8 field modes, 10 fit attempts.
+100 test plates, MMGP's defaults (16 geometry and 24 field modes, log output scalars, 5 fit attempts).
 
 Metrics on the ORIGINAL test nodes (PLAID definitions):
     RRMSE_f = sqrt(mean_i[(1/N_i) ||U_ref^i - U_pred^i||^2 / ||U_ref^i||_inf^2]),
@@ -25,7 +25,11 @@ writes ``mmgp_bracket3d.md`` (``--quick``: 40 / 10 coarse brackets, 16 geometry 
 Usage: python benchmarks/mmgp.py [--family notched_plate|bracket3d]
        [--quick] [--n-modes-geometry 16] [--n-modes-fields 16] [--tail-energy 3e-3] [--restarts 9]
        [--hyperparameters per_field|per_output|shared] [--device cpu|cuda] [--name mmgp_16modes]
-       [--executor none|dask|process] [--workers 2]
+       [--executor none|dask|process] [--workers 2] [--scalar-transform log|none] [--old-default]
+       [--plate-options harmonic_amplitude=0.7,n_harmonics=6 --name mmgp_rough]
+
+``--old-default`` also fits the previous default (8 geometry / 8 field modes, 35 outputs in one GP, 10 attempts, no
+scalar transform) in the same run and tabulates its GP training CPU seconds and Q2 beside the default's.
 Writes ``benchmarks/results/<name>.md`` for a full CPU run, ``<name>_quick.md`` / ``<name>_cuda.md`` otherwise
 (``<name>_dask2.md`` ... with an executor).
 """
@@ -93,6 +97,21 @@ def field_or_scalar(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k:
     return w[:, j], pred.scalars[:, j], pred.scalars_std[:, j]
 
 
+def calib_cov(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k: int) -> float:
+    """95% coverage of quantity ``k`` over the nodes / samples with std > 0."""
+    y, m, sd = field_or_scalar(U, w, pred, k)
+    return metrics.coverage(y[sd > 0], m[sd > 0], sd[sd > 0])
+
+
+def plate_options(text: str) -> dict[str, object]:
+    """``'a=1,b=0.5'`` -> ``{"a": 1, "b": 0.5}`` (numbers as int or float)."""
+    out: dict[str, object] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+    return out
+
+
 def cpu_median(fn, repeats: int = 5) -> float:
     """Median CPU time (``time.process_time``) of ``fn`` over ``repeats`` runs after one warm-up."""
     fn()
@@ -138,7 +157,22 @@ def main() -> None:
         default=None,
         help="energy share below which a field's modes share hyperparameters (default: MMGP's; bracket3d 0)",
     )
-    ap.add_argument("--restarts", type=int, default=None, help="extra restarts (default 9: 10 attempts; quick 1)")
+    ap.add_argument(
+        "--restarts", type=int, default=None, help="extra restarts (default MMGP's, 4: 5 attempts; quick 1)"
+    )
+    ap.add_argument("--scalar-transform", default=None, choices=["log", "none"], help="default: MMGP's (log)")
+    ap.add_argument(
+        "--old-default",
+        action="store_true",
+        help="also fit the previous default (8 geometry / 8 field modes, every output its own GP hyperparameters, "
+        "10 attempts, no scalar transform) in the same run: GP training CPU seconds and Q2 side by side",
+    )
+    ap.add_argument(
+        "--plate-options",
+        default="",
+        help="generate_notched_plates options of another plate family, e.g. 'harmonic_amplitude=0.7,n_harmonics=6' "
+        "(train, test and the OOD sets alike; give it a --name)",
+    )
     ap.add_argument("--max-iter", type=int, default=500, help="L-BFGS-B iterations per attempt")
     ap.add_argument("--morphing", default="floater", choices=["floater", "rbf"], help="notched_plate only")
     ap.add_argument("--hyperparameters", default="per_output", choices=["per_field", "per_output", "shared"])
@@ -158,11 +192,13 @@ def run(args: argparse.Namespace, executor) -> None:
     quick = args.quick
     n_train, n_test = (40, 20) if quick else (300, 100)
     mesh_size = 0.08 if quick else (0.028, 0.036)
-    restarts = args.restarts if args.restarts is not None else (1 if quick else 9)
+    restarts = args.restarts if args.restarts is not None else (1 if quick else MMGP().restarts)
+    popts = plate_options(args.plate_options)
 
     t0 = time.perf_counter()
-    train = generate_notched_plates(n_train, seed=0, mesh_size=mesh_size, progress=not quick, executor=executor)
-    test = generate_notched_plates(n_test, seed=1, mesh_size=mesh_size, progress=not quick, executor=executor)
+    gen = {"mesh_size": mesh_size, "progress": not quick, "executor": executor, **popts}
+    train = generate_notched_plates(n_train, seed=0, **gen)
+    test = generate_notched_plates(n_test, seed=1, **gen)
     t_data = time.perf_counter() - t0
     M, mu, U, w = samples_to_arrays(train)
     Mt, mut, Ut, wt = samples_to_arrays(test)
@@ -173,6 +209,7 @@ def run(args: argparse.Namespace, executor) -> None:
         **({"n_modes_geometry": args.n_modes_geometry} if args.n_modes_geometry else {}),
         **({"n_modes_fields": args.n_modes_fields} if args.n_modes_fields else {}),
         **({"tail_energy": args.tail_energy} if args.tail_energy is not None else {}),
+        **({"scalar_transform": args.scalar_transform} if args.scalar_transform else {}),
         hyperparameters=args.hyperparameters,
         restarts=restarts,
         max_iter=args.max_iter,
@@ -202,11 +239,7 @@ def run(args: argparse.Namespace, executor) -> None:
     pred_before = predict_before(Mt, mut)
     n_ood = 20 if quick else 40
     ood_sets = {
-        fam: samples_to_arrays(
-            generate_notched_plates(
-                n_ood, seed=2, mesh_size=mesh_size, notch_family=fam, progress=not quick, executor=executor
-            )
-        )
+        fam: samples_to_arrays(generate_notched_plates(n_ood, seed=2, **{**gen, "notch_family": fam}))
         for fam in OOD_FAMILIES
     }
     ood_pred = {fam: (numpy_prediction(model.predict(a[0], a[1], return_std=True, executor=executor)),
@@ -225,6 +258,33 @@ def run(args: argparse.Namespace, executor) -> None:
         y, yp = wt[:, k], pred.scalars[:, k]
         results[name] = (rrmse_scalar(y, yp), q2(y, yp))
         rows.append([name, "scalar", results[name][0], results[name][1], REFERENCE_Q2.get(name)])
+
+    old_rows, old_text = [], []
+    if args.old_default:  # the previous default, fitted in the same run (same data, same load)
+        old = MMGP(
+            morphing=args.morphing, n_modes_geometry=8, n_modes_fields=8, tail_energy=0.0, scalar_transform="none",
+            restarts=9, max_iter=args.max_iter, floater_start=(0.0, 0.0), seed=0, device=args.device,
+        )  # fmt: skip
+        old.fit(M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES, progress=False, executor=executor)
+        p_old = numpy_prediction(old.predict(Mt, mut, return_std=True, executor=executor))
+        for k, name in enumerate(FIELD_NAMES + OUT_SCALAR_NAMES):
+            y, m_old, sd_old = field_or_scalar(Ut, wt, p_old, k)
+            pos = sd_old > 0
+            cov = metrics.coverage(y[pos], m_old[pos], sd_old[pos])
+            old_rows.append([name, q2(y, m_old), results[name][1], cov, calib_cov(Ut, wt, pred, k)])
+        old_text = [
+            "## The previous default in the same run",
+            "",
+            f"`{old!r}`: 8 geometry and 8 field modes, every output its own hyperparameters, 10 attempts, no scalar "
+            f"transform. GP training: previous default {old.cpu_timings_['gp']:.1f} CPU s ({old.timings_['gp']:.1f} "
+            f"s wall), this default {model.cpu_timings_['gp']:.1f} CPU s ({tim['gp']:.1f} s wall), ratio "
+            f"{model.cpu_timings_['gp'] / old.cpu_timings_['gp']:.3f}.",
+            "",
+            markdown_table(
+                ["quantity", "Q2 previous", "Q2 now", "95% coverage previous", "95% coverage now"], old_rows
+            ),
+            "",
+        ]
 
     # calibration in distribution (gpgeom.metrics), now and before, with the OOD std ratios of both families
     calib = {}
@@ -289,7 +349,7 @@ def run(args: argparse.Namespace, executor) -> None:
 
     text = "\n".join(
         [
-            "# MMGP on NotchedPlate2d" + (" (quick)" if quick else ""),
+            "# MMGP on NotchedPlate2d" + (f" ({args.plate_options})" if popts else "") + (" (quick)" if quick else ""),
             "",
             f"- machine: {machine_info()}",
             f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
@@ -315,6 +375,7 @@ def run(args: argparse.Namespace, executor) -> None:
             "",
             markdown_table(["quantity", "kind", "RRMSE", "Q2", "reference Q2"], rows),
             "",
+            *old_text,
             "## Calibration on the held-out plates (gpgeom.metrics)",
             "",
             "Predictive std of the default model (`now`: learned noise and truncation variance scaled by the mesh's "

@@ -107,11 +107,13 @@ def test_analytic_variance_equals_dense_formula(model, data):
     Q Phi^T diag(s^2 + lambda_n sigma^2) Phi Q^T + lambda_t Q r, with the GP's latent variances s^2 and learned noises
     sigma^2 (from the GP's own observation-noise prediction), lambda_t = 1 - share_t + share_t * ood_score and
     lambda_n = 1 - share_n + share_n * rho / rho_in, where rho / rho_in = ood_score / (mean ood_score of the training
-    meshes themselves); the scalar variances are s^2 + lambda_n sigma^2 likewise. Without the noise and the geometry
-    factor it is the reference's Q Phi^T diag(s^2) Phi Q^T + Q r."""
+    meshes themselves); the scalars (positive, so GPs on log w by default) are log-normal with log-scale variance
+    v = s^2 + lambda_n sigma^2 likewise: mean exp(m + v / 2), variance (e^v - 1) e^(2m + v). Without the noise and
+    the geometry factor the fields' variance is the reference's Q Phi^T diag(s^2) Phi Q^T + Q r."""
     (M, mu, _, _), (Mt, mut, _, _) = data
+    assert model.scalar_transforms_ == ["log"] * 3
     pred = model.predict(Mt[:2], mut[:2], return_std=True)
-    _, s_lat = model.gp.predict(pred.latent, return_std=True)
+    m_lat, s_lat = model.gp.predict(pred.latent, return_std=True)
     _, s_obs = model.gp.predict(pred.latent, return_std=True, observation_noise=True)
     noise = npa(s_obs) ** 2 - npa(s_lat) ** 2  # sigma^2 of every output, from the GP itself
     s_t, s_n, g = npa(model.truncation_share_), npa(model.noise_share_), npa(pred.ood_score)
@@ -131,9 +133,9 @@ def test_analytic_variance_equals_dense_formula(model, data):
             np.testing.assert_allclose(npa(pred.fields_std[i][:, k]) ** 2, np.diag(cov) + trunc, rtol=1e-9, atol=1e-16)
             off += nk
         lam_n = 1.0 - s_n[4:] + s_n[4:] * g_in[i]
-        np.testing.assert_allclose(
-            npa(pred.scalars_std[i]) ** 2, npa(s_lat)[i, off:] ** 2 + lam_n * noise[i, off:], rtol=1e-9, atol=1e-16
-        )
+        v, m = npa(s_lat)[i, off:] ** 2 + lam_n * noise[i, off:], npa(m_lat)[i, off:]
+        np.testing.assert_allclose(npa(pred.scalars_std[i]) ** 2, np.expm1(v) * np.exp(2 * m + v), rtol=1e-9)
+        np.testing.assert_allclose(npa(pred.scalars[i]), np.exp(m + v / 2), rtol=1e-12)
     model.geometry_variance = False
     try:
         ref = model.predict(Mt[:1], mut[:1], return_std=True, observation_noise=False)

@@ -30,7 +30,9 @@ Algorithm 1), one module per stage:
    ``hyperparameters="per_output"`` (default) gives every output its own kernel and noise (one batched GP);
    ``"per_field"`` (the reference's choice) shares them among the modes of each field (one ``ExactGPModel`` with
    ``shared_hyperparameters=True`` per field, gathered with one GP per output scalar in a
-   :class:`gpgeom.botorch.SurrogateList`); ``"shared"`` one set for all outputs.
+   :class:`gpgeom.botorch.SurrogateList`); ``"shared"`` one set for all outputs. Output scalars whose training
+   values are all positive are regressed as :math:`\log w` by default, with log-normal predictive moments
+   (``scalar_transform``; :mod:`.scalars`).
 7. **Inference** on a new mesh (:mod:`.model`): morph, transfer, encode :math:`z`, predict the coefficients and
    decode :math:`\hat U^{(f)} = Q\,(\bar u^{(f)} + \Phi_f^\top \hat a^{(f)})` on the **original nodes** of the new
    mesh.

@@ -22,14 +22,15 @@ class MMGPPrediction:
 
     Attributes:
         fields: Predicted mean fields on the original nodes, ``n`` tensors ``N_i x m``.
-        scalars: Predicted mean output scalars, ``n x q``.
+        scalars: Predicted mean output scalars, ``n x q`` (log-normal means :math:`e^{m + v/2}` for the scalars of
+            ``MMGP.scalar_transforms_`` ``"log"``, :mod:`~gpgeom.models.mmgp.scalars`).
         fields_std: Exact predictive standard deviations of the fields, ``n`` tensors ``N_i x m`` (``return_std``;
             including the GPs' learned noise with ``observation_noise`` and the POD truncation variance with
             ``truncation_variance``, both scaled by the mesh's geometry factor with ``geometry_variance``).
         scalars_std: Predictive standard deviations of the scalars, ``n x q`` (``return_std``).
         field_samples: Monte Carlo draws, ``n`` tensors ``S x N_i x m`` (``n_samples = S > 0``); draws of different
             meshes are independent (each mesh's marginal).
-        scalar_samples: Monte Carlo draws of the scalars, ``S x n x q``.
+        scalar_samples: Monte Carlo draws of the scalars, ``S x n x q`` (log-normal for the ``"log"`` ones).
         latent: The GP inputs :math:`z = (\xi, \mu)`, ``n x (n_g + p)``.
         ood_score: The out-of-distribution score of every mesh, ``(n,)``: the boundary energy of its geometry POD
             residual over the training shapes' mean out-of-sample value (:meth:`MMGP.ood_score`,
