@@ -216,7 +216,11 @@ def pooled_calibration(rs: list[dict], ys: list[torch.Tensor]) -> dict[str, floa
 
 
 # ---------------------------------------------------------------------- the noise models (issue #12): calibration
-NOISE_MODELS = ("gaussian", "student_t")
+NOISE_MODELS = ("gaussian", "student_t", "student_t_mode2")
+#: FunBaT's arguments per noise model of the table: "student_t_mode2" shares one scale per unique coordinate of mode
+#: 2 (Beijing: the day; issue #12, scales shared along a mode).
+NOISE_ARGS = {"gaussian": {}, "student_t": {"noise": "student_t"}, "student_t_mode2": {"noise": "student_t",
+                                                                                       "scale_mode": 2}}  # fmt: skip
 
 
 def mixture_calibration(model, X: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -242,11 +246,12 @@ def mixture_calibration(model, X: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     sd = var.sqrt()
     crps = []
     for sl in [slice(i, i + 64) for i in range(0, y.numel(), 64)]:
+        ws = w.expand_as(var)[sl]  # weights J, or n x J with scales shared along a mode
         d = (m[sl] - y[sl, None].double()) / sd[sl]
         phi = torch.exp(-0.5 * d.square()) / math.sqrt(2 * math.pi)
-        e_abs = (w * sd[sl] * (2 * phi + d * torch.erf(d / math.sqrt(2.0)))).sum(-1)
+        e_abs = (ws * sd[sl] * (2 * phi + d * torch.erf(d / math.sqrt(2.0)))).sum(-1)
         pair = (var[sl, :, None] + var[sl, None, :]).sqrt() * math.sqrt(2.0 / math.pi)
-        crps.append(e_abs - 0.5 * (w[:, None] * w[None, :] * pair).sum((-1, -2)))
+        crps.append(e_abs - 0.5 * (ws[:, :, None] * ws[:, None, :] * pair).sum((-1, -2)))
     out["crps"] = float(torch.cat(crps).mean())
     out["width_95"] = width
     return out
@@ -258,7 +263,7 @@ def run_noise_model(split, device: str, noise: str, **kw) -> dict[str, float]:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = FunBaT(noise=noise, **kw).fit(split.X_train.to(device), split.y_train.to(device))
+        model = FunBaT(**NOISE_ARGS[noise], **kw).fit(split.X_train.to(device), split.y_train.to(device))
     out = {"seconds": time.perf_counter() - t0, "sweeps": model.fit_result_.sweeps, "dof": model.dof_}
     with torch.no_grad():
         out.update(mixture_calibration(model, split.X_test.to(device), split.y_test))
@@ -280,10 +285,29 @@ def _t_noise_tensor(n_train: int, dof: float, scale: float, seed: int):
     return dataclasses.replace(d, y_train=d.y_train + draw(len(d.y_train)), y_test=d.y_test + draw(len(d.y_test)))
 
 
+def _hetero_noise_tensor(n_train: int, dof: float, scale: float, seed: int):
+    r"""The synthetic rank-2 Tucker tensor of section 2 with heteroscedastic noise whose scale varies along mode 2:
+    every coordinate of mode 2 (training or held out) draws :math:`\lambda \sim \mathrm{Gamma}(\nu/2, \nu/2)` and its
+    entries get noise :math:`N(0, \text{scale}^2/\lambda)` (like a noisy day at every station)."""
+    import dataclasses
+
+    d = make_synthetic_tensor(n_train, 1000, rank=2, decomposition="tucker", n_coords=60, noise_sd=0.0, seed=1)
+    g = torch.Generator().manual_seed(seed)
+    coords = torch.cat([d.X_train[:, 2], d.X_test[:, 2]])
+    u, inv = torch.unique(coords, return_inverse=True)
+    lam = torch._standard_gamma(torch.full((len(u),), dof / 2, dtype=torch.float64), generator=g) / (dof / 2)
+    eps = torch.randn(len(coords), generator=g, dtype=torch.float64) * scale / lam.sqrt()[inv]
+    n = len(d.y_train)
+    return dataclasses.replace(d, y_train=d.y_train + eps[:n], y_test=d.y_test + eps[n:])
+
+
 def noise_calibration(args, device: str, max_sweeps: int) -> int:
-    r"""The noise-model section (``--noise-calibration``): Gaussian against Student-t noise, FunBaT only (no exact
-    GP), on the Beijing folds ``--fold-ids`` and, with fold 0, on the synthetic tensor (Gaussian noise sd 0.05, and
-    Student-t noise with 4 degrees of freedom, scale 0.05). Every run is appended to a JSON-lines log as it finishes
+    r"""The noise-model section (``--noise-calibration``): Gaussian against Student-t noise (one scale per entry, or
+    ``student_t_mode2``: one per coordinate of mode 2, Beijing's day), FunBaT only (no exact GP), on the Beijing folds
+    ``--fold-ids`` and, with fold 0, on the synthetic tensor (Gaussian noise sd 0.05,
+    Student-t noise with 4 degrees of freedom, scale 0.05, and noise whose scale is drawn per coordinate of mode 2;
+    ``--hetero-only``: that one only).
+    Every run is appended to a JSON-lines log as it finishes
     (two processes can run the noise models side by side); the table is then written from every record in the log
     (``--noise-report`` only writes it)."""
     import json
@@ -295,11 +319,15 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
         fold_ids = args.fold_ids if args.fold_ids is not None else list(range(1 if quick else 5))
         cases = [(f"beijing fold {k}", lambda k=k: data.split(k)) for k in fold_ids]
         syn: list = []
-        if 0 in fold_ids and not args.beijing_only:
+        if (0 in fold_ids or args.hetero_only) and not args.beijing_only:
             n_syn = 1000 if quick else 2000
             syn.append(("synthetic, Gaussian noise sd 0.05", lambda: make_synthetic_tensor(
                 n_syn, 1000, rank=2, decomposition="tucker", n_coords=60, noise_sd=0.05, seed=1)))  # fmt: skip
             syn.append(("synthetic, Student-t noise (4 dof, scale 0.05)", lambda: _t_noise_tensor(n_syn, 4.0, 0.05, 7)))
+            syn.append(("synthetic, noise scale per mode-2 coordinate (4 dof, scale 0.05)",
+                        lambda: _hetero_noise_tensor(n_syn, 4.0, 0.05, 8)))  # fmt: skip
+        if args.hetero_only:  # only the tensor whose noise scale varies along mode 2
+            cases, syn = [], syn[2:]
         for name, make in cases[:1] + syn + cases[1:]:  # fold 0, the synthetic tensors, the other folds
             split = make()
             for noise in args.noise_models:
@@ -314,7 +342,7 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
                     fh.write(json.dumps(r) + "\n")
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     lines = [
-        "# FunBaT: Gaussian against Student-t noise (issue #12)",
+        "# FunBaT: Gaussian against Student-t noise, per entry or shared along a mode (issue #12)",
         "",
         f"- machine: {machine_info(device)}",
         f"- `python benchmarks/funbat.py --noise-calibration{' --quick' if quick else ''}`; FunBaT Tucker "
@@ -385,6 +413,9 @@ def main() -> int:
     ap.add_argument("--noise-models", nargs="+", default=list(NOISE_MODELS), choices=NOISE_MODELS)
     ap.add_argument("--fold-ids", type=int, nargs="+", default=None, help="Beijing folds of --noise-calibration")
     ap.add_argument("--beijing-only", action="store_true", help="--noise-calibration without the synthetic tensors")
+    ap.add_argument(
+        "--hetero-only", action="store_true", help="--noise-calibration on the heteroscedastic synthetic tensor only"
+    )
     ap.add_argument("--noise-report", action="store_true", help="only write the table of the logged noise runs")
     ap.add_argument(
         "--continuous-only",

@@ -30,8 +30,9 @@ model): :math:`q(b) = N(\mu_b, v_b)`, :math:`v_b^{-1} = \sigma_b^{-2} + N \mathb
 messages. Student-t noise (``noise="student_t"``, :mod:`~gpgeom.models.funbat.noise`) multiplies every entry's
 terms above (its message, its parts of the core and bias precisions and means, its expected squared residual in
 :math:`q(\tau)`) by the weight :math:`w_n = \mathbb E[\lambda_n]` of its scale and then updates the scales
-:math:`q(\lambda_n)` and the degrees of freedom, each a coordinate maximum of the ELBO. CP fixes the core to the
-superdiagonal of ones (no core update). Vectorisation is row-major
+:math:`q(\lambda_n)` and the degrees of freedom, each a coordinate maximum of the ELBO; scales shared along a mode
+(``scale_mode``) give every entry of a group the group's weight :math:`\mathbb E[\lambda_{g(n)}]`. CP fixes the core
+to the superdiagonal of ones (no core update). Vectorisation is row-major
 (``W.reshape(-1)``, the last mode fastest), matching ``torch.kron``.
 """
 
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 
 from gpgeom.models.funbat.latent import LatentPosterior, ModeScore, latent_posterior, latent_score
-from gpgeom.models.funbat.noise import dof_update, gamma_kl, scale_elbo_terms, scale_update
+from gpgeom.models.funbat.noise import dof_update, gamma_kl, group_scale_update, scale_elbo_terms, scale_update
 
 __all__ = ["kron_vecs", "kron_mats", "cp_products", "chunks"]
 
@@ -248,16 +249,18 @@ class _ConditionalEP:
         self._last_sq = sq
 
     def _scale_weights(self) -> Tensor | None:
-        r"""``N`` weights :math:`\mathbb E[\lambda_n]` of the Student-t scale mixture
-        (:mod:`~gpgeom.models.funbat.noise`); ``None`` for Gaussian noise."""
+        r"""``N`` weights :math:`\mathbb E[\lambda_n]` of the Student-t scale mixture (:math:`\mathbb
+        E[\lambda_{g(n)}]` with ``scale_mode``; :mod:`~gpgeom.models.funbat.noise`); ``None`` for Gaussian noise."""
         if self.noise == "gaussian":
             return None
-        return self._scale_alpha / self._scale_beta
+        w = self._scale_alpha / self._scale_beta
+        return w if self._scale_groups is None else w[self._scale_groups]  # shared scales: the group's weight
 
     def _update_weighted(self) -> Tensor:
         r"""The core, bias and noise updates of the Student-t model, every entry weighted by :math:`w_n =
-        \mathbb E[\lambda_n]`, then the scales :math:`q(\lambda_n)` and (when learned) the degrees of freedom
-        (:mod:`~gpgeom.models.funbat.noise`); returns the fitted training values (``N``)."""
+        \mathbb E[\lambda_n]`, then the scales :math:`q(\lambda_n)` (or the shared :math:`q(\lambda_g)` with
+        ``scale_mode``) and (when learned) the degrees of freedom (:mod:`~gpgeom.models.funbat.noise`); returns the
+        fitted training values (``N``)."""
         K = len(self.ranks)
         y0 = self._ys
         ys = y0 - self._bias_mean
@@ -293,7 +296,13 @@ class _ConditionalEP:
         e = (y0.square() - 2.0 * y0 * (f_bar + mb) + Ef2 + 2.0 * mb * f_bar + mb.square() + vb).clamp_min(0.0)
         self._update_noise((w * e).sum())
         self._resid_sq = e
-        self._scale_alpha, self._scale_beta = scale_update(e, self._tau_a / self._tau_b, self._dof)
+        tau_mean = self._tau_a / self._tau_b
+        if self._scale_groups is None:
+            self._scale_alpha, self._scale_beta = scale_update(e, tau_mean, self._dof)
+        else:  # one scale per unique coordinate of mode scale_mode
+            self._scale_alpha, self._scale_beta = group_scale_update(
+                e, tau_mean, self._dof, self._scale_groups, self._scale_counts
+            )
         if self.dof is None:
             self._dof = dof_update(self._scale_alpha, self._scale_beta)
         return f_bar + self._bias_mean
@@ -313,7 +322,8 @@ class _ConditionalEP:
             out = 0.5 * N * (e_log_tau - math.log(2 * math.pi)) - 0.5 * (a / b) * self._last_sq
         else:  # the scale mixture (noise.py): weighted squares with the current q(lambda), E log lambda, KL
             w = self._scale_weights()
-            half_e_log, kl = scale_elbo_terms(self._scale_alpha, self._scale_beta, self._dof)
+            counts = None if self._scale_groups is None else self._scale_counts
+            half_e_log, kl = scale_elbo_terms(self._scale_alpha, self._scale_beta, self._dof, counts)
             out = 0.5 * N * (e_log_tau - math.log(2 * math.pi)) + half_e_log
             out = out - 0.5 * (a / b) * (w * self._resid_sq).sum() - kl
         out = out - gamma_kl(a, b, a0, b0)

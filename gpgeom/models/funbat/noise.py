@@ -43,10 +43,34 @@ Student-t is within :math:`O(1/\nu)` of the Gaussian (the ELBO is flat there and
 to infinity on Gaussian data). The clipped maximiser of a concave function is still the coordinate maximum over the
 interval, so the sweep stays coordinate ascent (``FunBaT.elbo()`` never decreases without damping).
 
+Scales shared along a mode (``FunBaT(noise="student_t", scale_mode=k)``). Heteroscedastic data whose noise level
+changes along one mode (a day of a pollution episode is noisy at every station) share one scale per unique coordinate
+:math:`g` of mode :math:`k` (a group :math:`G_g` of :math:`n_g` entries): :math:`\lambda_g \sim \mathrm{Gamma}(\nu/2,
+\nu/2)`, :math:`y_n \sim N(b + f_n, (\tau \lambda_{g(n)})^{-1})`. Given the other factors the log joint is, in
+:math:`\lambda_g`, :math:`(\nu/2 - 1 + n_g/2)\log\lambda_g - \lambda_g(\nu/2 + \tfrac12 \mathbb E[\tau]
+\sum_{n \in G_g} e_n)`, so
+
+.. math::
+    q(\lambda_g) = \mathrm{Gamma}(\alpha_g, \beta_g), \qquad \alpha_g = \frac{\nu + n_g}2, \qquad
+    \beta_g = \frac\nu2 + \frac12 \mathbb E[\tau] \sum_{n \in G_g} e_n,
+
+every entry of the group has the weight :math:`w_n = \mathbb E[\lambda_{g(n)}] = \alpha_g / \beta_g`, and the
+scale terms of the ELBO become :math:`\tfrac12 \sum_g n_g \mathbb E[\log\lambda_g] - \sum_g \mathrm{KL}(q(\lambda_g)
+\| \mathrm{Gamma}(\nu/2, \nu/2))`. The per-entry model is the case of one entry per group (:math:`n_g = 1`). The
+:math:`\nu`-derivative below holds with the sums and the mean :math:`c` over the :math:`G` groups instead of the
+entries (:math:`\frac{\partial}{\partial\nu} \sum_g \mathbb E_q[\log p(\lambda_g \mid \nu)] = \frac G2 (\log\frac\nu2
++ 1 - \psi(\frac\nu2) + c)`, :math:`c = \frac1G \sum_g (\mathbb E[\log\lambda_g] - \mathbb E[\lambda_g])`), so
+:func:`dof_update` takes the group factors unchanged.
+
 Prediction: a new entry has its own scale from the prior, so the predictive distribution of a new observation is the
 scale mixture :math:`\int N(y; \mathbb E f_*, \operatorname{Var} f_* + s^2/\lambda)\, \mathrm{Gamma}(\lambda; \nu/2,
 \nu/2)\, d\lambda` with :math:`s^2 = \mathbb E[\tau^{-1}]` (:mod:`~gpgeom.models.funbat.predictive` computes it by
-quadrature), of variance :math:`\operatorname{Var} f_* + s^2 \nu / (\nu - 2)`.
+quadrature), of variance :math:`\operatorname{Var} f_* + s^2 \nu / (\nu - 2)`. With scales shared along mode
+:math:`k`, a new entry whose coordinate on mode :math:`k` is a training group's shares that group's scale, whose
+posterior is :math:`q(\lambda_g)`: the mixture is over :math:`\mathrm{Gamma}(\alpha_g, \beta_g)` (a Student-t with
+:math:`2\alpha_g` degrees of freedom and scale :math:`(s^2 \beta_g / \alpha_g)^{1/2}` when :math:`\operatorname{Var}
+f_* = 0`), of variance :math:`\operatorname{Var} f_* + s^2 \beta_g / (\alpha_g - 1)`; at any other coordinate the
+scale is new and the mixture is the prior's, as above.
 """
 
 from __future__ import annotations
@@ -56,7 +80,16 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["DOF_BOUNDS", "NOISE_MODELS", "scale_update", "dof_update", "scale_elbo_terms", "gamma_kl", "noise_factor"]
+__all__ = [
+    "DOF_BOUNDS",
+    "NOISE_MODELS",
+    "scale_update",
+    "group_scale_update",
+    "dof_update",
+    "scale_elbo_terms",
+    "gamma_kl",
+    "noise_factor",
+]
 
 #: The noise models of ``FunBaT(noise=...)``.
 NOISE_MODELS = ("gaussian", "student_t")
@@ -103,18 +136,47 @@ def scale_update(resid_sq: Tensor, tau_mean: Tensor, dof: float) -> tuple[Tensor
     return alpha, beta
 
 
+def group_scale_update(
+    resid_sq: Tensor, tau_mean: Tensor, dof: float, groups: Tensor, counts: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""The mean-field factors :math:`q(\lambda_g) = \mathrm{Gamma}(\alpha_g, \beta_g)` of scales shared by groups of
+    entries (module docstring: :math:`\alpha_g = (\nu + n_g)/2`, :math:`\beta_g = \nu/2 + \tfrac12 \mathbb E[\tau]
+    \sum_{n \in G_g} e_n`).
+
+    Args:
+        resid_sq: ``N`` expected squared residuals :math:`e_n`.
+        tau_mean: :math:`\mathbb E[\tau]` (0-dim).
+        dof: The degrees of freedom :math:`\nu`.
+        groups: ``N`` group indices in ``[0, G)`` (int64).
+        counts: ``G`` group sizes :math:`n_g` (of ``resid_sq``'s dtype).
+
+    Returns:
+        ``(alpha, beta)``: ``G`` shapes and ``G`` rates.
+
+    Example:
+        >>> import torch
+        >>> a, b = group_scale_update(torch.tensor([1.0, 3.0, 2.0]), torch.tensor(1.0), 4.0, torch.tensor([0, 0, 1]),
+        ...                           torch.tensor([2.0, 1.0]))
+        >>> a.tolist(), b.tolist()
+        ([3.0, 2.5], [4.0, 3.0])
+    """
+    sums = torch.zeros(counts.shape[0], dtype=resid_sq.dtype, device=resid_sq.device).index_add_(0, groups, resid_sq)
+    return 0.5 * (dof + counts), 0.5 * dof + 0.5 * tau_mean * sums
+
+
 def _dof_gradient(dof: float, c: float) -> float:
     x = torch.tensor(0.5 * dof, dtype=torch.float64)
     return float(x.log() + 1.0 - torch.digamma(x)) + c
 
 
 def dof_update(alpha: Tensor, beta: Tensor, bounds: tuple[float, float] = DOF_BOUNDS) -> float:
-    r"""The degrees of freedom that maximise the ELBO given the factors :math:`q(\lambda_n)`, within ``bounds``
-    (module docstring: the stationary point of a concave function, by bisection on :math:`\log\nu`).
+    r"""The degrees of freedom that maximise the ELBO given the factors :math:`q(\lambda_n)` (or :math:`q(\lambda_g)`
+    of shared scales), within ``bounds`` (module docstring: the stationary point of a concave function, by bisection
+    on :math:`\log\nu`).
 
     Args:
-        alpha: The shape of :math:`q(\lambda_n)` (0-dim).
-        beta: The ``N`` rates.
+        alpha: The shape of :math:`q(\lambda_n)` (0-dim), or the ``G`` shapes of the groups.
+        beta: The ``N`` (or ``G``) rates.
         bounds: ``(low, high)``.
 
     Returns:
@@ -137,19 +199,22 @@ def dof_update(alpha: Tensor, beta: Tensor, bounds: tuple[float, float] = DOF_BO
     return math.exp(0.5 * (a + b))
 
 
-def scale_elbo_terms(alpha: Tensor, beta: Tensor, dof: float) -> tuple[Tensor, Tensor]:
+def scale_elbo_terms(alpha: Tensor, beta: Tensor, dof: float, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
     r"""The scales' parts of the ELBO: :math:`\tfrac12 \sum_n \mathbb E[\log\lambda_n]` minus the summed KL
-    divergences from the prior :math:`\mathrm{Gamma}(\nu/2, \nu/2)` (module docstring).
+    divergences from the prior :math:`\mathrm{Gamma}(\nu/2, \nu/2)`; for shared scales :math:`\tfrac12 \sum_g n_g
+    \mathbb E[\log\lambda_g]` minus the KL of every group (module docstring).
 
     Args:
-        alpha: Shape of :math:`q(\lambda_n)` (0-dim); beta: ``N`` rates; dof: :math:`\nu`.
+        alpha: Shape of :math:`q(\lambda_n)` (0-dim) or ``G`` shapes; beta: ``N`` (or ``G``) rates;
+        dof: :math:`\nu`; counts: ``G`` group sizes :math:`n_g` (``None``: one entry per scale).
 
     Returns:
         ``(half_sum_e_log, sum_kl)``, both 0-dim.
     """
+    alpha = alpha.expand_as(beta)
     e_log = torch.digamma(alpha) - beta.log()
-    kl = gamma_kl(alpha.expand_as(beta), beta, 0.5 * dof, 0.5 * dof)
-    return 0.5 * e_log.sum(), kl.sum()
+    kl = gamma_kl(alpha, beta, 0.5 * dof, 0.5 * dof)
+    return 0.5 * (e_log if counts is None else counts * e_log).sum(), kl.sum()
 
 
 def noise_factor(dof: float | None) -> float:

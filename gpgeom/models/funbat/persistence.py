@@ -4,7 +4,9 @@ its moves between devices and dtypes.
 The file (:mod:`gpgeom._io`) holds the configuration, the scalings of coordinates and targets, every mode's
 kernel, coordinates, messages and smoothed posterior (means, covariances, lag-one cross-covariances, gains,
 likelihoods), the core, noise and bias factors, the Student-t scales and degrees of freedom
-(:mod:`~gpgeom.models.funbat.noise`; format version 2), the training entries (normalised) and the sweep history:
+(:mod:`~gpgeom.models.funbat.noise`; format version 2; with scales shared along a mode, ``scale_mode`` in the
+configuration and one factor per group, the groups being the saved coordinates of that mode, so a file written
+before the option loads with ``scale_mode=None``), the training entries (normalised) and the sweep history:
 everything ``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. A ``FunBaTCP`` file names
 its class and loads as a ``FunBaTCP`` through ``FunBaT.load``.
 """
@@ -86,6 +88,7 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
     model._N = int(state["n_train"])
     model._dof = state["dof"]
     model._coords = [(md.t, md.idx) for md in model._modes]
+    model._set_scale_groups()  # shared scales (scale_mode): the groups from the coordinates; files without it: None
     model.history = list(state["history"])
     model.converged = bool(state["converged"])
     model.restart_elbos = list(state["restart_elbos"])
@@ -114,5 +117,8 @@ def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
             setattr(md, name, mv(getattr(md, name)))
     if hasattr(model, "_coords"):
         model._coords = [(mv(t), mv(i)) for t, i in model._coords]
+    for name in ("_scale_groups", "_scale_counts"):  # shared scales: derived from the coordinates, not saved
+        if hasattr(model, name):
+            setattr(model, name, mv(getattr(model, name)))
     if hasattr(model, "kernels"):
         model.kernels.to(device=device, dtype=dtype)

@@ -24,7 +24,13 @@ s^2/\lambda_j)`: its CDF and log density are sums over the nodes, its quantiles 
 narrowest component on the other). The rule is meant for bounded integrands such as these (densities with
 :math:`v_* > 0` or :math:`\lambda`-weighted ones, CDFs): the moment :math:`\mathbb E[\lambda^{-1}]`, whose integrand
 decays only like :math:`e^{(\alpha - 1) u}`, is truncated for :math:`\nu` near 2, which is why the variance is
-taken from its closed form. Without observation noise, or for Gaussian noise, it has one node
+taken from its closed form. Scales shared along a mode (``scale_mode``): a new entry at a training group's coordinate
+has :math:`\lambda \sim q(\lambda_g) = \mathrm{Gamma}(\alpha_g, \beta_g) = (\alpha_g/\beta_g)\, \mathrm{Gamma}(\alpha_g,
+\alpha_g)`, so the rule of shape :math:`\alpha_g` is scaled by :math:`\alpha_g / \beta_g` (one rule per entry, weights
+``n x J``; from shape 80 on, a large group's, the range is :math:`[-(180/\alpha)^{1/2}, (90/\alpha)^{1/2}]`, which
+keeps the same :math:`e^{-45}` cut and the spacing proportional to the width :math:`\alpha^{-1/2}` of :math:`g`), its
+variance is :math:`v_* + s^2 \beta_g/(\alpha_g - 1)`; elsewhere the prior's.
+Without observation noise, or for Gaussian noise, it has one node
 (:math:`\lambda = 1`, weight 1) and every quantity is the Gaussian's.
 """
 
@@ -42,6 +48,20 @@ __all__ = ["scale_mixture_nodes"]
 
 _N_NODES = 256
 _BISECTIONS = 64
+
+
+def _gamma_nodes(shape: Tensor, n_nodes: int) -> tuple[Tensor, Tensor]:
+    r"""The trapezoidal rule in :math:`u = \log\lambda` for :math:`\lambda \sim \mathrm{Gamma}(a, a)`, one rule per
+    shape: ``shape`` ``n`` values :math:`a` (float64) -> ``(lam, weights)``, ``n x J`` each (module docstring)."""
+    a = shape[:, None]
+    lo, hi = -(45.0 / a + 1.0 + (90.0 / a).sqrt()), (1.0 + (90.0 / a).sqrt()).clamp_max(4.0)
+    # large shapes (a group of many entries): g is nearly Gaussian with sd a^-1/2; u - e^u + 1 <= -u^2/2 for u >= 0
+    # and <= -u^2/4 for -1.5 <= u <= 0, so [-(180/a)^1/2, (90/a)^1/2] keeps g/g(0) > e^-45 at a spacing ~ a^-1/2
+    big = a >= 80.0
+    lo, hi = torch.where(big, -(180.0 / a).sqrt(), lo), torch.where(big, (90.0 / a).sqrt(), hi)
+    u = lo + (hi - lo) * torch.linspace(0.0, 1.0, n_nodes, dtype=torch.float64)
+    log_g = a * (u - u.exp())  # the constant a^a / Gamma(a) cancels in the normalisation
+    return u.exp(), torch.softmax(log_g, -1)  # equal spacing: trapezoid weights proportional to g (ends ~e^-45)
 
 
 def scale_mixture_nodes(
@@ -68,12 +88,8 @@ def scale_mixture_nodes(
         raise ValueError(f"`dof` must be a finite number > 2, got {dof!r}.")
     if isinstance(n_nodes, bool) or not isinstance(n_nodes, int) or n_nodes < 2:
         raise ValueError(f"`n_nodes` must be an int >= 2, got {n_nodes!r}.")
-    a = 0.5 * float(dof)
-    lo, hi = -(45.0 / a + 1.0 + math.sqrt(90.0 / a)), min(4.0, 1.0 + math.sqrt(90.0 / a))
-    u = torch.linspace(lo, hi, n_nodes, dtype=torch.float64)
-    log_g = a * (u - u.exp())  # the constant a^a / Gamma(a) cancels in the normalisation
-    w = torch.softmax(log_g, 0)  # equal spacing: trapezoid weights proportional to g (the end ones are ~e^-45)
-    return u.exp().to(dtype=dtype, device=device), w.to(dtype=dtype, device=device)
+    lam, w = _gamma_nodes(torch.tensor([0.5 * float(dof)], dtype=torch.float64), n_nodes)
+    return lam[0].to(dtype=dtype, device=device), w[0].to(dtype=dtype, device=device)
 
 
 def _normal_cdf(z: Tensor) -> Tensor:
@@ -83,9 +99,33 @@ def _normal_cdf(z: Tensor) -> Tensor:
 class _PredictiveDistribution:
     r"""The predictive distribution's methods of :class:`~gpgeom.models.funbat.model.FunBaT` (module docstring)."""
 
+    def _entry_scales(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Shared scales (``scale_mode``): the shape and rate of the scale of a new entry at each of the ``n`` rows of
+        ``X`` (``n x K``, original units): :math:`(\alpha_g, \beta_g)` of :math:`q(\lambda_g)` where its coordinate
+        on mode ``scale_mode`` is the training group :math:`g`'s, else the prior's :math:`(\nu/2, \nu/2)`; ``n``
+        each (:mod:`~gpgeom.models.funbat.noise`)."""
+        k = self.scale_mode
+        t = self._modes[k].t
+        x = ((X[:, k] - self.coord_lo[k]) / self.coord_span[k]).to(t.dtype)  # as fit normalised the training ones
+        pos = torch.searchsorted(t, x).clamp_max(t.shape[0] - 1)
+        seen = t[pos] == x
+        half = torch.full_like(x, 0.5 * self._dof)
+        return torch.where(seen, self._scale_alpha[pos], half), torch.where(seen, self._scale_beta[pos], half)
+
+    def _new_entry_noise(self, X: Tensor, noise: Tensor) -> Tensor:
+        r"""The noise variance of new entries at ``X`` (``... x K``), standardised units: ``noise`` (0-dim, from
+        :func:`~gpgeom.models.funbat.entries.entry_marginals`) unless scales are shared along a mode, then
+        :math:`\mathbb E[\tau^{-1}]\, \mathbb E[\lambda^{-1}]` with :math:`\mathbb E[\lambda^{-1}] = \beta/(\alpha - 1)`
+        for each entry's scale (:meth:`_entry_scales`), shape ``...``."""
+        if getattr(self, "_scale_groups", None) is None:
+            return noise
+        a, b = self._entry_scales(X.reshape(-1, X.shape[-1]))
+        return (self._tau_b / (self._tau_a - 1.0) * b / (a - 1.0)).reshape(X.shape[:-1])
+
     def _mixture(self, X: Any, observation_noise: bool) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
         r"""The predictive at ``X`` (``... x K``) in the original units as a scale mixture: the batch shape, means
-        ``n``, component variances ``n x J`` and weights ``J`` (the total variance is ``predict``'s)."""
+        ``n``, component variances ``n x J`` and weights ``J`` (``n x J`` when scales are shared along a mode: one rule
+        per entry's scale distribution; the total variance is ``predict``'s)."""
         self._check_fitted()
         X = self._check_X(X, K=len(self.ranks))
         with torch.no_grad():
@@ -98,8 +138,15 @@ class _PredictiveDistribution:
         s2 = (self._tau_b / (self._tau_a - 1.0)) * scale2
         if self._dof is None:
             return shape, mean, var + s2, torch.ones(1, dtype=var.dtype, device=var.device)
-        lam, w = scale_mixture_nodes(self._dof, dtype=var.dtype, device=var.device)
-        return shape, mean, var + s2 / lam, w
+        if getattr(self, "_scale_groups", None) is None:
+            lam, w = scale_mixture_nodes(self._dof, dtype=var.dtype, device=var.device)
+            return shape, mean, var + s2 / lam, w
+        # shared scales: lambda ~ Gamma(a, b) = (a / b) Gamma(a, a), a rule per distinct shape
+        a, b = self._entry_scales(X.reshape(-1, X.shape[-1]))
+        shapes, inverse = torch.unique(a.double().cpu(), return_inverse=True)
+        lam_u, w_u = _gamma_nodes(shapes, _N_NODES)
+        lam = lam_u.to(var.device, var.dtype)[inverse.to(var.device)] * (a / b)[:, None]
+        return shape, mean, var + s2 / lam, w_u.to(var.device, var.dtype)[inverse.to(var.device)]
 
     def predictive_mixture(self, X: Any, observation_noise: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         r"""The predictive distribution at ``X`` as a mixture of Gaussians with a common mean, in the original units:
@@ -111,10 +158,12 @@ class _PredictiveDistribution:
             observation_noise: Include the noise (a new observation) or not (the latent entry, Gaussian).
 
         Returns:
-            ``(mean, var, weights)``: ``... x 1`` means, ``... x J`` component variances, ``J`` weights (sum 1).
+            ``(mean, var, weights)``: ``... x 1`` means, ``... x J`` component variances, ``J`` weights (sum 1);
+            with scales shared along a mode (``scale_mode``) and observation noise the weights are ``... x J`` (each
+            entry's rule over its own scale distribution).
         """
         shape, mean, var, w = self._mixture(X, observation_noise)
-        return mean.reshape(*shape, 1), var.reshape(*shape, -1), w
+        return mean.reshape(*shape, 1), var.reshape(*shape, -1), w if w.dim() == 1 else w.reshape(*shape, -1)
 
     def _values(self, y: Any, shape: tuple[int, ...], name: str = "y") -> Tensor:
         y = self._as_tensor(name, y)
@@ -138,12 +187,17 @@ class _PredictiveDistribution:
         """
         shape, mean, var, w = self._mixture(X, observation_noise)
         y = self._values(y, shape)
-        out = torch.cat([self._cdf(y[sl], mean[sl], var[sl], w) for sl in chunks(mean.numel(), w.numel())])
-        return out.reshape(*shape, 1)
+        return self._chunked_cdf(y, mean, var, w).reshape(*shape, 1)
 
     @staticmethod
-    def _cdf(y: Tensor, mean: Tensor, var: Tensor, w: Tensor) -> Tensor:
-        return (_normal_cdf((y - mean)[:, None] / var.sqrt()) * w).sum(-1)
+    def _chunked_cdf(y: Tensor, mean: Tensor, var: Tensor, w: Tensor) -> Tensor:
+        r"""The mixture CDF at ``y`` (``n``; ``mean`` ``n``, ``var`` ``n x J``, ``w`` ``J`` or ``n x J``), in chunks."""
+        J = var.shape[-1]
+        out = []
+        for sl in chunks(mean.numel(), J):
+            ws = w if w.dim() == 1 else w[sl]
+            out.append((_normal_cdf((y[sl] - mean[sl])[:, None] / var[sl].sqrt()) * ws).sum(-1))
+        return torch.cat(out)
 
     def log_predictive_density(self, X: Any, y: Any, observation_noise: bool = True) -> Tensor:
         r"""The log predictive density :math:`\log p(y_*)` of values ``y`` at the entries ``X`` (original units; the
@@ -176,7 +230,7 @@ class _PredictiveDistribution:
         if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 < q < 1.0:
             raise ValueError(f"`q` must be a probability strictly between 0 and 1, got {q!r}.")
         shape, mean, var, w = self._mixture(X, observation_noise)
-        if w.numel() == 1:
+        if var.shape[-1] == 1:
             z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64))
             return (mean + var[:, 0].sqrt() * float(z)).reshape(*shape, 1)
         _, sd = self.predict(X, return_std=True, observation_noise=observation_noise)
@@ -188,7 +242,7 @@ class _PredictiveDistribution:
         hi = mean + half if q > 0.5 else inner + 1e-12 * half
         for _ in range(_BISECTIONS):
             mid = 0.5 * (lo + hi)
-            below = torch.cat([self._cdf(mid[sl], mean[sl], var[sl], w) for sl in chunks(mean.numel(), w.numel())])
+            below = self._chunked_cdf(mid, mean, var, w)
             lo, hi = torch.where(below < q, mid, lo), torch.where(below < q, hi, mid)
         return (0.5 * (lo + hi)).reshape(*shape, 1)
 
