@@ -24,7 +24,7 @@ no log hyperparameter moves by 1%), run by :func:`gpgeom.engine.fitting.fit` (L-
   size in the direction of the gradient's sign; the step grows by 1.2 (up to 1) while the sign holds and halves
   (down to :math:`10^{-4}`) when it flips, and that step is skipped. Signs only: the marginal likelihood's scale,
   which changes from sweep to sweep with the sites, does not matter. With this method the fit's convergence test
-  also waits for the hyperparameters to move by less than 1% in a step.
+  waits for 3 steps (the first steps grow while the sign holds: they are the ones that move far).
 
 The default ``"auto"`` takes ``"sweep"`` when the modes hold more than :data:`SWEEP_THRESHOLD` unique coordinates
 in all (continuous coordinates: a marginal step's 5-10 filter passes per mode then cost several sweeps), and

@@ -186,8 +186,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         min_sweeps: Sweeps before the convergence test may stop the fit.
         tol: Convergence test: stop when the relative change of the fitted training values between two sweeps,
             :math:`\|\bar f - \bar f_{\text{old}}\| / \|\bar f_{\text{old}}\|`, is below ``tol`` (after
-            ``min_sweeps`` and, when hyperparameters are learned, after their first step). Otherwise a
-            :class:`~gpgeom.errors.ConvergenceWarning` at ``max_sweeps``.
+            ``min_sweeps`` and, when hyperparameters are learned, after their first step; after the third with
+            ``"sweep"`` steps). Otherwise a :class:`~gpgeom.errors.ConvergenceWarning` at ``max_sweeps``.
         core_prior_variance: :math:`\sigma_W^2` of the core prior :math:`N(0, \sigma_W^2 I)` (Tucker).
         noise_prior: :math:`(a_0, b_0)` of the Gamma prior on the noise precision :math:`\tau` (of standardised
             targets; shape and rate). The default :math:`(1, 10^{-3})` lets the data set the noise (the module
