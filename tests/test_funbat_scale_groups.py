@@ -339,3 +339,18 @@ def test_grouped_model_files_rebuild_and_float32(tmp_path, g_fit):
     m32 = _fit(d, noise="student_t", scale_mode=2, max_sweeps=4, n_restarts=0, dtype=torch.float32)
     lo, hi = m32.predict_interval(d.X_test, 0.9)
     assert lo.dtype == torch.float32 and bool((hi > lo).all())
+
+
+def test_botorch_noise_is_each_entrys_group_noise(g_fit):
+    # the adapter's observation noise is predict's per-entry noise (the group's where seen, the prior's elsewhere),
+    # not one prior factor for every entry
+    d, m = g_fit
+    X = torch.cat([d.X_test[:6], d.X_test[:3] + 1e-3])  # seen coordinates, then unseen ones
+    _, std_f = m.predict(X, return_std=True)
+    _, std_y = m.predict(X, return_std=True, observation_noise=True)
+    post_f = m.as_botorch().posterior(X[:, None, :])
+    post_y = m.as_botorch().posterior(X[:, None, :], observation_noise=True)
+    torch.testing.assert_close(post_f.variance.reshape(-1), std_f.reshape(-1).square(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(post_y.variance.reshape(-1), std_y.reshape(-1).square(), rtol=1e-9, atol=1e-12)
+    noise = (std_y.square() - std_f.square()).reshape(-1)
+    assert float(noise[:6].std() / noise[:6].mean()) > 0.05  # the groups' noise differs: a real check

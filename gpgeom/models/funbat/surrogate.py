@@ -17,7 +17,8 @@ variance; entries that share a latent function (the same or nearby coordinates i
 **Conditioning is an approximation.** ``condition_on_observations`` (and hence ``fantasize``) is exact Gaussian
 conditioning of this moment-matched Gaussian (:class:`~gpgeom.botorch.gaussian.GaussianSurrogate`: Bayes' rule with the
 noise variance :math:`\mathbb E[\tau^{-1}]`; for Student-t noise the t variance :math:`\mathbb E[\tau^{-1}] \nu/(\nu -
-2)`, a moment match of the scale mixture, :mod:`~gpgeom.models.funbat.noise`), not a refit: a refit would change the EP
+2)`, a moment match of the scale mixture, :mod:`~gpgeom.models.funbat.noise`; with scales shared along a mode, the
+variance of the entry's group where its coordinate was seen), not a refit: a refit would change the EP
 messages of every mode, the core and the noise. ``tests/test_funbat.py`` measures the difference against
 :meth:`~gpgeom.models.funbat.model.FunBaT.rebuild_with` (FunBaT refitted on the union with the same hyperparameters held
 fixed, 40 sweeps from a base swept near its fixed point) on a rank-2, two-mode tensor of 400 entries (noise sd 0.05):
@@ -93,5 +94,6 @@ class FunBaTBoTorchModel(GaussianSurrogate):
 
     def _noise_variance(self, X: Tensor) -> Tensor:
         fb = self.funbat
-        noise = fb._tau_b / (fb._tau_a - 1.0) * fb.y_std.square() * noise_factor(fb._dof)  # Student-t: its variance
-        return noise.expand(*X.shape[:-1], 1)
+        noise = fb._tau_b / (fb._tau_a - 1.0) * noise_factor(fb._dof)  # Student-t: its variance
+        noise = fb._new_entry_noise(X, noise)  # scales shared along a mode: the entry's group's, where seen
+        return (noise * fb.y_std.square()).expand(X.shape[:-1]).unsqueeze(-1)
