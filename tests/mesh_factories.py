@@ -1,4 +1,4 @@
-"""Random meshes shared by the geometry tests."""
+"""Random meshes shared by the geometry tests, and the small notched-plate families of the MMGP tests."""
 
 import numpy as np
 import torch
@@ -24,3 +24,15 @@ def random_disk_mesh(rng, n_boundary=40, n_interior=150, jitter=0.2):
     S = np.c_[np.arange(n_boundary), (np.arange(n_boundary) + 1) % n_boundary]
     T = triangle.triangulate({"vertices": V, "segments": S}, "p")
     return Mesh(T["vertices"], T["triangles"])
+
+
+def notched_plate_arrays(cache_dir, n_train, n_test, mesh_size):
+    """``samples_to_arrays`` of ``n_train`` notched plates (seed 0) and ``n_test`` (seed 1), cached in ``cache_dir``."""
+    from gpgeom.datasets.notched_plate import generate_notched_plates
+    from gpgeom.models.mmgp import samples_to_arrays
+
+    def arrays(n, seed):
+        plates = generate_notched_plates(n, seed=seed, mesh_size=mesh_size, cache_dir=cache_dir, progress=False)
+        return samples_to_arrays(plates)
+
+    return arrays(n_train, 0), arrays(n_test, 1)

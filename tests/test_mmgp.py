@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mesh_factories import notched_plate_arrays
 
 from gpgeom.botorch import SurrogateList
 from gpgeom.botorch.check import check_botorch_model
@@ -33,10 +34,7 @@ def q2(y, yp) -> float:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("plates")
-    train = generate_notched_plates(N_TRAIN, seed=0, mesh_size=H, cache_dir=cache, progress=False)
-    test = generate_notched_plates(N_TEST, seed=1, mesh_size=H, cache_dir=cache, progress=False)
-    return samples_to_arrays(train), samples_to_arrays(test)
+    return notched_plate_arrays(tmp_path_factory.mktemp("plates"), N_TRAIN, N_TEST, H)
 
 
 @pytest.fixture(scope="module")

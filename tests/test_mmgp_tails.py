@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 from linear_operator import to_dense
+from mesh_factories import notched_plate_arrays
 
-from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates
+from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES
 from gpgeom.geometry.mesh import Mesh, mass_matrix
-from gpgeom.models.mmgp import MMGP, samples_to_arrays
+from gpgeom.models.mmgp import MMGP
 from gpgeom.models.mmgp.latent_gp import gp_groups, output_groups, own_modes
 
 pytest.importorskip("skfem")
@@ -21,10 +22,7 @@ N_TRAIN, N_TEST, H = 30, 6, 0.1
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("plates")
-    train = generate_notched_plates(N_TRAIN, seed=0, mesh_size=H, cache_dir=cache, progress=False)
-    test = generate_notched_plates(N_TEST, seed=1, mesh_size=H, cache_dir=cache, progress=False)
-    return samples_to_arrays(train), samples_to_arrays(test)
+    return notched_plate_arrays(tmp_path_factory.mktemp("plates"), N_TRAIN, N_TEST, H)
 
 
 @pytest.fixture(scope="module")
