@@ -233,6 +233,7 @@ def test_marginal_and_em_steps_increase_the_likelihood_on_unique_dense_coordinat
         warnings.simplefilter("ignore", ConvergenceWarning)
         m = FunBaT(2, max_sweeps=2, min_sweeps=2, n_restarts=0, learn_hyperparameters=False).fit(X, y)
     assert all(md.t.shape[0] == 600 for md in m._modes)
+    m.learn_hyperparameters = True  # the steps below act on every mode
 
     def total() -> float:
         with torch.no_grad():

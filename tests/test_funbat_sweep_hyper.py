@@ -32,7 +32,9 @@ def _warm_model(n=400, seed=3):
     X, y, _ = _data(n, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return FunBaT(2, max_sweeps=2, min_sweeps=2, n_restarts=0, learn_hyperparameters=False).fit(X, y)
+        m = FunBaT(2, max_sweeps=2, min_sweeps=2, n_restarts=0, learn_hyperparameters=False).fit(X, y)
+    m.learn_hyperparameters = True  # the steps below act on every mode
+    return m
 
 
 def _log_z(kern, md, log_ls, log_var):

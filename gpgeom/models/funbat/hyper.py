@@ -111,7 +111,11 @@ class _HyperparameterSteps:
             except torch.linalg.LinAlgError:
                 method = "marginal"
         if method == "em":
-            failures = [self._em_step(md, kern) for md, kern in zip(self._modes, self.kernels)]
+            failures = [
+                self._em_step(md, kern)
+                for md, kern, learn in zip(self._modes, self.kernels, self._learn_modes)
+                if learn
+            ]
         else:
             failures = [self._marginal_step()]
         self.kernels.eval()
@@ -175,7 +179,15 @@ class _HyperparameterSteps:
                 return sum(p.sum() for p in self.kernels.parameters()) * 0.0 + math.inf
             return -scale * value
 
-        return self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5, "marginal-likelihood step")
+        # the modes whose hyperparameters are held (learn_hyperparameters=False for them) stay out of the step
+        held = [p for kern, learn in zip(self.kernels, self._learn_modes) if not learn for p in kern.parameters()]
+        for p in held:
+            p.requires_grad_(False)
+        try:
+            return self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5, "marginal-likelihood step")
+        finally:
+            for p in held:
+                p.requires_grad_(True)
 
     def _sweep_step(self) -> None:
         r"""One iRprop\ :sup:`-` step (module docstring) of every mode's log lengthscale and log variance, from the
@@ -183,11 +195,12 @@ class _HyperparameterSteps:
         on the score statistics that this sweep's smoother left in ``md.score`` (modes without them keep their
         values)."""
         K = len(self.kernels)
-        if getattr(self, "_rprop", None) is None:
+        if self._rprop is None:
             self._rprop = torch.stack([torch.full((K, 2), _STEP0), torch.zeros(K, 2)]).double()  # step, last sign
         steps, signs = self._rprop
         for k, (md, kern) in enumerate(zip(self._modes, self.kernels)):
-            if md.score is None:
+            if md.score is None or not self._learn_modes[k]:
+                md.score = None
                 continue
             k64 = copy.deepcopy(kern).to(torch.float64)
             score = ModeScore(*(x.to(torch.float64) for x in md.score))

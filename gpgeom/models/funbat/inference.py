@@ -163,7 +163,7 @@ class _ConditionalEP:
         md = self._modes[k]
         kern = self.kernels[k]
         with torch.no_grad():
-            if getattr(self, "_want_score", False):  # the same filter and smoother, plus the score statistics
+            if self._want_score:  # the same filter and smoother, plus the score statistics
                 post, md.score = latent_score(kern, md.t, md.lam, md.eta)
             else:
                 post = latent_posterior(kern, md.t, md.lam, md.eta)

@@ -52,22 +52,13 @@ noise drawn per coordinate of a mode it is nominal (``tests/test_funbat_scale_gr
 The updates are coordinate ascent on a non-convex ELBO: ``n_restarts`` chooses among initialisations by ELBO. Unseen
 coordinates far (several lengthscales) from the training ones get the prior.
 
-Accuracy against an exact GP (BeijingAir-PM2.5, fold 0 of ``benchmarks/funbat.py``, 13,572 training entries, one
-thread): the default rank-2 Tucker model reaches a test RMSE of 0.259 (126 sweeps, converged); an exact GP with a
-Matérn-1/2 ARD kernel on the three coordinates (hyperparameters on 2,000 entries, conditioned on the whole fold) reaches
-0.240, in 833 s against FunBaT's 259 s (both on a shared, loaded machine) and with an ``N x N`` Cholesky factor (1.5 GB
-here). The likely cause of the gap, not isolated, is the separable low-rank form. A larger rank does not close it: rank
-3 fits the training entries better (RMSE 0.158 against 0.188 after 65 sweeps, ``n_restarts=0``) and has the larger ELBO
-(-2769 against -2850) but predicts worse (0.277 against 0.2605; with the defaults, after 200 sweeps, rank 3 reaches
-0.272 and rank 4 0.269): the time mode's lengthscale is learned at about one day, so every day gets free factor values,
-one more per component, and the mean-field ELBO does not penalise that; choose the rank on held-out entries; ranks (3,
-3, 2) and (4, 4, 2), which keep the time mode at rank 2, also predict worse (0.276, 0.277; defaults otherwise), a
-Matérn-1/2 time mode (``nu=(1.5, 1.5, 0.5)``) gains little (0.258), and Student-t noise does not change it (0.2596).
-Test RMSE decreased monotonically with the sweeps at rank 2 (0.268 at 10, 0.261 at 50, 0.259 at 150, ``n_restarts=0``):
-on that fold, running to the convergence test did not overfit. FunBaT's advantage is scale: a sweep without a
-hyperparameter step costs :math:`O(N + \sum_k I_k)` time and memory (no ``N x N`` matrix; the exact GP's Cholesky grows
-as :math:`N^3`, section 4 of the benchmark); missing entries and continuous coordinates the exact GP on the coordinates
-handles as well (it simply has no row for a missing entry).
+Accuracy against an exact GP on BeijingAir-PM2.5, and why longer fits can overfit there (the hyperparameter step
+shortens the temperature and pressure lengthscales far below the exact GP's): the FunBaT page of the documentation,
+section "Accuracy on BeijingAir-PM2.5". Larger ranks predict worse there (rank 3: 0.272, rank 4: 0.269 against 0.259
+on fold 0; ranks (3, 3, 2) and (4, 4, 2): 0.276, 0.277): the time mode's lengthscale is about one day, so every day
+gets free factor values and the mean-field ELBO does not penalise them; choose the rank on held-out entries. FunBaT's
+advantage is scale: a sweep without a hyperparameter step costs :math:`O(N + \sum_k I_k)` time and memory (no
+``N x N`` matrix; the exact GP's Cholesky grows as :math:`N^3`, section 4 of ``benchmarks/funbat.py``).
 """
 
 from __future__ import annotations
@@ -167,7 +158,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
             mapped to ``[0, 1]`` when ``normalize_coordinates``): a float or one per mode.
         variance: Initial prior variance(s) of the latent components: a float or one per mode.
         learn_hyperparameters: Learn each mode's lengthscale and variance (marginal likelihood of the
-            pseudo-observations, at the end of a sweep) from sweep ``hyper_warmup`` on.
+            pseudo-observations, at the end of a sweep) from sweep ``hyper_warmup`` on: a bool for every mode or one
+            bool per mode (``False`` keeps that mode's ``lengthscale`` and ``variance`` as given).
         hyper_warmup: First sweep (0-based) with a hyperparameter step.
         hyper_every: Sweeps between hyperparameter steps (the interval doubles, up to ``8 hyper_every``, while the
             hyperparameters move by less than 1%).
@@ -295,7 +287,12 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         self.lengthscale_init = lengthscale if isinstance(lengthscale, int | float) else tuple(lengthscale)
         self.variance_init = variance if isinstance(variance, int | float) else tuple(variance)
         if not isinstance(learn_hyperparameters, bool):
-            raise TypeError("`learn_hyperparameters` must be a bool.")
+            flags = learn_hyperparameters
+            if isinstance(flags, str) or not isinstance(flags, Sequence) or not flags:
+                raise TypeError(f"`learn_hyperparameters` must be a bool or one bool per mode, got {flags!r}.")
+            if not all(isinstance(v, bool) for v in flags):
+                raise TypeError(f"`learn_hyperparameters` must hold bools (one per mode), got {list(flags)!r}.")
+            learn_hyperparameters = tuple(flags)
         self.learn_hyperparameters = learn_hyperparameters
         check_positive("hyper_warmup", hyper_warmup, integer=True, allow_zero=True)
         check_positive("hyper_every", hyper_every, integer=True)
@@ -361,6 +358,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         self.restart_elbos: list[float] = []
         self.history: list[dict[str, Any]] = []
         self.converged = False
+        self._want_score = False  # set during a sweep whose smoothers also return the score (hyper_method="sweep")
 
     # ------------------------------------------------------------------------------------------------------------
     # configuration helpers
@@ -371,6 +369,11 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         if len(value) != K:
             raise ValueError(f"`{name}` has {len(value)} entries but the data have K={K} modes.")
         return value
+
+    @property
+    def _learn_modes(self) -> list[bool]:
+        r"""Whether each mode learns its hyperparameters (``learn_hyperparameters`` spread over the ``K`` modes)."""
+        return [bool(v) for v in self._per_mode(self.learn_hyperparameters, len(self.ranks), "learn_hyperparameters")]
 
     def _config(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._CONFIG}
@@ -478,6 +481,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         self._nus = self._per_mode(self.nu, K, "nu")
         self._ls0 = self._per_mode(self.lengthscale_init, K, "lengthscale")
         self._vs0 = self._per_mode(self.variance_init, K, "variance")
+        self._per_mode(self.learn_hyperparameters, K, "learn_hyperparameters")  # one flag per mode
         dtype, device = self.dtype, self.device
         if self.standardize:  # targets
             y_mean = y.mean()
@@ -633,7 +637,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         )
         for sweep in bar:
             t0 = time.perf_counter()
-            learn = self.learn_hyperparameters and sweep >= self._next_hyper
+            learn = any(self._learn_modes) and sweep >= self._next_hyper
             failure = None
             # "sweep" hyperparameter steps take the gradient from this sweep's smoothers (hyper module docstring)
             self._want_score = learn and self._next_hyper_method() == "sweep"
@@ -671,7 +675,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
                 raise FloatingPointError(
                     f"FunBaT diverged at sweep {sweep} (non-finite fit); try more damping or float64."
                 )
-            hypers_done = not self.learn_hyperparameters or (self._hyper_steps > 0 and self._hyper_settled)
+            hypers_done = not any(self._learn_modes) or (self._hyper_steps > 0 and self._hyper_settled)
             if sweep + 1 >= self.min_sweeps and delta < self.tol and hypers_done:
                 self.converged = True
                 break

@@ -1,0 +1,85 @@
+r"""FunBaT with hyperparameters learned in some modes only (``learn_hyperparameters`` one bool per mode).
+
+A held mode keeps its initial lengthscale and variance exactly, under every hyperparameter method, while the other
+modes learn theirs; all-True and all-False sequences are the same fit as the bools ``True`` and ``False``; a saved
+model keeps the flags; bad flags are refused with errors that name the argument.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from gpgeom.datasets.tensors import make_synthetic_tensor
+from gpgeom.errors import ConvergenceWarning
+from gpgeom.models.funbat import FunBaT
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic_tensor(500, 100, rank=2, n_coords=25, noise_sd=0.05, seed=3)
+
+
+def _hypers(model: FunBaT) -> list[torch.Tensor]:
+    return [torch.stack([k.lengthscale.detach().reshape(()), k.variance.detach().reshape(())]) for k in model.kernels]
+
+
+@pytest.fixture(scope="module")
+def initial(data):
+    r"""Every mode's lengthscale and variance as initialised (a fit that learns none)."""
+    return _hypers(_fit(data, learn_hyperparameters=False))
+
+
+def _fit(data, **kw) -> FunBaT:
+    opts = dict(max_sweeps=7, min_sweeps=7, n_restarts=0, hyper_warmup=1, lengthscale=0.2, variance=1.0, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return FunBaT(2, **{**opts, **kw}).fit(data.X_train, data.y_train)
+
+
+@pytest.mark.parametrize("method", ["marginal", "em", "sweep"])
+def test_held_mode_keeps_its_hyperparameters(data, method, initial):
+    model = _fit(data, learn_hyperparameters=(True, False, True), hyper_method=method)
+    hypers = _hypers(model)
+    torch.testing.assert_close(hypers[1], initial[1], rtol=0, atol=0)  # held: bit for bit its initial values
+    for k in (0, 2):  # the learned modes moved
+        assert float((hypers[k].log() - initial[k].log()).abs().max()) > 1e-3, (method, k)
+    # the held mode's parameters are trainable again after the step (nothing left frozen behind)
+    assert all(p.requires_grad for p in model.kernels.parameters())
+
+
+def test_all_true_and_all_false_equal_the_bools(data):
+    X = data.X_test
+    for flags, flag in (((True,) * 3, True), ((False,) * 3, False)):
+        a = _fit(data, learn_hyperparameters=flags).predict(X)
+        b = _fit(data, learn_hyperparameters=flag).predict(X)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_all_false_holds_every_mode(data):
+    model = _fit(data, learn_hyperparameters=(False, False, False))
+    assert all(h["hyper_step"] is False for h in model.history)
+    assert model.lengthscales_.div(model.coord_span).tolist() == pytest.approx([0.2] * 3, rel=1e-6)
+
+
+def test_flags_survive_save_and_load(data, tmp_path):
+    model = _fit(data, learn_hyperparameters=[True, False, True])
+    assert model.learn_hyperparameters == (True, False, True)
+    path = tmp_path / "funbat.pt"
+    model.save(path)
+    loaded = FunBaT.load(path)
+    assert loaded.learn_hyperparameters == (True, False, True)
+    torch.testing.assert_close(loaded.predict(data.X_test), model.predict(data.X_test))
+
+
+def test_bad_flags_are_refused(data):
+    with pytest.raises(TypeError, match="learn_hyperparameters"):
+        FunBaT(2, learn_hyperparameters="yes")
+    with pytest.raises(TypeError, match="learn_hyperparameters"):
+        FunBaT(2, learn_hyperparameters=(True, 1, True))
+    with pytest.raises(TypeError, match="learn_hyperparameters"):
+        FunBaT(2, learn_hyperparameters=())
+    with pytest.raises(ValueError, match="learn_hyperparameters.*K=3"):
+        _fit(data, learn_hyperparameters=(True, False))
