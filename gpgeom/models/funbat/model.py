@@ -686,7 +686,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         if final and not self.converged and self.tol > 0:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps} before the convergence test "
-                f"(last relative change {self.history[-1]['delta']:.2e} > tol={self.tol:g}).",
+                f"(last relative change {self.history[-1]['delta']:.2e} > tol={self.tol:g}). More sweeps raise the "
+                "ELBO but can predict worse (mean-field overfitting); compare held-out error before raising it.",
                 ConvergenceWarning,
                 stacklevel=3,
             )
