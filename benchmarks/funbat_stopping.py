@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+r"""FunBaT on BeijingAir-PM2.5: the default sweep budget against running to convergence, beside the exact GP.
+
+For each of the 5 seeded 80/20 folds of ``benchmarks/funbat.py`` (``data.split(fold)``), in one run:
+
+* FunBaT with its defaults, stopped at the default budget (``max_sweeps=100``) and run to the convergence test
+  (``max_sweeps=400``): the test RMSE, the sweeps, whether the convergence test ended the fit, and the calibration
+  (coverage of the central 50/90/95% intervals of a new observation, z RMS, NLPD; :mod:`gpgeom.metrics`);
+* the same with the temperature and pressure modes held at a lengthscale of 0.7 of their training range and a
+  variance of 1 (``learn_hyperparameters=(False, False, True)``, ``lengthscale=(0.7, 0.7, 0.3)``: the time mode
+  still learns its own): long, as an exact GP's marginal likelihood finds them (``--trace``: Matérn-1/2 ARD on 2,000
+  entries of fold 4, 0.52 and 1.35 of the range);
+* the strong baseline of ``benchmarks/funbat.py``: an exact GP, Matérn-1/2 ARD on the three coordinates,
+  hyperparameters on 2,000 training entries, conditioned on the whole training fold.
+
+``--trace FOLD``: instead, one default fit of that fold for 300 sweeps with the test RMSE, the ELBO, the training RMSE,
+the noise and the lengthscales every 10 sweeps (a callback; the fit is not stopped), written to
+``funbat_stopping_trace.md``.
+
+Usage: ``python benchmarks/funbat_stopping.py [--quick] [--folds 0 1 2 3 4] [--skip-dense] [--trace 4]``. Writes
+``benchmarks/results/funbat_stopping.md`` (the full CPU run); ``--quick`` (fold 0, budgets 30 / 100, no exact GP)
+or other folds write ``funbat_stopping_quick.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine_info, report_name, results_path  # noqa: E402
+from funbat import ard_matern, run_dense_gp, run_funbat  # noqa: E402
+
+from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
+
+#: The two FunBaT configurations (on top of the defaults).
+CONFIGS = {
+    "defaults": {},
+    "temperature, pressure held at lengthscale 0.7": {
+        "lengthscale": (0.7, 0.7, 0.3),
+        "learn_hyperparameters": (False, False, True),
+    },
+}
+
+
+def exact_gp_lengthscales(split, seed: int, n_fit: int = 2000) -> str:
+    r"""The lengthscales that the exact GP of ``benchmarks/funbat.py`` (Matérn-1/2 ARD, inputs scaled to the unit
+    cube) learns by its marginal likelihood on ``n_fit`` random training entries, in coordinate units."""
+    from botorch.models.transforms.input import Normalize
+
+    from gpgeom.botorch.exact_gp import ExactGPModel
+
+    perm = torch.randperm(split.X_train.shape[0], generator=torch.Generator().manual_seed(seed))[:n_fit]
+    X, y = split.X_train[perm], split.y_train[perm]
+    gp = ExactGPModel(X, y[:, None], covar_module=ard_matern(0.5, 3), input_transform=Normalize(d=3))
+    gp.fit(progress=False, max_iter=200, seed=seed)
+    span = X.max(0).values - X.min(0).values
+    ls = gp.covar_module.base_kernel.lengthscale.detach().reshape(-1) * span
+    day = float(span[2] / (torch.unique(split.X_train[:, 2]).numel() - 1))  # coordinate units per day
+    return (
+        f"The exact GP (Matérn-1/2 ARD, hyperparameters by its marginal likelihood on {n_fit} training entries of "
+        f"this fold) learns lengthscales of {ls[0]:.2f} (temperature), {ls[1]:.2f} (pressure) and {ls[2]:.4f} "
+        f"(day; {float(ls[2]) / day:.2f} days) in coordinate units."
+    )
+
+
+def trace(fold: int, sweeps: int = 300, every: int = 10) -> int:
+    r"""``--trace``: the default fit of ``fold`` followed sweep by sweep (module docstring)."""
+    import warnings
+
+    from gpgeom.errors import ConvergenceWarning
+    from gpgeom.models.funbat import FunBaT
+
+    split = load_beijing_air().split(fold)
+    lines = [
+        f"# FunBaT defaults on BeijingAir-PM2.5 fold {fold}, followed for {sweeps} sweeps",
+        "",
+        f"- machine: {machine_info('cpu')}",
+        "- every row: the state after that sweep of the final run (after the restarts); lengthscales in coordinate "
+        "units (each mode's range is about 10)",
+        "",
+        "| sweep | test RMSE | train RMSE | ELBO | noise sd | lengthscale temperature | pressure | day |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def follow(model, entry) -> None:
+        n = len(model.history)
+        if n % every or n <= model.restart_sweeps:
+            return
+        mean = model.predict(split.X_test)[:, 0]
+        rmse = float((mean - split.y_test).square().mean().sqrt())
+        ls = entry["lengthscale"]
+        lines.append(
+            f"| {n} | {rmse:.4f} | {entry['train_rmse']:.4f} | {entry['elbo']:.1f} | {entry['noise_sd']:.4f} | "
+            f"{ls[0]:.3f} | {ls[1]:.3f} | {ls[2]:.4f} |"
+        )
+        print(lines[-1], flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        FunBaT(max_sweeps=sweeps, tol=0.0, seed=0).fit(split.X_train, split.y_train, callback=follow)
+    lines += ["", exact_gp_lengthscales(split, seed=fold)]
+    out_path = results_path("funbat_stopping_trace")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(lines) + "\n")
+    print(f"written {out_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fold 0, budgets 30 / 100, no exact GP")
+    ap.add_argument("--folds", type=int, nargs="+", default=None, help="Beijing folds (default 0..4)")
+    ap.add_argument("--skip-dense", action="store_true", help="no exact GP")
+    ap.add_argument("--trace", type=int, default=None, metavar="FOLD", help="follow one default fit (docstring)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.trace is not None:
+        return trace(args.trace)
+    folds = args.folds if args.folds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
+    early, long_ = (30, 100) if args.quick else (100, 400)
+    dense = not (args.quick or args.skip_dense)
+    reduced = args.quick or folds != [0, 1, 2, 3, 4] or not dense
+    out_path = results_path(report_name("funbat_stopping", quick=reduced))
+    data = load_beijing_air()
+
+    rows: dict[str, list[dict]] = {}
+    for name, cfg in CONFIGS.items():
+        for budget in (early, long_):
+            label = f"FunBaT, {name}, max_sweeps={budget}"
+            rows[label] = []
+            for fold in folds:
+                r = run_funbat(data.split(fold), "cpu", max_sweeps=budget, seed=0, **cfg)
+                rows[label].append(r)
+                print(f"  [{label}] fold {fold}: RMSE {r['rmse']:.4f}, {r['sweeps']} sweeps", flush=True)
+    if dense:
+        label = "exact GP, Matérn-1/2 ARD (hypers on 2000, conditioned on the whole fold)"
+        rows[label] = []
+        for fold in folds:
+            t0 = time.perf_counter()
+            r = run_dense_gp(data.split(fold), 2000, None, 0.5, fold, "cpu", kernel=ard_matern)
+            r.update(sweeps=0, converged=True)
+            rows[label].append(r)
+            print(f"  [exact GP] fold {fold}: RMSE {r['rmse']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    lines = [
+        "# FunBaT on BeijingAir-PM2.5: default sweep budget against convergence",
+        "",
+        f"- machine: {machine_info('cpu')}",
+        f"- folds: {folds} (seeded random 80/20, `benchmarks/funbat.py`); budgets {early} and {long_} sweeps; "
+        "tolerance 1e-4 (the default); calibration of a new observation's predictive distribution",
+        "",
+        "## Test RMSE per fold",
+        "",
+        "| method | " + " | ".join(f"fold {f}" for f in folds) + " | mean | sweeps | converged |",
+        "|---|" + "---|" * (len(folds) + 3),
+    ]
+    for label, rs in rows.items():
+        rmse = [r["rmse"] for r in rs]
+        conv = sum(bool(r["converged"]) for r in rs)
+        sweeps = "-" if label.startswith("exact") else " / ".join(str(r["sweeps"]) for r in rs)
+        lines.append(
+            f"| {label} | " + " | ".join(f"{v:.4f}" for v in rmse) + f" | {np.mean(rmse):.4f} | {sweeps} | "
+            f"{'-' if label.startswith('exact') else f'{conv} of {len(rs)}'} |"
+        )
+    lines += [
+        "",
+        "## Calibration (mean over the folds)",
+        "",
+        "| method | cov 50% | cov 90% | cov 95% | z RMS | NLPD |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, rs in rows.items():
+        mean = {k: np.mean([r[k] for r in rs]) for k in ("coverage_50", "coverage_90", "coverage_95", "z_rms", "nlpd")}
+        lines.append(
+            f"| {label} | {mean['coverage_50']:.3f} | {mean['coverage_90']:.3f} | {mean['coverage_95']:.3f} | "
+            f"{mean['z_rms']:.3f} | {mean['nlpd']:.3f} |"
+        )
+    lines.append("")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
