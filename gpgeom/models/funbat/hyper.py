@@ -179,15 +179,9 @@ class _HyperparameterSteps:
                 return sum(p.sum() for p in self.kernels.parameters()) * 0.0 + math.inf
             return -scale * value
 
-        # the modes whose hyperparameters are held (learn_hyperparameters=False for them) stay out of the step
-        held = [p for kern, learn in zip(self.kernels, self._learn_modes) if not learn for p in kern.parameters()]
-        for p in held:
-            p.requires_grad_(False)
-        try:
-            return self._fit_hypers(loss, self.kernels, self.hyper_max_iter or 5, "marginal-likelihood step")
-        finally:
-            for p in held:
-                p.requires_grad_(True)
+        # L-BFGS-B moves the learned modes' kernels only (learn_hyperparameters=False holds a mode)
+        learned = torch.nn.ModuleList(k for k, learn in zip(self.kernels, self._learn_modes) if learn)
+        return self._fit_hypers(loss, learned, self.hyper_max_iter or 5, "marginal-likelihood step")
 
     def _sweep_step(self) -> None:
         r"""One iRprop\ :sup:`-` step (module docstring) of every mode's log lengthscale and log variance, from the

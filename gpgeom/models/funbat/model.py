@@ -359,6 +359,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         self.history: list[dict[str, Any]] = []
         self.converged = False
         self._want_score = False  # set during a sweep whose smoothers also return the score (hyper_method="sweep")
+        self._scale_groups = self._scale_counts = None  # shared scales (scale_mode): set by _set_scale_groups
 
     # ------------------------------------------------------------------------------------------------------------
     # configuration helpers
@@ -615,7 +616,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _PredictiveDis
         r"""The group of every training entry (``N`` indices of the unique coordinates of mode ``scale_mode``) and the
         ``G`` group sizes; both ``None`` without ``scale_mode``."""
         self._scale_groups = self._scale_counts = None
-        if getattr(self, "scale_mode", None) is not None and self.noise == "student_t":
+        if self.scale_mode is not None and self.noise == "student_t":
             t, idx = self._coords[self.scale_mode]
             self._scale_groups = idx
             self._scale_counts = torch.bincount(idx, minlength=t.shape[0]).to(self.dtype)

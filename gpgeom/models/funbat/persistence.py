@@ -118,7 +118,6 @@ def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     if hasattr(model, "_coords"):
         model._coords = [(mv(t), mv(i)) for t, i in model._coords]
     for name in ("_scale_groups", "_scale_counts"):  # shared scales: derived from the coordinates, not saved
-        if hasattr(model, name):
-            setattr(model, name, mv(getattr(model, name)))
+        setattr(model, name, mv(getattr(model, name)))
     if hasattr(model, "kernels"):
         model.kernels.to(device=device, dtype=dtype)

@@ -52,14 +52,15 @@ _BISECTIONS = 64
 
 def _gamma_nodes(shape: Tensor, n_nodes: int) -> tuple[Tensor, Tensor]:
     r"""The trapezoidal rule in :math:`u = \log\lambda` for :math:`\lambda \sim \mathrm{Gamma}(a, a)`, one rule per
-    shape: ``shape`` ``n`` values :math:`a` (float64) -> ``(lam, weights)``, ``n x J`` each (module docstring)."""
+    shape: ``shape`` ``n`` values :math:`a` (float64, any device) -> ``(lam, weights)``, ``n x J`` each on that
+    device (module docstring)."""
     a = shape[:, None]
     lo, hi = -(45.0 / a + 1.0 + (90.0 / a).sqrt()), (1.0 + (90.0 / a).sqrt()).clamp_max(4.0)
     # large shapes (a group of many entries): g is nearly Gaussian with sd a^-1/2; u - e^u + 1 <= -u^2/2 for u >= 0
     # and <= -u^2/4 for -1.5 <= u <= 0, so [-(180/a)^1/2, (90/a)^1/2] keeps g/g(0) > e^-45 at a spacing ~ a^-1/2
     big = a >= 80.0
     lo, hi = torch.where(big, -(180.0 / a).sqrt(), lo), torch.where(big, (90.0 / a).sqrt(), hi)
-    u = lo + (hi - lo) * torch.linspace(0.0, 1.0, n_nodes, dtype=torch.float64)
+    u = lo + (hi - lo) * torch.linspace(0.0, 1.0, n_nodes, dtype=torch.float64, device=shape.device)
     log_g = a * (u - u.exp())  # the constant a^a / Gamma(a) cancels in the normalisation
     return u.exp(), torch.softmax(log_g, -1)  # equal spacing: trapezoid weights proportional to g (ends ~e^-45)
 
@@ -117,7 +118,7 @@ class _PredictiveDistribution:
         :func:`~gpgeom.models.funbat.entries.entry_marginals`) unless scales are shared along a mode, then
         :math:`\mathbb E[\tau^{-1}]\, \mathbb E[\lambda^{-1}]` with :math:`\mathbb E[\lambda^{-1}] = \beta/(\alpha - 1)`
         for each entry's scale (:meth:`_entry_scales`), shape ``...``."""
-        if getattr(self, "_scale_groups", None) is None:
+        if self._scale_groups is None:
             return noise
         a, b = self._entry_scales(X.reshape(-1, X.shape[-1]))
         return (self._tau_b / (self._tau_a - 1.0) * b / (a - 1.0)).reshape(X.shape[:-1])
@@ -138,15 +139,15 @@ class _PredictiveDistribution:
         s2 = (self._tau_b / (self._tau_a - 1.0)) * scale2
         if self._dof is None:
             return shape, mean, var + s2, torch.ones(1, dtype=var.dtype, device=var.device)
-        if getattr(self, "_scale_groups", None) is None:
+        if self._scale_groups is None:
             lam, w = scale_mixture_nodes(self._dof, dtype=var.dtype, device=var.device)
             return shape, mean, var + s2 / lam, w
         # shared scales: lambda ~ Gamma(a, b) = (a / b) Gamma(a, a), a rule per distinct shape
         a, b = self._entry_scales(X.reshape(-1, X.shape[-1]))
-        shapes, inverse = torch.unique(a.double().cpu(), return_inverse=True)
+        shapes, inverse = torch.unique(a.double(), return_inverse=True)
         lam_u, w_u = _gamma_nodes(shapes, _N_NODES)
-        lam = lam_u.to(var.device, var.dtype)[inverse.to(var.device)] * (a / b)[:, None]
-        return shape, mean, var + s2 / lam, w_u.to(var.device, var.dtype)[inverse.to(var.device)]
+        lam = lam_u.to(var.dtype)[inverse] * (a / b)[:, None]
+        return shape, mean, var + s2 / lam, w_u.to(var.dtype)[inverse]
 
     def predictive_mixture(self, X: Any, observation_noise: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         r"""The predictive distribution at ``X`` as a mixture of Gaussians with a common mean, in the original units:
