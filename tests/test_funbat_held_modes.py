@@ -7,13 +7,11 @@ model keeps the flags; bad flags are refused with errors that name the argument.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from funbat_factories import fit_quietly
 
 from gpgeom.datasets.tensors import make_synthetic_tensor
-from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat import FunBaT
 
 
@@ -34,9 +32,7 @@ def initial(data):
 
 def _fit(data, **kw) -> FunBaT:
     opts = dict(max_sweeps=7, min_sweeps=7, n_restarts=0, hyper_warmup=1, lengthscale=0.2, variance=1.0, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return FunBaT(2, **{**opts, **kw}).fit(data.X_train, data.y_train)
+    return fit_quietly(data, **{**opts, **kw})
 
 
 @pytest.mark.parametrize("method", ["marginal", "em", "sweep"])

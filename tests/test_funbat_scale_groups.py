@@ -17,6 +17,7 @@ import warnings
 
 import pytest
 import torch
+from funbat_factories import fit_quietly
 
 from gpgeom.datasets.tensors import make_synthetic_tensor
 from gpgeom.errors import ConvergenceWarning
@@ -43,17 +44,11 @@ def _hetero_tensor(n_train, n_test, dof, scale, seed, n_coords=(12, 12, 50), uns
     return dataclasses.replace(d, y_train=d.y_train + eps[:n], y_test=d.y_test + eps[n:])
 
 
-def _fit(data, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return FunBaT(2, **kw).fit(data.X_train, data.y_train)
-
-
 @pytest.fixture(scope="module")
 def g_fit():
     r"""A small grouped fit (600 entries, scales shared along mode 2 with 20 coordinates, 4 dof, scale 0.1)."""
     d = _hetero_tensor(600, 60, 4.0, 0.1, seed=2, n_coords=(15, 15, 20))
-    return d, _fit(d, noise="student_t", scale_mode=2, max_sweeps=20, n_restarts=0)
+    return d, fit_quietly(d, noise="student_t", scale_mode=2, max_sweeps=20, n_restarts=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -136,11 +131,11 @@ def test_elbo_never_decreases_without_damping():
     r"""Every update of the grouped model (messages, core, bias, noise, group scales, degrees of freedom) is a
     mean-field coordinate maximum, so the ELBO cannot decrease between sweeps."""
     d = _hetero_tensor(300, 10, 4.0, 0.1, seed=11, n_coords=(15, 15, 25))
-    m = _fit(d, noise="student_t", scale_mode=2, max_sweeps=25, tol=0.0, learn_hyperparameters=False)
+    m = fit_quietly(d, noise="student_t", scale_mode=2, max_sweeps=25, tol=0.0, learn_hyperparameters=False)
     elbo = torch.tensor([h["elbo"] for h in m.history], dtype=D)
     assert len(elbo) == 25
     assert bool((elbo[1:] - elbo[:-1] >= -1e-8 * elbo.abs().max()).all()), elbo
-    m0 = _fit(d, noise="student_t", scale_mode=0, max_sweeps=10, tol=0.0, learn_hyperparameters=False)
+    m0 = fit_quietly(d, noise="student_t", scale_mode=0, max_sweeps=10, tol=0.0, learn_hyperparameters=False)
     elbo0 = torch.tensor([h["elbo"] for h in m0.history], dtype=D)
     assert bool((elbo0[1:] - elbo0[:-1] >= -1e-8 * elbo0.abs().max()).all()), elbo0
 
@@ -269,9 +264,9 @@ def hetero_fits():
     d = _hetero_tensor(1500, 3000, 4.0, 0.1, seed=3, unseen_fraction=0.0)
     kw = dict(max_sweeps=30, n_restarts=0, hyper_every=2)
     fits = {
-        "gaussian": _fit(d, **kw),
-        "student_t": _fit(d, noise="student_t", **kw),
-        "grouped": _fit(d, noise="student_t", scale_mode=2, **kw),
+        "gaussian": fit_quietly(d, **kw),
+        "student_t": fit_quietly(d, noise="student_t", **kw),
+        "grouped": fit_quietly(d, noise="student_t", scale_mode=2, **kw),
     }
     return d, fits
 
@@ -324,7 +319,7 @@ def test_grouped_model_files_rebuild_and_float32(tmp_path, g_fit):
     assert back.scale_mode == 2 and back.elbo() == m.elbo()
     X = d.X_test[:6]
     torch.testing.assert_close(back.predict_interval(X, 0.8), m.predict_interval(X, 0.8), rtol=0, atol=0)
-    per_entry = _fit(d, noise="student_t", max_sweeps=3, n_restarts=0)
+    per_entry = fit_quietly(d, noise="student_t", max_sweeps=3, n_restarts=0)
     state = persistence.get_state(per_entry)
     del state["config"]["scale_mode"]  # the layout of a file from before the option
     old = persistence.from_state(FunBaT, state)
@@ -336,7 +331,7 @@ def test_grouped_model_files_rebuild_and_float32(tmp_path, g_fit):
         new_x[:, 2] = torch.tensor([2.0, 2.0, 3.0, 3.0], dtype=D)  # two new coordinates of mode 2
         grown = m.rebuild_with(new_x, d.y_test[:4], max_sweeps=2)
     assert grown.scale_mode == 2 and grown._scale_alpha.shape[0] == m._scale_alpha.shape[0] + 2
-    m32 = _fit(d, noise="student_t", scale_mode=2, max_sweeps=4, n_restarts=0, dtype=torch.float32)
+    m32 = fit_quietly(d, noise="student_t", scale_mode=2, max_sweeps=4, n_restarts=0, dtype=torch.float32)
     lo, hi = m32.predict_interval(d.X_test, 0.9)
     assert lo.dtype == torch.float32 and bool((hi > lo).all())
 

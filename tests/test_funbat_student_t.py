@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+from funbat_factories import fit_quietly
 
 from gpgeom.datasets.tensors import make_synthetic_tensor
 from gpgeom.errors import ConvergenceWarning
@@ -42,17 +43,11 @@ def _t_tensor(n_train, n_test, dof, scale, seed, n_coords=30, n_modes=3, decompo
     return dataclasses.replace(d, y_train=d.y_train + draw(len(d.y_train)), y_test=d.y_test + draw(len(d.y_test)))
 
 
-def _fit(data, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return FunBaT(2, **kw).fit(data.X_train, data.y_train)
-
-
 @pytest.fixture(scope="module")
 def t_fit():
     r"""A small Student-t fit (600 entries, 4 degrees of freedom, scale 0.1)."""
     d = _t_tensor(600, 50, 4.0, 0.1, seed=2, n_coords=20)
-    return d, _fit(d, noise="student_t", max_sweeps=25, n_restarts=0)
+    return d, fit_quietly(d, noise="student_t", max_sweeps=25, n_restarts=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -135,7 +130,7 @@ def test_the_gaussian_option_gives_the_gaussian_closed_forms():
     r"""``noise="gaussian"`` (and the latent entry without noise for either model): quantiles ``mean + z std``,
     log density and CDF of :math:`N(\text{mean}, \text{std}^2)`, one mixture component."""
     d = make_synthetic_tensor(200, 20, rank=2, n_coords=12, noise_sd=0.05, seed=3)
-    m = _fit(d, max_sweeps=6, n_restarts=0)
+    m = fit_quietly(d, max_sweeps=6, n_restarts=0)
     assert m.noise == "gaussian" and m.dof_ == math.inf and m.dof is None
     for noise in (True, False):
         mean, std = (v[:, 0] for v in m.predict(d.X_test, return_std=True, observation_noise=noise))
@@ -186,7 +181,9 @@ def test_elbo_never_decreases_without_damping(decomposition):
     r"""Every update of the Student-t model (messages, core, bias, noise, scales, degrees of freedom) is a mean-field
     coordinate maximum, so the ELBO cannot decrease between sweeps."""
     d = _t_tensor(300, 10, 4.0, 0.1, seed=11, n_coords=20, decomposition=decomposition)
-    m = _fit(d, decomposition=decomposition, noise="student_t", max_sweeps=25, tol=0.0, learn_hyperparameters=False)
+    m = fit_quietly(
+        d, decomposition=decomposition, noise="student_t", max_sweeps=25, tol=0.0, learn_hyperparameters=False
+    )
     elbo = torch.tensor([h["elbo"] for h in m.history], dtype=D)
     assert len(elbo) == 25
     assert bool((elbo[1:] - elbo[:-1] >= -1e-8 * elbo.abs().max()).all()), elbo
@@ -213,7 +210,7 @@ def heavy_fits():
     r"""4 degrees of freedom, scale 0.1, 2000 training entries, 2000 held out: the Gaussian and the Student-t fit."""
     d = _t_tensor(2000, 2000, 4.0, 0.1, seed=5, n_coords=30)
     kw = dict(max_sweeps=40, n_restarts=0, hyper_every=2)
-    return d, _fit(d, **kw), _fit(d, noise="student_t", **kw)
+    return d, fit_quietly(d, **kw), fit_quietly(d, noise="student_t", **kw)
 
 
 #: The learned degrees of freedom on 2000 entries with true 4: 5.7 measured (mean-field estimates of nu run high
@@ -249,7 +246,7 @@ def test_on_gaussian_noise_the_degrees_of_freedom_go_large_and_accuracy_is_kept(
     model's."""
     d = make_synthetic_tensor(800, 400, rank=2, n_coords=25, noise_sd=0.05, seed=4)
     kw = dict(max_sweeps=30, n_restarts=0, hyper_every=2)
-    gauss, stud = _fit(d, **kw), _fit(d, noise="student_t", **kw)
+    gauss, stud = fit_quietly(d, **kw), fit_quietly(d, noise="student_t", **kw)
     assert stud.dof_ > 10.0, stud.dof_
 
     def rmse(m):
@@ -294,7 +291,7 @@ def test_student_t_keeps_the_model_contract_and_its_files(tmp_path, t_fit):
         warnings.simplefilter("ignore", ConvergenceWarning)
         grown = m.rebuild_with(data.X_test[:5], data.y_test[:5], max_sweeps=3)
     assert grown.noise == "student_t" and grown.dof_ == m.dof_  # held fixed like the kernels
-    fixed = _fit(data, noise="student_t", dof=7.0, max_sweeps=4, n_restarts=0)
+    fixed = fit_quietly(data, noise="student_t", dof=7.0, max_sweeps=4, n_restarts=0)
     assert fixed.dof_ == 7.0
     cp = FunBaTCP(2, noise="student_t", max_sweeps=4, n_restarts=0)
     assert cp.noise == "student_t"
@@ -318,7 +315,7 @@ def test_bad_noise_options_raise():
     with pytest.raises(ValueError, match="n_nodes"):
         scale_mixture_nodes(5.0, n_nodes=1)
     d = make_synthetic_tensor(100, 10, rank=2, n_coords=10, seed=9)
-    m = _fit(d, noise="student_t", max_sweeps=3, learn_hyperparameters=False, n_restarts=0)
+    m = fit_quietly(d, noise="student_t", max_sweeps=3, learn_hyperparameters=False, n_restarts=0)
     for q in (0.0, 1.0, 1.5, True):
         with pytest.raises(ValueError, match="`q`"):
             m.predict_quantile(d.X_test, q)
