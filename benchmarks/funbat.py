@@ -111,27 +111,38 @@ def ard_matern(nu: float, d: int):
     return ScaleKernel(MaternKernel(nu=nu, ard_num_dims=d))
 
 
-def run_dense_gp(
-    split, n_fit: int, n_pred: int | None, nu: float, seed: int, device: str, kernel=product_matern
-) -> dict[str, float]:
-    r"""Exact GP (``kernel(nu, d)``): hyperparameters on ``n_fit`` random training entries (L-BFGS-B on the exact
-    marginal likelihood), prediction conditioned on ``n_pred`` random training entries (``None``: all of them;
-    Cholesky, ``ExactGPModel.predict`` in chunks under its memory budget), both through ``ExactGPModel``."""
+def fit_dense_hypers(split, n_fit: int, nu: float, seed: int, device: str, kernel=product_matern):
+    r"""The exact GP's hyperparameters (``kernel(nu, d)``, inputs scaled to the unit cube by the subsample's range):
+    L-BFGS-B on the exact marginal likelihood of ``n_fit`` random training entries. Returns the fitted
+    ``ExactGPModel``, the random permutation of the training entries whose first ``n_fit`` it was fitted on, and the
+    seconds."""
     from botorch.models.transforms.input import Normalize
 
     from gpgeom.botorch.exact_gp import ExactGPModel
 
-    g = torch.Generator().manual_seed(seed)
-    N = split.X_train.shape[0]
-    perm = torch.randperm(N, generator=g)
-    n_fit, n_pred = min(n_fit, N), N if n_pred is None else min(n_pred, N)
+    perm = torch.randperm(split.X_train.shape[0], generator=torch.Generator().manual_seed(seed))
     Xf, yf = split.X_train[perm[:n_fit]].to(device), split.y_train[perm[:n_fit]].to(device)
     t0 = time.perf_counter()
     gp = ExactGPModel(
         Xf, yf[:, None], covar_module=kernel(nu, Xf.shape[1]), input_transform=Normalize(d=Xf.shape[1])
     ).to(device)
     gp.fit(progress=False, max_iter=200, seed=seed)
-    fit_s = time.perf_counter() - t0
+    return gp, perm, time.perf_counter() - t0
+
+
+def run_dense_gp(
+    split, n_fit: int, n_pred: int | None, nu: float, seed: int, device: str, kernel=product_matern
+) -> dict[str, float]:
+    r"""Exact GP (``kernel(nu, d)``): hyperparameters on ``n_fit`` random training entries (:func:`fit_dense_hypers`),
+    prediction conditioned on ``n_pred`` random training entries (``None``: all of them; Cholesky,
+    ``ExactGPModel.predict`` in chunks under its memory budget), both through ``ExactGPModel``."""
+    from botorch.models.transforms.input import Normalize
+
+    from gpgeom.botorch.exact_gp import ExactGPModel
+
+    N = split.X_train.shape[0]
+    n_fit, n_pred = min(n_fit, N), N if n_pred is None else min(n_pred, N)
+    gp, perm, fit_s = fit_dense_hypers(split, n_fit, nu, seed, device, kernel)
     Xp, yp = split.X_train[perm[:n_pred]].to(device), split.y_train[perm[:n_pred]].to(device)
     t1 = time.perf_counter()
     pred = ExactGPModel(

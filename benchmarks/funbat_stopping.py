@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine_info, report_name, results_path  # noqa: E402
-from funbat import ard_matern, run_dense_gp, run_funbat  # noqa: E402
+from funbat import ard_matern, fit_dense_hypers, run_dense_gp, run_funbat  # noqa: E402
 
 from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 
@@ -57,14 +57,8 @@ CONFIGS = {
 def exact_gp_lengthscales(split, seed: int, n_fit: int = 2000) -> str:
     r"""The lengthscales that the exact GP of ``benchmarks/funbat.py`` (Matérn-1/2 ARD, inputs scaled to the unit
     cube) learns by its marginal likelihood on ``n_fit`` random training entries, in coordinate units."""
-    from botorch.models.transforms.input import Normalize
-
-    from gpgeom.botorch.exact_gp import ExactGPModel
-
-    perm = torch.randperm(split.X_train.shape[0], generator=torch.Generator().manual_seed(seed))[:n_fit]
-    X, y = split.X_train[perm], split.y_train[perm]
-    gp = ExactGPModel(X, y[:, None], covar_module=ard_matern(0.5, 3), input_transform=Normalize(d=3))
-    gp.fit(progress=False, max_iter=200, seed=seed)
+    gp, perm, _ = fit_dense_hypers(split, n_fit, 0.5, seed, "cpu", kernel=ard_matern)
+    X = split.X_train[perm[:n_fit]]
     span = X.max(0).values - X.min(0).values
     ls = gp.covar_module.base_kernel.lengthscale.detach().reshape(-1) * span
     day = float(span[2] / (torch.unique(split.X_train[:, 2]).numel() - 1))  # coordinate units per day
