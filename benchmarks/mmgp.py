@@ -1,5 +1,5 @@
 """MMGP on NotchedPlate2d: the reference protocol of Casenave et al. (NeurIPS 2023, arXiv:2305.12871): 300 train /
-100 test plates, MMGP's defaults (16 geometry and 24 field modes, log output scalars, 5 fit attempts).
+100 test plates, MMGP's defaults (24 geometry and 24 field modes, log output scalars, 5 fit attempts).
 
 Metrics on the ORIGINAL test nodes (PLAID definitions):
     RRMSE_f = sqrt(mean_i[(1/N_i) ||U_ref^i - U_pred^i||^2 / ||U_ref^i||_inf^2]),
@@ -146,10 +146,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="40 train / 20 test coarse meshes, 1 restart")
     ap.add_argument("--family", default="notched_plate", choices=["notched_plate", "bracket3d"])
     ap.add_argument(
-        "--n-modes-geometry", type=int, default=None, help="default: MMGP's (16; notched_plate), 24 (bracket3d)"
+        "--n-modes-geometry", type=int, default=None, help="default: MMGP's (24; notched_plate), 24 (bracket3d)"
     )
     ap.add_argument(
-        "--n-modes-fields", type=int, default=None, help="default: MMGP's (16; notched_plate), 8 (bracket3d)"
+        "--n-modes-fields", type=int, default=None, help="default: MMGP's (24; notched_plate), 8 (bracket3d)"
     )
     ap.add_argument(
         "--tail-energy",

@@ -77,9 +77,11 @@ class MMGP(ModelContract):
             of Bracket3d (:func:`gpgeom.datasets.bracket3d.reference_mesh`), with more geometry modes than in 2D
             (about 24 for Bracket3d, whose shapes need 16-24 coordinates; ``benchmarks/results/mmgp_bracket3d.md``).
         n_modes_geometry: Geometry POD modes :math:`n_g`: an ``int``, or a float in (0, 1] = the energy fraction to
-            keep. Default 16 (was 8, the reference's): on NotchedPlate2d the stress coefficients depend on shape
-            detail beyond 8 modes (``benchmarks/results/mmgp.md``: von Mises Q2 0.968 with 8 geometry and 8 field
-            modes, 0.980 with 16 and 8, 0.988 with 16 and 16).
+            keep. Default 24 (was 16, and 8 in the reference): on NotchedPlate2d the stress coefficients depend on
+            shape detail beyond 8 modes (von Mises Q2 0.968 with 8 geometry and 8 field modes, 0.980 with 16 and 8,
+            0.988 with 16 and 16), and the peak stress ``max_vm`` on detail beyond 16 (Q2 0.9692 with 16 geometry
+            modes, 0.9702 with 24; ``benchmarks/results/mmgp.md``; on a rougher plate family every field and scalar
+            gains, ``mmgp_rough.md``).
         n_modes_fields: Modes per output field :math:`n_f` (``int`` or energy fraction), or a sequence with one
             entry per field. Default 24 (was 8): 8 modes bound the von Mises Q2 on NotchedPlate2d at 0.985 (the
             projection of the true test fields, :meth:`project_fields`), 16 at 0.995, 24 at 0.997.
@@ -173,7 +175,7 @@ class MMGP(ModelContract):
         *,
         morphing: str = "floater",
         common_mesh: str | int | object = "middle",
-        n_modes_geometry: int | float = 16,
+        n_modes_geometry: int | float = 24,
         n_modes_fields: int | float | Sequence[int | float] = 24,
         tail_energy: float = 5e-3,
         scalar_transform: str | Sequence[str] = "log",
