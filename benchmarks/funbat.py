@@ -94,13 +94,15 @@ def run_funbat(split, device: str, **kw) -> dict[str, float]:
     return out
 
 
-def product_matern(nu: float, d: int):
-    r"""A scaled product of one-dimensional Matérn kernels, one per coordinate (separable)."""
+def product_matern(nu: float | tuple[float, ...], d: int):
+    r"""A scaled product of one-dimensional Matérn kernels, one per coordinate (separable; the prior family of
+    FunBaT's factors); ``nu`` one smoothness for all coordinates or one per coordinate."""
     from gpytorch.kernels import MaternKernel, ScaleKernel
 
-    k = MaternKernel(nu=nu, active_dims=[0])
+    nus = (nu,) * d if isinstance(nu, int | float) else tuple(nu)
+    k = MaternKernel(nu=nus[0], active_dims=[0])
     for i in range(1, d):
-        k = k * MaternKernel(nu=nu, active_dims=[i])
+        k = k * MaternKernel(nu=nus[i], active_dims=[i])
     return ScaleKernel(k)
 
 
