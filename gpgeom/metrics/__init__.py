@@ -1,5 +1,6 @@
-r"""Calibration metrics of probabilistic predictions: proper scores, interval coverage and reliability, NEES
-consistency, out-of-distribution uncertainty ratio, Markdown tables and reliability diagrams.
+r"""Calibration metrics of probabilistic predictions: proper scores, interval coverage and reliability, coverage
+conditional on a covariate, NEES consistency, out-of-distribution uncertainty ratio, Markdown tables and reliability
+diagrams.
 
 Every function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to one shape and are
 reduced over all entries; results are Python floats unless said otherwise. Bad input (shapes, NaN, a negative or,
@@ -11,6 +12,7 @@ Bar-Shalom, Li & Kirubarajan (2001), "Estimation with Applications to Tracking a
 
 from __future__ import annotations
 
+from gpgeom.metrics.conditional import conditional_coverage
 from gpgeom.metrics.coverage import calibration_summary, coverage, coverage_table, reliability_curve
 from gpgeom.metrics.nees import nees, nees_band
 from gpgeom.metrics.ood import ood_std_ratio
@@ -19,6 +21,7 @@ from gpgeom.metrics.scores import crps_gaussian, interval_width, nlpd, standardi
 
 __all__ = [
     "calibration_summary",
+    "conditional_coverage",
     "coverage",
     "coverage_table",
     "crps_gaussian",
