@@ -165,6 +165,7 @@ def run_dense_gp(
     pred_s = time.perf_counter() - t1
     out = metrics(mean[..., 0], std[..., 0], split.y_test, split.test_unseen)
     out.update(seconds=fit_s + pred_s, fit_seconds=fit_s, predict_seconds=pred_s, n_fit=n_fit, n_pred=n_pred)
+    out.update(mean=mean[..., 0].detach().cpu(), std=std[..., 0].detach().cpu())
     return out
 
 
