@@ -83,3 +83,14 @@ def test_bad_covariates_bins_and_levels_are_refused_naming_the_argument():
         gm.conditional_coverage(y, 0.0, 1.0, by=np.arange(4.0), levels=(0.5, 1.5))
     with pytest.raises(ValueError, match="std must be > 0"):
         gm.conditional_coverage(y, 0.0, 0.0, by=np.arange(4.0))
+
+
+def test_levels_as_a_numpy_array_or_a_tensor_give_the_same_rows_as_a_list():
+    g = torch.Generator().manual_seed(2)
+    y, by = torch.randn(50, generator=g, dtype=torch.float64), torch.rand(50, generator=g, dtype=torch.float64)
+    ref = gm.conditional_coverage(y, 0.0, 1.0, by=by, n_bins=2, levels=[0.5, 0.9])
+    assert gm.conditional_coverage(y, 0.0, 1.0, by=by, n_bins=2, levels=np.array([0.5, 0.9])) == ref
+    assert (
+        gm.conditional_coverage(y, 0.0, 1.0, by=by, n_bins=2, levels=torch.tensor([0.5, 0.9], dtype=torch.float64))
+        == ref
+    )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["as_float64", "broadcast_gaussian", "check_level", "normal_quantile"]
+__all__ = ["as_float64", "broadcast_gaussian", "check_level", "check_levels", "normal_quantile"]
 
 
 def as_float64(x, name: str) -> torch.Tensor:
@@ -78,6 +78,23 @@ def check_level(level, name: str = "level") -> float:
     lv = float(level)
     if not 0.0 < lv < 1.0:
         raise ValueError(f"{name} must lie in the open interval (0, 1), got {level!r}.")
+    return lv
+
+
+def check_levels(levels, name: str = "levels") -> list[float]:
+    r"""``levels`` (a sequence, numpy array or tensor of numbers in ``(0, 1)``) as a non-empty list of floats.
+
+    Raises:
+        TypeError: a single number, or entries that are not numbers (names ``name``).
+        ValueError: an empty sequence or a level outside ``(0, 1)`` (names ``name``).
+    """
+    if isinstance(levels, torch.Tensor):
+        levels = levels.detach().cpu().reshape(-1).tolist()
+    if isinstance(levels, (int, float)):
+        raise TypeError(f"{name} must be a sequence of numbers in (0, 1), got the number {levels!r}.")
+    lv = [check_level(v, name) for v in np.asarray(levels, dtype=object).ravel().tolist()]
+    if not lv:
+        raise ValueError(f"{name} is empty.")
     return lv
 
 

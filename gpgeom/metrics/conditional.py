@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from gpgeom.metrics._inputs import as_float64, broadcast_gaussian, check_level, normal_quantile
+from gpgeom.metrics._inputs import as_float64, broadcast_gaussian, check_levels, normal_quantile
 
 __all__ = ["conditional_coverage"]
 
@@ -34,7 +34,7 @@ def conditional_coverage(y, mean, std, by, n_bins: int = 5, levels=(0.5, 0.9, 0.
         std: Predictive standard deviations, ``> 0``.
         by: The covariate, one value per entry: the broadcast shape of ``y``, ``mean`` and ``std``.
         n_bins: Number of bins, an int in ``[1, N]``.
-        levels: Nominal levels, a non-empty sequence of numbers in (0, 1).
+        levels: Nominal levels, a non-empty sequence (list, numpy array, tensor) of numbers in (0, 1).
 
     Returns:
         One dict per bin, in increasing ``by``: ``low`` and ``high`` (the smallest and largest ``by`` in the bin),
@@ -59,11 +59,7 @@ def conditional_coverage(y, mean, std, by, n_bins: int = 5, levels=(0.5, 0.9, 0.
         raise ValueError(
             f"by must have the shape {tuple(shape)} of the predictions (one value per entry), got {tuple(tb.shape)}."
         )
-    if isinstance(levels, (int, float)) and not isinstance(levels, bool):
-        raise TypeError(f"levels must be a sequence of numbers in (0, 1), got the number {levels!r}.")
-    lv = [check_level(v, "levels") for v in list(levels)]
-    if not lv:
-        raise ValueError("levels is empty.")
+    lv = check_levels(levels)
     n = tb.numel()
     if isinstance(n_bins, bool) or not isinstance(n_bins, int):
         raise TypeError(f"n_bins must be an int, got {type(n_bins).__name__} {n_bins!r}.")

@@ -9,9 +9,8 @@ frequencies plotted against the nominal ones lie on the diagonal.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from gpgeom.metrics._inputs import broadcast_gaussian, check_level, normal_quantile
+from gpgeom.metrics._inputs import broadcast_gaussian, check_level, check_levels, normal_quantile
 from gpgeom.metrics.scores import crps_gaussian, interval_width, nlpd, z_rms
 
 __all__ = ["calibration_summary", "coverage", "coverage_table", "reliability_curve"]
@@ -57,15 +56,7 @@ def reliability_curve(y, mean, std, levels=None) -> tuple[np.ndarray, np.ndarray
     Returns:
         ``(nominal, observed)``: two float64 numpy arrays of shape ``(L,)``.
     """
-    if levels is None:
-        levels = DEFAULT_LEVELS
-    if isinstance(levels, torch.Tensor):
-        levels = levels.detach().cpu().reshape(-1).tolist()
-    if isinstance(levels, (int, float)):
-        raise TypeError(f"levels must be a sequence of numbers in (0, 1), got the number {levels!r}.")
-    lv = [check_level(v, "levels") for v in np.asarray(levels, dtype=object).ravel().tolist()]
-    if not lv:
-        raise ValueError("levels is empty.")
+    lv = check_levels(DEFAULT_LEVELS if levels is None else levels)
     ty, tm, ts = broadcast_gaussian(y, mean, std, positive=False)
     err = (ty - tm).abs()
     observed = [float((err <= normal_quantile(v) * ts).double().mean()) for v in lv]
