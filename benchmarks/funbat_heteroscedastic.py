@@ -149,14 +149,17 @@ def table(folds: list[int]) -> int:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def pooled(name: str, key: str):
-        return torch.cat([k[name][key] for k in kept]) if key in kept[0][name] else None
-
+    # per model the pooled test predictions: mean, std, and for a mixture its PIT z and log density (else None)
+    pooled = {
+        name: [torch.cat([k[name][key] for k in kept]) if key in kept[0][name] else None for key in
+               ("mean", "std", "pit_z", "lpd")]
+        for name in MODELS
+    }  # fmt: skip
     for name in MODELS:
-        mean, std, pit_z = pooled(name, "mean"), pooled(name, "std"), pooled(name, "pit_z")
+        mean, std, pit_z, lpd = pooled[name]
         c = calibration_summary(y, mean, std) if pit_z is None else calibration_summary(pit_z, 0.0, 1.0)
         if pit_z is not None:  # the mixture's own density, not the Gaussian of its moments
-            c["nlpd"] = float(-pooled(name, "lpd").mean())
+            c["nlpd"] = float(-lpd.mean())
         rmse = np.mean([k[name]["rmse"] for k in kept])
         lines.append(
             f"| {name} | {rmse:.4f} | {c['coverage_50']:.3f} | {c['coverage_90']:.3f} | {c['coverage_95']:.3f} | "
@@ -164,7 +167,7 @@ def table(folds: list[int]) -> int:
         )
     lines += ["", "## By the model's predicted mean (the pollution level)", "", head, "|---|---|" + "---|" * 7]
     for name in MODELS:
-        mean, std, pit_z = pooled(name, "mean"), pooled(name, "std"), pooled(name, "pit_z")
+        mean, std, pit_z, _ = pooled[name]
         lines += bin_rows(name, y, mean, std, mean, pit_z)
     lines += [
         "",
@@ -175,7 +178,7 @@ def table(folds: list[int]) -> int:
         "|---|---|" + "---|" * 7,
     ]
     for name in MODELS:
-        mean, std, pit_z = pooled(name, "mean"), pooled(name, "std"), pooled(name, "pit_z")
+        mean, std, pit_z, _ = pooled[name]
         pit_z = None if pit_z is None else pit_z[has_day]
         lines += bin_rows(name, y[has_day], mean[has_day], std[has_day], spread[has_day], pit_z)
     lines += [
@@ -202,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_beijing_air()
         for fold in args.folds:
             print(f"fold {fold}: kept {run_fold(data, fold)}", flush=True)
-        if sorted(args.folds) != [0, 1, 2, 3, 4]:
-            return table(args.folds)
-    return table(args.folds if not args.table else [0, 1, 2, 3, 4])
+    return table([0, 1, 2, 3, 4] if args.table else args.folds)
 
 
 if __name__ == "__main__":

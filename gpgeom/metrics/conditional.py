@@ -67,10 +67,11 @@ def conditional_coverage(y, mean, std, by, n_bins: int = 5, levels=(0.5, 0.9, 0.
         raise ValueError(f"n_bins must be in [1, {n}] (the number of entries), got {n_bins}.")
     err = (ty - tm).expand(shape).reshape(-1)
     sd = ts.expand(shape).reshape(-1)
-    order = torch.sort(tb.reshape(-1), stable=True).indices
+    flat_by = tb.reshape(-1)
+    order = torch.sort(flat_by, stable=True).indices
     rows = []
     for part in torch.tensor_split(order, n_bins):
-        e, s, b = err[part], sd[part], tb.reshape(-1)[part]
+        e, s, b = err[part], sd[part], flat_by[part]
         row = {"low": float(b.min()), "high": float(b.max()), "n": int(part.numel())}
         row["rmse"] = float(e.square().mean().sqrt())
         row["mean_std"] = float(s.mean())
