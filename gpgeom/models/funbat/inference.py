@@ -182,7 +182,7 @@ class _ConditionalEP:
 
     def _update_core_and_noise(self) -> Tensor:
         r"""Core (Tucker), bias and noise updates; returns the fitted training values (``N``)."""
-        if self.noise != "gaussian":
+        if self._scale_alpha is not None:  # Student-t scales (not the sweeps of a cut fit: scales.py)
             return self._update_weighted()
         K = len(self.ranks)
         y0 = self._ys
@@ -250,8 +250,9 @@ class _ConditionalEP:
 
     def _scale_weights(self) -> Tensor | None:
         r"""``N`` weights :math:`\mathbb E[\lambda_n]` of the Student-t scale mixture (:math:`\mathbb
-        E[\lambda_{g(n)}]` with ``scale_mode``; :mod:`~gpgeom.models.funbat.noise`); ``None`` for Gaussian noise."""
-        if self.noise == "gaussian":
+        E[\lambda_{g(n)}]` with ``scale_mode``; :mod:`~gpgeom.models.funbat.noise`); ``None`` for Gaussian noise
+        and in the sweeps of a cut fit (:mod:`~gpgeom.models.funbat.scales`)."""
+        if self._scale_alpha is None:
             return None
         w = self._scale_alpha / self._scale_beta
         return w if self._scale_groups is None else w[self._scale_groups]  # shared scales: the group's weight
@@ -318,7 +319,7 @@ class _ConditionalEP:
         a0, b0 = self.noise_prior
         N = self._N
         e_log_tau = torch.digamma(a) - b.log()
-        if self.noise == "gaussian":
+        if self._scale_alpha is None:  # Gaussian noise, or the sweeps of a cut fit
             out = 0.5 * N * (e_log_tau - math.log(2 * math.pi)) - 0.5 * (a / b) * self._last_sq
         else:  # the scale mixture (noise.py): weighted squares with the current q(lambda), E log lambda, KL
             w = self._scale_weights()

@@ -83,6 +83,8 @@ from torch import Tensor
 __all__ = [
     "DOF_BOUNDS",
     "NOISE_MODELS",
+    "SCALE_FITS",
+    "cut_scale_fit",
     "scale_update",
     "group_scale_update",
     "dof_update",
@@ -93,6 +95,9 @@ __all__ = [
 
 #: The noise models of ``FunBaT(noise=...)``.
 NOISE_MODELS = ("gaussian", "student_t")
+#: How ``FunBaT(noise="student_t", scale_fit=...)`` fits the scales: with the factors (``"joint"``) or after them, on
+#: the residuals of the Gaussian fit (``"cut"``, :mod:`~gpgeom.models.funbat.scales`).
+SCALE_FITS = ("joint", "cut")
 #: The interval of the learned degrees of freedom (module docstring).
 DOF_BOUNDS = (2.1, 100.0)
 
@@ -222,3 +227,72 @@ def noise_factor(dof: float | None) -> float:
     factor by which the scale mixture multiplies the noise variance of a new entry (1 for Gaussian noise,
     ``dof=None``)."""
     return 1.0 if dof is None else dof / (dof - 2.0)
+
+
+def cut_scale_fit(
+    resid_sq: Tensor,
+    noise_prior: tuple[float, float],
+    dof: float,
+    *,
+    learn_dof: bool = True,
+    groups: Tensor | None = None,
+    counts: Tensor | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 5000,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, float, bool]:
+    r"""The noise factors :math:`q(\tau)`, :math:`q(\lambda_n)` (or :math:`q(\lambda_g)`) and :math:`\nu` by
+    coordinate ascent on the evidence lower bound with the expected squared residuals :math:`e_n` held fixed: the noise
+    block of the sweep (module docstring) iterated to its fixed point, which is how ``scale_fit="cut"`` fits the scales
+    after the factors (:mod:`~gpgeom.models.funbat.scales`).
+
+    Each round sets the scales given :math:`\mathbb E[\tau]` and :math:`\nu` (:func:`scale_update` or
+    :func:`group_scale_update`), then :math:`q(\tau) = \mathrm{Gamma}(a_0 + N/2,\ b_0 + \tfrac12 \sum_n \mathbb
+    E[\lambda_{g(n)}]\, e_n)`, then :math:`\nu` (:func:`dof_update`, when learned); every step is a coordinate
+    maximum, so the ELBO never decreases. It starts from the Gaussian fit's :math:`q(\tau)` (every weight 1) and
+    stops when the rate of :math:`q(\tau)` and :math:`\nu` change by less than ``tol`` (relative) in a round; the
+    returned scales are those of the final :math:`\mathbb E[\tau]` and :math:`\nu`.
+
+    Args:
+        resid_sq: ``N`` expected squared residuals :math:`e_n = \mathbb E_q[(y_n - b - f_n)^2]` (standardised units).
+        noise_prior: :math:`(a_0, b_0)` of the Gamma prior on :math:`\tau`.
+        dof: :math:`\nu` to start from (held when ``learn_dof`` is false).
+        learn_dof: Update :math:`\nu` (within :data:`DOF_BOUNDS`).
+        groups, counts: ``N`` group indices and ``G`` group sizes (scales shared along a mode); ``None``: one scale
+            per entry.
+        tol: Relative change that stops the rounds.
+        max_iter: The most rounds.
+
+    Returns:
+        ``(tau_a, tau_b, alpha, beta, dof, converged)``: :math:`q(\tau)` (0-dim each), the scales' shapes (0-dim, or
+        ``G``) and rates (``N`` or ``G``), :math:`\nu`, and whether a round changed less than ``tol``.
+
+    Example:
+        >>> import torch
+        >>> e = torch.tensor([0.1, 0.2, 4.0, 0.1, 0.3, 0.2], dtype=torch.float64)
+        >>> tau_a, tau_b, alpha, beta, dof, converged = cut_scale_fit(e, (1.0, 1e-3), 5.0, learn_dof=False)
+        >>> bool(beta[2] > beta[0])  # the large residual gets the small scale (a small weight alpha / beta)
+        True
+    """
+    a0, b0 = noise_prior
+    N = resid_sq.shape[0]
+    tau_a = torch.tensor(a0 + 0.5 * N, dtype=resid_sq.dtype, device=resid_sq.device)
+    tau_b = b0 + 0.5 * resid_sq.sum()
+
+    def scales(tau_b: Tensor, dof: float) -> tuple[Tensor, Tensor]:
+        if groups is None:
+            return scale_update(resid_sq, tau_a / tau_b, dof)
+        return group_scale_update(resid_sq, tau_a / tau_b, dof, groups, counts)
+
+    converged = False
+    for _ in range(max_iter):
+        alpha, beta = scales(tau_b, dof)
+        w = alpha / beta
+        new_b = b0 + 0.5 * ((w if groups is None else w[groups]) * resid_sq).sum()
+        new_dof = dof_update(alpha, beta) if learn_dof else dof
+        change = max(float((new_b - tau_b).abs() / tau_b), abs(new_dof - dof) / dof)
+        tau_b, dof = new_b, new_dof
+        if change < tol:
+            converged = True
+            break
+    alpha, beta = scales(tau_b, dof)
+    return tau_a, tau_b, alpha, beta, float(dof), converged

@@ -118,7 +118,7 @@ class _PredictiveDistribution:
         :func:`~gpgeom.models.funbat.entries.entry_marginals`) unless scales are shared along a mode, then
         :math:`\mathbb E[\tau^{-1}]\, \mathbb E[\lambda^{-1}]` with :math:`\mathbb E[\lambda^{-1}] = \beta/(\alpha - 1)`
         for each entry's scale (:meth:`_entry_scales`), shape ``...``."""
-        if self._scale_groups is None:
+        if self._scale_groups is None or self._scale_alpha is None:  # also the sweeps of a cut fit (scales.py)
             return noise
         a, b = self._entry_scales(X.reshape(-1, X.shape[-1]))
         return (self._tau_b / (self._tau_a - 1.0) * b / (a - 1.0)).reshape(X.shape[:-1])
