@@ -66,6 +66,14 @@ MIXTURES = {
         "scale_mode": 2,
         "scale_fit": "cut",
     },
+    "same, temperature and pressure held (lengthscale 0.7, max_sweeps=400)": {
+        "noise": "student_t",
+        "scale_mode": 2,
+        "scale_fit": "cut",
+        "lengthscale": (0.7, 0.7, 0.3),
+        "learn_hyperparameters": (False, False, True),
+        "max_sweeps": 400,
+    },
 }
 MODELS = ("FunBaT, defaults", "exact GP, product of Matérn-1/2 kernels", *MIXTURES)
 N_BINS = 5

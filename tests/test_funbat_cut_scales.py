@@ -86,6 +86,7 @@ def test_the_mean_and_the_latent_variance_are_the_gaussian_models(cut_fits):
     torch.testing.assert_close(mc, mg, rtol=0, atol=0)
     torch.testing.assert_close(sc, sg, rtol=0, atol=0)
     assert [h["train_rmse"] for h in cut.history] == [h["train_rmse"] for h in gauss.history]
+    assert cut.fit_result_.elbo == cut.elbo() > gauss.fit_result_.elbo  # the Student-t bound at the fitted scales
     # the observation noise is not: each group's own level
     _, sy = cut.predict(d.X_test, return_std=True, observation_noise=True)
     noise = sy.square() - sc.square()

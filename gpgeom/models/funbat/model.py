@@ -101,7 +101,8 @@ class FunBaTFitResult:
     Attributes:
         sweeps: Sweeps of the chosen initialisation (restart sweeps included).
         converged: Whether the convergence test stopped the fit.
-        elbo: Final evidence lower bound (standardised units).
+        elbo: Final evidence lower bound (standardised units; with ``scale_fit="cut"`` the Student-t model's at the
+            scales fitted after the sweeps, :meth:`FunBaT.elbo`).
         elbo_history: The ELBO after every sweep.
         restart_elbos: The ELBO of each initialisation after ``restart_sweeps`` (empty without restarts).
         seconds: Wall time of the fit.
@@ -539,7 +540,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self.fit_result_ = FunBaTFitResult(
             sweeps=len(self.history),
             converged=self.converged,
-            elbo=elbos[-1] if elbos else math.nan,
+            elbo=self.elbo() if self.scale_fit == "cut" else elbos[-1] if elbos else math.nan,
             elbo_history=elbos,
             restart_elbos=list(self.restart_elbos),
             seconds=time.perf_counter() - start,
