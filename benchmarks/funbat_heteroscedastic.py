@@ -74,6 +74,11 @@ MIXTURES = {
         "learn_hyperparameters": (False, False, True),
         "max_sweeps": 400,
     },
+    "FunBaT, per-day scales fitted after the mean, then held in a refit (scale_fit='refit')": {
+        "noise": "student_t",
+        "scale_mode": 2,
+        "scale_fit": "refit",
+    },
 }
 MODELS = ("FunBaT, defaults", "exact GP, product of Matérn-1/2 kernels", *MIXTURES)
 N_BINS = 5

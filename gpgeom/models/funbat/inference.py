@@ -297,6 +297,8 @@ class _ConditionalEP:
         e = (y0.square() - 2.0 * y0 * (f_bar + mb) + Ef2 + 2.0 * mb * f_bar + mb.square() + vb).clamp_min(0.0)
         self._update_noise((w * e).sum())
         self._resid_sq = e
+        if self._scales_held:  # scale_fit="refit": the scales are known weights (scales.py)
+            return f_bar + self._bias_mean
         tau_mean = self._tau_a / self._tau_b
         if self._scale_groups is None:
             self._scale_alpha, self._scale_beta = scale_update(e, tau_mean, self._dof)

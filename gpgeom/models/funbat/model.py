@@ -101,8 +101,8 @@ class FunBaTFitResult:
     Attributes:
         sweeps: Sweeps of the chosen initialisation (restart sweeps included).
         converged: Whether the convergence test stopped the fit.
-        elbo: Final evidence lower bound (standardised units; with ``scale_fit="cut"`` the Student-t model's at the
-            scales fitted after the sweeps, :meth:`FunBaT.elbo`).
+        elbo: Final evidence lower bound (standardised units; with ``scale_fit="cut"`` or ``"refit"`` the Student-t
+            model's at the final factors and scales, :meth:`FunBaT.elbo`).
         elbo_history: The ELBO after every sweep.
         restart_elbos: The ELBO of each initialisation after ``restart_sweeps`` (empty without restarts).
         seconds: Wall time of the fit.
@@ -215,8 +215,10 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             (:mod:`gpgeom.models.funbat.noise`).
         scale_fit: Student-t noise only: ``"joint"`` fits the scales with the factors (they weight the entries in
             every sweep); ``"cut"`` fits the Gaussian model, then the scales, the noise and ``dof`` on its residuals
-            with the factors held, so the mean is the Gaussian model's and the scales only shape the predictive noise
-            (for heteroscedastic data whose noisy groups are signal; :mod:`gpgeom.models.funbat.scales`).
+            with the factors held, so the mean is the Gaussian model's and the scales only shape the predictive noise;
+            ``"refit"`` then continues the sweeps with those scales held as known weights (the mean and the latent
+            variance see each group's noise level). For heteroscedastic data whose noisy groups are signal
+            (:mod:`gpgeom.models.funbat.scales`).
         dtype: Computation dtype (default float64; inputs of any dtype are converted to it).
         device: Computation device (default: that of ``X`` in :meth:`fit`, the CPU for numpy input).
 
@@ -357,8 +359,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
                 raise ValueError(f"`scale_mode` must be a mode index >= 0, got {scale_mode}.")
         self.scale_mode = scale_mode
         self.scale_fit = check_option("scale_fit", scale_fit, SCALE_FITS)
-        if scale_fit == "cut" and noise != "student_t":
-            raise ValueError(f"`scale_fit='cut'` applies to noise='student_t' only, got noise={noise!r}.")
+        if scale_fit != "joint" and noise != "student_t":
+            raise ValueError(f"`scale_fit={scale_fit!r}` applies to noise='student_t' only, got noise={noise!r}.")
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ValueError(f"`dtype` must be torch.float32, torch.float64 or None, got {dtype!r}.")
         self._dtype = dtype or torch.float64
@@ -371,6 +373,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self._want_score = False  # set during a sweep whose smoothers also return the score (hyper_method="sweep")
         self._scale_groups = self._scale_counts = None  # shared scales (scale_mode): set by _set_scale_groups
         self._scale_alpha = self._scale_beta = self._resid_sq = self._dof = None  # Student-t: set by _init_scales
+        self._scales_held = False  # scale_fit="refit": the scales are held as known weights in its last sweeps
 
     # ------------------------------------------------------------------------------------------------------------
     # configuration helpers
@@ -523,6 +526,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             self._restore(best[2])
             self.restart_elbos = [x[0] for x in sorted(restarts, key=lambda x: x[1])]
         self._run(self.max_sweeps, progress, callback, final=True)
+        self._finish_scales(progress, callback)  # scale_fit "cut" / "refit" (scales.py)
         self._record(start)
         return self
 
@@ -540,7 +544,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self.fit_result_ = FunBaTFitResult(
             sweeps=len(self.history),
             converged=self.converged,
-            elbo=self.elbo() if self.scale_fit == "cut" else elbos[-1] if elbos else math.nan,
+            elbo=self.elbo() if self.scale_fit != "joint" else elbos[-1] if elbos else math.nan,
             elbo_history=elbos,
             restart_elbos=list(self.restart_elbos),
             seconds=time.perf_counter() - start,
@@ -672,8 +676,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         if self.history and self.history[-1]["hyper_step"]:  # smoothed posteriors with the final hyperparameters
             for k in range(K):
                 self._smooth(k)
-        if final and self.scale_fit == "cut":
-            self._fit_cut_scales()  # the scales on the Gaussian fit's residuals (scales.py)
         if final and not self.converged and self.tol > 0:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps} before the convergence test "
@@ -736,6 +738,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         new._fitted = True
         new._reset_schedule()
         new._run(new.max_sweeps, False, None, final=True)
+        new._finish_scales(False, None)
         new._record(start)
         return new
 
