@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from gpgeom.models.funbat.latent import LatentPosterior, ModeScore, latent_posterior, latent_score
-from gpgeom.models.funbat.noise import dof_update, gamma_kl, group_scale_update, scale_elbo_terms, scale_update
+from gpgeom.models.funbat.noise import dof_update, gamma_kl, scale_elbo_terms, scale_factors
 
 __all__ = ["kron_vecs", "kron_mats", "cp_products", "chunks"]
 
@@ -299,13 +299,10 @@ class _ConditionalEP:
         self._resid_sq = e
         if self._scales_held:  # scale_fit="refit": the scales are known weights (scales.py)
             return f_bar + self._bias_mean
-        tau_mean = self._tau_a / self._tau_b
-        if self._scale_groups is None:
-            self._scale_alpha, self._scale_beta = scale_update(e, tau_mean, self._dof)
-        else:  # one scale per unique coordinate of mode scale_mode
-            self._scale_alpha, self._scale_beta = group_scale_update(
-                e, tau_mean, self._dof, self._scale_groups, self._scale_counts
-            )
+        tau_mean = self._tau_a / self._tau_b  # with scale_mode: one scale per unique coordinate of that mode
+        self._scale_alpha, self._scale_beta = scale_factors(
+            e, tau_mean, self._dof, self._scale_groups, self._scale_counts
+        )
         if self.dof is None:
             self._dof = dof_update(self._scale_alpha, self._scale_beta)
         return f_bar + self._bias_mean

@@ -87,6 +87,7 @@ __all__ = [
     "cut_scale_fit",
     "scale_update",
     "group_scale_update",
+    "scale_factors",
     "dof_update",
     "scale_elbo_terms",
     "gamma_kl",
@@ -168,6 +169,20 @@ def group_scale_update(
     """
     sums = torch.zeros(counts.shape[0], dtype=resid_sq.dtype, device=resid_sq.device).index_add_(0, groups, resid_sq)
     return 0.5 * (dof + counts), 0.5 * dof + 0.5 * tau_mean * sums
+
+
+def scale_factors(
+    resid_sq: Tensor, tau_mean: Tensor, dof: float, groups: Tensor | None = None, counts: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""The scales' factors: :func:`scale_update` (one scale per entry, ``groups=None``) or
+    :func:`group_scale_update` (scales shared by the groups ``groups`` of sizes ``counts``).
+
+    Returns:
+        ``(alpha, beta)``: shape (0-dim) and ``N`` rates, or ``G`` shapes and ``G`` rates.
+    """
+    if groups is None:
+        return scale_update(resid_sq, tau_mean, dof)
+    return group_scale_update(resid_sq, tau_mean, dof, groups, counts)
 
 
 def _dof_gradient(dof: float, c: float) -> float:
@@ -279,14 +294,9 @@ def cut_scale_fit(
     tau_a = torch.tensor(a0 + 0.5 * N, dtype=resid_sq.dtype, device=resid_sq.device)
     tau_b = b0 + 0.5 * resid_sq.sum()
 
-    def scales(tau_b: Tensor, dof: float) -> tuple[Tensor, Tensor]:
-        if groups is None:
-            return scale_update(resid_sq, tau_a / tau_b, dof)
-        return group_scale_update(resid_sq, tau_a / tau_b, dof, groups, counts)
-
     converged = False
     for _ in range(max_iter):
-        alpha, beta = scales(tau_b, dof)
+        alpha, beta = scale_factors(resid_sq, tau_a / tau_b, dof, groups, counts)
         w = alpha / beta
         new_b = b0 + 0.5 * ((w if groups is None else w[groups]) * resid_sq).sum()
         new_dof = dof_update(alpha, beta) if learn_dof else dof
@@ -295,5 +305,5 @@ def cut_scale_fit(
         if change < tol:
             converged = True
             break
-    alpha, beta = scales(tau_b, dof)
+    alpha, beta = scale_factors(resid_sq, tau_a / tau_b, dof, groups, counts)
     return tau_a, tau_b, alpha, beta, float(dof), converged

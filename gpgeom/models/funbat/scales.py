@@ -1,5 +1,6 @@
 r"""The state of FunBaT's Student-t noise scales on the model: their initialisation, the groups of shared scales, and
-the scales fitted after the factors (``FunBaT(noise="student_t", scale_fit="cut")``).
+the scales fitted after the factors (``FunBaT(noise="student_t", scale_fit="cut")``) and then held in a refit
+(``scale_fit="refit"``).
 
 Joint fit (``scale_fit="joint"``, the default). The scales :math:`q(\lambda_n)` (or :math:`q(\lambda_g)` with
 ``scale_mode``) are factors of the mean-field posterior like any other: every sweep weights entry :math:`n` by
@@ -98,7 +99,7 @@ class _NoiseScales:
     def _finish_scales(self, progress: bool | None, callback: Any) -> None:
         r"""After the sweeps: nothing for ``scale_fit="joint"``; the cut scales for ``"cut"``; for ``"refit"`` the cut
         scales, then sweeps with them held (up to ``max_sweeps`` more, the same convergence test; module docstring)."""
-        if self.noise != "student_t" or self.scale_fit == "joint":
+        if self.scale_fit == "joint":  # also every Gaussian model (the constructor allows no other)
             return
         self._fit_cut_scales()
         if self.scale_fit == "refit":
