@@ -20,6 +20,10 @@ everything BoTorch asks of a surrogate, with one code path for all of them:
   the Schur complement of the joint Gaussian of :math:`(f(c) + \varepsilon_c, f(x))`. For a base that is an exact
   GP posterior, this *is* the posterior of the GP refitted on the union of the data with the same
   hyperparameters (Rasmussen & Williams 2006, eq. 2.19, applied twice); conditioning twice concatenates the data;
+* a model of a transformed outcome (a subclass that sets BoTorch's ``outcome_transform``, e.g. ``Log`` for a model
+  of :math:`\log y`): ``posterior`` and ``predict`` untransform the Gaussian (``untransform_posterior``; for ``Log`` a
+  ``TransformedPosterior`` with log-normal moments and :math:`e^{\cdot}` of the Gaussian's samples) and
+  ``condition_on_observations`` transforms ``Y`` (and a given ``noise``) first, BoTorch's convention;
 * ``fantasize`` (BoTorch's ``FantasizeMixin``: sample :math:`Y` from ``posterior(X, observation_noise=True)``, then
   condition on it) and ``subset_output``;
 * :meth:`GaussianSurrogate.predict`: chunked marginal means and standard deviations (no ``q x q`` covariance),
@@ -39,9 +43,10 @@ from typing import Any
 import torch
 from botorch.acquisition.objective import PosteriorTransform
 from botorch.models.model import FantasizeMixin, Model
-from botorch.posteriors import GPyTorchPosterior
+from botorch.posteriors import GPyTorchPosterior, Posterior
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from linear_operator import to_linear_operator
+from linear_operator.operators import DiagLinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
@@ -193,8 +198,9 @@ class GaussianSurrogate(Model, FantasizeMixin):
         observation_noise: bool | Tensor = False,
         posterior_transform: PosteriorTransform | None = None,
         **kwargs: Any,
-    ) -> GPyTorchPosterior:
-        r"""The joint Gaussian posterior at ``X``.
+    ) -> Posterior:
+        r"""The joint Gaussian posterior at ``X`` (its image under the ``outcome_transform``'s inverse when the subclass
+        sets one: a ``TransformedPosterior`` for ``Log``).
 
         Args:
             X: A ``batch x q x d`` tensor of inputs.
@@ -203,7 +209,7 @@ class GaussianSurrogate(Model, FantasizeMixin):
             posterior_transform: Optional BoTorch ``PosteriorTransform``.
 
         Returns:
-            A ``GPyTorchPosterior`` over ``broadcast(batch, batch_shape) x q x m'``.
+            A ``GPyTorchPosterior`` over ``broadcast(batch, batch_shape) x q x m'`` (untransformed, see above).
         """
         self.eval()
         X = self._check_inputs(X)
@@ -233,8 +239,14 @@ class GaussianSurrogate(Model, FantasizeMixin):
             dist = MultivariateNormal(mean[..., 0], cov)
         else:
             dist = MultitaskMultivariateNormal(mean, cov, interleaved=True)
-        post = GPyTorchPosterior(dist)
+        post = self._untransform(GPyTorchPosterior(dist), X)
         return post if posterior_transform is None else posterior_transform(post)
+
+    def _untransform(self, post: GPyTorchPosterior, X: Tensor) -> Any:
+        r"""``post`` in the units of the observations: the ``outcome_transform``'s ``untransform_posterior`` when the
+        subclass sets one (BoTorch's idiom, e.g. ``Log`` for a model of :math:`\log y`), else ``post``."""
+        transform = getattr(self, "outcome_transform", None)
+        return post if transform is None else transform.untransform_posterior(post, X=X)
 
     def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any):
         r"""A model also conditioned on observations ``Y`` at ``X`` (no refit, hyperparameters shared).
@@ -256,6 +268,14 @@ class GaussianSurrogate(Model, FantasizeMixin):
             )
         if not bool(torch.isfinite(Y).all()):
             raise ValueError("`Y` contains NaN or infinite values.")
+        transform = getattr(self, "outcome_transform", None)
+        if transform is not None:  # the base is a model of the transformed outcome (e.g. log Y)
+            Y, noise = transform(Y, noise, X=X)
+            if not bool(torch.isfinite(Y).all()):
+                raise ValueError(
+                    f"`Y` is outside the domain of the model's outcome transform {type(transform).__name__} "
+                    "(a log transform needs Y > 0)."
+                )
         outputs = self._outputs
         if noise is None:
             noise = self._noise_variance(X)[..., outputs]
@@ -328,14 +348,27 @@ class GaussianSurrogate(Model, FantasizeMixin):
         X = self._check_inputs(X)
         chunk = chunk_size or self._chunk_size(X, max_memory)
         outputs = self._outputs
+        transform = getattr(self, "outcome_transform", None)
         means, stds = [], []
         for sl in chunk_slices(X.shape[-2], chunk):
             Xc = X[..., sl, :]
             mean, var = self._conditioned(Xc, want_cov=False)
-            means.append(mean[..., outputs])
+            mean = mean[..., outputs]
+            if observation_noise and (return_std or transform is not None):
+                var = var + self._noise_variance(Xc).to(var).expand(var.shape)
+            var = var[..., outputs].clamp_min(0.0)
+            if transform is not None:  # the marginals of the untransformed posterior (e.g. log-normal moments)
+                post = self._untransform(GPyTorchPosterior(_independent_normal(mean, var)), Xc)
+                mean, var = post.mean, post.variance
+            means.append(mean)
             if return_std:
-                if observation_noise:
-                    var = var + self._noise_variance(Xc).to(var).expand(var.shape)
-                stds.append(var[..., outputs].clamp_min(0.0).sqrt())
+                stds.append(var.sqrt())
         mean = torch.cat(means, dim=-2)
         return (mean, torch.cat(stds, dim=-2)) if return_std else mean
+
+
+def _independent_normal(mean: Tensor, var: Tensor) -> MultivariateNormal:
+    r"""The Gaussian with independent marginals of means ``mean`` and variances ``var`` (``batch x q x m``)."""
+    if mean.shape[-1] == 1:
+        return MultivariateNormal(mean[..., 0], DiagLinearOperator(var[..., 0]))
+    return MultitaskMultivariateNormal(mean, DiagLinearOperator(var.reshape(*var.shape[:-2], -1)), interleaved=True)

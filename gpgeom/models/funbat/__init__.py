@@ -35,6 +35,8 @@ The package, one concept per module
 * :mod:`~gpgeom.models.funbat.entries`: moments of the entries under the factorised posterior (prediction, BoTorch);
 * :mod:`~gpgeom.models.funbat.predictive`: the predictive distribution of a new observation (quantiles, intervals,
   CDF, log density; a scale mixture by quadrature for Student-t noise);
+* :mod:`~gpgeom.models.funbat.target`: ``target_transform="log"``, the model of :math:`\log y` for positive targets
+  with multiplicative errors, and its log-normal predictive;
 * :mod:`~gpgeom.models.funbat.model`: :class:`~gpgeom.models.funbat.model.FunBaT` (fit, predict, ``rebuild_with``, the
   model contract); :mod:`~gpgeom.models.funbat.cp`: :class:`~gpgeom.models.funbat.cp.FunBaTCP`;
   :mod:`~gpgeom.models.funbat.persistence`: files and device moves;

@@ -90,6 +90,7 @@ from gpgeom.models.funbat.inference import _ConditionalEP, _Mode
 from gpgeom.models.funbat.noise import NOISE_MODELS, SCALE_FITS, noise_factor
 from gpgeom.models.funbat.predictive import _PredictiveDistribution
 from gpgeom.models.funbat.scales import DOF_INIT, _NoiseScales
+from gpgeom.models.funbat.target import TARGET_TRANSFORMS, lognormal_mean_std, to_model_target
 
 __all__ = ["FunBaT", "FunBaTFitResult"]
 
@@ -219,6 +220,10 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             ``"refit"`` then continues the sweeps with those scales held as known weights (the mean and the latent
             variance see each group's noise level). For heteroscedastic data whose noisy groups are signal
             (:mod:`gpgeom.models.funbat.scales`).
+        target_transform: ``"none"`` or ``"log"``: fit the model to :math:`\log y` (positive targets with
+            multiplicative errors, a log-normal likelihood; :mod:`gpgeom.models.funbat.target`). ``y`` stays in its
+            units everywhere (``fit``, ``predict``, quantiles, CDF, density, BoTorch); the noise, ``history``'s
+            ``noise_sd`` and the ELBO are in :math:`\log y`.
         dtype: Computation dtype (default float64; inputs of any dtype are converted to it).
         device: Computation device (default: that of ``X`` in :meth:`fit`, the CPU for numpy input).
 
@@ -243,7 +248,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         "rank decomposition nu lengthscale_init variance_init learn_hyperparameters hyper_warmup hyper_every "
         "hyper_method hyper_max_iter damping damping_core damping_tau max_sweeps min_sweeps tol core_prior_variance "
         "noise_prior standardize normalize_coordinates bias bias_prior_variance init_scale n_restarts restart_sweeps "
-        "seed noise dof scale_mode scale_fit"
+        "seed noise dof scale_mode scale_fit target_transform"
     ).split()
 
     def __init__(
@@ -279,6 +284,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         dof: float | None = None,
         scale_mode: int | None = None,
         scale_fit: str = "joint",
+        target_transform: str = "none",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -361,6 +367,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self.scale_fit = check_option("scale_fit", scale_fit, SCALE_FITS)
         if scale_fit != "joint" and noise != "student_t":
             raise ValueError(f"`scale_fit={scale_fit!r}` applies to noise='student_t' only, got noise={noise!r}.")
+        self.target_transform = check_option("target_transform", target_transform, TARGET_TRANSFORMS)
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ValueError(f"`dtype` must be torch.float32, torch.float64 or None, got {dtype!r}.")
         self._dtype = dtype or torch.float64
@@ -478,7 +485,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             keep &= mask.to(keep.device)
         if int(keep.sum()) < 1:
             raise ValueError("No observed entry (every y is NaN or masked).")
-        X, y = X[keep], y[keep]
+        X, y = X[keep], to_model_target(y[keep], self.target_transform)
         N = X.shape[0]
         if self.noise_prior[0] + 0.5 * N <= 1.0:
             raise ValueError(
@@ -703,7 +710,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self._check_fitted()
         K = len(self.ranks)
         X = self._check_X(X, K=K).reshape(-1, K)
-        y = self._check_y(y, X.shape[0])
+        y = to_model_target(self._check_y(y, X.shape[0]), self.target_transform)
         cfg = self._config()
         cfg.update(learn_hyperparameters=False, n_restarts=0)
         if self.noise == "student_t":
@@ -781,6 +788,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
     ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Predictive mean (and standard deviation) of the entries at coordinates ``X``, in the original units.
 
+        With ``target_transform="log"`` these are the moments of :math:`e^{T}` for the Gaussian :math:`T` in
+        :math:`\log y` (:mod:`gpgeom.models.funbat.target`), so the mean also depends on ``observation_noise``.
+
         Args:
             X: ``... x K`` coordinates (numpy or torch), seen or unseen in training (outside a mode's training
                 range the latent function is extrapolated, :mod:`gpgeom.models.funbat.conditional`).
@@ -790,16 +800,21 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         Returns:
             The mean, shape ``... x 1``; with ``return_std`` also the standard deviation, shape ``... x 1``.
         """
+        mean, sd = self._model_moments(X, observation_noise)
+        if self.target_transform == "log":
+            mean, sd = lognormal_mean_std(mean, sd.square())
+        return (mean.unsqueeze(-1), sd.unsqueeze(-1)) if return_std else mean.unsqueeze(-1)
+
+    def _model_moments(self, X: Any, observation_noise: bool) -> tuple[Tensor, Tensor]:
+        r"""Mean and standard deviation (``...`` each) of the Gaussian of the entries at ``X`` (``... x K``) in the
+        units the model is fitted to (``log y`` with ``target_transform="log"``), with or without the noise."""
         self._check_fitted()
         X = self._check_X(X, K=len(self.ranks))
         with torch.no_grad():
             mean, var, noise = self._predict_std_units(X)
-        mean = (mean * self.y_std + self.y_mean).unsqueeze(-1)
-        if not return_std:
-            return mean
         if observation_noise:
             var = var + self._new_entry_noise(X, noise)  # shared scales: the group's noise variance where seen
-        return mean, (var * self.y_std.square()).sqrt().unsqueeze(-1)
+        return mean * self.y_std + self.y_mean, (var * self.y_std.square()).sqrt()
 
     # ------------------------------------------------------------------------------------------------------------
     # fitted quantities
@@ -817,7 +832,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
 
     @property
     def noise_variance(self) -> float:
-        r"""The variance of the noise of a new entry in the original units of ``y``: :math:`\mathbb E[\tau^{-1}]`,
+        r"""The variance of the noise of a new entry in the original units of ``y`` (of :math:`\log y` with
+        ``target_transform="log"``): :math:`\mathbb E[\tau^{-1}]`,
         times :math:`\nu / (\nu - 2)` for Student-t noise (:mod:`gpgeom.models.funbat.noise`; with ``scale_mode``,
         that of an entry at a coordinate outside the training groups: ``predict`` gives each entry its group's)."""
         self._check_fitted()

@@ -31,7 +31,9 @@ has :math:`\lambda \sim q(\lambda_g) = \mathrm{Gamma}(\alpha_g, \beta_g) = (\alp
 keeps the same :math:`e^{-45}` cut and the spacing proportional to the width :math:`\alpha^{-1/2}` of :math:`g`), its
 variance is :math:`v_* + s^2 \beta_g/(\alpha_g - 1)`; elsewhere the prior's.
 Without observation noise, or for Gaussian noise, it has one node
-(:math:`\lambda = 1`, weight 1) and every quantity is the Gaussian's.
+(:math:`\lambda = 1`, weight 1) and every quantity is the Gaussian's. With ``target_transform="log"`` all of this
+holds for :math:`\log y_*`, and the CDF, density and quantiles of :math:`y_*` follow by the change of variables
+(:mod:`~gpgeom.models.funbat.target`).
 """
 
 from __future__ import annotations
@@ -124,9 +126,10 @@ class _PredictiveDistribution:
         return (self._tau_b / (self._tau_a - 1.0) * b / (a - 1.0)).reshape(X.shape[:-1])
 
     def _mixture(self, X: Any, observation_noise: bool) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
-        r"""The predictive at ``X`` (``... x K``) in the original units as a scale mixture: the batch shape, means
-        ``n``, component variances ``n x J`` and weights ``J`` (``n x J`` when scales are shared along a mode: one rule
-        per entry's scale distribution; the total variance is ``predict``'s)."""
+        r"""The predictive at ``X`` (``... x K``) in the model's units (:meth:`predictive_mixture`) as a scale
+        mixture: the batch shape, means ``n``, component variances ``n x J`` and weights ``J`` (``n x J`` when scales
+        are shared along a mode: one rule per entry's scale distribution; the total variance is that of
+        :meth:`_model_moments`)."""
         self._check_fitted()
         X = self._check_X(X, K=len(self.ranks))
         with torch.no_grad():
@@ -150,9 +153,11 @@ class _PredictiveDistribution:
         return shape, mean, var + s2 / lam, w_u.to(var.dtype)[inverse]
 
     def predictive_mixture(self, X: Any, observation_noise: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        r"""The predictive distribution at ``X`` as a mixture of Gaussians with a common mean, in the original units:
-        :math:`\sum_j w_j N(m, \sigma_j^2)` (one component for Gaussian noise or without observation noise; the
-        quadrature over the Student-t scale otherwise, :mod:`gpgeom.models.funbat.predictive`).
+        r"""The predictive distribution at ``X`` as a mixture of Gaussians with a common mean, in the units the model
+        is fitted to (the original units; :math:`\log y` with ``target_transform="log"``, where the predictive of
+        :math:`y` is its image under :math:`\exp`): :math:`\sum_j w_j N(m, \sigma_j^2)` (one component for
+        Gaussian noise or without observation noise; the quadrature over the Student-t scale otherwise,
+        :mod:`gpgeom.models.funbat.predictive`).
 
         Args:
             X: ``... x K`` coordinates.
@@ -187,8 +192,8 @@ class _PredictiveDistribution:
             ``... x 1`` probabilities.
         """
         shape, mean, var, w = self._mixture(X, observation_noise)
-        y = self._values(y, shape)
-        return self._chunked_cdf(y, mean, var, w).reshape(*shape, 1)
+        t = self._to_model_units(self._values(y, shape))
+        return self._chunked_cdf(t, mean, var, w).reshape(*shape, 1)
 
     @staticmethod
     def _chunked_cdf(y: Tensor, mean: Tensor, var: Tensor, w: Tensor) -> Tensor:
@@ -213,8 +218,23 @@ class _PredictiveDistribution:
         """
         shape, mean, var, w = self._mixture(X, observation_noise)
         y = self._values(y, shape)
-        logn = -0.5 * ((y - mean)[:, None].square() / var + var.log() + math.log(2.0 * math.pi))
-        return torch.logsumexp(logn + w.log(), -1).reshape(*shape, 1)
+        t = self._to_model_units(y)
+        logn = -0.5 * ((t - mean)[:, None].square() / var + var.log() + math.log(2.0 * math.pi))
+        logp = torch.logsumexp(logn + w.log(), -1)
+        if self.target_transform == "log":  # the Jacobian of t = log y; no mass at y <= 0
+            logp = torch.where(y <= 0, torch.full_like(logp, -math.inf), logp - t)
+        return logp.reshape(*shape, 1)
+
+    def _to_model_units(self, y: Tensor) -> Tensor:
+        r"""Values ``y`` (original units) in the units the model is fitted to: :math:`\log y` with
+        ``target_transform="log"`` (:math:`-\infty` for :math:`y \le 0`, which has probability 0)."""
+        if self.target_transform == "none":
+            return y
+        return torch.where(y <= 0, torch.full_like(y, -math.inf), y.log())
+
+    def _to_target_units(self, t: Tensor) -> Tensor:
+        r"""Quantiles ``t`` of the model's units back in those of ``y`` (:math:`e^t` for ``"log"``)."""
+        return t.exp() if self.target_transform == "log" else t
 
     def predict_quantile(self, X: Any, q: float, observation_noise: bool = True) -> Tensor:
         r"""The ``q``-quantile of the predictive distribution at the entries ``X``, original units (Gaussian: closed
@@ -233,8 +253,8 @@ class _PredictiveDistribution:
         shape, mean, var, w = self._mixture(X, observation_noise)
         if var.shape[-1] == 1:
             z = math.sqrt(2.0) * torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64))
-            return (mean + var[:, 0].sqrt() * float(z)).reshape(*shape, 1)
-        _, sd = self.predict(X, return_std=True, observation_noise=observation_noise)
+            return self._to_target_units((mean + var[:, 0].sqrt() * float(z)).reshape(*shape, 1))
+        _, sd = self._model_moments(X, observation_noise)
         half = sd.reshape(-1) / math.sqrt(min(q, 1.0 - q)) * 1.01  # Cantelli: the quantile lies within
         # every component's q-quantile bounds the mixture's from the other side (the one of least variance)
         z = math.sqrt(2.0) * float(torch.erfinv(torch.tensor(2.0 * q - 1.0, dtype=torch.float64)))
@@ -245,7 +265,7 @@ class _PredictiveDistribution:
             mid = 0.5 * (lo + hi)
             below = self._chunked_cdf(mid, mean, var, w)
             lo, hi = torch.where(below < q, mid, lo), torch.where(below < q, hi, mid)
-        return (0.5 * (lo + hi)).reshape(*shape, 1)
+        return self._to_target_units((0.5 * (lo + hi)).reshape(*shape, 1))
 
     def predict_interval(self, X: Any, level: float = 0.95, observation_noise: bool = True) -> tuple[Tensor, Tensor]:
         r"""The central predictive interval of probability ``level`` at the entries ``X``: the

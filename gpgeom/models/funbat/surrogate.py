@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from botorch.models.transforms.outcome import Log
 from torch import Tensor
 
 from gpgeom.botorch.gaussian import GaussianSurrogate
@@ -51,7 +52,10 @@ class FunBaTBoTorchModel(GaussianSurrogate):
     ``posterior(X)`` for ``X`` of shape ``batch x q x K`` (original coordinate units) is the joint moment-matched
     Gaussian of the entries (module docstring) in the original units of ``y``; ``predict`` gives its marginals (equal to
     :meth:`~gpgeom.models.funbat.model.FunBaT.predict`). ``condition_on_observations`` and ``fantasize`` are Bayes' rule
-    on that Gaussian (an approximation of a refit; module docstring for its measured error).
+    on that Gaussian (an approximation of a refit; module docstring for its measured error). With
+    ``target_transform="log"`` the Gaussian is that of :math:`\log y` and the adapter carries BoTorch's ``Log``
+    outcome transform: ``posterior`` is a ``TransformedPosterior`` (log-normal marginals, samples :math:`e^{\cdot}`
+    of the Gaussian's) and ``condition_on_observations`` takes ``Y > 0`` in the original units.
 
     Args:
         funbat: The fitted model (shared, not copied).
@@ -64,6 +68,8 @@ class FunBaTBoTorchModel(GaussianSurrogate):
         self._base_num_outputs = 1
         self.register_buffer("_anchor", torch.zeros((), dtype=funbat.dtype, device=funbat.device))
         self._tables = [gain_products(md.post.gain.detach()) for md in funbat._modes]
+        if funbat.target_transform == "log":  # the Gaussian is that of log y: BoTorch's Log outcome transform
+            self.outcome_transform = Log().eval()
 
     def _check_inputs(self, X: Tensor) -> Tensor:
         fb = self.funbat
