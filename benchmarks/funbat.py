@@ -58,7 +58,7 @@ from _common import machine_info, report_name, results_path  # noqa: E402
 
 from gpgeom.datasets.tensors import load_beijing_air, make_synthetic_tensor  # noqa: E402
 from gpgeom.errors import ConvergenceWarning  # noqa: E402
-from gpgeom.metrics import calibration_summary, format_calibration_table  # noqa: E402
+from gpgeom.metrics import calibration_summary, format_calibration_table, pit_standardized_errors  # noqa: E402
 from gpgeom.models.funbat import FunBaT  # noqa: E402
 
 REFERENCE = {"tucker R=2": 0.2955, "tucker R=3": 0.2910, "cp R=2": 0.2876}
@@ -254,8 +254,7 @@ def mixture_calibration(model, X: torch.Tensor, y: torch.Tensor) -> dict[str, fl
         out[f"coverage_{round(100 * level)}"] = float(((y >= lo[:, 0]) & (y <= hi[:, 0])).double().mean())
         if level == 0.95:
             width = float((hi - lo).mean())
-    pit = model.predictive_cdf(X, y)[:, 0].double().clamp(1e-15, 1 - 1e-15)
-    z = math.sqrt(2.0) * torch.erfinv(2.0 * pit - 1.0)
+    z = pit_standardized_errors(model.predictive_cdf(X, y)[:, 0], eps=1e-15)
     out["z_rms"] = float(z.square().mean().sqrt())
     out["nlpd"] = -float(model.log_predictive_density(X, y).double().mean())
     m, var, w = (v.double() for v in model.predictive_mixture(X))

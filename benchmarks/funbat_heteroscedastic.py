@@ -53,7 +53,7 @@ from funbat_stopping import exact_gp_folds, funbat_folds  # noqa: E402
 
 from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 from gpgeom.errors import ConvergenceWarning  # noqa: E402
-from gpgeom.metrics import calibration_summary, conditional_coverage  # noqa: E402
+from gpgeom.metrics import calibration_summary, conditional_coverage, pit_standardized_errors  # noqa: E402
 from gpgeom.models.funbat import FunBaT  # noqa: E402
 
 #: The FunBaT models whose predictive distribution is a scale mixture (their coverage and z come from the PIT), with
@@ -136,8 +136,7 @@ def run_fold(data, fold: int) -> Path:
             model = FunBaT(2, seed=0, **cfg).fit(split.X_train, y_train)
         mean, std = model.predict(split.X_test, return_std=True, observation_noise=True)
         mean, std = (mean - shift) / scale, std / scale
-        pit = model.predictive_cdf(split.X_test, y_test)[:, 0].double()
-        z = torch.special.ndtri(pit.clamp(1e-12, 1 - 1e-12))
+        z = pit_standardized_errors(model.predictive_cdf(split.X_test, y_test)[:, 0])
         rmse = float((mean[:, 0] - split.y_test).square().mean().sqrt())
         lpd = model.log_predictive_density(split.X_test, y_test)[:, 0].double() + math.log(scale)
         keep[name] = {"mean": mean[:, 0].double(), "std": std[:, 0].double(), "rmse": rmse, "pit_z": z, "lpd": lpd}

@@ -17,7 +17,14 @@ from gpgeom.metrics.coverage import calibration_summary, coverage, coverage_tabl
 from gpgeom.metrics.nees import nees, nees_band
 from gpgeom.metrics.ood import ood_std_ratio
 from gpgeom.metrics.report import format_calibration_table, plot_reliability
-from gpgeom.metrics.scores import crps_gaussian, interval_width, nlpd, standardized_errors, z_rms
+from gpgeom.metrics.scores import (
+    crps_gaussian,
+    interval_width,
+    nlpd,
+    pit_standardized_errors,
+    standardized_errors,
+    z_rms,
+)
 
 __all__ = [
     "calibration_summary",
@@ -31,6 +38,7 @@ __all__ = [
     "nees_band",
     "nlpd",
     "ood_std_ratio",
+    "pit_standardized_errors",
     "plot_reliability",
     "reliability_curve",
     "standardized_errors",
