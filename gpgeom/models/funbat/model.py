@@ -805,17 +805,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             mean, sd = lognormal_mean_std(mean, sd.square())
         return (mean.unsqueeze(-1), sd.unsqueeze(-1)) if return_std else mean.unsqueeze(-1)
 
-    def _model_moments(self, X: Any, observation_noise: bool) -> tuple[Tensor, Tensor]:
-        r"""Mean and standard deviation (``...`` each) of the Gaussian of the entries at ``X`` (``... x K``) in the
-        units the model is fitted to (``log y`` with ``target_transform="log"``), with or without the noise."""
-        self._check_fitted()
-        X = self._check_X(X, K=len(self.ranks))
-        with torch.no_grad():
-            mean, var, noise = self._predict_std_units(X)
-        if observation_noise:
-            var = var + self._new_entry_noise(X, noise)  # shared scales: the group's noise variance where seen
-        return mean * self.y_std + self.y_mean, (var * self.y_std.square()).sqrt()
-
     # ------------------------------------------------------------------------------------------------------------
     # fitted quantities
     @property

@@ -125,6 +125,18 @@ class _PredictiveDistribution:
         a, b = self._entry_scales(X.reshape(-1, X.shape[-1]))
         return (self._tau_b / (self._tau_a - 1.0) * b / (a - 1.0)).reshape(X.shape[:-1])
 
+    def _model_moments(self, X: Any, observation_noise: bool) -> tuple[Tensor, Tensor]:
+        r"""Mean and standard deviation (``...`` each) of the Gaussian of the entries at ``X`` (``... x K``) in the
+        units the model is fitted to (``log y`` with ``target_transform="log"``), with or without the noise (the
+        moments that ``predict`` reports, before the log-normal map)."""
+        self._check_fitted()
+        X = self._check_X(X, K=len(self.ranks))
+        with torch.no_grad():
+            mean, var, noise = self._predict_std_units(X)
+        if observation_noise:
+            var = var + self._new_entry_noise(X, noise)  # shared scales: the group's noise variance where seen
+        return mean * self.y_std + self.y_mean, (var * self.y_std.square()).sqrt()
+
     def _mixture(self, X: Any, observation_noise: bool) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
         r"""The predictive at ``X`` (``... x K``) in the model's units (:meth:`predictive_mixture`) as a scale
         mixture: the batch shape, means ``n``, component variances ``n x J`` and weights ``J`` (``n x J`` when scales
