@@ -219,7 +219,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             with the factors held, so the mean is the Gaussian model's and the scales only shape the predictive noise;
             ``"refit"`` then continues the sweeps with those scales held as known weights (the mean and the latent
             variance see each group's noise level). For heteroscedastic data whose noisy groups are signal
-            (:mod:`gpgeom.models.funbat.scales`).
+            (:mod:`gpgeom.models.funbat.scales`). ``"heldout"`` (without ``scale_mode``): the Gaussian model with
+            the noise and ``dof`` that maximise the log density of a held-out tenth (:mod:`~.funbat.heldout`).
         target_transform: ``"none"`` or ``"log"``: fit the model to :math:`\log y` (positive targets with
             multiplicative errors, a log-normal likelihood; :mod:`gpgeom.models.funbat.target`). ``y`` stays in its
             units everywhere (``fit``, ``predict``, quantiles, CDF, density, BoTorch); the noise, ``history``'s
@@ -367,6 +368,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self.scale_fit = check_option("scale_fit", scale_fit, SCALE_FITS)
         if scale_fit != "joint" and noise != "student_t":
             raise ValueError(f"`scale_fit={scale_fit!r}` applies to noise='student_t' only, got noise={noise!r}.")
+        if scale_fit == "heldout" and scale_mode is not None:
+            raise ValueError(f"`scale_fit='heldout'` needs scale_mode=None (one noise), got scale_mode={scale_mode!r}.")
         self.target_transform = check_option("target_transform", target_transform, TARGET_TRANSFORMS)
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ValueError(f"`dtype` must be torch.float32, torch.float64 or None, got {dtype!r}.")
@@ -741,6 +744,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         new._tau_data = None
         new._bias_mean, new._bias_var = self._bias_mean.clone(), self._bias_var.clone()
         new._init_scales(self._dof)
+        if self.scale_fit == "heldout":  # the noise is held like the kernels
+            new._heldout_noise = (float(self._tau_b / (self._tau_a - 1.0)), self._dof)
         new._nus, new._ls0, new._vs0 = self._nus, self._ls0, self._vs0
         new._fitted = True
         new._reset_schedule()

@@ -59,7 +59,8 @@ import torch
 
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat.entries import entry_marginals
-from gpgeom.models.funbat.noise import cut_scale_fit
+from gpgeom.models.funbat.heldout import heldout_noise_fit, heldout_split
+from gpgeom.models.funbat.noise import cut_scale_fit, scale_factors
 
 __all__: list[str] = []
 
@@ -78,6 +79,7 @@ class _NoiseScales:
         self._dof = float(dof) if joint else None
         self._scales_held = False
         self._scale_alpha = self._scale_beta = self._resid_sq = None
+        self._heldout_noise = None  # scale_fit="heldout": (s2, dof), standardised units; rebuild_with presets it
         self._set_scale_groups()
         if self._dof is not None:
             G = self._N if self._scale_groups is None else self._scale_counts.shape[0]
@@ -101,10 +103,40 @@ class _NoiseScales:
         scales, then sweeps with them held (up to ``max_sweeps`` more, the same convergence test; module docstring)."""
         if self.scale_fit == "joint":  # also every Gaussian model (the constructor allows no other)
             return
+        if self.scale_fit == "heldout":
+            self._fit_heldout_noise(progress)
+            return
         self._fit_cut_scales()
         if self.scale_fit == "refit":
             self._scales_held, self.converged = True, False
             self._run(len(self.history) + self.max_sweeps, progress, callback, final=True)
+
+    def _fit_heldout_noise(self, progress: bool | None) -> None:
+        r"""``scale_fit="heldout"``: the Gaussian model refitted without a seeded tenth of the entries, the Student-t
+        noise :math:`(s^2, \nu)` that maximises the log density of those (:mod:`~gpgeom.models.funbat.heldout`), set
+        on this model (:math:`\mathbb E[\tau^{-1}] = s^2`; the training entries' scale factors from their residuals,
+        which only ``elbo()`` reads)."""
+        if self._heldout_noise is None:
+            fit_idx, held = heldout_split(self._N, self.seed)
+            cfg = self._config()  # the same model in this one's units: coordinates normalised, targets standardised
+            cfg.update(noise="gaussian", dof=None, scale_mode=None, scale_fit="joint", target_transform="none",
+                       standardize=False, normalize_coordinates=False)  # fmt: skip
+            sub = type(self)._from_config(cfg, dtype=self.dtype, device=self.device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                sub.fit(self._X[fit_idx], self._ys[fit_idx], progress=progress)
+            mean, sd = sub._model_moments(self._X[held], False)
+            s2, dof, _ = heldout_noise_fit(self._ys[held] - mean, sd.square(), self.dof)
+            self._heldout_noise = (s2, dof)
+        s2, dof = self._heldout_noise
+        with torch.no_grad():
+            mean, var, _ = entry_marginals(self, self._X)
+        e = ((self._ys - mean).square() + var).clamp_min(0.0)
+        tau_a = torch.tensor(self.noise_prior[0] + 0.5 * self._N, dtype=self.dtype, device=self.device)
+        tau_b = s2 * (tau_a - 1.0)  # E[1/tau] = s2
+        alpha, beta = scale_factors(e, tau_a / tau_b, dof, None, None)
+        self._tau_a, self._tau_b, self._tau_data = tau_a, tau_b, None
+        self._scale_alpha, self._scale_beta, self._dof, self._resid_sq = alpha, beta, float(dof), e
 
     def _fit_cut_scales(self) -> None:
         r"""``scale_fit="cut"``: the noise factors on the expected squared residuals of the fitted Gaussian model

@@ -20,8 +20,9 @@ adapter report in :math:`t`; Johnson, Kotz & Balakrishnan 1994, Ch. 14, Eq. (14.
 .. math:: \mathbb E[Y_*] = e^{m + v/2}, \qquad \operatorname{Var}[Y_*] = \bigl(e^{v} - 1\bigr)\, e^{2m + v}.
 
 For Gaussian noise these are exact; for Student-t noise :math:`\mathbb E[e^{T_*}]` is infinite (a t distribution
-has no moment generating function), so the moment-matched values are the only finite summary, and the median
-:math:`e^{m}` (``predict_quantile(X, 0.5)``) is the robust point prediction.
+has no moment generating function), so the moment-matched values are the only finite summary, and they grow without
+bound as :math:`\nu \to 2` (the t variance :math:`s^2 \nu / (\nu - 2)`): there the median :math:`e^{m}`
+(``predict_quantile(X, 0.5)``) is the point prediction to use.
 """
 
 from __future__ import annotations
