@@ -1,6 +1,6 @@
 r"""The state of FunBaT's Student-t noise scales on the model: their initialisation, the groups of shared scales, and
-the scales fitted after the factors (``FunBaT(noise="student_t", scale_fit="cut")``) and then held in a refit
-(``scale_fit="refit"``).
+the scales fitted after the factors (``FunBaT(noise="student_t", scale_fit="cut")``), then held in a refit
+(``scale_fit="refit"``), or fitted on held-out entries (``scale_fit="heldout"``, :mod:`~gpgeom.models.funbat.heldout`).
 
 Joint fit (``scale_fit="joint"``, the default). The scales :math:`q(\lambda_n)` (or :math:`q(\lambda_g)` with
 ``scale_mode``) are factors of the mean-field posterior like any other: every sweep weights entry :math:`n` by
@@ -47,7 +47,7 @@ coordinate ascent on the same ELBO (the scales' factors held fixed), so without 
 The residuals are in-sample: a training entry's own value shaped the factors, so :math:`e_n` underestimates the
 error at a held-out entry of the same group (on Beijing the training RMSE is 0.19 against a test RMSE of 0.26), and
 the fitted noise is correspondingly small; the predictive adds :math:`\operatorname{Var} f_*`, which is large where
-the data are few.
+the data are few. ``"heldout"`` avoids this: the noise of the predictive is fitted on entries the factors have not seen.
 """
 
 from __future__ import annotations
