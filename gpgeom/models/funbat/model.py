@@ -219,8 +219,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             with the factors held, so the mean is the Gaussian model's and the scales only shape the predictive noise;
             ``"refit"`` then continues the sweeps with those scales held as known weights (the mean and the latent
             variance see each group's noise level). For heteroscedastic data whose noisy groups are signal
-            (:mod:`gpgeom.models.funbat.scales`). ``"heldout"`` (without ``scale_mode``): the Gaussian model with
-            the noise and ``dof`` that maximise the log density of a held-out tenth (:mod:`~.funbat.heldout`).
+            (:mod:`gpgeom.models.funbat.scales`). ``"heldout"`` (no ``scale_mode``): the Gaussian model with the
+            noise and ``dof`` that maximise a held-out tenth's density (:mod:`gpgeom.models.funbat.heldout`).
         target_transform: ``"none"`` or ``"log"``: fit the model to :math:`\log y` (positive targets with
             multiplicative errors, a log-normal likelihood; :mod:`gpgeom.models.funbat.target`). ``y`` stays in its
             units everywhere (``fit``, ``predict``, quantiles, CDF, density, BoTorch); the noise, ``history``'s

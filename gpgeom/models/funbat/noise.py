@@ -98,7 +98,7 @@ __all__ = [
 NOISE_MODELS = ("gaussian", "student_t")
 #: How ``FunBaT(noise="student_t", scale_fit=...)`` fits the scales: with the factors (``"joint"``), after them on the
 #: residuals of the Gaussian fit (``"cut"``), or after them and then held while the factors are refitted (``"refit"``;
-#: :mod:`~gpgeom.models.funbat.scales`).
+#: :mod:`~gpgeom.models.funbat.scales`), or on held-out entries (``"heldout"``, :mod:`~gpgeom.models.funbat.heldout`).
 SCALE_FITS = ("joint", "cut", "refit", "heldout")
 #: The interval of the learned degrees of freedom (module docstring).
 DOF_BOUNDS = (2.1, 100.0)
