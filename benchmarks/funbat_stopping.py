@@ -224,10 +224,11 @@ def write_tables(rows: dict[str, list[dict]], folds: list[int], header: list[str
     for label, rs in rows.items():
         rmse = [r["rmse"] for r in rs]
         conv = sum(bool(r["converged"]) for r in rs)
-        sweeps = "-" if label.startswith("exact") else " / ".join(str(r["sweeps"]) for r in rs)
+        fitted = label.startswith("FunBaT")
+        sweeps = " / ".join(str(r["sweeps"]) for r in rs) if fitted else "-"
         lines.append(
             f"| {label} | " + " | ".join(f"{v:.4f}" for v in rmse) + f" | {np.mean(rmse):.4f} | {sweeps} | "
-            f"{'-' if label.startswith('exact') else f'{conv} of {len(rs)}'} |"
+            f"{f'{conv} of {len(rs)}' if fitted else '-'} |"
         )
     lines += [
         "",

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+r"""Where FunBaT's gap to the exact GP on BeijingAir-PM2.5 comes from: the station the paper's modes leave out.
+
+The FunBaT paper's Beijing tensor indexes each daily station mean by (temperature, pressure, day). Almost all of its
+variance is the day's level (the within-day variance is 6 % of the total), so every model predicts the day well and
+the test RMSE is decided by the variation *between the stations of one day*. That variation is mostly a station
+effect that grows with the day's level; the paper's modes see the station only through the small within-day offsets
+of its temperature and pressure (1-3 hPa, against a range of 55 hPa over the four years). An exact GP with a stationary
+product kernel uses such offsets directly (its covariance depends on differences only); a low-rank decomposition of
+functions of absolute temperature and pressure cannot, because a shift that follows the season is not low rank.
+
+This script measures that on the 5 seeded 80/20 folds of ``benchmarks/funbat.py`` (``data.split(fold)``), in one run:
+
+* baselines that use no model: each test entry predicted by its day's training mean, and by that mean plus a
+  per-station least-squares term ``a_s m_d + b_s`` (the station known); their predictive sd is the RMS of the
+  training residuals (calibration columns only for completeness);
+* the paper's tensor: FunBaT defaults and the exact GP of ``benchmarks/funbat.py`` (product of Matérn-1/2 kernels,
+  hyperparameters on 2,000 training entries, conditioned on the whole fold);
+* the same entries with the station as a mode (the 12 stations in alphabetical order at ``10 s / 11``, the paper's
+  scaling of a mode to ``[0, 10]``): FunBaT defaults on (temperature, pressure, day, station) and on (day, station),
+  FunBaT on (day, station) with Matérn-1/2 factors, rank 4 and 8 restarts, and an exact GP with a Matérn-1/2 ARD
+  kernel on (temperature, pressure, day) times a free-form 12 x 12 station covariance (GPyTorch's ``IndexKernel`` of
+  rank 12, the intrinsic coregionalisation model), hyperparameters on every training entry of 215 random training
+  days (about 2,000 entries, so that the within-day covariance is identifiable), the best of 4 starts, conditioned
+  on the whole fold.
+
+The station comes from ``beijing_air_daily.csv`` (:func:`gpgeom.datasets.tensors.beijing_csv_path`); its rows are
+those of the loaded tensor (checked: the z-scored PM2.5 agrees to 1e-9, or the script stops).
+
+Usage: ``python benchmarks/funbat_stations.py [--quick] [--folds 0 1 2 3 4] [--jobs 2]``. Writes
+``benchmarks/results/funbat_stations.md`` (all five folds); ``--quick`` (fold 0, about 10 minutes) or other folds
+write ``benchmarks/results/local/funbat_stations_quick.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import sys
+import time
+import warnings
+from multiprocessing import get_context
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine_info, report_name, results_path  # noqa: E402
+from funbat import metrics, run_dense_gp, run_funbat  # noqa: E402
+from funbat_stopping import write_tables  # noqa: E402
+
+from gpgeom.datasets.tensors import ContinuousTensor, beijing_csv_path, load_beijing_air  # noqa: E402
+
+N_STATIONS = 12
+#: Training days whose entries fit the station GP's hyperparameters (about 2,000 entries).
+HYPER_DAYS = 215
+#: Extra random starts of the station GP's hyperparameter fit (the best marginal likelihood of 1 + RESTARTS).
+RESTARTS = 3
+#: FunBaT on (day, station) beyond its defaults.
+STATION_FUNBAT = {"nu": (0.5, 0.5), "rank": 4, "n_restarts": 8}
+
+
+def station_codes(data: ContinuousTensor) -> torch.Tensor:
+    r"""The station of each entry of ``data`` (``N`` integers in ``[0, 12)``, alphabetical), read from the CSV."""
+    with open(beijing_csv_path(), newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = sorted({r["station"] for r in rows})
+    codes = torch.tensor([names.index(r["station"]) for r in rows])
+    pm = torch.tensor([float(r["PM2.5"]) for r in rows], dtype=torch.float64)
+    z = (pm - data.info["raw_mean"]) / data.info["raw_std"]
+    if codes.numel() != data.y.numel() or float((z - data.y).abs().max()) > 1e-9:
+        raise RuntimeError("the CSV's rows are not those of the loaded tensor")
+    return codes
+
+
+def with_modes(data: ContinuousTensor, X: torch.Tensor, names: tuple[str, ...]) -> ContinuousTensor:
+    return ContinuousTensor(X=X, y=data.y, mode_names=names, info=data.info)
+
+
+def baselines(split, station: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict[str, dict]:
+    r"""The day's training mean, and that mean plus ``a_s m_d + b_s`` fitted per station by least squares."""
+    day_tr, day_te = split.X_train[:, 2].contiguous(), split.X_test[:, 2].contiguous()
+    days, inv = torch.unique(day_tr, return_inverse=True)
+    sums = torch.zeros(days.numel(), dtype=torch.float64).index_add_(0, inv, split.y_train)
+    counts = torch.zeros(days.numel(), dtype=torch.float64).index_add_(0, inv, torch.ones_like(split.y_train))
+    day_mean = sums / counts
+    pos = torch.searchsorted(days, day_te).clamp(max=days.numel() - 1)
+    m_te = torch.where(days[pos] == day_te, day_mean[pos], torch.zeros_like(day_te))  # unseen day: the global mean 0
+    m_tr = day_mean[inv]
+    s_tr, s_te = station[train], station[test]
+    coef = torch.zeros(N_STATIONS, 2, dtype=torch.float64)
+    for s in range(N_STATIONS):
+        k = s_tr == s
+        A = torch.stack([m_tr[k], torch.ones_like(m_tr[k])], 1)
+        coef[s] = torch.linalg.lstsq(A, (split.y_train - m_tr)[k, None]).solution[:, 0]
+    out = {}
+    for label, fit_tr, pred in (
+        ("day's training mean", m_tr, m_te),
+        (
+            "day's training mean + station term a_s m_d + b_s",
+            m_tr + coef[s_tr, 0] * m_tr + coef[s_tr, 1],
+            m_te + coef[s_te, 0] * m_te + coef[s_te, 1],
+        ),
+    ):
+        sd = (split.y_train - fit_tr).square().mean().sqrt()
+        r = metrics(pred, sd.expand_as(pred), split.y_test, split.test_unseen)
+        r.update(sweeps=0, converged=True)
+        out[f"baseline: {label}"] = r
+    return out
+
+
+def station_gp(split, fold: int) -> dict:
+    r"""Exact GP: Matérn-1/2 ARD on (temperature, pressure, day) / 10 times a rank-12 ``IndexKernel`` on the station
+    (last column, an integer), hyperparameters on the entries of ``HYPER_DAYS`` random training days, conditioned
+    on the whole fold."""
+    from gpytorch.kernels import IndexKernel, MaternKernel
+
+    from gpgeom.botorch.exact_gp import ExactGPModel
+
+    def kernel():
+        return MaternKernel(nu=0.5, ard_num_dims=3, active_dims=[0, 1, 2]) * IndexKernel(
+            num_tasks=N_STATIONS, rank=N_STATIONS, active_dims=[3]
+        )
+
+    def inputs(X):  # coordinates / 10, the station back to its integer code
+        return torch.cat([X[:, :3] / 10.0, torch.round(X[:, 3:] * ((N_STATIONS - 1) / 10.0))], 1)
+
+    Xtr, Xte = inputs(split.X_train), inputs(split.X_test)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(fold)
+    days = torch.unique(Xtr[:, 2])
+    keep = torch.isin(Xtr[:, 2], days[torch.randperm(days.numel(), generator=gen)[:HYPER_DAYS]])
+    gp = ExactGPModel(Xtr[keep], split.y_train[keep, None], covar_module=kernel(), input_transform=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # GPyTorch's sparse-tensor notice of IndexKernel
+        gp.fit(progress=False, max_iter=200, restarts=RESTARTS, seed=fold)
+        pred = ExactGPModel(
+            Xtr, split.y_train[:, None], covar_module=kernel(), input_transform=None, max_cholesky_size=Xtr.shape[0] + 1
+        )
+        state = copy.deepcopy(gp.state_dict())
+        for key in [k for k in state if k.startswith("outcome_transform")]:
+            state.pop(key)  # the prediction model standardises its own training targets
+        pred.load_state_dict(state, strict=False)
+        pred.eval()
+        mean, std = pred.predict(Xte, return_std=True, observation_noise=True)
+    r = metrics(mean[:, 0], std[:, 0], split.y_test, split.test_unseen)
+    r.update(sweeps=0, converged=True, seconds=time.perf_counter() - t0, n_fit=int(keep.sum()))
+    return r
+
+
+def run_fold(fold: int) -> dict[str, dict]:
+    r"""Every row of the table for one fold (label -> :func:`funbat.metrics` results, without the predictions)."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = load_beijing_air()
+    station = station_codes(data)
+    s_coord = station.to(torch.float64)[:, None] * (10.0 / (N_STATIONS - 1))
+    perm = torch.from_numpy(np.random.default_rng([0, fold]).permutation(len(data)))  # ContinuousTensor.split's
+    n_test = round(0.2 * len(data))
+    test, train = perm[:n_test], perm[n_test:]
+    split = data.split(fold)
+    assert torch.equal(split.X_test, data.X[test]), "ContinuousTensor.split changed its permutation"
+
+    rows: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    rows.update(baselines(split, station, train, test))
+    rows["FunBaT defaults, (temperature, pressure, day)"] = run_funbat(split, "cpu")
+    rows["exact GP, product of Matérn-1/2, (temperature, pressure, day)"] = run_dense_gp(
+        split, 2000, None, 0.5, fold, "cpu"
+    )
+    tpds = with_modes(data, torch.cat([data.X, s_coord], 1), (*data.mode_names, "station")).split(fold)
+    ds = with_modes(data, torch.cat([data.X[:, 2:], s_coord], 1), ("time", "station")).split(fold)
+    rows["FunBaT defaults, (temperature, pressure, day, station)"] = run_funbat(tpds, "cpu")
+    rows["FunBaT defaults, (day, station)"] = run_funbat(ds, "cpu")
+    rows["FunBaT nu=1/2, rank 4, 8 restarts, (day, station)"] = run_funbat(ds, "cpu", **STATION_FUNBAT)
+    rows["exact GP, Matérn-1/2 ARD x free station covariance, (temperature, pressure, day, station)"] = station_gp(
+        tpds, fold
+    )
+    for r in rows.values():
+        r.pop("mean", None), r.pop("std", None)
+        r.setdefault("sweeps", 0), r.setdefault("converged", True)
+    print(f"fold {fold}: " + ", ".join(f"{k[:30]} {v['rmse']:.4f}" for k, v in rows.items()), flush=True)
+    print(f"fold {fold} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fold 0 only")
+    ap.add_argument("--folds", type=int, nargs="+", default=None, help="Beijing folds (default 0..4)")
+    ap.add_argument("--jobs", type=int, default=2, help="folds run in parallel, one process each")
+    args = ap.parse_args(argv)
+    folds = args.folds if args.folds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
+    t0 = time.perf_counter()
+    with get_context("spawn").Pool(max(1, min(args.jobs, len(folds)))) as pool:
+        per_fold = pool.map(run_fold, folds)
+    rows = {label: [pf[label] for pf in per_fold] for label in per_fold[0]}
+    out_path = results_path(report_name("funbat_stations", quick=folds != [0, 1, 2, 3, 4]))
+    header = [
+        "# BeijingAir-PM2.5 with and without the station: where FunBaT's gap to the exact GP comes from",
+        "",
+        f"- machine: {machine_info('cpu')}; {args.jobs} folds at a time, one process each; "
+        f"{time.perf_counter() - t0:.0f} s in all",
+        f"- folds: {folds} (seeded random 80/20, `benchmarks/funbat.py`); the same 16,965 entries in every row; "
+        "the station as a mode at 10 s / 11 (alphabetical order); calibration of a new observation's "
+        "predictive distribution (Gaussian with the reported sd)",
+        "- `benchmarks/funbat_stations.py` (its docstring says what each row is)",
+    ]
+    return write_tables(rows, folds, header, out_path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
