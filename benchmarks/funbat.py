@@ -142,31 +142,38 @@ def run_dense_gp(
     ``ExactGPModel.predict`` in chunks under its memory budget), both through ``ExactGPModel``."""
     from botorch.models.transforms.input import Normalize
 
-    from gpgeom.botorch.exact_gp import ExactGPModel
-
     N = split.X_train.shape[0]
     n_fit, n_pred = min(n_fit, N), N if n_pred is None else min(n_pred, N)
     gp, perm, fit_s = fit_dense_hypers(split, n_fit, nu, seed, device, kernel)
     Xp, yp = split.X_train[perm[:n_pred]].to(device), split.y_train[perm[:n_pred]].to(device)
     t1 = time.perf_counter()
-    pred = ExactGPModel(
-        Xp,
-        yp[:, None],
-        covar_module=kernel(nu, Xp.shape[1]),
-        input_transform=Normalize(d=Xp.shape[1]),
-        max_cholesky_size=max(n_pred, 4096) + 1,
-    ).to(device)
-    state = copy.deepcopy(gp.state_dict())
-    for key in [k for k in state if k.startswith("outcome_transform") or k.startswith("input_transform")]:
-        state.pop(key)  # the transforms of the prediction model are fitted to its own training set
-    pred.load_state_dict(state, strict=False)
-    pred.eval()
+    pred = conditioned_gp(gp, Xp, yp, kernel(nu, Xp.shape[1]), Normalize(d=Xp.shape[1]))
     mean, std = pred.predict(split.X_test.to(device), return_std=True, observation_noise=True)
     pred_s = time.perf_counter() - t1
     out = metrics(mean[..., 0], std[..., 0], split.y_test, split.test_unseen)
     out.update(seconds=fit_s + pred_s, fit_seconds=fit_s, predict_seconds=pred_s, n_fit=n_fit, n_pred=n_pred)
     out.update(mean=mean[..., 0].detach().cpu(), std=std[..., 0].detach().cpu())
     return out
+
+
+def conditioned_gp(gp, X: torch.Tensor, y: torch.Tensor, covar_module, input_transform=None):
+    r"""An ``ExactGPModel`` on ``X`` (``n x d``), ``y`` (``n``) with the hyperparameters of the fitted ``gp`` (same
+    kernel structure), in eval mode; its input and outcome transforms are fitted to its own training set. Cholesky
+    up to ``n`` (at least 4,096)."""
+    from gpgeom.botorch.exact_gp import ExactGPModel
+
+    pred = ExactGPModel(
+        X,
+        y[:, None],
+        covar_module=covar_module,
+        input_transform=input_transform,
+        max_cholesky_size=max(X.shape[0], 4096) + 1,
+    ).to(X.device)
+    state = copy.deepcopy(gp.state_dict())
+    for key in [k for k in state if k.startswith("outcome_transform") or k.startswith("input_transform")]:
+        state.pop(key)  # the transforms of the prediction model are fitted to its own training set
+    pred.load_state_dict(state, strict=False)
+    return pred.eval()
 
 
 def sweep_times(X, y, device: str, sweeps: int = 6, **kw) -> tuple[float, float]:

@@ -35,7 +35,6 @@ write ``benchmarks/results/local/funbat_stations_quick.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import os
 import sys
@@ -46,7 +45,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine_info, report_name, results_path  # noqa: E402
-from funbat import metrics, run_dense_gp, run_funbat  # noqa: E402
+from funbat import conditioned_gp, metrics, run_dense_gp, run_funbat  # noqa: E402
 from funbat_stopping import write_tables  # noqa: E402
 
 from gpgeom.datasets.tensors import ContinuousTensor, beijing_csv_path, load_beijing_air  # noqa: E402
@@ -111,9 +109,7 @@ def baselines(split, station: torch.Tensor, train: torch.Tensor, test: torch.Ten
         ),
     ):
         sd = (split.y_train - fit_tr).square().mean().sqrt()
-        r = metrics(pred, sd.expand_as(pred), split.y_test, split.test_unseen)
-        r.update(sweeps=0, converged=True)
-        out[f"baseline: {label}"] = r
+        out[f"baseline: {label}"] = metrics(pred, sd.expand_as(pred), split.y_test, split.test_unseen)
     return out
 
 
@@ -142,17 +138,10 @@ def station_gp(split, fold: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # GPyTorch's sparse-tensor notice of IndexKernel
         gp.fit(progress=False, max_iter=200, restarts=RESTARTS, seed=fold)
-        pred = ExactGPModel(
-            Xtr, split.y_train[:, None], covar_module=kernel(), input_transform=None, max_cholesky_size=Xtr.shape[0] + 1
-        )
-        state = copy.deepcopy(gp.state_dict())
-        for key in [k for k in state if k.startswith("outcome_transform")]:
-            state.pop(key)  # the prediction model standardises its own training targets
-        pred.load_state_dict(state, strict=False)
-        pred.eval()
+        pred = conditioned_gp(gp, Xtr, split.y_train, kernel())
         mean, std = pred.predict(Xte, return_std=True, observation_noise=True)
     r = metrics(mean[:, 0], std[:, 0], split.y_test, split.test_unseen)
-    r.update(sweeps=0, converged=True, seconds=time.perf_counter() - t0, n_fit=int(keep.sum()))
+    r.update(seconds=time.perf_counter() - t0, n_fit=int(keep.sum()))
     return r
 
 
@@ -162,11 +151,8 @@ def run_fold(fold: int) -> dict[str, dict]:
     data = load_beijing_air()
     station = station_codes(data)
     s_coord = station.to(torch.float64)[:, None] * (10.0 / (N_STATIONS - 1))
-    perm = torch.from_numpy(np.random.default_rng([0, fold]).permutation(len(data)))  # ContinuousTensor.split's
-    n_test = round(0.2 * len(data))
-    test, train = perm[:n_test], perm[n_test:]
     split = data.split(fold)
-    assert torch.equal(split.X_test, data.X[test]), "ContinuousTensor.split changed its permutation"
+    train, test = split.info["train_index"], split.info["test_index"]
 
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -184,8 +170,8 @@ def run_fold(fold: int) -> dict[str, dict]:
         tpds, fold
     )
     for r in rows.values():
-        r.pop("mean", None), r.pop("std", None)
-        r.setdefault("sweeps", 0), r.setdefault("converged", True)
+        for key in ("mean", "std"):  # the predictions stay in this process
+            r.pop(key, None)
     print(f"fold {fold}: " + ", ".join(f"{k[:30]} {v['rmse']:.4f}" for k, v in rows.items()), flush=True)
     print(f"fold {fold} done in {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
