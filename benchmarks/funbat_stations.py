@@ -24,8 +24,7 @@ This script measures that on the 5 seeded 80/20 folds of ``benchmarks/funbat.py`
   days (about 2,000 entries, so that the within-day covariance is identifiable), the best of 4 starts (the first
   from ``IndexKernel``'s random initial factor, seeded by the fold), conditioned on the whole fold.
 
-The station comes from ``beijing_air_daily.csv`` (:func:`gpgeom.datasets.tensors.beijing_csv_path`); its rows are
-those of the loaded tensor (checked: the z-scored PM2.5 agrees to 1e-9, or the script stops).
+The station is the fourth mode of ``load_beijing_air(station=True)`` (shipped with the package, no CSV needed).
 
 Usage: ``python benchmarks/funbat_stations.py [--quick] [--folds 0 1 2 3 4] [--jobs 2]``. Writes
 ``benchmarks/results/funbat_stations.md`` (all five folds); ``--quick`` (fold 0, about 10 minutes) or other folds
@@ -35,7 +34,6 @@ write ``benchmarks/results/local/funbat_stations_quick.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -55,28 +53,15 @@ from _common import machine_info, report_name, results_path  # noqa: E402
 from funbat import conditioned_gp, metrics, run_dense_gp, run_funbat  # noqa: E402
 from funbat_stopping import write_tables  # noqa: E402
 
-from gpgeom.datasets.tensors import ContinuousTensor, beijing_csv_path, load_beijing_air  # noqa: E402
+from gpgeom.datasets.tensors import BEIJING_STATIONS, ContinuousTensor, load_beijing_air  # noqa: E402
 
-N_STATIONS = 12
+N_STATIONS = len(BEIJING_STATIONS)
 #: Training days whose entries fit the station GP's hyperparameters (about 2,000 entries).
 HYPER_DAYS = 215
 #: Extra random starts of the station GP's hyperparameter fit (the best marginal likelihood of 1 + RESTARTS).
 RESTARTS = 3
 #: FunBaT on (day, station) beyond its defaults.
 STATION_FUNBAT = {"nu": (0.5, 0.5), "rank": 4, "n_restarts": 8}
-
-
-def station_codes(data: ContinuousTensor) -> torch.Tensor:
-    r"""The station of each entry of ``data`` (``N`` integers in ``[0, 12)``, alphabetical), read from the CSV."""
-    with open(beijing_csv_path(), newline="") as f:
-        rows = list(csv.DictReader(f))
-    names = sorted({r["station"] for r in rows})
-    codes = torch.tensor([names.index(r["station"]) for r in rows])
-    pm = torch.tensor([float(r["PM2.5"]) for r in rows], dtype=torch.float64)
-    z = (pm - data.info["raw_mean"]) / data.info["raw_std"]
-    if codes.numel() != data.y.numel() or float((z - data.y).abs().max()) > 1e-9:
-        raise RuntimeError("the CSV's rows are not those of the loaded tensor")
-    return codes
 
 
 def with_modes(data: ContinuousTensor, X: torch.Tensor, names: tuple[str, ...]) -> ContinuousTensor:
@@ -149,10 +134,9 @@ def station_gp(split, fold: int) -> dict:
 def run_fold(fold: int) -> dict[str, dict]:
     r"""Every row of the table for one fold (label -> :func:`funbat.metrics` results, without the predictions)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    data = load_beijing_air()
-    station = station_codes(data)
-    s_coord = station.to(torch.float64)[:, None] * (10.0 / (N_STATIONS - 1))
-    split = data.split(fold)
+    data = load_beijing_air(station=True)  # temperature, pressure, day, station at 10 s / 11
+    station = torch.round(data.X[:, 3] * ((N_STATIONS - 1) / 10.0)).long()
+    split = with_modes(data, data.X[:, :3], data.mode_names[:3]).split(fold)
     train, test = split.info["train_index"], split.info["test_index"]
 
     rows: dict[str, dict] = {}
@@ -162,8 +146,8 @@ def run_fold(fold: int) -> dict[str, dict]:
     rows["exact GP, product of Matérn-1/2, (temperature, pressure, day)"] = run_dense_gp(
         split, 2000, None, 0.5, fold, "cpu"
     )
-    tpds = with_modes(data, torch.cat([data.X, s_coord], 1), (*data.mode_names, "station")).split(fold)
-    ds = with_modes(data, torch.cat([data.X[:, 2:], s_coord], 1), ("time", "station")).split(fold)
+    tpds = data.split(fold)
+    ds = with_modes(data, data.X[:, 2:], data.mode_names[2:]).split(fold)
     rows["FunBaT defaults, (temperature, pressure, day, station)"] = run_funbat(tpds, "cpu")
     rows["FunBaT defaults, (day, station)"] = run_funbat(ds, "cpu")
     rows["FunBaT nu=1/2, rank 4, 8 restarts, (day, station)"] = run_funbat(ds, "cpu", **STATION_FUNBAT)

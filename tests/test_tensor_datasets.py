@@ -17,6 +17,7 @@ import torch
 
 from gpgeom.datasets import tensors
 from gpgeom.datasets.tensors import (
+    BEIJING_STATIONS,
     ContinuousTensor,
     beijing_csv_path,
     load_beijing_air,
@@ -107,6 +108,14 @@ def test_shipped_beijing_tensor():
     assert abs(float(data.y.mean())) < 1e-12 and abs(float(data.y.std()) - 1.0) < 1e-12
     assert data.mode_names == ("temperature", "pressure", "time")
     assert (tensors._SHIPPED.stat().st_size) < 1_000_000
+    with_station = load_beijing_air(station=True)
+    assert with_station.X.shape == (16965, 4) and torch.equal(with_station.X[:, :3], data.X)
+    assert torch.equal(with_station.y, data.y)
+    assert with_station.mode_names == ("temperature", "pressure", "time", "station")
+    assert with_station.info["stations"] == BEIJING_STATIONS and len(BEIJING_STATIONS) == 12
+    codes = with_station.X[:, 3] * 11 / 10
+    assert torch.allclose(codes, codes.round(), atol=1e-12)
+    assert torch.equal(torch.bincount(codes.round().long()).ne(0), torch.ones(12, dtype=torch.bool))
 
 
 def _independent_preprocessing(rows: list[dict], target: str) -> tuple[np.ndarray, np.ndarray]:
@@ -140,10 +149,15 @@ def test_beijing_csv_matches_an_independent_preprocessing_and_the_shipped_copy(t
     shipped, from_csv = load_beijing_air(), load_beijing_air(path=SAMPLE_CSV.parent)
     assert shipped.info["source"] == str(npz)
     assert torch.equal(shipped.X, from_csv.X) and torch.equal(shipped.y, from_csv.y)
+    shipped_s, csv_s = load_beijing_air(station=True), load_beijing_air("PM10", path=SAMPLE_CSV, station=True)
+    codes = np.array([BEIJING_STATIONS.index(r["station"]) for r in rows])
+    np.testing.assert_allclose(csv_s.X.numpy()[:, 3], 10 * codes / 11, rtol=0, atol=1e-12)
+    assert torch.equal(shipped_s.X, csv_s.X) and csv_s.mode_names[3] == "station"
     monkeypatch.undo()
     # the shipped copy itself: sample row i is row 40 i of the full table it was made from
     full = load_beijing_air()
     idx = SAMPLE_STEP * np.arange(len(rows))
+    np.testing.assert_allclose(load_beijing_air(station=True).X.numpy()[idx, 3], 10 * codes / 11, rtol=0, atol=1e-12)
     raw = full.y.numpy()[idx] * full.info["raw_std"] + full.info["raw_mean"]
     np.testing.assert_allclose(raw, [float(r["PM2.5"]) for r in rows], rtol=1e-12, atol=1e-9)
     for k, col in ((0, "TEMP"), (1, "PRES")):  # an increasing affine map of the rounded values
@@ -177,6 +191,10 @@ def test_shipped_copy_equals_the_full_csv():
     shipped = load_beijing_air()
     from_csv = load_beijing_air(path=SHARED_CSV.parent)
     assert torch.equal(shipped.X, from_csv.X) and torch.equal(shipped.y, from_csv.y)
+    shipped_s = load_beijing_air(station=True)
+    assert torch.equal(shipped_s.X, load_beijing_air(path=SHARED_CSV.parent, station=True).X)
+    names = [BEIJING_STATIONS[int(round(c))] for c in (shipped_s.X[:, 3] * 11 / 10).tolist()]
+    assert names == [r["station"] for r in _read_rows(SHARED_CSV)]
 
 
 def test_beijing_missing_file_is_a_clear_error(tmp_path, monkeypatch):
@@ -187,6 +205,16 @@ def test_beijing_missing_file_is_a_clear_error(tmp_path, monkeypatch):
         load_beijing_air("PM10")
     with pytest.raises(ValueError, match="target"):
         load_beijing_air("NO2")
+    with pytest.raises(TypeError, match="`station` must be a bool, got str"):
+        load_beijing_air(station="yes")
+    rows = _read_rows(SAMPLE_CSV)[:3]
+    rows[1]["station"] = "Haidian"
+    with open(tmp_path / "beijing_air_daily.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(ValueError, match="unknown station 'Haidian'; expected one of Aotizhongxin"):
+        load_beijing_air(path=tmp_path)
 
 
 def test_splits_are_seeded_disjoint_and_flag_unseen():

@@ -15,8 +15,8 @@ coordinates is a training coordinate of its mode and **unseen** otherwise.
   test values. Half of the test entries (``unseen_fraction``) have at least one coordinate that no training entry
   has.
 * :func:`load_beijing_air` -- the BeijingAir tensor of the FunBaT paper (modes temperature, pressure, time;
-  target PM2.5, PM10 or SO2), preprocessed as described in :func:`load_beijing_air`; :meth:`ContinuousTensor.split`
-  makes the seeded random 80/20 folds.
+  target PM2.5, PM10 or SO2), preprocessed as described in :func:`load_beijing_air`, optionally with the measuring
+  station as a fourth mode (``station=True``); :meth:`ContinuousTensor.split` makes the seeded random 80/20 folds.
 
 All tensors are ``torch.float64`` on the CPU (convert with ``.to(...)``).
 
@@ -50,10 +50,26 @@ __all__ = [
     "write_beijing_npz",
     "BEIJING_TARGETS",
     "BEIJING_MODES",
+    "BEIJING_STATIONS",
 ]
 
 BEIJING_TARGETS = ("PM2.5", "PM10", "SO2")
 BEIJING_MODES = ("temperature", "pressure", "time")
+#: The 12 stations of the Beijing multi-site data, alphabetical: station ``s`` is at ``10 s / 11`` in the station mode.
+BEIJING_STATIONS = (
+    "Aotizhongxin",
+    "Changping",
+    "Dingling",
+    "Dongsi",
+    "Guanyuan",
+    "Gucheng",
+    "Huairou",
+    "Nongzhanguan",
+    "Shunyi",
+    "Tiantan",
+    "Wanliu",
+    "Wanshouxigong",
+)
 _CSV_NAME = "beijing_air_daily.csv"
 _SHIPPED = Path(__file__).resolve().parent.parent / "data" / "beijing_pm25.npz"
 
@@ -400,12 +416,14 @@ def _scale_0_10(x: np.ndarray) -> np.ndarray:
     return 10.0 * (x - lo) / (hi - lo)
 
 
-def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    r"""Preprocess the daily CSV as the data README says: ``(X (N x 3) in [0, 10], y z-scored, info)``."""
-    temp, pres, secs, vals = [], [], [], []
+def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    r"""Preprocess the daily CSV as the data README says: ``(X (N x 3) in [0, 10], y z-scored, station codes (N,)
+    into BEIJING_STATIONS, info)``."""
+    temp, pres, secs, vals, stations = [], [], [], [], []
+    code_of = {name: k for k, name in enumerate(BEIJING_STATIONS)}
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = {"year", "month", "day", "TEMP", "PRES", target} - set(reader.fieldnames or ())
+        missing = {"year", "month", "day", "station", "TEMP", "PRES", target} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{csv_path} lacks the column(s) {sorted(missing)}.")
         for row in reader:
@@ -415,7 +433,12 @@ def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarr
                 continue  # a row with a missing value among the kept columns is dropped
             if not (math.isfinite(t) and math.isfinite(p) and math.isfinite(v)):
                 continue
+            if row["station"] not in code_of:
+                raise ValueError(
+                    f"{csv_path}: unknown station {row['station']!r}; expected one of {', '.join(BEIJING_STATIONS)}."
+                )
             day = _dt.datetime(int(row["year"]), int(row["month"]), int(row["day"]), tzinfo=_dt.UTC)
+            stations.append(code_of[row["station"]])
             temp.append(t)
             pres.append(p)
             secs.append(day.timestamp())
@@ -435,18 +458,24 @@ def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarr
         "first_day": "2013-03-01",
         "last_day": "2017-02-28",
     }
-    return X, (y - mu) / sd, info
+    return X, (y - mu) / sd, np.asarray(stations, dtype=np.int64), info
 
 
 def write_beijing_npz(out: str | os.PathLike, *, path: str | os.PathLike | None = None, target: str = "PM2.5") -> Path:
     r"""Write the preprocessed tensor as a compressed ``.npz`` (how ``gpgeom/data/beijing_pm25.npz`` was made).
 
     The file holds ``codes`` (``N x 3`` uint16 indices into the per-mode unique coordinates), ``coords_0..2``
-    (sorted unique coordinates, float64), ``y`` (z-scored target, float64) and ``raw_mean``/``raw_std``.
+    (sorted unique coordinates, float64), ``y`` (z-scored target, float64), ``raw_mean``/``raw_std`` and
+    ``station`` (``N`` uint8 indices into :data:`BEIJING_STATIONS`).
     """
     check_option("target", target, BEIJING_TARGETS)
-    X, y, info = _read_beijing_csv(beijing_csv_path(path), target)
-    arrays = {"y": y, "raw_mean": np.float64(info["raw_mean"]), "raw_std": np.float64(info["raw_std"])}
+    X, y, station, info = _read_beijing_csv(beijing_csv_path(path), target)
+    arrays = {
+        "y": y,
+        "raw_mean": np.float64(info["raw_mean"]),
+        "raw_std": np.float64(info["raw_std"]),
+        "station": station.astype(np.uint8),
+    }
     codes = []
     for k in range(3):
         u, inv = np.unique(X[:, k], return_inverse=True)
@@ -460,7 +489,11 @@ def write_beijing_npz(out: str | os.PathLike, *, path: str | os.PathLike | None 
 
 
 def load_beijing_air(
-    target: str = "PM2.5", path: str | os.PathLike | None = None, *, prefer_shipped: bool = True
+    target: str = "PM2.5",
+    path: str | os.PathLike | None = None,
+    *,
+    prefer_shipped: bool = True,
+    station: bool = False,
 ) -> ContinuousTensor:
     r"""The BeijingAir continuous-indexed tensor of the FunBaT paper.
 
@@ -472,6 +505,11 @@ def load_beijing_air(
     498 and 1461 unique coordinates (501 pressures from the hourly files: the daily CSV stores 6 significant digits,
     which moves a few roundings).
 
+    With ``station=True`` the measuring station is a fourth mode: station ``s`` of :data:`BEIJING_STATIONS`
+    (alphabetical) at ``10 s / 11``, so that it too spans ``[0, 10]``. The paper's tensor leaves it out, and the
+    stations then differ only through the small within-day offsets of their temperature and pressure; with it, a
+    model can learn a per-station effect (``benchmarks/results/funbat_stations.md`` measures the difference).
+
     Where the data come from: for PM2.5 the copy shipped in the package (``gpgeom/data/beijing_pm25.npz``) unless
     ``path`` is given or ``prefer_shipped=False``; otherwise the CSV from ``path`` (the file or its folder), the
     environment variable ``GPGEOM_DATA``, or ``../shared/data`` next to a source checkout (see
@@ -481,21 +519,27 @@ def load_beijing_air(
         target: ``"PM2.5"``, ``"PM10"`` or ``"SO2"``.
         path: The CSV or its folder.
         prefer_shipped: Use the shipped PM2.5 copy when no ``path`` is given.
+        station: Add the station as a fourth mode.
 
     Returns:
-        A :class:`ContinuousTensor` with ``X`` (``16965 x 3``), ``y`` (z-scored), mode names
-        ``("temperature", "pressure", "time")`` and ``info`` (``raw_mean``, ``raw_std``, source). Split it with
-        :meth:`ContinuousTensor.split`.
+        A :class:`ContinuousTensor` with ``X`` (``16965 x 3``, or ``16965 x 4`` with the station), ``y``
+        (z-scored), mode names ``("temperature", "pressure", "time")`` (then ``"station"``) and ``info``
+        (``raw_mean``, ``raw_std``, source; ``stations``, the station names in code order, with ``station=True``).
+        Split it with :meth:`ContinuousTensor.split`.
 
     Raises:
         FileNotFoundError: When the CSV is needed and cannot be found.
+        TypeError: When ``station`` is not a bool.
     """
+    if not isinstance(station, bool):
+        raise TypeError(f"`station` must be a bool, got {type(station).__name__} {station!r}.")
     check_option("target", target, BEIJING_TARGETS)
     if target == "PM2.5" and path is None and prefer_shipped and _SHIPPED.is_file():
         with np.load(_SHIPPED) as z:
             codes = z["codes"].astype(np.int64)
             X = np.stack([z[f"coords_{k}"][codes[:, k]] for k in range(3)], axis=1)
             y = z["y"]
+            stations = z["station"].astype(np.int64)
             info = {
                 "target": target,
                 "raw_mean": float(z["raw_mean"]),
@@ -504,10 +548,15 @@ def load_beijing_air(
                 "source": str(_SHIPPED),
             }
     else:
-        X, y, info = _read_beijing_csv(beijing_csv_path(path), target)
+        X, y, stations, info = _read_beijing_csv(beijing_csv_path(path), target)
+    mode_names = BEIJING_MODES
+    if station:
+        X = np.concatenate([X, (10.0 / (len(BEIJING_STATIONS) - 1)) * stations[:, None].astype(np.float64)], axis=1)
+        mode_names = (*BEIJING_MODES, "station")
+        info["stations"] = BEIJING_STATIONS
     return ContinuousTensor(
         X=torch.as_tensor(X, dtype=torch.float64),
         y=torch.as_tensor(y, dtype=torch.float64),
-        mode_names=BEIJING_MODES,
+        mode_names=mode_names,
         info=info,
     )
