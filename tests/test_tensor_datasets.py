@@ -170,6 +170,61 @@ def test_beijing_csv_matches_an_independent_preprocessing_and_the_shipped_copy(t
     assert np.all(np.diff(full.X.numpy()[idx, 2][order]) >= 0)  # time increases with the date
 
 
+def _independent_day_offsets(rows: list[dict]) -> np.ndarray:
+    r"""Temperature and pressure minus the mean over the rows of the same date, rounded to 0.1, scaled to [0, 10]."""
+    out = []
+    for col in ("TEMP", "PRES"):
+        v = np.round(np.array([float(r[col]) for r in rows]), 1)
+        day = [(r["year"], r["month"], r["day"]) for r in rows]
+        mean = {d: np.mean([x for x, e in zip(v, day) if e == d]) for d in set(day)}
+        off = np.round(v - np.array([mean[d] for d in day]), 1)
+        out.append(10 * (off - off.min()) / (off.max() - off.min()))
+    return np.stack(out, 1)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_beijing_day_offsets_match_an_independent_computation(tmp_path, monkeypatch):
+    # the sample has one row a day: every offset is zero, a constant mode at 0 (never a NaN)
+    single = load_beijing_air("PM10", path=SAMPLE_CSV, day_offsets=True)
+    assert torch.equal(single.X[:, :2], torch.zeros(len(single), 2, dtype=torch.float64))
+    # the sample's rows put on shared days, four a day (their stations and readings unchanged)
+    rows = _read_rows(SAMPLE_CSV)
+    for i, r in enumerate(rows):
+        r.update({key: rows[4 * (i // 4)][key] for key in ("year", "month", "day")})
+    csv_path = _write_rows(tmp_path / "beijing_air_daily.csv", rows)
+    paper = load_beijing_air("PM10", path=csv_path)
+    data = load_beijing_air("PM10", path=csv_path, day_offsets=True)
+    np.testing.assert_allclose(data.X.numpy()[:, :2], _independent_day_offsets(rows), rtol=0, atol=1e-9)
+    assert torch.equal(data.X[:, 2], paper.X[:, 2]) and torch.equal(data.y, paper.y)
+    assert data.mode_names == ("temperature offset", "pressure offset", "time")
+    lo, hi = data.info["temp_range_C"]
+    assert lo < 0 < hi and paper.info["temp_range_C"] != (lo, hi)
+    # the shipped format reproduces it (it stores the ranges that [0, 10] stands for)
+    monkeypatch.setattr(tensors, "_SHIPPED", write_beijing_npz(tmp_path / "pm25.npz", path=csv_path))
+    shipped = load_beijing_air(day_offsets=True)
+    pm25 = load_beijing_air(path=csv_path, day_offsets=True)
+    assert torch.equal(shipped.X, pm25.X) and shipped.info["temp_range_C"] == pm25.info["temp_range_C"]
+    with_station = load_beijing_air(day_offsets=True, station=True)
+    assert with_station.X.shape == (len(rows), 4) and torch.equal(with_station.X[:, :3], shipped.X)
+    monkeypatch.undo()
+    # the full shipped table: offsets average to zero within every day (up to the 0.1 rounding)
+    full = load_beijing_air(day_offsets=True)
+    assert full.n_unique[2] == 1461 and full.X.shape == (16965, 3)
+    _, day = torch.unique(full.X[:, 2], return_inverse=True)
+    for k, key in ((0, "temp_range_C"), (1, "pres_range_hPa")):
+        lo, hi = full.info[key]
+        offset = lo + full.X[:, k] * (hi - lo) / 10
+        day_mean = torch.zeros(1461, dtype=torch.float64).index_add_(0, day, offset) / torch.bincount(day)
+        assert float(day_mean.abs().max()) <= 0.05 + 1e-9
+
+
 def test_beijing_env_variable_and_npz_writer(tmp_path, monkeypatch):
     monkeypatch.setenv("GPGEOM_DATA", str(SAMPLE_CSV.parent))
     assert beijing_csv_path() == SAMPLE_CSV
@@ -195,6 +250,8 @@ def test_shipped_copy_equals_the_full_csv():
     assert torch.equal(shipped_s.X, load_beijing_air(path=SHARED_CSV.parent, station=True).X)
     names = [BEIJING_STATIONS[int(round(c))] for c in (shipped_s.X[:, 3] * 11 / 10).tolist()]
     assert names == [r["station"] for r in _read_rows(SHARED_CSV)]
+    offsets = load_beijing_air(path=SHARED_CSV.parent, day_offsets=True)
+    assert torch.equal(load_beijing_air(day_offsets=True).X, offsets.X)
 
 
 def test_beijing_missing_file_is_a_clear_error(tmp_path, monkeypatch):
@@ -207,12 +264,11 @@ def test_beijing_missing_file_is_a_clear_error(tmp_path, monkeypatch):
         load_beijing_air("NO2")
     with pytest.raises(TypeError, match="`station` must be a bool, got str"):
         load_beijing_air(station="yes")
+    with pytest.raises(TypeError, match="`day_offsets` must be a bool, got int"):
+        load_beijing_air(day_offsets=1)
     rows = _read_rows(SAMPLE_CSV)[:3]
     rows[1]["station"] = "Haidian"
-    with open(tmp_path / "beijing_air_daily.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_rows(tmp_path / "beijing_air_daily.csv", rows)
     with pytest.raises(ValueError, match="unknown station 'Haidian'; expected one of Aotizhongxin"):
         load_beijing_air(path=tmp_path)
 

@@ -15,8 +15,9 @@ coordinates is a training coordinate of its mode and **unseen** otherwise.
   test values. Half of the test entries (``unseen_fraction``) have at least one coordinate that no training entry
   has.
 * :func:`load_beijing_air` -- the BeijingAir tensor of the FunBaT paper (modes temperature, pressure, time;
-  target PM2.5, PM10 or SO2), preprocessed as described in :func:`load_beijing_air`, optionally with the measuring
-  station as a fourth mode (``station=True``); :meth:`ContinuousTensor.split` makes the seeded random 80/20 folds.
+  target PM2.5, PM10 or SO2), preprocessed as described in :func:`load_beijing_air`, optionally with temperature and
+  pressure as offsets from the day's mean over the stations (``day_offsets=True``) and the measuring station as a
+  fourth mode (``station=True``); :meth:`ContinuousTensor.split` makes the seeded random 80/20 folds.
 
 All tensors are ``torch.float64`` on the CPU (convert with ``.to(...)``).
 
@@ -412,8 +413,10 @@ def beijing_csv_path(path: str | os.PathLike | None = None) -> Path:
 
 
 def _scale_0_10(x: np.ndarray) -> np.ndarray:
+    r"""``x`` mapped linearly onto ``[0, 10]``; a constant ``x`` (for example every day offset of a table with one
+    station a day) to zeros."""
     lo, hi = x.min(), x.max()
-    return 10.0 * (x - lo) / (hi - lo)
+    return 10.0 * (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -461,12 +464,28 @@ def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarr
     return X, (y - mu) / sd, np.asarray(stations, dtype=np.int64), info
 
 
+def _day_offsets(X: np.ndarray, info: dict) -> tuple[np.ndarray, dict]:
+    r"""``X`` (``N x 3`` in ``[0, 10]``) with temperature and pressure replaced by their offsets from the mean over
+    the entries of the same day, rounded to 0.1 (°C, hPa) and scaled to ``[0, 10]`` (:func:`load_beijing_air`)."""
+    _, day = np.unique(X[:, 2], return_inverse=True)
+    count = np.bincount(day)
+    out, info = X.copy(), dict(info)
+    for k, key in ((0, "temp_range_C"), (1, "pres_range_hPa")):
+        lo, hi = info[key]
+        raw = np.round(lo + X[:, k] * (hi - lo) / 10.0, 1)  # the rounded reading, back in its units
+        offset = np.round(raw - (np.bincount(day, weights=raw) / count)[day], 1)
+        out[:, k] = _scale_0_10(offset)
+        info[key] = (float(offset.min()), float(offset.max()))
+    return out, info
+
+
 def write_beijing_npz(out: str | os.PathLike, *, path: str | os.PathLike | None = None, target: str = "PM2.5") -> Path:
     r"""Write the preprocessed tensor as a compressed ``.npz`` (how ``gpgeom/data/beijing_pm25.npz`` was made).
 
     The file holds ``codes`` (``N x 3`` uint16 indices into the per-mode unique coordinates), ``coords_0..2``
-    (sorted unique coordinates, float64), ``y`` (z-scored target, float64), ``raw_mean``/``raw_std`` and
-    ``station`` (``N`` uint8 indices into :data:`BEIJING_STATIONS`).
+    (sorted unique coordinates, float64), ``y`` (z-scored target, float64), ``raw_mean``/``raw_std``,
+    ``station`` (``N`` uint8 indices into :data:`BEIJING_STATIONS`) and ``temp_range_C``/``pres_range_hPa`` (the
+    rounded minimum and maximum that ``[0, 10]`` stands for).
     """
     check_option("target", target, BEIJING_TARGETS)
     X, y, station, info = _read_beijing_csv(beijing_csv_path(path), target)
@@ -475,6 +494,8 @@ def write_beijing_npz(out: str | os.PathLike, *, path: str | os.PathLike | None 
         "raw_mean": np.float64(info["raw_mean"]),
         "raw_std": np.float64(info["raw_std"]),
         "station": station.astype(np.uint8),
+        "temp_range_C": np.asarray(info["temp_range_C"], dtype=np.float64),
+        "pres_range_hPa": np.asarray(info["pres_range_hPa"], dtype=np.float64),
     }
     codes = []
     for k in range(3):
@@ -493,6 +514,7 @@ def load_beijing_air(
     path: str | os.PathLike | None = None,
     *,
     prefer_shipped: bool = True,
+    day_offsets: bool = False,
     station: bool = False,
 ) -> ContinuousTensor:
     r"""The BeijingAir continuous-indexed tensor of the FunBaT paper.
@@ -504,6 +526,15 @@ def load_beijing_air(
     the target is z-scored over the whole table (sample standard deviation). With this CSV the modes have 428,
     498 and 1461 unique coordinates (501 pressures from the hourly files: the daily CSV stores 6 significant digits,
     which moves a few roundings).
+
+    With ``day_offsets=True`` the temperature and pressure modes are offsets from the day's mean: for each entry,
+    its rounded temperature (pressure) minus the mean of the rounded temperatures (pressures) of all entries of its
+    day, rounded to 0.1 °C (0.1 hPa) and scaled to ``[0, 10]`` (only inputs enter the mean, never the target). The
+    time mode, the entries and ``y`` are unchanged; the day's mean itself is a function of the day, so the tensor
+    holds the same information. The paper's coordinates put the small offsets between the stations of one day (a few
+    degrees, 1-3 hPa) on a scale of 46 °C and 55 hPa spanned by the seasons, where the low-rank functions of a
+    Tucker model cannot resolve them; as offsets they span the whole mode (``benchmarks/funbat_day_offsets.py``
+    measures FunBaT and the exact GP on both).
 
     With ``station=True`` the measuring station is a fourth mode: station ``s`` of :data:`BEIJING_STATIONS`
     (alphabetical) at ``10 s / 11``, so that it too spans ``[0, 10]``. The paper's tensor leaves it out, and the
@@ -519,20 +550,24 @@ def load_beijing_air(
         target: ``"PM2.5"``, ``"PM10"`` or ``"SO2"``.
         path: The CSV or its folder.
         prefer_shipped: Use the shipped PM2.5 copy when no ``path`` is given.
+        day_offsets: Temperature and pressure as offsets from the day's mean (above).
         station: Add the station as a fourth mode.
 
     Returns:
         A :class:`ContinuousTensor` with ``X`` (``16965 x 3``, or ``16965 x 4`` with the station), ``y``
         (z-scored), mode names ``("temperature", "pressure", "time")`` (then ``"station"``) and ``info``
-        (``raw_mean``, ``raw_std``, source; ``stations``, the station names in code order, with ``station=True``).
-        Split it with :meth:`ContinuousTensor.split`.
+        (``raw_mean``, ``raw_std``, source, ``temp_range_C``/``pres_range_hPa`` that ``[0, 10]`` stands for; with
+        ``day_offsets=True`` those of the offsets and ``mode_names`` ``("temperature offset", "pressure offset",
+        "time")``; ``stations``, the station names in code order, with ``station=True``). Split it with
+        :meth:`ContinuousTensor.split`.
 
     Raises:
         FileNotFoundError: When the CSV is needed and cannot be found.
-        TypeError: When ``station`` is not a bool.
+        TypeError: When ``day_offsets`` or ``station`` is not a bool.
     """
-    if not isinstance(station, bool):
-        raise TypeError(f"`station` must be a bool, got {type(station).__name__} {station!r}.")
+    for name, flag in (("day_offsets", day_offsets), ("station", station)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__} {flag!r}.")
     check_option("target", target, BEIJING_TARGETS)
     if target == "PM2.5" and path is None and prefer_shipped and _SHIPPED.is_file():
         with np.load(_SHIPPED) as z:
@@ -546,10 +581,15 @@ def load_beijing_air(
                 "raw_std": float(z["raw_std"]),
                 "units": "z-scored (raw = z * raw_std + raw_mean, in ug/m3)",
                 "source": str(_SHIPPED),
+                "temp_range_C": tuple(float(v) for v in z["temp_range_C"]),
+                "pres_range_hPa": tuple(float(v) for v in z["pres_range_hPa"]),
             }
     else:
         X, y, stations, info = _read_beijing_csv(beijing_csv_path(path), target)
     mode_names = BEIJING_MODES
+    if day_offsets:
+        X, info = _day_offsets(X, info)
+        mode_names = ("temperature offset", "pressure offset", BEIJING_MODES[2])
     if station:
         X = np.concatenate([X, (10.0 / (len(BEIJING_STATIONS) - 1)) * stations[:, None].astype(np.float64)], axis=1)
         mode_names = (*BEIJING_MODES, "station")
