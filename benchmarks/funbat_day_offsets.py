@@ -18,7 +18,11 @@ row), in one run:
   and the same exact GP on the offset coordinates;
 * the exact GP on all five coordinates (temperature, pressure, their offsets, day): a product of five Matérn-1/2
   kernels whose learned lengthscales choose between them, so that the baseline is at its best whichever coordinates
-  suit it.
+  suit it;
+* FunBaT with a looser convergence test, ``tol=1e-3`` (stop when the fitted values move by less than 0.1 % in a
+  sweep; the default is ``1e-4``) and room to reach it (``max_sweeps=400``), on both coordinate systems: on this
+  data the mean-field sweeps keep raising the ELBO while the test error rises after the first 20-30 sweeps, and the
+  looser test stops there.
 
 Calibration of a new observation's predictive distribution (Gaussian with the reported sd): coverage of the central
 50/90/95 % intervals, z RMS, NLPD.
@@ -55,6 +59,8 @@ from gpgeom.datasets.tensors import ContinuousTensor, load_beijing_air  # noqa: 
 N_HYPER = 2000
 #: The sweep budget that lets every fold reach FunBaT's convergence test.
 CONVERGED_BUDGET = 400
+#: The looser convergence test of the last rows.
+LOOSE_TOL = 1e-3
 
 
 def run_fold(fold: int) -> dict[str, dict]:
@@ -87,6 +93,13 @@ def run_fold(fold: int) -> dict[str, dict]:
     )
     rows["exact GP, product of Matérn-1/2, (temperature, pressure, their offsets, day)"] = run_dense_gp(
         sb, N_HYPER, None, 0.5, fold, "cpu"
+    )
+    loose = {"tol": LOOSE_TOL, "max_sweeps": CONVERGED_BUDGET}
+    rows[f"FunBaT tol={LOOSE_TOL:g}, max_sweeps={CONVERGED_BUDGET}, (temperature, pressure, day)"] = run_funbat(
+        sp, "cpu", **loose
+    )
+    rows[f"FunBaT tol={LOOSE_TOL:g}, max_sweeps={CONVERGED_BUDGET}, (temperature offset, pressure offset, day)"] = (
+        run_funbat(so, "cpu", **loose)
     )
     for r in rows.values():
         for key in ("mean", "std"):  # the predictions stay in this process
