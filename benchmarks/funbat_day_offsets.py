@@ -34,11 +34,9 @@ Usage: ``python benchmarks/funbat_day_offsets.py [--quick] [--folds 0 1 2 3 4] [
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -49,9 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_info, report_name, results_path  # noqa: E402
+from _folds import finish_fold, run_fold_benchmark  # noqa: E402
 from funbat import run_dense_gp, run_funbat  # noqa: E402
-from funbat_stopping import write_tables  # noqa: E402
 
 from gpgeom.datasets.tensors import ContinuousTensor, load_beijing_air  # noqa: E402
 
@@ -101,38 +98,24 @@ def run_fold(fold: int) -> dict[str, dict]:
     rows[f"FunBaT tol={LOOSE_TOL:g}, max_sweeps={CONVERGED_BUDGET}, (temperature offset, pressure offset, day)"] = (
         run_funbat(so, "cpu", **loose)
     )
-    for r in rows.values():
-        for key in ("mean", "std"):  # the predictions stay in this process
-            r.pop(key, None)
-    print(f"fold {fold}: " + ", ".join(f"{k[:40]} {v['rmse']:.4f}" for k, v in rows.items()), flush=True)
-    print(f"fold {fold} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return rows
+    return finish_fold(fold, rows, t0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fold 0 only")
-    ap.add_argument("--folds", type=int, nargs="+", default=None, help="Beijing folds (default 0..4)")
-    ap.add_argument("--jobs", type=int, default=2, help="folds run in parallel, one process each")
-    args = ap.parse_args(argv)
-    folds = args.folds if args.folds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
-    t0 = time.perf_counter()
-    with get_context("spawn").Pool(max(1, min(args.jobs, len(folds)))) as pool:
-        per_fold = pool.map(run_fold, folds)
-    rows = {label: [pf[label] for pf in per_fold] for label in per_fold[0]}
-    out_path = results_path(report_name("funbat_day_offsets", quick=folds != [0, 1, 2, 3, 4]))
-    header = [
-        "# BeijingAir-PM2.5 with temperature and pressure as offsets from the day's mean: FunBaT against the exact GP",
-        "",
-        f"- machine: {machine_info('cpu')}; {args.jobs} folds at a time, one process each; "
-        f"{time.perf_counter() - t0:.0f} s in all",
-        f"- folds: {folds} (seeded random 80/20, `benchmarks/funbat.py`); the same 16,965 entries and test entries in "
-        "every row; offsets by `load_beijing_air(day_offsets=True)`; exact GPs: hyperparameters on 2,000 training "
-        "entries, conditioned on the whole training fold; calibration of a new observation's predictive "
-        "distribution (Gaussian with the reported sd)",
-        "- `benchmarks/funbat_day_offsets.py` (its docstring says what each row is)",
-    ]
-    return write_tables(rows, folds, header, out_path)
+    return run_fold_benchmark(
+        run_fold,
+        argv=argv,
+        description=__doc__,
+        name="funbat_day_offsets",
+        title=(
+            "BeijingAir-PM2.5 with temperature and pressure as offsets from the day's mean: FunBaT against the exact GP"
+        ),
+        details=(
+            "the same 16,965 entries and test entries in every row; offsets by `load_beijing_air(day_offsets=True)`; "
+            "exact GPs: hyperparameters on 2,000 training entries, conditioned on the whole training fold; calibration "
+            "of a new observation's predictive distribution (Gaussian with the reported sd)"
+        ),
+    )
 
 
 if __name__ == "__main__":
