@@ -688,9 +688,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
                 self._smooth(k)
         if final and not self.converged and self.tol > 0:
             warnings.warn(
-                f"FunBaT stopped at max_sweeps={max_sweeps} before the convergence test "
-                f"(last relative change {self.history[-1]['delta']:.2e} > tol={self.tol:g}). More sweeps raise the "
-                "ELBO but can predict worse (mean-field overfitting); compare held-out error before raising it.",
+                f"FunBaT stopped at max_sweeps={max_sweeps} before the convergence test (last relative change "
+                f"{self.history[-1]['delta']:.2e} > tol={self.tol:g}). More sweeps raise the ELBO but can predict "
+                "worse (mean-field overfitting): compare held-out error before raising it, or try a looser tol (1e-3).",
                 ConvergenceWarning,
                 stacklevel=3,
             )
