@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         argv=argv,
         description=__doc__,
         name="funbat_stations",
-        title=("BeijingAir-PM2.5 with and without the station: where FunBaT's gap to the exact GP comes from"),
+        title="BeijingAir-PM2.5 with and without the station: where FunBaT's gap to the exact GP comes from",
         details=(
             "the same 16,965 entries in every row; the station as a mode at 10 s / 11 (alphabetical order); "
             "calibration of a new observation's predictive distribution (Gaussian with the reported sd)"
