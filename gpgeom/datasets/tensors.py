@@ -532,7 +532,7 @@ def load_beijing_air(
     day, rounded to 0.1 °C (0.1 hPa) and scaled to ``[0, 10]`` (only inputs enter the mean, never the target). The
     time mode, the entries and ``y`` are unchanged; the day's mean itself is a function of the day, so the tensor
     holds the same information. The paper's coordinates put the small offsets between the stations of one day (a few
-    degrees, 1-3 hPa) on a scale of 46 °C and 55 hPa spanned by the seasons, where the low-rank functions of a
+    degrees, 1-3 hPa) on the scale of the seasons (52.7 °C and 55.4 hPa), where the low-rank functions of a
     Tucker model cannot resolve them; as offsets they span the whole mode (``benchmarks/funbat_day_offsets.py``
     measures FunBaT and the exact GP on both).
 
