@@ -8,10 +8,18 @@ import time
 from collections.abc import Callable
 from multiprocessing import get_context
 
+import torch
 from _common import machine_info, report_name, results_path
 from funbat_stopping import write_tables
 
+from gpgeom.datasets.tensors import ContinuousTensor
+
 ALL_FOLDS = [0, 1, 2, 3, 4]
+
+
+def with_modes(data: ContinuousTensor, X: torch.Tensor, names: tuple[str, ...]) -> ContinuousTensor:
+    r"""The entries of ``data`` (same ``y``, same order, so the same folds) at other coordinates ``X`` (``N x K``)."""
+    return ContinuousTensor(X=X, y=data.y, mode_names=names, info=data.info)
 
 
 def finish_fold(fold: int, rows: dict[str, dict], t0: float, width: int = 40) -> dict[str, dict]:

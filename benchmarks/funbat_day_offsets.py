@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _folds import finish_fold, run_fold_benchmark  # noqa: E402
+from _folds import finish_fold, run_fold_benchmark, with_modes  # noqa: E402
 from funbat import run_dense_gp, run_funbat  # noqa: E402
 
-from gpgeom.datasets.tensors import ContinuousTensor, load_beijing_air  # noqa: E402
+from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 
 #: Training entries whose exact marginal likelihood fits the exact GPs' hyperparameters (``benchmarks/funbat.py``).
 N_HYPER = 2000
@@ -67,12 +67,7 @@ def run_fold(fold: int) -> dict[str, dict]:
     offsets = load_beijing_air(day_offsets=True)
     if not (torch.equal(paper.y, offsets.y) and torch.equal(paper.X[:, 2], offsets.X[:, 2])):
         raise RuntimeError("the two tensorisations must hold the same entries")
-    both = ContinuousTensor(
-        X=torch.cat([paper.X[:, :2], offsets.X], 1),
-        y=paper.y,
-        mode_names=(*paper.mode_names[:2], *offsets.mode_names),
-        info=paper.info,
-    )
+    both = with_modes(paper, torch.cat([paper.X[:, :2], offsets.X], 1), (*paper.mode_names[:2], *offsets.mode_names))
     sp, so, sb = paper.split(fold), offsets.split(fold), both.split(fold)
 
     rows: dict[str, dict] = {}

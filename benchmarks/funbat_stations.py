@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _folds import finish_fold, run_fold_benchmark  # noqa: E402
+from _folds import finish_fold, run_fold_benchmark, with_modes  # noqa: E402
 from funbat import conditioned_gp, metrics, run_dense_gp, run_funbat  # noqa: E402
 
-from gpgeom.datasets.tensors import BEIJING_STATIONS, ContinuousTensor, load_beijing_air  # noqa: E402
+from gpgeom.datasets.tensors import BEIJING_STATIONS, load_beijing_air  # noqa: E402
 
 N_STATIONS = len(BEIJING_STATIONS)
 #: Training days whose entries fit the station GP's hyperparameters (about 2,000 entries).
@@ -59,10 +59,6 @@ HYPER_DAYS = 215
 RESTARTS = 3
 #: FunBaT on (day, station) beyond its defaults.
 STATION_FUNBAT = {"nu": (0.5, 0.5), "rank": 4, "n_restarts": 8}
-
-
-def with_modes(data: ContinuousTensor, X: torch.Tensor, names: tuple[str, ...]) -> ContinuousTensor:
-    return ContinuousTensor(X=X, y=data.y, mode_names=names, info=data.info)
 
 
 def baselines(split, station: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict[str, dict]:
