@@ -59,6 +59,8 @@ HYPER_DAYS = 215
 RESTARTS = 3
 #: FunBaT on (day, station) beyond its defaults.
 STATION_FUNBAT = {"nu": (0.5, 0.5), "rank": 4, "n_restarts": 8}
+#: The convergence tolerance of every FunBaT row (the default before 1e-3, when this table was measured).
+FORMER_TOL = 1e-4
 
 
 def baselines(split, station: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict[str, dict]:
@@ -135,15 +137,15 @@ def run_fold(fold: int) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
     rows.update(baselines(split, station, train, test))
-    rows["FunBaT defaults, (temperature, pressure, day)"] = run_funbat(split, "cpu")
+    rows["FunBaT defaults (tol=1e-4), (temperature, pressure, day)"] = run_funbat(split, "cpu", tol=FORMER_TOL)
     rows["exact GP, product of Matérn-1/2, (temperature, pressure, day)"] = run_dense_gp(
         split, 2000, None, 0.5, fold, "cpu"
     )
     tpds = data.split(fold)
     ds = with_modes(data, data.X[:, 2:], data.mode_names[2:]).split(fold)
-    rows["FunBaT defaults, (temperature, pressure, day, station)"] = run_funbat(tpds, "cpu")
-    rows["FunBaT defaults, (day, station)"] = run_funbat(ds, "cpu")
-    rows["FunBaT nu=1/2, rank 4, 8 restarts, (day, station)"] = run_funbat(ds, "cpu", **STATION_FUNBAT)
+    rows["FunBaT defaults (tol=1e-4), (temperature, pressure, day, station)"] = run_funbat(tpds, "cpu", tol=FORMER_TOL)
+    rows["FunBaT defaults (tol=1e-4), (day, station)"] = run_funbat(ds, "cpu", tol=FORMER_TOL)
+    rows["FunBaT nu=1/2, rank 4, 8 restarts, (day, station)"] = run_funbat(ds, "cpu", tol=FORMER_TOL, **STATION_FUNBAT)
     rows["exact GP, Matérn-1/2 ARD x free station covariance, (temperature, pressure, day, station)"] = station_gp(
         tpds, fold
     )
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         title="BeijingAir-PM2.5 with and without the station: where FunBaT's gap to the exact GP comes from",
         details=(
             "the same 16,965 entries in every row; the station as a mode at 10 s / 11 (alphabetical order); "
-            "calibration of a new observation's predictive distribution (Gaussian with the reported sd)"
+            "calibration of a new observation's predictive distribution (Gaussian with the reported sd); "
+            "FunBaT: tol 1e-4 (the default before 1e-3)"
         ),
     )
 

@@ -647,7 +647,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="Mode"):
         m.latent(3, X[:, 0])
     # the warning names the budget and does not push toward more sweeps without a held-out check
-    with pytest.warns(ConvergenceWarning, match="max_sweeps=2 .* compare held-out error"):
+    with pytest.warns(ConvergenceWarning, match="max_sweeps=2, .* compare held-out error"):
         FunBaT(2, max_sweeps=2, learn_hyperparameters=False).fit(X, y)
 
 
