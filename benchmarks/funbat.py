@@ -328,7 +328,7 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
     ``student_t_mode2``: one per coordinate of mode 2, Beijing's day), FunBaT only (no exact GP), on the Beijing folds
     ``--fold-ids`` and, with fold 0, on the synthetic tensor (Gaussian noise sd 0.05,
     Student-t noise with 4 degrees of freedom, scale 0.05, and noise whose scale is drawn per coordinate of mode 2;
-    ``--hetero-only``: that one only).
+    ``--hetero-only``: that one only; ``--synthetic-only``: the synthetic tensors without the Beijing folds).
     Every run is appended to a JSON-lines log as it finishes
     (two processes can run the noise models side by side); the table is then written from every record in the log
     (``--noise-report`` only writes it)."""
@@ -341,7 +341,9 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
         fold_ids = args.fold_ids if args.fold_ids is not None else list(range(1 if quick else 5))
         cases = [(f"beijing fold {k}", lambda k=k: data.split(k)) for k in fold_ids]
         syn: list = []
-        if (0 in fold_ids or args.hetero_only) and not args.beijing_only:
+        if args.synthetic_only:
+            cases = []
+        if (0 in fold_ids or args.hetero_only or args.synthetic_only) and not args.beijing_only:
             n_syn = 1000 if quick else 2000
             syn.append(("synthetic, Gaussian noise sd 0.05", lambda: make_synthetic_tensor(
                 n_syn, 1000, rank=2, decomposition="tucker", n_coords=60, noise_sd=0.05, seed=1)))  # fmt: skip
@@ -435,6 +437,7 @@ def main() -> int:
     ap.add_argument("--noise-models", nargs="+", default=list(NOISE_MODELS), choices=NOISE_MODELS)
     ap.add_argument("--fold-ids", type=int, nargs="+", default=None, help="Beijing folds of --noise-calibration")
     ap.add_argument("--beijing-only", action="store_true", help="--noise-calibration without the synthetic tensors")
+    ap.add_argument("--synthetic-only", action="store_true", help="--noise-calibration on the synthetic tensors only")
     ap.add_argument(
         "--hetero-only", action="store_true", help="--noise-calibration on the heteroscedastic synthetic tensor only"
     )

@@ -178,10 +178,10 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         max_sweeps: Maximum number of sweeps (one sweep updates every mode, the core and the noise once).
         min_sweeps: Sweeps before the convergence test may stop the fit.
         tol: Convergence test: stop when the relative change of the fitted training values between two sweeps,
-            :math:`\|\bar f - \bar f_{\text{old}}\| / \|\bar f_{\text{old}}\|` (and of a Student-t dof), is below
-            ``tol`` (after ``min_sweeps`` and the first hyperparameter step; the third with ``"sweep"`` steps), else a
-            :class:`~gpgeom.errors.ConvergenceWarning` at ``max_sweeps``. Tighter than the default 1e-3 the
-            mean-field sweeps can overfit (Beijing PM2.5: the FunBaT page of the docs, "Accuracy on BeijingAir-PM2.5").
+            :math:`\|\bar f - \bar f_{\text{old}}\| / \|\bar f_{\text{old}}\|`, and with Student-t noise the change of
+            :math:`1/\nu` are below ``tol`` (after ``min_sweeps`` and the first hyperparameter step; the third with
+            ``"sweep"`` steps), else a :class:`~gpgeom.errors.ConvergenceWarning`. Below the default 1e-3 the sweeps
+            can overfit (Beijing PM2.5: the FunBaT page of the docs, "Accuracy on BeijingAir-PM2.5").
         core_prior_variance: :math:`\sigma_W^2` of the core prior :math:`N(0, \sigma_W^2 I)` (Tucker).
         noise_prior: :math:`(a_0, b_0)` of the Gamma prior on the noise precision :math:`\tau` (of standardised
             targets; shape and rate). The default :math:`(1, 10^{-3})` lets the data set the noise (the module
@@ -654,9 +654,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
                 self._next_hyper = sweep + self._interval
             f_old = self._f_old
             delta = math.inf if f_old is None else float((f_bar - f_old).norm() / f_old.norm().clamp_min(1e-30))
-            if self._dof is not None:  # Student-t: the dof must settle too (the fitted values settle first)
+            if self._dof is not None:  # Student-t: 1/dof must settle too (it shifts the quantiles, Cornish-Fisher)
                 dof_old = self.history[-1]["dof"] if self.history else None
-                delta = max(delta, abs(self._dof / dof_old - 1) if dof_old else math.inf)
+                delta = max(delta, abs(1.0 / self._dof - 1.0 / dof_old) if dof_old else math.inf)
             self._f_old = f_bar
             entry = {
                 "sweep": sweep,
