@@ -11,19 +11,19 @@ bins of
 * the day's spread: the standard deviation across stations of the day's training targets (a day of a pollution
   episode differs from station to station; test entries whose day has fewer than two training entries are left out),
 
-and scores each bin (coverage at 50 / 90 / 95 %, z RMS, RMSE, mean predictive sd) for FunBaT with its defaults, for
-the exact GP with the product of Matérn-1/2 kernels (``benchmarks/funbat.py``'s baseline: hyperparameters on 2,000
-training entries, conditioned on the whole fold) and for FunBaT with one Student-t noise scale per day
-(``noise="student_t", scale_mode=2``; also with a Matérn-1/2 prior for the day, ``nu=(1.5, 1.5, 0.5)``; with the
-scales fitted after the Gaussian model's mean, ``scale_fit="cut"``, also with temperature and pressure held; and with
-those scales held in a refit, ``scale_fit="refit"``), whose
-predictive distribution is a scale mixture, and for FunBaT fitted to log PM2.5 (``target_transform="log"``, alone,
-with cut and with refit per-day scales; fitted to the concentrations in µg/m³, scored back in the z-scored units,
-log density with the Jacobian of that affine map), and for Student-t noise fitted on a held-out tenth of the
-training entries (``scale_fit="heldout"``, also on log PM2.5, whose point prediction is then the predictive median:
-with Student-t noise the log-normal mean is infinite): for these ten, coverage and z RMS are those of the
-probability integral transform, :math:`z = \Phi^{-1}(F(y))` (``FunBaT.predictive_cdf``), which covers a central
-interval exactly when the model's own quantiles do.
+and scores each bin (coverage at 50 / 90 / 95 %, z RMS, RMSE, mean predictive sd) for FunBaT with its defaults (but
+``tol=1e-4``, the default before 1e-3), for the exact GP with the product of Matérn-1/2 kernels
+(``benchmarks/funbat.py``'s baseline: hyperparameters on 2,000 training entries, conditioned on the whole fold) and for
+FunBaT with one Student-t noise scale per day (``noise="student_t", scale_mode=2``; also with a Matérn-1/2 prior for the
+day, ``nu=(1.5, 1.5, 0.5)``; with the scales fitted after the Gaussian model's mean, ``scale_fit="cut"``, also with
+temperature and pressure held; and with those scales held in a refit, ``scale_fit="refit"``), whose predictive
+distribution is a scale mixture, and for FunBaT fitted to log PM2.5 (``target_transform="log"``, alone, with cut and
+with refit per-day scales; fitted to the concentrations in µg/m³, scored back in the z-scored units, log density with
+the Jacobian of that affine map), and for Student-t noise fitted on a held-out tenth of the training entries
+(``scale_fit="heldout"``, also on log PM2.5, whose point prediction is then the predictive median: with Student-t noise
+the log-normal mean is infinite): for these ten, coverage and z RMS are those of the probability integral transform,
+:math:`z = \Phi^{-1}(F(y))` (``FunBaT.predictive_cdf``), which covers a central interval exactly when the model's own
+quantiles do.
 
 Usage: ``python benchmarks/funbat_heteroscedastic.py [--folds 0 1 2 3 4] [--table]``. Each fold's predictions are
 kept in ``benchmarks/results/local/funbat_heteroscedastic_fold<k>.pt`` (so folds can run in separate processes);
