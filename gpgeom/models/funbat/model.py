@@ -24,7 +24,7 @@ as two pseudo-entries with a sum of squares of :math:`2 \cdot 10^{-3}`, so the d
 default :math:`b_0 = 1` (a prior sum of squares of two whole data variances) added :math:`2/N` to the noise variance,
 which dominated it for small or precise data (``N = 300``, noise sd 0.05: :math:`0.0067` on top of
 :math:`0.0025`, a fitted noise sd of 0.11 instead of 0.05): the intervals were too wide (over 8 synthetic tensors of
-300 entries, 95% intervals covered 99.5% of held-out entries, z RMS 0.47; now 96%, z RMS 0.92; ``N = 1000``: 99.6%,
+300 entries, 95% intervals covered 99.5% of held-out entries, z RMS 0.49; now 96.5%, z RMS 0.91; ``N = 1000``: 99.6%,
 z RMS 0.69, now 96%, z RMS 0.96; ``benchmarks/funbat.py``). The other suspects measure small:
 :math:`\mathbb E[\tau^{-1}]` and :math:`1/\mathbb E[\tau]` differ by the factor :math:`a_\tau/(a_\tau - 1) = 1 +
 O(1/N)`; the bias variance is :math:`O(1/N)`; and the factorised posterior does not double-count: the variance of a
@@ -37,7 +37,7 @@ Limitations: the variance of a noise-free entry exceeds its errors where the tru
 RMS of the noise-free values 0.87 at seen and 0.80 at unseen coordinates on the synthetic sinusoids; the joint posterior
 above gives the same), so ``predict(..., observation_noise=False)`` and the BoTorch adapter are conservative there. The
 noise is Gaussian and homoscedastic: for heavy-tailed or heteroscedastic data (BeijingAir-PM2.5) the intervals have
-about the right total variance (z RMS 1.07) but cover more than nominal at low levels (50%: 0.69) and slightly less at
+about the right total variance (z RMS 1.06) but cover more than nominal at low levels (50%: 0.68) and slightly less at
 95% (0.94), as the exact GP with a Gaussian likelihood does there (fold 0: 0.69 / 0.91 / 0.94, z RMS 1.13;
 ``benchmarks/funbat.py``). ``noise="student_t"`` (:mod:`~gpgeom.models.funbat.noise`) fixes the low levels but not the
 whole distribution there (Beijing, 5 folds, ``benchmarks/funbat.py --noise-calibration``): the learned degrees of
