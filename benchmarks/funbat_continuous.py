@@ -13,8 +13,7 @@ Data: :math:`N` entries with coordinates uniform on :math:`[0, 1]^3`, :math:`y =
   smoother; :mod:`gpgeom.models.funbat.hyper`): seconds of each sweep;
 * ``hyper_marginal``: the same with ``hyper_method="marginal"`` (L-BFGS-B on the marginal likelihood, 5-10 filter
   passes per mode and step; what ``"auto"`` took before);
-* ``default``: the default fit with the former default tolerance (``FunBaT(2, n_restarts=0, tol=1e-4)``; the
-  default is now 1e-3): total seconds, sweeps, held-out RMSE on 2,000
+* ``default``: the default fit (``FunBaT(2, n_restarts=0)``): total seconds, sweeps, held-out RMSE on 2,000
   noiseless test entries; ``default_marginal``: the same with ``hyper_method="marginal"``.
 
 The marginal rows run at the smallest :math:`N` only (at 100,000 a marginal step takes minutes).
@@ -78,7 +77,7 @@ def worker(n: int, mode: str) -> dict:
     elif mode.startswith("hyper"):
         model = FunBaT(2, max_sweeps=4, min_sweeps=4, n_restarts=0, hyper_warmup=0, hyper_method=method)
     else:
-        model = FunBaT(2, n_restarts=0, tol=1e-4, hyper_method=method)  # tol: the default before 1e-3
+        model = FunBaT(2, n_restarts=0, hyper_method=method)
     t0, c0 = time.perf_counter(), time.process_time()
     model.fit(X, y, progress=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
