@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _folds import finish_fold, run_fold_benchmark, with_modes  # noqa: E402
 from funbat import run_dense_gp, run_funbat  # noqa: E402
+from funbat_stopping import FORMER_TOL  # noqa: E402
 
 from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 
@@ -55,8 +56,6 @@ from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 N_HYPER = 2000
 #: The sweep budget that lets every fold reach the convergence test with ``tol=1e-4``.
 CONVERGED_BUDGET = 400
-#: The former default convergence tolerance (until the Unreleased changes of #17).
-FORMER_TOL = 1e-4
 #: Sweep budgets that stop FunBaT before its default convergence test on every fold.
 EARLY_BUDGETS = (10, 15)
 

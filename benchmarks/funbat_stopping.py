@@ -59,13 +59,16 @@ from funbat import ard_matern, fit_dense_hypers, product_matern, run_dense_gp, r
 
 from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 
+#: The default convergence tolerance before #17 changed it to 1e-3: the tables measured then pin it.
+FORMER_TOL = 1e-4
+
 #: The two FunBaT configurations (on top of the defaults).
 CONFIGS = {
-    "defaults (tol=1e-4)": {"tol": 1e-4},
+    "defaults (tol=1e-4)": {"tol": FORMER_TOL},
     "temperature, pressure held at lengthscale 0.7": {
         "lengthscale": (0.7, 0.7, 0.3),
         "learn_hyperparameters": (False, False, True),
-        "tol": 1e-4,
+        "tol": FORMER_TOL,
     },
 }
 

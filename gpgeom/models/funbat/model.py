@@ -545,10 +545,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self._X, self._ys, self._N = Xn, ys, Xn.shape[0]
 
     def _record(self, start: float) -> None:
-        if self.converged:
-            message = f"relative change of the fitted values below tol={self.tol:g}"
-        else:
-            message = f"max_sweeps={self.max_sweeps} reached"
+        what = "the fitted values and of 1/dof" if self.history and self.history[-1]["dof"] else "the fitted values"
+        done = f"relative change of {what} below tol={self.tol:g}"
+        message = done if self.converged else f"max_sweeps={self.max_sweeps} reached"
         elbos = [h["elbo"] for h in self.history]
         self.fit_result_ = FunBaTFitResult(
             sweeps=len(self.history),
