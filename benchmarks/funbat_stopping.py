@@ -43,6 +43,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -271,9 +272,11 @@ def exact_gp_folds(data, folds: list[int], label: str, nu, kernel) -> list[dict]
     return out
 
 
-def write_tables(rows: dict[str, list[dict]], folds: list[int], header: list[str], out_path: Path) -> int:
-    r"""The per-fold RMSE table and the mean calibration table of ``rows`` (label -> one result per fold), written
-    to ``out_path`` and printed."""
+def write_tables(
+    rows: dict[str, list[dict]], folds: list[int], header: list[str], out_path: Path, footer: Sequence[str] = ()
+) -> int:
+    r"""The per-fold RMSE table and the mean calibration table of ``rows`` (label -> one result per fold), then the
+    lines of ``footer``, written to ``out_path`` and printed."""
     lines = header + [
         "",
         "## Test RMSE per fold",
@@ -303,6 +306,8 @@ def write_tables(rows: dict[str, list[dict]], folds: list[int], header: list[str
             f"{mean['z_rms']:.3f} | {mean['nlpd']:.3f} |"
         )
     lines.append("")
+    if footer:
+        lines += [*footer, ""]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
