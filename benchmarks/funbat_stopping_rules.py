@@ -16,8 +16,8 @@ offsets from the day's mean), in one run:
   (:func:`gpgeom.models.funbat.heldout.heldout_split`, seed = fold), the same ``tol=0`` fit on the other nine tenths is
   followed for ``BUDGETS`` sweeps with the held-out RMSE after every sweep, and the model is refitted on the whole
   training fold with ``max_sweeps`` set to the sweep that minimised it (at least ``min_sweeps``) and ``tol=0``;
-* **the evidence**: the ELBO of the followed fit at its best sweep and at its last one (a footer table): if it keeps
-  rising after the best sweep, the evidence cannot tell when to stop.
+* **the evidence**: the ELBO of the followed fit at its best sweep and at its last one (a footer table): if it is
+  higher at the last sweep than at the best one, the evidence cannot tell when to stop.
 
 Calibration of a new observation's predictive distribution (Gaussian with the reported sd): coverage of the central
 50/90/95 % intervals, z RMS, NLPD. The "best sweep" rows read the test metrics from the followed fit (the state after
