@@ -7,7 +7,8 @@ The public API is re-exported here (loaded on first access, so ``import gpgeom``
   :mod:`gpgeom.engine.statespace`;
 - BoTorch adapters: :class:`ExactGPModel`, :class:`GaussianSurrogate`, :class:`LowRankSpectralGP`,
   :class:`SurrogateList`, :func:`check_botorch_model`;
-- kernels: :class:`MaternMarkovKernel`, :class:`WNOAKernel`, :class:`WNOJKernel`, :class:`SpectralKernel`;
+- kernels: :class:`MaternMarkovKernel`, :class:`CategoricalMarkovKernel`, :class:`WNOAKernel`, :class:`WNOJKernel`,
+  :class:`SpectralKernel`;
 - geometry: :class:`Mesh`, :func:`floater_disk`, :func:`p1_transfer`, :func:`mass_matrix`, :class:`SnapshotPOD`,
   :func:`connection_laplacian`, :func:`graph_laplacian`, and :mod:`gpgeom.geometry.lie`;
 - nn: :class:`GICNet`;
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "MaternMarkovKernel": "gpgeom.kernels.markov",
     "WNOAKernel": "gpgeom.kernels.markov",
     "WNOJKernel": "gpgeom.kernels.markov",
+    "CategoricalMarkovKernel": "gpgeom.kernels.categorical",
     "SpectralKernel": "gpgeom.kernels.spectral",
     # geometry
     "Mesh": "gpgeom.geometry.mesh",

@@ -95,12 +95,17 @@ def kalman_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> 
             ("n observations", f"{n:,}"),
             ("fit time (L-BFGS-B)", f"{t_fit:.2f} s ({result.attempts} attempt(s))"),
             ("posterior at 2,000 test times", f"{t_pred:.3f} s"),
-            ("fitted lengthscale / variance / noise var", f"{reg.kernel.lengthscale.item():.3f} / "
-             f"{reg.kernel.variance.item():.3f} / {reg.noise.item():.4f} (true noise var 0.09)"),
+            (
+                "fitted lengthscale / variance / noise var",
+                f"{reg.kernel.lengthscale.item():.3f} / "
+                f"{reg.kernel.variance.item():.3f} / {reg.noise.item():.4f} (true noise var 0.09)",
+            ),
             ("test RMSE of the latent mean", f"{rmse:.4f}"),
             ("95% coverage of the latent truth", f"{cover:.3f}"),
-            ("Kalman vs dense log lik. (1,500 pts)", f"{ll_kalman:.6f} vs {ll_dense:.6f} "
-             f"(rel. diff {abs(ll_kalman - ll_dense) / abs(ll_dense):.1e})"),
+            (
+                "Kalman vs dense log lik. (1,500 pts)",
+                f"{ll_kalman:.6f} vs {ll_dense:.6f} (rel. diff {abs(ll_kalman - ll_dense) / abs(ll_dense):.1e})",
+            ),
         ],
         figures=[fig_path],
     )

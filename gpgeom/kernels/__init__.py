@@ -3,6 +3,7 @@ r"""GPyTorch kernels of gpgeom: Markov (state-space) kernels, their SDE base, an
 Importing this package loads GPyTorch only: neither the engine nor BoTorch.
 """
 
+from gpgeom.kernels.categorical import CategoricalMarkovKernel
 from gpgeom.kernels.markov import (
     IntegratedWienerKernel,
     MaternMarkovKernel,
@@ -14,6 +15,7 @@ from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = [
     "SDE",
+    "CategoricalMarkovKernel",
     "IntegratedWienerKernel",
     "MarkovKernel",
     "MaternMarkovKernel",

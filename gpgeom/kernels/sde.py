@@ -129,6 +129,15 @@ class MarkovKernel(Kernel):
         F, L, Qc, _, _ = self.sde()
         return discretize(F, L, Qc, dt)
 
+    def stationary_covariance(self) -> Tensor:
+        r"""The stationary state covariance :math:`P_\infty` (``batch_shape x s x s``), the prior covariance of the
+        state at any time of a stationary kernel. The default reads it from :meth:`sde`; kernels without an SDE
+        (:class:`~gpgeom.kernels.categorical.CategoricalMarkovKernel`) override it."""
+        Pinf = self.sde().Pinf
+        if Pinf is None:
+            raise NotImplementedError(f"{type(self).__name__} is not stationary: it has no stationary covariance.")
+        return Pinf
+
     def initial_state(self, t0: Tensor) -> tuple[Tensor, Tensor]:
         r"""Prior mean and covariance of the state at the first time.
 

@@ -23,6 +23,8 @@ precision :math:`\tau \sim \mathrm{Gamma}(a_0, b_0)`; the bias :math:`b \sim N(0
 
 The package, one concept per module
 -----------------------------------
+* :mod:`~gpgeom.models.funbat.priors`: the prior kernel of each mode, Matérn or categorical (independent values per
+  label, ``categorical=``);
 * :mod:`~gpgeom.models.funbat.latent`: the state-space prior of a mode and its exact posterior given the Gaussian
   messages of the entries (the engine's sites on a Markov chain, :mod:`gpgeom.engine.sites`), the hyperparameter
   objectives;

@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from gpgeom.engine.sites import chain_covariance
-from gpgeom.kernels.markov import MaternMarkovKernel
+from gpgeom.kernels.sde import MarkovKernel
 from gpgeom.models.funbat.latent import LatentPosterior
 
 __all__ = ["latent_conditional", "latent_cross_covariance"]
@@ -72,7 +72,7 @@ class _Bridge(NamedTuple):
     c: Tensor
 
 
-def _bridge(kernel: MaternMarkovKernel, t: Tensor, t_new: Tensor) -> _Bridge:
+def _bridge(kernel: MarkovKernel, t: Tensor, t_new: Tensor) -> _Bridge:
     r"""The representation :math:`x_* = A_* x_a + B_* x_b + e_*` of every coordinate ``t_new`` (module docstring)."""
     I = t.shape[0]
     s = kernel.state_dim
@@ -96,7 +96,8 @@ def _bridge(kernel: MaternMarkovKernel, t: Tensor, t_new: Tensor) -> _Bridge:
     K = torch.linalg.solve(Qab, P2 @ Q1).transpose(-1, -2)  # interior bridge: K = Q1 Phi2^T Qab^{-1}
     A_in = P1 - K @ Pab
     C_in = Q1 - K @ P2 @ Q1
-    Pinf = kernel.sde().Pinf.expand(m, s, s)  # left of the data (stationary prior): A = Pinf Phil^T Pinf^{-1}
+    # left of the data (stationary prior): A = Pinf Phil^T Pinf^{-1}
+    Pinf = kernel.stationary_covariance().expand(m, s, s)
     A_l = torch.linalg.solve(Pinf, Pl @ Pinf).transpose(-1, -2)
     C_l = Pinf - A_l @ Pl @ Pinf
     sel_in, sel_l = inner[:, None, None], left[:, None, None]
@@ -108,9 +109,7 @@ def _bridge(kernel: MaternMarkovKernel, t: Tensor, t_new: Tensor) -> _Bridge:
     return _Bridge(idx, a, b, A[:, 0, :], B[:, 0, :], C[:, 0, 0])
 
 
-def latent_conditional(
-    kernel: MaternMarkovKernel, t: Tensor, post: LatentPosterior, t_new: Tensor
-) -> tuple[Tensor, Tensor]:
+def latent_conditional(kernel: MarkovKernel, t: Tensor, post: LatentPosterior, t_new: Tensor) -> tuple[Tensor, Tensor]:
     r"""Exact GP conditional :math:`q(u(t_*))` at any coordinates from the smoothed chain (module docstring).
 
     Interior points use both neighbours (bridge), points at or beyond the ends one neighbour (extrapolation).
@@ -147,7 +146,7 @@ def latent_conditional(
     return mean, 0.5 * (cov + cov.transpose(-1, -2))
 
 
-def _residual_covariance(kernel: MaternMarkovKernel, t: Tensor, idx: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+def _residual_covariance(kernel: MarkovKernel, t: Tensor, idx: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     r""":math:`\operatorname{Cov}(e_*, e_\star)_{00}` for pairs ``lo <= hi`` in the same region ``idx`` (module
     docstring): ``p`` values for ``p`` pairs."""
     I = t.shape[0]
@@ -178,7 +177,7 @@ def _residual_covariance(kernel: MaternMarkovKernel, t: Tensor, idx: Tensor, lo:
     K = torch.linalg.solve(Qab, Phi2 @ Q1).transpose(-1, -2)
     F_in = Q1 @ Phi_st.transpose(-1, -2) - K @ Phi3 @ Q4
     F_r = Qr @ Phi_st.transpose(-1, -2)
-    Pinf = kernel.sde().Pinf.expand(p, s, s)
+    Pinf = kernel.stationary_covariance().expand(p, s, s)
     A_l = torch.linalg.solve(Pinf, Phil_lo @ Pinf).transpose(-1, -2)
     F_l = Pinf @ Phi_st.transpose(-1, -2) - A_l @ Phil_hi @ Pinf
     F = torch.where(inner[:, None, None], F_in, torch.where(left[:, None, None], F_l, F_r))
@@ -186,7 +185,7 @@ def _residual_covariance(kernel: MaternMarkovKernel, t: Tensor, idx: Tensor, lo:
 
 
 def latent_cross_covariance(
-    kernel: MaternMarkovKernel,
+    kernel: MarkovKernel,
     t: Tensor,
     post: LatentPosterior,
     table: Sequence[Tensor],

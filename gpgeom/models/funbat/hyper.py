@@ -51,7 +51,7 @@ from torch import Tensor
 
 from gpgeom.engine.fitting import fit as engine_fit
 from gpgeom.errors import NotPSDError
-from gpgeom.kernels.markov import MaternMarkovKernel
+from gpgeom.kernels.sde import MarkovKernel
 from gpgeom.models.funbat.inference import _Mode
 from gpgeom.models.funbat.latent import (
     ModeScore,
@@ -72,8 +72,15 @@ class _HyperparameterSteps:
     r"""The hyperparameter steps of :class:`~gpgeom.models.funbat.model.FunBaT` (module docstring)."""
 
     def _log_hypers(self) -> Tensor:
+        r"""``K x 2`` log lengthscale (0 for a categorical mode, which has none) and log variance of every mode."""
+        one = self.kernels[0].variance.new_ones(())
         return (
-            torch.stack([torch.stack([k.lengthscale.reshape(()), k.variance.reshape(())]) for k in self.kernels])
+            torch.stack(
+                [
+                    torch.stack([k.lengthscale.reshape(()) if k.has_lengthscale else one, k.variance.reshape(())])
+                    for k in self.kernels
+                ]
+            )
             .detach()
             .log()
         )
@@ -85,7 +92,8 @@ class _HyperparameterSteps:
             if sum(int(md.t.shape[0]) for md in self._modes) > SWEEP_THRESHOLD:
                 return "sweep"
             early = self._hyper_steps < 3  # the first steps move far: the marginal likelihood gets there at once
-            method = "em" if (max(k.nu for k in self.kernels) <= 1.5 and not early) else "marginal"
+            smooth = max(k.state_dim for k in self.kernels) > 2  # nu = 5/2
+            method = "em" if (not smooth and not early) else "marginal"
         return method
 
     def _learn_hyperparameters(self) -> tuple[float, str | None]:
@@ -107,7 +115,7 @@ class _HyperparameterSteps:
                     for md, kern in zip(self._modes, self.kernels):
                         k64 = copy.deepcopy(kern).to(torch.float64)
                         _, Q = k64.transition(torch.diff(md.t.double()))
-                        torch.linalg.cholesky(torch.cat([Q, k64.sde().Pinf[None]]))
+                        torch.linalg.cholesky(torch.cat([Q, k64.stationary_covariance()[None]]))
             except torch.linalg.LinAlgError:
                 method = "marginal"
         if method == "em":
@@ -141,7 +149,7 @@ class _HyperparameterSteps:
             return message
         return None
 
-    def _em_step(self, md: _Mode, kern: MaternMarkovKernel) -> str | None:
+    def _em_step(self, md: _Mode, kern: MarkovKernel) -> str | None:
         r"""M-step of one mode on the expected log prior under its current smoothed posterior (float64)."""
         k64 = copy.deepcopy(kern).to(torch.float64)
         t64 = md.t.to(torch.float64)
@@ -199,17 +207,23 @@ class _HyperparameterSteps:
             k64 = copy.deepcopy(kern).to(torch.float64)
             score = ModeScore(*(x.to(torch.float64) for x in md.score))
             md.score = None
-            raw = [k64.raw_lengthscale, k64.raw_variance]
+            names = ("lengthscale", "variance") if kern.has_lengthscale else ("variance",)
+            raw = [getattr(k64, f"raw_{name}") for name in names]
             grads = torch.autograd.grad(score_surrogate(k64, md.t.to(torch.float64), score), raw)
             # the constraints are increasing maps: the sign of d log Z / d raw is that of d log Z / d log value
             sign = torch.stack([g.reshape(()) for g in grads]).sign()
+            if not kern.has_lengthscale:  # a categorical mode: no lengthscale, no step
+                sign = torch.cat([sign.new_zeros(1), sign])
             agree = sign * signs[k]
             steps[k] = torch.where(agree > 0, (steps[k] * _GROW).clamp(max=_STEP_MAX), steps[k])
             steps[k] = torch.where(agree < 0, (steps[k] * _SHRINK).clamp(min=_STEP_MIN), steps[k])
             sign = torch.where(agree < 0, torch.zeros_like(sign), sign)  # a flipped sign: no move this time
             signs[k] = sign
             with torch.no_grad():
-                for i, (name, current) in enumerate((("lengthscale", kern.lengthscale), ("variance", kern.variance))):
+                for i, name in enumerate(("lengthscale", "variance")):
+                    if name not in names:
+                        continue
+                    current = getattr(kern, name)
                     constraint = getattr(kern, f"raw_{name}_constraint")
                     value = (current.detach().double().log() + sign[i] * steps[k, i]).exp()
                     lo, hi = float(constraint.lower_bound), float(constraint.upper_bound)

@@ -4,7 +4,9 @@ hyperparameters.
 State-space prior (Fang et al., "Functional Bayesian Tucker Decomposition for Continuous-indexed Tensor Data",
 ICLR 2024: each latent function is a Matérn GP written as a linear SDE, Hartikainen & Särkkä 2010).
 A Matérn-:math:`\nu` component :math:`u_r = H x^r` has state dimension :math:`s = \nu + 1/2`
-(:class:`gpgeom.kernels.markov.MaternMarkovKernel`). Mode :math:`k` stacks its :math:`R_k` independent components,
+(:class:`gpgeom.kernels.markov.MaternMarkovKernel`; a categorical mode's values are a chain of state dimension 1,
+:class:`gpgeom.kernels.categorical.CategoricalMarkovKernel`, and all below holds for it unchanged).
+Mode :math:`k` stacks its :math:`R_k` independent components,
 :math:`x = (x^1, \dots, x^{R_k}) \in \mathbb R^D`, :math:`D = R_k s` (component :math:`r` occupies entries
 ``r*s : (r+1)*s``, its value :math:`u_r` is entry ``r*s``), with block-diagonal :math:`\Phi(\Delta)`, :math:`Q(\Delta)`
 and :math:`P_\infty`, on the sorted unique training coordinates :math:`t_1 < \dots < t_{I_k}` of the mode.
@@ -44,7 +46,7 @@ from gpgeom.engine.sites import (
     site_posterior,
     site_score,
 )
-from gpgeom.kernels.markov import MaternMarkovKernel
+from gpgeom.kernels.sde import MarkovKernel
 
 __all__ = [
     "LatentPosterior",
@@ -85,13 +87,13 @@ def mode_sites(lam: Tensor, eta: Tensor, s: int) -> SiteChain:
     return site_chain(lam, eta, value_map(R, s, eta.dtype, eta.device))
 
 
-def mode_prior(kernel: MaternMarkovKernel, t: Tensor, R: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mode_prior(kernel: MarkovKernel, t: Tensor, R: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(Phi, Q, m0, P0)`` of ``R`` independent components with prior ``kernel`` on the sorted coordinates ``t``:
     ``(I-1) x D x D`` twice, ``D`` zeros and the stationary ``D x D`` covariance (block-diagonal)."""
     s = kernel.state_dim
     D = R * s
     dtype, device = t.dtype, t.device
-    P0 = block_diagonal(kernel.sde().Pinf, R)
+    P0 = block_diagonal(kernel.stationary_covariance(), R)
     m0 = torch.zeros(D, dtype=dtype, device=device)
     if t.shape[0] < 2:
         empty = torch.zeros(0, D, D, dtype=dtype, device=device)
@@ -101,7 +103,7 @@ def mode_prior(kernel: MaternMarkovKernel, t: Tensor, R: int) -> tuple[Tensor, T
 
 
 def latent_posterior(
-    kernel: MaternMarkovKernel,
+    kernel: MarkovKernel,
     t: Tensor,
     lam: Tensor,
     eta: Tensor,
@@ -145,7 +147,7 @@ def latent_posterior(
 
 
 def joint_log_likelihood(
-    kernels: Sequence[MaternMarkovKernel],
+    kernels: Sequence[MarkovKernel],
     ts: Sequence[Tensor],
     sites: Sequence[SiteChain] | Sequence[tuple[Tensor, Tensor]],
 ) -> Tensor:
@@ -175,7 +177,7 @@ def joint_log_likelihood(
 
 
 def expected_log_prior(
-    kernel: MaternMarkovKernel, t: Tensor, post: LatentPosterior, score: ModeScore | None = None
+    kernel: MarkovKernel, t: Tensor, post: LatentPosterior, score: ModeScore | None = None
 ) -> Tensor:
     r"""EM objective of the hyperparameters: :math:`\mathbb E_{q}[\log p(x_{1:I} \mid \theta)]` of the ``R``
     independent components under a smoothed posterior ``post`` (held fixed), summed over components:
@@ -219,7 +221,7 @@ def expected_log_prior(
     dtype = post.mean.dtype
     m = post.mean.detach().reshape(I, R, s)
     P = post.cov.detach().reshape(I, R, s, R, s).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)  # I x R x s x s
-    Pinf = kernel.sde().Pinf
+    Pinf = kernel.stationary_covariance()
     L0 = torch.linalg.cholesky(Pinf)
     S1 = P[0] + m[0, :, :, None] * m[0, :, None, :]  # R x s x s
     out = -R * L0.diagonal().log().sum() - 0.5 * torch.cholesky_solve(S1, L0).diagonal(dim1=-2, dim2=-1).sum()
@@ -271,7 +273,7 @@ def _component_sum(X: Tensor, R: int, s: int) -> Tensor:
     return X.reshape(*lead, R, s, R, s).diagonal(dim1=-4, dim2=-2).sum(-1)
 
 
-def latent_score(kernel: MaternMarkovKernel, t: Tensor, lam: Tensor, eta: Tensor) -> tuple[LatentPosterior, ModeScore]:
+def latent_score(kernel: MarkovKernel, t: Tensor, lam: Tensor, eta: Tensor) -> tuple[LatentPosterior, ModeScore]:
     r"""The posterior of :func:`latent_posterior` and the statistics of the gradient of the pseudo-observations' log
     marginal likelihood :math:`\log Z` with respect to the prior (:func:`gpgeom.engine.sites.site_score`), from
     one Kalman filter and smoother without autograd.
@@ -292,7 +294,7 @@ def latent_score(kernel: MaternMarkovKernel, t: Tensor, lam: Tensor, eta: Tensor
     with torch.no_grad():
         Phi_s, Q_s = kernel.transition(t[1:] - t[:-1])  # (I-1) x s x s
         Phi, Q = block_diagonal(Phi_s, R), block_diagonal(Q_s, R)
-        P0 = block_diagonal(kernel.sde().Pinf, R)
+        P0 = block_diagonal(kernel.stationary_covariance(), R)
         m0 = torch.zeros(R * s, dtype=t.dtype, device=t.device)
         if t.shape[0] > 1:
             H = value_map(R, s, eta.dtype, eta.device)
@@ -307,7 +309,7 @@ def latent_score(kernel: MaternMarkovKernel, t: Tensor, lam: Tensor, eta: Tensor
     return post, summed
 
 
-def score_surrogate(kernel: MaternMarkovKernel, t: Tensor, score: ModeScore) -> Tensor:
+def score_surrogate(kernel: MarkovKernel, t: Tensor, score: ModeScore) -> Tensor:
     r"""A 0-dim function of the kernel's hyperparameters whose gradient, at the hyperparameters of
     :func:`latent_score`, is the gradient of :math:`\log Z` (:func:`gpgeom.engine.sites.score_surrogate` on the
     ``s x s`` blocks: :math:`-\tfrac12 \operatorname{tr}(M_1 P_\infty) + \sum_i [-\tfrac12
@@ -322,7 +324,7 @@ def score_surrogate(kernel: MaternMarkovKernel, t: Tensor, score: ModeScore) -> 
     Returns:
         0-dim tensor (its value is not :math:`\log Z`).
     """
-    Pinf = kernel.sde().Pinf
+    Pinf = kernel.stationary_covariance()
     out = -0.5 * (score.M0 * Pinf).sum()
     if t.shape[0] > 1:
         Phi, Q = kernel.transition(t[1:] - t[:-1])

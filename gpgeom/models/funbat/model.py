@@ -54,11 +54,10 @@ the Gaussian mean (RMSE 0.251) and fits the day scales after it (:mod:`~gpgeom.m
 The updates are coordinate ascent on a non-convex ELBO: ``n_restarts`` chooses among initialisations by ELBO. Unseen
 coordinates far (several lengthscales) from the training ones get the prior.
 
-Accuracy against an exact GP on BeijingAir-PM2.5, why fits run past the default convergence test overfit there and why
-larger ranks predict worse: the FunBaT page of the documentation, section "Accuracy on BeijingAir-PM2.5" (choose the
-rank on held-out entries). FunBaT's advantage is scale: a sweep without a hyperparameter step costs :math:`O(N + \sum_k
-I_k)` time and memory (no ``N x N`` matrix; the exact GP's Cholesky grows as :math:`N^3`, section 4 of
-``benchmarks/funbat.py``).
+Accuracy against an exact GP on BeijingAir-PM2.5, why longer fits overfit there and why larger ranks predict worse:
+the FunBaT page of the documentation, "Accuracy on BeijingAir-PM2.5" (choose the rank on held-out entries). FunBaT's
+advantage is scale: a sweep without a hyperparameter step costs :math:`O(N + \sum_k I_k)` time and memory (no ``N x N``
+matrix; the exact GP's Cholesky grows as :math:`N^3`, section 4 of ``benchmarks/funbat.py``).
 """
 
 from __future__ import annotations
@@ -72,14 +71,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from gpytorch.constraints import Interval
 from torch import Tensor
 
 from gpgeom._progress import progress_bar
 from gpgeom._validation import check_option, check_positive
 from gpgeom.base import ModelContract
 from gpgeom.errors import ConvergenceWarning
-from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.models.funbat import persistence
 from gpgeom.models.funbat.conditional import latent_conditional
 from gpgeom.models.funbat.entries import entry_marginals
@@ -87,6 +84,7 @@ from gpgeom.models.funbat.hyper import _HyperparameterSteps
 from gpgeom.models.funbat.inference import _ConditionalEP, _Mode
 from gpgeom.models.funbat.noise import NOISE_MODELS, SCALE_FITS, noise_factor
 from gpgeom.models.funbat.predictive import _PredictiveDistribution
+from gpgeom.models.funbat.priors import check_categorical, mode_kernel
 from gpgeom.models.funbat.scales import DOF_INIT, _NoiseScales
 from gpgeom.models.funbat.target import TARGET_TRANSFORMS, lognormal_mean_std, to_model_target
 
@@ -135,12 +133,6 @@ def _as_rank_tuple(rank: int | Sequence[int]) -> tuple[int, ...] | int:
     return ranks
 
 
-def _new_kernel(nu: float, dtype: torch.dtype, device: torch.device) -> MaternMarkovKernel:
-    return MaternMarkovKernel(
-        nu=float(nu), lengthscale_constraint=Interval(1e-4, 1e3), variance_constraint=Interval(1e-6, 1e4)
-    ).to(dtype=dtype, device=device)
-
-
 class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, _PredictiveDistribution):
     r"""Functional Bayesian Tucker decomposition of a continuous-indexed tensor (Fang et al., ICLR 2024).
 
@@ -155,6 +147,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         rank: Rank per mode: an int for every mode or one int per mode (Tucker); CP needs one rank.
         decomposition: ``"tucker"`` (learned core) or ``"cp"`` (superdiagonal core of ones).
         nu: Matérn smoothness of the latent functions, 0.5, 1.5 or 2.5 (one for all modes, or one per mode).
+        categorical: Modes whose coordinates are unordered labels (an index or several): independent values per
+            label instead of a Matérn GP (invariant to relabelling, the prior at an unseen label; ``nu`` and
+            ``lengthscale`` do not apply, the variance is learned; :mod:`gpgeom.models.funbat.priors`).
         lengthscale: Initial lengthscale(s) in normalised coordinate units (each mode's training range is
             mapped to ``[0, 1]`` when ``normalize_coordinates``): a float or one per mode.
         variance: Initial prior variance(s) of the latent components: a float or one per mode.
@@ -236,7 +231,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         restart_elbos: The ELBO of each initialisation after ``restart_sweeps`` (with ``n_restarts``).
         converged: Whether the convergence test stopped the fit.
         ranks: The rank of every mode.
-        kernels: ``torch.nn.ModuleList`` of the ``K`` :class:`~gpgeom.kernels.markov.MaternMarkovKernel`.
+        kernels: ``torch.nn.ModuleList`` of the ``K`` :class:`~gpgeom.kernels.markov.MaternMarkovKernel` (a
+            :class:`~gpgeom.kernels.categorical.CategoricalMarkovKernel` for a ``categorical`` mode).
 
     The fitted hyperparameters are the properties :attr:`lengthscales_` and :attr:`variances_`, the core's posterior
     :attr:`core_mean` and :attr:`core_cov`, the noise :attr:`noise_variance` and :attr:`dof_`.
@@ -248,7 +244,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         "rank decomposition nu lengthscale_init variance_init learn_hyperparameters hyper_warmup hyper_every "
         "hyper_method hyper_max_iter damping damping_core damping_tau max_sweeps min_sweeps tol core_prior_variance "
         "noise_prior standardize normalize_coordinates bias bias_prior_variance init_scale n_restarts restart_sweeps "
-        "seed noise dof scale_mode scale_fit target_transform"
+        "seed noise dof scale_mode scale_fit target_transform categorical"
     ).split()
 
     def __init__(
@@ -257,6 +253,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         *,
         decomposition: str = "tucker",
         nu: float | Sequence[float] = 1.5,
+        categorical: int | Sequence[int] | None = None,
         lengthscale: float | Sequence[float] = 0.3,
         variance: float | Sequence[float] = 1.0,
         learn_hyperparameters: bool = True,
@@ -296,6 +293,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         for v in [nu] if isinstance(nu, int | float) else list(nu):
             check_option("nu", v, (0.5, 1.5, 2.5))
         self.nu = nu if isinstance(nu, int | float) else tuple(float(v) for v in nu)
+        self.categorical = check_categorical(categorical)
         for name, val in (("lengthscale", lengthscale), ("variance", variance)):
             for v in [val] if isinstance(val, int | float) else list(val):
                 check_positive(name, v)
@@ -494,6 +492,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
                 f"`noise_prior` a0={self.noise_prior[0]:g} with {N} observed entr{'y' if N == 1 else 'ies'}: "
                 "a0 + N/2 must exceed 1 for a finite predictive noise variance E[1/tau]; raise a0 or add entries."
             )
+        if self.categorical and self.categorical[-1] >= K:
+            raise ValueError(f"`categorical` must hold mode indices in [0, {K - 1}], got {list(self.categorical)}.")
         if self.scale_mode is not None and self.scale_mode >= K:
             raise ValueError(f"`scale_mode` must be a mode index in [0, {K - 1}], got {self.scale_mode}.")
         ranks = (self.rank,) * K if isinstance(self.rank, int) else self.rank
@@ -581,8 +581,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self._modes = []
         for k in range(K):
             t, idx = self._coords[k]
-            kern = _new_kernel(self._nus[k], dtype, device)
-            kern.lengthscale = float(self._ls0[k])
+            kern = mode_kernel(self._nus[k], k in self.categorical, dtype, device)
+            if kern.has_lengthscale:  # a categorical mode has none
+                kern.lengthscale = float(self._ls0[k])
             kern.variance = float(self._vs0[k])
             self.kernels.append(kern)
             I, R = t.shape[0], self.ranks[k]
@@ -631,7 +632,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         r"""Sweeps until the convergence test (only after a hyperparameter step when they are learned) or until
         ``max_sweeps`` sweeps in all have run."""
         K = len(self.ranks)
-        span = self.coord_span
         start = len(self.history)
         bar = progress_bar(
             range(start, max_sweeps), progress=progress, desc=f"FunBaT-{self.decomposition}", leave=False
@@ -663,7 +663,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
                 "train_rmse": float((f_bar - self._ys).square().mean().sqrt()),
                 "noise_sd": float((self._tau_b / self._tau_a).sqrt() * self.y_std),
                 "seconds": time.perf_counter() - t0,
-                "lengthscale": [float(kk.lengthscale.detach() * sp) for kk, sp in zip(self.kernels, span)],
+                "lengthscale": self.lengthscales_.tolist(),
                 "variance": [float(kk.variance.detach()) for kk in self.kernels],
                 "hyper_step": learn,
                 "hyper_failure": failure,
@@ -841,9 +841,10 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
 
     @property
     def lengthscales_(self) -> Tensor:
-        r"""``K`` lengthscales of the latent functions, in original coordinate units."""
+        r"""``K`` lengthscales of the latent functions, in original coordinate units (NaN for a categorical mode)."""
         self._check_fitted()
-        return torch.stack([k.lengthscale.detach().reshape(()) for k in self.kernels]) * self.coord_span
+        ls = [k.lengthscale.detach().reshape(()) if k.has_lengthscale else math.nan for k in self.kernels]
+        return torch.stack([self.coord_span.new_tensor(v) if isinstance(v, float) else v for v in ls]) * self.coord_span
 
     @property
     def variances_(self) -> Tensor:
@@ -887,7 +888,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             modes=len(self.ranks),
             n=int(self._N),
             coordinates=[int(md.t.shape[0]) for md in self._modes],
-            nu=[float(k.nu) for k in self.kernels],
+            nu=[float(k.nu) if hasattr(k, "nu") else "categorical" for k in self.kernels],
             lengthscales=self.lengthscales_,
             variances=self.variances_,
             noise=self.noise_variance,

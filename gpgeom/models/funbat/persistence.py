@@ -21,6 +21,7 @@ from torch import Tensor
 
 from gpgeom.models.funbat.inference import _Mode
 from gpgeom.models.funbat.latent import LatentPosterior
+from gpgeom.models.funbat.priors import mode_kernel
 
 __all__ = ["get_state", "from_state", "move"]
 
@@ -46,7 +47,7 @@ def get_state(model: Any) -> dict[str, Any]:
         "config": {k: _plain(v) for k, v in model._config().items()},
         "ranks": list(model.ranks),
         "dtype": str(model.dtype).replace("torch.", ""),
-        "nus": [float(k.nu) for k in model.kernels],
+        "nus": [float(getattr(k, "nu", 0.5)) for k in model.kernels],  # a categorical mode's is not used
         "kernels": [dict(k.state_dict()) for k in model.kernels],
         "modes": modes,
         "tensors": {name: getattr(model, name, None) for name in _TENSORS},
@@ -64,7 +65,7 @@ def get_state(model: Any) -> dict[str, Any]:
 
 def from_state(cls: type, state: dict[str, Any]) -> Any:
     r"""A fitted model of class ``cls`` from :func:`get_state`'s dict (on the CPU, in the saved dtype)."""
-    from gpgeom.models.funbat.model import FunBaTFitResult, _new_kernel
+    from gpgeom.models.funbat.model import FunBaTFitResult
 
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
     dtype = getattr(torch, state["dtype"])
@@ -72,8 +73,8 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
     model = cls._from_config(cfg, dtype=dtype)
     model.ranks = tuple(state["ranks"])
     model.kernels = torch.nn.ModuleList()
-    for nu, sd in zip(state["nus"], state["kernels"], strict=True):
-        kern = _new_kernel(nu, dtype, cpu)
+    for k, (nu, sd) in enumerate(zip(state["nus"], state["kernels"], strict=True)):
+        kern = mode_kernel(nu, k in model.categorical, dtype, cpu)
         kern.load_state_dict(sd)
         kern.eval()
         model.kernels.append(kern)

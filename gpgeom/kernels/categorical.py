@@ -1,0 +1,143 @@
+r"""A kernel for an unordered index (labels: stations, sensors, patients), in the state-space form of the Markov
+kernels.
+
+The values at distinct labels are independent draws of one variance, and equal labels share one value:
+
+.. math:: k(x, x') = \sigma^2\, [x = x'].
+
+Nothing ties two labels because they are close as numbers: relabelling the categories (any bijection of the label
+values) leaves every posterior unchanged, which no stationary kernel of the label's value offers (a Matérn kernel on
+label codes correlates labels that happen to be numerically close and is not invariant to their order).
+
+State-space form. Read along the sorted unique labels :math:`t_1 < \dots < t_I` the values are a Markov chain with
+a state of dimension 1 and the exact "transition"
+
+.. math::
+    \Phi(\Delta) = [\Delta = 0], \qquad Q(\Delta) = \sigma^2 [\Delta \ne 0], \qquad P_\infty = \sigma^2,
+
+so every routine written for :class:`~gpgeom.kernels.sde.MarkovKernel` chains (Kalman filter and smoother,
+conditionals at new points, the marginal likelihood's score) handles it unchanged: the filter's gains vanish, each
+label's posterior is its own sites times the prior, and a label not seen in training gets the prior
+:math:`N(0, \sigma^2)`. There is no continuous-time SDE (:meth:`CategoricalMarkovKernel.sde` raises); the stationary
+covariance comes from :meth:`~CategoricalMarkovKernel.stationary_covariance`. It has no lengthscale.
+
+Used by :class:`gpgeom.models.funbat.FunBaT` for the modes named in ``categorical``.
+"""
+
+from __future__ import annotations
+
+import torch
+from gpytorch.constraints import Interval, Positive
+from gpytorch.priors import Prior
+from torch import Tensor
+
+from gpgeom.kernels.sde import SDE, MarkovKernel
+
+__all__ = ["CategoricalMarkovKernel"]
+
+
+class CategoricalMarkovKernel(MarkovKernel):
+    r"""The kernel :math:`k(x, x') = \sigma^2 [x = x']` of an unordered index, with its state-space transition
+    (module docstring).
+
+    Inputs are ``... x n x 1`` label values (any real numbers; equal values are the same category).
+
+    Args:
+        variance_prior: Prior on :attr:`variance`.
+        variance_constraint: Constraint on :attr:`variance` (default ``Positive()``).
+        kwargs: Passed to :class:`gpytorch.kernels.Kernel` (``batch_shape``, ``active_dims``, ``eps``).
+            ``ard_num_dims`` other than 1 is refused.
+
+    Attributes:
+        variance: ``batch_shape`` (0-dim without batch).
+
+    Example:
+        >>> k = CategoricalMarkovKernel()
+        >>> x = torch.tensor([[0.0], [1.0], [1.0]])
+        >>> K = k(x).to_dense()  # [[1, 0, 0], [0, 1, 1], [0, 1, 1]]
+        >>> Phi, Q = k.transition(torch.tensor([0.0, 2.0]))  # 2 x 1 x 1 each: (1, 0) and (0, 1)
+    """
+
+    has_lengthscale = False
+    state_dim = 1
+
+    def __init__(
+        self,
+        variance_prior: Prior | None = None,
+        variance_constraint: Interval | None = None,
+        **kwargs,
+    ):
+        if kwargs.get("ard_num_dims") not in (None, 1):
+            raise ValueError(
+                f"`ard_num_dims` must be None or 1 for CategoricalMarkovKernel (one label per input), "
+                f"got {kwargs['ard_num_dims']!r}."
+            )
+        super().__init__(**kwargs)
+        if variance_constraint is None:
+            variance_constraint = Positive()
+        self.register_parameter("raw_variance", torch.nn.Parameter(torch.zeros(self.batch_shape)))
+        self.register_constraint("raw_variance", variance_constraint)
+        if variance_prior is not None:
+            if not isinstance(variance_prior, Prior):
+                raise TypeError(f"`variance_prior` must be a gpytorch Prior, got {type(variance_prior).__name__}.")
+            self.register_prior("variance_prior", variance_prior, lambda m: m.variance, lambda m, v: m._set_variance(v))
+
+    @property
+    def variance(self) -> Tensor:
+        r"""The variance :math:`\sigma^2 = k(x, x)` of every category's value, shape ``batch_shape``."""
+        return self.raw_variance_constraint.transform(self.raw_variance)
+
+    @variance.setter
+    def variance(self, value: Tensor | float) -> None:
+        self._set_variance(value)
+
+    def _set_variance(self, value: Tensor | float) -> None:
+        if not torch.is_tensor(value):
+            value = torch.as_tensor(value, dtype=self.raw_variance.dtype, device=self.raw_variance.device)
+        self.initialize(raw_variance=self.raw_variance_constraint.inverse_transform(value))
+
+    @property
+    def is_stationary(self) -> bool:
+        r"""``True``: every category has the same prior."""
+        return True
+
+    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params) -> Tensor:
+        r"""Covariance ``... x n x m`` (``... x n`` when ``diag``) between labels ``x1`` (``... x n x 1``) and
+        ``x2`` (``... x m x 1``)."""
+        if x1.shape[-1] != 1 or x2.shape[-1] != 1:
+            raise ValueError(
+                f"CategoricalMarkovKernel takes one label per input (... x n x 1), got shapes {tuple(x1.shape)} and "
+                f"{tuple(x2.shape)}."
+            )
+        var = self.variance
+        if diag:
+            same = (x1[..., 0] == x2[..., 0]).to(var.dtype)
+            return var[..., None] * same
+        same = (x1[..., :, None, 0] == x2[..., None, :, 0]).to(var.dtype)
+        return var[..., None, None] * same
+
+    def sde(self) -> SDE:
+        raise NotImplementedError(
+            "CategoricalMarkovKernel has no continuous-time SDE (its values at distinct labels are independent); "
+            "use transition() and stationary_covariance()."
+        )
+
+    def stationary_covariance(self) -> Tensor:
+        r""":math:`P_\infty = \sigma^2`, ``batch_shape x 1 x 1``."""
+        return self.variance[..., None, None]
+
+    def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Exact :math:`(\Phi(\Delta), Q(\Delta)) = ([\Delta = 0], \sigma^2 [\Delta \ne 0])`, each
+        ``broadcast(batch, batch_shape) x m x 1 x 1``, for label differences ``dt`` of shape ``batch x m``."""
+        var = self.variance[..., None]  # batch_shape x 1, broadcasts against batch x m
+        same = (dt == 0).to(var.dtype)
+        Phi = same + 0.0 * var  # carries the broadcast shape
+        Q = var * (1.0 - same)
+        return Phi[..., None, None], Q[..., None, None]
+
+    def initial_state(self, t0: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(m0, P0)``: zeros and :math:`\sigma^2` for every first label (``broadcast(t0, batch_shape)``)."""
+        P = self.stationary_covariance()
+        shape = torch.broadcast_shapes(t0.shape, P.shape[:-2])
+        P0 = P.expand(*shape, 1, 1)
+        return P0.new_zeros(*shape, 1), P0
