@@ -32,7 +32,8 @@ status=0
 run() { echo "== $*"; timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!! failed: $*"; status=1; }; }
 want() { [[ " ${SELECTED} " == *" $1 "* ]]; }
 SELECTED="${*:-engine rgnp rvgp funbat trajectory}"
-run $PY -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_statespace.py tests/test_lie.py -k "cuda or device"
+run $PY -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_statespace.py tests/test_lie.py \
+    tests/test_funbat_categorical.py -k "cuda or device"
 if want engine; then
     run $PY benchmarks/engine.py --device cuda --dtype float64 --fit-sizes 200
     run $PY benchmarks/engine.py --device cuda --dtype float32 --quick --fit-sizes

@@ -265,3 +265,18 @@ def test_categorical_mode_beyond_the_data_is_refused():
     X, y, _, keep = _tensor()
     with pytest.raises(ValueError, match=r"`categorical` must hold mode indices in \[0, 1\], got \[2\]"):
         FunBaT(2, categorical=2).fit(X[keep], y[keep])
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_categorical_mode_on_device_matches_cpu(device):
+    X, y, _, keep = _tensor(seed=1)
+    cpu = _fit(X[keep], y[keep], categorical=0, max_sweeps=15)
+    dev = _fit(X[keep].to(device), y[keep].to(device), categorical=0, max_sweeps=15)
+    mean, sd = dev.predict(X[~keep].to(device), return_std=True)
+    assert mean.device.type == device and dev.kernels[0].raw_variance.device.type == device
+    want_mean, want_sd = cpu.predict(X[~keep], return_std=True)
+    torch.testing.assert_close(mean.cpu(), want_mean, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(sd.cpu(), want_sd, rtol=1e-6, atol=1e-8)
