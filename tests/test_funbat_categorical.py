@@ -9,6 +9,7 @@ likelihood, and the model's invariance to relabelling the categories.
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 
 import pytest
@@ -118,6 +119,21 @@ def test_kernel_refuses_what_it_is_not():
     with pytest.raises(ValueError, match="one label per input"):
         _kernel()(torch.zeros(3, 2, dtype=D)).to_dense()
     assert not CategoricalMarkovKernel.has_lengthscale
+    with pytest.raises(TypeError, match="variance_prior"):
+        CategoricalMarkovKernel(variance_prior=1.0)
+
+
+def test_variance_prior_is_registered():
+    import gpytorch
+
+    k = CategoricalMarkovKernel(variance_prior=gpytorch.priors.GammaPrior(2.0, 1.0)).to(D)
+    k.variance = 0.7
+    (name, _, prior, param, _), *rest = list(k.named_priors())
+    assert name == "variance_prior" and not rest
+    want = torch.distributions.Gamma(torch.tensor(2.0, dtype=D), torch.tensor(1.0, dtype=D)).log_prob(k.variance)
+    torch.testing.assert_close(prior.log_prob(param(k)).to(D), want)
+    back = pickle.loads(pickle.dumps(k))  # the prior's closures are methods, not lambdas
+    torch.testing.assert_close(back.variance, k.variance)
 
 
 # ---------------------------------------------------------------------------------------------------------------

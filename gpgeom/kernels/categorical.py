@@ -27,16 +27,17 @@ Used by :class:`gpgeom.models.funbat.FunBaT` for the modes named in ``categorica
 from __future__ import annotations
 
 import torch
-from gpytorch.constraints import Interval, Positive
+from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 from torch import Tensor
 
 from gpgeom.kernels.sde import SDE, MarkovKernel
+from gpgeom.kernels.variance import KernelVariance
 
 __all__ = ["CategoricalMarkovKernel"]
 
 
-class CategoricalMarkovKernel(MarkovKernel):
+class CategoricalMarkovKernel(KernelVariance, MarkovKernel):
     r"""The kernel :math:`k(x, x') = \sigma^2 [x = x']` of an unordered index, with its state-space transition
     (module docstring).
 
@@ -73,28 +74,7 @@ class CategoricalMarkovKernel(MarkovKernel):
                 f"got {kwargs['ard_num_dims']!r}."
             )
         super().__init__(**kwargs)
-        if variance_constraint is None:
-            variance_constraint = Positive()
-        self.register_parameter("raw_variance", torch.nn.Parameter(torch.zeros(self.batch_shape)))
-        self.register_constraint("raw_variance", variance_constraint)
-        if variance_prior is not None:
-            if not isinstance(variance_prior, Prior):
-                raise TypeError(f"`variance_prior` must be a gpytorch Prior, got {type(variance_prior).__name__}.")
-            self.register_prior("variance_prior", variance_prior, lambda m: m.variance, lambda m, v: m._set_variance(v))
-
-    @property
-    def variance(self) -> Tensor:
-        r"""The variance :math:`\sigma^2 = k(x, x)` of every category's value, shape ``batch_shape``."""
-        return self.raw_variance_constraint.transform(self.raw_variance)
-
-    @variance.setter
-    def variance(self, value: Tensor | float) -> None:
-        self._set_variance(value)
-
-    def _set_variance(self, value: Tensor | float) -> None:
-        if not torch.is_tensor(value):
-            value = torch.as_tensor(value, dtype=self.raw_variance.dtype, device=self.raw_variance.device)
-        self.initialize(raw_variance=self.raw_variance_constraint.inverse_transform(value))
+        self._register_variance(variance_prior, variance_constraint)
 
     @property
     def is_stationary(self) -> bool:

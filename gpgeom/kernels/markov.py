@@ -47,6 +47,7 @@ from torch import Tensor
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.errors import NotPSDError
 from gpgeom.kernels.sde import SDE, MarkovKernel, time_column
+from gpgeom.kernels.variance import KernelVariance
 
 __all__ = [
     "SDE",
@@ -89,7 +90,7 @@ def _q_series(F: Tensor, G: Tensor, dt: Tensor) -> Tensor:
     return (dt_pows[..., None, None] * B.unsqueeze(-4)).sum(-3)
 
 
-class MaternMarkovKernel(MarkovKernel):
+class MaternMarkovKernel(KernelVariance, MarkovKernel):
     r"""Matérn kernel with :math:`\nu \in \{1/2, 3/2, 5/2\}`, its variance, and its state-space form.
 
     .. math::
@@ -157,34 +158,7 @@ class MaternMarkovKernel(MarkovKernel):
         super().__init__(**kwargs)
         self.nu = float(nu)
         self.state_dim = int(nu + 0.5)
-        if variance_constraint is None:
-            variance_constraint = Positive()
-        self.register_parameter("raw_variance", torch.nn.Parameter(torch.zeros(self.batch_shape)))
-        self.register_constraint("raw_variance", variance_constraint)
-        if variance_prior is not None:
-            if not isinstance(variance_prior, Prior):
-                raise TypeError(f"`variance_prior` must be a gpytorch Prior, got {type(variance_prior).__name__}.")
-            self.register_prior("variance_prior", variance_prior, self._variance_param, self._variance_closure)
-
-    @property
-    def variance(self) -> Tensor:
-        r"""The marginal variance :math:`\sigma^2 = k(t, t)`, shape ``batch_shape x 1 x 1``."""
-        return self.raw_variance_constraint.transform(self.raw_variance)
-
-    @variance.setter
-    def variance(self, value: Tensor | float) -> None:
-        self._set_variance(value)
-
-    def _variance_param(self, m: MaternMarkovKernel) -> Tensor:
-        return m.variance
-
-    def _variance_closure(self, m: MaternMarkovKernel, value: Tensor | float) -> None:
-        m._set_variance(value)
-
-    def _set_variance(self, value: Tensor | float) -> None:
-        if not torch.is_tensor(value):
-            value = torch.as_tensor(value, dtype=self.raw_variance.dtype, device=self.raw_variance.device)
-        self.initialize(raw_variance=self.raw_variance_constraint.inverse_transform(value))
+        self._register_variance(variance_prior, variance_constraint)
 
     @property
     def is_stationary(self) -> bool:
