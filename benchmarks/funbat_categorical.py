@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _folds import finish_fold, run_fold_benchmark, with_modes  # noqa: E402
 from funbat import run_funbat  # noqa: E402
-from funbat_stations import N_STATIONS, STATION_FUNBAT, station_gp  # noqa: E402
+from funbat_stations import N_STATIONS, STATION_FUNBAT, station_code, station_gp  # noqa: E402
 
 from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
 
@@ -54,7 +54,7 @@ def run_fold(fold: int) -> dict[str, dict]:
     r"""Every row of the table for one fold (label -> :func:`funbat.metrics` results, without the predictions)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = load_beijing_air(station=True)  # temperature, pressure, day, station at 10 s / 11
-    code = torch.round(data.X[:, 3] * ((N_STATIONS - 1) / 10.0)).long()
+    code = station_code(data.X[:, 3]).long()
     order = torch.randperm(N_STATIONS, generator=torch.Generator().manual_seed(SHUFFLE_SEED))
     shuffled = torch.stack([data.X[:, 2], order[code].to(data.X) * (10.0 / (N_STATIONS - 1))], 1)
     tpds = data.split(fold)

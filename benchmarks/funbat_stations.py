@@ -61,6 +61,11 @@ RESTARTS = 3
 STATION_FUNBAT = {"nu": (0.5, 0.5), "rank": 4, "n_restarts": 8}
 
 
+def station_code(x: torch.Tensor) -> torch.Tensor:
+    r"""The station's alphabetical rank ``s`` (0-11, as floats) from its mode coordinate ``10 s / 11`` (any shape)."""
+    return torch.round(x * ((N_STATIONS - 1) / 10.0))
+
+
 def baselines(split, station: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict[str, dict]:
     r"""The day's training mean, and that mean plus ``a_s m_d + b_s`` fitted per station by least squares."""
     day_tr, day_te = split.X_train[:, 2].contiguous(), split.X_test[:, 2].contiguous()
@@ -105,7 +110,7 @@ def station_gp(split, fold: int) -> dict:
         )
 
     def inputs(X):  # coordinates / 10, the station back to its integer code
-        return torch.cat([X[:, :3] / 10.0, torch.round(X[:, 3:] * ((N_STATIONS - 1) / 10.0))], 1)
+        return torch.cat([X[:, :3] / 10.0, station_code(X[:, 3:])], 1)
 
     Xtr, Xte = inputs(split.X_train), inputs(split.X_test)
     t0 = time.perf_counter()
@@ -128,7 +133,7 @@ def run_fold(fold: int) -> dict[str, dict]:
     r"""Every row of the table for one fold (label -> :func:`funbat.metrics` results, without the predictions)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     data = load_beijing_air(station=True)  # temperature, pressure, day, station at 10 s / 11
-    station = torch.round(data.X[:, 3] * ((N_STATIONS - 1) / 10.0)).long()
+    station = station_code(data.X[:, 3]).long()
     split = with_modes(data, data.X[:, :3], data.mode_names[:3]).split(fold)
     train, test = split.info["train_index"], split.info["test_index"]
 

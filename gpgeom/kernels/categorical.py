@@ -110,14 +110,5 @@ class CategoricalMarkovKernel(KernelVariance, MarkovKernel):
         r"""Exact :math:`(\Phi(\Delta), Q(\Delta)) = ([\Delta = 0], \sigma^2 [\Delta \ne 0])`, each
         ``broadcast(batch, batch_shape) x m x 1 x 1``, for label differences ``dt`` of shape ``batch x m``."""
         var = self.variance[..., None]  # batch_shape x 1, broadcasts against batch x m
-        same = (dt == 0).to(var.dtype)
-        Phi = same + 0.0 * var  # carries the broadcast shape
-        Q = var * (1.0 - same)
-        return Phi[..., None, None], Q[..., None, None]
-
-    def initial_state(self, t0: Tensor) -> tuple[Tensor, Tensor]:
-        r"""``(m0, P0)``: zeros and :math:`\sigma^2` for every first label (``broadcast(t0, batch_shape)``)."""
-        P = self.stationary_covariance()
-        shape = torch.broadcast_shapes(t0.shape, P.shape[:-2])
-        P0 = P.expand(*shape, 1, 1)
-        return P0.new_zeros(*shape, 1), P0
+        same, var = torch.broadcast_tensors((dt == 0).to(var.dtype), var)
+        return same[..., None, None], (var * (1.0 - same))[..., None, None]

@@ -135,7 +135,7 @@ class MarkovKernel(Kernel):
         (:class:`~gpgeom.kernels.categorical.CategoricalMarkovKernel`) override it."""
         Pinf = self.sde().Pinf
         if Pinf is None:
-            raise NotImplementedError(f"{type(self).__name__} is not stationary: it has no stationary covariance.")
+            raise NotImplementedError(f"{type(self).__name__} is not stationary: it must implement initial_state.")
         return Pinf
 
     def initial_state(self, t0: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,11 +146,9 @@ class MarkovKernel(Kernel):
 
         Returns:
             ``(m0, P0)``: ``broadcast(batch, batch_shape) x s`` zeros and ``... x s x s`` covariance. For a
-            stationary kernel :math:`P_0 = P_\infty` whatever the time.
+            stationary kernel :math:`P_0 = P_\infty` (:meth:`stationary_covariance`) whatever the time.
         """
-        Pinf = self.sde().Pinf
-        if Pinf is None:
-            raise NotImplementedError(f"{type(self).__name__} must implement initial_state (it is not stationary).")
+        Pinf = self.stationary_covariance()
         shape = torch.broadcast_shapes(t0.shape, Pinf.shape[:-2])
         P0 = Pinf.expand(*shape, *Pinf.shape[-2:])
         return P0.new_zeros(*shape, self.state_dim), P0

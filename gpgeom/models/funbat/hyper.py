@@ -64,6 +64,8 @@ from gpgeom.models.funbat.latent import (
 #: ``hyper_method="auto"`` takes the ``"sweep"`` steps above this many unique coordinates in all modes.
 SWEEP_THRESHOLD = 10_000
 
+#: The hyperparameters of a mode, in the order of the iRprop- state (a categorical mode has the variance only).
+_HYPERS = ("lengthscale", "variance")
 # iRprop- constants (module docstring): initial, smallest and largest step (log units), growth and shrink factors
 _STEP0, _STEP_MIN, _STEP_MAX, _GROW, _SHRINK = 0.5, 1e-4, 1.0, 1.2, 0.5
 
@@ -207,22 +209,20 @@ class _HyperparameterSteps:
             k64 = copy.deepcopy(kern).to(torch.float64)
             score = ModeScore(*(x.to(torch.float64) for x in md.score))
             md.score = None
-            names = ("lengthscale", "variance") if kern.has_lengthscale else ("variance",)
-            raw = [getattr(k64, f"raw_{name}") for name in names]
+            slots = [0, 1] if kern.has_lengthscale else [1]  # of _HYPERS; a categorical mode has the variance only
+            raw = [getattr(k64, f"raw_{_HYPERS[i]}") for i in slots]
             grads = torch.autograd.grad(score_surrogate(k64, md.t.to(torch.float64), score), raw)
             # the constraints are increasing maps: the sign of d log Z / d raw is that of d log Z / d log value
-            sign = torch.stack([g.reshape(()) for g in grads]).sign()
-            if not kern.has_lengthscale:  # a categorical mode: no lengthscale, no step
-                sign = torch.cat([sign.new_zeros(1), sign])
+            sign = raw[0].new_zeros(2)  # a slot the kernel lacks never moves
+            sign[slots] = torch.stack([g.reshape(()) for g in grads]).sign()
             agree = sign * signs[k]
             steps[k] = torch.where(agree > 0, (steps[k] * _GROW).clamp(max=_STEP_MAX), steps[k])
             steps[k] = torch.where(agree < 0, (steps[k] * _SHRINK).clamp(min=_STEP_MIN), steps[k])
             sign = torch.where(agree < 0, torch.zeros_like(sign), sign)  # a flipped sign: no move this time
             signs[k] = sign
             with torch.no_grad():
-                for i, name in enumerate(("lengthscale", "variance")):
-                    if name not in names:
-                        continue
+                for i in slots:
+                    name = _HYPERS[i]
                     current = getattr(kern, name)
                     constraint = getattr(kern, f"raw_{name}_constraint")
                     value = (current.detach().double().log() + sign[i] * steps[k, i]).exp()
