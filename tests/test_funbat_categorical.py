@@ -21,6 +21,7 @@ from gpgeom.kernels.categorical import CategoricalMarkovKernel
 from gpgeom.models.funbat import FunBaT, FunBaTCP
 from gpgeom.models.funbat.conditional import latent_conditional, latent_cross_covariance
 from gpgeom.models.funbat.latent import latent_posterior, latent_score, score_surrogate
+from gpgeom.models.funbat.priors import initial_positions
 
 D = torch.float64
 
@@ -204,13 +205,33 @@ def test_fit_is_invariant_to_relabelling():
     model2 = _fit(X2[keep], y[keep], categorical=0)
     m1, s1 = model.predict(X[~keep], return_std=True)
     m2, s2 = model2.predict(X2[~keep], return_std=True)
-    torch.testing.assert_close(m1, m2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(s1, s2, atol=1e-6, rtol=0)
+    # the initial factors follow the labels' mean values, not their coding: the same fit sweep by sweep
+    torch.testing.assert_close(m1, m2, atol=1e-10, rtol=0)
+    torch.testing.assert_close(s1, s2, atol=1e-10, rtol=0)
+    assert len(model.history) == len(model2.history)
+    elbos = [torch.tensor([h["elbo"] for h in m.history], dtype=D) for m in (model, model2)]
+    torch.testing.assert_close(elbos[0], elbos[1], rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(torch.tensor(model.restart_elbos), torch.tensor(model2.restart_elbos))
     rmse = float((m1[:, 0] - F[~keep]).square().mean().sqrt())
     assert rmse < 0.04  # noise sd 0.05, signal sd about 1 (0.021 measured; the ordered Matérn prior: 0.021)
     assert math.isnan(float(model.lengthscales_[0])) and float(model.lengthscales_[1]) > 0
     assert math.isnan(model.history[-1]["lengthscale"][0])
     assert "categorical" in repr(model)
+
+
+def test_initial_positions_rank_labels_by_their_mean():
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=D)
+    idx = torch.tensor([0, 0, 1, 2, 2, 3, 1])
+    ys = torch.tensor([1.0, 3.0, -1.0, 5.0, 4.0, 0.0, 0.5], dtype=D)  # label means 2, -0.25, 4.5, 0
+    s, perm = initial_positions(t, idx, ys, categorical=True)
+    means = [sum(float(v) for v, i in zip(ys, idx) if i == j) / int((idx == j).sum()) for j in range(4)]
+    ranks = [sorted(means).index(m) for m in means]  # by hand: [2, 0, 3, 1]
+    assert perm.tolist() == ranks == [2, 0, 3, 1]
+    torch.testing.assert_close(s, torch.tensor(ranks, dtype=D) / 3)
+    s, perm = initial_positions(t, idx, ys, categorical=False)  # a continuous mode keeps its coordinates
+    assert torch.equal(s, t) and perm.tolist() == [0, 1, 2, 3]
+    s, perm = initial_positions(t[:1], torch.zeros(2, dtype=torch.long), ys[:2], categorical=True)
+    assert s.tolist() == [0.0] and perm.tolist() == [0]  # one label
 
 
 def test_unseen_label_gets_the_prior():

@@ -54,10 +54,9 @@ the Gaussian mean (RMSE 0.251) and fits the day scales after it (:mod:`~gpgeom.m
 The updates are coordinate ascent on a non-convex ELBO: ``n_restarts`` chooses among initialisations by ELBO. Unseen
 coordinates far (several lengthscales) from the training ones get the prior.
 
-Accuracy against an exact GP on BeijingAir-PM2.5, why longer fits overfit there and why larger ranks predict worse:
-the FunBaT page of the documentation, "Accuracy on BeijingAir-PM2.5" (choose the rank on held-out entries). FunBaT's
-advantage is scale: a sweep without a hyperparameter step costs :math:`O(N + \sum_k I_k)` time and memory (no ``N x N``
-matrix; the exact GP's Cholesky grows as :math:`N^3`, section 4 of ``benchmarks/funbat.py``).
+Accuracy against an exact GP on BeijingAir-PM2.5, overfitting, larger ranks: the FunBaT page of the documentation
+(choose the rank on held-out entries). FunBaT's advantage is scale: a sweep without a hyperparameter step costs
+:math:`O(N + \sum_k I_k)` time and memory (the exact GP's Cholesky: :math:`N^3`, ``benchmarks/funbat.py``).
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ from gpgeom.models.funbat.hyper import _HyperparameterSteps
 from gpgeom.models.funbat.inference import _ConditionalEP, _Mode
 from gpgeom.models.funbat.noise import NOISE_MODELS, SCALE_FITS, noise_factor
 from gpgeom.models.funbat.predictive import _PredictiveDistribution
-from gpgeom.models.funbat.priors import check_categorical, mode_kernel
+from gpgeom.models.funbat.priors import check_categorical, initial_positions, mode_kernel
 from gpgeom.models.funbat.scales import DOF_INIT, _NoiseScales
 from gpgeom.models.funbat.target import TARGET_TRANSFORMS, lognormal_mean_std, to_model_target
 
@@ -192,7 +191,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             :math:`R`.
         bias_prior_variance: :math:`\sigma_b^2` (standardised units).
         init_scale: Standard deviation of the random perturbation of the initial latent means (which start
-            from the cosine basis :math:`\cos(\pi r t)`, :math:`r = 0 \dots R-1`, in normalised coordinates).
+            from the cosine basis :math:`\cos(\pi r t)`, :math:`r = 0 \dots R-1`, in normalised coordinates; a
+            categorical mode's labels by their rank in mean value, :func:`~.priors.initial_positions`).
         n_restarts: Extra random initialisations (seeds ``seed + r``, perturbation ``max(init_scale, 0.5)``); each
             runs ``restart_sweeps`` sweeps and the one with the largest ``elbo()`` is continued.
         restart_sweeps: Sweeps per initialisation before choosing.
@@ -573,7 +573,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             setattr(self, k, v)
 
     def _initialise(self, seed: int, init_scale: float) -> None:
-        r"""Kernels, latent means (cosine basis :math:`\cos(\pi r t)` plus ``init_scale`` x N(0, 1)), core, noise."""
+        r"""Kernels, latent means (cosine basis and perturbation: ``priors.initial_positions``), core, noise."""
         K = len(self.ranks)
         dtype, device = self.dtype, self.device
         gen = torch.Generator().manual_seed(seed)
@@ -586,9 +586,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
                 kern.lengthscale = float(self._ls0[k])
             kern.variance = float(self._vs0[k])
             self.kernels.append(kern)
-            I, R = t.shape[0], self.ranks[k]
-            noise = torch.randn(I, R, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-            basis = torch.cos(math.pi * t[:, None] * torch.arange(R, dtype=dtype, device=device)[None, :])
+            I, R, (s, perm) = t.shape[0], self.ranks[k], initial_positions(t, idx, self._ys, k in self.categorical)
+            noise = torch.randn(I, R, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)[perm]
+            basis = torch.cos(math.pi * s[:, None] * torch.arange(R, dtype=dtype, device=device)[None, :])
             self._modes.append(
                 _Mode(
                     t=t,

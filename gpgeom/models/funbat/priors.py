@@ -15,12 +15,13 @@ from collections.abc import Sequence
 
 import torch
 from gpytorch.constraints import Interval
+from torch import Tensor
 
 from gpgeom.kernels.categorical import CategoricalMarkovKernel
 from gpgeom.kernels.markov import MaternMarkovKernel
 from gpgeom.kernels.sde import MarkovKernel
 
-__all__ = ["mode_kernel", "check_categorical"]
+__all__ = ["mode_kernel", "check_categorical", "initial_positions"]
 
 #: The bounds of the learned lengthscales (normalised coordinate units) and prior variances.
 LENGTHSCALE_BOUNDS, VARIANCE_BOUNDS = (1e-4, 1e3), (1e-6, 1e4)
@@ -36,6 +37,35 @@ def mode_kernel(nu: float, categorical: bool, dtype: torch.dtype, device: torch.
             nu=float(nu), lengthscale_constraint=Interval(*LENGTHSCALE_BOUNDS), variance_constraint=variance
         )
     return kern.to(dtype=dtype, device=device)
+
+
+def initial_positions(t: Tensor, idx: Tensor, ys: Tensor, categorical: bool) -> tuple[Tensor, Tensor]:
+    r"""Where each unique coordinate of a mode sits in its initial factors, and its row of the seeded perturbation.
+
+    The initial latent means are :math:`\cos(\pi r s_i) + \text{init\_scale}\, \varepsilon_{\pi(i)}`,
+    :math:`r = 0 \dots R-1`. A continuous mode takes :math:`s_i = t_i` (its normalised coordinate) and
+    :math:`\pi(i) = i`. A categorical mode's labels have no order, so both come from the data instead: the labels are
+    ranked by the mean standardised value of their entries (ties in label order), :math:`s_i` is label
+    :math:`i`'s rank over :math:`I - 1` and :math:`\pi(i)` its rank. A relabelling of the categories (any bijection of
+    the label values) then leaves every label's initial factors, hence the whole fit, unchanged.
+
+    Args:
+        t: ``I`` sorted unique normalised coordinates of the mode.
+        idx: ``N`` index of each training entry's coordinate in ``t``.
+        ys: ``N`` standardised values of the (observed) training entries.
+        categorical: Whether the mode holds labels.
+
+    Returns:
+        ``(s, perm)``: ``I`` positions in ``[0, 1]`` (``t``'s dtype) and ``I`` row indices (long) of the perturbation.
+    """
+    I = t.shape[0]
+    if not categorical:
+        return t, torch.arange(I, device=t.device)
+    sums = torch.zeros(I, dtype=ys.dtype, device=ys.device).index_add_(0, idx, ys)
+    counts = torch.zeros(I, dtype=ys.dtype, device=ys.device).index_add_(0, idx, torch.ones_like(ys))
+    rank = torch.empty(I, dtype=torch.long, device=t.device)
+    rank[torch.argsort(sums / counts.clamp_min(1.0), stable=True)] = torch.arange(I, device=t.device)
+    return rank.to(t.dtype) / max(I - 1, 1), rank
 
 
 def check_categorical(categorical: object) -> tuple[int, ...]:
