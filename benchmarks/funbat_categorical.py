@@ -14,7 +14,7 @@ relabelling, the prior at an unseen label, only a variance to learn. This script
 * (day, station): defaults, ordered and categorical; the tuned setting of ``funbat_stations.py`` (Matérn-1/2 factors,
   rank 4, 8 restarts), ordered and categorical;
 * (day, station) with the stations in a seeded random order instead of the alphabetical one: the ordered prior's
-  result depends on that order, the categorical prior's does not (up to the convergence of the fit).
+  result depends on that order, the categorical prior's does not (its fit is the same sweep by sweep).
 
 and, in the same run, the strong plain baseline of ``funbat_stations.py``: the exact GP given the station
 (Matérn-1/2 ARD on temperature, pressure and day times a free 12 x 12 station covariance, the intrinsic
