@@ -54,7 +54,8 @@ from gpgeom.models.funbat import FunBaT  # noqa: E402
 
 #: Sweeps with everything learned before the holds (past the 10 restart sweeps; the default test stops at 17-76).
 HOLD = 15
-#: Sweeps the fits are followed for (the test RMSE of the paper's coordinates is lowest between 80 and 210).
+#: Sweeps the fits are followed for (followed fits on the paper's coordinates: lowest test RMSE at 65-300 sweeps,
+#: ``funbat_stopping_rules.md``; on the offsets at 8-32).
 BUDGET = 200
 #: Sweeps at which the footer traces the followed fits.
 TRACE = (HOLD, 25, 50, 100, BUDGET)
