@@ -2,16 +2,21 @@ r"""FunBaT with hyperparameters learned in some modes only (``learn_hyperparamet
 
 A held mode keeps its initial lengthscale and variance exactly, under every hyperparameter method, while the other
 modes learn theirs; all-True and all-False sequences are the same fit as the bools ``True`` and ``False``; a saved
-model keeps the flags; bad flags are refused with errors that name the argument.
+model keeps the flags; bad flags are refused with errors that name the argument. A ``fit`` callback that sets
+``learn_hyperparameters = False`` holds every hyperparameter from the next sweep on (the fit is unchanged before it);
+a bad ``mask`` is refused with its expected form and what was given.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 from funbat_factories import fit_quietly
 
 from gpgeom.datasets.tensors import make_synthetic_tensor
+from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat import FunBaT
 
 
@@ -79,3 +84,34 @@ def test_bad_flags_are_refused(data):
         FunBaT(2, learn_hyperparameters=())
     with pytest.raises(ValueError, match="learn_hyperparameters.*K=3"):
         _fit(data, learn_hyperparameters=(True, False))
+
+
+@pytest.mark.parametrize("method", ["marginal", "em", "sweep"])
+def test_callback_holds_the_hyperparameters_from_the_next_sweep(data, method):
+    hold_at = 3  # sweeps with hyperparameter steps (from sweep hyper_warmup=1), then held
+
+    def hold(model: FunBaT, entry: dict) -> None:
+        if len(model.history) == hold_at:
+            model.learn_hyperparameters = False
+
+    opts = dict(max_sweeps=7, min_sweeps=7, n_restarts=0, hyper_warmup=1, hyper_method=method, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        held = FunBaT(2, lengthscale=0.2, **opts).fit(data.X_train, data.y_train, callback=hold)
+    free = _fit(data, hyper_method=method)
+    # the same fit until the hold: the callback changes nothing before it
+    for a, b in zip(held.history[:hold_at], free.history[:hold_at]):
+        assert a["lengthscale"] == b["lengthscale"] and a["train_rmse"] == b["train_rmse"]
+    assert held.history[1]["hyper_step"] and not any(h["hyper_step"] for h in held.history[hold_at:])
+    after = [h["lengthscale"] for h in held.history[hold_at - 1 :]]
+    assert all(ls == after[0] for ls in after)  # bit for bit from the last step on
+    assert free.history[-1]["lengthscale"] != after[0]  # while the free fit kept learning
+    assert held.lengthscales_.tolist() == after[0]
+
+
+def test_bad_mask_names_its_form_and_what_was_given(data):
+    n = len(data.y_train)
+    with pytest.raises(ValueError, match=rf"`mask` must be booleans of shape \({n},\), got torch.int64 \({n},\)"):
+        FunBaT(2).fit(data.X_train, data.y_train, mask=torch.ones(n, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"`mask` must be booleans of shape \({n},\), got torch.bool \(3,\)"):
+        FunBaT(2).fit(data.X_train, data.y_train, mask=torch.ones(3, dtype=torch.bool))

@@ -427,8 +427,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             )
         if K is not None and X.shape[-1] != K:
             raise ValueError(f"`{name}` must have K={K} coordinates per entry (last dimension), got {X.shape[-1]}.")
-        bad = ~torch.isfinite(X)
-        if bool(bad.any()):
+        if bool((bad := ~torch.isfinite(X)).any()):
             raise ValueError(
                 f"`{name}` contains {int(bad.sum())} NaN or infinite coordinate(s); every coordinate of an entry "
                 "must be finite (to mark a missing value, set y to NaN or pass `mask`)."
@@ -463,7 +462,8 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             y: ``N`` (or ``N x 1``) values; NaN marks a missing entry (ignored, like ``mask=False``).
             mask: Optional ``N`` booleans, ``False`` for missing entries.
             progress: Progress bar over sweeps (``None``: when a person is watching, :mod:`gpgeom._progress`).
-            callback: Called after every sweep as ``callback(model, history_entry)``.
+            callback: Called after every sweep (the restarts' too) as ``callback(model, history_entry)``; setting
+                ``model.learn_hyperparameters = False`` there holds the hyperparameters from the next sweep on.
 
         Returns:
             ``self``, with :attr:`fit_result_`.
@@ -481,7 +481,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         if mask is not None:
             mask = torch.as_tensor(mask)
             if mask.dtype != torch.bool or mask.shape != (N,):
-                raise ValueError(f"`mask` must be booleans of shape ({N},).")
+                raise ValueError(f"`mask` must be booleans of shape ({N},), got {mask.dtype} {tuple(mask.shape)}.")
             keep &= mask.to(keep.device)
         if int(keep.sum()) < 1:
             raise ValueError("No observed entry (every y is NaN or masked).")
