@@ -113,6 +113,10 @@ def test_gaussian_surrogate_gradients_flow_to_inputs():
     assert Xq.grad is not None and torch.isfinite(Xq.grad).all() and Xq.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="`Y` must be `batch x 2 x 2`"):
         model.condition_on_observations(torch.rand(2, 2, dtype=DT), torch.rand(2, 3, dtype=DT))
+    Y_bad = torch.rand(2, 2, dtype=DT)
+    Y_bad[0, 1], Y_bad[1, 0] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match="`Y` must be finite, got 2 NaN or infinite value"):
+        model.condition_on_observations(torch.rand(2, 2, dtype=DT), Y_bad)
 
 
 def test_surrogate_list_with_multi_output_members_conditions_and_fantasizes():

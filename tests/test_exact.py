@@ -328,8 +328,8 @@ def test_bad_input_errors():
     assert a.dtype == b.dtype == DT
     torch.testing.assert_close(a.train_inputs[0], ExactGPModel(X, Y).train_inputs[0])
     assert ExactGPModel(X.float(), Y).dtype == torch.float32
-    with pytest.raises(ValueError, match="train_Yvar` must be non-negative"):
-        ExactGPModel(X, Y, train_Yvar=-torch.ones_like(Y))
+    with pytest.raises(ValueError, match=r"train_Yvar` must be >= 0 \(noise variances\), got min -2"):
+        ExactGPModel(X, Y, train_Yvar=-2 * torch.ones_like(Y))
     with pytest.raises(ValueError, match="train_Yvar` must have the shape"):
         ExactGPModel(X, Y, train_Yvar=torch.ones(10, dtype=DT))
     with pytest.raises(ValueError, match="Unknown `outcome_transform`='log'"):

@@ -109,8 +109,12 @@ def test_callback_holds_the_hyperparameters_from_the_next_sweep(data, method):
     assert held.lengthscales_.tolist() == after[0]
 
 
-def test_bad_mask_names_its_form_and_what_was_given(data):
+def test_bad_mask_and_infinite_y_say_what_was_given(data):
     n = len(data.y_train)
+    y = data.y_train.clone()
+    y[:3] = float("inf")
+    with pytest.raises(ValueError, match=r"`y` holds 3 infinite value\(s\) \(NaN marks a missing entry\)"):
+        FunBaT(2).fit(data.X_train, y)
     with pytest.raises(ValueError, match=rf"`mask` must be booleans of shape \({n},\), got torch.int64 \({n},\)"):
         FunBaT(2).fit(data.X_train, data.y_train, mask=torch.ones(n, dtype=torch.long))
     with pytest.raises(ValueError, match=rf"`mask` must be booleans of shape \({n},\), got torch.bool \(3,\)"):

@@ -433,6 +433,7 @@ def test_bad_forward_inputs(call, error, match):
         ({"grid_size": 0}, ValueError, r"`grid_size\[0\]` must be > 0"),
         ({"pool": "sum"}, ValueError, r"Unknown `pool`='sum'"),
         ({"init_lengthscale": -1.0}, ValueError, r"`init_lengthscale` must be > 0"),
+        ({"init_lengthscale": -torch.ones(16, 1)}, ValueError, r"must be > 0 everywhere, got a minimum of -1"),
         ({"init_lengthscale": torch.ones(3, 2)}, ValueError, r"must broadcast to \(lift_channels, dim\) = \(16, 1\)"),
     ],
 )

@@ -325,7 +325,7 @@ def test_integrated_wiener_rejects_bad_input():
         WNOJKernel(P0=torch.eye(2))
     with pytest.raises(NotPSDError, match="P0"):
         WNOAKernel(P0=torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
-    with pytest.raises(ValueError, match="P0"):
+    with pytest.raises(ValueError, match=r"`P0` must be symmetric, got max \|P0 - P0\^T\| = 0.5"):
         WNOAKernel(P0=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
     with pytest.raises(TypeError, match="P0"):
         WNOAKernel(P0="big")

@@ -131,6 +131,10 @@ def test_pod_bad_input():
         SnapshotPOD().fit(bad, M)
     with pytest.raises(ValueError, match="`mass` must be"):
         SnapshotPOD().fit(U[:, :-1], M)
+    M_bad = M.copy().tocsr()
+    M_bad.data[:2] = [np.nan, np.inf]
+    with pytest.raises(ValueError, match="`mass` must be finite, got 2 NaN or inf value"):
+        SnapshotPOD().fit(U, M_bad)
     pod = SnapshotPOD().fit(U, M)
     with pytest.raises(ValueError, match=rf"must have shape \(n_samples, {mesh.n_points}\)"):
         pod.transform(U[:, :-1])

@@ -182,6 +182,10 @@ def test_out_of_sample_extension(sphere1000, fitted, rng):
     assert np.abs(resid).max() < 1e-10
     with pytest.raises(ValueError, match="shape"):
         fitted.predict_at(np.zeros((3, 2)))
+    P_bad = P[:4].copy()
+    P_bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match="`points` must be finite, got 1 NaN or infinite value"):
+        fitted.predict_at(P_bad)
 
 
 def test_variational_matches_exact_accuracy(sphere1000):

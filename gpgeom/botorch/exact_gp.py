@@ -250,7 +250,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                     f"got {tuple(train_Yvar.shape)}."
                 )
             if bool((train_Yvar < 0).any()):
-                raise ValueError("`train_Yvar` must be non-negative (noise variances).")
+                raise ValueError(f"`train_Yvar` must be >= 0 (noise variances), got min {float(train_Yvar.min()):.3g}.")
             train_Yvar = train_Yvar.to(train_X.dtype)
         if not isinstance(shared_hyperparameters, bool):
             raise TypeError(f"`shared_hyperparameters` must be a bool, got {type(shared_hyperparameters).__name__}.")

@@ -267,7 +267,7 @@ class GaussianSurrogate(Model, FantasizeMixin):
                 f"got {tuple(Y.shape) if isinstance(Y, Tensor) else type(Y).__name__}."
             )
         if not bool(torch.isfinite(Y).all()):
-            raise ValueError("`Y` contains NaN or infinite values.")
+            raise ValueError(f"`Y` must be finite, got {int((~torch.isfinite(Y)).sum())} NaN or infinite value(s).")
         transform = getattr(self, "outcome_transform", None)
         if transform is not None:  # the base is a model of the transformed outcome (e.g. log Y)
             Y, noise = transform(Y, noise, X=X)

@@ -90,7 +90,7 @@ class SnapshotPOD:
         if sp.issparse(mass):
             M = sp.csr_matrix(mass, dtype=np.float64)
             if not np.isfinite(M.data).all():
-                raise ValueError("`mass` contains NaN or infinite value(s).")
+                raise ValueError(f"`mass` must be finite, got {int((~np.isfinite(M.data)).sum())} NaN or inf value(s).")
         else:
             M = as_float_array("mass", mass, ndim=2)
         if M.shape[0] != M.shape[1]:

@@ -345,7 +345,8 @@ class IntegratedWienerKernel(MarkovKernel):
                     f"`P0` must have shape ({s}, {s}) or batch_shape + ({s}, {s}), got {tuple(P0.shape)}."
                 ) from None
             if not torch.allclose(P0_, P0_.transpose(-1, -2)):
-                raise ValueError("`P0` must be symmetric.")
+                asym = float((P0_ - P0_.transpose(-1, -2)).abs().max())
+                raise ValueError(f"`P0` must be symmetric, got max |P0 - P0^T| = {asym:.3g}.")
             ev = torch.linalg.eigvalsh(P0_.double())
             if bool((ev < -1e-10 * ev.abs().amax(-1, keepdim=True).clamp_min(1.0)).any()):
                 raise NotPSDError(f"`P0` is not positive semi-definite (smallest eigenvalue {float(ev.min()):.3g}).")

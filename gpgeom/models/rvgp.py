@@ -727,7 +727,7 @@ class RVGP(ModelContract, LowRankSpectralGP):
         if P.ndim != 2 or P.shape[1] != lap.points.shape[1]:
             raise ValueError(f"`points` must have shape (m, {lap.points.shape[1]}), got {P.shape}.")
         if not np.all(np.isfinite(P)):
-            raise ValueError("`points` contain NaN or infinite values.")
+            raise ValueError(f"`points` must be finite, got {int((~np.isfinite(P)).sum())} NaN or infinite value(s).")
         if not np.allclose(lap.self_weights, 1.0):
             raise ValueError("The out-of-sample extension needs a Laplacian without density normalisation (alpha=0).")
         if self._tree is None:

@@ -394,7 +394,7 @@ class GICNet(nn.Module):
                     f"{tuple(init.shape)}."
                 ) from err
             if bool((ls <= 0).any()):
-                raise ValueError("`init_lengthscale` must be > 0 everywhere.")
+                raise ValueError(f"`init_lengthscale` must be > 0 everywhere, got a minimum of {float(ls.min()):g}.")
             return ls
         if isinstance(init, tuple | list) and len(init) == 2:
             lo, hi = init

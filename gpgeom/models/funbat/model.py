@@ -441,7 +441,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         if y.shape != (N,):
             raise ValueError(f"`y` must have shape (N,) = ({N},) (or (N, 1)) matching `X`, got {tuple(y.shape)}.")
         if bool(torch.isinf(y).any()):
-            raise ValueError("`y` contains infinite values (NaN marks a missing entry; inf is not allowed).")
+            raise ValueError(f"`y` holds {int(torch.isinf(y).sum())} infinite value(s) (NaN marks a missing entry).")
         return y
 
     # ------------------------------------------------------------------------------------------------------------
