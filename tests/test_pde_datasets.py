@@ -262,6 +262,7 @@ def test_make_test_set_stores_on_first_use_and_reloads(tmp_path, monkeypatch):
             ValueError,
             r"`t_eval` must be .*increasing.*got \[0.5, 0.2\]",
         ),
+        (lambda: solve_burgers_mol((0.1, 1.0), 1.0, 31, [0.2, np.nan]), ValueError, r"finite and >= 0, got \[0.2, nan"),
         (lambda: make_test_set(NonlinearPoisson1D(), 2, 1), ValueError, r"`n_points` must be >= 2"),
         (lambda: make_test_set(ViscousBurgers(), 2, 9, seed=-1), ValueError, r"`seed` must be a non-negative int"),
         (lambda: make_test_set("viscous_burgers", 2, 9), TypeError, r"`family` must be a gpgeom.pde.PDEFamily"),

@@ -206,8 +206,8 @@ def solve_burgers_mol(
     w = float(as_params("w", w, 1)[0])
     check_positive("n_interior", n_interior, integer=True)
     t_eval = np.asarray(t_eval, dtype=float).reshape(-1)
-    if t_eval.size == 0 or t_eval.min() < 0 or np.any(np.diff(t_eval) <= 0):
-        raise ValueError(f"`t_eval` must be a non-empty increasing sequence of times >= 0, got {t_eval.tolist()[:6]}.")
+    if t_eval.size == 0 or not np.isfinite(t_eval).all() or t_eval.min() < 0 or np.any(np.diff(t_eval) <= 0):
+        raise ValueError(f"`t_eval` must be non-empty, increasing, finite and >= 0, got {t_eval.tolist()}.")
     n = n_interior
     h = 1.0 / (n + 1)
     x = h * np.arange(n + 2)
