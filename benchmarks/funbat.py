@@ -81,12 +81,12 @@ def metrics(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor, unseen: torc
     return out
 
 
-def run_funbat(split, device: str, **kw) -> dict[str, float]:
+def run_funbat(split, device: str, *, callback=None, **kw) -> dict[str, float]:
     X, y = split.X_train.to(device), split.y_train.to(device)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = FunBaT(**kw).fit(X, y)
+        model = FunBaT(**kw).fit(X, y, callback=callback)
     fit_s = time.perf_counter() - t0
     mean, std = model.predict(split.X_test.to(device), return_std=True, observation_noise=True)  # n x 1 each
     out = metrics(mean[:, 0], std[:, 0], split.y_test, split.test_unseen)

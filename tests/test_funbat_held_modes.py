@@ -9,14 +9,11 @@ a bad ``mask`` is refused with its expected form and what was given.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from funbat_factories import fit_quietly
 
 from gpgeom.datasets.tensors import make_synthetic_tensor
-from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat import FunBaT
 
 
@@ -94,10 +91,7 @@ def test_callback_holds_the_hyperparameters_from_the_next_sweep(data, method):
         if len(model.history) == hold_at:
             model.learn_hyperparameters = False
 
-    opts = dict(max_sweeps=7, min_sweeps=7, n_restarts=0, hyper_warmup=1, hyper_method=method, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        held = FunBaT(2, lengthscale=0.2, **opts).fit(data.X_train, data.y_train, callback=hold)
+    held = _fit(data, hyper_method=method, callback=hold)
     free = _fit(data, hyper_method=method)
     # the same fit until the hold: the callback changes nothing before it
     for a, b in zip(held.history[:hold_at], free.history[:hold_at]):
