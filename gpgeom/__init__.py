@@ -15,7 +15,8 @@ The public API is re-exported here (loaded on first access, so ``import gpgeom``
 - PDE families: :class:`PDEFamily`, :class:`NonlinearPoisson1D`, :class:`ViscousBurgers`, :func:`register_family`,
   :func:`get_family`;
 - models: :class:`MMGP` (:class:`MMGPPrediction`), :class:`RVGP`, :class:`FunBaT`, :class:`FunBaTCP`, :class:`RGNP`,
-  :class:`SO3xR3Trajectory`, :class:`SE3Trajectory`;
+  :class:`SO3xR3Trajectory`, :class:`SE3Trajectory`; :func:`group_offsets` (tensor coordinates as offsets from a
+  group's mean);
 - errors: :class:`NotPSDError`, :class:`NotFittedError`, :class:`ModelFileError`, :class:`UncalibratedWarning`.
 """
 
@@ -70,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "FunBaT": "gpgeom.models.funbat",
     "FunBaTCP": "gpgeom.models.funbat",
     "FunBaTBoTorchModel": "gpgeom.models.funbat.surrogate",
+    "group_offsets": "gpgeom.models.funbat.coordinates",
     "RGNP": "gpgeom.models.rgnp",
     "SO3xR3Trajectory": "gpgeom.models.trajectory",
     "SE3Trajectory": "gpgeom.models.trajectory",

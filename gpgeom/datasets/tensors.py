@@ -466,16 +466,19 @@ def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarr
 
 def _day_offsets(X: np.ndarray, info: dict) -> tuple[np.ndarray, dict]:
     r"""``X`` (``N x 3`` in ``[0, 10]``) with temperature and pressure replaced by their offsets from the mean over
-    the entries of the same day, rounded to 0.1 (°C, hPa) and scaled to ``[0, 10]`` (:func:`load_beijing_air`)."""
-    _, day = np.unique(X[:, 2], return_inverse=True)
-    count = np.bincount(day)
-    out, info = X.copy(), dict(info)
+    the entries of the same day (:func:`~gpgeom.models.funbat.coordinates.group_offsets`), rounded to 0.1 (°C, hPa)
+    and scaled to ``[0, 10]`` (:func:`load_beijing_air`)."""
+    from gpgeom.models.funbat.coordinates import group_offsets  # the FunBaT package only when offsets are asked for
+
+    raw, info = X.copy(), dict(info)
     for k, key in ((0, "temp_range_C"), (1, "pres_range_hPa")):
         lo, hi = info[key]
-        raw = np.round(lo + X[:, k] * (hi - lo) / 10.0, 1)  # the rounded reading, back in its units
-        offset = np.round(raw - (np.bincount(day, weights=raw) / count)[day], 1)
-        out[:, k] = _scale_0_10(offset)
-        info[key] = (float(offset.min()), float(offset.max()))
+        raw[:, k] = np.round(lo + X[:, k] * (hi - lo) / 10.0, 1)  # the rounded reading, back in its units
+    offsets = group_offsets(torch.from_numpy(raw), (0, 1), by=2, decimals=1).numpy()
+    out = X.copy()
+    for k, key in ((0, "temp_range_C"), (1, "pres_range_hPa")):
+        out[:, k] = _scale_0_10(offsets[:, k])
+        info[key] = (float(offsets[:, k].min()), float(offsets[:, k].max()))
     return out, info
 
 

@@ -42,6 +42,8 @@ The package, one concept per module
 * :mod:`~gpgeom.models.funbat.model`: :class:`~gpgeom.models.funbat.model.FunBaT` (fit, predict, ``rebuild_with``, the
   model contract); :mod:`~gpgeom.models.funbat.cp`: :class:`~gpgeom.models.funbat.cp.FunBaTCP`;
   :mod:`~gpgeom.models.funbat.persistence`: files and device moves;
+* :mod:`~gpgeom.models.funbat.coordinates`: :func:`~gpgeom.models.funbat.coordinates.group_offsets`, coordinates as
+  offsets from the mean of a group of entries, for a mode that drifts with another;
 * :mod:`~gpgeom.models.funbat.surrogate`: :class:`~gpgeom.models.funbat.surrogate.FunBaTBoTorchModel`, the
   moment-matched joint Gaussian over entries for BoTorch (conditioning and fantasies by Bayes' rule on it).
 
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 from gpgeom._lazy import lazy_exports
 from gpgeom.models.funbat.conditional import latent_conditional, latent_cross_covariance
+from gpgeom.models.funbat.coordinates import group_offsets
 from gpgeom.models.funbat.cp import FunBaTCP
 from gpgeom.models.funbat.latent import (
     LatentPosterior,
@@ -81,6 +84,7 @@ __all__ = [
     "joint_log_likelihood",
     "mode_prior",
     "mode_sites",
+    "group_offsets",
 ]
 
 # the BoTorch adapter imports BoTorch: loaded on first access
