@@ -253,11 +253,9 @@ def main():
             "",
             f"log-log slope of the time vs K: {slope_gn:.2f} (O(K) means about 1)",
             "",
-            fit_title,
-            "",
-            markdown_table(fit_header, fit_rows),
-            "",
-            *calibration_section(calibration),
+            # `--fit-sizes` with no value times no fit: no fit table, no calibration table
+            *([fit_title, "", markdown_table(fit_header, fit_rows), ""] if fit_rows else []),
+            *(calibration_section(calibration) if calibration else []),
         ]
     )
     write_report(report_name("engine", device=device, tags=(args.dtype,), quick=reduced, always_device=True), text)

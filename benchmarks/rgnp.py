@@ -154,17 +154,20 @@ def train_for(step_fn, budget_s: float, steps: int | None = None, probe: int = 1
     """Train with ``step_fn(k, scheduled)`` (k steps; ``scheduled``: one cosine-annealed run over the k steps).
 
     With ``steps``, one scheduled run of exactly that many steps (the fair budget on a shared, variably loaded CPU).
-    Otherwise about ``budget_s`` seconds in all: ``probe`` steps at the peak rate (first-call costs and the time of
-    one step), then one scheduled run of the steps that fill the rest of the budget. Every step is counted."""
+    Otherwise about ``budget_s`` seconds in all: ``probe`` steps at the peak rate that absorb the first-call costs
+    (a GPU's library set-up and kernel choice can take seconds), ``probe`` more that time one step, then one scheduled
+    run of the steps that fill the rest of the budget. Every step is counted."""
     t0 = time.perf_counter()
     if steps is not None:
         step_fn(steps, True)
         return steps, time.perf_counter() - t0
     step_fn(probe, False)
-    per_step = (time.perf_counter() - t0) / probe
+    t1 = time.perf_counter()
+    step_fn(probe, False)
+    per_step = (time.perf_counter() - t1) / probe
     rest = max(1, int((budget_s - (time.perf_counter() - t0)) / per_step))
     step_fn(rest, True)
-    return probe + rest, time.perf_counter() - t0
+    return 2 * probe + rest, time.perf_counter() - t0
 
 
 def evaluate_rgnp(model: RGNP, test: dict) -> dict:
