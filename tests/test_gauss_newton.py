@@ -3,6 +3,7 @@ r"""Tests of gpgeom.engine.gauss_newton against independent dense and scipy solu
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -379,11 +380,10 @@ def _random_band(K: int, w: int, s: int, ridge: float = 0.1):
 
 @pytest.mark.parametrize("method", ["loop", "lapack", "scan"])
 def test_block_banded_linear_algebra_matches_dense(method):
-    chol_method = "loop" if method == "scan" else method
     for K, w, s in [(9, 1, 2), (11, 2, 3), (10, 3, 2), (3, 3, 2), (1, 2, 2), (8, 0, 3), (2, 1, 3), (13, 4, 1)]:
         n = K * s
         A, Ab = _random_band(K, w, s)
-        Lb, failed = block_banded_cholesky(Ab, method=chol_method)
+        Lb, failed = block_banded_cholesky(Ab, method=method)
         assert failed is None
         Ld = torch.linalg.cholesky(A)
         for k in range(K):
@@ -408,8 +408,10 @@ def test_banded_lapack_and_scan_equal_the_loop_on_long_chains(w):
     _, Ab = _random_band(K, w, s, ridge=1e-3)
     L_loop, f_loop = block_banded_cholesky(Ab, method="loop")
     L_lap, f_lap = block_banded_cholesky(Ab, method="lapack")
-    assert f_loop is None and f_lap is None
+    L_scan, f_scan = block_banded_cholesky(Ab, method="scan")
+    assert f_loop is None and f_lap is None and f_scan is None
     torch.testing.assert_close(L_lap, L_loop, rtol=1e-10, atol=1e-10 * float(L_loop.abs().max()))
+    torch.testing.assert_close(L_scan, L_loop, rtol=1e-10, atol=1e-10 * float(L_loop.abs().max()))
     rhs = torch.randn(K, s, 2, dtype=DT)
     x_loop = block_banded_solve(L_loop, rhs, method="loop")
     scale = float(x_loop.abs().max())
@@ -431,15 +433,87 @@ def test_banded_singular_pivot_is_reported_at_the_same_block_by_every_method():
         for d in range(1, w + 1):  # and no coupling to later states
             if bad + d < K:
                 Ab2[bad + d, d, :, 1] = 0.0
-        for method in ("loop", "lapack"):
+        for method in ("loop", "lapack", "scan"):
             _, failed = block_banded_cholesky(Ab2, method=method)
             assert failed == bad, (method, bad, failed)
     with pytest.raises(ValueError, match="method"):
-        block_banded_cholesky(Ab, method="scan")
+        block_banded_cholesky(Ab, method="cyclic")
     with pytest.raises(ValueError, match="method"):
         block_banded_selected_inverse(block_banded_cholesky(Ab)[0], method="lapack")
     with pytest.raises(ValueError, match="method"):
         block_banded_solve(block_banded_cholesky(Ab)[0], torch.zeros(K, s, 1, dtype=DT), method="cyclic")
+
+
+@pytest.mark.parametrize("w", [1, 2])
+def test_scan_factorisation_takes_logarithmically_many_batched_steps(monkeypatch, w):
+    r"""The parallel factorisation's promise: its number of batched factorisations grows like ``log2 K``, not ``K``
+    (the loop makes one per block row), so a GPU runs it in a few dozen kernel launches at any length."""
+    calls = []
+    chol = torch.linalg.cholesky_ex
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return chol(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", counting)
+    for K in (64, 1024):
+        _, Ab = _random_band(K, w, 2)
+        calls.clear()
+        _, failed = block_banded_cholesky(Ab, method="scan")
+        assert failed is None
+        assert len(calls) <= 2 * math.ceil(math.log2(K)) + 2, (K, len(calls))
+    calls.clear()
+    block_banded_cholesky(_random_band(64, w, 2)[1], method="loop")
+    assert len(calls) >= 64
+
+
+def _random_walk_band(K: int, s: int, q: float) -> torch.Tensor:
+    r"""The precision of a random walk with process variance ``q``, observed (variance 1) at every hundredth state,
+    in band storage (``K x 2 x s x s``): condition number about ``K^2 / (100 q)``."""
+    eye = torch.eye(s, dtype=DT)
+    Ab = torch.zeros(K, 2, s, s, dtype=DT)
+    Ab[:, 0] = 2 * eye / q
+    Ab[0, 0] = Ab[-1, 0] = eye / q
+    Ab[::100, 0] += eye
+    Ab[1:, 1] = -eye / q
+    return Ab
+
+
+def _band_residual(Ab: torch.Tensor, x: torch.Tensor, rhs: torch.Tensor) -> float:
+    y = Ab[:, 0] @ x
+    y[1:] += Ab[1:, 1] @ x[:-1]
+    y[:-1] += Ab[1:, 1].mT @ x[1:]
+    return float((y - rhs).abs().max())
+
+
+def test_scan_factorisation_of_a_stiff_random_walk_matches_lapack():
+    r"""A stiff chain prior (``q = 1e-6``, condition number about 1e8): the odd-even elimination gives LAPACK's factor
+    and solution to the accuracy the conditioning allows in float64. In float32 (``q = 1e-2``) its residual stays
+    within a few times LAPACK's (backward stable), but its forward error grows with the chain, which is why "auto"
+    keeps the loop for factorisations outside float64 (module docstring)."""
+    import gpgeom.engine.banded as banded_module
+
+    K, s = 4000, 3
+    Ab = _random_walk_band(K, s, 1e-6)
+    rhs = torch.randn(K, s, 1, dtype=DT, generator=torch.Generator().manual_seed(0))
+    L_lap, _ = block_banded_cholesky(Ab, method="lapack")
+    L_scan, failed = block_banded_cholesky(Ab, method="scan")
+    assert failed is None
+    torch.testing.assert_close(L_scan, L_lap, rtol=0, atol=1e-10 * float(L_lap.abs().max()))
+    x_lap = block_banded_solve(L_lap, rhs, method="lapack")
+    x_scan = block_banded_solve(L_scan, rhs, method="scan")
+    torch.testing.assert_close(x_scan, x_lap, rtol=0, atol=1e-6 * float(x_lap.abs().max()))
+    assert _band_residual(Ab, x_scan, rhs) < 5 * _band_residual(Ab, x_lap, rhs)
+    Ab = _random_walk_band(K, s, 1e-2)
+    res = {}
+    for m in ("lapack", "scan"):
+        L32, failed32 = block_banded_cholesky(Ab.float(), method=m)
+        assert failed32 is None
+        res[m] = _band_residual(Ab, block_banded_solve(L32, rhs.float(), method=m).double(), rhs)
+    assert res["scan"] < 5 * res["lapack"], res
+    assert banded_module._method("auto", Ab.float().to("meta"), "cholesky") == "loop"
+    assert banded_module._method("auto", Ab.to("meta"), "cholesky") == "scan"
+    assert banded_module._method("auto", Ab.float().to("meta"), "solve") == "scan"
 
 
 def test_float32_linear_chain():
@@ -873,5 +947,9 @@ def test_lapack_iterations_equal_the_loop_and_factorise_only_the_band(monkeypatc
     for name in ("states", "globals", "covariances", "cross_covariances", "global_covariance"):
         torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-10, atol=1e-12, msg=name)
     assert fast.iterations == ref.iterations
+    scan = gauss_newton(x0, factors, banded="scan", **kw)  # the odd-even reductions that "auto" uses off the CPU
+    for name in ("states", "globals", "covariances", "cross_covariances", "global_covariance"):
+        torch.testing.assert_close(getattr(scan, name), getattr(ref, name), rtol=1e-10, atol=1e-12, msg=name)
+    assert scan.iterations == ref.iterations
     with pytest.raises(ValueError, match="banded"):
-        gauss_newton(x0, factors, banded="scan", **kw)
+        gauss_newton(x0, factors, banded="cyclic", **kw)

@@ -18,20 +18,30 @@ Each has three implementations (``method=``), equal to rounding (the tests hold 
   :math:`O(K s u^2)` flops. On the CPU this is the fastest by far: the loop's cost is not its flops but about ten
   Python-dispatched torch operations per block row (50 us each, 0.5 s at ``K = 10^4``), against 20-30 ms here
   (``benchmarks/engine.py``). The factor is the same unique Cholesky factor, so it is returned in block storage.
-* ``"scan"`` (solve and selected inverse, any device): the substitutions and the covariance recursion are affine
+* ``"scan"`` (any device): the substitutions and the covariance recursion are affine
   recurrences along the chain, :math:`x_k = F_k x_{k-1} + c_k` (for the covariances :math:`X_k = F_k X_{k-1}
   F_k^\top + C_k`), evaluated by odd-even reduction (a work-efficient parallel prefix, Blelloch 1990): pairs of
   steps are composed into one, :math:`(F_{2j}F_{2j-1},\ F_{2j}c_{2j-1} + c_{2j})`, the half-length recurrence is
   solved recursively and the odd terms filled in, so ``2 log2 K`` batched steps of ``O(K)`` total work replace
   ``K`` sequential ones. Bandwidth ``w > 1`` is reduced to ``w = 1`` by grouping ``w`` consecutive states into
-  super-blocks of size ``w s`` (the factor is then block-bidiagonal). Used for the selected inverse on every
-  device (LAPACK has no banded selected inversion) and for the solve off the CPU.
-* ``"loop"``: the sequential recursions over block rows, :math:`O(K)` small torch operations. It is kept for the
-  factorisation off the CPU, where a parallel Cholesky would need a different (cyclically reduced) factor, and as
-  the reference implementation of the tests.
+  super-blocks of size ``w s`` (the factor is then block-bidiagonal). The factorisation's pivots
+  :math:`D_k = A_{kk} - A_{k,k-1} D_{k-1}^{-1} A_{k-1,k}` follow a Riccati recurrence, which is not affine, but each
+  is the Schur complement of the states before ``k`` onto ``k``, and eliminating the shared state of two neighbouring
+  chain segments is an associative operation on the segments' quadratic forms (Gaussian elimination in any order
+  gives the same Schur complements, as in the parallel filter of Särkkä & García-Fernández, "Temporal
+  parallelization of Bayesian smoothers", IEEE TAC 2021): the pivots are its prefixes, by the same odd-even
+  reduction, and every matrix inverted on the way is a Schur complement of a principal submatrix, positive definite
+  when ``A`` is. Used for the selected inverse on every device (LAPACK has no banded selected inversion) and for the
+  factorisation and the solve off the CPU.
+* ``"loop"``: the sequential recursions over block rows, :math:`O(K)` small torch operations (about ten kernel
+  launches per block row on a GPU), the reference implementation of the tests.
 
-``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64), else ``"scan"``
-for the solve and the selected inverse and ``"loop"`` for the factorisation.
+``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64), else ``"scan"``,
+except for a factorisation in a dtype other than float64, which takes ``"loop"``: eliminating the middle of a
+long stiff chain from both sides cancels more digits than the sequential recursion does, so the scan's forward
+error grows with ``K`` (its residuals stay within a few times the loop's). On a random walk of condition number
+about 1e5-1e7, ``K = 1000-4000``, its float32 solutions were 20-50 times less accurate than LAPACK's (float64: the
+same residuals to a factor 2-4). ``method="scan"`` asks for it in any dtype.
 """
 
 from __future__ import annotations
@@ -58,12 +68,12 @@ def _method(method: str, t: Tensor, op: str) -> str:
     if method == "auto":
         if lapack_ok and op != "selected_inverse":
             return "lapack"
-        return "loop" if op == "cholesky" else "scan"
+        # the parallel factorisation's forward error on stiff chains grows with K faster than the loop's (both are
+        # backward stable): in float32 it is measured 20-50x the loop's, so only float64 takes it by default
+        return "loop" if op == "cholesky" and t.dtype != torch.float64 else "scan"
     if method == "lapack" and (not lapack_ok or op == "selected_inverse"):
         why = "has no selected inverse" if op == "selected_inverse" else "needs a float32/float64 CPU tensor"
         raise ValueError(f"method='lapack' {why} (op {op!r}, got {t.dtype} on {t.device}); use 'scan' or 'loop'.")
-    if method == "scan" and op == "cholesky":
-        raise ValueError("method='scan' does not factorise; use 'lapack' (CPU) or 'loop'.")
     return method
 
 
@@ -255,6 +265,92 @@ def _selinv_scan(Lb: Tensor) -> Tensor:
     return Sb
 
 
+def _eliminate_between(left: tuple[Tensor, Tensor, Tensor], right: tuple[Tensor, Tensor, Tensor]):
+    r"""Join two chain segments that share a state and eliminate it (batched over the leading dimension).
+
+    A segment from state ``i`` to state ``j`` is the quadratic form :math:`x_i^\top P x_i + 2 x_i^\top Q x_j +
+    x_j^\top R x_j` that its interior leaves on its two end states (``P, Q, R``: ``n x s x s``). Two segments
+    ``(i, j)`` and ``(j, k)`` make ``(i, k)`` with :math:`M = R_1 + P_2` (the Schur complement onto :math:`x_j` of
+    the states strictly between ``i`` and ``k``: positive definite when the matrix is):
+    :math:`P = P_1 - Q_1 M^{-1} Q_1^\top`, :math:`Q = -Q_1 M^{-1} Q_2`, :math:`R = R_2 - Q_2^\top M^{-1} Q_2`.
+    Eliminating variables in any order gives the same Schur complements, so the operation is associative.
+    """
+    P1, Q1, R1 = left
+    P2, Q2, R2 = right
+    s = Q1.shape[-1]
+    C, _ = torch.linalg.cholesky_ex(R1 + P2)  # a failed pivot only spoils prefixes past the first failure
+    Z = torch.cholesky_solve(torch.cat([Q1.mT, Q2], -1), C)  # M^{-1} [Q1^T, Q2]
+    P = P1 - Q1 @ Z[..., :s]
+    R = R2 - Q2.mT @ Z[..., s:]
+    return 0.5 * (P + P.mT), -(Q1 @ Z[..., s:]), 0.5 * (R + R.mT)
+
+
+def _prefix_scan(elements: tuple[Tensor, ...], combine) -> tuple[Tensor, ...]:
+    r"""Inclusive prefix of an associative ``combine`` over ``n`` elements (tuples of ``n x ...`` tensors): the
+    same odd-even reduction as :func:`_affine_scan`, ``O(log n)`` batched steps and ``O(n)`` work."""
+    n = elements[0].shape[0]
+    if n == 1:
+        return elements
+    ne, no = (n + 1) // 2, n // 2
+    even = tuple(e[0::2] for e in elements)
+    odd = tuple(e[1::2] for e in elements)
+    pairs = combine(tuple(o[: ne - 1] for o in odd), tuple(e[1:] for e in even))  # elements 2j - 1 and 2j
+    pre_even = _prefix_scan(tuple(torch.cat([e[:1], p]) for e, p in zip(even, pairs)), combine)
+    pre_odd = combine(tuple(p[:no] for p in pre_even), odd)
+    out = tuple(e.new_empty(e.shape) for e in elements)
+    for o, pe, po in zip(out, pre_even, pre_odd):
+        o[0::2] = pe
+        o[1::2] = po
+    return out
+
+
+def _symmetric_super_blocks(Ab: Tensor) -> tuple[Tensor, int]:
+    r"""A symmetric bandwidth-``w`` matrix as a block-tridiagonal one of super-blocks of ``w`` states:
+    ``K' x 2 x ws x ws`` (``[:, 0]`` the full diagonal super-blocks, ``[:, 1]`` the ones below them), padded with
+    identity states, and ``K'``."""
+    S, Kp = _super_blocks(Ab)  # the lower half of each diagonal super-block, the sub-diagonal ones whole
+    K, w1, s, _ = Ab.shape
+    w = w1 - 1
+    D = S[:, 0].reshape(Kp, w, s, w, s)
+    strict = D * (torch.arange(w)[:, None] > torch.arange(w)[None, :]).to(D)[None, :, None, :, None]
+    S[:, 0] = D.reshape(Kp, w * s, w * s) + strict.reshape(Kp, w * s, w * s).mT
+    return S, Kp
+
+
+def _cholesky_scan(Ab: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The banded Cholesky factor in ``O(log K)`` batched steps: the pivots :math:`D_k = A_{kk} - A_{k,k-1}
+    D_{k-1}^{-1} A_{k-1,k}` (the Schur complement of the states before ``k`` onto ``k``, a Riccati recurrence that
+    is not affine) are the prefixes of :func:`_eliminate_between` over the one-step segments
+    :math:`(0, A_{k-1,k}, A_{kk})`; then :math:`L_{kk} = \operatorname{chol}(D_k)` and :math:`L_{k,k-1} =
+    A_{k,k-1} L_{k-1,k-1}^{-\top}` in two batched calls. ``w > 1`` through super-blocks of ``w`` states (the same
+    scalar factor, re-blocked). Returns the factor and, per state, a non-zero flag where its pivot failed."""
+    K, w1, s, _ = Ab.shape
+    w = w1 - 1
+    if w == 0:
+        L, info = torch.linalg.cholesky_ex(Ab[:, 0])
+        return L[:, None], info
+    if w > 1:
+        S, Kp = _symmetric_super_blocks(Ab)
+        Ls, info_s = _cholesky_scan(S)
+        Ls = Ls.reshape(Kp, 2, w, s, w, s)
+        Lb = Ab.new_zeros(Kp * w, w1, s, s)
+        for i in range(w):
+            for d in range(w1):  # L[Iw + i, Iw + i - d]: in the diagonal super-block when d <= i, else the one below
+                Lb[i::w, d] = Ls[:, 0, i, :, i - d] if d <= i else Ls[:, 1, i, :, w + i - d]
+        info = Ab.new_zeros(Kp * w, dtype=torch.int32)
+        failed = info_s > 0  # cholesky_ex's info: the order of the first failing leading minor (1-based)
+        info[torch.arange(Kp, device=Ab.device)[failed] * w + (info_s[failed] - 1) // s] = 1
+        return Lb[:K], info[:K]
+    zeros = torch.zeros_like(Ab[:, 0])
+    Q = torch.cat([zeros[:1], Ab[1:, 1].mT])  # x_{k-1}^T A_{k-1,k} x_k
+    _, _, D = _prefix_scan((zeros, Q, Ab[:, 0]), _eliminate_between)
+    Lkk, info = torch.linalg.cholesky_ex(D)
+    Lb = torch.zeros_like(Ab)
+    Lb[:, 0] = Lkk
+    Lb[1:, 1] = torch.linalg.solve_triangular(Lkk[:-1].mT, Ab[1:, 1], upper=True, left=False)
+    return Lb, info
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The sequential recursions (reference)
 # ----------------------------------------------------------------------------------------------------------------
@@ -369,15 +465,17 @@ def block_banded_cholesky(
         \qquad L_{kk} = \operatorname{chol}\Big(A_{kk} - \sum_{i=k-w}^{k-1} L_{ki} L_{ki}^\top\Big).
 
     Cost :math:`O(K w^2 s^3)`. ``"lapack"`` computes the same factor with one call of LAPACK's ``?pbtrf`` on the
-    scalar band (module docstring); ``"loop"`` is a Python loop over the ``K`` block rows with no host
-    synchronisation (a failed pivot is detected after the loop).
+    scalar band (module docstring); ``"scan"`` computes the pivots :math:`A_{kk} - \sum_i L_{ki} L_{ki}^\top` as
+    prefixes of an associative elimination in ``O(log K)`` batched steps (module docstring); ``"loop"`` is a Python
+    loop over the ``K`` block rows with no host synchronisation (a failed pivot is detected after the loop).
 
     Args:
         Ab: ``K x (w + 1) x s x s`` banded storage, ``Ab[k, d] = A[k, k - d]`` (see the module docstring).
         singular_tol: A pivot is declared singular when :math:`(L_{kk})_{ii}^2 < \text{tol} \cdot (A_{kk})_{ii}`,
             i.e. when conditioning on the preceding variables leaves less than a fraction ``tol`` of a variable's
             information (a relative condition-number test). Default ``1e3 * eps`` of the dtype.
-        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"loop"``), ``"lapack"`` or ``"loop"``.
+        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"scan"`` in float64 and ``"loop"`` in other dtypes),
+            ``"lapack"``, ``"scan"`` or ``"loop"``.
 
     Returns:
         ``(Lb, failed)``: the factor in the same storage (``Lb[k, d] = L[k, k - d]``) and ``None``, or the index of
@@ -393,7 +491,7 @@ def block_banded_cholesky(
             bad[fail] = True
             Lb[fail:] = float("nan")
     else:
-        Lb, info = _cholesky_loop(Ab)
+        Lb, info = _cholesky_scan(Ab) if how == "scan" else _cholesky_loop(Ab)
         bad |= info != 0
     piv = Lb[:, 0].diagonal(dim1=-2, dim2=-1).square()
     ref = Ab[:, 0].diagonal(dim1=-2, dim2=-1)

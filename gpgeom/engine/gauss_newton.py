@@ -37,7 +37,8 @@ Laplace (Gaussian) approximation of the posterior covariance; its diagonal block
 are obtained by the selected-inversion recursion (Takahashi et al. 1973; for a chain it is the
 Rauch-Tung-Striebel smoother's covariance recursion, Barfoot ch. 3.2) without forming the inverse. On the CPU the
 factorisation and solves are one LAPACK banded call each and the selected inverse an odd-even reduction in
-``O(log K)`` batched steps (:mod:`gpgeom.engine.banded`), so an iteration's time is dominated by the linearisation.
+``O(log K)`` batched steps (:mod:`gpgeom.engine.banded`); on other devices the factorisation (in float64) and the
+solves are odd-even reductions too, so an iteration's time is dominated by the linearisation.
 
 Public API:
 
@@ -657,9 +658,11 @@ def gauss_newton(
             with the number of blocks of a factor (blocks on the same states are summed per group first, see
             :func:`_assemble`). The result does not depend on it (up to rounding).
         banded: The implementation of the block-banded factorisation, solve and selected inverse
-            (:mod:`gpgeom.engine.banded`): ``"auto"`` (default: LAPACK's banded Cholesky on the CPU, the torch
-            loop for the factorisation and odd-even reduction for the solves elsewhere), ``"lapack"``, or
-            ``"loop"`` (the sequential recursions throughout, the reference). The results agree to rounding.
+            (:mod:`gpgeom.engine.banded`): ``"auto"`` (default: LAPACK's banded Cholesky on the CPU, odd-even
+            reduction elsewhere, with the loop for the factorisation outside float64), ``"lapack"``, ``"scan"``
+            (odd-even reduction for the factorisation, the solves and the selected inverse, ``O(log K)`` batched
+            steps on any device) or ``"loop"`` (the sequential recursions throughout, the reference). The results
+            agree to rounding.
 
     Returns:
         A :class:`GaussNewtonResult`.
@@ -703,7 +706,7 @@ def gauss_newton(
     if singular_tol is not None:
         check_positive("singular_tol", singular_tol)
     check_positive("chunk_size", chunk_size, integer=True)
-    check_option("banded", banded, ("auto", "lapack", "loop"))
+    check_option("banded", banded, ("auto", "lapack", "scan", "loop"))
     if retract is None:
         if tangent_dim is not None and tangent_dim != p:
             raise ValueError(
