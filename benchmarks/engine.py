@@ -1,5 +1,6 @@
 """Engine benchmark: Kalman vs dense GP log marginal likelihood (O(n) vs O(n^3)), the time of a Gauss-Newton
-iteration on a chain of K states (O(K): the block-banded solve), exact-GP fit time, and the calibration of the
+iteration on a chain of K states (O(K): the block-banded solve) and the block-banded methods' accuracy on stiff
+chains, exact-GP fit time, and the calibration of the
 exact GP's predictive distribution on held-out noisy targets (coverage, z RMS, NLPD, CRPS: ``gpgeom.metrics``).
 
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/engine.py [--quick] [--device cuda] [--dtype float32]``.
@@ -22,6 +23,7 @@ from gpytorch.distributions import MultivariateNormal  # noqa: E402
 from gpytorch.kernels import MaternKernel  # noqa: E402
 
 from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
+from gpgeom.engine.banded import block_banded_cholesky, block_banded_solve  # noqa: E402
 from gpgeom.engine.gauss_newton import Factor, gauss_newton  # noqa: E402
 from gpgeom.engine.statespace import log_marginal_likelihood  # noqa: E402
 from gpgeom.errors import ConvergenceWarning  # noqa: E402
@@ -114,6 +116,42 @@ def gauss_newton_times(ks, s, device, dtype):
         )
     slope = loglog_slope([r[0] for r in rows], [r[2] for r in rows]) if len(rows) > 1 else float("nan")
     return rows, slope
+
+
+def random_walk_band(K: int, s: int, q: float) -> torch.Tensor:
+    r"""Band storage (``K x 2 x s x s``, float64) of the precision of a random walk with process variance ``q``,
+    observed with variance 1 at every hundredth state: a stiff chain, condition number about ``K^2 / (100 q)``."""
+    eye = torch.eye(s, dtype=torch.float64)
+    Ab = torch.zeros(K, 2, s, s, dtype=torch.float64)
+    Ab[:, 0] = 2 * eye / q
+    Ab[0, 0] = Ab[-1, 0] = eye / q
+    Ab[::100, 0] += eye
+    Ab[1:, 1] = -eye / q
+    return Ab
+
+
+def banded_accuracy(device, cases=((1000, 1e-2), (1000, 1e-3), (4000, 1e-2), (4000, 1e-3)), s=3):
+    r"""Forward error and residual of the block-banded factorisation and solve of each method, in float32 and
+    float64, on stiff random walks: the measurement behind ``banded="auto"`` keeping the loop for float32
+    factorisations (``gpgeom.engine.banded``). Reference: the float64 LAPACK solution (float64 loop off the CPU)."""
+    rows = []
+    for K, q in cases:
+        Ab = random_walk_band(K, s, q)
+        rhs = torch.randn(K, s, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(K))
+        ref_method = "lapack" if device.type == "cpu" else "loop"
+        L, _ = block_banded_cholesky(Ab.to(device), method=ref_method)
+        x_ref = block_banded_solve(L, rhs.to(device), method=ref_method).cpu()
+        for dtype in (torch.float32, torch.float64):
+            for method in (["lapack"] if device.type == "cpu" else []) + ["loop", "scan"]:
+                L, failed = block_banded_cholesky(Ab.to(device, dtype), method=method)
+                x = block_banded_solve(L, rhs.to(device, dtype), method=method).cpu().double()
+                y = Ab[:, 0] @ x
+                y[1:] += Ab[1:, 1] @ x[:-1]
+                y[:-1] += Ab[1:, 1].mT @ x[1:]
+                err = float((x - x_ref).abs().max() / x_ref.abs().max())
+                res = float((y - rhs).abs().max())
+                rows.append((K, q, f"{K**2 / (100 * q):.0e}", str(dtype).split(".")[-1], method, err, res, failed))
+    return rows
 
 
 def exact_fit_times(ns, d, restarts, device, dtype):
@@ -232,6 +270,7 @@ def main():
         return
     rows, slope_kal, slope_dense = kalman_vs_dense(ns, dense_max, seq_max, device, dtype, repeats=3)
     gn_rows, slope_gn = gauss_newton_times(gn_ks, 6, device, dtype)
+    accuracy_rows = banded_accuracy(device)
     fit_rows, calibration = exact_fit_times(fit_ns, 3, 3, device, dtype)
     text = "\n".join(
         [
@@ -264,6 +303,17 @@ def main():
             ),
             "",
             f"log-log slope of the time vs K: {slope_gn:.2f} (O(K) means about 1)",
+            "",
+            "## Accuracy of the block-banded factorisation and solve on stiff random walks (s = 3)",
+            "",
+            "Forward error: max |x - x_ref| / max |x_ref| against the float64 "
+            f"{'LAPACK' if device.type == 'cpu' else 'loop'} solution; residual: max |A x - b| in float64 (the "
+            "backward error's scale). Every dtype row is computed in that dtype whatever the benchmark's --dtype.",
+            "",
+            markdown_table(
+                ["K", "q", "cond (about)", "dtype", "method", "forward error", "residual", "failed pivot"],
+                accuracy_rows,
+            ),
             "",
             # `--fit-sizes` with no value times no fit: no fit table, no calibration table
             *([fit_title, "", markdown_table(fit_header, fit_rows), ""] if fit_rows else []),

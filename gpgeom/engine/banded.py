@@ -39,9 +39,10 @@ Each has three implementations (``method=``), equal to rounding (the tests hold 
 ``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64), else ``"scan"``,
 except for a factorisation in a dtype other than float64, which takes ``"loop"``: eliminating the middle of a
 long stiff chain from both sides cancels more digits than the sequential recursion does, so the scan's forward
-error grows with ``K`` (its residuals stay within a few times the loop's). On a random walk of condition number
-about 1e5-1e7, ``K = 1000-4000``, its float32 solutions were 20-50 times less accurate than LAPACK's (float64: the
-same residuals to a factor 2-4). ``method="scan"`` asks for it in any dtype.
+error grows with the chain while its residual stays within about twice the loop's. On random walks of condition
+number 1e6-2e8 (``K = 1000, 4000``; ``benchmarks/engine.py``, the accuracy table of
+``benchmarks/results/engine_cpu_float64.md``) its float32 solutions were 30-80 times less accurate than the loop's
+and LAPACK's; in float64 all three are within 1e-12 of each other. ``method="scan"`` asks for it in any dtype.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def _method(method: str, t: Tensor, op: str) -> str:
     if method == "auto":
         if lapack_ok and op != "selected_inverse":
             return "lapack"
-        # the parallel factorisation's forward error on stiff chains grows with K faster than the loop's (both are
-        # backward stable): in float32 it is measured 20-50x the loop's, so only float64 takes it by default
+        # the parallel factorisation's forward error on stiff chains grows faster than the loop's (both are
+        # backward stable): in float32 it is measured 30-80x the loop's, so only float64 takes it by default
         return "loop" if op == "cholesky" and t.dtype != torch.float64 else "scan"
     if method == "lapack" and (not lapack_ok or op == "selected_inverse"):
         why = "has no selected inverse" if op == "selected_inverse" else "needs a float32/float64 CPU tensor"
