@@ -142,9 +142,15 @@ def banded_accuracy(device, cases=((1000, 1e-2), (1000, 1e-3), (4000, 1e-2), (40
         L, _ = block_banded_cholesky(Ab.to(device), method=ref_method)
         x_ref = block_banded_solve(L, rhs.to(device), method=ref_method).cpu()
         for dtype in (torch.float32, torch.float64):
-            for method in (["lapack"] if device.type == "cpu" else []) + ["loop", "scan"]:
-                L, failed = block_banded_cholesky(Ab.to(device, dtype), method=method)
-                x = block_banded_solve(L, rhs.to(device, dtype), method=method).cpu().double()
+            methods = (["lapack"] if device.type == "cpu" else []) + ["loop", "scan"]
+            for method in methods + (["scan, factor in float64 (auto off the CPU)"] if dtype == torch.float32 else []):
+                if method in methods:
+                    L, failed = block_banded_cholesky(Ab.to(device, dtype), method=method)
+                else:  # what banded="auto" does with float32 on a GPU
+                    L, failed = block_banded_cholesky(Ab.to(device, dtype).double(), method="scan")
+                    L = L.to(dtype)
+                solve_method = method if method in methods else "scan"
+                x = block_banded_solve(L, rhs.to(device, dtype), method=solve_method).cpu().double()
                 y = Ab[:, 0] @ x
                 y[1:] += Ab[1:, 1] @ x[:-1]
                 y[:-1] += Ab[1:, 1].mT @ x[1:]

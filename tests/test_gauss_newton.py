@@ -490,7 +490,7 @@ def test_scan_factorisation_of_a_stiff_random_walk_matches_lapack():
     r"""A stiff chain prior (``q = 1e-6``, condition number about 1e8): the odd-even elimination gives LAPACK's factor
     and solution to the accuracy the conditioning allows in float64. In float32 (``q = 1e-2``) its residual stays
     within a few times LAPACK's (backward stable), but its forward error grows with the chain, which is why "auto"
-    keeps the loop for factorisations outside float64 (module docstring)."""
+    factorises float32 in float64 off the CPU (module docstring)."""
     import gpgeom.engine.banded as banded_module
 
     K, s = 4000, 3
@@ -511,9 +511,18 @@ def test_scan_factorisation_of_a_stiff_random_walk_matches_lapack():
         assert failed32 is None
         res[m] = _band_residual(Ab, block_banded_solve(L32, rhs.float(), method=m).double(), rhs)
     assert res["scan"] < 5 * res["lapack"], res
-    assert banded_module._method("auto", Ab.float().to("meta"), "cholesky") == "loop"
-    assert banded_module._method("auto", Ab.to("meta"), "cholesky") == "scan"
-    assert banded_module._method("auto", Ab.float().to("meta"), "solve") == "scan"
+    # what "auto" does off the CPU for float32: the float64 scan rounded to float32, as accurate as LAPACK's float32
+    L64, _ = block_banded_cholesky(Ab.float().double(), method="scan")
+    x_lap32 = block_banded_solve(block_banded_cholesky(Ab.float(), method="lapack")[0], rhs.float(), method="lapack")
+    x_ref = block_banded_solve(block_banded_cholesky(Ab, method="lapack")[0], rhs, method="lapack")
+    x_auto32 = block_banded_solve(L64.float(), rhs.float(), method="scan")
+    err = {k: float((x.double() - x_ref).abs().max()) for k, x in (("auto", x_auto32), ("lapack", x_lap32))}
+    assert err["auto"] <= 2 * err["lapack"], err
+    meta = Ab.to("meta")
+    assert banded_module._method("auto", meta, "cholesky") == "scan"
+    assert banded_module._method("auto", meta.float(), "cholesky") == "scan64"
+    assert banded_module._method("auto", meta.half(), "cholesky") == "loop"
+    assert banded_module._method("auto", meta.float(), "solve") == "scan"
 
 
 def test_float32_linear_chain():

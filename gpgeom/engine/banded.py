@@ -36,13 +36,16 @@ Each has three implementations (``method=``), equal to rounding (the tests hold 
 * ``"loop"``: the sequential recursions over block rows, :math:`O(K)` small torch operations (about ten kernel
   launches per block row on a GPU), the reference implementation of the tests.
 
-``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64), else ``"scan"``,
-except for a factorisation in a dtype other than float64, which takes ``"loop"``: eliminating the middle of a
-long stiff chain from both sides cancels more digits than the sequential recursion does, so the scan's forward
-error grows with the chain while its residual stays within about twice the loop's. On random walks of condition
-number 1e6-2e8 (``K = 1000, 4000``; ``benchmarks/engine.py``, the accuracy table of
-``benchmarks/results/engine_cpu_float64.md``) its float32 solutions were 30-80 times less accurate than the loop's
-and LAPACK's; in float64 all three are within 1e-12 of each other. ``method="scan"`` asks for it in any dtype.
+``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64), else ``"scan"``;
+a float32 factorisation off the CPU is then computed in float64 and rounded to float32 (``"loop"`` on devices
+without float64, such as Apple's MPS). The reason: eliminating the middle of a long stiff chain from both sides
+cancels more digits than the sequential recursion does, so the scan's forward error grows with the chain while its
+residual stays within about twice the loop's. On random walks of condition number 1e6-2e8 (``K = 1000, 4000``;
+``benchmarks/engine.py``, the accuracy table of ``benchmarks/results/engine_cpu_float64.md``) a float32 scan was
+30-80 times less accurate than the float32 loop and LAPACK, the float64 scan rounded to float32 more accurate than
+both; in float64 all three agree to 1e-12. The solves and the selected inverse by ``"scan"`` lose nothing of the
+kind (the float32 loop's factor solved by the scan: the loop's error). ``method="scan"`` factorises in the input's
+dtype.
 """
 
 from __future__ import annotations
@@ -69,9 +72,11 @@ def _method(method: str, t: Tensor, op: str) -> str:
     if method == "auto":
         if lapack_ok and op != "selected_inverse":
             return "lapack"
+        if op != "cholesky" or t.dtype == torch.float64:
+            return "scan"
         # the parallel factorisation's forward error on stiff chains grows faster than the loop's (both are
-        # backward stable): in float32 it is measured 30-80x the loop's, so only float64 takes it by default
-        return "loop" if op == "cholesky" and t.dtype != torch.float64 else "scan"
+        # backward stable; float32: 30-80x the loop's): float32 factorises in float64 where the device has it
+        return "scan64" if t.dtype == torch.float32 and t.device.type != "mps" else "loop"
     if method == "lapack" and (not lapack_ok or op == "selected_inverse"):
         why = "has no selected inverse" if op == "selected_inverse" else "needs a float32/float64 CPU tensor"
         raise ValueError(f"method='lapack' {why} (op {op!r}, got {t.dtype} on {t.device}); use 'scan' or 'loop'.")
@@ -475,8 +480,8 @@ def block_banded_cholesky(
         singular_tol: A pivot is declared singular when :math:`(L_{kk})_{ii}^2 < \text{tol} \cdot (A_{kk})_{ii}`,
             i.e. when conditioning on the preceding variables leaves less than a fraction ``tol`` of a variable's
             information (a relative condition-number test). Default ``1e3 * eps`` of the dtype.
-        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"scan"`` in float64 and ``"loop"`` in other dtypes),
-            ``"lapack"``, ``"scan"`` or ``"loop"``.
+        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"scan"``, for float32 computed in float64; module
+            docstring), ``"lapack"``, ``"scan"`` or ``"loop"``.
 
     Returns:
         ``(Lb, failed)``: the factor in the same storage (``Lb[k, d] = L[k, k - d]``) and ``None``, or the index of
@@ -492,7 +497,11 @@ def block_banded_cholesky(
             bad[fail] = True
             Lb[fail:] = float("nan")
     else:
-        Lb, info = _cholesky_scan(Ab) if how == "scan" else _cholesky_loop(Ab)
+        if how == "scan64":  # chosen by "auto" only: the float64 factor, rounded to the input's dtype
+            Lb, info = _cholesky_scan(Ab.double())
+            Lb = Lb.to(Ab.dtype)
+        else:
+            Lb, info = _cholesky_scan(Ab) if how == "scan" else _cholesky_loop(Ab)
         bad |= info != 0
     piv = Lb[:, 0].diagonal(dim1=-2, dim2=-1).square()
     ref = Ab[:, 0].diagonal(dim1=-2, dim2=-1)

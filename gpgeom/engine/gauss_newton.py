@@ -37,8 +37,8 @@ Laplace (Gaussian) approximation of the posterior covariance; its diagonal block
 are obtained by the selected-inversion recursion (Takahashi et al. 1973; for a chain it is the
 Rauch-Tung-Striebel smoother's covariance recursion, Barfoot ch. 3.2) without forming the inverse. On the CPU the
 factorisation and solves are one LAPACK banded call each and the selected inverse an odd-even reduction in
-``O(log K)`` batched steps (:mod:`gpgeom.engine.banded`); on other devices the factorisation (in float64) and the
-solves are odd-even reductions too, so an iteration's time is dominated by the linearisation.
+``O(log K)`` batched steps (:mod:`gpgeom.engine.banded`); on other devices the factorisation and the solves are
+odd-even reductions too, so an iteration's time is dominated by the linearisation.
 
 Public API:
 
@@ -659,7 +659,7 @@ def gauss_newton(
             :func:`_assemble`). The result does not depend on it (up to rounding).
         banded: The implementation of the block-banded factorisation, solve and selected inverse
             (:mod:`gpgeom.engine.banded`): ``"auto"`` (default: LAPACK's banded Cholesky on the CPU, odd-even
-            reduction elsewhere, with the loop for the factorisation outside float64), ``"lapack"``, ``"scan"``
+            reduction elsewhere, a float32 factorisation computed in float64), ``"lapack"``, ``"scan"``
             (odd-even reduction for the factorisation, the solves and the selected inverse, ``O(log K)`` batched
             steps on any device) or ``"loop"`` (the sequential recursions throughout, the reference). The results
             agree to rounding.
