@@ -164,34 +164,41 @@ def _congruence(F: Tensor, X: Tensor) -> Tensor:
     return F @ X @ F.mT
 
 
+def _prefix_scan(elements: tuple[Tensor, ...], combine) -> tuple[Tensor, ...]:
+    r"""Inclusive prefixes of an associative ``combine`` over ``n`` elements (tuples of ``n x ...`` tensors) by
+    odd-even reduction (a work-efficient parallel prefix, Blelloch 1990): neighbouring pairs are combined, the
+    half-length problem is solved recursively and the odd prefixes filled in, ``O(log n)`` batched steps and
+    ``O(n)`` work."""
+    n = elements[0].shape[0]
+    if n == 1:
+        return elements
+    ne, no = (n + 1) // 2, n // 2
+    even = tuple(e[0::2] for e in elements)
+    odd = tuple(e[1::2] for e in elements)
+    pairs = combine(tuple(o[: ne - 1] for o in odd), tuple(e[1:] for e in even))  # elements 2j - 1 and 2j
+    pre_even = _prefix_scan(tuple(torch.cat([e[:1], p]) for e, p in zip(even, pairs)), combine)
+    pre_odd = combine(tuple(p[:no] for p in pre_even), odd)
+    out = tuple(e.new_empty(e.shape) for e in elements)
+    for o, pe, po in zip(out, pre_even, pre_odd):
+        o[0::2] = pe
+        o[1::2] = po
+    return out
+
+
 def _affine_scan(F: Tensor, c: Tensor, apply: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     r"""All terms of :math:`x_0 = c_0`, :math:`x_k = \mathrm{apply}(F_k, x_{k-1}) + c_k` (``F``: ``n x s x s``,
     ``F[0]`` unused; ``c``: ``n x ...``) in ``O(log n)`` batched steps and ``O(n)`` work.
 
     ``apply`` is linear in its second argument (``F x`` or ``F X F^T``) and composes as
-    :math:`\mathrm{apply}(F_2, \mathrm{apply}(F_1, x)) = \mathrm{apply}(F_2 F_1, x)`, so two steps make one:
-    :math:`x_{2j} = \mathrm{apply}(F_{2j}F_{2j-1}, x_{2j-2}) + \mathrm{apply}(F_{2j}, c_{2j-1}) + c_{2j}`.
-    The even terms solve that half-length recurrence; then :math:`x_{2j+1} = \mathrm{apply}(F_{2j+1}, x_{2j}) +
-    c_{2j+1}` in one batched step.
+    :math:`\mathrm{apply}(F_2, \mathrm{apply}(F_1, x)) = \mathrm{apply}(F_2 F_1, x)`, so the steps
+    :math:`(F_k, c_k)` compose associatively, :math:`(F_1, c_1) \circ (F_2, c_2) = (F_2 F_1,\ \mathrm{apply}(F_2,
+    c_1) + c_2)`, and :math:`x_k` is the offset of the prefix up to ``k`` (:func:`_prefix_scan`).
     """
-    n = c.shape[0]
-    if n == 1:
-        return c
-    ne, no = (n + 1) // 2, n // 2  # even and odd positions
-    Fe, Fo = F[0::2], F[1::2]
-    ce, co = c[0::2], c[1::2]
-    # pair (2j - 1, 2j) for j = 1..ne-1: odd index 2j - 1 is co[j - 1]
-    F2 = F.new_empty(ne, *F.shape[1:])
-    F2[0] = Fe[0]
-    F2[1:] = Fe[1:] @ Fo[: ne - 1]
-    c2 = c.new_empty(ne, *c.shape[1:])
-    c2[0] = ce[0]
-    c2[1:] = apply(Fe[1:], co[: ne - 1]) + ce[1:]
-    xe = _affine_scan(F2, c2, apply)
-    x = c.new_empty(c.shape)
-    x[0::2] = xe
-    x[1::2] = apply(Fo, xe[:no]) + co
-    return x
+
+    def compose(first, second):
+        return second[0] @ first[0], apply(second[0], first[1]) + second[1]
+
+    return _prefix_scan((F, c), compose)[1]
 
 
 def _super_blocks(Lb: Tensor) -> tuple[Tensor, int]:
@@ -289,25 +296,6 @@ def _eliminate_between(left: tuple[Tensor, Tensor, Tensor], right: tuple[Tensor,
     P = P1 - Q1 @ Z[..., :s]
     R = R2 - Q2.mT @ Z[..., s:]
     return 0.5 * (P + P.mT), -(Q1 @ Z[..., s:]), 0.5 * (R + R.mT)
-
-
-def _prefix_scan(elements: tuple[Tensor, ...], combine) -> tuple[Tensor, ...]:
-    r"""Inclusive prefix of an associative ``combine`` over ``n`` elements (tuples of ``n x ...`` tensors): the
-    same odd-even reduction as :func:`_affine_scan`, ``O(log n)`` batched steps and ``O(n)`` work."""
-    n = elements[0].shape[0]
-    if n == 1:
-        return elements
-    ne, no = (n + 1) // 2, n // 2
-    even = tuple(e[0::2] for e in elements)
-    odd = tuple(e[1::2] for e in elements)
-    pairs = combine(tuple(o[: ne - 1] for o in odd), tuple(e[1:] for e in even))  # elements 2j - 1 and 2j
-    pre_even = _prefix_scan(tuple(torch.cat([e[:1], p]) for e, p in zip(even, pairs)), combine)
-    pre_odd = combine(tuple(p[:no] for p in pre_even), odd)
-    out = tuple(e.new_empty(e.shape) for e in elements)
-    for o, pe, po in zip(out, pre_even, pre_odd):
-        o[0::2] = pe
-        o[1::2] = po
-    return out
 
 
 def _symmetric_super_blocks(Ab: Tensor) -> tuple[Tensor, int]:
