@@ -302,6 +302,39 @@ def test_uwb_estimation_fast_trajectory_converges_to_centimetres():
     assert rot < math.radians(5.0), rot
 
 
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_fit_with_the_parallel_factorisation_equals_lapack(monkeypatch, cls):
+    r"""What a GPU runs (``banded="auto"`` off the CPU: the odd-even factorisation, solves and selected inverse, on
+    state size 18), forced on the CPU: the same iterations, knots and covariances as LAPACK's fit."""
+    import gpgeom.engine.banded as banded_module
+
+    T = 3.0
+    truth, meas = _uwb_problem(T, rate=10.0)
+
+    def fit():
+        traj = cls.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
+        traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.1, sigma_pos=0.2, seed=2))
+        return traj.fit([meas], max_iter=50, compute_covariances=True)
+
+    ref = fit()
+    chosen = banded_module._method
+    used = set()
+
+    def off_the_cpu(method, t, op):
+        how = chosen(method, t, op)
+        how = "scan" if how == "lapack" else how
+        used.add((op, how))
+        return how
+
+    monkeypatch.setattr(banded_module, "_method", off_the_cpu)
+    scan = fit()
+    assert used == {("cholesky", "scan"), ("solve", "scan"), ("selected_inverse", "scan")}
+    assert scan.fit_result_.iterations == ref.fit_result_.iterations
+    torch.testing.assert_close(scan.knots, ref.knots, rtol=0, atol=1e-9)
+    scale = float(ref.covariances_.abs().max())
+    torch.testing.assert_close(scan.covariances_, ref.covariances_, rtol=0, atol=1e-9 * scale)
+
+
 def test_measurements_exactly_at_knot_times_are_fine():
     truth = FAST
     kt = torch.arange(0.0, 1.0 + 1e-9, 0.1, dtype=DT)
