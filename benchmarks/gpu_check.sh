@@ -9,9 +9,9 @@
 # brings it back) and benchmarks/results/gpu_check/ otherwise. Copy a table into benchmarks/results/ by hand, under the
 # name the script gives it (benchmarks/_common.report_name: <name>_cuda[_quick].md), when it should be committed.
 # Packages the GPU image lacks travel as wheels in .whl/ (git-ignored through .git/info/exclude): pyro-ppl, pyro-api,
-# meshio, and triangle and scikit-fem for tests/test_mmgp.py (it skips as a whole without them). Here:
-#   .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_17_x86_64 --platform any -d .whl pyro-ppl pyro-api meshio triangle scikit-fem
+# meshio, and triangle and scikit-fem for tests/test_mmgp.py (it skips as a whole without them): fetch them here with
+# `bash tools/gpu_wheels.sh`, then carry .whl. Last measured (H200, benchmarks/results/gpu_check_h200.log):
+# `engine rgnp` took 345 s in all (the device tests 40 s of it, the RGNP recipe about 4 minutes), one 10-minute call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
@@ -32,7 +32,13 @@ fi
 mkdir -p "$GPGEOM_BENCH_RESULTS"
 echo "reports go to $GPGEOM_BENCH_RESULTS"
 status=0
-run() { echo "== $*"; timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!! failed: $*"; status=1; }; }
+# each step's wall time goes to the log, so that the next lease can plan which steps fit in one call
+run() {
+    echo "== $*"
+    local t0=$SECONDS
+    timeout "${STEP_TIMEOUT:-240}" "$@" || { echo "!! failed: $*"; status=1; }
+    echo "-- $((SECONDS - t0)) s: $*"
+}
 want() { [[ " ${SELECTED} " == *" $1 "* ]]; }
 SELECTED="${*:-engine rgnp rvgp funbat trajectory}"
 run $PY -m pytest -q -p no:cacheprovider tests/test_device.py tests/test_device_requests.py tests/test_statespace.py \
