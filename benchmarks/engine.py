@@ -81,7 +81,7 @@ def gauss_newton_times(ks, s, device, dtype):
     r"""Time of one Gauss-Newton iteration on a linear chain of ``K`` states of size ``s`` (a random walk with
     ``s x s`` transitions observed at every state): assembly plus the block-banded Cholesky solve, O(K s^3), with
     the default block-banded linear algebra (``banded="auto"``: LAPACK's banded Cholesky on the CPU, the odd-even
-    reduction elsewhere in float64), with the odd-even reduction (``banded="scan"``, O(log K) batched steps) and with
+    reduction elsewhere), with the odd-even reduction (``banded="scan"``, O(log K) batched steps) and with
     the sequential loop (``banded="loop"``). (``tests/test_gauss_newton.py`` checks the linear operation count; the
     times are here.)"""
     rows = []
@@ -132,8 +132,8 @@ def random_walk_band(K: int, s: int, q: float) -> torch.Tensor:
 
 def banded_accuracy(device, cases=((1000, 1e-2), (1000, 1e-3), (4000, 1e-2), (4000, 1e-3)), s=3):
     r"""Forward error and residual of the block-banded factorisation and solve of each method, in float32 and
-    float64, on stiff random walks: the measurement behind ``banded="auto"`` keeping the loop for float32
-    factorisations (``gpgeom.engine.banded``). Reference: the float64 LAPACK solution (float64 loop off the CPU)."""
+    float64, on stiff random walks: the measurement behind ``banded="auto"`` factorising float32 in float64 off the
+    CPU (``gpgeom.engine.banded``). Reference: the float64 LAPACK solution (float64 loop off the CPU)."""
     rows = []
     for K, q in cases:
         Ab = random_walk_band(K, s, q)

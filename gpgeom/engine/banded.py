@@ -488,8 +488,10 @@ def block_banded_cholesky(
         if how == "scan64":  # chosen by "auto" only: the float64 factor, rounded to the input's dtype
             Lb, info = _cholesky_scan(Ab.double())
             Lb = Lb.to(Ab.dtype)
+        elif how == "scan":
+            Lb, info = _cholesky_scan(Ab)
         else:
-            Lb, info = _cholesky_scan(Ab) if how == "scan" else _cholesky_loop(Ab)
+            Lb, info = _cholesky_loop(Ab)
         bad |= info != 0
     piv = Lb[:, 0].diagonal(dim1=-2, dim2=-1).square()
     ref = Ab[:, 0].diagonal(dim1=-2, dim2=-1)
