@@ -8,7 +8,8 @@ is stored as ``Ab`` (``K x (w + 1) x s x s``: row ``k`` holds blocks ``(k, k), (
   in :math:`O(K w^2 s^3)`, reporting the first block whose pivot is singular;
 * :func:`block_banded_solve`: forward and backward substitution with ``L``;
 * :func:`block_banded_selected_inverse`: the blocks of :math:`A^{-1}` inside the band (the marginal and
-  neighbouring covariances of the chain) by the Takahashi recursion, without forming :math:`A^{-1}`.
+  neighbouring covariances of the chain) by the Takahashi recursion, without forming :math:`A^{-1}`;
+* :func:`block_banded_matvec`: the product :math:`A X` from the same storage (residuals of a solve, matrix-free use).
 
 Each has three implementations (``method=``), equal to rounding (the tests hold them to ``1e-10`` in float64):
 
@@ -55,7 +56,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["BANDED_METHODS", "block_banded_cholesky", "block_banded_selected_inverse", "block_banded_solve"]
+__all__ = [
+    "BANDED_METHODS",
+    "block_banded_cholesky",
+    "block_banded_matvec",
+    "block_banded_selected_inverse",
+    "block_banded_solve",
+]
 
 #: The implementations of the block-banded routines (see the module docstring).
 BANDED_METHODS = ("auto", "lapack", "scan", "loop")
@@ -551,3 +558,32 @@ def block_banded_selected_inverse(Lb: Tensor, *, method: str = "auto") -> Tensor
     """
     how = _method(method, Lb, "selected_inverse")
     return _selinv_scan(Lb) if how == "scan" else _selinv_loop(Lb)
+
+
+def block_banded_matvec(Ab: Tensor, x: Tensor) -> Tensor:
+    r"""The product :math:`A X` of the symmetric block-banded matrix stored in ``Ab`` with ``X``, :math:`O(K w s^2 c)`.
+
+    Block row ``k`` of the product is :math:`A_{kk} X_k + \sum_{d=1}^{w} \big(A_{k,k-d} X_{k-d} + A_{k+d,k}^\top
+    X_{k+d}\big)`: the stored lower band and, by symmetry, its transpose (blocks beyond the ends are absent).
+
+    Args:
+        Ab: ``K x (w + 1) x s x s`` banded storage, ``Ab[k, d] = A[k, k - d]`` (module docstring); the blocks
+            ``Ab[k, d]`` with ``k < d`` lie outside the matrix and are ignored.
+        x: ``K x s x c``.
+
+    Returns:
+        ``K x s x c``.
+    """
+    if not isinstance(Ab, Tensor) or Ab.dim() != 4 or Ab.shape[-1] != Ab.shape[-2]:
+        raise ValueError(f"`Ab` must be a K x (w + 1) x s x s tensor, got shape {tuple(getattr(Ab, 'shape', ()))}.")
+    K, w1, s, _ = Ab.shape
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[:2] != (K, s):
+        raise ValueError(
+            f"`x` must be a {K} x {s} x c tensor (the blocks of `Ab`), got {tuple(getattr(x, 'shape', ()))}."
+        )
+    y = Ab[:, 0] @ x
+    for d in range(1, min(w1, K)):
+        off = Ab[d:, d]  # A[k, k - d] for k = d..K-1
+        y[d:] += off @ x[:-d]
+        y[:-d] += off.mT @ x[d:]
+    return y
