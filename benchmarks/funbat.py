@@ -92,6 +92,7 @@ def run_funbat(split, device: str, *, callback=None, **kw) -> dict[str, float]:
     out = metrics(mean[:, 0], std[:, 0], split.y_test, split.test_unseen)
     res = model.fit_result_
     out.update(seconds=fit_s, sweeps=res.sweeps, converged=res.converged, sec_per_sweep=fit_s / res.sweeps)
+    out["elbo"] = res.elbo
     out.update(noise_sd=model.noise_variance**0.5, mean=mean[:, 0].detach().cpu(), std=std[:, 0].detach().cpu())
     return out
 
