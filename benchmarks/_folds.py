@@ -42,11 +42,12 @@ def run_fold_benchmark(
     title: str,
     details: str,
     footer: Callable[[dict[str, list[dict]], list[int]], list[str]] | None = None,
+    command: str | None = None,
 ) -> int:
     r"""Parse ``[--quick] [--folds ...] [--jobs N]``, run ``run_fold`` on each fold (``--jobs`` processes), and write
     ``benchmarks/results/<name>.md`` (all five folds) or ``results/local/<name>_quick.md`` (``--quick``: fold 0, or
     other folds). ``details`` follows the folds on the header's second line; ``footer(rows, folds)``, if given,
-    returns lines written after the tables."""
+    returns lines written after the tables. ``command``: how the run was started, when not ``benchmarks/<name>.py``."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fold 0 only")
     ap.add_argument("--folds", type=int, nargs="+", default=None, help="Beijing folds (default 0..4)")
@@ -64,6 +65,6 @@ def run_fold_benchmark(
         f"- machine: {machine_info('cpu')}; {args.jobs} folds at a time, one process each; "
         f"{time.perf_counter() - t0:.0f} s in all",
         f"- folds: {folds} (seeded random 80/20, `benchmarks/funbat.py`); {details}",
-        f"- `benchmarks/{name}.py` (its docstring says what each row is)",
+        f"- `{command or f'benchmarks/{name}.py'}` (its docstring says what each row is)",
     ]
     return write_tables(rows, folds, header, out_path, footer(rows, folds) if footer else ())

@@ -21,9 +21,16 @@ tensorisation, the standard deviation of the test RMSE over the six seeds (mean 
 final ELBO and test RMSE within a fold (mean over the folds): the scale against which differences between single fits
 (such as converged against early-stopped, ``funbat_drift.md``) are read.
 
-Usage: ``python benchmarks/funbat_seeds.py [--quick] [--folds 0 1 2 3 4] [--jobs 2]``. Writes
-``benchmarks/results/funbat_seeds.md`` (all five folds); ``--quick`` (fold 0) or other folds write
-``benchmarks/results/local/funbat_seeds_quick.md``.
+``--restarts`` measures, over the same seeds on the paper's coordinates, whether the defaults' choice among
+initialisations gets more reliable with more of them (``n_restarts=8``: nine initialisations of 10 sweeps) or with
+longer ones (``restart_sweeps=30``: three of 30 sweeps, the ELBO judged later), and writes
+``funbat_seeds_restarts.md``. ``--early`` measures issue #17's "converged fits no worse than early-stopped ones"
+over the same seeds on both tensorisations: each seed's default (converged) fit against the same fit cut at 15 sweeps
+(``max_sweeps=15``, ``funbat_drift.md``'s early fit), paired by seed and fold, and writes ``funbat_seeds_early.md``.
+
+Usage: ``python benchmarks/funbat_seeds.py [--restarts | --early] [--quick] [--folds 0 1 2 3 4] [--jobs 2]``. Writes
+``benchmarks/results/funbat_seeds.md`` (``funbat_seeds_restarts.md``, ``funbat_seeds_early.md``; all five folds);
+``--quick`` (fold 0) or other folds write ``benchmarks/results/local/funbat_seeds[_restarts|_early]_quick.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -55,8 +63,33 @@ SEEDS = (0, 10, 20, 30, 40, 50)
 COORDINATES = {"(temperature, pressure, day)": False, "(offsets, day)": True}
 
 
-def seed_label(seed: int, coords: str) -> str:
-    return f"FunBaT defaults, seed {seed}, {coords}"
+#: ``--restarts``: restart settings measured over the same seeds on the paper's coordinates (label -> arguments).
+RESTART_SETTINGS = {"n_restarts=8": {"n_restarts": 8}, "restart_sweeps=30": {"restart_sweeps": 30}}
+#: ``--early``: the sweeps at which the early-stopped fits are cut (``funbat_drift.md``'s early fit).
+EARLY_SWEEPS = 15
+#: The paper's coordinates (the label of the first tensorisation).
+PAPER = next(iter(COORDINATES))
+
+
+def seed_label(seed: int, coords: str, setting: str = "defaults") -> str:
+    return f"FunBaT {setting}, seed {seed}, {coords}"
+
+
+def seeded_rows(split, coords: str, setting: str = "defaults", **kw) -> dict[str, dict]:
+    r"""The rows of one setting on one split: a fit per seed of :data:`SEEDS` (``kw`` on top of the defaults), the fit
+    of the largest final ELBO among them and the average of their predictive distributions (mixture moments)."""
+    rows: dict[str, dict] = {}
+    fits = [run_funbat(split, "cpu", seed=s, **kw) for s in SEEDS]
+    for s, r in zip(SEEDS, fits, strict=True):
+        rows[seed_label(s, coords, setting)] = r
+    named = "" if setting == "defaults" else f" {setting}"
+    best = max(fits, key=lambda r: r["elbo"])
+    rows[f"FunBaT{named}, the largest final ELBO of the {len(SEEDS)} seeds, {coords}"] = dict(best)
+    means = torch.stack([r["mean"] for r in fits]).double()
+    var = torch.stack([r["std"] for r in fits]).double().square().mean(0) + means.var(0, unbiased=False)
+    avg = metrics(means.mean(0), var.sqrt(), split.y_test, split.test_unseen)
+    rows[f"average of the {len(SEEDS)} seeded fits{',' + named if named else ''} (mixture moments), {coords}"] = avg
+    return rows
 
 
 def run_fold(fold: int) -> dict[str, dict]:
@@ -66,43 +99,117 @@ def run_fold(fold: int) -> dict[str, dict]:
     t0 = time.perf_counter()
     for coords, offsets in COORDINATES.items():
         split = load_beijing_air(day_offsets=offsets).split(fold)
-        fits = [run_funbat(split, "cpu", seed=s) for s in SEEDS]
-        for s, r in zip(SEEDS, fits, strict=True):
-            rows[seed_label(s, coords)] = r
-        best = max(fits, key=lambda r: r["elbo"])
-        rows[f"FunBaT, the largest final ELBO of the {len(SEEDS)} seeds, {coords}"] = dict(best)
-        means = torch.stack([r["mean"] for r in fits]).double()
-        var = torch.stack([r["std"] for r in fits]).double().square().mean(0) + means.var(0, unbiased=False)
-        avg = metrics(means.mean(0), var.sqrt(), split.y_test, split.test_unseen)
-        rows[f"average of the {len(SEEDS)} seeded fits (mixture moments), {coords}"] = avg
+        rows.update(seeded_rows(split, coords))
         if not offsets:
             rows[f"exact GP, product of Matérn-1/2, {coords}"] = run_dense_gp(split, N_HYPER, None, 0.5, fold, "cpu")
     return finish_fold(fold, rows, t0)
 
 
-def footer(rows: dict[str, list[dict]], folds: list[int]) -> list[str]:
-    r"""Per tensorisation: the seeds' RMSE spread and the rank correlation of final ELBO and test RMSE."""
+def run_fold_restarts(fold: int) -> dict[str, dict]:
+    r"""``--restarts``: the rows of every :data:`RESTART_SETTINGS` on the paper's coordinates for one fold."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rows: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    split = load_beijing_air().split(fold)
+    for setting, kw in RESTART_SETTINGS.items():
+        rows.update(seeded_rows(split, PAPER, setting, **kw))
+    return finish_fold(fold, rows, t0)
+
+
+def run_fold_early(fold: int) -> dict[str, dict]:
+    r"""``--early``: per tensorisation, the seeds' default fits and the same fits cut at :data:`EARLY_SWEEPS` sweeps."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rows: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    for coords, offsets in COORDINATES.items():
+        split = load_beijing_air(day_offsets=offsets).split(fold)
+        rows.update(seeded_rows(split, coords))
+        rows.update(seeded_rows(split, coords, f"max_sweeps={EARLY_SWEEPS}", max_sweeps=EARLY_SWEEPS))
+    return finish_fold(fold, rows, t0)
+
+
+def early_footer(rows: dict[str, list[dict]], folds: list[int]) -> list[str]:
+    r"""``--early``: the seeds' spread of both settings, and converged against cut short, paired by seed and fold."""
+    cut = f"max_sweeps={EARLY_SWEEPS}"
+    lines = footer(rows, folds, [(c, s) for c in COORDINATES for s in ("defaults", cut)])
+    lines += [
+        "",
+        f"## Converged (defaults) against cut at {EARLY_SWEEPS} sweeps, paired by seed and fold",
+        "",
+        "| coordinates | mean test RMSE, converged | mean, cut | mean difference (converged - cut) | "
+        "pairs where converged is no worse |",
+        "|---|---|---|---|---|",
+    ]
+    for coords in COORDINATES:
+        conv = np.array([[r["rmse"] for r in rows[seed_label(s, coords)]] for s in SEEDS])
+        short = np.array([[r["rmse"] for r in rows[seed_label(s, coords, cut)]] for s in SEEDS])
+        lines.append(
+            f"| {coords} | {conv.mean():.4f} | {short.mean():.4f} | {(conv - short).mean():+.4f} | "
+            f"{int((conv <= short).sum())} of {conv.size} |"
+        )
+    return lines
+
+
+def footer(rows: dict[str, list[dict]], folds: list[int], groups: list[tuple[str, str]]) -> list[str]:
+    r"""Per (coordinates, setting) of ``groups``: the seeds' RMSE spread and the rank correlation of final ELBO and
+    test RMSE."""
     lines = [
         "## Spread over the seeds",
         "",
-        "| coordinates | sd of test RMSE over the seeds (mean over folds) | min - max over seeds and folds | "
-        "Spearman(final ELBO, test RMSE) |",
-        "|---|---|---|---|",
+        "| coordinates | setting | sd of test RMSE over the seeds (mean over folds) | mean over the seeds | "
+        "min - max over seeds and folds | Spearman(final ELBO, test RMSE) |",
+        "|---|---|---|---|---|---|",
     ]
-    for coords in COORDINATES:
-        rmse = np.array([[r["rmse"] for r in rows[seed_label(s, coords)]] for s in SEEDS])  # seeds x folds
-        elbo = np.array([[r["elbo"] for r in rows[seed_label(s, coords)]] for s in SEEDS])
+    for coords, setting in groups:
+        fits = [rows[seed_label(s, coords, setting)] for s in SEEDS]
+        rmse = np.array([[r["rmse"] for r in rs] for rs in fits])  # seeds x folds
+        elbo = np.array([[r["elbo"] for r in rs] for rs in fits])
         # Spearman within each fold (the ELBO's scale differs between folds), averaged over the folds
         rho = np.mean([np.corrcoef(np.argsort(np.argsort(elbo[:, f])), np.argsort(np.argsort(rmse[:, f])))[0, 1]
                        for f in range(len(folds))])  # fmt: skip
         lines.append(
-            f"| {coords} | {rmse.std(0).mean():.4f} | {rmse.min():.4f} - {rmse.max():.4f} | {rho:+.2f} (within each "
-            f"fold, mean over folds) |"
+            f"| {coords} | {setting} | {rmse.std(0).mean():.4f} | {rmse.mean():.4f} | {rmse.min():.4f} - "
+            f"{rmse.max():.4f} | {rho:+.2f} (within each fold, mean over folds) |"
         )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--early" in argv:
+        argv.remove("--early")
+        return run_fold_benchmark(
+            run_fold_early,
+            argv=argv,
+            description=__doc__,
+            name="funbat_seeds_early",
+            command="benchmarks/funbat_seeds.py --early",
+            title=f"BeijingAir-PM2.5: FunBaT converged against cut at {EARLY_SWEEPS} sweeps, over six initialisations",
+            details=(
+                "the same 16,965 entries and test entries in every row; every FunBaT setting but the seed and "
+                "`max_sweeps` at its default; offsets by `load_beijing_air(day_offsets=True)`; calibration of a new "
+                "observation's predictive distribution (Gaussian with the reported sd; for the average, with the "
+                "mixture's sd)"
+            ),
+            footer=early_footer,
+        )
+    if "--restarts" in argv:
+        argv.remove("--restarts")
+        return run_fold_benchmark(
+            run_fold_restarts,
+            argv=argv,
+            description=__doc__,
+            name="funbat_seeds_restarts",
+            command="benchmarks/funbat_seeds.py --restarts",
+            title="BeijingAir-PM2.5: FunBaT's spread over initialisations with more restarts or longer ones",
+            details=(
+                "the same 16,965 entries and test entries in every row; the paper's coordinates; every FunBaT setting "
+                "but the seed and the named one at its default (the defaults' rows and the exact GP: "
+                "`funbat_seeds.md`); calibration of a new observation's predictive distribution (Gaussian with the "
+                "reported sd; for the average, with the mixture's sd)"
+            ),
+            footer=partial(footer, groups=[(PAPER, setting) for setting in RESTART_SETTINGS]),
+        )
     return run_fold_benchmark(
         run_fold,
         argv=argv,
@@ -115,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             "conditioned on the whole training fold; calibration of a new observation's predictive distribution "
             "(Gaussian with the reported sd; for the average, with the mixture's sd)"
         ),
-        footer=footer,
+        footer=partial(footer, groups=[(coords, "defaults") for coords in COORDINATES]),
     )
 
 
