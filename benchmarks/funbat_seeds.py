@@ -92,39 +92,29 @@ def seeded_rows(split, coords: str, setting: str = "defaults", **kw) -> dict[str
     return rows
 
 
-def run_fold(fold: int) -> dict[str, dict]:
-    r"""Every row of the table for one fold (label -> :func:`funbat.metrics` results, without the predictions)."""
+#: What each table fits per fold: ``(coordinates, setting, FunBaT arguments, with the exact GP)`` in row order.
+PLANS = {
+    "seeds": [(coords, "defaults", {}, not offsets) for coords, offsets in COORDINATES.items()],
+    "restarts": [(PAPER, setting, kw, False) for setting, kw in RESTART_SETTINGS.items()],
+    "early": [
+        (coords, setting, kw, False)
+        for coords in COORDINATES
+        for setting, kw in (("defaults", {}), (f"max_sweeps={EARLY_SWEEPS}", {"max_sweeps": EARLY_SWEEPS}))
+    ],
+}
+
+
+def run_fold(fold: int, plan: str = "seeds") -> dict[str, dict]:
+    r"""Every row of the table ``plan`` (:data:`PLANS`) for one fold (label -> :func:`funbat.metrics` results, without
+    the predictions)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
-    for coords, offsets in COORDINATES.items():
-        split = load_beijing_air(day_offsets=offsets).split(fold)
-        rows.update(seeded_rows(split, coords))
-        if not offsets:
+    for coords, setting, kw, with_gp in PLANS[plan]:
+        split = load_beijing_air(day_offsets=COORDINATES[coords]).split(fold)
+        rows.update(seeded_rows(split, coords, setting, **kw))
+        if with_gp:
             rows[f"exact GP, product of Matérn-1/2, {coords}"] = run_dense_gp(split, N_HYPER, None, 0.5, fold, "cpu")
-    return finish_fold(fold, rows, t0)
-
-
-def run_fold_restarts(fold: int) -> dict[str, dict]:
-    r"""``--restarts``: the rows of every :data:`RESTART_SETTINGS` on the paper's coordinates for one fold."""
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rows: dict[str, dict] = {}
-    t0 = time.perf_counter()
-    split = load_beijing_air().split(fold)
-    for setting, kw in RESTART_SETTINGS.items():
-        rows.update(seeded_rows(split, PAPER, setting, **kw))
-    return finish_fold(fold, rows, t0)
-
-
-def run_fold_early(fold: int) -> dict[str, dict]:
-    r"""``--early``: per tensorisation, the seeds' default fits and the same fits cut at :data:`EARLY_SWEEPS` sweeps."""
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rows: dict[str, dict] = {}
-    t0 = time.perf_counter()
-    for coords, offsets in COORDINATES.items():
-        split = load_beijing_air(day_offsets=offsets).split(fold)
-        rows.update(seeded_rows(split, coords))
-        rows.update(seeded_rows(split, coords, f"max_sweeps={EARLY_SWEEPS}", max_sweeps=EARLY_SWEEPS))
     return finish_fold(fold, rows, t0)
 
 
@@ -179,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--early" in argv:
         argv.remove("--early")
         return run_fold_benchmark(
-            run_fold_early,
+            partial(run_fold, plan="early"),
             argv=argv,
             description=__doc__,
             name="funbat_seeds_early",
@@ -196,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--restarts" in argv:
         argv.remove("--restarts")
         return run_fold_benchmark(
-            run_fold_restarts,
+            partial(run_fold, plan="restarts"),
             argv=argv,
             description=__doc__,
             name="funbat_seeds_restarts",
