@@ -353,11 +353,11 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
                         lambda: _hetero_noise_tensor(n_syn, 4.0, 0.05, 8)))  # fmt: skip
         if args.hetero_only:  # only the tensor whose noise scale varies along mode 2
             cases, syn = [], syn[2:]
+        # every other setting at FunBaT's default (tol, sweeps); --quick caps the sweeps
+        caps = {"max_sweeps": max_sweeps} if quick else {}
         for name, make in cases[:1] + syn + cases[1:]:  # fold 0, the synthetic tensors, the other folds
             split = make()
             for noise in args.noise_models:
-                # every other setting at FunBaT's default (tol, sweeps); --quick caps the sweeps
-                caps = {"max_sweeps": max_sweeps} if quick else {}
                 r = run_noise_model(split, device, noise, rank=args.rank, nu=1.5, seed=0, **caps)
                 r.update(data=name, noise=noise)
                 print(

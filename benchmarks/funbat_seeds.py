@@ -164,55 +164,50 @@ def footer(rows: dict[str, list[dict]], folds: list[int], groups: list[tuple[str
     return lines
 
 
+#: The end of every table's details: how the calibration columns are computed.
+CALIBRATION = (
+    "calibration of a new observation's predictive distribution (Gaussian with the reported sd; for the average, with "
+    "the mixture's sd)"
+)
+#: Per plan of :data:`PLANS`: its table's title, details (before :data:`CALIBRATION`) and footer.
+TABLES = {
+    "seeds": (
+        "BeijingAir-PM2.5: FunBaT's spread over initialisations, the pick by ELBO and the seeds' average",
+        "every FunBaT setting but the seed at its default; offsets by `load_beijing_air(day_offsets=True)`; exact GP: "
+        "hyperparameters on 2,000 training entries, conditioned on the whole training fold",
+        partial(footer, groups=[(coords, "defaults") for coords in COORDINATES]),
+    ),
+    "restarts": (
+        "BeijingAir-PM2.5: FunBaT's spread over initialisations with more restarts or longer ones",
+        "the paper's coordinates; every FunBaT setting but the seed and the named one at its default (the defaults' "
+        "rows and the exact GP: `funbat_seeds.md`)",
+        partial(footer, groups=[(PAPER, setting) for setting in RESTART_SETTINGS]),
+    ),
+    "early": (
+        f"BeijingAir-PM2.5: FunBaT converged against cut at {EARLY_SWEEPS} sweeps, over six initialisations",
+        "every FunBaT setting but the seed and `max_sweeps` at its default; offsets by "
+        "`load_beijing_air(day_offsets=True)`",
+        early_footer,
+    ),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--early" in argv:
-        argv.remove("--early")
-        return run_fold_benchmark(
-            partial(run_fold, plan="early"),
-            argv=argv,
-            description=__doc__,
-            name="funbat_seeds_early",
-            command="benchmarks/funbat_seeds.py --early",
-            title=f"BeijingAir-PM2.5: FunBaT converged against cut at {EARLY_SWEEPS} sweeps, over six initialisations",
-            details=(
-                "the same 16,965 entries and test entries in every row; every FunBaT setting but the seed and "
-                "`max_sweeps` at its default; offsets by `load_beijing_air(day_offsets=True)`; calibration of a new "
-                "observation's predictive distribution (Gaussian with the reported sd; for the average, with the "
-                "mixture's sd)"
-            ),
-            footer=early_footer,
-        )
-    if "--restarts" in argv:
-        argv.remove("--restarts")
-        return run_fold_benchmark(
-            partial(run_fold, plan="restarts"),
-            argv=argv,
-            description=__doc__,
-            name="funbat_seeds_restarts",
-            command="benchmarks/funbat_seeds.py --restarts",
-            title="BeijingAir-PM2.5: FunBaT's spread over initialisations with more restarts or longer ones",
-            details=(
-                "the same 16,965 entries and test entries in every row; the paper's coordinates; every FunBaT setting "
-                "but the seed and the named one at its default (the defaults' rows and the exact GP: "
-                "`funbat_seeds.md`); calibration of a new observation's predictive distribution (Gaussian with the "
-                "reported sd; for the average, with the mixture's sd)"
-            ),
-            footer=partial(footer, groups=[(PAPER, setting) for setting in RESTART_SETTINGS]),
-        )
+    plan = next((p for p in PLANS if f"--{p}" in argv and p != "seeds"), "seeds")
+    if plan != "seeds":
+        argv.remove(f"--{plan}")
+    title, details, table_footer = TABLES[plan]
+    name = "funbat_seeds" if plan == "seeds" else f"funbat_seeds_{plan}"
     return run_fold_benchmark(
-        run_fold,
+        partial(run_fold, plan=plan),
         argv=argv,
         description=__doc__,
-        name="funbat_seeds",
-        title="BeijingAir-PM2.5: FunBaT's spread over initialisations, the pick by ELBO and the seeds' average",
-        details=(
-            "the same 16,965 entries and test entries in every row; every FunBaT setting but the seed at its default; "
-            "offsets by `load_beijing_air(day_offsets=True)`; exact GP: hyperparameters on 2,000 training entries, "
-            "conditioned on the whole training fold; calibration of a new observation's predictive distribution "
-            "(Gaussian with the reported sd; for the average, with the mixture's sd)"
-        ),
-        footer=partial(footer, groups=[(coords, "defaults") for coords in COORDINATES]),
+        name=name,
+        command=None if plan == "seeds" else f"benchmarks/funbat_seeds.py --{plan}",
+        title=title,
+        details=f"the same 16,965 entries and test entries in every row; {details}; {CALIBRATION}",
+        footer=table_footer,
     )
 
 
