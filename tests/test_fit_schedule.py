@@ -35,8 +35,7 @@ def _applied_rates(epochs: int, lr: float, **kw) -> np.ndarray:
         seen.append(float(m.theta.detach()))
         return 1e4 * m.theta.sum()
 
-    fit(loss, module=m, optimizer="adam", lr=lr, epochs=epochs, patience=epochs + 1, rel_tol=0.0,
-        progress=False, **kw)
+    fit(loss, module=m, optimizer="adam", lr=lr, epochs=epochs, patience=epochs + 1, rel_tol=0.0, progress=False, **kw)
     assert len(seen) == epochs
     return -np.diff(np.asarray(seen))  # rates of epochs 0 .. epochs - 2
 
@@ -81,8 +80,17 @@ def test_cosine_ends_closer_than_constant_on_a_noisy_quadratic():
             noisy = target + 0.3 * torch.randn(n, generator=gen, dtype=DT)
             return 0.5 * (h * (m.theta - noisy) ** 2).sum()
 
-        fit(loss, module=m, optimizer="adam", lr=0.05, epochs=400, patience=401, rel_tol=0.0, progress=False,
-            lr_schedule=name)
+        fit(
+            loss,
+            module=m,
+            optimizer="adam",
+            lr=0.05,
+            epochs=400,
+            patience=401,
+            rel_tol=0.0,
+            progress=False,
+            lr_schedule=name,
+        )
         last = torch.stack(iterates[-20:])
         dists[name] = float((last - target).norm(dim=-1).mean())
     assert dists["cosine"] < 0.5 * dists["constant"], dists  # measured 0.27-0.38 over seeds 0-5

@@ -97,8 +97,15 @@ def main() -> int:
         problems += check_images(path, minimum)
         target = args.out / name
         with tempfile.TemporaryDirectory(prefix="gpgeom-chromium-") as profile:
-            cmd = [exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={args.width},{height}",
-                   "--virtual-time-budget=4000", f"--screenshot={target}", path.resolve().as_uri()]
+            cmd = [
+                exe,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={args.width},{height}",
+                "--virtual-time-budget=4000",
+                f"--screenshot={target}",
+                path.resolve().as_uri(),
+            ]
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if run.returncode != 0 or not target.exists():
             problems.append(f"{page}: chromium failed ({run.returncode}): {run.stderr.strip()[-400:]}")

@@ -14,7 +14,7 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "import os\n"
-        "SMOKE_TEST = os.environ.get(\"SMOKE_TEST\") is not None\n"
+        'SMOKE_TEST = os.environ.get("SMOKE_TEST") is not None\n'
         "import torch\n"
         "torch.set_num_threads(1)  # small GP fits run ~10x slower with 2 threads on 2-core machines\n"
         "torch.manual_seed(0)\n"
@@ -40,16 +40,16 @@ cells = [
         "        super().__init__()\n"
         "        self.kernel = MaternMarkovKernel(nu=1.5)\n"
         "        self.raw_noise = torch.nn.Parameter(torch.tensor(0.0))\n"
-        "        self.register_constraint(\"raw_noise\", gpytorch.constraints.GreaterThan(1e-6))\n"
+        '        self.register_constraint("raw_noise", gpytorch.constraints.GreaterThan(1e-6))\n'
         "    @property\n"
         "    def noise(self):\n"
         "        return self.raw_noise_constraint.transform(self.raw_noise)\n"
         "\n"
         "reg = Reg().double()\n"
         "result = fit(lambda: -log_marginal_likelihood(reg.kernel, t, y, reg.noise) / n, module=reg,\n"
-        "             optimizer=\"lbfgs\", max_iter=50 if SMOKE_TEST else 200)\n"
+        '             optimizer="lbfgs", max_iter=50 if SMOKE_TEST else 200)\n'
         "print(result)\n"
-        "print(\"lengthscale\", reg.kernel.lengthscale.item(), \"noise\", reg.noise.item())"
+        'print("lengthscale", reg.kernel.lengthscale.item(), "noise", reg.noise.item())'
     ),
     nbf.v4.new_code_cell(
         "# the same log likelihood from the dense GP on the first 1,000 points\n"
@@ -61,7 +61,7 @@ cells = [
         "    ll_dense = gpytorch.distributions.MultivariateNormal(torch.zeros(m, dtype=torch.float64), K)"
         ".log_prob(y[:m])\n"
         "    ll_kalman = log_marginal_likelihood(reg.kernel, t[:m], y[:m], reg.noise)\n"
-        "print(f\"Kalman {ll_kalman.item():.8f}   dense {ll_dense.item():.8f}\")\n"
+        'print(f"Kalman {ll_kalman.item():.8f}   dense {ll_dense.item():.8f}")\n'
         "\n"
         "t_test = torch.linspace(0, 20, 500, dtype=torch.float64)\n"
         "with torch.no_grad():\n"
@@ -69,11 +69,11 @@ cells = [
         "sd = post.test_variance.sqrt()\n"
         "w = t <= 20\n"
         "plt.figure(figsize=(9, 3))\n"
-        "plt.plot(t[w], y[w], \".\", ms=2, color=\"0.6\")\n"
-        "plt.plot(t_test, f(t_test), \"k-\", lw=1)\n"
-        "plt.plot(t_test, post.test_mean, \"C0-\")\n"
+        'plt.plot(t[w], y[w], ".", ms=2, color="0.6")\n'
+        'plt.plot(t_test, f(t_test), "k-", lw=1)\n'
+        'plt.plot(t_test, post.test_mean, "C0-")\n'
         "plt.fill_between(t_test, post.test_mean - 2 * sd, post.test_mean + 2 * sd, alpha=0.3)\n"
-        "plt.title(\"Kalman/RTS posterior\");"
+        'plt.title("Kalman/RTS posterior");'
     ),
     nbf.v4.new_markdown_cell(
         "## 2. Exact GP as a BoTorch surrogate\n\n`ExactGPModel` is a GPyTorch `ExactGP` and a BoTorch `Model`: "
@@ -96,7 +96,7 @@ cells = [
         "    X, Y = torch.cat([X, cand]), torch.cat([Y, objective(cand)])\n"
         "mean, std = model.predict(X[-1:], return_std=True)\n"
         "post = model.posterior(X[-1:])\n"
-        "print(\"best\", Y.max().item(), \"| predict\", mean.item(), \"posterior\", post.mean.item())"
+        'print("best", Y.max().item(), "| predict", mean.item(), "posterior", post.mean.item())'
     ),
     nbf.v4.new_markdown_cell(
         "## 3. A spectral kernel on a graph\n\nWith the eigenpairs of a graph Laplacian, "
@@ -110,10 +110,10 @@ cells = [
         "A[idx, (idx + 1) % n_nodes] = A[(idx + 1) % n_nodes, idx] = 1.0  # a ring\n"
         "L = torch.diag(A.sum(1)) - A\n"
         "evals, evecs = torch.linalg.eigh(L)\n"
-        "kernel = SpectralKernel(evals, evecs, spectral_filter=\"matern\", nu=1.5, dimension=1).double()\n"
+        'kernel = SpectralKernel(evals, evecs, spectral_filter="matern", nu=1.5, dimension=1).double()\n'
         "kernel.lengthscale = torch.tensor(5.0, dtype=torch.float64)\n"
         "K = kernel(idx[:, None].double()).to_dense().detach()\n"
-        "plt.figure(figsize=(4, 3)); plt.plot(K[0]); plt.title(\"Matern kernel on a ring: k(0, j)\");"
+        'plt.figure(figsize=(4, 3)); plt.plot(K[0]); plt.title("Matern kernel on a ring: k(0, j)");'
     ),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
