@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run gpgeom's checks: ruff, the test suite, and the documentation site, whose build executes every tutorial and
+# Run gpgeom's checks: ruff (lint and format), the test suite, and the documentation site, whose build executes every tutorial and
 # every page with code in smoke mode (SMOKE_TEST=1) with Sphinx warnings as errors (bash tools/docs.sh --check).
 # Without the docs extra installed, the tutorials run under pytest --nbmake instead. GPGEOM_TEST_DOCS=0 skips both.
 set -uo pipefail
@@ -9,6 +9,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 MPLBACKEND=Agg
 status=0
 t0=$(date +%s)
 ruff check gpgeom tests benchmarks docs tools || status=1
+ruff format --check gpgeom tests benchmarks docs tools || status=1
 t1=$(date +%s)
 python -m pytest -q --durations=25 tests "$@"; rc=$?
 [ $rc -eq 0 ] || status=1
