@@ -6,14 +6,15 @@ GPU, where each CUDA result is compared with the CPU result of the same inputs.
 
 import pytest
 import torch
+from trajectory_factories import fast_uwb_problem
 
 from gpgeom.botorch.exact_gp import ExactGPModel
-from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb
+from gpgeom.datasets.trajectories import perturbed_knots
 from gpgeom.engine.gauss_newton import Factor, gauss_newton
 from gpgeom.engine.statespace import log_marginal_likelihood, posterior
 from gpgeom.kernels.markov import MaternMarkovKernel, WNOJKernel
 from gpgeom.kernels.spectral import SpectralKernel
-from gpgeom.models.trajectory import RangeMeasurement, SO3xR3Trajectory
+from gpgeom.models.trajectory import SO3xR3Trajectory
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float64: 1e-9, torch.float32: 2e-3}
@@ -115,9 +116,7 @@ def test_closed_form_exact_mll_on_device_matches_cpu_float64(device, dtype):
 def test_trajectory_fit_on_device_matches_cpu(device):
     r"""A UWB trajectory fit (third-order prior, state size 18) on the device: on a GPU the banded factorisation is
     the odd-even elimination, on the CPU LAPACK's; the knots and covariances agree."""
-    truth = FastTrajectory(kind="split", speed=40.0)
-    uwb = simulate_uwb(truth, 0.0, 3.0, rate=10.0, sigma=0.05, seed=1)
-    meas = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
+    truth, meas = fast_uwb_problem(3.0)
 
     def fit(dev):
         traj = SO3xR3Trajectory.uniform(0.0, 3.0, 0.1, qc_rot=10.0, qc_pos=10.0, device=dev)

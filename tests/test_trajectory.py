@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from trajectory_factories import fast_uwb_problem, uwb_ranges
 
 import gpgeom
 from gpgeom.datasets.trajectories import (
@@ -276,13 +277,6 @@ def test_prior_kernel_keeps_the_start_time_exact(default, prior):
 # ------------------------------------------------------------------------------------------------------------------
 # Estimation
 # ------------------------------------------------------------------------------------------------------------------
-def _uwb_problem(T=10.0, rate=10.0, seed=1):
-    truth = FastTrajectory(kind="split", speed=40.0)  # |omega| about 4 rad/s
-    uwb = simulate_uwb(truth, 0.0, T, rate=rate, sigma=0.05, seed=seed)
-    meas = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
-    return truth, meas
-
-
 def _pos_rmse(traj, truth, T, dt):
     tq = torch.arange(dt, T - dt, 0.01, dtype=DT)
     gt, st = truth.state(tq), traj.interpolate(tq)
@@ -291,7 +285,7 @@ def _pos_rmse(traj, truth, T, dt):
 
 def test_uwb_estimation_fast_trajectory_converges_to_centimetres():
     T = 10.0
-    truth, meas = _uwb_problem(T)
+    truth, meas = fast_uwb_problem(T)
     traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
     traj.set_knots(**perturbed_knots(truth, traj.knot_times, sigma_rot=0.2, sigma_pos=0.5, seed=2))
     traj.fit([meas], max_iter=50)
@@ -309,7 +303,7 @@ def test_fit_with_the_parallel_factorisation_equals_lapack(monkeypatch, cls):
     import gpgeom.engine.banded as banded_module
 
     T = 3.0
-    truth, meas = _uwb_problem(T, rate=10.0)
+    truth, meas = fast_uwb_problem(T, rate=10.0)
 
     def fit():
         traj = cls.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
@@ -357,7 +351,7 @@ def test_measurements_exactly_at_knot_times_are_fine():
 
 def test_float32_fit_and_interpolation():
     T = 4.0
-    truth, meas = _uwb_problem(T, rate=10.0)
+    truth, meas = fast_uwb_problem(T, rate=10.0)
     traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0, dtype=torch.float32)
     init = {k: v.float() for k, v in perturbed_knots(truth, traj.knot_times.double(), seed=2).items()}
     traj.set_knots(**init)
@@ -371,7 +365,7 @@ def test_float32_fit_and_interpolation():
 
 @pytest.mark.parametrize("cls,prior,T", [(SE3Trajectory, "wnoj", 1.5), (SO3xR3Trajectory, "wnoa", 4.0)])
 def test_se3_and_wnoa_trajectories_fit_uwb(cls, prior, T):
-    truth, meas = _uwb_problem(T, rate=10.0)
+    truth, meas = fast_uwb_problem(T, rate=10.0)
     traj = cls.uniform(0.0, T, 0.1, prior=prior, qc_rot=10.0, qc_pos=10.0)
     traj.set_knots(**perturbed_knots(truth, traj.knot_times, prior=prior, sigma_rot=0.1, sigma_pos=0.2, seed=2))
     traj.fit([meas], max_iter=50, ftol=1e-7)
@@ -472,7 +466,7 @@ def test_init_options_and_the_unwrapped_start(tmp_path):
 
 def test_uwb_fit_from_the_default_knots_matches_a_good_start():
     T = 5.0
-    truth, meas = _uwb_problem(T)
+    truth, meas = fast_uwb_problem(T)
     auto = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0).fit([meas], max_iter=50)
     good = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)
     good.set_knots(**perturbed_knots(truth, good.knot_times, sigma_rot=0.2, sigma_pos=0.5, seed=2))
@@ -489,8 +483,7 @@ def test_uwb_fit_from_the_default_knots_matches_a_good_start():
 def _two_tag_problem(T=7.0):
     r"""The GPTR simulation: 4 anchors, two tags on the body x-axis (the roll about it is not observable)."""
     truth = FastTrajectory(kind="split", speed=40.0)
-    uwb = simulate_uwb(truth, 0.0, T, sigma=0.05, seed=1, anchors=GPTR_ANCHORS, tag_offsets=GPTR_TAG_OFFSETS)
-    meas = RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)
+    meas = uwb_ranges(truth, T, anchors=GPTR_ANCHORS, tag_offsets=GPTR_TAG_OFFSETS)
 
     def start():
         traj = SO3xR3Trajectory.uniform(0.0, T, 0.1, qc_rot=10.0, qc_pos=10.0)

@@ -19,12 +19,13 @@ import warnings
 
 import pytest
 import torch
+from trajectory_factories import uwb_ranges
 
-from gpgeom.datasets.trajectories import FastTrajectory, PriorTrajectory, simulate_pose, simulate_uwb
+from gpgeom.datasets.trajectories import FastTrajectory, PriorTrajectory, simulate_pose
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.geometry.lie import so3_log
 from gpgeom.metrics import nees, nees_band
-from gpgeom.models.trajectory import PoseMeasurement, RangeMeasurement, SO3xR3Trajectory
+from gpgeom.models.trajectory import PoseMeasurement, SO3xR3Trajectory
 
 DT = torch.float64
 RUNS, T = 20, 4.0
@@ -33,8 +34,7 @@ QC_ROT, QC_POS = 0.1, 0.01
 
 def _measure(problem: str, truth, seed: int):
     if problem == "uwb":
-        uwb = simulate_uwb(truth, 0.0, T, sigma=0.05, seed=seed)
-        return [RangeMeasurement(uwb.t, uwb.anchors, uwb.ranges, tag_offset=uwb.tag_offsets, sigma=0.05)]
+        return [uwb_ranges(truth, T, seed=seed)]
     tm = torch.arange(0.0, T, 0.02, dtype=DT) + 0.005
     pose = simulate_pose(truth, tm, sigma_rot=0.01, sigma_pos=0.01, seed=seed)
     return [PoseMeasurement(pose.t, R=pose.R, p=pose.p, sigma_rot=0.01, sigma_pos=0.01)]
