@@ -48,8 +48,8 @@ _EXPORTS: dict[str, str] = {
     "SpectralKernel": "gpgeom.kernels.spectral",
     # geometry
     "Mesh": "gpgeom.geometry.mesh",
-    "mass_matrix": "gpgeom.geometry.mesh",
-    "p1_transfer": "gpgeom.geometry.mesh",
+    "mass_matrix": "gpgeom.geometry.fem",
+    "p1_transfer": "gpgeom.geometry.transfer",
     "floater_disk": "gpgeom.geometry.morphing",
     "RBFMorphing": "gpgeom.geometry.morphing",
     "SnapshotPOD": "gpgeom.geometry.pod",

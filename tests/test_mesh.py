@@ -5,14 +5,10 @@ import torch
 import triangle
 from mesh_factories import random_disk_mesh, seeded_rng
 
-from gpgeom.geometry.mesh import (
-    Mesh,
-    boundary_loops,
-    interpolate,
-    mass_matrix,
-    p1_transfer,
-    renumber_for_parametrization,
-)
+from gpgeom.geometry.boundary import boundary_loops, renumber_for_parametrization
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
+from gpgeom.geometry.transfer import interpolate, p1_transfer
 
 
 # ----------------------------------------------------------------------------------------------------------------

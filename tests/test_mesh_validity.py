@@ -17,16 +17,11 @@ import torch
 from test_mmgp import _synthetic
 
 from gpgeom.errors import MeshRepairWarning
-from gpgeom.geometry.mesh import (
-    Mesh,
-    as_mesh,
-    boundary_loops,
-    interpolate,
-    mass_matrix,
-    p1_transfer,
-    renumber_for_parametrization,
-)
+from gpgeom.geometry.boundary import boundary_loops, renumber_for_parametrization
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh, as_mesh
 from gpgeom.geometry.morphing import floater_disk
+from gpgeom.geometry.transfer import interpolate, p1_transfer
 from gpgeom.models.mmgp import MMGP
 
 meshio = pytest.importorskip("meshio")

@@ -10,7 +10,8 @@ from linear_operator import to_dense
 from mesh_factories import notched_plate_arrays
 
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES
-from gpgeom.geometry.mesh import Mesh, mass_matrix
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.models.mmgp import MMGP
 from gpgeom.models.mmgp.latent_gp import gp_groups, output_groups, own_modes
 

@@ -5,8 +5,10 @@ import torch
 import triangle
 from mesh_factories import random_disk_mesh, seeded_rng
 
-from gpgeom.geometry.mesh import Mesh, boundary_loops, p1_transfer, renumber_for_parametrization
+from gpgeom.geometry.boundary import boundary_loops, renumber_for_parametrization
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk, rbf_morph, wendland_c2
+from gpgeom.geometry.transfer import p1_transfer
 
 
 def perturbed_grid_mesh(rng, nx, ny, amp=0.3):

@@ -8,7 +8,8 @@ import pytest
 
 from gpgeom.datasets.bracket3d import EXTENT, BracketMap, bracket_geometry, random_map, structured_tetra
 from gpgeom.geometry.closest import closest_on_surface, closest_on_triangles, surface_transfer
-from gpgeom.geometry.mesh import Mesh, mass_matrix, p1_transfer
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.morphing import floater_disk
 from gpgeom.geometry.morphing3d import (
     boundary_surface,
@@ -17,6 +18,7 @@ from gpgeom.geometry.morphing3d import (
     morph_volume,
     surface_patches,
 )
+from gpgeom.geometry.transfer import p1_transfer
 
 
 def _grid_surface(n: int, height) -> Mesh:

@@ -3,7 +3,8 @@ import pytest
 import torch
 import triangle
 
-from gpgeom.geometry.mesh import Mesh, mass_matrix
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.pod import SnapshotPOD
 
 

@@ -27,9 +27,11 @@ from hypothesis import strategies as st
 from scipy.spatial import ConvexHull, Delaunay
 
 from gpgeom.geometry.connection import connection_laplacian, graph_laplacian
-from gpgeom.geometry.mesh import Mesh, mass_matrix, p1_transfer
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.morphing import floater_disk
 from gpgeom.geometry.point_cloud import find_duplicates
+from gpgeom.geometry.transfer import p1_transfer
 
 SETTINGS = settings(
     max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None

@@ -69,7 +69,8 @@ from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
 from gpgeom.datasets._samples import SampleArrays
 from gpgeom.engine.parallel import jobs_executor, map_items
-from gpgeom.geometry.mesh import Mesh, _cell_measures
+from gpgeom.geometry.fem import _cell_measures
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.morphing3d import boundary_surface
 
 __all__ = [

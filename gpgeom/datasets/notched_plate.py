@@ -72,7 +72,8 @@ from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
 from gpgeom.datasets._samples import SampleArrays
 from gpgeom.engine.parallel import jobs_executor, map_items
-from gpgeom.geometry.mesh import Mesh, boundary_loops
+from gpgeom.geometry.boundary import boundary_loops
+from gpgeom.geometry.mesh import Mesh
 
 __all__ = [
     "DATASET_VERSION",
@@ -341,7 +342,7 @@ def mesh_plate(
 def boundary_loop(points: np.ndarray, triangles: np.ndarray, start: int = 0) -> np.ndarray:
     r"""The boundary nodes of a disk-like 2D triangulation in walk order, starting at ``start``.
 
-    A thin wrapper of :func:`gpgeom.geometry.mesh.boundary_loops` that also checks that the boundary is a single
+    A thin wrapper of :func:`gpgeom.geometry.boundary.boundary_loops` that also checks that the boundary is a single
     loop. The loop goes with the mesh on its left, i.e. counter-clockwise around the domain.
 
     Args:

@@ -6,7 +6,7 @@ unconstrained minimiser solves the 2x2 normal equations :math:`G (s, t)^\top = (
 (q - a))^\top` with the Gram matrix :math:`G`; when that lies outside the triangle, the constrained minimiser of a
 convex function lies on the triangle's boundary, i.e. it is the closest of the three clamped edge projections.
 
-Used by :func:`gpgeom.geometry.mesh.p1_transfer` (clamping points outside a tetrahedral mesh to its boundary
+Used by :func:`gpgeom.geometry.transfer.p1_transfer` (clamping points outside a tetrahedral mesh to its boundary
 surface) and by :func:`surface_transfer` (P1 transfer onto a triangle surface in 3D: MMGP on surfaces, Casenave et
 al., NeurIPS 2023, arXiv:2305.12871, Sec. 3.1, with the morphed nodes projected onto the common surface).
 """
@@ -102,7 +102,7 @@ def surface_transfer(source: object, target_points: object) -> sp.csr_matrix:
     Row ``i`` holds the P1 weights of the point of the source surface closest to :math:`x_i`, so for points on the
     surface ``(T @ u)[i] = u_h(x_i)``: linear fields are reproduced exactly and rows sum to 1. Points off the
     surface (morphed nodes of another surface, which lie near but not on the common surface) take the value at
-    their closest point, the surface analogue of :func:`~gpgeom.geometry.mesh.p1_transfer`'s ``"clamp"``.
+    their closest point, the surface analogue of :func:`~gpgeom.geometry.transfer.p1_transfer`'s ``"clamp"``.
 
     Args:
         source: A triangle mesh (anything :func:`~gpgeom.geometry.mesh.as_mesh` accepts), e.g. a surface in 3D.

@@ -1,4 +1,5 @@
-r"""Simplicial meshes: the :class:`Mesh` container, meshio I/O, boundary loops, P1 transfer and the P1 mass matrix.
+r"""Simplicial meshes: the :class:`Mesh` container, its meshio I/O, the conversion :func:`as_mesh` of mesh-like
+inputs and the array coercion helpers shared by the geometry modules.
 
 Geometry is preprocessing, so this module works in numpy / scipy.sparse. Every public function accepts numpy arrays
 or torch tensors and returns numpy ``float64`` arrays (indices as ``int64``) or ``scipy.sparse`` CSR matrices; the
@@ -15,13 +16,15 @@ Conventions:
 * Degenerate meshes (coincident nodes, zero-area cells, folds) are found by :meth:`Mesh.defects`, refused with a
   message naming the nodes or cell by :meth:`Mesh.check` (which MMGP runs on every mesh it is given) and fixed, where
   that is possible, by :meth:`Mesh.repair` (:mod:`gpgeom.geometry.validity`).
-* The P1 (piecewise-linear, nodal) space: a nodal field ``u`` of shape ``(n_points,)`` represents
-  :math:`u_h(x) = \sum_i u_i \varphi_i(x)` with hat functions :math:`\varphi_i`.
+
+What is computed on a mesh lives beside it, one concept per module: boundary loops and the renumbering for the
+Floater parametrisation (:mod:`gpgeom.geometry.boundary`), cell measures and the P1 mass matrix
+(:mod:`gpgeom.geometry.fem`), point location (:mod:`gpgeom.geometry.locate`) and P1 transfer between meshes
+(:mod:`gpgeom.geometry.transfer`).
 """
 
 from __future__ import annotations
 
-import math
 import operator
 import os
 import warnings
@@ -29,23 +32,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-from scipy.spatial import cKDTree
 
-from gpgeom._validation import check_option, check_positive, check_tensor
-from gpgeom.geometry.closest import closest_on_surface
+from gpgeom._validation import check_option, check_tensor
 from gpgeom.geometry.locate import CellLocator
 
-__all__ = [
-    "Mesh",
-    "as_mesh",
-    "boundary_loops",
-    "renumber_for_parametrization",
-    "mass_matrix",
-    "p1_transfer",
-    "interpolate",
-]
+__all__ = ["Mesh", "as_mesh"]
 
 _CELL_TYPES = {1: "line", 2: "triangle", 3: "tetra"}
 _CELL_DIMS = {v: k for k, v in _CELL_TYPES.items()}
@@ -96,6 +88,21 @@ def as_index_array(name: str, x: object, *, ndim: int | None = None, upper: int 
             f"`{name}` holds indices in [{arr.min()}, {arr.max()}], outside [0, {upper}) (the number of points)."
         )
     return arr
+
+
+def _node_index(name: str, value: object, n: int) -> int:
+    r"""A single node index in ``[0, n)`` (Python / numpy / 0-d torch integer)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a node index (an integer), got {value!r}.")
+    try:
+        idx = operator.index(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a node index (an integer), got {type(value).__name__}.") from None
+    if not 0 <= idx < n:
+        raise ValueError(f"`{name}` = {idx} is not a node index in [0, {n}).")
+    return int(idx)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,6 +343,8 @@ class Mesh:
         k, d = self.cell_dim, self.dim
         if signed and k != d:
             raise ValueError(f"Signed volumes need cells of full dimension; cells are {k}D in {d}D space.")
+        from gpgeom.geometry.fem import _cell_measures
+
         vol = _cell_measures(self._points, self._cells, signed)
         vol.setflags(write=False)
         self._cache[key] = vol
@@ -416,8 +425,10 @@ class Mesh:
         return used
 
     def boundary_loops(self, *, start: int | None = None) -> list[np.ndarray]:
-        r"""Closed boundary loops of a triangle mesh; see :func:`boundary_loops`."""
+        r"""Closed boundary loops of a triangle mesh; see :func:`~gpgeom.geometry.boundary.boundary_loops`."""
         if "loops" not in self._cache:
+            from gpgeom.geometry.boundary import _boundary_loops
+
             self._cache["loops"] = _boundary_loops(self)
         loops = [lp.copy() for lp in self._cache["loops"]]
         if start is None:
@@ -496,405 +507,3 @@ def as_mesh(mesh: object, name: str = "mesh") -> Mesh:
         f"`{name}` must be a gpgeom Mesh, a meshio.Mesh, a (points, cells) pair or an object with `points` and "
         f"`triangles` arrays; got {type(mesh).__name__}."
     )
-
-
-def _cell_measures(P: np.ndarray, C: np.ndarray, signed: bool = False) -> np.ndarray:
-    r"""Measures of the cells ``C`` over the points ``P`` (:meth:`Mesh.cell_volumes`): determinants for cells of full
-    dimension, the cross product for triangles in 3D, the Gram determinant otherwise (whose cancellation would hide
-    a near-degenerate cell: its round-off is about sqrt(eps) of the measure)."""
-    k, d = C.shape[1] - 1, P.shape[1]
-    V = P[C]
-    E = V[:, 1:, :] - V[:, :1, :]  # (n_cells, k, d)
-    if k == d == 2:
-        vol = 0.5 * (E[:, 0, 0] * E[:, 1, 1] - E[:, 0, 1] * E[:, 1, 0])
-    elif k == d:
-        vol = np.linalg.det(E) / math.factorial(k)
-    elif k == 1:
-        vol = np.sqrt(np.einsum("nij,nij->n", E, E))
-    elif k == 2 and d == 3:
-        vol = 0.5 * np.linalg.norm(np.cross(E[:, 0], E[:, 1]), axis=1)
-    else:
-        vol = np.sqrt(np.abs(np.linalg.det(E @ E.transpose(0, 2, 1)))) / math.factorial(k)
-    return vol if signed else np.abs(vol)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# boundary loops and the renumbering rule
-# ----------------------------------------------------------------------------------------------------------------
-def _node_index(name: str, value: object, n: int) -> int:
-    r"""A single node index in ``[0, n)`` (Python / numpy / 0-d torch integer)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be a node index (an integer), got {value!r}.")
-    try:
-        idx = operator.index(value)
-    except TypeError:
-        raise TypeError(f"`{name}` must be a node index (an integer), got {type(value).__name__}.") from None
-    if not 0 <= idx < n:
-        raise ValueError(f"`{name}` = {idx} is not a node index in [0, {n}).")
-    return int(idx)
-
-
-def _check_triangles(mesh: Mesh, what: str) -> None:
-    if mesh.cell_dim != 2:
-        raise ValueError(f"{what} needs a triangle mesh, got {mesh.cell_type} cells.")
-    nm = mesh.non_manifold_facets()
-    if len(nm):
-        raise ValueError(
-            f"The mesh has {len(nm)} non-manifold edge(s) shared by more than two triangles "
-            f"(first: nodes {nm[0].tolist()}); {what} needs a manifold mesh."
-        )
-
-
-def _boundary_loops(mesh: Mesh) -> list[np.ndarray]:
-    _check_triangles(mesh, "Boundary-loop extraction")
-    be, bcell, opp = mesh.boundary_facets()
-    if len(be) == 0:
-        return []
-    n = mesh.n_points
-    deg = np.bincount(be.ravel(), minlength=n)
-    bnodes = np.nonzero(deg)[0]
-    if bool((deg[bnodes] != 2).any()):
-        bad = bnodes[deg[bnodes] != 2]
-        raise ValueError(
-            f"{len(bad)} boundary node(s) touch more than two boundary edges (first: node {int(bad[0])}, "
-            f"{int(deg[bad[0]])} edges): the boundary is not a union of simple loops (pinched / bow-tie vertex)."
-        )
-    # walk the loops. Consistently oriented cells: follow the successor of each boundary edge; otherwise walk the
-    # undirected boundary graph (two neighbours per node) and orient afterwards.
-    out_deg = np.bincount(be[:, 0], minlength=n)
-    loops = []
-    visited = np.zeros(n, dtype=bool)
-    if bool((out_deg[bnodes] == 1).all()):
-        succ = np.full(n, -1, dtype=np.int64)
-        succ[be[:, 0]] = be[:, 1]
-        succ_l = succ.tolist()
-        for s in bnodes.tolist():
-            if visited[s]:
-                continue
-            loop = [s]
-            cur = succ_l[s]
-            while cur != s:
-                loop.append(cur)
-                cur = succ_l[cur]
-            arr = np.asarray(loop, dtype=np.int64)
-            visited[arr] = True
-            loops.append(arr)
-    else:
-        src = np.concatenate([be[:, 0], be[:, 1]])
-        dst = np.concatenate([be[:, 1], be[:, 0]])
-        order = np.argsort(src, kind="stable")
-        s_sorted, d_sorted = src[order], dst[order]
-        nbr0 = dict(zip(s_sorted[0::2].tolist(), d_sorted[0::2].tolist()))
-        nbr1 = dict(zip(s_sorted[1::2].tolist(), d_sorted[1::2].tolist()))
-        for s in bnodes.tolist():
-            if visited[s]:
-                continue
-            loop = [s]
-            prev, cur = s, nbr0[s]
-            while cur != s:
-                loop.append(cur)
-                a = nbr0[cur]
-                nxt = a if a != prev else nbr1[cur]
-                prev, cur = cur, nxt
-            arr = np.asarray(loop, dtype=np.int64)
-            visited[arr] = True
-            loops.append(arr)
-    # orient every loop so that the adjacent cells lie on its left
-    kb = np.minimum(be[:, 0], be[:, 1]) * n + np.maximum(be[:, 0], be[:, 1])
-    korder = np.argsort(kb)
-    ksorted = kb[korder]
-    P = mesh.points
-    out = []
-    for lp in loops:
-        nxt = np.roll(lp, -1)
-        ids = korder[np.searchsorted(ksorted, np.minimum(lp, nxt) * n + np.maximum(lp, nxt))]
-        if mesh.dim == 2:
-            # geometric test, independent of the cells' vertex order: sum of orient2d(a, b, c) over the loop's
-            # edges (a, b), c the vertex opposite the edge in its triangle
-            c = mesh.cells[bcell[ids], opp[ids]]
-            pa, pb, pc = P[lp], P[nxt], P[c]
-            o = (pb[:, 0] - pa[:, 0]) * (pc[:, 1] - pa[:, 1]) - (pb[:, 1] - pa[:, 1]) * (pc[:, 0] - pa[:, 0])
-            left = o.sum() > 0
-        else:  # follow the cells' vertex order (majority vote if it is inconsistent)
-            left = 2 * int((be[ids, 0] == lp).sum()) >= len(lp)
-        if not left:
-            lp = np.concatenate([lp[:1], lp[1:][::-1]])
-        out.append(lp)
-    return out
-
-
-def boundary_loops(mesh: Mesh, *, start: int | None = None) -> list[np.ndarray]:
-    r"""Closed boundary loops of a triangle mesh.
-
-    The boundary edges are the edges used by exactly one triangle; they are chained into loops. Each loop is an
-    int64 array of node indices (first node not repeated at the end), oriented with the mesh on its left: in 2D
-    geometrically (the outer boundary counter-clockwise, holes clockwise, whatever the triangles' vertex order), for
-    surfaces in 3D by the triangles' vertex order. Loops are listed by their smallest node index.
-
-    Args:
-        mesh: A triangle mesh.
-        start: Optional boundary node. The loop through it is rotated to begin at it (same cyclic order and
-            orientation); the other loops and the order of the list are unchanged. By default every loop begins
-            at its smallest node index.
-
-    Raises:
-        ValueError: non-triangle mesh, non-manifold edges, a boundary node touching more than two boundary edges,
-            or a ``start`` that is not a boundary node.
-        TypeError: ``start`` is not an integer.
-    """
-    return as_mesh(mesh).boundary_loops(start=start)
-
-
-def _lexicographic_min(X: np.ndarray, rtol: float, scale: float) -> int:
-    cand = np.arange(X.shape[0])
-    for j in range(X.shape[1]):
-        col = X[cand, j]
-        cand = cand[col <= col.min() + rtol * scale]
-        if len(cand) == 1:
-            break
-    return int(cand[0])
-
-
-def renumber_for_parametrization(
-    mesh: Mesh,
-    *,
-    start: str | object = "min_x",
-    orientation: str = "ccw",
-    rtol: float = 1e-9,
-) -> tuple[np.ndarray, int]:
-    r"""Order the nodes of a disk-like triangle mesh for the Floater parametrisation: interior first, boundary last.
-
-    The boundary loop must be unique; it is walked from a start node in a chosen direction, and those choices fix
-    where and how the boundary lands on the circle, hence the consistency of the morphings across a mesh family.
-
-    Reference rule (Muscat ``RenumberMeshForParametrization``, MMGP code): start at the boundary node of minimal
-    ``x`` (ties by ``y``, then ``z``), take the first step towards the neighbour of smaller ``y``. Two defects are
-    fixed here:
-
-    * *Ties*: exact float equality of ``x`` decides the start node; coordinates that differ by round-off (e.g.
-      ``0`` vs ``1e-17`` along a straight left side) move the start to an arbitrary node of that side. We treat
-      values within ``rtol`` times the bounding-box diagonal as ties.
-    * *Orientation*: "towards smaller ``y``" is clockwise whenever the leftmost node's two neighbours lie at
-      different angles that do not order like their ``y`` (e.g. neighbours at offsets ``(1, 0.5)`` and
-      ``(0.1, 0.2)``), so some meshes of a family come out mirrored (every triangle flipped) while others do not.
-      ``orientation="ccw"`` (default) walks with the mesh on the left, i.e. counter-clockwise in 2D, which makes the
-      Floater map orientation-preserving for every mesh. ``"reference"`` reproduces the reference rule.
-
-    Args:
-        mesh: A triangle mesh with exactly one boundary loop.
-        start: ``"min_x"`` (lexicographic minimum with tolerant ties), or a point ``(dim,)``: the boundary node
-            nearest to it (a geometric anchor, e.g. a corner, is the most robust choice across a family).
-        orientation: ``"ccw"`` (mesh on the left), ``"cw"`` or ``"reference"``.
-        rtol: Relative tolerance of the ties of ``"min_x"``.
-
-    Returns:
-        ``(perm, n_boundary)``: ``perm`` ``(n_points,)`` maps new to old indices (interior nodes in increasing
-        order, then the boundary loop in walk order from the start node); the boundary loop is
-        ``perm[-n_boundary:]``.
-
-    Raises:
-        ValueError: zero or several boundary loops (the message gives the number found), non-manifold edges.
-    """
-    mesh = as_mesh(mesh)
-    check_option("orientation", orientation, ("ccw", "cw", "reference"))
-    check_positive("rtol", rtol, allow_zero=True)
-    loops = boundary_loops(mesh)
-    if len(loops) != 1:
-        raise ValueError(
-            f"Floater (disk) parametrisation needs a mesh whose boundary is exactly one loop; found "
-            f"{len(loops)} boundary loops"
-            + (" (a closed surface)" if not loops else " (holes or disjoint parts)")
-            + ". Use RBF morphing or another morphing for such meshes."
-        )
-    loop = loops[0]
-    P = mesh.points
-    B = P[loop]
-    if isinstance(start, str):
-        check_option("start", start, ("min_x",))
-        scale = float(np.linalg.norm(np.ptp(P, axis=0))) or 1.0
-        i0 = _lexicographic_min(B, rtol, scale)
-    else:
-        anchor = as_float_array("start", start, ndim=1, shape=(mesh.dim,))
-        i0 = int(np.argmin(((B - anchor) ** 2).sum(1)))
-    loop = np.roll(loop, -i0)  # the loop keeps its orientation (mesh on the left)
-    if orientation == "cw":
-        loop = np.concatenate([loop[:1], loop[1:][::-1]])
-    elif orientation == "reference" and len(loop) > 2:
-        a, b = P[loop[1]], P[loop[-1]]
-        ka = tuple(a[1:2]) + tuple(a[:1]) + (loop[1],)
-        kb = tuple(b[1:2]) + tuple(b[:1]) + (loop[-1],)
-        if kb < ka:
-            loop = np.concatenate([loop[:1], loop[1:][::-1]])
-    interior = np.ones(mesh.n_points, dtype=bool)
-    interior[loop] = False
-    perm = np.concatenate([np.nonzero(interior)[0], loop])
-    return perm, int(len(loop))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# P1 mass matrix
-# ----------------------------------------------------------------------------------------------------------------
-def mass_matrix(mesh: Mesh, n_components: int = 1, layout: str = "interleaved") -> sp.csr_matrix:
-    r"""The exact P1 (L2) mass matrix :math:`M_{ij} = \int_\Omega \varphi_i \varphi_j`.
-
-    On a simplex :math:`T` of dimension ``k`` and measure :math:`|T|`,
-    :math:`\int_T \lambda_a \lambda_b = |T| (1 + \delta_{ab}) / ((k+1)(k+2))`, i.e. ``area / 12 * [[2,1,1],
-    [1,2,1],[1,1,2]]`` for triangles. So :math:`u^\top M v = \int_\Omega u_h v_h` exactly for nodal fields
-    ``u, v`` and ``sum(M) = |Omega|``.
-
-    Args:
-        mesh: Any simplicial mesh (also surfaces / curves embedded in higher dimension).
-        n_components: For vector fields of ``n_components`` components: the block matrix acting on the flattened
-            field.
-        layout: How a vector field ``(n_points, c)`` is flattened. ``"interleaved"`` (row-major,
-            ``u0x, u0y, u1x, ...``): ``kron(M, I_c)``. ``"blocked"`` (``u0x, u1x, ..., u0y, ...``): ``kron(I_c, M)``,
-            the layout of Muscat's ``ComputeL2ScalarProductMatrix`` (the reference MMGP pairs it with interleaved
-            data; see ``ref_compat`` in the model).
-
-    Returns:
-        CSR matrix ``(n_points * n_components, n_points * n_components)``, symmetric positive semi-definite
-        (definite on the nodes used by cells).
-    """
-    mesh = as_mesh(mesh)
-    check_positive("n_components", n_components, integer=True)
-    check_option("layout", layout, ("interleaved", "blocked"))
-    k = mesh.cell_dim
-    kp1 = k + 1
-    vol = mesh.cell_volumes()
-    local = (np.ones((kp1, kp1)) + np.eye(kp1)) / (kp1 * (k + 2))
-    C = mesh.cells
-    rows = np.repeat(C, kp1, axis=1).ravel()
-    cols = np.tile(C, (1, kp1)).ravel()
-    data = (vol[:, None] * local.ravel()[None, :]).ravel()
-    n = mesh.n_points
-    M = sp.csr_matrix((data, (rows, cols)), shape=(n, n))
-    M.sum_duplicates()
-    if n_components == 1:
-        return M
-    eye = sp.identity(n_components, format="csr")
-    return sp.kron(M, eye, format="csr") if layout == "interleaved" else sp.kron(eye, M, format="csr")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# P1 transfer (point location: gpgeom.geometry.locate)
-# ----------------------------------------------------------------------------------------------------------------
-def _clamp_to_boundary(mesh: Mesh, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Closest point of the mesh boundary for points outside a 1D, 2D or tetrahedral mesh.
-
-    Returns ``(nodes, weights)`` of shape ``(m, k + 1)``: the P1 weights of the closest boundary point on its
-    boundary facet (the cell's opposite vertex gets weight 0).
-    """
-    k = mesh.cell_dim
-    bf, bcell, opp = mesh.boundary_facets()
-    P = mesh.points
-    if len(bf) == 0:  # pragma: no cover - closed meshes have no outside in full dimension
-        raise ValueError("The source mesh has no boundary facet to clamp outside points to.")
-    if k == 1:
-        bn = bf[:, 0]
-        dist, j = cKDTree(P[bn]).query(q)
-        nodes = np.stack([bn[j], mesh.cells[bcell[j], opp[j]]], axis=1)
-        w = np.zeros((len(q), 2))
-        w[:, 0] = 1.0
-        return nodes, w
-    if k == 3:  # closest point on the boundary triangles (gpgeom.geometry.closest)
-        tri, w = closest_on_surface(P, bf, q)
-        nodes = np.concatenate([bf[tri], mesh.cells[bcell[tri], opp[tri]][:, None]], axis=1)
-        return nodes, np.pad(w, ((0, 0), (0, 1)))
-    a, b = P[bf[:, 0]], P[bf[:, 1]]
-    mid = 0.5 * (a + b)
-    half = 0.5 * np.sqrt(((b - a) ** 2).sum(1)).max()
-    # any boundary edge within distance r0 (the nearest boundary node) of q has its midpoint within r0 + half
-    bnodes = np.unique(bf)
-    r0, _ = cKDTree(P[bnodes]).query(q)
-    lists = cKDTree(mid).query_ball_point(q, r0 * (1 + 1e-9) + half * (1 + 1e-9) + 1e-300, return_sorted=True)
-    lens = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(q))
-    cand = np.fromiter((i for x in lists for i in x), dtype=np.int64, count=int(lens.sum()))
-    pt = np.repeat(np.arange(len(q)), lens)
-    ab = b[cand] - a[cand]
-    ap = q[pt] - a[cand]
-    L2 = (ab**2).sum(1)
-    t = np.clip((ap * ab).sum(1) / np.where(L2 > 0, L2, 1.0), 0.0, 1.0)
-    d2 = ((ap - t[:, None] * ab) ** 2).sum(1)
-    first = np.cumsum(lens) - lens
-    dmin = np.minimum.reduceat(d2, first)
-    ok = d2 <= dmin[pt]
-    sel = np.empty(len(q), dtype=np.int64)
-    sel[pt[ok][::-1]] = np.nonzero(ok)[0][::-1]  # first minimiser per point
-    e, ts = cand[sel], t[sel]
-    nodes = np.stack([bf[e, 0], bf[e, 1], mesh.cells[bcell[e], opp[e]]], axis=1)
-    w = np.stack([1.0 - ts, ts, np.zeros_like(ts)], axis=1)
-    return nodes, w
-
-
-def p1_transfer(source: Mesh, target_points: object, *, outside: str = "clamp", tol: float = 1e-10) -> sp.csr_matrix:
-    r"""P1 interpolation operator from the nodes of ``source`` to arbitrary points.
-
-    Row ``i`` holds the barycentric coordinates :math:`\lambda_a(x_i)` of target point :math:`x_i` in the source
-    cell containing it, so ``(T @ u)[i] = u_h(x_i)`` for a nodal field ``u`` of ``source``: linear fields are
-    reproduced exactly and rows sum to 1. In MMGP (Casenave et al. 2023, Sec. 3) this is the operator that carries
-    fields between a morphed mesh and the common mesh (``proj_i`` and ``invProj_i``).
-
-    Points outside the source mesh (e.g. the nodes of another disk mesh lying on the circle between two chords of
-    the source polygon) follow ``outside``:
-
-    * ``"clamp"`` (default, the reference's "Interp/Clamp"): use the value at the *closest point of the source
-      mesh*, which lies on a boundary facet; the row holds the two P1 weights ``(1 - t, t)`` of that point on its
-      boundary edge (2D), the three P1 weights on its boundary triangle (tetrahedra) or weight 1 on the closest
-      boundary node (1D). Exact ties between boundary edges (usually
-      two edges sharing the closest node, which give the same row) go to the lowest boundary-edge index.
-    * ``"zero"``: an empty row (the result is 0 there).
-    * ``"raise"``: a ValueError naming how many points are outside.
-
-    A point counts as inside a cell when its barycentric coordinates are all ``>= -tol``, so points on the boundary
-    up to round-off are interpolated, not clamped.
-
-    Args:
-        source: Mesh with cells of full dimension (triangles in 2D, tetrahedra in 3D, lines in 1D).
-        target_points: ``(n_target, dim)``.
-
-    Returns:
-        CSR matrix ``(n_target, source.n_points)``.
-    """
-    source = as_mesh(source, "source")
-    check_option("outside", outside, ("clamp", "zero", "raise"))
-    check_positive("tol", tol, allow_zero=True)
-    q = as_float_array("target_points", target_points, ndim=2, shape=(None, source.dim))
-    loc = source._locator()
-    cell, bary = loc.locate(q, tol)
-    nt, kp1 = q.shape[0], source.cell_dim + 1
-    nodes = np.zeros((nt, kp1), dtype=np.int64)
-    w = np.zeros((nt, kp1))
-    inside = cell >= 0
-    nodes[inside] = source.cells[cell[inside]]
-    w[inside] = bary[inside]
-    out = np.nonzero(~inside)[0]
-    if len(out):
-        if outside == "raise":
-            raise ValueError(
-                f"{len(out)} of {nt} target point(s) lie outside the source mesh (first: index {int(out[0])}, "
-                f"{q[out[0]].tolist()}); pass outside='clamp' or 'zero'."
-            )
-        if outside == "clamp":
-            nodes[out], w[out] = _clamp_to_boundary(source, q[out])
-    indptr = np.arange(0, nt * kp1 + 1, kp1, dtype=np.int64)
-    T = sp.csr_matrix((w.ravel(), nodes.ravel(), indptr), shape=(nt, source.n_points))
-    T.eliminate_zeros()
-    return T
-
-
-def interpolate(
-    source: Mesh, field: object, target_points: object, *, outside: str = "clamp", tol: float = 1e-10
-) -> np.ndarray:
-    r"""Evaluate a nodal P1 field ``(n_points[, ...])`` of ``source`` at ``target_points`` ``(n, dim)``.
-
-    Returns ``(n[, ...])``; see :func:`p1_transfer` for the treatment of outside points. The field is checked for
-    its length and for NaN / infinite values.
-    """
-    source = as_mesh(source, "source")
-    u = as_float_array("field", field, ndim=(1, 2, 3))
-    if u.shape[0] != source.n_points:
-        raise ValueError(f"`field` must have one row per source node ({source.n_points}), got shape {u.shape}.")
-    T = p1_transfer(source, target_points, outside=outside, tol=tol)
-    return (T @ u.reshape(u.shape[0], -1)).reshape((T.shape[0],) + u.shape[1:])

@@ -2,7 +2,7 @@ r"""Mesh morphing: Floater (Tutte) parametrisation onto the unit disk, and Wendl
 
 In MMGP (Casenave, Staber, Roynard, NeurIPS 2023, arXiv:2305.12871, Sec. 3.1) every mesh of a family is morphed
 onto one reference shape, so that fields of meshes with different node counts and connectivity can be carried to a
-common mesh by P1 interpolation (:func:`gpgeom.geometry.mesh.p1_transfer`).
+common mesh by P1 interpolation (:func:`gpgeom.geometry.transfer.p1_transfer`).
 
 Inputs are numpy arrays or torch tensors; outputs are numpy float64 arrays.
 """
@@ -18,7 +18,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from gpgeom._validation import check_option, check_positive
-from gpgeom.geometry.mesh import Mesh, as_float_array, as_mesh, renumber_for_parametrization
+from gpgeom.geometry.boundary import renumber_for_parametrization
+from gpgeom.geometry.mesh import Mesh, as_float_array, as_mesh
 
 __all__ = ["floater_disk", "wendland_c2", "RBFMorphing", "rbf_morph"]
 
@@ -51,7 +52,7 @@ def floater_disk(
     r"""Floater (Tutte, uniform weights) parametrisation of a disk-like triangle mesh onto the unit disk.
 
     Boundary nodes go onto the unit circle in loop order (loop start and direction from
-    :func:`~gpgeom.geometry.mesh.renumber_for_parametrization`), at angles :math:`\theta_k` from the chord-length
+    :func:`~gpgeom.geometry.boundary.renumber_for_parametrization`), at angles :math:`\theta_k` from the chord-length
     parametrisation. Interior nodes solve the discrete harmonic problem with uniform (Tutte) weights
     :math:`w_{ij} = 1/\deg(i)` (Floater 1997, "Parametrization and smooth approximation of surface
     triangulations", CAGD 14, with uniform instead of shape-preserving weights):
@@ -68,7 +69,7 @@ def floater_disk(
         mesh: Triangle mesh (2D, or a surface in 3D) with exactly one boundary loop, manifold, connected, every
             node in some triangle.
         start, orientation, rtol: Where the boundary walk starts and its direction; see
-            :func:`~gpgeom.geometry.mesh.renumber_for_parametrization`.
+            :func:`~gpgeom.geometry.boundary.renumber_for_parametrization`.
         angles: Boundary parametrisation. ``"arclength"`` (default): :math:`\theta_k = 2\pi s_k / L` with
             :math:`s_k` the chord length from the start node and :math:`L` the perimeter (closing edge included).
             ``"reference"``: Muscat / MMGP-code formula :math:`\theta_k = 2\pi (1 - 1/n_B) s_k / s_{n_B - 1}`,

@@ -36,7 +36,8 @@ from scipy.sparse.csgraph import connected_components
 
 from gpgeom._validation import check_positive
 from gpgeom.geometry.closest import closest_on_surface
-from gpgeom.geometry.mesh import Mesh, _cell_measures, as_mesh
+from gpgeom.geometry.fem import _cell_measures
+from gpgeom.geometry.mesh import Mesh, as_mesh
 from gpgeom.geometry.morphing import RBFMorphing
 
 __all__ = [

@@ -2,7 +2,7 @@ r"""Snapshot proper orthogonal decomposition (POD) with a mass-matrix inner prod
 
 Given snapshots :math:`u_1, \dots, u_n` of a nodal field on a common mesh, POD finds the modes :math:`\phi_k`,
 orthonormal for the discrete :math:`L^2` inner product :math:`\langle u, v \rangle_M = u^\top M v` (``M`` the P1
-mass matrix, :func:`gpgeom.geometry.mesh.mass_matrix`), that best approximate the snapshots in that norm. The
+mass matrix, :func:`gpgeom.geometry.fem.mass_matrix`), that best approximate the snapshots in that norm. The
 *method of snapshots* (Sirovich 1987) works with the ``n x n`` correlation matrix, cheap when ``n << n_nodes``; it is
 the dimension reduction of MMGP (Casenave et al., NeurIPS 2023, arXiv:2305.12871, Sec. 3.2):
 

@@ -19,7 +19,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from gpgeom._validation import check_positive
-from gpgeom.geometry.mesh import Mesh, _cell_measures
+from gpgeom.geometry.fem import _cell_measures
+from gpgeom.geometry.mesh import Mesh
 
 __all__ = ["check_mesh", "mesh_defects", "repair_mesh"]
 

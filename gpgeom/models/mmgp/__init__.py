@@ -17,7 +17,7 @@ Algorithm 1), one module per stage:
 3. **Finite-element interpolation** (Sec. 3.1, Eq. (2); :mod:`.transfer`): P1 operators
    :math:`P_i \in \mathbb{R}^{N_c \times N_i}` (morphed mesh :math:`i` -> common nodes) and
    :math:`Q_i \in \mathbb{R}^{N_i \times N_c}` (common mesh -> morphed nodes of mesh :math:`i`), both
-   :func:`gpgeom.geometry.mesh.p1_transfer` with clamping.
+   :func:`gpgeom.geometry.transfer.p1_transfer` with clamping.
 4. **Geometry embedding** (Sec. 3.2; :mod:`.reduction`): the physical coordinates transported to the common
    nodes, :math:`X_i = P_i x_i \in \mathbb{R}^{N_c \times d}` (:math:`d` = 2 or 3), reduced by a snapshot POD
    with the P1 mass matrix :math:`M` (Eq. (3)): :math:`\xi_i = \Phi_g M_d (X_i - \bar X) \in \mathbb{R}^{n_g}`

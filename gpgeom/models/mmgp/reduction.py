@@ -29,7 +29,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from gpgeom.geometry.mesh import Mesh, mass_matrix
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.pod import SnapshotPOD
 from gpgeom.models.mmgp.inputs import mode_option
 from gpgeom.models.mmgp.transfer import TransferOperators

@@ -22,9 +22,11 @@ from torch import Tensor
 
 from gpgeom.errors import MeshRepairWarning
 from gpgeom.geometry.closest import surface_transfer
-from gpgeom.geometry.mesh import Mesh, mass_matrix, p1_transfer
+from gpgeom.geometry.fem import mass_matrix
+from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.morphing import RBFMorphing, floater_disk
 from gpgeom.geometry.morphing3d import morph_surface, morph_volume
+from gpgeom.geometry.transfer import p1_transfer
 from gpgeom.models.mmgp.inputs import clock
 
 __all__ = ["MORPHINGS", "CommonMeshTransfer", "TransferOperators", "sparse_to_torch"]

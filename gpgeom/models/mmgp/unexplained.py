@@ -71,7 +71,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gpgeom.geometry.mesh import Mesh, boundary_loops
+from gpgeom.geometry.boundary import boundary_loops
+from gpgeom.geometry.mesh import Mesh
 
 __all__ = ["GeometryResidual", "boundary_quadrature", "cv_folds", "geometry_share", "variance_factor"]
 
