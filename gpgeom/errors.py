@@ -33,8 +33,8 @@ class MeshRepairWarning(UserWarning):
 
 class UncalibratedWarning(UserWarning):
     r"""A predictive uncertainty was asked of a model whose calibration step has not run, so that its bands are
-    known to be too narrow (e.g. :meth:`gpgeom.models.rgnp.RGNP.predict` before
-    :meth:`~gpgeom.models.rgnp.RGNP.calibrate`); the message says what to call."""
+    known to be too narrow (e.g. :meth:`gpgeom.models.rgnp.model.RGNP.predict` before
+    :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`); the message says what to call."""
 
 
 class NotFittedError(RuntimeError, AttributeError):

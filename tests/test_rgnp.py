@@ -14,8 +14,8 @@ from gpgeom._io import write_model_file
 from gpgeom.engine.variational import elbo_loss
 from gpgeom.errors import ModelFileError, NotFittedError, UncalibratedWarning
 from gpgeom.metrics import calibration_summary
-from gpgeom.models._rgnp_checks import prepare_data
 from gpgeom.models.rgnp import RGNP, coverage, nse, pointwise_grad
+from gpgeom.models.rgnp._checks import prepare_data
 from gpgeom.pde import NonlinearPoisson1D, ViscousBurgers, burgers_cole_hopf, register_family
 
 SMALL_GIC = dict(lift_channels=6, lift_hidden=(12,), cnn_channels=(8, 8), mlp_hidden=(32,), grid_size=12)

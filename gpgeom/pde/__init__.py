@@ -1,5 +1,5 @@
 r"""Parametric PDE families: the equations that physics-informed models such as
-:class:`~gpgeom.models.rgnp.RGNP` are trained on (Random Grid Neural Processes, Vadeboncoeur et al., ICML 2023,
+:class:`~gpgeom.models.rgnp.model.RGNP` are trained on (Random Grid Neural Processes, Vadeboncoeur et al., ICML 2023,
 arXiv 2301.11040).
 
 One concept per module:

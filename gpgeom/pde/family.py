@@ -156,7 +156,7 @@ class PDEFamily:
     def residual_fn(self) -> ResidualFn:
         r"""The residual as a function of field *values*, ``residual(u, x, z, w) -> (B, n)``: ``u`` ``(B, n)`` must
         have been computed from ``x`` (``requires_grad``) pointwise. This is the form
-        :class:`gpgeom.models.rgnp.RGNP` takes."""
+        :class:`gpgeom.models.rgnp.model.RGNP` takes."""
 
         def residual(u: Tensor, x: Tensor, z: Tensor, w: Tensor) -> Tensor:
             return self.residual_from_derivatives(self.derivatives(lambda _x: u, x), x, z, w)

@@ -1,6 +1,6 @@
 r"""The registry of PDE families: a family's name -> its class.
 
-A model built from a family (:meth:`gpgeom.models.rgnp.RGNP.from_family`) stores only the family's name and its
+A model built from a family (:meth:`gpgeom.models.rgnp.model.RGNP.from_family`) stores only the family's name and its
 :meth:`~gpgeom.pde.family.PDEFamily.config`; loading the model looks the name up here and rebuilds the family,
 hence its residual and boundary lift, with no code stored in the file. The built-in families
 (:class:`~gpgeom.pde.poisson.NonlinearPoisson1D`, :class:`~gpgeom.pde.burgers.ViscousBurgers`) register themselves

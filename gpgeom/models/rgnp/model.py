@@ -1,90 +1,6 @@
-r"""Random Grid Neural Processes (RGNP): physics- and data-informed amortised forward and inverse maps of a
-parametric PDE (Vadeboncoeur, Akyildiz, Kazlauskaite, Girolami, Cirak, "Random Grid Neural Processes for
-Parametric Partial Differential Equations", ICML 2023, arXiv 2301.11040).
-
-**Problem.** A PDE :math:`\mathcal R[u](x; z, w) = 0` on a box :math:`\Omega \subset \mathbb R^D`, with
-inverse-problem parameters :math:`z` (uniform prior on a box) and known parameters :math:`w` (uniform on a box).
-The user gives the PDE as a *residual function* ``residual(u, x, z, w) -> (B, n)`` of the field values ``u``
-``(B, n)`` at points ``x`` ``(B, n, D)`` (``x.requires_grad`` is on and ``u[b, i]`` depends on ``x[b, i]`` only, so
-:func:`~gpgeom.pde.autodiff.pointwise_grad` (``torch.autograd.grad`` of the sum, ``create_graph=True``) gives exact
-pointwise derivatives of any order), and optionally a *lift* ``lift(x, w) -> (b, d)`` that imposes the boundary
-conditions hard: :math:`u(x) = b(x) + d(x)\,\hat u(x)` with :math:`d = 0` on the constrained boundary (Sukumar &
-Srivastava, CMAME 389, 2022). Nothing is specific to one equation; :meth:`RGNP.from_family` wires a registered
-:class:`gpgeom.pde.PDEFamily` (its residual, lift, domain and priors), and such a model reloads from its file alone.
-
-**Model** (paper Sec. 3, the joint density and the ELBO; a random collocation grid :math:`X = \{x_i\}_{i=1}^N`,
-:math:`x_i \sim U(\Omega)` i.i.d., drawn afresh at every step):
-
-.. math::
-    p(r = 0, z, \hat u, X) = \prod_{i=1}^N \mathcal N\bigl(r_i; 0, \varepsilon_r^2\bigr)\;
-        q_\beta(z \mid u(X), w)\; p(\hat u)\, p(z)\, p(X), \qquad
-    q(z, \hat u, X) = q_\alpha(\hat u \mid z, w, X)\, p(z)\, p(X),
-
-with :math:`r_i = \mathcal R[u](x_i; z, w)` the residual of the lifted field (virtual observations
-:math:`r = 0`), :math:`p(\hat u)` flat (improper, log-density 0) and :math:`\varepsilon_r` fixed or learned. Since
-:math:`p(z)` and :math:`p(X)` appear in both, the ELBO per field is
-
-.. math::
-    \mathcal L = \mathbb E_{p(z)p(w)p(X)q_\alpha}\Bigl[\sum_{i=1}^N \log \mathcal N(r_i; 0, \varepsilon_r^2)
-        + \log q_\beta(z \mid u(X), w) - \log q_\alpha(\hat u(X) \mid z, w, X)\Bigr]
-        \;(+\ \text{data term}),
-
-maximised jointly over :math:`\alpha, \beta` (and :math:`\varepsilon_r`) with reparameterised samples. In Pyro
-terms (:meth:`RGNP.model`, :meth:`RGNP.guide`): sites ``z`` (prior in both), ``u`` (``ImproperUniform`` in the
-model, :math:`q_\alpha` in the guide), ``pde`` (``pyro.factor``), ``z_obs`` (:math:`q_\beta`, observed at the
-sampled :math:`z`) and, with data, ``y``; the loss is ``Trace_ELBO().differentiable_loss`` divided by the batch
-size (:func:`gpgeom.engine.variational.elbo_loss`), minimised by :func:`gpgeom.engine.fitting.fit` (Adam).
-
-**Forward network** :math:`q_\alpha(\hat u \mid z, w, X)`: a pointwise MLP (SiLU) on [Fourier features of
-:math:`x`, :math:`x`, normalised :math:`z`, normalised :math:`w`] giving at each point a mean :math:`\mu(x)`, a
-variance :math:`\sigma^2(x) = a + (b - a)\,\mathrm{sigmoid}(\cdot)` and, for ``rank = k > 0``, a row
-:math:`l(x) \in \mathbb R^k`: :math:`q_\alpha = \mathcal N(\mu, L L^\top + \operatorname{diag}\sigma^2)`. Evaluated
-pointwise, these Gaussians are the marginals of one Gaussian process over the solution field
-(:class:`gpgeom.engine.variational.LowRankGaussian`; :meth:`RGNP.predict` returns its lifted mean and standard
-deviation, or a GPyTorch ``MultivariateNormal`` over any point set). Samples :math:`\hat u = \mu + L\varepsilon_k +
-\sigma \odot \varepsilon` depend on :math:`x_i` only through row :math:`i`, so autograd derivatives of a sample are
-pointwise.
-
-**Inverse network** :math:`q_\beta(z \mid u(X), w)`: the grid-invariant convolutional encoder GICNet of the same
-paper (:class:`gpgeom.nn.gicnet.GICNet`) on the lifted field values (not :math:`\hat u = (u - b)/d`, which the
-authors' reference code uses and which blows up where :math:`d \to 0`) and :math:`w`; output a Gaussian over
-:math:`z` with diagonal (``inverse_rank = 0``) or low-rank-plus-diagonal covariance, parameterised on the prior box
-scaled to :math:`[-1, 1]` (:meth:`RGNP.predict_inverse`). Its layers are initialised variance-preserving for SiLU
-(:func:`gpgeom.nn.gicnet.silu_init_`): at the reference code's sizes (3 lifting, 6 convolution and 6 head layers)
-PyTorch's default initialisation shrinks the field-dependent part of the output by about 0.36 per layer (to ~1e-3 of
-the output) and the gradients of the lower layers to ~1e-10, below Adam's :math:`\epsilon = 10^{-8}`, so that
-:math:`q_\beta` learnt only its bias and stayed at the prior mean (``tests/test_gicnet.py``,
-``benchmarks/results/rgnp_cpu_paper.md``). The forward network keeps PyTorch's default initialisation (its small
-initial weights give a smooth initial field; with the SiLU-preserving one the forward error stalled near 28% in 600
-steps at the reference code's sizes, against 3.3%).
-
-**Training**: :meth:`RGNP.fit` runs Adam through :func:`gpgeom.engine.fitting.fit`; ``lr_schedule="cosine"``
-anneals the learning rate over the run (used by ``benchmarks/rgnp.py``).
-
-**Data** (paper Sec. 3.3, the data-informed variant): fields with known :math:`(z, w)` observed with Gaussian noise
-:math:`\sigma_y` at arbitrary points add :math:`\sum \log \mathcal N\bigl(y; b + d\mu, \operatorname{diag}(d)(L L^\top
-+ \operatorname{diag}\sigma^2)\operatorname{diag}(d) + \sigma_y^2 I\bigr)` (:math:`\hat u` integrated out under
-:math:`q_\alpha`), minibatched with the scale :math:`S/\text{batch}` (a subsampled ``pyro.plate``).
-
-**Calibration** (:meth:`RGNP.calibrate`). :math:`q_\alpha` alone is overconfident: the ELBO sets
-:math:`\sigma_\alpha` by the virtual-observation noise (a perturbation :math:`\sigma` of :math:`\hat u` costs
-:math:`\|\mathcal R'[d\sigma]\|^2 / 2\varepsilon_r^2` and gains :math:`\log\sigma`, so :math:`\sigma_\alpha \sim
-\varepsilon_r / \|\mathcal R'\|`), not by the network's approximation error, which nothing in the ELBO measures
-(2-sigma coverage 0.1-0.2 of the truth on both built-in families). :meth:`RGNP.calibrate` adds a model discrepancy
-(:class:`~gpgeom.engine.variational.ModelDiscrepancy`; Kennedy & O'Hagan 2001): :meth:`RGNP.predict` returns
-:math:`\mathcal N\bigl(b + d\mu,\; D(LL^\top + \operatorname{diag}\sigma^2)D + C_\delta\bigr)`, :math:`C_\delta =
-\rho^2 G(\tau^2 k_\ell + \eta^2 I)G`, :math:`G = \operatorname{diag}|d|^p`, :math:`\rho` the residual indicator
-(:meth:`RGNP.residual_indicator`), hyperparameters by maximum a posteriori on reference fields; :math:`q_\beta`
-is then trained on fields drawn from this predictive.
-
-**Files**: :meth:`RGNP.save` writes the configuration and the network weights (:mod:`gpgeom._io`); a model from
-:meth:`RGNP.from_family` with a registered family (:mod:`gpgeom.pde.registry`) stores the family's name and reloads
-with ``RGNP.load(path)``; user callables cannot be stored, so a model built with ``residual=`` (and ``lift=``) asks
-for them by name at :meth:`RGNP.load`.
-
-Differences from the authors' reference TensorFlow code: the inverse network sees the lifted field; :math:`z` and
-:math:`w` are normalised to :math:`[-1, 1]` before entering the networks (both the forward network and GICNet);
-Fourier features are per axis (2·D·F features); GICNet as documented there, with the initialisation above.
+r"""The :class:`RGNP` model: sampling collocation grids and parameters, the Pyro model and guide, the ELBO,
+training, calibration, the forward and inverse predictions, files (the method and its equations:
+:mod:`gpgeom.models.rgnp`); and :func:`family_residual`.
 """
 
 from __future__ import annotations
@@ -113,28 +29,23 @@ from gpgeom.engine.variational import (
     elbo_terms,
     gaussian_log_density,
 )
-from gpgeom.models._rgnp_checks import (
-    callable_name,
+from gpgeom.models.rgnp._checks import (
     check_lift_output,
     check_residual_output,
     check_user_functions,
-    coverage,
     default_dtype,
-    family_info,
-    file_config,
-    nse,
     prepare_data,
     reference_fields,
-    resolve_callables,
     warn_uncalibrated,
 )
+from gpgeom.models.rgnp._persistence import callable_name, family_info, file_config, resolve_callables
+from gpgeom.models.rgnp.networks import ForwardNet
 from gpgeom.nn.gicnet import GICNet
 from gpgeom.pde._checks import NonFiniteOutputError
-from gpgeom.pde.autodiff import pointwise_grad
 from gpgeom.pde.box import as_bounds, check_in_box
 from gpgeom.pde.family import LiftFn, PDEFamily, ResidualFn
 
-__all__ = ["RGNP", "pointwise_grad", "family_residual", "FourierFeatures", "ForwardNet", "nse", "coverage"]
+__all__ = ["RGNP", "family_residual"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -145,65 +56,9 @@ def family_residual(family: PDEFamily) -> ResidualFn:
     return family.residual_fn()
 
 
-class FourierFeatures(nn.Module):
-    r"""Per-axis Fourier features :math:`[\sin(2\pi f_k x_d), \cos(2\pi f_k x_d)]_{d, k}`, ``(..., D)`` ->
-    ``(..., 2 D F)``; frequencies log-spaced in ``freq_range`` (units of 1/x), optionally trainable."""
-
-    def __init__(self, dim: int, n_freqs: int, freq_range: tuple[float, float] = (1e-3, 2.0), trainable: bool = False):
-        super().__init__()
-        check_positive("n_freqs", n_freqs, integer=True)
-        lo, hi = freq_range
-        check_positive("freq_range[0]", lo)
-        check_positive("freq_range[1]", hi)
-        f = torch.logspace(math.log10(lo), math.log10(hi), n_freqs, dtype=torch.get_default_dtype())
-        f = f[None, :].expand(dim, n_freqs).clone()  # (D, F)
-        if trainable:
-            self.freqs = nn.Parameter(f)
-        else:
-            self.register_buffer("freqs", f)
-        self.out_features = 2 * dim * n_freqs
-
-    def forward(self, x: Tensor) -> Tensor:
-        arg = 2 * math.pi * x[..., :, None] * self.freqs  # (..., D, F)
-        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1).flatten(-2)
-
-
-class ForwardNet(nn.Module):
-    r"""Pointwise network of :math:`q_\alpha(\hat u \mid z, w, x)`: ``x`` ``(B, n, D)``, normalised ``z`` ``(B, dz)``
-    and ``w`` ``(B, dw)`` -> :class:`LowRankGaussian` over :math:`\hat u` ``(B, n)`` (rank ``k`` factor
-    ``(B, n, k)``)."""
-
-    def __init__(
-        self, dim: int, dim_z: int, dim_w: int, *, hidden: Sequence[int], rank: int, n_freqs: int,
-        freq_range: tuple[float, float], trainable_freqs: bool, variance_bounds: tuple[float, float],
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.features = FourierFeatures(dim, n_freqs, freq_range, trainable_freqs) if n_freqs > 0 else None
-        n_in = dim + dim_z + dim_w + (self.features.out_features if self.features is not None else 0)
-        sizes = (n_in, *hidden, 2 + rank)
-        layers: list[nn.Module] = []
-        for i in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-            if i < len(sizes) - 2:
-                layers.append(nn.SiLU())
-        self.mlp = nn.Sequential(*layers)
-        self.rank = rank
-        self.variance_bounds = variance_bounds
-
-    def forward(self, x_scaled: Tensor, x: Tensor, zw: Tensor) -> LowRankGaussian:
-        parts = [x_scaled]
-        if self.features is not None:
-            parts.append(self.features(x))
-        parts.append(zw[:, None, :].expand(-1, x.shape[1], -1))
-        out = self.mlp(torch.cat(parts, dim=-1))  # (B, n, 2 + k)
-        var = bounded_variance(out[..., 1], *self.variance_bounds)
-        factor = out[..., 2:] if self.rank > 0 else None
-        return LowRankGaussian(out[..., 0], var, factor)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 class RGNP(ModelContract, nn.Module):
-    r"""Random Grid Neural Process for a parametric PDE (see the module docstring for the model and the ELBO).
+    r"""Random Grid Neural Process for a parametric PDE (see :mod:`gpgeom.models.rgnp` for the model and the ELBO).
 
     Build it with :meth:`from_family` (a registered :class:`gpgeom.pde.PDEFamily`) or from a residual function;
     :meth:`fit` trains it from the PDE (and optional data), :meth:`predict` solves the forward problem,

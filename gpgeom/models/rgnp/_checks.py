@@ -1,8 +1,10 @@
-r"""Checks and small helpers of :class:`gpgeom.models.rgnp.RGNP`: the user's residual and lift, checked before it
-trains (:meth:`~gpgeom.models.rgnp.RGNP.fit`) and at every call; fields with known parameters (the data of ``fit``,
-the reference fields of :meth:`~gpgeom.models.rgnp.RGNP.calibrate`, drawn from the family's solver by
-:func:`reference_fields`); the error measures :func:`nse` and :func:`coverage`; what a model file stores about its
-family and callables and how they come back (:func:`family_info`, :func:`resolve_callables`, :func:`rebuild_family`).
+r"""Checks and small helpers of :class:`gpgeom.models.rgnp.model.RGNP`: the user's residual and lift, checked
+before it trains (:meth:`~gpgeom.models.rgnp.model.RGNP.fit`) and at every call; fields with known parameters
+(the data of ``fit``, the reference fields of :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`, drawn from the
+family's solver by :func:`reference_fields`); the dtype of the model's construction (:func:`default_dtype`) and
+the warning of an uncalibrated spread (:func:`warn_uncalibrated`). The error measures are in
+:mod:`gpgeom.models.rgnp.measures`, what a model file stores about its family and callables in
+:mod:`gpgeom.models.rgnp._persistence`.
 
 Errors in user code otherwise surface late and far from their cause: a wrong signature, a residual that indexes a
 ``w`` the model does not have (``w_bounds=None``) or a lift that returns one tensor instead of the pair ``(b, d)``
@@ -24,33 +26,22 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import check_positive
-from gpgeom.errors import ModelFileError, UncalibratedWarning
+from gpgeom.errors import UncalibratedWarning
+from gpgeom.models.rgnp._persistence import callable_name
 from gpgeom.pde._checks import check_finite_output
 from gpgeom.pde.box import check_in_box
 from gpgeom.pde.family import PDEFamily
-from gpgeom.pde.registry import get_family, is_registered
 
 __all__ = [
-    "callable_name",
     "check_field_data",
     "check_lift_output",
     "check_residual_output",
     "check_user_functions",
-    "coverage",
     "default_dtype",
-    "family_info",
-    "nse",
-    "rebuild_family",
+    "prepare_data",
     "reference_fields",
-    "resolve_callables",
+    "warn_uncalibrated",
 ]
-
-
-def callable_name(fn: Any) -> str | None:
-    r"""The name of a callable as a model file stores it (``None`` for ``None``)."""
-    if fn is None:
-        return None
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
 def check_user_functions(model: Any) -> None:
@@ -136,120 +127,8 @@ def check_field_data(model: Any, data: Any, name: str) -> tuple[Tensor, Tensor, 
     return x, y, z, w
 
 
-def _same_shape(what: str, *tensors: Tensor) -> None:
-    shapes = [tuple(t.shape) for t in tensors]
-    if len(set(shapes)) > 1:
-        raise ValueError(
-            f"`{what}` needs tensors of one shape (no broadcasting), got {', '.join(map(str, shapes))}; compare "
-            "RGNP.predict's (B, n, 1) output with truth[..., None], or its [..., 0] with a (B, n) truth."
-        )
-
-
-def nse(mean: Tensor, truth: Tensor) -> Tensor:
-    r"""Normalised squared error per field, :math:`(\|m - t\|_2 / \|t\|_2)^2`; its square root is the relative
-    :math:`L_2` error.
-
-    Args:
-        mean, truth: Tensors of one shape: ``(B, n)`` or ``(B, n, m)`` (``B`` fields; the norm runs over all other
-            dimensions, e.g. the ``(B, n, 1)`` output of :meth:`RGNP.predict`, or ``(B, dz)`` parameters), or
-            ``(n,)`` for one field.
-
-    Returns:
-        ``(B,)`` (a scalar tensor for 1-D inputs).
-    """
-    _same_shape("nse(mean, truth)", mean, truth)
-    dims = tuple(range(1, mean.dim())) if mean.dim() > 1 else (0,)
-    return (torch.linalg.vector_norm(mean - truth, dim=dims) / torch.linalg.vector_norm(truth, dim=dims)) ** 2
-
-
-def coverage(mean: Tensor, std: Tensor, truth: Tensor, k: float = 2.0) -> Tensor:
-    r"""Fraction of entries with :math:`|t - m| \le k \sigma` over all entries of three tensors of one shape
-    (points with :math:`\sigma = 0` count as covered only if the mean is exact)."""
-    _same_shape("coverage(mean, std, truth)", mean, std, truth)
-    return ((truth - mean).abs() <= k * std).to(mean.dtype).mean()
-
-
-def rebuild_family(info: dict[str, Any], required: bool) -> PDEFamily | None:
-    r"""The family a model file names, from the registry; ``None`` when it is not available and not ``required``."""
-    if not info["registered"]:
-        if required:
-            raise ModelFileError(
-                f"This RGNP file holds a model of the PDE family {info['name']!r} ({info['class']}), which was not "
-                "registered when it was saved; pass residual=... and lift=... to RGNP.load, or register the family "
-                "(gpgeom.pde.register_family) and save the model again."
-            )
-        return None
-    try:
-        family_cls = get_family(info["name"])
-    except ValueError as exc:
-        if not required:
-            return None
-        raise ModelFileError(
-            f"This RGNP file holds a model of the PDE family {info['name']!r} ({info['class']}), which is not "
-            "registered in this process: import the module that defines and registers it before RGNP.load, or pass "
-            "residual=... and lift=...."
-        ) from exc
-    return family_cls(**info["config"])
-
-
-def family_info(fam: PDEFamily | None) -> dict[str, Any] | None:
-    r"""What a model file stores about its PDE family (name, configuration, whether registered, class)."""
-    if fam is None:
-        return None
-    return {
-        "name": fam.name, "config": dict(fam.config()), "registered": is_registered(fam),
-        "class": f"{type(fam).__module__}.{type(fam).__qualname__}",
-    }  # fmt: skip
-
-
-def resolve_callables(state: dict[str, Any], residual: Any, lift: Any) -> tuple[Any, Any, PDEFamily | None, dict]:
-    r"""The residual, lift, family and sources of an RGNP file's state (``RGNP._from_state``): the family from the
-    registry, user callables from the arguments; refuses what the file cannot be loaded with."""
-    sources, fam_info, names = dict(state["sources"]), state["family"], state["callable_names"]
-    if sources["lift"] == "none" and lift is not None:
-        raise TypeError(
-            "This RGNP file holds a model built without a lift (no hard boundary conditions); passing `lift=` "
-            "would change its predictions. Load it without `lift=`."
-        )
-    family = None
-    if fam_info is not None:
-        need = (sources["residual"] == "family" and residual is None) or (sources["lift"] == "family" and lift is None)
-        family = rebuild_family(fam_info, required=need)
-    missing = []
-    # callables given here replace the family's (and must be given again after a later save)
-    if residual is not None:
-        sources["residual"] = "user"
-    if lift is not None:
-        sources["lift"] = "user"
-    if residual is None:
-        residual = family.residual_fn() if family is not None and sources["residual"] == "family" else None
-        if residual is None:
-            missing.append(("residual", names["residual"]))
-    if lift is None and sources["lift"] != "none":
-        lift = family.boundary_ansatz if family is not None and sources["lift"] == "family" else None
-        if lift is None:
-            missing.append(("lift", names["lift"]))
-    if missing:
-        what = " and ".join(f"a user-defined {k} function (saved as {n!r})" for k, n in missing)
-        args = ", ".join(f"{k}=..." for k, _ in missing)
-        raise ModelFileError(
-            f"This RGNP file holds a model built with {what}, which a file cannot hold; pass {args} (the same "
-            "function as when the model was saved) to RGNP.load."
-        )
-    return residual, lift, family, sources
-
-
-def file_config(state: dict[str, Any]) -> dict[str, Any]:
-    r"""The constructor arguments stored in an RGNP file's state. Files written before GICNet's ``aggregation``
-    option hold no such key: their inverse network was trained with the Nadaraya-Watson average over the points,
-    so they load with ``aggregation="points"`` and predict as when they were saved."""
-    config = dict(state["config"])
-    config["gicnet"] = {"aggregation": "points", **dict(config.get("gicnet") or {})}
-    return config
-
-
 def prepare_data(model: Any, data: Any, noise_std: float, batch: int) -> dict[str, Any]:
-    r"""The checked observations of :meth:`~gpgeom.models.rgnp.RGNP.fit` (``data``: ``x`` ``(S, m, D)``, ``y``
+    r"""The checked observations of :meth:`~gpgeom.models.rgnp.model.RGNP.fit` (``data``: ``x`` ``(S, m, D)``, ``y``
     ``(S, m)``, ``z`` ``(S, dz)``, ``w`` ``(S, dw)``) with the noise level and the data fields per step."""
     x, y, z, w = check_field_data(model, data, "data")
     check_positive("noise_std", noise_std)
@@ -259,7 +138,7 @@ def prepare_data(model: Any, data: Any, noise_std: float, batch: int) -> dict[st
 
 
 def reference_fields(model: Any, data: Any, n_fields: int, n_points: int, seed: int | None) -> tuple[Tensor, ...]:
-    r"""Reference fields ``(x, y, z, w)`` for :meth:`~gpgeom.models.rgnp.RGNP.calibrate`: ``data`` checked, or
+    r"""Reference fields ``(x, y, z, w)`` for :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`: ``data`` checked, or
     ``n_fields`` draws from the priors solved by the family's reference solver at ``n_points`` random points."""
     if data is not None:
         return check_field_data(model, data, "data")
@@ -332,8 +211,8 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def warn_uncalibrated(model: Any) -> None:
-    r"""Warn (once per model) that :meth:`~gpgeom.models.rgnp.RGNP.predict`'s spread before
-    :meth:`~gpgeom.models.rgnp.RGNP.calibrate` leaves out the networks' approximation error."""
+    r"""Warn (once per model) that :meth:`~gpgeom.models.rgnp.model.RGNP.predict`'s spread before
+    :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate` leaves out the networks' approximation error."""
     if not getattr(model, "_uncalibrated_warned", False):  # once per model: the advice does not change
         model._uncalibrated_warned = True
         warnings.warn(

@@ -1,0 +1,101 @@
+r"""What an RGNP model file (:meth:`~gpgeom.models.rgnp.model.RGNP.save`, :mod:`gpgeom._io`) stores about the
+model's PDE family and user callables, and how they come back at
+:meth:`~gpgeom.models.rgnp.model.RGNP.load` (:func:`family_info`, :func:`resolve_callables`,
+:func:`rebuild_family`, :func:`file_config`, :func:`callable_name`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpgeom.errors import ModelFileError
+from gpgeom.pde.family import PDEFamily
+from gpgeom.pde.registry import get_family, is_registered
+
+__all__ = ["callable_name", "family_info", "file_config", "rebuild_family", "resolve_callables"]
+
+
+def callable_name(fn: Any) -> str | None:
+    r"""The name of a callable as a model file stores it (``None`` for ``None``)."""
+    if fn is None:
+        return None
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def rebuild_family(info: dict[str, Any], required: bool) -> PDEFamily | None:
+    r"""The family a model file names, from the registry; ``None`` when it is not available and not ``required``."""
+    if not info["registered"]:
+        if required:
+            raise ModelFileError(
+                f"This RGNP file holds a model of the PDE family {info['name']!r} ({info['class']}), which was not "
+                "registered when it was saved; pass residual=... and lift=... to RGNP.load, or register the family "
+                "(gpgeom.pde.register_family) and save the model again."
+            )
+        return None
+    try:
+        family_cls = get_family(info["name"])
+    except ValueError as exc:
+        if not required:
+            return None
+        raise ModelFileError(
+            f"This RGNP file holds a model of the PDE family {info['name']!r} ({info['class']}), which is not "
+            "registered in this process: import the module that defines and registers it before RGNP.load, or pass "
+            "residual=... and lift=...."
+        ) from exc
+    return family_cls(**info["config"])
+
+
+def family_info(fam: PDEFamily | None) -> dict[str, Any] | None:
+    r"""What a model file stores about its PDE family (name, configuration, whether registered, class)."""
+    if fam is None:
+        return None
+    return {
+        "name": fam.name, "config": dict(fam.config()), "registered": is_registered(fam),
+        "class": f"{type(fam).__module__}.{type(fam).__qualname__}",
+    }  # fmt: skip
+
+
+def resolve_callables(state: dict[str, Any], residual: Any, lift: Any) -> tuple[Any, Any, PDEFamily | None, dict]:
+    r"""The residual, lift, family and sources of an RGNP file's state (``RGNP._from_state``): the family from the
+    registry, user callables from the arguments; refuses what the file cannot be loaded with."""
+    sources, fam_info, names = dict(state["sources"]), state["family"], state["callable_names"]
+    if sources["lift"] == "none" and lift is not None:
+        raise TypeError(
+            "This RGNP file holds a model built without a lift (no hard boundary conditions); passing `lift=` "
+            "would change its predictions. Load it without `lift=`."
+        )
+    family = None
+    if fam_info is not None:
+        need = (sources["residual"] == "family" and residual is None) or (sources["lift"] == "family" and lift is None)
+        family = rebuild_family(fam_info, required=need)
+    missing = []
+    # callables given here replace the family's (and must be given again after a later save)
+    if residual is not None:
+        sources["residual"] = "user"
+    if lift is not None:
+        sources["lift"] = "user"
+    if residual is None:
+        residual = family.residual_fn() if family is not None and sources["residual"] == "family" else None
+        if residual is None:
+            missing.append(("residual", names["residual"]))
+    if lift is None and sources["lift"] != "none":
+        lift = family.boundary_ansatz if family is not None and sources["lift"] == "family" else None
+        if lift is None:
+            missing.append(("lift", names["lift"]))
+    if missing:
+        what = " and ".join(f"a user-defined {k} function (saved as {n!r})" for k, n in missing)
+        args = ", ".join(f"{k}=..." for k, _ in missing)
+        raise ModelFileError(
+            f"This RGNP file holds a model built with {what}, which a file cannot hold; pass {args} (the same "
+            "function as when the model was saved) to RGNP.load."
+        )
+    return residual, lift, family, sources
+
+
+def file_config(state: dict[str, Any]) -> dict[str, Any]:
+    r"""The constructor arguments stored in an RGNP file's state. Files written before GICNet's ``aggregation``
+    option hold no such key: their inverse network was trained with the Nadaraya-Watson average over the points,
+    so they load with ``aggregation="points"`` and predict as when they were saved."""
+    config = dict(state["config"])
+    config["gicnet"] = {"aggregation": "points", **dict(config.get("gicnet") or {})}
+    return config
