@@ -11,7 +11,7 @@ import torch
 from botorch.models.transforms.input import Normalize
 from botorch.sampling.normal import SobolQMCNormalSampler
 
-import gpgeom.botorch.exact_gp as exact_module
+import gpgeom.botorch.exact_predict as predict_module
 from gpgeom.botorch.check import check_botorch_model
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.chunking import memory_budget
@@ -405,9 +405,9 @@ def test_mean_only_prediction_reuses_the_factor_and_skips_the_variance(data, mon
     Xt = torch.rand(50, 2, dtype=DT)
     first = model.predict(Xt)  # factorises the training covariance once and keeps the factor
     solves, factors = [], []
-    real_solve, real_chol = torch.linalg.solve_triangular, exact_module.psd_safe_cholesky
+    real_solve, real_chol = torch.linalg.solve_triangular, predict_module.psd_safe_cholesky
     monkeypatch.setattr(torch.linalg, "solve_triangular", lambda *a, **k: solves.append(1) or real_solve(*a, **k))
-    monkeypatch.setattr(exact_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real_chol(*a, **k))
+    monkeypatch.setattr(predict_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real_chol(*a, **k))
     mean = model.predict(Xt, chunk_size=7)
     assert solves == [] and factors == []  # K* alpha only, against the kept factor
     torch.testing.assert_close(mean, first, rtol=0, atol=1e-12)
@@ -420,8 +420,8 @@ def test_kept_factor_follows_parameters_data_and_copies(data, monkeypatch):
     model = ExactGPModel(X, Y).fit(max_iter=30)
     Xt = torch.rand(20, 2, dtype=DT)
     factors = []
-    real = exact_module.psd_safe_cholesky
-    monkeypatch.setattr(exact_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real(*a, **k))
+    real = predict_module.psd_safe_cholesky
+    monkeypatch.setattr(predict_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real(*a, **k))
 
     def fresh(m):  # the truth: a new model with the same state, nothing kept
         other = ExactGPModel(*m.train_data)
@@ -477,11 +477,11 @@ def test_joint_posterior_equals_gpytorch_without_the_train_test_kernel(config, b
     with torch.no_grad():
         model.covar_module.base_kernel.lengthscale = 0.2 + torch.rand(model.covar_module.base_kernel.lengthscale.shape)
     rows, factors = [], []
-    real, real_chol = exact_module.stationary_kernel_matrix, exact_module.psd_safe_cholesky
+    real, real_chol = predict_module.stationary_kernel_matrix, predict_module.psd_safe_cholesky
     monkeypatch.setattr(
-        exact_module, "stationary_kernel_matrix", lambda k, x1, x2=None: rows.append(x1.shape[-2]) or real(k, x1, x2)
+        predict_module, "stationary_kernel_matrix", lambda k, x1, x2=None: rows.append(x1.shape[-2]) or real(k, x1, x2)
     )
-    monkeypatch.setattr(exact_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real_chol(*a, **k))
+    monkeypatch.setattr(predict_module, "psd_safe_cholesky", lambda *a, **k: factors.append(1) or real_chol(*a, **k))
     context = (lambda: memory_budget(1)) if budget == "tiny" else contextlib.nullcontext  # tiny: a point per block
     for Xq in (torch.rand(7, 3, dtype=DT, generator=g), torch.rand(4, *batch, 5, 3, dtype=DT, generator=g)):
         for kwargs in (dict(), dict(observation_noise=True), dict(output_indices=[m - 1])):
@@ -512,9 +512,9 @@ def test_predict_chunks_follow_the_memory_budget(data, monkeypatch):
     Xt = torch.rand(3, 40, 2, dtype=DT)
     whole = model.predict(Xt, return_std=True, chunk_size=10**6)
     sizes = []
-    real = exact_module.stationary_kernel_matrix
+    real = predict_module.stationary_kernel_matrix
     monkeypatch.setattr(
-        exact_module, "stationary_kernel_matrix", lambda k, x1, x2=None: sizes.append(x1.shape[-2]) or real(k, x1, x2)
+        predict_module, "stationary_kernel_matrix", lambda k, x1, x2=None: sizes.append(x1.shape[-2]) or real(k, x1, x2)
     )
     # three rows of n = 25 per test batch member (3) and output (2), float64; five for a kernel GPyTorch evaluates
     per_point = model._bytes_per_test_point(Xt.shape[:-2])

@@ -1,7 +1,9 @@
 r"""BoTorch adapters of gpgeom and the conformance check they all pass.
 
 - :class:`ExactGPModel` (:mod:`gpgeom.botorch.exact_gp`): an exact GP (GPyTorch) that is a BoTorch model, with
-  input normalisation and outcome standardisation by default, chunked prediction and ``save``/``load``.
+  input normalisation and outcome standardisation by default, chunked prediction and ``save``/``load``; its default
+  kernel, likelihood and transforms in :mod:`gpgeom.botorch.defaults` (:func:`default_covar_module`,
+  :func:`default_likelihood`), its prediction algebra from the training factor in :mod:`gpgeom.botorch.exact_predict`.
 - :class:`GaussianSurrogate` (:mod:`gpgeom.botorch.gaussian`): the one posterior/conditioning code path of the
   adapters that are not GPyTorch ``ExactGP`` s (RVGP's low-rank GP, FunBaT): Bayes' rule on a jointly Gaussian
   predictive, fantasies, output subsets, chunked prediction.
@@ -22,8 +24,8 @@ from gpgeom._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "ExactGPModel": "gpgeom.botorch.exact_gp",
-    "default_covar_module": "gpgeom.botorch.exact_gp",
-    "default_likelihood": "gpgeom.botorch.exact_gp",
+    "default_covar_module": "gpgeom.botorch.defaults",
+    "default_likelihood": "gpgeom.botorch.defaults",
     "check_botorch_model": "gpgeom.botorch.check",
     "joint_moments": "gpgeom.botorch.check",
     "GaussianSurrogate": "gpgeom.botorch.gaussian",

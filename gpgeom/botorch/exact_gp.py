@@ -16,13 +16,16 @@ every BoTorch acquisition function, ``fantasize`` and ``condition_on_observation
 Shapes: ``train_X`` is ``batch_shape x n x d``, ``train_Y`` is ``batch_shape x n x m`` (the output dimension ``m``
 is always explicit, even for ``m = 1``). Internally outputs become a batch dimension: the data are
 ``batch_shape x m x n x d`` when ``m > 1``.
+
+Its default kernel, likelihood and transforms are built by :mod:`gpgeom.botorch.defaults`; the algebra of its fast
+prediction path (chunked kernel matrices, the training factor, the test moments) is in
+:mod:`gpgeom.botorch.exact_predict`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,131 +35,34 @@ import torch
 from botorch.acquisition.objective import PosteriorTransform
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
-from botorch.models.transforms.input import InputTransform, Normalize
-from botorch.models.transforms.outcome import OutcomeTransform, Standardize
+from botorch.models.transforms.input import InputTransform
+from botorch.models.transforms.outcome import OutcomeTransform
 from botorch.models.utils import validate_input_scaling
 from botorch.posteriors import GPyTorchPosterior, Posterior
-from gpytorch.constraints import GreaterThan
 from gpytorch.distributions import MultivariateNormal
-from gpytorch.kernels import Kernel, MaternKernel, ScaleKernel
+from gpytorch.kernels import Kernel
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood, Likelihood
 from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.models import ExactGP
-from gpytorch.priors import LogNormalPrior
-from linear_operator import to_dense, to_linear_operator
-from linear_operator.utils.cholesky import psd_safe_cholesky
+from linear_operator import to_linear_operator
 from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
-from gpgeom.engine.chunking import (
-    FactorCache,
-    chunk_size_for,
-    chunk_slices,
-    element_size,
-    memory_budget,
-    resolve_max_memory,
-    solve_lower_folded,
-    sub_gram,
+from gpgeom.botorch.defaults import (
+    default_covar_module,
+    default_input_transform,
+    default_likelihood,
+    default_outcome_transform,
 )
-from gpgeom.engine.exact_mll import exact_mll_loss, stationary_kernel_matrix, stationary_kind
+from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
+from gpgeom.engine.chunking import FactorCache, chunk_size_for, chunk_slices, memory_budget, resolve_max_memory
+from gpgeom.engine.exact_mll import exact_mll_loss
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.errors import ModelFileError
 
-__all__ = [
-    "ExactGPModel",
-    "default_covar_module",
-    "default_input_transform",
-    "default_likelihood",
-    "default_outcome_transform",
-]
-
-#: Smallest inferred noise variance of the default likelihood (standardised outputs).
-MIN_NOISE = 1e-4
-#: Blocks alive at once per dense kernel block while a chunk is evaluated: GPyTorch's Matern 5/2 evaluation holds
-#: five; the in-place evaluation of :func:`~gpgeom.engine.exact_mll.stationary_kernel_matrix` two, and the
-#: cross-covariance, its solve and their square then three (the working memory of one test point against ``n``
-#: points is ``blocks x n`` elements per batch member and output).
-_KERNEL_BLOCKS, _STATIONARY_BLOCKS = 5, 3
-
-
-def default_covar_module(d: int, batch_shape: torch.Size | None = None) -> ScaleKernel:
-    r"""The default kernel: ``ScaleKernel(MaternKernel(nu=2.5, ARD))`` for inputs in the unit cube.
-
-    Priors (for standardised outputs and inputs scaled to ``[0, 1]^d``): lengthscales
-    ``LogNormal(sqrt(2) + log(d) / 2, sqrt(3))`` (the dimension-scaled prior of Hvarfner et al., 2024), constrained
-    to ``>= 0.025`` and started at the prior mode; outputscale ``LogNormal(0, 1)`` (median 1, the variance of
-    standardised data), constrained to ``>= 1e-4`` and started at 1. Constraints have no transform, so L-BFGS-B
-    sees them as bounds.
-
-    Args:
-        d: The input dimension (number of lengthscales).
-        batch_shape: The kernel's batch shape (``batch_shape x m`` for separate hyperparameters per output).
-
-    Returns:
-        A ``ScaleKernel`` with ``base_kernel.lengthscale`` of shape ``batch_shape x 1 x d``.
-    """
-    batch_shape = torch.Size() if batch_shape is None else torch.Size(batch_shape)
-    ls_prior = LogNormalPrior(loc=math.sqrt(2.0) + 0.5 * math.log(d), scale=math.sqrt(3.0))
-    base = MaternKernel(
-        nu=2.5,
-        ard_num_dims=d,
-        batch_shape=batch_shape,
-        lengthscale_prior=ls_prior,
-        lengthscale_constraint=GreaterThan(2.5e-2, transform=None, initial_value=ls_prior.mode),
-    )
-    return ScaleKernel(
-        base,
-        batch_shape=batch_shape,
-        outputscale_prior=LogNormalPrior(loc=0.0, scale=1.0),
-        outputscale_constraint=GreaterThan(1e-4, transform=None, initial_value=1.0),
-    )
-
-
-def default_likelihood(batch_shape: torch.Size | None = None) -> GaussianLikelihood:
-    r"""The default likelihood: Gaussian noise with a ``LogNormal(-4, 1)`` prior, ``>= 1e-4``, started at its mode.
-
-    Args:
-        batch_shape: The likelihood's batch shape.
-
-    Returns:
-        A ``GaussianLikelihood`` whose ``noise`` has shape ``batch_shape x 1``.
-    """
-    batch_shape = torch.Size() if batch_shape is None else torch.Size(batch_shape)
-    prior = LogNormalPrior(loc=-4.0, scale=1.0)
-    return GaussianLikelihood(
-        noise_prior=prior,
-        batch_shape=batch_shape,
-        noise_constraint=GreaterThan(MIN_NOISE, transform=None, initial_value=prior.mode),
-    )
-
-
-def default_input_transform(train_X: Tensor) -> Normalize:
-    r"""The default input transform: ``Normalize`` with the fixed bounds of ``train_X`` (columns min/max over all
-    points and batch members) onto the unit cube, as BoTorch recommends; a constant column gets width 1.
-
-    Args:
-        train_X: ``batch_shape x n x d`` training inputs.
-
-    Returns:
-        A ``Normalize(d, bounds)`` whose ``bounds`` (``2 x d``) do not move when the model is conditioned.
-    """
-    flat = train_X.detach().reshape(-1, train_X.shape[-1])
-    lo, hi = flat.min(0).values, flat.max(0).values
-    hi = torch.where(hi > lo, hi, lo + 1.0)
-    return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi]))
-
-
-def default_outcome_transform(m: int, batch_shape: torch.Size) -> Standardize:
-    r"""The default outcome transform: ``Standardize`` of every output to mean 0 and variance 1.
-
-    BoTorch's ``Standardize`` leaves an output unscaled when its standard deviation is below ``min_stdv`` (1e-8
-    by default), so outputs measured in tiny units (a displacement in km, a probability of 1e-10) kept their raw
-    scale and met the likelihood's noise floor of 1e-4: a GP on ``Y * 1e-9`` predicted a constant. Here only an
-    exactly constant output (standard deviation 0 or subnormal) is left unscaled.
-    """
-    return Standardize(m=m, batch_shape=batch_shape, min_stdv=torch.finfo(torch.float64).tiny)
+__all__ = ["ExactGPModel"]
 
 
 class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
@@ -190,22 +96,22 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             train_Y: A ``batch_shape x n x m`` tensor of training outputs (explicit ``m``, even for one output).
             train_Yvar: Optional ``batch_shape x n x m`` tensor of known non-negative noise variances (in the
                 original units); the likelihood is then a ``FixedNoiseGaussianLikelihood``.
-            covar_module: The kernel. Defaults to :func:`default_covar_module`. A custom kernel for ``m > 1``
-                should have batch shape ``batch_shape x m`` (separate hyperparameters) or ``batch_shape x 1``
-                (shared); a kernel without batch shape is shared by all outputs.
+            covar_module: The kernel. Defaults to :func:`~gpgeom.botorch.defaults.default_covar_module`. A custom
+                kernel for ``m > 1`` should have batch shape ``batch_shape x m`` (separate hyperparameters) or
+                ``batch_shape x 1`` (shared); a kernel without batch shape is shared by all outputs.
             mean_module: The mean. Defaults to a ``ConstantMean`` per output (batch shape ``batch_shape x m``).
-            likelihood: The likelihood. Defaults to :func:`default_likelihood` (or fixed noise with
-                ``train_Yvar``).
+            likelihood: The likelihood. Defaults to :func:`~gpgeom.botorch.defaults.default_likelihood` (or fixed
+                noise with ``train_Yvar``).
             shared_hyperparameters: For ``m > 1``: one kernel and one noise level for all outputs (each output
                 keeps its own constant mean) instead of one set per output. The outputs stay independent GPs.
-            input_transform: ``"default"``: with the default kernel, :func:`default_input_transform` (the
-                training inputs' bounding box onto the unit cube, the scale the default priors assume); with a
-                custom ``covar_module`` none (its inputs may be indices or angles). ``None`` or a BoTorch
-                ``InputTransform`` otherwise.
-            outcome_transform: ``"default"`` (:func:`default_outcome_transform`: every output standardised, also
-                outputs of size 1e-12), ``None`` or a BoTorch ``OutcomeTransform``. A transform in training mode
-                (as built) is fitted to ``train_Y``; one in eval mode is applied with its stored parameters. Predictions
-                and posteriors are always in the original units.
+            input_transform: ``"default"``: with the default kernel,
+                :func:`~gpgeom.botorch.defaults.default_input_transform` (the training inputs' bounding box onto the
+                unit cube, the scale the default priors assume); with a custom ``covar_module`` none (its inputs may
+                be indices or angles). ``None`` or a BoTorch ``InputTransform`` otherwise.
+            outcome_transform: ``"default"`` (:func:`~gpgeom.botorch.defaults.default_outcome_transform`: every
+                output standardised, also outputs of size 1e-12), ``None`` or a BoTorch ``OutcomeTransform``. A
+                transform in training mode (as built) is fitted to ``train_Y``; one in eval mode is applied with its
+                stored parameters. Predictions and posteriors are always in the original units.
             max_cholesky_size: Use Cholesky (exact) algebra up to this many training points per batch member;
                 above, GPyTorch's CG/Lanczos approximations.
 
@@ -490,13 +396,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         return octf is None or bool(getattr(octf, "_is_linear", False))
 
     def _bytes_per_test_point(self, test_batch: tuple[int, ...] = (), columns: int | None = None) -> int:
-        r"""Working bytes per test point of a chunk: kernel temporaries of one row against ``columns`` points (the
-        ``n`` training points by default) for every test batch member, batch member and output."""
-        train = self.train_inputs[0]
-        batch = torch.broadcast_shapes(tuple(test_batch) + ((1,) if self._num_outputs > 1 else ()), train.shape[:-2])
-        cols = train.shape[-2] if columns is None else columns
-        blocks = _STATIONARY_BLOCKS if stationary_kind(self.covar_module) else _KERNEL_BLOCKS
-        return blocks * math.prod(batch) * cols * element_size(train.dtype)
+        r"""Working bytes per test point of a chunk (:func:`~gpgeom.botorch.exact_predict.bytes_per_test_point` of
+        this model's kernel and training inputs)."""
+        return bytes_per_test_point(self.covar_module, self.train_inputs[0], self._num_outputs, test_batch, columns)
 
     # ---------------------------------------------------------------------------------------------------------
     # the training factor (cached between calls in eval mode) and the test moments from it
@@ -519,74 +421,16 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
     def _compute_factor(self) -> tuple[Tensor, Tensor]:
         train_X = self.train_inputs[0]
-        K = self._kernel_matrix(train_X, train_X, chunk_size_for(self._bytes_per_test_point(), total=train_X.shape[-2]))
-        prior_mean = self.mean_module(train_X)
-        noise = self.likelihood._shaped_noise_covar(prior_mean.shape, train_X).diagonal(dim1=-2, dim2=-1)
-        K.diagonal(dim1=-2, dim2=-1).add_(noise)
-        L = psd_safe_cholesky(K)
-        del K
-        z = torch.linalg.solve_triangular(L, (self.train_targets - prior_mean).unsqueeze(-1), upper=False)
-        return L, torch.linalg.solve_triangular(L.mT, z, upper=True).squeeze(-1)
-
-    def _dense_kernel(self, X1: Tensor, X2: Tensor | None = None) -> Tensor:
-        r"""``covar_module(X1, X2)`` (``X2=None``: ``covar_module(X1)``) as a dense tensor; without gradients, for
-        the kernels of :func:`~gpgeom.engine.exact_mll.stationary_kernel_matrix`, in place (three blocks alive)."""
-        K = None if torch.is_grad_enabled() else stationary_kernel_matrix(self.covar_module, X1, X2)
-        return to_dense(self.covar_module(X1) if X2 is None else self.covar_module(X1, X2)) if K is None else K
-
-    def _kernel_matrix(self, X1: Tensor, X2: Tensor, rows: int, update: Any = None) -> Tensor:
-        r"""The dense kernel matrix ``batch x q1 x q2`` between ``X1`` and ``X2`` (``X2 is X1``: a symmetric one),
-        built ``rows`` rows at a time, each block passed through ``update(block, rows_slice)`` if given. A
-        symmetric one keeps GPyTorch's exact zero distances on its diagonal: in one block through the kernel's own
-        ``x1 == x2`` path, across blocks from its ``diag=True`` values."""
-        q, same = X1.shape[-2], X2 is X1
-        if rows >= q:
-            block = self._dense_kernel(X1, None if same else X2)
-            return block if update is None else update(block, slice(0, q))
-        out, blocks = None, []  # without gradients, blocks go into one preallocated result (no copy by ``cat``)
-        for sl in chunk_slices(q, rows):
-            block = self._dense_kernel(X1[..., sl, :], X2)
-            if same:
-                diag = to_dense(self.covar_module(X1[..., sl, :], diag=True))
-                block.diagonal(offset=sl.start, dim1=-2, dim2=-1).copy_(diag.expand(block.shape[:-2] + (-1,)))
-            block = block if update is None else update(block, sl)
-            if torch.is_grad_enabled():
-                blocks.append(block)
-                continue
-            out = block.new_empty(block.shape[:-2] + (q, block.shape[-1])) if out is None else out
-            out[..., sl, :] = block
-        return torch.cat(blocks, dim=-2) if blocks else out
+        rows = chunk_size_for(self._bytes_per_test_point(), total=train_X.shape[-2])
+        return training_factor(self.covar_module, self.mean_module, self.likelihood, train_X, self.train_targets, rows)
 
     def _test_moments(self, Xq: Tensor, rows: int, second: str) -> tuple[Tensor, Tensor | None]:
-        r"""Posterior mean ``batch x q`` of the latent GP at transformed inputs ``Xq`` (``test_batch x q x d``,
-        broadcast with the training batch ``batch_shape x (m)``) and, by ``second``, nothing (``"none"``), the
-        variances ``batch x q`` (``"diag"``) or the covariance ``batch x q x q`` (``"full"``): ``K* alpha`` and
-        ``K** - V^T V`` with ``V = L^{-1} K*^T``, from the cached training factor, ``rows`` test points at a time
-        (the covariance in row blocks sized by the current memory budget)."""
+        r"""Posterior mean ``batch x q`` of the latent GP at transformed inputs ``Xq`` and, by ``second``
+        (``"none"``, ``"diag"``, ``"full"``), nothing, the variances or the covariance:
+        :func:`~gpgeom.botorch.exact_predict.posterior_moments` from the cached training factor, ``rows`` test
+        points at a time."""
         L, alpha = self._train_factor()
-        train_X = self.train_inputs[0]
-        batch = torch.broadcast_shapes(Xq.shape[:-2], train_X.shape[:-2])
-        Xq, train_X = Xq.expand(batch + Xq.shape[-2:]), train_X.expand(batch + train_X.shape[-2:])
-        q = Xq.shape[-2]
-        means, parts = [], []
-        for sl in chunk_slices(q, rows):
-            Xc = Xq[..., sl, :]
-            cross = self._dense_kernel(Xc, train_X)  # ``batch x c x n``
-            means.append(self.mean_module(Xc) + (cross @ alpha.unsqueeze(-1)).squeeze(-1))
-            if second == "none":
-                continue
-            V = solve_lower_folded(L, cross.mT)  # ``batch x n x c``
-            del cross
-            parts.append(V if second == "full" else to_dense(self.covar_module(Xc, diag=True)) - V.square().sum(-2))
-        mean = torch.cat(means, dim=-1)
-        if second != "full":
-            return mean, (torch.cat(parts, dim=-1) if parts else None)
-        V = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0].contiguous()  # ``batch x n x q``
-        del parts
-        in_place = stationary_kind(self.covar_module) and not torch.is_grad_enabled()  # 2 blocks, K - V^T V in place
-        blocks = 2 if in_place else _KERNEL_BLOCKS + 2
-        rows = chunk_size_for(blocks * math.prod(batch) * q * element_size(V.dtype), total=q)
-        return mean, self._kernel_matrix(Xq, Xq, rows, lambda K, sl: sub_gram(K, V[..., sl], V))
+        return posterior_moments(self.covar_module, self.mean_module, self.train_inputs[0], L, alpha, Xq, rows, second)
 
     def _joint_ok(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         r"""Whether ``self(X)`` in eval mode gives the joint posterior from the cached training factor: an

@@ -28,7 +28,8 @@ from linear_operator import to_dense
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-from gpgeom.botorch.exact_gp import ExactGPModel, default_covar_module
+from gpgeom.botorch.defaults import default_covar_module
+from gpgeom.botorch.exact_gp import ExactGPModel
 
 __all__ = [
     "HYPERPARAMETERS",

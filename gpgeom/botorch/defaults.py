@@ -1,0 +1,110 @@
+r"""The default components of :class:`~gpgeom.botorch.exact_gp.ExactGPModel`: kernel, likelihood, input and
+outcome transforms.
+
+The default priors assume standardised outputs and inputs scaled to the unit cube, which is what the two default
+transforms produce: :func:`default_input_transform` maps the training inputs' bounding box onto ``[0, 1]^d`` and
+:func:`default_outcome_transform` standardises every output. :func:`default_covar_module` (a Matern 5/2 ARD kernel
+with the dimension-scaled lengthscale prior) and :func:`default_likelihood` (Gaussian noise) set their priors and
+constraints for that scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from gpytorch.constraints import GreaterThan
+from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.priors import LogNormalPrior
+from torch import Tensor
+
+__all__ = [
+    "default_covar_module",
+    "default_input_transform",
+    "default_likelihood",
+    "default_outcome_transform",
+]
+
+#: Smallest inferred noise variance of the default likelihood (standardised outputs).
+MIN_NOISE = 1e-4
+
+
+def default_covar_module(d: int, batch_shape: torch.Size | None = None) -> ScaleKernel:
+    r"""The default kernel: ``ScaleKernel(MaternKernel(nu=2.5, ARD))`` for inputs in the unit cube.
+
+    Priors (for standardised outputs and inputs scaled to ``[0, 1]^d``): lengthscales
+    ``LogNormal(sqrt(2) + log(d) / 2, sqrt(3))`` (the dimension-scaled prior of Hvarfner et al., 2024), constrained
+    to ``>= 0.025`` and started at the prior mode; outputscale ``LogNormal(0, 1)`` (median 1, the variance of
+    standardised data), constrained to ``>= 1e-4`` and started at 1. Constraints have no transform, so L-BFGS-B
+    sees them as bounds.
+
+    Args:
+        d: The input dimension (number of lengthscales).
+        batch_shape: The kernel's batch shape (``batch_shape x m`` for separate hyperparameters per output).
+
+    Returns:
+        A ``ScaleKernel`` with ``base_kernel.lengthscale`` of shape ``batch_shape x 1 x d``.
+    """
+    batch_shape = torch.Size() if batch_shape is None else torch.Size(batch_shape)
+    ls_prior = LogNormalPrior(loc=math.sqrt(2.0) + 0.5 * math.log(d), scale=math.sqrt(3.0))
+    base = MaternKernel(
+        nu=2.5,
+        ard_num_dims=d,
+        batch_shape=batch_shape,
+        lengthscale_prior=ls_prior,
+        lengthscale_constraint=GreaterThan(2.5e-2, transform=None, initial_value=ls_prior.mode),
+    )
+    return ScaleKernel(
+        base,
+        batch_shape=batch_shape,
+        outputscale_prior=LogNormalPrior(loc=0.0, scale=1.0),
+        outputscale_constraint=GreaterThan(1e-4, transform=None, initial_value=1.0),
+    )
+
+
+def default_likelihood(batch_shape: torch.Size | None = None) -> GaussianLikelihood:
+    r"""The default likelihood: Gaussian noise with a ``LogNormal(-4, 1)`` prior, ``>= 1e-4``, started at its mode.
+
+    Args:
+        batch_shape: The likelihood's batch shape.
+
+    Returns:
+        A ``GaussianLikelihood`` whose ``noise`` has shape ``batch_shape x 1``.
+    """
+    batch_shape = torch.Size() if batch_shape is None else torch.Size(batch_shape)
+    prior = LogNormalPrior(loc=-4.0, scale=1.0)
+    return GaussianLikelihood(
+        noise_prior=prior,
+        batch_shape=batch_shape,
+        noise_constraint=GreaterThan(MIN_NOISE, transform=None, initial_value=prior.mode),
+    )
+
+
+def default_input_transform(train_X: Tensor) -> Normalize:
+    r"""The default input transform: ``Normalize`` with the fixed bounds of ``train_X`` (columns min/max over all
+    points and batch members) onto the unit cube, as BoTorch recommends; a constant column gets width 1.
+
+    Args:
+        train_X: ``batch_shape x n x d`` training inputs.
+
+    Returns:
+        A ``Normalize(d, bounds)`` whose ``bounds`` (``2 x d``) do not move when the model is conditioned.
+    """
+    flat = train_X.detach().reshape(-1, train_X.shape[-1])
+    lo, hi = flat.min(0).values, flat.max(0).values
+    hi = torch.where(hi > lo, hi, lo + 1.0)
+    return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi]))
+
+
+def default_outcome_transform(m: int, batch_shape: torch.Size) -> Standardize:
+    r"""The default outcome transform: ``Standardize`` of every output to mean 0 and variance 1.
+
+    BoTorch's ``Standardize`` leaves an output unscaled when its standard deviation is below ``min_stdv`` (1e-8
+    by default), so outputs measured in tiny units (a displacement in km, a probability of 1e-10) kept their raw
+    scale and met the likelihood's noise floor of 1e-4: a GP on ``Y * 1e-9`` predicted a constant. Here only an
+    exactly constant output (standard deviation 0 or subnormal) is left unscaled.
+    """
+    return Standardize(m=m, batch_shape=batch_shape, min_stdv=torch.finfo(torch.float64).tiny)
