@@ -72,8 +72,15 @@ from gpgeom.datasets.vector_fields import (  # noqa: E402
     torus_normals,
 )
 from gpgeom.geometry.connection import connection_laplacian  # noqa: E402
-from gpgeom.metrics import calibration_summary, coverage, format_calibration_table, ood_std_ratio  # noqa: E402
-from gpgeom.models.rvgp import RVGP, OutOfReachWarning, angular_errors, relative_l2  # noqa: E402
+from gpgeom.metrics import (  # noqa: E402
+    angular_errors,
+    calibration_summary,
+    coverage,
+    format_calibration_table,
+    ood_std_ratio,
+    relative_l2,
+)
+from gpgeom.models.rvgp import RVGP, OutOfReachWarning  # noqa: E402
 
 
 def metrics(mean: np.ndarray, std: np.ndarray, true: np.ndarray, normals: np.ndarray) -> dict:

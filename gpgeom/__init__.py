@@ -67,7 +67,7 @@ _EXPORTS: dict[str, str] = {
     # models
     "MMGP": "gpgeom.models.mmgp",
     "MMGPPrediction": "gpgeom.models.mmgp",
-    "RVGP": "gpgeom.models.rvgp",
+    "RVGP": "gpgeom.models.rvgp.model",
     "FunBaT": "gpgeom.models.funbat",
     "FunBaTCP": "gpgeom.models.funbat",
     "FunBaTBoTorchModel": "gpgeom.models.funbat.surrogate",

@@ -1,5 +1,7 @@
 import copy
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -11,15 +13,8 @@ from gpgeom.botorch.low_rank import NOISE_FLOOR, LowRankSpectralGP
 from gpgeom.datasets.vector_fields import sample_sphere, sphere_field, sphere_vector_field, torus_vector_field
 from gpgeom.errors import ModelFileError, NotFittedError
 from gpgeom.geometry.connection import connection_laplacian
-from gpgeom.metrics import coverage
-from gpgeom.models.rvgp import (
-    NU_BOUNDS,
-    RVGP,
-    OutOfReachWarning,
-    angular_errors,
-    local_noise_variance,
-    relative_l2,
-)
+from gpgeom.metrics import angular_errors, coverage, relative_l2
+from gpgeom.models.rvgp import NU_BOUNDS, RVGP, OutOfReachWarning, local_noise_variance
 
 DT = torch.float64
 
@@ -274,6 +269,33 @@ def test_save_load_roundtrip(tmp_path, fitted, sphere1000):
     torch.save({"x": 1}, bad)
     with pytest.raises(ModelFileError, match="not a gpgeom model file"):
         RVGP.load(str(bad))
+
+
+def test_package_faces_and_model_files_after_the_split(tmp_path, fitted, sphere1000):
+    # RVGP lives in gpgeom.models.rvgp.model, the accuracy measures in gpgeom.metrics; the old paths still import
+    import gpgeom
+    import gpgeom.metrics
+    import gpgeom.models
+    import gpgeom.models.rvgp as package
+    from gpgeom._io import read_model_file
+    from gpgeom.models.rvgp import extension, model, smoothness
+
+    assert gpgeom.RVGP is gpgeom.models.RVGP is package.RVGP is model.RVGP is RVGP
+    assert RVGP.__module__ == "gpgeom.models.rvgp.model"
+    assert package.OutOfReachWarning is extension.OutOfReachWarning and package.NU_BOUNDS is smoothness.NU_BOUNDS
+    assert package.relative_l2 is gpgeom.metrics.relative_l2 and package.angular_errors is gpgeom.metrics.angular_errors
+    # files name the registered class, not its module: they load through gpgeom.load, also in a fresh interpreter
+    s, _, te = sphere1000
+    path = tmp_path / "rvgp.pt"
+    fitted.save(path)
+    assert read_model_file(path, RVGP)[0] is RVGP
+    again = gpgeom.load(path)
+    assert type(again) is RVGP
+    torch.testing.assert_close(again.predict(te), fitted.predict(te), rtol=0, atol=0)
+    code = f"import gpgeom; m = gpgeom.load({str(path)!r}); print(type(m).__module__, type(m).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["gpgeom.models.rvgp.model", "RVGP"]
 
 
 def test_bad_input(rng):

@@ -11,7 +11,8 @@ from gpytorch.kernels import RBFKernel, ScaleKernel
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.datasets.vector_fields import ellipsoid_vector_field, sphere_vector_field, swiss_roll_vector_field
 from gpgeom.engine.chunking import chunk_size_for
-from gpgeom.models.rvgp import RVGP, OutOfReachWarning, relative_l2
+from gpgeom.metrics import relative_l2
+from gpgeom.models.rvgp import RVGP, OutOfReachWarning
 
 
 @pytest.fixture

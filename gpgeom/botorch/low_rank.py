@@ -82,14 +82,14 @@ whose taper :math:`\gamma \in [0, 1]` falls with the distance to the basis point
 longer carry restored, :math:`(1 - \gamma^2)\, \bar p\, P_x` with :math:`\bar p` the mean prior variance of the
 basis per direction of the span, so that far from the basis the posterior returns to the prior.
 
-**Projected ambient part, nugget across the frames** (``ambient_kernel``; RVGP's default, whose module docstring
-has the why). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2 k(x, x') I_D)` on
-the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim \mathcal N(0,
-\beta (I - P_i))`, :math:`\beta = \sigma_\perp^2` (the frames' error as latent variance, the noise isotropic
-:math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions use dense Cholesky algebra
-(float64, :math:`O((N d)^3)`, the likelihood's gradient in closed form, R&W eq. 5.9) on the ``N d`` tangent
-components :math:`T_r^\top y_r`, and per point closed forms across the frames; means are projected by
-:math:`P_x` once more, so they stay tangent to the frames to rounding.
+**Projected ambient part, nugget across the frames** (``ambient_kernel``; RVGP's default, whose why is in
+:mod:`gpgeom.models.rvgp.ambient`). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2
+k(x, x') I_D)` on the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim
+\mathcal N(0, \beta (I - P_i))`, :math:`\beta = \sigma_\perp^2` (the frames' error as latent variance, the noise
+isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions use dense Cholesky algebra
+(float64, :math:`O((N d)^3)`, the likelihood's gradient in closed form, R&W eq. 5.9) on the ``N d`` tangent components
+:math:`T_r^\top y_r`, and per point closed forms across the frames; means are projected by :math:`P_x` once more, so
+they stay tangent to the frames to rounding.
 
 **BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate` with the base
 moments above (original units); ``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian),

@@ -10,8 +10,8 @@ import numpy as np
 
 from gpgeom.datasets.vector_fields import sphere_vector_field
 from gpgeom.demo import Section, save_figure
-from gpgeom.metrics import coverage, ood_std_ratio
-from gpgeom.models.rvgp import RVGP, OutOfReachWarning, angular_errors, relative_l2
+from gpgeom.metrics import angular_errors, coverage, ood_std_ratio, relative_l2
+from gpgeom.models.rvgp import RVGP, OutOfReachWarning
 
 
 def rvgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:

@@ -1,10 +1,11 @@
 r"""Calibration metrics of probabilistic predictions: proper scores, interval coverage and reliability, coverage
 conditional on a covariate, NEES consistency, out-of-distribution uncertainty ratio, Markdown tables and reliability
-diagrams.
+diagrams; and the accuracy of predicted vector fields (relative L2 error, angular errors:
+:mod:`~gpgeom.metrics.vector_fields`).
 
-Every function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to one shape and are
-reduced over all entries; results are Python floats unless said otherwise. Bad input (shapes, NaN, a negative or,
-where it is divided by, zero standard deviation) raises ``ValueError`` naming the argument.
+Every calibration function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to one shape
+and are reduced over all entries; results are Python floats unless said otherwise. Bad input (shapes, NaN, a negative
+or, where it is divided by, zero standard deviation) raises ``ValueError`` naming the argument.
 
 References: Gneiting & Raftery (2007), "Strictly proper scoring rules, prediction, and estimation", JASA 102(477);
 Bar-Shalom, Li & Kirubarajan (2001), "Estimation with Applications to Tracking and Navigation", Wiley, Sec. 5.4.
@@ -25,8 +26,10 @@ from gpgeom.metrics.scores import (
     standardized_errors,
     z_rms,
 )
+from gpgeom.metrics.vector_fields import angular_errors, relative_l2
 
 __all__ = [
+    "angular_errors",
     "calibration_summary",
     "conditional_coverage",
     "coverage",
@@ -40,6 +43,7 @@ __all__ = [
     "ood_std_ratio",
     "pit_standardized_errors",
     "plot_reliability",
+    "relative_l2",
     "reliability_curve",
     "standardized_errors",
     "z_rms",

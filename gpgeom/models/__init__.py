@@ -16,7 +16,7 @@ from gpgeom._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "MMGP": "gpgeom.models.mmgp",
-    "RVGP": "gpgeom.models.rvgp",
+    "RVGP": "gpgeom.models.rvgp.model",
     "LowRankSpectralGP": "gpgeom.botorch.low_rank",
     "FunBaT": "gpgeom.models.funbat",
     "FunBaTCP": "gpgeom.models.funbat",

@@ -1,47 +1,5 @@
-r"""RVGP: Gaussian processes for vector fields on a latent manifold known only through a point cloud.
-
-Peach, Vinao-Carl, Grossman, David, Mallas, Sharp, Malhotra, Vandergheynst and Gosztolai, "Implicit Gaussian
-process representation of vector fields over arbitrary latent manifolds", ICLR 2024 (arXiv 2309.16746).
-
-**Pipeline** (the paper's sec. 3, its construction of the RVGP kernel). From a cloud
-:math:`X \in \mathbb R^{n \times D}`:
-
-1. the connection Laplacian :math:`L_c \in \mathbb R^{nd \times nd}` of the kNN graph (Singer and Wu, "Vector
-   diffusion maps and the connection Laplacian", CPAM 2012): tangent frames :math:`T_i \in \mathbb R^{D \times d}`
-   by local PCA, transports :math:`O_{ij}` = the orthogonal Procrustes alignment of :math:`T_i^\top T_j`, blocks
-   :math:`(L_c)_{ii} = \deg_i I_d`, :math:`(L_c)_{ij} = -w_{ij} O_{ij}`
-   (:func:`gpgeom.geometry.connection.connection_laplacian`);
-2. its ``k`` smallest eigenpairs :math:`L_c u_l = \lambda_l u_l`, lifted to ambient vector fields
-   :math:`\phi_l(i) = T_i u_l(i) \in \mathbb R^D` (the paper's positional encoding of the tangent bundle);
-3. the vector-valued kernel, a :class:`~gpgeom.kernels.spectral.SpectralKernel` times an outputscale
-   :math:`\sigma_f^2`,
-
-   .. math:: K(i, j) = \sigma_f^2 \sum_{l=1}^k \phi_l(i)\, \tilde f(\lambda_l)\, \phi_l(j)^\top
-      \in \mathbb R^{D\times D}, \qquad
-      f(\lambda) = (2\nu/\kappa^2 + \lambda)^{-\nu}\ \text{(Matern)} \ \text{or}\ e^{-\kappa^2\lambda/2}
-      \ \text{(diffusion)},
-
-   the graph Matern and diffusion filters of Borovitskiy et al. ("Matern Gaussian processes on graphs",
-   AISTATS 2021, eq. 7 and its :math:`\nu \to \infty` limit) applied to :math:`L_c`, with
-   :math:`\tilde f = f / \sigma_0^2` normalised to unit mean prior variance; :math:`\kappa, \nu, \sigma_f^2` and the
-   noise variance :math:`\sigma^2` are learnt by maximising the marginal likelihood.
-
-**Identifiable smoothness.** With ``k`` eigenpairs the likelihood sees the filter only on
-:math:`[\lambda_1, \lambda_k]`, where :math:`(a + \lambda)^{-\nu}`, :math:`a = 2\nu/\kappa^2`, has three flat
-directions: for :math:`a \gg \lambda_k` it is :math:`e^{-\kappa^2\lambda/2}(1 + O(\kappa^4\lambda_k^2/\nu))`, the
-diffusion filter whatever :math:`\nu` (measured: :math:`\nu` ran to 6e4 on a sphere with 60 eigenpairs); for
-:math:`a \ll \lambda_+` (the smallest positive kept eigenvalue) it is :math:`\lambda^{-\nu}` whatever
-:math:`\kappa` (:math:`\kappa` ran to 9e3 on a torus); and when the filter barely decays over the kept spectrum all
-filters are white there. So :math:`\nu \in [1/2, 16]` (16 exceeds any smoothness a sampled field can show: the
-continuum field has :math:`\nu - d/2` mean-square derivatives; use ``spectral_filter="diffusion"`` for the limit),
-and :math:`\kappa \in [\kappa_-, \kappa_+]` with :math:`\kappa_-^2 \lambda_k / 2 = 0.05` (a flatter filter decays
-by less than 5 % over the kept spectrum) and, for Matern, :math:`2\nu_{min}/\kappa_+^2 = \lambda_+/100` (a smaller
-knee changes no kept filter value by more than :math:`1.01^\nu`); for diffusion
-:math:`\kappa_+^2 \lambda_+ / 2 = 40`. Interval constraints (L-BFGS-B on their sigmoid transforms).
-
-**Training** is the exact GP on this rank-``k`` kernel, computed in weight space in :math:`O(N k^2)` for ``N = n_train
-D`` scalar observations (or variationally for large ``n``): :class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`,
-whose module docstring has the algebra. The reference implementation factorises the dense ``N x N`` matrix.
+r"""The RVGP model: :class:`RVGP` builds the geometry and the kernel of :mod:`gpgeom.models.rvgp` from a point
+cloud, fits them to observed vectors, predicts at cloud points and new points, and keeps the model contract.
 
 **Uncertainty.** Three fixes of the calibration of the rank-``k`` posterior (measured on noise-free fields: 39 %
 of the components inside the latent 2-sigma band on a torus; :class:`LowRankSpectralGP` has the algebra):
@@ -55,58 +13,8 @@ of the components inside the latent 2-sigma band on a torus; :class:`LowRankSpec
   likelihood learnt it as noise. :meth:`RVGP.fit` estimates the observation noise without the basis
   (:func:`local_noise_variance`) and moves the rest of the residual variance into the latent variance, in the
   tangent plane;
-* *far points* (below): the features decay and the prior variance they carried is restored.
-
-**The ambient part** (``ambient="rbf"``, the default; ``"matern"``; ``None``: the spectral kernel alone). On
-1200 i.i.d. points of an ellipsoid, 30 % observed, the spectral kernel alone (k = 50) had relative L2 0.90 on a
-rough field and 0.099 on a smooth one, a plain Euclidean GP (one RBF on xyz shared by the three components) 0.23
-and 0.0068. The basis is what loses: a graph's eigenfields carry the sampling noise of the cloud, so 6-14 % of a
-smooth tangent field lies outside the span of the first 100 whatever the normalisation and weights
-(:func:`~gpgeom.geometry.connection.connection_laplacian`), and a rough field needs hundreds; no filter, prior or
-noise split recovers what the span lacks. The model therefore adds a stationary kernel on the ambient coordinates
-projected onto the frames,
-
-.. math:: K(x, x') \mathrel{+}= P_x\, \sigma_a^2 k(|x - x'|)\, P_{x'}, \qquad P_x = T_x T_x^\top,
-
-(the construction of Hutchinson et al., "Vector-valued Gaussian processes on Riemannian manifolds via gauge
-independent projected kernels", NeurIPS 2021, with the estimated frames), :math:`\sigma_a^2` and the lengthscale
-learnt with the rest by the marginal likelihood, which weighs the two parts. The field stays tangent by
-construction; the sum contains the Euclidean GP made tangent, so it does not lose to it except through the frames:
-:math:`P_x` with estimated frames drops the part of the field across them (frames of a local cubic fit: 2.4e-4 of a
-smooth field on a sphere of 1200 random points, 10x the Euclidean GP's error; the frames of the default degree-2-6
-fit, :func:`~gpgeom.geometry.tangent.local_pca`, leak ~1e-6). The algebra is dense on the tangent components of the
-observations (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`), so the part is used by exact fits on at most
-``AMBIENT_MAX_POINTS`` distinct points; variational fits and larger ones use the spectral kernel alone. Against the
-best of three Euclidean GPs with learnt hyperparameters (``benchmarks/rvgp.py``; 1200 points, 30 % observed, seeds
-0-2), RVGP's relative L2 over theirs, median (max): sphere rough 1.00 (1.01), ellipsoid rough 0.98 (0.99), ellipsoid
-smooth 0.045 (0.065), Swiss roll 0.42 (0.54), sphere smooth 0.064 (0.13): 1.6e-6 against 2.5e-5 (cubic frames: 14).
-
-**Out-of-sample extension** (:meth:`RVGP.extend`, gpgeom's addition: the paper's model is transductive, its test
-points belong to the cloud). A new point :math:`x` near the cloud joins the graph with its ``k`` nearest cloud points
-:math:`j` (weights :math:`w_j`: 1, or the Laplacian's Gaussian weights), gets a frame :math:`T_x` by PCA of those
-neighbours, and transports :math:`O_{xj}` = Procrustes(:math:`T_x, T_j`). Solving the eigen-equation's row of the
-new node for its value (Nystrom) gives, with :math:`c_l(j) = T_j^\top \phi_l(j)` and :math:`W = \sum_j w_j`,
-
-.. math:: c_l(x) = \frac{\sum_j w_j O_{xj} c_l(j)}{W - \lambda_l} \ (\text{"none"}), \quad
-   \frac{\sum_j w_j O_{xj} c_l(j)/\sqrt{d_x d_j}}{1 - \lambda_l - 1/d_x}\ (\text{"sym"}), \quad
-   \frac{\sum_j w_j O_{xj} c_l(j)/d_x}{1 - \lambda_l - 1/d_x}\ (\text{"rw"}),
-
-(:math:`d_x = 1 + W` the degree with the self loop), and :math:`\phi_l(x) = T_x c_l(x)`. At a cloud point this
-reproduces :math:`c_l` up to the asymmetry of its kNN neighbourhood (the cloud's own basis is returned there). The
-scalar case is the same with :math:`d = 1`, :math:`O = 1`. The formula is a neighbour average: it does not decay
-away from the cloud (before the taper below, a point 10 units away got the posterior std of a training point).
-So with :math:`\delta` the distance to the nearest cloud point and :math:`r` the graph's reach (the median distance
-of a cloud point to its ``k``-th neighbour), the features are :math:`\gamma\phi_l(x)`,
-:math:`\gamma = \exp(-(\delta - r)_+^2 / 2r^2)`, and the prior variance they no longer carry,
-:math:`(1 - \gamma^2)\bar p\, T_x T_x^\top` with :math:`\bar p` the cloud's mean prior variance per tangent
-direction, is restored: far from the cloud the mean returns to 0 and the variance to the prior. Points beyond the
-reach (:math:`\delta > r`) raise an :class:`OutOfReachWarning` with their count.
-
-**Tangency.** Every lifted eigenvector lies in :math:`\mathrm{span}\, T_i`, and so do the model-error and restored
-terms, so posterior means, samples and the columns of the latent posterior covariance are tangent to the estimated
-frames by construction (no projection).
-
-**Scalar fields** (``scalar=True``): the same model on the graph Laplacian's eigenvectors (``D_out = 1``).
+* *far points* (:mod:`~gpgeom.models.rvgp.extension`): the features decay and the prior variance they carried is
+  restored.
 
 **BoTorch.** :class:`RVGP` is a ``botorch.models.model.Model`` over point indices (inputs ``... x q x 1`` holding
 integer indices as floats; outputs the ``D`` ambient components), through the shared Gaussian path of
@@ -137,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 from gpytorch.constraints import GreaterThan, Interval
-from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
+from gpytorch.kernels import ScaleKernel
 from scipy.spatial import cKDTree
 from torch import Tensor
 
@@ -146,86 +54,15 @@ from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
 from gpgeom.engine.fitting import FitResult, fit
-from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian, procrustes
-from gpgeom.geometry.tangent import fit_size, frames_at, local_noise_variance, tangent_frames
+from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian
+from gpgeom.geometry.tangent import fit_size, local_noise_variance, tangent_frames
 from gpgeom.kernels.spectral import SpectralKernel
+from gpgeom.models.rvgp._inputs import _as_index, _numpy
+from gpgeom.models.rvgp.ambient import _AMBIENT, AMBIENT_MAX_POINTS, _ambient_kernel
+from gpgeom.models.rvgp.extension import _NystromExtension
+from gpgeom.models.rvgp.smoothness import _FILTERS, NU_BOUNDS, _lengthscale_bounds
 
-__all__ = ["LowRankSpectralGP", "OutOfReachWarning", "RVGP", "angular_errors", "local_noise_variance", "relative_l2"]
-
-_FILTERS = {"matern": "matern", "heat": "heat", "diffusion": "heat"}
-_AMBIENT = ("rbf", "matern", None)
-AMBIENT_MAX_POINTS = 2000  #: the most distinct training points of a fit with the ambient part (module docstring)
-NU_BOUNDS = (0.5, 16.0)  #: the interval of a learnt Matern smoothness (module docstring)
-
-
-class OutOfReachWarning(UserWarning):
-    r"""New points beyond the graph's reach (:meth:`RVGP.extend`): the prediction returns to the prior there."""
-
-
-def _lengthscale_bounds(vals: np.ndarray, spectral_filter: str) -> tuple[float, float]:
-    r"""The interval of :math:`\kappa` that keeps the filter identifiable with the kept eigenvalues ``vals``."""
-    lam_k = max(float(vals[-1]), 1e-6)
-    pos = vals[vals > 1e-8 * lam_k]
-    lam_p = float(pos[0]) if pos.size else lam_k
-    lo = math.sqrt(2 * 0.05 / lam_k)
-    hi = math.sqrt(2 * NU_BOUNDS[0] / (0.01 * lam_p)) if spectral_filter == "matern" else math.sqrt(80 / lam_p)
-    return lo, max(hi, 4 * lo)
-
-
-def _ambient_kernel(points: np.ndarray, kind: str) -> tuple[ScaleKernel, tuple[float, float]]:
-    r"""The ambient kernel :math:`\sigma_a^2 k(x, x')` on the cloud's coordinates: RBF or Matern-5/2 with one
-    lengthscale in :math:`[\delta, 4 s]` (:math:`\delta` the median nearest-neighbour distance of the cloud,
-    below which the part is a nugget; :math:`s` the root mean square distance to the centroid: longer lengthscales
-    only make the kernel a low-degree polynomial with a huge variance, an ill-conditioned fit that took twice the
-    iterations for the same error), started at :math:`s/2`, and :math:`\sigma_a^2 \ge 10^{-6}` (scaled units)."""
-    rms = float(np.sqrt(np.mean(np.sum(np.square(points - points.mean(0)), axis=1))))
-    nn = cKDTree(points).query(points, k=2)[0][:, 1]
-    lo, hi = float(np.median(nn)), 4.0 * max(rms, float(np.median(nn)))
-    lo = min(lo, hi / 40)
-    con = Interval(lo, hi)
-    base = RBFKernel(lengthscale_constraint=con) if kind == "rbf" else MaternKernel(2.5, lengthscale_constraint=con)
-    base.lengthscale = torch.as_tensor(min(max(rms / 2, 1.01 * lo), hi / 1.01), dtype=torch.float64)
-    return ScaleKernel(base, outputscale_constraint=GreaterThan(1e-6)), (lo, hi)
-
-
-def _numpy(x: object) -> np.ndarray:
-    return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
-
-
-def relative_l2(pred: object, true: object) -> float:
-    r""":math:`\|\hat V - V\|_F / \|V\|_F` for ``(m, D)`` arrays or tensors."""
-    p, t = _numpy(pred), _numpy(true)
-    return float(np.linalg.norm(p - t) / max(np.linalg.norm(t), np.finfo(float).tiny))
-
-
-def angular_errors(pred: object, true: object) -> np.ndarray:
-    r"""Angles (degrees) between predicted and true vectors, ``(m,)`` numpy (rows of ``(m, D)`` arrays or
-    tensors)."""
-    p, t = _numpy(pred), _numpy(true)
-    num = np.einsum("ij,ij->i", p, t)
-    den = np.maximum(np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1), np.finfo(float).tiny)
-    return np.degrees(np.arccos(np.clip(num / den, -1.0, 1.0)))
-
-
-def _as_index(name: str, index: object, n: int) -> np.ndarray:
-    arr = np.asarray(index.detach().cpu() if isinstance(index, Tensor) else index)
-    if arr.dtype == bool:
-        if arr.shape != (n,):
-            raise ValueError(f"Boolean `{name}` must have shape ({n},), got {arr.shape}.")
-        return np.flatnonzero(arr)
-    if arr.ndim != 1:
-        raise ValueError(f"`{name}` must be a 1-D array of point indices, got shape {arr.shape}.")
-    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"`{name}` must hold integer point indices, got dtype {arr.dtype}.")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
-            raise ValueError(f"`{name}` must hold integer point indices.")
-    arr = np.round(arr).astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(
-            f"`{name}` must lie in [0, {n - 1}] (the cloud has n={n} points), got [{arr.min()}, {arr.max()}]."
-        )
-    return arr
+__all__ = ["RVGP"]
 
 
 def _plain(obj: Any) -> Any:
@@ -244,7 +81,7 @@ def _plain(obj: Any) -> Any:
     return repr(obj)
 
 
-class RVGP(ModelContract, LowRankSpectralGP):
+class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
     r"""Vector-field GP on a point cloud (the connection-Laplacian spectral kernel); a BoTorch model.
 
     Example:
@@ -273,8 +110,8 @@ class RVGP(ModelContract, LowRankSpectralGP):
         spectral_filter: ``"matern"`` or ``"diffusion"`` (``"heat"``).
         nu, learn_nu: Matern smoothness (initial value) and whether it is learnt (then within ``NU_BOUNDS``).
         lengthscale: Initial :math:`\kappa` (default: :math:`2\nu/\kappa^2 = \lambda_k / 2`, i.e. the filter
-            halves over the kept spectrum; diffusion: :math:`\kappa^2 \lambda_k / 2 = 2`), within the bounds of the
-            module docstring (:attr:`lengthscale_bounds`).
+            halves over the kept spectrum; diffusion: :math:`\kappa^2 \lambda_k / 2 = 2`), within the bounds of
+            :mod:`~gpgeom.models.rvgp.smoothness` (:attr:`lengthscale_bounds`).
         scalar: Model a scalar field with the graph Laplacian (outputs ``(m, 1)``).
         laplacian: A prebuilt :class:`~gpgeom.geometry.connection.ConnectionLaplacian` (then the geometry
             arguments are ignored).
@@ -289,7 +126,8 @@ class RVGP(ModelContract, LowRankSpectralGP):
         train_index_: ``(m,)`` long indices of the training points of the last :meth:`fit`.
         laplacian: The :class:`~gpgeom.geometry.connection.ConnectionLaplacian` (graph, frames, transports).
         eigenvalues, eigenvectors: The ``k`` eigenpairs (numpy ``float64``; eigenvectors ``(n d, k)``).
-        lengthscale_bounds: ``(lo, hi)`` of :math:`\kappa` (module docstring); a learnt :math:`\nu` is in ``NU_BOUNDS``.
+        lengthscale_bounds: ``(lo, hi)`` of :math:`\kappa` (:mod:`~gpgeom.models.rvgp.smoothness`); a learnt
+            :math:`\nu` is in ``NU_BOUNDS``.
         noise_estimate, normal_noise: Set by :meth:`fit`: the basis-free noise estimate that splits the residual
             variance into ``observation_noise_variance`` and ``model_error_variance``, and :math:`\sigma_\perp^2`.
         ambient_kernel, ambient_points: The ambient part's ``ScaleKernel`` and the ``(n, D)`` float64 coordinates it
@@ -363,7 +201,7 @@ class RVGP(ModelContract, LowRankSpectralGP):
         if not lo < lengthscale < hi:
             raise ValueError(
                 f"`lengthscale`={lengthscale:.4g} lies outside ({lo:.4g}, {hi:.4g}), where the filter is identifiable "
-                "with these eigenvalues (see the module docstring)."
+                "with these eigenvalues (see the docstring of gpgeom.models.rvgp.smoothness)."
             )
         base = SpectralKernel(
             torch.as_tensor(vals, dtype=dtype, device=device),
@@ -479,7 +317,7 @@ class RVGP(ModelContract, LowRankSpectralGP):
         for name in ("q_mean", "q_raw_scale"):
             if name in self._parameters:
                 self._parameters[name].requires_grad_(method == "variational")
-        # the ambient part: exact fits on at most AMBIENT_MAX_POINTS distinct points (module docstring)
+        # the ambient part: exact fits on at most AMBIENT_MAX_POINTS distinct points (rvgp.ambient)
         self.ambient_active = bool(
             self.ambient_kernel is not None and method == "exact" and len(np.unique(idx)) <= AMBIENT_MAX_POINTS
         )
@@ -635,8 +473,8 @@ class RVGP(ModelContract, LowRankSpectralGP):
         chunk_size: int = 4096,
         max_memory: int | str | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        r"""Posterior at new points, through :meth:`extend` (the module docstring): near the cloud the Nystrom
-        extension, far from it the prior (mean 0, the prior variance restored).
+        r"""Posterior at new points, through :meth:`extend` (:mod:`~gpgeom.models.rvgp.extension`): near the
+        cloud the Nystrom extension, far from it the prior (mean 0, the prior variance restored).
 
         The extension and the prediction run chunk by chunk (at most ``chunk_size`` points, sized from
         ``max_memory`` with :meth:`_bytes_per_point`), so the working memory is bounded whatever ``m``: 1e5 new
@@ -695,7 +533,7 @@ class RVGP(ModelContract, LowRankSpectralGP):
     @property
     def reach(self) -> float:
         r""":math:`r`, the median distance of a cloud point to its ``k``-th graph neighbour: new points within it of
-        the cloud get the full Nystrom features, farther ones tapered ones (the module docstring)."""
+        the cloud get the full Nystrom features, farther ones tapered ones (:mod:`~gpgeom.models.rvgp.extension`)."""
         return float(np.median(self.laplacian.graph.rho))
 
     def extend(self, points: object) -> tuple[Tensor, Tensor]:
@@ -719,87 +557,6 @@ class RVGP(ModelContract, LowRankSpectralGP):
         """
         phi, frames, _, _ = self._extend(points, stacklevel=3)
         return phi, frames
-
-    def _new_points(self, points: object) -> np.ndarray:
-        r"""``points`` as a float64 ``(m, D)`` array, validated for the extension."""
-        lap = self.laplacian
-        P = np.asarray(_numpy(points), dtype=np.float64)
-        if P.ndim != 2 or P.shape[1] != lap.points.shape[1]:
-            raise ValueError(f"`points` must have shape (m, {lap.points.shape[1]}), got {P.shape}.")
-        if not np.all(np.isfinite(P)):
-            raise ValueError(f"`points` must be finite, got {int((~np.isfinite(P)).sum())} NaN or infinite value(s).")
-        if not np.allclose(lap.self_weights, 1.0):
-            raise ValueError("The out-of-sample extension needs a Laplacian without density normalisation (alpha=0).")
-        if self._tree is None:
-            self._tree = cKDTree(lap.points)
-        return P
-
-    def _warn_out_of_reach(self, P: np.ndarray, stacklevel: int) -> None:
-        r"""One :class:`OutOfReachWarning` with the count of the points ``(m, D)`` beyond :attr:`reach`."""
-        r = self.reach
-        far = self._tree.query(P, k=1)[0].reshape(len(P)) > r
-        if np.any(far):
-            warnings.warn(
-                f"{int(far.sum())} of {len(P)} new points lie beyond the graph's reach (farther than r={r:.3g}, the "
-                "median k-th-neighbour distance, from every cloud point): their features are tapered, and the "
-                "prediction returns to the prior (mean 0, prior variance) with the distance.",
-                OutOfReachWarning,
-                stacklevel=stacklevel,
-            )
-
-    def _extend(self, points: object, stacklevel: int, warn: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        r""":meth:`extend`, the taper :math:`\gamma` ``(m,)`` and the cloud point each point is (or -1) ``(m,)``."""
-        lap = self.laplacian
-        P = self._new_points(points)
-        if warn:
-            self._warn_out_of_reach(P, stacklevel + 1)
-        kk = lap.graph.k
-        dist, nb = self._tree.query(P, k=kk)
-        dist, nb = dist.reshape(len(P), kk), nb.reshape(len(P), kk)
-        r = self.reach
-        gamma = np.exp(-0.5 * np.square(np.maximum(dist[:, 0] - r, 0.0) / r))
-        w = np.ones_like(dist) if lap.eps is None else np.exp(-(dist**2) / lap.eps)
-        W = w.sum(1)
-        lam = self.eigenvalues
-        k = len(lam)
-        vecs = self.eigenvectors
-        if self.scalar:
-            c_nb = vecs[nb]  # m x kk x k
-            frames = np.zeros((len(P), P.shape[1], 0))
-        else:
-            d = lap.dim
-            c_all = vecs.reshape(lap.n, d, k)
-            if lap.k_pca:  # the Laplacian's kind of frames (frames_at), else PCA of the graph neighbours
-                frames = frames_at(lap.points, P, lap.k_pca, d, lap.frame_fit)
-            else:
-                Y = lap.points[nb] - lap.points[nb].mean(1, keepdims=True)
-                frames = np.swapaxes(np.linalg.svd(Y, full_matrices=False)[2][:, :d, :], 1, 2)  # m x D x d
-            O, _ = procrustes(np.repeat(frames[:, None], kk, 1), lap.frames[nb])  # m x kk x d x d
-            c_nb = np.einsum("mjab,mjbk->mjak", O, c_all[nb])  # transported into frame x
-        if lap.normalization == "none":
-            num = np.einsum("mj,mj...->m...", w, c_nb)
-            den = W[:, None] - lam[None, :]
-        else:
-            dx = 1.0 + W
-            ww = w / np.sqrt(dx[:, None] * lap.degree[nb]) if lap.normalization == "sym" else w / dx[:, None]
-            num = np.einsum("mj,mj...->m...", ww, c_nb)
-            den = 1.0 - lam[None, :] - 1.0 / dx[:, None]
-        den = np.where(np.abs(den) < 1e-8, 1e-8, den)
-        if self.scalar:
-            phi = (num / den)[:, None, :]
-        else:
-            c_x = num / den[:, None, :]  # m x d x k
-            phi = np.einsum("mDd,mdk->mDk", frames, c_x)
-        # a point of the cloud keeps its own basis values and frame
-        same = dist[:, 0] <= 1e-12 * max(1.0, float(np.abs(lap.points).max()))
-        out = torch.as_tensor(phi * gamma[:, None, None], dtype=self.dtype, device=self.device)
-        if np.any(same):
-            own = torch.as_tensor(nb[same, 0], device=self.device)
-            out[torch.as_tensor(np.flatnonzero(same), device=self.device)] = self.kernel.basis.eigenvectors[own]
-            if not self.scalar:
-                frames[same] = lap.frames[nb[same, 0]]
-        as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
-        return out, as_t(frames), as_t(gamma), as_t(np.where(same, nb[:, 0], -1))
 
     # ------------------------------------------------------------------------------------------------------------
     # the model contract: devices, files, repr

@@ -1,0 +1,65 @@
+r"""RVGP: Gaussian processes for vector fields on a latent manifold known only through a point cloud.
+
+Peach, Vinao-Carl, Grossman, David, Mallas, Sharp, Malhotra, Vandergheynst and Gosztolai, "Implicit Gaussian
+process representation of vector fields over arbitrary latent manifolds", ICLR 2024 (arXiv 2309.16746).
+
+**Pipeline** (the paper's sec. 3, its construction of the RVGP kernel). From a cloud
+:math:`X \in \mathbb R^{n \times D}`:
+
+1. the connection Laplacian :math:`L_c \in \mathbb R^{nd \times nd}` of the kNN graph (Singer and Wu, "Vector
+   diffusion maps and the connection Laplacian", CPAM 2012): tangent frames :math:`T_i \in \mathbb R^{D \times d}`
+   by local PCA, transports :math:`O_{ij}` = the orthogonal Procrustes alignment of :math:`T_i^\top T_j`, blocks
+   :math:`(L_c)_{ii} = \deg_i I_d`, :math:`(L_c)_{ij} = -w_{ij} O_{ij}`
+   (:func:`gpgeom.geometry.connection.connection_laplacian`);
+2. its ``k`` smallest eigenpairs :math:`L_c u_l = \lambda_l u_l`, lifted to ambient vector fields
+   :math:`\phi_l(i) = T_i u_l(i) \in \mathbb R^D` (the paper's positional encoding of the tangent bundle);
+3. the vector-valued kernel, a :class:`~gpgeom.kernels.spectral.SpectralKernel` times an outputscale
+   :math:`\sigma_f^2`,
+
+   .. math:: K(i, j) = \sigma_f^2 \sum_{l=1}^k \phi_l(i)\, \tilde f(\lambda_l)\, \phi_l(j)^\top
+      \in \mathbb R^{D\times D}, \qquad
+      f(\lambda) = (2\nu/\kappa^2 + \lambda)^{-\nu}\ \text{(Matern)} \ \text{or}\ e^{-\kappa^2\lambda/2}
+      \ \text{(diffusion)},
+
+   the graph Matern and diffusion filters of Borovitskiy et al. ("Matern Gaussian processes on graphs",
+   AISTATS 2021, eq. 7 and its :math:`\nu \to \infty` limit) applied to :math:`L_c`, with
+   :math:`\tilde f = f / \sigma_0^2` normalised to unit mean prior variance; :math:`\kappa, \nu, \sigma_f^2` and the
+   noise variance :math:`\sigma^2` are learnt by maximising the marginal likelihood.
+
+**Training** is the exact GP on this rank-``k`` kernel, computed in weight space in :math:`O(N k^2)` for ``N = n_train
+D`` scalar observations (or variationally for large ``n``): :class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`,
+whose module docstring has the algebra. The reference implementation factorises the dense ``N x N`` matrix.
+
+**Tangency.** Every lifted eigenvector lies in :math:`\mathrm{span}\, T_i`, and so do the model-error
+(:mod:`~gpgeom.models.rvgp.model`) and restored (:mod:`~gpgeom.models.rvgp.extension`) terms, so posterior means,
+samples and the columns of the latent posterior covariance are tangent to the estimated frames by construction (no
+projection).
+
+**Scalar fields** (``scalar=True``): the same model on the graph Laplacian's eigenvectors (``D_out = 1``).
+
+The package, one concept per module
+-----------------------------------
+* :mod:`~gpgeom.models.rvgp.model`: :class:`~gpgeom.models.rvgp.model.RVGP`, the model (geometry and kernel, ``fit``,
+  ``predict``, ``predict_at``, files), its uncertainty, its BoTorch face and its checks of bad input;
+* :mod:`~gpgeom.models.rvgp.smoothness`: the identifiable smoothness, the intervals of :math:`\kappa` and
+  :math:`\nu` that the kept eigenvalues determine (``NU_BOUNDS``);
+* :mod:`~gpgeom.models.rvgp.ambient`: the ambient part, the projected stationary kernel on the cloud's coordinates
+  (``AMBIENT_MAX_POINTS``);
+* :mod:`~gpgeom.models.rvgp.extension`: the out-of-sample extension, Nystrom features of new points tapered beyond
+  the graph's reach (:class:`~gpgeom.models.rvgp.extension.OutOfReachWarning`).
+
+The accuracy measures of vector fields, :func:`~gpgeom.metrics.vector_fields.relative_l2` and
+:func:`~gpgeom.metrics.vector_fields.angular_errors`, are in :mod:`gpgeom.metrics` and importable from here too.
+"""
+
+from __future__ import annotations
+
+from gpgeom.botorch.low_rank import LowRankSpectralGP
+from gpgeom.geometry.tangent import local_noise_variance
+from gpgeom.metrics.vector_fields import angular_errors, relative_l2
+from gpgeom.models.rvgp.ambient import AMBIENT_MAX_POINTS as AMBIENT_MAX_POINTS
+from gpgeom.models.rvgp.extension import OutOfReachWarning
+from gpgeom.models.rvgp.model import RVGP
+from gpgeom.models.rvgp.smoothness import NU_BOUNDS as NU_BOUNDS
+
+__all__ = ["LowRankSpectralGP", "OutOfReachWarning", "RVGP", "angular_errors", "local_noise_variance", "relative_l2"]

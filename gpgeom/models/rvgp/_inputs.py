@@ -1,0 +1,32 @@
+r"""Input conversion shared by the modules of :mod:`gpgeom.models.rvgp`: arrays and tensors as float64 numpy,
+point indices checked against the cloud."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+
+def _numpy(x: object) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+
+
+def _as_index(name: str, index: object, n: int) -> np.ndarray:
+    arr = np.asarray(index.detach().cpu() if isinstance(index, Tensor) else index)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ValueError(f"Boolean `{name}` must have shape ({n},), got {arr.shape}.")
+        return np.flatnonzero(arr)
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must be a 1-D array of point indices, got shape {arr.shape}.")
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"`{name}` must hold integer point indices, got dtype {arr.dtype}.")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
+            raise ValueError(f"`{name}` must hold integer point indices.")
+    arr = np.round(arr).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(
+            f"`{name}` must lie in [0, {n - 1}] (the cloud has n={n} points), got [{arr.min()}, {arr.max()}]."
+        )
+    return arr
