@@ -372,3 +372,35 @@ def test_the_package_imports_only_numpy_scipy_and_torch():
     code = f"import sys, gpgeom.metrics; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_vector_field_metrics_against_a_direct_computation_and_known_angles():
+    rng = np.random.default_rng(3)
+    true = rng.normal(size=(7, 3))
+    pred = true + 0.1 * rng.normal(size=(7, 3))
+    expected = math.sqrt(((pred - true) ** 2).sum() / (true**2).sum())
+    assert gm.relative_l2(pred, true) == pytest.approx(expected, rel=1e-12)
+    assert gm.relative_l2(torch.as_tensor(pred, dtype=torch.float32), true) == pytest.approx(expected, rel=1e-6)
+    e = np.eye(3)
+    vectors = np.array([e[0], 2.5 * e[0], -e[0], e[0] + e[1], np.zeros(3)])
+    reference = np.array([e[0], e[0], e[0], e[0], e[2]])
+    angles = gm.angular_errors(vectors, reference)
+    np.testing.assert_allclose(angles, [0.0, 0.0, 180.0, 45.0, 90.0], atol=1e-6)
+    cosines = np.einsum("ij,ij->i", pred, true) / np.linalg.norm(pred, axis=1) / np.linalg.norm(true, axis=1)
+    np.testing.assert_allclose(gm.angular_errors(torch.as_tensor(pred), true), np.degrees(np.arccos(cosines)))
+
+
+@pytest.mark.parametrize("metric", ["relative_l2", "angular_errors"])
+def test_vector_field_metrics_name_bad_input(metric):
+    fn = getattr(gm, metric)
+    good = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"pred and true must have the same shape \(m, D\), got \(4, 3\) and \(4, 2\)"):
+        fn(good, np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"pred must be an \(m, D\) array of vectors .* got shape \(4,\)"):
+        fn(np.ones(4), good)
+    bad = good.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="true holds NaN entries"):
+        fn(good, bad)
+    with pytest.raises(TypeError, match="pred must hold real numbers"):
+        fn(np.array([["a", "b", "c"]] * 4), good)
