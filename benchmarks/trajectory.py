@@ -215,26 +215,27 @@ def _iteration_parts(traj, meas, device: str) -> dict[str, tuple[float, float]]:
     r"""One iteration's parts at the current knots, ``(wall, CPU)`` seconds each: the assembly of the normal
     equations (linearisation of every factor and the banded sums), the damped factorisation and solve with LAPACK
     (``banded="auto"`` on the CPU) and with the sequential loop, and the cost of the trial step."""
-    from gpgeom.engine import gauss_newton as gn
+    from gpgeom.engine.factors import _cost, _Problem
+    from gpgeom.engine.normal_equations import _assemble, _factor_bordered, _solve_bordered
 
     factors, g0, _ = traj.build_factors([meas])
-    prob = gn._Problem(
+    prob = _Problem(
         factors=factors, retract=traj.retract, K=traj.num_knots, p=traj.state_dim, s=traj.tangent_dim, g=0, w=1
     )
     X, G = traj.knots, g0
-    gn._assemble(prob, X, G)  # the grouping of each factor's blocks is built once per fit
-    N, *t_asm = _clock(lambda: gn._assemble(prob, X, G), device, 3)
+    _assemble(prob, X, G)  # the grouping of each factor's blocks is built once per fit
+    N, *t_asm = _clock(lambda: _assemble(prob, X, G), device, 3)
     out = {"assembly": tuple(t_asm)}
     for banded in ("auto", "loop"):
 
         def solve(banded=banded):
-            Lb, Y, LS = gn._factor_bordered(N, 1e-4, None, banded)
-            return gn._solve_bordered(N, Lb, Y, LS, banded)
+            Lb, Y, LS = _factor_bordered(N, 1e-4, None, banded)
+            return _solve_bordered(N, Lb, Y, LS, banded)
 
         (dx, _), *t = _clock(solve, device, 3)
         out[f"solve {banded}"] = tuple(t)
     Xn = traj.retract(X, dx)
-    _, *t = _clock(lambda: gn._cost(prob, Xn, G), device, 3)
+    _, *t = _clock(lambda: _cost(prob, Xn, G), device, 3)
     out["cost"] = tuple(t)
     return out
 

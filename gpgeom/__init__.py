@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "SurrogateList": "gpgeom.botorch.model_list",
     "check_botorch_model": "gpgeom.botorch.check",
     "gauss_newton": "gpgeom.engine.gauss_newton",
-    "Factor": "gpgeom.engine.gauss_newton",
+    "Factor": "gpgeom.engine.factors",
     "GaussNewtonResult": "gpgeom.engine.gauss_newton",
     # kernels
     "MarkovKernel": "gpgeom.kernels.markov",

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-r"""Tests of gpgeom.engine.gauss_newton against independent dense and scipy solutions."""
+r"""Tests of gpgeom.engine.gauss_newton (with its factors and normal equations) against independent dense and
+scipy solutions."""
 
 from __future__ import annotations
 
@@ -12,18 +13,16 @@ import torch
 from scipy.optimize import least_squares
 from scipy.spatial.transform import Rotation
 
-import gpgeom.engine.gauss_newton as gn_module
-from gpgeom.engine.banded import block_banded_matvec
-from gpgeom.engine.gauss_newton import (
-    Factor,
-    _additive_retract,
-    _assemble,
-    _Problem,
+import gpgeom.engine.normal_equations as ne_module
+from gpgeom.engine.banded import (
     block_banded_cholesky,
+    block_banded_matvec,
     block_banded_selected_inverse,
     block_banded_solve,
-    gauss_newton,
 )
+from gpgeom.engine.factors import Factor, _additive_retract, _Problem
+from gpgeom.engine.gauss_newton import gauss_newton
+from gpgeom.engine.normal_equations import _assemble
 from gpgeom.errors import ConvergenceWarning, NotPSDError
 
 DT = torch.float64
@@ -264,7 +263,7 @@ def test_chunked_assembly_equals_unchunked_and_dense(monkeypatch):
     )
     X, G = torch.randn(K, s, dtype=DT), torch.randn(g, dtype=DT)
     largest = {"products": 0}
-    gram = gn_module._gram
+    gram = ne_module._gram
 
     def spy(Ju, Jv):
         out = gram(Ju, Jv)
@@ -275,11 +274,11 @@ def test_chunked_assembly_equals_unchunked_and_dense(monkeypatch):
         prob = _Problem(factors=facs, retract=_additive_retract, K=K, p=s, s=s, g=g, w=w, chunk_size=chunk)
         return _assemble(prob, X, G)
 
-    monkeypatch.setattr(gn_module, "_gram", spy)
+    monkeypatch.setattr(ne_module, "_gram", spy)
     chunk = 7  # several chunks per factor, not dividing M
     small = assemble(factors, chunk)
     assert 0 < largest["products"] <= chunk * s * s
-    monkeypatch.setattr(gn_module, "_gram", gram)
+    monkeypatch.setattr(ne_module, "_gram", gram)
     big = assemble(factors, 10**6)
     for name in ("Hb", "bx", "Hxg", "Hgg", "bg", "cost", "diag_x", "diag_g"):
         torch.testing.assert_close(getattr(small, name), getattr(big, name), rtol=1e-12, atol=1e-12, msg=name)
@@ -332,14 +331,14 @@ def test_grouped_assembly_equals_per_block_and_dense(monkeypatch):
     fac = Factor(idx, res, sqrt_information=Wm, robust="huber", robust_threshold=1.5, name="grouped")
     prior = Factor(torch.arange(K)[:, None], lambda x, gg: x[:, 0], name="prior")
     X = torch.randn(K, s, dtype=DT)
-    plan = gn_module._plan(idx)
+    plan = ne_module._plan(idx)
     assert plan.uniq is not None and plan.cmax == 8 and sorted(plan.pairs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     out = {}
     for label, chunk in (("grouped", 10**6), ("grouped, chunks of 4 groups", 4)):
         prob = _Problem(factors=[fac, prior], retract=_additive_retract, K=K, p=s, s=s, g=0, w=w, chunk_size=chunk)
         out[label] = _assemble(prob, X, X.new_zeros(0))
-    grouped = gn_module._plan
-    monkeypatch.setattr(gn_module, "_plan", lambda ind: gn_module._Plan(grouped(ind).pairs))
+    grouped = ne_module._plan
+    monkeypatch.setattr(ne_module, "_plan", lambda ind: ne_module._Plan(grouped(ind).pairs))
     prob = _Problem(factors=[fac, prior], retract=_additive_retract, K=K, p=s, s=s, g=0, w=w, chunk_size=5)
     out["per block"] = _assemble(prob, X, X.new_zeros(0))
     # dense truth: whitened, Huber-weighted rows of J and e

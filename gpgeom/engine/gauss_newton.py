@@ -1,19 +1,11 @@
 #!/usr/bin/env python3
 r"""Gauss-Newton and Levenberg-Marquardt MAP estimation over a chain of states.
 
-The problem (Barfoot, *State Estimation for Robotics*, 2017, ch. 4.3, "batch discrete-time estimation" and the
-Gauss-Newton method) is a nonlinear least-squares problem over ``K`` states :math:`x_0, \dots, x_{K-1}` (each
-stored as ``p`` numbers and perturbed in an ``s``-dimensional tangent space) and an optional vector of ``g`` global
-parameters :math:`\gamma`:
-
-.. math::
-    J(x, \gamma) = \sum_{f} \sum_{m=1}^{M_f} \rho_f\big(\lVert e_{fm} \rVert\big), \qquad
-    e_{fm} = W_{fm}\, r_f\big(x_{\mathcal I_{fm}}, \gamma\big),
-
-where each factor ``f`` evaluates ``M_f`` residual blocks :math:`r_{fm} \in \mathbb R^r` on the states
-:math:`\mathcal I_{fm}` (at most ``bandwidth + 1`` consecutive ones), :math:`W_{fm}` is a square root of the
-information matrix (:math:`W^\top W = R^{-1}`) and :math:`\rho(u) = u^2/2` (least squares) or the Huber loss.
-The cost is the negative log posterior up to a constant, so its minimiser is the MAP estimate.
+The problem (Barfoot, *State Estimation for Robotics*, 2017, ch. 4.3) is a nonlinear least-squares problem over
+``K`` states and an optional vector of ``g`` global parameters, given as a list of factors
+(:class:`~gpgeom.engine.factors.Factor`): the cost :math:`J(x, \gamma) = \sum_f \sum_m \rho_f(\lVert e_{fm}
+\rVert)` of whitened residuals :math:`e_{fm}` with robust losses :math:`\rho_f` (:mod:`gpgeom.engine.factors`),
+whose minimiser is the MAP estimate.
 
 Each iteration linearises the whitened residuals about the current estimate with the perturbation
 :math:`x_k \leftarrow \operatorname{retract}(x_k, \delta_k)`, :math:`\gamma \leftarrow \gamma + \delta_\gamma`:
@@ -24,50 +16,44 @@ Each iteration linearises the whitened residuals about the current estimate with
 
 with the iteratively reweighted least-squares (IRLS) weights :math:`\Omega` of the robust loss (identity for least
 squares), :math:`\lambda = 0` for Gauss-Newton and :math:`\lambda > 0`, :math:`D = \operatorname{diag}(H)` for
-Levenberg-Marquardt. Because every factor touches at most ``w + 1`` consecutive states, the state part of
-:math:`H = \mathsf J^\top \Omega \mathsf J` is block-banded (blocks ``s x s``, block bandwidth ``w``); the global
-parameters add a dense border::
-
-    H = [[H_xx, H_xg],      H_xx: (K s) x (K s), block-banded
-         [H_gx, H_gg]]      H_xg: (K s) x g,     H_gg: g x g
-
-It is solved by a block-banded Cholesky factorisation :math:`H_{xx} = L L^\top` in :math:`O(K s^3 w^2)` and a Schur
-complement :math:`S = H_{gg} - H_{gx} H_{xx}^{-1} H_{xg}` for the border. At the optimum, :math:`H^{-1}` is the
-Laplace (Gaussian) approximation of the posterior covariance; its diagonal blocks and the blocks within the band
-are obtained by the selected-inversion recursion (Takahashi et al. 1973; for a chain it is the
-Rauch-Tung-Striebel smoother's covariance recursion, Barfoot ch. 3.2) without forming the inverse. On the CPU the
-factorisation and solves are one LAPACK banded call each and the selected inverse an odd-even reduction in
-``O(log K)`` batched steps (:mod:`gpgeom.engine.banded`); on other devices the factorisation and the solves are
-odd-even reductions too, so an iteration's time is dominated by the linearisation.
+Levenberg-Marquardt. The normal matrix :math:`H = \mathsf J^\top \Omega \mathsf J` is block-banded with a dense
+border for the global parameters; its assembly, factorisation, solves and the covariances (Laplace approximation)
+are in :mod:`gpgeom.engine.normal_equations`.
 
 Public API:
 
-* :class:`Factor` -- a batch of residual blocks of one kind.
+* :class:`~gpgeom.engine.factors.Factor` -- a batch of residual blocks of one kind (defined in
+  :mod:`gpgeom.engine.factors`, importable from here too).
 * :func:`gauss_newton` -- the optimiser, returning a :class:`GaussNewtonResult`.
 * :func:`block_banded_cholesky`, :func:`block_banded_solve`, :func:`block_banded_selected_inverse` -- the
   linear algebra, usable on their own (e.g. by a state-space smoother).
-
-Banded storage used throughout: a symmetric block-banded matrix ``A`` with ``K`` block rows, blocks ``s x s`` and
-block bandwidth ``w`` is stored as the ``K x (w + 1) x s x s`` tensor ``Ab`` with ``Ab[k, d] = A[k, k - d]`` (block row
-``k``, ``d``-th block sub-diagonal); entries with ``k - d < 0`` are ignored (kept at zero).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from gpgeom._validation import check_option, check_positive, check_tensor
 from gpgeom.engine.banded import (
-    _default_singular_tol,
     block_banded_cholesky,
     block_banded_selected_inverse,
     block_banded_solve,
+)
+from gpgeom.engine.factors import Factor, RetractFn, _additive_retract, _cost, _Problem
+from gpgeom.engine.normal_equations import (
+    _assemble,
+    _covariances,
+    _damping_diagonal,
+    _factor_bordered,
+    _Normal,
+    _Singular,
+    _solve_bordered,
 )
 from gpgeom.errors import ConvergenceWarning, NotPSDError
 
@@ -80,96 +66,9 @@ __all__ = [
     "block_banded_selected_inverse",
 ]
 
-ResidualFn = Callable[[Tensor, Tensor], Tensor]
-JacobianFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor | None]"]
-RetractFn = Callable[[Tensor, Tensor], Tensor]
-
-_ROBUST_LOSSES = (None, "huber")
 _METHODS = ("lm", "gn")
 #: Damping (relative to diag(H)) below which a step counts as undamped in the observable directions (``stol``).
 _OBSERVABLE_DAMPING = 1e-6
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Factors
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class Factor:
-    r"""A batch of ``M`` residual blocks of the same form, each on ``a`` states (and the globals).
-
-    Attributes:
-        indices: ``M x a`` integer tensor: the states each residual block depends on. The indices of one block
-            must lie within ``bandwidth + 1`` consecutive states (checked by :func:`gauss_newton`). A factor on the
-            global parameters only still names one state per block (its Jacobian there is zero).
-        residual: ``residual(states, globals) -> M x r``. ``states`` is ``M x a x p`` (the stored states
-            ``x[indices]``), ``globals`` is the ``g`` vector of global parameters (``g = 0`` when there are none).
-            Must be written with batched torch operations (it is differentiated with ``torch.func.jacfwd``, which
-            vmaps over tangent directions): no ``.item()``, no data-dependent Python control flow.
-        jacobian: Optional analytic Jacobian ``jacobian(states, globals) -> (J_x, J_g)`` of the *unwhitened*
-            residual with respect to the tangent perturbation at zero,
-            :math:`\partial r(\operatorname{retract}(x, \delta), \gamma + \delta_\gamma) / \partial (\delta,
-            \delta_\gamma)|_0`: ``J_x`` is ``M x r x a x s`` and ``J_g`` is ``M x r x g`` (or ``None`` when the
-            factor does not depend on the globals). When omitted it is computed by forward-mode autodiff.
-        sqrt_information: Optional whitening :math:`W` with :math:`W^\top W = R^{-1}` (inverse noise covariance):
-            ``r x r`` (shared) or ``M x r x r`` (per block); e.g. the transposed inverse Cholesky factor of the
-            noise covariance, or ``diag(1 / sigma)``. ``None`` means the identity.
-        robust: ``None`` (least squares, :math:`\rho(u) = u^2/2`) or ``"huber"``: :math:`\rho(u) = u^2/2` for
-            :math:`u \le \delta` and :math:`\delta (u - \delta/2)` beyond, applied to the norm :math:`u` of each
-            whitened residual *block* (use ``r = 1`` blocks for a component-wise loss). Minimised by IRLS with
-            block weights :math:`\min(1, \delta/u)`.
-        robust_threshold: Huber's :math:`\delta` in whitened units (standard deviations), default ``1.0``.
-        name: Used in error messages.
-        linearize: Optional ``linearize(states, globals) -> (r, J_x, J_g)``: the residual and its analytic
-            Jacobian in one call (shapes as for ``residual`` and ``jacobian``), for factors whose Jacobian
-            computes the residual on the way (an interpolated state, say); the assembly then evaluates the
-            residual once instead of twice. ``residual`` is still used for the cost of trial steps.
-    """
-
-    indices: Tensor
-    residual: ResidualFn
-    jacobian: JacobianFn | None = None
-    sqrt_information: Tensor | None = None
-    robust: str | None = None
-    robust_threshold: float = 1.0
-    name: str = ""
-    linearize: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor | None]] | None = None
-
-    def __post_init__(self) -> None:
-        label = self._label()
-        check_tensor(f"{label}.indices", self.indices, ndim=2, finite=False)
-        if self.indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"`{label}.indices` must be an integer tensor, got dtype {self.indices.dtype}.")
-        if self.indices.shape[0] == 0 or self.indices.shape[1] == 0:
-            raise ValueError(f"`{label}.indices` must be M x a with M, a >= 1, got shape {tuple(self.indices.shape)}.")
-        self.indices = self.indices.long()
-        if not callable(self.residual):
-            raise TypeError(f"`{label}.residual` must be callable, got {type(self.residual).__name__}.")
-        if self.jacobian is not None and not callable(self.jacobian):
-            raise TypeError(f"`{label}.jacobian` must be callable or None, got {type(self.jacobian).__name__}.")
-        if self.linearize is not None and not callable(self.linearize):
-            raise TypeError(f"`{label}.linearize` must be callable or None, got {type(self.linearize).__name__}.")
-        if self.sqrt_information is not None:
-            W = check_tensor(f"{label}.sqrt_information", self.sqrt_information, ndim=(2, 3), floating=True)
-            if W.shape[-1] != W.shape[-2] or (W.dim() == 3 and W.shape[0] != self.indices.shape[0]):
-                raise ValueError(
-                    f"`{label}.sqrt_information` must be r x r or M x r x r with M = {self.indices.shape[0]}, "
-                    f"got shape {tuple(W.shape)}."
-                )
-        check_option(f"{label}.robust", self.robust, _ROBUST_LOSSES)
-        check_positive(f"{label}.robust_threshold", self.robust_threshold)
-
-    def _label(self) -> str:
-        return f"Factor {self.name!r}" if self.name else "Factor"
-
-    @property
-    def num_blocks(self) -> int:
-        r"""``M``, the number of residual blocks."""
-        return self.indices.shape[0]
-
-    @property
-    def arity(self) -> int:
-        r"""``a``, the number of states per residual block."""
-        return self.indices.shape[1]
 
 
 @dataclass
@@ -207,336 +106,6 @@ class GaussNewtonResult:
     cross_covariances: Tensor | None = None
     global_covariance: Tensor | None = None
     state_global_covariance: Tensor | None = None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Assembly
-# ----------------------------------------------------------------------------------------------------------------
-def _additive_retract(x: Tensor, dx: Tensor) -> Tensor:
-    return x + dx
-
-
-@dataclass
-class _Problem:
-    factors: list[Factor]
-    retract: RetractFn
-    K: int
-    p: int
-    s: int
-    g: int
-    w: int
-    chunk_size: int = 16384  # residual blocks per chunk of the assembly (see _assemble)
-    plans: dict = field(default_factory=dict)  # id(factor) -> _Plan, built on first assembly
-
-
-@dataclass
-class _Normal:
-    Hb: Tensor  # K x (w+1) x s x s
-    bx: Tensor  # K x s
-    Hxg: Tensor  # K x s x g
-    Hgg: Tensor  # g x g
-    bg: Tensor  # g
-    cost: Tensor  # scalar
-    diag_x: Tensor = field(default=None)  # K x s
-    diag_g: Tensor = field(default=None)  # g
-
-
-def _check_residual(f: Factor, r: object, M: int) -> Tensor:
-    label = f._label()
-    if not isinstance(r, Tensor) or r.dim() != 2 or r.shape[0] != M:
-        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-        raise ValueError(
-            f"{label}: `residual` must return an M x r tensor with M = {M} (one row per residual block), got {shape}."
-        )
-    if f.sqrt_information is not None and f.sqrt_information.shape[-1] != r.shape[1]:
-        raise ValueError(
-            f"{label}: `residual` returns r = {r.shape[1]} components but `sqrt_information` is "
-            f"{tuple(f.sqrt_information.shape)}."
-        )
-    return r
-
-
-def _whiten(f: Factor, r: Tensor) -> Tensor:
-    if f.sqrt_information is None:
-        return r
-    W = f.sqrt_information.to(r)
-    return torch.einsum("...ij,...j->...i", W, r) if W.dim() == 3 else r @ W.mT
-
-
-def _robust(f: Factor, e: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Return (rho(||e_m||) per block, IRLS weight per block)."""
-    sq = e.square().sum(-1)
-    if f.robust is None:
-        return 0.5 * sq, torch.ones_like(sq)
-    delta = f.robust_threshold
-    u = sq.sqrt()
-    inlier = u <= delta
-    rho = torch.where(inlier, 0.5 * sq, delta * (u - 0.5 * delta))
-    weight = torch.where(inlier, torch.ones_like(u), delta / u.clamp_min(torch.finfo(u.dtype).tiny))
-    return rho, weight
-
-
-def _cost(prob: _Problem, X: Tensor, G: Tensor) -> Tensor:
-    total = X.new_zeros(())
-    for f in prob.factors:
-        r = _check_residual(f, f.residual(X[f.indices], G), f.num_blocks)
-        rho, _ = _robust(f, _whiten(f, r))
-        total = total + rho.sum()
-    return total
-
-
-def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Residual ``M x r`` and Jacobians ``M x r x a x s``, ``M x r x g`` of one factor at (X, G)."""
-    M, a = f.num_blocks, f.arity
-    s, g, p = prob.s, prob.g, prob.p
-    Xb = X[f.indices]  # M x a x p
-    label = f._label()
-    if f.linearize is not None or f.jacobian is not None:
-        if f.linearize is not None:
-            out = f.linearize(Xb, G)
-            if not (isinstance(out, tuple | list) and len(out) == 3):
-                raise ValueError(f"{label}: `linearize` must return (r, J_x, J_g), got {type(out).__name__}.")
-            r = _check_residual(f, out[0], M)
-            Jx, Jg = out[1:]
-        else:
-            r = _check_residual(f, f.residual(Xb, G), M)
-            out = f.jacobian(Xb, G)
-            if not (isinstance(out, tuple | list) and len(out) == 2):
-                raise ValueError(f"{label}: `jacobian` must return a pair (J_x, J_g), got {type(out).__name__}.")
-            Jx, Jg = out
-        check_tensor(f"{label} jacobian J_x", Jx, ndim=4, shape=(M, r.shape[1], a, s))
-        if Jg is None:
-            Jg = r.new_zeros(M, r.shape[1], g)
-        else:
-            check_tensor(f"{label} jacobian J_g", Jg, ndim=3, shape=(M, r.shape[1], g))
-        return r, Jx.to(r), Jg.to(r)
-
-    Xflat = Xb.reshape(M * a, p)
-
-    def h(d: Tensor) -> tuple[Tensor, Tensor]:
-        # One shared tangent direction for every block: block m depends on its own perturbation only, so the
-        # derivative of block m's residual along e_j is column j of block m's Jacobian.
-        dx = d[: a * s].reshape(1, a, s).expand(M, a, s).reshape(M * a, s)
-        Xr = prob.retract(Xflat, dx).reshape(M, a, p)
-        res = f.residual(Xr, G + d[a * s :])
-        return res, res
-
-    d0 = X.new_zeros(a * s + g)
-    try:
-        J, r = torch.func.jacfwd(h, has_aux=True)(d0)
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"{label}: forward-mode differentiation of the residual failed ({err}). Write the residual with "
-            "batched torch operations only (no .item(), in-place writes into inputs or data-dependent control "
-            "flow), or supply `jacobian`."
-        ) from err
-    r = _check_residual(f, r, M)
-    J = J.reshape(M, r.shape[1], a * s + g)
-    return r, J[..., : a * s].reshape(M, r.shape[1], a, s), J[..., a * s :]
-
-
-def _gram(Ju: Tensor, Jv: Tensor) -> Tensor:
-    r""":math:`J_u^\top J_v` of a batch of blocks (``c x n x s`` each, ``c x s x s``): normal-matrix contributions."""
-    return Ju.mT @ Jv
-
-
-@dataclass
-class _Plan:
-    r"""How the normal-matrix contributions of one factor are summed (built once per :func:`gauss_newton` call).
-
-    Attributes:
-        pairs: The pairs ``(u, v)`` of block columns whose products :math:`J_u^\top J_v` land in the lower band
-            (``indices[:, u] >= indices[:, v]`` for some block); the others are never formed.
-        uniq: ``U x a`` distinct index tuples, or ``None`` (one product per block).
-        slot: ``M``: the row of each block in the padded ``U x c_max`` layout of the groups.
-        cmax: The largest number of blocks on one tuple.
-    """
-
-    pairs: list[tuple[int, int]]
-    uniq: Tensor | None = None
-    slot: Tensor | None = None
-    cmax: int = 1
-
-
-def _plan(idx: Tensor) -> _Plan:
-    r"""Group a factor's blocks by their index tuple when it pays: more than one block per tuple and a padded layout
-    at most twice the number of blocks (else one product per block)."""
-    M, a = idx.shape
-    pairs = [(u, v) for u in range(a) for v in range(a) if bool((idx[:, u] >= idx[:, v]).any())]
-    if M < 2:
-        return _Plan(pairs)
-    uniq, inv, counts = torch.unique(idx, dim=0, return_inverse=True, return_counts=True)
-    U, cmax = uniq.shape[0], int(counts.max())
-    if cmax < 2 or U * cmax > 2 * M:
-        return _Plan(pairs)
-    order = torch.argsort(inv, stable=True)
-    start = torch.cumsum(counts, 0) - counts  # first sorted position of each group
-    rank = torch.empty_like(inv)
-    rank[order] = torch.arange(M, device=idx.device) - start[inv[order]]
-    return _Plan(pairs, uniq=uniq, slot=inv * cmax + rank, cmax=cmax)
-
-
-def _add_products(Hflat: Tensor, J: Tensor, idx: Tensor, pairs: list[tuple[int, int]], w: int) -> None:
-    r"""Scatter-add :math:`J_u^\top J_v` of blocks ``J`` (``c x n x a x s``) on states ``idx`` (``c x a``) into the
-    band (pairs whose rows lie above the diagonal go to the last, discarded slot of ``Hflat``)."""
-    nslots = Hflat.shape[0] - 1
-    for u, v in pairs:
-        rows, cols = idx[:, u], idx[:, v]
-        slot = torch.where(rows >= cols, rows * (w + 1) + (rows - cols), torch.full_like(rows, nslots))
-        Hflat.index_add_(0, slot, _gram(J[:, :, u], J[:, :, v]))
-
-
-def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = None) -> _Normal:
-    r"""Normal equations :math:`H = \mathsf J^\top \Omega \mathsf J`, :math:`b = \mathsf J^\top \Omega e` and the cost.
-
-    Each factor is linearised once (its residual and Jacobians, ``O(M r a s)``) and whitened and weighted (IRLS).
-    The normal-matrix contributions :math:`\sum_m J_m^\top J_m` (``a s x a s``) are summed per group of blocks
-    on the same states before they are scattered into the ``K x (w + 1)`` band: the whitened Jacobians of a group
-    are stacked (padded with zero rows to the largest group) into one ``c_max r x a s`` matrix whose Gram matrix
-    is the group's sum, one batched product per chunk of ``chunk_size`` groups (a measurement factor with ``c``
-    blocks per knot interval forms ``M / c`` products instead of ``M``). Factors whose blocks rarely share states
-    (the padding would more than double the rows) form one product per block, ``chunk_size`` blocks at a time.
-    Either way the working memory is ``O(chunk_size a^2 s^2) + O(K w s^2)`` besides the Jacobians, however many
-    blocks a factor has, and the result does not depend on ``chunk_size`` (up to the summation order, i.e.
-    rounding).
-    """
-    K, s, g, w = prob.K, prob.s, prob.g, prob.w
-    chunk = prob.chunk_size if chunk_size is None else chunk_size
-    dtype, device = X.dtype, X.device
-    nslots = K * (w + 1)
-    Hflat = torch.zeros(nslots + 1, s, s, dtype=dtype, device=device)  # last slot collects upper-triangle pairs
-    bx = torch.zeros(K, s, dtype=dtype, device=device)
-    Hxg = torch.zeros(K, s, g, dtype=dtype, device=device)
-    Hgg = torch.zeros(g, g, dtype=dtype, device=device)
-    bg = torch.zeros(g, dtype=dtype, device=device)
-    cost = X.new_zeros(())
-    for f in prob.factors:
-        r, Jx, Jg = _linearise(prob, f, X, G)
-        if not bool(torch.isfinite(r).all()):
-            raise ValueError(
-                f"{f._label()}: the residual is NaN or infinite at the current estimate; check the factor's "
-                "inputs and the initial states."
-            )
-        e = _whiten(f, r)
-        rho, weight = _robust(f, e)
-        cost = cost + rho.sum()
-        sw = weight.sqrt()
-        W = None if f.sqrt_information is None else f.sqrt_information.to(r)
-        idx = f.indices
-        M, a = idx.shape
-        if W is not None:
-            Jx = torch.einsum("...ij,...jas->...ias", W, Jx)
-            Jg = torch.einsum("...ij,...jg->...ig", W, Jg)
-        if f.robust is not None:
-            Jx = Jx * sw[:, None, None, None]
-            Jg = Jg * sw[:, None, None]
-            e = e * sw[:, None]
-        nr = Jx.shape[1]
-        bx.index_add_(0, idx.reshape(-1), torch.einsum("mrus,mr->mus", Jx, e).reshape(-1, s))
-        key = id(f)
-        if key not in prob.plans:
-            prob.plans[key] = _plan(idx)
-        plan = prob.plans[key]
-        if plan.uniq is None:
-            for lo in range(0, M, chunk):
-                hi = min(lo + chunk, M)
-                _add_products(Hflat, Jx[lo:hi], idx[lo:hi], plan.pairs, w)
-        else:
-            U = plan.uniq.shape[0]
-            P = Jx.new_zeros(U * plan.cmax, nr, a, s)
-            P[plan.slot] = Jx
-            P = P.reshape(U, plan.cmax * nr, a, s)
-            for lo in range(0, U, chunk):
-                hi = min(lo + chunk, U)
-                _add_products(Hflat, P[lo:hi], plan.uniq[lo:hi], plan.pairs, w)
-            del P
-        if g > 0:
-            for lo in range(0, M, chunk):
-                hi = min(lo + chunk, M)
-                Jx_c, Jg_c, e_c, idx_c = Jx[lo:hi], Jg[lo:hi], e[lo:hi], idx[lo:hi]
-                Hxg.index_add_(0, idx_c.reshape(-1), torch.einsum("mrus,mrg->musg", Jx_c, Jg_c).reshape(-1, s, g))
-                Hgg = Hgg + torch.einsum("mrg,mrh->gh", Jg_c, Jg_c)
-                bg = bg + torch.einsum("mrg,mr->g", Jg_c, e_c)
-    Hb = Hflat[:nslots].reshape(K, w + 1, s, s)
-    out = _Normal(Hb=Hb, bx=bx, Hxg=Hxg, Hgg=Hgg, bg=bg, cost=cost)
-    out.diag_x = Hb[:, 0].diagonal(dim1=-2, dim2=-1).clone()
-    out.diag_g = Hgg.diagonal().clone()
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Linear solve of the bordered system
-# ----------------------------------------------------------------------------------------------------------------
-class _Singular(Exception):
-    def __init__(self, where: str) -> None:
-        super().__init__(where)
-        self.where = where
-
-
-def _factor_bordered(
-    N: _Normal, damping: float, singular_tol: float | None, banded: str = "auto"
-) -> tuple[Tensor, Tensor, Tensor]:
-    r"""Factorise the (damped) bordered system. Returns (Lb, Y = H_xx^{-1} H_xg, chol(S))."""
-    Hb, Hgg = N.Hb, N.Hgg
-    if damping > 0:
-        Dx, Dg = _damping_diagonal(N)
-        Hb = Hb.clone()
-        Hb[:, 0] = Hb[:, 0] + torch.diag_embed(damping * Dx)
-        Hgg = Hgg + torch.diag(damping * Dg)
-    Lb, failed = block_banded_cholesky(Hb, singular_tol=singular_tol, method=banded)
-    if failed is not None:
-        raise _Singular(f"state block {failed}")
-    g = Hgg.shape[0]
-    if g == 0:
-        return Lb, N.Hxg, Hgg
-    Y = block_banded_solve(Lb, N.Hxg, method=banded)
-    S = Hgg - torch.einsum("ksg,ksh->gh", N.Hxg, Y)
-    S = 0.5 * (S + S.mT)
-    LS, info = torch.linalg.cholesky_ex(S)
-    tol = _default_singular_tol(S.dtype) if singular_tol is None else singular_tol
-    ok = bool(info == 0) and bool((LS.diagonal().square() >= tol * Hgg.diagonal()).all())
-    ok = ok and bool(torch.isfinite(LS).all()) and bool((Hgg.diagonal() > 0).all())
-    if not ok:
-        raise _Singular("the global-parameter border (Schur complement)")
-    return Lb, Y, LS
-
-
-def _solve_bordered(N: _Normal, Lb: Tensor, Y: Tensor, LS: Tensor, banded: str = "auto") -> tuple[Tensor, Tensor]:
-    r"""Solve H [dx; dg] = -[bx; bg] with the factorisation of :func:`_factor_bordered`."""
-    z = block_banded_solve(Lb, N.bx.unsqueeze(-1), method=banded).squeeze(-1)  # H_xx^{-1} b_x
-    if LS.shape[0] == 0:
-        return -z, N.bg.new_zeros(0)
-    rhs = -N.bg + torch.einsum("ksg,ks->g", N.Hxg, z)
-    dg = torch.cholesky_solve(rhs.unsqueeze(-1), LS).squeeze(-1)
-    dx = -z - torch.einsum("ksg,g->ks", Y, dg)
-    return dx, dg
-
-
-def _damping_diagonal(N: _Normal) -> tuple[Tensor, Tensor]:
-    r"""Marquardt scaling D = diag(H), floored at 1e-9 of its mean so that uninformed variables are damped too."""
-    allv = torch.cat([N.diag_x.reshape(-1), N.diag_g])
-    floor = 1e-9 * allv.abs().mean().clamp_min(torch.finfo(allv.dtype).tiny)
-    return N.diag_x.clamp_min(floor), N.diag_g.clamp_min(floor)
-
-
-def _covariances(N: _Normal, Lb: Tensor, Y: Tensor, LS: Tensor, w: int, banded: str = "auto"):
-    Sb = block_banded_selected_inverse(Lb, method="loop" if banded == "loop" else "auto")
-    cov = Sb[:, 0]
-    cross = Sb[:, 1:]
-    g = LS.shape[0]
-    if g == 0:
-        return cov, cross, None, None
-    eye = torch.eye(g, dtype=LS.dtype, device=LS.device)
-    Sinv = torch.cholesky_solve(eye, LS)
-    YS = Y @ Sinv  # K x s x g
-    cov = cov + YS @ Y.mT
-    cov = 0.5 * (cov + cov.mT)
-    K = Y.shape[0]
-    cross = cross.clone()
-    for d in range(1, w + 1):
-        if d < K:
-            cross[: K - d, d - 1] = cross[: K - d, d - 1] + YS[: K - d] @ Y[d:].mT
-    return cov, cross, Sinv, -YS
 
 
 def _singular_error(where: str, method: str, covariance: bool = False) -> NotPSDError:
@@ -587,7 +156,7 @@ def gauss_newton(
 ) -> GaussNewtonResult:
     r"""MAP estimate of a chain of states by Gauss-Newton or Levenberg-Marquardt.
 
-    Minimises :math:`\sum_f \sum_m \rho_f(\lVert W_{fm} r_{fm} \rVert)` (see the module docstring) by iterating
+    Minimises :math:`\sum_f \sum_m \rho_f(\lVert W_{fm} r_{fm} \rVert)` (see :mod:`gpgeom.engine.factors`) by iterating
     :math:`(H + \lambda D)\delta = -b`, :math:`x_k \leftarrow \operatorname{retract}(x_k, \delta_k)`,
     :math:`\gamma \leftarrow \gamma + \delta_\gamma`, with the block-banded normal matrix
     :math:`H = \mathsf J^\top \Omega \mathsf J` and gradient :math:`b = \mathsf J^\top \Omega e` (Barfoot 2017,
@@ -656,7 +225,7 @@ def gauss_newton(
         chunk_size: Number of residual blocks whose normal-matrix contributions (``a s x a s`` each) are formed
             at once: the assembly's working memory is ``O(chunk_size a^2 s^2)`` plus the band, instead of growing
             with the number of blocks of a factor (blocks on the same states are summed per group first, see
-            :func:`_assemble`). The result does not depend on it (up to rounding).
+            :func:`~gpgeom.engine.normal_equations._assemble`). The result does not depend on it (up to rounding).
         banded: The implementation of the block-banded factorisation, solve and selected inverse
             (:mod:`gpgeom.engine.banded`): ``"auto"`` (default: LAPACK's banded Cholesky on the CPU, odd-even
             reduction elsewhere, a float32 factorisation computed in float64), ``"lapack"``, ``"scan"``

@@ -37,7 +37,8 @@ from gpgeom._progress import progress_bar
 from gpgeom._validation import as_tensor, check_increasing, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
 from gpgeom.engine.chunking import chunk_size_for, resolve_max_memory
-from gpgeom.engine.gauss_newton import Factor, gauss_newton
+from gpgeom.engine.factors import Factor
+from gpgeom.engine.gauss_newton import gauss_newton
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.geometry.lie import check_rotation, check_unit_quaternion, quat_to_rotmat, rotmat_to_quat, so3_exp
 from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
@@ -504,7 +505,7 @@ class Trajectory(ModelContract):
         ``chunk_size`` blocks is split into several factors, which bounds the engine's memory).
 
         Returns:
-            ``(factors, g0, layout)``: a list of :class:`~gpgeom.engine.gauss_newton.Factor` (the prior first),
+            ``(factors, g0, layout)``: a list of :class:`~gpgeom.engine.factors.Factor` (the prior first),
             the initial global parameters ``g`` and their layout (name -> slice of ``g``). Feed them to
             :func:`~gpgeom.engine.gauss_newton.gauss_newton` with ``retract=self.retract``,
             ``tangent_dim=self.tangent_dim`` and ``bandwidth=1``.

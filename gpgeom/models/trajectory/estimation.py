@@ -5,7 +5,7 @@ the knots (and global parameters). Every residual block touches at most two cons
 of an interval, or a measurement at a time through the interpolation between its bracketing knots -- so the
 normal matrix is block-tridiagonal and a Gauss-Newton step costs :math:`O(K)` (Barfoot, Tong & Sarkka, *Batch
 continuous-time trajectory estimation as exactly sparse Gaussian process regression*, RSS 2014; Anderson &
-Barfoot, *Full STEAM ahead*, IROS 2015). The factors are :class:`gpgeom.engine.gauss_newton.Factor` s with the
+Barfoot, *Full STEAM ahead*, IROS 2015). The factors are :class:`gpgeom.engine.factors.Factor` s with the
 bandwidth-1 layout of :func:`gpgeom.engine.gauss_newton.gauss_newton`.
 
 The global parameters (e.g. IMU biases) are stacked in one vector :math:`\gamma`; :func:`globals_layout` gives
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from gpgeom.engine.gauss_newton import Factor
+from gpgeom.engine.factors import Factor
 from gpgeom.models.trajectory.factors.base import Measurement
 
 if TYPE_CHECKING:

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from gpgeom.engine.gauss_newton import Factor, gauss_newton
+from gpgeom.engine.factors import Factor
+from gpgeom.engine.gauss_newton import gauss_newton
 from gpgeom.errors import ConvergenceWarning, NotPSDError
 from gpgeom.geometry.lie import so3_exp, so3_log
 from gpgeom.models.trajectory.algebra import kron_eye
