@@ -25,7 +25,7 @@ from gpytorch.kernels import MaternKernel  # noqa: E402
 from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
 from gpgeom.engine.banded import block_banded_cholesky, block_banded_matvec, block_banded_solve  # noqa: E402
 from gpgeom.engine.factors import Factor  # noqa: E402
-from gpgeom.engine.gauss_newton import gauss_newton  # noqa: E402
+from gpgeom.engine.least_squares import gauss_newton  # noqa: E402
 from gpgeom.engine.statespace import log_marginal_likelihood  # noqa: E402
 from gpgeom.errors import ConvergenceWarning  # noqa: E402
 from gpgeom.kernels.markov import MaternMarkovKernel  # noqa: E402

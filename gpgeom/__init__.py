@@ -36,9 +36,9 @@ _EXPORTS: dict[str, str] = {
     "LowRankSpectralGP": "gpgeom.botorch.low_rank",
     "SurrogateList": "gpgeom.botorch.model_list",
     "check_botorch_model": "gpgeom.botorch.check",
-    "gauss_newton": "gpgeom.engine.gauss_newton",
+    "gauss_newton": "gpgeom.engine.least_squares",
     "Factor": "gpgeom.engine.factors",
-    "GaussNewtonResult": "gpgeom.engine.gauss_newton",
+    "GaussNewtonResult": "gpgeom.engine.least_squares",
     # kernels
     "MarkovKernel": "gpgeom.kernels.markov",
     "MaternMarkovKernel": "gpgeom.kernels.markov",

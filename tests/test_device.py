@@ -11,7 +11,7 @@ from trajectory_factories import fast_uwb_problem
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.datasets.trajectories import perturbed_knots
 from gpgeom.engine.factors import Factor
-from gpgeom.engine.gauss_newton import gauss_newton
+from gpgeom.engine.least_squares import gauss_newton
 from gpgeom.engine.statespace import log_marginal_likelihood, posterior
 from gpgeom.kernels.markov import MaternMarkovKernel, WNOJKernel
 from gpgeom.kernels.spectral import SpectralKernel

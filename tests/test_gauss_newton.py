@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-r"""Tests of gpgeom.engine.gauss_newton (with its factors and normal equations) against independent dense and
+r"""Tests of gpgeom.engine.least_squares (with its factors and normal equations) against independent dense and
 scipy solutions."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gpgeom.engine.banded import (
     block_banded_solve,
 )
 from gpgeom.engine.factors import Factor, _additive_retract, _Problem
-from gpgeom.engine.gauss_newton import gauss_newton
+from gpgeom.engine.least_squares import gauss_newton
 from gpgeom.engine.normal_equations import _assemble
 from gpgeom.errors import ConvergenceWarning, NotPSDError
 

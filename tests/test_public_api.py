@@ -35,3 +35,28 @@ def test_unknown_attribute_raises():
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gpgeom.nope  # noqa: B018
+
+
+def test_no_exported_name_is_shadowed_by_a_submodule_of_the_same_name():
+    r"""Importing a submodule binds it on its package, over a lazily exported name: a function ``f`` exported by a
+    package that also has a submodule ``f`` would be the module once anything imported that submodule. Run in a
+    fresh interpreter that imports every module first, so the order of the tests does not matter."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib, pkgutil, gpgeom
+packages = ["gpgeom"] + [m.name for m in pkgutil.walk_packages(gpgeom.__path__, "gpgeom.") if m.ispkg]
+for info in pkgutil.walk_packages(gpgeom.__path__, "gpgeom."):
+    if not info.name.split(".")[-1].startswith("_") and "demo" not in info.name:
+        importlib.import_module(info.name)
+for name in packages:
+    pkg = importlib.import_module(name)
+    for attr, home in getattr(pkg, "_EXPORTS", {}).items():
+        want = getattr(importlib.import_module(home), attr)
+        assert getattr(pkg, attr) is want, f"{name}.{attr} is {getattr(pkg, attr)!r}, not the export from {home}"
+print("checked", len(packages))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("checked")

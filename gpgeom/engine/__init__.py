@@ -8,7 +8,7 @@ r"""The shared inference engine: fitting, exact marginal likelihoods, state-spac
 - :mod:`gpgeom.engine.sites`: Gaussian sites (EP/variational messages) on a Markov chain: the latent posterior
   given the sites through the Kalman filter with one measurement row per step, and covariances between any two
   chain points (FunBaT's latent functions).
-- :func:`gauss_newton` (:mod:`gpgeom.engine.gauss_newton`): GN/LM MAP on block-banded chains of states; the
+- :func:`gauss_newton` (:mod:`gpgeom.engine.least_squares`): GN/LM MAP on block-banded chains of states; the
   problem is a list of :class:`Factor` s (:mod:`gpgeom.engine.factors`), the linear algebra of each iteration in
   :mod:`gpgeom.engine.normal_equations`.
 - :mod:`gpgeom.engine.variational`: Pyro ELBOs with minibatches and low-rank Gaussian outputs.
@@ -28,8 +28,8 @@ _EXPORTS: dict[str, str] = {
     "exact_mll_loss": "gpgeom.engine.exact_mll",
     "stationary_nll": "gpgeom.engine.exact_mll",
     "Factor": "gpgeom.engine.factors",
-    "GaussNewtonResult": "gpgeom.engine.gauss_newton",
-    "gauss_newton": "gpgeom.engine.gauss_newton",
+    "GaussNewtonResult": "gpgeom.engine.least_squares",
+    "gauss_newton": "gpgeom.engine.least_squares",
     "discretize": "gpgeom.kernels.sde",
     "kalman_filter": "gpgeom.engine.statespace",
     "log_marginal_likelihood": "gpgeom.engine.statespace",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-r"""The problem that :func:`~gpgeom.engine.gauss_newton.gauss_newton` solves: factors, their residuals and the cost.
+r"""The problem that :func:`~gpgeom.engine.least_squares.gauss_newton` solves: factors, their residuals and the cost.
 
 The problem (Barfoot, *State Estimation for Robotics*, 2017, ch. 4.3, "batch discrete-time estimation" and the
 Gauss-Newton method) is a nonlinear least-squares problem over ``K`` states :math:`x_0, \dots, x_{K-1}` (each
@@ -52,7 +52,7 @@ class Factor:
     Attributes:
         indices: ``M x a`` integer tensor: the states each residual block depends on. The indices of one block
             must lie within ``bandwidth + 1`` consecutive states (checked by
-            :func:`~gpgeom.engine.gauss_newton.gauss_newton`). A factor on the global parameters only still names
+            :func:`~gpgeom.engine.least_squares.gauss_newton`). A factor on the global parameters only still names
             one state per block (its Jacobian there is zero).
         residual: ``residual(states, globals) -> M x r``. ``states`` is ``M x a x p`` (the stored states
             ``x[indices]``), ``globals`` is the ``g`` vector of global parameters (``g = 0`` when there are none).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 r"""The Gauss-Newton normal equations of a chain of states: block-banded assembly with a dense border, and solution.
 
-Each iteration of :func:`~gpgeom.engine.gauss_newton.gauss_newton` assembles and solves the normal equations
+Each iteration of :func:`~gpgeom.engine.least_squares.gauss_newton` assembles and solves the normal equations
 :math:`(H + \lambda D)\, \delta = -b` of the whitened, robustly weighted residuals of the factors
 (:mod:`gpgeom.engine.factors`), with :math:`b = \mathsf J^\top \Omega e`. Because every factor touches at most
 ``w + 1`` consecutive states, the state part of :math:`H = \mathsf J^\top \Omega \mathsf J` is block-banded (blocks
@@ -65,7 +65,7 @@ def _gram(Ju: Tensor, Jv: Tensor) -> Tensor:
 @dataclass
 class _Plan:
     r"""How the normal-matrix contributions of one factor are summed (built once per
-    :func:`~gpgeom.engine.gauss_newton.gauss_newton` call).
+    :func:`~gpgeom.engine.least_squares.gauss_newton` call).
 
     Attributes:
         pairs: The pairs ``(u, v)`` of block columns whose products :math:`J_u^\top J_v` land in the lower band

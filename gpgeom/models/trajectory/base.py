@@ -38,7 +38,7 @@ from gpgeom._validation import as_tensor, check_increasing, check_option, check_
 from gpgeom.base import ModelContract
 from gpgeom.engine.chunking import chunk_size_for, resolve_max_memory
 from gpgeom.engine.factors import Factor
-from gpgeom.engine.gauss_newton import gauss_newton
+from gpgeom.engine.least_squares import gauss_newton
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.geometry.lie import check_rotation, check_unit_quaternion, quat_to_rotmat, rotmat_to_quat, so3_exp
 from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
@@ -60,7 +60,7 @@ __all__ = ["PRIORS", "Trajectory"]
 
 PRIORS = ("wnoj", "wnoa")
 #: Default ``stol`` of :meth:`Trajectory.fit`: stop once a (nearly undamped) step moves the estimate by less than
-#: this many posterior standard deviations (:func:`gpgeom.engine.gauss_newton.gauss_newton`).
+#: this many posterior standard deviations (:func:`gpgeom.engine.least_squares.gauss_newton`).
 STOL = 0.2
 
 
@@ -507,7 +507,7 @@ class Trajectory(ModelContract):
         Returns:
             ``(factors, g0, layout)``: a list of :class:`~gpgeom.engine.factors.Factor` (the prior first),
             the initial global parameters ``g`` and their layout (name -> slice of ``g``). Feed them to
-            :func:`~gpgeom.engine.gauss_newton.gauss_newton` with ``retract=self.retract``,
+            :func:`~gpgeom.engine.least_squares.gauss_newton` with ``retract=self.retract``,
             ``tangent_dim=self.tangent_dim`` and ``bandwidth=1``.
         """
         return build_factors(self, measurements, chunk_size=chunk_size)
@@ -532,7 +532,7 @@ class Trajectory(ModelContract):
 
         Minimises :math:`\sum_k \lVert e^{\text{prior}}_k\rVert^2/2 + \sum_m \rho(\lVert e_m\rVert)` with the
         engine's Gauss-Newton (``method="gn"``) or Levenberg-Marquardt (``"lm"``, default) on the block-tridiagonal
-        normal matrix, :math:`O(K)` per iteration (:func:`gpgeom.engine.gauss_newton.gauss_newton`).
+        normal matrix, :math:`O(K)` per iteration (:func:`gpgeom.engine.least_squares.gauss_newton`).
 
         Args:
             measurements: A measurement or a sequence of them (:mod:`gpgeom.models.trajectory.factors`).
@@ -553,7 +553,7 @@ class Trajectory(ModelContract):
                 fine knot grid are too ill-conditioned for a tighter test).
             stol: Stop once a (nearly undamped) step moves the estimate by less than ``stol`` posterior standard
                 deviations in every direction the measurements and the prior determine (default
-                ``0.2``; ``0`` disables the test; see :func:`~gpgeom.engine.gauss_newton.gauss_newton`). It ends
+                ``0.2``; ``0`` disables the test; see :func:`~gpgeom.engine.least_squares.gauss_newton`). It ends
                 the slow drift of a fit along directions the data do not determine (e.g. the roll about the axis
                 of two UWB tags), where the cost is flat and the other tests only fire after hundreds of steps.
             warn: Issue a :class:`~gpgeom.errors.ConvergenceWarning` when ``max_iter`` is reached.

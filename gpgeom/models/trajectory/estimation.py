@@ -6,7 +6,7 @@ of an interval, or a measurement at a time through the interpolation between its
 normal matrix is block-tridiagonal and a Gauss-Newton step costs :math:`O(K)` (Barfoot, Tong & Sarkka, *Batch
 continuous-time trajectory estimation as exactly sparse Gaussian process regression*, RSS 2014; Anderson &
 Barfoot, *Full STEAM ahead*, IROS 2015). The factors are :class:`gpgeom.engine.factors.Factor` s with the
-bandwidth-1 layout of :func:`gpgeom.engine.gauss_newton.gauss_newton`.
+bandwidth-1 layout of :func:`gpgeom.engine.least_squares.gauss_newton`.
 
 The global parameters (e.g. IMU biases) are stacked in one vector :math:`\gamma`; :func:`globals_layout` gives
 each named block its slice.

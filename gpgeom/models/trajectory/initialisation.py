@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from gpgeom.engine.factors import Factor
-from gpgeom.engine.gauss_newton import gauss_newton
+from gpgeom.engine.least_squares import gauss_newton
 from gpgeom.errors import ConvergenceWarning, NotPSDError
 from gpgeom.geometry.lie import so3_exp, so3_log
 from gpgeom.models.trajectory.algebra import kron_eye
