@@ -8,7 +8,10 @@ r"""BoTorch adapters of gpgeom and the conformance check they all pass.
   adapters that are not GPyTorch ``ExactGP`` s (RVGP's low-rank GP, FunBaT): Bayes' rule on a jointly Gaussian
   predictive, fantasies, output subsets, chunked prediction.
 - :class:`LowRankSpectralGP` (:mod:`gpgeom.botorch.low_rank`): an exact (or variational) GP with a finite-rank
-  spectral kernel over point indices, in weight space (:math:`O(N k^2)`), on the shared path; RVGP builds on it.
+  spectral kernel over point indices, in weight space (:math:`O(N k^2)`), on the shared path; RVGP builds on it. Its
+  noise model (tangent likelihood, model error) in :mod:`gpgeom.botorch.low_rank_noise`, the parsing of its inputs
+  (point indices, points outside the basis) in :mod:`gpgeom.botorch.low_rank_inputs`, the dense algebra of its
+  projected ambient part in :mod:`gpgeom.botorch.low_rank_ambient`.
 - :class:`SurrogateList` (:mod:`gpgeom.botorch.model_list`): a BoTorch model list whose members have several
   outputs each (MMGP's ``per_field`` GPs), with conditioning and fantasies grouped by member.
 - :func:`check_botorch_model` (:mod:`gpgeom.botorch.check`): what every gpgeom surrogate must satisfy, checked by

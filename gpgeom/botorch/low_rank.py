@@ -43,39 +43,13 @@ For a kernel of rank ``k`` no other inducing set of any size carries more inform
 :meth:`LowRankSpectralGP.init_variational` starts :math:`q` at the exact posterior for the current
 hyperparameters (one streaming pass accumulating :math:`R^\top R` and :math:`R^\top y`).
 
-**Tangent bases** (``tangent_frames``, RVGP). When the basis at point ``i`` spans only the ``d``-dimensional
-column space of a frame :math:`T_i \in \mathbb R^{D \times d}` (:math:`P_i = T_i T_i^\top`), the components of an
-observation across it carry no information on :math:`v`, and they are far less noisy than those within it (observed
-vectors of a tangent field are tangent up to the frames' error). The noise is therefore (without the nugget
-below) :math:`\mathcal N(0, \sigma^2 P_i + \sigma_\perp^2 (I - P_i))`: the log marginal likelihood above gets
-:math:`\|P y\|^2/\sigma^2 + \|(I-P)y\|^2/\sigma_\perp^2` in place of :math:`\|y\|^2/\sigma^2` and
-:math:`N_{pts}(d \log\sigma^2 + (D-d)\log\sigma_\perp^2)` in place of :math:`N \log\sigma^2`; the posterior of
-:math:`v` is unchanged (it sees only :math:`P y`). One isotropic variance (``normal_noise=None``, the default and
-the identity with the dense GP) averages the two and underestimates the in-plane variance by about :math:`d/D`.
-
-**Model error** (``noise_estimate``). The rank-``k`` prior has no variance outside the span of its ``k``
-features, so the white residual variance :math:`\sigma^2` learnt in the span holds both the observation noise and
-what the truncated basis cannot represent at all (the spectrum beyond :math:`\lambda_k`, and the discretisation
-error of the basis itself). With an estimate :math:`\hat\sigma^2_{obs}` of the observation noise made without the
-basis (``noise_estimate``; RVGP: local polynomial fits), the residual is split into observation noise
-:math:`\sigma^2_{obs} = \min(\sigma^2, \hat\sigma^2_{obs})` and a latent model-error variance
-:math:`\tau^2 = \sigma^2 - \sigma^2_{obs}` (the nugget of geostatistics: micro-scale variation plus measurement
-error, Cressie 1993, "Statistics for Spatial Data", sec. 2.3.1). The latent field is :math:`f = Rv + e`, one
-:math:`e_i \sim \mathcal N(0, \tau^2 P_i)` per point (independent between points, shared by every observation and
-query of the point), and :math:`y = f + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \sigma^2_{obs} I)`.
-The ``m_j`` observations of point ``j`` enter the posterior of :math:`v` through their mean, of variance
-:math:`\tau^2 + \sigma^2_{obs}/m_j` in the span (row weights :math:`\omega = 1/(m_j\tau^2 + \sigma^2_{obs})`;
-:math:`1/\sigma^2` for points observed once: the same posterior as without the split), and given :math:`v`,
-:math:`e_j` has mean :math:`\alpha_j P_j (\bar y_j - R_j v)` and variance :math:`\tau^2(1-\alpha_j)P_j`,
-:math:`\alpha_j = m_j\tau^2/(m_j\tau^2 + \sigma^2_{obs})`. Hence at query points
-
-.. math:: \mu(x) = (1-\alpha_x) R_x \bar v + \alpha_x P_x \bar y_x, \qquad
-   C(x, x') = (1-\alpha_x)(1-\alpha_{x'}) R_x F F^\top R_{x'}^\top + [x = x']\, \tau^2 (1 - \alpha_x) P_x,
-
-(:math:`\alpha = 0` at unobserved points), the exact GP with the kernel :math:`RR^\top + \tau^2\,[i=j]\,P_i`, so
-conditioning still equals the refit on the union. The same device as FITC's diagonal correction of degenerate
-sparse GPs (Quinonero-Candela and Rasmussen, "A unifying view of sparse approximate Gaussian process regression",
-JMLR 2005, sec. 6), with the missing variance measured from the residuals rather than from a full-rank kernel.
+**Noise model** (:mod:`~gpgeom.botorch.low_rank_noise`). With ``tangent_frames`` (the basis at point ``i``
+spans only the column space of a frame :math:`T_i`, :math:`P_i = T_i T_i^\top`), the components of an observation
+across the frames may have their own noise variance :math:`\sigma_\perp^2` (``normal_noise``). With
+``noise_estimate``, a basis-free estimate of the observation noise, the residual variance :math:`\sigma^2` is split
+into observation noise :math:`\sigma^2_{obs}` and a model-error variance :math:`\tau^2` (what the rank-``k`` basis
+misses): the latent field is :math:`f = Rv + e`, one :math:`e_i \sim \mathcal N(0, \tau^2 P_i)` per point, shared
+by every observation and query of the point.
 
 **Points outside the basis** (:meth:`LowRankSpectralGP.extended_inputs`): basis values :math:`\gamma(x)\phi(x)`
 whose taper :math:`\gamma \in [0, 1]` falls with the distance to the basis points get the prior variance they no
@@ -86,10 +60,8 @@ basis per direction of the span, so that far from the basis the posterior return
 :mod:`gpgeom.models.rvgp.ambient`). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2
 k(x, x') I_D)` on the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim
 \mathcal N(0, \beta (I - P_i))`, :math:`\beta = \sigma_\perp^2` (the frames' error as latent variance, the noise
-isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions use dense Cholesky algebra
-(float64, :math:`O((N d)^3)`, the likelihood's gradient in closed form, R&W eq. 5.9) on the ``N d`` tangent components
-:math:`T_r^\top y_r`, and per point closed forms across the frames; means are projected by :math:`P_x` once more, so
-they stay tangent to the frames to rounding.
+isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions use dense Cholesky
+algebra in float64 (:mod:`~gpgeom.botorch.low_rank_ambient`).
 
 **BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate` with the base
 moments above (original units); ``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian),
@@ -111,13 +83,13 @@ import torch
 from gpytorch.constraints import GreaterThan
 from gpytorch.kernels import Kernel, ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
-from linear_operator import to_dense
-from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
 from gpgeom.botorch.gaussian import GaussianSurrogate
-from gpgeom.engine.exact_mll import gaussian_quad_logdet
+from gpgeom.botorch.low_rank_ambient import _AmbientAlgebra
+from gpgeom.botorch.low_rank_inputs import _PointInputs
+from gpgeom.botorch.low_rank_noise import _NoiseSplit
 from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = ["NOISE_FLOOR", "LowRankSpectralGP", "Minibatches"]
@@ -127,7 +99,7 @@ __all__ = ["NOISE_FLOOR", "LowRankSpectralGP", "Minibatches"]
 NOISE_FLOOR = 1e-6
 
 
-class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
+class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointInputs, _AmbientAlgebra):
     r"""Exact (or variational) GP with a finite-rank spectral kernel over point indices; a BoTorch model.
 
     The weight-space algebra of the module docstring: every quantity costs :math:`O(N k^2 + k^3)` for ``N``
@@ -140,8 +112,8 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             data of the BoTorch API are in the original units.
         noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= NOISE_FLOOR``).
         tangent_frames: Optional ``(n, D, d)`` orthonormal frames whose column spaces hold the basis at each point
-            (the tangent likelihood and the model-error term of the module docstring); ``None``: the whole
-            ``D``-dimensional output space.
+            (the tangent likelihood and the model-error term, :mod:`~gpgeom.botorch.low_rank_noise`); ``None``: the
+            whole ``D``-dimensional output space.
         ambient_kernel, ambient_points: Optional stationary kernel (e.g. ``ScaleKernel(RBFKernel())``) on the
             ``(n, D_in)`` coordinates of the points: the projected ambient part of the module docstring.
 
@@ -308,37 +280,6 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         if noise is not None or normal_noise is not None:
             self.normal_noise = None if normal_noise is None else float(normal_noise)
 
-    def _normal_energy(self, index: Tensor, y: Tensor) -> Tensor:
-        r""":math:`\|(I - P_i) y_i\|^2` at the points of ``index`` ``(*b, N)`` for ``y`` ``(*b, N, D)``: ``(*b, N)``."""
-        if self.tangent_frames is None:
-            return y.new_zeros(y.shape[:-1])
-        t = (self.tangent_frames[index].mT @ y.unsqueeze(-1)).squeeze(-1)
-        return (y.square().sum(-1) - t.square().sum(-1)).clamp_min(0.0)
-
-    def _normal_noise(self) -> Tensor:
-        s2 = self.noise
-        return s2 if self.normal_noise is None else torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
-
-    def _normal_split(self) -> tuple[Tensor, Tensor]:
-        r""":math:`\beta` and the observation noise across the frames (scaled units): :math:`\sigma^2_{obs}` when
-        :math:`\beta > 0` (isotropic noise, what conditioning adds), else :math:`\sigma_\perp^2`."""
-        beta = self.normal_model_error_variance
-        return beta, (self.observation_noise_variance if bool(beta > 0) else self._normal_noise())
-
-    def _normal_likelihood_terms(self) -> tuple[Tensor, Tensor]:
-        r"""The quadratic form and log determinant ``(*batch,)`` of the components of the observations across the
-        frames: per point observed ``m`` times, :math:`m|(I-P)\bar y|^2/(m\beta + s) + \sum_j |(I-P)(y_j -
-        \bar y)|^2/s` and :math:`(D-d)(\log(m\beta + s) + (m-1)\log s)`, :math:`s` the noise of
-        :meth:`_normal_split` (:math:`|(I-P)y|^2/\sigma_\perp^2` summed, and :math:`N(D-d)\log\sigma_\perp^2`,
-        when :math:`\beta = 0`)."""
-        counts, ybar = self._groups()[:2]
-        beta, sp = self._normal_split()
-        idx, D, d = self.data_index, self.output_dim, self.tangent_dim
-        dev = self._normal_energy(idx, self.data_y - ybar).sum(-1)
-        quad = (self._normal_energy(idx, ybar) / (counts * beta + sp)).sum(-1) + dev / sp
-        logdet = (D - d) * (torch.log(counts * beta + sp) / counts + (1 - 1 / counts) * torch.log(sp)).sum(-1)
-        return quad, logdet
-
     def sqrt_spectrum(self) -> Tensor:
         r""":math:`(\sigma_f^2 \tilde f(\lambda_l))^{1/2}`, shape ``(k,)``."""
         return (self.covar_module.outputscale.reshape(()) * self.kernel.spectrum().reshape(-1)).sqrt()
@@ -389,38 +330,6 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         F = torch.linalg.solve_triangular(LM, S0.mT.expand(*LM.shape[:-2], k, k), upper=False).mT
         return mean, F
 
-    def _noise_split(self) -> tuple[Tensor, Tensor]:
-        r""":math:`\tau^2` (detached) and :math:`\sigma^2_{obs} = \sigma^2 - \tau^2` (differentiable), scaled units."""
-        tau2 = self.model_error_variance
-        return tau2, self.noise - tau2
-
-    def _row_precisions(self) -> Tensor:
-        r"""``(*b, N D)`` weights :math:`\omega_r = 1/(m_r \tau^2 + \sigma^2_{obs})` of the observation rows, with
-        :math:`m_r` the number of observations of the point of row ``r``: the group mean of ``m`` observations of
-        one point has variance :math:`\tau^2 + \sigma^2_{obs}/m` in the span (``1/\sigma^2`` for distinct points)."""
-        tau2, s2 = self._noise_split()
-        counts = self._groups()[0]
-        return (1.0 / (counts * tau2 + s2)).repeat_interleave(self.output_dim, dim=-1)
-
-    def _groups(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        r"""The observations grouped by (batch member, point index), cached on the data tensors: per observation its
-        group's size ``(*b, N)`` and mean ``(*b, N, D)``; the sorted keys ``batch_id * n + index`` ``(U,)``, means
-        ``(U, D)`` and sizes ``(U,)`` of the groups."""
-        cached = self.__dict__.get("_groups_cache")
-        if cached is not None and cached[0] is self.data_index and cached[1] is self.data_y:
-            return cached[2]
-        idx, y = self.data_index, self.data_y
-        batch, N, D, n = idx.shape[:-1], idx.shape[-1], self.output_dim, self.kernel.num_points
-        bid = torch.arange(batch.numel(), device=idx.device).reshape(*batch, 1)
-        key = (bid * n + idx).reshape(-1)
-        uniq, inv, cnt = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
-        yy = y.expand(*batch, N, D).reshape(-1, D).detach()
-        means = torch.zeros(len(uniq), D, dtype=y.dtype, device=y.device).index_add_(0, inv, yy) / cnt[:, None]
-        c = cnt.to(y.dtype)
-        out = (c[inv].reshape(*batch, N), means[inv].reshape(*batch, N, D), uniq, means, c)
-        self.__dict__["_groups_cache"] = (idx, y, out)
-        return out
-
     def _weight_posterior(self) -> tuple[Tensor, Tensor]:
         r""":meth:`weight_posterior`, cached (detached) in eval mode (:meth:`_cached`)."""
         return self._cached("weights", self.weight_posterior)
@@ -450,105 +359,11 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         return store[name]
 
     # ------------------------------------------------------------------------------------------------------------
-    # the projected ambient part: dense algebra on the training observations (module docstring)
+    # the projected ambient part: the switch (its dense algebra: gpgeom.botorch.low_rank_ambient)
     @property
     def uses_ambient(self) -> bool:
         r"""Whether predictions and the likelihood include the projected ambient part (exact mode only)."""
         return self.ambient_kernel is not None and self.ambient_active and self.mode == "exact"
-
-    def _frames_at(self, index: Tensor) -> Tensor:
-        r"""``(*b, q, D, d)`` float64 frames of the span at long ``index`` (the identity without frames)."""
-        if self._frames64 is None:
-            eye = torch.eye(self.output_dim, dtype=torch.float64, device=index.device)
-            return eye.expand(*index.shape, -1, -1)
-        return self._frames64[index]
-
-    def _ambient_gram(self, x1: Tensor, x2: Tensor | None = None) -> Tensor:
-        r""":math:`\sigma_a^2 k(x_1, x_2)` ``(*b, q1, q2)`` between coordinates ``(*b, q, D_in)``; with
-        ``x2=None`` the diagonal :math:`\sigma_a^2 k(x_1, x_1)` ``(*b, q1)``."""
-        if x2 is None:
-            return to_dense(self.ambient_kernel.forward(x1, x1, diag=True))
-        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
-        x1, x2 = x1.expand(*batch, *x1.shape[-2:]), x2.expand(*batch, *x2.shape[-2:])
-        return to_dense(self.ambient_kernel.forward(x1, x2))
-
-    def _dense_factor(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        r"""The training side (scaled units, float64): the Cholesky factor ``(*b, N d, N d)`` of :math:`\Sigma`,
-        :math:`\Sigma^{-1}\tilde y` and the rest of :meth:`_dense_covariance`."""
-        S, yt, T, C = self._dense_covariance()
-        L = psd_safe_cholesky(S)
-        return L, torch.cholesky_solve(yt.unsqueeze(-1), L).squeeze(-1), yt, T, C
-
-    def _dense_covariance(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        r"""The covariance :math:`\Sigma` ``(*b, N d, N d)`` of the observations in tangent coordinates
-        :math:`\tilde y_r = T_r^\top y_r` ``(*b, N d)``, their frames ``(*b, N, D, d)`` and the spectral rows in
-        tangent coordinates :math:`C_r = T_r^\top R_r` ``(*b, N d, k)`` (scaled units), in float64 whatever the
-        model's dtype (in float32 the rounding of :math:`\Sigma` exceeds the noise floor)."""
-        idx, y = self.data_index, self.data_y.double()
-        T = self._frames_at(idx)
-        N, D, d, k = idx.shape[-1], self.output_dim, T.shape[-1], self.kernel.num_eigenpairs
-        C = (T.mT @ self.rows(idx).double().reshape(*idx.shape, D, k)).reshape(*idx.shape[:-1], N * d, k)
-        yt = (T.mT @ y.unsqueeze(-1)).reshape(*y.shape[:-2], N * d)
-        tau2, s2 = self._noise_split()
-        x = self.ambient_points[idx]
-        point = self._ambient_gram(x, x) + tau2 * (idx.unsqueeze(-1) == idx.unsqueeze(-2)).to(x.dtype)
-        G = torch.einsum("...iDa,...jDb->...iajb", T, T)
-        S = (point[..., :, None, :, None] * G).reshape(*point.shape[:-2], N * d, N * d) + C @ C.mT
-        return S + s2 * torch.eye(N * d, dtype=S.dtype, device=S.device), yt, T, C
-
-    def _dense_log_marginal_likelihood(self) -> Tensor:
-        r""":math:`\log p(y)` with the ambient part (``(*batch,)``): the tangent components by the dense Cholesky
-        factor, the components across the frames as in the weight-space likelihood."""
-        S, yt, _, _ = self._dense_covariance()
-        N, D = self.data_index.shape[-1], self.output_dim
-        q_perp, ld_perp = self._normal_likelihood_terms()
-        lml = -0.5 * (gaussian_quad_logdet(S, yt) + q_perp + ld_perp + N * D * math.log(2 * math.pi))
-        return lml.to(self.data_y.dtype)
-
-    def _dense_cross(self, X: Tensor, T: Tensor, C: Tensor) -> Tensor:
-        r"""The prior covariance ``(*b, q D, N d)`` (float64) of the latent field at ``X`` with the training
-        observations in tangent coordinates (spectral, ambient and model-error parts)."""
-        key, P, _, x = self._parse(X)
-        idx = self.data_index
-        same = (key.unsqueeze(-1) == idx.unsqueeze(-2)) & (key >= 0).unsqueeze(-1)
-        point = self._ambient_gram(x.double(), self.ambient_points[idx]) + self._noise_split()[0] * same
-        K = point[..., :, None, :, None] * torch.einsum("...qDE,...nEd->...qDnd", P.double(), T)
-        return K.reshape(*K.shape[:-4], K.shape[-4] * K.shape[-3], -1) + self._rows_at(X).double() @ C.mT
-
-    def _dense_moments(self, X1: Tensor, X2: Tensor | None) -> tuple[Tensor, Tensor]:
-        r"""Posterior mean ``(*b, q1, D)`` at ``X1`` and covariance ``(*b, q1 D, q2 D)`` with ``X2`` (``X2=None``:
-        variances ``(*b, q1, D)``), in scaled units. The part in the span is projected onto it once more
-        (:math:`P_x`), which removes the rounding that :math:`\Sigma^{-1}\tilde y` (large where the noise is small)
-        leaves across it, so that means stay tangent to the frames to machine precision."""
-        dt = self.data_y.dtype
-        L, a, _, T, C = self._cached("dense", self._dense_factor)
-        K1 = self._dense_cross(X1, T, C)
-        q1, D = X1.shape[-2], self.output_dim
-        _, _, _, _, _, n_mean, n_cov = self._entries(X1)  # the nugget across the frames, given the data
-        key1, P1, coef1, x1 = self._parse(X1)
-        P1d = P1.double()
-        mean = (P1d @ (K1 @ a.unsqueeze(-1)).reshape(*K1.shape[:-2], q1, D, 1)).squeeze(-1).to(dt) + n_mean
-        V1 = torch.linalg.solve_triangular(L, K1.mT, upper=False)
-        R1 = self._rows_at(X1).double()
-        if X2 is None:  # per point D x D blocks, projected, then their diagonals
-            Vb = V1.reshape(*V1.shape[:-1], q1, D)
-            R1b = R1.reshape(*R1.shape[:-2], q1, D, -1)
-            amb = (self._ambient_gram(x1.double()) + coef1)[..., None, None] * P1d
-            B = R1b @ R1b.mT + amb - torch.einsum("...nia,...nib->...iab", Vb, Vb)
-            var = torch.diagonal(P1d @ B @ P1d, dim1=-2, dim2=-1).to(dt)
-            return mean, var + torch.diagonal(n_cov, dim1=-2, dim2=-1)
-        V2 = V1 if X2 is X1 else torch.linalg.solve_triangular(L, self._dense_cross(X2, T, C).mT, upper=False)
-        key2, P2, _, x2 = self._parse(X2)
-        P2d = P2.double()
-        same = self._same_inputs(X1, X2, key1, key2).to(torch.float64)
-        gram = self._ambient_gram(x1.double(), x2.double())
-        point = gram[..., :, None, :, None] * torch.einsum("...iab,...jbc->...iajc", P1d, P2d)
-        point = point + torch.einsum("...iab,...ij->...iajb", coef1[..., None, None] * P1d, same)
-        q2 = X2.shape[-2]
-        cov = point.reshape(*point.shape[:-4], q1 * D, q2 * D) + R1 @ self._rows_at(X2).double().mT - V1.mT @ V2
-        cov = torch.einsum("...iab,...ibjc,...jdc->...iajd", P1d, cov.reshape(*cov.shape[:-2], q1, D, q2, D), P2d)
-        nug = torch.einsum("...iab,...ij->...iajb", n_cov, same.to(dt))
-        return mean, (cov.to(dt) + nug).reshape(*cov.shape[:-4], q1 * D, q2 * D)
 
     # ------------------------------------------------------------------------------------------------------------
     # training objectives
@@ -640,7 +455,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
         self.q_raw_scale.copy_(torch.tril(S, -1) + torch.diag(raw_diag))
 
     # ------------------------------------------------------------------------------------------------------------
-    # the GaussianSurrogate hooks (original units)
+    # the GaussianSurrogate hooks (original units; the parsing of their inputs: gpgeom.botorch.low_rank_inputs)
     @property
     def _base_batch_shape(self) -> torch.Size:
         return self.data_index.shape[:-1]
@@ -653,14 +468,6 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
             )
         self.kernel._indices(X, "X")  # integers in range, else a ValueError naming them
         return X
-
-    def _rows_at(self, X: Tensor) -> Tensor:
-        r"""Rows :math:`R` ``(*b, q D, k)`` at ``X``: point indices ``(*b, q, 1)``, or points outside the basis
-        (:meth:`extended_inputs`)."""
-        if X.shape[-1] == 1:
-            return self.rows(self.kernel._indices(X, "X"))
-        D, k = self.output_dim, self.kernel.num_eigenpairs
-        return self.rows(None, X[..., 1 : 1 + D * k].reshape(*X.shape[:-1], D, k))
 
     def extended_inputs(
         self,
@@ -694,76 +501,6 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module):
                 raise ValueError(f"`coords` must be (m, D_in) = ({m}, {self.ambient_points.shape[1]}).")
             parts.append(coords.to(flat))
         return torch.cat(parts, dim=-1)
-
-    def _parse(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        r"""The entries of ``X`` (indices or :meth:`extended_inputs`): point keys ``(*b, q)`` (the index, or -1
-        for a point outside the basis), projectors ``(*b, q, D, D)``, the prior coefficients :math:`\tau^2 +
-        (1 - \gamma^2)\bar p` of the latent variance outside the rank-``k`` and ambient parts ``(*b, q)`` (scaled
-        units), and coordinates ``(*b, q, D_in)`` (``None`` without an ambient part)."""
-        D, k = self.output_dim, self.kernel.num_eigenpairs
-        tau2 = self._noise_split()[0]
-        if X.shape[-1] == 1:
-            key = self.kernel._indices(X, "X")
-            x = None if self.ambient_points is None else self.ambient_points[key]  # float64
-            T = self._frames_at(key)
-            return key, T @ T.mT, tau2.expand(key.shape), x
-        key = torch.round(X[..., 0]).long()
-        P = X[..., 1 + D * k : 1 + D * k + D * D].reshape(*X.shape[:-1], D, D).double()
-        # an exact projector again (float32 inputs round it): its top-d eigenvectors, or the dense algebra's prior
-        # variance, 10^1-10^2, minus nearly all of it, can go negative
-        U = torch.linalg.eigh(0.5 * (P + P.mT))[1][..., D - self.tangent_dim :]
-        P = U @ U.mT
-        coef = tau2 + X[..., 1 + D * k + D * D] * self.mean_prior_variance()
-        x = None if self.ambient_points is None else X[..., 2 + D * k + D * D :]
-        return key, P, coef, x
-
-    def _entries(self, X: Tensor) -> tuple[Tensor, ...]:
-        r"""What the base functions need at the entries of ``X`` (:meth:`_parse`): their point keys, the shrinkage
-        :math:`\alpha = m\tau^2/(m\tau^2 + \sigma^2_{obs})` of the model-error term by the ``m`` observations of
-        the same point ``(*b, q)`` with their mean ``(*b, q, D)``, the coefficients of the latent variance outside
-        the rank-``k`` part with the model error shrunk, :math:`\tau^2(1 - \alpha) + (1 - \gamma^2)\bar p`
-        ``(*b, q)``, the projectors ``(*b, q, D, D)``, and the posterior mean ``(*b, q, D)`` and covariance
-        ``(*b, q, D, D)`` of the nugget across the frames, all in scaled units."""
-        D, n = self.output_dim, self.kernel.num_points
-        key, P, coef, _ = self._parse(X)
-        P = P.to(self.data_y.dtype)
-        tau2, s2 = self._noise_split()
-        beta, sp = self._normal_split()
-        counts_q = torch.zeros(key.shape, dtype=P.dtype, device=P.device)
-        ybar_q = torch.zeros(*key.shape, D, dtype=P.dtype, device=P.device)
-        if self.data_index.shape[-1] and bool(tau2 + beta > 0):
-            _, _, uniq, means, cnt = self._groups()
-            db = self.data_index.shape[:-1]
-            batch = torch.broadcast_shapes(key.shape[:-1], db)
-            bid = torch.arange(db.numel(), device=key.device).reshape(*db, 1).expand(*batch, key.shape[-1])
-            kq = key.expand(*batch, key.shape[-1])
-            qkey = bid * n + kq.clamp_min(0)
-            slot = torch.searchsorted(uniq, qkey.reshape(-1)).clamp_max(len(uniq) - 1).reshape(qkey.shape)
-            found = (uniq[slot] == qkey) & (kq >= 0)
-            counts_q = torch.where(found, cnt[slot], torch.zeros_like(cnt[slot]))
-            ybar_q = means[slot] * found.unsqueeze(-1)
-        alpha = counts_q * tau2 / (counts_q * tau2 + s2.detach())
-        # across the frames: the nugget beta (I - P) shrunk by the observations of the point, alpha_perp
-        Q = torch.eye(D, dtype=P.dtype, device=P.device) - P
-        a_perp = counts_q * beta / (counts_q * beta + sp.detach())
-        n_mean = a_perp.unsqueeze(-1) * (Q @ ybar_q.unsqueeze(-1)).squeeze(-1)
-        return key, alpha, ybar_q, coef - tau2 * alpha, P, n_mean, (beta * (1 - a_perp))[..., None, None] * Q
-
-    @staticmethod
-    def _same_inputs(X1: Tensor, X2: Tensor, key1: Tensor, key2: Tensor) -> Tensor:
-        r"""``(*b, q1, q2)``: whether entries of ``X1`` and ``X2`` are the same input (the same basis point, or
-        identical rows for points outside the basis)."""
-        same = (key1.unsqueeze(-1) == key2.unsqueeze(-2)) & (key1 >= 0).unsqueeze(-1)
-        if X1.shape[-1] > 1 and X2.shape[-1] == X1.shape[-1]:
-            rows = (X1.unsqueeze(-2) == X2.unsqueeze(-3)).all(-1) & (key1 < 0).unsqueeze(-1)
-            same = same | rows
-        return same
-
-    def _scaled_rows(self, X: Tensor, alpha: Tensor) -> Tensor:
-        r"""Rows :math:`(1 - \alpha) R` ``(*b, q D, k)``: what the posterior of :math:`v` contributes at ``X``."""
-        R = self._rows_at(X)
-        a = (1.0 - alpha).repeat_interleave(self.output_dim, dim=-1).unsqueeze(-1)
-        return R * a
 
     def _base_mean(self, X: Tensor) -> Tensor:
         if self.uses_ambient:

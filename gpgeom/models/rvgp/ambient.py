@@ -19,7 +19,7 @@ construction; the sum contains the Euclidean GP made tangent, so it does not los
 :math:`P_x` with estimated frames drops the part of the field across them (frames of a local cubic fit: 2.4e-4 of a
 smooth field on a sphere of 1200 random points, 10x the Euclidean GP's error; the frames of the default degree-2-6
 fit, :func:`~gpgeom.geometry.tangent.local_pca`, leak ~1e-6). The algebra is dense on the tangent components of the
-observations (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`), so the part is used by exact fits on at most
+observations (:mod:`~gpgeom.botorch.low_rank_ambient`), so the part is used by exact fits on at most
 ``AMBIENT_MAX_POINTS`` distinct points; variational fits and larger ones use the spectral kernel alone. Against the
 best of three Euclidean GPs with learnt hyperparameters (``benchmarks/rvgp.py``; 1200 points, 30 % observed, seeds
 0-2), RVGP's relative L2 over theirs, median (max): sphere rough 1.00 (1.01), ellipsoid rough 0.98 (0.99), ellipsoid

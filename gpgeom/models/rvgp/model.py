@@ -2,7 +2,8 @@ r"""The RVGP model: :class:`RVGP` builds the geometry and the kernel of :mod:`gp
 cloud, fits them to observed vectors, predicts at cloud points and new points, and keeps the model contract.
 
 **Uncertainty.** Three fixes of the calibration of the rank-``k`` posterior (measured on noise-free fields: 39 %
-of the components inside the latent 2-sigma band on a torus; :class:`LowRankSpectralGP` has the algebra):
+of the components inside the latent 2-sigma band on a torus; :class:`LowRankSpectralGP` has the algebra, its noise
+model in :mod:`~gpgeom.botorch.low_rank_noise`):
 
 * *tangent likelihood*: observed vectors are tangent up to the frames' error, so their components across the frames
   get their own noise variance (closed-form maximum likelihood, fixed during the fit); one isotropic variance
