@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("skfem")
 pytest.importorskip("triangle")
 
-from gpgeom.datasets import notched_plate as npl  # noqa: E402
 from gpgeom.datasets.notched_plate import (  # noqa: E402
     FIELD_NAMES,
     IN_SCALAR_NAMES,
@@ -24,6 +23,7 @@ from gpgeom.datasets.notched_plate import (  # noqa: E402
     load_notched_plates,
     make_notched_plate,
     mesh_plate,
+    meshing,
     sample_plate_shape,
     save_notched_plates,
     solve_plane_strain,
@@ -99,12 +99,12 @@ def _symmetric_mesh(notch: NotchShape, h: float):
     import triangle
 
     pieces = [
-        npl._segment((0.0, 0.0), (0.5, 0.0), h),
-        npl._segment((0.5, 0.0), (0.5, 2.0), h),
-        npl._segment((0.5, 2.0), (0.0, 2.0), h),
-        npl._segment((0.0, 2.0), (0.0, 1.6), h),
-        npl._notch_curve(notch, "left", h)[::-1],
-        npl._segment((0.0, 0.4), (0.0, 0.0), h),
+        meshing._segment((0.0, 0.0), (0.5, 0.0), h),
+        meshing._segment((0.5, 0.0), (0.5, 2.0), h),
+        meshing._segment((0.5, 2.0), (0.0, 2.0), h),
+        meshing._segment((0.0, 2.0), (0.0, 1.6), h),
+        meshing._notch_curve(notch, "left", h)[::-1],
+        meshing._segment((0.0, 0.4), (0.0, 0.0), h),
     ]
     verts = np.concatenate([p[:-1] for p in pieces])
     nb = len(verts)
@@ -342,6 +342,33 @@ def test_save_load_explicit_file(tmp_path):
     path = save_notched_plates(samples, tmp_path / "frozen.npz")
     for x, y in zip(samples, load_notched_plates(path)):
         _assert_same(x, y)
+
+
+def test_package_face_after_the_split():
+    # the former module gpgeom/datasets/notched_plate.py is a package with one module per concept; every name it
+    # had still imports from the package, and a sample pickles by its new path (executors ship samples)
+    import pickle
+
+    import gpgeom.datasets.notched_plate as package
+    from gpgeom.datasets.notched_plate import elasticity, generate, samples, shapes, storage
+
+    former = (
+        "DATASET_VERSION DEFAULT_OPTIONS FIELD_NAMES IN_SCALAR_NAMES LANDMARK_NAMES NOTCH_FAMILIES OUT_SCALAR_NAMES "
+        "NotchShape NotchedPlateSample PlaneStrainSolution PlateShape boundary_loop generate_notched_plates "
+        "load_notched_plates make_notched_plate mesh_plate plate_boundary sample_plate_shape save_notched_plates "
+        "solve_plane_strain stack_scalars WEDGE_APEX_RANGE WIDTH HEIGHT NOTCH_SPAN"
+    ).split()
+    assert [n for n in former if not hasattr(package, n)] == []
+    homes = {shapes: ("NotchShape", "PlateShape"), meshing: ("boundary_loop", "mesh_plate", "plate_boundary")}
+    homes |= {elasticity: ("PlaneStrainSolution", "solve_plane_strain"), storage: ("load_notched_plates",)}
+    homes |= {samples: ("NotchedPlateSample", "make_notched_plate"), generate: ("generate_notched_plates",)}
+    for module, names in homes.items():
+        for name in names:
+            assert (
+                getattr(package, name) is getattr(module, name) and getattr(module, name).__module__ == module.__name__
+            )
+    sample = make_notched_plate(PlateShape.rectangle(), 0.5)
+    _assert_same(pickle.loads(pickle.dumps(sample)), sample)
 
 
 def test_recovery_options_agree_roughly():
