@@ -414,3 +414,15 @@ def test_missing_fem_extra_gives_install_hint(monkeypatch, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(ImportError, match=r"pip install gpgeom\[fem\]"):
         make_notched_plate(PlateShape.rectangle(), 0.5)
+
+
+def test_a_missing_fe_dependency_names_the_module_the_generator_and_the_extra():
+    from gpgeom.datasets._optional import import_optional
+
+    assert import_optional("json", "a role", "Any") is __import__("json")
+    with pytest.raises(
+        ImportError,
+        match=r"Could not import `gpgeom_no_such_mesher` \(the mesher\)\. The "
+        r"NotchedPlate2d generator needs it: run `pip install gpgeom\[fem\]`\.",
+    ):
+        import_optional("gpgeom_no_such_mesher", "the mesher", "NotchedPlate2d")

@@ -67,6 +67,7 @@ import numpy as np
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
 from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
+from gpgeom.datasets._optional import import_optional
 from gpgeom.datasets._samples import SampleArrays
 from gpgeom.engine.parallel import jobs_executor, map_items
 from gpgeom.geometry.fem import _cell_measures
@@ -105,16 +106,6 @@ OUT_SCALAR_NAMES: tuple[str, ...] = ("mean_vm", "tip_U2", "compliance")
 YOUNG = 1000.0
 #: Default ranges of the resolution (cubes per axis, inclusive): 108-260 vertices, 1.8-4.7 thousand P2 unknowns.
 RESOLUTION = ((8, 12), (3, 4), (2, 3))
-
-_FEM_HINT = "The Bracket3d generator needs scikit-fem: run `pip install gpgeom[fem]`."
-
-
-def _import_skfem():
-    try:
-        import skfem
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"Could not import `skfem` (scikit-fem, the FE solver). {_FEM_HINT}") from err
-    return skfem
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,7 +233,7 @@ def solve_elasticity_3d(
         raise ValueError(f"`young` must be > 0, got {young!r}.")
     if order not in (1, 2):
         raise ValueError(f"`order` must be 1 or 2, got {order!r}.")
-    skfem = _import_skfem()
+    skfem = import_optional("skfem", "scikit-fem, the FE solver", "Bracket3d")
     from scipy.sparse.linalg import spsolve
     from skfem.helpers import ddot, sym_grad, trace
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gpgeom.datasets.notched_plate._optional import _import_skfem
+from gpgeom.datasets._optional import import_optional
 
 __all__ = ["PlaneStrainSolution", "solve_plane_strain"]
 
@@ -73,7 +73,7 @@ def solve_plane_strain(
         raise ValueError(f"`nu` must lie in (-1, 0.5), got {nu!r}.")
     if not young > 0:
         raise ValueError(f"`young` must be > 0, got {young!r}.")
-    skfem = _import_skfem()
+    skfem = import_optional("skfem", "scikit-fem, the FE solver", "NotchedPlate2d")
     from skfem.helpers import ddot, sym_grad, trace
 
     pts = np.asarray(points, dtype=np.float64)

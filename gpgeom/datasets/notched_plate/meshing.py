@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpgeom.datasets.notched_plate._optional import _import_triangle
+from gpgeom.datasets._optional import import_optional
 from gpgeom.datasets.notched_plate.shapes import HEIGHT, NOTCH_SPAN, WIDTH, NotchShape, PlateShape
 from gpgeom.geometry.boundary import boundary_loops
 from gpgeom.geometry.mesh import Mesh
@@ -98,7 +98,7 @@ def mesh_plate(
         ``(points, triangles, landmarks)``: node coordinates ``(n, 2)`` float64, counter-clockwise triangles
         ``(m, 3)`` int64 and the landmark node indices ``(8,)``; ``points[0]`` is the bottom-left corner.
     """
-    triangle = _import_triangle()
+    triangle = import_optional("triangle", "the mesher", "NotchedPlate2d")
     verts, landmarks = plate_boundary(shape, h)
     nb = len(verts)
     segments = np.column_stack([np.arange(nb), (np.arange(nb) + 1) % nb])
