@@ -14,12 +14,12 @@ the calibration of the predictive intervals beside the accuracy.
    R=2 0.2955, CP R=2 0.2876) are quoted for comparison. A calibration table
    (:func:`gpgeom.metrics.calibration_summary` of the predictive distribution of a new observation: coverage of the
    central 50/90/95% intervals, z RMS, NLPD, CRPS, 95% width; mean over folds) follows the accuracy table; the row
-   "former noise prior" is the model before the calibration fix (:mod:`gpgeom.models.funbat.model`).
+   "former noise prior" is the model before the calibration fix (:mod:`gpgeom.models.funbat.noise`).
 2. A synthetic exact rank-2 Tucker tensor (noise sd 0.05) with half of the test entries at unseen coordinates:
    accuracy and calibration.
 3. Calibration over seeds: exact rank-2 Tucker tensors of 300 and 1000 entries (noise sd 0.05), 8 seeds, 400
    held-out entries each: the default FunBaT against the former noise prior ``noise_prior=(1, 1)`` (whose rate
-   inflated the noise variance by about ``2/N`` and made the intervals too wide; :mod:`gpgeom.models.funbat.model`),
+   inflated the noise variance by about ``2/N`` and made the intervals too wide; :mod:`gpgeom.models.funbat.noise`),
    pooled over the seeds.
 4. Time per sweep versus N: Beijing subsamples from 1k to 16k entries, and synthetic tensors whose unique
    coordinates grow with N (``n_coords = N / 2`` per mode) up to 1e5 entries; the log-log slope is fitted. The

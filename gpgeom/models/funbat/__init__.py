@@ -31,16 +31,19 @@ The package, one concept per module
 * :mod:`~gpgeom.models.funbat.conditional`: the latent functions at any coordinates (Gaussian bridges and
   extrapolation), marginal and joint;
 * :mod:`~gpgeom.models.funbat.inference`: the conditional-EP sweep (messages, core, bias, noise) and the ELBO;
+* :mod:`~gpgeom.models.funbat.fitting`: the course of a fit (the initial state, the restarts, the sweep loop with the
+  hyperparameter schedule and the convergence test);
 * :mod:`~gpgeom.models.funbat.hyper`: the lengthscale and variance steps (marginal likelihood or EM);
-* :mod:`~gpgeom.models.funbat.noise`: Student-t noise as a Gaussian scale mixture (the scales' factors, the degrees
-  of freedom, their ELBO terms);
+* :mod:`~gpgeom.models.funbat.noise`: the prior of the noise precision (the calibration of the intervals), Student-t
+  noise as a Gaussian scale mixture (the scales' factors, the degrees of freedom, their ELBO terms);
 * :mod:`~gpgeom.models.funbat.entries`: moments of the entries under the factorised posterior (prediction, BoTorch);
 * :mod:`~gpgeom.models.funbat.predictive`: the predictive distribution of a new observation (quantiles, intervals,
   CDF, log density; a scale mixture by quadrature for Student-t noise);
 * :mod:`~gpgeom.models.funbat.target`: ``target_transform="log"``, the model of :math:`\log y` for positive targets
   with multiplicative errors, and its log-normal predictive;
 * :mod:`~gpgeom.models.funbat.model`: :class:`~gpgeom.models.funbat.model.FunBaT` (fit, predict, ``rebuild_with``, the
-  model contract); :mod:`~gpgeom.models.funbat.cp`: :class:`~gpgeom.models.funbat.cp.FunBaTCP`;
+  model contract); :mod:`~gpgeom.models.funbat.inputs`: the coordinates and values it accepts, its units;
+  :mod:`~gpgeom.models.funbat.cp`: :class:`~gpgeom.models.funbat.cp.FunBaTCP`;
   :mod:`~gpgeom.models.funbat.persistence`: files and device moves;
 * :mod:`~gpgeom.models.funbat.coordinates`: :func:`~gpgeom.models.funbat.coordinates.group_offsets`, coordinates as
   offsets from the mean of a group of entries, for a mode that drifts with another;

@@ -4,6 +4,7 @@ Fang et al., "Functional Bayesian Tucker Decomposition for Continuous-indexed Te
 (arXiv:2311.04829). The model and the inference are described in :mod:`gpgeom.models.funbat`; the updates live in
 :mod:`~gpgeom.models.funbat.inference` (sweeps), :mod:`~gpgeom.models.funbat.latent` (the state-space posterior of a
 mode), :mod:`~gpgeom.models.funbat.hyper` (hyperparameters), :mod:`~gpgeom.models.funbat.entries` (moments of entries),
+:mod:`~gpgeom.models.funbat.fitting` (the initial state, restarts, the sweep loop and its convergence test),
 :mod:`~gpgeom.models.funbat.persistence` (files and devices).
 
 Differences from the authors' code: zero prior mean for the first state (not random), no second "prior" per
@@ -11,31 +12,14 @@ pseudo-observation, a proper core prior, the core covariance in the messages and
 conditionals at unseen coordinates (not a merge heuristic), learned hyperparameters, standardised targets (the
 updates collapse to zero without), a bias factor, a convergence test, restarts chosen by ELBO, predictive variances.
 
-Noise prior (the calibration of the predictive intervals). The noise precision has the conjugate posterior
-:math:`q(\tau) = \mathrm{Gamma}(a_\tau, b_\tau)`, :math:`a_\tau = a_0 + N/2`, :math:`b_\tau = b_0 + \tfrac12 \sum_n
-\mathbb E_q[(y_n - b - f_n)^2]` (:mod:`~gpgeom.models.funbat.inference`), and the predictive noise variance is
-
-.. math::
-    \mathbb E_q[\tau^{-1}] = \frac{b_0 + \tfrac12 \sum_n \mathbb E_q[(y_n - b - f_n)^2]}{a_0 + N/2 - 1}
-    \approx \frac1N \sum_n \mathbb E_q[(y_n - b - f_n)^2] + \frac{2 b_0}{N},
-
-in standardised units of ``y``. The default ``noise_prior`` is :math:`(a_0, b_0) = (1, 10^{-3})`: the prior weighs
-as two pseudo-entries with a sum of squares of :math:`2 \cdot 10^{-3}`, so the data set the noise. The former
-default :math:`b_0 = 1` (a prior sum of squares of two whole data variances) added :math:`2/N` to the noise variance,
-which dominated it for small or precise data (``N = 300``, noise sd 0.05: :math:`0.0067` on top of
-:math:`0.0025`, a fitted noise sd of 0.11 instead of 0.05): the intervals were too wide (over 8 synthetic tensors of
-300 entries, 95% intervals covered 99.5% of held-out entries, z RMS 0.49; now 96.5%, z RMS 0.91; ``N = 1000``: 99.6%,
-z RMS 0.69, now 96%, z RMS 0.96; ``benchmarks/funbat.py``). The other suspects measure small:
-:math:`\mathbb E[\tau^{-1}]` and :math:`1/\mathbb E[\tau]` differ by the factor :math:`a_\tau/(a_\tau - 1) = 1 +
-O(1/N)`; the bias variance is :math:`O(1/N)`; and the factorised posterior does not double-count: the variance of a
-noise-free entry (the sum of the per-factor contributions, :mod:`~gpgeom.models.funbat.entries`) equals that of the
-joint Gauss-Newton (Laplace) posterior over every node value, the core and the bias, whose cross-covariances
-represent the Tucker scale/rotation trade-offs, to within 2% (synthetic tensors of 1000 entries, seen and unseen
-coordinates): the ambiguity spans only :math:`\sum_k R_k^2` of several hundred data-determined directions.
+Noise prior: the default ``noise_prior`` :math:`(a_0, b_0) = (1, 10^{-3})` lets the data set the noise; the
+predictive noise variance it gives, why the former :math:`b_0 = 1` made the intervals too wide and why the
+factorised posterior does not double-count the variance of an entry: :mod:`~gpgeom.models.funbat.noise`.
 
 Limitations: the variance of a noise-free entry exceeds its errors where the truth is smoother than the Matérn prior (z
 RMS of the noise-free values 0.87 at seen and 0.80 at unseen coordinates on the synthetic sinusoids; the joint posterior
-above gives the same), so ``predict(..., observation_noise=False)`` and the BoTorch adapter are conservative there. The
+of :mod:`~gpgeom.models.funbat.noise` gives the same), so ``predict(..., observation_noise=False)`` and the BoTorch
+adapter are conservative there. The
 noise is Gaussian and homoscedastic: for heavy-tailed or heteroscedastic data (BeijingAir-PM2.5) the intervals have
 about the right total variance (z RMS 1.06) but cover more than nominal at low levels (50%: 0.68) and slightly less at
 95% (0.94), as the exact GP with a Gaussian likelihood does there (fold 0: 0.69 / 0.91 / 0.94, z RMS 1.13;
@@ -64,7 +48,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,19 +55,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gpgeom._progress import progress_bar
 from gpgeom._validation import check_option, check_positive
 from gpgeom.base import ModelContract
-from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat import persistence
 from gpgeom.models.funbat.conditional import latent_conditional
 from gpgeom.models.funbat.entries import entry_marginals
+from gpgeom.models.funbat.fitting import _Fitting
 from gpgeom.models.funbat.hyper import _HyperparameterSteps
 from gpgeom.models.funbat.inference import _ConditionalEP, _Mode
-from gpgeom.models.funbat.noise import NOISE_MODELS, SCALE_FITS, noise_factor
+from gpgeom.models.funbat.inputs import _Inputs
+from gpgeom.models.funbat.noise import check_noise_options, noise_factor
 from gpgeom.models.funbat.predictive import _PredictiveDistribution
-from gpgeom.models.funbat.priors import check_categorical, initial_positions, mode_kernel
-from gpgeom.models.funbat.scales import DOF_INIT, _NoiseScales
+from gpgeom.models.funbat.priors import check_categorical
+from gpgeom.models.funbat.scales import _NoiseScales
 from gpgeom.models.funbat.target import TARGET_TRANSFORMS, lognormal_mean_std, to_model_target
 
 __all__ = ["FunBaT", "FunBaTFitResult"]
@@ -132,7 +115,9 @@ def _as_rank_tuple(rank: int | Sequence[int]) -> tuple[int, ...] | int:
     return ranks
 
 
-class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, _PredictiveDistribution):
+class FunBaT(
+    ModelContract, _Inputs, _Fitting, _ConditionalEP, _HyperparameterSteps, _NoiseScales, _PredictiveDistribution
+):
     r"""Functional Bayesian Tucker decomposition of a continuous-indexed tensor (Fang et al., ICLR 2024).
 
     See :mod:`gpgeom.models.funbat` for the model, the inference and the equations. Typical use::
@@ -178,9 +163,9 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             can overfit (Beijing PM2.5: the FunBaT page of the docs, "Accuracy on BeijingAir-PM2.5").
         core_prior_variance: :math:`\sigma_W^2` of the core prior :math:`N(0, \sigma_W^2 I)` (Tucker).
         noise_prior: :math:`(a_0, b_0)` of the Gamma prior on the noise precision :math:`\tau` (of standardised
-            targets; shape and rate). The default :math:`(1, 10^{-3})` lets the data set the noise (the module
-            docstring gives the predictive noise variance and why the former :math:`b_0 = 1` made the intervals too
-            wide); :math:`a_0 + N/2 > 1` is needed for a finite :math:`\mathbb E[\tau^{-1}]`.
+            targets; shape and rate). The default :math:`(1, 10^{-3})` lets the data set the noise
+            (:mod:`~gpgeom.models.funbat.noise` gives the predictive noise variance and why the former :math:`b_0 = 1`
+            made the intervals too wide); :math:`a_0 + N/2 > 1` is needed for a finite :math:`\mathbb E[\tau^{-1}]`.
         standardize: Standardise ``y`` (training mean and standard deviation); predictions are in the original
             units. Strongly recommended (the Tucker updates are linear in each other's means and collapse to the
             zero fixed point when ``y`` is small).
@@ -343,30 +328,7 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {seed!r}.")
         self.seed = seed
-        self.noise = check_option("noise", noise, NOISE_MODELS)
-        if dof is not None:
-            if noise != "student_t":
-                raise ValueError(f"`dof` applies to noise='student_t' only, got dof={dof!r} with noise={noise!r}.")
-            if isinstance(dof, bool) or not isinstance(dof, int | float) or not 2.0 < dof < math.inf:
-                raise ValueError(f"`dof` must be None (learned) or a finite number > 2, got {dof!r}.")
-            dof = float(dof)
-        self.dof = dof
-        if scale_mode is not None:
-            if isinstance(scale_mode, bool) or not isinstance(scale_mode, int):
-                raise TypeError(f"`scale_mode` must be None or an int (a mode index), got {scale_mode!r}.")
-            if noise != "student_t":
-                raise ValueError(
-                    f"`scale_mode` applies to noise='student_t' only, got scale_mode={scale_mode!r} with "
-                    f"noise={noise!r}."
-                )
-            if scale_mode < 0:
-                raise ValueError(f"`scale_mode` must be a mode index >= 0, got {scale_mode}.")
-        self.scale_mode = scale_mode
-        self.scale_fit = check_option("scale_fit", scale_fit, SCALE_FITS)
-        if scale_fit != "joint" and noise != "student_t":
-            raise ValueError(f"`scale_fit={scale_fit!r}` applies to noise='student_t' only, got noise={noise!r}.")
-        if scale_fit == "heldout" and scale_mode is not None:
-            raise ValueError(f"`scale_fit='heldout'` needs scale_mode=None (one noise), got scale_mode={scale_mode!r}.")
+        self.noise, self.dof, self.scale_mode, self.scale_fit = check_noise_options(noise, dof, scale_mode, scale_fit)
         self.target_transform = check_option("target_transform", target_transform, TARGET_TRANSFORMS)
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ValueError(f"`dtype` must be torch.float32, torch.float64 or None, got {dtype!r}.")
@@ -413,36 +375,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         r"""The number of modes ``K``."""
         self._check_fitted()
         return len(self.ranks)
-
-    # ------------------------------------------------------------------------------------------------------------
-    # inputs
-    def _check_X(self, X: object, name: str = "X", K: int | None = None) -> Tensor:
-        r"""Coordinates (numpy or torch, any dtype) as a tensor of the model's dtype and device: ``N x K`` for
-        ``fit`` (``K=None``), ``... x K`` otherwise."""
-        X = self._as_tensor(name, X, finite=False)
-        if X.dim() < 2 or (K is None and X.dim() != 2):
-            raise ValueError(
-                f"`{name}` must be {'N x K' if K is None else '... x K'} (one row of K coordinates per entry), "
-                f"got shape {tuple(X.shape)}."
-            )
-        if K is not None and X.shape[-1] != K:
-            raise ValueError(f"`{name}` must have K={K} coordinates per entry (last dimension), got {X.shape[-1]}.")
-        if bool((bad := ~torch.isfinite(X)).any()):
-            raise ValueError(
-                f"`{name}` contains {int(bad.sum())} NaN or infinite coordinate(s); every coordinate of an entry "
-                "must be finite (to mark a missing value, set y to NaN or pass `mask`)."
-            )
-        return X
-
-    def _check_y(self, y: object, N: int) -> Tensor:
-        y = self._as_tensor("y", y, finite=False)
-        if y.dim() == 2 and y.shape[-1] == 1:
-            y = y[:, 0]
-        if y.shape != (N,):
-            raise ValueError(f"`y` must have shape (N,) = ({N},) (or (N, 1)) matching `X`, got {tuple(y.shape)}.")
-        if bool(torch.isinf(y).any()):
-            raise ValueError(f"`y` holds {int(torch.isinf(y).sum())} infinite value(s) (NaN marks a missing entry).")
-        return y
 
     # ------------------------------------------------------------------------------------------------------------
     # fitting
@@ -539,11 +471,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
         self._record(start)
         return self
 
-    def _set_data(self, Xn: Tensor, ys: Tensor) -> None:
-        r"""Normalised coordinates ``N x K`` and standardised values ``N`` of the training entries."""
-        self._coords = [torch.unique(Xn[:, k], sorted=True, return_inverse=True) for k in range(Xn.shape[1])]
-        self._X, self._ys, self._N = Xn, ys, Xn.shape[0]
-
     def _record(self, start: float) -> None:
         what = "the fitted values and of 1/dof" if self.history and self.history[-1]["dof"] else "the fitted values"
         done = f"relative change of {what} below tol={self.tol:g}"
@@ -558,141 +485,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
             seconds=time.perf_counter() - start,
             message=message,
         )
-
-    _STATE = (
-        "kernels _modes _core_mean _core_cov _core_lam _core_eta _tau_a _tau_b _tau_data _bias_mean _bias_var "
-        "history converged _f_old _next_hyper _interval _hyper_steps _rprop _hyper_settled _last_sq _scale_alpha "
-        "_scale_beta _resid_sq _dof"
-    ).split()
-
-    def _snapshot(self) -> dict[str, Any]:
-        return {k: copy.deepcopy(getattr(self, k)) for k in self._STATE if hasattr(self, k)}
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
-
-    def _initialise(self, seed: int, init_scale: float) -> None:
-        r"""Kernels, latent means (cosine basis and perturbation: ``priors.initial_positions``), core, noise."""
-        K = len(self.ranks)
-        dtype, device = self.dtype, self.device
-        gen = torch.Generator().manual_seed(seed)
-        self.kernels = torch.nn.ModuleList()
-        self._modes = []
-        for k in range(K):
-            t, idx = self._coords[k]
-            kern = mode_kernel(self._nus[k], k in self.categorical, dtype, device)
-            if kern.has_lengthscale:  # a categorical mode has none
-                kern.lengthscale = float(self._ls0[k])
-            kern.variance = float(self._vs0[k])
-            self.kernels.append(kern)
-            I, R, (s, perm) = t.shape[0], self.ranks[k], initial_positions(t, idx, self._ys, k in self.categorical)
-            noise = torch.randn(I, R, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)[perm]
-            basis = torch.cos(math.pi * s[:, None] * torch.arange(R, dtype=dtype, device=device)[None, :])
-            self._modes.append(
-                _Mode(
-                    t=t,
-                    idx=idx,
-                    u_mean=basis + init_scale * noise,
-                    u_cov=0.01 * torch.eye(R, dtype=dtype, device=device).expand(I, R, R).clone(),
-                    lam=torch.zeros(I, R, R, dtype=dtype, device=device),
-                    eta=torch.zeros(I, R, dtype=dtype, device=device),
-                )
-            )
-        P = math.prod(self.ranks)
-        if self.decomposition == "tucker":
-            W0 = torch.randn(P, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-            self._core_mean = W0 / math.sqrt(P) * math.sqrt(self.core_prior_variance)
-            self._core_cov = 0.01 * torch.eye(P, dtype=dtype, device=device)
-        else:
-            R = self.ranks[0]
-            W = torch.zeros((R,) * K, dtype=dtype, device=device)
-            for r in range(R):
-                W[(r,) * K] = 1.0
-            self._core_mean = W.reshape(-1)
-            self._core_cov = torch.zeros(P, P, dtype=dtype, device=device)
-        self._core_lam = torch.zeros(P, P, dtype=dtype, device=device)
-        self._core_eta = torch.zeros(P, dtype=dtype, device=device)
-        a0, _ = self.noise_prior
-        self._tau_a = torch.tensor(a0 + 0.5 * self._N, dtype=dtype, device=device)
-        self._tau_b = self._tau_a / 10.0  # E[tau] = 10 to start: noise sd 0.32 of the standardised data
-        self._tau_data = None
-        self._bias_mean = torch.zeros((), dtype=dtype, device=device)
-        self._bias_var = torch.zeros((), dtype=dtype, device=device)
-        self._init_scales(self.dof if self.dof is not None else DOF_INIT)
-        self._reset_schedule()
-
-    def _reset_schedule(self) -> None:
-        self.history, self.converged = [], False
-        self._f_old = None
-        self._next_hyper, self._interval, self._hyper_steps = self.hyper_warmup, self.hyper_every, 0
-        self._rprop, self._hyper_settled = None, True
-
-    def _run(self, max_sweeps: int, progress: bool | None, callback: Callable | None, final: bool) -> None:
-        r"""Sweeps until the convergence test (only after a hyperparameter step when they are learned) or until
-        ``max_sweeps`` sweeps in all have run."""
-        K = len(self.ranks)
-        start = len(self.history)
-        bar = progress_bar(
-            range(start, max_sweeps), progress=progress, desc=f"FunBaT-{self.decomposition}", leave=False
-        )
-        for sweep in bar:
-            t0 = time.perf_counter()
-            learn, failure = any(self._learn_modes) and sweep >= self._next_hyper, None
-            # "sweep" hyperparameter steps take the gradient from this sweep's smoothers (hyper module docstring)
-            self._want_score = learn and self._next_hyper_method() == "sweep"
-            for k in range(K):
-                self._update_mode(k)
-            self._want_score = False
-            f_bar = self._update_core_and_noise()
-            if learn:
-                change, failure = self._learn_hyperparameters()
-                # adaptive schedule: double the interval while the hyperparameters move by < 1% (at most 8)
-                cap = 8 * self.hyper_every
-                self._interval = min(2 * self._interval, cap) if change < 0.01 else self.hyper_every
-                self._next_hyper = sweep + self._interval
-            f_old = self._f_old
-            delta = math.inf if f_old is None else float((f_bar - f_old).norm() / f_old.norm().clamp_min(1e-30))
-            if self._dof is not None:  # Student-t: 1/dof must settle too (it shifts the quantiles, Cornish-Fisher)
-                dof_old = self.history[-1]["dof"] if self.history else None
-                delta = max(delta, abs(1.0 / self._dof - 1.0 / dof_old) if dof_old else math.inf)
-            self._f_old = f_bar
-            entry = {
-                "sweep": sweep,
-                "delta": delta,
-                "train_rmse": float((f_bar - self._ys).square().mean().sqrt()),
-                "noise_sd": float((self._tau_b / self._tau_a).sqrt() * self.y_std),
-                "seconds": time.perf_counter() - t0,
-                "lengthscale": self.lengthscales_.tolist(),
-                "variance": [float(kk.variance.detach()) for kk in self.kernels],
-                "hyper_step": learn,
-                "hyper_failure": failure,
-                "elbo": self.elbo(),
-                "dof": self._dof,
-            }
-            self.history.append(entry)
-            bar.set_postfix(delta=f"{delta:.2e}", rmse=f"{entry['train_rmse']:.4f}")
-            if callback is not None:
-                callback(self, entry)
-            if not math.isfinite(entry["train_rmse"]):
-                raise FloatingPointError(
-                    f"FunBaT diverged at sweep {sweep} (non-finite fit); try more damping or float64."
-                )
-            hypers_done = not any(self._learn_modes) or (self._hyper_steps > 0 and self._hyper_settled)
-            if sweep + 1 >= self.min_sweeps and delta < self.tol and hypers_done:
-                self.converged = True
-                break
-        bar.close()
-        if self.history and self.history[-1]["hyper_step"]:  # smoothed posteriors with the final hyperparameters
-            for k in range(K):
-                self._smooth(k)
-        if final and not self.converged and self.tol > 0:
-            warnings.warn(
-                f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"
-                " compare held-out error before raising max_sweeps (longer fits can predict worse).",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
 
     def rebuild_with(self, X: Tensor, y: Tensor, *, max_sweeps: int | None = None, tol: float | None = None) -> FunBaT:
         r"""The model refitted on its training data plus ``(X, y)`` with the same hyperparameters held fixed: the
@@ -755,9 +547,6 @@ class FunBaT(ModelContract, _ConditionalEP, _HyperparameterSteps, _NoiseScales, 
 
     # ------------------------------------------------------------------------------------------------------------
     # prediction
-    def _normalise(self, X: Tensor) -> Tensor:
-        return (X - self.coord_lo) / self.coord_span
-
     def latent(self, k: int, t: Tensor) -> tuple[Tensor, Tensor]:
         r"""Posterior of the latent function :math:`u^k` at coordinates ``t`` (original units, any values).
 
