@@ -147,6 +147,33 @@ def module_members(module: Any) -> list[str]:
     return out
 
 
+def _private_mixin(cls: type) -> bool:
+    return cls.__name__.startswith("_") and cls.__module__.startswith("gpgeom.")
+
+
+def inherited_exclusions(objects: Iterable[Any]) -> list[str]:
+    r"""The ``:inherited-members:`` exclusions that document the public members a class takes from private gpgeom
+    mixins (``FunBaT.predict_quantile`` from ``_PredictiveDistribution``), which no page documents otherwise.
+
+    Empty when no class among ``objects`` has such a member; else the names of every other class in their MROs
+    (``object``, public bases such as ``ModelContract``: their members are documented on their own pages).
+    """
+    classes = [c for c in objects if inspect.isclass(c)]
+
+    def from_mixin(cls: type) -> bool:
+        for name in dir(cls):
+            if name.startswith("_"):
+                continue
+            owner = next((b for b in cls.__mro__ if name in vars(b)), None)
+            if owner is not None and owner is not cls and _private_mixin(owner):
+                return True
+        return False
+
+    if not any(from_mixin(c) for c in classes):
+        return []
+    return sorted({b.__name__ for c in classes for b in c.__mro__ if not _private_mixin(b)})
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # generated pages
 # ---------------------------------------------------------------------------------------------------------------------
@@ -181,6 +208,9 @@ def generate_api(outdir: Path) -> dict[str, str]:
         lines = [rst_title(f"``{mod_name}``"), f".. automodule:: {mod_name}"]
         if members:
             lines += ["   :members: " + ", ".join(members), "   :show-inheritance:", "   :member-order: bysource"]
+            excluded = inherited_exclusions([getattr(module, n) for n in members])
+            if excluded:
+                lines += ["   :inherited-members: " + ", ".join(excluded)]
         else:
             lines += ["   :no-members:"]
         if is_package:
