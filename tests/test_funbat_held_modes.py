@@ -113,3 +113,44 @@ def test_bad_mask_and_infinite_y_say_what_was_given(data):
         FunBaT(2).fit(data.X_train, data.y_train, mask=torch.ones(n, dtype=torch.long))
     with pytest.raises(ValueError, match=rf"`mask` must be booleans of shape \({n},\), got torch.bool \(3,\)"):
         FunBaT(2).fit(data.X_train, data.y_train, mask=torch.ones(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "student_t"])
+def test_learn_noise_false_from_a_callback_holds_the_noise_from_the_next_sweep(data, noise):
+    r"""The hold equals a noise-precision message damped by 1 (the former diagnostic of ``funbat_drift.py``) bit for
+    bit, leaves the fit unchanged before it, and keeps ``noise_sd`` exactly while the free fit's moves."""
+    hold_at = 3
+
+    def hold(model: FunBaT, entry: dict) -> None:
+        if len(model.history) == hold_at:
+            model.learn_noise = False
+
+    def damp(model: FunBaT, entry: dict) -> None:
+        if len(model.history) == hold_at:
+            model.damping_tau = 1.0  # outside the constructor's range on purpose: the old way to hold q(tau)
+
+    held = _fit(data, noise=noise, callback=hold)
+    damped = _fit(data, noise=noise, callback=damp)
+    free = _fit(data, noise=noise)
+    assert [h["noise_sd"] for h in held.history] == [h["noise_sd"] for h in damped.history]
+    assert [h["elbo"] for h in held.history] == [h["elbo"] for h in damped.history]
+    torch.testing.assert_close(held.predict(data.X_test), damped.predict(data.X_test), rtol=0, atol=0)
+    for a, b in zip(held.history[:hold_at], free.history[:hold_at]):
+        assert a["noise_sd"] == b["noise_sd"] and a["train_rmse"] == b["train_rmse"]
+    after = [h["noise_sd"] for h in held.history[hold_at - 1 :]]
+    assert all(sd == after[0] for sd in after)
+    assert free.history[-1]["noise_sd"] != after[0]
+
+
+def test_learn_noise_false_keeps_the_first_estimate_and_survives_save_and_load(data, tmp_path):
+    model = _fit(data, learn_noise=False)
+    sds = [h["noise_sd"] for h in model.history]
+    assert len(set(sds)) == 1 and sds[0] != _fit(data).history[-1]["noise_sd"]
+    path = tmp_path / "funbat.pt"
+    model.save(path)
+    loaded = FunBaT.load(path)
+    assert loaded.learn_noise is False
+    torch.testing.assert_close(loaded.predict(data.X_test), model.predict(data.X_test))
+    assert FunBaT(2).learn_noise is True
+    with pytest.raises(TypeError, match=r"`learn_noise` must be a bool, got 0"):
+        FunBaT(2, learn_noise=0)

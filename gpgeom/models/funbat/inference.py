@@ -239,14 +239,17 @@ class _ConditionalEP:
         self._core_mean = torch.cholesky_solve(self._core_eta[:, None], L)[:, 0]
 
     def _update_noise(self, sq: Tensor) -> None:
-        r""":math:`q(\tau)` from the (weighted) sum of expected squared residuals ``sq`` (0-dim; damped)."""
+        r""":math:`q(\tau)` from the (weighted) sum of expected squared residuals ``sq`` (0-dim; damped; kept after
+        the first estimate when ``learn_noise`` is off, while ``sq`` still enters the ELBO)."""
+        self._last_sq = sq
+        if not self.learn_noise and self._tau_data is not None:
+            return
         a0, b0 = self.noise_prior
         data = torch.stack([torch.tensor(0.5 * self._N, dtype=sq.dtype, device=sq.device), 0.5 * sq])
         rho = self.damping_tau if self._tau_data is not None else 0.0
         self._tau_data = data if self._tau_data is None else rho * self._tau_data + (1.0 - rho) * data
         self._tau_a = a0 + self._tau_data[0]
         self._tau_b = b0 + self._tau_data[1]
-        self._last_sq = sq
 
     def _scale_weights(self) -> Tensor | None:
         r"""``N`` weights :math:`\mathbb E[\lambda_n]` of the Student-t scale mixture (:math:`\mathbb

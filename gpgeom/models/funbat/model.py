@@ -140,6 +140,9 @@ class FunBaT(
         learn_hyperparameters: Learn each mode's lengthscale and variance (marginal likelihood of the
             pseudo-observations, at the end of a sweep) from sweep ``hyper_warmup`` on: a bool for every mode or one
             bool per mode (``False`` keeps that mode's ``lengthscale`` and ``variance`` as given).
+        learn_noise: Update the noise precision :math:`q(\tau)` in every sweep. ``False`` keeps the first estimate
+            (the first sweep's update sets it); cleared from a ``fit`` callback it holds the noise from the next
+            sweep on (``benchmarks/funbat_drift.py``).
         hyper_warmup: First sweep (0-based) with a hyperparameter step.
         hyper_every: Sweeps between hyperparameter steps (the interval doubles, up to ``8 hyper_every``, while the
             hyperparameters move by less than 1%).
@@ -226,10 +229,10 @@ class FunBaT(
     _format_version = 2  # 2: the noise model (Student-t scales, degrees of freedom)
 
     _CONFIG = (
-        "rank decomposition nu lengthscale_init variance_init learn_hyperparameters hyper_warmup hyper_every "
-        "hyper_method hyper_max_iter damping damping_core damping_tau max_sweeps min_sweeps tol core_prior_variance "
-        "noise_prior standardize normalize_coordinates bias bias_prior_variance init_scale n_restarts restart_sweeps "
-        "seed noise dof scale_mode scale_fit target_transform categorical"
+        "rank decomposition nu lengthscale_init variance_init learn_hyperparameters learn_noise hyper_warmup "
+        "hyper_every hyper_method hyper_max_iter damping damping_core damping_tau max_sweeps min_sweeps tol "
+        "core_prior_variance noise_prior standardize normalize_coordinates bias bias_prior_variance init_scale "
+        "n_restarts restart_sweeps seed noise dof scale_mode scale_fit target_transform categorical"
     ).split()
 
     def __init__(
@@ -242,6 +245,7 @@ class FunBaT(
         lengthscale: float | Sequence[float] = 0.3,
         variance: float | Sequence[float] = 1.0,
         learn_hyperparameters: bool = True,
+        learn_noise: bool = True,
         hyper_warmup: int = 2,
         hyper_every: int = 1,
         hyper_method: str = "auto",
@@ -292,6 +296,9 @@ class FunBaT(
                 raise TypeError(f"`learn_hyperparameters` must hold bools (one per mode), got {list(flags)!r}.")
             learn_hyperparameters = tuple(flags)
         self.learn_hyperparameters = learn_hyperparameters
+        if not isinstance(learn_noise, bool):
+            raise TypeError(f"`learn_noise` must be a bool, got {learn_noise!r}.")
+        self.learn_noise = learn_noise
         check_positive("hyper_warmup", hyper_warmup, integer=True, allow_zero=True)
         check_positive("hyper_every", hyper_every, integer=True)
         if hyper_max_iter is not None:
@@ -395,7 +402,8 @@ class FunBaT(
             mask: Optional ``N`` booleans, ``False`` for missing entries.
             progress: Progress bar over sweeps (``None``: when a person is watching, :mod:`gpgeom._progress`).
             callback: Called after every sweep (the restarts' too) as ``callback(model, history_entry)``; setting
-                ``model.learn_hyperparameters = False`` there holds the hyperparameters from the next sweep on.
+                ``model.learn_hyperparameters = False`` there holds the hyperparameters from the next sweep on,
+                ``model.learn_noise = False`` the noise.
 
         Returns:
             ``self``, with :attr:`fit_result_`.
