@@ -404,3 +404,6 @@ def test_vector_field_metrics_name_bad_input(metric):
         fn(good, bad)
     with pytest.raises(TypeError, match="pred must hold real numbers"):
         fn(np.array([["a", "b", "c"]] * 4), good)
+    if metric == "relative_l2":
+        with pytest.raises(ValueError, match="true is zero everywhere: the relative L2 error is undefined"):
+            fn(good, np.zeros((4, 3)))

@@ -395,10 +395,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         # change the posterior's family, so their moments come from ``posterior``
         return octf is None or bool(getattr(octf, "_is_linear", False))
 
-    def _bytes_per_test_point(self, test_batch: tuple[int, ...] = (), columns: int | None = None) -> int:
+    def _bytes_per_test_point(self, test_batch: tuple[int, ...] = ()) -> int:
         r"""Working bytes per test point of a chunk (:func:`~gpgeom.botorch.exact_predict.bytes_per_test_point` of
         this model's kernel and training inputs)."""
-        return bytes_per_test_point(self.covar_module, self.train_inputs[0], self._num_outputs, test_batch, columns)
+        return bytes_per_test_point(self.covar_module, self.train_inputs[0], self._num_outputs, test_batch)
 
     # ---------------------------------------------------------------------------------------------------------
     # the training factor (cached between calls in eval mode) and the test moments from it

@@ -50,10 +50,9 @@ def bytes_per_test_point(
     train_X: Tensor,
     num_outputs: int,
     test_batch: tuple[int, ...] = (),
-    columns: int | None = None,
 ) -> int:
-    r"""Working bytes per test point of a chunk: kernel temporaries of one row against ``columns`` points (the
-    ``n`` training points by default) for every test batch member, batch member and output.
+    r"""Working bytes per test point of a chunk: kernel temporaries of one row against the ``n`` training points for
+    every test batch member, batch member and output.
 
     Args:
         covar_module: The kernel (three blocks per row for the kernels of
@@ -61,15 +60,13 @@ def bytes_per_test_point(
         train_X: The ``batch x n x d`` training inputs (batch shape, ``n`` and dtype).
         num_outputs: The number of outputs ``m`` (for ``m > 1`` the test inputs get an output dimension).
         test_batch: The batch shape of the test inputs.
-        columns: Points each test point is evaluated against; default the ``n`` training points.
 
     Returns:
         The number of bytes.
     """
     batch = torch.broadcast_shapes(tuple(test_batch) + ((1,) if num_outputs > 1 else ()), train_X.shape[:-2])
-    cols = train_X.shape[-2] if columns is None else columns
     blocks = _STATIONARY_BLOCKS if stationary_kind(covar_module) else _KERNEL_BLOCKS
-    return blocks * math.prod(batch) * cols * element_size(train_X.dtype)
+    return blocks * math.prod(batch) * train_X.shape[-2] * element_size(train_X.dtype)
 
 
 def dense_kernel(covar_module: Kernel, X1: Tensor, X2: Tensor | None = None) -> Tensor:

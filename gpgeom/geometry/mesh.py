@@ -37,7 +37,7 @@ import torch
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.geometry.locate import CellLocator
 
-__all__ = ["Mesh", "as_mesh"]
+__all__ = ["Mesh", "as_mesh", "as_float_array", "as_index_array"]
 
 _CELL_TYPES = {1: "line", 2: "triangle", 3: "tetra"}
 _CELL_DIMS = {v: k for k, v in _CELL_TYPES.items()}

@@ -30,9 +30,12 @@ def _fields(pred: object, true: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 def relative_l2(pred: object, true: object) -> float:
     r""":math:`\|\hat V - V\|_F / \|V\|_F` of ``(m, D)`` arrays or tensors (``pred``: :math:`\hat V`, ``true``:
-    :math:`V`)."""
+    :math:`V`, not zero everywhere)."""
     p, t = _fields(pred, true)
-    return float(torch.linalg.norm(p - t) / torch.linalg.norm(t).clamp_min(np.finfo(float).tiny))
+    scale = torch.linalg.norm(t)
+    if scale == 0:
+        raise ValueError("true is zero everywhere: the relative L2 error is undefined (report the absolute error).")
+    return float(torch.linalg.norm(p - t) / scale)
 
 
 def angular_errors(pred: object, true: object) -> np.ndarray:

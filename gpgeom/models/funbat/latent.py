@@ -58,6 +58,8 @@ __all__ = [
     "latent_score",
     "score_surrogate",
     "ModeScore",
+    "block_diagonal",
+    "value_map",
 ]
 
 #: The smoothed posterior of one mode (:class:`gpgeom.engine.sites.SitePosterior`): ``mean`` ``I x D``, ``cov``

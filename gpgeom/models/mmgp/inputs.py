@@ -21,6 +21,7 @@ from gpgeom.geometry.mesh import Mesh, as_mesh
 
 __all__ = [
     "as_mesh",
+    "as_meshes",
     "check_family",
     "check_output_fields",
     "clock",
