@@ -6,6 +6,8 @@ and what was given, so that a user reading the traceback knows what to change.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -117,12 +119,13 @@ def check_increasing(name: str, t: Tensor, *, strict: bool = True) -> Tensor:
 
 
 def check_positive(name: str, value: float | int, *, integer: bool = False, allow_zero: bool = False) -> None:
-    r"""Check that a scalar option is positive (or non-negative), and an integer when asked."""
-    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+    r"""Check that a scalar option is positive (or non-negative) and not NaN, and an integer when asked (numpy
+    scalars count: ``np.float32(0.5)``, ``np.int64(3)``)."""
+    if integer and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__} ({value!r}).")
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.")
-    if (value < 0) if allow_zero else (value <= 0):
+    if math.isnan(value) or ((value < 0) if allow_zero else (value <= 0)):
         raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value!r}.")
 
 

@@ -299,6 +299,12 @@ def test_std_must_be_positive_where_it_divides_and_nonnegative_everywhere():
 def test_shapes_that_broadcast_into_a_larger_array_or_not_at_all_are_refused():
     with pytest.raises(ValueError, match=r"y \(5,\), mean \(5, 1\)"):
         gm.nlpd(np.zeros(5), np.zeros((5, 1)), 1.0)
+    y, cov = torch.randn(4, dtype=torch.float64), 0.25 * torch.eye(4, dtype=torch.float64) + 0.01
+    for score in (gm.coverage, gm.nlpd, gm.z_rms):  # a covariance matrix passed as std used to score n^2 pairs
+        with pytest.raises(ValueError, match=r"a std of shape \(n, n\) is a covariance matrix"):
+            score(y, torch.zeros(4, dtype=torch.float64), cov)
+    with pytest.raises(ValueError, match="not to the shape of y"):
+        gm.nlpd(np.zeros(1), np.zeros(5), 1.0)
     with pytest.raises(ValueError, match="do not broadcast"):
         gm.coverage(np.zeros(5), np.zeros(4), 1.0)
     with pytest.raises(ValueError, match="y is empty"):

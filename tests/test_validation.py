@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -46,3 +47,22 @@ def test_check_positive():
     with pytest.raises(ValueError, match=r"`n` must be > 0, got 0"):
         check_positive("n", 0)
     check_positive("n", 0, allow_zero=True)
+    check_positive("radius", np.float32(0.5))  # numpy scalars are numbers
+    check_positive("n", np.int64(3), integer=True)
+    for allow_zero in (False, True):  # NaN compares false with everything: it used to pass both tests
+        with pytest.raises(ValueError, match=r"`radius` must be >=? 0, got nan"):
+            check_positive("radius", float("nan"), allow_zero=allow_zero)
+    with pytest.raises(TypeError, match="`n` must be an int"):
+        check_positive("n", np.float64(3.0), integer=True)
+
+
+def test_nan_options_are_refused_where_they_used_to_give_nan_results():
+    from gpgeom.geometry.connection import graph_laplacian
+    from gpgeom.geometry.morphing import RBFMorphing
+
+    src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match="`radius` must be > 0, got nan"):
+        RBFMorphing(src, src + 0.1, radius=float("nan"))
+    points = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match="`eps` must be > 0, got nan"):
+        graph_laplacian(points, 5, weights="gaussian", eps=float("nan"))

@@ -2,8 +2,6 @@ r"""Input checking shared by the calibration metrics: numpy or torch in, float64
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -40,14 +38,15 @@ def as_float64(x, name: str) -> torch.Tensor:
 def broadcast_gaussian(y, mean, std, *, positive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""``y``, ``mean``, ``std`` as float64 tensors broadcast to one shape.
 
-    Broadcasting may not create entries: the common shape must be the shape of the largest input (``y`` of shape
-    ``(n,)`` against ``mean`` of shape ``(n, 1)`` would compare every target with every mean, and is refused).
+    Every target is scored once: ``mean`` and ``std`` must have ``y``'s shape or broadcast to it (a scalar ``std``
+    does). ``y`` of shape ``(n,)`` against ``mean`` of shape ``(n, 1)`` would compare every target with every mean,
+    and a ``std`` of shape ``(n, n)`` (a covariance matrix) every target with every standard deviation: both refused.
 
     Args:
         positive: Require ``std > 0`` (scores that divide by it) rather than ``std >= 0``.
 
     Raises:
-        ValueError: shapes that do not broadcast or that broadcast to a larger array, NaN or infinite entries, a
+        ValueError: shapes that do not broadcast to ``y``'s shape, NaN or infinite entries, a
             negative (or, with ``positive``, zero) standard deviation; the message names the argument.
     """
     ty, tm, ts = as_float64(y, "y"), as_float64(mean, "mean"), as_float64(std, "std")
@@ -57,12 +56,12 @@ def broadcast_gaussian(y, mean, std, *, positive: bool) -> tuple[torch.Tensor, t
         raise ValueError(
             f"y {tuple(ty.shape)}, mean {tuple(tm.shape)} and std {tuple(ts.shape)} do not broadcast to one shape."
         ) from exc
-    largest = max(t.numel() for t in (ty, tm, ts))
-    if math.prod(shape) != largest:
+    if tuple(shape) != tuple(ty.shape):
         raise ValueError(
             f"y {tuple(ty.shape)}, mean {tuple(tm.shape)} and std {tuple(ts.shape)} broadcast to {tuple(shape)}, "
-            "which has more entries than any of them: align their shapes (e.g. y of shape (n,) against mean of "
-            "shape (n, 1) pairs every target with every mean)."
+            "not to the shape of y: every target is scored once, so mean and std must have y's shape or broadcast "
+            "to it (y of shape (n,) against mean of shape (n, 1) would pair every target with every mean; a std "
+            "of shape (n, n) is a covariance matrix: pass the square root of its diagonal)."
         )
     if positive and bool((ts <= 0).any()):
         raise ValueError(f"std must be > 0 everywhere, got min {float(ts.min()):.3g}.")
