@@ -544,3 +544,22 @@ def test_conditioned_models_keep_gpytorch_caches_and_equal_the_rebuilt_model(dat
     torch.testing.assert_close(
         got.distribution.covariance_matrix, want.distribution.covariance_matrix, rtol=1e-8, atol=1e-8
     )
+
+
+def test_nan_in_conditioning_data_or_posterior_inputs_is_refused_not_propagated():
+    r"""A failed experiment's NaN outcome used to give a NaN posterior mean everywhere after conditioning (BoTorch's
+    path has no check), and a NaN input a NaN posterior; ``predict`` and the other adapters already refused them."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.rand(8, 2, generator=gen, dtype=DT)
+    model = ExactGPModel(X, X.sum(-1, keepdim=True)).eval()
+    Xn, Yn = torch.rand(2, 2, generator=gen, dtype=DT), torch.tensor([[float("nan")], [1.0]], dtype=DT)
+    with pytest.raises(ValueError, match=r"`Y` must be finite, got 1 NaN or infinite value\(s\)"):
+        model.condition_on_observations(Xn, Yn)
+    with pytest.raises(ValueError, match=r"`X` must be finite, got 4 NaN or infinite value\(s\)"):
+        model.condition_on_observations(torch.full((2, 2), float("inf"), dtype=DT), Yn.nan_to_num(0.0))
+    with pytest.raises(ValueError, match=r"`noise` must be >= 0"):
+        model.condition_on_observations(Xn, Yn.nan_to_num(0.0), noise=torch.full((2, 1), -1.0, dtype=DT))
+    with pytest.raises(ValueError, match=r"`X` must be finite, got 1 NaN"):
+        model.posterior(torch.tensor([[0.5, float("nan")]], dtype=DT))
+    conditioned = model.condition_on_observations(Xn, Yn.nan_to_num(0.0))  # finite data still condition
+    assert bool(torch.isfinite(conditioned.posterior(X[:3]).mean).all())
