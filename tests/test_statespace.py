@@ -488,3 +488,42 @@ def test_per_step_measurement_rows_equal_dense_gp_with_derivatives(parallel):
     _close(same.log_likelihood, shared.log_likelihood, rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match="H_per_step"):
         kalman_filter(Phi, Q, H[:-1], y, noise, torch.zeros(3, dtype=D), P0, H_per_step=True)
+
+
+def test_kalman_filter_refuses_nan_or_negative_noise_and_nan_observations():
+    r"""NaN noise used to count as a missing step (``isfinite`` is false for NaN), a negative one gave a NaN
+    likelihood, and a NaN ``y`` at an observed step NaN means; ``posterior`` refused all three already."""
+    k = MaternMarkovKernel(nu=1.5).to(D)
+    t = torch.linspace(0.0, 1.0, 6, dtype=D)
+    y = torch.sin(6 * t)
+    Phi, Q = k.transition(t[1:] - t[:-1])
+    m0, P0 = k.initial_state(t[0])
+    H = k.sde().H
+    noise = torch.full((6,), 0.01, dtype=D)
+    noise[2] = float("nan")
+    with pytest.raises(ValueError, match="`noise` contains NaN; use inf"):
+        kalman_filter(Phi, Q, H, y, noise, m0, P0)
+    with pytest.raises(ValueError, match=r"`noise` must be >= 0 \(variances\), got minimum -0.5"):
+        kalman_filter(Phi, Q, H, y, torch.full((6,), -0.5, dtype=D), m0, P0)
+    y_bad = y.clone()
+    y_bad[3] = float("nan")
+    with pytest.raises(ValueError, match=r"`y` holds 1 NaN or infinite value\(s\) at observed steps"):
+        kalman_filter(Phi, Q, H, y_bad, 0.01, m0, P0)
+    missing = torch.full((6,), 0.01, dtype=D)
+    missing[3] = math.inf  # a NaN y where the step is marked missing is fine, and equals dropping the step
+    a = kalman_filter(Phi, Q, H, y_bad, missing, m0, P0).log_likelihood
+    b = kalman_filter(Phi, Q, H, y, missing, m0, P0).log_likelihood
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_times_as_a_column_are_refused():
+    r"""``(n, 1)`` is the kernels' input convention; read as times it would be n series of one time each."""
+    k = MaternMarkovKernel(nu=1.5).to(D)
+    t = torch.linspace(0.0, 1.0, 6, dtype=D)
+    y = torch.sin(6 * t)
+    with pytest.raises(ValueError, match=r"`t` must have shape \(\.\.\., n\) .* got \(6, 1\): .* pass t\[\.\.\., 0\]"):
+        posterior(k, t[:, None], y[:, None], 0.01)
+    with pytest.raises(ValueError, match=r"got \(6, 1\)"):
+        log_marginal_likelihood(k, t[:, None], y[:, None], 0.01)
+    single = posterior(k, t[:1, None], y[:1, None], 0.01)  # one series of one time: a batch of length-1 series is fine
+    assert single.mean.shape[:2] == (1, 1)

@@ -151,9 +151,18 @@ def kalman_filter(
     noise = torch.as_tensor(noise, dtype=y.dtype, device=y.device)
     if noise.dim() == 0:
         noise = noise.expand(y.shape)
+    if bool(torch.isnan(noise).any()):  # NaN fails isfinite: it would silently mark a step missing
+        raise ValueError("`noise` contains NaN; use inf (or `mask`) to mark a missing observation.")
+    if bool((noise < 0).any()):
+        raise ValueError(f"`noise` must be >= 0 (variances), got minimum {float(noise.min()):.6g}.")
     obs = torch.isfinite(noise)
     if mask is not None:
         obs = obs & mask
+    if bool((obs & ~torch.isfinite(y)).any()):
+        raise ValueError(
+            f"`y` holds {int((obs & ~torch.isfinite(y)).sum())} NaN or infinite value(s) at observed steps; mark "
+            "a missing observation with inf noise or `mask`."
+        )
     batch = _batch_shape(
         ("Phi", Phi.shape[:-3]),
         ("Q", Q.shape[:-3]),
@@ -425,6 +434,12 @@ def _prepare(
     check_tensor("t", t, floating=True)
     if t.dim() < 1:
         raise ValueError("`t` must have shape (..., n), got a 0-dim tensor.")
+    if t.dim() >= 2 and t.shape[-1] == 1 and t.shape[-2] > 1:  # the kernels' (n, 1) input convention
+        raise ValueError(
+            f"`t` must have shape (..., n) (times along the last dimension), got {tuple(t.shape)}: a column of "
+            f"{t.shape[-2]} times would be {t.shape[-2]} separate series of one time each; pass t[..., 0] (and y "
+            "likewise)."
+        )
     check_increasing("t", t)
     n = t.shape[-1]
     if n < 1:
