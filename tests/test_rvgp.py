@@ -312,6 +312,13 @@ def test_bad_input(rng):
         gp.fit(np.arange(195, 245), V)
     with pytest.raises(ValueError, match="integer"):
         gp.fit(np.arange(50) + 0.5, V)
+    with pytest.raises(ValueError, match="integer point indices"):  # a relative tolerance took it for point 199
+        gp.fit(np.r_[np.arange(49), 199.002], V)
+    vals, vecs = gp.eigenvalues, gp.eigenvectors
+    with pytest.raises(ValueError, match=r"`eigenpairs` must hold the eigenvalues .* >= 0: the smallest is -"):
+        RVGP(X, n_eigenpairs=10, dim=2, laplacian=gp.laplacian, eigenpairs=(-vals, vecs))  # were clamped to 0
+    again = RVGP(X, n_eigenpairs=10, dim=2, laplacian=gp.laplacian, eigenpairs=(vals, vecs))
+    np.testing.assert_array_equal(again.eigenvalues, vals)
     V[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         gp.fit(np.arange(50), V)

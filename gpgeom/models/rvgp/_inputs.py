@@ -22,7 +22,8 @@ def _as_index(name: str, index: object, n: int) -> np.ndarray:
     if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"`{name}` must hold integer point indices, got dtype {arr.dtype}.")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
+        # an absolute tolerance, as SpectralKernel's: a relative one accepted 299.002 as point 299
+        if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr), rtol=0.0, atol=1e-4):
             raise ValueError(f"`{name}` must hold integer point indices.")
     arr = np.round(arr).astype(np.int64)
     if arr.size and (arr.min() < 0 or arr.max() >= n):

@@ -186,7 +186,14 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                     f"`eigenpairs` must be ((k,), (n d, k)) = (({n_eigenpairs},), ({lap.n * d}, {n_eigenpairs})), "
                     f"got {vals.shape}, {vecs.shape}."
                 )
-        vals = np.maximum(vals, 0.0)
+            tol = 1e-8 * max(1.0, float(np.abs(vals).max()))
+            if float(vals.min()) < -tol:  # round-off aside, a negative eigenvalue is the wrong sign convention
+                raise ValueError(
+                    f"`eigenpairs` must hold the eigenvalues of the (positive semi-definite) Laplacian, >= 0: the "
+                    f"smallest is {float(vals.min()):.3g}, beyond round-off ({tol:.1e}). Check the sign convention "
+                    "(L = D - A, smallest eigenvalues first)."
+                )
+        vals = np.maximum(vals, 0.0)  # round-off below zero
         phi = vecs.reshape(lap.n, 1, n_eigenpairs) if scalar else lap.lift(vecs)  # n x D_out x k
         filt = _FILTERS[spectral_filter]
         learn = learn_nu and filt == "matern"
