@@ -153,6 +153,10 @@ def test_train_targets_output_gp_and_files(fits, tmp_path):
     M, mu, U, w = _family(60, 0)
     torch.testing.assert_close(model.train_targets_[:, -1], torch.as_tensor(np.log(w[:, 0])), rtol=1e-12, atol=0)
     torch.testing.assert_close(model.encode_targets(M[:4], U[:4], w[:4])[:, -1], model.train_targets_[:4, -1])
+    bad = w[:2].copy()
+    bad[0, 0] = 0.0  # held-out values on the log scale must be positive: they gave -inf (and NaN below zero)
+    with pytest.raises(ValueError, match=r"Output scalar 'peak' is modelled on the log scale .* got min 0"):
+        model.encode_targets(M[:2], U[:2], bad)
     sub = model.output_gp("peak")
     torch.testing.assert_close(sub.train_data[1].reshape(-1), model.train_targets_[:, -1])
     path = tmp_path / "m.pt"

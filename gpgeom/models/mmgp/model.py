@@ -542,7 +542,7 @@ class MMGP(ModelContract):
             raise ValueError(f"`output_scalars` must have {len(self.scalar_names_)} column(s), got {w.shape[1]}.")
         F = np.stack([f for _, f, *_ in transport_training(self._transfer, meshes, U, executor)])
         coefs = [f.project(F[:, :, k], self._mass) for k, f in enumerate(self._fields)]
-        w = to_gp_units(w, self.scalar_transforms_)
+        w = to_gp_units(w, self.scalar_transforms_, self.scalar_names_)
         return torch.cat([torch.as_tensor(np.concatenate(coefs, 1), dtype=self.dtype, device=self.device), w], 1)
 
     def project_fields(self, meshes: Sequence[object], output_fields: object) -> list[Tensor]:

@@ -55,10 +55,18 @@ def resolve_transforms(option: str | list[str], w: Tensor, names: Sequence[str])
     return list(option)
 
 
-def to_gp_units(w: Tensor, transforms: Sequence[str]) -> Tensor:
-    r"""The GP targets of the output scalars ``w`` ``n x q``: :math:`\log w_j` for the ``"log"`` columns."""
+def to_gp_units(w: Tensor, transforms: Sequence[str], names: Sequence[str] | None = None) -> Tensor:
+    r"""The GP targets of the output scalars ``w`` ``n x q``: :math:`\log w_j` for the ``"log"`` columns (which must
+    be positive: a ValueError names the scalar, from ``names``, otherwise)."""
     if "log" not in transforms:
         return w
+    for j, t in enumerate(transforms):
+        if t == "log" and not bool((w[:, j] > 0).all()):
+            label = repr(names[j]) if names is not None else str(j)
+            raise ValueError(
+                f"Output scalar {label} is modelled on the log scale (scalar_transform 'log', chosen at fit), so its "
+                f"values must be > 0, got min {float(w[:, j].min()):.3g}."
+            )
     cols = [w[:, j].log() if t == "log" else w[:, j] for j, t in enumerate(transforms)]
     return torch.stack(cols, 1) if cols else w
 
