@@ -218,6 +218,24 @@ def test_joint_latent_covariance_equals_dense_gp(nu):
     torch.testing.assert_close(C[0].diagonal(dim1=0, dim2=1).permute(2, 0, 1), marg, rtol=0, atol=1e-12)
 
 
+def test_chain_covariance_refuses_node_indices_outside_the_chain():
+    r"""A negative node index used to wrap around (a covariance of neither the asked pair nor any other)."""
+    from gpgeom.engine.sites import chain_covariance
+
+    I = 6
+    k = MaternMarkovKernel(nu=1.5).to(D)
+    post = latent_posterior(k, torch.linspace(0, 1, I, dtype=D), *_random_sites(I, 2))
+    table = gain_products(post.gain)
+    good = chain_covariance(post.cov, table, torch.tensor([1, 4]), torch.tensor([4, 1]))
+    torch.testing.assert_close(good[0], good[1].transpose(-1, -2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"`rows` must lie in \[0, 5\] \(I = 6 nodes\), got \[-1, -1\]"):
+        chain_covariance(post.cov, table, torch.tensor([-1]), torch.tensor([4]))
+    with pytest.raises(ValueError, match=r"`cols` must lie in \[0, 5\]"):
+        chain_covariance(post.cov, table, torch.tensor([0]), torch.tensor([6]))
+    with pytest.raises(TypeError, match="`rows` must be a long tensor"):
+        chain_covariance(post.cov, table, torch.tensor([0.0]), torch.tensor([1]))
+
+
 @pytest.mark.parametrize("nu", [0.5, 1.5])
 def test_em_objective_gradient_is_the_marginal_likelihood_gradient(nu):
     r"""Fisher's identity: at the current hyperparameters the EM objective (expected complete-data log prior under

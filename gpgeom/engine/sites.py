@@ -632,7 +632,16 @@ def chain_covariance(cov: Tensor, table: Sequence[Tensor], rows: Tensor, cols: T
     Returns:
         ``m x D x D`` cross-covariances.
     """
-    D = cov.shape[-1]
+    I, D = cov.shape[-3], cov.shape[-1]
+    for name, idx in (("rows", rows), ("cols", cols)):
+        if not isinstance(idx, Tensor) or idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"`{name}` must be a long tensor of node indices, got {getattr(idx, 'dtype', type(idx))}.")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= I):  # negative ones wrapped around silently
+            raise ValueError(
+                f"`{name}` must lie in [0, {I - 1}] (I = {I} nodes), got [{int(idx.min())}, {int(idx.max())}]."
+            )
+    if rows.shape != cols.shape:
+        raise ValueError(f"`rows` and `cols` must have one shape, got {tuple(rows.shape)} and {tuple(cols.shape)}.")
     lo, hi = torch.minimum(rows, cols), torch.maximum(rows, cols)
     length = hi - lo
     prod = torch.eye(D, dtype=cov.dtype, device=cov.device).expand(*rows.shape, D, D)
