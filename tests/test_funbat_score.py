@@ -247,3 +247,20 @@ def test_marginal_and_em_steps_increase_the_likelihood_on_unique_dense_coordinat
         assert step() is None
         assert total() > before + 1e-3
         assert float((m._log_hypers() - hypers).abs().max()) > 1e-3
+
+
+def test_site_chain_refuses_negative_site_precisions():
+    r"""A negative precision was masked like a zero one (dropped without a word, while the node-level filter used
+    it); round-off below zero is still masked."""
+    I, R = 6, 2
+    lam, eta = _sites(I, R, 3)
+    H = torch.eye(R, dtype=D)
+    bad = lam.clone()
+    bad[2] = -bad[2]
+    with pytest.raises(ValueError, match=r"`lam` must be positive semi-definite .* site 2 has an eigenvalue -"):
+        site_chain(bad, eta, H)
+    rank_one = torch.zeros(I, R, R, dtype=D)
+    rank_one[:, 0, 0] = 1.0
+    rank_one[:, 1, 1] = -1e-15  # round-off of a rank-deficient precision
+    chain = site_chain(rank_one, torch.zeros(I, R, dtype=D), H)
+    assert int(chain.mask.sum()) == I  # one observed direction per site, the round-off one masked

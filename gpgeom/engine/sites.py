@@ -224,6 +224,13 @@ def site_chain(lam: Tensor, eta: Tensor, H: Tensor, *, threshold: float | None =
         dmax = d.reshape(*batch, -1).amax(-1)[..., None, None]
     else:
         dmax = torch.zeros((*batch, 1, 1), dtype=dtype, device=device)
+    if d.numel() and bool((d < -1e3 * thr * torch.clamp(dmax, min=1e-300)).any()):
+        # masked like a zero precision, a negative one (EP can make them) would be dropped without a word
+        worst = int(d.reshape(-1, R).amin(-1).argmin()) % I
+        raise ValueError(
+            f"`lam` must be positive semi-definite (site precisions); site {worst} has an eigenvalue "
+            f"{float(d.min()):.3g} (largest {float(dmax.max()):.3g}). Negative site precisions are not supported."
+        )
     observed = d > thr * torch.clamp(dmax, min=1e-300)
     d_safe = torch.where(observed, d, torch.ones_like(d))
     proj = (V.transpose(-1, -2) @ eta[..., None])[..., 0]  # v_j^T eta_i
