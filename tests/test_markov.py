@@ -434,3 +434,21 @@ def test_matern_transition_q_is_accurate_for_small_steps(nu):
             _, Q = k.transition(torch.tensor([dt], dtype=torch.float64))
             rel = ((Q.detach().reshape(s, s) - ref).abs() / ref.abs()).max()
             assert rel < 1e-11, (x, float(rel))
+
+
+@pytest.mark.parametrize("nu", [1.5, 2.5])
+def test_float32_transition_of_a_short_lengthscale_is_finite_and_equals_float64(nu):
+    r"""The small-step series of Q overflowed float32 for short lengthscales (coefficients like lam^(s p) / p!), so
+    Q(0) was NaN: FunBaT's day mode on Beijing (lengthscale 8e-4 of the range) predicted NaN in float32."""
+    k64 = MaternMarkovKernel(nu=nu).double()
+    k64.lengthscale, k64.variance = 8e-4, 4.1
+    k32 = MaternMarkovKernel(nu=nu).float()
+    k32.lengthscale, k32.variance = 8e-4, 4.1
+    dt = torch.tensor([0.0, 1e-6, 1e-4, 6.8e-4, 0.1], dtype=torch.float64)
+    Phi64, Q64 = k64.transition(dt)
+    Phi32, Q32 = k32.transition(dt.float())
+    assert bool(torch.isfinite(Q32).all()) and bool(torch.isfinite(Phi32).all())
+    scale = k64.stationary_covariance().diagonal().sqrt()  # compare in units of the stationary standard deviations
+    unit = scale[:, None] * scale[None, :]
+    torch.testing.assert_close((Q32.double() / unit), (Q64 / unit), rtol=0, atol=2e-4)
+    assert float(Q32[0].abs().max()) == 0.0  # no noise over a zero step

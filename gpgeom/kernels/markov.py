@@ -247,7 +247,10 @@ class MaternMarkovKernel(KernelVariance, MarkovKernel):
             # exact to rounding instead
             small = (lam[..., None] * dt < _SERIES_STEP)[..., None, None]
             if bool(small.any()):
-                Q = torch.where(small, _q_series(F, L @ Qc @ L.transpose(-1, -2), dt), Q)
+                # in float64: the series' coefficients grow like ||F||^p / p!, ||F|| up to lam^s, and overflowed
+                # float32 for short lengthscales (inf x dt^p = NaN at dt = 0: FunBaT's day mode on Beijing)
+                G = L @ Qc @ L.transpose(-1, -2)
+                Q = torch.where(small, _q_series(F.double(), G.double(), dt.double()).to(Q.dtype), Q)
         Q = 0.5 * (Q + Q.transpose(-1, -2))
         return Phi, Q
 
