@@ -553,13 +553,13 @@ def test_nan_in_conditioning_data_or_posterior_inputs_is_refused_not_propagated(
     X = torch.rand(8, 2, generator=gen, dtype=DT)
     model = ExactGPModel(X, X.sum(-1, keepdim=True)).eval()
     Xn, Yn = torch.rand(2, 2, generator=gen, dtype=DT), torch.tensor([[float("nan")], [1.0]], dtype=DT)
-    with pytest.raises(ValueError, match=r"`Y` must be finite, got 1 NaN or infinite value\(s\)"):
+    with pytest.raises(ValueError, match=r"`Y` contains 1 NaN or infinite value\(s\)"):
         model.condition_on_observations(Xn, Yn)
-    with pytest.raises(ValueError, match=r"`X` must be finite, got 4 NaN or infinite value\(s\)"):
+    with pytest.raises(ValueError, match=r"`X` contains 4 NaN or infinite value\(s\)"):
         model.condition_on_observations(torch.full((2, 2), float("inf"), dtype=DT), Yn.nan_to_num(0.0))
     with pytest.raises(ValueError, match=r"`noise` must be >= 0"):
         model.condition_on_observations(Xn, Yn.nan_to_num(0.0), noise=torch.full((2, 1), -1.0, dtype=DT))
-    with pytest.raises(ValueError, match=r"`X` must be finite, got 1 NaN"):
+    with pytest.raises(ValueError, match=r"`X` contains 1 NaN"):
         model.posterior(torch.tensor([[0.5, float("nan")]], dtype=DT))
     conditioned = model.condition_on_observations(Xn, Yn.nan_to_num(0.0))  # finite data still condition
     assert bool(torch.isfinite(conditioned.posterior(X[:3]).mean).all())

@@ -65,14 +65,6 @@ from gpgeom.errors import ModelFileError
 __all__ = ["ExactGPModel"]
 
 
-def _check_finite(name: str, t: Tensor) -> None:
-    r"""ValueError naming ``name`` when the tensor ``t`` holds NaN or infinite values."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"`{name}` must be finite, got {int((~torch.isfinite(t)).sum())} NaN or infinite value(s).")
-
-
 class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, FantasizeMixin):
     r"""Exact GP regression with independent outputs, usable directly as a BoTorch surrogate.
 
@@ -490,7 +482,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             A ``GPyTorchPosterior`` over ``broadcast(test_batch_shape, batch_shape) x q x m'`` (``m'`` the number
             of selected outputs), in the original output units.
         """
-        _check_finite("X", X)
+        check_tensor("X", X)
         if output_indices is not None and self._num_outputs > 1:
             output_indices = list(output_indices)
             if not output_indices or any(not 0 <= i < self._num_outputs for i in output_indices):
@@ -526,10 +518,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             An :class:`ExactGPModel` with ``n + n'`` training points and batch shape ``batch_shape'`` broadcast
             with the model's.
         """
-        _check_finite("X", X)
-        _check_finite("Y", Y)  # a failed experiment's NaN would poison every later posterior and acquisition
+        check_tensor("X", X)
+        check_tensor("Y", Y)  # a failed experiment's NaN would poison every later posterior and acquisition
         if kwargs.get("noise") is not None:
-            _check_finite("noise", kwargs["noise"])
+            check_tensor("noise", kwargs["noise"])
             if bool((kwargs["noise"] < 0).any()):
                 raise ValueError(f"`noise` must be >= 0, got min {float(kwargs['noise'].min()):.3g}.")
         if self.prediction_strategy is None:  # GPyTorch conditions only a model with its prediction caches
