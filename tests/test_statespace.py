@@ -507,7 +507,7 @@ def test_kalman_filter_refuses_nan_or_negative_noise_and_nan_observations():
         kalman_filter(Phi, Q, H, y, torch.full((6,), -0.5, dtype=D), m0, P0)
     y_bad = y.clone()
     y_bad[3] = float("nan")
-    with pytest.raises(ValueError, match=r"`y` holds 1 NaN or infinite value\(s\) at observed steps"):
+    with pytest.raises(ValueError, match=r"`y` contains 1 NaN or infinite value\(s\) at observed times"):
         kalman_filter(Phi, Q, H, y_bad, 0.01, m0, P0)
     missing = torch.full((6,), 0.01, dtype=D)
     missing[3] = math.inf  # a NaN y where the step is marked missing is fine, and equals dropping the step

@@ -158,10 +158,11 @@ def kalman_filter(
     obs = torch.isfinite(noise)
     if mask is not None:
         obs = obs & mask
-    if bool((obs & ~torch.isfinite(y)).any()):
+    bad = obs & ~torch.isfinite(y)
+    if bool(bad.any()):
         raise ValueError(
-            f"`y` holds {int((obs & ~torch.isfinite(y)).sum())} NaN or infinite value(s) at observed steps; mark "
-            "a missing observation with inf noise or `mask`."
+            f"`y` contains {int(bad.sum())} NaN or infinite value(s) at observed times; pass `mask` (False there) "
+            "or an infinite `noise` to mark them missing."
         )
     batch = _batch_shape(
         ("Phi", Phi.shape[:-3]),
@@ -430,7 +431,8 @@ def _check_kernel(kernel: object, dtype: torch.dtype) -> None:
 def _prepare(
     kernel: MarkovKernel, t: Tensor, y: Tensor, noise: Tensor | float, mask: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, torch.Size]:
-    r"""Validate and broadcast the data. Returns ``(t, y, noise, observed, batch)``, all ``batch x n``."""
+    r"""Validate the shapes and dtypes and broadcast the data (the values are checked by :func:`kalman_filter`).
+    Returns ``(t, y, noise, observed, batch)``, all ``batch x n``."""
     check_tensor("t", t, floating=True)
     if t.dim() < 1:
         raise ValueError("`t` must have shape (..., n), got a 0-dim tensor.")
@@ -463,10 +465,6 @@ def _prepare(
         noise = torch.tensor(float(noise), dtype=t.dtype, device=t.device)
     else:
         raise TypeError(f"`noise` must be a float or a tensor, got {type(noise).__name__}.")
-    if bool(torch.isnan(noise).any()):
-        raise ValueError("`noise` contains NaN; use inf (or `mask`) to mark a missing observation.")
-    if bool((noise < 0).any()):
-        raise ValueError(f"`noise` must be >= 0 (variances), got minimum {float(noise.min()):.6g}.")
     if noise.dim() == 0:
         noise = noise.expand(n)
     if mask is not None:
@@ -486,12 +484,7 @@ def _prepare(
         observed = observed & mask
     observed = observed.expand(*batch, n)
     y = y.expand(*batch, n)
-    bad = observed & ~torch.isfinite(y)
-    if bool(bad.any()):
-        raise ValueError(
-            f"`y` contains {int(bad.sum())} NaN or infinite value(s) at observed times; pass `mask` (False there) "
-            "or an infinite `noise` to mark them missing."
-        )
+    # NaN or negative noise and NaN y at observed times are refused by kalman_filter, which every caller runs
     return t.expand(*batch, n), y, noise.expand(*batch, n), observed, batch
 
 
