@@ -57,7 +57,11 @@ class Factor:
         residual: ``residual(states, globals) -> M x r``. ``states`` is ``M x a x p`` (the stored states
             ``x[indices]``), ``globals`` is the ``g`` vector of global parameters (``g = 0`` when there are none).
             Must be written with batched torch operations (it is differentiated with ``torch.func.jacfwd``, which
-            vmaps over tangent directions): no ``.item()``, no data-dependent Python control flow.
+            vmaps over tangent directions): no ``.item()``, no data-dependent Python control flow. Row ``m`` must
+            depend on block ``m``'s states (and the globals) only: the forward-mode Jacobian perturbs every block
+            along one shared direction, so a residual that mixes blocks (a mean over the batch, or an ``M``-vector
+            minus an ``M x 1`` column broadcast to ``M x M``) gets a wrong Jacobian; only the shape ``M x r`` is
+            checked, and against ``sqrt_information``'s ``r`` when it is given.
         jacobian: Optional analytic Jacobian ``jacobian(states, globals) -> (J_x, J_g)`` of the *unwhitened*
             residual with respect to the tangent perturbation at zero,
             :math:`\partial r(\operatorname{retract}(x, \delta), \gamma + \delta_\gamma) / \partial (\delta,
