@@ -69,6 +69,11 @@ __all__ = [
 _METHODS = ("lm", "gn")
 #: Damping (relative to diag(H)) below which a step counts as undamped in the observable directions (``stol``).
 _OBSERVABLE_DAMPING = 1e-6
+#: Default relative pivot threshold of the iterations' factorisations, in units of the dtype's eps (the covariances
+#: keep :func:`block_banded_cholesky`'s ``1e3 eps``). A step only needs pivots above rounding: its errors are caught
+#: by the cost test, whereas ``1e3 eps`` = 1.2e-4 in float32 refused the undamped normal matrix of a WNOJ trajectory
+#: with knots every 0.05 s (pivot ratios 2.5e-6), so LM kept the damping near 1e-4 and stalled.
+_STEP_SINGULAR_EPS = 10.0
 
 
 @dataclass
@@ -221,7 +226,9 @@ def gauss_newton(
         initial_damping: Initial :math:`\lambda` for ``"lm"`` (relative to :math:`\operatorname{diag}(H)`).
         compute_covariances: Also return the marginal covariances (Laplace approximation at the estimate,
             :math:`H^{-1}` with the IRLS weights of the final estimate) by selected inversion.
-        singular_tol: Relative pivot threshold of :func:`block_banded_cholesky` (default ``1e3 * eps``).
+        singular_tol: Relative pivot threshold of :func:`block_banded_cholesky`. Default: ``10 * eps`` for the
+            iterations' steps (a pivot above rounding; an inaccurate step is caught by the cost test) and
+            ``1e3 * eps`` for the covariances (about three correct digits in their smallest pivot).
         chunk_size: Number of residual blocks whose normal-matrix contributions (``a s x a s`` each) are formed
             at once: the assembly's working memory is ``O(chunk_size a^2 s^2)`` plus the band, instead of growing
             with the number of blocks of a factor (blocks on the same states are summed per group first, see
@@ -274,6 +281,7 @@ def gauss_newton(
     check_positive("initial_damping", initial_damping)
     if singular_tol is not None:
         check_positive("singular_tol", singular_tol)
+    step_tol = _STEP_SINGULAR_EPS * eps if singular_tol is None else singular_tol
     check_positive("chunk_size", chunk_size, integer=True)
     check_option("banded", banded, ("auto", "lapack", "scan", "loop"))
     if retract is None:
@@ -333,7 +341,7 @@ def gauss_newton(
             break
         iterations += 1
         try:
-            Lb, Y, LS = _factor_bordered(N, lam, singular_tol, banded)
+            Lb, Y, LS = _factor_bordered(N, lam, step_tol, banded)
         except _Singular as err:
             if method == "gn" and not switched:
                 raise _singular_error(err.where, method) from None
