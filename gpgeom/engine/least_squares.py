@@ -113,7 +113,7 @@ class GaussNewtonResult:
     state_global_covariance: Tensor | None = None
 
 
-def _singular_error(where: str, method: str, covariance: bool = False) -> NotPSDError:
+def _singular_error(where: str, method: str, covariance: bool = False, dtype: torch.dtype | None = None) -> NotPSDError:
     anchor = (
         "Add a prior factor that anchors the states (e.g. on the first state) or on the global parameters, and "
         "check that every state and global parameter is reached by some factor"
@@ -123,6 +123,12 @@ def _singular_error(where: str, method: str, covariance: bool = False) -> NotPSD
             f"The marginal covariances (Laplace approximation H^-1 at the estimate) do not exist: the undamped "
             f"normal matrix is singular at {where} (a gauge freedom, an unobserved state, or a rank-deficient "
             f"Jacobian at the estimate). {anchor}."
+            + (
+                " In float32 it may instead be too ill-conditioned for three correct digits in its smallest pivot "
+                "(e.g. a WNOJ trajectory with knots 0.1 s apart or closer): refit in float64 for the covariances."
+                if dtype == torch.float32
+                else ""
+            )
         )
     remedy = (
         "or use method='lm', whose damping regularises singular directions."
@@ -435,7 +441,7 @@ def gauss_newton(
         try:
             Lb, Y, LS = _factor_bordered(N, 0.0, singular_tol, banded)
         except _Singular as err:
-            raise _singular_error(err.where, method, covariance=True) from None
+            raise _singular_error(err.where, method, covariance=True, dtype=X.dtype) from None
         cov, cross, gcov, xgcov = _covariances(N, Lb, Y, LS, w, banded)
         result.covariances = cov
         result.cross_covariances = cross
