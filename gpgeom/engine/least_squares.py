@@ -69,11 +69,13 @@ __all__ = [
 _METHODS = ("lm", "gn")
 #: Damping (relative to diag(H)) below which a step counts as undamped in the observable directions (``stol``).
 _OBSERVABLE_DAMPING = 1e-6
-#: Default relative pivot threshold of the iterations' factorisations, in units of the dtype's eps (the covariances
-#: keep :func:`block_banded_cholesky`'s ``1e3 eps``). A step only needs pivots above rounding: its errors are caught
-#: by the cost test, whereas ``1e3 eps`` = 1.2e-4 in float32 refused the undamped normal matrix of a WNOJ trajectory
-#: with knots every 0.05 s (pivot ratios 2.5e-6), so LM kept the damping near 1e-4 and stalled.
-_STEP_SINGULAR_EPS = 10.0
+#: Relative pivot threshold of the iterations' factorisations in float32 and below, in units of the dtype's eps (in
+#: float64 they keep the covariances' ``1e3 eps`` = 2.2e-13, below the pivots of any problem well posed enough to
+#: solve, and far enough above rounding that an exactly singular matrix is refused). A step only needs pivots above
+#: rounding (an inaccurate step is caught by the cost test), whereas ``1e3 eps`` = 1.2e-4 in float32 refused the
+#: undamped normal matrix of a WNOJ trajectory with knots every 0.05 s (pivot ratios 2.5e-6): LM kept its damping
+#: near 1e-4 and stalled.
+_STEP_SINGULAR_EPS_LOW_PRECISION = 10.0
 
 
 @dataclass
@@ -232,9 +234,10 @@ def gauss_newton(
         initial_damping: Initial :math:`\lambda` for ``"lm"`` (relative to :math:`\operatorname{diag}(H)`).
         compute_covariances: Also return the marginal covariances (Laplace approximation at the estimate,
             :math:`H^{-1}` with the IRLS weights of the final estimate) by selected inversion.
-        singular_tol: Relative pivot threshold of :func:`block_banded_cholesky`. Default: ``10 * eps`` for the
-            iterations' steps (a pivot above rounding; an inaccurate step is caught by the cost test) and
-            ``1e3 * eps`` for the covariances (about three correct digits in their smallest pivot).
+        singular_tol: Relative pivot threshold of :func:`block_banded_cholesky`. Default ``1e3 * eps`` (about
+            three correct digits in the smallest pivot), except for the iterations' steps in float32 and below:
+            ``10 * eps`` there (a pivot above rounding; an inaccurate step is caught by the cost test), since
+            ``1e3 * eps`` = 1.2e-4 refuses well-posed problems such as a WNOJ trajectory with fine knots.
         chunk_size: Number of residual blocks whose normal-matrix contributions (``a s x a s`` each) are formed
             at once: the assembly's working memory is ``O(chunk_size a^2 s^2)`` plus the band, instead of growing
             with the number of blocks of a factor (blocks on the same states are summed per group first, see
@@ -287,7 +290,9 @@ def gauss_newton(
     check_positive("initial_damping", initial_damping)
     if singular_tol is not None:
         check_positive("singular_tol", singular_tol)
-    step_tol = _STEP_SINGULAR_EPS * eps if singular_tol is None else singular_tol
+    step_tol = singular_tol
+    if singular_tol is None and X.dtype != torch.float64:
+        step_tol = _STEP_SINGULAR_EPS_LOW_PRECISION * eps
     check_positive("chunk_size", chunk_size, integer=True)
     check_option("banded", banded, ("auto", "lapack", "scan", "loop"))
     if retract is None:
