@@ -116,6 +116,7 @@ class GaussNewtonResult:
 
 
 def _singular_error(where: str, method: str, covariance: bool = False, dtype: torch.dtype | None = None) -> NotPSDError:
+    low_precision = dtype is not None and dtype != torch.float64
     anchor = (
         "Add a prior factor that anchors the states (e.g. on the first state) or on the global parameters, and "
         "check that every state and global parameter is reached by some factor"
@@ -126,9 +127,9 @@ def _singular_error(where: str, method: str, covariance: bool = False, dtype: to
             f"normal matrix is singular at {where} (a gauge freedom, an unobserved state, or a rank-deficient "
             f"Jacobian at the estimate). {anchor}."
             + (
-                " In float32 it may instead be too ill-conditioned for three correct digits in its smallest pivot "
+                f" In {dtype} it may instead be too ill-conditioned for three correct digits in its smallest pivot "
                 "(e.g. a WNOJ trajectory with knots 0.1 s apart or closer): refit in float64 for the covariances."
-                if dtype == torch.float32
+                if low_precision
                 else ""
             )
         )
@@ -141,6 +142,12 @@ def _singular_error(where: str, method: str, covariance: bool = False, dtype: to
         f"The Gauss-Newton normal matrix is not positive definite at {where}: the factors do not determine "
         f"the estimate there (a gauge freedom, an unobserved state, or a rank-deficient Jacobian). {anchor}, "
         f"{remedy}"
+        + (
+            f" In {dtype} it may instead be too ill-conditioned for a pivot above rounding (e.g. a WNOJ trajectory "
+            "with knots 0.05 s apart): use method='lm' or float64."
+            if low_precision and method == "gn"
+            else ""
+        )
     )
 
 
@@ -355,10 +362,10 @@ def gauss_newton(
             Lb, Y, LS = _factor_bordered(N, lam, step_tol, banded)
         except _Singular as err:
             if method == "gn" and not switched:
-                raise _singular_error(err.where, method) from None
+                raise _singular_error(err.where, method, dtype=X.dtype) from None
             lam, nu = lam * nu, nu * 2.0
             if lam > 1e16:
-                raise _singular_error(err.where, method) from None
+                raise _singular_error(err.where, method, dtype=X.dtype) from None
             continue
         dx, dg = _solve_bordered(N, Lb, Y, LS, banded)
         step = torch.cat([dx.reshape(-1), dg])
