@@ -32,7 +32,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, report_name, results_path  # noqa: E402
+from _common import machine_info, report_name, write_report  # noqa: E402
 from trajectory import ESTIMATORS, _rot_err, _table  # noqa: E402
 
 from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb  # noqa: E402
@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    out = results_path(report_name("trajectory_float32", quick=args.quick))
-    out.write_text(text)
-    print(text)
-    print(f"written {out}")
+    write_report(report_name("trajectory_float32", quick=args.quick), text)
     return 0
 
 
