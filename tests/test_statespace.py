@@ -135,6 +135,31 @@ def test_matern_kalman_equals_dense_gp(nu, batch_shape, parallel):
     assert post.test_state_cov.shape == (*batch_shape, 15, s, s)
 
 
+@pytest.mark.parametrize("parallel", (False, True))
+@pytest.mark.parametrize("nu", NUS)
+def test_noise_free_data_predicted_at_the_training_times_equals_dense_gp(nu, parallel):
+    r"""Noise 0 (interpolation) with test times equal to training times: the filtered covariance at an observed time
+    is singular, and the merged test time after it is a step of zero length, whose predicted covariance is that same
+    matrix. The smoother solved with it and raised ``LinAlgError`` (always for Matérn-1/2; for 3/2 and 5/2 as
+    rounding fell). Its gain there is the identity; the moments equal the dense GP's, and the mean interpolates."""
+    n = 25
+    k = _matern(nu)
+    k.lengthscale = 1.0  # well-conditioned dense K without noise
+    t = torch.linspace(0.0, 4.0, n, dtype=D)
+    y = torch.sin(2.0 * t)
+    noise = torch.zeros(n, dtype=D)
+    t_test = torch.cat([t[[3, 7, 7]], torch.tensor([1.234, t[-1].item() + 0.5], dtype=D)])
+    post = posterior(k, t, y, noise, t_test=t_test, parallel=parallel)
+    with torch.no_grad():
+        Ktt = _dense_matern(k, t, t)
+        _, mean_s, var_s = _dense_gp(Ktt, _dense_matern(k, t_test, t), k.variance.expand(5), y, noise)
+    _close(post.test_mean, mean_s, rtol=1e-7, atol=1e-8)
+    _close(post.test_variance, var_s, rtol=1e-7, atol=1e-8)
+    _close(post.test_mean[:3], y[[3, 7, 7]], rtol=1e-8, atol=1e-9)
+    post.test_mean.sum().backward()  # the gradient through the identity gains is finite
+    assert all(torch.isfinite(p.grad).all() for p in k.parameters() if p.grad is not None)
+
+
 def test_matches_gpytorch_exact_gp():
     n = 40
     t = _times(n)

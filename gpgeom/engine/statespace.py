@@ -330,7 +330,9 @@ def _smoother_combine(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> tuple[Ten
     return E1 @ E2, E1 @ g2 + g1, _sym(E1 @ L2 @ E1.transpose(-1, -2) + L1)
 
 
-def rts_smoother(Phi: Tensor, filtered: KalmanFilterResult, parallel: bool = False) -> RTSSmootherResult:
+def rts_smoother(
+    Phi: Tensor, filtered: KalmanFilterResult, parallel: bool = False, zero_steps: Tensor | None = None
+) -> RTSSmootherResult:
     r"""Rauch-Tung-Striebel smoother (Särkkä & Solin 2019, sec. 12.4; Särkkä, *Bayesian Filtering and
     Smoothing*, 2013, Theorem 8.2):
 
@@ -348,6 +350,10 @@ def rts_smoother(Phi: Tensor, filtered: KalmanFilterResult, parallel: bool = Fal
         Phi: ``batch x (n-1) x s x s`` transitions, as given to :func:`kalman_filter`.
         filtered: The :func:`kalman_filter` output.
         parallel: Use the associative-scan smoother.
+        zero_steps: Optional ``batch x (n-1)`` boolean, ``True`` where step ``k -> k+1`` does not move the state
+            (a repeated time: :math:`\Phi = I`, :math:`Q = 0`, so :math:`P^-_{k+1} = P_k`). The gain there is
+            :math:`G_k = I`, exactly, instead of a solve with :math:`P^-_{k+1}`, which is singular when
+            :math:`P_k` is (an observation without noise at time ``k``).
 
     Returns:
         A :class:`RTSSmootherResult`.
@@ -360,7 +366,13 @@ def rts_smoother(Phi: Tensor, filtered: KalmanFilterResult, parallel: bool = Fal
     mp, Pp = mp.reshape(B, n, s, 1), Pp.reshape(B, n, s, s)
     Phi = Phi.expand(*batch, n - 1, s, s).reshape(B, n - 1, s, s)
     # G_k^T = (P^-_{k+1})^{-1} Phi_{k+1} P_k   (P^-, P symmetric)
-    G = torch.linalg.solve(Pp[:, 1:], Phi @ Pf[:, :-1]).transpose(-1, -2)  # B x (n-1) x s x s
+    lhs, rhs = Pp[:, 1:], Phi @ Pf[:, :-1]  # B x (n-1) x s x s each
+    if zero_steps is not None:
+        # G_k = I where the state does not move: I^{-1} I, without a (possibly singular) solve
+        zero = zero_steps.expand(*batch, n - 1).reshape(B, n - 1)[..., None, None]
+        eye = torch.eye(s, dtype=lhs.dtype, device=lhs.device)
+        lhs, rhs = torch.where(zero, eye, lhs), torch.where(zero, eye, rhs)
+    G = torch.linalg.solve(lhs, rhs).transpose(-1, -2)  # B x (n-1) x s x s
     if parallel:
         E = torch.cat([G, torch.zeros_like(Pf[:, :1])], dim=1)
         g = torch.cat([mf[:, :-1] - G @ mp[:, 1:], mf[:, -1:]], dim=1)
@@ -585,7 +597,8 @@ def posterior(
         t_all, y_all, r_all, o_all = t, y, noise, observed
     par = _use_parallel(parallel, t_all.shape[-1])
     Phi, kf, H = _filter(kernel, t_all, y_all, r_all, o_all, par)
-    sm = rts_smoother(Phi, kf, parallel=par)
+    # a test time equal to a training time (or to another test time) is a step of zero length
+    sm = rts_smoother(Phi, kf, parallel=par, zero_steps=t_all[..., 1:] == t_all[..., :-1])
     s = sm.mean.shape[-1]
     h = H[..., 0, :]
     batch = sm.mean.shape[:-2]
