@@ -431,3 +431,21 @@ def test_float32_kernel_matrix_has_float32_accuracy_for_short_lengthscales(kind)
         K64 = exact_mll.stationary_kernel_matrix(model.covar_module, x)
         K32 = exact_mll.stationary_kernel_matrix(model.covar_module.float(), x.float())
     assert float((K32.double() - K64).abs().max()) < 2e-5
+
+
+@pytest.mark.parametrize("kind", ["matern32", "matern52"])
+def test_float32_loss_and_gradients_follow_float64_for_short_lengthscales(kind):
+    # lengthscale 0.005 on unit-interval inputs, noise 1e-2: well conditioned (float32 should agree with float64 to
+    # about 1e-5), but the expansion's kernel errors moved the loss and the float32 pair sums of the lengthscale
+    # gradient cancelled by (range / lengthscale)^2 ~ 1e4 (the gradient was 10-25% off)
+    x, y = _float32_case()
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        ls = torch.full((1, 1, 1), 0.005, dtype=dtype, requires_grad=True)
+        os_ = torch.ones(1, dtype=dtype, requires_grad=True)
+        noise = torch.full((1, x.shape[-2]), 1e-2, dtype=dtype, requires_grad=True)
+        c = torch.zeros(1, 1, dtype=dtype, requires_grad=True)
+        nll = stationary_nll(kind, ls, os_, noise, c, x.to(dtype), y.to(dtype))
+        out[dtype] = [nll.detach(), *torch.autograd.grad(nll.sum(), [ls, os_, noise, c])]
+    for a, b in zip(out[torch.float32], out[torch.float64]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
