@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -563,3 +564,30 @@ def test_nan_in_conditioning_data_or_posterior_inputs_is_refused_not_propagated(
         model.posterior(torch.tensor([[0.5, float("nan")]], dtype=DT))
     conditioned = model.condition_on_observations(Xn, Yn.nan_to_num(0.0))  # finite data still condition
     assert bool(torch.isfinite(conditioned.posterior(X[:3]).mean).all())
+
+
+def test_float32_conditioning_equals_the_float64_refit_at_the_default_lengthscale_floor():
+    # the default kernel at its smallest lengthscale (0.025 on the unit cube) and the noise floor (1e-4): GPyTorch's
+    # float32 distances (the expansion |a|^2 + |b|^2 - 2 a.b) put kernel errors of the noise's size into the
+    # conditioned model's covariance, which was factorised with jitter and gave variances ~100% off (some clamped)
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(400, 1, dtype=torch.float64, generator=g)
+    f = lambda X: torch.sin(X / 0.05) + X  # noqa: E731
+    Y = f(X) + 1e-2 * torch.randn(400, 1, dtype=torch.float64, generator=g)
+    Xn = torch.rand(10, 1, dtype=torch.float64, generator=g)
+    Yn = f(Xn) + 1e-2 * torch.randn(10, 1, dtype=torch.float64, generator=g)
+    Xt = torch.cat([torch.rand(100, 1, dtype=torch.float64, generator=g), X[:10], Xn])
+    m64 = ExactGPModel(X, Y)
+    with torch.no_grad():
+        m64.covar_module.base_kernel.lengthscale = 0.025
+        m64.covar_module.outputscale = 1.0
+        m64.likelihood.noise = 1e-4
+    m32 = copy.deepcopy(m64.eval()).to(torch.float32)
+    ref = m64.rebuild_with(Xn, Yn).posterior(Xt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # float32 advice, and GPyTorch's jitter and clamping (which the values show)
+        got = m32.condition_on_observations(Xn.float(), Yn.float()).posterior(Xt.float())
+    scale = m64.outcome_transform.stdvs.square().squeeze()  # the prior variance in the original units
+    assert float((got.mean.double() - ref.mean).abs().max()) < 3e-3 * float(scale.sqrt())
+    assert float((got.variance.double() - ref.variance).abs().max()) < 3e-5 * float(scale)
+    assert float((got.variance.double() / ref.variance - 1).abs().max()) < 0.5

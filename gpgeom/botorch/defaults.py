@@ -16,10 +16,12 @@ import torch
 from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.constraints import GreaterThan
-from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.kernels import ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.priors import LogNormalPrior
 from torch import Tensor
+
+from gpgeom.kernels.stationary import DifferenceMaternKernel
 
 __all__ = [
     "default_covar_module",
@@ -33,7 +35,9 @@ MIN_NOISE = 1e-4
 
 
 def default_covar_module(d: int, batch_shape: torch.Size | None = None) -> ScaleKernel:
-    r"""The default kernel: ``ScaleKernel(MaternKernel(nu=2.5, ARD))`` for inputs in the unit cube.
+    r"""The default kernel: ``ScaleKernel(MaternKernel(nu=2.5, ARD))`` for inputs in the unit cube (GPyTorch's
+    Matern kernel as :class:`~gpgeom.kernels.stationary.DifferenceMaternKernel`: its distances without the float32
+    cancellation of GPyTorch's expansion).
 
     Priors (for standardised outputs and inputs scaled to ``[0, 1]^d``): lengthscales
     ``LogNormal(sqrt(2) + log(d) / 2, sqrt(3))`` (the dimension-scaled prior of Hvarfner et al., 2024), constrained
@@ -50,7 +54,7 @@ def default_covar_module(d: int, batch_shape: torch.Size | None = None) -> Scale
     """
     batch_shape = torch.Size() if batch_shape is None else torch.Size(batch_shape)
     ls_prior = LogNormalPrior(loc=math.sqrt(2.0) + 0.5 * math.log(d), scale=math.sqrt(3.0))
-    base = MaternKernel(
+    base = DifferenceMaternKernel(  # GPyTorch's Matern kernel, its distances without cancellation in float32
         nu=2.5,
         ard_num_dims=d,
         batch_shape=batch_shape,

@@ -50,6 +50,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from gpgeom.engine.chunking import chunk_size_for, element_size
+from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel
 
 __all__ = [
     "exact_mll_loss",
@@ -343,9 +344,9 @@ def stationary_kind(covar: Any) -> str | None:
     base = covar.base_kernel
     if base.active_dims is not None:
         return None
-    if type(base) is RBFKernel:
+    if type(base) in (RBFKernel, DifferenceRBFKernel):
         return "rbf"
-    if type(base) is MaternKernel:
+    if type(base) in (MaternKernel, DifferenceMaternKernel):
         return {0.5: "matern12", 1.5: "matern32", 2.5: "matern52"}.get(float(base.nu))
     return None
 
