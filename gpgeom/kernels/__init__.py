@@ -1,4 +1,5 @@
-r"""GPyTorch kernels of gpgeom: Markov (state-space) kernels, their SDE base, and spectral kernels on an eigenbasis.
+r"""GPyTorch kernels of gpgeom: Markov (state-space) kernels, their SDE base, spectral kernels on an eigenbasis, and
+GPyTorch's Matérn and RBF kernels with their distances computed from the differences (accurate in float32).
 
 Importing this package loads GPyTorch only: neither the engine nor BoTorch.
 """
@@ -12,10 +13,13 @@ from gpgeom.kernels.markov import (
 )
 from gpgeom.kernels.sde import SDE, MarkovKernel, discretize
 from gpgeom.kernels.spectral import SpectralKernel
+from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel
 
 __all__ = [
     "SDE",
     "CategoricalMarkovKernel",
+    "DifferenceMaternKernel",
+    "DifferenceRBFKernel",
     "IntegratedWienerKernel",
     "MarkovKernel",
     "MaternMarkovKernel",
