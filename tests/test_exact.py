@@ -591,3 +591,19 @@ def test_float32_conditioning_equals_the_float64_refit_at_the_default_lengthscal
     assert float((got.mean.detach().double() - ref.mean).abs().max()) < 3e-3 * float(scale.sqrt())
     assert float((got.variance.detach().double() - ref.variance).abs().max()) < 3e-5 * float(scale)
     assert float((got.variance.detach().double() / ref.variance - 1).abs().max()) < 0.5
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_no_test_point_gives_empty_predictions(data, shared):
+    r"""Zero test points (an empty selection) give empty moments of the right shape, as ``predict`` on the full set
+    sliced to nothing; ``posterior_moments`` used to ``torch.cat`` an empty list (a raw ValueError)."""
+    X, Y = data
+    model = ExactGPModel(X, Y, shared_hyperparameters=shared).fit(progress=False, max_iter=20)
+    batched = ExactGPModel(torch.stack([X, X]), torch.stack([Y, 2 * Y])).fit(progress=False, max_iter=20)
+    for m, Xt in ((model, X[:0]), (model, X[None, :0]), (batched, X[:0])):
+        full_mean = m.predict(torch.cat([Xt, X[:3].expand(*Xt.shape[:-2], 3, -1)], -2))
+        mean, sd = m.predict(Xt, return_std=True, observation_noise=True)
+        assert mean.shape == sd.shape == full_mean[..., :0, :].shape
+        assert m.predict(Xt).shape == full_mean[..., :0, :].shape
+        post = m.posterior(Xt)
+        assert post.mean.shape == post.variance.shape == full_mean[..., :0, :].shape

@@ -170,6 +170,9 @@ def posterior_moments(
     batch = torch.broadcast_shapes(Xq.shape[:-2], train_X.shape[:-2])
     Xq, train_X = Xq.expand(batch + Xq.shape[-2:]), train_X.expand(batch + train_X.shape[-2:])
     q = Xq.shape[-2]
+    if q == 0:  # no test point: empty moments (the kernel code cannot reshape zero points)
+        empty = Xq.new_zeros(batch + (0,))
+        return empty, (None if second == "none" else Xq.new_zeros(batch + (0, 0)) if second == "full" else empty)
     means, parts = [], []
     for sl in chunk_slices(q, rows):
         Xc = Xq[..., sl, :]
