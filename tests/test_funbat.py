@@ -801,3 +801,22 @@ def test_intervals_on_the_beijing_tensor_have_the_right_variance_and_heavy_tails
     assert table[0.5] > 0.55, table
     z = (split.y_test - mean) / std
     assert float(z.pow(4).mean() / z.square().mean().square()) > 6.0
+
+
+@pytest.mark.parametrize("decomposition", ["tucker", "cp"])
+@pytest.mark.parametrize("noise", ["gaussian", "student_t"])
+def test_no_entry_gives_empty_predictions(decomposition, noise):
+    r"""Zero entries to predict (an empty selection) give empty results of the shapes of a non-empty call; the Tucker
+    moments and the Student-t mixture CDF used to ``torch.cat`` an empty list (a raw ValueError)."""
+    d = make_synthetic_tensor(100, 20, rank=2, n_coords=6, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = FunBaT(2, decomposition=decomposition, noise=noise, max_sweeps=3).fit(d.X_train, d.y_train)
+    E, y0 = d.X_test[:0], d.y_test[:0]
+    full = m.predict(d.X_test[:2], return_std=True)
+    for out in (m.predict(E, return_std=True), m.predict(E, return_std=True, observation_noise=True)):
+        assert [t.shape for t in out] == [t[:0].shape for t in full]
+    assert m.predict(E).shape == full[0][:0].shape
+    assert [t.shape for t in m.predict_interval(E)] == [(0, 1), (0, 1)]
+    assert m.predict_quantile(E, 0.9).shape == (0, 1)
+    assert m.log_predictive_density(E, y0).shape == (0, 1)

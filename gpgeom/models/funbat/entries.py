@@ -61,7 +61,7 @@ def entry_marginals(model: Any, Xn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             z = kron_vecs([m[sl] for m, _ in mom])
             means.append(z @ mu)
             seconds.append((kron_mats([S[sl] for _, S in mom]) * EwwT).sum((-1, -2)))
-        mean, second = torch.cat(means), torch.cat(seconds)
+        mean, second = (torch.cat(v) if v else mu.new_zeros(0) for v in (means, seconds))  # no entry: empty
     var = (second - mean.square()).clamp_min(0.0) + model._bias_var
     mean = mean + model._bias_mean
     noise = model._tau_b / (model._tau_a - 1.0) * noise_factor(getattr(model, "_dof", None))

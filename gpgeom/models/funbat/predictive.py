@@ -215,7 +215,7 @@ class _PredictiveDistribution:
         for sl in chunks(mean.numel(), J):
             ws = w if w.dim() == 1 else w[sl]
             out.append((_normal_cdf((y[sl] - mean[sl])[:, None] / var[sl].sqrt()) * ws).sum(-1))
-        return torch.cat(out)
+        return torch.cat(out) if out else mean.new_zeros(0)  # no entry: empty
 
     def log_predictive_density(self, X: Any, y: Any, observation_noise: bool = True) -> Tensor:
         r"""The log predictive density :math:`\log p(y_*)` of values ``y`` at the entries ``X`` (original units; the
