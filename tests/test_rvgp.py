@@ -597,3 +597,15 @@ def test_model_error_terms_are_the_dense_gp_with_nuggets(rng, ambient):
     m2, sd2 = cond.predict(q, return_std=True)
     np.testing.assert_allclose(m2.numpy().ravel(), mean2 * ys, rtol=0, atol=1e-9)
     np.testing.assert_allclose(sd2.numpy().ravel() ** 2, var2 * ys**2, rtol=0, atol=1e-9)
+
+
+def test_no_point_gives_empty_predictions(fitted):
+    r"""An empty ``index`` (or an all-False mask) gives empty results of the shapes of a non-empty call; the chunked
+    prediction used to fail deep inside (a reshape of zero points or `torch.cat` of no chunk)."""
+    full_mean, full_sd = fitted.predict(np.arange(3), return_std=True)
+    _, full_cov = fitted.predict(np.arange(3), return_cov=True)
+    for index in (np.zeros(0, dtype=np.int64), torch.zeros(0, dtype=torch.long), np.zeros(fitted.n, dtype=bool)):
+        assert fitted.predict(index).shape == full_mean[:0].shape
+        mean, sd = fitted.predict(index, return_std=True, observation_noise=True)
+        assert mean.shape == full_mean[:0].shape and sd.shape == full_sd[:0].shape and mean.dtype == full_mean.dtype
+        assert fitted.predict(index, return_cov=True)[1].shape == full_cov[:0].shape

@@ -468,6 +468,9 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         """
         self._check_fitted()
         idx = np.arange(self.n) if index is None else _as_index("index", index, self.n)
+        if len(idx) == 0:  # no point: the results at point 0, sliced to none (their shapes, dtype and device)
+            out = self.predict(np.zeros(1, dtype=np.int64), return_std, observation_noise, return_cov=return_cov)
+            return tuple(t[:0] for t in out) if isinstance(out, tuple) else out[:0]
         X = torch.as_tensor(idx, device=self.device).to(self.dtype)[:, None]
         return self._predict(X, return_std, return_cov, observation_noise, chunk_size, max_memory)
 
