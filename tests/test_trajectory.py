@@ -819,3 +819,24 @@ def test_demo_section(tmp_path):
     assert sec.figures and sec.figures[0].exists()
     table = dict(sec.table)
     assert "converged" in table["LM iterations"] and float(table["position RMSE (100 Hz)"].split()[0]) < 5.0
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_no_query_time_gives_empty_predictions(cls):
+    r"""Zero query times (``0``, ``b x 0``; numpy or torch) give empty states, standard deviations and covariances of
+    the shapes of a non-empty call; the per-interval product sized its padded blocks from the busiest interval (none)
+    and the standard deviations were reshaped with ``-1`` over zero elements (raw RuntimeErrors)."""
+    t = torch.linspace(0.0, 1.0, 6, dtype=DT)
+    R = so3_exp(torch.stack([0.1 * torch.sin(t), 0.05 * torch.cos(0.7 * t), t], -1))
+    p = torch.stack([t, t * t, 0 * t], -1)
+    traj = cls(t).fit([PoseMeasurement(t, R=R, p=p, sigma_rot=0.01, sigma_pos=0.01)], compute_covariances=True)
+    for q, ref in ((t[:0], t[:2]), (np.zeros(0), t[:2]), (torch.zeros(2, 0, dtype=DT), t[:2, None])):
+        st, sd = traj.predict(q, return_std=True)
+        st_ref, sd_ref = traj.predict(ref, return_std=True)
+        lead = tuple(torch.as_tensor(q).shape)
+        assert st.R.shape == lead + st_ref.R.shape[-2:] and st.p.shape == lead + (3,)
+        assert sd.p.shape == lead + (3,) and sd.R.shape == lead + (3,) and sd.R.dtype == sd_ref.R.dtype
+        _, cov = traj.predict(q, return_cov=True)
+        _, cov_ref = traj.predict(ref, return_cov=True)
+        assert cov.shape == lead + cov_ref.shape[-2:]
+        assert traj.interpolate(q, covariance=True).p.shape == lead + (3,)

@@ -487,7 +487,7 @@ class Trajectory(ModelContract):
         resolve_max_memory(max_memory)  # a bad budget fails here, before any work
         out = self._interpolate_chunks(t.reshape(-1), False, True, True, max_memory)
         st = self._state(t, {k: v for k, v in out.items() if k != "variance"})
-        sd = out["variance"].clamp_min(0.0).sqrt().reshape(*t.shape, -1)
+        sd = out["variance"].clamp_min(0.0).sqrt().reshape(*t.shape, out["variance"].shape[-1])
         parts = dict(zip(self.state_components, sd.split(3, dim=-1)))
         std = TrajectoryStd(**{c: parts.get(c) for c in COMPONENTS})
         return st, std

@@ -79,7 +79,7 @@ class Bracket:
             M, U = inv.shape[0], self.first.shape[0]
             counts = torch.bincount(inv, minlength=U)
             cmax = int(counts.max()) if M else 0
-            if U * cmax > 2 * M:
+            if U * cmax > 2 * M or M == 0:  # gather (no time: the padded layout has no row to size its blocks)
                 self._layout = (None, 0)
             else:
                 order = torch.argsort(inv, stable=True)
