@@ -118,6 +118,25 @@ def check_increasing(name: str, t: Tensor, *, strict: bool = True) -> Tensor:
     return t
 
 
+#: The keyword arguments of ``gpytorch.kernels.Kernel.__init__`` (``param_transform``: deprecated, warned about).
+_KERNEL_KWARGS = frozenset(
+    ("ard_num_dims", "batch_shape", "active_dims", "lengthscale_prior", "lengthscale_constraint", "eps",
+     "param_transform")
+)  # fmt: skip
+
+
+def check_kernel_kwargs(owner: str, kwargs: dict) -> None:
+    r"""Refuse keyword arguments that ``gpytorch.kernels.Kernel.__init__`` would swallow without effect: GPyTorch
+    ignores unknown keywords, so ``MaternMarkovKernel(lengthscale=0.7)`` built a kernel at the default lengthscale."""
+    unknown = sorted(set(kwargs) - _KERNEL_KWARGS)
+    if unknown:
+        names = ", ".join(f"`{k}`" for k in unknown)
+        raise TypeError(
+            f"{owner} got unexpected keyword argument(s) {names} (GPyTorch's Kernel takes {sorted(_KERNEL_KWARGS)}). "
+            "Set hyperparameters after construction, e.g. `k.lengthscale = 0.7`."
+        )
+
+
 def check_positive(name: str, value: float | int, *, integer: bool = False, allow_zero: bool = False) -> None:
     r"""Check that a scalar option is positive (or non-negative) and not NaN, and an integer when asked (numpy
     scalars count: ``np.float32(0.5)``, ``np.int64(3)``)."""

@@ -471,3 +471,22 @@ def test_matern12_q_is_accurate_for_small_steps_in_float32():
     torch.testing.assert_close(Q32[:, 0, 0].double(), ref, rtol=1e-6, atol=0)
     Q32[0, 0, 0].backward()  # differentiable in the lengthscale and the variance
     assert all(bool(torch.isfinite(p.grad).all()) for p in k32.parameters())
+
+
+def test_unknown_keyword_arguments_are_refused_not_dropped():
+    r"""GPyTorch's ``Kernel`` swallows unknown keywords, so ``MaternMarkovKernel(lengthscale=0.7, variance=1.3)`` built
+    a kernel at the default lengthscale and variance (0.693 both) without a word."""
+    from gpgeom.kernels import CategoricalMarkovKernel, SpectralKernel, WNOJKernel
+
+    with pytest.raises(TypeError, match=r"MaternMarkovKernel got unexpected keyword argument\(s\) `lengthscale`"):
+        MaternMarkovKernel(lengthscale=0.7, variance=1.3)
+    with pytest.raises(TypeError, match=r"WNOJKernel got unexpected keyword argument\(s\) `qc`"):
+        WNOJKernel(qc=2.0)
+    with pytest.raises(TypeError, match=r"CategoricalMarkovKernel got unexpected keyword argument\(s\) `n_labels`"):
+        CategoricalMarkovKernel(n_labels=3)
+    vals, vecs = torch.linspace(0.0, 2.0, 4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"SpectralKernel got unexpected keyword argument\(s\) `lengthscale`"):
+        SpectralKernel(vals, vecs, lengthscale=0.5)
+    # GPyTorch's own keywords still pass
+    k = MaternMarkovKernel(nu=2.5, batch_shape=torch.Size([2]), lengthscale_prior=None)
+    assert k.batch_shape == torch.Size([2])

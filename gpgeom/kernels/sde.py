@@ -21,6 +21,8 @@ import torch
 from gpytorch.kernels import Kernel
 from torch import Tensor
 
+from gpgeom._validation import check_kernel_kwargs
+
 __all__ = ["SDE", "MarkovKernel", "discretize", "time_column"]
 
 
@@ -110,6 +112,10 @@ class MarkovKernel(Kernel):
     """
 
     state_dim: int
+
+    def __init__(self, **kwargs) -> None:
+        check_kernel_kwargs(type(self).__name__, kwargs)  # GPyTorch would drop unknown keywords silently
+        super().__init__(**kwargs)
 
     def sde(self) -> SDE:
         r"""Return the SDE matrices :math:`(F, L, Q_c, H, P_\infty)`, each with ``batch_shape`` in front."""

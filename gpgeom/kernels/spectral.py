@@ -43,7 +43,7 @@ from linear_operator.operators import (
 )
 from torch import Tensor, nn
 
-from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom._validation import check_kernel_kwargs, check_option, check_positive, check_tensor
 
 __all__ = ["SpectralKernel"]
 
@@ -187,6 +187,7 @@ class SpectralKernel(Kernel):
                 f"{float(eigenvalues.min()):.3g}, beyond the round-off tolerance {tol:.3g}. Check the sign convention "
                 "of the Laplacian (L = D - A) or pass `eigenvalue_tol`."
             )
+        check_kernel_kwargs("SpectralKernel", kwargs)  # GPyTorch would drop unknown keywords silently
         super().__init__(lengthscale_prior=lengthscale_prior, lengthscale_constraint=lengthscale_constraint, **kwargs)
 
         dtype, device = eigenvectors.dtype, eigenvectors.device
