@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _folds import finish_fold, run_fold_benchmark  # noqa: E402
 from botorch.models.transforms.input import Normalize  # noqa: E402
 from funbat import conditioned_gp, fit_dense_hypers, metrics, product_matern, run_funbat  # noqa: E402
+from funbat_stopping_rules import rmse  # noqa: E402
 
 from gpgeom import FunBaT  # noqa: E402
 from gpgeom.datasets.tensors import load_beijing_air  # noqa: E402
@@ -60,10 +61,6 @@ from gpgeom.errors import ConvergenceWarning  # noqa: E402
 N_HYPER = 2000
 #: FunBaT's Tucker ranks (the same in every mode) fitted to the exact GP's mean.
 DISTILL_RANKS = (2, 4)
-
-
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).square().mean().sqrt())
 
 
 def exact_gp_means(split, fold: int) -> tuple[dict, torch.Tensor]:
@@ -92,8 +89,8 @@ def funbat_on_gp_mean(split, train_mean: torch.Tensor, gp_test_mean: torch.Tenso
     out = metrics(mean[:, 0], std[:, 0], split.y_test, split.test_unseen)
     res = model.fit_result_
     out.update(seconds=fit_s, sweeps=res.sweeps, converged=res.converged)
-    out["to_gp_train"] = _rmse(model.predict(split.X_train)[:, 0].detach(), train_mean)
-    out["to_gp_test"] = _rmse(mean[:, 0].detach(), gp_test_mean)
+    out["to_gp_train"] = rmse(model.predict(split.X_train)[:, 0].detach(), train_mean)
+    out["to_gp_test"] = rmse(mean[:, 0].detach(), gp_test_mean)
     return out
 
 
