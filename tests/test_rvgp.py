@@ -133,7 +133,7 @@ def test_super_resolution_sphere_accuracy_and_tangency(sphere1000, fitted):
     assert 0.85 <= coverage(s.clean_vectors[te], m, sd, level=0.95)  # latent, measured 1.0 (0.99 with cubic frames)
     # the error (median 1.6e-7) is below what the noise variance's lower bound NOISE_FLOOR lets the latent std reach
     # (measured noise at the bound, median std 1.8e-4): the band is as narrow as the bound allows, and no wider
-    assert float(fitted.noise) < 1.01 * NOISE_FLOOR and np.median(sd) < math.sqrt(NOISE_FLOOR) * fitted.y_scale
+    assert float(fitted.noise.detach()) < 1.01 * NOISE_FLOOR and np.median(sd) < math.sqrt(NOISE_FLOOR) * fitted.y_scale
     # tangent to the estimated frames at unobserved points (by construction, to rounding) and to the true sphere
     T = fitted.laplacian.frames[te]
     resid = m - np.einsum("nDd,nd->nD", T, np.einsum("nDd,nD->nd", T, m))
