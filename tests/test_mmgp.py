@@ -688,3 +688,20 @@ def test_mmgp_on_cuda_matches_the_cpu():
     # fitted on another device, L-BFGS-B may stop at slightly different hyperparameters: close, not equal
     scale = float(cpu.fields[0].abs().max())
     torch.testing.assert_close(pred.fields[0].cpu(), cpu.fields[0], rtol=0, atol=1e-2 * scale)
+
+
+def test_empty_batches_give_empty_results():
+    r"""``project_fields`` of no mesh and ``decode_geometry`` of no latent row are empty (they raised IndexError and
+    numpy's "cannot reshape array of size 0"); one row still matches the batch it belongs to."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    model = MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=10, floater_start=(0.0, 0.0))
+    model.fit(M, mu, U, w, progress=False)
+    assert model.project_fields([], []) == []
+    assert model.decode_geometry(np.zeros((0, 2))) == []
+    pos = model.decode_geometry(torch.zeros(0, model.n_latent), as_mesh=False)
+    assert pos.shape == (0, model.common_mesh_.n_points, 2) and pos.dtype == model.dtype
+    xi = model.encode(M[:2], mu[:2])
+    torch.testing.assert_close(
+        model.decode_geometry(xi[:1], as_mesh=False), model.decode_geometry(xi, as_mesh=False)[:1]
+    )
+    torch.testing.assert_close(model.project_fields(M[:1], U[:1])[0], model.project_fields(M[:2], U[:2])[0])

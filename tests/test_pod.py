@@ -155,3 +155,16 @@ def test_pod_bad_input():
         SnapshotPOD().fit(np.ones((4, 10)))
     with pytest.raises(TypeError, match="unexpected keyword"):
         SnapshotPOD(modes=3)
+
+
+def test_zero_snapshots_transform_to_zero_rows():
+    r"""``transform`` of no snapshot is ``(0, n_modes_)``, like ``inverse_transform`` of no coefficient (it raised
+    numpy's "cannot reshape array of size 0"); scalar and vector fields."""
+    rng = np.random.default_rng(0)
+    for shape in ((5, 7), (5, 7, 2)):
+        X = rng.normal(size=shape)
+        pod = SnapshotPOD().fit(X)
+        A = pod.transform(X[:0])
+        assert A.shape == (0, pod.n_modes_)
+        assert pod.inverse_transform(A).shape == (0,) + shape[1:]
+        np.testing.assert_allclose(pod.transform(X[:1]), pod.transform(X)[:1], rtol=0, atol=1e-12)

@@ -180,7 +180,7 @@ class SnapshotPOD:
         r"""POD coefficients :math:`a = \phi M (u - \bar u)`: ``(n, n_nodes[, c])`` -> ``(n, n_modes_)``."""
         self._check_fitted()
         X = self._snapshots("snapshots", snapshots)
-        S = X.reshape(X.shape[0], -1) - self._mean_flat
+        S = X.reshape(X.shape[0], self._mean_flat.size) - self._mean_flat  # an explicit width: n = 0 is valid
         return self._apply_mass(S) @ self._modes_flat.T
 
     def inverse_transform(self, coefficients: object) -> np.ndarray:

@@ -535,6 +535,8 @@ class MMGP(ModelContract):
         check_family(meshes, self.common_mesh_)
         n = len(meshes)
         U = check_output_fields(output_fields, meshes)
+        if not U:
+            return []
         if U[0].shape[1] != len(self._fields):
             raise ValueError(f"`output_fields` must have {len(self._fields)} field(s), got {U[0].shape[1]}.")
         w = scalar_table("output_scalars", output_scalars, n, dtype=self.dtype, device=self.device)
@@ -562,6 +564,8 @@ class MMGP(ModelContract):
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
         U = check_output_fields(output_fields, meshes)
+        if not U:
+            return []
         if U[0].shape[1] != len(self._fields):
             raise ValueError(f"`output_fields` must have {len(self._fields)} field(s), got {U[0].shape[1]}.")
         tkw = {"dtype": self.dtype, "device": self.device}

@@ -102,7 +102,7 @@ class GeometryPOD:
     def decode(self, xi: np.ndarray, dim: int = 2) -> np.ndarray:
         r"""Node positions :math:`\bar X + \Phi_g^\top \xi` of the common mesh, ``(k, N_c, dim)`` for ``xi``
         ``(k, n_g)`` (``dim``: the space dimension of the common mesh)."""
-        return (self.mean + xi @ self.modes).reshape(len(xi), -1, dim)
+        return (self.mean + xi @ self.modes).reshape(len(xi), self.mean.size // dim, dim)  # k = 0 is valid
 
     def state(self) -> dict[str, Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in self.__dataclass_fields__}
