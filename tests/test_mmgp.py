@@ -705,3 +705,23 @@ def test_empty_batches_give_empty_results():
         model.decode_geometry(xi[:1], as_mesh=False), model.decode_geometry(xi, as_mesh=False)[:1]
     )
     torch.testing.assert_close(model.project_fields(M[:1], U[:1])[0], model.project_fields(M[:2], U[:2])[0])
+
+
+def test_a_field_equal_on_every_mesh_is_predicted_exactly(tmp_path):
+    r"""A field that is zero (or the same constant) on every training mesh has no POD energy: fitting raised "The
+    snapshots carry no energy" for zeros, and fitted modes to transfer rounding for a constant. Its prediction is
+    the field itself with zero variance, before and after save/load, next to a varying field."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    Mt, mut, _, _ = _synthetic(2, seed=11)
+    fields = [np.c_[np.zeros(len(u)), np.full(len(u), 3.0), u[:, 0]] for u in U]
+    model = MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=10, floater_start=(0.0, 0.0))
+    model.fit(M, mu, fields, w, progress=False)
+    assert model.n_modes_fields_ == [1, 1, 2]
+    model.save(tmp_path / "m.pt")
+    for m in (model, MMGP.load(tmp_path / "m.pt")):
+        pred = m.predict(Mt, mut, return_std=True, n_samples=3)
+        for f, s, d in zip(pred.fields, pred.fields_std, pred.field_samples, strict=True):
+            assert torch.all(f[:, 0] == 0) and torch.all(s[:, 0] == 0) and torch.all(d[..., 0] == 0)
+            torch.testing.assert_close(f[:, 1], torch.full_like(f[:, 1], 3.0), rtol=0, atol=1e-12)
+            torch.testing.assert_close(d[..., 1], torch.full_like(d[..., 1], 3.0), rtol=0, atol=1e-12)
+            assert float(s[:, 1].max()) <= 1e-12 and float(s[:, 2].max()) > 0

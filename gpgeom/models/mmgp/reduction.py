@@ -144,11 +144,18 @@ class FieldPOD:
         the out-of-sample boundary residual energies of the training shapes and ``rho_mean`` their reference
         :math:`\bar\rho` (:class:`~gpgeom.models.mmgp.unexplained.GeometryResidual`)."""
         nk, ek = mode_option("n_modes_fields", n_modes)
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
+        mean = F.mean(0) if center else np.zeros(F.shape[1])
+        if np.abs(F - mean).max() <= 64 * np.finfo(np.float64).eps * np.abs(F).max():
+            # the same field on every mesh (zero, or a constant up to transfer rounding): no mode carries energy.
+            # One zero mode keeps the shapes of the GP stage; it decodes to the mean with zero variance.
+            n, Nc = F.shape
+            zero = cls(t(mean), t(np.zeros((1, Nc))), t([0.0]), t(np.zeros(Nc)), t([0.0]))
+            return zero, np.zeros((n, 1)), np.ones(1)
         pod = SnapshotPOD(nk, energy=ek, center=center)
         coefs = pod.fit_transform(F, mass)
         tv, energy = truncation_residuals(F, pod.n_modes_, center, mass)
         share = geometry_share(energy, rho, rho_mean, float(energy.mean()))
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
         ratio = pod.explained_energy_ratio_
         return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv), t([share])), coefs, ratio
 
