@@ -565,3 +565,16 @@ def test_calibration_is_kept_by_files_dropped_by_fit_and_checks_its_input(tmp_pa
     with pytest.warns(UserWarning, match="calibration is dropped"):
         m.fit(1, progress=False, seed=0)
     assert m.calibration_ is None and not bool(m.discrepancy.calibrated)
+
+
+def test_inverse_from_no_observed_point_is_a_clear_error():
+    r"""``predict_inverse`` with ``u`` of zero points raised torch's "cannot reshape tensor of 0 elements"; it now
+    says that a field needs an observed value, like an all-False ``mask`` row does. One point still works."""
+    m = _poisson_model(rank=2).double().fit(1, progress=False, seed=0)
+    x = torch.linspace(-0.9, 0.9, 7, dtype=torch.float64)[:, None]
+    w = torch.tensor([1.5], dtype=torch.float64)
+    for u in (torch.zeros(1, 0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"`u` holds no point .*at least one observed value"):
+            m.predict_inverse(x[:0], u, w)
+    mean, std = m.predict_inverse(x[:1], torch.zeros(1, 1, dtype=torch.float64), w, return_std=True)
+    assert mean.shape == std.shape == (1, 5) and bool(torch.isfinite(std).all())

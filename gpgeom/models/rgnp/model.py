@@ -652,7 +652,12 @@ class RGNP(ModelContract, nn.Module):
             if u.shape[-1] != 1:
                 raise ValueError(f"`u` of 3 dimensions must be (B, n, 1), got shape {tuple(u.shape)}.")
             u = u[..., 0]
-        u = u.reshape(-1, u.shape[-1])
+        u = u[None] if u.dim() == 1 else u
+        if u.shape[-1] == 0:
+            raise ValueError(
+                f"`u` holds no point (shape {tuple(u.shape)}): the inverse problem needs at least one observed value "
+                "per field."
+            )
         B = u.shape[0]
         x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,))
         if x.dim() == 2:
