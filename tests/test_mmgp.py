@@ -725,3 +725,15 @@ def test_a_field_equal_on_every_mesh_is_predicted_exactly(tmp_path):
             torch.testing.assert_close(f[:, 1], torch.full_like(f[:, 1], 3.0), rtol=0, atol=1e-12)
             torch.testing.assert_close(d[..., 1], torch.full_like(d[..., 1], 3.0), rtol=0, atol=1e-12)
             assert float(s[:, 1].max()) <= 1e-12 and float(s[:, 2].max()) > 0
+
+
+def test_more_modes_than_training_meshes_names_the_argument():
+    r"""The default 24 modes with 6 training meshes raised SnapshotPOD's "`n_modes`=24 exceeds the number of
+    snapshots (6)", an argument MMGP does not have; the error now names MMGP's argument (and the field)."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    kw = {"restarts": 0, "max_iter": 5, "floater_start": (0.0, 0.0)}
+    with pytest.raises(ValueError, match=r"`n_modes_geometry`=24 exceeds the number of training meshes \(6\)"):
+        MMGP(n_modes_fields=2, **kw).fit(M, mu, U, w, progress=False)
+    with pytest.raises(ValueError, match=r"`n_modes_fields`=7 \(field 'field1'\) exceeds .* meshes \(6\)"):
+        MMGP(n_modes_geometry=2, n_modes_fields=[2, 7], **kw).fit(M, mu, U, w, progress=False)
+    assert MMGP(n_modes_geometry=0.99, n_modes_fields=6, **kw).fit(M, mu, U, w, progress=False).n_modes_geometry_ >= 1

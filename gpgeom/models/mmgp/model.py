@@ -370,6 +370,14 @@ class MMGP(ModelContract):
             F[i] = f
 
         # POD (Eq. (3)) of the geometry and of every field
+        requests = [("n_modes_geometry", "", self.n_modes_geometry)]
+        requests += [("n_modes_fields", f" (field {name!r})", k) for name, k in zip(self.field_names_, nmf)]
+        for arg, what, k in requests:
+            if isinstance(k, int) and k > n:  # SnapshotPOD refuses more modes than snapshots
+                raise ValueError(
+                    f"`{arg}`={k}{what} exceeds the number of training meshes ({n}): a POD of {n} snapshots has at "
+                    f"most {n} modes ({n - 1} when centred). Pass a smaller int, or an energy fraction such as 0.999."
+                )
         t0 = clock()
         center = self.center and not self.ref_compat
         self._geometry, xi = GeometryPOD.fit(X, common, self._mass, self.n_modes_geometry, center, self.ref_compat)
