@@ -315,3 +315,22 @@ def test_linalg_error_inside_a_callable_loss_is_not_retried_with_jitter():
     with pytest.raises(NotPSDError, match="does not factorise through"):
         fit(loss, module=module, optimizer="lbfgs", progress=False)
     assert len(calls) == 1  # the probe failed once; no jitter reruns
+
+
+def test_adam_data_loader_must_yield_minibatches_every_epoch():
+    # a generator is exhausted after the first epoch: the later epochs used to count as loss 0.0, so fit reported
+    # loss 0.0 (the true loss was 6.5) and kept the parameters of an untrained epoch
+    x = torch.linspace(0, 1, 20, dtype=torch.float64)[:, None]
+    y = 3 * x[:, 0] + 1
+    module = torch.nn.Linear(1, 1).double()
+
+    def loss(xb, yb):
+        return ((module(xb).squeeze(-1) - yb) ** 2).mean()
+
+    batches = [(x[i : i + 5], y[i : i + 5]) for i in range(0, 20, 5)]
+    with pytest.raises(TypeError, match="`data_loader` must be re-iterable.*generator"):
+        fit(loss, module=module, data_loader=(b for b in batches), epochs=5, progress=False)
+    with pytest.raises(ValueError, match="`data_loader` yielded no minibatch in epoch 0"):
+        fit(loss, module=module, data_loader=[], epochs=5, progress=False)
+    result = fit(loss, module=module, data_loader=batches, epochs=5, lr=0.1, progress=False)  # re-iterable: fine
+    assert result.loss > 0 and len(result.history[0]) == 5

@@ -189,7 +189,8 @@ def fit(
             stopping may end it sooner), or a callable ``epoch -> factor`` returning a finite number >= 0.
             Not used by L-BFGS-B (an error if the optimiser is L-BFGS-B).
         lr_final_fraction: :math:`\phi \in [0, 1]` of the ``"cosine"`` schedule.
-        data_loader: Optional iterable of minibatches ``(X, y)`` (e.g. a ``torch.utils.data.DataLoader``) for the
+        data_loader: Optional re-iterable of minibatches ``(X, y)`` (a list, a ``torch.utils.data.DataLoader``;
+            it is read once per epoch, so not a generator), at least one per epoch, for the
             Adam path; ``X`` is ``batch_shape x b x d`` and ``y`` is ``batch_shape x b``. An MLL is evaluated as
             ``-mll(mll.model(X), y)``; a callable as ``objective(X, y)``. Without it, each Adam epoch is one
             full-batch step on the model's training data.
@@ -268,6 +269,14 @@ def fit(
         raise ValueError("`optimizer='lbfgs'` is full-batch only; use optimizer='adam' with a `data_loader`.")
     if optimizer == "lbfgs" and lr_factor is not None:
         raise ValueError("`lr_schedule` applies to the Adam path only; pass optimizer='adam' or lr_schedule=None.")
+    if data_loader is not None and iter(data_loader) is data_loader:
+        # a generator or other one-shot iterator is exhausted after the first epoch: every later epoch would
+        # see no minibatch at all
+        raise TypeError(
+            "`data_loader` must be re-iterable (a list of (X, y) minibatches or a torch DataLoader): it is read "
+            f"once per epoch, but got a one-shot iterator ({type(data_loader).__name__}) that is exhausted "
+            "after the first epoch."
+        )
     if is_mll and data_loader is None and not getattr(model, "train_inputs", None):
         raise ValueError(
             f"{type(model).__name__} has no `train_inputs`/`train_targets` for full-batch fitting; pass a "

@@ -391,7 +391,9 @@ def run_adam(
                     t.copy_(t.clamp(min=lo, max=hi))
             total += value
             count += 1
-        epoch_loss = total / max(count, 1)
+        if count == 0:
+            raise ValueError(f"`data_loader` yielded no minibatch in epoch {epoch}; it must yield at least one (X, y).")
+        epoch_loss = total / count
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"the loss became {epoch_loss} at epoch {epoch}")
         if batch is not None and epoch_loss < best_loss:  # minibatches: keep the end-of-epoch parameters
