@@ -277,8 +277,35 @@ def test_rbf_bad_input():
         RBFMorphing(src, tgt)
     with pytest.raises(ValueError, match="`radius` must be > 0"):
         RBFMorphing(src, src, radius=-1.0)
-    with pytest.raises(ValueError, match="hyperplane"):
-        line = np.c_[np.linspace(0, 1, 5), np.zeros(5)]
-        RBFMorphing(line, line)
     with pytest.raises(ValueError, match="trailing shape"):
         RBFMorphing(src, src)(np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("tilted", [False, True])
+def test_rbf_affine_part_on_flat_control_points(tilted):
+    # 8 control points on a plane in R^3 (axis-aligned or tilted): the affine part lives on the plane. It used to
+    # raise "lie in a hyperplane" for the axis-aligned plane and, for the tilted one, return a rounding-dependent
+    # map: a translation by 0.1 moved points off the plane by 0.09 to 0.25
+    rng = np.random.default_rng(0)
+    rot = np.linalg.qr(rng.standard_normal((3, 3)))[0] if tilted else np.eye(3)
+    src = np.c_[rng.random((8, 2)), np.full(8, 0.3)] @ rot.T
+    x = rng.uniform(-1, 1, (20, 3))
+    shift = np.array([0.0, 0.0, 0.1])
+    np.testing.assert_allclose(RBFMorphing(src, src + shift)(x), x + shift, atol=1e-12)
+    # an affine motion of the plane is reproduced on the plane, and constant along its normal
+    A = np.eye(3) + 0.2 * rng.normal(size=(3, 3))
+    morph = RBFMorphing(src, src @ A.T + shift)
+    on_plane = np.c_[rng.uniform(-1, 2, (20, 2)), np.full(20, 0.3)] @ rot.T
+    np.testing.assert_allclose(morph(on_plane), on_plane @ A.T + shift, atol=1e-10)
+    normal = rot[:, 2]
+    np.testing.assert_allclose(morph.displacement(on_plane + 0.7 * normal), morph.displacement(on_plane), atol=1e-10)
+
+
+def test_rbf_affine_with_one_control_point_or_a_line_of_them():
+    # one control point: a translation of the whole plane (it used to raise "needs at least d + 1 = 3 control
+    # points"); collinear points: the affine motion along the line
+    x = np.random.default_rng(1).uniform(-2, 2, (10, 2))
+    np.testing.assert_allclose(rbf_morph(x, [[0.5, 0.5]], [[0.6, 0.3]]), x + [0.1, -0.2], atol=1e-14)
+    line = np.c_[np.linspace(0, 1, 5), np.zeros(5)]
+    stretched = rbf_morph(x, line, 2 * line)  # x -> (2 x_1, x_2)
+    np.testing.assert_allclose(stretched, x * [2.0, 1.0], atol=1e-10)

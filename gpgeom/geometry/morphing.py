@@ -174,7 +174,9 @@ class RBFMorphing:
         target: Their images ``(m, d)``.
         radius: Support radius :math:`R`; default half the diagonal of the control points' bounding box (as in
             Muscat). A larger radius gives smoother, more global maps and a worse-conditioned system.
-        affine: Add the affine part (needs ``m >= d + 1`` control points not all in a hyperplane).
+        affine: Add the affine part. When the control points span less than ``d`` dimensions (one point, points on
+            a line, a plane in 3D) it is fitted on their affine hull and constant along its normal directions (one
+            control point: a translation of the whole space).
     """
 
     def __init__(self, source: object, target: object, *, radius: float | None = None, affine: bool = True) -> None:
@@ -206,19 +208,21 @@ class RBFMorphing:
                 "radius, or d > 3); merge close control points or change `radius`."
             ) from exc
         if self.affine:
-            if m < d + 1:
-                raise ValueError(f"affine=True needs at least d + 1 = {d + 1} control points, got {m}.")
-            P = np.concatenate([np.ones((m, 1)), c], axis=1)
+            # the affine part lives on the affine hull of the control points: with r = its dimension (< d for one
+            # control point, or for points on a line or a plane, exactly or to rounding) the coordinates along
+            # its r principal directions enter the polynomial part, so the normal directions get no linear term
+            # (a flat set moves the space like its own hyperplane: one control point translates everything)
+            mean = c.mean(axis=0)
+            _, sv, Vt = np.linalg.svd(c - mean, full_matrices=False)
+            V = Vt[: int(np.sum(sv > 1e-10 * sv[0])) if m > 1 and sv[0] > 0 else 0].T  # (d, r)
+            P = np.concatenate([np.ones((m, 1)), (c - mean) @ V], axis=1)
             KiP = sla.cho_solve(cf, P, check_finite=False)
             KiD = sla.cho_solve(cf, D, check_finite=False)
             S = P.T @ KiP
-            try:
-                beta = np.linalg.solve(S, P.T @ KiD)
-            except np.linalg.LinAlgError as exc:
-                raise ValueError(
-                    "The control points lie in a hyperplane, so the affine part is undetermined; use affine=False."
-                ) from exc
-            self.alpha = KiD - KiP @ beta
+            beta_r = np.linalg.solve(S, P.T @ KiD)  # (1 + r, d); S is positive definite
+            B = V @ beta_r[1:]  # (d, d): x -> ((x - mean) V) beta_r[1:]
+            beta = np.concatenate([beta_r[:1] - mean @ B, B], axis=0)
+            self.alpha = KiD - KiP @ beta_r
             self.beta = beta  # (d + 1, d)
         else:
             self.alpha = sla.cho_solve(cf, D, check_finite=False)
