@@ -737,3 +737,32 @@ def test_more_modes_than_training_meshes_names_the_argument():
     with pytest.raises(ValueError, match=r"`n_modes_fields`=7 \(field 'field1'\) exceeds .* meshes \(6\)"):
         MMGP(n_modes_geometry=2, n_modes_fields=[2, 7], **kw).fit(M, mu, U, w, progress=False)
     assert MMGP(n_modes_geometry=0.99, n_modes_fields=6, **kw).fit(M, mu, U, w, progress=False).n_modes_geometry_ >= 1
+
+
+@pytest.mark.parametrize("n", [3, 6])
+@pytest.mark.parametrize("morphing", ["none", "floater"])
+def test_one_fixed_geometry_has_a_zero_geometry_mode(morphing, n):
+    r"""Copies of one mesh whose fields vary with the scalar input only (a parametric study on a fixed geometry):
+    the geometry POD has no energy. Depending on rounding, fitting raised SnapshotPOD's "The snapshots carry no
+    energy" (naming neither the geometry nor an MMGP argument; 3 copies), or kept a mode of rounding noise that the
+    input box scaled to [0, 1], a random GP input (6 copies, floater: the scalar p^2 = 0.09 at p = 0.3 came out
+    0.39). The geometry now keeps one zero mode (the same coordinate for every copy), the training mesh scores
+    about 0 out of distribution and the GP on the scalar input predicts the fields and scalars."""
+    mesh = _synthetic(1, seed=0)[0][0]
+    X = mesh.points
+    p = np.linspace(-1.0, 1.0, n)
+
+    def field(v):
+        return np.c_[np.sin(2.0 * X[:, 0]) * (1.0 + 0.5 * v), X[:, 1] * v]
+
+    model = MMGP(morphing=morphing, n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=50)
+    model.fit([mesh] * n, p[:, None], [field(v) for v in p], np.c_[p, p**2], progress=False)
+    assert model.n_modes_geometry_ == 1
+    geo = model.train_latent_[:, : model.n_modes_geometry_]
+    assert torch.all(geo == geo[0])
+    pred = model.predict([mesh], np.array([[0.3]]), return_std=True)
+    assert float(pred.ood_score[0]) < 1e-2
+    assert torch.isfinite(pred.fields_std[0]).all() and float(pred.fields_std[0].min()) >= 0
+    if n == 6:
+        np.testing.assert_allclose(pred.fields[0].numpy(), field(0.3), atol=0.03)
+        np.testing.assert_allclose(pred.scalars[0].numpy(), [0.3, 0.09], atol=0.1)

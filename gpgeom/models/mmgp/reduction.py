@@ -70,6 +70,13 @@ class GeometryPOD:
         """
         n, d = X.shape[0], X.shape[-1]
         ng, eg = mode_option("n_modes_geometry", n_modes)
+        mean = X.mean(0) if center else np.zeros(X.shape[1:])
+        if np.abs(X - mean).max() <= 64 * np.finfo(np.float64).eps * np.abs(X).max():
+            # every training shape is the same on the common mesh (one fixed geometry, e.g. morphing="none" on one
+            # mesh): no mode carries energy. One zero mode keeps the shapes of the GP stage (a constant latent
+            # input); it decodes to the mean shape.
+            zero = np.zeros((1, mean.size))
+            return cls(mean.reshape(-1), zero, np.zeros(1), zero.copy()), np.zeros((n, 1))
         pod = SnapshotPOD(ng, energy=eg, center=center)
         if ref_compat:
             M2 = mass_matrix(common, d, "blocked")

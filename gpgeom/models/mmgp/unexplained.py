@@ -188,7 +188,13 @@ class GeometryResidual:
             rho[test] = cls.energies(nodes, weights, R)
         rho_in = cls.energies(nodes, weights, geometry.residual(X.reshape(n, -1)).reshape(X.shape))
         # all shapes in the span: the references stay positive and the scores finite
-        floor = max(1e-12 * float(np.mean((X - X.mean(0)) ** 2)) * float(weights.sum()), np.finfo(np.float64).tiny)
+        # (one fixed shape: residuals at the rounding of the coordinates count as zero, not as a scale)
+        W, eps = float(weights.sum()), np.finfo(np.float64).eps
+        floor = max(
+            1e-12 * float(np.mean((X - X.mean(0)) ** 2)) * W,
+            (64 * eps) ** 2 * float(np.mean(X**2)) * W,
+            np.finfo(np.float64).tiny,
+        )
         mean, mean_in = max(float(rho.mean()), floor), max(float(rho_in.mean()), floor)
         return cls(nodes, weights, np.array([mean]), np.array([mean_in]), rho / mean), rho, rho_in
 
