@@ -102,3 +102,16 @@ def test_detached_residual_is_refused():
         lambda u, x, z, w: torch.as_tensor(u.detach().numpy()) + x[..., 0],  # depends on x, not on the network
     ):
         _fit_error(_model(residual), ValueError, r"no gradient path to the field `u`")
+
+
+@pytest.mark.parametrize("S, n", [(0, 3), (1, 0)])
+def test_calibration_data_without_fields_or_points_is_refused(S, n):
+    # calibrate(data=...) with no field (S = 0) or fields of no point (m = 0) raised NotPSDError "the covariance
+    # matrix could not be factorised" (the loss of an empty set was never finite) or a raw IndexError from amax()
+    m = _model(_helmholtz, lift=lambda x, w: (w * x[..., 0], 1 - x[..., 0] ** 2))
+    m.fit(1, progress=False, seed=0)
+    data = {"x": torch.zeros(S, n, 1), "y": torch.zeros(S, n), "z": torch.ones(S, 1), "w": torch.zeros(S, 1)}
+    with pytest.raises(ValueError, match=rf"`data` must hold at least one field.*shape \({S}, {n}, 1\)"):
+        m.calibrate(data=data)
+    with pytest.raises(ValueError, match=rf"`data` must hold at least one field.*shape \({S}, {n}, 1\)"):
+        m.fit(1, data=data, progress=False, seed=0)

@@ -198,3 +198,14 @@ def test_float32_log_density_follows_float64_with_a_small_diagonal():
     assert abs(float(got) / float(ref) - 1) < 1e-5
     grads = torch.autograd.grad(got, args)  # differentiable, in float32
     assert all(gr.dtype == torch.float32 and bool(torch.isfinite(gr).all()) for gr in grads)
+
+
+@pytest.mark.parametrize("F, n", [(0, 5), (1, 0)])
+def test_discrepancy_calibration_needs_a_field_and_a_point(F, n):
+    # no field raised NotPSDError "the covariance matrix could not be factorised" (the empty loss was never
+    # finite), fields of no point a raw IndexError from amax(); the discrepancy stays uncalibrated
+    t = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+    md = ModelDiscrepancy(torch.float64)
+    with pytest.raises(ValueError, match=rf"`errors` must hold at least one field.*got shape \({F}, {n}\)"):
+        md.calibrate(t(F, n), t(F, n, n), t(F, n, 1), t(F, n), t(F))
+    assert not bool(md.calibrated)

@@ -444,6 +444,10 @@ class ModelDiscrepancy(nn.Module):
 
         check_tensor("errors", errors, ndim=2, floating=True)
         F, n = errors.shape
+        if F == 0 or n == 0:
+            raise ValueError(
+                f"`errors` must hold at least one field of at least one point (F, n), got shape {tuple(errors.shape)}."
+            )
         check_tensor("base_cov", base_cov, shape=(F, n, n), floating=True)
         check_tensor("x", x, ndim=3, shape=(F, n, None), floating=True)
         check_tensor("d", d, shape=(F, n), floating=True)

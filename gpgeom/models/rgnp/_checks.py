@@ -116,6 +116,11 @@ def check_field_data(model: Any, data: Any, name: str) -> tuple[Tensor, Tensor, 
         raise ValueError(f"`{name}` must be a dict with keys 'x' (S, m, D), 'y' (S, m), 'z' (S, dz), 'w' (S, dw).")
     x = model._as_tensor(f"{name}['x']", data["x"], ndim=3, shape=(None, None, model.dim))
     S, m = x.shape[:2]
+    if S == 0 or m == 0:
+        raise ValueError(
+            f"`{name}` must hold at least one field with at least one point; {name}['x'] has shape "
+            f"{tuple(x.shape)} (S={S} fields of m={m} points)."
+        )
     y = model._as_tensor(f"{name}['y']", data["y"], ndim=2, shape=(S, m))
     z = model._as_tensor(f"{name}['z']", data["z"], ndim=2, shape=(S, model.dim_z))
     w = data["w"] if data["w"] is not None else torch.zeros(S, 0)
