@@ -766,3 +766,20 @@ def test_one_fixed_geometry_has_a_zero_geometry_mode(morphing, n):
     if n == 6:
         np.testing.assert_allclose(pred.fields[0].numpy(), field(0.3), atol=0.03)
         np.testing.assert_allclose(pred.scalars[0].numpy(), [0.3, 0.09], atol=0.1)
+
+
+def test_geometry_modes_that_span_every_training_shape_leave_the_noise_alone():
+    r"""``n - 1`` centred geometry modes reproduce every training shape, so the in-sample boundary residuals the
+    GPs' noise is referred to are rounding (floored at 1e-12 of the spread). Regressed on that rounding, the noise
+    of a field got a geometric share of 1, and at prediction its noise was scaled by mean / floor ~ 1e12: a held-out
+    plate's field std was 4641 against 0.63 without the geometry scaling (a 3D bracket: infinite scalars). The
+    in-sample residuals now count as zero: no geometric share, the noise as learned (as without the scaling)."""
+    M, mu, U, w = _synthetic(4, seed=3)
+    kw = dict(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=50)
+    scaled = MMGP(**kw).fit(M[:3], mu[:3], U[:3], w[:3], progress=False)
+    plain = MMGP(geometry_variance=False, **kw).fit(M[:3], mu[:3], U[:3], w[:3], progress=False)
+    assert float(scaled._noise_share.abs().max()) == 0.0
+    p, q = scaled.predict(M[3:], mu[3:], return_std=True), plain.predict(M[3:], mu[3:], return_std=True)
+    torch.testing.assert_close(p.scalars_std, q.scalars_std, rtol=1e-10, atol=0.0)  # noise scale 1 in both
+    assert torch.isfinite(p.fields_std[0]).all()
+    assert float(p.fields_std[0].max()) < 3.0 * float(q.fields_std[0].max())  # the truncation factor only
