@@ -334,3 +334,11 @@ def test_adam_data_loader_must_yield_minibatches_every_epoch():
         fit(loss, module=module, data_loader=[], epochs=5, progress=False)
     result = fit(loss, module=module, data_loader=batches, epochs=5, lr=0.1, progress=False)  # re-iterable: fine
     assert result.loss > 0 and len(result.history[0]) == 5
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_loss_that_depends_on_no_parameter_is_named(optimizer):
+    # torch only said "element 0 of tensors does not require grad" from deep inside the optimiser loop
+    module = torch.nn.Linear(1, 1).double()
+    with pytest.raises(ValueError, match="does not depend on any trainable parameter"):
+        fit(lambda: torch.tensor(3.0, dtype=torch.float64), module=module, optimizer=optimizer, progress=False)

@@ -291,3 +291,13 @@ def test_mmgp_takes_meshio_meshes(model, family, tmp_path):
     assert isinstance(common.common_mesh, Mesh)
     with pytest.raises(TypeError, match=r"`meshes` must be a list of meshes"):
         model.predict(mio[0], mu[:1])
+
+
+def test_a_flat_tetrahedron_is_not_sent_to_repair():
+    # Mesh.repair() removes zero-area triangles only; the message of a zero-volume tetrahedron sent users there
+    pts = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    mesh = Mesh(pts, np.array([[0, 1, 2, 4], [0, 1, 2, 3]]))  # the second lies in the plane z = 0
+    with pytest.raises(ValueError, match=r"Cell 1 .* has zero volume .*Fix the mesh \(Mesh.repair\(\) removes"):
+        mesh.check()
+    with pytest.raises(ValueError, match="zero-area triangles only"):
+        mesh.repair()

@@ -79,6 +79,17 @@ class Attempt:
         self.members: np.ndarray | None = None
 
 
+def _backward(loss: Tensor) -> None:
+    r"""``loss.backward()``, with a clear error for a loss that depends on no trainable parameter (torch says only
+    "element 0 of tensors does not require grad")."""
+    if not loss.requires_grad:
+        raise ValueError(
+            "The loss does not depend on any trainable parameter (it carries no gradient): compute it from the "
+            "parameters being fitted (not from detached values or numbers), outside torch.no_grad()."
+        )
+    loss.backward()
+
+
 def _flat_bounds(
     names: list[str], tensors: list[Tensor], bounds: dict[str, tuple[Any, Any]]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +235,7 @@ def run_lbfgs(
                 loss = loss_fn(batch_indices=(idx if sel is None else sel[idx]).tolist())
             else:
                 loss = loss_fn()
-            loss.sum().backward()
+            _backward(loss.sum())
         except NanError:
             # A trial point of the line search gave a NaN covariance (e.g. a lengthscale driven to 0): report an
             # infinite loss so that the line search backtracks. NaN at the starting point fails the attempt.
@@ -381,7 +392,7 @@ def run_adam(
         for batch in batches():
             opt.zero_grad(set_to_none=True)
             loss = step_loss(batch)
-            loss.backward()
+            _backward(loss)
             value = float(loss.detach())
             if batch is None and value < best_loss:  # full batch: this loss belongs to the pre-step parameters
                 best_loss, best_params = value, [t.detach().clone() for t in tensors]

@@ -90,8 +90,12 @@ def check_mesh(mesh: Mesh, *, tol: float = 1e-10) -> Mesh:
         more = f" ({len(bad)} such cells in all)" if len(bad) > 1 else ""
         raise ValueError(
             f"Cell {c} (nodes {C[c].tolist()}) has zero {what} ({float(mesh.cell_volumes()[c]):.3g}: its "
-            f"vertices are {'collinear' if mesh.cell_dim == 2 else 'degenerate'}){more}. Remove it with "
-            "Mesh.repair() or fix the mesh."
+            f"vertices are {'collinear' if mesh.cell_dim == 2 else 'degenerate'}){more}. "
+            + (
+                "Remove it with Mesh.repair() or fix the mesh."
+                if mesh.cell_type == "triangle"
+                else f"Fix the mesh (Mesh.repair() removes zero-area triangles only, not {mesh.cell_type} cells)."
+            )
         )
     if len(folded):
         a, b = (int(v) for v in folded[0])
