@@ -727,6 +727,7 @@ def test_a_field_equal_on_every_mesh_is_predicted_exactly(tmp_path):
             assert float(s[:, 1].max()) <= 1e-12 and float(s[:, 2].max()) > 0
 
 
+@pytest.mark.filterwarnings("ignore:Only .* POD mode")  # the energy-fraction fits keep fewer modes, and say so
 def test_more_modes_than_training_meshes_names_the_argument():
     r"""The default 24 modes with 6 training meshes raised SnapshotPOD's "`n_modes`=24 exceeds the number of
     snapshots (6)", an argument MMGP does not have; the error now names MMGP's argument (and the field)."""
@@ -739,6 +740,7 @@ def test_more_modes_than_training_meshes_names_the_argument():
     assert MMGP(n_modes_geometry=0.99, n_modes_fields=6, **kw).fit(M, mu, U, w, progress=False).n_modes_geometry_ >= 1
 
 
+@pytest.mark.filterwarnings("ignore:Only .* POD mode")  # rounding-level field modes are dropped, with a warning
 @pytest.mark.parametrize("n", [3, 6])
 @pytest.mark.parametrize("morphing", ["none", "floater"])
 def test_one_fixed_geometry_has_a_zero_geometry_mode(morphing, n):

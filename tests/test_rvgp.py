@@ -59,8 +59,8 @@ def _model_kernel(gp):
         K = gp.covar_module(torch.arange(n, dtype=DT)[:, None]).to_dense().numpy()
     P = _block_projectors(gp.laplacian.frames)
     if gp.uses_ambient:
-        ell = float(gp.ambient_kernel.base_kernel.lengthscale)
-        sa2 = float(gp.ambient_kernel.outputscale)
+        ell = float(gp.ambient_kernel.base_kernel.lengthscale.detach())
+        sa2 = float(gp.ambient_kernel.outputscale.detach())
         X = gp.points
         k = sa2 * np.exp(-0.5 * ((X[:, None] - X[None]) ** 2).sum(-1) / ell**2)
         K = K + P @ np.kron(k, np.eye(D)) @ P
