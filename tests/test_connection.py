@@ -461,3 +461,9 @@ def test_laplacian_size_is_linear_and_its_eigenpairs_are_exact():
             np.testing.assert_allclose(cl.L @ U, U * lam, rtol=0, atol=1e-8 * max(1.0, lam.max()))
             np.testing.assert_allclose(U.T @ U, np.eye(50), atol=1e-8)
     assert abs(per_point[1] / per_point[0] - 1.0) < 0.1  # nonzeros per point do not grow with n
+
+
+def test_dropping_duplicates_that_leave_one_point_names_the_cloud_given():
+    # every point a duplicate of the first: the error named the cloud after dropping ("got shape (1, 3)")
+    with pytest.raises(ValueError, match="leaves 1 distinct point of the 5 given"):
+        connection_laplacian(np.ones((5, 3)), dim=2, duplicates="drop")

@@ -97,6 +97,11 @@ def _handle_duplicates(X: np.ndarray, policy: str, tol: float | None) -> tuple[n
     first = np.full(labels.max() + 1, n, dtype=np.int64)
     np.minimum.at(first, labels, np.arange(n))
     keep = np.sort(first)
+    if len(keep) < 2:  # the callers' own shape checks would name the cloud after dropping, not the one given
+        raise ValueError(
+            f"duplicates='drop' leaves {len(keep)} distinct point of the {n} given: every point coincides with the "
+            "first (closer than the tolerance). A point cloud needs at least 2 distinct points."
+        )
     return X[keep], keep
 
 
