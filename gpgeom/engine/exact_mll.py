@@ -50,7 +50,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from gpgeom.engine.chunking import chunk_size_for, element_size
-from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel
+from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel, difference_distances
 
 __all__ = [
     "exact_mll_loss",
@@ -100,23 +100,13 @@ def _kernel_parts(kind: str, r2: Tensor, derivative: bool = True, lean: bool = F
     return k0, (t.mul_(e).mul_(-5.0 / 6.0).masked_fill_(zero, 0.0) if derivative else None)
 
 
-def _sq_dist(xs1: Tensor, xs2: Tensor) -> Tensor:
-    r"""Squared distances ``b x q1 x q2`` between the rows of ``xs1`` (``b x q1 x d``) and ``xs2`` (``b x q2 x d``),
-    from the differences (``cdist``'s direct mode; one ``q1 x q2`` allocation, no ``q1 x q2 x d`` tensor).
-
-    Not by the expansion :math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2 a^\top b`: for two points at a distance
-    :math:`\delta` from each other and :math:`r` from the origin it cancels to an absolute error of about
-    :math:`\epsilon r^2`, so in float32 on unit-cube inputs with a lengthscale of 0.01 (:math:`r / \ell` up to 50)
-    the squared distances of neighbouring points were off by 2e-3 and the Matern 5/2 kernel entries by 5e-4
-    (differences: 2e-6), above a noise variance of 1e-4, and the factorisation failed where float64's succeeded."""
-    return torch.cdist(xs1, xs2, compute_mode="donot_use_mm_for_euclid_dist").square_()
-
-
 def _scaled_sq_dist(x: Tensor, lengthscale: Tensor) -> Tensor:
     r"""``R^2`` of shape ``kb x n x n`` for centred inputs ``x`` (``kb x n x d``), exact zeros on the diagonal (one
-    ``n x n`` allocation)."""
+    ``n x n`` allocation). From the differences (:func:`~gpgeom.kernels.stationary.difference_distances`): the
+    expansion :math:`\lVert a\rVert^2 + \lVert b\rVert^2 - 2 a^\top b` put float32 kernel entries 3e-2 off at a
+    lengthscale of 0.005 on the unit interval."""
     xs = x / lengthscale
-    r2 = _sq_dist(xs, xs).clamp_min_(_R2_FLOOR)
+    r2 = difference_distances(xs, xs).square_().clamp_min_(_R2_FLOOR)
     r2.diagonal(dim1=-2, dim2=-1).fill_(_R2_FLOOR)
     return r2
 
@@ -329,7 +319,8 @@ def stationary_kernel_matrix(covar: Any, x1: Tensor, x2: Tensor | None = None) -
     batch = torch.broadcast_shapes(xs1.shape[:-2], xs2.shape[:-2], covar.outputscale.shape)
     xs1, xs2 = xs1.expand(batch + xs1.shape[-2:]), xs2.expand(batch + xs2.shape[-2:])
     q1, q2, d = xs1.shape[-2], xs2.shape[-2], xs1.shape[-1]
-    r2 = _sq_dist(xs1.reshape(-1, q1, d), xs2.reshape(-1, q2, d)).reshape(batch + (q1, q2)).clamp_min_(_R2_FLOOR)
+    r2 = difference_distances(xs1.reshape(-1, q1, d), xs2.reshape(-1, q2, d)).square_()
+    r2 = r2.reshape(batch + (q1, q2)).clamp_min_(_R2_FLOOR)
     if x2 is None:
         r2.diagonal(dim1=-2, dim2=-1).fill_(_R2_FLOOR)
     k0, _ = _kernel_parts(kind, r2, derivative=False, lean=True)

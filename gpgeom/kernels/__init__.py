@@ -13,7 +13,7 @@ from gpgeom.kernels.markov import (
 )
 from gpgeom.kernels.sde import SDE, MarkovKernel, discretize
 from gpgeom.kernels.spectral import SpectralKernel
-from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel
+from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel, difference_distances
 
 __all__ = [
     "SDE",
@@ -26,5 +26,6 @@ __all__ = [
     "SpectralKernel",
     "WNOAKernel",
     "WNOJKernel",
+    "difference_distances",
     "discretize",
 ]

@@ -24,7 +24,14 @@ import torch
 from gpytorch.kernels import MaternKernel, RBFKernel
 from torch import Tensor
 
-__all__ = ["DifferenceMaternKernel", "DifferenceRBFKernel"]
+__all__ = ["DifferenceMaternKernel", "DifferenceRBFKernel", "difference_distances"]
+
+
+def difference_distances(x1: Tensor, x2: Tensor) -> Tensor:
+    r"""Euclidean distances ``b x n x m`` between the rows of ``x1`` (``b x n x d``) and ``x2`` (``b x m x d``),
+    computed from the differences (``torch.cdist``'s direct mode: one ``n x m`` result, no ``n x m x d`` tensor,
+    differentiable), not by the expansion whose error the module docstring gives."""
+    return torch.cdist(x1, x2, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 class _DifferenceDistance:
@@ -48,7 +55,7 @@ class _DifferenceDistance:
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
         x1 = x1.expand(batch + x1.shape[-2:])
         x2 = x2.expand(batch + x2.shape[-2:])
-        res = torch.cdist(x1, x2, compute_mode="donot_use_mm_for_euclid_dist")
+        res = difference_distances(x1, x2)
         # GPyTorch's floor on the distance (its gradient at zero distance); the squared distance is floored at 0
         return res.square() if square_dist else res.clamp_min(1e-15)
 
