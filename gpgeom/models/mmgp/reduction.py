@@ -34,9 +34,15 @@ from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.pod import SnapshotPOD
 from gpgeom.models.mmgp.inputs import mode_option
 from gpgeom.models.mmgp.transfer import TransferOperators
-from gpgeom.models.mmgp.unexplained import cv_folds, geometry_share
+from gpgeom.models.mmgp.unexplained import ROUNDING, cv_folds, geometry_share
 
 __all__ = ["FieldPOD", "GeometryPOD", "decode_fields", "truncation_residuals", "truncation_variance"]
+
+
+def _same_on_every_mesh(S: np.ndarray, mean: np.ndarray) -> bool:
+    r"""Whether the snapshots ``S`` ``(n, ...)`` equal ``mean`` (their mean, or zero uncentred) up to rounding: no POD
+    mode would carry energy (one fixed geometry; a field that is zero, or constant, on every mesh)."""
+    return bool(np.abs(S - mean).max() <= ROUNDING * np.abs(S).max())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,7 +77,7 @@ class GeometryPOD:
         n, d = X.shape[0], X.shape[-1]
         ng, eg = mode_option("n_modes_geometry", n_modes)
         mean = X.mean(0) if center else np.zeros(X.shape[1:])
-        if np.abs(X - mean).max() <= 64 * np.finfo(np.float64).eps * np.abs(X).max():
+        if _same_on_every_mesh(X, mean):
             # every training shape is the same on the common mesh (one fixed geometry, e.g. morphing="none" on one
             # mesh): no mode carries energy. One zero mode keeps the shapes of the GP stage (a constant latent
             # input); it decodes to the mean shape.
@@ -153,7 +159,7 @@ class FieldPOD:
         nk, ek = mode_option("n_modes_fields", n_modes)
         t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
         mean = F.mean(0) if center else np.zeros(F.shape[1])
-        if np.abs(F - mean).max() <= 64 * np.finfo(np.float64).eps * np.abs(F).max():
+        if _same_on_every_mesh(F, mean):
             # the same field on every mesh (zero, or a constant up to transfer rounding): no mode carries energy.
             # One zero mode keeps the shapes of the GP stage; it decodes to the mean with zero variance.
             n, Nc = F.shape

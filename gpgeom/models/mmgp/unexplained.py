@@ -76,6 +76,10 @@ from gpgeom.geometry.mesh import Mesh
 
 __all__ = ["GeometryResidual", "boundary_quadrature", "cv_folds", "geometry_share", "variance_factor"]
 
+#: Relative size below which a difference between training meshes is rounding (of the coordinates, or of a field
+#: after transfer), not content: in units of the values' magnitude.
+ROUNDING = 64 * np.finfo(np.float64).eps
+
 
 def cv_folds(n: int, folds: int = 10) -> list[tuple[np.ndarray, np.ndarray]]:
     r"""``min(folds, n)`` interleaved folds of ``range(n)``: ``(train, test)`` index pairs (fold ``f`` tests
@@ -189,10 +193,10 @@ class GeometryResidual:
         rho_in = cls.energies(nodes, weights, geometry.residual(X.reshape(n, -1)).reshape(X.shape))
         # all shapes in the span: the references stay positive and the scores finite
         # (one fixed shape: residuals at the rounding of the coordinates count as zero, not as a scale)
-        W, eps = float(weights.sum()), np.finfo(np.float64).eps
+        W = float(weights.sum())
         floor = max(
             1e-12 * float(np.mean((X - X.mean(0)) ** 2)) * W,
-            (64 * eps) ** 2 * float(np.mean(X**2)) * W,
+            ROUNDING**2 * float(np.mean(X**2)) * W,
             np.finfo(np.float64).tiny,
         )
         mean, mean_in = max(float(rho.mean()), floor), max(float(rho_in.mean()), floor)
