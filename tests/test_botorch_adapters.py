@@ -188,3 +188,115 @@ def test_surrogate_list_predict_passes_the_budget_and_accepts_plain_botorch_memb
     assert budgets == [dict(return_std=True, observation_noise=False, chunk_size=4, max_memory=10**6)]
     torch.testing.assert_close(mean, post.mean, rtol=0, atol=1e-10)
     torch.testing.assert_close(std, post.variance.sqrt(), rtol=0, atol=1e-10)
+
+
+def three_output_data(n=15, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 2, dtype=DT, generator=g)
+    Y = torch.stack([torch.sin(5 * X[:, 0]), 3 + torch.cos(3 * X[:, 1]), 10 * X.sum(-1)], -1)
+    return X, Y + 0.05 * torch.randn(n, 3, dtype=DT, generator=g)
+
+
+def rows_of(mean, cov, outputs):
+    r"""The joint moments of ``outputs`` (in that order) taken by hand from point-major ``mean``, ``cov``."""
+    q, m = mean.shape[-2], mean.shape[-1]
+    rows = [i * m + a for i in range(q) for a in outputs]
+    return mean[..., outputs], cov[..., rows, :][..., rows]
+
+
+@pytest.mark.parametrize("kind", ["exact", "list"])
+def test_output_indices_keep_the_requested_order_and_the_noise_columns(kind):
+    r"""``output_indices`` in any order equals the rows of the full joint (and ``subset_output``): the outputs have
+    different Standardize statistics (means 0, 3, 10), which BoTorch's batched posterior applied in the order 0, 1,
+    2 (means off by 10.4 for ``[0, 2, 1]``; ``[2, 0]`` raised), and the list returned its members' outputs in member
+    order (off by 10.9), in ``posterior`` and in ``subset_output``."""
+    from gpgeom.botorch import joint_moments
+
+    X, Y = three_output_data()
+    if kind == "exact":
+        model = ExactGPModel(X, Y).fit(progress=False, max_iter=30)
+    else:
+        a = ExactGPModel(X, Y[:, :2], shared_hyperparameters=True).fit(progress=False, max_iter=30)
+        model = SurrogateList(a, ExactGPModel(X, Y[:, 2:]).fit(progress=False, max_iter=30))
+    Xt = torch.rand(2, 4, 2, dtype=DT, generator=torch.Generator().manual_seed(3))
+    noise = torch.rand(2, 4, 3, dtype=DT, generator=torch.Generator().manual_seed(4))  # a column per output
+    mean, cov = joint_moments(model.posterior(Xt))
+    nmean, ncov = joint_moments(model.posterior(Xt, observation_noise=noise))
+    for outputs in ([0, 2, 1], [1, 0], [2, 0], [2]):
+        got = joint_moments(model.posterior(Xt, output_indices=outputs))
+        for g, w in zip(got, rows_of(mean, cov, outputs)):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+        if kind == "list" and outputs == [0, 2, 1]:  # member 0's outputs in two runs: not a list of members
+            with pytest.raises(
+                ValueError, match=r"one run of consecutive entries .* got \[0, 2, 1\]: outputs \[0, 1\]"
+            ):
+                model.subset_output(outputs)
+        else:  # a separate model of those outputs (BoTorch's list kept member order: [1, 0] gave outputs 0, 1)
+            sub = joint_moments(model.subset_output(outputs).posterior(Xt))
+            for g, w in zip(got, sub):
+                torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
+        noisy = joint_moments(model.posterior(Xt, output_indices=outputs, observation_noise=noise))
+        for g, w in zip(noisy, rows_of(nmean, ncov, outputs)):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+def test_gaussian_surrogate_noise_tensor_has_a_column_per_output():
+    r"""A ``batch x q x m`` noise tensor adds column ``a`` to output ``a`` whatever ``output_indices`` (BoTorch's
+    convention); it used to add the columns in the order of ``output_indices`` (output 1 got output 0's noise)."""
+    X, Y = coregional_data()
+    model = DenseCoregionalGP(X, Y)
+    Xt = torch.rand(2, 3, 2, dtype=DT, generator=torch.Generator().manual_seed(1))
+    noise = torch.tensor([0.5, 0.01], dtype=DT).expand(2, 3, 2)
+    for outputs in ([1, 0], [1], [0, 1]):
+        base = model.posterior(Xt, output_indices=outputs).variance
+        added = model.posterior(Xt, output_indices=outputs, observation_noise=noise).variance - base
+        torch.testing.assert_close(added, noise[..., outputs], rtol=0, atol=1e-12)
+    with pytest.raises(
+        ValueError, match=r"`observation_noise` must be a `batch x q x 2` tensor .* got shape \(2, 3, 3\)"
+    ):
+        model.posterior(Xt, observation_noise=torch.ones(2, 3, 3, dtype=DT))
+
+
+def test_empty_q_gives_the_empty_posterior():
+    r"""``q = 0`` (``batch x 0 x d``): an empty posterior of shape ``broadcast(batch, batch_shape) x 0 x m`` for
+    every adapter (FunBaT's base and the list's assembly used to fail on it), with noise, samples and
+    ``output_indices``."""
+    import warnings
+
+    from gpgeom.models.funbat import FunBaT
+
+    X, Y = coregional_data()
+    g = torch.Generator().manual_seed(0)
+    Xf = torch.rand(40, 2, dtype=DT, generator=g)
+    yf = torch.sin(3 * Xf[:, 0]) * Xf[:, 1] + 0.05 * torch.randn(40, dtype=DT, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        funbat = FunBaT(2, max_sweeps=3).fit(Xf, yf).as_botorch()
+    dense = DenseCoregionalGP(X, Y)
+    models = {
+        "dense": dense,
+        "conditioned": dense.condition_on_observations(X[:2].expand(3, 2, 2), Y[:2].expand(3, 2, 2)),
+        "funbat": funbat,
+        "list": SurrogateList(ExactGPModel(X, Y), ExactGPModel(X, Y[:, :1])),
+    }
+    for name, model in models.items():
+        m = model.num_outputs
+        for batch in ((), (3,), (2, 3)):
+            Xe = torch.zeros(*batch, 0, 2, dtype=DT)
+            out = torch.broadcast_shapes(torch.Size(batch), model.batch_shape)
+            post = model.posterior(Xe, observation_noise=True)
+            assert post.mean.shape == (*out, 0, m) and post.variance.shape == (*out, 0, m), name
+            assert post.rsample(torch.Size([2])).shape == (2, *out, 0, m), name
+            assert model.posterior(Xe, output_indices=[0]).mean.shape == (*out, 0, 1), name
+
+
+def test_exact_gp_rejects_integer_inputs():
+    r"""An integer ``X`` is refused by name (it gave a NaN posterior mean); ``X`` of another floating dtype works."""
+    X, Y = coregional_data()
+    model = ExactGPModel(X, Y)
+    Xt = torch.zeros(2, 3, 2, dtype=DT)
+    with pytest.raises(TypeError, match=r"`X` must be a floating-point tensor, got dtype torch.int64"):
+        model.posterior(Xt.long())
+    with pytest.raises(TypeError, match=r"`X` must be a floating-point tensor, got dtype torch.int64"):
+        model.condition_on_observations(Xt[0].long(), Y[:3])
+    torch.testing.assert_close(model.posterior(Xt.float()).mean, model.posterior(Xt).mean, rtol=0, atol=1e-6)

@@ -8,8 +8,9 @@ Shapes and plumbing
 1. ``num_outputs`` is a positive int and ``batch_shape`` a ``torch.Size``;
 2. ``posterior(X)`` for ``X`` of shape ``test_batch x q x d`` has ``mean`` and ``variance`` of shape
    ``broadcast(test_batch, model.batch_shape) x q x m``, finite, non-negative variance, and ``rsample`` gives
-   ``sample_shape x broadcast(...) x q x m``; ``output_indices`` selects outputs; a ``ScalarizedPosteriorTransform``
-   gives the weighted sum of the output means; the posterior equals ``predict_fn`` (the model's own ``predict``);
+   ``sample_shape x broadcast(...) x q x m``; ``output_indices`` selects outputs, in the order given; a
+   ``ScalarizedPosteriorTransform`` gives the weighted sum of the output means; the posterior equals ``predict_fn``
+   (the model's own ``predict``);
 3. ``fantasize`` gives a model of batch shape ``num_fantasies x broadcast(...)``; ``subset_output`` (when
    implemented) keeps the selected outputs' posterior; one ``qLogNoisyExpectedImprovement`` is optimised end to end.
 
@@ -295,6 +296,14 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 sub = model.posterior(X, output_indices=[m - 1])
                 _check_shape(f"{where} with output_indices=[{m - 1}]: mean", sub.mean, out_batch + (q, 1))
                 _close(f"{where} with output_indices: mean", sub.mean, post.mean[..., m - 1 :], rtol, atol)
+                # in the order asked for (BoTorch's batched posterior untransformed a reordered selection with the
+                # statistics of outputs 0, 1, ...; a list of multi-output members returned member order)
+                sub = model.posterior(X, output_indices=[m - 1, 0])
+                _check_shape(f"{where} with output_indices=[{m - 1}, 0]: mean", sub.mean, out_batch + (q, 2))
+                _close(f"{where} with output_indices=[{m - 1}, 0]: mean", sub.mean, post.mean[..., [m - 1, 0]],
+                       rtol, atol)  # fmt: skip
+                _close(f"{where} with output_indices=[{m - 1}, 0]: variance", sub.variance,
+                       post.variance[..., [m - 1, 0]], rtol, atol)  # fmt: skip
             transform = ScalarizedPosteriorTransform(weights=weights)
             scal = model.posterior(X, posterior_transform=transform)
             _check_shape(f"{where} with ScalarizedPosteriorTransform: mean", scal.mean, out_batch + (q, 1))

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
+from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
     default_input_transform,
@@ -57,6 +58,7 @@ from gpgeom.botorch.defaults import (
     default_outcome_transform,
 )
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
+from gpgeom.botorch.outputs import gaussian_posterior, select_outputs
 from gpgeom.engine.chunking import FactorCache, chunk_size_for, chunk_slices, memory_budget, resolve_max_memory
 from gpgeom.engine.exact_mll import exact_mll_loss
 from gpgeom.engine.fitting import FitResult, fit
@@ -474,15 +476,17 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
         Args:
             X: A ``test_batch_shape x q x d`` tensor.
-            output_indices: Optional list of outputs to keep (all ``m`` by default).
-            observation_noise: Add the likelihood's noise (``True``) or this ``test_batch_shape x q x m`` noise.
+            output_indices: Optional list of outputs to keep, in this order (all ``m`` by default).
+            observation_noise: Add the likelihood's noise (``True``) or this ``test_batch_shape x q x m`` noise (a
+                column for every output whatever ``output_indices``, in the outcome-transformed units: BoTorch's
+                convention, e.g. of ``fantasize``).
             posterior_transform: Optional BoTorch ``PosteriorTransform`` (e.g. ``ScalarizedPosteriorTransform``).
 
         Returns:
             A ``GPyTorchPosterior`` over ``broadcast(test_batch_shape, batch_shape) x q x m'`` (``m'`` the number
             of selected outputs), in the original output units.
         """
-        check_tensor("X", X)
+        check_tensor("X", X, floating=True)
         if output_indices is not None and self._num_outputs > 1:
             output_indices = list(output_indices)
             if not output_indices or any(not 0 <= i < self._num_outputs for i in output_indices):
@@ -490,12 +494,18 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                     f"`output_indices` must be a non-empty list of indices in range({self._num_outputs}), "
                     f"got {output_indices}."
                 )
-        if output_indices is not None and len(output_indices) == 1 and self._num_outputs > 1:
-            # BoTorch's batched posterior cannot build a multitask distribution from one output: take the
-            # marginal of that output from the full (untransformed) posterior instead.
+        if output_indices is not None and self._num_outputs > 1 and output_indices != list(range(self._num_outputs)):
+            # BoTorch's batched posterior untransforms the outputs it selects with the outcome transform's first
+            # statistics (a Standardize's means and scales of outputs 0, 1, ..., not of those selected) and cannot
+            # build a multitask distribution from one output: select them from the full (untransformed) joint.
             with self.numerics():
                 full = super().posterior(X, observation_noise=observation_noise, **kwargs)
-            post = GPyTorchPosterior(distribution=full.distribution[..., output_indices[0]])
+            if not isinstance(full, GPyTorchPosterior):
+                raise NotImplementedError(
+                    f"`output_indices` needs a Gaussian posterior, got a {type(full).__name__} (from the outcome "
+                    f"transform {type(getattr(self, 'outcome_transform', None)).__name__}); use `subset_output`."
+                )
+            post = gaussian_posterior(*select_outputs(*joint_moments(full, detach=False), output_indices))
             return post if posterior_transform is None else posterior_transform(posterior=post, X=X)
         with self.numerics():
             return super().posterior(
@@ -518,7 +528,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             An :class:`ExactGPModel` with ``n + n'`` training points and batch shape ``batch_shape'`` broadcast
             with the model's.
         """
-        check_tensor("X", X)
+        check_tensor("X", X, floating=True)
         check_tensor("Y", Y)  # a failed experiment's NaN would poison every later posterior and acquisition
         if kwargs.get("noise") is not None:
             check_tensor("noise", kwargs["noise"])

@@ -205,16 +205,18 @@ class GaussianSurrogate(Model, FantasizeMixin):
         Args:
             X: A ``batch x q x d`` tensor of inputs.
             output_indices: Outputs to keep (indices into the ``num_outputs`` outputs; all by default).
-            observation_noise: ``True`` adds the model's noise variance, a ``batch x q x m`` tensor adds that.
+            observation_noise: ``True`` adds the model's noise variance, a ``batch x q x m`` tensor adds that (a
+                column for each of the ``m = num_outputs`` outputs, whatever ``output_indices``, as BoTorch's
+                batched models read it; ``batch x q x 1``: the same for all).
             posterior_transform: Optional BoTorch ``PosteriorTransform``.
 
         Returns:
-            A ``GPyTorchPosterior`` over ``broadcast(batch, batch_shape) x q x m'`` (untransformed, see above).
+            A ``GPyTorchPosterior`` over ``broadcast(batch, batch_shape) x q x m'`` (untransformed, see above); for
+            ``q = 0`` the empty one, without evaluating the base.
         """
         self.eval()
         X = self._check_inputs(X)
         q, m = X.shape[-2], self._base_num_outputs
-        mean, cov = self._conditioned(X, want_cov=True)
         outputs = self._outputs
         if output_indices is not None:
             output_indices = list(output_indices)
@@ -224,9 +226,23 @@ class GaussianSurrogate(Model, FantasizeMixin):
                     f"got {output_indices}."
                 )
             outputs = [outputs[i] for i in output_indices]
+        if isinstance(observation_noise, Tensor) and (
+            observation_noise.dim() < 2 or observation_noise.shape[-1] not in (1, self.num_outputs)
+        ):
+            raise ValueError(
+                f"`observation_noise` must be a `batch x q x {self.num_outputs}` tensor of noise variances (a column "
+                f"for every output, whatever `output_indices`, as in BoTorch; or one column for all), got shape "
+                f"{tuple(observation_noise.shape)}."
+            )
+        if q == 0:  # nothing to compute (and bases need not handle empty inputs): the empty Gaussian
+            batch = torch.broadcast_shapes(X.shape[:-2], self.batch_shape)
+            mean = torch.zeros(*batch, 0, m, dtype=self._empty_dtype(X), device=X.device)
+            cov = mean.new_zeros(*batch, 0, 0)
+        else:
+            mean, cov = self._conditioned(X, want_cov=True)
         if isinstance(observation_noise, Tensor):
             extra = torch.zeros_like(mean)
-            extra[..., outputs] = observation_noise.to(mean).expand(*mean.shape[:-1], len(outputs))
+            extra[..., self._outputs] = observation_noise.to(mean).expand(*mean.shape[:-1], self.num_outputs)
             cov = cov + torch.diag_embed(extra.reshape(*cov.shape[:-1]))
         elif observation_noise:
             noise = self._noise_variance(X).to(mean).expand(mean.shape)
@@ -241,6 +257,14 @@ class GaussianSurrogate(Model, FantasizeMixin):
             dist = MultitaskMultivariateNormal(mean, cov, interleaved=True)
         post = self._untransform(GPyTorchPosterior(dist), X)
         return post if posterior_transform is None else posterior_transform(post)
+
+    def _empty_dtype(self, X: Tensor) -> torch.dtype:
+        r"""The dtype of an empty posterior at ``X``: that of the model's first floating parameter or buffer, else
+        ``X``'s if floating, else torch's default."""
+        for t in (*self.parameters(), *self.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return X.dtype if X.is_floating_point() else torch.get_default_dtype()
 
     def _untransform(self, post: GPyTorchPosterior, X: Tensor) -> Any:
         r"""``post`` in the units of the observations: the ``outcome_transform``'s ``untransform_posterior`` when the

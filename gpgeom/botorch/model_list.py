@@ -26,11 +26,10 @@ from botorch.models.model import FantasizeMixin
 from botorch.models.model_list_gp_regression import ModelListGP
 from botorch.posteriors import GPyTorchPosterior
 from botorch.sampling.base import MCSampler
-from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
-from linear_operator import to_linear_operator
 from torch import Tensor
 
 from gpgeom.botorch.check import joint_moments
+from gpgeom.botorch.outputs import gaussian_posterior, output_rows, select_outputs
 from gpgeom.engine.chunking import chunk_slices, resolve_max_memory
 
 __all__ = ["SurrogateList"]
@@ -121,8 +120,10 @@ class SurrogateList(ModelListGP):
 
         Args:
             X: ``batch x q x d`` inputs.
-            output_indices: Outputs to keep (default all ``m``).
-            observation_noise: ``True`` adds each member's noise; a ``batch x q x m`` tensor adds that.
+            output_indices: Outputs to keep, in this order (default all ``m``).
+            observation_noise: ``True`` adds each member's noise; a ``batch x q x m`` tensor (a column for every
+                output of the list, whatever ``output_indices``, as in BoTorch; or ``batch x q x 1`` for all) adds
+                that, each member getting its columns in its own convention.
             posterior_transform: Optional BoTorch ``PosteriorTransform``.
 
         Returns:
@@ -133,39 +134,78 @@ class SurrogateList(ModelListGP):
         wanted = list(range(m)) if output_indices is None else list(output_indices)
         if not wanted or any(not 0 <= i < m for i in wanted):
             raise ValueError(f"`output_indices` must be a non-empty list of indices in range({m}), got {wanted}.")
-        means, covs = [], []
+        if isinstance(observation_noise, Tensor) and observation_noise.shape[-1] not in (1, m):
+            raise ValueError(
+                f"`observation_noise` must be a `batch x q x {m}` tensor of noise variances (one column per output "
+                f"of the list, or one for all), got shape {tuple(observation_noise.shape)}."
+            )
+        # the members' joints of the outputs they hold that are wanted (ascending), block-diagonal across members;
+        # then the rows of `wanted`, in its order
+        means, covs, held = [], [], []
         for g, (a, b) in zip(self.models, self.output_groups):
-            local = [i - a for i in wanted if a <= i < b]
+            local = sorted({i - a for i in wanted if a <= i < b})
             if not local:
                 continue
             noise = observation_noise
-            if isinstance(observation_noise, Tensor):
-                noise = observation_noise[..., [a + j for j in local]]
+            if isinstance(observation_noise, Tensor) and observation_noise.shape[-1] == m:
+                noise = observation_noise[..., a:b]  # the member's outputs (BoTorch: before output_indices)
             post = g.posterior(X, output_indices=local if local != list(range(b - a)) else None,
                                observation_noise=noise, **kwargs)  # fmt: skip
             mean, cov = joint_moments(post, detach=False)
             means.append(mean)
             covs.append(cov)
+            held += [a + j for j in local]
         q = X.shape[-2]
         batch = torch.broadcast_shapes(*(mu.shape[:-2] for mu in means))
-        mean = torch.cat([mu.expand(*batch, *mu.shape[-2:]) for mu in means], dim=-1)  # batch x q x m'
+        mean = torch.cat([mu.expand(*batch, *mu.shape[-2:]) for mu in means], dim=-1)  # batch x q x len(held)
         k = mean.shape[-1]
         cov = mean.new_zeros(*batch, q * k, q * k)
         start = 0
-        points = torch.arange(q, device=mean.device)[:, None] * k
-        for c in covs:
-            kk = c.shape[-1] // q
-            idx = (points + start + torch.arange(kk, device=mean.device)).reshape(-1)
+        for mu, c in zip(means, covs):
+            kk = mu.shape[-1]
+            idx = output_rows(q, k, range(start, start + kk), device=mean.device)
             cov[..., idx[:, None], idx] = c.expand(*batch, *c.shape[-2:])
             start += kk
-        cov = to_linear_operator(cov)
-        dist = (
-            MultivariateNormal(mean[..., 0], cov)
-            if k == 1
-            else MultitaskMultivariateNormal(mean, cov, interleaved=True)
-        )
-        post = GPyTorchPosterior(dist)
+        if held != wanted:
+            mean, cov = select_outputs(mean, cov, [held.index(i) for i in wanted])
+        post = gaussian_posterior(mean, cov)
         return post if posterior_transform is None else posterior_transform(post)
+
+    def subset_output(self, idcs: list[int]) -> Any:
+        r"""The model of the outputs ``idcs`` (indices into the ``m`` outputs of the list), in that order: a member's
+        ``subset_output`` for each run of consecutive indices of one member, a list of them when there are several
+        runs (a member alone when there is one).
+
+        BoTorch's ``ModelList.subset_output`` groups the indices by member, so it returns the outputs in member order
+        (``[0, 2, 1]`` gave the outputs 0, 1, 2) and keeps a member whose outputs are all asked for in another order
+        as it is (``[1, 0]`` gave 0, 1).
+
+        Raises:
+            ValueError: ``idcs`` empty or out of range, or asking for outputs of one member in two runs (they would
+                become two independent members, losing their joint): reorder them, or use
+                ``posterior(X, output_indices=idcs)``.
+        """
+        m, idcs = self.num_outputs, [int(i) for i in idcs]
+        if not idcs or any(not 0 <= i < m for i in idcs):
+            raise ValueError(f"`idcs` must be a non-empty list of output indices in range({m}), got {idcs}.")
+        runs: list[tuple[int, list[int]]] = []  # (member, its local outputs) in the order of idcs
+        for i in idcs:
+            k, (a, _) = next((k, ab) for k, ab in enumerate(self.output_groups) if ab[0] <= i < ab[1])
+            if runs and runs[-1][0] == k:
+                runs[-1][1].append(i - a)
+            elif any(k == r[0] for r in runs):
+                raise ValueError(
+                    f"`idcs` must ask for the outputs of each member in one run of consecutive entries (the list "
+                    f"keeps a member's outputs together), got {idcs}: outputs {list(range(*self.output_groups[k]))} "
+                    "belong to one member; use `posterior(X, output_indices=idcs)` for any order."
+                )
+            else:
+                runs.append((k, [i - a]))
+        members = []
+        for k, local in runs:
+            g = self.models[k]
+            members.append(g if local == list(range(g.num_outputs)) else g.subset_output(local))
+        return members[0] if len(members) == 1 else type(self)(*members)
 
     def condition_on_observations(self, X: Tensor, Y: Tensor, **kwargs: Any) -> SurrogateList:
         r"""Condition every member on observations at the same inputs.
