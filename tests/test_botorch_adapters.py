@@ -260,7 +260,7 @@ def test_gaussian_surrogate_noise_tensor_has_a_column_per_output():
 def test_empty_q_gives_the_empty_posterior():
     r"""``q = 0`` (``batch x 0 x d``): an empty posterior of shape ``broadcast(batch, batch_shape) x 0 x m`` for
     every adapter (FunBaT's base and the list's assembly used to fail on it), with noise, samples and
-    ``output_indices``."""
+    ``output_indices``; ``predict`` of no point likewise (``GaussianSurrogate.predict`` failed in ``torch.cat``)."""
     import warnings
 
     from gpgeom.models.funbat import FunBaT
@@ -288,6 +288,8 @@ def test_empty_q_gives_the_empty_posterior():
             assert post.mean.shape == (*out, 0, m) and post.variance.shape == (*out, 0, m), name
             assert post.rsample(torch.Size([2])).shape == (2, *out, 0, m), name
             assert model.posterior(Xe, output_indices=[0]).mean.shape == (*out, 0, 1), name
+            mean, std = model.predict(Xe, return_std=True)  # no chunk to compute: used to fail in torch.cat
+            assert mean.shape == std.shape == (*out, 0, m) and mean.dtype == DT, name
 
 
 def test_exact_gp_rejects_integer_inputs():

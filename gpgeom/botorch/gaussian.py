@@ -370,6 +370,9 @@ class GaussianSurrogate(Model, FantasizeMixin):
         if chunk_size is not None:
             check_positive("chunk_size", chunk_size, integer=True)
         X = self._check_inputs(X)
+        if X.shape[-2] == 0:  # no chunks: the empty posterior's shape and dtype
+            mean = self.posterior(X).mean
+            return (mean, torch.zeros_like(mean)) if return_std else mean
         chunk = chunk_size or self._chunk_size(X, max_memory)
         outputs = self._outputs
         transform = getattr(self, "outcome_transform", None)
