@@ -117,6 +117,15 @@ def test_gaussian_surrogate_gradients_flow_to_inputs():
     Y_bad[0, 1], Y_bad[1, 0] = float("nan"), float("inf")
     with pytest.raises(ValueError, match="`Y` must be finite, got 2 NaN or infinite value"):
         model.condition_on_observations(torch.rand(2, 2, dtype=DT), Y_bad)
+    # the default input check (a subclass that keeps it): a NaN or integer X is refused by name (NaN posteriors)
+    X_bad = torch.rand(2, 3, 2, dtype=DT)
+    X_bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"`X` contains 1 NaN or infinite value"):
+        model.posterior(X_bad)
+    with pytest.raises(ValueError, match=r"`X` contains 1 NaN or infinite value"):
+        model.condition_on_observations(X_bad[1], torch.zeros(3, 2, dtype=DT))
+    with pytest.raises(TypeError, match=r"`X` must be a floating-point tensor, got dtype torch.int64"):
+        model.posterior(torch.zeros(3, 2, dtype=torch.long))
 
 
 def test_surrogate_list_with_multi_output_members_conditions_and_fantasizes():

@@ -50,7 +50,7 @@ from linear_operator.operators import DiagLinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
-from gpgeom._validation import check_positive
+from gpgeom._validation import check_positive, check_tensor
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
 
 __all__ = ["DEFAULT_CHUNK", "GaussianSurrogate"]
@@ -116,12 +116,13 @@ class GaussianSurrogate(Model, FantasizeMixin):
         raise NotImplementedError
 
     def _check_inputs(self, X: Tensor) -> Tensor:
-        r"""Validate (and convert) BoTorch inputs ``batch x q x d``; the default only checks the dimensions."""
+        r"""Validate (and convert) BoTorch inputs ``batch x q x d``; the default checks the dimensions, a floating
+        dtype and finite values (a NaN would give a NaN posterior, silently)."""
         if not isinstance(X, Tensor) or X.dim() < 2:
             raise ValueError(
                 f"`X` must be a `batch x q x d` tensor, got {tuple(X.shape) if isinstance(X, Tensor) else type(X)}."
             )
-        return X
+        return check_tensor("X", X, floating=True)
 
     @property
     def _base_batch_shape(self) -> torch.Size:
