@@ -522,7 +522,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         Args:
             X: A ``batch_shape' x n' x d`` tensor of new inputs (broadcastable with the model's batch shape).
             Y: A ``batch_shape' x n' x m`` tensor of new outputs in the original units.
-            **kwargs: E.g. ``noise``, a ``batch_shape' x n' x m`` tensor for fixed-noise models.
+            **kwargs: E.g. ``noise``, a ``batch_shape' x n' x m`` tensor of noise variances in the outcome-transformed
+                units (BoTorch's convention), for fixed-noise models only (a ``ValueError`` otherwise).
 
         Returns:
             An :class:`ExactGPModel` with ``n + n'`` training points and batch shape ``batch_shape'`` broadcast
@@ -534,6 +535,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             check_tensor("noise", kwargs["noise"])
             if bool((kwargs["noise"] < 0).any()):
                 raise ValueError(f"`noise` must be >= 0, got min {float(kwargs['noise'].min()):.3g}.")
+            if not isinstance(self.likelihood, FixedNoiseGaussianLikelihood):
+                # GPyTorch's fantasy strategy would update the mean with the likelihood's noise and the covariance
+                # with `noise`: a posterior that is neither conditioning
+                raise ValueError(
+                    "`noise` can be given only for a fixed-noise model (built with `train_Yvar`); this model's "
+                    f"{type(self.likelihood).__name__} has one inferred noise level, which conditioning uses: omit "
+                    f"`noise` (got a tensor of shape {tuple(kwargs['noise'].shape)})."
+                )
         if self.prediction_strategy is None:  # GPyTorch conditions only a model with its prediction caches
             with torch.no_grad(), self._gpytorch_path():
                 ExactGPModel.posterior(self, self.train_data[0][..., :1, :])
