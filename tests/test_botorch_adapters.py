@@ -126,6 +126,10 @@ def test_gaussian_surrogate_gradients_flow_to_inputs():
         model.condition_on_observations(X_bad[1], torch.zeros(3, 2, dtype=DT))
     with pytest.raises(TypeError, match=r"`X` must be a floating-point tensor, got dtype torch.int64"):
         model.posterior(torch.zeros(3, 2, dtype=torch.long))
+    noise_bad = torch.full((2, 2), 0.01, dtype=DT)
+    noise_bad[1, 1] = float("nan")  # it failed later, in the Cholesky of the next posterior (NanError)
+    with pytest.raises(ValueError, match=r"`noise` must be a tensor of finite non-negative .* 1 NaN or infinite"):
+        model.condition_on_observations(torch.rand(2, 2, dtype=DT), torch.zeros(2, 2, dtype=DT), noise=noise_bad)
 
 
 def test_surrogate_list_with_multi_output_members_conditions_and_fantasizes():

@@ -304,8 +304,13 @@ class GaussianSurrogate(Model, FantasizeMixin):
         outputs = self._outputs
         if noise is None:
             noise = self._noise_variance(X)[..., outputs]
-        elif not isinstance(noise, Tensor) or bool((noise < 0).any()):
-            raise ValueError("`noise` must be a tensor of non-negative variances shaped like `Y`.")
+        elif not isinstance(noise, Tensor) or not bool(((noise >= 0) & torch.isfinite(noise)).all()):
+            got = (
+                f"min {float(noise.min()):.3g}, {int((~torch.isfinite(noise)).sum())} NaN or infinite"
+                if isinstance(noise, Tensor) and noise.numel()
+                else type(noise).__name__
+            )
+            raise ValueError(f"`noise` must be a tensor of finite non-negative variances shaped like `Y`, got {got}.")
         batch = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2], noise.shape[:-2])
         X = X.expand(*batch, *X.shape[-2:])
         Y = Y.expand(*batch, *Y.shape[-2:])
