@@ -669,6 +669,32 @@ def test_bad_input_errors():
         FunBaT(2, max_sweeps=2, learn_hyperparameters=False).fit(X, y)
 
 
+def test_training_data_that_require_grad_fit_like_plain_tensors():
+    r"""``fit`` and ``rebuild_with`` on tensors that require grad (e.g. outputs of a differentiable pipeline) give
+    the fit of the same values detached, bitwise, and keep no graph: a grad-requiring ``X`` raised torch's
+    "the derivative for '_unique2' is not implemented" from inside the sweeps."""
+    d = make_synthetic_tensor(60, 8, rank=2, n_coords=8, noise_sd=0.05, seed=4)
+    X, y, Xt = d.X_train, d.y_train, d.X_test
+
+    def fit(X, y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return FunBaT(2, max_sweeps=3, n_restarts=0).fit(X, y)
+
+    clean = fit(X, y)
+    for Xg, yg in ((X.clone().requires_grad_(), y), (X, y.clone().requires_grad_())):
+        m = fit(Xg, yg)
+        mean, std = m.predict(Xt, return_std=True)
+        ref_mean, ref_std = clean.predict(Xt, return_std=True)
+        assert torch.equal(mean, ref_mean) and torch.equal(std, ref_std)
+        assert not (m._X.requires_grad or m._ys.requires_grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        grown = clean.rebuild_with(Xt[:2].clone().requires_grad_(), Xt[:2, 0].clone().requires_grad_(), max_sweeps=2)
+        plain = clean.rebuild_with(Xt[:2], Xt[:2, 0], max_sweeps=2)
+    assert torch.equal(grown.predict(Xt), plain.predict(Xt)) and not grown._ys.requires_grad
+
+
 def test_extrapolation_returns_to_the_prior():
     r"""Documented behaviour: outside a mode's training range the latent function is extrapolated by the exact GP
     conditional; far away it returns to its prior, so the entry's mean goes to the bias + training mean and its

@@ -648,6 +648,24 @@ def test_mmgp_keeps_the_model_contract(tmp_path):
     assert all(t.dtype == torch.float64 for t in out.fields + out.fields_std + out.field_samples)
 
 
+def test_scalars_that_require_grad_fit_like_plain_tensors():
+    r"""Input and output scalars that require grad fit as the same values detached, bitwise: grad-requiring output
+    scalars entered the GP's loss with their graph, and L-BFGS's second evaluation raised torch's "Trying to
+    backward through the graph a second time"."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    Mt, mut, _, _ = _synthetic(2, seed=11)
+
+    def fit(mu, w):
+        model = MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=10, floater_start=(0.0, 0.0))
+        return model.fit(M, mu, U, w, progress=False)
+
+    clean = fit(mu, w).predict(Mt, mut, return_std=True)
+    got = fit(torch.tensor(mu, requires_grad=True), torch.tensor(w, requires_grad=True))
+    pred = got.predict(Mt, torch.tensor(mut, requires_grad=True), return_std=True)
+    for a, b in zip([pred.scalars, pred.scalars_std, *pred.fields], [clean.scalars, clean.scalars_std, *clean.fields]):
+        assert torch.equal(a, b) and not a.requires_grad
+
+
 def _rbf_kernel(d, batch_shape):
     from gpytorch.kernels import RBFKernel, ScaleKernel
 

@@ -339,6 +339,24 @@ def test_bad_input(rng):
     assert any("connected components" in str(x.message) for x in w)
 
 
+def test_vectors_that_require_grad_fit_like_plain_tensors():
+    r"""Observed vectors that require grad fit as the same values detached, bitwise: they entered the exact loss
+    with their graph, and L-BFGS's second evaluation raised torch's "Trying to backward through the graph a second
+    time"."""
+    s = sphere_vector_field(150, "mixed")
+    tr = np.arange(0, 150, 3)
+    V = torch.as_tensor(s.vectors[tr])
+
+    def fit(vectors):
+        return RVGP(s.points, n_eigenpairs=12, dim=2).fit(tr, vectors, max_iter=5, restarts=0, progress=False)
+
+    clean = fit(V)
+    got = fit(V.clone().requires_grad_())
+    for a, b in zip(got.predict(return_std=True), clean.predict(return_std=True)):
+        assert torch.equal(a, b)
+    assert not got.data_y.requires_grad
+
+
 def test_condition_on_observations_is_exact(fitted, sphere1000):
     s, tr, te = sphere1000
     new = te[:7]

@@ -414,9 +414,9 @@ class FunBaT(
         start = time.perf_counter()
         if self._device_arg is None and isinstance(X, Tensor):
             self._device = X.device
-        X = self._check_X(X)
+        X = self._check_X(X).detach()  # training data: no autograd graph of the caller's is kept or differentiated
         N, K = X.shape
-        y = self._check_y(y, N)
+        y = self._check_y(y, N).detach()
         keep = ~torch.isnan(y)
         if mask is not None:
             mask = torch.as_tensor(mask)
@@ -511,8 +511,8 @@ class FunBaT(
         """
         self._check_fitted()
         K = len(self.ranks)
-        X = self._check_X(X, K=K).reshape(-1, K)
-        y = to_model_target(self._check_y(y, X.shape[0]), self.target_transform)
+        X = self._check_X(X, K=K).reshape(-1, K).detach()
+        y = to_model_target(self._check_y(y, X.shape[0]).detach(), self.target_transform)
         cfg = self._config()
         cfg.update(learn_hyperparameters=False, n_restarts=0)
         if self.noise == "student_t":

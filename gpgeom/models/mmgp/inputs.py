@@ -85,11 +85,11 @@ def samples_to_arrays(samples: Sequence[Any]) -> tuple[list[Mesh], np.ndarray, l
 
 
 def scalar_table(name: str, x: object, n: int, *, dtype: torch.dtype, device: torch.device) -> Tensor:
-    r"""``x`` as an ``(n, k)`` tensor: ``None`` gives ``(n, 0)``; a vector is one column (or one row when
+    r"""``x`` as an ``(n, k)`` tensor, detached: ``None`` gives ``(n, 0)``; a vector is one column (or one row when
     ``n = 1``)."""
     if x is None:
         return torch.zeros(n, 0, dtype=dtype, device=device)
-    t = as_tensor(name, x, dtype=dtype, device=device, ndim=(1, 2))
+    t = as_tensor(name, x, dtype=dtype, device=device, ndim=(1, 2)).detach()  # data: no caller's graph is kept
     if t.dim() == 1:
         t = t[:, None] if n > 1 or t.shape[0] == 1 else t[None, :]
     if t.shape[0] != n:

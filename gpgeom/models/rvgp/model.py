@@ -276,7 +276,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         bad = ~torch.isfinite(v)
         if bool(bad.any()):
             raise ValueError(f"`vectors` contain {int(bad.sum())} NaN or infinite value(s).")
-        return v
+        return v.detach()  # training data: the loss must not differentiate (twice) through the caller's graph
 
     def fit(
         self,
