@@ -242,6 +242,28 @@ def test_wnoa_kernel_closed_form():
     _close(k(x).to_dense(), ref, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("make", (lambda: MaternMarkovKernel(nu=1.5), WNOAKernel, WNOJKernel))
+def test_integer_times_give_the_covariances_of_the_same_float_times(make):
+    r"""Integer times (days, frame numbers) give the covariances and transitions of the same times as floats: the
+    integrated-Wiener kernels cast their coefficient tables to the times' dtype, which truncated 1/2, 1/3, ... to 0
+    (WNOA's k(t, t') off by up to 41.7 at t = 0..5, the transition's Delta^2/2 dropped), and the Matern kernel raised
+    torch's "mean(): could not infer output dtype"."""
+    k = make().to(D)
+    t = torch.arange(6)[:, None]
+    _close(k(t).to_dense(), k(t.to(D)).to_dense(), rtol=0, atol=0)
+    _close(k(t, t[:3] + 1, diag=False).to_dense(), k(t.to(D), t[:3].to(D) + 1).to_dense(), rtol=0, atol=0)
+    for got, want in zip(k.transition(torch.tensor([1, 2, 3])), k.transition(torch.tensor([1.0, 2.0, 3.0], dtype=D))):
+        assert got.dtype == D
+        _close(got, want, rtol=0, atol=0)
+    if not isinstance(k, MaternMarkovKernel):  # the dense truth: k(t, t') = qc (mu^3/3 + |a - b| mu^2/2) for WNOA
+        for got, want in zip(k.initial_state(torch.tensor([2])), k.initial_state(torch.tensor([2.0], dtype=D))):
+            _close(got, want, rtol=0, atol=0)
+    if isinstance(k, WNOAKernel):
+        a, b = t.to(D), t.to(D).T
+        mu = torch.minimum(a, b)
+        _close(k(t).to_dense(), k.qc * (mu**3 / 3 + (a - b).abs() * mu**2 / 2), rtol=1e-12, atol=1e-12)
+
+
 def _propagated_joint(k, t):
     r"""Joint state covariance ``n x n x s x s`` over sorted ``t`` (``n``) by the (Phi, Q) recursion from t0, with
     Phi and Q from Van Loan (not from the kernel)."""

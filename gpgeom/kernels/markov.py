@@ -46,7 +46,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.errors import NotPSDError
-from gpgeom.kernels.sde import SDE, MarkovKernel, time_column
+from gpgeom.kernels.sde import SDE, MarkovKernel, float_times, time_column
 from gpgeom.kernels.variance import KernelVariance
 
 __all__ = [
@@ -173,6 +173,7 @@ class MaternMarkovKernel(KernelVariance, MarkovKernel):
 
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params) -> Tensor:
         r"""Covariance ``... x n x m`` (``... x n`` when ``diag``) between ``x1`` (``... x n x d``) and ``x2``."""
+        x1, x2 = float_times(x1, self.lengthscale.dtype), float_times(x2, self.lengthscale.dtype)
         mean = x1.mean(dim=-2, keepdim=True)
         # Isotropic: dist(x1 / l, x2 / l) = dist(x1, x2) / l. Dividing after the distance keeps the inputs free
         # of the lengthscale's graph, so GPyTorch zeroes the exact diagonal of k(x, x).
@@ -229,6 +230,7 @@ class MaternMarkovKernel(KernelVariance, MarkovKernel):
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Closed-form :math:`(\Phi(\Delta), Q(\Delta))`, each ``broadcast(batch, batch_shape) x m x s x s``,
         for ``dt`` of shape ``batch x m`` (non-negative)."""
+        dt = float_times(dt, self.lengthscale.dtype)
         s = self.state_dim
         lam = self._lam()  # bs
         F, L, Qc, _, Pinf = self.sde()
@@ -479,6 +481,7 @@ class IntegratedWienerKernel(MarkovKernel):
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Closed-form polynomial :math:`(\Phi(\Delta), Q(\Delta))`, each ``broadcast(batch, batch_shape) x m x
         s x s``, for ``dt`` of shape ``batch x m`` (non-negative)."""
+        dt = float_times(dt, self.raw_qc.dtype)
         s = self.state_dim
         qc = self.qc
         Phi = self._phi(dt)
@@ -500,6 +503,7 @@ class IntegratedWienerKernel(MarkovKernel):
         Returns:
             ``(m0, P0)`` of shapes ``broadcast(batch, batch_shape) x s`` and ``... x s x s``.
         """
+        t0 = float_times(t0, self.raw_qc.dtype)
         start = self._t0_like(t0)
         self._check_after_t0("t", t0, start)
         a = (t0 - start).unsqueeze(-1)  # ... x 1
@@ -531,8 +535,8 @@ class IntegratedWienerKernel(MarkovKernel):
         return out
 
     def _start_relative(self, x1: Tensor, x2: Tensor, diag: bool) -> tuple[Tensor, Tensor]:
-        t1 = time_column("x1", x1)
-        t2 = time_column("x2", x2)
+        t1 = time_column("x1", x1, self.raw_qc.dtype)
+        t2 = time_column("x2", x2, self.raw_qc.dtype)
         t01 = self._t0_like(t1).unsqueeze(-1)
         t02 = self._t0_like(t2).unsqueeze(-1)
         self._check_after_t0("x1", t1, t01)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_kernel_kwargs
 
-__all__ = ["SDE", "MarkovKernel", "discretize", "time_column"]
+__all__ = ["SDE", "MarkovKernel", "discretize", "float_times", "time_column"]
 
 
 class SDE(NamedTuple):
@@ -91,13 +91,21 @@ def discretize(F: Tensor, L: Tensor, Qc: Tensor, dt: Tensor) -> tuple[Tensor, Te
     return Phi, Q
 
 
-def time_column(name: str, x: Tensor) -> Tensor:
-    r"""Check that ``x`` is ``... x n x 1`` and return the ``... x n`` times."""
+def float_times(t: Tensor, dtype: torch.dtype) -> Tensor:
+    r"""Times (or steps) ``t`` as a floating tensor: unchanged when floating, integer or boolean ones converted to
+    ``dtype`` (the kernel's). The kernels cast their coefficient tables to the times' dtype, so integer times
+    truncated them (:math:`1/2 \to 0`) and gave wrong covariances."""
+    return t if t.is_floating_point() else t.to(dtype)
+
+
+def time_column(name: str, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    r"""Check that ``x`` is ``... x n x 1`` and return the ``... x n`` times (integer ones as ``dtype`` when it is
+    given, :func:`float_times`)."""
     if x.shape[-1] != 1:
         raise ValueError(
             f"`{name}` must be a time column of shape (..., n, 1) for a Markov kernel, got shape {tuple(x.shape)}."
         )
-    return x[..., 0]
+    return x[..., 0] if dtype is None else float_times(x[..., 0], dtype)
 
 
 class MarkovKernel(Kernel):
