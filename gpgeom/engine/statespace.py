@@ -93,6 +93,19 @@ def _batch_shape(*parts: tuple[str, torch.Size]) -> torch.Size:
         raise ValueError(f"Batch shapes do not broadcast ({desc}).") from None
 
 
+def _check_filter_inputs(**tensors: Tensor) -> None:
+    r"""Every input of :func:`kalman_filter` is a floating tensor, and the model's (all but ``y``, which is converted
+    to their dtype) share one dtype: integer observations cast the noise variances to integers (0.1 -> 0) and gave a
+    wrong filter and likelihood, mixed dtypes failed inside a matrix product ("expected scalar type Double but found
+    Float")."""
+    for name, t in tensors.items():
+        check_tensor(name, t, floating=True, finite=False)
+    model = {name: t.dtype for name, t in tensors.items() if name != "y"}
+    if len(set(model.values())) > 1:
+        got = ", ".join(f"{name} {str(dt).replace('torch.', '')}" for name, dt in model.items())
+        raise TypeError(f"`Phi`, `Q`, `H`, `m0` and `P0` must share one floating dtype, got {got}.")
+
+
 def kalman_filter(
     Phi: Tensor,
     Q: Tensor,
@@ -127,7 +140,8 @@ def kalman_filter(
         Q: ``batch x (n-1) x s x s`` process noise covariances.
         H: ``batch x 1 x s`` measurement matrix, or with ``H_per_step`` a ``batch x n x 1 x s`` stack of one row
             :math:`H_k` per step (e.g. observing :math:`f` at some steps and :math:`f'` at others).
-        y: ``batch x n`` observations (values at missing steps are ignored, NaN allowed there).
+        y: ``batch x n`` observations, a floating tensor, converted to the dtype of ``Phi`` (values at missing steps
+            are ignored, NaN allowed there).
         noise: ``batch x n`` (or scalar) noise variances :math:`r_k \ge 0`; ``inf`` marks a missing observation.
         m0: ``batch x s`` prior mean of :math:`x_1`.
         P0: ``batch x s x s`` prior covariance of :math:`x_1`.
@@ -138,7 +152,13 @@ def kalman_filter(
 
     Returns:
         A :class:`KalmanFilterResult` (batch shape = broadcast of all inputs' batch shapes).
+
+    Raises:
+        TypeError: For an input that is not a floating tensor (integer ``y``: convert it, e.g. ``y.double()``), or
+            ``Phi``, ``Q``, ``H``, ``m0``, ``P0`` of different dtypes.
     """
+    _check_filter_inputs(Phi=Phi, Q=Q, H=H, m0=m0, P0=P0, y=y)
+    y = y.to(Phi.dtype)  # the model's dtype: the noise variances follow it (a float32 y rounded them to float32)
     n = y.shape[-1]
     s = H.shape[-1]
     if H_per_step and (H.dim() < 3 or H.shape[-3:-1] != (n, 1)):
