@@ -127,7 +127,12 @@ def read_model_file(path: str | os.PathLike, cls: type, map_location: Any = None
             )
         raise ModelFileError(f"{where!r} is not a gpgeom model file (no {_HEADER!r} header).{hint}")
     header = blob[_HEADER]
-    name = header.get("class")
+    if not isinstance(header, dict) or not isinstance(header.get("class"), str) or "state" not in blob:
+        raise ModelFileError(
+            f"{where!r} is not a gpgeom model file: its {_HEADER!r} header must be a dict naming the model class, "
+            f"next to a 'state' entry; got a header {header!r:.200} and the entries {sorted(map(str, blob))}."
+        )
+    name = header["class"]
     want = model_name(cls)
     file_cls = model_class(name)
     if not issubclass(file_cls, cls):
