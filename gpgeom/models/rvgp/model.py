@@ -226,8 +226,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         amb_kernel = amb_points = None
         if ambient is not None:
             amb_kernel, amb_bounds = _ambient_kernel(lap.points, ambient)
-            amb_points = torch.as_tensor(lap.points, dtype=dtype, device=device)
+            amb_points = torch.as_tensor(lap.points, dtype=torch.float64, device=device)
         super().__init__(covar, tangent_frames=frames, ambient_kernel=amb_kernel, ambient_points=amb_points)
+        if not scalar:  # the dense algebra's frames in float64, as a float64 model moved to `dtype` keeps them
+            self._frames64 = torch.as_tensor(lap.frames, dtype=torch.float64, device=device)
         self.ambient_lengthscale_bounds = amb_bounds if ambient is not None else None
         self.lengthscale_bounds = (lo, hi)
         self.laplacian = lap
@@ -585,8 +587,11 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             "eigenvectors": torch.from_numpy(np.ascontiguousarray(self.eigenvectors)),
             "config": _plain(self.config),
             "dtype": str(self.dtype).replace("torch.", ""),
-            # the basis buffers are rebuilt from the eigenpairs and the frames (bitwise the same)
-            "module_state": {k: v for k, v in self.state_dict().items() if not k.startswith(basis)},
+            # the eigen-data are rebuilt from the eigenpairs and the frames (bitwise the same); their masses are
+            # stored: a model moved to float32 holds the rounded float64 ones, which float32 eigenvectors do not give
+            "module_state": {
+                k: v for k, v in self.state_dict().items() if not k.startswith(basis) or k == basis + "mass"
+            },
             "mode": self.mode,
             "y_scale": float(self.y_scale),
             "data_index": self.data_index,
