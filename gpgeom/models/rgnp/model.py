@@ -420,7 +420,10 @@ class RGNP(ModelContract, nn.Module):
             patience: Early-stopping patience of the smoothed loss (default: never stop early).
             progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only; see
                 :mod:`gpgeom._progress`).
-            seed: Seed of the grids, parameters and network noise (the global random state is left untouched).
+            seed: Seed of the grids, parameters and network noise (the global random state is left untouched). The
+                networks' initial weights are drawn when the model is built, from the global random state: call
+                ``torch.manual_seed`` before building it for a fit that repeats (two models built without it and
+                fitted with the same ``seed`` differ).
             callback: ``callback(step, loss)`` at every step (e.g. to track test errors during training: it may call
                 :meth:`predict`, which sees the current networks).
 
