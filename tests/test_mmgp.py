@@ -666,6 +666,19 @@ def test_scalars_that_require_grad_fit_like_plain_tensors():
         assert torch.equal(a, b) and not a.requires_grad
 
 
+def test_encode_targets_of_no_mesh_is_an_empty_table():
+    r"""``encode_targets`` of no mesh returned a list ``[]`` where one mesh gives an ``n x (sum(n_f) + q)`` tensor
+    (``torch.cat`` of held-out batches then failed); it is the empty table of that width, like ``encode``'s."""
+    M, mu, U, w = _synthetic(4, seed=0)
+    model = MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=5, floater_start=(0.0, 0.0))
+    model.fit(M, mu, U, w, progress=False)
+    some = model.encode_targets(M[:2], U[:2], w[:2])
+    none = model.encode_targets([], [], np.zeros((0, 2)))
+    assert isinstance(none, torch.Tensor) and none.dtype == some.dtype and none.shape == (0, some.shape[1])
+    assert torch.equal(torch.cat([none, some]), model.train_targets_[:2])
+    assert model.encode([], np.zeros((0, 1))).shape == (0, model.n_latent)
+
+
 def _rbf_kernel(d, batch_shape):
     from gpytorch.kernels import RBFKernel, ScaleKernel
 

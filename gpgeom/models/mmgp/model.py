@@ -543,8 +543,8 @@ class MMGP(ModelContract):
         check_family(meshes, self.common_mesh_)
         n = len(meshes)
         U = check_output_fields(output_fields, meshes)
-        if not U:
-            return []
+        if not U:  # no mesh: no row, as encode gives
+            return torch.zeros(0, self.n_outputs, dtype=self.dtype, device=self.device)
         if U[0].shape[1] != len(self._fields):
             raise ValueError(f"`output_fields` must have {len(self._fields)} field(s), got {U[0].shape[1]}.")
         w = scalar_table("output_scalars", output_scalars, n, dtype=self.dtype, device=self.device)
