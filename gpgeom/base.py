@@ -139,11 +139,12 @@ class ModelContract:
             dtype: The target floating dtype; ``None`` keeps the current one.
 
         Raises:
-            TypeError: For a non-floating ``dtype``, or positional arguments on a model that is not an ``nn.Module``.
+            TypeError: For a ``dtype`` other than float32 and float64 (the model is left as it was), or positional
+                arguments on a model that is not an ``nn.Module``.
             ValueError: For a CUDA device when CUDA is not available.
         """
-        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-            raise TypeError(f"`dtype` must be a floating torch.dtype (torch.float32 or torch.float64), got {dtype!r}.")
+        if dtype is not None and dtype not in (torch.float32, torch.float64):  # half precision: no LAPACK
+            raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype!r}.")
         if device is not None:
             device = check_device("device", device)
         if isinstance(self, torch.nn.Module):

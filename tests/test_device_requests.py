@@ -15,6 +15,7 @@ import gpgeom
 from gpgeom._validation import check_device
 from gpgeom.botorch import ExactGPModel
 from gpgeom.datasets.pde import PDETestSet
+from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.mmgp import MMGP
 from gpgeom.models.rgnp import RGNP
 from gpgeom.models.rvgp import RVGP
@@ -70,3 +71,25 @@ def test_to_and_load_refuse_cuda(tmp_path):
     # the CPU still works
     back = gpgeom.load(tmp_path / "gp.pt", map_location="cpu")
     assert back.device.type == "cpu"
+
+
+def test_to_refuses_half_precision_and_leaves_the_model_as_it_was():
+    r"""``to(dtype=torch.float16)`` (or bfloat16) passed the "floating dtype" check: a FunBaT moved there failed at
+    ``predict`` with torch's ``"lu_cpu" not implemented for 'Half'`` and stayed in half precision. The contract's
+    dtypes are float32 and float64: other ones raise a TypeError naming ``dtype`` before anything moves (FunBaT, a
+    plain class; RVGP, an ``nn.Module``), and the predictions are those of before, bitwise."""
+    from gpgeom.datasets.tensors import make_synthetic_tensor
+    from gpgeom.datasets.vector_fields import sphere_vector_field
+
+    d = make_synthetic_tensor(40, 5, rank=2, n_coords=6, seed=1)
+    funbat = gpgeom.FunBaT(2, max_sweeps=2, min_sweeps=2, n_restarts=0, learn_hyperparameters=False)
+    with pytest.warns(ConvergenceWarning):  # two sweeps are enough here
+        funbat.fit(d.X_train, d.y_train)
+    s = sphere_vector_field(100, "mixed")
+    rvgp = RVGP(s.points, n_eigenpairs=8, dim=2).fit(np.arange(0, 100, 4), s.vectors[::4], max_iter=3, restarts=0)
+    for model, query in ((funbat, lambda m: m.predict(d.X_test)), (rvgp, lambda m: m.predict())):
+        before = query(model)
+        for dtype in (torch.float16, torch.bfloat16, torch.int64):
+            with pytest.raises(TypeError, match=rf"`dtype` must be torch.float32 or torch.float64, got {dtype}"):
+                model.to(dtype=dtype)
+        assert model.dtype == torch.float64 and torch.equal(query(model), before)
