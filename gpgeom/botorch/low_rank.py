@@ -113,7 +113,8 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= NOISE_FLOOR``).
         tangent_frames: Optional ``(n, D, d)`` orthonormal frames whose column spaces hold the basis at each point
             (the tangent likelihood and the model-error term, :mod:`~gpgeom.botorch.low_rank_noise`); ``None``: the
-            whole ``D``-dimensional output space.
+            whole ``D``-dimensional output space. The dense algebra keeps them in float64 as given (give float64
+            frames to a float32 model), the model's own copy is in its dtype.
         ambient_kernel, ambient_points: Optional stationary kernel (e.g. ``ScaleKernel(RBFKernel())``) on the
             ``(n, D_in)`` coordinates of the points: the projected ambient part of the module docstring.
 
@@ -173,6 +174,9 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
                 )
             if not 1 <= tangent_frames.shape[2] <= D:
                 raise ValueError(f"`tangent_frames` must have 1 <= d <= D={D} columns, got {tangent_frames.shape[2]}.")
+            # the dense algebra's copy is taken before rounding to the model's dtype (a float32 model given float64
+            # frames keeps them, as a float64 model moved to float32 does)
+            frames64 = tangent_frames.detach().to(dtype=torch.float64, device=ref.device)
             tangent_frames = tangent_frames.detach().to(ref)
         self.register_buffer("tangent_frames", tangent_frames, persistent=False)
         if (ambient_kernel is None) != (ambient_points is None):
@@ -187,7 +191,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         self.ambient_kernel = None if ambient_kernel is None else ambient_kernel.to(dtype=ref.dtype, device=ref.device)
         # the geometry of the dense algebra stays in float64 whatever the model's dtype (moved with the device only)
         self.ambient_points = ambient_points
-        self._frames64 = None if tangent_frames is None else tangent_frames.to(torch.float64)
+        self._frames64 = None if tangent_frames is None else frames64
         #: whether the ambient part is in the model (exact mode only; False: the spectral part alone)
         self.ambient_active = ambient_kernel is not None
         #: sigma_perp^2 of the components across the frames (scaled units); None: equal to the noise (isotropic)

@@ -222,14 +222,13 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         )
         base.lengthscale = torch.as_tensor(lengthscale, dtype=torch.float64).to(dtype=dtype, device=device)
         covar = ScaleKernel(base, outputscale_constraint=GreaterThan(1e-6)).to(dtype=dtype, device=device)
-        frames = None if scalar else torch.as_tensor(lap.frames, dtype=dtype, device=device)
+        # float64 frames: the model keeps them for its dense algebra and rounds its own copy to `dtype`
+        frames = None if scalar else torch.as_tensor(lap.frames, dtype=torch.float64, device=device)
         amb_kernel = amb_points = None
         if ambient is not None:
             amb_kernel, amb_bounds = _ambient_kernel(lap.points, ambient)
             amb_points = torch.as_tensor(lap.points, dtype=torch.float64, device=device)
         super().__init__(covar, tangent_frames=frames, ambient_kernel=amb_kernel, ambient_points=amb_points)
-        if not scalar:  # the dense algebra's frames in float64, as a float64 model moved to `dtype` keeps them
-            self._frames64 = torch.as_tensor(lap.frames, dtype=torch.float64, device=device)
         self.ambient_lengthscale_bounds = amb_bounds if ambient is not None else None
         self.lengthscale_bounds = (lo, hi)
         self.laplacian = lap
