@@ -816,3 +816,36 @@ def test_geometry_modes_that_span_every_training_shape_leave_the_noise_alone():
     torch.testing.assert_close(p.scalars_std, q.scalars_std, rtol=1e-10, atol=0.0)  # noise scale 1 in both
     assert torch.isfinite(p.fields_std[0]).all()
     assert float(p.fields_std[0].max()) < 3.0 * float(q.fields_std[0].max())  # the truncation factor only
+
+
+def _scaled_fit(scale: float, dtype: torch.dtype, M, mu, U, w) -> MMGP:
+    model = MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=20, floater_start=(0.0, 0.0), dtype=dtype)
+    return model.fit(M, mu, [u * scale for u in U], w, progress=False)
+
+
+@pytest.mark.parametrize("power", [-505, 500])
+def test_fields_scaled_by_a_power_of_two_predict_the_scaled_fields(power):
+    r"""MMGP is scale-equivariant in its fields: fields ``2^power`` times larger (about 1e-152 and 3e150, near the
+    float64 limits) give ``2^power`` times the prediction and its std of the unscaled fit (the POD forms its Gram
+    matrix of scaled snapshots, :class:`~gpgeom.geometry.pod.SnapshotPOD`)."""
+    M, mu, U, w = _synthetic(8, seed=0)
+    Mt, mut, _, _ = _synthetic(2, seed=11)
+    ref = _scaled_fit(1.0, torch.float64, M, mu, U, w).predict(Mt, mut, return_std=True)
+    pred = _scaled_fit(2.0**power, torch.float64, M, mu, U, w).predict(Mt, mut, return_std=True)
+    for f, s, f1, s1 in zip(pred.fields, pred.fields_std, ref.fields, ref.fields_std, strict=True):
+        torch.testing.assert_close(torch.ldexp(f, torch.tensor(-power)), f1, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(torch.ldexp(s, torch.tensor(-power)), s1, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pred.scalars, ref.scalars, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "scale, dtype", [(1e200, torch.float64), (1e-200, torch.float64), (1e30, torch.float32), (1e-30, torch.float32)]
+)
+def test_fields_whose_variance_the_dtype_cannot_hold_name_the_field(scale, dtype):
+    r"""The model's variances are squares of the fields' spread: 1e400 or 1e-400 in float64, 1e60 or 1e-60 in
+    float32, outside the dtype. Fitting raised "Eigenvalues did not converge" (float64, 1e200), "The snapshots carry
+    no energy" (1e-200) or NotPSDError (float32, 1e-30), or predicted NaN fields (float32, 1e30); it now raises a
+    ValueError naming the argument, the field, its spread and the supported range."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    with pytest.raises(ValueError, match=rf"`output_fields`: field 'field0' varies by up to .* of {dtype}"):
+        _scaled_fit(scale, dtype, M, mu, U, w)

@@ -168,3 +168,53 @@ def test_zero_snapshots_transform_to_zero_rows():
         assert A.shape == (0, pod.n_modes_)
         assert pod.inverse_transform(A).shape == (0,) + shape[1:]
         np.testing.assert_allclose(pod.transform(X[:1]), pod.transform(X)[:1], rtol=0, atol=1e-12)
+
+
+def _aligned(modes, ref):
+    r"""``modes`` ``(k, F)`` with each row's sign matched to ``ref``'s (a mode is defined up to its sign)."""
+    return modes * np.sign(np.einsum("ij,ij->i", modes, ref))[:, None]
+
+
+@pytest.mark.parametrize(
+    "scale, dtype", [(1e200, np.float64), (1e-200, np.float64), (1e30, np.float32), (1e-30, np.float32)]
+)
+def test_pod_is_scale_equivariant_at_extreme_magnitudes(scale, dtype):
+    r"""POD of ``s X`` has the modes of ``X`` and ``s`` times its mean and coefficients. The Gram matrix of
+    snapshots of 1e200 overflowed ("Eigenvalues did not converge"); of 1e-200 it underflowed to zero ("The
+    snapshots carry no energy"). The truth is the POD of the same snapshots at unit scale."""
+    mesh = disk_mesh(16, 0.05)
+    M = mass_matrix(mesh)
+    X = smooth_snapshots(np.random.default_rng(0), mesh, 7)
+    Xs = (X * scale).astype(dtype)  # float32 snapshots as given (torch float32 below), 1e30 and 1e-30 are normal
+    X1 = Xs.astype(np.float64) / scale  # the same snapshots at unit scale (to a rounding of the division)
+    ref = SnapshotPOD(4).fit(X1, M)
+    pod = SnapshotPOD(4).fit(torch.as_tensor(Xs), M)
+    assert pod.n_modes_ == 4
+    np.testing.assert_allclose(_aligned(pod.modes_, ref.modes_), ref.modes_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pod.mean_ / scale, ref.mean_, rtol=1e-12, atol=1e-12 * np.abs(X1).max())
+    np.testing.assert_allclose(pod.explained_energy_ratio_, ref.explained_energy_ratio_, rtol=1e-10)
+    a, a1 = pod.transform(Xs), ref.transform(X1)
+    sign = np.sign(np.einsum("ij,ij->i", pod.modes_, ref.modes_))
+    np.testing.assert_allclose(a * sign / scale, a1, rtol=1e-9, atol=1e-9 * np.abs(a1).max())
+    R1 = ref.inverse_transform(a1)  # 4 of 6 modes: the truncated reconstruction
+    np.testing.assert_allclose(pod.inverse_transform(a) / scale, R1, rtol=0, atol=1e-9 * np.abs(R1).max())
+    # the eigenvalues are squares in the snapshots' units: 1e400 and 1e-400 are outside float64 (documented)
+    if scale == 1e200:
+        assert np.isinf(pod.eigenvalues_).all()
+    elif scale == 1e-200:
+        assert not pod.eigenvalues_.any()
+    else:
+        np.testing.assert_allclose(pod.eigenvalues_ / scale**2, ref.eigenvalues_, rtol=1e-9)
+
+
+@pytest.mark.parametrize("power", [-700, -3, 600])
+def test_pod_of_power_of_two_scaled_snapshots_is_the_scaled_pod_exactly(power):
+    r"""Scaling by a power of two is exact in binary floating point, and so is the POD's: the modes are those of the
+    unscaled snapshots bit for bit, the mean and coefficients ``2^power`` times theirs."""
+    mesh = disk_mesh(16, 0.05)
+    M = mass_matrix(mesh)
+    X = smooth_snapshots(np.random.default_rng(1), mesh, 6, n_comp=2)
+    ref, pod = SnapshotPOD(3).fit(X, M), SnapshotPOD(3).fit(np.ldexp(X, power), M)
+    np.testing.assert_array_equal(pod.modes_, ref.modes_)
+    np.testing.assert_array_equal(pod.mean_, np.ldexp(ref.mean_, power))
+    np.testing.assert_array_equal(pod.transform(np.ldexp(X, power)), np.ldexp(ref.transform(X), power))

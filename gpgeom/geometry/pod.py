@@ -13,6 +13,12 @@ the dimension reduction of MMGP (Casenave et al., NeurIPS 2023, arXiv:2305.12871
 coefficients :math:`a(u) = \phi M (u - \bar u)` and reconstruction :math:`\bar u + \phi^\top a`.
 
 Inputs are numpy arrays or torch tensors; outputs are numpy float64 arrays.
+
+POD is scale-equivariant: the modes of :math:`s u` are those of :math:`u`, its mean and coefficients :math:`s`
+times theirs, at any magnitude of float64. The mean and :math:`C` are formed from snapshots scaled by a power of
+two (exact in binary floating point) so that their squares neither overflow nor underflow (snapshots of 1e200 or
+1e-200 did). Only the eigenvalues, squares in the snapshots' units, leave float64 for snapshots beyond about
+1e154 or below 1e-154 (``inf`` or ``0``; the energy ratios stay exact).
 """
 
 from __future__ import annotations
@@ -26,6 +32,15 @@ from gpgeom._validation import check_positive
 from gpgeom.geometry.mesh import as_float_array
 
 __all__ = ["SnapshotPOD"]
+
+
+def _unit_scaled(S: np.ndarray) -> tuple[np.ndarray, int]:
+    r"""``S`` scaled by the power of two :math:`2^{-e}` that brings :math:`\max |S|` into ``[0.5, 1)``, and ``e``
+    (``0`` for an empty or all-zero ``S``): ``S == np.ldexp(T, e)`` exactly, whatever the magnitude of ``S``."""
+    if S.size == 0:
+        return S, 0
+    e = int(np.frexp(np.abs(S).max())[1])
+    return np.ldexp(S, -e), e
 
 
 class SnapshotPOD:
@@ -44,7 +59,8 @@ class SnapshotPOD:
     Attributes:
         mean_: Snapshot mean, ``(n_nodes[, n_components])`` (zeros when ``center=False``).
         modes_: M-orthonormal modes, ``(n_modes_, n_nodes[, n_components])``.
-        eigenvalues_: Their eigenvalues :math:`\lambda_k` of :math:`C`, ``(n_modes_,)``, decreasing.
+        eigenvalues_: Their eigenvalues :math:`\lambda_k` of :math:`C`, ``(n_modes_,)``, decreasing (squares in the
+            snapshots' units: ``inf`` / ``0`` for snapshots beyond about 1e154 / below 1e-154, see the module).
         explained_energy_ratio_: :math:`\lambda_k / \sum_j \lambda_j` for the kept modes, ``(n_modes_,)``.
         n_modes_: Number of kept modes.
         mass_: The mass matrix used (``None`` = identity).
@@ -133,9 +149,13 @@ class SnapshotPOD:
         n_nodes = X.shape[1]
         n_comp = X.shape[2] if X.ndim == 3 else 1
         self._set_mass(mass, n_nodes, n_comp)
-        S = X.reshape(n, -1)
+        # scale-equivariant at any magnitude: the Gram matrix holds squares of the snapshots (1e200 overflowed,
+        # 1e-200 underflowed), so the mean and the Gram matrix are formed from snapshots scaled by powers of two,
+        # which is exact in binary floating point, and scaled back after (the modes are scale-free)
+        S, e = _unit_scaled(X.reshape(n, -1))
         mean = S.mean(axis=0) if self.center else np.zeros(S.shape[1])
-        S = S - mean
+        S, f = _unit_scaled(S - mean)
+        mean = np.ldexp(mean, e)
         C = S @ self._apply_mass(S).T
         C = 0.5 * (C + C.T)
         lam, V = np.linalg.eigh(C)
@@ -165,7 +185,8 @@ class SnapshotPOD:
         modes = (V_k / np.sqrt(lam_k)).T @ S
         self.mean_ = mean.reshape(self.field_shape_)
         self.modes_ = modes.reshape((k,) + self.field_shape_)
-        self.eigenvalues_ = lam_k.copy()
+        with np.errstate(over="ignore", under="ignore"):  # squares of the snapshots: see the class docstring
+            self.eigenvalues_ = np.ldexp(lam_k, 2 * (e + f))
         self.explained_energy_ratio_ = lam_k / total
         self.n_modes_ = k
         self._modes_flat = modes
@@ -181,7 +202,8 @@ class SnapshotPOD:
         self._check_fitted()
         X = self._snapshots("snapshots", snapshots)
         S = X.reshape(X.shape[0], self._mean_flat.size) - self._mean_flat  # an explicit width: n = 0 is valid
-        return self._apply_mass(S) @ self._modes_flat.T
+        S, e = _unit_scaled(S)  # exact power-of-two scaling: M S neither overflows nor underflows
+        return np.ldexp(self._apply_mass(S) @ self._modes_flat.T, e)
 
     def inverse_transform(self, coefficients: object) -> np.ndarray:
         r"""Reconstruction :math:`\bar u + \phi^\top a`: ``(n, n_modes_)`` -> ``(n, n_nodes[, c])``."""

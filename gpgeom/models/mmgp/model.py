@@ -42,7 +42,7 @@ from gpgeom.models.mmgp.latent_gp import (
     single_output_gp,
 )
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
-from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, decode_fields
+from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, check_field_spread, decode_fields
 from gpgeom.models.mmgp.scalars import check_scalar_transform, lognormal_moments, resolve_transforms, to_gp_units
 from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
 from gpgeom.models.mmgp.unexplained import GeometryResidual, geometry_share, variance_factor
@@ -305,6 +305,8 @@ class MMGP(ModelContract):
                 :func:`~gpgeom.models.mmgp.as_mesh`), :math:`N_i` nodes each.
             input_scalars: ``n x p`` (or ``None`` for ``p = 0``), numpy or torch.
             output_fields: ``n`` arrays ``N_i x m`` (or ``(N_i,)`` for one field, or dicts name -> ``(N_i,)``).
+                The variances are squares in each field's units: a field's spread over the meshes must lie in
+                about [2e-153, 8e152] (float64; float32: [2e-18, 1e18]; ValueError beyond, naming the field).
             output_scalars: ``n x q`` (or ``None``).
             field_names, scalar_names: Optional names (default ``field0``, ... / ``scalar0``, ...).
             progress: Progress bars of the GP fits (``None``: when a person is watching, :mod:`gpgeom._progress`).
@@ -378,6 +380,7 @@ class MMGP(ModelContract):
                     f"`{arg}`={k}{what} exceeds the number of training meshes ({n}): a POD of {n} snapshots has at "
                     f"most {n} modes ({n - 1} when centred). Pass a smaller int, or an energy fraction such as 0.999."
                 )
+        check_field_spread(F, self.field_names_, self.dtype)
         t0 = clock()
         center = self.center and not self.ref_compat
         self._geometry, xi = GeometryPOD.fit(X, common, self._mass, self.n_modes_geometry, center, self.ref_compat)

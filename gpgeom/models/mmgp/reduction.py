@@ -36,7 +36,14 @@ from gpgeom.models.mmgp.inputs import mode_option
 from gpgeom.models.mmgp.transfer import TransferOperators
 from gpgeom.models.mmgp.unexplained import ROUNDING, cv_folds, geometry_share
 
-__all__ = ["FieldPOD", "GeometryPOD", "decode_fields", "truncation_residuals", "truncation_variance"]
+__all__ = [
+    "FieldPOD",
+    "GeometryPOD",
+    "check_field_spread",
+    "decode_fields",
+    "truncation_residuals",
+    "truncation_variance",
+]
 
 
 def _same_on_every_mesh(S: np.ndarray, mean: np.ndarray) -> bool:
@@ -128,6 +135,36 @@ class GeometryPOD:
 # ----------------------------------------------------------------------------------------------------------------
 # fields
 # ----------------------------------------------------------------------------------------------------------------
+#: Headroom (a power of two) between a field's spread and the square root of the largest / smallest normal number
+#: of the model's dtype: the variances are sums of squares of the spread (over modes, nodes and training meshes).
+SPREAD_HEADROOM = 16.0
+
+
+def check_field_spread(F: np.ndarray, names: list[str], dtype: torch.dtype) -> None:
+    r"""Raise a ``ValueError`` naming the field when the spread :math:`d = \max |F - \bar F|` of a field over the
+    training meshes ``F`` ``(n, N_c, m)`` (transported, ``m`` fields named ``names``) has a square outside the
+    normal range of ``dtype``: the POD is exact at any scale (:class:`~gpgeom.geometry.pod.SnapshotPOD`), but the
+    model's variances are squares in the field's units, in ``dtype``. Supported: :math:`\sqrt{\text{tiny}} \cdot 16
+    \le d \le \sqrt{\text{max}} / 16` (float64: about 2.4e-153 to 8.4e152; float32: 1.7e-18 to 1.2e18); beyond,
+    the predicted fields were NaN (float32, fields of 1e30) or wrong by orders of magnitude (float64, 1e-200).
+    A field equal on every mesh (:math:`d` rounding) has no variance and is not checked."""
+    info = torch.finfo(dtype)
+    lo, hi = np.sqrt(info.tiny) * SPREAD_HEADROOM, np.sqrt(info.max) / SPREAD_HEADROOM
+    for k, name in enumerate(names):
+        Fk = F[:, :, k]
+        if _same_on_every_mesh(Fk, Fk.mean(0)):
+            continue
+        d = float(np.abs(Fk - Fk.mean(0)).max())
+        if not lo <= d <= hi:
+            hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"
+            raise ValueError(
+                f"`output_fields`: field {name!r} varies by up to {d:.3g} over the training meshes (max |u - mean| on "
+                f"the common mesh); the model's variances are squares of that, outside the range of {dtype}, which "
+                f"supports spreads in [{lo:.2g}, {hi:.2g}]. Rescale the field (divide by its typical size and "
+                f"multiply the predictions back){hint}."
+            )
+
+
 @dataclass
 class FieldPOD:
     r"""The POD of one output field on the common mesh, tensors of the model's dtype on its device.
