@@ -6,6 +6,7 @@ from linear_operator.utils.errors import NotPSDError as _LinearOperatorNotPSDErr
 
 __all__ = [
     "ConvergenceWarning",
+    "LossNotFiniteError",
     "MeshRepairWarning",
     "ModelFileError",
     "NotFittedError",
@@ -19,6 +20,16 @@ class NotPSDError(_LinearOperatorNotPSDError):
 
     Subclasses linear_operator's ``NotPSDError`` so that code catching GPyTorch's error also catches ours.
     The message always says which matrix failed, the largest jitter tried and what to do about it.
+    """
+
+
+class LossNotFiniteError(ValueError, NotPSDError):
+    r"""A callable loss given to :func:`gpgeom.engine.fitting.fit` returned NaN or an infinite value (or a finite
+    value with a non-finite gradient) in every attempt, where no step could recover.
+
+    The message names the callable (its name, file and line), what it returned, and the optimiser step (Adam epoch
+    and minibatch, L-BFGS-B evaluation). A ``ValueError`` (the argument's value is wrong); it also subclasses
+    :class:`NotPSDError`, which earlier versions raised for it, so existing ``except`` clauses still catch it.
     """
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.fitting import FitResult, fit, jitter_levels, random_reinitialize
-from gpgeom.errors import NotPSDError
+from gpgeom.errors import ConvergenceWarning, LossNotFiniteError, NotPSDError
 
 DT = torch.float64
 
@@ -342,3 +342,89 @@ def test_a_loss_that_depends_on_no_parameter_is_named(optimizer):
     module = torch.nn.Linear(1, 1).double()
     with pytest.raises(ValueError, match="does not depend on any trainable parameter"):
         fit(lambda: torch.tensor(3.0, dtype=torch.float64), module=module, optimizer=optimizer, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a callable loss that returns NaN / inf or raises: named where it happens
+
+
+def _broken_loss(after: int, value: float = math.nan, *, gradient: bool = False, raises: bool = False):
+    r"""A module with ``w`` (2,) and a Rosenbrock loss on it that, from call ``after + 1`` on, returns ``value``
+    (``gradient``: a finite loss with a NaN gradient; ``raises``: raises); ``calls`` counts the calls."""
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(torch.tensor([-1.2, 1.0], dtype=DT))
+    calls = []
+
+    def my_loss(*batch):
+        calls.append(1)
+        w = module.w
+        f = (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2
+        if len(calls) > after:
+            if raises:
+                raise ArithmeticError("my_loss failed")
+            if gradient:  # sqrt at 0: value 0, gradient inf * 0 = NaN
+                return f + torch.sqrt((w - w.detach()) ** 2).sum()
+            return f * value
+        return f
+
+    return module, my_loss, calls
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_callable_loss_that_is_not_finite_at_the_start_is_named(optimizer, value):
+    r"""NaN or inf from the first call raised NotPSDError "the covariance matrix could not be factorised even with
+    Cholesky jitter", which a plain callable has no part in; the error names the callable, its file, what it
+    returned and where, and the parameters are left at their starting values."""
+    module, my_loss, _ = _broken_loss(0, value)
+    start = module.w.detach().clone()
+    with pytest.raises(LossNotFiniteError) as info:
+        fit(my_loss, module=module, optimizer=optimizer, epochs=20, progress=False)
+    where = "the starting point (L-BFGS-B evaluation 1)" if optimizer == "lbfgs" else "Adam epoch 0"
+    msg = str(info.value)
+    assert "my_loss (" in msg and "test_fitting.py:" in msg, msg
+    assert f"returned {'NaN' if math.isnan(value) else 'inf'} at {where}" in msg, msg
+    assert isinstance(info.value, ValueError) and isinstance(info.value, NotPSDError)  # and the old type
+    torch.testing.assert_close(module.w.detach(), start, rtol=0, atol=0)
+
+
+def test_adam_names_the_epoch_and_minibatch_where_the_loss_became_nan():
+    r"""NaN at epoch 3 (full batch) or at the third minibatch of epoch 1 was reported as "the covariance matrix could
+    not be factorised"; with minibatches the step had already made every parameter NaN. The loss is now checked
+    where the callable returns it, before the step; a finite loss with a NaN gradient is named too."""
+    module, my_loss, _ = _broken_loss(3)
+    with pytest.raises(LossNotFiniteError, match=r"my_loss \(.*\) returned NaN at Adam epoch 3\."):
+        fit(my_loss, module=module, optimizer="adam", epochs=20, progress=False)
+    batches = [(torch.zeros(1),)] * 4
+    module, my_loss, _ = _broken_loss(6)
+    with pytest.raises(LossNotFiniteError, match=r"returned NaN at Adam epoch 1, minibatch 2\."):
+        fit(my_loss, module=module, optimizer="adam", data_loader=batches, epochs=20, progress=False)
+    assert torch.isfinite(module.w).all()
+    module, my_loss, _ = _broken_loss(2, gradient=True)
+    with pytest.raises(LossNotFiniteError, match=r"finite loss with a non-finite gradient for `w` at Adam epoch 2"):
+        fit(my_loss, module=module, optimizer="adam", epochs=20, progress=False)
+
+
+def test_lbfgs_that_stops_on_a_nan_trial_point_warns_and_is_not_converged():
+    r"""L-BFGS-B counts a non-finite trial point as an infinite loss and backtracks; a callable that stayed NaN from
+    evaluation 9 on ended the run there, and fit reported converged=True at loss 4.09 (the minimum is 0) without a
+    word. It now warns, naming the callable and the evaluation, and reports converged=False; the parameters are the
+    best finite evaluation's (the loss recomputed there is the reported one)."""
+    module, my_loss, calls = _broken_loss(8)
+    with pytest.warns(ConvergenceWarning, match=r"my_loss \(.*\) returned NaN at L-BFGS-B evaluation 8 "):
+        result = fit(my_loss, module=module, optimizer="lbfgs", progress=False)
+    assert not result.converged
+    w = module.w.detach()
+    assert float((1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2) == pytest.approx(result.loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_an_error_inside_a_callable_loss_says_where_fit_called_it(optimizer):
+    r"""An exception raised by the callable propagates as it is (its traceback ends in the callable), with notes
+    naming the optimiser step and the callable (none before)."""
+    module, my_loss, calls = _broken_loss(4, raises=True)
+    with pytest.raises(ArithmeticError, match="my_loss failed") as info:
+        fit(my_loss, module=module, optimizer=optimizer, epochs=20, progress=False)
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    step = "L-BFGS-B evaluation 4" if optimizer == "lbfgs" else "Adam epoch 4"  # lbfgs: call 1 is the probe
+    assert f"at {step}." in notes and "my_loss (" in notes and "attempt 0" in notes, notes

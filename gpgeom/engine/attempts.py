@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -201,6 +203,18 @@ def is_cholesky_failure(err: BaseException) -> bool:
 # one attempt, in this process or in a worker
 
 
+def describe_callable(fn: Any) -> str:
+    r"""``name (file:line)`` of a function, lambda, ``functools.partial`` or callable object, for messages."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = inspect.unwrap(fn)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    code = getattr(fn, "__code__", None)
+    if code is None and not isinstance(fn, type):  # a callable object: its class's __call__
+        code = getattr(vars(type(fn)).get("__call__"), "__code__", None)
+    return f"{name} ({code.co_filename}:{code.co_firstlineno})" if code is not None else name
+
+
 def restore(module: nn.Module, state: dict[str, Any]) -> None:
     r"""Copy a state dict's parameters and buffers back (``torch.nn.Module.load_state_dict``: BoTorch's override
     would also re-standardise the training targets, which moves them by an ulp at every call)."""
@@ -217,6 +231,13 @@ class FitJob:
         self.initial = copy.deepcopy(module.state_dict())
         self.is_mll = isinstance(objective, MarginalLogLikelihood)
         self.model = objective.model if self.is_mll else module
+
+    def source(self) -> str:
+        r"""What computes the loss, for messages: the MLL of the model, or the callable ``objective`` with its
+        name, file and line (``functools.partial`` and decorated functions unwrapped)."""
+        if self.is_mll:
+            return f"the negative {type(self.objective).__name__} of {type(self.model).__name__}"
+        return f"the `objective` callable {describe_callable(self.objective)}"
 
     def losses(self) -> tuple[Callable[..., Tensor], Callable[[Any], Tensor], Callable[[], Iterable[Any]]]:
         r"""``(full_loss, batch_loss, batches)`` of the objective (full batch or one minibatch)."""
@@ -309,11 +330,12 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             except NanError as err:
                 reason = f"the covariance contains NaN ({err})"
                 break
-            except FloatingPointError as err:
-                reason = str(err)
+            except FloatingPointError as err:  # the loss (or its gradient) was not finite where the optimiser says
+                reason = f"{job.source()} {err}"
                 break
             except Exception as err:  # noqa: BLE001 - only Cholesky failures are retried
                 if not is_cholesky_failure(err):
+                    err.add_note(f"gpgeom fit: attempt {attempt}; the loss is {job.source()}.")
                     raise
                 restore(module, start_state)
                 if not job.is_mll and not isinstance(err, _LONotPSDError):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ from gpgeom.engine.attempts import (
 )
 from gpgeom.engine.optimizers import MemberBests, lr_factor_fn
 from gpgeom.engine.parallel import check_executor
-from gpgeom.errors import NotPSDError
+from gpgeom.errors import ConvergenceWarning, LossNotFiniteError, NotPSDError
 
 __all__ = ["FitResult", "fit", "random_reinitialize", "jitter_levels"]
 
@@ -223,6 +224,12 @@ def fit(
     Raises:
         gpgeom.errors.NotPSDError: When every attempt fails to factorise its covariance even with ``max_jitter``
             (or the covariance contains NaN); the message names the model, the jitter tried and the remedies.
+        gpgeom.errors.LossNotFiniteError: A callable ``objective`` returned NaN or an infinite loss (or a NaN
+            gradient) in every attempt: at an Adam step (caught before the step), or at the L-BFGS-B starting point.
+            The message names the callable (name, file, line), the value and the epoch / minibatch or evaluation.
+            A later L-BFGS-B trial point that is not finite counts as an infinite loss (the line search
+            backtracks); a run that stops on one warns (:class:`~gpgeom.errors.ConvergenceWarning`) and reports
+            ``converged=False``. An exception raised by the callable propagates with notes naming the step.
         ValueError, TypeError: For invalid options.
 
     Example:
@@ -304,6 +311,7 @@ def fit(
     job = FitJob(objective, module, data_loader, opts)
     histories, finals, failures = [], [], []  # type: ignore[var-annotated]
     best: tuple[float, int, dict[str, Any], bool, float] | None = None
+    stopped_nonfinite: dict[int, str] = {}  # attempt -> how its L-BFGS-B run stopped on a non-finite trial point
     members: MemberBests | None = None
     top_level = 0
 
@@ -317,7 +325,9 @@ def fit(
             failures.append(f"attempt {attempt}: {reason}")
             return
         if not math.isfinite(result.loss):
-            failures.append(f"attempt {attempt}: the loss was never finite (NaN or infinite covariance?)")
+            failures.append(f"attempt {attempt}: {job.source()} was never finite (NaN or infinite covariance?)")
+        if result.nonfinite is not None:
+            stopped_nonfinite[attempt] = result.nonfinite
         if math.isfinite(result.loss) and (best is None or result.loss < best[0]):
             state = result.state if result.state is not None else copy.deepcopy(module.state_dict())
             best = (result.loss, attempt, state, result.converged, jit)
@@ -339,6 +349,15 @@ def fit(
     if best is None:
         restore(module, job.initial)
         module.eval()
+        returned = f": {job.source()} returned"
+        if not is_mll and failures and all(returned in f for f in failures):
+            raise LossNotFiniteError(
+                f"Fitting {name} failed in all {restarts + 1} attempt(s): `objective` must return a finite loss with "
+                f"a finite gradient. Last failure: {failures[-1]}. It was caught where the callable returned it, "
+                "before any optimiser step used it: look in the callable for a log or square root of a "
+                "non-positive number, 0/0, inf - inf or an overflow (torch.autograd.set_detect_anomaly(True) names "
+                "the operation that makes a NaN gradient)."
+            )
         raise NotPSDError(
             f"Fitting {name} failed in all {restarts + 1} attempt(s): the covariance matrix could not be "
             f"factorised even with Cholesky jitter up to {levels[-1]:.1e} (tried "
@@ -354,6 +373,14 @@ def fit(
         best = (float(members.loss.sum()), best[1], best[2], best[3], members.jitter)
         member_attempts = list(members.attempt)
     module.eval()
+    if best[1] in stopped_nonfinite:
+        warnings.warn(
+            f"Fitting {name}: {job.source()} {stopped_nonfinite[best[1]]} (attempt {best[1]}); the parameters are "
+            f"those of its best finite evaluation (loss {best[0]:.6g}), not a converged optimum "
+            "(FitResult.converged is False).",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     return FitResult(
         member_attempts=member_attempts, loss=best[0], history=histories, attempts=restarts + 1, best_attempt=best[1],
         jitter=best[4], wall_time=time.perf_counter() - start, converged=best[3], optimizer=optimizer,

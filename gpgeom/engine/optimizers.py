@@ -66,6 +66,8 @@ class Attempt:
             ``history`` (``(len(members),)`` arrays), from which the caller rebuilds the whole batch's history.
         state, rows: The final state dict and parameter rows, kept when the run was on a copy of the module.
         members: The members a batched run optimised (``None``: all).
+        nonfinite: For one L-BFGS-B problem that stopped on a trial point whose loss (or gradient) was not finite:
+            what the loss returned and at which evaluations (``None`` otherwise).
     """
 
     def __init__(self) -> None:
@@ -77,6 +79,24 @@ class Attempt:
         self.state: dict[str, Any] | None = None
         self.rows: dict[str, Tensor] | None = None
         self.members: np.ndarray | None = None
+        self.nonfinite: str | None = None
+
+
+def _kind(value: float) -> str:
+    return "NaN" if math.isnan(value) else f"{value}"
+
+
+def _noted(err: BaseException, where: str) -> None:
+    r"""Add a note to ``err`` saying at which step of the optimiser the loss raised it."""
+    err.add_note(f"gpgeom fit: raised while evaluating the loss at {where}.")
+
+
+def _nonfinite_gradient(params: dict[str, Tensor]) -> str | None:
+    r"""The name of the first parameter whose gradient holds NaN or inf (one device sync when all are finite)."""
+    grads = [(n, t.grad) for n, t in params.items() if t.grad is not None]
+    if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+        return None
+    return next(n for n, g in grads if not bool(torch.isfinite(g).all()))
 
 
 def _backward(loss: Tensor) -> None:
@@ -159,8 +179,12 @@ def run_lbfgs(
     names = list(params)
     tensors = [params[n] for n in names]
     module.train()
-    with torch.no_grad():
-        probe = loss_fn()
+    try:
+        with torch.no_grad():
+            probe = loss_fn()
+    except Exception as err:
+        _noted(err, "the starting point")
+        raise
     nb_batch, lo_all, hi_all = batch_members(probe, params, bounds)
     batched = nb_batch is not None
     nb = nb_batch if batched else 1
@@ -216,6 +240,7 @@ def run_lbfgs(
                 offset += s
 
     n_evals = [0]
+    nonfinite: list[tuple[int, str]] = []  # one problem: (evaluation, what the loss returned) when not finite
 
     # a loss that can evaluate a subset of the batch members (e.g. gpgeom.engine.exact_mll) is asked only for the
     # members whose L-BFGS-B runs are still going
@@ -247,6 +272,9 @@ def run_lbfgs(
                 parts = [evaluate(x, rows[k : k + 1]) for k in range(len(rows))]
                 return np.concatenate([f for f, _ in parts]), np.concatenate([g for _, g in parts])
             return np.full(len(rows), np.inf), np.zeros((len(rows), x.shape[1]))
+        except Exception as err:
+            _noted(err, f"L-BFGS-B evaluation {n_evals[0]}")
+            raise
         if batched:
             f = loss.detach().double().cpu().reshape(-1).numpy()
             if not (subset and idx is not None):
@@ -260,6 +288,12 @@ def run_lbfgs(
         g = rows_of(torch.cat(grads, dim=1).numpy())[rows]
         g[:, logmask] *= np.exp(x[rows][:, logmask])  # dx/du = x - lower = exp(u)
         bad = ~np.isfinite(f) | ~np.all(np.isfinite(g), axis=1)
+        if not batched and bad[0]:
+            grad = _nonfinite_gradient(params) if np.isfinite(f[0]) else None
+            what = _kind(float(f[0])) if grad is None else f"a finite loss with a non-finite gradient for `{grad}`"
+            if n_evals[0] == 1:  # nothing to backtrack to
+                raise FloatingPointError(f"returned {what} at the starting point (L-BFGS-B evaluation 1)")
+            nonfinite.append((n_evals[0], what))
         f = np.where(bad, np.inf, f)
         g[bad] = 0.0
         better = f < best_f[rows]
@@ -310,7 +344,14 @@ def run_lbfgs(
             callback=callback,
             options={"maxiter": max_iter},
         )
-        converged = bool(res.success)
+        converged = bool(res.success) and math.isfinite(float(res.fun))
+        if not math.isfinite(float(res.fun)) and nonfinite:
+            # the run stopped on a non-finite trial point: not converged, and the caller says so
+            first, what = nonfinite[0]
+            out.nonfinite = (
+                f"returned {what} at L-BFGS-B evaluation {first} ({len(nonfinite)} of {n_evals[0]} evaluations "
+                "non-finite, counted as an infinite loss), where the run stopped"
+            )
     set_x(best_x)
     out.loss = float(best_f.sum())
     out.converged = converged
@@ -389,11 +430,22 @@ def run_adam(
             for group in opt.param_groups:
                 group["lr"] = lr * float(factor)
         total, count = 0.0, 0
-        for batch in batches():
+        for b, batch in enumerate(batches()):
+            where = f"Adam epoch {epoch}" + ("" if batch is None else f", minibatch {b}")
             opt.zero_grad(set_to_none=True)
-            loss = step_loss(batch)
-            _backward(loss)
+            try:
+                loss = step_loss(batch)
+            except Exception as err:
+                _noted(err, where)
+                raise
             value = float(loss.detach())
+            # caught before the step, where the loss returned it: the step would make every parameter NaN
+            if not math.isfinite(value):
+                raise FloatingPointError(f"returned {_kind(value)} at {where}")
+            _backward(loss)
+            grad = _nonfinite_gradient(params)
+            if grad is not None:
+                raise FloatingPointError(f"returned a finite loss with a non-finite gradient for `{grad}` at {where}")
             if batch is None and value < best_loss:  # full batch: this loss belongs to the pre-step parameters
                 best_loss, best_params = value, [t.detach().clone() for t in tensors]
             opt.step()
