@@ -607,3 +607,50 @@ def test_no_test_point_gives_empty_predictions(data, shared):
         assert m.predict(Xt).shape == full_mean[..., :0, :].shape
         post = m.posterior(Xt)
         assert post.mean.shape == post.variance.shape == full_mean[..., :0, :].shape
+
+
+@pytest.mark.filterwarnings("ignore:Output\\(s\\) .* constant to rounding")
+def test_a_constant_output_predicts_the_constant_with_a_scale_equivariant_std(tmp_path):
+    r"""All training outputs equal to ``c``: BoTorch's fallback scale 1 made the predicted std absolute, set by the
+    priors and the noise floor in the output's units (0.0057 for c = 3.7, 3.7 * 2^20 and 0 alike; BoTorch's
+    SingleTaskGP 0.0056, scikit-learn 0.0032). The scale is now floored at the rounding scale eps * |c|: the mean is
+    ``c`` (to rounding), the std finite, positive, below the rounding of ``c``, and ``s`` times larger for
+    ``s c`` (the truth: the fit on ``c``, scaled by a power of two ``s``); it survives save/load. An exactly zero
+    output keeps the unit scale (no scale to take)."""
+    g = torch.Generator().manual_seed(5)
+    X, Xt = torch.rand(20, 2, dtype=DT, generator=g), torch.rand(6, 2, dtype=DT, generator=g)
+    c, s = 3.7, 2.0**20
+    preds = []
+    for value in (c, s * c):
+        with pytest.warns(UserWarning, match=r"Output\(s\) \[0\] of the training data are constant to rounding"):
+            model = ExactGPModel(X, torch.full((20, 1), value, dtype=DT))
+        preds.append(model.fit(seed=0, progress=False).predict(Xt, return_std=True))
+        mean, std = preds[-1]
+        eps = torch.finfo(DT).eps
+        assert float((mean - value).abs().max()) <= 4 * eps * value
+        assert bool(torch.isfinite(std).all()) and float(std.min()) > 0 and float(std.max()) < eps * value
+    torch.testing.assert_close(preds[1][0], s * preds[0][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(preds[1][1], s * preds[0][1], rtol=1e-9, atol=0)
+    model.save(tmp_path / "m.pt")
+    back = ExactGPModel.load(tmp_path / "m.pt")
+    torch.testing.assert_close(back.predict(Xt, return_std=True), preds[1], rtol=1e-12, atol=0)
+    zero = ExactGPModel(X, torch.zeros(20, 1, dtype=DT)).fit(seed=0, progress=False)
+    mean, std = zero.predict(Xt, return_std=True)
+    assert float(zero.outcome_transform.stdvs) == 1.0 and not mean.any()
+    assert bool(torch.isfinite(std).all()) and float(std.min()) > 0
+
+
+def test_a_constant_output_next_to_a_varying_one_keeps_the_varying_fit():
+    r"""The floor applies per output: a constant output beside a varying one is floored, the varying output is
+    standardised by its spread as before and predicted as when fitted alone."""
+    g = torch.Generator().manual_seed(6)
+    X, Xt = torch.rand(25, 2, dtype=DT, generator=g), torch.rand(6, 2, dtype=DT, generator=g)
+    y = torch.sin(5 * X[:, :1])
+    with pytest.warns(UserWarning, match=r"Output\(s\) \[1\]"):
+        both = ExactGPModel(X, torch.cat([y, torch.full_like(y, -2.5)], 1)).fit(seed=0, progress=False)
+    alone = ExactGPModel(X, y).fit(seed=0, progress=False)
+    torch.testing.assert_close(both.outcome_transform.stdvs[..., 0], alone.outcome_transform.stdvs[..., 0])
+    (m2, s2), (m1, s1) = both.predict(Xt, return_std=True), alone.predict(Xt, return_std=True)
+    torch.testing.assert_close(m2[:, :1], m1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s2[:, :1], s1, rtol=1e-4, atol=1e-6)
+    assert float((m2[:, 1] + 2.5).abs().max()) <= 4 * torch.finfo(DT).eps * 2.5

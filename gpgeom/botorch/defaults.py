@@ -11,6 +11,7 @@ constraints for that scale.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from botorch.models.transforms.input import Normalize
@@ -24,6 +25,7 @@ from torch import Tensor
 from gpgeom.kernels.stationary import DifferenceMaternKernel
 
 __all__ = [
+    "RoundingFloorStandardize",
     "default_covar_module",
     "default_input_transform",
     "default_likelihood",
@@ -103,12 +105,56 @@ def default_input_transform(train_X: Tensor) -> Normalize:
     return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi]))
 
 
+class RoundingFloorStandardize(Standardize):
+    r"""``Standardize`` whose floor on an output's standard deviation is the output's rounding scale.
+
+    An output whose ``n >= 2`` training values vary by less than their rounding, standard deviation below
+    :math:`\varepsilon \max_i |y_i|` (``eps`` of the dtype; an exactly constant output has 0), is scaled by that
+    rounding scale instead of BoTorch's fallback 1 (``min_stdv``). The fallback made the predicted std absolute,
+    set by the priors and the noise floor in the output's own units whatever its size: 0.0057 for a constant of
+    3.7, of 1e6 and of 1e-9 alike (BoTorch's ``SingleTaskGP`` with ``Standardize`` 0.0056, scikit-learn's
+    ``normalize_y=True`` 0.0032), while values varying by 1e-15 relative got a std of 5e-15. With the floor the
+    model is scale-equivariant (``s y`` predicts ``s`` times the mean and std) and continuous in the variation:
+    the mean is the constant and the std, at the learned noise floor, about :math:`10^{-2} \varepsilon |c|`,
+    below the constant's own rounding, finite. A ``UserWarning`` names the outputs. Exactly zero outputs (no
+    scale) and ``n = 1`` keep the scale 1, as BoTorch: their std is set by the priors in the output's units.
+    In eval mode it applies the stored means and scales, as ``Standardize``. (``posterior(X).variance`` is clamped
+    below at GPyTorch's ``min_variance``, 1e-10 in float64, as for any output in tiny units; ``predict`` is not.)
+    """
+
+    def forward(self, Y: Tensor, Yvar: Tensor | None = None, X: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        r"""``(Y - mean) / scale`` and ``Yvar / scale^2`` for ``Y``, ``Yvar`` ``batch_shape x n x m`` (``X``: not
+        used); in train mode the means and scales are fitted to ``Y`` first (the floor above)."""
+        if not self.training or Y.shape[-2] < 2:
+            return super().forward(Y, Yvar, X)
+        super().forward(Y, Yvar, X)  # fits the means, and scale 1 where the std is below min_stdv
+        floor = torch.finfo(Y.dtype).eps * Y.detach().abs().amax(dim=-2, keepdim=True)  # batch x 1 x m
+        low = (Y.detach().std(dim=-2, keepdim=True) < floor) & (floor > 0)
+        if self._outputs is not None:
+            low[..., [i for i in range(self._m) if i not in self._outputs]] = False
+        if bool(low.any()):
+            self.stdvs = torch.where(low, floor, self.stdvs)
+            self._stdvs_sq = self.stdvs.pow(2)
+            outputs = sorted({int(j) for j in low.nonzero()[:, -1].tolist()})
+            warnings.warn(
+                f"Output(s) {outputs} of the training data are constant to rounding (standard deviation below "
+                f"eps * max|y|, e.g. {float(floor[low].max()):.3g}): they are standardised by that rounding scale, "
+                "not by their spread, so the model predicts the constant with a standard deviation at that scale.",
+                UserWarning,
+                stacklevel=4,
+            )
+        means, stdvs, stdvs_sq = self._get_per_input_means_stdvs(X=X, include_stdvs_sq=Yvar is not None)
+        return (Y - means) / stdvs, (Yvar / stdvs_sq if Yvar is not None else None)
+
+
 def default_outcome_transform(m: int, batch_shape: torch.Size) -> Standardize:
-    r"""The default outcome transform: ``Standardize`` of every output to mean 0 and variance 1.
+    r"""The default outcome transform: every output standardised to mean 0 and variance 1
+    (:class:`RoundingFloorStandardize`).
 
     BoTorch's ``Standardize`` leaves an output unscaled when its standard deviation is below ``min_stdv`` (1e-8
     by default), so outputs measured in tiny units (a displacement in km, a probability of 1e-10) kept their raw
-    scale and met the likelihood's noise floor of 1e-4: a GP on ``Y * 1e-9`` predicted a constant. Here only an
-    exactly constant output (standard deviation 0 or subnormal) is left unscaled.
+    scale and met the likelihood's noise floor of 1e-4: a GP on ``Y * 1e-9`` predicted a constant. Here an output
+    is scaled by its spread, floored at its rounding scale :math:`\varepsilon \max |y|`; only an exactly zero output
+    (or a single training point) is left unscaled.
     """
-    return Standardize(m=m, batch_shape=batch_shape, min_stdv=torch.finfo(torch.float64).tiny)
+    return RoundingFloorStandardize(m=m, batch_shape=batch_shape, min_stdv=torch.finfo(torch.float64).tiny)

@@ -111,9 +111,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                 unit cube, the scale the default priors assume); with a custom ``covar_module`` none (its inputs may
                 be indices or angles). ``None`` or a BoTorch ``InputTransform`` otherwise.
             outcome_transform: ``"default"`` (:func:`~gpgeom.botorch.defaults.default_outcome_transform`: every
-                output standardised, also outputs of size 1e-12), ``None`` or a BoTorch ``OutcomeTransform``. A
-                transform in training mode (as built) is fitted to ``train_Y``; one in eval mode is applied with its
-                stored parameters. Predictions and posteriors are always in the original units.
+                output standardised, also outputs of size 1e-12; an output constant to rounding is scaled by
+                its rounding scale, so it is predicted as the constant with a std below that scale, and a warning),
+                ``None`` or a BoTorch ``OutcomeTransform``. A transform in training mode (as built) is fitted to
+                ``train_Y``; one in eval mode is applied with its stored parameters. Predictions and posteriors are
+                always in the original units.
             max_cholesky_size: Use Cholesky (exact) algebra up to this many training points per batch member;
                 above, GPyTorch's CG/Lanczos approximations.
 
