@@ -846,3 +846,21 @@ def test_no_entry_gives_empty_predictions(decomposition, noise):
     assert [t.shape for t in m.predict_interval(E)] == [(0, 1), (0, 1)]
     assert m.predict_quantile(E, 0.9).shape == (0, 1)
     assert m.log_predictive_density(E, y0).shape == (0, 1)
+
+
+def test_latent_functions_refuse_unsorted_coordinates():
+    r"""The public functions of :mod:`gpgeom.models.funbat.latent` take sorted coordinates; unsorted ones
+    (0, 0.3, 0.2, 0.9) gave a posterior from a backward step's negative process noise and no error. They now
+    name `t`; the model itself sorts its coordinates (torch.unique) and is unaffected."""
+    from gpgeom.kernels.markov import MaternMarkovKernel
+    from gpgeom.models.funbat.latent import latent_posterior, latent_score, mode_prior
+
+    k = MaternMarkovKernel(nu=1.5).double()
+    t = torch.tensor([0.0, 0.3, 0.2, 0.9], dtype=torch.float64)
+    lam = torch.eye(1, dtype=torch.float64).expand(4, 1, 1).clone()
+    eta = torch.ones(4, 1, dtype=torch.float64)
+    for call in (lambda: latent_posterior(k, t, lam, eta), lambda: latent_score(k, t, lam, eta)):
+        with pytest.raises(ValueError, match=r"`t` must be strictly increasing .* entry 2 \(0\.2\)"):
+            call()
+    with pytest.raises(ValueError, match=r"`t` must be increasing .* entry 2 \(0\.2\)"):
+        mode_prior(k, t, 1)

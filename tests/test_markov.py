@@ -512,3 +512,29 @@ def test_unknown_keyword_arguments_are_refused_not_dropped():
     # GPyTorch's own keywords still pass
     k = MaternMarkovKernel(nu=2.5, batch_shape=torch.Size([2]), lengthscale_prior=None)
     assert k.batch_shape == torch.Size([2])
+
+
+class _GenericOU(MarkovKernel):
+    r"""Ornstein-Uhlenbeck through the base class's generic transition (Van Loan)."""
+
+    state_dim = 1
+
+    def sde(self) -> SDE:
+        one = torch.ones(1, 1, dtype=D)
+        return SDE(-one, one, 2.0 * one, one, one)
+
+
+@pytest.mark.parametrize(
+    "kernel", [_matern(0.5), _matern(1.5), _matern(2.5), _iw(2), _iw(3), _GenericOU()], ids=lambda k: type(k).__name__
+)
+def test_a_negative_step_is_refused_by_transition(kernel):
+    r"""A backward step is no transition: Matern 3/2 at dt = -0.1 gave Q with a negative diagonal (-7.26) and no
+    error, and the filters of any caller went on with negative variances. Every transition now refuses it, naming
+    `dt`, the value and where (a zero step stays valid: Phi = I, Q = 0, the limit of small positive steps)."""
+    dt = torch.tensor([[0.2, 0.0, -0.1]], dtype=D)
+    with pytest.raises(ValueError, match=r"`dt` of .*\.transition must be >= 0 .*got -0\.1 at flat index 2 of shape"):
+        kernel.transition(dt)
+    Phi, Q = kernel.transition(dt[:, :2])
+    s = kernel.state_dim
+    _close(Phi[..., 1, :, :], torch.eye(s, dtype=D).expand_as(Phi[..., 1, :, :]), rtol=0, atol=1e-12)
+    _close(Q[..., 1, :, :], torch.zeros_like(Q[..., 1, :, :]), rtol=0, atol=1e-12)

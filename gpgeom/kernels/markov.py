@@ -46,7 +46,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.errors import NotPSDError
-from gpgeom.kernels.sde import SDE, MarkovKernel, float_times, time_column
+from gpgeom.kernels.sde import SDE, MarkovKernel, check_steps, float_times, time_column
 from gpgeom.kernels.variance import KernelVariance
 
 __all__ = [
@@ -229,8 +229,9 @@ class MaternMarkovKernel(KernelVariance, MarkovKernel):
 
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Closed-form :math:`(\Phi(\Delta), Q(\Delta))`, each ``broadcast(batch, batch_shape) x m x s x s``,
-        for ``dt`` of shape ``batch x m`` (non-negative)."""
+        for ``dt`` of shape ``batch x m`` (non-negative; a negative step raises a ``ValueError``)."""
         dt = float_times(dt, self.lengthscale.dtype)
+        check_steps(self, dt)
         s = self.state_dim
         lam = self._lam()  # bs
         F, L, Qc, _, Pinf = self.sde()
@@ -480,8 +481,9 @@ class IntegratedWienerKernel(MarkovKernel):
 
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Closed-form polynomial :math:`(\Phi(\Delta), Q(\Delta))`, each ``broadcast(batch, batch_shape) x m x
-        s x s``, for ``dt`` of shape ``batch x m`` (non-negative)."""
+        s x s``, for ``dt`` of shape ``batch x m`` (non-negative; a negative step raises a ``ValueError``)."""
         dt = float_times(dt, self.raw_qc.dtype)
+        check_steps(self, dt)
         s = self.state_dim
         qc = self.qc
         Phi = self._phi(dt)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_kernel_kwargs
 
-__all__ = ["SDE", "MarkovKernel", "discretize", "float_times", "time_column"]
+__all__ = ["SDE", "MarkovKernel", "check_steps", "discretize", "float_times", "time_column"]
 
 
 class SDE(NamedTuple):
@@ -108,6 +108,20 @@ def time_column(name: str, x: Tensor, dtype: torch.dtype | None = None) -> Tenso
     return x[..., 0] if dtype is None else float_times(x[..., 0], dtype)
 
 
+def check_steps(kernel: Kernel, dt: Tensor) -> None:
+    r"""Raise a ``ValueError`` when a time step ``dt`` (``batch x m``) given to ``kernel.transition`` is negative: a
+    backward step is no transition of the process (:math:`Q(\Delta) < 0`: the filters then computed on, silently,
+    with negative variances), and comes from times that are not sorted. One device sync."""
+    if dt.is_floating_point() and dt.numel() and bool((dt < 0).any()):
+        flat = dt.detach().reshape(-1)
+        i = int((flat < 0).nonzero()[0])
+        raise ValueError(
+            f"`dt` of {type(kernel).__name__}.transition must be >= 0 (steps forward in time), got "
+            f"{float(flat[i]):.6g} at flat index {i} of shape {tuple(dt.shape)}: the times it came from are not "
+            "sorted. Sort them increasingly (torch.sort) before computing their differences."
+        )
+
+
 class MarkovKernel(Kernel):
     r"""Base class of the kernels on time that have a linear SDE form.
 
@@ -134,12 +148,14 @@ class MarkovKernel(Kernel):
 
         Args:
             dt: ``batch x m`` non-negative time steps; ``batch`` broadcasts with the kernel's ``batch_shape``.
+                A negative step raises a ``ValueError`` (:func:`check_steps`).
 
         Returns:
             ``(Phi, Q)``, both ``broadcast(batch, batch_shape) x m x s x s``:
             :math:`\Phi(\Delta) = \exp(F\Delta)` and :math:`Q(\Delta) = \int_0^\Delta \Phi(u) L Q_c L^\top
             \Phi(u)^\top \mathrm du`.
         """
+        check_steps(self, dt)
         F, L, Qc, _, _ = self.sde()
         return discretize(F, L, Qc, dt)
 

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from gpgeom._validation import check_increasing
 from gpgeom.engine.sites import (
     SiteChain,
     SitePosterior,
@@ -92,6 +93,7 @@ def mode_sites(lam: Tensor, eta: Tensor, s: int) -> SiteChain:
 def mode_prior(kernel: MarkovKernel, t: Tensor, R: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""``(Phi, Q, m0, P0)`` of ``R`` independent components with prior ``kernel`` on the sorted coordinates ``t``:
     ``(I-1) x D x D`` twice, ``D`` zeros and the stationary ``D x D`` covariance (block-diagonal)."""
+    check_increasing("t", t, strict=False)
     s = kernel.state_dim
     D = R * s
     dtype, device = t.dtype, t.device
@@ -138,6 +140,7 @@ def latent_posterior(
     """
     if method not in ("node", "scalar"):
         raise ValueError(f"`method` must be 'node' or 'scalar', got {method!r}.")
+    check_increasing("t", t)
     R = eta.shape[-1]
     s = kernel.state_dim
     Phi, Q, m0, P0 = mode_prior(kernel, t, R)
@@ -217,6 +220,7 @@ def expected_log_prior(
     Returns:
         0-dim tensor (without the :math:`-\tfrac12 I R s \log 2\pi` constant).
     """
+    check_increasing("t", t, strict=False)
     I, D = post.mean.shape
     s = kernel.state_dim
     R = D // s
@@ -291,6 +295,7 @@ def latent_score(kernel: MarkovKernel, t: Tensor, lam: Tensor, eta: Tensor) -> t
     Returns:
         ``(posterior, score)``, ``score`` a :class:`ModeScore`.
     """
+    check_increasing("t", t)
     R = eta.shape[-1]
     s = kernel.state_dim
     with torch.no_grad():
@@ -326,6 +331,7 @@ def score_surrogate(kernel: MarkovKernel, t: Tensor, score: ModeScore) -> Tensor
     Returns:
         0-dim tensor (its value is not :math:`\log Z`).
     """
+    check_increasing("t", t, strict=False)
     Pinf = kernel.stationary_covariance()
     out = -0.5 * (score.M0 * Pinf).sum()
     if t.shape[0] > 1:
