@@ -654,3 +654,16 @@ def test_a_constant_output_next_to_a_varying_one_keeps_the_varying_fit():
     torch.testing.assert_close(m2[:, :1], m1, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(s2[:, :1], s1, rtol=1e-4, atol=1e-6)
     assert float((m2[:, 1] + 2.5).abs().max()) <= 4 * torch.finfo(DT).eps * 2.5
+
+
+def test_a_constant_batch_member_is_floored_alone():
+    r"""In a batch of series, the floor and its warning concern the constant member only (named by its index); the
+    other member keeps the scale of its spread (the truth: its standard deviation)."""
+    g = torch.Generator().manual_seed(7)
+    X = torch.rand(2, 20, 2, dtype=DT, generator=g)
+    y = torch.sin(5 * X[0, :, :1])
+    with pytest.warns(UserWarning, match=r"Output\(s\) \[0\] \(batch members \[\(1,\)\]\)"):
+        model = ExactGPModel(X, torch.stack([y, torch.full_like(y, 2.0)]))
+    stdvs = model.outcome_transform.stdvs.reshape(2)
+    torch.testing.assert_close(stdvs[0], y.std(), rtol=1e-12, atol=0)
+    assert float(stdvs[1]) == pytest.approx(torch.finfo(DT).eps * 2.0, rel=1e-12)

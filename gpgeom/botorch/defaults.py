@@ -135,13 +135,15 @@ class RoundingFloorStandardize(Standardize):
         if bool(low.any()):
             self.stdvs = torch.where(low, floor, self.stdvs)
             self._stdvs_sq = self.stdvs.pow(2)
-            outputs = sorted({int(j) for j in low.nonzero()[:, -1].tolist()})
+            where = low.nonzero().tolist()  # (batch..., 0, output) rows
+            outputs = sorted({r[-1] for r in where})
+            members = f" (batch members {sorted({tuple(r[:-2]) for r in where})})" if low.dim() > 2 else ""
             warnings.warn(
-                f"Output(s) {outputs} of the training data are constant to rounding (standard deviation below "
+                f"Output(s) {outputs}{members} of the training data are constant to rounding (standard deviation below "
                 f"eps * max|y|, e.g. {float(floor[low].max()):.3g}): they are standardised by that rounding scale, "
                 "not by their spread, so the model predicts the constant with a standard deviation at that scale.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,  # the caller of ExactGPModel(...)
             )
         means, stdvs, stdvs_sq = self._get_per_input_means_stdvs(X=X, include_stdvs_sq=Yvar is not None)
         return (Y - means) / stdvs, (Yvar / stdvs_sq if Yvar is not None else None)
