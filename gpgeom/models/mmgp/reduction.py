@@ -145,9 +145,9 @@ def check_field_spread(F: np.ndarray, names: list[str], dtype: torch.dtype) -> N
     training meshes ``F`` ``(n, N_c, m)`` (transported, ``m`` fields named ``names``) has a square outside the
     normal range of ``dtype``: the POD is exact at any scale (:class:`~gpgeom.geometry.pod.SnapshotPOD`), but the
     model's variances are squares in the field's units, in ``dtype``. Supported: :math:`\sqrt{\text{tiny}} \cdot 16
-    \le d \le \sqrt{\text{max}} / 16` (float64: about 2.4e-153 to 8.4e152; float32: 1.7e-18 to 1.2e18); beyond,
-    the predicted fields were NaN (float32, fields of 1e30) or wrong by orders of magnitude (float64, 1e-200).
-    A field equal on every mesh (:math:`d` rounding) has no variance and is not checked."""
+    \le d \le \sqrt{\text{max}} / 16` (float64: about 2.4e-153 to 8.4e152; float32: 1.7e-18 to 1.2e18). Beyond,
+    the predicted fields came out NaN (float32, fields of 1e30), or, unchecked, wrong by orders of magnitude
+    (float64, 1e-200). A field equal on every mesh (:math:`d` rounding) has no variance and is not checked."""
     info = torch.finfo(dtype)
     lo, hi = np.sqrt(info.tiny) * SPREAD_HEADROOM, np.sqrt(info.max) / SPREAD_HEADROOM
     for k, name in enumerate(names):
