@@ -112,7 +112,7 @@ def check_steps(kernel: Kernel, dt: Tensor) -> None:
     r"""Raise a ``ValueError`` when a time step ``dt`` (``batch x m``) given to ``kernel.transition`` is negative: a
     backward step is no transition of the process (:math:`Q(\Delta) < 0`: the filters then computed on, silently,
     with negative variances), and comes from times that are not sorted. One device sync."""
-    if dt.is_floating_point() and dt.numel() and bool((dt < 0).any()):
+    if dt.numel() and bool((dt < 0).any()):
         flat = dt.detach().reshape(-1)
         i = int((flat < 0).nonzero()[0])
         raise ValueError(
