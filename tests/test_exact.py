@@ -634,7 +634,8 @@ def test_a_constant_output_predicts_the_constant_with_a_scale_equivariant_std(tm
     model.save(tmp_path / "m.pt")
     back = ExactGPModel.load(tmp_path / "m.pt")
     torch.testing.assert_close(back.predict(Xt, return_std=True), preds[1], rtol=1e-12, atol=0)
-    zero = ExactGPModel(X, torch.zeros(20, 1, dtype=DT)).fit(seed=0, progress=False)
+    with pytest.warns(UserWarning, match=r"Output\(s\) \[0\] of the training data are all zero"):
+        zero = ExactGPModel(X, torch.zeros(20, 1, dtype=DT)).fit(seed=0, progress=False)
     mean, std = zero.predict(Xt, return_std=True)
     assert float(zero.outcome_transform.stdvs) == 1.0 and not mean.any()
     assert bool(torch.isfinite(std).all()) and float(std.min()) > 0
@@ -667,3 +668,20 @@ def test_a_constant_batch_member_is_floored_alone():
     stdvs = model.outcome_transform.stdvs.reshape(2)
     torch.testing.assert_close(stdvs[0], y.std(), rtol=1e-12, atol=0)
     assert float(stdvs[1]) == pytest.approx(torch.finfo(DT).eps * 2.0, rel=1e-12)
+
+
+def test_botorch_standardisation_warning_only_where_the_transform_did_not_explain_it():
+    r"""A constant (or all-zero) output under the default outcome transform drew two warnings: the transform's, and
+    BoTorch's "Data (outcome observations) is not standardized (std = 0)", misleading since the transform chose
+    that scale. Now only the transform's; BoTorch's stays where it is the news (no outcome transform)."""
+    X = torch.rand(10, 2, dtype=DT, generator=torch.Generator().manual_seed(8))
+    for Y in (torch.full((10, 1), 3.7, dtype=DT), torch.zeros(10, 1, dtype=DT)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ExactGPModel(X, Y)
+        kinds = [type(w.message).__name__ for w in caught if "jit" not in str(w.message)]
+        assert kinds == ["UserWarning"], [str(w.message) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ExactGPModel(X, 100 + X[:, :1], outcome_transform=None)
+    assert any("is not standardized" in str(w.message) for w in caught)

@@ -117,7 +117,9 @@ class RoundingFloorStandardize(Standardize):
     model is scale-equivariant (``s y`` predicts ``s`` times the mean and std) and continuous in the variation:
     the mean is the constant and the std, at the learned noise floor, about :math:`10^{-2} \varepsilon |c|`,
     below the constant's own rounding, finite. A ``UserWarning`` names the outputs. Exactly zero outputs (no
-    scale) and ``n = 1`` keep the scale 1, as BoTorch: their std is set by the priors in the output's units.
+    scale) and ``n = 1`` keep the scale 1, as BoTorch: their std is set by the priors in the output's units (all
+    zero: a warning of its own). ``constant_outputs`` records whether either case occurred, for
+    :class:`~gpgeom.botorch.ExactGPModel` to leave out BoTorch's then misleading "not standardized" warning.
     In eval mode it applies the stored means and scales, as ``Standardize``. (``posterior(X).variance`` is clamped
     below at GPyTorch's ``min_variance``, 1e-10 in float64, as for any output in tiny units; ``predict`` is not.)
     """
@@ -130,8 +132,24 @@ class RoundingFloorStandardize(Standardize):
         super().forward(Y, Yvar, X)  # fits the means, and scale 1 where the std is below min_stdv
         floor = torch.finfo(Y.dtype).eps * Y.detach().abs().amax(dim=-2, keepdim=True)  # batch x 1 x m
         low = (Y.detach().std(dim=-2, keepdim=True) < floor) & (floor > 0)
+        zero = floor == 0
         if self._outputs is not None:
-            low[..., [i for i in range(self._m) if i not in self._outputs]] = False
+            others = [i for i in range(self._m) if i not in self._outputs]
+            low[..., others] = False
+            zero[..., others] = False
+        #: whether some output is constant (floored, or exactly zero): the standardised data are then not of unit
+        #: variance, which this transform has explained (ExactGPModel skips BoTorch's standardisation warning)
+        self.constant_outputs = bool(low.any()) or bool(zero.any())
+        if bool(zero.any()):
+            where = zero.nonzero().tolist()
+            outputs = sorted({r[-1] for r in where})
+            members = f" (batch members {sorted({tuple(r[:-2]) for r in where})})" if zero.dim() > 2 else ""
+            warnings.warn(
+                f"Output(s) {outputs}{members} of the training data are all zero: they are kept in their units "
+                "(no scale to take), so the predicted standard deviation is set by the priors in those units.",
+                UserWarning,
+                stacklevel=5,  # the caller of ExactGPModel(...)
+            )
         if bool(low.any()):
             self.stdvs = torch.where(low, floor, self.stdvs)
             self._stdvs_sq = self.stdvs.pow(2)

@@ -33,6 +33,7 @@ from typing import Any
 import gpytorch
 import torch
 from botorch.acquisition.objective import PosteriorTransform
+from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
 from botorch.models.transforms.input import InputTransform
@@ -195,9 +196,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             transformed_X = self.transform_inputs(X=train_X, input_transform=input_transform)
         if outcome_transform is not None:
             train_Y, train_Yvar = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=transformed_X)
-        validate_input_scaling(
-            train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=covar_module is not None
-        )
+        with warnings.catch_warnings():
+            if getattr(outcome_transform, "constant_outputs", False):  # explained by RoundingFloorStandardize
+                warnings.filterwarnings(
+                    "ignore", r"Data \(outcome observations\) is not standardized", InputDataWarning
+                )
+            validate_input_scaling(
+                train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=covar_module is not None
+            )
         self._set_dimensions(train_X=train_X, train_Y=train_Y)
         m = self._num_outputs
         input_batch = self._input_batch_shape
