@@ -131,11 +131,23 @@ def test_pit_standardized_errors_invert_the_cdf_and_are_standard_normal_for_cali
     assert abs(float((np.abs(zd) <= stats.norm.ppf(0.95)).mean()) - 0.9) < 0.01
     extreme = gm.pit_standardized_errors([0.0, 1.0])
     assert torch.isfinite(extreme).all() and float(extreme[1]) == pytest.approx(-float(extreme[0]))
-    assert float(extreme[1]) == pytest.approx(stats.norm.ppf(1 - 1e-12), rel=1e-9)
+    assert float(extreme[1]) == pytest.approx(stats.norm.isf(1e-12), rel=1e-12)
     with pytest.raises(ValueError, match=r"pit must lie in \[0, 1\]"):
         gm.pit_standardized_errors([0.2, 1.5])
     with pytest.raises(ValueError, match="eps must be"):
         gm.pit_standardized_errors([0.2], eps=0.7)
+    with pytest.raises(TypeError, match="eps must be a number in .* got str"):
+        gm.pit_standardized_errors([0.2], eps="1e-12")
+
+
+@pytest.mark.parametrize("eps", [1e-20, 1e-16, 1e-15])
+def test_pit_clipping_is_symmetric_for_an_eps_below_float64_resolution_near_1(eps):
+    """Both tails clip at |z| = norm.isf(eps): for eps = 1e-20 the upper one was +inf (1 - eps rounds to 1) against
+    -9.262 for the lower, for 1e-16 8.2095 against 8.2221; a PIT just inside the clip is Phi^{-1} of it (scipy)."""
+    z = gm.pit_standardized_errors([0.0, 1.0, 1e-300, 0.5], eps=eps).numpy()
+    np.testing.assert_allclose(z, [-stats.norm.isf(eps), stats.norm.isf(eps), -stats.norm.isf(eps), 0.0], rtol=1e-12)
+    inside = np.array([10 * eps, 1 - 2**-40])
+    np.testing.assert_allclose(gm.pit_standardized_errors(inside, eps=eps).numpy(), stats.norm.ppf(inside), rtol=1e-12)
 
 
 def test_calibration_summary_collects_the_individual_metrics():
