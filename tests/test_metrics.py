@@ -325,6 +325,28 @@ def test_shapes_that_broadcast_into_a_larger_array_or_not_at_all_are_refused():
         gm.nlpd(np.zeros(2), np.array(["a", "b"]), 1.0)
 
 
+def test_a_one_dimensional_std_or_mean_that_fits_square_targets_two_ways_is_refused():
+    """Three points with three components each and one std per point, passed as shape (3,): numpy's rule paired the
+    stds with the components and z RMS came out 0.3819 instead of the per-point 0.5774 (a hand loop below); now the
+    ambiguous shape is refused with both explicit forms, which score as the loop says."""
+    y = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    per_point = np.array([1.0, 2.0, 4.0])
+    loop = math.sqrt(sum((y[i, j] / per_point[i]) ** 2 for i in range(3) for j in range(3)) / 9)
+    assert gm.z_rms(y, 0.0, per_point[:, None]) == pytest.approx(loop, rel=1e-14)
+    assert gm.z_rms(y, 0.0, per_point[None, :]) == pytest.approx(math.sqrt((1 + 0.25 + 1 / 16) / 9), rel=1e-14)
+    for score in (gm.coverage, gm.nlpd, gm.z_rms, gm.crps_gaussian, gm.standardized_errors, gm.calibration_summary):
+        with pytest.raises(ValueError, match=r"std of shape \(3,\) against y of shape \(3, 3\) is ambiguous"):
+            score(y, 0.0, per_point)
+        with pytest.raises(ValueError, match=r"mean of shape \(3,\) .* shape \(1, 3\) or \(3, 1\)"):
+            score(y, torch.zeros(3), 1.0)
+    with pytest.raises(ValueError, match="ambiguous"):
+        gm.conditional_coverage(y, 0.0, per_point, by=y, n_bins=1)
+    with pytest.raises(ValueError, match=r"std of shape \(3, 3\) against y of shape \(3, 3, 3\) is ambiguous"):
+        gm.nlpd(np.zeros((3, 3, 3)), 0.0, np.ones((3, 3)))
+    # one std per output against (n, D) targets with n != D, and size-1 shapes, fit one way only: still accepted
+    assert gm.z_rms(np.zeros((5, 3)), 0.0, np.ones(3)) == 0.0 == gm.z_rms(y * 0, 0.0, np.ones(1))
+
+
 def test_levels_outside_the_open_unit_interval_are_refused():
     for level in (0.0, 1.0, 95, -0.5):
         with pytest.raises(ValueError, match="level"):

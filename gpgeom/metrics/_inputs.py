@@ -41,12 +41,16 @@ def broadcast_gaussian(y, mean, std, *, positive: bool) -> tuple[torch.Tensor, t
     Every target is scored once: ``mean`` and ``std`` must have ``y``'s shape or broadcast to it (a scalar ``std``
     does). ``y`` of shape ``(n,)`` against ``mean`` of shape ``(n, 1)`` would compare every target with every mean,
     and a ``std`` of shape ``(n, n)`` (a covariance matrix) every target with every standard deviation: both refused.
+    A ``mean`` or ``std`` with fewer dimensions than ``y`` is aligned with ``y``'s trailing axes (numpy's rule: a
+    ``(D,)`` std against ``(n, D)`` targets is one per column); where it would also fit ``y``'s leading axes, as a
+    ``(n,)`` std against ``(n, n)`` targets (one per row, or one per column?), it is refused as ambiguous: give it
+    ``y``'s number of dimensions, ``(n, 1)`` or ``(1, n)``.
 
     Args:
         positive: Require ``std > 0`` (scores that divide by it) rather than ``std >= 0``.
 
     Raises:
-        ValueError: shapes that do not broadcast to ``y``'s shape, NaN or infinite entries, a
+        ValueError: shapes that do not broadcast to ``y``'s shape or fit it two ways, NaN or infinite entries, a
             negative (or, with ``positive``, zero) standard deviation; the message names the argument.
     """
     ty, tm, ts = as_float64(y, "y"), as_float64(mean, "mean"), as_float64(std, "std")
@@ -63,11 +67,34 @@ def broadcast_gaussian(y, mean, std, *, positive: bool) -> tuple[torch.Tensor, t
             "to it (y of shape (n,) against mean of shape (n, 1) would pair every target with every mean; a std "
             "of shape (n, n) is a covariance matrix: pass the square root of its diagonal)."
         )
+    for name, t in (("mean", tm), ("std", ts)):
+        _refuse_ambiguous_alignment(name, tuple(t.shape), tuple(ty.shape))
     if positive and bool((ts <= 0).any()):
         raise ValueError(f"std must be > 0 everywhere, got min {float(ts.min()):.3g}.")
     if bool((ts < 0).any()):
         raise ValueError(f"std must be >= 0 everywhere, got min {float(ts.min()):.3g}.")
     return ty.expand(shape), tm.expand(shape), ts.expand(shape)
+
+
+def _refuse_ambiguous_alignment(name: str, shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:
+    r"""ValueError when ``shape`` (fewer dimensions than ``y_shape``) broadcasts to ``y_shape`` aligned with its
+    trailing axes (numpy's rule) and also aligned with its leading ones, pairing other entries."""
+    k = len(y_shape) - len(shape)
+    if not shape or k <= 0:
+        return
+    left, right = shape + (1,) * k, (1,) * k + shape
+    if left == right:
+        return
+    try:
+        fits_left = tuple(torch.broadcast_shapes(left, y_shape)) == y_shape
+    except RuntimeError:
+        fits_left = False
+    if fits_left:
+        raise ValueError(
+            f"{name} of shape {shape} against y of shape {y_shape} is ambiguous: broadcasting pairs it with the "
+            f"trailing axes of y (as {right}), but it also fits the leading ones (as {left}), e.g. one std per row "
+            f"rather than per column; pass {name} with y's {len(y_shape)} dimensions, of shape {right} or {left}."
+        )
 
 
 def check_level(level, name: str = "level") -> float:
