@@ -212,6 +212,37 @@ def test_mean_nees_of_consistent_errors_is_the_dimension():
     assert float(gm.nees(e, cov).mean()) == pytest.approx(d, abs=4 * math.sqrt(2 * d / n))
 
 
+def test_nees_refuses_a_batch_broadcast_larger_than_both_and_pairs_runs_with_times():
+    """Errors (n, d) against covariances (n, 1, d, d) used to return an (n, n) tensor scoring every error against
+    every covariance (whose mean is not the mean NEES); now refused. Errors of N runs at T times against T
+    covariances, (N, T, d) with (T, d, d), score each run at time t against covariance t (a hand loop)."""
+    e = torch.randn(5, 2, dtype=torch.float64)
+    cov = _random_spd(5, 2)
+    with pytest.raises(ValueError, match=r"broadcast to \(5, 5\), larger than both: that pairs every error"):
+        gm.nees(e, cov.unsqueeze(1))
+    with pytest.raises(ValueError, match=r"broadcast to \(5, 5\)"):
+        gm.nees(e.unsqueeze(1), cov)
+    runs = torch.randn(3, 5, 2, dtype=torch.float64)
+    loop = [[float(runs[i, t] @ torch.linalg.inv(cov[t]) @ runs[i, t]) for t in range(5)] for i in range(3)]
+    np.testing.assert_allclose(gm.nees(runs, cov).numpy(), loop, rtol=1e-10)
+
+
+def test_nees_accepts_the_rounding_asymmetry_of_a_float32_covariance_and_scores_its_symmetric_part():
+    """A float32 covariance whose two triangles differ by rounding (1e-6 of its largest entry, as a float32 product
+    leaves them) was refused ('cov must be symmetric'); it is scored as (P + P^T) / 2, against numpy's solve in
+    float64. The same asymmetry in a float64 covariance is still refused, now with its size."""
+    p64 = _random_spd(4, 3)
+    p32 = p64.float()
+    p32[:, 0, 1] *= 1 + 1e-6
+    e = torch.randn(4, 3, dtype=torch.float64)
+    sym = 0.5 * (p32.double() + p32.double().mT).numpy()
+    dense = np.einsum("bi,bi->b", e.numpy(), np.linalg.solve(sym, e.numpy()[..., None])[..., 0])
+    np.testing.assert_allclose(gm.nees(e, p32).numpy(), dense, rtol=1e-10)
+    np.testing.assert_allclose(gm.nees(e.numpy(), p32.numpy()).numpy(), dense, rtol=1e-10)
+    with pytest.raises(ValueError, match=r"cov must be symmetric: \|cov - cov\^T\| reaches [0-9.e-]+ times"):
+        gm.nees(e, p32.double())
+
+
 def test_nees_band_matches_chi_square_quantiles_in_closed_form():
     # chi^2_1 quantile p is z_{(1+p)/2}^2; chi^2_2 is exponential with mean 2, quantile p is -2 log(1 - p)
     lo, hi = gm.nees_band(1, 1, 0.95)
