@@ -297,6 +297,21 @@ def test_format_calibration_table_writes_one_row_per_model_and_keeps_extra_keys(
         gm.format_calibration_table({})
 
 
+def test_format_calibration_table_writes_tensors_arrays_and_integers_as_numbers_and_escapes_pipes():
+    """A 0-d tensor was written 'tensor(0.9500)', a 0-d numpy array with all its digits ('0.123456'), a count as
+    '200.000', and a '|' in a model name split its row into one cell too many; each cell is now compared with the
+    number formatted by hand and every row has the header's number of cells."""
+    rows = {
+        "GP | ARD": {"n": 200, "cov 95": torch.tensor(0.9512), "nlpd": np.array(0.123456), "k": np.int64(7)},
+        "RVGP": {"n": 50, "cov 95": np.float32(0.25), "nlpd": -0.0004, "k": 3},
+    }
+    lines = gm.format_calibration_table(rows).splitlines()
+    cells = [[c.strip() for c in line.strip("|").replace("\\|", "\0").split("|")] for line in lines]
+    assert {len(c) for c in cells} == {5}
+    assert cells[2] == ["GP \0 ARD", "200", f"{0.9512:.3f}", f"{0.123456:.3f}", "7"]
+    assert cells[3] == ["RVGP", "50", f"{0.25:.3f}", f"{-0.0004:.3e}", "3"]
+
+
 def test_plot_reliability_draws_the_diagonal_and_one_line_per_model():
     import matplotlib
 

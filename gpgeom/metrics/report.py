@@ -22,8 +22,14 @@ _LABELS = {
 
 
 def _cell(v) -> str:
+    r"""One table cell: an integer as it is, a real number with 3 decimals (scientific notation below 1e-3 and from
+    1e4 on), a 0-d numpy array or torch tensor as the number it holds, anything else as ``str`` (``|`` escaped)."""
+    if (isinstance(v, np.ndarray) or type(v).__module__.startswith("torch")) and getattr(v, "ndim", None) == 0:
+        v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        return str(v)
+        return _escape(str(v))
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
     v = float(v)
     if not math.isfinite(v):
         return str(v)
@@ -32,13 +38,20 @@ def _cell(v) -> str:
     return f"{v:.3f}"
 
 
+def _escape(text: str) -> str:
+    r"""``text`` with ``|`` escaped, so that it stays in one Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
 def format_calibration_table(rows: dict[str, dict]) -> str:
     r"""A Markdown table with one row per model and one column per key of its summary.
 
     Args:
         rows: ``{model name: summary}``, each summary a dict such as :func:`gpgeom.metrics.calibration_summary`
             returns (extra keys, e.g. an ``rmse``, become extra columns; columns follow the order of first appearance,
-            a key a row lacks is shown as ``-``).
+            a key a row lacks is shown as ``-``). Integers are written as integers, other numbers (Python, numpy
+            or 0-d torch) with 3 decimals, or in scientific notation with 3 below 1e-3 and from 1e4 on; a ``|`` in
+            a name or value is escaped.
 
     Returns:
         The table as a string (header, separator and one line per model, no trailing newline).
@@ -51,11 +64,13 @@ def format_calibration_table(rows: dict[str, dict]) -> str:
             raise TypeError(f"rows[{name!r}] must be a dict of numbers, got {type(summary).__name__}.")
         keys += [k for k in summary if k not in keys]
     lines = [
-        "| model | " + " | ".join(_LABELS.get(k, str(k)) for k in keys) + " |",
+        "| model | " + " | ".join(_escape(_LABELS.get(k, str(k))) for k in keys) + " |",
         "|---|" + "---:|" * len(keys),
     ]
     for name, summary in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(summary[k]) if k in summary else "-" for k in keys) + " |")
+        lines.append(
+            f"| {_escape(str(name))} | " + " | ".join(_cell(summary[k]) if k in summary else "-" for k in keys) + " |"
+        )
     return "\n".join(lines)
 
 
