@@ -94,3 +94,17 @@ def test_levels_as_a_numpy_array_or_a_tensor_give_the_same_rows_as_a_list():
         gm.conditional_coverage(y, 0.0, 1.0, by=by, n_bins=2, levels=torch.tensor([0.5, 0.9], dtype=torch.float64))
         == ref
     )
+
+
+def test_column_names_keep_every_level_apart_and_a_numpy_int_counts_bins():
+    """Level 0.9999999 was written 'coverage_100' (six significant digits), 0.95 and 0.95 + 1e-14 shared the column
+    'coverage_95' (the second overwrote the first), and n_bins = np.int64(2) was a TypeError. The column is now the
+    percentage to 12 digits with the hand-counted coverage, two levels with one name are refused, numpy ints count."""
+    y = torch.tensor([0.0, 1.0, 5.0, -6.0], dtype=torch.float64)
+    rows = gm.conditional_coverage(y, 0.0, 1.0, by=torch.arange(4.0), n_bins=np.int64(2), levels=(0.9999999, 0.57))
+    q = stats.norm.ppf(0.5 + 0.5 * 0.9999999)  # 5.33: covers 0, 1 and 5, not -6
+    assert [r["coverage_99.99999"] for r in rows] == [1.0, float(5.0 <= q) / 2]
+    q57 = stats.norm.ppf(0.5 + 0.5 * 0.57)  # 0.79: covers 0 only
+    assert [r["coverage_57"] for r in rows] == [(1 + float(1.0 <= q57)) / 2, 0.0]
+    with pytest.raises(ValueError, match=r"levels 0.95 and 0.95000000000001 would share the column 'coverage_95'"):
+        gm.conditional_coverage(y, 0.0, 1.0, by=y, n_bins=2, levels=(0.95, 0.95 + 1e-14))

@@ -12,6 +12,8 @@ error and is not what this measures.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from gpgeom.metrics._inputs import as_float64, broadcast_gaussian, check_levels, normal_quantile
@@ -33,17 +35,18 @@ def conditional_coverage(y, mean, std, by, n_bins: int = 5, levels=(0.5, 0.9, 0.
         mean: Predictive means.
         std: Predictive standard deviations, ``> 0``.
         by: The covariate, one value per entry: the broadcast shape of ``y``, ``mean`` and ``std``.
-        n_bins: Number of bins, an int in ``[1, N]``.
+        n_bins: Number of bins, an integer (Python or numpy) in ``[1, N]``.
         levels: Nominal levels, a non-empty sequence (list, numpy array, tensor) of numbers in (0, 1).
 
     Returns:
         One dict per bin, in increasing ``by``: ``low`` and ``high`` (the smallest and largest ``by`` in the bin),
-        ``n``, ``rmse``, ``mean_std``, ``z_rms`` and ``coverage_<100 level>`` for every level (``coverage_95``;
-        a level such as 0.975 gives ``coverage_97.5``).
+        ``n``, ``rmse``, ``mean_std``, ``z_rms`` and ``coverage_<100 level>`` for every level, the percentage to
+        12 significant digits (``coverage_95``; 0.975 gives ``coverage_97.5``, 0.9999999 ``coverage_99.99999``).
 
     Raises:
-        ValueError: a ``by`` of another shape, NaN or infinite values, ``n_bins`` outside ``[1, N]``, bad levels.
-        TypeError: ``n_bins`` not an int, ``levels`` a single number.
+        ValueError: a ``by`` of another shape, NaN or infinite values, ``n_bins`` outside ``[1, N]``, bad levels
+            or two levels with one column name.
+        TypeError: ``n_bins`` not an integer (Python or numpy), ``levels`` a single number.
 
     Example:
         >>> import torch
@@ -60,9 +63,16 @@ def conditional_coverage(y, mean, std, by, n_bins: int = 5, levels=(0.5, 0.9, 0.
             f"by must have the shape {tuple(shape)} of the predictions (one value per entry), got {tuple(tb.shape)}."
         )
     lv = check_levels(levels)
+    keys = [f"coverage_{100 * v:.12g}" for v in lv]
+    for i, k in enumerate(keys):
+        if k in keys[:i]:
+            raise ValueError(
+                f"levels {lv[keys.index(k)]!r} and {lv[i]!r} would share the column {k!r}: give each level once."
+            )
     n = tb.numel()
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int):
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
         raise TypeError(f"n_bins must be an int, got {type(n_bins).__name__} {n_bins!r}.")
+    n_bins = int(n_bins)
     if not 1 <= n_bins <= n:
         raise ValueError(f"n_bins must be in [1, {n}] (the number of entries), got {n_bins}.")
     err = (ty - tm).expand(shape).reshape(-1)
@@ -76,7 +86,7 @@ def conditional_coverage(y, mean, std, by, n_bins: int = 5, levels=(0.5, 0.9, 0.
         row["rmse"] = float(e.square().mean().sqrt())
         row["mean_std"] = float(s.mean())
         row["z_rms"] = float((e / s).square().mean().sqrt())
-        for v in lv:
-            row[f"coverage_{100 * v:g}"] = float((e.abs() <= normal_quantile(v) * s).double().mean())
+        for v, key in zip(lv, keys):
+            row[key] = float((e.abs() <= normal_quantile(v) * s).double().mean())
         rows.append(row)
     return rows
