@@ -393,6 +393,22 @@ def test_a_one_dimensional_std_or_mean_that_fits_square_targets_two_ways_is_refu
     assert gm.z_rms(np.zeros((5, 3)), 0.0, np.ones(3)) == 0.0 == gm.z_rms(y * 0, 0.0, np.ones(1))
 
 
+def test_float32_levels_name_and_score_the_level_they_were_written_as():
+    """A float32 tensor or numpy array of levels (torch.tensor([0.5, 0.95]) is float32) gave coverage_table the key
+    0.949999988079071, conditional_coverage the column 'coverage_94.9999988079', and scored the interval of that level:
+    an error between z(0.949999988) and z(0.95) (scipy's quantiles, 1e-7 apart) was outside. Now the key is 0.95 and
+    the count is that of the Python float 0.95."""
+    z_lo, z_hi = stats.norm.ppf(0.5 + 0.5 * float(np.float32(0.95))), stats.norm.ppf(0.975)
+    y = np.array([0.5 * (z_lo + z_hi), 0.1, 3.0])
+    ref = gm.coverage_table(y, 0.0, 1.0, levels=[0.5, 0.95])
+    assert ref == {0.5: 1 / 3, 0.95: 2 / 3}
+    for levels in (torch.tensor([0.5, 0.95]), np.array([0.5, 0.95], dtype=np.float32), [0.5, np.float32(0.95)]):
+        assert gm.coverage_table(y, 0.0, 1.0, levels=levels) == ref
+    assert gm.coverage(y, 0.0, 1.0, level=np.float32(0.95)) == 2 / 3
+    row = gm.conditional_coverage(y, 0.0, 1.0, by=y, n_bins=1, levels=torch.tensor([0.95]))[0]
+    assert row["coverage_95"] == 2 / 3
+
+
 def test_levels_outside_the_open_unit_interval_are_refused():
     for level in (0.0, 1.0, 95, -0.5):
         with pytest.raises(ValueError, match="level"):

@@ -98,9 +98,16 @@ def _refuse_ambiguous_alignment(name: str, shape: tuple[int, ...], y_shape: tupl
 
 
 def check_level(level, name: str = "level") -> float:
-    r"""``level`` as a float in the open interval ``(0, 1)``; ValueError naming ``name`` otherwise."""
+    r"""``level`` as a float in the open interval ``(0, 1)``; ValueError naming ``name`` otherwise.
+
+    A numpy float32 or float16 level is read as the shortest decimal that rounds to it in its own precision
+    (``np.float32(0.95)`` is 0.95, not 0.949999988079071), so that it names the same level, table key and column as
+    the Python float it was written as.
+    """
     if isinstance(level, bool) or not isinstance(level, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number in (0, 1), got {type(level).__name__}.")
+    if isinstance(level, np.floating) and np.finfo(level.dtype).bits < 64 and np.isfinite(level):
+        level = float(np.format_float_positional(level, unique=True))
     lv = float(level)
     if not 0.0 < lv < 1.0:
         raise ValueError(f"{name} must lie in the open interval (0, 1), got {level!r}.")
@@ -108,17 +115,21 @@ def check_level(level, name: str = "level") -> float:
 
 
 def check_levels(levels, name: str = "levels") -> list[float]:
-    r"""``levels`` (a sequence, numpy array or tensor of numbers in ``(0, 1)``) as a non-empty list of floats.
+    r"""``levels`` (a sequence, numpy array or tensor of numbers in ``(0, 1)``) as a non-empty list of floats, each
+    read as :func:`check_level` reads it (a float32 tensor's 0.95 is 0.95).
 
     Raises:
         TypeError: a single number, or entries that are not numbers (names ``name``).
         ValueError: an empty sequence or a level outside ``(0, 1)`` (names ``name``).
     """
     if isinstance(levels, torch.Tensor):
-        levels = levels.detach().cpu().reshape(-1).tolist()
-    if isinstance(levels, (int, float)):
+        t = levels.detach().cpu()
+        levels = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
+    if isinstance(levels, (int, float, np.number)):
         raise TypeError(f"{name} must be a sequence of numbers in (0, 1), got the number {levels!r}.")
-    lv = [check_level(v, name) for v in np.asarray(levels, dtype=object).ravel().tolist()]
+    # entries of a numpy array (or a tensor) stay numpy scalars, so that check_level sees a float32's precision
+    items = list(levels.ravel()) if isinstance(levels, np.ndarray) else np.asarray(levels, dtype=object).ravel()
+    lv = [check_level(v, name) for v in items]
     if not lv:
         raise ValueError(f"{name} is empty.")
     return lv
