@@ -3,8 +3,10 @@ conditional on a covariate, NEES consistency, out-of-distribution uncertainty ra
 diagrams; and the accuracy of predicted vector fields (relative L2 error, angular errors:
 :mod:`~gpgeom.metrics.vector_fields`).
 
-Every calibration function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to one shape
-and are reduced over all entries; results are Python floats unless said otherwise. Bad input (shapes, NaN, a negative
+Every calibration function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to ``y``'s shape
+and are reduced over all entries (a ``mean`` or ``std`` with fewer dimensions aligns with ``y``'s trailing axes and is
+refused where it would also fit its leading ones: a ``(n,)`` std against ``(n, n)`` targets); results are Python
+floats unless said otherwise. Bad input (shapes, NaN, a negative
 or, where it is divided by, zero standard deviation) raises ``ValueError`` naming the argument.
 
 References: Gneiting & Raftery (2007), "Strictly proper scoring rules, prediction, and estimation", JASA 102(477);
