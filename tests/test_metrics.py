@@ -146,6 +146,8 @@ def test_pit_clipping_is_symmetric_for_an_eps_below_float64_resolution_near_1(ep
     -9.262 for the lower, for 1e-16 8.2095 against 8.2221; a PIT just inside the clip is Phi^{-1} of it (scipy)."""
     z = gm.pit_standardized_errors([0.0, 1.0, 1e-300, 0.5], eps=eps).numpy()
     np.testing.assert_allclose(z, [-stats.norm.isf(eps), stats.norm.isf(eps), -stats.norm.isf(eps), 0.0], rtol=1e-12)
+    z32 = gm.pit_standardized_errors([1.0], eps=np.float32(eps)).numpy()  # a numpy eps was refused as not a number
+    np.testing.assert_allclose(z32, [stats.norm.isf(float(np.float32(eps)))], rtol=1e-12)
     inside = np.array([10 * eps, 1 - 2**-40])
     np.testing.assert_allclose(gm.pit_standardized_errors(inside, eps=eps).numpy(), stats.norm.ppf(inside), rtol=1e-12)
 

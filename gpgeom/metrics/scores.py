@@ -9,6 +9,7 @@ minimised in expectation only by the true predictive distribution, so they rewar
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -61,8 +62,9 @@ def pit_standardized_errors(pit, eps: float = 1e-12) -> torch.Tensor:
         raise ValueError(
             f"pit must lie in [0, 1] (CDF values), got values in [{float(u.min()):g}, {float(u.max()):g}]."
         )
-    if isinstance(eps, bool) or not isinstance(eps, int | float):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a number in (0, 0.5), got {type(eps).__name__} {eps!r}.")
+    eps = float(eps)
     if not 0.0 < eps < 0.5:
         raise ValueError(f"eps must be a number in (0, 0.5), got {eps!r}.")
     # Upper half through the symmetry Phi^{-1}(u) = -Phi^{-1}(1 - u): 1 - u is exact there (Sterbenz), while 1 - eps
