@@ -411,6 +411,20 @@ def test_float32_levels_name_and_score_the_level_they_were_written_as():
     assert row["coverage_95"] == 2 / 3
 
 
+def test_masked_arrays_with_masked_entries_are_refused_and_unmasked_ones_scored():
+    """A masked target scored its hidden value: z RMS 28.87 with the 50.0 behind the mask, where numpy's masked mean
+    gives 0.158. Masked entries are now refused naming the argument; a masked array with nothing masked is scored as
+    its data."""
+    y = np.ma.masked_array([0.1, -0.2, 50.0], mask=[False, False, True])
+    for call in (lambda: gm.z_rms(y, 0.0, 1.0), lambda: gm.coverage(y, 0.0, 1.0), lambda: gm.interval_width(y)):
+        with pytest.raises(ValueError, match=r"^(y|std) is a numpy masked array with 1 masked entries of 3"):
+            call()
+    with pytest.raises(ValueError, match="^error is a numpy masked array"):
+        gm.nees(np.ma.masked_array([[1.0, 0.0]], mask=[[False, True]]), np.eye(2))
+    assert gm.z_rms(y.compressed(), 0.0, 1.0) == pytest.approx(float(np.ma.sqrt((y**2).mean())), rel=1e-14)
+    assert gm.z_rms(np.ma.masked_array([0.3, 0.4]), 0.0, 1.0) == pytest.approx(math.sqrt(0.125), rel=1e-14)
+
+
 def test_levels_outside_the_open_unit_interval_are_refused():
     for level in (0.0, 1.0, 95, -0.5):
         with pytest.raises(ValueError, match="level"):

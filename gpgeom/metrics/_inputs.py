@@ -13,13 +13,20 @@ def as_float64(x, name: str) -> torch.Tensor:
 
     Raises:
         TypeError: ``x`` is not numeric (names ``name``).
-        ValueError: ``x`` is empty or holds NaN or infinite entries (names ``name``).
+        ValueError: ``x`` is empty, holds NaN or infinite entries, or is a numpy masked array with masked entries
+            (``np.asarray`` would pass on their hidden values; names ``name``).
     """
     if isinstance(x, torch.Tensor):
         if x.is_complex():
             raise TypeError(f"{name} must be real, got a complex tensor.")
         t = x.detach().to(device="cpu", dtype=torch.float64)
     else:
+        if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+            raise ValueError(
+                f"{name} is a numpy masked array with {int(np.ma.count_masked(x))} masked entries of {x.size}: "
+                "numpy would score their hidden values; pass the entries to score (x.compressed(), or index every "
+                "argument with ~x.mask)."
+            )
         try:
             arr = np.asarray(x)
         except Exception as exc:  # ragged lists and the like
