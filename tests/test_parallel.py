@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -138,6 +139,35 @@ def test_workers_get_the_callers_settings_one_thread_and_its_warnings(pool):
     assert {w.filename for w in caught} == {__file__}  # re-issued at the caller of map_items
     with pytest.raises(ValueError, match="item 3 is bad"):
         map_items(pool, _fail, range(6), chunk_size=1)
+
+
+class _TwoArgError(Exception):
+    r"""An exception pickle cannot rebuild (``__init__`` takes two arguments, ``args`` holds one)."""
+
+    def __init__(self, code, where):
+        super().__init__(f"code {code} at {where}")
+
+
+def _fail_two_args(shared, item):
+    if item == 2:
+        raise _TwoArgError(7, "node 5")
+    return item * 10
+
+
+def test_a_worker_error_names_the_item_and_one_pickle_cannot_rebuild_leaves_the_pool_usable(pool):
+    # the truth: the serial run raises the item's own exception, and the note names the item
+    with pytest.raises(_TwoArgError, match="code 7 at node 5") as serial:
+        map_items(None, _fail_two_args, range(4), label="GP")
+    assert serial.value.__notes__ == ["(raised by GP 2)"]
+    with pytest.raises(ValueError, match="item 3 is bad") as err:  # a picklable exception keeps its type
+        map_items(pool, _fail, range(6), chunk_size=2, label="GP")
+    assert err.value.__notes__ == ["(raised by GP 3)"]
+    # the old code let the pool's result thread fail to rebuild it: BrokenProcessPool, and every later call refused
+    with pytest.raises(RuntimeError, match=r"GP 2 raised .*_TwoArgError: code 7 at node 5 \(the exception cannot"):
+        map_items(pool, _fail_two_args, range(4), chunk_size=1, label="GP")
+    assert map_items(pool, _fail_two_args, [0, 1, 3]) == map_items(None, _fail_two_args, [0, 1, 3])
+    with pytest.raises(TypeError, match=r"Cannot ship lock .*pickling it fails .*cannot pickle"):
+        map_items(pool, _fail, range(2), threading.Lock())
 
 
 def test_seeds_chunks_and_executor_options():

@@ -459,7 +459,12 @@ def generate_brackets(
     try:
         with jobs_executor(executor, n_jobs) as ex:
             samples = map_items(
-                ex, _generate_item, range(n_samples), (seed, res), on_chunk=bar.update if bar is not None else None
+                ex,
+                _generate_item,
+                range(n_samples),
+                (seed, res),
+                on_chunk=bar.update if bar is not None else None,
+                label="sample",
             )
     finally:
         if bar is not None:

@@ -65,6 +65,7 @@ import os
 import pickle
 import tempfile
 import threading
+import traceback
 import uuid
 import warnings
 from collections import OrderedDict
@@ -189,7 +190,13 @@ def dumps(obj: object) -> bytes:
                 f"Cannot ship {type(obj).__name__} to the executor's workers with pickle ({err}); install "
                 "cloudpickle (it comes with dask: pip install 'gpgeom[distributed]'), which pickles closures."
             ) from err
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError) as err:
+        raise TypeError(
+            f"Cannot ship {type(obj).__name__} to the executor's workers: pickling it fails with "
+            f"{type(err).__name__}: {err}. Pass objects without open files, locks, threads or live connections."
+        ) from err
 
 
 def loads(data: bytes) -> Any:
@@ -319,18 +326,62 @@ def _share(executor: Executor, obj: object) -> Iterator[object]:
 
 
 def _run_chunk(
-    fn: Callable[[Any, Any], Any], shared: object, items: Sequence[Any], parent: int, settings: dict[str, Any]
+    fn: Callable[[Any, Any], Any],
+    shared: object,
+    items: Sequence[Any],
+    parent: int,
+    settings: dict[str, Any],
+    start: int = 0,
+    label: str = "item",
 ) -> tuple[list[Any], list[Warning]]:
-    r"""One task: ``fn(shared, item)`` for every item of a chunk. In another process: one torch thread, the
-    caller's numerical settings, and the warnings recorded to be re-issued by the caller."""
+    r"""One task: ``fn(shared, item)`` for every item of a chunk (items ``start``, ``start + 1``, ... of the call).
+    In another process: one torch thread, the caller's numerical settings, and the warnings recorded to be
+    re-issued by the caller. An item's exception names the item (:func:`_item_error`)."""
     if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
-        return [fn(_resolve(shared), item) for item in items], []
+        return _apply(fn, _resolve(shared), items, start, label, remote=False), []
     _set_one_thread()
     obj = _resolve(shared)
     with warnings.catch_warnings(record=True) as caught, numerics(settings):
         warnings.simplefilter("always")
-        out = [fn(obj, item) for item in items]
+        out = _apply(fn, obj, items, start, label, remote=True)
     return out, [w.message for w in caught]
+
+
+def _apply(
+    fn: Callable[[Any, Any], Any], obj: object, items: Sequence[Any], start: int, label: str, remote: bool
+) -> list[Any]:
+    out = []
+    for k, item in enumerate(items):
+        try:
+            out.append(fn(obj, item))
+        except Exception as err:
+            named = _item_error(err, f"{label} {start + k}", remote)
+            if named is err:
+                raise
+            raise named from None
+    return out
+
+
+def _item_error(err: Exception, where: str, remote: bool) -> Exception:
+    r"""``err`` with a note naming the item (``"GP 3"``) that raised it. In a worker process, an exception that
+    pickle cannot rebuild (e.g. a class whose ``__init__`` takes other arguments than ``args``) would break the
+    executor (a ``ProcessPoolExecutor`` reports ``BrokenProcessPool`` and refuses every later task): it is replaced by
+    a ``RuntimeError`` giving its type, message and traceback."""
+    note = f"(raised by {where})"
+    if note not in getattr(err, "__notes__", ()):
+        err.add_note(note)
+    if not remote:
+        return err
+    try:
+        pickle.loads(pickle.dumps(err, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as why:
+        out = RuntimeError(
+            f"{where} raised {type(err).__module__}.{type(err).__qualname__}: {err} (the exception cannot be sent "
+            f"back from the worker process: pickle fails to rebuild it with {type(why).__name__}: {why})"
+        )
+        out.add_note("Traceback in the worker:\n" + "".join(traceback.format_exception(err)).rstrip())
+        return out
+    return err
 
 
 def chunk_size_for(n: int, executor: Executor | None, tasks_per_worker: int = 4, min_chunk: int = 1) -> int:
@@ -349,6 +400,7 @@ def map_items(
     tasks_per_worker: int = 4,
     min_chunk: int = 1,
     on_chunk: Callable[[int], None] | None = None,
+    label: str = "item",
 ) -> list[Any]:
     r"""``[fn(shared, item) for item in items]``, in item order, through ``executor`` (serial for ``None``).
 
@@ -361,17 +413,20 @@ def map_items(
         tasks_per_worker: Tasks per worker of the default chunking.
         min_chunk: Smallest default chunk.
         on_chunk: Called here with the number of items of every finished chunk, in order (progress bars).
+        label: What an item is, for error messages: an item's exception gets the note ``"(raised by {label} k)"``
+            (``k``: its index in ``items``), in the serial run too.
 
     Returns:
-        The results, one per item, in order. An item's exception is raised here (the remaining tasks are
-        cancelled); warnings raised in worker processes are re-issued here.
+        The results, one per item, in order. An item's exception is raised here with its type and message (the
+        remaining tasks are cancelled), or as a ``RuntimeError`` giving them when it cannot be pickled back from a
+        worker process; warnings raised in worker processes are re-issued here.
     """
     check_executor(executor)
     items = list(items)
     if executor is None:
         out = []
-        for item in items:
-            out.append(fn(shared, item))
+        for k, item in enumerate(items):
+            out.extend(_apply(fn, shared, [item], k, label, remote=False))
             if on_chunk is not None:
                 on_chunk(1)
         return out
@@ -380,12 +435,16 @@ def map_items(
     size = chunk_size_for(len(items), executor, tasks_per_worker, min_chunk) if chunk_size is None else int(chunk_size)
     if size < 1:
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size!r}.")
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    starts = range(0, len(items), size)
+    chunks = [items[i : i + size] for i in starts]
     settings = numerics_snapshot()
     with _share(executor, shared) as ref:
         if _is_dask(executor):
-            return _map_dask(executor, fn, chunks, ref, settings, on_chunk)
-        futures = [executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings) for chunk in chunks]
+            return _map_dask(executor, fn, chunks, starts, ref, settings, on_chunk, label)
+        futures = [
+            executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, i, label)
+            for i, chunk in zip(starts, chunks)
+        ]
         out: list[Any] = []
         try:
             for fut, chunk in zip(futures, chunks):
@@ -412,9 +471,11 @@ def _map_dask(
     executor: Executor,
     fn: Callable[[Any, Any], Any],
     chunks: list[list[Any]],
+    starts: Sequence[int],
     ref: object,
     settings: dict[str, Any],
     on_chunk: Callable[[int], None] | None,
+    label: str,
 ) -> list[Any]:
     r"""The chunks through a Dask client, client to worker and back without the scheduler in between.
 
@@ -427,9 +488,9 @@ def _map_dask(
     futures: list[Any] = []
     out: list[Any] = []
     try:
-        for chunk in chunks:
+        for start, chunk in zip(starts, chunks):
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
-            futures.append(client.submit(_run_chunk, fn, ref, data, os.getpid(), settings, **options))
+            futures.append(client.submit(_run_chunk, fn, ref, data, os.getpid(), settings, start, label, **options))
         for i, chunk in enumerate(chunks):
             _collect(client.gather(futures[i], direct=True), out, 1)
             futures[i] = None  # release the task's result and its chunk as soon as they are read

@@ -240,7 +240,12 @@ def _run_generation(n, seed, h_range, opts, progress, executor) -> list[NotchedP
     bar = progress_bar(total=n, desc="notched plates", unit="sample", progress=progress) if progress else None
     try:
         return map_items(
-            executor, _generate_item, range(n), (seed, h_range, opts), on_chunk=bar.update if bar is not None else None
+            executor,
+            _generate_item,
+            range(n),
+            (seed, h_range, opts),
+            on_chunk=bar.update if bar is not None else None,
+            label="sample",
         )
     finally:
         if bar is not None:
