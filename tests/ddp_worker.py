@@ -8,7 +8,10 @@ Every rank writes ``OUT/rank{r}.json`` and ``OUT/state{r}.pt``:
   directly in this process (max abs), and the number of reductions (one per backward pass);
 * an RGNP built from a rank-dependent initialisation, trained 20 steps by ``RGNP.fit``: its parameters
   (``state{r}.pt``), the loss history (the mean over the ranks), every rank's own first-step loss, how many files
-  ``save`` wrote on this rank, and whether the saved file (written by rank 0) predicts like the rank's own model.
+  ``save`` wrote on this rank, and whether the saved file (written by rank 0) predicts like the rank's own model;
+* ``refused``: the messages of the ``ValueError`` that ``RGNP.fit`` raised when the ranks were given a different
+  ``lr``, or different shards of ``data`` (None where it trained), whether the parameters were left unchanged, and
+  the loss of one matched step afterwards (the ranks are still in step).
 """
 
 import json
@@ -57,6 +60,26 @@ def _linear_check(r: int, w: int) -> dict:
     return {"linear_error": error, "linear_reductions": averager.reductions, "linear_scale": float(ref[0].abs().max())}
 
 
+def _refusals(model: RGNP, r: int) -> dict:
+    torch.manual_seed(500)  # the same data set on every rank; rank 0 takes 3 of its fields, rank 1 the other 2
+    z, w = model.sample_params(5)
+    x = model.sample_grid(5, 7)
+    full = {"x": x, "y": torch.zeros(5, 7), "z": z, "w": w}
+    shard = {k: v[:3] if r == 0 else v[3:] for k, v in full.items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out: dict = {}
+    for name, kw in {"lr": {"lr": 1e-3 * (r + 1)}, "data": {"lr": 1e-3, "data": shard, "data_batch": 2}}.items():
+        try:
+            model.fit(2, seed=1, progress=False, **kw)
+            out[name] = None
+        except ValueError as err:
+            out[name] = str(err)
+    out["unchanged"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.fit(1, lr=1e-3, seed=1, progress=False, data=full, data_batch=2)
+    out["matched_loss"] = float(model.fit_history[-1])
+    return out
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     assert dd.init_from_env(), "not started by torchrun"
@@ -99,6 +122,7 @@ def main(out: Path) -> None:
     x = model.sample_grid(3, 7)
     result["loaded_matches"] = bool(torch.equal(back.predict(z, w_, x), model.predict(z, w_, x)))
     save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"state{r}.pt")
+    result["refused"] = _refusals(model, r)
     (out / f"rank{r}.json").write_text(json.dumps(result))
     torch.distributed.destroy_process_group()
 

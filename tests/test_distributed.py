@@ -152,7 +152,9 @@ def test_two_ranks_under_torchrun(tmp_path):
     """Two gloo ranks on the CPU: the averaged gradient equals the mean of the per-rank gradients computed directly;
     an RGNP whose ranks start from different networks ends 20 steps with bit-identical parameters; each rank drew
     its own grids (different first losses) and the recorded loss is their mean; the loss falls; only rank 0 wrote
-    the model file, which every rank then reads back."""
+    the model file, which every rank then reads back. Ranks given a different ``lr`` or different shards of ``data``
+    (3 and 2 fields) are refused on both ranks before the first step (the old code trained on: with different
+    learning rates the parameters of the ranks part, with shards the data term weighs 1/W of the data's)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -178,3 +180,10 @@ def test_two_ranks_under_torchrun(tmp_path):
     assert hist[0] == pytest.approx(sum(first) / 2, rel=1e-6)
     assert sum(hist[-5:]) < 0.8 * sum(hist[:5]), hist
     assert [r["writes"] for r in res] == [1, 0] and all(r["loaded_matches"] for r in res)
+    refused = [r["refused"] for r in res]
+    for k, ref in enumerate(refused):
+        assert ref["lr"] is not None and ref["data"] is not None, ref
+        assert f"lr (this rank: {1e-3 * (k + 1)!r}) on rank {k} of 2" in ref["lr"]
+        assert "data (this rank: {'x': Tensor of shape " + repr((3 - k, 7, 1)) in ref["data"]
+        assert ref["unchanged"] and "RGNP under torchrun" in ref["lr"]
+    assert refused[0]["matched_loss"] == refused[1]["matched_loss"]  # still in step after the refusals

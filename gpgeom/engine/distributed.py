@@ -57,6 +57,7 @@ __all__ = [
     "DataParallel",
     "average_gradients",
     "broadcast_parameters",
+    "check_same_settings",
     "data_parallel",
     "init_from_env",
     "is_initialized",
@@ -244,6 +245,82 @@ def broadcast_parameters(module: nn.Module, src: int = 0) -> None:
                 buf.copy_(staged.to(device=buf.device, dtype=buf.dtype))
 
 
+def _fingerprint(value: Any) -> int:
+    r"""A CRC-32 of ``value`` that is the same in every process for equal values: tensors and arrays by shape,
+    dtype and bytes; dicts, lists and tuples item by item; callables by qualified name; anything else by ``repr``."""
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        head = f"tensor{tuple(t.shape)}{t.dtype}".encode()
+        return zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"", zlib.crc32(head))
+    if type(value).__module__ == "numpy" and hasattr(value, "tobytes"):
+        with contextlib.suppress(TypeError, RuntimeError):  # object arrays: by repr below
+            return _fingerprint(torch.as_tensor(value))
+    if isinstance(value, dict):
+        parts = [f"{k!r}:{_fingerprint(v)}" for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))]
+        return zlib.crc32(("dict{" + ",".join(parts) + "}").encode())
+    if isinstance(value, list | tuple):
+        return zlib.crc32((type(value).__name__ + "[" + ",".join(str(_fingerprint(v)) for v in value) + "]").encode())
+    if callable(value):
+        return zlib.crc32(f"callable {getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}".encode())
+    return zlib.crc32(repr(value).encode())
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor) or (type(value).__module__ == "numpy" and hasattr(value, "shape")):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_same_settings(settings: dict[str, Any], what: str = "training") -> None:
+    r"""Raise the same ``ValueError`` on every rank unless all ranks pass equal ``settings``.
+
+    Data-parallel training applies the averaged gradient on every rank with that rank's own settings: ranks given
+    different learning rates or schedules silently end with different parameters, a different number of steps
+    leaves a rank waiting in a collective until the timeout, and different data or batch sizes change what the
+    average estimates. A collective: every rank must call it. A no-op without a process group.
+
+    Args:
+        settings: The values that must agree, by name (numbers, strings, ``None``, tensors and arrays compared by
+            shape, dtype and bytes, dicts and sequences of those, callables by qualified name).
+        what: What is being run, for the message (e.g. ``"RGNP.fit"``).
+
+    Raises:
+        ValueError: On every rank when some setting differs between the ranks; the message names the settings and
+            gives this rank's values.
+    """
+    if not isinstance(settings, dict):
+        raise TypeError(f"`settings` must be a dict of name -> value, got {type(settings).__name__}.")
+    if not is_initialized():
+        return
+    names = sorted(settings)
+    codes = [zlib.crc32(repr(names).encode())] + [_fingerprint(settings[k]) for k in names]
+    n = torch.tensor([len(codes), -len(codes)], dtype=torch.int64)
+    dev = _comm_device([])
+    d = _dist()
+    staged = n.to(dev) if dev is not None else n
+    d.all_reduce(staged, op=d.ReduceOp.MAX)
+    if int(staged[0]) != -int(staged[1]):  # ranks compare different numbers of settings
+        differ = ["the names of the settings"]
+    else:
+        t = torch.tensor(codes + [-c for c in codes], dtype=torch.int64)
+        staged = t.to(dev) if dev is not None else t
+        d.all_reduce(staged, op=d.ReduceOp.MAX)
+        high, low = staged[: len(codes)].cpu(), -staged[len(codes) :].cpu()
+        bad = (high != low).tolist()
+        differ = (["the names of the settings"] if bad[0] else []) + [
+            f"{k} (this rank: {_describe(settings[k])})" for k, b in zip(names, bad[1:]) if b
+        ]
+    if differ:
+        raise ValueError(
+            f"{what} under torchrun: the ranks were given different settings: {'; '.join(differ)} on rank "
+            f"{rank()} of {world_size()}. Every rank must pass the same arguments (each rank draws its own random "
+            "batches from them)."
+        )
+
+
 def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.uint8 if dtype == torch.bool else dtype
 
@@ -365,12 +442,16 @@ class DataParallel:
 
 
 @contextlib.contextmanager
-def data_parallel(module: nn.Module, seed: int | None = None, *, init: bool = True) -> Iterator[DataParallel]:
+def data_parallel(
+    module: nn.Module, seed: int | None = None, *, init: bool = True, settings: dict[str, Any] | None = None
+) -> Iterator[DataParallel]:
     r"""Train ``module`` data-parallel inside the block when started under ``torchrun`` (unchanged otherwise).
 
     On entry: the process group is initialised from the environment (``init=True``, :func:`init_from_env`, the
     backend chosen from the module's device), the parameters and buffers are broadcast from rank 0
-    (:func:`broadcast_parameters`) and the gradient hooks registered (:func:`average_gradients`). Use::
+    (:func:`broadcast_parameters`) and the gradient hooks registered (:func:`average_gradients`); first, the ranks
+    must agree on ``seed`` and ``settings`` (:func:`check_same_settings`: a ``ValueError`` on every rank otherwise).
+    Use::
 
         with data_parallel(model, seed) as dp:
             fit(lambda: dp.mean(objective()), module=model, optimizer="adam", seed=dp.seed, progress=dp.progress(True))
@@ -379,6 +460,8 @@ def data_parallel(module: nn.Module, seed: int | None = None, *, init: bool = Tr
         module: The module trained (all ranks: the same structure).
         seed: The run's seed; ``dp.seed`` is this rank's (:func:`rank_seed`).
         init: Initialise the process group from ``torchrun``'s environment when there is none yet.
+        settings: The training settings that must be the same on every rank (step count, learning rate, batch
+            sizes, data...), by name.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
@@ -386,6 +469,7 @@ def data_parallel(module: nn.Module, seed: int | None = None, *, init: bool = Tr
         first = next(iter(module.parameters()), None)
         init_from_env(device=first.device if first is not None else None)
     active = is_initialized()
+    check_same_settings({**(settings or {}), "seed": seed}, f"training {type(module).__name__}")
     seed = rank_seed(seed)
     broadcast_parameters(module)
     with average_gradients(module):

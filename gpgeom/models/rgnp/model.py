@@ -428,7 +428,10 @@ class RGNP(ModelContract, nn.Module):
                 :meth:`predict`, which sees the current networks).
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
-        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only.
+        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. Every
+        rank must pass the same arguments, ``data`` included (the whole data set: each rank draws its own batches of
+        it; shards would weight the data term ``1/W``): otherwise every rank raises a ``ValueError`` naming the
+        arguments that differ, before the first step.
 
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
@@ -437,7 +440,8 @@ class RGNP(ModelContract, nn.Module):
 
         Raises:
             TypeError: For a residual or lift that cannot take its arguments (``(u, x, z, w)``, ``(x, w)``).
-            ValueError: Before the first step, when the residual or the lift fails on a small trial batch (e.g. a
+            ValueError: Under ``torchrun``, when the ranks were given different arguments. Before the first step,
+                when the residual or the lift fails on a small trial batch (e.g. a
                 residual that indexes ``w`` in a model built with ``w_bounds=None``), a lift that does not return a
                 pair ``(b, d)``, or a residual with no gradient path to the field ``u``; at any step, when the residual
                 or the lift returns NaN or infinite values for finite inputs (the message gives the point).
@@ -468,7 +472,12 @@ class RGNP(ModelContract, nn.Module):
             return value
 
         try:  # under torchrun: rank 0's parameters, each rank its own grids (seed + rank), gradients averaged
-            with data_parallel(self, seed) as dp:
+            settings = {
+                "steps": steps, "batch_size": self.batch_size if batch_size is None else batch_size,
+                "n_points": self.n_points if n_points is None else n_points, "lr": lr, "lr_schedule": lr_schedule,
+                "lr_final_fraction": lr_final_fraction, "patience": patience, "data": prepared,
+            }  # fmt: skip
+            with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
                 result = fit(
                     objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
                     lr_final_fraction=lr_final_fraction, epochs=steps, progress=dp.progress(progress), seed=dp.seed,
