@@ -170,6 +170,27 @@ def test_a_worker_error_names_the_item_and_one_pickle_cannot_rebuild_leaves_the_
         map_items(pool, _fail, range(2), threading.Lock())
 
 
+def test_dask_sends_back_the_item_exception_pickle_cannot_rebuild(dask_executor):
+    # Dask rebuilds it itself: the serial run's type and message, with the note naming the item
+    with pytest.raises(_TwoArgError, match="code 7 at node 5") as err:
+        map_items(dask_executor, _fail_two_args, range(4), chunk_size=2, label="GP")
+    assert err.value.__notes__ == ["(raised by GP 2)"]
+
+
+def test_a_shut_down_pool_or_a_closed_dask_client_is_named(dask_executor):
+    import distributed
+
+    with ProcessPoolExecutor(1) as closed:
+        assert map_items(closed, _fail, [0, 1]) == map_items(None, _fail, [0, 1])
+    with pytest.raises(RuntimeError, match="`executor` is a ProcessPoolExecutor that has been shut down"):
+        map_items(closed, _fail, [0, 1])
+    client = distributed.Client(dask_executor._client.scheduler.address)
+    client.close()
+    with pytest.raises(RuntimeError, match="`executor` is the executor of a Dask client that is closed"):
+        map_items(client.get_executor(), _fail, [0, 1])  # was "IOLoop is closed"
+    assert map_items(dask_executor, _fail, [0, 1, 2]) == [0, 1, 2]  # the cluster's other client is untouched
+
+
 def test_seeds_chunks_and_executor_options():
     assert derive_seed(0, 1) == derive_seed(0, 1)
     assert len({derive_seed(0, k) for k in range(50)} | {derive_seed(1, k) for k in range(50)}) == 100

@@ -121,6 +121,23 @@ def check_executor(executor: object) -> None:
         )
 
 
+def _check_open(executor: Executor) -> None:
+    r"""``RuntimeError`` naming ``executor`` when it can no longer run tasks: a pool shut down, or a Dask client
+    closed (its own errors say "cannot schedule new futures after shutdown", "IOLoop is closed")."""
+    if _is_dask(executor):
+        status = str(getattr(executor._client, "status", "running"))
+        if status in ("closing", "closed", "failed"):
+            raise RuntimeError(
+                f"`executor` is the executor of a Dask client that is {status}: pass the executor of a running "
+                "client (dask.distributed.Client(...).get_executor()), or None for the serial run."
+            )
+    elif isinstance(executor, ThreadPoolExecutor | ProcessPoolExecutor) and getattr(executor, "_shutdown_thread", 0):
+        raise RuntimeError(
+            f"`executor` is a {type(executor).__name__} that has been shut down (a `with` block ended, or "
+            "shutdown() was called): pass an open executor, or None for the serial run."
+        )
+
+
 def _is_dask(executor: object) -> bool:
     return type(executor).__module__.split(".")[0] == "distributed" and hasattr(executor, "_client")
 
@@ -333,17 +350,19 @@ def _run_chunk(
     settings: dict[str, Any],
     start: int = 0,
     label: str = "item",
+    rebuild_check: bool = True,
 ) -> tuple[list[Any], list[Warning]]:
     r"""One task: ``fn(shared, item)`` for every item of a chunk (items ``start``, ``start + 1``, ... of the call).
     In another process: one torch thread, the caller's numerical settings, and the warnings recorded to be
-    re-issued by the caller. An item's exception names the item (:func:`_item_error`)."""
+    re-issued by the caller. An item's exception names the item (:func:`_item_error`; ``rebuild_check``: whether
+    one pickle cannot rebuild is replaced, off for Dask, which sends such exceptions back itself)."""
     if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
         return _apply(fn, _resolve(shared), items, start, label, remote=False), []
     _set_one_thread()
     obj = _resolve(shared)
     with warnings.catch_warnings(record=True) as caught, numerics(settings):
         warnings.simplefilter("always")
-        out = _apply(fn, obj, items, start, label, remote=True)
+        out = _apply(fn, obj, items, start, label, remote=rebuild_check)
     return out, [w.message for w in caught]
 
 
@@ -420,6 +439,10 @@ def map_items(
         The results, one per item, in order. An item's exception is raised here with its type and message (the
         remaining tasks are cancelled), or as a ``RuntimeError`` giving them when it cannot be pickled back from a
         worker process; warnings raised in worker processes are re-issued here.
+
+    Raises:
+        TypeError: For an ``executor`` without ``submit``, or a ``shared`` object that cannot be pickled.
+        RuntimeError: For a pool that has been shut down or the executor of a closed Dask client.
     """
     check_executor(executor)
     items = list(items)
@@ -432,6 +455,7 @@ def map_items(
         return out
     if not items:
         return []
+    _check_open(executor)
     size = chunk_size_for(len(items), executor, tasks_per_worker, min_chunk) if chunk_size is None else int(chunk_size)
     if size < 1:
         raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size!r}.")
@@ -490,7 +514,8 @@ def _map_dask(
     try:
         for start, chunk in zip(starts, chunks):
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
-            futures.append(client.submit(_run_chunk, fn, ref, data, os.getpid(), settings, start, label, **options))
+            args = (fn, ref, data, os.getpid(), settings, start, label, False)
+            futures.append(client.submit(_run_chunk, *args, **options))
         for i, chunk in enumerate(chunks):
             _collect(client.gather(futures[i], direct=True), out, 1)
             futures[i] = None  # release the task's result and its chunk as soon as they are read
