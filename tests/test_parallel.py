@@ -278,6 +278,20 @@ def test_engine_fit_with_an_executor_equals_the_serial_fit(request, how, fast, r
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
 
 
+def test_engine_fit_on_a_thread_pool_is_the_serial_fit_and_leaves_the_settings_alone():
+    # the attempts seed torch's global generator and set GPyTorch's jitter settings: in two threads at once they drew
+    # from each other's streams and restored each other's settings (the old code left cholesky_max_tries at 1, and
+    # parameters 3e-4 off the serial ones in some runs); now one at a time, so bitwise the serial fit
+    serial = _gp().fit(restarts=3, seed=5, max_iter=50, progress=False)
+    settings = (gpytorch.settings.cholesky_max_tries.value(), gpytorch.settings.cholesky_jitter.value(DT))
+    state = torch.random.get_rng_state()
+    with ThreadPoolExecutor(2) as threads:
+        threaded = _gp().fit(restarts=3, seed=5, max_iter=50, progress=False, executor=threads)
+    assert (gpytorch.settings.cholesky_max_tries.value(), gpytorch.settings.cholesky_jitter.value(DT)) == settings
+    assert torch.equal(torch.random.get_rng_state(), state)
+    _same_fit(serial, threaded)
+
+
 def test_fit_rejects_a_bad_executor_or_split_option():
     with pytest.raises(TypeError, match="`executor` must be a concurrent.futures.Executor"):
         _gp().fit(max_iter=2, progress=False, executor=object())

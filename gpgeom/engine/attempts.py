@@ -436,7 +436,9 @@ def run_attempts(
     bar = progress_bar(total=len(tasks), desc=f"fit {name} ({n_attempts} attempts, {len(tasks)} tasks)",
                        progress=progress)  # fmt: skip
     with contextlib.closing(bar):
-        outs = map_items(executor, _task_in_worker, tasks, dumps(job), chunk_size=1, on_chunk=bar.update)
+        outs = map_items(  # an attempt seeds torch's global generator and sets GPyTorch settings: not thread-safe
+            executor, _task_in_worker, tasks, dumps(job), chunk_size=1, on_chunk=bar.update, thread_safe=False
+        )
     if all(members is None for _, members in tasks):
         return outs
     by_attempt: dict[int, list[Outcome]] = {}

@@ -40,7 +40,11 @@ reference (a module-level function).
 process's GPyTorch / linear_operator settings (:func:`numerics_snapshot`; process-global, so give Dask workers one
 thread each: ``threads_per_worker=1``) and records its warnings, which are re-issued here. A thread pool shares
 this process's settings; set ``OMP_NUM_THREADS=1`` in the environment of process workers so that numpy's BLAS also
-runs one thread (Dask's ``LocalCluster`` does).
+runs one thread (Dask's ``LocalCluster`` does). Items that change process-wide state while they run (a fit seeds
+torch's global random generator and sets GPyTorch's jitter settings for its attempt) are marked ``thread_safe=False``
+by their callers and run one at a time in threads of this process: two at once would draw from each other's seeded
+stream and restore each other's settings in the wrong order (a thread-pool fit left
+``gpytorch.settings.cholesky_max_tries`` at 1 for the rest of the session). Use processes to run them in parallel.
 
 **Dask settings.** :data:`DASK_SETTINGS` are the settings for CPU-bound work on Dask worker processes; apply them
 while the cluster starts (``with dask.config.set(DASK_SETTINGS): cluster = LocalCluster(...)``; the workers take the
@@ -105,6 +109,8 @@ DASK_SETTINGS: dict[str, Any] = {
 _CACHE_SIZE = 4
 _cache: OrderedDict[str, Any] = OrderedDict()
 _cache_lock = threading.Lock()
+#: Held by the items of a call with ``thread_safe=False`` that run in threads of this process (module docstring).
+_state_lock = threading.RLock()
 _worker_ready = False
 
 
@@ -351,13 +357,16 @@ def _run_chunk(
     start: int = 0,
     label: str = "item",
     rebuild_check: bool = True,
+    thread_safe: bool = True,
 ) -> tuple[list[Any], list[Warning]]:
     r"""One task: ``fn(shared, item)`` for every item of a chunk (items ``start``, ``start + 1``, ... of the call).
     In another process: one torch thread, the caller's numerical settings, and the warnings recorded to be
     re-issued by the caller. An item's exception names the item (:func:`_item_error`; ``rebuild_check``: whether
-    one pickle cannot rebuild is replaced, off for Dask, which sends such exceptions back itself)."""
+    one pickle cannot rebuild is replaced, off for Dask, which sends such exceptions back itself). In a thread of the
+    calling process, items that are not ``thread_safe`` run one at a time."""
     if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
-        return _apply(fn, _resolve(shared), items, start, label, remote=False), []
+        with contextlib.nullcontext() if thread_safe else _state_lock:
+            return _apply(fn, _resolve(shared), items, start, label, remote=False), []
     _set_one_thread()
     obj = _resolve(shared)
     with warnings.catch_warnings(record=True) as caught, numerics(settings):
@@ -420,6 +429,7 @@ def map_items(
     min_chunk: int = 1,
     on_chunk: Callable[[int], None] | None = None,
     label: str = "item",
+    thread_safe: bool = True,
 ) -> list[Any]:
     r"""``[fn(shared, item) for item in items]``, in item order, through ``executor`` (serial for ``None``).
 
@@ -434,6 +444,9 @@ def map_items(
         on_chunk: Called here with the number of items of every finished chunk, in order (progress bars).
         label: What an item is, for error messages: an item's exception gets the note ``"(raised by {label} k)"``
             (``k``: its index in ``items``), in the serial run too.
+        thread_safe: False for items that change process-wide state while they run (torch's global random
+            generator, GPyTorch settings, warning filters): in threads of this process (a ``ThreadPoolExecutor``,
+            Dask workers with ``processes=False``) they then run one at a time, as in the serial run.
 
     Returns:
         The results, one per item, in order. An item's exception is raised here with its type and message (the
@@ -464,9 +477,9 @@ def map_items(
     settings = numerics_snapshot()
     with _share(executor, shared) as ref:
         if _is_dask(executor):
-            return _map_dask(executor, fn, chunks, starts, ref, settings, on_chunk, label)
+            return _map_dask(executor, fn, chunks, starts, ref, settings, on_chunk, label, thread_safe)
         futures = [
-            executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, i, label)
+            executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, i, label, True, thread_safe)
             for i, chunk in zip(starts, chunks)
         ]
         out: list[Any] = []
@@ -500,6 +513,7 @@ def _map_dask(
     settings: dict[str, Any],
     on_chunk: Callable[[int], None] | None,
     label: str,
+    thread_safe: bool,
 ) -> list[Any]:
     r"""The chunks through a Dask client, client to worker and back without the scheduler in between.
 
@@ -514,7 +528,7 @@ def _map_dask(
     try:
         for start, chunk in zip(starts, chunks):
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
-            args = (fn, ref, data, os.getpid(), settings, start, label, False)
+            args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe)
             futures.append(client.submit(_run_chunk, *args, **options))
         for i, chunk in enumerate(chunks):
             _collect(client.gather(futures[i], direct=True), out, 1)

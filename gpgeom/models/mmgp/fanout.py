@@ -67,4 +67,6 @@ def fit_gps(gps: list[ExactGPModel], options: dict[str, Any], executor: Executor
     order, or one task per GP on ``executor`` (the fitted GPs come back)."""
     if executor is None:
         return [g.fit(**options) for g in gps]
-    return map_items(executor, _fit_item, gps, {**options, "progress": False}, chunk_size=1, label="GP")
+    return map_items(
+        executor, _fit_item, gps, {**options, "progress": False}, chunk_size=1, label="GP", thread_safe=False
+    )
