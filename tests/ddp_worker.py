@@ -10,7 +10,8 @@ Every rank writes ``OUT/rank{r}.json`` and ``OUT/state{r}.pt``:
   (``state{r}.pt``), the loss history (the mean over the ranks), every rank's own first-step loss, how many files
   ``save`` wrote on this rank, and whether the saved file (written by rank 0) predicts like the rank's own model;
 * ``refused``: the messages of the ``ValueError`` that ``RGNP.fit`` raised when the ranks were given a different
-  ``lr``, or different shards of ``data`` (None where it trained), whether the parameters were left unchanged, and
+  ``lr``, different shards of ``data``, or models built with different ``boundary_margin`` (None where it
+  trained), whether the parameters were left unchanged, and
   the loss of one matched step afterwards (the ranks are still in step).
 """
 
@@ -28,6 +29,7 @@ from gpgeom.models.rgnp import RGNP  # noqa: E402
 from gpgeom.pde import NonlinearPoisson1D  # noqa: E402
 
 STEPS = 20
+GIC = dict(lift_channels=4, lift_hidden=(8,), cnn_channels=(6, 6), mlp_hidden=(16,), grid_size=10)
 
 
 def _linear_check(r: int, w: int) -> dict:
@@ -75,6 +77,14 @@ def _refusals(model: RGNP, r: int) -> dict:
         except ValueError as err:
             out[name] = str(err)
     out["unchanged"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    margin = RGNP.from_family(  # a hyperparameter that is no parameter: the ranks' boundary margins differ
+        NonlinearPoisson1D(), hidden=(8,), n_freqs=4, gicnet=GIC, batch_size=2, n_points=8, boundary_margin=0.01 * r
+    )
+    try:
+        margin.fit(1, seed=1, progress=False)
+        out["margin"] = None
+    except ValueError as err:
+        out["margin"] = str(err)
     model.fit(1, lr=1e-3, seed=1, progress=False, data=full, data_batch=2)
     out["matched_loss"] = float(model.fit_history[-1])
     return out
@@ -88,9 +98,8 @@ def main(out: Path) -> None:
     result.update(_linear_check(r, w))
 
     torch.manual_seed(10 + r)  # different networks on every rank: fit must start from rank 0's
-    gic = dict(lift_channels=4, lift_hidden=(8,), cnn_channels=(6, 6), mlp_hidden=(16,), grid_size=10)
     model = RGNP.from_family(
-        NonlinearPoisson1D(), hidden=(24, 24), n_freqs=8, gicnet=gic, batch_size=4, n_points=16, dtype=torch.float32
+        NonlinearPoisson1D(), hidden=(24, 24), n_freqs=8, gicnet=GIC, batch_size=4, n_points=16, dtype=torch.float32
     )
     own_losses: list[float] = []
     loss = model.loss

@@ -150,11 +150,12 @@ def test_bad_arguments_and_environment(monkeypatch):
 @needs_gloo
 def test_two_ranks_under_torchrun(tmp_path):
     """Two gloo ranks on the CPU: the averaged gradient equals the mean of the per-rank gradients computed directly;
-    an RGNP whose ranks start from different networks ends 20 steps with bit-identical parameters; each rank drew
-    its own grids (different first losses) and the recorded loss is their mean; the loss falls; only rank 0 wrote
-    the model file, which every rank then reads back. Ranks given a different ``lr`` or different shards of ``data``
-    (3 and 2 fields) are refused on both ranks before the first step (the old code trained on: with different
-    learning rates the parameters of the ranks part, with shards the data term weighs 1/W of the data's)."""
+    an RGNP whose ranks start from different networks ends 20 steps with bit-identical parameters; each rank drew its
+    own grids (different first losses) and the recorded loss is their mean; the loss falls; only rank 0 wrote the model
+    file, which every rank then reads back. Ranks given a different ``lr``, different shards of ``data`` (3 and 2
+    fields) or models built with different ``boundary_margin`` are refused on both ranks before the first step (the old
+    code trained on: with different learning rates the parameters of the ranks part, with shards the data term weighs
+    1/W of the data's)."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -186,4 +187,5 @@ def test_two_ranks_under_torchrun(tmp_path):
         assert f"lr (this rank: {1e-3 * (k + 1)!r}) on rank {k} of 2" in ref["lr"]
         assert "data (this rank: {'x': Tensor of shape " + repr((3 - k, 7, 1)) in ref["data"]
         assert ref["unchanged"] and "RGNP under torchrun" in ref["lr"]
+        assert ref["margin"] is not None and f"model.boundary_margin (this rank: {0.01 * k!r})" in ref["margin"]
     assert refused[0]["matched_loss"] == refused[1]["matched_loss"]  # still in step after the refusals

@@ -428,10 +428,10 @@ class RGNP(ModelContract, nn.Module):
                 :meth:`predict`, which sees the current networks).
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
-        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. Every
-        rank must pass the same arguments, ``data`` included (the whole data set: each rank draws its own batches of
-        it; shards would weight the data term ``1/W``): otherwise every rank raises a ``ValueError`` naming the
-        arguments that differ, before the first step.
+        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. Every rank
+        must build the model with the same arguments and pass ``fit`` the same arguments, ``data`` included (the whole
+        data set: each rank draws its own batches of it; shards would weight the data term ``1/W``): otherwise every
+        rank raises a ``ValueError`` naming the arguments that differ, before the first step.
 
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
@@ -476,6 +476,7 @@ class RGNP(ModelContract, nn.Module):
                 "steps": steps, "batch_size": self.batch_size if batch_size is None else batch_size,
                 "n_points": self.n_points if n_points is None else n_points, "lr": lr, "lr_schedule": lr_schedule,
                 "lr_final_fraction": lr_final_fraction, "patience": patience, "data": prepared,
+                **{f"model.{k}": v for k, v in self.config.items()},  # the constructor's hyperparameters
             }  # fmt: skip
             with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
                 result = fit(
