@@ -191,6 +191,18 @@ def test_a_shut_down_pool_or_a_closed_dask_client_is_named(dask_executor):
     assert map_items(dask_executor, _fail, [0, 1, 2]) == [0, 1, 2]  # the cluster's other client is untouched
 
 
+def test_a_dask_cluster_without_workers_is_named():
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # how long a scatter waits for workers
+        with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+            with distributed.Client(cluster) as client:
+                for shared in (None, np.ones(3)):  # the chunks' scatter, the shared object's broadcast
+                    with pytest.raises(RuntimeError, match="`executor` .* cluster has no running worker"):
+                        map_items(client.get_executor(), _fail, [0, 1], shared)  # was TimeoutError
+
+
 def test_seeds_chunks_and_executor_options():
     assert derive_seed(0, 1) == derive_seed(0, 1)
     assert len({derive_seed(0, k) for k in range(50)} | {derive_seed(1, k) for k in range(50)}) == 100

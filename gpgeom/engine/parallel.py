@@ -144,6 +144,18 @@ def _check_open(executor: Executor) -> None:
         )
 
 
+def _no_workers(err: TimeoutError) -> Exception:
+    r"""Dask's ``TimeoutError('No valid workers found')`` of a scatter to a cluster without running workers, as a
+    ``RuntimeError`` naming ``executor``; any other timeout unchanged."""
+    if "No valid workers" not in str(err):
+        return err
+    return RuntimeError(
+        "`executor` is the executor of a Dask client whose cluster has no running worker: none joined within Dask's "
+        f"timeout (distributed.comm.timeouts.connect; {err}). Start workers (cluster.scale(n)), or check why they "
+        "died or paused (the memory limit, a crash in native code: the worker logs say)."
+    )
+
+
 def _is_dask(executor: object) -> bool:
     return type(executor).__module__.split(".")[0] == "distributed" and hasattr(executor, "_client")
 
@@ -325,7 +337,10 @@ def _share(executor: Executor, obj: object) -> Iterator[object]:
         yield obj
     elif _is_dask(executor):
         client = executor._client
-        future = client.scatter(obj, broadcast=True, hash=False, direct=True)
+        try:
+            future = client.scatter(obj, broadcast=True, hash=False, direct=True)
+        except TimeoutError as err:
+            raise _no_workers(err) from err
         try:
             yield future
         finally:
@@ -477,7 +492,10 @@ def map_items(
     settings = numerics_snapshot()
     with _share(executor, shared) as ref:
         if _is_dask(executor):
-            return _map_dask(executor, fn, chunks, starts, ref, settings, on_chunk, label, thread_safe)
+            try:
+                return _map_dask(executor, fn, chunks, starts, ref, settings, on_chunk, label, thread_safe)
+            except TimeoutError as err:
+                raise _no_workers(err) from err
         futures = [
             executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, i, label, True, thread_safe)
             for i, chunk in zip(starts, chunks)
