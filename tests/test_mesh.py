@@ -291,6 +291,44 @@ def test_p1_transfer_1d_and_3d():
     np.testing.assert_allclose(p1_transfer(cube, q) @ (c[0] + V @ c[1:]), c[0] + q @ c[1:], atol=1e-12)
 
 
+@pytest.mark.parametrize("offset", [1e6, 1e8])
+def test_p1_transfer_is_translation_invariant_far_from_the_origin(offset):
+    # meshes in map coordinates (UTM, ~1e6 m): the barycentric coordinates used to be evaluated as c + A x, which
+    # cancels like |x| / h; at an offset of 1e6 the nodes and edge midpoints of the mesh fell outside every cell
+    # (smallest coordinate ~ -1e-9 < -tol) and were clamped to the far boundary, off by 1.4 for a linear field
+    rng = seeded_rng()
+    m = random_disk_mesh(rng, 30, 80)
+    E = m.edges()
+    shift = np.array([offset, -0.5 * offset])
+    ms = Mesh(m.points + shift, m.cells)
+    # nodes and edge midpoints (interior edges included) computed in the shifted coordinates, and interior points
+    q = np.r_[ms.points, 0.5 * (ms.points[E[:, 0]] + ms.points[E[:, 1]]), random_points_in_cells(rng, ms, 200)]
+    cell, _ = ms.locate(q)
+    assert (cell >= 0).all()
+    c = np.array([0.7, 3.0, -5.0])
+    u = interpolate(ms, c[0] + m.points @ c[1:], q)
+    # independent truth: the linear field at the query points (to the rounding of the shifted coordinates)
+    np.testing.assert_allclose(u, c[0] + (q - shift) @ c[1:], atol=1e3 * np.finfo(float).eps * offset, rtol=0)
+    # and the rows are partitions of unity
+    np.testing.assert_allclose(np.asarray(p1_transfer(ms, q).sum(1)).ravel(), 1.0, atol=1e-12)
+
+
+def test_p1_transfer_tetrahedra_far_from_the_origin():
+    V = np.array([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=float)
+    tets = np.array([[0, 1, 3, 7], [0, 1, 5, 7], [0, 2, 3, 7], [0, 2, 6, 7], [0, 4, 5, 7], [0, 4, 6, 7]])
+    shift = np.array([3e6, 1e6, -2e6])
+    cube = Mesh(V + shift, tets)
+    # the midpoints of all the tetrahedra's edges and faces (the inner diagonal faces included), shifted
+    pairs = cube.points[tets][:, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]].mean(axis=2).reshape(-1, 3)
+    faces = cube.points[tets][:, [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]].mean(axis=2).reshape(-1, 3)
+    q = np.r_[cube.points, pairs, faces]
+    assert (cube.locate(q)[0] >= 0).all()
+    c = np.array([1.0, 2.0, -3.0, 0.5])
+    np.testing.assert_allclose(
+        interpolate(cube, c[0] + V @ c[1:], q), c[0] + (q - shift) @ c[1:], atol=1e3 * np.finfo(float).eps * 3e6
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------------

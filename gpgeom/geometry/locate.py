@@ -61,7 +61,11 @@ class CellLocator:
         self.bucket_cells = cell_of_pair[order]
         self.indptr = np.zeros(n_buckets + 1, dtype=np.int64)
         np.cumsum(np.bincount(gid, minlength=n_buckets), out=self.indptr[1:])
-        # barycentric maps: lam[1:] = A (x - v0), A = inv([v1 - v0, ..., vd - v0]); stored as lam[1:] = c + A x
+        # barycentric maps lam[1:] = A (x - v0), A = inv([v1 - v0, ..., vd - v0]), evaluated from the cell's own
+        # vertex v0: the difference x - v0 is exact near the cell, so the coordinates are as accurate far from the
+        # origin as near it (the expanded form c + A x cancels like |x| / h and lost every point on a shared edge
+        # of a mesh translated by 1e6)
+        self.v0 = np.stack([x[:, 0] for x in X], axis=1)  # (nc, d)
         if d == 2:
             x0, y0 = X[0][:, 0], X[1][:, 0]
             a, b = X[0][:, 1] - x0, X[0][:, 2] - x0
@@ -71,9 +75,7 @@ class CellLocator:
             bad = np.abs(det) <= 1e-14 * scale
             r = 1.0 / np.where(bad, 1.0, det)
             r[bad] = np.nan
-            A00, A01, A10, A11 = e * r, -b * r, -c * r, a * r
-            coef = np.stack([-(A00 * x0 + A01 * y0), A00, A01, -(A10 * x0 + A11 * y0), A10, A11], axis=1)
-            self.coef = coef  # (nc, 6): lam1 = c0 + c1 x + c2 y, lam2 = c3 + c4 x + c5 y
+            A = np.stack([e * r, -b * r, -c * r, a * r], axis=1).reshape(nc, 2, 2)
         else:
             V = np.stack(X, axis=2)  # (nc, d+1, d)
             E = (V[:, 1:, :] - V[:, :1, :]).transpose(0, 2, 1)  # columns are edge vectors, (nc, d, d)
@@ -83,12 +85,17 @@ class CellLocator:
             E[bad] = np.eye(d)
             A = np.linalg.inv(E)
             A[bad] = np.nan
-            c0 = -np.einsum("nij,nj->ni", A, V[:, 0, :])
-            self.coef = np.concatenate([c0[:, :, None], A], axis=2).reshape(nc, d * (d + 1))
+        self.coef = A.reshape(nc, d * d)  # row i of A: the gradient of lam[i + 1]
+        # the largest barycentric gradient (1-norm) per cell: a coordinate rounded by one ulp moves some lam by at
+        # most ulp * grad_norm
+        grad = np.concatenate([A, -A.sum(axis=1, keepdims=True)], axis=1)  # (nc, d + 1, d)
+        self.grad_norm = np.abs(grad).sum(axis=2).max(axis=1)
 
     def locate(self, pts: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
         r"""The containing cell ``(n,)`` (``-1`` outside) and barycentric coordinates ``(n, d + 1)`` (NaN rows
-        outside) of points ``pts`` ``(n, d)``; a point is inside when every coordinate is ``>= -tol``, and on a
+        outside) of points ``pts`` ``(n, d)``; a point is inside when every coordinate is ``>= -tol`` (widened by
+        what rounding its coordinates to float64 moves them, ``4 eps |x|_inf`` times the cell's largest barycentric
+        gradient, so that points on a shared facet of a mesh far from the origin are found), and on a
         shared facet the cell whose smallest coordinate is largest wins."""
         n, d = pts.shape[0], self.d
         g = ((pts - self.origin) * self.inv_h).astype(np.int64)
@@ -104,23 +111,25 @@ class CellLocator:
         pt = np.repeat(np.arange(n), cnt)
         cand = self.bucket_cells[np.repeat(start - first, cnt) + np.arange(tot)]
         C = self.coef[cand]
+        R = pts[pt] - self.v0[cand]  # (tot, d): exact for a point near its candidate cell
         if d == 2:
-            x, y = pts[pt, 0], pts[pt, 1]
-            l1 = C[:, 0] + C[:, 1] * x + C[:, 2] * y
-            l2 = C[:, 3] + C[:, 4] * x + C[:, 5] * y
+            l1 = C[:, 0] * R[:, 0] + C[:, 1] * R[:, 1]
+            l2 = C[:, 2] * R[:, 0] + C[:, 3] * R[:, 1]
             l0 = 1.0 - l1 - l2
             mn = np.minimum(np.minimum(l0, l1), l2)
         else:
-            C = C.reshape(-1, d, d + 1)
-            lr = C[:, :, 0] + np.einsum("pij,pj->pi", C[:, :, 1:], pts[pt])
+            lr = np.einsum("pij,pj->pi", C.reshape(-1, d, d), R)
             lam_all = np.concatenate([1.0 - lr.sum(1, keepdims=True), lr], axis=1)
             mn = lam_all.min(axis=1)
+        # the query's own rounding: coordinates of size |x| are known to ulp(|x|) ~ eps |x|, which moves the
+        # barycentric coordinates by up to eps |x| grad_norm (e.g. an edge midpoint computed at an offset of 1e6)
+        slack = tol + 4.0 * np.finfo(np.float64).eps * np.abs(pts).max(axis=1)[pt] * self.grad_norm[cand]
         mn[np.isnan(mn)] = -np.inf
         best = np.full(n, -np.inf)
         has = cnt > 0
         if tot:
             best[has] = np.maximum.reduceat(mn, first[has])
-        ok = np.nonzero((mn >= -tol) & (mn == best[pt]))[0]
+        ok = np.nonzero((mn >= -slack) & (mn == best[pt]))[0]
         cell = np.full(n, -1, dtype=np.int64)
         bary = np.full((n, d + 1), np.nan)
         cell[pt[ok]] = cand[ok]
