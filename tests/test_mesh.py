@@ -80,6 +80,37 @@ def test_meshio_quads_are_split_into_triangles():
     assert m.cell_volumes().sum() == pytest.approx(1.0)
 
 
+def test_meshio_mixed_triangles_and_quads_keep_every_cell():
+    # gmsh's recombined meshes mix triangle and quad blocks: the quads used to be dropped (area 1 of 2) silently
+    import meshio
+
+    pts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0], [2, 1, 0.0]])
+    blocks = [("triangle", np.array([[1, 4, 5], [1, 5, 2]])), ("quad", np.array([[0, 1, 2, 3]])), ("line", [[0, 1]])]
+    mm = meshio.Mesh(pts, blocks, cell_data={"c": [np.array([1.0, 2.0]), np.array([3.0]), np.array([9.0])]})
+    for ct in (None, "triangle"):
+        m = Mesh.from_meshio(mm, cell_type=ct)
+        assert m.dim == 2 and m.n_cells == 4
+        assert m.cell_volumes().sum() == pytest.approx(2.0)  # the 2 x 1 rectangle
+        np.testing.assert_array_equal(m.cell_data["c"], [1.0, 2.0, 3.0, 3.0])  # block order, quad data repeated
+        assert len(m.boundary_loops()) == 1 and m.is_valid()
+
+
+def test_meshio_non_simplex_cells_of_the_top_dimension_are_refused():
+    # polygons beside triangles, hexahedra (with their quad faces) used to be dropped silently: a mesh with a hole,
+    # or the boundary surface of a hexahedral mesh read as a triangle mesh
+    import meshio
+
+    pts = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [2, 0, 0], [2, 1, 0.0]])
+    mm = meshio.Mesh(pts, [("triangle", np.array([[1, 4, 5], [1, 5, 2]])), ("polygon", np.array([[0, 1, 2, 3]]))])
+    with pytest.raises(ValueError, match=r"'polygon'.*cell_type='triangle'"):
+        Mesh.from_meshio(mm)
+    assert Mesh.from_meshio(mm, cell_type="triangle").n_cells == 2  # asked for: the triangles only
+    cube = np.array([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=float)
+    hexa = meshio.Mesh(cube, [("hexahedron", [[0, 1, 3, 2, 4, 5, 7, 6]]), ("quad", [[0, 1, 3, 2]])])
+    with pytest.raises(ValueError, match=r"'hexahedron'.*convert the mesh to simplices"):
+        Mesh.from_meshio(hexa)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # boundary loops and renumbering
 # ----------------------------------------------------------------------------------------------------------------

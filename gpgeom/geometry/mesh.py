@@ -90,6 +90,24 @@ def as_index_array(name: str, x: object, *, ndim: int | None = None, upper: int 
     return arr
 
 
+def _meshio_cell_dim(cell_type: str) -> int:
+    r"""Topological dimension of a meshio cell type (0 for vertices and unknown types)."""
+    for prefix, k in (
+        ("line", 1),
+        ("triangle", 2),
+        ("quad", 2),
+        ("polygon", 2),
+        ("tetra", 3),
+        ("hexahedron", 3),
+        ("wedge", 3),
+        ("pyramid", 3),
+        ("polyhedron", 3),
+    ):
+        if cell_type.startswith(prefix):
+            return k
+    return 0
+
+
 def _node_index(name: str, value: object, n: int) -> int:
     r"""A single node index in ``[0, n)`` (Python / numpy / 0-d torch integer)."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
@@ -263,38 +281,56 @@ class Mesh:
 
         Args:
             m: The meshio mesh.
-            cell_type: ``"line"``, ``"triangle"`` or ``"tetra"``; ``None`` takes the highest-dimensional simplex
-                type present, and splits quadrilaterals into two triangles each if there are quads but no
-                triangles or tetrahedra (cell data is then repeated for both halves).
+            cell_type: ``"line"``, ``"triangle"`` or ``"tetra"``: the cells of that type (for ``"triangle"`` also
+                the quadrilaterals, each split into two triangles, its cell data repeated for both halves; the
+                cells keep the order of meshio's blocks). ``None`` takes the cells of the highest topological
+                dimension present (lower ones, e.g. gmsh's boundary lines of a triangle mesh, are left out).
             drop_zero_z: Drop trailing coordinate columns that are identically zero while they exceed the cells'
                 dimension (meshio pads 2D meshes with ``z = 0`` in most formats).
+
+        Raises:
+            ValueError: With ``cell_type=None``, when cells of the highest dimension present are of a type that is
+                not read (hexahedra, wedges, polygons, second-order cells, ...): leaving them out would return a
+                mesh with holes, or the boundary surface of a hexahedral mesh. Pass ``cell_type`` to read one type
+                only, or convert the mesh to simplices first.
         """
-        blocks: dict[str, list[np.ndarray]] = {}
+        blocks: dict[str, list[int]] = {}
         for i, block in enumerate(m.cells):
             blocks.setdefault(block.type, []).append(i)
-        present = [t for t in ("tetra", "triangle", "line") if t in blocks]
-        split_quads = False
         if cell_type is None:
-            if present and not (present[0] == "line" and "quad" in blocks):
-                cell_type = present[0]
-            elif "quad" in blocks:
-                cell_type, split_quads = "triangle", True
-            else:
+            dims = {t: _meshio_cell_dim(t) for t in blocks}
+            if not dims or max(dims.values()) < 1:
                 raise ValueError(
                     f"The meshio mesh holds no line, triangle, tetra or quad cells (types: {sorted(blocks)})."
                 )
+            k = max(dims.values())
+            cell_type = _CELL_TYPES[k]
+            unread = sorted(t for t, kt in dims.items() if kt == k and t not in (cell_type, "quad"))
+            if unread:
+                raise ValueError(
+                    f"The meshio mesh's cells of the highest dimension ({k}) include {', '.join(map(repr, unread))} "
+                    f"cells (types: {sorted(blocks)}); they are not simplices and would be left out, leaving holes. "
+                    f"Pass cell_type={cell_type!r} to read only the {cell_type!r} cells"
+                    + (" and quads" if k == 2 else "")
+                    + ", or convert the mesh to simplices first."
+                )
         check_option("cell_type", cell_type, tuple(_CELL_DIMS))
-        src_type = "quad" if split_quads else cell_type
-        if src_type not in blocks:
-            raise ValueError(f"The meshio mesh holds no {cell_type!r} cells (types: {sorted(blocks)}).")
-        idx = blocks[src_type]
-        cells = np.concatenate([np.asarray(m.cells[i].data, dtype=np.int64) for i in idx])
-        cdata = {}
-        for name, per_block in (m.cell_data or {}).items():
-            cdata[name] = np.concatenate([np.asarray(per_block[i]) for i in idx])
-        if split_quads:
-            cells = np.concatenate([cells[:, [0, 1, 2]], cells[:, [0, 2, 3]]])
-            cdata = {k: np.concatenate([v, v]) for k, v in cdata.items()}
+        src_types = (cell_type, "quad") if cell_type == "triangle" else (cell_type,)
+        idx = sorted(i for t in src_types for i in blocks.get(t, []))
+        if not idx:
+            raise ValueError(
+                f"The meshio mesh holds no {' or '.join(map(repr, src_types))} cells (types: {sorted(blocks)})."
+            )
+        parts, cparts = [], {name: [] for name in (m.cell_data or {})}
+        for i in idx:
+            c = np.asarray(m.cells[i].data, dtype=np.int64)
+            split = m.cells[i].type == "quad"
+            parts.append(np.concatenate([c[:, [0, 1, 2]], c[:, [0, 2, 3]]]) if split else c)
+            for name, per_block in (m.cell_data or {}).items():
+                v = np.asarray(per_block[i])
+                cparts[name].append(np.concatenate([v, v]) if split else v)
+        cells = np.concatenate(parts)
+        cdata = {name: np.concatenate(v) for name, v in cparts.items()}
         pts = np.asarray(m.points, dtype=np.float64)
         k = _CELL_DIMS[cell_type]
         if drop_zero_z:
@@ -480,7 +516,8 @@ def as_mesh(mesh: object, name: str = "mesh") -> Mesh:
 
     * a :class:`Mesh` (returned as is);
     * a ``meshio.Mesh`` (:meth:`Mesh.from_meshio`: its highest-dimensional simplices, quadrilaterals split into
-      triangles, zero ``z`` columns of 2D meshes dropped);
+      triangles, zero ``z`` columns of 2D meshes dropped; a ValueError when that dimension also holds cells of another
+      kind, e.g. hexahedra or polygons);
     * a ``(points, cells)`` pair of arrays (numpy or torch);
     * any object with ``points`` and ``triangles`` (or an array ``cells``) attributes, e.g. a NotchedPlate2d
       sample of :mod:`gpgeom.datasets.notched_plate`.
