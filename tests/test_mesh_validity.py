@@ -118,6 +118,22 @@ def test_inverted_triangle_is_named():
         mesh.repair()
 
 
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_folds_are_found_at_any_coordinate_scale(scale):
+    # the fold test multiplied the two orientation determinants, which underflowed to 0 (no fold) for a plate of
+    # size 1e-100 (a tetrahedral fold already at 1e-60); the defects of a scaled mesh are those of the unscaled one
+    mesh = folded()
+    expected = mesh.defects()["folded_cells"]
+    assert len(expected)
+    scaled = Mesh(mesh.points * scale, mesh.cells)
+    np.testing.assert_array_equal(scaled.defects()["folded_cells"], expected)
+    assert not scaled.is_valid()
+    pts = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0.2, 0.2, 1], [0.3, 0.3, 0.5]])
+    tets = np.array([[0, 1, 2, 3], [0, 1, 2, 4]])  # both apexes above the shared face: they overlap
+    assert Mesh(pts, tets).defects()["folded_cells"].tolist() == [[0, 1]]
+    assert Mesh(pts * scale**0.6, tets).defects()["folded_cells"].tolist() == [[0, 1]]
+
+
 def test_repair_merges_nodes_and_splits_slivers():
     clean = plate()
     for mesh in (collapsed(), duplicated()):

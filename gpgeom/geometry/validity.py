@@ -230,7 +230,8 @@ def _folded_pairs(mesh: Mesh) -> np.ndarray:
     base = P[F[:, 0]]
     edges = P[F[:, 1:]] - base[:, None, :]  # (m, k - 1, d)
     side = [np.linalg.det(np.concatenate([edges, (P[opp[:, s]] - base)[:, None, :]], axis=1)) for s in (0, 1)]
-    hit = np.nonzero(side[0] * side[1] > 0)[0]
+    # compare the signs, not the product: that underflows to 0 (no fold) for cells of size 1e-100 (2D) or 1e-60 (3D)
+    hit = np.nonzero(np.sign(side[0]) * np.sign(side[1]) > 0)[0]
     if not len(hit):
         return np.zeros((0, 2), dtype=np.int64)
     out = cell[hit]
