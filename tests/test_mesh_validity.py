@@ -309,6 +309,20 @@ def test_mmgp_takes_meshio_meshes(model, family, tmp_path):
         model.predict(mio[0], mu[:1])
 
 
+def test_surface_and_curve_measures_at_small_scales():
+    # a triangle's area in 3D was the norm of the cross product, whose squares (size^4) underflowed: a surface of
+    # size 1e-100 had zero areas and Mesh.check refused every triangle as collinear
+    rng = np.random.default_rng(0)
+    P = rng.normal(size=(6, 3))
+    tri = np.array([[0, 1, 2], [0, 2, 3], [3, 4, 5]])
+    ref = Mesh(P, tri).cell_volumes()
+    lines = Mesh(P, tri[:, :2]).cell_volumes()
+    for scale in (1e-150, 1e-100, 1e100):
+        np.testing.assert_allclose(Mesh(P * scale, tri).cell_volumes() / scale**2, ref, rtol=1e-12)
+        np.testing.assert_allclose(Mesh(P * scale, tri[:, :2]).cell_volumes() / scale, lines, rtol=1e-12)
+    assert Mesh(P * 1e-100, tri).is_valid()
+
+
 def test_a_flat_tetrahedron_is_not_sent_to_repair():
     # Mesh.repair() removes zero-area triangles only; the message of a zero-volume tetrahedron sent users there
     pts = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]])

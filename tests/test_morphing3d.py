@@ -12,6 +12,7 @@ from gpgeom.geometry.fem import mass_matrix
 from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.morphing import floater_disk
 from gpgeom.geometry.morphing3d import (
+    affine_align,
     boundary_surface,
     inverted_cells,
     morph_surface,
@@ -274,3 +275,49 @@ def test_surface_morphing_refuses_bad_input():
     disk = _grid_surface(4, lambda x, y: x * y)
     with pytest.raises(ValueError, match="boundary loop"):
         morph_surface(disk, template)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scale and translation
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_closest_points_and_patches_are_scale_equivariant(scale):
+    # the Gram determinant of closest_on_triangles (4th power of the lengths) underflowed at 1e-100 (every point
+    # sent to an edge) and overflowed at 1e100 (NaN weights); the normals of surface_patches overflowed at 1e100
+    # (every triangle its own patch); affine_align's least squares dropped the linear part at 1e-100
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.normal(size=(100, 3)) for _ in range(3))
+    q = rng.normal(size=(100, 3))
+    w, d2 = closest_on_triangles(q, a, b, c)
+    ws, d2s = closest_on_triangles(q * scale, a * scale, b * scale, c * scale)
+    np.testing.assert_allclose(ws, w, atol=1e-12)
+    np.testing.assert_allclose(d2s / scale**2, d2, rtol=1e-10)
+    block = Mesh(*structured_tetra((4, 3, 2)))
+    _, bf = boundary_surface(block)
+    np.testing.assert_array_equal(surface_patches(block.points * scale, bf), surface_patches(block.points, bf))
+    mesh, _ = _mapped_block(3)
+    bn, _ = boundary_surface(mesh)
+    A, t = affine_align(mesh.points[bn], block.points, bf)
+    As, ts = affine_align(mesh.points[bn] * scale, block.points * scale, bf)
+    np.testing.assert_allclose(As, A, atol=1e-10)
+    np.testing.assert_allclose(ts / scale, t, atol=1e-10)
+
+
+@pytest.mark.parametrize(("scale", "offset"), [(1e-100, 0.0), (1e100, 0.0), (1.0, 1e6)])
+def test_morphing_commutes_with_scaling_and_translation(scale, offset):
+    # a mesh family in other units (or far from the origin) morphs like the unscaled one: morph_volume raised
+    # "coincident control points" at 1e-100 and moved nodes by 15 % of the size at 1e100
+    shift = offset * np.array([1.0, -2.0, 0.5])
+
+    def move(m: Mesh) -> Mesh:
+        return Mesh(m.points * scale + shift, m.cells)
+
+    mesh, _ = _mapped_block(3)
+    template = Mesh(*structured_tetra((8, 4, 3)))
+    X = morph_volume(mesh, template)
+    Xs = morph_volume(move(mesh), move(template))
+    np.testing.assert_allclose((Xs - shift) / scale, X, atol=1e-9 + 1e3 * np.finfo(float).eps * offset)
+    tube, tmpl = _tube(31, 11, 0.1, 1), _tube(24, 8, 0.0, 0)
+    Y = morph_surface(tube, tmpl)
+    Ys = morph_surface(move(tube), move(tmpl))
+    np.testing.assert_allclose((Ys - shift) / scale, Y, atol=1e-9 + 1e3 * np.finfo(float).eps * offset)

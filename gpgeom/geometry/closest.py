@@ -32,6 +32,11 @@ def closest_on_triangles(q: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndar
         through their edges.
     """
     e0, e1, r = b - a, c - a, q - a
+    # the normal equations in units of the triangle's size: the Gram determinant is a 4th power of the lengths,
+    # which underflowed (coordinates of 1e-100: every point sent to an edge) or overflowed (1e100: NaN weights)
+    size = np.maximum(np.abs(e0).max(1), np.abs(e1).max(1))
+    inv = (1.0 / np.where(size > 0, size, 1.0))[:, None]
+    e0, e1, r = e0 * inv, e1 * inv, r * inv
     g00, g01, g11 = (e0 * e0).sum(1), (e0 * e1).sum(1), (e1 * e1).sum(1)
     r0, r1 = (r * e0).sum(1), (r * e1).sum(1)
     det = g00 * g11 - g01 * g01

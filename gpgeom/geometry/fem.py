@@ -22,6 +22,14 @@ from gpgeom.geometry.mesh import Mesh, as_mesh
 __all__ = ["mass_matrix"]
 
 
+def _row_norms(V: np.ndarray) -> np.ndarray:
+    r"""Euclidean norms of the rows of ``V`` ``(n, d)``, scaled by their largest entry first so that the squares
+    neither underflow nor overflow (the area of a triangle of size 1e-100 in 3D came out 0)."""
+    big = np.abs(V).max(axis=1)
+    safe = np.where(big > 0, big, 1.0)
+    return big * np.sqrt(((V / safe[:, None]) ** 2).sum(axis=1))
+
+
 def _cell_measures(P: np.ndarray, C: np.ndarray, signed: bool = False) -> np.ndarray:
     r"""Measures of the cells ``C`` over the points ``P`` (:meth:`~gpgeom.geometry.mesh.Mesh.cell_volumes`):
     determinants for cells of full dimension, the cross product for triangles in 3D, the Gram determinant otherwise
@@ -34,9 +42,9 @@ def _cell_measures(P: np.ndarray, C: np.ndarray, signed: bool = False) -> np.nda
     elif k == d:
         vol = np.linalg.det(E) / math.factorial(k)
     elif k == 1:
-        vol = np.sqrt(np.einsum("nij,nij->n", E, E))
+        vol = _row_norms(E[:, 0])
     elif k == 2 and d == 3:
-        vol = 0.5 * np.linalg.norm(np.cross(E[:, 0], E[:, 1]), axis=1)
+        vol = 0.5 * _row_norms(np.cross(E[:, 0], E[:, 1]))
     else:
         vol = np.sqrt(np.abs(np.linalg.det(E @ E.transpose(0, 2, 1)))) / math.factorial(k)
     return vol if signed else np.abs(vol)

@@ -84,6 +84,19 @@ def _check_surface(mesh: Mesh, name: str) -> Mesh:
     return mesh
 
 
+def _unit(mesh: Mesh) -> tuple[Mesh, np.ndarray, float]:
+    r"""``(unit, centre, size)``: the mesh moved and scaled so that its bounding box is centred at 0 with a half
+    diagonal of 1, ``mesh.points = unit.points * size + centre``. The morphings work in these coordinates, so that
+    they commute with translations and scalings: their Gram determinants and normal lengths (4th and 2nd powers of
+    the coordinates) neither under- nor overflow, and the affine fits are well conditioned far from the origin."""
+    P = mesh.points
+    lo, hi = P.min(axis=0), P.max(axis=0)
+    centre = 0.5 * (lo + hi)
+    big = float((hi - lo).max())  # the half diagonal, computed without squaring the coordinates
+    size = 0.5 * big * float(np.linalg.norm((hi - lo) / big)) if big > 0 else 1.0
+    return Mesh((P - centre) / size, mesh.cells), centre, size
+
+
 def boundary_surface(mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
     r"""The boundary of a tetrahedral mesh as a triangle surface.
 
@@ -136,7 +149,9 @@ def affine_align(
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     A = np.diag((thi - tlo) / span)
     b = tlo - A @ lo
-    X1 = np.concatenate([points, np.ones((len(points), 1))], axis=1)
+    mu = points.mean(axis=0)
+    sc = max(float(np.abs(points - mu).max()), 1e-300)
+    X1 = np.concatenate([(points - mu) / sc, np.ones((len(points), 1))], axis=1)  # well-conditioned at any scale
     prev = np.inf
     for _ in range(iterations):
         Y = points @ A.T + b
@@ -147,7 +162,8 @@ def affine_align(
             break
         prev = rms
         sol, *_ = np.linalg.lstsq(X1, Z, rcond=None)
-        A, b = sol[:-1].T, sol[-1]
+        A = sol[:-1].T / sc
+        b = sol[-1] - A @ mu
     return A, b
 
 
@@ -162,6 +178,7 @@ def surface_patches(points: np.ndarray, triangles: np.ndarray, *, angle: float =
     ``(m,)``; a solid with sharp edges (a block) gets one patch per face."""
     a, b, c = (points[triangles[:, j]] for j in range(3))
     nrm = np.cross(b - a, c - a)
+    nrm /= np.maximum(np.abs(nrm).max(axis=1, keepdims=True), 1e-300)  # then the norm cannot over- or underflow
     nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-300)
     m = len(triangles)
     E = np.sort(triangles[:, [[1, 2], [2, 0], [0, 1]]].reshape(-1, 2), axis=1)
@@ -291,6 +308,9 @@ def morph_volume(
         raise ValueError("`radius_factors` must hold at least one factor, got an empty sequence.")
     for f in radius_factors:
         check_positive("radius_factors", f)
+    original = mesh
+    mesh, _, _ = _unit(mesh)
+    template, centre, size = _unit(template)
     bn, bf = boundary_surface(mesh)
     _, tbf = boundary_surface(template)
     P, TP = mesh.points, template.points
@@ -309,12 +329,12 @@ def morph_volume(
         X[bn] = target
         bad = inverted_cells(mesh, X)
         if not len(bad):
-            return X
+            return X * size + centre
     c = int(bad[0])
     raise ValueError(
         f"RBF volume morphing inverts {len(bad)} tetrahedron(s) for every support radius tried "
-        f"({', '.join(f'{f:g}' for f in radius_factors)} x {base:.3g}); first: cell {c} (nodes "
-        f"{mesh.cells[c].tolist()}). The shape is too far from the template for a boundary-driven RBF map: use a "
+        f"({', '.join(f'{f:g}' for f in radius_factors)} x {base * size:.3g}); first: cell {c} (nodes "
+        f"{original.cells[c].tolist()}). The shape is too far from the template for a boundary-driven RBF map: use a "
         "template closer to it, or a finer template boundary."
     )
 
@@ -376,6 +396,8 @@ def morph_surface(mesh: Mesh, template: Mesh) -> np.ndarray:
     mesh = _check_surface(mesh, "mesh")
     template = _check_surface(template, "template")
     mesh.check()
+    mesh, _, _ = _unit(mesh)
+    template, centre, size = _unit(template)
     A, b = affine_align(mesh.points, template.points, template.cells)
     aligned = mesh.points @ A.T + b
     if len(mesh.boundary_facets()[0]) or len(template.boundary_facets()[0]):
@@ -386,4 +408,4 @@ def morph_surface(mesh: Mesh, template: Mesh) -> np.ndarray:
     X = _project(template.points, template.cells, X)
     if tgt is not None:
         X[src] = tgt
-    return X
+    return X * size + centre
