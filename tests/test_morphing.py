@@ -281,6 +281,25 @@ def test_rbf_bad_input():
         RBFMorphing(src, src)(np.zeros((3, 3)))
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_rbf_refuses_nearly_coincident_control_points_with_different_displacements(affine):
+    # two control points 1e-9 apart with displacements differing by 0.01: Cholesky succeeds, but the solve missed
+    # the control displacements by 0.006 (60 % of them) and moved other points by 2e3; now a ValueError names them
+    rng = np.random.default_rng(0)
+    src = rng.random((20, 2))
+    src2 = np.r_[src, src[:1] + 1e-9]
+    tgt = src2 + 0.01
+    tgt[-1] += 0.01
+    with pytest.raises(
+        ValueError,
+        match=r"ill-conditioned.*Control points 0 and 20 are 1.41e-09 apart.*\(0.01, 0.01\) and \(0.02, 0.02\)",
+    ):
+        RBFMorphing(src2, tgt, affine=affine)
+    # the same points moved consistently (a translation) stay accepted and are reproduced
+    f = RBFMorphing(src2, src2 + 0.01, affine=affine)
+    np.testing.assert_allclose(f(src2), src2 + 0.01, atol=1e-8)
+
+
 @pytest.mark.parametrize("tilted", [False, True])
 def test_rbf_affine_part_on_flat_control_points(tilted):
     # 8 control points on a plane in R^3 (axis-aligned or tilted): the affine part lives on the plane. It used to

@@ -227,6 +227,34 @@ class RBFMorphing:
         else:
             self.alpha = sla.cho_solve(cf, D, check_finite=False)
             self.beta = None
+        self._check_interpolation(K, D)
+
+    #: Largest relative error allowed in reproducing the control displacements (a sound solve gives 1e-10 or less)
+    INTERP_RTOL = 1e-3
+
+    def _check_interpolation(self, K: np.ndarray, D: np.ndarray) -> None:
+        r"""Raise when the solve does not reproduce the control displacements: nearly coincident control points
+        with different displacements make the kernel matrix so ill-conditioned (Cholesky still succeeds) that the
+        interpolant misses them and moves other points by thousands of times the displacements."""
+        fit = K @ self.alpha
+        if self.beta is not None:
+            fit += self.beta[0] + self.source @ self.beta[1:]
+        err = float(np.abs(fit - D).max())
+        ref = float(np.abs(D).max())
+        if err > self.INTERP_RTOL * ref:
+            dist, nn = cKDTree(self.source).query(self.source, k=2)
+            i = int(np.argmin(dist[:, 1]))
+            j = int(nn[i, 1])
+
+            def fmt(v: np.ndarray) -> str:
+                return "(" + ", ".join(f"{float(x):.3g}" for x in v) + ")"
+
+            raise ValueError(
+                f"The RBF interpolation is ill-conditioned: it misses the control displacements by {err:.3g} (the "
+                f"largest is {ref:.3g}). Control points {min(i, j)} and {max(i, j)} are {dist[i, 1]:.3g} apart "
+                f"(radius {self.radius:.3g}) with displacements {fmt(D[min(i, j)])} and {fmt(D[max(i, j)])}; merge "
+                "nearly coincident control points or give them the same displacement."
+            )
 
     def displacement(self, points: object, *, chunk_size: int = 1 << 22) -> np.ndarray:
         r"""Displacement :math:`f(x) - x` at ``points`` ``(n, d)`` -> ``(n, d)`` (evaluated in row chunks)."""
