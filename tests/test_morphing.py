@@ -139,6 +139,19 @@ def test_floater_surface_in_3d():
     np.testing.assert_allclose(np.hypot(*uv[boundary_loops(surf)[0]].T), 1.0, atol=1e-14)
 
 
+def test_floater_on_a_2d_mesh_given_with_a_zero_z_column_matches_2d():
+    # a clockwise-listed 2D mesh padded with z = 0 (as meshio writes it) was oriented by its vertex order, like a
+    # surface: its boundary loop ran clockwise and its Floater map was the mirror image of the same mesh's in 2D
+    m = random_disk_mesh(seeded_rng(), 30, 80)
+    for cells in (m.cells, m.cells[:, ::-1]):
+        flat = Mesh(m.points, cells)
+        padded = Mesh(np.c_[m.points, np.zeros(m.n_points)], cells)
+        np.testing.assert_array_equal(boundary_loops(padded)[0], boundary_loops(flat)[0])
+        np.testing.assert_allclose(floater_disk(padded), floater_disk(flat), atol=1e-14)
+    with pytest.raises(ValueError, match=r"beyond the first 2 are all zero: build it from points\[:, :2\]"):
+        p1_transfer(Mesh(np.c_[m.points, np.zeros(m.n_points)], m.cells), np.zeros((1, 3)))
+
+
 def test_floater_rejects_meshes_that_are_not_disks():
     rng = seeded_rng()
     # annulus: two boundary loops

@@ -88,12 +88,14 @@ def _boundary_loops(mesh: Mesh) -> list[np.ndarray]:
     kb = np.minimum(be[:, 0], be[:, 1]) * n + np.maximum(be[:, 0], be[:, 1])
     korder = np.argsort(kb)
     ksorted = kb[korder]
-    P = mesh.points
+    # a 2D mesh, also when given with identically zero z (as meshio pads it): seen from +z, like in 2D
+    planar = mesh.dim == 2 or not mesh.points[:, 2:].any()
+    P = mesh.points[:, :2] if planar else mesh.points
     out = []
     for lp in loops:
         nxt = np.roll(lp, -1)
         ids = korder[np.searchsorted(ksorted, np.minimum(lp, nxt) * n + np.maximum(lp, nxt))]
-        if mesh.dim == 2:
+        if planar:
             # geometric test, independent of the cells' vertex order: sum of orient2d(a, b, c) over the loop's
             # edges (a, b), c the vertex opposite the edge in its triangle
             c = mesh.cells[bcell[ids], opp[ids]]
@@ -113,8 +115,9 @@ def boundary_loops(mesh: Mesh, *, start: int | None = None) -> list[np.ndarray]:
 
     The boundary edges are the edges used by exactly one triangle; they are chained into loops. Each loop is an
     int64 array of node indices (first node not repeated at the end), oriented with the mesh on its left: in 2D
-    geometrically (the outer boundary counter-clockwise, holes clockwise, whatever the triangles' vertex order), for
-    surfaces in 3D by the triangles' vertex order. Loops are listed by their smallest node index.
+    geometrically (the outer boundary counter-clockwise, holes clockwise, whatever the triangles' vertex order; also
+    for a 2D mesh given with an identically zero ``z`` column), for other surfaces in 3D by the triangles' vertex
+    order. Loops are listed by their smallest node index.
 
     Args:
         mesh: A triangle mesh.

@@ -480,9 +480,16 @@ class Mesh:
     def _locator(self) -> CellLocator:
         if "locator" not in self._cache:
             if self.cell_dim != self.dim:
+                zero = not self._points[:, self.cell_dim :].any()
                 raise ValueError(
                     f"Point location needs cells of full dimension (triangles in 2D, tetrahedra in 3D); this mesh "
-                    f"has {self.cell_type} cells in {self.dim}D. Morph or project it to {self.cell_dim}D first."
+                    f"has {self.cell_type} cells in {self.dim}D. "
+                    + (
+                        f"Its coordinates beyond the first {self.cell_dim} are all zero: build it from "
+                        f"points[:, :{self.cell_dim}] (Mesh.from_meshio drops such columns)."
+                        if zero
+                        else f"Morph or project it to {self.cell_dim}D first."
+                    )
                 )
             self._cache["locator"] = CellLocator(self._points, self._cells)
         return self._cache["locator"]
