@@ -499,7 +499,9 @@ class Mesh:
 
         Args:
             points: Query points ``(n, dim)``.
-            tol: A point is inside a cell when all its barycentric coordinates are ``>= -tol``.
+            tol: A point is inside a cell when all its barycentric coordinates are ``>= -tol`` (widened by what
+                rounding the point's coordinates moves them, so that results do not change when mesh and points
+                are translated far from the origin; :meth:`~gpgeom.geometry.locate.CellLocator.locate`).
 
         Returns:
             ``(cell, bary)``: the containing cell per point ``(n,)`` (``-1`` when outside the mesh) and the

@@ -89,8 +89,9 @@ def p1_transfer(source: Mesh, target_points: object, *, outside: str = "clamp", 
     * ``"zero"``: an empty row (the result is 0 there).
     * ``"raise"``: a ValueError naming how many points are outside.
 
-    A point counts as inside a cell when its barycentric coordinates are all ``>= -tol``, so points on the boundary
-    up to round-off are interpolated, not clamped.
+    A point counts as inside a cell when its barycentric coordinates are all ``>= -tol`` (plus the rounding of its
+    own coordinates, which matters far from the origin), so points on the boundary up to round-off are interpolated,
+    not clamped.
 
     Args:
         source: Mesh with cells of full dimension (triangles in 2D, tetrahedra in 3D, lines in 1D).
