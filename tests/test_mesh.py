@@ -391,6 +391,12 @@ def test_bad_input_gives_clear_errors():
         Mesh(m.points, m.cells + 0.5)
     with pytest.raises(ValueError, match="shape"):
         p1_transfer(m, np.zeros((4, 3)))
+    # Mesh.locate took any tol: NaN or negative put every point outside (cell -1) without a word
+    for tol in (float("nan"), -1e-3):
+        with pytest.raises(ValueError, match=r"`tol` must be >= 0, got"):
+            m.locate(q, tol=tol)
+    with pytest.raises(TypeError, match="`tol` must be a number"):
+        m.locate(q, tol=None)
     np.testing.assert_allclose(interpolate(m, m.points[:, 0], q), q[:, 0], atol=1e-12)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpgeom._validation import check_option, check_tensor
+from gpgeom._validation import check_option, check_positive, check_tensor
 from gpgeom.geometry.locate import CellLocator
 
 __all__ = ["Mesh", "as_mesh", "as_float_array", "as_index_array"]
@@ -508,8 +508,9 @@ class Mesh:
             barycentric coordinates ``(n, k + 1)`` in that cell (NaN rows for points outside). When several cells
             contain a point (on a shared facet), the one whose smallest coordinate is largest is chosen.
         """
+        check_positive("tol", tol, allow_zero=True)  # a NaN or negative tol put every point outside
         pts = as_float_array("points", points, ndim=2, shape=(None, self.dim))
-        return self._locator().locate(pts, tol)
+        return self._locator().locate(pts, float(tol))
 
 
 # ----------------------------------------------------------------------------------------------------------------
