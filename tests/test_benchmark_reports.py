@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,3 +56,84 @@ def test_the_environment_variable_moves_every_report(monkeypatch, tmp_path):
     assert common.results_path("rvgp") == tmp_path / "rvgp.md"
     path = common.write_report("rvgp_cuda_quick", "| a |\n")
     assert path == tmp_path / "rvgp_cuda_quick.md" and path.read_text() == "| a |\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The documentation's citations of scripts and tables: every file it names exists, every flag it gives is the script's
+# ---------------------------------------------------------------------------------------------------------------------
+#: A repository path as the pages write it (``benchmarks/funbat.py``, ``benchmarks/results/mmgp.md``, ``tests/...``).
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:benchmarks|tests|tools|gpgeom|docs|tutorials)/[\w./-]*\w)")
+#: A benchmark table named by its file name alone (``funbat_stopping.md``, ``gpu_check_h200.log``).
+_RESULT_NAME = re.compile(
+    r"(?<![\w/.-])((?:engine|funbat|mmgp|rgnp|rvgp|trajectory|scaling|memory|gpu_check)\w*\.(?:md|jsonl|log))\b"
+)
+#: ``python benchmarks/<name>.py --flag ...`` as the pages quote a run.
+_SCRIPT_RUN = re.compile(r"(benchmarks/\w+\.py)((?: --[a-z0-9-]+(?: [\w.=,]+)?)+)")
+
+
+def _documentation() -> dict[str, str]:
+    """The prose a reader sees: the site's own pages, the README and the tutorials' markdown cells."""
+    pages = {
+        str(p.relative_to(ROOT)): p.read_text()
+        for p in sorted((ROOT / "docs").rglob("*.md"))
+        if not {"_build", "_generated", "api"} & set(p.relative_to(ROOT / "docs").parts)
+    }
+    pages["README.md"] = (ROOT / "README.md").read_text()
+    for nb in sorted((ROOT / "tutorials").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        pages[str(nb.relative_to(ROOT))] = "\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+        )
+    return pages
+
+
+def _cited_paths(text: str) -> set[str]:
+    paths = set()
+    for match in _REPO_PATH.finditer(text):
+        path = match.group(1)
+        if "*" in path or path.startswith(("docs/_build", "benchmarks/results/local")):
+            continue  # a pattern, or an output of a build or of a quick run
+        if path.startswith(("docs/", "tutorials/")) and not Path(path).suffix:
+            continue  # a {doc} target (``tutorials/mmgp``), not a file name
+        if text[match.end(1) : match.end(1) + 1] == "*":
+            continue  # the stem of a pattern (``benchmarks/results/mmgp*.md``)
+        paths.add(path.rstrip("."))
+    return paths
+
+
+def test_the_documentation_finds_the_documentation_pages():
+    pages = _documentation()
+    assert {"README.md", "docs/models/funbat.md", "docs/scaling.md", "tutorials/trajectory.ipynb"} <= set(pages)
+
+
+@pytest.mark.parametrize("page", sorted(_documentation()))
+def test_every_file_the_documentation_cites_exists(page):
+    text = _documentation()[page]
+    missing = sorted(p for p in _cited_paths(text) if not (ROOT / p).exists())
+    results = ROOT / "benchmarks" / "results"
+    missing += sorted({m.group(1) for m in _RESULT_NAME.finditer(text)} - {p.name for p in results.iterdir()})
+    assert not missing, f"{page} cites files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", sorted(_documentation()))
+def test_every_benchmark_flag_the_documentation_gives_is_the_scripts(page):
+    unknown = []
+    for match in _SCRIPT_RUN.finditer(_documentation()[page]):
+        script = ROOT / match.group(1)
+        if not script.exists():
+            continue  # reported by the test above
+        source = script.read_text() + (ROOT / "benchmarks" / "_folds.py").read_text()
+        for flag in re.findall(r"--[a-z0-9-]+", match.group(2)):
+            if not any(quoted in source for quoted in (f'"{flag}"', f"'{flag}'", f"``{flag}``")):
+                unknown.append(f"{match.group(1)} {flag}")
+    assert not unknown, f"{page} runs benchmarks with flags the scripts do not take: {unknown}"
+
+
+def test_every_benchmark_table_a_page_includes_is_committed():
+    included = set()
+    for page in (ROOT / "docs").rglob("*.md"):
+        if "_build" not in page.parts:
+            included |= set(re.findall(r"_generated/bench_(\w+)\.md", page.read_text()))
+    assert included, "no page includes a benchmark table"
+    missing = sorted(name for name in included if not (ROOT / "benchmarks" / "results" / f"{name}.md").exists())
+    assert not missing, f"pages include benchmark tables that are not in benchmarks/results/: {missing}"
