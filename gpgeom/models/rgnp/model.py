@@ -651,7 +651,8 @@ class RGNP(ModelContract, nn.Module):
             u: Field values ``(B, n)``, ``(B, n, 1)`` (the shape :meth:`predict` returns) or ``(n,)`` for one field.
             w: Known parameters ``(B, dw)`` or ``(dw,)`` (one row shared by all fields).
             return_std: Also return the standard deviation.
-            mask: ``(B, n)`` bool, ``False`` for padding.
+            mask: ``(B, n)`` bool, ``False`` for padding: padded entries of ``x`` and ``u`` are ignored (they may be
+                NaN or outside the domain); the real ones must be finite and inside the domain.
             return_dist: Return the :class:`~gpgeom.engine.variational.LowRankGaussian` over ``z`` instead of
                 tensors.
 
@@ -660,7 +661,8 @@ class RGNP(ModelContract, nn.Module):
             ``(mean, std)``, or the distribution.
         """
         self._check_fitted()
-        u = self._as_tensor("u", u, ndim=(1, 2, 3))
+        padded = mask is not None  # padding entries may hold anything (GICNet ignores them): check real points only
+        u = self._as_tensor("u", u, ndim=(1, 2, 3), finite=not padded)
         if u.dim() == 3:
             if u.shape[-1] != 1:
                 raise ValueError(f"`u` of 3 dimensions must be (B, n, 1), got shape {tuple(u.shape)}.")
@@ -672,22 +674,31 @@ class RGNP(ModelContract, nn.Module):
                 "per field."
             )
         B = u.shape[0]
-        x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,))
+        x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,), finite=not padded)
         if x.dim() == 2:
             x = x[None].expand(B, -1, -1)
         if x.shape[:2] != u.shape:
             raise ValueError(f"`x` {tuple(x.shape)} and `u` {tuple(u.shape)} must describe the same points.")
-        check_in_box("x", x, self.lower, self.upper, "the domain")
-        w = self._check_w(w, B)
-        if self.dim_w:
-            check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
-        if mask is not None:
+        if padded:
             mask = torch.as_tensor(mask, device=self.device)
             if mask.dtype != torch.bool or mask.reshape(-1, mask.shape[-1]).shape != u.shape:
                 raise ValueError(
                     f"`mask` must be a bool array of shape {tuple(u.shape)}, got {mask.dtype} {tuple(mask.shape)}."
                 )
             mask = mask.reshape(u.shape)
+            for name, t in (("u", u[..., None]), ("x", x)):
+                bad = ~torch.isfinite(t).all(-1) & mask
+                if bool(bad.any()):
+                    b, i = (int(v) for v in bad.nonzero()[0])
+                    raise ValueError(
+                        f"`{name}` holds NaN or infinite values at {int(bad.sum())} real point(s) (`mask` True), "
+                        f"e.g. {name}[{b}, {i}]; padding (`mask` False) may hold anything, real points must be finite."
+                    )
+        check_in_box("x", x if not padded else torch.where(mask[..., None], x, self.lower), self.lower, self.upper,
+                     "the domain")  # fmt: skip
+        w = self._check_w(w, B)
+        if self.dim_w:
+            check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
         dist = self.inverse_dist(x, u, w, mask)
         if return_dist:
             return dist
