@@ -5,6 +5,7 @@ count of the points) or checks the error's wording."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,3 +47,62 @@ def test_inverse_padding_may_hold_nan_or_points_outside_the_domain():
     x_bad[1, 0, 0] = 5.0
     with pytest.raises(ValueError, match=r"row\(s\) of `x` lie outside the domain; e\.g\. x\[1, 0, 0\] = 5"):
         m.predict_inverse(x_bad, u, w, mask=mask)
+
+
+def _helmholtz(u, x, z, w):
+    from gpgeom.models.rgnp import pointwise_grad
+
+    u_xx = pointwise_grad(pointwise_grad(u, x)[..., 0], x)[..., 0]
+    return u_xx + z[:, :1] ** 2 * u - w[:, :1]
+
+
+def _user_model(domain, z_bounds, w_bounds):
+    torch.manual_seed(0)
+    return RGNP(
+        _helmholtz, domain=domain, z_bounds=z_bounds, w_bounds=w_bounds, hidden=(8,), n_freqs=2, gicnet=SMALL_GIC,
+        batch_size=2, n_points=5,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_bounds_given_as_arrays_build_the_model_of_the_same_lists(kind):
+    r"""``domain``/``z_bounds``/``w_bounds`` given as pairs of numpy arrays or tensors raised "only 0-dimensional
+    arrays can be converted to Python scalars" (numpy, a TypeError naming no argument) or "only one element tensors
+    can be converted" (torch), and a ``(2, d)`` array "must be a pair". They now build the model of the same bounds as
+    lists (same buffers, same predictions)."""
+    conv = np.asarray if kind == "numpy" else torch.tensor
+    ref = _user_model(([0.0, 0.0], [1.0, 2.0]), ([0.5], [3.0]), ([0.0], [1.0]))
+    pairs = (
+        (conv([0.0, 0.0]), conv([1.0, 2.0])),
+        conv([[0.5], [3.0]]),  # a (2, 1) array
+        (conv([0.0]), conv(1.0)),
+    )
+    got = _user_model(pairs[0], pairs[1], pairs[2])
+    for name in ("lower", "upper", "z_low", "z_high", "w_low", "w_high"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=0, atol=0)
+    x = torch.rand(4, 2, dtype=torch.float64)
+    torch.testing.assert_close(got.fit(1, progress=False, seed=0).predict([1.0], [0.5], x),
+                               ref.fit(1, progress=False, seed=0).predict([1.0], [0.5], x))  # fmt: skip
+
+
+def test_empty_or_malformed_bounds_are_named_errors():
+    r"""``z_bounds=([], [])`` (no inverse parameter) passed the bounds check and failed inside GICNet's construction
+    with "`out_features` must be > 0, got 0"; a bound of nested lists failed in ``float()``. Both now name the
+    argument and what was given; ``w_bounds=([], [])`` still means no known parameters, like ``None``."""
+    with pytest.raises(ValueError, match=r"`z_bounds` must bound at least one dimension, got empty bounds"):
+        _user_model((0.0, 1.0), ([], []), ([0.0], [1.0]))
+    with pytest.raises(ValueError, match=r"`domain` must bound at least one dimension"):
+        _user_model(([], []), ([0.5], [3.0]), None)
+    with pytest.raises(ValueError, match=r"`z_bounds`: the lower bound must be a number or a flat sequence"):
+        _user_model((0.0, 1.0), ([[0.5]], [[3.0]]), None)
+    with pytest.raises(ValueError, match=r"`domain`: the upper bound must be a number or a flat sequence .*'one'"):
+        _user_model((0.0, "one"), ([0.5], [3.0]), None)
+    m = RGNP(
+        lambda u, x, z, w: _algebraic(u, x, z), domain=(0.0, 1.0), z_bounds=([0.5], [3.0]),
+        w_bounds=([], []), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC,
+    )  # fmt: skip
+    assert m.dim_w == 0
+
+
+def _algebraic(u, x, z):
+    return u - z[:, :1]

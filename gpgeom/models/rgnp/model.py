@@ -139,7 +139,7 @@ class RGNP(ModelContract, nn.Module):
         if D not in (1, 2, 3):
             raise ValueError(f"`domain` must have 1, 2 or 3 dimensions, got {D}.")
         zlo, zhi = as_bounds("z_bounds", z_bounds)
-        wlo, whi = as_bounds("w_bounds", w_bounds) if w_bounds is not None else ([], [])
+        wlo, whi = as_bounds("w_bounds", w_bounds, allow_empty=True) if w_bounds is not None else ([], [])
         for name, v in (("rank", rank), ("inverse_rank", inverse_rank), ("n_freqs", n_freqs)):
             check_positive(name, v, integer=True, allow_zero=True)
         check_positive("residual_scale", residual_scale)
