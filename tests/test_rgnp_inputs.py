@@ -106,3 +106,45 @@ def test_empty_or_malformed_bounds_are_named_errors():
 
 def _algebraic(u, x, z):
     return u - z[:, :1]
+
+
+def _burgers_fixed(n_points):
+    from gpgeom.pde import ViscousBurgers
+
+    torch.manual_seed(0)
+    return RGNP.from_family(
+        ViscousBurgers(), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC, batch_size=2, grid="fixed", n_points=n_points
+    )
+
+
+def test_fixed_grid_has_the_number_of_points_asked_for_or_says_why_not(tmp_path):
+    r"""``grid="fixed"`` in 2-D took round(sqrt(n))**2 points: ``n_points=30`` trained on 25 points, 10 on 9, 1 on 4,
+    silently (the docstring promised a grid of ``n_points`` points). A regular grid of 30 points does not exist: such
+    sizes are now a ``ValueError`` naming ``n_points`` and the nearest valid sizes; ``k**2`` points give the
+    ``k x k`` grid of the margin-shrunk box. Files written before keep the grid they were trained on."""
+    from gpgeom._io import write_model_file
+
+    for n, near in ((30, "25 or 36"), (10, "9 or 16"), (1, "4")):
+        with pytest.raises(ValueError, match=rf"`n_points` must be k\*\*2 with k >= 2 .* got {n}; use e\.g\. {near}\."):
+            _burgers_fixed(n)
+    m = _burgers_fixed(36)
+    grid = m.sample_grid(3)
+    margin = m.boundary_margin
+    axis = np.linspace(margin, 1 - margin, 6)
+    truth = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    assert grid.shape == (3, 36, 2)
+    np.testing.assert_allclose(grid[1].numpy(), truth, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"`n_points` must be k\*\*2 .* got 20; use e\.g\. 16 or 25\."):
+        m.fit(1, n_points=20, progress=False)
+    with pytest.raises(ValueError, match=r"`batch_size` must be"):
+        m.fit(1, batch_size=0, progress=False)
+    # a file of a fixed 2-D grid saved with n_points=30 (trained on 5 x 5 points) loads with that grid
+    m25 = _burgers_fixed(25).fit(1, progress=False, seed=0)
+    state = m25._get_state()
+    state["config"] = {**state["config"], "n_points": 30}
+    write_model_file(tmp_path / "old.pt", m25, state)
+    old = RGNP.load(tmp_path / "old.pt")
+    assert old.n_points == 25
+    torch.testing.assert_close(old.sample_grid(1), m25.sample_grid(1), rtol=0, atol=0)
+    one_d = _poisson(grid="fixed", n_points=7).sample_grid(1)  # 1-D: any number of points
+    assert one_d.shape == (1, 7, 1)

@@ -38,6 +38,7 @@ __all__ = [
     "check_residual_output",
     "check_user_functions",
     "default_dtype",
+    "fixed_grid_side",
     "prepare_data",
     "reference_fields",
     "warn_uncalibrated",
@@ -106,6 +107,25 @@ def check_user_functions(model: Any) -> None:
             "the network; compute the residual from `u` (and its derivatives by pointwise_grad) with torch "
             "operations."
         )
+
+
+def fixed_grid_side(dim: int, n: int, name: str) -> int:
+    r"""Points per axis :math:`k` of the fixed regular grid (``grid="fixed"``) of ``n`` points in ``dim``
+    dimensions: ``n`` in 1-D; in 2-D and 3-D ``n`` must be :math:`k^D` with :math:`k \ge 2` (a regular grid of
+    another size does not exist), else a ``ValueError`` naming ``name`` and the nearest valid sizes."""
+    check_positive(name, n, integer=True)
+    if dim == 1:
+        return int(n)
+    k = max(2, round(n ** (1 / dim)))
+    if k**dim == n:
+        return k
+    sizes = [j**dim for j in range(max(2, k - 1), k + 2)]
+    below = [v for v in sizes if v < n]
+    near = " or ".join(str(v) for v in ([below[-1]] if below else []) + [min(v for v in sizes if v > n)])
+    raise ValueError(
+        f"`{name}` must be k**{dim} with k >= 2 for the fixed regular grid in {dim}-D (k points per axis), got {n}; "
+        f"use e.g. {near}."
+    )
 
 
 def check_field_data(model: Any, data: Any, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -95,7 +95,12 @@ def resolve_callables(state: dict[str, Any], residual: Any, lift: Any) -> tuple[
 def file_config(state: dict[str, Any]) -> dict[str, Any]:
     r"""The constructor arguments stored in an RGNP file's state. Files written before GICNet's ``aggregation``
     option hold no such key: their inverse network was trained with the Nadaraya-Watson average over the points,
-    so they load with ``aggregation="points"`` and predict as when they were saved."""
+    so they load with ``aggregation="points"`` and predict as when they were saved. Files of a fixed grid in 2-D or
+    3-D written when ``n_points`` was not required to be :math:`k^D` were trained on the grid of
+    :math:`\max(2, \mathrm{round}(n^{1/D}))^D` points: they load with that ``n_points``."""
     config = dict(state["config"])
     config["gicnet"] = {"aggregation": "points", **dict(config.get("gicnet") or {})}
+    dim = len(config["domain"][0])
+    if config.get("grid") == "fixed" and dim > 1:
+        config["n_points"] = max(2, round(config["n_points"] ** (1 / dim))) ** dim
     return config

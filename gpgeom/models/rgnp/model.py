@@ -34,6 +34,7 @@ from gpgeom.models.rgnp._checks import (
     check_residual_output,
     check_user_functions,
     default_dtype,
+    fixed_grid_side,
     prepare_data,
     reference_fields,
     warn_uncalibrated,
@@ -91,7 +92,8 @@ class RGNP(ModelContract, nn.Module):
             far too wide. Fixed is the default.
         n_points, batch_size: Collocation points per field and fields per step (defaults of :meth:`fit`).
         grid: ``"random"`` (fresh i.i.d. uniform points each step, RGNP) or ``"fixed"`` (a fixed regular grid
-            of ``n_points`` points reused every step: the PDDLVM baseline).
+            of ``n_points`` points reused every step: the PDDLVM baseline; in 2-D and 3-D ``n_points`` must be
+            :math:`k^D`, :math:`k \ge 2` points per axis).
         boundary_margin: Random points are drawn in the box shrunk by this margin (relative to its width).
         gicnet: Keyword arguments of :class:`GICNet` (the inverse encoder; files before ``aggregation`` load "points").
         dtype: The floating dtype of the model (``torch.float64`` or ``torch.float32``); inputs of any dtype are
@@ -148,6 +150,8 @@ class RGNP(ModelContract, nn.Module):
         check_positive("boundary_margin", boundary_margin, allow_zero=True)
         if grid not in ("random", "fixed"):
             raise ValueError(f"Unknown `grid`={grid!r}; expected 'random' or 'fixed'.")
+        if grid == "fixed":
+            fixed_grid_side(D, n_points, "n_points")
         hidden = tuple(int(h) for h in hidden)
         a, b = (float(v) for v in variance_bounds)
         if not 0 < a < b:
@@ -237,17 +241,19 @@ class RGNP(ModelContract, nn.Module):
         return 2 * (t - lo) / (hi - lo) - 1
 
     def sample_grid(self, batch: int, n: int | None = None) -> Tensor:
-        r"""Collocation grids ``(batch, n, D)``: i.i.d. uniform in the (margin-shrunk) box, or the fixed grid."""
+        r"""Collocation grids ``(batch, n, D)``: i.i.d. uniform in the (margin-shrunk) box, or the fixed regular grid
+        (:math:`k^D = n` points, ``n`` in 1-D; ``n`` defaults to the model's ``n_points``)."""
         n = self.n_points if n is None else n
+        check_positive("n_points", n, integer=True)
+        check_positive("batch", batch, integer=True)
         lo, hi = self.lower, self.upper
         if self.grid == "fixed":
             m = self.boundary_margin * (hi - lo)
-            per_axis = max(2, round(n ** (1 / self.dim)))
+            per_axis = fixed_grid_side(self.dim, n, "n_points")
             axes = [
-                torch.linspace(float(lo[d] + m[d]), float(hi[d] - m[d]), per_axis if self.dim > 1 else n,
-                               dtype=lo.dtype, device=lo.device)
+                torch.linspace(float(lo[d] + m[d]), float(hi[d] - m[d]), per_axis, dtype=lo.dtype, device=lo.device)
                 for d in range(self.dim)
-            ]  # fmt: skip
+            ]
             mesh = torch.meshgrid(*axes, indexing="ij")
             pts = torch.stack([g.reshape(-1) for g in mesh], dim=-1)
             return pts[None].expand(batch, -1, -1).clone()
@@ -447,6 +453,12 @@ class RGNP(ModelContract, nn.Module):
                 or the lift returns NaN or infinite values for finite inputs (the message gives the point).
         """
         check_positive("steps", steps, integer=True)
+        if batch_size is not None:
+            check_positive("batch_size", batch_size, integer=True)
+        if n_points is not None and self.grid == "fixed":
+            fixed_grid_side(self.dim, n_points, "n_points")
+        elif n_points is not None:
+            check_positive("n_points", n_points, integer=True)
         prepared = prepare_data(self, data, noise_std, data_batch) if data is not None else None
         if bool(self.discrepancy.calibrated):
             warnings.warn(
