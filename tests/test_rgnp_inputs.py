@@ -148,3 +148,19 @@ def test_fixed_grid_has_the_number_of_points_asked_for_or_says_why_not(tmp_path)
     torch.testing.assert_close(old.sample_grid(1), m25.sample_grid(1), rtol=0, atol=0)
     one_d = _poisson(grid="fixed", n_points=7).sample_grid(1)  # 1-D: any number of points
     assert one_d.shape == (1, 7, 1)
+
+
+def test_residual_of_a_field_with_nan_names_the_field_and_the_point():
+    r"""``RGNP.residual(u_fn, x, z, w)`` returned NaN silently where ``u_fn`` was NaN (the residual check skips
+    non-finite fields, whose NaN is not the residual's fault), e.g. ``log(x)`` at x = -0.5; ``PDEFamily.residual``
+    names the field there. It now raises naming ``u_fn(x)`` and the point; finite fields are unchanged (the exact
+    solution of the Helmholtz equation still has a residual ~0)."""
+    m = _user_model((-1.0, 1.0), ([0.5], [3.0]), ([0.0], [1.0]))
+    x = torch.tensor([[0.5], [-0.5], [0.25]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`u_fn\(x\)` returned 1 NaN .* u_fn\[0, 1\] = nan, .* x\[0, 1\] = -0\.5"):
+        m.residual(lambda x: torch.log(x[..., 0]), x, [2.0], [0.0])
+    with pytest.raises(ValueError, match=r"`u_fn\(x\)` must return a tensor of shape \(1, 3\) \(B, n\), got list"):
+        m.residual(lambda x: [0.0], x, [2.0], [0.0])
+    k, c = 2.0, 0.3  # u = cos(k x) + c / k^2 solves u'' + k^2 u = c
+    r = m.residual(lambda x: torch.cos(k * x[..., 0]) + c / k**2, x, [k], [c])
+    torch.testing.assert_close(r, torch.zeros(1, 3, dtype=torch.float64), rtol=0, atol=1e-12)

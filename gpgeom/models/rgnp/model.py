@@ -42,7 +42,7 @@ from gpgeom.models.rgnp._checks import (
 from gpgeom.models.rgnp._persistence import callable_name, family_info, file_config, resolve_callables
 from gpgeom.models.rgnp.networks import ForwardNet
 from gpgeom.nn.gicnet import GICNet
-from gpgeom.pde._checks import NonFiniteOutputError
+from gpgeom.pde._checks import NonFiniteOutputError, check_finite_output
 from gpgeom.pde.box import as_bounds, check_in_box
 from gpgeom.pde.family import LiftFn, PDEFamily, ResidualFn
 
@@ -279,12 +279,15 @@ class RGNP(ModelContract, nn.Module):
 
     def residual(self, u_fn: Callable[[Tensor], Tensor], x: Any, z: Any, w: Any = None) -> Tensor:
         r"""Residual of a field function ``u_fn: x (B, n, D) -> (B, n)`` at ``x``, through the model's residual
-        function and autograd derivatives, ``(B, n)`` (e.g. ~0 for an exact solution)."""
+        function and autograd derivatives, ``(B, n)`` (e.g. ~0 for an exact solution). A field that is NaN or
+        infinite at a point is an error naming ``u_fn`` and the point (the residual there would be NaN)."""
         x, z, w = self._check_xzw(x, z, w, check_support=False)
         x = x.detach().requires_grad_(True)
         u = u_fn(x)
-        if u.shape != x.shape[:2]:
-            raise ValueError(f"`u_fn(x)` must return shape {tuple(x.shape[:2])}, got {tuple(u.shape)}.")
+        if not isinstance(u, Tensor) or u.shape != x.shape[:2]:
+            got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+            raise ValueError(f"`u_fn(x)` must return a tensor of shape {tuple(x.shape[:2])} (B, n), got {got}.")
+        check_finite_output("u_fn(x)", u, {"x": x}, {}, "The field must be finite at every point.")
         return self._call_residual(u, x, z, w)
 
     def _zw_features(self, z: Tensor, w: Tensor) -> Tensor:
