@@ -352,3 +352,36 @@ def test_residual_fn_equals_the_residual_of_the_field():
     assert r_fn.__name__ == "nonlinear_poisson_1d_residual"
     torch.testing.assert_close(r_fn(u_fn(x), x, z, w), fam.residual(u_fn, x, z, w), rtol=0, atol=0)
     assert repr(fam) == "NonlinearPoisson1D()" and fam.config() == {}
+
+
+def _linear_family(low, high):
+    class Linear(PDEFamily):
+        name = "cache_probe_linear"
+        dim = 1
+        lower, upper = (0.0,), (1.0,)
+        z_names, z_low, z_high = ("slope",), (low,), (high,)
+
+        def solve(self, z, w, x):
+            return float(np.asarray(z)[0]) * np.asarray(x)[..., 0]
+
+        def test_points(self, n_points):
+            return np.linspace(0.0, 1.0, n_points)[:, None]
+
+    return Linear()
+
+
+def test_make_test_set_does_not_reuse_fields_of_other_priors(tmp_path):
+    r"""The cache is keyed by the family's name, config, sizes and seed: a family whose prior changed under the same
+    name (a user family edited between runs) got the old file back, parameters outside its prior (slopes in [1, 2]
+    for a prior [3, 4]) and their fields. A file is now reused only if it holds the draws the family makes now;
+    the stale one is solved again and replaced, and a matching one is still reused."""
+    old = make_test_set(_linear_family(1.0, 2.0), 3, 5, seed=0, cache_dir=tmp_path)
+    assert np.all((old.z >= 1.0) & (old.z <= 2.0))
+    new_family = _linear_family(3.0, 4.0)
+    new = make_test_set(new_family, 3, 5, seed=0, cache_dir=tmp_path)
+    z_truth, _ = new_family.sample_params(3, np.random.default_rng(0))
+    np.testing.assert_array_equal(new.z, z_truth)
+    np.testing.assert_allclose(new.u, z_truth * new.x[:, 0][None], rtol=0, atol=1e-15)  # u = slope * x
+    new_family.solve = None  # a reuse must not solve
+    again = make_test_set(new_family, 3, 5, seed=0, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.u, new.u)

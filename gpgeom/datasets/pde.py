@@ -6,7 +6,9 @@ The families themselves (domain, priors, residual, boundary lift and reference s
 (re-exported here for convenience). This module adds the data built from them: :func:`make_test_set` draws
 parameters from a family's prior, solves with its reference solver on its regular test grid and stores the result
 as ``.npz`` under ``$GPGEOM_CACHE/pde`` (default ``~/.cache/gpgeom/pde``, :func:`gpgeom._cache.cache_dir`), keyed by
-family (and its :meth:`~gpgeom.pde.family.PDEFamily.config`), sizes and seed, so the solves run once per machine.
+family (and its :meth:`~gpgeom.pde.family.PDEFamily.config`), sizes and seed, so the solves run once per machine. A
+cached file is used only if it holds the test points and the parameter draws the family makes now (a family whose
+priors changed under the same name is solved again).
 """
 
 from __future__ import annotations
@@ -90,16 +92,20 @@ def make_test_set(
     tag = f"_c{zlib.crc32(repr(sorted(config.items())).encode()):08x}" if config else ""
     name = f"{family.name}{tag}_S{n_samples}_P{pts}_seed{seed}_v{_CACHE_VERSION}.npz"
     path = _cache_dir("pde", root=cache_dir) / name
+    z, w = family.sample_params(n_samples, np.random.default_rng(seed))
     if path.exists() and not refresh:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
+        # the file is keyed by name, config, sizes and seed only: a family whose priors (or sampler) changed since,
+        # e.g. a user family edited under the same name, draws other parameters, and its old fields are not its own
         if (
             str(data.get("family")) == family.name
             and data["u"].shape == (n_samples, len(x))
             and np.array_equal(data["x"], x)
+            and np.array_equal(data["z"], z)
+            and np.array_equal(data["w"], w)
         ):
             return PDETestSet(family.name, data["x"], data["z"], data["w"], data["u"], int(data["seed"]))
-    z, w = family.sample_params(n_samples, np.random.default_rng(seed))
     u = np.stack([family.solve(z[i], w[i], x) for i in range(n_samples)])
     arrays = {"family": np.array(family.name), "x": x, "z": z, "w": w, "u": u, "seed": np.array(seed)}
     write_npz(path, {**arrays, "version": np.array(_CACHE_VERSION)})
