@@ -164,3 +164,33 @@ def test_residual_of_a_field_with_nan_names_the_field_and_the_point():
     k, c = 2.0, 0.3  # u = cos(k x) + c / k^2 solves u'' + k^2 u = c
     r = m.residual(lambda x: torch.cos(k * x[..., 0]) + c / k**2, x, [k], [c])
     torch.testing.assert_close(r, torch.zeros(1, 3, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(hidden=(8, 0)), ValueError, r"`hidden\[1\]` must be > 0, got 0"),
+        (dict(hidden=(-3,)), ValueError, r"`hidden\[0\]` must be > 0, got -3"),
+        (dict(hidden=(8.7,)), TypeError, r"`hidden\[0\]` must be an int, got float \(8\.7\)"),
+        (dict(hidden=64), ValueError, r"`hidden` must be a sequence of layer widths \(positive ints\), got 64"),
+        (dict(freq_range=(1.0,)), ValueError, r"`freq_range` must be a pair of numbers .*got \(1\.0,\)"),
+        (dict(variance_bounds=(1e-5,)), ValueError, r"`variance_bounds` must be a pair of numbers .*got \(1e-05,\)"),
+        (dict(boundary_margin=0.6), ValueError, r"`boundary_margin` must be < 0\.5 .*got 0\.6"),
+        (dict(boundary_margin=0.5), ValueError, r"`boundary_margin` must be < 0\.5 .*got 0\.5"),
+    ],
+)
+def test_network_options_are_checked_with_named_errors(kwargs, error, match):
+    r"""A zero width in ``hidden`` built a forward network cut in two (``Linear(11, 0)``), whose mean was its last
+    bias for every x, z and w, silently; ``boundary_margin=0.6`` turned the sampling box inside out (Poisson points
+    in [-0.2, 0.2] instead of near [-1, 1]); ``hidden=64``, a float or negative width and one-number
+    ``freq_range``/``variance_bounds`` failed in torch or in tuple unpacking without naming the argument."""
+    with pytest.raises(error, match=match):
+        RGNP.from_family(NonlinearPoisson1D(), n_freqs=2, gicnet=SMALL_GIC, **kwargs)
+
+
+def test_a_wide_boundary_margin_below_one_half_keeps_the_points_in_the_shrunk_box():
+    torch.manual_seed(0)
+    m = RGNP.from_family(NonlinearPoisson1D(), n_freqs=2, hidden=(8,), gicnet=SMALL_GIC, boundary_margin=0.4)
+    x = m.sample_grid(50, 20)
+    assert float(x.min()) >= -1 + 0.8 and float(x.max()) <= 1 - 0.8  # [-1 + 0.4 * 2, 1 - 0.4 * 2]
+    assert float(x.max() - x.min()) > 0.35  # and fill it

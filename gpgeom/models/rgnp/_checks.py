@@ -36,6 +36,7 @@ __all__ = [
     "check_field_data",
     "check_lift_output",
     "check_residual_output",
+    "check_network_options",
     "check_user_functions",
     "default_dtype",
     "fixed_grid_side",
@@ -107,6 +108,42 @@ def check_user_functions(model: Any) -> None:
             "the network; compute the residual from `u` (and its derivatives by pointwise_grad) with torch "
             "operations."
         )
+
+
+def _pair(name: str, value: Any, what: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a pair of numbers ({what}), got {value!r}.") from None
+    return a, b
+
+
+def check_network_options(
+    hidden: Any, freq_range: Any, variance_bounds: Any, boundary_margin: Any
+) -> tuple[tuple[int, ...], tuple[float, float], tuple[float, float]]:
+    r"""The forward network's options of :class:`~gpgeom.models.rgnp.model.RGNP`, checked: ``hidden`` (a sequence
+    of positive ints: a width 0 cut the network, whose output was then its last bias whatever the input),
+    ``freq_range`` ``(lo, hi)`` (positive), ``variance_bounds`` ``(a, b)`` (:math:`0 < a < b`) and
+    ``boundary_margin`` (in :math:`[0, 1/2)`: the random points are drawn in the box shrunk by it on both sides, which
+    a margin of 1/2 or more turns inside out). Returns ``(hidden, freq_range, variance_bounds)``."""
+    if isinstance(hidden, str) or not hasattr(hidden, "__iter__"):
+        raise ValueError(f"`hidden` must be a sequence of layer widths (positive ints), got {hidden!r}.")
+    hidden = tuple(hidden)
+    for i, h in enumerate(hidden):
+        check_positive(f"hidden[{i}]", h, integer=True)
+    lo, hi = _pair("freq_range", freq_range, "the lowest and highest Fourier frequency")
+    check_positive("freq_range[0]", lo)
+    check_positive("freq_range[1]", hi)
+    a, b = _pair("variance_bounds", variance_bounds, "the bounds a < b of the variances")
+    if not 0 < a < b:
+        raise ValueError(f"`variance_bounds` must satisfy 0 < a < b, got {variance_bounds!r}.")
+    check_positive("boundary_margin", boundary_margin, allow_zero=True)
+    if not float(boundary_margin) < 0.5:
+        raise ValueError(
+            f"`boundary_margin` must be < 0.5 (a fraction of the box's width cut off on each side), got "
+            f"{boundary_margin!r}."
+        )
+    return tuple(int(h) for h in hidden), (lo, hi), (a, b)
 
 
 def fixed_grid_side(dim: int, n: int, name: str) -> int:

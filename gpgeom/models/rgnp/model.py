@@ -31,6 +31,7 @@ from gpgeom.engine.variational import (
 )
 from gpgeom.models.rgnp._checks import (
     check_lift_output,
+    check_network_options,
     check_residual_output,
     check_user_functions,
     default_dtype,
@@ -147,15 +148,11 @@ class RGNP(ModelContract, nn.Module):
         check_positive("residual_scale", residual_scale)
         check_positive("n_points", n_points, integer=True)
         check_positive("batch_size", batch_size, integer=True)
-        check_positive("boundary_margin", boundary_margin, allow_zero=True)
+        hidden, freq_range, (a, b) = check_network_options(hidden, freq_range, variance_bounds, boundary_margin)
         if grid not in ("random", "fixed"):
             raise ValueError(f"Unknown `grid`={grid!r}; expected 'random' or 'fixed'.")
         if grid == "fixed":
             fixed_grid_side(D, n_points, "n_points")
-        hidden = tuple(int(h) for h in hidden)
-        a, b = (float(v) for v in variance_bounds)
-        if not 0 < a < b:
-            raise ValueError(f"`variance_bounds` must satisfy 0 < a < b, got {variance_bounds!r}.")
 
         self.residual_fn = residual
         self.lift_fn = lift
