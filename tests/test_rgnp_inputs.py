@@ -194,3 +194,51 @@ def test_a_wide_boundary_margin_below_one_half_keeps_the_points_in_the_shrunk_bo
     x = m.sample_grid(50, 20)
     assert float(x.min()) >= -1 + 0.8 and float(x.max()) <= 1 - 0.8  # [-1 + 0.4 * 2, 1 - 0.4 * 2]
     assert float(x.max() - x.min()) > 0.35  # and fill it
+
+
+def test_family_config_of_numpy_values_saves_a_file_that_loads(tmp_path):
+    r"""A registered family whose ``config()`` held a numpy scalar (``np.float64(2.5)``, e.g. a drawn parameter) or a
+    numpy array was saved without complaint, and the file could not be read: "is not a gpgeom model file
+    (UnpicklingError: Weights only load failed ...)". Numpy scalars are now stored as Python numbers (the model
+    reloads and predicts as saved; its residual of a constant field is still -amp), numpy arrays are a ``TypeError``
+    at ``save`` naming the key, before any file is written."""
+    from gpgeom.models.rgnp import pointwise_grad
+    from gpgeom.pde import PDEFamily, register_family
+
+    @register_family
+    class ScaledHelmholtz(PDEFamily):
+        name = "test_rgnp_inputs_scaled_helmholtz"
+        dim, coordinates, lower, upper = 1, ("x",), (0.0,), (1.0,)
+        z_names, z_low, z_high = ("k",), (1.0,), (3.0,)
+
+        def __init__(self, amp=1.0, shape=(1.0,)):
+            self.amp, self.shape = amp, shape
+
+        def config(self):
+            return {"amp": self.amp, "shape": self.shape}
+
+        def derivatives(self, u_fn, x):
+            u = self._eval(u_fn, x)
+            return {"u": u, "u_xx": pointwise_grad(pointwise_grad(u, x)[..., 0], x)[..., 0]}
+
+        def residual_from_derivatives(self, d, x, z, w):
+            return d["u_xx"] + z[:, :1] ** 2 * d["u"] - float(self.amp)
+
+        def boundary_ansatz(self, x, w):
+            return torch.zeros_like(x[..., 0]), x[..., 0] * (1 - x[..., 0])
+
+    torch.manual_seed(0)
+    opts = dict(hidden=(8,), n_freqs=2, gicnet=SMALL_GIC, batch_size=2)
+    m = RGNP.from_family(ScaledHelmholtz(amp=np.float64(2.5), shape=[np.float32(0.5)]), **opts)
+    m.fit(1, progress=False, seed=0)
+    m.save(tmp_path / "m.pt")
+    back = RGNP.load(tmp_path / "m.pt")
+    assert back.family.config() == {"amp": 2.5, "shape": [0.5]}
+    x = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)[:, None]
+    torch.testing.assert_close(back.predict([2.0], None, x), m.predict([2.0], None, x), rtol=0, atol=0)
+    r = back.residual(lambda x: torch.zeros_like(x[..., 0]), x, [2.0])
+    torch.testing.assert_close(r, torch.full((1, 5), -2.5, dtype=torch.float64), rtol=0, atol=0)
+    bad = RGNP.from_family(ScaledHelmholtz(shape=np.array([1.0, 2.0])), **opts).fit(1, progress=False, seed=0)
+    with pytest.raises(TypeError, match=r"ScaledHelmholtz\.config\(\)\['shape'\] is a numpy\.ndarray, .*\.tolist\(\)"):
+        bad.save(tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()

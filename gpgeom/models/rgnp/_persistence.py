@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
+
 from gpgeom.errors import ModelFileError
 from gpgeom.pde.family import PDEFamily
 from gpgeom.pde.registry import get_family, is_registered
@@ -45,12 +48,34 @@ def rebuild_family(info: dict[str, Any], required: bool) -> PDEFamily | None:
     return family_cls(**info["config"])
 
 
+def _plain(value: Any, where: str) -> Any:
+    r"""``value`` as what a model file can hold and load with ``weights_only=True``: ``None``, bools, numbers, strings,
+    tensors, and lists, tuples and string-keyed dicts of them; numpy scalars become Python numbers (their ``.item()``).
+    Anything else (a numpy array, an object) is a ``TypeError`` naming ``where``: torch would write it and then refuse
+    to read the file ("is not a gpgeom model file")."""
+    if isinstance(value, np.generic) and np.ndim(value) == 0 and isinstance(value.item(), bool | int | float):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str | torch.Tensor):
+        return value
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which a model file cannot hold: "
+        "PDEFamily.config() must return plain values (numbers, strings, lists, tuples, dicts, tensors), e.g. "
+        "array.tolist() for a numpy array."
+    )
+
+
 def family_info(fam: PDEFamily | None) -> dict[str, Any] | None:
-    r"""What a model file stores about its PDE family (name, configuration, whether registered, class)."""
+    r"""What a model file stores about its PDE family (name, configuration as plain values, whether registered,
+    class)."""
     if fam is None:
         return None
+    config = {k: _plain(v, f"{type(fam).__qualname__}.config()[{k!r}]") for k, v in dict(fam.config()).items()}
     return {
-        "name": fam.name, "config": dict(fam.config()), "registered": is_registered(fam),
+        "name": fam.name, "config": config, "registered": is_registered(fam),
         "class": f"{type(fam).__module__}.{type(fam).__qualname__}",
     }  # fmt: skip
 
