@@ -242,3 +242,30 @@ def test_family_config_of_numpy_values_saves_a_file_that_loads(tmp_path):
     with pytest.raises(TypeError, match=r"ScaledHelmholtz\.config\(\)\['shape'\] is a numpy\.ndarray, .*\.tolist\(\)"):
         bad.save(tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_known_parameters_the_model_does_not_have_are_named():
+    r"""A ``w`` given to a model built without known parameters (``w_bounds=None``) raised "`w` must have trailing
+    shape (0), got shape (1,)" (``predict``, ``predict_inverse``) or "`data['w']` must have trailing shape (2, 0)"
+    (``calibrate``/``fit`` data), and ``data['w'] = None`` for a model with one "must have trailing shape (2, 1), got
+    shape (2, 0)". The errors now say that the model has no (or how many) known parameters; ``w=None`` and an empty
+    ``w`` still work and agree."""
+    m = RGNP(
+        lambda u, x, z, w: _algebraic(u, x, z), domain=(0.0, 1.0), z_bounds=([0.5], [3.0]), hidden=(8,), n_freqs=2,
+        gicnet=SMALL_GIC, batch_size=2,
+    ).fit(1, progress=False, seed=0)  # fmt: skip
+    x = torch.rand(5, 1, dtype=torch.float64)
+    none_given = r"`w` must be None: the model has no known parameters \(built with w_bounds=None\), got .* \(1,\)"
+    with pytest.raises(ValueError, match=none_given):
+        m.predict([2.0], [1.0], x)
+    with pytest.raises(ValueError, match=none_given):
+        m.predict_inverse(x, torch.rand(5, dtype=torch.float64), torch.tensor([1.0]))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.random((2, 3, 1)), "y": rng.random((2, 3)), "z": np.full((2, 1), 2.0), "w": np.ones((2, 1))}
+    with pytest.raises(ValueError, match=r"`data\['w'\]` must be None: the model has no known parameters"):
+        m.calibrate(data)
+    torch.testing.assert_close(m.predict([2.0], None, x), m.predict([2.0], torch.zeros(0), x), rtol=0, atol=0)
+    p = _poisson()
+    data = {"x": rng.random((2, 3, 1)), "y": rng.random((2, 3)), "z": np.zeros((2, 5)), "w": None}
+    with pytest.raises(ValueError, match=r"`data\['w'\]` is required \(got None\): the model has 1 known parameter"):
+        p.fit(1, data=data, progress=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "check_residual_output",
     "check_network_options",
     "check_user_functions",
+    "check_w_given",
     "default_dtype",
     "fixed_grid_side",
     "prepare_data",
@@ -165,6 +167,23 @@ def fixed_grid_side(dim: int, n: int, name: str) -> int:
     )
 
 
+def check_w_given(name: str, w: Any, dim_w: int) -> None:
+    r"""Refuse known parameters ``w`` that the model does not have, or ``None`` where it has some, saying so (instead
+    of a shape error about a trailing size 0)."""
+    if w is None:
+        if dim_w:
+            raise ValueError(
+                f"`{name}` is required (got None): the model has {dim_w} known parameter(s) (its `w_bounds`)."
+            )
+        return
+    shape = tuple(w.shape) if isinstance(w, Tensor) else np.shape(w)
+    if not dim_w and math.prod(shape) > 0:
+        raise ValueError(
+            f"`{name}` must be None: the model has no known parameters (built with w_bounds=None), got values of "
+            f"shape {shape}."
+        )
+
+
 def check_field_data(model: Any, data: Any, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     r"""Fields with known parameters, a dict with ``x`` ``(S, m, D)``, ``y`` ``(S, m)``, ``z`` ``(S, dz)``, ``w``
     ``(S, dw)`` (numpy or torch; ``w`` may be ``None`` when the model has none), as the model's tensors
@@ -180,6 +199,7 @@ def check_field_data(model: Any, data: Any, name: str) -> tuple[Tensor, Tensor, 
         )
     y = model._as_tensor(f"{name}['y']", data["y"], ndim=2, shape=(S, m))
     z = model._as_tensor(f"{name}['z']", data["z"], ndim=2, shape=(S, model.dim_z))
+    check_w_given(f"{name}['w']", data["w"], model.dim_w)
     w = data["w"] if data["w"] is not None else torch.zeros(S, 0)
     w = model._as_tensor(f"{name}['w']", w, ndim=2, shape=(S, model.dim_w))
     check_in_box(f"{name}['x']", x, model.lower, model.upper, "the domain")

@@ -34,6 +34,7 @@ from gpgeom.models.rgnp._checks import (
     check_network_options,
     check_residual_output,
     check_user_functions,
+    check_w_given,
     default_dtype,
     fixed_grid_side,
     prepare_data,
@@ -585,9 +586,8 @@ class RGNP(ModelContract, nn.Module):
         return t if t.dim() == 2 else t[None]
 
     def _check_w(self, w: Any, B: int) -> Tensor:
-        if w is None:
-            if self.dim_w:
-                raise ValueError(f"`w` is required: the model has {self.dim_w} known parameter(s).")
+        check_w_given("w", w, self.dim_w)
+        if w is None or not self.dim_w:
             return torch.zeros(B, 0, dtype=self.dtype, device=self.device)
         w = self._rows("w", w, self.dim_w)
         if w.shape[0] == 1 and B > 1:
