@@ -264,6 +264,12 @@ def test_make_test_set_stores_on_first_use_and_reloads(tmp_path, monkeypatch):
         ),
         (lambda: solve_burgers_mol((0.1, 1.0), 1.0, 31, [0.2, np.nan]), ValueError, r"finite and >= 0, got \[0.2, nan"),
         (lambda: make_test_set(NonlinearPoisson1D(), 2, 1), ValueError, r"`n_points` must be >= 2"),
+        (
+            lambda: ViscousBurgers().test_points((9, 5, 3)),
+            ValueError,
+            r"`n_points` must be an int or a pair \(nx, nt\)",
+        ),
+        (lambda: ViscousBurgers().test_points("9"), ValueError, r"`n_points` must be an int or a pair .*got '9'"),
         (lambda: make_test_set(ViscousBurgers(), 2, 9, seed=-1), ValueError, r"`seed` must be a non-negative int"),
         (lambda: make_test_set("viscous_burgers", 2, 9), TypeError, r"`family` must be a gpgeom.pde.PDEFamily"),
         (lambda: NonlinearPoisson1D().solve(np.zeros(4), 1.0, np.zeros((3, 1))), ValueError, r"`z` must hold 5"),
@@ -368,6 +374,13 @@ def _linear_family(low, high):
             return np.linspace(0.0, 1.0, n_points)[:, None]
 
     return Linear()
+
+
+def test_burgers_test_points_take_numpy_ints():
+    r"""``ViscousBurgers().test_points(np.int64(5))`` raised "'numpy.int64' object is not iterable" (and a triple
+    "too many values to unpack"); a numpy int now gives the grid of the Python int."""
+    np.testing.assert_array_equal(ViscousBurgers().test_points(np.int64(5)), ViscousBurgers().test_points(5))
+    assert ViscousBurgers().test_points((3, 4)).shape == (12, 2)
 
 
 def test_make_test_set_does_not_reuse_fields_of_other_priors(tmp_path):

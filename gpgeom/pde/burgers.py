@@ -42,6 +42,7 @@ the transformation, while the accuracy of the values rests on the checks above.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -267,7 +268,14 @@ class ViscousBurgers(PDEFamily):
         return solve_burgers(z, w, x)
 
     def test_points(self, n_points):
-        nx, nt = (n_points, n_points) if isinstance(n_points, int) else tuple(n_points)
+        r"""The regular ``nx x nt`` grid of :math:`[0, 1]^2`, ``(nx * nt, 2)`` (``x`` varying slowest), for
+        ``n_points`` an int (``nx = nt``) or a pair ``(nx, nt)``."""
+        if isinstance(n_points, numbers.Integral) and not isinstance(n_points, bool):
+            nx = nt = int(n_points)
+        elif isinstance(n_points, tuple | list) and len(n_points) == 2:
+            nx, nt = n_points
+        else:
+            raise ValueError(f"`n_points` must be an int or a pair (nx, nt) of ints, got {n_points!r}.")
         check_positive("n_points[0]", nx, integer=True)
         check_positive("n_points[1]", nt, integer=True)
         if nx < 2 or nt < 2:
