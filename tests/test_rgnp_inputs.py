@@ -269,3 +269,28 @@ def test_known_parameters_the_model_does_not_have_are_named():
     data = {"x": rng.random((2, 3, 1)), "y": rng.random((2, 3)), "z": np.zeros((2, 5)), "w": None}
     with pytest.raises(ValueError, match=r"`data\['w'\]` is required \(got None\): the model has 1 known parameter"):
         p.fit(1, data=data, progress=False)
+
+
+def test_a_lift_that_couples_the_points_is_refused():
+    r"""A lift computed across the points, here ``d = s(x) / max_j s(x_j)`` with ``s = x (1 - x)``, trained
+    silently, though RGNP's derivatives (the gradient of the sum over the points) are then not the field's: on the
+    points (0.1, 0.2, 0.3) the autograd derivative of ``u = d`` (``u_hat = 1``) at x = 0.3 is
+    -(0.09 + 0.16) 0.4 / 0.21^2 = -2.27, the other points' sensitivities to the maximiser, where the field
+    ``s(x) / 0.21`` has slope 0.4 / 0.21 = 1.90. The check before training now refuses such a lift, naming ``lift``
+    and the coupled points; a pointwise lift still trains."""
+    from gpgeom.models.rgnp import pointwise_grad
+
+    x = torch.tensor([[[0.1], [0.2], [0.3]]], dtype=torch.float64, requires_grad=True)
+    s = x[..., 0] * (1 - x[..., 0])
+    coupled = pointwise_grad(s / s.amax(1, keepdim=True), x)[..., 0].detach()
+    own = (1 - 2 * x[..., 0].detach()) / 0.21  # the field's slope, the maximum held at 0.21
+    torch.testing.assert_close(coupled[0, 2], torch.tensor(-0.25 * 0.4 / 0.21**2, dtype=torch.float64))
+    torch.testing.assert_close(own[0, 2], torch.tensor(0.4 / 0.21, dtype=torch.float64))
+    torch.testing.assert_close(coupled[0, :2], own[0, :2])  # the other points are not the maximiser
+    m = _user_model((0.0, 1.0), ([0.5], [3.0]), ([0.0], [1.0]))
+    m.lift_fn = lambda x, w: (torch.zeros_like(x[..., 0]), (x[..., 0] * (1 - x[..., 0])).div(
+        (x[..., 0] * (1 - x[..., 0])).amax(1, keepdim=True)))  # fmt: skip
+    with pytest.raises(ValueError, match=r"`lift\(x, w\)` must be pointwise: d\[:, 0\] depends on x\[:, 1\]"):
+        m.fit(1, progress=False, seed=0)
+    m.lift_fn = lambda x, w: (torch.zeros_like(x[..., 0]), x[..., 0] * (1 - x[..., 0]))
+    assert len(m.fit(1, progress=False, seed=0).fit_history) == 1

@@ -91,6 +91,7 @@ def check_user_functions(model: Any) -> None:
             raise ValueError(
                 f"`lift(x, w)` failed on a trial batch ({shapes}): {type(exc).__name__}: {exc}.{hint_w}"
             ) from exc
+        _check_lift_pointwise(model, w)
         u = b + d * model.forward_dist(z, w, x).loc
         try:
             r = model._call_residual(u, x, z, w)
@@ -182,6 +183,37 @@ def check_w_given(name: str, w: Any, dim_w: int) -> None:
             f"`{name}` must be None: the model has no known parameters (built with w_bounds=None), got values of "
             f"shape {shape}."
         )
+
+
+def _check_lift_pointwise(model: Any, w: Tensor) -> None:
+    r"""Refuse a lift whose ``b[:, i]`` or ``d[:, i]`` depends on the other points ``x[:, j]``, ``j != i`` (e.g. ``d``
+    normalised by its maximum over the points): the derivatives of the field by
+    :func:`~gpgeom.pde.autodiff.pointwise_grad` (the gradient of the sum over the points) would then add the other
+    points' sensitivities to each point's derivative, and the residual would be wrong without an error. Checked by
+    autograd on three trial points per field, placed asymmetrically in every coordinate (so that a coupling through a
+    maximum or a mean is not hidden by a symmetric placement); ``w`` ``(B, dw)`` the trial parameters."""
+    frac = torch.tensor([[0.21, 0.62, 0.35], [0.47, 0.18, 0.71], [0.68, 0.44, 0.12]], dtype=model.dtype)
+    frac = frac[:, : model.dim].to(model.device)
+    x = (model.lower + (model.upper - model.lower) * frac)[None].expand(w.shape[0], -1, -1).clone().requires_grad_()
+    b, d = model.lift(x, w)
+    n = x.shape[1]
+    for name, t in (("b", b), ("d", d)):
+        if not t.requires_grad:
+            continue
+        for i in range(n):
+            (g,) = torch.autograd.grad(t[:, i].sum(), x, retain_graph=True, allow_unused=True)
+            if g is None:
+                continue
+            others = torch.cat([g[:, :i], g[:, i + 1 :]], dim=1)
+            if bool((others != 0).any()):
+                j = int((others != 0).any(-1).any(0).nonzero()[0])
+                j = j + (j >= i)
+                raise ValueError(
+                    f"`lift(x, w)` must be pointwise: {name}[:, {i}] depends on x[:, {j}], another point (e.g. a "
+                    "normalisation over the points, such as a max or mean along dim 1), so the autograd derivatives "
+                    "of the field, which RGNP takes of the sum over the points, would be wrong. Compute b and d at "
+                    "each point from that point's coordinates (and w) only."
+                )
 
 
 def check_field_data(model: Any, data: Any, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
