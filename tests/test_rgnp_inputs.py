@@ -294,3 +294,46 @@ def test_a_lift_that_couples_the_points_is_refused():
         m.fit(1, progress=False, seed=0)
     m.lift_fn = lambda x, w: (torch.zeros_like(x[..., 0]), x[..., 0] * (1 - x[..., 0]))
     assert len(m.fit(1, progress=False, seed=0).fit_history) == 1
+
+
+def _declared_family(**attrs):
+    from gpgeom.models.rgnp import pointwise_grad
+    from gpgeom.pde import PDEFamily
+
+    class Declared(PDEFamily):
+        name = "test_rgnp_inputs_declared"
+        dim, coordinates, lower, upper = 1, ("x",), (0.0,), (1.0,)
+        z_names, z_low, z_high = ("a", "b"), (0.0, 0.0), (1.0, 1.0)
+
+        def derivatives(self, u_fn, x):
+            u = self._eval(u_fn, x)
+            return {"u": u, "u_x": pointwise_grad(u, x)[..., 0]}
+
+        def residual_from_derivatives(self, d, x, z, w):
+            return d["u_x"] - z[:, :1] - z[:, 1:2]
+
+        def boundary_ansatz(self, x, w):
+            return torch.zeros_like(x[..., 0]), x[..., 0]
+
+    for k, v in attrs.items():
+        setattr(Declared, k, v)
+    return Declared()
+
+
+def test_a_family_whose_sizes_disagree_is_refused(tmp_path):
+    r"""``RGNP.from_family`` took the model's sizes from the bounds alone: a family declaring ``dim = 2`` with 1-D
+    bounds gave a 1-D model (``model.dim`` 1, ``family.dim`` 2) silently, and two ``z_names`` with one bound failed
+    in the first residual with "The size of tensor a (3) must match the size of tensor b (0)" and a hint about ``w``.
+    Both are now a ``ValueError`` naming the family and the attributes that disagree (also in ``make_test_set``)."""
+    from gpgeom.datasets.pde import make_test_set
+
+    good = _declared_family()
+    opts = dict(hidden=(8,), n_freqs=2, gicnet=SMALL_GIC, batch_size=2)
+    m = RGNP.from_family(good, **opts)
+    assert (m.dim, m.dim_z, m.dim_w) == (good.dim, good.dim_z, good.dim_w) == (1, 2, 0)
+    with pytest.raises(ValueError, match=r"Declared declares dim, lower, upper, coordinates of different sizes \[2, 1"):
+        RGNP.from_family(_declared_family(dim=2), **opts)
+    with pytest.raises(ValueError, match=r"Declared declares z_names, z_low, z_high of different sizes \[2, 1, 1\]"):
+        RGNP.from_family(_declared_family(z_low=(0.0,), z_high=(1.0,)), **opts)
+    with pytest.raises(ValueError, match=r"Declared declares w_names, w_low, w_high of different sizes \[1, 0, 0\]"):
+        make_test_set(_declared_family(w_names=("c",)), 1, 3, cache_dir=tmp_path)

@@ -83,6 +83,7 @@ def make_test_set(
     """
     if not isinstance(family, PDEFamily):
         raise TypeError(f"`family` must be a gpgeom.pde.PDEFamily, got {type(family).__name__}.")
+    family.check_declaration()
     check_positive("n_samples", n_samples, integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")

@@ -95,6 +95,27 @@ class PDEFamily:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
 
+    def check_declaration(self) -> None:
+        r"""Raise ``ValueError`` unless the class attributes agree: ``len(lower) == len(upper) == dim`` (and
+        ``len(coordinates) == dim`` when given), ``len(z_low) == len(z_high) == len(z_names) >= 1``,
+        ``len(w_low) == len(w_high) == len(w_names)``. A model built from a family takes its sizes from the bounds,
+        so a disagreement (a name without a bound, a ``dim`` that the bounds do not have) otherwise gives a model of
+        other sizes than the family's, or an error about a tensor shape in its first residual."""
+        cls = type(self).__qualname__
+        groups = [
+            ("dim, lower, upper" + (", coordinates" if self.coordinates else ""),
+             [self.dim, len(self.lower), len(self.upper)] + ([len(self.coordinates)] if self.coordinates else [])),
+            ("z_names, z_low, z_high", [len(self.z_names), len(self.z_low), len(self.z_high)]),
+            ("w_names, w_low, w_high", [len(self.w_names), len(self.w_low), len(self.w_high)]),
+        ]  # fmt: skip
+        for names, sizes in groups:
+            if len(set(sizes)) > 1:
+                raise ValueError(
+                    f"{cls} declares {names} of different sizes {sizes}: give one entry per dimension or parameter."
+                )
+        if not self.z_names:
+            raise ValueError(f"{cls} declares no inverse-problem parameter (z_names, z_low, z_high are empty).")
+
     # -- priors --------------------------------------------------------------------------------------------------
     def sample_params(self, n: int, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
         r"""Draw ``n`` parameter pairs from the uniform priors; returns ``z`` ``(n, dim_z)``, ``w`` ``(n, dim_w)``."""

@@ -220,6 +220,7 @@ class RGNP(ModelContract, nn.Module):
             raise TypeError(
                 f"RGNP.from_family takes {', '.join(taken)} from the family; build RGNP(residual, ...) to set them."
             )
+        family.check_declaration()
         w_bounds = (family.w_low, family.w_high) if family.dim_w > 0 else None
         model = cls(
             family.residual_fn(), domain=(family.lower, family.upper), z_bounds=(family.z_low, family.z_high),
