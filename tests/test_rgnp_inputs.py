@@ -337,3 +337,28 @@ def test_a_family_whose_sizes_disagree_is_refused(tmp_path):
         RGNP.from_family(_declared_family(z_low=(0.0,), z_high=(1.0,)), **opts)
     with pytest.raises(ValueError, match=r"Declared declares w_names, w_low, w_high of different sizes \[1, 0, 0\]"):
         make_test_set(_declared_family(w_names=("c",)), 1, 3, cache_dir=tmp_path)
+
+
+def test_elbo_terms_take_the_data_as_fit_does():
+    r"""``RGNP.elbo_terms(x, w, data)`` with the data dict that :meth:`fit` takes raised ``KeyError: 'noise'`` (tensors)
+    or torch's "zeros_like(): argument 'input' must be Tensor, not numpy.ndarray" (numpy arrays): it wanted the dict
+    ``fit`` prepares internally. The raw dict is now prepared as ``fit`` does (with its defaults, or the given
+    ``noise_std`` and ``data_batch``): the terms equal those of the prepared dict under the same random draws."""
+    import pyro
+
+    from gpgeom.models.rgnp._checks import prepare_data
+
+    m = _poisson()
+    fam = NonlinearPoisson1D()
+    z, w = (torch.tensor(a) for a in fam.sample_params(3, 0))
+    rng = np.random.default_rng(0)
+    data = {"x": rng.uniform(-0.8, 0.8, (3, 4, 1)), "y": 0.05 * rng.standard_normal((3, 4)), "z": z, "w": w}
+    x, wg = m._draw(2, 5)
+    for kwargs in ({}, {"noise_std": 0.1, "data_batch": 3}):  # fit's defaults, then others
+        pyro.set_rng_seed(0)
+        truth = m.elbo_terms(x, wg, prepare_data(m, data, kwargs.get("noise_std", 0.05), kwargs.get("data_batch", 50)))
+        pyro.set_rng_seed(0)
+        got = m.elbo_terms(x, wg, data, **kwargs)
+        assert set(got) == set(truth) and "y" in got
+        for k in truth:
+            torch.testing.assert_close(got[k], truth[k], rtol=0, atol=0)

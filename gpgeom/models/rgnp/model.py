@@ -387,8 +387,22 @@ class RGNP(ModelContract, nn.Module):
         x, w = self._draw(batch_size, n_points)
         return elbo_loss(self.model, self.guide, x, w, data) / x.shape[0]
 
-    def elbo_terms(self, x: Tensor, w: Tensor, data: dict | None = None) -> dict[str, Tensor]:
-        r"""One-draw ELBO split by site (:func:`gpgeom.engine.variational.elbo_terms`), summed over the batch."""
+    def elbo_terms(
+        self, x: Any, w: Any, data: dict | None = None, *, noise_std: float = 0.05, data_batch: int = 50
+    ) -> dict[str, Tensor]:
+        r"""One-draw ELBO split by site (:func:`gpgeom.engine.variational.elbo_terms`), summed over the batch.
+
+        Args:
+            x: Collocation points ``(B, n, D)`` in the domain.
+            w: Known parameters ``(B, dw)`` or ``(dw,)``; ``None`` when the model has none.
+            data, noise_std, data_batch: Observations as :meth:`fit` takes them (``data`` may also be the dict
+                :meth:`fit` prepares from them).
+        """
+        x = self._as_tensor("x", x, ndim=3, shape=(None, None, self.dim))
+        check_in_box("x", x, self.lower, self.upper, "the domain")
+        w = self._check_w(w, x.shape[0])
+        if data is not None and not (isinstance(data, dict) and "noise" in data):
+            data = prepare_data(self, data, noise_std, data_batch)
         return elbo_terms(self.model, self.guide, x.detach().requires_grad_(True), w, data)
 
     # -- training ---------------------------------------------------------------------------------------------------
