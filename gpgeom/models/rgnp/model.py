@@ -166,6 +166,16 @@ class RGNP(ModelContract, nn.Module):
         self.rank, self.inverse_rank = rank, inverse_rank
         self.n_points, self.batch_size, self.grid = n_points, batch_size, grid
         self.boundary_margin = float(boundary_margin)
+        if gicnet is not None and not isinstance(gicnet, dict):
+            raise TypeError(
+                f"`gicnet` must be None or a dict of GICNet keyword arguments, got {type(gicnet).__name__}."
+            )
+        taken = sorted({"dim", "in_channels", "out_features", "domain", "param_features"} & set(gicnet or {}))
+        if taken:
+            raise ValueError(
+                f"`gicnet` may not set {', '.join(taken)}: RGNP sets them from the domain, z_bounds, w_bounds and "
+                "inverse_rank."
+            )
         gic = {"aggregation": "quadrature", **(gicnet or {})}  # stored explicitly: see file_config
         #: The constructor's arguments as plain values (stored in model files).
         self.config = {
