@@ -365,9 +365,9 @@ def test_elbo_terms_take_the_data_as_fit_does():
 
 
 def test_gicnet_options_that_rgnp_sets_are_named():
-    r"""``gicnet={"param_features": 3}`` (or ``domain``, ``out_features``, ...) raised "gpgeom.nn.gicnet.GICNet() got multiple
-    values for keyword argument 'param_features'", and a list instead of a dict "'list' object is not a mapping"; both
-    now name ``gicnet`` and what RGNP sets itself."""
+    r"""``gicnet={"param_features": 3}`` (or ``domain``, ``out_features``, ...) raised "gpgeom.nn.gicnet.GICNet()
+    got multiple values for keyword argument 'param_features'", and a list instead of a dict "'list' object is not a
+    mapping"; both now name ``gicnet`` and what RGNP sets itself."""
     with pytest.raises(ValueError, match=r"`gicnet` may not set domain, param_features: RGNP sets them"):
         _poisson(gicnet={**SMALL_GIC, "param_features": 3, "domain": (0.0, 1.0)})
     with pytest.raises(TypeError, match=r"`gicnet` must be None or a dict of GICNet keyword arguments, got list"):
