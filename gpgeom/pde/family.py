@@ -42,7 +42,9 @@ __all__ = ["PDEFamily", "ResidualFn", "LiftFn"]
 #: from ``u`` fails there) and reports NaN or infinite residuals of finite inputs with the point that produced them.
 ResidualFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 #: ``lift(x, w) -> (b, d)``, each ``(B, n)``: the hard boundary conditions :math:`u = b + d\,\hat u` (a pair: one
-#: tensor alone, wrong shapes or NaN values are refused with the point that produced them).
+#: tensor alone, wrong shapes or NaN values are refused with the point that produced them). Pointwise: ``b[:, i]`` and
+#: ``d[:, i]`` from ``x[:, i]`` (and ``w``) only; RGNP refuses a lift that couples the points (e.g. a maximum over
+#: them), whose autograd derivatives would be wrong.
 LiftFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 

@@ -9,8 +9,9 @@ the warning of an uncalibrated spread (:func:`warn_uncalibrated`). The error mea
 Errors in user code otherwise surface late and far from their cause: a wrong signature, a residual that indexes a
 ``w`` the model does not have (``w_bounds=None``) or a lift that returns one tensor instead of the pair ``(b, d)``
 raise 20 frames deep inside Pyro's tracing, and a residual detached from the network's field trains silently (its
-gradient is zero). :func:`check_user_functions` calls both functions once on a small deterministic batch (no random
-numbers are drawn) and turns each case into a one-line error naming the function.
+gradient is zero), and a lift computed across the points (e.g. normalised by a maximum over them) makes the autograd
+derivatives of the field wrong without any error. :func:`check_user_functions` calls both functions once on a small
+deterministic batch (no random numbers are drawn) and turns each case into a one-line error naming the function.
 """
 
 from __future__ import annotations
