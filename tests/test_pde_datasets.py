@@ -396,5 +396,6 @@ def test_make_test_set_does_not_reuse_fields_of_other_priors(tmp_path):
     np.testing.assert_array_equal(new.z, z_truth)
     np.testing.assert_allclose(new.u, z_truth * new.x[:, 0][None], rtol=0, atol=1e-15)  # u = slope * x
     new_family.solve = None  # a reuse must not solve
-    again = make_test_set(new_family, 3, 5, seed=0, cache_dir=tmp_path)
+    again = make_test_set(new_family, 3, 5, seed=np.int64(0), cache_dir=tmp_path)  # a numpy int is the same seed
     np.testing.assert_array_equal(again.u, new.u)
+    assert again.seed == 0 and type(again.seed) is int

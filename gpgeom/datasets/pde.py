@@ -13,6 +13,7 @@ priors changed under the same name is solved again).
 
 from __future__ import annotations
 
+import numbers
 import os
 import zlib
 from dataclasses import dataclass
@@ -85,8 +86,9 @@ def make_test_set(
         raise TypeError(f"`family` must be a gpgeom.pde.PDEFamily, got {type(family).__name__}.")
     family.check_declaration()
     check_positive("n_samples", n_samples, integer=True)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}.")
+    seed = int(seed)
     x = family.test_points(n_points)
     pts = "x".join(map(str, np.atleast_1d(n_points))) if not isinstance(n_points, int) else str(n_points)
     config = family.config()
