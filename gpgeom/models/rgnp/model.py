@@ -475,8 +475,9 @@ class RGNP(ModelContract, nn.Module):
             ValueError: Under ``torchrun``, when the ranks were given different arguments. Before the first step,
                 when the residual or the lift fails on a small trial batch (e.g. a
                 residual that indexes ``w`` in a model built with ``w_bounds=None``), a lift that does not return a
-                pair ``(b, d)``, or a residual with no gradient path to the field ``u``; at any step, when the residual
-                or the lift returns NaN or infinite values for finite inputs (the message gives the point).
+                pair ``(b, d)``, a lift that couples the points, or a residual with no gradient path to the field
+                ``u``; for ``n_points`` that is not :math:`k^D` with a fixed grid in 2-D or 3-D; at any step, when the
+                residual or the lift returns NaN or infinite values for finite inputs (the message gives the point).
         """
         check_positive("steps", steps, integer=True)
         if batch_size is not None:
