@@ -28,7 +28,8 @@ quantiles do.
 Usage: ``python benchmarks/funbat_heteroscedastic.py [--folds 0 1 2 3 4] [--table]``. Each fold's predictions are
 kept in ``benchmarks/results/local/funbat_heteroscedastic_fold<k>.pt`` (so folds can run in separate processes);
 ``--table`` (or a run of all five folds) pools the kept folds and writes
-``benchmarks/results/funbat_heteroscedastic.md`` (fewer folds: ``funbat_heteroscedastic_quick.md``).
+``benchmarks/results/funbat_heteroscedastic.md`` (fewer folds: ``funbat_heteroscedastic_quick.md``), with each
+model's test RMSE per fold and the folds where it is below the defaults'.
 """
 
 from __future__ import annotations
@@ -230,6 +231,24 @@ def table(folds: list[int]) -> int:
         lines.append(
             f"| {name} | {rmse:.4f} | {c['coverage_50']:.3f} | {c['coverage_90']:.3f} | {c['coverage_95']:.3f} | "
             f"{c['z_rms']:.3f} | {c['nlpd']:.3f} |"
+        )
+    lines += [
+        "",
+        f"## Test RMSE per fold (last column: the folds where it is below the {MODELS[0]!r} row's)",
+        "",
+        "| model | " + " | ".join(f"fold {f}" for f in folds) + " | mean | lower than the defaults' |",
+        "|---|" + "---|" * (len(folds) + 2),
+    ]
+    base = [k[MODELS[0]]["rmse"] for k in kept]
+    for name in MODELS:
+        per_fold = [k[name]["rmse"] for k in kept]
+        better = [f for f, r, b in zip(folds, per_fold, base) if r < b]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{r:.4f}" for r in per_fold)
+            + f" | {np.mean(per_fold):.4f} | "
+            + ("-" if name == MODELS[0] else f"{len(better)} of {len(folds)}: {better}")
+            + " |"
         )
     lines += ["", "## By the model's predicted mean (the pollution level)", "", head, "|---|---|" + "---|" * 7]
     for name in MODELS:
