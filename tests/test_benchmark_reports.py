@@ -137,3 +137,19 @@ def test_every_benchmark_table_a_page_includes_is_committed():
     assert included, "no page includes a benchmark table"
     missing = sorted(name for name in included if not (ROOT / "benchmarks" / "results" / f"{name}.md").exists())
     assert not missing, f"pages include benchmark tables that are not in benchmarks/results/: {missing}"
+
+
+def test_the_per_fold_counts_the_funbat_page_cites_agree_with_their_folds():
+    r"""``funbat_heteroscedastic.md``'s per-fold RMSE table (the source of the FunBaT page's "better than the defaults
+    on k folds of 5"): each row's count and fold list are the folds where its RMSE is below the defaults' row's, and
+    its mean is the folds' mean."""
+    text = (ROOT / "benchmarks" / "results" / "funbat_heteroscedastic.md").read_text()
+    section = text.split("## Test RMSE per fold", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) >= 3, "the per-fold table is missing"
+    base = [float(v) for v in rows[0][1:-2]]
+    for row in rows[1:]:
+        folds = [float(v) for v in row[1:-2]]
+        assert abs(sum(folds) / len(folds) - float(row[-2])) <= 1e-4, row[0]  # each printed to 4 decimals
+        below = [i for i, (r, b) in enumerate(zip(folds, base)) if r < b]
+        assert row[-1].strip() == f"{len(below)} of {len(folds)}: {below}", row[0]
