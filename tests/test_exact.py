@@ -612,8 +612,8 @@ def test_no_test_point_gives_empty_predictions(data, shared):
 @pytest.mark.filterwarnings("ignore:Output\\(s\\) .* constant to rounding")
 def test_a_constant_output_predicts_the_constant_with_a_scale_equivariant_std(tmp_path):
     r"""All training outputs equal to ``c``: BoTorch's fallback scale 1 made the predicted std absolute, set by the
-    priors and the noise floor in the output's units (0.0057 for c = 3.7, 3.7 * 2^20 and 0 alike; BoTorch's
-    SingleTaskGP 0.0056, scikit-learn 0.0032). The scale is now floored at the rounding scale eps * |c|: the mean is
+    priors and the noise floor in the output's units (the same for c = 3.7 and 3.7 * 2^20, as BoTorch's
+    SingleTaskGP). The scale is now floored at the rounding scale eps * |c|: the mean is
     ``c`` (to rounding), the std finite, positive, below the rounding of ``c``, and ``s`` times larger for
     ``s c`` (the truth: the fit on ``c``, scaled by a power of two ``s``); it survives save/load. An exactly zero
     output keeps the unit scale (no scale to take)."""

@@ -111,9 +111,9 @@ class RoundingFloorStandardize(Standardize):
     An output whose ``n >= 2`` training values vary by less than their rounding, standard deviation below
     :math:`\varepsilon \max_i |y_i|` (``eps`` of the dtype; an exactly constant output has 0), is scaled by that
     rounding scale instead of BoTorch's fallback 1 (``min_stdv``). The fallback made the predicted std absolute,
-    set by the priors and the noise floor in the output's own units whatever its size: 0.0057 for a constant of
-    3.7, of 1e6 and of 1e-9 alike (BoTorch's ``SingleTaskGP`` with ``Standardize`` 0.0056, scikit-learn's
-    ``normalize_y=True`` 0.0032), while values varying by 1e-15 relative got a std of 5e-15. With the floor the
+    set by the priors and the noise floor in the output's own units whatever its size (the same for a constant
+    of 3.7 and of 3.7 * 2^20; BoTorch's ``SingleTaskGP`` with ``Standardize`` behaves alike, as the BoTorch page's
+    executed cell shows), while values varying by 1e-15 relative got a std of about 1e-15. With the floor the
     model is scale-equivariant (``s y`` predicts ``s`` times the mean and std) and continuous in the variation:
     the mean is the constant and the std, at the learned noise floor, about :math:`10^{-2} \varepsilon |c|`,
     below the constant's own rounding, finite. A ``UserWarning`` names the outputs. Exactly zero outputs (no

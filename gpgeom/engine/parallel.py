@@ -51,11 +51,11 @@ while the cluster starts (``with dask.config.set(DASK_SETTINGS): cluster = Local
 configuration of the process that spawns them). Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_`` (64 KiB) so that
 workers hand freed memory back at once; any explicit glibc malloc threshold switches glibc's dynamic mmap threshold
 off, so every array above 128 KiB is then mapped, page-faulted and unmapped each time it is allocated. On 400 MMGP
-plate transfers that is 3-5 s of system CPU in the workers, about a quarter of the work (docs/scaling.md). The
-settings restore the values glibc's dynamic rule reaches on 64-bit Linux (mmap threshold 32 MiB, trim threshold
-twice that), turn the workers' statistical profiler off (it samples the stack every 10 ms: about 20% more CPU on
-the GP fits) and slow the event loops' monitoring ticks (20 ms and 500 ms by default: 8% of a core in an idle
-client and scheduler, 3% per idle worker; 2% and 1% with these).
+plate transfers that showed as seconds of system CPU in the workers (an earlier measurement, not in a committed
+table; docs/scaling.md). The settings restore the values glibc's dynamic rule reaches on 64-bit Linux (mmap
+threshold 32 MiB, trim threshold twice that), turn the workers' statistical profiler off (it samples the stack
+every 10 ms) and slow the event loops' monitoring ticks (20 ms and 500 ms by default), which cost CPU in idle
+clients, schedulers and workers.
 
 ``dask`` is never imported by this module: a Dask executor is recognised by its type's module.
 """

@@ -150,10 +150,9 @@ def local_pca(
       ``k_pca = 15``; the PCA plane stays that of the nearest ``k_pca``). A degree-:math:`p` fit of a graph over a
       neighbourhood of radius :math:`h` gets its slope with error :math:`O(h^p)` (Cazals and Pouget, "Estimating
       differential quantities using polynomial fitting of osculating jets", CAGD 2005), so the smallest
-      neighbourhood that determines the fit is the most accurate on a clean cloud. Median leakage, 1200 random
-      points, 3 seeds: unit sphere, cubic 3.5e-4, quartic 5e-6, quintic 1.1e-5, sextic 6e-7 (the sphere's graph has
-      no odd terms at the exact tangent plane); ellipsoid, cubic 7e-4, quartic 1.3e-4, quintic 5.3e-5, sextic
-      2.3e-5.
+      neighbourhood that determines the fit is the most accurate on a clean cloud. Median leakage on a unit sphere
+      (1200 random points, 3 seeds; ``benchmarks/rvgp_frames.py``): cubic 3.6e-4, the sextic that ``"auto"``
+      picks there 5.5e-7 (the sphere's graph has no odd terms at the exact tangent plane).
     * ``fit="auto"`` (default): the fit with the smallest median over points of the mean leave-one-out residual of
       its local fits (the PRESS statistic), taken for every degree on the nearest ``k_pca`` points so that the
       degrees compare, over at most 2000 points (a fixed random subset of a larger cloud; the chosen fit is then
