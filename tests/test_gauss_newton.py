@@ -412,6 +412,82 @@ def test_block_banded_matvec_matches_dense_and_rejects_bad_shapes():
         block_banded_matvec(torch.zeros(9, 2, 2, dtype=DT), torch.zeros(9, 2, 1, dtype=DT))
 
 
+def _dense_of_band(Ab: torch.Tensor) -> torch.Tensor:
+    r"""The symmetric matrix of a band (differentiable): blocks ``Ab[k, d]`` below the diagonal and their transposes."""
+    K, w1, s, _ = Ab.shape
+    rows = []
+    for k in range(K):
+        row = []
+        for j in range(K):
+            if 0 <= k - j < w1:
+                row.append(Ab[k, k - j])
+            elif 0 < j - k < w1:
+                row.append(Ab[j, j - k].mT)
+            else:
+                row.append(Ab.new_zeros(s, s))
+        rows.append(torch.cat(row, 1))
+    return torch.cat(rows, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_default_banded_factor_and_solve_carry_gradients_equal_to_dense(dtype):
+    r"""On the CPU ``method="auto"`` ran LAPACK on detached arrays: the factor of an ``Ab`` that requires grad had no
+    ``grad_fn``, so every gradient through it was lost (``torch.autograd.grad`` raised, a sum with other terms
+    silently dropped it). ``"auto"`` now takes the differentiable scan: directional derivatives of
+    ``log det A + c^T A^{-1} b`` along random symmetric band directions equal dense autograd; ``"lapack"`` refuses
+    inputs that require grad."""
+    K, w, s = 7, 2, 2
+    _, Ab0 = _random_band(K, w, s)
+    dirs = [_random_band(K, w, s)[1] for _ in range(3)]
+    Ab0, dirs = Ab0.to(dtype), [d.to(dtype) for d in dirs]
+    t = torch.zeros(3, dtype=dtype, requires_grad=True)
+    rhs = torch.randn(K, s, 2, dtype=dtype, requires_grad=True)
+    c = torch.randn(K, s, 2, dtype=dtype)
+    Ab = Ab0 + sum(t[i] * dirs[i] for i in range(3))
+    Lb, failed = block_banded_cholesky(Ab)
+    assert failed is None and Lb.requires_grad
+    got = 2 * Lb[:, 0].diagonal(dim1=-2, dim2=-1).log().sum() + (c * block_banded_solve(Lb, rhs)).sum()
+    g_t, g_rhs = torch.autograd.grad(got, (t, rhs))
+    A = _dense_of_band(Ab0.double() + sum(t[i].double() * dirs[i].double() for i in range(3)))
+    want = torch.logdet(A) + (c.double().reshape(-1, 2) * torch.linalg.solve(A, rhs.double().reshape(-1, 2))).sum()
+    w_t, w_rhs = torch.autograd.grad(want, (t, rhs))
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(g_t, w_t.to(dtype), **tol)
+    torch.testing.assert_close(g_rhs, w_rhs.to(dtype), **tol)
+    with pytest.raises(ValueError, match="method='lapack' does not propagate gradients"):
+        block_banded_cholesky(Ab, method="lapack")
+    with pytest.raises(ValueError, match="method='lapack' does not propagate gradients"):
+        block_banded_solve(Lb.detach(), rhs, method="lapack")
+    with torch.no_grad():  # nothing to differentiate: LAPACK, the same factor
+        torch.testing.assert_close(block_banded_cholesky(Ab, method="lapack")[0], Lb.detach(), **tol)
+
+
+def test_banded_routines_refuse_batches_vectors_and_mixed_dtypes_clearly():
+    r"""A batch dimension failed with "too many values to unpack", an empty chain with a RecursionError (scan), a
+    ``K x s`` vector right-hand side was solved by LAPACK but broke the scan and loop with broadcast errors, and a
+    float32 right-hand side with a float64 factor was rounded to float32 by LAPACK only."""
+    _, Ab = _random_band(5, 1, 2)
+    Lb, _ = block_banded_cholesky(Ab)
+    for method in ("lapack", "scan", "loop"):
+        with pytest.raises(
+            ValueError,
+            match=r"`Ab` must be a K x \(w \+ 1\) x s x s tensor of one chain .* got shape \(3, 5, 2, 2, 2\)",
+        ):
+            block_banded_cholesky(Ab.expand(3, *Ab.shape), method=method)
+        with pytest.raises(ValueError, match=r"`Ab` must be .* got shape \(0, 2, 2, 2\)"):
+            block_banded_cholesky(Ab[:0], method=method)
+        with pytest.raises(ValueError, match=r"`rhs` must be a 5 x 2 x c tensor .* got shape \(5, 2\)"):
+            block_banded_solve(Lb, torch.ones(5, 2, dtype=DT), method=method)
+        with pytest.raises(
+            TypeError, match=r"`rhs` must have the dtype and device of `Lb` \(torch.float64 on cpu\), got torch.float32"
+        ):
+            block_banded_solve(Lb, torch.ones(5, 2, 1), method=method)
+    with pytest.raises(TypeError, match="`Ab` must be a floating tensor, got torch.int64"):
+        block_banded_cholesky(torch.ones(5, 2, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="`Lb` must be a K x"):
+        block_banded_selected_inverse(Lb[None])
+
+
 @pytest.mark.parametrize("w", [1, 2, 3])
 def test_banded_lapack_and_scan_equal_the_loop_on_long_chains(w):
     r"""Long chains (K not a power of two, so the odd-even reduction meets odd lengths at every level): LAPACK's

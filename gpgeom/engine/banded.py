@@ -37,7 +37,8 @@ Each has three implementations (``method=``), equal to rounding (the tests hold 
 * ``"loop"``: the sequential recursions over block rows, :math:`O(K)` small torch operations (about ten kernel
   launches per block row on a GPU), the reference implementation of the tests.
 
-``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64), else ``"scan"``;
+``method="auto"`` (default) picks ``"lapack"`` on the CPU (when the dtype is float32 or float64 and no input requires
+a gradient: LAPACK works on detached arrays, ``"lapack"`` refuses such inputs), else ``"scan"``;
 a float32 factorisation off the CPU is then computed in float64 and rounded to float32 (``"loop"`` on devices
 without float64, such as Apple's MPS). The reason: eliminating the middle of a long stiff chain from both sides
 cancels more digits than the sequential recursion does, so the scan's forward error grows with the chain while its
@@ -70,6 +71,53 @@ BANDED_METHODS = ("auto", "lapack", "scan", "loop")
 
 def _default_singular_tol(dtype: torch.dtype) -> float:
     return 1e3 * torch.finfo(dtype).eps
+
+
+def _check_band(name: str, Ab: object) -> None:
+    r"""``Ab`` is one chain's ``K x (w + 1) x s x s`` floating band (``K, w + 1, s >= 1``): a batch dimension, a
+    vector of right-hand sides or an empty chain failed deep inside (``too many values to unpack``, a recursion
+    error, or a method-dependent broadcast)."""
+    if not isinstance(Ab, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(Ab).__name__}.")
+    if Ab.dim() != 4 or Ab.shape[-1] != Ab.shape[-2] or 0 in Ab.shape:
+        raise ValueError(
+            f"`{name}` must be a K x (w + 1) x s x s tensor of one chain (K, w + 1, s >= 1; no batch dimensions: "
+            f"loop over chains, or join them into one chain), got shape {tuple(Ab.shape)}."
+        )
+    if not Ab.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating tensor, got {Ab.dtype}.")
+
+
+def _check_rhs(Lb: Tensor, rhs: object) -> None:
+    K, _, s, _ = Lb.shape
+    if not isinstance(rhs, Tensor):
+        raise TypeError(f"`rhs` must be a torch.Tensor, got {type(rhs).__name__}.")
+    if rhs.dim() != 3 or rhs.shape[:2] != (K, s):
+        raise ValueError(
+            f"`rhs` must be a {K} x {s} x c tensor (the blocks of `Lb`; a vector as {K} x {s} x 1), got shape "
+            f"{tuple(rhs.shape)}."
+        )
+    if rhs.dtype != Lb.dtype or rhs.device != Lb.device:
+        raise TypeError(
+            f"`rhs` must have the dtype and device of `Lb` ({Lb.dtype} on {Lb.device}), got {rhs.dtype} on "
+            f"{rhs.device}."
+        )
+
+
+def _pick(method: str, op: str, t: Tensor, *others: Tensor) -> str:
+    r"""The implementation to run, by :func:`_method`, except when an input requires a gradient and autograd is
+    recording: LAPACK's routines work on detached arrays, so ``"auto"`` then takes the differentiable scan (a
+    factor with no ``grad_fn`` silently dropped every gradient through it) and ``"lapack"`` is refused."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (t, *others))
+    if grad and method == "lapack":
+        raise ValueError(
+            f"method='lapack' does not propagate gradients (op {op!r}: an input requires grad); use 'auto', 'scan' "
+            "or 'loop', or detach the inputs (or run under torch.no_grad())."
+        )
+    how = _method(method, t, op)
+    if grad and how == "lapack":  # chosen by "auto"
+        return "scan64" if op == "cholesky" and t.dtype == torch.float32 else "scan"
+    return how
 
 
 def _method(method: str, t: Tensor, op: str) -> str:
@@ -475,16 +523,23 @@ def block_banded_cholesky(
         singular_tol: A pivot is declared singular when :math:`(L_{kk})_{ii}^2 < \text{tol} \cdot (A_{kk})_{ii}`,
             i.e. when conditioning on the preceding variables leaves less than a fraction ``tol`` of a variable's
             information (a relative condition-number test). Default ``1e3 * eps`` of the dtype.
-        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"scan"``, for float32 computed in float64; module
-            docstring), ``"lapack"``, ``"scan"`` or ``"loop"``.
+        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"scan"``, for float32 computed in float64; ``"scan"``
+            also on the CPU when ``Ab`` requires grad; module docstring), ``"lapack"``, ``"scan"`` or ``"loop"``.
 
     Returns:
         ``(Lb, failed)``: the factor in the same storage (``Lb[k, d] = L[k, k - d]``) and ``None``, or the index of
-        the first block row whose pivot failed (``Lb`` is then unusable from that row on).
+        the first block row whose pivot failed (``Lb`` is then unusable from that row on). Differentiable with
+        respect to ``Ab`` except by ``"lapack"``.
+
+    Raises:
+        ValueError: For ``Ab`` not of shape ``K x (w + 1) x s x s`` (no batch dimensions), an unknown ``method``, or
+            ``method="lapack"`` with an ``Ab`` that requires grad (or off the CPU).
+        TypeError: For an ``Ab`` that is not a floating tensor.
     """
+    _check_band("Ab", Ab)
     K, w1, s, _ = Ab.shape
     tol = _default_singular_tol(Ab.dtype) if singular_tol is None else singular_tol
-    how = _method(method, Ab, "cholesky")
+    how = _pick(method, "cholesky", Ab)
     bad = Ab.new_zeros(K, dtype=torch.bool)
     if how == "lapack":
         Lb, fail = _cholesky_lapack(Ab)
@@ -519,12 +574,20 @@ def block_banded_solve(Lb: Tensor, rhs: Tensor, *, method: str = "auto") -> Tens
     Args:
         Lb: ``K x (w + 1) x s x s`` banded Cholesky factor.
         rhs: ``K x s x c`` right-hand sides.
-        method: ``"auto"`` (``"lapack"`` on the CPU, else ``"scan"``), ``"lapack"``, ``"scan"`` or ``"loop"``.
+        method: ``"auto"`` (``"lapack"`` on the CPU unless an input requires grad, else ``"scan"``), ``"lapack"``,
+            ``"scan"`` or ``"loop"``.
 
     Returns:
-        ``K x s x c`` solution.
+        ``K x s x c`` solution, differentiable with respect to ``Lb`` and ``rhs`` except by ``"lapack"``.
+
+    Raises:
+        ValueError: For ``Lb`` not ``K x (w + 1) x s x s`` or ``rhs`` not ``K x s x c``, or ``method="lapack"`` with
+            an input that requires grad.
+        TypeError: For ``rhs`` of another dtype or device than ``Lb``.
     """
-    how = _method(method, Lb, "solve")
+    _check_band("Lb", Lb)
+    _check_rhs(Lb, rhs)
+    how = _pick(method, "solve", Lb, rhs)
     if how == "lapack":
         return _solve_lapack(Lb, rhs)
     if how == "scan":
@@ -556,6 +619,7 @@ def block_banded_selected_inverse(Lb: Tensor, *, method: str = "auto") -> Tensor
         ``K x (w + 1) x s x s`` tensor ``Sb`` with ``Sb[k, d] = Sigma[k, k + d]`` (*upper* band, zero where
         ``k + d >= K``); ``Sb[:, 0]`` are the marginal covariances.
     """
+    _check_band("Lb", Lb)
     how = _method(method, Lb, "selected_inverse")
     return _selinv_scan(Lb) if how == "scan" else _selinv_loop(Lb)
 
