@@ -596,3 +596,44 @@ def test_float32_matern12_likelihood_of_a_dense_series_equals_float64():
     (ll32, g32), (ll64, g64) = out[torch.float32], out[D]
     assert abs(ll32 - ll64) < 0.05, (ll32, ll64)
     assert abs(g32 - g64) < 1e-3 * abs(g64), (g32, g64)
+
+
+def test_kalman_filter_and_smoother_refuse_mismatched_shapes_naming_the_argument():
+    r"""Shapes that disagreed with ``y`` or ``H`` failed inside ``expand`` ("The expanded size of the tensor (11)
+    must match the existing size (9)"), a float ``mask`` with "bitwise_and_cpu not implemented for 'Double'", an
+    integer one in ``torch.where``; each is now named with the expected shape. The valid call equals the dense GP."""
+    k = _matern(1.5)
+    t, y = _times(10), torch.randn(10, dtype=D)
+    Phi, Q = k.transition(t[1:] - t[:-1])
+    m0, P0 = k.initial_state(t[0])
+    H = k.sde().H
+    with torch.no_grad():
+        ll = kalman_filter(Phi, Q, H, y, 0.1, m0, P0).log_likelihood
+        Kd = _dense_matern(k, t, t)
+    want = torch.distributions.MultivariateNormal(torch.zeros(10, dtype=D), Kd + 0.1 * torch.eye(10, dtype=D))
+    _close(ll, want.log_prob(y))
+    cases = [
+        (
+            (Phi, Q, H, torch.randn(12, dtype=D), 0.1, m0, P0),
+            r"`Phi` must have shape \(batch\.\.\., 11, 2, 2\): n - 1 = 11 transitions for the 12 steps of `y`",
+        ),
+        ((Phi, Q[:5], H, y, 0.1, m0, P0), r"`Q` must have shape \(batch\.\.\., 9, 2, 2\).* got \(5, 2, 2\)"),
+        ((Phi, Q, H[0], y, 0.1, m0, P0), r"`H` must be `batch x 1 x s` \(one measurement row\), got shape \(2,\)"),
+        ((Phi, Q, H, y, 0.1, torch.zeros(3, dtype=D), P0), r"`m0` must have shape \(batch\.\.\., 2\).* got \(3,\)"),
+        ((Phi, Q, H, y, 0.1, m0, torch.eye(3, dtype=D)), r"`P0` must have shape \(batch\.\.\., 2, 2\).* got \(3, 3\)"),
+        (
+            (Phi, Q, H, y, torch.full((7,), 0.1, dtype=D), m0, P0),
+            r"`noise` must be a scalar or have shape \(batch\.\.\., 10\)",
+        ),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            kalman_filter(*args)
+    with pytest.raises(ValueError, match=r"`mask` must have shape \(batch\.\.\., 10\) like `y`, got \(7,\)"):
+        kalman_filter(Phi, Q, H, y, 0.1, m0, P0, mask=torch.ones(7, dtype=torch.bool))
+    for bad in (torch.ones(10, dtype=D), torch.ones(10, dtype=torch.long)):
+        with pytest.raises(TypeError, match="`mask` must be a boolean tensor, got torch"):
+            kalman_filter(Phi, Q, H, y, 0.1, m0, P0, mask=bad)
+    kf = kalman_filter(Phi, Q, H, y, 0.1, m0, P0)
+    with pytest.raises(ValueError, match=r"`Phi` must have shape \(batch\.\.\., 9, 2, 2\) \(the transitions"):
+        rts_smoother(Phi[:5], kf)

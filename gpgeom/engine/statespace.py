@@ -106,6 +106,31 @@ def _check_filter_inputs(**tensors: Tensor) -> None:
         raise TypeError(f"`Phi`, `Q`, `H`, `m0` and `P0` must share one floating dtype, got {got}.")
 
 
+def _check_filter_shapes(
+    Phi: Tensor, Q: Tensor, H: Tensor, m0: Tensor, P0: Tensor, noise: object, mask: object, n: int, s: int
+) -> None:
+    r"""The model's shapes agree with ``y`` (``n`` steps) and ``H`` (``s`` states): a mismatch failed inside an
+    ``expand`` or a product ("The expanded size of the tensor (11) must match the existing size (9)"), a float or
+    integer ``mask`` with "bitwise_and_cpu not implemented for 'Double'"."""
+    if H.dim() < 2 or H.shape[-2] != 1:
+        raise ValueError(f"`H` must be `batch x 1 x s` (one measurement row), got shape {tuple(H.shape)}.")
+    want = f"(batch..., {n - 1}, {s}, {s}): n - 1 = {n - 1} transitions for the {n} steps of `y`, s = {s} from `H`"
+    for name, t in (("Phi", Phi), ("Q", Q)):
+        if t.dim() < 3 or tuple(t.shape[-3:]) != (n - 1, s, s):
+            raise ValueError(f"`{name}` must have shape {want}; got {tuple(t.shape)}.")
+    if m0.dim() < 1 or m0.shape[-1] != s:
+        raise ValueError(f"`m0` must have shape (batch..., {s}) (s from `H`), got {tuple(m0.shape)}.")
+    if P0.dim() < 2 or tuple(P0.shape[-2:]) != (s, s):
+        raise ValueError(f"`P0` must have shape (batch..., {s}, {s}) (s from `H`), got {tuple(P0.shape)}.")
+    if isinstance(noise, Tensor) and noise.dim() and noise.shape[-1] not in (1, n):
+        raise ValueError(f"`noise` must be a scalar or have shape (batch..., {n}) like `y`, got {tuple(noise.shape)}.")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"`mask` must be a boolean tensor, got {getattr(mask, 'dtype', type(mask).__name__)}.")
+        if mask.dim() < 1 or mask.shape[-1] != n:
+            raise ValueError(f"`mask` must have shape (batch..., {n}) like `y`, got {tuple(mask.shape)}.")
+
+
 def kalman_filter(
     Phi: Tensor,
     Q: Tensor,
@@ -154,11 +179,15 @@ def kalman_filter(
         A :class:`KalmanFilterResult` (batch shape = broadcast of all inputs' batch shapes).
 
     Raises:
-        TypeError: For an input that is not a floating tensor (integer ``y``: convert it, e.g. ``y.double()``), or
-            ``Phi``, ``Q``, ``H``, ``m0``, ``P0`` of different dtypes.
+        TypeError: For an input that is not a floating tensor (integer ``y``: convert it, e.g. ``y.double()``),
+            ``Phi``, ``Q``, ``H``, ``m0``, ``P0`` of different dtypes, or a ``mask`` that is not boolean.
+        ValueError: For shapes that disagree with ``y``'s ``n`` and ``H``'s ``s``, negative or NaN ``noise``, or
+            non-finite ``y`` at observed steps.
     """
     _check_filter_inputs(Phi=Phi, Q=Q, H=H, m0=m0, P0=P0, y=y)
     y = y.to(Phi.dtype)  # the model's dtype: the noise variances follow it (a float32 y rounded them to float32)
+    if y.dim() < 1:
+        raise ValueError("`y` must have shape (batch..., n), got a 0-dim tensor.")
     n = y.shape[-1]
     s = H.shape[-1]
     if H_per_step and (H.dim() < 3 or H.shape[-3:-1] != (n, 1)):
@@ -166,6 +195,7 @@ def kalman_filter(
             f"With `H_per_step=True`, `H` must be `batch x n x 1 x s` with n = {n} (the length of `y`), got shape "
             f"{tuple(H.shape)}."
         )
+    _check_filter_shapes(Phi, Q, H, m0, P0, noise, mask, n, s)
     if not H_per_step:
         H = H.unsqueeze(-3)  # the same row at every step: batch x 1 x 1 x s
     noise = torch.as_tensor(noise, dtype=y.dtype, device=y.device)
@@ -381,6 +411,11 @@ def rts_smoother(
     mf, Pf, mp, Pp = filtered.mean, filtered.cov, filtered.pred_mean, filtered.pred_cov
     batch = mf.shape[:-2]
     n, s = mf.shape[-2:]
+    if Phi.dim() < 3 or tuple(Phi.shape[-3:]) != (n - 1, s, s):
+        raise ValueError(
+            f"`Phi` must have shape (batch..., {n - 1}, {s}, {s}) (the transitions given to kalman_filter for its "
+            f"{n} steps), got {tuple(Phi.shape)}."
+        )
     B = batch.numel()
     mf, Pf = mf.reshape(B, n, s, 1), Pf.reshape(B, n, s, s)
     mp, Pp = mp.reshape(B, n, s, 1), Pp.reshape(B, n, s, s)
