@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -89,9 +90,9 @@ def parse_memory(value: int | float | str) -> int:
     r"""A memory size in bytes from an integer, a float or a string with a unit.
 
     Args:
-        value: Bytes (``536870912``, ``5e8``) or a string: a number and one of ``B``, ``KB``/``K``, ``MB``/``M``,
-            ``GB``/``G``, ``TB`` (powers of 1000) or ``KiB``, ``MiB``, ``GiB``, ``TiB`` (powers of 1024), any case,
-            e.g. ``"512MiB"``, ``"2 GB"``, ``"1.5g"``.
+        value: Bytes (``536870912``, ``5e8``, NumPy integers and floats too) or a string: a number and one of
+            ``B``, ``KB``/``K``, ``MB``/``M``, ``GB``/``G``, ``TB`` (powers of 1000) or ``KiB``, ``MiB``, ``GiB``,
+            ``TiB`` (powers of 1024), any case, e.g. ``"512MiB"``, ``"2 GB"``, ``"1.5g"``.
 
     Returns:
         The size in bytes, a positive ``int``.
@@ -100,7 +101,9 @@ def parse_memory(value: int | float | str) -> int:
         TypeError: For another type (a ``bool`` included).
         ValueError: For a size that is not positive and finite, or a string that is not a size.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    # numbers.Real takes NumPy's integers and float32 (np.int64(2**30), a size read from a config array, was
+    # refused as "must be an int")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
         raise TypeError(
             f"`max_memory`: a memory size must be an int, a float or a string such as '512MB', got {value!r}."
         )
@@ -113,6 +116,8 @@ def parse_memory(value: int | float | str) -> int:
                 "'2GiB'."
             )
         size = float(match.group(1)) * _UNITS[unit]
+    elif isinstance(value, numbers.Integral):
+        size = int(value)  # exact: float() rounds integers above 2**53
     else:
         size = float(value)
     if not math.isfinite(size) or size < 1:
