@@ -71,6 +71,27 @@ def test_low_rank_gaussian_bad_shapes():
     assert float(v.min()) >= 1e-5 and float(v.max()) <= 1.0
 
 
+def test_negative_variances_are_refused_and_zero_ones_kept():
+    r"""A negative ``cov_diag`` (or ``add_noise`` of a negative variance) was kept: ``variance`` reported -0.5 while
+    ``rsample`` drew with variance 0 there (it clamps), so samples and moments disagreed silently. Both are now a
+    ValueError; zero variances (a hard boundary) still sample exactly at the mean, and a positive noise adds to the
+    dense covariance's diagonal (the truth)."""
+    loc = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`cov_diag` must be >= 0 \(variances\), got minimum -0.5 at 1 point"):
+        LowRankGaussian(loc, torch.tensor([0.1, -0.5, 0.2], dtype=torch.float64))
+    g = LowRankGaussian(loc, torch.tensor([0.0, 0.1, 0.2], dtype=torch.float64), torch.ones(3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"`noise_variance` must be >= 0, got minimum -1"):
+        g.add_noise(-1.0)
+    with pytest.raises(ValueError, match="`noise_variance` must be >= 0"):
+        g.add_noise(torch.tensor([0.1, -0.2, 0.0], dtype=torch.float64))
+    noisy = g.add_noise(torch.tensor([0.1, 0.0, 0.3], dtype=torch.float64))
+    want = g.covariance_matrix + torch.diag(torch.tensor([0.1, 0.0, 0.3], dtype=torch.float64))
+    torch.testing.assert_close(noisy.covariance_matrix, want, rtol=0, atol=0)
+    boundary = LowRankGaussian(loc, torch.tensor([0.0, 0.1, 0.2], dtype=torch.float64))
+    draws = boundary.rsample((50,))
+    assert bool((draws[:, 0] == loc[0]).all())
+
+
 def test_elbo_equals_hand_computed_expression():
     # z ~ N(0, 1); y_i | z ~ N(a z, s^2) observed; factor -c z^2; guide q(z) = N(m, v) with batch of 3 problems
     a, s, c = 1.7, 0.4, 0.25

@@ -81,7 +81,7 @@ class LowRankGaussian:
 
     Attributes:
         loc: Mean :math:`\mu`, ``(..., n)``.
-        cov_diag: Diagonal :math:`\sigma^2 \ge 0`, ``(..., n)``.
+        cov_diag: Diagonal :math:`\sigma^2 \ge 0`, ``(..., n)`` (a negative entry is a ``ValueError``).
         cov_factor: Factor :math:`L`, ``(..., n, k)``, or ``None`` for a diagonal covariance (``k = 0``).
     """
 
@@ -97,6 +97,11 @@ class LowRankGaussian:
         if self.cov_diag.shape != self.loc.shape:
             raise ValueError(
                 f"`cov_diag` must have the shape of `loc` {tuple(self.loc.shape)}, got {tuple(self.cov_diag.shape)}."
+            )
+        if bool((self.cov_diag < 0).any()):  # was kept: `variance` negative, `rsample` drew with variance 0 there
+            raise ValueError(
+                f"`cov_diag` must be >= 0 (variances), got minimum {float(self.cov_diag.min()):.6g} at "
+                f"{int((self.cov_diag < 0).sum())} point(s)."
             )
         if self.cov_factor is not None:
             check_tensor("cov_factor", self.cov_factor, floating=True, finite=False)
@@ -151,8 +156,12 @@ class LowRankGaussian:
         return LowRankGaussian(shift + scale * self.loc, scale**2 * self.cov_diag, factor)
 
     def add_noise(self, noise_variance: Tensor | float) -> LowRankGaussian:
-        r"""Distribution of :math:`u + \epsilon`, :math:`\epsilon \sim \mathcal N(0, s^2 I)` (observation noise)."""
-        return LowRankGaussian(self.loc, self.cov_diag + noise_variance, self.cov_factor)
+        r"""Distribution of :math:`u + \epsilon`, :math:`\epsilon \sim \mathcal N(0, s^2 I)` (observation noise);
+        ``noise_variance`` :math:`s^2 \ge 0`, a float or a tensor broadcastable to ``loc`` ``(..., n)``."""
+        s2 = torch.as_tensor(noise_variance, dtype=self.loc.dtype, device=self.loc.device)
+        if bool((s2 < 0).any()):
+            raise ValueError(f"`noise_variance` must be >= 0, got minimum {float(s2.min()):.6g}.")
+        return LowRankGaussian(self.loc, self.cov_diag + s2, self.cov_factor)
 
     def add_factor(self, factor: Tensor) -> LowRankGaussian:
         r"""Distribution of :math:`u + F a`, :math:`a \sim \mathcal N(0, I_m)` independent of :math:`u`: the columns
