@@ -1,12 +1,13 @@
 r"""Tests of gpgeom.engine.chunking beyond those of the exact-GP memory budget (tests/test_exact_mll.py):
-memory sizes given as NumPy scalars."""
+memory sizes given as NumPy scalars, the factor cache of large parameters and data changed through ``.data``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from gpgeom.engine.chunking import chunk_size_for, memory_budget, parse_memory
+from gpgeom.engine.chunking import FactorCache, chunk_size_for, memory_budget, parse_memory
 
 
 def test_memory_sizes_accept_numpy_scalars_and_keep_large_integers_exact():
@@ -24,3 +25,35 @@ def test_memory_sizes_accept_numpy_scalars_and_keep_large_integers_exact():
             parse_memory(bad)
     with pytest.raises(ValueError, match="at least one byte"):
         parse_memory(np.int64(0))
+
+
+def test_factor_cache_sees_writes_through_data_to_large_parameters_and_data():
+    r"""Parameters above ``COPY_LIMIT`` elements and data tensors were keyed by their version counter alone, which
+    writes through ``.data`` do not bump: after ``weight.data.copy_(zeros)`` on a 300 x 300 layer the cache
+    returned the old output (the truth, the module applied afresh, differed). Now a fingerprint of the values is
+    part of the key; an unchanged state is still not recomputed."""
+    torch.manual_seed(0)
+    module = torch.nn.Linear(300, 300)  # 90,000 > COPY_LIMIT weights: held, not copied
+    assert module.weight.numel() > FactorCache.COPY_LIMIT
+    X = torch.randn(2, 300)
+    cache, calls = FactorCache(), []
+
+    def compute():
+        calls.append(1)
+        return module(X).detach()
+
+    def cached():
+        return cache.get(FactorCache.key_of(module, (X,)), compute)
+
+    cached()
+    cached()
+    assert len(calls) == 1
+    version = module.weight._version
+    module.weight.data.copy_(torch.full((300, 300), 0.01))
+    assert module.weight._version == version  # the write is invisible to the version counter
+    torch.testing.assert_close(cached(), module(X).detach(), rtol=0, atol=0)
+    X.data.mul_(2.0)  # data changed the same way
+    torch.testing.assert_close(cached(), module(X).detach(), rtol=0, atol=0)
+    assert len(calls) == 3
+    cached()
+    assert len(calls) == 3

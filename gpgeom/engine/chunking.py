@@ -204,7 +204,9 @@ class FactorCache:
     The key (:meth:`key_of`) holds copies of the module's parameters and buffers (compared by value, so that
     ``param.data.copy_(...)`` and GPyTorch's ``initialize(...)``, which do not count as in-place versions, are
     seen), the given data tensors and any parameter or buffer of more than :attr:`COPY_LIMIT` elements (held and
-    compared by identity and in-place version counter: not copied) and extra plain values (settings). Copies
+    compared by identity, in-place version counter and a fingerprint: not copied; the fingerprint, a float64 sum,
+    norm and up to 64 evenly spaced entries, sees writes through ``.data``, which bypass the version counter) and
+    extra plain values (settings). Copies
     (``copy.deepcopy``) and pickles of an object holding a cache start with an empty one: a copy may be changed, a
     file never holds it.
 
@@ -246,10 +248,10 @@ class FactorCache:
         key: list[Any] = list(extra)
         small = FactorCache.COPY_LIMIT
         key += [
-            t.detach().clone() if t.numel() <= small else (t, t._version)
+            t.detach().clone() if t.numel() <= small else (t, t._version, _fingerprint(t))
             for t in (*module.parameters(), *module.buffers())
         ]
-        return key + [(t, t._version) for t in data if t is not None]
+        return key + [(t, t._version, _fingerprint(t)) for t in data if t is not None]
 
     def matches(self, key: list[Any]) -> bool:
         r"""Whether ``key`` equals the stored key (tensors by value, data by identity and version, the rest by
@@ -262,7 +264,9 @@ class FactorCache:
                 if not (same and torch.equal(a, b)):
                     return False
             elif isinstance(a, tuple):
-                if not (isinstance(b, tuple) and a[0] is b[0] and a[1] == b[1]):
+                if not (isinstance(b, tuple) and len(a) == len(b) and a[0] is b[0] and a[1] == b[1]):
+                    return False
+                if len(a) > 2 and not torch.equal(a[2], b[2]):
                     return False
             elif a != b:
                 return False
@@ -275,6 +279,22 @@ class FactorCache:
             self.value = compute()
             self.key = key
         return self.value
+
+
+def _fingerprint(t: Tensor) -> Tensor:
+    r"""A cheap summary of a held tensor's values (``O(numel)`` reads, no copy of it): float64 sum and norm and up
+    to 64 evenly spaced entries. Writes through ``t.data`` (``param.data.copy_(...)``, ``X.data.mul_(2)``) do not
+    bump ``t._version``: a cache keyed on the version alone kept a stale factor."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    x = t if t.is_floating_point() else t.to(torch.float64)
+    parts = [x.sum(dtype=torch.float64).reshape(1), torch.linalg.vector_norm(x, dtype=torch.float64).reshape(1)]
+    if t.is_contiguous() and t.numel():
+        flat = x.view(-1)
+        idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()
+        parts.append(flat[idx].to(torch.float64))
+    return torch.cat(parts)
 
 
 def solve_lower_folded(L: Tensor, rhs: Tensor) -> Tensor:
