@@ -637,3 +637,18 @@ def test_kalman_filter_and_smoother_refuse_mismatched_shapes_naming_the_argument
     kf = kalman_filter(Phi, Q, H, y, 0.1, m0, P0)
     with pytest.raises(ValueError, match=r"`Phi` must have shape \(batch\.\.\., 9, 2, 2\) \(the transitions"):
         rts_smoother(Phi[:5], kf)
+
+
+def test_numpy_scalar_noise_is_read_like_a_float():
+    r"""``noise=np.float32(0.1)`` (or ``np.int64``) was refused with "`noise` must be a float or a tensor"; it is now
+    read as the float it holds. Truth: the dense GP with that noise."""
+    k = _matern(2.5)
+    t, y = _times(12), torch.randn(12, dtype=D)
+    for noise in (np.float32(0.1), np.int64(1)):
+        with torch.no_grad():
+            got = log_marginal_likelihood(k, t, y, noise)
+            want, _, _ = _dense_gp(_dense_matern(k, t, t), _dense_matern(k, t, t), k.variance.expand(12), y,
+                                   torch.full((12,), float(noise), dtype=D))  # fmt: skip
+        _close(got, want)
+    with pytest.raises(TypeError, match="`noise` must be a float or a tensor, got bool"):
+        log_marginal_likelihood(k, t, y, np.bool_(True))

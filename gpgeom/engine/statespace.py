@@ -22,6 +22,7 @@ into the grid as missing observations, so that predictions anywhere are the exac
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -528,7 +529,7 @@ def _prepare(
                 f"`noise` must be a scalar or have shape (..., n) with n={n}, got shape {tuple(noise.shape)}."
             )
         noise = noise.to(t.dtype)
-    elif isinstance(noise, int | float) and not isinstance(noise, bool):
+    elif isinstance(noise, numbers.Real) and not isinstance(noise, bool):  # NumPy scalars too (np.float32 was refused)
         noise = torch.tensor(float(noise), dtype=t.dtype, device=t.device)
     else:
         raise TypeError(f"`noise` must be a float or a tensor, got {type(noise).__name__}.")
