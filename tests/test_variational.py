@@ -92,6 +92,28 @@ def test_negative_variances_are_refused_and_zero_ones_kept():
     assert bool((draws[:, 0] == loc[0]).all())
 
 
+def test_indexing_selects_batch_members_never_points():
+    r"""``g[:, 0]`` of a ``(3, 5)`` distribution sliced point 0 out of ``loc`` and out of the factor's rows alike and
+    returned a Gaussian over the 3 batch members with cross-covariances ``l_b(x_0)^T l_c(x_0)`` (independent members
+    made correlated). Indexing now always addresses the batch dimensions (``...`` included), so a point index is an
+    IndexError; batch indices equal the dense covariance's batch members (the truth)."""
+    g = _random_gaussian((3, 4), 5, 2)
+    dense = g.covariance_matrix
+    for index, want in (
+        ((1,), dense[1]),
+        ((slice(None), 2), dense[:, 2]),
+        ((Ellipsis, 2), dense[:, 2]),
+        ((2, 3), dense[2, 3]),
+    ):
+        sub = g[index if len(index) > 1 else index[0]]
+        torch.testing.assert_close(sub.covariance_matrix, want, rtol=0, atol=0)
+    flat = _random_gaussian((3,), 5, 2)
+    with pytest.raises(
+        IndexError, match=r"LowRankGaussian indexes its batch dimensions \(3,\) only \(not the points\)"
+    ):
+        flat[:, 0]
+
+
 def test_elbo_equals_hand_computed_expression():
     # z ~ N(0, 1); y_i | z ~ N(a z, s^2) observed; factor -c z^2; guide q(z) = N(m, v) with batch of 3 problems
     a, s, c = 1.7, 0.4, 0.25

@@ -177,9 +177,22 @@ class LowRankGaussian:
         return LowRankGaussian(self.loc, self.cov_diag, joined)
 
     def __getitem__(self, index) -> LowRankGaussian:
-        r"""Index the *batch* dimensions (not the points)."""
-        factor = None if self.cov_factor is None else self.cov_factor[index]
-        return LowRankGaussian(self.loc[index], self.cov_diag[index], factor)
+        r"""Index the *batch* dimensions ``(...)`` (not the points): ``g[i]``, ``g[:, j]``, ``g[..., j]`` (the last
+        batch dimension). The index is applied to ``loc`` and ``cov_diag`` with the point dimension kept (``[index,
+        :]``) and to ``cov_factor`` with its last two kept: indexing a point, e.g. ``g[:, 0]`` of a ``(B, n)``
+        distribution, used to slice ``loc`` and the factor's rows alike, a valid-looking Gaussian that treated the
+        ``B`` independent batch members as one correlated vector; it is now an ``IndexError``."""
+        idx = index if isinstance(index, tuple) else (index,)
+        try:
+            loc = self.loc[(*idx, slice(None))]
+            diag = self.cov_diag[(*idx, slice(None))]
+            factor = None if self.cov_factor is None else self.cov_factor[(*idx, slice(None), slice(None))]
+        except IndexError as err:
+            raise IndexError(
+                f"LowRankGaussian indexes its batch dimensions {tuple(self.loc.shape[:-1])} only (not the points), "
+                f"got index {index!r}: {err}"
+            ) from None
+        return LowRankGaussian(loc, diag, factor)
 
     # -- conversions ------------------------------------------------------------------------------------------------
     def to_pyro(self) -> pdist.TorchDistribution:
