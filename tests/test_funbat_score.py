@@ -285,3 +285,27 @@ def test_site_chain_refuses_a_linear_term_outside_the_range_of_the_precision():
     # the node-level filter takes it, and equals the dense GP (the truth the chain missed)
     post = latent_posterior(k, t, lam, tilted, method="node")
     torch.testing.assert_close(post.log_normalizer, _dense_log_z(nu, 0.3, 1.7, t, lam, tilted), rtol=1e-10, atol=1e-9)
+
+
+def test_site_log_likelihoods_refuse_batched_empty_or_unpaired_chains_clearly():
+    r"""A batched chain failed in a padding ``expand`` ("the number of sizes provided (3) must be greater or equal
+    to the number of dimensions in the tensor (4)"), no chains in ``max()`` and unpaired priors in ``zip``; each is
+    now a ValueError naming the argument. The valid call equals the chain's own filter (the truth)."""
+    from gpgeom.engine.sites import site_log_likelihoods
+
+    I, R = 8, 2
+    lam, eta = _sites(I, R, 3)
+    k = _kernel(1.5)
+    t = _coords(I, 0, close=False)
+    ch, prior = mode_sites(lam, eta, k.state_dim), mode_prior(k, t, R)
+    want = site_posterior(ch, *prior, smooth=False).log_likelihood
+    torch.testing.assert_close(site_log_likelihoods([ch, ch], [prior, prior]), want.expand(2), rtol=1e-12, atol=1e-12)
+    batched = mode_sites(lam.expand(2, I, R, R), eta.expand(2, I, R), k.state_dim)
+    with pytest.raises(
+        ValueError, match=r"`chains\[1\]` must be unbatched \(y of shape \(n,\)\), got y of shape \(2, 16\)"
+    ):
+        site_log_likelihoods([ch, batched], [prior, prior])
+    with pytest.raises(ValueError, match=r"one entry per chain, at least one, got 0 chain\(s\) and 0 prior\(s\)"):
+        site_log_likelihoods([], [])
+    with pytest.raises(ValueError, match=r"got 1 chain\(s\) and 2 prior\(s\)"):
+        site_log_likelihoods([ch], [prior, prior])

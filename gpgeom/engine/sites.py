@@ -599,7 +599,21 @@ def site_log_likelihoods(
 
     Returns:
         ``len(chains)`` log likelihoods, differentiable with respect to the priors.
+
+    Raises:
+        ValueError: For no chains, ``chains`` and ``priors`` of different lengths, or a batched chain.
     """
+    if len(chains) == 0 or len(chains) != len(priors):
+        raise ValueError(
+            f"`chains` and `priors` must hold one entry per chain, at least one, got {len(chains)} chain(s) and "
+            f"{len(priors)} prior(s)."
+        )
+    for i, ch in enumerate(chains):  # a batched chain failed in a padding `expand` with PyTorch's message
+        if ch.y.dim() != 1:
+            raise ValueError(
+                f"`chains[{i}]` must be unbatched (y of shape (n,)), got y of shape {tuple(ch.y.shape)}; use "
+                "site_posterior for a batch of chains of one length."
+            )
     steps = []
     for ch, (Phi, Q, m0, P0) in zip(chains, priors, strict=True):
         Phi_n, Q_n = _expand_transitions(Phi, Q, ch.num_sites, ch.R)
