@@ -464,8 +464,9 @@ def test_default_banded_factor_and_solve_carry_gradients_equal_to_dense(dtype):
 
 def test_banded_routines_refuse_batches_vectors_and_mixed_dtypes_clearly():
     r"""A batch dimension failed with "too many values to unpack", an empty chain with a RecursionError (scan), a
-    ``K x s`` vector right-hand side was solved by LAPACK but broke the scan and loop with broadcast errors, and a
-    float32 right-hand side with a float64 factor was rounded to float32 by LAPACK only."""
+    ``K x s`` vector right-hand side was solved by LAPACK but broke the scan and loop with broadcast errors, a
+    float32 right-hand side with a float64 factor was rounded to float32 by LAPACK only, and a NaN ``singular_tol``
+    reported a well-conditioned band singular at block 0."""
     _, Ab = _random_band(5, 1, 2)
     Lb, _ = block_banded_cholesky(Ab)
     for method in ("lapack", "scan", "loop"):
@@ -482,6 +483,10 @@ def test_banded_routines_refuse_batches_vectors_and_mixed_dtypes_clearly():
             TypeError, match=r"`rhs` must have the dtype and device of `Lb` \(torch.float64 on cpu\), got torch.float32"
         ):
             block_banded_solve(Lb, torch.ones(5, 2, 1), method=method)
+    for tol in (float("nan"), -1e-3, float("inf")):  # NaN declared the well-conditioned band singular at block 0
+        with pytest.raises(ValueError, match=r"`singular_tol` must be a finite number >= 0 \(or None\), got"):
+            block_banded_cholesky(Ab, singular_tol=tol)
+    assert block_banded_cholesky(Ab, singular_tol=0.0)[1] is None
     with pytest.raises(TypeError, match="`Ab` must be a floating tensor, got torch.int64"):
         block_banded_cholesky(torch.ones(5, 2, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="`Lb` must be a K x"):

@@ -52,6 +52,8 @@ dtype.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -532,12 +534,17 @@ def block_banded_cholesky(
         respect to ``Ab`` except by ``"lapack"``.
 
     Raises:
-        ValueError: For ``Ab`` not of shape ``K x (w + 1) x s x s`` (no batch dimensions), an unknown ``method``, or
-            ``method="lapack"`` with an ``Ab`` that requires grad (or off the CPU).
+        ValueError: For ``Ab`` not of shape ``K x (w + 1) x s x s`` (no batch dimensions), a ``singular_tol`` that
+            is not a finite number ``>= 0``, an unknown ``method``, or ``method="lapack"`` with an ``Ab`` that
+            requires grad (or off the CPU).
         TypeError: For an ``Ab`` that is not a floating tensor.
     """
     _check_band("Ab", Ab)
     K, w1, s, _ = Ab.shape
+    if singular_tol is not None and not (
+        isinstance(singular_tol, numbers.Real) and math.isfinite(singular_tol) and singular_tol >= 0
+    ):  # NaN declared every pivot singular (a well-conditioned matrix "failed" at block 0)
+        raise ValueError(f"`singular_tol` must be a finite number >= 0 (or None), got {singular_tol!r}.")
     tol = _default_singular_tol(Ab.dtype) if singular_tol is None else singular_tol
     how = _pick(method, "cholesky", Ab)
     bad = Ab.new_zeros(K, dtype=torch.bool)
