@@ -309,3 +309,32 @@ def test_site_log_likelihoods_refuse_batched_empty_or_unpaired_chains_clearly():
         site_log_likelihoods([], [])
     with pytest.raises(ValueError, match=r"got 1 chain\(s\) and 2 prior\(s\)"):
         site_log_likelihoods([ch], [prior, prior])
+
+
+def test_gain_products_and_chain_covariance_of_a_batch_of_chains_equal_the_gain_products_by_definition():
+    r"""``gain_products`` multiplied along the first dimension: for a batch of two chains (gains ``2 x 8 x D x D``)
+    level 1 was ``1 x 8 x D x D``, products of the two chains' gains with each other, and ``chain_covariance``
+    then failed on the shapes. Both now work along the node dimension: every batch member's cross-covariances equal
+    :math:`G_a \cdots G_{c-1} P^s_c` multiplied out by a loop (the definition)."""
+    from gpgeom.engine.sites import chain_covariance, gain_products
+
+    I, R = 9, 2
+    k = _kernel(1.5)
+    t = _coords(I, 0, close=False)
+    (l1, e1), (l2, e2) = _sites(I, R, 3), _sites(I, R, 5)
+    chain = mode_sites(torch.stack([l1, l2]), torch.stack([e1, e2]), k.state_dim)
+    post = site_posterior(chain, *mode_prior(k, t, R))
+    table = gain_products(post.gain)
+    assert [tuple(T.shape[:2]) for T in table] == [(2, 8), (2, 7), (2, 5), (2, 1)]
+    rows, cols = torch.tensor([0, 2, 7, 4]), torch.tensor([5, 2, 1, 8])
+    got = chain_covariance(post.cov, table, rows, cols)
+    for b in range(2):
+        for m, (a, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+            lo, hi = min(a, c), max(a, c)
+            P = torch.eye(post.cov.shape[-1], dtype=D)
+            for j in range(lo, hi):
+                P = P @ post.gain[b, j]
+            want = P @ post.cov[b, hi]
+            torch.testing.assert_close(got[b, m], want if a <= c else want.mT, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"`gain` must be a batch x \(I-1\) x D x D tensor, got \(8, 4\)"):
+        gain_products(post.gain[0, :, 0])

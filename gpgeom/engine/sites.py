@@ -28,13 +28,14 @@ With the eigendecomposition :math:`\Lambda_i = V \operatorname{diag}(d) V^\top` 
 so site :math:`i` is :math:`R` scalar linear-Gaussian observations of the state, with measurement rows
 :math:`h_{ij} = v_j^\top H` and noise variances :math:`1/d_j`; directions with :math:`d_j \le \epsilon \max d`
 (:math:`\epsilon = 10^{-12}` in float64, :math:`10^{-6}` in float32; the maximum over the chain) carry no information
-and are masked. :func:`site_chain` builds the chain of :math:`I R` steps that
-:func:`~gpgeom.engine.statespace.kalman_filter` runs with ``H_per_step=True`` (one measurement row per step): step
-:math:`(i, j)` observes :math:`h_{ij} x`; the steps of one node are joined by :math:`\Phi = I`, :math:`Q = 0` (the same
-state), and the prior transition :math:`(\Phi_i, Q_i)` enters between the last step of node :math:`i` and the first
-of node :math:`i + 1`. The filter's log likelihood :math:`\ell` (prediction-error decomposition) gives the
-normaliser :math:`\log Z = \ell + \sum_{ij} \log c_{ij}`, and the RTS smoother's moments at any step of node
-:math:`i` are those of :math:`x_i` under :math:`q`; the cost is :math:`O(I R D^3)`.
+and are masked (a component of :math:`\eta_i` along them beyond round-off is refused: it has no such form).
+:func:`site_chain` builds the chain of :math:`I R` steps that :func:`~gpgeom.engine.statespace.kalman_filter` runs with
+``H_per_step=True`` (one measurement row per step): step :math:`(i, j)` observes :math:`h_{ij} x`; the steps of one node
+are joined by :math:`\Phi = I`, :math:`Q = 0` (the same state), and the prior transition :math:`(\Phi_i, Q_i)` enters
+between the last step of node :math:`i` and the first of node :math:`i + 1`. The filter's log likelihood :math:`\ell`
+(prediction-error decomposition) gives the normaliser :math:`\log Z = \ell + \sum_{ij} \log c_{ij}`, and the RTS
+smoother's moments at any step of node :math:`i` are those of :math:`x_i` under :math:`q`; the cost is
+:math:`O(I R D^3)`.
 
 Joint posterior
 ---------------
@@ -661,14 +662,18 @@ def site_log_likelihoods(
 
 
 def gain_products(gain: Tensor) -> list[Tensor]:
-    r"""Binary-lifting table of the node gains ``(I-1) x D x D``: level :math:`\ell` is ``(I - 2^l) x D x D`` with
-    entry :math:`j` equal to :math:`G_j G_{j+1} \cdots G_{j + 2^\ell - 1}`."""
+    r"""Binary-lifting table of the node gains ``batch x (I-1) x D x D`` (:attr:`SitePosterior.gain`): level
+    :math:`\ell` is ``batch x (I - 2^l) x D x D`` with entry :math:`j` equal to :math:`G_j G_{j+1} \cdots
+    G_{j + 2^\ell - 1}`. (The products were formed along the first dimension: for batched gains, across batch
+    members.)"""
+    if not isinstance(gain, Tensor) or gain.dim() < 3 or gain.shape[-1] != gain.shape[-2]:
+        raise ValueError(f"`gain` must be a batch x (I-1) x D x D tensor, got {tuple(getattr(gain, 'shape', ()))}.")
     table = [gain]
     while True:
         prev, step = table[-1], 2 ** (len(table) - 1)
         if prev.shape[-3] <= step:
             return table
-        table.append(prev[:-step] @ prev[step:])
+        table.append(prev[..., :-step, :, :] @ prev[..., step:, :, :])
 
 
 def chain_covariance(cov: Tensor, table: Sequence[Tensor], rows: Tensor, cols: Tensor) -> Tensor:
@@ -676,12 +681,12 @@ def chain_covariance(cov: Tensor, table: Sequence[Tensor], rows: Tensor, cols: T
     P^s_c` for :math:`a \le c`, its transpose otherwise.
 
     Args:
-        cov: ``I x D x D`` smoothed covariances :math:`P^s_i` (:attr:`SitePosterior.cov`, unbatched).
-        table: :func:`gain_products` of the node gains.
-        rows, cols: Node indices ``a`` and ``c`` (long tensors of one shape ``m``).
+        cov: ``batch x I x D x D`` smoothed covariances :math:`P^s_i` (:attr:`SitePosterior.cov`).
+        table: :func:`gain_products` of the node gains (the same batch).
+        rows, cols: Node indices ``a`` and ``c`` (long tensors of one shape ``m``), shared by the batch.
 
     Returns:
-        ``m x D x D`` cross-covariances.
+        ``batch x m x D x D`` cross-covariances.
     """
     I, D = cov.shape[-3], cov.shape[-1]
     for name, idx in (("rows", rows), ("cols", cols)):
@@ -701,8 +706,8 @@ def chain_covariance(cov: Tensor, table: Sequence[Tensor], rows: Tensor, cols: T
         bit = ((length >> level) & 1).bool()
         if not bool(bit.any()):
             continue
-        step = T[pos.clamp(max=T.shape[0] - 1)]
+        step = T[..., pos.clamp(max=T.shape[-3] - 1), :, :]
         prod = torch.where(bit[..., None, None], prod @ step, prod)
         pos = pos + bit.long() * 2**level
-    C = prod @ cov[hi]
+    C = prod @ cov[..., hi, :, :]
     return torch.where((rows <= cols)[..., None, None], C, C.transpose(-1, -2))
