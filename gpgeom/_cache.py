@@ -9,6 +9,10 @@ generating the same data race harmlessly) with a format version checked on readi
 from __future__ import annotations
 
 import os
+import threading
+import uuid
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +41,23 @@ def cache_dir(*parts: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
-    r"""Write ``arrays`` to the ``.npz`` file ``path`` atomically (a temporary file in the same folder, then
-    ``os.replace``), creating the folder. Returns the path."""
+    r"""Write ``arrays`` to the ``.npz`` file ``path`` atomically (a temporary file with a unique name in the same
+    folder, then ``os.replace``), creating the folder. Returns the path.
+
+    Several writers of the same ``path`` (processes or threads) never share a temporary file: the last
+    ``os.replace`` wins and a reader sees one complete file. A failed write removes its temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    # unique per process, thread and call; "x": never opens another writer's file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp.npz")
+    try:
+        with open(tmp, "xb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -52,11 +66,22 @@ def read_npz(path: str | os.PathLike, version: str, config: str | None = None) -
     ``config`` entry is ``config``, when given); no pickled objects.
 
     Raises:
-        ValueError: For another format version or configuration (a stale cache entry: regenerate it).
+        ValueError: For another format version or configuration (a stale cache entry: regenerate it), or a file
+            that is not a complete ``.npz`` file (empty, truncated, corrupt: the message names the path).
     """
-    with np.load(Path(path), allow_pickle=False) as z:
-        if str(z["version"]) != version:
-            raise ValueError(f"dataset version {str(z['version'])!r} is not {version!r}")
-        if config is not None and str(z["config"]) != config:
-            raise ValueError("the cached configuration does not match")
-        return {k: z[k] for k in z.files}
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "version" not in z.files:
+                raise ValueError(f"{path} has no `version` entry: not a gpgeom dataset file")
+            if str(z["version"]) != version:
+                raise ValueError(f"dataset version {str(z['version'])!r} is not {version!r}")
+            if config is not None and ("config" not in z.files or str(z["config"]) != config):
+                raise ValueError("the cached configuration does not match")
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a partial or damaged file (numpy's own errors)
+        raise ValueError(f"{path} is not a complete .npz file ({type(err).__name__}: {err})") from err
+    except ValueError as err:
+        if "pickled" in str(err):  # not an .npz file at all: numpy took it for a pickle
+            raise ValueError(f"{path} is not an .npz file") from err
+        raise
