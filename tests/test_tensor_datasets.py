@@ -96,6 +96,21 @@ def test_synthetic_bad_arguments():
         make_synthetic_tensor(10, 5).latent(3, torch.zeros(2, dtype=torch.float64))
 
 
+def test_synthetic_n_coords_errors_name_n_coords_and_numpy_ints_work():
+    # a wrong `n_coords` used to be reported as a wrong `rank`, and `n_coords=True` as a grid of 1 cell
+    with pytest.raises(ValueError, match=r"`n_coords` must be an int >= 1 or 3 ints >= 1 .*got \[5, 5\]"):
+        make_synthetic_tensor(10, 5, n_coords=[5, 5])
+    with pytest.raises(ValueError, match=r"`n_coords` must be .*got True"):
+        make_synthetic_tensor(10, 5, n_coords=True)
+    with pytest.raises(ValueError, match=r"`n_coords` must be .*got 0"):
+        make_synthetic_tensor(10, 5, n_coords=0)
+    # numpy integers (e.g. from a parameter grid) are ints: the same tensor as with Python ints
+    a = make_synthetic_tensor(30, 10, rank=np.int64(2), n_coords=np.int64(8), seed=3)
+    b = make_synthetic_tensor(30, 10, rank=2, n_coords=8, seed=3)
+    assert torch.equal(a.X_train, b.X_train) and torch.equal(a.y_test, b.y_test)
+    assert a.info["ranks"] == (2, 2, 2) and type(a.info["n_coords"][0]) is int
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Beijing
 def test_shipped_beijing_tensor():
@@ -213,6 +228,8 @@ def test_beijing_day_offsets_match_an_independent_computation(tmp_path, monkeypa
     assert torch.equal(shipped.X, pm25.X) and shipped.info["temp_range_C"] == pm25.info["temp_range_C"]
     with_station = load_beijing_air(day_offsets=True, station=True)
     assert with_station.X.shape == (len(rows), 4) and torch.equal(with_station.X[:, :3], shipped.X)
+    # the offsets keep their names with the station mode (it used to relabel them "temperature", "pressure")
+    assert with_station.mode_names == ("temperature offset", "pressure offset", "time", "station")
     monkeypatch.undo()
     # the full shipped table: offsets average to zero within every day (up to the 0.1 rounding)
     full = load_beijing_air(day_offsets=True)
@@ -290,6 +307,16 @@ def test_splits_are_seeded_disjoint_and_flag_unseen():
         data.split(-1)
     with pytest.raises(ValueError, match="n_train"):
         data.split(0, n_train=10**6)
+    assert torch.equal(data.split(np.int64(1)).info["test_index"], c.info["test_index"])  # a numpy fold number
+
+
+def test_split_that_would_leave_no_training_entry_is_refused():
+    ct = ContinuousTensor(torch.rand(3, 2, dtype=torch.float64), torch.rand(3, dtype=torch.float64), ("a", "b"))
+    # round(0.9 * 3) = 3 test entries of 3: the unseen flags then failed inside torch (min() of an empty tensor)
+    with pytest.raises(ValueError, match=r"`test_fraction`=0.9 of 3 entries holds out 3, leaving no training entry"):
+        ct.split(test_fraction=0.9)
+    sp = ct.split(test_fraction=0.5)  # round(1.5) = 2 test entries, 1 training entry
+    assert sp.X_train.shape == (1, 2) and sp.X_test.shape == (2, 2)
 
 
 def test_continuous_tensor_container():

@@ -172,14 +172,24 @@ class ContinuousTensor:
 
         Returns:
             A :class:`TensorSplit` (``test_unseen`` marks entries with a coordinate absent from the training set).
+
+        Raises:
+            ValueError: For a negative or non-integer ``fold``, ``test_fraction`` outside ``(0, 1)`` or one that leaves
+                no training entry, or ``n_train`` larger than the training part.
         """
-        if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+        if not _is_int(fold) or fold < 0:
             raise ValueError(f"`fold` must be an int >= 0, got {fold!r}.")
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")
+        fold = int(fold)
         N = len(self)
         perm = torch.from_numpy(np.random.default_rng([seed, fold]).permutation(N))
         n_test = max(1, int(round(test_fraction * N)))
+        if n_test >= N:
+            raise ValueError(
+                f"`test_fraction`={test_fraction!r} of {N} entries holds out {n_test}, leaving no training entry; "
+                "lower it (or use a larger tensor)."
+            )
         test, train = perm[:n_test], perm[n_test:]
         if n_train is not None:
             check_positive("n_train", n_train, integer=True)
@@ -203,14 +213,23 @@ class ContinuousTensor:
 # ----------------------------------------------------------------------------------------------------------------
 # synthetic
 # ----------------------------------------------------------------------------------------------------------------
-def _as_ranks(rank: int | Sequence[int], n_modes: int) -> tuple[int, ...]:
-    if isinstance(rank, int) and not isinstance(rank, bool):
+def _is_int(v: object) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _as_ranks(rank: int | Sequence[int], n_modes: int, name: str = "rank") -> tuple[int, ...]:
+    r"""``rank`` (an int, or ``n_modes`` ints; numpy integers too) as ``n_modes`` Python ints ``>= 1``, or a
+    ``ValueError`` naming the argument ``name``."""
+    if _is_int(rank):
         ranks = (rank,) * n_modes
     else:
-        ranks = tuple(rank)
-    if len(ranks) != n_modes or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
-        raise ValueError(f"`rank` must be an int >= 1 or {n_modes} ints >= 1 (one per mode), got {rank!r}.")
-    return ranks
+        try:
+            ranks = tuple(rank)
+        except TypeError:
+            ranks = ()
+    if len(ranks) != n_modes or any(not _is_int(r) or r < 1 for r in ranks):
+        raise ValueError(f"`{name}` must be an int >= 1 or {n_modes} ints >= 1 (one per mode), got {rank!r}.")
+    return tuple(int(r) for r in ranks)
 
 
 def make_synthetic_tensor(
@@ -280,9 +299,7 @@ def make_synthetic_tensor(
     ranks = _as_ranks(rank, K)
     if decomposition == "cp" and len(set(ranks)) != 1:
         raise ValueError(f"A CP tensor needs the same rank in every mode, got {ranks}.")
-    ncs = _as_ranks(n_coords, K) if not isinstance(n_coords, int) else (n_coords,) * K
-    if any(n < 1 for n in ncs):
-        raise ValueError(f"`n_coords` must be >= 1 per mode, got {n_coords!r}.")
+    ncs = _as_ranks(n_coords, K, "n_coords")
     cells = math.prod(ncs)
     n_seen_test = n_test - int(round(unseen_fraction * n_test))
     if n_train + n_seen_test > cells:
@@ -595,7 +612,7 @@ def load_beijing_air(
         mode_names = ("temperature offset", "pressure offset", BEIJING_MODES[2])
     if station:
         X = np.concatenate([X, (10.0 / (len(BEIJING_STATIONS) - 1)) * stations[:, None].astype(np.float64)], axis=1)
-        mode_names = (*BEIJING_MODES, "station")
+        mode_names = (*mode_names, "station")  # after the offsets' names when day_offsets=True
         info["stations"] = BEIJING_STATIONS
     return ContinuousTensor(
         X=torch.as_tensor(X, dtype=torch.float64),
