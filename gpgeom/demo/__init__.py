@@ -41,6 +41,19 @@ def save_figure(fig, out_dir: str | os.PathLike, name: str, *, tight: bool = Tru
     return path
 
 
+class DemoFailed(RuntimeError):
+    r"""Some demo sections failed (the others ran; the report holds each failure's traceback).
+
+    Attributes:
+        failures: The names of the failed sections.
+        report: The path of the report.
+    """
+
+    def __init__(self, failures: list[str], report: Path):
+        super().__init__(f"Demo sections failed: {failures}; see {report}.")
+        self.failures, self.report = list(failures), report
+
+
 # name -> "module:function"; a model joins the demo by adding its line here.
 SECTIONS: dict[str, str] = {
     "kalman": "gpgeom.demo.engine:kalman_section",
@@ -78,16 +91,30 @@ def run_demo(
 
     Returns:
         The path of the report.
+
+    Raises:
+        ValueError: An unknown section name, an empty ``only``, a ``seed`` that is not an int >= 0, or an
+            ``out_dir`` that exists and is not a folder (all before anything is created).
+        OSError: When the output folder or the report cannot be written (before any section runs).
+        DemoFailed: After the report is written, when some sections failed (a ``RuntimeError``).
     """
     import matplotlib
 
-    names = list(SECTIONS) if only is None else list(only)
+    names = list(SECTIONS) if only is None else list(dict.fromkeys(only))  # each section once, in the given order
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:  # checked before the output folder is created
         raise ValueError(f"Unknown demo section(s) {unknown}; expected some of {list(SECTIONS)}.")
-    matplotlib.use("Agg")
+    if not names:
+        raise ValueError(f"`only` names no section; expected some of {list(SECTIONS)} (or None for all).")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # numpy's generators need seeds >= 0
+        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`out_dir` {str(out)!r} exists and is not a folder.")
+    matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
+    report = out / "report.md"
+    report.write_text("# gpgeom demo report\n\n(running)\n")  # an unwritable folder fails now, not after the fits
     lines = [
         "# gpgeom demo report",
         "",
@@ -115,8 +142,7 @@ def run_demo(
         lines += [f"![{fig.stem}]({fig.relative_to(out)})" for fig in sec.figures]
         lines.append("")
         print(f"[demo] {sec.title}: done in {elapsed:.1f} s")
-    report = out / "report.md"
     report.write_text("\n".join(lines))
     if failures:
-        raise RuntimeError(f"Demo sections failed: {failures}; see {report}.")
+        raise DemoFailed(failures, report)
     return report
