@@ -92,3 +92,8 @@ def test_bad_arguments(tmp_path):
         read_plaid(tmp_path, split="test")
     with pytest.raises(ValueError, match="existing folder"):
         read_plaid(tmp_path / "missing")
+    # "." / ".." wrote the samples into <path>/data or <path> itself (where read_plaid(path) then found them)
+    for bad in ("..", ".", "a/b", "a\\b", ""):
+        with pytest.raises(ValueError, match=r"`split` must be a non-empty folder name"):
+            write_plaid(tmp_path / "other", meshes, split=bad, overwrite=True)
+    assert not (tmp_path / "other").exists()

@@ -217,3 +217,14 @@ def test_bad_inputs():
         sphere_vector_field(10, noise=-1.0)
     with pytest.raises(ValueError, match=r"Give `points` or a `laplacian`"):
         rough_field()
+
+
+def test_a_point_at_the_origin_is_refused_not_nan():
+    # the radial projection of (0, 0, 0) is undefined: sphere_field and sphere_normals returned NaN rows silently
+    X = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    for call in (lambda: sphere_normals(X), lambda: sphere_field(X, "saddles")):
+        with pytest.raises(ValueError, match=r"`points` must not contain the origin .* rows \[1\] are \(0, 0, 0\)"):
+            call()
+    # a point off the unit sphere is projected: the normal is x/|x| exactly, and the rotation field e_z x x/|x|
+    np.testing.assert_allclose(sphere_normals(X[[0, 2]]), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], rtol=0, atol=0)
+    np.testing.assert_allclose(sphere_field(X[[2]], "rotation")[0], [[-1.0, 0.0, 0.0]], rtol=0, atol=1e-15)

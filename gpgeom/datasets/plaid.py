@@ -67,8 +67,9 @@ def write_plaid(
         raise TypeError(f"`meshes` must be a non-empty sequence of meshes, got {type(meshes).__name__}.")
     if scalars is not None and len(scalars) != len(meshes):
         raise ValueError(f"`scalars` must hold one dict per mesh ({len(meshes)}), got {len(scalars)}.")
-    if not isinstance(split, str) or not split or "/" in split:
-        raise ValueError(f"`split` must be a non-empty folder name, got {split!r}.")
+    if not isinstance(split, str) or not split or split in (".", "..") or any(c in split for c in "/\\"):
+        # "." or ".." would put the samples into <path>/data or <path> itself (and overwrite=True clear them there)
+        raise ValueError(f"`split` must be a non-empty folder name (no '/', '\\', '.' or '..'), got {split!r}.")
     out = Path(path) / "data" / split
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass overwrite=True to replace it.")

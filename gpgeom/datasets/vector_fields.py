@@ -189,10 +189,21 @@ def sample_torus(
 
 
 def sphere_normals(points: object) -> np.ndarray:
-    r"""Unit outward normals ``(n, 3)`` of the sphere centred at 0 at the radial projections of ``points``."""
+    r"""Unit outward normals ``(n, 3)`` of the sphere centred at 0 at the radial projections of ``points`` ``(n, 3)``.
+
+    Raises:
+        ValueError: For a point at the origin (no radial projection).
+    """
     X = as_points("points", points, min_points=0)
     _check3("points", X)
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    zero = np.nonzero(norm[:, 0] == 0)[0]
+    if len(zero):
+        raise ValueError(
+            f"`points` must not contain the origin (it has no radial projection onto the sphere); rows "
+            f"{zero[:5].tolist()}{' ...' if len(zero) > 5 else ''} are (0, 0, 0)."
+        )
+    return X / norm
 
 
 def torus_angles(points: object, R: float = 1.0) -> np.ndarray:
@@ -229,7 +240,7 @@ def sphere_field(points: object, kind: str = "rotation", *, axis: object = (0.0,
     r"""An analytic tangent field on the unit sphere, evaluated at the radial projections of ``points``.
 
     Args:
-        points: ``(n, 3)``.
+        points: ``(n, 3)``, none at the origin (``ValueError``).
         kind: One of ``"rotation"``, ``"source_sink"``, ``"saddles"``, ``"mixed"`` (see the module docstring).
         axis: Axis :math:`a` of ``"rotation"`` and ``"source_sink"`` (normalised).
 
