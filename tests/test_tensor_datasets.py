@@ -269,6 +269,43 @@ def test_shipped_copy_equals_the_full_csv():
     assert names == [r["station"] for r in _read_rows(SHARED_CSV)]
     offsets = load_beijing_air(path=SHARED_CSV.parent, day_offsets=True)
     assert torch.equal(load_beijing_air(day_offsets=True).X, offsets.X)
+    assert (from_csv.info["first_day"], from_csv.info["last_day"]) == ("2013-03-01", "2017-02-28")
+    assert (shipped.info["first_day"], shipped.info["last_day"]) == ("2013-03-01", "2017-02-28")
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_beijing_info_gives_the_days_of_the_csv(tmp_path, monkeypatch):
+    rows = [r for r in _read_rows(SAMPLE_CSV) if r["year"] == "2014"]
+    path = _write_rows(tmp_path / "beijing_air_daily.csv", rows)
+    days = sorted(dt.date(int(r["year"]), int(r["month"]), int(r["day"])) for r in rows)
+    first, last = days[0].isoformat(), days[-1].isoformat()
+    assert first.startswith("2014-") and last.startswith("2014-")
+    # were "2013-03-01" and "2017-02-28" whatever the CSV held
+    data = load_beijing_air("PM10", path=path)
+    assert (data.info["first_day"], data.info["last_day"]) == (first, last)
+    monkeypatch.setattr(tensors, "_SHIPPED", write_beijing_npz(tmp_path / "pm25.npz", path=path))
+    shipped = load_beijing_air()  # the .npz format keeps them
+    assert shipped.info["source"].endswith("pm25.npz") and (shipped.info["first_day"], shipped.info["last_day"]) == (
+        first,
+        last,
+    )
+
+
+def test_beijing_csv_without_two_complete_rows_is_a_clear_error(tmp_path):
+    rows = _read_rows(SAMPLE_CSV)[:3]
+    for r in rows[1:]:
+        r["PM10"] = ""  # missing values: the row is dropped
+    path = _write_rows(tmp_path / "beijing_air_daily.csv", rows)
+    # one complete row: y's sample standard deviation was NaN and every target NaN, without a word
+    with pytest.raises(ValueError, match=r"has 1 row\(s\) with PM10, TEMP and PRES all present; at least 2"):
+        load_beijing_air("PM10", path=path)
 
 
 def test_beijing_missing_file_is_a_clear_error(tmp_path, monkeypatch):

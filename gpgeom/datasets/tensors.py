@@ -463,6 +463,10 @@ def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarr
             pres.append(p)
             secs.append(day.timestamp())
             vals.append(v)
+    if len(vals) < 2:  # the z-scores need two entries (a sample standard deviation)
+        raise ValueError(
+            f"{csv_path} has {len(vals)} row(s) with {target}, TEMP and PRES all present; at least 2 are needed."
+        )
     temp_a, pres_a, secs_a, y = (np.asarray(a, dtype=np.float64) for a in (temp, pres, secs, vals))
     time_z = np.round((secs_a - secs_a.mean()) / secs_a.std(), 3)
     X = np.stack([_scale_0_10(np.round(temp_a, 1)), _scale_0_10(np.round(pres_a, 1)), _scale_0_10(time_z)], axis=1)
@@ -475,8 +479,8 @@ def _read_beijing_csv(csv_path: Path, target: str) -> tuple[np.ndarray, np.ndarr
         "source": str(csv_path),
         "temp_range_C": (float(np.round(temp_a, 1).min()), float(np.round(temp_a, 1).max())),
         "pres_range_hPa": (float(np.round(pres_a, 1).min()), float(np.round(pres_a, 1).max())),
-        "first_day": "2013-03-01",
-        "last_day": "2017-02-28",
+        "first_day": _dt.datetime.fromtimestamp(secs_a.min(), _dt.UTC).date().isoformat(),
+        "last_day": _dt.datetime.fromtimestamp(secs_a.max(), _dt.UTC).date().isoformat(),
     }
     return X, (y - mu) / sd, np.asarray(stations, dtype=np.int64), info
 
@@ -504,8 +508,9 @@ def write_beijing_npz(out: str | os.PathLike, *, path: str | os.PathLike | None 
 
     The file holds ``codes`` (``N x 3`` uint16 indices into the per-mode unique coordinates), ``coords_0..2``
     (sorted unique coordinates, float64), ``y`` (z-scored target, float64), ``raw_mean``/``raw_std``,
-    ``station`` (``N`` uint8 indices into :data:`BEIJING_STATIONS`) and ``temp_range_C``/``pres_range_hPa`` (the
-    rounded minimum and maximum that ``[0, 10]`` stands for).
+    ``station`` (``N`` uint8 indices into :data:`BEIJING_STATIONS`), ``temp_range_C``/``pres_range_hPa`` (the
+    rounded minimum and maximum that ``[0, 10]`` stands for) and ``first_day``/``last_day`` (ISO dates of the
+    table's first and last day).
     """
     check_option("target", target, BEIJING_TARGETS)
     X, y, station, info = _read_beijing_csv(beijing_csv_path(path), target)
@@ -516,6 +521,8 @@ def write_beijing_npz(out: str | os.PathLike, *, path: str | os.PathLike | None 
         "station": station.astype(np.uint8),
         "temp_range_C": np.asarray(info["temp_range_C"], dtype=np.float64),
         "pres_range_hPa": np.asarray(info["pres_range_hPa"], dtype=np.float64),
+        "first_day": np.array(info["first_day"]),
+        "last_day": np.array(info["last_day"]),
     }
     codes = []
     for k in range(3):
@@ -578,11 +585,12 @@ def load_beijing_air(
         (z-scored), mode names ``("temperature", "pressure", "time")`` (then ``"station"``) and ``info``
         (``raw_mean``, ``raw_std``, source, ``temp_range_C``/``pres_range_hPa`` that ``[0, 10]`` stands for; with
         ``day_offsets=True`` those of the offsets and ``mode_names`` ``("temperature offset", "pressure offset",
-        "time")``; ``stations``, the station names in code order, with ``station=True``). Split it with
-        :meth:`ContinuousTensor.split`.
+        "time")``; ``first_day``/``last_day``, the ISO dates that the time mode's 0 and 10 stand for; ``stations``,
+        the station names in code order, with ``station=True``). Split it with :meth:`ContinuousTensor.split`.
 
     Raises:
         FileNotFoundError: When the CSV is needed and cannot be found.
+        ValueError: A CSV without the needed columns, with an unknown station, or with fewer than 2 complete rows.
         TypeError: When ``day_offsets`` or ``station`` is not a bool.
     """
     for name, flag in (("day_offsets", day_offsets), ("station", station)):
@@ -603,6 +611,9 @@ def load_beijing_air(
                 "source": str(_SHIPPED),
                 "temp_range_C": tuple(float(v) for v in z["temp_range_C"]),
                 "pres_range_hPa": tuple(float(v) for v in z["pres_range_hPa"]),
+                # the committed copy predates these entries and holds the whole table
+                "first_day": str(z["first_day"]) if "first_day" in z.files else "2013-03-01",
+                "last_day": str(z["last_day"]) if "last_day" in z.files else "2017-02-28",
             }
     else:
         X, y, stations, info = _read_beijing_csv(beijing_csv_path(path), target)
