@@ -71,6 +71,33 @@ def test_synthetic_seen_unseen_split():
     assert bool(d2.test_outside.any()) and bool((d2.test_outside <= d2.test_unseen).all())
 
 
+@pytest.mark.parametrize(("n_train", "n_coords", "seed"), [(100, 50, 0), (50, 20, 3), (40, (30, 5, 60), 1), (4000, 2000, 2)])
+def test_seen_test_entries_use_training_coordinates_when_the_grid_is_sparsely_used(n_train, n_coords, seed):
+    # with few training entries, some grid coordinates are in no training entry: "seen" test cells with such a
+    # coordinate were unseen, 70 % of 400 test entries instead of the requested 50 % at (100, 50)
+    d = make_synthetic_tensor(n_train, 400, n_coords=n_coords, unseen_fraction=0.5, seed=seed)
+    X_train, X_test = d.X_train.numpy(), d.X_test.numpy()
+    in_train = np.stack([np.isin(X_test[:, k], X_train[:, k]) for k in range(3)], axis=1).all(1)
+    assert int((~in_train).sum()) == 200  # counted from the coordinates, not from the flags
+    np.testing.assert_array_equal(d.test_unseen.numpy(), ~in_train)
+    seen = X_test[in_train]
+    assert len(np.unique(seen, axis=0)) == 200  # distinct cells ...
+    assert not (seen[:, None, :] == X_train[None, :, :]).all(-1).any()  # ... none a training entry
+    np.testing.assert_allclose(d.f_test.numpy(), _tucker_truth(d, X_test), rtol=0, atol=1e-12)
+
+
+def _tucker_truth(d, X: np.ndarray) -> np.ndarray:
+    r"""``f(x) = sum_r W_r prod_k u^k_{r_k}(x_k)`` from the returned latent functions and core, by einsum."""
+    U = [d.latent(k, torch.as_tensor(X[:, k])).numpy() for k in range(3)]
+    return np.einsum("abc,na,nb,nc->n", d.core.numpy(), *U)
+
+
+def test_too_few_cells_of_training_coordinates_for_the_seen_entries():
+    # 3 training entries of one mode use 3 coordinates, all taken: no cell is left for 5 seen test entries
+    with pytest.raises(ValueError, match=r"The training entries use \(3,\) coordinates per mode: 3 cells, 3 of them"):
+        make_synthetic_tensor(3, 10, n_modes=1, rank=1, n_coords=10, seed=0)
+
+
 def test_synthetic_is_seeded():
     a = make_synthetic_tensor(100, 50, seed=7)
     b = make_synthetic_tensor(100, 50, seed=7)

@@ -232,6 +232,46 @@ def _as_ranks(rank: int | Sequence[int], n_modes: int, name: str = "rank") -> tu
     return tuple(int(r) for r in ranks)
 
 
+def _truly_seen(train: np.ndarray, seen: np.ndarray, ncs: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    r"""The seen test cells ``seen`` (``n_seen x K`` grid indices) with those that have a grid coordinate no
+    training cell (``train``, ``n_train x K``) has redrawn among the cells of the training entries' coordinates,
+    distinct from every training and test cell. A grid coordinate is unused by the training entries when
+    ``n_train`` is small next to ``n_coords``; the draws come from a child stream of ``rng`` (``rng.spawn``), so
+    ``rng``'s own draws, and the data when every coordinate is used, do not change."""
+    used = [np.unique(train[:, k]) for k in range(train.shape[1])]
+    ok = np.all([np.isin(seen[:, k], used[k]) for k in range(len(used))], axis=0)
+    n_bad = int((~ok).sum())
+    if n_bad == 0:
+        return seen
+    sizes = tuple(len(u) for u in used)
+    n_cells = math.prod(sizes)
+    # the training cells and the kept seen cells, as flat indices into the grid of used coordinates
+    pos = [np.searchsorted(u, c) for u, c in zip(used, np.concatenate([train, seen[ok]]).T)]
+    taken = np.ravel_multi_index(tuple(pos), sizes)
+    if n_cells - len(taken) < n_bad:
+        raise ValueError(
+            f"The training entries use {sizes} coordinates per mode: {n_cells} cells, {len(taken)} of them taken by "
+            f"training and seen test entries, too few for {n_bad} more seen test entries; raise `n_train`, or lower "
+            "`n_coords`, `n_test` or 1 - `unseen_fraction`."
+        )
+    child = rng.spawn(1)[0]
+    if n_cells <= 5_000_000:
+        free = np.setdiff1d(np.arange(n_cells), taken)
+        new = child.choice(free, size=n_bad, replace=False)
+    else:  # a huge grid: rejection (the taken cells are a small part of it)
+        chosen: list[int] = []
+        blocked = set(taken.tolist())
+        while len(chosen) < n_bad:
+            for c in child.integers(n_cells, size=2 * n_bad).tolist():
+                if c not in blocked and len(chosen) < n_bad:
+                    blocked.add(c)
+                    chosen.append(c)
+        new = np.asarray(chosen)
+    out = seen.copy()
+    out[~ok] = np.stack([u[i] for u, i in zip(used, np.unravel_index(new, sizes))], axis=1)
+    return out
+
+
 def make_synthetic_tensor(
     n_train: int = 1000,
     n_test: int = 500,
@@ -259,7 +299,9 @@ def make_synthetic_tensor(
 
     Coordinates: each mode has ``n_coords`` training coordinates drawn uniformly in ``[0, 1]``; the training
     entries are distinct cells of that grid drawn uniformly. Test entries: a fraction ``1 - unseen_fraction`` are
-    other cells of the training grid (seen coordinates, never a training entry); the rest have each coordinate,
+    other cells of the training grid whose every coordinate is one of the training entries' (seen coordinates, never
+    a training entry: a cell with a grid coordinate that no training entry uses, when ``n_train`` is small next to
+    ``n_coords``, is redrawn); the rest have each coordinate,
     independently with probability 1/2 and at least one, replaced by a fresh uniform draw (an unseen coordinate)
     inside the mode's training range (``unseen_range="train"``: interpolation) or in ``[0, 1]``
     (``unseen_range="unit"``: includes extrapolation beyond the extreme training coordinates, flagged in
@@ -341,6 +383,7 @@ def make_synthetic_tensor(
     grids = [np.sort(rng.uniform(size=n)) for n in ncs]
     flat = rng.choice(cells, size=n_train + n_seen_test, replace=False)
     idx = np.stack(np.unravel_index(flat, ncs), axis=1)
+    idx[n_train:] = _truly_seen(idx[:n_train], idx[n_train:], ncs, rng)
     X_grid = np.stack([grids[k][idx[:, k]] for k in range(K)], axis=1)
     X_train, X_seen = X_grid[:n_train], X_grid[n_train:]
     n_unseen = n_test - n_seen_test
