@@ -71,7 +71,9 @@ def test_synthetic_seen_unseen_split():
     assert bool(d2.test_outside.any()) and bool((d2.test_outside <= d2.test_unseen).all())
 
 
-@pytest.mark.parametrize(("n_train", "n_coords", "seed"), [(100, 50, 0), (50, 20, 3), (40, (30, 5, 60), 1), (4000, 2000, 2)])
+@pytest.mark.parametrize(
+    ("n_train", "n_coords", "seed"), [(100, 50, 0), (50, 20, 3), (40, (30, 5, 60), 1), (4000, 2000, 2)]
+)
 def test_seen_test_entries_use_training_coordinates_when_the_grid_is_sparsely_used(n_train, n_coords, seed):
     # with few training entries, some grid coordinates are in no training entry: "seen" test cells with such a
     # coordinate were unseen, 70 % of 400 test entries instead of the requested 50 % at (100, 50)
