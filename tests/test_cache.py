@@ -99,3 +99,14 @@ def test_generators_regenerate_over_a_truncated_cache_file(tmp_path):
     np.testing.assert_array_equal(again[0].points, first[0].points)
     np.testing.assert_array_equal(again[0].fields["U2"], first[0].fields["U2"])
     assert read_npz(path, "notched-plate-v1")["n_points"].tolist() == [first[0].n_nodes]  # rewritten whole
+
+
+def test_saving_no_samples_names_the_argument(tmp_path):
+    # was numpy's "need at least one array to concatenate"
+    from gpgeom.datasets.bracket3d import save_brackets
+    from gpgeom.datasets.notched_plate import save_notched_plates
+
+    for save, kind in ((save_notched_plates, "NotchedPlateSample"), (save_brackets, "BracketSample")):
+        with pytest.raises(ValueError, match=rf"`samples` must be a non-empty sequence of {kind}, got \[\]"):
+            save([], tmp_path / "x.npz")
+    assert list(tmp_path.iterdir()) == []

@@ -478,7 +478,10 @@ def generate_brackets(
 
 
 def save_brackets(samples: Sequence[BracketSample], path: str | os.PathLike, *, _config: str | None = "") -> Path:
-    r"""Save samples to one ``.npz`` file (written atomically; ragged arrays concatenated). Returns the path."""
+    r"""Save samples (a non-empty sequence) to one ``.npz`` file (written atomically; ragged arrays concatenated).
+    Returns the path."""
+    if isinstance(samples, BracketSample) or not len(samples):
+        raise ValueError(f"`samples` must be a non-empty sequence of BracketSample, got {samples!r:.80}.")
     arrays: dict[str, Any] = {
         "version": np.array(DATASET_VERSION),
         "config": np.array(_config or ""),

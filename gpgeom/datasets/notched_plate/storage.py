@@ -27,7 +27,9 @@ DATASET_VERSION = "notched-plate-v1"
 
 
 def save_notched_plates(samples: Sequence[NotchedPlateSample], path: str | os.PathLike, *, _config: str = "") -> Path:
-    r"""Save samples to one ``.npz`` file (written atomically). Returns the path."""
+    r"""Save samples (a non-empty sequence) to one ``.npz`` file (written atomically). Returns the path."""
+    if isinstance(samples, NotchedPlateSample) or not len(samples):
+        raise ValueError(f"`samples` must be a non-empty sequence of NotchedPlateSample, got {samples!r:.80}.")
     arrays: dict[str, np.ndarray] = {
         "version": np.array(DATASET_VERSION),
         "config": np.array(_config),
