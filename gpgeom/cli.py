@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _takes_quick(script: Path) -> bool:
     r"""Whether a benchmark script has a ``--quick`` option (its source defines one)."""
-    return '"--quick"' in script.read_text(encoding="utf-8", errors="replace")
+    return re.search(r"""["']--quick["']""", script.read_text(encoding="utf-8", errors="replace")) is not None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

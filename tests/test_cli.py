@@ -174,6 +174,7 @@ def test_bench_exit_status_and_scripts_without_quick(tmp_path, capfd, monkeypatc
         "import argparse\np = argparse.ArgumentParser()\np.add_argument(\"--quick\", action='store_true')\n"
         "print('quick', p.parse_args().quick)\n"
     )
+    (tmp_path / "single.py").write_text("import argparse\nargparse.ArgumentParser().add_argument('--quick')\n")
     (tmp_path / "_helper.py").write_text("raise SystemExit(9)\n")
     monkeypatch.setattr(cli, "BENCHMARK_DIR", tmp_path)
     assert main(["bench", "quick", "good"]) == 0
@@ -187,3 +188,4 @@ def test_bench_exit_status_and_scripts_without_quick(tmp_path, capfd, monkeypatc
     captured = capfd.readouterr()
     assert "== good: no --quick version, skipped ==" in captured.out and "quick True" in captured.out
     assert "skipped ['good']" in captured.err
+    assert cli._takes_quick(tmp_path / "single.py") and not cli._takes_quick(tmp_path / "bad.py")  # either quote
