@@ -15,6 +15,7 @@ r"""Tests of gpgeom.models.trajectory against independent truths (float64).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -840,3 +841,50 @@ def test_no_query_time_gives_empty_predictions(cls):
         _, cov_ref = traj.predict(ref, return_cov=True)
         assert cov.shape == lead + cov_ref.shape[-2:]
         assert traj.interpolate(q, covariance=True).p.shape == lead + (3,)
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_a_spin_faster_than_pi_per_knot_interval_is_named_not_silently_wrapped(cls):
+    r"""A body spinning at 20 rad/s about z with exact knots every 0.2 s turns 4 rad per interval, more than the pi its
+    local variable :math:`\mathrm{Log}(R_a^\top R_b)` holds: the interpolation turns the short way (3.14 rad off the
+    truth :math:`\mathrm{Exp}(\omega t)` between the knots). set_knots said nothing, and a fit of poses at 50 Hz warm
+    started from the exact knots reported convergence 3.05 rad off every measurement between the knots. Now
+    set_knots and fit warn, naming the interval, and the fit refuses such poses as the start from them does."""
+    w = 20.0
+    ez = torch.tensor([0.0, 0.0, 1.0], dtype=DT)
+
+    def spin(t):
+        n = t.shape[0]
+        z = torch.zeros(n, 3, dtype=DT)
+        return {"R": so3_exp(w * t[:, None] * ez), "omega": (w * ez).expand(n, 3), "alpha": z, "p": z, "v": z, "a": z}
+
+    tq = torch.linspace(0.0, 1.0, 101, dtype=DT)
+    for dt, wraps in ((0.1, False), (0.2, True)):  # 2 rad and 4 rad per interval
+        kt = torch.arange(0.0, 1.0 + 1e-9, dt, dtype=DT)
+        traj = cls(kt)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            traj.set_knots(**spin(kt))
+        named = [str(r.message) for r in rec if "turns the short way" in str(r.message)]
+        err = float(_rot_err(spin(tq)["R"], traj.interpolate(tq).R).max())
+        if wraps:
+            assert err > 3.0 and len(named) == 1, (err, named)
+            assert "between knots 0 and 1 (t = 0 .. 0.2)" in named[0] and "about -4 rad" in named[0]
+        else:
+            assert err < 1e-10 and not named, (err, named)
+    # priors on the knots that outweigh the motion prior keep the wrapped knots: the fit names them too
+    kt = torch.arange(0.0, 1.0 + 1e-9, 0.2, dtype=DT)
+    K = kt.shape[0]
+    truth = spin(kt)
+    prior = KnotPrior(torch.arange(K), R=truth["R"], omega=truth["omega"], p=truth["p"], sigma=0.01)
+    with pytest.warns(UserWarning, match=r"fit: in the estimated knots, between knots 0 and 1 .* turns the short way"):
+        cls(kt, qc_rot=1e4).fit([prior], max_iter=20, warn=False)
+    # poses between the knots: refused from a warm start, as from the start the measurements give
+    tm = torch.linspace(0.0, 1.0, 51, dtype=DT)
+    poses = PoseMeasurement(tm, R=spin(tm)["R"], p=spin(tm)["p"], sigma_rot=0.01)
+    traj = cls(kt)
+    with pytest.warns(UserWarning, match="turns the short way"):
+        traj.set_knots(**spin(kt))
+    for init in ("none", "auto", "measurements"):
+        with pytest.raises(ValueError, match=r"pose measurements turn the body by 4 rad between knots .* pi"):
+            traj.fit([poses], init=init, max_iter=5, warn=False)

@@ -45,7 +45,13 @@ from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
 from gpgeom.models.trajectory.algebra import as_vec3
 from gpgeom.models.trajectory.estimation import build_factors, check_measurement
 from gpgeom.models.trajectory.factors.base import Measurement
-from gpgeom.models.trajectory.initialisation import INIT_OPTIONS, at_default_state, initial_knots
+from gpgeom.models.trajectory.initialisation import (
+    INIT_OPTIONS,
+    at_default_state,
+    check_measured_turns,
+    initial_knots,
+    knot_wraps,
+)
 from gpgeom.models.trajectory.interpolation import Bracket, MarkovChainAlgebra
 from gpgeom.models.trajectory.kinematics import KINEMATICS
 from gpgeom.models.trajectory.state import (
@@ -268,6 +274,9 @@ class Trajectory(ModelContract):
         self._knots = self._pack(st)
         self.covariances_ = self.cross_covariances_ = None
         self._fitted = True
+        wrap = knot_wraps(self)
+        if wrap:
+            warnings.warn(f"set_knots: {wrap}.", UserWarning, stacklevel=2)
         return self
 
     def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
@@ -631,6 +640,9 @@ class Trajectory(ModelContract):
             init=start,
         )
         self._fitted = True
+        wrap = knot_wraps(self)
+        if wrap:
+            warnings.warn(f"fit: in the estimated knots, {wrap}.", UserWarning, stacklevel=2)
         return self
 
     def initialise(self, measurements: Sequence[Measurement] | Measurement) -> Trajectory:
@@ -658,6 +670,7 @@ class Trajectory(ModelContract):
     def _initialise(self, measurements: Sequence[Measurement], init: str) -> str:
         r"""Apply ``init`` and say where the starting knots come from (``fit_result_.init``)."""
         if init == "none" or (init == "auto" and not at_default_state(self)):
+            check_measured_turns(self, measurements)  # what the start from the measurements would refuse
             return "current knots"
         knots, text = initial_knots(self, measurements)
         if not knots:

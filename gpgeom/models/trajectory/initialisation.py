@@ -55,7 +55,7 @@ from gpgeom.models.trajectory.factors.uwb import RangeMeasurement
 if TYPE_CHECKING:
     from gpgeom.models.trajectory.base import Trajectory
 
-__all__ = ["INIT_OPTIONS", "at_default_state", "initial_knots"]
+__all__ = ["INIT_OPTIONS", "at_default_state", "check_measured_turns", "initial_knots", "knot_wraps"]
 
 #: The ``init`` options of :meth:`Trajectory.fit <gpgeom.models.trajectory.Trajectory.fit>`.
 INIT_OPTIONS = ("auto", "measurements", "none")
@@ -131,9 +131,9 @@ def _interp_vectors(t: Tensor, x: Tensor, tq: Tensor) -> Tensor:
     return torch.where(outside[:, None], x[a] + u[:, None] * (x[b] - x[a]), out)
 
 
-def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str) -> Tensor:
+def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float = 0.9 * math.pi) -> Tensor:
     r"""Geodesic interpolation between consecutive samples, extrapolation at a constant body rate outside
-    (:func:`_end_pairs`); raises when a knot interval turns by more than pi."""
+    (:func:`_end_pairs`); raises when a knot interval turns by more than ``limit`` (rad)."""
     if t.shape[0] == 1:
         return R.expand(tq.shape[0], 3, 3).clone()
     i, s = _bracket(t, tq)
@@ -148,7 +148,7 @@ def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str) -> Tensor:
         Rq = torch.where(outside[:, None, None], R[a] @ so3_exp(u[:, None] * ends), Rq)
         at = torch.where(outside, length[a] + u * ends.norm(dim=-1), at)
     turn = at.diff()
-    if bool((turn > 0.9 * math.pi).any()):
+    if bool((turn > limit).any()):
         k = int(turn.argmax())
         raise ValueError(
             f"The {name} turn the body by {float(turn[k]):.3g} rad between knots {k} and {k + 1} (t = "
@@ -156,6 +156,58 @@ def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str) -> Tensor:
             "pi (its local variable is Log(R_a^T R_b)). Use denser knots."
         )
     return Rq
+
+
+def check_measured_turns(traj: Trajectory, measurements: Sequence[Measurement]) -> None:
+    r"""Raise a ``ValueError`` when the pose measurements turn the body by more than :math:`\pi` within one knot
+    interval (the path length of the geodesics between consecutive measurements, as in the start from the
+    measurements). Such an interval cannot be represented (its local variable is :math:`\mathrm{Log}(R_a^\top R_b)`,
+    at most :math:`\pi`): a fit from the current knots would converge to the short way round, far from every
+    measurement between the knots, and report convergence."""
+    poses = [m.to(dtype=traj.dtype, device=traj.device) for m in measurements if isinstance(m, PoseMeasurement)]
+    if poses:
+        tu, Ru = _mean_rotations(torch.cat([m.t for m in poses]), torch.cat([m.Rm for m in poses]))
+        _interp_rotations(tu, Ru, traj.knot_times, "pose measurements", limit=math.pi)
+
+
+def knot_wraps(traj: Trajectory) -> str:
+    r"""A sentence naming the first knot interval whose angular velocities turn the body the other way round from
+    its rotations (``""`` when none does).
+
+    The local variable of interval ``k`` is :math:`\theta_b = \mathrm{Log}(R_k^\top R_{k+1})`, of angle
+    :math:`\varphi = \lVert\theta_b\rVert \le \pi` about :math:`u = \theta_b/\varphi`. Along :math:`u` the GP's
+    rates at the two knots are exactly :math:`u^\top\omega_k` and :math:`u^\top\omega_{k+1}` (:math:`u^\top
+    J_r^{-1}(\theta_b) = u^\top`), so the turn they imply is about :math:`\beta = \Delta\,u^\top(\omega_k +
+    \omega_{k+1})/2`. The same rotation is also reached by the angles :math:`\varphi \pm 2\pi` that the local
+    variable cannot hold. When :math:`|\beta - \varphi| > 3\pi/2`, one of them lies within :math:`\pi/2` of
+    :math:`\beta` and :math:`\varphi` more than :math:`3\pi/2` from it: the interpolation between the knots turns the
+    short way, against the rates (a body spinning faster than :math:`\pi/\Delta` gives :math:`|\beta - \varphi|
+    \approx 2\pi`; knots whose rates merely disagree with their rotations, nearer to neither branch, are not named)."""
+    X = traj.knots
+    if X.shape[0] < 2:
+        return ""
+    R = X[:, :9].reshape(-1, 3, 3)
+    w = X[:, 9:12]
+    th = so3_log(R[:-1].mT @ R[1:], validate=False)
+    phi = th.norm(dim=-1)
+    wm = 0.5 * (w[:-1] + w[1:])
+    # about a zero angle the rotation is also a whole turn about any axis: take the rates' own axis
+    u = torch.where(
+        (phi > 1e-9)[:, None], th / phi.clamp_min(1e-300)[:, None], wm / wm.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    )
+    dt = traj.knot_times.diff()
+    beta = dt * (u * wm).sum(-1)
+    bad = (beta - phi).abs() > 1.5 * math.pi
+    if not bool(bad.any()):
+        return ""
+    k = int(bad.nonzero()[0, 0])
+    tk = traj.knot_times
+    return (
+        f"between knots {k} and {k + 1} (t = {float(tk[k]):.6g} .. {float(tk[k + 1]):.6g}) the angular velocities "
+        f"turn the body by about {float(beta[k]):.3g} rad about the axis of Log(R_a^T R_b), whose angle is "
+        f"{float(phi[k]):.3g} rad: the trajectory turns the short way there, against its rates ({int(bad.sum())} "
+        "interval(s)); a knot interval holds less than pi rad of rotation, so use knots closer than pi / |omega|"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
