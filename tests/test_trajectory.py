@@ -888,3 +888,25 @@ def test_a_spin_faster_than_pi_per_knot_interval_is_named_not_silently_wrapped(c
     for init in ("none", "auto", "measurements"):
         with pytest.raises(ValueError, match=r"pose measurements turn the body by 4 rad between knots .* pi"):
             traj.fit([poses], init=init, max_iter=5, warn=False)
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_a_single_scalar_time_gives_the_state_of_that_time(cls):
+    r"""``interpolate``/``predict`` take times of any shape ``...``, but a scalar time (a float, ``np.float64`` or a
+    0-d tensor) failed with a raw ``TypeError: reshape() missing 1 required positional arguments`` (the index was
+    reshaped with an empty argument list). It now gives the state of shape ``()``, equal to that of the same time in
+    a 1-vector."""
+    traj = _fitted_pose_problem(cls, "wnoa")
+    one = torch.tensor([0.37], dtype=DT)
+    ref = traj.interpolate(one, jacobians=True, covariance=True)
+    _, sd_ref = traj.predict(one, return_std=True)
+    for t in (0.37, np.float64(0.37), torch.tensor(0.37, dtype=DT)):
+        st = traj.interpolate(t, jacobians=True, covariance=True)
+        assert st.t.shape == () and st.index.shape == () and int(st.index) == int(ref.index[0])
+        assert st.R.shape == (3, 3) and st.p.shape == (3,) and st.covariance.shape == (12, 12)
+        for name in ("R", "omega", "p", "v", "jacobian_a", "jacobian_b", "covariance"):
+            torch.testing.assert_close(getattr(st, name), getattr(ref, name)[0], rtol=0, atol=0)
+        mean, sd = traj.predict(t, return_std=True)
+        assert mean.p.shape == (3,) and torch.equal(sd.R, sd_ref.R[0]) and torch.equal(sd.v, sd_ref.v[0])
+        _, cov = traj.predict(t, return_cov=True)
+        assert torch.equal(cov, ref.covariance[0])

@@ -388,7 +388,7 @@ class Trajectory(ModelContract):
 
         def rs(name, tail):
             x = out.get(name)
-            return None if x is None else x.reshape(*shape, *tail)
+            return None if x is None else x.reshape((*shape, *tail))  # a tuple: a scalar time has shape ()
 
         return TrajectoryState(
             t=t,
