@@ -910,3 +910,25 @@ def test_a_single_scalar_time_gives_the_state_of_that_time(cls):
         assert mean.p.shape == (3,) and torch.equal(sd.R, sd_ref.R[0]) and torch.equal(sd.v, sd_ref.v[0])
         _, cov = traj.predict(t, return_cov=True)
         assert torch.equal(cov, ref.covariance[0])
+
+
+def test_knot_times_that_collapse_in_float32_are_refused():
+    r"""Knot times 1e6, 1e6 + 0.01, 1e6 + 0.02, 1e6 + 0.1 increase in float64 but the first three round to the same
+    float32 number: ``SO3xR3Trajectory(..., dtype=torch.float32)`` or ``.to(dtype=torch.float32)`` kept intervals of
+    length 0, whose motion-prior residuals were non-finite (interpolation between them silently returned the left
+    knot). Both now raise a ValueError naming the knots; ``to`` leaves the model as it was."""
+    kt = torch.tensor([1e6, 1e6 + 0.01, 1e6 + 0.02, 1e6 + 0.1], dtype=DT)
+    assert torch.unique(kt.float()).numel() == 2  # the premise: three knots round to one float32 number
+    msg = r"`knot_times` are not strictly increasing in float32: knots 0 and 1 .*both round to 1000000 \(2 interval"
+    for cls in (SO3xR3Trajectory, SE3Trajectory):
+        with pytest.raises(ValueError, match=msg):
+            cls(kt, dtype=torch.float32)
+        traj = cls(kt).set_knots(p=torch.randn(4, 3, dtype=DT, generator=torch.Generator().manual_seed(0)))
+        before = traj.knots.clone()
+        with pytest.raises(ValueError, match=msg):
+            traj.to(dtype=torch.float32)
+        assert traj.dtype == DT and traj.knot_times.dtype == DT and torch.equal(traj.knots, before)
+        assert torch.equal(traj.knot_times, kt)
+        # the same knots shifted to start at 0 are fine in float32, with finite prior residuals
+        shifted = cls(kt - kt[0], dtype=torch.float32).set_knots(p=before[:, 9 + 3 * 2 : 9 + 3 * 3].float())
+        assert bool(torch.isfinite(shifted.prior_residuals()).all())

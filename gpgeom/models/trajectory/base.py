@@ -128,7 +128,7 @@ class Trajectory(ModelContract):
         self.order = 3 if prior == "wnoj" else 2
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else knot_times.device
-        self._times = knot_times.detach().to(dtype=dtype, device=self._device).clone()
+        self._times = _cast_knot_times(knot_times, dtype, self._device)
         self.qc_rot = as_vec3("qc_rot", qc_rot).to(dtype=dtype, device=self._device)
         self.qc_pos = as_vec3("qc_pos", qc_pos).to(dtype=dtype, device=self._device)
         K = self.num_knots
@@ -284,9 +284,10 @@ class Trajectory(ModelContract):
         <gpgeom.base.ModelContract.to>` calls it)."""
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}.")
+        times = _cast_knot_times(self._times, dtype, device)  # checked before anything moves
         super()._to(device=device, dtype=dtype)
         kw = {"dtype": dtype, "device": self._device}
-        self._times = self._times.to(**kw)
+        self._times = times.to(device=self._device)
         self._knots = self._knots.to(**kw)
         self.qc_rot, self.qc_pos = self.qc_rot.to(**kw), self.qc_pos.to(**kw)
         if self.covariances_ is not None:
@@ -772,6 +773,25 @@ class Trajectory(ModelContract):
                 fields["globals"] = list(res.globals)
         fields["covariances"] = self.covariances_ is not None
         return fields
+
+
+def _cast_knot_times(times: Tensor, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    r"""``K`` knot times in ``dtype`` on ``device`` (a copy), refusing times that stop increasing once rounded.
+
+    Knot times increasing in float64 can round to equal float32 numbers (``1e6``, ``1e6 + 0.01``, ``1e6 + 0.02``
+    all round to ``1e6``): an interval of length 0 makes the motion prior's whitening :math:`Q(0)^{-1}` infinite,
+    and every residual on it non-finite."""
+    out = times.detach().to(dtype=dtype, device=device).clone()
+    bad = out.diff() <= 0
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"`knot_times` are not strictly increasing in {str(dtype).replace('torch.', '')}: knots {k} and {k + 1} "
+            f"(t = {float(times[k]):.17g} and {float(times[k + 1]):.17g}) both round to {float(out[k]):.9g} "
+            f"({int(bad.sum())} interval(s) of length 0). Shift all times (knots and measurements) so that they start "
+            "near 0, or keep dtype=torch.float64."
+        )
+    return out
 
 
 def _counting(factor: Factor, bar: Any) -> Factor:
