@@ -932,3 +932,30 @@ def test_knot_times_that_collapse_in_float32_are_refused():
         # the same knots shifted to start at 0 are fine in float32, with finite prior residuals
         shifted = cls(kt - kt[0], dtype=torch.float32).set_knots(p=before[:, 9 + 3 * 2 : 9 + 3 * 3].float())
         assert bool(torch.isfinite(shifted.prior_residuals()).all())
+
+
+def test_uniform_knots_reach_t_end_and_take_numpy_scalars():
+    r"""``uniform`` promises a last knot at or after ``t_end``, but rounding left it below for 121 of the 10,000
+    spans ``0 .. i/10`` with spacings ``j/100`` that divide them (``uniform(0.0, 0.9, 0.3)``: 0.9 / 0.3 =
+    3.0000000000000004, four knots, the last at 0.8999999999999999), and a measurement at ``t_end`` was refused as
+    "outside the knot span [0, 0.9]". The last knot is now on ``t_end`` there. numpy scalars (``np.int64(0)``,
+    ``np.float32``) were a TypeError."""
+    traj = SO3xR3Trajectory.uniform(0.0, 0.9, 0.3)
+    assert traj.knot_times.tolist() == [0.0, 0.3, 0.6, 0.9]
+    traj.fit([PositionMeasurement(torch.tensor([0.45, 0.9], dtype=DT), torch.ones(2, 3, dtype=DT))], max_iter=3)
+    for i in range(1, 61):
+        for j in range(1, 41):
+            t_end, dt = i / 10, j / 100
+            n = round(t_end / dt)
+            if abs(t_end / dt - n) > 1e-6:
+                continue
+            kt = SO3xR3Trajectory.uniform(0.0, t_end, dt).knot_times
+            # exactly n intervals, the last knot on or after t_end and the spacing dt (to rounding)
+            assert kt.shape[0] == n + 1 and float(kt[-1]) >= t_end and float(kt[-2]) < t_end, (t_end, dt)
+            assert float((kt.diff() - dt).abs().max()) < 1e-12
+    kt = SO3xR3Trajectory.uniform(np.int64(0), np.float64(1.0), np.float32(0.25)).knot_times
+    assert kt.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(TypeError, match="`t_end` must be a finite real number"):
+        SO3xR3Trajectory.uniform(0.0, float("inf"), 0.1)
+    with pytest.raises(TypeError, match="`t_start` must be a finite real number, got True"):
+        SO3xR3Trajectory.uniform(True, 1.0, 0.1)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Sequence
@@ -145,15 +146,22 @@ class Trajectory(ModelContract):
     @classmethod
     def uniform(cls, t_start: float, t_end: float, dt: float, **kwargs: Any) -> Trajectory:
         r"""Knots ``t_start + k dt``, ``k = 0..K-1``, with the last knot at or after ``t_end`` (``kwargs``: those
-        of the constructor)."""
+        of the constructor). ``t_start``, ``t_end`` and ``dt`` are real numbers (Python or numpy scalars).
+
+        ``K - 1`` is :math:`\lceil (t_{end} - t_{start})/dt\rceil` up to a relative ``1e-9``; where rounding leaves
+        the last knot below ``t_end`` (``uniform(0.0, 0.9, 0.3)``: ``0.9 / 0.3 = 3.0000000000000004``, four knots,
+        the last at ``0.8999999999999999``) it is put on ``t_end``, so that a measurement at ``t_end`` lies inside."""
         for nm, val in (("t_start", t_start), ("t_end", t_end)):
-            if not isinstance(val, int | float) or isinstance(val, bool) or not math.isfinite(val):
-                raise TypeError(f"`{nm}` must be a finite float, got {val!r}.")
+            if not isinstance(val, numbers.Real) or isinstance(val, bool) or not math.isfinite(val):
+                raise TypeError(f"`{nm}` must be a finite real number, got {val!r}.")
         check_positive("dt", dt)
+        t_start, t_end, dt = float(t_start), float(t_end), float(dt)
         if not t_end > t_start:
             raise ValueError(f"`t_end` ({t_end}) must exceed `t_start` ({t_start}).")
         K = int(math.ceil((t_end - t_start) / dt - 1e-9)) + 1
         times = t_start + dt * torch.arange(K, dtype=torch.float64)
+        if times[-1] < t_end:
+            times[-1] = t_end
         return cls(times, **kwargs)
 
     # ----- sizes and views -----
