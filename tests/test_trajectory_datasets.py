@@ -112,3 +112,18 @@ def test_dataset_bad_input():
         simulate_tdoa(FastTrajectory(), torch.zeros(3, dtype=DT), anchors=torch.zeros(1, 3))
     with pytest.raises(ValueError, match="`rate` must be > 0"):
         simulate_uwb(FastTrajectory(), 0.0, 1.0, rate=0.0)
+
+
+def test_prior_trajectory_covers_its_whole_span():
+    r"""``PriorTrajectory(t_end, dt=...)`` is defined on ``[0, t_end]``, but its fine grid ``dt * k`` ended below
+    ``t_end`` where rounding cut the last step (``t_end = 0.9``, ``dt = 0.03``: the grid ended at
+    0.8999999999999999), and ``state(t_end)`` was refused as outside the knot span. The grid now ends on ``t_end``;
+    the state there continues the grid's own interpolation (finite differences of the position against the velocity)."""
+    from gpgeom.datasets.trajectories import PriorTrajectory
+
+    for t_end, dt in ((0.9, 0.03), (0.9, 0.3), (1.8, 0.06)):
+        pt = PriorTrajectory(t_end, dt=dt, seed=2)
+        st = pt.state(torch.tensor([t_end - 1e-3, t_end], dtype=DT))
+        assert bool(torch.isfinite(st.p).all()) and bool(torch.isfinite(st.R).all())
+        fd = (st.p[1] - st.p[0]) / 1e-3
+        assert float((fd - st.v[1]).abs().max()) < 1e-3 * (1.0 + float(st.a[1].abs().max()))

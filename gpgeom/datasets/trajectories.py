@@ -202,6 +202,8 @@ def _sample_prior(n, t_end, qc_rot, qc_pos, omega0, v0, dt, g) -> tuple[Tensor, 
         check_positive(name, val)
     K = int(math.ceil(t_end / dt - 1e-9)) + 1
     times = dt * torch.arange(K, dtype=_DT)
+    if times[-1] < t_end:  # rounding (0.9 / 0.03 = 30.000000000000004: 31 steps end at 0.8999999999999999)
+        times[-1] = t_end
     Phi, W = MarkovChainAlgebra(3).prior_mats(torch.tensor([dt], dtype=_DT))
     Phi, L = Phi[0], torch.linalg.inv(W[0])  # L L^T = Q(dt) per unit psd
     rot = L @ torch.randn(K, n, 3, 3, generator=g, dtype=_DT) * math.sqrt(qc_rot)  # K x n x (theta, dot, ddot) x 3
