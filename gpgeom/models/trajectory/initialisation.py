@@ -163,11 +163,13 @@ def check_measured_turns(traj: Trajectory, measurements: Sequence[Measurement]) 
     interval (the path length of the geodesics between consecutive measurements, as in the start from the
     measurements). Such an interval cannot be represented (its local variable is :math:`\mathrm{Log}(R_a^\top R_b)`,
     at most :math:`\pi`): a fit from the current knots would converge to the short way round, far from every
-    measurement between the knots, and report convergence."""
+    measurement between the knots, and report convergence. Only the measured part of each interval counts (the knot
+    times are clamped to the span of the measurements: no extrapolation)."""
     poses = [m.to(dtype=traj.dtype, device=traj.device) for m in measurements if isinstance(m, PoseMeasurement)]
     if poses:
         tu, Ru = _mean_rotations(torch.cat([m.t for m in poses]), torch.cat([m.Rm for m in poses]))
-        _interp_rotations(tu, Ru, traj.knot_times, "pose measurements", limit=math.pi)
+        tk = traj.knot_times.clamp(tu[0], tu[-1])
+        _interp_rotations(tu, Ru, tk, "pose measurements", limit=math.pi)
 
 
 def knot_wraps(traj: Trajectory) -> str:
