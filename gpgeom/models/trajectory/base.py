@@ -248,6 +248,13 @@ class Trajectory(ModelContract):
 
         Returns:
             ``self``.
+
+        Warns:
+            UserWarning: When the angular velocities of two consecutive knots turn the body the other way round from
+                their rotations (a spin faster than :math:`\pi` per knot interval, which the local variable
+                :math:`\mathrm{Log}(R_k^\top R_{k+1})` cannot hold;
+                :func:`~gpgeom.models.trajectory.initialisation.knot_wraps`). :meth:`fit` warns the same of its
+                estimate.
         """
         K = self.num_knots
         if R is not None and q is not None:
