@@ -17,7 +17,7 @@ from gpgeom.datasets.trajectories import (
     simulate_tdoa,
     simulate_uwb,
 )
-from gpgeom.geometry.lie import rotmat_to_quat, so3_exp
+from gpgeom.geometry.lie import rotmat_to_quat, so3_exp, so3_log
 from gpgeom.models.trajectory import (
     CustomMeasurement,
     GlobalPrior,
@@ -373,3 +373,35 @@ def test_measurements_accept_numpy_and_convert_with_keyword_only_to():
     assert prior.means["R"].dtype == prior.means["p"].dtype == torch.float32 and prior.index.dtype == torch.long
     custom = CustomMeasurement(t, lambda st, pr: st["p"], residual_dim=3, params={"c": np.zeros(2)})
     assert custom.to(dtype=torch.float32).params0["c"].dtype == torch.float32
+
+
+def test_a_sigma_vector_that_could_be_per_axis_or_per_measurement_is_refused():
+    r"""The noise stds take a float, ``r`` values (one per component) or ``M`` values (one per measurement). With three
+    pose measurements, ``sigma_rot=[0.01, 0.02, 0.03]`` meant per measurement was silently read per axis: the
+    whitened residual of measurement 2 was ``e / (0.01, 0.02, 0.03)`` instead of ``e / 0.03``. Such a vector is now
+    a ValueError asking for ``(1, 3)`` or ``(3, 1)``; both forms give the weights they name, and equal values (the
+    same either way) stay accepted, as does a KnotPrior's vector (per axis, its only documented form)."""
+    t = torch.tensor([0.1, 0.4, 0.7], dtype=DT)
+    R = so3_exp(torch.tensor([[0.1, 0.2, 0.3]] * 3, dtype=DT))
+    p = torch.zeros(3, 3, dtype=DT)
+    sig = [0.01, 0.02, 0.03]
+    with pytest.raises(ValueError, match=r"`sigma_rot` of 3 different values is ambiguous .* \(1, 3\) .* \(3, 1\)"):
+        PoseMeasurement(t, R=R, p=p, sigma_rot=sig)
+    with pytest.raises(ValueError, match=r"`sigma` of 3 different values is ambiguous"):
+        PositionMeasurement(t, p, sigma=np.array(sig))
+    # a KnotPrior's vector sigma is per axis (its documented form), also on three knots
+    kp = KnotPrior([0, 1, 2], p=p, sigma={"p": sig})
+    torch.testing.assert_close(kp.w, 1.0 / torch.tensor(sig, dtype=DT).expand(3, 3), rtol=1e-15, atol=0)
+    state = {"R": torch.eye(3, dtype=DT).expand(3, 3, 3), "p": torch.ones(3, 3, dtype=DT)}
+    e = so3_log(R.mT, validate=False)  # the rotation error Log(R_m^T I) of every row
+    per_axis = PoseMeasurement(t, R=R, p=p, sigma_rot=[sig], sigma_pos=1.0).residual(state, {})
+    per_meas = PoseMeasurement(t, R=R, p=p, sigma_rot=[[x] for x in sig], sigma_pos=1.0).residual(state, {})
+    s = torch.tensor(sig, dtype=DT)
+    torch.testing.assert_close(per_axis[:, :3], e / s[None, :], rtol=1e-14, atol=0)
+    torch.testing.assert_close(per_meas[:, :3], e / s[:, None], rtol=1e-14, atol=0)
+    same = PoseMeasurement(t, R=R, p=p, sigma_rot=[0.02] * 3, sigma_pos=1.0).residual(state, {})
+    torch.testing.assert_close(same[:, :3], e / 0.02, rtol=1e-14, atol=0)
+    # M != r: a vector of M values is per measurement, of r values per component, as before
+    four = torch.tensor([0.1, 0.3, 0.5, 0.7], dtype=DT)
+    m = PositionMeasurement(four, torch.zeros(4, 3, dtype=DT), sigma=[1.0, 2.0, 4.0, 8.0])
+    torch.testing.assert_close(m.w, 1.0 / torch.tensor([[1.0], [2.0], [4.0], [8.0]], dtype=DT).expand(4, 3))

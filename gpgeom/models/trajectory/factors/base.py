@@ -47,11 +47,23 @@ def measurement_tensor(name: str, x: object, *, shape: tuple, M: int | None = No
     return x
 
 
-def inverse_sigma(name: str, sigma: object, M: int, r: int) -> Tensor:
-    r"""Inverse standard deviations, ``M x r`` float64, from a float, an ``r`` vector or an ``M x r`` / ``M`` array."""
+def inverse_sigma(name: str, sigma: object, M: int, r: int, *, components_first: bool = False) -> Tensor:
+    r"""Inverse standard deviations, ``M x r`` float64, from a float, an ``r`` vector, ``M`` values or an ``M x r``
+    array (``1 x r``: one per component, ``M x 1``: one per measurement).
+
+    With ``M = r`` a vector of ``r`` different values could be either (three pose measurements, three axes): that is
+    a ``ValueError`` asking for ``1 x r`` or ``M x 1``, not a silent choice of one reading, unless
+    ``components_first`` (a factor whose documented vector form is per component only) reads it per component."""
     s = as_tensor(name, sigma, dtype=torch.float64, finite=False)
+    if components_first and s.dim() == 1 and s.shape[0] == r:
+        s = s[None, :]
     if s.dim() == 1 and s.shape[0] == M and r != M:
         s = s[:, None]
+    elif s.dim() == 1 and s.shape[0] == M == r and M > 1 and not bool((s == s[0]).all()):
+        raise ValueError(
+            f"`{name}` of {M} different values is ambiguous for {M} measurements of {r} components each: give shape "
+            f"(1, {r}) for one std per component or ({M}, 1) for one per measurement, got {s.tolist()}."
+        )
     try:
         s = s.expand(M, r)
     except RuntimeError:

@@ -131,7 +131,13 @@ class KnotPrior(Measurement):
                 raise ValueError(f"`sigma` must give a std for every prior component; missing {sorted(missing)}.")
         self._comps = tuple(c for c in COMPONENTS if c in self.means)
         self.w = torch.cat(
-            [inverse_sigma(f"sigma[{c}]", sigma[c] if isinstance(sigma, dict) else sigma, M, 3) for c in self._comps], 1
+            [
+                inverse_sigma(
+                    f"sigma[{c}]", sigma[c] if isinstance(sigma, dict) else sigma, M, 3, components_first=True
+                )
+                for c in self._comps
+            ],
+            1,
         )
         self.residual_dim = 3 * len(self._comps)
 
