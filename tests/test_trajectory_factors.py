@@ -405,3 +405,23 @@ def test_a_sigma_vector_that_could_be_per_axis_or_per_measurement_is_refused():
     four = torch.tensor([0.1, 0.3, 0.5, 0.7], dtype=DT)
     m = PositionMeasurement(four, torch.zeros(4, 3, dtype=DT), sigma=[1.0, 2.0, 4.0, 8.0])
     torch.testing.assert_close(m.w, 1.0 / torch.tensor([[1.0], [2.0], [4.0], [8.0]], dtype=DT).expand(4, 3))
+
+
+def test_a_global_prior_mean_starts_a_block_only_when_no_measurement_does():
+    r"""GlobalPrior says its mean is "also the initial value when no other measurement gives one", but the first
+    measurement in the list won: ``[GlobalPrior("imu_bias", 0), IMUMeasurement(..., bias_init=b0)]`` started the
+    biases at 0, the reverse order at ``b0``. Both orders now start at ``b0`` (the layout keeps the list's order), and
+    a prior alone still gives its mean."""
+    t = torch.linspace(0.0, 1.0, 5, dtype=DT)
+    traj = SO3xR3Trajectory(torch.tensor([0.0, 0.5, 1.0], dtype=DT))
+    b0 = torch.tensor([0.1, -0.2, 0.3, 0.4, -0.5, 0.6], dtype=DT)
+    imu = IMUMeasurement(t, torch.zeros(5, 3, dtype=DT), torch.zeros(5, 3, dtype=DT), bias_init=b0)
+    prior = GlobalPrior("imu_bias", torch.zeros(6, dtype=DT), sigma=0.1)
+    calib = GlobalPrior("calib", torch.tensor([1.0, 2.0], dtype=DT))
+    for ms in ([prior, imu], [imu, prior], [calib, prior, imu]):
+        _, g0, layout = traj.build_factors(ms)
+        assert torch.equal(g0[layout["imu_bias"]], b0)
+    _, g0, layout = traj.build_factors([calib, prior, imu])
+    assert list(layout) == ["calib", "imu_bias"] and torch.equal(g0[layout["calib"]], calib.mean)
+    _, g0, _ = traj.build_factors([prior])
+    assert torch.equal(g0, torch.zeros(6, dtype=DT))

@@ -30,8 +30,13 @@ __all__ = ["build_factors", "check_measurement", "chunks", "globals_layout", "me
 
 
 def globals_layout(traj: Trajectory, ms: list[Measurement]) -> tuple[dict[str, slice], Tensor]:
-    r"""The layout (name -> slice) of the stacked global parameters and their initial value, in ``traj``'s dtype."""
-    init: dict[str, Tensor] = {}
+    r"""The layout (name -> slice) of the stacked global parameters and their initial value, in ``traj``'s dtype.
+
+    A block's initial value is that of the first measurement naming it (e.g. an IMU's ``bias_init``); a
+    :class:`~gpgeom.models.trajectory.factors.priors.GlobalPrior` 's mean is the initial value only when no other
+    measurement gives one, wherever it stands in the list."""
+    init: dict[str, Tensor] = {}  # in the order of the list (the layout's), the values of the first giver
+    given: set[str] = set()  # blocks whose value came from a measurement other than a GlobalPrior
     for m in ms:
         for name, val in m.global_params().items():
             val = val.to(dtype=traj.dtype, device=traj.device).reshape(-1)
@@ -40,7 +45,10 @@ def globals_layout(traj: Trajectory, ms: list[Measurement]) -> tuple[dict[str, s
                     f"Global parameter {name!r} has size {init[name].shape[0]} in one measurement and "
                     f"{val.shape[0]} in {m.name!r}."
                 )
-            init.setdefault(name, val)
+            if name not in init or (m.attach != "global" and name not in given):
+                init[name] = val
+            if m.attach != "global":
+                given.add(name)
     layout, off = {}, 0
     for name, val in init.items():
         layout[name] = slice(off, off + val.shape[0])
