@@ -127,3 +127,16 @@ def test_prior_trajectory_covers_its_whole_span():
         assert bool(torch.isfinite(st.p).all()) and bool(torch.isfinite(st.R).all())
         fd = (st.p[1] - st.p[0]) / 1e-3
         assert float((fd - st.v[1]).abs().max()) < 1e-3 * (1.0 + float(st.a[1].abs().max()))
+
+
+def test_state_refuses_times_of_more_than_one_dimension():
+    r"""``FastTrajectory.state`` and ``PriorTrajectory.state`` return ``n`` states for ``n`` times, but a ``2 x 3``
+    array of times was flattened silently into 6 states (``p`` of shape ``6 x 3``); it is now a ValueError naming
+    ``t`` and the shape. A scalar and a 1-D array are read as before."""
+    from gpgeom.datasets.trajectories import PriorTrajectory
+
+    for truth in (FastTrajectory(), PriorTrajectory(1.0, dt=0.05, seed=0)):
+        with pytest.raises(ValueError, match=r"`t` must be a time or a 1-D tensor of times, got shape \(2, 3\)"):
+            truth.state(torch.full((2, 3), 0.5, dtype=DT))
+        one, many = truth.state(0.5), truth.state(torch.tensor([0.25, 0.5], dtype=DT))
+        assert one.p.shape == (1, 3) and many.p.shape == (2, 3) and torch.equal(one.p[0], many.p[1])

@@ -88,6 +88,14 @@ def _times(name: str, t: object) -> Tensor:
     return t.to(_DT)
 
 
+def _query_times(t: object) -> Tensor:
+    r"""A time or ``n`` times (float64, 1-D); more dimensions are refused, not flattened."""
+    x = torch.as_tensor(t, dtype=_DT)
+    if x.dim() > 1:
+        raise ValueError(f"`t` must be a time or a 1-D tensor of times, got shape {tuple(x.shape)}.")
+    return _times("t", x.reshape(-1))
+
+
 @dataclass
 class GroundTruth:
     r"""Exact states at ``n`` times (float64).
@@ -172,7 +180,7 @@ class FastTrajectory:
 
     def state(self, t: Tensor | float) -> GroundTruth:
         r"""Exact :math:`(R, \omega, \alpha, p, v, a)` at times ``t`` (``n``, float64)."""
-        t = _times("t", torch.as_tensor(t, dtype=_DT).reshape(-1))
+        t = _query_times(t)
         one = torch.ones_like(t)
 
         def dR(tt):
@@ -281,7 +289,7 @@ class PriorTrajectory:
 
     def state(self, t: Tensor | float) -> GroundTruth:
         r""":math:`(R, \omega, \alpha, p, v, a)` at times ``t`` (``n``, float64, within ``[0, t_end]``)."""
-        t = _times("t", torch.as_tensor(t, dtype=_DT).reshape(-1))
+        t = _query_times(t)
         st = self._fine.interpolate(t)
         return GroundTruth(t=t, R=st.R, omega=st.omega, alpha=st.alpha, p=st.p, v=st.v, a=st.a)
 
