@@ -25,6 +25,7 @@ __all__ = [
     "check_family",
     "check_output_fields",
     "clock",
+    "mapping_field_names",
     "mode_option",
     "samples_to_arrays",
     "scalar_table",
@@ -97,16 +98,39 @@ def scalar_table(name: str, x: object, n: int, *, dtype: torch.dtype, device: to
     return t
 
 
-def check_output_fields(output_fields: object, meshes: list[Mesh], name: str = "output_fields") -> list[np.ndarray]:
-    r"""One float64 array ``(N_i, m)`` per mesh from arrays, tensors, ``(N_i,)`` vectors or dicts name -> ``(N_i,)``."""
+def mapping_field_names(output_fields: object) -> list[str] | None:
+    r"""The keys of the first entry of ``output_fields`` when it is a dict name -> ``(N_i,)`` (the field names, in
+    that order), else ``None``."""
+    if isinstance(output_fields, Sequence) and len(output_fields) and isinstance(output_fields[0], Mapping):
+        return [str(k) for k in output_fields[0]]
+    return None
+
+
+def check_output_fields(
+    output_fields: object, meshes: list[Mesh], name: str = "output_fields", names: Sequence[str] | None = None
+) -> list[np.ndarray]:
+    r"""One float64 array ``(N_i, m)`` per mesh from arrays, tensors, ``(N_i,)`` vectors or dicts name -> ``(N_i,)``.
+
+    A dict's columns follow ``names`` (the model's field names), or the first dict's key order when ``names`` is
+    ``None``, whatever each dict's own key order; every dict must hold exactly those names (``ValueError`` naming
+    the entry, the names expected and those given).
+    """
     if isinstance(output_fields, np.ndarray | Tensor) and len(meshes) and output_fields.ndim >= 2:
         output_fields = list(output_fields)
     if not isinstance(output_fields, Sequence) or len(output_fields) != len(meshes):
         raise ValueError(f"`{name}` must be a sequence with one array (N_i, m) per mesh ({len(meshes)} meshes).")
+    order = list(names) if names is not None else mapping_field_names(output_fields)
     out = []
     for i, (u, mesh) in enumerate(zip(output_fields, meshes)):
         if isinstance(u, Mapping):
-            u = np.column_stack([np.asarray(_numpy(v), dtype=np.float64) for v in u.values()])
+            keys = [str(k) for k in u]
+            if order is None or sorted(keys) != sorted(order) or len(set(keys)) != len(keys):
+                raise ValueError(
+                    f"`{name}[{i}]` is a dict of fields {keys}, but the fields are {order}: every dict must hold "
+                    "exactly one array (N_i,) per field name (in any order)."
+                )
+            by_name = {str(k): v for k, v in u.items()}
+            u = np.column_stack([np.asarray(_numpy(by_name[k]), dtype=np.float64) for k in order])
         arr = np.asarray(_numpy(u), dtype=np.float64)
         if arr.ndim == 1:
             arr = arr[:, None]

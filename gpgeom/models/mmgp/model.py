@@ -27,6 +27,7 @@ from gpgeom.models.mmgp.inputs import (
     check_family,
     check_output_fields,
     clock,
+    mapping_field_names,
     mode_option,
     scalar_table,
     split_clock,
@@ -308,7 +309,8 @@ class MMGP(ModelContract):
                 The variances are squares in each field's units: a field's spread over the meshes must lie in
                 about [2e-153, 8e152] (float64; float32: [2e-18, 1e18]; ValueError beyond, naming the field).
             output_scalars: ``n x q`` (or ``None``).
-            field_names, scalar_names: Optional names (default ``field0``, ... / ``scalar0``, ...).
+            field_names, scalar_names: Optional names (default: the keys of the first dict of ``output_fields``,
+                or ``field0``, ... / ``scalar0``, ...); dicts of fields are read by name.
             progress: Progress bars of the GP fits (``None``: when a person is watching, :mod:`gpgeom._progress`).
             executor: A ``concurrent.futures.Executor`` (e.g. ``dask.distributed.Client(...).get_executor()`` or a
                 ``ProcessPoolExecutor``; :mod:`gpgeom.engine.parallel`) for the independent stages: the morphing
@@ -331,7 +333,8 @@ class MMGP(ModelContract):
             check_family(meshes, self.common_mesh)
         tkw = {"dtype": self.dtype, "device": self.device}
         mu = scalar_table("input_scalars", input_scalars, n, **tkw)
-        U = check_output_fields(output_fields, meshes)
+        field_names = mapping_field_names(output_fields) if field_names is None else list(field_names)
+        U = check_output_fields(output_fields, meshes, names=field_names)
         w = scalar_table("output_scalars", output_scalars, n, **tkw)
         n_fields = U[0].shape[1]
         self.field_names_ = list(field_names) if field_names is not None else [f"field{k}" for k in range(n_fields)]
@@ -545,7 +548,7 @@ class MMGP(ModelContract):
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
         n = len(meshes)
-        U = check_output_fields(output_fields, meshes)
+        U = check_output_fields(output_fields, meshes, names=self.field_names_)
         if not U:  # no mesh: no row, as encode gives
             return torch.zeros(0, self.n_outputs, dtype=self.dtype, device=self.device)
         if U[0].shape[1] != len(self._fields):
@@ -574,7 +577,7 @@ class MMGP(ModelContract):
         self._check_fitted()
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
-        U = check_output_fields(output_fields, meshes)
+        U = check_output_fields(output_fields, meshes, names=self.field_names_)
         if not U:
             return []
         if U[0].shape[1] != len(self._fields):

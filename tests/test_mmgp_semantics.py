@@ -1,0 +1,35 @@
+r"""What MMGP returns against what its docstrings promise (an audit of its semantics), on the synthetic plates of
+``test_mmgp`` (structured triangulations of deformed rectangles, no FE solve)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_mmgp import _synthetic
+
+from gpgeom.models.mmgp import MMGP
+
+KW = {"n_modes_geometry": 2, "n_modes_fields": 2, "restarts": 0, "max_iter": 20, "floater_start": (0.0, 0.0)}
+
+
+def test_dicts_of_fields_are_read_by_name():
+    r"""``output_fields`` as dicts name -> ``(N_i,)``: the columns were taken in each dict's own key order, so two
+    meshes whose dicts list the fields in another order had their fields swapped silently (training targets off by
+    0.75 on these plates), and the names were dropped (``field0``, ...). The dicts are read by name, in the first
+    dict's order or ``field_names``, and the model equals the one fitted on the arrays."""
+    M, mu, U, w = _synthetic(8, seed=0)
+    arrays = MMGP(**KW).fit(M, mu, U, w, field_names=["a", "b"], progress=False)
+    D = [{"a": u[:, 0], "b": u[:, 1]} if i % 2 else {"b": u[:, 1], "a": u[:, 0]} for i, u in enumerate(U)]
+    named = MMGP(**KW).fit(M, mu, [dict(reversed(d.items())) for d in D], w, progress=False)
+    assert named.field_names_ == ["a", "b"]  # the first dict's order ({"a", "b"} reversed from mesh 0's)
+    torch.testing.assert_close(named.train_targets_, arrays.train_targets_, rtol=0, atol=1e-12)
+    ordered = MMGP(**KW).fit(M, mu, D, w, field_names=["a", "b"], progress=False)
+    torch.testing.assert_close(ordered.train_targets_, arrays.train_targets_, rtol=0, atol=1e-12)
+    swapped = [{"b": u[:, 1], "a": u[:, 0]} for u in U[:3]]
+    torch.testing.assert_close(arrays.encode_targets(M[:3], swapped, w[:3]), arrays.train_targets_[:3])
+    for got, ref in zip(arrays.project_fields(M[:3], swapped), arrays.project_fields(M[:3], U[:3]), strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"`output_fields\[1\]` is a dict of fields \['a', 'c'\].*\['a', 'b'\]"):
+        arrays.encode_targets(M[:2], [D[0], {"a": U[1][:, 0], "c": U[1][:, 1]}], w[:2])
+    with pytest.raises(ValueError, match=r"`output_fields\[0\]` is a dict of fields"):
+        MMGP(**KW).fit(M, mu, D, w, field_names=["a", "x"], progress=False)
