@@ -33,3 +33,20 @@ def test_dicts_of_fields_are_read_by_name():
         arrays.encode_targets(M[:2], [D[0], {"a": U[1][:, 0], "c": U[1][:, 1]}], w[:2])
     with pytest.raises(ValueError, match=r"`output_fields\[0\]` is a dict of fields"):
         MMGP(**KW).fit(M, mu, D, w, field_names=["a", "x"], progress=False)
+
+
+def test_output_names_are_one_distinct_string_per_output():
+    r"""Duplicate names were accepted: with ``scalar_names=["s", "s"]``, ``output_gp("s")`` and ``output_index("s")``
+    silently gave the first scalar and the second had no name. Names must be distinct strings, one per output; the
+    error names the argument, the count expected and what was given."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    with pytest.raises(
+        ValueError, match=r"`scalar_names` must have one distinct name per scalar \(2\), got \['s', 's'\]"
+    ):
+        MMGP(**KW).fit(M, mu, U, w, scalar_names=["s", "s"], progress=False)
+    with pytest.raises(ValueError, match=r"`field_names` must have one name per field \(2\), got \['a'\]"):
+        MMGP(**KW).fit(M, mu, U, w, field_names=["a"], progress=False)
+    with pytest.raises(TypeError, match=r"`field_names` must be a sequence of 2 strings, got 'ab'"):
+        MMGP(**KW).fit(M, mu, U, w, field_names="ab", progress=False)
+    model = MMGP(**KW).fit(M, mu, U, w, field_names=("a", "b"), scalar_names=("s", "t"), progress=False)
+    assert model.field_names_ == ["a", "b"] and model.output_index("t") == model.n_outputs - 1

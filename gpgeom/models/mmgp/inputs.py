@@ -27,6 +27,7 @@ __all__ = [
     "clock",
     "mapping_field_names",
     "mode_option",
+    "output_names",
     "samples_to_arrays",
     "scalar_table",
     "split_clock",
@@ -104,6 +105,20 @@ def mapping_field_names(output_fields: object) -> list[str] | None:
     if isinstance(output_fields, Sequence) and len(output_fields) and isinstance(output_fields[0], Mapping):
         return [str(k) for k in output_fields[0]]
     return None
+
+
+def output_names(arg: str, names: Sequence[str] | None, count: int, prefix: str) -> list[str]:
+    r"""The names of ``count`` fields or output scalars: ``names`` (``count`` distinct strings; ``ValueError``
+    naming ``arg``, the count expected and the names given otherwise), or ``prefix0``, ``prefix1``, ... ."""
+    if names is None:
+        return [f"{prefix}{k}" for k in range(count)]
+    if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(v, str) for v in names):
+        raise TypeError(f"`{arg}` must be a sequence of {count} strings, got {names!r}.")
+    out = list(names)
+    if len(out) != count or len(set(out)) != count:
+        what = "distinct " if len(out) == count else ""
+        raise ValueError(f"`{arg}` must have one {what}name per {prefix} ({count}), got {out}.")
+    return out
 
 
 def check_output_fields(

@@ -29,6 +29,7 @@ from gpgeom.models.mmgp.inputs import (
     clock,
     mapping_field_names,
     mode_option,
+    output_names,
     scalar_table,
     split_clock,
 )
@@ -333,16 +334,12 @@ class MMGP(ModelContract):
             check_family(meshes, self.common_mesh)
         tkw = {"dtype": self.dtype, "device": self.device}
         mu = scalar_table("input_scalars", input_scalars, n, **tkw)
-        field_names = mapping_field_names(output_fields) if field_names is None else list(field_names)
+        field_names = mapping_field_names(output_fields) if field_names is None else field_names
         U = check_output_fields(output_fields, meshes, names=field_names)
         w = scalar_table("output_scalars", output_scalars, n, **tkw)
         n_fields = U[0].shape[1]
-        self.field_names_ = list(field_names) if field_names is not None else [f"field{k}" for k in range(n_fields)]
-        self.scalar_names_ = (
-            list(scalar_names) if scalar_names is not None else [f"scalar{k}" for k in range(w.shape[1])]
-        )
-        if len(self.field_names_) != n_fields or len(self.scalar_names_) != w.shape[1]:
-            raise ValueError("`field_names` / `scalar_names` must have one name per field / output scalar.")
+        self.field_names_ = output_names("field_names", field_names, n_fields, "field")
+        self.scalar_names_ = output_names("scalar_names", scalar_names, w.shape[1], "scalar")
         self.scalar_transforms_ = resolve_transforms(self.scalar_transform, w, self.scalar_names_)
         nmf = self.n_modes_fields if isinstance(self.n_modes_fields, list) else [self.n_modes_fields] * n_fields
         if len(nmf) != n_fields:
