@@ -50,3 +50,15 @@ def test_output_names_are_one_distinct_string_per_output():
         MMGP(**KW).fit(M, mu, U, w, field_names="ab", progress=False)
     model = MMGP(**KW).fit(M, mu, U, w, field_names=("a", "b"), scalar_names=("s", "t"), progress=False)
     assert model.field_names_ == ["a", "b"] and model.output_index("t") == model.n_outputs - 1
+
+
+def test_latent_bounds_are_the_training_box():
+    r"""``latent_bounds`` is the box of the training latent inputs, columns min / max, with ``[c, c + 1]`` for a
+    column constant over the training set (here an input scalar), as its docstring now says (it said min / max)."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    mu2 = torch.cat([torch.as_tensor(mu), torch.full((6, 1), 2.5, dtype=torch.float64)], 1)
+    model = MMGP(**KW).fit(M, mu2, U, w, progress=False)
+    Z = model.encode(M, mu2)
+    box = model.latent_bounds
+    torch.testing.assert_close(box[:, :-1], torch.stack([Z.min(0).values, Z.max(0).values])[:, :-1])
+    torch.testing.assert_close(box[:, -1], torch.tensor([2.5, 3.5], dtype=torch.float64))

@@ -487,7 +487,8 @@ class MMGP(ModelContract):
 
     @property
     def latent_bounds(self) -> Tensor:
-        r"""``2 x d`` box of the training latent inputs (columns min / max), e.g. the bounds of ``optimize_acqf``."""
+        r"""``2 x d`` box of the training latent inputs (columns min / max), e.g. the bounds of ``optimize_acqf``; a
+        column constant over the training set, value ``c``, gets ``[c, c + 1]`` (fix it, e.g. ``fixed_features``)."""
         self._check_fitted()
         return self._bounds.clone()
 
