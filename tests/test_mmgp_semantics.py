@@ -62,3 +62,21 @@ def test_latent_bounds_are_the_training_box():
     box = model.latent_bounds
     torch.testing.assert_close(box[:, :-1], torch.stack([Z.min(0).values, Z.max(0).values])[:, :-1])
     torch.testing.assert_close(box[:, -1], torch.tensor([2.5, 3.5], dtype=torch.float64))
+
+
+def test_output_gp_names_its_argument():
+    r"""``output_gp`` refused a field name as "Unknown `name`" (an argument it does not have) and took ``True`` or
+    ``1.7`` as column 1 (``int(output)``); the errors name ``output``, and a column index picks that output."""
+    M, mu, U, w = _synthetic(6, seed=0)
+    model = MMGP(**KW).fit(M, mu, U, w, scalar_names=["s", "t"], progress=False)
+    with pytest.raises(ValueError, match=r"Unknown `output`='U1'; expected one of 's', 't'"):
+        model.output_gp("U1")
+    for bad in (True, 1.7):
+        with pytest.raises(TypeError, match=r"`output` must be an output scalar name or an int column index"):
+            model.output_gp(bad)
+    j = model.output_index("t")
+    for out in ("t", j):
+        gp = model.output_gp(out)
+        torch.testing.assert_close(
+            gp.predict(model.train_latent_[:3]), model.gp.predict(model.train_latent_[:3])[:, j : j + 1]
+        )

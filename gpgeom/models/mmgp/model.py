@@ -507,7 +507,13 @@ class MMGP(ModelContract):
         """
         self._check_fitted()
         m = self.n_outputs
-        j = self.output_index(output) if isinstance(output, str) else int(output)
+        if isinstance(output, bool) or not isinstance(output, str | int | np.integer):
+            raise TypeError(f"`output` must be an output scalar name or an int column index, got {output!r}.")
+        j = (
+            self.output_index(check_option("output", output, self.scalar_names_))
+            if isinstance(output, str)
+            else int(output)
+        )
         if not 0 <= j < m:
             raise ValueError(f"`output` index must be in range({m}), got {output!r}.")
         g = next(k for k, (a, b) in enumerate(self.output_groups_) if a <= j < b)
