@@ -19,7 +19,8 @@ Data: :math:`N` entries with coordinates uniform on :math:`[0, 1]^3`, :math:`y =
 The marginal rows run at the smallest :math:`N` only (at 100,000 a marginal step takes minutes).
 
 Memory: the peak resident set size of the process (``ru_maxrss``) and the peak above the resident set size after
-the imports and the data (``above``), both in MB.
+the imports and the data (``above``), both in MB of 2**20 bytes (the kernel reports KiB), as in
+``benchmarks/memory.py``.
 
 Usage: ``python benchmarks/funbat_continuous.py [--quick] [--sizes N ...] [--jobs J] [--out FILE]`` (also
 ``python benchmarks/funbat.py --continuous-only [--quick]``). A full run writes
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -49,13 +51,19 @@ def _rss_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1e3
+                return int(line.split()[1]) / 1024  # kB (KiB) -> MB (MiB), the unit of `_peak_rss_mb`
     return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    r"""The peak resident set size of this process in MB (MiB; ``ru_maxrss`` is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(n: int, mode: str) -> dict:
     r"""One measurement in this process (one thread); returns the JSON-able row."""
-    import resource
     import warnings
 
     import numpy as np
@@ -81,7 +89,7 @@ def worker(n: int, mode: str) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     model.fit(X, y, progress=False)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    peak = _peak_rss_mb()
     row = {"n": n, "mode": mode, "total_s": total, "cpu_s": cpu, "sweeps": len(model.history), "peak_mb": peak}
     row["base_mb"] = base
     row["sweep_s"] = [float(h["seconds"]) for h in model.history]
@@ -107,8 +115,8 @@ def _run(n: int, mode: str, timeout: float) -> dict:
 
 
 def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else float("nan")
+    r"""The median of ``xs`` (the mean of the two middle values for an even count; NaN for none)."""
+    return statistics.median(xs) if xs else float("nan")
 
 
 def report(rows: list[dict], machine: str, quick: bool) -> list[str]:

@@ -1,0 +1,45 @@
+"""The numbers the benchmark scripts report: medians, units, means over folds, counts, and which file a run writes
+(``benchmarks/*.py``; the harness functions are called on tiny inputs, no benchmark is run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str):
+    r"""``benchmarks/<name>.py`` as a fresh module (the benchmarks' own folder on the path, as when run)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# funbat_continuous.py: the medians and the memory unit of its table
+# ---------------------------------------------------------------------------------------------------------------------
+def test_continuous_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    mod = _load("funbat_continuous")
+    assert mod._median([1.0, 2.0, 3.0, 4.0]) == 2.5  # four sweeps with a hyper step: not the third sorted value
+    assert mod._median([4.0, 1.0]) == 2.5
+    assert mod._median([3.0, 1.0, 2.0]) == 2.0
+    assert mod._median([]) != mod._median([])  # NaN
+
+
+def test_continuous_memory_is_in_the_unit_of_the_other_tables():
+    r"""VmRSS and ``ru_maxrss`` are KiB: MB = KiB / 1024 (``/ 1e3`` reported 2.4 % more than the RSS in MiB)."""
+    import os
+
+    mod = _load("funbat_continuous")
+    with open("/proc/self/statm") as f:
+        statm = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    assert mod._rss_mb() == pytest.approx(statm, rel=5e-3)
+    assert mod._peak_rss_mb() >= mod._rss_mb() * (1 - 5e-3)
