@@ -324,6 +324,34 @@ def _hetero_noise_tensor(n_train: int, dof: float, scale: float, seed: int):
     return dataclasses.replace(d, y_train=d.y_train + eps[:n], y_test=d.y_test + eps[n:])
 
 
+def latest_records(lines: list[str]) -> list[dict]:
+    r"""The records of a JSON-lines run log, the last one of each ``(data, noise)`` (a rerun of a fold or a tensor
+    replaces its earlier record instead of counting twice in the means over folds), in the order of the log."""
+    import json
+
+    latest: dict[tuple[str, str], dict] = {}
+    for line in lines:
+        if line.strip():
+            r = json.loads(line)
+            latest.pop((r["data"], r["noise"]), None)
+            latest[(r["data"], r["noise"])] = r
+    return list(latest.values())
+
+
+def fold_summary(values: list[float]) -> float | str:
+    r"""One cell of a table over folds: the value of a single fold (or the common value of all of them, e.g. the
+    infinite degrees of freedom of Gaussian noise), else ``mean ± sd``; non-finite values are left out and counted
+    (``mean ± sd (k of n finite)``), never replaced by the first fold's value."""
+    v = np.asarray(values, float)
+    finite = v[np.isfinite(v)]
+    if len(v) == 1 or (len(finite) < len(v) and (v == v[0]).all()):
+        return float(v[0])
+    if not len(finite):
+        return "nan"
+    text = f"{finite.mean():.4f} ± {finite.std():.4f}"
+    return text if len(finite) == len(v) else f"{text} ({len(finite)} of {len(v)} finite)"
+
+
 def noise_calibration(args, device: str, max_sweeps: int) -> int:
     r"""The noise-model section (``--noise-calibration``): Gaussian against Student-t noise (one scale per entry, or
     ``student_t_mode2``: one per coordinate of mode 2, Beijing's day), FunBaT only (no exact GP), on the Beijing folds
@@ -365,7 +393,7 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
                 )
                 with log.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    records = latest_records(log.read_text().splitlines()) if log.exists() else []
     lines = [
         "# FunBaT: Gaussian against Student-t noise, per entry or shared along a mode (issue #12)",
         "",
@@ -390,8 +418,7 @@ def noise_calibration(args, device: str, max_sweeps: int) -> int:
     for (data_name, noise), rs in sorted(groups.items()):
         row: dict[str, object] = {}
         for key in keys:
-            v = np.array([r[key] for r in rs], float)
-            row[key] = float(v[0]) if len(v) == 1 or not np.isfinite(v).all() else f"{v.mean():.4f} ± {v.std():.4f}"
+            row[key] = fold_summary([r[key] for r in rs])
         row["s / fit"] = float(np.mean([r["seconds"] for r in rs]))
         row["sweeps"] = float(np.mean([r["sweeps"] for r in rs]))
         folds = sorted({r["data"] for r in rs})

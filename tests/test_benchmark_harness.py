@@ -43,3 +43,37 @@ def test_continuous_memory_is_in_the_unit_of_the_other_tables():
         statm = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     assert mod._rss_mb() == pytest.approx(statm, rel=5e-3)
     assert mod._peak_rss_mb() >= mod._rss_mb() * (1 - 5e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# funbat.py --noise-calibration: the table is written from the run log
+# ---------------------------------------------------------------------------------------------------------------------
+def _record(data: str, noise: str, rmse: float, **kw) -> str:
+    import json
+
+    return json.dumps({"data": data, "noise": noise, "rmse": rmse, **kw})
+
+
+def test_noise_calibration_log_keeps_the_last_run_of_each_fold():
+    r"""A fold run twice (the log is appended to) counted twice in the mean over folds."""
+    mod = _load("funbat")
+    lines = [_record("beijing fold 0", "gaussian", 0.30), _record("beijing fold 1", "gaussian", 0.20), "",
+             _record("beijing fold 0", "gaussian", 0.26), _record("beijing fold 0", "student_t", 0.25)]  # fmt: skip
+    records = mod.latest_records(lines)
+    assert [(r["data"], r["noise"], r["rmse"]) for r in records] == [
+        ("beijing fold 1", "gaussian", 0.20),
+        ("beijing fold 0", "gaussian", 0.26),
+        ("beijing fold 0", "student_t", 0.25),
+    ]
+
+
+def test_noise_calibration_mean_over_folds_is_not_the_first_folds_value():
+    mod = _load("funbat")
+    assert mod.fold_summary([0.25]) == 0.25
+    assert mod.fold_summary([0.2, 0.3]) == "0.2500 ± 0.0500"
+    assert mod.fold_summary([2.1, 2.1]) == "2.1000 ± 0.0000"  # as before for finite values
+    inf = float("inf")
+    assert mod.fold_summary([inf, inf, inf]) == inf  # Gaussian noise: infinite degrees of freedom in every fold
+    # one failed fold: the mean of the others, said so (was the first fold's 0.2 alone)
+    assert mod.fold_summary([0.2, float("nan"), 0.4]) == "0.3000 ± 0.1000 (2 of 3 finite)"
+    assert mod.fold_summary([float("nan"), float("nan")]) == "nan"
