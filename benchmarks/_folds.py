@@ -54,15 +54,16 @@ def run_fold_benchmark(
     ap.add_argument("--jobs", type=int, default=2, help="folds run in parallel, one process each")
     args = ap.parse_args(argv)
     folds = args.folds if args.folds is not None else ([0] if args.quick else ALL_FOLDS)
+    jobs = max(1, min(args.jobs, len(folds)))  # the processes run: the header says this, not the option
     t0 = time.perf_counter()
-    with get_context("spawn").Pool(max(1, min(args.jobs, len(folds)))) as pool:
+    with get_context("spawn").Pool(jobs) as pool:
         per_fold = pool.map(run_fold, folds)
     rows = {label: [pf[label] for pf in per_fold] for label in per_fold[0]}
     out_path = results_path(report_name(name, quick=folds != ALL_FOLDS))
     header = [
         f"# {title}",
         "",
-        f"- machine: {machine_info('cpu')}; {args.jobs} folds at a time, one process each; "
+        f"- machine: {machine_info('cpu')}; {jobs} fold{'s' if jobs > 1 else ''} at a time, one process each; "
         f"{time.perf_counter() - t0:.0f} s in all",
         f"- folds: {folds} (seeded random 80/20, `benchmarks/funbat.py`); {details}",
         f"- `{command or f'benchmarks/{name}.py'}` (its docstring says what each row is)",

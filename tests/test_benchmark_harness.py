@@ -77,3 +77,52 @@ def test_noise_calibration_mean_over_folds_is_not_the_first_folds_value():
     # one failed fold: the mean of the others, said so (was the first fold's 0.2 alone)
     assert mod.fold_summary([0.2, float("nan"), 0.4]) == "0.3000 ± 0.1000 (2 of 3 finite)"
     assert mod.fold_summary([float("nan"), float("nan")]) == "nan"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# _folds.py: the header of the fold benchmarks (funbat_stations.py, funbat_day_offsets.py)
+# ---------------------------------------------------------------------------------------------------------------------
+class _SerialPool:
+    def __init__(self, processes):
+        _SerialPool.processes = processes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items):
+        return [fn(i) for i in items]
+
+
+class _SerialContext:
+    Pool = _SerialPool
+
+
+def _fake_fold(fold: int) -> dict:
+    return {"model": {"rmse": 0.1 * (fold + 1)}}
+
+
+@pytest.mark.parametrize(("argv", "folds", "jobs", "name"), [
+    (["--quick"], [0], 1, "f_quick"),  # one fold: one process, whatever --jobs says (default 2)
+    (["--folds", "1", "3", "--jobs", "4"], [1, 3], 2, "f_quick"),
+    (["--jobs", "3"], [0, 1, 2, 3, 4], 3, "f"),
+])  # fmt: skip
+def test_fold_benchmark_header_says_how_many_folds_ran_at_once(monkeypatch, tmp_path, argv, folds, jobs, name):
+    mod = _load("_folds")
+    written = {}
+
+    def write_tables(rows, folds_, header, out_path, footer=()):
+        written.update(rows=rows, folds=folds_, header=header, out_path=out_path)
+        return 0
+
+    monkeypatch.setattr(mod, "get_context", lambda method: _SerialContext)
+    monkeypatch.setattr(mod, "write_tables", write_tables)
+    monkeypatch.setattr(mod, "results_path", lambda n: tmp_path / f"{n}.md")
+    mod.run_fold_benchmark(_fake_fold, argv=argv, description="", name="f", title="t", details="d")
+    assert _SerialPool.processes == jobs
+    assert written["folds"] == folds and written["out_path"] == tmp_path / f"{name}.md"
+    assert written["rows"]["model"] == [{"rmse": pytest.approx(0.1 * (f + 1))} for f in folds]
+    machine = written["header"][2]
+    assert f"; {jobs} fold{'s' if jobs > 1 else ''} at a time, one process each;" in machine
