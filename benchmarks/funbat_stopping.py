@@ -23,13 +23,15 @@ day, beside FunBaT (defaults; temperature and pressure held, run to the former t
 
 ``--trace FOLD``: instead, one default fit of that fold for 300 sweeps with the test RMSE, the ELBO, the training RMSE,
 the noise and the lengthscales every 10 sweeps (a callback; the fit is not stopped), written to
-``funbat_stopping_trace.md``.
+``funbat_stopping_trace.md`` for fold ``TRACE_FOLD`` (4, the committed table), ``local/funbat_stopping_trace_quick.md``
+for another fold or with ``--quick``.
 
 ``--trace-held FOLD``: instead, on the offsets tensor (``load_beijing_air(day_offsets=True)``), the default fit
 followed for ``HELD_SWEEPS`` sweeps (``tol=0``, no restarts) beside the same fit whose hyperparameters are held from
 sweep ``HOLD_FROM`` on (the callback sets ``learn_hyperparameters=False``): the test RMSE every 5 sweeps, written to
-``funbat_stopping_trace_held.md``. If the held fit's test RMSE still rises, the hyperparameter steps are not the only
-reason why the converged fit predicts a little worse than an early one.
+``funbat_stopping_trace_held.md`` for fold ``HELD_FOLD`` (0), else (or with ``--quick``) its ``_quick`` file. If
+the held fit's test RMSE still rises, the hyperparameter steps are not the only reason why the converged fit predicts
+a little worse than an early one.
 
 Usage: ``python benchmarks/funbat_stopping.py [--quick] [--folds 0 1 2 3 4] [--skip-dense] [--kernels] [--trace 4]
 [--trace-held 0]``. Writes ``benchmarks/results/funbat_stopping.md`` (the full CPU run); ``--quick`` (fold 0, budgets 30
@@ -97,7 +99,17 @@ def exact_gp_lengthscales(split, seed: int, n_fit: int = 2000) -> str:
     )
 
 
-def trace(fold: int, sweeps: int = 300, every: int = 10) -> int:
+#: The folds of the committed ``--trace`` and ``--trace-held`` tables; another fold writes the ``_quick`` file.
+TRACE_FOLD, HELD_FOLD = 4, 0
+
+
+def trace_path(name: str, fold: int, committed_fold: int, quick: bool = False) -> Path:
+    r"""The file of a trace table: ``<name>.md`` for the committed fold, ``local/<name>_quick.md`` for another fold
+    or a ``--quick`` run (a trace of another fold wrote over the committed table)."""
+    return results_path(report_name(name, quick=quick or fold != committed_fold))
+
+
+def trace(fold: int, sweeps: int = 300, every: int = 10, *, quick: bool = False) -> int:
     r"""``--trace``: the default fit of ``fold`` followed sweep by sweep (module docstring)."""
     import warnings
 
@@ -133,7 +145,7 @@ def trace(fold: int, sweeps: int = 300, every: int = 10) -> int:
         warnings.simplefilter("ignore", ConvergenceWarning)
         FunBaT(max_sweeps=sweeps, tol=0.0, seed=0).fit(split.X_train, split.y_train, callback=follow)
     lines += ["", exact_gp_lengthscales(split, seed=fold)]
-    out_path = results_path("funbat_stopping_trace")
+    out_path = trace_path("funbat_stopping_trace", fold, TRACE_FOLD, quick)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines) + "\n")
     print(f"written {out_path}")
@@ -144,7 +156,7 @@ def trace(fold: int, sweeps: int = 300, every: int = 10) -> int:
 HELD_SWEEPS, HOLD_FROM = 60, 9
 
 
-def trace_held(fold: int, every: int = 5) -> int:
+def trace_held(fold: int, every: int = 5, *, quick: bool = False) -> int:
     r"""``--trace-held``: the default fit on the offsets with and without its hyperparameters held (docstring)."""
     import warnings
 
@@ -180,7 +192,7 @@ def trace_held(fold: int, every: int = 5) -> int:
         "|---|---|---|",
     ]
     lines += [f"| {n} | {rmse['learned'][n]:.4f} | {rmse['held'][n]:.4f} |" for n in sorted(rmse["learned"])]
-    out_path = results_path("funbat_stopping_trace_held")
+    out_path = trace_path("funbat_stopping_trace_held", fold, HELD_FOLD, quick)
     out_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written {out_path}")
@@ -198,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.trace is not None:
-        return trace(args.trace)
+        return trace(args.trace, quick=args.quick)
     if args.trace_held is not None:
-        return trace_held(args.trace_held)
+        return trace_held(args.trace_held, quick=args.quick)
     folds = args.folds if args.folds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     if args.kernels:
         return kernels(folds, results_path(report_name("funbat_exact_kernels", quick=folds != [0, 1, 2, 3, 4])))

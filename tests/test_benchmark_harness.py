@@ -126,3 +126,19 @@ def test_fold_benchmark_header_says_how_many_folds_ran_at_once(monkeypatch, tmp_
     assert written["rows"]["model"] == [{"rmse": pytest.approx(0.1 * (f + 1))} for f in folds]
     machine = written["header"][2]
     assert f"; {jobs} fold{'s' if jobs > 1 else ''} at a time, one process each;" in machine
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# funbat_stopping.py --trace / --trace-held: a trace of another fold never replaces the committed one
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_trace_of_another_fold_writes_its_quick_file(monkeypatch):
+    monkeypatch.delenv("GPGEOM_BENCH_RESULTS", raising=False)
+    mod = _load("funbat_stopping")
+    results = BENCH / "results"
+    committed = {"funbat_stopping_trace": mod.TRACE_FOLD, "funbat_stopping_trace_held": mod.HELD_FOLD}
+    for name, fold in committed.items():
+        assert f"fold {fold}" in (results / f"{name}.md").read_text().splitlines()[0]  # the committed table's fold
+        assert mod.trace_path(name, fold, fold) == results / f"{name}.md"
+        assert mod.trace_path(name, fold, fold, quick=True) == results / "local" / f"{name}_quick.md"
+        other = (fold + 1) % 5
+        assert mod.trace_path(name, other, fold) == results / "local" / f"{name}_quick.md"
