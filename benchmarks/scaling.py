@@ -171,7 +171,19 @@ def predict_time(p: dict[str, float], n: int, w: int, b: int) -> float:
     )
 
 
-def main() -> None:
+#: The settings of the full run (the committed ``scaling.md``); any other value makes a reduced run.
+FULL = {"n": 400, "gp_n": 200, "restarts": 1, "repeats": 3, "skip_gp": False, "ddp_steps": 200}
+
+
+def is_reduced(args: argparse.Namespace) -> bool:
+    r"""Whether the run differs from the full one (``FULL``) and so writes ``scaling_quick.md``: ``--quick``, or any
+    size, restart or repeat count other than the full run's, ``--skip-gp`` or another ``--ddp-steps`` (these
+    wrote over the committed table, without its GP or DDP section)."""
+    given = {key: getattr(args, key) for key in FULL}
+    return bool(args.quick) or any(v is not None and v != FULL[key] for key, v in given.items())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="60 coarse plates, 1 restart")
     ap.add_argument("--n", type=int, default=None, help="number of plates (default 400; quick 60)")
@@ -180,9 +192,13 @@ def main() -> None:
     ap.add_argument("--skip-gp", action="store_true", help="time the preprocessing only")
     ap.add_argument("--gp-n", type=int, default=None, help="plates of the GP stage (default 200; quick 40)")
     ap.add_argument("--ddp-steps", type=int, default=200, help="RGNP steps per rank count of the DDP hook (0: skip)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
-    quick = args.quick or args.n is not None or args.gp_n is not None
+    quick = is_reduced(args)
     n = args.n or (60 if args.quick else 400)
     gp_n = min(n, args.gp_n or (40 if args.quick else 200))
     mesh_size = 0.08 if args.quick else (0.028, 0.036)

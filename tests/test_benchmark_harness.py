@@ -142,3 +142,22 @@ def test_a_trace_of_another_fold_writes_its_quick_file(monkeypatch):
         assert mod.trace_path(name, fold, fold, quick=True) == results / "local" / f"{name}_quick.md"
         other = (fold + 1) % 5
         assert mod.trace_path(name, other, fold) == results / "local" / f"{name}_quick.md"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# scaling.py: a run without the GP or DDP section, or with other counts, is not the committed table
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("argv", "reduced"), [
+    ([], False),
+    (["--n", "400", "--gp-n", "200", "--restarts", "1", "--repeats", "3", "--ddp-steps", "200"], False),
+    (["--quick"], True),
+    (["--n", "100"], True),
+    (["--gp-n", "50"], True),
+    (["--skip-gp"], True),  # wrote scaling.md without its GP section
+    (["--ddp-steps", "0"], True),  # ... without its DDP section
+    (["--restarts", "3"], True),
+    (["--repeats", "1"], True),
+])  # fmt: skip
+def test_scaling_reduced_runs_write_the_quick_table(argv, reduced):
+    mod = _load("scaling")
+    assert mod.is_reduced(mod.parse_args(argv)) is reduced
