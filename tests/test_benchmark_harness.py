@@ -161,3 +161,28 @@ def test_a_trace_of_another_fold_writes_its_quick_file(monkeypatch):
 def test_scaling_reduced_runs_write_the_quick_table(argv, reduced):
     mod = _load("scaling")
     assert mod.is_reduced(mod.parse_args(argv)) is reduced
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# engine.py: the exact-GP fit times are of fits from the initial hyperparameters
+# ---------------------------------------------------------------------------------------------------------------------
+def test_engine_fit_times_every_fit_from_the_initial_hyperparameters(monkeypatch):
+    r"""``timeit`` runs its function once to warm up; the fit's first attempt starts from the current parameters,
+    so the timed fit started at the warm-up's optimum (a fraction of the fit the table's column names)."""
+    import torch
+
+    mod = _load("engine")
+    starts = []
+
+    class Recording(mod.ExactGPModel):
+        def fit(self, *args, **kwargs):
+            starts.append((self.fast_mll, float(self.likelihood.noise), self.covar_module.base_kernel.lengthscale))
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "ExactGPModel", Recording)
+    rows, calibration = mod.exact_fit_times([40], 3, 0, torch.device("cpu"), torch.float64)
+    assert len(rows) == 1 and set(calibration) == {"n = 40"}
+    for fast in (True, False):
+        mine = [(noise, ls) for f, noise, ls in starts if f is fast]
+        assert len(mine) == 2  # the warm-up and the timed fit
+        assert mine[0][0] == mine[1][0] and torch.equal(mine[0][1], mine[1][1])
