@@ -183,6 +183,12 @@ def bin_rows(label: str, y, mean, std, by, pit_z=None) -> list[str]:
     return out
 
 
+def lower_folds(folds: list[int], values: list[float], base: list[float], digits: int = 4) -> list[int]:
+    r"""The folds whose ``values`` are below ``base`` as the table prints them (``digits`` decimals): a difference
+    the table rounds away is a tie, not a fold "lower than the defaults'"."""
+    return [f for f, v, b in zip(folds, values, base) if round(v, digits) < round(b, digits)]
+
+
 def table(folds: list[int]) -> int:
     kept = [torch.load(LOCAL_RESULTS / f"funbat_heteroscedastic_fold{f}.pt") for f in folds]
     y = torch.cat([k["y"] for k in kept])
@@ -242,7 +248,7 @@ def table(folds: list[int]) -> int:
     base = [k[MODELS[0]]["rmse"] for k in kept]
     for name in MODELS:
         per_fold = [k[name]["rmse"] for k in kept]
-        better = [f for f, r, b in zip(folds, per_fold, base) if r < b]
+        better = lower_folds(folds, per_fold, base)
         lines.append(
             f"| {name} | "
             + " | ".join(f"{r:.4f}" for r in per_fold)

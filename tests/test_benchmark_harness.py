@@ -186,3 +186,14 @@ def test_engine_fit_times_every_fit_from_the_initial_hyperparameters(monkeypatch
         mine = [(noise, ls) for f, noise, ls in starts if f is fast]
         assert len(mine) == 2  # the warm-up and the timed fit
         assert mine[0][0] == mine[1][0] and torch.equal(mine[0][1], mine[1][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# funbat_heteroscedastic.py: "lower than the defaults' on k of 5 folds" counts what the table prints
+# ---------------------------------------------------------------------------------------------------------------------
+def test_fold_counts_compare_the_printed_values():
+    mod = _load("funbat_heteroscedastic")
+    base = [0.26240, 0.26180, 0.25230, 0.24330, 0.24030]
+    rows = [0.26238, 0.26100, 0.25230, 0.24332, 0.24040]  # fold 0: 0.2624 printed for both, a tie
+    assert [f"{v:.4f}" for v in rows[:1]] == [f"{v:.4f}" for v in base[:1]]
+    assert mod.lower_folds([0, 1, 2, 3, 4], rows, base) == [1]
