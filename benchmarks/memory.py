@@ -119,7 +119,7 @@ def _child(op: str, kw: dict) -> dict:
 
     torch.set_num_threads(1)
     n, m = kw["n"], kw["m"]
-    rec: dict = {"op": op, **kw}
+    rec: dict = {"op": op, **kw, "threads": torch.get_num_threads()}
     if op == "fit":
         model, _ = _model(n, m, fitted_hypers=False)
         model.train()
@@ -198,6 +198,15 @@ def _rows(op: str, kw: dict) -> list[tuple[str, str]]:
     return [(f"mean-only predict q={kw['q']} n={kw['n']} (first call)", "")]
 
 
+def operation_threads(results: dict[str, list[dict]]) -> str:
+    r"""What the machine line adds: the torch threads of the operations, each run in its own interpreter with
+    ``torch.set_num_threads(1)`` (the machine's "torch threads" is the parent's, which runs no operation)."""
+    threads = sorted({rec.get("threads") for recs in results.values() for rec in recs} - {None})
+    return "operations: each in its own interpreter, torch threads " + (
+        ", ".join(map(str, threads)) if threads else "unknown"
+    )
+
+
 def _fmt(rec: dict, key: str, digits: str = ".0f") -> str:
     value = rec.get(key)
     return "n/a" if value is None else format(value, digits)
@@ -253,7 +262,7 @@ def main() -> None:
     lines = [
         "# Exact-GP memory and time",
         "",
-        f"Machine: {machine_info('cpu')}",
+        f"Machine: {machine_info('cpu')}; {operation_threads(results)}",
         "",
         "Peak RSS above start: the operation's own peak (the kernel's high-water mark reset just before it); total:"
         " with the ~330 MB of the imported libraries, the data and the model.",

@@ -197,3 +197,20 @@ def test_fold_counts_compare_the_printed_values():
     rows = [0.26238, 0.26100, 0.25230, 0.24332, 0.24040]  # fold 0: 0.2624 printed for both, a tie
     assert [f"{v:.4f}" for v in rows[:1]] == [f"{v:.4f}" for v in base[:1]]
     assert mod.lower_folds([0, 1, 2, 3, 4], rows, base) == [1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# memory.py: the threads line is the operations' (each runs in a child with one torch thread)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_memory_report_gives_the_operations_threads(monkeypatch):
+    import torch
+
+    mod = _load("memory")
+    before = torch.get_num_threads()
+    try:
+        rec = mod._child("mean", {"n": 40, "m": 1, "q": 10})
+    finally:
+        torch.set_num_threads(before)
+    assert rec["threads"] == 1
+    assert mod.operation_threads({"after": [rec], "before": [dict(rec)]}).endswith("torch threads 1")
+    assert mod.operation_threads({"after": [{"op": "fit"}]}).endswith("torch threads unknown")  # an older record
