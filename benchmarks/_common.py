@@ -86,6 +86,31 @@ def timeit(fn: Callable[[], object], repeats: int = 3, device: torch.device | st
     return statistics.median(times)
 
 
+def status_mib(key: str) -> float:
+    r"""A memory line of ``/proc/self/status`` in MiB (``"VmRSS"``: the resident set now; ``"VmHWM"``: its
+    high-water mark since the start or the last :func:`reset_peak_rss`); NaN where there is none (not Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB (KiB)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    r"""Reset the kernel's high-water mark of the resident set to the resident set now (``/proc/self/clear_refs``),
+    so that ``status_mib("VmHWM")`` is the peak of what runs next; ``False`` where it cannot be reset. ``ru_maxrss``
+    is reset with it: read the process's whole peak before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
     """Least-squares slope of log(y) against log(x)."""
     lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]

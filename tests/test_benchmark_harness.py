@@ -244,3 +244,25 @@ def test_trajectory_memory_increase_is_the_calls_own():
         pytest.skip("the high-water mark cannot be reset here")
     assert r["out"] == 80
     assert 75 <= r["peak"] - r["base"] <= 120
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# funbat_scale.py: "peak above data" is above the resident set after the data, not above the data's peak
+# ---------------------------------------------------------------------------------------------------------------------
+def test_funbat_scale_peak_above_data_counts_the_methods_whole_peak():
+    import torch
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc/self/clear_refs (not Linux)")
+    mod = _load("funbat_scale")
+    ballast = torch.ones(300 * 2**20 // 8, dtype=torch.float64)  # the data's temporaries: an earlier peak
+    ballast.add_(1.0)
+    del ballast
+    marks = mod._after_data()
+    if not marks["reset"]:
+        pytest.skip("the high-water mark cannot be reset here")
+    work = torch.ones(80 * 2**20 // 8, dtype=torch.float64)  # the method's working memory
+    mem = mod._memory(marks)
+    del work
+    assert 75 <= mem["above_mb"] <= 120  # was peak - peak so far = 0: the ballast's peak hid the method's
+    assert mem["peak_mb"] >= marks["peak_data"] >= mem["data_mb"] + 250  # the process's peak keeps the data's
