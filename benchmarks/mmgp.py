@@ -141,6 +141,28 @@ def open_executor(kind: str, workers: int):
                 yield client.get_executor()
 
 
+#: The settings of the committed tables (``mmgp.md``, ``mmgp_bracket3d.md``): without ``--name``, a run with any other
+#: value is reduced (``_quick``), so that another model or plate family never replaces the committed table.
+VARIANT_DEFAULTS = {
+    "n_modes_geometry": None,
+    "n_modes_fields": None,
+    "tail_energy": None,
+    "restarts": None,
+    "scalar_transform": None,
+    "plate_options": "",
+    "max_iter": 500,
+    "morphing": "floater",
+    "hyperparameters": "per_output",
+}
+
+
+def report_quick(args: argparse.Namespace) -> bool:
+    r"""Whether the report name takes ``_quick``: ``--quick``, or a variant setting (``VARIANT_DEFAULTS``) without a
+    ``--name`` of its own (such a run wrote over ``mmgp.md``)."""
+    variant = any(getattr(args, key) != value for key, value in VARIANT_DEFAULTS.items())
+    return bool(args.quick) or (variant and args.name is None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="40 train / 20 test coarse meshes, 1 restart")
@@ -178,7 +200,10 @@ def main() -> None:
     ap.add_argument("--hyperparameters", default="per_output", choices=["per_field", "per_output", "shared"])
     ap.add_argument("--device", default="cpu", help="device of the GP stage and the decode (cpu, cuda)")
     ap.add_argument(
-        "--name", default=None, help="report name of a full CPU run (default mmgp); others add _<device> / _quick"
+        "--name",
+        default=None,
+        help="report name of a full CPU run (default mmgp); others add _<device> / _quick; a run with other model "
+        "or plate settings (VARIANT_DEFAULTS) needs one, or it writes the _quick table",
     )
     ap.add_argument("--executor", default="none", choices=["none", "dask", "process"], help="fan-out executor")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of --executor")
@@ -420,7 +445,7 @@ def run(args: argparse.Namespace, executor) -> None:
         ]
     )
     tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
-    name = report_name(args.name or "mmgp", device=args.device, quick=quick, tags=tags)
+    name = report_name(args.name or "mmgp", device=args.device, quick=report_quick(args), tags=tags)
     write_report(name, text + "\n")
 
 
@@ -559,7 +584,8 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
         ]
     )
     tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
-    write_report(report_name(args.name or "mmgp_bracket3d", device=args.device, quick=quick, tags=tags), text + "\n")
+    name = report_name(args.name or "mmgp_bracket3d", device=args.device, quick=report_quick(args), tags=tags)
+    write_report(name, text + "\n")
 
 
 if __name__ == "__main__":

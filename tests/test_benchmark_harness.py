@@ -266,3 +266,28 @@ def test_funbat_scale_peak_above_data_counts_the_methods_whole_peak():
     del work
     assert 75 <= mem["above_mb"] <= 120  # was peak - peak so far = 0: the ballast's peak hid the method's
     assert mem["peak_mb"] >= marks["peak_data"] >= mem["data_mb"] + 250  # the process's peak keeps the data's
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mmgp.py: a variant (other modes, plates, hyperparameters) without a --name of its own is not the committed table
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("changes", "quick"), [
+    ({}, False),
+    ({"old_default": True, "executor": "dask"}, False),  # the committed mmgp.md ran with --old-default
+    ({"quick": True}, True),
+    ({"n_modes_geometry": 16}, True),
+    ({"n_modes_geometry": 16, "name": "mmgp_g16"}, False),  # a named variant: its own committed table
+    ({"plate_options": "harmonic_amplitude=0.7"}, True),
+    ({"hyperparameters": "per_field"}, True),
+    ({"morphing": "rbf"}, True),
+    ({"max_iter": 100}, True),
+    ({"restarts": 0}, True),
+])  # fmt: skip
+def test_mmgp_variants_need_their_own_name(changes, quick):
+    import argparse
+
+    mod = _load("mmgp")
+    args = argparse.Namespace(quick=False, name=None, old_default=False, executor="none", **mod.VARIANT_DEFAULTS)
+    for key, value in changes.items():
+        setattr(args, key, value)
+    assert mod.report_quick(args) is quick
