@@ -44,7 +44,8 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/rgnp.py --quick`` (CPU, minutes),
 ``OMP_NUM_THREADS=1 python benchmarks/rgnp.py --paper-sizes`` (CPU, one core, about 20-30 minutes). Writes
 ``benchmarks/results/rgnp_<device>_paper.md`` at the paper's sizes and ``rgnp_<device>_quick.md`` otherwise
 (``--report NAME``: ``NAME.md`` for a paper-size CPU run, ``NAME_<device>`` / ``NAME_quick`` otherwise;
-``benchmarks/_common.report_name``).
+``benchmarks/_common.report_name``). A paper-size run with other variants, budgets, steps, learning rates, test size
+or seed writes the ``_quick`` table unless it has a ``--report`` name (``report_quick``).
 """
 
 from __future__ import annotations
@@ -303,6 +304,30 @@ VARIANTS = (
 )
 
 
+#: The settings of the committed paper-size tables (``rgnp_cpu_paper.md``, ``rgnp_cuda_paper.md``): without
+#: ``--report``, a paper-size run with any other value is reduced (``_quick``).
+PAPER_DEFAULTS = {
+    "variants": None,
+    "budget": None,
+    "steps": None,
+    "long_steps": None,
+    "eval_every": None,
+    "test_size": None,
+    "lr": None,
+    "lr_schedule": None,
+    "lr_final_fraction": 0.05,
+    "seed": 0,
+}
+
+
+def report_quick(args: argparse.Namespace) -> bool:
+    r"""Whether the report name takes ``_quick``: every run without ``--paper-sizes``, and a paper-size run with other
+    variants, budgets, steps, learning rates, test size or seed (``PAPER_DEFAULTS``) and no ``--report`` of its own
+    (such a run, e.g. ``--variants rgnp-diag``, wrote over ``rgnp_cpu_paper.md``)."""
+    variant = any(getattr(args, key) != value for key, value in PAPER_DEFAULTS.items())
+    return not args.paper_sizes or (variant and args.report is None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CPU-sized networks and budgets")
@@ -507,9 +532,10 @@ def main() -> None:
             "",
         ]
     if args.report:  # a full (paper-size) CPU run writes <report>.md, others add _<device> / _quick
-        name = report_name(args.report, device=device, quick=not paper)
+        name = report_name(args.report, device=device, quick=report_quick(args))
     else:
-        name = report_name("rgnp", device=device, quick=not paper, tags=("paper",) if paper else (), always_device=True)
+        tags = ("paper",) if paper else ()
+        name = report_name("rgnp", device=device, quick=report_quick(args), tags=tags, always_device=True)
     write_report(name, "\n".join(lines))
     if not math.isfinite(rows[0][5]["u_rel_l2"]):
         raise SystemExit("non-finite forward error")

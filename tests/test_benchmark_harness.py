@@ -291,3 +291,26 @@ def test_mmgp_variants_need_their_own_name(changes, quick):
     for key, value in changes.items():
         setattr(args, key, value)
     assert mod.report_quick(args) is quick
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rgnp.py: a paper-size run with other variants or budgets and no --report is not the committed paper table
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("changes", "quick"), [
+    ({}, False),
+    ({"jobs": 3, "device": "cuda"}, False),
+    ({"paper_sizes": False}, True),
+    ({"variants": "rgnp-diag"}, True),  # wrote rgnp_cpu_paper.md with one row
+    ({"variants": "rgnp-lr-long", "report": "rgnp_cpu_paper_lowrank"}, False),  # a named run: its own table
+    ({"long_steps": 500}, True),
+    ({"seed": 1}, True),
+    ({"lr": 1e-3}, True),
+])  # fmt: skip
+def test_rgnp_paper_variants_need_their_own_report(changes, quick):
+    import argparse
+
+    mod = _load("rgnp")
+    args = argparse.Namespace(paper_sizes=True, report=None, jobs=1, device="cpu", **mod.PAPER_DEFAULTS)
+    for key, value in changes.items():
+        setattr(args, key, value)
+    assert mod.report_quick(args) is quick
