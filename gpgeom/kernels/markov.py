@@ -47,6 +47,7 @@ from torch import Tensor
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.errors import NotPSDError
 from gpgeom.kernels.sde import SDE, MarkovKernel, check_steps, float_times, time_column
+from gpgeom.kernels.stationary import _DifferenceDistance
 from gpgeom.kernels.variance import KernelVariance
 
 __all__ = [
@@ -90,7 +91,7 @@ def _q_series(F: Tensor, G: Tensor, dt: Tensor) -> Tensor:
     return (dt_pows[..., None, None] * B.unsqueeze(-4)).sum(-3)
 
 
-class MaternMarkovKernel(KernelVariance, MarkovKernel):
+class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
     r"""Matérn kernel with :math:`\nu \in \{1/2, 3/2, 5/2\}`, its variance, and its state-space form.
 
     .. math::
@@ -121,8 +122,9 @@ class MaternMarkovKernel(KernelVariance, MarkovKernel):
     :math:`-\sigma^2 \operatorname{expm1}(-2\lambda\Delta)`, free of cancellation; for :math:`s > 1` its power
     series below :math:`\lambda\Delta = 1/4`).
 
-    Inputs are ``... x n x d``; ``forward`` uses the Euclidean distance for any ``d`` (exactly as GPyTorch's
-    ``MaternKernel``), but the SDE (and thus the Kalman filter) is only meaningful for ``d = 1`` (time).
+    Inputs are ``... x n x d``; ``forward`` uses the Euclidean distance for any ``d`` (as GPyTorch's
+    ``MaternKernel``, computed from the differences: :mod:`gpgeom.kernels.stationary`), but the SDE (and thus the
+    Kalman filter) is only meaningful for ``d = 1`` (time).
 
     Args:
         nu: Smoothness, one of 0.5, 1.5, 2.5.
@@ -174,10 +176,11 @@ class MaternMarkovKernel(KernelVariance, MarkovKernel):
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params) -> Tensor:
         r"""Covariance ``... x n x m`` (``... x n`` when ``diag``) between ``x1`` (``... x n x d``) and ``x2``."""
         x1, x2 = float_times(x1, self.lengthscale.dtype), float_times(x2, self.lengthscale.dtype)
-        mean = x1.mean(dim=-2, keepdim=True)
-        # Isotropic: dist(x1 / l, x2 / l) = dist(x1, x2) / l. Dividing after the distance keeps the inputs free
-        # of the lengthscale's graph, so GPyTorch zeroes the exact diagonal of k(x, x).
-        dist = self.covar_dist(x1 - mean, x2 - mean, diag=diag, **params)
+        # Isotropic: dist(x1 / l, x2 / l) = dist(x1, x2) / l, from the differences of the raw times (exact for
+        # close times): GPyTorch's expansion |a|^2 + |b|^2 - 2ab had an absolute error of eps (t - mean)^2 in the
+        # squared distance, which in float32 made the Gram matrix of a dense series indefinite
+        # (gpgeom.kernels.stationary)
+        dist = self.covar_dist(x1, x2, diag=diag, **params)
         ls = self.lengthscale[..., 0] if diag else self.lengthscale
         z = math.sqrt(2.0 * self.nu) * dist / ls
         if self.nu == 0.5:
