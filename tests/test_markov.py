@@ -559,3 +559,44 @@ def test_float32_dense_covariance_of_a_dense_series_is_accurate_and_psd(nu):
         _close(got, ref, rtol=0, atol=2e-5)
     ev, ev_ref = torch.linalg.eigvalsh(K)[0], torch.linalg.eigvalsh(ref)[0]
     assert float(ev) > 0.5 * float(ev_ref), (float(ev), float(ev_ref))
+
+
+@pytest.mark.parametrize("lengthscale", [0.7, 100.0])
+def test_float32_transition_just_above_the_series_range_equals_van_loan(lengthscale):
+    r"""Above lam dt = 1/4, Q = P_inf - Phi P_inf Phi^T was evaluated in the kernel's dtype, and cancels (relative error
+    about eps / (lam dt)^(2s-1)): in float32 (nu = 5/2), relative to Q's own diagonal, Q was 1.5e-4 off at
+    lam dt = 0.26 and 4e-5 at 0.4, where the float64 closed form and Van Loan's exponential agree to 1e-12. The
+    transition is now evaluated in float64 and rounded once (1.6e-6)."""
+    k32 = MaternMarkovKernel(nu=2.5).float()
+    k32.lengthscale, k32.variance = lengthscale, 1.3
+    k64 = copy.deepcopy(k32).double()  # the same (float32) raw hyperparameters
+    lam = float(k64._lam().detach())
+    dt = (torch.tensor([0.26, 0.3, 0.4, 0.5, 0.7, 1.0, 2.0], dtype=D) / lam).float()
+    Phi32, Q32 = k32.transition(dt)
+    assert Phi32.dtype == Q32.dtype == torch.float32
+    F, L, Qc, _, _ = k64.sde()
+    Phi_ref, Q_ref = (m.detach() for m in discretize(F, L, Qc, dt.double()))  # Van Loan's exponential, float64
+    d = Q_ref.diagonal(dim1=-2, dim2=-1)
+    unit = (d[..., :, None] * d[..., None, :]).sqrt()  # Q in units of its own standard deviations
+    _close(Q32.detach().double() / unit, Q_ref / unit, rtol=0, atol=1e-5)
+    _close(Phi32.detach().double(), Phi_ref, rtol=1e-5, atol=1e-6 * float(Phi_ref.abs().max()))
+
+
+@pytest.mark.parametrize("nu", [1.5, 2.5])
+def test_transition_gradient_with_short_and_huge_steps_is_finite(nu):
+    r"""When some step was below the series' range the series was evaluated at every step, and dt^21 overflowed for
+    dt > 1e14 (times in nanoseconds: a lengthscale of a day, 1e14, and a gap of 12 days): the unused branch's
+    gradient 0 x inf made the lengthscale and variance gradients NaN. They now equal the sum of the gradients of the
+    steps taken one by one (each with its own branch)."""
+
+    def grads(steps):
+        k = MaternMarkovKernel(nu=nu).double()
+        k.lengthscale, k.variance = 1e14, 1.3
+        Phi, Q = k.transition(torch.tensor(steps, dtype=D))
+        (Phi.sum() + Q.sum()).backward()
+        return torch.stack([k.raw_lengthscale.grad.reshape(()), k.raw_variance.grad.reshape(())])
+
+    steps = [0.0, 1e13, 1e15]
+    together = grads(steps)
+    assert bool(torch.isfinite(together).all()), together
+    _close(together, sum(grads([s]) for s in steps), rtol=1e-10)

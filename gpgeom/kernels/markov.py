@@ -235,9 +235,16 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
         for ``dt`` of shape ``batch x m`` (non-negative; a negative step raises a ``ValueError``)."""
         dt = float_times(dt, self.lengthscale.dtype)
         check_steps(self, dt)
+        out = torch.promote_types(dt.dtype, self.lengthscale.dtype)
+        # In float64 whatever the kernel's dtype: Q = P_inf - Phi P_inf Phi^T cancels (relative error about
+        # eps / (lam dt)^(2s-1) in its smallest entries), which in float32 left Q 1e-3 off (in units of the
+        # stationary standard deviations) just above the series' range, at lam dt = 0.26 for nu = 5/2; and the
+        # series' coefficients grow like ||F||^p / p!, ||F|| up to lam^s, which overflowed float32 for short
+        # lengthscales (inf x dt^p = NaN at dt = 0: FunBaT's day mode on Beijing)
+        dt = dt.double()
         s = self.state_dim
-        lam = self._lam()  # bs
-        F, L, Qc, _, Pinf = self.sde()
+        lam = self._lam().double()  # bs
+        F, L, Qc, _, Pinf = (m.double() for m in self.sde())
         N = F + lam[..., None, None] * torch.eye(s, dtype=F.dtype, device=F.device)
         # N^k / k!, k = 0..s-1: bs x s x s x s
         terms = [torch.eye(s, dtype=F.dtype, device=F.device).expand_as(N)]
@@ -251,19 +258,19 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
         if s == 1:
             # sigma^2 (1 - e^{-2 lam dt}) by expm1: the difference P_inf - Phi P_inf Phi^T has relative error
             # eps / (2 lam dt) (in float32 2% at lam dt = 3e-6, and Q = 0 below lam dt = 3e-8)
-            return Phi, -Pinf_ * torch.expm1(-2.0 * lam[..., None] * dt)[..., None, None]
+            Q = -Pinf_ * torch.expm1(-2.0 * lam[..., None] * dt)[..., None, None]
+            return Phi.to(out), Q.to(out)
         Q = Pinf_ - Phi @ Pinf_ @ Phi.transpose(-1, -2)
-        # P_inf - Phi P_inf Phi^T cancels catastrophically for small steps (relative error about
-        # eps / (lam dt)^(2s-1) in the smallest entries); below lam dt = _SERIES_STEP the integral's series is
-        # exact to rounding instead
-        small = (lam[..., None] * dt < _SERIES_STEP)[..., None, None]
+        # below lam dt = _SERIES_STEP the integral's series is exact to rounding instead
+        small = lam[..., None] * dt < _SERIES_STEP
         if bool(small.any()):
-            # in float64: the series' coefficients grow like ||F||^p / p!, ||F|| up to lam^s, and overflowed
-            # float32 for short lengthscales (inf x dt^p = NaN at dt = 0: FunBaT's day mode on Beijing)
             G = L @ Qc @ L.transpose(-1, -2)
-            Q = torch.where(small, _q_series(F.double(), G.double(), dt.double()).to(Q.dtype), Q)
+            # the series of the long steps is not used, but evaluated at 0: dt^p overflowed for dt > 1e14 and
+            # the unused branch's gradient became 0 x inf = NaN
+            series = _q_series(F, G, torch.where(small, dt, torch.zeros_like(dt)))
+            Q = torch.where(small[..., None, None], series, Q)
         Q = 0.5 * (Q + Q.transpose(-1, -2))
-        return Phi, Q
+        return Phi.to(out), Q.to(out)
 
 
 class IntegratedWienerKernel(MarkovKernel):
