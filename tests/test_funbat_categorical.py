@@ -124,6 +124,34 @@ def test_kernel_refuses_what_it_is_not():
         CategoricalMarkovKernel(variance_prior=1.0)
 
 
+@pytest.mark.filterwarnings("ignore:The last_dim_is_batch argument is deprecated:DeprecationWarning")
+def test_nan_labels_and_arguments_that_would_be_ignored_are_refused():
+    r"""A NaN label equals no label (NaN != NaN), so it got prior variance 0 (k(nan, nan) = 0 instead of
+    sigma^2) and no correlation with anything, silently; ``lengthscale_prior`` was dropped (the kernel has no
+    lengthscale), ``variance_constraint=1.0`` failed with "float is not a Module subclass", and
+    ``last_dim_is_batch=True`` with "This is likely a bug in GPyTorch"."""
+    import gpytorch
+
+    x = torch.tensor([[0.0], [float("nan")]], dtype=D)
+    with pytest.raises(ValueError, match=r"`x1` of CategoricalMarkovKernel has 1 NaN label"):
+        _kernel()(x).to_dense()
+    with pytest.raises(ValueError, match=r"`x2` of CategoricalMarkovKernel has 1 NaN label"):
+        _kernel()(torch.zeros(2, 1, dtype=D), x).to_dense()
+    with pytest.raises(TypeError, match=r"no lengthscale, so `lengthscale_prior` would be ignored"):
+        CategoricalMarkovKernel(lengthscale_prior=gpytorch.priors.GammaPrior(2.0, 1.0))
+    with pytest.raises(TypeError, match=r"`variance_constraint` must be a gpytorch Interval constraint.*got float"):
+        CategoricalMarkovKernel(variance_constraint=1.0)
+    with pytest.raises(ValueError, match=r"does not support `last_dim_is_batch=True`"):
+        _kernel()(torch.zeros(3, 1, dtype=D), last_dim_is_batch=True).to_dense()
+    # integer labels are labels (no NaN check on them), and infinite ones are categories like any other value
+    k = _kernel(1.5)
+    x = torch.tensor([[0.0], [float("inf")], [float("inf")]], dtype=D)
+    torch.testing.assert_close(k(x).to_dense(), 1.5 * (x == x.T).to(D))
+    torch.testing.assert_close(
+        k(torch.tensor([[0], [2], [2]])).to_dense(), k(torch.tensor([[0.0], [2.0], [2.0]])).to_dense()
+    )
+
+
 def test_variance_prior_is_registered():
     import gpytorch
 

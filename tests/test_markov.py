@@ -552,9 +552,11 @@ def test_float32_dense_covariance_of_a_dense_series_is_accurate_and_psd(nu):
     t = torch.linspace(0.0, 1.0, 500)[:, None]
     K = k(t).to_dense().detach().double()
     K_cross = k(t, t.clone()).to_dense().detach().double()  # x1 is not x2: GPyTorch's cross path
-    z = (t.double() - t.double().T).abs() * math.sqrt(2 * nu) / float(k.lengthscale)  # float64 formula, same times
+    z = (
+        (t.double() - t.double().T).abs() * math.sqrt(2 * nu) / float(k.lengthscale.detach())
+    )  # float64 formula, same times
     poly = {0.5: 1.0, 1.5: 1.0 + z, 2.5: 1.0 + z + z.square() / 3.0}[nu]
-    ref = float(k.variance) * poly * torch.exp(-z)
+    ref = float(k.variance.detach()) * poly * torch.exp(-z)
     for got in (K, K_cross):
         _close(got, ref, rtol=0, atol=2e-5)
     ev, ev_ref = torch.linalg.eigvalsh(K)[0], torch.linalg.eigvalsh(ref)[0]
@@ -600,3 +602,50 @@ def test_transition_gradient_with_short_and_huge_steps_is_finite(nu):
     together = grads(steps)
     assert bool(torch.isfinite(together).all()), together
     _close(together, sum(grads([s]) for s in steps), rtol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:The last_dim_is_batch argument is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("batch_shape", [EMPTY, torch.Size([2]), torch.Size([2, 3])])
+def test_matern_last_dim_is_batch_equals_scaled_gpytorch_matern(batch_shape):
+    r"""With ``last_dim_is_batch=True`` the input dimensions become a batch dimension after ``batch_shape``, but the
+    lengthscale and variance (``batch_shape x 1 x 1``) were broadcast against it from the right: with
+    ``batch_shape=(2,)`` and 2 input columns, batch member j's hyperparameters were applied to column j (0.85 off
+    GPyTorch's ``ScaleKernel(MaternKernel)``), and other shapes raised a broadcasting error."""
+    k = _matern(1.5, batch_shape)
+    ref = gpytorch.kernels.MaternKernel(nu=1.5, batch_shape=batch_shape)
+    ref = gpytorch.kernels.ScaleKernel(ref, batch_shape=batch_shape)
+    ref = ref.to(D)
+    ref.base_kernel.lengthscale, ref.outputscale = k.lengthscale.detach(), k.variance.detach()
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.rand(*batch_shape, 5, 2, dtype=D, generator=g)
+    x2 = torch.rand(*batch_shape, 4, 2, dtype=D, generator=g)
+    got = k(x1, x2, last_dim_is_batch=True).to_dense()
+    assert got.shape == (*batch_shape, 2, 5, 4)
+    _close(got, ref(x1, x2, last_dim_is_batch=True).to_dense())
+    _close(k(x1, x1, diag=True, last_dim_is_batch=True), ref(x1, x1, diag=True, last_dim_is_batch=True))
+
+
+@pytest.mark.filterwarnings("ignore:The last_dim_is_batch argument is deprecated:DeprecationWarning")
+def test_integrated_wiener_refuses_arguments_it_would_ignore():
+    r"""The integrated Wiener kernels have no lengthscale: ``lengthscale_prior``/``lengthscale_constraint`` and
+    ``ard_num_dims=2`` were accepted and dropped; ``P0=inf`` built a kernel with infinite covariances;
+    ``qc_constraint="x"`` failed with "str is not a Module subclass", and ``last_dim_is_batch=True`` with "This is
+    likely a bug in GPyTorch"."""
+    with pytest.raises(TypeError, match=r"WNOAKernel has no lengthscale, so `lengthscale_prior` would be ignored"):
+        WNOAKernel(lengthscale_prior=gpytorch.priors.GammaPrior(2.0, 1.0))
+    with pytest.raises(TypeError, match=r"`lengthscale_constraint` would be ignored"):
+        WNOJKernel(lengthscale_constraint=gpytorch.constraints.Positive())
+    with pytest.raises(ValueError, match=r"`ard_num_dims` must be None or 1 for IntegratedWienerKernel"):
+        IntegratedWienerKernel(1, ard_num_dims=2)
+    with pytest.raises(TypeError, match=r"`P0` must be None, a finite non-negative float"):
+        WNOAKernel(P0=float("inf"))
+    with pytest.raises(TypeError, match=r"`qc_constraint` must be a gpytorch Interval constraint.*got str"):
+        WNOAKernel(qc_constraint="x")
+    with pytest.raises(TypeError, match=r"`variance_constraint` must be a gpytorch Interval constraint.*got float"):
+        MaternMarkovKernel(variance_constraint=1.0)
+    with pytest.raises(ValueError, match=r"WNOAKernel takes one input column .* `last_dim_is_batch=True`"):
+        WNOAKernel()(torch.rand(4, 1, dtype=D), last_dim_is_batch=True).to_dense()
+    # what they do take still works: a finite P0, a constraint, ard_num_dims=1
+    k = WNOAKernel(P0=2.0, qc_constraint=gpytorch.constraints.Interval(0.1, 5.0), ard_num_dims=1).to(D)
+    t = torch.tensor([[0.5]], dtype=D)
+    assert float(k(t).to_dense()[0, 0]) == pytest.approx(2.0 * (1.0 + 0.5**2) + float(k.qc.detach()) * 0.5**3 / 3)

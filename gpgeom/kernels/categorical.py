@@ -31,7 +31,7 @@ from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 from torch import Tensor
 
-from gpgeom.kernels.sde import SDE, MarkovKernel
+from gpgeom.kernels.sde import SDE, MarkovKernel, refuse_last_dim_is_batch
 from gpgeom.kernels.variance import KernelVariance
 
 __all__ = ["CategoricalMarkovKernel"]
@@ -89,6 +89,14 @@ class CategoricalMarkovKernel(KernelVariance, MarkovKernel):
                 f"CategoricalMarkovKernel takes one label per input (... x n x 1), got shapes {tuple(x1.shape)} and "
                 f"{tuple(x2.shape)}."
             )
+        refuse_last_dim_is_batch(self, params)
+        for name, x in (("x1", x1), ("x2", x2)):
+            if x.is_floating_point() and bool(torch.isnan(x).any()):
+                # NaN != NaN: a NaN label was no category, with prior variance 0 (k(x, x) = 0)
+                raise ValueError(
+                    f"`{name}` of CategoricalMarkovKernel has {int(torch.isnan(x).sum())} NaN label(s); labels must "
+                    "be numbers (equal values are the same category). Drop or encode the missing labels."
+                )
         var = self.variance
         if diag:
             same = (x1[..., 0] == x2[..., 0]).to(var.dtype)

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.errors import NotPSDError
-from gpgeom.kernels.sde import SDE, MarkovKernel, check_steps, float_times, time_column
+from gpgeom.kernels.sde import SDE, MarkovKernel, check_steps, float_times, refuse_last_dim_is_batch, time_column
 from gpgeom.kernels.stationary import _DifferenceDistance
 from gpgeom.kernels.variance import KernelVariance
 
@@ -180,8 +180,14 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
         # close times): GPyTorch's expansion |a|^2 + |b|^2 - 2ab had an absolute error of eps (t - mean)^2 in the
         # squared distance, which in float32 made the Gram matrix of a dense series indefinite
         # (gpgeom.kernels.stationary)
-        dist = self.covar_dist(x1, x2, diag=diag, **params)
-        ls = self.lengthscale[..., 0] if diag else self.lengthscale
+        dist = self.covar_dist(x1, x2, diag=diag, **params)  # (... x d with last_dim_is_batch) x n (x m)
+        ls = self.lengthscale[..., 0] if diag else self.lengthscale  # batch_shape x 1 (x 1)
+        var = self.variance[..., None] if diag else self.variance[..., None, None]
+        if params.get("last_dim_is_batch", False):
+            # the input dimensions are a batch dimension after batch_shape: without this the lengthscale and
+            # variance of batch member j were applied to input dimension j
+            b = len(self.batch_shape)
+            ls, var = ls.unsqueeze(b), var.unsqueeze(b)
         z = math.sqrt(2.0 * self.nu) * dist / ls
         if self.nu == 0.5:
             poly = torch.ones_like(z)
@@ -189,8 +195,6 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
             poly = 1.0 + z
         else:
             poly = 1.0 + z + z.square() / 3.0
-        var = self.variance
-        var = var.unsqueeze(-1) if diag else var.unsqueeze(-1).unsqueeze(-1)
         return var * poly * torch.exp(-z)
 
     def sde(self) -> SDE:
@@ -371,14 +375,19 @@ class IntegratedWienerKernel(MarkovKernel):
             ev = torch.linalg.eigvalsh(P0_.double())
             if bool((ev < -1e-10 * ev.abs().amax(-1, keepdim=True).clamp_min(1.0)).any()):
                 raise NotPSDError(f"`P0` is not positive semi-definite (smallest eigenvalue {float(ev.min()):.3g}).")
-        elif isinstance(P0, int | float) and not isinstance(P0, bool) and P0 >= 0:
+        elif isinstance(P0, int | float) and not isinstance(P0, bool) and 0 <= P0 < math.inf:
             P0_ = float(P0) * torch.eye(s, dtype=torch.float64).expand(*bs, s, s).clone()
         else:
-            raise TypeError(f"`P0` must be None, a non-negative float or a tensor, got {P0!r}.")
+            raise TypeError(f"`P0` must be None, a finite non-negative float or a tensor, got {P0!r}.")
         self.register_buffer("t0", t0_)
         self.register_buffer("P0", P0_)
         if qc_constraint is None:
             qc_constraint = Positive()
+        elif not isinstance(qc_constraint, Interval):
+            raise TypeError(
+                f"`qc_constraint` must be a gpytorch Interval constraint (e.g. Positive()), got "
+                f"{type(qc_constraint).__name__}."
+            )
         self.register_parameter("raw_qc", torch.nn.Parameter(torch.zeros(bs)))
         self.register_constraint("raw_qc", qc_constraint)
         if qc_prior is not None:
@@ -560,6 +569,7 @@ class IntegratedWienerKernel(MarkovKernel):
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params) -> Tensor:
         r"""Position covariance ``... x n x m`` (``... x n`` when ``diag``) for times ``x1`` ``... x n x 1`` and
         ``x2`` ``... x m x 1``."""
+        refuse_last_dim_is_batch(self, params)
         a, b = self._start_relative(x1, x2, diag)
         a, b = torch.broadcast_tensors(a, b)
         return self._cov(a, b, slice(0, 1), slice(0, 1), 1 if diag else 2)[..., 0, 0]

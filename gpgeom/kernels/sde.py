@@ -23,7 +23,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_kernel_kwargs
 
-__all__ = ["SDE", "MarkovKernel", "check_steps", "discretize", "float_times", "time_column"]
+__all__ = ["SDE", "MarkovKernel", "check_steps", "discretize", "float_times", "refuse_last_dim_is_batch", "time_column"]
 
 
 class SDE(NamedTuple):
@@ -108,6 +108,16 @@ def time_column(name: str, x: Tensor, dtype: torch.dtype | None = None) -> Tenso
     return x[..., 0] if dtype is None else float_times(x[..., 0], dtype)
 
 
+def refuse_last_dim_is_batch(kernel: Kernel, params: dict) -> None:
+    r"""Raise a ``ValueError`` when ``forward`` of a one-column kernel is asked for ``last_dim_is_batch=True`` (GPyTorch
+    then expects an extra batch dimension, and failed with "This is likely a bug in GPyTorch")."""
+    if params.get("last_dim_is_batch", False):
+        raise ValueError(
+            f"{type(kernel).__name__} takes one input column (... x n x 1) and does not support "
+            "`last_dim_is_batch=True`; to batch over columns, pass x.mT.unsqueeze(-1) (... x d x n x 1)."
+        )
+
+
 def check_steps(kernel: Kernel, dt: Tensor) -> None:
     r"""Raise a ``ValueError`` when a time step ``dt`` (``batch x m``) given to ``kernel.transition`` is negative: a
     backward step is no transition of the process (:math:`Q(\Delta) < 0`: the filters then computed on, silently,
@@ -136,7 +146,17 @@ class MarkovKernel(Kernel):
     state_dim: int
 
     def __init__(self, **kwargs) -> None:
-        check_kernel_kwargs(type(self).__name__, kwargs)  # GPyTorch would drop unknown keywords silently
+        name = type(self).__name__
+        check_kernel_kwargs(name, kwargs)  # GPyTorch would drop unknown keywords silently
+        if not self.has_lengthscale:  # GPyTorch would drop these silently too: there is no lengthscale to use them
+            given = [f"`{k}`" for k in ("lengthscale_prior", "lengthscale_constraint") if kwargs.get(k) is not None]
+            if given:
+                raise TypeError(f"{name} has no lengthscale, so {' and '.join(given)} would be ignored; remove it.")
+            if kwargs.get("ard_num_dims") not in (None, 1):
+                raise ValueError(
+                    f"`ard_num_dims` must be None or 1 for {name} (one time or label column and no lengthscale), "
+                    f"got {kwargs['ard_num_dims']!r}."
+                )
         super().__init__(**kwargs)
 
     def sde(self) -> SDE:

@@ -23,6 +23,11 @@ class KernelVariance:
 
     def _register_variance(self, prior: Prior | None, constraint: Interval | None) -> None:
         r"""Register ``raw_variance`` (``batch_shape`` zeros), its constraint (default ``Positive()``) and ``prior``."""
+        if constraint is not None and not isinstance(constraint, Interval):
+            raise TypeError(
+                f"`variance_constraint` must be a gpytorch Interval constraint (e.g. Positive()), got "
+                f"{type(constraint).__name__}."
+            )
         self.register_parameter("raw_variance", torch.nn.Parameter(torch.zeros(self.batch_shape)))
         self.register_constraint("raw_variance", Positive() if constraint is None else constraint)
         if prior is not None:
