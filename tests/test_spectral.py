@@ -325,6 +325,9 @@ def test_errors():
         kern(torch.zeros(3, 2, dtype=DT)).to_dense()
     with pytest.raises(ValueError, match="Matern filter only"):
         SpectralKernel(lam, phi, spectral_filter="heat", nu_prior=gpytorch.priors.GammaPrior(2.0, 1.0))
+    # was "float is not a Module subclass" (GPyTorch's register_constraint)
+    with pytest.raises(TypeError, match=r"`nu_constraint` must be a gpytorch Interval constraint.*got float"):
+        SpectralKernel(lam, phi, nu_constraint=1.0)
 
 
 # ------------------------------------------------------------------------------------------------------------------

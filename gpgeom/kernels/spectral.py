@@ -205,6 +205,11 @@ class SpectralKernel(Kernel):
             if learn_nu:
                 if nu_constraint is None:
                     nu_constraint = Positive()
+                elif not isinstance(nu_constraint, Interval):
+                    raise TypeError(
+                        f"`nu_constraint` must be a gpytorch Interval constraint (e.g. Positive()), got "
+                        f"{type(nu_constraint).__name__}."
+                    )
                 self.register_parameter("raw_nu", nn.Parameter(torch.zeros_like(nu_t)))
                 self.register_constraint("raw_nu", nu_constraint)
                 if nu_prior is not None:
