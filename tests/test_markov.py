@@ -649,3 +649,21 @@ def test_integrated_wiener_refuses_arguments_it_would_ignore():
     k = WNOAKernel(P0=2.0, qc_constraint=gpytorch.constraints.Interval(0.1, 5.0), ard_num_dims=1).to(D)
     t = torch.tensor([[0.5]], dtype=D)
     assert float(k(t).to_dense()[0, 0]) == pytest.approx(2.0 * (1.0 + 0.5**2) + float(k.qc.detach()) * 0.5**3 / 3)
+
+
+def test_steps_and_first_times_whose_batch_does_not_broadcast_are_refused_by_name():
+    r"""``transition(dt)`` and ``initial_state(t0)`` of a kernel with ``batch_shape=(3,)`` given a batch of 2 failed
+    with torch's "The size of tensor a (3) must match the size of tensor b (2)", naming neither argument."""
+    from gpgeom.kernels.categorical import CategoricalMarkovKernel
+
+    bs = torch.Size([3])
+    for k in (MaternMarkovKernel(batch_shape=bs), WNOAKernel(batch_shape=bs), CategoricalMarkovKernel(batch_shape=bs)):
+        name = type(k).__name__
+        with pytest.raises(ValueError, match=rf"\(2,\) of `dt` \(shape batch x m\) of {name} .* batch_shape \(3,\)"):
+            k.transition(torch.rand(2, 5))
+        with pytest.raises(ValueError, match=rf"\(2,\) of `t0` \(shape batch\) of {name} .* batch_shape \(3,\)"):
+            k.initial_state(torch.rand(2))
+        # what broadcasts still works: shared steps, and a data batch in front of the kernel's
+        assert k.transition(torch.rand(5))[1].shape == (3, 5, k.state_dim, k.state_dim)
+        assert k.transition(torch.rand(4, 3, 5))[1].shape == (4, 3, 5, k.state_dim, k.state_dim)
+        assert k.initial_state(torch.rand(4, 1))[1].shape == (4, 3, k.state_dim, k.state_dim)

@@ -31,7 +31,7 @@ from gpytorch.constraints import Interval
 from gpytorch.priors import Prior
 from torch import Tensor
 
-from gpgeom.kernels.sde import SDE, MarkovKernel, refuse_last_dim_is_batch
+from gpgeom.kernels.sde import SDE, MarkovKernel, check_batch, refuse_last_dim_is_batch
 from gpgeom.kernels.variance import KernelVariance
 
 __all__ = ["CategoricalMarkovKernel"]
@@ -117,6 +117,7 @@ class CategoricalMarkovKernel(KernelVariance, MarkovKernel):
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Exact :math:`(\Phi(\Delta), Q(\Delta)) = ([\Delta = 0], \sigma^2 [\Delta \ne 0])`, each
         ``broadcast(batch, batch_shape) x m x 1 x 1``, for label differences ``dt`` of shape ``batch x m``."""
+        check_batch(self, "dt", dt.shape[:-1], "shape batch x m")
         var = self.variance[..., None]  # batch_shape x 1, broadcasts against batch x m
         same, var = torch.broadcast_tensors((dt == 0).to(var.dtype), var)
         return same[..., None, None], (var * (1.0 - same))[..., None, None]

@@ -46,7 +46,15 @@ from torch import Tensor
 
 from gpgeom._validation import check_option, check_tensor
 from gpgeom.errors import NotPSDError
-from gpgeom.kernels.sde import SDE, MarkovKernel, check_steps, float_times, refuse_last_dim_is_batch, time_column
+from gpgeom.kernels.sde import (
+    SDE,
+    MarkovKernel,
+    check_batch,
+    check_steps,
+    float_times,
+    refuse_last_dim_is_batch,
+    time_column,
+)
 from gpgeom.kernels.stationary import _DifferenceDistance
 from gpgeom.kernels.variance import KernelVariance
 
@@ -524,6 +532,7 @@ class IntegratedWienerKernel(MarkovKernel):
         Returns:
             ``(m0, P0)`` of shapes ``broadcast(batch, batch_shape) x s`` and ``... x s x s``.
         """
+        check_batch(self, "t0", t0.shape, "shape batch")
         t0 = float_times(t0, self.raw_qc.dtype)
         start = self._t0_like(t0)
         self._check_after_t0("t", t0, start)

@@ -23,7 +23,16 @@ from torch import Tensor
 
 from gpgeom._validation import check_kernel_kwargs
 
-__all__ = ["SDE", "MarkovKernel", "check_steps", "discretize", "float_times", "refuse_last_dim_is_batch", "time_column"]
+__all__ = [
+    "SDE",
+    "MarkovKernel",
+    "check_batch",
+    "check_steps",
+    "discretize",
+    "float_times",
+    "refuse_last_dim_is_batch",
+    "time_column",
+]
 
 
 class SDE(NamedTuple):
@@ -118,10 +127,24 @@ def refuse_last_dim_is_batch(kernel: Kernel, params: dict) -> None:
         )
 
 
+def check_batch(kernel: Kernel, name: str, batch: torch.Size, where: str) -> None:
+    r"""Raise a ``ValueError`` naming ``name`` when its batch shape ``batch`` does not broadcast with the kernel's
+    ``batch_shape`` (a bare broadcasting ``RuntimeError`` otherwise, "size of tensor a (2) must match ...")."""
+    try:
+        torch.broadcast_shapes(batch, kernel.batch_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"The batch dimensions {tuple(batch)} of `{name}` ({where}) of {type(kernel).__name__} do not broadcast "
+            f"with its batch_shape {tuple(kernel.batch_shape)}."
+        ) from None
+
+
 def check_steps(kernel: Kernel, dt: Tensor) -> None:
     r"""Raise a ``ValueError`` when a time step ``dt`` (``batch x m``) given to ``kernel.transition`` is negative: a
     backward step is no transition of the process (:math:`Q(\Delta) < 0`: the filters then computed on, silently,
-    with negative variances), and comes from times that are not sorted. One device sync."""
+    with negative variances), and comes from times that are not sorted; or when ``batch`` does not broadcast with
+    the kernel's ``batch_shape`` (:func:`check_batch`). One device sync."""
+    check_batch(kernel, "dt", dt.shape[:-1], "shape batch x m")
     if dt.numel() and bool((dt < 0).any()):
         flat = dt.detach().reshape(-1)
         i = int((flat < 0).nonzero()[0])
@@ -198,6 +221,7 @@ class MarkovKernel(Kernel):
             ``(m0, P0)``: ``broadcast(batch, batch_shape) x s`` zeros and ``... x s x s`` covariance. For a
             stationary kernel :math:`P_0 = P_\infty` (:meth:`stationary_covariance`) whatever the time.
         """
+        check_batch(self, "t0", t0.shape, "shape batch")
         Pinf = self.stationary_covariance()
         shape = torch.broadcast_shapes(t0.shape, Pinf.shape[:-2])
         P0 = Pinf.expand(*shape, *Pinf.shape[-2:])
