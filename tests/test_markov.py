@@ -540,6 +540,34 @@ def test_a_negative_step_is_refused_by_transition(kernel):
     _close(Q[..., 1, :, :], torch.zeros_like(Q[..., 1, :, :]), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "kernel", [_matern(0.5), _matern(1.5), _matern(2.5), _iw(2), _iw(3), _GenericOU()], ids=lambda k: type(k).__name__
+)
+def test_a_nan_step_is_refused_and_an_infinite_one_is_the_stationary_limit(kernel):
+    r"""A NaN step gave NaN transitions without a word, and an infinite one NaN too (e^{-lam inf} inf^k = 0 x inf)
+    for Matérn 3/2 and 5/2 and the integrated Wiener kernels, and an ``OverflowError`` ("cannot convert float
+    infinity to integer") through Van Loan's exponential. NaN is refused everywhere; for the stationary Matérn
+    kernels an infinite step is the limit of long ones, Phi = 0 and Q = P_inf (what Matérn 1/2 gave already), with
+    finite gradients; the non-stationary and generic kernels refuse it."""
+    dt = torch.tensor([0.2, float("nan")], dtype=D)
+    with pytest.raises(ValueError, match=r"`dt` of .*\.transition must be (non-NaN|finite), got nan at flat index 1"):
+        kernel.transition(dt)
+    dt = torch.tensor([0.2, float("inf")], dtype=D)
+    if not isinstance(kernel, MaternMarkovKernel):
+        with pytest.raises(ValueError, match=r"`dt` of .*\.transition must be finite, got inf at flat index 1"):
+            kernel.transition(dt)
+        return
+    k = copy.deepcopy(kernel)
+    Phi, Q = k.transition(dt)
+    _, Q_long = k.transition(torch.tensor([1e3], dtype=D) / k._lam().detach())  # lam dt = 1000: e^-1000 = 0
+    Pinf = k.stationary_covariance().detach()
+    _close(Phi[1].detach(), torch.zeros_like(Phi[1]), rtol=0, atol=0)
+    _close(Q[1].detach(), Pinf, rtol=1e-14, atol=0)
+    _close(Q_long[0].detach(), Pinf, rtol=1e-14, atol=0)
+    (Phi.sum() + Q.sum()).backward()
+    assert all(bool(torch.isfinite(p.grad).all()) for p in k.parameters())
+
+
 @pytest.mark.parametrize("nu", NUS)
 def test_float32_dense_covariance_of_a_dense_series_is_accurate_and_psd(nu):
     r"""The dense form took its distances from GPyTorch's expansion :math:`a^2 + b^2 - 2ab` (absolute error

@@ -244,13 +244,14 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
 
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Closed-form :math:`(\Phi(\Delta), Q(\Delta))`, each ``broadcast(batch, batch_shape) x m x s x s``,
-        for ``dt`` of shape ``batch x m`` (non-negative; a negative step raises a ``ValueError``)."""
+        for ``dt`` of shape ``batch x m`` (non-negative; a negative or NaN step raises a ``ValueError``, an infinite
+        one gives the stationary limit :math:`\Phi = 0`, :math:`Q = P_\infty`)."""
         dt = float_times(dt, self.lengthscale.dtype)
-        check_steps(self, dt)
+        check_steps(self, dt, allow_inf=True)  # an infinite step is the stationary limit: Phi = 0, Q = P_inf
         out = torch.promote_types(dt.dtype, self.lengthscale.dtype)
         # In float64 whatever the kernel's dtype: Q = P_inf - Phi P_inf Phi^T cancels (relative error about
-        # eps / (lam dt)^(2s-1) in its smallest entries), which in float32 left Q 1e-3 off (in units of the
-        # stationary standard deviations) just above the series' range, at lam dt = 0.26 for nu = 5/2; and the
+        # eps / (lam dt)^(2s-1) in its smallest entries), which in float32 left Q 1.5e-4 off (relative to its own
+        # diagonal) just above the series' range, at lam dt = 0.26 for nu = 5/2; and the
         # series' coefficients grow like ||F||^p / p!, ||F|| up to lam^s, which overflowed float32 for short
         # lengthscales (inf x dt^p = NaN at dt = 0: FunBaT's day mode on Beijing)
         dt = dt.double()
@@ -263,14 +264,17 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
         for k in range(1, s):
             terms.append(terms[-1] @ N / k)
         Npow = torch.stack(terms, dim=-3)
-        dt_pows = _powers(dt, s)  # batch x m x s
-        decay = torch.exp(-lam[..., None] * dt)  # broadcast x m
+        # an infinite step is evaluated at 0 and masked: e^{-lam inf} inf^k and its gradient were NaN (0 x inf)
+        inf = torch.isinf(dt)
+        dt_fin = torch.where(inf, 0.0, dt)
+        dt_pows = _powers(dt_fin, s)  # batch x m x s
+        decay = torch.where(inf, 0.0, torch.exp(-lam[..., None] * dt_fin))  # broadcast x m
         Phi = (dt_pows[..., None, None] * Npow.unsqueeze(-4)).sum(-3) * decay[..., None, None]
         Pinf_ = Pinf.unsqueeze(-3)
         if s == 1:
             # sigma^2 (1 - e^{-2 lam dt}) by expm1: the difference P_inf - Phi P_inf Phi^T has relative error
             # eps / (2 lam dt) (in float32 2% at lam dt = 3e-6, and Q = 0 below lam dt = 3e-8)
-            Q = -Pinf_ * torch.expm1(-2.0 * lam[..., None] * dt)[..., None, None]
+            Q = Pinf_ * torch.where(inf, 1.0, -torch.expm1(-2.0 * lam[..., None] * dt_fin))[..., None, None]
             return Phi.to(out), Q.to(out)
         Q = Pinf_ - Phi @ Pinf_ @ Phi.transpose(-1, -2)
         # below lam dt = _SERIES_STEP the integral's series is exact to rounding instead
@@ -508,7 +512,7 @@ class IntegratedWienerKernel(MarkovKernel):
 
     def transition(self, dt: Tensor) -> tuple[Tensor, Tensor]:
         r"""Closed-form polynomial :math:`(\Phi(\Delta), Q(\Delta))`, each ``broadcast(batch, batch_shape) x m x
-        s x s``, for ``dt`` of shape ``batch x m`` (non-negative; a negative step raises a ``ValueError``)."""
+        s x s``, for ``dt`` of shape ``batch x m`` (finite and non-negative, else a ``ValueError``)."""
         dt = float_times(dt, self.raw_qc.dtype)
         check_steps(self, dt)
         s = self.state_dim

@@ -139,19 +139,30 @@ def check_batch(kernel: Kernel, name: str, batch: torch.Size, where: str) -> Non
         ) from None
 
 
-def check_steps(kernel: Kernel, dt: Tensor) -> None:
+def check_steps(kernel: Kernel, dt: Tensor, allow_inf: bool = False) -> None:
     r"""Raise a ``ValueError`` when a time step ``dt`` (``batch x m``) given to ``kernel.transition`` is negative: a
     backward step is no transition of the process (:math:`Q(\Delta) < 0`: the filters then computed on, silently,
-    with negative variances), and comes from times that are not sorted; or when ``batch`` does not broadcast with
-    the kernel's ``batch_shape`` (:func:`check_batch`). One device sync."""
+    with negative variances), and comes from times that are not sorted; when it is NaN (the transitions were NaN,
+    silently) or infinite without ``allow_inf`` (NaN transitions, or an ``OverflowError`` of :func:`discretize`);
+    or when ``batch`` does not broadcast with the kernel's ``batch_shape`` (:func:`check_batch`). One device sync."""
     check_batch(kernel, "dt", dt.shape[:-1], "shape batch x m")
-    if dt.numel() and bool((dt < 0).any()):
+    bad = (dt < 0) | torch.isnan(dt)
+    if not allow_inf:
+        bad = bad | torch.isinf(dt)
+    if dt.numel() and bool(bad.any()):
         flat = dt.detach().reshape(-1)
-        i = int((flat < 0).nonzero()[0])
+        i = int(bad.reshape(-1).nonzero()[0])
+        v = float(flat[i])
+        where = f"{v:.6g} at flat index {i} of shape {tuple(dt.shape)}"
+        if v < 0:
+            raise ValueError(
+                f"`dt` of {type(kernel).__name__}.transition must be >= 0 (steps forward in time), got {where}: the "
+                "times it came from are not sorted. Sort them increasingly (torch.sort) before computing their "
+                "differences."
+            )
         raise ValueError(
-            f"`dt` of {type(kernel).__name__}.transition must be >= 0 (steps forward in time), got "
-            f"{float(flat[i]):.6g} at flat index {i} of shape {tuple(dt.shape)}: the times it came from are not "
-            "sorted. Sort them increasingly (torch.sort) before computing their differences."
+            f"`dt` of {type(kernel).__name__}.transition must be {'non-NaN' if allow_inf else 'finite'}, got {where}: "
+            "the times it came from are not all finite."
         )
 
 
@@ -191,7 +202,7 @@ class MarkovKernel(Kernel):
 
         Args:
             dt: ``batch x m`` non-negative time steps; ``batch`` broadcasts with the kernel's ``batch_shape``.
-                A negative step raises a ``ValueError`` (:func:`check_steps`).
+                A negative or non-finite step raises a ``ValueError`` (:func:`check_steps`).
 
         Returns:
             ``(Phi, Q)``, both ``broadcast(batch, batch_shape) x m x s x s``:
