@@ -695,3 +695,34 @@ def test_steps_and_first_times_whose_batch_does_not_broadcast_are_refused_by_nam
         assert k.transition(torch.rand(5))[1].shape == (3, 5, k.state_dim, k.state_dim)
         assert k.transition(torch.rand(4, 3, 5))[1].shape == (4, 3, 5, k.state_dim, k.state_dim)
         assert k.initial_state(torch.rand(4, 1))[1].shape == (4, 3, k.state_dim, k.state_dim)
+
+
+def test_variance_and_qc_outside_or_on_their_bounds_are_refused_by_name():
+    r"""``k.variance = 0.0`` under ``Positive()`` was accepted with raw value -inf, where training can never move it
+    (the softplus' gradient is 0 there); negative and NaN values raised GPyTorch's ``RuntimeError`` suggesting a
+    ``GaussianLikelihood(noise_constraint=...)``. Values must now lie strictly inside the constraint's bounds, else
+    a ``ValueError`` names the parameter, the bounds and the value."""
+    from gpgeom.kernels.categorical import CategoricalMarkovKernel
+
+    for make in (MaternMarkovKernel, CategoricalMarkovKernel):
+        k = make(batch_shape=torch.Size([2])).to(D)
+        name = make.__name__
+        for bad, shown in ((0.0, "0"), (-1.0, "-1"), (float("nan"), "nan"), (torch.tensor([1.0, 0.0], dtype=D), "0")):
+            with pytest.raises(
+                ValueError, match=rf"`variance` of {name} must lie strictly inside \(0, inf\).*got {shown}"
+            ):
+                k.variance = bad
+        k.variance = torch.tensor([0.3, 7.0], dtype=D)
+        _close(k.variance.detach(), torch.tensor([0.3, 7.0], dtype=D))
+        assert bool(torch.isfinite(k.raw_variance).all())  # finite raw values: training can move them
+    k = MaternMarkovKernel(variance_constraint=gpytorch.constraints.Interval(0.1, 2.0)).to(D)
+    for bad in (0.1, 2.0, 3.0):
+        with pytest.raises(ValueError, match=r"strictly inside \(0.1, 2\), the bounds of its constraint Interval"):
+            k.variance = bad
+    k.variance = 1.9
+    assert float(k.variance.detach()) == pytest.approx(1.9, rel=1e-12)
+    w = WNOAKernel().to(D)
+    with pytest.raises(ValueError, match=r"`qc` of WNOAKernel must lie strictly inside \(0, inf\).*got 0"):
+        w.qc = 0.0
+    w.qc = 2.5
+    assert float(w.qc.detach()) == pytest.approx(2.5, rel=1e-12)

@@ -56,7 +56,7 @@ from gpgeom.kernels.sde import (
     time_column,
 )
 from gpgeom.kernels.stationary import _DifferenceDistance
-from gpgeom.kernels.variance import KernelVariance
+from gpgeom.kernels.variance import KernelVariance, set_constrained
 
 __all__ = [
     "SDE",
@@ -428,9 +428,7 @@ class IntegratedWienerKernel(MarkovKernel):
         m._set_qc(value)
 
     def _set_qc(self, value: Tensor | float) -> None:
-        if not torch.is_tensor(value):
-            value = torch.as_tensor(value, dtype=self.raw_qc.dtype, device=self.raw_qc.device)
-        self.initialize(raw_qc=self.raw_qc_constraint.inverse_transform(value))
+        set_constrained(self, "qc", value)
 
     @property
     def is_stationary(self) -> bool:

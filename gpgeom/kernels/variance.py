@@ -14,7 +14,7 @@ from gpytorch.constraints import Interval, Positive
 from gpytorch.priors import Prior
 from torch import Tensor
 
-__all__ = ["KernelVariance"]
+__all__ = ["KernelVariance", "set_constrained"]
 
 
 class KernelVariance:
@@ -51,6 +51,24 @@ class KernelVariance:
         m._set_variance(value)
 
     def _set_variance(self, value: Tensor | float) -> None:
-        if not torch.is_tensor(value):
-            value = torch.as_tensor(value, dtype=self.raw_variance.dtype, device=self.raw_variance.device)
-        self.initialize(raw_variance=self.raw_variance_constraint.inverse_transform(value))
+        set_constrained(self, "variance", value)
+
+
+def set_constrained(module: torch.nn.Module, name: str, value: Tensor | float) -> None:
+    r"""Set the parameter ``name`` of ``module`` (stored as ``raw_<name>`` with the constraint
+    ``raw_<name>_constraint``) to ``value``, which must lie strictly inside the constraint's bounds: GPyTorch raised
+    a ``RuntimeError`` about a ``GaussianLikelihood`` for values outside (NaN included), and accepted a value on a
+    bound (``variance = 0`` under ``Positive()``), whose raw value :math:`-\infty` then never moved in training."""
+    raw = getattr(module, f"raw_{name}")
+    constraint = getattr(module, f"raw_{name}_constraint")
+    if not torch.is_tensor(value):
+        value = torch.as_tensor(value, dtype=raw.dtype, device=raw.device)
+    lo, hi = constraint.lower_bound.to(value), constraint.upper_bound.to(value)
+    inside = (value > lo) & (value < hi)  # False for NaN
+    if not bool(inside.all()):
+        bad = value.detach().reshape(-1)[(~inside).reshape(-1).nonzero()[0]]
+        raise ValueError(
+            f"`{name}` of {type(module).__name__} must lie strictly inside ({float(lo.min()):.6g}, "
+            f"{float(hi.max()):.6g}), the bounds of its constraint {constraint}, got {float(bad):.6g}."
+        )
+    module.initialize(**{f"raw_{name}": constraint.inverse_transform(value)})
