@@ -47,11 +47,15 @@ class _DifferenceDistance:
         **params,
     ) -> Tensor:
         r"""Distances (``square_dist``: squared) ``... x n x m`` between the rows of ``x1`` and ``x2`` (``... x n
-        x d``, ``... x m x d``), or ``... x n`` with ``diag``; GPyTorch's semantics, computed without the
-        quadratic expansion."""
-        if diag or last_dim_is_batch:  # GPyTorch's diagonal is computed from the differences already
+        x d``, ``... x m x d``), ``... x d x n x m`` with ``last_dim_is_batch``, or ``... x n`` with ``diag``;
+        GPyTorch's semantics, computed without the quadratic expansion."""
+        if diag:  # GPyTorch's diagonal is computed from the differences already
             return super().covar_dist(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch,  # type: ignore[misc]
                                       square_dist=square_dist, **params)  # fmt: skip
+        if (
+            last_dim_is_batch
+        ):  # each input dimension its own batch (... x d x n x 1), as GPyTorch; it used the expansion
+            x1, x2 = x1.transpose(-1, -2).unsqueeze(-1), x2.transpose(-1, -2).unsqueeze(-1)
         batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
         x1 = x1.expand(batch + x1.shape[-2:])
         x2 = x2.expand(batch + x2.shape[-2:])
