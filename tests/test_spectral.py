@@ -330,6 +330,22 @@ def test_errors():
         SpectralKernel(lam, phi, nu_constraint=1.0)
 
 
+def test_nu_on_or_outside_its_constraint_is_refused():
+    r"""``SpectralKernel(nu=0.5, nu_constraint=Interval(0.5, 3))`` stored raw_nu = -inf: nu stayed 0.5 with a zero
+    gradient, so training never moved it; ``k.nu = 0`` did the same under ``Positive()``. Both are now a
+    ``ValueError`` naming `nu`, the bounds and the value; values inside are kept exactly."""
+    lam, phi = torch.linalg.eigh(_graph_laplacian(6, False))
+    with pytest.raises(ValueError, match=r"`nu` of SpectralKernel must lie strictly inside \(0.5, 3\).*got 0.5"):
+        SpectralKernel(lam, phi, nu=0.5, nu_constraint=gpytorch.constraints.Interval(0.5, 3.0))
+    kern = SpectralKernel(lam, phi, nu=0.7, nu_constraint=gpytorch.constraints.Interval(0.5, 3.0))
+    assert float(kern.nu.detach()) == pytest.approx(0.7, rel=1e-12)
+    with pytest.raises(ValueError, match=r"`nu` of SpectralKernel must lie strictly inside \(0, inf\).*got 0"):
+        SpectralKernel(lam, phi).nu = 0.0
+    fixed = SpectralKernel(lam, phi, learn_nu=False)  # a fixed nu has no constraint
+    fixed.nu = 2.0
+    assert float(fixed.nu) == 2.0
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # GPyTorch's generic kernel test-suite, on index inputs
 # ------------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from linear_operator.operators import (
 from torch import Tensor, nn
 
 from gpgeom._validation import check_kernel_kwargs, check_option, check_positive, check_tensor
+from gpgeom.kernels.variance import set_constrained
 
 __all__ = ["SpectralKernel"]
 
@@ -265,7 +266,7 @@ class SpectralKernel(Kernel):
             value = torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
         value = value.to(ref).expand_as(ref)
         if self.learn_nu:
-            self.initialize(raw_nu=self.raw_nu_constraint.inverse_transform(value))
+            set_constrained(self, "nu", value)  # strictly inside the constraint: a bound's raw value is +-inf
         else:
             self.fixed_nu.copy_(value)
 
