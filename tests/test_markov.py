@@ -726,3 +726,20 @@ def test_variance_and_qc_outside_or_on_their_bounds_are_refused_by_name():
         w.qc = 0.0
     w.qc = 2.5
     assert float(w.qc.detach()) == pytest.approx(2.5, rel=1e-12)
+
+
+def test_integrated_wiener_takes_numpy_scalars():
+    r"""``IntegratedWienerKernel(np.int64(2))`` was refused with "`order` must be an int >= 1, got np.int64(2)", and
+    ``t0``/``P0`` given as numpy scalars (``np.float32(0.1)``, ``np.int64(1)``) with "must be a finite float or a
+    tensor" (numpy scalars from a configuration file or an array). They are numbers: the kernels equal those built
+    from the Python numbers."""
+    np = pytest.importorskip("numpy")
+    t = torch.tensor([[0.3], [0.9], [1.4]], dtype=D)
+    for order, t0, P0 in (
+        (np.int64(2), np.float32(0.125), np.int64(1)),
+        (np.int32(3), np.float64(-0.5), np.float32(0.25)),
+    ):
+        k = IntegratedWienerKernel(order, t0=t0, P0=P0).to(D)
+        ref = IntegratedWienerKernel(int(order), t0=float(t0), P0=float(P0)).to(D)
+        assert k.state_dim == int(order) and isinstance(k.state_dim, int)
+        _close(k(t).to_dense(), ref(t).to_dense(), rtol=0)

@@ -38,7 +38,9 @@ Kernels:
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 from gpytorch.constraints import Interval, Positive
 from gpytorch.priors import Prior
@@ -352,8 +354,9 @@ class IntegratedWienerKernel(MarkovKernel):
         qc_constraint: Interval | None = None,
         **kwargs,
     ):
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        if isinstance(order, bool | np.bool_) or not isinstance(order, numbers.Integral) or order < 1:
             raise ValueError(f"`order` must be an int >= 1, got {order!r}.")
+        order = int(order)  # numpy integers too (a configuration file's)
         super().__init__(**kwargs)
         s = self.state_dim = order
         bs = self.batch_shape
@@ -367,7 +370,7 @@ class IntegratedWienerKernel(MarkovKernel):
                 raise ValueError(
                     f"`t0` must have shape () or batch_shape={tuple(bs)}, got {tuple(t0.shape)}."
                 ) from None
-        elif isinstance(t0, int | float) and not isinstance(t0, bool) and math.isfinite(t0):
+        elif isinstance(t0, numbers.Real) and not isinstance(t0, bool | np.bool_) and math.isfinite(t0):
             t0_ = torch.full(bs, float(t0), dtype=torch.float64)
         else:
             raise TypeError(f"`t0` must be a finite float or a tensor, got {t0!r}.")
@@ -387,7 +390,7 @@ class IntegratedWienerKernel(MarkovKernel):
             ev = torch.linalg.eigvalsh(P0_.double())
             if bool((ev < -1e-10 * ev.abs().amax(-1, keepdim=True).clamp_min(1.0)).any()):
                 raise NotPSDError(f"`P0` is not positive semi-definite (smallest eigenvalue {float(ev.min()):.3g}).")
-        elif isinstance(P0, int | float) and not isinstance(P0, bool) and 0 <= P0 < math.inf:
+        elif isinstance(P0, numbers.Real) and not isinstance(P0, bool | np.bool_) and 0 <= P0 < math.inf:
             P0_ = float(P0) * torch.eye(s, dtype=torch.float64).expand(*bs, s, s).clone()
         else:
             raise TypeError(f"`P0` must be None, a finite non-negative float or a tensor, got {P0!r}.")
