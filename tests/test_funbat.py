@@ -49,7 +49,7 @@ def _dense_posterior(nu, ls, var, t, lam, eta, t_new):
     t_all = torch.cat([t, t_new])
     n = t_all.numel()
     base = gpytorch.kernels.MaternKernel(nu=nu).to(D)
-    base.lengthscale = ls
+    base.lengthscale = torch.tensor(ls, dtype=D)  # a Python float would be rounded to float32 by GPyTorch's setter
     K1 = var * base(t_all[:, None]).to_dense()
     Kb = torch.block_diag(*[K1] * R)
     L = torch.zeros(R * n, R * n, dtype=D)
@@ -75,7 +75,7 @@ def _dense_joint(nu, ls, var, t, lam, eta, t_new):
     t_all = torch.cat([t, t_new])
     N = t_all.numel()
     base = gpytorch.kernels.MaternKernel(nu=nu).to(D)
-    base.lengthscale = ls
+    base.lengthscale = torch.tensor(ls, dtype=D)  # a Python float would be rounded to float32 by GPyTorch's setter
     Kb = torch.block_diag(*[var * base(t_all[:, None]).to_dense()] * R)
     L = torch.zeros(R * N, R * N, dtype=D)
     e = torch.zeros(R * N, dtype=D)

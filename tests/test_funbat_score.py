@@ -61,7 +61,7 @@ def _dense_log_z(nu, ls, var, t, lam, eta):
     components (component-major ordering)."""
     I, R = eta.shape
     base = gpytorch.kernels.MaternKernel(nu=nu).to(D)
-    base.lengthscale = ls
+    base.lengthscale = torch.tensor(ls, dtype=D)  # a Python float would be rounded to float32 by GPyTorch's setter
     K = torch.block_diag(*[var * base(t[:, None]).to_dense()] * R)
     L = torch.zeros(R * I, R * I, dtype=D)
     e = torch.zeros(R * I, dtype=D)

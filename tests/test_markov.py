@@ -743,3 +743,16 @@ def test_integrated_wiener_takes_numpy_scalars():
         ref = IntegratedWienerKernel(int(order), t0=float(t0), P0=float(P0)).to(D)
         assert k.state_dim == int(order) and isinstance(k.state_dim, int)
         _close(k(t).to_dense(), ref(t).to_dense(), rtol=0)
+
+
+def test_lengthscale_set_from_a_python_float_keeps_the_kernels_precision():
+    r"""GPyTorch's setter made ``torch.as_tensor(0.7)`` (float32, the default dtype) before casting, so
+    ``k.lengthscale = 0.7`` on a float64 ``MaternMarkovKernel`` stored 0.699999988 (1.7e-8 off) and every float64
+    covariance and transition moved with it; on its bound (0) it stored raw -inf, never trained."""
+    k = MaternMarkovKernel(nu=1.5, batch_shape=torch.Size([2])).to(D)
+    k.lengthscale = 0.7
+    _close(k.lengthscale.detach(), torch.full((2, 1, 1), 0.7, dtype=D), rtol=1e-15)
+    lam = float(k._lam()[0].detach())
+    assert lam == pytest.approx(math.sqrt(3.0) / 0.7, rel=1e-15)
+    with pytest.raises(ValueError, match=r"`lengthscale` of MaternMarkovKernel must lie strictly inside \(0, inf\)"):
+        k.lengthscale = 0.0

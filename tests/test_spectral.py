@@ -344,6 +344,9 @@ def test_nu_on_or_outside_its_constraint_is_refused():
     fixed = SpectralKernel(lam, phi, learn_nu=False)  # a fixed nu has no constraint
     fixed.nu = 2.0
     assert float(fixed.nu) == 2.0
+    # the lengthscale: a Python float was rounded through float32 by GPyTorch's setter (0.7 -> 0.699999988)
+    kern.lengthscale = 0.7
+    assert float(kern.lengthscale.detach()) == pytest.approx(0.7, rel=1e-15)
 
 
 # ------------------------------------------------------------------------------------------------------------------

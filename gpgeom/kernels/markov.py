@@ -179,6 +179,12 @@ class MaternMarkovKernel(_DifferenceDistance, KernelVariance, MarkovKernel):
         r"""``True``: :math:`k(t, t')` depends on :math:`t - t'` only (the state starts at :math:`P_\infty`)."""
         return True
 
+    def _set_lengthscale(self, value: Tensor | float) -> None:
+        r"""GPyTorch's setter, without its detour through the default dtype: ``k.lengthscale = 0.7`` on a float64
+        kernel stored 0.699999988 (0.7 rounded to float32); and strictly inside the constraint
+        (:func:`~gpgeom.kernels.variance.set_constrained`)."""
+        set_constrained(self, "lengthscale", value)
+
     def _lam(self) -> Tensor:
         r""":math:`\lambda = \sqrt{2\nu}/\ell`, shape ``batch_shape``."""
         return math.sqrt(2.0 * self.nu) / self.lengthscale[..., 0, 0]

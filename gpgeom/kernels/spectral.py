@@ -276,6 +276,11 @@ class SpectralKernel(Kernel):
     def _nu_closure(self, m: SpectralKernel, v: Tensor) -> None:
         m._set_nu(v)
 
+    def _set_lengthscale(self, value: Tensor | float) -> None:
+        r"""GPyTorch's setter, without its detour through the default dtype (``k.lengthscale = 0.7`` on a float64
+        kernel stored 0.699999988), and strictly inside the constraint."""
+        set_constrained(self, "lengthscale", value)
+
     def num_outputs_per_input(self, x1: Tensor, x2: Tensor) -> int:
         return self.output_dim
 
