@@ -176,7 +176,8 @@ def test_engine_fit_times_every_fit_from_the_initial_hyperparameters(monkeypatch
 
     class Recording(mod.ExactGPModel):
         def fit(self, *args, **kwargs):
-            starts.append((self.fast_mll, float(self.likelihood.noise), self.covar_module.base_kernel.lengthscale))
+            noise = float(self.likelihood.noise.detach())
+            starts.append((self.fast_mll, noise, self.covar_module.base_kernel.lengthscale))
             return super().fit(*args, **kwargs)
 
     monkeypatch.setattr(mod, "ExactGPModel", Recording)
