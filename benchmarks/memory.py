@@ -68,15 +68,6 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _peak_mb() -> float:
     import resource
 
@@ -87,8 +78,10 @@ def _measure(fn):
     r"""``(result, wall s, cpu s, peak RSS of fn above the RSS at its start MB, total peak MB)``."""
     import gc
 
+    from _common import reset_peak_rss
+
     gc.collect()
-    reset = _reset_peak()
+    reset = reset_peak_rss()
     base = _rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn()

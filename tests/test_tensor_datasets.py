@@ -302,14 +302,6 @@ def test_shipped_copy_equals_the_full_csv():
     assert (shipped.info["first_day"], shipped.info["last_day"]) == ("2013-03-01", "2017-02-28")
 
 
-def _write_rows(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def test_beijing_info_gives_the_days_of_the_csv(tmp_path, monkeypatch):
     rows = [r for r in _read_rows(SAMPLE_CSV) if r["year"] == "2014"]
     path = _write_rows(tmp_path / "beijing_air_daily.csv", rows)
