@@ -676,7 +676,8 @@ def test_integrated_wiener_refuses_arguments_it_would_ignore():
     # what they do take still works: a finite P0, a constraint, ard_num_dims=1
     k = WNOAKernel(P0=2.0, qc_constraint=gpytorch.constraints.Interval(0.1, 5.0), ard_num_dims=1).to(D)
     t = torch.tensor([[0.5]], dtype=D)
-    assert float(k(t).to_dense()[0, 0]) == pytest.approx(2.0 * (1.0 + 0.5**2) + float(k.qc.detach()) * 0.5**3 / 3)
+    value = float(k(t).to_dense()[0, 0].detach())
+    assert value == pytest.approx(2.0 * (1.0 + 0.5**2) + float(k.qc.detach()) * 0.5**3 / 3)
 
 
 def test_steps_and_first_times_whose_batch_does_not_broadcast_are_refused_by_name():
