@@ -99,6 +99,14 @@ def status_mib(key: str) -> float:
     return float("nan")
 
 
+def peak_rss_mib() -> float:
+    r"""The process's peak resident set size so far in MiB (``ru_maxrss``, KiB on Linux; reset with it by
+    :func:`reset_peak_rss`)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def reset_peak_rss() -> bool:
     r"""Reset the kernel's high-water mark of the resident set to the resident set now (``/proc/self/clear_refs``),
     so that ``status_mib("VmHWM")`` is the peak of what runs next; ``False`` where it cannot be reset. ``ru_maxrss``

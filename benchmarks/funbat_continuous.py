@@ -48,18 +48,17 @@ MODES = ("plain", "hyper", "hyper_marginal", "default", "default_marginal")
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024  # kB (KiB) -> MB (MiB), the unit of `_peak_rss_mb`
-    return float("nan")
+    r"""The resident set size of this process now in MB (MiB), the unit of :func:`_peak_rss_mb`."""
+    from _common import status_mib
+
+    return status_mib("VmRSS")
 
 
 def _peak_rss_mb() -> float:
     r"""The peak resident set size of this process in MB (MiB; ``ru_maxrss`` is in KiB on Linux)."""
-    import resource
+    from _common import peak_rss_mib
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mib()
 
 
 def worker(n: int, mode: str) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -37,7 +36,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, report_name, reset_peak_rss, status_mib, write_report  # noqa: E402
+from _common import (  # noqa: E402
+    machine_info,
+    markdown_table,
+    peak_rss_mib,
+    report_name,
+    reset_peak_rss,
+    status_mib,
+    write_report,
+)
 
 SHAPE = (200, 200, 50)
 NOISE = 0.1
@@ -59,10 +66,6 @@ def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return X[:n], y[:n], X[n:], y[n:]
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
 def _after_data() -> dict:
     r"""The memory marks once the data are made: the process's peak so far (the data's temporaries), then the
     resident set after resetting the high-water mark, the base of "peak above data" (the peak so far as base
@@ -70,7 +73,7 @@ def _after_data() -> dict:
     import gc
 
     gc.collect()
-    marks = {"peak_data": _peak_mb()}
+    marks = {"peak_data": peak_rss_mib()}
     marks["reset"] = reset_peak_rss()
     marks["data_mb"] = status_mib("VmRSS")
     return marks
@@ -80,7 +83,7 @@ def _memory(marks: dict) -> dict:
     r"""``peak_mb`` (the process's peak, data included), ``data_mb`` (the resident set after the data) and
     ``above_mb`` (the method's own peak above ``data_mb``) of a method run after :func:`_after_data`."""
     if not marks["reset"]:
-        return {"peak_mb": _peak_mb(), "data_mb": float("nan"), "above_mb": float("nan")}
+        return {"peak_mb": peak_rss_mib(), "data_mb": float("nan"), "above_mb": float("nan")}
     peak = status_mib("VmHWM")
     return {"peak_mb": max(marks["peak_data"], peak), "data_mb": marks["data_mb"], "above_mb": peak - marks["data_mb"]}
 

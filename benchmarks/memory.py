@@ -63,30 +63,19 @@ QUICK = [
 # the child: one operation, one JSON line on stdout
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _measure(fn):
     r"""``(result, wall s, cpu s, peak RSS of fn above the RSS at its start MB, total peak MB)``."""
     import gc
 
-    from _common import reset_peak_rss
+    from _common import peak_rss_mib, reset_peak_rss, status_mib
 
     gc.collect()
     reset = reset_peak_rss()
-    base = _rss_mb()
+    base = status_mib("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = _peak_mb()
+    peak = peak_rss_mib()
     return out, wall, cpu, (peak - base if reset else float("nan")), peak
 
 
@@ -126,11 +115,13 @@ def _child(op: str, kw: dict) -> dict:
     if op == "posterior":
         marks = {}
 
+        from _common import peak_rss_mib
+
         def joint():
             marks["start"] = (time.perf_counter(), time.process_time())
             post = model.posterior(Xq)
             value = post.mean.sum() + post.variance.sum()
-            marks["moments"] = (_peak_mb(), time.perf_counter(), time.process_time())
+            marks["moments"] = (peak_rss_mib(), time.perf_counter(), time.process_time())
             return value + post.distribution.covariance_matrix.sum()
 
         _, wall, cpu, peak, total = _measure(joint)

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import dataclasses
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, report_name, timeit, write_report  # noqa: E402
+from _common import machine_info, markdown_table, peak_rss_mib, report_name, timeit, write_report  # noqa: E402
 
 from gpgeom import metrics  # noqa: E402
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates  # noqa: E402
@@ -378,7 +377,7 @@ def run(args: argparse.Namespace, executor) -> None:
             "",
             f"- machine: {machine_info()}",
             f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
-            f"(resident set, Linux): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+            f"(resident set, Linux): {peak_rss_mib():.0f} MB",
             f"- data: {n_train} train (seed 0) / {n_test} test (seed 1), mesh size {mesh_size}, "
             f"{n_tr_nodes:.0f} nodes on average; common mesh = train[{n_train // 2}] "
             f"({model.common_mesh_.n_points} nodes); GP stage and decode on {args.device}"
@@ -536,7 +535,7 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
             "",
             f"- machine: {machine_info(args.device)}",
             f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
-            f"(resident set, Linux): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB",
+            f"(resident set, Linux): {peak_rss_mib():.0f} MB",
             f"- data: `generate_brackets({n_train + n_test}, seed=0, resolution={resolution})`, the first {n_train} "
             f"train, the last {n_test} test; {np.mean(nodes):.0f} nodes on average ({min(nodes)}-{max(nodes)}), "
             f"P2 elasticity, fields at the P1 vertices; generation / cache load {t_data:.1f} s",

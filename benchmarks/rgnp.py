@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -61,7 +60,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import machine_info, markdown_table, report_name, write_report  # noqa: E402
+from _common import machine_info, markdown_table, peak_rss_mib, report_name, write_report  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gpgeom.engine.fitting import fit  # noqa: E402
@@ -565,11 +564,6 @@ def helmholtz_fields(n_fields: int, x_of, seed: int) -> dict:
     return {"x": x, "y": w * torch.sin(z * (x[..., 0] + 1)) / torch.sin(2 * z), "z": z, "w": w}
 
 
-def peak_mb() -> float:
-    """The process's peak resident set size so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def calibration_problem(name: str, steps: int, seed: int) -> dict:
     """Train one demo-size model, then measure forward and inverse calibration before and after ``calibrate``."""
     torch.manual_seed(seed)
@@ -647,7 +641,7 @@ def calibration_main(args) -> None:
     lines = [
         f"# RGNP calibration of the predictive distributions ({'quick' if args.quick else 'demo CPU sizes'})",
         "",
-        f"- machine: {machine_info('cpu')}; peak resident memory {peak_mb():.0f} MB",
+        f"- machine: {machine_info('cpu')}; peak resident memory {peak_rss_mib():.0f} MB",
         f"- config: forward MLP 3x64, 16 Fourier frequencies, GICNet P=8 grid 16, 8 fields per step of 30 points "
         f"(Burgers 100), Adam 3e-3, {steps} steps (Helmholtz {min(steps, 800)}, rank 2), float32, seed {args.seed}",
         "- test: 40 fields from the prior (another seed); forward at the test grid off the hard boundary (Poisson 99 "

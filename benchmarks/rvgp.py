@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -59,7 +58,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import machine_info, markdown_table, report_name, write_report  # noqa: E402
+from benchmarks._common import machine_info, markdown_table, peak_rss_mib, report_name, write_report  # noqa: E402
 from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
 from gpgeom.datasets.vector_fields import (  # noqa: E402
     ellipsoid_vector_field,
@@ -169,7 +168,7 @@ def vs_euclidean_cases(quick: bool, device: str) -> tuple[list[list], list[list]
                 errs[name] = relative_l2(mean, truth)
                 ang = float(np.median(angular_errors(mean, truth)))
                 cov = float(coverage(truth, mean, std, level=0.95))
-                rows.append([case, seed, name, errs[name], ang, cov, t, peak_mb()])
+                rows.append([case, seed, name, errs[name], ang, cov, t, peak_rss_mib()])
                 print(rows[-1], flush=True)
             best = min(v for k, v in errs.items() if k.startswith("Euclid"))
             rv.append(errs["RVGP"])
@@ -190,7 +189,7 @@ def predict_at_child(mode: str) -> None:
     tr = np.random.default_rng(0).permutation(len(X))[:300]
     gp = RVGP(X, n_eigenpairs=48, dim=2).fit(tr, V[tr], max_iter=20, seed=0)
     P = sample_sphere(100000, method="uniform", seed=1)
-    before = peak_mb()
+    before = peak_rss_mib()
     kw = {"chunk_size": 10**7, "max_memory": "1TB"} if mode == "one" else {}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -198,7 +197,7 @@ def predict_at_child(mode: str) -> None:
         mean, std = gp.predict_at(P, return_std=True, **kw)
     t = time.perf_counter() - t0
     np.save(os.environ["RVGP_BENCH_OUT"], torch.cat([mean, std], 1).cpu().numpy())
-    print(json.dumps({"peak_MB": peak_mb(), "before_MB": before, "time_s": t, "ambient": gp.uses_ambient}))
+    print(json.dumps({"peak_MB": peak_rss_mib(), "before_MB": before, "time_s": t, "ambient": gp.uses_ambient}))
 
 
 def predict_at_memory(quick: bool) -> list[list]:
@@ -228,11 +227,6 @@ def predict_at_memory(quick: bool) -> list[list]:
     return rows
 
 
-def peak_mb() -> float:
-    r"""The process's peak resident set size so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def row(mean: object, std: object, std_far: object, target: np.ndarray, field: np.ndarray, t: float) -> dict:
     r"""One row of a calibration table: :func:`calibration_summary` of ``(target, mean, std)``, the relative L2
     error against the ``field``, the OOD ratio (``std_far`` over ``std``), time and peak memory."""
@@ -240,7 +234,7 @@ def row(mean: object, std: object, std_far: object, target: np.ndarray, field: n
     out["relL2"] = relative_l2(mean, field)
     if std_far is not None:
         out["ood_ratio"] = ood_std_ratio(std_far, std)
-    out["time_s"], out["peak_MB"] = t, peak_mb()
+    out["time_s"], out["peak_MB"] = t, peak_rss_mib()
     return out
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,18 +30,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, markdown_table, report_name, write_report  # noqa: E402
+from _common import machine_info, markdown_table, peak_rss_mib, report_name, write_report  # noqa: E402
 
 from gpgeom import RVGP  # noqa: E402
 from gpgeom.datasets.vector_fields import ellipsoid_vector_field  # noqa: E402
 from gpgeom.metrics import relative_l2  # noqa: E402
 
 N, FITS = 1200, ("auto", "cubic")
-
-
-def peak_mb() -> float:
-    r"""The process's peak resident set size so far, in MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def one(seed: int, fit: str) -> list:
@@ -100,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"- machine: {machine_info('cpu')}",
             f"- mode: {'quick' if args.quick else 'full'}; {time.perf_counter() - t0:.0f} s in all; peak memory of the "
-            f"process (resident set, Linux): {peak_mb():.0f} MB; `benchmarks/rvgp_frames.py` (its docstring says what "
-            "each column is)",
+            f"process (resident set, Linux): {peak_rss_mib():.0f} MB; `benchmarks/rvgp_frames.py` (its docstring says "
+            "what each column is)",
             "",
             markdown_table(header, rows),
             "",

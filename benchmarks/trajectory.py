@@ -21,7 +21,8 @@ Sections (each prints a Markdown table; all go to one report, see "Output" below
 6. SE(3) against SO(3)xR3 on the same problem (hand-written Jacobians for both): fit time, iterations and time per
    iteration.
 7. Memory: peak resident memory of ``interpolate(t, covariance=True)`` for 1e5 times, in chunks within the default
-   budget and in one piece (each in a fresh subprocess, ``resource.getrusage``).
+   budget and in one piece (each in a fresh subprocess; the call's own peak, the kernel's high-water mark of the
+   resident set reset just before it).
 8. Calibration: mean NEES of position and rotation over 20 runs (UWB and pose problems) with its 95% chi-square
    band, for the analytic fast trajectory with the demo's prior and for truths drawn from the model's own prior.
 
@@ -493,28 +494,21 @@ def se3_study(quick: bool, seeds: int, device: str) -> str:
 #: of the call itself, reset just before it (``/proc/self/clear_refs``), in MiB. The previous baseline, the process's
 #: peak so far (imports and the fit), hid any part of the call's own peak below it: the chunked evaluation read
 #: 95 MiB above "before" for a 247 MiB output.
-_PEAK_HELPERS = """
+_PEAK_HELPERS = f"""
 import gc
+import sys
 
-
-def _status_mib(key):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from _common import reset_peak_rss, status_mib
 
 
 def measure_call(fn):
     gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
+    if not reset_peak_rss():
         return fn(), float("nan"), float("nan")
-    base = _status_mib("VmRSS")
+    base = status_mib("VmRSS")
     out = fn()
-    return out, base, _status_mib("VmHWM")
+    return out, base, status_mib("VmHWM")
 """
 
 _RSS_CHILD = (
