@@ -18,7 +18,6 @@ from gpgeom.base import ModelContract
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.botorch.model_list import SurrogateList
 from gpgeom.engine.parallel import check_executor
-from gpgeom.errors import ModelFileError
 from gpgeom.geometry.mesh import Mesh, as_float_array
 from gpgeom.models.mmgp.fanout import fit_gps, transport_new, transport_training
 from gpgeom.models.mmgp.inputs import (
@@ -46,6 +45,7 @@ from gpgeom.models.mmgp.latent_gp import (
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
 from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, check_field_spread, decode_fields
 from gpgeom.models.mmgp.scalars import check_scalar_transform, lognormal_moments, resolve_transforms, to_gp_units
+from gpgeom.models.mmgp.state import model_config, model_state, restore_model
 from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
 from gpgeom.models.mmgp.unexplained import GeometryResidual, geometry_share, variance_factor
 
@@ -774,99 +774,16 @@ class MMGP(ModelContract):
         self._gp_list = None
 
     def _config(self) -> dict[str, Any]:
-        return {
-            "morphing": self.morphing,
-            "common_mesh": "user" if isinstance(self.common_mesh, Mesh) else self.common_mesh,
-            "n_modes_geometry": self.n_modes_geometry,
-            "n_modes_fields": self.n_modes_fields,
-            "kernel": "custom" if callable(self.kernel) else self.kernel,
-            "hyperparameters": self.hyperparameters,
-            "tail_energy": self.tail_energy,
-            "scalar_transform": self.scalar_transform,
-            "truncation_variance": self.truncation_variance,
-            "geometry_variance": self.geometry_variance,
-            "restarts": self.restarts,
-            "max_iter": self.max_iter,
-            "center": self.center,
-            "ref_compat": self.ref_compat,
-            "floater_start": self.floater_start,
-            "seed": self.seed,
-            "repair_meshes": self.repair_meshes,
-        }
+        return model_config(self)
 
     def _get_state(self) -> dict[str, Any]:
-        common = self.common_mesh_
-        return {
-            "config": self._config(),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "common_points": torch.from_numpy(np.ascontiguousarray(common.points)),
-            "common_cells": torch.from_numpy(np.ascontiguousarray(common.cells)),
-            "common_index": self.common_index_,
-            "geometry": self._geometry.state(),
-            "residual": self._residual.state(),
-            "fields": [f.state() for f in self._fields],
-            "noise_share": self._noise_share,
-            "n_modes_own": list(self.n_modes_own_),
-            "field_names": list(self.field_names_),
-            "scalar_names": list(self.scalar_names_),
-            "scalar_transforms": list(self.scalar_transforms_),
-            "n_input_scalars": int(self.n_input_scalars_),
-            "train_latent": self.train_latent_,
-            "train_targets": self.train_targets_,
-            "bounds": self._bounds,
-            "gp_states": [g.state_dict() for g in self.gps_],
-            "fit_jitters": [g._fit_jitter for g in self.gps_],
-            "fit_result": self.fit_result_.to_state(),
-        }
+        return model_state(self)
 
     @classmethod
     def _from_state(cls, state: dict[str, Any], kernel: Callable[[int, torch.Size], Kernel] | None = None) -> MMGP:
-        r"""Rebuild from :meth:`_get_state`; a model fitted with a custom kernel callable needs it again
-        (``MMGP.load(path, kernel=...)``), as no file can hold code safely."""
-        cfg = dict(state["config"])
-        if cfg["kernel"] == "custom":
-            if kernel is None:
-                raise ModelFileError(
-                    "This MMGP file was written with a custom kernel callable, which a file cannot hold; pass "
-                    "kernel=... (the same callable) to MMGP.load."
-                )
-            cfg["kernel"] = kernel
-        elif kernel is not None:
-            raise TypeError(f"MMGP.load got `kernel`, but this file uses the named kernel {cfg['kernel']!r}.")
-        common = Mesh(state["common_points"], state["common_cells"])
-        if cfg["common_mesh"] == "user":
-            cfg["common_mesh"] = common
-        model = cls(**cfg, dtype=getattr(torch, state["dtype"]))
-        model.common_index_ = state["common_index"]
-        model._transfer = CommonMeshTransfer(model.morphing, model.floater_start, model.ref_compat, model.repair_meshes)
-        model._transfer.set_common(common)
-        model._geometry = GeometryPOD.from_state(state["geometry"])
-        model._residual = GeometryResidual.from_state(state["residual"])
-        model._fields = [FieldPOD.from_state(f) for f in state["fields"]]
-        model._noise_share = state["noise_share"]
-        model.field_names_ = list(state["field_names"])
-        model.scalar_names_ = list(state["scalar_names"])
-        # files written before the transforms: every scalar regressed as is
-        model.scalar_transforms_ = list(state.get("scalar_transforms", ["none"] * len(model.scalar_names_)))
-        model.n_input_scalars_ = int(state["n_input_scalars"])
-        model.n_modes_geometry_ = model._geometry.n_modes
-        model.n_modes_fields_ = [f.n_modes for f in model._fields]
-        # files written before the tails: every mode its own hyperparameters
-        model.n_modes_own_ = list(state.get("n_modes_own", model.n_modes_fields_))
-        Z, Y = state["train_latent"], state["train_targets"]
-        model._set_training_data(Z, Y)
-        model._bounds = state["bounds"]
-        model.gps_ = model._build_gps(Z, Y)
-        for g, st, jitter in zip(model.gps_, state["gp_states"], state["fit_jitters"], strict=True):
-            g.load_state_dict(st)
-            g._fit_jitter = jitter
-            g._fitted = True
-            g.eval()
-        model.fit_result_ = MMGPFitResult.from_state(state["fit_result"])
-        model.timings_ = dict(model.fit_result_.timings)
-        model.cpu_timings_ = dict(model.fit_result_.cpu_timings)
-        model._fitted = True
-        return model
+        r"""Rebuild from :meth:`_get_state` (:func:`~gpgeom.models.mmgp.state.restore_model`); a model fitted with a
+        custom kernel callable needs it again (``MMGP.load(path, kernel=...)``), as no file can hold code safely."""
+        return restore_model(cls, state, kernel)
 
     def _repr_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"morphing": self.morphing}
