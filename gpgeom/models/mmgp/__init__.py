@@ -53,6 +53,9 @@ cross-validated mean squared truncation residual of the training snapshots (10 i
 is projected on the POD of the folds without it, which keeps the estimate out of sample),
 :math:`r_c = \frac1n \sum_i \bigl(F_{ic} - \mathcal{P}_{-i} F_{i}\bigr)_c^2`, interpolated to the nodes of the
 new mesh like a P1 field (:math:`Q r`, i.e. the residual is taken as fully correlated within a common element).
+Monte Carlo draws (``n_samples``) add it as a spatially correlated field, not as white noise: the covariance
+:math:`C = R^\top R / n` of the training snapshots' cross-validated residuals :math:`R`, transferred by :math:`Q`,
+with the marginal variances :math:`(Q r)_j` of the std (:func:`.reduction.truncation_draws`).
 
 Unexplained variation and unseen geometry (:mod:`.unexplained`): the GP inputs see :math:`n_g` geometry modes
 only; the rest of the shape changes the outputs in a way that the training data record as the GPs' learned noise

@@ -43,7 +43,7 @@ from gpgeom.models.mmgp.latent_gp import (
     single_output_gp,
 )
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
-from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, check_field_spread, decode_fields
+from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, check_field_spread, decode_fields, truncation_noise
 from gpgeom.models.mmgp.scalars import check_scalar_transform, lognormal_moments, resolve_transforms, to_gp_units
 from gpgeom.models.mmgp.state import model_config, model_state, restore_model
 from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
@@ -703,13 +703,13 @@ class MMGP(ModelContract):
         fields, fields_std, fsamp = [], [], []
         for i, inv_proj in enumerate(Qs):
             Q = sparse_to_torch(inv_proj, **tkw)
-            noise = None
-            if n_samples and self.truncation_variance:
-                noise = torch.randn(n_samples, Q.shape[0], m, generator=gen, dtype=torch.float64).to(**tkw)
+            noise = g = None
+            if n_samples and self.truncation_variance:  # spatially correlated (truncation_draws)
+                noise, g = truncation_noise(gen, n_samples, Q.shape[0], self._fields, **tkw)
             U, sd, draws = decode_fields(
                 Q, self._fields, mean[i, :nf], std[i, :nf] if want_std else None,
                 truncation=self.truncation_variance, eps=eps[:, i, :nf] if n_samples else None, noise=noise,
-                trunc_scale=lam[i, :m] if lam is not None else None,
+                trunc_scale=lam[i, :m] if lam is not None else None, trunc_eps=g,
             )  # fmt: skip
             fields.append(U)
             fields_std.append(sd)

@@ -18,6 +18,18 @@ part of the geometry preprocessing and stays in float64 numpy on the CPU (:class
 :math:`r_c` is the cross-validated mean squared truncation residual of the training snapshots on common node
 :math:`c` (:func:`truncation_variance`), scaled per mesh and field by the geometry factor :math:`\lambda^{(f)}` of
 :mod:`~gpgeom.models.mmgp.unexplained`.
+
+**Monte Carlo draws** (``predict(..., n_samples=S)``): the truncation error is a smooth field (a combination of the
+discarded modes), not white noise, and draws feed derived quantities (maxima, integrals, gradients). Its covariance
+on the common nodes is that of the cross-validated residuals :math:`R \in \mathbb{R}^{n \times N_c}` themselves,
+:math:`C = R^\top R / n` (so :math:`\operatorname{diag}(C) = r` exactly), kept as the factor :math:`L = R/\sqrt n`
+(:attr:`FieldPOD.trunc_factor`, ``n x N_c``; not compressed by a truncated SVD: each out-of-sample residual adds
+a direction, the spectrum is flat and nearly all ``n`` factors are needed for the trace). A draw on mesh :math:`i`
+is :math:`\sqrt{\lambda}\, Q L^\top g` with :math:`g \sim \mathcal{N}(0, I_n)`, plus independent nodal noise of
+variance :math:`\lambda\bigl(Q r - \operatorname{diag}(Q C Q^\top)\bigr) \ge 0` (the variation within a common
+element that the interpolated variance :math:`Q r` holds and the interpolated residuals do not), so that the
+draws' marginal variances are exactly the predictive std's (:func:`truncation_draws`). Model files written before
+the factor draw independent nodes, as they did.
 """
 
 from __future__ import annotations
@@ -41,6 +53,8 @@ __all__ = [
     "GeometryPOD",
     "check_field_spread",
     "decode_fields",
+    "truncation_draws",
+    "truncation_noise",
     "truncation_residuals",
     "truncation_variance",
 ]
@@ -98,7 +112,7 @@ class GeometryPOD:
             M2 = mass_matrix(common, d, "interleaved")
             xi = pod.fit_transform(X, mass)
         modes = pod.modes_.reshape(pod.n_modes_, -1)
-        encoder = np.asarray((M2 @ modes.T).T)
+        encoder = np.ascontiguousarray((M2 @ modes.T).T)  # the layout of a loaded model: the same rounding
         return cls(pod.mean_.reshape(-1), modes, pod.eigenvalues_, encoder), xi
 
     @property
@@ -176,6 +190,10 @@ class FieldPOD:
         trunc_var: The truncation variance :math:`r` on the common nodes, ``(N_c,)``.
         geometry_share: The geometric share :math:`s \in [0, 1]` of the field's unexplained variance (truncation
             and coefficient noise; :mod:`~gpgeom.models.mmgp.unexplained`), ``(1,)``.
+        trunc_factor: :math:`L = R / \sqrt{n}`, ``(n, N_c)``: the cross-validated truncation residuals :math:`R` of
+            the ``n`` training snapshots (:func:`truncation_residuals`), so that :math:`C = L^\top L` is their
+            covariance with :math:`\operatorname{diag}(C) = r` (``(1, N_c)`` zeros for a field equal on every mesh;
+            ``None`` in model files written before it: :func:`truncation_draws` falls back to independent nodes).
     """
 
     mean: Tensor
@@ -183,6 +201,7 @@ class FieldPOD:
     eigenvalues: Tensor
     trunc_var: Tensor
     geometry_share: Tensor
+    trunc_factor: Tensor | None = None
 
     @classmethod
     def fit(
@@ -200,21 +219,23 @@ class FieldPOD:
             # the same field on every mesh (zero, or a constant up to transfer rounding): no mode carries energy.
             # One zero mode keeps the shapes of the GP stage; it decodes to the mean with zero variance.
             n, Nc = F.shape
-            zero = cls(t(mean), t(np.zeros((1, Nc))), t([0.0]), t(np.zeros(Nc)), t([0.0]))
+            zero = cls(t(mean), t(np.zeros((1, Nc))), t([0.0]), t(np.zeros(Nc)), t([0.0]), t(np.zeros((1, Nc))))
             return zero, np.zeros((n, 1)), np.ones(1)
         pod = SnapshotPOD(nk, energy=ek, center=center)
         coefs = pod.fit_transform(F, mass)
-        tv, energy = truncation_residuals(F, pod.n_modes_, center, mass)
+        tv, energy, R = truncation_residuals(F, pod.n_modes_, center, mass)
         share = geometry_share(energy, rho, rho_mean, float(energy.mean()))
         ratio = pod.explained_energy_ratio_
-        return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv), t([share])), coefs, ratio
+        factor = t(R / np.sqrt(len(R)))
+        return cls(t(pod.mean_), t(pod.modes_), t(pod.eigenvalues_), t(tv), t([share]), factor), coefs, ratio
 
     @property
     def n_modes(self) -> int:
         return int(self.modes.shape[0])
 
     def to(self, *, device: torch.device, dtype: torch.dtype) -> FieldPOD:
-        return FieldPOD(*(getattr(self, k).to(device=device, dtype=dtype) for k in self.__dataclass_fields__))
+        move = lambda v: None if v is None else v.to(device=device, dtype=dtype)  # noqa: E731
+        return FieldPOD(*(move(getattr(self, k)) for k in self.__dataclass_fields__))
 
     def project(self, F: np.ndarray, mass: sp.spmatrix) -> np.ndarray:
         r"""POD coefficients :math:`\Phi_f M (F - \bar u)` of snapshots ``F`` ``(n, N_c)`` (float64, CPU)."""
@@ -227,7 +248,8 @@ class FieldPOD:
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> FieldPOD:
-        return cls(**{k: state[k] for k in cls.__dataclass_fields__})
+        r"""Rebuild from :meth:`state`; a state written before ``trunc_factor`` leaves it ``None``."""
+        return cls(**{k: state.get(k) if k == "trunc_factor" else state[k] for k in cls.__dataclass_fields__})
 
 
 def truncation_variance(S: np.ndarray, n_modes: int, center: bool, mass: sp.spmatrix, folds: int = 10) -> np.ndarray:
@@ -243,11 +265,13 @@ def truncation_variance(S: np.ndarray, n_modes: int, center: bool, mass: sp.spma
 
 def truncation_residuals(
     S: np.ndarray, n_modes: int, center: bool, mass: sp.spmatrix, folds: int = 10
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""The cross-validated truncation variance :math:`r` ``(N_c,)`` (:func:`truncation_variance`) and the
-    out-of-sample residual energy :math:`e_i = \|F_i - \mathcal{P}_{-i} F_i\|_M^2` of every snapshot ``(n,)``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""The cross-validated truncation variance :math:`r` ``(N_c,)`` (:func:`truncation_variance`), the
+    out-of-sample residual energy :math:`e_i = \|F_i - \mathcal{P}_{-i} F_i\|_M^2` of every snapshot ``(n,)`` and the
+    residuals themselves, :math:`R_i = F_i - \mathcal{P}_{-i} F_i`, ``(n, N_c)`` (zero for a snapshot whose fold
+    leaves too few snapshots for a POD), so that :math:`r = \operatorname{diag}(R^\top R) / n`."""
     n = S.shape[0]
-    acc, energy = np.zeros(S.shape[1]), np.zeros(n)
+    acc, energy, res = np.zeros(S.shape[1]), np.zeros(n), np.zeros(S.shape)
     for train, test in cv_folds(n, folds):
         k = min(n_modes, len(train) - 1 if center else len(train))
         if k < 1:
@@ -256,12 +280,62 @@ def truncation_residuals(
         R = S[test] - pod.inverse_transform(pod.transform(S[test]))
         acc += (R**2).sum(0)
         energy[test] = np.einsum("ij,ij->i", R, np.asarray(mass @ R.T).T)
-    return acc / n, energy
+        res[test] = R
+    return acc / n, energy, res
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # decode
 # ----------------------------------------------------------------------------------------------------------------
+def truncation_noise(
+    gen: torch.Generator, n_samples: int, n_nodes: int, fields: list[FieldPOD], *, dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    r"""Standard normal draws for :func:`truncation_draws` on a mesh of ``n_nodes`` nodes, from ``gen`` (float64 on
+    the CPU, then moved, so that every device draws the same numbers): the independent nodal part, ``S x N_i x m``,
+    then the weights of the residual factors, ``S x sum k_f`` (``None`` when a field has no factor: files written
+    before it, whose draws stay those of the independent nodal noise, number for number)."""
+    noise = torch.randn(n_samples, n_nodes, len(fields), generator=gen, dtype=torch.float64)
+    if any(f.trunc_factor is None for f in fields):
+        return noise.to(dtype=dtype, device=device), None
+    k = sum(int(f.trunc_factor.shape[0]) for f in fields)
+    g = torch.randn(n_samples, k, generator=gen, dtype=torch.float64)
+    return noise.to(dtype=dtype, device=device), g.to(dtype=dtype, device=device)
+
+
+def truncation_draws(
+    Q: Tensor, fields: list[FieldPOD], tv: Tensor, noise: Tensor, g: Tensor | None, scale: Tensor | None
+) -> Tensor:
+    r"""Monte Carlo draws of the POD truncation term on the nodes of one mesh, ``S x N_i x m``.
+
+    With the residual factor :math:`L = R / \sqrt{n}` of every field (:class:`FieldPOD`), the draw is
+    :math:`\sqrt{\lambda}\, Q L^\top g + \sqrt{d} \odot h` with :math:`g \sim \mathcal{N}(0, I_n)` and
+    :math:`h \sim \mathcal{N}(0, I_{N_i})`: a spatially correlated field of covariance :math:`\lambda\, Q C Q^\top`
+    (:math:`C = L^\top L = R^\top R / n`, the covariance of the training snapshots' out-of-sample residuals) plus
+    the remainder :math:`d = \lambda \bigl(Q r - \operatorname{diag}(Q C Q^\top)\bigr) \ge 0` (P1 weights are
+    convex, so :math:`(Q C Q^\top)_{jj} \le (Q r)_j`; the part of the residual that varies within a common
+    element) on independent nodes, so that the marginal variances are exactly those of the predictive std,
+    :math:`\lambda (Q r)_j`. Without a factor (``g`` ``None``) the draw is :math:`\sqrt{\lambda Q r} \odot h`,
+    independent nodes, as before the factor.
+
+    Args:
+        Q: :math:`Q_i`, sparse ``N_i x N_c``.
+        fields: The field PODs (``m``).
+        tv: The truncation variances :math:`\lambda (Q r)`, ``N_i x m``.
+        noise: :math:`h`, ``S x N_i x m``; g: the factor weights, ``S x sum k_f`` (:func:`truncation_noise`).
+        scale: :math:`\lambda` per field, ``(m,)`` (``None``: 1).
+    """
+    if g is None:
+        return tv.sqrt() * noise
+    offs = np.concatenate([[0], np.cumsum([f.trunc_factor.shape[0] for f in fields])]).tolist()
+    QL = [Q @ f.trunc_factor.mT for f in fields]  # N_i x k_f each
+    corr = torch.stack([g[:, offs[k] : offs[k + 1]] @ A.mT for k, A in enumerate(QL)], -1)  # S x N_i x m
+    diag = torch.stack([A.square().sum(1) for A in QL], -1)  # diag(Q C Q^T), N_i x m
+    lam = torch.ones(len(fields), dtype=tv.dtype, device=tv.device) if scale is None else scale
+    rest = (tv - lam * diag).clamp_min(0.0)
+    return lam.sqrt() * corr + rest.sqrt() * noise
+
+
 def decode_fields(
     Q: Tensor,
     fields: list[FieldPOD],
@@ -272,6 +346,7 @@ def decode_fields(
     eps: Tensor | None = None,
     noise: Tensor | None = None,
     trunc_scale: Tensor | None = None,
+    trunc_eps: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Decode the predicted coefficients of one mesh onto its nodes.
 
@@ -283,7 +358,9 @@ def decode_fields(
         truncation: Add the POD truncation variance :math:`\lambda^{(f)} Q r^{(f)}`.
         trunc_scale: The factors :math:`\lambda^{(f)}` of the truncation variances, ``(m,)`` (``None``: 1).
         eps: Standard normal draws of the coefficients, ``S x sum n_f`` (Monte Carlo samples; needs ``std``).
-        noise: Standard normal draws of the truncation term, ``S x N_i x m`` (with ``eps`` and ``truncation``).
+        noise: Standard normal draws of the truncation term on the nodes, ``S x N_i x m`` (with ``eps`` and
+            ``truncation``), and trunc_eps: those of its residual factors, ``S x sum k_f`` (``None``: independent
+            nodes); both from :func:`truncation_noise`, combined by :func:`truncation_draws`.
 
     Returns:
         ``(mean N_i x m, std N_i x m or None, samples S x N_i x m or None)``.
@@ -311,5 +388,5 @@ def decode_fields(
         draws = (Q @ common.permute(1, 0, 2).reshape(common.shape[1], -1)).reshape(-1, S, len(fields))
         draws = draws.permute(1, 0, 2)  # S x N_i x m
         if tv is not None:
-            draws = draws + tv.sqrt() * noise
+            draws = draws + truncation_draws(Q, fields, tv, noise, trunc_eps, trunc_scale)
     return U, sd, draws

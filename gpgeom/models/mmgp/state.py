@@ -5,11 +5,14 @@ r"""What an :class:`~gpgeom.models.mmgp.MMGP` model file holds and how a model i
 The state is a dict of tensors and plain Python values: the constructor's settings (:func:`model_config`), the
 common mesh, the geometry POD and its residual reference, the field PODs, the GPs' training data and state dicts
 and the fit record (:func:`model_state`). Entries added after a format version was released are optional on load
-(:func:`restore_model` names the fallback of each).
+(:func:`restore_model` names the fallback of each): a file without the fields' truncation residual factors
+(``trunc_factor``, :class:`~gpgeom.models.mmgp.reduction.FieldPOD`) loads with a ``UserWarning`` and draws the
+truncation term independently per node, as before the factor.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +109,15 @@ def restore_model(
     model._geometry = GeometryPOD.from_state(state["geometry"])
     model._residual = GeometryResidual.from_state(state["residual"])
     model._fields = [FieldPOD.from_state(f) for f in state["fields"]]
+    if model.truncation_variance and any(f.trunc_factor is None for f in model._fields):
+        warnings.warn(
+            "This MMGP file was written before the truncation residuals were saved: its Monte Carlo field draws "
+            "(predict(n_samples=...)) add the POD truncation term independently per node (white noise in space), "
+            "as when it was written; the means and standard deviations are unaffected. Refit and save the model "
+            "for spatially correlated draws.",
+            UserWarning,
+            stacklevel=5,  # MMGP.load / gpgeom.load -> _rebuild -> MMGP._from_state -> here
+        )
     model._noise_share = state["noise_share"]
     model.field_names_ = list(state["field_names"])
     model.scalar_names_ = list(state["scalar_names"])
