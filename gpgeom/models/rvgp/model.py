@@ -32,7 +32,8 @@ hyperparameters, data).
 Bad input: vectors not of shape ``(len(index), D)`` (or ``(n, D)``), indices out of range or not integers,
 non-finite values, a manifold dimension above ``D``, duplicate points (``ValueError`` from the geometry, or
 ``duplicates="drop"``), a disconnected graph (a warning from the geometry; the spectrum is the union of the
-components' spectra, so every component gets its own low modes), ``n_eigenpairs`` above ``n d``: each a clear
+components' spectra, so every component gets its own low modes, and the ambient part is zero between components:
+no information passes between them), ``n_eigenpairs`` above ``n d``: each a clear
 ``ValueError``/``TypeError``/warning.
 """
 
@@ -59,7 +60,7 @@ from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian
 from gpgeom.geometry.tangent import fit_size, local_noise_variance, tangent_frames
 from gpgeom.kernels.spectral import SpectralKernel
 from gpgeom.models.rvgp._inputs import _as_index, _numpy
-from gpgeom.models.rvgp.ambient import _AMBIENT, AMBIENT_MAX_POINTS, _ambient_kernel
+from gpgeom.models.rvgp.ambient import _AMBIENT, AMBIENT_MAX_POINTS, _ambient_inputs, _ambient_kernel
 from gpgeom.models.rvgp.extension import _NystromExtension
 from gpgeom.models.rvgp.smoothness import _FILTERS, NU_BOUNDS, _lengthscale_bounds
 
@@ -131,8 +132,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             :math:`\nu` is in ``NU_BOUNDS``.
         noise_estimate, normal_noise: Set by :meth:`fit`: the basis-free noise estimate that splits the residual
             variance into ``observation_noise_variance`` and ``model_error_variance``, and :math:`\sigma_\perp^2`.
-        ambient_kernel, ambient_points: The ambient part's ``ScaleKernel`` and the ``(n, D)`` float64 coordinates it
-            sees (``None`` with ``ambient=None``); ``ambient_lengthscale_bounds`` its lengthscale's ``(lo, hi)``.
+        ambient_kernel, ambient_points: The ambient part's ``ScaleKernel`` and the ``(n, D + 1)`` float64 inputs it
+            sees, the coordinates and the graph component label (``None`` with ``ambient=None``; it is zero between
+            components, :mod:`~gpgeom.models.rvgp.ambient`); ``ambient_lengthscale_bounds`` its lengthscale's
+            ``(lo, hi)``.
         ambient_active: Whether the last :meth:`fit` used the ambient part (exact, at most ``AMBIENT_MAX_POINTS``
             distinct points); ``uses_ambient`` whether predictions do now.
         scalar, config: Whether the field is scalar; the constructor's arguments (what :meth:`load` rebuilds from).
@@ -226,8 +229,9 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         frames = None if scalar else torch.as_tensor(lap.frames, dtype=torch.float64, device=device)
         amb_kernel = amb_points = None
         if ambient is not None:
-            amb_kernel, amb_bounds = _ambient_kernel(lap.points, ambient)
-            amb_points = torch.as_tensor(lap.points, dtype=torch.float64, device=device)
+            labels = lap.graph.labels
+            amb_kernel, amb_bounds = _ambient_kernel(lap.points, ambient, labels)
+            amb_points = torch.as_tensor(_ambient_inputs(lap.points, labels), dtype=torch.float64, device=device)
         super().__init__(covar, tangent_frames=frames, ambient_kernel=amb_kernel, ambient_points=amb_points)
         self.ambient_lengthscale_bounds = amb_bounds if ambient is not None else None
         self.lengthscale_bounds = (lo, hi)
@@ -516,7 +520,11 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                 proj = torch.ones(len(phi), 1, 1, dtype=phi.dtype, device=phi.device)
             else:
                 proj = frames @ frames.mT
-            coords = None if self.ambient_points is None else torch.as_tensor(P[sl], dtype=self.dtype).to(phi)
+            coords = None
+            if self.ambient_points is not None:  # with the component of the nearest cloud point
+                near = self._tree.query(P[sl], k=1)[1].reshape(-1)
+                coords = torch.as_tensor(_ambient_inputs(P[sl], self.laplacian.graph.labels[near]), dtype=self.dtype)
+                coords = coords.to(phi)
             X = self.extended_inputs(phi, proj, 1.0 - gamma.square(), key, coords)
             parts.append(self._predict(X, return_std, return_cov, observation_noise, step, max_memory))
         if not (return_std or return_cov):
