@@ -59,9 +59,9 @@ basis per direction of the span, so that far from the basis the posterior return
 **Projected ambient part, nugget across the frames** (``ambient_kernel``; RVGP's default, whose why is in
 :mod:`gpgeom.models.rvgp.ambient`). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2
 k(x, x') I_D)` on the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim
-\mathcal N(0, \beta (I - P_i))`, :math:`\beta = \sigma_\perp^2` (the frames' error as latent variance, the noise
-isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions use dense Cholesky
-algebra in float64 (:mod:`~gpgeom.botorch.low_rank_ambient`).
+\mathcal N(0, \beta (I - P_i))`, :math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})` (the frames' error as
+latent variance, the noise isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and
+predictions use dense Cholesky algebra in float64 (:mod:`~gpgeom.botorch.low_rank_ambient`).
 
 **BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate` with the base
 moments above (original units); ``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian),
@@ -234,13 +234,17 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
 
     @property
     def normal_model_error_variance(self) -> Tensor:
-        r""":math:`\beta = \sigma_\perp^2` (scaled units, scalar tensor; zero without ``noise_estimate`` or
-        ``normal_noise``): the latent variance per direction across the frames, what the frames' error puts there
-        (module docstring)."""
+        r""":math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})` (scaled units, scalar tensor; zero without
+        ``noise_estimate`` or ``normal_noise``): the latent variance per direction across the frames, what the frames'
+        error puts there (module docstring): the part of the observations' normal variance :math:`\sigma_\perp^2`
+        that the isotropic noise :math:`\sigma^2_{obs}` does not explain, so that :math:`\beta + \sigma^2_{obs}`
+        is :math:`\sigma_\perp^2` (:math:`\beta = \sigma_\perp^2` counted the noise twice: with isotropic noise the
+        means at observed points kept half of their observation's normal component)."""
         s2 = self.noise.detach()
         if self.noise_estimate is None or self.normal_noise is None:
             return torch.zeros_like(s2)
-        return torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
+        perp = torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
+        return (perp - self.observation_noise_variance).clamp_min(0.0)
 
     @property
     def observation_noise_variance(self) -> Tensor:

@@ -31,9 +31,14 @@ D`` scalar observations (or variationally for large ``n``): :class:`~gpgeom.boto
 whose module docstring has the algebra. The reference implementation factorises the dense ``N x N`` matrix.
 
 **Tangency.** Every lifted eigenvector lies in :math:`\mathrm{span}\, T_i`, and so do the model-error
-(:mod:`~gpgeom.models.rvgp.model`) and restored (:mod:`~gpgeom.models.rvgp.extension`) terms, so posterior means,
-samples and the columns of the latent posterior covariance are tangent to the estimated frames by construction (no
-projection).
+(:mod:`~gpgeom.models.rvgp.model`), restored (:mod:`~gpgeom.models.rvgp.extension`) and projected ambient terms, so
+posterior means, samples and the columns of the latent posterior covariance are tangent to the estimated frames by
+construction (no projection), but for one term: the nugget :math:`\beta (I - P_i)` of the frames' error,
+:math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})`, the observations' variance across the frames beyond the
+isotropic noise (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`). Where :math:`\beta > 0` the covariances get
+:math:`\beta (I - P_i)` and the means at observed points a share :math:`\beta / (\beta + \sigma^2_{obs})` of their
+observations' component across the frames; it is 0 on clean clouds with the default frames (their error is below the
+noise floor) and about 0 with isotropic noise.
 
 **Scalar fields** (``scalar=True``): the same model on the graph Laplacian's eigenvectors (``D_out = 1``).
 

@@ -102,7 +102,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
 
     Point indices (``fit``, ``predict``, BoTorch inputs) refer to the rows of :attr:`points` (the cloud after
     ``duplicates="drop"``, if used; the input rows are ``laplacian.index``). Posterior covariances have rank ``d``
-    per point (no normal component), so drawing samples adds GPyTorch's jitter (a ``NumericalWarning``).
+    per point (no normal component; plus :math:`\beta (I - P_i)` where the nugget of the frames' error is positive,
+    :mod:`gpgeom.models.rvgp`, *Tangency*), so drawing samples adds GPyTorch's jitter (a ``NumericalWarning``).
 
     Args:
         points: ``(n, D)`` point cloud (numpy, torch or sequence).
@@ -457,7 +458,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             return_std: Also return the ``(m, D)`` per-component standard deviations.
             observation_noise: Include the noise variance (predict observations rather than the field).
             return_cov: Return the ``(m, D, D)`` per-point covariances instead of standard deviations (rank ``d``,
-                in the tangent plane, when ``observation_noise=False``).
+                in the tangent plane, when ``observation_noise=False``, but for the nugget of the frames' error,
+                :math:`\beta (I - P)`, where it is positive: :mod:`gpgeom.models.rvgp`, *Tangency*).
             chunk_size: The most points per chunk.
             max_memory: Budget of the working memory of one chunk (bytes or a string such as ``"512MB"``;
                 ``None``: :func:`gpgeom.engine.chunking.resolve_max_memory`), which sizes the chunks from the bytes
