@@ -138,8 +138,47 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def write_report(name: str, text: str) -> Path:
+    """Write ``text`` as report ``name`` (a :func:`report_name`) to :func:`results_path` ``(name)`` and print it."""
     path = results_path(name)
     path.write_text(text)
     print(text)
     print(f"\n(written to {path})")
     return path
+
+
+def write_benchmark_report(
+    name: str,
+    title: str,
+    facts: Sequence[str],
+    body: Sequence[str],
+    *,
+    device: torch.device | str = "cpu",
+    machine_note: str = "",
+) -> Path:
+    r"""Assemble a benchmark's report in the layout the scripts share, write it as report ``name`` and print it.
+
+    The text, line by line::
+
+        # <title>
+
+        - machine: <machine_info(device)><machine_note>
+        - <fact>            (one line per entry of ``facts``: the mode, the data, what the columns are, ...)
+
+        <body>              (the entries of ``body`` as they are: headings, paragraphs, tables, blank lines)
+
+    ending with exactly one newline (blank lines at the end of ``body`` are dropped).
+
+    Args:
+        name: The report's name from :func:`report_name`: a quick run or a run on another device writes its own file
+            (in ``results/local/`` for quick runs, :func:`results_path`), never over a committed full table.
+        title: The title, without the leading ``# ``.
+        facts: The bullet lines after the machine line, without the leading ``- ``.
+        body: The lines after the head, each a line or several joined by newlines.
+        device: The device the machine line describes (:func:`machine_info`).
+        machine_note: Text appended to the machine line (e.g. ``"; peak resident memory 512 MB"``).
+
+    Returns:
+        The path written (as :func:`write_report`, which writes it).
+    """
+    head = [f"# {title}", "", f"- machine: {machine_info(device)}{machine_note}", *(f"- {f}" for f in facts), ""]
+    return write_report(name, "\n".join([*head, *body]).rstrip("\n") + "\n")

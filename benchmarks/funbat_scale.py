@@ -37,13 +37,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    machine_info,
     markdown_table,
     peak_rss_mib,
     report_name,
     reset_peak_rss,
     status_mib,
-    write_report,
+    write_benchmark_report,
 )
 
 SHAPE = (200, 200, 50)
@@ -205,25 +204,21 @@ def main() -> None:
     dense_tb = args.n**2 * 8 / 1e12
     header = ["method", "setting", "test RMSE", "95% coverage", "z RMS", "NLPD", "fit s", "predict s",
               "peak RSS MB", "peak above data MB"]  # fmt: skip
-    text = "\n".join(
+    write_benchmark_report(
+        report_name("funbat_scale", quick=reduced),
+        "FunBaT at scale beside a sparse variational GP",
         [
-            "# FunBaT at scale beside a sparse variational GP",
-            "",
-            f"- machine: {machine_info()}",
-            f"- load average (1 min): {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
-            f"- data: synthetic rank-2 Tucker tensor on a {SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]} grid in [0, 1]^3, "
+            f"load average (1 min): {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
+            f"data: synthetic rank-2 Tucker tensor on a {SHAPE[0]} x {SHAPE[1]} x {SHAPE[2]} grid in [0, 1]^3, "
             f"{args.n:,} training and {N_TEST:,} test entries (noise sd {NOISE}: the RMSE floor)",
-            f"- exact GP: not run; its kernel matrix alone needs N^2 x 8 bytes = {dense_tb:.3g} TB",
-            "- each method in its own process: peak RSS of that process (imports and data included; 'above data':"
+            f"exact GP: not run; its kernel matrix alone needs N^2 x 8 bytes = {dense_tb:.3g} TB",
+            "each method in its own process: peak RSS of that process (imports and data included; 'above data':"
             " above the resident set after generating the data, the high-water mark reset there), wall seconds of "
             "the fit and of predicting the test entries with the "
             "observation noise; calibration of those predictions (gpgeom.metrics)",
-            "",
-            markdown_table(header, rows),
-            "",
-        ]
+        ],
+        [markdown_table(header, rows)],
     )
-    write_report(report_name("funbat_scale", quick=reduced), text)
 
 
 if __name__ == "__main__":

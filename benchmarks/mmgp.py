@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, peak_rss_mib, report_name, timeit, write_report  # noqa: E402
+from _common import markdown_table, peak_rss_mib, report_name, timeit, write_benchmark_report  # noqa: E402
 
 from gpgeom import metrics  # noqa: E402
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates  # noqa: E402
@@ -371,14 +371,15 @@ def run(args: argparse.Namespace, executor) -> None:
         [f"inference of one {big.n_nodes}-node mesh (median of 5)", t_one, c_one, "< 0.5 s"],
     ]
 
-    text = "\n".join(
+    tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
+    name = report_name(args.name or "mmgp", device=args.device, quick=report_quick(args), tags=tags)
+    write_benchmark_report(
+        name,
+        "MMGP on NotchedPlate2d" + (f" ({args.plate_options})" if popts else "") + (" (quick)" if quick else ""),
         [
-            "# MMGP on NotchedPlate2d" + (f" ({args.plate_options})" if popts else "") + (" (quick)" if quick else ""),
-            "",
-            f"- machine: {machine_info()}",
-            f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
+            f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
             f"(resident set, Linux): {peak_rss_mib():.0f} MB",
-            f"- data: {n_train} train (seed 0) / {n_test} test (seed 1), mesh size {mesh_size}, "
+            f"data: {n_train} train (seed 0) / {n_test} test (seed 1), mesh size {mesh_size}, "
             f"{n_tr_nodes:.0f} nodes on average; common mesh = train[{n_train // 2}] "
             f"({model.common_mesh_.n_points} nodes); GP stage and decode on {args.device}"
             + (
@@ -387,14 +388,15 @@ def run(args: argparse.Namespace, executor) -> None:
                 if args.executor != "none"
                 else ""
             ),
-            f"- model: `{model!r}`",
-            f"- model: morphing {args.morphing}, {model.n_modes_geometry_} geometry modes, field modes "
+            f"model: `{model!r}`",
+            f"model: morphing {args.morphing}, {model.n_modes_geometry_} geometry modes, field modes "
             f"{model.n_modes_fields_} (own hyperparameters for the first {model.n_modes_own_}, the others shared per "
             f"field), Matern 5/2 ARD, learned noise, hyperparameters {args.hyperparameters} "
             f"({len(model.gps_)} GPs), {restarts + 1} L-BFGS-B attempts of at most {args.max_iter} iterations "
             f"(attempt kept per GP, or per output for separate hyperparameters: "
             f"{[g.fit_result_.member_attempts or g.fit_result_.best_attempt for g in model.gps_]})",
-            "",
+        ],
+        [
             "## Accuracy on the original test nodes",
             "",
             markdown_table(["quantity", "kind", "RRMSE", "Q2", "reference Q2"], rows),
@@ -441,11 +443,8 @@ def run(args: argparse.Namespace, executor) -> None:
             markdown_table(["stage", "wall s", "CPU s (process_time)", "target / reference"], speed_rows),
             "",
             f"Total fit {t_fit:.1f} s wall, {c_fit:.1f} s CPU; data generation / cache load {t_data:.1f} s.",
-        ]
+        ],
     )
-    tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
-    name = report_name(args.name or "mmgp", device=args.device, quick=report_quick(args), tags=tags)
-    write_report(name, text + "\n")
 
 
 def run_bracket3d(args: argparse.Namespace, executor) -> None:
@@ -529,26 +528,28 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
     model = runs["rbf"][0]
     in_score = model.ood_score(Mt, executor=executor).cpu().numpy()
     nodes = [m.n_points for m in M]
-    text = "\n".join(
+    tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
+    name = report_name(args.name or "mmgp_bracket3d", device=args.device, quick=report_quick(args), tags=tags)
+    write_benchmark_report(
+        name,
+        "MMGP on Bracket3d (3D tetrahedral meshes)" + (" (quick)" if quick else ""),
         [
-            "# MMGP on Bracket3d (3D tetrahedral meshes)" + (" (quick)" if quick else ""),
-            "",
-            f"- machine: {machine_info(args.device)}",
-            f"- load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
+            f"load average at the end: {os.getloadavg()[0]:.2f} (2 cores shared); peak memory of the process "
             f"(resident set, Linux): {peak_rss_mib():.0f} MB",
-            f"- data: `generate_brackets({n_train + n_test}, seed=0, resolution={resolution})`, the first {n_train} "
+            f"data: `generate_brackets({n_train + n_test}, seed=0, resolution={resolution})`, the first {n_train} "
             f"train, the last {n_test} test; {np.mean(nodes):.0f} nodes on average ({min(nodes)}-{max(nodes)}), "
             f"P2 elasticity, fields at the P1 vertices; generation / cache load {t_data:.1f} s",
-            f"- common mesh: the reference block `bracket3d.reference_mesh()` ({template.n_points} nodes, "
+            f"common mesh: the reference block `bracket3d.reference_mesh()` ({template.n_points} nodes, "
             f"{template.n_cells} tetrahedra); GP stage and decode on {args.device}",
-            f"- model: `{model!r}`",
-            f"- model: {model.n_modes_geometry_} geometry modes, field modes {model.n_modes_fields_}, Matern 5/2 ARD, "
+            f"model: `{model!r}`",
+            f"model: {model.n_modes_geometry_} geometry modes, field modes {model.n_modes_fields_}, Matern 5/2 ARD, "
             f"learned noise, hyperparameters {args.hyperparameters} ({len(model.gps_)} GPs), {restarts + 1} "
             f"L-BFGS-B attempts of at most {args.max_iter} iterations",
-            "- `rbf`: every bracket morphed onto the block (`gpgeom.geometry.morphing3d.morph_volume`); `physical`: "
+            "`rbf`: every bracket morphed onto the block (`gpgeom.geometry.morphing3d.morph_volume`); `physical`: "
             "the same model without morphing, P1 transfers in physical space (block nodes outside a bracket "
             "clamped to its boundary)",
-            "",
+        ],
+        [
             "## Accuracy on the original test nodes",
             "",
             "Q2 over all test nodes (fields) or samples (scalars); RRMSE as in the NotchedPlate2d table; 95% coverage "
@@ -580,11 +581,9 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
             "measure of one core)",
             "",
             markdown_table(["stage", "wall s", "CPU s (process_time)"], speed_rows),
-        ]
+        ],
+        device=args.device,
     )
-    tags = [f"{args.executor}{args.workers}"] if args.executor != "none" else []
-    name = report_name(args.name or "mmgp_bracket3d", device=args.device, quick=report_quick(args), tags=tags)
-    write_report(name, text + "\n")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import machine_info, markdown_table, peak_rss_mib, report_name, write_report  # noqa: E402
+from _common import markdown_table, peak_rss_mib, report_name, write_benchmark_report  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gpgeom.engine.fitting import fit  # noqa: E402
@@ -480,11 +480,8 @@ def main() -> None:
     )
     short = [v for v in variants if "-long" not in v]
     budget_text = (f"{steps_fixed} steps" if steps_fixed else f"{budget:.0f} s wall clock") if short else ""
-    lines = [
-        f"# RGNP benchmark, nonlinear Poisson 1-D ({'paper sizes' if paper else 'quick'})",
-        "",
-        f"- machine: {machine_info(device)}",
-        f"- config: {desc}; Adam, "
+    facts = [
+        f"config: {desc}; Adam, "
         + (
             f"peak lr {lr:g}, cosine schedule to {phi:g} x peak over each run"
             if schedule == "cosine"
@@ -501,16 +498,14 @@ def main() -> None:
             if args.jobs > 1 and device.type == "cpu" and len(variants) > 1
             else ""
         ),
-        f"- test set: {n_test} draws of (z, w) from the prior, reference (shooting, ~1e-9) on {len(x)} nodes "
+        f"test set: {n_test} draws of (z, w) from the prior, reference (shooting, ~1e-9) on {len(x)} nodes "
         f"({t_test:.1f} s); float32",
-        "- u metrics from the mean of q_alpha at the test nodes; z metrics from q_beta fed the true field at the "
+        "u metrics from the mean of q_alpha at the test nodes; z metrics from q_beta fed the true field at the "
         "test nodes; coverage = fraction inside mean +- 2 sigma (boundary nodes have sigma = 0 and an exact mean, "
         "so they count as covered); final rows use the parameters with the lowest one-step loss (what `fit` "
         "returns); train s and CPU s exclude the test evaluations",
-        "",
-        markdown_table(header, table),
-        "",
     ]
+    lines = [markdown_table(header, table), ""]
     for name, traj in trajectories.items():
         lines += [
             f"Training trajectory of {name} (current parameters, test metrics as above):",
@@ -535,7 +530,8 @@ def main() -> None:
     else:
         tags = ("paper",) if paper else ()
         name = report_name("rgnp", device=device, quick=report_quick(args), tags=tags, always_device=True)
-    write_report(name, "\n".join(lines))
+    title = f"RGNP benchmark, nonlinear Poisson 1-D ({'paper sizes' if paper else 'quick'})"
+    write_benchmark_report(name, title, facts, lines, device=device)
     if not math.isfinite(rows[0][5]["u_rel_l2"]):
         raise SystemExit("non-finite forward error")
 
@@ -638,22 +634,19 @@ def calibration_main(args) -> None:
     for name in problems:
         p_steps = min(steps, 800) if name.startswith("helmholtz") else steps
         results[name] = calibration_problem(name, p_steps, args.seed)
-    lines = [
-        f"# RGNP calibration of the predictive distributions ({'quick' if args.quick else 'demo CPU sizes'})",
-        "",
-        f"- machine: {machine_info('cpu')}; peak resident memory {peak_rss_mib():.0f} MB",
-        f"- config: forward MLP 3x64, 16 Fourier frequencies, GICNet P=8 grid 16, 8 fields per step of 30 points "
+    facts = [
+        f"config: forward MLP 3x64, 16 Fourier frequencies, GICNet P=8 grid 16, 8 fields per step of 30 points "
         f"(Burgers 100), Adam 3e-3, {steps} steps (Helmholtz {min(steps, 800)}, rank 2), float32, seed {args.seed}",
-        "- test: 40 fields from the prior (another seed); forward at the test grid off the hard boundary (Poisson 99 "
+        "test: 40 fields from the prior (another seed); forward at the test grid off the hard boundary (Poisson 99 "
         "nodes, Burgers 19 x 20, Helmholtz 99); inverse from the true field at 40 (Burgers 100) uniform random points",
-        "- forward: q_alpha alone (as trained by the ELBO) and calibrated (`RGNP.calibrate`: model discrepancy by "
+        "forward: q_alpha alone (as trained by the ELBO) and calibrated (`RGNP.calibrate`: model discrepancy by "
         "MAP on 32 reference fields of other parameters at 50 random points); inverse: q_beta as trained and after "
         "`calibrate(..., inverse_steps=500)` (500 Adam steps of q_beta alone on fields from the calibrated predictive)",
-        "- coverage_p: fraction of test values inside the central p interval of the Gaussian predictive; z_rms: RMS of "
+        "coverage_p: fraction of test values inside the central p interval of the Gaussian predictive; z_rms: RMS of "
         "(truth - mean) / std (1 when calibrated); nlpd: mean negative log predictive density; rel_l2: relative L2 "
         "error of the mean (forward); z_nse: normalised squared error of the mean of z (prior mean: 1)",
-        "",
     ]
+    lines = []
     fwd = {}
     inv = {}
     for name, r in results.items():
@@ -682,7 +675,13 @@ def calibration_main(args) -> None:
             ],  # fmt: skip
         )
     )
-    write_report(report_name("rgnp_calibration", device="cpu", quick=args.quick), "\n".join(lines) + "\n")
+    write_benchmark_report(
+        report_name("rgnp_calibration", device="cpu", quick=args.quick),
+        f"RGNP calibration of the predictive distributions ({'quick' if args.quick else 'demo CPU sizes'})",
+        facts,
+        lines,
+        machine_note=f"; peak resident memory {peak_rss_mib():.0f} MB",
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import machine_info, markdown_table, peak_rss_mib, report_name, write_report  # noqa: E402
+from benchmarks._common import markdown_table, peak_rss_mib, report_name, write_benchmark_report  # noqa: E402
 from gpgeom.botorch.exact_gp import ExactGPModel  # noqa: E402
 from gpgeom.datasets.vector_fields import (  # noqa: E402
     ellipsoid_vector_field,
@@ -460,19 +460,19 @@ def main() -> None:
     acc = accuracy_cases(args.quick, args.device)
     cal = calibration_cases(args.quick, args.device)
     tim = timing_cases(args.quick, args.device)
-    text = "\n".join(
+    write_benchmark_report(
+        report_name("rvgp", device=args.device, quick=args.quick),
+        "RVGP benchmark",
         [
-            "# RVGP benchmark",
-            "",
-            f"- machine: {machine_info(args.device)}",
-            f"- quick: {args.quick}",
-            "- reference implementation (GPflow, agosztolai/RVGP) on the same splits: sphere n=1000 50 %: "
+            f"quick: {args.quick}",
+            "reference implementation (GPflow, agosztolai/RVGP) on the same splits: sphere n=1000 50 %: "
             "relative L2 0.067, median angle 2.80 deg; "
             "torus: 0.247, 6.88 deg; cap: 0.050, 2.52 deg; rough field: 0.154, 1.54 deg "
             "(Euclidean GP 0.105, 2.70 deg).",
-            "- coverage: fraction of held-out components within 1.96 predictive std (noise included); normal: median "
+            "coverage: fraction of held-out components within 1.96 predictive std (noise included); normal: median "
             "|v.n|/|v| against the true normal.",
-            "",
+        ],
+        [
             "## RVGP against the Euclidean GP at its best (same run; 1200 points, 30 % observed, noise-free fields)",
             "",
             *vs_tables(vs_rows, vs_sum),
@@ -524,9 +524,9 @@ def main() -> None:
                 tim,
             ),
             "",
-        ]
+        ],
+        device=args.device,
     )
-    write_report(report_name("rvgp", device=args.device, quick=args.quick), text)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, markdown_table, peak_rss_mib, report_name, write_report  # noqa: E402
+from _common import markdown_table, peak_rss_mib, report_name, write_benchmark_report  # noqa: E402
 
 from gpgeom import RVGP  # noqa: E402
 from gpgeom.datasets.vector_fields import ellipsoid_vector_field  # noqa: E402
@@ -87,21 +87,17 @@ def main(argv: list[str] | None = None) -> int:
         "RVGP relL2 (held-out)",
         "t_fit+pred s",
     ]
-    text = "\n".join(
+    write_benchmark_report(
+        report_name("rvgp_frames", quick=args.quick),
+        "RVGP's frames on a unit sphere: normal leakage and RVGP's error (1200 points, 30 % observed, smooth "
+        "noise-free field)",
         [
-            "# RVGP's frames on a unit sphere: normal leakage and RVGP's error (1200 points, 30 % observed, smooth "
-            "noise-free field)",
-            "",
-            f"- machine: {machine_info('cpu')}",
-            f"- mode: {'quick' if args.quick else 'full'}; {time.perf_counter() - t0:.0f} s in all; peak memory of the "
+            f"mode: {'quick' if args.quick else 'full'}; {time.perf_counter() - t0:.0f} s in all; peak memory of the "
             f"process (resident set, Linux): {peak_rss_mib():.0f} MB; `benchmarks/rvgp_frames.py` (its docstring says "
-            "what each column is)",
-            "",
-            markdown_table(header, rows),
-            "",
-        ]
+            "what each column is)"
+        ],
+        [markdown_table(header, rows)],
     )
-    write_report(report_name("rvgp_frames", quick=args.quick), text)
     return 0
 
 

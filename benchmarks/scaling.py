@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, report_name, write_report  # noqa: E402
+from _common import markdown_table, report_name, write_benchmark_report  # noqa: E402
 
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates  # noqa: E402
 from gpgeom.engine.parallel import DASK_SETTINGS, chunk_size_for, map_items  # noqa: E402
@@ -330,12 +330,11 @@ def main(argv: list[str] | None = None) -> None:
         ["this process's idle CPU per wall second, taken out of s_c and f", params.get("idle")],
     ]
 
-    text = "\n".join(
+    write_benchmark_report(
+        report_name("scaling", quick=quick),
+        "Scaling of MMGP's independent stages over Dask workers" + (" (quick)" if quick else ""),
         [
-            "# Scaling of MMGP's independent stages over Dask workers" + (" (quick)" if quick else ""),
-            "",
-            f"- machine: {machine_info()}",
-            f"- load average (1 min): {load_start:.2f} at the start, {load():.2f} at the end (2 cores shared with "
+            f"load average (1 min): {load_start:.2f} at the start, {load():.2f} at the end (2 cores shared with "
             "other jobs: wall-clock speed-ups are bounded by the cores the other jobs leave free; CPU seconds are "
             "the load-independent measure)"
             + (
@@ -345,15 +344,16 @@ def main(argv: list[str] | None = None) -> None:
                 if _autogroup()
                 else ""
             ),
-            f"- data: {n} NotchedPlate2d plates (seed 0), mesh size {mesh_size}, {nodes:.0f} nodes on average; "
+            f"data: {n} NotchedPlate2d plates (seed 0), mesh size {mesh_size}, {nodes:.0f} nodes on average; "
             f"common mesh = plate {n // 2} ({transfer.common_mesh.n_points} nodes); data generation / cache load "
             f"{t_data:.1f} s on 2 Dask workers",
-            "- executor: `dask.distributed.LocalCluster(n_workers=W, processes=True, threads_per_worker=1)` started "
+            "executor: `dask.distributed.LocalCluster(n_workers=W, processes=True, threads_per_worker=1)` started "
             "under `dask.config.set(gpgeom.engine.parallel.DASK_SETTINGS)` (no worker profiler, glibc's own malloc "
             "thresholds, slow monitoring ticks), `Client.get_executor()`; cluster start-up and warm-up (gpgeom "
             "imported on every worker) "
             f"{startups.get(1, 0):.1f} s (W = 1), {startups.get(2, 0):.1f} s (W = 2), not included below",
-            "",
+        ],
+        [
             f"## Preprocessing: morphing, 2 P1 transfers and transport of {n} plates (median of {repeats})",
             "",
             "Speed-up and efficiency: wall time against the serial run in this process. CPU: this process, the "
@@ -431,9 +431,8 @@ def main(argv: list[str] | None = None) -> None:
             "## RGNP data-parallel training (torchrun)",
             "",
             markdown_table(*ddp) if ddp else "(not run: `--ddp-steps 0`, or `benchmarks/_ddp.py` is not there yet)",
-        ]
+        ],
     )
-    write_report(report_name("scaling", quick=quick), text + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine_info, report_name, write_report  # noqa: E402
+from _common import report_name, write_benchmark_report  # noqa: E402
 from trajectory import ESTIMATORS, _rot_err, _table  # noqa: E402
 
 from gpgeom.datasets.trajectories import FastTrajectory, perturbed_knots, simulate_uwb  # noqa: E402
@@ -122,19 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         "f32 covariances: max rel. diff of std (R, p)",
         "fit s f64 / f32",
     ]
-    text = "\n".join(
+    write_benchmark_report(
+        report_name("trajectory_float32", quick=args.quick),
+        "GP trajectories in float32 against float64 (UWB, 10 s, 8 anchors x 3 tags, 20 Hz, speed 40)",
         [
-            "# GP trajectories in float32 against float64 (UWB, 10 s, 8 anchors x 3 tags, 20 Hz, speed 40)",
-            "",
-            f"- machine: {machine_info('cpu')}",
-            f"- mode: {'quick' if args.quick else 'full'}; {time.perf_counter() - t0:.0f} s in all; "
-            "`benchmarks/trajectory_float32.py` (its docstring says what each column is)",
-            "",
-            _table(header, rows),
-            "",
-        ]
+            f"mode: {'quick' if args.quick else 'full'}; {time.perf_counter() - t0:.0f} s in all; "
+            "`benchmarks/trajectory_float32.py` (its docstring says what each column is)"
+        ],
+        [_table(header, rows)],
     )
-    write_report(report_name("trajectory_float32", quick=args.quick), text)
     return 0
 
 

@@ -315,3 +315,61 @@ def test_rgnp_paper_variants_need_their_own_report(changes, quick):
     for key, value in changes.items():
         setattr(args, key, value)
     assert mod.report_quick(args) is quick
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# _common.write_benchmark_report: the head every report shares (title, machine line, facts), then the body
+# ---------------------------------------------------------------------------------------------------------------------
+def _common_writing_to(monkeypatch, folder: Path, machine: str):
+    r"""``benchmarks/_common.py`` loaded with its reports sent to ``folder`` and ``machine_info`` giving ``machine``
+    (with the device it is asked about, when ``machine`` has a ``{device}`` field)."""
+    import torch
+
+    monkeypatch.setenv("GPGEOM_BENCH_RESULTS", str(folder))
+    mod = _load("_common")
+    monkeypatch.setattr(
+        mod, "machine_info", lambda device="cpu": machine.replace("{device}", str(torch.device(device)))
+    )
+    return mod
+
+
+def test_benchmark_report_layout(monkeypatch, tmp_path, capsys):
+    mod = _common_writing_to(monkeypatch, tmp_path, "M on {device}")
+    body = ["## Table", "", "| a | b |\n|---|---|\n| 1 | 2 |", "", "after", "", ""]  # blank lines at the end dropped
+    path = mod.write_benchmark_report(
+        mod.report_name("x", quick=True), "A title", ["mode: quick", "data: d"], body, device="meta",
+        machine_note="; peak 5 MB",
+    )  # fmt: skip
+    assert path == tmp_path / "x_quick.md"  # a quick run's own file, never the committed x.md
+    expected = (
+        "# A title\n\n- machine: M on meta; peak 5 MB\n- mode: quick\n- data: d\n\n"
+        "## Table\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nafter\n"
+    )
+    assert path.read_text() == expected
+    assert expected in capsys.readouterr().out  # printed as well
+    # no facts, no body: the head alone, still one newline at the end
+    path = mod.write_benchmark_report("y", "T", [], [])
+    assert path == tmp_path / "y.md" and path.read_text() == "# T\n\n- machine: M on cpu\n"
+
+
+def _parts(text: str) -> tuple[str, str, list[str], list[str]]:
+    r"""A committed report cut into what :func:`write_benchmark_report` takes: title, machine, facts, body lines."""
+    lines = text.split("\n")
+    assert lines[0].startswith("# ") and lines[1] == "" and lines[2].startswith("- machine: ")
+    end = lines.index("", 3)
+    return lines[0][2:], lines[2][len("- machine: ") :], [f[2:] for f in lines[3:end]], lines[end + 1 :]
+
+
+@pytest.mark.parametrize("report", [
+    "rvgp_frames", "trajectory_float32", "funbat_scale", "mmgp", "mmgp_bracket3d", "scaling", "rvgp", "rvgp_quick",
+    "rgnp_cpu_paper", "rgnp_cpu_quick", "rgnp_calibration",
+])  # fmt: skip
+def test_benchmark_report_rebuilds_the_committed_tables(monkeypatch, tmp_path, report):
+    r"""The reports of the scripts that write through the helper, rebuilt from their parts: byte for byte the
+    committed files (the blank lines of the head and the single newline at the end are the helper's)."""
+    committed = (BENCH / "results" / f"{report}.md").read_text()
+    title, machine, facts, body = _parts(committed)
+    assert all(not f.startswith("- ") and f for f in facts)
+    mod = _common_writing_to(monkeypatch, tmp_path, machine)
+    path = mod.write_benchmark_report(report, title, facts, body)
+    assert path.read_bytes() == committed.encode()
