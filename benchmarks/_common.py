@@ -72,6 +72,20 @@ def machine_info(device: torch.device | str = "cpu") -> str:
     )
 
 
+#: The kernel's transparent-huge-page setting (Linux); huge pages make a process's resident set jump by 2 MiB pages.
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def transparent_hugepages() -> str | None:
+    r"""The kernel's transparent-huge-page setting as it reads in :data:`THP_ENABLED` (e.g. ``"always [madvise]
+    never"``: the bracketed mode is in force), for the machine lines of memory benchmarks; ``None`` where it cannot
+    be read (not Linux)."""
+    try:
+        return THP_ENABLED.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def timeit(fn: Callable[[], object], repeats: int = 3, device: torch.device | str = "cpu") -> float:
     """Median wall time of ``fn`` over ``repeats`` runs (after one warm-up run), synchronising CUDA."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)

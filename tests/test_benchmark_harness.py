@@ -373,3 +373,65 @@ def test_benchmark_report_rebuilds_the_committed_tables(monkeypatch, tmp_path, r
     mod = _common_writing_to(monkeypatch, tmp_path, machine)
     path = mod.write_benchmark_report(report, title, facts, body)
     assert path.read_bytes() == committed.encode()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# funbat_scale.py --repeats: FunBaT's noisy peak RSS as median and range over runs in fresh processes
+# ---------------------------------------------------------------------------------------------------------------------
+def test_funbat_scale_spread_is_median_and_range():
+    mod = _load("funbat_scale")
+    assert mod.spread([1060.0, 1655.0, 1129.0]) == "1129 (1060-1655)"  # one outlier does not move the median
+    assert mod.spread([1060.0, 1129.0, 1137.0, 1655.0]) == "1133 (1060-1655)"  # even count: mean of the middle two
+    assert mod.spread([848.94]) == "848.9"  # one run: the value alone
+
+
+def test_funbat_scale_repeats_funbat_in_fresh_processes(monkeypatch):
+    import itertools
+
+    import numpy as np
+
+    mod = _load("funbat_scale")
+    calls, written = [], {}
+    peaks, fits = itertools.cycle([1060.0, 1655.0, 1129.0]), itertools.cycle([30.0, 50.0, 31.0])
+
+    def child(method, args):
+        calls.append(method)
+        mean = 0.0 if method == "svgp" or len(calls) == 1 else 0.5  # the later FunBaT runs: other means
+        return {"mean": [mean] * mod.N_TEST, "std": [1.0] * mod.N_TEST, "detail": "d", "predict_s": 1.0,
+                "fit_s": 9.0 if method == "svgp" else next(fits), "above_mb": 10.0 * len(calls),
+                "peak_mb": 700.0 if method == "svgp" else next(peaks)}  # fmt: skip
+
+    monkeypatch.setattr(mod, "child", child)
+    monkeypatch.setattr(mod, "transparent_hugepages", lambda: "always [madvise] never")
+    monkeypatch.setattr(mod, "write_benchmark_report", lambda *a, **kw: written.update(args=a, kw=kw))
+    mod.main(["--n", "100", "--repeats", "3"])
+    assert calls == ["funbat"] * 3 + ["svgp"]  # each run its own child process
+    name, _title, facts, body = written["args"]
+    assert name == "funbat_scale_quick"  # a reduced run: never the committed table
+    assert written["kw"]["machine_note"] == "; transparent huge pages `always [madvise] never`"
+    head, _, *rows = ([c.strip() for c in line.strip("|").split("|")] for line in body[0].splitlines())
+    assert "peak RSS MB: median (min-max)" in head and "fit s (median)" in head
+    funbat, svgp = (dict(zip(head, row)) for row in rows)
+    assert funbat["runs"] == "3" and funbat["peak RSS MB: median (min-max)"] == "1129 (1060-1655)"
+    assert float(funbat["fit s (median)"]) == np.median([30.0, 50.0, 31.0]) == 31.0  # not the mean, 37
+    assert funbat["peak above data MB: median (min-max)"] == "20 (10-30)"
+    assert svgp["runs"] == "1" and svgp["peak RSS MB: median (min-max)"] == "700"
+    # the accuracy columns are the first run's; the facts say how far the runs' means are apart
+    rms_y = float(np.sqrt(np.mean(mod.make_data(100)[3] ** 2)))  # the first run predicts 0; the others 0.5
+    assert float(funbat["test RMSE"]) == pytest.approx(rms_y, rel=1e-3)
+    assert "differ by at most 5.0e-01" in facts[-1] and "1060, 1655, 1129 MB" in facts[-1]
+    monkeypatch.setattr(mod, "transparent_hugepages", lambda: None)  # not readable: no note
+    mod.main(["--n", "100", "--repeats", "1"])
+    assert written["kw"]["machine_note"] == ""
+    with pytest.raises(SystemExit):
+        mod.main(["--repeats", "0"])
+
+
+def test_transparent_hugepages_reads_the_kernel_setting(monkeypatch, tmp_path):
+    mod = _common_writing_to(monkeypatch, tmp_path, "M")
+    setting = tmp_path / "enabled"
+    setting.write_text("always [madvise] never\n")
+    monkeypatch.setattr(mod, "THP_ENABLED", setting)
+    assert mod.transparent_hugepages() == "always [madvise] never"
+    monkeypatch.setattr(mod, "THP_ENABLED", tmp_path / "absent")  # not Linux, or no THP support
+    assert mod.transparent_hugepages() is None
