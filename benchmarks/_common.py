@@ -9,6 +9,10 @@ Where (:func:`results_path`): full runs write to ``benchmarks/results/``; quick 
 clean. The ``*_quick.md`` tables committed in ``benchmarks/results/`` are records of deliberate runs (a device run,
 or a table quoted in the docs), copied there by hand from ``local/``. The environment variable
 ``GPGEOM_BENCH_RESULTS`` sends every report to another folder (the GPU check writes there).
+
+Layout (:func:`write_benchmark_report`): a title, the ``- machine:`` line, the run's facts as ``- `` lines, then the
+tables; the scripts write through it unless their layout differs (``engine.py``, ``memory.py``, ``trajectory.py``,
+and the writers with an ``--out`` path or a closing blank line).
 """
 
 from __future__ import annotations
