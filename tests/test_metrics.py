@@ -543,3 +543,52 @@ def test_vector_field_metrics_are_scale_invariant_and_exact_at_small_angles():
         assert gm.relative_l2(scale * pred, scale * true) == pytest.approx(rel, rel=1e-14)
     # the zero-vector convention holds at any scale of the other vector
     np.testing.assert_allclose(gm.angular_errors(np.zeros((2, 3)), [[1e-200, 0, 0], [0, 0, 0]]), [90.0, 90.0])
+
+
+# ------------------------------------------------------------------------------------------------ interval coverage
+
+
+def test_interval_coverage_counts_closed_intervals_and_equals_coverage_on_gaussian_intervals():
+    """Bounds count as inside (a hand count of 6 targets: 4 inside, three of them on a bound); on 20,000 draws from
+    heteroscedastic Gaussians, the intervals mean +- z std give exactly coverage() at 50/90/95 %, each within 4
+    binomial standard deviations of the level; an asymmetric interval (an equal-tailed quantile pair of a skewed
+    gamma predictive, scipy's ppf) covers its draws at its level."""
+    y = torch.tensor([0.0, 1.0, 2.0, -1.0, 5.0, 3.0], dtype=torch.float64)
+    lower = torch.tensor([0.0, -1.0, 2.5, -2.0, 0.0, 0.0], dtype=torch.float64)
+    upper = torch.tensor([1.0, 1.0, 3.0, 0.0, 4.0, 3.0], dtype=torch.float64)
+    assert gm.interval_coverage(y, lower, upper) == 4 / 6
+    assert gm.interval_coverage(y.numpy(), lower.numpy(), upper.numpy()) == 4 / 6
+    assert gm.interval_coverage(y[:, None], -1.0, np.array([1.0])) == 3 / 6  # scalar / (1,) bounds broadcast
+    yy, mean, std = _heteroscedastic(20_000)
+    for level in (0.5, 0.9, 0.95):
+        z = stats.norm.ppf(0.5 + 0.5 * level)
+        got = gm.interval_coverage(yy, mean - z * std, mean + z * std)
+        assert got == gm.coverage(yy, mean, std, level)
+        assert abs(got - level) <= 4 * math.sqrt(level * (1 - level) / 20_000)
+    rng = np.random.default_rng(0)
+    shape = rng.uniform(0.5, 3.0, 20_000)
+    draws = rng.gamma(shape)
+    cov = gm.interval_coverage(draws, stats.gamma.ppf(0.05, shape), stats.gamma.ppf(0.95, shape))
+    assert abs(cov - 0.9) <= 4 * math.sqrt(0.09 / 20_000)
+
+
+def test_interval_coverage_refuses_bad_bounds_naming_the_argument():
+    """The checks of coverage(): NaN, shapes that pair every target with every interval or fit two ways, masked
+    entries; and a lower bound above its upper bound."""
+    y, lo, hi = np.zeros(3), -np.ones(3), np.ones(3)
+    with pytest.raises(ValueError, match="^lower holds NaN"):
+        gm.interval_coverage(y, np.array([0.0, np.nan, 0.0]), hi)
+    with pytest.raises(ValueError, match="^upper holds infinite"):
+        gm.interval_coverage(y, lo, np.array([1.0, np.inf, 1.0]))
+    with pytest.raises(ValueError, match=r"y \(3,\), lower \(3, 1\) and upper \(3,\) broadcast to \(3, 3\)"):
+        gm.interval_coverage(y, lo[:, None], hi)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        gm.interval_coverage(y, np.zeros(4), hi)
+    with pytest.raises(ValueError, match=r"upper of shape \(3,\) against y of shape \(3, 3\) is ambiguous"):
+        gm.interval_coverage(np.zeros((3, 3)), -1.0, hi)
+    with pytest.raises(ValueError, match="^y is a numpy masked array with 1 masked entries of 3"):
+        gm.interval_coverage(np.ma.masked_array(y, mask=[False, True, False]), lo, hi)
+    with pytest.raises(ValueError, match=r"lower must be <= upper everywhere, got lower > upper at 1 of 3 entries"):
+        gm.interval_coverage(y, np.array([-1.0, 2.0, -1.0]), hi)
+    with pytest.raises(TypeError, match="upper"):
+        gm.interval_coverage(y, lo, np.array(["a", "b", "c"]))

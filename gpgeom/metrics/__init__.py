@@ -1,7 +1,7 @@
-r"""Calibration metrics of probabilistic predictions: proper scores, interval coverage and reliability, coverage
-conditional on a covariate, NEES consistency, out-of-distribution uncertainty ratio, Markdown tables and reliability
-diagrams; and the accuracy of predicted vector fields (relative L2 error, angular errors:
-:mod:`~gpgeom.metrics.vector_fields`).
+r"""Calibration metrics of probabilistic predictions: proper scores, interval coverage (of Gaussian intervals, or of
+any intervals given by their bounds) and reliability, coverage conditional on a covariate, NEES consistency,
+out-of-distribution uncertainty ratio, Markdown tables and reliability diagrams; and the accuracy of predicted vector
+fields (relative L2 error, angular errors: :mod:`~gpgeom.metrics.vector_fields`).
 
 Every calibration function takes numpy arrays or torch tensors; ``y``, ``mean`` and ``std`` broadcast to ``y``'s shape
 and are reduced over all entries (a ``mean`` or ``std`` with fewer dimensions aligns with ``y``'s trailing axes and is
@@ -16,7 +16,13 @@ Bar-Shalom, Li & Kirubarajan (2001), "Estimation with Applications to Tracking a
 from __future__ import annotations
 
 from gpgeom.metrics.conditional import conditional_coverage
-from gpgeom.metrics.coverage import calibration_summary, coverage, coverage_table, reliability_curve
+from gpgeom.metrics.coverage import (
+    calibration_summary,
+    coverage,
+    coverage_table,
+    interval_coverage,
+    reliability_curve,
+)
 from gpgeom.metrics.nees import nees, nees_band
 from gpgeom.metrics.ood import ood_std_ratio
 from gpgeom.metrics.report import format_calibration_table, plot_reliability
@@ -38,6 +44,7 @@ __all__ = [
     "coverage_table",
     "crps_gaussian",
     "format_calibration_table",
+    "interval_coverage",
     "interval_width",
     "nees",
     "nees_band",

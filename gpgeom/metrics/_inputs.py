@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["as_float64", "broadcast_gaussian", "check_level", "check_levels", "normal_quantile"]
+__all__ = ["as_float64", "broadcast_bounds", "broadcast_gaussian", "check_level", "check_levels", "normal_quantile"]
 
 
 def as_float64(x, name: str) -> torch.Tensor:
@@ -61,26 +61,59 @@ def broadcast_gaussian(y, mean, std, *, positive: bool) -> tuple[torch.Tensor, t
             negative (or, with ``positive``, zero) standard deviation; the message names the argument.
     """
     ty, tm, ts = as_float64(y, "y"), as_float64(mean, "mean"), as_float64(std, "std")
-    try:
-        shape = torch.broadcast_shapes(ty.shape, tm.shape, ts.shape)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"y {tuple(ty.shape)}, mean {tuple(tm.shape)} and std {tuple(ts.shape)} do not broadcast to one shape."
-        ) from exc
-    if tuple(shape) != tuple(ty.shape):
-        raise ValueError(
-            f"y {tuple(ty.shape)}, mean {tuple(tm.shape)} and std {tuple(ts.shape)} broadcast to {tuple(shape)}, "
-            "not to the shape of y: every target is scored once, so mean and std must have y's shape or broadcast "
-            "to it (y of shape (n,) against mean of shape (n, 1) would pair every target with every mean; a std "
-            "of shape (n, n) is a covariance matrix: pass the square root of its diagonal)."
-        )
-    for name, t in (("mean", tm), ("std", ts)):
-        _refuse_ambiguous_alignment(name, tuple(t.shape), tuple(ty.shape))
+    shape = _target_shape(
+        ty,
+        {"mean": tm, "std": ts},
+        "every target is scored once, so mean and std must have y's shape or broadcast to it (y of shape (n,) "
+        "against mean of shape (n, 1) would pair every target with every mean; a std of shape (n, n) is a "
+        "covariance matrix: pass the square root of its diagonal).",
+    )
     if positive and bool((ts <= 0).any()):
         raise ValueError(f"std must be > 0 everywhere, got min {float(ts.min()):.3g}.")
     if bool((ts < 0).any()):
         raise ValueError(f"std must be >= 0 everywhere, got min {float(ts.min()):.3g}.")
     return ty.expand(shape), tm.expand(shape), ts.expand(shape)
+
+
+def broadcast_bounds(y, lower, upper) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""``y``, ``lower``, ``upper`` as float64 tensors broadcast to ``y``'s shape (the rules of
+    :func:`broadcast_gaussian`: every target is scored once, an ambiguous alignment is refused).
+
+    Raises:
+        ValueError: shapes that do not broadcast to ``y``'s shape or fit it two ways, NaN or infinite entries, a
+            lower bound above its upper bound; the message names the argument.
+    """
+    ty, tl, tu = as_float64(y, "y"), as_float64(lower, "lower"), as_float64(upper, "upper")
+    shape = _target_shape(
+        ty,
+        {"lower": tl, "upper": tu},
+        "every target is scored once, so lower and upper must have y's shape or broadcast to it (y of shape (n,) "
+        "against bounds of shape (n, 1) would pair every target with every interval).",
+    )
+    tl, tu = tl.expand(shape), tu.expand(shape)
+    if bool((tl > tu).any()):
+        k = int((tl > tu).sum())
+        raise ValueError(
+            f"lower must be <= upper everywhere, got lower > upper at {k} of {tl.numel()} entries "
+            f"(largest excess {float((tl - tu).max()):.3g})."
+        )
+    return ty, tl, tu
+
+
+def _target_shape(ty: torch.Tensor, named: dict[str, torch.Tensor], hint: str) -> torch.Size:
+    r"""The shape of ``ty`` when every tensor of ``named`` broadcasts to it unambiguously; ValueError naming the
+    arguments and their shapes, ending with ``hint``, when one does not (:func:`broadcast_gaussian`)."""
+    parts = [f"y {tuple(ty.shape)}"] + [f"{k} {tuple(t.shape)}" for k, t in named.items()]
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1]
+    try:
+        shape = torch.broadcast_shapes(ty.shape, *(t.shape for t in named.values()))
+    except RuntimeError as exc:
+        raise ValueError(f"{listed} do not broadcast to one shape.") from exc
+    if tuple(shape) != tuple(ty.shape):
+        raise ValueError(f"{listed} broadcast to {tuple(shape)}, not to the shape of y: {hint}")
+    for name, t in named.items():
+        _refuse_ambiguous_alignment(name, tuple(t.shape), tuple(ty.shape))
+    return shape
 
 
 def _refuse_ambiguous_alignment(name: str, shape: tuple[int, ...], y_shape: tuple[int, ...]) -> None:

@@ -3,17 +3,18 @@ r"""Coverage of central predictive intervals, reliability curves and the one-cal
 A Gaussian prediction :math:`\mathcal N(\mu_i, \sigma_i^2)` has the central ``level`` interval
 :math:`\mu_i \pm z_{(1+\ell)/2}\,\sigma_i`; calibrated predictions cover their targets with frequency ``level`` at
 every level (probabilistic calibration; Gneiting, Balabdaoui & Raftery, 2007, JRSS B 69(2), Sec. 2), so the observed
-frequencies plotted against the nominal ones lie on the diagonal.
+frequencies plotted against the nominal ones lie on the diagonal. A prediction that is not Gaussian (a log-normal
+one, say) has other intervals; :func:`interval_coverage` scores any intervals given by their bounds.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gpgeom.metrics._inputs import broadcast_gaussian, check_level, check_levels, normal_quantile
+from gpgeom.metrics._inputs import broadcast_bounds, broadcast_gaussian, check_level, check_levels, normal_quantile
 from gpgeom.metrics.scores import crps_gaussian, interval_width, nlpd, z_rms
 
-__all__ = ["calibration_summary", "coverage", "coverage_table", "reliability_curve"]
+__all__ = ["calibration_summary", "coverage", "coverage_table", "interval_coverage", "reliability_curve"]
 
 #: Levels of :func:`reliability_curve` when none are given: 0.05, 0.10, ..., 0.95.
 DEFAULT_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))
@@ -35,6 +36,31 @@ def coverage(y, mean, std, level: float = 0.95) -> float:
     lv = check_level(level)
     ty, tm, ts = broadcast_gaussian(y, mean, std, positive=False)
     return float(((ty - tm).abs() <= normal_quantile(lv) * ts).double().mean())
+
+
+def interval_coverage(y, lower, upper) -> float:
+    r"""Fraction of entries inside their closed interval, :math:`\ell_i \le y_i \le u_i`.
+
+    The coverage of intervals of any predictive distribution, given by their bounds (e.g. the equal-tailed
+    log-normal intervals of :meth:`MMGPPrediction.scalar_interval
+    <gpgeom.models.mmgp.MMGPPrediction.scalar_interval>`); for the central Gaussian intervals
+    :math:`\mu_i \pm z\,\sigma_i` it equals :func:`coverage`.
+
+    Args:
+        y: Targets, any shape (numpy or torch).
+        lower: Lower bounds, ``y``'s shape or broadcasting to it as the means of :func:`coverage` do.
+        upper: Upper bounds, likewise; ``lower <= upper`` everywhere.
+
+    Returns:
+        The observed coverage in [0, 1]; the intervals' nominal level for calibrated predictions, up to binomial
+        error :math:`\sqrt{\ell(1-\ell)/n}`.
+
+    Raises:
+        ValueError: shapes as in :func:`coverage`, NaN or infinite entries, masked numpy arrays with masked entries,
+            or a lower bound above its upper bound (the message names the argument).
+    """
+    ty, tl, tu = broadcast_bounds(y, lower, upper)
+    return float(((ty >= tl) & (ty <= tu)).double().mean())
 
 
 def coverage_table(y, mean, std, levels=(0.5, 0.9, 0.95)) -> dict[float, float]:

@@ -44,7 +44,7 @@ from gpgeom.models.mmgp.latent_gp import (
 )
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
 from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, check_field_spread, decode_fields, truncation_noise
-from gpgeom.models.mmgp.scalars import check_scalar_transform, lognormal_moments, resolve_transforms, to_gp_units
+from gpgeom.models.mmgp.scalars import check_scalar_transform, resolve_transforms, scalar_prediction, to_gp_units
 from gpgeom.models.mmgp.state import model_config, model_state, restore_model
 from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
 from gpgeom.models.mmgp.unexplained import GeometryResidual, geometry_share, variance_factor
@@ -717,15 +717,12 @@ class MMGP(ModelContract):
         tm["decode"] = clock() - t0
         sl = slice(nf, nf + q)
         var = std[:, sl].square() if gp_std else torch.zeros_like(mean[:, sl])
-        s_mean, s_var, s_draws = lognormal_moments(mean[:, sl], var, self.scalar_transforms_, eps[:, :, sl])
         wall, cpu = split_clock(tm)
         return MMGPPrediction(
             fields=fields,
-            scalars=s_mean,
             fields_std=fields_std if return_std else None,
-            scalars_std=s_var.sqrt() if return_std else None,
             field_samples=fsamp if n_samples else None,
-            scalar_samples=s_draws if n_samples else None,
+            **scalar_prediction(mean[:, sl], var, self.scalar_transforms_, eps[:, :, sl], return_std=return_std),
             latent=Z,
             ood_score=score,
             timings=wall,

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
+from torch.distributions import Distribution
 
 from gpgeom.engine.fitting import FitResult
+from gpgeom.models.mmgp.scalars import predictive_distributions, predictive_interval
 
 __all__ = ["MMGPFitResult", "MMGPPrediction"]
 
@@ -27,7 +29,9 @@ class MMGPPrediction:
         fields_std: Exact predictive standard deviations of the fields, ``n`` tensors ``N_i x m`` (``return_std``;
             including the GPs' learned noise with ``observation_noise`` and the POD truncation variance with
             ``truncation_variance``, both scaled by the mesh's geometry factor with ``geometry_variance``).
-        scalars_std: Predictive standard deviations of the scalars, ``n x q`` (``return_std``).
+        scalars_std: Predictive standard deviations of the scalars, ``n x q`` (``return_std``; log-normal standard
+            deviations for the ``"log"`` scalars: for their intervals use :meth:`scalar_interval`, not
+            ``scalars +- 1.96 scalars_std``).
         field_samples: Monte Carlo draws, ``n`` tensors ``S x N_i x m`` (``n_samples = S > 0``); draws of different
             meshes are independent (each mesh's marginal).
         scalar_samples: Monte Carlo draws of the scalars, ``S x n x q`` (log-normal for the ``"log"`` ones).
@@ -38,6 +42,14 @@ class MMGPPrediction:
             modes cannot represent. It scales the unexplained variance terms (``geometry_variance``).
         timings: Wall seconds per stage (``morph``, ``transfer``, ``gp``, ``decode``), summed over the meshes.
         cpu_timings: The same in CPU seconds of this process (``time.process_time``; robust on a shared machine).
+        scalars_gp_mean: The GP's predictive mean of the scalars in GP units, ``n x q``: of :math:`t = \log w` for
+            the scalars of ``scalar_transforms`` ``"log"``, of :math:`w` for the others.
+        scalars_gp_var: The GP's predictive variance in GP units, ``n x q`` (``return_std``; with the learned noise
+            as ``scalars_std``): the scalars' predictive distribution is :math:`\mathcal N(m, v)` of :math:`t`
+            (:meth:`scalar_distributions`).
+        scalar_transforms: ``"log"`` or ``"none"`` for every scalar (``MMGP.scalar_transforms_``).
+
+    The last three are ``None`` in a prediction built without them (they default to ``None``).
     """
 
     fields: list[Tensor]
@@ -50,6 +62,52 @@ class MMGPPrediction:
     ood_score: Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     cpu_timings: dict[str, float] = field(default_factory=dict)
+    scalars_gp_mean: Tensor | None = None
+    scalars_gp_var: Tensor | None = None
+    scalar_transforms: list[str] | None = None
+
+    def _gaussian_moments(self, method: str) -> tuple[Tensor, Tensor, list[str]]:
+        r"""``(scalars_gp_mean, scalars_gp_var, scalar_transforms)``; ValueError naming ``method`` if one is missing."""
+        if self.scalars_gp_var is None or self.scalars_gp_mean is None or self.scalar_transforms is None:
+            why = (
+                "it was built without the scalars' GP moments"
+                if self.scalars_gp_mean is None or self.scalar_transforms is None
+                else "predict ran without return_std"
+            )
+            raise ValueError(
+                f"MMGPPrediction.{method} needs the scalars' predictive variances, and {why}: call "
+                "MMGP.predict(..., return_std=True)."
+            )
+        return self.scalars_gp_mean, self.scalars_gp_var, self.scalar_transforms
+
+    def scalar_distributions(self) -> list[Distribution]:
+        r"""The predictive distribution of every output scalar, ``q`` :mod:`torch.distributions` objects of batch
+        shape ``(n,)``: a :class:`~torch.distributions.LogNormal` (:math:`\log w \sim \mathcal N(m, v)`) for the
+        scalars of ``scalar_transforms`` ``"log"``, a :class:`~torch.distributions.Normal` for the others
+        (:func:`~gpgeom.models.mmgp.scalars.predictive_distributions`).
+
+        Their ``mean`` and ``stddev`` are ``scalars[:, j]`` and ``scalars_std[:, j]``; ``icdf``, ``cdf``,
+        ``log_prob`` and ``sample`` are exact. Needs ``predict(..., return_std=True)`` (ValueError otherwise).
+        """
+        return predictive_distributions(*self._gaussian_moments("scalar_distributions()"))
+
+    def scalar_interval(self, level: float = 0.95) -> tuple[Tensor, Tensor]:
+        r"""Equal-tailed ``level`` predictive intervals of the output scalars: ``(lower, upper)``, each ``n x q``.
+
+        Exact for the predictive distribution (:meth:`scalar_distributions`): the log-normal quantiles
+        :math:`e^{m \pm z\sqrt v}` for the scalars of ``scalar_transforms`` ``"log"`` (skewed: not
+        ``scalars +- z * scalars_std``, whose lower end can be negative), :math:`m \pm z \sqrt v` for the others,
+        :math:`z = \Phi^{-1}((1 + \ell)/2)` (:func:`~gpgeom.models.mmgp.scalars.predictive_interval`). Score
+        them with :func:`gpgeom.metrics.interval_coverage`.
+
+        Args:
+            level: Nominal probability of the interval, in (0, 1) (ValueError otherwise, TypeError for a
+                non-number).
+
+        Raises:
+            ValueError: the prediction has no scalar variances (``predict`` without ``return_std=True``).
+        """
+        return predictive_interval(*self._gaussian_moments("scalar_interval()"), level)
 
 
 @dataclass

@@ -9,16 +9,38 @@ learned noise) is a log-normal one for :math:`w` (Johnson, Kotz & Balakrishnan 1
 .. math:: \mathbb E[w] = e^{m + v/2}, \qquad \operatorname{Var}[w] = \bigl(e^{v} - 1\bigr)\, e^{2m + v},
 
 and a Monte Carlo draw is :math:`e^{m + \sqrt v\,\varepsilon}`. ``"none"`` keeps the scalar as is.
+
+The log-normal is skewed (to the right), so :math:`\mathbb E[w] \pm 1.96 \sqrt{\operatorname{Var}[w]}` is not its
+95 % interval (its lower end can even be negative). Its quantiles are those of :math:`t` mapped by :math:`\exp`
+(a monotone map; Johnson, Kotz & Balakrishnan 1994, Ch. 14, Sec. 2): the equal-tailed ``level`` interval is
+
+.. math:: \bigl[e^{m - z\sqrt v},\; e^{m + z\sqrt v}\bigr], \qquad z = \Phi^{-1}\bigl(\tfrac{1 + \ell}{2}\bigr),
+
+which holds :math:`w` exactly when the Gaussian interval :math:`m \pm z \sqrt v` holds :math:`\log w`
+(:func:`predictive_interval`, :func:`predictive_distributions`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution, LogNormal, Normal
 
-__all__ = ["SCALAR_TRANSFORMS", "check_scalar_transform", "lognormal_moments", "resolve_transforms", "to_gp_units"]
+from gpgeom.metrics._inputs import check_level, normal_quantile
+
+__all__ = [
+    "SCALAR_TRANSFORMS",
+    "check_scalar_transform",
+    "lognormal_moments",
+    "predictive_distributions",
+    "predictive_interval",
+    "resolve_transforms",
+    "scalar_prediction",
+    "to_gp_units",
+]
 
 #: The output-scalar transforms: ``"none"`` and ``"log"`` (for scalars whose training values are all > 0).
 SCALAR_TRANSFORMS = ("none", "log")
@@ -89,3 +111,58 @@ def lognormal_moments(
     if draws is not None:
         draws = torch.where(log, draws.exp(), draws)
     return torch.where(log, ln_mean, mean), torch.where(log, ln_var, var), draws
+
+
+def scalar_prediction(
+    mean: Tensor, var: Tensor, transforms: Sequence[str], eps: Tensor, *, return_std: bool
+) -> dict[str, Any]:
+    r"""The scalar entries of an :class:`~gpgeom.models.mmgp.MMGPPrediction` from the GP's Gaussian moments
+    ``mean``, ``var`` ``n x q`` (GP units; ``var`` zeros when the GP gave none) and standard normal draws ``eps``
+    ``S x n x q`` (``S = 0``: no draws).
+
+    Returns the keyword arguments ``scalars``, ``scalars_std`` (``return_std``), ``scalar_samples`` (``S > 0``),
+    ``scalars_gp_mean``, ``scalars_gp_var`` (``return_std``) and ``scalar_transforms``: the moments of
+    :func:`lognormal_moments` and the Gaussian ones they come from, which keep the predictive distribution.
+    """
+    s_mean, s_var, s_draws = lognormal_moments(mean, var, transforms, eps)
+    return {
+        "scalars": s_mean,
+        "scalars_std": s_var.sqrt() if return_std else None,
+        "scalar_samples": s_draws if eps.shape[0] else None,
+        "scalars_gp_mean": mean,
+        "scalars_gp_var": var if return_std else None,
+        "scalar_transforms": list(transforms),
+    }
+
+
+def predictive_interval(
+    mean: Tensor, var: Tensor, transforms: Sequence[str], level: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    r"""Equal-tailed ``level`` predictive intervals of ``q`` scalars from the GP's Gaussian moments ``mean``, ``var``
+    ``n x q`` (GP units).
+
+    Returns ``(lower, upper)``, each ``n x q``: :math:`m \pm z \sqrt v` for the ``"none"`` columns and the exact
+    log-normal quantiles :math:`e^{m \pm z \sqrt v}` for the ``"log"`` ones (module docstring), with
+    :math:`z = \Phi^{-1}((1 + \ell)/2)`. Each bound is a quantile, of probability :math:`(1 \mp \ell)/2`.
+    Raises a ValueError (TypeError) for a ``level`` outside ``(0, 1)`` (not a number).
+    """
+    z = normal_quantile(check_level(level))
+    half = z * var.clamp_min(0.0).sqrt()
+    lower, upper = mean - half, mean + half
+    if "log" not in transforms:
+        return lower, upper
+    log = torch.tensor([t == "log" for t in transforms], device=mean.device)
+    return torch.where(log, lower.exp(), lower), torch.where(log, upper.exp(), upper)
+
+
+def predictive_distributions(mean: Tensor, var: Tensor, transforms: Sequence[str]) -> list[Distribution]:
+    r"""The predictive distribution of each of ``q`` scalars from the GP's Gaussian moments ``mean``, ``var``
+    ``n x q`` (GP units): a :class:`torch.distributions.Normal` (``"none"``) or
+    :class:`~torch.distributions.LogNormal` (``"log"``: :math:`\log w \sim \mathcal N(m, v)`) of batch shape
+    ``(n,)`` per scalar, ``q`` in all. Their ``mean`` and ``stddev`` are the moments of :func:`lognormal_moments`,
+    their ``icdf`` the bounds of :func:`predictive_interval`, their ``log_prob`` the predictive density of
+    :math:`w` (for a log-normal, the Gaussian density of :math:`\log w` over :math:`w`).
+    """
+    scale = var.clamp_min(0.0).sqrt()
+    kinds = {"log": LogNormal, "none": Normal}
+    return [kinds[t](mean[:, j], scale[:, j]) for j, t in enumerate(transforms)]
