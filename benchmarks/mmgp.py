@@ -5,11 +5,14 @@ Metrics on the ORIGINAL test nodes (PLAID definitions):
     RRMSE_f = sqrt(mean_i[(1/N_i) ||U_ref^i - U_pred^i||^2 / ||U_ref^i||_inf^2]),
     RRMSE_s = sqrt(mean_i[(w_ref - w_pred)^2 / w_ref^2]),
     Q2 = 1 - SSE / SST over all test nodes concatenated (fields) or all test samples (scalars),
-plus a calibration table (gpgeom.metrics: coverage of the 50/90/95% intervals, z RMS, NLPD, CRPS, interval width) of
-the default predictive std and of the previous default (latent GP variance plus a shape-independent truncation
-variance) from the same fit, the out-of-distribution behaviour on two notch families the training never saw
-(half-ellipse and wedge notches, ``generate_notched_plates(notch_family=...)``, seed 2): std ratio, error ratio,
-coverage and OOD score, and the time per stage (morph, transfer, POD, GP training, inference per mesh).
+plus a calibration table (gpgeom.metrics: coverage of the 50/90/95% intervals, z RMS, NLPD, CRPS, interval width;
+the log-modelled output scalars on the log scale, where their predictive is Gaussian) of the default predictive std
+and of the previous default (latent GP variance plus a shape-independent truncation variance) from the same fit,
+the out-of-distribution behaviour on two notch families the training never saw (half-ellipse and wedge notches,
+``generate_notched_plates(notch_family=...)``, seed 2): std ratio, error ratio, coverage and OOD score, and the time
+per stage (morph, transfer, POD, GP training, inference per mesh). The output scalars' coverages are those of their
+exact predictive intervals (``MMGPPrediction.scalar_interval``: log-normal quantiles for the log scalars, not
+``mean +- 1.96 std``).
 
 The GP stage and the decode run on ``--device`` (``cuda``: on the GPU; morphing and P1 transfer stay on the CPU).
 
@@ -77,14 +80,17 @@ def rrmse_scalar(y: np.ndarray, yp: np.ndarray) -> float:
 
 
 def numpy_prediction(pred: MMGPPrediction) -> MMGPPrediction:
-    """The prediction with numpy arrays instead of tensors (for the metrics below)."""
+    """The prediction with numpy arrays instead of tensors (for the metrics below); the scalars' GP-unit moments stay
+    tensors, for ``MMGPPrediction.scalar_interval``."""
 
     def conv(x):
         if isinstance(x, list):
             return [conv(v) for v in x]
         return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
 
-    return dataclasses.replace(pred, **{f.name: conv(getattr(pred, f.name)) for f in dataclasses.fields(pred)})
+    keep = ("scalars_gp_mean", "scalars_gp_var")
+    fields = [f.name for f in dataclasses.fields(pred) if f.name not in keep]
+    return dataclasses.replace(pred, **{name: conv(getattr(pred, name)) for name in fields})
 
 
 def field_or_scalar(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k: int, nf: int = len(FIELD_NAMES)):
@@ -96,10 +102,29 @@ def field_or_scalar(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k:
     return w[:, j], pred.scalars[:, j], pred.scalars_std[:, j]
 
 
-def calib_cov(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k: int) -> float:
-    """95% coverage of quantity ``k`` over the nodes / samples with std > 0."""
-    y, m, sd = field_or_scalar(U, w, pred, k)
-    return metrics.coverage(y[sd > 0], m[sd > 0], sd[sd > 0])
+def cov95(U, w, pred: MMGPPrediction, k: int, nf: int = len(FIELD_NAMES), nonzero: bool = True) -> float:
+    """95% coverage of quantity ``k``: a field's ``mean +- 1.96 std`` over its nodes (those with std > 0 if
+    ``nonzero``), a scalar's exact equal-tailed interval (``MMGPPrediction.scalar_interval``: the log-normal
+    quantiles for the ``"log"`` scalars, whose ``mean +- 1.96 std`` is not their interval)."""
+    y, m, sd = field_or_scalar(U, w, pred, k, nf)
+    if k >= nf:
+        lower, upper = pred.scalar_interval(0.95)
+        return metrics.interval_coverage(y, lower[:, k - nf], upper[:, k - nf])
+    keep = sd > 0 if nonzero else slice(None)
+    return metrics.coverage(y[keep], m[keep], sd[keep])
+
+
+def calibration_data(U, w, pred: MMGPPrediction, name: str, k: int, nf: int = len(FIELD_NAMES)):
+    """``(row name, y, mean, std)`` of quantity ``k`` for ``metrics.calibration_summary``: fields (nodes with std > 0)
+    and ``"none"`` scalars in their units; a ``"log"`` scalar on the log scale, ``log w`` against the GP's Gaussian
+    ``N(m, v)`` (its coverage is that of the exact log-normal intervals; z RMS, NLPD, CRPS and width in log units),
+    its row named ``log <name>``."""
+    y, m, sd = field_or_scalar(U, w, pred, k, nf)
+    if k >= nf and pred.scalar_transforms[k - nf] == "log":
+        m_log, v_log = pred.scalars_gp_mean[:, k - nf], pred.scalars_gp_var[:, k - nf]
+        return f"log {name}", np.log(y), m_log.cpu().numpy(), v_log.sqrt().cpu().numpy()
+    pos = sd > 0  # Dirichlet / clamped nodes: value, prediction and std exactly 0
+    return name, y[pos], m[pos], sd[pos]
 
 
 def plate_options(text: str) -> dict[str, object]:
@@ -292,10 +317,8 @@ def run(args: argparse.Namespace, executor) -> None:
         old.fit(M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES, progress=False, executor=executor)
         p_old = numpy_prediction(old.predict(Mt, mut, return_std=True, executor=executor))
         for k, name in enumerate(FIELD_NAMES + OUT_SCALAR_NAMES):
-            y, m_old, sd_old = field_or_scalar(Ut, wt, p_old, k)
-            pos = sd_old > 0
-            cov = metrics.coverage(y[pos], m_old[pos], sd_old[pos])
-            old_rows.append([name, q2(y, m_old), results[name][1], cov, calib_cov(Ut, wt, pred, k)])
+            y, m_old, _ = field_or_scalar(Ut, wt, p_old, k)
+            old_rows.append([name, q2(y, m_old), results[name][1], cov95(Ut, wt, p_old, k), cov95(Ut, wt, pred, k)])
         old_text = [
             "## The previous default in the same run",
             "",
@@ -314,13 +337,13 @@ def run(args: argparse.Namespace, executor) -> None:
     calib = {}
     for label, p in (("now", pred), ("before", pred_before)):
         for k, name in enumerate(FIELD_NAMES + OUT_SCALAR_NAMES):
-            y, m, sd = field_or_scalar(Ut, wt, p, k)
-            pos = sd > 0  # Dirichlet nodes: value, prediction and std exactly 0
-            row = {"Q2": results[name][1], **metrics.calibration_summary(y[pos], m[pos], sd[pos])}
+            row_name, y, m, sd = calibration_data(Ut, wt, p, name, k)
+            row = {"Q2": results[name][1], **metrics.calibration_summary(y, m, sd)}
+            _, _, sd_w = field_or_scalar(Ut, wt, p, k)
             for fam in OOD_FAMILIES:
                 _, _, sd_ood = field_or_scalar(ood_sets[fam][2], ood_sets[fam][3], ood_pred[fam][label == "before"], k)
-                row[f"std ratio {fam}"] = metrics.ood_std_ratio(sd_ood, sd)
-            calib[f"{name} ({label})"] = row
+                row[f"std ratio {fam}"] = metrics.ood_std_ratio(sd_ood, sd_w)
+            calib[f"{row_name} ({label})"] = row
 
     # out of distribution: per family, std ratio vs error ratio, coverage, OOD score
     ood_rows = []
@@ -334,7 +357,7 @@ def run(args: argparse.Namespace, executor) -> None:
             for j in (0, 1):  # now, before
                 _, _, sd_in = field_or_scalar(Ut, wt, (pred, pred_before)[j], k)
                 _, _, sd_o = field_or_scalar(U_o, w_o, ood_pred[fam][j], k)
-                cells += [metrics.ood_std_ratio(sd_o, sd_in), metrics.coverage(y_o, m_o, sd_o)]
+                cells += [metrics.ood_std_ratio(sd_o, sd_in), cov95(U_o, w_o, ood_pred[fam][j], k, nonzero=False)]
             ood_rows.append([fam, name, err] + cells + [float(score.mean())])
     in_score = model.ood_score(Mt, executor=executor).cpu().numpy()
 
@@ -407,7 +430,11 @@ def run(args: argparse.Namespace, executor) -> None:
             "Predictive std of the default model (`now`: learned noise and truncation variance scaled by the mesh's "
             "geometry factor) and of the previous default from the same fit (`before`: latent GP variance plus the "
             "shape-independent truncation variance; scalars: latent GP variance). Fields pooled over all test nodes "
-            "with std > 0 (the Dirichlet nodes, where value, mean and std are exactly 0, are left out). Last "
+            "with std > 0 (the Dirichlet nodes, where value, mean and std are exactly 0, are left out). The output "
+            "scalars modelled on the log scale (rows `log <name>`, `scalar_transforms_` 'log') are scored on the log "
+            "scale, log w against the GP's Gaussian predictive of log w: their coverages are those of the exact "
+            "log-normal intervals (`MMGPPrediction.scalar_interval`), z RMS, NLPD, CRPS and width are in log units; "
+            "Q2 and the std ratios are in the scalars' units. Last "
             f"columns: mean std on {n_ood} plates of each unseen notch family over the mean held-out std "
             "(`metrics.ood_std_ratio`).",
             "",
@@ -416,8 +443,10 @@ def run(args: argparse.Namespace, executor) -> None:
             f"## Out of distribution: {n_ood} plates per notch family (seed 2, same depth range and mesh size)",
             "",
             "Error ratio: RMS error on the family over RMS error on the held-out plates (what an honest std ratio "
-            "should follow). OOD score (`MMGP.ood_score`): boundary energy of the geometry POD residual over the "
-            f"training shapes' out-of-sample mean; held-out plates of the training family: mean {in_score.mean():.2f}, "
+            "should follow). 95% coverage: fields `mean +- 1.96 std` over all nodes, scalars the exact intervals "
+            "(`MMGPPrediction.scalar_interval`, log-normal for the log scalars). OOD score (`MMGP.ood_score`): "
+            "boundary energy of the geometry POD residual over the training shapes' out-of-sample mean; "
+            f"held-out plates of the training family: mean {in_score.mean():.2f}, "
             f"90% quantile {np.quantile(in_score, 0.9):.2f}; training shapes (out of sample): maximum "
             f"{float(model.train_ood_score_.max()):.2f}. Geometric shares of the truncation variances "
             f"{[round(float(v), 3) for v in model.truncation_share_]} and of the learned noise (fields, then "
@@ -502,14 +531,14 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
     for k, name in enumerate(names):
         row = [name, "field" if k < nf else "scalar"]
         for morphing, (_, pred, *_) in runs.items():
-            y, m, sd = field_or_scalar(Ut, wt, pred, k, nf)
+            y, m, _ = field_or_scalar(Ut, wt, pred, k, nf)
             if k < nf:
                 err = rrmse_field([u[:, k] for u in Ut], [u[:, k] for u in pred.fields])
             else:
                 err = rrmse_scalar(y, m)
-            pos = sd > 0  # clamped nodes: displacement, mean and std exactly 0
-            row += [q2(y, m), err, metrics.coverage(y[pos], m[pos], sd[pos])]
-            calib[f"{name} ({morphing})"] = {"Q2": q2(y, m), **metrics.calibration_summary(y[pos], m[pos], sd[pos])}
+            row += [q2(y, m), err, cov95(Ut, wt, pred, k, nf)]  # fields: clamped nodes (std exactly 0) left out
+            row_name, *scored = calibration_data(Ut, wt, pred, name, k, nf)
+            calib[f"{row_name} ({morphing})"] = {"Q2": q2(y, m), **metrics.calibration_summary(*scored)}
         rows.append(row)
 
     speed_rows = []
@@ -553,7 +582,8 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
             "## Accuracy on the original test nodes",
             "",
             "Q2 over all test nodes (fields) or samples (scalars); RRMSE as in the NotchedPlate2d table; 95% coverage "
-            "of the predictive intervals (fields: nodes with std > 0).",
+            "of the predictive intervals (fields: `mean +- 1.96 std`, nodes with std > 0; scalars: the exact "
+            "intervals, `MMGPPrediction.scalar_interval`, log-normal for the log scalars).",
             "",
             markdown_table(
                 [
@@ -570,6 +600,10 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
             ),  # fmt: skip
             "",
             "## Calibration on the held-out brackets (gpgeom.metrics)",
+            "",
+            "Rows `log <name>`: an output scalar modelled on the log scale, scored as log w against the GP's Gaussian "
+            "predictive of log w (coverages of the exact log-normal intervals; z RMS, NLPD, CRPS, width in log "
+            "units; Q2 in the scalar's units).",
             "",
             metrics.format_calibration_table(calib),
             "",
