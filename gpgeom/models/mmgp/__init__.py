@@ -32,7 +32,7 @@ Algorithm 1), one module per stage:
    ``shared_hyperparameters=True`` per field, gathered with one GP per output scalar in a
    :class:`gpgeom.botorch.SurrogateList`); ``"shared"`` one set for all outputs. Output scalars whose training
    values are all positive are regressed as :math:`\log w` by default, with log-normal predictive moments
-   (``scalar_transform``; :mod:`.scalars`).
+   (``scalar_transform``; :mod:`.scalars`) and exact intervals (:meth:`MMGPPrediction.scalar_interval`).
 7. **Inference** on a new mesh (:mod:`.model`): morph, transfer, encode :math:`z`, predict the coefficients and
    decode :math:`\hat U^{(f)} = Q\,(\bar u^{(f)} + \Phi_f^\top \hat a^{(f)})` on the **original nodes** of the new
    mesh.

@@ -660,7 +660,8 @@ class MMGP(ModelContract):
 
         Returns:
             An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device, with the
-            out-of-distribution score of every mesh.
+            out-of-distribution score of every mesh; with ``return_std`` the scalars' exact predictive intervals and
+            distributions (:meth:`MMGPPrediction.scalar_interval <gpgeom.models.mmgp.MMGPPrediction.scalar_interval>`).
         """
         self._check_fitted()
         check_executor(executor)
