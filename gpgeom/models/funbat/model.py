@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gpgeom._validation import check_option, check_positive
+from gpgeom._validation import as_tensor, check_option, check_positive
 from gpgeom.base import ModelContract
 from gpgeom.models.funbat import persistence
 from gpgeom.models.funbat.conditional import latent_conditional
@@ -226,7 +226,7 @@ class FunBaT(
     :attr:`core_mean` and :attr:`core_cov`, the noise :attr:`noise_variance` and :attr:`dof_`.
     """
 
-    _format_version = 2  # 2: the noise model (Student-t scales, degrees of freedom)
+    _format_version = 3  # 2: the noise model (Student-t scales, degrees of freedom); 3: the float64 coordinate map
 
     _CONFIG = (
         "rank decomposition nu lengthscale_init variance_init learn_hyperparameters learn_noise hyper_warmup "
@@ -455,13 +455,8 @@ class FunBaT(
             y_mean = torch.zeros((), dtype=dtype, device=device)
             y_std = torch.ones((), dtype=dtype, device=device)
         self.y_mean, self.y_std = y_mean, y_std
-        lo = X.min(0).values  # coordinates
-        span = X.max(0).values - lo
-        span = torch.where(span > 0, span, torch.ones_like(span))
-        if not self.normalize_coordinates:
-            lo, span = torch.zeros_like(lo), torch.ones_like(span)
-        self.coord_lo, self.coord_span = lo, span
-        self._set_data((X - lo) / span, (y - y_mean) / y_std)
+        self._set_coordinate_map(X)  # float64 lo and span (inputs.py)
+        self._set_data(self._normalise(X), (y - y_mean) / y_std)
         self._fitted = True
         restarts = []
         for r in range(self.n_restarts + 1 if self.n_restarts else 1):
@@ -523,8 +518,9 @@ class FunBaT(
         start = time.perf_counter()
         new.ranks = self.ranks
         new.y_mean, new.y_std, new.coord_lo, new.coord_span = self.y_mean, self.y_std, self.coord_lo, self.coord_span
+        new._fit_dtype = self._fit_dtype
         new._set_data(
-            torch.cat([self._X, (X - self.coord_lo) / self.coord_span]),
+            torch.cat([self._X, self._normalise(X)]),
             torch.cat([self._ys, (y - self.y_mean) / self.y_std]),
         )
         new.kernels = copy.deepcopy(self.kernels)
@@ -570,10 +566,10 @@ class FunBaT(
         K = len(self.ranks)
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < K:
             raise ValueError(f"Mode `k` must be an int in [0, {K - 1}], got {k!r}.")
-        t = self._as_tensor("t", t)
+        t = as_tensor("t", t, dtype=self._coord_dtype, device=self.device)
         if t.dim() != 1:
             raise ValueError(f"`t` must be 1-D (n coordinates), got shape {tuple(t.shape)}.")
-        tn = (t - self.coord_lo[k]) / self.coord_span[k]
+        tn = self._normalise(t, k)
         md = self._modes[k]
         with torch.no_grad():
             return latent_conditional(self.kernels[k], md.t, md.post, tn)
@@ -641,7 +637,8 @@ class FunBaT(
         r"""``K`` lengthscales of the latent functions, in original coordinate units (NaN for a categorical mode)."""
         self._check_fitted()
         ls = [k.lengthscale.detach().reshape(()) if k.has_lengthscale else math.nan for k in self.kernels]
-        return torch.stack([self.coord_span.new_tensor(v) if isinstance(v, float) else v for v in ls]) * self.coord_span
+        span = self.coord_span.to(self.dtype)
+        return torch.stack([span.new_tensor(v) if isinstance(v, float) else v for v in ls]) * span
 
     @property
     def variances_(self) -> Tensor:

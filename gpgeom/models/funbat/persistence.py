@@ -7,8 +7,11 @@ likelihoods), the core, noise and bias factors, the Student-t scales and degrees
 (:mod:`~gpgeom.models.funbat.noise`; format version 2; with scales shared along a mode, ``scale_mode`` in the
 configuration and one factor per group, the groups being the saved coordinates of that mode, so a file written
 before the option loads with ``scale_mode=None``), the training entries (normalised) and the sweep history:
-everything ``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. A ``FunBaTCP`` file names
-its class and loads as a ``FunBaTCP`` through ``FunBaT.load``.
+everything ``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. The coordinate map's ``lo``
+and ``span`` are float64 and the file names the dtype of the fit (format version 3,
+:mod:`~gpgeom.models.funbat.inputs`); a file written before holds them in the model's dtype and loads with the map
+in float64 and the file's dtype as the fit's. A ``FunBaTCP`` file names its class and loads as a ``FunBaTCP``
+through ``FunBaT.load``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def get_state(model: Any) -> dict[str, Any]:
         "config": {k: _plain(v) for k, v in model._config().items()},
         "ranks": list(model.ranks),
         "dtype": str(model.dtype).replace("torch.", ""),
+        "fit_dtype": str(model._fit_dtype).replace("torch.", ""),  # the coordinate map's rounding (inputs.py)
         "nus": [float(getattr(k, "nu", 0.5)) for k in model.kernels],  # a categorical mode's is not used
         "kernels": [dict(k.state_dict()) for k in model.kernels],
         "modes": modes,
@@ -86,6 +90,9 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
                                   post))  # fmt: skip
     for name, value in state["tensors"].items():
         setattr(model, name, value)
+    # the coordinate map in float64 (inputs.py); a file from before it holds lo and span in the model's dtype
+    model.coord_lo, model.coord_span = (v.to(model._coord_dtype) for v in (model.coord_lo, model.coord_span))
+    model._fit_dtype = getattr(torch, state.get("fit_dtype", state["dtype"]))
     model._N = int(state["n_train"])
     model._dof = state["dof"]
     model._coords = [(md.t, md.idx) for md in model._modes]
@@ -101,7 +108,8 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
 
 
 def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
-    r"""Move every fitted tensor of ``model`` to ``device`` and cast the floating ones to ``dtype``, in place."""
+    r"""Move every fitted tensor of ``model`` to ``device`` and cast the floating ones to ``dtype``, in place (the
+    coordinate map's ``lo`` and ``span`` stay float64, :mod:`~gpgeom.models.funbat.inputs`)."""
 
     def mv(x: Any) -> Any:
         if isinstance(x, Tensor):
@@ -113,6 +121,10 @@ def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     for name in _TENSORS:
         if hasattr(model, name):
             setattr(model, name, mv(getattr(model, name)))
+    if hasattr(model, "coord_lo"):  # the coordinate map stays float64 (float32 on MPS): inputs.py
+        coord = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        model.coord_lo = model.coord_lo.to(device=device, dtype=coord)
+        model.coord_span = model.coord_span.to(device=device, dtype=coord)
     for md in getattr(model, "_modes", []):
         for name in ("t", "idx", "u_mean", "u_cov", "lam", "eta", "post"):
             setattr(md, name, mv(getattr(md, name)))

@@ -109,7 +109,7 @@ class _PredictiveDistribution:
         each (:mod:`~gpgeom.models.funbat.noise`)."""
         k = self.scale_mode
         t = self._modes[k].t
-        x = ((X[:, k] - self.coord_lo[k]) / self.coord_span[k]).to(t.dtype)  # as fit normalised the training ones
+        x = self._normalise(X[:, k], k)  # as fit normalised the training ones
         pos = torch.searchsorted(t, x).clamp_max(t.shape[0] - 1)
         seen = t[pos] == x
         half = torch.full_like(x, 0.5 * self._dof)
