@@ -9,9 +9,8 @@ configuration and one factor per group, the groups being the saved coordinates o
 before the option loads with ``scale_mode=None``), the training entries (normalised) and the sweep history:
 everything ``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. The coordinate map's ``lo``
 and ``span`` are float64 and the file names the dtype of the fit (format version 3,
-:mod:`~gpgeom.models.funbat.inputs`); a file written before holds them in the model's dtype and loads with the map
-in float64 and the file's dtype as the fit's. A ``FunBaTCP`` file names its class and loads as a ``FunBaTCP``
-through ``FunBaT.load``.
+:mod:`~gpgeom.models.funbat.inputs`). A ``FunBaTCP`` file names its class and loads as a ``FunBaTCP`` through
+``FunBaT.load``.
 """
 
 from __future__ import annotations
@@ -90,9 +89,7 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
                                   post))  # fmt: skip
     for name, value in state["tensors"].items():
         setattr(model, name, value)
-    # the coordinate map in float64 (inputs.py); a file from before it holds lo and span in the model's dtype
-    model.coord_lo, model.coord_span = (v.to(model._coord_dtype) for v in (model.coord_lo, model.coord_span))
-    model._fit_dtype = getattr(torch, state.get("fit_dtype", state["dtype"]))
+    model._fit_dtype = getattr(torch, state["fit_dtype"])  # the coordinate map's rounding (inputs.py)
     model._N = int(state["n_train"])
     model._dof = state["dof"]
     model._coords = [(md.t, md.idx) for md in model._modes]
