@@ -6,9 +6,32 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
+from gpgeom.geometry.point_cloud import as_points
+
 
 def _numpy(x: object) -> np.ndarray:
     return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+
+
+def _as_cloud(points: object, k_neighbors: int) -> np.ndarray:
+    r"""The cloud as a float64 ``(n, D)`` array, one point per row, with more points than ``k_neighbors`` (the kNN
+    graph needs ``n > k``). A cloud with too few rows is refused here, naming ``points``, its shape and, when its
+    transpose would be a cloud the graph accepts (``D > n`` and ``D > k_neighbors``), the likely mistake: a
+    ``D x n`` array such as ``points.T``. Clouds with ``n > k_neighbors`` rows pass whatever ``D``: a small cloud in
+    many dimensions is legitimate."""
+    X = as_points("points", points)
+    n, D = X.shape
+    if n <= k_neighbors:
+        hint = (
+            f" It looks transposed: {n} rows of {D} coordinates; pass the points as rows, e.g. `points.T`."
+            if D > n and D > k_neighbors
+            else " Pass more points or a smaller `k_neighbors`."
+        )
+        raise ValueError(
+            f"`points` must be an (n, D) array with one point per row and more points than `k_neighbors`="
+            f"{k_neighbors} (the kNN graph), got shape {X.shape}.{hint}"
+        )
+    return X
 
 
 def _as_index(name: str, index: object, n: int) -> np.ndarray:

@@ -29,7 +29,9 @@ return torch tensors ``m x D`` (``m x 1`` for a scalar field), numpy or torch in
 ``save``/``load`` of everything ``predict`` needs (cloud, frames, graph and Laplacian, eigenpairs,
 hyperparameters, data).
 
-Bad input: vectors not of shape ``(len(index), D)`` (or ``(n, D)``), indices out of range or not integers,
+Bad input: a cloud with no more rows than ``k_neighbors`` (named as likely transposed when its transpose would
+do), vectors not of shape ``(len(index), D)`` (or ``(n, D)`` in cloud order when ``len(index) != n``; a permuted full
+index with ``(n, D)`` vectors is ambiguous and refused), indices out of range or not integers,
 non-finite values, a manifold dimension above ``D``, duplicate points (``ValueError`` from the geometry, or
 ``duplicates="drop"``), a disconnected graph (a warning from the geometry; the spectrum is the union of the
 components' spectra, so every component gets its own low modes, and the ambient part is zero between components:
@@ -59,12 +61,17 @@ from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian
 from gpgeom.geometry.tangent import fit_size, local_noise_variance, tangent_frames
 from gpgeom.kernels.spectral import SpectralKernel
-from gpgeom.models.rvgp._inputs import _as_index, _numpy
+from gpgeom.models.rvgp._inputs import _as_cloud, _as_index, _numpy
 from gpgeom.models.rvgp.ambient import _AMBIENT, AMBIENT_MAX_POINTS, _ambient_inputs, _ambient_kernel
 from gpgeom.models.rvgp.extension import _NystromExtension
 from gpgeom.models.rvgp.smoothness import _FILTERS, NU_BOUNDS, _lengthscale_bounds
 
 __all__ = ["RVGP"]
+
+
+def _permutes(idx: np.ndarray) -> bool:
+    r"""Whether the ``(n,)`` indices ``idx`` are a permutation of ``0..n-1`` other than the identity."""
+    return not np.array_equal(idx, np.arange(len(idx))) and np.array_equal(np.sort(idx), np.arange(len(idx)))
 
 
 def _plain(obj: Any) -> Any:
@@ -106,7 +113,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
     :mod:`gpgeom.models.rvgp`, *Tangency*), so drawing samples adds GPyTorch's jitter (a ``NumericalWarning``).
 
     Args:
-        points: ``(n, D)`` point cloud (numpy, torch or sequence).
+        points: ``(n, D)`` point cloud, one point per row, ``n > k_neighbors`` (numpy, torch or sequence); fewer
+            rows are refused, as likely transposed when ``D > n`` and ``D > k_neighbors``.
         n_eigenpairs: ``k``, the rank of the kernel (pick the end of a degenerate group, e.g. 48 on a sphere).
         dim: Manifold dimension ``d`` (``None``: estimated).
         k_neighbors: Neighbours of the kNN graph.
@@ -171,6 +179,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}.")
         if laplacian is None:
+            check_positive("k_neighbors", k_neighbors, integer=True)
+            points = _as_cloud(points, k_neighbors)
             if scalar:
                 laplacian = graph_laplacian(points, k_neighbors, **laplacian_kwargs)
             else:
@@ -266,11 +276,21 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         return self.laplacian.points
 
     def _vectors(self, vectors: object, idx: np.ndarray) -> Tensor:
-        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` tensor of the model's dtype, checked."""
+        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` tensor of the model's dtype, checked: one row per
+        index, or the cloud's ``n`` rows in order when ``m != n`` (rows ``idx`` taken); with ``m == n`` the rows are
+        one per index, and a permutation of the points other than ``0..n-1`` is refused (:meth:`fit`)."""
         v = self._as_tensor("vectors", vectors, finite=False)
         m, D = len(idx), self.output_dim
         if m != self.n and v.dim() >= 1 and v.shape[0] == self.n:
             v = v[torch.as_tensor(idx, device=v.device)]
+        elif v.dim() >= 1 and v.shape[0] == m == self.n and _permutes(idx):
+            what = "values" if self.scalar else "vectors"
+            raise ValueError(
+                f"`index` is a permutation of all n={m} points, so `{what}` of shape {tuple(v.shape)} could be one "
+                "row per index or the cloud's rows in order, and the two fits differ. Sort the index: "
+                f"`fit(np.sort(index), {what})` for rows in cloud order, or `order = np.argsort(index); "
+                f"fit(index[order], {what}[order])` for rows per index (the fit does not depend on the order)."
+            )
         if self.scalar and v.dim() == 1:
             v = v[:, None]
         if tuple(v.shape) != (m, D):
@@ -305,8 +325,12 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
 
         Args:
             index: ``(m,)`` integer indices of the observed points (or an ``(n,)`` boolean mask); numpy or torch.
-            vectors: ``(m, D)`` observed ambient vectors at those points (``(n, D)`` is also accepted, then
-                rows ``index`` are taken); numpy or torch. Scalar model: ``(m,)`` or ``(m, 1)``.
+            vectors: ``(m, D)`` observed ambient vectors at those points, one row per index (scalar model:
+                ``(m,)`` or ``(m, 1)``); numpy or torch. When ``m != n`` the whole field in cloud order, ``(n, D)``,
+                is also accepted, and its rows ``index`` are taken. When ``m == n`` the rows are always one per
+                index; if ``index`` is then a permutation of the points other than ``0..n-1`` the reading is
+                ambiguous (one row per index or cloud order give different fits) and refused: sort the index
+                (with the rows, if they are per index).
             method: ``"exact"`` (L-BFGS-B on the Woodbury marginal likelihood, :math:`O(N k^2)` per step) or
                 ``"variational"`` (Adam on minibatch ELBOs of ``batch_size`` points, ``epochs``).
             restarts, max_iter, lr, patience, seed: Passed to :func:`gpgeom.engine.fitting.fit`.
