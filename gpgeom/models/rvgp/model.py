@@ -12,8 +12,8 @@ model in :mod:`~gpgeom.botorch.low_rank_noise`):
   field outside the span of the ``k`` features (on a noise-free torus 20 % of it in L2 with 60 eigenpairs, on a
   sphere a floor of 3.7 % spread evenly over the higher modes, so no filter's tail accounts for it), and the
   likelihood learnt it as noise. :meth:`RVGP.fit` estimates the observation noise without the basis
-  (:func:`local_noise_variance`) and moves the rest of the residual variance into the latent variance, in the
-  tangent plane;
+  (:func:`local_noise_variance`, neighbours within each graph component) and moves the rest of the residual
+  variance into the latent variance, in the tangent plane;
 * *far points* (:mod:`~gpgeom.models.rvgp.extension`): the features decay and the prior variance they carried is
   restored.
 
@@ -409,16 +409,25 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
 
     def _estimate_noise(self, idx: np.ndarray, ys: np.ndarray) -> float | None:
         r"""The observation-noise variance of the training data (scaled units) by :func:`local_noise_variance`,
-        in the Laplacian's frames (scalar fields: PCA frames of the training points), or ``None``."""
-        pts = self.points[idx]
+        in the Laplacian's frames (scalar fields: PCA frames of each component's training points, where it has at
+        least 8), or ``None``. Neighbours are taken within the training point's graph component: the field has no
+        relation between components (a component with few training points borrowed neighbours from another)."""
+        pts, labels = self.points[idx], self.laplacian.graph.labels[idx]
         if not self.scalar:
-            return local_noise_variance(pts, ys, self.laplacian.frames[idx])
-        if len(idx) < 8:
-            return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            frames, _ = tangent_frames(pts, k_pca=min(15, len(idx)), fit="pca")
-        return local_noise_variance(pts, ys[:, 0], frames)
+            return local_noise_variance(pts, ys, self.laplacian.frames[idx], labels=labels)
+        parts = []  # (estimate, its number of training points) per component
+        for lab in np.unique(labels):
+            own = np.flatnonzero(labels == lab)
+            if len(own) < 8:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                frames, _ = tangent_frames(pts[own], k_pca=min(15, len(own)), fit="pca")
+            est = local_noise_variance(pts[own], ys[own, 0], frames)
+            parts += [] if est is None else [(est, len(own))]
+        if len(parts) <= 1:
+            return parts[0][0] if parts else None
+        return sum(e * w for e, w in parts) / sum(w for _, w in parts)
 
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
