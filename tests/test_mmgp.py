@@ -106,8 +106,10 @@ def test_analytic_variance_equals_dense_formula(model, data):
     sigma^2 (from the GP's own observation-noise prediction), lambda_t = 1 - share_t + share_t * ood_score and
     lambda_n = 1 - share_n + share_n * rho / rho_in, where rho / rho_in = ood_score / (mean ood_score of the training
     meshes themselves); the scalars (positive, so GPs on log w by default) are log-normal with log-scale variance
-    v = s^2 + lambda_n sigma^2 likewise: mean exp(m + v / 2), variance (e^v - 1) e^(2m + v). Without the noise and
-    the geometry factor the fields' variance is the reference's Q Phi^T diag(s^2) Phi Q^T + Q r."""
+    v = s^2 + lambda_n sigma^2 likewise: mean exp(m + v / 2), variance (e^v - 1) e^(2m + v). The fields add the
+    round-trip transfer variance w_j (Q kappa)_j, w_j = sum_c Q_jc |y_j - x_c|^2 (morphed positions). Without the
+    noise, the geometry factor and the transfer term the fields' variance is the reference's
+    Q Phi^T diag(s^2) Phi Q^T + Q r."""
     (M, mu, _, _), (Mt, mut, _, _) = data
     assert model.scalar_transforms_ == ["log"] * 3
     pred = model.predict(Mt[:2], mut[:2], return_std=True)
@@ -121,6 +123,7 @@ def test_analytic_variance_equals_dense_formula(model, data):
     for i in range(2):
         ops = model._operators(Mt[i], f"mesh {i}")
         Q, off = ops.inv_proj.toarray(), 0
+        w = (Q * ((ops.morphed[:, None, :] - model.common_morphed_[None]) ** 2).sum(-1)).sum(1).clip(0.0)
         for k, f in enumerate(model._fields):
             lam_t, lam_n = 1.0 - s_t[k] + s_t[k] * g[i], 1.0 - s_n[k] + s_n[k] * g_in[i]
             modes = npa(f.modes)
@@ -128,17 +131,19 @@ def test_analytic_variance_equals_dense_formula(model, data):
             var = npa(s_lat)[i, off : off + nk] ** 2 + lam_n * noise[i, off : off + nk]
             cov = Q @ modes.T @ np.diag(var) @ modes @ Q.T
             trunc = lam_t * (Q @ npa(f.trunc_var))  # the independent POD-truncation term
-            np.testing.assert_allclose(npa(pred.fields_std[i][:, k]) ** 2, np.diag(cov) + trunc, rtol=1e-9, atol=1e-16)
+            transfer = w / npa(f.transfer_spread)[0] * (Q @ npa(f.transfer_kappa))  # the round-trip transfer term
+            expect = np.diag(cov) + trunc + transfer
+            np.testing.assert_allclose(npa(pred.fields_std[i][:, k]) ** 2, expect, rtol=1e-9, atol=1e-16)
             off += nk
         lam_n = 1.0 - s_n[4:] + s_n[4:] * g_in[i]
         v, m = npa(s_lat)[i, off:] ** 2 + lam_n * noise[i, off:], npa(m_lat)[i, off:]
         np.testing.assert_allclose(npa(pred.scalars_std[i]) ** 2, np.expm1(v) * np.exp(2 * m + v), rtol=1e-9)
         np.testing.assert_allclose(npa(pred.scalars[i]), np.exp(m + v / 2), rtol=1e-12)
-    model.geometry_variance = False
+    model.geometry_variance = model.transfer_variance = False
     try:
         ref = model.predict(Mt[:1], mut[:1], return_std=True, observation_noise=False)
     finally:
-        model.geometry_variance = True
+        model.geometry_variance = model.transfer_variance = True
     Q, off = model._operators(Mt[0], "mesh 0").inv_proj.toarray(), 0
     for k, f in enumerate(model._fields):
         modes = npa(f.modes)

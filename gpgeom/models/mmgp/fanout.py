@@ -4,8 +4,10 @@ transfers and the transport of every mesh, and the fits of separate GPs.
 Mesh stage: the :class:`~gpgeom.models.mmgp.transfer.CommonMeshTransfer` (common mesh, its morphed nodes and
 point locator, the mass matrix) is the shared object, shipped once per worker; the meshes (and their fields) travel
 in chunks of consecutive meshes. Each worker returns what the caller needs of a mesh: its coordinates (and fields)
-transported to the common nodes, :math:`P_i x_i` (:math:`P_i U_i`), and for a prediction :math:`Q_i`; the POD,
-the encoding :math:`\xi = W (P_i x_i - \bar X)` and the decode stay with the caller, computed as in the serial run.
+transported to the common nodes, :math:`P_i x_i` (:math:`P_i U_i`, and the round-trip moments of
+:mod:`~gpgeom.models.mmgp.roundtrip`), and for a prediction :math:`Q_i` and the interpolation spreads of its nodes;
+the POD, the encoding :math:`\xi = W (P_i x_i - \bar X)` and the decode stay with the caller, computed as in the
+serial run.
 
 GP stage (``hyperparameters="per_field"``): one task per GP, each fitted with all its restarts in one worker and
 sent back whole. The serial run calls the same functions in order, so both give the same numbers.
@@ -23,6 +25,7 @@ import scipy.sparse as sp
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.parallel import map_items
 from gpgeom.geometry.mesh import Mesh
+from gpgeom.models.mmgp.roundtrip import interpolation_spread, roundtrip_moments
 from gpgeom.models.mmgp.transfer import CommonMeshTransfer
 
 __all__ = ["fit_gps", "transport_new", "transport_training"]
@@ -31,14 +34,17 @@ __all__ = ["fit_gps", "transport_new", "transport_training"]
 def _training_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, np.ndarray]) -> tuple[np.ndarray, ...]:
     i, mesh, u = item
     ops = transfer.operators(mesh, f"mesh {i}")
-    return ops.proj @ mesh.points, ops.proj @ u, ops.t_morph, ops.t_transfer
+    w = interpolation_spread(ops.inv_proj, ops.morphed, transfer.common_morphed)
+    num, den = roundtrip_moments(ops.inv_proj, ops.proj, u, w)
+    return ops.proj @ mesh.points, ops.proj @ u, ops.t_morph, ops.t_transfer, num, den
 
 
 def transport_training(
     transfer: CommonMeshTransfer, meshes: Sequence[Mesh], fields: Sequence[np.ndarray], executor: Executor | None
 ) -> list[tuple[np.ndarray, ...]]:
-    r"""``(P_i x_i (N_c, d), P_i U_i (N_c, m), t_morph, t_transfer)`` of every mesh, in order (``d`` the space
-    dimension of the meshes)."""
+    r"""``(P_i x_i (N_c, d), P_i U_i (N_c, m), t_morph, t_transfer, num (N_c, m), den (N_c,))`` of every mesh, in
+    order (``d`` the space dimension of the meshes; ``num``, ``den`` the round-trip moments of
+    :func:`~gpgeom.models.mmgp.roundtrip.roundtrip_moments`)."""
     items = [(i, m, u) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
     return map_items(executor, _training_item, items, transfer)
 
@@ -47,14 +53,18 @@ def _new_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, bool]) -> tup
     i, mesh, inverse = item
     ops = transfer.operators(mesh, f"mesh {i}")
     x = np.asarray(ops.proj @ mesh.points).reshape(-1)  # GeometryPOD.transport
-    return x, (ops.inv_proj if inverse else None), ops.t_morph, ops.t_transfer
+    if not inverse:
+        return x, None, ops.t_morph, ops.t_transfer, None
+    w = interpolation_spread(ops.inv_proj, ops.morphed, transfer.common_morphed)
+    return x, ops.inv_proj, ops.t_morph, ops.t_transfer, w
 
 
 def transport_new(
     transfer: CommonMeshTransfer, meshes: Sequence[Mesh], executor: Executor | None, inverse: bool = False
-) -> list[tuple[np.ndarray, sp.csr_matrix | None, np.ndarray, np.ndarray]]:
-    r"""``(P_i x_i flattened (d N_c,), Q_i or None, t_morph, t_transfer)`` of every new mesh, in order (``Q_i``
-    with ``inverse``, for the decode)."""
+) -> list[tuple[np.ndarray, sp.csr_matrix | None, np.ndarray, np.ndarray, np.ndarray | None]]:
+    r"""``(P_i x_i flattened (d N_c,), Q_i or None, t_morph, t_transfer, w or None)`` of every new mesh, in order
+    (``Q_i`` and the interpolation spreads ``w`` ``(N_i,)`` of its nodes with ``inverse``, for the decode;
+    :func:`~gpgeom.models.mmgp.roundtrip.interpolation_spread`)."""
     return map_items(executor, _new_item, [(i, m, inverse) for i, m in enumerate(meshes)], transfer)
 
 

@@ -44,6 +44,7 @@ from gpgeom.models.mmgp.latent_gp import (
 )
 from gpgeom.models.mmgp.prediction import MMGPFitResult, MMGPPrediction
 from gpgeom.models.mmgp.reduction import FieldPOD, GeometryPOD, check_field_spread, decode_fields, truncation_noise
+from gpgeom.models.mmgp.roundtrip import roundtrip_variance, transfer_intensity
 from gpgeom.models.mmgp.scalars import check_scalar_transform, resolve_transforms, scalar_prediction, to_gp_units
 from gpgeom.models.mmgp.state import model_config, model_state, restore_model
 from gpgeom.models.mmgp.transfer import MORPHINGS, CommonMeshTransfer, TransferOperators, sparse_to_torch
@@ -107,6 +108,10 @@ class MMGP(ModelContract):
             table).
         truncation_variance: Add the POD truncation variance (:mod:`gpgeom.models.mmgp`) to the predicted field
             variance.
+        transfer_variance: Add the variance of the round-trip transfer error :math:`U_i - Q_i P_i U_i` (what the
+            P1 space of the common mesh cannot represent of a mesh's field; zero at nodes on common nodes, largest
+            inside coarse common elements near steep gradients; :mod:`~gpgeom.models.mmgp.roundtrip`) to the
+            predicted field variance and draws. ``False``: the variance as before it.
         geometry_variance: Scale the unexplained variance terms (the GPs' learned noise, with
             ``predict(observation_noise=True)``, and the truncation variance) per mesh by
             :math:`\lambda = 1 - s + s \rho / \bar\rho`, with :math:`\rho` the boundary energy of the mesh's
@@ -184,6 +189,7 @@ class MMGP(ModelContract):
         kernel: str | Callable[[int, torch.Size], Kernel] = "matern52",
         hyperparameters: str = "per_output",
         truncation_variance: bool = True,
+        transfer_variance: bool = True,
         geometry_variance: bool = True,
         restarts: int = 4,
         max_iter: int = 500,
@@ -231,6 +237,7 @@ class MMGP(ModelContract):
         self.tail_energy = float(tail_energy)
         self.scalar_transform = check_scalar_transform(scalar_transform)
         self.truncation_variance = bool(truncation_variance)
+        self.transfer_variance = bool(transfer_variance)
         self.geometry_variance = bool(geometry_variance)
         self.restarts = restarts
         self.max_iter = max_iter
@@ -365,11 +372,15 @@ class MMGP(ModelContract):
         # transport geometry and fields to the common mesh (Eq. (2))
         X = np.empty((n, Nc, common.dim))
         F = np.empty((n, Nc, n_fields))
-        for i, (x, f, t_morph, t_transfer) in enumerate(transport_training(self._transfer, meshes, U, executor)):
+        num, den = np.zeros((Nc, n_fields)), np.zeros(Nc)  # the round-trip moments (roundtrip_moments)
+        for i, (x, f, t_morph, t_transfer, nu, de) in enumerate(
+            transport_training(self._transfer, meshes, U, executor)
+        ):
             timings["morph"] += t_morph
             timings["transfer"] += t_transfer
-            X[i] = x
-            F[i] = f
+            X[i], F[i] = x, f
+            with np.errstate(over="ignore", invalid="ignore"):  # fields out of range: refused below
+                num, den = num + nu, den + de
 
         # POD (Eq. (3)) of the geometry and of every field
         requests = [("n_modes_geometry", "", self.n_modes_geometry)]
@@ -381,6 +392,7 @@ class MMGP(ModelContract):
                     f"most {n} modes ({n - 1} when centred). Pass a smaller int, or an energy fraction such as 0.999."
                 )
         check_field_spread(F, self.field_names_, self.dtype)
+        kappa, d0 = transfer_intensity(num, den, n)  # kappa d0 (N_c, m), the reference spread d0
         t0 = clock()
         center = self.center and not self.ref_compat
         self._geometry, xi = GeometryPOD.fit(X, common, self._mass, self.n_modes_geometry, center, self.ref_compat)
@@ -394,6 +406,8 @@ class MMGP(ModelContract):
         self._fields, coefs, own = [], [], []
         for k in range(n_fields):
             pod, a, ratio = FieldPOD.fit(F[:, :, k], self._mass, nmf[k], center, rho=rho, rho_mean=rho_mean, **tkw)
+            pod.transfer_kappa = torch.as_tensor(np.ascontiguousarray(kappa[:, k]), **tkw)
+            pod.transfer_spread = torch.tensor([d0], **tkw)
             self._fields.append(pod)
             coefs.append(torch.as_tensor(a, **tkw))
             own.append(own_modes(ratio, pod.n_modes, self.tail_energy))
@@ -647,7 +661,8 @@ class MMGP(ModelContract):
             meshes: ``n`` meshes (any node count / connectivity that the morphing accepts).
             input_scalars: ``n x p`` (numpy or torch).
             return_std: Also return the exact predictive standard deviations (fields: :math:`\sqrt{\sum_k A_{jk}^2
-                (s_k^2 + \lambda_n \sigma_k^2) + \lambda_t (Q r)_j}` per node, see :mod:`gpgeom.models.mmgp`).
+                (s_k^2 + \lambda_n \sigma_k^2) + \lambda_t (Q r)_j + w_j (Q \kappa)_j}` per node, the last term the
+                round-trip transfer error's, :mod:`~gpgeom.models.mmgp.roundtrip`; see :mod:`gpgeom.models.mmgp`).
             n_samples: Number ``S`` of Monte Carlo draws of the coefficients and scalars to decode (0 = none).
             observation_noise: Include the GPs' learned noise :math:`\sigma_k^2` (scaled by the geometry factor
                 :math:`\lambda_n` with ``geometry_variance``) in the coefficient and scalar variances (default): the
@@ -671,12 +686,13 @@ class MMGP(ModelContract):
         n = len(meshes)
         mu = self._input_scalars(input_scalars, n)
         tm = {k: np.zeros(2) for k in ("morph", "transfer", "gp", "decode")}
-        Qs, X = [], []
-        for x, inv_proj, t_morph, t_transfer in transport_new(self._transfer, meshes, executor, inverse=True):
+        Qs, X, spreads = [], [], []
+        for x, inv_proj, t_morph, t_transfer, w in transport_new(self._transfer, meshes, executor, inverse=True):
             tm["morph"] += t_morph
             tm["transfer"] += t_transfer
             Qs.append(inv_proj)
             X.append(x)
+            spreads.append(w)
         xi, score = self._encode_transported(X)
         Z = torch.cat([xi, mu], dim=1)
         t0 = clock()
@@ -701,16 +717,27 @@ class MMGP(ModelContract):
         t0 = clock()
         gen = torch.Generator().manual_seed(int(self.seed) + 7919)
         eps = torch.randn(n_samples, n, mean.shape[1], generator=gen, dtype=torch.float64).to(**tkw)
+        # the transfer noise has its own stream: the other draws stay those of a model without it
+        gen_t = torch.Generator().manual_seed(int(self.seed) + 104729)
+        transfer = want_std and self.transfer_variance and all(f.transfer_spread is not None for f in self._fields)
         fields, fields_std, fsamp = [], [], []
         for i, inv_proj in enumerate(Qs):
             Q = sparse_to_torch(inv_proj, **tkw)
-            noise = g = None
+            noise = g = tvar = tnoise = None
             if n_samples and self.truncation_variance:  # spatially correlated (truncation_draws)
                 noise, g = truncation_noise(gen, n_samples, Q.shape[0], self._fields, **tkw)
+            if transfer:
+                kappa = torch.stack([f.transfer_kappa for f in self._fields], -1)
+                rel = spreads[i] / float(self._fields[0].transfer_spread[0])  # w / d0, in float64
+                tvar = roundtrip_variance(Q, kappa, torch.as_tensor(rel, **tkw))
+                if n_samples:
+                    shape = (n_samples, Q.shape[0], m)
+                    tnoise = torch.randn(*shape, generator=gen_t, dtype=torch.float64).to(**tkw)
             U, sd, draws = decode_fields(
                 Q, self._fields, mean[i, :nf], std[i, :nf] if want_std else None,
                 truncation=self.truncation_variance, eps=eps[:, i, :nf] if n_samples else None, noise=noise,
-                trunc_scale=lam[i, :m] if lam is not None else None, trunc_eps=g,
+                trunc_scale=lam[i, :m] if lam is not None else None, trunc_eps=g, transfer_var=tvar,
+                transfer_noise=tnoise,
             )  # fmt: skip
             fields.append(U)
             fields_std.append(sd)

@@ -194,6 +194,10 @@ class FieldPOD:
             the ``n`` training snapshots (:func:`truncation_residuals`), so that :math:`C = L^\top L` is their
             covariance with :math:`\operatorname{diag}(C) = r` (``(1, N_c)`` zeros for a field equal on every mesh;
             ``None`` in model files written before it: :func:`truncation_draws` falls back to independent nodes).
+        transfer_kappa: The intensity of the round-trip transfer error on the common nodes times the reference
+            spread, :math:`\kappa d_0`, ``(N_c,)`` (:mod:`~gpgeom.models.mmgp.roundtrip`,
+            :func:`~gpgeom.models.mmgp.roundtrip.transfer_intensity`), and transfer_spread: :math:`d_0`, ``(1,)``
+            (both ``None`` in model files written before them: no transfer term).
     """
 
     mean: Tensor
@@ -202,6 +206,8 @@ class FieldPOD:
     trunc_var: Tensor
     geometry_share: Tensor
     trunc_factor: Tensor | None = None
+    transfer_kappa: Tensor | None = None
+    transfer_spread: Tensor | None = None
 
     @classmethod
     def fit(
@@ -248,8 +254,10 @@ class FieldPOD:
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> FieldPOD:
-        r"""Rebuild from :meth:`state`; a state written before ``trunc_factor`` leaves it ``None``."""
-        return cls(**{k: state.get(k) if k == "trunc_factor" else state[k] for k in cls.__dataclass_fields__})
+        r"""Rebuild from :meth:`state`; a state written before ``trunc_factor`` (``transfer_kappa``,
+        ``transfer_spread``) leaves it ``None``."""
+        optional = ("trunc_factor", "transfer_kappa", "transfer_spread")
+        return cls(**{k: state.get(k) if k in optional else state[k] for k in cls.__dataclass_fields__})
 
 
 def truncation_variance(S: np.ndarray, n_modes: int, center: bool, mass: sp.spmatrix, folds: int = 10) -> np.ndarray:
@@ -347,6 +355,8 @@ def decode_fields(
     noise: Tensor | None = None,
     trunc_scale: Tensor | None = None,
     trunc_eps: Tensor | None = None,
+    transfer_var: Tensor | None = None,
+    transfer_noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""Decode the predicted coefficients of one mesh onto its nodes.
 
@@ -361,6 +371,9 @@ def decode_fields(
         noise: Standard normal draws of the truncation term on the nodes, ``S x N_i x m`` (with ``eps`` and
             ``truncation``), and trunc_eps: those of its residual factors, ``S x sum k_f`` (``None``: independent
             nodes); both from :func:`truncation_noise`, combined by :func:`truncation_draws`.
+        transfer_var: The variance of the round-trip transfer error on the nodes, ``N_i x m``
+            (:func:`~gpgeom.models.mmgp.roundtrip.roundtrip_variance`; ``None``: none), added to the variance and,
+            with ``transfer_noise`` (standard normal, ``S x N_i x m``), to the draws as independent nodal noise.
 
     Returns:
         ``(mean N_i x m, std N_i x m or None, samples S x N_i x m or None)``.
@@ -379,7 +392,9 @@ def decode_fields(
     if std is not None:
         A = Q @ torch.cat([f.modes for f in fields], 0).mT  # N_i x sum n_f: A = Q Phi^T for every field
         var = torch.stack([A[:, sl].square() @ std[sl].square() for _, sl in parts], -1)
-        sd = (var + tv if tv is not None else var).sqrt()
+        for extra in (tv, transfer_var):
+            var = var if extra is None else var + extra
+        sd = var.sqrt()
     draws = None
     if eps is not None:
         S = eps.shape[0]
@@ -389,4 +404,6 @@ def decode_fields(
         draws = draws.permute(1, 0, 2)  # S x N_i x m
         if tv is not None:
             draws = draws + truncation_draws(Q, fields, tv, noise, trunc_eps, trunc_scale)
+        if transfer_var is not None:
+            draws = draws + transfer_var.sqrt() * transfer_noise
     return U, sd, draws

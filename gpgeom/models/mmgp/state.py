@@ -7,7 +7,9 @@ common mesh, the geometry POD and its residual reference, the field PODs, the GP
 and the fit record (:func:`model_state`). Entries added after a format version was released are optional on load
 (:func:`restore_model` names the fallback of each): a file without the fields' truncation residual factors
 (``trunc_factor``, :class:`~gpgeom.models.mmgp.reduction.FieldPOD`) loads with a ``UserWarning`` and draws the
-truncation term independently per node, as before the factor.
+truncation term independently per node, as before the factor; a file without the fields' round-trip intensities
+(``transfer_kappa``, :mod:`~gpgeom.models.mmgp.roundtrip`) predicts without the transfer term, as when it was
+written.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def model_config(model: MMGP) -> dict[str, Any]:
         "tail_energy": model.tail_energy,
         "scalar_transform": model.scalar_transform,
         "truncation_variance": model.truncation_variance,
+        "transfer_variance": model.transfer_variance,
         "geometry_variance": model.geometry_variance,
         "restarts": model.restarts,
         "max_iter": model.max_iter,
