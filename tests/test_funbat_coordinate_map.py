@@ -76,3 +76,97 @@ def test_moving_a_model_keeps_its_training_labels_and_groups(kw, tmp_path):
         mean64, std64 = moved.predict(Xt, return_std=True, observation_noise=True)
         assert float((mean64 - mean.double()).abs().max()) < 1e-5
         assert float(((std64 - std.double()) / std.double()).abs().max()) < 1e-3
+
+
+def _query_truth(Xq, label_cols):
+    r"""The float64 query that a float32 query ``Xq`` of the training labels means: its coordinates rounded to float32
+    (exact in float64), the label columns replaced by the float64 labels they round from."""
+    truth = Xq.float().double()
+    for c in label_cols:
+        truth[:, c] = Xq[:, c]
+    return truth
+
+
+@pytest.mark.parametrize(
+    "kw", [{"categorical": 1}, {"noise": "student_t", "scale_mode": 1}, {"noise": "student_t", "scale_mode": 0}]
+)
+def test_a_float32_query_of_the_training_labels_is_the_float64_query(kw, tmp_path):
+    r"""A float64 model queried with float32 coordinates: the station codes :math:`10 s / 11` round to other values
+    than the float64 training labels, which a categorical mode treated as unseen labels (the prior: means off by 2.1,
+    standard deviations up to 61 times too large, no warning) and ``scale_mode`` as unseen groups (the standard
+    deviations of new observations off by 19 %). Days as Unix seconds (not exact in float32) for ``scale_mode=0``.
+    Now a query label equal to a training label at float32 is that label: the predictions (``predict``, the BoTorch
+    posterior, ``latent``, a saved and loaded model) are those of the float64 query of the same labels, the other
+    coordinates rounded to float32 as given."""
+    X, y, Xt = _station_day()
+    X[:, 0], Xt[:, 0] = 1.7e9 + 1000.0 + 86400.0 * X[:, 0], 1.7e9 + 1000.0 + 86400.0 * Xt[:, 0]
+    m = _fit(X, y, **kw)
+    label_col = kw.get("categorical", kw.get("scale_mode"))
+    truth = _query_truth(Xt, [label_col])
+    assert bool((truth != Xt.float().double()).any())  # the float32 query differs from the labels it means
+    path = tmp_path / "m.pt"
+    m.save(path)
+    for model in (m, FunBaT.load(path)):
+        for noise in (False, True):
+            mean, std = model.predict(truth, return_std=True, observation_noise=noise)
+            mean32, std32 = model.predict(Xt.float(), return_std=True, observation_noise=noise)
+            torch.testing.assert_close(mean32, mean, rtol=0, atol=1e-12)
+            torch.testing.assert_close(std32, std, rtol=0, atol=1e-12)
+    post, post32 = (m.as_botorch().posterior(q[:6].unsqueeze(0)) for q in (truth, Xt.float()))
+    torch.testing.assert_close(post32.mean.detach(), post.mean.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(post32.variance.detach(), post.variance.detach(), rtol=0, atol=1e-12)
+    q32, q64 = Xt[:6].float().requires_grad_(), truth[:6].clone().requires_grad_()
+    for q in (q32, q64):  # candidates' gradients (acquisition optimisation) pass the matched labels unchanged
+        m.as_botorch().posterior(q.unsqueeze(0)).mean.sum().backward()
+    torch.testing.assert_close(q32.grad.double(), q64.grad, rtol=1e-6, atol=1e-9)
+    for a, b in zip(m.latent(label_col, X[:5, label_col].float()), m.latent(label_col, X[:5, label_col])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_float32_training_labels_queried_in_float64_are_matched_at_float32():
+    r"""The other way round: a model fitted to float32 coordinates (the station codes rounded to float32) and queried
+    with the codes computed in float64 matched no training label (means off by 2.1); the labels are matched at the
+    lower precision of the two dtypes, so the float64 query is the float32 one. ``rebuild_with`` entries given in
+    float32 join the existing labels (no new label) and give the refit on the float64 ones."""
+    X, y, Xt = _station_day()
+    m = _fit(X.float(), y, categorical=1)
+    mean32 = m.predict(Xt.float())
+    torch.testing.assert_close(m.predict(Xt), mean32, rtol=0, atol=1e-12)
+    new = m.rebuild_with(Xt[:20].float(), torch.zeros(20), max_sweeps=2)
+    assert new._coords[1][0].shape[0] == m._coords[1][0].shape[0] == 12
+    m64 = _fit(X, y, categorical=1)
+    a, b = (m64.rebuild_with(q, torch.zeros(20), max_sweeps=2).predict(Xt) for q in (Xt[:20].float(), Xt[:20]))
+    assert m64.rebuild_with(Xt[:20].float(), torch.zeros(20), max_sweeps=2)._coords[1][0].shape[0] == 12
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_query_equal_to_two_training_labels_at_its_precision_is_refused():
+    r"""Training labels :math:`1 + 10^{-9} s` are distinct in float64 and all equal to 1 in float32: a float32 query
+    of one of them cannot say which, and is refused naming the mode, the dtypes and the labels; float64 queries of
+    the same labels, and float32 queries of a label that matches none, are answered."""
+    X, y, Xt = _station_day()
+    X[:, 1], Xt[:, 1] = 1.0 + 1e-9 * X[:, 1], 1.0 + 1e-9 * Xt[:, 1]
+    m = _fit(X, y, categorical=1)
+    with pytest.raises(ValueError, match=r"`X`: a coordinate of mode 1 given in float32 equals the training labels \["):
+        m.predict(Xt.float())
+    with pytest.raises(ValueError, match="float32 precision"):
+        m.as_botorch().posterior(Xt[:3].float().unsqueeze(0))
+    with pytest.raises(ValueError, match="`t`: a coordinate of mode 1"):
+        m.latent(1, Xt[:3, 1].float())
+    assert bool(torch.isfinite(m.predict(Xt)).all())
+    away = Xt.clone()
+    away[:, 1] = 2.0
+    torch.testing.assert_close(m.predict(away.float()), m.predict(away), rtol=0, atol=1e-12)
+
+
+def test_an_unseen_label_queried_in_float32_still_gets_the_prior():
+    r"""A label that equals no training label at the query's precision is unseen, as documented: the latent of a
+    categorical mode there is the prior :math:`N(0, \sigma_k^2 I)`, for float32 queries as for float64 ones."""
+    X, y, _ = _station_day()
+    m = _fit(X, y, categorical=1)
+    var = float(m.variances_[1])
+    t = torch.tensor([10.5 / 11.0, 13.0], dtype=torch.float32)
+    for q in (t, t.double()):
+        mean, cov = m.latent(1, q)
+        torch.testing.assert_close(mean, torch.zeros(2, 2, dtype=D), rtol=0, atol=1e-12)
+        torch.testing.assert_close(cov, var * torch.eye(2, dtype=D).expand(2, 2, 2), rtol=1e-10, atol=1e-12)

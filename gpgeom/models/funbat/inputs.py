@@ -21,6 +21,16 @@ seconds at most 8 distinct values), and a coordinate equal to a training one map
 after ``to(dtype=...)`` or a file round trip, which categorical modes (equal labels only,
 :mod:`~gpgeom.models.funbat.priors`) and scales shared along a mode (``scale_mode``) require
 (``tests/test_funbat_coordinate_map.py``).
+
+Labels. The modes that match coordinates by equality (the ``categorical`` ones and ``scale_mode``) keep their
+training coordinates in their original units (float64, sorted, unique) and the dtype they came in. **A query
+coordinate of such a mode matches a training label when the two are equal at the lower precision of the query's
+dtype and the training coordinates' dtype** (both rounded to it); it is then taken as that training label, so it
+maps to the very same normalised value. A float64 query of float64 training labels is matched exactly, as before; a
+float32 query of the label :math:`3/11` computed in float64 used to differ from it in the last bits and get the prior
+of an unseen label. When two training labels are equal at that precision, the query cannot say which one it means and
+is refused (``ValueError``); a coordinate that matches no training label is an unseen label (the prior of a
+categorical mode, a new scale of ``scale_mode``), as documented.
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ from gpgeom._validation import as_tensor
 __all__: list[str] = []
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 class _Inputs:
     r"""The input checks and units of :class:`~gpgeom.models.funbat.model.FunBaT` (module docstring)."""
 
@@ -41,11 +55,14 @@ class _Inputs:
         r"""The dtype of the coordinate map (module docstring): float64, float32 on MPS."""
         return torch.float32 if self.device.type == "mps" else torch.float64
 
-    def _check_X(self, X: object, name: str = "X", K: int | None = None) -> Tensor:
+    def _check_X(
+        self, X: object, name: str = "X", K: int | None = None, with_dtype: bool = False
+    ) -> Tensor | tuple[Tensor, torch.dtype]:
         r"""Coordinates (numpy or torch, any dtype) as a tensor of :attr:`_coord_dtype` (float64) on the model's
         device, in their original units: ``N x K`` for ``fit`` (``K=None``), ``... x K`` otherwise (map them with
-        :meth:`_normalise`)."""
-        X = as_tensor(name, X, dtype=self._coord_dtype, device=self.device, finite=False)
+        :meth:`_normalise`), those labels matched to the training labels (:meth:`_match_labels`); with
+        ``with_dtype`` also the dtype ``X`` came in."""
+        X, src = self._as_coordinates(name, X)
         if X.dim() < 2 or (K is None and X.dim() != 2):
             raise ValueError(
                 f"`{name}` must be {'N x K' if K is None else '... x K'} (one row of K coordinates per entry), "
@@ -58,7 +75,70 @@ class _Inputs:
                 f"`{name}` contains {int(bad.sum())} NaN or infinite coordinate(s); every coordinate of an entry "
                 "must be finite (to mark a missing value, set y to NaN or pass `mask`)."
             )
-        return X
+        X = X if K is None else self._match_labels(X, src, name)
+        return (X, src) if with_dtype else X
+
+    def _as_coordinates(self, name: str, X: object, finite: bool = False) -> tuple[Tensor, torch.dtype]:
+        r"""``X`` (numpy, torch or numbers, any shape) as a tensor of :attr:`_coord_dtype` on the model's device, and
+        the floating dtype it came in (float64 for integers): the precision its labels are matched at."""
+        X = as_tensor(name, X, dtype=None, finite=finite)  # a floating X keeps its dtype, integers become float64
+        return X.to(device=self.device, dtype=self._coord_dtype), X.dtype
+
+    def _set_labels(self, X: Tensor, src: torch.dtype) -> None:
+        r"""The training labels (module docstring) from the training coordinates ``X`` (``N x K``, original units,
+        :attr:`_coord_dtype`) that came in dtype ``src``: per mode ``I_k`` sorted unique coordinates for the
+        ``categorical`` modes and ``scale_mode``, ``None`` for the others."""
+        modes = set(self.categorical) | ({self.scale_mode} if self.scale_mode is not None else set())
+        self._labels = [torch.unique(X[:, k], sorted=True) if k in modes else None for k in range(X.shape[1])]
+        self._label_dtype = src
+
+    def _add_labels(self, new: _Inputs, X: Tensor, src: torch.dtype) -> None:
+        r"""Set on ``new`` (:meth:`~gpgeom.models.funbat.model.FunBaT.rebuild_with`) this model's training labels and
+        those of the new entries ``X`` (``n x K``, matched by :meth:`_check_X`, that came in dtype ``src``), matched
+        at the lower precision of the two dtypes."""
+        labels = getattr(self, "_labels", None)
+        new._labels = None if labels is None else [
+            None if L is None else torch.unique(torch.cat([L, X[:, k].detach()]), sorted=True)
+            for k, L in enumerate(labels)
+        ]  # fmt: skip
+        new._label_dtype = max(src, self._label_dtype, key=lambda d: torch.finfo(d).eps)
+
+    def _match_labels(self, X: Tensor, src: torch.dtype, name: str, k: int | None = None) -> Tensor:
+        r"""Query coordinates ``X`` (``... x K``, or ``...`` of mode ``k``; original units, :attr:`_coord_dtype`,
+        that came in dtype ``src``) with each coordinate of a labelled mode that matches a training label replaced by
+        it (module docstring; the value only: gradients pass through unchanged).
+
+        Raises:
+            ValueError: When a coordinate equals two training labels at the precision it is matched at.
+        """
+        labels = getattr(self, "_labels", None)
+        if labels is None:
+            return X
+        p = max(src, self._label_dtype, key=lambda d: torch.finfo(d).eps)  # the lower precision of the two
+        if torch.finfo(p).eps <= torch.finfo(X.dtype).eps:  # as precise as the map: equal labels only, as before
+            return X
+        cols = list(X.unbind(-1)) if k is None else [X]
+        for j, col in enumerate(cols):
+            mode = j if k is None else k
+            L = labels[mode]
+            if L is None:
+                continue
+            Lp = L.to(p).to(L.dtype)  # the training labels at that precision, sorted
+            x = col.detach().to(p).to(L.dtype).contiguous()
+            lo = torch.searchsorted(Lp, x)
+            n = torch.searchsorted(Lp, x, right=True) - lo
+            if bool((n > 1).any()):
+                i, c = int(lo[n > 1][0]), int(n[n > 1][0])
+                raise ValueError(
+                    f"`{name}`: a coordinate of mode {mode} given in {_name(src)} equals the training labels "
+                    f"{L[i : i + c].tolist()} at {_name(p)} precision, so it cannot say which one it means; pass "
+                    f"the coordinates in {_name(self._label_dtype)}, the dtype of the training coordinates."
+                )
+            snap = L[lo.clamp_max(L.shape[0] - 1)]
+            if col.requires_grad:  # the label's value (exact: within a factor 2), the query's gradient
+                snap = col + (snap - col).detach()
+            cols[j] = torch.where(n == 1, snap, col)
+        return torch.stack(cols, -1) if k is None else cols[0]
 
     def _check_y(self, y: object, N: int) -> Tensor:
         y = self._as_tensor("y", y, finite=False)

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gpgeom._validation import as_tensor, check_option, check_positive
+from gpgeom._validation import check_option, check_positive
 from gpgeom.base import ModelContract
 from gpgeom.models.funbat import persistence
 from gpgeom.models.funbat.conditional import latent_conditional
@@ -133,7 +133,9 @@ class FunBaT(
         nu: Matérn smoothness of the latent functions, 0.5, 1.5 or 2.5 (one for all modes, or one per mode).
         categorical: Modes whose coordinates are unordered labels (an index or several): independent values per
             label instead of a Matérn GP (invariant to relabelling, the prior at an unseen label; ``nu`` and
-            ``lengthscale`` do not apply, the variance is learned; :mod:`gpgeom.models.funbat.priors`).
+            ``lengthscale`` do not apply, the variance is learned; :mod:`gpgeom.models.funbat.priors`). A query
+            label is the training label it equals at the lower precision of the two dtypes (float32 queries of
+            float64 labels), refused when it equals two (:mod:`gpgeom.models.funbat.inputs`).
         lengthscale: Initial lengthscale(s) in normalised coordinate units (each mode's training range is
             mapped to ``[0, 1]`` when ``normalize_coordinates``): a float or one per mode.
         variance: Initial prior variance(s) of the latent components: a float or one per mode.
@@ -194,8 +196,8 @@ class FunBaT(
         scale_mode: Student-t noise only: ``None`` (one scale per entry) or a mode ``k``: the entries with the same
             coordinate on mode ``k`` share one scale :math:`\lambda_g \sim \mathrm{Gamma}(\nu/2, \nu/2)`, for noise
             whose level varies along that mode (heteroscedastic; e.g. the time mode when whole days are noisy). A new
-            entry at a training coordinate of mode ``k`` then has that group's posterior scale, elsewhere the prior
-            (:mod:`gpgeom.models.funbat.noise`).
+            entry at a training coordinate of mode ``k`` (matched like a categorical label) then has that group's
+            posterior scale, elsewhere the prior (:mod:`gpgeom.models.funbat.noise`).
         scale_fit: Student-t noise only: ``"joint"`` fits the scales with the factors (they weight the entries in
             every sweep); ``"cut"`` fits the Gaussian model, then the scales, the noise and ``dof`` on its residuals
             with the factors held, so the mean is the Gaussian model's and the scales only shape the predictive noise;
@@ -226,7 +228,8 @@ class FunBaT(
     :attr:`core_mean` and :attr:`core_cov`, the noise :attr:`noise_variance` and :attr:`dof_`.
     """
 
-    _format_version = 3  # 2: the noise model (Student-t scales, degrees of freedom); 3: the float64 coordinate map
+    _format_version = 4  # 2: the noise model (Student-t scales, degrees of freedom); 3: the float64 coordinate map;
+    # 4: the training labels of the categorical modes and scale_mode, and their dtype (inputs.py)
 
     _CONFIG = (
         "rank decomposition nu lengthscale_init variance_init learn_hyperparameters learn_noise hyper_warmup "
@@ -414,7 +417,8 @@ class FunBaT(
         start = time.perf_counter()
         if self._device_arg is None and isinstance(X, Tensor):
             self._device = X.device
-        X = self._check_X(X).detach()  # training data: no autograd graph of the caller's is kept or differentiated
+        X, src = self._check_X(X, with_dtype=True)
+        X = X.detach()  # training data: no autograd graph of the caller's is kept or differentiated
         N, K = X.shape
         y = self._check_y(y, N).detach()
         keep = ~torch.isnan(y)
@@ -456,6 +460,7 @@ class FunBaT(
             y_std = torch.ones((), dtype=dtype, device=device)
         self.y_mean, self.y_std = y_mean, y_std
         self._set_coordinate_map(X)  # float64 lo and span (inputs.py)
+        self._set_labels(X, src)  # the labels query coordinates are matched to (inputs.py)
         self._set_data(self._normalise(X), (y - y_mean) / y_std)
         self._fitted = True
         restarts = []
@@ -506,7 +511,8 @@ class FunBaT(
         """
         self._check_fitted()
         K = len(self.ranks)
-        X = self._check_X(X, K=K).reshape(-1, K).detach()
+        X, src = self._check_X(X, K=K, with_dtype=True)  # labels matched to the training ones (inputs.py)
+        X = X.reshape(-1, K).detach()
         y = to_model_target(self._check_y(y, X.shape[0]).detach(), self.target_transform)
         cfg = self._config()
         cfg.update(learn_hyperparameters=False, n_restarts=0)
@@ -519,6 +525,7 @@ class FunBaT(
         new.ranks = self.ranks
         new.y_mean, new.y_std, new.coord_lo, new.coord_span = self.y_mean, self.y_std, self.coord_lo, self.coord_span
         new._fit_dtype = self._fit_dtype
+        self._add_labels(new, X, src)
         new._set_data(
             torch.cat([self._X, self._normalise(X)]),
             torch.cat([self._ys, (y - self.y_mean) / self.y_std]),
@@ -566,9 +573,10 @@ class FunBaT(
         K = len(self.ranks)
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < K:
             raise ValueError(f"Mode `k` must be an int in [0, {K - 1}], got {k!r}.")
-        t = as_tensor("t", t, dtype=self._coord_dtype, device=self.device)
+        t, src = self._as_coordinates("t", t, finite=True)
         if t.dim() != 1:
             raise ValueError(f"`t` must be 1-D (n coordinates), got shape {tuple(t.shape)}.")
+        t = self._match_labels(t, src, "t", k)  # a label of a categorical mode: as in predict (inputs.py)
         tn = self._normalise(t, k)
         md = self._modes[k]
         with torch.no_grad():

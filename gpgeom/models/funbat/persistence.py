@@ -9,7 +9,9 @@ configuration and one factor per group, the groups being the saved coordinates o
 before the option loads with ``scale_mode=None``), the training entries (normalised) and the sweep history:
 everything ``predict``, ``latent``, ``elbo``, ``as_botorch`` and ``rebuild_with`` need. The coordinate map's ``lo``
 and ``span`` are float64 and the file names the dtype of the fit (format version 3,
-:mod:`~gpgeom.models.funbat.inputs`). A ``FunBaTCP`` file names its class and loads as a ``FunBaTCP`` through
+:mod:`~gpgeom.models.funbat.inputs`), and the training labels of the ``categorical`` modes and ``scale_mode`` in
+their original units (float64) with the dtype they came in, which query coordinates are matched to (format version
+4). A ``FunBaTCP`` file names its class and loads as a ``FunBaTCP`` through
 ``FunBaT.load``.
 """
 
@@ -50,6 +52,8 @@ def get_state(model: Any) -> dict[str, Any]:
         "ranks": list(model.ranks),
         "dtype": str(model.dtype).replace("torch.", ""),
         "fit_dtype": str(model._fit_dtype).replace("torch.", ""),  # the coordinate map's rounding (inputs.py)
+        "labels": list(model._labels),  # per mode: the training labels (float64) or None (inputs.py)
+        "label_dtype": str(model._label_dtype).replace("torch.", ""),
         "nus": [float(getattr(k, "nu", 0.5)) for k in model.kernels],  # a categorical mode's is not used
         "kernels": [dict(k.state_dict()) for k in model.kernels],
         "modes": modes,
@@ -90,6 +94,7 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
     for name, value in state["tensors"].items():
         setattr(model, name, value)
     model._fit_dtype = getattr(torch, state["fit_dtype"])  # the coordinate map's rounding (inputs.py)
+    model._labels, model._label_dtype = list(state["labels"]), getattr(torch, state["label_dtype"])
     model._N = int(state["n_train"])
     model._dof = state["dof"]
     model._coords = [(md.t, md.idx) for md in model._modes]
@@ -106,7 +111,7 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
 
 def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     r"""Move every fitted tensor of ``model`` to ``device`` and cast the floating ones to ``dtype``, in place (the
-    coordinate map's ``lo`` and ``span`` stay float64, :mod:`~gpgeom.models.funbat.inputs`)."""
+    coordinate map's ``lo`` and ``span`` and the training labels stay float64, :mod:`~gpgeom.models.funbat.inputs`)."""
 
     def mv(x: Any) -> Any:
         if isinstance(x, Tensor):
@@ -122,6 +127,7 @@ def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
         coord = torch.float32 if torch.device(device).type == "mps" else torch.float64
         model.coord_lo = model.coord_lo.to(device=device, dtype=coord)
         model.coord_span = model.coord_span.to(device=device, dtype=coord)
+        model._labels = [None if L is None else L.to(device=device, dtype=coord) for L in model._labels]
     for md in getattr(model, "_modes", []):
         for name in ("t", "idx", "u_mean", "u_cov", "lam", "eta", "post"):
             setattr(md, name, mv(getattr(md, name)))
