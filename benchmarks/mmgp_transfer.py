@@ -11,7 +11,7 @@ variance differs), per field:
 * z RMS and 95 % coverage (:mod:`gpgeom.metrics`) of all nodes of the training meshes and of the held-out meshes,
   without and with the transfer term (nodes whose std is zero, e.g. the clamped edge of the displacements, where
   the error is zero too, are left out; the nodes of one mesh are correlated, so the coverage varies by more than the
-  binomial error between families);
+  binomial error between families), and the NLPD of the held-out nodes, without and with the term;
 * ``z RMS of T alone``: :math:`T_j / \sqrt{w_j (Q\kappa)_j}` on the held-out meshes, the calibration of the
   transfer model by itself (1 if its variance is right).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import markdown_table, report_name, write_benchmark_report  # noqa: E402
 
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES, generate_notched_plates  # noqa: E402
-from gpgeom.metrics import coverage, z_rms  # noqa: E402
+from gpgeom.metrics import coverage, nlpd, z_rms  # noqa: E402
 from gpgeom.models.mmgp import MMGP, samples_to_arrays  # noqa: E402
 from gpgeom.models.mmgp.roundtrip import interpolation_spread, roundtrip_variance  # noqa: E402
 
@@ -104,6 +104,8 @@ def main() -> None:
                     row += [float(np.sum(T[ok] ** 2) / np.sum(e**2))]
                     row += [z_rms(y[ok], m0[ok], s0[ok]), z_rms(y[ok], m1[ok], s1[ok])]
                     row += [coverage(y[ok], m0[ok], s0[ok]), coverage(y[ok], m1[ok], s1[ok])]
+                    if where == "test":  # a proper score: does the extra variance pay for itself?
+                        row += [nlpd(y[ok], m0[ok], s0[ok]), nlpd(y[ok], m1[ok], s1[ok])]
                 rows.append(row)
                 _, _, _, _, _, T, V = (a[:, k] for a in stats["test"])
                 pos = V > 0
@@ -117,6 +119,7 @@ def main() -> None:
             print(f"{label}: done at {time.time() - t_start:.0f} s", flush=True)
     head = ["configuration", "field", "T share train", "z RMS train off", "z RMS train on", "cov95 train off"]
     head += ["cov95 train on", "T share test", "z RMS test off", "z RMS test on", "cov95 test off", "cov95 test on"]
+    head += ["NLPD test off", "NLPD test on"]
     chead = ["configuration", "field", "z RMS of T alone (test)", "quartile 1 of w", "2", "3", "4 (largest w)"]
     chead += ["nodes with zero variance"]
     write_benchmark_report(

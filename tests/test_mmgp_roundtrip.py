@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(data):
     (M, mu, U, w), _ = data
-    return MMGP(restarts=0, max_iter=200, seed=0, floater_start=(0.0, 0.0)).fit(
+    return MMGP(restarts=0, max_iter=200, seed=0, floater_start=(0.0, 0.0), transfer_variance=True).fit(
         M, mu, U, w, field_names=FIELD_NAMES, scalar_names=OUT_SCALAR_NAMES, progress=False
     )
 

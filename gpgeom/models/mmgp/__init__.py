@@ -71,12 +71,12 @@ The field variance is then
 .. math:: \operatorname{Var}[\hat U_j] = \sum_k A_{jk}^2 \bigl(s_k^2 + \lambda_n \sigma_k^2\bigr)
           + \lambda_t (Q r)_j + w_j (Q \kappa)_j.
 
-The last term is the round-trip transfer error :math:`U_i - Q_i P_i U_i` (``transfer_variance=True``, default;
-:mod:`.roundtrip`): what the common mesh cannot represent of a mesh's field, with :math:`w_j` the node's
-interpolation spread in the common element and :math:`\kappa` a per-field intensity estimated from the training
-meshes' exact round-trip errors. It leaves the mean unchanged. ``truncation_variance=False``,
-``geometry_variance=False``, ``transfer_variance=False`` and ``observation_noise=False`` remove the corresponding
-parts; all four off give the reference code's GP variance.
+The last term is the round-trip transfer error :math:`U_i - Q_i P_i U_i` (``transfer_variance=True``; off by
+default, as it costs NLPD on held-out meshes; :mod:`.roundtrip`): what the common mesh cannot represent of a mesh's
+field, with :math:`w_j` the node's interpolation spread in the common element and :math:`\kappa` a per-field
+intensity estimated from the training meshes' exact round-trip errors. It leaves the mean unchanged.
+``truncation_variance=False``, ``geometry_variance=False`` and ``observation_noise=False`` remove the corresponding
+parts; with the three off (and ``transfer_variance`` off) it is the reference code's GP variance.
 Why (``benchmarks/results/mmgp.md``, 300 shapes): with the terms held constant, the std on half-ellipse notches
 (vertical notch ends, which no training notch has) rose 1.14-1.33 times while the error rose 1.23-1.51 times, and
 the 95% coverage there fell to 0.85-0.92; the latent GP variance alone rises more but covers 0.67-0.81 in
