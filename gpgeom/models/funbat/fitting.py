@@ -30,7 +30,10 @@ when that change is below ``tol`` after ``min_sweeps`` sweeps and, with learned 
 have settled (after the first step; after the third for ``"sweep"`` steps). Every sweep appends its entry to
 ``history`` (the fields are listed on :class:`~gpgeom.models.funbat.model.FunBaT`) and passes it to the
 ``callback``; a non-finite fit raises ``FloatingPointError``. When the last sweep ended with a hyperparameter step,
-every mode is smoothed again with the new values; the final loop of a fit warns
+every mode is smoothed again with the new values (its messages kept), the expected squared residuals are recomputed
+at the smoothed factors (nothing else is updated) and that entry's ``elbo`` is replaced by the ELBO of this state,
+the one returned, which ``fit_result_.elbo``, ``elbo()`` and the choice among restarts read (the entry of an earlier
+hyperparameter step holds the ELBO before that step). The final loop of a fit warns
 (:class:`~gpgeom.errors.ConvergenceWarning`) when it stops at its sweep budget (with ``tol > 0``).
 """
 
@@ -185,6 +188,9 @@ class _Fitting:
         if self.history and self.history[-1]["hyper_step"]:  # smoothed posteriors with the final hyperparameters
             for k in range(K):
                 self._smooth(k)
+            # the last entry's ELBO is that of the state returned (restarts compare it; fit_result_.elbo reports it)
+            self._refresh_residuals()
+            self.history[-1]["elbo"] = self.elbo()
         if final and not self.converged and self.tol > 0:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"

@@ -227,6 +227,35 @@ class _ConditionalEP:
         self._update_noise(sq.clamp_min(0.0))
         return f_bar + self._bias_mean
 
+    def _refresh_residuals(self) -> None:
+        r"""The expected squared residuals that :meth:`elbo` reads, recomputed at the current factors with nothing
+        updated: :math:`e_n = \mathbb E_q[(y_n - b - f_n)^2] = y_n^2 - 2 y_n (\mathbb E f_n + \mathbb E b) +
+        \mathbb E[f_n^2] + 2\, \mathbb E b\, \mathbb E f_n + \mathbb E[b^2]` (``N``), summed into ``_last_sq``
+        (weighted by :math:`\mathbb E[\lambda_n]` with Student-t scales, which also keep the ``N`` values in
+        ``_resid_sq``). Called after the final re-smoothing of a fit (:mod:`~gpgeom.models.funbat.fitting`), which
+        moves :math:`q(\mathcal U^k)` after the sweep computed them."""
+        K = len(self.ranks)
+        y0 = self._ys
+        mom = [self._entry_moments(j) for j in range(K)]
+        if self.decomposition == "cp":
+            z, M = cp_products(mom)
+            f_bar, Ef2 = z.sum(-1), M.sum((-1, -2))
+        else:
+            mu = self._core_mean
+            EwwT = self._core_cov + mu[:, None] * mu[None, :]
+            P = mu.shape[0]
+            sl_all = chunks(self._N, P * P)
+            f_bar = torch.cat([kron_vecs([m[sl] for m, _ in mom]) @ mu for sl in sl_all])
+            Ef2 = torch.cat([(kron_mats([S[sl] for _, S in mom]) * EwwT).sum((-1, -2)) for sl in sl_all])
+        mb, vb = self._bias_mean, self._bias_var
+        e = y0.square() - 2.0 * y0 * (f_bar + mb) + Ef2 + 2.0 * mb * f_bar + mb.square() + vb
+        w = self._scale_weights()
+        if w is None:  # Gaussian noise (the sum clamped, as in the sweep)
+            self._last_sq = e.sum().clamp_min(0.0)
+        else:
+            self._resid_sq = e.clamp_min(0.0)
+            self._last_sq = (w * self._resid_sq).sum()
+
     def _solve_core(self, lam: Tensor, eta: Tensor) -> None:
         r"""The core's Gaussian factor from this sweep's data message ``(lam, eta)`` (``P x P``, ``P``; damped)."""
         P = lam.shape[0]
