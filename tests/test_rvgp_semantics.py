@@ -99,18 +99,18 @@ def test_noise_estimate_takes_neighbours_within_a_component(seed):
     r""":func:`local_noise_variance` with labels is the mean of its terms over the labels, each label's the
     estimate on its points alone (the truth: separate calls), and one label is the unlabelled estimate."""
     rng = np.random.default_rng(seed)
-    X, V, tr = _two_spheres(rng, 40)
+    X, V, tr = _two_spheres(rng, 120)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         T = RVGP(X, n_eigenpairs=10, dim=2, ambient=None).laplacian.frames
     Y = V + 0.1 * np.einsum("nDd,nd->nD", T, rng.standard_normal((600, 2)))
     P, Yt, Tt = X[tr], Y[tr], T[tr]
     lab = (tr >= 300).astype(int)
-    a, b = (local_noise_variance(P[lab == c], Yt[lab == c], Tt[lab == c], n_neighbors=45) for c in (0, 1))
-    got = local_noise_variance(P, Yt, Tt, n_neighbors=45, labels=lab)
-    assert math.isclose(got, (150 * a + 40 * b) / 190, rel_tol=1e-12)
-    assert local_noise_variance(P, Yt, Tt, labels=np.zeros(190)) == local_noise_variance(P, Yt, Tt)
-    with pytest.raises(ValueError, match=r"`labels` must have shape \(190,\)"):
+    a, b = (local_noise_variance(P[lab == c], Yt[lab == c], Tt[lab == c]) for c in (0, 1))
+    got = local_noise_variance(P, Yt, Tt, labels=lab)
+    assert math.isclose(got, (150 * a + 120 * b) / 270, rel_tol=1e-12)
+    assert local_noise_variance(P, Yt, Tt, labels=np.zeros(270)) == local_noise_variance(P, Yt, Tt)
+    with pytest.raises(ValueError, match=r"`labels` must have shape \(270,\)"):
         local_noise_variance(P, Yt, Tt, labels=lab[:-1])
 
 

@@ -487,10 +487,10 @@ def local_noise_variance(
 ) -> float | None:
     r"""Estimate of the observation-noise variance per tangent coordinate, made without a spectral basis.
 
-    For each point :math:`i`, the values of its ``n_neighbors`` nearest other points (vectors: their tangent
+    For each point :math:`i`, the values of its ``n_neighbors`` nearest other locations (vectors: their tangent
     coordinates transported into frame :math:`i` by :math:`O_{ij}` = Procrustes(:math:`T_i, T_j`)) are fitted by least
-    squares with a polynomial in the tangent coordinates :math:`T_i^\top (x_j - x_i)`, cubic (quadratic, linear with
-    fewer points). The leave-one-out residual :math:`r_i` at :math:`x_i` has :math:`E\|r_i\|^2 = d\,\sigma^2 (1 + h_i)`
+    squares with a polynomial in the tangent coordinates :math:`T_i^\top (x_j - x_i)`, cubic (quadratic with fewer
+    points). The leave-one-out residual :math:`r_i` at :math:`x_i` has :math:`E\|r_i\|^2 = d\,\sigma^2 (1 + h_i)`
     plus a squared bias, :math:`h_i` the fit's leverage at :math:`x_i` and the bias :math:`O(\rho^4)` for a smooth
     field and neighbourhoods of radius :math:`\rho` (local polynomial variance estimation: Hall and Marron, "On
     variance estimation in nonparametric regression", Biometrika 1990), so
@@ -498,33 +498,60 @@ def local_noise_variance(
     noise-free sphere 4e-7, torus 4e-4 (their rank-48 residuals: 2e-3, 3e-2); tangent noise of variance 2.5e-3:
     2.49e-3, 2.75e-3.
 
+    **Locality.** The bias grows with the neighbourhood's radius relative to the field's lengthscale and the
+    surface's curvature radius, and a component with few points spread over it has only wide neighbourhoods (with
+    20 points on a unit sphere the 19 neighbours of a point are the whole sphere). A neighbourhood therefore holds
+    at most a quarter of the distinct locations of its component (``min(n_neighbors, m // 4)``), and a component
+    whose neighbourhoods cannot hold a quadratic fit (:math:`1 + d + d(d+1)/2 + 10` points, 16 on a surface, so
+    fewer than 64 distinct locations) gives no term: its noise cannot be told from the field's variation. With 150
+    or more points per component and 30 neighbours nothing changes. Measured (``benchmarks/noise_estimate.py``,
+    ``benchmarks/results/noise_estimate.md``): estimate over true variance on a unit sphere with a smooth field and
+    noise std 0.1, with 20 points 25-33 (now no estimate), 80 points 0.98-1.12 (now 0.88-1.03; std 0.01:
+    6.9-10.9, now 2.0-2.6).
+
+    **Duplicates.** The points are put in a canonical order (lexicographic in position and value), and the
+    neighbours of a point are the *other distinct locations*: its own exact duplicates are excluded, and the
+    observations at a neighbouring location enter as their mean, with leverage weight :math:`w_j^2 / c_j` for
+    :math:`c_j` observations there (:math:`h_i = \sum_j w_j^2 / c_j`). The estimate does not depend on the order of
+    the points (bit for bit).
+
     With ``labels`` (e.g. the graph components of the points) the neighbours of a point are taken among the points
-    with its label only, and the degree from their number; a label with too few points for a linear fit gives no
-    term, and the estimate is the mean of the terms of all labels. Without, a point of a component with fewer than
+    with its label only, and the degree from their number; a label with too few points gives no term, and the
+    estimate is the mean of the terms of all labels. Without, a point of a component with fewer than
     ``n_neighbors + 1`` points borrowed neighbours from another component: RVGP on two unit spheres 10 apart, 150
     points observed on one and 6 on the other, tangent noise of std 0.1 on both, estimated 1.11-5.99 times the noise
-    variance (seeds 0-5), now 0.97-1.18. A component whose few points spread over it still gives a non-local fit,
-    whose bias the estimate keeps (a unit sphere with 20 points of a smooth field: tens of times the noise).
+    variance (seeds 0-5), now 0.97-1.18.
 
     Args:
         points: ``(m, D)`` positions.
         values: ``(m, D)`` vectors or ``(m,)`` scalars.
         frames: ``(m, D, d)`` orthonormal tangent frames at the points.
-        n_neighbors: Points per local fit.
-        max_centres: At most this many points (a fixed random subset) are fitted; all are neighbours.
+        n_neighbors: Distinct locations per local fit (at most a quarter of the component's).
+        max_centres: At most this many points (a fixed random subset of the canonical order) are fitted; all are
+            neighbours.
         labels: Optional ``(m,)`` labels; neighbours share the point's label.
 
     Returns:
-        The estimate (units of ``values`` squared), or ``None`` when no label has the ``d + 5`` points of a fit.
+        The estimate (units of ``values`` squared), or ``None`` when no label has the distinct locations of a local
+        quadratic fit (``4 * (1 + d + d(d+1)/2 + 10)``, 64 on a surface).
     """
+    points = np.asarray(points, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    frames = np.asarray(frames, dtype=np.float64)
     m = len(points)
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape != (m,):
+            raise ValueError(f"`labels` must have shape ({m},) (one per point), got {labels.shape}.")
+    # canonical order: lexicographic in (position, value); rows equal in both are interchangeable
+    keys = np.concatenate([points, values.reshape(m, -1)], axis=1)
+    order = np.lexsort(keys.T[::-1]) if m else np.arange(0)
+    points, values, frames = points[order], values[order], frames[order]
     c = np.arange(m) if m <= max_centres else np.sort(np.random.default_rng(0).choice(m, max_centres, replace=False))
     if labels is None:
         terms = _loo_noise_terms(points, values, frames, c, n_neighbors)
         return None if terms is None else float(np.mean(terms))
-    labels = np.asarray(labels).reshape(-1)
-    if labels.shape != (m,):
-        raise ValueError(f"`labels` must have shape ({m},) (one per point), got {labels.shape}.")
+    labels = labels[order]
     parts = []
     for lab in np.unique(labels):
         own = np.flatnonzero(labels == lab)
@@ -539,27 +566,34 @@ def _loo_noise_terms(
     points: np.ndarray, values: np.ndarray, frames: np.ndarray, c: np.ndarray, n_neighbors: int
 ) -> np.ndarray | None:
     r"""The terms :math:`\|r_i\|^2 / (d (1 + h_i))` of :func:`local_noise_variance` at the centres ``c`` ``(q,)``,
-    among the ``(m, D)`` points (values, ``(m, D, d)`` frames); ``None`` with too few points for a linear fit."""
-    m, d = len(points), frames.shape[2]
-    nn = min(n_neighbors, m - 1)
+    among the ``(m, D)`` points (values, ``(m, D, d)`` frames) in canonical order; ``None`` with too few distinct
+    locations for a local quadratic fit."""
+    d = frames.shape[2]
+    uniq, first, inv, count = np.unique(points, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    mean = np.zeros((len(uniq),) + values.shape[1:])
+    np.add.at(mean, inv, values)  # in the canonical order: the same sums for any input order
+    mean /= count.reshape((-1,) + (1,) * (values.ndim - 1))
+    ufr = frames[first]
+    nn = min(n_neighbors, len(uniq) // 4)  # a neighbourhood: at most a quarter of the component
     terms = [()]  # monomials of the tangent coordinates, by degree, while there are 10 points more than terms
     for deg in (1, 2, 3):
         more = list(itertools.combinations_with_replacement(range(d), deg))
         if nn < len(terms) + len(more) + (3 if deg == 1 else 10):
             break
         terms += more
-    if len(terms) == 1:
+    if len(terms) < 1 + d + d * (d + 1) // 2:
         return None
-    _, nb = cKDTree(points).query(points[c], k=nn + 1)
-    nb = nb[:, 1:]  # the other points
-    U = np.einsum("mDd,mjD->mjd", frames[c], points[nb] - points[c][:, None])
+    _, nb = cKDTree(uniq).query(points[c], k=nn + 1)
+    nb = nb[:, 1:]  # the other locations (the point's own, at distance 0, is the first and only such)
+    U = np.einsum("mDd,mjD->mjd", frames[c], uniq[nb] - points[c][:, None])
     design = np.stack([np.prod(U[..., list(t)], axis=-1) for t in terms], axis=-1)
     Xp = np.linalg.pinv(design)[:, 0, :]  # m x nn: weights of the fit's value at the point
     if values.ndim == 1:
-        C, c0 = values[nb][..., None], values[c][:, None]
+        C, c0 = mean[nb][..., None], values[c][:, None]
     else:
-        O, _ = procrustes(np.repeat(frames[c][:, None], nn, 1), frames[nb])
-        C = np.einsum("mjab,mjDb,mjD->mja", O, frames[nb], values[nb])
+        O, _ = procrustes(np.repeat(frames[c][:, None], nn, 1), ufr[nb])
+        C = np.einsum("mjab,mjDb,mjD->mja", O, ufr[nb], mean[nb])
         c0 = np.einsum("mDd,mD->md", frames[c], values[c])
     r2 = np.square(c0 - np.einsum("mj,mjc->mc", Xp, C)).mean(-1)
-    return r2 / (1.0 + np.square(Xp).sum(-1))
+    return r2 / (1.0 + (np.square(Xp) / count[nb]).sum(-1))

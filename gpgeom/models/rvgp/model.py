@@ -141,6 +141,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             :math:`\nu` is in ``NU_BOUNDS``.
         noise_estimate, normal_noise: Set by :meth:`fit`: the basis-free noise estimate that splits the residual
             variance into ``observation_noise_variance`` and ``model_error_variance``, and :math:`\sigma_\perp^2`.
+            ``noise_estimate`` is ``None`` when no graph component has the 64 distinct training points of a local
+            fit (:func:`local_noise_variance`, *Locality*): the noise cannot be told from the field's variation, the
+            model-error term is off and the residual variance is all observation noise (set ``noise_estimate``,
+            scaled by ``y_scale**2``, where the noise is known).
         ambient_kernel, ambient_points: The ambient part's ``ScaleKernel`` and the ``(n, D + 1)`` float64 inputs it
             sees, the coordinates and the graph component label (``None`` with ``ambient=None``; it is zero between
             components, :mod:`~gpgeom.models.rvgp.ambient`); ``ambient_lengthscale_bounds`` its lengthscale's
@@ -411,7 +415,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         r"""The observation-noise variance of the training data (scaled units) by :func:`local_noise_variance`,
         in the Laplacian's frames (scalar fields: PCA frames of each component's training points, where it has at
         least 8), or ``None``. Neighbours are taken within the training point's graph component: the field has no
-        relation between components (a component with few training points borrowed neighbours from another)."""
+        relation between components (a component with few training points borrowed neighbours from another). ``None``
+        without a component of enough distinct training points for local fits (the model-error term is then off)."""
         pts, labels = self.points[idx], self.laplacian.graph.labels[idx]
         if not self.scalar:
             return local_noise_variance(pts, ys, self.laplacian.frames[idx], labels=labels)
