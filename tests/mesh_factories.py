@@ -1,5 +1,7 @@
 """Random meshes shared by the geometry tests, and the small notched-plate families of the MMGP tests."""
 
+import contextlib
+
 import numpy as np
 import torch
 import triangle
@@ -36,3 +38,16 @@ def notched_plate_arrays(cache_dir, n_train, n_test, mesh_size):
         return samples_to_arrays(plates)
 
     return arrays(n_train, 0), arrays(n_test, 1)
+
+
+@contextlib.contextmanager
+def switched(model, **values):
+    """Set attributes of ``model`` (e.g. ``transfer_variance=False``) for the ``with`` block, then restore them."""
+    before = {name: getattr(model, name) for name in values}
+    for name, value in values.items():
+        setattr(model, name, value)
+    try:
+        yield model
+    finally:
+        for name, value in before.items():
+            setattr(model, name, value)

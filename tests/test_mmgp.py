@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from mesh_factories import notched_plate_arrays
+from mesh_factories import notched_plate_arrays, switched
 
 from gpgeom.botorch import SurrogateList
 from gpgeom.botorch.check import check_botorch_model
@@ -113,11 +113,8 @@ def test_analytic_variance_equals_dense_formula(model, data):
     (M, mu, _, _), (Mt, mut, _, _) = data
     assert model.scalar_transforms_ == ["log"] * 3
     assert model.transfer_variance is False  # off by default (docs/models/mmgp.md: it costs NLPD on held-out meshes)
-    model.transfer_variance = True
-    try:
+    with switched(model, transfer_variance=True):
         pred = model.predict(Mt[:2], mut[:2], return_std=True)
-    finally:
-        model.transfer_variance = False
     m_lat, s_lat = model.gp.predict(pred.latent, return_std=True)
     _, s_obs = model.gp.predict(pred.latent, return_std=True, observation_noise=True)
     noise = npa(s_obs) ** 2 - npa(s_lat) ** 2  # sigma^2 of every output, from the GP itself
@@ -144,11 +141,8 @@ def test_analytic_variance_equals_dense_formula(model, data):
         v, m = npa(s_lat)[i, off:] ** 2 + lam_n * noise[i, off:], npa(m_lat)[i, off:]
         np.testing.assert_allclose(npa(pred.scalars_std[i]) ** 2, np.expm1(v) * np.exp(2 * m + v), rtol=1e-9)
         np.testing.assert_allclose(npa(pred.scalars[i]), np.exp(m + v / 2), rtol=1e-12)
-    model.geometry_variance = False
-    try:
+    with switched(model, geometry_variance=False):
         ref = model.predict(Mt[:1], mut[:1], return_std=True, observation_noise=False)
-    finally:
-        model.geometry_variance = True
     Q, off = model._operators(Mt[0], "mesh 0").inv_proj.toarray(), 0
     for k, f in enumerate(model._fields):
         modes = npa(f.modes)
@@ -358,11 +352,8 @@ def test_truncation_variance_is_the_cross_validated_residual(model, data):
     held_out = ((Ft - f_mean - a @ f_modes) ** 2).mean()
     assert 0.5 < held_out / f_tv.mean() < 2.0
     p1 = model.predict(Mt[:2], mut[:2], return_std=True, observation_noise=False)
-    model.truncation_variance = False
-    try:
+    with switched(model, truncation_variance=False):
         p0 = model.predict(Mt[:2], mut[:2], return_std=True, observation_noise=False)
-    finally:
-        model.truncation_variance = True
     for i in range(2):
         torch.testing.assert_close(p0.fields[i], p1.fields[i], rtol=0, atol=0)
         assert bool(torch.all(p1.fields_std[i] >= p0.fields_std[i]))

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from mesh_factories import notched_plate_arrays
+from mesh_factories import notched_plate_arrays, switched
 
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES
 from gpgeom.models.mmgp import MMGP
@@ -63,11 +63,8 @@ def _truncation_term(model, meshes, mu, n_samples):
     r"""The truncation term of the draws: the draws with ``truncation_variance`` minus those without (the same
     coefficient draws: they come first from the seeded generator), and its std (from ``fields_std``)."""
     on = model.predict(meshes, mu, return_std=True, n_samples=n_samples)
-    model.truncation_variance = False
-    try:
+    with switched(model, truncation_variance=False):
         off = model.predict(meshes, mu, return_std=True, n_samples=n_samples)
-    finally:
-        model.truncation_variance = True
     term = [a - b for a, b in zip(on.field_samples, off.field_samples, strict=True)]
     var = [a**2 - b**2 for a, b in zip(on.fields_std, off.fields_std, strict=True)]
     return term, var, on

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mesh_factories import notched_plate_arrays, random_disk_mesh, seeded_rng
+from mesh_factories import notched_plate_arrays, random_disk_mesh, seeded_rng, switched
 
 from gpgeom.datasets.notched_plate import FIELD_NAMES, OUT_SCALAR_NAMES
 from gpgeom.geometry.transfer import p1_transfer
@@ -87,11 +87,8 @@ def test_the_intensity_and_the_variance_against_the_dense_round_trip(model, data
     assert kappa.min() > 0
 
     on = model.predict(Mt[:5], mut[:5], return_std=True)
-    model.transfer_variance = False
-    try:
+    with switched(model, transfer_variance=False):
         off = model.predict(Mt[:5], mut[:5], return_std=True)
-    finally:
-        model.transfer_variance = True
     for a, b, (_, w, Q), mean_on, mean_off in zip(
         on.fields_std, off.fields_std, _dense(model, Mt[:5], Ut[:5]), on.fields, off.fields, strict=True
     ):
@@ -108,11 +105,8 @@ def test_calibration_on_coarse_meshes(model, data):
     (M, mu, U, _), (Mt, mut, Ut, _) = data
 
     def scores(meshes, mus, Us, on):
-        model.transfer_variance = on
-        try:
+        with switched(model, transfer_variance=on):
             p = model.predict(meshes, mus, return_std=True)
-        finally:
-            model.transfer_variance = True
         out = []
         for k in range(len(FIELD_NAMES)):
             y = np.concatenate([u[:, k] for u in Us])
@@ -154,11 +148,8 @@ def test_save_load_and_to_carry_the_intensity(model, data, tmp_path):
     new = ("transfer_kappa", "transfer_spread")
     state["fields"] = [{k: v for k, v in f.items() if k not in new} for f in state["fields"]]
     old = MMGP._from_state(state)
-    model.transfer_variance = False
-    try:
+    with switched(model, transfer_variance=False):
         off = model.predict(Mt[:3], mut[:3], return_std=True)
-    finally:
-        model.transfer_variance = True
     for a, b in zip(off.fields_std, old.predict(Mt[:3], mut[:3], return_std=True).fields_std, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
 
@@ -169,11 +160,8 @@ def test_the_draws_carry_the_term_as_independent_nodal_noise(model, data):
     _, (Mt, mut, Ut, _) = data
     S = 3000
     on = model.predict(Mt[:2], mut[:2], return_std=True, n_samples=S)
-    model.transfer_variance = False
-    try:
+    with switched(model, transfer_variance=False):
         off = model.predict(Mt[:2], mut[:2], return_std=True, n_samples=S)
-    finally:
-        model.transfer_variance = True
     for a, b, sa, sb in zip(on.field_samples, off.field_samples, on.fields_std, off.fields_std, strict=True):
         d = npa(a - b)
         want = npa(sa) ** 2 - npa(sb) ** 2  # N_i x m
