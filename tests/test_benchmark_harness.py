@@ -294,6 +294,26 @@ def test_mmgp_variants_need_their_own_name(changes, quick):
     assert mod.report_quick(args) is quick
 
 
+def test_mmgp_scores_leave_out_the_clamped_nodes_whatever_their_roundoff():
+    """Clamped nodes (value 0) whose std is roundoff (exactly 0 before a geometry change, 1e-35-1e-11 after it) are
+    left out of the field scores, so the NLPD does not follow the roundoff (about -40 per such node); others stay."""
+    import numpy as np
+
+    mod = _load("mmgp")
+    sd = np.array([0.0, 1e-35, 4e-19, 1e-11, 1e-3, 0.02, 0.5])
+    assert mod.scored_nodes(sd).tolist() == [False, False, False, False, True, True, True]
+    rng = np.random.default_rng(0)
+    sd_real = rng.uniform(0.01, 0.1, 500)
+    y_real = rng.normal(0.0, sd_real)
+    nlpd = []
+    for clamped_sd in (0.0, 1e-18):  # the same clamped nodes, exact zero or roundoff std
+        sd_all = np.r_[np.full(50, clamped_sd), sd_real]
+        y_all, m_all = np.r_[np.zeros(50), y_real], np.r_[np.full(50, clamped_sd / 10), np.zeros(500)]
+        keep = mod.scored_nodes(sd_all)
+        nlpd.append(mod.metrics.nlpd(y_all[keep], m_all[keep], sd_all[keep]))
+    assert nlpd[0] == nlpd[1]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # rgnp.py: a paper-size run with other variants or budgets and no --report is not the committed paper table
 # ---------------------------------------------------------------------------------------------------------------------
