@@ -31,41 +31,50 @@ from gpgeom.models.mmgp.transfer import CommonMeshTransfer
 __all__ = ["fit_gps", "transport_new", "transport_training"]
 
 
-def _training_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, np.ndarray]) -> tuple[np.ndarray, ...]:
-    i, mesh, u = item
+def _training_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, np.ndarray, bool]) -> tuple[Any, ...]:
+    i, mesh, u, moments = item
     ops = transfer.operators(mesh, f"mesh {i}")
-    w = interpolation_spread(ops.inv_proj, ops.morphed, transfer.common_morphed)
-    num, den = roundtrip_moments(ops.inv_proj, ops.proj, u, w)
+    num = den = None
+    if moments:
+        w = interpolation_spread(ops.inv_proj, ops.morphed, transfer.common_morphed)
+        num, den = roundtrip_moments(ops.inv_proj, ops.proj, u, w)
     return ops.proj @ mesh.points, ops.proj @ u, ops.t_morph, ops.t_transfer, num, den
 
 
 def transport_training(
-    transfer: CommonMeshTransfer, meshes: Sequence[Mesh], fields: Sequence[np.ndarray], executor: Executor | None
-) -> list[tuple[np.ndarray, ...]]:
+    transfer: CommonMeshTransfer,
+    meshes: Sequence[Mesh],
+    fields: Sequence[np.ndarray],
+    executor: Executor | None,
+    moments: bool = True,
+) -> list[tuple[Any, ...]]:
     r"""``(P_i x_i (N_c, d), P_i U_i (N_c, m), t_morph, t_transfer, num (N_c, m), den (N_c,))`` of every mesh, in
     order (``d`` the space dimension of the meshes; ``num``, ``den`` the round-trip moments of
-    :func:`~gpgeom.models.mmgp.roundtrip.roundtrip_moments`)."""
-    items = [(i, m, u) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
+    :func:`~gpgeom.models.mmgp.roundtrip.roundtrip_moments` with ``moments``, ``None`` without)."""
+    items = [(i, m, u, moments) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
     return map_items(executor, _training_item, items, transfer)
 
 
-def _new_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, bool]) -> tuple[Any, ...]:
-    i, mesh, inverse = item
+def _new_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, bool, bool]) -> tuple[Any, ...]:
+    i, mesh, inverse, spreads = item
     ops = transfer.operators(mesh, f"mesh {i}")
     x = np.asarray(ops.proj @ mesh.points).reshape(-1)  # GeometryPOD.transport
-    if not inverse:
-        return x, None, ops.t_morph, ops.t_transfer, None
-    w = interpolation_spread(ops.inv_proj, ops.morphed, transfer.common_morphed)
-    return x, ops.inv_proj, ops.t_morph, ops.t_transfer, w
+    w = interpolation_spread(ops.inv_proj, ops.morphed, transfer.common_morphed) if spreads else None
+    return x, (ops.inv_proj if inverse else None), ops.t_morph, ops.t_transfer, w
 
 
 def transport_new(
-    transfer: CommonMeshTransfer, meshes: Sequence[Mesh], executor: Executor | None, inverse: bool = False
+    transfer: CommonMeshTransfer,
+    meshes: Sequence[Mesh],
+    executor: Executor | None,
+    inverse: bool = False,
+    spreads: bool = False,
 ) -> list[tuple[np.ndarray, sp.csr_matrix | None, np.ndarray, np.ndarray, np.ndarray | None]]:
     r"""``(P_i x_i flattened (d N_c,), Q_i or None, t_morph, t_transfer, w or None)`` of every new mesh, in order
-    (``Q_i`` and the interpolation spreads ``w`` ``(N_i,)`` of its nodes with ``inverse``, for the decode;
-    :func:`~gpgeom.models.mmgp.roundtrip.interpolation_spread`)."""
-    return map_items(executor, _new_item, [(i, m, inverse) for i, m in enumerate(meshes)], transfer)
+    (``Q_i`` with ``inverse``, for the decode; the interpolation spreads ``w`` ``(N_i,)`` of its nodes with
+    ``spreads``, for the transfer variance: :func:`~gpgeom.models.mmgp.roundtrip.interpolation_spread`)."""
+    items = [(i, m, inverse, spreads) for i, m in enumerate(meshes)]
+    return map_items(executor, _new_item, items, transfer)
 
 
 def _fit_item(options: dict[str, Any], gp: ExactGPModel) -> ExactGPModel:

@@ -577,7 +577,7 @@ class MMGP(ModelContract):
         w = scalar_table("output_scalars", output_scalars, n, dtype=self.dtype, device=self.device)
         if w.shape[1] != len(self.scalar_names_):
             raise ValueError(f"`output_scalars` must have {len(self.scalar_names_)} column(s), got {w.shape[1]}.")
-        F = np.stack([f for _, f, *_ in transport_training(self._transfer, meshes, U, executor)])
+        F = np.stack([f for _, f, *_ in transport_training(self._transfer, meshes, U, executor, moments=False)])
         coefs = [f.project(F[:, :, k], self._mass) for k, f in enumerate(self._fields)]
         w = to_gp_units(w, self.scalar_transforms_, self.scalar_names_)
         return torch.cat([torch.as_tensor(np.concatenate(coefs, 1), dtype=self.dtype, device=self.device), w], 1)
@@ -689,8 +689,12 @@ class MMGP(ModelContract):
         n = len(meshes)
         mu = self._input_scalars(input_scalars, n)
         tm = {k: np.zeros(2) for k in ("morph", "transfer", "gp", "decode")}
+        want_std = return_std or n_samples > 0
+        transfer = want_std and self.transfer_variance and all(f.transfer_spread is not None for f in self._fields)
         Qs, X, spreads = [], [], []
-        for x, inv_proj, t_morph, t_transfer, w in transport_new(self._transfer, meshes, executor, inverse=True):
+        for x, inv_proj, t_morph, t_transfer, w in transport_new(
+            self._transfer, meshes, executor, inverse=True, spreads=transfer
+        ):
             tm["morph"] += t_morph
             tm["transfer"] += t_transfer
             Qs.append(inv_proj)
@@ -699,7 +703,6 @@ class MMGP(ModelContract):
         xi, score = self._encode_transported(X)
         Z = torch.cat([xi, mu], dim=1)
         t0 = clock()
-        want_std = return_std or n_samples > 0
         gp_std = want_std or "log" in self.scalar_transforms_  # a log-normal mean needs the variance
         out = self.gp.predict(Z, return_std=gp_std)
         mean, std = out if gp_std else (out, None)
@@ -722,7 +725,9 @@ class MMGP(ModelContract):
         eps = torch.randn(n_samples, n, mean.shape[1], generator=gen, dtype=torch.float64).to(**tkw)
         # the transfer noise has its own stream: the other draws stay those of a model without it
         gen_t = torch.Generator().manual_seed(int(self.seed) + 104729)
-        transfer = want_std and self.transfer_variance and all(f.transfer_spread is not None for f in self._fields)
+        if transfer:
+            kappa = torch.stack([f.transfer_kappa for f in self._fields], -1)  # kappa d0, N_c x m
+            d0 = float(self._fields[0].transfer_spread[0])
         fields, fields_std, fsamp = [], [], []
         for i, inv_proj in enumerate(Qs):
             Q = sparse_to_torch(inv_proj, **tkw)
@@ -730,8 +735,7 @@ class MMGP(ModelContract):
             if n_samples and self.truncation_variance:  # spatially correlated (truncation_draws)
                 noise, g = truncation_noise(gen, n_samples, Q.shape[0], self._fields, **tkw)
             if transfer:
-                kappa = torch.stack([f.transfer_kappa for f in self._fields], -1)
-                rel = spreads[i] / float(self._fields[0].transfer_spread[0])  # w / d0, in float64
+                rel = spreads[i] / d0  # w / d0, in float64
                 tvar = roundtrip_variance(Q, kappa, torch.as_tensor(rel, **tkw))
                 if n_samples:
                     shape = (n_samples, Q.shape[0], m)
