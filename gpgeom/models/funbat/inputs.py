@@ -39,12 +39,14 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import as_tensor
+from gpgeom.base import format_value
 
 __all__: list[str] = []
 
 
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+def _coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    r"""The floating dtype of lower precision of ``a`` and ``b``: the one labels are matched at (module docstring)."""
+    return max(a, b, key=lambda d: torch.finfo(d).eps)
 
 
 class _Inputs:
@@ -101,7 +103,7 @@ class _Inputs:
             None if L is None else torch.unique(torch.cat([L, X[:, k].detach()]), sorted=True)
             for k, L in enumerate(labels)
         ]  # fmt: skip
-        new._label_dtype = max(src, self._label_dtype, key=lambda d: torch.finfo(d).eps)
+        new._label_dtype = _coarser(src, self._label_dtype)
 
     def _match_labels(self, X: Tensor, src: torch.dtype, name: str, k: int | None = None) -> Tensor:
         r"""Query coordinates ``X`` (``... x K``, or ``...`` of mode ``k``; original units, :attr:`_coord_dtype`,
@@ -114,7 +116,7 @@ class _Inputs:
         labels = getattr(self, "_labels", None)
         if labels is None:
             return X
-        p = max(src, self._label_dtype, key=lambda d: torch.finfo(d).eps)  # the lower precision of the two
+        p = _coarser(src, self._label_dtype)
         if torch.finfo(p).eps <= torch.finfo(X.dtype).eps:  # as precise as the map: equal labels only, as before
             return X
         cols = list(X.unbind(-1)) if k is None else [X]
@@ -130,9 +132,10 @@ class _Inputs:
             if bool((n > 1).any()):
                 i, c = int(lo[n > 1][0]), int(n[n > 1][0])
                 raise ValueError(
-                    f"`{name}`: a coordinate of mode {mode} given in {_name(src)} equals the training labels "
-                    f"{L[i : i + c].tolist()} at {_name(p)} precision, so it cannot say which one it means; pass "
-                    f"the coordinates in {_name(self._label_dtype)}, the dtype of the training coordinates."
+                    f"`{name}`: a coordinate of mode {mode} given in {format_value(src)} equals the training "
+                    f"labels {L[i : i + c].tolist()} at {format_value(p)} precision, so it cannot say which one it "
+                    f"means; pass the coordinates in {format_value(self._label_dtype)}, the dtype of the training "
+                    "coordinates."
                 )
             snap = L[lo.clamp_max(L.shape[0] - 1)]
             if col.requires_grad:  # the label's value (exact: within a factor 2), the query's gradient
