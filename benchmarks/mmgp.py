@@ -102,9 +102,10 @@ def field_or_scalar(U: list[np.ndarray], w: np.ndarray, pred: MMGPPrediction, k:
     return w[:, j], pred.scalars[:, j], pred.scalars_std[:, j]
 
 
-#: A node whose predictive std is below this fraction of the field's largest is a clamped (Dirichlet) node: value 0,
-#: mean and std 0 up to the transfers' roundoff (1e-35 to 1e-11). Its NLPD (about -40 each) and its coverage would
-#: follow that roundoff, not the model, so such nodes are left out of every field score.
+#: A node whose predictive std is below this fraction of the field's largest is a clamped (Dirichlet) node: value,
+#: mean and std 0 (exactly since the point location drops rounding weights; 1e-35 to 1e-11 before). A roundoff std
+#: would give it an NLPD near -40 and a coverage that follow the roundoff, not the model, so such nodes are left out
+#: of every field score.
 DEGENERATE_STD = 1e-9
 
 

@@ -360,6 +360,43 @@ def test_p1_transfer_tetrahedra_far_from_the_origin():
     )
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e6])
+def test_p1_transfer_of_nodes_and_facets_has_no_rounding_weights(offset):
+    # a node of the source mesh is its own cell vertex: its row is exactly e_i (it held 1e-16 weights on the other
+    # vertices of the cell it was located in, so a field that is exactly 0 at a clamped node became 1e-19 and its
+    # variance roundoff); an edge midpoint has exactly 0 weight on the opposite vertex
+    rng = seeded_rng()
+    m = random_disk_mesh(rng, 30, 80)
+    ms = Mesh(m.points + np.array([offset, -0.5 * offset]), m.cells)
+    T = p1_transfer(ms, ms.points)
+    assert (T != sp.identity(ms.n_points, format="csr")).nnz == 0
+    E = m.edges()
+    mid = 0.5 * (ms.points[E[:, 0]] + ms.points[E[:, 1]])
+    Tm = p1_transfer(ms, mid).tocoo()
+    assert set(zip(Tm.row.tolist(), Tm.col.tolist())) <= {(r, int(a)) for r, e in enumerate(E) for a in e}
+    # a field that vanishes at both ends of every edge it is asked on vanishes exactly in between
+    u = rng.normal(size=ms.n_points)
+    zero = np.zeros(ms.n_points, dtype=bool)
+    zero[E[::7].ravel()] = True
+    u[zero] = 0.0
+    assert (interpolate(ms, u, mid[::7]) == 0.0).all()
+    # still a partition of unity reproducing linear fields (to the rounding of the shifted midpoints)
+    c = np.array([0.7, 3.0, -5.0])
+    np.testing.assert_allclose(
+        interpolate(ms, c[0] + m.points @ c[1:], mid), c[0] + (mid - ms.points[:1] + m.points[:1]) @ c[1:],
+        atol=1e3 * np.finfo(float).eps * max(offset, 1.0), rtol=0,
+    )  # fmt: skip
+
+
+def test_p1_transfer_of_tetrahedra_vertices_is_the_identity():
+    V = np.array([[i & 1, (i >> 1) & 1, (i >> 2) & 1] for i in range(8)], dtype=float)
+    tets = np.array([[0, 1, 3, 7], [0, 1, 5, 7], [0, 2, 3, 7], [0, 2, 6, 7], [0, 4, 5, 7], [0, 4, 6, 7]])
+    rng = seeded_rng()
+    A = np.eye(3) + 0.3 * rng.normal(size=(3, 3))  # a sheared, rotated cube: vertex coordinates far from round
+    cube = Mesh(V @ A.T + rng.normal(size=3), tets)
+    assert (p1_transfer(cube, cube.points) != sp.identity(8, format="csr")).nnz == 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------------------------------------------

@@ -76,6 +76,22 @@ def fitted(family):
     return model, model.predict(Mt, mut, return_std=True)
 
 
+def test_clamped_nodes_are_predicted_exactly_zero_with_zero_std(family, fitted):
+    # every training bracket is clamped (u = 0) on its face x = 0; the nodes there morph onto the template's face,
+    # nodes on cell vertices and facets, so their P1 weights off that face are exactly 0 and so are the prediction
+    # and its std (they were 1e-19 and up to 8e-12: roundoff weights of the point location, which gave each such
+    # node an NLPD near -40 in the benchmark)
+    _, (_, _, Ut, _), _ = family
+    _, pred = fitted
+    n_clamped = 0
+    for u, mean, sd in zip(Ut, pred.fields, pred.fields_std, strict=True):
+        clamped = torch.as_tensor(u == 0)  # (nodes, fields): the displacements on the clamped face
+        n_clamped += int(clamped.sum())
+        assert (mean[clamped] == 0).all() and (sd[clamped] == 0).all()
+        assert (sd[~clamped] > 0).all()
+    assert n_clamped >= 5 * len(Ut)
+
+
 def test_bracket3d_accuracy_and_the_no_morphing_baseline(family, fitted):
     _, (Mt, mut, Ut, wt), _ = family
     _, pred = fitted

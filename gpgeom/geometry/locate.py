@@ -96,7 +96,8 @@ class CellLocator:
         outside) of points ``pts`` ``(n, d)``; a point is inside when every coordinate is ``>= -tol`` (widened by
         what rounding its coordinates to float64 moves them, ``4 eps |x|_inf`` times the cell's largest barycentric
         gradient, so that points on a shared facet of a mesh far from the origin are found), and on a
-        shared facet the cell whose smallest coordinate is largest wins."""
+        shared facet the cell whose smallest coordinate is largest wins. Coordinates that are 0 up to rounding are
+        returned as exactly 0 (:func:`_snap_rounding`)."""
         n, d = pts.shape[0], self.d
         g = ((pts - self.origin) * self.inv_h).astype(np.int64)
         np.clip(g, 0, self.shape - 1, out=g)
@@ -123,7 +124,8 @@ class CellLocator:
             mn = lam_all.min(axis=1)
         # the query's own rounding: coordinates of size |x| are known to ulp(|x|) ~ eps |x|, which moves the
         # barycentric coordinates by up to eps |x| grad_norm (e.g. an edge midpoint computed at an offset of 1e6)
-        slack = tol + 4.0 * np.finfo(np.float64).eps * np.abs(pts).max(axis=1)[pt] * self.grad_norm[cand]
+        rounding = 4.0 * np.finfo(np.float64).eps * np.abs(pts).max(axis=1)[pt] * self.grad_norm[cand]
+        slack = tol + rounding
         mn[np.isnan(mn)] = -np.inf
         best = np.full(n, -np.inf)
         has = cnt > 0
@@ -133,8 +135,28 @@ class CellLocator:
         cell = np.full(n, -1, dtype=np.int64)
         bary = np.full((n, d + 1), np.nan)
         cell[pt[ok]] = cand[ok]
-        if d == 2:
-            bary[pt[ok]] = np.stack([l0[ok], l1[ok], l2[ok]], axis=1)
-        else:
-            bary[pt[ok]] = lam_all[ok]
+        lam = np.stack([l0[ok], l1[ok], l2[ok]], axis=1) if d == 2 else lam_all[ok]
+        bary[pt[ok]] = _snap_rounding(lam, R[ok], self.grad_norm[cand[ok]], rounding[ok])
         return cell, bary
+
+
+def _snap_rounding(
+    lam: np.ndarray, offset: np.ndarray, grad_norm: np.ndarray, query_rounding: np.ndarray
+) -> np.ndarray:
+    r"""Barycentric coordinates ``lam`` ``(m, d + 1)`` with the entries that are zero up to rounding set to 0.
+
+    A point on a vertex or a facet (a node shared by two meshes, a clamped node morphed onto the common mesh's
+    boundary) has exact coordinates 1 or 0 there, but ``A (x - v_0)`` gives them to a few ulps (``1e-16`` on a
+    vertex of a unit mesh): a field that is exactly 0 at the vertex would interpolate to ``1e-19``, and a variance
+    to roundoff instead of 0. An entry is rounding when ``|lam_a| <= 8 eps (1 + |x - v_0|_inf g) + s``, with ``g`` the
+    cell's largest barycentric gradient ``(m,)``, ``offset = x - v_0`` ``(m, d)`` and ``s`` ``(m,)`` what rounding
+    the query's own coordinates moves them by; rows with such an entry are renormalised to sum to 1 (a point on a
+    vertex gets exactly 1 there), the others are returned unchanged."""
+    eps = np.finfo(np.float64).eps
+    bound = 8.0 * eps * (1.0 + np.abs(offset).max(axis=1) * grad_norm) + query_rounding
+    tiny = (np.abs(lam) <= bound[:, None]) & (lam != 0)
+    rows = np.nonzero(tiny.any(axis=1))[0]
+    if len(rows):
+        fixed = np.where(tiny[rows], 0.0, lam[rows])
+        lam[rows] = fixed / fixed.sum(axis=1, keepdims=True)
+    return lam

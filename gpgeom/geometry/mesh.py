@@ -506,7 +506,9 @@ class Mesh:
         Returns:
             ``(cell, bary)``: the containing cell per point ``(n,)`` (``-1`` when outside the mesh) and the
             barycentric coordinates ``(n, k + 1)`` in that cell (NaN rows for points outside). When several cells
-            contain a point (on a shared facet), the one whose smallest coordinate is largest is chosen.
+            contain a point (on a shared facet), the one whose smallest coordinate is largest is chosen. Coordinates
+            that are 0 up to rounding are exactly 0 (a point on a vertex gets exactly ``1`` there and ``0``
+            elsewhere), so that P1 transfers of nodes and facet points carry no roundoff weights.
         """
         check_positive("tol", tol, allow_zero=True)  # a NaN or negative tol put every point outside
         pts = as_float_array("points", points, ndim=2, shape=(None, self.dim))
