@@ -188,9 +188,11 @@ class _Fitting:
         if self.history and self.history[-1]["hyper_step"]:  # smoothed posteriors with the final hyperparameters
             for k in range(K):
                 self._smooth(k)
-            # the last entry's ELBO is that of the state returned (restarts compare it; fit_result_.elbo reports it)
-            self._refresh_residuals()
+            # the last entry's ELBO and training RMSE are those of the state returned (restarts compare the ELBO,
+            # fit_result_.elbo reports it)
+            f_bar = self._refresh_residuals()
             self.history[-1]["elbo"] = self.elbo()
+            self.history[-1]["train_rmse"] = float((f_bar - self._ys).square().mean().sqrt())
         if final and not self.converged and self.tol > 0:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"

@@ -227,13 +227,14 @@ class _ConditionalEP:
         self._update_noise(sq.clamp_min(0.0))
         return f_bar + self._bias_mean
 
-    def _refresh_residuals(self) -> None:
+    def _refresh_residuals(self) -> Tensor:
         r"""The expected squared residuals that :meth:`elbo` reads, recomputed at the current factors with nothing
         updated: :math:`e_n = \mathbb E_q[(y_n - b - f_n)^2] = y_n^2 - 2 y_n (\mathbb E f_n + \mathbb E b) +
         \mathbb E[f_n^2] + 2\, \mathbb E b\, \mathbb E f_n + \mathbb E[b^2]` (``N``), summed into ``_last_sq``
         (weighted by :math:`\mathbb E[\lambda_n]` with Student-t scales, which also keep the ``N`` values in
         ``_resid_sq``). Called after the final re-smoothing of a fit (:mod:`~gpgeom.models.funbat.fitting`), which
-        moves :math:`q(\mathcal U^k)` after the sweep computed them."""
+        moves :math:`q(\mathcal U^k)` after the sweep computed them. Returns the fitted training values
+        :math:`\mathbb E f_n + \mathbb E b` (``N``), as a sweep's core update does."""
         K = len(self.ranks)
         y0 = self._ys
         mom = [self._entry_moments(j) for j in range(K)]
@@ -255,6 +256,7 @@ class _ConditionalEP:
         else:
             self._resid_sq = e.clamp_min(0.0)
             self._last_sq = (w * self._resid_sq).sum()
+        return f_bar + mb
 
     def _solve_core(self, lam: Tensor, eta: Tensor) -> None:
         r"""The core's Gaussian factor from this sweep's data message ``(lam, eta)`` (``P x P``, ``P``; damped)."""

@@ -217,8 +217,9 @@ class FunBaT(
         history: One dict per sweep (``sweep``, ``delta``, ``train_rmse`` (standardised units), ``noise_sd``
             (original units), ``seconds``, ``lengthscale`` (original units), ``variance``, ``hyper_step``,
             ``hyper_failure`` (``None``, or the message of a hyperparameter step that failed to factorise and kept
-            the previous values, :mod:`gpgeom.models.funbat.hyper`), ``elbo``; the last entry's ``elbo`` is the
-            returned state's, after the final re-smoothing, :mod:`gpgeom.models.funbat.fitting`).
+            the previous values, :mod:`gpgeom.models.funbat.hyper`), ``elbo``; the last entry's ``elbo`` and
+            ``train_rmse`` are the returned state's, after the final re-smoothing, :mod:`gpgeom.models.funbat.fitting`;
+            its ``delta`` is its sweep's change, before that smoothing).
         restart_elbos: The ELBO of each initialisation after ``restart_sweeps`` (with ``n_restarts``).
         converged: Whether the convergence test stopped the fit.
         ranks: The rank of every mode.
