@@ -959,3 +959,39 @@ def test_uniform_knots_reach_t_end_and_take_numpy_scalars():
         SO3xR3Trajectory.uniform(0.0, float("inf"), 0.1)
     with pytest.raises(TypeError, match="`t_start` must be a finite real number, got True"):
         SO3xR3Trajectory.uniform(True, 1.0, 0.1)
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_float32_times_far_from_zero_keep_their_spacing(cls, tmp_path):
+    r"""float32 holds a time of 3e4 s only to 2e-3 s: the knots 0.2 s apart were 0.199 and 0.201 s apart and every
+    measurement and query time moved by up to 1e-3 s, so the same poses fitted in float32 at t ~ 3e4 s ended 0.68
+    posterior standard deviations (positions) and 5.3e-3 rad (SE(3): 5.1e-3 rad) from the float64 fit, against
+    4e-5 std and 3.4e-5 rad at t ~ 0, without a warning. The bracketing, :math:`t - t_k` and the spacings now use the
+    times as given (float64): the float64 fit at the same times is the reference, and the float32 fit is within
+    3e-5 std and 3.4e-5 rad of it at both offsets."""
+    gen = torch.Generator().manual_seed(2)
+    kt = torch.linspace(0.0, 1.2, 7, dtype=DT)
+    tm = torch.sort(torch.rand(15, dtype=DT, generator=gen) * 1.2).values
+    gt = FAST.state(tm)
+    R = gt.R @ so3_exp(0.03 * torch.randn(15, 3, dtype=DT, generator=gen))
+    p = gt.p + 0.03 * torch.randn(15, 3, dtype=DT, generator=gen)
+    tq = torch.linspace(0.0, 1.2, 25, dtype=DT)
+    for shift in (0.0, 3e4):
+        fits = {}
+        for dtype in (DT, torch.float32):
+            traj = cls(kt + shift, prior="wnoa", qc_rot=5.0, qc_pos=3.0, dtype=dtype)
+            traj.set_knots(**{k: v.to(dtype) for k, v in FAST.state(kt).knots("wnoa").items()})
+            meas = PoseMeasurement(tm + shift, R=R, p=p, sigma_rot=0.05, sigma_pos=0.05)
+            fits[dtype] = traj.fit([meas], init="none", compute_covariances=True, progress=False)
+        ref, sd = fits[DT].predict(tq + shift, return_std=True)
+        f32 = fits[torch.float32]
+        st = f32.predict(tq + shift)
+        assert float(((st.p.double() - ref.p) / sd.p).abs().max()) < 0.02, shift
+        assert float(_rot_err(ref.R, st.R.double()).max()) < 5e-4, shift
+        assert torch.equal(st.t, (tq + shift).float())  # the state's times are in the trajectory's dtype
+    # the file keeps the times as given: the loaded float32 trajectory predicts the same numbers
+    f32.save(tmp_path / "f32.pt")
+    back = cls.load(tmp_path / "f32.pt")
+    assert torch.equal(back.predict(tq + shift).p, st.p) and torch.equal(back.knot_times, f32.knot_times)
+    # and in float64 its knot times are the given ones, not their float32 roundings
+    assert torch.equal(f32.to(dtype=DT).knot_times, kt + shift)

@@ -130,6 +130,9 @@ class Trajectory(ModelContract):
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else knot_times.device
         self._times = _cast_knot_times(knot_times, dtype, self._device)
+        # the times as given, for the time arithmetic (t - t_k, the spacings) whatever the dtype: in float32 a time
+        # of 3e4 s is only known to 2e-3 s, a tenth of a 0.02 s knot interval
+        self._times64 = knot_times.detach().to(dtype=torch.float64, device="cpu").clone()
         self.qc_rot = as_vec3("qc_rot", qc_rot).to(dtype=dtype, device=self._device)
         self.qc_pos = as_vec3("qc_pos", qc_pos).to(dtype=dtype, device=self._device)
         K = self.num_knots
@@ -187,7 +190,8 @@ class Trajectory(ModelContract):
 
     @property
     def knot_times(self) -> Tensor:
-        r"""``K`` knot times."""
+        r"""``K`` knot times, in the trajectory's dtype (the bracketing of a time and the spacings use the times as
+        given, in float64, so that a float32 trajectory far from ``t = 0`` keeps them exact)."""
         return self._times
 
     @property
@@ -299,7 +303,7 @@ class Trajectory(ModelContract):
         <gpgeom.base.ModelContract.to>` calls it)."""
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"`dtype` must be torch.float32 or torch.float64, got {dtype}.")
-        times = _cast_knot_times(self._times, dtype, device)  # checked before anything moves
+        times = _cast_knot_times(self._times64, dtype, device)  # checked before anything moves
         super()._to(device=device, dtype=dtype)
         kw = {"dtype": dtype, "device": self._device}
         self._times = times.to(device=self._device)
@@ -321,14 +325,18 @@ class Trajectory(ModelContract):
         first knot's prior)."""
         check_option("part", part, ("pos", "rot"))
         cls = WNOJKernel if self.order == 3 else WNOAKernel
-        k = cls(t0=float(self._times[0]), batch_shape=torch.Size([3])).to(torch.float64)
+        k = cls(t0=float(self._times64[0]), batch_shape=torch.Size([3])).to(torch.float64)
         k.qc = (self.qc_pos if part == "pos" else self.qc_rot).detach().to(torch.float64).cpu()
         return k
 
     # ----- the linear GP algebra (gpgeom.models.trajectory.interpolation) -----
     def _locate(self, t: Tensor, name: str) -> Bracket:
         r"""Bracketing knots and :math:`\Lambda(\tau), \Psi(\tau)` (``M x N x N``) for times ``t`` (``M``)."""
-        return self._chain.locate(self._times, t, name)
+        return self._chain.locate(self._times64, t, name, dtype=self.dtype, device=self.device)
+
+    def _spacing(self) -> Tensor:
+        r"""``K - 1`` knot spacings :math:`\Delta_k`, taken in float64 and then cast to the trajectory's dtype."""
+        return self._times64.diff().to(dtype=self.dtype, device=self.device)
 
     def _cond_cov_hat(self, s: Tensor, dt: Tensor) -> Tensor:
         r"""Interpolation covariance given both knots per unit :math:`Q_c` (``M x N x N``)."""
@@ -389,14 +397,20 @@ class Trajectory(ModelContract):
                 numbers with ``covariance``) come on top (``benchmarks/trajectory.py`` measures the peak of 1e5
                 times with covariances against one piece).
         """
-        t = as_tensor("t", t, dtype=self.dtype, device=self.device)
+        tin, t = self._query_times(t)
         resolve_max_memory(max_memory)  # a bad budget fails here, before any work
         if covariance and self.covariances_ is None:
             raise ValueError(
                 "`covariance=True` needs the knots' posterior covariances: call fit(..., compute_covariances=True) "
                 "first."
             )
-        return self._state(t, self._interpolate_chunks(t.reshape(-1), jacobians, covariance, False, max_memory))
+        return self._state(t, self._interpolate_chunks(tin.reshape(-1), jacobians, covariance, False, max_memory))
+
+    def _query_times(self, t: object) -> tuple[Tensor, Tensor]:
+        r"""Query times as given (their floating dtype, float64 from numpy or Python numbers: the bracketing and
+        :math:`t - t_k` use them) and in the trajectory's dtype and on its device (the state's ``t``)."""
+        tin = as_tensor("t", t, dtype=None)
+        return tin, tin.to(dtype=self.dtype, device=self.device)
 
     def _state(self, t: Tensor, out: dict[str, Tensor]) -> TrajectoryState:
         r"""A :class:`TrajectoryState` of shape ``t.shape`` from the flat outputs of :meth:`_interpolate_chunks`."""
@@ -508,9 +522,9 @@ class Trajectory(ModelContract):
             st = self.interpolate(t, covariance=return_cov, max_memory=max_memory)
             cov, st.covariance = st.covariance, None
             return (st, cov) if return_cov else st
-        t = as_tensor("t", t, dtype=self.dtype, device=self.device)
+        tin, t = self._query_times(t)
         resolve_max_memory(max_memory)  # a bad budget fails here, before any work
-        out = self._interpolate_chunks(t.reshape(-1), False, True, True, max_memory)
+        out = self._interpolate_chunks(tin.reshape(-1), False, True, True, max_memory)
         st = self._state(t, {k: v for k, v in out.items() if k != "variance"})
         sd = out["variance"].clamp_min(0.0).sqrt().reshape(*t.shape, out["variance"].shape[-1])
         parts = dict(zip(self.state_components, sd.split(3, dim=-1)))
@@ -520,7 +534,7 @@ class Trajectory(ModelContract):
     def prior_residuals(self) -> Tensor:
         r"""``(K - 1) x 6N`` whitened motion-prior residuals of the current knots (useful for diagnostics)."""
         X = self._knots
-        return self._prior(X[:-1], X[1:], self._times[1:] - self._times[:-1], jac=False)[0]
+        return self._prior(X[:-1], X[1:], self._spacing(), jac=False)[0]
 
     # ----- estimation -----
     def build_factors(
@@ -728,7 +742,7 @@ class Trajectory(ModelContract):
             "prior": self.prior,
             "kinematics": self.kinematics,
             "dtype": str(self.dtype).replace("torch.", ""),
-            "knot_times": self._times,
+            "knot_times": self._times64,  # as given (float64): a float32 trajectory keeps its exact spacings
             "knots": self._knots,
             "qc_rot": self.qc_rot,
             "qc_pos": self.qc_pos,

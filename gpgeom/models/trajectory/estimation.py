@@ -88,7 +88,7 @@ def prior_factor(traj: Trajectory) -> Factor:
     r"""The motion prior of every knot interval: ``K - 1`` blocks of size ``6N`` on knots ``(k, k + 1)``."""
     K = traj.num_knots
     idx = torch.stack([torch.arange(K - 1), torch.arange(1, K)], 1).to(traj.device)
-    dt = traj.knot_times[1:] - traj.knot_times[:-1]
+    dt = traj._spacing()  # from the float64 knot times
 
     def residual(X, G):
         return traj._prior(X[:, 0], X[:, 1], dt, jac=False)[0]
@@ -103,10 +103,14 @@ def prior_factor(traj: Trajectory) -> Factor:
     return Factor(idx, residual, jacobian, name="motion prior", linearize=linearize)
 
 
-def measurement_factor(traj: Trajectory, m: Measurement, layout: dict[str, slice], g: int) -> Factor:
+def measurement_factor(
+    traj: Trajectory, m: Measurement, layout: dict[str, slice], g: int, times: Tensor | None = None
+) -> Factor:
     r"""The engine factor of one measurement (already in ``traj``'s dtype and on its device): on the two knots
     bracketing each time, on one knot (:class:`~gpgeom.models.trajectory.factors.priors.KnotPrior`) or on the
-    globals only (:class:`~gpgeom.models.trajectory.factors.priors.GlobalPrior`)."""
+    globals only (:class:`~gpgeom.models.trajectory.factors.priors.GlobalPrior`). ``times`` (``M``): the
+    measurement's times before the conversion to ``traj``'s dtype, which place them between the knots (default
+    ``m.t``)."""
     s = traj.tangent_dim
 
     def params(G):
@@ -152,7 +156,7 @@ def measurement_factor(traj: Trajectory, m: Measurement, layout: dict[str, slice
 
         return Factor(ind[:, None], residual, jacobian, **robust)
 
-    mix = traj._locate(m.t, f"{m.name}.t")
+    mix = traj._locate(m.t if times is None else times, f"{m.name}.t")
     idx = torch.stack([mix.index, mix.index + 1], 1)
     level = m.level
 
@@ -181,10 +185,10 @@ def build_factors(
     ms = list(measurements)
     for m in ms:
         check_measurement(traj, m)
-    ms = [m.to(dtype=traj.dtype, device=traj.device) for m in ms]
-    layout, g0 = globals_layout(traj, ms)
+    layout, g0 = globals_layout(traj, [m.to(dtype=traj.dtype, device=traj.device) for m in ms])
     factors = [prior_factor(traj)]
     for m in ms:
-        for part in chunks(m, chunk_size):
-            factors.append(measurement_factor(traj, part, layout, g0.shape[0]))
+        for part in chunks(m, chunk_size):  # the times keep their own precision (float32 rounds 3e4 s to 2e-3 s)
+            conv = part.to(dtype=traj.dtype, device=traj.device)
+            factors.append(measurement_factor(traj, conv, layout, g0.shape[0], times=part.t))
     return factors, g0, layout

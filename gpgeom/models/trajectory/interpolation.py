@@ -134,14 +134,28 @@ class MarkovChainAlgebra:
             self._cache[key] = self._c[name].to(dtype=dtype, device=device)
         return self._cache[key]
 
-    def locate(self, knot_times: Tensor, t: Tensor, name: str) -> Bracket:
-        r"""Bracketing knots and :math:`\Lambda(\tau), \Psi(\tau)` (``M x N x N``) for times ``t`` (``M``, in the
-        dtype and on the device of ``knot_times``).
+    def locate(
+        self,
+        knot_times: Tensor,
+        t: Tensor,
+        name: str,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Bracket:
+        r"""Bracketing knots and :math:`\Lambda(\tau), \Psi(\tau)` (``M x N x N``) for times ``t`` (``M``).
+
+        The times are compared and subtracted (:math:`\tau = t - t_k`, :math:`\Delta`) in the dtype and on the
+        device of ``knot_times`` (a trajectory passes its float64 copy, so that times far from 0 keep their
+        differences in float32 too); the matrices, ``dt`` and ``s`` are returned in ``dtype`` on ``device``
+        (default: those of ``knot_times``).
 
         Raises:
             ValueError: When a time lies outside the knot span (``name`` names the argument).
         """
         tk = knot_times
+        dtype = tk.dtype if dtype is None else dtype
+        device = tk.device if device is None else device
         t = t.to(dtype=tk.dtype, device=tk.device).contiguous()
         lo, hi = tk[0], tk[-1]
         bad = (t < lo) | (t > hi)
@@ -157,11 +171,13 @@ class MarkovChainAlgebra:
         s = ((t - tk[k]) / dt).clamp(0.0, 1.0)
         Lh, Ph = self.mix_hat(s)
         scale = dt[:, None, None] ** self.const("E", tk.dtype, tk.device)
+        k = k.to(device)
         uniq, inv = torch.unique(k, return_inverse=True)
         M = k.shape[0]
         first = torch.full((uniq.shape[0],), M, dtype=torch.long, device=k.device)
         first = first.scatter_reduce(0, inv, torch.arange(M, device=k.device), reduce="amin")
-        return Bracket(k, dt, s, Lh * scale, Ph * scale, first, inv)
+        kw = {"dtype": dtype, "device": device}
+        return Bracket(k, dt.to(**kw), s.to(**kw), (Lh * scale).to(**kw), (Ph * scale).to(**kw), first, inv)
 
     def unit_interp(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""For unit spacing at fractions ``s`` (``M``), in float64 on the CPU:
