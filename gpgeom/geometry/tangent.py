@@ -520,7 +520,7 @@ def local_noise_variance(
     estimate is the mean of the terms of all labels. Without, a point of a component with fewer than
     ``n_neighbors + 1`` points borrowed neighbours from another component: RVGP on two unit spheres 10 apart, 150
     points observed on one and 6 on the other, tangent noise of std 0.1 on both, estimated 1.11-5.99 times the noise
-    variance (seeds 0-5), now 0.97-1.18.
+    variance (seeds 0-5), now 0.97-1.18 (``tests/test_rvgp_semantics.py``).
 
     Args:
         points: ``(m, D)`` positions.

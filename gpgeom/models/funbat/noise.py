@@ -14,9 +14,10 @@ in standardised units of ``y``. The default ``noise_prior`` is :math:`(a_0, b_0)
 as two pseudo-entries with a sum of squares of :math:`2 \cdot 10^{-3}`, so the data set the noise. The former
 default :math:`b_0 = 1` (a prior sum of squares of two whole data variances) added :math:`2/N` to the noise variance,
 which dominated it for small or precise data (``N = 300``, noise sd 0.05: :math:`0.0067` on top of
-:math:`0.0025`, a fitted noise sd of 0.11 instead of 0.05): the intervals were too wide (over 8 synthetic tensors of
-300 entries, 95% intervals covered 99.5% of held-out entries, z RMS 0.49; now 96.5%, z RMS 0.91; ``N = 1000``: 99.6%,
-z RMS 0.69, now 96%, z RMS 0.96; ``benchmarks/funbat.py``). The other suspects measure small:
+:math:`0.0025`; a fitted noise sd of 0.118 on average instead of 0.060 with the current prior): the intervals were too
+wide (over 8 synthetic tensors of 300 entries, 95% intervals covered 99.5% of held-out entries, z RMS 0.49; now 96.5%,
+z RMS 0.91; ``N = 1000``: 99.6%, z RMS 0.69, now 96%, z RMS 0.96; ``benchmarks/funbat.py``,
+``benchmarks/results/funbat.md``). The other suspects measure small:
 :math:`\mathbb E[\tau^{-1}]` and :math:`1/\mathbb E[\tau]` differ by the factor :math:`a_\tau/(a_\tau - 1) = 1 +
 O(1/N)`; the bias variance is :math:`O(1/N)`; and the factorised posterior does not double-count: the variance of a
 noise-free entry (the sum of the per-factor contributions, :mod:`~gpgeom.models.funbat.entries`) equals that of the

@@ -77,10 +77,11 @@ field, with :math:`w_j` the node's interpolation spread in the common element an
 intensity estimated from the training meshes' exact round-trip errors. It leaves the mean unchanged.
 ``truncation_variance=False``, ``geometry_variance=False`` and ``observation_noise=False`` remove the corresponding
 parts; with the three off (and ``transfer_variance`` off) it is the reference code's GP variance.
-Why (``benchmarks/results/mmgp.md``, 300 shapes): with the terms held constant, the std on half-ellipse notches
-(vertical notch ends, which no training notch has) rose 1.14-1.33 times while the error rose 1.23-1.51 times, and
-the 95% coverage there fell to 0.85-0.92; the latent GP variance alone rises more but covers 0.67-0.81 in
-distribution.
+Why (300 shapes, 8 geometry modes, ``benchmarks/results/mmgp_before8.md``, rows "before"): with the terms held
+constant, the std on half-ellipse notches (vertical notch ends, which no training notch has) rose 1.13-1.31 times
+while the error rose 1.23-1.51 times, and the 95% coverage there fell to 0.85-0.92; the latent GP variance alone
+covers 0.67-0.81 in distribution (``benchmarks/results/mmgp_wall.md``). With 24 geometry modes
+(``benchmarks/results/mmgp.md``) the constant terms' std rises 1.49-1.57 times against errors 1.37-1.78 times.
 
 Devices and dtypes: the geometry preprocessing (morphing, P1 transfer, geometry POD) runs on the CPU in float64
 numpy; the GP stage and the decode run in ``model.dtype`` on ``model.device`` (``MMGP(device="cuda")`` or

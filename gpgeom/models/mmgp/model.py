@@ -82,9 +82,10 @@ class MMGP(ModelContract):
         n_modes_geometry: Geometry POD modes :math:`n_g`: an ``int``, or a float in (0, 1] = the energy fraction to
             keep. Default 24 (was 16, and 8 in the reference): on NotchedPlate2d the stress coefficients depend on
             shape detail beyond 8 modes (von Mises Q2 0.968 with 8 geometry and 8 field modes, 0.980 with 16 and 8,
-            0.988 with 16 and 16), and the peak stress ``max_vm`` on detail beyond 16 (Q2 0.9692 with 16 geometry
-            modes, 0.9702 with 24; ``benchmarks/results/mmgp.md``; on a rougher plate family every field and scalar
-            gains, ``mmgp_rough.md``).
+            0.988 with 16 and 16: ``benchmarks/results/mmgp_before8.md``, ``mmgp_g16.md``, ``mmgp_f16.md``), and
+            the peak stress ``max_vm`` on detail beyond 16 (Q2 0.9692 with 16 geometry modes, ``mmgp.md`` as
+            committed in 1fbdf35; 0.9702 with 24, ``benchmarks/results/mmgp.md``; on a rougher plate family every
+            field and scalar gains, ``mmgp_rough.md``).
         n_modes_fields: Modes per output field :math:`n_f` (``int`` or energy fraction), or a sequence with one
             entry per field. Default 24 (was 8): on NotchedPlate2d with 16 geometry modes the von Mises Q2 is 0.9797
             with 8 field modes and 0.9876 with 16 (``mmgp_g16.md``, ``mmgp_f16.md``; the docs' "How many modes").
@@ -101,8 +102,9 @@ class MMGP(ModelContract):
             their own L-BFGS-B runs and keep their own best restart), ``"per_field"`` (one GP with shared
             hyperparameters over the POD coefficients of each field, as the reference, and one GP per output
             scalar) or ``"shared"`` (one set for all outputs). Each output is an independent GP with its own
-            constant mean in every case, and the predictive variance is exact. Measured on NotchedPlate2d
-            (``benchmarks/results/mmgp.md``): ``"per_output"`` is the more accurate (the leading modes are smooth,
+            constant mean in every case, and the predictive variance is exact. Measured on NotchedPlate2d with 8
+            geometry and 8 field modes (``benchmarks/results/mmgp_before8.md`` against ``mmgp_per_field.md``: von
+            Mises Q2 0.968 against 0.965): ``"per_output"`` is the more accurate (the leading modes are smooth,
             the trailing ones noise-like, and one shared noise level fits neither); ``"per_field"`` factorises one
             kernel matrix per field instead of one per output, so it is cheaper to train (not in a committed
             table).
@@ -124,12 +126,12 @@ class MMGP(ModelContract):
         scalar_transform: ``"log"`` (default): the GP of every output scalar whose training values are all
             positive regresses :math:`\log w` and predicts the log-normal mean and variance
             (:mod:`~gpgeom.models.mmgp.scalars`); ``"none"`` regresses :math:`w`; or one of them per scalar. The
-            choice per scalar is ``scalar_transforms_``. On NotchedPlate2d (``benchmarks/results/mmgp.md``) the log
-            raises the max von Mises Q2 from 0.960 to about 0.969 (its errors grow with its size) and leaves the
-            other two scalars unchanged.
+            choice per scalar is ``scalar_transforms_``. On NotchedPlate2d with 16 geometry modes the log raises the
+            max von Mises Q2 from 0.960 (``benchmarks/results/mmgp_f16.md``) to 0.969 (``mmgp.md`` as committed in
+            1fbdf35; its errors grow with its size) and leaves the other two scalars unchanged.
         restarts: Random restarts of the hyperparameter fit (on top of the first attempt). Default 4 (was 10): on
-            NotchedPlate2d five attempts give the held-out accuracy of ten (``benchmarks/results/mmgp.md``) at half the
-            GP training time.
+            NotchedPlate2d five attempts give the held-out accuracy of ten at half the GP training time
+            (``benchmarks/results/mmgp.md`` as committed in 1fbdf35, 129 CPU s, against 40cc5a8, 247 CPU s).
         max_iter: L-BFGS-B iterations per attempt.
         center: Centre the POD snapshots (``False`` decomposes the raw snapshots, as the reference code does).
         ref_compat: Reproduce the reference code: Floater boundary angles and orientation of Muscat, no centring,

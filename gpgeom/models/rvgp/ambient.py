@@ -4,11 +4,11 @@ used by exact fits on at most ``AMBIENT_MAX_POINTS`` distinct points.
 **The ambient part** (``ambient="rbf"``, the default; ``"matern"``; ``None``: the spectral kernel alone). On
 1200 i.i.d. points of an ellipsoid, 30 % observed, the spectral kernel alone (k = 50) had relative L2 0.90 on a
 rough field and 0.099 on a smooth one, a plain Euclidean GP (one RBF on xyz shared by the three components) 0.23
-and 0.0068. The basis is what loses: a graph's eigenfields carry the sampling noise of the cloud, so 6-14 % of a
-smooth tangent field lies outside the span of the first 100 whatever the normalisation and weights
-(:func:`~gpgeom.geometry.connection.connection_laplacian`), and a rough field needs hundreds; no filter, prior or
-noise split recovers what the span lacks. The model therefore adds a stationary kernel on the ambient coordinates
-projected onto the frames,
+and 0.0068 (seed 0 of ``benchmarks/results/rvgp.md``). The basis is what loses: a graph's eigenfields carry the
+sampling noise of the cloud, so 6-14 % of a smooth tangent field lies outside the span of the first 100 whatever
+the normalisation and weights (:func:`~gpgeom.geometry.connection.connection_laplacian`), and a rough field needs
+hundreds; no filter, prior or noise split recovers what the span lacks. The model therefore adds a stationary kernel
+on the ambient coordinates projected onto the frames,
 
 .. math:: K(x, x') \mathrel{+}= P_x\, \sigma_a^2 k(|x - x'|)\, P_{x'}, \qquad P_x = T_x T_x^\top,
 
