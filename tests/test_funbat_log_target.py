@@ -216,3 +216,32 @@ def test_files_rebuild_and_bad_input(tmp_path, pair):
         )
     mean, sd = f32.predict(d.X_test, return_std=True, observation_noise=True)
     assert mean.dtype == torch.float32 and bool((mean > 0).all()) and bool(torch.isfinite(sd).all())
+
+
+def test_botorch_noise_tensors_are_variances_of_log_y(pair):
+    r"""A noise tensor is a variance of :math:`\log Y` everywhere in the log adapter (BoTorch's convention for a model
+    with an outcome transform): ``condition_on_observations(X, Y, noise=v)`` is the hand-made adapter conditioned on
+    :math:`\log Y` with noise ``v``, and ``fantasize(X, sampler, observation_noise=v)`` is conditioning on the values
+    that ``posterior(X, observation_noise=v)`` drew, with ``v``. (``noise`` went through ``Log``'s delta method,
+    :math:`v / Y^2`, so a fantasy was conditioned with a noise other than the one it was drawn with.)"""
+    from botorch.sampling import SobolQMCNormalSampler
+
+    d, fits = pair
+    m, ref = fits["gaussian"]
+    bm, br = m.as_botorch(), ref.as_botorch()
+    X, Xn = d.X_test[:5].unsqueeze(0), d.X_test[5:8].unsqueeze(0)
+    v = torch.full((1, 3, 1), 0.3, dtype=D)
+    Yn = 10.0 * d.y_test[5:8].reshape(1, 3, 1)  # far from 1: v and v / Y^2 differ
+    p, p_r = (
+        bm.condition_on_observations(Xn, Yn, noise=v).posterior(X),
+        br.condition_on_observations(Xn, Yn.log(), noise=v).posterior(X),
+    )
+    torch.testing.assert_close(p.mean, lognormal_mean_std(p_r.mean, p_r.variance)[0], rtol=1e-12, atol=0)
+    sampler = SobolQMCNormalSampler(torch.Size([4]), seed=0)
+    fant = bm.fantasize(Xn, sampler, observation_noise=v[:, :1])
+    Yf = sampler(bm.posterior(Xn, observation_noise=v[:, :1])).detach()  # the values the fantasies drew
+    p_f = fant.posterior(X)
+    p_r = br.condition_on_observations(Xn.expand(4, 1, 3, -1), Yf.log(), noise=v.expand(4, 1, 3, 1)).posterior(X)
+    want = lognormal_mean_std(p_r.mean, p_r.variance)
+    torch.testing.assert_close(p_f.mean, want[0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(p_f.variance, want[1].square(), rtol=1e-10, atol=0)

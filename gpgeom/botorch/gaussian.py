@@ -23,7 +23,9 @@ everything BoTorch asks of a surrogate, with one code path for all of them:
 * a model of a transformed outcome (a subclass that sets BoTorch's ``outcome_transform``, e.g. ``Log`` for a model
   of :math:`\log y`): ``posterior`` and ``predict`` untransform the Gaussian (``untransform_posterior``; for ``Log`` a
   ``TransformedPosterior`` with log-normal moments and :math:`e^{\cdot}` of the Gaussian's samples) and
-  ``condition_on_observations`` transforms ``Y`` (and a given ``noise``) first, BoTorch's convention;
+  ``condition_on_observations`` transforms ``Y`` first; a given ``noise`` is a variance of the transformed outcome
+  (of :math:`\log y` for ``Log``), as are the tensors ``posterior(X, observation_noise=...)`` and ``fantasize`` take:
+  BoTorch's convention, so that a fantasy is conditioned with the noise its values were drawn with;
 * ``fantasize`` (BoTorch's ``FantasizeMixin``: sample :math:`Y` from ``posterior(X, observation_noise=True)``, then
   condition on it) and ``subset_output``;
 * :meth:`GaussianSurrogate.predict`: chunked marginal means and standard deviations (no ``q x q`` covariance),
@@ -279,7 +281,9 @@ class GaussianSurrogate(Model, FantasizeMixin):
         Args:
             X: A ``batch' x n' x d`` tensor of inputs (broadcastable with ``batch_shape``).
             Y: A ``batch' x n' x m`` tensor of observations, original units (``m = num_outputs``).
-            noise: Optional ``batch' x n' x m`` observation-noise variances; default: the model's noise at ``X``.
+            noise: Optional ``batch' x n' x m`` observation-noise variances; default: the model's noise at ``X``. With
+                an ``outcome_transform`` they are variances of the transformed outcome (e.g. of :math:`\log Y`), not
+                transformed here (BoTorch's convention; ``posterior`` and ``fantasize`` read a noise tensor so).
 
         Returns:
             A model of the same class, batch shape ``broadcast(batch', batch_shape)``, that shares the base (and its
@@ -295,7 +299,7 @@ class GaussianSurrogate(Model, FantasizeMixin):
             raise ValueError(f"`Y` must be finite, got {int((~torch.isfinite(Y)).sum())} NaN or infinite value(s).")
         transform = getattr(self, "outcome_transform", None)
         if transform is not None:  # the base is a model of the transformed outcome (e.g. log Y)
-            Y, noise = transform(Y, noise, X=X)
+            Y, _ = transform(Y, None, X=X)  # `noise` is already in the transformed space (BoTorch's convention)
             if not bool(torch.isfinite(Y).all()):
                 raise ValueError(
                     f"`Y` is outside the domain of the model's outcome transform {type(transform).__name__} "
