@@ -210,7 +210,8 @@ class GaussianSurrogate(Model, FantasizeMixin):
             output_indices: Outputs to keep (indices into the ``num_outputs`` outputs; all by default).
             observation_noise: ``True`` adds the model's noise variance, a ``batch x q x m`` tensor adds that (a
                 column for each of the ``m = num_outputs`` outputs, whatever ``output_indices``, as BoTorch's
-                batched models read it; ``batch x q x 1``: the same for all).
+                batched models read it; ``batch x q x 1``: the same for all); with an ``outcome_transform``, variances
+                of the transformed outcome (e.g. of :math:`\log y`), added to the Gaussian before it is untransformed.
             posterior_transform: Optional BoTorch ``PosteriorTransform``.
 
         Returns:

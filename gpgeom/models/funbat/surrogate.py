@@ -55,7 +55,8 @@ class FunBaTBoTorchModel(GaussianSurrogate):
     on that Gaussian (an approximation of a refit; module docstring for its measured error). With
     ``target_transform="log"`` the Gaussian is that of :math:`\log y` and the adapter carries BoTorch's ``Log``
     outcome transform: ``posterior`` is a ``TransformedPosterior`` (log-normal marginals, samples :math:`e^{\cdot}`
-    of the Gaussian's) and ``condition_on_observations`` takes ``Y > 0`` in the original units.
+    of the Gaussian's) and ``condition_on_observations`` takes ``Y > 0`` in the original units; a noise tensor (of
+    ``posterior``, ``condition_on_observations``, ``fantasize``) is a variance of :math:`\log y`.
 
     Args:
         funbat: The fitted model (shared, not copied).
