@@ -995,3 +995,24 @@ def test_float32_times_far_from_zero_keep_their_spacing(cls, tmp_path):
     assert torch.equal(back.predict(tq + shift).p, st.p) and torch.equal(back.knot_times, f32.knot_times)
     # and in float64 its knot times are the given ones, not their float32 roundings
     assert torch.equal(f32.to(dtype=DT).knot_times, kt + shift)
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_float32_knots_far_from_zero_name_a_spin_faster_than_pi_per_interval(cls):
+    r"""Knots at :math:`10^6 + 0.1` and :math:`10^6 + 0.2` s (0.1 s apart; 0.0625 s apart in float32) of a body
+    spinning at :math:`18\pi` rad/s about z: :math:`1.8\pi` per interval, which the local variable holds as
+    :math:`-0.2\pi`, so the interpolation turns the short way, :math:`\pi` rad off :math:`\mathrm{Exp}(\omega t)` at
+    the midpoint in both precisions. float64 named the interval; float32 said nothing, since the warning took the
+    rates' turn from the float32 spacing (:math:`1.125\pi` instead of :math:`1.8\pi`, inside the :math:`3\pi/2`
+    margin). The spacing is now the float64 one, and float32 warns as float64 does."""
+    w = 1.8 * math.pi / 0.1
+    ez = torch.tensor([0.0, 0.0, 1.0], dtype=DT)
+    kt = torch.tensor([1e6 + 0.1, 1e6 + 0.2], dtype=DT)
+    knots = {"R": so3_exp(w * (kt - 1e6)[:, None] * ez), "omega": (w * ez).expand(2, 3)}
+    assert float(kt.float().diff()) == 0.0625  # the float32 spacing the warning used
+    for dtype in (DT, torch.float32):
+        traj = cls(kt, dtype=dtype)
+        with pytest.warns(UserWarning, match=r"between knots 0 and 1 .* about -5\.65 rad .* turns the short way"):
+            traj.set_knots(**knots)
+        mid = traj.interpolate(torch.tensor([1e6 + 0.15], dtype=DT)).R.double()
+        assert float(_rot_err(so3_exp(w * 0.15 * ez)[None], mid)[0]) > 3.0, dtype  # the warning is warranted

@@ -180,8 +180,9 @@ def knot_wraps(traj: Trajectory) -> str:
     :math:`\varphi = \lVert\theta_b\rVert \le \pi` about :math:`u = \theta_b/\varphi`. Along :math:`u` the GP's
     rates at the two knots are exactly :math:`u^\top\omega_k` and :math:`u^\top\omega_{k+1}` (:math:`u^\top
     J_r^{-1}(\theta_b) = u^\top`), so the turn they imply is about :math:`\beta = \Delta\,u^\top(\omega_k +
-    \omega_{k+1})/2`. The same rotation is also reached by the angles :math:`\varphi \pm 2\pi` that the local
-    variable cannot hold. When :math:`|\beta - \varphi| > 3\pi/2`, one of them lies within :math:`\pi/2` of
+    \omega_{k+1})/2` (:math:`\Delta` from the knot times as given, float64 whatever the trajectory's dtype). The
+    same rotation is also reached by the angles :math:`\varphi \pm 2\pi` that the local variable cannot hold. When
+    :math:`|\beta - \varphi| > 3\pi/2`, one of them lies within :math:`\pi/2` of
     :math:`\beta` and :math:`\varphi` more than :math:`3\pi/2` from it: the interpolation between the knots turns the
     short way, against the rates (a body spinning faster than :math:`\pi/\Delta` gives :math:`|\beta - \varphi|
     \approx 2\pi`; knots whose rates merely disagree with their rotations, nearer to neither branch, are not named)."""
@@ -197,7 +198,7 @@ def knot_wraps(traj: Trajectory) -> str:
     u = torch.where(
         (phi > 1e-9)[:, None], th / phi.clamp_min(1e-300)[:, None], wm / wm.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     )
-    dt = traj.knot_times.diff()
+    dt = traj._spacing()  # from the float64 times: in float32, 0.1 s at t ~ 1e6 s is 0.0625 or 0.125 s
     beta = dt * (u * wm).sum(-1)
     bad = (beta - phi).abs() > 1.5 * math.pi
     if not bool(bad.any()):
