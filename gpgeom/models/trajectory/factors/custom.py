@@ -53,7 +53,8 @@ class CustomMeasurement(Measurement):
     its own rows of ``state`` *and* of ``data``, while a captured ``M``-row tensor would no longer match.
 
     Args:
-        t: ``M`` times.
+        t: ``M`` times; between two knots the residual is evaluated on the interpolated mean only (exact at knot
+            times; :class:`~gpgeom.models.trajectory.factors.base.Measurement`).
         residual_fn: The residual function.
         residual_dim: ``r``.
         level: 0 (pose), 1 (+ velocities), 2 (+ accelerations; needs ``prior="wnoj"``).

@@ -30,7 +30,8 @@ class IMUMeasurement(Measurement):
     R^\top/\sigma_a`, :math:`\partial e/\partial b = I/\sigma`. Needs the acceleration states (prior ``"wnoj"``).
 
     Args:
-        t: ``M`` times.
+        t: ``M`` times; between two knots the residual is evaluated on the interpolated mean only (exact at knot
+            times; :class:`~gpgeom.models.trajectory.factors.base.Measurement`).
         gyro: ``M x 3`` angular rates (rad/s, body frame).
         accel: ``M x 3`` specific forces (m/s^2, body frame).
         sigma_gyro, sigma_accel: Noise stds (float, 3-vector, ``M`` or ``M x 3``).

@@ -24,7 +24,8 @@ class PoseMeasurement(Measurement):
        \qquad \partial e_R / \partial \delta_R = J_r^{-1}(\mathrm{Log}(R_m^\top R)) / \sigma_R.
 
     Args:
-        t: ``M`` times.
+        t: ``M`` times; between two knots the residual is evaluated on the interpolated mean only (exact at knot
+            times; :class:`~gpgeom.models.trajectory.factors.base.Measurement`).
         R: ``M x 3 x 3`` measured rotations (body to world); or give ``q``.
         q: ``M x 4`` unit quaternions ``(x, y, z, w)`` (scalar-last) instead of ``R``.
         p: ``M x 3`` measured positions.
@@ -84,7 +85,8 @@ class PositionMeasurement(Measurement):
     r"""Measured positions: :math:`e = (p(t) - p_m)/\sigma`.
 
     Args:
-        t: ``M`` times.
+        t: ``M`` times; between two knots the residual is evaluated on the interpolated mean only (exact at knot
+            times; :class:`~gpgeom.models.trajectory.factors.base.Measurement`).
         p: ``M x 3`` measured positions (world frame).
         sigma: Noise std: float, 3-vector, ``M`` or ``M x 3``.
         robust, robust_threshold, name: See :class:`~gpgeom.models.trajectory.factors.base.Measurement`.

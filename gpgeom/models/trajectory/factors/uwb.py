@@ -60,7 +60,8 @@ class RangeMeasurement(_TagMeasurement):
        \quad n = x / \lVert x\rVert.
 
     Args:
-        t: ``M`` times.
+        t: ``M`` times; between two knots the residual is evaluated on the interpolated mean only (exact at knot
+            times; :class:`~gpgeom.models.trajectory.factors.base.Measurement`).
         anchors: ``M x 3`` (or ``3``) anchor positions in the world frame.
         ranges: ``M`` measured distances.
         tag_offset: ``M x 3`` (or ``3``) tag position in the body frame (lever arm), default 0.
@@ -104,7 +105,8 @@ class TDOAMeasurement(_TagMeasurement):
        \qquad \partial e/\partial x = (n_j - n_i)^\top/\sigma.
 
     Args:
-        t: ``M`` times.
+        t: ``M`` times; between two knots the residual is evaluated on the interpolated mean only (exact at knot
+            times; :class:`~gpgeom.models.trajectory.factors.base.Measurement`).
         anchor_i, anchor_j: ``M x 3`` (or ``3``) anchor positions.
         tdoa: ``M`` measured range differences :math:`\lVert x - x_j\rVert - \lVert x - x_i\rVert`.
         tag_offset: ``M x 3`` (or ``3``) tag position in the body frame, default 0.
