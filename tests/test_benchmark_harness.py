@@ -1,5 +1,6 @@
 """The numbers the benchmark scripts report: medians, units, means over folds, counts, and which file a run writes
-(``benchmarks/*.py``; the harness functions are called on tiny inputs, no benchmark is run)."""
+(``benchmarks/*.py``; the harness functions are called on tiny inputs, no benchmark is run but ``beijing_facts.py``,
+which fits nothing and takes a second)."""
 
 from __future__ import annotations
 
@@ -455,3 +456,40 @@ def test_transparent_hugepages_reads_the_kernel_setting(monkeypatch, tmp_path):
     assert mod.transparent_hugepages() == "always [madvise] never"
     monkeypatch.setattr(mod, "THP_ENABLED", tmp_path / "absent")  # not Linux, or no THP support
     assert mod.transparent_hugepages() is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# beijing_facts.py: the facts of the bundled Beijing tensor that the FunBaT page and tutorial quote
+# ---------------------------------------------------------------------------------------------------------------------
+def test_beijing_facts_table_is_what_the_data_give():
+    r"""``benchmarks/results/beijing_facts.md`` is what the script computes from the shipped data, line for line after
+    the machine line; and its numbers agree with computations of their own: the day's share of the variance as the
+    between-day sum of squares over the total (the script: one minus the within-day share), the stations' mean
+    offsets from the loader's own rounded offsets (``load_beijing_air(day_offsets=True)``, to the rounding, 0.05)."""
+    import numpy as np
+
+    from gpgeom.datasets.tensors import BEIJING_STATIONS, load_beijing_air
+
+    title, _machine, facts, body = _parts((BENCH / "results" / "beijing_facts.md").read_text())
+    mod = _load("beijing_facts")
+    head, computed = mod.facts()
+    assert (title, facts) == (mod.TITLE, head)
+    assert "\n".join(computed).split("\n") == body[:-1] and body[-1] == ""  # the report ends with one newline
+
+    def row(label: str) -> list[str]:
+        (line,) = (x for x in body if x.startswith(f"| {label} |"))
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    data = load_beijing_air(station=True)
+    X, y = data.X.numpy(), data.y.numpy()
+    _, day, count = np.unique(X[:, 2], return_inverse=True, return_counts=True)
+    between = float((count * (np.bincount(day, y) / count - y.mean()) ** 2).sum())
+    assert float(row("day")[2]) == pytest.approx(between / float(((y - y.mean()) ** 2).sum()), abs=5e-5)
+    offsets = load_beijing_air(day_offsets=True)
+    station = np.rint(X[:, 3] * 1.1).astype(int)
+    for k, key, col in ((0, "temp_range_C", 1), (1, "pres_range_hPa", 2)):
+        lo, hi = offsets.info[key]
+        off = lo + offsets.X[:, k].numpy() * (hi - lo) / 10.0
+        means = np.bincount(station, off) / np.bincount(station)
+        table = [float(row(s)[col]) for s in BEIJING_STATIONS]
+        np.testing.assert_allclose(table, means, atol=0.05)

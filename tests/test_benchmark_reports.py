@@ -65,7 +65,7 @@ def test_the_environment_variable_moves_every_report(monkeypatch, tmp_path):
 _REPO_PATH = re.compile(r"(?<![\w/.-])((?:benchmarks|tests|tools|gpgeom|docs|tutorials)/[\w./-]*\w)")
 #: A benchmark table named by its file name alone (``funbat_stopping.md``, ``gpu_check_h200.log``).
 _RESULT_NAME = re.compile(
-    r"(?<![\w/.-])((?:engine|funbat|mmgp|rgnp|rvgp|trajectory|scaling|memory|gpu_check)\w*\.(?:md|jsonl|log))\b"
+    r"(?<![\w/.-])((?:beijing|engine|funbat|mmgp|rgnp|rvgp|trajectory|scaling|memory|gpu_check)\w*\.(?:md|jsonl|log))\b"
 )
 #: ``python benchmarks/<name>.py --flag ...`` as the pages quote a run.
 _SCRIPT_RUN = re.compile(r"(benchmarks/\w+\.py)((?: --[a-z0-9-]+(?: [\w.=,]+)?)+)")

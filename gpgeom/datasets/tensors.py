@@ -601,10 +601,10 @@ def load_beijing_air(
     its rounded temperature (pressure) minus the mean of the rounded temperatures (pressures) of all entries of its
     day, rounded to 0.1 °C (0.1 hPa) and scaled to ``[0, 10]`` (only inputs enter the mean, never the target). The
     time mode, the entries and ``y`` are unchanged; the day's mean itself is a function of the day, so the tensor
-    holds the same information. The paper's coordinates put the small offsets between the stations of one day (a few
-    degrees, 1-3 hPa) on the scale of the seasons (52.7 °C and 55.4 hPa), where the low-rank functions of a
-    Tucker model cannot resolve them; as offsets they span the whole mode (``benchmarks/funbat_day_offsets.py``
-    measures FunBaT and the exact GP on both).
+    holds the same information. The paper's coordinates put the small offsets between the stations of one day (median
+    0.35 °C and 1.85 hPa, 95 % within 1.56 °C and 3.52 hPa) on the scale of the seasons (52.7 °C and 55.4 hPa;
+    ``benchmarks/results/beijing_facts.md``), where the low-rank functions of a Tucker model cannot resolve them; as
+    offsets they span the whole mode (``benchmarks/funbat_day_offsets.py`` measures FunBaT and the exact GP on both).
 
     With ``station=True`` the measuring station is a fourth mode: station ``s`` of :data:`BEIJING_STATIONS`
     (alphabetical) at ``10 s / 11``, so that it too spans ``[0, 10]``. The paper's tensor leaves it out, and the
