@@ -57,9 +57,9 @@ the residuals it was estimated from:
 
 Measured on NotchedPlate2d (300 shapes): the fitted shares of the truncation terms are 0.76-1 and those of the
 learned noise 1 with 8 geometry modes (``benchmarks/results/mmgp_before8.md``), 0.82-1 and 0.80-1 with 24
-(``benchmarks/results/mmgp.md``). The correlations of the out-of-sample truncation energy with :math:`\rho`
-(0.5-0.7) and of the leave-one-out residuals with :math:`\rho_{\mathrm{in}}` were measured once and are in no
-committed table.
+(``benchmarks/results/mmgp.md``). Shares above 0 mean that every term's residuals grow with its :math:`\rho` (the
+out-of-sample truncation energy with :math:`\rho`, the leave-one-out residuals with :math:`\rho_{\mathrm{in}}`): a
+positive covariance, :math:`\kappa > 0`; their correlations are in no committed table.
 
 Not seen by the score: shape features that the kept modes do represent (a wedge-shaped notch of the training
 depths lies inside the shape space, :math:`g < 1`) and features smaller than the common mesh resolves.
