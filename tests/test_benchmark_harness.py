@@ -383,7 +383,7 @@ def _parts(text: str) -> tuple[str, str, list[str], list[str]]:
 
 @pytest.mark.parametrize("report", [
     "rvgp_frames", "trajectory_float32", "funbat_scale", "mmgp", "mmgp_bracket3d", "scaling", "rvgp", "rvgp_quick",
-    "rgnp_cpu_paper", "rgnp_cpu_quick", "rgnp_calibration",
+    "rgnp_cpu_paper", "rgnp_cpu_quick", "rgnp_calibration", "beijing_facts", "rvgp_span",
 ])  # fmt: skip
 def test_benchmark_report_rebuilds_the_committed_tables(monkeypatch, tmp_path, report):
     r"""The reports of the scripts that write through the helper, rebuilt from their parts: byte for byte the
@@ -493,3 +493,20 @@ def test_beijing_facts_table_is_what_the_data_give():
         means = np.bincount(station, off) / np.bincount(station)
         table = [float(row(s)[col]) for s in BEIJING_STATIONS]
         np.testing.assert_allclose(table, means, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# rvgp_span.py: the part of a field outside the span of the first eigenfields
+# ---------------------------------------------------------------------------------------------------------------------
+def test_rvgp_span_share_is_the_norm_of_the_orthogonal_part():
+    r"""``outside_share`` of ``c = V a + b`` with ``b`` orthogonal to the (non-orthonormal) columns of ``V`` is
+    ``|b| / |c|`` (closed form), 0 inside the span and 1 for ``b`` alone."""
+    import numpy as np
+
+    mod = _load("rvgp_span")
+    rng = np.random.default_rng(0)
+    V = rng.standard_normal((40, 5)) * np.arange(1, 6)  # columns of unequal norms, not orthogonal
+    q, _ = np.linalg.qr(np.hstack([V, rng.standard_normal((40, 1))]))
+    b, c_in = 0.3 * q[:, 5], V @ rng.standard_normal(5)
+    assert mod.outside_share(c_in + b, V) == pytest.approx(0.3 / np.linalg.norm(c_in + b), rel=1e-12)
+    assert mod.outside_share(c_in, V) < 1e-12 and mod.outside_share(b, V) == pytest.approx(1.0, rel=1e-12)

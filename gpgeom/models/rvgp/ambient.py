@@ -1,14 +1,15 @@
 r"""RVGP's ambient part: a stationary kernel on the cloud's coordinates projected onto the tangent frames,
 used by exact fits on at most ``AMBIENT_MAX_POINTS`` distinct points.
 
-**The ambient part** (``ambient="rbf"``, the default; ``"matern"``; ``None``: the spectral kernel alone). On
-1200 i.i.d. points of an ellipsoid, 30 % observed, the spectral kernel alone (k = 50) had relative L2 0.90 on a
-rough field and 0.099 on a smooth one, a plain Euclidean GP (one RBF on xyz shared by the three components) 0.23
-and 0.0068 (seed 0 of ``benchmarks/results/rvgp.md``). The basis is what loses: a graph's eigenfields carry the
-sampling noise of the cloud, so 6-14 % of a smooth tangent field lies outside the span of the first 100 whatever
-the normalisation and weights (:func:`~gpgeom.geometry.connection.connection_laplacian`), and a rough field needs
-hundreds; no filter, prior or noise split recovers what the span lacks. The model therefore adds a stationary kernel
-on the ambient coordinates projected onto the frames,
+**The ambient part** (``ambient="rbf"``, the default; ``"matern"``; ``None``: the spectral kernel alone). On 1200
+i.i.d. points of an ellipsoid, 30 % observed, the spectral kernel alone (k = 50) had relative L2 0.90 on a rough field
+and 0.099 on a smooth one, a plain Euclidean GP (one RBF on xyz shared by the three components) 0.23 and 0.0068 (seed
+0 of ``benchmarks/results/rvgp.md``). The basis is what loses: a graph's eigenfields carry the sampling noise of the
+cloud, so 4.0-14.1 % of a smooth tangent field (relative L2) lies outside the span of the first 100 whatever the
+normalisation, weights and graph size (:func:`~gpgeom.geometry.connection.connection_laplacian`; 5.9-6.8 % at its
+defaults), and 44-58 % of a rough one outside the first 200 (1200 i.i.d. points of the ellipsoid, seeds 0-2,
+``benchmarks/results/rvgp_span.md``); no filter, prior or noise split recovers what the span lacks. The model
+therefore adds a stationary kernel on the ambient coordinates projected onto the frames,
 
 .. math:: K(x, x') \mathrel{+}= P_x\, \sigma_a^2 k(|x - x'|)\, P_{x'}, \qquad P_x = T_x T_x^\top,
 
