@@ -1,7 +1,9 @@
 r"""Worker of ``tests/test_distributed.py``, run as ``torchrun --nproc_per_node=W tests/ddp_worker.py OUT``.
 
-Every rank writes ``OUT/rank{r}.json`` and ``OUT/state{r}.pt``:
+Every rank writes ``OUT/rank{r}.json``, ``OUT/state{r}.pt`` and ``OUT/data_grad{r}.pt``:
 
+* ``data_grad{r}.pt``: the gradient of the data term in one step of ``RGNP.fit`` on batches of 2 fields
+  (:func:`data_term_gradient`, averaged over the ranks);
 * ``linear_error``: the gradient averaged by :func:`gpgeom.engine.distributed.average_gradients` (each rank a
   least-squares loss on its own data, rank-dependent initial parameters made equal by
   :func:`~gpgeom.engine.distributed.broadcast_parameters`) minus the mean of the per-rank gradients computed
@@ -19,11 +21,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+import gpgeom.models.rgnp.model as rgnp_model  # noqa: E402
 from gpgeom.engine import distributed as dd  # noqa: E402
 from gpgeom.models.rgnp import RGNP  # noqa: E402
 from gpgeom.pde import NonlinearPoisson1D  # noqa: E402
@@ -62,6 +66,46 @@ def _linear_check(r: int, w: int) -> dict:
     return {"linear_error": error, "linear_reductions": averager.reductions, "linear_scale": float(ref[0].abs().max())}
 
 
+def data_term_setup() -> tuple[RGNP, dict]:
+    """The model and the data set of the data-term check: the same on every rank and in the test process."""
+    torch.manual_seed(3)
+    model = RGNP.from_family(
+        NonlinearPoisson1D(), hidden=(8,), n_freqs=4, gicnet=GIC, batch_size=2, n_points=6, dtype=torch.float64
+    )
+    g = torch.Generator().manual_seed(4)
+    S, m = 4, 5
+    z = model.z_low + (model.z_high - model.z_low) * torch.rand(S, model.dim_z, generator=g, dtype=torch.float64)
+    w = model.w_low + (model.w_high - model.w_low) * torch.rand(S, model.dim_w, generator=g, dtype=torch.float64)
+    x = torch.rand(S, m, 1, generator=g, dtype=torch.float64) * 1.8 - 0.9
+    y = 0.3 * torch.randn(S, m, generator=g, dtype=torch.float64)
+    return model, {"x": x, "y": y, "z": z, "w": w}
+
+
+def data_term_gradient(model: RGNP, data: dict, batch_size: int) -> torch.Tensor:
+    """The gradient of the data term in one step of ``RGNP.fit`` (flat, over ``model.parameters()``): the gradient of
+    fit's objective with ``data`` (all of it every step: no subsampling) minus the one without it, from the same seed
+    (the same grids and draws of z and u; the data term draws nothing). The engine's ``fit`` is replaced by one
+    backward pass, inside ``RGNP.fit``'s data-parallel block (under torchrun: the gradient averaged over the ranks)."""
+
+    def one_backward(objective, module, seed, **_):
+        torch.manual_seed(seed)
+        module.zero_grad(set_to_none=True)
+        value = objective()
+        value.backward()
+        return SimpleNamespace(history=[[float(value.detach())]], loss=float(value.detach()))
+
+    real, rgnp_model.fit = rgnp_model.fit, one_backward
+    try:
+        grads = []
+        for d in (data, None):
+            model.fit(1, batch_size=batch_size, seed=11, data=d, data_batch=data["y"].shape[0], progress=False)
+            parts = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+            grads.append(torch.cat([g.reshape(-1) for g in parts]))
+    finally:
+        rgnp_model.fit = real
+    return grads[0] - grads[1]
+
+
 def _refusals(model: RGNP, r: int) -> dict:
     torch.manual_seed(500)  # the same data set on every rank; rank 0 takes 3 of its fields, rank 1 the other 2
     z, w = model.sample_params(5)
@@ -96,6 +140,7 @@ def main(out: Path) -> None:
     r, w = dd.rank(), dd.world_size()
     result = {"rank": r, "world_size": w, "backend": torch.distributed.get_backend()}
     result.update(_linear_check(r, w))
+    torch.save(data_term_gradient(*data_term_setup(), batch_size=2), out / f"data_grad{r}.pt")
 
     torch.manual_seed(10 + r)  # different networks on every rank: fit must start from rank 0's
     model = RGNP.from_family(

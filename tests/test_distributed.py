@@ -147,8 +147,58 @@ def test_bad_arguments_and_environment(monkeypatch):
         dd.mean_over_ranks(1.0)
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The output folder of one run of ``tests/ddp_worker.py`` on two gloo ranks under torchrun."""
+    out = tmp_path_factory.mktemp("ddp")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    cmd += [str(ROOT / "tests" / "ddp_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def _dense_data_gradient(model, data, fields, noise=0.05):
+    r"""The gradient of :math:`-\frac{1}{F} \sum_s \log\mathcal N(y_s;\, b + d\mu,\, D(LL^\top +
+    \operatorname{diag}\sigma^2)D + \sigma_y^2 I)` over the model's parameters (flat), with a dense torch
+    ``MultivariateNormal`` over the ``S`` data fields, :math:`F` = ``fields`` the fields per step."""
+    model.zero_grad(set_to_none=True)
+    x, y, z, w = (data[k] for k in ("x", "y", "z", "w"))
+    q = model.forward_dist(z, w, x)
+    b, d = model.lift(x, w)
+    cov = d[..., :, None] * q.covariance_matrix * d[..., None, :] + noise**2 * torch.eye(y.shape[1], dtype=y.dtype)
+    (-torch.distributions.MultivariateNormal(b + d * q.loc, cov).log_prob(y).sum() / fields).backward()
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in model.parameters()])
+
+
 @needs_gloo
-def test_two_ranks_under_torchrun(tmp_path):
+def test_data_term_of_two_ranks_weighs_as_in_one_process_of_twice_the_batch(two_ranks, monkeypatch):
+    r"""With ``data=``, one step of ``RGNP.fit`` on 2 ranks of 2 fields carries the gradient of the data term of one
+    process of 4 fields (each: the dense Gaussian log-likelihood of all the data divided by 4). The old code weighed
+    the data term by 1/2 on each rank, twice the single process's weight (the two gradients differed by a factor 2)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ddp_worker import data_term_gradient, data_term_setup
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ranks = [torch.load(two_ranks / f"data_grad{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0], ranks[1])  # the averaged gradient, the same on both ranks
+    model, data = data_term_setup()
+    alone = data_term_gradient(model, data, batch_size=4)  # one process, 2 x 2 fields
+    dense = _dense_data_gradient(model, data, fields=4)
+    scale = float(dense.abs().max())
+    assert scale > 1e-3
+    torch.testing.assert_close(alone, dense, rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(ranks[0], dense, rtol=0, atol=1e-9 * scale)
+
+
+@needs_gloo
+def test_two_ranks_under_torchrun(two_ranks):
     """Two gloo ranks on the CPU: the averaged gradient equals the mean of the per-rank gradients computed directly;
     an RGNP whose ranks start from different networks ends 20 steps with bit-identical parameters; each rank drew its
     own grids (different first losses) and the recorded loss is their mean; the loss falls; only rank 0 wrote the model
@@ -156,17 +206,8 @@ def test_two_ranks_under_torchrun(tmp_path):
     fields) or models built with different ``boundary_margin`` are refused on both ranks before the first step (the old
     code trained on: with different learning rates the parameters of the ranks part, with shards the data term weighs
     1/W of the data's)."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    cmd += [str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    states = [torch.load(tmp_path / f"state{r}.pt") for r in range(2)]
+    res = [json.loads((two_ranks / f"rank{r}.json").read_text()) for r in range(2)]
+    states = [torch.load(two_ranks / f"state{r}.pt") for r in range(2)]
     assert [r["rank"] for r in res] == [0, 1] and {r["world_size"] for r in res} == {2}
     for r in res:
         assert r["backend"] == "gloo" and r["linear_reductions"] == 1

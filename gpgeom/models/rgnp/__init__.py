@@ -44,7 +44,12 @@ anneals the learning rate over the run (used by ``benchmarks/rgnp.py``).
 **Data** (paper Sec. 3.3, the data-informed variant): fields with known :math:`(z, w)` observed with Gaussian noise
 :math:`\sigma_y` at arbitrary points add :math:`\sum \log \mathcal N\bigl(y; b + d\mu, \operatorname{diag}(d)(L L^\top
 + \operatorname{diag}\sigma^2)\operatorname{diag}(d) + \sigma_y^2 I\bigr)` (:math:`\hat u` integrated out under
-:math:`q_\alpha`), minibatched with the scale :math:`S/\text{batch}` (a subsampled ``pyro.plate``).
+:math:`q_\alpha`), minibatched with the scale :math:`S/\text{data\_batch}` (a subsampled ``pyro.plate``): an
+unbiased estimate of the log-likelihood of all :math:`S` data fields, which the loss, like the rest of the ELBO,
+divides by ``batch_size`` :math:`B`. So the loss is the mean physics term per field plus :math:`1/B` times the data's
+negative log-likelihood: the data's weight against the physics falls as :math:`1/B`. Under ``torchrun`` every rank
+weights its data term by :math:`1/W`, so that :math:`W` ranks of batch :math:`B` take the step of one process of
+batch :math:`W B` (:meth:`RGNP.fit`).
 
 **Calibration** (:meth:`RGNP.calibrate`). :math:`q_\alpha` alone is overconfident: the ELBO sets
 :math:`\sigma_\alpha` by the virtual-observation noise (a perturbation :math:`\sigma` of :math:`\hat u` costs

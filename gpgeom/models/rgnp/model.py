@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
 from gpgeom.base import ModelContract, format_value
-from gpgeom.engine.distributed import data_parallel
+from gpgeom.engine.distributed import data_parallel, world_size
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.engine.variational import (
     LowRankGaussian,
@@ -374,7 +374,13 @@ class RGNP(ModelContract, nn.Module):
             pyro.sample("z_obs", self.inverse_dist(x, u, w).to_pyro(), obs=z)
         if data is not None:
             S = data["y"].shape[0]
-            with pyro.plate("data", S, subsample_size=min(int(data.get("batch", S)), S), device=x.device) as idx:
+            batch = min(int(data.get("batch", S)), S)
+            # "weight": 1/W on each of W torchrun ranks (set by fit), so that the mean over the ranks weighs the data
+            # as one process with W times the fields per step does
+            with (
+                pyro.poutine.scale(scale=float(data.get("weight", 1.0))),
+                pyro.plate("data", S, subsample_size=batch, device=x.device) as idx,
+            ):
                 xd, zd, wd = data["x"][idx], data["z"][idx], data["w"][idx]
                 pred = self.field_dist(zd, wd, xd).add_noise(data["noise"] ** 2)
                 pyro.sample("y", pred.to_pyro(), obs=data["y"][idx])
@@ -448,7 +454,9 @@ class RGNP(ModelContract, nn.Module):
                 with ``x`` ``(S, m, D)`` (any points in the domain), ``y`` ``(S, m)``, ``z`` ``(S, dz)``, ``w``
                 ``(S, dw)`` (numpy arrays or tensors).
             noise_std: Observation noise :math:`\sigma_y` of ``data``.
-            data_batch: Data fields per step (the data term is scaled by ``S / data_batch``).
+            data_batch: Data fields per step (the data term is scaled by ``S / data_batch``: an unbiased estimate of
+                the log-likelihood of all ``S`` fields, which the loss, like the rest of the ELBO, divides by
+                ``batch_size``).
             patience: Early-stopping patience of the smoothed loss (default: never stop early).
             progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only; see
                 :mod:`gpgeom._progress`).
@@ -460,10 +468,15 @@ class RGNP(ModelContract, nn.Module):
                 :meth:`predict`, which sees the current networks).
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
-        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. Every rank
-        must build the model with the same arguments and pass ``fit`` the same arguments, ``data`` included (the whole
-        data set: each rank draws its own batches of it; shards would weight the data term ``1/W``): otherwise every
-        rank raises a ``ValueError`` naming the arguments that differ, before the first step.
+        parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. A step on
+        :math:`W` ranks of ``batch_size`` :math:`B` is a step of one process with :math:`W B` fields (and
+        :math:`W` times ``data_batch`` data fields): the loss of one process is the mean physics term of its
+        :math:`B` fields plus the data term divided by :math:`B`, so every rank weights its data term by
+        :math:`1/W` and the mean over the ranks divides it by :math:`W B` (``tests/test_distributed.py``; without
+        the weight the data term weighed :math:`W` times more than in one process). Every rank must build the model
+        with the same arguments and pass ``fit`` the same arguments, ``data`` included (the whole data set: each rank
+        draws its own batches of it; shards would weight the data term ``1/W``): otherwise every rank raises a
+        ``ValueError`` naming the arguments that differ, before the first step.
 
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
@@ -498,12 +511,13 @@ class RGNP(ModelContract, nn.Module):
             self.calibration_ = None
         check_user_functions(self)
         counter = [0]
+        step_data = [prepared]  # under torchrun: the data term weighted 1/W on every rank (set below)
 
         def objective() -> Tensor:
             # Pyro/torch argument validation off while training: it re-checks supports every step (a device sync
             # on GPU); the model checks its own inputs and outputs.
             with pyro.validation_enabled(False):
-                value = dp.mean(self.loss(batch_size, n_points, prepared))  # torchrun: the mean over the ranks
+                value = dp.mean(self.loss(batch_size, n_points, step_data[0]))  # torchrun: the mean over the ranks
             counter[0] += 1
             self._fitted = True  # trained from here on: a callback may call predict()
             if callback is not None:
@@ -518,6 +532,10 @@ class RGNP(ModelContract, nn.Module):
                 **{f"model.{k}": v for k, v in self.config.items()},  # the constructor's hyperparameters
             }  # fmt: skip
             with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
+                if prepared is not None and world_size() > 1:
+                    # each rank's loss is its B fields' mean physics term + (data log-likelihood) / B; the mean over
+                    # W ranks must carry (data log-likelihood) / (W B), as one process with W B fields per step
+                    step_data[0] = {**prepared, "weight": 1.0 / world_size()}
                 result = fit(
                     objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
                     lr_final_fraction=lr_final_fraction, epochs=steps, progress=dp.progress(progress), seed=dp.seed,
