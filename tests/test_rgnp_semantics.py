@@ -1,7 +1,8 @@
 """RGNP's semantics against independent truths: the forward predictive is the lifted q_alpha the guide samples (plus
 the discrepancy's covariance written out densely), the data term is the Gaussian marginal likelihood of the noisy
 observations, the residual indicator is a Newton step measured by finite differences, the calibration maximises the
-dense log posterior, and the inverse posterior lives in the units of the parameter boxes."""
+dense log posterior, the inverse posterior lives in the units of the parameter boxes, and its spread is that of the
+training grid's size, not of the number of observed points (against the exact posterior of a toy PDE)."""
 
 import math
 import warnings
@@ -186,3 +187,68 @@ def test_inverse_posterior_is_in_the_units_of_the_parameter_boxes():
     torch.testing.assert_close(post_b.mean, 10 * post_a.mean, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(post_b.stddev, 10 * post_a.stddev, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(post_b.covariance_matrix, 100 * post_a.covariance_matrix, rtol=1e-9, atol=1e-12)
+
+
+def _shift_residual(u, x, z, w):
+    return u - z[:, :1]
+
+
+def _shift_model(n_points, aggregation, steps=400):
+    r"""The toy PDE :math:`u - z = 0` on [0, 1], :math:`z \sim U(0, 1)`, :math:`\varepsilon_r = 0.1`: the model says
+    :math:`u(x_i) = z + \varepsilon_r e_i` independently at every point."""
+    torch.manual_seed(0)
+    gic = dict(lift_channels=4, lift_hidden=(8,), cnn_channels=(8,), mlp_hidden=(32,), grid_size=8)
+    return RGNP(
+        _shift_residual, domain=(0.0, 1.0), z_bounds=([0.0], [1.0]), hidden=(16,), n_freqs=2,
+        gicnet={**gic, "aggregation": aggregation}, batch_size=16, n_points=n_points, residual_scale=0.1,
+    ).fit(steps, lr=1e-2, progress=False, seed=0, lr_schedule="cosine", lr_final_fraction=0.05)  # fmt: skip
+
+
+def _exact_shift_posterior_sd(u, eps):
+    r"""The sd of :math:`p(z \mid u) \propto \mathbb 1_{[0, 1]}(z) \prod_i \mathcal N(u_i; z, \varepsilon^2)`, the
+    normal :math:`\mathcal N(\bar u, s^2)`, :math:`s = \varepsilon/\sqrt n`, truncated to [0, 1]: :math:`s^2 [1 +
+    (\alpha\phi(\alpha) - \beta\phi(\beta))/Z - ((\phi(\alpha) - \phi(\beta))/Z)^2]`, :math:`\alpha = -\bar u/s`,
+    :math:`\beta = (1 - \bar u)/s`, :math:`Z = \Phi(\beta) - \Phi(\alpha)`. ``u`` ``(B, n)`` -> ``(B,)``."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    s = eps / math.sqrt(u.shape[-1])
+    a, b = -u.mean(-1) / s, (1 - u.mean(-1)) / s
+    pa, pb = normal.log_prob(a).exp(), normal.log_prob(b).exp()
+    Z = normal.cdf(b) - normal.cdf(a)
+    return s * (1 + (a * pa - b * pb) / Z - ((pa - pb) / Z) ** 2).sqrt()
+
+
+def test_inverse_spread_is_set_by_the_training_grid_not_by_the_observed_points():
+    r"""The inverse posterior's spread does not depend on how many points are observed: GICNet's aggregation (either
+    rule) is a normalised average, so replicating every observed point 10 times leaves :math:`q_\beta` unchanged
+    exactly, while the exact posterior's sd falls by :math:`\sqrt{10}`. Trained on the toy :math:`u - z = 0`
+    (:math:`\varepsilon_r = 0.1`, 400 steps), the sd of :math:`z` is that of the training grid's size :math:`N`,
+    about :math:`\varepsilon_r/\sqrt N`, for 5, 30 or 300 observed points of 5 fields (:math:`z` = 0.2 ... 0.8),
+    against the exact posterior (:func:`_exact_shift_posterior_sd`). Measured (mean sd over the fields; ratio to the
+    exact sd, min-max over the fields), default "quadrature", :math:`N = 30`: sd 0.024 at 5, 30 and 300 points
+    against exact 0.045, 0.018, 0.0058 (ratio 0.53-0.57, 1.28-1.38, 4.0-4.4); :math:`N = 120`: sd 0.015 (ratio
+    0.31-0.37, 0.77-0.90, 2.4-2.9; :math:`\varepsilon_r/\sqrt N` = 0.018 and 0.009); "points", :math:`N = 30`: sd
+    0.021 (ratio 0.45-0.50, 1.08-1.21, 3.4-3.8)."""
+    z = torch.tensor([[0.2], [0.35], [0.5], [0.65], [0.8]], dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    sets = {}
+    for n in (5, 30, 300):
+        x = torch.rand(5, n, 1, generator=g, dtype=torch.float64)
+        sets[n] = (x, z + 0.1 * torch.randn(5, n, generator=g, dtype=torch.float64))
+    exact = {n: _exact_shift_posterior_sd(u, 0.1) for n, (x, u) in sets.items()}
+    x30, u30 = sets[30]
+    assert float((_exact_shift_posterior_sd(u30.repeat(1, 10), 0.1) / exact[30]).max()) < 0.33  # 1/sqrt(10)
+    sd, ratio = {}, {}
+    for key in (("quadrature", 30), ("quadrature", 120), ("points", 30)):
+        m = _shift_model(key[1], key[0])
+        sds = {n: m.predict_inverse(x, u, return_std=True)[1][:, 0] for n, (x, u) in sets.items()}
+        replicated = m.predict_inverse(x30.repeat(1, 10, 1), u30.repeat(1, 10), return_std=True)[1][:, 0]
+        torch.testing.assert_close(replicated, sds[30], rtol=1e-9, atol=0)
+        stacked = torch.stack(list(sds.values()))  # (3 point counts, 5 fields)
+        assert float((stacked.max(0).values / stacked.min(0).values).max()) < 1.15, (key, stacked)
+        sd[key] = float(stacked.mean())
+        ratio[key] = {n: s / exact[n] for n, s in sds.items()}
+    for key in (("quadrature", 30), ("points", 30)):  # too narrow with few points, too wide with many
+        assert float(ratio[key][5].max()) < 0.7 and float(ratio[key][300].min()) > 3.0, (key, ratio[key])
+        assert 0.8 < float(ratio[key][30].min()) and float(ratio[key][30].max()) < 1.6, (key, ratio[key])
+    # four times the training points: half the spread (eps / sqrt(N)), whatever is observed
+    assert 0.4 < sd[("quadrature", 120)] / sd[("quadrature", 30)] < 0.75, sd
