@@ -88,10 +88,7 @@ class RGNP(ModelContract, nn.Module):
             rises with :math:`\varepsilon_r` until :math:`\sigma_\alpha` meets its upper bound (to first order the
             optimal :math:`\sigma_\alpha` is proportional to :math:`\varepsilon_r` and its entropy gain cancels
             the residual penalty of the sampled noise), so a learned scale is not pinned to the residual the mean
-            field attains. Measured on the Poisson family at the reference code's sizes with the per-step
-            closed-form maximiser :math:`\varepsilon_r^2 = \overline{r^2}` (600 steps): forward error 6.1% instead
-            of 3.4%, :math:`\varepsilon_r` = 0.5 against a mean residual of 0.13, 2-sigma coverage 0.99 from bands
-            far too wide. Fixed is the default.
+            field attains, and the bands of :math:`q_\alpha` widen with it. Fixed is the default.
         n_points, batch_size: Collocation points per field and fields per step (defaults of :meth:`fit`).
         grid: ``"random"`` (fresh i.i.d. uniform points each step, RGNP) or ``"fixed"`` (a fixed regular grid
             of ``n_points`` points reused every step: the PDDLVM baseline; in 2-D and 3-D ``n_points`` must be
@@ -573,8 +570,9 @@ class RGNP(ModelContract, nn.Module):
            and :math:`u` drawn from the calibrated predictive: the ELBO's :math:`q_\beta` term with the truth's
            model (:math:`q_\alpha` plus the discrepancy) instead of :math:`q_\alpha`'s samples. At the demo's sizes
            :math:`q_\beta` was not overconfident before (z RMS 0.90, 1.56, 1.43 on Poisson, Burgers, a Helmholtz
-           user PDE; ``benchmarks/results/rgnp_calibration.md``); 500 steps gave 0.78, 1.38, 0.87 (Burgers 1.16 ->
-           1.48 on another test set) for 0.3-1 times the training time, hence the default 0.
+           user PDE; ``benchmarks/results/rgnp_calibration.md``); 500 steps gave 0.78, 1.38, 0.87 for 0.3-1 times
+           the training time, and after 300 training steps they took Burgers from 0.87 to 1.12
+           (``benchmarks/results/rgnp_calibration_quick.md``), hence the default 0.
 
         Call it after :meth:`fit`; a later :meth:`fit` drops the calibration (it no longer describes the networks).
 

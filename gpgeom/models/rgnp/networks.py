@@ -18,13 +18,15 @@ paper (:class:`gpgeom.nn.gicnet.GICNet`) on the lifted field values (not :math:`
 authors' reference code uses and which blows up where :math:`d \to 0`) and :math:`w`; output a Gaussian over
 :math:`z` with diagonal (``inverse_rank = 0``) or low-rank-plus-diagonal covariance, parameterised on the prior box
 scaled to :math:`[-1, 1]` (:meth:`RGNP.predict_inverse`). Its layers are initialised variance-preserving for SiLU
-(:func:`gpgeom.nn.gicnet.silu_init_`): at the reference code's sizes (3 lifting, 6 convolution and 6 head layers)
-PyTorch's default initialisation shrinks the field-dependent part of the output by about 0.36 per layer (to ~1e-3 of
-the output) and the gradients of the lower layers to ~1e-10, below Adam's :math:`\epsilon = 10^{-8}`, so that
-:math:`q_\beta` learnt only its bias and stayed at the prior mean (``tests/test_gicnet.py``,
-``benchmarks/results/rgnp_cpu_paper.md``). The forward network keeps PyTorch's default initialisation (its small
-initial weights give a smooth initial field; with the SiLU-preserving one the forward error stalled near 28% in 600
-steps at the reference code's sizes, against 3.3%).
+(:func:`gpgeom.nn.gicnet.silu_init_`): PyTorch's default initialisation shrinks the field-dependent part of the
+signal and the gradients of the layers below by about :math:`\sqrt{0.379/3} \approx 0.36` per SiLU layer (derived
+there), so that at the reference code's sizes (3 lifting, 6 convolution and 6 head layers) the spread of the output
+over different fields is 4e-8 to 5e-8 of the output and the lowest layer's gradient 1e-9 to 4e-9 of the top layer's
+(3 seeds; 0.41-0.62 and 0.29-0.46 with the SiLU-preserving initialisation;
+``tests/test_gicnet.py::test_deep_encoder_keeps_its_input_dependence_at_initialisation``): :math:`q_\beta` then
+learnt only its bias and stayed at the prior mean. The forward network keeps PyTorch's default initialisation: its
+small initial weights give a smooth initial field (the SiLU-preserving one trained the forward network to a much
+larger error in an earlier trial at the reference code's sizes, not kept as a benchmark).
 """
 
 from __future__ import annotations
