@@ -77,6 +77,34 @@ def test_read_the_plaid_data_model_directly(tmp_path):
         read_plaid(tmp_path / "quads")
 
 
+def test_every_section_of_the_top_element_type_is_read(tmp_path):
+    # a zone may split its triangles into several TRI_3 sections (one per region); plaid's get_elements keys them by
+    # type and keeps the last, so the 2 x 1 rectangle below was read as its right half (area 1, nodal fields intact)
+    import CGNS.PAT.cgnskeywords as CGK
+    import CGNS.PAT.cgnslib as CGL
+    from plaid import Sample
+
+    pts = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [2.0, 0.0], [2.0, 1.0]])
+    left, right = np.array([[0, 1, 2], [0, 2, 3]]), np.array([[1, 4, 5], [1, 5, 2]])
+    s = Sample()
+    s.init_base(2, 2, "Base_2_2")
+    s.init_zone(np.array([[len(pts), 4, 0]]), zone="Zone", base="Base_2_2")
+    s.set_nodes(pts, zone="Zone", base="Base_2_2")
+    zone = s.get_zone(zone="Zone", base="Base_2_2")
+    tri = CGK.ElementType_l.index("TRI_3")
+    # written in reverse range order: the cells come back in the order of their element numbers
+    CGL.newElements(zone, "Right", tri, np.array([3, 4]), (right + 1).ravel())
+    CGL.newElements(zone, "Left", tri, np.array([1, 2]), (left + 1).ravel())
+    CGL.newElements(zone, "Bottom", CGK.ElementType_l.index("BAR_2"), np.array([5, 5]), np.array([1, 2]))
+    s.add_field("T", pts[:, 0] - pts[:, 1], zone="Zone", base="Base_2_2")
+    (tmp_path / "split").mkdir()
+    s.save_to_dir(tmp_path / "split" / "sample_000000000")
+    [(mesh, _)] = read_plaid(tmp_path / "split")
+    np.testing.assert_array_equal(mesh.cells, np.concatenate([left, right]))
+    assert mesh.cell_volumes().sum() == pytest.approx(2.0)  # the whole rectangle
+    np.testing.assert_array_equal(mesh.point_data["T"], pts[:, 0] - pts[:, 1])
+
+
 def test_bad_arguments(tmp_path):
     meshes, scalars = _meshes()
     with pytest.raises(TypeError, match="sequence of meshes"):

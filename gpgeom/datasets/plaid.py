@@ -40,6 +40,32 @@ def _import_plaid():
     return Sample, CGL, CGK
 
 
+def _zone_elements(sample: object, zone: str, base: str) -> dict[str, np.ndarray]:
+    r"""Every ``Elements_t`` section of a zone, by CGNS type name: ``{"TRI_3": (m, 3) int64, ...}`` with 0-based
+    node indices, the sections of one type concatenated in the order of their ``ElementRange``.
+
+    A zone may hold several sections of one type (one per region or physical group); ``plaid.Sample.get_elements``
+    keys its result by type and keeps only the last of them.
+    """
+    import CGNS.PAT.cgnskeywords as CGK
+    import CGNS.PAT.cgnsutils as CGU
+
+    node = sample.get_zone(zone=zone, base=base)
+    sections: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for path in CGU.getAllNodesByTypeSet(node, ["Elements_t"]):
+        elem = CGU.getNodeByPath(node, path)
+        name = CGK.ElementType_l[int(np.ravel(CGU.getValue(elem))[0])]
+        first = CGU.getValueByPath(elem, "ElementRange")
+        conn = CGU.getValueByPath(elem, "ElementConnectivity")
+        start = int(np.ravel(first)[0]) if first is not None else 0
+        sections.setdefault(name, []).append((start, np.asarray(conn, dtype=np.int64)))
+    out = {}
+    for name, parts in sections.items():
+        parts.sort(key=lambda part: part[0])
+        out[name] = np.concatenate([c for _, c in parts])
+    return out
+
+
 def write_plaid(
     path: str | os.PathLike,
     meshes: Sequence[object],
@@ -131,8 +157,9 @@ def read_plaid(path: str | os.PathLike, split: str | None = None) -> list[tuple[
 
     Returns:
         One ``(mesh, scalars)`` pair per sample: the mesh of the first time step's first non-``Global`` base and
-        its first zone, with the simplices of highest dimension among its ``Elements_t`` nodes (lower-dimensional
-        boundary elements are skipped) and the nodal fields as ``point_data``; the ``Global`` scalars as floats.
+        its first zone, with the simplices of highest dimension among its ``Elements_t`` nodes (every section of
+        that type, in the order of their element ranges; lower-dimensional boundary elements are skipped) and the
+        nodal fields as ``point_data``; the ``Global`` scalars as floats.
 
     Raises:
         ValueError: A missing folder or split, a sample without mesh, or a zone with no simplicial elements
@@ -153,7 +180,7 @@ def read_plaid(path: str | os.PathLike, split: str | None = None) -> list[tuple[
         base = bases[0]
         zone = s.get_zone_names(base=base)[0]
         pts = np.asarray(s.get_nodes(zone=zone, base=base), dtype=np.float64)
-        elems = s.get_elements(zone=zone, base=base)
+        elems = _zone_elements(s, zone, base)
         simplices = {name: c for name, c in elems.items() if name in CELL_TYPES.values()}
         if not simplices:
             raise ValueError(
@@ -161,8 +188,9 @@ def read_plaid(path: str | os.PathLike, split: str | None = None) -> list[tuple[
                 f"{sorted(CELL_TYPES.values())}."
             )
         top = max(simplices, key=lambda n: int(n.split("_")[1]))
+        cells = simplices[top].reshape(-1, int(top.split("_")[1])) - 1  # CGNS connectivity is 1-based
         fields = {n: np.asarray(s.get_field(n, zone=zone, base=base)) for n in s.get_field_names(zone=zone, base=base)}
         fields = {n: v for n, v in fields.items() if v.shape[:1] == (len(pts),)}
         scal = {n: float(np.asarray(s.get_global(n)).ravel()[0]) for n in (s.get_global_names() or [])}
-        out.append((Mesh(pts, np.asarray(simplices[top], dtype=np.int64), point_data=fields), scal))
+        out.append((Mesh(pts, cells, point_data=fields), scal))
     return out
