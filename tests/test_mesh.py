@@ -71,6 +71,26 @@ def test_meshio_round_trip(tmp_path, ext):
     np.testing.assert_array_equal(r.cell_data["c"], cd)
 
 
+def test_msh_round_trip_keeps_the_data(tmp_path):
+    # meshio writes ".msh" as ANSYS (its first format for the extension), which stores no point or cell data: the
+    # fields were dropped without a warning; Mesh.write now writes Gmsh 4.1 there
+    rng = seeded_rng()
+    m = random_disk_mesh(rng, 30, 60)
+    u, vec, cd = rng.normal(size=m.n_points), rng.normal(size=(m.n_points, 3)), rng.normal(size=m.n_cells)
+    m = Mesh(m.points, m.cells, point_data={"u": u, "vec": vec}, cell_data={"c": cd})
+    path = tmp_path / "mesh.msh"
+    m.write(path)
+    r = Mesh.read(path)
+    np.testing.assert_array_equal(r.points, m.points)
+    np.testing.assert_array_equal(r.cells, m.cells)
+    np.testing.assert_array_equal(r.point_data["u"], u)
+    np.testing.assert_array_equal(r.point_data["vec"], vec)
+    np.testing.assert_array_equal(r.cell_data["c"], cd)
+    assert path.read_bytes().startswith(b"$MeshFormat\n4.1")  # Gmsh 4.1
+    m.write(tmp_path / "ansys.msh", file_format="ansys")  # an explicit format is still honoured
+    assert not (tmp_path / "ansys.msh").read_bytes().startswith(b"$MeshFormat")
+
+
 def test_meshio_quads_are_split_into_triangles():
     import meshio
 

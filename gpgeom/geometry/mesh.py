@@ -361,10 +361,18 @@ class Mesh:
 
     def write(self, path: str | os.PathLike, **kwargs: Any) -> None:
         r"""Write with meshio; the format follows the file extension. ``kwargs`` go to ``meshio.write``
-        (XDMF needs h5py, which meshio imports unconditionally for it)."""
+        (XDMF needs h5py, which meshio imports unconditionally for it).
+
+        A ``.msh`` file is written as Gmsh 4.1 (``file_format="gmsh"``) unless ``file_format`` says otherwise:
+        meshio's first format for that extension is ANSYS, which stores no point or cell data and drops them
+        without a warning. Gmsh stores fields of 1, 3 or 9 components (a 2-component field raises meshio's
+        ``WriteError``)."""
         import meshio
 
-        meshio.write(os.fspath(path), self.to_meshio(), **kwargs)
+        path = os.fspath(path)
+        if "file_format" not in kwargs and str(path).lower().endswith(".msh"):
+            kwargs["file_format"] = "gmsh"
+        meshio.write(path, self.to_meshio(), **kwargs)
 
     # -- derived quantities (cached) -----------------------------------------------------------------------------
     def cell_volumes(self, signed: bool = False) -> np.ndarray:
