@@ -45,6 +45,17 @@ def test_split_trajectory_is_fast():
     assert torch.allclose(heading.R[..., 0], v_dir, atol=1e-12)  # body x-axis along the velocity
 
 
+@pytest.mark.parametrize(("speed", "mean", "peak"), [(15.0, 1.49, 1.84), (30.0, 2.98, 3.67), (45.0, 4.48, 5.51)])
+def test_documented_body_rates(speed, mean, peak):
+    # the module docstring gave 1.7, 3.7, 4.9 rad/s "on average" (3.7 at speed 30 is the peak, the mean is 2.98);
+    # |omega| here from the rotations alone: |Log(R(t-h)^T R(t+h))| / 2h
+    traj, h = FastTrajectory(kind="split", speed=speed), 1e-4
+    t = torch.linspace(0.0, 60.0, 6001, dtype=DT)
+    w = so3_log(traj.state(t - h).R.mT @ traj.state(t + h).R).norm(dim=-1) / (2 * h)
+    assert abs(float(w.mean()) - mean) < 0.01
+    assert abs(float(w.max()) - peak) < 0.01
+
+
 def test_uwb_simulation():
     traj = FastTrajectory()
     d = simulate_uwb(traj, 1.0, 3.0, rate=20.0, sigma=0.0, seed=0)

@@ -11,8 +11,9 @@ Trajectories (:class:`FastTrajectory`), evaluated at any time by :meth:`FastTraj
   .. math::
       p(t) = c\,[\sin(g t + 43), \cos(g t + 43), \cos(g t / 3 + 57)], \quad g = 0.45\,m_{\text{pos}},
 
-  with ``speed`` :math:`n` (the body rate grows with it: :math:`|\omega| \approx 1.7, 3.7, 4.9` rad/s for
-  :math:`n = 15, 30, 45`) and ``radius`` :math:`c`.
+  with ``speed`` :math:`n` (the body rate grows with it: over :math:`t \in [0, 60]` s the mean of :math:`|\omega|`
+  is 1.49, 2.98, 4.48 rad/s, about :math:`0.1 n`, and its maximum 1.84, 3.67, 5.51 rad/s for
+  :math:`n = 15, 30, 45`; ``tests/test_trajectory_datasets.py``) and ``radius`` :math:`c`.
 * ``kind="heading"`` ("non-split"): the same position, the body x-axis along the velocity, the z-axis as close to
   the world z as possible, and a roll oscillation :math:`0.6 \sin(f t)` about the body x-axis.
 
@@ -133,7 +134,7 @@ class FastTrajectory:
     Args:
         kind: ``"split"`` or ``"heading"``.
         speed: :math:`n`, the rotation frequency factor (:math:`f = 0.075 n` rad/s); default 30
-            (:math:`|\omega| \approx 3.7` rad/s on average).
+            (``"split"``: :math:`|\omega|` 2.98 rad/s on average, at most 3.67 rad/s).
         pos_speed: Factor of the position frequencies (default 1: :math:`|v| \approx 2.3` m/s).
         radius: Position amplitude :math:`c` (m), default 5.
     """
