@@ -88,6 +88,24 @@ def test_seen_test_entries_use_training_coordinates_when_the_grid_is_sparsely_us
     np.testing.assert_allclose(d.f_test.numpy(), _tucker_truth(d, X_test), rtol=0, atol=1e-12)
 
 
+def test_unseen_test_entries_keep_training_coordinates_when_the_grid_is_sparsely_used():
+    # the kept coordinates of an unseen test entry came from the whole grid, whose coordinates unused by the 50
+    # training entries lay outside their range on 1.5 % of the test entries (extrapolation under the documented
+    # unseen_range="train", interpolation) and made 2.04 coordinates per unseen entry unseen instead of the 1.625 of
+    # "each with probability 1/2, at least one" (1/2 of 3, plus 1 on the 1/8 of entries that drew none)
+    outside, n_unseen_coords = [], []
+    for seed in range(5):
+        d = make_synthetic_tensor(50, 400, n_coords=40, unseen_fraction=0.5, seed=seed)
+        X_train, X_test = d.X_train.numpy(), d.X_test.numpy()
+        lo, hi = X_train.min(0), X_train.max(0)
+        outside.append(((X_test < lo) | (X_test > hi)).any(1))
+        unseen = np.stack([~np.isin(X_test[:, k], X_train[:, k]) for k in range(3)], axis=1)
+        n_unseen_coords.append(unseen[unseen.any(1)].sum(1))
+    assert not np.concatenate(outside).any()
+    counts = np.concatenate(n_unseen_coords)  # 1000 entries: the mean's standard error is 0.02
+    assert len(counts) == 1000 and abs(counts.mean() - 1.625) < 0.08
+
+
 def _tucker_truth(d, X: np.ndarray) -> np.ndarray:
     r"""``f(x) = sum_r W_r prod_k u^k_{r_k}(x_k)`` from the returned latent functions and core, by einsum."""
     U = [d.latent(k, torch.as_tensor(X[:, k])).numpy() for k in range(3)]

@@ -301,7 +301,7 @@ def make_synthetic_tensor(
     entries are distinct cells of that grid drawn uniformly. Test entries: a fraction ``1 - unseen_fraction`` are
     other cells of the training grid whose every coordinate is one of the training entries' (seen coordinates, never
     a training entry: a cell with a grid coordinate that no training entry uses, when ``n_train`` is small next to
-    ``n_coords``, is redrawn); the rest have each coordinate,
+    ``n_coords``, is redrawn); the rest are cells of the training entries' coordinates with each coordinate,
     independently with probability 1/2 and at least one, replaced by a fresh uniform draw (an unseen coordinate)
     inside the mode's training range (``unseen_range="train"``: interpolation) or in ``[0, 1]``
     (``unseen_range="unit"``: includes extrapolation beyond the extreme training coordinates, flagged in
@@ -387,8 +387,10 @@ def make_synthetic_tensor(
     X_grid = np.stack([grids[k][idx[:, k]] for k in range(K)], axis=1)
     X_train, X_seen = X_grid[:n_train], X_grid[n_train:]
     n_unseen = n_test - n_seen_test
-    # unseen test entries: start from random training-grid cells, replace a random non-empty subset of coordinates
-    base = np.stack([grids[k][rng.integers(ncs[k], size=n_unseen)] for k in range(K)], axis=1)
+    # unseen test entries: start from random cells of the training entries' coordinates (the whole grid when every
+    # grid coordinate is used: the same draws), replace a random non-empty subset of coordinates
+    used = [np.unique(X_train[:, k]) for k in range(K)]
+    base = np.stack([used[k][rng.integers(len(used[k]), size=n_unseen)] for k in range(K)], axis=1)
     replace = rng.random((n_unseen, K)) < 0.5
     none = ~replace.any(axis=1)
     replace[none, rng.integers(K, size=int(none.sum()))] = True
