@@ -98,7 +98,8 @@ class FitResult:
         attempts: How many attempts ran (``restarts + 1``).
         best_attempt: The index (0-based) of the attempt whose state was loaded.
         jitter: The Cholesky jitter allowed in the winning attempt (``gpytorch.settings.cholesky_jitter``; the
-            dtype's default unless it had to be escalated).
+            dtype's default unless it had to be escalated); when each output keeps its own best attempt, the
+            largest jitter of any attempt (an upper bound on the kept attempts').
         wall_time: Seconds spent in :func:`fit`.
         converged: Whether the winning attempt met its convergence test (L-BFGS-B reported success, or Adam's early
             stopping triggered) rather than hitting ``max_iter``/``epochs``.

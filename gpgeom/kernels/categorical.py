@@ -15,11 +15,12 @@ a state of dimension 1 and the exact "transition"
 .. math::
     \Phi(\Delta) = [\Delta = 0], \qquad Q(\Delta) = \sigma^2 [\Delta \ne 0], \qquad P_\infty = \sigma^2,
 
-so every routine written for :class:`~gpgeom.kernels.sde.MarkovKernel` chains (Kalman filter and smoother,
-conditionals at new points, the marginal likelihood's score) handles it unchanged: the filter's gains vanish, each
-label's posterior is its own sites times the prior, and a label not seen in training gets the prior
-:math:`N(0, \sigma^2)`. There is no continuous-time SDE (:meth:`CategoricalMarkovKernel.sde` raises); the stationary
-covariance comes from :meth:`~CategoricalMarkovKernel.stationary_covariance`. It has no lengthscale.
+so the routines written for :class:`~gpgeom.kernels.sde.MarkovKernel` chains that FunBaT uses (the site posteriors'
+Kalman filter and smoother, conditionals at new points, the marginal likelihood's score) handle it unchanged
+(:func:`gpgeom.engine.statespace.posterior`, which builds the transitions from the SDE, raises instead): the
+filter's gains vanish, each label's posterior is its own sites times the prior, and a label not seen in training
+gets the prior :math:`N(0, \sigma^2)`. There is no continuous-time SDE (:meth:`CategoricalMarkovKernel.sde` raises);
+the stationary covariance comes from :meth:`~CategoricalMarkovKernel.stationary_covariance`. It has no lengthscale.
 
 Used by :class:`gpgeom.models.funbat.FunBaT` for the modes named in ``categorical``.
 """
