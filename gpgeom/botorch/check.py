@@ -489,15 +489,17 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
 
 def _schur(model: Model, Xn: Tensor, Yn: Tensor, Xt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""Mean and variance at ``cat(Xn, Xt)`` of the model's joint posterior conditioned on ``Yn`` at ``Xn`` with
-    the model's own noise, and the prior scale (largest variance per batch member) for relative errors."""
+    the model's own noise (its joint covariance at ``Xn``: correlated between the outputs of a point where the model's
+    is, e.g. RVGP's across its tangent frames), and the prior scale (largest variance per batch member) for relative
+    errors."""
     n = Xn.shape[-2]
     X = torch.cat([Xn, Xt], dim=-2)
     mean, cov = joint_moments(model.posterior(X))
     m = mean.shape[-1]
-    noise = (model.posterior(Xn, observation_noise=True).variance - model.posterior(Xn).variance).detach()
+    noise = joint_moments(model.posterior(Xn, observation_noise=True))[1] - joint_moments(model.posterior(Xn))[1]
     c = n * m
     mu = mean.reshape(*mean.shape[:-2], -1)
-    S = cov[..., :c, :c] + torch.diag_embed(noise.reshape(*noise.shape[:-2], -1))
+    S = cov[..., :c, :c] + noise
     K = cov[..., :, :c]
     L = torch.linalg.cholesky(0.5 * (S + S.mT))
     A = torch.linalg.solve_triangular(L, K.mT, upper=False)

@@ -3,16 +3,20 @@ r"""The shared posterior and conditioning code of gpgeom's BoTorch adapters that
 A :class:`GaussianSurrogate` is a model whose predictive distribution at any finite set of inputs is jointly
 Gaussian: a *base* mean function :math:`\mu(x) \in \mathbb R^m`, a base covariance function
 :math:`C(x, x') \in \mathbb R^{m \times m}` (the model's own posterior: the low-rank weight-space GP of RVGP, the
-Gaussian approximation of FunBaT's posterior over entries, ...) and an observation-noise variance
-:math:`\sigma^2(x) \in \mathbb R^m_{\ge 0}`. Subclasses give those three functions; this class turns them into
-everything BoTorch asks of a surrogate, with one code path for all of them:
+Gaussian approximation of FunBaT's posterior over entries, ...) and an observation-noise covariance
+:math:`N(x) \in \mathbb R^{m \times m}` per input, independent between inputs (by default diagonal, the variances
+:math:`\sigma^2(x) \in \mathbb R^m_{\ge 0}`; RVGP's is :math:`\sigma^2_{obs} P_x + \nu (I - P_x)`). Subclasses give
+those functions; this class turns them into everything BoTorch asks of a surrogate, with one code path for all of
+them:
 
 * ``posterior(X)`` over ``broadcast(batch, batch_shape) x q x m``: a ``GPyTorchPosterior`` of the joint Gaussian
   (``MultitaskMultivariateNormal`` for ``m > 1``), with ``output_indices``, ``observation_noise`` (``True``: add
-  :math:`\sigma^2(X)`; a tensor: add it) and ``posterior_transform``;
+  the block-diagonal :math:`N(X)`, one ``m x m`` block per input; a tensor of variances: add its diagonal) and
+  ``posterior_transform``;
 * ``condition_on_observations(X, Y, noise=None)``: Bayes' rule for the Gaussian model
-  :math:`Y = f(X) + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \mathrm{diag}(\sigma^2(X)))` (or the given
-  ``noise``). With the observations :math:`c` stacked (points-major, outputs interleaved),
+  :math:`Y = f(X) + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \mathrm{blockdiag}(N(X)))` (or the
+  diagonal of the given ``noise`` variances). With the observations :math:`c` stacked (points-major, outputs
+  interleaved),
 
   .. math:: \mu_{\mid c}(x) = \mu(x) + C(x, c)\,[C(c, c) + N_c]^{-1} (Y_c - \mu(c)), \qquad
             C_{\mid c}(x, x') = C(x, x') - C(x, c)\,[C(c, c) + N_c]^{-1} C(c, x'),
@@ -62,8 +66,9 @@ DEFAULT_CHUNK = 2048
 
 
 class _Block:
-    r"""Observations added by one ``condition_on_observations`` call: inputs ``batch x n x d``, values and noise
-    ``batch x n x k`` of the ``k`` outputs ``outputs`` (indices into the base's ``m``)."""
+    r"""Observations added by one ``condition_on_observations`` call: inputs ``batch x n x d``, values
+    ``batch x n x k`` of the ``k`` outputs ``outputs`` (indices into the base's ``m``) and their noise covariance per
+    input ``batch x n x k x k``."""
 
     __slots__ = ("X", "Y", "noise", "outputs")
 
@@ -75,8 +80,9 @@ class GaussianSurrogate(Model, FantasizeMixin):
     r"""Base of BoTorch surrogates with a jointly Gaussian predictive (see the module docstring).
 
     Subclasses implement :meth:`_base_mean`, :meth:`_base_covariance` and :meth:`_noise_variance` (and may
-    override :meth:`_base_variance` with a cheaper diagonal, :meth:`_check_inputs` and :attr:`_base_batch_shape`),
-    and set ``self._base_num_outputs``. Everything is in the model's original output units.
+    override :meth:`_base_variance` with a cheaper diagonal, :meth:`_noise_covariance` with noise correlated between
+    the outputs of an input, :meth:`_check_inputs` and :attr:`_base_batch_shape`), and set
+    ``self._base_num_outputs``. Everything is in the model's original output units.
     """
 
     _is_fully_bayesian = False
@@ -114,8 +120,14 @@ class GaussianSurrogate(Model, FantasizeMixin):
         return torch.diagonal(cov, dim1=-2, dim2=-1).reshape(*cov.shape[:-2], -1, m)
 
     def _noise_variance(self, X: Tensor) -> Tensor:
-        r"""Observation-noise variance at ``X``: ``batch x q x m`` (broadcastable)."""
+        r"""Observation-noise variance at ``X``: ``batch x q x m`` (broadcastable); the diagonal of
+        :meth:`_noise_covariance`."""
         raise NotImplementedError
+
+    def _noise_covariance(self, X: Tensor) -> Tensor:
+        r"""Observation-noise covariance between the ``m`` outputs of each input of ``X``: ``batch x q x m x m``
+        (broadcastable; independent between inputs). Default: ``diag_embed`` of :meth:`_noise_variance`."""
+        return torch.diag_embed(self._noise_variance(X))
 
     def _check_inputs(self, X: Tensor) -> Tensor:
         r"""Validate (and convert) BoTorch inputs ``batch x q x d``; the default checks the dimensions, a floating
@@ -175,14 +187,13 @@ class GaussianSurrogate(Model, FantasizeMixin):
             idx = torch.arange(n, device=X.device)[:, None] * m + torch.tensor(b.outputs, device=X.device)
             rows.append(start * m + idx.reshape(-1))
             values.append(b.Y.expand(*batch, n, len(b.outputs)).reshape(*batch, -1))
-            noises.append(b.noise.expand(*batch, n, len(b.outputs)).reshape(*batch, -1))
+            noises.append(b.noise.expand(*batch, *b.noise.shape[-3:]))
             start += n
         rows_t = torch.cat(rows)
         y_c = torch.cat(values, dim=-1)
-        noise_c = torch.cat(noises, dim=-1)
         mu_c = self._base_mean(Xc).expand(*batch, Xc.shape[-2], m).reshape(*batch, -1)[..., rows_t]
         K_cc = self._base_covariance(Xc, Xc)[..., rows_t[:, None], rows_t]
-        K_cc = K_cc + torch.diag_embed(noise_c.to(K_cc))
+        K_cc = K_cc + _block_diagonal(noises, K_cc)
         K_xc = self._base_covariance(Xb, Xc)[..., rows_t]  # batch x (q m) x n_c
         L = psd_safe_cholesky(0.5 * (K_cc + K_cc.mT))
         A = torch.linalg.solve_triangular(L, K_xc.mT, upper=False)  # batch x n_c x (q m)
@@ -249,8 +260,8 @@ class GaussianSurrogate(Model, FantasizeMixin):
             extra[..., self._outputs] = observation_noise.to(mean).expand(*mean.shape[:-1], self.num_outputs)
             cov = cov + torch.diag_embed(extra.reshape(*cov.shape[:-1]))
         elif observation_noise:
-            noise = self._noise_variance(X).to(mean).expand(mean.shape)
-            cov = cov + torch.diag_embed(noise.reshape(*cov.shape[:-1]))
+            noise = self._noise_covariance(X).to(mean).expand(*mean.shape, m)
+            cov = cov + _block_diagonal([noise], cov)
         if outputs != list(range(m)):
             sel = (torch.arange(q, device=X.device)[:, None] * m + torch.tensor(outputs, device=X.device)).reshape(-1)
             mean, cov = mean[..., outputs], cov[..., sel[:, None], sel]
@@ -282,7 +293,8 @@ class GaussianSurrogate(Model, FantasizeMixin):
         Args:
             X: A ``batch' x n' x d`` tensor of inputs (broadcastable with ``batch_shape``).
             Y: A ``batch' x n' x m`` tensor of observations, original units (``m = num_outputs``).
-            noise: Optional ``batch' x n' x m`` observation-noise variances; default: the model's noise at ``X``. With
+            noise: Optional ``batch' x n' x m`` observation-noise variances (independent noise); default: the
+                model's noise covariance at ``X`` (:meth:`_noise_covariance`, its block of the outputs kept). With
                 an ``outcome_transform`` they are variances of the transformed outcome (e.g. of :math:`\log Y`), not
                 transformed here (BoTorch's convention; ``posterior`` and ``fantasize`` read a noise tensor so).
 
@@ -308,7 +320,8 @@ class GaussianSurrogate(Model, FantasizeMixin):
                 )
         outputs = self._outputs
         if noise is None:
-            noise = self._noise_variance(X)[..., outputs]
+            sel = torch.tensor(outputs, device=X.device)
+            cov = self._noise_covariance(X)[..., sel[:, None], sel]
         elif not isinstance(noise, Tensor) or not bool(((noise >= 0) & torch.isfinite(noise)).all()):
             got = (
                 f"min {float(noise.min()):.3g}, {int((~torch.isfinite(noise)).sum())} NaN or infinite"
@@ -316,12 +329,14 @@ class GaussianSurrogate(Model, FantasizeMixin):
                 else type(noise).__name__
             )
             raise ValueError(f"`noise` must be a tensor of finite non-negative variances shaped like `Y`, got {got}.")
-        batch = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2], noise.shape[:-2])
+        else:
+            cov = torch.diag_embed(noise.expand(*noise.shape[:-1], Y.shape[-1]))
+        batch = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2], cov.shape[:-3])
         X = X.expand(*batch, *X.shape[-2:])
         Y = Y.expand(*batch, *Y.shape[-2:])
-        noise = noise.to(Y).expand(*batch, *Y.shape[-2:])
+        cov = cov.to(Y).expand(*batch, *Y.shape[-2:], Y.shape[-1])
         new = copy.copy(self)
-        new.__dict__["_blocks"] = [*self._conditioning, _Block(X, Y, noise, list(outputs))]
+        new.__dict__["_blocks"] = [*self._conditioning, _Block(X, Y, cov, list(outputs))]
         return new
 
     def subset_output(self, idcs: list[int]) -> GaussianSurrogate:
@@ -403,6 +418,26 @@ class GaussianSurrogate(Model, FantasizeMixin):
                 stds.append(var.sqrt())
         mean = torch.cat(means, dim=-2)
         return (mean, torch.cat(stds, dim=-2)) if return_std else mean
+
+
+def _block_diagonal(blocks: list[Tensor], like: Tensor) -> Tensor:
+    r"""The block-diagonal matrix ``batch x (sum n_i k_i) x (sum n_i k_i)`` of the per-input blocks of
+    ``blocks`` (each ``batch x n_i x k_i x k_i``, batches equal) in order, in ``like``'s dtype and device."""
+    parts = []
+    for b in blocks:
+        n, k = b.shape[-3], b.shape[-1]
+        eye = torch.eye(n, dtype=like.dtype, device=like.device)
+        parts.append(torch.einsum("...iab,ij->...iajb", b.to(like), eye).reshape(*b.shape[:-3], n * k, n * k))
+    if len(parts) == 1:
+        return parts[0]
+    size = sum(p.shape[-1] for p in parts)
+    out = parts[0].new_zeros(*parts[0].shape[:-2], size, size)
+    start = 0
+    for p in parts:
+        r = p.shape[-1]
+        out[..., start : start + r, start : start + r] = p
+        start += r
+    return out
 
 
 def _independent_normal(mean: Tensor, var: Tensor) -> MultivariateNormal:

@@ -49,7 +49,9 @@ across the frames may have their own noise variance :math:`\sigma_\perp^2` (``no
 ``noise_estimate``, a basis-free estimate of the observation noise, the residual variance :math:`\sigma^2` is split
 into observation noise :math:`\sigma^2_{obs}` and a model-error variance :math:`\tau^2` (what the rank-``k`` basis
 misses): the latent field is :math:`f = Rv + e`, one :math:`e_i \sim \mathcal N(0, \tau^2 P_i)` per point, shared
-by every observation and query of the point.
+by every observation and query of the point. An observation's noise is :math:`\mathcal N(0, \sigma^2_{obs} P_x +
+\nu (I - P_x))`, :math:`\nu` the noise across the frames (:attr:`LowRankSpectralGP.normal_observation_noise_variance`),
+in the likelihood, conditioning and the predictive of observations alike.
 
 **Points outside the basis** (:meth:`LowRankSpectralGP.extended_inputs`): basis values :math:`\gamma(x)\phi(x)`
 whose taper :math:`\gamma \in [0, 1]` falls with the distance to the basis points get the prior variance they no
@@ -60,8 +62,8 @@ basis per direction of the span, so that far from the basis the posterior return
 :mod:`gpgeom.models.rvgp.ambient`). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2
 k(x, x') I_D)` on the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim
 \mathcal N(0, \beta (I - P_i))`, :math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})` (the frames' error as
-latent variance, the noise isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and
-predictions use dense Cholesky algebra in float64 (:mod:`~gpgeom.botorch.low_rank_ambient`).
+latent variance; the noise across the frames :math:`\nu = \sigma_\perp^2 - \beta`). The kernel is then full-rank:
+likelihood and predictions use dense Cholesky algebra in float64 (:mod:`~gpgeom.botorch.low_rank_ambient`).
 
 **BoTorch.** :class:`LowRankSpectralGP` is a :class:`~gpgeom.botorch.gaussian.GaussianSurrogate` with the base
 moments above (original units); ``posterior``, ``condition_on_observations`` (Bayes' rule on the joint Gaussian),
@@ -237,8 +239,8 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         r""":math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})` (scaled units, scalar tensor; zero without
         ``noise_estimate`` or ``normal_noise``): the latent variance per direction across the frames, what the frames'
         error puts there (module docstring): the part of the observations' normal variance :math:`\sigma_\perp^2`
-        that the isotropic noise :math:`\sigma^2_{obs}` does not explain, so that :math:`\beta + \sigma^2_{obs}`
-        is :math:`\sigma_\perp^2` (:math:`\beta = \sigma_\perp^2` counted the noise twice: with isotropic noise the
+        that the noise :math:`\sigma^2_{obs}` does not explain, so that :math:`\beta + \nu = \sigma_\perp^2`
+        (:attr:`normal_observation_noise_variance`; :math:`\beta = \sigma_\perp^2` counted the noise twice: the
         means at observed points kept half of their observation's normal component)."""
         s2 = self.noise.detach()
         if self.noise_estimate is None or self.normal_noise is None:
@@ -248,8 +250,22 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
 
     @property
     def observation_noise_variance(self) -> Tensor:
-        r""":math:`\sigma^2_{obs} = \sigma^2 - \tau^2` (scaled units, scalar tensor): the noise of an observation."""
+        r""":math:`\sigma^2_{obs} = \sigma^2 - \tau^2` (scaled units, scalar tensor): the noise of an observation
+        (in the span of the frames, :attr:`normal_observation_noise_variance` across them)."""
         return self.noise.detach() - self.model_error_variance
+
+    @property
+    def normal_observation_noise_variance(self) -> Tensor:
+        r""":math:`\nu = \sigma_\perp^2 - \beta` (scaled units, scalar tensor): the noise variance of an
+        observation per direction across the frames, :math:`\min(\sigma_\perp^2, \sigma^2_{obs})` with
+        ``noise_estimate``, :math:`\sigma_\perp^2` without; :math:`\sigma^2_{obs}` (isotropic noise) without
+        ``normal_noise`` or frames. With the nugget :math:`\beta` an observation's variance across the frames is
+        :math:`\beta + \nu = \sigma_\perp^2`, the likelihood's (:mod:`~gpgeom.botorch.low_rank_noise`)."""
+        s2 = self.observation_noise_variance
+        if self.normal_noise is None or self.tangent_frames is None:
+            return s2
+        perp = torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
+        return perp - self.normal_model_error_variance
 
     def mean_prior_variance(self) -> Tensor:
         r""":math:`\bar p`, the prior variance of the rank-``k`` part averaged over the basis points, per direction
@@ -550,7 +566,21 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         return (var + torch.diagonal(n_cov, dim1=-2, dim2=-1)) * self.y_scale**2
 
     def _noise_variance(self, X: Tensor) -> Tensor:
-        return (self.observation_noise_variance * self.y_scale**2).expand(*X.shape[:-1], self.output_dim)
+        s2, nu = self.observation_noise_variance, self.normal_observation_noise_variance
+        if self.tangent_frames is None or bool(nu == s2):
+            return (s2 * self.y_scale**2).expand(*X.shape[:-1], self.output_dim)
+        return torch.diagonal(self._noise_covariance(X), dim1=-2, dim2=-1)
+
+    def _noise_covariance(self, X: Tensor) -> Tensor:
+        r"""The noise of an observation at each entry of ``X``, ``(*b, q, D, D)`` (original units):
+        :math:`\sigma^2_{obs} P_x + \nu (I - P_x)` (:attr:`normal_observation_noise_variance`; module docstring of
+        :mod:`~gpgeom.botorch.low_rank_noise`)."""
+        s2, nu = self.observation_noise_variance, self.normal_observation_noise_variance
+        eye = torch.eye(self.output_dim, dtype=s2.dtype, device=s2.device)
+        if self.tangent_frames is None or bool(nu == s2):
+            return (s2 * self.y_scale**2 * eye).expand(*X.shape[:-1], *eye.shape)
+        P = self._parse(X)[1].to(s2)
+        return (s2 * P + nu * (eye - P)) * self.y_scale**2
 
     # ------------------------------------------------------------------------------------------------------------
     # the exact refit on the union (the reference of conditioning)

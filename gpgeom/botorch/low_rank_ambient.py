@@ -3,13 +3,13 @@ r"""The dense algebra of the projected ambient part of :class:`~gpgeom.botorch.l
 **Projected ambient part, nugget across the frames** (``ambient_kernel``; RVGP's default, whose why is in
 :mod:`gpgeom.models.rvgp.ambient`). The latent field gets :math:`P_x a(x)`, :math:`a \sim \mathcal{GP}(0, \sigma_a^2
 k(x, x') I_D)` on the points' coordinates, and, with ``noise_estimate`` and ``normal_noise``, :math:`e^\perp_i \sim
-\mathcal N(0, \beta (I - P_i))`, :math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})` (the frames' error as
-latent variance, the noise isotropic :math:`\sigma^2_{obs}`). The kernel is then full-rank: likelihood and predictions
-use dense Cholesky algebra (float64, :math:`O((N d)^3)`, the likelihood's gradient in closed form, Rasmussen &
-Williams 2006, eq. 5.9) on the ``N d`` tangent components :math:`T_r^\top y_r`, and per point closed forms across
-the frames; the means' part in the span is projected by :math:`P_x` once more, so it stays tangent to the frames to
-rounding (at observed points the nugget adds the share :math:`\beta / (\beta + \sigma^2_{obs})` of their
-observations' component across the frames, none when :math:`\beta = 0`).
+\mathcal N(0, \beta (I - P_i))`, :math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})` (the frames' error as latent
+variance; the noise :math:`\sigma^2_{obs} P_i + \nu (I - P_i)`, :math:`\nu = \sigma_\perp^2 - \beta`). The kernel is
+then full-rank: likelihood and predictions use dense Cholesky algebra (float64, :math:`O((N d)^3)`, the likelihood's
+gradient in closed form, Rasmussen & Williams 2006, eq. 5.9) on the ``N d`` tangent components :math:`T_r^\top y_r`, and
+per point closed forms across the frames; the means' part in the span is projected by :math:`P_x` once more, so it stays
+tangent to the frames to rounding (at observed points the nugget adds the share :math:`\beta / (\beta + \sigma^2_{obs})`
+of their observations' component across the frames, none when :math:`\beta = 0`).
 """
 
 from __future__ import annotations

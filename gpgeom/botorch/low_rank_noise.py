@@ -22,7 +22,8 @@ basis (``noise_estimate``; RVGP: local polynomial fits), the residual is split i
 :math:`\tau^2 = \sigma^2 - \sigma^2_{obs}` (the nugget of geostatistics: micro-scale variation plus measurement
 error, Cressie 1993, "Statistics for Spatial Data", sec. 2.3.1). The latent field is :math:`f = Rv + e`, one
 :math:`e_i \sim \mathcal N(0, \tau^2 P_i)` per point (independent between points, shared by every observation and
-query of the point), and :math:`y = f + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \sigma^2_{obs} I)`.
+query of the point), and :math:`y = f + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, \sigma^2_{obs} I)` in
+the span (across it below).
 The ``m_j`` observations of point ``j`` enter the posterior of :math:`v` through their mean, of variance
 :math:`\tau^2 + \sigma^2_{obs}/m_j` in the span (row weights :math:`\omega = 1/(m_j\tau^2 + \sigma^2_{obs})`;
 :math:`1/\sigma^2` for points observed once: the same posterior as without the split), and given :math:`v`,
@@ -36,6 +37,22 @@ The ``m_j`` observations of point ``j`` enter the posterior of :math:`v` through
 conditioning still equals the refit on the union. The same device as FITC's diagonal correction of degenerate
 sparse GPs (Quinonero-Candela and Rasmussen, "A unifying view of sparse approximate Gaussian process regression",
 JMLR 2005, sec. 6), with the missing variance measured from the residuals rather than from a full-rank kernel.
+
+**One noise model everywhere** (with frames and ``normal_noise``). The likelihood gives an observation's components
+across the frames the variance :math:`\sigma_\perp^2`: the latent nugget :math:`\beta = \max(0, \sigma_\perp^2 -
+\sigma^2_{obs})` (:mod:`~gpgeom.botorch.low_rank`, with ``noise_estimate``; 0 without) plus the noise :math:`\nu =
+\sigma_\perp^2 - \beta` (:attr:`~gpgeom.botorch.low_rank.LowRankSpectralGP.normal_observation_noise_variance`:
+:math:`\min(\sigma_\perp^2, \sigma^2_{obs})` with ``noise_estimate``, :math:`\sigma_\perp^2` without). The noise of an
+observation at :math:`x` is therefore :math:`\varepsilon_x \sim \mathcal N(0, \sigma^2_{obs} P_x + \nu (I - P_x))`, and
+conditioning (default ``noise`` of ``condition_on_observations``, hence ``fantasize``), the refit
+:meth:`~gpgeom.botorch.low_rank.LowRankSpectralGP.rebuild_with` and the predictive of a new observation
+(``posterior(..., observation_noise=True)``: one ``D x D`` block per point; ``predict``: its diagonal) all use it. The
+features and :math:`e_i` lie in the span, so the noise across it only enters the update of the nugget :math:`e^\perp_j`
+by the ``m_j`` observations of point ``j``, gain :math:`\beta / (\beta + \nu / m_j)`; where :math:`\beta > 0`,
+:math:`\nu = \sigma^2_{obs}`, so the latent posterior is the one isotropic noise gave, and only the predictive of
+observations (and conditioning on a subset of a point's components) changed: the isotropic :math:`\sigma^2_{obs}` put
+:math:`\max(\sigma_\perp^2, \sigma^2_{obs})` across the frames, far above :math:`\sigma_\perp^2` under tangent noise.
+Without ``normal_noise`` or frames :math:`\nu = \sigma^2_{obs}`: the noise is isotropic.
 """
 
 from __future__ import annotations
@@ -66,7 +83,9 @@ class _NoiseSplit:
 
     def _normal_split(self) -> tuple[Tensor, Tensor]:
         r""":math:`\beta` and the observation noise across the frames (scaled units): :math:`\sigma^2_{obs}` when
-        :math:`\beta > 0` (isotropic noise, what conditioning adds), else :math:`\sigma_\perp^2`."""
+        :math:`\beta > 0`, else :math:`\sigma_\perp^2`: with ``normal_noise`` the :math:`\nu` that conditioning and
+        the predictive of observations add
+        (:attr:`~gpgeom.botorch.low_rank.LowRankSpectralGP.normal_observation_noise_variance`; differentiable here)."""
         beta = self.normal_model_error_variance
         return beta, (self.observation_noise_variance if bool(beta > 0) else self._normal_noise())
 

@@ -35,10 +35,12 @@ whose module docstring has the algebra. The reference implementation factorises 
 posterior means, samples and the columns of the latent posterior covariance are tangent to the estimated frames by
 construction (no projection), but for one term: the nugget :math:`\beta (I - P_i)` of the frames' error,
 :math:`\beta = \max(0, \sigma_\perp^2 - \sigma^2_{obs})`, the observations' variance across the frames beyond the
-isotropic noise (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`). Where :math:`\beta > 0` the covariances get
+noise (:class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`). Where :math:`\beta > 0` the covariances get
 :math:`\beta (I - P_i)` and the means at observed points a share :math:`\beta / (\beta + \sigma^2_{obs})` of their
 observations' component across the frames; it is 0 on clean clouds with the default frames (their error is below the
-noise floor) and about 0 with isotropic noise.
+noise floor) and about 0 with isotropic noise. The noise of an observation is :math:`\sigma^2_{obs} P_i + \nu
+(I - P_i)`, :math:`\nu = \sigma_\perp^2 - \beta`, so that its variance across the frames is the likelihood's
+:math:`\sigma_\perp^2` (``predict(..., observation_noise=True)``, conditioning, fantasies).
 
 **Scalar fields** (``scalar=True``): the same model on the graph Laplacian's eigenvectors (``D_out = 1``).
 

@@ -464,7 +464,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                 cov = cov.reshape(*cov.shape[:-2], q, D, q, D)
                 cov = torch.diagonal(cov, dim1=-4, dim2=-2).movedim(-1, -3)  # ... x q x D x D
                 if observation_noise:
-                    cov = cov + torch.diag_embed(self._noise_variance(Xc).to(cov).expand(*cov.shape[:-1]))
+                    cov = cov + self._noise_covariance(Xc).to(cov)
                 seconds.append(cov[..., outputs, :][..., outputs])
             else:
                 mean, var = self._conditioned(Xc, want_cov=False)
