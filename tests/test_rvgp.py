@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from rvgp_factories import block_diagonal, index_column
 
 from gpgeom.botorch.check import check_botorch_model
 from gpgeom.botorch.low_rank import NOISE_FLOOR, LowRankSpectralGP
@@ -37,17 +38,13 @@ def fitted(sphere1000):
     return RVGP(s.points, n_eigenpairs=48, dim=2).fit(tr, s.vectors[tr])
 
 
-def _col(idx):
-    return torch.as_tensor(np.asarray(idx), dtype=DT)[:, None]
+_col = index_column
 
 
 def _block_projectors(frames):
     """The (n D, n D) block diagonal of the tangent projectors T_i T_i^T."""
-    n, D, _ = frames.shape
-    out = np.zeros((n * D, n * D))
-    for i in range(n):
-        out[i * D : (i + 1) * D, i * D : (i + 1) * D] = frames[i] @ frames[i].T
-    return out
+    frames = np.asarray(frames)
+    return block_diagonal(frames @ frames.transpose(0, 2, 1))
 
 
 def _model_kernel(gp):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from botorch.sampling import IIDNormalSampler
+from rvgp_factories import block_diagonal, index_column
 
 from gpgeom.datasets.vector_fields import sample_sphere, sphere_vector_field
 from gpgeom.geometry.connection import connection_laplacian
@@ -16,17 +17,7 @@ from gpgeom.models.rvgp import RVGP
 DT = torch.float64
 
 
-def _col(idx):
-    return torch.as_tensor(np.asarray(idx), dtype=DT)[:, None]
-
-
-def _blocks(per_point):
-    """The block-diagonal matrix of a stack ``(q, D, D)`` of per-point blocks."""
-    q, D, _ = per_point.shape
-    out = np.zeros((q * D, q * D))
-    for i in range(q):
-        out[i * D : (i + 1) * D, i * D : (i + 1) * D] = per_point[i]
-    return out
+_col, _blocks = index_column, block_diagonal
 
 
 def _dense_posterior(K, rows, y, noise, qrows):
