@@ -261,11 +261,9 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         ``noise_estimate``, :math:`\sigma_\perp^2` without; :math:`\sigma^2_{obs}` (isotropic noise) without
         ``normal_noise`` or frames. With the nugget :math:`\beta` an observation's variance across the frames is
         :math:`\beta + \nu = \sigma_\perp^2`, the likelihood's (:mod:`~gpgeom.botorch.low_rank_noise`)."""
-        s2 = self.observation_noise_variance
         if self.normal_noise is None or self.tangent_frames is None:
-            return s2
-        perp = torch.as_tensor(self.normal_noise, dtype=s2.dtype).to(s2)
-        return perp - self.normal_model_error_variance
+            return self.observation_noise_variance
+        return self._normal_split()[1].detach()  # the likelihood's split (low_rank_noise): one definition of nu
 
     def mean_prior_variance(self) -> Tensor:
         r""":math:`\bar p`, the prior variance of the rank-``k`` part averaged over the basis points, per direction
@@ -566,9 +564,6 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         return (var + torch.diagonal(n_cov, dim1=-2, dim2=-1)) * self.y_scale**2
 
     def _noise_variance(self, X: Tensor) -> Tensor:
-        s2, nu = self.observation_noise_variance, self.normal_observation_noise_variance
-        if self.tangent_frames is None or bool(nu == s2):
-            return (s2 * self.y_scale**2).expand(*X.shape[:-1], self.output_dim)
         return torch.diagonal(self._noise_covariance(X), dim1=-2, dim2=-1)
 
     def _noise_covariance(self, X: Tensor) -> Tensor:
