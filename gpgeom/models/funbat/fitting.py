@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from gpgeom._progress import progress_bar
 from gpgeom.errors import ConvergenceWarning
@@ -130,6 +131,10 @@ class _Fitting:
         self._next_hyper, self._interval, self._hyper_steps = self.hyper_warmup, self.hyper_every, 0
         self._rprop, self._hyper_settled = None, True
 
+    def _train_rmse(self, f_bar: Tensor) -> float:
+        r"""RMSE of the fitted training values ``f_bar`` (``N``) against the data, standardised units."""
+        return float((f_bar - self._ys).square().mean().sqrt())
+
     def _run(self, max_sweeps: int, progress: bool | None, callback: Callable | None, final: bool) -> None:
         r"""Sweeps until the convergence test (only after a hyperparameter step when they are learned) or until
         ``max_sweeps`` sweeps in all have run."""
@@ -162,7 +167,7 @@ class _Fitting:
             entry = {
                 "sweep": sweep,
                 "delta": delta,
-                "train_rmse": float((f_bar - self._ys).square().mean().sqrt()),
+                "train_rmse": self._train_rmse(f_bar),
                 "noise_sd": float((self._tau_b / self._tau_a).sqrt() * self.y_std),
                 "seconds": time.perf_counter() - t0,
                 "lengthscale": self.lengthscales_.tolist(),
@@ -192,7 +197,7 @@ class _Fitting:
             # fit_result_.elbo reports it)
             f_bar = self._refresh_residuals()
             self.history[-1]["elbo"] = self.elbo()
-            self.history[-1]["train_rmse"] = float((f_bar - self._ys).square().mean().sqrt())
+            self.history[-1]["train_rmse"] = self._train_rmse(f_bar)
         if final and not self.converged and self.tol > 0:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"
