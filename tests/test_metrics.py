@@ -50,6 +50,8 @@ def test_crps_of_a_point_prediction_is_the_absolute_error_and_is_continuous_ther
     y, mean = np.array([1.0, -2.0, 0.5]), np.array([0.0, 1.0, 0.5])
     assert gm.crps_gaussian(y, mean, 0.0) == pytest.approx(np.abs(y - mean).mean(), rel=1e-14)
     assert gm.crps_gaussian(y, mean, 1e-9) == pytest.approx(np.abs(y - mean).mean(), rel=1e-8)
+    for tiny in (1e-300, 1e-310, 5e-324):  # |y - mu| / sigma overflows to inf below about 1e-308
+        assert gm.crps_gaussian(y, mean, tiny) == pytest.approx(np.abs(y - mean).mean(), rel=1e-14)
 
 
 def test_expected_scores_over_targets_match_their_closed_forms():

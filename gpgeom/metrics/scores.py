@@ -119,7 +119,8 @@ def crps_gaussian(y, mean, std) -> float:
     s = torch.where(point, torch.ones_like(ts), ts)
     z = err / s
     normal = torch.distributions.Normal(torch.zeros((), dtype=z.dtype), torch.ones((), dtype=z.dtype))
-    crps = s * (z * (2 * normal.cdf(z) - 1) + 2 * normal.log_prob(z).exp() - 1 / math.sqrt(math.pi))
+    # sigma * z written as the error: z overflows to inf below sigma ~ |y - mu| * 1e-308, sigma * z would be inf
+    crps = err * (2 * normal.cdf(z) - 1) + s * (2 * normal.log_prob(z).exp() - 1 / math.sqrt(math.pi))
     return float(torch.where(point, err.abs(), crps).mean())
 
 
