@@ -997,6 +997,45 @@ def test_float32_times_far_from_zero_keep_their_spacing(cls, tmp_path):
     assert torch.equal(f32.to(dtype=DT).knot_times, kt + shift)
 
 
+def test_float32_start_far_from_zero_matches_float64():
+    r"""The start from the measurements (``initialise`` / ``fit(init="auto")``) took the measurement times in the
+    trajectory's dtype: in float32 far from :math:`t = 0` the grouping and the fractions between measurement times,
+    the knot spacings of the finite differences, the range windows and their mean times moved with the rounded
+    times (float32 holds 3e4 s to 2e-3 s, 1e6 s to 0.0625 s). The float32 start of a body yawing 1 rad/s on uneven
+    knots was 1.3e-3 rad (rotations) and 0.65 % (velocities, relative to the largest) from the float64 start at the
+    same times at 3e4 s, 0.052 rad and 40 % at 1e6 s; from UWB ranges at 1e6 s 1.8 rad. The time arithmetic is now
+    float64 whatever the dtype: the float64 start at the same times is the reference, and the float32 start is
+    within 4.4e-8 rad and 2.2e-6 (poses, at both offsets as at t ~ 0) and 1.8e-4 rad and 2.8e-4 (ranges) of it."""
+    gen = torch.Generator().manual_seed(5)
+    steps = 0.15 + 0.2 * torch.rand(60, dtype=DT, generator=gen)  # uneven spacing: the three-point formula
+    kt = torch.cat([torch.zeros(1, dtype=DT), torch.cumsum(steps, 0)])
+    kt = torch.cat([kt[kt < 9.9], torch.tensor([10.0], dtype=DT)])
+    t, _, _, meas = _yawing_body(M=200)
+
+    def rel(ref, x):
+        return float((x.double() - ref).norm(dim=-1).max() / ref.norm(dim=-1).max())
+
+    def starts(cls, m, knot_times, **kw):
+        return [cls(knot_times, dtype=dtype, **kw).initialise([m]) for dtype in (DT, torch.float32)]
+
+    for shift in (3e4, 1e6):
+        moved = PoseMeasurement(t + shift, R=meas.Rm, p=meas.pm, sigma_rot=0.01, sigma_pos=0.01)
+        for cls, prior in ((SO3xR3Trajectory, "wnoj"), (SE3Trajectory, "wnoa")):
+            ref, f32 = starts(cls, moved, kt + shift, prior=prior)
+            assert float(_rot_err(ref.R, f32.R.double()).max()) < 1e-6, shift
+            for name in ("omega", "p", "v") + (("alpha", "a") if ref.order == 3 else ()):
+                assert rel(getattr(ref, name), getattr(f32, name)) < 2e-5, (shift, name)
+    # ranges (three tags): the windows of the multilateration and of the lever-arm rotations, their mean times and
+    # the position-only solve's bracketing; what is left is float32's own rounding in those solves
+    T, shift = 3.0, 1e6
+    _, ranges = fast_uwb_problem(T)
+    ranges.t = ranges.t + shift
+    ref, f32 = starts(SO3xR3Trajectory, ranges, shift + 0.1 * torch.arange(31, dtype=DT))
+    assert float(_rot_err(ref.R, torch.eye(3, dtype=DT)).max()) > 1.0  # rotations from the lever arms, not identity
+    assert float(_rot_err(ref.R, f32.R.double()).max()) < 3e-3
+    assert rel(ref.omega, f32.omega) < 3e-3 and rel(ref.p, f32.p) < 1e-3 and rel(ref.v, f32.v) < 2e-3
+
+
 @pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
 def test_float32_knots_far_from_zero_name_a_spin_faster_than_pi_per_interval(cls):
     r"""Knots at :math:`10^6 + 0.1` and :math:`10^6 + 0.2` s (0.1 s apart; 0.0625 s apart in float32) of a body

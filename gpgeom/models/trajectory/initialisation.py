@@ -31,6 +31,14 @@ measurements themselves:
 A knot interval over which the measured rotation turns by more than :math:`\pi` cannot be represented by the
 trajectory (its local variable is :math:`\mathrm{Log}(R_a^\top R_b)`): it raises a ``ValueError`` naming the
 interval, instead of a fit that silently takes the short way round.
+
+Times: every time value and difference here (sorting and grouping the measurement times, the fractions
+:math:`(t - t_i)/(t_{i+1} - t_i)`, the knot spacings :math:`h_k`, the time windows of the ranges and their mean times)
+is computed in float64 from the times as given (the measurements' own ``t`` before any conversion, the trajectory's
+float64 knot times), on the device that holds the trajectory's float64 knot times, whatever the trajectory's dtype;
+only the resulting fractions, spacings and indices are cast to the trajectory's dtype and device. In float32 a time
+of :math:`3\cdot10^4` s is held only to :math:`2\cdot10^{-3}` s (:math:`10^6` s: 0.0625 s), which moved the start's
+knots and rates (``tests/test_trajectory.py::test_float32_start_far_from_zero_matches_float64``).
 """
 
 from __future__ import annotations
@@ -61,6 +69,12 @@ __all__ = ["INIT_OPTIONS", "at_default_state", "check_measured_turns", "initial_
 INIT_OPTIONS = ("auto", "measurements", "none")
 
 
+def _times64(traj: Trajectory, ms: Sequence[Measurement]) -> Tensor:
+    r"""The ``M`` times of the measurements ``ms`` (concatenated) in float64, as given (before any conversion to the
+    trajectory's dtype), on the device of the trajectory's float64 knot times ``traj._times64``."""
+    return torch.cat([m.t.detach().to(dtype=torch.float64, device=traj._times64.device) for m in ms])
+
+
 def at_default_state(traj: Trajectory) -> bool:
     r"""Whether every knot is the constructor's default state (identity rotation, every other number zero)."""
     X = traj.knots
@@ -71,24 +85,26 @@ def at_default_state(traj: Trajectory) -> bool:
 # ------------------------------------------------------------------------------------------------------------------
 # Samples: sorted, one per distinct time
 # ------------------------------------------------------------------------------------------------------------------
-def _distinct(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""Sort order, distinct times, the group of each sorted sample and the group sizes."""
+def _distinct(t: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Sort order, distinct times (``t``'s dtype and device: float64 times stay float64), the group of each sorted
+    sample and the group sizes (the three index tensors on ``device``, the device of the samples)."""
     order = torch.argsort(t, stable=True)
     tu, inv, counts = torch.unique_consecutive(t[order], return_inverse=True, return_counts=True)
-    return order, tu, inv, counts
+    return order.to(device), tu, inv.to(device), counts.to(device)
 
 
 def _mean_vectors(t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    r"""``(distinct times, mean of x per time)``."""
-    order, tu, inv, counts = _distinct(t)
+    r"""``(distinct times, mean of x per time)`` for ``M`` times ``t`` (float64) and ``M x d`` samples ``x``."""
+    order, tu, inv, counts = _distinct(t, x.device)
     out = x.new_zeros(tu.shape[0], x.shape[-1]).index_add_(0, inv, x[order])
     return tu, out / counts[:, None].to(x.dtype)
 
 
 def _mean_rotations(t: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
     r"""``(distinct times, rotation per time)``: :math:`R_0\mathrm{Exp}(\overline{\mathrm{Log}(R_0^\top R_j)})` about
-    the first rotation :math:`R_0` of each time (one step of the Karcher mean)."""
-    order, tu, inv, counts = _distinct(t)
+    the first rotation :math:`R_0` of each time (one step of the Karcher mean); ``M`` times ``t`` (float64),
+    ``M x 3 x 3`` rotations ``R``."""
+    order, tu, inv, counts = _distinct(t, R.device)
     Rs = R[order]
     first = torch.cumsum(counts, 0) - counts
     ref = Rs[first]
@@ -97,17 +113,21 @@ def _mean_rotations(t: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
     return tu, ref @ so3_exp(mean)
 
 
-def _bracket(t: Tensor, tq: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Left sample ``i`` and fraction ``s`` in ``[0, 1]`` of each query time (clamped outside the samples)."""
+def _bracket(t: Tensor, tq: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Left sample ``i`` and fraction ``s`` in ``[0, 1]`` of each query time (clamped outside the samples).
+
+    The sample times ``t`` (``n``) and query times ``tq`` (``q``) are compared and subtracted in their own dtype and
+    device (float64); ``i`` and ``s`` (``q``) come on the device of ``like``, ``s`` in its dtype."""
     i = (torch.searchsorted(t, tq, right=True) - 1).clamp(0, t.shape[0] - 2)
     s = ((tq - t[i]) / (t[i + 1] - t[i])).clamp(0.0, 1.0)
-    return i, s
+    return i.to(like.device), s.to(dtype=like.dtype, device=like.device)
 
 
-def _end_pairs(t: Tensor, tq: Tensor, length: Tensor | None = None):
+def _end_pairs(t: Tensor, tq: Tensor, like: Tensor, length: Tensor | None = None):
     r"""Extrapolation outside the samples at the mean rate over (up to) the first or last four intervals (fewer when
     the rotation turns by more than pi/2 over them): masks of the query times before and after the samples, their
-    sample pairs ``(a, b)`` and fractions ``(tq - t_a) / (t_b - t_a)``."""
+    sample pairs ``(a, b)`` and fractions ``(tq - t_a) / (t_b - t_a)``, computed from the times ``t``, ``tq`` in their
+    own dtype (float64) and returned on the device of ``like`` (the fractions in its dtype)."""
     n = t.shape[0]
     jf, jl = min(n - 1, 4), max(0, n - 5)
     if length is not None:
@@ -118,31 +138,36 @@ def _end_pairs(t: Tensor, tq: Tensor, length: Tensor | None = None):
     before, after = tq < t[0], tq > t[-1]
     a = torch.where(before, 0, jl)
     b = torch.where(before, jf, n - 1)
-    return before | after, a, b, (tq - t[a]) / (t[b] - t[a])
+    u = (tq - t[a]) / (t[b] - t[a])
+    dev = like.device
+    return (before | after).to(dev), a.to(dev), b.to(dev), u.to(dtype=like.dtype, device=dev)
 
 
 def _interp_vectors(t: Tensor, x: Tensor, tq: Tensor) -> Tensor:
-    r"""Linear interpolation between the samples, linear extrapolation outside (:func:`_end_pairs`)."""
+    r"""Linear interpolation of the samples ``x`` (``n x d``) at times ``t`` (``n``, increasing) to the times ``tq``
+    (``q``), linear extrapolation outside (:func:`_end_pairs`); ``q x d`` in the dtype of ``x``. The times are used in
+    their own dtype (float64)."""
     if t.shape[0] == 1:
         return x.expand(tq.shape[0], x.shape[-1]).clone()
-    i, s = _bracket(t, tq)
+    i, s = _bracket(t, tq, x)
     out = x[i] + s[:, None] * (x[i + 1] - x[i])
-    outside, a, b, u = _end_pairs(t, tq)
+    outside, a, b, u = _end_pairs(t, tq, x)
     return torch.where(outside[:, None], x[a] + u[:, None] * (x[b] - x[a]), out)
 
 
 def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float = 0.9 * math.pi) -> Tensor:
-    r"""Geodesic interpolation between consecutive samples, extrapolation at a constant body rate outside
-    (:func:`_end_pairs`); raises when a knot interval turns by more than ``limit`` (rad)."""
+    r"""Geodesic interpolation of the rotations ``R`` (``n x 3 x 3``) at times ``t`` (``n``, increasing) to the times
+    ``tq`` (``q``), extrapolation at a constant body rate outside (:func:`_end_pairs`); raises when a knot interval
+    turns by more than ``limit`` (rad). The times are used in their own dtype (float64)."""
     if t.shape[0] == 1:
         return R.expand(tq.shape[0], 3, 3).clone()
-    i, s = _bracket(t, tq)
+    i, s = _bracket(t, tq, R)
     steps = so3_log(R[:-1].mT @ R[1:], validate=False)
     Rq = R[i] @ so3_exp(s[:, None] * steps[i])
     # the unwrapped rotation angle travelled up to each sample and each knot (path length of the measured rotation)
     length = torch.cat([steps.new_zeros(1), torch.cumsum(steps.norm(dim=-1), 0)])
     at = length[i] + s * (length[i + 1] - length[i])
-    outside, a, b, u = _end_pairs(t, tq, length)
+    outside, a, b, u = _end_pairs(t, tq, R, length)
     if bool(outside.any()):
         ends = so3_log(R[a].mT @ R[b], validate=False)
         Rq = torch.where(outside[:, None, None], R[a] @ so3_exp(u[:, None] * ends), Rq)
@@ -165,10 +190,11 @@ def check_measured_turns(traj: Trajectory, measurements: Sequence[Measurement]) 
     at most :math:`\pi`): a fit from the current knots would converge to the short way round, far from every
     measurement between the knots, and report convergence. Only the measured part of each interval counts (the knot
     times are clamped to the span of the measurements: no extrapolation)."""
-    poses = [m.to(dtype=traj.dtype, device=traj.device) for m in measurements if isinstance(m, PoseMeasurement)]
+    poses = [m for m in measurements if isinstance(m, PoseMeasurement)]
     if poses:
-        tu, Ru = _mean_rotations(torch.cat([m.t for m in poses]), torch.cat([m.Rm for m in poses]))
-        tk = traj.knot_times.clamp(tu[0], tu[-1])
+        Rm = torch.cat([m.to(dtype=traj.dtype, device=traj.device).Rm for m in poses])
+        tu, Ru = _mean_rotations(_times64(traj, poses), Rm)
+        tk = traj._times64.clamp(tu[0], tu[-1])
         _interp_rotations(tu, Ru, tk, "pose measurements", limit=math.pi)
 
 
@@ -216,47 +242,60 @@ def knot_wraps(traj: Trajectory) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 # Finite differences across the knots
 # ------------------------------------------------------------------------------------------------------------------
-def _derivative(tk: Tensor, increments: Tensor) -> Tensor:
-    r"""``K x 3`` derivative at the knots from the ``(K - 1) x 3`` increments between them: one-sided at the ends,
-    the three-point formula for uneven spacing inside."""
-    h = tk.diff()
+def _derivative(h: Tensor, increments: Tensor) -> Tensor:
+    r"""``K x 3`` derivative at the knots from the ``(K - 1) x 3`` increments between them and the ``K - 1`` knot
+    spacings ``h`` (:meth:`Trajectory._spacing`: from the float64 knot times): one-sided at the ends, the three-point
+    formula for uneven spacing inside."""
     g = increments / h[:, None]
-    out = torch.empty(tk.shape[0], increments.shape[-1], dtype=g.dtype, device=g.device)
+    out = torch.empty(h.shape[0] + 1, increments.shape[-1], dtype=g.dtype, device=g.device)
     out[0], out[-1] = g[0], g[-1]
     h1, h2 = h[:-1, None], h[1:, None]
     out[1:-1] = (h1 * g[1:] + h2 * g[:-1]) / (h1 + h2)
     return out
 
 
-def _rotation_rates(tk: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Body angular velocity and acceleration at the knots. :math:`\mathrm{Log}(R_k^\top R_{k+1})` is the same
-    vector in the body frames of both knots (:math:`\mathrm{Exp}(\phi)\phi = \phi`), so the increments of both
-    sides of a knot can be averaged."""
-    omega = _derivative(tk, so3_log(R[:-1].mT @ R[1:], validate=False))
-    return omega, _derivative(tk, omega.diff(dim=0))
+def _rotation_rates(h: Tensor, R: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Body angular velocity and acceleration (``K x 3`` each) at the knots from their rotations ``R``
+    (``K x 3 x 3``) and spacings ``h`` (``K - 1``). :math:`\mathrm{Log}(R_k^\top R_{k+1})` is the same vector in the
+    body frames of both knots (:math:`\mathrm{Exp}(\phi)\phi = \phi`), so the increments of both sides of a knot can
+    be averaged."""
+    omega = _derivative(h, so3_log(R[:-1].mT @ R[1:], validate=False))
+    return omega, _derivative(h, omega.diff(dim=0))
 
 
-def _position_rates(tk: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
-    v = _derivative(tk, p.diff(dim=0))
-    return v, _derivative(tk, v.diff(dim=0))
+def _position_rates(h: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Velocity and acceleration (``K x 3`` each) at the knots from their positions ``p`` (``K x 3``) and spacings
+    ``h`` (``K - 1``)."""
+    v = _derivative(h, p.diff(dim=0))
+    return v, _derivative(h, v.diff(dim=0))
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Positions from ranges
 # ------------------------------------------------------------------------------------------------------------------
-def _multilaterate(t: Tensor, anchors: Tensor, d: Tensor, sd: Tensor, t0: float, t1: float, width: float):
-    r"""Positions per time window by linear least squares on :math:`[-2a^\top, 1][x; \lVert x\rVert^2] = d^2 -
-    \lVert a\rVert^2`, weighted by the variance :math:`(2 d \sigma)^2` of :math:`d^2`. Returns ``(times,
-    positions)`` of the windows whose system is well determined (possibly none)."""
+def _windows(t: Tensor, t0: float, t1: float, width: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    r"""About ``(t1 - t0) / width`` equal time windows over ``[t0, t1]``: the window of each of the ``M`` times ``t``
+    and the number of times per window (on ``device``, the device of the samples), and the mean time of each window
+    (``t0`` plus the mean of :math:`t - t_0`; in ``t``'s dtype and on its device, float64)."""
     nw = max(1, int(round((t1 - t0) / width)))
     win = ((t - t0) / max(t1 - t0, 1e-300) * nw).floor().long().clamp(0, nw - 1)
+    count = torch.zeros(nw, dtype=torch.long, device=t.device).index_add_(0, win, torch.ones_like(win))
+    tw = t0 + t.new_zeros(nw).index_add_(0, win, t - t0) / count.clamp_min(1).to(t.dtype)
+    return win.to(device), count.to(device), tw
+
+
+def _multilaterate(t: Tensor, anchors: Tensor, d: Tensor, sd: Tensor, t0: float, t1: float, width: float):
+    r"""Positions per time window by linear least squares on :math:`[-2a^\top, 1][x; \lVert x\rVert^2] = d^2 -
+    \lVert a\rVert^2`, weighted by the variance :math:`(2 d \sigma)^2` of :math:`d^2`; ``M`` times ``t`` (float64),
+    ``M x 3`` anchors, ``M`` ranges ``d`` and standard deviations ``sd``. Returns ``(times, positions)`` (float64 and
+    ``n x 3``) of the ``n`` windows whose system is well determined (possibly none)."""
+    win, count, tw = _windows(t, t0, t1, width, anchors.device)
+    nw = tw.shape[0]
     A = torch.cat([-2.0 * anchors, torch.ones_like(d)[:, None]], dim=1)
     b = d.square() - anchors.square().sum(-1)
     wt = 1.0 / (2.0 * d.clamp_min(1e-3) * sd).square()
     AtA = A.new_zeros(nw, 4, 4).index_add_(0, win, A[:, :, None] * A[:, None, :] * wt[:, None, None])
     Atb = A.new_zeros(nw, 4).index_add_(0, win, A * (b * wt)[:, None])
-    count = torch.zeros(nw, dtype=torch.long, device=t.device).index_add_(0, win, torch.ones_like(win))
-    tw = t.new_zeros(nw).index_add_(0, win, t) / count.clamp_min(1).to(t.dtype)
     scale = AtA.diagonal(dim1=-2, dim2=-1).clamp_min(1e-300).rsqrt()
     An = AtA * scale[:, :, None] * scale[:, None, :]
     ev = torch.linalg.eigvalsh(An)
@@ -264,14 +303,15 @@ def _multilaterate(t: Tensor, anchors: Tensor, d: Tensor, sd: Tensor, t0: float,
     if not bool(ok.any()):
         return tw[:0], anchors[:0]
     sol = torch.linalg.solve(An[ok], (Atb[ok] * scale[ok]))[..., :3] * scale[ok][:, :3]
-    return tw[ok], sol
+    return tw[ok.to(tw.device)], sol
 
 
 def _range_factors(traj: Trajectory, t, anchors, d, sd) -> list[Factor]:
-    r"""The position-only problem on the knots: the trajectory's position prior and ranges to the body origin."""
+    r"""The position-only problem on the knots: the trajectory's position prior and ranges to the body origin
+    (``M`` times ``t`` as given, float64: they place the ranges between the knots)."""
     N, K = traj.order, traj.num_knots
     tk = traj.knot_times
-    Phi, W = traj._prior_mats(tk.diff())
+    Phi, W = traj._prior_mats(traj._spacing())
     wq = traj.qc_pos.rsqrt()
     M = K - 1
     eye = torch.eye(N, dtype=tk.dtype, device=tk.device).expand(M, N, N)
@@ -312,12 +352,13 @@ def _range_factors(traj: Trajectory, t, anchors, d, sd) -> list[Factor]:
 def _positions_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement]):
     r"""``(p, v, a)`` at the knots (``a`` ``None`` for WNOA) from ranges, or ``None`` when the anchors do not
     determine positions."""
-    tk = traj.knot_times
-    t = torch.cat([m.t for m in ranges])
-    anchors = torch.cat([m.anchors for m in ranges])
-    d = torch.cat([m.d for m in ranges])
-    noise = torch.cat([1.0 / m.w[:, 0] for m in ranges])
-    lever = torch.cat([m.offset for m in ranges]).norm(dim=-1)
+    tk = traj._times64
+    t = _times64(traj, ranges)
+    conv = [m.to(dtype=traj.dtype, device=traj.device) for m in ranges]
+    anchors = torch.cat([m.anchors for m in conv])
+    d = torch.cat([m.d for m in conv])
+    noise = torch.cat([1.0 / m.w[:, 0] for m in conv])
+    lever = torch.cat([m.offset for m in conv]).norm(dim=-1)
     sd = (noise.square() + lever.square()).sqrt()  # the unknown orientation of the lever arm as extra noise
     t0, t1 = float(tk[0]), float(tk[-1])
     spacing = float(tk.diff().median())
@@ -326,7 +367,7 @@ def _positions_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement]):
     if tw.shape[0] == 0:
         return None
     p0 = _interp_vectors(tw, xw, tk)
-    v0, a0 = _position_rates(tk, p0)
+    v0, a0 = _position_rates(traj._spacing(), p0)
     N = traj.order
     X0 = torch.cat([p0, v0] + ([a0] if N == 3 else []), dim=1)
     try:
@@ -362,12 +403,13 @@ def _rotations_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement], p_c
     the previous one turned by the smallest angle that aligns the line (no roll rate). Returns ``(R, p)`` at the
     knots, or ``None`` with a single tag position or too few ranges per window.
     """
-    tk = traj.knot_times
-    t = torch.cat([m.t for m in ranges])
-    anchors = torch.cat([m.anchors for m in ranges])
-    d = torch.cat([m.d for m in ranges])
-    w2 = torch.cat([m.w[:, 0] for m in ranges]).square()
-    off = torch.cat([m.offset for m in ranges])
+    tk = traj._times64
+    t = _times64(traj, ranges)
+    conv = [m.to(dtype=traj.dtype, device=traj.device) for m in ranges]
+    anchors = torch.cat([m.anchors for m in conv])
+    d = torch.cat([m.d for m in conv])
+    w2 = torch.cat([m.w[:, 0] for m in conv]).square()
+    off = torch.cat([m.offset for m in conv])
     M = t.shape[0]
     obar = off.mean(0)
     c = off - obar
@@ -384,12 +426,10 @@ def _rotations_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement], p_c
     A = (coef[:, :, None] * u[:, None, :]).reshape(M, 3 * r)  # unknowns m_1, .., m_r
     t0, t1 = float(tk[0]), float(tk[-1])
     width = max(float(tk.diff().median()), 12.0 * r * (t1 - t0) / M)
-    nw = max(1, int(round((t1 - t0) / width)))
-    win = ((t - t0) / max(t1 - t0, 1e-300) * nw).floor().long().clamp(0, nw - 1)
+    win, count, tw = _windows(t, t0, t1, width, A.device)
+    nw = tw.shape[0]
     AtA = A.new_zeros(nw, 3 * r, 3 * r).index_add_(0, win, A[:, :, None] * A[:, None, :] * w2[:, None, None])
     Aty = A.new_zeros(nw, 3 * r).index_add_(0, win, A * (y * w2)[:, None])
-    count = torch.zeros(nw, dtype=torch.long, device=t.device).index_add_(0, win, torch.ones_like(win))
-    tw = t.new_zeros(nw).index_add_(0, win, t) / count.clamp_min(1).to(t.dtype)
     ev = torch.linalg.eigvalsh(AtA)
     ok = (count >= 3 * r + 2) & (ev[:, 0] > 1e-6 * ev[:, -1].clamp_min(1e-300))
     if not bool(ok.any()):
@@ -407,7 +447,7 @@ def _rotations_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement], p_c
         for k in range(1, dirs.shape[0]):
             Rs.append(_minimal_rotation(Rs[-1] @ b, dirs[k]) @ Rs[-1])
         Rw = torch.stack(Rs)
-    R = _interp_rotations(tw[ok], Rw, tk, "ranges")
+    R = _interp_rotations(tw[ok.to(tw.device)], Rw, tk, "ranges")
     p = p_c - (R @ obar[:, None]).squeeze(-1)
     return R, p, (B[:, 0] if r == 1 else None)
 
@@ -426,26 +466,30 @@ def initial_knots(traj: Trajectory, measurements: Sequence[Measurement]) -> tupl
     finite differences across the knots (the velocities and accelerations from ranges, from the coarse solve).
     Components without a source keep their current values.
     """
-    ms = [m.to(dtype=traj.dtype, device=traj.device) for m in measurements]
-    poses = [m for m in ms if isinstance(m, PoseMeasurement)]
-    positions = [m for m in ms if isinstance(m, PositionMeasurement)]
-    ranges = [m for m in ms if isinstance(m, RangeMeasurement)]
-    tk = traj.knot_times
+    # the values in the trajectory's dtype and on its device; the times as given (``_times64``)
+    poses = [m for m in measurements if isinstance(m, PoseMeasurement)]
+    positions = [m for m in measurements if isinstance(m, PositionMeasurement)]
+    ranges = [m for m in measurements if isinstance(m, RangeMeasurement)]
+
+    def values(ms: list[Measurement], name: str) -> Tensor:
+        return torch.cat([getattr(m.to(dtype=traj.dtype, device=traj.device), name) for m in ms])
+
+    tk, h = traj._times64, traj._spacing()  # float64 knot times; spacings from them, in the trajectory's dtype
     wnoj = traj.order == 3
     out: dict[str, Tensor] = {}
     said = []
     if poses:
-        t = torch.cat([m.t for m in poses])
-        tu, Ru = _mean_rotations(t, torch.cat([m.Rm for m in poses]))
+        t = _times64(traj, poses)
+        tu, Ru = _mean_rotations(t, values(poses, "Rm"))
         R = _interp_rotations(tu, Ru, tk, "pose measurements")
-        omega, alpha = _rotation_rates(tk, R)
+        omega, alpha = _rotation_rates(h, R)
         out.update(R=R, omega=omega, **({"alpha": alpha} if wnoj else {}))
         said.append(f"rotations from {t.shape[0]} pose measurements")
     if poses or positions:
-        t = torch.cat([m.t for m in poses + positions])
-        tu, pu = _mean_vectors(t, torch.cat([m.pm for m in poses + positions]))
+        t = _times64(traj, poses + positions)
+        tu, pu = _mean_vectors(t, values(poses + positions, "pm"))
         p = _interp_vectors(tu, pu, tk)
-        v, a = _position_rates(tk, p)
+        v, a = _position_rates(h, p)
         out.update(p=p, v=v, **({"a": a} if wnoj else {}))
         said.append(f"positions from {t.shape[0]} pose/position measurements")
     elif ranges:
@@ -462,7 +506,7 @@ def initial_knots(traj: Trajectory, measurements: Sequence[Measurement]) -> tupl
             rot = _rotations_from_ranges(traj, ranges, p)
             if rot is not None:
                 R, p, axis = rot
-                omega, alpha = _rotation_rates(tk, R)
+                omega, alpha = _rotation_rates(h, R)
                 out.update(R=R, omega=omega, **({"alpha": alpha} if wnoj else {}))
                 said.append("rotations from the tags' lever arms")
             out.update(p=p, v=v, **({"a": a} if wnoj else {}))
