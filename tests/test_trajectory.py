@@ -989,6 +989,7 @@ def test_float32_times_far_from_zero_keep_their_spacing(cls, tmp_path):
         assert float(((st.p.double() - ref.p) / sd.p).abs().max()) < 0.02, shift
         assert float(_rot_err(ref.R, st.R.double()).max()) < 5e-4, shift
         assert torch.equal(st.t, (tq + shift).float())  # the state's times are in the trajectory's dtype
+        assert "dt=0.2," in repr(f32), repr(f32)  # the spacing as given (was dt=[0.1992, 0.2012] at 3e4 s)
     # the file keeps the times as given: the loaded float32 trajectory predicts the same numbers
     f32.save(tmp_path / "f32.pt")
     back = cls.load(tmp_path / "f32.pt")

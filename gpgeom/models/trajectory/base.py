@@ -778,8 +778,8 @@ class Trajectory(ModelContract):
         return traj
 
     def _repr_fields(self) -> dict[str, Any]:
-        tk = self._times
-        gaps = tk.diff().double()
+        tk = self._times64  # as given: a float32 trajectory at 3e4 s would show 0.2 s spacings as 0.1992-0.2012
+        gaps = tk.diff()
         uniform = bool(gaps.max() - gaps.min() <= 1e-6 * gaps.mean())  # to the digits that repr shows
         fields: dict[str, Any] = {
             "knots": self.num_knots,
