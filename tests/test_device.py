@@ -10,11 +10,13 @@ from trajectory_factories import fast_uwb_problem
 
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.datasets.trajectories import perturbed_knots
+from gpgeom.datasets.vector_fields import sphere_vector_field
 from gpgeom.engine.factors import Factor
 from gpgeom.engine.least_squares import gauss_newton
 from gpgeom.engine.statespace import log_marginal_likelihood, posterior
 from gpgeom.kernels.markov import MaternMarkovKernel, WNOJKernel
 from gpgeom.kernels.spectral import SpectralKernel
+from gpgeom.models.rvgp import RVGP
 from gpgeom.models.trajectory import SO3xR3Trajectory
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -129,3 +131,50 @@ def test_trajectory_fit_on_device_matches_cpu(device):
     torch.testing.assert_close(out.knots.cpu(), ref.knots, rtol=0, atol=1e-8)
     scale = float(ref.covariances_.abs().max())
     torch.testing.assert_close(out.covariances_.cpu(), ref.covariances_, rtol=0, atol=1e-8 * scale)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_trajectory_far_from_zero_on_device_matches_cpu_float64(device):
+    r"""Times far from :math:`t = 0` in float32 on the device: the start from the measurements (``init="auto"``) and
+    the fit keep their time arithmetic in float64 (the bracketing, :math:`t - t_k`, the knot spacings and the range
+    windows), so a float32 fit at :math:`t \approx 10^6` s reaches the minimum of the CPU float64 fit from its own
+    start (in float32 times, 1e6 s is held to 0.0625 s)."""
+    _, ranges = fast_uwb_problem(3.0)
+    ranges.t = ranges.t + 1e6
+    kt = 1e6 + 0.1 * torch.arange(31, dtype=torch.float64)
+
+    def fit(dev, dtype):
+        return SO3xR3Trajectory(kt, qc_rot=10.0, qc_pos=10.0, dtype=dtype, device=dev).fit([ranges])
+
+    out, ref = fit(device, torch.float32), fit("cpu", torch.float64)
+    assert out.knots.device.type == device and out.knots.dtype == torch.float32
+    assert "lever arms" in out.fit_result_.init
+    assert out.fit_result_.cost == pytest.approx(ref.fit_result_.cost, rel=1e-5)
+    assert float((out.p.cpu().double() - ref.p).norm(dim=-1).max()) < 1e-3
+    torch.testing.assert_close(out.R.cpu().double(), ref.R, rtol=0, atol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rvgp_noise_blocks_on_device_match_cpu(device):
+    r"""RVGP's observation noise :math:`\sigma^2_{obs} P_x + \nu (I - P_x)` (per-input noise blocks of the shared
+    BoTorch surrogate) on the device: the predictive of a new observation, the noisy posterior's covariance and
+    conditioning on new observations give the CPU numbers."""
+    sample = sphere_vector_field(200, "mixed", seed=3)
+    X, V = sample.points, sample.vectors
+    rng = torch.Generator().manual_seed(3)
+    tr = torch.randperm(200, generator=rng)[:80].numpy()
+    gp = RVGP(X, n_eigenpairs=30, k_neighbors=10).fit(tr, V[tr] + 0.05 * torch.randn(80, 3, generator=rng).numpy())
+    q = torch.arange(0, 200, 7, dtype=torch.float64)[:, None]
+    extra = torch.tensor([[1.0], [5.0]], dtype=torch.float64)
+    ye = torch.as_tensor(V[[1, 5]], dtype=torch.float64)
+
+    def numbers(model, dev):
+        mean, sd = model.predict(q[:, 0].long().numpy(), return_std=True, observation_noise=True)
+        cov = model.posterior(q.to(dev), observation_noise=True).distribution.covariance_matrix
+        cond = model.condition_on_observations(extra.to(dev), ye.to(dev)).posterior(q.to(dev)).mean
+        return [t.detach().cpu() for t in (mean, sd, cov, cond)]
+
+    ref = numbers(gp, "cpu")
+    out = numbers(gp.to(device=device), device)
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
