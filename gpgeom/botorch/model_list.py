@@ -58,7 +58,7 @@ class SurrogateList(ModelListGP):
     r"""Independent BoTorch GP models on the same inputs, outputs concatenated in order (``m = sum m_k``).
 
     Args:
-        *models: The members (e.g. :class:`~gpgeom.botorch.ExactGPModel` s with one or several outputs each).
+        *gp_models: The members (e.g. :class:`~gpgeom.botorch.ExactGPModel` s with one or several outputs each).
     """
 
     @property

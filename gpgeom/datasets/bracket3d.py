@@ -382,6 +382,7 @@ def surface_variant(sample: BracketSample, part: str = "top") -> Mesh:
     r"""A triangle surface in 3D cut from a sample, with its fields as point data (nodes renumbered).
 
     Args:
+        sample: A :class:`BracketSample` (tetrahedral mesh with nodal fields).
         part: ``"top"``: the face :math:`X_2 = H` (one boundary loop, disk topology: Floater morphing onto the unit
             disk applies); ``"boundary"``: the whole boundary surface (closed, sphere topology: RBF morphing onto a
             template, :func:`gpgeom.geometry.morphing3d.morph_surface`).

@@ -520,8 +520,11 @@ def rough_field(
 
     Args:
         points: ``(n, D)`` cloud; ignored when ``laplacian`` is given.
+        t: Diffusion time, in the units of ``L`` (0: the unit tangent noise itself).
+        seed: Seed or numpy generator of the noise.
         laplacian: A :class:`ConnectionLaplacian` to diffuse with (default: built by
             :func:`connection_laplacian` with ``laplacian_kwargs``, e.g. ``dim=2``, ``frames=...``).
+        normalize: Rescale every vector to the scalar diffusion of the initial magnitudes (above; unit length).
 
     Returns:
         ``(n, D)`` ambient vectors, tangent to the frames of the Laplacian (:math:`v_i \in \mathrm{span}\,T_i`).

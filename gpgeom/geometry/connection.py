@@ -462,20 +462,25 @@ def connection_laplacian(
         k: Neighbours of the proximity graph (:func:`proximity_graph`).
         dim: Manifold dimension ``d`` (``None``: estimated, :func:`estimate_dimension`).
         k_pca: Points per local-PCA neighbourhood (default ``max(k + 1, ceil(1.5 k))``, the reference's size).
-        graph: ``"knn"``, ``"mutual"`` or ``"cknn"``; ``delta`` is the CkNN scale.
-        weights: ``"connectivity"`` (1 per edge) or ``"gaussian"`` (:math:`e^{-\|x_i-x_j\|^2/\varepsilon}`;
-            ``eps`` default: median k-th-neighbour distance squared over 4).
+        graph: ``"knn"``, ``"mutual"`` or ``"cknn"``.
+        delta: The CkNN scale :math:`\delta` (``graph="cknn"``).
+        weights: ``"connectivity"`` (1 per edge) or ``"gaussian"`` (:math:`e^{-\|x_i-x_j\|^2/\varepsilon}`).
+        eps: :math:`\varepsilon` of the ``"gaussian"`` weights (``None``: the median k-th-neighbour distance
+            squared over 4).
         alpha: Density normalisation exponent (0: none, 1: Laplace-Beltrami limit whatever the density).
         normalization: ``"none"``, ``"sym"`` or ``"rw"``.
         threshold: Explained-variance threshold of the dimension estimate (:func:`estimate_dimension`).
         frame_fit: ``"auto"`` (default: the polynomial tilt correction of degree 2 to 6 that predicts the
             neighbourhoods best, :func:`~gpgeom.geometry.tangent.local_pca`), ``"sextic"``, ``"quintic"``,
             ``"quartic"``, ``"cubic"``, ``"quadratic"`` or ``"pca"`` (the reference's plain local PCA).
-        duplicates: ``"raise"`` or ``"drop"`` (see the module docstring); ``duplicate_tol`` the distance.
+        duplicates: ``"raise"`` or ``"drop"`` (see the module docstring).
+        duplicate_tol: The distance below which two points are duplicates (``None``: :math:`10^{-10}` times the
+            bounding-box diagonal, :func:`~gpgeom.geometry.point_cloud.find_duplicates`).
         on_disconnected: ``"warn"``, ``"raise"`` or ``"ignore"``.
         frames: Optional given frames ``(n, D, d)`` with orthonormal columns (e.g. the exact tangent planes),
             used instead of local PCA.
         cache_dir: Directory for caching eigenpairs on disk (keyed by a hash of the operator).
+        workers: Threads of the KD-tree neighbour queries of the graph and the frames (-1: all).
 
     Returns:
         A :class:`ConnectionLaplacian`.

@@ -414,6 +414,8 @@ def tangent_frames(
         k_pca: Points in each PCA neighbourhood, the point itself included.
         fit: ``"auto"`` (default), ``"sextic"``, ``"quintic"``, ``"quartic"``, ``"cubic"``, ``"quadratic"``
             (tilt-corrected) or ``"pca"`` (the reference); see :func:`local_pca`.
+        threshold: Explained-variance threshold of the dimension estimate (``dim=None``).
+        workers: Threads of the KD-tree neighbour queries (-1: all).
         return_fit: Also return the fit used.
 
     Returns:

@@ -96,6 +96,8 @@ def p1_transfer(source: Mesh, target_points: object, *, outside: str = "clamp", 
     Args:
         source: Mesh with cells of full dimension (triangles in 2D, tetrahedra in 3D, lines in 1D).
         target_points: ``(n_target, dim)``.
+        outside: ``"clamp"``, ``"zero"`` or ``"raise"``: what a point outside the source mesh gets (above).
+        tol: The barycentric tolerance of "inside" (above).
 
     Returns:
         CSR matrix ``(n_target, source.n_points)``.

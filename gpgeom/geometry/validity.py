@@ -70,6 +70,7 @@ def check_mesh(mesh: Mesh, *, tol: float = 1e-10) -> Mesh:
     triangles; folds must be fixed where the mesh was made.
 
     Args:
+        mesh: A :class:`~gpgeom.geometry.mesh.Mesh`.
         tol: Relative tolerance: nodes closer than ``tol`` times the bounding-box diagonal coincide; a cell is
             degenerate when its measure is at most ``tol`` times its longest edge to the power ``k``.
     """
@@ -119,6 +120,7 @@ def repair_mesh(mesh: Mesh, *, tol: float = 1e-10) -> tuple[Mesh, np.ndarray]:
     3. Nodes no cell uses any more are dropped.
 
     Args:
+        mesh: A :class:`~gpgeom.geometry.mesh.Mesh`.
         tol: As in :func:`check_mesh`.
 
     Returns:

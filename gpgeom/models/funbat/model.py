@@ -252,7 +252,7 @@ class FunBaT(
         categorical: int | Sequence[int] | None = None,
         lengthscale: float | Sequence[float] = 0.3,
         variance: float | Sequence[float] = 1.0,
-        learn_hyperparameters: bool = True,
+        learn_hyperparameters: bool | Sequence[bool] = True,
         learn_noise: bool = True,
         hyper_warmup: int = 2,
         hyper_every: int = 1,

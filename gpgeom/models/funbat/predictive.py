@@ -197,7 +197,8 @@ class _PredictiveDistribution:
         held-out values).
 
         Args:
-            X: ``... x K`` coordinates; y: ``...`` (or ``... x 1``) values, original units.
+            X: ``... x K`` coordinates.
+            y: ``...`` (or ``... x 1``) values, original units.
             observation_noise: As in :meth:`predictive_mixture`.
 
         Returns:
@@ -222,7 +223,8 @@ class _PredictiveDistribution:
         negative mean is the NLPD).
 
         Args:
-            X: ``... x K`` coordinates; y: ``...`` (or ``... x 1``) values, original units.
+            X: ``... x K`` coordinates.
+            y: ``...`` (or ``... x 1``) values, original units.
             observation_noise: As in :meth:`predictive_mixture`.
 
         Returns:

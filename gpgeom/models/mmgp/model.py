@@ -592,7 +592,8 @@ class MMGP(ModelContract):
         the GP's (``benchmarks/results/mmgp.md``).
 
         Args:
-            meshes: ``n`` meshes; output_fields: ``n`` arrays ``N_i x m`` as in :meth:`fit`.
+            meshes: ``n`` meshes.
+            output_fields: ``n`` arrays ``N_i x m``, as in :meth:`fit`.
 
         Returns:
             ``n`` tensors ``N_i x m`` of the model's dtype on its device.

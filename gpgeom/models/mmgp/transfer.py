@@ -94,6 +94,7 @@ class CommonMeshTransfer:
             common mesh's nodes; the transfers are identities).
         floater_start: Where the Floater boundary walk starts: ``"min_x"`` or a point ``(2,)``.
         ref_compat: Floater boundary angles and orientation of the reference implementation.
+        repair_meshes: Repair degenerate meshes (with a warning) instead of raising (``MMGP(repair_meshes=...)``).
     """
 
     def __init__(

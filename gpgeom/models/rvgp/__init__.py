@@ -28,7 +28,12 @@ process representation of vector fields over arbitrary latent manifolds", ICLR 2
 
 **Training** is the exact GP on this rank-``k`` kernel, computed in weight space in :math:`O(N k^2)` for ``N = n_train
 D`` scalar observations (or variationally for large ``n``): :class:`~gpgeom.botorch.low_rank.LowRankSpectralGP`,
-whose module docstring has the algebra. The reference implementation factorises the dense ``N x N`` matrix.
+whose module docstring has the algebra. The reference implementation factorises the dense ``N x N`` matrix. By
+default (``ambient="rbf"``) an exact fit on at most ``AMBIENT_MAX_POINTS`` (2000) distinct training points adds a
+stationary kernel on the coordinates projected onto the frames (:mod:`~gpgeom.models.rvgp.ambient`; gpgeom's
+addition): the kernel is then full rank and the algebra dense on the ``n_train d`` tangent components
+(:mod:`~gpgeom.botorch.low_rank_ambient`, :math:`O((n_{train} d)^3)`); ``ambient=None`` keeps the rank-``k``
+kernel alone.
 
 **Tangency.** Every lifted eigenvector lies in :math:`\mathrm{span}\, T_i`, and so do the model-error
 (:mod:`~gpgeom.models.rvgp.model`), restored (:mod:`~gpgeom.models.rvgp.extension`) and projected ambient terms, so

@@ -124,6 +124,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             halves over the kept spectrum; diffusion: :math:`\kappa^2 \lambda_k / 2 = 2`), within the bounds of
             :mod:`~gpgeom.models.rvgp.smoothness` (:attr:`lengthscale_bounds`).
         scalar: Model a scalar field with the graph Laplacian (outputs ``(m, 1)``).
+        ambient: ``"rbf"`` (default), ``"matern"`` or ``None``: the stationary kernel on the cloud's coordinates
+            (projected onto the frames for a vector field) that is added to the spectral one in exact fits on at most
+            ``AMBIENT_MAX_POINTS`` (2000) distinct training points (dense algebra there; ``None``: the rank-``k``
+            spectral kernel alone, trained in weight space; :mod:`~gpgeom.models.rvgp.ambient`).
         laplacian: A prebuilt :class:`~gpgeom.geometry.connection.ConnectionLaplacian` (then the geometry
             arguments are ignored).
         eigenpairs: Optional precomputed ``(eigenvalues (k,), eigenvectors (n d, k))`` of the Laplacian.
@@ -338,6 +342,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             method: ``"exact"`` (L-BFGS-B on the Woodbury marginal likelihood, :math:`O(N k^2)` per step) or
                 ``"variational"`` (Adam on minibatch ELBOs of ``batch_size`` points, ``epochs``).
             restarts, max_iter, lr, patience, seed: Passed to :func:`gpgeom.engine.fitting.fit`.
+            batch_size, epochs: Minibatch size (points) and epochs of ``method="variational"``.
             progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only;
                 :mod:`gpgeom._progress`).
 

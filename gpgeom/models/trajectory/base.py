@@ -244,8 +244,8 @@ class Trajectory(ModelContract):
         and drops the covariances of an earlier fit.
 
         Args:
-            R: ``K x 3 x 3`` rotations (checked orthonormal), or ``q``: ``K x 4`` unit quaternions
-                ``(x, y, z, w)``.
+            R: ``K x 3 x 3`` rotations (checked orthonormal).
+            q: Or ``K x 4`` unit quaternions ``(x, y, z, w)`` instead of ``R``.
             omega, alpha, p, v, a: ``K x 3`` (``alpha`` and ``a`` only for ``prior="wnoj"``).
 
         All values may be numpy arrays or torch tensors.
