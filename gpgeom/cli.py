@@ -3,6 +3,7 @@ r"""The ``gpgeom`` command line: ``gpgeom demo`` and ``gpgeom bench``."""
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ BENCHMARK_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 DESCRIPTION = """gpgeom: Gaussian-process models of geometric and physical data.
 
   gpgeom demo [section ...]   fit every model (or those sections) on built-in data, write figures and a report
-  gpgeom bench [name ...]     run the benchmark scripts of a source checkout
+  gpgeom bench [name ...]     run the benchmark scripts of a source checkout (--list: which there are)
 
 Exit status: 0 done, 1 a section or benchmark failed, 2 a usage error, 130 interrupted."""
 
@@ -88,11 +89,27 @@ def _takes_quick(script: Path) -> bool:
     return re.search(r"""["']--quick["']""", script.read_text(encoding="utf-8", errors="replace")) is not None
 
 
+def _summary(script: Path, width: int = 100) -> str:
+    r"""The first paragraph of a benchmark script's module docstring on one line, cut to ``width`` characters, read
+    without running the script ("" without a docstring)."""
+    try:
+        doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8", errors="replace")))
+    except SyntaxError:
+        return ""
+    first = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return first if len(first) <= width else first[: width - 3].rstrip() + "..."
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if not BENCHMARK_DIR.is_dir():
         print(f"No benchmarks folder at {BENCHMARK_DIR}: `gpgeom bench` runs from a source checkout.", file=sys.stderr)
         return 2
     scripts = sorted(p for p in BENCHMARK_DIR.glob("*.py") if not p.name.startswith("_"))
+    if args.list:  # name, whether it has a --quick version, what it measures
+        width = max((len(p.stem) for p in scripts), default=0)
+        for p in scripts:
+            print(f"{p.stem:<{width}}  {'quick' if _takes_quick(p) else '     '}  {_summary(p)}".rstrip())
+        return 0
     if args.names:
         known = {p.stem: p for p in scripts}
         unknown = [n for n in args.names if n not in known]
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="run the benchmark scripts of a source checkout")
-    bench.add_argument("names", nargs="*", help="benchmark names (default: all)")
+    bench.add_argument("names", nargs="*", help="benchmark names (see --list; default: all, which takes hours)")
+    bench.add_argument("--list", action="store_true", help="list the benchmarks (name, --quick or not, summary)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes")
     bench.set_defaults(func=_cmd_bench)
 

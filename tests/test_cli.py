@@ -189,3 +189,23 @@ def test_bench_exit_status_and_scripts_without_quick(tmp_path, capfd, monkeypatc
     assert "== good: no --quick version, skipped ==" in captured.out and "quick True" in captured.out
     assert "skipped ['good']" in captured.err
     assert cli._takes_quick(tmp_path / "single.py") and not cli._takes_quick(tmp_path / "bad.py")  # either quote
+
+
+def test_bench_list_names_each_script_its_quick_version_and_summary(tmp_path, capsys, monkeypatch):
+    from gpgeom import cli
+
+    (tmp_path / "alpha.py").write_text(
+        '"""Alpha benchmark: what it\nmeasures.\n\nDetails."""\nimport argparse\n'
+        "argparse.ArgumentParser().add_argument('--quick')\nraise SystemExit(5)\n"
+    )
+    (tmp_path / "beta.py").write_text(f'"""{"x" * 150}"""\nraise SystemExit(6)\n')
+    (tmp_path / "gamma.py").write_text("raise SystemExit(7)\n")  # no docstring
+    (tmp_path / "_helper.py").write_text('"""Not a benchmark."""\n')
+    monkeypatch.setattr(cli, "BENCHMARK_DIR", tmp_path)
+    assert main(["bench", "--list"]) == 0  # nothing runs: the scripts would exit 5, 6, 7
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "alpha  quick  Alpha benchmark: what it measures.",
+        f"beta          {'x' * 97}...",
+        "gamma",
+    ]
