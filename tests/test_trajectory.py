@@ -1069,7 +1069,9 @@ def test_float32_knots_far_from_zero_name_a_spin_faster_than_pi_per_interval(cls
     assert float(kt.float().diff()) == 0.0625  # the float32 spacing the warning used
     for dtype in (DT, torch.float32):
         traj = cls(kt, dtype=dtype)
-        with pytest.warns(UserWarning, match=r"between knots 0 and 1 .* about -5\.65 rad .* turns the short way"):
+        # the knot times as given (they printed as "t = 1e+06 .. 1e+06" at 6 digits, in float32 too)
+        match = r"between knots 0 and 1 \(t = 1000000\.1 \.\. 1000000\.2\) .* about -5\.65 rad .* turns the short way"
+        with pytest.warns(UserWarning, match=match):
             traj.set_knots(**knots)
         mid = traj.interpolate(torch.tensor([1e6 + 0.15], dtype=DT)).R.double()
         assert float(_rot_err(so3_exp(w * 0.15 * ez)[None], mid)[0]) > 3.0, dtype  # the warning is warranted

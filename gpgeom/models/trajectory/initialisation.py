@@ -230,9 +230,10 @@ def knot_wraps(traj: Trajectory) -> str:
     if not bool(bad.any()):
         return ""
     k = int(bad.nonzero()[0, 0])
-    tk = traj.knot_times
+    # the knot times as given, to 15 digits: 6 digits printed 1e6 + 0.1 and 1e6 + 0.2 both as 1e+06
+    ta, tb = (float(t) for t in traj._times64[k : k + 2])
     return (
-        f"between knots {k} and {k + 1} (t = {float(tk[k]):.6g} .. {float(tk[k + 1]):.6g}) the angular velocities "
+        f"between knots {k} and {k + 1} (t = {ta:.15g} .. {tb:.15g}) the angular velocities "
         f"turn the body by about {float(beta[k]):.3g} rad about the axis of Log(R_a^T R_b), whose angle is "
         f"{float(phi[k]):.3g} rad: the trajectory turns the short way there, against its rates ({int(bad.sum())} "
         "interval(s)); a knot interval holds less than pi rad of rotation, so use knots closer than pi / |omega|"
