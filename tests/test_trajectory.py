@@ -761,6 +761,11 @@ def test_measurements_outside_the_knot_span():
         traj.fit([meas])
     with pytest.raises(ValueError, match=r"`t` has 1 time\(s\) outside the knot span"):
         traj.interpolate(torch.tensor([-0.1, 0.5], dtype=DT))
+    # far from t = 0 the span and the time keep their digits (6 digits printed [1e+06, 1e+06] and t = 1e+06)
+    far = SO3xR3Trajectory(1e6 + torch.tensor([0.0, 0.5, 1.0], dtype=DT))
+    span = r"outside the knot span \[1000000, 1000001\] \(first: index 0, t = 1000001\.2\)"
+    with pytest.raises(ValueError, match=span):
+        far.interpolate(torch.tensor([1e6 + 1.2], dtype=DT))
 
 
 def test_non_orthonormal_rotations_and_non_unit_quaternions():

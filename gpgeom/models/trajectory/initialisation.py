@@ -177,7 +177,7 @@ def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float 
         k = int(turn.argmax())
         raise ValueError(
             f"The {name} turn the body by {float(turn[k]):.3g} rad between knots {k} and {k + 1} (t = "
-            f"{float(tq[k]):.6g} .. {float(tq[k + 1]):.6g}); a knot interval of the trajectory cannot hold more than "
+            f"{float(tq[k]):.15g} .. {float(tq[k + 1]):.15g}); a knot interval of the trajectory cannot hold more than "
             "pi (its local variable is Log(R_a^T R_b)). Use denser knots."
         )
     return Rq

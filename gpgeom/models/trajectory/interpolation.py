@@ -162,8 +162,8 @@ class MarkovChainAlgebra:
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(
-                f"`{name}` has {int(bad.sum())} time(s) outside the knot span [{float(lo):.6g}, {float(hi):.6g}] "
-                f"(first: index {i}, t = {float(t[i]):.9g}); extend the knots or drop those measurements."
+                f"`{name}` has {int(bad.sum())} time(s) outside the knot span [{float(lo):.15g}, {float(hi):.15g}] "
+                f"(first: index {i}, t = {float(t[i]):.15g}); extend the knots or drop those measurements."
             )
         K = tk.shape[0]
         k = (torch.searchsorted(tk, t, right=True) - 1).clamp(0, K - 2)
