@@ -5,7 +5,10 @@ r"""The model contract, as one script that every model's tests run (see gpgeom.b
 1. ``repr`` works before fitting; ``save`` before fitting raises ``NotFittedError`` (models that cannot predict
    unfitted);
 2. ``fit`` returns the model itself and leaves ``fit_result_``;
-3. ``predict`` returns torch tensors (also inside tuples, lists, dicts and dataclasses) of ``model.dtype``, and
+3. ``build`` then ``fit`` again, after the caller moved torch's, numpy's and Python's global random streams, gives
+   bitwise the same predictions, and leaves those streams where they were (the seeds the model is built and
+   fitted with decide everything: ``build`` and ``fit`` must pass them);
+3b. ``predict`` returns torch tensors (also inside tuples, lists, dicts and dataclasses) of ``model.dtype``, and
    numpy inputs give the same result as tensor inputs;
 4. ``save`` then ``load`` *in a fresh Python process* reproduces the predictions (bitwise up to 1e-12), and
    ``gpgeom.load`` reads the file as the right class;
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -83,6 +87,27 @@ def assert_close_nested(a: Any, b: Any, rtol: float, atol: float, what: str) -> 
             assert torch.equal(x.cpu(), y.cpu()), what
 
 
+def global_streams() -> tuple[Any, ...]:
+    r"""torch's CPU, numpy's and Python's global random states."""
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()  # noqa: NPY002 (the legacy global stream)
+
+
+def assert_same_streams(before: tuple[Any, ...], after: tuple[Any, ...], what: str) -> None:
+    assert torch.equal(before[0], after[0]), f"{what} moved torch's global random stream"
+    assert all(np.array_equal(a, b) for a, b in zip(before[1], after[1])), f"{what} moved numpy's global random stream"
+    assert before[2] == after[2], f"{what} moved Python's global random stream"
+
+
+def move_global_streams(seed: int) -> None:
+    r"""Reseed and draw from the three global random streams, as a caller between two seeded fits might."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the legacy global stream, as a caller might)
+    random.seed(seed)
+    torch.rand(5)
+    np.random.rand(3)  # noqa: NPY002
+    random.random()
+
+
 def check_model_contract(
     build: Callable[[], Any],
     fit: Callable[[Any], Any],
@@ -106,6 +131,13 @@ def check_model_contract(
     assert returned is model, f"{name}.fit must return the model itself, got {type(returned).__name__}"
     assert hasattr(model, "fit_result_"), f"{name}.fit must leave `fit_result_`"
     out = query(model, False)
+
+    # seeds: the same build and fit under other global random states give bitwise the same model, and leave them
+    move_global_streams(123)
+    before = global_streams()
+    again = fit(build())
+    assert_same_streams(before, global_streams(), f"{name}: build and a seeded fit")
+    assert_close_nested(query(again, False), out, 0.0, 0.0, f"{name}: a second seeded build and fit")
     assert_tensors(out, model.dtype, f"{name}.predict")
     if check_numpy:
         assert_close_nested(query(model, True), out, 1e-12, 1e-12, f"{name}.predict with numpy inputs")

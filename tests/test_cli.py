@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpgeom.cli import main
 from gpgeom.demo import SECTIONS, run_demo
@@ -56,7 +57,10 @@ def test_tutorials_read_smoke_test_flag_and_have_no_outputs(path):
 
 
 def test_demo_engine_sections_write_report_and_figures(tmp_path):
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
     report = run_demo(tmp_path, quick=True, only=["kalman"], progress=False)
+    assert torch.equal(torch.get_rng_state(), state)  # the demo reseeded torch's global stream and left it there
     text = report.read_text()
     assert "Kalman vs dense log lik." in text
     assert (tmp_path / "kalman.png").stat().st_size > 10_000

@@ -367,7 +367,7 @@ def test_rgnp_keeps_the_model_contract(tmp_path):
 
     def build():
         return RGNP.from_family(
-            NonlinearPoisson1D(), hidden=(16, 16), n_freqs=4, gicnet=SMALL_GIC, batch_size=4, n_points=10
+            NonlinearPoisson1D(), hidden=(16, 16), n_freqs=4, gicnet=SMALL_GIC, batch_size=4, n_points=10, seed=0
         )
 
     model = check_model_contract(build, lambda m: m.fit(3, lr=1e-3, progress=False, seed=0), contract_query, tmp_path)
@@ -578,3 +578,32 @@ def test_inverse_from_no_observed_point_is_a_clear_error():
             m.predict_inverse(x[:0], u, w)
     mean, std = m.predict_inverse(x[:1], torch.zeros(1, 1, dtype=torch.float64), w, return_std=True)
     assert mean.shape == std.shape == (1, 5) and bool(torch.isfinite(std).all())
+
+
+def test_the_seed_of_the_constructor_decides_the_initial_weights_and_leaves_the_global_stream():
+    r"""``RGNP(..., seed=s)`` starts from the same weights whatever torch's global random state (before it, the
+    weights came from the global stream only: the same ``fit(seed=...)`` of two models gave different networks) and
+    leaves that state where it was; another seed gives other weights; ``seed=None`` draws from the global stream."""
+
+    def build(**kw):
+        return RGNP.from_family(NonlinearPoisson1D(), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC, **kw)
+
+    def weights(m):
+        return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    a = build(seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
+    torch.manual_seed(2)
+    torch.rand(7)
+    b = build(seed=3)
+    assert torch.equal(weights(a), weights(b))
+    assert not torch.equal(weights(a), weights(build(seed=4)))
+    torch.manual_seed(3)  # seed=None: the global stream, as torch.manual_seed(3) then building repeats
+    c = build()
+    torch.manual_seed(3)
+    assert torch.equal(weights(c), weights(build()))
+    for bad, error in ((-1, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="seed"):
+            build(seed=bad)

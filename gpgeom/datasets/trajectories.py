@@ -21,11 +21,14 @@ The derivatives are *exact*: :math:`\omega^\wedge = R^\top\dot R` and :math:`\al
 \dot R) = \dot R^\top\dot R + R^\top\ddot R` with :math:`\dot R, \ddot R` from nested forward-mode automatic
 differentiation of :math:`R(t)` (no finite differences, no Jacobian formula), and :math:`v, a` likewise.
 
-Measurements (seeded, returned as dataclasses of float64 tensors; feed them to the classes of
+Measurements (returned as dataclasses of float64 tensors; feed them to the classes of
 :mod:`gpgeom.models.trajectory.factors`): :func:`simulate_pose`, :func:`simulate_uwb` (two-way ranging from
 tags with body-frame offsets to fixed anchors), :func:`simulate_tdoa`, :func:`simulate_imu` (gyroscope and
 accelerometer with constant biases and gravity) and :func:`perturbed_knots` (the initial guess of the GPTR
 protocol: truth perturbed by Gaussian noise on rotation and position, rates zeroed).
+
+Every draw here is seeded: ``seed`` is an int, a ``torch.Generator`` drawn from in place, or ``None``, which is
+seed 0 (not fresh randomness); the global random streams are never used.
 """
 
 from __future__ import annotations
@@ -260,7 +263,7 @@ class PriorTrajectory:
             ``qc_pos``).
         omega0, v0: Initial body angular velocity (rad/s) and world velocity (m/s), ``3``; zero by default.
         dt: Spacing of the fine grid (s).
-        seed: Seed or generator.
+        seed: Seed, or a ``torch.Generator`` to draw from (``None``: seed 0).
     """
 
     def __init__(self, t_end: float, *, qc_rot: float = 0.1, qc_pos: float = 1.0, omega0=None, v0=None,
@@ -403,7 +406,7 @@ def simulate_uwb(
         tag_offsets: ``T x 3`` tag positions in the body frame (default :data:`DEFAULT_TAG_OFFSETS`).
         sigma: Range noise std (m).
         stagger: Sequential ranging times (see above).
-        seed: Seed or generator.
+        seed: Seed, or a ``torch.Generator`` to draw from (``None``: seed 0).
     """
     check_positive("rate", rate)
     check_positive("sigma", sigma, allow_zero=True)

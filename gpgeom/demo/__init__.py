@@ -126,10 +126,13 @@ def run_demo(
     ]
     failures = []
     for name in names:
-        torch.manual_seed(seed)
         t0 = time.perf_counter()
         try:
-            sec = _resolve(name)(out, quick=quick, seed=seed, progress=progress)
+            # every section starts from torch's CPU stream seeded by `seed`, inside a fork of it: the caller's
+            # stream is restored afterwards (it was reseeded and left there)
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(seed)
+                sec = _resolve(name)(out, quick=quick, seed=seed, progress=progress)
         except Exception as exc:  # keep the other sections running, and say what failed
             failures.append(name)
             lines += [f"## {name}: FAILED", "", "```", traceback.format_exc(), "```", ""]

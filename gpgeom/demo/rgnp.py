@@ -26,9 +26,8 @@ def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Se
     fam = NonlinearPoisson1D()
     steps = 400 if quick else 2500
     n_test = 6 if quick else 12
-    torch.manual_seed(seed)
     model = RGNP.from_family(
-        fam, hidden=(64, 64, 64), n_freqs=16, batch_size=8, n_points=30, dtype=torch.float32,
+        fam, hidden=(64, 64, 64), n_freqs=16, batch_size=8, n_points=30, dtype=torch.float32, seed=seed,
         gicnet=dict(lift_channels=8, lift_hidden=(16,), cnn_channels=(16, 16), mlp_hidden=(64,), grid_size=16),
     )  # fmt: skip
     t0 = time.perf_counter()

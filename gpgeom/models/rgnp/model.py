@@ -5,6 +5,7 @@ training, calibration, the forward and inverse predictions, files (the method an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -97,6 +98,9 @@ class RGNP(ModelContract, nn.Module):
         gicnet: Keyword arguments of :class:`GICNet` (the inverse encoder; files before ``aggregation`` load "points").
         dtype: The floating dtype of the model (``torch.float64`` or ``torch.float32``); inputs of any dtype are
             converted to it. ``model.to(dtype=...)`` changes it later.
+        seed: Seed of the networks' initial weights (an int >= 0): two models built with the same ``seed`` start
+            from the same weights whatever torch's global random state, which is left untouched. ``None``: the
+            weights are drawn from torch's global random state (``torch.manual_seed`` before building repeats them).
 
     Attributes:
         family: The :class:`gpgeom.pde.PDEFamily` of :meth:`from_family` (``None`` for a user-defined residual).
@@ -127,6 +131,7 @@ class RGNP(ModelContract, nn.Module):
         boundary_margin: float = 1e-5,
         gicnet: dict | None = None,
         dtype: torch.dtype = torch.float64,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if not callable(residual):
@@ -146,6 +151,8 @@ class RGNP(ModelContract, nn.Module):
         check_positive("residual_scale", residual_scale)
         check_positive("n_points", n_points, integer=True)
         check_positive("batch_size", batch_size, integer=True)
+        if seed is not None:
+            check_positive("seed", seed, integer=True, allow_zero=True)
         hidden, freq_range, (a, b) = check_network_options(hidden, freq_range, variance_bounds, boundary_margin)
         if grid not in ("random", "fixed"):
             raise ValueError(f"Unknown `grid`={grid!r}; expected 'random' or 'fixed'.")
@@ -182,8 +189,14 @@ class RGNP(ModelContract, nn.Module):
             "variance_bounds": (a, b), "residual_scale": float(residual_scale),
             "learn_residual_scale": bool(learn_residual_scale), "n_points": n_points, "batch_size": batch_size,
             "grid": grid, "boundary_margin": float(boundary_margin), "gicnet": dict(gic),
+            "seed": None if seed is None else int(seed),
         }  # fmt: skip
-        with default_dtype(dtype):  # every buffer and parameter is created in the model's dtype
+        # with a seed, the initial weights come from torch's CPU generator seeded inside a fork of its state, which is
+        # restored afterwards (torch's layers draw their initial weights from the global generator only)
+        fork = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+        with fork, default_dtype(dtype):  # every buffer and parameter is created in the model's dtype
+            if seed is not None:
+                torch.random.default_generator.manual_seed(int(seed))
             for name, v in (("lower", lo), ("upper", hi), ("z_low", zlo), ("z_high", zhi), ("w_low", wlo),
                             ("w_high", whi)):  # fmt: skip
                 self.register_buffer(name, torch.tensor(v, dtype=dtype))
@@ -458,9 +471,9 @@ class RGNP(ModelContract, nn.Module):
             progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only; see
                 :mod:`gpgeom._progress`).
             seed: Seed of the grids, parameters and network noise (the global random state is left untouched). The
-                networks' initial weights are drawn when the model is built, from the global random state: call
-                ``torch.manual_seed`` before building it for a fit that repeats (two models built without it and
-                fitted with the same ``seed`` differ).
+                networks' initial weights are drawn when the model is built: build it with ``RGNP(..., seed=...)``
+                for a fit that repeats whatever the global random state (built with ``seed=None``, from the global
+                random state, two models fitted with the same ``seed`` differ).
             callback: ``callback(step, loss)`` at every step (e.g. to track test errors during training: it may call
                 :meth:`predict`, which sees the current networks).
 
