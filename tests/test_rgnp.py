@@ -607,3 +607,29 @@ def test_the_seed_of_the_constructor_decides_the_initial_weights_and_leaves_the_
     for bad, error in ((-1, ValueError), (1.5, TypeError)):
         with pytest.raises(error, match="seed"):
             build(seed=bad)
+
+
+def test_sample_grid_and_params_take_a_generator_and_leave_the_global_stream():
+    r"""``sample_grid`` and ``sample_params`` drew from torch's global stream only (the demo's inverse test grid
+    moved with whatever had been drawn before it); with ``generator=`` they repeat, leave the global stream where it
+    was, and stay inside their boxes."""
+    m = RGNP.from_family(NonlinearPoisson1D(), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC, seed=0)
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        return (m.sample_grid(3, 9, generator=g), *m.sample_params(3, generator=g))
+
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = draw(11)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(13)  # the global stream moves; the seeded draws do not
+    for a, b in zip(first, draw(11), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], draw(12)[0])
+    x, z, w = first
+    assert x.shape == (3, 9, 1) and z.shape == (3, m.dim_z) and w.shape == (3, m.dim_w)
+    assert bool(((x > m.lower) & (x < m.upper)).all())
+    assert bool(((z >= m.z_low) & (z <= m.z_high)).all()) and bool(((w >= m.w_low) & (w <= m.w_high)).all())
+    with pytest.raises(TypeError, match="`generator` must be a torch.Generator"):
+        m.sample_grid(2, generator=7)

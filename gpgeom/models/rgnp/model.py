@@ -61,6 +61,16 @@ def family_residual(family: PDEFamily) -> ResidualFn:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    r"""U(0, 1) draws of ``shape`` in the dtype and on the device of ``like``, from ``generator`` (drawn on its own
+    device, so a CPU generator serves a CUDA model) or from torch's global random state."""
+    if generator is None:
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
+    return torch.rand(shape, dtype=like.dtype, device=generator.device, generator=generator).to(like.device)
+
+
 class RGNP(ModelContract, nn.Module):
     r"""Random Grid Neural Process for a parametric PDE (see :mod:`gpgeom.models.rgnp` for the model and the ELBO).
 
@@ -259,9 +269,10 @@ class RGNP(ModelContract, nn.Module):
     def _normalise(self, t: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         return 2 * (t - lo) / (hi - lo) - 1
 
-    def sample_grid(self, batch: int, n: int | None = None) -> Tensor:
+    def sample_grid(self, batch: int, n: int | None = None, *, generator: torch.Generator | None = None) -> Tensor:
         r"""Collocation grids ``(batch, n, D)``: i.i.d. uniform in the (margin-shrunk) box, or the fixed regular grid
-        (:math:`k^D = n` points, ``n`` in 1-D; ``n`` defaults to the model's ``n_points``)."""
+        (:math:`k^D = n` points, ``n`` in 1-D; ``n`` defaults to the model's ``n_points``). The random points come
+        from ``generator`` (drawn on its device, then moved to the model's), or from torch's global random state."""
         n = self.n_points if n is None else n
         check_positive("n_points", n, integer=True)
         check_positive("batch", batch, integer=True)
@@ -276,15 +287,16 @@ class RGNP(ModelContract, nn.Module):
             mesh = torch.meshgrid(*axes, indexing="ij")
             pts = torch.stack([g.reshape(-1) for g in mesh], dim=-1)
             return pts[None].expand(batch, -1, -1).clone()
-        u = torch.rand(batch, n, self.dim, dtype=lo.dtype, device=lo.device)
+        u = _uniform((batch, n, self.dim), lo, generator)
         m = self.boundary_margin * (hi - lo)
         return lo + m + (hi - lo - 2 * m) * u
 
-    def sample_params(self, batch: int) -> tuple[Tensor, Tensor]:
-        r"""``z`` ``(batch, dz)`` and ``w`` ``(batch, dw)`` from their uniform distributions."""
-        opts = {"dtype": self.lower.dtype, "device": self.lower.device}
-        z = self.z_low + (self.z_high - self.z_low) * torch.rand(batch, self.dim_z, **opts)
-        w = self.w_low + (self.w_high - self.w_low) * torch.rand(batch, self.dim_w, **opts)
+    def sample_params(self, batch: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        r"""``z`` ``(batch, dz)`` and ``w`` ``(batch, dw)`` from their uniform distributions, drawn from
+        ``generator`` (on its device, then moved to the model's) or from torch's global random state."""
+        check_positive("batch", batch, integer=True)
+        z = self.z_low + (self.z_high - self.z_low) * _uniform((batch, self.dim_z), self.lower, generator)
+        w = self.w_low + (self.w_high - self.w_low) * _uniform((batch, self.dim_w), self.lower, generator)
         return z, w
 
     def lift(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
