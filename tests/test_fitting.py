@@ -428,3 +428,87 @@ def test_an_error_inside_a_callable_loss_says_where_fit_called_it(optimizer):
     notes = " ".join(getattr(info.value, "__notes__", []))
     step = "L-BFGS-B evaluation 4" if optimizer == "lbfgs" else "Adam epoch 4"  # lbfgs: call 1 is the probe
     assert f"at {step}." in notes and "my_loss (" in notes and "attempt 0" in notes, notes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# minibatch order: a function of (seed, attempt) only
+
+
+class _Slope(gpytorch.Module):
+    r"""``y ~ a x`` with ``a > 0`` under a Gamma prior (restarts draw ``a`` from it, whatever its current value)."""
+
+    def __init__(self, a0: float) -> None:
+        super().__init__()
+        self.register_parameter("raw_a", torch.nn.Parameter(torch.tensor(a0, dtype=DT)))
+        self.register_constraint("raw_a", gpytorch.constraints.Positive())
+        self.register_prior("a_prior", gpytorch.priors.GammaPrior(4.0, 2.0), lambda m: m.a, lambda m, v: m._set_a(v))
+        self.raw_a.data = self.raw_a_constraint.inverse_transform(torch.tensor(a0, dtype=DT))
+
+    @property
+    def a(self) -> torch.Tensor:
+        return self.raw_a_constraint.transform(self.raw_a)
+
+    def _set_a(self, value) -> None:
+        self.raw_a.data = self.raw_a_constraint.inverse_transform(torch.as_tensor(value, dtype=DT))
+
+
+_XS = torch.linspace(0.1, 2.0, 40, dtype=DT)
+_YS = 1.7 * _XS + 0.3 * torch.sin(17 * _XS)
+
+
+def _slope_fit(a0: float, loader, executor=None, seen=None) -> tuple[FitResult, _Slope]:
+    module = _Slope(a0)
+
+    def loss(index, y):
+        if seen is not None:
+            seen.append(index.clone())
+        return (module.a * _XS[index] - y).square().mean()
+
+    kw = {"lr": 0.05, "epochs": 60, "patience": 3, "rel_tol": 1e-3, "restarts": 2, "seed": 3, "progress": False}
+    return fit(loss, module=module, data_loader=loader, executor=executor, **kw), module
+
+
+def _loaders():
+    from gpgeom.botorch.low_rank import Minibatches
+
+    idx = torch.arange(40)
+    yield Minibatches(idx, _YS, 8, torch.Generator().manual_seed(11))
+    yield DataLoader(TensorDataset(idx, _YS), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(11))
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["Minibatches", "DataLoader-with-generator"])
+def test_minibatch_fit_with_restarts_is_bitwise_the_same_with_an_executor(kind):
+    # the old Minibatches (and a DataLoader with its own generator) kept one generator for all attempts: serially,
+    # attempt k shuffled on from where attempt k - 1 stopped, while each executor task started from a pickled copy in
+    # the initial state, so attempts 1 and 2 differed (final losses ~1e-4 apart)
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial, m_serial = _slope_fit(0.5, list(_loaders())[kind])
+    with ThreadPoolExecutor(2) as threads:
+        par, m_par = _slope_fit(0.5, list(_loaders())[kind], executor=threads)
+    assert len(set(serial.final_losses)) == 3 and len({len(h) for h in serial.history}) > 1  # not vacuous
+    assert par.final_losses == serial.final_losses and par.history == serial.history
+    assert par.best_attempt == serial.best_attempt and torch.equal(m_par.raw_a, m_serial.raw_a)
+
+
+@pytest.mark.parametrize("kind", [0, 1], ids=["Minibatches", "DataLoader-with-generator"])
+def test_an_attempts_minibatch_order_does_not_depend_on_the_other_attempts(kind):
+    from gpgeom.engine.parallel import derive_seed
+
+    # attempt 0 starts from a0 (and stops after a number of epochs that depends on it); attempts 1 and 2 start from
+    # prior draws, so they must not depend on a0 at all
+    seen = []
+    near, _ = _slope_fit(1.7, list(_loaders())[kind], seen=seen)
+    far, _ = _slope_fit(20.0, list(_loaders())[kind])
+    assert len(near.history[0]) != len(far.history[0])  # attempt 0 ran a different number of epochs
+    assert near.history[1:] == far.history[1:] and near.final_losses[1:] == far.final_losses[1:]
+    if kind == 1:  # a DataLoader draws its iterator's base seed from the generator first: no plain randperm
+        return
+    # the order itself: attempt k's first epoch is the permutation of derive_seed(3, k, 1)
+    first = 0
+    for k, hist in enumerate(near.history):
+        order = torch.cat(seen[first : first + 5])
+        truth = torch.randperm(40, generator=torch.Generator().manual_seed(derive_seed(3, k, 1)))
+        assert torch.equal(order, truth)
+        first += 5 * len(hist)
+    assert first == len(seen)

@@ -635,16 +635,28 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
 class Minibatches:
     r"""Reshuffled minibatches ``(index (b,), y (b, D))`` of the training points, one pass per iteration.
 
+    :func:`gpgeom.engine.fitting.fit` calls :meth:`reseed` at the start of every attempt, so that an attempt's
+    minibatch order depends only on the fit's seed and the attempt's index (the same in a serial run and with an
+    executor, whatever the other attempts did).
+
     Args:
         index: ``(N_pts,)`` long point indices.
         y: ``(N_pts, D)`` observations.
         batch_size: Points per minibatch.
-        generator: The random generator of the shuffles.
+        generator: The random generator of the shuffles until the next :meth:`reseed` (which replaces it, leaving
+            this one alone); ``None``: a generator seeded with 0.
     """
 
-    def __init__(self, index: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, index: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
         check_positive("batch_size", batch_size, integer=True)
-        self.index, self.y, self.b, self.gen = index, y, batch_size, generator
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
+        self.index, self.y, self.b = index, y, batch_size
+        self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def reseed(self, seed: int) -> None:
+        r"""Shuffle from a new CPU generator seeded with ``seed`` from now on (the engine's per-attempt hook)."""
+        self.gen = torch.Generator().manual_seed(seed)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         perm = torch.randperm(len(self.index), generator=self.gen).to(self.index.device)

@@ -4,7 +4,14 @@ independent problems, groups of their members) as tasks of a ``concurrent.future
 
 **Seeds.** Attempt ``k`` of a fit seeded with ``s`` draws its starting point from a generator seeded with
 :func:`gpgeom.engine.parallel.derive_seed` ``(s, k)``: it does not depend on the other attempts, so an attempt is
-the same in this process and in any worker.
+the same in this process and in any worker. The same holds for the minibatch order: at the start of every try of
+an attempt (:func:`reseed_loader`), a data loader with a ``reseed(seed)`` method (as
+:class:`gpgeom.botorch.low_rank.Minibatches`) gets ``derive_seed(s, k, 1)``, and a ``torch.utils.data.DataLoader``
+with its own ``generator`` has that generator seeded with it (one that shuffles from torch's global generator
+draws from the attempt's seeded stream). Without this, a loader that keeps its own generator went on from where
+the previous attempt left it in a serial run (after a data-dependent number of epochs), while every task of the
+executor path starts from a pickled copy in its initial state. With ``seed=None`` (serial), the loader's seed is
+one draw of torch's global generator per attempt.
 
 **Tasks** (:func:`plan_tasks`). Each attempt is a task, and the result is bitwise the serial one. On request
 (``fit(..., split_members=True)``), when the loss is a batch of independent problems that can evaluate a subset of
@@ -51,6 +58,7 @@ from gpytorch.mlls import MarginalLogLikelihood
 from linear_operator.utils.errors import NanError
 from linear_operator.utils.errors import NotPSDError as _LONotPSDError
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from gpgeom._progress import progress_bar
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
@@ -65,8 +73,10 @@ __all__ = [
     "jitter_levels",
     "merge_members",
     "plan_tasks",
+    "has_own_stream",
     "random_reinitialize",
     "reinitialize",
+    "reseed_loader",
     "restore",
     "run_attempt",
     "run_attempts",
@@ -289,6 +299,28 @@ class FitJob:
         return batch_members(probe, params, bounds)[0]
 
 
+def has_own_stream(data_loader: Any) -> bool:
+    r"""Whether ``data_loader`` shuffles from a random stream of its own that :func:`reseed_loader` sets: it has a
+    callable ``reseed``, or it is a ``torch.utils.data.DataLoader`` with a ``generator``."""
+    if callable(getattr(data_loader, "reseed", None)):
+        return True
+    return isinstance(data_loader, DataLoader) and data_loader.generator is not None
+
+
+def reseed_loader(data_loader: Any, seed: int | None) -> None:
+    r"""Start the random stream of ``data_loader`` (its shuffles) from ``seed`` (:func:`has_own_stream`), so that an
+    attempt's minibatch order is a function of the fit's seed and the attempt's index only: ``reseed(seed)`` when the
+    loader has it, else the ``generator`` of a ``torch.utils.data.DataLoader`` seeded in place (its sampler draws
+    from it). Nothing for other loaders (a list, a DataLoader shuffling from torch's global generator, which the
+    attempt seeds) or ``seed=None``."""
+    if seed is None or not has_own_stream(data_loader):
+        return
+    if callable(getattr(data_loader, "reseed", None)):
+        data_loader.reseed(seed)
+    else:
+        data_loader.generator.manual_seed(seed)
+
+
 #: ``(attempt, result or None when it failed, jitter level reached, failure reason)``.
 Outcome = tuple[int, Attempt | None, int, str]
 
@@ -303,6 +335,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
     full_loss, batch_loss, batches = job.losses()
     params, bounds = job.parameters()
     seed = None if o["seed"] is None else derive_seed(o["seed"], attempt)
+    loader_seed = None if o["seed"] is None else derive_seed(o["seed"], attempt, 1)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     level, result, reason = 0, None, ""
     with torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext():
@@ -312,10 +345,13 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             restore(module, job.initial)
             reinitialize(model, torch.Generator().manual_seed(seed) if seed is not None else torch.default_generator)
         start_state = copy.deepcopy(module.state_dict())
+        if loader_seed is None and has_own_stream(job.data_loader):
+            loader_seed = int(torch.randint(0, 2**62, (1,)).item())  # seed=None: torch's global stream
         total = o["max_iter"] if o["optimizer"] == "lbfgs" else o["epochs"]
         desc = f"fit {type(model).__name__} attempt {attempt + 1}/{o['restarts'] + 1}"
         while True:
             bar = progress_bar(total=total, desc=desc, progress=o["progress"], leave=False)
+            reseed_loader(job.data_loader, loader_seed)  # every try (jitter escalation too) sees the same order
             try:
                 with jitter_context(o["levels"][level]):
                     if o["optimizer"] == "lbfgs":

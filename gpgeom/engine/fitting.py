@@ -195,7 +195,11 @@ def fit(
             it is read once per epoch, so not a generator), at least one per epoch, for the
             Adam path; ``X`` is ``batch_shape x b x d`` and ``y`` is ``batch_shape x b``. An MLL is evaluated as
             ``-mll(mll.model(X), y)``; a callable as ``objective(X, y)``. Without it, each Adam epoch is one
-            full-batch step on the model's training data.
+            full-batch step on the model's training data. A loader that shuffles from a stream of its own is
+            reseeded at the start of every attempt from ``(seed, k)`` (``derive_seed(seed, k, 1)``): one with a
+            ``reseed(seed)`` method (:class:`gpgeom.botorch.low_rank.Minibatches`) through it, a ``DataLoader``
+            with a ``generator`` by seeding that generator in place; a ``DataLoader`` without one shuffles from
+            torch's global generator, which the attempt seeds (:mod:`gpgeom.engine.attempts`, *Seeds*).
         epochs: Maximum number of Adam epochs per attempt.
         patience: Adam stops when the smoothed loss has not improved by a relative ``rel_tol`` for this many
             consecutive epochs.
@@ -204,7 +208,8 @@ def fit(
             terminal or notebook, not in logs or tests; see :mod:`gpgeom._progress`).
         seed: Seed for the restarts' starting points and minibatch order, attempt ``k`` seeded from ``(seed, k)``
             (:func:`gpgeom.engine.parallel.derive_seed`); the caller's global random state is left untouched.
-            ``None`` uses the global random state (with an executor: one draw of it seeds the attempts).
+            ``None`` uses the global random state (with an executor: one draw of it seeds the attempts; serially,
+            a loader with its own stream gets one draw of it per attempt).
         max_jitter: The largest Cholesky jitter to escalate to before giving up (every attempt starts from the
             dtype's default).
         executor: Run the attempts as tasks of a ``concurrent.futures.Executor`` (Dask's ``Client.get_executor()``,

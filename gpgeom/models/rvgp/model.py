@@ -341,7 +341,9 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                 (with the rows, if they are per index).
             method: ``"exact"`` (L-BFGS-B on the Woodbury marginal likelihood, :math:`O(N k^2)` per step) or
                 ``"variational"`` (Adam on minibatch ELBOs of ``batch_size`` points, ``epochs``).
-            restarts, max_iter, lr, patience, seed: Passed to :func:`gpgeom.engine.fitting.fit`.
+            restarts, max_iter, lr, patience, seed: Passed to :func:`gpgeom.engine.fitting.fit`. ``seed`` also
+                sets the minibatch order of ``method="variational"`` (attempt ``k`` from ``(seed, k)``); ``None``
+                draws both the restarts' starting points and the minibatch order from torch's global generator.
             batch_size, epochs: Minibatch size (points) and epochs of ``method="variational"``.
             progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only;
                 :mod:`gpgeom._progress`).
@@ -394,9 +396,12 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             self.mode = "variational"
             self._n_train_obs = int(ys.numel())
             self.data_index, self.data_y = idx_t[:0], ys[:0]
-            gen = torch.Generator().manual_seed(0 if seed is None else seed)
-            loader = Minibatches(idx_t, ys, batch_size, gen)
-            self.init_variational(loader)
+            # the fit reseeds the loader at every attempt from (seed, attempt) (Minibatches.reseed); the start of
+            # q(v) takes the points in order (its sums do not depend on a shuffle)
+            loader = Minibatches(idx_t, ys, batch_size)
+            self.init_variational(
+                (idx_t[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, len(idx_t), batch_size)
+            )
             result = fit(
                 self.elbo_loss,
                 module=self,
