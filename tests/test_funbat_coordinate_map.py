@@ -15,6 +15,7 @@ import torch
 from gpgeom.datasets.tensors import make_synthetic_tensor
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat import FunBaT
+from gpgeom.models.funbat.priors import initial_positions
 
 D = torch.float64
 
@@ -51,6 +52,51 @@ def _station_day(seed: int = 0):
     y = a * b[s, 0] + torch.cos(X[:, 0] / 7) * b[s, 1] + 0.05 * torch.randn(len(X), generator=g, dtype=D)
     keep = torch.rand(len(X), generator=g) < 0.7
     return X[keep], y[keep], X[~keep]
+
+
+def test_without_normalisation_a_float32_model_keeps_coordinates_with_a_large_offset():
+    r"""``normalize_coordinates=False`` with Unix times in hours (about 4.7e5, float32 spacing 0.03 h) over ten days
+    and a lengthscale of a day: the coordinates were rounded to float32 as they were, and the ELBO was -143 where the
+    same data at the origin give -416, the predictions off by 4x their size. The shift by the training minimum is now
+    taken in float64, so the fit equals the origin's (the same coordinates, to float64 rounding of the offset)."""
+    d = make_synthetic_tensor(200, 50, rank=2, n_coords=12, noise_sd=0.05, seed=3)
+    X, Xt = 240.0 * d.X_train, 240.0 * d.X_test
+    shift = torch.tensor([1.7e9 / 3600, 0.0, 0.0], dtype=D)
+    kw = {"dtype": torch.float32, "normalize_coordinates": False, "lengthscale": [24.0, 72.0, 72.0]}
+    ref, off = _fit(X, d.y_train, **kw), _fit(X + shift, d.y_train, **kw)
+    assert abs(off.elbo() - ref.elbo()) < 1e-4 * abs(ref.elbo())
+    mean, sd = ref.predict(Xt, return_std=True)
+    mean_off, sd_off = off.predict(Xt + shift, return_std=True)
+    assert float((mean_off - mean).abs().max()) < 1e-4 * float(mean.abs().max())
+    assert float((sd_off - sd).abs().max()) < 1e-4 * float(sd.max())
+
+
+def test_without_normalisation_a_shifted_mode_gives_the_same_fit():
+    r"""A stationary prior does not see where a mode sits: shifting the coordinates of a mode that spans 240 units
+    (``normalize_coordinates=False``) by 5 or -0.3 must leave the float64 fit as it is. The initial factors were a
+    cosine of the raw coordinates (period 2 units), so the shift moved the initial state and the ELBO it converged to
+    (198.37 against 197.76 for a shift by 5 on a test case of the same form)."""
+    d = make_synthetic_tensor(200, 50, rank=2, n_coords=12, noise_sd=0.05, seed=3)
+    X, Xt = 240.0 * d.X_train, 240.0 * d.X_test
+    kw = {"normalize_coordinates": False, "lengthscale": [24.0, 72.0, 72.0]}
+    ref = _fit(X, d.y_train, **kw)
+    for dx in (5.0, -0.3):
+        shift = torch.tensor([0.0, dx, 0.0], dtype=D)
+        off = _fit(X + shift, d.y_train, **kw)
+        assert abs(off.elbo() - ref.elbo()) < 1e-8 * abs(ref.elbo())
+        assert float((off.predict(Xt + shift) - ref.predict(Xt)).abs().max()) < 1e-8
+
+
+def test_initial_positions_of_a_continuous_mode_span_its_range():
+    r"""The initial factors :math:`\cos(\pi r s)` take a continuous mode's coordinates mapped onto ``[0, 1]`` by
+    their range, whatever their units: the raw coordinates (``normalize_coordinates=False``) gave a cosine of period
+    2 units, 120 periods over a mode spanning 240 hours."""
+    t = torch.tensor([472222.0, 472230.5, 472300.0, 472462.0], dtype=D)
+    s, perm = initial_positions(t, torch.arange(4), torch.zeros(4, dtype=D), categorical=False)
+    assert torch.allclose(s, torch.tensor([0.0, 8.5 / 240, 78.0 / 240, 1.0], dtype=D), rtol=0, atol=1e-15)
+    assert perm.tolist() == [0, 1, 2, 3]
+    s1, _ = initial_positions(t[:1], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=D), categorical=False)
+    assert s1.tolist() == [0.0]
 
 
 @pytest.mark.parametrize("kw", [{"categorical": 1}, {"noise": "student_t", "scale_mode": 1}])

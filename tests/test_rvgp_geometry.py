@@ -116,3 +116,23 @@ def test_bytes_per_point_grow_with_the_dense_training_set(small_fit):
         gp._bytes_per_point(new=True) - gp._bytes_per_point(new=False),
         alone._bytes_per_point(new=True) - alone._bytes_per_point(new=False),
     )
+
+
+def test_a_float32_model_predicts_at_new_points_of_a_cloud_far_from_the_origin():
+    r"""A georeferenced cloud (a sphere of radius 50 placed at ``(5e5, 5e6, 100)``) must give the predictions of the
+    same cloud at the origin: the kernels are stationary. ``predict_at`` of a float32 model rounded the new points'
+    absolute coordinates to float32 (0.5 at 5e6) before the ambient kernel took their differences, and its standard
+    deviations were off by 3.6x their largest, its means by 1.4e-3; now both agree to 1e-5 (the ambient inputs are
+    taken relative to the cloud's centroid in float64)."""
+
+    s = sphere_vector_field(150, "mixed", seed=0)
+    P, V = 50.0 * np.asarray(s.points, dtype=np.float64), torch.as_tensor(np.asarray(s.vectors), dtype=torch.float32)
+    new = 50.0 * np.asarray(sphere_vector_field(5, "mixed", seed=1).points, dtype=np.float64)
+    tr = torch.arange(0, 150, 3)
+    out = []
+    for off in (np.zeros(3), np.array([5e5, 5e6, 100.0])):
+        gp = RVGP(P + off, n_eigenpairs=16, dtype=torch.float32).fit(tr, V[tr], seed=0, max_iter=30)
+        out.append(gp.predict_at(new + off, return_std=True))
+    (m0, s0), (m1, s1) = out
+    assert float((m1 - m0).abs().max()) < 1e-5 * float(m0.abs().max())
+    assert float((s1 - s0).abs().max()) < 1e-5 * float(s0.max())

@@ -4,7 +4,8 @@ with its hyperparameter schedule and convergence test.
 Initial state (``_initialise(seed, init_scale)``, one per initialisation). Each mode's kernel at the initial
 ``lengthscale`` (none for a categorical mode) and ``variance``; its latent means the cosine basis
 :math:`\cos(\pi r s)`, :math:`r = 0 \dots R_k - 1`, at the positions :math:`s` of
-:func:`~gpgeom.models.funbat.priors.initial_positions` (the normalised coordinates; a categorical mode's labels by
+:func:`~gpgeom.models.funbat.priors.initial_positions` (the coordinates mapped onto ``[0, 1]`` by their range; a
+categorical mode's labels by
 their rank in mean value), plus ``init_scale`` times standard normal draws from a generator seeded by ``seed``; its
 latent covariances :math:`0.01 I` and its messages zero. The Tucker core's mean is a draw of :math:`N(0, \sigma_W^2
 I / P)` from the same generator, its covariance :math:`0.01 I`; the CP core is the superdiagonal of ones with zero

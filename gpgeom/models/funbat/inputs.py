@@ -22,6 +22,14 @@ after ``to(dtype=...)`` or a file round trip, which categorical modes (equal lab
 :mod:`~gpgeom.models.funbat.priors`) and scales shared along a mode (``scale_mode``) require
 (``tests/test_funbat_coordinate_map.py``).
 
+With ``normalize_coordinates=False`` the map is the shift :math:`x - \text{lo}` alone (span 1): the lengthscales stay
+in the coordinates' own units, and the stationary Matérn priors do not see the shift, but the model computes with
+the offsets from the training minimum, not with the coordinates themselves. Without the shift a float32 model
+rounded Unix times in days (1.7e9 s as about 2e4 days, float32 spacing 2e-3 days) or in seconds (spacing 128 s) to
+float32 before taking any difference: fitted at 1.7e9 + 60 days of hourly-scale data in hours the ELBO was -143
+instead of -416 at the origin and the predictions off by 4x their size; now both agree with the origin to float32
+rounding.
+
 Labels. The modes that match coordinates by equality (the ``categorical`` ones and ``scale_mode``) keep their
 training coordinates in their original units (float64, sorted, unique) and the dtype they came in. **A query
 coordinate of such a mode matches a training label when the two are equal at the lower precision of the query's
@@ -159,8 +167,8 @@ class _Inputs:
         lo = X.min(0).values
         span = X.max(0).values - lo
         span = torch.where(span > 0, span, torch.ones_like(span))
-        if not self.normalize_coordinates:
-            lo, span = torch.zeros_like(lo), torch.ones_like(span)
+        if not self.normalize_coordinates:  # a shift only: the units stay, the offset goes (module docstring)
+            span = torch.ones_like(span)
         self.coord_lo, self.coord_span, self._fit_dtype = lo, span, self.dtype
 
     def _normalise(self, X: Tensor, k: int | None = None) -> Tensor:

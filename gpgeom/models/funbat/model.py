@@ -177,7 +177,8 @@ class FunBaT(
         standardize: Standardise ``y`` (training mean and standard deviation); predictions are in the original
             units. Strongly recommended (the Tucker updates are linear in each other's means and collapse to the
             zero fixed point when ``y`` is small).
-        normalize_coordinates: Map each mode's training coordinates affinely to ``[0, 1]``.
+        normalize_coordinates: Map each mode's training coordinates affinely to ``[0, 1]``; ``False``: only shift
+            them by their training minimum (in float64), keeping their units.
         bias: Add a constant :math:`b \sim N(0, \sigma_b^2)` to the model, :math:`y_n = b + f(x_n) + \varepsilon_n`,
             with its own Gaussian factor :math:`q(b)`. Centring ``y`` adds a constant to the tensor, which is
             one more rank in every mode; the bias takes it so that an exact rank-:math:`R` tensor stays rank

@@ -43,14 +43,16 @@ def initial_positions(t: Tensor, idx: Tensor, ys: Tensor, categorical: bool) -> 
     r"""Where each unique coordinate of a mode sits in its initial factors, and its row of the seeded perturbation.
 
     The initial latent means are :math:`\cos(\pi r s_i) + \text{init\_scale}\, \varepsilon_{\pi(i)}`,
-    :math:`r = 0 \dots R-1`. A continuous mode takes :math:`s_i = t_i` (its normalised coordinate) and
-    :math:`\pi(i) = i`. A categorical mode's labels have no order, so both come from the data instead: the labels are
-    ranked by the mean standardised value of their entries (ties in label order), :math:`s_i` is label
-    :math:`i`'s rank over :math:`I - 1` and :math:`\pi(i)` its rank. A relabelling of the categories (any bijection of
-    the label values) then leaves every label's initial factors, hence the whole fit, unchanged.
+    :math:`r = 0 \dots R-1`. A continuous mode takes :math:`s_i = (t_i - t_1) / (t_I - t_1)` (its coordinate
+    mapped onto ``[0, 1]`` by its range: the normalised coordinate itself with ``normalize_coordinates``, which
+    spans ``[0, 1]``) and :math:`\pi(i) = i`; :math:`s_i = t_i` made the initial factors a cosine of period 2 units
+    of the raw coordinates with ``normalize_coordinates=False``. A categorical mode's labels have no order, so both
+    come from the data instead: the labels are ranked by the mean standardised value of their entries (ties in label
+    order), :math:`s_i` is label :math:`i`'s rank over :math:`I - 1` and :math:`\pi(i)` its rank. A relabelling of
+    the categories (any bijection of the label values) then leaves every label's initial factors, hence the whole fit, unchanged.
 
     Args:
-        t: ``I`` sorted unique normalised coordinates of the mode.
+        t: ``I`` sorted unique coordinates of the mode (in the model's units).
         idx: ``N`` index of each training entry's coordinate in ``t``.
         ys: ``N`` standardised values of the (observed) training entries.
         categorical: Whether the mode holds labels.
@@ -60,7 +62,8 @@ def initial_positions(t: Tensor, idx: Tensor, ys: Tensor, categorical: bool) -> 
     """
     I = t.shape[0]
     if not categorical:
-        return t, torch.arange(I, device=t.device)
+        width = t[-1] - t[0] if I > 1 else t.new_ones(())
+        return (t - t[0]) / width, torch.arange(I, device=t.device)
     sums = torch.zeros(I, dtype=ys.dtype, device=ys.device).index_add_(0, idx, ys)
     counts = torch.zeros(I, dtype=ys.dtype, device=ys.device).index_add_(0, idx, torch.ones_like(ys))
     rank = torch.empty(I, dtype=torch.long, device=t.device)

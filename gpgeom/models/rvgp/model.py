@@ -250,7 +250,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         if ambient is not None:
             labels = lap.graph.labels
             amb_kernel, amb_bounds = _ambient_kernel(lap.points, ambient, labels)
-            amb_points = torch.as_tensor(_ambient_inputs(lap.points, labels), dtype=torch.float64, device=device)
+            amb_points = _ambient_inputs(lap.points, labels, np.asarray(lap.points, dtype=np.float64).mean(0))
+            amb_points = torch.as_tensor(amb_points, dtype=torch.float64, device=device)
         super().__init__(covar, tangent_frames=frames, ambient_kernel=amb_kernel, ambient_points=amb_points)
         self.ambient_lengthscale_bounds = amb_bounds if ambient is not None else None
         self.lengthscale_bounds = (lo, hi)
@@ -573,8 +574,9 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             coords = None
             if self.ambient_points is not None:  # with the component of the nearest cloud point
                 near = self._tree.query(P[sl], k=1)[1].reshape(-1)
-                coords = torch.as_tensor(_ambient_inputs(P[sl], self.laplacian.graph.labels[near]), dtype=self.dtype)
-                coords = coords.to(phi)
+                origin = np.asarray(self.laplacian.points, dtype=np.float64).mean(0)  # as in __init__
+                coords = _ambient_inputs(P[sl], self.laplacian.graph.labels[near], origin)
+                coords = torch.as_tensor(coords, dtype=self.dtype).to(phi)
             X = self.extended_inputs(phi, proj, 1.0 - gamma.square(), key, coords)
             parts.append(self._predict(X, return_std, return_cov, observation_noise, step, max_memory))
         if not (return_std or return_cov):
