@@ -49,7 +49,8 @@ def initial_positions(t: Tensor, idx: Tensor, ys: Tensor, categorical: bool) -> 
     of the raw coordinates with ``normalize_coordinates=False``. A categorical mode's labels have no order, so both
     come from the data instead: the labels are ranked by the mean standardised value of their entries (ties in label
     order), :math:`s_i` is label :math:`i`'s rank over :math:`I - 1` and :math:`\pi(i)` its rank. A relabelling of
-    the categories (any bijection of the label values) then leaves every label's initial factors, hence the whole fit, unchanged.
+    the categories (any bijection of the label values) then leaves every label's initial factors, hence the whole
+    fit, unchanged.
 
     Args:
         t: ``I`` sorted unique coordinates of the mode (in the model's units).
