@@ -75,6 +75,14 @@ def _times64(traj: Trajectory, ms: Sequence[Measurement]) -> Tensor:
     return torch.cat([m.t.detach().to(dtype=torch.float64, device=traj._times64.device) for m in ms])
 
 
+def _values(traj: Trajectory, ms: Sequence[Measurement], *names: str) -> tuple[Tensor, ...]:
+    r"""The attributes ``names`` of the measurements ``ms`` (e.g. ``"Rm"``, ``"d"``), each concatenated over them
+    (``M x ...``), in the trajectory's dtype and on its device; each measurement is converted once. Their times come
+    from :func:`_times64` instead (the conversion rounds them)."""
+    conv = [m.to(dtype=traj.dtype, device=traj.device) for m in ms]
+    return tuple(torch.cat([getattr(m, name) for m in conv]) for name in names)
+
+
 def at_default_state(traj: Trajectory) -> bool:
     r"""Whether every knot is the constructor's default state (identity rotation, every other number zero)."""
     X = traj.knots
@@ -192,7 +200,7 @@ def check_measured_turns(traj: Trajectory, measurements: Sequence[Measurement]) 
     times are clamped to the span of the measurements: no extrapolation)."""
     poses = [m for m in measurements if isinstance(m, PoseMeasurement)]
     if poses:
-        Rm = torch.cat([m.to(dtype=traj.dtype, device=traj.device).Rm for m in poses])
+        (Rm,) = _values(traj, poses, "Rm")
         tu, Ru = _mean_rotations(_times64(traj, poses), Rm)
         tk = traj._times64.clamp(tu[0], tu[-1])
         _interp_rotations(tu, Ru, tk, "pose measurements", limit=math.pi)
@@ -355,11 +363,8 @@ def _positions_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement]):
     determine positions."""
     tk = traj._times64
     t = _times64(traj, ranges)
-    conv = [m.to(dtype=traj.dtype, device=traj.device) for m in ranges]
-    anchors = torch.cat([m.anchors for m in conv])
-    d = torch.cat([m.d for m in conv])
-    noise = torch.cat([1.0 / m.w[:, 0] for m in conv])
-    lever = torch.cat([m.offset for m in conv]).norm(dim=-1)
+    anchors, d, w, offset = _values(traj, ranges, "anchors", "d", "w", "offset")
+    noise, lever = 1.0 / w[:, 0], offset.norm(dim=-1)
     sd = (noise.square() + lever.square()).sqrt()  # the unknown orientation of the lever arm as extra noise
     t0, t1 = float(tk[0]), float(tk[-1])
     spacing = float(tk.diff().median())
@@ -406,11 +411,8 @@ def _rotations_from_ranges(traj: Trajectory, ranges: list[RangeMeasurement], p_c
     """
     tk = traj._times64
     t = _times64(traj, ranges)
-    conv = [m.to(dtype=traj.dtype, device=traj.device) for m in ranges]
-    anchors = torch.cat([m.anchors for m in conv])
-    d = torch.cat([m.d for m in conv])
-    w2 = torch.cat([m.w[:, 0] for m in conv]).square()
-    off = torch.cat([m.offset for m in conv])
+    anchors, d, w, off = _values(traj, ranges, "anchors", "d", "w", "offset")
+    w2 = w[:, 0].square()
     M = t.shape[0]
     obar = off.mean(0)
     c = off - obar
@@ -467,13 +469,10 @@ def initial_knots(traj: Trajectory, measurements: Sequence[Measurement]) -> tupl
     finite differences across the knots (the velocities and accelerations from ranges, from the coarse solve).
     Components without a source keep their current values.
     """
-    # the values in the trajectory's dtype and on its device; the times as given (``_times64``)
+    # the values in the trajectory's dtype and on its device (``_values``); the times as given (``_times64``)
     poses = [m for m in measurements if isinstance(m, PoseMeasurement)]
     positions = [m for m in measurements if isinstance(m, PositionMeasurement)]
     ranges = [m for m in measurements if isinstance(m, RangeMeasurement)]
-
-    def values(ms: list[Measurement], name: str) -> Tensor:
-        return torch.cat([getattr(m.to(dtype=traj.dtype, device=traj.device), name) for m in ms])
 
     tk, h = traj._times64, traj._spacing()  # float64 knot times; spacings from them, in the trajectory's dtype
     wnoj = traj.order == 3
@@ -481,14 +480,14 @@ def initial_knots(traj: Trajectory, measurements: Sequence[Measurement]) -> tupl
     said = []
     if poses:
         t = _times64(traj, poses)
-        tu, Ru = _mean_rotations(t, values(poses, "Rm"))
+        tu, Ru = _mean_rotations(t, *_values(traj, poses, "Rm"))
         R = _interp_rotations(tu, Ru, tk, "pose measurements")
         omega, alpha = _rotation_rates(h, R)
         out.update(R=R, omega=omega, **({"alpha": alpha} if wnoj else {}))
         said.append(f"rotations from {t.shape[0]} pose measurements")
     if poses or positions:
         t = _times64(traj, poses + positions)
-        tu, pu = _mean_vectors(t, values(poses + positions, "pm"))
+        tu, pu = _mean_vectors(t, *_values(traj, poses + positions, "pm"))
         p = _interp_vectors(tu, pu, tk)
         v, a = _position_rates(h, p)
         out.update(p=p, v=v, **({"a": a} if wnoj else {}))
