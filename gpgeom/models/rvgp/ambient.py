@@ -93,12 +93,18 @@ def _ambient_kernel(points: np.ndarray, kind: str, labels: np.ndarray) -> tuple[
     return ScaleKernel(base, outputscale_constraint=GreaterThan(1e-6)), (lo, hi)
 
 
+def _ambient_origin(cloud: np.ndarray) -> np.ndarray:
+    r"""The origin ``(D,)`` of the ambient kernel's inputs (:func:`_ambient_inputs`): the centroid of the ``(n, D)``
+    cloud, in float64. The training inputs and those of ``predict_at`` both take it from the cloud."""
+    return np.asarray(cloud, dtype=np.float64).mean(0)
+
+
 def _ambient_inputs(points: np.ndarray, labels: np.ndarray, origin: np.ndarray) -> np.ndarray:
     r"""The ambient kernel's inputs ``(m, D + 1)``: the coordinates ``(m, D)`` relative to ``origin`` ``(D,)`` (the
-    cloud's centroid), taken in float64, and the component labels ``(m,)``. The kernel is stationary, so the shift
-    changes nothing but the rounding: a cloud placed far from the origin (georeferenced, ``(5e5, 5e6, 100)``) kept
-    its absolute coordinates, and ``predict_at`` of a float32 model rounded them to float32 (0.5 m at 5e6) before
-    the kernel took their differences; on a sphere of radius 50 its standard deviations were 3.6x off (relative to
-    their largest) from the same cloud at the origin, now 2e-7."""
+    cloud's centroid, :func:`_ambient_origin`), taken in float64, and the component labels ``(m,)``. The kernel is
+    stationary, so the shift changes nothing but the rounding: a cloud placed far from the origin (georeferenced,
+    ``(5e5, 5e6, 100)``) kept its absolute coordinates, and ``predict_at`` of a float32 model rounded them to float32
+    (0.5 m at 5e6) before the kernel took their differences; on a sphere of radius 50 its standard deviations were
+    3.6x off (relative to their largest) from the same cloud at the origin, now 2e-7."""
     rel = np.asarray(points, dtype=np.float64) - np.asarray(origin, dtype=np.float64)
     return np.concatenate([rel, np.asarray(labels, dtype=np.float64)[:, None]], axis=1)

@@ -62,7 +62,13 @@ from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian
 from gpgeom.geometry.tangent import fit_size, local_noise_variance, tangent_frames
 from gpgeom.kernels.spectral import SpectralKernel
 from gpgeom.models.rvgp._inputs import _as_cloud, _as_index, _numpy
-from gpgeom.models.rvgp.ambient import _AMBIENT, AMBIENT_MAX_POINTS, _ambient_inputs, _ambient_kernel
+from gpgeom.models.rvgp.ambient import (
+    _AMBIENT,
+    AMBIENT_MAX_POINTS,
+    _ambient_inputs,
+    _ambient_kernel,
+    _ambient_origin,
+)
 from gpgeom.models.rvgp.extension import _NystromExtension
 from gpgeom.models.rvgp.smoothness import _FILTERS, NU_BOUNDS, _lengthscale_bounds
 
@@ -250,7 +256,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         if ambient is not None:
             labels = lap.graph.labels
             amb_kernel, amb_bounds = _ambient_kernel(lap.points, ambient, labels)
-            amb_points = _ambient_inputs(lap.points, labels, np.asarray(lap.points, dtype=np.float64).mean(0))
+            amb_points = _ambient_inputs(lap.points, labels, _ambient_origin(lap.points))
             amb_points = torch.as_tensor(amb_points, dtype=torch.float64, device=device)
         super().__init__(covar, tangent_frames=frames, ambient_kernel=amb_kernel, ambient_points=amb_points)
         self.ambient_lengthscale_bounds = amb_bounds if ambient is not None else None
@@ -565,6 +571,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         self._warn_out_of_reach(P, stacklevel=3)
         step = min(chunk_size, chunk_size_for(self._bytes_per_point(new=True), max_memory, total=len(P)))
         parts = []
+        origin = _ambient_origin(self.laplacian.points) if self.ambient_points is not None else None
         for sl in chunk_slices(len(P), step):
             phi, frames, gamma, key = self._extend(P[sl], stacklevel=3, warn=False)
             if self.scalar:
@@ -574,7 +581,6 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             coords = None
             if self.ambient_points is not None:  # with the component of the nearest cloud point
                 near = self._tree.query(P[sl], k=1)[1].reshape(-1)
-                origin = np.asarray(self.laplacian.points, dtype=np.float64).mean(0)  # as in __init__
                 coords = _ambient_inputs(P[sl], self.laplacian.graph.labels[near], origin)
                 coords = torch.as_tensor(coords, dtype=self.dtype).to(phi)
             X = self.extended_inputs(phi, proj, 1.0 - gamma.square(), key, coords)
