@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: machine description, timing, tables written to benchmarks/results/.
+"""Shared helpers of the benchmark scripts: machine description, timing, tables written to benchmarks/results/, and
+the measures several scripts report (:func:`normal_angles`).
 
 Report names (:func:`report_name`): a full run on the CPU writes ``<name>.md``, the committed table; any other run
 adds what it is, ``<name>_<device>.md`` and/or ``<name>_quick.md`` (``<name>_cuda_quick.md``), so that a quick
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(os.environ.get("GPGEOM_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
@@ -200,3 +202,11 @@ def write_benchmark_report(
     """
     head = [f"# {title}", "", f"- machine: {machine_info(device)}{machine_note}", *(f"- {f}" for f in facts), ""]
     return write_report(name, "\n".join([*head, *body]).rstrip("\n") + "\n")
+
+
+def normal_angles(frames: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    r"""Angles in degrees ``(n,)`` between the normals of the ``n x 3 x 2`` tangent frames and the exact unit
+    ``normals`` ``(n, 3)`` (``rvgp_frames.py``, ``rvgp_noisy_calibration.py``)."""
+    est = np.cross(frames[:, :, 0], frames[:, :, 1])
+    est /= np.linalg.norm(est, axis=1, keepdims=True)
+    return np.degrees(np.arccos(np.clip(np.abs((est * normals).sum(1)), 0.0, 1.0)))

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, peak_rss_mib, report_name, write_benchmark_report  # noqa: E402
+from _common import markdown_table, normal_angles, peak_rss_mib, report_name, write_benchmark_report  # noqa: E402
 
 from gpgeom import RVGP  # noqa: E402
 from gpgeom.datasets.vector_fields import ellipsoid_vector_field  # noqa: E402
@@ -68,13 +68,6 @@ def one(seed: int, fit: str) -> list:
         relative_l2(mean, s.clean_vectors[te]),
         t,
     ]
-
-
-def normal_angles(frames: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    r"""Angles in degrees ``(n,)`` between the normals of the ``n x 3 x 2`` frames and the exact unit ``normals``."""
-    est = np.cross(frames[:, :, 0], frames[:, :, 1])
-    est /= np.linalg.norm(est, axis=1, keepdims=True)
-    return np.degrees(np.arccos(np.clip(np.abs((est * normals).sum(1)), 0.0, 1.0)))
 
 
 def sparse(n: int, seed: int) -> list:
