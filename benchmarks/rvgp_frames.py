@@ -74,11 +74,11 @@ def sparse(n: int, seed: int) -> list:
     r"""One row of the sparse-cloud table: the frames' normal angles on ``n`` points of the ellipsoid and, at 400
     points, RVGP's relative L2 error with the default and with exact frames."""
     s = ellipsoid_vector_field(n, "smooth", axes=SPARSE_AXES, vector_noise=0.05, seed=seed)
-    row: list = [n, seed]
     default = RVGP(s.points, n_eigenpairs=30, dim=2)  # the frames RVGP builds by default
     ang = normal_angles(default.laplacian.frames, s.normals)
+    row: list = [n, seed, float(np.median(ang)), float(np.percentile(ang, 99)), float(ang.max())]
     if n != 400:
-        return row + [float(np.median(ang)), float(np.percentile(ang, 99)), float(ang.max()), "-", "-"]
+        return row + ["-", "-"]
     perm = np.random.default_rng(seed).permutation(n)
     tr, te = np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
     tangent = np.cross(s.normals, np.array([0.3, 0.5, 0.8]))
@@ -88,7 +88,7 @@ def sparse(n: int, seed: int) -> list:
     for gp in (default, RVGP(s.points, n_eigenpairs=30, dim=2, frames=exact)):
         gp.fit(tr, s.vectors[tr])
         errors.append(relative_l2(gp.predict(te).detach().cpu().numpy(), s.clean_vectors[te]))
-    return row + [float(np.median(ang)), float(np.percentile(ang, 99)), float(ang.max()), *errors]
+    return row + errors
 
 
 def main(argv: list[str] | None = None) -> int:
