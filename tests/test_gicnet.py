@@ -311,6 +311,33 @@ def test_mask_equals_dropping_padded_points(aggregation):
     torch.testing.assert_close(net(x, u, w, mask=mask), ref, rtol=1e-12, atol=1e-12)
 
 
+def test_count_feature_is_the_log_of_the_number_of_real_points_fed_to_the_head():
+    r"""With ``count_feature=True`` the head's input is ``[CNN features, w, log(n / count_reference)]``, ``n`` the
+    number of real points of each set: the output against that input built by hand, the padded batch against each
+    set alone, and replication (still exactly invariant without the feature) now changes the output through ``n``
+    alone."""
+    torch.manual_seed(3)
+    net = _net(1, param_features=2, count_feature=True, count_reference=20.0)
+    plain = _net(1, param_features=2)
+    x1, x2 = _points(1, 9, 1), _points(1, 25, 1)
+    w = torch.rand(2, 2, dtype=DT)
+    by_hand = []
+    for x, wi in ((x1, w[:1]), (x2, w[1:])):
+        feats = net.cnn(net.grid_features(x, _field(x))).flatten(1)
+        n = torch.full((1, 1), x.shape[1] / 20.0, dtype=DT)
+        by_hand.append(net.head(torch.cat([feats, wi, n.log()], -1)))
+    x = torch.cat([torch.cat([x1, torch.zeros(1, 16, 1, dtype=DT)], 1), x2])
+    mask = torch.ones(2, 25, dtype=torch.bool)
+    mask[0, 9:] = False
+    torch.testing.assert_close(net(x, _field(x), w, mask=mask), torch.cat(by_hand), rtol=1e-12, atol=1e-12)
+    x3 = x2.repeat(1, 3, 1)
+    torch.testing.assert_close(plain(x3, _field(x3), w[1:]), plain(x2, _field(x2), w[1:]), rtol=1e-12, atol=1e-12)
+    feats = net.cnn(net.grid_features(x3, _field(x3))).flatten(1)
+    expected = net.head(torch.cat([feats, w[1:], torch.full((1, 1), math.log(75 / 20.0), dtype=DT)], -1))
+    torch.testing.assert_close(net(x3, _field(x3), w[1:]), expected, rtol=1e-12, atol=1e-12)
+    assert float((net(x3, _field(x3), w[1:]) - net(x2, _field(x2), w[1:])).abs().max()) > 1e-6
+
+
 def test_gradients_reach_lengthscales_and_weights():
     net = _net(3, param_features=1)
     x = _points(2, 30, 3)
@@ -435,6 +462,8 @@ def test_bad_forward_inputs(call, error, match):
         ({"init_lengthscale": -1.0}, ValueError, r"`init_lengthscale` must be > 0"),
         ({"init_lengthscale": -torch.ones(16, 1)}, ValueError, r"must be > 0 everywhere, got a minimum of -1"),
         ({"init_lengthscale": torch.ones(3, 2)}, ValueError, r"must broadcast to \(lift_channels, dim\) = \(16, 1\)"),
+        ({"count_feature": 1}, TypeError, r"`count_feature` must be True or False, got 1"),
+        ({"count_feature": True, "count_reference": 0.0}, ValueError, r"`count_reference` must be > 0"),
     ],
 )
 def test_bad_construction(kwargs, error, match):

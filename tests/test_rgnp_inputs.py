@@ -372,3 +372,55 @@ def test_gicnet_options_that_rgnp_sets_are_named():
         _poisson(gicnet={**SMALL_GIC, "param_features": 3, "domain": (0.0, 1.0)})
     with pytest.raises(TypeError, match=r"`gicnet` must be None or a dict of GICNet keyword arguments, got list"):
         _poisson(gicnet=[("lift_channels", 4)])
+
+
+def test_a_range_of_grid_sizes_is_checked_drawn_log_uniformly_repeated_by_the_seed_and_saved(tmp_path):
+    r"""``n_points=(lo, hi)``: refused in any other form (naming ``n_points``, the expected form and what was given)
+    and with a fixed grid (``fit`` with a range warns on a model built without the count input); each grid's size is
+    log-uniform in [lo, hi] (as many draws below the geometric mean as above, both ends reached, 4000 draws in
+    [5, 50]); ``sample_grid`` draws one size per call from its generator; two seeded fits repeat bit for bit; the
+    model file keeps the range and the count feature."""
+    from gpgeom.models.rgnp._checks import draw_grid_size
+
+    for bad, error, match in (
+        ((0, 5), ValueError, r"`n_points\[0\]` must be > 0"),
+        ((10, 5), ValueError, r"`n_points` = \(lo, hi\) needs lo <= hi, got \(10, 5\)"),
+        ((5, 10, 20), ValueError, r"`n_points` must be an int or a pair \(lo, hi\) of ints, got \(5, 10, 20\)"),
+        ((5, 7.5), TypeError, r"`n_points\[1\]` must be an int"),
+    ):
+        with pytest.raises(error, match=match):
+            _poisson(n_points=bad)
+    with pytest.raises(ValueError, match=r"`n_points` may be a range \(4, 9\) only with grid='random'"):
+        _poisson(grid="fixed", n_points=(4, 9))
+    with pytest.raises(ValueError, match=r"`n_points` = \(lo, hi\) needs lo <= hi"):
+        _poisson().fit(1, n_points=(9, 4), progress=False)
+    with pytest.warns(UserWarning, match=r"fit\(n_points=\(4, 9\)\) .* is not told a set's size"):
+        _poisson().fit(1, n_points=(4, 9), progress=False)
+
+    g = torch.Generator().manual_seed(0)
+    draws = np.array([draw_grid_size((5, 50), g) for _ in range(4000)])
+    assert draws.min() == 5 and draws.max() == 50  # each end has probability 0.085 and 0.0085
+    assert 0.46 < float((draws < 16).mean()) < 0.54  # P(X < 16) = log(16 / 5) / log(51 / 5) = 0.501
+    assert draw_grid_size(17, g) == 17
+
+    m = _poisson(n_points=(3, 40))
+    sizes = {m.sample_grid(2, generator=torch.Generator().manual_seed(s)).shape[1] for s in range(30)}
+    assert min(sizes) >= 3 and max(sizes) <= 40 and len(sizes) > 5
+    assert m.sample_grid(2, 11).shape == (2, 11, 1)
+
+    def fitted():
+        return RGNP.from_family(
+            NonlinearPoisson1D(), hidden=(8,), n_freqs=2, gicnet=SMALL_GIC, batch_size=2, n_points=(3, 40), seed=1
+        ).fit(4, progress=False, seed=2)
+
+    a, b = fitted(), fitted()
+    assert a.fit_history == b.fit_history
+    x = torch.rand(2, 13, 1, dtype=torch.float64) * 2 - 1
+    u = torch.rand(2, 13, dtype=torch.float64)
+    w = torch.tensor([1.5], dtype=torch.float64)
+    a.save(tmp_path / "ranged.pt")
+    loaded = RGNP.load(tmp_path / "ranged.pt")
+    assert tuple(loaded.n_points) == (3, 40) and loaded.inverse_net.count_feature
+    torch.testing.assert_close(
+        loaded.predict_inverse(x, u, w, return_std=True), a.predict_inverse(x, u, w, return_std=True), rtol=0, atol=0
+    )

@@ -67,7 +67,8 @@ Stages (shapes for a batch of :math:`B` sets, :math:`P` lifted channels, grid :m
 3. **Grid coordinates** rescaled to :math:`[-1, 1]` appended as :math:`D` channels.
 4. **CNN**: ``Conv{D}d`` layers (``same`` padding, SiLU), each followed by a factor-2 pooling along every axis that
    still has at least 2 cells (``pool="avg"``, ``"max"`` or ``"none"``).
-5. **Head**: MLP (SiLU) on ``[flatten(CNN features), w]`` giving ``(B, out_features)``.
+5. **Head**: MLP (SiLU) on ``[flatten(CNN features), w]`` (with ``count_feature``, also
+   :math:`\log(n / n_{ref})`, :math:`n` the number of real points of each set) giving ``(B, out_features)``.
 
 Why the output is (nearly) invariant to the set of points:
 
@@ -75,7 +76,10 @@ Why the output is (nearly) invariant to the set of points:
   changes the result by float round-off only.
 * **Replication**: replicating every point :math:`m` times leaves the cell means, the nearest-point values and
   (both sums being divided by :math:`n` before they are combined) the "points" rule unchanged, so the output is
-  unchanged *exactly* (up to round-off).
+  unchanged *exactly* (up to round-off). With ``count_feature=True`` the head is also given :math:`\log(n / n_{ref})`
+  (``count_reference``), the one input through which the number of points acts: an inverse posterior's spread
+  should narrow with more observations, which the aggregated values alone cannot tell (RGNP switches it on when it
+  trains on a range of grid sizes).
 * **Number, "quadrature"**: for points of density :math:`p > 0` on :math:`\Omega`, every cell eventually holds
   points and :math:`\tilde h_p(y_j) \to \bar h_{pj}`, the :math:`p`-weighted mean of :math:`h_p` over :math:`C_j`,
   so :math:`v_p \to v^\infty_p = \sum_j \omega_j k_p(g, y_j)\, \bar h_{pj} / \sum_j \omega_j k_p(g, y_j)`, a limit
@@ -252,6 +256,9 @@ class GICNet(nn.Module):
             layer (at the reference's sizes, 3 + 6 + 6 layers, the output hardly depends on the field and the
             first lifting layer's gradient is 1e-9 to 4e-9 of the top layer's;
             ``tests/test_gicnet.py::test_deep_encoder_keeps_its_input_dependence_at_initialisation``).
+        count_feature: Give the head :math:`\log(n / n_{ref})` as a further input, :math:`n` the number of real
+            points of each set (off by default: the output is then invariant to replicating the points).
+        count_reference: :math:`n_{ref}` (> 0), the number of points at which that input is 0.
 
     Shapes in :meth:`forward`: ``x`` ``(B, n, D)``, ``u`` ``(B, n, C)``, ``w`` ``(B, p)``, ``mask`` ``(B, n)``;
     output ``(B, out_features)``. The module works on any device and floating dtype it is moved to; inputs are
@@ -280,6 +287,8 @@ class GICNet(nn.Module):
         eps: float = 1e-6,
         domain_tol: float = 1e-9,
         weight_init: str = "silu",
+        count_feature: bool = False,
+        count_reference: float = 1.0,
     ) -> None:
         super().__init__()
         check_option("dim", dim, (1, 2, 3))
@@ -295,6 +304,9 @@ class GICNet(nn.Module):
         check_option("aggregation", aggregation, ("quadrature", "points"))
         check_positive("eps", eps)
         check_positive("domain_tol", domain_tol, allow_zero=True)
+        if not isinstance(count_feature, bool):
+            raise TypeError(f"`count_feature` must be True or False, got {count_feature!r}.")
+        check_positive("count_reference", count_reference)
         lift_hidden = _int_tuple("lift_hidden", lift_hidden, allow_empty=True)
         cnn_channels = _int_tuple("cnn_channels", cnn_channels, allow_empty=True)
         mlp_hidden = _int_tuple("mlp_hidden", mlp_hidden, allow_empty=True)
@@ -326,6 +338,8 @@ class GICNet(nn.Module):
         self.quadrature_factor = quadrature_factor
         self.eps = float(eps)
         self.domain_tol = float(domain_tol)
+        self.count_feature = count_feature
+        self.count_reference = float(count_reference)
 
         self.register_buffer("lower", torch.tensor(lower, dtype=torch.get_default_dtype()))
         self.register_buffer("upper", torch.tensor(upper, dtype=torch.get_default_dtype()))
@@ -374,7 +388,7 @@ class GICNet(nn.Module):
         n_flat = c * math.prod(size)
 
         # 5. head
-        self.head = _mlp((n_flat + param_features, *mlp_hidden, out_features))
+        self.head = _mlp((n_flat + param_features + int(count_feature), *mlp_hidden, out_features))
 
         if weight_init == "silu":  # keeps the input dependence alive through many layers (see silu_init_)
             silu_init_(list(self.lift))
@@ -627,4 +641,7 @@ class GICNet(nn.Module):
         feats = self.cnn(self._grid_features(x, u, mask)).flatten(1)
         if w is not None:
             feats = torch.cat([feats, w.to(feats.dtype)], dim=-1)
+        if self.count_feature:  # log(n / n_ref): the only input that tells the head how many points were observed
+            n = mask.sum(1, keepdim=True).to(feats.dtype)
+            feats = torch.cat([feats, (n / self.count_reference).log()], dim=-1)
         return self.head(feats)

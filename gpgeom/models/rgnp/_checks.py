@@ -169,6 +169,41 @@ def fixed_grid_side(dim: int, n: int, name: str) -> int:
     )
 
 
+def grid_size_option(name: str, n: Any, grid: str, dim: int) -> int | tuple[int, int]:
+    r"""Validate a grid size: an int (every step draws grids of ``n`` points) or, with ``grid="random"``, a pair
+    ``(lo, hi)`` with :math:`1 \le lo \le hi` (every step draws its size from :func:`draw_grid_size`). Returns the
+    int or the pair as a tuple of ints; a ``ValueError``/``TypeError`` naming ``name`` otherwise."""
+    if isinstance(n, tuple | list):
+        if len(n) != 2:
+            raise ValueError(f"`{name}` must be an int or a pair (lo, hi) of ints, got {n!r}.")
+        lo, hi = n
+        check_positive(f"{name}[0]", lo, integer=True)
+        check_positive(f"{name}[1]", hi, integer=True)
+        if lo > hi:
+            raise ValueError(f"`{name}` = (lo, hi) needs lo <= hi, got {tuple(n)!r}.")
+        if grid == "fixed":
+            raise ValueError(
+                f"`{name}` may be a range {tuple(n)!r} only with grid='random' (a fixed grid has one size)."
+            )
+        return int(lo), int(hi)
+    if grid == "fixed":
+        fixed_grid_side(dim, n, name)
+    check_positive(name, n, integer=True)
+    return int(n)
+
+
+def draw_grid_size(n: int | tuple[int, int], generator: torch.Generator | None = None) -> int:
+    r"""The number of points of one step's grids: ``n`` itself, or for a range ``(lo, hi)`` the integer part of
+    :math:`\exp U(\log lo, \log (hi + 1))` (log-uniform: about as many steps between 10 and 100 points as between
+    100 and 1000; :math:`k` has probability :math:`\log(1 + 1/k) / \log((hi + 1)/lo)`), drawn from ``generator`` or
+    from torch's global random state (seeded by :meth:`RGNP.fit`)."""
+    if isinstance(n, int):
+        return n
+    lo, hi = n
+    u = float(torch.rand((), dtype=torch.float64, generator=generator, device=getattr(generator, "device", "cpu")))
+    return min(hi, max(lo, math.floor(math.exp(math.log(lo) + u * (math.log(hi + 1) - math.log(lo))))))
+
+
 def check_w_given(name: str, w: Any, dim_w: int) -> None:
     r"""Refuse known parameters ``w`` that the model does not have, or ``None`` where it has some, saying so (instead
     of a shape error about a trailing size 0)."""
