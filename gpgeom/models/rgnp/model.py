@@ -279,10 +279,13 @@ class RGNP(ModelContract, nn.Module):
     def _normalise(self, t: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         return 2 * (t - lo) / (hi - lo) - 1
 
-    def sample_grid(self, batch: int, n: int | None = None, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample_grid(
+        self, batch: int, n: int | tuple[int, int] | None = None, *, generator: torch.Generator | None = None
+    ) -> Tensor:
         r"""Collocation grids ``(batch, n, D)``: i.i.d. uniform in the (margin-shrunk) box, or the fixed regular grid
-        (:math:`k^D = n` points, ``n`` in 1-D; ``n`` defaults to the model's ``n_points``). The random points come
-        from ``generator`` (drawn on its device, then moved to the model's), or from torch's global random state."""
+        (:math:`k^D = n` points, ``n`` in 1-D; ``n`` defaults to the model's ``n_points``; for a range ``(lo, hi)``
+        one size for the whole batch is drawn log-uniformly first). The random numbers come from ``generator``
+        (drawn on its device, then moved to the model's), or from torch's global random state."""
         n = draw_grid_size(
             grid_size_option("n_points", self.n_points if n is None else n, self.grid, self.dim), generator
         )
