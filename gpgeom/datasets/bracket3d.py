@@ -67,6 +67,7 @@ import numpy as np
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
 from gpgeom._cache import read_npz, write_npz
 from gpgeom._progress import progress_bar, resolve_progress
+from gpgeom._seeds import check_numpy_generator, check_seed
 from gpgeom.datasets._optional import import_optional
 from gpgeom.datasets._samples import SampleArrays
 from gpgeom.engine.parallel import jobs_executor, map_items
@@ -173,7 +174,9 @@ class BracketMap:
 
 
 def random_map(rng: np.random.Generator) -> BracketMap:
-    r"""Draw a :class:`BracketMap` (taper, bend and Fourier coefficients) from ``rng``."""
+    r"""Draw a :class:`BracketMap` (taper, bend and Fourier coefficients) from ``rng`` (a
+    ``numpy.random.Generator``, drawn from in place)."""
+    check_numpy_generator("rng", rng)
     return BracketMap(
         float(rng.uniform(0.0, 0.35)), float(rng.uniform(-0.3, 0.3)), rng.standard_normal((3, 3, 2, 3)), 0.04
     )
@@ -346,12 +349,19 @@ def _draw_geometry(rng: np.random.Generator, resolution: Sequence[Sequence[int]]
     raise RuntimeError("Could not draw a non-inverting map in 100 tries.")  # pragma: no cover - never at 0.04
 
 
+def _sample_rng(seed: int, index: int) -> np.random.Generator:
+    r"""The generator of sample ``index`` of seed ``seed`` (both checked: ints >= 0; ``int(1.5)`` truncated before)."""
+    check_seed("seed", seed, none=False)
+    check_seed("index", index, none=False)
+    return np.random.default_rng([int(seed), int(index), 3])
+
+
 def bracket_geometry(
     seed: int, index: int, *, resolution: Sequence[Sequence[int]] = RESOLUTION
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""The mesh of sample ``index`` of seed ``seed`` without the solve: ``(points (n, 3), cells (m, 4), reference
-    (n, 3))``, identical to those of :func:`make_bracket`."""
-    P, C, X, _ = _draw_geometry(np.random.default_rng([int(seed), int(index), 3]), resolution)
+    (n, 3))``, identical to those of :func:`make_bracket` (``seed`` and ``index``: ints >= 0)."""
+    P, C, X, _ = _draw_geometry(_sample_rng(seed, index), resolution)
     return P, C, X
 
 
@@ -367,8 +377,10 @@ def reference_mesh(shape: Sequence[int] = REFERENCE_SHAPE) -> Mesh:
 
 
 def make_bracket(seed: int, index: int, *, resolution: Sequence[Sequence[int]] = RESOLUTION) -> BracketSample:
-    r"""Sample ``index`` of the family of seed ``seed`` (depends on ``(seed, index)`` only)."""
-    rng = np.random.default_rng([int(seed), int(index), 3])
+    r"""Sample ``index`` of the family of seed ``seed`` (depends on ``(seed, index)`` only, both ints >= 0: drawn
+    from ``numpy.random.default_rng([seed, index, 3])``, whatever the global random states, which it leaves
+    untouched)."""
+    rng = _sample_rng(seed, index)
     P, C, X, shape = _draw_geometry(rng, resolution)
     load, alpha, nu = float(rng.uniform(0.5, 1.5)), float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.2, 0.4))
     clamped = np.nonzero(np.abs(X[:, 0]) < 1e-9)[0]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gpgeom._seeds import resolve_seed
 from gpgeom._validation import check_option, check_positive
 
 __all__ = [
@@ -156,7 +157,7 @@ class ContinuousTensor:
         return tuple(int(torch.unique(self.X[:, k]).numel()) for k in range(self.X.shape[1]))
 
     def split(
-        self, fold: int = 0, *, test_fraction: float = 0.2, seed: int = 0, n_train: int | None = None
+        self, fold: int = 0, *, test_fraction: float = 0.2, seed: int | None = 0, n_train: int | None = None
     ) -> TensorSplit:
         r"""A seeded random train/test split (the ``fold``-th of independent 80/20 splits).
 
@@ -167,7 +168,9 @@ class ContinuousTensor:
         Args:
             fold: Fold number (``>= 0``).
             test_fraction: Fraction of entries held out, in ``(0, 1)``.
-            seed: Base seed.
+            seed: Base seed, an int >= 0 (the split is the same whatever the global random states, which it
+                leaves untouched), or ``None``: one draw of torch's global random stream (:mod:`gpgeom._seeds`),
+                recorded in ``info["seed"]``.
             n_train: Optional number of training entries to keep.
 
         Returns:
@@ -176,12 +179,14 @@ class ContinuousTensor:
         Raises:
             ValueError: For a negative or non-integer ``fold``, ``test_fraction`` outside ``(0, 1)`` or one that leaves
                 no training entry, or ``n_train`` larger than the training part.
+            TypeError, ValueError: For a ``seed`` that is not an int >= 0 or ``None``.
         """
         if not _is_int(fold) or fold < 0:
             raise ValueError(f"`fold` must be an int >= 0, got {fold!r}.")
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")
         fold = int(fold)
+        seed = resolve_seed("seed", seed)
         N = len(self)
         perm = torch.from_numpy(np.random.default_rng([seed, fold]).permutation(N))
         n_test = max(1, int(round(test_fraction * N)))
@@ -283,7 +288,7 @@ def make_synthetic_tensor(
     noise_sd: float = 0.05,
     unseen_fraction: float = 0.5,
     unseen_range: str = "train",
-    seed: int = 0,
+    seed: int | None = 0,
 ) -> TensorSplit:
     r"""Entries of an exact continuous-indexed Tucker (or CP) tensor with known latent functions and core.
 
@@ -317,7 +322,9 @@ def make_synthetic_tensor(
         noise_sd: Noise standard deviation :math:`\sigma \ge 0` (train and test values).
         unseen_fraction: Fraction of test entries with an unseen coordinate, in ``[0, 1]``.
         unseen_range: ``"train"`` or ``"unit"`` (where unseen coordinates are drawn).
-        seed: Seed of every draw.
+        seed: Seed of every draw, an int >= 0 (the same data whatever the global random states, which it leaves
+            untouched), or ``None``: one draw of torch's global random stream (:mod:`gpgeom._seeds`), recorded in
+            ``info["seed"]``.
 
     Returns:
         A :class:`TensorSplit` with ``f_train``, ``f_test``, ``latent`` (``latent(k, t)`` -> ``len(t) x R_k``, the
@@ -349,6 +356,7 @@ def make_synthetic_tensor(
             f"The grid has {cells} cells (n_coords={ncs}) but n_train + seen test entries = {n_train + n_seen_test}; "
             "raise `n_coords`."
         )
+    seed = resolve_seed("seed", seed)
     rng = np.random.default_rng(seed)
     freq = [rng.uniform(0.5, 1.5, size=r) for r in ranks]
     phase = [rng.uniform(0.0, 2.0 * np.pi, size=r) for r in ranks]

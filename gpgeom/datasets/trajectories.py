@@ -27,8 +27,11 @@ tags with body-frame offsets to fixed anchors), :func:`simulate_tdoa`, :func:`si
 accelerometer with constant biases and gravity) and :func:`perturbed_knots` (the initial guess of the GPTR
 protocol: truth perturbed by Gaussian noise on rotation and position, rates zeroed).
 
-Every draw here is seeded: ``seed`` is an int, a ``torch.Generator`` drawn from in place, or ``None``, which is
-seed 0 (not fresh randomness); the global random streams are never used.
+Every draw here is seeded (:mod:`gpgeom._seeds`): ``seed`` is an int ``>= 0`` (the same draw whatever the global
+random states, which it leaves untouched), a CPU ``torch.Generator`` drawn from in place, or ``None``: a generator
+seeded with one draw of torch's global random stream (``torch.manual_seed`` before the call repeats it), as for
+the fits of :mod:`gpgeom.engine`. The default is ``seed=0``. A bool, float, string or negative int raises an error
+naming ``seed``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from gpgeom._seeds import torch_generator
 from gpgeom._validation import check_option, check_positive, check_tensor
 from gpgeom.geometry.lie import rotmat_to_quat, so3_exp, so3_jr, so3_jr_dtheta, so3_vee
 
@@ -76,11 +80,7 @@ GPTR_ANCHORS = torch.tensor([[10.0, 10.0, 0.5], [-10.0, 10.0, 2.5], [-10.0, -10.
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    g = torch.Generator()
-    g.manual_seed(0 if seed is None else int(seed))
-    return g
+    return torch_generator("seed", seed)
 
 
 def _times(name: str, t: object) -> Tensor:
@@ -263,7 +263,7 @@ class PriorTrajectory:
             ``qc_pos``).
         omega0, v0: Initial body angular velocity (rad/s) and world velocity (m/s), ``3``; zero by default.
         dt: Spacing of the fine grid (s).
-        seed: Seed, or a ``torch.Generator`` to draw from (``None``: seed 0).
+        seed: Seed, or a ``torch.Generator`` to draw from (``None``: one draw of torch's global random stream).
     """
 
     def __init__(self, t_end: float, *, qc_rot: float = 0.1, qc_pos: float = 1.0, omega0=None, v0=None,
@@ -368,7 +368,8 @@ def simulate_pose(
     seed: int | torch.Generator | None = 0,
 ) -> PoseData:
     r"""Poses at times ``t`` (``M``) with right-multiplied rotation noise :math:`\mathrm{Exp}(n_R)`,
-    :math:`n_R \sim N(0, \sigma_{rot}^2 I)`, and position noise :math:`N(0, \sigma_{pos}^2 I)`."""
+    :math:`n_R \sim N(0, \sigma_{rot}^2 I)`, and position noise :math:`N(0, \sigma_{pos}^2 I)`, drawn from ``seed``
+    (an int >= 0, a ``torch.Generator`` or ``None``: module doc)."""
     t = _times("t", t)
     check_positive("sigma_rot", sigma_rot, allow_zero=True)
     check_positive("sigma_pos", sigma_pos, allow_zero=True)
@@ -406,7 +407,7 @@ def simulate_uwb(
         tag_offsets: ``T x 3`` tag positions in the body frame (default :data:`DEFAULT_TAG_OFFSETS`).
         sigma: Range noise std (m).
         stagger: Sequential ranging times (see above).
-        seed: Seed, or a ``torch.Generator`` to draw from (``None``: seed 0).
+        seed: Seed, or a ``torch.Generator`` to draw from (``None``: one draw of torch's global random stream).
     """
     check_positive("rate", rate)
     check_positive("sigma", sigma, allow_zero=True)
@@ -447,7 +448,8 @@ def simulate_tdoa(
     seed: int | torch.Generator | None = 0,
 ) -> TDOAData:
     r"""TDOA (in metres) at times ``t`` (``M``), cycling through the anchor pairs ``(0, j)``, ``j = 1..A-1``:
-    :math:`m = \lVert x - x_j\rVert - \lVert x - x_0\rVert + n`, :math:`x = R(t)\,o + p(t)`."""
+    :math:`m = \lVert x - x_j\rVert - \lVert x - x_0\rVert + n`, :math:`x = R(t)\,o + p(t)`; the noise is drawn from
+    ``seed`` (an int >= 0, a ``torch.Generator`` or ``None``: module doc)."""
     t = _times("t", t)
     check_positive("sigma", sigma, allow_zero=True)
     anchors = DEFAULT_ANCHORS if anchors is None else torch.as_tensor(anchors, dtype=_DT)
@@ -480,7 +482,8 @@ def simulate_imu(
     seed: int | torch.Generator | None = 0,
 ) -> IMUData:
     r"""Gyroscope :math:`\tilde\omega = \omega + b_g + n_g` and accelerometer (specific force)
-    :math:`\tilde f = R^\top(a - g) + b_a + n_a` at times ``t`` (``M``)."""
+    :math:`\tilde f = R^\top(a - g) + b_a + n_a` at times ``t`` (``M``); the noise is drawn from ``seed`` (an int >= 0,
+    a ``torch.Generator`` or ``None``: module doc)."""
     t = _times("t", t)
     check_positive("sigma_gyro", sigma_gyro, allow_zero=True)
     check_positive("sigma_accel", sigma_accel, allow_zero=True)
@@ -514,7 +517,8 @@ def perturbed_knots(
 ) -> dict[str, Tensor]:
     r"""Initial knots of the GPTR protocol: :math:`R = R_{true}\mathrm{Exp}(n_R)`, :math:`p = p_{true} + n_p`
     (:math:`n_R \sim N(0, \sigma_{rot}^2 I)`, :math:`n_p \sim N(0, \sigma_{pos}^2 I)`), every rate zero; returned as
-    keyword arguments of :meth:`~gpgeom.models.trajectory.Trajectory.set_knots`."""
+    keyword arguments of :meth:`~gpgeom.models.trajectory.Trajectory.set_knots`. The noise is drawn from ``seed`` (an
+    int >= 0, a ``torch.Generator`` or ``None``: module doc)."""
     check_option("prior", prior, ("wnoj", "wnoa"))
     knot_times = _times("knot_times", knot_times)
     g = _generator(seed)

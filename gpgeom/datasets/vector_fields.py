@@ -33,6 +33,12 @@ r"""Tangent vector fields on point clouds: analytic fields with known singularit
 * :func:`read_mesh_cloud`: a surface mesh read with meshio; the vertices are the point cloud.
 
 Arrays are numpy ``float64``.
+
+Seeds (every ``seed`` here, :mod:`gpgeom._seeds`): an int ``>= 0`` gives the same draw whatever the global random
+states, which it leaves untouched; a ``numpy.random.Generator`` is drawn from in place (the samplers of a field
+draw from its generator, so one generator gives one stream); ``None`` seeds a generator with one draw of torch's
+global random stream (``torch.manual_seed`` before the call repeats it). Only the Fibonacci lattice is not random:
+with ``seed=None`` it is not rotated. A bool, float, string or negative int raises an error naming ``seed``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse.linalg import expm_multiply
 
+from gpgeom._seeds import check_seed, numpy_rng
 from gpgeom._validation import check_option, check_positive
 from gpgeom.geometry.connection import ConnectionLaplacian, as_points, connection_laplacian
 
@@ -96,11 +103,12 @@ class VectorFieldSample:
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return numpy_rng("seed", seed)
 
 
 def random_rotation(seed: int | np.random.Generator | None = None) -> np.ndarray:
-    r"""A Haar-random rotation matrix ``(3, 3)`` (QR of a Gaussian matrix with the sign fix, det = +1)."""
+    r"""A Haar-random rotation matrix ``(3, 3)`` (QR of a Gaussian matrix with the sign fix, det = +1), drawn from
+    ``seed`` (an int >= 0, a numpy generator, or ``None``: one draw of torch's global stream; module doc)."""
     q, r = np.linalg.qr(_rng(seed).standard_normal((3, 3)))
     q = q * np.sign(np.diag(r))
     if np.linalg.det(q) < 0:
@@ -123,12 +131,13 @@ def sample_sphere(
     r"""``n`` points ``(n, 3)`` on the sphere of the given radius.
 
     Methods: ``"fibonacci"`` (the golden-angle spiral lattice, quasi-uniform; with a ``seed`` it is randomly
-    rotated), ``"uniform"`` (i.i.d. uniform: normalised Gaussians), ``"latlon"`` (i.i.d. uniform in polar angle and
-    azimuth: the density grows as :math:`1/\sin\theta` towards the poles).
+    rotated, with ``seed=None`` it is not), ``"uniform"`` (i.i.d. uniform: normalised Gaussians), ``"latlon"``
+    (i.i.d. uniform in polar angle and azimuth: the density grows as :math:`1/\sin\theta` towards the poles).
     """
     check_positive("n", n, integer=True)
     check_positive("radius", radius)
     check_option("method", method, ("fibonacci", "uniform", "latlon"))
+    check_seed("seed", seed, numpy_generator=True)
     if method == "fibonacci":
         i = np.arange(n) + 0.5
         z = 1.0 - 2.0 * i / n
@@ -521,7 +530,8 @@ def rough_field(
     Args:
         points: ``(n, D)`` cloud; ignored when ``laplacian`` is given.
         t: Diffusion time, in the units of ``L`` (0: the unit tangent noise itself).
-        seed: Seed or numpy generator of the noise.
+        seed: Seed of the noise: an int >= 0, a numpy generator (drawn from in place) or ``None`` (one draw of
+            torch's global random stream; module doc).
         laplacian: A :class:`ConnectionLaplacian` to diffuse with (default: built by
             :func:`connection_laplacian` with ``laplacian_kwargs``, e.g. ``dim=2``, ``frames=...``).
         normalize: Rescale every vector to the scalar diffusion of the initial magnitudes (above; unit length).
@@ -530,6 +540,7 @@ def rough_field(
         ``(n, D)`` ambient vectors, tangent to the frames of the Laplacian (:math:`v_i \in \mathrm{span}\,T_i`).
     """
     check_positive("t", t, allow_zero=True)
+    check_seed("seed", seed, numpy_generator=True)
     if laplacian is None:
         if points is None:
             raise ValueError("Give `points` or a `laplacian`.")

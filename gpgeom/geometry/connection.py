@@ -75,6 +75,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from gpgeom._seeds import resolve_seed
 from gpgeom._validation import check_option, check_positive
 from gpgeom.geometry.point_cloud import (
     ProximityGraph,
@@ -264,7 +265,7 @@ class ConnectionLaplacian:
         method: str = "auto",
         sigma: float | None = None,
         tol: float = 0.0,
-        seed: int = 0,
+        seed: int | None = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         r"""The ``k`` smallest eigenvalues and eigenvectors of ``L``, cached (per ``k`` and ``method``).
 
@@ -276,12 +277,18 @@ class ConnectionLaplacian:
         ``k`` is sliced. Timings (one thread, unit sphere, k = 10 graph, 50 pairs): n = 1e4 ~5 s, n = 1e5 ~40 s CPU
         (~1.3 GB peak), dominated by the sparse LU and the Lanczos solves.
 
+        ``seed`` seeds the random start of the iterative methods (``numpy.random.default_rng(seed)``: the Lanczos
+        start vector, the LOBPCG start block; ``"dense"`` draws nothing): an int >= 0 gives the same result whatever
+        the global random states, which it leaves untouched; ``None`` takes one draw of torch's global random stream
+        (:mod:`gpgeom._seeds`). A result already cached for this ``k`` and ``method`` is returned whatever the seed.
+
         Returns:
             ``eigenvalues`` ``(k,)`` ascending and ``eigenvectors`` ``(nd, k)``, orthonormal (for ``"rw"``:
             :math:`D`-orthonormal, :math:`V^\top (D \otimes I_d) V = I`).
         """
         nd = self.L.shape[0]
         check_positive("k", k, integer=True)
+        seed = resolve_seed("seed", seed)
         check_option("method", method, _EIG_METHODS)
         if k > nd:
             raise ValueError(f"`k`={k} exceeds the size n*d={nd} of the Laplacian.")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gpgeom._seeds import numpy_rng
 from gpgeom._validation import check_positive, check_tensor
 from gpgeom.pde._checks import check_finite_output
 
@@ -120,9 +121,13 @@ class PDEFamily:
 
     # -- priors --------------------------------------------------------------------------------------------------
     def sample_params(self, n: int, rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        r"""Draw ``n`` parameter pairs from the uniform priors; returns ``z`` ``(n, dim_z)``, ``w`` ``(n, dim_w)``."""
+        r"""Draw ``n`` parameter pairs from the uniform priors; returns ``z`` ``(n, dim_z)``, ``w`` ``(n, dim_w)``.
+
+        ``rng``: a ``numpy.random.Generator`` (drawn from in place), an int seed >= 0 (the same draw whatever the
+        global random states, which it leaves untouched), or ``None``: a generator seeded with one draw of torch's
+        global random stream (``torch.manual_seed`` before the call repeats it; :mod:`gpgeom._seeds`)."""
         check_positive("n", n, integer=True)
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        rng = numpy_rng("rng", rng)
         z = rng.uniform(self.z_low, self.z_high, size=(n, self.dim_z))
         w = rng.uniform(self.w_low, self.w_high, size=(n, self.dim_w))
         return z, w
@@ -130,7 +135,13 @@ class PDEFamily:
     def sample_points(
         self, batch: int, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
     ) -> Tensor:
-        r"""I.i.d. uniform points in the domain, ``(batch, n, dim)`` (the random grids of RGNP)."""
+        r"""I.i.d. uniform points in the domain, ``(batch, n, dim)`` (the random grids of RGNP), drawn from
+        ``generator`` (a CPU ``torch.Generator``), or from torch's global random stream when it is ``None``."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"`generator` must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), got "
+                f"{type(generator).__name__} ({generator!r})."
+            )
         lo = torch.tensor(self.lower, dtype=dtype)
         hi = torch.tensor(self.upper, dtype=dtype)
         return lo + (hi - lo) * torch.rand(batch, n, self.dim, generator=generator, dtype=dtype)

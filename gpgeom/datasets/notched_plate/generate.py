@@ -17,6 +17,7 @@ import numpy as np
 
 from gpgeom._cache import cache_dir as gpgeom_cache_dir
 from gpgeom._progress import progress_bar, resolve_progress
+from gpgeom._seeds import check_numpy_generator
 from gpgeom.datasets.notched_plate.samples import NotchedPlateSample, make_notched_plate
 from gpgeom.datasets.notched_plate.shapes import NOTCH_FAMILIES, NotchShape, PlateShape
 from gpgeom.datasets.notched_plate.storage import DATASET_VERSION, load_notched_plates, save_notched_plates
@@ -46,10 +47,11 @@ def sample_plate_shape(rng: np.random.Generator, **options: Any) -> PlateShape:
     r"""Draw a random :class:`PlateShape` (left and right notches independent).
 
     Args:
-        rng: The random generator.
+        rng: The ``numpy.random.Generator`` to draw from (in place).
         **options: Any of ``depth_range``, ``max_depth``, ``harmonic_amplitude``, ``n_harmonics``, ``notch_family``
             (see :data:`DEFAULT_OPTIONS`).
     """
+    check_numpy_generator("rng", rng)
     opts = _check_options(options)
     return _draw_shape(rng, opts)
 
