@@ -15,6 +15,8 @@ import numbers
 import numpy as np
 import torch
 
+__all__ = ["check_numpy_generator", "check_seed", "global_seed", "numpy_rng", "resolve_seed", "torch_generator"]
+
 #: Seeds drawn for ``seed=None`` lie in ``[0, 2**62)`` (as :mod:`gpgeom.engine.attempts` draws them).
 _DRAW_HIGH = 2**62
 #: The largest seed a ``torch.Generator`` takes.

@@ -115,6 +115,7 @@ INTERNAL_MODULES = (
     "gpgeom._io",
     "gpgeom._progress",
     "gpgeom._validation",
+    "gpgeom._seeds",
     "gpgeom._cache",
     "gpgeom._lazy",
     "gpgeom.datasets._samples",
