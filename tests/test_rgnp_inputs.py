@@ -424,3 +424,20 @@ def test_a_range_of_grid_sizes_is_checked_drawn_log_uniformly_repeated_by_the_se
     torch.testing.assert_close(
         loaded.predict_inverse(x, u, w, return_std=True), a.predict_inverse(x, u, w, return_std=True), rtol=0, atol=0
     )
+
+
+def test_calibrate_with_seed_none_repeats_under_torch_manual_seed_and_checks_the_seed():
+    r"""``calibrate(seed=None)`` drew its reference fields from fresh OS entropy (``numpy.random.default_rng(None)``),
+    so a script that seeds torch got another calibration every run; it now takes one draw of torch's global stream
+    (as ``fit(seed=None)``), and a bad seed is refused naming ``seed``."""
+    m = _poisson()
+    records = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        records.append(dict(m.calibrate(n_fields=3, n_points=6, seed=None).calibration_))
+    assert records[0] == records[1]
+    torch.manual_seed(8)
+    assert m.calibrate(n_fields=3, n_points=6, seed=None).calibration_ != records[0]
+    for bad, error in ((1.5, TypeError), (-1, ValueError), ("3", TypeError)):
+        with pytest.raises(error, match=r"`seed` must be an int >= 0 or None, got"):
+            m.calibrate(n_fields=3, n_points=6, seed=bad)

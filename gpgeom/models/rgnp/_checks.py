@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gpgeom._seeds import numpy_rng
 from gpgeom._validation import check_positive
 from gpgeom.errors import UncalibratedWarning
 from gpgeom.models.rgnp._persistence import callable_name
@@ -298,7 +299,7 @@ def reference_fields(model: Any, data: Any, n_fields: int, n_points: int, seed: 
             "reference fields from; pass data={'x': (S, m, D), 'y': (S, m), 'z': (S, dz), 'w': (S, dw)} of "
             "accurate solutions (fields the networks were not trained on)."
         )
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng("seed", seed, generator=False)  # None: one draw of torch's global stream (repeatable)
     z, w = model.family.sample_params(n_fields, rng)
     lo, hi = (t.detach().cpu().double().numpy() for t in (model.lower, model.upper))
     m = model.boundary_margin * (hi - lo)

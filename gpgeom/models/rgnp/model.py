@@ -626,13 +626,14 @@ class RGNP(ModelContract, nn.Module):
             data: Reference fields, a dict with ``x`` ``(S, m, D)``, ``y`` ``(S, m)`` (accurate solutions),
                 ``z`` ``(S, dz)``, ``w`` ``(S, dw)`` (the format of :meth:`fit`'s data). Default: ``n_fields`` draws
                 of :math:`(z, w)` from the priors solved by the family's reference solver at ``n_points`` uniform
-                random points each (numpy random generator of ``seed``).
+                random points each (drawn from ``numpy.random.default_rng(seed)``).
             n_fields, n_points: Size of that default set (fields, points per field); the inverse steps draw grids
                 of the model's ``n_points``.
             inverse_steps: Adam steps of the inverse network (0: leave it as it is).
             inverse_batch: Fields per inverse step.
             lr: Adam learning rate of the inverse steps.
-            seed: Seed of the reference draws and of the inverse steps.
+            seed: Seed of the reference draws and of the inverse steps, an int >= 0; ``None``: seeds drawn from
+                torch's global random stream (``torch.manual_seed`` before the call repeats them).
             progress: Progress bar of the inverse steps (see :meth:`fit`).
 
         Returns:
