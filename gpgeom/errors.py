@@ -43,9 +43,11 @@ class MeshRepairWarning(UserWarning):
 
 
 class UncalibratedWarning(UserWarning):
-    r"""A predictive uncertainty was asked of a model whose calibration step has not run, so that its bands are
-    known to be too narrow (e.g. :meth:`gpgeom.models.rgnp.model.RGNP.predict` before
-    :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`); the message says what to call."""
+    r"""A predictive uncertainty was asked where it is known not to hold: of a model whose calibration step has not
+    run, so that its bands are too narrow (e.g. :meth:`gpgeom.models.rgnp.model.RGNP.predict` before
+    :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`), or for inputs unlike those it was trained on (e.g.
+    :meth:`~gpgeom.models.rgnp.model.RGNP.predict_inverse` from far more or fewer points than its training grids);
+    the message says what to do."""
 
 
 class NotFittedError(RuntimeError, AttributeError):

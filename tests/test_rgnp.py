@@ -567,6 +567,9 @@ def test_calibration_is_kept_by_files_dropped_by_fit_and_checks_its_input(tmp_pa
     assert m.calibration_ is None and not bool(m.discrepancy.calibrated)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:RGNP.predict_inverse got:gpgeom.errors.UncalibratedWarning"
+)  # few points on purpose
 def test_inverse_from_no_observed_point_is_a_clear_error():
     r"""``predict_inverse`` with ``u`` of zero points raised torch's "cannot reshape tensor of 0 elements"; it now
     says that a field needs an observed value, like an all-False ``mask`` row does. One point still works."""

@@ -5,6 +5,8 @@ count of the points) or checks the error's wording."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,9 @@ def _poisson(**kw):
     return RGNP.from_family(NonlinearPoisson1D(), **opts).fit(1, progress=False, seed=0)
 
 
+@pytest.mark.filterwarnings(
+    "ignore:RGNP.predict_inverse got:gpgeom.errors.UncalibratedWarning"
+)  # few points on purpose
 def test_inverse_padding_may_hold_nan_or_points_outside_the_domain():
     r"""``predict_inverse(..., mask=...)`` refused padded entries (``mask`` False) that were NaN ("`u` contains 1
     NaN ...; remove or impute them first") or outside the domain ("1 row(s) of `x` lie outside the domain"), though
@@ -244,6 +249,9 @@ def test_family_config_of_numpy_values_saves_a_file_that_loads(tmp_path):
     assert not (tmp_path / "bad.pt").exists()
 
 
+@pytest.mark.filterwarnings(
+    "ignore:RGNP.predict_inverse got:gpgeom.errors.UncalibratedWarning"
+)  # few points on purpose
 def test_known_parameters_the_model_does_not_have_are_named():
     r"""A ``w`` given to a model built without known parameters (``w_bounds=None``) raised "`w` must have trailing
     shape (0), got shape (1,)" (``predict``, ``predict_inverse``) or "`data['w']` must have trailing shape (2, 0)"
@@ -441,3 +449,60 @@ def test_calibrate_with_seed_none_repeats_under_torch_manual_seed_and_checks_the
     for bad, error in ((1.5, TypeError), (-1, ValueError), ("3", TypeError)):
         with pytest.raises(error, match=r"`seed` must be an int >= 0 or None, got"):
             m.calibrate(n_fields=3, n_points=6, seed=bad)
+
+
+def test_predict_inverse_warns_once_beyond_twice_or_half_the_trained_grid_sizes(tmp_path):
+    r"""``predict_inverse`` from far more or fewer points than the training grids returned a spread that does not
+    hold there (4.2 times the exact sd from 300 points, 0.54 from 5, on a toy trained on 30), silently. It now warns
+    once per model when a set holds fewer than half or more than twice the points of ``trained_sizes_`` (every
+    ``fit``'s sizes, a range included); within that band, or after the warning, it is silent. The sizes are kept in
+    the model file; files from before load with the constructor's ``n_points``."""
+    from gpgeom._io import write_model_file
+    from gpgeom.errors import UncalibratedWarning
+
+    m = _poisson(n_points=20)
+    assert m.trained_sizes_ == (20, 20)
+    w = torch.tensor([1.5], dtype=torch.float64)
+
+    def sets(*sizes):
+        return [
+            (torch.rand(2, n, 1, dtype=torch.float64) * 2 - 1, torch.rand(2, n, dtype=torch.float64)) for n in sizes
+        ]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedWarning)
+        for x, u in sets(10, 20, 40):  # within a factor 2: silent
+            m.predict_inverse(x, u, w)
+        mask = torch.ones(2, 40, dtype=torch.bool)
+        mask[0, 12:] = False  # 12 and 40 real points
+        m.predict_inverse(*sets(40)[0], w, mask=mask)
+    with pytest.warns(
+        UncalibratedWarning,
+        match=r"sets of 41 observed points, but q_beta was trained on grids of 20 "
+        r"points: its encoder is not told a set's size, .* RGNP\(\.\.\., n_points=\(lo, hi\)\)",
+    ):
+        m.predict_inverse(*sets(41)[0], w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedWarning)
+        m.predict_inverse(*sets(300)[0], w)  # once per model
+    mask[1, 9:] = False  # 12 and 9 real points: 9 < 20 / 2
+    with pytest.warns(UncalibratedWarning, match=r"sets of 9 to 12 observed points"):
+        _poisson(n_points=20).predict_inverse(*sets(40)[0], w, mask=mask)
+    # a range widens the band, and a range model's warning says it extrapolates
+    ranged = _poisson(n_points=(5, 50))
+    assert ranged.trained_sizes_ == (5, 50)
+    with pytest.warns(
+        UncalibratedWarning,
+        match=r"sets of 101 observed points, .* grids of 5 to 50 points: its spread "
+        r"for that many points is extrapolated",
+    ):
+        ranged.predict_inverse(*sets(101)[0], w)
+    m.fit(1, n_points=100, progress=False, seed=0)
+    assert m.trained_sizes_ == (20, 100)
+    # kept in the file; a file without them (before) takes the constructor's n_points
+    m.save(tmp_path / "m.pt")
+    assert RGNP.load(tmp_path / "m.pt").trained_sizes_ == (20, 100)
+    state = m._get_state()
+    del state["trained_sizes"]
+    write_model_file(tmp_path / "old.pt", m, state)
+    assert RGNP.load(tmp_path / "old.pt").trained_sizes_ == (20, 20)

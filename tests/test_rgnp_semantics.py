@@ -9,10 +9,12 @@ import warnings
 
 import numpy as np
 import pyro
+import pytest
 import torch
 from scipy.stats import multivariate_normal
 
 from gpgeom.engine.variational import ModelDiscrepancy
+from gpgeom.errors import UncalibratedWarning
 from gpgeom.models.rgnp import RGNP, pointwise_grad
 from gpgeom.models.rgnp._checks import prepare_data, reference_fields
 from gpgeom.pde import NonlinearPoisson1D, ViscousBurgers
@@ -168,6 +170,9 @@ def _helmholtz(z_scale, w_scale):
     ).fit(10, lr=3e-3, progress=False, seed=0)  # fmt: skip
 
 
+@pytest.mark.filterwarnings(
+    "ignore:RGNP.predict_inverse got:gpgeom.errors.UncalibratedWarning"
+)  # few points on purpose
 def test_inverse_posterior_is_in_the_units_of_the_parameter_boxes():
     r"""The same PDE written for parameters 10 times larger (boxes, residual and lift rescaled; the networks see the
     parameters normalised to [-1, 1], so training takes the same steps): the forward predictions are the same, and the
@@ -252,7 +257,8 @@ def test_inverse_spread_is_set_by_the_training_grid_not_by_the_observed_points()
     sd, ratio = {}, {}
     for key in (("quadrature", 30), ("quadrature", 120), ("points", 30)):
         m = _shift_model(key[1], key[0])
-        sds = {n: m.predict_inverse(x, u, return_std=True)[1][:, 0] for n, (x, u) in sets.items()}
+        with pytest.warns(UncalibratedWarning, match=rf"sets of 5 observed points, .* grids of {key[1]} points: its"):
+            sds = {n: m.predict_inverse(x, u, return_std=True)[1][:, 0] for n, (x, u) in sets.items()}
         replicated = m.predict_inverse(x30.repeat(1, 10, 1), u30.repeat(1, 10), return_std=True)[1][:, 0]
         torch.testing.assert_close(replicated, sds[30], rtol=1e-9, atol=0)
         stacked = torch.stack(list(sds.values()))  # (3 point counts, 5 fields)
@@ -286,6 +292,7 @@ def test_inverse_spread_follows_the_number_of_observed_points_when_trained_on_a_
     default = _shift_model(30, "quadrature")
     z, sets = _shift_sets(200, (5, 30, 300))
     ratio, zrms = {}, {}
+    default._counts_warned = True  # the one-size model's warning at 5 and 300 points: tested above
     for name, m in (("ranged", ranged), ("default", default)):
         for n, (x, u) in sets.items():
             mean, sd = (t[:, 0] for t in m.predict_inverse(x, u, return_std=True))

@@ -47,6 +47,11 @@ __all__ = [
     "prepare_data",
     "reference_fields",
     "warn_uncalibrated",
+    "check_inverse_points",
+    "draw_grid_size",
+    "grid_size_option",
+    "trained_sizes",
+    "warn_observed_counts",
 ]
 
 
@@ -373,3 +378,63 @@ def warn_uncalibrated(model: Any) -> None:
             UncalibratedWarning,
             stacklevel=3,
         )
+
+
+def check_inverse_points(x: Tensor, u: Tensor, mask: Any, lower: Tensor, upper: Tensor) -> Tensor | None:
+    r"""The ``mask`` ``(B, n)`` of :meth:`~gpgeom.models.rgnp.model.RGNP.predict_inverse` checked (``None``: every
+    point is real), with the real points of ``x`` ``(B, n, D)`` and ``u`` ``(B, n)`` finite and inside the domain
+    (padding, ``mask`` False, may hold anything)."""
+    if mask is not None:
+        mask = torch.as_tensor(mask, device=x.device)
+        if mask.dtype != torch.bool or mask.reshape(-1, mask.shape[-1]).shape != u.shape:
+            raise ValueError(
+                f"`mask` must be a bool array of shape {tuple(u.shape)}, got {mask.dtype} {tuple(mask.shape)}."
+            )
+        mask = mask.reshape(u.shape)
+        for name, t in (("u", u[..., None]), ("x", x)):
+            bad = ~torch.isfinite(t).all(-1) & mask
+            if bool(bad.any()):
+                b, i = (int(v) for v in bad.nonzero()[0])
+                raise ValueError(
+                    f"`{name}` holds NaN or infinite values at {int(bad.sum())} real point(s) (`mask` True), "
+                    f"e.g. {name}[{b}, {i}]; padding (`mask` False) may hold anything, real points must be finite."
+                )
+    check_in_box("x", x if mask is None else torch.where(mask[..., None], x, lower), lower, upper, "the domain")
+    return mask
+
+
+def trained_sizes(sizes: tuple[int, int] | None, n_points: int | tuple[int, int]) -> tuple[int, int]:
+    r"""The smallest and largest grid sizes trained on so far: ``sizes`` (``None`` before any training) widened by
+    a run on grids of ``n_points`` (an int or a range)."""
+    lo, hi = (n_points, n_points) if isinstance(n_points, int) else n_points
+    return (lo, hi) if sizes is None else (min(sizes[0], lo), max(sizes[1], hi))
+
+
+def warn_observed_counts(model: Any, counts: Any) -> None:
+    r"""Warn (once per model) when :meth:`~gpgeom.models.rgnp.model.RGNP.predict_inverse` is given sets of
+    observed points more than twice as many, or fewer than half as many, as the grids :math:`q_\beta` was trained
+    on (``model.trained_sizes_``): its spread does not hold there. ``counts``: an int or a tensor ``(B,)``."""
+    sizes = getattr(model, "trained_sizes_", None)
+    if sizes is None or getattr(model, "_counts_warned", False):
+        return
+    counts = torch.as_tensor(counts)
+    low, high = int(counts.min()), int(counts.max())
+    if 2 * low >= sizes[0] and high <= 2 * sizes[1]:
+        return
+    model._counts_warned = True  # once per model: the advice does not change
+    given = f"{low}" if low == high else f"{low} to {high}"
+    trained = f"{sizes[0]}" if sizes[0] == sizes[1] else f"{sizes[0]} to {sizes[1]}"
+    if model.inverse_net.count_feature:
+        why = "its spread for that many points is extrapolated"
+    else:
+        why = (
+            f"its encoder is not told a set's size, so its spread is the one learnt for {trained} points (too narrow "
+            "from fewer points, too wide from more; e.g. 0.54 and 4.2 times the exact sd from 5 and 300 points on a "
+            "toy trained on 30)"
+        )
+    warnings.warn(
+        f"RGNP.predict_inverse got sets of {given} observed points, but q_beta was trained on grids of {trained} "
+        f"points: {why}. Train on the sizes you observe: RGNP(..., n_points=(lo, hi)).",
+        UncalibratedWarning,
+        stacklevel=3,
+    )

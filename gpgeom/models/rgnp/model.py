@@ -31,6 +31,7 @@ from gpgeom.engine.variational import (
     gaussian_log_density,
 )
 from gpgeom.models.rgnp._checks import (
+    check_inverse_points,
     check_lift_output,
     check_network_options,
     check_residual_output,
@@ -42,6 +43,8 @@ from gpgeom.models.rgnp._checks import (
     grid_size_option,
     prepare_data,
     reference_fields,
+    trained_sizes,
+    warn_observed_counts,
     warn_uncalibrated,
 )
 from gpgeom.models.rgnp._persistence import callable_name, family_info, file_config, resolve_callables
@@ -123,6 +126,8 @@ class RGNP(ModelContract, nn.Module):
         family: The :class:`gpgeom.pde.PDEFamily` of :meth:`from_family` (``None`` for a user-defined residual).
         fit_history: The loss (negative ELBO per field) of every step of every :meth:`fit` so far.
         fit_result_: The :class:`gpgeom.engine.fitting.FitResult` of the last :meth:`fit`.
+        trained_sizes_: ``(smallest, largest)`` grid size :math:`q_\beta` was trained on (every :meth:`fit` and
+            the inverse steps of :meth:`calibrate`; ``None`` before): :meth:`predict_inverse` warns beyond a factor 2.
     """
 
     def __init__(
@@ -237,6 +242,7 @@ class RGNP(ModelContract, nn.Module):
             self.discrepancy = ModelDiscrepancy(dtype)
         self.fit_history: list[float] = []
         self.fit_result_: FitResult | None = None
+        self.trained_sizes_: tuple[int, int] | None = None
         #: What :meth:`calibrate` found (``None`` before).
         self.calibration_: dict[str, Any] | None = None
 
@@ -589,6 +595,7 @@ class RGNP(ModelContract, nn.Module):
         self.fit_history.extend(result.history[0])
         self.fit_result_ = result
         self._fitted = True
+        self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points if n_points is None else n_points)
         return self
 
     def _inverse_loss(self, batch: int, n_points: int) -> Tensor:
@@ -666,6 +673,7 @@ class RGNP(ModelContract, nn.Module):
                 lr=lr, epochs=inverse_steps, patience=inverse_steps + 1, rel_tol=0.0, progress=progress, seed=seed,
             )  # fmt: skip
             record["inverse_loss"] = float(result.loss)
+            self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points)
         self.calibration_ = record
         return self
 
@@ -770,6 +778,10 @@ class RGNP(ModelContract, nn.Module):
         Returns:
             The posterior mean ``(B, dz)`` (``B = 1`` for a 1-D ``u``), with ``return_std`` the pair
             ``(mean, std)`` (each ``(B, dz)``), or the distribution.
+
+        Warns:
+            UncalibratedWarning: Once per model, for sets of fewer than half or more than twice the points of the
+                grids it was trained on (``trained_sizes_``), where the spread does not hold.
         """
         self._check_fitted()
         padded = mask is not None  # padding entries may hold anything (GICNet ignores them): check real points only
@@ -790,23 +802,8 @@ class RGNP(ModelContract, nn.Module):
             x = x[None].expand(B, -1, -1)
         if x.shape[:2] != u.shape:
             raise ValueError(f"`x` {tuple(x.shape)} and `u` {tuple(u.shape)} must describe the same points.")
-        if padded:
-            mask = torch.as_tensor(mask, device=self.device)
-            if mask.dtype != torch.bool or mask.reshape(-1, mask.shape[-1]).shape != u.shape:
-                raise ValueError(
-                    f"`mask` must be a bool array of shape {tuple(u.shape)}, got {mask.dtype} {tuple(mask.shape)}."
-                )
-            mask = mask.reshape(u.shape)
-            for name, t in (("u", u[..., None]), ("x", x)):
-                bad = ~torch.isfinite(t).all(-1) & mask
-                if bool(bad.any()):
-                    b, i = (int(v) for v in bad.nonzero()[0])
-                    raise ValueError(
-                        f"`{name}` holds NaN or infinite values at {int(bad.sum())} real point(s) (`mask` True), "
-                        f"e.g. {name}[{b}, {i}]; padding (`mask` False) may hold anything, real points must be finite."
-                    )
-        check_in_box("x", x if not padded else torch.where(mask[..., None], x, self.lower), self.lower, self.upper,
-                     "the domain")  # fmt: skip
+        mask = check_inverse_points(x, u, mask, self.lower, self.upper)
+        warn_observed_counts(self, u.shape[-1] if mask is None else mask.sum(-1))
         w = self._check_w(w, B)
         if self.dim_w:
             check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
@@ -823,6 +820,7 @@ class RGNP(ModelContract, nn.Module):
             "dtype": str(self.dtype).replace("torch.", ""),
             "module_state": self.state_dict(),
             "fit_history": [float(v) for v in self.fit_history],
+            "trained_sizes": self.trained_sizes_,
             "calibration": self.calibration_,
             "family": family,
             "sources": dict(self._sources),
@@ -847,6 +845,8 @@ class RGNP(ModelContract, nn.Module):
         model.family = family
         model._sources = sources
         model.fit_history = list(state["fit_history"])
+        sizes = state.get("trained_sizes", trained_sizes(None, model.n_points) if model.fit_history else None)
+        model.trained_sizes_ = None if sizes is None else tuple(sizes)  # files before it: the constructor's n_points
         return model
 
     @classmethod
