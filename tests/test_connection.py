@@ -297,6 +297,33 @@ def test_eigen_methods_agree_and_cache(rng, tmp_path):
     np.testing.assert_array_equal(lam2, lam_s)
 
 
+def test_eigenpair_cache_keeps_results_of_other_tolerances_and_seeds_apart():
+    r"""The memory cache was keyed by ``(k, method)`` only: after ``eigenpairs(8, method="lobpcg", tol=1e-2)``, a call
+    with ``tol=1e-10`` returned the loose result (eigenvalues off by 3.7e-5 against 3e-15), and one with
+    another ``seed`` that seed's result of the first call. Each call now equals that of a fresh Laplacian with the
+    same arguments; the dense solver, which depends on none of them, is still computed once."""
+    X = uniform_sphere(600, np.random.default_rng(3))
+
+    def fresh(**kw):
+        return connection_laplacian(X, 10, dim=2).eigenpairs(8, method="lobpcg", **kw)
+
+    cl = connection_laplacian(X, 10, dim=2)
+    exact = cl.eigenpairs(8, method="dense")[0]
+    loose = cl.eigenpairs(8, method="lobpcg", tol=1e-2)
+    tight = cl.eigenpairs(8, method="lobpcg", tol=1e-10)
+    assert np.abs(loose[0] - exact).max() > 1e-6  # what the old cache returned for tol=1e-10
+    for got, want in zip(tight, fresh(tol=1e-10), strict=True):
+        np.testing.assert_array_equal(got, want)
+    other = cl.eigenpairs(8, method="lobpcg", tol=1e-10, seed=1)
+    for got, want in zip(other, fresh(tol=1e-10, seed=1), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert np.abs(other[1] - tight[1]).max() > 1e-3  # another start: another basis of the degenerate eigenspaces
+    solves = dict(cl.timings)
+    cl.timings.clear()
+    np.testing.assert_array_equal(cl.eigenpairs(6, method="dense", seed=5)[0], exact[:6])
+    assert not cl.timings and solves
+
+
 def test_torch_and_numpy_inputs_agree(rng):
     X = uniform_sphere(300, rng)
     a = connection_laplacian(X, 8, dim=2)

@@ -75,7 +75,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from gpgeom._seeds import resolve_seed
+from gpgeom._seeds import check_seed, resolve_seed
 from gpgeom._validation import check_option, check_positive
 from gpgeom.geometry.point_cloud import (
     ProximityGraph,
@@ -267,7 +267,7 @@ class ConnectionLaplacian:
         tol: float = 0.0,
         seed: int | None = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        r"""The ``k`` smallest eigenvalues and eigenvectors of ``L``, cached (per ``k`` and ``method``).
+        r"""The ``k`` smallest eigenvalues and eigenvectors of ``L``, cached (per ``k``, ``method`` and its options).
 
         Methods: ``"dense"`` (LAPACK eigh, :math:`O((nd)^3)`), ``"shift-invert"`` (ARPACK Lanczos on
         :math:`(L - \sigma I)^{-1}`, sparse LU with a symmetric fill-reducing ordering; default
@@ -280,7 +280,8 @@ class ConnectionLaplacian:
         ``seed`` seeds the random start of the iterative methods (``numpy.random.default_rng(seed)``: the Lanczos
         start vector, the LOBPCG start block; ``"dense"`` draws nothing): an int >= 0 gives the same result whatever
         the global random states, which it leaves untouched; ``None`` takes one draw of torch's global random stream
-        (:mod:`gpgeom._seeds`). A result already cached for this ``k`` and ``method`` is returned whatever the seed.
+        (:mod:`gpgeom._seeds`). Results are cached per ``method`` and, for the iterative methods, ``sigma``, ``tol``
+        and ``seed`` (``None``: a result of any start); a cached result for a larger ``k`` is sliced.
 
         Returns:
             ``eigenvalues`` ``(k,)`` ascending and ``eigenvectors`` ``(nd, k)``, orthonormal (for ``"rw"``:
@@ -288,7 +289,7 @@ class ConnectionLaplacian:
         """
         nd = self.L.shape[0]
         check_positive("k", k, integer=True)
-        seed = resolve_seed("seed", seed)
+        check_seed("seed", seed)
         check_option("method", method, _EIG_METHODS)
         if k > nd:
             raise ValueError(f"`k`={k} exceeds the size n*d={nd} of the Laplacian.")
@@ -296,8 +297,10 @@ class ConnectionLaplacian:
             method = "dense" if (nd <= 500 or 2 * k >= nd) else "shift-invert"
         if method != "dense" and k >= nd - 1:
             method = "dense"
-        for (kk, mm), val in self._cache.items():
-            if mm == method and kk >= k:
+        # what the result depends on (the dense solver: nothing else; seed=None: any start of the iterative ones)
+        options = (method,) if method == "dense" else (method, sigma, float(tol), seed)
+        for (kk, opts), val in self._cache.items():
+            if opts == options and kk >= k:
                 return val[0][:k].copy(), val[1][:, :k].copy()
         A = self.symmetric_operator()
         path = None
@@ -308,12 +311,12 @@ class ConnectionLaplacian:
             if os.path.exists(path):
                 with np.load(path) as f:
                     vals, vecs = f["vals"], f["vecs"]
-                self._cache[(k, method)] = (vals, vecs)
+                self._cache[(k, options)] = (vals, vecs)
                 return vals.copy(), vecs.copy()
         t0 = time.perf_counter()
         diag_mean = float(np.mean(A.diagonal())) or 1.0
         shift = -1e-6 * diag_mean if sigma is None else float(sigma)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(resolve_seed("seed", seed))
         if method == "dense":
             vals, vecs = np.linalg.eigh(A.toarray())
             vals, vecs = vals[:k], vecs[:, :k]
@@ -339,7 +342,7 @@ class ConnectionLaplacian:
         if self.normalization == "rw":
             vecs = vecs / np.repeat(np.sqrt(self.degree), self.dim)[:, None]
         self.timings[f"eigs(k={k}, {method})"] = time.perf_counter() - t0
-        self._cache[(k, method)] = (vals, vecs)
+        self._cache[(k, options)] = (vals, vecs)
         if path is not None:
             os.makedirs(self.cache_dir, exist_ok=True)
             np.savez(path, vals=vals, vecs=vecs)
