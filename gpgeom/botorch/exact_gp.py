@@ -287,7 +287,38 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         with self.numerics():
             if self._joint_ok(args, kwargs):
                 return self._joint(args[0])
-            return super().__call__(*args, **kwargs)
+            self._check_strategy()
+            out = super().__call__(*args, **kwargs)
+            self._check_strategy()  # a strategy built by this call: recorded with the state it was built for
+            return out
+
+    def _check_strategy(self) -> None:
+        r"""Drop GPyTorch's prediction strategy (its cached training covariance, Cholesky factor and mean cache) when
+        the model's state changed since it was built: a parameter or buffer set by hand or by ``load_state_dict``,
+        a kernel's ``nu``, the training data or the jitter (the key of :meth:`_state_key`). GPyTorch clears it only
+        in train mode and in ``set_train_data``: a conditioned model predicted with its old hyperparameters after
+        ``lengthscale = ...`` and conditioning a model whose strategy was stale failed. A strategy seen for the first
+        time is recorded with the current state (this is called before and after every use)."""
+        strategy = self.prediction_strategy
+        if strategy is None or self.training:
+            return
+        cache = self.__dict__.setdefault("_strategy_cache", FactorCache())
+        with torch.no_grad():
+            key = self._state_key()
+        if cache.value is not strategy:
+            cache.key, cache.value = key, strategy
+        elif not cache.matches(key):
+            self.prediction_strategy = None
+            cache.key, cache.value = None, None
+
+    def _state_key(self) -> list[Any]:
+        r"""The :class:`~gpgeom.engine.chunking.FactorCache` key of the state a training factor depends on: the
+        parameters, buffers and structure of the model, its training tensors (and fixed noise) and the jitter
+        settings."""
+        fixed, st = isinstance(self.likelihood, FixedNoiseGaussianLikelihood), gpytorch.settings
+        settings = (self._fit_jitter, st.cholesky_jitter.value(self.dtype), st.cholesky_max_tries.value())
+        data = (*self.train_inputs, self.train_targets, self.likelihood.noise_covar.noise if fixed else None)
+        return FactorCache.key_of(self, data, settings)
 
     @contextlib.contextmanager
     def _gpytorch_path(self) -> Iterator[None]:
@@ -422,12 +453,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         gradients are enabled and GPyTorch's ``detach_test_caches`` is off."""
         if torch.is_grad_enabled() and not gpytorch.settings.detach_test_caches.on():
             return self._compute_factor()
-        fixed, st = isinstance(self.likelihood, FixedNoiseGaussianLikelihood), gpytorch.settings
-        settings = (self._fit_jitter, st.cholesky_jitter.value(self.dtype), st.cholesky_max_tries.value())
-        data = (*self.train_inputs, self.train_targets, self.likelihood.noise_covar.noise if fixed else None)
         cache = self.__dict__.setdefault("_factor_cache", FactorCache())
         with torch.no_grad():
-            return cache.get(FactorCache.key_of(self, data, settings), self._compute_factor)
+            return cache.get(self._state_key(), self._compute_factor)
 
     def _compute_factor(self) -> tuple[Tensor, Tensor]:
         train_X = self.train_inputs[0]
@@ -551,12 +579,15 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                     f"{type(self.likelihood).__name__} has one inferred noise level, which conditioning uses: omit "
                     f"`noise` (got a tensor of shape {tuple(kwargs['noise'].shape)})."
                 )
+        self._check_strategy()  # a strategy of older hyperparameters would condition with them
         if self.prediction_strategy is None:  # GPyTorch conditions only a model with its prediction caches
             with torch.no_grad(), self._gpytorch_path():
                 ExactGPModel.posterior(self, self.train_data[0][..., :1, :])
         with self.numerics():
             new = super().condition_on_observations(X, Y, **kwargs)
         new.__dict__["_conditioned"] = True  # its posterior keeps GPyTorch's updated caches (fast fantasies)
+        new.__dict__.pop("_strategy_cache", None)
+        new._check_strategy()  # its strategy, updated from this one, is for its state now
         return new
 
     def _find_output_dims(self, default_modules: tuple[str, ...] = ()) -> dict[str, int]:

@@ -92,6 +92,7 @@ from gpgeom.botorch.gaussian import GaussianSurrogate
 from gpgeom.botorch.low_rank_ambient import _AmbientAlgebra
 from gpgeom.botorch.low_rank_inputs import _PointInputs
 from gpgeom.botorch.low_rank_noise import _NoiseSplit
+from gpgeom.engine.chunking import FactorCache
 from gpgeom.kernels.spectral import SpectralKernel
 
 __all__ = ["NOISE_FLOOR", "LowRankSpectralGP", "Minibatches"]
@@ -358,25 +359,20 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
 
     def _cached(self, name: str, compute: Any) -> tuple[Tensor, ...]:
         r"""``compute()`` (a tuple of tensors), cached detached in eval mode as GPyTorch caches its prediction
-        strategy. The cache is keyed on the data tensors (by identity), the mode, the noise split (with
-        :math:`\sigma_\perp^2`), the ambient switch and the values of every parameter, so setting a hyperparameter,
-        ``fit``, ``to`` or new data recompute it."""
+        strategy. The cache (a :class:`~gpgeom.engine.chunking.FactorCache`) is keyed on the data tensors and the
+        float64 geometry of the ambient part (identity, version, fingerprint), the mode, the noise split (with
+        :math:`\sigma_\perp^2`), the ambient switch and the values of every parameter and buffer (a fixed
+        ``nu``, the basis), so setting a hyperparameter, ``fit``, ``to`` or new data recompute it."""
         if self.training:
             return compute()
-        params = [p.detach().reshape(-1) for p in self.parameters()]
-        values = torch.cat(params) if params else torch.zeros(0)
         mode = (self.mode, self.noise_estimate, self.normal_noise, self.ambient_active)
-        cached = self.__dict__.get("_wp_cache")
-        old = None if cached is None else cached[3]
-        kind = None if old is None else (old.shape, old.dtype, old.device)
-        same_data = cached is not None and cached[0] is self.data_index and cached[1] is self.data_y
-        fresh = same_data and cached[2] == mode and kind == (values.shape, values.dtype, values.device)
-        if not (fresh and torch.equal(old, values)):
-            cached = (self.data_index, self.data_y, mode, values.clone(), {})
-            self.__dict__["_wp_cache"] = cached
-        store = cached[4]
-        if name not in store:
-            with torch.no_grad():
+        data = (self.data_index, self.data_y, self.ambient_points, self._frames64)
+        cache = self.__dict__.get("_wp_cache")
+        if cache is None:
+            cache = self.__dict__["_wp_cache"] = FactorCache()
+        with torch.no_grad():
+            store = cache.get(FactorCache.key_of(self, data, mode), dict)
+            if name not in store:
                 store[name] = tuple(t.detach() for t in compute())
         return store[name]
 

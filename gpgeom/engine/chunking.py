@@ -205,8 +205,9 @@ class FactorCache:
     ``param.data.copy_(...)`` and GPyTorch's ``initialize(...)``, which do not count as in-place versions, are
     seen), the given data tensors and any parameter or buffer of more than :attr:`COPY_LIMIT` elements (held and
     compared by identity, in-place version counter and a fingerprint: not copied; the fingerprint, a float64 sum,
-    norm and up to 64 evenly spaced entries, sees writes through ``.data``, which bypass the version counter) and
-    extra plain values (settings). Copies
+    norm and up to 64 evenly spaced entries, sees writes through ``.data``, which bypass the version counter), the
+    structure of the module (the class of every submodule and its public plain attributes: a Matern kernel's
+    ``nu``, which is no parameter, ``ard_num_dims``, a transform's options) and extra plain values (settings). Copies
     (``copy.deepcopy``) and pickles of an object holding a cache start with an empty one: a copy may be changed, a
     file never holds it.
 
@@ -242,10 +243,10 @@ class FactorCache:
 
     @staticmethod
     def key_of(module: nn.Module, data: Iterable[Tensor | None] = (), extra: Iterable[Any] = ()) -> list[Any]:
-        r"""The key of ``module``'s state: ``extra`` values, copies of the parameters and buffers (or ``(tensor,
-        version)`` above :attr:`COPY_LIMIT` elements), and ``(tensor, version)`` for every tensor of ``data`` (``None``
-        entries are skipped)."""
-        key: list[Any] = list(extra)
+        r"""The key of ``module``'s state: ``extra`` values, the module's structure (:func:`_structure`), copies of
+        the parameters and buffers (or ``(tensor, version, fingerprint)`` above :attr:`COPY_LIMIT` elements), and
+        ``(tensor, version, fingerprint)`` for every tensor of ``data`` (``None`` entries are skipped)."""
+        key: list[Any] = [*extra, _structure(module)]
         small = FactorCache.COPY_LIMIT
         key += [
             t.detach().clone() if t.numel() <= small else (t, t._version, _fingerprint(t))
@@ -279,6 +280,26 @@ class FactorCache:
             self.value = compute()
             self.key = key
         return self.value
+
+
+#: plain attribute types that :func:`_structure` records (values compared with ``==``)
+_PLAIN = (bool, int, float, str, torch.Size)
+
+
+def _structure(module: nn.Module) -> list[Any]:
+    r"""Every submodule's name, class and public plain attributes (bool, int, float, str, ``torch.Size``; not
+    ``training``): the state a computation depends on that is neither a parameter nor a buffer, e.g. a GPyTorch
+    Matern kernel's ``nu`` (a training factor kept across ``kernel.nu = 0.5`` predicted with the old smoothness,
+    off by 7.9) or a module swapped for another class with equal parameter values. A list (compared with ``==``
+    by :meth:`FactorCache.matches`; its tuples are data entries)."""
+    return [
+        (
+            name,
+            type(m),
+            tuple((k, v) for k, v in vars(m).items() if k[0] != "_" and k != "training" and isinstance(v, _PLAIN)),
+        )
+        for name, m in module.named_modules()
+    ]
 
 
 def _fingerprint(t: Tensor) -> Tensor:
