@@ -480,3 +480,19 @@ def test_pickle_round_trip_ships_32_bit_cells_and_restores_the_mesh():
     # half the cells' bytes
     plain = pickle.dumps((mesh.points, mesh.cells, mesh.point_data, mesh._cache), protocol=5)
     assert len(plain) - len(blob) > 0.9 * mesh.cells.nbytes / 2
+
+
+def test_cached_topology_cannot_be_changed_through_what_it_returns():
+    # edges, boundary facets and defects were the mesh's cached arrays, writable: ``e[:] = 0`` on a returned array
+    # changed what every later call (the morphing's graph, the boundary loops) got
+    mesh = annulus_mesh()
+    fresh = Mesh(mesh.points, mesh.cells)
+    edges, (bf, cell, opp), defects = mesh.edges(), mesh.boundary_facets(), mesh.defects()
+    for arr in (edges, bf, cell, opp, *defects.values()):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[...] = 0
+    defects["coincident_nodes"] = np.array([[0, 1]])  # the caller's dict, not the cache's
+    assert np.array_equal(mesh.edges(), fresh.edges())
+    assert all(np.array_equal(a, b) for a, b in zip(mesh.boundary_facets(), fresh.boundary_facets(), strict=True))
+    assert mesh.is_valid() and not len(mesh.defects()["coincident_nodes"])
+    assert [lp.tolist() for lp in mesh.boundary_loops()] == [lp.tolist() for lp in fresh.boundary_loops()]

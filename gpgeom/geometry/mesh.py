@@ -422,11 +422,14 @@ class Mesh:
         else:  # pragma: no cover - huge meshes
             ufac, inv, counts = np.unique(Fs, axis=0, return_inverse=True, return_counts=True)
         out = {"oriented": F, "unique": ufac, "inverse": inv.reshape(-1), "counts": counts}
+        for arr in out.values():
+            arr.setflags(write=False)  # cached and handed out (edges, boundary facets): never changed in place
         self._cache["facets"] = out
         return out
 
     def edges(self) -> np.ndarray:
-        r"""Unique edges ``(n_edges, 2)`` with ``edges[:, 0] < edges[:, 1]``, sorted lexicographically."""
+        r"""Unique edges ``(n_edges, 2)`` with ``edges[:, 0] < edges[:, 1]``, sorted lexicographically (read-only:
+        the mesh's cached array)."""
         if "edges" in self._cache:
             return self._cache["edges"]
         k = self.cell_dim
@@ -437,6 +440,7 @@ class Mesh:
         else:
             pairs = np.array([(i, j) for i in range(k + 1) for j in range(i + 1, k + 1)])
             e = np.unique(np.sort(self._cells[:, pairs].reshape(-1, 2), axis=1), axis=0)
+        e.setflags(write=False)  # the cached array itself: an in-place change would reach every later call
         self._cache["edges"] = e
         return e
 
@@ -446,7 +450,8 @@ class Mesh:
         Returns:
             ``(facets, cell, opposite)``: the boundary facets ``(n_bf, k)`` (for triangles the edges are oriented as
             in their cell, i.e. with the cell on their left when the cell is counter-clockwise), the index of the
-            cell owning each one ``(n_bf,)`` and the local index of the cell's vertex opposite it ``(n_bf,)``.
+            cell owning each one ``(n_bf,)`` and the local index of the cell's vertex opposite it ``(n_bf,)``
+            (read-only: the mesh's cached arrays).
         """
         if "bfacets" in self._cache:
             return self._cache["bfacets"]
@@ -454,6 +459,8 @@ class Mesh:
         pos = np.nonzero(f["counts"][f["inverse"]] == 1)[0]
         kp1 = self.cell_dim + 1
         out = (f["oriented"][pos], pos // kp1, pos % kp1)
+        for arr in out:
+            arr.setflags(write=False)
         self._cache["bfacets"] = out
         return out
 

@@ -38,12 +38,12 @@ def mesh_defects(mesh: Mesh, *, tol: float = 1e-10) -> dict[str, np.ndarray]:
       when the cells are listed with one orientation).
 
     The test for folds is geometric, so the vertex order of the cells does not matter: meshes listed clockwise,
-    or in mixed order, are valid. Results are cached per ``tol``.
+    or in mixed order, are valid. Results are cached per ``tol`` (a new dict of read-only arrays each call).
     """
     check_positive("tol", tol, allow_zero=True)
     key = ("defects", float(tol))
     if key in mesh._cache:
-        return mesh._cache[key]
+        return dict(mesh._cache[key])  # a new dict of the read-only cached arrays
     P, C = mesh.points, mesh.cells
     diag = float(np.linalg.norm(np.ptp(P, axis=0)))
     pairs = cKDTree(P).query_pairs(tol * diag, output_type="ndarray").astype(np.int64)
@@ -56,8 +56,10 @@ def mesh_defects(mesh: Mesh, *, tol: float = 1e-10) -> dict[str, np.ndarray]:
     if k == mesh.dim and not len(degenerate):
         folded = _folded_pairs(mesh)
     out = {"coincident_nodes": pairs, "degenerate_cells": degenerate, "folded_cells": folded}
+    for arr in out.values():
+        arr.setflags(write=False)
     mesh._cache[key] = out
-    return out
+    return dict(out)
 
 
 def check_mesh(mesh: Mesh, *, tol: float = 1e-10) -> Mesh:
