@@ -287,29 +287,35 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         with self.numerics():
             if self._joint_ok(args, kwargs):
                 return self._joint(args[0])
-            self._check_strategy()
+            key = self._check_strategy()
             out = super().__call__(*args, **kwargs)
-            self._check_strategy()  # a strategy built by this call: recorded with the state it was built for
+            self._check_strategy(key)  # a strategy built by this call: recorded with the state it was built for
             return out
 
-    def _check_strategy(self) -> None:
+    def _check_strategy(self, key: list[Any] | None = None) -> list[Any] | None:
         r"""Drop GPyTorch's prediction strategy (its cached training covariance, Cholesky factor and mean cache) when
         the model's state changed since it was built: a parameter or buffer set by hand or by ``load_state_dict``,
         a kernel's ``nu``, the training data or the jitter (the key of :meth:`_state_key`). GPyTorch clears it only
         in train mode and in ``set_train_data``: a conditioned model predicted with its old hyperparameters after
         ``lengthscale = ...`` and conditioning a model whose strategy was stale failed. A strategy seen for the first
-        time is recorded with the current state (this is called before and after every use)."""
+        time is recorded with the current state (this is called before and after every use; ``key``: the state's
+        key when the caller has it, the one this returned before a call that does not change the state). Returns
+        the key it used, if any."""
         strategy = self.prediction_strategy
         if strategy is None or self.training:
-            return
+            return key
         cache = self.__dict__.setdefault("_strategy_cache", FactorCache())
-        with torch.no_grad():
-            key = self._state_key()
+        if key is not None and cache.value is strategy:
+            return key  # checked against this key just before
+        if key is None:
+            with torch.no_grad():
+                key = self._state_key()
         if cache.value is not strategy:
             cache.key, cache.value = key, strategy
         elif not cache.matches(key):
             self.prediction_strategy = None
             cache.key, cache.value = None, None
+        return key
 
     def _state_key(self) -> list[Any]:
         r"""The :class:`~gpgeom.engine.chunking.FactorCache` key of the state a training factor depends on: the
