@@ -335,7 +335,7 @@ def test_count_feature_is_the_log_of_the_number_of_real_points_fed_to_the_head()
     feats = net.cnn(net.grid_features(x3, _field(x3))).flatten(1)
     expected = net.head(torch.cat([feats, w[1:], torch.full((1, 1), math.log(75 / 20.0), dtype=DT)], -1))
     torch.testing.assert_close(net(x3, _field(x3), w[1:]), expected, rtol=1e-12, atol=1e-12)
-    assert float((net(x3, _field(x3), w[1:]) - net(x2, _field(x2), w[1:])).abs().max()) > 1e-6
+    assert float((net(x3, _field(x3), w[1:]) - net(x2, _field(x2), w[1:])).detach().abs().max()) > 1e-6
 
 
 def test_gradients_reach_lengthscales_and_weights():
