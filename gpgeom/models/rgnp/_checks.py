@@ -380,11 +380,29 @@ def warn_uncalibrated(model: Any) -> None:
         )
 
 
-def check_inverse_points(x: Tensor, u: Tensor, mask: Any, lower: Tensor, upper: Tensor) -> Tensor | None:
-    r"""The ``mask`` ``(B, n)`` of :meth:`~gpgeom.models.rgnp.model.RGNP.predict_inverse` checked (``None``: every
-    point is real), with the real points of ``x`` ``(B, n, D)`` and ``u`` ``(B, n)`` finite and inside the domain
-    (padding, ``mask`` False, may hold anything)."""
-    if mask is not None:
+def check_inverse_points(model: Any, x: Any, u: Any, mask: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    r"""The inputs of :meth:`~gpgeom.models.rgnp.model.RGNP.predict_inverse` checked and shaped: ``x`` ``(B, n, D)``
+    (from ``(n, D)`` shared by the fields), ``u`` ``(B, n)`` (from ``(n,)`` or ``(B, n, 1)``) and ``mask`` ``(B, n)``
+    (``None``: every point is real); the real points finite and inside the domain (padding, ``mask`` False, may
+    hold anything)."""
+    padded = mask is not None
+    u = model._as_tensor("u", u, ndim=(1, 2, 3), finite=not padded)
+    if u.dim() == 3:
+        if u.shape[-1] != 1:
+            raise ValueError(f"`u` of 3 dimensions must be (B, n, 1), got shape {tuple(u.shape)}.")
+        u = u[..., 0]
+    u = u[None] if u.dim() == 1 else u
+    if u.shape[-1] == 0:
+        raise ValueError(
+            f"`u` holds no point (shape {tuple(u.shape)}): the inverse problem needs at least one observed value "
+            "per field."
+        )
+    x = model._as_tensor("x", x, ndim=(2, 3), shape=(model.dim,), finite=not padded)
+    if x.dim() == 2:
+        x = x[None].expand(u.shape[0], -1, -1)
+    if x.shape[:2] != u.shape:
+        raise ValueError(f"`x` {tuple(x.shape)} and `u` {tuple(u.shape)} must describe the same points.")
+    if padded:
         mask = torch.as_tensor(mask, device=x.device)
         if mask.dtype != torch.bool or mask.reshape(-1, mask.shape[-1]).shape != u.shape:
             raise ValueError(
@@ -399,8 +417,9 @@ def check_inverse_points(x: Tensor, u: Tensor, mask: Any, lower: Tensor, upper: 
                     f"`{name}` holds NaN or infinite values at {int(bad.sum())} real point(s) (`mask` True), "
                     f"e.g. {name}[{b}, {i}]; padding (`mask` False) may hold anything, real points must be finite."
                 )
+    lower, upper = model.lower, model.upper
     check_in_box("x", x if mask is None else torch.where(mask[..., None], x, lower), lower, upper, "the domain")
-    return mask
+    return x, u, mask
 
 
 def trained_sizes(sizes: tuple[int, int] | None, n_points: int | tuple[int, int]) -> tuple[int, int]:

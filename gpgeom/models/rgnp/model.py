@@ -784,27 +784,9 @@ class RGNP(ModelContract, nn.Module):
                 grids it was trained on (``trained_sizes_``), where the spread does not hold.
         """
         self._check_fitted()
-        padded = mask is not None  # padding entries may hold anything (GICNet ignores them): check real points only
-        u = self._as_tensor("u", u, ndim=(1, 2, 3), finite=not padded)
-        if u.dim() == 3:
-            if u.shape[-1] != 1:
-                raise ValueError(f"`u` of 3 dimensions must be (B, n, 1), got shape {tuple(u.shape)}.")
-            u = u[..., 0]
-        u = u[None] if u.dim() == 1 else u
-        if u.shape[-1] == 0:
-            raise ValueError(
-                f"`u` holds no point (shape {tuple(u.shape)}): the inverse problem needs at least one observed value "
-                "per field."
-            )
-        B = u.shape[0]
-        x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,), finite=not padded)
-        if x.dim() == 2:
-            x = x[None].expand(B, -1, -1)
-        if x.shape[:2] != u.shape:
-            raise ValueError(f"`x` {tuple(x.shape)} and `u` {tuple(u.shape)} must describe the same points.")
-        mask = check_inverse_points(x, u, mask, self.lower, self.upper)
+        x, u, mask = check_inverse_points(self, x, u, mask)
         warn_observed_counts(self, u.shape[-1] if mask is None else mask.sum(-1))
-        w = self._check_w(w, B)
+        w = self._check_w(w, u.shape[0])
         if self.dim_w:
             check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
         dist = self.inverse_dist(x, u, w, mask)
