@@ -20,6 +20,12 @@ the normalised squared error of the posterior mean of z (prior mean: 1), the cov
 the z RMS of the truth (RMS of (z - mean) / sd; 1 when calibrated) and the mean posterior sd (in z's units). No
 ``calibrate()``: q_beta as trained.
 
+Second table, **noisy observations**: the same test fields at 30 and 100 points with Gaussian noise of sd
+``NOISE`` = 0.05 added, from q_beta as trained, after ``calibrate(inverse_steps=500)`` (q_beta trained on the
+calibrated predictive's fields) and after ``calibrate(inverse_steps=500, inverse_noise_std=0.05)`` (the same fields
+plus the observation noise); the calibration's reference fields: 32 solver fields at 50 random points (Poisson,
+``calibrate``'s default) or 32 exact Helmholtz fields.
+
 Usage: ``OMP_NUM_THREADS=1 python benchmarks/rgnp_inverse_points.py [--quick] [--jobs 2]``. Writes
 ``benchmarks/results/rgnp_inverse_points.md`` (``--quick``: 300 steps, 40 test fields,
 ``benchmarks/results/local/rgnp_inverse_points_quick.md``).
@@ -28,8 +34,10 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/rgnp_inverse_points.py [--quick] [-
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -39,6 +47,7 @@ import torch  # noqa: E402
 from _common import markdown_table, peak_rss_mib, report_name, write_benchmark_report  # noqa: E402
 from rgnp import DEMO_GIC, helmholtz_fields, helmholtz_lift, helmholtz_residual  # noqa: E402
 
+from gpgeom.errors import UncalibratedWarning  # noqa: E402
 from gpgeom.metrics import calibration_summary  # noqa: E402
 from gpgeom.models.rgnp import RGNP, nse  # noqa: E402
 from gpgeom.pde import NonlinearPoisson1D  # noqa: E402
@@ -47,6 +56,8 @@ from gpgeom.pde import NonlinearPoisson1D  # noqa: E402
 OBSERVED = (10, 30, 100, 300)
 #: The two training grids: one size (the default) and a range.
 TRAINING = {"30 points (default)": 30, "10 to 300 points": (10, 300)}
+#: Observation noise sd of the second table, and its numbers of observed points.
+NOISE, NOISY_OBSERVED = 0.05, (30, 100)
 
 
 def build(problem: str, n_points, seed: int) -> RGNP:
@@ -84,14 +95,30 @@ def run(job: tuple[str, str, int, int, int]) -> tuple[str, str, dict]:
     t0 = time.perf_counter()
     model.fit(steps, lr=3e-3, progress=False, seed=seed)
     fit_s = time.perf_counter() - t0
-    rows = {}
-    for n in OBSERVED:
-        x, u, z, w = (t.to(torch.float32) for t in test_fields(problem, n_test, n, 10_000 + seed))
-        mean, sd = model.predict_inverse(x, u, w, return_std=True)
-        summary = calibration_summary(z, mean, sd)
-        rows[n] = {"z_nse": float(nse(mean, z).mean()), "sd": float(sd.mean()), **summary}
+    fields = {n: [t.to(torch.float32) for t in test_fields(problem, n_test, n, 10_000 + seed)] for n in OBSERVED}
+    rows = {n: measure(model, x, u, z, w) for n, (x, u, z, w) in fields.items()}
+    noisy = {}
+    for n in NOISY_OBSERVED:  # the same fields, noise drawn once per n
+        u = fields[n][1]
+        fields[n][1] = u + NOISE * torch.randn(u.shape, generator=torch.Generator().manual_seed(20_000 + seed + n))
+    data = None
+    if problem == "helmholtz":  # 32 exact fields at 50 random points (Poisson: calibrate's default, the solver's)
+        data = helmholtz_fields(32, lambda g: torch.rand(32, 50, 1, generator=g, dtype=torch.float64) * 2 - 1, 20_000)
+    for name, kw in (("as trained", None), ("+ 500 inverse steps", {}), ("+ 500 inverse steps, noise", {"n": NOISE})):
+        m = model if kw is None else copy.deepcopy(model)
+        if kw is not None:
+            m.calibrate(data, inverse_steps=500, inverse_noise_std=kw.get("n", 0.0), seed=seed)
+        noisy[name] = {n: measure(m, *fields[n]) for n in NOISY_OBSERVED}
     print(f"{problem}, {label}: {fit_s:.0f} s", flush=True)
-    return problem, label, {"fit_s": fit_s, "rows": rows}
+    return problem, label, {"fit_s": fit_s, "rows": rows, "noisy": noisy}
+
+
+def measure(model: RGNP, x: torch.Tensor, u: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> dict:
+    """The inverse posterior's accuracy and calibration from the fields ``u`` at ``x``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UncalibratedWarning)  # other numbers of points: what the table measures
+        mean, sd = model.predict_inverse(x, u, w, return_std=True)
+    return {"z_nse": float(nse(mean, z).mean()), "sd": float(sd.mean()), **calibration_summary(z, mean, sd)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,11 +151,24 @@ def main(argv: list[str] | None = None) -> None:
         "the posterior sd of z, in z's units, averaged over fields and components",
         "`benchmarks/rgnp_inverse_points.py` (its docstring says what each row is)",
     ]
+    noisy = [
+        (f"{problem}, {label}, {name}", n, row["z_nse"], row["coverage_95"], row["z_rms"], row["sd"])
+        for problem, label, r in results
+        for name, per_n in r["noisy"].items()
+        for n, row in per_n.items()
+    ]
+    facts.append(
+        f"noisy: the same test fields at {' and '.join(map(str, NOISY_OBSERVED))} points plus N(0, {NOISE}^2) noise; "
+        "q_beta as trained, after `calibrate(inverse_steps=500)` and after `calibrate(inverse_steps=500, "
+        f"inverse_noise_std={NOISE})` (reference fields: Poisson 32 from the solver, Helmholtz 32 exact)"
+    )
+    body = [markdown_table(header, table), "", "## Noisy observations", ""]
+    body += [markdown_table(["problem, training grids, q_beta", *header[1:6]], noisy), ""]
     write_benchmark_report(
         report_name("rgnp_inverse_points", quick=args.quick),
         "RGNP's inverse posterior against the number of observed points",
         facts,
-        [markdown_table(header, table), ""],
+        body,
         machine_note=f"; peak resident memory {peak_rss_mib():.0f} MB",
     )
 

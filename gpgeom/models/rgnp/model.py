@@ -598,18 +598,21 @@ class RGNP(ModelContract, nn.Module):
         self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points if n_points is None else n_points)
         return self
 
-    def _inverse_loss(self, batch: int, n_points: int) -> Tensor:
-        r""":math:`-\mathbb E \log q_\beta(z \mid u, w)` over :math:`z, w` from the priors, a random grid and
-        :math:`u` from the calibrated predictive (:meth:`predictive_dist`), per field."""
+    def _inverse_loss(self, batch: int, n_points: int, noise_std: float = 0.0) -> Tensor:
+        r""":math:`-\mathbb E \log q_\beta(z \mid u + \epsilon, w)` over :math:`z, w` from the priors, a random grid,
+        :math:`u` from the calibrated predictive (:meth:`predictive_dist`) and observation noise
+        :math:`\epsilon \sim \mathcal N(0, \sigma_y^2 I)`, per field."""
         z, w = self.sample_params(batch)
         x = self.sample_grid(batch, n_points)
         with torch.no_grad():
             u = self.predictive_dist(z, w, x).rsample()
+            u = u + noise_std * torch.randn_like(u) if noise_std > 0 else u
         return -self.inverse_dist(x, u, w).log_prob(z).mean()
 
     def calibrate(
         self, data: dict | None = None, *, n_fields: int = 32, n_points: int = 50, inverse_steps: int = 0,
-        inverse_batch: int = 32, lr: float = 1e-3, seed: int | None = None, progress: bool | None = None,
+        inverse_batch: int = 32, inverse_noise_std: float = 0.0, lr: float = 1e-3, seed: int | None = None,
+        progress: bool | None = None,
     ) -> RGNP:  # fmt: skip
         r"""Calibrate the predictive distributions on reference fields the networks were not trained on.
 
@@ -638,6 +641,10 @@ class RGNP(ModelContract, nn.Module):
                 of the model's ``n_points``.
             inverse_steps: Adam steps of the inverse network (0: leave it as it is).
             inverse_batch: Fields per inverse step.
+            inverse_noise_std: Noise sd :math:`\sigma_y` of the fields :meth:`predict_inverse` will be given: the
+                inverse steps add it to the predictive's fields, so that :math:`q_\beta` is the posterior from noisy
+                observations (0: as the predictive says; trained by :meth:`fit` alone, :math:`q_\beta` knows only
+                :math:`q_\alpha`'s noise).
             lr: Adam learning rate of the inverse steps.
             seed: Seed of the reference draws and of the inverse steps, an int >= 0; ``None``: seeds drawn from
                 torch's global random stream (``torch.manual_seed`` before the call repeats them).
@@ -655,6 +662,7 @@ class RGNP(ModelContract, nn.Module):
         check_positive("n_fields", n_fields, integer=True)
         check_positive("inverse_steps", inverse_steps, integer=True, allow_zero=True)
         check_positive("inverse_batch", inverse_batch, integer=True)
+        check_positive("inverse_noise_std", inverse_noise_std, allow_zero=True)
         check_positive("n_points", n_points, integer=True)
         x, y, z, w = reference_fields(self, data, n_fields, n_points, seed)
         with torch.no_grad():
@@ -669,10 +677,11 @@ class RGNP(ModelContract, nn.Module):
         record.update(n_fields=int(x.shape[0]), n_points=int(x.shape[1]), inverse_steps=int(inverse_steps))
         if inverse_steps:
             result = fit(
-                lambda: self._inverse_loss(inverse_batch, self.n_points), module=self.inverse_net, optimizer="adam",
-                lr=lr, epochs=inverse_steps, patience=inverse_steps + 1, rel_tol=0.0, progress=progress, seed=seed,
+                lambda: self._inverse_loss(inverse_batch, self.n_points, inverse_noise_std), module=self.inverse_net,
+                optimizer="adam", lr=lr, epochs=inverse_steps, patience=inverse_steps + 1, rel_tol=0.0,
+                progress=progress, seed=seed,
             )  # fmt: skip
-            record["inverse_loss"] = float(result.loss)
+            record.update(inverse_loss=float(result.loss), inverse_noise_std=float(inverse_noise_std))
             self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points)
         self.calibration_ = record
         return self
