@@ -359,6 +359,7 @@ class FunBaT(
         self._scale_groups = self._scale_counts = None  # shared scales (scale_mode): set by _set_scale_groups
         self._scale_alpha = self._scale_beta = self._resid_sq = self._dof = None  # Student-t: set by _init_scales
         self._scales_held = False  # scale_fit="refit": the scales are held as known weights in its last sweeps
+        self._kernel_keys: list[list[Tensor]] | None = None  # the kernels the posteriors were smoothed with
 
     # ------------------------------------------------------------------------------------------------------------
     # configuration helpers
@@ -419,8 +420,23 @@ class FunBaT(
 
         Raises:
             TypeError, ValueError: Bad shapes, NaN coordinates, ranks that do not match ``K``, no observed entry.
+
+        A fit that raises (bad input, a divergence, an exception or ``KeyboardInterrupt`` from the ``callback``)
+        leaves the model as it was before the call: unfitted, or the previous fit with its data and ``fit_result_``.
         """
+        saved = dict(self.__dict__)  # every attribute fit rebinds (it never changes the previous objects in place)
+        try:
+            return self._fit(X, y, mask, progress, callback)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit(
+        self, X: Tensor, y: Tensor, mask: Tensor | None, progress: bool | None, callback: Callable | None
+    ) -> FunBaT:
         start = time.perf_counter()
+        self._kernel_keys = None  # no re-smoothing by _follow_kernels while the sweeps move the hyperparameters
         if self._device_arg is None and isinstance(X, Tensor):
             self._device = X.device
         X, src = self._check_X(X, with_dtype=True)
@@ -483,7 +499,35 @@ class FunBaT(
         self._run(self.max_sweeps, progress, callback, final=True)
         self._finish_scales(progress, callback)  # scale_fit "cut" / "refit" (scales.py)
         self._record(start)
+        self._key_kernels()
         return self
+
+    def _key_kernels(self) -> None:
+        r"""Record the kernels' parameters and buffers the modes' posteriors are now smoothed with."""
+        self._kernel_keys = [[v.detach().clone() for v in k.state_dict().values()] for k in self.kernels]
+
+    def _follow_kernels(self) -> None:
+        r"""Re-smooth every mode whose kernel was changed by hand since the fit (``model.kernels[k].lengthscale =
+        ...``, ``load_state_dict``): its posterior becomes the exact one under the new prior given its kept messages,
+        as at the end of a fit whose last sweep moved the hyperparameters (:mod:`~gpgeom.models.funbat.fitting`);
+        the core, bias and noise are kept and the expected squared residuals recomputed. Without it ``predict`` gave
+        the old posterior at the training coordinates and the new kernel's conditional of it elsewhere."""
+        keys = self.__dict__.get("_kernel_keys")
+        if keys is None:
+            return
+        changed = False
+        for k, (kern, key) in enumerate(zip(self.kernels, keys, strict=True)):
+            now = list(kern.state_dict().values())
+            if len(now) != len(key) or not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(now, key)):
+                self._smooth(k)
+                changed = True
+        if changed:
+            self._refresh_residuals()
+            self._key_kernels()
+
+    def _check_fitted(self) -> None:
+        super()._check_fitted()
+        self._follow_kernels()
 
     def _record(self, start: float) -> None:
         what = "the fitted values and of 1/dof" if self.history and self.history[-1]["dof"] else "the fitted values"
@@ -560,6 +604,7 @@ class FunBaT(
         new._run(new.max_sweeps, False, None, final=True)
         new._finish_scales(False, None)
         new._record(start)
+        new._key_kernels()
         return new
 
     # ------------------------------------------------------------------------------------------------------------

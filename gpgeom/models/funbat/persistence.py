@@ -106,6 +106,7 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
     model._nus, model._ls0, model._vs0 = (list(v) for v in state["per_mode"])
     model.fit_result_ = FunBaTFitResult(**state["fit_result"]) if state["fit_result"] is not None else None
     model._fitted = True
+    model._key_kernels()
     return model
 
 
@@ -137,3 +138,5 @@ def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
         setattr(model, name, mv(getattr(model, name)))
     if hasattr(model, "kernels"):
         model.kernels.to(device=device, dtype=dtype)
+        if getattr(model, "_kernel_keys", None) is not None:  # the posteriors moved with the kernels
+            model._key_kernels()

@@ -59,7 +59,8 @@ class FunBaTBoTorchModel(GaussianSurrogate):
     ``posterior``, ``condition_on_observations``, ``fantasize``) is a variance of :math:`\log y`.
 
     Args:
-        funbat: The fitted model (shared, not copied).
+        funbat: The fitted model (shared, not copied: a later ``fit`` or ``to`` of it is what the adapter predicts
+            with).
     """
 
     def __init__(self, funbat: Any) -> None:
@@ -68,12 +69,27 @@ class FunBaTBoTorchModel(GaussianSurrogate):
         self.funbat = funbat
         self._base_num_outputs = 1
         self.register_buffer("_anchor", torch.zeros((), dtype=funbat.dtype, device=funbat.device))
-        self._tables = [gain_products(md.post.gain.detach()) for md in funbat._modes]
+        self._tables_key: list[tuple[Tensor, int]] = []  # the gains the tables were built from (_gain_tables)
+        self._tables_cache: list[Any] = []
         if funbat.target_transform == "log":  # the Gaussian is that of log y: BoTorch's Log outcome transform
             self.outcome_transform = Log().eval()
 
+    @property
+    def _tables(self) -> list[Any]:
+        r"""The smoothers' gain products of every mode (:func:`~gpgeom.engine.sites.gain_products`), rebuilt when the
+        FunBaT's posterior changed since they were built (a new ``fit``, ``to``: the adapter shares the model, so its
+        mean would otherwise follow the new posterior and its covariance the old one)."""
+        self.funbat._follow_kernels()  # kernels changed by hand: the modes re-smoothed first (FunBaT._check_fitted)
+        gains = [md.post.gain for md in self.funbat._modes]
+        key = self._tables_key
+        if len(key) != len(gains) or any(g is not k or g._version != v for g, (k, v) in zip(gains, key, strict=True)):
+            self._tables_cache = [gain_products(g.detach()) for g in gains]
+            self._tables_key = [(g, g._version) for g in gains]
+        return self._tables_cache
+
     def _check_inputs(self, X: Tensor) -> Tensor:
         fb = self.funbat
+        fb._follow_kernels()
         X = fb._check_X(X, K=len(fb.ranks))
         if X.dim() < 2:
             raise ValueError(f"`X` must be `batch x q x K`, got shape {tuple(X.shape)}.")

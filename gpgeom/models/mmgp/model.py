@@ -334,7 +334,31 @@ class MMGP(ModelContract):
 
         Returns:
             The model itself; the fit record is in ``fit_result_``.
+
+        A fit that raises (bad input, a failed stage, ``KeyboardInterrupt``) leaves the model as it was before the
+        call: unfitted, or the previous fit whole (not its POD bases with the new common mesh or GPs).
         """
+        saved = dict(self.__dict__)  # every attribute fit rebinds (it never changes the previous objects in place)
+        try:
+            return self._fit(
+                meshes, input_scalars, output_fields, output_scalars, field_names, scalar_names, progress, executor
+            )
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit(
+        self,
+        meshes: Sequence[object],
+        input_scalars: object,
+        output_fields: object,
+        output_scalars: object,
+        field_names: Sequence[str] | None,
+        scalar_names: Sequence[str] | None,
+        progress: bool | None,
+        executor: Executor | None,
+    ) -> MMGP:
         check_executor(executor)
         progress = resolve_progress(progress)
         meshes = as_meshes(meshes)

@@ -191,8 +191,9 @@ class Trajectory(ModelContract):
     @property
     def knot_times(self) -> Tensor:
         r"""``K`` knot times, in the trajectory's dtype (the bracketing of a time and the spacings use the times as
-        given, in float64, so that a float32 trajectory far from ``t = 0`` keeps them exact)."""
-        return self._times
+        given, in float64, so that a float32 trajectory far from ``t = 0`` keeps them exact). A copy: changing it in
+        place changes nothing in the trajectory."""
+        return self._times.clone()
 
     @property
     def knots(self) -> Tensor:
