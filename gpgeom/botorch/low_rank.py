@@ -361,8 +361,10 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         r"""``compute()`` (a tuple of tensors), cached detached in eval mode as GPyTorch caches its prediction
         strategy. The cache (a :class:`~gpgeom.engine.chunking.FactorCache`) is keyed on the data tensors and the
         float64 geometry of the ambient part (identity, version, fingerprint), the mode, the noise split (with
-        :math:`\sigma_\perp^2`), the ambient switch and the values of every parameter and buffer (a fixed
-        ``nu``, the basis), so setting a hyperparameter, ``fit``, ``to`` or new data recompute it."""
+        :math:`\sigma_\perp^2`), the ambient switch, the values of every parameter and small buffer (a fixed
+        ``nu``) and the identity and in-place version of the large ones (the basis, ``n x D x k``: no pass over it
+        per call, which made a posterior at ``n = 20,000``, ``k = 200`` 8 times slower), so setting a
+        hyperparameter, ``fit``, ``to`` or new data recompute it."""
         if self.training:
             return compute()
         mode = (self.mode, self.noise_estimate, self.normal_noise, self.ambient_active)
@@ -371,7 +373,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         if cache is None:
             cache = self.__dict__["_wp_cache"] = FactorCache()
         with torch.no_grad():
-            store = cache.get(FactorCache.key_of(self, data, mode), dict)
+            store = cache.get(FactorCache.key_of(self, data, mode, fingerprint=False), dict)
             if name not in store:
                 store[name] = tuple(t.detach() for t in compute())
         return store[name]

@@ -242,14 +242,23 @@ class FactorCache:
         return (FactorCache, ())
 
     @staticmethod
-    def key_of(module: nn.Module, data: Iterable[Tensor | None] = (), extra: Iterable[Any] = ()) -> list[Any]:
+    def key_of(
+        module: nn.Module, data: Iterable[Tensor | None] = (), extra: Iterable[Any] = (), *, fingerprint: bool = True
+    ) -> list[Any]:
         r"""The key of ``module``'s state: ``extra`` values, the module's structure (:func:`_structure`), copies of
         the parameters and buffers (or ``(tensor, version, fingerprint)`` above :attr:`COPY_LIMIT` elements), and
-        ``(tensor, version, fingerprint)`` for every tensor of ``data`` (``None`` entries are skipped)."""
+        ``(tensor, version, fingerprint)`` for every tensor of ``data`` (``None`` entries are skipped).
+
+        ``fingerprint=False`` keys the parameters and buffers above :attr:`COPY_LIMIT` by identity and in-place
+        version only (``(tensor, version)``, no ``O(numel)`` pass over them): for a cache read on every prediction
+        whose cost does not grow with them (a spectral basis of ``n x D x k`` entries), at the price of not seeing
+        writes through ``.data`` to them."""
         key: list[Any] = [*extra, _structure(module)]
         small = FactorCache.COPY_LIMIT
         key += [
-            t.detach().clone() if t.numel() <= small else (t, t._version, _fingerprint(t))
+            t.detach().clone()
+            if t.numel() <= small
+            else ((t, t._version, _fingerprint(t)) if fingerprint else (t, t._version))
             for t in (*module.parameters(), *module.buffers())
         ]
         return key + [(t, t._version, _fingerprint(t)) for t in data if t is not None]
@@ -313,7 +322,8 @@ def _fingerprint(t: Tensor) -> Tensor:
     parts = [x.sum(dtype=torch.float64).reshape(1), torch.linalg.vector_norm(x, dtype=torch.float64).reshape(1)]
     if t.is_contiguous() and t.numel():
         flat = x.view(-1)
-        idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()
+        m = min(64, flat.numel())  # integer positions: float32 linspace rounds past the end above 2**24 entries
+        idx = torch.arange(m, device=flat.device) * (flat.numel() - 1) // max(m - 1, 1)
         parts.append(flat[idx].to(torch.float64))
     return torch.cat(parts)
 
