@@ -324,6 +324,17 @@ def test_eigenpair_cache_keeps_results_of_other_tolerances_and_seeds_apart():
     assert not cl.timings and solves
 
 
+def test_dense_eigenpairs_with_seed_none_take_no_draw_of_torch_global_stream():
+    r"""``seed=None`` stands for one draw of torch's global stream, but the dense solver draws nothing: it took that
+    draw anyway, moving every later random call of a script (its eigenpairs are the same either way)."""
+    X = uniform_sphere(120, np.random.default_rng(4))
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    vals = connection_laplacian(X, 8, dim=2).eigenpairs(5, method="dense", seed=None)[0]
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(vals, connection_laplacian(X, 8, dim=2).eigenpairs(5, method="dense")[0])
+
+
 def test_torch_and_numpy_inputs_agree(rng):
     X = uniform_sphere(300, rng)
     a = connection_laplacian(X, 8, dim=2)

@@ -316,7 +316,8 @@ class ConnectionLaplacian:
         t0 = time.perf_counter()
         diag_mean = float(np.mean(A.diagonal())) or 1.0
         shift = -1e-6 * diag_mean if sigma is None else float(sigma)
-        rng = np.random.default_rng(resolve_seed("seed", seed))
+        # the dense solver draws nothing: seed=None takes no draw of torch's global stream for it
+        rng = None if method == "dense" else np.random.default_rng(resolve_seed("seed", seed))
         if method == "dense":
             vals, vecs = np.linalg.eigh(A.toarray())
             vals, vecs = vals[:k], vecs[:, :k]
