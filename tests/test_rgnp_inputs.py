@@ -499,6 +499,8 @@ def test_predict_inverse_warns_once_beyond_twice_or_half_the_trained_grid_sizes(
         ranged.predict_inverse(*sets(101)[0], w)
     m.fit(1, n_points=100, progress=False, seed=0)
     assert m.trained_sizes_ == (20, 100)
+    with pytest.warns(UncalibratedWarning, match=r"sets of 300 observed points, .* grids of 20 to 100 points"):
+        m.predict_inverse(*sets(300)[0], w)  # warned before, but trained again since: warned again
     # kept in the file; a file without them (before) takes the constructor's n_points
     m.save(tmp_path / "m.pt")
     assert RGNP.load(tmp_path / "m.pt").trained_sizes_ == (20, 100)

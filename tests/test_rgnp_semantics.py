@@ -355,3 +355,5 @@ def test_inverse_steps_with_observation_noise_give_the_posterior_from_noisy_fiel
     assert 0.75 < zrms[0.1] < 1.3 and 0.9 < ratio[0.1] < 2.0, (zrms, ratio)
     with pytest.raises(ValueError, match=r"`inverse_noise_std` must be >= 0"):
         fitted.calibrate(data, inverse_steps=1, inverse_noise_std=-0.1)
+    with pytest.raises(ValueError, match=r"`inverse_noise_std`=0.1 is the noise of the inverse steps' fields, but"):
+        fitted.calibrate(data, inverse_noise_std=0.1)  # no inverse steps: the noise would be ignored

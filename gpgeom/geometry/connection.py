@@ -281,7 +281,8 @@ class ConnectionLaplacian:
         start vector, the LOBPCG start block; ``"dense"`` draws nothing): an int >= 0 gives the same result whatever
         the global random states, which it leaves untouched; ``None`` takes one draw of torch's global random stream
         (:mod:`gpgeom._seeds`). Results are cached per ``method`` and, for the iterative methods, ``sigma``, ``tol``
-        and ``seed`` (``None``: a result of any start); a cached result for a larger ``k`` is sliced.
+        and ``seed`` (``None`` reuses a result computed with ``seed=None``, in memory or, with ``cache_dir``, on disk
+        whatever torch's random state); a cached result for a larger ``k`` is sliced.
 
         Returns:
             ``eigenvalues`` ``(k,)`` ascending and ``eigenvectors`` ``(nd, k)``, orthonormal (for ``"rw"``:

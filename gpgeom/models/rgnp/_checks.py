@@ -440,7 +440,7 @@ def warn_observed_counts(model: Any, counts: Any) -> None:
     low, high = int(counts.min()), int(counts.max())
     if 2 * low >= sizes[0] and high <= 2 * sizes[1]:
         return
-    model._counts_warned = True  # once per model: the advice does not change
+    model._counts_warned = True  # once per model until its next fit: the advice does not change
     given = f"{low}" if low == high else f"{low} to {high}"
     trained = f"{sizes[0]}" if sizes[0] == sizes[1] else f"{sizes[0]} to {sizes[1]}"
     if model.inverse_net.count_feature:

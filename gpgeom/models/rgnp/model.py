@@ -596,6 +596,7 @@ class RGNP(ModelContract, nn.Module):
         self.fit_result_ = result
         self._fitted = True
         self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points if n_points is None else n_points)
+        self._counts_warned = False  # newly trained: predict_inverse warns again where it should
         return self
 
     def _inverse_loss(self, batch: int, n_points: int, noise_std: float = 0.0) -> Tensor:
@@ -663,6 +664,11 @@ class RGNP(ModelContract, nn.Module):
         check_positive("inverse_steps", inverse_steps, integer=True, allow_zero=True)
         check_positive("inverse_batch", inverse_batch, integer=True)
         check_positive("inverse_noise_std", inverse_noise_std, allow_zero=True)
+        if inverse_noise_std and not inverse_steps:
+            raise ValueError(
+                f"`inverse_noise_std`={inverse_noise_std} is the noise of the inverse steps' fields, but "
+                "`inverse_steps` is 0: ask for inverse steps (e.g. inverse_steps=500) or leave the noise at 0."
+            )
         check_positive("n_points", n_points, integer=True)
         x, y, z, w = reference_fields(self, data, n_fields, n_points, seed)
         with torch.no_grad():
