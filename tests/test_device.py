@@ -4,6 +4,8 @@ On a machine without CUDA these run on the CPU only; the GPU check script (bench
 GPU, where each CUDA result is compared with the CPU result of the same inputs.
 """
 
+import warnings
+
 import pytest
 import torch
 from trajectory_factories import fast_uwb_problem
@@ -178,3 +180,67 @@ def test_rvgp_noise_blocks_on_device_match_cpu(device):
     out = numbers(gp.to(device=device), device)
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_funbat_sweep_hyperparameter_steps_on_device_match_cpu(device):
+    r"""FunBaT's ``hyper_method="sweep"`` (the default above ``SWEEP_THRESHOLD`` coordinates) keeps its iRprop step
+    sizes and last signs on the model's device: they were made on the CPU, and the first step multiplied them with
+    the gradient's signs on the GPU (a device-mismatch error on CUDA)."""
+    from gpgeom.datasets.tensors import make_synthetic_tensor
+    from gpgeom.errors import ConvergenceWarning
+    from gpgeom.models.funbat import FunBaT
+
+    d = make_synthetic_tensor(150, 10, rank=2, n_coords=12, noise_sd=0.05, seed=13)
+
+    def fit(dev):
+        with warnings.catch_warnings():  # four sweeps: not converged
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m = FunBaT(2, max_sweeps=4, n_restarts=0, hyper_method="sweep", hyper_every=1, seed=0)
+            return m.fit(d.X_train.to(dev), d.y_train.to(dev))
+
+    out, ref = fit(device), fit("cpu")
+    assert out.device.type == device and out._rprop.device.type == device
+    assert bool(out._rprop[1].abs().sum() > 0)  # steps were taken (their last signs are recorded)
+    for ko, kr in zip(out.kernels, ref.kernels, strict=True):
+        torch.testing.assert_close(ko.lengthscale.detach().cpu(), kr.lengthscale.detach(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(ko.variance.detach().cpu(), kr.variance.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.predict(d.X_test.to(device)).cpu(), ref.predict(d.X_test), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_generators_on_the_device_are_drawn_on_their_device(device):
+    r"""A ``torch.Generator`` on the model's device serves ``random_reinitialize`` (restarts) and the minibatches of
+    ``LowRankSpectralGP``: the draws were made with the generator on the CPU (an error for a CUDA generator)."""
+    from gpgeom.botorch.low_rank import Minibatches
+    from gpgeom.engine.attempts import random_reinitialize
+
+    X = torch.rand(20, 2, dtype=torch.float64, device=device)
+    model = ExactGPModel(X, X.sum(-1, keepdim=True))
+    before = [p.detach().clone() for p in model.parameters()]
+    random_reinitialize(model, torch.Generator(device=device).manual_seed(0))
+    after = list(model.parameters())
+    assert all(p.device.type == device for p in after)
+    assert any(not torch.equal(a.detach(), b) for a, b in zip(after, before, strict=True))
+
+    index = torch.arange(10, device=device)
+    batches = list(Minibatches(index, 2.0 * index[:, None], 4, torch.Generator(device=device).manual_seed(0)))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[0] for b in batches])
+    assert seen.device.type == device and sorted(seen.tolist()) == list(range(10))
+    assert all(torch.equal(y[:, 0], 2.0 * i) for i, y in batches)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trajectory_prior_kernel_lives_on_the_trajectory_device(device):
+    r"""``prior_kernel`` of a trajectory on the device is on that device (it was always on the CPU, so evaluating it
+    at the trajectory's own knot times failed on CUDA), float64, with the CPU trajectory's covariance."""
+    kt = 0.1784 + torch.tensor([0.0, 0.2, 0.45, 0.7], dtype=torch.float64)
+    traj = SO3xR3Trajectory(kt, qc_rot=0.5, qc_pos=3.0, device=device)
+    ref = SO3xR3Trajectory(kt, qc_rot=0.5, qc_pos=3.0).prior_kernel("pos")
+    with torch.no_grad():
+        k = traj.prior_kernel("pos")
+        assert k.t0.device.type == device and k.qc.device.type == device and k.qc.dtype == torch.float64
+        K = k(traj.knot_times[:, None]).to_dense()
+        assert K.device.type == device
+        torch.testing.assert_close(K.cpu(), ref(kt[:, None]).to_dense(), rtol=1e-12, atol=0)

@@ -642,7 +642,8 @@ class Minibatches:
         y: ``(N_pts, D)`` observations.
         batch_size: Points per minibatch.
         generator: The random generator of the shuffles until the next :meth:`reseed` (which replaces it, leaving
-            this one alone); ``None``: a generator seeded with 0.
+            this one alone), on any device (the shuffles are drawn on its device); ``None``: a CPU generator seeded
+            with 0.
     """
 
     def __init__(self, index: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
@@ -657,7 +658,7 @@ class Minibatches:
         self.gen = torch.Generator().manual_seed(seed)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        perm = torch.randperm(len(self.index), generator=self.gen).to(self.index.device)
+        perm = torch.randperm(len(self.index), generator=self.gen, device=self.gen.device).to(self.index.device)
         for s in range(0, len(perm), self.b):
             sel = perm[s : s + self.b]
             yield self.index[sel], self.y[sel]

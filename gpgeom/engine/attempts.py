@@ -161,7 +161,8 @@ def random_reinitialize(module: nn.Module, generator: torch.Generator | None = N
 
     Args:
         module: A ``gpytorch.Module`` (with ``named_parameters_and_constraints``).
-        generator: Optional random generator; the global one otherwise.
+        generator: Optional random generator (on any device: the draws are made on its device, then moved to the
+            parameters'); torch's global CPU generator otherwise.
 
     Raises:
         ValueError: When the module has no constrained parameter to re-initialise.
@@ -178,7 +179,8 @@ def random_reinitialize(module: nn.Module, generator: torch.Generator | None = N
             if constraint is None or not raw.requires_grad:
                 continue
             value = constraint.transform(raw) if constraint.enforced else raw.clone()
-            u = torch.rand(raw.shape, generator=generator, dtype=raw.dtype).to(raw.device) * 2.0 - 1.0
+            draw_on = generator.device if generator is not None else None  # a CUDA generator draws on CUDA
+            u = torch.rand(raw.shape, generator=generator, dtype=raw.dtype, device=draw_on).to(raw.device) * 2.0 - 1.0
             if name.endswith("raw_lengthscale") and scale is not None and raw.shape[-1] in (1, scale.numel()):
                 s = scale.to(raw) if raw.shape[-1] == scale.numel() else scale.mean().to(raw)
                 new = s * 10.0**u

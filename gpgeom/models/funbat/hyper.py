@@ -200,7 +200,10 @@ class _HyperparameterSteps:
         values)."""
         K = len(self.kernels)
         if self._rprop is None:
-            self._rprop = torch.stack([torch.full((K, 2), _STEP0), torch.zeros(K, 2)]).double()  # step, last sign
+            # step, last sign; on the kernels' device, where the gradients' signs are
+            self._rprop = torch.stack([torch.full((K, 2), _STEP0), torch.zeros(K, 2)]).to(
+                dtype=torch.float64, device=self.device
+            )
         steps, signs = self._rprop
         for k, (md, kern) in enumerate(zip(self._modes, self.kernels)):
             if md.score is None or not self._learn_modes[k]:

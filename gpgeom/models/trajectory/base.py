@@ -323,11 +323,11 @@ class Trajectory(ModelContract):
         r"""The engine kernel of one part of the prior, ``batch_shape = (3,)`` (one per axis), with this
         trajectory's :math:`Q_c` and start time: ``part="pos"`` is the prior of :math:`p(t)` per world axis
         (SO(3)xR3), ``"rot"`` that of the local variable :math:`\theta`. Its ``P0`` is zero (set it to model the
-        first knot's prior)."""
+        first knot's prior). The kernel is float64 (its start time exact) on the trajectory's device."""
         check_option("part", part, ("pos", "rot"))
         cls = WNOJKernel if self.order == 3 else WNOAKernel
-        k = cls(t0=float(self._times64[0]), batch_shape=torch.Size([3])).to(torch.float64)
-        k.qc = (self.qc_pos if part == "pos" else self.qc_rot).detach().to(torch.float64).cpu()
+        k = cls(t0=float(self._times64[0]), batch_shape=torch.Size([3])).to(dtype=torch.float64, device=self.device)
+        k.qc = (self.qc_pos if part == "pos" else self.qc_rot).detach().to(torch.float64)
         return k
 
     # ----- the linear GP algebra (gpgeom.models.trajectory.interpolation) -----
