@@ -43,6 +43,7 @@ from botorch.posteriors import GPyTorchPosterior, Posterior
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.kernels import Kernel
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood, Likelihood
+from gpytorch.likelihoods.gaussian_likelihood import _GaussianLikelihoodBase
 from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.models import ExactGP
@@ -166,6 +167,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         if not isinstance(shared_hyperparameters, bool):
             raise TypeError(f"`shared_hyperparameters` must be a bool, got {type(shared_hyperparameters).__name__}.")
         check_positive("max_cholesky_size", max_cholesky_size, integer=True)
+        for arg, value, kind, what in (
+            ("covar_module", covar_module, Kernel, "a gpytorch Kernel"),
+            ("mean_module", mean_module, Mean, "a gpytorch Mean"),
+            ("likelihood", likelihood, _GaussianLikelihoodBase, "a Gaussian gpytorch likelihood (exact inference)"),
+        ):  # else the first fit fails in a Cholesky or a broadcast far from the argument
+            if value is not None and not isinstance(value, kind):
+                raise TypeError(f"`{arg}` must be None or {what}, got {type(value).__name__} ({value!r:.80}).")
         outcome_kind = "custom" if isinstance(outcome_transform, OutcomeTransform) else outcome_transform
         if isinstance(outcome_transform, str):
             if outcome_transform != "default":

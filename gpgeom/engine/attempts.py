@@ -254,12 +254,22 @@ class FitJob:
     def losses(self) -> tuple[Callable[..., Tensor], Callable[[Any], Tensor], Callable[[], Iterable[Any]]]:
         r"""``(full_loss, batch_loss, batches)`` of the objective (full batch or one minibatch)."""
         objective, model, is_mll, data_loader = self.objective, self.model, self.is_mll, self.data_loader
+        source = self.source()
+
+        def checked(loss: object) -> Tensor:
+            # a number or a numpy array carries no gradient; said here, not as an AttributeError of the optimiser
+            if not isinstance(loss, Tensor):
+                raise TypeError(
+                    f"{source} must return the loss as a torch.Tensor (a scalar, or a batch of independent losses "
+                    f"for L-BFGS-B) computed from the module's parameters, got {type(loss).__name__}."
+                )
+            return loss
 
         def full_loss(batch_indices: Any = None) -> Tensor:
             # unsummed: an MLL of a batched model gives one loss per batch member (used by batched L-BFGS-B)
             if is_mll:
                 return get_loss_closure(objective)()
-            return objective() if batch_indices is None else objective(batch_indices=batch_indices)
+            return checked(objective() if batch_indices is None else objective(batch_indices=batch_indices))
 
         # a callable that can evaluate a subset of its batch members (see gpgeom.engine.exact_mll) keeps that ability
         full_loss.accepts_batch_indices = (not is_mll) and bool(getattr(objective, "accepts_batch_indices", False))
@@ -270,7 +280,7 @@ class FitJob:
             if is_mll:
                 n_in = len(getattr(model, "train_inputs", None) or (None,))
                 return -objective(model(*batch[:n_in]), *batch[n_in:]).sum()
-            return objective(*batch)
+            return checked(objective(*batch))
 
         def batches() -> Iterable[Any]:
             return (None,) if data_loader is None else data_loader

@@ -149,12 +149,18 @@ class _Problem:
     plans: dict = field(default_factory=dict)  # id(factor) -> _Plan, built on first assembly
 
 
-def _check_residual(f: Factor, r: object, M: int) -> Tensor:
+def _check_residual(f: Factor, r: object, M: int, dtype: torch.dtype | None = None) -> Tensor:
     label = f._label()
     if not isinstance(r, Tensor) or r.dim() != 2 or r.shape[0] != M:
         shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
         raise ValueError(
             f"{label}: `residual` must return an M x r tensor with M = {M} (one row per residual block), got {shape}."
+        )
+    if dtype is not None and r.dtype != dtype:
+        # an integer residual has a zero Jacobian and another float dtype fails in the assembly (index_add_)
+        raise TypeError(
+            f"{label}: `residual` must return a tensor of the states' dtype {dtype}, got dtype {r.dtype}; compute "
+            "it from the states with floating-point torch operations."
         )
     if f.sqrt_information is not None and f.sqrt_information.shape[-1] != r.shape[1]:
         raise ValueError(
@@ -187,7 +193,7 @@ def _robust(f: Factor, e: Tensor) -> tuple[Tensor, Tensor]:
 def _cost(prob: _Problem, X: Tensor, G: Tensor) -> Tensor:
     total = X.new_zeros(())
     for f in prob.factors:
-        r = _check_residual(f, f.residual(X[f.indices], G), f.num_blocks)
+        r = _check_residual(f, f.residual(X[f.indices], G), f.num_blocks, X.dtype)
         rho, _ = _robust(f, _whiten(f, r))
         total = total + rho.sum()
     return total
@@ -204,10 +210,10 @@ def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor,
             out = f.linearize(Xb, G)
             if not (isinstance(out, tuple | list) and len(out) == 3):
                 raise ValueError(f"{label}: `linearize` must return (r, J_x, J_g), got {type(out).__name__}.")
-            r = _check_residual(f, out[0], M)
+            r = _check_residual(f, out[0], M, X.dtype)
             Jx, Jg = out[1:]
         else:
-            r = _check_residual(f, f.residual(Xb, G), M)
+            r = _check_residual(f, f.residual(Xb, G), M, X.dtype)
             out = f.jacobian(Xb, G)
             if not (isinstance(out, tuple | list) and len(out) == 2):
                 raise ValueError(f"{label}: `jacobian` must return a pair (J_x, J_g), got {type(out).__name__}.")
@@ -238,6 +244,29 @@ def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor,
             "batched torch operations only (no .item(), in-place writes into inputs or data-dependent control "
             "flow), or supply `jacobian`."
         ) from err
-    r = _check_residual(f, r, M)
+    r = _check_residual(f, r, M, X.dtype)
     J = J.reshape(M, r.shape[1], a * s + g)
+    if bool(torch.isfinite(r).all()) and not bool(torch.isfinite(J).all()):
+        # a finite residual whose derivative is not (sqrt or a norm at 0, a log at 1e-300): caught here, not as a
+        # normal matrix "not positive definite" in the factorisation
+        m = int((~torch.isfinite(J)).flatten(1).any(1).nonzero()[0])
+        raise ValueError(
+            f"{label}: the forward-mode Jacobian of `residual` holds NaN or infinite values at residual block {m} "
+            f"(states {f.indices[m].tolist()}, residual {r[m].detach().tolist()}): the residual is not "
+            "differentiable there (e.g. sqrt or a norm at 0). Make it smooth at the estimate (sqrt(x + eps), a "
+            "squared norm) or supply `jacobian`."
+        )
     return r, J[..., : a * s].reshape(M, r.shape[1], a, s), J[..., a * s :]
+
+
+def _check_finite_residual(f: Factor, r: Tensor) -> None:
+    r"""Raise ``ValueError`` when the residual ``r`` (``M x r``) of factor ``f`` holds NaN or infinite values, naming
+    the first bad block, its states and how many entries are bad."""
+    bad = ~torch.isfinite(r)
+    if bool(bad.any()):
+        m, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"{f._label()}: the residual is NaN or infinite at the current estimate: {int(bad.sum())} of "
+            f"{r.numel()} entries, the first residual[{m}, {j}] = {float(r[m, j])} (residual block {m}, on states "
+            f"{f.indices[m].tolist()}); check the factor's inputs and the initial states."
+        )

@@ -338,6 +338,8 @@ def gauss_newton(
     if not isinstance(x_test, Tensor) or x_test.shape != X.shape:
         got = tuple(x_test.shape) if isinstance(x_test, Tensor) else type(x_test).__name__
         raise ValueError(f"`retract(x, dx)` must return a tensor shaped like x ({K} x {p}), got {got}.")
+    if x_test.dtype != X.dtype:  # else the first step's assembly fails in index_add_ with a dtype mismatch
+        raise TypeError(f"`retract(x, dx)` must return a tensor of x's dtype {X.dtype}, got dtype {x_test.dtype}.")
 
     lam = float(initial_damping) if method == "lm" else 0.0
     nu = 2.0

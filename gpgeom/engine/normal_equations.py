@@ -37,7 +37,7 @@ from gpgeom.engine.banded import (
     block_banded_selected_inverse,
     block_banded_solve,
 )
-from gpgeom.engine.factors import _linearise, _Problem, _robust, _whiten
+from gpgeom.engine.factors import _check_finite_residual, _linearise, _Problem, _robust, _whiten
 
 __all__: list[str] = []
 
@@ -135,11 +135,7 @@ def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = Non
     cost = X.new_zeros(())
     for f in prob.factors:
         r, Jx, Jg = _linearise(prob, f, X, G)
-        if not bool(torch.isfinite(r).all()):
-            raise ValueError(
-                f"{f._label()}: the residual is NaN or infinite at the current estimate; check the factor's "
-                "inputs and the initial states."
-            )
+        _check_finite_residual(f, r)
         e = _whiten(f, r)
         rho, weight = _robust(f, e)
         cost = cost + rho.sum()

@@ -55,7 +55,25 @@ def make_kernel(kernel: KernelSpec, d: int, m: int, shared: bool = False) -> Ker
     r"""A scaled ARD kernel on ``d`` inputs for ``m`` outputs (batch shape ``m``, or ``1`` when ``shared``)."""
     batch = torch.Size([1 if shared else m]) if m > 1 else torch.Size()
     if callable(kernel):
-        return kernel(d, batch)
+        k = kernel(d, batch)
+        # checked here, not as an AttributeError (None), a matmul error (another module) or a broadcast error of
+        # the kernel's batch shape in the first evaluation of the GP
+        if not isinstance(k, Kernel):
+            raise TypeError(
+                f"The `kernel` callable must return a gpytorch Kernel for kernel(d={d}, batch_shape={tuple(batch)}), "
+                f"got {type(k).__name__}."
+            )
+        ok = True
+        try:
+            ok = torch.broadcast_shapes(k.batch_shape, batch) == batch
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"The `kernel` callable returned a kernel of batch_shape {tuple(k.batch_shape)} for "
+                f"kernel(d={d}, batch_shape={tuple(batch)}); build it with the batch_shape it is given."
+            )
+        return k
     k = default_covar_module(d, batch_shape=batch)
     if kernel in ("matern32", "matern12"):
         k.base_kernel.nu = 1.5 if kernel == "matern32" else 0.5

@@ -134,6 +134,11 @@ class CustomMeasurement(Measurement):
             raise ValueError(
                 f"{self.name}: `residual_fn` must return an (M, r) = ({M}, {self.residual_dim}) tensor, got {got}."
             )
+        if not r.is_floating_point():  # an integer residual has a zero derivative: its rows would be ignored
+            raise TypeError(
+                f"{self.name}: `residual_fn` must return a floating-point tensor, got dtype {r.dtype}; compute it "
+                "from the state with floating-point torch operations (no .long(), .round() to int or comparisons)."
+            )
         return r * self.w
 
     def residual(self, state, params):

@@ -1,0 +1,156 @@
+r"""Code the user supplies (factor residuals and retractions, custom trajectory measurements, fit objectives, MMGP
+kernel factories, ExactGPModel modules) that returns NaN, the wrong type or the wrong dtype: a ``ValueError`` or
+``TypeError`` that names the function and where, raised where the bad value appears (not a Cholesky failure, an
+``index_add_`` dtype error or a silently ignored measurement)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpgeom.botorch import ExactGPModel
+from gpgeom.engine.factors import Factor
+from gpgeom.engine.fitting import fit
+from gpgeom.engine.least_squares import gauss_newton
+from gpgeom.errors import NotPSDError
+from gpgeom.models.trajectory import CustomMeasurement, KnotPrior, PositionMeasurement, SO3xR3Trajectory
+
+D = torch.float64
+K = 10
+
+
+def _chain(residual, **kw):
+    y = torch.linspace(-1.0, 1.0, K, dtype=D)[:, None]
+    meas = Factor(torch.arange(K)[:, None], lambda x, g: residual(x, g, y), name="meas")
+    smooth = Factor(torch.stack([torch.arange(K - 1), torch.arange(1, K)], 1), lambda x, g: 10.0 * (x[:, 1] - x[:, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gauss_newton(torch.zeros(K, 1, dtype=D), [meas, smooth], **kw)
+
+
+def test_a_residual_not_differentiable_at_the_estimate_is_named():
+    r"""``sqrt(x)`` at ``x = 0`` is finite, its derivative is not: the normal matrix was NaN and the fit raised
+    NotPSDError ("not positive definite ... a gauge freedom"); now the factor, the block and the cause are named."""
+    with pytest.raises(ValueError, match=r"'meas'.*Jacobian of `residual`.*residual block 0 \(states \[0\]") as err:
+        _chain(lambda x, g, y: torch.sqrt(x[:, 0]) - y)
+    assert not isinstance(err.value, NotPSDError)
+    # the same residual away from 0 fits: x = (y + 2)^2 solves sqrt(x) = y + 2 exactly when the smoothing is off
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = torch.linspace(-1.0, 1.0, K, dtype=D)[:, None]
+        f = Factor(torch.arange(K)[:, None], lambda x, g: torch.sqrt(x[:, 0]) - (y + 2.0))
+        res = gauss_newton(torch.ones(K, 1, dtype=D), [f])
+    torch.testing.assert_close(res.states, (y + 2.0).square(), rtol=1e-9, atol=1e-9)
+
+
+def test_a_nan_residual_names_its_block_and_states():
+    def residual(x, g, y):
+        r = x[:, 0] - y
+        return torch.where(torch.arange(K)[:, None] == 3, torch.nan, r)
+
+    with pytest.raises(ValueError, match=r"'meas'.*1 of 10 entries.*residual\[3, 0\] = nan \(residual block 3, on "):
+        _chain(residual)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64])
+def test_a_residual_of_another_dtype_is_refused(dtype):
+    r"""A float32 or integer residual in a float64 problem failed in the assembly with torch's "index_add_(): self
+    (Double) and source (Float) must have the same scalar type"."""
+    with pytest.raises(TypeError, match=rf"'meas': `residual` must return .* dtype torch.float64, got dtype {dtype}"):
+        _chain(lambda x, g, y: (x[:, 0] - y).to(dtype))
+
+
+def test_a_retraction_of_another_dtype_is_refused():
+    with pytest.raises(TypeError, match=r"`retract\(x, dx\)` must return .* torch.float64, got dtype torch.float32"):
+        _chain(lambda x, g, y: x[:, 0] - y, retract=lambda x, d: (x + d).float(), tangent_dim=1)
+
+
+def test_an_integer_custom_measurement_is_refused_not_ignored():
+    r"""An integer ``residual_fn`` (``.long()``) has a zero derivative: the fit ran and ignored the measurement (the
+    positions stayed at the prior's); now a TypeError names it, and the trajectory keeps its previous estimate."""
+    kt = torch.arange(0.0, 2.0 + 1e-9, 0.5, dtype=D)
+    t = torch.linspace(0.0, 2.0, 9, dtype=D)
+    y = torch.stack([t, 2.0 * t, 0.5 * t], 1)
+    zero = torch.zeros(3, dtype=D)
+    prior = KnotPrior(0, R=torch.eye(3, dtype=D), omega=zero, alpha=zero, sigma=1.0)
+    traj = SO3xR3Trajectory(kt, qc_pos=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traj.fit([PositionMeasurement(t, y, sigma=0.01), prior])
+    before = traj.p.clone()
+    bad = CustomMeasurement(t, lambda st, pr: (100.0 * (st["p"] - y)).long(), residual_dim=3, sigma=0.01)
+    with pytest.raises(TypeError, match=r"`residual_fn` must return a floating-point tensor, got dtype torch.int64"):
+        traj.fit([bad, prior])
+    torch.testing.assert_close(traj.p, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wrap", [lambda t: float(t.detach()), lambda t: t.detach().numpy()], ids=["float", "numpy"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_an_objective_that_returns_no_tensor_is_named(wrap, optimizer):
+    r"""A loss returned as a Python float or a numpy array failed inside the optimiser with "AttributeError: 'float'
+    object has no attribute 'sum'" (or "'numpy.ndarray' object has no attribute 'dim'")."""
+    module = torch.nn.Linear(2, 1).double()
+    X, y = torch.randn(20, 2, dtype=D), torch.randn(20, dtype=D)
+
+    def my_loss():
+        return wrap((module(X)[:, 0] - y).square().mean())
+
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(TypeError, match=r"`objective` callable \S*my_loss .* must return the loss as a torch.Tensor"):
+        fit(my_loss, module=module, optimizer=optimizer, epochs=3, progress=False, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def _mmgp_data():
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_mmgp import _synthetic
+
+    return _synthetic(6, seed=0)
+
+
+def _rbf(d, batch_shape):
+    from gpytorch.kernels import RBFKernel, ScaleKernel
+
+    return ScaleKernel(RBFKernel(ard_num_dims=d, batch_shape=batch_shape), batch_shape=batch_shape)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "err", "match"),
+    [
+        (lambda d, b: None, TypeError, r"`kernel` callable must return a gpytorch Kernel .* got NoneType"),
+        (lambda d, b: torch.nn.Linear(d, d), TypeError, r"`kernel` callable must return a gpytorch Kernel .* Linear"),
+        (lambda d, b: _rbf(d, torch.Size([7])), ValueError, r"batch_shape \(7,\) for kernel\(d=\d+, batch_shape=\("),
+    ],
+    ids=["none", "module", "batch-shape"],
+)
+def test_an_mmgp_kernel_factory_returning_no_kernel_is_named(kernel, err, match):
+    r"""Before: "'NoneType' object has no attribute 'to'", "mat1 and mat2 shapes cannot be multiplied" and "x1 and x2
+    were not broadcastable with kernel of batch_shape" from inside the first GP evaluation."""
+    from gpgeom.models.mmgp import MMGP
+
+    M, mu, U, w = _mmgp_data()
+    model = MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=0, max_iter=5, kernel=kernel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(err, match=match):
+            model.fit(M, mu, U, w, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("arg", "value", "what"),
+    [
+        ("covar_module", torch.nn.Linear(2, 2), "a gpytorch Kernel"),
+        ("mean_module", torch.nn.Linear(2, 1), "a gpytorch Mean"),
+        ("likelihood", "gaussian", "a Gaussian gpytorch likelihood"),
+    ],
+)
+def test_exact_gp_modules_of_the_wrong_kind_are_refused(arg, value, what):
+    r"""Before: a Cholesky error on a 20 x 2 "matrix", a broadcast error or GPyTorch's "ExactGP can only handle
+    Gaussian likelihoods" at the first fit."""
+    X = torch.rand(20, 2, dtype=D)
+    with pytest.raises(TypeError, match=rf"`{arg}` must be None or {what}"):
+        ExactGPModel(X, X.sum(-1, keepdim=True), **{arg: value})
