@@ -4,6 +4,7 @@ On a machine without CUDA these run on the CPU only; the GPU check script (bench
 GPU, where each CUDA result is compared with the CPU result of the same inputs.
 """
 
+import copy
 import warnings
 
 import pytest
@@ -244,3 +245,30 @@ def test_trajectory_prior_kernel_lives_on_the_trajectory_device(device):
         K = k(traj.knot_times[:, None]).to_dense()
         assert K.device.type == device
         torch.testing.assert_close(K.cpu(), ref(kt[:, None]).to_dense(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rgnp_trained_on_a_range_of_grid_sizes_runs_on_the_device(device):
+    r"""RGNP with ``n_points=(lo, hi)`` on the device: the grid sizes are drawn on the host (or on a device
+    generator's device), the count input ``log(n / n_ref)`` comes from the mask on the device, and the padded posterior
+    equals each set alone (against the CPU model of the same weights)."""
+    from gpgeom.models.rgnp import RGNP
+    from gpgeom.pde import NonlinearPoisson1D
+
+    gic = dict(lift_channels=4, lift_hidden=(8,), cnn_channels=(4,), mlp_hidden=(8,), grid_size=8)
+    cpu = RGNP.from_family(NonlinearPoisson1D(), hidden=(8,), n_freqs=2, gicnet=gic, batch_size=2, n_points=(4, 40),
+                           seed=0).fit(3, progress=False, seed=0)  # fmt: skip
+    model = copy.deepcopy(cpu).to(device=device)
+    grid = model.sample_grid(2, generator=torch.Generator(device=device).manual_seed(1))
+    assert grid.device.type == device and 4 <= grid.shape[1] <= 40
+    x = torch.rand(2, 30, 1, dtype=torch.float64) * 2 - 1
+    u = torch.rand(2, 30, dtype=torch.float64)
+    w = torch.tensor([1.5], dtype=torch.float64)
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[0, 12:] = False
+    mean, std = model.predict_inverse(x.to(device), u.to(device), w.to(device), mask=mask.to(device), return_std=True)
+    assert mean.device.type == device
+    ref = cpu.predict_inverse(x, u, w, mask=mask, return_std=True)
+    torch.testing.assert_close((mean.cpu(), std.cpu()), ref, rtol=1e-9, atol=1e-12)
+    alone = cpu.predict_inverse(x[:1, :12], u[:1, :12], w, return_std=True)
+    torch.testing.assert_close((ref[0][:1], ref[1][:1]), alone, rtol=1e-12, atol=1e-12)
