@@ -18,6 +18,17 @@ def _shape_str(shape: Sequence[int | None | str]) -> str:
     return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
 
 
+def first_bad(x: Tensor, bad: Tensor) -> str:
+    r"""`` (first at index (i, j): nan)``: the position and value of the first ``True`` of ``bad`` (a boolean
+    tensor of ``x``'s shape), for the messages that refuse NaN or infinite values; ``""`` when there is none."""
+    where = bad.nonzero()
+    if where.shape[0] == 0:
+        return ""
+    pos = tuple(int(i) for i in where[0])
+    value = float(x[pos].real if x.is_complex() else x[pos])
+    return f" ({value})" if not pos else f" (first at index {pos[0] if len(pos) == 1 else pos}: {value})"
+
+
 def check_tensor(
     name: str,
     x: object,
@@ -58,8 +69,11 @@ def check_tensor(
     if floating and not x.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}.")
     if finite and (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):
-        n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"`{name}` contains {n_bad} NaN or infinite value(s); remove or impute them first.")
+        bad = ~torch.isfinite(x)
+        n_bad = int(bad.sum())
+        raise ValueError(
+            f"`{name}` contains {n_bad} NaN or infinite value(s){first_bad(x, bad)}; remove or impute them first."
+        )
     return x
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gpgeom._validation import as_tensor
+from gpgeom._validation import as_tensor, first_bad
 from gpgeom.base import format_value
 
 __all__: list[str] = []
@@ -158,7 +158,10 @@ class _Inputs:
         if y.shape != (N,):
             raise ValueError(f"`y` must have shape (N,) = ({N},) (or (N, 1)) matching `X`, got {tuple(y.shape)}.")
         if bool(torch.isinf(y).any()):
-            raise ValueError(f"`y` holds {int(torch.isinf(y).sum())} infinite value(s) (NaN marks a missing entry).")
+            raise ValueError(
+                f"`y` holds {int(torch.isinf(y).sum())} infinite value(s) (NaN marks a missing entry)"
+                f"{first_bad(y, torch.isinf(y))}: remove those entries or mark them NaN."
+            )
         return y
 
     def _set_coordinate_map(self, X: Tensor) -> None:

@@ -71,7 +71,12 @@ from gpgeom.models.funbat.noise import check_noise_options, noise_factor
 from gpgeom.models.funbat.predictive import _PredictiveDistribution
 from gpgeom.models.funbat.priors import check_categorical
 from gpgeom.models.funbat.scales import _NoiseScales
-from gpgeom.models.funbat.target import TARGET_TRANSFORMS, lognormal_mean_std, to_model_target
+from gpgeom.models.funbat.target import (
+    TARGET_TRANSFORMS,
+    lognormal_mean_std,
+    target_standardization,
+    to_model_target,
+)
 
 __all__ = ["FunBaT", "FunBaTFitResult"]
 
@@ -174,9 +179,10 @@ class FunBaT(
             targets; shape and rate). The default :math:`(1, 10^{-3})` lets the data set the noise
             (:mod:`~gpgeom.models.funbat.noise` gives the predictive noise variance and why the former :math:`b_0 = 1`
             made the intervals too wide); :math:`a_0 + N/2 > 1` is needed for a finite :math:`\mathbb E[\tau^{-1}]`.
-        standardize: Standardise ``y`` (training mean and standard deviation); predictions are in the original
-            units. Strongly recommended (the Tucker updates are linear in each other's means and collapse to the
-            zero fixed point when ``y`` is small).
+        standardize: Standardise ``y`` (training mean and standard deviation, the latter floored at the rounding
+            scale of targets constant to rounding; :func:`~gpgeom.models.funbat.target.target_standardization`);
+            predictions are in the original units. Strongly recommended (the Tucker updates are linear in each
+            other's means and collapse to the zero fixed point when ``y`` is small).
         normalize_coordinates: Map each mode's training coordinates affinely to ``[0, 1]``; ``False``: only shift
             them by their training minimum (in float64), keeping their units.
         bias: Add a constant :math:`b \sim N(0, \sigma_b^2)` to the model, :math:`y_n = b + f(x_n) + \varepsilon_n`,
@@ -474,9 +480,7 @@ class FunBaT(
         self._per_mode(self.learn_hyperparameters, K, "learn_hyperparameters")  # one flag per mode
         dtype, device = self.dtype, self.device
         if self.standardize:  # targets
-            y_mean = y.mean()
-            y_std = y.std() if N > 1 else torch.ones((), dtype=dtype, device=device)
-            y_std = torch.where(y_std > 0, y_std, torch.ones_like(y_std))
+            y_mean, y_std = target_standardization(y)  # floored at the rounding scale, warnings (target.py)
         else:
             y_mean = torch.zeros((), dtype=dtype, device=device)
             y_std = torch.ones((), dtype=dtype, device=device)

@@ -27,10 +27,12 @@ bound as :math:`\nu \to 2` (the t variance :math:`s^2 \nu / (\nu - 2)`): there t
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-__all__ = ["TARGET_TRANSFORMS", "lognormal_mean_std", "to_model_target"]
+__all__ = ["TARGET_TRANSFORMS", "lognormal_mean_std", "target_standardization", "to_model_target"]
 
 #: The target transforms of :class:`~gpgeom.models.funbat.model.FunBaT`: ``"none"`` and ``"log"`` (positive targets).
 TARGET_TRANSFORMS = ("none", "log")
@@ -79,3 +81,48 @@ def lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     """
     var = var.clamp_min(0.0)
     return torch.exp(mean + 0.5 * var), (torch.expm1(var) * torch.exp(2.0 * mean + var)).sqrt()
+
+
+def target_standardization(y: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The mean and scale (0-d tensors) that ``standardize=True`` maps the observed targets ``y`` (``N``, finite,
+    in the units the model is fitted to) with: :math:`(y - \bar y) / s`.
+
+    :math:`s` is the sample standard deviation, floored at the targets' rounding scale
+    :math:`\varepsilon \max_i |y_i|` (``eps`` of the dtype): targets constant to rounding (an exactly constant
+    ``y`` has :math:`s = 0`) are scaled by that rounding scale, so the model stays scale-equivariant (``c y``
+    predicts ``c`` times the mean and the standard deviation) and predicts the constant with a standard deviation
+    below its rounding; a ``UserWarning`` says so. Without a scale to take (every target exactly zero, or a single
+    observed entry) :math:`s = 1`: the predictive standard deviation is then set by the priors in the units of
+    ``y``, which a ``UserWarning`` says, with the remedy.
+    """
+    one = torch.ones((), dtype=y.dtype, device=y.device)
+    mean = y.mean()
+    if y.shape[0] < 2:
+        warnings.warn(
+            "FunBaT is fitted to a single observed entry: `y` is centred but cannot be scaled, so the predictive "
+            "standard deviation is set by the priors in the units of `y` (pass more entries, or rescale `y` to "
+            "about unit size).",
+            UserWarning,
+            stacklevel=4,  # the caller of FunBaT.fit
+        )
+        return mean, one
+    floor = torch.finfo(y.dtype).eps * y.abs().max()
+    if not bool(floor > 0):
+        warnings.warn(
+            "Every observed entry of `y` is zero: there is no scale to standardise by, so the model predicts zero "
+            "with a standard deviation set by the priors in the units of `y`.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return mean, one
+    std = y.std()
+    if bool(std < floor):
+        warnings.warn(
+            f"The observed entries of `y` are constant to rounding (standard deviation {float(std):.3g} below "
+            f"eps * max|y| = {float(floor):.3g}): they are standardised by that rounding scale, so the model "
+            "predicts the constant with a standard deviation at that scale.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return mean, floor
+    return mean, std

@@ -9,6 +9,7 @@ Numpy arrays and torch tensors are accepted alike.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "samples_to_arrays",
     "scalar_table",
     "split_clock",
+    "warn_zero_scalars",
 ]
 
 
@@ -97,6 +99,21 @@ def scalar_table(name: str, x: object, n: int, *, dtype: torch.dtype, device: to
     if t.shape[0] != n:
         raise ValueError(f"`{name}` must have one row per mesh ({n}), got shape {tuple(t.shape)}.")
     return t
+
+
+def warn_zero_scalars(w: Tensor, names: Sequence[str]) -> None:
+    r"""A ``UserWarning`` naming the output scalars (columns of ``w``, ``n x q``, names ``names``) that are exactly
+    zero on every training mesh: their GP has no scale to standardise by, so it predicts zero with a standard
+    deviation set by the priors in the scalar's own units, whatever those units are."""
+    zero = [name for name, col in zip(names, w.T, strict=True) if not bool(col.ne(0).any())]
+    if zero:
+        warnings.warn(
+            f"Output scalar(s) {zero} are zero on every training mesh: there is no scale to standardise them by, "
+            "so their GP predicts zero with a standard deviation set by the priors in their own units; drop them "
+            "from `output_scalars` (they carry no information).",
+            UserWarning,
+            stacklevel=4,  # the caller of MMGP.fit
+        )
 
 
 def mapping_field_names(output_fields: object) -> list[str] | None:

@@ -31,6 +31,7 @@ from gpgeom.models.mmgp.inputs import (
     output_names,
     scalar_table,
     split_clock,
+    warn_zero_scalars,
 )
 from gpgeom.models.mmgp.latent_gp import (
     HYPERPARAMETERS,
@@ -377,6 +378,7 @@ class MMGP(ModelContract):
         self.field_names_ = output_names("field_names", field_names, n_fields, "field")
         self.scalar_names_ = output_names("scalar_names", scalar_names, w.shape[1], "scalar")
         self.scalar_transforms_ = resolve_transforms(self.scalar_transform, w, self.scalar_names_)
+        warn_zero_scalars(w, self.scalar_names_)
         nmf = self.n_modes_fields if isinstance(self.n_modes_fields, list) else [self.n_modes_fields] * n_fields
         if len(nmf) != n_fields:
             raise ValueError(f"`n_modes_fields` has {len(nmf)} entries for {n_fields} fields.")

@@ -53,7 +53,7 @@ from gpytorch.kernels import ScaleKernel
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from gpgeom._validation import check_device, check_option, check_positive
+from gpgeom._validation import check_device, check_option, check_positive, first_bad
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
@@ -316,7 +316,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             )
         bad = ~torch.isfinite(v)
         if bool(bad.any()):
-            raise ValueError(f"`vectors` contain {int(bad.sum())} NaN or infinite value(s).")
+            raise ValueError(
+                f"`vectors` contain {int(bad.sum())} NaN or infinite value(s){first_bad(v, bad)} (row, component): "
+                "remove those rows (and their indices) first."
+            )
         return v.detach()  # training data: the loss must not differentiate (twice) through the caller's graph
 
     def fit(
@@ -364,6 +367,13 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             raise ValueError("`index` is empty: nothing to fit.")
         y = self._vectors(vectors, idx)
         scale = float(y.square().mean().sqrt())
+        if scale == 0:
+            warnings.warn(
+                "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
+                "with a standard deviation set by the priors in the units of `vectors`.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.y_scale = scale if scale > 0 else 1.0
         ref = self.kernel.basis.eigenvectors
         idx_t = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
