@@ -47,6 +47,21 @@ def test_a_residual_not_differentiable_at_the_estimate_is_named():
     torch.testing.assert_close(res.states, (y + 2.0).square(), rtol=1e-9, atol=1e-9)
 
 
+def test_a_jacobian_not_finite_at_the_final_estimate_is_named_by_the_covariances():
+    r"""One Gauss-Newton step from ``x = 1`` lands on ``x = 0`` exactly (``3 x`` and ``4 sqrt(x^2)``: ``H = 25``,
+    ``b = 25``), where ``sqrt(x^2)`` has a 0/0 derivative: with ``max_iter=1`` only the covariances' assembly sees it
+    (the finiteness of the Jacobians is read off the assembled gradient, not checked factor by factor in every
+    assembly); it names the factor, where c85febe raised NotPSDError ("a gauge freedom")."""
+    f1 = Factor(torch.zeros(1, 1, dtype=torch.long), lambda x, g: 3.0 * x[:, 0], name="at zero")
+    f2 = Factor(torch.zeros(1, 1, dtype=torch.long), lambda x, g: 4.0 * torch.sqrt(x[:, 0].square()), name="norm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"'norm'.*Jacobian of `residual`.*residual block 0 \(states \[0\]"):
+            gauss_newton(torch.ones(1, 1, dtype=D), [f1, f2], method="gn", max_iter=1, compute_covariances=True)
+        res = gauss_newton(torch.ones(1, 1, dtype=D), [f1, f2], method="gn", max_iter=1)
+    assert float(res.states.abs().max()) == 0.0  # the step lands on the non-differentiable point exactly
+
+
 def test_a_nan_residual_names_its_block_and_states():
     def residual(x, g, y):
         r = x[:, 0] - y
@@ -149,8 +164,8 @@ def test_an_mmgp_kernel_factory_returning_no_kernel_is_named(kernel, err, match)
     ],
 )
 def test_exact_gp_modules_of_the_wrong_kind_are_refused(arg, value, what):
-    r"""Before: a Cholesky error on a 20 x 2 "matrix", a broadcast error or GPyTorch's "ExactGP can only handle
-    Gaussian likelihoods" at the first fit."""
+    r"""Before: a Cholesky error on a 20 x 2 "matrix" at the first fit, a broadcast error at the first prediction, or
+    GPyTorch's RuntimeError "ExactGP can only handle Gaussian likelihoods" at construction."""
     X = torch.rand(20, 2, dtype=D)
     with pytest.raises(TypeError, match=rf"`{arg}` must be None or {what}"):
         ExactGPModel(X, X.sum(-1, keepdim=True), **{arg: value})

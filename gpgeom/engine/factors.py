@@ -246,17 +246,38 @@ def _linearise(prob: _Problem, f: Factor, X: Tensor, G: Tensor) -> tuple[Tensor,
         ) from err
     r = _check_residual(f, r, M, X.dtype)
     J = J.reshape(M, r.shape[1], a * s + g)
-    if bool(torch.isfinite(r).all()) and not bool(torch.isfinite(J).all()):
-        # a finite residual whose derivative is not (sqrt or a norm at 0, a log at 1e-300): caught here, not as a
-        # normal matrix "not positive definite" in the factorisation
-        m = int((~torch.isfinite(J)).flatten(1).any(1).nonzero()[0])
-        raise ValueError(
-            f"{label}: the forward-mode Jacobian of `residual` holds NaN or infinite values at residual block {m} "
-            f"(states {f.indices[m].tolist()}, residual {r[m].detach().tolist()}): the residual is not "
-            "differentiable there (e.g. sqrt or a norm at 0). Make it smooth at the estimate (sqrt(x + eps), a "
-            "squared norm) or supply `jacobian`."
-        )
     return r, J[..., : a * s].reshape(M, r.shape[1], a, s), J[..., a * s :]
+
+
+def _name_nonfinite_jacobian(prob: _Problem, X: Tensor, G: Tensor) -> None:
+    r"""Raise ``ValueError`` naming the first factor whose Jacobian at (X, G) holds NaN or infinite values although
+    its residual is finite (``sqrt`` or a norm at 0, a ``log`` at 1e-300), its first such residual block and states;
+    return when there is none.
+
+    Called only when the assembled gradient :math:`\mathsf J^\top \Omega e` is not finite (a non-finite Jacobian
+    entry makes it NaN or infinite whatever the residual, as ``inf * 0`` is NaN), so that the assembly of every
+    iteration makes no pass over the Jacobians and no host synchronisation for this check; without it the normal
+    matrix would be reported "not positive definite" by the factorisation."""
+    for f in prob.factors:
+        r, Jx, Jg = _linearise(prob, f, X, G)
+        J = torch.cat([Jx.flatten(2), Jg.flatten(2)], -1)  # M x r x (a s + g)
+        bad = (~torch.isfinite(J)).flatten(1).any(1)  # M
+        if not bool(torch.isfinite(r).all()) or not bool(bad.any()):
+            continue
+        m = int(bad.nonzero()[0])
+        which = (
+            "the forward-mode Jacobian of `residual`"
+            if f.jacobian is None and f.linearize is None
+            else "the Jacobian returned by `linearize`"
+            if f.linearize is not None
+            else "the Jacobian returned by `jacobian`"
+        )
+        raise ValueError(
+            f"{f._label()}: {which} holds NaN or infinite values at residual block {m} (states "
+            f"{f.indices[m].tolist()}, residual {r[m].detach().tolist()}): the residual is not differentiable there "
+            "(e.g. sqrt or a norm at 0). Make it smooth at the estimate (sqrt(x + eps), a squared norm) or supply "
+            "a finite `jacobian`."
+        )
 
 
 def _check_finite_residual(f: Factor, r: Tensor) -> None:

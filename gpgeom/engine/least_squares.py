@@ -45,7 +45,7 @@ from gpgeom.engine.banded import (
     block_banded_selected_inverse,
     block_banded_solve,
 )
-from gpgeom.engine.factors import Factor, RetractFn, _additive_retract, _cost, _Problem
+from gpgeom.engine.factors import Factor, RetractFn, _additive_retract, _cost, _name_nonfinite_jacobian, _Problem
 from gpgeom.engine.normal_equations import (
     _assemble,
     _covariances,
@@ -356,6 +356,8 @@ def gauss_newton(
             N = _assemble(prob, X, G)
             need_assembly = False
         grad_inf = float(torch.cat([N.bx.reshape(-1), N.bg]).abs().max())
+        if not math.isfinite(grad_inf):  # the residuals are finite (checked): a Jacobian is not, or an overflow
+            _name_nonfinite_jacobian(prob, X, G)
         if grad_inf <= gtol:
             converged, message = True, f"gradient norm {grad_inf:.3g} <= gtol"
             break
@@ -452,6 +454,8 @@ def gauss_newton(
     if compute_covariances:
         if need_assembly:
             N = _assemble(prob, X, G)
+            if not bool(torch.isfinite(torch.cat([N.bx.reshape(-1), N.bg])).all()):
+                _name_nonfinite_jacobian(prob, X, G)
         try:
             Lb, Y, LS = _factor_bordered(N, 0.0, singular_tol, banded)
         except _Singular as err:
