@@ -159,7 +159,7 @@ def test_an_mmgp_kernel_factory_returning_no_kernel_is_named(kernel, err, match)
     ("arg", "value", "what"),
     [
         ("covar_module", torch.nn.Linear(2, 2), "a gpytorch Kernel"),
-        ("mean_module", torch.nn.Linear(2, 1), "a gpytorch Mean"),
+        ("mean_module", lambda x: x.sum(-1), r"a gpytorch Mean \(or a module"),
         ("likelihood", "gaussian", "a Gaussian gpytorch likelihood"),
     ],
 )
@@ -169,3 +169,30 @@ def test_exact_gp_modules_of_the_wrong_kind_are_refused(arg, value, what):
     X = torch.rand(20, 2, dtype=D)
     with pytest.raises(TypeError, match=rf"`{arg}` must be None or {what}"):
         ExactGPModel(X, X.sum(-1, keepdim=True), **{arg: value})
+
+
+def test_exact_gp_takes_a_plain_module_as_its_mean():
+    r"""A mean written as a plain ``nn.Module`` (``forward(x) = x @ w``) fits and predicts as the same mean written as
+    a gpytorch ``Mean``: the kind check of ``mean_module`` refuses non-modules only."""
+    from gpytorch.means import Mean
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2, dtype=D))
+
+        def forward(self, x):
+            return x @ self.w
+
+    class AsMean(Plain, Mean):
+        pass
+
+    X = torch.rand(20, 2, dtype=D, generator=torch.Generator().manual_seed(0))
+    Y = X.sum(-1, keepdim=True)
+    Xt = torch.rand(3, 2, dtype=D, generator=torch.Generator().manual_seed(1))
+    means = []
+    for mean in (Plain(), AsMean()):
+        model = ExactGPModel(X, Y, mean_module=mean)
+        model.fit(progress=False, seed=0)
+        means.append(model.posterior(Xt).mean)
+    torch.testing.assert_close(means[0], means[1], rtol=1e-10, atol=1e-12)

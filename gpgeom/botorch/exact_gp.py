@@ -48,7 +48,7 @@ from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.models import ExactGP
 from linear_operator import to_linear_operator
-from torch import Tensor
+from torch import Tensor, nn
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
@@ -169,7 +169,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         check_positive("max_cholesky_size", max_cholesky_size, integer=True)
         for arg, value, kind, what in (
             ("covar_module", covar_module, Kernel, "a gpytorch Kernel"),
-            ("mean_module", mean_module, Mean, "a gpytorch Mean"),
+            ("mean_module", mean_module, nn.Module, "a gpytorch Mean (or a module giving the mean of each input)"),
             ("likelihood", likelihood, _GaussianLikelihoodBase, "a Gaussian gpytorch likelihood (exact inference)"),
         ):  # else the first fit fails in a Cholesky or a broadcast far from the argument
             if value is not None and not isinstance(value, kind):
