@@ -1,4 +1,4 @@
-r"""GP trajectories after a state change: the knot times handed out are a copy, and a fit interrupted half-way
+r"""GP trajectories after a state change: the knot times and knots handed out are copies, and a fit interrupted half-way
 leaves the previous estimate (knots and covariances) as it was."""
 
 from __future__ import annotations
@@ -24,6 +24,24 @@ def test_knot_times_handed_out_are_a_copy(cls):
     traj = cls(given)
     traj.knot_times.add_(0.05)
     torch.testing.assert_close(traj.knot_times, given, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_knots_handed_out_are_a_copy(cls):
+    r"""``traj.knots`` was the model's own tensor: an in-place change moved the predicted positions while the knot
+    covariances stayed those of the fitted knots. Now a copy: the predictions (mean and standard deviation) are
+    unchanged, and ``set_knots`` is the way to set them."""
+    truth = FastTrajectory(kind="split", speed=10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traj = cls.uniform(0.0, T, 0.2).fit([uwb_ranges(truth, T, rate=20.0, seed=1)], compute_covariances=True)
+    t = torch.linspace(0.1, T - 0.1, 17, dtype=D)
+    state, std = traj.predict(t, return_std=True)
+    knots = traj.knots
+    knots[:, 9:] += 1.0  # rates, positions and velocities off by one, in place
+    got, got_std = traj.predict(t, return_std=True)
+    torch.testing.assert_close((got.p, got_std.p), (state.p, std.p), rtol=0, atol=0)
+    assert not torch.equal(traj.knots, knots)
 
 
 @pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])

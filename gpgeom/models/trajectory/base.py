@@ -197,8 +197,9 @@ class Trajectory(ModelContract):
 
     @property
     def knots(self) -> Tensor:
-        r"""``K x state_dim`` stored knot states ``[vec(R) (row-major), omega, (alpha), p, v, (a)]``."""
-        return self._knots
+        r"""``K x state_dim`` stored knot states ``[vec(R) (row-major), omega, (alpha), p, v, (a)]``. A copy: changing
+        it in place changes nothing in the trajectory (:meth:`set_knots` sets them)."""
+        return self._knots.clone()
 
     def _slices(self) -> dict[str, slice]:
         """Tangent slices of each component (the storage after the 9 entries of R has the same layout, shifted)."""
