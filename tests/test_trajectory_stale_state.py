@@ -26,17 +26,24 @@ def test_knot_times_handed_out_are_a_copy(cls):
     torch.testing.assert_close(traj.knot_times, given, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
-def test_knots_handed_out_are_a_copy(cls):
-    r"""``traj.knots`` was the model's own tensor: an in-place change moved the predicted positions while the knot
-    covariances stayed those of the fitted knots. Now a copy: the predictions (mean and standard deviation) are
-    unchanged, and ``set_knots`` is the way to set them."""
+def _fitted(cls):
+    r"""A trajectory fitted with covariances to UWB ranges of a fast trajectory, with its predictions at 17 times:
+    ``(truth, traj, t, state, std)``."""
     truth = FastTrajectory(kind="split", speed=10.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traj = cls.uniform(0.0, T, 0.2).fit([uwb_ranges(truth, T, rate=20.0, seed=1)], compute_covariances=True)
     t = torch.linspace(0.1, T - 0.1, 17, dtype=D)
     state, std = traj.predict(t, return_std=True)
+    return truth, traj, t, state, std
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_knots_handed_out_are_a_copy(cls):
+    r"""``traj.knots`` was the model's own tensor: an in-place change moved the predicted positions while the knot
+    covariances stayed those of the fitted knots. Now a copy: the predictions (mean and standard deviation) are
+    unchanged, and ``set_knots`` is the way to set them."""
+    _, traj, t, state, std = _fitted(cls)
     knots = traj.knots
     knots[:, 9:] += 1.0  # rates, positions and velocities off by one, in place
     got, got_std = traj.predict(t, return_std=True)
@@ -48,12 +55,7 @@ def test_knots_handed_out_are_a_copy(cls):
 def test_an_interrupted_fit_keeps_the_previous_estimate(cls):
     r"""A measurement whose residual raises ``KeyboardInterrupt`` on its third evaluation: the trajectory predicts
     what it predicted before the call (mean and standard deviations)."""
-    truth = FastTrajectory(kind="split", speed=10.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traj = cls.uniform(0.0, T, 0.2).fit([uwb_ranges(truth, T, rate=20.0, seed=1)], compute_covariances=True)
-    t = torch.linspace(0.1, T - 0.1, 17, dtype=D)
-    state, std = traj.predict(t, return_std=True)
+    truth, traj, t, state, std = _fitted(cls)
     calls = []
 
     def residual(st, params=None):
