@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["check_numpy_generator", "check_seed", "global_seed", "numpy_rng", "resolve_seed", "torch_generator"]
 
-#: Seeds drawn for ``seed=None`` lie in ``[0, 2**62)`` (as :mod:`gpgeom.engine.attempts` draws them).
+#: Seeds drawn for ``seed=None`` lie in ``[0, 2**62)`` (the fits of :mod:`gpgeom.engine` draw theirs here too).
 _DRAW_HIGH = 2**62
 #: The largest seed a ``torch.Generator`` takes.
 _TORCH_MAX = 2**64 - 1

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gpgeom._progress import progress_bar
+from gpgeom._seeds import global_seed
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
 from gpgeom.engine.parallel import derive_seed, dumps, executor_workers, loads, map_items
 from gpgeom.errors import NotPSDError
@@ -358,7 +359,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             reinitialize(model, torch.Generator().manual_seed(seed) if seed is not None else torch.default_generator)
         start_state = copy.deepcopy(module.state_dict())
         if loader_seed is None and has_own_stream(job.data_loader):
-            loader_seed = int(torch.randint(0, 2**62, (1,)).item())  # seed=None: torch's global stream
+            loader_seed = global_seed()  # seed=None: one draw of torch's global stream
         total = o["max_iter"] if o["optimizer"] == "lbfgs" else o["epochs"]
         desc = f"fit {type(model).__name__} attempt {attempt + 1}/{o['restarts'] + 1}"
         while True:

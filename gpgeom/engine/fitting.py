@@ -58,6 +58,7 @@ from gpytorch.mlls import MarginalLogLikelihood, SumMarginalLogLikelihood
 from gpytorch.models import ExactGP
 from torch import Tensor, nn
 
+from gpgeom._seeds import global_seed
 from gpgeom._validation import check_option, check_positive
 from gpgeom.engine.attempts import (
     FitJob,
@@ -308,7 +309,7 @@ def fit(
     name = type(model).__name__
     n_attempts = restarts + 1
     # with an executor and no seed, one draw of the caller's random stream seeds every attempt
-    base_seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None and executor is not None else seed
+    base_seed = global_seed() if seed is None and executor is not None else seed
     opts = {
         "optimizer": optimizer, "max_iter": max_iter, "lr": lr, "lr_factor": lr_factor, "epochs": epochs,
         "patience": patience, "rel_tol": rel_tol, "levels": levels, "seed": base_seed, "restarts": restarts,
