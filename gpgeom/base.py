@@ -35,8 +35,10 @@ name (user callables, which no file can hold safely). :func:`gpgeom.load` reads 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -106,6 +108,19 @@ class ModelContract:
         if not self.is_fitted:
             name = type(self).__name__
             raise NotFittedError(f"This {name} is not fitted yet; call fit(...) or {name}.load(path) first.")
+
+    @contextlib.contextmanager
+    def _kept_on_error(self) -> Iterator[None]:
+        r"""Put every attribute back as it was when the block raises (any exception, ``KeyboardInterrupt``
+        included), then re-raise: a ``fit`` that rebinds its attributes, never changing the previous objects in
+        place, leaves a model that fails half-way as it was before the call (unfitted, or its previous fit)."""
+        saved = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
 
     # ------------------------------------------------------------------------------------------------------------
     # dtype, device, inputs

@@ -430,13 +430,8 @@ class FunBaT(
         A fit that raises (bad input, a divergence, an exception or ``KeyboardInterrupt`` from the ``callback``)
         leaves the model as it was before the call: unfitted, or the previous fit with its data and ``fit_result_``.
         """
-        saved = dict(self.__dict__)  # every attribute fit rebinds (it never changes the previous objects in place)
-        try:
+        with self._kept_on_error():  # every attribute fit rebinds (it never changes the previous objects in place)
             return self._fit(X, y, mask, progress, callback)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
 
     def _fit(
         self, X: Tensor, y: Tensor, mask: Tensor | None, progress: bool | None, callback: Callable | None

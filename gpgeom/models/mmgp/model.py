@@ -339,15 +339,10 @@ class MMGP(ModelContract):
         A fit that raises (bad input, a failed stage, ``KeyboardInterrupt``) leaves the model as it was before the
         call: unfitted, or the previous fit whole (not its POD bases with the new common mesh or GPs).
         """
-        saved = dict(self.__dict__)  # every attribute fit rebinds (it never changes the previous objects in place)
-        try:
+        with self._kept_on_error():  # every attribute fit rebinds (it never changes the previous objects in place)
             return self._fit(
                 meshes, input_scalars, output_fields, output_scalars, field_names, scalar_names, progress, executor
             )
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
 
     def _fit(
         self,
