@@ -415,6 +415,8 @@ def test_a_range_of_grid_sizes_is_checked_drawn_log_uniformly_repeated_by_the_se
     sizes = {m.sample_grid(2, generator=torch.Generator().manual_seed(s)).shape[1] for s in range(30)}
     assert min(sizes) >= 3 and max(sizes) <= 40 and len(sizes) > 5
     assert m.sample_grid(2, 11).shape == (2, 11, 1)
+    with pytest.raises(TypeError, match=r"`generator` must be a torch.Generator or None, got int"):
+        m.sample_grid(2, generator=5)  # the grid size is drawn from it first
 
     def fitted():
         return RGNP.from_family(

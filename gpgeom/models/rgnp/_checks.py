@@ -51,6 +51,7 @@ __all__ = [
     "draw_grid_size",
     "grid_size_option",
     "trained_sizes",
+    "uniform_draws",
     "warn_observed_counts",
 ]
 
@@ -198,6 +199,16 @@ def grid_size_option(name: str, n: Any, grid: str, dim: int) -> int | tuple[int,
     return int(n)
 
 
+def uniform_draws(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    r"""U(0, 1) draws of ``shape`` in the dtype and on the device of ``like``, from ``generator`` (drawn on its own
+    device, so a CPU generator serves a CUDA model) or from torch's global random state."""
+    if generator is None:
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
+    return torch.rand(shape, dtype=like.dtype, device=generator.device, generator=generator).to(like.device)
+
+
 def draw_grid_size(n: int | tuple[int, int], generator: torch.Generator | None = None) -> int:
     r"""The number of points of one step's grids: ``n`` itself, or for a range ``(lo, hi)`` the integer part of
     :math:`\exp U(\log lo, \log (hi + 1))` (log-uniform: about as many steps between 10 and 100 points as between
@@ -206,7 +217,7 @@ def draw_grid_size(n: int | tuple[int, int], generator: torch.Generator | None =
     if isinstance(n, int):
         return n
     lo, hi = n
-    u = float(torch.rand((), dtype=torch.float64, generator=generator, device=getattr(generator, "device", "cpu")))
+    u = float(uniform_draws((), torch.zeros((), dtype=torch.float64), generator))  # float64, on the host
     return min(hi, max(lo, math.floor(math.exp(math.log(lo) + u * (math.log(hi + 1) - math.log(lo))))))
 
 

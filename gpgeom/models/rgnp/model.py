@@ -44,6 +44,7 @@ from gpgeom.models.rgnp._checks import (
     prepare_data,
     reference_fields,
     trained_sizes,
+    uniform_draws,
     warn_observed_counts,
     warn_uncalibrated,
 )
@@ -66,16 +67,6 @@ def family_residual(family: PDEFamily) -> ResidualFn:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    r"""U(0, 1) draws of ``shape`` in the dtype and on the device of ``like``, from ``generator`` (drawn on its own
-    device, so a CPU generator serves a CUDA model) or from torch's global random state."""
-    if generator is None:
-        return torch.rand(shape, dtype=like.dtype, device=like.device)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
-    return torch.rand(shape, dtype=like.dtype, device=generator.device, generator=generator).to(like.device)
-
-
 class RGNP(ModelContract, nn.Module):
     r"""Random Grid Neural Process for a parametric PDE (see :mod:`gpgeom.models.rgnp` for the model and the ELBO).
 
@@ -307,7 +298,7 @@ class RGNP(ModelContract, nn.Module):
             mesh = torch.meshgrid(*axes, indexing="ij")
             pts = torch.stack([g.reshape(-1) for g in mesh], dim=-1)
             return pts[None].expand(batch, -1, -1).clone()
-        u = _uniform((batch, n, self.dim), lo, generator)
+        u = uniform_draws((batch, n, self.dim), lo, generator)
         m = self.boundary_margin * (hi - lo)
         return lo + m + (hi - lo - 2 * m) * u
 
@@ -315,8 +306,8 @@ class RGNP(ModelContract, nn.Module):
         r"""``z`` ``(batch, dz)`` and ``w`` ``(batch, dw)`` from their uniform distributions, drawn from
         ``generator`` (on its device, then moved to the model's) or from torch's global random state."""
         check_positive("batch", batch, integer=True)
-        z = self.z_low + (self.z_high - self.z_low) * _uniform((batch, self.dim_z), self.lower, generator)
-        w = self.w_low + (self.w_high - self.w_low) * _uniform((batch, self.dim_w), self.lower, generator)
+        z = self.z_low + (self.z_high - self.z_low) * uniform_draws((batch, self.dim_z), self.lower, generator)
+        w = self.w_low + (self.w_high - self.w_low) * uniform_draws((batch, self.dim_w), self.lower, generator)
         return z, w
 
     def lift(self, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
