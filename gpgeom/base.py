@@ -227,6 +227,24 @@ class ModelContract:
         body = ", ".join(f"{k}={format_value(v)}" for k, v in fields.items())
         return f"{type(self).__name__}({body})"
 
+    # ------------------------------------------------------------------------------------------------------------
+    # copies
+    def __copy__(self) -> ModelContract:
+        r"""Refused: a shallow copy shares the fitted tensors, sub-models and ``torch`` parameters with the original,
+        so that ``to(dtype=...)``, ``fit`` or ``load_state_dict`` on one changes (or breaks) the other. Use
+        ``copy.deepcopy(model)`` (an independent model, bitwise the same predictions), ``pickle`` (the same, across
+        processes) or ``save``/``load`` (a file).
+
+        Raises:
+            TypeError: Always, naming the remedies.
+        """
+        name = type(self).__name__
+        raise TypeError(
+            f"copy.copy({name}) is not supported: a shallow copy would share the fitted state (tensors, sub-models, "
+            f"torch parameters) with the original, so that to(...) or fit(...) on one would change the other. Use "
+            f"copy.deepcopy(model) for an independent copy, or model.save(path) and {name}.load(path) for a file."
+        )
+
 
 def load(path: str | os.PathLike, map_location: torch.device | str | None = None, **kwargs: Any) -> ModelContract:
     r"""Load any gpgeom model file (the class is read from the file).

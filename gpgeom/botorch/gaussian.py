@@ -42,7 +42,6 @@ covariance is ``batch x (q m) x (q m)`` with row ``i m + a`` for output ``a`` at
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -59,10 +58,25 @@ from torch import Tensor
 from gpgeom._validation import check_positive, check_tensor
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
 
-__all__ = ["DEFAULT_CHUNK", "GaussianSurrogate"]
+__all__ = ["DEFAULT_CHUNK", "GaussianSurrogate", "shallow_view"]
 
 #: Points per chunk of :meth:`GaussianSurrogate.predict` when a subclass does not give the cost of a point.
 DEFAULT_CHUNK = 2048
+
+
+def shallow_view(obj: Any) -> Any:
+    r"""A new object of ``obj``'s class sharing all of ``obj``'s attributes (what ``copy.copy`` does): the views of
+    :meth:`GaussianSurrogate.condition_on_observations` and :meth:`~GaussianSurrogate.subset_output`, which share
+    the fitted model's basis and hyperparameters. gpgeom models refuse ``copy.copy`` itself
+    (:meth:`gpgeom.base.ModelContract.__copy__`), so these views are made here."""
+    cls = type(obj)
+    new = cls.__new__(cls)
+    state = obj.__getstate__()
+    if hasattr(new, "__setstate__"):
+        new.__setstate__(dict(state))
+    else:
+        new.__dict__.update(state)
+    return new
 
 
 class _Block:
@@ -335,7 +349,7 @@ class GaussianSurrogate(Model, FantasizeMixin):
         X = X.expand(*batch, *X.shape[-2:])
         Y = Y.expand(*batch, *Y.shape[-2:])
         cov = cov.to(Y).expand(*batch, *Y.shape[-2:], Y.shape[-1])
-        new = copy.copy(self)
+        new = shallow_view(self)
         new.__dict__["_blocks"] = [*self._conditioning, _Block(X, Y, cov, list(outputs))]
         return new
 
@@ -344,7 +358,7 @@ class GaussianSurrogate(Model, FantasizeMixin):
         outputs = self._outputs
         if not idcs or any(not 0 <= i < len(outputs) for i in idcs):
             raise ValueError(f"`idcs` must be a non-empty list of output indices in range({len(outputs)}), got {idcs}.")
-        new = copy.copy(self)
+        new = shallow_view(self)
         new.__dict__["_output_subset"] = [outputs[i] for i in idcs]
         return new
 

@@ -75,7 +75,6 @@ hyperparameters, which conditioning must equal.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -88,7 +87,7 @@ from gpytorch.likelihoods import GaussianLikelihood
 from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
-from gpgeom.botorch.gaussian import GaussianSurrogate
+from gpgeom.botorch.gaussian import GaussianSurrogate, shallow_view
 from gpgeom.botorch.low_rank_ambient import _AmbientAlgebra
 from gpgeom.botorch.low_rank_inputs import _PointInputs
 from gpgeom.botorch.low_rank_noise import _NoiseSplit
@@ -609,7 +608,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
             )
         old_i, old_y = self.data_index, self.data_y
         batch = torch.broadcast_shapes(old_i.shape[:-1], idx.shape[:-1], Y.shape[:-2])
-        new = copy.copy(self)  # shares the basis and the hyperparameters
+        new = shallow_view(self)  # shares the basis and the hyperparameters
         new.__dict__.pop("_wp_cache", None)
         new.data_index = torch.cat([old_i.expand(*batch, old_i.shape[-1]), idx.expand(*batch, idx.shape[-1])], -1)
         ys = (Y / self.y_scale).to(old_y)

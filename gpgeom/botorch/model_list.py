@@ -236,3 +236,16 @@ class SurrogateList(ModelListGP):
     def fit_results(self) -> list[Any]:
         r"""The :class:`~gpgeom.engine.fitting.FitResult` of every member (``fit_result_``)."""
         return [getattr(g, "fit_result_", None) for g in self.models]
+
+    def __copy__(self) -> SurrogateList:
+        r"""Refused, as for the models (:meth:`gpgeom.base.ModelContract.__copy__`): a shallow copy shares the
+        member GPs, so ``to(dtype=...)`` on the copy changed the original's members (its next posterior raised
+        ``expected scalar type Double but found Float``). Use ``copy.deepcopy`` or ``pickle``.
+
+        Raises:
+            TypeError: Always, naming the remedies.
+        """
+        raise TypeError(
+            "copy.copy(SurrogateList) is not supported: a shallow copy would share the member GPs with the original, "
+            "so that to(...) on one would change the other. Use copy.deepcopy(model) for an independent copy."
+        )

@@ -1,11 +1,14 @@
 r"""What an RGNP model file (:meth:`~gpgeom.models.rgnp.model.RGNP.save`, :mod:`gpgeom._io`) stores about the
 model's PDE family and user callables, and how they come back at
 :meth:`~gpgeom.models.rgnp.model.RGNP.load` (:func:`family_info`, :func:`resolve_callables`,
-:func:`rebuild_family`, :func:`file_config`, :func:`callable_name`).
+:func:`rebuild_family`, :func:`file_config`, :func:`callable_name`), and how they travel through ``pickle`` and
+``copy.deepcopy`` (:class:`PicklesCallables`).
 """
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import numpy as np
@@ -15,7 +18,7 @@ from gpgeom.errors import ModelFileError
 from gpgeom.pde.family import PDEFamily
 from gpgeom.pde.registry import get_family, is_registered
 
-__all__ = ["callable_name", "family_info", "file_config", "rebuild_family", "resolve_callables"]
+__all__ = ["PicklesCallables", "callable_name", "family_info", "file_config", "rebuild_family", "resolve_callables"]
 
 
 def callable_name(fn: Any) -> str | None:
@@ -129,3 +132,61 @@ def file_config(state: dict[str, Any]) -> dict[str, Any]:
     if config.get("grid") == "fixed" and dim > 1:
         config["n_points"] = max(2, round(config["n_points"] ** (1 / dim))) ** dim
     return config
+
+
+class _UserCallable:
+    r"""A user's ``residual`` or ``lift`` inside a pickled RGNP: pickles as the callable itself when Python can
+    pickle it (a function defined at module level), else raises a ``TypeError`` naming it and the remedy (instead of
+    pickle's ``attribute lookup <lambda> on __main__ failed`` deep inside ``pickle.dumps``, ``torch.save(model)`` or a
+    Dask/multiprocessing transfer). ``copy.deepcopy`` copies it as Python copies the callable."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, name: str, fn: Any) -> None:
+        self.name, self.fn = name, fn
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _UserCallable:
+        return _UserCallable(self.name, copy.deepcopy(self.fn, memo))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            pickle.dumps(self.fn)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure of the user's callable
+            raise TypeError(
+                f"This RGNP cannot be pickled: its `{self.name}` callable {callable_name(self.fn)!r} cannot be pickled "
+                f"({type(exc).__name__}: {str(exc)[:200]}); lambdas and functions defined inside other functions "
+                f"never can. Define the {self.name} at module level, or save the model with model.save(path) and "
+                f"reload it with RGNP.load(path, {self.name}=...) where it is needed (copy.deepcopy(model) works)."
+            ) from exc
+        return (_UserCallable, (self.name, self.fn))
+
+
+class PicklesCallables:
+    r"""``pickle`` / ``copy.deepcopy`` of an RGNP (a mixin before ``nn.Module``): the residual and lift of a PDE
+    family are rebuilt from the (pickled or copied) family, since :meth:`PDEFamily.residual_fn
+    <gpgeom.pde.family.PDEFamily.residual_fn>` is a closure that pickle cannot hold; a user's callables travel as
+    themselves (:class:`_UserCallable`: a clear ``TypeError`` when they cannot be pickled)."""
+
+    _CALLABLES = (("residual", "residual_fn"), ("lift", "lift_fn"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        sources = state.get("_sources", {})
+        for name, attr in self._CALLABLES:
+            fn = state.get(attr)
+            if fn is None:
+                continue
+            if sources.get(name) == "family" and state.get("family") is not None:
+                state[attr] = None  # rebuilt from the family by __setstate__
+            else:
+                state[attr] = _UserCallable(name, fn)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {k: v.fn if isinstance(v, _UserCallable) else v for k, v in state.items()}
+        super().__setstate__(state)
+        family, sources = state.get("family"), state.get("_sources", {})
+        if family is not None and sources.get("residual") == "family" and state.get("residual_fn") is None:
+            self.residual_fn = family.residual_fn()
+        if family is not None and sources.get("lift") == "family" and state.get("lift_fn") is None:
+            self.lift_fn = family.boundary_ansatz

@@ -48,7 +48,13 @@ from gpgeom.models.rgnp._checks import (
     warn_observed_counts,
     warn_uncalibrated,
 )
-from gpgeom.models.rgnp._persistence import callable_name, family_info, file_config, resolve_callables
+from gpgeom.models.rgnp._persistence import (
+    PicklesCallables,
+    callable_name,
+    family_info,
+    file_config,
+    resolve_callables,
+)
 from gpgeom.models.rgnp.networks import ForwardNet
 from gpgeom.nn.gicnet import GICNet
 from gpgeom.pde._checks import NonFiniteOutputError, check_finite_output
@@ -67,7 +73,7 @@ def family_residual(family: PDEFamily) -> ResidualFn:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-class RGNP(ModelContract, nn.Module):
+class RGNP(PicklesCallables, ModelContract, nn.Module):
     r"""Random Grid Neural Process for a parametric PDE (see :mod:`gpgeom.models.rgnp` for the model and the ELBO).
 
     Build it with :meth:`from_family` (a registered :class:`gpgeom.pde.PDEFamily`) or from a residual function;
