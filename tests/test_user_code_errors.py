@@ -5,12 +5,16 @@ kernel factories, ExactGPModel modules) that returns NaN, the wrong type or the 
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from gpytorch.kernels import Kernel, RBFKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.means import Mean
 
 from gpgeom.botorch import ExactGPModel
 from gpgeom.engine.factors import Factor
@@ -196,3 +200,185 @@ def test_exact_gp_takes_a_plain_module_as_its_mean():
         model.fit(progress=False, seed=0)
         means.append(model.posterior(Xt).mean)
     torch.testing.assert_close(means[0], means[1], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExactGPModel: NaN or inf from the user's kernel, mean or likelihood, named where it appears
+
+
+class _LogKernel(Kernel):
+    r"""``exp(-d) + log(d + shift)``: NaN where the distance ``d < -shift`` (the diagonal for ``shift < 0``)."""
+
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, x1, x2, diag=False, **kw):
+        d = self.covar_dist(x1, x2, diag=diag)
+        return torch.exp(-d) + torch.log(d + self.shift)
+
+
+class _GatedKernel(Kernel):
+    r"""``exp(-d^2)``, with ``value`` (NaN or inf) in the rows of the inputs ``x1`` whose first coordinate exceeds
+    ``x_max``."""
+
+    def __init__(self, value, x_max):
+        super().__init__()
+        self.value, self.x_max = value, x_max
+
+    def forward(self, x1, x2, diag=False, **kw):
+        K = torch.exp(-self.covar_dist(x1, x2, diag=diag, square_dist=True))
+        gate = x1[..., 0] > self.x_max
+        return torch.where(gate if diag else gate[..., None], self.value, K)
+
+
+class _GatedMean(Mean):
+    r"""A constant ``c`` (a parameter), NaN at inputs whose first coordinate exceeds ``x_max`` and everywhere once
+    ``c > c_max``."""
+
+    def __init__(self, x_max=math.inf, c_max=math.inf):
+        super().__init__()
+        self.c = torch.nn.Parameter(torch.zeros((), dtype=D))
+        self.x_max, self.c_max = x_max, c_max
+
+    def forward(self, x):
+        m = self.c.expand(x.shape[:-1])
+        return torch.where((x[..., 0] > self.x_max) | (self.c > self.c_max), torch.nan, m)
+
+
+def _data(n=12, seed=0, high=0.8):
+    g = torch.Generator().manual_seed(seed)
+    X = high * torch.rand(n, 2, dtype=D, generator=g)
+    return X, torch.sin(4.0 * X).sum(-1, keepdim=True)
+
+
+def _nan_lengthscale():
+    k = ScaleKernel(RBFKernel()).double()
+    with torch.no_grad():
+        k.base_kernel.raw_lengthscale.fill_(torch.nan)
+    return k
+
+
+def _first_bad_index(t):
+    pos = tuple(int(i) for i in (~torch.isfinite(t)).nonzero()[0])
+    return pos[0] if len(pos) == 1 else pos
+
+
+def _bad_noise():
+    lik = GaussianLikelihood().double()
+    with torch.no_grad():
+        lik.noise_covar.raw_noise.fill_(torch.nan)
+    return lik
+
+
+_CASES = {
+    "log-kernel": (lambda: {"covar_module": ScaleKernel(_LogKernel(-0.3))}, "covar_module",
+                   r"ScaleKernel\(_LogKernel\)", "NaN"),
+    "inf-kernel": (lambda: {"covar_module": _GatedKernel(math.inf, 0.5)}, "covar_module", r"_GatedKernel", "inf"),
+    "nan-lengthscale": (lambda: {"covar_module": _nan_lengthscale()}, "covar_module",
+                        r"ScaleKernel\(RBFKernel\)", "NaN"),
+    "mean": (lambda: {"mean_module": _GatedMean(x_max=0.5)}, "mean_module", "_GatedMean", "NaN"),
+    "noise": (lambda: {"likelihood": _bad_noise()}, "likelihood", "GaussianLikelihood", "NaN"),
+}  # fmt: skip
+
+
+def _expected_first(model, arg):
+    r"""The first non-finite entry of what module ``arg`` returns at the training inputs, computed here."""
+    X = model.transform_inputs(model.train_inputs[0]) if model.training else model.train_inputs[0]
+    with torch.no_grad():
+        if arg == "mean_module":
+            return _first_bad_index(model.mean_module(X))
+        if arg == "covar_module":
+            return _first_bad_index(model.covar_module(X).to_dense())
+        return _first_bad_index(model.likelihood.noise.expand(X.shape[:-1]))
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+@pytest.mark.parametrize("case", list(_CASES))
+def test_exact_gp_fit_names_the_module_that_returns_nan(case, optimizer):
+    r"""Before: NotPSDError "the covariance matrix could not be factorised even with Cholesky jitter up to 1e-04"
+    (for a NaN or inf kernel, a NaN mean or a NaN noise alike), naming no module. Now a ValueError names the
+    argument, its class, NaN or inf, the step of the fit and the first bad entry (found here independently)."""
+    kwargs, arg, cls, kind = _CASES[case]
+    X, Y = _data()
+    model = ExactGPModel(X, Y, **kwargs())
+    pos = _expected_first(model.train(), arg)
+    step = r"the starting point" if optimizer == "lbfgs" else r"Adam epoch 0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=rf"`{arg}` \({cls}\) returned {kind} in fit \(attempt 0, {step}") as err:
+            model.fit(optimizer=optimizer, epochs=3, progress=False, seed=0)
+    assert f"(first at index {pos}: " in str(err.value)
+    if case == "nan-lengthscale":
+        assert "non-finite parameter(s): `base_kernel.raw_lengthscale`" in str(err.value)
+
+
+class _CountingMean(_GatedMean):
+    r"""A constant mean that turns NaN from its ``k``-th call on (in training mode: one call per loss)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k, self.calls = k, 0
+
+    def forward(self, x):
+        self.calls += 1
+        m = super().forward(x)
+        return m if self.calls < self.k else torch.full_like(m, torch.nan)
+
+
+def test_exact_gp_fit_names_the_adam_epoch_where_the_mean_turns_nan():
+    r"""A mean that is finite for its first three calls and NaN from the fourth on: Adam evaluates the full-batch
+    loss once per epoch, so the NaN appears at epoch 3, and the error says so. Before: NotPSDError ("... the
+    negative ExactMarginalLogLikelihood of ExactGPModel returned NaN at Adam epoch 3"), naming no module."""
+    X, Y = _data()
+    model = ExactGPModel(X, Y, mean_module=_CountingMean(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(
+            ValueError, match=r"`mean_module` \(_CountingMean\) returned NaN in fit \(attempt 0, Adam epoch 3\)"
+        ):
+            model.fit(optimizer="adam", epochs=10, progress=False, seed=0)
+
+
+def _fantasize(model, X):
+    from botorch.sampling import SobolQMCNormalSampler
+
+    return model.fantasize(X, SobolQMCNormalSampler(torch.Size([2]), seed=0)).posterior(X).mean
+
+
+_PATHS = {
+    "predict": lambda m, X: m.predict(X, return_std=True),
+    "posterior": lambda m, X: m.posterior(X).variance,
+    "condition": lambda m, X: m.condition_on_observations(X, X.sum(-1, keepdim=True)).posterior(X).mean,
+    "fantasize": _fantasize,
+}
+
+
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_exact_gp_predictions_name_a_nan_kernel(path):
+    r"""Before: linear_operator's NanError "cholesky_cpu: 144 of 144 elements of the torch.Size([12, 12]) tensor are
+    NaN" from every path, naming no module."""
+    X, Y = _data()
+    model = ExactGPModel(X, Y, covar_module=_nan_lengthscale()).eval()
+    where = "condition_on_observations" if path == "condition" else "a prediction"
+    with pytest.raises(ValueError, match=rf"`covar_module` \(ScaleKernel\(RBFKernel\)\) returned NaN in {where}"):
+        _PATHS[path](model, X[:3] + 0.01)
+
+
+@pytest.mark.parametrize("path", list(_PATHS))
+def test_exact_gp_predictions_name_a_mean_nan_at_new_inputs(path):
+    r"""A mean that is NaN at inputs beyond 0.9 (the training inputs stop at 0.8). Before: NaN predictions from
+    predict, posterior and the conditioned model without an error, and fantasize's ValueError "`Y` contains 2 NaN
+    or infinite value(s)" about fantasies the user never passed. Now the mean and the first bad input row (found
+    here) are named."""
+    X, Y = _data()
+    model = ExactGPModel(X, Y, covar_module=ScaleKernel(RBFKernel()), mean_module=_GatedMean(x_max=0.9)).eval()
+    Xt = torch.tensor([[0.2, 0.3], [0.5, 0.5], [0.95, 0.1], [0.97, 0.9]], dtype=D)
+    first = int((Xt[:, 0] > 0.9).nonzero()[0])
+    if path == "condition":  # the conditioned model's training rows: the 12 old ones, then the new ones
+        match = r"returned NaN in condition_on_observations \(training rows 12 on are the new observations\)"
+        at = f"at the training inputs .* \\(first at index {X.shape[0] + first}: nan\\)"
+    else:
+        match, at = r"returned NaN in a prediction", rf"at the test inputs .* \(first at index {first}: nan\)"
+    with pytest.raises(ValueError, match=rf"`mean_module` \(_GatedMean\) {match}: .*{at}"):
+        _PATHS[path](model, Xt)

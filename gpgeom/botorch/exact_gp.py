@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
+from gpgeom.botorch._finite import check_conditioned, check_prediction, diagnose_fit, factor_guard, named_step
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
@@ -265,6 +266,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
     # ---------------------------------------------------------------------------------------------------------
     # GPyTorch forward and numerics
 
+    #: Called by :mod:`gpgeom.engine.attempts` when an attempt of the fit fails on a NaN covariance or loss: names
+    #: the module (``covar_module``, ``mean_module``, ``likelihood``) that returned NaN or inf (:mod:`._finite`).
+    _diagnose_nonfinite = diagnose_fit
+
     def forward(self, x: Tensor) -> MultivariateNormal:
         r"""The GP prior at ``x`` (``batch_shape x (m) x n x d``); input transforms apply in training mode only."""
         if self.training:
@@ -296,8 +301,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             if self._joint_ok(args, kwargs):
                 return self._joint(args[0])
             key = self._check_strategy()
-            out = super().__call__(*args, **kwargs)
+            if self.training:
+                return super().__call__(*args, **kwargs)
+            with factor_guard(self, "in a prediction"):  # a NaN from a user module named, not a NanError
+                out = super().__call__(*args, **kwargs)
             self._check_strategy(key)  # a strategy built by this call: recorded with the state it was built for
+            if isinstance(out, MultivariateNormal) and len(args) == 1 and isinstance(args[0], Tensor):
+                check_prediction(self, args[0], "in a prediction", out.mean)
             return out
 
     def _check_strategy(self, key: list[Any] | None = None) -> list[Any] | None:
@@ -481,8 +491,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         (``"none"``, ``"diag"``, ``"full"``), nothing, the variances or the covariance:
         :func:`~gpgeom.botorch.exact_predict.posterior_moments` from the cached training factor, ``rows`` test
         points at a time."""
-        L, alpha = self._train_factor()
-        return posterior_moments(self.covar_module, self.mean_module, self.train_inputs[0], L, alpha, Xq, rows, second)
+        with factor_guard(self, "in a prediction"):  # a NaN from a user module named, not a NanError
+            L, alpha = self._train_factor()
+        mean, other = posterior_moments(
+            self.covar_module, self.mean_module, self.train_inputs[0], L, alpha, Xq, rows, second
+        )
+        check_prediction(self, Xq, "in a prediction", mean, other)
+        return mean, other
 
     def _joint_ok(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         r"""Whether ``self(X)`` in eval mode gives the joint posterior from the cached training factor: an
@@ -594,11 +609,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                     f"`noise` (got a tensor of shape {tuple(kwargs['noise'].shape)})."
                 )
         self._check_strategy()  # a strategy of older hyperparameters would condition with them
-        if self.prediction_strategy is None:  # GPyTorch conditions only a model with its prediction caches
-            with torch.no_grad(), self._gpytorch_path():
-                ExactGPModel.posterior(self, self.train_data[0][..., :1, :])
-        with self.numerics():
-            new = super().condition_on_observations(X, Y, **kwargs)
+        with named_step(self, "in condition_on_observations"):  # a NaN of a user module named there
+            if self.prediction_strategy is None:  # GPyTorch conditions only a model with its prediction caches
+                with torch.no_grad(), self._gpytorch_path():
+                    ExactGPModel.posterior(self, self.train_data[0][..., :1, :])
+            with self.numerics(), factor_guard(self, "in condition_on_observations"):
+                new = super().condition_on_observations(X, Y, **kwargs)
+        check_conditioned(new, self.train_targets.shape[-1])
         new.__dict__["_conditioned"] = True  # its posterior keeps GPyTorch's updated caches (fast fantasies)
         new.__dict__.pop("_strategy_cache", None)
         new._check_strategy()  # its strategy, updated from this one, is for its state now

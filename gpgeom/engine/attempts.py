@@ -62,6 +62,7 @@ from torch.utils.data import DataLoader
 
 from gpgeom._progress import progress_bar
 from gpgeom._seeds import global_seed
+from gpgeom.engine.optimizers import STEP_NOTE as _STEP_NOTE
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
 from gpgeom.engine.parallel import derive_seed, dumps, executor_workers, loads, map_items
 from gpgeom.errors import NotPSDError
@@ -288,6 +289,26 @@ class FitJob:
 
         return full_loss, batch_loss, batches
 
+    def diagnose(self, err: BaseException, attempt: int) -> None:
+        r"""Let the model name what made attempt ``attempt`` fail with ``err`` (a NaN covariance, a non-finite loss,
+        a failed Cholesky factorisation), at the parameters where it failed: a model with a
+        ``_diagnose_nonfinite(step)`` method (:class:`~gpgeom.botorch.ExactGPModel`: its user's kernel, mean and
+        likelihood) evaluates its parts there once and raises a ``ValueError`` naming the one that returned NaN or
+        inf, chained to ``err``; it returns when all are finite, and the attempt fails (or is retried) as before."""
+        hook = getattr(self.model, "_diagnose_nonfinite", None)
+        if hook is None:
+            return
+        notes = [n for n in getattr(err, "__notes__", ()) if n.startswith(_STEP_NOTE)]
+        if notes:
+            step = notes[-1][len(_STEP_NOTE) :].rstrip(".")
+        else:  # the optimisers' FloatingPointError says "... at <step>"
+            head, sep, tail = str(err).rpartition(" at ")
+            step = tail if sep else "an evaluation of the loss"
+        try:
+            hook(f"attempt {attempt}, {step}")
+        except ValueError as exc:
+            raise exc from err
+
     def parameters(self) -> tuple[dict[str, Tensor], dict[str, tuple[Any, Any]]]:
         r"""The trainable parameters by name and the bounds of all parameters (GPyTorch constraints)."""
         all_params, bounds = get_parameters_and_bounds(self.module)
@@ -377,15 +398,18 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
                 bar.set_postfix(loss=f"{result.loss:.5g}", refresh=True)
                 break
             except NanError as err:
+                job.diagnose(err, attempt)
                 reason = f"the covariance contains NaN ({err})"
                 break
             except FloatingPointError as err:  # the loss (or its gradient) was not finite where the optimiser says
+                job.diagnose(err, attempt)
                 reason = f"{job.source()} {err}"
                 break
             except Exception as err:  # noqa: BLE001 - only Cholesky failures are retried
                 if not is_cholesky_failure(err):
                     err.add_note(f"gpgeom fit: attempt {attempt}; the loss is {job.source()}.")
                     raise
+                job.diagnose(err, attempt)
                 restore(module, start_state)
                 if not job.is_mll and not isinstance(err, _LONotPSDError):
                     # a plain torch.linalg failure inside a callable loss: its factorisations do not read

@@ -86,9 +86,13 @@ def _kind(value: float) -> str:
     return "NaN" if math.isnan(value) else f"{value}"
 
 
+#: The start of the note :func:`_noted` adds (read back by :meth:`gpgeom.engine.attempts.FitJob.diagnose`).
+STEP_NOTE = "gpgeom fit: raised while evaluating the loss at "
+
+
 def _noted(err: BaseException, where: str) -> None:
     r"""Add a note to ``err`` saying at which step of the optimiser the loss raised it."""
-    err.add_note(f"gpgeom fit: raised while evaluating the loss at {where}.")
+    err.add_note(f"{STEP_NOTE}{where}.")
 
 
 def _nonfinite_gradient(params: dict[str, Tensor]) -> str | None:
