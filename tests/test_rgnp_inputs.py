@@ -46,7 +46,9 @@ def test_inverse_padding_may_hold_nan_or_points_outside_the_domain():
     # real points are still checked, with the mask in the message
     u_bad = u.clone()
     u_bad[1, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"`u` holds NaN .* at 1 real point\(s\) \(`mask` True\), e\.g\. u\[1, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"`u` holds NaN .* at 1 real point\(s\) \(`mask` True\) \(first at index \(1, 1\): nan\)"
+    ):
         m.predict_inverse(x, u_bad, w, mask=mask)
     x_bad = x.clone()
     x_bad[1, 0, 0] = 5.0

@@ -71,7 +71,11 @@ def test_a_nan_residual_names_its_block_and_states():
         r = x[:, 0] - y
         return torch.where(torch.arange(K)[:, None] == 3, torch.nan, r)
 
-    with pytest.raises(ValueError, match=r"'meas'.*1 of 10 entries.*residual\[3, 0\] = nan \(residual block 3, on "):
+    with pytest.raises(
+        ValueError,
+        match=r"'meas'.*1 of 10 entries of residual \(block, component\) \(first at index \(3, 0\): nan\) "
+        r"\(residual block 3, on ",
+    ):
         _chain(residual)
 
 

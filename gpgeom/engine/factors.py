@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom._validation import check_option, check_positive, check_tensor, first_bad
 
 __all__ = ["Factor"]
 
@@ -285,9 +285,9 @@ def _check_finite_residual(f: Factor, r: Tensor) -> None:
     the first bad block, its states and how many entries are bad."""
     bad = ~torch.isfinite(r)
     if bool(bad.any()):
-        m, j = (int(v) for v in bad.nonzero()[0])
+        m = int(bad.any(-1).nonzero()[0])
         raise ValueError(
             f"{f._label()}: the residual is NaN or infinite at the current estimate: {int(bad.sum())} of "
-            f"{r.numel()} entries, the first residual[{m}, {j}] = {float(r[m, j])} (residual block {m}, on states "
+            f"{r.numel()} entries of residual (block, component){first_bad(r, bad)} (residual block {m}, on states "
             f"{f.indices[m].tolist()}); check the factor's inputs and the initial states."
         )

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from gpgeom._seeds import numpy_rng
-from gpgeom._validation import check_positive
+from gpgeom._validation import check_positive, first_bad
 from gpgeom.errors import UncalibratedWarning
 from gpgeom.models.rgnp._persistence import callable_name
 from gpgeom.pde._checks import check_finite_output
@@ -420,13 +420,14 @@ def check_inverse_points(model: Any, x: Any, u: Any, mask: Any) -> tuple[Tensor,
                 f"`mask` must be a bool array of shape {tuple(u.shape)}, got {mask.dtype} {tuple(mask.shape)}."
             )
         mask = mask.reshape(u.shape)
-        for name, t in (("u", u[..., None]), ("x", x)):
-            bad = ~torch.isfinite(t).all(-1) & mask
+        for name, t in (("u", u), ("x", x)):
+            real = mask if t.dim() == mask.dim() else mask[..., None]
+            bad = ~torch.isfinite(t) & real
             if bool(bad.any()):
-                b, i = (int(v) for v in bad.nonzero()[0])
+                points = int((bad if t.dim() == mask.dim() else bad.any(-1)).sum())
                 raise ValueError(
-                    f"`{name}` holds NaN or infinite values at {int(bad.sum())} real point(s) (`mask` True), "
-                    f"e.g. {name}[{b}, {i}]; padding (`mask` False) may hold anything, real points must be finite."
+                    f"`{name}` holds NaN or infinite values at {points} real point(s) (`mask` True)"
+                    f"{first_bad(t, bad)}; padding (`mask` False) may hold anything, real points must be finite."
                 )
     lower, upper = model.lower, model.upper
     check_in_box("x", x if mask is None else torch.where(mask[..., None], x, lower), lower, upper, "the domain")
