@@ -73,6 +73,9 @@ class FunBaTBoTorchModel(GaussianSurrogate):
         self._tables_cache: list[Any] = []
         if funbat.target_transform == "log":  # the Gaussian is that of log y: BoTorch's Log outcome transform
             self.outcome_transform = Log().eval()
+        # built in eval mode, as it stays: it only predicts (``posterior`` calls ``eval()``, as BoTorch's models do,
+        # which flipped the ``training`` flag of a new adapter at its first prediction)
+        self.eval()
 
     @property
     def _tables(self) -> list[Any]:

@@ -410,9 +410,10 @@ class Trajectory(ModelContract):
 
     def _query_times(self, t: object) -> tuple[Tensor, Tensor]:
         r"""Query times as given (their floating dtype, float64 from numpy or Python numbers: the bracketing and
-        :math:`t - t_k` use them) and in the trajectory's dtype and on its device (the state's ``t``)."""
+        :math:`t - t_k` use them) and in the trajectory's dtype and on its device (the state's ``t``: a copy, never
+        the caller's tensor or array, which an in-place change of the returned state would otherwise write to)."""
         tin = as_tensor("t", t, dtype=None)
-        return tin, tin.to(dtype=self.dtype, device=self.device)
+        return tin, tin.to(dtype=self.dtype, device=self.device, copy=True)
 
     def _state(self, t: Tensor, out: dict[str, Tensor]) -> TrajectoryState:
         r"""A :class:`TrajectoryState` of shape ``t.shape`` from the flat outputs of :meth:`_interpolate_chunks`."""
