@@ -368,10 +368,10 @@ def test_trajectory(tmp_path, name):
     check_predict(f"{name}.interpolate", model, lambda: model.interpolate(tq, covariance=True), tq)
     tn = tq.numpy().copy()
     for q in (tq, tn):  # the state's times are a copy: writing to them leaves the caller's times (they were them)
-        saved = np.array(q, copy=True)
+        saved = q.clone() if isinstance(q, torch.Tensor) else q.copy()  # np.array(tensor, copy=True) warned
         st = model.predict(q)
         st.t.add_(1.0)
-        assert np.array_equal(np.asarray(q), saved), f"{name}.predict returned the caller's t"
+        assert np.array_equal(np.asarray(q), np.asarray(saved)), f"{name}.predict returned the caller's t"
     audit(f"{name}.save", lambda: model.save(tmp_path / "t.pt"))
     back = audit(f"{name}.load", lambda: cls.load(tmp_path / "t.pt"))
     check_predict(f"loaded {name}.predict", back, lambda: back.predict(tq), tq)

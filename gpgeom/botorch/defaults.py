@@ -22,6 +22,7 @@ from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
+from gpgeom._warnings import user_stacklevel
 from gpgeom.kernels.stationary import DifferenceMaternKernel
 
 __all__ = [
@@ -148,7 +149,7 @@ class RoundingFloorStandardize(Standardize):
                 f"Output(s) {outputs}{members} of the training data are all zero: they are kept in their units "
                 "(no scale to take), so the predicted standard deviation is set by the priors in those units.",
                 UserWarning,
-                stacklevel=5,  # the caller of ExactGPModel(...)
+                stacklevel=user_stacklevel(),
             )
         if bool(low.any()):
             self.stdvs = torch.where(low, floor, self.stdvs)
@@ -161,7 +162,7 @@ class RoundingFloorStandardize(Standardize):
                 f"eps * max|y|, e.g. {float(floor[low].max()):.3g}): they are standardised by that rounding scale, "
                 "not by their spread, so the model predicts the constant with a standard deviation at that scale.",
                 UserWarning,
-                stacklevel=5,  # the caller of ExactGPModel(...)
+                stacklevel=user_stacklevel(),
             )
         means, stdvs, stdvs_sq = self._get_per_input_means_stdvs(X=X, include_stdvs_sq=Yvar is not None)
         return (Y - means) / stdvs, (Yvar / stdvs_sq if Yvar is not None else None)

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from gpgeom._seeds import global_seed
 from gpgeom._validation import check_option, check_positive
+from gpgeom._warnings import user_stacklevel
 from gpgeom.engine.attempts import (
     FitJob,
     Outcome,
@@ -386,7 +387,7 @@ def fit(
             f"those of its best finite evaluation (loss {best[0]:.6g}), not a converged optimum "
             "(FitResult.converged is False).",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return FitResult(
         member_attempts=member_attempts, loss=best[0], history=histories, attempts=restarts + 1, best_attempt=best[1],

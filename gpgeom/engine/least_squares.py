@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom._warnings import user_stacklevel
 from gpgeom.engine.banded import (
     block_banded_cholesky,
     block_banded_selected_inverse,
@@ -387,7 +388,7 @@ def gauss_newton(
             accept = cost_new <= cost + roundoff
             if not accept:  # undamped steps no longer work here: continue damped (Levenberg-Marquardt)
                 switched, switched_at = _gn_fallback_reason(N, Lb, cost, cost_new, iterations), iterations
-                warnings.warn(switched, ConvergenceWarning, stacklevel=2)
+                warnings.warn(switched, ConvergenceWarning, stacklevel=user_stacklevel())
                 lam, nu = float(initial_damping), 2.0
                 continue
         else:
@@ -438,7 +439,7 @@ def gauss_newton(
             f"cost {cost:.6g}); increase max_iter, start from a better initial estimate, loosen the tolerances or "
             "check the Jacobians.",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
 
     result = GaussNewtonResult(

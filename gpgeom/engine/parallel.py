@@ -81,6 +81,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpgeom._warnings import user_stacklevel
+
 __all__ = [
     "DASK_SETTINGS",
     "check_executor",
@@ -503,7 +505,7 @@ def map_items(
         out: list[Any] = []
         try:
             for fut, chunk in zip(futures, chunks):
-                _collect(fut.result(), out, 0)
+                _collect(fut.result(), out)
                 if on_chunk is not None:
                     on_chunk(len(chunk))
         except BaseException:
@@ -513,12 +515,12 @@ def map_items(
     return out
 
 
-def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any], depth: int) -> None:
-    r"""Append a task's results to ``out`` and re-issue the warnings it recorded, attributed to the caller of
-    :func:`map_items` (``depth``: the frames between this function and ``map_items``)."""
+def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any]) -> None:
+    r"""Append a task's results to ``out`` and re-issue the warnings it recorded, attributed to the line
+    outside gpgeom that led to :func:`map_items` (:func:`~gpgeom._warnings.user_stacklevel`)."""
     results, caught = task_result
     for message in caught:
-        warnings.warn(message, stacklevel=3 + depth)
+        warnings.warn(message, stacklevel=user_stacklevel())
     out.extend(results)
 
 
@@ -549,7 +551,7 @@ def _map_dask(
             args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe)
             futures.append(client.submit(_run_chunk, *args, **options))
         for i, chunk in enumerate(chunks):
-            _collect(client.gather(futures[i], direct=True), out, 1)
+            _collect(client.gather(futures[i], direct=True), out)
             futures[i] = None  # release the task's result and its chunk as soon as they are read
             if on_chunk is not None:
                 on_chunk(len(chunk))

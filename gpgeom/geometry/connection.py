@@ -509,9 +509,7 @@ def connection_laplacian(
     pts, index = _handle_duplicates(X0, duplicates, duplicate_tol)
     timings: dict = {}
     t0 = time.perf_counter()
-    G = proximity_graph(
-        pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers, _stacklevel=3
-    )
+    G = proximity_graph(pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers)
     timings["graph"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if frames is None:
@@ -586,9 +584,7 @@ def graph_laplacian(
     check_option("normalization", normalization, _NORMALIZATIONS)
     pts, index = _handle_duplicates(X0, duplicates, duplicate_tol)
     t0 = time.perf_counter()
-    G = proximity_graph(
-        pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers, _stacklevel=3
-    )
+    G = proximity_graph(pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers)
     timings = {"graph": time.perf_counter() - t0, "frames": 0.0}
     t0 = time.perf_counter()
     O = np.ones((G.n_edges, 1, 1))

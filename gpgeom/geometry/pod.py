@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from gpgeom._validation import check_positive
+from gpgeom._warnings import user_stacklevel
 from gpgeom.geometry.mesh import as_float_array
 
 __all__ = ["SnapshotPOD"]
@@ -171,7 +172,7 @@ class SnapshotPOD:
                 warnings.warn(
                     f"Only {rank} POD mode(s) have non-negligible energy; keeping {rank} instead of n_modes={k}.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
                 k = rank
         elif self.energy is not None:

@@ -24,6 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from gpgeom._validation import check_option, check_positive, check_tensor
+from gpgeom._warnings import user_stacklevel
 
 __all__ = ["ProximityGraph", "as_points", "find_duplicates", "proximity_graph"]
 
@@ -171,7 +172,6 @@ def proximity_graph(
     on_disconnected: str = "warn",
     duplicate_tol: float | None = None,
     workers: int = 1,
-    _stacklevel: int = 2,
 ) -> ProximityGraph:
     r"""Build the k-nearest-neighbour (or continuous kNN) graph of a point cloud.
 
@@ -240,5 +240,5 @@ def proximity_graph(
         if on_disconnected == "raise":
             raise ValueError(msg)
         if on_disconnected == "warn":
-            warnings.warn(msg, UserWarning, stacklevel=_stacklevel)
+            warnings.warn(msg, UserWarning, stacklevel=user_stacklevel())
     return ProximityGraph(n, rows, cols, dists, rho, k, method, int(n_comp), labels.astype(np.int64))

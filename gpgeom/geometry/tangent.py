@@ -20,6 +20,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from gpgeom._validation import check_option, check_positive
+from gpgeom._warnings import user_stacklevel
 from gpgeom.geometry.point_cloud import as_points
 
 __all__ = [
@@ -443,7 +444,7 @@ def tangent_frames(
             f"{int(deficient.sum())} of {len(X)} PCA neighbourhoods span fewer than dim={dim} directions (e.g. point "
             f"{int(np.flatnonzero(deficient)[0])}); their frames are completed arbitrarily. Increase k_pca.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return (frames, s, used) if return_fit else (frames, s)
 

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from gpgeom._progress import progress_bar
+from gpgeom._warnings import user_stacklevel
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat.inference import _Mode
 from gpgeom.models.funbat.priors import initial_positions, mode_kernel
@@ -204,5 +205,5 @@ class _Fitting:
                 f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"
                 " compare held-out error before raising max_sweeps (longer fits can predict worse).",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )

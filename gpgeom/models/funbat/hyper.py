@@ -49,6 +49,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from gpgeom._warnings import user_stacklevel
 from gpgeom.engine.fitting import fit as engine_fit
 from gpgeom.errors import NotPSDError
 from gpgeom.kernels.sde import MarkovKernel
@@ -146,7 +147,7 @@ class _HyperparameterSteps:
             warnings.warn(
                 f"FunBaT: a hyperparameter step failed to factorise ({message}); kept the previous values.",
                 RuntimeWarning,
-                stacklevel=5,
+                stacklevel=user_stacklevel(),
             )
             return message
         return None

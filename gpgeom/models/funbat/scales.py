@@ -58,6 +58,7 @@ from typing import Any
 
 import torch
 
+from gpgeom._warnings import user_stacklevel
 from gpgeom.errors import ConvergenceWarning
 from gpgeom.models.funbat.entries import entry_marginals
 from gpgeom.models.funbat.heldout import heldout_noise_fit, heldout_split
@@ -151,6 +152,6 @@ class _NoiseScales:
         )
         if not converged:
             msg = "FunBaT's cut noise fit stopped at its round limit before its fixed point (scales not converged)."
-            warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+            warnings.warn(msg, ConvergenceWarning, stacklevel=user_stacklevel())
         self._tau_a, self._tau_b, self._tau_data = tau_a, tau_b, None
         self._scale_alpha, self._scale_beta, self._dof, self._resid_sq = alpha, beta, dof, e

@@ -32,6 +32,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from gpgeom._warnings import user_stacklevel
+
 __all__ = ["TARGET_TRANSFORMS", "lognormal_mean_std", "target_standardization", "to_model_target"]
 
 #: The target transforms of :class:`~gpgeom.models.funbat.model.FunBaT`: ``"none"`` and ``"log"`` (positive targets).
@@ -103,7 +105,7 @@ def target_standardization(y: Tensor) -> tuple[Tensor, Tensor]:
             "standard deviation is set by the priors in the units of `y` (pass more entries, or rescale `y` to "
             "about unit size).",
             UserWarning,
-            stacklevel=4,  # the caller of FunBaT.fit
+            stacklevel=user_stacklevel(),
         )
         return mean, one
     floor = torch.finfo(y.dtype).eps * y.abs().max()
@@ -112,7 +114,7 @@ def target_standardization(y: Tensor) -> tuple[Tensor, Tensor]:
             "Every observed entry of `y` is zero: there is no scale to standardise by, so the model predicts zero "
             "with a standard deviation set by the priors in the units of `y`.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         return mean, one
     std = y.std()
@@ -122,7 +124,7 @@ def target_standardization(y: Tensor) -> tuple[Tensor, Tensor]:
             f"eps * max|y| = {float(floor):.3g}): they are standardised by that rounding scale, so the model "
             "predicts the constant with a standard deviation at that scale.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         return mean, floor
     return mean, std

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_positive
+from gpgeom._warnings import user_stacklevel
 from gpgeom.geometry.mesh import Mesh, as_mesh
 
 __all__ = [
@@ -112,7 +113,7 @@ def warn_zero_scalars(w: Tensor, names: Sequence[str]) -> None:
             "so their GP predicts zero with a standard deviation set by the priors in their own units; drop them "
             "from `output_scalars` (they carry no information).",
             UserWarning,
-            stacklevel=4,  # the caller of MMGP.fit
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from gpytorch.kernels import Kernel
 
+from gpgeom._warnings import user_stacklevel
 from gpgeom.errors import ModelFileError
 from gpgeom.geometry.mesh import Mesh
 from gpgeom.models.mmgp.prediction import MMGPFitResult
@@ -119,7 +120,7 @@ def restore_model(
             "as when it was written; the means and standard deviations are unaffected. Refit and save the model "
             "for spatially correlated draws.",
             UserWarning,
-            stacklevel=5,  # MMGP.load / gpgeom.load -> _rebuild -> MMGP._from_state -> here
+            stacklevel=user_stacklevel(),
         )
     model._noise_share = state["noise_share"]
     model.field_names_ = list(state["field_names"])

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from gpgeom._warnings import user_stacklevel
 from gpgeom.errors import MeshRepairWarning
 from gpgeom.geometry.closest import surface_transfer
 from gpgeom.geometry.fem import mass_matrix
@@ -135,7 +136,7 @@ class CommonMeshTransfer:
             f"{work.n_cells} of {mesh.n_cells} cells kept; fields are still read and predicted on all the original "
             f"nodes). The first defect: {problem}",
             MeshRepairWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
         kept = np.nonzero(node_map >= 0)[0]
         counts = np.bincount(node_map[kept], minlength=work.n_points).astype(np.float64)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from gpgeom._seeds import numpy_rng
 from gpgeom._validation import check_positive, first_bad
+from gpgeom._warnings import user_stacklevel
 from gpgeom.errors import UncalibratedWarning
 from gpgeom.models.rgnp._persistence import callable_name
 from gpgeom.pde._checks import check_finite_output
@@ -387,7 +388,7 @@ def warn_uncalibrated(model: Any) -> None:
             "the networks' approximation error (95% coverage 0.10-0.17 on the built-in families); call "
             "model.calibrate() (reference fields from the family's solver, or data=) first.",
             UncalibratedWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -467,5 +468,5 @@ def warn_observed_counts(model: Any, counts: Any) -> None:
         f"RGNP.predict_inverse got sets of {given} observed points, but q_beta was trained on grids of {trained} "
         f"points: {why}. Train on the sizes you observe: RGNP(..., n_points=(lo, hi)).",
         UncalibratedWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )

@@ -19,6 +19,7 @@ from pyro.distributions import constraints
 from torch import Tensor, nn
 
 from gpgeom._validation import check_positive
+from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract, format_value
 from gpgeom.engine.distributed import data_parallel, world_size
 from gpgeom.engine.fitting import FitResult, fit
@@ -543,7 +544,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
                     "told a set's size (built with one n_points and no gicnet count_feature), so predict_inverse's "
                     "spread cannot follow the number of observed points; build RGNP(..., n_points=(lo, hi)) for that.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=user_stacklevel(),
                 )
         prepared = prepare_data(self, data, noise_std, data_batch) if data is not None else None
         if bool(self.discrepancy.calibrated):
@@ -551,7 +552,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
                 "RGNP.fit changes the networks that calibrate() measured: the calibration is dropped; call "
                 "calibrate() again after training.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
             self.discrepancy.reset()
             self.calibration_ = None

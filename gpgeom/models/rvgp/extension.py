@@ -32,6 +32,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from gpgeom._warnings import user_stacklevel
 from gpgeom.geometry.connection import procrustes
 from gpgeom.geometry.tangent import frames_at
 from gpgeom.models.rvgp._inputs import _numpy
@@ -63,7 +64,7 @@ class _NystromExtension:
             self._tree = cKDTree(lap.points)
         return P
 
-    def _warn_out_of_reach(self, P: np.ndarray, stacklevel: int) -> None:
+    def _warn_out_of_reach(self, P: np.ndarray) -> None:
         r"""One :class:`OutOfReachWarning` with the count of the points ``(m, D)`` beyond :attr:`RVGP.reach`."""
         r = self.reach
         far = self._tree.query(P, k=1)[0].reshape(len(P)) > r
@@ -73,16 +74,16 @@ class _NystromExtension:
                 "median k-th-neighbour distance, from every cloud point): their features are tapered, and the "
                 "prediction returns to the prior (mean 0, prior variance) with the distance.",
                 OutOfReachWarning,
-                stacklevel=stacklevel,
+                stacklevel=user_stacklevel(),
             )
 
-    def _extend(self, points: object, stacklevel: int, warn: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _extend(self, points: object, warn: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r""":meth:`RVGP.extend`, the taper :math:`\gamma` ``(m,)`` and the cloud point each point is (or -1)
         ``(m,)``."""
         lap = self.laplacian
         P = self._new_points(points)
         if warn:
-            self._warn_out_of_reach(P, stacklevel + 1)
+            self._warn_out_of_reach(P)
         kk = lap.graph.k
         dist, nb = self._tree.query(P, k=kk)
         dist, nb = dist.reshape(len(P), kk), nb.reshape(len(P), kk)

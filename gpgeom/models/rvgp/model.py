@@ -54,6 +54,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from gpgeom._validation import check_device, check_option, check_positive, first_bad
+from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
@@ -372,7 +373,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                 "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
                 "with a standard deviation set by the priors in the units of `vectors`.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         self.y_scale = scale if scale > 0 else 1.0
         ref = self.kernel.basis.eigenvectors
@@ -578,12 +579,12 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         P = self._new_points(points)
         if len(P) == 0:
             raise ValueError("`points` must hold at least one point, got shape (0, D).")
-        self._warn_out_of_reach(P, stacklevel=3)
+        self._warn_out_of_reach(P)
         step = min(chunk_size, chunk_size_for(self._bytes_per_point(new=True), max_memory, total=len(P)))
         parts = []
         origin = _ambient_origin(self.laplacian.points) if self.ambient_points is not None else None
         for sl in chunk_slices(len(P), step):
-            phi, frames, gamma, key = self._extend(P[sl], stacklevel=3, warn=False)
+            phi, frames, gamma, key = self._extend(P[sl], warn=False)
             if self.scalar:
                 proj = torch.ones(len(phi), 1, 1, dtype=phi.dtype, device=phi.device)
             else:
@@ -643,7 +644,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         Warns:
             OutOfReachWarning: For points farther than :attr:`reach` from the cloud, with their count.
         """
-        phi, frames, _, _ = self._extend(points, stacklevel=3)
+        phi, frames, _, _ = self._extend(points)
         return phi, frames
 
     # ------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from gpgeom._progress import progress_bar
 from gpgeom._validation import as_tensor, check_increasing, check_option, check_positive, check_tensor
+from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract
 from gpgeom.engine.chunking import chunk_size_for, resolve_max_memory
 from gpgeom.engine.factors import Factor
@@ -297,7 +298,7 @@ class Trajectory(ModelContract):
         self._fitted = True
         wrap = knot_wraps(self)
         if wrap:
-            warnings.warn(f"set_knots: {wrap}.", UserWarning, stacklevel=2)
+            warnings.warn(f"set_knots: {wrap}.", UserWarning, stacklevel=user_stacklevel())
         return self
 
     def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
@@ -675,7 +676,7 @@ class Trajectory(ModelContract):
         self._fitted = True
         wrap = knot_wraps(self)
         if wrap:
-            warnings.warn(f"fit: in the estimated knots, {wrap}.", UserWarning, stacklevel=2)
+            warnings.warn(f"fit: in the estimated knots, {wrap}.", UserWarning, stacklevel=user_stacklevel())
         return self
 
     def initialise(self, measurements: Sequence[Measurement] | Measurement) -> Trajectory:
@@ -719,7 +720,7 @@ class Trajectory(ModelContract):
                     f"init='auto': {text}; the fit starts from the default knots (identity rotations, zero positions), "
                     "which can end in a wrong local minimum. Give a start with set_knots() (fit then keeps it).",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
             return f"current knots (the default state: {why})"
         self.set_knots(**knots)  # drops the covariances of an earlier fit
