@@ -5,7 +5,12 @@ all derive from :class:`ModelContract`, so a user meets one API:
 
 **Fitting.** ``fit(...)`` returns the model itself; the optimisation record is ``fit_result_`` and every other piece
 of fitted state ends in an underscore, as in scikit-learn. Using a model before ``fit``/``load`` raises
-:class:`~gpgeom.errors.NotFittedError`.
+:class:`~gpgeom.errors.NotFittedError`. A ``fit`` that raises (bad input, a loss or residual that fails, an exception
+or ``KeyboardInterrupt`` from a callback) leaves the model as it was before the call: unfitted (still
+:class:`~gpgeom.errors.NotFittedError`), or its previous fit with the same parameters, fitted attributes and
+predictions (:meth:`ModelContract._kept_on_error`; ``nn.Module`` models also get their parameters and buffers back,
+which the optimisers change in place). To stop a long fit early and keep it, raise ``StopIteration`` from the
+``callback`` (RGNP, FunBaT): the fit ends there as a completed one, ``fit_result_.stopped`` is True.
 
 **Progress.** Every ``fit`` takes ``progress: bool | None = None``; ``None`` shows a bar when a person is watching
 (a terminal or a notebook) and stays silent in logs, CI and tests (:mod:`gpgeom._progress`).
@@ -111,15 +116,18 @@ class ModelContract:
 
     @contextlib.contextmanager
     def _kept_on_error(self) -> Iterator[None]:
-        r"""Put every attribute back as it was when the block raises (any exception, ``KeyboardInterrupt``
-        included), then re-raise: a ``fit`` that rebinds its attributes, never changing the previous objects in
-        place, leaves a model that fails half-way as it was before the call (unfitted, or its previous fit)."""
-        saved = dict(self.__dict__)
+        r"""Put the model back as it was when the block raises (any exception, ``KeyboardInterrupt`` included), then
+        re-raise: a ``fit`` that fails half-way leaves the model as it was before the call (unfitted, or its previous
+        fit). Restored: every attribute (rebound or not), the contents of the lists, dicts and sets among them and,
+        for a ``torch.nn.Module``, every submodule's attributes, its parameter, buffer and submodule registries, and
+        the values of its parameters and buffers (a copy taken on entry, written back in place; also their
+        ``requires_grad`` and ``.grad``), which an optimiser changes in place. Not restored: tensors that are plain
+        attributes changed in place (a ``fit`` rebinds those)."""
+        saved = _snapshot(self)
         try:
             yield
         except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
+            _restore(saved)
             raise
 
     # ------------------------------------------------------------------------------------------------------------
@@ -244,6 +252,51 @@ class ModelContract:
             f"torch parameters) with the original, so that to(...) or fit(...) on one would change the other. Use "
             f"copy.deepcopy(model) for an independent copy, or model.save(path) and {name}.load(path) for a file."
         )
+
+
+def _snapshot(model: ModelContract) -> list[tuple[Any, ...]]:
+    r"""What :func:`_restore` needs to put ``model`` back: per object (the model and, for a module, its submodules)
+    its ``__dict__`` and the contents of the containers in it; per parameter and buffer a copy of its values."""
+    objects = list(model.modules()) if isinstance(model, torch.nn.Module) else [model]
+    saved: list[tuple[Any, ...]] = []
+    for obj in objects:
+        attrs = dict(obj.__dict__)
+        contents = [
+            (v, dict(v) if isinstance(v, dict) else list(v)) for v in attrs.values() if isinstance(v, list | dict | set)
+        ]
+        saved.append(("object", obj, attrs, contents))
+    if isinstance(model, torch.nn.Module):
+        seen: set[int] = set()
+        for t in [*model.parameters(), *model.buffers()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                saved.append(("tensor", t, t.detach().clone(), t.requires_grad, t.grad))
+    return saved
+
+
+def _restore(saved: list[tuple[Any, ...]]) -> None:
+    r"""Put back what :func:`_snapshot` saved."""
+    with torch.no_grad():
+        for entry in saved:
+            if entry[0] == "object":
+                _, obj, attrs, contents = entry
+                obj.__dict__.clear()
+                obj.__dict__.update(attrs)
+                for container, items in contents:
+                    container.clear()
+                    if isinstance(container, list):
+                        container.extend(items)
+                    else:
+                        container.update(items)
+            else:
+                _, t, values, requires_grad, grad = entry
+                if t.shape == values.shape and t.dtype == values.dtype and t.device == values.device:
+                    t.copy_(values)
+                else:  # its ``.data`` was rebound
+                    t.data = values
+                if t.is_leaf:
+                    t.requires_grad_(requires_grad)
+                    t.grad = grad
 
 
 def load(path: str | os.PathLike, map_location: torch.device | str | None = None, **kwargs: Any) -> ModelContract:

@@ -371,23 +371,27 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
         Returns:
             The model itself (in eval mode); the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result_``.
+
+        A fit that raises (an exception of the loss, ``KeyboardInterrupt``) leaves the model as it was before the
+        call (:meth:`~gpgeom.ModelContract._kept_on_error`): its parameters, buffers and fitted attributes.
         """
-        self._fit_jitter = None
-        # the closed-form-gradient loss (same value as GPyTorch's MLL) for the kernels it covers; GPyTorch otherwise
-        loss = None
-        if kwargs.get("optimizer", "auto") in ("auto", "lbfgs") and kwargs.get("data_loader") is None:
-            loss = exact_mll_loss(self) if getattr(self, "fast_mll", True) else None
-        with self.numerics():
-            if loss is not None:
-                result = fit(loss, module=self, **{**kwargs, "optimizer": "lbfgs"})
-            else:
-                result = fit(ExactMarginalLogLikelihood(self.likelihood, self), **kwargs)
-        default = gpytorch.settings.cholesky_jitter.value(self.train_inputs[0].dtype)
-        self._fit_jitter = result.jitter if result.jitter > default else None
-        self.fit_result_ = result
-        self.prediction_strategy = None
-        self._fitted = True
-        return self
+        with self._kept_on_error():  # a fit that raises leaves the model as it was (gpgeom.base)
+            self._fit_jitter = None
+            # the closed-form-gradient loss (same value as GPyTorch's MLL) for the kernels it covers; GPyTorch otherwise
+            loss = None
+            if kwargs.get("optimizer", "auto") in ("auto", "lbfgs") and kwargs.get("data_loader") is None:
+                loss = exact_mll_loss(self) if getattr(self, "fast_mll", True) else None
+            with self.numerics():
+                if loss is not None:
+                    result = fit(loss, module=self, **{**kwargs, "optimizer": "lbfgs"})
+                else:
+                    result = fit(ExactMarginalLogLikelihood(self.likelihood, self), **kwargs)
+            default = gpytorch.settings.cholesky_jitter.value(self.train_inputs[0].dtype)
+            self._fit_jitter = result.jitter if result.jitter > default else None
+            self.fit_result_ = result
+            self.prediction_strategy = None
+            self._fitted = True
+            return self
 
     @torch.no_grad()
     def predict(

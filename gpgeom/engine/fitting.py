@@ -97,7 +97,7 @@ class FitResult:
         history: One list per attempt of the loss after each L-BFGS-B iteration (after each evaluation for a
             batch of independent problems, whose members iterate independently) or each Adam epoch (empty for an
             attempt that failed before its first iteration).
-        attempts: How many attempts ran (``restarts + 1``).
+        attempts: How many attempts ran (``restarts + 1``, fewer when the objective stopped the fit).
         best_attempt: The index (0-based) of the attempt whose state was loaded.
         jitter: The Cholesky jitter allowed in the winning attempt (``gpytorch.settings.cholesky_jitter``; the
             dtype's default unless it had to be escalated); when each output keeps its own best attempt, the
@@ -112,6 +112,9 @@ class FitResult:
             output or batch member), the attempt whose parameters each member kept (flattened batch order):
             every member keeps its own best attempt, so ``loss`` is the sum of the members' best losses.
             ``None`` otherwise.
+        stopped: Whether the objective ended the fit by raising ``StopIteration`` (e.g. from a model's ``callback``):
+            the attempt it ended is the last one run (``attempts`` counts those that ran), kept as a completed one
+            (``converged`` False for it).
     """
 
     loss: float
@@ -125,6 +128,7 @@ class FitResult:
     final_losses: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     member_attempts: list[int] | None = None
+    stopped: bool = False
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -238,6 +242,12 @@ def fit(
             A later L-BFGS-B trial point that is not finite counts as an infinite loss (the line search
             backtracks); a run that stops on one warns (:class:`~gpgeom.errors.ConvergenceWarning`) and reports
             ``converged=False``. An exception raised by the callable propagates with notes naming the step.
+
+    A fit that raises (any exception, ``KeyboardInterrupt`` included) leaves ``module``'s parameters, buffers and
+    train/eval modes as they were before the call. To stop early and keep the fit, raise ``StopIteration`` from the
+    objective (e.g. from a callback it calls): the attempt ends there as a completed one, with the best parameters
+    it evaluated, and no further attempt starts (serially; :mod:`gpgeom.engine.optimizers` says which evaluation
+    counts); ``FitResult.stopped`` is True.
         ValueError, TypeError: For invalid options.
 
     Example:
@@ -346,13 +356,24 @@ def fit(
             else:
                 members.update(result.member_losses, rows, attempt, jit)
 
-    outcomes = run_attempts(job, n_attempts, executor, progress, split_members) if executor is not None else None
-    if outcomes is None:  # serial (or a single task): in this process, on the module itself
-        if executor is not None:
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        outcomes = run_attempts(job, n_attempts, executor, progress, split_members) if executor is not None else None
+        if outcomes is None and executor is not None:  # a single task: in this process
             job.opts["progress"] = progress
-        outcomes = (run_attempt(job, attempt, on_copy=False) for attempt in range(n_attempts))
-    for out in outcomes:
-        reduce(out)
+        stopped = False
+        for attempt in range(n_attempts):
+            # serially: in this process, on the module itself, each attempt after the previous one's outcome
+            out = outcomes[attempt] if outcomes is not None else run_attempt(job, attempt, on_copy=False)
+            reduce(out)
+            if out[1] is not None and out[1].stopped:  # StopIteration from the objective: no further attempt
+                stopped = True
+                break
+    except BaseException:  # a fit that raises leaves the module as it was (values, train/eval modes)
+        restore(module, job.initial)
+        for m, mode in modes:
+            m.training = mode
+        raise
 
     if best is None:
         restore(module, job.initial)
@@ -390,7 +411,7 @@ def fit(
             stacklevel=user_stacklevel(),
         )
     return FitResult(
-        member_attempts=member_attempts, loss=best[0], history=histories, attempts=restarts + 1, best_attempt=best[1],
+        member_attempts=member_attempts, loss=best[0], history=histories, attempts=len(histories), best_attempt=best[1],
         jitter=best[4], wall_time=time.perf_counter() - start, converged=best[3], optimizer=optimizer,
-        final_losses=finals, failures=failures,
+        final_losses=finals, failures=failures, stopped=stopped,
     )  # fmt: skip

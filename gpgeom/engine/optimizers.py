@@ -11,6 +11,14 @@ r"""The two optimisers behind :func:`gpgeom.engine.fitting.fit` (internal to the
   the epoch losses, on the full batch or on minibatches.
 
 Both return an :class:`Attempt` and leave the best parameters they evaluated in the module.
+
+A loss that raises ``StopIteration`` (e.g. from a user's callback inside it) ends the run there as a completed one
+(``Attempt.stopped``; not converged), with the best parameters evaluated so far, as ``scipy.optimize.minimize``
+treats a callback's ``StopIteration``. No step is taken from that evaluation. Adam on the full batch takes a loss
+tensor carried by the exception (``raise StopIteration(loss)``, the loss of the current parameters) as that
+evaluation's loss: it is the last epoch of the history and a candidate for the best parameters, so a run stopped at
+its ``k``-th evaluation ends as one of ``epochs=k`` does. With minibatches, the epoch in progress counts when it took
+a step (its mean loss over those steps, its parameters at the stop).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ class Attempt:
         members: The members a batched run optimised (``None``: all).
         nonfinite: For one L-BFGS-B problem that stopped on a trial point whose loss (or gradient) was not finite:
             what the loss returned and at which evaluations (``None`` otherwise).
+        stopped: Whether the loss raised ``StopIteration`` (the caller's request to end the fit there).
     """
 
     def __init__(self) -> None:
@@ -80,6 +89,7 @@ class Attempt:
         self.rows: dict[str, Tensor] | None = None
         self.members: np.ndarray | None = None
         self.nonfinite: str | None = None
+        self.stopped = False
 
 
 def _kind(value: float) -> str:
@@ -325,8 +335,11 @@ def run_lbfgs(
             return f, g
 
         bnds = [(float(a), float(b)) for a, b in zip(lo_all[0], hi_all[0])]
-        _, _, infos = fmin_l_bfgs_b_batched(batched_fun, x0, bounds=bnds, maxiter=max_iter, pass_batch_indices=True)
-        converged = all(int(info.get("warnflag", 1)) == 0 for info in infos)
+        try:
+            _, _, infos = fmin_l_bfgs_b_batched(batched_fun, x0, bounds=bnds, maxiter=max_iter, pass_batch_indices=True)
+            converged = all(int(info.get("warnflag", 1)) == 0 for info in infos)
+        except StopIteration:  # the loss asked to end the run here
+            out.stopped, converged = True, False
     else:
 
         def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -339,17 +352,20 @@ def run_lbfgs(
             bar.update(1)
             bar.set_postfix(loss=f"{f:.5g}", refresh=False)
 
-        res = minimize(
-            fun,
-            x0[0],
-            jac=True,
-            method="L-BFGS-B",
-            bounds=Bounds(lo_all[0], hi_all[0]),
-            callback=callback,
-            options={"maxiter": max_iter},
-        )
-        converged = bool(res.success) and math.isfinite(float(res.fun))
-        if not math.isfinite(float(res.fun)) and nonfinite:
+        try:
+            res = minimize(
+                fun,
+                x0[0],
+                jac=True,
+                method="L-BFGS-B",
+                bounds=Bounds(lo_all[0], hi_all[0]),
+                callback=callback,
+                options={"maxiter": max_iter},
+            )
+        except StopIteration:  # the loss asked to end the run here
+            out.stopped, res = True, None
+        converged = res is not None and bool(res.success) and math.isfinite(float(res.fun))
+        if res is not None and not math.isfinite(float(res.fun)) and nonfinite:
             # the run stopped on a non-finite trial point: not converged, and the caller says so
             first, what = nonfinite[0]
             out.nonfinite = (
@@ -439,6 +455,10 @@ def run_adam(
             opt.zero_grad(set_to_none=True)
             try:
                 loss = step_loss(batch)
+            except StopIteration as stop:  # the end of the run, asked for by the loss (module docstring)
+                out.stopped, loss = True, stop.value
+                if batch is not None or not isinstance(loss, Tensor):
+                    break
             except Exception as err:
                 _noted(err, where)
                 raise
@@ -446,18 +466,26 @@ def run_adam(
             # caught before the step, where the loss returned it: the step would make every parameter NaN
             if not math.isfinite(value):
                 raise FloatingPointError(f"returned {_kind(value)} at {where}")
-            _backward(loss)
-            grad = _nonfinite_gradient(params)
-            if grad is not None:
-                raise FloatingPointError(f"returned a finite loss with a non-finite gradient for `{grad}` at {where}")
+            if not out.stopped:
+                _backward(loss)
+                grad = _nonfinite_gradient(params)
+                if grad is not None:
+                    raise FloatingPointError(
+                        f"returned a finite loss with a non-finite gradient for `{grad}` at {where}"
+                    )
             if batch is None and value < best_loss:  # full batch: this loss belongs to the pre-step parameters
                 best_loss, best_params = value, [t.detach().clone() for t in tensors]
+            if out.stopped:  # full batch: this evaluation is the last epoch, without its step
+                total, count = total + value, count + 1
+                break
             opt.step()
             with torch.no_grad():
                 for t, lo, hi in clamps:
                     t.copy_(t.clamp(min=lo, max=hi))
             total += value
             count += 1
+        if count == 0 and out.stopped:
+            break
         if count == 0:
             raise ValueError(f"`data_loader` yielded no minibatch in epoch {epoch}; it must yield at least one (X, y).")
         epoch_loss = total / count
@@ -468,6 +496,8 @@ def run_adam(
         out.history.append(epoch_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{epoch_loss:.5g}", refresh=False)
+        if out.stopped:
+            break
         # Early stopping on the bias-corrected exponential moving average of the epoch losses.
         ema = beta * ema + (1 - beta) * epoch_loss
         smoothed = ema / (1 - beta ** (epoch + 1))

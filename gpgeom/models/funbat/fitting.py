@@ -30,7 +30,9 @@ f - \bar f_{\text{old}}\| / \|\bar f_{\text{old}}\|`, and with Student-t scales 
 when that change is below ``tol`` after ``min_sweeps`` sweeps and, with learned hyperparameters, once their steps
 have settled (after the first step; after the third for ``"sweep"`` steps). Every sweep appends its entry to
 ``history`` (the fields are listed on :class:`~gpgeom.models.funbat.model.FunBaT`) and passes it to the
-``callback``; a non-finite fit raises ``FloatingPointError``. When the last sweep ended with a hyperparameter step,
+``callback``; a non-finite fit raises ``FloatingPointError``. A ``StopIteration`` from the ``callback`` ends the fit
+after that sweep (no further sweep, restart or ``"refit"`` loop) and keeps its state as the fit. When the last sweep
+ended with a hyperparameter step,
 every mode is smoothed again with the new values (its messages kept), the expected squared residuals are recomputed
 at the smoothed factors (nothing else is updated) and that entry's ``elbo`` is replaced by the ELBO of this state,
 the one returned, which ``fit_result_.elbo``, ``elbo()`` and the choice among restarts read (the entry of an earlier
@@ -63,6 +65,9 @@ __all__: list[str] = []
 class _Fitting:
     r"""The initial state, the restarts' snapshots and the sweep loop of :class:`~gpgeom.models.funbat.model.FunBaT`
     (module docstring)."""
+
+    #: Set when the ``callback`` raised ``StopIteration`` (reset by every fit).
+    _stopped = False
 
     _STATE = (
         "kernels _modes _core_mean _core_cov _core_lam _core_eta _tau_a _tau_b _tau_data _bias_mean _bias_var "
@@ -140,6 +145,8 @@ class _Fitting:
     def _run(self, max_sweeps: int, progress: bool | None, callback: Callable | None, final: bool) -> None:
         r"""Sweeps until the convergence test (only after a hyperparameter step when they are learned) or until
         ``max_sweeps`` sweeps in all have run."""
+        if self._stopped:  # the callback ended the fit: no further sweep
+            return
         K = len(self.ranks)
         start = len(self.history)
         bar = progress_bar(
@@ -182,11 +189,16 @@ class _Fitting:
             self.history.append(entry)
             bar.set_postfix(delta=f"{delta:.2e}", rmse=f"{entry['train_rmse']:.4f}")
             if callback is not None:
-                callback(self, entry)
+                try:
+                    callback(self, entry)
+                except StopIteration:  # the fit ends after this sweep and is kept (FunBaT.fit)
+                    self._stopped = True
             if not math.isfinite(entry["train_rmse"]):
                 raise FloatingPointError(
                     f"FunBaT diverged at sweep {sweep} (non-finite fit); try more damping or float64."
                 )
+            if self._stopped:
+                break
             hypers_done = not any(self._learn_modes) or (self._hyper_steps > 0 and self._hyper_settled)
             if sweep + 1 >= self.min_sweeps and delta < self.tol and hypers_done:
                 self.converged = True
@@ -200,7 +212,7 @@ class _Fitting:
             f_bar = self._refresh_residuals()
             self.history[-1]["elbo"] = self.elbo()
             self.history[-1]["train_rmse"] = self._train_rmse(f_bar)
-        if final and not self.converged and self.tol > 0:
+        if final and not self.converged and self.tol > 0 and not self._stopped:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"
                 " compare held-out error before raising max_sweeps (longer fits can predict worse).",

@@ -94,6 +94,7 @@ class FunBaTFitResult:
         restart_elbos: The ELBO of each initialisation after ``restart_sweeps`` (empty without restarts).
         seconds: Wall time of the fit.
         message: What stopped the sweeps.
+        stopped: Whether the ``callback`` ended the fit (``StopIteration``).
     """
 
     sweeps: int
@@ -103,6 +104,7 @@ class FunBaTFitResult:
     restart_elbos: list[float] = field(default_factory=list)
     seconds: float = 0.0
     message: str = ""
+    stopped: bool = False
 
 
 def _as_rank_tuple(rank: int | Sequence[int]) -> tuple[int, ...] | int:
@@ -419,7 +421,8 @@ class FunBaT(
             progress: Progress bar over sweeps (``None``: when a person is watching, :mod:`gpgeom._progress`).
             callback: Called after every sweep (the restarts' too) as ``callback(model, history_entry)``; setting
                 ``model.learn_hyperparameters = False`` there holds the hyperparameters from the next sweep on,
-                ``model.learn_noise = False`` the noise.
+                ``model.learn_noise = False`` the noise. Raising ``StopIteration`` there ends the fit after that sweep
+                and keeps it (``fit_result_.stopped``, its ``message`` says so; no further sweep or restart).
 
         Returns:
             ``self``, with :attr:`fit_result_`.
@@ -428,7 +431,8 @@ class FunBaT(
             TypeError, ValueError: Bad shapes, NaN coordinates, ranks that do not match ``K``, no observed entry.
 
         A fit that raises (bad input, a divergence, an exception or ``KeyboardInterrupt`` from the ``callback``)
-        leaves the model as it was before the call: unfitted, or the previous fit with its data and ``fit_result_``.
+        leaves the model as it was before the call: unfitted, or the previous fit with its data and ``fit_result_``;
+        to stop early and keep the fit, raise ``StopIteration`` from the callback.
         """
         with self._kept_on_error():  # every attribute fit rebinds (it never changes the previous objects in place)
             return self._fit(X, y, mask, progress, callback)
@@ -484,14 +488,16 @@ class FunBaT(
         self._set_labels(X, src)  # the labels query coordinates are matched to (inputs.py)
         self._set_data(self._normalise(X), (y - y_mean) / y_std)
         self._fitted = True
-        restarts = []
+        restarts, self._stopped = [], False
         for r in range(self.n_restarts + 1 if self.n_restarts else 1):
             self._initialise(self.seed + r, self.init_scale if r == 0 else max(self.init_scale, 0.5))
             if self.n_restarts:
                 self._run(min(self.restart_sweeps, self.max_sweeps), progress, callback, final=False)
-                restarts.append((self.history[-1]["elbo"], r, self._snapshot()))
-        self.restart_elbos = []
-        if self.n_restarts:
+                restarts.append((self.history[-1]["elbo"], r, None if self._stopped else self._snapshot()))
+            if self._stopped:  # StopIteration from the callback: this initialisation's state is the fit
+                break
+        self.restart_elbos = [x[0] for x in restarts] if self._stopped else []
+        if self.n_restarts and not self._stopped:
             best = max(restarts, key=lambda x: x[0] if math.isfinite(x[0]) else -math.inf)
             self._restore(best[2])
             self.restart_elbos = [x[0] for x in sorted(restarts, key=lambda x: x[1])]
@@ -532,10 +538,13 @@ class FunBaT(
         what = "the fitted values and of 1/dof" if self.history and self.history[-1]["dof"] else "the fitted values"
         done = f"relative change of {what} below tol={self.tol:g}"
         message = done if self.converged else f"max_sweeps={self.max_sweeps} reached"
+        if self._stopped:
+            message = f"stopped by the callback (StopIteration) after sweep {self.history[-1]['sweep']}"
         elbos = [h["elbo"] for h in self.history]
         self.fit_result_ = FunBaTFitResult(
             sweeps=len(self.history),
-            converged=self.converged,
+            converged=self.converged and not self._stopped,
+            stopped=self._stopped,
             elbo=self.elbo() if self.scale_fit != "joint" else elbos[-1] if elbos else math.nan,
             elbo_history=elbos,
             restart_elbos=list(self.restart_elbos),

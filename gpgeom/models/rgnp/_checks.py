@@ -20,7 +20,7 @@ import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from gpgeom.pde.box import check_in_box
 from gpgeom.pde.family import PDEFamily
 
 __all__ = [
+    "call_back",
     "check_field_data",
     "check_lift_output",
     "check_residual_output",
@@ -470,3 +471,15 @@ def warn_observed_counts(model: Any, counts: Any) -> None:
         UncalibratedWarning,
         stacklevel=user_stacklevel(),
     )
+
+
+def call_back(callback: Callable[[int, float], None] | None, step: int, loss: Tensor) -> None:
+    r"""``callback(step, loss)`` of :meth:`~gpgeom.models.rgnp.model.RGNP.fit` (``loss``: the step's loss, a scalar
+    tensor). A ``StopIteration`` from it is raised again carrying ``loss``, which tells the engine's Adam loop to end
+    the fit with this step's loss as its last one (:mod:`gpgeom.engine.optimizers`)."""
+    if callback is None:
+        return
+    try:
+        callback(step, float(loss.detach()))
+    except StopIteration:
+        raise StopIteration(loss) from None

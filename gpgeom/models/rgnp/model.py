@@ -32,6 +32,7 @@ from gpgeom.engine.variational import (
     gaussian_log_density,
 )
 from gpgeom.models.rgnp._checks import (
+    call_back,
     check_inverse_points,
     check_lift_output,
     check_network_options,
@@ -505,8 +506,10 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
                 networks' initial weights are drawn when the model is built: build it with ``RGNP(..., seed=...)``
                 for a fit that repeats whatever the global random state (built with ``seed=None``, from the global
                 random state, two models fitted with the same ``seed`` differ).
-            callback: ``callback(step, loss)`` at every step (e.g. to track test errors during training: it may call
-                :meth:`predict`, which sees the current networks).
+            callback: ``callback(step, loss)`` at every step, with the loss of the current networks before that
+                step's update (e.g. to track test errors during training: it may call :meth:`predict`, which sees
+                them). Raising ``StopIteration`` there ends the fit and keeps it: ``step`` steps, as ``fit(steps=
+                step)`` from the same start and seed (``fit_result_.stopped``).
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
         parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. A step on
@@ -522,7 +525,10 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
             the loss, the negative ELBO per field, of every step); the parameters with the lowest one-step loss are
-            kept (as ``fit`` does for Adam).
+            kept (as ``fit`` does for Adam). A fit that raises (a callback's exception, ``KeyboardInterrupt``, a NaN
+            residual) leaves the model as it was before the call: networks, calibration, ``fit_history``,
+            ``fit_result_``, ``trained_sizes_``; to stop early and keep the fit, raise ``StopIteration`` from the
+            callback.
 
         Raises:
             TypeError: For a residual or lift that cannot take its arguments (``(u, x, z, w)``, ``(x, w)``).
@@ -533,69 +539,70 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
                 ``u``; for ``n_points`` that is not :math:`k^D` with a fixed grid in 2-D or 3-D; at any step, when the
                 residual or the lift returns NaN or infinite values for finite inputs (the message gives the point).
         """
-        check_positive("steps", steps, integer=True)
-        if batch_size is not None:
-            check_positive("batch_size", batch_size, integer=True)
-        if n_points is not None:
-            n_points = grid_size_option("n_points", n_points, self.grid, self.dim)
-            if isinstance(n_points, tuple) and not self.inverse_net.count_feature:
+        with self._kept_on_error():  # a fit that raises leaves the model as it was (base module docstring)
+            check_positive("steps", steps, integer=True)
+            if batch_size is not None:
+                check_positive("batch_size", batch_size, integer=True)
+            if n_points is not None:
+                n_points = grid_size_option("n_points", n_points, self.grid, self.dim)
+                if isinstance(n_points, tuple) and not self.inverse_net.count_feature:
+                    warnings.warn(
+                        f"fit(n_points={n_points}) trains on grids of many sizes, but this model's inverse encoder "
+                        "is not told a set's size (built with one n_points and no gicnet count_feature), so "
+                        "predict_inverse's spread cannot follow the number of observed points; build RGNP(..., "
+                        "n_points=(lo, hi)) for that.",
+                        UserWarning,
+                        stacklevel=user_stacklevel(),
+                    )
+            prepared = prepare_data(self, data, noise_std, data_batch) if data is not None else None
+            if bool(self.discrepancy.calibrated):
                 warnings.warn(
-                    f"fit(n_points={n_points}) trains on grids of many sizes, but this model's inverse encoder is not "
-                    "told a set's size (built with one n_points and no gicnet count_feature), so predict_inverse's "
-                    "spread cannot follow the number of observed points; build RGNP(..., n_points=(lo, hi)) for that.",
+                    "RGNP.fit changes the networks that calibrate() measured: the calibration is dropped; call "
+                    "calibrate() again after training.",
                     UserWarning,
                     stacklevel=user_stacklevel(),
                 )
-        prepared = prepare_data(self, data, noise_std, data_batch) if data is not None else None
-        if bool(self.discrepancy.calibrated):
-            warnings.warn(
-                "RGNP.fit changes the networks that calibrate() measured: the calibration is dropped; call "
-                "calibrate() again after training.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
-            self.discrepancy.reset()
-            self.calibration_ = None
-        check_user_functions(self)
-        counter = [0]
-        step_data = [prepared]  # under torchrun: the data term weighted 1/W on every rank (set below)
+                self.discrepancy.reset()
+                self.calibration_ = None
+            check_user_functions(self)
+            counter = [0]
+            step_data = [prepared]  # under torchrun: the data term weighted 1/W on every rank (set below)
 
-        def objective() -> Tensor:
-            # Pyro/torch argument validation off while training: it re-checks supports every step (a device sync
-            # on GPU); the model checks its own inputs and outputs.
-            with pyro.validation_enabled(False):
-                value = dp.mean(self.loss(batch_size, n_points, step_data[0]))  # torchrun: the mean over the ranks
-            counter[0] += 1
-            self._fitted = True  # trained from here on: a callback may call predict()
-            if callback is not None:
-                callback(counter[0], float(value.detach()))
-            return value
+            def objective() -> Tensor:
+                # Pyro/torch argument validation off while training: it re-checks supports every step (a device sync
+                # on GPU); the model checks its own inputs and outputs.
+                with pyro.validation_enabled(False):
+                    value = dp.mean(self.loss(batch_size, n_points, step_data[0]))  # torchrun: the mean over the ranks
+                counter[0] += 1
+                self._fitted = True  # trained from here on: a callback may call predict()
+                call_back(callback, counter[0], value)  # StopIteration: the fit ends after this step's loss
+                return value
 
-        try:  # under torchrun: rank 0's parameters, each rank its own grids (seed + rank), gradients averaged
-            settings = {
-                "steps": steps, "batch_size": self.batch_size if batch_size is None else batch_size,
-                "n_points": self.n_points if n_points is None else n_points, "lr": lr, "lr_schedule": lr_schedule,
-                "lr_final_fraction": lr_final_fraction, "patience": patience, "data": prepared,
-                **{f"model.{k}": v for k, v in self.config.items()},  # the constructor's hyperparameters
-            }  # fmt: skip
-            with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
-                if prepared is not None and world_size() > 1:
-                    # each rank's loss is its B fields' mean physics term + (data log-likelihood) / B; the mean over
-                    # W ranks must carry (data log-likelihood) / (W B), as one process with W B fields per step
-                    step_data[0] = {**prepared, "weight": 1.0 / world_size()}
-                result = fit(
-                    objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
-                    lr_final_fraction=lr_final_fraction, epochs=steps, progress=dp.progress(progress), seed=dp.seed,
-                    patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
-                )  # fmt: skip
-        except NonFiniteOutputError as exc:  # the message says all: which function, where; not 20 Pyro frames
-            raise ValueError(f"{exc.original()} (at training step {counter[0] + 1})") from None
-        self.fit_history.extend(result.history[0])
-        self.fit_result_ = result
-        self._fitted = True
-        self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points if n_points is None else n_points)
-        self._counts_warned = False  # newly trained: predict_inverse warns again where it should
-        return self
+            try:  # under torchrun: rank 0's parameters, each rank its own grids (seed + rank), gradients averaged
+                settings = {
+                    "steps": steps, "batch_size": self.batch_size if batch_size is None else batch_size,
+                    "n_points": self.n_points if n_points is None else n_points, "lr": lr, "lr_schedule": lr_schedule,
+                    "lr_final_fraction": lr_final_fraction, "patience": patience, "data": prepared,
+                    **{f"model.{k}": v for k, v in self.config.items()},  # the constructor's hyperparameters
+                }  # fmt: skip
+                with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
+                    if prepared is not None and world_size() > 1:
+                        # each rank's loss is its B fields' mean physics term + (data log-likelihood) / B; the mean over
+                        # W ranks must carry (data log-likelihood) / (W B), as one process with W B fields per step
+                        step_data[0] = {**prepared, "weight": 1.0 / world_size()}
+                    result = fit(
+                        objective, module=self, optimizer="adam", lr=lr, lr_schedule=lr_schedule,
+                        lr_final_fraction=lr_final_fraction, epochs=steps, progress=dp.progress(progress), seed=dp.seed,
+                        patience=steps + 1 if patience is None else patience, rel_tol=0.0 if patience is None else 1e-4,
+                    )  # fmt: skip
+            except NonFiniteOutputError as exc:  # the message says all: which function, where; not 20 Pyro frames
+                raise ValueError(f"{exc.original()} (at training step {counter[0] + 1})") from None
+            self.fit_history.extend(result.history[0])
+            self.fit_result_ = result
+            self._fitted = True
+            self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points if n_points is None else n_points)
+            self._counts_warned = False  # newly trained: predict_inverse warns again where it should
+            return self
 
     def _inverse_loss(self, batch: int, n_points: int, noise_std: float = 0.0) -> Tensor:
         r""":math:`-\mathbb E \log q_\beta(z \mid u + \epsilon, w)` over :math:`z, w` from the priors, a random grid,

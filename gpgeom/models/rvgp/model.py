@@ -361,83 +361,87 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
 
         Returns:
             ``self``; the :class:`~gpgeom.engine.fitting.FitResult` is in ``fit_result_``.
+
+        A fit that raises (bad input, an exception of the loss, ``KeyboardInterrupt``) leaves the model as it was
+        before the call (:meth:`~gpgeom.ModelContract._kept_on_error`): parameters, data, scales and caches.
         """
-        check_option("method", method, ("exact", "variational"))
-        idx = _as_index("index", index, self.n)
-        if len(idx) == 0:
-            raise ValueError("`index` is empty: nothing to fit.")
-        y = self._vectors(vectors, idx)
-        scale = float(y.square().mean().sqrt())
-        if scale == 0:
-            warnings.warn(
-                "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
-                "with a standard deviation set by the priors in the units of `vectors`.",
-                UserWarning,
-                stacklevel=user_stacklevel(),
+        with self._kept_on_error():  # a fit that raises leaves the model as it was (gpgeom.base)
+            check_option("method", method, ("exact", "variational"))
+            idx = _as_index("index", index, self.n)
+            if len(idx) == 0:
+                raise ValueError("`index` is empty: nothing to fit.")
+            y = self._vectors(vectors, idx)
+            scale = float(y.square().mean().sqrt())
+            if scale == 0:
+                warnings.warn(
+                    "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
+                    "with a standard deviation set by the priors in the units of `vectors`.",
+                    UserWarning,
+                    stacklevel=user_stacklevel(),
+                )
+            self.y_scale = scale if scale > 0 else 1.0
+            ref = self.kernel.basis.eigenvectors
+            idx_t = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
+            ys = y / self.y_scale
+            for name in ("_blocks", "_output_subset", "_wp_cache"):
+                self.__dict__.pop(name, None)
+            for name in ("q_mean", "q_raw_scale"):
+                if name in self._parameters:
+                    self._parameters[name].requires_grad_(method == "variational")
+            # the ambient part: exact fits on at most AMBIENT_MAX_POINTS distinct points (rvgp.ambient)
+            self.ambient_active = bool(
+                self.ambient_kernel is not None and method == "exact" and len(np.unique(idx)) <= AMBIENT_MAX_POINTS
             )
-        self.y_scale = scale if scale > 0 else 1.0
-        ref = self.kernel.basis.eigenvectors
-        idx_t = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
-        ys = y / self.y_scale
-        for name in ("_blocks", "_output_subset", "_wp_cache"):
-            self.__dict__.pop(name, None)
-        for name in ("q_mean", "q_raw_scale"):
-            if name in self._parameters:
-                self._parameters[name].requires_grad_(method == "variational")
-        # the ambient part: exact fits on at most AMBIENT_MAX_POINTS distinct points (rvgp.ambient)
-        self.ambient_active = bool(
-            self.ambient_kernel is not None and method == "exact" and len(np.unique(idx)) <= AMBIENT_MAX_POINTS
-        )
-        if self.ambient_kernel is not None:
-            self.ambient_kernel.requires_grad_(self.ambient_active)
-        # the components across the frames: their own noise variance, closed-form maximum likelihood (module doc)
-        self.noise_estimate, self.normal_noise = None, None
-        D, d = self.output_dim, self.tangent_dim
-        if d < D:
-            e_perp = float(self._normal_energy(idx_t, ys).sum())
-            self.normal_noise = max(e_perp / (len(idx) * (D - d)), 1e-12)
-        if method == "exact":
-            self.mode = "exact"
-            self.data_index, self.data_y = idx_t, ys
-            self._n_train_obs = int(ys.numel())
-            result = fit(
-                self.exact_loss,
-                module=self,
-                optimizer="lbfgs",
-                restarts=restarts,
-                max_iter=max_iter,
-                seed=seed,
-                progress=progress,
-            )
-        else:
-            self.ensure_variational()
-            self.mode = "variational"
-            self._n_train_obs = int(ys.numel())
-            self.data_index, self.data_y = idx_t[:0], ys[:0]
-            # the fit reseeds the loader at every attempt from (seed, attempt) (Minibatches.reseed); the start of
-            # q(v) takes the points in order (its sums do not depend on a shuffle)
-            loader = Minibatches(idx_t, ys, batch_size)
-            self.init_variational(
-                (idx_t[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, len(idx_t), batch_size)
-            )
-            result = fit(
-                self.elbo_loss,
-                module=self,
-                optimizer="adam",
-                data_loader=loader,
-                epochs=epochs,
-                lr=lr,
-                patience=patience,
-                restarts=restarts,
-                seed=seed,
-                progress=progress,
-            )
-        self.noise_estimate = self._estimate_noise(idx, ys.detach().cpu().numpy().astype(np.float64))
-        self.fit_result_ = result
-        self.train_index_ = idx_t
-        self._fitted = True
-        self.eval()
-        return self
+            if self.ambient_kernel is not None:
+                self.ambient_kernel.requires_grad_(self.ambient_active)
+            # the components across the frames: their own noise variance, closed-form maximum likelihood (module doc)
+            self.noise_estimate, self.normal_noise = None, None
+            D, d = self.output_dim, self.tangent_dim
+            if d < D:
+                e_perp = float(self._normal_energy(idx_t, ys).sum())
+                self.normal_noise = max(e_perp / (len(idx) * (D - d)), 1e-12)
+            if method == "exact":
+                self.mode = "exact"
+                self.data_index, self.data_y = idx_t, ys
+                self._n_train_obs = int(ys.numel())
+                result = fit(
+                    self.exact_loss,
+                    module=self,
+                    optimizer="lbfgs",
+                    restarts=restarts,
+                    max_iter=max_iter,
+                    seed=seed,
+                    progress=progress,
+                )
+            else:
+                self.ensure_variational()
+                self.mode = "variational"
+                self._n_train_obs = int(ys.numel())
+                self.data_index, self.data_y = idx_t[:0], ys[:0]
+                # the fit reseeds the loader at every attempt from (seed, attempt) (Minibatches.reseed); the start of
+                # q(v) takes the points in order (its sums do not depend on a shuffle)
+                loader = Minibatches(idx_t, ys, batch_size)
+                self.init_variational(
+                    (idx_t[s : s + batch_size], ys[s : s + batch_size]) for s in range(0, len(idx_t), batch_size)
+                )
+                result = fit(
+                    self.elbo_loss,
+                    module=self,
+                    optimizer="adam",
+                    data_loader=loader,
+                    epochs=epochs,
+                    lr=lr,
+                    patience=patience,
+                    restarts=restarts,
+                    seed=seed,
+                    progress=progress,
+                )
+            self.noise_estimate = self._estimate_noise(idx, ys.detach().cpu().numpy().astype(np.float64))
+            self.fit_result_ = result
+            self.train_index_ = idx_t
+            self._fitted = True
+            self.eval()
+            return self
 
     def _estimate_noise(self, idx: np.ndarray, ys: np.ndarray) -> float | None:
         r"""The observation-noise variance of the training data (scaled units) by :func:`local_noise_variance`,
