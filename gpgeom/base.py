@@ -122,12 +122,13 @@ class ModelContract:
         for a ``torch.nn.Module``, every submodule's attributes, its parameter, buffer and submodule registries, and
         the values of its parameters and buffers (a copy taken on entry, written back in place; also their
         ``requires_grad`` and ``.grad``), which an optimiser changes in place. Not restored: tensors that are plain
-        attributes changed in place (a ``fit`` rebinds those)."""
+        attributes changed in place (a ``fit`` rebinds those), and buffers of more than ``_LARGE_BUFFER`` (65,536)
+        elements changed in place (not copied, to spare a large model's memory; such a change is noted on the error)."""
         saved = _snapshot(self)
         try:
             yield
-        except BaseException:
-            _restore(saved)
+        except BaseException as error:
+            _restore(saved, error)
             raise
 
     # ------------------------------------------------------------------------------------------------------------
@@ -254,9 +255,16 @@ class ModelContract:
         )
 
 
+#: Buffers of more elements than this are not copied by :meth:`ModelContract._kept_on_error` (an RVGP's eigenvectors,
+#: ``n x D x k``, can take gigabytes; no ``fit`` changes them in place): their version counter is kept instead, so that
+#: a change in place that cannot be undone is said on the exception.
+_LARGE_BUFFER = 2**16
+
+
 def _snapshot(model: ModelContract) -> list[tuple[Any, ...]]:
     r"""What :func:`_restore` needs to put ``model`` back: per object (the model and, for a module, its submodules)
-    its ``__dict__`` and the contents of the containers in it; per parameter and buffer a copy of its values."""
+    its ``__dict__`` and the contents of the containers in it; per parameter and small buffer a copy of its values,
+    per large buffer (more than ``_LARGE_BUFFER`` elements) its version counter and :func:`_fingerprint`."""
     objects = list(model.modules()) if isinstance(model, torch.nn.Module) else [model]
     saved: list[tuple[Any, ...]] = []
     for obj in objects:
@@ -267,15 +275,28 @@ def _snapshot(model: ModelContract) -> list[tuple[Any, ...]]:
         saved.append(("object", obj, attrs, contents))
     if isinstance(model, torch.nn.Module):
         seen: set[int] = set()
-        for t in [*model.parameters(), *model.buffers()]:
-            if id(t) not in seen:
-                seen.add(id(t))
+        tensors = [(None, p) for p in model.parameters()] + list(model.named_buffers())
+        for name, t in tensors:
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            if name is not None and t.numel() > _LARGE_BUFFER:
+                saved.append(("large", t, name, t._version, _fingerprint(t)))
+            else:
                 saved.append(("tensor", t, t.detach().clone(), t.requires_grad, t.grad))
     return saved
 
 
-def _restore(saved: list[tuple[Any, ...]]) -> None:
-    r"""Put back what :func:`_snapshot` saved."""
+def _fingerprint(t: Tensor) -> Tensor:
+    r"""Two float64 numbers that change when ``t``'s values do (its sum and 2-norm, no copy of ``t``): a large buffer
+    written in place with the same values (a ``load_state_dict``) bumps its version counter, not these."""
+    t = t.detach()
+    return torch.stack([torch.sum(t, dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64)])
+
+
+def _restore(saved: list[tuple[Any, ...]], error: BaseException) -> None:
+    r"""Put back what :func:`_snapshot` saved; a large buffer changed in place (not copied) is named in a note on
+    ``error``."""
     with torch.no_grad():
         for entry in saved:
             if entry[0] == "object":
@@ -288,6 +309,13 @@ def _restore(saved: list[tuple[Any, ...]]) -> None:
                         container.extend(items)
                     else:
                         container.update(items)
+            elif entry[0] == "large":
+                _, t, name, version, fingerprint = entry
+                if t._version != version and not torch.equal(_fingerprint(t), fingerprint):
+                    error.add_note(
+                        f"gpgeom: the buffer {name!r} ({t.numel()} elements) was changed in place before the error "
+                        "and is not restored (large buffers are not copied); rebuild the model."
+                    )
             else:
                 _, t, values, requires_grad, grad = entry
                 if t.shape == values.shape and t.dtype == values.dtype and t.device == values.device:

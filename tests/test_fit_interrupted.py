@@ -292,3 +292,41 @@ def test_trajectory_unfitted_stays_unfitted(error):
     torch.testing.assert_close(traj.knots, knots, rtol=0, atol=0)
     with pytest.raises(NotFittedError):
         traj.predict(torch.tensor([0.5], dtype=D))
+
+
+def test_large_buffers_are_not_copied_and_a_change_in_place_is_noted(monkeypatch):
+    r"""Buffers above ``gpgeom.base._LARGE_BUFFER`` elements are not copied (an RVGP's eigenvectors can take
+    gigabytes): the parameters still come back bit-equal; a large buffer changed in place before the error is named
+    in a note on the error, and one left alone gives no note."""
+    import gpgeom.base as base
+
+    monkeypatch.setattr(base, "_LARGE_BUFFER", 0)  # every buffer is "large"
+    make, predict, _ = MODULE_MODELS["RVGP"]
+    model, fit = make()
+    fit(model)
+    before, pred = _tensors(model), predict(model)
+    _raise_at(monkeypatch, 2, RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom") as info:
+        fit(model)
+    assert not any("was changed in place" in n for n in getattr(info.value, "__notes__", [])), [
+        n[-300:] for n in info.value.__notes__
+    ]
+    _assert_same_tensors(_tensors(model), before)
+    _assert_same(predict(model), pred)
+
+    name, buf = next(iter(model.named_buffers()))
+    real = optimizers._backward
+    calls: list[int] = []
+
+    def backward(loss):  # changes a buffer in place, then fails
+        calls.append(1)
+        if len(calls) == 2:
+            buf.add_(1.0)
+            raise RuntimeError("boom")
+        real(loss)
+
+    monkeypatch.setattr(optimizers, "_backward", backward)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        fit(model)
+    notes = [n for n in getattr(info.value, "__notes__", []) if "was changed in place" in n]
+    assert len(notes) == 1 and repr(name) in notes[0]
