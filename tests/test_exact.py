@@ -685,3 +685,26 @@ def test_botorch_standardisation_warning_only_where_the_transform_did_not_explai
         warnings.simplefilter("always")
         ExactGPModel(X, 100 + X[:, :1], outcome_transform=None)
     assert any("is not standardized" in str(w.message) for w in caught)
+
+
+def test_training_tensors_that_require_grad_are_taken_as_data():
+    r"""A multi-output model built from a ``train_X`` that requires grad (a graph back to the caller's tensor) used
+    to keep non-leaf training inputs, and ``condition_on_observations`` raised "Only Tensors created explicitly by
+    the user (graph leaves) support the deepcopy protocol"; now the data are detached: the model conditions, and
+    its posteriors equal those of the model built from detached tensors, bit for bit; the caller's tensor is left
+    as it was."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(15, 2, generator=g, dtype=torch.float64)
+    Y = torch.cat([X.sum(-1, keepdim=True).sin(), X[:, :1].cos()], -1)
+    Xg = X.clone().requires_grad_(True)
+    Xn, Yn = torch.rand(2, 2, generator=g, dtype=torch.float64), torch.rand(2, 2, generator=g, dtype=torch.float64)
+    Xq = torch.rand(4, 2, generator=g, dtype=torch.float64)
+    moments = []
+    for train_X in (Xg, X):
+        model = ExactGPModel(train_X, Y).fit(progress=False, seed=0)
+        assert not model.train_inputs[0].requires_grad
+        post = model.condition_on_observations(Xn, Yn).posterior(Xq)
+        moments.append((post.mean.detach(), post.variance.detach()))
+    for a, b in zip(*moments, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert Xg.requires_grad and Xg.is_leaf and Xg.grad is None

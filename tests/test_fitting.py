@@ -513,3 +513,36 @@ def test_an_attempts_minibatch_order_does_not_depend_on_the_other_attempts(kind)
         assert torch.equal(order, truth)
         first += 5 * len(hist)
     assert first == len(seen)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# plain GPyTorch models (no BoTorch input transforms)
+
+
+class _PlainExactGP(gpytorch.models.ExactGP):
+    def __init__(self, x, y, likelihood):
+        super().__init__(x, y, likelihood)
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = ScaleKernel(RBFKernel())
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+def test_a_plain_gpytorch_exact_gp_is_fitted_to_a_stationary_point():
+    r"""``fit`` accepts any GPyTorch MLL: a plain ``gpytorch.models.ExactGP`` (no ``transform_inputs``; before,
+    BoTorch's loss closure raised AttributeError) is fitted to a point where the gradient of the independently
+    evaluated loss vanishes, and the reported loss is that loss."""
+    x = torch.linspace(0, 1, 20, dtype=DT)[:, None]
+    y = torch.sin(6 * x[:, 0]) + 0.1 * torch.cos(23 * x[:, 0])
+    likelihood = GaussianLikelihood().double()
+    model = _PlainExactGP(x, y, likelihood).double()
+    mll = ExactMarginalLogLikelihood(likelihood, model)
+    start = neg_mll(mll)
+    result = fit(mll, progress=False, seed=0)
+    assert result.converged and result.loss < start - 1.0
+    assert result.loss == pytest.approx(neg_mll(mll), rel=1e-12, abs=1e-12)
+    model.train()
+    loss = -mll(model(x), y, x)
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    assert max(float(g.abs().max()) for g in grads) < 1e-3

@@ -97,7 +97,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         r"""Build the model (hyperparameters at their initial values; call :meth:`fit`).
 
         Args:
-            train_X: A ``batch_shape x n x d`` tensor of training inputs.
+            train_X: A ``batch_shape x n x d`` tensor of training inputs. The training tensors are taken detached
+                from any autograd graph (``fit`` differentiates with respect to the hyperparameters only).
             train_Y: A ``batch_shape x n x m`` tensor of training outputs (explicit ``m``, even for one output).
             train_Yvar: Optional ``batch_shape x n x m`` tensor of known non-negative noise variances (in the
                 original units); the likelihood is then a ``FixedNoiseGaussianLikelihood``.
@@ -165,6 +166,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             if bool((train_Yvar < 0).any()):
                 raise ValueError(f"`train_Yvar` must be >= 0 (noise variances), got min {float(train_Yvar.min()):.3g}.")
             train_Yvar = train_Yvar.to(train_X.dtype)
+        # the data are data: a graph back to the caller's tensors made the multi-output model's inputs non-leaves,
+        # which GPyTorch's deepcopy in condition_on_observations and fantasize refuses
+        train_X, train_Y = train_X.detach(), train_Y.detach()
+        train_Yvar = None if train_Yvar is None else train_Yvar.detach()
         if not isinstance(shared_hyperparameters, bool):
             raise TypeError(f"`shared_hyperparameters` must be a bool, got {type(shared_hyperparameters).__name__}.")
         check_positive("max_cholesky_size", max_cholesky_size, integer=True)

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from botorch.optim.closures import get_loss_closure
 from botorch.optim.utils import get_parameters_and_bounds, sample_all_priors
-from gpytorch.mlls import MarginalLogLikelihood
+from gpytorch.mlls import ExactMarginalLogLikelihood, MarginalLogLikelihood
 from linear_operator.utils.errors import NanError
 from linear_operator.utils.errors import NotPSDError as _LONotPSDError
 from torch import Tensor, nn
@@ -267,10 +267,20 @@ class FitJob:
                 )
             return loss
 
+        def mll_loss() -> Tensor:
+            # BoTorch's closure applies a BoTorch model's input transforms; a plain GPyTorch model has none (and no
+            # ``transform_inputs``), so its MLL is evaluated directly on its training data
+            if hasattr(model, "transform_inputs"):
+                return get_loss_closure(objective)()
+            inputs, targets = model.train_inputs, model.train_targets  # present: fit() checks that without a loader
+            if isinstance(objective, ExactMarginalLogLikelihood):  # the likelihood gets the inputs (e.g. FixedNoise)
+                return -objective(model(*inputs), targets, *inputs)
+            return -objective(model(*inputs), targets)
+
         def full_loss(batch_indices: Any = None) -> Tensor:
             # unsummed: an MLL of a batched model gives one loss per batch member (used by batched L-BFGS-B)
             if is_mll:
-                return get_loss_closure(objective)()
+                return mll_loss()
             return checked(objective() if batch_indices is None else objective(batch_indices=batch_indices))
 
         # a callable that can evaluate a subset of its batch members (see gpgeom.engine.exact_mll) keeps that ability
