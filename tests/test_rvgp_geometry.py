@@ -93,8 +93,8 @@ def test_budgeted_predict_equals_predict_and_bad_inputs(small_fit):
     b = gp.predict(None, return_std=True, max_memory=gp._bytes_per_point(new=False) * 16)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-8 * float(a[0].abs().max()))
-    with pytest.raises(ValueError, match=r"`points` must hold at least one point"):
-        gp.predict_at(np.zeros((0, 3)))
+    empty = gp.predict_at(np.zeros((0, 3)), return_std=True)  # as predict([]): empty results, not an error
+    assert [tuple(t.shape) for t in empty] == [(0, 3), (0, 3)] and empty[0].dtype == a[0].dtype
     with pytest.raises(ValueError, match=r"`points` must have shape \(m, 3\), got \(4, 2\)"):
         gp.predict_at(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="chunk_size"):

@@ -61,7 +61,7 @@ from gpgeom.botorch.defaults import (
     default_outcome_transform,
 )
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
-from gpgeom.botorch.outputs import gaussian_posterior, select_outputs
+from gpgeom.botorch.outputs import gaussian_posterior, refuse_empty_batch, select_outputs
 from gpgeom.engine.chunking import FactorCache, chunk_size_for, chunk_slices, memory_budget, resolve_max_memory
 from gpgeom.engine.exact_mll import exact_mll_loss
 from gpgeom.engine.fitting import FitResult, fit
@@ -561,6 +561,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             of selected outputs), in the original output units.
         """
         check_tensor("X", X, floating=True)
+        refuse_empty_batch(X, self._num_outputs)  # even for one of them: they come from the joint of all
         if output_indices is not None and self._num_outputs > 1:
             output_indices = list(output_indices)
             if not output_indices or any(not 0 <= i < self._num_outputs for i in output_indices):

@@ -56,6 +56,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from gpgeom._validation import check_positive, check_tensor
+from gpgeom.botorch.outputs import refuse_empty_batch
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
 
 __all__ = ["DEFAULT_CHUNK", "GaussianSurrogate", "shallow_view"]
@@ -255,6 +256,7 @@ class GaussianSurrogate(Model, FantasizeMixin):
                     f"got {output_indices}."
                 )
             outputs = [outputs[i] for i in output_indices]
+        refuse_empty_batch(X, len(outputs))
         if isinstance(observation_noise, Tensor) and (
             observation_noise.dim() < 2 or observation_noise.shape[-1] not in (1, self.num_outputs)
         ):
@@ -458,4 +460,5 @@ def _independent_normal(mean: Tensor, var: Tensor) -> MultivariateNormal:
     r"""The Gaussian with independent marginals of means ``mean`` and variances ``var`` (``batch x q x m``)."""
     if mean.shape[-1] == 1:
         return MultivariateNormal(mean[..., 0], DiagLinearOperator(var[..., 0]))
-    return MultitaskMultivariateNormal(mean, DiagLinearOperator(var.reshape(*var.shape[:-2], -1)), interleaved=True)
+    flat = var.reshape(*var.shape[:-2], var.shape[-2] * var.shape[-1])  # named, not -1 (ambiguous in empty batches)
+    return MultitaskMultivariateNormal(mean, DiagLinearOperator(flat), interleaved=True)

@@ -82,7 +82,8 @@ class _AmbientAlgebra:
         same = (key.unsqueeze(-1) == idx.unsqueeze(-2)) & (key >= 0).unsqueeze(-1)
         point = self._ambient_gram(x.double(), self.ambient_points[idx]) + self._noise_split()[0] * same
         K = point[..., :, None, :, None] * torch.einsum("...qDE,...nEd->...qDnd", P.double(), T)
-        return K.reshape(*K.shape[:-4], K.shape[-4] * K.shape[-3], -1) + self._rows_at(X).double() @ C.mT
+        rows, cols = K.shape[-4] * K.shape[-3], K.shape[-2] * K.shape[-1]  # named: -1 is ambiguous in 0-size batches
+        return K.reshape(*K.shape[:-4], rows, cols) + self._rows_at(X).double() @ C.mT
 
     def _dense_moments(self, X1: Tensor, X2: Tensor | None) -> tuple[Tensor, Tensor]:
         r"""Posterior mean ``(*b, q1, D)`` at ``X1`` and covariance ``(*b, q1 D, q2 D)`` with ``X2`` (``X2=None``:
@@ -101,7 +102,7 @@ class _AmbientAlgebra:
         R1 = self._rows_at(X1).double()
         if X2 is None:  # per point D x D blocks, projected, then their diagonals
             Vb = V1.reshape(*V1.shape[:-1], q1, D)
-            R1b = R1.reshape(*R1.shape[:-2], q1, D, -1)
+            R1b = R1.reshape(*R1.shape[:-2], q1, D, R1.shape[-1])
             amb = (self._ambient_gram(x1.double()) + coef1)[..., None, None] * P1d
             B = R1b @ R1b.mT + amb - torch.einsum("...nia,...nib->...iab", Vb, Vb)
             var = torch.diagonal(P1d @ B @ P1d, dim1=-2, dim2=-1).to(dt)

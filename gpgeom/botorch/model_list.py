@@ -29,7 +29,7 @@ from botorch.sampling.base import MCSampler
 from torch import Tensor
 
 from gpgeom.botorch.check import joint_moments
-from gpgeom.botorch.outputs import gaussian_posterior, output_rows, select_outputs
+from gpgeom.botorch.outputs import gaussian_posterior, output_rows, refuse_empty_batch, select_outputs
 from gpgeom.engine.chunking import chunk_slices, resolve_max_memory
 
 __all__ = ["SurrogateList"]
@@ -134,6 +134,7 @@ class SurrogateList(ModelListGP):
         wanted = list(range(m)) if output_indices is None else list(output_indices)
         if not wanted or any(not 0 <= i < m for i in wanted):
             raise ValueError(f"`output_indices` must be a non-empty list of indices in range({m}), got {wanted}.")
+        refuse_empty_batch(X, len(wanted))
         if isinstance(observation_noise, Tensor) and observation_noise.shape[-1] not in (1, m):
             raise ValueError(
                 f"`observation_noise` must be a `batch x q x {m}` tensor of noise variances (one column per output "

@@ -20,7 +20,20 @@ from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNorm
 from linear_operator import to_linear_operator
 from torch import Tensor
 
-__all__ = ["gaussian_posterior", "output_rows", "select_outputs"]
+__all__ = ["gaussian_posterior", "output_rows", "refuse_empty_batch", "select_outputs"]
+
+
+def refuse_empty_batch(X: Tensor, m: int) -> None:
+    r"""ValueError naming ``X`` when a posterior of ``m > 1`` outputs is asked at a ``batch x q x d`` input whose
+    batch shape holds a 0: GPyTorch's ``MultitaskMultivariateNormal`` cannot be built with an empty batch (its
+    ``reshape(..., -1)`` of 0 elements is ambiguous: BoTorch's ``SingleTaskGP`` fails there with a RuntimeError too).
+    An empty ``q`` (``batch x 0 x d``) and one output are fine."""
+    if m > 1 and X.dim() > 2 and 0 in X.shape[:-2]:
+        raise ValueError(
+            f"`X` has an empty batch dimension (shape {tuple(X.shape)}): a posterior of {m} outputs cannot hold a "
+            "batch of size 0 (GPyTorch's multi-task Gaussian cannot be built with one); skip the call, or pass an "
+            "empty q instead (`batch x 0 x d`)."
+        )
 
 
 def output_rows(q: int, m: int, outputs: Sequence[int], device: torch.device | None = None) -> Tensor:

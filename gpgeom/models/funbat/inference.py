@@ -71,8 +71,8 @@ class _Mode:
 def kron_vecs(vs: Sequence[Tensor]) -> Tensor:
     r"""Row-wise Kronecker product of ``n x R_j`` tensors -> ``n x prod R_j`` (row-major, like ``torch.kron``)."""
     z = vs[0]
-    for v in vs[1:]:
-        z = (z[..., :, None] * v[..., None, :]).reshape(*z.shape[:-1], -1)
+    for v in vs[1:]:  # the width named, not -1: a reshape cannot infer it when a batch dimension is 0
+        z = (z[..., :, None] * v[..., None, :]).reshape(*z.shape[:-1], z.shape[-1] * v.shape[-1])
     return z
 
 

@@ -573,7 +573,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             return_std, observation_noise, return_cov, chunk_size, max_memory: As in :meth:`predict`.
 
         Returns:
-            As :meth:`predict`; the vectors are tangent to the new points' PCA frames.
+            As :meth:`predict`; the vectors are tangent to the new points' PCA frames. No point (``(0, D)``): the
+            empty results of :meth:`predict` on ``[]`` (``(0, D)``, ``(0, D, D)``).
 
         Warns:
             OutOfReachWarning: For points farther than :attr:`reach` from the cloud.
@@ -581,8 +582,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         self._check_fitted()
         check_positive("chunk_size", chunk_size, integer=True)
         P = self._new_points(points)
-        if len(P) == 0:
-            raise ValueError("`points` must hold at least one point, got shape (0, D).")
+        if len(P) == 0:  # no point: as predict([]), the empty results of the model's dtype and device
+            return self.predict([], return_std, observation_noise, return_cov=return_cov)
         self._warn_out_of_reach(P)
         step = min(chunk_size, chunk_size_for(self._bytes_per_point(new=True), max_memory, total=len(P)))
         parts = []
