@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from gpgeom._progress import resolve_progress
+
 
 @dataclass
 class Section:
@@ -95,6 +97,7 @@ def run_demo(
     Raises:
         ValueError: An unknown section name, an empty ``only``, a ``seed`` that is not an int >= 0, or an
             ``out_dir`` that exists and is not a folder (all before anything is created).
+        TypeError: A ``progress`` that is not True, False or None (before anything is created).
         OSError: When the output folder or the report cannot be written (before any section runs).
         DemoFailed: After the report is written, when some sections failed (a ``RuntimeError``).
     """
@@ -108,6 +111,7 @@ def run_demo(
         raise ValueError(f"`only` names no section; expected some of {list(SECTIONS)} (or None for all).")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # numpy's generators need seeds >= 0
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+    resolve_progress(progress)  # a bad value is refused here, not by every section in turn
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"`out_dir` {str(out)!r} exists and is not a folder.")

@@ -34,7 +34,7 @@ def _signal(t: torch.Tensor) -> torch.Tensor:
     return torch.sin(t) + 0.5 * torch.sin(3.1 * t + 1.0) + 0.2 * torch.cos(7.3 * t)
 
 
-def kalman_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
+def kalman_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None) -> Section:
     r"""Fit a Matern 3/2 GP to a long irregular time series by the Kalman filter; check it against a dense GP."""
     import matplotlib.pyplot as plt
 
@@ -118,7 +118,7 @@ def _branin(X: torch.Tensor) -> torch.Tensor:
     return -((x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * torch.cos(x1) + 10)
 
 
-def exact_gp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
+def exact_gp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None) -> Section:
     r"""Bayesian optimisation of the Branin function with ExactGPModel as the BoTorch surrogate (qLogNEI)."""
     import matplotlib.pyplot as plt
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement

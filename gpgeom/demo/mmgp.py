@@ -14,7 +14,7 @@ def _q2(y: np.ndarray, yp: np.ndarray) -> float:
     return float(1.0 - ((y - yp) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
-def mmgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
+def mmgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None) -> Section:
     r"""MMGP (Casenave et al., NeurIPS 2023) on NotchedPlate2d: Floater morphing, POD, GP; Q2 on held-out plates.
 
     Quick: 40 train / 10 test coarse plates (about 300 nodes), one fit attempt (< 60 s). Full: 100 / 25 plates

@@ -16,7 +16,7 @@ from gpgeom.models.rgnp import RGNP, nse
 from gpgeom.pde import NonlinearPoisson1D
 
 
-def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
+def rgnp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None) -> Section:
     r"""Train an RGNP on :math:`-(k(u,x)u')' = w` from the PDE alone (no solution data), calibrate its predictive
     distribution on reference fields (:meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`), then compare its forward
     prediction with the reference solver on other fields and estimate :math:`z` from fields sampled on random

@@ -14,7 +14,7 @@ from gpgeom.metrics import angular_errors, coverage, ood_std_ratio, relative_l2
 from gpgeom.models.rvgp import RVGP, OutOfReachWarning
 
 
-def rvgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
+def rvgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None) -> Section:
     r"""Fit RVGP to a sparsely observed "mixed" field on a sphere cloud (a patch around the north pole removed);
     report accuracy, coverage and tangency on the unobserved points and plot truth, prediction and uncertainty."""
     import matplotlib.pyplot as plt

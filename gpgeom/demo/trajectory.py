@@ -11,7 +11,7 @@ import torch
 from gpgeom.demo import Section, save_figure
 
 
-def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> Section:
+def trajectory_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None) -> Section:
     r"""Fit an :class:`~gpgeom.models.trajectory.SO3xR3Trajectory` (WNOJ prior, closed-form kinematics) to simulated
     UWB ranges of the analytic fast trajectory; plot the path, the position error and its 3-sigma band.
 

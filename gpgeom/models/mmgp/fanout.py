@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from gpgeom._progress import progress_bar
 from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.engine.parallel import map_items
 from gpgeom.geometry.mesh import Mesh
@@ -47,12 +48,20 @@ def transport_training(
     fields: Sequence[np.ndarray],
     executor: Executor | None,
     moments: bool = True,
+    progress: bool | None = False,
 ) -> list[tuple[Any, ...]]:
     r"""``(P_i x_i (N_c, d), P_i U_i (N_c, m), t_morph, t_transfer, num (N_c, m), den (N_c,))`` of every mesh, in
     order (``d`` the space dimension of the meshes; ``num``, ``den`` the round-trip moments of
-    :func:`~gpgeom.models.mmgp.roundtrip.roundtrip_moments` with ``moments``, ``None`` without)."""
+    :func:`~gpgeom.models.mmgp.roundtrip.roundtrip_moments` with ``moments``, ``None`` without); ``progress``: a
+    bar over the meshes, cleared when done (the GP fits' bars follow)."""
     items = [(i, m, u, moments) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
-    return map_items(executor, _training_item, items, transfer)
+    return _mapped(executor, _training_item, items, transfer, progress, leave=False)
+
+
+def _mapped(executor: Executor | None, fn: Any, items: list, transfer: Any, progress: bool | None, leave: bool) -> list:
+    r"""``map_items`` with a bar over the meshes (``progress``; ``leave``: it stays on screen when done)."""
+    with progress_bar(total=len(items), desc="MMGP morph+transfer", unit="mesh", leave=leave, progress=progress) as bar:
+        return map_items(executor, fn, items, transfer, on_chunk=bar.update)
 
 
 def _new_item(transfer: CommonMeshTransfer, item: tuple[int, Mesh, bool, bool]) -> tuple[Any, ...]:
@@ -69,12 +78,14 @@ def transport_new(
     executor: Executor | None,
     inverse: bool = False,
     spreads: bool = False,
+    progress: bool | None = False,
 ) -> list[tuple[np.ndarray, sp.csr_matrix | None, np.ndarray, np.ndarray, np.ndarray | None]]:
     r"""``(P_i x_i flattened (d N_c,), Q_i or None, t_morph, t_transfer, w or None)`` of every new mesh, in order
     (``Q_i`` with ``inverse``, for the decode; the interpolation spreads ``w`` ``(N_i,)`` of its nodes with
-    ``spreads``, for the transfer variance: :func:`~gpgeom.models.mmgp.roundtrip.interpolation_spread`)."""
+    ``spreads``, for the transfer variance: :func:`~gpgeom.models.mmgp.roundtrip.interpolation_spread`); ``progress``:
+    a bar over the meshes."""
     items = [(i, m, inverse, spreads) for i, m in enumerate(meshes)]
-    return map_items(executor, _new_item, items, transfer)
+    return _mapped(executor, _new_item, items, transfer, progress, leave=True)
 
 
 def _fit_item(options: dict[str, Any], gp: ExactGPModel) -> ExactGPModel:

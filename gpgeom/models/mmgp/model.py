@@ -400,7 +400,7 @@ class MMGP(ModelContract):
         F = np.empty((n, Nc, n_fields))
         num, den = np.zeros((Nc, n_fields)), np.zeros(Nc)  # the round-trip moments (roundtrip_moments)
         for i, (x, f, t_morph, t_transfer, nu, de) in enumerate(
-            transport_training(self._transfer, meshes, U, executor)
+            transport_training(self._transfer, meshes, U, executor, progress=progress)
         ):
             timings["morph"] += t_morph
             timings["transfer"] += t_transfer
@@ -681,6 +681,7 @@ class MMGP(ModelContract):
         n_samples: int = 0,
         observation_noise: bool = True,
         executor: Executor | None = None,
+        progress: bool | None = None,
     ) -> MMGPPrediction:
         r"""Predict the fields on the original nodes of new meshes, and the output scalars.
 
@@ -699,6 +700,8 @@ class MMGP(ModelContract):
             executor: A ``concurrent.futures.Executor`` for the morphing and transfers of the meshes (in chunks,
                 the common mesh shipped once per worker; :meth:`fit`); the GP and the decode run here. The same
                 prediction as the serial run (``None``); the ``morph`` / ``transfer`` timings sum the workers'.
+            progress: A bar over the meshes' morphing and transfers (``None``: when a person is watching,
+                :mod:`gpgeom._progress`).
 
         Returns:
             An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device, with the
@@ -707,6 +710,7 @@ class MMGP(ModelContract):
         """
         self._check_fitted()
         check_executor(executor)
+        progress = resolve_progress(progress)
         check_positive("n_samples", n_samples, integer=True, allow_zero=True)
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
@@ -717,7 +721,7 @@ class MMGP(ModelContract):
         transfer = want_std and self.transfer_variance and all(f.transfer_spread is not None for f in self._fields)
         Qs, X, spreads = [], [], []
         for x, inv_proj, t_morph, t_transfer, w in transport_new(
-            self._transfer, meshes, executor, inverse=True, spreads=transfer
+            self._transfer, meshes, executor, inverse=True, spreads=transfer, progress=progress
         ):
             tm["morph"] += t_morph
             tm["transfer"] += t_transfer
@@ -798,17 +802,20 @@ class MMGP(ModelContract):
         score = self._residual.score(self._geometry.residual(Xa).reshape(len(Xa), -1, self.common_mesh_.dim))
         return self._latent_geometry(list(xi)), torch.as_tensor(score, dtype=self.dtype, device=self.device)
 
-    def ood_score(self, meshes: Sequence[object], *, executor: Executor | None = None) -> Tensor:
+    def ood_score(
+        self, meshes: Sequence[object], *, executor: Executor | None = None, progress: bool | None = None
+    ) -> Tensor:
         r"""The out-of-distribution score of every mesh, ``(n,)``: the boundary energy of its geometry POD residual
         relative to the mean out-of-sample value of the training shapes, :math:`g = \rho / \bar\rho`
         (:mod:`~gpgeom.models.mmgp.unexplained`). About 1 for shapes of the training family (compare with
         :attr:`train_ood_score_`); well above it for shapes the geometry modes cannot represent. Also returned by
-        :meth:`predict` (``ood_score``); ``executor`` as in :meth:`predict`."""
+        :meth:`predict` (``ood_score``); ``executor`` and ``progress`` as in :meth:`predict`."""
         self._check_fitted()
         check_executor(executor)
+        progress = resolve_progress(progress)
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
-        X = [x for x, *_ in transport_new(self._transfer, meshes, executor)]
+        X = [x for x, *_ in transport_new(self._transfer, meshes, executor, progress=progress)]
         return self._encode_transported(X)[1]
 
     # ------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
+from gpgeom._progress import resolve_progress
 from gpgeom._validation import check_positive
 from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract, format_value
@@ -665,6 +666,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
                 outside the domain or the supports of the parameters.
         """
         self._check_fitted()
+        resolve_progress(progress)  # a bad value is refused before the reference solves, with or without steps
         check_positive("n_fields", n_fields, integer=True)
         check_positive("inverse_steps", inverse_steps, integer=True, allow_zero=True)
         check_positive("inverse_batch", inverse_batch, integer=True)

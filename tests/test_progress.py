@@ -1,0 +1,332 @@
+r"""gpgeom's one progress rule (:mod:`gpgeom._progress`) at every long entry point, at small sizes.
+
+``progress=False`` writes nothing to stdout/stderr; ``True`` writes a tqdm bar (its ``n/total`` counter); ``None``
+under pytest (standard error is not a terminal) writes nothing; a non-bool is a ``TypeError`` naming ``progress``
+before any work. Nested operations (restarts inside a fit, a fit inside a calibrate, the GPs of an MMGP, the
+morphing of its meshes) leave at most one bar on screen with ``True`` (inner bars use ``leave=False``), and none with
+``False``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from gpgeom._progress import progress_bar, resolve_progress
+
+DT = torch.float64
+BAR = re.compile(r"\d+/\d+ \[")  # tqdm's "n/total [elapsed<remaining, rate]"
+
+
+@pytest.fixture(autouse=True)
+def _no_override(monkeypatch):
+    monkeypatch.delenv("GPGEOM_PROGRESS", raising=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the entry points, each at a size that runs in about a second
+# ---------------------------------------------------------------------------------------------------------------------
+def _exact_gp(progress):
+    from gpgeom.botorch.exact_gp import ExactGPModel
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(12, 1, generator=g, dtype=DT)
+    Y = torch.sin(6 * X) + 0.1 * torch.randn(12, 1, generator=g, dtype=DT)
+    ExactGPModel(X, Y).fit(restarts=2, max_iter=5, seed=0, progress=progress)
+
+
+def _rvgp(progress):
+    from gpgeom.datasets.vector_fields import sphere_vector_field
+    from gpgeom.models.rvgp import RVGP
+
+    s = sphere_vector_field(80, "mixed")
+    tr = np.arange(0, 80, 3)
+    RVGP(s.points, n_eigenpairs=8, dim=2).fit(tr, s.vectors[tr], max_iter=3, restarts=1, progress=progress)
+
+
+def _rgnp():
+    from gpgeom.models.rgnp import RGNP
+    from gpgeom.pde import NonlinearPoisson1D
+
+    gic = dict(lift_channels=4, lift_hidden=(8,), cnn_channels=(4, 4), mlp_hidden=(8,), grid_size=8)
+    m = RGNP.from_family(NonlinearPoisson1D(), hidden=(8,), n_freqs=2, gicnet=gic, batch_size=4, n_points=8)
+    return m.double()
+
+
+def _rgnp_fit(progress):
+    _rgnp().fit(3, lr=1e-3, progress=progress, seed=0)
+
+
+_RGNP_FITTED = {}
+
+
+def _rgnp_calibrate(progress):
+    if "m" not in _RGNP_FITTED:
+        _RGNP_FITTED["m"] = _rgnp().fit(1, progress=False, seed=0)
+    m = _RGNP_FITTED["m"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.calibrate(n_fields=4, n_points=8, inverse_steps=3, inverse_batch=2, seed=0, progress=progress)
+
+
+def _funbat(progress):
+    from gpgeom.datasets.tensors import make_synthetic_tensor
+    from gpgeom.models.funbat import FunBaT
+
+    d = make_synthetic_tensor(60, 10, rank=2, decomposition="cp", n_coords=6, seed=2)
+    m = FunBaT(2, decomposition="cp", max_sweeps=3, n_restarts=2, restart_sweeps=1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(d.X_train, d.y_train, progress=progress)
+
+
+def _plate(nx, ny, s, t):
+    from gpgeom.geometry.mesh import Mesh
+
+    xs, ys = np.meshgrid(np.linspace(0, 1, nx), np.linspace(0, 1, ny), indexing="ij")
+    P = np.c_[xs.ravel(), ys.ravel()]
+    P = P + 0.1 * np.c_[s * P[:, 1] * (1 - P[:, 1]), t * P[:, 0] * (1 - P[:, 0])]
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    return Mesh(P, np.r_[np.c_[a, b, c], np.c_[a, c, d]])
+
+
+def _mmgp_data(n, seed):
+    rng = np.random.default_rng(seed)
+    meshes, mu, fields, w = [], [], [], []
+    for _ in range(n):
+        s, t, p = rng.uniform(-1, 1, 3)
+        mesh = _plate(int(rng.integers(6, 8)), int(rng.integers(6, 8)), s, t)
+        X = mesh.points
+        fields.append(np.stack([np.sin(2.0 * X[:, 0]) * (1.0 + 0.5 * p) + t * X[:, 1]], 1))
+        meshes.append(mesh)
+        mu.append([p])
+        w.append([s + 0.5 * p])
+    return meshes, np.array(mu), fields, np.array(w)
+
+
+def _mmgp(**kw):
+    from gpgeom.models.mmgp import MMGP
+
+    return MMGP(n_modes_geometry=2, n_modes_fields=2, restarts=1, max_iter=5, floater_start=(0.0, 0.0), **kw)
+
+
+def _mmgp_fit(progress):
+    M, mu, U, w = _mmgp_data(5, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _mmgp(hyperparameters="per_field").fit(M, mu, U, w, progress=progress)
+
+
+_MMGP_FITTED = {}
+
+
+def _mmgp_predict(progress):
+    if "m" not in _MMGP_FITTED:
+        M, mu, U, w = _mmgp_data(5, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _MMGP_FITTED["m"] = _mmgp().fit(M, mu, U, w, progress=False)
+    Mt, mut, _, _ = _mmgp_data(3, 7)
+    _MMGP_FITTED["m"].predict(Mt, mut, return_std=True, progress=progress)
+
+
+def _mmgp_ood(progress):
+    _mmgp_predict(False)
+    Mt, _, _, _ = _mmgp_data(3, 7)
+    _MMGP_FITTED["m"].ood_score(Mt, progress=progress)
+
+
+def _trajectory(progress):
+    from gpgeom.datasets.trajectories import PriorTrajectory, simulate_pose
+    from gpgeom.models.trajectory import PoseMeasurement, SO3xR3Trajectory
+
+    truth = PriorTrajectory(1.0, qc_rot=0.1, qc_pos=0.01, seed=0)
+    tm = torch.arange(0.0, 1.0, 0.05, dtype=DT) + 0.005
+    pose = simulate_pose(truth, tm, sigma_rot=0.01, sigma_pos=0.01, seed=1)
+    traj = SO3xR3Trajectory.uniform(0.0, 1.0, 0.1, qc_rot=0.1, qc_pos=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traj.fit(
+            [PoseMeasurement(pose.t, R=pose.R, p=pose.p, sigma_rot=0.01, sigma_pos=0.01)],
+            max_iter=3,
+            progress=progress,
+        )
+
+
+ENTRY_POINTS = {
+    "ExactGPModel.fit": _exact_gp,
+    "RVGP.fit": _rvgp,
+    "RGNP.fit": _rgnp_fit,
+    "RGNP.calibrate": _rgnp_calibrate,
+    "FunBaT.fit": _funbat,
+    "MMGP.fit": _mmgp_fit,
+    "MMGP.predict": _mmgp_predict,
+    "MMGP.ood_score": _mmgp_ood,
+    "Trajectory.fit": _trajectory,
+}
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_false_and_none_are_silent_true_shows_one_bar(name, capfd):
+    run = ENTRY_POINTS[name]
+    run(False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", f"{name}(progress=False) wrote {out + err!r}"
+    run(None)  # pytest: standard error is not a terminal
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", f"{name}(progress=None) wrote {out + err!r} under pytest"
+    run(True)
+    out, err = capfd.readouterr()
+    assert out == "" and BAR.search(err), f"{name}(progress=True) wrote no bar: {err!r}"
+    # inner bars (restarts, attempts, GPs, inverse steps) are cleared: at most one stays on screen
+    assert err.count("\n") <= 1, f"{name}(progress=True) left {err.count(chr(10))} bars: {err!r}"
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+@pytest.mark.parametrize("bad", ["yes", 1, 0.0])
+def test_a_progress_that_is_not_a_bool_is_a_type_error(name, bad, capfd):
+    with pytest.raises(TypeError, match="`progress`"):
+        ENTRY_POINTS[name](bad)
+    assert capfd.readouterr().err == ""  # refused before any bar
+
+
+def test_resolve_progress_rule(monkeypatch):
+    assert resolve_progress(True) is True and resolve_progress(False) is False
+    assert resolve_progress(None) is False  # pytest: not a terminal, not a notebook
+    monkeypatch.setenv("GPGEOM_PROGRESS", "1")
+    assert resolve_progress(None) is True and resolve_progress(False) is False
+    monkeypatch.setenv("GPGEOM_PROGRESS", "0")
+    assert resolve_progress(None) is False and resolve_progress(True) is True
+    for bad in ("yes", 1, np.True_):
+        with pytest.raises(TypeError, match="`progress` must be True, False or None"):
+            resolve_progress(bad)
+
+
+def test_progress_bar_writes_only_when_shown(capfd):
+    for _ in progress_bar(range(3), progress=False, desc="quiet"):
+        pass
+    assert capfd.readouterr().err == ""
+    for _ in progress_bar(range(3), progress=True, desc="loud"):
+        pass
+    err = capfd.readouterr().err
+    assert "loud" in err and "3/3" in err
+
+
+def _entry_functions():
+    from gpgeom.datasets.bracket3d import generate_brackets
+    from gpgeom.datasets.notched_plate import generate_notched_plates
+    from gpgeom.demo import SECTIONS, _resolve, run_demo
+    from gpgeom.engine.fitting import fit
+    from gpgeom.models.funbat import FunBaT
+    from gpgeom.models.mmgp import MMGP
+    from gpgeom.models.rgnp import RGNP
+    from gpgeom.models.rvgp import RVGP
+    from gpgeom.models.trajectory import SE3Trajectory, SO3xR3Trajectory
+
+    funcs = {
+        "fit": fit,
+        "RVGP.fit": RVGP.fit,
+        "RGNP.fit": RGNP.fit,
+        "RGNP.calibrate": RGNP.calibrate,
+        "FunBaT.fit": FunBaT.fit,
+        "MMGP.fit": MMGP.fit,
+        "MMGP.predict": MMGP.predict,
+        "MMGP.ood_score": MMGP.ood_score,
+        "SO3xR3Trajectory.fit": SO3xR3Trajectory.fit,
+        "SE3Trajectory.fit": SE3Trajectory.fit,
+        "generate_notched_plates": generate_notched_plates,
+        "generate_brackets": generate_brackets,
+        "run_demo": run_demo,
+    }
+    funcs.update({f"demo section {name}": _resolve(name) for name in SECTIONS})
+    return funcs
+
+
+def test_every_long_entry_point_takes_the_same_progress_argument():
+    r"""``progress: bool | None = None``, keyword-only, documented, at every long entry point (the demo sections
+    were annotated ``bool`` though they pass ``None`` on; MMGP's predict and ood_score, which morph every mesh, had
+    no ``progress``)."""
+    import inspect
+
+    wrong = {}
+    for name, f in _entry_functions().items():
+        p = inspect.signature(f).parameters.get("progress")
+        if p is None:
+            wrong[name] = "no progress argument"
+            continue
+        form = (p.kind, p.default, str(p.annotation))
+        if form != (inspect.Parameter.KEYWORD_ONLY, None if not name.startswith("demo") else p.default, "bool | None"):
+            wrong[name] = form
+        if not name.startswith("demo") and "progress" not in (f.__doc__ or ""):
+            wrong[name] = "progress not documented"
+    assert not wrong, wrong
+
+
+def test_mmgp_fit_shows_the_morphing_of_the_meshes(capfd):
+    r"""The morphing and transfers of the training meshes (the long stage of a large MMGP fit) had no bar: with
+    ``progress=True`` only the GP fits' bars showed."""
+    _mmgp_fit(True)
+    err = capfd.readouterr().err
+    assert "MMGP morph+transfer" in err and "5/5" in err
+    _mmgp_fit(False)
+    assert capfd.readouterr().err == ""
+
+
+def test_calibrate_refuses_a_bad_progress_without_inverse_steps():
+    r"""``calibrate(progress="yes")`` with ``inverse_steps=0`` (the default) was accepted silently: only the inverse
+    steps' fit looked at it."""
+    m = _rgnp().fit(1, progress=False, seed=0)
+    with pytest.raises(TypeError, match="`progress`"):
+        m.calibrate(n_fields=2, n_points=4, seed=0, progress="yes")
+    assert not hasattr(m, "calibration_") or m.calibration_ is None
+
+
+def test_run_demo_refuses_a_bad_progress_before_anything(tmp_path):
+    r"""``run_demo(progress="yes")`` ran every section, each failing on the value, and raised ``DemoFailed`` after
+    writing a report of failures; it is a ``TypeError`` before the output folder is created."""
+    from gpgeom.demo import run_demo
+
+    out = tmp_path / "demo"
+    with pytest.raises(TypeError, match="`progress`"):
+        run_demo(out, quick=True, only=["exact_gp"], progress="yes")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["ExactGPModel.fit", "MMGP.fit", "MMGP.predict"])
+def test_workers_of_an_executor_print_no_bar_of_their_own(name, capfd):
+    r"""Through an executor (threads: a worker's bar would reach this process's stderr), ``False`` is silent and
+    ``True`` shows the caller's bar only: the attempts/GPs/meshes run in workers with ``progress=False``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpgeom.botorch.exact_gp import ExactGPModel
+    from gpgeom.models.mmgp import MMGP
+
+    def run(progress):
+        with ThreadPoolExecutor(2) as ex:
+            real = {"fit": ExactGPModel.fit, "predict": MMGP.predict, "mmgp_fit": MMGP.fit}
+
+            def with_executor(f):
+                return lambda self, *a, **k: f(self, *a, **{**k, "executor": ex})
+
+            mp = pytest.MonkeyPatch()
+            try:
+                if name == "ExactGPModel.fit":
+                    mp.setattr(ExactGPModel, "fit", with_executor(real["fit"]))
+                elif name == "MMGP.fit":
+                    mp.setattr(MMGP, "fit", with_executor(real["mmgp_fit"]))
+                else:
+                    mp.setattr(MMGP, "predict", with_executor(real["predict"]))
+                ENTRY_POINTS[name](progress)
+            finally:
+                mp.undo()
+
+    run(False)
+    assert capfd.readouterr().err == ""
+    run(True)
+    err = capfd.readouterr().err
+    assert BAR.search(err) and err.count("\n") <= 1, err
