@@ -257,7 +257,7 @@ def run(args: argparse.Namespace, executor) -> None:
     popts = plate_options(args.plate_options)
 
     t0 = time.perf_counter()
-    gen = {"mesh_size": mesh_size, "progress": not quick, "executor": executor, **popts}
+    gen = {"mesh_size": mesh_size, "progress": False if quick else None, "executor": executor, **popts}
     train = generate_notched_plates(n_train, seed=0, **gen)
     test = generate_notched_plates(n_test, seed=1, **gen)
     t_data = time.perf_counter() - t0
@@ -503,7 +503,7 @@ def run_bracket3d(args: argparse.Namespace, executor) -> None:
     restarts = args.restarts if args.restarts is not None else (0 if quick else 3)
     t0 = time.perf_counter()
     data = b3.generate_brackets(
-        n_train + n_test, seed=0, resolution=resolution, progress=not quick, executor=executor
+        n_train + n_test, seed=0, resolution=resolution, progress=False if quick else None, executor=executor
     )  # fmt: skip
     t_data = time.perf_counter() - t0
 

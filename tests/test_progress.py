@@ -330,3 +330,29 @@ def test_workers_of_an_executor_print_no_bar_of_their_own(name, capfd):
     run(True)
     err = capfd.readouterr().err
     assert BAR.search(err) and err.count("\n") <= 1, err
+
+
+def test_benchmark_scripts_leave_progress_to_the_rule():
+    r"""Benchmark scripts pass ``progress`` as ``False``, ``None``, a conditional of the two or a variable, never a
+    forced ``True``: ``benchmarks/mmgp.py`` passed ``progress=not quick`` to the data generation, so a full run with
+    its output redirected to a log (CI, ``> run.log``) filled it with bars."""
+    import ast
+    from pathlib import Path
+
+    def allowed(node):
+        if isinstance(node, ast.Constant):
+            return node.value is False or node.value is None
+        if isinstance(node, ast.IfExp):
+            return allowed(node.body) and allowed(node.orelse)
+        return isinstance(node, ast.Name | ast.Attribute | ast.Subscript)  # passed on from the caller
+
+    bad = []
+    for path in sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            pairs = []
+            if isinstance(node, ast.Call):
+                pairs = [(k.arg, k.value) for k in node.keywords]
+            elif isinstance(node, ast.Dict):
+                pairs = [(k.value if isinstance(k, ast.Constant) else None, v) for k, v in zip(node.keys, node.values)]
+            bad += [f"{path.name}:{v.lineno}" for k, v in pairs if k == "progress" and not allowed(v)]
+    assert not bad, bad
