@@ -510,7 +510,8 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
             callback: ``callback(step, loss)`` at every step, with the loss of the current networks before that
                 step's update (e.g. to track test errors during training: it may call :meth:`predict`, which sees
                 them). Raising ``StopIteration`` there ends the fit and keeps it: ``step`` steps, as ``fit(steps=
-                step)`` from the same start and seed (``fit_result_.stopped``).
+                step)`` from the same start and seed (``fit_result_.stopped``). Under ``torchrun`` every rank must
+                stop at the same step: decide from ``loss`` (the mean over the ranks), not from a rank's own clock.
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
         parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. A step on
