@@ -8,7 +8,9 @@ L-BFGS-B evaluation and per Adam step), raising at its ``k``-th call."""
 
 from __future__ import annotations
 
+import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -20,7 +22,9 @@ from gpgeom.botorch import ExactGPModel
 from gpgeom.datasets.tensors import make_synthetic_tensor
 from gpgeom.datasets.trajectories import FastTrajectory
 from gpgeom.datasets.vector_fields import sphere_vector_field
+from gpgeom.engine.attempts import merge_members
 from gpgeom.engine.fitting import fit as engine_fit
+from gpgeom.engine.optimizers import Attempt
 from gpgeom.errors import NotFittedError
 from gpgeom.models.funbat import FunBaT
 from gpgeom.models.rgnp import RGNP
@@ -330,3 +334,95 @@ def test_large_buffers_are_not_copied_and_a_change_in_place_is_noted(monkeypatch
         fit(model)
     notes = [n for n in getattr(info.value, "__notes__", []) if "was changed in place" in n]
     assert len(notes) == 1 and repr(name) in notes[0]
+
+
+def _stopping_loss(module, x, k):
+    r"""``module(x)``'s mean square, raising ``StopIteration`` at its ``k``-th call (``k=0``: at every call)."""
+    calls = []
+
+    def loss():
+        calls.append(1)
+        if len(calls) == k or k == 0:
+            raise StopIteration
+        return module(x).square().mean()
+
+    return loss, calls
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_stop_iteration_at_the_first_evaluations_keeps_the_fit(optimizer, k):
+    r"""``StopIteration`` at evaluation ``k`` = 1, 2, 3 of a fit with restarts. Before: Adam at 1 and L-BFGS-B at 2
+    raised NotPSDError ("failed in all 3 attempt(s) ... never finite"), L-BFGS-B at 1 let the raw StopIteration
+    escape. Now the fit ends there, stopped, after one attempt: with nothing finite evaluated yet (Adam 1, L-BFGS-B
+    1 and 2) at the start exactly, with the loss there (computed here); later, as a fit of the evaluations run
+    (Adam: ``epochs=k-1``; L-BFGS-B at 3: its second evaluation is at the start)."""
+    x = torch.randn(20, 3, dtype=D, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 1).double()
+    start = _tensors(module)
+    with torch.no_grad():
+        start_loss = float(module(x).square().mean())
+    loss, calls = _stopping_loss(module, x, k)
+    res = engine_fit(loss, module=module, optimizer=optimizer, epochs=10, lr=0.1, progress=False, restarts=2, seed=0)
+    assert res.stopped and res.attempts == 1 and res.best_attempt == 0 and not res.converged and not res.failures
+    if optimizer == "adam" and k == 3:  # two epochs ran: the fit of epochs=2 from the same start
+        ref = torch.nn.Linear(3, 1).double()
+        ref.load_state_dict(start)
+        want = engine_fit(lambda: ref(x).square().mean(), module=ref, optimizer="adam", epochs=2, lr=0.1,
+                          progress=False)  # fmt: skip
+        assert res.loss == want.loss and res.history == want.history
+        _assert_same_tensors(_tensors(module), _tensors(ref))
+        return
+    torch.testing.assert_close(_tensors(module), start, rtol=0, atol=1e-15)
+    assert res.loss == pytest.approx(start_loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_stop_iteration_at_every_evaluation_keeps_the_start(optimizer):
+    r"""A loss that raises ``StopIteration`` at every call: nothing can be evaluated; the fit ends stopped at the
+    start exactly with an infinite loss (before: NotPSDError for Adam, the raw StopIteration for L-BFGS-B)."""
+    x = torch.randn(20, 3, dtype=D, generator=torch.Generator().manual_seed(0))
+    module = torch.nn.Linear(3, 1).double()
+    start = _tensors(module)
+    loss, calls = _stopping_loss(module, x, 0)
+    res = engine_fit(loss, module=module, optimizer=optimizer, epochs=10, progress=False, restarts=2, seed=0)
+    assert res.stopped and res.attempts == 1 and res.loss == math.inf and len(calls) == 2  # the stop, one retry
+    _assert_same_tensors(_tensors(module), start)
+    assert not module.training
+
+
+def test_merge_members_keeps_stopped():
+    r"""An attempt split into groups of members: one group stopped (``StopIteration``), so the merged attempt is
+    stopped (before: ``stopped`` was never copied, and the fit went on to the next attempt)."""
+    parts = []
+    for g, members in enumerate([np.array([0, 2]), np.array([1, 3])]):
+        a = Attempt()
+        a.members, a.member_losses, a.loss = members, np.array([1.0, 2.0]), 3.0
+        a.trace, a.rows, a.stopped = [np.array([1.0, 2.0])], {"w": torch.zeros(2, 1)}, g == 0
+        parts.append((0, a, 0, "", None))
+    assert merge_members(parts, 4)[1].stopped
+    for _, a, *_ in parts:
+        a.stopped = False
+    assert not merge_members(parts, 4)[1].stopped
+
+
+def test_stop_iteration_in_a_group_of_members_ends_the_fit(monkeypatch):
+    r"""End to end: a GP with 2 outputs (separate hyperparameters), 2 attempts split into groups of members on a
+    thread pool (``split_members=True``); the 3rd backward pass (of attempt 0's first group) raises
+    ``StopIteration``. The fit stops after attempt 0, as the serial fit does (before: attempt 1 ran too and
+    ``stopped`` was False)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 2, generator=g, dtype=D)
+    Y = torch.cat([torch.sin(6 * X[:, :1]), torch.cos(3 * X[:, 1:2])], 1)
+    kw = dict(restarts=1, seed=5, max_iter=30, progress=False)
+    models = [ExactGPModel(X, Y), ExactGPModel(X, Y)]
+    for m in models:
+        m.fast_mll = True  # the closed-form loss, which evaluates a subset of the members (split_members needs it)
+    _raise_at(monkeypatch, 3, StopIteration())
+    serial = models[0].fit(**kw).fit_result_
+    _raise_at(monkeypatch, 3, StopIteration())
+    with ThreadPoolExecutor(2) as threads:
+        split = models[1].fit(executor=threads, split_members=True, **kw).fit_result_
+    assert serial.stopped and serial.attempts == 1
+    assert split.stopped and split.attempts == 1

@@ -5,9 +5,11 @@ kernel factories, ExactGPModel modules) that returns NaN, the wrong type or the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 from gpytorch.kernels import Kernel, RBFKernel, ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.means import Mean
+from gpytorch.priors import NormalPrior
 
 from gpgeom.botorch import ExactGPModel
 from gpgeom.engine.factors import Factor
@@ -386,3 +389,102 @@ def test_exact_gp_predictions_name_a_mean_nan_at_new_inputs(path):
         match, at = r"returned NaN in a prediction", rf"at the test inputs .* \(first at index {first}: nan\)"
     with pytest.raises(ValueError, match=rf"`mean_module` \(_GatedMean\) {match}: .*{at}"):
         _PATHS[path](model, Xt)
+
+
+class _SqrtKernel(Kernel):
+    r"""An RBF kernel times ``sqrt(a - 1)``: NaN for ``a < 1`` (``a = 0.5`` at the start), finite where the prior
+    ``N(1.75, 0.05)`` draws the restarts' ``a``."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_parameter("raw_a", torch.nn.Parameter(torch.tensor(0.5, dtype=D)))
+        self.register_prior(
+            "a_prior", NormalPrior(1.75, 0.05), lambda m: m.raw_a, lambda m, v: m.raw_a.data.fill_(float(v))
+        )
+        self.rbf = RBFKernel()
+
+    def forward(self, x1, x2, diag=False, **params):
+        return self.rbf(x1, x2, diag=diag, **params).to_dense() * torch.sqrt(self.raw_a - 1.0)
+
+
+class _NaNKernel(Kernel):
+    def forward(self, x1, x2, diag=False, **params):
+        shape = x1.shape[:-1] if diag else x1.shape[:-1] + x2.shape[-2:-1]
+        return torch.full(shape, float("nan"), dtype=x1.dtype)
+
+
+def _neg_mll(model):
+    r"""The fitted model's loss, evaluated here: minus GPyTorch's MLL (with the priors) at its training data."""
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    model.train()
+    try:
+        with torch.no_grad():
+            X = model.transform_inputs(model.train_inputs[0])
+            return float(-ExactMarginalLogLikelihood(model.likelihood, model)(model(X), model.train_targets).sum())
+    finally:
+        model.eval()
+
+
+@pytest.mark.parametrize("executor", [None, "threads", "processes"])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_nan_attempt_among_restarts_is_a_failure_not_the_end_of_the_fit(optimizer, executor):
+    r"""Attempt 0 starts where the kernel is NaN (``sqrt(0.5 - 1)``); the restarts start from prior draws where it
+    is finite. Before: the ValueError naming ``covar_module`` ended the fit at attempt 0 (the restarts never ran).
+    Now attempt 0 is a failure whose message names the module, and the best restart is kept: its loss is the MLL
+    evaluated here at the fitted parameters, and the fit is the same serially and with an executor."""
+    X = torch.rand(20, 1, dtype=D, generator=torch.Generator().manual_seed(0))
+    Y = torch.sin(6 * X)
+    kw = dict(progress=False, restarts=2, seed=0, optimizer=optimizer, epochs=20, max_iter=30)
+    pool = {"threads": ThreadPoolExecutor(2), "processes": ProcessPoolExecutor(2)}.get(executor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial = ExactGPModel(X, Y, covar_module=_SqrtKernel()).fit(**kw)
+        if pool is not None:
+            with pool:
+                model = ExactGPModel(X, Y, covar_module=_SqrtKernel()).fit(executor=pool, **kw)
+        else:
+            model = serial
+    res = model.fit_result_
+    assert res.attempts == 3 and res.best_attempt != 0 and not math.isfinite(res.final_losses[0])
+    assert res.failures[0].startswith("attempt 0: `covar_module` (_SqrtKernel) returned NaN in fit (attempt 0, ")
+    assert len(res.failures) == 1  # the restarts succeeded
+    assert res.loss == pytest.approx(_neg_mll(model), rel=1e-9, abs=1e-12)
+    assert res.loss == serial.fit_result_.loss and res.final_losses == serial.fit_result_.final_losses
+
+
+@pytest.mark.parametrize("executor", [None, "threads", "processes"])
+def test_nan_in_every_attempt_raises_the_first_named_error(executor):
+    r"""Every attempt NaN (a NaN kernel): when all have failed, the ValueError of the first, naming ``covar_module``
+    at attempt 0, chained to the optimiser's error (also from worker processes, where pickle drops ``__cause__``),
+    and not the generic NotPSDError "failed in all 3 attempt(s)"; the model is left as it was."""
+    X = torch.rand(15, 1, dtype=D, generator=torch.Generator().manual_seed(1))
+    model = ExactGPModel(X, torch.sin(5 * X), covar_module=_NaNKernel())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pool = {"threads": ThreadPoolExecutor(2), "processes": ProcessPoolExecutor(2)}.get(executor)
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore")
+        if pool is not None:
+            stack.enter_context(pool)
+        with pytest.raises(ValueError, match=r"`covar_module` \(_NaNKernel\) returned NaN in fit \(attempt 0, ") as err:
+            model.fit(progress=False, restarts=2, seed=0, executor=pool)
+    assert err.value.__cause__ is not None and "NaN" in str(err.value.__cause__)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_nan_test_input_is_named_not_the_kernel(bad):
+    r"""``model(X)`` with a non-finite row of ``X``: before, the ValueError blamed ``covar_module`` ("returned NaN in
+    a prediction: 60 of 60 entries of its covariance between test and training inputs"), though the kernel is
+    finite at finite inputs. Now it names ``X`` and its first bad entry (found here)."""
+    X = torch.rand(20, 1, dtype=D, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ExactGPModel(X, torch.sin(6 * X)).fit(progress=False, max_iter=10)
+    Xt = torch.tensor([[0.2], [0.4], [0.5]], dtype=D)
+    Xt[1, 0] = bad
+    assert bool(torch.isfinite(model(Xt[[0, 2]]).mean).all())  # the kernel and mean are finite at the other rows
+    pos = tuple(int(i) for i in (~torch.isfinite(Xt)).nonzero()[0])
+    with pytest.raises(ValueError, match=r"^`X` contains 1 NaN or infinite value\(s\) in a prediction") as err:
+        model(Xt)
+    assert f"(first at index {pos}: {bad})" in str(err.value) and "covar_module" not in str(err.value)

@@ -33,7 +33,15 @@ from torch import Tensor
 
 from gpgeom._validation import first_bad
 
-__all__ = ["check_conditioned", "check_prediction", "diagnose", "diagnose_fit", "factor_guard", "named_step"]
+__all__ = [
+    "check_conditioned",
+    "check_inputs",
+    "check_prediction",
+    "diagnose",
+    "diagnose_fit",
+    "factor_guard",
+    "named_step",
+]
 
 #: What a Cholesky factorisation of a covariance with NaN or inf entries raises.
 _FACTOR_ERRORS = (NanError, _LONotPSDError, torch.linalg.LinAlgError)
@@ -65,6 +73,19 @@ def _report(arg: str, module: torch.nn.Module, what: str, layout: str, value: Te
     )
 
 
+def check_inputs(X: Tensor, where: str, cause: BaseException | None = None) -> None:
+    r"""Raise a ``ValueError`` naming ``X`` (the test inputs, any shape ``... x q x d``) when it holds NaN or inf,
+    with the count and the first bad entry (:func:`gpgeom._validation.first_bad`): a non-finite prediction at
+    non-finite inputs is the inputs' doing, not a module's."""
+    bad = ~torch.isfinite(X)
+    if bool(bad.any()):
+        raise ValueError(
+            f"`X` contains {int(bad.sum())} NaN or infinite value(s) {where} (shape {tuple(X.shape)}, the last "
+            f"dimension the input coordinates){first_bad(X, bad)}: the test inputs must be finite; remove or impute "
+            "them first."
+        ) from cause
+
+
 def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseException | None = None) -> None:
     r"""Evaluate the model's modules once, without gradients, and raise a ``ValueError`` naming the first that
     returns NaN or inf; return when all are finite.
@@ -79,9 +100,12 @@ def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseExcepti
         cause: The error being explained (chained as the ``ValueError``'s cause).
 
     Raises:
-        ValueError: Naming the module (``covar_module``, ``mean_module`` or ``likelihood``), its class, NaN or inf,
-            the first bad entry and the module's non-finite parameters.
+        ValueError: Naming ``X`` when the test inputs hold NaN or inf (:func:`check_inputs`, checked first), else
+            the module (``covar_module``, ``mean_module`` or ``likelihood``), its class, NaN or inf, the first bad
+            entry and the module's non-finite parameters.
     """
+    if X is not None:
+        check_inputs(X, where, cause)
     train_X = model.train_inputs[0]
     if model.training:  # in training mode the model keeps the original inputs (BoTorch)
         train_X = model.transform_inputs(train_X)
@@ -144,12 +168,14 @@ def named_step(model: Any, where: str) -> Iterator[None]:
 
 def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) -> None:
     r"""One ``isfinite`` check of the computed posterior ``values`` (mean, variances or covariance) at the
-    transformed test inputs ``X``; when one is NaN or inf, :func:`diagnose` at the training inputs, then at ``X``,
-    names the module. A non-finite value that no module explains is left as it was."""
+    transformed test inputs ``X``; when one is NaN or inf, a ``ValueError`` names ``X`` if it holds NaN or inf
+    (:func:`check_inputs`), else :func:`diagnose` at the training inputs, then at ``X``, names the module. A
+    non-finite value that no module explains is left as it was."""
     values = tuple(v for v in values if v is not None)
     if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
         return
     where = model.__dict__.get("_finite_where", where)
+    check_inputs(X, where)  # first: NaN inputs make NaN predictions from any module
     diagnose(model, where)  # first: a NaN mean at the training inputs makes every mean NaN (no Cholesky fails)
     diagnose(model, where, X=X)
 

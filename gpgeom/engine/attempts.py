@@ -44,6 +44,7 @@ import copy
 import functools
 import inspect
 import math
+import pickle
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -83,6 +84,10 @@ __all__ = [
     "run_attempt",
     "run_attempts",
 ]
+
+#: The key under which a worker's named error (Outcome's last entry) carries its cause back (pickle drops
+#: ``__cause__``); :func:`gpgeom.engine.fitting.fit` chains it again.
+SHIPPED_CAUSE = "_gpgeom_cause"
 
 #: Tasks per worker that the member groups of the executor path aim at (uneven members balance better).
 _TASKS_PER_WORKER = 3
@@ -299,15 +304,17 @@ class FitJob:
 
         return full_loss, batch_loss, batches
 
-    def diagnose(self, err: BaseException, attempt: int) -> None:
-        r"""Let the model name what made attempt ``attempt`` fail with ``err`` (a NaN covariance, a non-finite loss,
-        a failed Cholesky factorisation), at the parameters where it failed: a model with a
+    def diagnose(self, err: BaseException, attempt: int) -> ValueError | None:
+        r"""What made attempt ``attempt`` fail with ``err`` (a NaN covariance, a non-finite loss, a failed Cholesky
+        factorisation), named by the model at the parameters where it failed: a model with a
         ``_diagnose_nonfinite(step)`` method (:class:`~gpgeom.botorch.ExactGPModel`: its user's kernel, mean and
         likelihood) evaluates its parts there once and raises a ``ValueError`` naming the one that returned NaN or
-        inf, chained to ``err``; it returns when all are finite, and the attempt fails (or is retried) as before."""
+        inf; that error is returned, chained to ``err`` (:func:`run_attempt` records it as the attempt's failure,
+        and :func:`~gpgeom.engine.fitting.fit` raises it when every attempt failed). ``None`` when the model has no
+        such hook or all its parts are finite there: the attempt fails (or is retried) as before."""
         hook = getattr(self.model, "_diagnose_nonfinite", None)
         if hook is None:
-            return
+            return None
         notes = [n for n in getattr(err, "__notes__", ()) if n.startswith(_STEP_NOTE)]
         if notes:
             step = notes[-1][len(_STEP_NOTE) :].rstrip(".")
@@ -317,7 +324,9 @@ class FitJob:
         try:
             hook(f"attempt {attempt}, {step}")
         except ValueError as exc:
-            raise exc from err
+            exc.__cause__ = err
+            return exc
+        return None
 
     def parameters(self) -> tuple[dict[str, Tensor], dict[str, tuple[Any, Any]]]:
         r"""The trainable parameters by name and the bounds of all parameters (GPyTorch constraints)."""
@@ -365,8 +374,43 @@ def reseed_loader(data_loader: Any, seed: int | None) -> None:
         data_loader.generator.manual_seed(seed)
 
 
-#: ``(attempt, result or None when it failed, jitter level reached, failure reason)``.
-Outcome = tuple[int, Attempt | None, int, str]
+#: ``(attempt, result or None when it failed, jitter level reached, failure reason, the ValueError naming the
+#: user's module that returned NaN or inf when that made it fail (FitJob.diagnose), else None)``.
+Outcome = tuple[int, Attempt | None, int, str, ValueError | None]
+
+
+def _stopped_at_start(
+    result: Attempt,
+    module: nn.Module,
+    start_state: dict[str, Any],
+    full_loss: Callable[..., Tensor],
+    members: np.ndarray | None,
+) -> None:
+    r"""An attempt that ``StopIteration`` ended before any finite loss was evaluated (at its first evaluation, or
+    its first Adam step's): its parameters are put back to the attempt's start exactly, and its loss is the loss
+    there, evaluated once under ``torch.no_grad()`` when it can be (``inf`` when that raises, ``StopIteration``
+    included, or is not finite)."""
+    if result.member_losses is not None and bool(np.isfinite(result.member_losses).any()):
+        return
+    if result.member_losses is None and math.isfinite(result.loss):
+        return
+    restore(module, start_state)
+    try:
+        with torch.no_grad():
+            value = full_loss()
+    except (Exception, StopIteration):  # noqa: BLE001 - the fit was asked to stop; its loss is then unknown
+        return
+    if not isinstance(value, Tensor):
+        return
+    values = value.detach().double().cpu().reshape(-1).numpy()
+    if result.member_losses is not None and values.size > 1:
+        mine = values if members is None else values[np.asarray(members, dtype=np.int64)]
+        if mine.size == result.member_losses.size:
+            result.member_losses = np.where(np.isfinite(mine), mine, np.inf)
+            result.loss = float(result.member_losses.sum())
+        return
+    total = float(values.sum())
+    result.loss = total if math.isfinite(total) else math.inf
 
 
 def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | None = None) -> Outcome:
@@ -381,7 +425,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
     seed = None if o["seed"] is None else derive_seed(o["seed"], attempt)
     loader_seed = None if o["seed"] is None else derive_seed(o["seed"], attempt, 1)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    level, result, reason = 0, None, ""
+    level, result, reason, named = 0, None, "", None
     with torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext():
         if seed is not None:
             torch.manual_seed(seed)
@@ -408,19 +452,22 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
                 bar.set_postfix(loss=f"{result.loss:.5g}", refresh=True)
                 break
             except NanError as err:
-                job.diagnose(err, attempt)
-                reason = f"the covariance contains NaN ({err})"
+                named = job.diagnose(err, attempt)
+                reason = str(named) if named is not None else f"the covariance contains NaN ({err})"
                 break
             except FloatingPointError as err:  # the loss (or its gradient) was not finite where the optimiser says
-                job.diagnose(err, attempt)
-                reason = f"{job.source()} {err}"
+                named = job.diagnose(err, attempt)
+                reason = str(named) if named is not None else f"{job.source()} {err}"
                 break
             except Exception as err:  # noqa: BLE001 - only Cholesky failures are retried
                 if not is_cholesky_failure(err):
                     err.add_note(f"gpgeom fit: attempt {attempt}; the loss is {job.source()}.")
                     raise
-                job.diagnose(err, attempt)
+                named = job.diagnose(err, attempt)
                 restore(module, start_state)
+                if named is not None:  # a module returned NaN or inf: more jitter cannot help
+                    reason = str(named)
+                    break
                 if not job.is_mll and not isinstance(err, _LONotPSDError):
                     # a plain torch.linalg failure inside a callable loss: its factorisations do not read
                     # gpytorch.settings.cholesky_jitter, so more jitter cannot help; the attempt fails
@@ -435,10 +482,14 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
                 level += 1
             finally:
                 bar.close()
+        if result is not None and result.stopped:
+            with jitter_context(o["levels"][level]):
+                _stopped_at_start(result, module, start_state, full_loss, members)
     if result is None:
         restore(module, start_state)
     elif on_copy:
-        result.state = copy.deepcopy(module.state_dict()) if math.isfinite(result.loss) else None
+        keep = math.isfinite(result.loss) or result.stopped
+        result.state = copy.deepcopy(module.state_dict()) if keep else None
         if result.member_losses is not None:
             nb = int(np.prod(result.member_losses.shape)) if members is None else None
             sel = torch.as_tensor(members) if members is not None else None
@@ -446,14 +497,22 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
                 n: (p.detach().reshape(nb, -1) if sel is None else p.detach().reshape(p.shape[0], -1)[sel]).clone()
                 for n, p in params.items()
             }
-    return attempt, result, level, reason
+    return attempt, result, level, reason, named
 
 
 def _task_in_worker(job_bytes: bytes, task: tuple[int, np.ndarray | None]) -> Outcome:
     r"""One task of the executor path: a fresh copy of the job (the optimiser changes it), one attempt (or the
     members ``task[1]`` of it)."""
     attempt, members = task
-    return run_attempt(loads(job_bytes), attempt, on_copy=True, members=members)
+    out = run_attempt(loads(job_bytes), attempt, on_copy=True, members=members)
+    named = out[4]
+    if named is not None and named.__cause__ is not None:  # pickle drops __cause__: sent in the error's state
+        try:
+            pickle.loads(pickle.dumps(named.__cause__, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # noqa: BLE001 - a cause that cannot travel stays behind; the named error still does
+            return out
+        named.__dict__[SHIPPED_CAUSE] = named.__cause__
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -473,16 +532,18 @@ def plan_tasks(n_attempts: int, n_members: int | None, workers: int) -> list[tup
 def merge_members(parts: list[Outcome], n_members: int) -> Outcome:
     r"""One attempt's outcome from the outcomes of its groups of members (:func:`plan_tasks`): member losses,
     parameter rows and state scattered back by member index, the history rebuilt from the groups' traces (a group
-    that stopped early contributes its last values), ``converged`` if every group converged, the largest jitter
-    level, and failure if any group failed."""
+    that stopped early contributes its last values), ``converged`` if every group converged, ``stopped`` if
+    any group was stopped (``StopIteration`` from the loss), the largest jitter level, and failure if any group
+    failed (with the first failed group's reason and named error)."""
     attempt = parts[0][0]
     level = max(p[2] for p in parts)
     failed = [p for p in parts if p[1] is None]
     if failed:
-        return attempt, None, level, failed[0][3]
+        return attempt, None, level, failed[0][3], failed[0][4]
     results = [p[1] for p in parts]
     out = Attempt()
     out.converged = all(r.converged for r in results)
+    out.stopped = any(r.stopped for r in results)
     out.member_losses = np.empty(n_members)
     for r in results:
         out.member_losses[r.members] = r.member_losses
@@ -498,11 +559,11 @@ def merge_members(parts: list[Outcome], n_members: int) -> Outcome:
         for r in results:
             full[torch.as_tensor(r.members)] = r.rows[name]
         out.rows[name] = full
-    if math.isfinite(out.loss) and all(r.state is not None for r in results):
+    if (math.isfinite(out.loss) or out.stopped) and all(r.state is not None for r in results):
         out.state = dict(results[0].state)
         for name, full in out.rows.items():
             out.state[name] = full.reshape(out.state[name].shape).to(out.state[name])
-    return attempt, out, level, ""
+    return attempt, out, level, "", None
 
 
 def run_attempts(

@@ -62,6 +62,7 @@ from gpgeom._seeds import global_seed
 from gpgeom._validation import check_option, check_positive
 from gpgeom._warnings import user_stacklevel
 from gpgeom.engine.attempts import (
+    SHIPPED_CAUSE,
     FitJob,
     Outcome,
     jitter_levels,
@@ -242,13 +243,22 @@ def fit(
             A later L-BFGS-B trial point that is not finite counts as an infinite loss (the line search
             backtracks); a run that stops on one warns (:class:`~gpgeom.errors.ConvergenceWarning`) and reports
             ``converged=False``. An exception raised by the callable propagates with notes naming the step.
+        ValueError: When every attempt failed and a model with a ``_diagnose_nonfinite`` hook
+            (:class:`~gpgeom.botorch.ExactGPModel`) named the user's module that returned NaN or inf in one of them
+            (:meth:`gpgeom.engine.attempts.FitJob.diagnose`): the first such error, chained to the optimiser's
+            error. An attempt that fails this way while another succeeds is only recorded, with that message, in
+            ``FitResult.failures``.
+        ValueError, TypeError: For invalid options.
 
     A fit that raises (any exception, ``KeyboardInterrupt`` included) leaves ``module``'s parameters, buffers and
     train/eval modes as they were before the call. To stop early and keep the fit, raise ``StopIteration`` from the
-    objective (e.g. from a callback it calls): the attempt ends there as a completed one, with the best parameters
-    it evaluated, and no further attempt starts (serially; :mod:`gpgeom.engine.optimizers` says which evaluation
-    counts); ``FitResult.stopped`` is True.
-        ValueError, TypeError: For invalid options.
+    objective (e.g. from a callback it calls), at any evaluation: the attempt ends there as a completed one, with
+    the best parameters it evaluated, and no further attempt starts (serially; :mod:`gpgeom.engine.optimizers`
+    says which evaluation counts); ``FitResult.stopped`` is True. When it stops before any finite loss was
+    evaluated (at its first evaluation; L-BFGS-B's second, the first with gradients), the attempt keeps its
+    starting parameters exactly, and its loss is the loss there, evaluated without gradients (L-BFGS-B's first
+    evaluation, or one more evaluation; ``inf`` when that raises too); such a fit never raises ``NotPSDError``
+    for it.
 
     Example:
         >>> import torch
@@ -328,6 +338,7 @@ def fit(
     }  # fmt: skip
     job = FitJob(objective, module, data_loader, opts)
     histories, finals, failures = [], [], []  # type: ignore[var-annotated]
+    named: list[ValueError] = []  # the errors naming a user's module that returned NaN or inf, by attempt
     best: tuple[float, int, dict[str, Any], bool, float] | None = None
     stopped_nonfinite: dict[int, str] = {}  # attempt -> how its L-BFGS-B run stopped on a non-finite trial point
     members: MemberBests | None = None
@@ -335,18 +346,22 @@ def fit(
 
     def reduce(out: Outcome) -> None:
         nonlocal best, members, top_level
-        attempt, result, level, reason = out
+        attempt, result, level, reason, error = out
         jit, top_level = levels[level], max(top_level, level)
         histories.append(result.history if result is not None else [])
         finals.append(result.loss if result is not None else math.inf)
         if result is None:
             failures.append(f"attempt {attempt}: {reason}")
+            if error is not None:
+                named.append(error)
             return
-        if not math.isfinite(result.loss):
+        if not math.isfinite(result.loss) and not result.stopped:
             failures.append(f"attempt {attempt}: {job.source()} was never finite (NaN or infinite covariance?)")
         if result.nonfinite is not None:
             stopped_nonfinite[attempt] = result.nonfinite
-        if math.isfinite(result.loss) and (best is None or result.loss < best[0]):
+        # a stopped attempt is kept even when no finite loss was evaluated (its start, with the loss there)
+        usable = math.isfinite(result.loss) or (result.stopped and best is None)
+        if usable and (best is None or result.loss < best[0]):
             state = result.state if result.state is not None else copy.deepcopy(module.state_dict())
             best = (result.loss, attempt, state, result.converged, jit)
         if result.member_losses is not None:  # independent members: each keeps its own best attempt
@@ -378,6 +393,9 @@ def fit(
     if best is None:
         restore(module, job.initial)
         module.eval()
+        if named:  # a user's module returned NaN or inf (the first attempt it made fail), chained to the error
+            cause = named[0].__cause__ or named[0].__dict__.pop(SHIPPED_CAUSE, None)
+            raise named[0] from cause
         returned = f": {job.source()} returned"
         if not is_mll and failures and all(returned in f for f in failures):
             raise LossNotFiniteError(

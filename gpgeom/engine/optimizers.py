@@ -14,7 +14,11 @@ Both return an :class:`Attempt` and leave the best parameters they evaluated in 
 
 A loss that raises ``StopIteration`` (e.g. from a user's callback inside it) ends the run there as a completed one
 (``Attempt.stopped``; not converged), with the best parameters evaluated so far, as ``scipy.optimize.minimize``
-treats a callback's ``StopIteration``. No step is taken from that evaluation. Adam on the full batch takes a loss
+treats a callback's ``StopIteration``. No step is taken from that evaluation. At L-BFGS-B's first evaluation (the
+starting point's, under ``torch.no_grad()``) nothing was evaluated: the run returns the start with ``loss = inf``;
+at its second (the first with gradients) the start is kept with the first evaluation's loss
+(:func:`gpgeom.engine.attempts.run_attempt` evaluates the loss at the start once more, without gradients, for a
+run that stopped before any finite loss). Adam on the full batch takes a loss
 tensor carried by the exception (``raise StopIteration(loss)``, the loss of the current parameters) as that
 evaluation's loss: it is the last epoch of the history and a candidate for the best parameters, so a run stopped at
 its ``k``-th evaluation ends as one of ``epochs=k`` does. With minibatches, the epoch in progress counts when it took
@@ -193,9 +197,13 @@ def run_lbfgs(
     names = list(params)
     tensors = [params[n] for n in names]
     module.train()
+    start = [t.detach().clone() for t in tensors]
     try:
         with torch.no_grad():
             probe = loss_fn()
+    except StopIteration:  # the loss asked to end the run at its first evaluation: nothing evaluated, no step
+        out.stopped = True
+        return out
     except Exception as err:
         _noted(err, "the starting point")
         raise
@@ -372,7 +380,16 @@ def run_lbfgs(
                 f"returned {what} at L-BFGS-B evaluation {first} ({len(nonfinite)} of {n_evals[0]} evaluations "
                 "non-finite, counted as an infinite loss), where the run stopped"
             )
-    set_x(best_x)
+    if out.stopped and not np.isfinite(best_f).any():
+        # stopped before any finite evaluation of the run: the parameters stay at the start (exactly, not
+        # through x0's round trip) with the starting point's loss, evaluated under no_grad above
+        with torch.no_grad():
+            for t, s0 in zip(tensors, start):
+                t.copy_(s0)
+        f0 = rows_of(probe.detach().double().cpu().reshape(nb)).numpy() if batched else np.array([float(probe.sum())])
+        best_f = np.where(np.isfinite(f0), f0, np.inf)
+    else:
+        set_x(best_x)
     out.loss = float(best_f.sum())
     out.converged = converged
     out.member_losses = best_f.copy() if batched else None
