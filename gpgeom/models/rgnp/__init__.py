@@ -80,10 +80,12 @@ The package, one concept per module
 * :mod:`~gpgeom.models.rgnp.model`: :class:`~gpgeom.models.rgnp.model.RGNP` (grids and parameters, the Pyro model
   and guide, the ELBO, fit, calibrate, predict, predict_inverse, files) and
   :func:`~gpgeom.models.rgnp.model.family_residual`;
+* :mod:`~gpgeom.models.rgnp.calibration`: the work of :meth:`RGNP.calibrate` (the model discrepancy, its residual
+  indicator, the inverse steps);
 * :mod:`~gpgeom.models.rgnp.measures`: the error measures :func:`~gpgeom.models.rgnp.measures.nse` and
   :func:`~gpgeom.models.rgnp.measures.coverage`;
-* private helpers: the checks of the user's residual, lift and data (``_checks``) and what a model file stores
-  about the PDE family and the user callables (``_persistence``).
+* private helpers: the checks of the user's residual, lift, data and prediction inputs (``_checks``) and what a
+  model file stores, about the PDE family and the user callables in particular (``_persistence``).
 
 Derivatives of the field for residuals: :func:`~gpgeom.pde.autodiff.pointwise_grad` (re-exported here).
 """

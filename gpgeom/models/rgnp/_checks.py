@@ -1,7 +1,8 @@
 r"""Checks and small helpers of :class:`gpgeom.models.rgnp.model.RGNP`: the user's residual and lift, checked
 before it trains (:meth:`~gpgeom.models.rgnp.model.RGNP.fit`) and at every call; fields with known parameters
 (the data of ``fit``, the reference fields of :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`, drawn from the
-family's solver by :func:`reference_fields`); the dtype of the model's construction (:func:`default_dtype`) and
+family's solver by :func:`reference_fields`); the fields' points and parameters given to the predictions
+(:func:`check_xzw`, :func:`check_w`); the dtype of the model's construction (:func:`default_dtype`) and
 the warning of an uncalibrated spread (:func:`warn_uncalibrated`). The error measures are in
 :mod:`gpgeom.models.rgnp.measures`, what a model file stores about its family and callables in
 :mod:`gpgeom.models.rgnp._persistence`.
@@ -50,6 +51,9 @@ __all__ = [
     "reference_fields",
     "warn_uncalibrated",
     "check_inverse_points",
+    "check_rows",
+    "check_w",
+    "check_xzw",
     "draw_grid_size",
     "grid_size_option",
     "trained_sizes",
@@ -391,6 +395,45 @@ def warn_uncalibrated(model: Any) -> None:
             UncalibratedWarning,
             stacklevel=user_stacklevel(),
         )
+
+
+def check_rows(model: Any, name: str, t: Any, size: int) -> Tensor:
+    r"""``t`` ``(B, size)`` or ``(size,)`` as a ``(B, size)`` tensor of the model's dtype (``B = 1`` for 1-D)."""
+    t = model._as_tensor(name, t, ndim=(1, 2), shape=(size,))
+    return t if t.dim() == 2 else t[None]
+
+
+def check_w(model: Any, w: Any, B: int) -> Tensor:
+    r"""The known parameters ``w`` of ``B`` fields as ``(B, dw)``: ``(B, dw)``, or ``(dw,)`` / ``(1, dw)`` shared by
+    all; ``(B, 0)`` for a model without known parameters (``w`` checked by :func:`check_w_given`)."""
+    check_w_given("w", w, model.dim_w)
+    if w is None or not model.dim_w:
+        return torch.zeros(B, 0, dtype=model.dtype, device=model.device)
+    w = check_rows(model, "w", w, model.dim_w)
+    if w.shape[0] == 1 and B > 1:
+        w = w.expand(B, -1)
+    if w.shape[0] != B:
+        raise ValueError(f"`w` must hold 1 or {B} rows (one per field), got {w.shape[0]}.")
+    return w
+
+
+def check_xzw(model: Any, x: Any, z: Any, w: Any, check_support: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Points ``x`` ``(B, n, D)`` (or ``(n, D)`` shared), ``z`` ``(B, dz)`` (or ``(dz,)``) and ``w`` (:func:`check_w`)
+    as tensors, ``x`` inside the domain and, with ``check_support``, ``z`` and ``w`` inside their supports."""
+    z = check_rows(model, "z", z, model.dim_z)
+    B = z.shape[0]
+    w = check_w(model, w, B)
+    x = model._as_tensor("x", x, ndim=(2, 3), shape=(model.dim,))
+    if x.dim() == 2:
+        x = x[None].expand(B, -1, -1)
+    if x.shape[0] != B:
+        raise ValueError(f"`x` has {x.shape[0]} point sets but `z` has {B} rows.")
+    check_in_box("x", x, model.lower, model.upper, "the domain")
+    if check_support:
+        check_in_box("z", z, model.z_low, model.z_high, "the declared prior support of z")
+        if model.dim_w:
+            check_in_box("w", w, model.w_low, model.w_high, "the declared support of w")
+    return x, z, w
 
 
 def check_inverse_points(model: Any, x: Any, u: Any, mask: Any) -> tuple[Tensor, Tensor, Tensor | None]:

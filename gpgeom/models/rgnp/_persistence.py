@@ -1,6 +1,6 @@
-r"""What an RGNP model file (:meth:`~gpgeom.models.rgnp.model.RGNP.save`, :mod:`gpgeom._io`) stores about the
-model's PDE family and user callables, and how they come back at
-:meth:`~gpgeom.models.rgnp.model.RGNP.load` (:func:`family_info`, :func:`resolve_callables`,
+r"""What an RGNP model file (:meth:`~gpgeom.models.rgnp.model.RGNP.save`, :mod:`gpgeom._io`) stores
+(:func:`get_state`), in particular about the model's PDE family and user callables, and how the model comes back at
+:meth:`~gpgeom.models.rgnp.model.RGNP.load` (:func:`from_state`, :func:`family_info`, :func:`resolve_callables`,
 :func:`rebuild_family`, :func:`file_config`, :func:`callable_name`), and how they travel through ``pickle`` and
 ``copy.deepcopy`` (:class:`PicklesCallables`).
 """
@@ -18,7 +18,16 @@ from gpgeom.errors import ModelFileError
 from gpgeom.pde.family import PDEFamily
 from gpgeom.pde.registry import get_family, is_registered
 
-__all__ = ["PicklesCallables", "callable_name", "family_info", "file_config", "rebuild_family", "resolve_callables"]
+__all__ = [
+    "PicklesCallables",
+    "callable_name",
+    "family_info",
+    "file_config",
+    "from_state",
+    "get_state",
+    "rebuild_family",
+    "resolve_callables",
+]
 
 
 def callable_name(fn: Any) -> str | None:
@@ -132,6 +141,45 @@ def file_config(state: dict[str, Any]) -> dict[str, Any]:
     if config.get("grid") == "fixed" and dim > 1:
         config["n_points"] = max(2, round(config["n_points"] ** (1 / dim))) ** dim
     return config
+
+
+def get_state(model: Any) -> dict[str, Any]:
+    r"""What a file of the RGNP ``model`` holds (``RGNP._get_state``): its configuration, dtype, weights, training
+    history, trained grid sizes, calibration, family (:func:`family_info`), the sources and names of its callables."""
+    return {
+        "config": dict(model.config),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "module_state": model.state_dict(),
+        "fit_history": [float(v) for v in model.fit_history],
+        "trained_sizes": model.trained_sizes_,
+        "calibration": model.calibration_,
+        "family": family_info(model.family),
+        "sources": dict(model._sources),
+        "callable_names": {"residual": callable_name(model.residual_fn), "lift": callable_name(model.lift_fn)},
+    }
+
+
+def from_state(cls: type, state: dict[str, Any], residual: Any, lift: Any, unknown: dict[str, Any]) -> Any:
+    r"""The RGNP (of class ``cls``) of a file's :func:`get_state` (``RGNP._from_state``): the family from the
+    registry, user callables from the arguments (:func:`resolve_callables`); ``unknown``: the other keyword arguments
+    given to ``RGNP.load`` (a ``TypeError`` when there are any)."""
+    if unknown:
+        raise TypeError(f"RGNP.load got unexpected arguments {sorted(unknown)}; it takes `residual` and `lift`.")
+    residual, lift, family, sources = resolve_callables(state, residual, lift)
+    dtype = getattr(torch, state["dtype"])
+    model = cls(residual, lift=lift, dtype=dtype, **file_config(state))
+    module_state = dict(state["module_state"])
+    for key, value in model.discrepancy.state_dict().items():  # files from before the discrepancy existed
+        module_state.setdefault(f"discrepancy.{key}", value)
+    model.load_state_dict(module_state)
+    model.calibration_ = state.get("calibration")
+    model.family = family
+    model._sources = sources
+    model.fit_history = list(state["fit_history"])
+    n = model.n_points  # files before trained_sizes: the constructor's n_points (an int or a range), if trained
+    sizes = state.get("trained_sizes", ((n, n) if isinstance(n, int) else n) if model.fit_history else None)
+    model.trained_sizes_ = None if sizes is None else tuple(sizes)
+    return model
 
 
 class _UserCallable:

@@ -1,6 +1,7 @@
 r"""The :class:`RGNP` model: sampling collocation grids and parameters, the Pyro model and guide, the ELBO,
 training, calibration, the forward and inverse predictions, files (the method and its equations:
-:mod:`gpgeom.models.rgnp`); and :func:`family_residual`.
+:mod:`gpgeom.models.rgnp`); and :func:`family_residual`. The work of :meth:`RGNP.calibrate` is done in
+:mod:`gpgeom.models.rgnp.calibration`, that of the files in ``_persistence``, the input checks in ``_checks``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from gpgeom._progress import resolve_progress
 from gpgeom._validation import check_positive
 from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract, format_value
@@ -32,6 +32,7 @@ from gpgeom.engine.variational import (
     elbo_terms,
     gaussian_log_density,
 )
+from gpgeom.models.rgnp import calibration
 from gpgeom.models.rgnp._checks import (
     call_back,
     check_inverse_points,
@@ -39,25 +40,19 @@ from gpgeom.models.rgnp._checks import (
     check_network_options,
     check_residual_output,
     check_user_functions,
-    check_w_given,
+    check_w,
+    check_xzw,
     default_dtype,
     draw_grid_size,
     fixed_grid_side,
     grid_size_option,
     prepare_data,
-    reference_fields,
     trained_sizes,
     uniform_draws,
     warn_observed_counts,
     warn_uncalibrated,
 )
-from gpgeom.models.rgnp._persistence import (
-    PicklesCallables,
-    callable_name,
-    family_info,
-    file_config,
-    resolve_callables,
-)
+from gpgeom.models.rgnp._persistence import PicklesCallables, callable_name, from_state, get_state
 from gpgeom.models.rgnp.networks import ForwardNet
 from gpgeom.nn.gicnet import GICNet
 from gpgeom.pde._checks import NonFiniteOutputError, check_finite_output
@@ -332,7 +327,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
         r"""Residual of a field function ``u_fn: x (B, n, D) -> (B, n)`` at ``x``, through the model's residual
         function and autograd derivatives, ``(B, n)`` (e.g. ~0 for an exact solution). A field that is NaN or
         infinite at a point is an error naming ``u_fn`` and the point (the residual there would be NaN)."""
-        x, z, w = self._check_xzw(x, z, w, check_support=False)
+        x, z, w = check_xzw(self, x, z, w, check_support=False)
         x = x.detach().requires_grad_(True)
         u = u_fn(x)
         if not isinstance(u, Tensor) or u.shape != x.shape[:2]:
@@ -364,20 +359,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
         the size of a Newton correction :math:`\bar u + a\,d` that removes the residual, i.e. the residual in units
         of the field (for :math:`-(k u')' = f`: :math:`\|r\| / \|k\|`, the stability constant of the
         residual-based error bound)."""
-        per_axis = {1: 64, 2: 12, 3: 6}[self.dim]
-        axes = [(torch.arange(per_axis, dtype=self.dtype, device=self.device) + 0.5) / per_axis] * self.dim
-        unit = torch.stack([g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], dim=-1)
-        x = (self.lower + (self.upper - self.lower) * unit)[None].expand(z.shape[0], -1, -1)
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            shift = torch.zeros(z.shape[0], 1, dtype=self.dtype, device=self.device, requires_grad=True)
-            b, d = self.lift(x, w)
-            r = self._call_residual(b + d * (self.forward_dist(z, w, x).loc + shift), x, z, w)
-            probe = torch.zeros_like(r, requires_grad=True)
-            (vjp,) = torch.autograd.grad(r, shift, grad_outputs=probe, create_graph=True)
-            (jd,) = torch.autograd.grad(vjp.sum(), probe)  # R'[u] d at every point, (B, n)
-        size = jd.pow(2).mean(-1).sqrt()
-        return r.detach().pow(2).mean(-1).sqrt() / size.clamp_min(torch.finfo(size.dtype).tiny)
+        return calibration.residual_indicator(self, z, w)
 
     def predictive_dist(self, z: Tensor, w: Tensor, x: Tensor) -> LowRankGaussian:
         r"""The predictive distribution of the true field at ``x`` ``(B, n, D)``: :meth:`field_dist` plus the
@@ -458,7 +440,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
         """
         x = self._as_tensor("x", x, ndim=3, shape=(None, None, self.dim))
         check_in_box("x", x, self.lower, self.upper, "the domain")
-        w = self._check_w(w, x.shape[0])
+        w = check_w(self, w, x.shape[0])
         if data is not None and not (isinstance(data, dict) and "noise" in data):
             data = prepare_data(self, data, noise_std, data_batch)
         return elbo_terms(self.model, self.guide, x.detach().requires_grad_(True), w, data)
@@ -606,17 +588,6 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
             self._counts_warned = False  # newly trained: predict_inverse warns again where it should
             return self
 
-    def _inverse_loss(self, batch: int, n_points: int, noise_std: float = 0.0) -> Tensor:
-        r""":math:`-\mathbb E \log q_\beta(z \mid u + \epsilon, w)` over :math:`z, w` from the priors, a random grid,
-        :math:`u` from the calibrated predictive (:meth:`predictive_dist`) and observation noise
-        :math:`\epsilon \sim \mathcal N(0, \sigma_y^2 I)`, per field."""
-        z, w = self.sample_params(batch)
-        x = self.sample_grid(batch, n_points)
-        with torch.no_grad():
-            u = self.predictive_dist(z, w, x).rsample()
-            u = u + noise_std * torch.randn_like(u) if noise_std > 0 else u
-        return -self.inverse_dist(x, u, w).log_prob(z).mean()
-
     def calibrate(
         self, data: dict | None = None, *, n_fields: int = 32, n_points: int = 50, inverse_steps: int = 0,
         inverse_batch: int = 32, inverse_noise_std: float = 0.0, lr: float = 1e-3, seed: int | None = None,
@@ -666,72 +637,12 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
             ValueError: Without ``data`` for a model without a PDE family that has a reference solver; for data
                 outside the domain or the supports of the parameters.
         """
-        self._check_fitted()
-        resolve_progress(progress)  # a bad value is refused before the reference solves, with or without steps
-        check_positive("n_fields", n_fields, integer=True)
-        check_positive("inverse_steps", inverse_steps, integer=True, allow_zero=True)
-        check_positive("inverse_batch", inverse_batch, integer=True)
-        check_positive("inverse_noise_std", inverse_noise_std, allow_zero=True)
-        if inverse_noise_std and not inverse_steps:
-            raise ValueError(
-                f"`inverse_noise_std`={inverse_noise_std} is the noise of the inverse steps' fields, but "
-                "`inverse_steps` is 0: ask for inverse steps (e.g. inverse_steps=500) or leave the noise at 0."
-            )
-        check_positive("n_points", n_points, integer=True)
-        x, y, z, w = reference_fields(self, data, n_fields, n_points, seed)
-        with torch.no_grad():
-            q = self.forward_dist(z, w, x)
-            b, d = self.lift(x, w)
-            base = d[..., :, None] * q.covariance_matrix * d[..., None, :]
-            errors = y - (b + d * q.mean)
-            rho = self.residual_indicator(z, w)
-        self.discrepancy.reset()
-        xs = self._normalise(x, self.lower, self.upper)
-        record: dict[str, Any] = self.discrepancy.calibrate(errors, base, xs, d, rho)
-        record.update(n_fields=int(x.shape[0]), n_points=int(x.shape[1]), inverse_steps=int(inverse_steps))
-        if inverse_steps:
-            result = fit(
-                lambda: self._inverse_loss(inverse_batch, self.n_points, inverse_noise_std), module=self.inverse_net,
-                optimizer="adam", lr=lr, epochs=inverse_steps, patience=inverse_steps + 1, rel_tol=0.0,
-                progress=progress, seed=seed,
-            )  # fmt: skip
-            record.update(inverse_loss=float(result.loss), inverse_noise_std=float(inverse_noise_std))
-            self.trained_sizes_ = trained_sizes(self.trained_sizes_, self.n_points)
-        self.calibration_ = record
-        return self
+        return calibration.calibrate(
+            self, data, n_fields=n_fields, n_points=n_points, inverse_steps=inverse_steps, inverse_batch=inverse_batch,
+            inverse_noise_std=inverse_noise_std, lr=lr, seed=seed, progress=progress,
+        )  # fmt: skip
 
     # -- prediction -------------------------------------------------------------------------------------------------
-    def _rows(self, name: str, t: Any, size: int) -> Tensor:
-        t = self._as_tensor(name, t, ndim=(1, 2), shape=(size,))
-        return t if t.dim() == 2 else t[None]
-
-    def _check_w(self, w: Any, B: int) -> Tensor:
-        check_w_given("w", w, self.dim_w)
-        if w is None or not self.dim_w:
-            return torch.zeros(B, 0, dtype=self.dtype, device=self.device)
-        w = self._rows("w", w, self.dim_w)
-        if w.shape[0] == 1 and B > 1:
-            w = w.expand(B, -1)
-        if w.shape[0] != B:
-            raise ValueError(f"`w` must hold 1 or {B} rows (one per field), got {w.shape[0]}.")
-        return w
-
-    def _check_xzw(self, x: Any, z: Any, w: Any, check_support: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        z = self._rows("z", z, self.dim_z)
-        B = z.shape[0]
-        w = self._check_w(w, B)
-        x = self._as_tensor("x", x, ndim=(2, 3), shape=(self.dim,))
-        if x.dim() == 2:
-            x = x[None].expand(B, -1, -1)
-        if x.shape[0] != B:
-            raise ValueError(f"`x` has {x.shape[0]} point sets but `z` has {B} rows.")
-        check_in_box("x", x, self.lower, self.upper, "the domain")
-        if check_support:
-            check_in_box("z", z, self.z_low, self.z_high, "the declared prior support of z")
-            if self.dim_w:
-                check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
-        return x, z, w
-
     @torch.no_grad()
     def predict(
         self, z: Any, w: Any, x: Any, return_std: bool = False, *, return_mvn: bool = False, jitter: float = 0.0
@@ -756,7 +667,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
             ``(mean, std)`` of that shape, or the MVN. Tensors of the model's dtype on its device.
         """
         self._check_fitted()
-        x, z, w = self._check_xzw(x, z, w)
+        x, z, w = check_xzw(self, x, z, w)
         if (return_std or return_mvn) and not bool(self.discrepancy.calibrated):
             warn_uncalibrated(self)
         if return_mvn:
@@ -809,7 +720,7 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
         self._check_fitted()
         x, u, mask = check_inverse_points(self, x, u, mask)
         warn_observed_counts(self, u.shape[-1] if mask is None else mask.sum(-1))
-        w = self._check_w(w, u.shape[0])
+        w = check_w(self, w, u.shape[0])
         if self.dim_w:
             check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
         dist = self.inverse_dist(x, u, w, mask)
@@ -819,40 +730,14 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
 
     # -- the model contract: files and repr ---------------------------------------------------------------------------
     def _get_state(self) -> dict[str, Any]:
-        family = family_info(self.family)
-        return {
-            "config": dict(self.config),
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "module_state": self.state_dict(),
-            "fit_history": [float(v) for v in self.fit_history],
-            "trained_sizes": self.trained_sizes_,
-            "calibration": self.calibration_,
-            "family": family,
-            "sources": dict(self._sources),
-            "callable_names": {"residual": callable_name(self.residual_fn), "lift": callable_name(self.lift_fn)},
-        }
+        return get_state(self)
 
     @classmethod
     def _from_state(
         cls, state: dict[str, Any], residual: ResidualFn | None = None, lift: LiftFn | None = None, **unknown: Any
     ) -> RGNP:
         r"""Rebuild from :meth:`_get_state`: the family from the registry, user callables from the arguments."""
-        if unknown:
-            raise TypeError(f"RGNP.load got unexpected arguments {sorted(unknown)}; it takes `residual` and `lift`.")
-        residual, lift, family, sources = resolve_callables(state, residual, lift)
-        dtype = getattr(torch, state["dtype"])
-        model = cls(residual, lift=lift, dtype=dtype, **file_config(state))
-        module_state = dict(state["module_state"])
-        for key, value in model.discrepancy.state_dict().items():  # files from before the discrepancy existed
-            module_state.setdefault(f"discrepancy.{key}", value)
-        model.load_state_dict(module_state)
-        model.calibration_ = state.get("calibration")
-        model.family = family
-        model._sources = sources
-        model.fit_history = list(state["fit_history"])
-        sizes = state.get("trained_sizes", trained_sizes(None, model.n_points) if model.fit_history else None)
-        model.trained_sizes_ = None if sizes is None else tuple(sizes)  # files before it: the constructor's n_points
-        return model
+        return from_state(cls, state, residual, lift, unknown)
 
     @classmethod
     def load(
