@@ -426,3 +426,50 @@ def test_stop_iteration_in_a_group_of_members_ends_the_fit(monkeypatch):
         split = models[1].fit(executor=threads, split_members=True, **kw).fit_result_
     assert serial.stopped and serial.attempts == 1
     assert split.stopped and split.attempts == 1
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_stop_iteration_at_the_first_evaluations_of_split_members(monkeypatch, k):
+    r"""``StopIteration`` at the ``k``-th evaluation of the loss (any evaluation, with or without gradients) of a fit
+    whose attempts are split into groups of members on a thread pool. Before: ``k=1`` (the probe for the members)
+    was swallowed and every attempt ran (``stopped`` False); ``k=2`` raised TypeError in ``merge_members`` (a group
+    stopped at its probe had no members, trace or member losses); ``k=3`` an IndexError (a group's empty trace).
+    Now the fit ends stopped after one attempt, and its loss is the loss of the parameters it returns (every
+    member evaluated at least once), recomputed here with GPyTorch's ``ExactMarginalLogLikelihood``."""
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    import gpgeom.engine.attempts as attempts
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 2, generator=g, dtype=D)
+    Y = torch.cat([torch.sin(6 * X[:, :1]), torch.cos(3 * X[:, 1:2])], 1)
+    calls: list[int] = []
+    real = attempts.FitJob.losses
+
+    def losses(self):
+        full, batch, batches = real(self)
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == k:
+                raise StopIteration
+            return full(*args, **kwargs)
+
+        counted.accepts_batch_indices = full.accepts_batch_indices
+        return counted, batch, batches
+
+    monkeypatch.setattr(attempts.FitJob, "losses", losses)
+    model = ExactGPModel(X, Y)
+    model.fast_mll = True  # the closed-form loss, which evaluates a subset of the members (split_members needs it)
+    with ThreadPoolExecutor(2) as threads:
+        res = model.fit(executor=threads, split_members=True, restarts=1, seed=5, max_iter=30, progress=False)
+    res = res.fit_result_
+    assert res.stopped and res.attempts == 1 and res.best_attempt == 0 and not res.failures
+    assert math.isfinite(res.loss) and len(res.history) == 1
+    if k == 1:
+        assert len(calls) == 2  # the probe that stopped, and the loss at the start
+    model.train()
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    with torch.no_grad():
+        want = float(-mll(model(*model.train_inputs), model.train_targets).sum())
+    assert res.loss == pytest.approx(want, rel=1e-8)

@@ -335,7 +335,8 @@ class FitJob:
 
     def members(self) -> int | None:
         r"""The number of independent members an attempt can be split into (L-BFGS-B on a loss that evaluates a
-        subset of a batch of independent problems), or ``None``. Evaluates the loss once at the starting point."""
+        subset of a batch of independent problems), or ``None``. Evaluates the loss once at the starting point;
+        a ``StopIteration`` it raises propagates (the fit is asked to stop there, :func:`run_attempts`)."""
         full_loss = self.losses()[0]
         if self.opts["optimizer"] != "lbfgs" or not full_loss.accepts_batch_indices:
             return None
@@ -345,6 +346,8 @@ class FitJob:
             self.module.train()
             with torch.no_grad(), jitter_context(self.opts["levels"][0]):
                 probe = full_loss()
+        except StopIteration:  # the objective asked to end the fit here: the caller (run_attempts) stops
+            raise
         except Exception:  # noqa: BLE001 - a failing start is handled (and reported) by the attempts themselves
             return None
         finally:
@@ -532,7 +535,8 @@ def plan_tasks(n_attempts: int, n_members: int | None, workers: int) -> list[tup
 def merge_members(parts: list[Outcome], n_members: int) -> Outcome:
     r"""One attempt's outcome from the outcomes of its groups of members (:func:`plan_tasks`): member losses,
     parameter rows and state scattered back by member index, the history rebuilt from the groups' traces (a group
-    that stopped early contributes its last values), ``converged`` if every group converged, ``stopped`` if
+    that stopped early contributes its last values; one stopped before any traced evaluation, its member losses:
+    those of its start, :func:`_stopped_at_start`), ``converged`` if every group converged, ``stopped`` if
     any group was stopped (``StopIteration`` from the loss), the largest jitter level, and failure if any group
     failed (with the first failed group's reason and named error)."""
     attempt = parts[0][0]
@@ -550,8 +554,8 @@ def merge_members(parts: list[Outcome], n_members: int) -> Outcome:
     out.loss = float(out.member_losses.sum())
     contrib = np.empty(n_members)
     for step in range(max(len(r.trace) for r in results)):
-        for r in results:
-            contrib[r.members] = r.trace[min(step, len(r.trace) - 1)]
+        for r in results:  # a group stopped before its first evaluation with gradients: its members' losses
+            contrib[r.members] = r.trace[min(step, len(r.trace) - 1)] if r.trace else r.member_losses
         out.history.append(float(np.sum(contrib)))
     out.rows = {}
     for name, rows in results[0].rows.items():
@@ -566,13 +570,33 @@ def merge_members(parts: list[Outcome], n_members: int) -> Outcome:
     return attempt, out, level, "", None
 
 
+def _stopped_before_tasks(job: FitJob) -> Outcome:
+    r"""Attempt 0 stopped at its first evaluation (``StopIteration`` at :meth:`FitJob.members`' probe), as the
+    serial run stops at L-BFGS-B's probe: the start, with the loss there (:func:`_stopped_at_start`)."""
+    result = Attempt()
+    result.stopped = True
+    training = job.module.training
+    try:
+        job.module.train()  # the mode the optimisers evaluate the loss in
+        with jitter_context(job.opts["levels"][0]):
+            _stopped_at_start(result, job.module, job.initial, job.losses()[0], None)
+    finally:
+        job.module.train(training)
+    result.state = copy.deepcopy(job.module.state_dict())
+    return 0, result, 0, "", None
+
+
 def run_attempts(
     job: FitJob, n_attempts: int, executor: Executor, progress: bool | None, split_members: bool = False
 ) -> list[Outcome] | None:
     r"""The attempts of ``job`` as tasks of ``executor`` (:func:`plan_tasks`; groups of members only with
     ``split_members``), in attempt order, or ``None`` when there is only one task (the caller runs it here). A
-    progress bar counts the finished tasks."""
-    n_members = job.members() if split_members else None
+    progress bar counts the finished tasks. When the objective raises ``StopIteration`` at the probe for the members
+    (:meth:`FitJob.members`), no task runs: attempt 0 alone, stopped at its start (:func:`_stopped_before_tasks`)."""
+    try:
+        n_members = job.members() if split_members else None
+    except StopIteration:  # at the probe for the members, before any task: the serial run's stop at its probe
+        return [_stopped_before_tasks(job)]
     tasks = plan_tasks(n_attempts, n_members, executor_workers(executor))
     if len(tasks) < 2:
         return None

@@ -203,6 +203,9 @@ def run_lbfgs(
             probe = loss_fn()
     except StopIteration:  # the loss asked to end the run at its first evaluation: nothing evaluated, no step
         out.stopped = True
+        if members is not None:  # a run on some members reports them, each at an infinite loss (nothing evaluated)
+            out.members = np.asarray(members, dtype=np.int64)
+            out.trace, out.member_losses = [], np.full(out.members.size, np.inf)
         return out
     except Exception as err:
         _noted(err, "the starting point")
