@@ -389,6 +389,33 @@ def test_a_callable_loss_that_is_not_finite_at_the_start_is_named(optimizer, val
     torch.testing.assert_close(module.w.detach(), start, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kind", ["named", "not_psd", "not_finite"])
+def test_a_fit_that_fails_in_every_attempt_leaves_the_train_eval_modes(kind):
+    r"""Every attempt fails, so :func:`fit` raises: the named ValueError (a NaN kernel), NotPSDError (a negative
+    definite kernel), LossNotFiniteError (a callable returning NaN). The modes of every submodule are those before the
+    call (here mixed: the model in train mode, its likelihood in eval mode). Before: the module was put in eval mode
+    before raising, against fit's docstring."""
+    X = torch.rand(15, 1, dtype=DT, generator=torch.Generator().manual_seed(1))
+    if kind == "not_finite":
+        module, objective, _ = _broken_loss(0)
+        module.inner = torch.nn.Linear(1, 1)
+        module.inner.eval()
+        error, kw = LossNotFiniteError, {"module": module}
+    else:
+        kernel = NaNKernel() if kind == "named" else NegativeKernel()
+        model = ExactGPModel(X, torch.sin(5 * X), covar_module=kernel)
+        model.train()
+        model.likelihood.eval()
+        module = objective = ExactMarginalLogLikelihood(model.likelihood, model)
+        error, kw = (ValueError if kind == "named" else NotPSDError), {}
+    before = {name: m.training for name, m in module.named_modules()}
+    assert len(set(before.values())) == 2  # both modes present
+    with pytest.raises(error):
+        fit(objective, progress=False, restarts=0 if kind == "not_finite" else 1, seed=0, max_iter=5, **kw)
+    assert {name: m.training for name, m in module.named_modules()} == before
+
+
 def test_adam_names_the_epoch_and_minibatch_where_the_loss_became_nan():
     r"""NaN at epoch 3 (full batch) or at the third minibatch of epoch 1 was reported as "the covariance matrix could
     not be factorised"; with minibatches the step had already made every parameter NaN. The loss is now checked

@@ -146,6 +146,14 @@ def _model_dtype(module: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def _put_back(module: nn.Module, state: dict[str, Any], modes: list[tuple[nn.Module, bool]]) -> None:
+    r"""Before :func:`fit` raises: the module's parameters and buffers as in ``state``, and every submodule's
+    train/eval mode as in ``modes``."""
+    restore(module, state)
+    for m, mode in modes:
+        m.training = mode
+
+
 def _is_exact(objective: object) -> bool:
     if isinstance(objective, SumMarginalLogLikelihood):
         return all(isinstance(sub, ExactGP) for sub in getattr(objective.model, "models", ()))
@@ -385,14 +393,11 @@ def fit(
                 stopped = True
                 break
     except BaseException:  # a fit that raises leaves the module as it was (values, train/eval modes)
-        restore(module, job.initial)
-        for m, mode in modes:
-            m.training = mode
+        _put_back(module, job.initial, modes)
         raise
 
-    if best is None:
-        restore(module, job.initial)
-        module.eval()
+    if best is None:  # every attempt failed: the fit raises, and leaves the module as it was
+        _put_back(module, job.initial, modes)
         if named:  # a user's module returned NaN or inf (the first attempt it made fail), chained to the error
             cause = named[0].__cause__ or named[0].__dict__.pop(SHIPPED_CAUSE, None)
             raise named[0] from cause
