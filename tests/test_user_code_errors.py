@@ -488,3 +488,39 @@ def test_a_nan_test_input_is_named_not_the_kernel(bad):
     with pytest.raises(ValueError, match=r"^`X` contains 1 NaN or infinite value\(s\) in a prediction") as err:
         model(Xt)
     assert f"(first at index {pos}: {bad})" in str(err.value) and "covar_module" not in str(err.value)
+
+
+def test_a_nan_made_by_the_input_transform_is_named_not_x():
+    r"""An input transform taking the square root of the coordinates, a finite test input with a negative coordinate:
+    before, ``posterior`` and ``predict`` said "`X` contains 1 NaN ... the test inputs must be finite", though ``X``
+    is finite. Now the ValueError names ``input_transform`` (its class) and the first bad transformed entry (found
+    here with ``torch.sqrt``); a non-finite ``X`` is still named as ``X``."""
+    from botorch.models.transforms.input import InputTransform
+
+    class SqrtTransform(InputTransform, torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transform_on_train = self.transform_on_eval = self.transform_on_fantasize = True
+
+        def transform(self, X):
+            return torch.sqrt(X)
+
+    X = torch.rand(20, 1, dtype=D, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = ExactGPModel(X, torch.sin(6 * X), input_transform=SqrtTransform()).fit(progress=False, max_iter=10)
+    Xt = torch.tensor([[0.2], [-0.4], [0.5]], dtype=D)
+    assert bool(torch.isfinite(Xt).all())
+    pos = tuple(int(i) for i in torch.sqrt(Xt).isnan().nonzero()[0])
+    for predict in (lambda Z: model.posterior(Z).mean, model.predict):
+        with pytest.raises(ValueError, match=r"^`input_transform` \(SqrtTransform\) returned NaN or inf in a pred"):
+            predict(Xt)
+    with pytest.raises(ValueError) as err:
+        model.predict(Xt)
+    assert f"(first at index {pos}: nan)" in str(err.value) and "though `X` is finite" in str(err.value)
+    assert bool(torch.isfinite(model.predict(Xt[[0, 2]])).all())  # the other rows predict
+    Xt[1, 0] = math.nan
+    for predict in (lambda Z: model.posterior(Z).mean, model.predict):
+        with pytest.raises(ValueError, match=r"^`X`") as err:
+            predict(Xt)
+        assert "input_transform" not in str(err.value)

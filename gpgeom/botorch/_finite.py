@@ -37,10 +37,12 @@ __all__ = [
     "check_conditioned",
     "check_inputs",
     "check_prediction",
+    "check_transformed",
     "diagnose",
     "diagnose_fit",
     "factor_guard",
     "named_step",
+    "raw_inputs",
 ]
 
 #: What a Cholesky factorisation of a covariance with NaN or inf entries raises.
@@ -84,6 +86,44 @@ def check_inputs(X: Tensor, where: str, cause: BaseException | None = None) -> N
             f"dimension the input coordinates){first_bad(X, bad)}: the test inputs must be finite; remove or impute "
             "them first."
         ) from cause
+
+
+#: The key in a model's ``__dict__`` under which :func:`raw_inputs` keeps the test inputs as given.
+_RAW = "_finite_raw_inputs"
+
+
+@contextlib.contextmanager
+def raw_inputs(model: Any, X: Tensor) -> Iterator[None]:
+    r"""Within it, :func:`check_prediction` for ``model`` knows the test inputs ``X`` as the user gave them (any
+    shape ``... x q x d``, before the model's ``input_transform``), so that a non-finite transformed input is blamed on
+    the transform when ``X`` is finite. Nested uses (a prediction in chunks through ``posterior``) keep the inner
+    ``X`` until they end."""
+    previous = model.__dict__.get(_RAW)
+    model.__dict__[_RAW] = X
+    try:
+        yield
+    finally:
+        if previous is None:
+            model.__dict__.pop(_RAW, None)
+        else:
+            model.__dict__[_RAW] = previous
+
+
+def check_transformed(model: Any, X: Tensor, where: str) -> None:
+    r"""Raise a ``ValueError`` naming the model's ``input_transform`` (its class) when the transformed test inputs
+    ``X`` (any shape ``... x q x d``) hold NaN or inf: called when the inputs as given were finite, so the transform
+    made them (e.g. a square root or log of a coordinate outside its domain). Nothing when ``X`` is finite or the
+    model has no input transform."""
+    transform = getattr(model, "input_transform", None)
+    bad = ~torch.isfinite(X)
+    if transform is None or not bool(bad.any()):
+        return
+    raise ValueError(
+        f"`input_transform` ({type(transform).__name__}) returned NaN or inf {where}: {int(bad.sum())} of "
+        f"{X.numel()} transformed test input value(s) (shape {tuple(X.shape)}, the last dimension the input "
+        f"coordinates) are NaN or infinite{first_bad(X, bad)}, though `X` is finite. Look for a log or square "
+        "root of a negative coordinate, 0/0 or an overflow in its transform, or give inputs in its domain."
+    )
 
 
 def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseException | None = None) -> None:
@@ -168,13 +208,19 @@ def named_step(model: Any, where: str) -> Iterator[None]:
 
 def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) -> None:
     r"""One ``isfinite`` check of the computed posterior ``values`` (mean, variances or covariance) at the
-    transformed test inputs ``X``; when one is NaN or inf, a ``ValueError`` names ``X`` if it holds NaN or inf
-    (:func:`check_inputs`), else :func:`diagnose` at the training inputs, then at ``X``, names the module. A
-    non-finite value that no module explains is left as it was."""
+    transformed test inputs ``X``; when one is NaN or inf, a ``ValueError`` names ``X`` if the inputs as given hold
+    NaN or inf (:func:`check_inputs`; those of :func:`raw_inputs` when the prediction is inside it, else ``X``), the
+    ``input_transform`` if they are finite but ``X`` is not (:func:`check_transformed`), else :func:`diagnose` at the
+    training inputs, then at ``X``, names the module. A non-finite value that no module explains is left as it
+    was."""
     values = tuple(v for v in values if v is not None)
     if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
         return
     where = model.__dict__.get("_finite_where", where)
+    raw = model.__dict__.get(_RAW)
+    if raw is not None:  # the inputs as given: NaN there is the user's; finite there, the transform's
+        check_inputs(raw, where)
+        check_transformed(model, X, where)
     check_inputs(X, where)  # first: NaN inputs make NaN predictions from any module
     diagnose(model, where)  # first: a NaN mean at the training inputs makes every mean NaN (no Cholesky fails)
     diagnose(model, where, X=X)

@@ -52,7 +52,14 @@ from torch import Tensor, nn
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
-from gpgeom.botorch._finite import check_conditioned, check_prediction, diagnose_fit, factor_guard, named_step
+from gpgeom.botorch._finite import (
+    check_conditioned,
+    check_prediction,
+    diagnose_fit,
+    factor_guard,
+    named_step,
+    raw_inputs,
+)
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
@@ -441,7 +448,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         budget = resolve_max_memory(max_memory)
         self.eval()
         N, m = X.shape[-2], self._num_outputs
-        with self.numerics(), memory_budget(budget):
+        with self.numerics(), memory_budget(budget), raw_inputs(self, X):
             if not self._fast_predict_ok():  # the chunk's joint posterior: twice the kernel work per point
                 rows = chunk_size or chunk_size_for(2 * self._bytes_per_test_point(X.shape[:-2]), total=N)
                 post = lambda Z: self.posterior(Z, observation_noise=observation_noise)  # noqa: E731
@@ -573,7 +580,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             # BoTorch's batched posterior untransforms the outputs it selects with the outcome transform's first
             # statistics (a Standardize's means and scales of outputs 0, 1, ..., not of those selected) and cannot
             # build a multitask distribution from one output: select them from the full (untransformed) joint.
-            with self.numerics():
+            with self.numerics(), raw_inputs(self, X):
                 full = super().posterior(X, observation_noise=observation_noise, **kwargs)
             if not isinstance(full, GPyTorchPosterior):
                 raise NotImplementedError(
@@ -582,7 +589,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                 )
             post = gaussian_posterior(*select_outputs(*joint_moments(full, detach=False), output_indices))
             return post if posterior_transform is None else posterior_transform(posterior=post, X=X)
-        with self.numerics():
+        with self.numerics(), raw_inputs(self, X):  # a NaN that the input transform makes names it
             return super().posterior(
                 X,
                 output_indices=output_indices,
