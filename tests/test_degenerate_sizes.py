@@ -95,6 +95,22 @@ def test_rvgp_posterior_of_an_empty_batch_and_predict_at_no_point(rvgp_fit):
     torch.testing.assert_close(s1[0].square(), s3[1].square(), rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("kw", [{"max_memory": "bogus"}, {"max_memory": -1}, {"chunk_size": 0}, {"chunk_size": 1.5}])
+def test_rvgp_predictions_at_no_point_check_their_arguments_as_at_one(rvgp_fit, kw):
+    r"""A bad ``max_memory`` or ``chunk_size`` raised at one point but, at no point, ``predict_at`` returned the
+    empty results (``max_memory``: ``predict([])`` too): now the same error, naming the argument, whatever the
+    number of points (the one-point error is the truth)."""
+    s, gp = rvgp_fit
+    name = next(iter(kw))
+    with pytest.raises((ValueError, TypeError), match=f"`{name}`") as one, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gp.predict_at(s.points[:1] + 0.01, **kw)
+    for call in (lambda: gp.predict_at(np.zeros((0, 3)), **kw), lambda: gp.predict([], **kw)):
+        with pytest.raises(type(one.value)) as none:
+            call()
+        assert str(none.value) == str(one.value)
+
+
 def test_multi_output_posteriors_of_an_empty_batch_are_named():
     r"""``ExactGPModel`` with two outputs (and a ``SurrogateList``) at ``0 x q x d`` raised GPyTorch's "cannot
     reshape tensor of 0 elements into shape [0, -1]" (as BoTorch's ``SingleTaskGP`` does); now a ValueError naming

@@ -57,7 +57,7 @@ from gpgeom._validation import check_device, check_option, check_positive, first
 from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
-from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size
+from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size, resolve_max_memory
 from gpgeom.engine.fitting import FitResult, fit
 from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian
 from gpgeom.geometry.tangent import fit_size, local_noise_variance, tangent_frames
@@ -95,6 +95,13 @@ def _plain(obj: Any) -> Any:
     if obj is None or isinstance(obj, bool | int | float | str | Tensor):
         return obj
     return repr(obj)
+
+
+def _check_chunking(chunk_size: object, max_memory: object) -> None:
+    r"""``chunk_size`` (a positive int) and ``max_memory`` (bytes, a string such as ``"1GB"`` or ``None``), checked
+    as the chunked prediction reads them (a ``TypeError`` or ``ValueError`` naming the argument)."""
+    check_positive("chunk_size", chunk_size, integer=True)
+    resolve_max_memory(max_memory)
 
 
 class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
@@ -544,6 +551,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             gpgeom.errors.NotFittedError: Before :meth:`fit` or :meth:`load`.
         """
         self._check_fitted()
+        _check_chunking(chunk_size, max_memory)  # here, so that no point fails as one does
         idx = np.arange(self.n) if index is None else _as_index("index", index, self.n)
         if len(idx) == 0:  # no point: the results at point 0, sliced to none (their shapes, dtype and device)
             out = self.predict(np.zeros(1, dtype=np.int64), return_std, observation_noise, return_cov=return_cov)
@@ -580,7 +588,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             OutOfReachWarning: For points farther than :attr:`reach` from the cloud.
         """
         self._check_fitted()
-        check_positive("chunk_size", chunk_size, integer=True)
+        _check_chunking(chunk_size, max_memory)  # here, so that no point fails as one does
         P = self._new_points(points)
         if len(P) == 0:  # no point: as predict([]), the empty results of the model's dtype and device
             return self.predict([], return_std, observation_noise, return_cov=return_cov)
