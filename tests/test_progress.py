@@ -4,7 +4,8 @@ r"""gpgeom's one progress rule (:mod:`gpgeom._progress`) at every long entry poi
 under pytest (standard error is not a terminal) writes nothing; a non-bool is a ``TypeError`` naming ``progress``
 before any work. Nested operations (restarts inside a fit, a fit inside a calibrate, the GPs of an MMGP, the
 morphing of its meshes) leave at most one bar on screen with ``True`` (inner bars use ``leave=False``), and none with
-``False``.
+``False``. A fit keeps its outer bar when done; a prediction (MMGP's predict and ood_score, often one of many calls)
+clears its bar.
 """
 
 from __future__ import annotations
@@ -294,6 +295,20 @@ def test_mmgp_fit_shows_the_morphing_of_the_meshes(capfd):
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.parametrize("name", ["MMGP.predict", "MMGP.ood_score"])
+def test_mmgp_predictions_clear_their_bar(name, capfd):
+    r"""A prediction is often one of many (a loop of one-mesh predictions in a notebook): its bar over the meshes is
+    shown while it runs and cleared when done. Before, every call left its bar (80 one-mesh predictions with
+    ``progress=True``: 80 bars on screen; here 3 calls, 3 bars)."""
+    ENTRY_POINTS[name](False)  # fitted once, silently
+    capfd.readouterr()
+    for _ in range(3):
+        ENTRY_POINTS[name](True)
+    err = capfd.readouterr().err
+    assert "MMGP morph+transfer" in err and BAR.search(err)  # shown while it runs (3 meshes per call)
+    assert _bars_on_screen(err) == 0, err
+
+
 def test_calibrate_refuses_a_bad_progress_without_inverse_steps():
     r"""``calibrate(progress="yes")`` with ``inverse_steps=0`` (the default) was accepted silently: only the inverse
     steps' fit looked at it."""
@@ -349,27 +364,58 @@ def test_workers_of_an_executor_print_no_bar_of_their_own(name, capfd):
     assert BAR.search(err) and _bars_on_screen(err) <= 1, err
 
 
-def test_benchmark_scripts_leave_progress_to_the_rule():
-    r"""Benchmark scripts pass ``progress`` as ``False``, ``None``, a conditional of the two or a variable, never a
-    forced ``True``: ``benchmarks/mmgp.py`` passed ``progress=not quick`` to the data generation, so a full run with
-    its output redirected to a log (CI, ``> run.log``) filled it with bars."""
+def _forced_progress(source: str) -> list[int]:
+    r"""The lines of ``source`` that pass ``progress`` (a keyword argument, or a ``"progress"`` key of a dict
+    literal) as anything but ``False``, ``None`` or a conditional expression of these (``False if quick else None``):
+    a variable is refused too, since it can carry ``True`` (``show = True; fit(progress=show)``)."""
     import ast
-    from pathlib import Path
 
     def allowed(node):
         if isinstance(node, ast.Constant):
             return node.value is False or node.value is None
         if isinstance(node, ast.IfExp):
             return allowed(node.body) and allowed(node.orelse)
-        return isinstance(node, ast.Name | ast.Attribute | ast.Subscript)  # passed on from the caller
+        return False
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        pairs = []
+        if isinstance(node, ast.Call):
+            pairs = [(k.arg, k.value) for k in node.keywords]
+        elif isinstance(node, ast.Dict):
+            pairs = [(k.value if isinstance(k, ast.Constant) else None, v) for k, v in zip(node.keys, node.values)]
+        lines += [v.lineno for k, v in pairs if k == "progress" and not allowed(v)]
+    return sorted(lines)
+
+
+def test_the_benchmark_progress_check_refuses_true_however_it_is_passed():
+    r"""The checker of :func:`test_benchmark_scripts_leave_progress_to_the_rule` on small sources: it accepted any
+    variable, so ``show = True; fit(progress=show)`` passed."""
+    ok = (
+        "fit(progress=False)\nfit(progress=None)\nfit(progress=False if quick else None)\n"
+        "gen = {'progress': None if quick else False}\n"
+    )
+    assert _forced_progress(ok) == []
+    forced = [
+        "fit(progress=True)",
+        "show = True\nfit(progress=show)",
+        "fit(progress=not quick)",
+        "fit(progress=opts.progress)",
+        "fit(progress=flags['progress'])",
+        "fit(progress=False if quick else True)",
+        "gen = {'progress': show}",
+    ]
+    for src in forced:
+        assert _forced_progress(src) == [src.count("\n") + 1], src
+
+
+def test_benchmark_scripts_leave_progress_to_the_rule():
+    r"""Benchmark scripts pass ``progress`` as ``False``, ``None`` or a conditional of the two (:func:`_forced_progress`),
+    never ``True``, directly or through a variable: ``benchmarks/mmgp.py`` passed ``progress=not quick`` to the data
+    generation, so a full run with its output redirected to a log (CI, ``> run.log``) filled it with bars."""
+    from pathlib import Path
 
     bad = []
     for path in sorted((Path(__file__).parent.parent / "benchmarks").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            pairs = []
-            if isinstance(node, ast.Call):
-                pairs = [(k.arg, k.value) for k in node.keywords]
-            elif isinstance(node, ast.Dict):
-                pairs = [(k.value if isinstance(k, ast.Constant) else None, v) for k, v in zip(node.keys, node.values)]
-            bad += [f"{path.name}:{v.lineno}" for k, v in pairs if k == "progress" and not allowed(v)]
+        bad += [f"{path.name}:{line}" for line in _forced_progress(path.read_text())]
     assert not bad, bad

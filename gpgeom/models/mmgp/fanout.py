@@ -83,9 +83,10 @@ def transport_new(
     r"""``(P_i x_i flattened (d N_c,), Q_i or None, t_morph, t_transfer, w or None)`` of every new mesh, in order
     (``Q_i`` with ``inverse``, for the decode; the interpolation spreads ``w`` ``(N_i,)`` of its nodes with
     ``spreads``, for the transfer variance: :func:`~gpgeom.models.mmgp.roundtrip.interpolation_spread`); ``progress``:
-    a bar over the meshes."""
+    a bar over the meshes, cleared when done (``leave=False``): a prediction is often one of many, as in a loop of
+    one-mesh predictions in a notebook, where kept bars filled the output (one per call)."""
     items = [(i, m, inverse, spreads) for i, m in enumerate(meshes)]
-    return _mapped(executor, _new_item, items, transfer, progress, leave=True)
+    return _mapped(executor, _new_item, items, transfer, progress, leave=False)
 
 
 def _fit_item(options: dict[str, Any], gp: ExactGPModel) -> ExactGPModel:

@@ -700,8 +700,8 @@ class MMGP(ModelContract):
             executor: A ``concurrent.futures.Executor`` for the morphing and transfers of the meshes (in chunks,
                 the common mesh shipped once per worker; :meth:`fit`); the GP and the decode run here. The same
                 prediction as the serial run (``None``); the ``morph`` / ``transfer`` timings sum the workers'.
-            progress: A bar over the meshes' morphing and transfers (``None``: when a person is watching,
-                :mod:`gpgeom._progress`).
+            progress: A bar over the meshes' morphing and transfers, cleared when done (``None``: when a person is
+                watching, :mod:`gpgeom._progress`).
 
         Returns:
             An :class:`~gpgeom.models.mmgp.MMGPPrediction` of tensors of the model's dtype on its device, with the
