@@ -410,9 +410,10 @@ def test_the_benchmark_progress_check_refuses_true_however_it_is_passed():
 
 
 def test_benchmark_scripts_leave_progress_to_the_rule():
-    r"""Benchmark scripts pass ``progress`` as ``False``, ``None`` or a conditional of the two (:func:`_forced_progress`),
-    never ``True``, directly or through a variable: ``benchmarks/mmgp.py`` passed ``progress=not quick`` to the data
-    generation, so a full run with its output redirected to a log (CI, ``> run.log``) filled it with bars."""
+    r"""Benchmark scripts pass ``progress`` as ``False``, ``None`` or a conditional of the two
+    (:func:`_forced_progress`), never ``True``, directly or through a variable: ``benchmarks/mmgp.py`` passed
+    ``progress=not quick`` to the data generation, so a full run with its output redirected to a log (CI,
+    ``> run.log``) filled it with bars."""
     from pathlib import Path
 
     bad = []
