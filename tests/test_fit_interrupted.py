@@ -473,3 +473,27 @@ def test_stop_iteration_at_the_first_evaluations_of_split_members(monkeypatch, k
     with torch.no_grad():
         want = float(-mll(model(*model.train_inputs), model.train_targets).sum())
     assert res.loss == pytest.approx(want, rel=1e-8)
+
+
+def test_stop_iteration_at_the_first_minibatch_does_not_evaluate_the_full_loss():
+    r"""Adam on the minibatches of a data loader, stopped at its first minibatch (before any step): the start is
+    kept exactly, with ``loss = inf``, and the objective is never called on the full data (before: once, without
+    arguments, to give the start its loss: the full data that the minibatches may be there to avoid)."""
+    x = torch.randn(20, 3, dtype=D, generator=torch.Generator().manual_seed(0))
+    module = torch.nn.Linear(3, 1).double()
+    start = _tensors(module)
+    calls: list[int] = []  # the number of arguments of every call (0: the full data)
+
+    def loss(*batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise StopIteration
+        data = batch[0] if batch else x
+        return module(data).square().mean()
+
+    loader = [(x[:10],), (x[10:],)]
+    res = engine_fit(loss, module=module, optimizer="adam", data_loader=loader, epochs=5, progress=False, restarts=1,
+                     seed=0)  # fmt: skip
+    assert res.stopped and res.attempts == 1 and res.loss == math.inf and not res.failures
+    assert calls == [1]  # the stopped minibatch only
+    _assert_same_tensors(_tensors(module), start)

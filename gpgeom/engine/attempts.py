@@ -388,16 +388,21 @@ def _stopped_at_start(
     start_state: dict[str, Any],
     full_loss: Callable[..., Tensor],
     members: np.ndarray | None,
+    evaluate: bool = True,
 ) -> None:
     r"""An attempt that ``StopIteration`` ended before any finite loss was evaluated (at its first evaluation, or
     its first Adam step's): its parameters are put back to the attempt's start exactly, and its loss is the loss
     there, evaluated once under ``torch.no_grad()`` when it can be (``inf`` when that raises, ``StopIteration``
-    included, or is not finite)."""
+    included, or is not finite). ``evaluate=False`` (Adam on the minibatches of a data loader, which may have been
+    chosen because the full data does not fit in memory): the full loss is not evaluated, and the loss stays what
+    the run found (``inf``: stopped at its first minibatch, before any step)."""
     if result.member_losses is not None and bool(np.isfinite(result.member_losses).any()):
         return
     if result.member_losses is None and math.isfinite(result.loss):
         return
     restore(module, start_state)
+    if not evaluate:
+        return
     try:
         with torch.no_grad():
             value = full_loss()
@@ -487,7 +492,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
                 bar.close()
         if result is not None and result.stopped:
             with jitter_context(o["levels"][level]):
-                _stopped_at_start(result, module, start_state, full_loss, members)
+                _stopped_at_start(result, module, start_state, full_loss, members, job.data_loader is None)
     if result is None:
         restore(module, start_state)
     elif on_copy:

@@ -265,8 +265,9 @@ def fit(
     says which evaluation counts); ``FitResult.stopped`` is True. When it stops before any finite loss was
     evaluated (at its first evaluation; L-BFGS-B's second, the first with gradients), the attempt keeps its
     starting parameters exactly, and its loss is the loss there, evaluated without gradients (L-BFGS-B's first
-    evaluation, or one more evaluation; ``inf`` when that raises too); such a fit never raises ``NotPSDError``
-    for it.
+    evaluation, or one more evaluation; ``inf`` when that raises too). With a ``data_loader`` the full loss is not
+    evaluated (the minibatches may be there because the full data does not fit in memory): a stop at the first
+    minibatch, before any step, keeps the start with ``loss = inf``. Such a fit never raises ``NotPSDError`` for it.
 
     Example:
         >>> import torch

@@ -18,7 +18,8 @@ treats a callback's ``StopIteration``. No step is taken from that evaluation. At
 starting point's, under ``torch.no_grad()``) nothing was evaluated: the run returns the start with ``loss = inf``;
 at its second (the first with gradients) the start is kept with the first evaluation's loss
 (:func:`gpgeom.engine.attempts.run_attempt` evaluates the loss at the start once more, without gradients, for a
-run that stopped before any finite loss). Adam on the full batch takes a loss
+run that stopped before any finite loss; not with a data loader, whose minibatches may be there because the full
+data does not fit in memory: the start then keeps ``loss = inf``). Adam on the full batch takes a loss
 tensor carried by the exception (``raise StopIteration(loss)``, the loss of the current parameters) as that
 evaluation's loss: it is the last epoch of the history and a candidate for the best parameters, so a run stopped at
 its ``k``-th evaluation ends as one of ``epochs=k`` does. With minibatches, the epoch in progress counts when it took
