@@ -90,9 +90,11 @@ def test_rvgp_posterior_of_an_empty_batch_and_predict_at_no_point(rvgp_fit):
         warnings.simplefilter("ignore")
         m3, s3 = gp.predict_at(P, return_std=True)
         m1, s1 = gp.predict_at(P[1:2], return_std=True)
-    torch.testing.assert_close(m1[0], m3[1], rtol=0, atol=1e-12)
+    # the extension solves a small system per point, batched or not: its rounding (seen up to 1.8e-12 on O(1) means,
+    # varying with the eigensolver's start) differs between the two queries; a wrong row would be off by O(0.1)
+    torch.testing.assert_close(m1[0], m3[1], rtol=0, atol=1e-10)
     # the variance is a difference of O(1) terms (prior minus explained): rounding of 1e-16 of them, not of the std
-    torch.testing.assert_close(s1[0].square(), s3[1].square(), rtol=0, atol=1e-13)
+    torch.testing.assert_close(s1[0].square(), s3[1].square(), rtol=0, atol=1e-11)
 
 
 @pytest.mark.parametrize("kw", [{"max_memory": "bogus"}, {"max_memory": -1}, {"chunk_size": 0}, {"chunk_size": 1.5}])

@@ -2,7 +2,7 @@ r"""What an RGNP model file (:meth:`~gpgeom.models.rgnp.model.RGNP.save`, :mod:`
 (:func:`get_state`), in particular about the model's PDE family and user callables, and how the model comes back at
 :meth:`~gpgeom.models.rgnp.model.RGNP.load` (:func:`from_state`, :func:`family_info`, :func:`resolve_callables`,
 :func:`rebuild_family`, :func:`file_config`, :func:`callable_name`), and how they travel through ``pickle`` and
-``copy.deepcopy`` (:class:`PicklesCallables`).
+``copy.deepcopy`` (:func:`pickled_state`, :func:`unpickled_state`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from gpgeom.pde.family import PDEFamily
 from gpgeom.pde.registry import get_family, is_registered
 
 __all__ = [
-    "PicklesCallables",
     "callable_name",
     "family_info",
     "file_config",
     "from_state",
     "get_state",
+    "pickled_state",
     "rebuild_family",
     "resolve_callables",
+    "unpickled_state",
 ]
 
 
@@ -209,32 +210,35 @@ class _UserCallable:
         return (_UserCallable, (self.name, self.fn))
 
 
-class PicklesCallables:
-    r"""``pickle`` / ``copy.deepcopy`` of an RGNP (a mixin before ``nn.Module``): the residual and lift of a PDE
-    family are rebuilt from the (pickled or copied) family, since :meth:`PDEFamily.residual_fn
-    <gpgeom.pde.family.PDEFamily.residual_fn>` is a closure that pickle cannot hold; a user's callables travel as
-    themselves (:class:`_UserCallable`: a clear ``TypeError`` when they cannot be pickled)."""
+_CALLABLES = (("residual", "residual_fn"), ("lift", "lift_fn"))
 
-    _CALLABLES = (("residual", "residual_fn"), ("lift", "lift_fn"))
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(super().__getstate__())
-        sources = state.get("_sources", {})
-        for name, attr in self._CALLABLES:
-            fn = state.get(attr)
-            if fn is None:
-                continue
-            if sources.get(name) == "family" and state.get("family") is not None:
-                state[attr] = None  # rebuilt from the family by __setstate__
-            else:
-                state[attr] = _UserCallable(name, fn)
-        return state
+def pickled_state(state: dict[str, Any]) -> dict[str, Any]:
+    r"""An RGNP's ``__getstate__`` (``state``: ``nn.Module``'s) for ``pickle`` / ``copy.deepcopy``: the residual and
+    lift of a PDE family are left out, to be rebuilt from the (pickled or copied) family by :func:`unpickled_state`,
+    since :meth:`PDEFamily.residual_fn <gpgeom.pde.family.PDEFamily.residual_fn>` is a closure that pickle cannot
+    hold; a user's callables travel as themselves (:class:`_UserCallable`: a clear ``TypeError`` when they cannot be
+    pickled)."""
+    state = dict(state)
+    sources = state.get("_sources", {})
+    for name, attr in _CALLABLES:
+        fn = state.get(attr)
+        if fn is None:
+            continue
+        if sources.get(name) == "family" and state.get("family") is not None:
+            state[attr] = None  # rebuilt from the family by unpickled_state
+        else:
+            state[attr] = _UserCallable(name, fn)
+    return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = {k: v.fn if isinstance(v, _UserCallable) else v for k, v in state.items()}
-        super().__setstate__(state)
-        family, sources = state.get("family"), state.get("_sources", {})
-        if family is not None and sources.get("residual") == "family" and state.get("residual_fn") is None:
-            self.residual_fn = family.residual_fn()
-        if family is not None and sources.get("lift") == "family" and state.get("lift_fn") is None:
-            self.lift_fn = family.boundary_ansatz
+
+def unpickled_state(state: dict[str, Any]) -> dict[str, Any]:
+    r"""The state for ``nn.Module.__setstate__`` from :func:`pickled_state`'s: the user's callables unwrapped, a
+    family's residual and lift rebuilt from the family."""
+    state = {k: v.fn if isinstance(v, _UserCallable) else v for k, v in state.items()}
+    family, sources = state.get("family"), state.get("_sources", {})
+    if family is not None and sources.get("residual") == "family" and state.get("residual_fn") is None:
+        state["residual_fn"] = family.residual_fn()
+    if family is not None and sources.get("lift") == "family" and state.get("lift_fn") is None:
+        state["lift_fn"] = family.boundary_ansatz
+    return state

@@ -52,7 +52,13 @@ from gpgeom.models.rgnp._checks import (
     warn_observed_counts,
     warn_uncalibrated,
 )
-from gpgeom.models.rgnp._persistence import PicklesCallables, callable_name, from_state, get_state
+from gpgeom.models.rgnp._persistence import (
+    callable_name,
+    from_state,
+    get_state,
+    pickled_state,
+    unpickled_state,
+)
 from gpgeom.models.rgnp.networks import ForwardNet
 from gpgeom.nn.gicnet import GICNet
 from gpgeom.pde._checks import NonFiniteOutputError, check_finite_output
@@ -71,7 +77,7 @@ def family_residual(family: PDEFamily) -> ResidualFn:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-class RGNP(PicklesCallables, ModelContract, nn.Module):
+class RGNP(ModelContract, nn.Module):
     r"""Random Grid Neural Process for a parametric PDE (see :mod:`gpgeom.models.rgnp` for the model and the ELBO).
 
     Build it with :meth:`from_family` (a registered :class:`gpgeom.pde.PDEFamily`) or from a residual function;
@@ -758,6 +764,14 @@ class RGNP(PicklesCallables, ModelContract, nn.Module):
                 or a family that is not registered in this process.
         """
         return super().load(path, map_location, residual=residual, lift=lift)
+
+    def __getstate__(self) -> dict[str, Any]:
+        r"""For ``pickle`` and ``copy.deepcopy``: a family's residual and lift are rebuilt from the family on the other
+        side; a user's callables travel as themselves (a ``TypeError`` naming one that cannot be pickled)."""
+        return pickled_state(super().__getstate__())
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(unpickled_state(state))
 
     def _repr_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}
