@@ -3,6 +3,7 @@ r"""Tests of gpgeom.engine.fitting.fit: L-BFGS-B, restarts, jitter escalation, A
 from __future__ import annotations
 
 import math
+import warnings
 
 import gpytorch
 import pytest
@@ -573,3 +574,21 @@ def test_a_plain_gpytorch_exact_gp_is_fitted_to_a_stationary_point():
     loss = -mll(model(x), y, x)
     grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
     assert max(float(g.abs().max()) for g in grads) < 1e-3
+
+
+def test_a_convergence_warning_raised_as_an_error_puts_the_module_back():
+    r"""Under ``-W error`` the ConvergenceWarning of a fit stopped on a non-finite loss is an exception: ``fit``
+    raises it with the module as it was (parameters and train/eval modes), as for any fit that raises; before, the
+    best parameters stayed loaded and every submodule was left in eval mode."""
+    module, my_loss, _ = _broken_loss(8)
+    module.sub = torch.nn.Linear(1, 1)
+    module.train()
+    module.sub.eval()
+    before = module.w.detach().clone()
+    modes = {n: m.training for n, m in module.named_modules()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning):
+            fit(my_loss, module=module, optimizer="lbfgs", progress=False)
+    assert torch.equal(module.w.detach(), before)
+    assert {n: m.training for n, m in module.named_modules()} == modes

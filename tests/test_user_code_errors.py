@@ -524,3 +524,45 @@ def test_a_nan_made_by_the_input_transform_is_named_not_x():
         with pytest.raises(ValueError, match=r"^`X`") as err:
             predict(Xt)
         assert "input_transform" not in str(err.value)
+
+
+def test_inputs_known_to_one_thread_never_reach_another_nor_stay_on_the_model():
+    r"""The test inputs a prediction keeps for its messages (``raw_inputs``) belong to its thread: two threads whose
+    predictions overlap and end out of order (A starts, B starts, A ends, B ends; ordered with events) leave nothing
+    on the model, each sees its own inputs, and a later ``model(X)`` with NaN in ``X`` names ``X`` (before, the
+    other thread's finite inputs stayed on the model, and the NaN was blamed on the ``input_transform``)."""
+    import threading
+
+    from botorch.models.transforms.input import Normalize
+
+    from gpgeom.botorch import _finite
+
+    X = torch.rand(20, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = ExactGPModel(X, torch.sin(6 * X), input_transform=Normalize(d=1)).fit(progress=False, max_iter=10)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def thread_a():
+        with _finite.raw_inputs(model, torch.zeros(1, 1, dtype=torch.float64)):
+            a_in.set()
+            b_in.wait(10)
+            seen["a"] = _finite._current(model, "raw")
+        a_out.set()
+
+    def thread_b():
+        a_in.wait(10)
+        with _finite.raw_inputs(model, torch.ones(1, 1, dtype=torch.float64)):
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = _finite._current(model, "raw")
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert float(seen["a"]) == 0.0 and float(seen["b"]) == 1.0
+    assert not any("finite" in k for k in model.__dict__)
+    model.eval()
+    with pytest.raises(ValueError, match=r"^`X` contains 1 NaN"):
+        model(torch.tensor([[0.3], [math.nan]], dtype=torch.float64))

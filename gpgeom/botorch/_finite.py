@@ -20,6 +20,7 @@ Cholesky factorisation, at the parameters where it failed.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,25 +89,44 @@ def check_inputs(X: Tensor, where: str, cause: BaseException | None = None) -> N
         ) from cause
 
 
-#: The key in a model's ``__dict__`` under which :func:`raw_inputs` keeps the test inputs as given.
-_RAW = "_finite_raw_inputs"
+#: Per thread, what :func:`raw_inputs` and :func:`named_step` know about a prediction in progress, as stacks keyed
+#: by ``(id(model), what)``: kept off the model, so that predictions of one model in several threads never see (or
+#: leave behind) each other's inputs, and a copy or pickle of the model carries none.
+_LOCAL = threading.local()
+
+
+def _stacks() -> dict[tuple[int, str], list[Any]]:
+    stacks = getattr(_LOCAL, "stacks", None)
+    if stacks is None:
+        stacks = _LOCAL.stacks = {}
+    return stacks
 
 
 @contextlib.contextmanager
-def raw_inputs(model: Any, X: Tensor) -> Iterator[None]:
-    r"""Within it, :func:`check_prediction` for ``model`` knows the test inputs ``X`` as the user gave them (any
-    shape ``... x q x d``, before the model's ``input_transform``), so that a non-finite transformed input is blamed on
-    the transform when ``X`` is finite. Nested uses (a prediction in chunks through ``posterior``) keep the inner
-    ``X`` until they end."""
-    previous = model.__dict__.get(_RAW)
-    model.__dict__[_RAW] = X
+def _bound(model: Any, what: str, value: Any) -> Iterator[None]:
+    r"""``value`` is :func:`_current` ``(model, what)`` within the block (in this thread; nested blocks stack)."""
+    key = (id(model), what)
+    stack = _stacks().setdefault(key, [])
+    stack.append(value)
     try:
         yield
     finally:
-        if previous is None:
-            model.__dict__.pop(_RAW, None)
-        else:
-            model.__dict__[_RAW] = previous
+        stack.pop()
+        if not stack:
+            _stacks().pop(key, None)
+
+
+def _current(model: Any, what: str, default: Any = None) -> Any:
+    stack = _stacks().get((id(model), what))
+    return stack[-1] if stack else default
+
+
+def raw_inputs(model: Any, X: Tensor) -> contextlib.AbstractContextManager[None]:
+    r"""Within it, :func:`check_prediction` for ``model`` knows the test inputs ``X`` as the user gave them (any
+    shape ``... x q x d``, before the model's ``input_transform``), so that a non-finite transformed input is blamed on
+    the transform when ``X`` is finite. Nested uses (a prediction in chunks through ``posterior``) keep the inner
+    ``X`` until they end; other threads never see it."""
+    return _bound(model, "raw", X)
 
 
 def check_transformed(model: Any, X: Tensor, where: str) -> None:
@@ -191,19 +211,15 @@ def factor_guard(model: Any, where: str) -> Iterator[None]:
     try:
         yield
     except _FACTOR_ERRORS as err:
-        diagnose(model, model.__dict__.get("_finite_where", where), cause=err)
+        diagnose(model, _current(model, "where", where), cause=err)
         raise
 
 
-@contextlib.contextmanager
-def named_step(model: Any, where: str) -> Iterator[None]:
+def named_step(model: Any, where: str) -> contextlib.AbstractContextManager[None]:
     r"""Within it, the messages of :func:`factor_guard` and :func:`check_prediction` for ``model`` say ``where``
-    (e.g. ``"in condition_on_observations"`` for the predictions that build GPyTorch's caches there)."""
-    model.__dict__["_finite_where"] = where
-    try:
-        yield
-    finally:
-        model.__dict__.pop("_finite_where", None)
+    (e.g. ``"in condition_on_observations"`` for the predictions that build GPyTorch's caches there), in this
+    thread."""
+    return _bound(model, "where", where)
 
 
 def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) -> None:
@@ -216,8 +232,8 @@ def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) 
     values = tuple(v for v in values if v is not None)
     if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
         return
-    where = model.__dict__.get("_finite_where", where)
-    raw = model.__dict__.get(_RAW)
+    where = _current(model, "where", where)
+    raw = _current(model, "raw")
     if raw is not None:  # the inputs as given: NaN there is the user's; finite there, the transform's
         check_inputs(raw, where)
         check_transformed(model, X, where)

@@ -427,13 +427,17 @@ def fit(
         member_attempts = list(members.attempt)
     module.eval()
     if best[1] in stopped_nonfinite:
-        warnings.warn(
-            f"Fitting {name}: {job.source()} {stopped_nonfinite[best[1]]} (attempt {best[1]}); the parameters are "
-            f"those of its best finite evaluation (loss {best[0]:.6g}), not a converged optimum "
-            "(FitResult.converged is False).",
-            ConvergenceWarning,
-            stacklevel=user_stacklevel(),
-        )
+        try:  # a warning turned into an error (-W error) is a fit that raises: the module is put back
+            warnings.warn(
+                f"Fitting {name}: {job.source()} {stopped_nonfinite[best[1]]} (attempt {best[1]}); the parameters "
+                f"are those of its best finite evaluation (loss {best[0]:.6g}), not a converged optimum "
+                "(FitResult.converged is False).",
+                ConvergenceWarning,
+                stacklevel=user_stacklevel(),
+            )
+        except BaseException:
+            _put_back(module, job.initial, modes)
+            raise
     return FitResult(
         member_attempts=member_attempts, loss=best[0], history=histories, attempts=len(histories), best_attempt=best[1],
         jitter=best[4], wall_time=time.perf_counter() - start, converged=best[3], optimizer=optimizer,
