@@ -12,12 +12,12 @@ predictions (:meth:`ModelContract._kept_on_error`; ``nn.Module`` models also get
 which the optimisers change in place). To stop a long fit early and keep it, raise ``StopIteration`` from the
 ``callback`` (RGNP, FunBaT): the fit ends there as a completed one, ``fit_result_.stopped`` is True.
 
-**Progress.** Every ``fit``, and every other operation that can run for long (``MMGP.predict`` and ``ood_score``
-over many meshes, ``RGNP.calibrate``, the mesh generators, ``gpgeom.demo.run_demo``), takes a keyword-only
-``progress: bool | None = None``; ``None`` shows a bar when a person is watching (a terminal or a notebook) and stays
-silent in logs, CI and tests (:mod:`gpgeom._progress`); a value that is not a bool or None is a ``TypeError``.
-Inner steps (restarts, executor workers, the fits inside a calibration) never add bars of their own
-(``tests/test_progress.py``).
+**Progress.** Every ``fit``, and every other operation that can run for long (``MMGP.predict``, ``ood_score``,
+``encode`` and ``encode_targets`` over many meshes, ``RGNP.calibrate``, the mesh generators,
+``gpgeom.demo.run_demo``), takes a keyword-only ``progress: bool | None = None``; ``None`` shows a bar when a person
+is watching (a terminal or a notebook) and stays silent in logs, CI and tests (:mod:`gpgeom._progress`); a value that
+is not a bool or None is a ``TypeError``. Inner steps (restarts, executor workers, the fits inside a calibration)
+never add bars of their own (``tests/test_progress.py``).
 
 **Prediction.** ``predict(...)`` returns torch tensors: the mean, and ``(mean, std)`` with ``return_std=True``;
 tensor outputs carry an explicit output dimension (``n x m``, also for ``m = 1``). Results per mesh or per time are

@@ -142,6 +142,18 @@ def _mmgp_ood(progress):
     _MMGP_FITTED["m"].ood_score(Mt, progress=progress)
 
 
+def _mmgp_encode(progress):
+    _mmgp_predict(False)
+    Mt, mut, _, _ = _mmgp_data(3, 7)
+    _MMGP_FITTED["m"].encode(Mt, mut, progress=progress)
+
+
+def _mmgp_encode_targets(progress):
+    _mmgp_predict(False)
+    Mt, _, Ut, wt = _mmgp_data(3, 7)
+    _MMGP_FITTED["m"].encode_targets(Mt, Ut, wt, progress=progress)
+
+
 def _trajectory(progress):
     from gpgeom.datasets.trajectories import PriorTrajectory, simulate_pose
     from gpgeom.models.trajectory import PoseMeasurement, SO3xR3Trajectory
@@ -180,6 +192,8 @@ ENTRY_POINTS = {
     "MMGP.fit": _mmgp_fit,
     "MMGP.predict": _mmgp_predict,
     "MMGP.ood_score": _mmgp_ood,
+    "MMGP.encode": _mmgp_encode,
+    "MMGP.encode_targets": _mmgp_encode_targets,
     "Trajectory.fit": _trajectory,
 }
 
@@ -255,6 +269,8 @@ def _entry_functions():
         "MMGP.fit": MMGP.fit,
         "MMGP.predict": MMGP.predict,
         "MMGP.ood_score": MMGP.ood_score,
+        "MMGP.encode": MMGP.encode,
+        "MMGP.encode_targets": MMGP.encode_targets,
         "SO3xR3Trajectory.fit": SO3xR3Trajectory.fit,
         "SE3Trajectory.fit": SE3Trajectory.fit,
         "generate_notched_plates": generate_notched_plates,
@@ -295,7 +311,7 @@ def test_mmgp_fit_shows_the_morphing_of_the_meshes(capfd):
     assert capfd.readouterr().err == ""
 
 
-@pytest.mark.parametrize("name", ["MMGP.predict", "MMGP.ood_score"])
+@pytest.mark.parametrize("name", ["MMGP.predict", "MMGP.ood_score", "MMGP.encode", "MMGP.encode_targets"])
 def test_mmgp_predictions_clear_their_bar(name, capfd):
     r"""A prediction is often one of many (a loop of one-mesh predictions in a notebook): its bar over the meshes is
     shown while it runs and cleared when done. Before, every call left its bar (80 one-mesh predictions with

@@ -562,17 +562,26 @@ class MMGP(ModelContract):
         return single_output_gp(self.gps_[g], jj, self.train_latent_, Y, self._bounds, self.kernel)
 
     def encode(
-        self, meshes: Sequence[object], input_scalars: object = None, *, executor: Executor | None = None
+        self,
+        meshes: Sequence[object],
+        input_scalars: object = None,
+        *,
+        executor: Executor | None = None,
+        progress: bool | None = None,
     ) -> Tensor:
         r"""Latent GP inputs :math:`z = (\xi, \mu)` of meshes, ``n x (n_g + p)`` (``executor``: the morphing and
-        transfers of the meshes run there, as in :meth:`fit`)."""
+        transfers of the meshes run there, as in :meth:`fit`; ``progress``: a bar over the meshes, cleared when done,
+        as in :meth:`predict`)."""
         self._check_fitted()
         check_executor(executor)
+        progress = resolve_progress(progress)
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
         mu = self._input_scalars(input_scalars, len(meshes))
         geo = self._geometry
-        xi = [geo.encoder @ (x - geo.mean) for x, *_ in transport_new(self._transfer, meshes, executor)]
+        xi = [
+            geo.encoder @ (x - geo.mean) for x, *_ in transport_new(self._transfer, meshes, executor, progress=progress)
+        ]
         return torch.cat([self._latent_geometry(xi), mu], dim=1)
 
     def encode_targets(
@@ -582,13 +591,16 @@ class MMGP(ModelContract):
         output_scalars: object = None,
         *,
         executor: Executor | None = None,
+        progress: bool | None = None,
     ) -> Tensor:
         r"""The outputs of :attr:`gp` for known fields and scalars on meshes: the field POD coefficients
         :math:`a^{(f)} = \Phi_f M (P_i U_i^{(f)} - \bar u^{(f)})`, field by field, then the output scalars
         (:math:`\log w` for those of ``scalar_transforms_`` ``"log"``), ``n x (sum(n_f) + q)`` (e.g. held-out
-        targets of the GP for data that were not used in the fit; ``executor`` as in :meth:`fit`)."""
+        targets of the GP for data that were not used in the fit; ``executor`` as in :meth:`fit`; ``progress``: a
+        bar over the meshes, cleared when done, as in :meth:`predict`)."""
         self._check_fitted()
         check_executor(executor)
+        progress = resolve_progress(progress)
         meshes = as_meshes(meshes)
         check_family(meshes, self.common_mesh_)
         n = len(meshes)
@@ -600,7 +612,8 @@ class MMGP(ModelContract):
         w = scalar_table("output_scalars", output_scalars, n, dtype=self.dtype, device=self.device)
         if w.shape[1] != len(self.scalar_names_):
             raise ValueError(f"`output_scalars` must have {len(self.scalar_names_)} column(s), got {w.shape[1]}.")
-        F = np.stack([f for _, f, *_ in transport_training(self._transfer, meshes, U, executor, moments=False)])
+        moved = transport_training(self._transfer, meshes, U, executor, moments=False, progress=progress)
+        F = np.stack([f for _, f, *_ in moved])
         coefs = [f.project(F[:, :, k], self._mass) for k, f in enumerate(self._fields)]
         w = to_gp_units(w, self.scalar_transforms_, self.scalar_names_)
         return torch.cat([torch.as_tensor(np.concatenate(coefs, 1), dtype=self.dtype, device=self.device), w], 1)
