@@ -53,6 +53,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from gpgeom._fingerprint import COPY_LIMIT, fingerprint
 from gpgeom._io import read_model_file, register_model_class, write_model_file
 from gpgeom._validation import as_tensor, check_device
 from gpgeom.errors import NotFittedError
@@ -260,15 +261,16 @@ class ModelContract:
 
 
 #: Buffers of more elements than this are not copied by :meth:`ModelContract._kept_on_error` (an RVGP's eigenvectors,
-#: ``n x D x k``, can take gigabytes; no ``fit`` changes them in place): their version counter is kept instead, so that
-#: a change in place that cannot be undone is said on the exception.
-_LARGE_BUFFER = 2**16
+#: ``n x D x k``, can take gigabytes; no ``fit`` changes them in place): their version counter and fingerprint are
+#: kept instead, so that a change in place that cannot be undone is said on the exception (the limit of the caches).
+_LARGE_BUFFER = COPY_LIMIT
 
 
 def _snapshot(model: ModelContract) -> list[tuple[Any, ...]]:
     r"""What :func:`_restore` needs to put ``model`` back: per object (the model and, for a module, its submodules)
     its ``__dict__`` and the contents of the containers in it; per parameter and small buffer a copy of its values,
-    per large buffer (more than ``_LARGE_BUFFER`` elements) its version counter and :func:`_fingerprint`."""
+    per large buffer (more than ``_LARGE_BUFFER`` elements) its version counter and
+    :func:`~gpgeom._fingerprint.fingerprint`."""
     objects = list(model.modules()) if isinstance(model, torch.nn.Module) else [model]
     saved: list[tuple[Any, ...]] = []
     for obj in objects:
@@ -285,17 +287,10 @@ def _snapshot(model: ModelContract) -> list[tuple[Any, ...]]:
                 continue
             seen.add(id(t))
             if name is not None and t.numel() > _LARGE_BUFFER:
-                saved.append(("large", t, name, t._version, _fingerprint(t)))
+                saved.append(("large", t, name, t._version, fingerprint(t)))
             else:
                 saved.append(("tensor", t, t.detach().clone(), t.requires_grad, t.grad))
     return saved
-
-
-def _fingerprint(t: Tensor) -> Tensor:
-    r"""Two float64 numbers that change when ``t``'s values do (its sum and 2-norm, no copy of ``t``): a large buffer
-    written in place with the same values (a ``load_state_dict``) bumps its version counter, not these."""
-    t = t.detach()
-    return torch.stack([torch.sum(t, dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64)])
 
 
 def _restore(saved: list[tuple[Any, ...]], error: BaseException) -> None:
@@ -314,8 +309,8 @@ def _restore(saved: list[tuple[Any, ...]], error: BaseException) -> None:
                     else:
                         container.update(items)
             elif entry[0] == "large":
-                _, t, name, version, fingerprint = entry
-                if t._version != version and not torch.equal(_fingerprint(t), fingerprint):
+                _, t, name, version, values = entry
+                if t._version != version and not torch.equal(fingerprint(t), values):
                     error.add_note(
                         f"gpgeom: the buffer {name!r} ({t.numel()} elements) was changed in place before the error "
                         "and is not restored (large buffers are not copied); rebuild the model."

@@ -49,6 +49,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gpgeom._fingerprint import COPY_LIMIT
+from gpgeom._fingerprint import fingerprint as _fingerprint
+
 __all__ = [
     "DEFAULT_MAX_MEMORY",
     "FactorCache",
@@ -232,7 +235,7 @@ class FactorCache:
     __slots__ = ("key", "value")
 
     #: Parameters and buffers up to this many elements are copied into the key; larger ones are held.
-    COPY_LIMIT = 2**16
+    COPY_LIMIT = COPY_LIMIT  # gpgeom._fingerprint's, shared with the snapshots of a failed fit
 
     def __init__(self) -> None:
         self.key: list[Any] | None = None
@@ -309,23 +312,6 @@ def _structure(module: nn.Module) -> list[Any]:
         )
         for name, m in module.named_modules()
     ]
-
-
-def _fingerprint(t: Tensor) -> Tensor:
-    r"""A cheap summary of a held tensor's values (``O(numel)`` reads, no copy of it): float64 sum and norm and up
-    to 64 evenly spaced entries. Writes through ``t.data`` (``param.data.copy_(...)``, ``X.data.mul_(2)``) do not
-    bump ``t._version``: a cache keyed on the version alone kept a stale factor."""
-    t = t.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    x = t if t.is_floating_point() else t.to(torch.float64)
-    parts = [x.sum(dtype=torch.float64).reshape(1), torch.linalg.vector_norm(x, dtype=torch.float64).reshape(1)]
-    if t.is_contiguous() and t.numel():
-        flat = x.view(-1)
-        m = min(64, flat.numel())  # integer positions: float32 linspace rounds past the end above 2**24 entries
-        idx = torch.arange(m, device=flat.device) * (flat.numel() - 1) // max(m - 1, 1)
-        parts.append(flat[idx].to(torch.float64))
-    return torch.cat(parts)
 
 
 def solve_lower_folded(L: Tensor, rhs: Tensor) -> Tensor:
