@@ -381,7 +381,7 @@ def fit(
                 members.update(result.member_losses, rows, attempt, jit)
 
     modes = [(m, m.training) for m in module.modules()]
-    try:
+    try:  # any raise (an attempt's, every attempt failed, a warning as an error): the module as it was
         outcomes = run_attempts(job, n_attempts, executor, progress, split_members) if executor is not None else None
         if outcomes is None and executor is not None:  # a single task: in this process
             job.opts["progress"] = progress
@@ -393,51 +393,46 @@ def fit(
             if out[1] is not None and out[1].stopped:  # StopIteration from the objective: no further attempt
                 stopped = True
                 break
-    except BaseException:  # a fit that raises leaves the module as it was (values, train/eval modes)
-        _put_back(module, job.initial, modes)
-        raise
 
-    if best is None:  # every attempt failed: the fit raises, and leaves the module as it was
-        _put_back(module, job.initial, modes)
-        if named:  # a user's module returned NaN or inf (the first attempt it made fail), chained to the error
-            cause = named[0].__cause__ or named[0].__dict__.pop(SHIPPED_CAUSE, None)
-            raise named[0] from cause
-        returned = f": {job.source()} returned"
-        if not is_mll and failures and all(returned in f for f in failures):
-            raise LossNotFiniteError(
-                f"Fitting {name} failed in all {restarts + 1} attempt(s): `objective` must return a finite loss with "
-                f"a finite gradient. Last failure: {failures[-1]}. It was caught where the callable returned it, "
-                "before any optimiser step used it: look in the callable for a log or square root of a "
-                "non-positive number, 0/0, inf - inf or an overflow (torch.autograd.set_detect_anomaly(True) names "
-                "the operation that makes a NaN gradient)."
+        if best is None:  # every attempt failed: the fit raises
+            if named:  # a user's module returned NaN or inf (the first attempt it made fail), chained to the error
+                cause = named[0].__cause__ or named[0].__dict__.pop(SHIPPED_CAUSE, None)
+                raise named[0] from cause
+            returned = f": {job.source()} returned"
+            if not is_mll and failures and all(returned in f for f in failures):
+                raise LossNotFiniteError(
+                    f"Fitting {name} failed in all {restarts + 1} attempt(s): `objective` must return a finite loss "
+                    f"with a finite gradient. Last failure: {failures[-1]}. It was caught where the callable returned "
+                    "it, before any optimiser step used it: look in the callable for a log or square root of a "
+                    "non-positive number, 0/0, inf - inf or an overflow (torch.autograd.set_detect_anomaly(True) "
+                    "names the operation that makes a NaN gradient)."
+                )
+            raise NotPSDError(
+                f"Fitting {name} failed in all {restarts + 1} attempt(s): the covariance matrix could not be "
+                f"factorised even with Cholesky jitter up to {levels[-1]:.1e} (tried "
+                f"{', '.join(f'{j:.0e}' for j in levels[: top_level + 1])}; dtype {dtype}). Last failure: "
+                f"{failures[-1] if failures else 'unknown'}. {_REMEDIES}"
             )
-        raise NotPSDError(
-            f"Fitting {name} failed in all {restarts + 1} attempt(s): the covariance matrix could not be "
-            f"factorised even with Cholesky jitter up to {levels[-1]:.1e} (tried "
-            f"{', '.join(f'{j:.0e}' for j in levels[: top_level + 1])}; dtype {dtype}). Last failure: "
-            f"{failures[-1] if failures else 'unknown'}. {_REMEDIES}"
-        )
-    restore(module, best[2])
-    member_attempts = None
-    if members is not None and np.all(np.isfinite(members.loss)) and float(members.loss.sum()) < best[0]:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(members.rows[n].reshape(p.shape))
-        best = (float(members.loss.sum()), best[1], best[2], best[3], members.jitter)
-        member_attempts = list(members.attempt)
-    module.eval()
-    if best[1] in stopped_nonfinite:
-        try:  # a warning turned into an error (-W error) is a fit that raises: the module is put back
-            warnings.warn(
+        restore(module, best[2])
+        member_attempts = None
+        if members is not None and np.all(np.isfinite(members.loss)) and float(members.loss.sum()) < best[0]:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(members.rows[n].reshape(p.shape))
+            best = (float(members.loss.sum()), best[1], best[2], best[3], members.jitter)
+            member_attempts = list(members.attempt)
+        module.eval()
+        if best[1] in stopped_nonfinite:
+            warnings.warn(  # an error under -W error: put back as any raise
                 f"Fitting {name}: {job.source()} {stopped_nonfinite[best[1]]} (attempt {best[1]}); the parameters "
                 f"are those of its best finite evaluation (loss {best[0]:.6g}), not a converged optimum "
                 "(FitResult.converged is False).",
                 ConvergenceWarning,
                 stacklevel=user_stacklevel(),
             )
-        except BaseException:
-            _put_back(module, job.initial, modes)
-            raise
+    except BaseException:
+        _put_back(module, job.initial, modes)
+        raise
     return FitResult(
         member_attempts=member_attempts, loss=best[0], history=histories, attempts=len(histories), best_attempt=best[1],
         jitter=best[4], wall_time=time.perf_counter() - start, converged=best[3], optimizer=optimizer,
