@@ -55,12 +55,12 @@ def transport_training(
     :func:`~gpgeom.models.mmgp.roundtrip.roundtrip_moments` with ``moments``, ``None`` without); ``progress``: a
     bar over the meshes, cleared when done (the GP fits' bars follow)."""
     items = [(i, m, u, moments) for i, (m, u) in enumerate(zip(meshes, fields, strict=True))]
-    return _mapped(executor, _training_item, items, transfer, progress, leave=False)
+    return _mapped(executor, _training_item, items, transfer, progress)
 
 
-def _mapped(executor: Executor | None, fn: Any, items: list, transfer: Any, progress: bool | None, leave: bool) -> list:
-    r"""``map_items`` with a bar over the meshes (``progress``; ``leave``: it stays on screen when done)."""
-    with progress_bar(total=len(items), desc="MMGP morph+transfer", unit="mesh", leave=leave, progress=progress) as bar:
+def _mapped(executor: Executor | None, fn: Any, items: list, transfer: Any, progress: bool | None) -> list:
+    r"""``map_items`` with a bar over the meshes (``progress``), cleared when done."""
+    with progress_bar(total=len(items), desc="MMGP morph+transfer", unit="mesh", leave=False, progress=progress) as bar:
         return map_items(executor, fn, items, transfer, on_chunk=bar.update)
 
 
@@ -86,7 +86,7 @@ def transport_new(
     a bar over the meshes, cleared when done (``leave=False``): a prediction is often one of many, as in a loop of
     one-mesh predictions in a notebook, where kept bars filled the output (one per call)."""
     items = [(i, m, inverse, spreads) for i, m in enumerate(meshes)]
-    return _mapped(executor, _new_item, items, transfer, progress, leave=False)
+    return _mapped(executor, _new_item, items, transfer, progress)
 
 
 def _fit_item(options: dict[str, Any], gp: ExactGPModel) -> ExactGPModel:
