@@ -547,6 +547,70 @@ def test_conditioned_models_keep_gpytorch_caches_and_equal_the_rebuilt_model(dat
     )
 
 
+def test_gpytorch_path_of_condition_on_observations_is_per_thread(monkeypatch):
+    r"""While ``condition_on_observations`` builds GPyTorch's caches (thread A, held there by an event), a prediction
+    of the same model in thread B keeps the cached training factor: GPyTorch's ``ExactGP.__call__`` runs in A only,
+    and B's posterior is bitwise the one of the cached factor, equal to the dense GP. Before, the path was a flag on
+    the model, and B went through GPyTorch's joint kernel."""
+    import threading
+
+    from gpytorch.models import ExactGP
+
+    g = torch.Generator().manual_seed(5)
+    X, Xt = torch.rand(20, 2, dtype=DT, generator=g), torch.rand(6, 2, dtype=DT, generator=g)
+    y = torch.sin(5 * X[:, 0]) + X[:, 1]
+    model = ExactGPModel(X, y[:, None], input_transform=None, outcome_transform=None).eval()
+    ref = model.posterior(Xt)  # the cached factor's path (this thread)
+    ls, os, noise, const = hypers(model)
+    mean, var = dense_posterior(X, y, Xt, ls, os, noise, const)
+    torch.testing.assert_close(ref.mean[:, 0].detach(), mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ref.variance[:, 0].detach(), var, rtol=0, atol=1e-10)
+    assert model.prediction_strategy is None  # so that conditioning goes through GPyTorch's path
+
+    inside, release = threading.Event(), threading.Event()
+    calls, out, errors = [], {}, []
+    real = ExactGP.__call__
+
+    def spy(self, *args, **kwargs):  # GPyTorch's prediction path of the model, by thread
+        if self is model and not self.training:
+            calls.append(threading.current_thread().name)
+            if threading.current_thread().name == "A":
+                inside.set()
+                release.wait(20)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExactGP, "__call__", spy)
+
+    def thread_a():
+        try:
+            out["A"] = model.condition_on_observations(Xt[:2], Xt[:2, :1])
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+        finally:
+            inside.set()
+
+    def thread_b():
+        try:
+            assert inside.wait(20)
+            post = model.posterior(Xt)
+            out["B"] = post.mean.detach(), post.variance.detach()
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+        finally:
+            release.set()
+
+    threads = [threading.Thread(target=thread_a, name="A"), threading.Thread(target=thread_b, name="B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert calls == ["A"]
+    assert torch.equal(out["B"][0], ref.mean.detach()) and torch.equal(out["B"][1], ref.variance.detach())
+    want = model.rebuild_with(Xt[:2], Xt[:2, :1]).posterior(Xt)
+    torch.testing.assert_close(out["A"].posterior(Xt).mean, want.mean, rtol=0, atol=1e-9)
+
+
 def test_nan_in_conditioning_data_or_posterior_inputs_is_refused_not_propagated():
     r"""A failed experiment's NaN outcome used to give a NaN posterior mean everywhere after conditioning (BoTorch's
     path has no check), and a NaN input a NaN posterior; ``predict`` and the other adapters already refused them."""

@@ -391,6 +391,50 @@ def test_exact_gp_predictions_name_a_mean_nan_at_new_inputs(path):
         _PATHS[path](model, Xt)
 
 
+class _TestPairsKernel(Kernel):
+    r"""``exp(-d^2)``, NaN between two inputs whose first coordinates both exceed ``x_max`` (and so at such an input
+    with ``diag=True``): finite between training inputs and between training and test inputs, NaN only in the
+    test-test covariance of test inputs beyond ``x_max``."""
+
+    def __init__(self, x_max):
+        super().__init__()
+        self.x_max = x_max
+
+    def forward(self, x1, x2, diag=False, **kw):
+        K = torch.exp(-self.covar_dist(x1, x2, diag=diag, square_dist=True))
+        far1, far2 = x1[..., 0] > self.x_max, x2[..., 0] > self.x_max
+        return torch.where(far1 & far2 if diag else far1[..., :, None] & far2[..., None, :], torch.nan, K)
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["dense-covariance", "lazy-covariance"])
+@pytest.mark.parametrize("path", ["condition", "fantasize"])
+def test_a_nan_only_in_the_test_covariance_of_gpytorchs_path_is_named(path, eager):
+    r"""Conditioned and fantasy models predict through GPyTorch's prediction strategy, where only the mean was
+    checked: a kernel that is NaN only between test inputs (beyond 0.9; training and new inputs stop at 0.8) gave a
+    finite mean and NaN variances silently. The covariance GPyTorch made dense (joint sizes up to
+    ``max_eager_kernel_size``), or else the diagonal of the lazy one, is now checked, and the kernel named. Away from
+    the bad inputs the model predicts as the model rebuilt on the union of the data (dense algebra)."""
+    import gpytorch
+    from botorch.sampling import SobolQMCNormalSampler
+
+    X, Y = _data()
+    model = ExactGPModel(X, Y, covar_module=_TestPairsKernel(0.9)).eval()
+    Xn = torch.tensor([[0.1, 0.7], [0.6, 0.2]], dtype=D)
+    if path == "condition":
+        new = model.condition_on_observations(Xn, Xn.sum(-1, keepdim=True))
+        ref = model.rebuild_with(Xn, Xn.sum(-1, keepdim=True)).posterior(X[:4] + 0.01)
+        post = new.posterior(X[:4] + 0.01)
+        torch.testing.assert_close(post.mean, ref.mean, rtol=0, atol=1e-9)
+        torch.testing.assert_close(post.variance, ref.variance, rtol=0, atol=1e-9)
+    else:
+        new = model.fantasize(Xn, SobolQMCNormalSampler(torch.Size([2]), seed=0))
+        assert bool(torch.isfinite(new.posterior(X[:4] + 0.01).variance).all())
+    Xt = torch.tensor([[0.3, 0.3], [0.95, 0.1], [0.97, 0.9]], dtype=D)
+    match = r"`covar_module` \(_TestPairsKernel\) returned NaN in a prediction: \d+ of \d+ entries of its prior var"
+    with gpytorch.settings.max_eager_kernel_size(512 if eager else 0), pytest.raises(ValueError, match=match):
+        new.posterior(Xt)
+
+
 class _SqrtKernel(Kernel):
     r"""An RBF kernel times ``sqrt(a - 1)``: NaN for ``a < 1`` (``a = 0.5`` at the start), finite where the prior
     ``N(1.75, 0.05)`` draws the restarts' ``a``."""
@@ -535,7 +579,7 @@ def test_inputs_known_to_one_thread_never_reach_another_nor_stay_on_the_model():
 
     from botorch.models.transforms.input import Normalize
 
-    from gpgeom.botorch import _finite
+    from gpgeom.botorch import _finite, _local
 
     X = torch.rand(20, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model = ExactGPModel(X, torch.sin(6 * X), input_transform=Normalize(d=1)).fit(progress=False, max_iter=10)
@@ -546,7 +590,7 @@ def test_inputs_known_to_one_thread_never_reach_another_nor_stay_on_the_model():
         with _finite.raw_inputs(model, torch.zeros(1, 1, dtype=torch.float64)):
             a_in.set()
             b_in.wait(10)
-            seen["a"] = _finite._current(model, "raw")
+            seen["a"] = _local.current(model, "raw")
         a_out.set()
 
     def thread_b():
@@ -554,7 +598,7 @@ def test_inputs_known_to_one_thread_never_reach_another_nor_stay_on_the_model():
         with _finite.raw_inputs(model, torch.ones(1, 1, dtype=torch.float64)):
             b_in.set()
             a_out.wait(10)
-            seen["b"] = _finite._current(model, "raw")
+            seen["b"] = _local.current(model, "raw")
 
     threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
     for t in threads:

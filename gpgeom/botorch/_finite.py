@@ -5,7 +5,8 @@ A kernel that returns NaN (a log of a negative distance, a parameter set to NaN)
 :class:`gpgeom.errors.NotPSDError` ("the covariance matrix could not be factorised") and a prediction in
 linear_operator's ``NanError``, neither of which names the module; a mean that returns NaN at test inputs gave NaN
 predictions silently. Nothing here runs while the values are finite, beyond one ``torch.isfinite(...).all()`` on
-values already computed (:func:`check_prediction`, :func:`check_conditioned`): the modules are evaluated again only
+values already computed (:func:`check_prediction`, :func:`check_conditioned`; of a lazy covariance from GPyTorch's
+prediction strategy, its diagonal, :func:`computed_covariance`): the modules are evaluated again only
 after a failure (a Cholesky factorisation that failed, a non-finite loss or prediction), once, by
 :func:`diagnose`, which raises a ``ValueError`` naming the module, its class, what it returned (NaN or inf), where
 (:func:`gpgeom._validation.first_bad`: the first bad entry's index, whose last dimension(s) count the input rows)
@@ -20,7 +21,6 @@ Cholesky factorisation, at the parameters where it failed.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,17 +28,20 @@ import torch
 from gpytorch.utils.errors import CachingError
 from gpytorch.utils.memoize import get_from_cache
 from linear_operator import to_dense
+from linear_operator.operators import DenseLinearOperator
 from linear_operator.utils.errors import NanError
 from linear_operator.utils.errors import NotPSDError as _LONotPSDError
 from torch import Tensor
 
 from gpgeom._validation import first_bad
+from gpgeom.botorch._local import bound, current
 
 __all__ = [
     "check_conditioned",
     "check_inputs",
     "check_prediction",
     "check_transformed",
+    "computed_covariance",
     "diagnose",
     "diagnose_fit",
     "factor_guard",
@@ -89,44 +92,12 @@ def check_inputs(X: Tensor, where: str, cause: BaseException | None = None) -> N
         ) from cause
 
 
-#: Per thread, what :func:`raw_inputs` and :func:`named_step` know about a prediction in progress, as stacks keyed
-#: by ``(id(model), what)``: kept off the model, so that predictions of one model in several threads never see (or
-#: leave behind) each other's inputs, and a copy or pickle of the model carries none.
-_LOCAL = threading.local()
-
-
-def _stacks() -> dict[tuple[int, str], list[Any]]:
-    stacks = getattr(_LOCAL, "stacks", None)
-    if stacks is None:
-        stacks = _LOCAL.stacks = {}
-    return stacks
-
-
-@contextlib.contextmanager
-def _bound(model: Any, what: str, value: Any) -> Iterator[None]:
-    r"""``value`` is :func:`_current` ``(model, what)`` within the block (in this thread; nested blocks stack)."""
-    key = (id(model), what)
-    stack = _stacks().setdefault(key, [])
-    stack.append(value)
-    try:
-        yield
-    finally:
-        stack.pop()
-        if not stack:
-            _stacks().pop(key, None)
-
-
-def _current(model: Any, what: str, default: Any = None) -> Any:
-    stack = _stacks().get((id(model), what))
-    return stack[-1] if stack else default
-
-
 def raw_inputs(model: Any, X: Tensor) -> contextlib.AbstractContextManager[None]:
     r"""Within it, :func:`check_prediction` for ``model`` knows the test inputs ``X`` as the user gave them (any
     shape ``... x q x d``, before the model's ``input_transform``), so that a non-finite transformed input is blamed on
     the transform when ``X`` is finite. Nested uses (a prediction in chunks through ``posterior``) keep the inner
     ``X`` until they end; other threads never see it."""
-    return _bound(model, "raw", X)
+    return bound(model, "raw", X)
 
 
 def check_transformed(model: Any, X: Tensor, where: str) -> None:
@@ -211,7 +182,7 @@ def factor_guard(model: Any, where: str) -> Iterator[None]:
     try:
         yield
     except _FACTOR_ERRORS as err:
-        diagnose(model, _current(model, "where", where), cause=err)
+        diagnose(model, current(model, "where", where), cause=err)
         raise
 
 
@@ -219,7 +190,7 @@ def named_step(model: Any, where: str) -> contextlib.AbstractContextManager[None
     r"""Within it, the messages of :func:`factor_guard` and :func:`check_prediction` for ``model`` say ``where``
     (e.g. ``"in condition_on_observations"`` for the predictions that build GPyTorch's caches there), in this
     thread."""
-    return _bound(model, "where", where)
+    return bound(model, "where", where)
 
 
 def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) -> None:
@@ -232,14 +203,29 @@ def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) 
     values = tuple(v for v in values if v is not None)
     if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
         return
-    where = _current(model, "where", where)
-    raw = _current(model, "raw")
+    where = current(model, "where", where)
+    raw = current(model, "raw")
     if raw is not None:  # the inputs as given: NaN there is the user's; finite there, the transform's
         check_inputs(raw, where)
         check_transformed(model, X, where)
     check_inputs(X, where)  # first: NaN inputs make NaN predictions from any module
     diagnose(model, where)  # first: a NaN mean at the training inputs makes every mean NaN (no Cholesky fails)
     diagnose(model, where, X=X)
+
+
+def computed_covariance(mvn: Any) -> Tensor:
+    r"""What :func:`check_prediction` checks of the covariance of a GPyTorch posterior ``mvn`` (a
+    ``MultivariateNormal`` over ``... x q`` test points, from GPyTorch's prediction strategy): the dense
+    ``... x q x q`` tensor when GPyTorch made it dense (its eager path, for joint train/test sizes up to
+    ``max_eager_kernel_size``: no new work), else the ``... x q`` diagonal of the lazy covariance (the prior
+    variances less the quadratic form, ``O(q)`` kernel values and the diagonal of a low-rank product; the
+    ``q x q`` covariance is not formed). A NaN or inf only off the diagonal of a lazy covariance is therefore not
+    seen here (it stays in the lazy operator until a sample or a Cholesky factorisation evaluates it)."""
+    cov = mvn.lazy_covariance_matrix
+    if isinstance(cov, DenseLinearOperator):
+        return cov.tensor
+    with torch.no_grad():
+        return cov.diagonal(dim1=-2, dim2=-1)
 
 
 def check_conditioned(new: Any, n_old: int) -> None:
