@@ -555,7 +555,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         training factor (:meth:`_joint`); conditioned and fantasy models use GPyTorch's updated caches.
 
         Args:
-            X: A ``test_batch_shape x q x d`` tensor.
+            X: A ``test_batch_shape x q x d`` floating tensor (converted to the model's dtype, as in :meth:`predict`).
             output_indices: Optional list of outputs to keep, in this order (all ``m`` by default).
             observation_noise: Add the likelihood's noise (``True``) or this ``test_batch_shape x q x m`` noise (a
                 column for every output whatever ``output_indices``, in the outcome-transformed units: BoTorch's
@@ -566,7 +566,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             A ``GPyTorchPosterior`` over ``broadcast(test_batch_shape, batch_shape) x q x m'`` (``m'`` the number
             of selected outputs), in the original output units.
         """
-        check_tensor("X", X, floating=True)
+        X = check_tensor("X", X, floating=True).to(dtype=self.dtype)  # gpgeom's dtype rule, as `predict`
         refuse_empty_batch(X, self._num_outputs)  # even for one of them: they come from the joint of all
         if output_indices is not None and self._num_outputs > 1:
             output_indices = list(output_indices)
@@ -602,7 +602,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
         Args:
             X: A ``batch_shape' x n' x d`` tensor of new inputs (broadcastable with the model's batch shape).
-            Y: A ``batch_shape' x n' x m`` tensor of new outputs in the original units.
+            Y: A ``batch_shape' x n' x m`` tensor of new outputs in the original units. ``X``, ``Y`` and ``noise``
+                are converted to the model's dtype, as in :meth:`predict`.
             **kwargs: E.g. ``noise``, a ``batch_shape' x n' x m`` tensor of noise variances in the outcome-transformed
                 units (BoTorch's convention), for fixed-noise models only (a ``ValueError`` otherwise).
 
@@ -610,10 +611,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             An :class:`ExactGPModel` with ``n + n'`` training points and batch shape ``batch_shape'`` broadcast
             with the model's.
         """
-        check_tensor("X", X, floating=True)
-        check_tensor("Y", Y)  # a failed experiment's NaN would poison every later posterior and acquisition
+        X = check_tensor("X", X, floating=True).to(dtype=self.dtype)  # gpgeom's dtype rule, as `predict`
+        # a failed experiment's NaN would poison every later posterior and acquisition
+        Y = check_tensor("Y", Y).to(dtype=self.dtype)
         if kwargs.get("noise") is not None:
-            check_tensor("noise", kwargs["noise"])
+            kwargs["noise"] = check_tensor("noise", kwargs["noise"]).to(dtype=self.dtype)
             if bool((kwargs["noise"] < 0).any()):
                 raise ValueError(f"`noise` must be >= 0, got min {float(kwargs['noise'].min()):.3g}.")
             if not isinstance(self.likelihood, FixedNoiseGaussianLikelihood):
@@ -808,10 +810,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         data = self.__dict__.get("_original_data")
         if data is not None:
             self._original_data = tuple(None if t is None else t.to(device=device, dtype=dtype) for t in data)
+        if self._original_train_inputs is not None:  # BoTorch's untransformed inputs, back in training mode
+            self._original_train_inputs = self._original_train_inputs.to(device=device, dtype=dtype)
         self.prediction_strategy = None
 
     def _get_state(self) -> dict[str, Any]:
         X, Y, Yvar = self._original_data
+        fixed = self.likelihood.noise if isinstance(self.likelihood, FixedNoiseGaussianLikelihood) else None
         return {
             "train_X": X,
             "train_Y": Y,
@@ -820,6 +825,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             "module_state": self.state_dict(),
             "fit_jitter": self._fit_jitter,
             "fast_mll": bool(self.fast_mll),
+            # the training tensors as held (transformed; a fixed noise too), so that a moved model loads back
+            # bitwise: in its dtype they are the rounding of the old dtype's, not the transforms recomputed in it
+            "train_tensors": None if self.training else (self.train_inputs[0], self.train_targets, fixed),
         }
 
     @classmethod
@@ -852,7 +860,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         model.load_state_dict(state["module_state"])
         model._fit_jitter = state["fit_jitter"]
         model.fast_mll = state["fast_mll"]
-        return model.eval()
+        model.eval()
+        if state.get("train_tensors") is not None:  # files written before them: recomputed in the file's dtype
+            inputs, targets, fixed = state["train_tensors"]
+            model.set_train_data(inputs, targets, strict=False)
+            if fixed is not None:
+                model.likelihood.noise = fixed
+        return model
 
     def _repr_fields(self) -> dict[str, Any]:
         X, Y, _ = self._original_data
