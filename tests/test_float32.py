@@ -78,9 +78,10 @@ def test_a_float64_model_moved_to_float32_refits():
 
 
 def test_exact_gp_posterior_and_conditioning_convert_inputs_to_the_model_dtype(exact64):
-    r"""A float32 model's ``posterior``, ``condition_on_observations`` and ``fantasize`` given float64 tensors raised
-    "expected m1 and m2 to have the same dtype" from inside torch (``predict`` converted them). Now they are
-    converted to the model's dtype as in ``predict``: the results are those of the float32 tensors, bitwise."""
+    r"""A float32 model's ``posterior``, ``condition_on_observations``, ``fantasize`` and call (eval mode) given float64
+    tensors raised "expected m1 and m2 to have the same dtype" from inside torch (``predict`` converted them). Now
+    they are converted to the model's dtype as in ``predict``: the results are those of the float32 tensors,
+    bitwise."""
     X, Y = _problem()
     m32 = copy.deepcopy(exact64).to(dtype=F32)
     Xq = torch.rand(5, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
@@ -92,6 +93,8 @@ def test_exact_gp_posterior_and_conditioning_convert_inputs_to_the_model_dtype(e
     sampler = SobolQMCNormalSampler(torch.Size([2]), seed=0)
     f = m32.fantasize(Xq[:2], sampler=sampler).posterior(Xq.float())
     assert f.mean.dtype == F32 and bool(torch.isfinite(f.mean).all())
+    m32.eval()
+    assert torch.equal(m32(Xq).mean, m32(Xq.float()).mean)  # GPyTorch's call in eval mode, likewise
     # and the other way round, a float64 model given float32 tensors: float64 results
     assert exact64.posterior(Xq.float()).mean.dtype == F64
 

@@ -311,7 +311,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         r"""GPyTorch's call; in eval mode the posterior at one tensor of test inputs is computed by :meth:`_joint`
-        from the cached training factor (the same distribution; see :meth:`posterior`)."""
+        from the cached training factor (the same distribution; see :meth:`posterior`). In eval mode floating tensors
+        are converted to the model's dtype, as in :meth:`predict`."""
+        if not self.training:
+            args = tuple(a.to(dtype=self.dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
         with self.numerics():
             if self._joint_ok(args, kwargs):
                 return self._joint(args[0])
