@@ -120,9 +120,8 @@ class RGNP(ModelContract, nn.Module):
         dtype: The floating dtype of the model (``torch.float64`` or ``torch.float32``); inputs of any dtype are
             converted to it. ``model.to(dtype=...)`` changes it later.
         seed: Seed of the networks' initial weights (an int >= 0): two models built with the same ``seed`` start
-            from the same weights whatever torch's global random state, which is left untouched (drawn in float64:
-            a float32 model's are the float64 model's rounded). ``None``: the weights are drawn from torch's global
-            random state (``torch.manual_seed`` before building repeats them).
+            from the same weights whatever torch's global random state, which is left untouched. ``None``: the
+            weights are drawn from torch's global random state (``torch.manual_seed`` before building repeats them).
 
     Attributes:
         family: The :class:`gpgeom.pde.PDEFamily` of :meth:`from_family` (``None`` for a user-defined residual).
@@ -227,19 +226,14 @@ class RGNP(ModelContract, nn.Module):
             for name, v in (("lower", lo), ("upper", hi), ("z_low", zlo), ("z_high", zhi), ("w_low", wlo),
                             ("w_high", whi)):  # fmt: skip
                 self.register_buffer(name, torch.tensor(v, dtype=dtype))
+            self.forward_net = ForwardNet(
+                D, self.dim_z, self.dim_w, hidden=hidden, rank=rank, n_freqs=n_freqs, freq_range=freq_range,
+                trainable_freqs=trainable_freqs, variance_bounds=(a, b),
+            )  # fmt: skip
             gic.setdefault("lift_channels", 16)
-            # the initial weights are drawn in float64 and rounded to the model's dtype: torch draws other numbers
-            # in float32 from the same seed, so a float32 model started elsewhere than the float64 one
-            with default_dtype(torch.float64):
-                self.forward_net = ForwardNet(
-                    D, self.dim_z, self.dim_w, hidden=hidden, rank=rank, n_freqs=n_freqs, freq_range=freq_range,
-                    trainable_freqs=trainable_freqs, variance_bounds=(a, b),
-                )  # fmt: skip
-                self.inverse_net = GICNet(
-                    D, 1, self.dim_z * (2 + inverse_rank), (lo, hi), param_features=self.dim_w, **gic
-                )  # fmt: skip
-            self.forward_net.to(dtype)
-            self.inverse_net.to(dtype)
+            self.inverse_net = GICNet(
+                D, 1, self.dim_z * (2 + inverse_rank), (lo, hi), param_features=self.dim_w, **gic
+            )  # fmt: skip
             log_eps = torch.tensor(math.log(residual_scale), dtype=dtype)
             if learn_residual_scale:
                 self.log_residual_scale = nn.Parameter(log_eps)
