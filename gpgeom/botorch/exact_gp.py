@@ -43,12 +43,11 @@ from botorch.posteriors import GPyTorchPosterior, Posterior
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.kernels import Kernel
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood, Likelihood
-from gpytorch.likelihoods.gaussian_likelihood import _GaussianLikelihoodBase
 from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.models import ExactGP
 from linear_operator import to_linear_operator
-from torch import Tensor, nn
+from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
@@ -70,6 +69,7 @@ from gpgeom.botorch.defaults import (
     default_likelihood,
     default_outcome_transform,
 )
+from gpgeom.botorch.exact_inputs import check_module_types, checked_training_data
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
 from gpgeom.botorch.outputs import gaussian_posterior, refuse_empty_batch, select_outputs
 from gpgeom.engine.chunking import FactorCache, chunk_size_for, chunk_slices, memory_budget, resolve_max_memory
@@ -137,59 +137,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             TypeError, ValueError: For tensors of the wrong type, shape or dtype, NaN/inf values, negative noise
                 or an unknown ``outcome_transform``.
         """
-        if not isinstance(train_X, Tensor) or not train_X.is_floating_point():
-            train_X = as_tensor("train_X", train_X, dtype=None)
-        train_Y = as_tensor("train_Y", train_Y, dtype=train_X.dtype, device=train_X.device)
-        if train_Yvar is not None:
-            train_Yvar = as_tensor("train_Yvar", train_Yvar, dtype=train_X.dtype, device=train_X.device)
-        check_tensor("train_X", train_X, floating=True)
-        check_tensor("train_Y", train_Y, floating=True)
-        if train_X.dim() < 2:
-            raise ValueError(
-                f"`train_X` must be `batch_shape x n x d` (at least 2-D), got shape {tuple(train_X.shape)}."
-            )
-        if train_Y.dim() != train_X.dim():
-            hint = ""
-            if train_Y.shape == train_X.shape[:-1]:
-                hint = " Add the output dimension with train_Y.unsqueeze(-1)."
-            raise ValueError(
-                f"`train_Y` must be `batch_shape x n x m` with the same number of dimensions as `train_X` "
-                f"{tuple(train_X.shape)}, got shape {tuple(train_Y.shape)}.{hint}"
-            )
-        if train_Y.shape[:-1] != train_X.shape[:-1]:
-            raise ValueError(
-                f"`train_Y` {tuple(train_Y.shape)} and `train_X` {tuple(train_X.shape)} must share the batch shape "
-                "and the number of points n (all but the last dimension)."
-            )
-        if train_X.shape[-2] < 1 or train_X.shape[-1] < 1 or train_Y.shape[-1] < 1:
-            raise ValueError(
-                f"Need at least one point, one input dimension and one output; got train_X {tuple(train_X.shape)}, "
-                f"train_Y {tuple(train_Y.shape)}."
-            )
-        if train_Yvar is not None:
-            check_tensor("train_Yvar", train_Yvar, floating=True)
-            if train_Yvar.shape != train_Y.shape:
-                raise ValueError(
-                    f"`train_Yvar` must have the shape of `train_Y` {tuple(train_Y.shape)}, "
-                    f"got {tuple(train_Yvar.shape)}."
-                )
-            if bool((train_Yvar < 0).any()):
-                raise ValueError(f"`train_Yvar` must be >= 0 (noise variances), got min {float(train_Yvar.min()):.3g}.")
-            train_Yvar = train_Yvar.to(train_X.dtype)
-        # the data are data: a graph back to the caller's tensors made the multi-output model's inputs non-leaves,
-        # which GPyTorch's deepcopy in condition_on_observations and fantasize refuses
-        train_X, train_Y = train_X.detach(), train_Y.detach()
-        train_Yvar = None if train_Yvar is None else train_Yvar.detach()
+        train_X, train_Y, train_Yvar = checked_training_data(train_X, train_Y, train_Yvar)
         if not isinstance(shared_hyperparameters, bool):
             raise TypeError(f"`shared_hyperparameters` must be a bool, got {type(shared_hyperparameters).__name__}.")
         check_positive("max_cholesky_size", max_cholesky_size, integer=True)
-        for arg, value, kind, what in (
-            ("covar_module", covar_module, Kernel, "a gpytorch Kernel"),
-            ("mean_module", mean_module, nn.Module, "a gpytorch Mean (or a module giving the mean of each input)"),
-            ("likelihood", likelihood, _GaussianLikelihoodBase, "a Gaussian gpytorch likelihood (exact inference)"),
-        ):  # else the first fit fails in a Cholesky or a broadcast far from the argument
-            if value is not None and not isinstance(value, kind):
-                raise TypeError(f"`{arg}` must be None or {what}, got {type(value).__name__} ({value!r:.80}).")
+        check_module_types(covar_module=covar_module, mean_module=mean_module, likelihood=likelihood)
         outcome_kind = "custom" if isinstance(outcome_transform, OutcomeTransform) else outcome_transform
         if isinstance(outcome_transform, str):
             if outcome_transform != "default":
