@@ -32,6 +32,7 @@ from typing import Any
 
 import gpytorch
 import torch
+from botorch import settings as botorch_settings
 from botorch.acquisition.objective import PosteriorTransform
 from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
@@ -248,10 +249,16 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         r"""Context with this model's linear-algebra settings.
 
         Cholesky (exact) algebra up to ``max_cholesky_size`` training points, and the jitter that :meth:`fit` had
-        to use (if any) for later factorisations.
+        to use (if any) for later factorisations. Under BoTorch's ``propagate_grads`` (look-ahead acquisitions that
+        differentiate a fantasy model's posterior with respect to its fantasy inputs) GPyTorch's exact predictive
+        covariance instead of its fast one (``fast_pred_var``, which BoTorch's posterior would turn on): the fast
+        one's cache, updated by the fantasy rows, gives a wrong gradient with respect to them (the variance's was off
+        by a relative 13-750, ``tests/test_botorch_gradients.py``); the exact one's is right.
         """
         with contextlib.ExitStack() as stack:
             stack.enter_context(gpytorch.settings.max_cholesky_size(self.max_cholesky_size))
+            if botorch_settings.propagate_grads.on():
+                stack.enter_context(gpytorch.settings.fast_pred_var(False))
             if self._fit_jitter is not None:
                 stack.enter_context(
                     gpytorch.settings.cholesky_jitter(float_value=self._fit_jitter, double_value=self._fit_jitter)
