@@ -65,7 +65,7 @@ from gpgeom._progress import progress_bar
 from gpgeom._seeds import global_seed
 from gpgeom.engine.optimizers import STEP_NOTE as _STEP_NOTE
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
-from gpgeom.engine.parallel import derive_seed, dumps, executor_workers, loads, map_items
+from gpgeom.engine.parallel import check_needed, derive_seed, dumps, executor_workers, loads, map_items
 from gpgeom.errors import NotPSDError
 
 __all__ = [
@@ -284,6 +284,7 @@ class FitJob:
 
         def full_loss(batch_indices: Any = None) -> Tensor:
             # unsummed: an MLL of a batched model gives one loss per batch member (used by batched L-BFGS-B)
+            check_needed()  # a task whose result the fit no longer needs stops here (gpgeom.engine.parallel)
             if is_mll:
                 return mll_loss()
             return checked(objective() if batch_indices is None else objective(batch_indices=batch_indices))
@@ -292,6 +293,7 @@ class FitJob:
         full_loss.accepts_batch_indices = (not is_mll) and bool(getattr(objective, "accepts_batch_indices", False))
 
         def batch_loss(batch: Any) -> Tensor:
+            check_needed()
             if batch is None:
                 return full_loss().sum()
             if is_mll:
@@ -596,8 +598,11 @@ def run_attempts(
 ) -> list[Outcome] | None:
     r"""The attempts of ``job`` as tasks of ``executor`` (:func:`plan_tasks`; groups of members only with
     ``split_members``), in attempt order, or ``None`` when there is only one task (the caller runs it here). A
-    progress bar counts the finished tasks. When the objective raises ``StopIteration`` at the probe for the members
-    (:meth:`FitJob.members`), no task runs: attempt 0 alone, stopped at its start (:func:`_stopped_before_tasks`)."""
+    progress bar counts the finished tasks. An attempt stopped by the objective (``StopIteration``) is the last
+    outcome returned: the tasks of later attempts are cancelled, or stop at their next evaluation in threads of this
+    process (:func:`gpgeom.engine.parallel.map_items`, ``last_needed``), as are the tasks after one that raises.
+    When the objective raises ``StopIteration`` at the probe for the members (:meth:`FitJob.members`), no task runs:
+    attempt 0 alone, stopped at its start (:func:`_stopped_before_tasks`)."""
     try:
         n_members = job.members() if split_members else None
     except StopIteration:  # at the probe for the members, before any task: the serial run's stop at its probe
@@ -608,13 +613,21 @@ def run_attempts(
     name = type(job.model).__name__
     bar = progress_bar(total=len(tasks), desc=f"fit {name} ({n_attempts} attempts, {len(tasks)} tasks)",
                        progress=progress)  # fmt: skip
+    last_task = {attempt: i for i, (attempt, _) in enumerate(tasks)}
+
+    def last_needed(i: int, out: Outcome) -> int | None:
+        # an attempt stopped by its objective (in any of its groups) is the last one, as serially: the tasks of the
+        # later attempts are cancelled (gpgeom.engine.parallel, *Cancellation*) and their outcomes never read
+        return last_task[out[0]] if out[1] is not None and out[1].stopped else None
+
     with contextlib.closing(bar):
         outs = map_items(  # an attempt seeds torch's global generator and sets GPyTorch settings: not thread-safe
-            executor, _task_in_worker, tasks, dumps(job), chunk_size=1, on_chunk=bar.update, thread_safe=False
-        )
+            executor, _task_in_worker, tasks, dumps(job), chunk_size=1, on_chunk=bar.update, thread_safe=False,
+            last_needed=last_needed,
+        )  # fmt: skip
     if all(members is None for _, members in tasks):
         return outs
     by_attempt: dict[int, list[Outcome]] = {}
     for out in outs:
         by_attempt.setdefault(out[0], []).append(out)
-    return [merge_members(by_attempt[k], n_members) for k in range(n_attempts)]
+    return [merge_members(by_attempt[k], n_members) for k in sorted(by_attempt)]

@@ -57,12 +57,24 @@ threshold 32 MiB, trim threshold twice that), turn the workers' statistical prof
 every 10 ms) and slow the event loops' monitoring ticks (20 ms and 500 ms by default), which cost CPU in idle
 clients, schedulers and workers.
 
-``dask`` is never imported by this module: a Dask executor is recognised by its type's module.
+**Cancellation.** A call stops the work whose results it no longer needs: when an item raises (the first one in item
+order is raised, as in the serial run), and when ``last_needed`` says that the items after some index are not
+needed (a fit stopped by its objective: :func:`gpgeom.engine.attempts.run_attempts`), the tasks not yet started are
+cancelled (``Future.cancel``; ``client.cancel`` for Dask), and an item still running in a thread of this process
+stops at its next :func:`check_needed` (the fit's loss calls it at every evaluation) or, when it has not started,
+before it starts; so does an item in a worker of a ``ProcessPoolExecutor``, which reads the call's limit from a
+temporary file (removed when the call returns). Items running on Dask workers run to their end and their results
+are dropped. Items of a ``thread_safe=False`` call that still run in threads of this process are
+waited for before the call returns or raises (they restore process-wide state when they end).
+
+``dask`` is imported by this module only for a Dask executor (``distributed.wait``): a Dask executor is recognised
+by its type's module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -74,7 +86,8 @@ import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +99,7 @@ from gpgeom._warnings import user_stacklevel
 __all__ = [
     "DASK_SETTINGS",
     "check_executor",
+    "check_needed",
     "chunk_size_for",
     "derive_seed",
     "dumps",
@@ -114,6 +128,55 @@ _cache_lock = threading.Lock()
 #: Held by the items of a call with ``thread_safe=False`` that run in threads of this process (module docstring).
 _state_lock = threading.RLock()
 _worker_ready = False
+#: The calls of :func:`map_items` in progress in this process: token -> the index of the last item whose result is
+#: still needed (lowered by an item's exception or by ``last_needed``; the token is removed when the call ends).
+_needed: dict[str, int] = {}
+#: The ``(token, index)`` of the item that this thread runs for :func:`map_items` (``None`` outside).
+_current = threading.local()
+
+
+@dataclass(frozen=True)
+class _LimitFile:
+    r"""The token of a :func:`map_items` call for the tasks of a ``ProcessPoolExecutor``: the file (on this machine)
+    where the call keeps the index of the last item still needed, read by :func:`check_needed` in the workers."""
+
+    token: str
+    path: str
+
+
+def _limit(token: str | _LimitFile) -> int:
+    r"""The index of the last item still needed by the call ``token`` (-1 once the call has ended)."""
+    if not isinstance(token, _LimitFile):
+        return _needed.get(token, -1)
+    try:
+        with open(token.path, "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):  # the call ended and removed its file
+        return -1
+
+
+def _write_limit(path: str, limit: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(str(limit).encode())
+    os.replace(tmp, path)  # atomic: a worker reads the old or the new value
+
+
+class _Cancelled(BaseException):
+    r"""Raised by :func:`check_needed` in an item whose result is no longer needed; the task drops the item (a
+    ``BaseException``, so that the ``except Exception`` of an optimiser or a user's loss does not take it for a
+    failure of the item)."""
+
+
+class _Skipped:
+    r"""What a task returns for an item it did not run (its result is not needed): one object, also when it comes
+    back from a worker process (pickled by reference)."""
+
+    def __reduce__(self) -> str:
+        return "_SKIPPED"
+
+
+_SKIPPED = _Skipped()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,36 +438,69 @@ def _run_chunk(
     label: str = "item",
     rebuild_check: bool = True,
     thread_safe: bool = True,
+    token: str | _LimitFile | None = None,
 ) -> tuple[list[Any], list[Warning]]:
     r"""One task: ``fn(shared, item)`` for every item of a chunk (items ``start``, ``start + 1``, ... of the call).
     In another process: one torch thread, the caller's numerical settings, and the warnings recorded to be
     re-issued by the caller. An item's exception names the item (:func:`_item_error`; ``rebuild_check``: whether
     one pickle cannot rebuild is replaced, off for Dask, which sends such exceptions back itself). In a thread of the
-    calling process, items that are not ``thread_safe`` run one at a time."""
+    calling process, items that are not ``thread_safe`` run one at a time. An item whose result the call
+    (``token``) no longer needs is not started, or stops at its next :func:`check_needed`, in a thread of the calling
+    process or in a ``ProcessPoolExecutor``'s worker (module docstring, *Cancellation*)."""
     if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
         with contextlib.nullcontext() if thread_safe else _state_lock:
-            return _apply(fn, _resolve(shared), items, start, label, remote=False), []
+            return _apply(fn, _resolve(shared), items, start, label, remote=False, token=token), []
     _set_one_thread()
     obj = _resolve(shared)
     with warnings.catch_warnings(record=True) as caught, numerics(settings):
         warnings.simplefilter("always")
-        out = _apply(fn, obj, items, start, label, remote=rebuild_check)
+        mine = token if isinstance(token, _LimitFile) else None  # a Dask worker has no way to read the limit
+        out = _apply(fn, obj, items, start, label, remote=rebuild_check, token=mine)
     return out, [w.message for w in caught]
 
 
 def _apply(
-    fn: Callable[[Any, Any], Any], obj: object, items: Sequence[Any], start: int, label: str, remote: bool
+    fn: Callable[[Any, Any], Any],
+    obj: object,
+    items: Sequence[Any],
+    start: int,
+    label: str,
+    remote: bool,
+    token: str | _LimitFile | None = None,
 ) -> list[Any]:
-    out = []
+    r"""``fn(obj, item)`` for every item; with the ``token`` of a call of this process, an item that the call no
+    longer needs is skipped (:data:`_SKIPPED`), before it starts or at its :func:`check_needed`."""
+    out: list[Any] = []
     for k, item in enumerate(items):
+        if token is not None and _limit(token) < start + k:
+            out.extend([_SKIPPED] * (len(items) - k))
+            break
+        saved = getattr(_current, "item", None)
+        _current.item = None if token is None else (token, start + k)
         try:
             out.append(fn(obj, item))
+        except _Cancelled:
+            out.extend([_SKIPPED] * (len(items) - k))
+            break
         except Exception as err:
             named = _item_error(err, f"{label} {start + k}", remote)
             if named is err:
                 raise
             raise named from None
+        finally:
+            _current.item = saved
     return out
+
+
+def check_needed() -> None:
+    r"""Called by an item function at points where it can stop cleanly (the fit's loss: at every evaluation): when
+    the :func:`map_items` call that runs the item (in a thread of the calling process or in a worker of its
+    ``ProcessPoolExecutor``) no longer needs its result (an earlier item raised, or ``last_needed`` cut the items
+    off), it raises an internal ``BaseException`` that drops the item. Nothing otherwise (outside
+    :func:`map_items`, in the serial run, in a Dask worker process)."""
+    item = getattr(_current, "item", None)
+    if item is not None and _limit(item[0]) < item[1]:
+        raise _Cancelled
 
 
 def _item_error(err: Exception, where: str, remote: bool) -> Exception:
@@ -447,6 +543,7 @@ def map_items(
     on_chunk: Callable[[int], None] | None = None,
     label: str = "item",
     thread_safe: bool = True,
+    last_needed: Callable[[int, Any], int | None] | None = None,
 ) -> list[Any]:
     r"""``[fn(shared, item) for item in items]``, in item order, through ``executor`` (serial for ``None``).
 
@@ -458,17 +555,23 @@ def map_items(
         chunk_size: Items per task (default :func:`chunk_size_for`).
         tasks_per_worker: Tasks per worker of the default chunking.
         min_chunk: Smallest default chunk.
-        on_chunk: Called here with the number of items of every finished chunk, in order (progress bars).
+        on_chunk: Called here with the number of items of every finished chunk whose results are returned, in
+            order (progress bars).
         label: What an item is, for error messages: an item's exception gets the note ``"(raised by {label} k)"``
             (``k``: its index in ``items``), in the serial run too.
         thread_safe: False for items that change process-wide state while they run (torch's global random
             generator, GPyTorch settings, warning filters): in threads of this process (a ``ThreadPoolExecutor``,
             Dask workers with ``processes=False``) they then run one at a time, as in the serial run.
+        last_needed: Called here with an item's index and result as each result arrives: the index of the last
+            item whose result is still needed (e.g. a fit stopped in this attempt needs no later attempt), or
+            ``None``. The results after the smallest such index are not returned (nor their exceptions raised),
+            and their tasks are cancelled (module docstring, *Cancellation*); serially, those items do not run.
 
     Returns:
-        The results, one per item, in order. An item's exception is raised here with its type and message (the
-        remaining tasks are cancelled), or as a ``RuntimeError`` giving them when it cannot be pickled back from a
-        worker process; warnings raised in worker processes are re-issued here.
+        The results, one per item, in order (the first ``m + 1`` only, for the smallest index ``m`` returned by
+        ``last_needed``). An item's exception (the first in item order) is raised here with its type and message
+        (the remaining tasks are cancelled), or as a ``RuntimeError`` giving them when it cannot be pickled back
+        from a worker process; warnings raised in worker processes are re-issued here.
 
     Raises:
         TypeError: For an ``executor`` without ``submit``, or a ``shared`` object that cannot be pickled.
@@ -477,12 +580,16 @@ def map_items(
     check_executor(executor)
     items = list(items)
     if executor is None:
-        out = []
+        out, limit = [], len(items) - 1
         for k, item in enumerate(items):
+            if k > limit:
+                break
             out.extend(_apply(fn, shared, [item], k, label, remote=False))
             if on_chunk is not None:
                 on_chunk(1)
-        return out
+            cut = None if last_needed is None else last_needed(k, out[-1])
+            limit = limit if cut is None else min(limit, cut)
+        return out[: limit + 1]
     if not items:
         return []
     _check_open(executor)
@@ -492,27 +599,125 @@ def map_items(
     starts = range(0, len(items), size)
     chunks = [items[i : i + size] for i in starts]
     settings = numerics_snapshot()
-    with _share(executor, shared) as ref:
-        if _is_dask(executor):
+    token = uuid.uuid4().hex
+    calls = _Calls(token, len(items), starts, chunks, on_chunk, last_needed)
+    _needed[token] = len(items) - 1
+    task_token: str | _LimitFile = token
+    if isinstance(executor, ProcessPoolExecutor):
+        fd, path = tempfile.mkstemp(prefix="gpgeom-needed-")
+        os.close(fd)
+        calls.file = path
+        _write_limit(path, len(items) - 1)
+        task_token = _LimitFile(token, path)
+    try:
+        with _share(executor, shared) as ref:
+            if _is_dask(executor):
+                try:
+                    return _map_dask(executor, fn, calls, ref, settings, label, thread_safe)
+                except TimeoutError as err:
+                    raise _no_workers(err) from err
+            futures = [
+                executor.submit(
+                    _run_chunk, fn, ref, chunk, os.getpid(), settings, i, label, True, thread_safe, task_token
+                )
+                for i, chunk in zip(starts, chunks)
+            ]
             try:
-                return _map_dask(executor, fn, chunks, starts, ref, settings, on_chunk, label, thread_safe)
-            except TimeoutError as err:
-                raise _no_workers(err) from err
-        futures = [
-            executor.submit(_run_chunk, fn, ref, chunk, os.getpid(), settings, i, label, True, thread_safe)
-            for i, chunk in zip(starts, chunks)
-        ]
-        out: list[Any] = []
+                if all(isinstance(f, Future) for f in futures):
+                    while todo := calls.todo():
+                        done, _ = wait_futures([futures[i] for i in todo], return_when=FIRST_COMPLETED)
+                        for i in todo:
+                            if futures[i] in done:
+                                calls.arrived(i, futures[i].result)
+                        calls.cancel(futures, lambda f: f.cancel())
+                else:  # futures of another kind: read in order
+                    while todo := calls.todo():
+                        calls.arrived(todo[0], futures[todo[0]].result)
+                        calls.cancel(futures, lambda f: f.cancel())
+                return calls.results()
+            finally:
+                _needed.pop(token, None)  # what still runs here stops at its next check_needed
+                for fut in futures:
+                    fut.cancel()
+                if not thread_safe and isinstance(executor, ThreadPoolExecutor):
+                    wait_futures(futures)  # they restore process-wide state when they end (module docstring)
+    finally:
+        _needed.pop(token, None)
+        if calls.file is not None:
+            with contextlib.suppress(OSError):
+                os.remove(calls.file)  # what still runs in the workers stops at its next check_needed
+
+
+class _Calls:
+    r"""The bookkeeping of one :func:`map_items` call on an executor: the chunks' results or exceptions as they
+    arrive (in any order), the last item still needed (``limit``, lowered by an exception or by ``last_needed``;
+    mirrored in :data:`_needed` for the items running in threads of this process), the progress reported in chunk
+    order, and the results in item order (or the first exception in item order) once every needed chunk is in."""
+
+    def __init__(
+        self,
+        token: str,
+        n: int,
+        starts: Sequence[int],
+        chunks: list[list[Any]],
+        on_chunk: Callable[[int], None] | None,
+        last_needed: Callable[[int, Any], int | None] | None,
+    ) -> None:
+        self.token, self.limit, self.starts, self.chunks = token, n - 1, starts, chunks
+        self.on_chunk, self.last_needed = on_chunk, last_needed
+        self.outcomes: dict[int, tuple[bool, Any]] = {}  # chunk -> (ok, (results, warnings) or the exception)
+        self.reported = 0
+        self.file: str | None = None  # where the workers of a ProcessPoolExecutor read ``limit``
+
+    def needed(self) -> range:
+        r"""The chunks whose results (or exceptions) are needed: those that start at or before ``limit``."""
+        return range(sum(1 for s in self.starts if s <= self.limit))
+
+    def todo(self) -> list[int]:
+        return [i for i in self.needed() if i not in self.outcomes]
+
+    def arrived(self, i: int, result: Callable[[], Any]) -> None:
+        r"""Chunk ``i`` has ended: ``result()`` returns its task's result or raises its exception."""
         try:
-            for fut, chunk in zip(futures, chunks):
-                _collect(fut.result(), out)
-                if on_chunk is not None:
-                    on_chunk(len(chunk))
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return out
+            task_result = result()
+        except Exception as err:  # the first exception in item order is raised; no later item is needed
+            self.outcomes[i] = (False, err)
+            self._lower(self.starts[i] + len(self.chunks[i]) - 1)
+        else:
+            self.outcomes[i] = (True, task_result)
+            if self.last_needed is not None:
+                for k, value in enumerate(task_result[0]):
+                    if value is _SKIPPED or self.starts[i] + k > self.limit:
+                        break
+                    cut = self.last_needed(self.starts[i] + k, value)
+                    if cut is not None:
+                        self._lower(cut)
+        while self.on_chunk is not None and self.reported in self.outcomes and self.reported in self.needed():
+            if self.outcomes[self.reported][0]:
+                self.on_chunk(len(self.chunks[self.reported]))
+            self.reported += 1
+
+    def _lower(self, limit: int) -> None:
+        self.limit = min(self.limit, limit)
+        _needed[self.token] = self.limit
+        if self.file is not None:
+            _write_limit(self.file, self.limit)
+
+    def cancel(self, futures: Sequence[Any], cancel: Callable[[Any], Any]) -> None:
+        r"""Cancel the tasks of the chunks that are not needed and have not ended."""
+        for i in range(len(self.needed()), len(futures)):
+            if futures[i] is not None and i not in self.outcomes:
+                cancel(futures[i])
+
+    def results(self) -> list[Any]:
+        r"""The needed items' results in order (warnings re-issued), or the first exception in item order."""
+        out: list[Any] = []
+        for i in self.needed():
+            ok, value = self.outcomes[i]
+            if not ok:
+                raise value
+            _collect(value, out)
+        return out[: self.limit + 1]
 
 
 def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any]) -> None:
@@ -527,11 +732,9 @@ def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any]) -> No
 def _map_dask(
     executor: Executor,
     fn: Callable[[Any, Any], Any],
-    chunks: list[list[Any]],
-    starts: Sequence[int],
+    calls: _Calls,
     ref: object,
     settings: dict[str, Any],
-    on_chunk: Callable[[int], None] | None,
     label: str,
     thread_safe: bool,
 ) -> list[Any]:
@@ -540,22 +743,32 @@ def _map_dask(
     Each chunk is scattered straight to a worker (``direct=True``: by default a client outside the cluster sends
     data through the scheduler, which costs a second serialisation and a second copy in the scheduler's process,
     the caller's own on a ``LocalCluster``), then its task is submitted at once, so the first tasks run while the
-    later chunks travel; the results are gathered from the workers directly, in order."""
+    later chunks travel; the results are gathered from the workers directly, as they end (``distributed.wait``),
+    and the tasks no longer needed are cancelled (``client.cancel``)."""
+    from distributed import wait as dask_wait
+
     client = executor._client
     options = {**getattr(executor, "_kwargs", {}), "pure": False}
     futures: list[Any] = []
-    out: list[Any] = []
     try:
-        for start, chunk in zip(starts, chunks):
+        for start, chunk in zip(calls.starts, calls.chunks):
+            if start > calls.limit:  # an earlier task stopped the call: not even sent
+                futures.append(None)
+                continue
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
-            args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe)
+            args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe, calls.token)
             futures.append(client.submit(_run_chunk, *args, **options))
-        for i, chunk in enumerate(chunks):
-            _collect(client.gather(futures[i], direct=True), out)
-            futures[i] = None  # release the task's result and its chunk as soon as they are read
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-    except BaseException:
+            for i, fut in enumerate(futures):
+                if fut is not None and i not in calls.outcomes and fut.done():
+                    calls.arrived(i, functools.partial(client.gather, fut, direct=True))
+                    futures[i] = None  # release the task's result and its chunk as soon as they are read
+        while todo := calls.todo():
+            dask_wait([futures[i] for i in todo], return_when="FIRST_COMPLETED")
+            for i in todo:
+                if futures[i].done():
+                    calls.arrived(i, functools.partial(client.gather, futures[i], direct=True))
+                    futures[i] = None
+            calls.cancel(futures, lambda f: client.cancel([f]))
+        return calls.results()
+    finally:
         client.cancel([f for f in futures if f is not None])
-        raise
-    return out
