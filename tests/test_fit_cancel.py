@@ -3,12 +3,12 @@ an attempt, the tasks of the later attempts are cancelled, or stop at their next
 process, workers of a ``ProcessPoolExecutor``); the same after an error that ends the fit. The result is bit-equal
 to the one of a fit that runs every task to its end (the behaviour before), which is the reference here.
 
-Every evaluation of the loss appends one byte to a file (shared by threads and processes): ``S`` for the
-evaluation that stops the fit, ``a`` for the other evaluations of attempt 0, and for a task of a later attempt a
-letter of its own (``b``, ``c``, ...; one per task, a copy of the loss). The later attempts' tasks that evaluate
-after the ``S`` are those that were running, or started before this process read the stopped attempt: at most one
-per worker. Before, every task ran to its end (a reviewer's probe: 176 evaluations after a stop at evaluation 2;
-here 6 later tasks, 340 evaluations on the probe of the CHANGELOG)."""
+Every evaluation of the loss appends a line to a file (shared by threads and processes): ``S`` for the evaluation
+that stops (or fails) the fit, ``a`` for the other evaluations of attempt 0, and for a task of a later attempt a tag
+of its own (``pid-k``: one per task, a copy of the loss). The later attempts' tasks that evaluate after the ``S``
+are those that were running, or started before this process read the stopped attempt: at most one per worker.
+Before, every task ran to its end (a reviewer's probe: 176 evaluations after a stop at evaluation 2; in the
+CHANGELOG's probe, 340 of 342 evaluations ran after a stop at the 2nd)."""
 
 from __future__ import annotations
 

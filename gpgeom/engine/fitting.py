@@ -231,7 +231,11 @@ def fit(
             a ``ProcessPoolExecutor``, ...; :mod:`gpgeom.engine.attempts`, :mod:`gpgeom.engine.parallel`): the job
             (objective, module, data loader) is pickled once (cloudpickle) and shipped once per worker, every task
             runs on a fresh copy of it, and the result is bitwise the serial run's (the same attempts, best loss,
-            parameters and history). ``None``: serial.
+            parameters and history). An attempt stopped by the objective (``StopIteration``), or one that raises,
+            ends the fit as serially: the tasks of the later attempts are cancelled, and those already running in
+            threads of this process or in a ``ProcessPoolExecutor`` stop at their next evaluation of the loss
+            (on Dask workers they run to their end; :mod:`gpgeom.engine.parallel`, *Cancellation*). ``None``:
+            serial.
         split_members: With an ``executor``, for a batch of independent problems whose loss evaluates a subset of
             members (separate hyperparameters per output, L-BFGS-B), also split every attempt into groups of
             members when there are fewer attempts than 3 tasks per worker. The members follow the serial iterates

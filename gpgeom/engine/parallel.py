@@ -476,10 +476,13 @@ def _apply(
             out.extend([_SKIPPED] * (len(items) - k))
             break
         saved = getattr(_current, "item", None)
-        _current.item = None if token is None else (token, start + k)
+        if token is not None:  # else (serially) the item of an enclosing call, if any, still decides
+            _current.item = (token, start + k)
         try:
             out.append(fn(obj, item))
         except _Cancelled:
+            if token is None:  # an enclosing call's item is cancelled: up to it
+                raise
             out.extend([_SKIPPED] * (len(items) - k))
             break
         except Exception as err:
@@ -703,11 +706,12 @@ class _Calls:
         if self.file is not None:
             _write_limit(self.file, self.limit)
 
-    def cancel(self, futures: Sequence[Any], cancel: Callable[[Any], Any]) -> None:
-        r"""Cancel the tasks of the chunks that are not needed and have not ended."""
-        for i in range(len(self.needed()), len(futures)):
-            if futures[i] is not None and i not in self.outcomes:
-                cancel(futures[i])
+    def cancel(self, futures: Sequence[Any], cancel: Callable[[Any], Any]) -> list[int]:
+        r"""Cancel the tasks of the chunks that are not needed and have not ended; returns their indices."""
+        out = [i for i in range(len(self.needed()), len(futures)) if futures[i] is not None and i not in self.outcomes]
+        for i in out:
+            cancel(futures[i])
+        return out
 
     def results(self) -> list[Any]:
         r"""The needed items' results in order (warnings re-issued), or the first exception in item order."""
@@ -762,13 +766,16 @@ def _map_dask(
                 if fut is not None and i not in calls.outcomes and fut.done():
                     calls.arrived(i, functools.partial(client.gather, fut, direct=True))
                     futures[i] = None  # release the task's result and its chunk as soon as they are read
+            for i in calls.cancel(futures, lambda f: client.cancel([f])):
+                futures[i] = None
         while todo := calls.todo():
             dask_wait([futures[i] for i in todo], return_when="FIRST_COMPLETED")
             for i in todo:
                 if futures[i].done():
                     calls.arrived(i, functools.partial(client.gather, futures[i], direct=True))
                     futures[i] = None
-            calls.cancel(futures, lambda f: client.cancel([f]))
+            for i in calls.cancel(futures, lambda f: client.cancel([f])):
+                futures[i] = None
         return calls.results()
     finally:
         client.cancel([f for f in futures if f is not None])
