@@ -290,6 +290,21 @@ def test_engine_fit_with_an_executor_equals_the_serial_fit(request, how, fast, r
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
 
 
+def test_a_stop_on_dask_cancels_the_later_attempts_and_keeps_the_result(dask_executor, tmp_path, monkeypatch):
+    r"""The stopped fit of ``tests/test_fit_cancel.py`` on the Dask cluster: the results are read as the tasks end
+    and the later attempts' tasks are cancelled (``client.cancel``; those already running on a worker run to their
+    end); the result is bit-equal to a fit running every task (here on a thread pool: the same tasks, the same
+    arithmetic)."""
+    from test_fit_cancel import _assert_same, _fit, _later_tasks
+
+    with ThreadPoolExecutor(2) as threads:
+        ref = _fit(threads, tmp_path / "ref", every_task=True, monkeypatch=monkeypatch)
+    new = _fit(dask_executor, tmp_path / "new")
+    assert new[0].stopped and new[0].attempts == 1
+    _assert_same(new, ref)
+    _later_tasks(tmp_path / "new")  # one stop, logged by a worker
+
+
 def test_engine_fit_on_a_thread_pool_is_the_serial_fit_and_leaves_the_settings_alone():
     # the attempts seed torch's global generator and set GPyTorch's jitter settings: in two threads at once they drew
     # from each other's streams and restored each other's settings (the old code left cholesky_max_tries at 1, and
