@@ -547,6 +547,45 @@ def test_conditioned_models_keep_gpytorch_caches_and_equal_the_rebuilt_model(dat
     )
 
 
+def test_a_saved_conditioned_model_loads_as_the_model_rebuilt_on_the_union(tmp_path):
+    r"""A conditioned model (``n + n'`` points; its ``train_X`` in the file has ``n``) saved in eval or train mode
+    loads as the model rebuilt on the union with the same hyperparameters (``rebuild_with``, itself checked against
+    the dense GP above), also after ``train()``/``eval()``, conditioned again, and refits. Before, a file written in
+    eval mode held ``n + n'`` targets but ``n`` untransformed inputs: ``train()`` then any prediction or refit raised
+    a size mismatch (33 vs 30); one written in train mode loaded the unconditioned model (means off by 2.5)."""
+    g = torch.Generator().manual_seed(3)
+    X = 5 * torch.rand(30, 2, dtype=DT, generator=g) + 3
+    Y = torch.stack([torch.sin(X[:, 0]) + X[:, 1], torch.cos(X[:, 1])], -1)
+    Xn, Yn = 5 * torch.rand(3, 2, dtype=DT, generator=g) + 3, torch.rand(3, 2, dtype=DT, generator=g)
+    X2, Y2 = 5 * torch.rand(2, 2, dtype=DT, generator=g) + 3, torch.rand(2, 2, dtype=DT, generator=g)
+    Xt = 5 * torch.rand(7, 2, dtype=DT, generator=g) + 3
+    for fixed in (False, True):
+        Yvar = torch.full_like(Y, 1e-3) if fixed else None
+        model = ExactGPModel(X, Y, Yvar).fit(max_iter=20, seed=0, progress=False)
+        extra = {"noise": torch.full((3, 2), 1e-3, dtype=DT)} if fixed else {}
+        cond = model.condition_on_observations(Xn, Yn, **extra)
+        # the union in original units (a fixed noise: BoTorch's `noise` is in the standardised units)
+        want = model.rebuild_with(Xn, Yn, 1e-3 * model.outcome_transform.stdvs.square().expand(3, 2) if fixed else None)
+        for mode in ("eval", "train"):
+            cond.train(mode == "train")
+            cond.save(tmp_path / "c.pt")
+            back = ExactGPModel.load(tmp_path / "c.pt")
+            for step in ("loaded", "train/eval"):
+                if step == "train/eval":
+                    back.train()
+                    assert back.train_inputs[0].shape[-2] == back.train_targets.shape[-1] == 33
+                    back.eval()
+                got, ref = back.posterior(Xt), want.posterior(Xt)
+                torch.testing.assert_close(got.mean.detach(), ref.mean.detach(), rtol=0, atol=1e-8)
+                torch.testing.assert_close(got.variance.detach(), ref.variance.detach(), rtol=0, atol=1e-8)
+            extra2 = {"noise": torch.full((2, 2), 1e-3, dtype=DT)} if fixed else {}
+            again = back.condition_on_observations(X2, Y2, **extra2).posterior(Xt).mean.detach()
+            ref2 = want.condition_on_observations(X2, Y2, **extra2).posterior(Xt).mean.detach()
+            torch.testing.assert_close(again, ref2, rtol=0, atol=1e-8)
+            back.fit(max_iter=5, seed=0, progress=False)
+            assert bool(torch.isfinite(back.posterior(Xt).mean).all())
+
+
 def test_gpytorch_path_of_condition_on_observations_is_per_thread(monkeypatch):
     r"""While ``condition_on_observations`` builds GPyTorch's caches (thread A, held there by an event), a prediction
     of the same model in thread B keeps the cached training factor: GPyTorch's ``ExactGP.__call__`` runs in A only,

@@ -779,6 +779,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
     def _get_state(self) -> dict[str, Any]:
         X, Y, Yvar = self._original_data
         fixed = self.likelihood.noise if isinstance(self.likelihood, FixedNoiseGaussianLikelihood) else None
+        inputs = self.train_inputs[0]
+        untransformed = self._original_train_inputs if self._has_transformed_inputs else inputs
         return {
             "train_X": X,
             "train_Y": Y,
@@ -787,9 +789,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             "module_state": self.state_dict(),
             "fit_jitter": self._fit_jitter,
             "fast_mll": bool(self.fast_mll),
-            # the training tensors as held (transformed; a fixed noise too), so that a moved model loads back
-            # bitwise: in its dtype they are the rounding of the old dtype's, not the transforms recomputed in it
-            "train_tensors": None if self.training else (self.train_inputs[0], self.train_targets, fixed),
+            # the training tensors as held (a moved model loads bitwise, not the transforms redone in its dtype) and
+            # the untransformed inputs that train mode restores (a conditioned model's n + n': `train_X` has n)
+            "train_tensors": (None if self.training else inputs, self.train_targets, fixed, untransformed),
         }
 
     @classmethod
@@ -822,12 +824,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         model.load_state_dict(state["module_state"])
         model._fit_jitter = state["fit_jitter"]
         model.fast_mll = state["fast_mll"]
+        inputs, targets, fixed, *untransformed = state.get("train_tensors") or (None, None, None)  # None: old files
+        if untransformed:  # in train mode (as built): what train mode restores, n + n' if conditioned
+            model.set_train_data(untransformed[0], targets, strict=False)
+        if fixed is not None:
+            model.likelihood.noise = fixed
         model.eval()
-        if state.get("train_tensors") is not None:  # files written before them: recomputed in the file's dtype
-            inputs, targets, fixed = state["train_tensors"]
+        if inputs is not None:
             model.set_train_data(inputs, targets, strict=False)
-            if fixed is not None:
-                model.likelihood.noise = fixed
         return model
 
     def _repr_fields(self) -> dict[str, Any]:
