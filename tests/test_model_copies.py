@@ -242,6 +242,37 @@ def test_deep_copies_of_a_conditioned_exact_gp_are_bitwise_and_independent():
     assert _same(post(cond), ref)
 
 
+def test_deep_copies_of_a_fantasy_exact_gp_take_its_sampled_targets_as_leaves():
+    r"""A fantasy model's training targets are fantasies sampled with gradients (BoTorch keeps their graph for the
+    acquisition's gradient): ``copy.deepcopy`` raised "Only Tensors created explicitly by the user (graph leaves)
+    support the deepcopy protocol", where a pickle takes them as leaves. The deep copy now does as the pickle: its
+    posterior is bitwise the original's and the pickled copy's, before and after a first prediction, its targets
+    are leaves of the same values that require a gradient, and changing them in place leaves the original intact.
+    """
+    from botorch.sampling.normal import SobolQMCNormalSampler
+
+    _, model, _ = _fitted("ExactGPModel")
+    g = torch.Generator().manual_seed(8)
+    Xf, X = torch.rand(2, 2, dtype=DT, generator=g), torch.rand(5, 2, dtype=DT, generator=g)
+    fantasy = model.fantasize(Xf, SobolQMCNormalSampler(torch.Size([3]), seed=0))
+    assert not fantasy.train_targets.is_leaf  # the case: a tensor of an autograd graph in the model's state
+
+    def post(m):
+        p = m.posterior(X)
+        return p.mean.detach(), p.variance.detach()
+
+    early = copy.deepcopy(fantasy)  # before the fantasy model's first prediction
+    ref = post(fantasy)
+    assert _same(post(_pickled(fantasy)), ref)
+    for other in (early, copy.deepcopy(fantasy)):
+        assert _same(post(other), ref)
+        assert other.train_targets.is_leaf and other.train_targets.requires_grad
+        assert torch.equal(other.train_targets.detach(), fantasy.train_targets.detach())
+    with torch.no_grad():
+        other.train_targets.add_(1.0)
+    assert _same(post(fantasy), ref)
+
+
 def test_surrogate_list_shallow_copy_is_refused():
     r"""``copy.copy`` of MMGP's ``per_field`` SurrogateList shared its member GPs: ``to(float32)`` on the copy made
     the original's posterior raise ``expected scalar type Double but found Float``. It is refused; deep copies and

@@ -17,16 +17,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["copy_strategy"]
+__all__ = ["copy_state", "copy_strategy"]
 
 
-def _graph_tensors(obj: Any) -> list[Tensor]:
-    r"""The non-leaf tensors reachable from ``obj`` through dicts, lists, tuples, sets and object attributes (not
-    through ``torch.nn.Module``\ s: the model's modules, copied as the model is)."""
+def _graph_tensors(obj: Any, modules: bool = False) -> list[Tensor]:
+    r"""The non-leaf tensors reachable from ``obj`` through dicts, lists, tuples, sets and object attributes (through
+    ``torch.nn.Module``\ s too when ``modules``; else not: the model's modules, copied as the model is)."""
     found, seen, todo = [], set(), [obj]
     while todo:
         item = todo.pop()
-        if id(item) in seen or isinstance(item, torch.nn.Module):
+        if id(item) in seen or (isinstance(item, torch.nn.Module) and not modules):
             continue
         seen.add(id(item))
         if isinstance(item, Tensor):
@@ -39,6 +39,34 @@ def _graph_tensors(obj: Any) -> list[Tensor]:
         elif hasattr(item, "__dict__") and not isinstance(item, type):
             todo.append(vars(item))
     return found
+
+
+def _copy_as_leaves(obj: Any, memo: dict[int, Any], modules: bool = False) -> None:
+    r"""Enter in ``memo`` a copy of every non-leaf tensor reachable from ``obj`` (:func:`_graph_tensors`): a leaf of
+    the same values that requires a gradient as the tensor did, so that ``copy.deepcopy`` (which refuses non-leaf
+    tensors) takes it."""
+    for tensor in _graph_tensors(obj, modules):
+        if id(tensor) not in memo:
+            leaf = copy.deepcopy(tensor.detach(), memo).requires_grad_(tensor.requires_grad)
+            memo[id(tensor)] = leaf
+            memo.setdefault(id(memo), []).append(tensor)  # kept alive while the memo is (copy's convention)
+
+
+def copy_state(state: dict[str, Any], memo: dict[int, Any]) -> dict[str, Any]:
+    r"""A deep copy of a model's state (its ``__getstate__``, within the deep copy of the model: ``memo``) in which
+    the tensors of an autograd graph are leaves of the same values, as pickling makes them: a fantasy model's
+    training targets (``batch x n'`` fantasies sampled with gradients, for the acquisition's gradient), which
+    ``copy.deepcopy`` refused.
+
+    Args:
+        state: The model's state dict (its prediction strategy left out: :func:`copy_strategy`).
+        memo: The memo of the ``copy.deepcopy`` in progress.
+
+    Returns:
+        The copied state.
+    """
+    _copy_as_leaves(state, memo, modules=True)
+    return copy.deepcopy(state, memo)
 
 
 def copy_strategy(strategy: Any, memo: dict[int, Any]) -> Any:
@@ -56,11 +84,7 @@ def copy_strategy(strategy: Any, memo: dict[int, Any]) -> Any:
     Returns:
         The copied strategy.
     """
-    for tensor in _graph_tensors(vars(strategy)):
-        if id(tensor) not in memo:
-            leaf = copy.deepcopy(tensor.detach(), memo).requires_grad_(tensor.requires_grad)
-            memo[id(tensor)] = leaf
-            memo.setdefault(id(memo), []).append(tensor)  # kept alive while the memo is (copy's convention)
+    _copy_as_leaves(vars(strategy), memo)
     cls = type(strategy)
     new = cls.__new__(cls)
     memo[id(strategy)] = new

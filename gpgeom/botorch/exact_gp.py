@@ -52,7 +52,7 @@ from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
-from gpgeom.botorch._copies import copy_strategy
+from gpgeom.botorch._copies import copy_state, copy_strategy
 from gpgeom.botorch._finite import (
     check_conditioned,
     check_prediction,
@@ -762,7 +762,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         memo[id(self)] = new
         state = self.__getstate__()
         strategy = state.get("prediction_strategy")
-        new.__setstate__(copy.deepcopy({**state, "prediction_strategy": None}, memo))
+        new.__setstate__(copy_state({**state, "prediction_strategy": None}, memo))
         if strategy is not None:
             new.__dict__["prediction_strategy"] = copy_strategy(strategy, memo)
             new._check_strategy()
