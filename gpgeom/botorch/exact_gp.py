@@ -521,7 +521,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             output_indices: Optional list of outputs to keep, in this order (all ``m`` by default).
             observation_noise: Add the likelihood's noise (``True``) or this ``test_batch_shape x q x m`` noise (a
                 column for every output whatever ``output_indices``, in the outcome-transformed units: BoTorch's
-                convention, e.g. of ``fantasize``).
+                convention, e.g. of ``fantasize``; converted to the model's dtype).
             posterior_transform: Optional BoTorch ``PosteriorTransform`` (e.g. ``ScalarizedPosteriorTransform``).
 
         Returns:
@@ -529,6 +529,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             of selected outputs), in the original output units.
         """
         X = check_tensor("X", X, floating=True).to(dtype=self.dtype)  # gpgeom's dtype rule, as `predict`
+        if isinstance(observation_noise, Tensor):  # and the noise that `fantasize` passes
+            observation_noise = observation_noise.to(dtype=self.dtype)
         refuse_empty_batch(X, self._num_outputs)  # even for one of them: they come from the joint of all
         if output_indices is not None and self._num_outputs > 1:
             output_indices = list(output_indices)
@@ -758,8 +760,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         r"""An independent copy that keeps GPyTorch's prediction strategy, as pickling does (GPyTorch drops it on
         a deep copy; :func:`~gpgeom.botorch._copies.copy_strategy`): a conditioned model's copy predicts bitwise as
         the original (it refactorised its training covariance: variances off by 1.3e-15 to 3.9e-15 on small tests)."""
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
+        memo[id(self)] = new = type(self).__new__(type(self))
         state = self.__getstate__()
         strategy = state.get("prediction_strategy")
         new.__setstate__(copy_state({**state, "prediction_strategy": None}, memo))
@@ -779,8 +780,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
     def _get_state(self) -> dict[str, Any]:
         X, Y, Yvar = self._original_data
         fixed = self.likelihood.noise if isinstance(self.likelihood, FixedNoiseGaussianLikelihood) else None
-        inputs = self.train_inputs[0]
-        untransformed = self._original_train_inputs if self._has_transformed_inputs else inputs
+        raw = self._original_train_inputs if self._has_transformed_inputs else self.train_inputs[0]  # untransformed
         return {
             "train_X": X,
             "train_Y": Y,
@@ -791,7 +791,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             "fast_mll": bool(self.fast_mll),
             # the training tensors as held (a moved model loads bitwise, not the transforms redone in its dtype) and
             # the untransformed inputs that train mode restores (a conditioned model's n + n': `train_X` has n)
-            "train_tensors": (None if self.training else inputs, self.train_targets, fixed, untransformed),
+            "train_tensors": (None if self.training else self.train_inputs[0], self.train_targets, fixed, raw),
         }
 
     @classmethod
