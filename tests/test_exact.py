@@ -44,8 +44,8 @@ def dense_posterior(X, y, Xt, ls, os, noise, const, y_mean=0.0, y_std=1.0):
 
 
 def unit_box(X_train):
-    r"""The default input transform written out: the training inputs' bounding box (over all batch members) onto
-    the unit cube."""
+    r"""The default input transform written out: the training inputs' bounding box onto the unit cube (pass one
+    batch member's inputs: each member is scaled by its own)."""
     flat = X_train.reshape(-1, X_train.shape[-1])
     lo, hi = flat.min(0).values, flat.max(0).values
     return lambda Z: (Z - lo) / (hi - lo)
@@ -152,7 +152,7 @@ def test_batched_model_equals_dense_truth_per_member():
     for b in range(3):
         ls, os, noise, const = hypers(model, batch=b)
         ym, ys = standardise(Y[b])
-        u = unit_box(X)
+        u = unit_box(X[b])
         mean, var = dense_posterior(u(X[b]), Y[b, :, 0], u(Xt), ls, os, noise, const, ym[0], ys[0])
         torch.testing.assert_close(mu[b, :, 0], mean, rtol=0, atol=1e-8)
         torch.testing.assert_close(sd[b, :, 0] ** 2, var, rtol=0, atol=1e-8)

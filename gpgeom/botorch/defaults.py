@@ -2,10 +2,10 @@ r"""The default components of :class:`~gpgeom.botorch.exact_gp.ExactGPModel`: ke
 outcome transforms.
 
 The default priors assume standardised outputs and inputs scaled to the unit cube, which is what the two default
-transforms produce: :func:`default_input_transform` maps the training inputs' bounding box onto ``[0, 1]^d`` and
-:func:`default_outcome_transform` standardises every output. :func:`default_covar_module` (a Matern 5/2 ARD kernel
-with the dimension-scaled lengthscale prior) and :func:`default_likelihood` (Gaussian noise) set their priors and
-constraints for that scale.
+transforms produce: :func:`default_input_transform` maps the training inputs' bounding box (each batch member's own
+for one output) onto ``[0, 1]^d`` and :func:`default_outcome_transform` standardises every output.
+:func:`default_covar_module` (a Matern 5/2 ARD kernel with the dimension-scaled lengthscale prior) and
+:func:`default_likelihood` (Gaussian noise) set their priors and constraints for that scale.
 """
 
 from __future__ import annotations
@@ -90,20 +90,30 @@ def default_likelihood(batch_shape: torch.Size | None = None) -> GaussianLikelih
     )
 
 
-def default_input_transform(train_X: Tensor) -> Normalize:
-    r"""The default input transform: ``Normalize`` with the fixed bounds of ``train_X`` (columns min/max over all
-    points and batch members) onto the unit cube, as BoTorch recommends; a constant column gets width 1.
+def default_input_transform(train_X: Tensor, num_outputs: int = 1) -> Normalize:
+    r"""The default input transform: ``Normalize`` with the fixed bounds of ``train_X`` (columns min/max) onto the
+    unit cube, as BoTorch recommends; a constant column gets width 1.
+
+    A batched model of one output scales each batch member by its own points, so that it equals the batch of
+    separate models (a batch of leave-one-out folds, as ``botorch.cross_validation.batch_cross_validation`` builds,
+    must not see the held-out point through the bounds). With several outputs BoTorch keeps the training inputs as
+    ``batch_shape x m x n x d`` inside the model, where bounds per member would be paired with the outputs instead:
+    the bounds are then those of all members together.
 
     Args:
         train_X: ``batch_shape x n x d`` training inputs.
+        num_outputs: The model's number of outputs ``m``.
 
     Returns:
-        A ``Normalize(d, bounds)`` whose ``bounds`` (``2 x d``) do not move when the model is conditioned.
+        A ``Normalize(d, bounds)`` whose ``bounds`` (``batch_shape x 2 x d`` for one output, else ``2 x d``) do not
+        move when the model is conditioned.
     """
-    flat = train_X.detach().reshape(-1, train_X.shape[-1])
-    lo, hi = flat.min(0).values, flat.max(0).values
+    X = train_X.detach()
+    if num_outputs > 1:
+        X = X.reshape(-1, X.shape[-1])
+    lo, hi = X.amin(-2), X.amax(-2)  # batch_shape x d (one output), d (several)
     hi = torch.where(hi > lo, hi, lo + 1.0)
-    return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi]))
+    return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi], dim=-2))
 
 
 class RoundingFloorStandardize(Standardize):

@@ -159,7 +159,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         input_kind = "custom" if isinstance(input_transform, InputTransform) else input_transform
         if isinstance(input_transform, str):
             check_option("input_transform", input_transform, ("default",))
-            input_transform = default_input_transform(train_X) if covar_module is None else None
+            input_transform = default_input_transform(train_X, train_Y.shape[-1]) if covar_module is None else None
             input_kind = "default" if input_transform is not None else None
         elif input_transform is not None and not isinstance(input_transform, InputTransform):
             raise TypeError(

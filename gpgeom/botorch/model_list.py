@@ -5,8 +5,9 @@ output (``IndexError`` for a list whose first member has two outputs), and ``pos
 joint of multi-output members with the wrong ordering (its marginal variances land on the wrong outputs and
 points). :class:`SurrogateList` fixes both:
 
-* ``posterior`` assembles the joint from the members' posteriors, block-diagonal across members, in BoTorch's
-  interleaved ordering, with ``output_indices``, ``observation_noise`` and ``posterior_transform``;
+* ``posterior`` assembles the joint from the members' posteriors, block-diagonal across members (by output when
+  every output is independent, as BoTorch's cached root decomposition needs; else in BoTorch's interleaved
+  ordering), with ``output_indices``, ``observation_noise`` and ``posterior_transform``;
 
 * ``condition_on_observations(X, Y)`` splits the ``m`` columns of ``Y`` (and of ``noise``) by member, in order;
 * ``fantasize`` is BoTorch's generic rule (``FantasizeMixin``): sample all outputs from the joint posterior with
@@ -26,6 +27,8 @@ from botorch.models.model import FantasizeMixin
 from botorch.models.model_list_gp_regression import ModelListGP
 from botorch.posteriors import GPyTorchPosterior
 from botorch.sampling.base import MCSampler
+from gpytorch.distributions import MultitaskMultivariateNormal
+from linear_operator.operators import BlockDiagLinearOperator
 from torch import Tensor
 
 from gpgeom.botorch.check import joint_moments
@@ -52,6 +55,19 @@ def _member_predict(
         stds.append(post.variance.clamp_min(0.0).sqrt())
     mean = torch.cat(means, -2)
     return (mean, torch.cat(stds, -2)) if return_std else mean
+
+
+def _output_blocks(post: GPyTorchPosterior) -> list[Tensor] | None:
+    r"""The ``batch x q x q`` covariance of each output of ``post`` when its outputs are independent by structure
+    (one output, or BoTorch's block-diagonal non-interleaved multitask normal), else ``None``."""
+    dist = post.distribution
+    if not isinstance(dist, MultitaskMultivariateNormal):
+        return [dist.lazy_covariance_matrix.to_dense()]
+    covar = dist.lazy_covariance_matrix
+    if dist._interleaved or not isinstance(covar, BlockDiagLinearOperator):
+        return None
+    base = covar.base_linear_op.to_dense()  # batch x k x q x q
+    return list(base.unbind(-3))
 
 
 class SurrogateList(ModelListGP):
@@ -127,8 +143,13 @@ class SurrogateList(ModelListGP):
             posterior_transform: Optional BoTorch ``PosteriorTransform``.
 
         Returns:
-            A ``GPyTorchPosterior`` over ``batch x q x m'`` (``MultitaskMultivariateNormal`` with interleaved
-            covariance for ``m' > 1``).
+            A ``GPyTorchPosterior`` over ``batch x q x m'``: for ``m' > 1`` a ``MultitaskMultivariateNormal``,
+            block-diagonal by output (``m'`` blocks ``q x q``, not interleaved, as BoTorch's ``ModelListGP``) when
+            every member's outputs are independent by structure (one output, or BoTorch's block-diagonal form, as
+            ExactGPModel's) and no output is asked for twice; else dense with interleaved covariance. BoTorch's
+            cached root decomposition (``cache_root``, on by default in qLogNEI / qLogNEHVI for lists of GPyTorch
+            models) needs the first form: it raised ``BotorchError: Expected BlockDiagLinearOperator`` on the dense
+            one.
         """
         m = self.num_outputs
         wanted = list(range(m)) if output_indices is None else list(output_indices)
@@ -142,7 +163,7 @@ class SurrogateList(ModelListGP):
             )
         # the members' joints of the outputs they hold that are wanted (ascending), block-diagonal across members;
         # then the rows of `wanted`, in its order
-        means, covs, held = [], [], []
+        means, covs, held, blocks = [], [], [], []
         for g, (a, b) in zip(self.models, self.output_groups):
             local = sorted({i - a for i in wanted if a <= i < b})
             if not local:
@@ -153,12 +174,23 @@ class SurrogateList(ModelListGP):
             post = g.posterior(X, output_indices=local if local != list(range(b - a)) else None,
                                observation_noise=noise, **kwargs)  # fmt: skip
             mean, cov = joint_moments(post, detach=False)
+            if blocks is not None:
+                own = _output_blocks(post)
+                blocks = None if own is None else blocks + own
             means.append(mean)
             covs.append(cov)
             held += [a + j for j in local]
         q = X.shape[-2]
         batch = torch.broadcast_shapes(*(mu.shape[:-2] for mu in means))
         mean = torch.cat([mu.expand(*batch, *mu.shape[-2:]) for mu in means], dim=-1)  # batch x q x len(held)
+        if blocks is not None and len(set(wanted)) == len(wanted) > 1:
+            # every output independent of the others (no output asked for twice): BoTorch's own structure (as
+            # ModelListGP's), which its cached root decomposition (qLogNEI, qLogNEHVI) needs
+            order = [held.index(i) for i in wanted]
+            covar = torch.stack([blocks[j].expand(*batch, q, q) for j in order], dim=-3)  # batch x m' x q x q
+            mvn = MultitaskMultivariateNormal(mean[..., order], BlockDiagLinearOperator(covar), interleaved=False)
+            post = GPyTorchPosterior(mvn)
+            return post if posterior_transform is None else posterior_transform(post)
         k = mean.shape[-1]
         cov = mean.new_zeros(*batch, q * k, q * k)
         start = 0
