@@ -42,6 +42,7 @@ from funbat_factories import fit_quietly
 from linear_operator import to_dense
 
 from gpgeom.botorch import ExactGPModel, SurrogateList
+from gpgeom.botorch.check import joint_moments
 from gpgeom.models.mmgp.latent_gp import make_gp
 
 DT = torch.float64
@@ -213,8 +214,9 @@ def test_acquisition_gradients_match_finite_differences(surrogates, name):
 
 
 def _joint(model, X):
-    post = model.posterior(X)
-    return post.mean.detach(), post.distribution.covariance_matrix.detach()
+    r"""Mean ``batch x q x m`` and joint covariance in the point-major order (row ``i m + a``: output ``a`` at point
+    ``i``), whatever the ordering of the posterior's multitask normal (a list's is by output)."""
+    return joint_moments(model.posterior(X))
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if "log" not in n])
@@ -271,8 +273,7 @@ def test_joint_covariances_equal_dense_truths(surrogates):
     q = Xq.shape[0]
     torch.testing.assert_close(mean, torch.cat([ma, mb], -1), rtol=0, atol=1e-12)
     cov4 = cov.reshape(q, 3, q, 3)
-    ca = ca.reshape(2, q, 2, q).permute(1, 0, 3, 2)  # a batched multi-output model's joint is output-major
-    torch.testing.assert_close(cov4[:, :2, :, :2], ca, rtol=0, atol=1e-12)
+    torch.testing.assert_close(cov4[:, :2, :, :2], ca.reshape(q, 2, q, 2), rtol=0, atol=1e-12)
     torch.testing.assert_close(cov4[:, 2, :, 2], cb, rtol=0, atol=1e-12)
     assert float(cov4[:, :2, :, 2].abs().max()) == 0.0
     # FunBaT: the joint's moments are predict's (another code path), and conditioning is Bayes' rule on the joint
