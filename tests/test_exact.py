@@ -586,6 +586,36 @@ def test_a_saved_conditioned_model_loads_as_the_model_rebuilt_on_the_union(tmp_p
             assert bool(torch.isfinite(back.posterior(Xt).mean).all())
 
 
+def test_a_batched_one_output_model_saved_with_common_default_bounds_loads_as_saved(tmp_path):
+    r"""A batched one-output ExactGPModel saved before the default input transform took each batch member's own
+    bounds holds common bounds (``1 x d`` offsets) in its file: it loads with them and predicts as it was saved, also
+    conditioned, after ``train()``/``eval()`` and saved again. Before, loading raised a size mismatch (``[1, 2]`` in
+    the file, ``[3, 1, 2]`` in the rebuilt model)."""
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(3, 8, 2, dtype=DT, generator=g) * torch.tensor([[[1.0, 3.0]], [[2.0, 1.0]], [[0.5, 0.5]]], dtype=DT)
+    Y = torch.sin(4 * X[..., :1]) + X[..., 1:]
+    Xt = torch.rand(3, 4, 2, dtype=DT, generator=g)
+    model = ExactGPModel(X, Y)
+    flat = X.reshape(-1, 2)
+    model.input_transform = Normalize(d=2, bounds=torch.stack([flat.amin(0), flat.amax(0)]))  # the former default
+    model.fit(max_iter=20, seed=0, progress=False)
+    cond = model.condition_on_observations(Xt[:, :2], torch.rand(3, 2, 1, dtype=DT, generator=g))
+    for saved in (model, cond):
+        with torch.no_grad():
+            want = saved.posterior(Xt)
+        saved.save(tmp_path / "m.pt")
+        back = ExactGPModel.load(tmp_path / "m.pt")
+        back.train()
+        back.eval()
+        back.save(tmp_path / "again.pt")
+        for got in (back, ExactGPModel.load(tmp_path / "again.pt")):
+            assert got.input_transform.offset.shape == (1, 2)
+            with torch.no_grad():
+                post = got.posterior(Xt)
+            torch.testing.assert_close(post.mean, want.mean, rtol=0, atol=1e-10)
+            torch.testing.assert_close(post.variance, want.variance, rtol=0, atol=1e-10)
+
+
 def test_gpytorch_path_of_condition_on_observations_is_per_thread(monkeypatch):
     r"""While ``condition_on_observations`` builds GPyTorch's caches (thread A, held there by an event), a prediction
     of the same model in thread B keeps the cached training factor: GPyTorch's ``ExactGP.__call__`` runs in A only,

@@ -37,7 +37,7 @@ from botorch.acquisition.objective import PosteriorTransform
 from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
-from botorch.models.transforms.input import InputTransform
+from botorch.models.transforms.input import InputTransform, Normalize
 from botorch.models.transforms.outcome import OutcomeTransform
 from botorch.models.utils import validate_input_scaling
 from botorch.posteriors import GPyTorchPosterior, Posterior
@@ -821,6 +821,16 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             max_cholesky_size=cfg["max_cholesky_size"],
             **kwargs,
         )
+        offset = state["module_state"].get("input_transform._offset")
+        if (
+            cfg["input_transform"] == "default"
+            and offset is not None
+            and offset.shape != model.input_transform.offset.shape
+        ):
+            # a batched one-output model saved when the default bounds were common to all members (``2 x d``, before
+            # each member had its own): keep the saved bounds, so that the model predicts as it was saved
+            coefficient = state["module_state"]["input_transform._coefficient"]
+            model.input_transform = Normalize(d=offset.shape[-1], bounds=torch.cat([offset, offset + coefficient], -2))
         model.load_state_dict(state["module_state"])
         model._fit_jitter = state["fit_jitter"]
         model.fast_mll = state["fast_mll"]
