@@ -649,6 +649,9 @@ def map_items(
         if calls.file is not None:
             with contextlib.suppress(OSError):
                 os.remove(calls.file)  # what still runs in the workers stops at its next check_needed
+        if not thread_safe:  # an item still running in a thread here (Dask, processes=False) holds the lock until it
+            with _state_lock:  # has stopped and restored the process-wide state; one not started is skipped
+                pass
 
 
 class _Calls:
