@@ -206,21 +206,22 @@ def test_map_items_returns_the_items_still_needed_and_skips_the_rest():
     assert sorted(ran)[:3] == [0, 1, 2] and set(ran) <= {0, 1, 2, 3, 4}
 
 
-_item0_done = threading.Event()
+_running = [0]  # items of the call running now
 
 
 def _seeding_item(shared, k):
     r"""A not-thread-safe item, as a fit attempt: seeds torch's global stream and sets a GPyTorch setting while it
-    runs. Item 0 ends at once; a later item that starts after it runs for up to 2 s (stopping at ``check_needed``)."""
-    with torch.random.fork_rng(), gpytorch.settings.cholesky_max_tries(1):
-        torch.manual_seed(1000 + k)
-        if k == 0:
-            _item0_done.set()
-        elif _item0_done.is_set():
-            for _ in range(200):
+    runs. Item 0 ends at once; a later item runs for 0.4 s, calling ``check_needed`` every 10 ms."""
+    _running[0] += 1  # the items run one at a time (under parallel._state_lock)
+    try:
+        with torch.random.fork_rng(), gpytorch.settings.cholesky_max_tries(1):
+            torch.manual_seed(1000 + k)
+            for _ in range(40 if k else 0):
                 time.sleep(0.01)
                 parallel.check_needed()
-    return k
+        return k
+    finally:
+        _running[0] -= 1
 
 
 def test_a_stop_on_dask_threads_returns_once_the_running_items_have_restored_the_state():
@@ -228,7 +229,7 @@ def test_a_stop_on_dask_threads_returns_once_the_running_items_have_restored_the
     at a time, under :data:`parallel._state_lock`. When ``last_needed`` stops the call at item 0, an item already
     running stops at its next ``check_needed``; the call returns only once it has (as on a thread pool). Before, it
     returned while the item still ran: torch's global stream was still the item's seeded one, ``cholesky_max_tries``
-    was 1 and the lock was held (4 of 5 calls in a probe)."""
+    was 1 and an item still ran (4 of 5 calls in a probe)."""
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
@@ -236,15 +237,11 @@ def test_a_stop_on_dask_threads_returns_once_the_running_items_have_restored_the
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        for _ in range(2):
-            _item0_done.clear()
+        for _ in range(5):
             torch.manual_seed(0)
             state, tries = torch.random.get_rng_state(), gpytorch.settings.cholesky_max_tries.value()
-            out = parallel.map_items(client.get_executor(), _seeding_item, range(3), chunk_size=1, thread_safe=False,
+            out = parallel.map_items(client.get_executor(), _seeding_item, range(4), chunk_size=1, thread_safe=False,
                                      last_needed=lambda k, r: 0 if k == 0 else None)  # fmt: skip
-            free = parallel._state_lock.acquire(blocking=False)
-            if free:
-                parallel._state_lock.release()
             assert out == [0]
-            assert free and torch.equal(torch.random.get_rng_state(), state)
+            assert _running[0] == 0 and torch.equal(torch.random.get_rng_state(), state)
             assert gpytorch.settings.cholesky_max_tries.value() == tries

@@ -73,12 +73,14 @@ by its type's module.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import inspect
 import math
 import os
 import pickle
+import queue
 import tempfile
 import threading
 import traceback
@@ -86,7 +88,7 @@ import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
@@ -627,15 +629,19 @@ def map_items(
             ]
             try:
                 if all(isinstance(f, Future) for f in futures):
-                    while todo := calls.todo():
-                        done, _ = wait_futures([futures[i] for i in todo], return_when=FIRST_COMPLETED)
-                        for i in todo:
-                            if futures[i] in done:
-                                calls.arrived(i, futures[i].result)
-                        calls.cancel(futures, lambda f: f.cancel())
+                    ended: queue.Queue[int] = queue.Queue()  # the chunks whose tasks end, in the order they end
+                    for i, fut in enumerate(futures):
+                        fut.add_done_callback(functools.partial(_put_index, ended, i))
+                    while calls.missing:  # one wake-up per task that ends: no scan of every task per arrival
+                        i = ended.get()
+                        if i < calls.n_needed and i not in calls.outcomes:
+                            calls.arrived(i, futures[i].result)
+                            calls.cancel(futures, lambda f: f.cancel())
                 else:  # futures of another kind: read in order
-                    while todo := calls.todo():
-                        calls.arrived(todo[0], futures[todo[0]].result)
+                    for i in range(len(futures)):
+                        if i >= calls.n_needed:
+                            break
+                        calls.arrived(i, futures[i].result)
                         calls.cancel(futures, lambda f: f.cancel())
                 return calls.results()
             finally:
@@ -673,17 +679,19 @@ class _Calls:
         self.on_chunk, self.last_needed = on_chunk, last_needed
         self.outcomes: dict[int, tuple[bool, Any]] = {}  # chunk -> (ok, (results, warnings) or the exception)
         self.reported = 0
+        self.n_needed = self.missing = self.uncancelled = len(chunks)  # needed chunks; those not in; not cancelled
         self.file: str | None = None  # where the workers of a ProcessPoolExecutor read ``limit``
 
     def needed(self) -> range:
         r"""The chunks whose results (or exceptions) are needed: those that start at or before ``limit``."""
-        return range(sum(1 for s in self.starts if s <= self.limit))
+        return range(self.n_needed)
 
     def todo(self) -> list[int]:
         return [i for i in self.needed() if i not in self.outcomes]
 
     def arrived(self, i: int, result: Callable[[], Any]) -> None:
         r"""Chunk ``i`` has ended: ``result()`` returns its task's result or raises its exception."""
+        self.missing -= i < self.n_needed and i not in self.outcomes
         try:
             task_result = result()
         except Exception as err:  # the first exception in item order is raised; no later item is needed
@@ -698,20 +706,26 @@ class _Calls:
                     cut = self.last_needed(self.starts[i] + k, value)
                     if cut is not None:
                         self._lower(cut)
-        while self.on_chunk is not None and self.reported in self.outcomes and self.reported in self.needed():
+        while self.on_chunk is not None and self.reported in self.outcomes and self.reported < self.n_needed:
             if self.outcomes[self.reported][0]:
                 self.on_chunk(len(self.chunks[self.reported]))
             self.reported += 1
 
     def _lower(self, limit: int) -> None:
-        self.limit = min(self.limit, limit)
+        if limit >= self.limit:
+            return
+        self.limit = limit
+        self.n_needed = bisect.bisect_right(self.starts, limit)  # the chunks that start at or before it
+        self.missing = sum(1 for i in range(self.n_needed) if i not in self.outcomes)
         _needed[self.token] = self.limit
         if self.file is not None:
             _write_limit(self.file, self.limit)
 
     def cancel(self, futures: Sequence[Any], cancel: Callable[[Any], Any]) -> list[int]:
         r"""Cancel the tasks of the chunks that are not needed and have not ended; returns their indices."""
-        out = [i for i in range(len(self.needed()), len(futures)) if futures[i] is not None and i not in self.outcomes]
+        stop = min(self.uncancelled, len(futures))  # (Dask: the chunks submitted so far)
+        out = [i for i in range(self.n_needed, stop) if futures[i] is not None and i not in self.outcomes]
+        self.uncancelled = min(self.uncancelled, self.n_needed)
         for i in out:
             cancel(futures[i])
         return out
@@ -725,6 +739,10 @@ class _Calls:
                 raise value
             _collect(value, out)
         return out[: self.limit + 1]
+
+
+def _put_index(ended: queue.Queue[int], i: int, _: Future) -> None:
+    ended.put(i)
 
 
 def _collect(task_result: tuple[list[Any], list[Warning]], out: list[Any]) -> None:
