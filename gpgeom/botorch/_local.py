@@ -6,6 +6,12 @@ A value set by :func:`bound` in one thread is seen by :func:`current` in that th
 model in several threads never see (or leave behind) each other's values, and a copy or pickle of the model
 carries none. Values are stacks keyed by ``(id(model), what)``: nested blocks see the innermost value until it
 ends.
+
+GPyTorch's, linear_operator's and BoTorch's settings are not per thread: they are class attributes of the process,
+which a ``with`` block sets on entry and resets on exit to the value it saw when it was made. Predictions that enter
+them (:meth:`~gpgeom.botorch.exact_gp.ExactGPModel.numerics`, BoTorch's posterior settings inside it) hold
+:data:`settings_lock`, so that predictions in several threads neither see each other's settings nor leave one of
+them set when both blocks end.
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["bound", "current"]
+__all__ = ["bound", "current", "settings_lock"]
 
 _LOCAL = threading.local()
+#: Held by a prediction while it is inside GPyTorch / BoTorch settings blocks (module docstring); re-entrant, since
+#: a prediction's blocks nest (``posterior`` -> ``__call__``) and a model may predict inside another's.
+settings_lock = threading.RLock()
 
 
 def _stacks() -> dict[tuple[int, str], list[Any]]:

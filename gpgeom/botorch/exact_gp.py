@@ -62,7 +62,7 @@ from gpgeom.botorch._finite import (
     named_step,
     raw_inputs,
 )
-from gpgeom.botorch._local import bound, current
+from gpgeom.botorch._local import bound, current, settings_lock
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
@@ -254,8 +254,15 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         covariance instead of its fast one (``fast_pred_var``, which BoTorch's posterior would turn on): the fast
         one's cache, updated by the fantasy rows, gives a wrong gradient with respect to them (the variance's was off
         by a relative 13-750, ``tests/test_botorch_gradients.py``); the exact one's is right.
+
+        In eval mode (predictions) the block holds :data:`gpgeom.botorch._local.settings_lock`: the settings are
+        process-wide, and two predictions in threads that enter and leave them interleaved left one set after both
+        (``tests/test_threads.py``). A fit (train mode) does not hold it: its attempts may run in threads of this
+        process.
         """
         with contextlib.ExitStack() as stack:
+            if not self.training:
+                stack.enter_context(settings_lock)
             stack.enter_context(gpytorch.settings.max_cholesky_size(self.max_cholesky_size))
             if botorch_settings.propagate_grads.on():
                 stack.enter_context(gpytorch.settings.fast_pred_var(False))

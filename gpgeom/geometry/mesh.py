@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import operator
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,10 +55,11 @@ def _to_tensor(name: str, x: object) -> torch.Tensor:
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"`{name}` must be a numeric numpy array or torch tensor, got dtype {arr.dtype}.")
     arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # read-only arrays (e.g. Mesh.points): the tensor is only read
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(arr)
+    if not arr.flags.writeable:
+        # read-only arrays (e.g. Mesh.points): torch.from_numpy warns on them, and silencing that with
+        # warnings.catch_warnings() is not thread-safe (two threads' blocks interleaved left an "ignore
+        # UserWarning" filter for the whole process, tests/test_threads.py): a writeable copy instead
+        arr = arr.copy()
     return torch.from_numpy(arr)
 
 

@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from gpytorch.kernels import Kernel
 
@@ -67,8 +66,8 @@ def model_state(model: MMGP) -> dict[str, Any]:
     return {
         "config": model._config(),
         "dtype": str(model.dtype).replace("torch.", ""),
-        "common_points": torch.from_numpy(np.ascontiguousarray(common.points)),
-        "common_cells": torch.from_numpy(np.ascontiguousarray(common.cells)),
+        "common_points": torch.tensor(common.points),  # a copy: the mesh's arrays are read-only
+        "common_cells": torch.tensor(common.cells),
         "common_index": model.common_index_,
         "geometry": model._geometry.state(),
         "residual": model._residual.state(),
