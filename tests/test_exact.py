@@ -548,7 +548,7 @@ def test_conditioned_models_keep_gpytorch_caches_and_equal_the_rebuilt_model(dat
 
 
 def test_a_saved_conditioned_model_loads_as_the_model_rebuilt_on_the_union(tmp_path):
-    r"""A conditioned model (``n + n'`` points; its ``train_X`` in the file has ``n``) saved in eval or train mode
+    r"""A conditioned model (``n + n'`` points, which its ``train_X`` in the file has too) saved in eval or train mode
     loads as the model rebuilt on the union with the same hyperparameters (``rebuild_with``, itself checked against
     the dense GP above), also after ``train()``/``eval()``, conditioned again, and refits. Before, a file written in
     eval mode held ``n + n'`` targets but ``n`` untransformed inputs: ``train()`` then any prediction or refit raised

@@ -63,6 +63,7 @@ from gpgeom.botorch._finite import (
     raw_inputs,
 )
 from gpgeom.botorch._local import bound, current, settings_lock
+from gpgeom.botorch._union import UnionData, data_to_build, noise_in_original_units
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
@@ -216,7 +217,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         self.fast_mll = True
         self._fit_jitter: float | None = None
         self._d = train_X.shape[-1]
-        #: Training data in original units (inputs before the input transform, outputs before standardisation).
+        #: Training data in original units (inputs before the input transform, outputs before standardisation); a
+        #: conditioned model's are the union with its new points (:class:`~gpgeom.botorch._union.UnionData`).
         self._original_data = original_data
         given = {"likelihood": likelihood_given, "mean_module": mean_module, "covar_module": covar_module}
         self._config = {
@@ -225,6 +227,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             "custom_modules": sorted(name for name, module in given.items() if module is not None),
             "input_transform": input_kind,
             "outcome_transform": outcome_kind,
+            "data_batch": list(original_data[0].shape[:-2]),  # the modules' batch shape (conditioning keeps it)
         }
         defaults = tuple(name for name, module in given.items() if module is None)
         self._default_modules = defaults
@@ -580,11 +583,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
         Returns:
             An :class:`ExactGPModel` with ``n + n'`` training points and batch shape ``batch_shape'`` broadcast
-            with the model's.
+            with the model's (and with ``Y``'s, e.g. ``fantasize``'s fantasy dimension); its ``train_data`` (and the
+            data of ``rebuild_with``, files, ``repr``) are the union in original units, ``noise`` converted to them.
         """
         X = check_tensor("X", X, floating=True).to(dtype=self.dtype)  # gpgeom's dtype rule, as `predict`
         # a failed experiment's NaN would poison every later posterior and acquisition
         Y = check_tensor("Y", Y).to(dtype=self.dtype)
+        if Y.dim() < 2 or Y.shape[-1] != self._num_outputs:
+            raise ValueError(f"`Y` must be `batch_shape x n' x {self._num_outputs}`, got shape {tuple(Y.shape)}.")
         if kwargs.get("noise") is not None:
             kwargs["noise"] = check_tensor("noise", kwargs["noise"]).to(dtype=self.dtype)
             if bool((kwargs["noise"] < 0).any()):
@@ -605,6 +611,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             with self.numerics(), factor_guard(self, "in condition_on_observations"):
                 new = super().condition_on_observations(X, Y, **kwargs)
         check_conditioned(new, self.train_targets.shape[-1])
+        # its data in original units: the union, concatenated when first read (`fantasize` never reads them)
+        noise = kwargs.get("noise") if self._original_data[2] is not None else None
+        octf = getattr(self, "outcome_transform", None)
+        Yvar = None if noise is None else noise_in_original_units(octf, Y.detach(), noise.detach())
+        new._original_data = UnionData(self._original_data, X.detach(), Y.detach(), Yvar)
         new.__dict__["_conditioned"] = True  # its posterior keeps GPyTorch's updated caches (fast fantasies)
         new.__dict__.pop("_strategy_cache", None)
         new._check_strategy()  # its strategy, updated from this one, is for its state now
@@ -663,6 +674,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         sel = index if mm > 1 else idcs[0]
         new.train_inputs = tuple(t[(slice(None),) * k + (sel,)] for t in new.train_inputs)
         new.train_targets = new.train_targets[(slice(None),) * k + (sel,)]
+        X0, Y0, V0 = new._original_data  # in original units, outputs last (a conditioned model's union too)
+        new._original_data = (X0, Y0[..., list(idcs)], None if V0 is None else V0[..., list(idcs)])
         # With an input transform BoTorch keeps the untransformed training inputs (``batch x m x n x d``) to restore
         # them in train mode and to extend them in ``condition_on_observations``/``fantasize``: subset them too.
         # (Indexed from the end: a conditioned model may store them with fewer batch dimensions than its data.)
@@ -707,7 +720,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
     @property
     def train_data(self) -> tuple[Tensor, Tensor]:
         r"""The training data in original units: ``train_X`` (``batch_shape x n x d``, before the input transform)
-        and ``train_Y`` (``batch_shape x n x m``, before the outcome transform)."""
+        and ``train_Y`` (``batch_shape x n x m``, before the outcome transform); for a model returned by
+        ``condition_on_observations`` or ``fantasize``, the ``n + n'`` points of the union (with its batch shape)."""
         return self._original_data[0], self._original_data[1]
 
     def rebuild_with(self, X: Tensor, Y: Tensor, Yvar: Tensor | None = None) -> ExactGPModel:
@@ -797,7 +811,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             "fit_jitter": self._fit_jitter,
             "fast_mll": bool(self.fast_mll),
             # the training tensors as held (a moved model loads bitwise, not the transforms redone in its dtype) and
-            # the untransformed inputs that train mode restores (a conditioned model's n + n': `train_X` has n)
+            # the untransformed inputs that train mode restores (BoTorch's: without the fantasy batch dimension)
             "train_tensors": (None if self.training else self.train_inputs[0], self.train_targets, fixed, raw),
         }
 
@@ -820,10 +834,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         kwargs = {name: modules.get(name) for name in ("covar_module", "mean_module", "likelihood")}
         for name in ("input_transform", "outcome_transform"):
             kwargs[name] = modules[name] if cfg[name] == "custom" else cfg[name]
+        union = (state["train_X"], state["train_Y"], state["train_Yvar"])
         model = cls(
-            state["train_X"],
-            state["train_Y"],
-            state["train_Yvar"],
+            *data_to_build(union, cfg.get("data_batch")),  # a union with a fantasy batch: built as its root
             shared_hyperparameters=cfg["shared_hyperparameters"],
             max_cholesky_size=cfg["max_cholesky_size"],
             **kwargs,
@@ -840,6 +853,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             model.input_transform = Normalize(d=offset.shape[-1], bounds=torch.cat([offset, offset + coefficient], -2))
         model.load_state_dict(state["module_state"])
         model._fit_jitter = state["fit_jitter"]
+        model._original_data = union
         model.fast_mll = state["fast_mll"]
         inputs, targets, fixed, *untransformed = state.get("train_tensors") or (None, None, None)  # None: old files
         if untransformed:  # in train mode (as built): what train mode restores, n + n' if conditioned
@@ -849,6 +863,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         model.eval()
         if inputs is not None:
             model.set_train_data(inputs, targets, strict=False)
+        if targets is not None:  # a conditioned model's batch shape, as BoTorch's condition_on_observations sets it
+            model._input_batch_shape = targets.shape[: -1 if model._num_outputs == 1 else -2]
+            model._aug_batch_shape = targets.shape[:-1]
         return model
 
     def _repr_fields(self) -> dict[str, Any]:
