@@ -11,6 +11,7 @@ import pytest
 import torch
 from botorch.sampling.normal import SobolQMCNormalSampler
 
+from gpgeom.botorch._union import noise_in_original_units
 from gpgeom.botorch.exact_gp import ExactGPModel
 
 DT = torch.float64
@@ -74,6 +75,13 @@ def test_a_fixed_noise_conditioned_model_holds_the_noise_in_original_units(parts
     Vn = torch.full((2, 2), 0.01, dtype=DT)
     twice = cond.condition_on_observations(Xn, f(Xn), noise=Vn / scale2)
     _close(cond.rebuild_with(Xn, f(Xn), Vn).posterior(Xq), twice.posterior(Xq))
+    # a transform that is not affine: the variances are untransformed at the transformed outputs (fantasy-shaped)
+    flagged = copy.deepcopy(model.outcome_transform)
+    flagged.__class__ = type("NotAffine", (type(flagged),), {"_is_linear": property(lambda self: False)})
+    Yf = f(Xc).expand(5, 3, 2)  # 5 fantasies
+    got = noise_in_original_units(flagged, Yf, Vc / scale2)
+    torch.testing.assert_close(got, Vc.expand(5, 3, 2), rtol=1e-14, atol=0)
+    assert noise_in_original_units(None, Yf, Vc) is Vc
 
 
 @pytest.mark.parametrize("fixed", [False, True])
