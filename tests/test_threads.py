@@ -368,3 +368,50 @@ def test_interleaved_read_only_arrays_leave_the_warning_filters(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.array_equal(np.asarray(as_float_array("points", arrays["A"], ndim=2)), arrays["A"])
+
+
+def test_refit_leaves_other_threads_predictions_free():
+    r"""A refit of a fitted ExactGPModel (it starts in eval mode) in thread "refit", held inside its loss, while
+    this thread predicts with another model. The refit held the prediction lock for its whole fit (its
+    ``numerics`` block in eval mode): the prediction here waited for the refit's end (0.48 s behind a 200-point
+    refit), and a thread-pool refit deadlocked against a thread-pool fit whose objective predicts (the refit
+    waited for its attempts, which waited for the other fit's attempt holding the engine's state lock, which
+    waited for the prediction lock). Now the prediction runs while the refit is held, and gives the serial value."""
+    import gpytorch
+
+    from gpgeom import ExactGPModel
+
+    class GatedRBF(gpytorch.kernels.RBFKernel):
+        gate: tuple[threading.Event, threading.Event, list[bool]] | None = None
+
+        def forward(self, x1, x2, **kwargs):
+            gate = GatedRBF.gate
+            if gate is not None and threading.current_thread().name == "refit" and not gate[0].is_set():
+                gate[0].set()  # in the refit's loss: wait (bounded) for the other thread's prediction
+                gate[2].append(gate[1].wait(timeout=3.0))
+            return super().forward(x1, x2, **kwargs)
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(20, 2, dtype=DT, generator=g)
+    Y = torch.sin(5 * X[:, :1]) + 0.05 * torch.randn(20, 1, dtype=DT, generator=g)
+    model = ExactGPModel(X, Y, covar_module=gpytorch.kernels.ScaleKernel(GatedRBF()))
+    model.fast_mll = False  # GPyTorch's MLL: the loss calls the kernel's forward
+    model.fit(max_iter=5, seed=0, progress=False)
+    other = ExactGPModel(X, Y).fit(max_iter=5, seed=0, progress=False)
+    Xt = torch.rand(7, 2, dtype=DT, generator=g)
+    ref = other.predict(Xt, return_std=True)
+    entered, done, waited = threading.Event(), threading.Event(), []
+    GatedRBF.gate = (entered, done, waited)
+    try:
+        refit = threading.Thread(target=lambda: model.fit(max_iter=5, seed=1, progress=False), name="refit")
+        refit.start()
+        assert entered.wait(timeout=30.0)
+        out = other.predict(Xt, return_std=True)  # waited for the refit's end before
+        done.set()
+        refit.join(timeout=60)
+    finally:
+        GatedRBF.gate = None
+    assert not refit.is_alive()
+    assert waited == [True]  # [False] before: the prediction came only after the refit gave up waiting for it
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    assert model.fit_result_ is not None and not model.training

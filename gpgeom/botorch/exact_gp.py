@@ -260,11 +260,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
         In eval mode (predictions) the block holds :data:`gpgeom.botorch._local.settings_lock`: the settings are
         process-wide, and two predictions in threads that enter and leave them interleaved left one set after both
-        (``tests/test_threads.py``). A fit (train mode) does not hold it: its attempts may run in threads of this
-        process.
+        (``tests/test_threads.py``). A fit does not hold it, also a refit of a model in eval mode (:meth:`fit` marks
+        its block): its attempts may run in threads of this process that wait for other work holding it.
         """
         with contextlib.ExitStack() as stack:
-            if not self.training:
+            if not self.training and not current(self, "fitting"):
                 stack.enter_context(settings_lock)
             stack.enter_context(gpytorch.settings.max_cholesky_size(self.max_cholesky_size))
             if botorch_settings.propagate_grads.on():
@@ -364,7 +364,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             loss = None
             if kwargs.get("optimizer", "auto") in ("auto", "lbfgs") and kwargs.get("data_loader") is None:
                 loss = exact_mll_loss(self) if getattr(self, "fast_mll", True) else None
-            with self.numerics():
+            # a refit starts in eval mode: not holding the prediction lock (numerics), which a thread-pool attempt's
+            # objective may wait for while other work waits for this fit's attempts (tests/test_threads.py)
+            with bound(self, "fitting", True), self.numerics():
                 if loss is not None:
                     result = fit(loss, module=self, **{**kwargs, "optimizer": "lbfgs"})
                 else:
