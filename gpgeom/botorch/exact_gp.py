@@ -32,7 +32,6 @@ from typing import Any
 
 import gpytorch
 import torch
-from botorch import settings as botorch_settings
 from botorch.acquisition.objective import PosteriorTransform
 from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
@@ -53,6 +52,7 @@ from torch import Tensor
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
 from gpgeom.botorch._copies import copy_state, copy_strategy
+from gpgeom.botorch._fantasy import fantasy_caches
 from gpgeom.botorch._finite import (
     check_conditioned,
     check_prediction,
@@ -252,11 +252,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         r"""Context with this model's linear-algebra settings.
 
         Cholesky (exact) algebra up to ``max_cholesky_size`` training points, and the jitter that :meth:`fit` had
-        to use (if any) for later factorisations. Under BoTorch's ``propagate_grads`` (look-ahead acquisitions that
-        differentiate a fantasy model's posterior with respect to its fantasy inputs) GPyTorch's exact predictive
-        covariance instead of its fast one (``fast_pred_var``, which BoTorch's posterior would turn on): the fast
-        one's cache, updated by the fantasy rows, gives a wrong gradient with respect to them (the variance's was off
-        by a relative 13-750, ``tests/test_botorch_gradients.py``); the exact one's is right.
+        to use (if any) for later factorisations. GPyTorch's fast predictive variance (``fast_pred_var``), which
+        BoTorch's posterior turns on, stays on, also under ``propagate_grads``: a conditioned or fantasy model's
+        updated cache keeps the gradient with respect to its new rows (:meth:`get_fantasy_model`).
 
         In eval mode (predictions) the block holds :data:`gpgeom.botorch._local.settings_lock`: the settings are
         process-wide, and two predictions in threads that enter and leave them interleaved left one set after both
@@ -267,8 +265,6 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             if not self.training and not current(self, "fitting"):
                 stack.enter_context(settings_lock)
             stack.enter_context(gpytorch.settings.max_cholesky_size(self.max_cholesky_size))
-            if botorch_settings.propagate_grads.on():
-                stack.enter_context(gpytorch.settings.fast_pred_var(False))
             if self._fit_jitter is not None:
                 stack.enter_context(
                     gpytorch.settings.cholesky_jitter(float_value=self._fit_jitter, double_value=self._fit_jitter)
@@ -622,6 +618,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         new.__dict__.pop("_strategy_cache", None)
         new._check_strategy()  # its strategy, updated from this one, is for its state now
         return new
+
+    def get_fantasy_model(self, inputs: Tensor | list[Tensor], targets: Tensor, **kwargs: Any) -> ExactGPModel:
+        r"""GPyTorch's fantasy model (``inputs``: ``batch' x n' x d``, ``targets``: ``batch' x (m) x n'``), with its
+        updated caches kept as computed: with the new rows' gradient, and the mean's read (:mod:`._fantasy`)."""
+        out: list[ExactGPModel] = []
+        with fantasy_caches([*(inputs if isinstance(inputs, list) else [inputs]), targets], out):
+            out.append(super().get_fantasy_model(inputs, targets, **kwargs))
+        return out[0]
 
     def _find_output_dims(self, default_modules: tuple[str, ...] = ()) -> dict[str, int]:
         r"""Which parameters/buffers carry the output dimension, and where (for :meth:`subset_output`).
