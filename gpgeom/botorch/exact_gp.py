@@ -619,14 +619,6 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         new._check_strategy()  # its strategy, updated from this one, is for its state now
         return new
 
-    def get_fantasy_model(self, inputs: Tensor | list[Tensor], targets: Tensor, **kwargs: Any) -> ExactGPModel:
-        r"""GPyTorch's fantasy model (``inputs``: ``batch' x n' x d``, ``targets``: ``batch' x (m) x n'``), with its
-        updated caches kept as computed: with the new rows' gradient, and the mean's read (:mod:`._fantasy`)."""
-        out: list[ExactGPModel] = []
-        with fantasy_caches([*(inputs if isinstance(inputs, list) else [inputs]), targets], out):
-            out.append(super().get_fantasy_model(inputs, targets, **kwargs))
-        return out[0]
-
     def _find_output_dims(self, default_modules: tuple[str, ...] = ()) -> dict[str, int]:
         r"""Which parameters/buffers carry the output dimension, and where (for :meth:`subset_output`).
 
@@ -655,6 +647,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             ):
                 dims[name] = k
         return dims
+
+    def get_fantasy_model(self, inputs: Tensor | list[Tensor], targets: Tensor, **kwargs: Any) -> ExactGPModel:
+        r"""GPyTorch's fantasy model (``inputs``: ``batch' x n' x d``, ``targets``: ``batch' x (m) x n'``), with its
+        updated caches kept as computed: with the new rows' gradient, and the mean's read (:mod:`._fantasy`)."""
+        out: list[ExactGPModel] = []
+        with fantasy_caches([*(inputs if isinstance(inputs, list) else [inputs]), targets], out):
+            out.append(super().get_fantasy_model(inputs, targets, **kwargs))
+        return out[0]
 
     def subset_output(self, idcs: list[int]) -> ExactGPModel:
         r"""A copy of the model restricted to some outputs.
