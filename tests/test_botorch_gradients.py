@@ -377,10 +377,12 @@ def test_gradients_with_respect_to_the_conditioning_inputs_under_propagate_grads
 def test_a_mean_only_look_ahead_factors_no_training_plus_fantasy_covariance(surrogates, monkeypatch):
     r"""``qKnowledgeGradient`` uses only its fantasy models' posterior means. Its value and gradient factor no matrix
     larger than the ``n x n`` training covariance (Cholesky factorisations counted): the fantasy models' variances come
-    from GPyTorch's fast cache, updated by the fantasy rows with their gradient (test above). GPyTorch's exact
-    predictive covariance, which ``ExactGPModel`` had selected under ``propagate_grads`` for that gradient, factored
-    the ``(n + 1) x (n + 1)`` training-plus-fantasy covariance of every fantasy batch, unused (``optimize_acqf`` of a
-    qKG on 200 points took 2x the time). The gradient is checked against central finite differences."""
+    from GPyTorch's fast cache, updated by the fantasy rows with their gradient (test above), and the means from the
+    updated mean cache. Before, the ``(n + 1) x (n + 1)`` training-plus-fantasy covariance of every fantasy batch was
+    factored twice: for the mean cache (GPyTorch stored the updated one where the mean never read it) and for GPyTorch's
+    exact predictive covariance, unused (``ExactGPModel`` had selected it under ``propagate_grads`` for the gradient);
+    ``optimize_acqf`` of a qKG on 200 points took 15x the time. The gradient is checked against central finite
+    differences."""
     from botorch.acquisition import qKnowledgeGradient
 
     model, _ = surrogates["exact"]
