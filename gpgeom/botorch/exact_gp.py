@@ -36,7 +36,7 @@ from botorch.acquisition.objective import PosteriorTransform
 from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
-from botorch.models.transforms.input import InputTransform, Normalize
+from botorch.models.transforms.input import InputTransform
 from botorch.models.transforms.outcome import OutcomeTransform
 from botorch.models.utils import validate_input_scaling
 from botorch.posteriors import GPyTorchPosterior, Posterior
@@ -63,7 +63,7 @@ from gpgeom.botorch._finite import (
     raw_inputs,
 )
 from gpgeom.botorch._local import bound, current, settings_lock
-from gpgeom.botorch._union import UnionData, data_to_build, noise_in_original_units
+from gpgeom.botorch._union import UnionData, noise_in_original_units
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
@@ -71,13 +71,13 @@ from gpgeom.botorch.defaults import (
     default_likelihood,
     default_outcome_transform,
 )
+from gpgeom.botorch.exact_files import model_state, restore_model
 from gpgeom.botorch.exact_inputs import check_module_types, checked_training_data
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
 from gpgeom.botorch.outputs import gaussian_posterior, refuse_empty_batch, select_outputs
 from gpgeom.engine.chunking import FactorCache, chunk_size_for, chunk_slices, memory_budget, resolve_max_memory
 from gpgeom.engine.exact_mll import exact_mll_loss
 from gpgeom.engine.fitting import FitResult, fit
-from gpgeom.errors import ModelFileError
 
 __all__ = ["ExactGPModel"]
 
@@ -805,74 +805,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         self.prediction_strategy = None
 
     def _get_state(self) -> dict[str, Any]:
-        X, Y, Yvar = self._original_data
-        fixed = self.likelihood.noise if isinstance(self.likelihood, FixedNoiseGaussianLikelihood) else None
-        raw = self._original_train_inputs if self._has_transformed_inputs else self.train_inputs[0]  # untransformed
-        return {
-            "train_X": X,
-            "train_Y": Y,
-            "train_Yvar": Yvar,
-            "config": dict(self._config),
-            "module_state": self.state_dict(),
-            "fit_jitter": self._fit_jitter,
-            "fast_mll": bool(self.fast_mll),
-            # the training tensors as held (a moved model loads bitwise, not the transforms redone in its dtype) and
-            # the untransformed inputs that train mode restores (BoTorch's: without the fantasy batch dimension)
-            "train_tensors": (None if self.training else self.train_inputs[0], self.train_targets, fixed, raw),
-        }
+        return model_state(self)
 
     @classmethod
     def _from_state(cls, state: dict[str, Any], **modules: Any) -> ExactGPModel:
-        r"""Rebuild from :meth:`_get_state`. Custom modules (kernel, mean, likelihood, transforms) are not stored
-        (no code is unpickled): pass them to :meth:`load` by name (``covar_module=...``), freshly built."""
-        cfg = state["config"]
-        need = list(cfg["custom_modules"])
-        need += [name for name in ("input_transform", "outcome_transform") if cfg[name] == "custom"]
-        missing = [name for name in need if modules.get(name) is None]
-        if missing:
-            raise ModelFileError(
-                f"This ExactGPModel file was written with a custom {', '.join(missing)}, which a file cannot hold; "
-                f"pass {', '.join(f'{n}=...' for n in missing)} (built as for the saved model) to ExactGPModel.load."
-            )
-        unknown = set(modules) - set(need)
-        if unknown:
-            raise TypeError(f"ExactGPModel.load got unexpected arguments {sorted(unknown)}; this file needs {need}.")
-        kwargs = {name: modules.get(name) for name in ("covar_module", "mean_module", "likelihood")}
-        for name in ("input_transform", "outcome_transform"):
-            kwargs[name] = modules[name] if cfg[name] == "custom" else cfg[name]
-        union = (state["train_X"], state["train_Y"], state["train_Yvar"])
-        model = cls(
-            *data_to_build(union, cfg.get("data_batch")),  # a union with a fantasy batch: built as its root
-            shared_hyperparameters=cfg["shared_hyperparameters"],
-            max_cholesky_size=cfg["max_cholesky_size"],
-            **kwargs,
-        )
-        offset = state["module_state"].get("input_transform._offset")
-        if (
-            cfg["input_transform"] == "default"
-            and offset is not None
-            and offset.shape != model.input_transform.offset.shape
-        ):
-            # a batched one-output model saved when the default bounds were common to all members (``2 x d``, before
-            # each member had its own): keep the saved bounds, so that the model predicts as it was saved
-            coefficient = state["module_state"]["input_transform._coefficient"]
-            model.input_transform = Normalize(d=offset.shape[-1], bounds=torch.cat([offset, offset + coefficient], -2))
-        model.load_state_dict(state["module_state"])
-        model._fit_jitter = state["fit_jitter"]
-        model._original_data = union
-        model.fast_mll = state["fast_mll"]
-        inputs, targets, fixed, *untransformed = state.get("train_tensors") or (None, None, None)  # None: old files
-        if untransformed:  # in train mode (as built): what train mode restores, n + n' if conditioned
-            model.set_train_data(untransformed[0], targets, strict=False)
-        if fixed is not None:
-            model.likelihood.noise = fixed
-        model.eval()
-        if inputs is not None:
-            model.set_train_data(inputs, targets, strict=False)
-        if targets is not None:  # a conditioned model's batch shape, as BoTorch's condition_on_observations sets it
-            model._input_batch_shape = targets.shape[: -1 if model._num_outputs == 1 else -2]
-            model._aug_batch_shape = targets.shape[:-1]
-        return model
+        r"""Rebuild from :meth:`_get_state` (:func:`~gpgeom.botorch.exact_files.restore_model`). Custom modules
+        (kernel, mean, likelihood, transforms) are not stored (no code is unpickled): pass them to :meth:`load` by
+        name (``covar_module=...``), freshly built."""
+        return restore_model(cls, state, **modules)
 
     def _repr_fields(self) -> dict[str, Any]:
         X, Y, _ = self._original_data
