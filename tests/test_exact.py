@@ -518,7 +518,7 @@ def test_predict_chunks_follow_the_memory_budget(data, monkeypatch):
         predict_module, "stationary_kernel_matrix", lambda k, x1, x2=None: sizes.append(x1.shape[-2]) or real(k, x1, x2)
     )
     # three rows of n = 25 per test batch member (3) and output (2), float64; five for a kernel GPyTorch evaluates
-    per_point = model._bytes_per_test_point(Xt.shape[:-2])
+    per_point = model._bytes_per_test_point(Xt.shape[:-2] + (1,))  # with the output dimension, as `_joint` gets it
     assert per_point == 3 * 3 * 2 * 25 * 8
     for budget, chunk in ((per_point * 7, 7), (f"{per_point * 11}B", 11), (1, 1)):
         sizes.clear()

@@ -419,14 +419,16 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         N, m = X.shape[-2], self._num_outputs
         with self.numerics(), memory_budget(budget), raw_inputs(self, X):
             if not self._fast_predict_ok():  # the chunk's joint posterior: twice the kernel work per point
-                rows = chunk_size or chunk_size_for(2 * self._bytes_per_test_point(X.shape[:-2]), total=N)
+                out_dim = (1,) if m > 1 else ()  # the posterior's test inputs get an output dimension
+                rows = chunk_size or chunk_size_for(2 * self._bytes_per_test_point(X.shape[:-2] + out_dim), total=N)
                 post = lambda Z: self.posterior(Z, observation_noise=observation_noise)  # noqa: E731
                 parts = [(p.mean, p.variance) for p in (post(X[..., sl, :]) for sl in chunk_slices(N, rows))]
                 mean, var = (torch.cat(t, -2) for t in zip(*parts))
                 return (mean, var.clamp_min(0.0).sqrt()) if return_std else mean
             Xt = self.transform_inputs(X)
-            rows = chunk_size or chunk_size_for(self._bytes_per_test_point(X.shape[:-2]), total=N)
-            mean, var = self._test_moments(Xt.unsqueeze(-3) if m > 1 else Xt, rows, "diag" if return_std else "none")
+            Xq = Xt.unsqueeze(-3) if m > 1 else Xt  # GPyTorch's layout: outputs are a batch dimension
+            rows = chunk_size or chunk_size_for(self._bytes_per_test_point(Xq.shape[:-2]), total=N)
+            mean, var = self._test_moments(Xq, rows, "diag" if return_std else "none")
             if return_std and observation_noise:  # fixed noise: the mean training noise, as BoTorch
                 noise, fixed = self.likelihood.noise, isinstance(self.likelihood, FixedNoiseGaussianLikelihood)
                 var = var + (noise.mean(dim=-1, keepdim=True) if fixed else noise)
@@ -447,8 +449,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
     def _bytes_per_test_point(self, test_batch: tuple[int, ...] = ()) -> int:
         r"""Working bytes per test point of a chunk (:func:`~gpgeom.botorch.exact_predict.bytes_per_test_point` of
-        this model's kernel and training inputs)."""
-        return bytes_per_test_point(self.covar_module, self.train_inputs[0], self._num_outputs, test_batch)
+        this model's kernel and training inputs) for test inputs of batch shape ``test_batch`` in GPyTorch's layout
+        (with the output dimension when ``m > 1``: as :meth:`_joint` gets them from BoTorch's ``posterior``)."""
+        return bytes_per_test_point(self.covar_module, self.train_inputs[0], test_batch)
 
     # ---------------------------------------------------------------------------------------------------------
     # the training factor (cached between calls in eval mode) and the test moments from it

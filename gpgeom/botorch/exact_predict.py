@@ -45,26 +45,21 @@ __all__ = [
 _KERNEL_BLOCKS, _STATIONARY_BLOCKS = 5, 3
 
 
-def bytes_per_test_point(
-    covar_module: Kernel,
-    train_X: Tensor,
-    num_outputs: int,
-    test_batch: tuple[int, ...] = (),
-) -> int:
+def bytes_per_test_point(covar_module: Kernel, train_X: Tensor, test_batch: tuple[int, ...] = ()) -> int:
     r"""Working bytes per test point of a chunk: kernel temporaries of one row against the ``n`` training points for
-    every test batch member, batch member and output.
+    every member of the batch of :func:`posterior_moments`, ``broadcast(test_batch, batch)``.
 
     Args:
         covar_module: The kernel (three blocks per row for the kernels of
             :func:`~gpgeom.engine.exact_mll.stationary_kernel_matrix`, five for others).
         train_X: The ``batch x n x d`` training inputs (batch shape, ``n`` and dtype).
-        num_outputs: The number of outputs ``m`` (for ``m > 1`` the test inputs get an output dimension).
-        test_batch: The batch shape of the test inputs.
+        test_batch: The batch shape of the test inputs as :func:`posterior_moments` gets them, in GPyTorch's
+            layout: with the output dimension (``test_batch_shape x 1`` or ``test_batch_shape x m``) when ``m > 1``.
 
     Returns:
         The number of bytes.
     """
-    batch = torch.broadcast_shapes(tuple(test_batch) + ((1,) if num_outputs > 1 else ()), train_X.shape[:-2])
+    batch = torch.broadcast_shapes(tuple(test_batch), train_X.shape[:-2])
     blocks = _STATIONARY_BLOCKS if stationary_kind(covar_module) else _KERNEL_BLOCKS
     return blocks * math.prod(batch) * train_X.shape[-2] * element_size(train_X.dtype)
 
