@@ -628,17 +628,19 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         Parameters of the modules named in ``default_modules`` (built by this class with batch shape
         ``batch_shape x m`` or ``batch_shape x 1``) all carry it at position ``len(batch_shape)``; so do those of
         any module whose ``batch_shape`` is ``batch_shape x m`` or ``batch_shape x 1``; for other modules (e.g. a
-        custom likelihood) only tensors whose size there is ``m``.
+        custom likelihood) only tensors whose size there is ``m``. ``batch_shape`` is the modules' (the root's, for a
+        conditioned or fantasy model, whose data carry more batch dimensions).
         """
         m = self._num_outputs
         if m == 1:
             return {}
-        k = len(self._input_batch_shape)
+        batch = self._module_batch_shape()
+        k = len(batch)
         dims: dict[str, int] = {}
         for name, t in list(self.named_parameters()) + list(self.named_buffers()):
             if name.startswith(("outcome_transform.", "input_transform.")) or t.dim() <= k:
                 continue
-            if t.shape[:k] != self._input_batch_shape or t.shape[k] not in (1, m):
+            if t.shape[:k] != batch or t.shape[k] not in (1, m):
                 continue
             parent = ".".join(name.split(".")[:-1])
             owner = self.get_submodule(parent) if parent else self
@@ -650,6 +652,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             ):
                 dims[name] = k
         return dims
+
+    def _module_batch_shape(self) -> torch.Size:
+        r"""The batch shape the modules were built with (the root's data batch; conditioning leaves them as built
+        while ``_input_batch_shape`` becomes the conditioned data's, e.g. with ``fantasize``'s fantasy dimension)."""
+        return torch.Size(self._config["data_batch"])
 
     def get_fantasy_model(self, inputs: Tensor | list[Tensor], targets: Tensor, **kwargs: Any) -> ExactGPModel:
         r"""GPyTorch's fantasy model (``inputs``: ``batch' x n' x d``, ``targets``: ``batch' x (m) x n'``), with its
@@ -674,15 +681,16 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         new = copy.deepcopy(self)
         if list(idcs) == list(range(m)):
             return new
-        k = len(self._input_batch_shape)
         mm = len(idcs)
         index = torch.tensor(idcs, device=self.train_targets.device)
         new.prediction_strategy = None
         new._num_outputs = mm
         new._aug_batch_shape = self._input_batch_shape + (torch.Size([mm]) if mm > 1 else torch.Size())
-        sel = index if mm > 1 else idcs[0]
-        new.train_inputs = tuple(t[(slice(None),) * k + (sel,)] for t in new.train_inputs)
-        new.train_targets = new.train_targets[(slice(None),) * k + (sel,)]
+        # the output dimension counted from the end: a fantasy model's fixed noise has fewer batch dimensions than
+        # its data (`m x n`, its data `fantasies x m x n`)
+        pick = lambda t, dim: t.index_select(dim, index) if mm > 1 else t.select(dim, idcs[0])  # noqa: E731
+        new.train_inputs = tuple(pick(t, -3) for t in new.train_inputs)
+        new.train_targets = pick(new.train_targets, -2)
         X0, Y0, V0 = new._original_data  # in original units, outputs last (a conditioned model's union too)
         new._original_data = (X0, Y0[..., list(idcs)], None if V0 is None else V0[..., list(idcs)])
         # With an input transform BoTorch keeps the untransformed training inputs (``batch x m x n x d``) to restore
@@ -705,16 +713,18 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             t = named[name]
             data = t.data.index_select(dim, index) if t.shape[dim] == m else t.data
             t.data = data.squeeze(dim) if mm == 1 else data
+        mb = self._module_batch_shape()  # the modules' batch: the root's for a conditioned model (data: `k` dims)
+        kb = len(mb)
         for _, module in new.named_modules():
             b = getattr(module, "batch_shape", None)
-            if isinstance(b, torch.Size) and module is not new and len(b) == k + 1 and b[:k] == self._input_batch_shape:
-                if b[k] == m:
-                    module.batch_shape = b[:k] + (torch.Size([mm]) if mm > 1 else torch.Size())
-                elif b[k] == 1 and mm == 1:
-                    module.batch_shape = b[:k]
+            if isinstance(b, torch.Size) and module is not new and len(b) == kb + 1 and b[:kb] == mb:
+                if b[kb] == m:
+                    module.batch_shape = b[:kb] + (torch.Size([mm]) if mm > 1 else torch.Size())
+                elif b[kb] == 1 and mm == 1:
+                    module.batch_shape = b[:kb]
         if isinstance(new.likelihood, FixedNoiseGaussianLikelihood):
             noise = new.likelihood.noise_covar.noise
-            new.likelihood.noise_covar.noise = noise[(slice(None),) * k + (sel,)]
+            new.likelihood.noise_covar.noise = pick(noise, -2)
         if hasattr(new, "outcome_transform"):
             new.outcome_transform = new.outcome_transform.subset_output(idcs=list(idcs))
         new._output_dims = new._find_output_dims(new._default_modules)
