@@ -174,3 +174,23 @@ def test_subset_output_of_a_fantasy_model_is_each_fantasy_rebuilt_on_those_outpu
             truth = root.subset_output(idcs).rebuild_with(Xn, *new).posterior(Xq)
             torch.testing.assert_close(got.mean.detach()[j], truth.mean.detach(), rtol=0, atol=1e-9)
             torch.testing.assert_close(got.variance.detach()[j], truth.variance.detach(), rtol=0, atol=1e-9)
+
+
+def test_the_new_rows_changed_in_place_after_conditioning_are_not_the_models_data(parts):
+    r"""The caller's ``X``, ``Y`` and ``noise`` changed in place after ``condition_on_observations``: the conditioned
+    model's ``train_data`` and ``rebuild_with`` still hold the observations it conditioned on (its posterior does).
+    Before, they read the caller's changed tensors (views): ``train_X`` off by 1.0, ``train_Y`` by 41, the noise by
+    0.08 here, while the posterior kept the old rows."""
+    X, Xc, Xn, Xq = parts
+    V = torch.full((20, 2), 0.01, dtype=DT)
+    root = ExactGPModel(X, f(X), V, outcome_transform=None).eval()
+    Xc, Yc, noise = Xc.clone(), f(Xc), torch.full((3, 2), 0.02, dtype=DT)
+    kept = (Xc.clone(), Yc.clone(), noise.clone())
+    cond = root.condition_on_observations(Xc, Yc, noise=noise)
+    Xc.add_(1.0), Yc.mul_(10.0), noise.mul_(5.0)  # the caller reuses its buffers
+    X_all, Y_all = cond.train_data
+    torch.testing.assert_close(X_all[-3:], kept[0], rtol=0, atol=0)
+    torch.testing.assert_close(Y_all[-3:], kept[1], rtol=0, atol=0)
+    torch.testing.assert_close(cond._original_data[2][-3:], kept[2], rtol=0, atol=0)
+    truth = root.rebuild_with(torch.cat([kept[0], Xn]), torch.cat([kept[1], f(Xn)]), torch.cat([kept[2], V[:2]]))
+    _close(cond.rebuild_with(Xn, f(Xn), V[:2]).posterior(Xq), truth.posterior(Xq))

@@ -4,7 +4,8 @@ r"""The training data, in original units, of an :class:`~gpgeom.botorch.exact_gp
 A conditioned model holds ``n + n'`` points; its ``train_data``, ``rebuild_with``, files, ``repr``, ``subset_output``
 and moves between devices read this union. ``fantasize`` runs inside the acquisition optimisation loops of
 look-ahead acquisitions (qKG), where the fantasy model's data in original units are never read, so conditioning
-stores the parts (references to the parent's tensors and detached views of the new ones, no copy) and
+stores the parts (references to the parent's tensors and detached copies of the ``n'`` new rows, which the caller
+may change in place afterwards) and
 :class:`UnionData` concatenates them when first read, broadcast to a common batch shape (``X`` may carry extra
 leading batch dimensions, and ``fantasize`` adds the fantasy batch dimension to ``Y``).
 """

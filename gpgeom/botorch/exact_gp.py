@@ -616,7 +616,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         noise = kwargs.get("noise") if self._original_data[2] is not None else None
         octf = getattr(self, "outcome_transform", None)
         Yvar = None if noise is None else noise_in_original_units(octf, Y.detach(), noise.detach())
-        new._original_data = UnionData(self._original_data, X.detach(), Y.detach(), Yvar)
+        # copies of the n' new rows: the caller's tensors (or `noise`) changed in place later are not the model's data
+        new_rows = (None if t is None else t.detach().clone() for t in (X, Y, Yvar))
+        new._original_data = UnionData(self._original_data, *new_rows)
         new.__dict__["_conditioned"] = True  # its posterior keeps GPyTorch's updated caches (fast fantasies)
         new.__dict__.pop("_strategy_cache", None)
         new._check_strategy()  # its strategy, updated from this one, is for its state now
