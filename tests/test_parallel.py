@@ -155,6 +155,21 @@ def _fail_two_args(shared, item):
     return item * 10
 
 
+class _LockedError(_TwoArgError):
+    r"""An exception no pickling rebuilds, also where ``tblib``'s pickling support is installed (importing Dask's
+    ``distributed`` installs it, and it rebuilds ``_TwoArgError`` by ``__new__``): it holds a lock."""
+
+    def __init__(self, code, where):
+        super().__init__(code, where)
+        self.lock = threading.Lock()
+
+
+def _fail_locked(shared, item):
+    if item == 2:
+        raise _LockedError(7, "node 5")
+    return item * 10
+
+
 def test_a_worker_error_names_the_item_and_one_pickle_cannot_rebuild_leaves_the_pool_usable(pool):
     # the truth: the serial run raises the item's own exception, and the note names the item
     with pytest.raises(_TwoArgError, match="code 7 at node 5") as serial:
@@ -164,11 +179,25 @@ def test_a_worker_error_names_the_item_and_one_pickle_cannot_rebuild_leaves_the_
         map_items(pool, _fail, range(6), chunk_size=2, label="GP")
     assert err.value.__notes__ == ["(raised by GP 3)"]
     # the old code let the pool's result thread fail to rebuild it: BrokenProcessPool, and every later call refused
-    with pytest.raises(RuntimeError, match=r"GP 2 raised .*_TwoArgError: code 7 at node 5 \(the exception cannot"):
-        map_items(pool, _fail_two_args, range(4), chunk_size=1, label="GP")
+    with pytest.raises(RuntimeError, match=r"GP 2 raised .*_LockedError: code 7 at node 5 \(the exception cannot"):
+        map_items(pool, _fail_locked, range(4), chunk_size=1, label="GP")
     assert map_items(pool, _fail_two_args, [0, 1, 3]) == map_items(None, _fail_two_args, [0, 1, 3])
     with pytest.raises(TypeError, match=r"Cannot ship lock .*pickling it fails .*cannot pickle"):
         map_items(pool, _fail, range(2), threading.Lock())
+
+
+def test_an_exception_no_pickle_rebuilds_leaves_a_pool_usable_under_tblibs_pickling():
+    r"""Importing Dask's ``distributed`` installs ``tblib``'s pickling of exceptions, which also pickles an exception's
+    ``__context__``. The worker's replacement of an exception pickle cannot rebuild was raised inside the handler, so
+    its context was that exception: sending it back failed again and broke the pool ("A process in the process pool
+    was terminated abruptly"; every later call refused). Now it is raised with no context."""
+    pytest.importorskip("distributed")
+    import distributed  # noqa: F401 - installs tblib's pickling support, process-wide (as any Dask user has it)
+
+    with ProcessPoolExecutor(max_workers=2) as ex:
+        with pytest.raises(RuntimeError, match=r"GP 2 raised .*_LockedError: code 7 at node 5 \(the exception cannot"):
+            map_items(ex, _fail_locked, range(4), chunk_size=1, label="GP")
+        assert map_items(ex, _fail_locked, [0, 1, 3]) == [0, 10, 30]
 
 
 def test_dask_sends_back_the_item_exception_pickle_cannot_rebuild(dask_executor):

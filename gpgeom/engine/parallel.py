@@ -491,9 +491,14 @@ def _apply(
             named = _item_error(err, f"{label} {start + k}", remote)
             if named is err:
                 raise
-            raise named from None
+        else:
+            continue
         finally:
             _current.item = saved
+        # the replacement is raised outside the handler, so that it has no __context__: tblib's pickling support
+        # (installed by importing Dask's distributed) pickles the context too, and the original exception that pickle
+        # cannot rebuild then broke the process pool after all
+        raise named
     return out
 
 
