@@ -218,7 +218,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         self._fit_jitter: float | None = None
         self._d = train_X.shape[-1]
         #: Training data in original units (inputs before the input transform, outputs before standardisation); a
-        #: conditioned model's are the union with its new points (:class:`~gpgeom.botorch._union.UnionData`).
+        #: conditioned model's are the union with its new points (``gpgeom.botorch._union.UnionData``).
         self._original_data = original_data
         given = {"likelihood": likelihood_given, "mean_module": mean_module, "covar_module": covar_module}
         self._config = {
@@ -256,7 +256,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         BoTorch's posterior turns on, stays on, also under ``propagate_grads``: a conditioned or fantasy model's
         updated cache keeps the gradient with respect to its new rows (:meth:`get_fantasy_model`).
 
-        In eval mode (predictions) the block holds :data:`gpgeom.botorch._local.settings_lock`: the settings are
+        In eval mode (predictions) the block holds ``gpgeom.botorch._local.settings_lock``: the settings are
         process-wide, and two predictions in threads that enter and leave them interleaved left one set after both
         (``tests/test_threads.py``). A fit does not hold it, also a refit of a model in eval mode (:meth:`fit` marks
         its block): its attempts may run in threads of this process that wait for other work holding it.
@@ -800,7 +800,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ExactGPModel:
         r"""An independent copy that keeps GPyTorch's prediction strategy, as pickling does (GPyTorch drops it on
-        a deep copy; :func:`~gpgeom.botorch._copies.copy_strategy`): a conditioned model's copy predicts bitwise as
+        a deep copy; ``gpgeom.botorch._copies.copy_strategy``): a conditioned model's copy predicts bitwise as
         the original (it refactorised its training covariance: variances off by 1.3e-15 to 3.9e-15 on small tests)."""
         memo[id(self)] = new = type(self).__new__(type(self))
         state = self.__getstate__()
