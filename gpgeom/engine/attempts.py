@@ -293,9 +293,9 @@ class FitJob:
         full_loss.accepts_batch_indices = (not is_mll) and bool(getattr(objective, "accepts_batch_indices", False))
 
         def batch_loss(batch: Any) -> Tensor:
-            check_needed()
             if batch is None:
-                return full_loss().sum()
+                return full_loss().sum()  # full_loss checks
+            check_needed()
             if is_mll:
                 n_in = len(getattr(model, "train_inputs", None) or (None,))
                 return -objective(model(*batch[:n_in]), *batch[n_in:]).sum()
