@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["UnionData", "noise_in_original_units"]
+__all__ = ["UnionData", "cat_points", "noise_in_original_units"]
 
 
-def _cat(a: Tensor, b: Tensor, batch: torch.Size) -> Tensor:
+def cat_points(a: Tensor, b: Tensor, batch: torch.Size) -> Tensor:
     r"""``a`` (``batch_a x n x k``) and ``b`` (``batch_b x n' x k``) expanded to ``batch`` and concatenated along the
     points: ``batch x (n + n') x k``."""
     return torch.cat([a.expand(*batch, *a.shape[-2:]), b.expand(*batch, *b.shape[-2:])], -2)
@@ -50,8 +50,8 @@ class UnionData:
             X0, Y0, V0 = tuple(base)
             shapes = [t.shape[:-2] for t in (X0, Y0, V0, X, Y, V) if t is not None]
             batch = torch.broadcast_shapes(*shapes)
-            Vu = None if V0 is None or V is None else _cat(V0, V, batch)
-            self._value = (_cat(X0, X, batch), _cat(Y0, Y, batch), Vu)
+            Vu = None if V0 is None or V is None else cat_points(V0, V, batch)
+            self._value = (cat_points(X0, X, batch), cat_points(Y0, Y, batch), Vu)
             self._parts = None  # the parent's data stay with the parent
         return self._value
 

@@ -63,7 +63,7 @@ from gpgeom.botorch._finite import (
     raw_inputs,
 )
 from gpgeom.botorch._local import bound, current, settings_lock
-from gpgeom.botorch._union import UnionData, noise_in_original_units
+from gpgeom.botorch._union import UnionData, cat_points, noise_in_original_units
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
     default_covar_module,
@@ -762,19 +762,18 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         X = as_tensor("X", X, dtype=self.dtype, device=self.device)
         Y = as_tensor("Y", Y, dtype=self.dtype, device=self.device)
         batch = torch.broadcast_shapes(X0.shape[:-2], X.shape[:-2], Y.shape[:-2])
-        cat = lambda a, b: torch.cat([a.expand(*batch, *a.shape[-2:]), b.expand(*batch, *b.shape[-2:])], -2)  # noqa: E731
         Yvar_all = None
         if V0 is not None:
             if Yvar is None:
                 raise ValueError("A fixed-noise model needs `Yvar` for the new observations.")
-            Yvar_all = cat(V0, as_tensor("Yvar", Yvar, dtype=self.dtype, device=self.device))
+            Yvar_all = cat_points(V0, as_tensor("Yvar", Yvar, dtype=self.dtype, device=self.device), batch)
         frozen = {}
         for name in ("input_transform", "outcome_transform"):
             module = getattr(self, name, None)
             frozen[name] = copy.deepcopy(module).eval() if module is not None else None
         new = ExactGPModel(
-            cat(X0, X),
-            cat(Y0, Y),
+            cat_points(X0, X, batch),
+            cat_points(Y0, Y, batch),
             Yvar_all,
             covar_module=copy.deepcopy(self.covar_module),
             mean_module=copy.deepcopy(self.mean_module),
