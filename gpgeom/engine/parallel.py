@@ -780,6 +780,17 @@ def _map_dask(
     client = executor._client
     options = {**getattr(executor, "_kwargs", {}), "pure": False}
     futures: list[Any] = []
+
+    def take_ended(indices: Iterable[int]) -> None:
+        # read the tasks that have ended, then cancel those no longer needed; a read or cancelled future is dropped
+        # (its result and chunk are released as soon as they are read)
+        for i in indices:
+            if futures[i] is not None and i not in calls.outcomes and futures[i].done():
+                calls.arrived(i, functools.partial(client.gather, futures[i], direct=True))
+                futures[i] = None
+        for i in calls.cancel(futures, lambda f: client.cancel([f])):
+            futures[i] = None
+
     try:
         for start, chunk in zip(calls.starts, calls.chunks):
             if start > calls.limit:  # an earlier task stopped the call: not even sent
@@ -788,20 +799,10 @@ def _map_dask(
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
             args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe, calls.token)
             futures.append(client.submit(_run_chunk, *args, **options))
-            for i, fut in enumerate(futures):
-                if fut is not None and i not in calls.outcomes and fut.done():
-                    calls.arrived(i, functools.partial(client.gather, fut, direct=True))
-                    futures[i] = None  # release the task's result and its chunk as soon as they are read
-            for i in calls.cancel(futures, lambda f: client.cancel([f])):
-                futures[i] = None
+            take_ended(range(len(futures)))
         while todo := calls.todo():
             dask_wait([futures[i] for i in todo], return_when="FIRST_COMPLETED")
-            for i in todo:
-                if futures[i].done():
-                    calls.arrived(i, functools.partial(client.gather, futures[i], direct=True))
-                    futures[i] = None
-            for i in calls.cancel(futures, lambda f: client.cancel([f])):
-                futures[i] = None
+            take_ended(todo)
         return calls.results()
     finally:
         client.cancel([f for f in futures if f is not None])
