@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from botorch.models.transforms.input import Normalize
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
+from torch import Tensor
 
 from gpgeom.botorch._union import data_to_build
 from gpgeom.errors import ModelFileError
@@ -21,16 +22,14 @@ from gpgeom.errors import ModelFileError
 if TYPE_CHECKING:
     from gpgeom.botorch.exact_gp import ExactGPModel
 
-__all__ = ["model_state", "restore_model"]
+__all__ = ["model_state", "restore_model", "set_train_tensors", "train_tensors"]
 
 
 def model_state(model: ExactGPModel) -> dict[str, Any]:
     r"""The state of ``model`` that its file holds (:meth:`gpgeom.ModelContract.save`): the training data in original
     units (the union for a conditioned model), its configuration, its modules' state dict and the training tensors as
-    held (``batch x n x d`` inputs, transformed and untransformed, ``batch x n`` targets, a fixed noise)."""
+    held (:func:`train_tensors`)."""
     X, Y, Yvar = model._original_data
-    fixed = model.likelihood.noise if isinstance(model.likelihood, FixedNoiseGaussianLikelihood) else None
-    raw = model._original_train_inputs if model._has_transformed_inputs else model.train_inputs[0]  # untransformed
     return {
         "train_X": X,
         "train_Y": Y,
@@ -39,9 +38,7 @@ def model_state(model: ExactGPModel) -> dict[str, Any]:
         "module_state": model.state_dict(),
         "fit_jitter": model._fit_jitter,
         "fast_mll": bool(model.fast_mll),
-        # the training tensors as held (a moved model loads bitwise, not the transforms redone in its dtype) and
-        # the untransformed inputs that train mode restores (BoTorch's: without the fantasy batch dimension)
-        "train_tensors": (None if model.training else model.train_inputs[0], model.train_targets, fixed, raw),
+        "train_tensors": train_tensors(model),
     }
 
 
@@ -89,15 +86,47 @@ def restore_model(cls: type[ExactGPModel], state: dict[str, Any], **modules: Any
     model._fit_jitter = state["fit_jitter"]
     model._original_data = union
     model.fast_mll = state["fast_mll"]
-    inputs, targets, fixed, *untransformed = state.get("train_tensors") or (None, None, None)  # None: old files
-    if untransformed:  # in train mode (as built): what train mode restores, n + n' if conditioned
-        model.set_train_data(untransformed[0], targets, strict=False)
+    set_train_tensors(model, state.get("train_tensors"))  # None: files written before the tensors
+    return model
+
+
+def train_tensors(model: ExactGPModel) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor]:
+    r"""The training tensors of ``model`` as it holds them, for a file (:func:`set_train_tensors` puts them back).
+
+    A model moved to another dtype holds the rounding of the old dtype's tensors: a file of them loads bitwise,
+    where the input transform redone in the new dtype would not. Also the files of models that hold ExactGPModels
+    (:mod:`gpgeom.models.mmgp.state`).
+
+    Returns:
+        ``(inputs, targets, noise, untransformed)``: the transformed training inputs ``batch x n x d`` (``None``
+        in train mode, where the model holds the untransformed ones), the targets ``batch x n`` (one output) or
+        ``batch x m x n`` (``m`` outputs), the fixed noise ``batch x n`` of a
+        :class:`~gpytorch.likelihoods.FixedNoiseGaussianLikelihood` (else ``None``) and the untransformed inputs
+        ``batch x n x d`` that train mode restores (BoTorch's: without a fantasy batch dimension), ``n + n'``
+        points for a conditioned model.
+    """
+    fixed = model.likelihood.noise if isinstance(model.likelihood, FixedNoiseGaussianLikelihood) else None
+    raw = model._original_train_inputs if model._has_transformed_inputs else model.train_inputs[0]
+    return (None if model.training else model.train_inputs[0], model.train_targets, fixed, raw)
+
+
+def set_train_tensors(model: ExactGPModel, held: tuple[Tensor | None, ...] | None) -> None:
+    r"""Put :func:`train_tensors`'s ``held`` back into ``model`` (in train mode, as built, with its state dict
+    loaded) and leave it in eval mode, with the batch shape of the targets (a conditioned model's, as BoTorch's
+    ``condition_on_observations`` sets it).
+
+    Shorter tuples are those of files written before the later entries, and load as then: ``(inputs, targets)``
+    (MMGP files), ``(inputs, targets, noise)`` (ExactGPModel files before the untransformed inputs); ``None``
+    (files before the tensors): the model as built, its inputs transformed in eval mode in its dtype.
+    """
+    inputs, targets, fixed, untransformed = (*(held or ()), None, None, None, None)[:4]
+    if untransformed is not None:  # in train mode (as built): what train mode restores, n + n' if conditioned
+        model.set_train_data(untransformed, targets, strict=False)
     if fixed is not None:
         model.likelihood.noise = fixed
     model.eval()
     if inputs is not None:
         model.set_train_data(inputs, targets, strict=False)
-    if targets is not None:  # a conditioned model's batch shape, as BoTorch's condition_on_observations sets it
+    if targets is not None:
         model._input_batch_shape = targets.shape[: -1 if model._num_outputs == 1 else -2]
         model._aug_batch_shape = targets.shape[:-1]
-    return model

@@ -22,6 +22,7 @@ import torch
 from gpytorch.kernels import Kernel
 
 from gpgeom._warnings import user_stacklevel
+from gpgeom.botorch.exact_files import set_train_tensors, train_tensors
 from gpgeom.errors import ModelFileError
 from gpgeom.geometry.mesh import Mesh
 from gpgeom.models.mmgp.prediction import MMGPFitResult
@@ -83,8 +84,9 @@ def model_state(model: MMGP) -> dict[str, Any]:
         "bounds": model._bounds,
         "gp_states": [g.state_dict() for g in model.gps_],
         "fit_jitters": [g._fit_jitter for g in model.gps_],
-        # each GP's training tensors as held (a moved model's are the rounding of the old dtype's): loads bitwise
-        "gp_train": [None if g.training else (g.train_inputs[0], g.train_targets) for g in model.gps_],
+        # each GP's training tensors as held, as in an ExactGPModel file (a moved model's are the rounding of the old
+        # dtype's): loads bitwise. A new key: gpgeom before it reads these files as those written before "gp_train"
+        "gp_train_tensors": [train_tensors(g) for g in model.gps_],
         "fit_result": model.fit_result_.to_state(),
     }
 
@@ -137,14 +139,14 @@ def restore_model(
     model._set_training_data(Z, Y)
     model._bounds = state["bounds"]
     model.gps_ = model._build_gps(Z, Y)
-    held = state.get("gp_train", [None] * len(model.gps_))  # files written before: recomputed in the file's dtype
+    # files written before the ExactGPModel tensors hold (inputs, targets) pairs, and those before the pairs nothing
+    # (the inputs transformed again in the file's dtype)
+    held = state.get("gp_train_tensors", state.get("gp_train", [None] * len(model.gps_)))
     for g, st, jitter, train in zip(model.gps_, state["gp_states"], state["fit_jitters"], held, strict=True):
         g.load_state_dict(st)
         g._fit_jitter = jitter
         g._fitted = True
-        g.eval()
-        if train is not None:
-            g.set_train_data(*train, strict=False)
+        set_train_tensors(g, train)
     model.fit_result_ = MMGPFitResult.from_state(state["fit_result"])
     model.timings_ = dict(model.fit_result_.timings)
     model.cpu_timings_ = dict(model.fit_result_.cpu_timings)
