@@ -75,6 +75,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from gpgeom._progress import StageBar, stage_bar
 from gpgeom._seeds import check_seed, resolve_seed
 from gpgeom._validation import check_option, check_positive
 from gpgeom.geometry.point_cloud import (
@@ -103,6 +104,9 @@ __all__ = [
 _NORMALIZATIONS = ("none", "sym", "rw")
 _WEIGHTS = ("connectivity", "gaussian")
 _EIG_METHODS = ("auto", "shift-invert", "lobpcg", "dense")
+#: The stages of :func:`connection_laplacian` and :func:`graph_laplacian` (their progress bars), in order.
+CONNECTION_STAGES = ("neighbour graph", "frames", "connection Laplacian")
+GRAPH_STAGES = ("neighbour graph", "graph Laplacian")
 _ARRAY_FIELDS = (
     "points", "index", "frames", "singular_values", "transports", "alignment", "weights", "self_weights", "degree"
 )  # fmt: skip
@@ -457,6 +461,8 @@ def connection_laplacian(
     frames: object | None = None,
     cache_dir: str | None = None,
     workers: int = 1,
+    progress: bool | None = None,
+    _stages: StageBar | None = None,
 ) -> ConnectionLaplacian:
     r"""Build the tangent frames, Procrustes connection and connection Laplacian of a point cloud.
 
@@ -493,6 +499,10 @@ def connection_laplacian(
             used instead of local PCA.
         cache_dir: Directory for caching eigenpairs on disk (keyed by a hash of the operator).
         workers: Threads of the KD-tree neighbour queries of the graph and the frames (-1: all).
+        progress: A bar of the stages (:data:`CONNECTION_STAGES`): ``True``, ``False`` or ``None`` (shown in a
+            terminal or notebook only; :mod:`gpgeom._progress`).
+        _stages: The :class:`~gpgeom._progress.StageBar` of a caller (RVGP) that shows the stages instead of a bar
+            of their own (``progress`` is then not read).
 
     Returns:
         A :class:`ConnectionLaplacian`.
@@ -506,36 +516,40 @@ def connection_laplacian(
     check_positive("k_pca", k_pca, integer=True)
     if dim is not None:
         _check_dim(dim, X0.shape[1], k_pca)
-    pts, index = _handle_duplicates(X0, duplicates, duplicate_tol)
-    timings: dict = {}
-    t0 = time.perf_counter()
-    G = proximity_graph(pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers)
-    timings["graph"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    if frames is None:
-        kp = min(k_pca, len(pts))
-        T, s, fit_used = tangent_frames(
-            pts, dim, k_pca=kp, threshold=threshold, fit=frame_fit, workers=workers, return_fit=True
-        )
-    else:
-        T = np.asarray(frames.detach().cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float64)
-        if T.ndim != 3 or T.shape[:2] != (len(X0), X0.shape[1]):
-            raise ValueError(f"`frames` must have shape (n, D, d) = ({len(X0)}, {X0.shape[1]}, d), got {T.shape}.")
-        T, fit_used, kp = T[index], "given", 0
-        _check_dim(T.shape[2], X0.shape[1], T.shape[2] + 1)
-        if dim is not None and T.shape[2] != dim:
-            raise ValueError(f"`frames` have d={T.shape[2]} columns but dim={dim} was given.")
-        gram = np.swapaxes(T, 1, 2) @ T
-        if not np.allclose(gram, np.eye(T.shape[2]), atol=1e-8):
-            raise ValueError("`frames` must have orthonormal columns (T_i^T T_i = I).")
-        s = np.ones((len(pts), T.shape[2]))
-    timings["frames"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    O, cos = procrustes(T[G.rows], T[G.cols])
-    w, w_self, eps_used = _edge_weights(G, weights, eps, alpha)
-    L, deg = _assemble(G.n, T.shape[2], G.rows, G.cols, O, w, w_self, normalization)
-    timings["laplacian"] = time.perf_counter() - t0
-    scale = 4.0 / eps_used if (eps_used is not None and normalization != "none" and alpha == 1.0) else 1.0
+    with stage_bar(CONNECTION_STAGES, desc="connection Laplacian", progress=progress, within=_stages) as bar:
+        bar.start("neighbour graph")
+        pts, index = _handle_duplicates(X0, duplicates, duplicate_tol)
+        timings: dict = {}
+        t0 = time.perf_counter()
+        G = proximity_graph(pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers)
+        timings["graph"] = time.perf_counter() - t0
+        bar.start("frames")
+        t0 = time.perf_counter()
+        if frames is None:
+            kp = min(k_pca, len(pts))
+            T, s, fit_used = tangent_frames(
+                pts, dim, k_pca=kp, threshold=threshold, fit=frame_fit, workers=workers, return_fit=True
+            )
+        else:
+            T = np.asarray(frames.detach().cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.float64)
+            if T.ndim != 3 or T.shape[:2] != (len(X0), X0.shape[1]):
+                raise ValueError(f"`frames` must have shape (n, D, d) = ({len(X0)}, {X0.shape[1]}, d), got {T.shape}.")
+            T, fit_used, kp = T[index], "given", 0
+            _check_dim(T.shape[2], X0.shape[1], T.shape[2] + 1)
+            if dim is not None and T.shape[2] != dim:
+                raise ValueError(f"`frames` have d={T.shape[2]} columns but dim={dim} was given.")
+            gram = np.swapaxes(T, 1, 2) @ T
+            if not np.allclose(gram, np.eye(T.shape[2]), atol=1e-8):
+                raise ValueError("`frames` must have orthonormal columns (T_i^T T_i = I).")
+            s = np.ones((len(pts), T.shape[2]))
+        timings["frames"] = time.perf_counter() - t0
+        bar.start("connection Laplacian")
+        t0 = time.perf_counter()
+        O, cos = procrustes(T[G.rows], T[G.cols])
+        w, w_self, eps_used = _edge_weights(G, weights, eps, alpha)
+        L, deg = _assemble(G.n, T.shape[2], G.rows, G.cols, O, w, w_self, normalization)
+        timings["laplacian"] = time.perf_counter() - t0
+        scale = 4.0 / eps_used if (eps_used is not None and normalization != "none" and alpha == 1.0) else 1.0
     return ConnectionLaplacian(
         points=pts,
         index=index,
@@ -573,25 +587,31 @@ def graph_laplacian(
     on_disconnected: str = "warn",
     cache_dir: str | None = None,
     workers: int = 1,
+    progress: bool | None = None,
+    _stages: StageBar | None = None,
 ) -> ConnectionLaplacian:
     r"""The scalar graph Laplacian (``n x n``): the same construction with :math:`d = 1` and :math:`O_{ij} = 1`.
 
     ``"none"``: :math:`L = D - W`; ``"sym"``: :math:`I - D^{-1/2} W D^{-1/2}`; ``"rw"``: :math:`I - D^{-1} W`
     (self loops included in :math:`W` and :math:`D`; they cancel in ``"none"``). The returned object's ``frames`` are
     ``(n, D, 1)`` zeros (there is no tangent direction); use :meth:`ConnectionLaplacian.eigenpairs` as usual.
+    ``progress`` and ``_stages``: as in :func:`connection_laplacian`, with the stages :data:`GRAPH_STAGES`.
     """
     X0 = as_points("X", X)
     check_option("normalization", normalization, _NORMALIZATIONS)
-    pts, index = _handle_duplicates(X0, duplicates, duplicate_tol)
-    t0 = time.perf_counter()
-    G = proximity_graph(pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers)
-    timings = {"graph": time.perf_counter() - t0, "frames": 0.0}
-    t0 = time.perf_counter()
-    O = np.ones((G.n_edges, 1, 1))
-    w, w_self, eps_used = _edge_weights(G, weights, eps, alpha)
-    L, deg = _assemble(G.n, 1, G.rows, G.cols, O, w, w_self, normalization)
-    timings["laplacian"] = time.perf_counter() - t0
-    scale = 4.0 / eps_used if (eps_used is not None and normalization != "none" and alpha == 1.0) else 1.0
+    with stage_bar(GRAPH_STAGES, desc="graph Laplacian", progress=progress, within=_stages) as bar:
+        bar.start("neighbour graph")
+        pts, index = _handle_duplicates(X0, duplicates, duplicate_tol)
+        t0 = time.perf_counter()
+        G = proximity_graph(pts, k, method=graph, delta=delta, on_disconnected=on_disconnected, workers=workers)
+        timings = {"graph": time.perf_counter() - t0, "frames": 0.0}
+        bar.start("graph Laplacian")
+        t0 = time.perf_counter()
+        O = np.ones((G.n_edges, 1, 1))
+        w, w_self, eps_used = _edge_weights(G, weights, eps, alpha)
+        L, deg = _assemble(G.n, 1, G.rows, G.cols, O, w, w_self, normalization)
+        timings["laplacian"] = time.perf_counter() - t0
+        scale = 4.0 / eps_used if (eps_used is not None and normalization != "none" and alpha == 1.0) else 1.0
     return ConnectionLaplacian(
         points=pts,
         index=index,

@@ -53,13 +53,20 @@ from gpytorch.kernels import ScaleKernel
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from gpgeom._progress import StageBar
 from gpgeom._validation import check_device, check_option, check_positive, first_bad
 from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size, resolve_max_memory
 from gpgeom.engine.fitting import FitResult, fit
-from gpgeom.geometry.connection import ConnectionLaplacian, connection_laplacian, graph_laplacian
+from gpgeom.geometry.connection import (
+    CONNECTION_STAGES,
+    GRAPH_STAGES,
+    ConnectionLaplacian,
+    connection_laplacian,
+    graph_laplacian,
+)
 from gpgeom.geometry.tangent import fit_size, local_noise_variance, tangent_frames
 from gpgeom.kernels.spectral import SpectralKernel
 from gpgeom.models.rvgp._inputs import _as_cloud, _as_index, _numpy
@@ -74,6 +81,10 @@ from gpgeom.models.rvgp.extension import _NystromExtension
 from gpgeom.models.rvgp.smoothness import _FILTERS, NU_BOUNDS, _lengthscale_bounds
 
 __all__ = ["RVGP"]
+
+#: The stages of :meth:`RVGP.fit` (its progress bar), in order; the constructor's are those of the Laplacian
+#: (:data:`~gpgeom.geometry.connection.CONNECTION_STAGES`, scalar fields ``GRAPH_STAGES``), then ``"eigenpairs"``.
+FIT_STAGES = ("hyperparameter fit", "noise estimate")
 
 
 def _permutes(idx: np.ndarray) -> bool:
@@ -147,6 +158,9 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         eigenpairs: Optional precomputed ``(eigenvalues (k,), eigenvectors (n d, k))`` of the Laplacian.
         eig_method: Eigensolver (:meth:`ConnectionLaplacian.eigenpairs`).
         dtype, device: Of the GP tensors (float64 default; ``"cuda"`` for the GPU).
+        progress: A bar of the geometry's stages (neighbour graph, frames, connection or graph Laplacian,
+            eigenpairs: on a large cloud the longer part of building and fitting a model): ``True``, ``False`` or
+            ``None`` (shown in a terminal or notebook only; :mod:`gpgeom._progress`).
         laplacian_kwargs: Passed to :func:`~gpgeom.geometry.connection.connection_laplacian` (``normalization``,
             ``weights``, ``frames``, ``duplicates``, ``on_disconnected``, ...).
 
@@ -192,6 +206,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         eig_method: str = "auto",
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
+        progress: bool | None = None,
         **laplacian_kwargs: Any,
     ) -> None:
         device = check_device("device", device)
@@ -200,22 +215,26 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         check_option("ambient", ambient, _AMBIENT)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}.")
-        if laplacian is None:
-            check_positive("k_neighbors", k_neighbors, integer=True)
-            points = _as_cloud(points, k_neighbors)
-            if scalar:
-                laplacian = graph_laplacian(points, k_neighbors, **laplacian_kwargs)
-            else:
-                laplacian = connection_laplacian(points, k_neighbors, dim=dim, **laplacian_kwargs)
-        elif not isinstance(laplacian, ConnectionLaplacian):
-            raise TypeError(f"`laplacian` must be a ConnectionLaplacian, got {type(laplacian).__name__}.")
-        lap = laplacian
-        d = 1 if scalar else lap.dim
-        if n_eigenpairs > lap.n * d:
-            raise ValueError(f"`n_eigenpairs`={n_eigenpairs} exceeds n*d={lap.n * d} (the Laplacian's size).")
-        if eigenpairs is None:
-            vals, vecs = lap.eigenpairs(n_eigenpairs, method=eig_method)
-        else:
+        stages = () if laplacian is not None else GRAPH_STAGES if scalar else CONNECTION_STAGES
+        stages += ("eigenpairs",) if eigenpairs is None else ()
+        with StageBar(stages, desc="RVGP geometry", progress=progress) as bar:  # no stage (a loaded model): no bar
+            if laplacian is None:
+                check_positive("k_neighbors", k_neighbors, integer=True)
+                points = _as_cloud(points, k_neighbors)
+                if scalar:
+                    laplacian = graph_laplacian(points, k_neighbors, **laplacian_kwargs, _stages=bar)
+                else:
+                    laplacian = connection_laplacian(points, k_neighbors, dim=dim, **laplacian_kwargs, _stages=bar)
+            elif not isinstance(laplacian, ConnectionLaplacian):
+                raise TypeError(f"`laplacian` must be a ConnectionLaplacian, got {type(laplacian).__name__}.")
+            lap = laplacian
+            d = 1 if scalar else lap.dim
+            if n_eigenpairs > lap.n * d:
+                raise ValueError(f"`n_eigenpairs`={n_eigenpairs} exceeds n*d={lap.n * d} (the Laplacian's size).")
+            if eigenpairs is None:
+                bar.start("eigenpairs")
+                vals, vecs = lap.eigenpairs(n_eigenpairs, method=eig_method)
+        if eigenpairs is not None:
             vals, vecs = (_numpy(a) for a in eigenpairs)
             if vals.shape != (n_eigenpairs,) or vecs.shape != (lap.n * d, n_eigenpairs):
                 raise ValueError(
@@ -363,7 +382,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                 sets the minibatch order of ``method="variational"`` (attempt ``k`` from ``(seed, k)``); ``None``
                 draws both the restarts' starting points and the minibatch order from torch's global generator.
             batch_size, epochs: Minibatch size (points) and epochs of ``method="variational"``.
-            progress: A progress bar: ``True``, ``False`` or ``None`` (shown in a terminal or notebook only;
+            progress: A bar of the stages (hyperparameter fit, with the engine's bar of each attempt, then the noise
+                estimate): ``True``, ``False`` or ``None`` (shown in a terminal or notebook only;
                 :mod:`gpgeom._progress`).
 
         Returns:
@@ -372,7 +392,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         A fit that raises (bad input, an exception of the loss, ``KeyboardInterrupt``) leaves the model as it was
         before the call (:meth:`~gpgeom.ModelContract._kept_on_error`): parameters, data, scales and caches.
         """
-        with self._kept_on_error():  # a fit that raises leaves the model as it was (gpgeom.base)
+        # a fit that raises leaves the model as it was (gpgeom.base)
+        with self._kept_on_error(), StageBar(FIT_STAGES, desc="RVGP fit", progress=progress) as bar:
             check_option("method", method, ("exact", "variational"))
             idx = _as_index("index", index, self.n)
             if len(idx) == 0:
@@ -407,6 +428,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             if d < D:
                 e_perp = float(self._normal_energy(idx_t, ys).sum())
                 self.normal_noise = max(e_perp / (len(idx) * (D - d)), 1e-12)
+            bar.start("hyperparameter fit")
             if method == "exact":
                 self.mode = "exact"
                 self.data_index, self.data_y = idx_t, ys
@@ -443,6 +465,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                     seed=seed,
                     progress=progress,
                 )
+            bar.start("noise estimate")
             self.noise_estimate = self._estimate_noise(idx, ys.detach().cpu().numpy().astype(np.float64))
             self.fit_result_ = result
             self.train_index_ = idx_t
