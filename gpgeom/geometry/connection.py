@@ -499,8 +499,8 @@ def connection_laplacian(
             used instead of local PCA.
         cache_dir: Directory for caching eigenpairs on disk (keyed by a hash of the operator).
         workers: Threads of the KD-tree neighbour queries of the graph and the frames (-1: all).
-        progress: A bar of the stages (:data:`CONNECTION_STAGES`): ``True``, ``False`` or ``None`` (shown in a
-            terminal or notebook only; :mod:`gpgeom._progress`).
+        progress: A bar of the stages (``CONNECTION_STAGES``: neighbour graph, frames, connection Laplacian):
+            ``True``, ``False`` or ``None`` (shown in a terminal or notebook only; :mod:`gpgeom._progress`).
         _stages: The :class:`~gpgeom._progress.StageBar` of a caller (RVGP) that shows the stages instead of a bar
             of their own (``progress`` is then not read).
 
@@ -595,7 +595,8 @@ def graph_laplacian(
     ``"none"``: :math:`L = D - W`; ``"sym"``: :math:`I - D^{-1/2} W D^{-1/2}`; ``"rw"``: :math:`I - D^{-1} W`
     (self loops included in :math:`W` and :math:`D`; they cancel in ``"none"``). The returned object's ``frames`` are
     ``(n, D, 1)`` zeros (there is no tangent direction); use :meth:`ConnectionLaplacian.eigenpairs` as usual.
-    ``progress`` and ``_stages``: as in :func:`connection_laplacian`, with the stages :data:`GRAPH_STAGES`.
+    ``progress`` and ``_stages``: as in :func:`connection_laplacian`, with the stages ``GRAPH_STAGES`` (neighbour
+    graph, graph Laplacian).
     """
     X0 = as_points("X", X)
     check_option("normalization", normalization, _NORMALIZATIONS)

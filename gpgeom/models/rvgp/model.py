@@ -83,7 +83,7 @@ from gpgeom.models.rvgp.smoothness import _FILTERS, NU_BOUNDS, _lengthscale_boun
 __all__ = ["RVGP"]
 
 #: The stages of :meth:`RVGP.fit` (its progress bar), in order; the constructor's are those of the Laplacian
-#: (:data:`~gpgeom.geometry.connection.CONNECTION_STAGES`, scalar fields ``GRAPH_STAGES``), then ``"eigenpairs"``.
+#: (``CONNECTION_STAGES`` of :mod:`gpgeom.geometry.connection`, scalar fields ``GRAPH_STAGES``), then ``"eigenpairs"``.
 FIT_STAGES = ("hyperparameter fit", "noise estimate")
 
 
