@@ -265,6 +265,35 @@ def test_progress_bar_writes_only_when_shown(capfd):
     assert _bars_on_screen(capfd.readouterr().err) == 1
 
 
+def test_rgnp_calibrate_shows_its_reference_solves_and_gives_the_same_calibration(capfd):
+    r"""``RGNP.calibrate`` without inverse steps spends its time in the family's reference solver (one solve per
+    field): with ``progress=True`` it showed no bar at all (its only bar was the inverse steps'). Now a bar counts the
+    solves (kept when it is the call's only one, cleared under the inverse steps' bar); the calibration and the
+    predictions are bitwise those of ``progress=False``."""
+    import copy
+
+    fitted = _rgnp().fit(1, progress=False, seed=0)
+    z = torch.tensor([[0.1, -0.2, 0.3, 0.0, 0.5]], dtype=DT)
+    w, x = torch.tensor([[1.2]], dtype=DT), torch.linspace(-0.9, 0.9, 7, dtype=DT)[:, None]
+    results = {}
+    for progress in (False, True):
+        m = copy.deepcopy(fitted)
+        capfd.readouterr()
+        m.calibrate(n_fields=5, n_points=8, inverse_steps=0, seed=0, progress=progress)
+        err = capfd.readouterr().err
+        assert (err == "") if not progress else ("RGNP reference solves" in err and "5/5" in err), err
+        assert _bars_on_screen(err) == int(progress)
+        results[progress] = (m.calibration_, m.predict(z, w, x, return_std=True))
+    assert results[True][0] == results[False][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[True][1], results[False][1]))
+    m = copy.deepcopy(fitted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.calibrate(n_fields=3, n_points=8, inverse_steps=2, inverse_batch=2, seed=0, progress=True)
+    err = capfd.readouterr().err
+    assert "RGNP reference solves" in err and _bars_on_screen(err) <= 1  # the solves' bar cleared
+
+
 def _entry_functions():
     from gpgeom.datasets.bracket3d import generate_brackets
     from gpgeom.datasets.notched_plate import generate_notched_plates

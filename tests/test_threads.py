@@ -11,6 +11,7 @@ every GPyTorch / linear_operator / BoTorch setting, ``warnings.filters``, ...) i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import warnings
@@ -415,3 +416,56 @@ def test_refit_leaves_other_threads_predictions_free():
     assert waited == [True]  # [False] before: the prediction came only after the refit gave up waiting for it
     assert all(torch.equal(a, b) for a, b in zip(out, ref))
     assert model.fit_result_ is not None and not model.training
+
+
+@pytest.mark.parametrize("which", ["uncalibrated", "observed counts"])
+def test_rgnp_once_per_model_warning_from_two_threads_at_once(which):
+    r"""Two threads predict with one fresh RGNP at once, both where its "once per model" warning applies: the spread
+    of an uncalibrated :meth:`predict`, or :meth:`predict_inverse` from 3 points of a model trained on grids of 8.
+    The model's mark is slowed (its ``__setattr__`` waits, at most 0.5 s, for the other thread to reach it too),
+    which forces the interleaving a thread switch allows: both threads checked the unmarked model before either
+    marked it, and both warned (2 warnings, not 1). Now the check and the mark are one step under a lock: one
+    warning, the model marked, the predictions the serial ones."""
+    from test_rgnp import SMALL_GIC
+
+    from gpgeom import RGNP
+    from gpgeom.errors import UncalibratedWarning
+    from gpgeom.pde import NonlinearPoisson1D
+
+    mark = "_uncalibrated_warned" if which == "uncalibrated" else "_counts_warned"
+    meeting = threading.Barrier(2)
+
+    class SlowMark(RGNP):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == mark and value:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    meeting.wait(timeout=0.5)
+            super().__setattr__(name, value)
+
+    model = SlowMark.from_family(
+        NonlinearPoisson1D(), hidden=(8, 8), n_freqs=4, gicnet=SMALL_GIC, batch_size=4, n_points=8, seed=0, dtype=DT
+    )
+    model.fit(2, lr=1e-3, progress=False, seed=0)
+    z = torch.tensor([[0.1, -0.2, 0.3, 0.0, 0.5]], dtype=DT)
+    w = torch.tensor([[1.2]], dtype=DT)
+    x = torch.linspace(-0.9, 0.9, 3, dtype=DT)[:, None]
+    u = 0.3 * torch.cos(0.5 * torch.pi * x[:, 0])[None]
+    if which == "uncalibrated":
+        query = lambda: model.predict(z, w, x, return_std=True)  # noqa: E731
+    else:
+        query = lambda: model.predict_inverse(x, u, w, return_std=True)  # noqa: E731
+    start = threading.Barrier(2)
+
+    def work() -> Any:
+        start.wait(timeout=30)
+        return query()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ThreadPoolExecutor(2) as pool:
+            outs = [f.result() for f in [pool.submit(work) for _ in range(2)]]
+        ref = query()  # serial, the model marked: no further warning
+    ours = [c for c in caught if issubclass(c.category, UncalibratedWarning)]
+    assert len(ours) == 1, [str(c.message)[:60] for c in ours]  # 2 before the lock
+    assert getattr(model, mark) is True
+    assert all(_same_outputs(_tensors(out), _tensors(ref)) for out in outs)

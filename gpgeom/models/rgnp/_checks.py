@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gpgeom._progress import progress_bar
 from gpgeom._seeds import numpy_rng
 from gpgeom._validation import check_positive, first_bad
 from gpgeom._warnings import user_stacklevel
@@ -310,9 +312,13 @@ def prepare_data(model: Any, data: Any, noise_std: float, batch: int) -> dict[st
     return {"x": x, "y": y, "z": z, "w": w, "noise": noise, "batch": batch}
 
 
-def reference_fields(model: Any, data: Any, n_fields: int, n_points: int, seed: int | None) -> tuple[Tensor, ...]:
+def reference_fields(
+    model: Any, data: Any, n_fields: int, n_points: int, seed: int | None, progress: bool | None = False,
+    leave: bool = True,
+) -> tuple[Tensor, ...]:  # fmt: skip
     r"""Reference fields ``(x, y, z, w)`` for :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate`: ``data`` checked, or
-    ``n_fields`` draws from the priors solved by the family's reference solver at ``n_points`` random points."""
+    ``n_fields`` draws from the priors solved by the family's reference solver at ``n_points`` random points, one
+    solve per field under a progress bar (``progress``, :mod:`gpgeom._progress`; ``leave``: kept when done)."""
     if data is not None:
         return check_field_data(model, data, "data")
     if model.family is None or type(model.family).solve is PDEFamily.solve:
@@ -326,7 +332,11 @@ def reference_fields(model: Any, data: Any, n_fields: int, n_points: int, seed: 
     lo, hi = (t.detach().cpu().double().numpy() for t in (model.lower, model.upper))
     m = model.boundary_margin * (hi - lo)
     x = lo + m + (hi - lo - 2 * m) * rng.random((n_fields, n_points, model.dim))
-    y = np.stack([np.asarray(model.family.solve(z[i], w[i], x[i]), dtype=float) for i in range(n_fields)])
+    bar = progress_bar(
+        range(n_fields), desc="RGNP reference solves", unit="field", leave=leave, progress=progress
+    )  # fmt: skip
+    with bar:
+        y = np.stack([np.asarray(model.family.solve(z[i], w[i], x[i]), dtype=float) for i in bar])
     return check_field_data(model, {"x": x, "y": y, "z": z, "w": w}, "data")
 
 
@@ -383,18 +393,25 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(old)
 
 
+# the "once per model" marks of the two warnings below: checked and set under this lock, so that of several threads
+# predicting with one model at once exactly one warns (a check and a later mark let each thread see the model unmarked)
+_WARNED_LOCK = threading.Lock()
+
+
 def warn_uncalibrated(model: Any) -> None:
     r"""Warn (once per model) that :meth:`~gpgeom.models.rgnp.model.RGNP.predict`'s spread before
     :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate` leaves out the networks' approximation error."""
-    if not getattr(model, "_uncalibrated_warned", False):  # once per model: the advice does not change
+    with _WARNED_LOCK:  # two threads predicting at once: the check and the mark are one step, so one warns
+        if getattr(model, "_uncalibrated_warned", False):  # once per model: the advice does not change
+            return
         model._uncalibrated_warned = True
-        warnings.warn(
-            "RGNP.predict's standard deviation before calibrate() is q_alpha's own spread, which does not include "
-            "the networks' approximation error (95% coverage 0.10-0.17 on the built-in families); call "
-            "model.calibrate() (reference fields from the family's solver, or data=) first.",
-            UncalibratedWarning,
-            stacklevel=user_stacklevel(),
-        )
+    warnings.warn(
+        "RGNP.predict's standard deviation before calibrate() is q_alpha's own spread, which does not include "
+        "the networks' approximation error (95% coverage 0.10-0.17 on the built-in families); call "
+        "model.calibrate() (reference fields from the family's solver, or data=) first.",
+        UncalibratedWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def check_rows(model: Any, name: str, t: Any, size: int) -> Tensor:
@@ -497,7 +514,10 @@ def warn_observed_counts(model: Any, counts: Any) -> None:
     low, high = int(counts.min()), int(counts.max())
     if 2 * low >= sizes[0] and high <= 2 * sizes[1]:
         return
-    model._counts_warned = True  # once per model until its next fit: the advice does not change
+    with _WARNED_LOCK:  # the check and the mark as one step: one of several threads warns
+        if getattr(model, "_counts_warned", False):
+            return
+        model._counts_warned = True  # once per model until its next fit: the advice does not change
     given = f"{low}" if low == high else f"{low} to {high}"
     trained = f"{sizes[0]}" if sizes[0] == sizes[1] else f"{sizes[0]} to {sizes[1]}"
     if model.inverse_net.count_feature:

@@ -70,7 +70,7 @@ def calibrate(
             "`inverse_steps` is 0: ask for inverse steps (e.g. inverse_steps=500) or leave the noise at 0."
         )
     check_positive("n_points", n_points, integer=True)
-    x, y, z, w = reference_fields(model, data, n_fields, n_points, seed)
+    x, y, z, w = reference_fields(model, data, n_fields, n_points, seed, progress, leave=not inverse_steps)
     with torch.no_grad():
         q = model.forward_dist(z, w, x)
         b, d = model.lift(x, w)

@@ -633,7 +633,8 @@ class RGNP(ModelContract, nn.Module):
             lr: Adam learning rate of the inverse steps.
             seed: Seed of the reference draws and of the inverse steps, an int >= 0; ``None``: seeds drawn from
                 torch's global random stream (``torch.manual_seed`` before the call repeats them).
-            progress: Progress bar of the inverse steps (see :meth:`fit`).
+            progress: Progress bars of the reference solves (one per field) and of the inverse steps (see
+                :meth:`fit`).
 
         Returns:
             The model. ``calibration_`` holds the hyperparameters (``scale`` :math:`\tau`, ``lengthscale``,
