@@ -58,6 +58,18 @@ def calibrate(
 ) -> Any:  # fmt: skip
     r"""The body of :meth:`RGNP.calibrate <gpgeom.models.rgnp.model.RGNP.calibrate>` (which documents the
     arguments, what it does and what it raises) for the model ``model``; returns ``model``."""
+    with model._kept_on_error():  # a calibrate that raises (KeyboardInterrupt included) leaves the model as it was
+        return _calibrate(
+            model, data, n_fields=n_fields, n_points=n_points, inverse_steps=inverse_steps, inverse_batch=inverse_batch,
+            inverse_noise_std=inverse_noise_std, lr=lr, seed=seed, progress=progress,
+        )  # fmt: skip
+
+
+def _calibrate(
+    model: Any, data: dict | None, *, n_fields: int, n_points: int, inverse_steps: int, inverse_batch: int,
+    inverse_noise_std: float, lr: float, seed: int | None, progress: bool | None,
+) -> Any:  # fmt: skip
+    r""":func:`calibrate` without the restoring of the model on an error."""
     model._check_fitted()
     resolve_progress(progress)  # a bad value is refused before the reference solves, with or without steps
     check_positive("n_fields", n_fields, integer=True)

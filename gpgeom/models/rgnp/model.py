@@ -640,6 +640,9 @@ class RGNP(ModelContract, nn.Module):
             The model. ``calibration_`` holds the hyperparameters (``scale`` :math:`\tau`, ``lengthscale``,
             ``nugget``, ``power``), ``log_posterior``, the sizes and ``inverse_loss`` (the best one-step loss).
 
+            A calibrate that raises (``KeyboardInterrupt`` in the inverse steps included) leaves the model as it
+            was before the call: the discrepancy, ``calibration_``, the inverse network, ``trained_sizes_``.
+
         Raises:
             ValueError: Without ``data`` for a model without a PDE family that has a reference solver; for data
                 outside the domain or the supports of the parameters.
