@@ -896,6 +896,26 @@ def test_a_spin_faster_than_pi_per_knot_interval_is_named_not_silently_wrapped(c
 
 
 @pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
+def test_the_start_from_poses_takes_every_turn_a_knot_interval_holds(cls):
+    r"""A constant spin of 3.0 rad per knot interval (less than pi: representable, and taken by ``fit`` from knots
+    set by hand) was refused by the start from the pose measurements, whose limit was 0.9 pi (2.83 rad), with a
+    message saying that an interval "cannot hold more than pi". The start now takes up to pi, like ``fit``: the fit
+    gives the spin :math:`R(t) = \mathrm{Exp}(\omega t)` to 1e-12 rad; 3.3 rad is still refused."""
+    axis = torch.tensor([0.3, -0.4, 1.0], dtype=DT)
+    axis = axis / axis.norm()
+    tm = torch.arange(0.0, 3.0 + 1e-9, 0.25, dtype=DT)
+    tq = torch.linspace(0.0, 3.0, 31, dtype=DT)
+    for rate in (3.0, 3.1):
+        poses = PoseMeasurement(tm, R=so3_exp(tm[:, None] * axis * rate), p=torch.zeros(len(tm), 3, dtype=DT))
+        traj = cls(torch.arange(0.0, 3.0 + 1e-9, 1.0, dtype=DT)).fit([poses], progress=False)
+        assert "pose measurements" in traj.fit_result_.init
+        assert float(_rot_err(so3_exp(tq[:, None] * axis * rate), traj.predict(tq).R).max()) < 1e-12
+    poses = PoseMeasurement(tm, R=so3_exp(tm[:, None] * axis * 3.3), p=torch.zeros(len(tm), 3, dtype=DT))
+    with pytest.raises(ValueError, match=r"turn the body by 3\.3 rad between knots \d and \d.*more than pi"):
+        cls(torch.arange(0.0, 3.0 + 1e-9, 1.0, dtype=DT)).fit([poses], progress=False)
+
+
+@pytest.mark.parametrize("cls", [SO3xR3Trajectory, SE3Trajectory])
 def test_a_single_scalar_time_gives_the_state_of_that_time(cls):
     r"""``interpolate``/``predict`` take times of any shape ``...``, but a scalar time (a float, ``np.float64`` or a
     0-d tensor) failed with a raw ``TypeError: reshape() missing 1 required positional arguments`` (the index was

@@ -166,7 +166,9 @@ def _interp_vectors(t: Tensor, x: Tensor, tq: Tensor) -> Tensor:
 def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float = 0.9 * math.pi) -> Tensor:
     r"""Geodesic interpolation of the rotations ``R`` (``n x 3 x 3``) at times ``t`` (``n``, increasing) to the times
     ``tq`` (``q``), extrapolation at a constant body rate outside (:func:`_end_pairs`); raises when a knot interval
-    turns by more than ``limit`` (rad). The times are used in their own dtype (float64)."""
+    turns by more than ``limit`` (rad: :math:`\pi` for pose measurements, as :func:`check_measured_turns`; the
+    default :math:`0.9\pi` for the rotations from the ranges' lever arms). The times are used in their own dtype
+    (float64)."""
     if t.shape[0] == 1:
         return R.expand(tq.shape[0], 3, 3).clone()
     i, s = _bracket(t, tq, R)
@@ -183,10 +185,11 @@ def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float 
     turn = at.diff()
     if bool((turn > limit).any()):
         k = int(turn.argmax())
+        margin = "" if limit >= math.pi else f", and the start from the {name} takes at most {limit:.3g} rad"
         raise ValueError(
             f"The {name} turn the body by {float(turn[k]):.3g} rad between knots {k} and {k + 1} (t = "
             f"{float(tq[k]):.15g} .. {float(tq[k + 1]):.15g}); a knot interval of the trajectory cannot hold more than "
-            "pi (its local variable is Log(R_a^T R_b)). Use denser knots."
+            f"pi (its local variable is Log(R_a^T R_b)){margin}. Use denser knots."
         )
     return Rq
 
@@ -481,7 +484,7 @@ def initial_knots(traj: Trajectory, measurements: Sequence[Measurement]) -> tupl
     if poses:
         t = _times64(traj, poses)
         tu, Ru = _mean_rotations(t, *_values(traj, poses, "Rm"))
-        R = _interp_rotations(tu, Ru, tk, "pose measurements")
+        R = _interp_rotations(tu, Ru, tk, "pose measurements", limit=math.pi)  # what fit accepts from its own knots
         omega, alpha = _rotation_rates(h, R)
         out.update(R=R, omega=omega, **({"alpha": alpha} if wnoj else {}))
         said.append(f"rotations from {t.shape[0]} pose measurements")
