@@ -586,20 +586,21 @@ def test_a_saved_conditioned_model_loads_as_the_model_rebuilt_on_the_union(tmp_p
             assert bool(torch.isfinite(back.posterior(Xt).mean).all())
 
 
-def test_a_batched_one_output_model_saved_with_common_default_bounds_loads_as_saved(tmp_path):
-    r"""A batched one-output ExactGPModel saved before the default input transform took each batch member's own
-    bounds holds common bounds (``1 x d`` offsets) in its file: it loads with them and predicts as it was saved, also
-    conditioned, after ``train()``/``eval()`` and saved again. Before, loading raised a size mismatch (``[1, 2]`` in
-    the file, ``[3, 1, 2]`` in the rebuilt model)."""
+@pytest.mark.parametrize("m", [1, 2])
+def test_a_batched_model_saved_with_common_default_bounds_loads_as_saved(tmp_path, m):
+    r"""A batched ExactGPModel saved before the default input transform took each batch member's own bounds (one
+    output, and since then also several) holds common bounds (``1 x d`` offsets) in its file: it loads with them and
+    predicts as it was saved, also conditioned, after ``train()``/``eval()`` and saved again. Before, loading raised a
+    size mismatch (``[1, 2]`` in the file, ``[3, 1, 2]`` in the rebuilt model)."""
     g = torch.Generator().manual_seed(4)
     X = torch.rand(3, 8, 2, dtype=DT, generator=g) * torch.tensor([[[1.0, 3.0]], [[2.0, 1.0]], [[0.5, 0.5]]], dtype=DT)
-    Y = torch.sin(4 * X[..., :1]) + X[..., 1:]
+    Y = (torch.sin(4 * X[..., :1]) + X[..., 1:]) * torch.arange(1, m + 1, dtype=DT)
     Xt = torch.rand(3, 4, 2, dtype=DT, generator=g)
     model = ExactGPModel(X, Y)
     flat = X.reshape(-1, 2)
     model.input_transform = Normalize(d=2, bounds=torch.stack([flat.amin(0), flat.amax(0)]))  # the former default
     model.fit(max_iter=20, seed=0, progress=False)
-    cond = model.condition_on_observations(Xt[:, :2], torch.rand(3, 2, 1, dtype=DT, generator=g))
+    cond = model.condition_on_observations(Xt[:, :2], torch.rand(3, 2, m, dtype=DT, generator=g))
     for saved in (model, cond):
         with torch.no_grad():
             want = saved.posterior(Xt)

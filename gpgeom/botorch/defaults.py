@@ -2,16 +2,18 @@ r"""The default components of :class:`~gpgeom.botorch.exact_gp.ExactGPModel`: ke
 outcome transforms.
 
 The default priors assume standardised outputs and inputs scaled to the unit cube, which is what the two default
-transforms produce: :func:`default_input_transform` maps the training inputs' bounding box (each batch member's own
-for one output) onto ``[0, 1]^d`` and :func:`default_outcome_transform` standardises every output.
+transforms produce: :func:`default_input_transform` maps the training inputs' bounding box (each batch member's own)
+onto ``[0, 1]^d`` and :func:`default_outcome_transform` standardises every output.
 :func:`default_covar_module` (a Matern 5/2 ARD kernel with the dimension-scaled lengthscale prior) and
 :func:`default_likelihood` (Gaussian noise) set their priors and constraints for that scale.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from typing import Any
 
 import torch
 from botorch.models.transforms.input import Normalize
@@ -23,9 +25,11 @@ from gpytorch.priors import LogNormalPrior
 from torch import Tensor
 
 from gpgeom._warnings import user_stacklevel
+from gpgeom.botorch._local import bound, current
 from gpgeom.kernels.stationary import DifferenceMaternKernel
 
 __all__ = [
+    "MemberNormalize",
     "RoundingFloorStandardize",
     "default_covar_module",
     "default_input_transform",
@@ -90,30 +94,74 @@ def default_likelihood(batch_shape: torch.Size | None = None) -> GaussianLikelih
     )
 
 
+class MemberNormalize(Normalize):
+    r"""``Normalize`` with bounds per batch member (``batch_shape x 2 x d``) for a batched model of ``m > 1``
+    outputs, whose training inputs BoTorch holds as ``batch_shape x m x n x d``.
+
+    Bounds of shape ``batch_shape x 2 x d`` broadcast with test inputs (``... x batch_shape x q x d``), but with
+    the training inputs' output dimension they would be paired with the outputs (``batch_shape`` against
+    ``batch_shape[1:] x m``). Inputs in that layout (``... x batch_shape x m x n x d``) are therefore transformed
+    with their output dimension moved in front of the batch dimensions: those of ``preprocess_transform`` (the
+    training inputs, BoTorch's ``eval()``), of the transform in train mode (the model's ``forward`` and the MLL in
+    fit) and within :meth:`training_layout` (BoTorch's ``condition_on_observations``, which transforms the new
+    points after adding their output dimension); other inputs (test points, ``... x batch_shape x q x d``) as
+    ``Normalize`` does. ``num_outputs`` is the model's ``m`` (``subset_output`` updates it).
+    """
+
+    def __init__(self, d: int, bounds: Tensor, num_outputs: int) -> None:
+        super().__init__(d=d, bounds=bounds)
+        #: The model's number of outputs ``m``: the size of the training inputs' output dimension.
+        self.num_outputs = num_outputs
+
+    def _members_first(self, fn: Any, X: Tensor) -> Tensor:
+        r"""``fn(X)`` for training inputs ``... x batch_shape x m x n x d``: with ``m`` moved to the front."""
+        k = len(self.batch_shape)
+        if self.num_outputs > 1 and X.dim() >= k + 3 and X.shape[-3] == self.num_outputs:
+            return fn(X.movedim(-3, 0)).movedim(0, -3)
+        return fn(X)
+
+    def preprocess_transform(self, X: Tensor) -> Tensor:
+        r"""The training inputs ``X`` (``batch_shape x m x n x d``) transformed, each member by its own bounds."""
+        return self._members_first(super().preprocess_transform, X)
+
+    def training_layout(self) -> contextlib.AbstractContextManager[None]:
+        r"""Within it, in this thread, ``forward`` takes its inputs in the training layout
+        (``... x batch_shape x m x n x d``) also in eval mode."""
+        return bound(self, "training_layout", True)
+
+    def forward(self, X: Tensor) -> Tensor:
+        r"""In train mode or within :meth:`training_layout` (inputs ``... x batch_shape x m x n x d``) each member by
+        its own bounds; otherwise test inputs ``... x batch_shape x q x d`` as ``Normalize``."""
+        if self.training or current(self, "training_layout", False):
+            return self._members_first(super().forward, X)
+        return super().forward(X)
+
+
 def default_input_transform(train_X: Tensor, num_outputs: int = 1) -> Normalize:
     r"""The default input transform: ``Normalize`` with the fixed bounds of ``train_X`` (columns min/max) onto the
     unit cube, as BoTorch recommends; a constant column gets width 1.
 
-    A batched model of one output scales each batch member by its own points, so that it equals the batch of
-    separate models (a batch of leave-one-out folds, as ``botorch.cross_validation.batch_cross_validation`` builds,
-    must not see the held-out point through the bounds). With several outputs BoTorch keeps the training inputs as
-    ``batch_shape x m x n x d`` inside the model, where bounds per member would be paired with the outputs instead:
-    the bounds are then those of all members together.
+    A batched model scales each batch member by its own points, so that it equals the batch of separate models (a
+    batch of leave-one-out folds, as ``botorch.cross_validation.batch_cross_validation`` builds, must not see the
+    held-out point through the bounds). With several outputs, whose training inputs BoTorch holds as
+    ``batch_shape x m x n x d``, the transform is a :class:`MemberNormalize`, which pairs the bounds with the batch
+    members there too.
 
     Args:
         train_X: ``batch_shape x n x d`` training inputs.
         num_outputs: The model's number of outputs ``m``.
 
     Returns:
-        A ``Normalize(d, bounds)`` whose ``bounds`` (``batch_shape x 2 x d`` for one output, else ``2 x d``) do not
-        move when the model is conditioned.
+        A ``Normalize(d, bounds)`` (a :class:`MemberNormalize` for ``m > 1`` and a batch) whose ``bounds``
+        (``batch_shape x 2 x d``) do not move when the model is conditioned.
     """
     X = train_X.detach()
-    if num_outputs > 1:
-        X = X.reshape(-1, X.shape[-1])
-    lo, hi = X.amin(-2), X.amax(-2)  # batch_shape x d (one output), d (several)
+    lo, hi = X.amin(-2), X.amax(-2)  # batch_shape x d
     hi = torch.where(hi > lo, hi, lo + 1.0)
-    return Normalize(d=train_X.shape[-1], bounds=torch.stack([lo, hi], dim=-2))
+    bounds = torch.stack([lo, hi], dim=-2)
+    if num_outputs > 1 and X.dim() > 2:
+        return MemberNormalize(d=train_X.shape[-1], bounds=bounds, num_outputs=num_outputs)
+    return Normalize(d=train_X.shape[-1], bounds=bounds)
 
 
 class RoundingFloorStandardize(Standardize):

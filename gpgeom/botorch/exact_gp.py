@@ -66,6 +66,7 @@ from gpgeom.botorch._local import bound, current, settings_lock
 from gpgeom.botorch._union import UnionData, cat_points, noise_in_original_units
 from gpgeom.botorch.check import joint_moments
 from gpgeom.botorch.defaults import (
+    MemberNormalize,
     default_covar_module,
     default_input_transform,
     default_likelihood,
@@ -609,7 +610,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             if self.prediction_strategy is None:  # GPyTorch conditions only a model with its prediction caches
                 with torch.no_grad(), self._gpytorch_path():
                     ExactGPModel.posterior(self, self.train_data[0][..., :1, :])
-            with self.numerics(), factor_guard(self, "in condition_on_observations"):
+            tf = getattr(self, "input_transform", None)  # BoTorch transforms the new points as `batch x m x n' x d`
+            layout = tf.training_layout() if isinstance(tf, MemberNormalize) else contextlib.nullcontext()
+            with self.numerics(), factor_guard(self, "in condition_on_observations"), layout:
                 new = super().condition_on_observations(X, Y, **kwargs)
         check_conditioned(new, self.train_targets.shape[-1])
         # its data in original units: the union, concatenated when first read (`fantasize` never reads them)
@@ -688,6 +691,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         new.prediction_strategy = None
         new._num_outputs = mm
         new._aug_batch_shape = self._input_batch_shape + (torch.Size([mm]) if mm > 1 else torch.Size())
+        if isinstance(getattr(new, "input_transform", None), MemberNormalize):  # its training inputs' output size
+            new.input_transform.num_outputs = mm
         # the output dimension counted from the end: a fantasy model's fixed noise has fewer batch dimensions than
         # its data (`m x n`, its data `fantasies x m x n`)
         pick = lambda t, dim: t.index_select(dim, index) if mm > 1 else t.select(dim, idcs[0])  # noqa: E731
