@@ -234,10 +234,10 @@ def test_noisy_expected_improvement_with_default_cache_root_and_pruned_baseline(
     r"""qLogNEI with ``prune_baseline=True`` and BoTorch's default ``cache_root`` (True where BoTorch believes the
     model supports it: ExactGPModel, a SurrogateList of them) equals ``cache_root=False`` (the joint of baseline and
     candidates sampled directly) given the same base samples, to 1e-12 (measured: 5e-14 and below; the test had
-    compared values near ``log(0)``, about -40, of other base samples to 5%, which differ by 0.6% here). Where the root is cached, the samples
-    at the candidates also equal ``mu + L z`` from the joint moments here, ``L`` the Cholesky factor of each output's
-    covariance over baseline and candidates (the outputs are independent), ``z`` the acquisition's base samples
-    (measured: 4e-14).
+    compared values near ``log(0)``, about -40, of other base samples to 5%, which differ by 0.6% here). Where the
+    root is cached, the samples at the candidates also equal ``mu + L z`` from the joint moments here, ``L`` the
+    Cholesky factor of each output's covariance over baseline and candidates (the outputs are independent), ``z``
+    the acquisition's base samples (measured: 4e-14).
     SurrogateList raised ``BotorchError: Expected BlockDiagLinearOperator`` with the default."""
     model, X_train, draw = surrogates[name]
     _, _, obj = _weights(model)
