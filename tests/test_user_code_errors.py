@@ -435,6 +435,83 @@ def test_a_nan_only_in_the_test_covariance_of_gpytorchs_path_is_named(path, eage
         new.posterior(Xt)
 
 
+class _UnclampedAskeyKernel(Kernel):
+    r"""The compactly supported kernel ``(1 - d / c)_+^{5/2}`` (positive definite in 2-D) written without its clamp
+    at 0: NaN for pairs farther apart than ``c`` only, never on the diagonal (``d = 0``)."""
+
+    def __init__(self, c=0.8):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x1, x2, diag=False, **kw):
+        return (1.0 - self.covar_dist(x1, x2, diag=diag) / self.c).pow(2.5)
+
+
+def _lanczos_sample(post):
+    import linear_operator
+
+    fast = linear_operator.settings.fast_computations(covar_root_decomposition=True)
+    with fast, linear_operator.settings.max_cholesky_size(1):  # a root by Lanczos (products), not a Cholesky factor
+        return post.rsample(torch.Size([4]))
+
+
+_SAMPLED = {
+    "rsample": lambda post: post.rsample(torch.Size([4])),
+    "rsample (Lanczos root)": _lanczos_sample,
+    "joint covariance": lambda post: post.distribution.covariance_matrix,
+    "qLogEI": None,  # below: BoTorch's sampler on the model
+}
+
+
+@pytest.mark.parametrize("use", list(_SAMPLED))
+@pytest.mark.parametrize("path", ["model", "condition-dense", "condition-lazy", "fantasize"])
+def test_a_nan_only_off_the_diagonal_of_the_test_covariance_is_named(path, use):
+    r"""A kernel NaN only between two test inputs farther apart than its support (0.8; the training inputs lie in
+    ``[0.35, 0.65]^2``, within 0.8 of each other and of both test inputs, which are 1.0 apart): the posterior's
+    variances are finite, its covariance NaN only off the diagonal. Before: samples, the joint covariance and qLogEI
+    were NaN without an error (linear_operator replaces the failed Cholesky factorisation by an eigendecomposition
+    of the NaN matrix), on every path: the model's own (the ``q x q`` covariance was checked, but no module explained
+    it, as the test-test covariance was not among those evaluated), GPyTorch's dense one and its lazy one (only the
+    diagonal checked). Now the kernel is named, with the NaN entries of its test covariance as evaluated here; the
+    variances of the lazy posterior stay those of the model rebuilt on the union of the data (dense algebra)."""
+    import gpytorch
+    from botorch.acquisition.logei import qLogExpectedImprovement
+    from botorch.sampling import SobolQMCNormalSampler
+
+    g = torch.Generator().manual_seed(0)
+    X = 0.35 + 0.3 * torch.rand(12, 2, dtype=D, generator=g)
+    Y = torch.sin(4.0 * X).sum(-1, keepdim=True)
+    model = ExactGPModel(X, Y, covar_module=_UnclampedAskeyKernel()).eval()
+    Xt = torch.tensor([[0.0, 0.5], [1.0, 0.5]], dtype=D)
+    K = _UnclampedAskeyKernel()(Xt).to_dense()  # the truth: NaN at (0, 1) and (1, 0) only
+    assert K.isnan().tolist() == [[False, True], [True, False]]
+    Xn = torch.tensor([[0.5, 0.5]], dtype=D)
+    if path == "model":
+        new = model
+    elif path == "fantasize":
+        new = model.fantasize(Xn, SobolQMCNormalSampler(torch.Size([2]), seed=0))
+    else:
+        new = model.condition_on_observations(Xn, Xn.sum(-1, keepdim=True))
+    eager = 0 if path in ("condition-lazy", "fantasize") else 512
+    with gpytorch.settings.max_eager_kernel_size(eager):
+        if path == "condition-lazy":
+            ref = model.rebuild_with(Xn, Xn.sum(-1, keepdim=True)).posterior(Xt[:1]).variance
+            torch.testing.assert_close(new.posterior(Xt[:1]).variance, ref, rtol=0, atol=1e-12)  # no pair: finite
+            assert bool(torch.isfinite(new.posterior(Xt).variance).all())
+        copies = 2 if path == "fantasize" else 1  # the fantasies' batch: the same test covariance in each
+        bad, total = copies * int(K.isnan().sum()), copies * K.numel()
+        entries = rf"{bad} of {total} entries of its covariance between the test inputs .* are NaN or infinite"
+        match = (
+            rf"`covar_module` \(_UnclampedAskeyKernel\) returned NaN .*: {entries} \(first at index \(.*0, 1\): nan\)"
+        )
+        with pytest.raises(ValueError, match=match):
+            if use == "qLogEI":
+                best = torch.tensor(0.0, dtype=D)
+                qLogExpectedImprovement(new, best_f=best, sampler=SobolQMCNormalSampler(torch.Size([8]), seed=0))(Xt)
+            else:
+                _SAMPLED[use](new.posterior(Xt))
+
+
 class _SqrtKernel(Kernel):
     r"""An RBF kernel times ``sqrt(a - 1)``: NaN for ``a < 1`` (``a = 0.5`` at the start), finite where the prior
     ``N(1.75, 0.05)`` draws the restarts' ``a``."""

@@ -6,7 +6,8 @@ A kernel that returns NaN (a log of a negative distance, a parameter set to NaN)
 linear_operator's ``NanError``, neither of which names the module; a mean that returns NaN at test inputs gave NaN
 predictions silently. Nothing here runs while the values are finite, beyond one ``torch.isfinite(...).all()`` on
 values already computed (:func:`check_prediction`, :func:`check_conditioned`; of a lazy covariance from GPyTorch's
-prediction strategy, its diagonal, :func:`computed_covariance`): the modules are evaluated again only
+prediction strategy, its diagonal, :func:`computed_covariance`, and what a sample or a Cholesky factorisation
+evaluates of it later, :mod:`gpgeom.botorch._checked_covariance`): the modules are evaluated again only
 after a failure (a Cholesky factorisation that failed, a non-finite loss or prediction), once, by
 :func:`diagnose`, which raises a ``ValueError`` naming the module, its class, what it returned (NaN or inf), where
 (:func:`gpgeom._validation.first_bad`: the first bad entry's index, whose last dimension(s) count the input rows)
@@ -125,7 +126,8 @@ def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseExcepti
         model: An :class:`~gpgeom.botorch.exact_gp.ExactGPModel`.
         where: When it happened, for the message (e.g. ``"in fit (attempt 0, Adam epoch 3)"``).
         X: Transformed test inputs (``test_batch x q x d``, broadcast with the training batch): the mean at them,
-            the cross-covariance ``batch x q x n`` with the training inputs and the prior variances; ``None``: the
+            the cross-covariance ``batch x q x n`` with the training inputs, the prior variances and, last, the
+            ``batch x q x q`` prior covariance between them (a NaN only off its diagonal); ``None``: the
             training inputs' mean (``batch x n``), kernel matrix (``batch x n x n``) and likelihood noise
             (``batch x n``).
         cause: The error being explained (chained as the ``ValueError``'s cause).
@@ -164,6 +166,10 @@ def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseExcepti
             if found is None:
                 var = to_dense(covar(X, diag=True))
                 found = _report("covar_module", covar, "prior variances at the test inputs", rows, var, where)
+            if found is None:  # last: NaN only between two test inputs (e.g. pairs at some distance)
+                pairs = "the last two dimensions the test input rows"
+                K = to_dense(covar(X))
+                found = _report("covar_module", covar, "covariance between the test inputs", pairs, K, where)
     if found is not None:
         raise ValueError(found) from cause
 
@@ -219,8 +225,10 @@ def computed_covariance(mvn: Any) -> Tensor:
     ``... x q x q`` tensor when GPyTorch made it dense (its eager path, for joint train/test sizes up to
     ``max_eager_kernel_size``: no new work), else the ``... x q`` diagonal of the lazy covariance (the prior
     variances less the quadratic form, ``O(q)`` kernel values and the diagonal of a low-rank product; the
-    ``q x q`` covariance is not formed). A NaN or inf only off the diagonal of a lazy covariance is therefore not
-    seen here (it stays in the lazy operator until a sample or a Cholesky factorisation evaluates it)."""
+    ``q x q`` covariance is not formed). A NaN or inf only off the diagonal of a lazy covariance is not seen here:
+    :class:`~gpgeom.botorch._checked_covariance.CheckedCovariance` checks it where a sample, a Cholesky
+    factorisation or the joint covariance evaluates it (:meth:`~gpgeom.botorch.exact_gp.ExactGPModel.__call__` wraps
+    the lazy covariance in it)."""
     cov = mvn.lazy_covariance_matrix
     if isinstance(cov, DenseLinearOperator):
         return cov.tensor

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
+from gpgeom.botorch._checked_covariance import checked_lazily
 from gpgeom.botorch._copies import copy_state, copy_strategy
 from gpgeom.botorch._fantasy import fantasy_caches
 from gpgeom.botorch._finite import (
@@ -292,6 +293,7 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             self._check_strategy(key)  # a strategy built by this call: recorded with the state it was built for
             if isinstance(out, MultivariateNormal) and len(args) == 1 and isinstance(args[0], Tensor):
                 check_prediction(self, args[0], "in a prediction", out.mean, computed_covariance(out))
+                out = checked_lazily(self, args[0], out)  # a lazy covariance: checked when evaluated
             return out
 
     def _check_strategy(self, key: list[Any] | None = None) -> list[Any] | None:
