@@ -105,7 +105,9 @@ class MemberNormalize(Normalize):
     training inputs, BoTorch's ``eval()``), of the transform in train mode (the model's ``forward`` and the MLL in
     fit) and within :meth:`training_layout` (BoTorch's ``condition_on_observations``, which transforms the new
     points after adding their output dimension); other inputs (test points, ``... x batch_shape x q x d``) as
-    ``Normalize`` does. ``num_outputs`` is the model's ``m`` (``subset_output`` updates it).
+    ``Normalize`` does. ``num_outputs`` is the model's ``m`` (``subset_output`` updates it). Made for
+    :class:`~gpgeom.botorch.exact_gp.ExactGPModel`, whose ``condition_on_observations`` enters
+    :meth:`training_layout`; another BoTorch model's would transform its new points as test points.
     """
 
     def __init__(self, d: int, bounds: Tensor, num_outputs: int) -> None:
