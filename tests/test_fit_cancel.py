@@ -12,6 +12,7 @@ CHANGELOG's probe, 340 of 342 evaluations ran after a stop at the 2nd)."""
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import os
 import threading
@@ -245,3 +246,86 @@ def test_a_stop_on_dask_threads_returns_once_the_running_items_have_restored_the
             assert out == [0]
             assert _running[0] == 0 and torch.equal(torch.random.get_rng_state(), state)
             assert gpytorch.settings.cholesky_max_tries.value() == tries
+
+
+EVALS = 2000  # loss evaluations of the long attempt below, 2 ms each
+
+
+def _long_attempt(folder, k):
+    r"""Item 0 returns once item 1 runs (or after 20 s); item 1, an attempt of :data:`EVALS` loss evaluations of 2 ms,
+    calls ``check_needed`` before each and writes how many it made when it ends, stopped or not. Module level:
+    Dask's worker processes import it by name."""
+    if k == 0:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(folder, "started")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 0
+    with open(os.path.join(folder, "started"), "w"):
+        pass
+    n = 0
+    try:
+        for _ in range(EVALS):
+            parallel.check_needed()
+            time.sleep(0.002)
+            n += 1
+    finally:
+        with open(os.path.join(folder, "evaluations.tmp"), "w") as fh:
+            fh.write(str(n))
+        os.replace(os.path.join(folder, "evaluations.tmp"), os.path.join(folder, "evaluations"))
+    return n
+
+
+def test_an_attempt_running_on_a_dask_worker_stops_at_its_next_check(tmp_path):
+    r"""Two worker processes: item 0 ends while item 1 (an attempt of 2,000 evaluations, 4 s at least) runs on the
+    other worker, and ``last_needed`` says nothing after item 0 is needed. Item 1 reads the call's limit from a
+    ``distributed.Variable`` in ``check_needed`` (at most every 0.2 s) and stops: a few dozen evaluations. Before,
+    Dask workers had no way to read the limit and item 1 made all 2,000 evaluations, its result dropped."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set(parallel.DASK_SETTINGS):
+        cluster = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
+        )
+    with cluster, distributed.Client(cluster) as client:
+        out = parallel.map_items(client.get_executor(), _long_attempt, range(2), shared=str(tmp_path), chunk_size=1,
+                                 last_needed=lambda k, r: 0)  # fmt: skip
+        assert out == [0]
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "evaluations").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        evaluations = int((tmp_path / "evaluations").read_text())
+    assert 1 <= evaluations < EVALS // 4, evaluations
+
+
+def test_a_process_worker_reads_the_limit_file_at_most_every_poll_and_sees_it_fall(tmp_path, monkeypatch):
+    r"""``check_needed`` in a ``ProcessPoolExecutor``'s worker reads the call's limit file at most once per
+    10 ms and sees a lowered limit at its first check after that. Before, every check opened and read
+    the file (2,000 reads for 2,000 checks here, about 10 us each: a loss evaluation calls it every time)."""
+    poll = 0.01
+    path = str(tmp_path / "limit")
+    parallel._write_limit(path, 5)
+    token = parallel._LimitFile(f"test-{os.getpid()}-{time.monotonic_ns()}", path)
+    opened = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == path:
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)  # the worker's reads of the file, wherever they are made
+    saved = getattr(parallel._current, "item", None)
+    parallel._current.item = (token, 3)  # item 3 of the call runs here
+    try:
+        start = time.monotonic()
+        for _ in range(2000):
+            parallel.check_needed()
+        elapsed = time.monotonic() - start
+        assert 1 <= len(opened) <= 2 + elapsed / poll, (len(opened), elapsed)
+        parallel._write_limit(path, 2)  # item 3 is no longer needed
+        time.sleep(poll + 0.002)
+        with pytest.raises(parallel._Cancelled):
+            parallel.check_needed()
+    finally:
+        parallel._current.item = saved

@@ -507,3 +507,55 @@ def test_the_caller_does_not_wait_on_every_remaining_task_for_each_that_ends(mon
         assert map_items(ex, _short_sleep, range(n), chunk_size=1, thread_safe=False) == list(range(n))
         assert map_items(ex, _short_sleep, range(n), chunk_size=1) == list(range(n))
     assert sum(waited) <= 2 * 2 * n, (len(waited), sum(waited))
+
+
+_ALL_SUBMITTED = threading.Event()
+
+
+def _held_until_all_submitted(shared, k):
+    if k == 0:  # holds the worker's only thread: every task is outstanding when the last one is submitted
+        _ALL_SUBMITTED.wait(60)
+    return k
+
+
+def test_dask_bookkeeping_is_linear_in_the_number_of_chunks(monkeypatch):
+    r"""``map_items`` on Dask: the caller's work per task that ends must not grow with the number of tasks. Counted,
+    not timed, on a one-thread in-process cluster whose first task holds the thread until all 150 one-item tasks are
+    submitted: the ``Future.done`` calls and the futures handed to ``distributed.wait``. Before, every submission
+    scanned every task submitted so far, and the wait loop handed every missing task to ``distributed.wait`` per
+    arrival (12,293 calls and futures here, about n^2/2; 2,005,027 for 2,000 chunks); now each future reports its
+    end to a queue (at most 2 per task allowed)."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    calls = [0]
+    done, wait = distributed.Future.done, distributed.wait
+
+    def counting_done(self):
+        calls[0] += 1
+        return done(self)
+
+    def counting_wait(futures, *args, **kwargs):
+        calls[0] += len(futures)
+        return wait(futures, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Future, "done", counting_done)
+    monkeypatch.setattr(distributed, "wait", counting_wait)
+    n = 150
+    with (
+        distributed.LocalCluster(
+            n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None, silence_logs=40
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        submit, submitted = client.submit, [0]
+
+        def counting_submit(*args, **kwargs):
+            future = submit(*args, **kwargs)
+            submitted[0] += 1
+            if submitted[0] == n:
+                _ALL_SUBMITTED.set()
+            return future
+
+        client.submit = counting_submit
+        _ALL_SUBMITTED.clear()
+        assert map_items(client.get_executor(), _held_until_all_submitted, range(n), chunk_size=1) == list(range(n))
+    assert submitted[0] == n and calls[0] <= 2 * n, calls[0]

@@ -63,13 +63,15 @@ needed (a fit stopped by its objective: :func:`gpgeom.engine.attempts.run_attemp
 cancelled (``Future.cancel``; ``client.cancel`` for Dask), and an item still running in a thread of this process
 stops at its next :func:`check_needed` (the fit's loss calls it at every evaluation) or, when it has not started,
 before it starts; so does an item in a worker of a ``ProcessPoolExecutor``, which reads the call's limit from a
-temporary file (removed when the call returns). Items running on Dask workers run to their end and their results
-are dropped. Items of a ``thread_safe=False`` call that still run in threads of this process are
-waited for before the call returns or raises (they restore process-wide state when they end).
+temporary file (removed when the call returns; read at most every 10 ms), and an item on a Dask worker, which reads
+it from a ``distributed.Variable`` (set when the call starts, set to -1 when it returns and deleted 10 s later, at
+once when no task can still run; read at most every 0.2 s, the first time 0.2 s after the worker's first check, so
+that short tasks cost no round trip to the scheduler; ``gpgeom.engine._limits``). Items of a ``thread_safe=False``
+call that still run in threads of this process are waited for before the call returns or raises (they restore
+process-wide state when they end).
 
-``dask`` is imported by this module only for a Dask executor (``distributed.wait``): a Dask executor is recognised
-by its type's module.
-"""
+``dask`` is imported by this module only for a Dask executor (``distributed.Variable``, by the caller and by
+:func:`check_needed` in the workers): a Dask executor is recognised by its type's module."""
 
 from __future__ import annotations
 
@@ -97,6 +99,15 @@ import numpy as np
 import torch
 
 from gpgeom._warnings import user_stacklevel
+from gpgeom.engine._limits import (
+    _DaskLimit,
+    _limit,
+    _LimitFile,
+    _needed,
+    _publish,
+    _release,
+    _write_limit,
+)
 
 __all__ = [
     "DASK_SETTINGS",
@@ -130,38 +141,8 @@ _cache_lock = threading.Lock()
 #: Held by the items of a call with ``thread_safe=False`` that run in threads of this process (module docstring).
 _state_lock = threading.RLock()
 _worker_ready = False
-#: The calls of :func:`map_items` in progress in this process: token -> the index of the last item whose result is
-#: still needed (lowered by an item's exception or by ``last_needed``; the token is removed when the call ends).
-_needed: dict[str, int] = {}
 #: The ``(token, index)`` of the item that this thread runs for :func:`map_items` (``None`` outside).
 _current = threading.local()
-
-
-@dataclass(frozen=True)
-class _LimitFile:
-    r"""The token of a :func:`map_items` call for the tasks of a ``ProcessPoolExecutor``: the file (on this machine)
-    where the call keeps the index of the last item still needed, read by :func:`check_needed` in the workers."""
-
-    token: str
-    path: str
-
-
-def _limit(token: str | _LimitFile) -> int:
-    r"""The index of the last item still needed by the call ``token`` (-1 once the call has ended)."""
-    if not isinstance(token, _LimitFile):
-        return _needed.get(token, -1)
-    try:
-        with open(token.path, "rb") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):  # the call ended and removed its file
-        return -1
-
-
-def _write_limit(path: str, limit: int) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(str(limit).encode())
-    os.replace(tmp, path)  # atomic: a worker reads the old or the new value
 
 
 class _Cancelled(BaseException):
@@ -440,15 +421,15 @@ def _run_chunk(
     label: str = "item",
     rebuild_check: bool = True,
     thread_safe: bool = True,
-    token: str | _LimitFile | None = None,
+    token: str | _LimitFile | _DaskLimit | None = None,
 ) -> tuple[list[Any], list[Warning]]:
     r"""One task: ``fn(shared, item)`` for every item of a chunk (items ``start``, ``start + 1``, ... of the call).
     In another process: one torch thread, the caller's numerical settings, and the warnings recorded to be
     re-issued by the caller. An item's exception names the item (:func:`_item_error`; ``rebuild_check``: whether
     one pickle cannot rebuild is replaced, off for Dask, which sends such exceptions back itself). In a thread of the
     calling process, items that are not ``thread_safe`` run one at a time. An item whose result the call
-    (``token``) no longer needs is not started, or stops at its next :func:`check_needed`, in a thread of the calling
-    process or in a ``ProcessPoolExecutor``'s worker (module docstring, *Cancellation*)."""
+    (``token``) no longer needs is not started, or stops at its next :func:`check_needed` (module docstring,
+    *Cancellation*)."""
     if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
         with contextlib.nullcontext() if thread_safe else _state_lock:
             return _apply(fn, _resolve(shared), items, start, label, remote=False, token=token), []
@@ -456,7 +437,7 @@ def _run_chunk(
     obj = _resolve(shared)
     with warnings.catch_warnings(record=True) as caught, numerics(settings):
         warnings.simplefilter("always")
-        mine = token if isinstance(token, _LimitFile) else None  # a Dask worker has no way to read the limit
+        mine = token if isinstance(token, _LimitFile | _DaskLimit) else None  # a call's own str token: no reader here
         out = _apply(fn, obj, items, start, label, remote=rebuild_check, token=mine)
     return out, [w.message for w in caught]
 
@@ -468,7 +449,7 @@ def _apply(
     start: int,
     label: str,
     remote: bool,
-    token: str | _LimitFile | None = None,
+    token: str | _LimitFile | _DaskLimit | None = None,
 ) -> list[Any]:
     r"""``fn(obj, item)`` for every item; with the ``token`` of a call of this process, an item that the call no
     longer needs is skipped (:data:`_SKIPPED`), before it starts or at its :func:`check_needed`."""
@@ -504,10 +485,10 @@ def _apply(
 
 def check_needed() -> None:
     r"""Called by an item function at points where it can stop cleanly (the fit's loss: at every evaluation): when
-    the :func:`map_items` call that runs the item (in a thread of the calling process or in a worker of its
-    ``ProcessPoolExecutor``) no longer needs its result (an earlier item raised, or ``last_needed`` cut the items
-    off), it raises an internal ``BaseException`` that drops the item. Nothing otherwise (outside
-    :func:`map_items`, in the serial run, in a Dask worker process)."""
+    the :func:`map_items` call that runs the item (in a thread of the calling process, in a worker of its
+    ``ProcessPoolExecutor`` or on a Dask worker; module docstring, *Cancellation*) no longer needs its result (an
+    earlier item raised, or ``last_needed`` cut the items off), it raises an internal ``BaseException`` that drops
+    the item. Nothing otherwise (outside :func:`map_items`, in the serial run)."""
     item = getattr(_current, "item", None)
     if item is not None and _limit(item[0]) < item[1]:
         raise _Cancelled
@@ -686,13 +667,11 @@ class _Calls:
         self.reported = 0
         self.n_needed = self.missing = self.uncancelled = len(chunks)  # needed chunks; those not in; not cancelled
         self.file: str | None = None  # where the workers of a ProcessPoolExecutor read ``limit``
+        self.publish: Callable[[int], Any] | None = None  # sets the Dask variable where the workers read ``limit``
 
     def needed(self) -> range:
         r"""The chunks whose results (or exceptions) are needed: those that start at or before ``limit``."""
         return range(self.n_needed)
-
-    def todo(self) -> list[int]:
-        return [i for i in self.needed() if i not in self.outcomes]
 
     def arrived(self, i: int, result: Callable[[], Any]) -> None:
         r"""Chunk ``i`` has ended: ``result()`` returns its task's result or raises its exception."""
@@ -725,6 +704,8 @@ class _Calls:
         _needed[self.token] = self.limit
         if self.file is not None:
             _write_limit(self.file, self.limit)
+        if self.publish is not None:
+            self.publish(self.limit)
 
     def cancel(self, futures: Sequence[Any], cancel: Callable[[Any], Any]) -> list[int]:
         r"""Cancel the tasks of the chunks that are not needed and have not ended; returns their indices."""
@@ -773,23 +754,35 @@ def _map_dask(
     Each chunk is scattered straight to a worker (``direct=True``: by default a client outside the cluster sends
     data through the scheduler, which costs a second serialisation and a second copy in the scheduler's process,
     the caller's own on a ``LocalCluster``), then its task is submitted at once, so the first tasks run while the
-    later chunks travel; the results are gathered from the workers directly, as they end (``distributed.wait``),
-    and the tasks no longer needed are cancelled (``client.cancel``)."""
-    from distributed import wait as dask_wait
-
+    later chunks travel; the results are gathered from the workers directly, as they end (each future reports its
+    end to a queue, ``Future.add_done_callback``), and the tasks no longer needed are cancelled (``client.cancel``)."""
     client = executor._client
     options = {**getattr(executor, "_kwargs", {}), "pure": False}
     futures: list[Any] = []
+    token: str | _DaskLimit = calls.token
+    variable = None
+    try:  # the limit, where the workers' check_needed reads it; set before any task is submitted
+        from distributed import Variable
 
-    def take_ended(indices: Iterable[int]) -> None:
-        # read the tasks that have ended, then cancel those no longer needed; a read or cancelled future is dropped
-        # (its result and chunk are released as soon as they are read)
-        for i in indices:
-            if futures[i] is not None and i not in calls.outcomes and futures[i].done():
-                calls.arrived(i, functools.partial(client.gather, futures[i], direct=True))
-                futures[i] = None
-        for i in calls.cancel(futures, lambda f: client.cancel([f])):
+        variable = Variable(f"gpgeom-needed-{calls.token}", client=client)
+        variable.set(calls.limit)
+        calls.publish = functools.partial(_publish, variable)
+        token = _DaskLimit(calls.token, variable.name, os.getpid())
+    except Exception:  # noqa: BLE001 - a scheduler without variables: the running tasks then run to their end
+        variable = None
+    ended: queue.Queue[int] = queue.Queue()  # the chunks whose tasks end (or are cancelled), in the order they end
+    cancelled = [False]  # whether a task was cancelled (it may still run on its worker)
+
+    def take_ended(i: int) -> None:
+        # read chunk i's task, which has ended, if its result is still needed, then cancel the tasks no longer needed;
+        # a read or cancelled future is dropped (its result and chunk are released as soon as they are read). One call
+        # per task that ends: no scan of every task per arrival (that was quadratic in the number of chunks)
+        if futures[i] is not None and i < calls.n_needed and i not in calls.outcomes:
+            calls.arrived(i, functools.partial(client.gather, futures[i], direct=True))
             futures[i] = None
+        for j in calls.cancel(futures, lambda f: client.cancel([f])):
+            futures[j] = None
+            cancelled[0] = True
 
     try:
         for start, chunk in zip(calls.starts, calls.chunks):
@@ -797,12 +790,17 @@ def _map_dask(
                 futures.append(None)
                 continue
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
-            args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe, calls.token)
+            args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe, token)
             futures.append(client.submit(_run_chunk, *args, **options))
-            take_ended(range(len(futures)))
-        while todo := calls.todo():
-            dask_wait([futures[i] for i in todo], return_when="FIRST_COMPLETED")
-            take_ended(todo)
+            futures[-1].add_done_callback(functools.partial(_put_index, ended, len(futures) - 1))
+            with contextlib.suppress(queue.Empty):
+                while True:  # the tasks that ended while this chunk travelled
+                    take_ended(ended.get_nowait())
+        while calls.missing:  # every needed chunk was submitted (the limit only falls) and reports its end once
+            take_ended(ended.get())
         return calls.results()
     finally:
-        client.cancel([f for f in futures if f is not None])
+        running = [f for f in futures if f is not None]  # tasks that may still run (their results are not needed)
+        client.cancel(running)
+        if variable is not None:
+            _release(variable, bool(running) or cancelled[0])
