@@ -1,4 +1,5 @@
-r"""Worker of ``tests/test_distributed.py``, run as ``torchrun --nproc_per_node=W tests/ddp_worker.py OUT``.
+r"""Worker of ``tests/test_distributed.py``, run as ``torchrun --nproc_per_node=W tests/ddp_worker.py OUT`` (and
+``... OUT stop``: :func:`stop_main`).
 
 Every rank writes ``OUT/rank{r}.json``, ``OUT/state{r}.pt`` and ``OUT/data_grad{r}.pt``:
 
@@ -181,5 +182,53 @@ def main(out: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _small(r: int) -> RGNP:
+    torch.manual_seed(20 + r)  # a different initialisation on every rank: fit starts from rank 0's
+    return RGNP.from_family(
+        NonlinearPoisson1D(), hidden=(8,), n_freqs=4, gicnet=GIC, batch_size=2, n_points=6, dtype=torch.float64
+    )
+
+
+def stop_main(out: Path) -> None:
+    """``ddp_worker.py OUT stop``: callbacks that stop or raise on rank 1 only. Writes ``OUT/stop{r}.json`` and
+    ``OUT/stop_state{r}.pt`` (after the stop), ``OUT/ref_state{r}.pt`` (``fit(steps=STOP)`` without a callback)."""
+    torch.set_num_threads(1)
+    assert dd.init_from_env(timeout_s=60.0), "not started by torchrun"  # a rank left waiting fails within a minute
+    r = dd.rank()
+    result: dict = {"rank": r}
+    stop_at, seen = 4, []
+
+    def stop_on_rank_1(step, loss):  # decides from this rank's own state: only rank 1 asks to stop
+        seen.append(step)
+        if r == 1 and step == stop_at:
+            raise StopIteration
+
+    model = _small(r).fit(10, lr=1e-2, seed=3, progress=False, callback=stop_on_rank_1)
+    result.update(history=list(model.fit_history), stopped=model.fit_result_.stopped, seen=seen)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"stop_state{r}.pt")
+    ref = _small(r).fit(stop_at, lr=1e-2, seed=3, progress=False)  # the ranks still in step: the same collectives
+    result["ref_history"] = list(ref.fit_history)
+    torch.save({k: v.detach().clone() for k, v in ref.state_dict().items()}, out / f"ref_state{r}.pt")
+
+    def raise_on_rank_1(step, loss):
+        if r == 1 and step == 2:
+            raise KeyError("rank 1's callback fails")
+
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    try:
+        ref.fit(10, lr=1e-2, seed=3, progress=False, callback=raise_on_rank_1)
+        result["raised"] = None
+    except (KeyError, RuntimeError) as err:
+        result["raised"] = f"{type(err).__name__}: {err}"
+    result["unchanged"] = all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
+    ref.fit(1, lr=1e-2, seed=4, progress=False)
+    result["matched_loss"] = float(ref.fit_history[-1])  # still in step afterwards
+    (out / f"stop{r}.json").write_text(json.dumps(result))
+    torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[2:] == ["stop"]:
+        stop_main(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]))

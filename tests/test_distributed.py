@@ -147,20 +147,24 @@ def test_bad_arguments_and_environment(monkeypatch):
         dd.mean_over_ranks(1.0)
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """The output folder of one run of ``tests/ddp_worker.py`` on two gloo ranks under torchrun."""
-    out = tmp_path_factory.mktemp("ddp")
+def _torchrun(out, *args, timeout=240):
+    """Run ``tests/ddp_worker.py OUT *args`` on two gloo ranks under torchrun."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    cmd += [str(ROOT / "tests" / "ddp_worker.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    cmd += [str(ROOT / "tests" / "ddp_worker.py"), str(out), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The output folder of one run of ``tests/ddp_worker.py`` on two gloo ranks under torchrun."""
+    return _torchrun(tmp_path_factory.mktemp("ddp"))
 
 
 def _dense_data_gradient(model, data, fields, noise=0.05):
@@ -230,3 +234,26 @@ def test_two_ranks_under_torchrun(two_ranks):
         assert ref["unchanged"] and "RGNP under torchrun" in ref["lr"]
         assert ref["margin"] is not None and f"model.boundary_margin (this rank: {0.01 * k!r})" in ref["margin"]
     assert refused[0]["matched_loss"] == refused[1]["matched_loss"]  # still in step after the refusals
+
+
+@needs_gloo
+def test_a_stop_or_an_error_of_one_ranks_callback_ends_the_fit_on_every_rank(tmp_path):
+    r"""``RGNP.fit(callback=...)`` on two ranks where only rank 1's callback raises ``StopIteration`` (at step 4 of
+    10): both ranks stop after step 4 (``fit_result_.stopped``), with the parameters and loss history of
+    ``fit(steps=4)`` from the same start and seed on the same ranks, bit for bit, and the ranks stay in step (the next
+    fits match). A ``KeyError`` from rank 1's callback is raised on rank 1 and a ``RuntimeError`` on rank 0, each
+    model left as it was. Before, rank 0 went on into its step 5 all-reduce alone and rank 1 into its next fit's:
+    mismatched collectives (the run failed or hung until the timeout)."""
+    _torchrun(tmp_path, "stop", timeout=180)
+    res = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in range(2)]
+    for r in res:
+        assert r["stopped"] and r["seen"] == [1, 2, 3, 4] and len(r["history"]) == 4
+        assert r["history"] == r["ref_history"] and r["unchanged"]
+    assert res[0]["history"] == res[1]["history"]
+    for r in range(2):
+        stopped, ref = torch.load(tmp_path / f"stop_state{r}.pt"), torch.load(tmp_path / f"ref_state{r}.pt")
+        for k in ref:
+            assert torch.equal(stopped[k], ref[k]), k
+    assert res[1]["raised"] == 'KeyError: "rank 1\'s callback fails"'
+    assert res[0]["raised"].startswith("RuntimeError: RGNP.fit under torchrun: the callback raised on another rank")
+    assert res[0]["matched_loss"] == res[1]["matched_loss"]

@@ -426,7 +426,8 @@ def mean_over_ranks(value: Tensor) -> Tensor:
 class DataParallel:
     r"""What one data-parallel training run needs, from :func:`data_parallel`: ``seed`` (this rank's),
     ``progress(p)`` (``p`` on rank 0, False elsewhere), ``mean(loss)`` (the loss with its value averaged over the
-    ranks, :func:`mean_over_ranks`), ``active`` (a process group exists)."""
+    ranks, :func:`mean_over_ranks`), ``agree(outcome)`` (the largest outcome of a step over the ranks),
+    ``active`` (a process group exists)."""
 
     def __init__(self, seed: int | None, active: bool) -> None:
         self.seed, self.active = seed, active
@@ -439,6 +440,22 @@ class DataParallel:
         r"""The loss ``value`` with its value averaged over the ranks (:func:`mean_over_ranks`; itself when no
         process group exists)."""
         return mean_over_ranks(value) if self.active else value
+
+    def agree(self, outcome: int) -> int:
+        r"""The largest ``outcome`` over the ranks (a collective: every rank calls it at the same step), e.g. of a
+        user's callback: 0 (went on), 1 (asked to stop: ``StopIteration``), 2 (raised). A rank that stops or raises
+        alone would leave the others waiting in their next collective until the timeout (and its own next collective
+        would meet theirs: mismatched all-reduces). ``outcome`` itself with fewer than two ranks (nothing sent)."""
+        if not (isinstance(outcome, int) and not isinstance(outcome, bool) and outcome >= 0):
+            raise ValueError(f"`outcome` must be an int >= 0, got {outcome!r}.")
+        if not self.active or world_size() < 2:
+            return outcome
+        d = _dist()
+        flag = torch.tensor([outcome], dtype=torch.int64)
+        dev = _comm_device([])
+        staged = flag.to(dev) if dev is not None else flag
+        d.all_reduce(staged, op=d.ReduceOp.MAX)
+        return int(staged.item())
 
 
 @contextlib.contextmanager

@@ -498,8 +498,9 @@ class RGNP(ModelContract, nn.Module):
             callback: ``callback(step, loss)`` at every step, with the loss of the current networks before that
                 step's update (e.g. to track test errors during training: it may call :meth:`predict`, which sees
                 them). Raising ``StopIteration`` there ends the fit and keeps it: ``step`` steps, as ``fit(steps=
-                step)`` from the same start and seed (``fit_result_.stopped``). Under ``torchrun`` every rank must
-                stop at the same step: decide from ``loss`` (the mean over the ranks), not from a rank's own clock.
+                step)`` from the same start and seed (``fit_result_.stopped``). Under ``torchrun`` the ranks agree
+                after every call (one more all-reduce per step): a ``StopIteration`` on any rank stops every rank at
+                that step, an exception on one rank is raised there and a ``RuntimeError`` on the others.
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
         parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. A step on
@@ -556,6 +557,7 @@ class RGNP(ModelContract, nn.Module):
                 self.calibration_ = None
             check_user_functions(self)
             counter = [0]
+            agree = None  # under torchrun with a callback: the ranks' outcome of each step (set below)
             step_data = [prepared]  # under torchrun: the data term weighted 1/W on every rank (set below)
 
             def objective() -> Tensor:
@@ -565,7 +567,7 @@ class RGNP(ModelContract, nn.Module):
                     value = dp.mean(self.loss(batch_size, n_points, step_data[0]))  # torchrun: the mean over the ranks
                 counter[0] += 1
                 self._fitted = True  # trained from here on: a callback may call predict()
-                call_back(callback, counter[0], value)  # StopIteration: the fit ends after this step's loss
+                call_back(callback, counter[0], value, agree)  # StopIteration: the fit ends after this step's loss
                 return value
 
             try:  # under torchrun: rank 0's parameters, each rank its own grids (seed + rank), gradients averaged
@@ -576,6 +578,8 @@ class RGNP(ModelContract, nn.Module):
                     **{f"model.{k}": v for k, v in self.config.items()},  # the constructor's hyperparameters
                 }  # fmt: skip
                 with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
+                    if callback is not None and world_size() > 1:  # a rank that stops (or raises) stops every rank
+                        agree = dp.agree
                     if prepared is not None and world_size() > 1:
                         # each rank's loss is its B fields' mean physics term + (data log-likelihood) / B; the mean over
                         # W ranks must carry (data log-likelihood) / (W B), as one process with W B fields per step
