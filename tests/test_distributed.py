@@ -69,6 +69,9 @@ def test_single_process_is_untouched(monkeypatch):
     assert dd.mean_over_ranks(loss) is loss
     with dd.data_parallel(lin, 3) as dp:
         assert dp.seed == 3 and not dp.active and dp.progress(None) is None and dp.mean(loss) is loss
+        assert [dp.agree(k) for k in (0, 1, 2)] == [0, 1, 2]  # one process: its own outcome, nothing sent
+        with pytest.raises(ValueError, match="`outcome` must be an int >= 0, got -1"):
+            dp.agree(-1)
 
 
 @needs_gloo
