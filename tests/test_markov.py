@@ -757,3 +757,31 @@ def test_lengthscale_set_from_a_python_float_keeps_the_kernels_precision():
     assert lam == pytest.approx(math.sqrt(3.0) / 0.7, rel=1e-15)
     with pytest.raises(ValueError, match=r"`lengthscale` of MaternMarkovKernel must lie strictly inside \(0, inf\)"):
         k.lengthscale = 0.0
+
+
+@pytest.mark.parametrize(
+    ("nu", "lengthscale", "variance"),
+    ((2.5, 1e-3, 1.0), (2.5, 1e-2, 1.0), (1.5, 1e-3, 1.0), (2.5, 1.0, 1e12), (0.5, 1.0, 1e12)),
+)
+def test_van_loan_is_exact_for_badly_scaled_sdes(nu, lengthscale, variance):
+    r"""``discretize`` (the generic transition of every Markov kernel without a closed form) against the transition
+    computed where the state is O(1): with :math:`x_i \to x_i / \lambda^i` Matérn's :math:`F` is :math:`\lambda C`
+    (:math:`C` the companion matrix of :math:`(x + 1)^s`) and :math:`P_\infty` a matrix of O(1) entries, so
+    :math:`\Phi = e^{\lambda \Delta C}`, :math:`Q = P_\infty - \Phi P_\infty \Phi^\top`. Before the state was balanced
+    and :math:`L Q_c L^\top` scaled to :math:`F`'s size, :math:`Q` was off by 5.6e-3 (relative to the variance) at
+    a lengthscale of 1e-3 (:math:`\nu = 5/2`) and :math:`\Phi` by 3.6e-5 at a variance of 1e12 (:math:`\nu = 1/2`)."""
+    k = MaternMarkovKernel(nu=nu).to(D)
+    k.lengthscale, k.variance = lengthscale, variance
+    F, L, Qc, _, _ = (m.detach() for m in k.sde())
+    s, lam = k.state_dim, math.sqrt(2 * nu) / lengthscale
+    C = torch.diag(torch.ones(s - 1, dtype=D), 1)
+    C[-1] = torch.tensor([-math.comb(s, j) for j in range(s)], dtype=D)
+    P = {1: [[1.0]], 2: [[1.0, 0.0], [0.0, 1.0]], 3: [[1.0, 0.0, -1 / 3], [0.0, 1 / 3, 0.0], [-1 / 3, 0.0, 1.0]]}[s]
+    P = variance * torch.tensor(P, dtype=D)
+    x = torch.tensor([0.01, 0.3, 1.0, 2.0], dtype=D)  # lambda * dt
+    Phi_ref = torch.linalg.matrix_exp(C * x[:, None, None])
+    Q_ref = P - Phi_ref @ P @ Phi_ref.mT
+    Phi, Q = discretize(F, L, Qc, x / lam)
+    u = lam ** torch.arange(s, dtype=D)  # the scale of f^(i)
+    assert ((Phi * u / u[:, None] - Phi_ref).abs().max()) < 1e-12
+    assert ((Q / (u[:, None] * u) - Q_ref).abs().max()) < 1e-12 * variance
