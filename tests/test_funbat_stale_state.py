@@ -3,6 +3,7 @@ and its BoTorch adapter must give what a model built for the new state gives (a 
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import gpytorch
@@ -114,3 +115,22 @@ def test_a_fit_that_raises_leaves_the_model_as_it_was(tensors, error):
         _fit(a, model=fresh, callback=stop)
     assert not fresh.is_fitted
     torch.testing.assert_close(_fit(a, model=fresh).predict(X), mean, rtol=0, atol=0)  # and it fits as new
+
+
+def test_rebuild_with_leaves_out_missing_entries_as_fit_does():
+    r"""A NaN value marks a missing entry in ``fit``; ``rebuild_with`` put it into the sweeps, whose NaN messages made
+    every factor NaN and raised a ``LinAlgError`` from a Cholesky. Now it is left out: the result is, bitwise, the
+    model rebuilt without that entry (the truth: the union without the missing entry)."""
+    d = make_synthetic_tensor(60, 8, rank=2, n_coords=8, noise_sd=0.05, seed=4)
+    X, y, Xt = d.X_train, d.y_train, d.X_test
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        base = FunBaT(2, max_sweeps=3, n_restarts=0).fit(X, y)
+        y_new = Xt[:3, 0].clone()
+        y_new[1] = math.nan
+        got = base.rebuild_with(Xt[:3], y_new, max_sweeps=2)
+        want = base.rebuild_with(Xt[[0, 2]], y_new[[0, 2]], max_sweeps=2)
+    assert got._N == want._N == X.shape[0] + 2
+    mean, std = got.predict(Xt, return_std=True)
+    ref_mean, ref_std = want.predict(Xt, return_std=True)
+    assert torch.isfinite(mean).all() and torch.equal(mean, ref_mean) and torch.equal(std, ref_std)

@@ -560,7 +560,8 @@ class FunBaT(
 
         Args:
             X: ``n x K`` new coordinates (original units).
-            y: ``n`` (or ``n x 1``) new values (original units).
+            y: ``n`` (or ``n x 1``) new values (original units); NaN marks a missing entry (left out, as in
+                :meth:`fit`).
             max_sweeps: Sweep budget (default: the model's ``max_sweeps``).
             tol: Convergence tolerance (default: the model's ``tol``).
 
@@ -571,7 +572,9 @@ class FunBaT(
         K = len(self.ranks)
         X, src = self._check_X(X, K=K, with_dtype=True)  # labels matched to the training ones (inputs.py)
         X = X.reshape(-1, K).detach()
-        y = to_model_target(self._check_y(y, X.shape[0]).detach(), self.target_transform)
+        y = self._check_y(y, X.shape[0]).detach()
+        keep = ~torch.isnan(y)  # missing entries, as in fit: NaN messages made every factor NaN (LinAlgError)
+        X, y = X[keep], to_model_target(y[keep], self.target_transform)
         cfg = self._config()
         cfg.update(learn_hyperparameters=False, n_restarts=0)
         if self.noise == "student_t":
