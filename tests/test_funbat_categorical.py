@@ -346,3 +346,45 @@ def test_categorical_mode_on_device_matches_cpu(device):
     want_mean, want_sd = cpu.predict(X[~keep], return_std=True)
     torch.testing.assert_close(mean.cpu(), want_mean, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(sd.cpu(), want_sd, rtol=1e-6, atol=1e-8)
+
+
+def test_float32_labels_that_round_together_are_refused_not_merged():
+    r"""Labels of a categorical mode are mapped to ``[0, 1]`` and rounded to the model's dtype. In float32 over a span
+    of 1e8 the labels 199999998 and 199999999 fall on one value: ``fit`` merged them into one category, and an unseen
+    label that falls on a training label's image got that label's posterior instead of the prior (0.55 for a label
+    effect of 0.5, where the float64 model gives the prior, 0 here); both are refused now. The truth: the float64
+    model, which keeps every label and gives the unseen one the prior (mean ~0, the prior's standard deviation)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([100000000.0, 150000000.0, 199999990.0, 199999995.0, 199999999.0], dtype=D)
+    t = torch.sort(torch.rand(10, dtype=D, generator=g)).values
+    X = torch.stack(torch.meshgrid(ids, t, indexing="ij"), -1).reshape(-1, 2)
+    effect = torch.tensor([1.0, -1.0, 2.0, -2.0, 0.5], dtype=D)
+    y = effect.repeat_interleave(10) * torch.cos(3 * X[:, 1]) + 0.02 * torch.randn(len(X), dtype=D, generator=g)
+    unseen = torch.tensor([[199999997.0, 0.0]], dtype=D)
+    fits = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for dtype in (torch.float64, torch.float32):
+            fits[dtype] = FunBaT(2, categorical=0, dtype=dtype, max_sweeps=30, n_restarts=0).fit(X, y)
+        # the labels are distinct in float32 too: the training labels are predicted as in float64
+        seen = torch.stack([ids, torch.zeros(5, dtype=D)], -1)
+        torch.testing.assert_close(fits[torch.float32].predict(seen).double(), fits[torch.float64].predict(seen),
+                                   rtol=0, atol=5e-3)  # fmt: skip
+        mean, sd = fits[torch.float64].predict(unseen, return_std=True)
+        assert abs(float(mean)) < 0.05 and float(sd) > 0.5  # the prior
+        with pytest.raises(ValueError, match="categorical mode 0 equals, in normalised units at float32"):
+            fits[torch.float32].predict(unseen)
+        with pytest.raises(ValueError, match="categorical mode 0 equals"):
+            fits[torch.float32].latent(0, unseen[:, 0])
+        with pytest.raises(ValueError, match="categorical mode 0 equals"):
+            fits[torch.float32].as_botorch().posterior(unseen[None])
+        with pytest.raises(ValueError, match="categorical mode 0 equals"):
+            fits[torch.float32].rebuild_with(unseen, torch.zeros(1, dtype=D))
+        # two training labels on one float32 value: refused, not one category
+        X2 = torch.cat([X, torch.tensor([[199999998.0, 0.5]], dtype=D)])
+        y2 = torch.cat([y, torch.zeros(1, dtype=D)])
+        with pytest.raises(
+            ValueError, match="199999998.0 and 199999999.0 of categorical mode 0 are distinct but equal"
+        ):
+            FunBaT(2, categorical=0, dtype=torch.float32, max_sweeps=2, n_restarts=0).fit(X2, y2)
+        FunBaT(2, categorical=0, max_sweeps=2, n_restarts=0).fit(X2, y2)  # float64 keeps them apart

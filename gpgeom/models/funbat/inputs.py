@@ -38,7 +38,12 @@ maps to the very same normalised value. A float64 query of float64 training labe
 float32 query of the label :math:`3/11` computed in float64 used to differ from it in the last bits and get the prior
 of an unseen label. When two training labels are equal at that precision, the query cannot say which one it means and
 is refused (``ValueError``); a coordinate that matches no training label is an unseen label (the prior of a
-categorical mode, a new scale of ``scale_mode``), as documented.
+categorical mode, a new scale of ``scale_mode``), as documented. The labels of a categorical mode are mapped to
+``[0, 1]`` like every coordinate, and a float32 model rounds the image: over a span of :math:`10^8` the labels
+:math:`2 \cdot 10^8 - 1` and :math:`2 \cdot 10^8 - 2` fall on one float32 value. Two training labels that do were
+merged into one category, and an unseen label that falls on a training label's image got that label's posterior
+instead of the prior, silently; ``fit`` now refuses the first and prediction the second (``ValueError``: fit in
+float64 or recode the labels as :math:`0, \dots, I - 1`, exact in float32 up to :math:`2^{24}` labels).
 """
 
 from __future__ import annotations
@@ -182,7 +187,52 @@ class _Inputs:
         Xn = (X.to(lo.dtype) - lo) / span
         return Xn.to(getattr(self, "_fit_dtype", self.dtype)).to(self.dtype)
 
+    def _normalise_query(self, X: Tensor, name: str, k: int | None = None) -> Tensor:
+        r""":meth:`_normalise` of query coordinates ``X`` (``... x K``, or ``...`` of mode ``k``; original units,
+        matched by :meth:`_match_labels`), refusing a label of a ``categorical`` mode that is no training label but
+        maps onto a training label's normalised value in the model's dtype (module docstring, "Labels").
+
+        Raises:
+            ValueError: For such a label: it would silently get that training label's posterior, not the prior.
+        """
+        Xn = self._normalise(X, k)
+        labels = getattr(self, "_labels", None)
+        if labels is None:
+            return Xn
+        for j in self.categorical if k is None else [k] if k in self.categorical else []:
+            L, t = labels[j], self._modes[j].t  # sorted unique training labels, and their images (aligned: fit)
+            x = (X[..., j] if k is None else X).detach().reshape(-1)
+            xn = (Xn[..., j] if k is None else Xn).detach().reshape(-1).contiguous()
+            pos = torch.searchsorted(t, xn).clamp_max(t.shape[0] - 1)
+            bad = (t[pos] == xn) & (L[pos] != x.to(L.dtype))
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"`{name}`: the coordinate {float(x[i])!r} of categorical mode {j} equals, in normalised units at "
+                    f"{format_value(self.dtype)}, the training label {float(L[pos[i]])!r} that it is not, so it would "
+                    "get that label's posterior (an unseen label gets the prior); use a model in float64 "
+                    "(dtype=torch.float64) or recode the labels as 0, 1, ..., I-1."
+                )
+        return Xn
+
     def _set_data(self, Xn: Tensor, ys: Tensor) -> None:
-        r"""Normalised coordinates ``N x K`` and standardised values ``N`` of the training entries."""
+        r"""Normalised coordinates ``N x K`` and standardised values ``N`` of the training entries.
+
+        Raises:
+            ValueError: When two training labels of a ``categorical`` mode are equal in normalised units (the
+                affine map to ``[0, 1]`` rounded to a float32 fit dtype: labels :math:`10^8 - 1` and :math:`10^8`
+                over a span of :math:`10^8`): they would be one category.
+        """
         self._coords = [torch.unique(Xn[:, k], sorted=True, return_inverse=True) for k in range(Xn.shape[1])]
+        labels = getattr(self, "_labels", None)
+        for k in self.categorical if labels is not None else []:
+            if self._coords[k][0].shape[0] < labels[k].shape[0]:
+                t = self._normalise(labels[k], k)
+                i = int((t[1:] == t[:-1]).nonzero()[0, 0])
+                raise ValueError(
+                    f"`X`: the labels {float(labels[k][i])!r} and {float(labels[k][i + 1])!r} of categorical mode {k} "
+                    f"are distinct but equal in normalised units at {format_value(self._fit_dtype)} (the map to "
+                    f"[0, 1] over the span {float(self.coord_span[k]):g}), so they would be one category; fit in "
+                    "float64 (dtype=torch.float64) or recode the labels as 0, 1, ..., I-1."
+                )
         self._X, self._ys, self._N = Xn, ys, Xn.shape[0]

@@ -588,7 +588,7 @@ class FunBaT(
         new._fit_dtype = self._fit_dtype
         self._add_labels(new, X, src)
         new._set_data(
-            torch.cat([self._X, self._normalise(X)]),
+            torch.cat([self._X, self._normalise_query(X, "X")]),
             torch.cat([self._ys, (y - self.y_mean) / self.y_std]),
         )
         new.kernels = copy.deepcopy(self.kernels)
@@ -639,7 +639,7 @@ class FunBaT(
         if t.dim() != 1:
             raise ValueError(f"`t` must be 1-D (n coordinates), got shape {tuple(t.shape)}.")
         t = self._match_labels(t, src, "t", k)  # a label of a categorical mode: as in predict (inputs.py)
-        tn = self._normalise(t, k)
+        tn = self._normalise_query(t, "t", k)
         md = self._modes[k]
         with torch.no_grad():
             return latent_conditional(self.kernels[k], md.t, md.post, tn)
@@ -647,7 +647,7 @@ class FunBaT(
     def _predict_std_units(self, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r"""Mean and variance of :math:`f` in standardised units at ``X`` (``... x K``), and ``E[1/tau]``."""
         K = len(self.ranks)
-        mean, var, noise = entry_marginals(self, self._normalise(X).reshape(-1, K))
+        mean, var, noise = entry_marginals(self, self._normalise_query(X, "X").reshape(-1, K))
         return mean.reshape(X.shape[:-1]), var.reshape(X.shape[:-1]), noise
 
     def predict(

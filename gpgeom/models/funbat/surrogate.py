@@ -113,8 +113,8 @@ class FunBaTBoTorchModel(GaussianSurrogate):
         K = X1.shape[-1]
         batch = torch.broadcast_shapes(X1.shape[:-2], X2.shape[:-2])
         q1, q2 = X1.shape[-2], X2.shape[-2]
-        X1n = fb._normalise(X1.expand(*batch, q1, K)).reshape(-1, q1, K)
-        X2n = fb._normalise(X2.expand(*batch, q2, K)).reshape(-1, q2, K)
+        X1n = fb._normalise_query(X1.expand(*batch, q1, K), "X").reshape(-1, q1, K)
+        X2n = fb._normalise_query(X2.expand(*batch, q2, K), "X").reshape(-1, q2, K)
         _, cov = entry_joint(fb, self._tables, X1n, X2n)
         return (cov * fb.y_std.square()).reshape(*batch, q1, q2)
 
