@@ -98,6 +98,29 @@ def test_discretize_equals_quadrature_of_the_integral():
     _close(Q1[0], Q[0], rtol=1e-9, atol=1e-12)  # (the number of doublings may differ)
 
 
+def test_discretize_is_invariant_to_the_scale_of_the_state():
+    r"""A stable SDE written in a badly scaled state :math:`x = D x_0` (:math:`D` from 1e-4 to 1e4) with a large
+    :math:`Q_c` discretises to :math:`D \Phi_0 D^{-1}` and :math:`D Q_0 D`: the truths from the well-scaled :math:`F_0`
+    (``matrix_exp``) and Gauss-Legendre quadrature of the integral. Before the state was balanced and
+    :math:`L Q_c L^\top` scaled to :math:`F`'s size :math:`\Phi` was off by 2.2e-5 here (3.2e-2 relative, the worst
+    over 50 such systems); now 1.6e-14."""
+    g = torch.Generator().manual_seed(5)
+    nodes, weights = (torch.tensor(a, dtype=D) for a in np.polynomial.legendre.leggauss(80))
+    dt = torch.tensor([0.01, 0.3, 1.0, 4.0], dtype=D)
+    for s in (2, 3, 4, 4, 3):
+        F0 = torch.randn(s, s, dtype=D, generator=g) - 2.0 * torch.eye(s, dtype=D)
+        L0 = torch.randn(s, 1, dtype=D, generator=g)
+        d = 10.0 ** (8.0 * torch.rand(s, dtype=D, generator=g) - 4.0)
+        qc = 1e6
+        Phi, Q = discretize(d[:, None] * F0 / d, d[:, None] * L0, torch.full((1, 1), qc, dtype=D), dt)
+        Phi0, Q0 = Phi * d / d[:, None], Q / (d[:, None] * d) / qc  # back in the well-scaled state, Q_c = 1
+        _close(Phi0, torch.linalg.matrix_exp(F0 * dt[:, None, None]), rtol=0, atol=1e-12)
+        for j, h in enumerate(dt.tolist()):
+            E = torch.linalg.matrix_exp(F0 * (0.5 * h * (nodes + 1))[:, None, None])
+            Qq = 0.5 * h * (weights[:, None, None] * (E @ L0 @ L0.T @ E.mT)).sum(0)
+            _close(Q0[j], Qq, rtol=0, atol=1e-12 * float(Qq.abs().max()))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Matern: Kalman = dense GP
 # --------------------------------------------------------------------------------------------------------------
