@@ -4,8 +4,8 @@ Every long computation (``fit`` of every model, dataset generation, benchmarks) 
 
 * ``True``: always show a tqdm bar; ``False``: never;
 * ``None`` (the default everywhere): show one when a person is watching, i.e. when standard error is a terminal
-  or the code runs in a Jupyter kernel, and not in logs, CI or pytest. The environment variable
-  ``GPGEOM_PROGRESS=0`` / ``1`` overrides the default for a whole session.
+  or the code runs in a Jupyter kernel, and not in logs, CI or pytest, nor when standard error is closed. The
+  environment variable ``GPGEOM_PROGRESS=0`` / ``1`` overrides the default for a whole session.
 
 A computation of a few long steps of different kinds (RVGP's geometry: neighbour graph, frames, Laplacian,
 eigenpairs) shows them as the stages of one bar (:class:`StageBar`): the counter moves as each ends and the bar
@@ -36,7 +36,10 @@ def _interactive() -> bool:
         if shell is not None and type(shell).__name__ == "ZMQInteractiveShell":
             return True
     stream = sys.stderr
-    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+    try:
+        return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+    except (ValueError, OSError):  # a closed (or detached) standard error: nobody is watching it
+        return False
 
 
 def resolve_progress(progress: bool | None) -> bool:

@@ -11,6 +11,7 @@ clears its bar.
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -242,6 +243,35 @@ def test_resolve_progress_rule(monkeypatch):
     for bad in ("yes", 1, np.True_):
         with pytest.raises(TypeError, match="`progress` must be True, False or None"):
             resolve_progress(bad)
+
+
+def test_a_closed_standard_error_is_not_a_terminal(monkeypatch):
+    r"""With standard error closed (a daemon, a harness that closed it) ``progress=None`` shows nothing, as for any
+    stream that is not a terminal: the terminal check raised ``ValueError: I/O operation on closed file``, so the
+    RVGP constructor and :func:`connection_laplacian` / :func:`graph_laplacian`, which did not look at standard error
+    before their stage bars, failed, as did every ``fit`` left at the default. They give what ``progress=False``
+    gives (the Laplacian and the predictions bitwise)."""
+    import io
+
+    from gpgeom.datasets.vector_fields import sphere_vector_field
+    from gpgeom.geometry.connection import connection_laplacian, graph_laplacian
+    from gpgeom.models.rvgp import RVGP
+
+    s = sphere_vector_field(60, "mixed", seed=0)
+    tr, idx = np.arange(0, 60, 3), np.arange(1, 60, 3)
+    fit = {"max_iter": 3, "restarts": 0, "seed": 0}
+    ref = RVGP(s.points, n_eigenpairs=6, dim=2, progress=False).fit(tr, s.vectors[tr], progress=False, **fit)
+    closed = io.StringIO()
+    closed.close()
+    with monkeypatch.context() as mp:
+        mp.setattr(sys, "stderr", closed)
+        assert resolve_progress(None) is False
+        lap = connection_laplacian(s.points, 10, dim=2)
+        scalar = graph_laplacian(s.points, 10)
+        gp = RVGP(s.points, n_eigenpairs=6, dim=2).fit(tr, s.vectors[tr], **fit)
+    assert (lap.L != ref.laplacian.L).nnz == 0 and (scalar.L != graph_laplacian(s.points, 10).L).nnz == 0
+    for a, b in zip(gp.predict(idx, return_std=True), ref.predict(idx, return_std=True), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_progress_bar_writes_only_when_shown(capfd):
