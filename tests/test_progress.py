@@ -413,6 +413,36 @@ def test_calibrate_refuses_a_bad_progress_without_inverse_steps():
     assert not hasattr(m, "calibration_") or m.calibration_ is None
 
 
+@pytest.mark.parametrize("section", ["rvgp", "calibration"])
+def test_the_demo_passes_its_progress_to_the_rvgp_it_builds(section, tmp_path, monkeypatch, capfd):
+    r"""``run_demo(progress=False)`` (``gpgeom demo --no-progress``) in a terminal showed the RVGP constructor's
+    stage bar (``RVGP geometry``, 421 characters on standard error for the quick RVGP section): the sections built
+    their RVGP at the default. Here the terminal's default is forced on (``GPGEOM_PROGRESS=1``) and the section stops
+    at the fit: ``False`` writes nothing, ``True`` shows the constructor's stages."""
+    import gpgeom.demo.calibration as calibration
+    import gpgeom.demo.rvgp as demo
+
+    class Built(Exception):
+        pass
+
+    class Stopped(demo.RVGP):
+        def fit(self, *args, **kwargs):
+            raise Built
+
+    monkeypatch.setattr(demo, "RVGP", Stopped)
+    monkeypatch.setattr("gpgeom.models.rvgp.RVGP", Stopped)  # the calibration section imports it when it runs
+    monkeypatch.setenv("GPGEOM_PROGRESS", "1")
+    run = {
+        "rvgp": lambda p: demo.rvgp_section(tmp_path, quick=True, seed=0, progress=p),
+        "calibration": lambda p: calibration._rvgp(True, 0, p),
+    }[section]
+    for progress in (False, True):
+        with pytest.raises(Built):
+            run(progress)
+        err = capfd.readouterr().err
+        assert ("RVGP geometry" in err and BAR.search(err)) if progress else err == "", (progress, err)
+
+
 def test_run_demo_refuses_a_bad_progress_before_anything(tmp_path):
     r"""``run_demo(progress="yes")`` ran every section, each failing on the value, and raised ``DemoFailed`` after
     writing a report of failures; it is a ``TypeError`` before the output folder is created."""

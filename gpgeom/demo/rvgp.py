@@ -29,7 +29,7 @@ def rvgp_section(out_dir: Path, *, quick: bool, seed: int, progress: bool | None
     hidden = np.setdiff1d(np.arange(n), observed)
 
     t0 = time.perf_counter()
-    gp = RVGP(s.points, n_eigenpairs=k, dim=2)
+    gp = RVGP(s.points, n_eigenpairs=k, dim=2, progress=progress)
     t_geom = time.perf_counter() - t0
     t0 = time.perf_counter()
     gp.fit(observed, s.vectors[observed], progress=progress, seed=seed)
