@@ -98,12 +98,12 @@ def train_tensors(model: ExactGPModel) -> tuple[Tensor | None, Tensor, Tensor | 
     (:mod:`gpgeom.models.mmgp.state`).
 
     Returns:
-        ``(inputs, targets, noise, untransformed)``: the transformed training inputs ``batch x n x d`` (``None``
-        in train mode, where the model holds the untransformed ones), the targets ``batch x n`` (one output) or
-        ``batch x m x n`` (``m`` outputs), the fixed noise ``batch x n`` of a
-        :class:`~gpytorch.likelihoods.FixedNoiseGaussianLikelihood` (else ``None``) and the untransformed inputs
-        ``batch x n x d`` that train mode restores (BoTorch's: without a fantasy batch dimension), ``n + n'``
-        points for a conditioned model.
+        ``(inputs, targets, noise, untransformed)``: the transformed training inputs ``batch x n x d`` (one
+        output) or ``batch x m x n x d`` (``m`` outputs, BoTorch's layout; ``None`` in train mode, where the model
+        holds the untransformed ones), the targets ``batch x n`` or ``batch x m x n``, the fixed noise of a
+        :class:`~gpytorch.likelihoods.FixedNoiseGaussianLikelihood`, shaped as the targets (else ``None``), and the
+        untransformed inputs that train mode restores, shaped as the inputs; ``n + n'`` points for a conditioned
+        model, whose noise and untransformed inputs have no fantasy batch dimension (BoTorch's).
     """
     fixed = model.likelihood.noise if isinstance(model.likelihood, FixedNoiseGaussianLikelihood) else None
     raw = model._original_train_inputs if model._has_transformed_inputs else model.train_inputs[0]
