@@ -245,12 +245,12 @@ def test_resolve_progress_rule(monkeypatch):
             resolve_progress(bad)
 
 
-def test_a_closed_standard_error_is_not_a_terminal(monkeypatch):
+def test_a_closed_standard_error_is_not_a_terminal(monkeypatch, tmp_path):
     r"""With standard error closed (a daemon, a harness that closed it) ``progress=None`` shows nothing, as for any
     stream that is not a terminal: the terminal check raised ``ValueError: I/O operation on closed file``, so the
-    RVGP constructor and :func:`connection_laplacian` / :func:`graph_laplacian`, which did not look at standard error
-    before their stage bars, failed, as did every ``fit`` left at the default. They give what ``progress=False``
-    gives (the Laplacian and the predictions bitwise)."""
+    RVGP constructor (and so ``RVGP.load``) and :func:`connection_laplacian` / :func:`graph_laplacian`, which did not
+    look at standard error before their stage bars, failed, as did every ``fit`` left at the default. They give what
+    ``progress=False`` gives (the Laplacian and the predictions bitwise)."""
     import io
 
     from gpgeom.datasets.vector_fields import sphere_vector_field
@@ -261,6 +261,7 @@ def test_a_closed_standard_error_is_not_a_terminal(monkeypatch):
     tr, idx = np.arange(0, 60, 3), np.arange(1, 60, 3)
     fit = {"max_iter": 3, "restarts": 0, "seed": 0}
     ref = RVGP(s.points, n_eigenpairs=6, dim=2, progress=False).fit(tr, s.vectors[tr], progress=False, **fit)
+    ref.save(tmp_path / "rvgp.pt")
     closed = io.StringIO()
     closed.close()
     with monkeypatch.context() as mp:
@@ -269,9 +270,11 @@ def test_a_closed_standard_error_is_not_a_terminal(monkeypatch):
         lap = connection_laplacian(s.points, 10, dim=2)
         scalar = graph_laplacian(s.points, 10)
         gp = RVGP(s.points, n_eigenpairs=6, dim=2).fit(tr, s.vectors[tr], **fit)
+        loaded = RVGP.load(tmp_path / "rvgp.pt")
     assert (lap.L != ref.laplacian.L).nnz == 0 and (scalar.L != graph_laplacian(s.points, 10).L).nnz == 0
-    for a, b in zip(gp.predict(idx, return_std=True), ref.predict(idx, return_std=True), strict=True):
-        assert torch.equal(a, b)
+    for model in (gp, loaded):
+        for a, b in zip(model.predict(idx, return_std=True), ref.predict(idx, return_std=True), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_progress_bar_writes_only_when_shown(capfd):
