@@ -115,11 +115,19 @@ class MemberNormalize(Normalize):
         #: The model's number of outputs ``m``: the size of the training inputs' output dimension.
         self.num_outputs = num_outputs
 
-    def _members_first(self, fn: Any, X: Tensor) -> Tensor:
-        r"""``fn(X)`` for training inputs ``... x batch_shape x m x n x d``: with ``m`` moved to the front."""
-        k = len(self.batch_shape)
-        if self.num_outputs > 1 and X.dim() >= k + 3 and X.shape[-3] == self.num_outputs:
-            return fn(X.movedim(-3, 0)).movedim(0, -3)
+    def _members_first(self, fn: Any, X: Tensor, fewer_batch_dims: bool = False) -> Tensor:
+        r"""``fn(X)`` for training inputs ``... x batch_shape x m x n x d``: with ``m`` moved to the front.
+
+        ``fewer_batch_dims`` (within :meth:`training_layout`, whose inputs are always in that layout): also inputs
+        ``batch' x m x n x d`` with fewer batch dimensions than the bounds (``batch'`` broadcast with
+        ``batch_shape``, e.g. new points ``n' x d`` given without the model's batch, which BoTorch makes
+        ``m x n' x d``): size-1 dimensions stand for the missing ones, and the result is ``batch_shape x m x n x d``
+        (each member's points by its own bounds; ``m`` would otherwise be paired with ``batch_shape``)."""
+        k, m = len(self.batch_shape), self.num_outputs
+        if m > 1 and X.dim() >= (3 if fewer_batch_dims else k + 3) and X.shape[-3] == m:
+            X = X.movedim(-3, 0)  # m x batch' x n x d
+            X = X.reshape(X.shape[:1] + (1,) * (k + 3 - X.dim()) + X.shape[1:])  # batch' at least k dimensions
+            return fn(X).movedim(0, -3)
         return fn(X)
 
     def preprocess_transform(self, X: Tensor) -> Tensor:
@@ -135,7 +143,7 @@ class MemberNormalize(Normalize):
         r"""In train mode or within :meth:`training_layout` (inputs ``... x batch_shape x m x n x d``) each member by
         its own bounds; otherwise test inputs ``... x batch_shape x q x d`` as ``Normalize``."""
         if self.training or current(self, "training_layout", False):
-            return self._members_first(super().forward, X)
+            return self._members_first(super().forward, X, fewer_batch_dims=not self.training)
         return super().forward(X)
 
 
