@@ -512,6 +512,30 @@ def test_a_nan_only_off_the_diagonal_of_the_test_covariance_is_named(path, use):
                 _SAMPLED[use](new.posterior(Xt))
 
 
+def test_the_checked_lazy_covariance_keeps_its_cholesky_factor():
+    r"""The lazy test covariance of a conditioned model, wrapped in ``CheckedCovariance``, factorised its matrix anew
+    at every ``cholesky()`` (0.13 to 0.19 s each for ``q = 1500`` on a shared CPU), where linear_operator memoises
+    the factor (0.000 s from the second call unwrapped). Now the factor is kept: the second call returns it, and it
+    is the Cholesky factor of the dense covariance."""
+    import gpytorch
+
+    from gpgeom.botorch._checked_covariance import CheckedCovariance
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(12, 2, dtype=D, generator=g)
+    model = ExactGPModel(X, torch.sin(4.0 * X).sum(-1, keepdim=True)).eval()
+    Xn = torch.rand(2, 2, dtype=D, generator=g)
+    new = model.condition_on_observations(Xn, torch.sin(4.0 * Xn).sum(-1, keepdim=True))
+    Xt = torch.rand(6, 2, dtype=D, generator=g)
+    with gpytorch.settings.max_eager_kernel_size(0), torch.no_grad():
+        cov = new(new.transform_inputs(Xt)).lazy_covariance_matrix
+    assert isinstance(cov, CheckedCovariance)
+    L = cov.cholesky()
+    assert cov.cholesky() is L
+    dense = cov.base.to_dense()
+    torch.testing.assert_close(L.to_dense(), torch.linalg.cholesky(dense), rtol=0, atol=1e-12)
+
+
 class _SqrtKernel(Kernel):
     r"""An RBF kernel times ``sqrt(a - 1)``: NaN for ``a < 1`` (``a = 0.5`` at the start), finite where the prior
     ``N(1.75, 0.05)`` draws the restarts' ``a``."""

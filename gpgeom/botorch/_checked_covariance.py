@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DenseLinearOperator, LinearOperator
+from linear_operator.utils.memoize import cached
 from torch import Tensor
 
 from gpgeom.botorch._finite import check_prediction
@@ -80,6 +81,7 @@ class CheckedCovariance(LinearOperator):
         self.check(dense)
         return dense
 
+    @cached(name="cholesky")  # memoised as linear_operator's own (a second ``cholesky()`` refactorised the matrix)
     def _cholesky(self, upper: bool | None = False) -> LinearOperator:
         return DenseLinearOperator(self.to_dense())._cholesky(upper=upper)
 
