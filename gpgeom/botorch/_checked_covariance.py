@@ -104,4 +104,4 @@ def _check(model: Any, X: Tensor, dense: Tensor) -> None:
     124 ms; a sum that overflows is checked entry by entry and passes)."""
     if bool(torch.isfinite(dense.detach().sum())):
         return
-    check_prediction(model, X, WHERE, dense)
+    check_prediction(model, X, WHERE, dense, pairs=True)  # also a part of it (indexed rows or columns)

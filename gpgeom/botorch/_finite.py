@@ -118,7 +118,9 @@ def check_transformed(model: Any, X: Tensor, where: str) -> None:
     )
 
 
-def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseException | None = None) -> None:
+def diagnose(
+    model: Any, where: str, X: Tensor | None = None, cause: BaseException | None = None, pairs: bool = True
+) -> None:
     r"""Evaluate the model's modules once, without gradients, and raise a ``ValueError`` naming the first that
     returns NaN or inf; return when all are finite.
 
@@ -127,10 +129,13 @@ def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseExcepti
         where: When it happened, for the message (e.g. ``"in fit (attempt 0, Adam epoch 3)"``).
         X: Transformed test inputs (``test_batch x q x d``, broadcast with the training batch): the mean at them,
             the cross-covariance ``batch x q x n`` with the training inputs, the prior variances and, last, the
-            ``batch x q x q`` prior covariance between them (a NaN only off its diagonal); ``None``: the
+            ``batch x q x q`` prior covariance between them (a NaN only off its diagonal; with ``pairs``); ``None``: the
             training inputs' mean (``batch x n``), kernel matrix (``batch x n x n``) and likelihood noise
             (``batch x n``).
         cause: The error being explained (chained as the ``ValueError``'s cause).
+        pairs: With ``X``, also the ``batch x q x q`` prior covariance between the test inputs (``O(q^2)`` memory
+            and time): only a non-finite posterior covariance between test points can come from it; posterior
+            means and variances use no pair of test inputs.
 
     Raises:
         ValueError: Naming ``X`` when the test inputs hold NaN or inf (:func:`check_inputs`, checked first), else
@@ -166,10 +171,10 @@ def diagnose(model: Any, where: str, X: Tensor | None = None, cause: BaseExcepti
             if found is None:
                 var = to_dense(covar(X, diag=True))
                 found = _report("covar_module", covar, "prior variances at the test inputs", rows, var, where)
-            if found is None:  # last: NaN only between two test inputs (e.g. pairs at some distance)
-                pairs = "the last two dimensions the test input rows"
+            if found is None and pairs:  # last: NaN only between two test inputs (e.g. pairs at some distance)
+                layout = "the last two dimensions the test input rows"
                 K = to_dense(covar(X))
-                found = _report("covar_module", covar, "covariance between the test inputs", pairs, K, where)
+                found = _report("covar_module", covar, "covariance between the test inputs", layout, K, where)
     if found is not None:
         raise ValueError(found) from cause
 
@@ -199,16 +204,22 @@ def named_step(model: Any, where: str) -> contextlib.AbstractContextManager[None
     return bound(model, "where", where)
 
 
-def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) -> None:
+def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None, pairs: bool | None = None) -> None:
     r"""One ``isfinite`` check of the computed posterior ``values`` (mean, variances or covariance) at the
     transformed test inputs ``X``; when one is NaN or inf, a ``ValueError`` names ``X`` if the inputs as given hold
     NaN or inf (:func:`check_inputs`; those of :func:`raw_inputs` when the prediction is inside it, else ``X``), the
     ``input_transform`` if they are finite but ``X`` is not (:func:`check_transformed`), else :func:`diagnose` at the
     training inputs, then at ``X``, names the module. A non-finite value that no module explains is left as it
-    was."""
+    was. ``pairs`` (:func:`diagnose`): ``None``, when a non-finite value is a ``... x q x q`` covariance."""
     values = tuple(v for v in values if v is not None)
     if bool(torch.stack([torch.isfinite(v).all() for v in values]).all()):
         return
+    # the q x q prior covariance only for a non-finite covariance between test points: means and variances do not
+    # depend on it, and at many test points it is large (q = 4000: 3.3 s and 616 MB, for nothing found)
+    if pairs is None:
+        q = X.shape[-2] if X.dim() >= 2 else None
+        square = [v for v in values if q is None or (v.dim() >= 2 and v.shape[-2:] == (q, q))]
+        pairs = any(not bool(torch.isfinite(v).all()) for v in square)
     where = current(model, "where", where)
     raw = current(model, "raw")
     if raw is not None:  # the inputs as given: NaN there is the user's; finite there, the transform's
@@ -216,7 +227,7 @@ def check_prediction(model: Any, X: Tensor, where: str, *values: Tensor | None) 
         check_transformed(model, X, where)
     check_inputs(X, where)  # first: NaN inputs make NaN predictions from any module
     diagnose(model, where)  # first: a NaN mean at the training inputs makes every mean NaN (no Cholesky fails)
-    diagnose(model, where, X=X)
+    diagnose(model, where, X=X, pairs=pairs)
 
 
 def computed_covariance(mvn: Any) -> Tensor:
