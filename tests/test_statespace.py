@@ -121,6 +121,50 @@ def test_discretize_is_invariant_to_the_scale_of_the_state():
             _close(Q0[j], Qq, rtol=0, atol=1e-12 * float(Qq.abs().max()))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "a", "qc", "dt"),
+    ((torch.float32, 1.0, 3e38, 1e-30), (torch.float64, 1.0, 1.7e308, 1e-300), (torch.float32, 1e16, 1e-30, 1e-16)),
+)
+def test_discretize_stays_finite_when_lqcl_and_f_differ_by_the_range_of_the_dtype(dtype, a, qc, dt):
+    r"""Ornstein-Uhlenbeck :math:`\mathrm dx = -a x\,\mathrm dt + \mathrm d\beta` against its closed form
+    :math:`\Phi = e^{-a\Delta}`, :math:`Q = q_c (1 - e^{-2a\Delta}) / (2a)`, where :math:`q_c / a` is near the
+    largest or below the smallest number of the dtype. The power of two that scales :math:`L Q_c L^\top` to
+    :math:`F`'s size was then inf (``2**128`` in float32) or 0 (the ratio underflowed), and ``Phi`` or ``Q`` NaN (as
+    before that scaling they were not: 3e8 here in float32); now it stays in the dtype's normal range."""
+    F, L = torch.tensor([[-a]], dtype=dtype), torch.ones(1, 1, dtype=dtype)
+    Phi, Q = discretize(F, L, torch.tensor([[qc]], dtype=dtype), torch.tensor([dt], dtype=dtype))
+    x = a * dt
+    q = qc * -math.expm1(-2.0 * x) / (2.0 * a)
+    rtol = 1e-4 if dtype == torch.float32 else 1e-12  # (float32: the doublings' rounding, with Q_c = 0 too)
+    _close(Phi.reshape(()).double(), torch.tensor(math.exp(-x), dtype=D), rtol=rtol, atol=0)
+    _close(Q.reshape(()).double(), torch.tensor(q, dtype=D), rtol=rtol, atol=torch.finfo(dtype).tiny)
+
+
+def test_discretize_takes_a_complex_sde():
+    r"""A complex ``F``, ``L``, ``Q_c`` (``matrix_exp`` takes them) with real entries gives the real SDE's ``Phi``
+    and ``Q``, and a complex rotation :math:`F = (i\omega - a)` the closed form :math:`\Phi = e^{F\Delta}`,
+    :math:`Q = q_c (1 - e^{-2a\Delta}) / (2a)` (``L`` real: :math:`Q = \int e^{F u} e^{F u} \mathrm du` with the
+    plain transpose, :math:`e^{2Fu}`). The state's balancing compared complex numbers with 0 and raised
+    ``NotImplementedError`` ("gt_cpu" not implemented for 'ComplexDouble')."""
+    k = MaternMarkovKernel(nu=2.5).to(D)
+    k.lengthscale = 0.3
+    F, L, Qc, _, _ = (m.detach() for m in k.sde())
+    dt = torch.tensor([0.01, 0.4, 3.0], dtype=D)
+    Phi, Q = discretize(F, L, Qc, dt)
+    C = torch.complex128
+    Phi_c, Q_c = discretize(F.to(C), L.to(C), Qc.to(C), dt.to(C))
+    _close(Phi_c, Phi.to(C), rtol=1e-12, atol=1e-12)
+    _close(Q_c, Q.to(C), rtol=1e-12, atol=1e-12 * float(Q.abs().max()))
+    a, w, qc = 0.7, 3.0, 2.0
+    f = complex(-a, w)
+    Phi_r, Q_r = discretize(
+        torch.tensor([[f]], dtype=C), torch.ones(1, 1, dtype=C), torch.tensor([[qc]], dtype=C), dt.to(C)
+    )
+    z = torch.tensor(f, dtype=C) * dt.to(C)
+    _close(Phi_r.reshape(-1), torch.exp(z), rtol=1e-12, atol=1e-14)
+    _close(Q_r.reshape(-1), qc * torch.expm1(2 * z) / (2 * f), rtol=1e-12, atol=1e-14)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Matern: Kalman = dense GP
 # --------------------------------------------------------------------------------------------------------------

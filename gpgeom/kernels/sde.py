@@ -104,7 +104,9 @@ def discretize(F: Tensor, L: Tensor, Qc: Tensor, dt: Tensor) -> tuple[Tensor, Te
         f_size = F.detach().abs().sum(-1).amax(-1, keepdim=True)[..., None]
         f_size = torch.where(f_size > 0, f_size, torch.ones_like(f_size))
         ratio = torch.where(w_size > 0, w_size / f_size, torch.ones_like(w_size))
-        c = torch.exp2(torch.round(torch.log2(torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio)))))
+        e = torch.round(torch.log2(torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))))
+        e_max = math.floor(math.log2(torch.finfo(e.dtype).max)) - 1  # c, 1 / c finite and normal (a ratio near the
+        c = torch.exp2(e.clamp(-e_max, e_max))  # dtype's range made c inf or 0, and Q NaN: 0 * inf or inf / inf)
     W = W / c
     top = torch.cat(torch.broadcast_tensors(F, W), dim=-1)
     bottom = torch.cat([torch.zeros_like(top[..., :s]), -F.transpose(-1, -2).expand_as(top[..., s:])], dim=-1)
@@ -141,13 +143,14 @@ def balance(F: Tensor, sweeps: int = 64) -> Tensor:
         sweeps: The most sweeps over the states.
 
     Returns:
-        ``batch x s`` powers of two, in ``F``'s dtype and on its device.
+        ``batch x s`` powers of two, in ``F``'s dtype (its real dtype for a complex ``F``) and on its device.
     """
     s = F.shape[-1]
     with torch.no_grad():
-        A = F.detach().abs() * (1.0 - torch.eye(s, dtype=F.dtype, device=F.device))
+        A = F.detach().abs()  # real, also for a complex F (whose d is real)
+        A = A * (1.0 - torch.eye(s, dtype=A.dtype, device=A.device))
         A = torch.where(torch.isfinite(A), A, torch.zeros_like(A))  # a non-finite F is left as it is
-        log_d = torch.zeros(A.shape[:-1], dtype=F.dtype, device=F.device)
+        log_d = torch.zeros(A.shape[:-1], dtype=A.dtype, device=A.device)
         for _ in range(sweeps):
             changed = torch.zeros((), dtype=torch.bool, device=F.device)
             for i in range(s):
