@@ -559,3 +559,108 @@ def test_dask_bookkeeping_is_linear_in_the_number_of_chunks(monkeypatch):
         _ALL_SUBMITTED.clear()
         assert map_items(client.get_executor(), _held_until_all_submitted, range(n), chunk_size=1) == list(range(n))
     assert submitted[0] == n and calls[0] <= 2 * n, calls[0]
+
+
+_SAME_PID_TASK = (
+    "import os, pickle, sys\n"
+    "pid = int(sys.argv[1])\n"
+    "os.getpid = lambda: pid  # a process elsewhere whose pid is the caller's\n"
+    "fn, args = pickle.loads(sys.stdin.buffer.read())\n"
+    "sys.stdout.buffer.write(pickle.dumps(fn(*args)))\n"
+)
+
+
+class _Ran:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+    def cancel(self):
+        return False
+
+
+class _SamePidElsewhere:
+    r"""A remote executor whose worker process has the caller's pid (another machine, another container's PID
+    namespace: small pids recur): each task runs in a fresh Python process whose ``os.getpid()`` is the caller's."""
+
+    def submit(self, fn, *args):
+        import cloudpickle
+
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(parallel.__file__))))
+        env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", _SAME_PID_TASK, str(os.getpid())],
+            input=cloudpickle.dumps((fn, args)),
+            capture_output=True,
+            env=env,
+            check=True,
+            timeout=120,
+        )
+        return _Ran(__import__("pickle").loads(out.stdout))
+
+
+def test_a_task_in_another_process_with_the_callers_pid_runs_its_items():
+    r"""``map_items`` on an executor whose worker process has the caller's pid but is another process: the items
+    run there and their results come back (``operator.mul(10, k)``). Before, a task took itself for a thread of the
+    caller when the pids were equal, read the call's limit from that process's empty table (-1: "the call has
+    ended") and skipped every item: the call returned three internal ``_SKIPPED`` markers as the results."""
+    pytest.importorskip("cloudpickle")
+    import operator
+
+    assert map_items(_SamePidElsewhere(), operator.mul, range(3), shared=10, chunk_size=3) == [0, 10, 20]
+
+
+def test_a_dask_worker_whose_client_cannot_connect_yet_does_not_stop_its_item(monkeypatch):
+    r"""``check_needed`` on a Dask worker reads the call's limit from a ``distributed.Variable``; a ``TimeoutError``
+    there means that the scheduler has no such variable (the call has ended). The worker's own client may also time
+    out on its first connection (``get_client``, ``distributed.comm.timeouts.connect``), which says nothing of the
+    call: the limit stays what it was (5 here). Before, that was read as "the call has ended" (-1) and an item still
+    needed was dropped."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    from gpgeom.engine import _limits
+
+    def slow_first_connection(*args, **kwargs):
+        raise TimeoutError("Timed out trying to connect")
+
+    monkeypatch.setattr(distributed, "get_client", slow_first_connection)
+    token = _limits._DaskLimit("test-token", "gpgeom-needed-test-token", "another process")
+    assert _limits._read_variable(token, 5) == 5
+
+
+def _runs_on_unless_first(shared, k):
+    if k:
+        for _ in range(500):
+            parallel.check_needed()
+            time.sleep(0.002)
+    return k
+
+
+def test_a_dask_calls_variable_leaves_the_scheduler_when_the_client_closes_first(monkeypatch):
+    r"""A call whose tasks may still run when it returns (``last_needed`` cut item 1 off) keeps its limit's
+    ``distributed.Variable`` on the scheduler for a grace period (0.3 s here) so that those tasks read -1. A user's
+    client closed within that period (``with Client(cluster) as client:`` around the call) on a scheduler that
+    outlives it: the variable still goes. Before, a timer of the client's process deleted it through the client,
+    which had closed: every such client left its variables on the scheduler for good (3 of 3 in the review's run)."""
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    from gpgeom.engine import _limits
+
+    monkeypatch.setattr(_limits, "_VARIABLE_GRACE_S", 0.3)
+    with distributed.LocalCluster(
+        n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None, silence_logs=40
+    ) as cluster:
+        variables = cluster.scheduler.extensions["variables"].variables
+
+        def ours():
+            return [name for name in variables.copy() if name.startswith("gpgeom-needed-")]
+
+        for _ in range(2):
+            with distributed.Client(cluster) as client:
+                out = map_items(client.get_executor(), _runs_on_unless_first, range(2), chunk_size=1,
+                                last_needed=lambda k, r: 0)  # fmt: skip
+                assert out == [0]
+        deadline = time.monotonic() + 5.0
+        while ours() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ours() == []

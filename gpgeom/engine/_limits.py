@@ -10,12 +10,27 @@ import contextlib
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 #: The calls of ``map_items`` in progress in this process: token -> the index of the last item whose result is
 #: still needed (lowered by an item's exception or by ``last_needed``; the token is removed when the call ends).
 _needed: dict[str, int] = {}
+#: This process's pid and :func:`process_identity` (drawn again in a child process: its pid differs).
+_identity: list[Any] = [0, ""]
+
+
+def process_identity() -> str:
+    r"""This process as a ``map_items`` call names it to its tasks (the caller): its pid and a random nonce drawn
+    once per process. A task compares it with its own to know whether it runs in a thread of the caller (which
+    shares the caller's settings and reads :data:`_needed`). The pid alone cannot tell: a Dask worker on another
+    machine or in another container's PID namespace can have the caller's pid, and it then took every item for
+    cancelled (``_needed`` there knows no call) and returned no result for any."""
+    pid = os.getpid()
+    if _identity[0] != pid:
+        _identity[:] = [pid, f"{pid}-{uuid.uuid4().hex}"]
+    return _identity[1]
 
 
 @dataclass(frozen=True)
@@ -31,12 +46,12 @@ class _LimitFile:
 class _DaskLimit:
     r"""The token of a ``map_items`` call for the tasks of a Dask client: the ``distributed.Variable`` ``name``
     where the call keeps the index of the last item still needed (set when the call starts, -1 when it ends), polled
-    by ``check_needed`` in the workers; ``parent``: the caller's process id (a task running in a thread of that
-    process reads :data:`_needed`)."""
+    by ``check_needed`` in the workers; ``parent``: the caller's :func:`process_identity` (a task running in a
+    thread of that process reads :data:`_needed`)."""
 
     token: str
     name: str
-    parent: int
+    parent: str
 
 
 #: Seconds between two reads of a call's limit by a worker process: the limit file of a ``ProcessPoolExecutor`` (a
@@ -58,7 +73,7 @@ def _limit(token: str | _LimitFile | _DaskLimit) -> int:
     polled = _polled.get(token.token)  # only ever set in worker processes
     if polled is None:
         if isinstance(token, _DaskLimit):
-            if token.parent == os.getpid():  # a thread of the calling process
+            if token.parent == process_identity():  # a thread of the calling process
                 return _needed.get(token.token, -1)
             polled = _polled[token.token] = (_UNKNOWN, now + _POLL_S[_DaskLimit])  # short tasks: no round trip
         else:
@@ -88,8 +103,12 @@ def _read_variable(token: _DaskLimit, last: int) -> int:
     try:
         from distributed import Variable, get_client
 
-        return int(Variable(token.name, client=get_client()).get(timeout=0))
-    except TimeoutError:  # not there: the call has ended (it set the variable before submitting any task)
+        client = get_client()  # its first connection may time out (TimeoutError): that says nothing of the call
+    except Exception:  # noqa: BLE001 - no scheduler reached: the limit is unknown, nothing is stopped
+        return last
+    try:
+        return int(Variable(token.name, client=client).get(timeout=0))
+    except TimeoutError:  # the scheduler has no such variable: the call has ended (it set it before any task)
         return -1
     except Exception:  # noqa: BLE001 - no scheduler reached: the limit is unknown, nothing is stopped
         return last
@@ -113,17 +132,38 @@ _VARIABLE_GRACE_S = 10.0
 
 
 def _release(variable: Any, running: bool) -> None:
-    r"""Delete a Dask call's variable: at once when none of its tasks can still run, else once they have read -1."""
+    r"""Delete a Dask call's variable: at once when none of its tasks can still run, else once they have read -1,
+    :data:`_VARIABLE_GRACE_S` later, by the scheduler itself (:func:`_delete_later`), so that the variable goes also
+    when the client closes first (a user's client on a scheduler that outlives it: ``with Client(address) as c:``
+    around a fit whose attempts stop early). Only a scheduler that cannot run it (gpgeom not importable there, or
+    pickled functions refused) leaves the deletion to a timer of this process, which a closed client skips."""
     if not running:
         with contextlib.suppress(Exception):
             variable.delete()
         return
     _publish(variable, -1)
+    try:
+        variable.client.run_on_scheduler(_delete_later, variable.name, _VARIABLE_GRACE_S)
+        return
+    except Exception:  # noqa: BLE001, S110 - the timer below instead
+        pass
     timer = threading.Timer(_VARIABLE_GRACE_S, _delete_quietly, (variable,))
     timer.daemon = True
     timer.start()
 
 
+def _delete_later(name: str, delay: float, dask_scheduler: Any = None) -> None:
+    r"""On the scheduler (``Client.run_on_scheduler``, in its event loop): delete the variable ``name`` in ``delay``
+    seconds, unless the scheduler has stopped running by then."""
+    import asyncio
+
+    def delete() -> None:
+        if getattr(dask_scheduler.status, "name", None) == "running":
+            asyncio.ensure_future(dask_scheduler.extensions["variables"].delete(name=name))
+
+    asyncio.get_running_loop().call_later(delay, delete)
+
+
 def _delete_quietly(variable: Any) -> None:
-    with contextlib.suppress(Exception):  # the client has closed meanwhile: the scheduler's variables went with it
+    with contextlib.suppress(Exception):  # the client has closed meanwhile: the variable stays on the scheduler
         variable.delete()

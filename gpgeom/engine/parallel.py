@@ -107,6 +107,7 @@ from gpgeom.engine._limits import (
     _publish,
     _release,
     _write_limit,
+    process_identity,
 )
 
 __all__ = [
@@ -415,7 +416,7 @@ def _run_chunk(
     fn: Callable[[Any, Any], Any],
     shared: object,
     items: Sequence[Any],
-    parent: int,
+    parent: str,
     settings: dict[str, Any],
     start: int = 0,
     label: str = "item",
@@ -429,8 +430,8 @@ def _run_chunk(
     one pickle cannot rebuild is replaced, off for Dask, which sends such exceptions back itself). In a thread of the
     calling process, items that are not ``thread_safe`` run one at a time. An item whose result the call
     (``token``) no longer needs is not started, or stops at its next :func:`check_needed` (module docstring,
-    *Cancellation*)."""
-    if os.getpid() == parent:  # a thread of the calling process: its settings and warnings are already shared
+    *Cancellation*). ``parent``: the caller's :func:`~gpgeom.engine._limits.process_identity`."""
+    if parent == process_identity():  # a thread of the calling process: its settings and warnings are shared
         with contextlib.nullcontext() if thread_safe else _state_lock:
             return _apply(fn, _resolve(shared), items, start, label, remote=False, token=token), []
     _set_one_thread()
@@ -609,7 +610,7 @@ def map_items(
                     raise _no_workers(err) from err
             futures = [
                 executor.submit(
-                    _run_chunk, fn, ref, chunk, os.getpid(), settings, i, label, True, thread_safe, task_token
+                    _run_chunk, fn, ref, chunk, process_identity(), settings, i, label, True, thread_safe, task_token
                 )
                 for i, chunk in zip(starts, chunks)
             ]
@@ -767,7 +768,7 @@ def _map_dask(
         variable = Variable(f"gpgeom-needed-{calls.token}", client=client)
         variable.set(calls.limit)
         calls.publish = functools.partial(_publish, variable)
-        token = _DaskLimit(calls.token, variable.name, os.getpid())
+        token = _DaskLimit(calls.token, variable.name, process_identity())
     except Exception:  # noqa: BLE001 - a scheduler without variables: the running tasks then run to their end
         variable = None
     ended: queue.Queue[int] = queue.Queue()  # the chunks whose tasks end (or are cancelled), in the order they end
@@ -790,7 +791,7 @@ def _map_dask(
                 futures.append(None)
                 continue
             [data] = client.scatter([chunk], workers=options.get("workers"), hash=False, direct=True)
-            args = (fn, ref, data, os.getpid(), settings, start, label, False, thread_safe, token)
+            args = (fn, ref, data, process_identity(), settings, start, label, False, thread_safe, token)
             futures.append(client.submit(_run_chunk, *args, **options))
             futures[-1].add_done_callback(functools.partial(_put_index, ended, len(futures) - 1))
             with contextlib.suppress(queue.Empty):
