@@ -664,3 +664,15 @@ def test_a_dask_calls_variable_leaves_the_scheduler_when_the_client_closes_first
         while ours() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert ours() == []
+
+
+def test_a_needed_item_that_comes_back_skipped_raises_instead_of_being_returned():
+    # The bookkeeping's last line of defence: a task that misread the call's limit (a bug) and skipped an item
+    # still needed must not hand gpgeom's internal marker back as that item's result.
+    calls = parallel._Calls("t", 3, [0], [[0, 1, 2]], on_chunk=None, last_needed=None)
+    calls.arrived(0, lambda: ([10, parallel._SKIPPED, parallel._SKIPPED], []))
+    with pytest.raises(RuntimeError, match="item 1 is needed"):
+        calls.results()
+    done = parallel._Calls("u", 3, [0], [[0, 1, 2]], on_chunk=None, last_needed=None)
+    done.arrived(0, lambda: ([10, 11, 12], []))
+    assert done.results() == [10, 11, 12]

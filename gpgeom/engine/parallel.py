@@ -725,7 +725,14 @@ class _Calls:
             if not ok:
                 raise value
             _collect(value, out)
-        return out[: self.limit + 1]
+        out = out[: self.limit + 1]
+        skipped = next((k for k, v in enumerate(out) if v is _SKIPPED), None)
+        if skipped is not None:  # a worker that misread the limit must fail loudly, not hand back a marker
+            raise RuntimeError(
+                f"map_items: item {skipped} is needed (the call's last needed item is {self.limit}) but its task "
+                "skipped it; this is a bug in gpgeom's cancellation bookkeeping, please report it."
+            )
+        return out
 
 
 def _put_index(ended: queue.Queue[int], i: int, _: Future) -> None:
