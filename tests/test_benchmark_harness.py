@@ -384,6 +384,7 @@ def _parts(text: str) -> tuple[str, str, list[str], list[str]]:
 @pytest.mark.parametrize("report", [
     "rvgp_frames", "trajectory_float32", "funbat_scale", "mmgp", "mmgp_bracket3d", "scaling", "rvgp", "rvgp_quick",
     "rgnp_cpu_paper", "rgnp_cpu_quick", "rgnp_calibration", "beijing_facts", "rvgp_span", "rgnp_inverse_points",
+    "ddp_status",
 ])  # fmt: skip
 def test_benchmark_report_rebuilds_the_committed_tables(monkeypatch, tmp_path, report):
     r"""The reports of the scripts that write through the helper, rebuilt from their parts: byte for byte the

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,36 @@ def test_single_process_is_untouched(monkeypatch):
         assert [dp.agree(k) for k in (0, 1, 2)] == [0, 1, 2]  # one process: its own outcome, nothing sent
         with pytest.raises(ValueError, match="`outcome` must be an int >= 0, got -1"):
             dp.agree(-1)
+        assert dp.mean_of(lambda: loss) is loss  # no group: compute() itself, its errors as they are
+        with pytest.raises(KeyError, match="own"):
+            dp.mean_of(lambda: {}["own"])
+
+
+@needs_gloo
+def test_mean_of_in_a_group_of_one(group_of_one):
+    """In a group of one rank ``mean_of`` returns the loss's own value, bit for bit in float32 and float64 (the
+    status travels in a float64 buffer), with its gradient; a compute that raises raises its own error, one that
+    returns no scalar a ``TypeError``."""
+    lin = torch.nn.Linear(3, 1)
+    x = torch.randn(5, 3)
+    with dd.data_parallel(lin, 0) as dp:
+        for dtype in (torch.float32, torch.float64):
+            lin.to(dtype)
+            loss = torch.sin(lin(x.to(dtype))).sum() * 1.2345
+            out = dp.mean_of(lambda loss=loss: loss, "test")
+            assert out.dtype == dtype and torch.equal(out.detach(), loss.detach())
+            (g,) = torch.autograd.grad(out, lin.bias, retain_graph=True)
+            (ref,) = torch.autograd.grad(loss, lin.bias)
+            assert torch.equal(g, ref)
+        with pytest.raises(KeyboardInterrupt):
+
+            def interrupted():
+                raise KeyboardInterrupt
+
+            dp.mean_of(interrupted)
+        with pytest.raises(TypeError, match=r"`compute` must return a scalar tensor, got \(5, 1\)"):
+            dp.mean_of(lambda: lin(x.double()))
+        assert torch.equal(dp.mean_of(lambda: lin(x.double()).sum()).detach(), lin(x.double()).sum().detach())
 
 
 @needs_gloo
@@ -258,5 +289,37 @@ def test_a_stop_or_an_error_of_one_ranks_callback_ends_the_fit_on_every_rank(tmp
         for k in ref:
             assert torch.equal(stopped[k], ref[k]), k
     assert res[1]["raised"] == 'KeyError: "rank 1\'s callback fails"'
-    assert res[0]["raised"].startswith("RuntimeError: RGNP.fit under torchrun: the callback raised on another rank")
+    assert res[0]["raised"].startswith(
+        "RuntimeError: RGNP.fit, in the callback at step 2, under torchrun: rank 1 of 2 raised KeyError: "
+        '"rank 1\'s callback fails"; rank 0 stops with it'
+    )
     assert res[0]["matched_loss"] == res[1]["matched_loss"]
+
+
+@needs_gloo
+def test_a_loss_that_fails_on_one_rank_ends_the_fit_on_every_rank_at_once(tmp_path):
+    r"""``RGNP.fit`` on two ranks where rank 1's residual (user PDE code) returns NaN at step 3 of 10, from the state
+    after ``fit(steps=2)``: rank 1 raises its ``ValueError`` (the NaN residual, as in one process) and rank 0 a
+    ``RuntimeError`` naming rank 1 and its error, both within seconds of the failure (the collectives' timeout is
+    30 s); each model is left as it was, bit for bit the parameters of a fresh ``fit(steps=2)`` on the same ranks,
+    and the ranks stay in step (the next fits match). Before, rank 0 waited in the loss all-reduce of step 3 until
+    the timeout while rank 1 went on into its next fit's collectives, and the run failed."""
+    start = time.monotonic()
+    _torchrun(tmp_path, "fail", timeout=150)
+    assert time.monotonic() - start < 60  # start-up included; the old code took the 30 s timeout and failed
+    res = [json.loads((tmp_path / f"fail{r}.json").read_text()) for r in range(2)]
+    assert res[1]["raised"].startswith("ValueError: `residual(u, x, z, w)` returned 12 NaN or infinite value(s)")
+    assert res[1]["raised"].endswith("(at training step 3)")
+    assert res[0]["raised"].startswith(
+        "RuntimeError: RGNP.fit, in the loss at training step 3, under torchrun: rank 1 of 2 raised "
+        "NonFiniteOutputError: `residual(u, x, z, w)` returned 12 NaN"
+    )
+    for r in res:
+        assert r["steps_begun"] == 3 and r["unchanged"] and r["history_unchanged"]
+        assert r["after_failure_s"] < 10.0  # seconds from rank 1's NaN to the end of the fit on this rank
+    assert res[0]["matched_loss"] == res[1]["matched_loss"]
+    for r in range(2):
+        failed, ref = torch.load(tmp_path / f"fail_state{r}.pt"), torch.load(tmp_path / f"fit2_state{r}.pt")
+        assert failed.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(failed[k], ref[k]), k

@@ -33,6 +33,14 @@ The loss itself is averaged by :func:`mean_over_ranks` (value: the mean over the
 averaged by the hooks), so that every rank records the same loss history, keeps the same "best" parameters and
 stops early at the same step.
 
+A step that fails on one rank must fail on all: the others would otherwise wait in the step's next collective until
+the timeout. The loss all-reduce is the first collective of every step, and every rank reaches it once its own loss
+is computed (or has raised), before its backward pass: :meth:`DataParallel.mean_of` sends the rank's status with its
+loss (:math:`(L_r, f_r)`, :math:`f_r = 1` when the loss raised), so a failing rank still takes part in that
+all-reduce and every rank learns :math:`\sum_r f_r > 0` from it, then raises (:meth:`DataParallel.raise_failure`:
+the failed rank its own error, the others a ``RuntimeError`` naming it) before any gradient is reduced or parameter
+changed. A user's callback, called after the loss, is settled the same way by :meth:`DataParallel.agree`.
+
 A single process (no ``torchrun``, no process group) is unchanged: every function here is then a no-op and the
 training is bitwise the same as without this module. Under a process group of size 1 the hooks run and the result
 is again bitwise the same (the all-reduce of one rank is the identity, the division by 1 exact).
@@ -47,7 +55,7 @@ import contextlib
 import datetime
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -423,11 +431,39 @@ def mean_over_ranks(value: Tensor) -> Tensor:
     return mean + (value - value.detach())
 
 
+_ZERO = torch.zeros(1, dtype=torch.float64)  # the status of a rank whose loss was computed
+
+
+def _summary(err: BaseException) -> str:
+    r"""``Type: message`` of ``err``, its message's first line cut to 300 characters (for the other ranks)."""
+    text = str(err).split("\n", 1)[0]
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _raise_failure(error: BaseException | None, what: str) -> None:
+    r"""Once every rank knows that some rank failed in this step (a collective: every rank calls it), ``error`` is
+    raised again on the ranks that failed and a ``RuntimeError`` naming the first of them and its error on the others
+    (``what``: where, for the message, e.g. ``"RGNP.fit, in the loss at step 3"``). One ``all_gather_object`` of the
+    errors' summaries, on the failure path only."""
+    summaries: list[Any] = [None] * world_size()
+    _dist().all_gather_object(summaries, None if error is None else _summary(error))
+    if error is not None:
+        raise error
+    failed = [(k, s) for k, s in enumerate(summaries) if s is not None]
+    k, summary = failed[0] if failed else (-1, "an unknown error")
+    more = f" (and {len(failed) - 1} more rank(s) raised too)" if len(failed) > 1 else ""
+    raise RuntimeError(
+        f"{what}, under torchrun: rank {k} of {world_size()} raised {summary}{more}; rank {rank()} stops with it "
+        "(that rank's own error has the details)."
+    )
+
+
 class DataParallel:
     r"""What one data-parallel training run needs, from :func:`data_parallel`: ``seed`` (this rank's),
     ``progress(p)`` (``p`` on rank 0, False elsewhere), ``mean(loss)`` (the loss with its value averaged over the
-    ranks, :func:`mean_over_ranks`), ``agree(outcome)`` (the largest outcome of a step over the ranks),
-    ``active`` (a process group exists)."""
+    ranks, :func:`mean_over_ranks`), ``mean_of(compute)`` (the same for a loss that may raise on some ranks),
+    ``agree(outcome)`` (the largest outcome of a step over the ranks), ``active`` (a process group exists)."""
 
     def __init__(self, seed: int | None, active: bool) -> None:
         self.seed, self.active = seed, active
@@ -440,6 +476,55 @@ class DataParallel:
         r"""The loss ``value`` with its value averaged over the ranks (:func:`mean_over_ranks`; itself when no
         process group exists)."""
         return mean_over_ranks(value) if self.active else value
+
+    def mean_of(self, compute: Callable[[], Tensor], what: str = "training") -> Tensor:
+        r"""``compute()`` (a scalar loss) with its value averaged over the ranks, or, when it raises on any rank,
+        an exception on every rank at once: the rank's own where it raised, elsewhere a ``RuntimeError`` naming the
+        rank that raised and its error (``what``: where, for the message, e.g. ``"RGNP.fit, in the loss at step
+        3"``).
+
+        The mean's all-reduce carries the step's status: every rank sends the two numbers
+        :math:`(L_r, f_r)` in float64, :math:`f_r = 1` when ``compute`` raised there (then :math:`L_r = 0`), else
+        0, and receives :math:`(\sum_r L_r, \sum_r f_r)`. With :math:`\sum_r f_r = 0` the value is
+        :math:`\bar L = \frac1W \sum_r L_r` (as :func:`mean_over_ranks`: the gradient is the rank's own); else
+        every rank raises before the backward pass, so no rank is left in a collective the failed one never
+        reaches (the gradient all-reduce: until the timeout), and the step changes no parameter. The flag costs no
+        collective of its own: one more number in the all-reduce that every step makes anyway. A float64 sum of
+        the float32 losses of two ranks is exact, so the mean is the float32 all-reduce's, bit for bit.
+
+        Any exception counts, ``KeyboardInterrupt`` included. Every rank must call it at the same step. Without a
+        process group: ``compute()`` itself (its exceptions as they are).
+        """
+        if not self.active:
+            return compute()
+        value, error = None, None
+        try:
+            value = compute()
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise TypeError(f"mean_of: `compute` must return a scalar tensor, got {got}.")
+        except BaseException as err:  # noqa: BLE001 - raised again below, after the other ranks have been told
+            error = err
+        dev = _comm_device([]) or torch.device("cpu")
+        if value is not None and error is None:
+            buf = torch.cat([value.detach().reshape(1).to(device=dev, dtype=torch.float64), _ZERO.to(dev)])
+        else:
+            buf = torch.tensor([0.0, 1.0], dtype=torch.float64, device=dev)
+        d = _dist()
+        d.all_reduce(buf, op=d.ReduceOp.SUM)
+        if error is not None or float(buf[1]) > 0 or value is None:
+            _raise_failure(error, what)
+        mean = (buf[0] / world_size()).to(dtype=value.dtype, device=value.device).reshape(value.shape)
+        return mean + (value - value.detach())
+
+    def raise_failure(self, error: BaseException | None, what: str) -> None:
+        r"""Raise on every rank once all know that some rank failed in this step (a collective, e.g. after
+        :meth:`agree` returned 2): ``error`` on the ranks that pass one, a ``RuntimeError`` naming the first rank
+        that failed and its error on the others (``what``: where it happened, for the message). Without a process
+        group or with one rank: ``error`` itself (or a ``RuntimeError`` when it is None)."""
+        if not self.active or world_size() < 2:
+            raise error if error is not None else RuntimeError(f"{what}: failed.")
+        _raise_failure(error, what)
 
     def agree(self, outcome: int) -> int:
         r"""The largest ``outcome`` over the ranks (a collective: every rank calls it at the same step), e.g. of a

@@ -540,16 +540,17 @@ def call_back(
     callback: Callable[[int, float], None] | None,
     step: int,
     loss: Tensor,
-    agree: Callable[[int], int] | None = None,
+    dp: Any = None,
 ) -> None:
     r"""``callback(step, loss)`` of :meth:`~gpgeom.models.rgnp.model.RGNP.fit` (``loss``: the step's loss, a scalar
     tensor). A ``StopIteration`` from it is raised again carrying ``loss``, which tells the engine's Adam loop to end
     the fit with this step's loss as its last one (:mod:`gpgeom.engine.optimizers`).
 
-    Under ``torchrun``, ``agree`` (:meth:`gpgeom.engine.distributed.DataParallel.agree`) makes the outcome the
-    ranks': when the callback asks one rank to stop, every rank stops at this step; when it raises on one rank, that
-    rank raises its exception and the others a ``RuntimeError`` saying so. Before, the other ranks went on alone
-    into their next all-reduce (a hang until the collectives' timeout, or mismatched collectives)."""
+    Under ``torchrun``, ``dp`` (the :class:`gpgeom.engine.distributed.DataParallel` of the fit) makes the outcome the
+    ranks' (:meth:`~gpgeom.engine.distributed.DataParallel.agree`): when the callback asks one rank to stop, every
+    rank stops at this step; when it raises on one rank, that rank raises its exception and the others a
+    ``RuntimeError`` naming that rank and its error. Before, the other ranks went on alone into their next
+    all-reduce (a hang until the collectives' timeout, or mismatched collectives)."""
     if callback is None:
         return
     outcome, error = 0, None
@@ -558,18 +559,12 @@ def call_back(
     except StopIteration:
         outcome = 1
     except BaseException as err:  # noqa: BLE001 - re-raised below, after the other ranks have been told
-        if agree is None:
+        if dp is None:
             raise
         outcome, error = 2, err
-    if agree is not None:
-        everyone = agree(outcome)
-        if error is not None:
-            raise error
-        if everyone == 2:
-            raise RuntimeError(
-                f"RGNP.fit under torchrun: the callback raised on another rank at step {step}; this rank stops "
-                "with it (that rank's error says why)."
-            )
-        outcome = everyone
+    if dp is not None:
+        outcome = dp.agree(outcome)
+        if outcome == 2:
+            dp.raise_failure(error, f"RGNP.fit, in the callback at step {step}")
     if outcome == 1:
         raise StopIteration(loss) from None

@@ -500,7 +500,8 @@ class RGNP(ModelContract, nn.Module):
                 them). Raising ``StopIteration`` there ends the fit and keeps it: ``step`` steps, as ``fit(steps=
                 step)`` from the same start and seed (``fit_result_.stopped``). Under ``torchrun`` the ranks agree
                 after every call (one more all-reduce per step): a ``StopIteration`` on any rank stops every rank at
-                that step, an exception on one rank is raised there and a ``RuntimeError`` on the others.
+                that step, an exception on one rank is raised there and a ``RuntimeError`` naming that rank on the
+                others.
 
         Started under ``torchrun``, every rank trains data-parallel (:mod:`gpgeom.engine.distributed`): rank 0's
         parameters, a grid per rank (seed + rank), gradients and losses averaged; progress on rank 0 only. A step on
@@ -511,7 +512,11 @@ class RGNP(ModelContract, nn.Module):
         the weight the data term weighed :math:`W` times more than in one process). Every rank must build the model
         with the same arguments and pass ``fit`` the same arguments, ``data`` included (the whole data set: each rank
         draws its own batches of it; shards would weight the data term ``1/W``): otherwise every rank raises a
-        ``ValueError`` naming the arguments that differ, before the first step.
+        ``ValueError`` naming the arguments that differ, before the first step. When the loss raises on one rank (a
+        NaN residual on its grid, an error in user code, ``KeyboardInterrupt``), the step's loss all-reduce tells
+        every rank (:meth:`~gpgeom.engine.distributed.DataParallel.mean_of`): that rank raises its error, the others
+        a ``RuntimeError`` naming it, at once and before any update, and each model is left as it was before the
+        call (before, the others waited in the all-reduce until the collectives' timeout).
 
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
@@ -557,17 +562,20 @@ class RGNP(ModelContract, nn.Module):
                 self.calibration_ = None
             check_user_functions(self)
             counter = [0]
-            agree = None  # under torchrun with a callback: the ranks' outcome of each step (set below)
+            agreeing = None  # under torchrun with a callback: the ranks agree on its outcome each step (set below)
             step_data = [prepared]  # under torchrun: the data term weighted 1/W on every rank (set below)
 
             def objective() -> Tensor:
                 # Pyro/torch argument validation off while training: it re-checks supports every step (a device sync
                 # on GPU); the model checks its own inputs and outputs.
-                with pyro.validation_enabled(False):
-                    value = dp.mean(self.loss(batch_size, n_points, step_data[0]))  # torchrun: the mean over the ranks
+                with pyro.validation_enabled(False):  # torchrun: the mean over the ranks, or all raise if one did
+                    value = dp.mean_of(
+                        lambda: self.loss(batch_size, n_points, step_data[0]),
+                        f"RGNP.fit, in the loss at training step {counter[0] + 1}",
+                    )
                 counter[0] += 1
                 self._fitted = True  # trained from here on: a callback may call predict()
-                call_back(callback, counter[0], value, agree)  # StopIteration: the fit ends after this step's loss
+                call_back(callback, counter[0], value, agreeing)  # StopIteration: the fit ends after this step's loss
                 return value
 
             try:  # under torchrun: rank 0's parameters, each rank its own grids (seed + rank), gradients averaged
@@ -579,7 +587,7 @@ class RGNP(ModelContract, nn.Module):
                 }  # fmt: skip
                 with data_parallel(self, seed, settings=settings) as dp:  # refused if the ranks' settings differ
                     if callback is not None and world_size() > 1:  # a rank that stops (or raises) stops every rank
-                        agree = dp.agree
+                        agreeing = dp
                     if prepared is not None and world_size() > 1:
                         # each rank's loss is its B fields' mean physics term + (data log-likelihood) / B; the mean over
                         # W ranks must carry (data log-likelihood) / (W B), as one process with W B fields per step
