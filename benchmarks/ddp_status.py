@@ -11,7 +11,9 @@ float64, 2 fields of 6 points, the callback and failure tests; ``test``: 2x24, f
   ``mean_of`` (``status``) and with the loss averaged alone as before (``DataParallel.mean_of`` replaced by
   ``mean(compute())``: one all-reduce of the bare loss; ``bare``), the fits of the two interleaved;
 * ``flag all-reduce us``: the median time of one more all-reduce of a 1-element int64 flag (what a status sent in a
-  collective of its own would cost every step), and of the float64 pair ``(L, f)`` against the bare loss alone.
+  collective of its own would cost every step), and of the float64 pair ``(L, f)`` against the bare loss alone;
+* ``grad numbers``: the length of the step's gradient all-reduce, whose last number is the status of the backward
+  pass (in both variants).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/ddp_status.py`` (writes ``benchmarks/results/ddp_status.md``;
 ``--quick``: 2 fits of 5 steps per variant and 100 all-reduces, ``results/local/ddp_status_quick.md``).
@@ -120,6 +122,7 @@ def _worker(steps: int, blocks: int, reps: int, out: Path) -> None:
                 "status_step_ms": 1e3 * statistics.median(per["status"]),
                 "bare_step_ms": 1e3 * statistics.median(per["bare"]),
                 "steps_timed": len(per["status"]),
+                "grad_numbers": sum(p.numel() + 1 for p in model.parameters() if p.requires_grad) + 1,
                 "flag_us": us["flag"],
                 "bare_allreduce_us": us["bare"],
                 "pair_allreduce_us": us["pair"],
@@ -167,14 +170,16 @@ def main() -> None:
         f"all-reduce us: median of {args.reps}, the three taken in turn; 'flag': a 1-element int64 all-reduce, what "
         "a status in a collective of its own would add every step; 'bare' / 'pair': the loss alone / the float64 "
         "pair (L, f)",
+        "grad numbers: the length of the gradient all-reduce of every step (the gradients, one 'used' count per "
+        "parameter tensor, and the status of the backward pass, the same in both variants)",
     ]
     table = markdown_table(
         ["model", "dtype", "step ms (status)", "step ms (bare)", "flag all-reduce us", "flag / step",
-         "bare all-reduce us", "pair all-reduce us"],
+         "bare all-reduce us", "pair all-reduce us", "grad numbers"],
         [
             [r["model"], r["dtype"], f"{r['status_step_ms']:.3g}", f"{r['bare_step_ms']:.3g}", f"{r['flag_us']:.3g}",
              f"{100 * r['flag_us'] / (1e3 * r['status_step_ms']):.2g}%", f"{r['bare_allreduce_us']:.3g}",
-             f"{r['pair_allreduce_us']:.3g}"]
+             f"{r['pair_allreduce_us']:.3g}", r["grad_numbers"]]
             for r in rows
         ],
     )  # fmt: skip

@@ -228,10 +228,23 @@ def stop_main(out: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _nan_on(model: RGNP, r: int, rank: int, step: int) -> dict:
-    """Make ``model``'s residual (the user's PDE code) return NaN everywhere on rank ``rank`` at training step
-    ``step`` of its next fit (counted by its loss evaluations); the returned dict's ``"at"`` is when it first did
-    (``time.monotonic()``), ``"steps"`` the steps begun, ``"restore"`` undoes it."""
+class _FailingBackward(torch.autograd.Function):
+    """The identity, whose backward pass raises ``ArithmeticError``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ArithmeticError("rank 1's residual fails in its backward pass")
+
+
+def _fail_on(model: RGNP, r: int, rank: int, step: int, how: str) -> dict:
+    """Make ``model``'s residual (the user's PDE code) fail on rank ``rank`` at training step ``step`` of its next
+    fit (counted by its loss evaluations): return NaN everywhere (``how="nan"``) or raise in its backward pass
+    (``how="backward"``). The returned dict's ``"at"`` is when it first did (``time.monotonic()``), ``"steps"`` the
+    steps begun, ``"restore"`` undoes it."""
     seen: dict = {"steps": 0, "at": None}
     residual, loss = model.residual_fn, model.loss
 
@@ -239,55 +252,60 @@ def _nan_on(model: RGNP, r: int, rank: int, step: int) -> dict:
         seen["steps"] += 1
         return loss(*args)
 
-    def residual_nan_at_step(u, x, z, w):
+    def failing_residual(u, x, z, w):
         out = residual(u, x, z, w)
         if r == rank and seen["steps"] == step:
             seen["at"] = seen["at"] or time.monotonic()
-            return out * float("nan")
+            return out * float("nan") if how == "nan" else _FailingBackward.apply(out)
         return out
 
     def restore():
         del model.loss
         model.residual_fn = residual
 
-    model.loss, model.residual_fn, seen["restore"] = counting_loss, residual_nan_at_step, restore
+    model.loss, model.residual_fn, seen["restore"] = counting_loss, failing_residual, restore
     return seen
+
+
+def _failing_fit(model: RGNP, r: int, how: str, step: int, seed: int) -> dict:
+    """``model.fit(10)`` with rank 1 failing at ``step`` (:func:`_fail_on`): the exception, the steps begun, the
+    seconds from rank 1's failure to the end of the fit on this rank, whether the model was left as it was."""
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    history = list(model.fit_history)
+    seen = _fail_on(model, r, rank=1, step=step, how=how)
+    start = time.monotonic()
+    try:
+        model.fit(10, lr=1e-2, seed=seed, progress=False)
+        out: dict = {"raised": None}
+    except (ValueError, RuntimeError, ArithmeticError) as err:
+        out = {"raised": f"{type(err).__name__}: {err}"}
+    end = time.monotonic()
+    seen["restore"]()
+    times = torch.tensor([start, end, seen["at"] or 0.0], dtype=torch.float64)  # CLOCK_MONOTONIC: one machine
+    all_times = [torch.zeros_like(times) for _ in range(dd.world_size())]
+    torch.distributed.all_gather(all_times, times)
+    out.update(steps_begun=seen["steps"], fit_s=end - start, after_failure_s=end - float(all_times[1][2]))
+    out["unchanged"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    out["history_unchanged"] = list(model.fit_history) == history
+    return out
 
 
 def fail_main(out: Path) -> None:
     """``ddp_worker.py OUT fail``: rank 1's loss fails (its residual returns NaN) at step 3 of a fit of 10 steps,
-    started from the state after ``fit(steps=2)``. Writes ``OUT/fail{r}.json`` (the exception, the seconds from the
-    failure on rank 1 to the end of the fit on this rank, whether the model was left as it was, the loss of a
-    matched fit afterwards) and ``OUT/fail_state{r}.pt`` (after the failure), ``OUT/fit2_state{r}.pt`` (a fresh
-    ``fit(steps=2)``)."""
+    started from the state after ``fit(steps=2)``; then rank 1's residual raises in its backward pass at step 2 of
+    another. Writes ``OUT/fail{r}.json`` (for each: the exception, the seconds from the failure on rank 1 to the end
+    of the fit on this rank, whether the model was left as it was; the loss of a matched fit afterwards) and
+    ``OUT/fail_state{r}.pt`` (after the failures), ``OUT/fit2_state{r}.pt`` (a fresh ``fit(steps=2)``)."""
     torch.set_num_threads(1)
     # a rank left waiting in a collective fails after 30 s: the old code raised then (and mismatched what follows)
     assert dd.init_from_env(timeout_s=30.0), "not started by torchrun"
     r = dd.rank()
-    result: dict = {"rank": r}
     model = _small(r).fit(2, lr=1e-2, seed=3, progress=False)
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history = list(model.fit_history)
-    seen = _nan_on(model, r, rank=1, step=3)
-    start = time.monotonic()
-    try:
-        model.fit(10, lr=1e-2, seed=5, progress=False)
-        result["raised"] = None
-    except (ValueError, RuntimeError) as err:
-        result["raised"] = f"{type(err).__name__}: {err}"
-    end = time.monotonic()
-    result["steps_begun"] = seen["steps"]
-    times = torch.tensor([start, end, seen["at"] or 0.0], dtype=torch.float64)  # CLOCK_MONOTONIC: one machine
-    all_times = [torch.zeros_like(times) for _ in range(dd.world_size())]
-    torch.distributed.all_gather(all_times, times)
-    result["fit_s"] = end - start
-    result["after_failure_s"] = end - float(all_times[1][2])
-    result["unchanged"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    result["history_unchanged"] = list(model.fit_history) == history
+    result: dict = {"rank": r, "nan": _failing_fit(model, r, "nan", step=3, seed=5)}
+    result["backward"] = _failing_fit(model, r, "backward", step=2, seed=6)
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"fail_state{r}.pt")
     ref = _small(r).fit(2, lr=1e-2, seed=3, progress=False)
     torch.save({k: v.detach().clone() for k, v in ref.state_dict().items()}, out / f"fit2_state{r}.pt")
-    seen["restore"]()
     model.fit(1, lr=1e-2, seed=4, progress=False)
     result["matched_loss"] = float(model.fit_history[-1])  # still in step afterwards
     (out / f"fail{r}.json").write_text(json.dumps(result))

@@ -105,6 +105,37 @@ def test_mean_of_in_a_group_of_one(group_of_one):
         assert torch.equal(dp.mean_of(lambda: lin(x.double()).sum()).detach(), lin(x.double()).sum().detach())
 
 
+class _RaisesInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ArithmeticError("backward fails")
+
+
+@needs_gloo
+def test_a_backward_pass_that_raises_after_the_loss_all_reduce(group_of_one):
+    """In a group of one rank, a backward pass that raises after ``mean_of`` raises its own error out of the
+    data-parallel block (after sending its status in place of the gradients: the all-reduces stay matched, the group
+    works on); the gradients of a backward pass that went well are the plain ones, bit for bit."""
+    torch.manual_seed(0)
+    lin, x = torch.nn.Linear(3, 2).double(), torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ArithmeticError, match="backward fails"):
+        with dd.data_parallel(lin, 0) as dp:
+            dp.mean_of(lambda: _RaisesInBackward.apply(lin(x)).sum(), "test").backward()
+    assert not lin.weight._post_accumulate_grad_hooks
+    lin.zero_grad(set_to_none=True)
+    (torch.sin(lin(x)).sum()).backward()
+    ref = [p.grad.clone() for p in lin.parameters()]
+    lin.zero_grad(set_to_none=True)
+    with dd.data_parallel(lin, 0) as dp:
+        dp.mean_of(lambda: torch.sin(lin(x)).sum()).backward()
+    for p, r in zip(lin.parameters(), ref):
+        assert torch.equal(p.grad, r)
+
+
 @needs_gloo
 def test_gradient_averaging_on_one_rank_leaves_gradients_bitwise_unchanged(group_of_one):
     """In a group of one rank the hooks run (one reduction per backward pass) and change nothing; an unused
@@ -297,26 +328,35 @@ def test_a_stop_or_an_error_of_one_ranks_callback_ends_the_fit_on_every_rank(tmp
 
 
 @needs_gloo
-def test_a_loss_that_fails_on_one_rank_ends_the_fit_on_every_rank_at_once(tmp_path):
+def test_a_step_that_fails_on_one_rank_ends_the_fit_on_every_rank_at_once(tmp_path):
     r"""``RGNP.fit`` on two ranks where rank 1's residual (user PDE code) returns NaN at step 3 of 10, from the state
-    after ``fit(steps=2)``: rank 1 raises its ``ValueError`` (the NaN residual, as in one process) and rank 0 a
-    ``RuntimeError`` naming rank 1 and its error, both within seconds of the failure (the collectives' timeout is
-    30 s); each model is left as it was, bit for bit the parameters of a fresh ``fit(steps=2)`` on the same ranks,
-    and the ranks stay in step (the next fits match). Before, rank 0 waited in the loss all-reduce of step 3 until
-    the timeout while rank 1 went on into its next fit's collectives, and the run failed."""
+    after ``fit(steps=2)``, then a fit where it raises in its backward pass at step 2: rank 1 raises its own error
+    (the ``ValueError`` of a NaN residual, as in one process; the ``ArithmeticError``) and rank 0 a ``RuntimeError``
+    naming rank 1 and its error, both within seconds of the failure (the collectives' timeout is 30 s); each model is
+    left as it was, bit for bit the parameters of a fresh ``fit(steps=2)`` on the same ranks, and the ranks stay in
+    step (the next fits match). Before, rank 0 waited in the loss (gradient) all-reduce until the timeout while rank 1
+    went on into its next fit's collectives, and the run failed."""
     start = time.monotonic()
     _torchrun(tmp_path, "fail", timeout=150)
     assert time.monotonic() - start < 60  # start-up included; the old code took the 30 s timeout and failed
     res = [json.loads((tmp_path / f"fail{r}.json").read_text()) for r in range(2)]
-    assert res[1]["raised"].startswith("ValueError: `residual(u, x, z, w)` returned 12 NaN or infinite value(s)")
-    assert res[1]["raised"].endswith("(at training step 3)")
-    assert res[0]["raised"].startswith(
+    nan, backward = [r["nan"] for r in res], [r["backward"] for r in res]
+    assert nan[1]["raised"].startswith("ValueError: `residual(u, x, z, w)` returned 12 NaN or infinite value(s)")
+    assert nan[1]["raised"].endswith("(at training step 3)")
+    assert nan[0]["raised"].startswith(
         "RuntimeError: RGNP.fit, in the loss at training step 3, under torchrun: rank 1 of 2 raised "
         "NonFiniteOutputError: `residual(u, x, z, w)` returned 12 NaN"
     )
-    for r in res:
-        assert r["steps_begun"] == 3 and r["unchanged"] and r["history_unchanged"]
-        assert r["after_failure_s"] < 10.0  # seconds from rank 1's NaN to the end of the fit on this rank
+    assert backward[1]["raised"] == "ArithmeticError: rank 1's residual fails in its backward pass"
+    assert backward[0]["raised"] == (
+        "RuntimeError: RGNP.fit, in the loss at training step 2, in its backward pass, under torchrun: rank 1 of 2 "
+        "raised ArithmeticError: rank 1's residual fails in its backward pass; rank 0 stops with it (that rank's own "
+        "error has the details)."
+    )
+    for fits, steps in ((nan, 3), (backward, 2)):
+        for f in fits:
+            assert f["steps_begun"] == steps and f["unchanged"] and f["history_unchanged"]
+            assert f["after_failure_s"] < 10.0  # seconds from rank 1's failure to the end of the fit on this rank
     assert res[0]["matched_loss"] == res[1]["matched_loss"]
     for r in range(2):
         failed, ref = torch.load(tmp_path / f"fail_state{r}.pt"), torch.load(tmp_path / f"fit2_state{r}.pt")

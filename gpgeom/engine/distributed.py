@@ -39,7 +39,12 @@ is computed (or has raised), before its backward pass: :meth:`DataParallel.mean_
 loss (:math:`(L_r, f_r)`, :math:`f_r = 1` when the loss raised), so a failing rank still takes part in that
 all-reduce and every rank learns :math:`\sum_r f_r > 0` from it, then raises (:meth:`DataParallel.raise_failure`:
 the failed rank its own error, the others a ``RuntimeError`` naming it) before any gradient is reduced or parameter
-changed. A user's callback, called after the loss, is settled the same way by :meth:`DataParallel.agree`.
+changed. A user's callback, called after the loss, is settled the same way by :meth:`DataParallel.agree`. A rank
+whose backward pass raises after that (user code in a custom autograd function, ``KeyboardInterrupt``) sends, on its
+way out of :func:`data_parallel`, a status of 1 in place of its gradients to the gradient all-reduce the others wait
+in: that all-reduce carries one more number, the sum of the ranks' backward statuses, and they raise on it. A rank
+that fails after its gradients were reduced (in the optimiser step: ``KeyboardInterrupt``) is not covered: the others
+wait in the next step's loss all-reduce until the timeout.
 
 A single process (no ``torchrun``, no process group) is unchanged: every function here is then a no-op and the
 training is bitwise the same as without this module. Under a process group of size 1 the hooks run and the result
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -334,35 +340,47 @@ def _wire_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _GradAverager:
-    r"""The gradient hooks of :func:`average_gradients`: one end-of-backward all-reduce of all the gradients."""
+    r"""The gradient hooks of :func:`average_gradients`: one end-of-backward all-reduce of all the gradients.
+
+    The all-reduce of the first group of parameters (by device and dtype) carries one more number, the status of the
+    backward pass: 0 from a rank that reduces its gradients, 1 from a rank whose backward pass raised after its loss
+    all-reduce (:meth:`fail`, sent in place of its gradients). Every rank that finds a non-zero status raises."""
 
     def __init__(self, params: list[Tensor]) -> None:
         self.params = params
         self.queued = False
         self.reductions = 0  # number of backward passes reduced (for tests)
+        self.pending = ""  # where, when the ranks' loss all-reduce passed and their gradients have not been reduced
+        self.groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p in params:
+            self.groups.setdefault((p.device, p.dtype), []).append(p)
 
     def on_accumulate(self, _param: Tensor) -> None:
         if not self.queued:
             self.queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self.reduce)
 
+    def _all_reduce(self, flat: Tensor) -> Tensor:
+        dev = _comm_device([flat])
+        staged = flat.to(dev) if dev is not None and dev != flat.device else flat
+        _dist().all_reduce(staged, op=_dist().ReduceOp.SUM)
+        return staged.to(flat.device) if staged is not flat else flat
+
     def reduce(self) -> None:
         self.queued = False
-        d, w = _dist(), world_size()
-        groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        for p in self.params:
-            groups.setdefault((p.device, p.dtype), []).append(p)
-        for (device, dtype), ps in groups.items():
+        what, self.pending = self.pending, ""
+        w = world_size()
+        for g, ((device, dtype), ps) in enumerate(self.groups.items()):
             if any(p.grad is not None and p.grad.is_sparse for p in ps):
                 raise TypeError("average_gradients: sparse gradients are not supported.")
             zeros = torch.zeros((), dtype=dtype, device=device)
             parts = [p.grad.reshape(-1) if p.grad is not None else zeros.expand(p.numel()) for p in ps]
             used = torch.tensor([float(p.grad is not None) for p in ps], dtype=dtype, device=device)
-            flat = torch.cat([*parts, used])
-            dev = _comm_device([flat])
-            staged = flat.to(dev) if dev is not None and dev != flat.device else flat
-            d.all_reduce(staged, op=d.ReduceOp.SUM)
-            flat = staged.to(device) if staged is not flat else flat
+            flat = self._all_reduce(torch.cat([*parts, used] if g else [*parts, used, zeros.reshape(1)]))
+            if not g:
+                flat, status = flat[:-1], flat[-1]
+                if float(status) != 0:  # a rank's backward pass raised: it sent this (fail)
+                    _raise_failure(None, f"{what or 'a backward pass'}, in its backward pass")
             sums, counts = flat[: -len(ps)], flat[-len(ps) :]
             offset = 0
             for p, count in zip(ps, counts.tolist()):
@@ -375,6 +393,16 @@ class _GradAverager:
                         p.grad.copy_(mean)
                 offset += k
         self.reductions += 1
+
+    def fail(self, error: BaseException) -> None:
+        r"""Raise ``error`` after telling the other ranks, which wait in the gradient all-reduce of this step, that
+        this rank's backward pass raised (a status of 1 in place of the gradients); they raise a ``RuntimeError``."""
+        what, self.pending, self.queued = self.pending, "", False
+        (device, dtype), ps = next(iter(self.groups.items()))
+        flat = torch.zeros(sum(p.numel() for p in ps) + len(ps) + 1, dtype=dtype, device=device)
+        flat[-1] = 1
+        self._all_reduce(flat)
+        _raise_failure(error, f"{what}, in its backward pass")
 
 
 @contextlib.contextmanager
@@ -465,8 +493,8 @@ class DataParallel:
     ranks, :func:`mean_over_ranks`), ``mean_of(compute)`` (the same for a loss that may raise on some ranks),
     ``agree(outcome)`` (the largest outcome of a step over the ranks), ``active`` (a process group exists)."""
 
-    def __init__(self, seed: int | None, active: bool) -> None:
-        self.seed, self.active = seed, active
+    def __init__(self, seed: int | None, active: bool, averager: _GradAverager | None = None) -> None:
+        self.seed, self.active, self._averager = seed, active, averager
 
     def progress(self, progress: bool | None) -> bool | None:
         r"""``progress`` on rank 0 (and in a single process), ``False`` on the other ranks."""
@@ -515,6 +543,8 @@ class DataParallel:
         if error is not None or float(buf[1]) > 0 or value is None:
             _raise_failure(error, what)
         mean = (buf[0] / world_size()).to(dtype=value.dtype, device=value.device).reshape(value.shape)
+        if self._averager is not None and value.requires_grad and math.isfinite(float(buf[0])):
+            self._averager.pending = what  # every rank goes on to its backward pass (a NaN mean: all raise)
         return mean + (value - value.detach())
 
     def raise_failure(self, error: BaseException | None, what: str) -> None:
@@ -522,6 +552,8 @@ class DataParallel:
         :meth:`agree` returned 2): ``error`` on the ranks that pass one, a ``RuntimeError`` naming the first rank
         that failed and its error on the others (``what``: where it happened, for the message). Without a process
         group or with one rank: ``error`` itself (or a ``RuntimeError`` when it is None)."""
+        if self._averager is not None:
+            self._averager.pending = ""  # every rank raises here: none is left in the gradient all-reduce
         if not self.active or world_size() < 2:
             raise error if error is not None else RuntimeError(f"{what}: failed.")
         _raise_failure(error, what)
@@ -574,5 +606,10 @@ def data_parallel(
     check_same_settings({**(settings or {}), "seed": seed}, f"training {type(module).__name__}")
     seed = rank_seed(seed)
     broadcast_parameters(module)
-    with average_gradients(module):
-        yield DataParallel(seed, active)
+    with average_gradients(module) as averager:
+        try:
+            yield DataParallel(seed, active, averager)
+        except BaseException as err:
+            if averager is not None and averager.pending:  # raised between its loss all-reduce and its gradients'
+                averager.fail(err)
+            raise

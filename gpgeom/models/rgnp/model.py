@@ -516,7 +516,8 @@ class RGNP(ModelContract, nn.Module):
         NaN residual on its grid, an error in user code, ``KeyboardInterrupt``), the step's loss all-reduce tells
         every rank (:meth:`~gpgeom.engine.distributed.DataParallel.mean_of`): that rank raises its error, the others
         a ``RuntimeError`` naming it, at once and before any update, and each model is left as it was before the
-        call (before, the others waited in the all-reduce until the collectives' timeout).
+        call (before, the others waited in the all-reduce until the collectives' timeout); a backward pass that
+        raises on one rank is told in the gradient all-reduce, with the same outcome.
 
         Returns:
             The model itself. ``fit_result_`` holds the :class:`gpgeom.engine.fitting.FitResult` (``history[0]``:
