@@ -1,5 +1,5 @@
 r"""Worker of ``tests/test_distributed.py``, run as ``torchrun --nproc_per_node=W tests/ddp_worker.py OUT`` (and
-``... OUT stop``: :func:`stop_main`).
+``... OUT stop``: :func:`stop_main`; ``... OUT fail``: :func:`fail_main`).
 
 Every rank writes ``OUT/rank{r}.json``, ``OUT/state{r}.pt`` and ``OUT/data_grad{r}.pt``:
 
@@ -242,9 +242,9 @@ class _FailingBackward(torch.autograd.Function):
 
 def _fail_on(model: RGNP, r: int, rank: int, step: int, how: str) -> dict:
     """Make ``model``'s residual (the user's PDE code) fail on rank ``rank`` at training step ``step`` of its next
-    fit (counted by its loss evaluations): return NaN everywhere (``how="nan"``) or raise in its backward pass
-    (``how="backward"``). The returned dict's ``"at"`` is when it first did (``time.monotonic()``), ``"steps"`` the
-    steps begun, ``"restore"`` undoes it."""
+    fit (counted by its loss evaluations): return NaN everywhere (``how="nan"``), raise in its backward pass
+    (``how="backward"``) or raise ``KeyboardInterrupt`` (``how="interrupt"``). The returned dict's ``"at"`` is when
+    it first did (``time.monotonic()``), ``"steps"`` the steps begun, ``"restore"`` undoes it."""
     seen: dict = {"steps": 0, "at": None}
     residual, loss = model.residual_fn, model.loss
 
@@ -256,6 +256,8 @@ def _fail_on(model: RGNP, r: int, rank: int, step: int, how: str) -> dict:
         out = residual(u, x, z, w)
         if r == rank and seen["steps"] == step:
             seen["at"] = seen["at"] or time.monotonic()
+            if how == "interrupt":
+                raise KeyboardInterrupt
             return out * float("nan") if how == "nan" else _FailingBackward.apply(out)
         return out
 
@@ -277,7 +279,7 @@ def _failing_fit(model: RGNP, r: int, how: str, step: int, seed: int) -> dict:
     try:
         model.fit(10, lr=1e-2, seed=seed, progress=False)
         out: dict = {"raised": None}
-    except (ValueError, RuntimeError, ArithmeticError) as err:
+    except (ValueError, RuntimeError, ArithmeticError, KeyboardInterrupt) as err:
         out = {"raised": f"{type(err).__name__}: {err}"}
     end = time.monotonic()
     seen["restore"]()
@@ -293,9 +295,10 @@ def _failing_fit(model: RGNP, r: int, how: str, step: int, seed: int) -> dict:
 def fail_main(out: Path) -> None:
     """``ddp_worker.py OUT fail``: rank 1's loss fails (its residual returns NaN) at step 3 of a fit of 10 steps,
     started from the state after ``fit(steps=2)``; then rank 1's residual raises in its backward pass at step 2 of
-    another. Writes ``OUT/fail{r}.json`` (for each: the exception, the seconds from the failure on rank 1 to the end
-    of the fit on this rank, whether the model was left as it was; the loss of a matched fit afterwards) and
-    ``OUT/fail_state{r}.pt`` (after the failures), ``OUT/fit2_state{r}.pt`` (a fresh ``fit(steps=2)``)."""
+    another, and ``KeyboardInterrupt`` at step 1 of a third. Writes ``OUT/fail{r}.json`` (for each: the exception,
+    the seconds from the failure on rank 1 to the end of the fit on this rank, whether the model was left as it was;
+    the loss of a matched fit afterwards) and ``OUT/fail_state{r}.pt`` (after the failures), ``OUT/fit2_state{r}.pt``
+    (a fresh ``fit(steps=2)``)."""
     torch.set_num_threads(1)
     # a rank left waiting in a collective fails after 30 s: the old code raised then (and mismatched what follows)
     assert dd.init_from_env(timeout_s=30.0), "not started by torchrun"
@@ -303,6 +306,7 @@ def fail_main(out: Path) -> None:
     model = _small(r).fit(2, lr=1e-2, seed=3, progress=False)
     result: dict = {"rank": r, "nan": _failing_fit(model, r, "nan", step=3, seed=5)}
     result["backward"] = _failing_fit(model, r, "backward", step=2, seed=6)
+    result["interrupt"] = _failing_fit(model, r, "interrupt", step=1, seed=7)
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"fail_state{r}.pt")
     ref = _small(r).fit(2, lr=1e-2, seed=3, progress=False)
     torch.save({k: v.detach().clone() for k, v in ref.state_dict().items()}, out / f"fit2_state{r}.pt")

@@ -330,8 +330,9 @@ def test_a_stop_or_an_error_of_one_ranks_callback_ends_the_fit_on_every_rank(tmp
 @needs_gloo
 def test_a_step_that_fails_on_one_rank_ends_the_fit_on_every_rank_at_once(tmp_path):
     r"""``RGNP.fit`` on two ranks where rank 1's residual (user PDE code) returns NaN at step 3 of 10, from the state
-    after ``fit(steps=2)``, then a fit where it raises in its backward pass at step 2: rank 1 raises its own error
-    (the ``ValueError`` of a NaN residual, as in one process; the ``ArithmeticError``) and rank 0 a ``RuntimeError``
+    after ``fit(steps=2)``, then fits where it raises in its backward pass at step 2 and ``KeyboardInterrupt`` at
+    step 1: rank 1 raises its own error (the ``ValueError`` of a NaN residual, as in one process; the
+    ``ArithmeticError``; the ``KeyboardInterrupt``) and rank 0 a ``RuntimeError``
     naming rank 1 and its error, both within seconds of the failure (the collectives' timeout is 30 s); each model is
     left as it was, bit for bit the parameters of a fresh ``fit(steps=2)`` on the same ranks, and the ranks stay in
     step (the next fits match). Before, rank 0 waited in the loss (gradient) all-reduce until the timeout while rank 1
@@ -353,7 +354,12 @@ def test_a_step_that_fails_on_one_rank_ends_the_fit_on_every_rank_at_once(tmp_pa
         "raised ArithmeticError: rank 1's residual fails in its backward pass; rank 0 stops with it (that rank's own "
         "error has the details)."
     )
-    for fits, steps in ((nan, 3), (backward, 2)):
+    interrupt = [r["interrupt"] for r in res]
+    assert interrupt[1]["raised"] == "KeyboardInterrupt: "
+    assert interrupt[0]["raised"].startswith(
+        "RuntimeError: RGNP.fit, in the loss at training step 1, under torchrun: rank 1 of 2 raised KeyboardInterrupt;"
+    )
+    for fits, steps in ((nan, 3), (backward, 2), (interrupt, 1)):
         for f in fits:
             assert f["steps_begun"] == steps and f["unchanged"] and f["history_unchanged"]
             assert f["after_failure_s"] < 10.0  # seconds from rank 1's failure to the end of the fit on this rank
