@@ -520,8 +520,10 @@ class DataParallel:
         collective of its own: one more number in the all-reduce that every step makes anyway. A float64 sum of
         the float32 losses of two ranks is exact, so the mean is the float32 all-reduce's, bit for bit.
 
-        Any exception counts, ``KeyboardInterrupt`` included. Every rank must call it at the same step. Without a
-        process group: ``compute()`` itself (its exceptions as they are).
+        Any exception counts, ``KeyboardInterrupt`` included. Every rank must call it at the same step. Once it has
+        returned, a rank whose backward pass raises tells the others in the gradient all-reduce instead (on its way
+        out of :func:`data_parallel`), and they raise a ``RuntimeError`` naming it there. Without a process group:
+        ``compute()`` itself (its exceptions as they are).
         """
         if not self.active:
             return compute()
@@ -588,7 +590,7 @@ def data_parallel(
     Use::
 
         with data_parallel(model, seed) as dp:
-            fit(lambda: dp.mean(objective()), module=model, optimizer="adam", seed=dp.seed, progress=dp.progress(True))
+            fit(lambda: dp.mean_of(objective), module=model, optimizer="adam", seed=dp.seed, progress=dp.progress(True))
 
     Args:
         module: The module trained (all ranks: the same structure).
@@ -596,6 +598,10 @@ def data_parallel(
         init: Initialise the process group from ``torchrun``'s environment when there is none yet.
         settings: The training settings that must be the same on every rank (step count, learning rate, batch
             sizes, data...), by name.
+
+    An exception that leaves the block on one rank between :meth:`DataParallel.mean_of` and that step's gradient
+    all-reduce (its backward pass raised) is raised after a status of 1 is sent to that all-reduce in place of the
+    gradients, where the other ranks wait: they raise a ``RuntimeError`` naming this rank.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
