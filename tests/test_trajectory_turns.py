@@ -158,3 +158,21 @@ def test_interval_turns_of_a_turning_axis_match_a_sequential_lift():
     ref = torch.tensor(ref, dtype=DT)
     assert float(ref.min()) < 2.0 and float(ref.max()) > 4.0  # the premise: both sides of pi
     assert float((turns - ref).abs().max()) < 1e-12, (turns, ref)
+
+
+@pytest.mark.parametrize("knots", [[0.0, 1.0, 2.0, 3.0, 6.0], [-3.0, 0.0, 1.0, 2.0, 3.0]], ids=["after", "before"])
+def test_a_refusal_of_an_interval_beyond_the_poses_says_it_is_extrapolated(knots):
+    r"""Clean poses of a 0.8 pi rad/s spin over [0, 3] s (knots 1 s apart there: 0.8 pi per interval, accepted) and
+    one knot interval of 3 s past the last pose or before the first: the start extrapolates the spin at its rate,
+    :math:`2.4\pi` = 7.54 rad over that interval (closed form), and refuses it. The message named it as a turn of the
+    pose measurements, which end at the interval's first knot (and ``init="none"``, which checks only the measured
+    part, accepts the same knots); it now says that the turn is the poses' extrapolation, and where they are."""
+    rate = 0.8 * math.pi
+    t = torch.arange(0.0, 3.0 + 1e-9, 0.05, dtype=DT)
+    meas = PoseMeasurement(t, R=so3_exp(rate * t[:, None] * AXIS), p=torch.zeros(t.shape[0], 3, dtype=DT))
+    SO3xR3Trajectory(torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=DT)).fit([meas], warn=False)  # the measured part
+    kt = torch.tensor(knots, dtype=DT)
+    with pytest.raises(ValueError, match=r"\(at t = 0 \.\. 3\), extrapolated at their rate beyond") as exc:
+        SO3xR3Trajectory(kt).fit([meas], warn=False)
+    named = float(re.search(r"by ([0-9.]+) rad", str(exc.value)).group(1))
+    assert abs(named - 3 * rate) < 0.01, named

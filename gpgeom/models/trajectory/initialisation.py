@@ -170,7 +170,8 @@ def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float 
     r"""Geodesic interpolation of the rotations ``R`` (``n x 3 x 3``) at times ``t`` (``n``, increasing) to the times
     ``tq`` (``q``), extrapolation at a constant body rate outside (:func:`_end_pairs`); raises when the rotation turns
     by more than ``limit`` (rad) within a knot interval (:func:`_interval_turns`: :math:`\pi` for pose measurements,
-    as :func:`check_measured_turns`; the default :math:`0.9\pi` for the rotations from the ranges' lever arms). The
+    as :func:`check_measured_turns`; the default :math:`0.9\pi` for the rotations from the ranges' lever arms); an
+    interval that turns that far only through the extrapolation is named as such, with the samples' times. The
     times are used in their own dtype (float64)."""
     if t.shape[0] == 1:
         return R.expand(tq.shape[0], 3, 3).clone()
@@ -187,8 +188,15 @@ def _interp_rotations(t: Tensor, R: Tensor, tq: Tensor, name: str, limit: float 
     if bool((turn > limit).any()):
         k = int(turn.argmax())
         margin = "" if limit >= math.pi else f", and the start from the {name} takes at most {limit:.3g} rad"
+        who = f"The {name}"
+        # an interval that turns that far only where the samples are extrapolated: say so (the measured part of it,
+        # the only part that check_measured_turns sees, turns by less)
+        if bool(tq[k] < t[0]) or bool(tq[k + 1] > t[-1]):
+            if float(_interval_turns(t, R, tq.clamp(t[0], t[-1]), length)[k]) <= limit:
+                span = f"{float(t[0]):.15g} .. {float(t[-1]):.15g}"
+                who = f"The {name} (at t = {span}), extrapolated at their rate beyond their times,"
         raise ValueError(
-            f"The {name} turn the body by {float(turn[k]):.3g} rad between knots {k} and {k + 1} (t = "
+            f"{who} turn the body by {float(turn[k]):.3g} rad between knots {k} and {k + 1} (t = "
             f"{float(tq[k]):.15g} .. {float(tq[k + 1]):.15g}); a knot interval of the trajectory cannot hold more than "
             f"pi (its local variable is Log(R_a^T R_b)){margin}. Use denser knots."
         )
