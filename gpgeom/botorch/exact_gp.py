@@ -74,7 +74,7 @@ from gpgeom.botorch.defaults import (
     default_outcome_transform,
 )
 from gpgeom.botorch.exact_files import model_state, restore_model
-from gpgeom.botorch.exact_inputs import check_module_types, checked_training_data
+from gpgeom.botorch.exact_inputs import check_module_types, checked_training_data, standardised_outputs
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
 from gpgeom.botorch.outputs import gaussian_posterior, refuse_empty_batch, select_outputs
 from gpgeom.engine.chunking import FactorCache, chunk_size_for, chunk_slices, memory_budget, resolve_max_memory
@@ -171,13 +171,17 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             )
         original_data = (train_X, train_Y, train_Yvar)
 
-        self._validate_tensor_args(X=train_X, Y=train_Y, Yvar=train_Yvar)
+        self._validate_tensor_args(X=train_X, Y=train_Y.to(train_X.dtype), Yvar=train_Yvar)
         with torch.no_grad():
             transformed_X = self.transform_inputs(X=train_X, input_transform=input_transform)
+        # float64 outputs of a float32 model: standardised in float64 with the mean rounded to float32, so their mean
+        # is off 0 by that rounding (exact_inputs.py): BoTorch's "not standardized" warning would be misleading
+        rounded_mean = outcome_transform is not None and train_Y.dtype != train_X.dtype
         if outcome_transform is not None:
-            train_Y, train_Yvar = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=transformed_X)
+            train_Y, train_Yvar = standardised_outputs(outcome_transform, train_Y, train_Yvar, transformed_X)
+        train_Y = train_Y.to(train_X.dtype)
         with warnings.catch_warnings():
-            if getattr(outcome_transform, "constant_outputs", False):  # explained by RoundingFloorStandardize
+            if rounded_mean or getattr(outcome_transform, "constant_outputs", False):  # RoundingFloorStandardize
                 warnings.filterwarnings(
                     "ignore", r"Data \(outcome observations\) is not standardized", InputDataWarning
                 )
@@ -820,7 +824,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
     def _to(self, *, device: torch.device, dtype: torch.dtype) -> None:
         data = self.__dict__.get("_original_data")
         if data is not None:
-            self._original_data = tuple(None if t is None else t.to(device=device, dtype=dtype) for t in data)
+            X, Y, Yvar = (None if t is None else t.to(device=device, dtype=dtype) for t in data)
+            if data[1].dtype == torch.float64:  # float64 outputs stay float64 (exact_inputs.standardised_outputs)
+                Y = data[1].to(device=device)
+            self._original_data = (X, Y, Yvar)
         if self._original_train_inputs is not None:  # BoTorch's untransformed inputs, back in training mode
             self._original_train_inputs = self._original_train_inputs.to(device=device, dtype=dtype)
         self.prediction_strategy = None

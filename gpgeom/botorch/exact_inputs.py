@@ -8,13 +8,14 @@ fit.
 
 from __future__ import annotations
 
+import torch
 from gpytorch.kernels import Kernel
 from gpytorch.likelihoods.gaussian_likelihood import _GaussianLikelihoodBase
 from torch import Tensor, nn
 
 from gpgeom._validation import as_tensor, check_tensor
 
-__all__ = ["checked_training_data", "check_module_types"]
+__all__ = ["checked_training_data", "check_module_types", "standardised_outputs"]
 
 
 def checked_training_data(
@@ -25,7 +26,7 @@ def checked_training_data(
     Args:
         train_X: A ``batch_shape x n x d`` floating tensor (or array-like) of inputs.
         train_Y: A ``batch_shape x n x m`` tensor of outputs (explicit ``m``, even for one output), converted to
-            ``train_X``'s dtype and device.
+            ``train_X``'s dtype and device (float64 outputs with float32 inputs stay float64).
         train_Yvar: ``None`` or a ``batch_shape x n x m`` tensor of non-negative noise variances.
 
     Returns:
@@ -38,7 +39,10 @@ def checked_training_data(
     """
     if not isinstance(train_X, Tensor) or not train_X.is_floating_point():
         train_X = as_tensor("train_X", train_X, dtype=None)
-    train_Y = as_tensor("train_Y", train_Y, dtype=train_X.dtype, device=train_X.device)
+    # float64 outputs of a float32 model stay float64: they are standardised in float64 (ExactGPModel)
+    train_Y = as_tensor("train_Y", train_Y, dtype=None, device=train_X.device)
+    if not (train_Y.dtype == torch.float64 and train_X.dtype == torch.float32):
+        train_Y = train_Y.to(train_X.dtype)
     if train_Yvar is not None:
         train_Yvar = as_tensor("train_Yvar", train_Yvar, dtype=train_X.dtype, device=train_X.device)
     check_tensor("train_X", train_X, floating=True)
@@ -88,3 +92,34 @@ def check_module_types(**modules: object) -> None:
         kind, what = kinds[arg]
         if value is not None and not isinstance(value, kind):
             raise TypeError(f"`{arg}` must be None or {what}, got {type(value).__name__} ({value!r:.80}).")
+
+
+def standardised_outputs(
+    outcome_transform: nn.Module, train_Y: Tensor, train_Yvar: Tensor | None, X: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    r"""``outcome_transform`` applied to the training outputs ``train_Y`` (``batch_shape x n x m``) and noise
+    variances ``train_Yvar`` (same shape, or ``None``) at the transformed inputs ``X``.
+
+    Outputs in the dtype of ``X``: the transform as BoTorch applies it (fitted to them in train mode). Float64
+    outputs of a float32 model (``X`` float32): fitted to the float64 values, its parameters (the means and scales of
+    ``Standardize``) rounded to float32 (``outcome_transform.to``) and then applied to the float64 values, so the
+    standardised outputs are computed in float64 with the very parameters the model keeps (the model's data in
+    original units, standardised again in eval mode, give the same values) and only rounded to float32 at the end
+    by the caller. Standardised in float32, :math:`10^6 + 0.1 f` was first rounded to float32's steps of 0.0625
+    there, and the learned noise was that of the rounding (``tests/test_exact_gp_output_offset.py``).
+
+    Returns:
+        The transformed ``(train_Y, train_Yvar)``, float64 for float64 outputs of a float32 model.
+    """
+    if train_Y.dtype == X.dtype:
+        return outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X)
+    training = outcome_transform.training
+    if training:
+        outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X)  # fitted to the float64 outputs
+    outcome_transform.to(dtype=X.dtype)  # its parameters rounded to the model's dtype, as the model keeps them
+    outcome_transform.eval()
+    try:
+        Y, Yvar = outcome_transform(Y=train_Y, Yvar=train_Yvar, X=X)
+    finally:
+        outcome_transform.train(training)
+    return Y, None if Yvar is None else Yvar.to(X.dtype)

@@ -447,7 +447,8 @@ class FunBaT(
         X, src = self._check_X(X, with_dtype=True)
         X = X.detach()  # training data: no autograd graph of the caller's is kept or differentiated
         N, K = X.shape
-        y = self._check_y(y, N).detach()
+        y, y_src = self._check_y(y, N)  # float64: standardised in it (inputs.py)
+        y = y.detach()
         keep = ~torch.isnan(y)
         if mask is not None:
             mask = torch.as_tensor(mask)
@@ -479,14 +480,15 @@ class FunBaT(
         self._per_mode(self.learn_hyperparameters, K, "learn_hyperparameters")  # one flag per mode
         dtype, device = self.dtype, self.device
         if self.standardize:  # targets
-            y_mean, y_std = target_standardization(y)  # floored at the rounding scale, warnings (target.py)
+            eps = min(torch.finfo(y_src).eps, torch.finfo(dtype).eps)  # the rounding y carries (target.py)
+            y_mean, y_std = target_standardization(y, eps)  # floored at the rounding scale, warnings (target.py)
         else:
-            y_mean = torch.zeros((), dtype=dtype, device=device)
-            y_std = torch.ones((), dtype=dtype, device=device)
-        self.y_mean, self.y_std = y_mean, y_std
+            y_mean = torch.zeros((), dtype=y.dtype, device=device)
+            y_std = torch.ones((), dtype=y.dtype, device=device)
+        self.y_mean, self.y_std = y_mean, y_std  # float64 (inputs.py): only the standardised values are rounded
         self._set_coordinate_map(X)  # float64 lo and span (inputs.py)
         self._set_labels(X, src)  # the labels query coordinates are matched to (inputs.py)
-        self._set_data(self._normalise(X), (y - y_mean) / y_std)
+        self._set_data(self._normalise(X), ((y - y_mean) / y_std).to(dtype))
         self._fitted = True
         restarts, self._stopped = [], False
         for r in range(self.n_restarts + 1 if self.n_restarts else 1):
@@ -572,7 +574,7 @@ class FunBaT(
         K = len(self.ranks)
         X, src = self._check_X(X, K=K, with_dtype=True)  # labels matched to the training ones (inputs.py)
         X = X.reshape(-1, K).detach()
-        y = self._check_y(y, X.shape[0]).detach()
+        y = self._check_y(y, X.shape[0])[0].detach()  # float64, standardised in it (inputs.py)
         keep = ~torch.isnan(y)  # missing entries, as in fit: NaN messages made every factor NaN (LinAlgError)
         X, y = X[keep], to_model_target(y[keep], self.target_transform)
         cfg = self._config()
@@ -589,7 +591,7 @@ class FunBaT(
         self._add_labels(new, X, src)
         new._set_data(
             torch.cat([self._X, self._normalise_query(X, "X")]),
-            torch.cat([self._ys, (y - self.y_mean) / self.y_std]),
+            torch.cat([self._ys, ((y - self.y_mean) / self.y_std).to(self._ys.dtype)]),
         )
         new.kernels = copy.deepcopy(self.kernels)
         new._modes = []

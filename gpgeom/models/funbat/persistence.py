@@ -35,6 +35,10 @@ _TENSORS = (
     "_bias_var _last_sq _X _ys _f_old _scale_alpha _scale_beta _resid_sq"
 ).split()
 
+#: the tensors kept in float64 whatever the model's dtype (float32 on MPS): the coordinate map and the targets' mean
+#: and scale (:mod:`~gpgeom.models.funbat.inputs`)
+_FLOAT64 = ("y_mean", "y_std", "coord_lo", "coord_span")
+
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
@@ -112,7 +116,8 @@ def from_state(cls: type, state: dict[str, Any]) -> Any:
 
 def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     r"""Move every fitted tensor of ``model`` to ``device`` and cast the floating ones to ``dtype``, in place (the
-    coordinate map's ``lo`` and ``span`` and the training labels stay float64, :mod:`~gpgeom.models.funbat.inputs`)."""
+    coordinate map's ``lo`` and ``span``, the targets' ``y_mean`` and ``y_std`` and the training labels stay
+    float64, :mod:`~gpgeom.models.funbat.inputs`)."""
 
     def mv(x: Any) -> Any:
         if isinstance(x, Tensor):
@@ -121,13 +126,15 @@ def move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
             return LatentPosterior(*(mv(v) for v in x))
         return x
 
+    coord = torch.float32 if torch.device(device).type == "mps" else torch.float64
     for name in _TENSORS:
         if hasattr(model, name):
-            setattr(model, name, mv(getattr(model, name)))
-    if hasattr(model, "coord_lo"):  # the coordinate map stays float64 (float32 on MPS): inputs.py
-        coord = torch.float32 if torch.device(device).type == "mps" else torch.float64
-        model.coord_lo = model.coord_lo.to(device=device, dtype=coord)
-        model.coord_span = model.coord_span.to(device=device, dtype=coord)
+            value = getattr(model, name)
+            if name in _FLOAT64 and isinstance(value, Tensor):  # stays float64 (float32 on MPS): inputs.py
+                setattr(model, name, value.to(device=device, dtype=coord))
+            else:
+                setattr(model, name, mv(value))
+    if hasattr(model, "coord_lo"):
         model._labels = [None if L is None else L.to(device=device, dtype=coord) for L in model._labels]
     for md in getattr(model, "_modes", []):
         for name in ("t", "idx", "u_mean", "u_cov", "lam", "eta", "post"):

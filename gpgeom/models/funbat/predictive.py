@@ -135,7 +135,8 @@ class _PredictiveDistribution:
             mean, var, noise = self._predict_std_units(X)
         if observation_noise:
             var = var + self._new_entry_noise(X, noise)  # shared scales: the group's noise variance where seen
-        return mean * self.y_std + self.y_mean, (var * self.y_std.square()).sqrt()
+        # the float64 mean and scale (inputs.py); the result in the model's dtype
+        return (mean * self.y_std + self.y_mean).to(mean.dtype), (var * self.y_std.square()).sqrt().to(var.dtype)
 
     def _mixture(self, X: Any, observation_noise: bool) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor]:
         r"""The predictive at ``X`` (``... x K``) in the model's units (:meth:`predictive_mixture`) as a scale
@@ -147,8 +148,8 @@ class _PredictiveDistribution:
         with torch.no_grad():
             mean, var, _ = self._predict_std_units(X)
         shape = tuple(mean.shape)
-        scale2 = self.y_std.square()
-        mean, var = (mean * self.y_std + self.y_mean).reshape(-1), (var * scale2).reshape(-1, 1)
+        scale2 = self.y_std.square().to(var.dtype)  # the float64 scale (inputs.py), the model's dtype after
+        mean, var = (mean * self.y_std + self.y_mean).to(mean.dtype).reshape(-1), (var * scale2).reshape(-1, 1)
         if not observation_noise:
             return shape, mean, var, torch.ones(1, dtype=var.dtype, device=var.device)
         s2 = (self._tau_b / (self._tau_a - 1.0)) * scale2

@@ -101,12 +101,12 @@ class FunBaTBoTorchModel(GaussianSurrogate):
     def _base_mean(self, X: Tensor) -> Tensor:
         fb = self.funbat
         mean, _, _ = fb._predict_std_units(X)
-        return (mean * fb.y_std + fb.y_mean).unsqueeze(-1)
+        return (mean * fb.y_std + fb.y_mean).to(mean.dtype).unsqueeze(-1)
 
     def _base_variance(self, X: Tensor) -> Tensor:
         fb = self.funbat
         _, var, _ = fb._predict_std_units(X)
-        return (var * fb.y_std.square()).unsqueeze(-1)
+        return (var * fb.y_std.square().to(var.dtype)).unsqueeze(-1)
 
     def _base_covariance(self, X1: Tensor, X2: Tensor) -> Tensor:
         fb = self.funbat
@@ -116,10 +116,10 @@ class FunBaTBoTorchModel(GaussianSurrogate):
         X1n = fb._normalise_query(X1.expand(*batch, q1, K), "X").reshape(-1, q1, K)
         X2n = fb._normalise_query(X2.expand(*batch, q2, K), "X").reshape(-1, q2, K)
         _, cov = entry_joint(fb, self._tables, X1n, X2n)
-        return (cov * fb.y_std.square()).reshape(*batch, q1, q2)
+        return (cov * fb.y_std.square().to(cov.dtype)).reshape(*batch, q1, q2)
 
     def _noise_variance(self, X: Tensor) -> Tensor:
         fb = self.funbat
         noise = fb._tau_b / (fb._tau_a - 1.0) * noise_factor(fb._dof)  # Student-t: its variance
         noise = fb._new_entry_noise(X, noise)  # scales shared along a mode: the entry's group's, where seen
-        return (noise * fb.y_std.square()).expand(X.shape[:-1]).unsqueeze(-1)
+        return (noise * fb.y_std.square().to(noise.dtype)).expand(X.shape[:-1]).unsqueeze(-1)

@@ -85,12 +85,14 @@ def lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(mean + 0.5 * var), (torch.expm1(var) * torch.exp(2.0 * mean + var)).sqrt()
 
 
-def target_standardization(y: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The mean and scale (0-d tensors) that ``standardize=True`` maps the observed targets ``y`` (``N``, finite,
-    in the units the model is fitted to) with: :math:`(y - \bar y) / s`.
+def target_standardization(y: Tensor, eps: float | None = None) -> tuple[Tensor, Tensor]:
+    r"""The mean and scale (0-d tensors of ``y``'s dtype) that ``standardize=True`` maps the observed targets ``y``
+    (``N``, finite, in the units the model is fitted to; float64 for a model of any dtype,
+    :mod:`~gpgeom.models.funbat.inputs`) with: :math:`(y - \bar y) / s`.
 
     :math:`s` is the sample standard deviation, floored at the targets' rounding scale
-    :math:`\varepsilon \max_i |y_i|` (``eps`` of the dtype): targets constant to rounding (an exactly constant
+    :math:`\varepsilon \max_i |y_i|` (``eps``: that of the finer of the dtype ``y`` was given in and the model's;
+    ``None``: that of ``y``'s dtype): targets constant to rounding (an exactly constant
     ``y`` has :math:`s = 0`) are scaled by that rounding scale, so the model stays scale-equivariant (``c y``
     predicts ``c`` times the mean and the standard deviation) and predicts the constant with a standard deviation
     below its rounding; a ``UserWarning`` says so. Without a scale to take (every target exactly zero, or a single
@@ -108,7 +110,7 @@ def target_standardization(y: Tensor) -> tuple[Tensor, Tensor]:
             stacklevel=user_stacklevel(),
         )
         return mean, one
-    floor = torch.finfo(y.dtype).eps * y.abs().max()
+    floor = (torch.finfo(y.dtype).eps if eps is None else eps) * y.abs().max()
     if not bool(floor > 0):
         warnings.warn(
             "Every observed entry of `y` is zero: there is no scale to standardise by, so the model predicts zero "

@@ -168,8 +168,8 @@ class MMGP(ModelContract):
             space dimension).
         n_modes_geometry_, n_modes_fields_: The numbers of modes kept. ``n_modes_own_``: per field, how many leading
             modes have their own hyperparameters (``"per_output"`` with ``tail_energy``; all of them otherwise).
-        train_latent_: ``n x d`` training inputs; ``train_targets_``: ``n x n_outputs`` (tensors; the GP's
-            targets, :math:`\log w` for the scalars of ``scalar_transforms_`` ``"log"``).
+        train_latent_: ``n x d`` training inputs; ``train_targets_``: ``n x n_outputs`` (tensors; the GP's targets,
+            :math:`\log w` for the scalars of ``scalar_transforms_`` ``"log"``; float64 whatever the dtype).
         scalar_transforms_: ``"log"`` or ``"none"`` for every output scalar (``scalar_transform``).
         truncation_share_: The geometric shares :math:`s` of the fields' truncation variances, ``(m,)``.
         noise_share_: The geometric shares of the learned noise, of every field (its coefficients pooled) then every
@@ -368,7 +368,9 @@ class MMGP(ModelContract):
         mu = scalar_table("input_scalars", input_scalars, n, **tkw)
         field_names = mapping_field_names(output_fields) if field_names is None else field_names
         U = check_output_fields(output_fields, meshes, names=field_names)
-        w = scalar_table("output_scalars", output_scalars, n, **tkw)
+        # the GP targets in float64 whatever the model's dtype: its GPs standardise them in float64 (ExactGPModel)
+        t64 = {"dtype": torch.float32 if self.device.type == "mps" else torch.float64, "device": self.device}
+        w = scalar_table("output_scalars", output_scalars, n, **t64)
         n_fields = U[0].shape[1]
         self.field_names_ = output_names("field_names", field_names, n_fields, "field")
         self.scalar_names_ = output_names("scalar_names", scalar_names, w.shape[1], "scalar")
@@ -435,7 +437,7 @@ class MMGP(ModelContract):
             pod.transfer_kappa = torch.as_tensor(np.ascontiguousarray(kappa[:, k]), **tkw)
             pod.transfer_spread = torch.tensor([d0], **tkw)
             self._fields.append(pod)
-            coefs.append(torch.as_tensor(a, **tkw))
+            coefs.append(torch.as_tensor(a, **t64))
             own.append(own_modes(ratio, pod.n_modes, self.tail_energy))
         self.n_modes_own_ = own if self.hyperparameters == "per_output" else [f.n_modes for f in self._fields]
         timings["pod"] = clock() - t0
@@ -846,7 +848,9 @@ class MMGP(ModelContract):
         self._noise_share = self._noise_share.to(device=device, dtype=dtype)
         self._bounds = self._bounds.to(device=device, dtype=dtype)
         self.train_latent_ = self.train_latent_.to(device=device, dtype=dtype)
-        self.train_targets_ = self.train_targets_.to(device=device, dtype=dtype)
+        # float64 targets stay float64 (fit: the GPs standardise them in float64)
+        keep = self.train_targets_.dtype == torch.float64
+        self.train_targets_ = self.train_targets_.to(device=device, dtype=torch.float64 if keep else dtype)
         self._gp_list = None
 
     def _config(self) -> dict[str, Any]:
