@@ -54,7 +54,7 @@ def test_a_float32_model_learns_the_noise_of_float64_outputs_with_a_large_offset
     assert float((mu32.detach().double() - mu64.detach()).abs().max()) <= 0.0625
 
 
-def test_the_float32_model_standardises_in_float64_with_the_parameters_it_keeps():
+def test_the_float32_model_standardises_in_float64_with_the_parameters_it_keeps(tmp_path):
     X, Y = _data(30)
     m = _model(X, Y, torch.float32)
     tf = m.outcome_transform
@@ -65,6 +65,13 @@ def test_the_float32_model_standardises_in_float64_with_the_parameters_it_keeps(
     # their spread is the outputs' own (1 to rounding), not the float32 rounding's
     assert float(m.train_targets.std()) == pytest.approx(1.0, rel=1e-5)
     assert m.train_data[1].dtype == D  # the data in original units, as given
+    # a file rebuilds the model from those data and its state: it predicts bitwise as saved
+    Xq = torch.rand(5, 2, generator=torch.Generator().manual_seed(2))
+    m.save(tmp_path / "m.pt")
+    back = ExactGPModel.load(tmp_path / "m.pt")
+    assert torch.equal(back.train_targets, m.train_targets)
+    for a, b in zip(m.predict(Xq, return_std=True), back.predict(Xq, return_std=True), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_conditioning_a_float32_model_equals_its_rebuild_on_the_union():

@@ -38,7 +38,7 @@ def _fit(dtype, M, mu, U, w, transform):
 
 
 @pytest.mark.parametrize("transform", ["none", "log"])
-def test_a_float32_model_learns_the_noise_of_output_scalars_with_a_large_offset(transform):
+def test_a_float32_model_learns_the_noise_of_output_scalars_with_a_large_offset(transform, tmp_path):
     # float32 rounds 1e6 to steps of 0.0625 (and log(1e6) to steps of 1e-6): the first scalar's noise sd was 0.0083
     # against the float64 model's 0.0031 ("none"; 5.9x its 3.1e-9 for "log"); now the noise agrees to 5e-4 relative
     # and the predictive std to 5e-4
@@ -61,3 +61,6 @@ def test_a_float32_model_learns_the_noise_of_output_scalars_with_a_large_offset(
     step = 0.0625 if transform == "none" else OFFSET * 2.0**-20
     assert float((p32.scalars.double() - p64.scalars).abs().max()) <= step
     assert m32.train_targets_.dtype == torch.float64  # kept as the GPs were given them
+    m32.save(tmp_path / "m.pt")  # its GPs rebuilt from the float64 targets, their state loaded: bitwise
+    back = MMGP.load(tmp_path / "m.pt").predict(Mt, mut, return_std=True)
+    assert torch.equal(back.scalars, p32.scalars) and torch.equal(back.scalars_std, p32.scalars_std)
