@@ -1,5 +1,5 @@
 r"""Worker of ``tests/test_distributed.py``, run as ``torchrun --nproc_per_node=W tests/ddp_worker.py OUT`` (and
-``... OUT stop``: :func:`stop_main`; ``... OUT fail``: :func:`fail_main`).
+``... OUT stop``: :func:`stop_main`; ``... OUT fail``: :func:`fail_main`; ``... OUT engine``: :func:`engine_main`).
 
 Every rank writes ``OUT/rank{r}.json``, ``OUT/state{r}.pt`` and ``OUT/data_grad{r}.pt``:
 
@@ -316,8 +316,90 @@ def fail_main(out: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _engine_case(r: int, how: str) -> dict:
+    """One data-parallel ``fit`` of the engine (a callable loss through ``DataParallel.mean_of``) where rank 1's loss
+    raises, at its evaluation ``at`` (3 with L-BFGS-B, 2 with Adam), an error that ``fit`` handles in one process:
+    a linear_operator ``NotPSDError`` (``how="jitter"``: retried with more jitter), a ``FloatingPointError`` with
+    ``restarts=1`` (``"restart"``: the next attempt) or a ``NanError`` at an L-BFGS-B trial point (``"lbfgs"``: an
+    infinite loss, the line search steps back). The exception, the loss evaluations on this rank, and a matched
+    all-reduce afterwards (the ranks in step: 1 + 2 = 3)."""
+    import gpytorch
+    from linear_operator.utils.errors import NanError, NotPSDError
+
+    from gpgeom.engine.fitting import fit
+
+    torch.manual_seed(0)
+    module = gpytorch.kernels.RBFKernel()  # a constrained parameter: restarts can redraw it
+    evals = [0]
+    error = {"jitter": NotPSDError, "restart": FloatingPointError, "lbfgs": NanError}[how]
+    at = 3 if how == "lbfgs" else 2  # L-BFGS-B: a point of the line search (evaluation 1: the start, 2: the probe)
+
+    def loss():
+        evals[0] += 1
+        if r == 1 and evals[0] == at:
+            raise error(f"rank 1's loss fails ({how})")
+        return ((module.lengthscale - 0.3 * (r + 1)) ** 2).sum()
+
+    options = {"optimizer": "lbfgs"} if how == "lbfgs" else {"optimizer": "adam", "epochs": 5, "lr": 0.1}
+    try:
+        with dd.data_parallel(module, 0) as dp:
+            fit(lambda: dp.mean_of(loss, "loss"), module=module, progress=False, seed=0,
+                restarts=1 if how == "restart" else 0, **options)  # fmt: skip
+        out: dict = {"raised": None}
+    except (RuntimeError, ArithmeticError, NotPSDError, NanError) as err:
+        out = {"raised": f"{type(err).__name__}: {err}"}
+    out["evals"], out["at"] = evals[0], at
+    check = torch.tensor([float(r + 1)])
+    torch.distributed.all_reduce(check)
+    out["after"] = float(check)
+    return out
+
+
+def engine_main(out: Path) -> None:
+    """``ddp_worker.py OUT engine``: the engine's ``fit`` under ``data_parallel`` when rank 1's loss raises an error
+    ``fit`` handles (:func:`_engine_case`); then a fit ended by ``StopIteration`` on every rank at evaluation 3,
+    after which rank 0 raises ``OSError`` in the block (the stopped step's loss got no backward pass: no rank is in
+    a gradient all-reduce). Writes ``OUT/engine{r}.json``."""
+    torch.set_num_threads(1)
+    assert dd.init_from_env(timeout_s=30.0), "not started by torchrun"  # a rank left waiting fails after 30 s
+    r = dd.rank()
+    result: dict = {how: _engine_case(r, how) for how in ("jitter", "restart", "lbfgs")}
+    from gpgeom.engine.fitting import fit
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 1)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    evals = [0]
+
+    def stopping_loss(dp):
+        value = dp.mean_of(lambda: ((lin(x) - y) ** 2).mean())
+        evals[0] += 1
+        if evals[0] == 3:
+            raise StopIteration(value)
+        return value
+
+    start = time.monotonic()
+    try:
+        with dd.data_parallel(lin, 0) as dp:
+            fit(lambda: stopping_loss(dp), module=lin, optimizer="adam", epochs=10, progress=False, seed=0)
+            if r == 0:
+                raise OSError("rank 0 cannot write its file")
+        stop: dict = {"raised": None}
+    except OSError as err:
+        stop = {"raised": f"{type(err).__name__}: {err}"}
+    stop["seconds"] = time.monotonic() - start
+    check = torch.tensor([float(r + 1)])
+    torch.distributed.all_reduce(check)
+    stop["after"] = float(check)
+    result["stop"] = stop
+    (out / f"engine{r}.json").write_text(json.dumps(result))
+    torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    if sys.argv[2:] == ["stop"]:
+    if sys.argv[2:] == ["engine"]:
+        engine_main(Path(sys.argv[1]))
+    elif sys.argv[2:] == ["stop"]:
         stop_main(Path(sys.argv[1]))
     elif sys.argv[2:] == ["fail"]:
         fail_main(Path(sys.argv[1]))

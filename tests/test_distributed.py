@@ -369,3 +369,27 @@ def test_a_step_that_fails_on_one_rank_ends_the_fit_on_every_rank_at_once(tmp_pa
         assert failed.keys() == ref.keys()
         for k in ref:
             assert torch.equal(failed[k], ref[k]), k
+
+
+@needs_gloo
+def test_the_engine_never_retries_alone_what_failed_on_every_rank(tmp_path):
+    r"""The engine's ``fit`` of a loss through ``DataParallel.mean_of`` on two ranks, rank 1's loss raising at one
+    evaluation an error that ``fit`` handles in one process (a linear_operator ``NotPSDError``: retried with more
+    jitter; a ``FloatingPointError`` with ``restarts=1``: the next attempt; a ``NanError`` at an L-BFGS-B trial point:
+    the line search steps back): rank 1 raises its own error and rank 0 a ``RuntimeError`` naming it, after the same
+    number of evaluations on both ranks, and a matched all-reduce afterwards sums 1 + 2. Before, rank 1 went on alone
+    and met rank 0's next collective mismatched (gloo aborted the run). A fit ended by ``StopIteration`` on both
+    ranks, then an ``OSError`` on rank 0 in the data-parallel block: rank 0 raises it at once (before, it sent a
+    status to a gradient all-reduce no rank was in: a hang until the timeout, or a mismatch with rank 1's next
+    collective)."""
+    _torchrun(tmp_path, "engine", timeout=150)
+    res = [json.loads((tmp_path / f"engine{r}.json").read_text()) for r in range(2)]
+    names = {"jitter": "NotPSDError", "restart": "FloatingPointError", "lbfgs": "NanError"}
+    for how, name in names.items():
+        own, other = res[1][how], res[0][how]
+        assert own["raised"] == f"{name}: rank 1's loss fails ({how})", own
+        assert other["raised"].startswith(f"RuntimeError: loss, under torchrun: rank 1 of 2 raised {name}: "), other
+        assert own["evals"] == other["evals"] == own["at"] and own["after"] == other["after"] == 3.0
+    stop = [r["stop"] for r in res]
+    assert stop[0]["raised"] == "OSError: rank 0 cannot write its file" and stop[1]["raised"] is None
+    assert stop[0]["seconds"] < 20.0 and stop[0]["after"] == stop[1]["after"] == 3.0

@@ -63,6 +63,7 @@ from torch.utils.data import DataLoader
 
 from gpgeom._progress import progress_bar
 from gpgeom._seeds import global_seed
+from gpgeom.engine.distributed import raised_on_every_rank
 from gpgeom.engine.optimizers import STEP_NOTE as _STEP_NOTE
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
 from gpgeom.engine.parallel import check_needed, derive_seed, dumps, executor_workers, loads, map_items
@@ -462,15 +463,19 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
                 bar.set_postfix(loss=f"{result.loss:.5g}", refresh=True)
                 break
             except NanError as err:
+                if raised_on_every_rank(err):  # under torchrun: every rank left the fit (no rank goes on alone)
+                    raise
                 named = job.diagnose(err, attempt)
                 reason = str(named) if named is not None else f"the covariance contains NaN ({err})"
                 break
             except FloatingPointError as err:  # the loss (or its gradient) was not finite where the optimiser says
+                if raised_on_every_rank(err):  # under torchrun: every rank left the fit (no rank goes on alone)
+                    raise
                 named = job.diagnose(err, attempt)
                 reason = str(named) if named is not None else f"{job.source()} {err}"
                 break
             except Exception as err:  # noqa: BLE001 - only Cholesky failures are retried
-                if not is_cholesky_failure(err):
+                if not is_cholesky_failure(err) or raised_on_every_rank(err):  # torchrun: no rank retries alone
                     err.add_note(f"gpgeom fit: attempt {attempt}; the loss is {job.source()}.")
                     raise
                 named = job.diagnose(err, attempt)

@@ -79,6 +79,8 @@ __all__ = [
     "launched",
     "local_device",
     "mean_over_ranks",
+    "no_backward",
+    "raised_on_every_rank",
     "rank",
     "rank_seed",
     "world_size",
@@ -477,14 +479,49 @@ def _raise_failure(error: BaseException | None, what: str) -> None:
     summaries: list[Any] = [None] * world_size()
     _dist().all_gather_object(summaries, None if error is None else _summary(error))
     if error is not None:
-        raise error
+        raise _on_every_rank(error)
     failed = [(k, s) for k, s in enumerate(summaries) if s is not None]
     k, summary = failed[0] if failed else (-1, "an unknown error")
     more = f" (and {len(failed) - 1} more rank(s) raised too)" if len(failed) > 1 else ""
-    raise RuntimeError(
-        f"{what}, under torchrun: rank {k} of {world_size()} raised {summary}{more}; rank {rank()} stops with it "
-        "(that rank's own error has the details)."
+    raise _on_every_rank(
+        RuntimeError(
+            f"{what}, under torchrun: rank {k} of {world_size()} raised {summary}{more}; rank {rank()} stops with it "
+            "(that rank's own error has the details)."
+        )
     )
+
+
+_EVERY_RANK = "_gpgeom_raised_on_every_rank"  # the attribute that marks an error of _raise_failure
+
+
+def _on_every_rank(error: BaseException) -> BaseException:
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type that takes no attribute stays unmarked
+        setattr(error, _EVERY_RANK, True)
+    return error
+
+
+def raised_on_every_rank(error: BaseException) -> bool:
+    r"""Whether ``error`` ends a data-parallel step that failed on some rank, raised on every rank at once
+    (:meth:`DataParallel.mean_of`, the gradient all-reduce, :meth:`DataParallel.raise_failure`): the failed rank's
+    own error, or the ``RuntimeError`` of another rank.
+
+    Code that catches errors of the loss and goes on (:func:`gpgeom.engine.fitting.fit`: the jitter escalation after
+    a failed Cholesky factorisation, the next restart after a ``FloatingPointError``, L-BFGS-B's step back from a NaN
+    covariance) must raise such an error again: the other ranks raised a different one and left the fit, so a rank
+    that went on alone would meet their next collectives mismatched (a hang until the timeout, or a crash)."""
+    return bool(getattr(error, _EVERY_RANK, False))
+
+
+_OPEN: list[_GradAverager] = []  # the gradient hooks of the data_parallel blocks open in this process
+
+
+def no_backward() -> None:
+    r"""Tell the open :func:`data_parallel` blocks that the loss last returned by :meth:`DataParallel.mean_of` gets
+    no backward pass (the fit ended at its evaluation: ``StopIteration``, :mod:`gpgeom.engine.optimizers`), so that
+    an exception leaving a block later is not sent to a gradient all-reduce no rank is in. A no-op without a
+    process group."""
+    for averager in _OPEN:
+        averager.pending = ""
 
 
 class DataParallel:
@@ -613,9 +650,14 @@ def data_parallel(
     seed = rank_seed(seed)
     broadcast_parameters(module)
     with average_gradients(module) as averager:
+        if averager is not None:
+            _OPEN.append(averager)
         try:
             yield DataParallel(seed, active, averager)
         except BaseException as err:
             if averager is not None and averager.pending:  # raised between its loss all-reduce and its gradients'
                 averager.fail(err)
             raise
+        finally:
+            if averager is not None:
+                _OPEN.remove(averager)

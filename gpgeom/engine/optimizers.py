@@ -38,6 +38,8 @@ from linear_operator.utils.errors import NanError
 from scipy.optimize import Bounds, minimize
 from torch import Tensor, nn
 
+from gpgeom.engine.distributed import no_backward, raised_on_every_rank
+
 __all__ = ["Attempt", "LR_SCHEDULES", "MemberBests", "batch_members", "lr_factor_fn", "run_adam", "run_lbfgs"]
 
 #: Range of u = log(x - lower) for parameters bounded below only (x - lower between 1e-13 and 1e13).
@@ -287,10 +289,11 @@ def run_lbfgs(
             else:
                 loss = loss_fn()
             _backward(loss.sum())
-        except NanError:
+        except NanError as err:
             # A trial point of the line search gave a NaN covariance (e.g. a lengthscale driven to 0): report an
-            # infinite loss so that the line search backtracks. NaN at the starting point fails the attempt.
-            if n_evals[0] == 1:
+            # infinite loss so that the line search backtracks. NaN at the starting point fails the attempt, and so
+            # does one raised on every data-parallel rank (the others left the fit with their own error).
+            if n_evals[0] == 1 or raised_on_every_rank(err):
                 raise
             if subset and len(rows) > 1:
                 # one NaN member fails the whole evaluation: evaluate the members one by one, so that a member's
@@ -352,6 +355,7 @@ def run_lbfgs(
             converged = all(int(info.get("warnflag", 1)) == 0 for info in infos)
         except StopIteration:  # the loss asked to end the run here
             out.stopped, converged = True, False
+            no_backward()  # under torchrun: that evaluation's loss gets no backward pass
     else:
 
         def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -376,6 +380,7 @@ def run_lbfgs(
             )
         except StopIteration:  # the loss asked to end the run here
             out.stopped, res = True, None
+            no_backward()  # under torchrun: that evaluation's loss gets no backward pass
         converged = res is not None and bool(res.success) and math.isfinite(float(res.fun))
         if res is not None and not math.isfinite(float(res.fun)) and nonfinite:
             # the run stopped on a non-finite trial point: not converged, and the caller says so
@@ -478,6 +483,7 @@ def run_adam(
                 loss = step_loss(batch)
             except StopIteration as stop:  # the end of the run, asked for by the loss (module docstring)
                 out.stopped, loss = True, stop.value
+                no_backward()  # under torchrun: this loss gets no backward pass
                 if batch is not None or not isinstance(loss, Tensor):
                     break
             except Exception as err:
