@@ -105,6 +105,45 @@ def test_mean_of_in_a_group_of_one(group_of_one):
         assert torch.equal(dp.mean_of(lambda: lin(x.double()).sum()).detach(), lin(x.double()).sum().detach())
 
 
+def _jitter_retried_fit():
+    """An Adam fit whose loss raises a linear_operator ``NotPSDError`` at its second evaluation (through
+    ``DataParallel.mean_of``): ``fit`` retries the attempt with more jitter. The parameters and loss history."""
+    import gpytorch
+    from linear_operator.utils.errors import NotPSDError
+
+    from gpgeom.engine.fitting import fit
+
+    torch.manual_seed(0)
+    kernel, evals = gpytorch.kernels.RBFKernel(), [0]
+
+    def loss():
+        evals[0] += 1
+        if evals[0] == 2:
+            raise NotPSDError("fails once")
+        return ((kernel.lengthscale - 0.3) ** 2).sum()
+
+    with dd.data_parallel(kernel, 0) as dp:
+        result = fit(lambda: dp.mean_of(loss), module=kernel, optimizer="adam", epochs=4, lr=0.1, progress=False)
+    return kernel.raw_lengthscale.detach().clone(), result.history, evals[0]
+
+
+def test_a_group_of_one_retries_as_a_single_process(tmp_path, monkeypatch):
+    """In a group of one rank an error of ``mean_of`` is the single process's: ``fit`` retries a ``NotPSDError``
+    with more jitter there too (no other rank can go out of step), with the same parameters and history, bit for
+    bit; ``raised_on_every_rank`` is then False."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    alone = _jitter_retried_fit()
+    with _one_rank(tmp_path / "store"):
+        inside = _jitter_retried_fit()
+        with dd.data_parallel(torch.nn.Linear(1, 1), 0) as dp:
+            with pytest.raises(KeyError) as info:
+                dp.mean_of(lambda: {}["own"])
+        assert not dd.raised_on_every_rank(info.value)
+    assert alone[2] == inside[2] > 2 and alone[1] == inside[1]  # the attempt was run again
+    assert torch.equal(alone[0], inside[0])
+
+
 class _RaisesInBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):

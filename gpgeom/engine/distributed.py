@@ -44,7 +44,11 @@ whose backward pass raises after that (user code in a custom autograd function, 
 way out of :func:`data_parallel`, a status of 1 in place of its gradients to the gradient all-reduce the others wait
 in: that all-reduce carries one more number, the sum of the ranks' backward statuses, and they raise on it. A rank
 that fails after its gradients were reduced (in the optimiser step: ``KeyboardInterrupt``) is not covered: the others
-wait in the next step's loss all-reduce until the timeout.
+wait in the next step's loss all-reduce until the timeout. The errors raised on every rank this way are marked
+(:func:`raised_on_every_rank`), and :func:`gpgeom.engine.fitting.fit` never handles them on one rank alone (no jitter
+escalation, restart or L-BFGS-B step back): every rank leaves the fit. A step that ends without a backward pass
+(``StopIteration``) is declared by the engine (:func:`no_backward`), so that a later exception in the block is not
+sent to a gradient all-reduce no rank is in.
 
 A single process (no ``torchrun``, no process group) is unchanged: every function here is then a no-op and the
 training is bitwise the same as without this module. Under a process group of size 1 the hooks run and the result
@@ -495,15 +499,16 @@ _EVERY_RANK = "_gpgeom_raised_on_every_rank"  # the attribute that marks an erro
 
 
 def _on_every_rank(error: BaseException) -> BaseException:
-    with contextlib.suppress(AttributeError, TypeError):  # an exception type that takes no attribute stays unmarked
-        setattr(error, _EVERY_RANK, True)
+    if world_size() > 1:  # one rank: nothing to keep in step, the error stays as in a single process
+        with contextlib.suppress(AttributeError, TypeError):  # an exception type without attributes stays unmarked
+            setattr(error, _EVERY_RANK, True)
     return error
 
 
 def raised_on_every_rank(error: BaseException) -> bool:
     r"""Whether ``error`` ends a data-parallel step that failed on some rank, raised on every rank at once
     (:meth:`DataParallel.mean_of`, the gradient all-reduce, :meth:`DataParallel.raise_failure`): the failed rank's
-    own error, or the ``RuntimeError`` of another rank.
+    own error, or the ``RuntimeError`` of another rank (never with one rank: the error is then as in one process).
 
     Code that catches errors of the loss and goes on (:func:`gpgeom.engine.fitting.fit`: the jitter escalation after
     a failed Cholesky factorisation, the next restart after a ``FloatingPointError``, L-BFGS-B's step back from a NaN
@@ -555,12 +560,17 @@ class DataParallel:
         every rank raises before the backward pass, so no rank is left in a collective the failed one never
         reaches (the gradient all-reduce: until the timeout), and the step changes no parameter. The flag costs no
         collective of its own: one more number in the all-reduce that every step makes anyway. A float64 sum of
-        the float32 losses of two ranks is exact, so the mean is the float32 all-reduce's, bit for bit.
+        the float32 losses of two ranks is exact, so the mean is the float32 all-reduce's, bit for bit; with three or
+        more ranks it is the float64 sum rounded once, which can differ in the last bit from a float32 all-reduce
+        (rounded at every addition).
 
-        Any exception counts, ``KeyboardInterrupt`` included. Every rank must call it at the same step. Once it has
-        returned, a rank whose backward pass raises tells the others in the gradient all-reduce instead (on its way
-        out of :func:`data_parallel`), and they raise a ``RuntimeError`` naming it there. Without a process group:
-        ``compute()`` itself (its exceptions as they are).
+        Any exception counts, ``KeyboardInterrupt`` included. Every rank must call it at the same step. The errors
+        raised this way are marked (:func:`raised_on_every_rank`): :func:`gpgeom.engine.fitting.fit` raises them
+        again instead of retrying or restarting on the failing rank alone. Once it has returned, a rank whose
+        backward pass raises tells the others in the gradient all-reduce instead (on its way out of
+        :func:`data_parallel`), and they raise a ``RuntimeError`` naming it there; a loss that gets no backward
+        pass (the fit stopped at it: ``StopIteration``) must be declared by :func:`no_backward` (the engine's
+        optimisers do). Without a process group: ``compute()`` itself (its exceptions as they are).
         """
         if not self.active:
             return compute()
@@ -638,7 +648,10 @@ def data_parallel(
 
     An exception that leaves the block on one rank between :meth:`DataParallel.mean_of` and that step's gradient
     all-reduce (its backward pass raised) is raised after a status of 1 is sent to that all-reduce in place of the
-    gradients, where the other ranks wait: they raise a ``RuntimeError`` naming this rank.
+    gradients, where the other ranks wait: they raise a ``RuntimeError`` naming this rank. A loss of ``mean_of``
+    that gets no backward pass (the fit stopped at it) must be declared by :func:`no_backward` (the engine's
+    optimisers do, on ``StopIteration``); otherwise an exception raised later in the block would be sent to a
+    gradient all-reduce no other rank is in.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"`module` must be a torch.nn.Module, got {type(module).__name__}.")
