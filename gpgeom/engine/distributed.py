@@ -564,7 +564,9 @@ class DataParallel:
         more ranks it is the float64 sum rounded once, which can differ in the last bit from a float32 all-reduce
         (rounded at every addition).
 
-        Any exception counts, ``KeyboardInterrupt`` included. Every rank must call it at the same step. The errors
+        Any exception counts, ``KeyboardInterrupt`` included; a ``StopIteration`` too, which the engine's ``fit``
+        takes as the end of the fit on the rank that raised it while the others raise a ``RuntimeError`` (to stop
+        every rank, agree on it first: :meth:`agree`). Every rank must call it at the same step. The errors
         raised this way are marked (:func:`raised_on_every_rank`): :func:`gpgeom.engine.fitting.fit` raises them
         again instead of retrying or restarting on the failing rank alone. Once it has returned, a rank whose
         backward pass raises tells the others in the gradient all-reduce instead (on its way out of
