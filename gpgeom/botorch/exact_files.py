@@ -5,14 +5,27 @@ A file holds the training data in original units (for a conditioned or fantasy m
 configuration, the modules' state dict and the training tensors as the model holds them: a model moved to another
 dtype loads back bitwise (not the transforms recomputed in the new dtype), and a conditioned model loads with its
 ``n + n'`` points and its batch shape. Custom modules are never stored: ``load`` takes them by name.
+
+A conditioned or fantasy model predicts from GPyTorch's prediction caches as ``condition_on_observations`` updated
+them by each block of new rows (Pleiss et al. 2018, sec. 4), not from a factor of its ``n + n'`` rows: the two round
+differently (up to 4.0e-4 of the outputs' scale apart in float32, 4.8e-13 in float64, on the problems of
+``tests/test_conditioned_float32_files.py``). Its file also records how its caches were made
+(:func:`record_conditioning`): the training tensors of the model whose caches were built from scratch (the root) and
+each later block of rows as it was conditioned on (inputs, outputs, noise, and whether it came from ``fantasize``).
+``load`` rebuilds the root and conditions it on each block in order, through the same code: the loaded model
+predicts bitwise as the saved one. Files written before the record load as then (the loaded model factors its
+``n + n'`` rows).
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 from botorch.models.transforms.input import Normalize
+from botorch.models.utils.assorted import fantasize as fantasize_flag
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
@@ -22,7 +35,10 @@ from gpgeom.errors import ModelFileError
 if TYPE_CHECKING:
     from gpgeom.botorch.exact_gp import ExactGPModel
 
-__all__ = ["model_state", "restore_model", "set_train_tensors", "train_tensors"]
+__all__ = ["model_state", "record_conditioning", "restore_model", "set_train_tensors", "train_tensors"]
+
+#: The attribute of a GPyTorch prediction strategy that records how its caches were made (:func:`record_conditioning`)
+_HISTORY = "_gpgeom_history"
 
 
 def model_state(model: ExactGPModel) -> dict[str, Any]:
@@ -39,6 +55,7 @@ def model_state(model: ExactGPModel) -> dict[str, Any]:
         "fit_jitter": model._fit_jitter,
         "fast_mll": bool(model.fast_mll),
         "train_tensors": train_tensors(model),
+        "history": _history_state(model),
     }
 
 
@@ -65,7 +82,25 @@ def restore_model(cls: type[ExactGPModel], state: dict[str, Any], **modules: Any
     kwargs = {name: modules.get(name) for name in ("covar_module", "mean_module", "likelihood")}
     for name in ("input_transform", "outcome_transform"):
         kwargs[name] = modules[name] if cfg[name] == "custom" else cfg[name]
+    if state.get("history") is not None:  # a conditioned model: conditioned again as it was
+        replayed = _replay(cls, state, kwargs)
+        if replayed is not None:
+            return replayed
     union = (state["train_X"], state["train_Y"], state["train_Yvar"])
+    return _rebuild(cls, state, union, state.get("train_tensors"), kwargs)
+
+
+def _rebuild(
+    cls: type[ExactGPModel],
+    state: dict[str, Any],
+    union: tuple[Tensor | None, ...],
+    held: tuple[Tensor | None, ...] | None,
+    kwargs: dict[str, Any],
+) -> ExactGPModel:
+    r"""The model of ``cls`` with the configuration and module state of ``state``, built on the data ``union`` (in
+    original units, ``batch x N x {d, m, m}``) with the training tensors ``held`` (:func:`set_train_tensors`) and the
+    constructor's ``kwargs`` (modules and transforms)."""
+    cfg = state["config"]
     model = cls(
         *data_to_build(union, cfg.get("data_batch")),  # a union with a fantasy batch: built as its root
         shared_hyperparameters=cfg["shared_hyperparameters"],
@@ -86,7 +121,7 @@ def restore_model(cls: type[ExactGPModel], state: dict[str, Any], **modules: Any
     model._fit_jitter = state["fit_jitter"]
     model._original_data = union
     model.fast_mll = state["fast_mll"]
-    set_train_tensors(model, state.get("train_tensors"))  # None: files written before the tensors
+    set_train_tensors(model, held)  # None: files written before the tensors
     return model
 
 
@@ -130,3 +165,82 @@ def set_train_tensors(model: ExactGPModel, held: tuple[Tensor | None, ...] | Non
     if targets is not None:
         model._input_batch_shape = targets.shape[: -1 if model._num_outputs == 1 else -2]
         model._aug_batch_shape = targets.shape[:-1]
+
+
+def record_conditioning(parent: ExactGPModel, child: ExactGPModel, block: tuple[Any, ...], replayable: bool) -> None:
+    r"""Record on ``child``'s prediction strategy (``parent.condition_on_observations``'s result) how its caches were
+    made, for its file (:func:`model_state`): the history of ``parent``'s caches followed by ``block``.
+
+    The history is ``(root, rows, blocks)``: the training tensors (:func:`train_tensors`, detached) of the model whose
+    caches GPyTorch built from scratch, its number of rows, and the blocks conditioned on since, each
+    ``(X, Y, noise, fantasize)``: the new inputs ``batch' x n' x d`` and outputs ``batch'' x n' x m`` in the model's
+    dtype as GPyTorch got them, the noise ``batch''' x n' x m`` in the outcome-transformed units (or ``None``), and
+    whether BoTorch's ``fantasize`` flag was on. Kept with the strategy, the history goes when the strategy does (a
+    changed hyperparameter, ``fit``, ``to``, train mode, new data): caches rebuilt then are built from scratch.
+    References, no copies (``block`` holds the copies the child keeps anyway): no cost in look-ahead acquisitions.
+
+    Args:
+        parent: The conditioned model (its strategy the one GPyTorch updated).
+        child: Its conditioned model, with its prediction strategy.
+        block: ``(X, Y, noise)``: the child's copies of the new rows.
+        replayable: ``False`` where ``condition_on_observations`` got arguments other than ``noise`` (not
+            recorded): the child's file then holds no history.
+    """
+    strategy = getattr(child, "prediction_strategy", None)
+    if strategy is None:
+        return
+    history = getattr(parent.prediction_strategy, _HISTORY, ()) if parent.prediction_strategy is not None else ()
+    if history == ():  # the parent's caches were built from scratch: it is the root
+        history = (_held(parent), parent.train_targets.shape[-1], ())
+    if history is None or not replayable:
+        setattr(strategy, _HISTORY, None)
+        return
+    root, rows, blocks = history
+    setattr(strategy, _HISTORY, (root, rows, (*blocks, (*block, bool(fantasize_flag.on())))))
+
+
+def _held(model: ExactGPModel) -> tuple[Tensor | None, ...]:
+    return tuple(None if t is None else t.detach() for t in train_tensors(model))
+
+
+def _history_state(model: ExactGPModel) -> dict[str, Any] | None:
+    r"""The history of ``model``'s prediction caches for its file (:func:`record_conditioning`), as plain values:
+    ``None`` for a model that predicts from its kept training factor (not conditioned) or whose caches cannot be
+    replayed. A conditioned model whose caches GPyTorch rebuilt from scratch is its own root, with no blocks."""
+    if model.training or not model.__dict__.get("_conditioned", False):
+        return None
+    model._check_strategy()  # a strategy of an older state is not the one it predicts from
+    strategy = model.prediction_strategy
+    history = () if strategy is None else getattr(strategy, _HISTORY, ())
+    if history is None:
+        return None
+    if history == ():
+        history = (_held(model), model.train_targets.shape[-1], ())
+    root, rows, blocks = history
+    keys = ("X", "Y", "noise", "fantasize")
+    return {"root": list(root), "rows": int(rows), "blocks": [dict(zip(keys, block)) for block in blocks]}
+
+
+def _replay(cls: type[ExactGPModel], state: dict[str, Any], kwargs: dict[str, Any]) -> ExactGPModel | None:
+    r"""The conditioned model of ``state`` rebuilt as it was made (:func:`record_conditioning`): its root rebuilt from
+    the root's training tensors (its data the first ``rows`` points of the union), then conditioned on each block in
+    order. ``None`` where the replayed training tensors are not bitwise those saved (the caller loads as before)."""
+    history, (X, Y, Yvar) = state["history"], (state["train_X"], state["train_Y"], state["train_Yvar"])
+    rows = history["rows"]
+    union = tuple(None if t is None else t[..., :rows, :] for t in (X, Y, Yvar))
+    model = _rebuild(cls, state, union, tuple(history["root"]), kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BoTorch's input warnings: given when the model was conditioned
+        for block in history["blocks"]:
+            noise = {} if block["noise"] is None else {"noise": block["noise"]}
+            with fantasize_flag() if block["fantasize"] else contextlib.nullcontext():
+                model = model.condition_on_observations(block["X"], block["Y"], **noise)
+    model.__dict__["_conditioned"] = True  # also a root of no block: it predicted from GPyTorch's caches
+    model._original_data = (X, Y, Yvar)
+    saved, held = state.get("train_tensors"), train_tensors(model)
+    if saved is None or not all(
+        (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
+        for a, b in zip(saved, held)
+    ):
+        return None
+    return model

@@ -73,7 +73,7 @@ from gpgeom.botorch.defaults import (
     default_likelihood,
     default_outcome_transform,
 )
-from gpgeom.botorch.exact_files import model_state, restore_model
+from gpgeom.botorch.exact_files import model_state, record_conditioning, restore_model
 from gpgeom.botorch.exact_inputs import check_module_types, checked_training_data, standardised_outputs
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
 from gpgeom.botorch.outputs import gaussian_posterior, refuse_empty_batch, select_outputs
@@ -626,11 +626,12 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         octf = getattr(self, "outcome_transform", None)
         Yvar = None if noise is None else noise_in_original_units(octf, Y.detach(), noise.detach())
         # copies of the n' new rows: the caller's tensors (or `noise`) changed in place later are not the model's data
-        new_rows = (None if t is None else t.detach().clone() for t in (X, Y, Yvar))
-        new._original_data = UnionData(self._original_data, *new_rows)
+        X, Y, Yvar, noise = (None if t is None else t.detach().clone() for t in (X, Y, Yvar, kwargs.get("noise")))
+        new._original_data = UnionData(self._original_data, X, Y, Yvar)
         new.__dict__["_conditioned"] = True  # its posterior keeps GPyTorch's updated caches (fast fantasies)
         new.__dict__.pop("_strategy_cache", None)
         new._check_strategy()  # its strategy, updated from this one, is for its state now
+        record_conditioning(self, new, (X, Y, noise), set(kwargs) <= {"noise"})  # what its file replays
         return new
 
     def _find_output_dims(self, default_modules: tuple[str, ...] = ()) -> dict[str, int]:
