@@ -143,7 +143,8 @@ def test_caches_made_otherwise_load_bitwise(tmp_path, dtype):
     conditioned model that predicted before it was conditioned again, one whose hyperparameter changed afterwards (its
     caches rebuilt from its ``n + n'`` rows, and conditioned again), deep and pickled copies, one moved to ``dtype``
     after conditioning, a fantasy model of inputs that require a gradient, and a loaded model conditioned again (as
-    the model in memory conditioned twice). Before, the loaded models factored their rows and differed."""
+    the model in memory conditioned twice), also loaded with ``map_location="cpu"`` and moved to its own dtype (which
+    dropped the caches). Before, the loaded models factored their rows and differed."""
     X, Y, Xn, Yn, Xq = _problem(2, ())
     base = _base(X, Y, False, dtype)
     with torch.no_grad(), gpytorch.settings.skip_posterior_variances():
@@ -164,6 +165,9 @@ def test_caches_made_otherwise_load_bitwise(tmp_path, dtype):
     for model in models:
         _assert_bitwise(model, _round_trip(model, tmp_path / "c.pt"), _test_inputs(model, Xq))
     _assert_bitwise(twice, again, Xq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _assert_bitwise(twice, load(tmp_path / "c.pt", map_location="cpu").to(dtype=dtype), Xq)  # moved nowhere
 
 
 def test_files_without_the_record_load_as_before():

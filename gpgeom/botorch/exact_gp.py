@@ -831,7 +831,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             self._original_data = (X, Y, Yvar)
         if self._original_train_inputs is not None:  # BoTorch's untransformed inputs, back in training mode
             self._original_train_inputs = self._original_train_inputs.to(device=device, dtype=dtype)
-        self.prediction_strategy = None
+        strategy = self.prediction_strategy  # kept where nothing moved (`load(path, map_location="cpu")` on the CPU)
+        if strategy is None or any(t.dtype != dtype or t.device != device for t in strategy.train_inputs):
+            self.prediction_strategy = None
 
     def _get_state(self) -> dict[str, Any]:
         return model_state(self)
