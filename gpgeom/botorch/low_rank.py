@@ -112,6 +112,9 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         y_scale: Outputs are divided by this number internally (e.g. the root mean square of the training data), so
             that the noise constraint and initial values are unit free; means, covariances, noise and conditioning
             data of the BoTorch API are in the original units.
+        y_offset: Subtracted from the outputs before the division by ``y_scale`` (e.g. the training mean of a scalar
+            field, as BoTorch's ``Standardize``), a Python float kept in float64 whatever the model's dtype: the
+            prior mean in the original units, added back to the means.
         noise: Initial noise variance :math:`\sigma^2` (scaled units; constrained to ``>= NOISE_FLOOR``).
         tangent_frames: Optional ``(n, D, d)`` orthonormal frames whose column spaces hold the basis at each point
             (the tangent likelihood and the model-error term, :mod:`~gpgeom.botorch.low_rank_noise`); ``None``: the
@@ -122,7 +125,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
 
     Attributes:
         data_index: ``(*batch, N_pts)`` long indices of the observations the base posterior uses.
-        data_y: ``(*batch, N_pts, D)`` those observations, divided by ``y_scale``.
+        data_y: ``(*batch, N_pts, D)`` those observations, less ``y_offset`` and divided by ``y_scale``.
         mode: ``"exact"`` (base :math:`N(0, I)` on :math:`v` plus all data) or ``"variational"`` (base
             :math:`q(v)` plus the data added after training, usually none).
         normal_noise: :math:`\sigma_\perp^2` (scaled units) or ``None`` (equal to the noise).
@@ -146,6 +149,7 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         covar_module: ScaleKernel,
         y_scale: float = 1.0,
         noise: float = 1e-2,
+        y_offset: float = 0.0,
         tangent_frames: Tensor | None = None,
         ambient_kernel: Kernel | None = None,
         ambient_points: Tensor | None = None,
@@ -160,7 +164,10 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         self.likelihood = GaussianLikelihood(noise_constraint=GreaterThan(NOISE_FLOOR))
         self.likelihood.to(dtype=ref.dtype, device=ref.device)
         self.likelihood.noise = torch.as_tensor(noise, dtype=torch.float64).to(ref)
+        if not isinstance(y_offset, int | float) or not math.isfinite(y_offset):
+            raise ValueError(f"`y_offset` must be a finite number, got {y_offset!r}.")
         self.y_scale = float(y_scale)
+        self.y_offset = float(y_offset)
         self.mode = "exact"
         D = covar_module.base_kernel.output_dim
         self._base_num_outputs = D
@@ -523,13 +530,13 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
 
     def _base_mean(self, X: Tensor) -> Tensor:
         if self.uses_ambient:
-            return self._dense_moments(X, None)[0] * self.y_scale
+            return self._dense_moments(X, None)[0] * self.y_scale + self.y_offset
         _, alpha, ybar, _, P, n_mean, _ = self._entries(X)
         mean_v, _ = self._weight_posterior()
         mean = (self._scaled_rows(X, alpha) @ mean_v.unsqueeze(-1)).squeeze(-1)
         mean = mean.reshape(*mean.shape[:-1], X.shape[-2], self.output_dim)
         mean = mean + alpha.unsqueeze(-1) * (P @ ybar.unsqueeze(-1)).squeeze(-1) + n_mean
-        return mean * self.y_scale
+        return mean * self.y_scale + self.y_offset
 
     def _base_covariance(self, X1: Tensor, X2: Tensor) -> Tensor:
         if self.uses_ambient:
@@ -611,7 +618,8 @@ class LowRankSpectralGP(GaussianSurrogate, gpytorch.Module, _NoiseSplit, _PointI
         new = shallow_view(self)  # shares the basis and the hyperparameters
         new.__dict__.pop("_wp_cache", None)
         new.data_index = torch.cat([old_i.expand(*batch, old_i.shape[-1]), idx.expand(*batch, idx.shape[-1])], -1)
-        ys = (Y / self.y_scale).to(old_y)
+        # less the offset in float64 (a float32 model given float64 values far from zero keeps their digits)
+        ys = ((Y.to(torch.float64) - self.y_offset) / self.y_scale).to(old_y)
         new.data_y = torch.cat([old_y.expand(*batch, *old_y.shape[-2:]), ys.expand(*batch, *ys.shape[-2:])], -2)
         return new
 

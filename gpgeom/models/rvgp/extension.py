@@ -72,7 +72,8 @@ class _NystromExtension:
             warnings.warn(
                 f"{int(far.sum())} of {len(P)} new points lie beyond the graph's reach (farther than r={r:.3g}, the "
                 "median k-th-neighbour distance, from every cloud point): their features are tapered, and the "
-                "prediction returns to the prior (mean 0, prior variance) with the distance.",
+                "prediction returns to the prior (mean 0, or a scalar field's training mean; prior variance) with the "
+                "distance.",
                 OutOfReachWarning,
                 stacklevel=user_stacklevel(),
             )

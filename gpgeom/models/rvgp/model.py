@@ -54,7 +54,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from gpgeom._progress import StageBar
-from gpgeom._validation import check_device, check_option, check_positive, first_bad
+from gpgeom._validation import as_tensor, check_device, check_option, check_positive, first_bad
 from gpgeom._warnings import user_stacklevel
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
@@ -184,6 +184,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         ambient_active: Whether the last :meth:`fit` used the ambient part (exact, at most ``AMBIENT_MAX_POINTS``
             distinct points); ``uses_ambient`` whether predictions do now.
         scalar, config: Whether the field is scalar; the constructor's arguments (what :meth:`load` rebuilds from).
+        y_offset, y_scale: Set by :meth:`fit`: the observations are ``(y - y_offset) / y_scale`` inside the model. A
+            scalar field's ``y_offset`` is its training mean and ``y_scale`` the standard deviation about it (as
+            BoTorch's ``Standardize``); a vector field's ``y_offset`` is 0 and ``y_scale`` its root mean square
+            (:mod:`gpgeom.models.rvgp`, *Targets*).
     """
 
     _format_version = 3  # 2: bounded smoothness, noise split, tangent likelihood; 3: the ambient part
@@ -318,10 +322,11 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         return self.laplacian.points
 
     def _vectors(self, vectors: object, idx: np.ndarray) -> Tensor:
-        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` tensor of the model's dtype, checked: one row per
-        index, or the cloud's ``n`` rows in order when ``m != n`` (rows ``idx`` taken); with ``m == n`` the rows are
-        one per index, and a permutation of the points other than ``0..n-1`` is refused (:meth:`fit`)."""
-        v = self._as_tensor("vectors", vectors, finite=False)
+        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` float64 tensor on the model's device (standardised
+        in float64 before they reach the model's dtype), checked: one row per index, or the cloud's ``n`` rows in
+        order when ``m != n`` (rows ``idx`` taken); with ``m == n`` the rows are one per index, and a permutation of
+        the points other than ``0..n-1`` is refused (:meth:`fit`)."""
+        v = as_tensor("vectors", vectors, dtype=torch.float64, device=self.device, finite=False)
         m, D = len(idx), self.output_dim
         if m != self.n and v.dim() >= 1 and v.shape[0] == self.n:
             v = v[torch.as_tensor(idx, device=v.device)]
@@ -398,8 +403,13 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             idx = _as_index("index", index, self.n)
             if len(idx) == 0:
                 raise ValueError("`index` is empty: nothing to fit.")
-            y = self._vectors(vectors, idx)
-            scale = float(y.square().mean().sqrt())
+            y = self._vectors(vectors, idx)  # float64
+            # scalar fields: centred on their training mean, then scaled by their standard deviation (module
+            # docstring of gpgeom.models.rvgp, *Targets*); vector fields: scaled by their root mean square
+            offset = float(y.mean()) if self.scalar else 0.0
+            scale = float((y - offset).square().mean().sqrt())
+            if scale == 0:  # constant values: their root mean square (the scale of the old fits)
+                scale = float(y.square().mean().sqrt())
             if scale == 0:
                 warnings.warn(
                     "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
@@ -408,9 +418,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                     stacklevel=user_stacklevel(),
                 )
             self.y_scale = scale if scale > 0 else 1.0
+            self.y_offset = offset
             ref = self.kernel.basis.eigenvectors
             idx_t = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
-            ys = y / self.y_scale
+            ys = ((y - offset) / self.y_scale).to(self.dtype)
             for name in ("_blocks", "_output_subset", "_wp_cache"):
                 self.__dict__.pop(name, None)
             for name in ("q_mean", "q_raw_scale"):
@@ -466,7 +477,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                     progress=progress,
                 )
             bar.start("noise estimate")
-            self.noise_estimate = self._estimate_noise(idx, ys.detach().cpu().numpy().astype(np.float64))
+            self.noise_estimate = self._estimate_noise(idx, ((y - offset) / self.y_scale).cpu().numpy())
             self.fit_result_ = result
             self.train_index_ = idx_t
             self._fitted = True
@@ -593,7 +604,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         max_memory: int | str | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         r"""Posterior at new points, through :meth:`extend` (:mod:`~gpgeom.models.rvgp.extension`): near the
-        cloud the Nystrom extension, far from it the prior (mean 0, the prior variance restored).
+        cloud the Nystrom extension, far from it the prior (mean 0, a scalar field's training mean, the prior
+        variance restored).
 
         The extension and the prediction run chunk by chunk (at most ``chunk_size`` points, sized from
         ``max_memory`` with :meth:`_bytes_per_point`), so the working memory is bounded whatever ``m``: 1e5 new
@@ -706,6 +718,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             },
             "mode": self.mode,
             "y_scale": float(self.y_scale),
+            "y_offset": float(self.y_offset),
             "data_index": self.data_index,
             "data_y": self.data_y,
             "n_train_obs": int(self._n_train_obs),
@@ -742,6 +755,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         model.load_state_dict(module_state)
         model.mode = state["mode"]
         model.y_scale = state["y_scale"]
+        model.y_offset = float(state.get("y_offset", 0.0))  # files written before the offset: none (zero)
         model.data_index = state["data_index"].to(model.device)
         model.data_y = state["data_y"].to(device=model.device, dtype=model.dtype)
         model._n_train_obs = state["n_train_obs"]
@@ -764,6 +778,8 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         }
         if self.scalar:
             fields["scalar"] = True
+            if self.is_fitted:
+                fields["offset"] = self.y_offset  # the training mean, the prior mean (original units)
         fields["filter"] = self.kernel.spectral_filter
         s2 = self.y_scale**2
         with torch.no_grad():
