@@ -406,10 +406,12 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             y = self._vectors(vectors, idx)  # float64
             # scalar fields: centred on their training mean, then scaled by their standard deviation (module
             # docstring of gpgeom.models.rvgp, *Targets*); vector fields: scaled by their root mean square
-            offset = float(y.mean()) if self.scalar else 0.0
-            scale = float((y - offset).square().mean().sqrt())
+            # (correctly rounded sums: the same numbers whatever the order of the rows)
+            flat = y.cpu().numpy().ravel()
+            offset = math.fsum(flat) / flat.size if self.scalar else 0.0
+            scale = math.sqrt(math.fsum(np.square(flat - offset)) / flat.size)
             if scale == 0:  # constant values: their root mean square (the scale of the old fits)
-                scale = float(y.square().mean().sqrt())
+                scale = math.sqrt(math.fsum(np.square(flat)) / flat.size)
             if scale == 0:
                 warnings.warn(
                     "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
