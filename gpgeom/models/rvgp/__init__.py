@@ -49,6 +49,24 @@ noise floor) and about 0 with isotropic noise. The noise of an observation is :m
 
 **Scalar fields** (``scalar=True``): the same model on the graph Laplacian's eigenvectors (``D_out = 1``).
 
+**Targets.** A scalar field is modelled as :math:`y = c + g + \varepsilon`, ``g`` the spectral GP: :meth:`RVGP.fit`
+centres the values on their training mean :math:`\bar y` and scales them by their standard deviation ``s`` about it,
+:math:`(y - \bar y) / s`, in float64 whatever the model's dtype (as BoTorch's ``Standardize``; ``y_offset``,
+``y_scale``), and the means are returned as :math:`\bar y + s\,m`. The constant is already in the prior's span: the
+graph Laplacian's eigenvalue 0 has the constant eigenvector (one per graph component), the largest prior variance of
+the filter, so the centring moves the prior mean of that mode to :math:`\bar y` and the data correct it through the
+mode's posterior; a learnt constant mean would be a second copy of that mode, not identifiable from it. Scaled only by
+their root mean square (before), values far from zero, :math:`10^6 + 0.1 f`, became :math:`1 + 10^{-7} f`: the
+varying part fell below the noise floor (``NOISE_FLOOR``, a noise standard deviation of 1e-3 of the values' size:
+1000, for a noise of 0.002), and the outputscale that explained the constant set the prior variance of every mode
+(their ratios to the constant's are bounded, :mod:`~gpgeom.models.rvgp.smoothness`), so the float64 model predicted a
+standard deviation of 152 for a field whose own model gives 0.0007 (``tests/test_rvgp_target_offset.py``). Vector fields have no constant offset (a constant ambient vector is not
+tangent): they are scaled by their root mean square only. A constant ambient vector ``c`` added to tangent vectors
+is read as its projection :math:`P_i c`, a tangent field the model learns, plus a normal part that becomes
+:math:`\sigma_\perp^2`, the frames' error, in the covariances across the frames; and the noise floor is 1e-3 of the
+vectors' root mean square, so a ``c`` more than 1e3 times the noise hides the field's variation below it, as a
+scalar's was: subtract such a constant first.
+
 The package, one concept per module
 -----------------------------------
 * :mod:`~gpgeom.models.rvgp.model`: :class:`~gpgeom.models.rvgp.model.RVGP`, the model (geometry and kernel, ``fit``,
