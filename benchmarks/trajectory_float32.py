@@ -8,9 +8,9 @@ knots, once in float64 and once in float32 (the measurements and knots cast), an
 the float64 one: iterations, convergence, the relative difference of the final cost, the largest rotation difference
 (rad) and position difference (m) on a 0.01 s grid, and both against the truth (rotation RMSE). Then the float32 fit is
 asked for its Laplace covariances (``compute_covariances=True``): where it gives them, the largest relative difference
-of its predicted rotation and position standard deviations from float64's; where the undamped normal matrix has
-pivots below ``1e3 eps`` of float32 it is refused (``NotPSDError``, which says to refit in float64), and the table
-says so.
+of its predicted rotation and position standard deviations from float64's (the covariance step of a float32 fit
+sums the normal matrix and factorises it in float64; before, a WNOJ grid of 0.1 s or finer was refused with a
+``NotPSDError``); where it is refused, the table says so.
 
 Usage: ``python benchmarks/trajectory_float32.py [--quick]``. Writes ``benchmarks/results/trajectory_float32.md``;
 ``--quick`` (knots 0.1 and 0.2 s, SO(3) x R^3 only) writes ``benchmarks/results/local/trajectory_float32_quick.md``.

@@ -129,7 +129,8 @@ def _singular_error(where: str, method: str, covariance: bool = False, dtype: to
             f"Jacobian at the estimate). {anchor}."
             + (
                 f" In {dtype} it may instead be too ill-conditioned for three correct digits in its smallest pivot "
-                "(e.g. a WNOJ trajectory with knots 0.1 s apart or closer): refit in float64 for the covariances."
+                "(e.g. a WNOJ trajectory with knots 0.1 s apart or closer, on a device without float64, where the "
+                "covariances are computed in the states' dtype): refit in float64, or on the CPU, for the covariances."
                 if low_precision
                 else ""
             )
@@ -241,7 +242,10 @@ def gauss_newton(
             disables the test.
         initial_damping: Initial :math:`\lambda` for ``"lm"`` (relative to :math:`\operatorname{diag}(H)`).
         compute_covariances: Also return the marginal covariances (Laplace approximation at the estimate,
-            :math:`H^{-1}` with the IRLS weights of the final estimate) by selected inversion.
+            :math:`H^{-1}` with the IRLS weights of the final estimate) by selected inversion. For float32 states
+            (on a device with float64) :math:`H` is summed from the float32 Jacobians in float64 and factorised
+            and inverted there, and the covariances rounded to float32: summed in float32, :math:`H` of a WNOJ
+            chain with knots 0.03 s apart was not positive definite (``tests/test_trajectory_float32_covariances.py``).
         singular_tol: Relative pivot threshold of :func:`block_banded_cholesky`. Default ``1e3 * eps`` (about
             three correct digits in the smallest pivot), except for the iterations' steps in float32 and below:
             ``10 * eps`` there (a pivot above rounding; an inaccurate step is caught by the cost test), since
@@ -453,20 +457,30 @@ def gauss_newton(
         damping=lam,
     )
     if compute_covariances:
-        if need_assembly:
-            N = _assemble(prob, X, G)
+        wide = _covariance_dtype(X)
+        if need_assembly or wide != X.dtype:  # float32: once more, summed in float64 (_assemble)
+            N = _assemble(prob, X, G, accumulate=None if wide == X.dtype else wide)
             if not bool(torch.isfinite(torch.cat([N.bx.reshape(-1), N.bg])).all()):
                 _name_nonfinite_jacobian(prob, X, G)
         try:
             Lb, Y, LS = _factor_bordered(N, 0.0, singular_tol, banded)
         except _Singular as err:
-            raise _singular_error(err.where, method, covariance=True, dtype=X.dtype) from None
+            raise _singular_error(err.where, method, covariance=True, dtype=N.Hb.dtype) from None
         cov, cross, gcov, xgcov = _covariances(N, Lb, Y, LS, w, banded)
-        result.covariances = cov
-        result.cross_covariances = cross
-        result.global_covariance = gcov
-        result.state_global_covariance = xgcov
+        result.covariances = cov.to(X.dtype)
+        result.cross_covariances = cross.to(X.dtype)
+        result.global_covariance = None if gcov is None else gcov.to(X.dtype)
+        result.state_global_covariance = None if xgcov is None else xgcov.to(X.dtype)
     return result
+
+
+def _covariance_dtype(X: Tensor) -> torch.dtype:
+    r"""The dtype the covariances are computed in: float64 for lower-precision states on a device that has it (the
+    CPU, CUDA), else the states' own. The Jacobians stay in the states' dtype; only the Gram sums, the factorisation
+    and the selected inverse, ``O(K)`` blocks, are widened (:func:`~gpgeom.engine.normal_equations._assemble`)."""
+    if X.dtype == torch.float64 or X.device.type == "mps":
+        return X.dtype
+    return torch.float64
 
 
 def _pivot_ratio(N: _Normal, Lb: Tensor) -> float:

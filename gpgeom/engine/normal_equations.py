@@ -109,7 +109,9 @@ def _add_products(Hflat: Tensor, J: Tensor, idx: Tensor, pairs: list[tuple[int, 
         Hflat.index_add_(0, slot, _gram(J[:, :, u], J[:, :, v]))
 
 
-def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = None) -> _Normal:
+def _assemble(
+    prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = None, accumulate: torch.dtype | None = None
+) -> _Normal:
     r"""Normal equations :math:`H = \mathsf J^\top \Omega \mathsf J`, :math:`b = \mathsf J^\top \Omega e` and the cost.
 
     Each factor is linearised once (its residual and Jacobians, ``O(M r a s)``) and whitened and weighted (IRLS).
@@ -122,10 +124,16 @@ def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = Non
     Either way the working memory is ``O(chunk_size a^2 s^2) + O(K w s^2)`` besides the Jacobians, however many
     blocks a factor has, and the result does not depend on ``chunk_size`` (up to the summation order, i.e.
     rounding).
+
+    ``accumulate`` (e.g. ``torch.float64`` for float32 states): the whitened, weighted residuals and Jacobians, computed
+    in the states' dtype, are cast to it before the products and sums, and the normal equations are returned in it.
+    The covariances of a float32 fit need it: the Gram sums cancel (the motion prior's blocks are large and nearly
+    singular: ``dt^-5`` for WNOJ), so summed in float32 they lose ``eps`` of the largest term, more than the
+    measurements contribute on a fine knot grid, whereas rounding the Jacobians themselves costs only ``eps^2`` of it.
     """
     K, s, g, w = prob.K, prob.s, prob.g, prob.w
     chunk = prob.chunk_size if chunk_size is None else chunk_size
-    dtype, device = X.dtype, X.device
+    dtype, device = X.dtype if accumulate is None else accumulate, X.device
     nslots = K * (w + 1)
     Hflat = torch.zeros(nslots + 1, s, s, dtype=dtype, device=device)  # last slot collects upper-triangle pairs
     bx = torch.zeros(K, s, dtype=dtype, device=device)
@@ -150,6 +158,8 @@ def _assemble(prob: _Problem, X: Tensor, G: Tensor, chunk_size: int | None = Non
             Jx = Jx * sw[:, None, None, None]
             Jg = Jg * sw[:, None, None]
             e = e * sw[:, None]
+        if accumulate is not None:
+            Jx, Jg, e = Jx.to(dtype), Jg.to(dtype), e.to(dtype)
         nr = Jx.shape[1]
         bx.index_add_(0, idx.reshape(-1), torch.einsum("mrus,mr->mus", Jx, e).reshape(-1, s))
         key = id(f)
