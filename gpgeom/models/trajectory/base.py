@@ -590,7 +590,8 @@ class Trajectory(ModelContract):
             compute_covariances: Also compute the knots' marginal covariances (:attr:`covariances_`,
                 ``K x s x s``; :attr:`cross_covariances_`, ``K x 1 x s x s`` between knots ``k`` and ``k + 1``),
                 needed by ``predict(..., return_std=True)``; the problem must be anchored (e.g. absolute
-                measurements or a :class:`~gpgeom.models.trajectory.KnotPrior`).
+                measurements or a :class:`~gpgeom.models.trajectory.KnotPrior`). A float32 trajectory computes them
+                in float64 (on devices with it) and stores them in float32.
             ftol, xtol, gtol: Convergence tolerances of the engine (defaults ``1e-10``, ``1e-9``, engine default
                 in float64; ``1e-5``, ``1e-5``, engine default in float32, where the banded normal equations of a
                 fine knot grid are too ill-conditioned for a tighter test).
