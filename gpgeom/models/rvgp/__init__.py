@@ -60,8 +60,9 @@ their root mean square (before), values far from zero, :math:`10^6 + 0.1 f`, bec
 varying part fell below the noise floor (``NOISE_FLOOR``, a noise standard deviation of 1e-3 of the values' size:
 1000, for a noise of 0.002), and the outputscale that explained the constant set the prior variance of every mode
 (their ratios to the constant's are bounded, :mod:`~gpgeom.models.rvgp.smoothness`), so the float64 model predicted a
-standard deviation of 152 for a field whose own model gives 0.0007 (``tests/test_rvgp_target_offset.py``). Vector fields have no constant offset (a constant ambient vector is not
-tangent): they are scaled by their root mean square only. A constant ambient vector ``c`` added to tangent vectors
+standard deviation of 152 for a field whose own model gives 0.0007 (``tests/test_rvgp_target_offset.py``).
+Vector fields have no constant offset (a constant ambient vector is not tangent): they are scaled by their root mean
+square only. A constant ambient vector ``c`` added to tangent vectors
 is read as its projection :math:`P_i c`, a tangent field the model learns, plus a normal part that becomes
 :math:`\sigma_\perp^2`, the frames' error, in the covariances across the frames; and the noise floor is 1e-3 of the
 vectors' root mean square, so a ``c`` more than 1e3 times the noise hides the field's variation below it, as a
