@@ -322,10 +322,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         return self.laplacian.points
 
     def _vectors(self, vectors: object, idx: np.ndarray) -> Tensor:
-        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` float64 tensor on the model's device (standardised
-        in float64 before they reach the model's dtype), checked: one row per index, or the cloud's ``n`` rows in
-        order when ``m != n`` (rows ``idx`` taken); with ``m == n`` the rows are one per index, and a permutation of
-        the points other than ``0..n-1`` is refused (:meth:`fit`)."""
+        r"""The observed vectors at ``idx`` as an ``(m, D_out)`` float64 tensor on the model's device (a scalar
+        field is standardised in float64 before it reaches the model's dtype), checked: one row per index, or the
+        cloud's ``n`` rows in order when ``m != n`` (rows ``idx`` taken); with ``m == n`` the rows are one per index,
+        and a permutation of the points other than ``0..n-1`` is refused (:meth:`fit`)."""
         v = as_tensor("vectors", vectors, dtype=torch.float64, device=self.device, finite=False)
         m, D = len(idx), self.output_dim
         if m != self.n and v.dim() >= 1 and v.shape[0] == self.n:
@@ -404,14 +404,19 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             if len(idx) == 0:
                 raise ValueError("`index` is empty: nothing to fit.")
             y = self._vectors(vectors, idx)  # float64
-            # scalar fields: centred on their training mean, then scaled by their standard deviation (module
-            # docstring of gpgeom.models.rvgp, *Targets*); vector fields: scaled by their root mean square
-            # (correctly rounded sums: the same numbers whatever the order of the rows)
-            flat = y.cpu().numpy().ravel()
-            offset = math.fsum(flat) / flat.size if self.scalar else 0.0
-            scale = math.sqrt(math.fsum(np.square(flat - offset)) / flat.size)
-            if scale == 0:  # constant values: their root mean square (the scale of the old fits)
-                scale = math.sqrt(math.fsum(np.square(flat)) / flat.size)
+            if self.scalar:
+                # centred on their training mean, then scaled by their standard deviation (module docstring of
+                # gpgeom.models.rvgp, *Targets*; correctly rounded sums: the same numbers whatever the order)
+                flat = y.cpu().numpy().ravel()
+                offset = math.fsum(flat) / flat.size
+                scale = math.sqrt(math.fsum(np.square(flat - offset)) / flat.size)
+                if scale == 0:  # constant values: their root mean square (the scale of the old fits)
+                    scale = math.sqrt(math.fsum(np.square(flat)) / flat.size)
+            else:
+                # vector fields: scaled by their root mean square in the model's dtype, as before the scalar
+                # offset, so that their fits and predictions stay the same bit for bit
+                offset, y = 0.0, y.to(self.dtype)
+                scale = float(y.square().mean().sqrt())
             if scale == 0:
                 warnings.warn(
                     "Every observed vector is zero: there is no scale to normalise them by, so the model predicts zero "
@@ -423,7 +428,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             self.y_offset = offset
             ref = self.kernel.basis.eigenvectors
             idx_t = torch.as_tensor(idx, dtype=torch.long, device=ref.device)
-            ys = ((y - offset) / self.y_scale).to(self.dtype)
+            ys = ((y - offset) / self.y_scale).to(self.dtype) if self.scalar else y / self.y_scale
             for name in ("_blocks", "_output_subset", "_wp_cache"):
                 self.__dict__.pop(name, None)
             for name in ("q_mean", "q_raw_scale"):
@@ -479,7 +484,9 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
                     progress=progress,
                 )
             bar.start("noise estimate")
-            self.noise_estimate = self._estimate_noise(idx, ((y - offset) / self.y_scale).cpu().numpy())
+            self.noise_estimate = self._estimate_noise(
+                idx, ((y - offset) / self.y_scale).cpu().numpy().astype(np.float64)
+            )
             self.fit_result_ = result
             self.train_index_ = idx_t
             self._fitted = True
