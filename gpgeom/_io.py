@@ -8,7 +8,8 @@ A model file is a ``torch.save`` archive of one dict::
 so that :func:`read_model_file` loads it with ``torch.load(..., weights_only=True)`` (no code runs on load).
 ``class`` is the model's registered name (:class:`gpgeom.base.ModelContract` registers every subclass);
 ``format_version`` is that class's own version of the ``state`` layout. Loading a file into another class, a file
-of a newer format, or a file that is not a gpgeom model file raises :class:`gpgeom.errors.ModelFileError` naming
+of a newer format, of a format older than the class reads (``_oldest_format_version``, default the current one), or
+a file that is not a gpgeom model file raises :class:`gpgeom.errors.ModelFileError` naming
 the file, what it holds and what was asked for.
 """
 
@@ -108,7 +109,8 @@ def read_model_file(path: str | os.PathLike, cls: type, map_location: Any = None
         ``(file_class, state)``: the registered class named in the file and the stored state.
 
     Raises:
-        ModelFileError: When the file is not a gpgeom model file, holds another class, or has a newer format.
+        ModelFileError: When the file is not a gpgeom model file, holds another class, or has a newer format (or
+            one older than the class's ``_oldest_format_version``).
     """
     where = os.fspath(path)
     if not os.path.exists(where):
@@ -147,7 +149,8 @@ def read_model_file(path: str | os.PathLike, cls: type, map_location: Any = None
             f"{header.get('gpgeom_version', '?')}; this gpgeom ({_version()}) reads up to version {supported}. "
             "Upgrade gpgeom."
         )
-    if version < supported:
+    oldest = getattr(file_cls, "_oldest_format_version", None)
+    if version < (supported if oldest is None else int(oldest)):
         raise ModelFileError(
             f"{where!r} holds a {name} file of format version {version}; this gpgeom reads version {supported} "
             "(the layout changed). Refit the model and save it again."

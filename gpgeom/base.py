@@ -97,10 +97,13 @@ class ModelContract:
 
     Class attributes:
         _format_version: The version of the subclass's ``state`` layout; raise it when the layout changes.
+        _oldest_format_version: The oldest layout the subclass's ``_from_state`` still reads (``None``: only
+            ``_format_version``); files of older layouts are refused.
         _model_name: Optional stable name stored in files (default: the class name).
     """
 
     _format_version: ClassVar[int] = 1
+    _oldest_format_version: ClassVar[int | None] = None
     _model_name: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

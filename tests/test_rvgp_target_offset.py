@@ -18,6 +18,7 @@ import torch
 from rvgp_factories import index_column
 
 from gpgeom.datasets.vector_fields import sample_sphere
+from gpgeom.errors import ModelFileError
 from gpgeom.models.rvgp import RVGP
 
 OFFSET, NOISE = 1e6, 0.002
@@ -125,6 +126,7 @@ def test_the_offset_survives_save_and_load_and_old_files_read_zero(sphere, tmp_p
     # it predicts mean * scale as it did, here the model's own centred prediction
     blob = torch.load(path, weights_only=True)
     del blob["state"]["y_offset"]
+    blob["gpgeom_model"]["format_version"] = 3  # the layout before the offset
     torch.save(blob, old := tmp_path / "old.pt")
     loaded = RVGP.load(old)
     assert loaded.y_offset == 0.0
@@ -145,3 +147,16 @@ def test_vector_fields_keep_their_scale_bit_for_bit(dtype):
     assert model.y_offset == 0.0
     assert model.y_scale == float(Vt.square().mean().sqrt())
     assert torch.equal(model.data_y, Vt / model.y_scale)
+
+
+def test_a_reader_without_the_offset_refuses_a_centred_file(sphere, tmp_path, monkeypatch):
+    # a scalar file holds data_y less the offset: a gpgeom that reads the layout before it (format 3) must refuse it
+    # rather than drop the offset. It loaded it and predicted means off by the training mean (-0.048 for 19.95 on
+    # values 20 + 0.1 f; 1e6 here), since the format version had not moved.
+    model = _fit(sphere, OFFSET)
+    path = tmp_path / "scalar.pt"
+    model.save(path)
+    monkeypatch.setattr(RVGP, "_format_version", 3)  # the reader before the offset
+    monkeypatch.setattr(RVGP, "_oldest_format_version", None, raising=False)
+    with pytest.raises(ModelFileError, match="format version"):
+        RVGP.load(path)

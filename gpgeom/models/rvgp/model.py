@@ -190,7 +190,10 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             (:mod:`gpgeom.models.rvgp`, *Targets*).
     """
 
-    _format_version = 3  # 2: bounded smoothness, noise split, tangent likelihood; 3: the ambient part
+    # 2: bounded smoothness, noise split, tangent likelihood; 3: the ambient part; 4: scalar targets centred
+    # (``y_offset``; data_y less it): a reader of format 3 would drop the offset and predict means off by it
+    _format_version = 4
+    _oldest_format_version = 3  # read with y_offset 0, as written
 
     def __init__(
         self,
