@@ -167,17 +167,28 @@ def set_train_tensors(model: ExactGPModel, held: tuple[Tensor | None, ...] | Non
         model._aug_batch_shape = targets.shape[:-1]
 
 
-def record_conditioning(parent: ExactGPModel, child: ExactGPModel, block: tuple[Any, ...], replayable: bool) -> None:
+def record_conditioning(
+    parent: ExactGPModel,
+    child: ExactGPModel,
+    block: tuple[Any, ...],
+    replayable: bool,
+    grads: tuple[bool, ...] = (False, False, False),
+) -> None:
     r"""Record on ``child``'s prediction strategy (``parent.condition_on_observations``'s result) how its caches were
     made, for its file (:func:`model_state`): the history of ``parent``'s caches followed by ``block``.
 
     The history is ``(root, rows, blocks)``: the training tensors (:func:`train_tensors`, detached) of the model whose
     caches GPyTorch built from scratch, its number of rows, and the blocks conditioned on since, each
-    ``(X, Y, noise, fantasize)``: the new inputs ``batch' x n' x d`` and outputs ``batch'' x n' x m`` in the model's
-    dtype as GPyTorch got them, the noise ``batch''' x n' x m`` in the outcome-transformed units (or ``None``), and
-    whether BoTorch's ``fantasize`` flag was on. Kept with the strategy, the history goes when the strategy does (a
-    changed hyperparameter, ``fit``, ``to``, train mode, new data): caches rebuilt then are built from scratch.
-    References, no copies (``block`` holds the copies the child keeps anyway): no cost in look-ahead acquisitions.
+    ``(X, Y, noise, fantasize, grad_enabled)``: the new inputs ``batch' x n' x d`` and outputs ``batch'' x n' x m`` in
+    the model's dtype as GPyTorch got them, the noise ``batch''' x n' x m`` in the outcome-transformed units (or
+    ``None``), whether BoTorch's ``fantasize`` flag was on and whether gradients were enabled. Its tensors are leaves
+    that require a gradient where the model's or the caller's tensors did (``grads``), as pickling makes them: that
+    changes GPyTorch's rounding (a fantasy model's sampled outputs require one; without the flags a loaded fantasy
+    model conditioned again predicted means 8.3e-5 of the outputs' scale apart in float32, 7.8e-14 in float64, from the
+    one in memory, ``tests/test_conditioned_float32_files.py``). Kept with the strategy, the history goes when the
+    strategy does (a changed hyperparameter, ``fit``, ``to``, train mode, new data): caches rebuilt then are built
+    from scratch. References, no copies (``block`` holds the copies the child keeps anyway; the leaves are views of
+    them): no cost in look-ahead acquisitions.
 
     Args:
         parent: The conditioned model (its strategy the one GPyTorch updated).
@@ -185,6 +196,7 @@ def record_conditioning(parent: ExactGPModel, child: ExactGPModel, block: tuple[
         block: ``(X, Y, noise)``: the child's copies of the new rows.
         replayable: ``False`` where ``condition_on_observations`` got arguments other than ``noise`` (not
             recorded): the child's file then holds no history.
+        grads: Whether the caller's ``X``, ``Y`` and ``noise`` required a gradient.
     """
     strategy = getattr(child, "prediction_strategy", None)
     if strategy is None:
@@ -196,11 +208,13 @@ def record_conditioning(parent: ExactGPModel, child: ExactGPModel, block: tuple[
         setattr(strategy, _HISTORY, None)
         return
     root, rows, blocks = history
-    setattr(strategy, _HISTORY, (root, rows, (*blocks, (*block, bool(fantasize_flag.on())))))
+    block = tuple(None if t is None else t.detach().requires_grad_(g) for t, g in zip(block, grads))
+    modes = (bool(fantasize_flag.on()), torch.is_grad_enabled())
+    setattr(strategy, _HISTORY, (root, rows, (*blocks, (*block, *modes))))
 
 
 def _held(model: ExactGPModel) -> tuple[Tensor | None, ...]:
-    return tuple(None if t is None else t.detach() for t in train_tensors(model))
+    return tuple(None if t is None else t.detach().requires_grad_(t.requires_grad) for t in train_tensors(model))
 
 
 def _history_state(model: ExactGPModel) -> dict[str, Any] | None:
@@ -217,8 +231,24 @@ def _history_state(model: ExactGPModel) -> dict[str, Any] | None:
     if history == ():
         history = (_held(model), model.train_targets.shape[-1], ())
     root, rows, blocks = history
-    keys = ("X", "Y", "noise", "fantasize")
-    return {"root": list(root), "rows": int(rows), "blocks": [dict(zip(keys, block)) for block in blocks]}
+    keys = ("X", "Y", "noise", "fantasize", "grad_enabled")
+    out = [
+        {**dict(zip(keys, block)), "grad": [t is not None and t.requires_grad for t in block[:3]]} for block in blocks
+    ]
+    return {
+        "root": list(root),
+        "root_grad": [t is not None and t.requires_grad for t in root],
+        "rows": int(rows),
+        "blocks": out,
+    }
+
+
+def _leaves(tensors: list[Tensor | None], grads: list[bool] | None) -> tuple[Tensor | None, ...]:
+    r"""``tensors`` (read from a file: detached) as leaves that require a gradient where ``grads`` says the recorded
+    ones did (``None``: files written before the flags, none did), as pickling restores them: GPyTorch's rounding
+    depends on it (a fantasy model's sampled outputs require one)."""
+    grads = grads or [False] * len(tensors)
+    return tuple(None if t is None else t.detach().requires_grad_(bool(g)) for t, g in zip(tensors, grads))
 
 
 def _replay(cls: type[ExactGPModel], state: dict[str, Any], kwargs: dict[str, Any]) -> ExactGPModel | None:
@@ -228,13 +258,15 @@ def _replay(cls: type[ExactGPModel], state: dict[str, Any], kwargs: dict[str, An
     history, (X, Y, Yvar) = state["history"], (state["train_X"], state["train_Y"], state["train_Yvar"])
     rows = history["rows"]
     union = tuple(None if t is None else t[..., :rows, :] for t in (X, Y, Yvar))
-    model = _rebuild(cls, state, union, tuple(history["root"]), kwargs)
+    model = _rebuild(cls, state, union, _leaves(history["root"], history.get("root_grad")), kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BoTorch's input warnings: given when the model was conditioned
         for block in history["blocks"]:
-            noise = {} if block["noise"] is None else {"noise": block["noise"]}
-            with fantasize_flag() if block["fantasize"] else contextlib.nullcontext():
-                model = model.condition_on_observations(block["X"], block["Y"], **noise)
+            bX, bY, noise = _leaves([block["X"], block["Y"], block["noise"]], block.get("grad"))
+            noise = {} if noise is None else {"noise": noise}
+            fantasy = fantasize_flag() if block["fantasize"] else contextlib.nullcontext()
+            with fantasy, torch.set_grad_enabled(block.get("grad_enabled", torch.is_grad_enabled())):
+                model = model.condition_on_observations(bX, bY, **noise)
     model.__dict__["_conditioned"] = True  # also a root of no block: it predicted from GPyTorch's caches
     model._original_data = (X, Y, Yvar)
     saved, held = state.get("train_tensors"), train_tensors(model)

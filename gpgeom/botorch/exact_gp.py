@@ -625,13 +625,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         noise = kwargs.get("noise") if self._original_data[2] is not None else None
         octf = getattr(self, "outcome_transform", None)
         Yvar = None if noise is None else noise_in_original_units(octf, Y.detach(), noise.detach())
+        grads = tuple(t is not None and t.requires_grad for t in (X, Y, kwargs.get("noise")))  # for its file
         # copies of the n' new rows: the caller's tensors (or `noise`) changed in place later are not the model's data
         X, Y, Yvar, noise = (None if t is None else t.detach().clone() for t in (X, Y, Yvar, kwargs.get("noise")))
         new._original_data = UnionData(self._original_data, X, Y, Yvar)
         new.__dict__["_conditioned"] = True  # its posterior keeps GPyTorch's updated caches (fast fantasies)
         new.__dict__.pop("_strategy_cache", None)
         new._check_strategy()  # its strategy, updated from this one, is for its state now
-        record_conditioning(self, new, (X, Y, noise), set(kwargs) <= {"noise"})  # what its file replays
+        record_conditioning(self, new, (X, Y, noise), set(kwargs) <= {"noise"}, grads)  # what its file replays
         return new
 
     def _find_output_dims(self, default_modules: tuple[str, ...] = ()) -> dict[str, int]:
