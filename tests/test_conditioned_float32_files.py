@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 import warnings
 
 import gpytorch
@@ -215,3 +216,40 @@ def test_fantasy_models_conditioned_again_load_bitwise(tmp_path, dtype):
     truth, _ = _dense_posterior(again, Z)
     with torch.no_grad():
         assert float((again.posterior(Z).mean.double() - truth).abs().max()) <= tol
+
+
+def _condition_in_threads(parent: ExactGPModel, rows: list[tuple[torch.Tensor, ...]]) -> list[ExactGPModel]:
+    r"""``parent`` conditioned on each ``(X, Y)`` of ``rows`` by one thread each, all started at once."""
+    kids, errors, barrier = [None] * len(rows), [], threading.Barrier(len(rows), timeout=30)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            kids[i] = parent.condition_on_observations(*rows[i])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(rows))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return kids
+
+
+def test_a_model_conditioned_in_several_threads_at_once_loads_bitwise(tmp_path):
+    r"""Six threads condition the same conditioned model at once (its caches current, or stale after a changed
+    lengthscale): each model is bitwise the one conditioned serially, and its file loads bitwise. Before, the record
+    of the conditioning was read from the model while another thread's update had emptied its training data: a
+    ``TypeError`` (this test failed in 3 of 3 runs; none before the record)."""
+    X, Y, Xn, Yn, Xq = _problem(1, ())
+    rows = [(Xn[i : i + 1] + 0.1 * j, Yn[i : i + 1]) for i in range(3) for j in range(2)]
+    for stale in (False, True, False, True):
+        parent = _base(X, Y, False, F32).condition_on_observations(Xn, Yn)
+        parent.posterior(Xq)
+        if stale:
+            parent.covar_module.base_kernel.lengthscale = 0.31
+        for i, kid in enumerate(_condition_in_threads(parent, rows)):
+            _assert_bitwise(parent.condition_on_observations(*rows[i]), kid, Xq)
+            _assert_bitwise(kid, _round_trip(kid, tmp_path / f"k{i}.pt"), Xq)

@@ -35,10 +35,20 @@ from gpgeom.errors import ModelFileError
 if TYPE_CHECKING:
     from gpgeom.botorch.exact_gp import ExactGPModel
 
-__all__ = ["model_state", "record_conditioning", "restore_model", "set_train_tensors", "train_tensors"]
+__all__ = [
+    "PARENT_HISTORY",
+    "conditioning_history",
+    "model_state",
+    "record_conditioning",
+    "restore_model",
+    "set_train_tensors",
+    "train_tensors",
+]
 
 #: The attribute of a GPyTorch prediction strategy that records how its caches were made (:func:`record_conditioning`)
 _HISTORY = "_gpgeom_history"
+#: The attribute of a conditioned model holding its parent's history until :func:`record_conditioning` takes it
+PARENT_HISTORY = "_gpgeom_parent_history"
 
 
 def model_state(model: ExactGPModel) -> dict[str, Any]:
@@ -199,11 +209,11 @@ def record_conditioning(
         grads: Whether the caller's ``X``, ``Y`` and ``noise`` required a gradient.
     """
     strategy = getattr(child, "prediction_strategy", None)
+    history = child.__dict__.pop(PARENT_HISTORY, ())  # read with the lock of the update (`conditioning_history`)
     if strategy is None:
         return
-    history = getattr(parent.prediction_strategy, _HISTORY, ()) if parent.prediction_strategy is not None else ()
-    if history == ():  # the parent's caches were built from scratch: it is the root
-        history = (_held(parent), parent.train_targets.shape[-1], ())
+    if history == ():
+        history = conditioning_history(parent)
     if history is None or not replayable:
         setattr(strategy, _HISTORY, None)
         return
@@ -211,6 +221,18 @@ def record_conditioning(
     block = tuple(None if t is None else t.detach().requires_grad_(g) for t, g in zip(block, grads))
     modes = (bool(fantasize_flag.on()), torch.is_grad_enabled())
     setattr(strategy, _HISTORY, (root, rows, (*blocks, (*block, *modes))))
+
+
+def conditioning_history(model: ExactGPModel) -> tuple[Any, ...] | None:
+    r"""The history of ``model``'s prediction caches (:func:`record_conditioning`), read before GPyTorch conditions it,
+    with the lock GPyTorch's update holds (``ExactGPModel.get_fantasy_model``): meanwhile the update of another
+    thread conditioning the same model empties its training data and prediction strategy, and a history read then
+    failed (a ``TypeError``) or took the model as a root. A model whose caches were built from scratch is the root."""
+    strategy = model.prediction_strategy
+    history = () if strategy is None else getattr(strategy, _HISTORY, ())
+    if history == ():  # the caches were built from scratch: it is the root
+        history = (_held(model), model.train_targets.shape[-1], ())
+    return history
 
 
 def _held(model: ExactGPModel) -> tuple[Tensor | None, ...]:

@@ -73,7 +73,13 @@ from gpgeom.botorch.defaults import (
     default_likelihood,
     default_outcome_transform,
 )
-from gpgeom.botorch.exact_files import model_state, record_conditioning, restore_model
+from gpgeom.botorch.exact_files import (
+    PARENT_HISTORY,
+    conditioning_history,
+    model_state,
+    record_conditioning,
+    restore_model,
+)
 from gpgeom.botorch.exact_inputs import check_module_types, checked_training_data, standardised_outputs
 from gpgeom.botorch.exact_predict import bytes_per_test_point, posterior_moments, training_factor
 from gpgeom.botorch.outputs import gaussian_posterior, refuse_empty_batch, select_outputs
@@ -676,7 +682,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         updated caches kept as computed: with the new rows' gradient, and the mean's read (:mod:`._fantasy`)."""
         out: list[ExactGPModel] = []
         with fantasy_caches([*(inputs if isinstance(inputs, list) else [inputs]), targets], out):
+            history = conditioning_history(self)  # under the update's lock, which another thread's update empties
             out.append(super().get_fantasy_model(inputs, targets, **kwargs))
+        out[0].__dict__[PARENT_HISTORY] = history  # for `record_conditioning`
         return out[0]
 
     def subset_output(self, idcs: list[int]) -> ExactGPModel:
