@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import _FailingBackward as FailingBackward
 
 from gpgeom.engine import distributed as dd
 from gpgeom.models.rgnp import RGNP
@@ -144,16 +145,6 @@ def test_a_group_of_one_retries_as_a_single_process(tmp_path, monkeypatch):
     assert torch.equal(alone[0], inside[0])
 
 
-class _RaisesInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise ArithmeticError("backward fails")
-
-
 @needs_gloo
 def test_a_backward_pass_that_raises_after_the_loss_all_reduce(group_of_one):
     """In a group of one rank, a backward pass that raises after ``mean_of`` raises its own error out of the
@@ -161,9 +152,9 @@ def test_a_backward_pass_that_raises_after_the_loss_all_reduce(group_of_one):
     works on); the gradients of a backward pass that went well are the plain ones, bit for bit."""
     torch.manual_seed(0)
     lin, x = torch.nn.Linear(3, 2).double(), torch.randn(4, 3, dtype=torch.float64)
-    with pytest.raises(ArithmeticError, match="backward fails"):
+    with pytest.raises(ArithmeticError, match="fails in its backward pass"):
         with dd.data_parallel(lin, 0) as dp:
-            dp.mean_of(lambda: _RaisesInBackward.apply(lin(x)).sum(), "test").backward()
+            dp.mean_of(lambda: FailingBackward.apply(lin(x)).sum(), "test").backward()
     assert not lin.weight._post_accumulate_grad_hooks
     lin.zero_grad(set_to_none=True)
     (torch.sin(lin(x)).sum()).backward()
