@@ -37,16 +37,26 @@ def _data_tensor(name: str, v: object, M: int) -> Tensor:
     return x
 
 
+def _working_dtype(state: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> torch.dtype | None:
+    r"""The floating dtype of the state (or of the global parameters when there is no state); ``None`` if neither."""
+    for v in (*state.values(), *params.values()):
+        if isinstance(v, Tensor) and v.is_floating_point():
+            return v.dtype
+    return None
+
+
 class CustomMeasurement(Measurement):
     r"""A measurement given by its residual function only; Jacobians by ``torch.func.jacfwd``.
 
     ``residual_fn(state, params) -> M x r`` (or ``residual_fn(state, params, data)`` when ``data`` is given)
     receives the state at the ``M`` times as a dict (components of ``components(level)``: ``"R"`` ``M x 3 x 3``,
     the others ``M x 3``), a dict of global parameter blocks (``params[name]``: ``g_i``) and the per-measurement
-    ``data`` (name -> tensor with ``M`` rows), and returns the *unwhitened* residuals; they are divided by
-    ``sigma``. It must be written with batched torch operations, row ``m`` depending only on row ``m`` of the
-    state and of ``data`` (the Jacobian is obtained by perturbing every row along the same tangent direction), and
-    without ``.item()`` or data-dependent Python control flow.
+    ``data`` (name -> tensor with ``M`` rows), and returns the *unwhitened* residuals, in the trajectory's dtype
+    (another dtype is a ``TypeError``: build constants from the state's tensors, e.g. ``st["p"].new_tensor(...)``,
+    so that the same function serves float32 and float64 fits); they are divided by ``sigma``. It must be written
+    with batched torch operations, row ``m`` depending only on row ``m`` of the state and of ``data`` (the Jacobian
+    is obtained by perturbing every row along the same tangent direction), and without ``.item()`` or
+    data-dependent Python control flow.
 
     Per-measurement values (the readings, anchor positions, ...) belong in ``data``, not in the function's
     closure: a fit splits a measurement with more than ``chunk_size`` blocks into pieces, and each piece receives
@@ -128,6 +138,11 @@ class CustomMeasurement(Measurement):
                 else " If `residual_fn` captures per-measurement tensors, pass them as `data={...}` instead: a fit "
                 "splits large measurements into chunks and slices `data` with them, not the tensors of a closure."
             )
+            if "scalar type" in str(err) or "dtype" in str(err):
+                hint += (
+                    f" The state is {_working_dtype(state, params)}: build constants from it (e.g. "
+                    "`st['p'].new_tensor(...)`) or pass arrays as `data` (converted to the trajectory's dtype)."
+                )
             raise RuntimeError(f"{self.name}: `residual_fn` failed on {M} measurement rows ({err}).{hint}") from err
         if not isinstance(r, Tensor) or r.dim() != 2 or r.shape != (M, self.residual_dim):
             got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
@@ -138,6 +153,13 @@ class CustomMeasurement(Measurement):
             raise TypeError(
                 f"{self.name}: `residual_fn` must return a floating-point tensor, got dtype {r.dtype}; compute it "
                 "from the state with floating-point torch operations (no .long(), .round() to int or comparisons)."
+            )
+        want = _working_dtype(state, params)
+        if want is not None and r.dtype != want:  # float64 constants in a float32 fit, or a cast in the function
+            raise TypeError(
+                f"{self.name}: `residual_fn` must return the trajectory's dtype {want}, got {r.dtype}; compute it from "
+                "the state's tensors, build constants with e.g. `st['p'].new_tensor(...)` and pass per-measurement "
+                "arrays as `data` (converted to the trajectory's dtype)."
             )
         return r * self.w
 
@@ -154,7 +176,10 @@ class CustomMeasurement(Measurement):
         def f(d: Tensor) -> tuple[Tensor, Tensor]:
             st, off = {}, 0
             for c in comps:
-                dc = d[off : off + 3]
+                # a 1 x 3 perturbation, not a 3-vector: torch's forward AD gives the tangent of a 0-dim tensor times a
+                # Python float in float64 (pytorch/pytorch#90065), which so3_exp of a single vector would hit, and a
+                # float32 state would then meet a float64 tangent in the matmul below
+                dc = d[off : off + 3].unsqueeze(0)
                 st[c] = state[c] @ so3_exp(dc) if c == "R" else state[c] + dc
                 off += 3
             pr = {}
