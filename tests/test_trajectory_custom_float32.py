@@ -46,11 +46,11 @@ def _position(st, prm, d):
     return st["p"] - d["y"]
 
 
-def _fit(cls, dtype, meas):
+def _fit(cls, dtype, meas, **kw):
     r"""Fit to tight tolerances in both dtypes: float32's defaults (``1e-5``) may stop the SE(3) fit 3e-4 away
     (relative) from the optimum, which would be a comparison of stopping rules, not of the linearisation."""
     traj = cls.uniform(0.0, 2.0, 0.25, qc_rot=10.0, qc_pos=10.0, dtype=dtype)
-    return traj.fit(meas, ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    return traj.fit(meas, ftol=1e-12, xtol=1e-12, gtol=1e-12, **kw)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -68,10 +68,13 @@ def test_float32_custom_factor_fits_like_float64(cls, time_dtype):
         baro = CustomMeasurement(
             tt, _height, residual_dim=1, sigma=0.02, params={"h0": np.zeros(1)}, data={"z": z.numpy()}
         )
-        fits[dtype] = _fit(cls, dtype, [pose, baro])
+        fits[dtype] = _fit(cls, dtype, [pose, baro], compute_covariances=True)
     f32, f64 = fits[torch.float32], fits[torch.float64]
     assert f32.knots.dtype == torch.float32 and f64.knots.dtype == torch.float64
     assert _rel(f32.knots, f64.knots) < 1e-4
+    # the covariance step linearises the custom factor again: marginal stds as float64's (measured 1e-6)
+    s32, s64 = (f.covariances_.diagonal(dim1=-2, dim2=-1).sqrt().detach().double() for f in (f32, f64))
+    assert float(((s32 - s64) / s64).abs().max()) < 1e-3
     h32, h64 = f32.fit_result_.globals["h0"], f64.fit_result_.globals["h0"]
     assert abs(float(h32.detach()) - float(h64.detach())) < 1e-4
     assert abs(float(h64.detach()) - 0.7) < 0.03  # the offset is recovered, not just equal in both
