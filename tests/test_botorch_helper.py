@@ -228,3 +228,39 @@ def test_helper_fails_on_broken_shapes():
         )
     with pytest.raises(ValueError, match="bounds"):
         check_botorch_model(model, bounds=torch.zeros(3, 3, dtype=DT))
+
+
+def _float32_low_noise(sd, scale, cls=ExactGPModel):
+    r"""A float32 ``ExactGPModel`` fitted on ``30 x 2`` data of noise sd ``sd`` in output units of size ``scale``, with
+    a noise constraint low enough to learn that noise (the default floor is 1e-4 of the outputs' variance)."""
+    from gpytorch.constraints import GreaterThan
+    from gpytorch.likelihoods import GaussianLikelihood
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(30, 2, generator=g)
+    Y = scale * (torch.sin(6 * X[:, :1]) + X[:, 1:] ** 2 + sd * torch.randn(30, 1, generator=g))
+    lik = GaussianLikelihood(noise_constraint=GreaterThan(1e-10))
+    return cls(X, Y, likelihood=lik).fit(progress=False, max_iter=60), X, Y
+
+
+@pytest.mark.parametrize("sd", [1e-3, 1e-4])
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_float32_model_with_small_noise_passes_observation_noise_check(sd, scale):
+    # was: "an increase of 1.24e-07 (the likelihood's noise is ignored)" against an absolute floor of 1e-5
+    model, X, Y = _float32_low_noise(sd, scale)
+    noise = float(model.likelihood.noise.detach()) * float(model.outcome_transform.stdvs.detach().square())
+    assert noise < 1e-5 * scale**2  # the regime the absolute floor rejected
+    Xt = torch.rand(5, 2, generator=torch.Generator().manual_seed(1))
+    var, noisy = model.posterior(Xt).variance.detach(), model.posterior(Xt, observation_noise=True).variance.detach()
+    # independent truth: the increase is the likelihood's noise in output units, up to a few ulps of the variances
+    ulps = torch.finfo(torch.float32).eps * (var + noisy)
+    assert bool(((noisy - var - noise).abs() <= 1e-3 * noise + 4 * ulps).all())
+    report = check_botorch_model(model, check_condition=False, check_fantasize=False, optimize=False)
+    assert "observation_noise" in report["checks"]
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_float32_model_ignoring_small_noise_still_fails(scale):
+    broken = _float32_low_noise(1e-3, scale, IgnoresObservationNoise)[0]
+    with pytest.raises(AssertionError, match="the likelihood's noise is ignored"):
+        check_botorch_model(broken, check_condition=False, check_fantasize=False, optimize=False)

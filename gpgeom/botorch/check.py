@@ -17,7 +17,9 @@ Shapes and plumbing
 Meaning (what acquisition functions rely on)
 
 4. **observation noise**: ``posterior(X, observation_noise=True)`` adds a positive noise variance
-   :math:`s(X) = \mathrm{Var}_{noisy} - \mathrm{Var}` (unless ``expect_observation_noise=False``);
+   :math:`s(X) = \mathrm{Var}_{noisy} - \mathrm{Var}` (unless ``expect_observation_noise=False``) larger than one
+   ulp of the variance, :math:`\varepsilon (|\mathrm{Var}| + |\mathrm{Var}_{noisy}|) / 2` (a smaller noise is not
+   resolvable in the dtype; the floor is relative, so a float32 model with noise sd 1e-3 passes at any output scale);
 5. **conditioning is Bayes' rule**: for new observations :math:`(X_n, Y_n)`, the posterior of
    ``condition_on_observations(X_n, Y_n)`` at test points (:math:`X_n` among them) equals the Gaussian
    conditional computed here from the model's *own* joint posterior over :math:`(X_n, X_t)` and its noise
@@ -54,6 +56,14 @@ from gpytorch.distributions import MultitaskMultivariateNormal
 from torch import Tensor
 
 __all__ = ["check_botorch_model", "joint_moments"]
+
+
+#: Rounding of ``s = Var_noisy - Var`` (check 4), in units of ``eps * (|Var| + |Var_noisy|)`` (about one ulp of the
+#: larger): ``Var_noisy = fl(Var + s)`` differs from ``Var + s`` by at most half an ulp and the difference of the two
+#: floats is then exact (Sterbenz), so a noise above one ulp of the variance shows as an increase and a model that
+#: ignores the noise gives 0 (up to the one-ulp rounding of a separately computed ``Var_noisy``). A noise below one
+#: ulp of the variance is not resolvable in the dtype (float32: ``s < 1.2e-7 Var``) and fails the check.
+_NOISE_ULPS = 0.5
 
 
 def _fail(what: str, expected: object, got: object) -> None:
@@ -283,12 +293,17 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
             _check_shape(f"{where} with observation_noise=True: mean", noisy.mean, expected)
             _close(f"{where} with observation_noise=True: mean", noisy.mean, post.mean, rtol, atol)
             added = noisy.variance - post.variance
-            floor = 1e-10 * (1.0 + post.variance.abs()) if dtype == torch.float64 else 1e-5 * (1 + post.variance)
+            # rounding of the two variances' difference (an absolute floor of 1e-5 failed every float32 model whose
+            # noise is below 1e-5 in the output's units, e.g. noise sd 1e-3)
+            added = added.detach()
+            floor = _NOISE_ULPS * torch.finfo(dtype).eps * (post.variance.detach().abs() + noisy.variance.detach().abs())
             if kw["expect_observation_noise"] and bool((added <= floor).any()):
+                bad = int(torch.argmax((added - floor).flatten().neg()))
                 _fail(
                     f"{where} with observation_noise=True: variance",
                     "the noiseless variance plus a positive noise variance",
-                    f"an increase of {float(added.min()):.3g} (the likelihood's noise is ignored)",
+                    f"an increase of {float(added.flatten()[bad]):.3g} <= the rounding floor "
+                    f"{float(floor.flatten()[bad]):.3g} (the likelihood's noise is ignored)",
                 )
             if bool((added < -floor).any()):
                 _fail(f"{where} with observation_noise=True: variance", ">= the noiseless variance", "smaller")
