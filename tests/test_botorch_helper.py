@@ -264,3 +264,21 @@ def test_float32_model_ignoring_small_noise_still_fails(scale):
     broken = _float32_low_noise(1e-3, scale, IgnoresObservationNoise)[0]
     with pytest.raises(AssertionError, match="the likelihood's noise is ignored"):
         check_botorch_model(broken, check_condition=False, check_fantasize=False, optimize=False)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3])
+def test_float32_small_noise_model_passes_every_check_and_broken_ones_fail(scale):
+    # The float32 rounding of this model's conditioning is 0.03-0.08 of the posterior sd (its float32 posterior is as
+    # far from the float64 model with the same hyperparameters); the default float32 `condition_tol` (1e-3) is below
+    # that, so the tolerance is given. Conditioning on the posterior mean is off by 0.9, fantasies on it by 1.8.
+    kw = {"optimize": False, "condition_tol": 0.2}
+    report = check_botorch_model(_float32_low_noise(1e-3, scale)[0], **kw)
+    assert {"observation_noise", "conditioning = Bayes' rule", "fantasize = conditioning on samples"} <= set(
+        report["checks"]
+    )
+    for cls, match in [
+        (ConditionIgnoresY, "conditioned posterior mean vs Bayes' rule"),
+        (FantasizeIgnoresY, "fantasy model mean vs conditioning on the fantasy samples"),
+    ]:
+        with pytest.raises(AssertionError, match=match):
+            check_botorch_model(_float32_low_noise(1e-3, scale, cls)[0], **kw)
