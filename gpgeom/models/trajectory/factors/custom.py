@@ -52,11 +52,12 @@ class CustomMeasurement(Measurement):
     receives the state at the ``M`` times as a dict (components of ``components(level)``: ``"R"`` ``M x 3 x 3``,
     the others ``M x 3``), a dict of global parameter blocks (``params[name]``: ``g_i``) and the per-measurement
     ``data`` (name -> tensor with ``M`` rows), and returns the *unwhitened* residuals, in the trajectory's dtype
-    (another dtype is a ``TypeError``: build constants from the state's tensors, e.g. ``st["p"].new_tensor(...)``,
-    so that the same function serves float32 and float64 fits); they are divided by ``sigma``. It must be written
-    with batched torch operations, row ``m`` depending only on row ``m`` of the state and of ``data`` (the Jacobian
-    is obtained by perturbing every row along the same tangent direction), and without ``.item()`` or
-    data-dependent Python control flow.
+    or a narrower floating one (float32 residuals in a float64 fit are promoted, exactly; a wider dtype, float64
+    residuals in a float32 fit, is a ``TypeError``: build constants from the state's tensors, e.g.
+    ``st["p"].new_tensor(...)``, so that the same function serves float32 and float64 fits); they are divided by
+    ``sigma``. It must be written with batched torch operations, row ``m`` depending only on row ``m`` of the state
+    and of ``data`` (the Jacobian is obtained by perturbing every row along the same tangent direction), and without
+    ``.item()`` or data-dependent Python control flow.
 
     Per-measurement values (the readings, anchor positions, ...) belong in ``data``, not in the function's
     closure: a fit splits a measurement with more than ``chunk_size`` blocks into pieces, and each piece receives
@@ -155,12 +156,17 @@ class CustomMeasurement(Measurement):
                 "from the state with floating-point torch operations (no .long(), .round() to int or comparisons)."
             )
         want = _working_dtype(state, params)
-        if want is not None and r.dtype != want:  # float64 constants in a float32 fit, or a cast in the function
-            raise TypeError(
-                f"{self.name}: `residual_fn` must return the trajectory's dtype {want}, got {r.dtype}; compute it from "
-                "the state's tensors, build constants with e.g. `st['p'].new_tensor(...)` and pass per-measurement "
-                "arrays as `data` (converted to the trajectory's dtype)."
-            )
+        if want is not None and r.dtype != want:
+            if torch.promote_types(r.dtype, want) != want:  # float64 constants in a float32 fit: would be rounded
+                raise TypeError(
+                    f"{self.name}: `residual_fn` must return the trajectory's dtype {want} (or a narrower floating "
+                    f"dtype), got {r.dtype}; compute it from the state's tensors, build constants with e.g. "
+                    "`st['p'].new_tensor(...)` and pass per-measurement arrays as `data` (converted to the "
+                    "trajectory's dtype)."
+                )
+            # a narrower dtype (a float32 network in a float64 fit) is exactly representable: promoted, as the
+            # product with the float64 weights promoted it before the dtype check (values and Jacobians bitwise)
+            r = r.to(want)
         return r * self.w
 
     def residual(self, state, params):
