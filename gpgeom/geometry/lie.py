@@ -72,6 +72,10 @@ References
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import Tensor
 
@@ -146,6 +150,39 @@ def _sc(c: Tensor) -> Tensor:
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(-1)
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def _lift_unbatched(*event_dims: int) -> Callable[[_F], _F]:
+    r"""Evaluate unbatched arguments of a dtype other than float64 with a batch dimension of 1 (removed again).
+
+    torch's forward-mode AD gives the tangent of a 0-dim tensor times a Python float in float64
+    (pytorch/pytorch#90065); the scalars of an unbatched argument (``|theta|^2``, the quaternion's ``w``) are 0-dim,
+    so under ``torch.func.jvp``/``jacfwd`` a float32 ``theta`` of shape ``3`` got float64 tangents (and the SE(3)
+    maps failed in a matmul). ``event_dims``: the number of event dimensions of each leading tensor argument
+    (``1`` for a vector, ``2`` for a matrix); the output loses the added dimension when every one was unbatched.
+    float64 arguments are passed through unchanged."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def lifted(*args, **kwargs):
+            xs = args[: len(event_dims)]
+            if not all(isinstance(x, Tensor) for x in xs) or all(x.dtype == torch.float64 for x in xs):
+                return fn(*args, **kwargs)
+            unbatched = [x.dim() == d for x, d in zip(xs, event_dims)]
+            if not any(unbatched):
+                return fn(*args, **kwargs)
+            xs = [x.unsqueeze(0) if u else x for x, u in zip(xs, unbatched)]
+            out = fn(*xs, *args[len(event_dims) :], **kwargs)
+            if not all(unbatched):
+                return out
+            return {k: v[0] for k, v in out.items()} if isinstance(out, dict) else out[0]
+
+        return lifted  # type: ignore[return-value]
+
+    return wrap
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,6 +303,7 @@ def so3_vee(M: Tensor) -> Tensor:
     return torch.stack([M[..., 2, 1], M[..., 0, 2], M[..., 1, 0]], dim=-1)
 
 
+@_lift_unbatched(1)
 def so3_exp(theta: Tensor) -> Tensor:
     r"""Exponential map :math:`\mathrm{Exp}(\theta) = I + A\Phi + B\Phi^2` (``... x 3 -> ... x 3 x 3``).
 
@@ -291,6 +329,7 @@ def quat_to_rotmat(q: Tensor, *, validate: bool = True, tol: float | None = None
     return _sc(w * w - _sq(qv)) * _eye(qv) + 2.0 * _outer(qv, qv) + 2.0 * _sc(w) * so3_hat(qv)
 
 
+@_lift_unbatched(2)
 def rotmat_to_quat(R: Tensor, *, validate: bool = True, tol: float | None = None) -> Tensor:
     r"""Unit quaternion ``(x, y, z, w)`` with ``w >= 0`` of a rotation matrix (``... x 3 x 3 -> ... x 4``).
 
@@ -340,6 +379,7 @@ def _quat_log(q: Tensor) -> Tensor:
     return torch.where(small, series, closed).unsqueeze(-1) * qv
 
 
+@_lift_unbatched(2)
 def so3_log(R: Tensor, *, validate: bool = True, tol: float | None = None) -> Tensor:
     r"""Logarithm map :math:`\mathrm{Log}(R)` (``... x 3 x 3 -> ... x 3``), rotation vector with angle in
     :math:`[0, \pi]`.
@@ -352,6 +392,7 @@ def so3_log(R: Tensor, *, validate: bool = True, tol: float | None = None) -> Te
     return _quat_log(rotmat_to_quat(R, validate=validate, tol=tol))
 
 
+@_lift_unbatched(1)
 def so3_jr(theta: Tensor) -> Tensor:
     r"""Right Jacobian :math:`J_r(\theta) = I - B\Phi + C\Phi^2` (``... x 3 -> ... x 3 x 3``).
 
@@ -365,11 +406,13 @@ def so3_jr(theta: Tensor) -> Tensor:
     return _eye(theta) - _sc(b) * P + _sc(c) * (P @ P)
 
 
+@_lift_unbatched(1)
 def so3_jl(theta: Tensor) -> Tensor:
     r"""Left Jacobian :math:`J_l(\theta) = J_r(-\theta) = I + B\Phi + C\Phi^2` (``... x 3 -> ... x 3 x 3``)."""
     return so3_jr(-theta)
 
 
+@_lift_unbatched(1)
 def so3_jr_inv(theta: Tensor) -> Tensor:
     r"""Inverse right Jacobian :math:`J_r^{-1}(\theta) = I + \tfrac12\Phi + D\Phi^2` (``... x 3 -> ... x 3 x 3``).
 
@@ -382,6 +425,7 @@ def so3_jr_inv(theta: Tensor) -> Tensor:
     return _eye(theta) + 0.5 * P + _sc(_coef("D", s)) * (P @ P)
 
 
+@_lift_unbatched(1)
 def so3_jl_inv(theta: Tensor) -> Tensor:
     r"""Inverse left Jacobian :math:`J_l^{-1}(\theta) = J_r^{-1}(-\theta) = I - \tfrac12\Phi + D\Phi^2`."""
     return so3_jr_inv(-theta)
@@ -407,6 +451,7 @@ _Coefs = dict  # (name, level) -> ``...`` tensor, from so3_jr_coefficients
 _JR_KEYS = tuple((name, level) for name in "BC" for level in range(4))
 
 
+@_lift_unbatched(1)
 def so3_jr_coefficients(theta: Tensor) -> dict[tuple[str, int], Tensor]:
     r"""The coefficients :math:`B, B_1, B_2, B_3, C, C_1, C_2, C_3` of :math:`|\theta|` (``...`` each, keyed
     ``("B", level)``, ``("C", level)``) that :func:`so3_jr_dtheta`, :func:`so3_jr_dtheta2`,
@@ -423,6 +468,7 @@ def _jr_coefs(u: Tensor, coefs: _Coefs | None, *keys: tuple[str, int]) -> list[T
     return [coefs[k].expand(u.shape[:-1]) for k in keys]
 
 
+@_lift_unbatched(1, 1)
 def so3_jr_dtheta(theta: Tensor, v: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`H(\theta, v) = \partial (J_r(\theta) v) / \partial\theta` (GPTR ``DJrUV_DU``), ``... x 3 x 3``.
 
@@ -445,6 +491,7 @@ def so3_jr_dtheta(theta: Tensor, v: Tensor, *, coefs: _Coefs | None = None) -> T
     return _sc(b0) * so3_hat(v) - _sc(b1) * _outer(uxv, u) + _sc(c0) * _fu(u, v) + _sc(c1) * _outer(m, u)
 
 
+@_lift_unbatched(1, 1)
 def so3_jr_inv_dtheta(theta: Tensor, v: Tensor) -> Tensor:
     r""":math:`H'(\theta, v) = \partial (J_r^{-1}(\theta) v) / \partial\theta` (GPTR ``DJrInvUV_DU``).
 
@@ -469,6 +516,7 @@ def _g(u: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return g, dg, uw
 
 
+@_lift_unbatched(1, 1, 1)
 def so3_jr_dtheta2(theta: Tensor, v: Tensor, w: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`L_{11} = \partial [H(\theta, v)\, w] / \partial\theta` (GPTR ``DDJrUVW_DUDU``), ``... x 3 x 3``.
 
@@ -502,6 +550,7 @@ def so3_jr_dtheta2(theta: Tensor, v: Tensor, w: Tensor, *, coefs: _Coefs | None 
     )
 
 
+@_lift_unbatched(1, 1, 1)
 def so3_jr_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`L_{12} = \partial [H(\theta, v)\, w] / \partial v` (GPTR ``DDJrUVW_DUDV``), ``... x 3 x 3``.
 
@@ -524,6 +573,7 @@ def so3_jr_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor, *, coefs: _Coefs | Non
     )
 
 
+@_lift_unbatched(1, 1, 1)
 def so3_jr_inv_dtheta2(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     r""":math:`L'_{11} = \partial [H'(\theta, v)\, w] / \partial\theta` (GPTR ``DDJrInvUVW_DUDU``), ``... x 3 x 3``.
 
@@ -548,6 +598,7 @@ def so3_jr_inv_dtheta2(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     )
 
 
+@_lift_unbatched(1, 1, 1)
 def so3_jr_inv_dtheta_dv(theta: Tensor, v: Tensor, w: Tensor) -> Tensor:
     r""":math:`L'_{12} = \partial [H'(\theta, v)\, w] / \partial v` (GPTR ``DDJrInvUVW_DUDV``), ``... x 3 x 3``.
 
@@ -577,6 +628,7 @@ def _d3_term(b: list[Tensor], u: Tensor, w: Tensor, z: Tensor, g, Dg, Dgw, Dgz, 
     return out + _sc(b[2] * uw * uz + b[1] * wz) * Dg + _sc(b[1] * uw) * D2z + _sc(b[1] * uz) * D2w
 
 
+@_lift_unbatched(1, 1, 1, 1)
 def so3_jr_dtheta3(theta: Tensor, v: Tensor, w: Tensor, z: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`L_3 = \partial [L_{11}(\theta, v, w)\, z] / \partial\theta`, the matrix of :math:`h \mapsto
     D^3_\theta(J_r(\theta) v)[w, z, h]` (``... x 3 x 3``; symmetric in ``w, z``).
@@ -608,6 +660,7 @@ def so3_jr_dtheta3(theta: Tensor, v: Tensor, w: Tensor, z: Tensor, *, coefs: _Co
     return tm - tc
 
 
+@_lift_unbatched(1, 1, 1, 1)
 def so3_jr_dtheta2_dv(theta: Tensor, v: Tensor, w: Tensor, z: Tensor, *, coefs: _Coefs | None = None) -> Tensor:
     r""":math:`\partial [L_{11}(\theta, v, w)\, z] / \partial v = D^2_\theta J_r(\theta)[w, z]`, the second
     directional derivative of the matrix :math:`J_r` (``... x 3 x 3``; does not depend on ``v``):
@@ -706,6 +759,7 @@ def se3_ad(xi: Tensor) -> Tensor:
     return torch.cat([torch.cat([P, torch.zeros_like(P)], dim=-1), torch.cat([Rh, P], dim=-1)], dim=-2)
 
 
+@_lift_unbatched(1)
 def se3_exp(xi: Tensor) -> Tensor:
     r""":math:`\mathrm{Exp}(\xi) = [[\mathrm{Exp}(\phi), J_l(\phi)\rho], [0, 1]]` (``... x 6 -> ... x 4 x 4``).
 
@@ -716,6 +770,7 @@ def se3_exp(xi: Tensor) -> Tensor:
     return se3_from_rt(so3_exp(phi), (so3_jl(phi) @ rho.unsqueeze(-1)).squeeze(-1))
 
 
+@_lift_unbatched(2)
 def se3_log(T: Tensor, *, validate: bool = True, tol: float | None = None) -> Tensor:
     r""":math:`\mathrm{Log}(T) = (\phi, \rho)`, :math:`\phi = \mathrm{Log}(R)`, :math:`\rho = J_l^{-1}(\phi) p`
     (``... x 4 x 4 -> ... x 6``). With ``validate`` (default), non-rigid ``T`` raise :class:`ValueError`.
@@ -744,6 +799,7 @@ def _se3_block(J: Tensor, Q: Tensor) -> Tensor:
     return torch.cat([torch.cat([J, torch.zeros_like(J)], dim=-1), torch.cat([Q, J], dim=-1)], dim=-2)
 
 
+@_lift_unbatched(1)
 def se3_jl(xi: Tensor) -> Tensor:
     r"""Left Jacobian of SE(3), :math:`[[J_l(\phi), 0], [Q_\ell(\phi, \rho), J_l(\phi)]]` (``... x 6 -> ... x 6 x 6``).
 
@@ -756,6 +812,7 @@ def se3_jl(xi: Tensor) -> Tensor:
     return _se3_block(so3_jl(phi), _q_left(phi, rho))
 
 
+@_lift_unbatched(1)
 def se3_jr(xi: Tensor) -> Tensor:
     r"""Right Jacobian of SE(3), :math:`J_r(\xi) = J_l(-\xi) = [[J_r(\phi), 0], [Q_r, J_r(\phi)]]`,
     :math:`Q_r(\phi,\rho) = Q_\ell(-\phi, -\rho)` (``... x 6 -> ... x 6 x 6``).
@@ -765,6 +822,7 @@ def se3_jr(xi: Tensor) -> Tensor:
     return se3_jl(-xi)
 
 
+@_lift_unbatched(1)
 def se3_jl_inv(xi: Tensor) -> Tensor:
     r""":math:`J_l^{-1}(\xi) = [[J_l^{-1}, 0], [-J_l^{-1} Q_\ell J_l^{-1}, J_l^{-1}]]` (Barfoot eq. 7.95)."""
     check_tensor("xi", xi, shape=(6,), finite=False, floating=True)
@@ -773,12 +831,14 @@ def se3_jl_inv(xi: Tensor) -> Tensor:
     return _se3_block(Ji, -Ji @ _q_left(phi, rho) @ Ji)
 
 
+@_lift_unbatched(1)
 def se3_jr_inv(xi: Tensor) -> Tensor:
     r""":math:`J_r^{-1}(\xi) = J_l^{-1}(-\xi) = [[J_r^{-1}, 0], [-J_r^{-1} Q_r J_r^{-1}, J_r^{-1}]]`
     (``... x 6 -> ... x 6 x 6``)."""
     return se3_jl_inv(-xi)
 
 
+@_lift_unbatched(1, 1)
 def se3_jr_dxi(xi: Tensor, y: Tensor) -> Tensor:
     r""":math:`S(\xi, y) = \partial (J_r(\xi)\, y) / \partial\xi` of the SE(3) right Jacobian (``xi, y: ... x 6``
     -> ``... x 6 x 6``, order :math:`(\phi, \rho)`).
