@@ -296,7 +296,9 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
             # rounding of the two variances' difference (an absolute floor of 1e-5 failed every float32 model whose
             # noise is below 1e-5 in the output's units, e.g. noise sd 1e-3)
             added = added.detach()
-            floor = _NOISE_ULPS * torch.finfo(dtype).eps * (post.variance.detach().abs() + noisy.variance.detach().abs())
+            floor = (
+                _NOISE_ULPS * torch.finfo(dtype).eps * (post.variance.detach().abs() + noisy.variance.detach().abs())
+            )
             if kw["expect_observation_noise"] and bool((added <= floor).any()):
                 bad = int(torch.argmax((added - floor).flatten().neg()))
                 _fail(
