@@ -97,8 +97,7 @@ class ModelContract:
 
     Class attributes:
         _format_version: The version of the subclass's ``state`` layout; raise it when the layout changes.
-        _oldest_format_version: The oldest layout the subclass's ``_from_state`` still reads (``None``: only
-            ``_format_version``); files of older layouts are refused.
+        _oldest_format_version: The oldest layout ``_from_state`` reads (``None``: ``_format_version`` only).
         _model_name: Optional stable name stored in files (default: the class name).
     """
 
