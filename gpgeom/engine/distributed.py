@@ -221,6 +221,16 @@ def _comm_device(tensors: Iterable[Tensor]) -> torch.device | None:
     return next((t.device for t in tensors if t.device.type == "cuda"), local_device("cuda"))
 
 
+def _all_reduce(t: Tensor, op: str = "SUM", near: Iterable[Tensor] = ()) -> Tensor:
+    r"""All-reduce ``t`` (``op``: a ``ReduceOp`` name), staged on the device collectives need (:func:`_comm_device`
+    of ``t`` and ``near``) and returned on ``t``'s device: ``t`` itself, reduced in place, when no staging is needed."""
+    d = _dist()
+    dev = _comm_device([t, *near])
+    staged = t.to(dev) if dev is not None and dev != t.device else t
+    d.all_reduce(staged, op=getattr(d.ReduceOp, op))
+    return staged.to(t.device) if staged is not t else t
+
+
 def _broadcast_object(t: Tensor) -> Tensor:
     r"""Broadcast a small CPU tensor from rank 0 (staged on the GPU under ``nccl``)."""
     dev = _comm_device([])
@@ -246,16 +256,14 @@ def broadcast_parameters(module: nn.Module, src: int = 0) -> None:
     mine = torch.tensor([len(tensors), sig], dtype=torch.int64)
     theirs = _broadcast_object(mine)
     differs = torch.tensor([int(not torch.equal(mine, theirs))], dtype=torch.int64)
-    dev = _comm_device(tensors)
-    flag = differs.to(dev) if dev is not None else differs
-    d.all_reduce(flag, op=d.ReduceOp.MAX)
-    if int(flag.item()):
+    if int(_all_reduce(differs, "MAX", near=tensors).item()):
         raise ValueError(
             f"broadcast_parameters: the modules differ between the ranks (this rank {rank()}: {len(tensors)} "
             "parameters and buffers; another rank has other tensors, shapes or dtypes). Build the same model on "
             "every rank."
         )
     with torch.no_grad():
+        dev = _comm_device(tensors)
         for t in tensors:
             buf = t.detach()
             direct = buf.is_contiguous() and buf.dtype != torch.bool and (dev is None or buf.device == dev)
@@ -317,18 +325,12 @@ def check_same_settings(settings: dict[str, Any], what: str = "training") -> Non
         return
     names = sorted(settings)
     codes = [zlib.crc32(repr(names).encode())] + [_fingerprint(settings[k]) for k in names]
-    n = torch.tensor([len(codes), -len(codes)], dtype=torch.int64)
-    dev = _comm_device([])
-    d = _dist()
-    staged = n.to(dev) if dev is not None else n
-    d.all_reduce(staged, op=d.ReduceOp.MAX)
-    if int(staged[0]) != -int(staged[1]):  # ranks compare different numbers of settings
+    n = _all_reduce(torch.tensor([len(codes), -len(codes)], dtype=torch.int64), "MAX")
+    if int(n[0]) != -int(n[1]):  # ranks compare different numbers of settings
         differ = ["the names of the settings"]
     else:
-        t = torch.tensor(codes + [-c for c in codes], dtype=torch.int64)
-        staged = t.to(dev) if dev is not None else t
-        d.all_reduce(staged, op=d.ReduceOp.MAX)
-        high, low = staged[: len(codes)].cpu(), -staged[len(codes) :].cpu()
+        t = _all_reduce(torch.tensor(codes + [-c for c in codes], dtype=torch.int64), "MAX")
+        high, low = t[: len(codes)], -t[len(codes) :]
         bad = (high != low).tolist()
         differ = (["the names of the settings"] if bad[0] else []) + [
             f"{k} (this rank: {_describe(settings[k])})" for k, b in zip(names, bad[1:]) if b
@@ -366,12 +368,6 @@ class _GradAverager:
             self.queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self.reduce)
 
-    def _all_reduce(self, flat: Tensor) -> Tensor:
-        dev = _comm_device([flat])
-        staged = flat.to(dev) if dev is not None and dev != flat.device else flat
-        _dist().all_reduce(staged, op=_dist().ReduceOp.SUM)
-        return staged.to(flat.device) if staged is not flat else flat
-
     def reduce(self) -> None:
         self.queued = False
         what, self.pending = self.pending, ""
@@ -382,7 +378,7 @@ class _GradAverager:
             zeros = torch.zeros((), dtype=dtype, device=device)
             parts = [p.grad.reshape(-1) if p.grad is not None else zeros.expand(p.numel()) for p in ps]
             used = torch.tensor([float(p.grad is not None) for p in ps], dtype=dtype, device=device)
-            flat = self._all_reduce(torch.cat([*parts, used] if g else [*parts, used, zeros.reshape(1)]))
+            flat = _all_reduce(torch.cat([*parts, used] if g else [*parts, used, zeros.reshape(1)]))
             if not g:
                 flat, status = flat[:-1], flat[-1]
                 if float(status) != 0:  # a rank's backward pass raised: it sent this (fail)
@@ -407,7 +403,7 @@ class _GradAverager:
         (device, dtype), ps = next(iter(self.groups.items()))
         flat = torch.zeros(sum(p.numel() for p in ps) + len(ps) + 1, dtype=dtype, device=device)
         flat[-1] = 1
-        self._all_reduce(flat)
+        _all_reduce(flat)
         _raise_failure(error, f"{what}, in its backward pass")
 
 
@@ -456,12 +452,7 @@ def mean_over_ranks(value: Tensor) -> Tensor:
         raise TypeError(f"`value` must be a tensor, got {type(value).__name__}.")
     if not is_initialized():
         return value
-    d = _dist()
-    total = value.detach().clone()
-    dev = _comm_device([total])
-    staged = total.to(dev) if dev is not None and dev != total.device else total
-    d.all_reduce(staged, op=d.ReduceOp.SUM)
-    mean = staged.to(total.device) / world_size()
+    mean = _all_reduce(value.detach().clone()) / world_size()
     return mean + (value - value.detach())
 
 
@@ -584,13 +575,11 @@ class DataParallel:
                 raise TypeError(f"mean_of: `compute` must return a scalar tensor, got {got}.")
         except BaseException as err:  # noqa: BLE001 - raised again below, after the other ranks have been told
             error = err
-        dev = _comm_device([]) or torch.device("cpu")
         if value is not None and error is None:
-            buf = torch.cat([value.detach().reshape(1).to(device=dev, dtype=torch.float64), _ZERO.to(dev)])
+            buf = torch.cat([value.detach().reshape(1).to(device="cpu", dtype=torch.float64), _ZERO])
         else:
-            buf = torch.tensor([0.0, 1.0], dtype=torch.float64, device=dev)
-        d = _dist()
-        d.all_reduce(buf, op=d.ReduceOp.SUM)
+            buf = torch.tensor([0.0, 1.0], dtype=torch.float64)
+        buf = _all_reduce(buf)
         if error is not None or float(buf[1]) > 0 or value is None:
             _raise_failure(error, what)
         mean = (buf[0] / world_size()).to(dtype=value.dtype, device=value.device).reshape(value.shape)
@@ -618,12 +607,7 @@ class DataParallel:
             raise ValueError(f"`outcome` must be an int >= 0, got {outcome!r}.")
         if not self.active or world_size() < 2:
             return outcome
-        d = _dist()
-        flag = torch.tensor([outcome], dtype=torch.int64)
-        dev = _comm_device([])
-        staged = flag.to(dev) if dev is not None else flag
-        d.all_reduce(staged, op=d.ReduceOp.MAX)
-        return int(staged.item())
+        return int(_all_reduce(torch.tensor([outcome], dtype=torch.int64), "MAX").item())
 
 
 @contextlib.contextmanager
