@@ -398,13 +398,21 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 _WARNED_LOCK = threading.Lock()
 
 
+def _first_warning(model: Any, mark: str) -> bool:
+    r"""Whether this call is the first to give ``model`` the warning marked by the attribute ``mark`` (then set):
+    the check and the mark are one step, so that of several threads predicting at once exactly one warns."""
+    with _WARNED_LOCK:
+        if getattr(model, mark, False):
+            return False
+        setattr(model, mark, True)
+        return True
+
+
 def warn_uncalibrated(model: Any) -> None:
     r"""Warn (once per model) that :meth:`~gpgeom.models.rgnp.model.RGNP.predict`'s spread before
     :meth:`~gpgeom.models.rgnp.model.RGNP.calibrate` leaves out the networks' approximation error."""
-    with _WARNED_LOCK:  # two threads predicting at once: the check and the mark are one step, so one warns
-        if getattr(model, "_uncalibrated_warned", False):  # once per model: the advice does not change
-            return
-        model._uncalibrated_warned = True
+    if not _first_warning(model, "_uncalibrated_warned"):  # once per model: the advice does not change
+        return
     warnings.warn(
         "RGNP.predict's standard deviation before calibrate() is q_alpha's own spread, which does not include "
         "the networks' approximation error (95% coverage 0.10-0.17 on the built-in families); call "
@@ -514,10 +522,8 @@ def warn_observed_counts(model: Any, counts: Any) -> None:
     low, high = int(counts.min()), int(counts.max())
     if 2 * low >= sizes[0] and high <= 2 * sizes[1]:
         return
-    with _WARNED_LOCK:  # the check and the mark as one step: one of several threads warns
-        if getattr(model, "_counts_warned", False):
-            return
-        model._counts_warned = True  # once per model until its next fit: the advice does not change
+    if not _first_warning(model, "_counts_warned"):  # once per model until its next fit: the advice does not change
+        return
     given = f"{low}" if low == high else f"{low} to {high}"
     trained = f"{sizes[0]}" if sizes[0] == sizes[1] else f"{sizes[0]} to {sizes[1]}"
     if model.inverse_net.count_feature:
