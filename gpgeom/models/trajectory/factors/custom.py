@@ -182,10 +182,7 @@ class CustomMeasurement(Measurement):
         def f(d: Tensor) -> tuple[Tensor, Tensor]:
             st, off = {}, 0
             for c in comps:
-                # a 1 x 3 perturbation, not a 3-vector: torch's forward AD gives the tangent of a 0-dim tensor times a
-                # Python float in float64 (pytorch/pytorch#90065), which so3_exp of a single vector would hit, and a
-                # float32 state would then meet a float64 tangent in the matmul below
-                dc = d[off : off + 3].unsqueeze(0)
+                dc = d[off : off + 3]  # so3_exp lifts a single float32 vector itself (pytorch#90065, lie.py)
                 st[c] = state[c] @ so3_exp(dc) if c == "R" else state[c] + dc
                 off += 3
             pr = {}
