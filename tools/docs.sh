@@ -4,7 +4,7 @@
 #   bash tools/docs.sh              build; notebook pages and tutorials are executed at smoke sizes (SMOKE_TEST=1)
 #   bash tools/docs.sh --strict     every warning is an error (sphinx-build -W --keep-going)
 #   bash tools/docs.sh --check      CI: every warning is an error except those listed in docs/known_warnings.txt
-#   bash tools/docs.sh --no-exec    do not execute notebooks (cached outputs are still used): fast, for prose
+#   bash tools/docs.sh --no-exec    execute nothing, nor read the cache: pages without outputs (fast, for prose)
 #   bash tools/docs.sh --clean      remove docs/_build (outputs and the notebook cache) first
 #   bash tools/docs.sh --offline-math   serve MathJax from the site (fetched once with `npm pack mathjax@3`) instead
 #                                   of its CDN, for viewing without network (tools/docs_screenshots.py)
