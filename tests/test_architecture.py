@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gpgeom"
 #: Layers, lowest first: a module may import gpgeom modules of its own layer or of a lower one only.
 LAYERS: dict[str, int] = {
     "errors": 0, "_validation": 0, "_warnings": 0, "_lazy": 0, "_progress": 0, "_io": 0, "_cache": 0, "_seeds": 0,
-    "_fingerprint": 0, "base": 0,
+    "_fingerprint": 0, "_modes": 0, "base": 0,
     "geometry": 1, "kernels": 1, "nn": 1, "pde": 1, "metrics": 1,
     "engine": 2,
     "botorch": 3,

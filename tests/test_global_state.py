@@ -198,6 +198,15 @@ def check_predict(what: str, model: Any, predict: Callable[[], Any], *inputs: An
     again = _tensors(predict())
     for i, (a, b) in enumerate(zip(first, again)):
         assert torch.equal(a, b.detach()), f"{what}: output {i} aliases the model's state (changed by add_)"
+    if mode is not None and "posterior" not in what:  # BoTorch's ``posterior`` puts a model in eval mode, as BoTorch
+        model.train()  # a user's: predict in eval mode, and leave the model in train mode
+        in_train = _tensors(predict())
+        assert all(m.training for m in model.modules()), f"{what} left a model in train mode in eval mode"
+        model.train(mode[0])
+        for m, flag in zip(model.modules(), mode):
+            m.training = flag
+        for i, (a, b) in enumerate(zip(first, in_train)):
+            torch.testing.assert_close(b.detach(), a, rtol=1e-10, atol=1e-12, msg=f"{what} from train mode: output {i}")
     return out
 
 

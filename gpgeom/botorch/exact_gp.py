@@ -49,6 +49,7 @@ from gpytorch.models import ExactGP
 from linear_operator import to_linear_operator
 from torch import Tensor
 
+from gpgeom._modes import eval_mode
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
 from gpgeom.base import ModelContract
 from gpgeom.botorch._checked_covariance import checked_lazily
@@ -428,9 +429,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         if chunk_size is not None:
             check_positive("chunk_size", chunk_size, integer=True)
         budget = resolve_max_memory(max_memory)
-        self.eval()
         N, m = X.shape[-2], self._num_outputs
-        with self.numerics(), memory_budget(budget), raw_inputs(self, X):
+        with eval_mode(self), self.numerics(), memory_budget(budget), raw_inputs(self, X):
             if not self._fast_predict_ok():  # the chunk's joint posterior: twice the kernel work per point
                 out_dim = (1,) if m > 1 else ()  # the posterior's test inputs get an output dimension
                 rows = chunk_size or chunk_size_for(2 * self._bytes_per_test_point(X.shape[:-2] + out_dim), total=N)
