@@ -2,6 +2,9 @@ r"""Tests of gpgeom.botorch.check_botorch_model: it passes on conforming models 
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 from gpytorch.constraints import Positive
@@ -230,9 +233,10 @@ def test_helper_fails_on_broken_shapes():
         check_botorch_model(model, bounds=torch.zeros(3, 3, dtype=DT))
 
 
-def _float32_low_noise(sd, scale, cls=ExactGPModel):
-    r"""A float32 ``ExactGPModel`` fitted on ``30 x 2`` data of noise sd ``sd`` in output units of size ``scale``, with
-    a noise constraint low enough to learn that noise (the default floor is 1e-4 of the outputs' variance)."""
+def _float32_low_noise(sd, scale, cls=ExactGPModel, dtype=torch.float32):
+    r"""A ``dtype`` (float32) ``ExactGPModel`` fitted on ``30 x 2`` data of noise sd ``sd`` in output units of size
+    ``scale``, with a noise constraint low enough to learn that noise (the default floor is 1e-4 of the outputs'
+    variance)."""
     from gpytorch.constraints import GreaterThan
     from gpytorch.likelihoods import GaussianLikelihood
 
@@ -240,6 +244,7 @@ def _float32_low_noise(sd, scale, cls=ExactGPModel):
     X = torch.rand(30, 2, generator=g)
     Y = scale * (torch.sin(6 * X[:, :1]) + X[:, 1:] ** 2 + sd * torch.randn(30, 1, generator=g))
     lik = GaussianLikelihood(noise_constraint=GreaterThan(1e-10))
+    X, Y = X.to(dtype), Y.to(dtype)
     return cls(X, Y, likelihood=lik).fit(progress=False, max_iter=60), X, Y
 
 
@@ -268,17 +273,160 @@ def test_float32_model_ignoring_small_noise_still_fails(scale):
 
 @pytest.mark.parametrize("scale", [1.0, 1e3])
 def test_float32_small_noise_model_passes_every_check_and_broken_ones_fail(scale):
-    # The float32 rounding of this model's conditioning is 0.03-0.08 of the posterior sd (its float32 posterior is as
-    # far from the float64 model with the same hyperparameters); the default float32 `condition_tol` (1e-3) is below
-    # that, so the tolerance is given. Conditioning on the posterior mean is off by 0.9, fantasies on it by 1.8.
-    kw = {"optimize": False, "condition_tol": 0.2}
+    # The float32 rounding of this model's conditioning is 0.05-0.07 of the posterior sd (its float32 joint posterior
+    # is 0.036-0.056 from its float64 copy); the former fixed float32 default (1e-3) failed it, so a hand-set
+    # tolerance of 0.2 was passed. The default is now derived from the measured rounding and condition number (about
+    # 1.4-2.2 here), and the float64 copy is checked at 1e-6: conditioning on the posterior mean is off by 0.9 and
+    # fantasies on it by 1.8, and both still fail.
+    kw = {"optimize": False}
     report = check_botorch_model(_float32_low_noise(1e-3, scale)[0], **kw)
     assert {"observation_noise", "conditioning = Bayes' rule", "fantasize = conditioning on samples"} <= set(
         report["checks"]
     )
+    meas = report["measured"]
+    assert meas["condition_error"] < meas["condition_tol_used"] / 5  # with margin
+    assert meas["condition_error_float64"] < 1e-8 and meas["fantasy_error_float64"] < 1e-8
     for cls, match in [
         (ConditionIgnoresY, "conditioned posterior mean vs Bayes' rule"),
         (FantasizeIgnoresY, "fantasy model mean vs conditioning on the fantasy samples"),
     ]:
         with pytest.raises(AssertionError, match=match):
             check_botorch_model(_float32_low_noise(1e-3, scale, cls)[0], **kw)
+
+
+class NoiseTooSmallInConditioning(ExactGPModel):
+    r"""``condition_on_observations`` uses a noise variance 1000 times too small (the noise is all but ignored)."""
+
+    def condition_on_observations(self, X, Y, **kwargs):
+        model = copy.deepcopy(self)
+        with torch.no_grad():
+            model.likelihood.noise = model.likelihood.noise * 1e-3
+        return ExactGPModel.condition_on_observations(model, X, Y, **kwargs)
+
+
+class WrongLengthscaleInConditioning(ExactGPModel):
+    r"""``condition_on_observations`` conditions a copy with twice the lengthscale."""
+
+    def condition_on_observations(self, X, Y, **kwargs):
+        model = copy.deepcopy(self)
+        with torch.no_grad():
+            model.covar_module.base_kernel.lengthscale = 2 * model.covar_module.base_kernel.lengthscale
+        return ExactGPModel.condition_on_observations(model, X, Y, **kwargs)
+
+
+class ConditionsOnSwappedPoints(ExactGPModel):
+    r"""``condition_on_observations`` pairs the outputs with the new inputs in reverse order (wrong data)."""
+
+    def condition_on_observations(self, X, Y, **kwargs):
+        return super().condition_on_observations(X.flip(-2), Y, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "cls, match",
+    [
+        (ConditionIgnoresY, "conditioned posterior mean vs Bayes' rule"),
+        (NoiseTooSmallInConditioning, "conditioned posterior (mean|variance) vs Bayes' rule"),
+        (WrongLengthscaleInConditioning, "conditioned posterior (mean|variance) vs Bayes' rule"),
+        (ConditionsOnSwappedPoints, "conditioned posterior (mean|variance) vs Bayes' rule"),
+        (FantasizeIgnoresY, "fantasy model mean vs conditioning on the fantasy samples"),
+    ],
+)
+def test_broken_conditioning_fails_by_default_in_both_dtypes(cls, match, dtype):
+    # measured (noise sd 0.1): errors 0.34-5.4 of the prior scale in both dtypes, against default tolerances of
+    # 5e-4 (float32) and 1e-6 (float64); the correct model's errors are 4e-5 and 1e-13
+    good = check_botorch_model(_float32_low_noise(0.1, 1.0, dtype=dtype)[0], optimize=False)["measured"]
+    assert good["condition_error"] < good["condition_tol_used"] / 5
+    with pytest.raises(AssertionError, match=match):
+        check_botorch_model(_float32_low_noise(0.1, 1.0, cls, dtype=dtype)[0], optimize=False)
+
+
+def _independent_kappa(mean, cov, noise, y):
+    r"""The condition number of the conditioning (module docstring of gpgeom.botorch.check), in numpy."""
+    mean, cov, noise, y = (np.asarray(t.detach().double()) for t in (mean, cov, noise, y))
+    c = noise.shape[-1]
+    S = cov[:c, :c] + noise
+    G = cov[:, :c] @ np.linalg.inv(S)
+    g = np.linalg.svd(G, compute_uv=False)[0]
+    r = np.linalg.inv(S) @ (y.reshape(-1) - mean.reshape(-1)[:c])
+    v = np.diag(cov).max()
+    return (1 + g) * max(1 + g, 1 + np.sqrt(v) * np.linalg.norm(r))
+
+
+def test_condition_number_bounds_the_response_of_the_conditioning():
+    # the first-order bound behind the default tolerance: joint moments perturbed by eps (mean by eps sqrt(v) in
+    # norm, covariance by eps v in spectral norm) move the conditioned moments by at most kappa eps (in units of
+    # sqrt(v), v), checked on random perturbations against the independent numpy kappa
+    from gpgeom.botorch.check import _moments, _schur_condition, _schur_of
+
+    model = _float32_low_noise(0.01, 1.0, dtype=DT)[0]
+    g = torch.Generator().manual_seed(3)
+    Xn, Xt = torch.rand(2, 2, generator=g, dtype=DT), torch.rand(3, 2, generator=g, dtype=DT)
+    mean, cov, noise = _moments(model, Xn, Xt)
+    y = mean[:2] + 0.1 * torch.randn(2, 1, generator=g, dtype=DT)
+    kappa = float(_schur_condition(mean, cov, noise, y))
+    assert kappa == pytest.approx(_independent_kappa(mean, cov, noise, y), rel=1e-8)
+    base_mean, base_var, v = _schur_of(mean, cov, noise, y)
+    eps, worst = 1e-7, 0.0
+    for _ in range(20):
+        dm = torch.randn(mean.shape, generator=g, dtype=DT)
+        dm = dm / dm.norm() * eps * v.sqrt()
+        E = torch.randn(cov.shape, generator=g, dtype=DT)
+        E = E + E.mT
+        E = E / torch.linalg.matrix_norm(E, ord=2) * eps * v
+        pm, pv, _ = _schur_of(mean + dm, cov + E, noise, y)
+        worst = max(worst, float((pm - base_mean).abs().max() / v.sqrt()), float((pv - base_var).abs().max() / v))
+    assert 0 < worst <= kappa * eps * (1 + 1e-3)
+
+
+def test_derived_tolerance_grows_with_the_condition_number():
+    # new points closer together make S = Sigma_nn + N worse conditioned and, with outputs that differ between them,
+    # kappa (recomputed here in numpy) grows,
+    # and so does the float32 default tolerance 2 (1 + kappa) (rho + eps), rho the float32 rounding of the joint
+    # moments recomputed here against the float64 copy
+    from gpgeom.botorch.check import _default_condition_tol
+
+    model = _float32_low_noise(0.01, 1.0)[0]
+    model64 = copy.deepcopy(model).to(torch.float64)
+    Xt = torch.tensor([[0.2, 0.7], [0.5, 0.5], [0.9, 0.1]])
+    kappas, tols = [], []
+    for gap in (0.3, 0.03, 0.003):
+        Xn = torch.tensor([[0.4, 0.4], [0.4 + gap, 0.4]])
+        X = torch.cat([Xn, Xt])
+        post = model.posterior(X)
+        y = post.mean.detach()[:2] + torch.tensor([[0.05], [-0.05]])  # along the small eigenvector of S
+        mean, cov = post.mean.detach(), post.distribution.covariance_matrix.detach()
+        noise = (
+            model.posterior(Xn, observation_noise=True).distribution.covariance_matrix
+            - model.posterior(Xn).distribution.covariance_matrix
+        ).detach()
+        kappa = _independent_kappa(mean, cov, noise, y)
+        post64 = model64.posterior(X.double())
+        noise64 = (
+            model64.posterior(Xn.double(), observation_noise=True).distribution.covariance_matrix
+            - model64.posterior(Xn.double()).distribution.covariance_matrix
+        ).detach()
+        v = cov.double().diagonal().max()
+        rho = max(
+            float((mean.double() - post64.mean.detach()).abs().max() / v.sqrt()),
+            float((cov.double() - post64.distribution.covariance_matrix.detach()).abs().max() / v),
+            float((noise.double() - noise64).abs().max() / v),
+        )
+        measured = {}
+        tol = _default_condition_tol(model, Xn, y, Xt, v.reshape(1, 1), measured, model64=model64)
+        assert measured["condition_schur_condition"] == pytest.approx(kappa, rel=1e-4)
+        assert tol == pytest.approx(2 * (1 + kappa) * (rho + torch.finfo(torch.float32).eps), rel=1e-4)
+        kappas.append(kappa)
+        tols.append(tol / (rho + torch.finfo(torch.float32).eps))
+    assert kappas[0] < kappas[1] < kappas[2] and tols[0] < tols[1] < tols[2]
+
+
+def test_float64_default_stays_at_1e6_unless_the_conditioning_is_worse_than_float64_can_resolve():
+    from gpgeom.botorch.check import _derived_tol
+
+    model = _float32_low_noise(0.1, 1.0, dtype=DT)[0]
+    meas = check_botorch_model(model, optimize=False)["measured"]
+    assert meas["condition_tol_used"] == 1e-6 and meas["fantasy_tol_used"] == 1e-6
+    assert meas["condition_schur_condition"] < 100 and "condition_rounding_joint" not in meas
+    eps = torch.finfo(DT).eps
+    assert _derived_tol(0.0, 1e12, eps) > 1e-4  # a condition number of 1e12 leaves fewer than 1e-6 digits

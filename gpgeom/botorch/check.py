@@ -37,10 +37,40 @@ Meaning (what acquisition functions rely on)
 
 Checks 5 and 6 run on a model's first posterior in ``gpytorch`` form (``GPyTorchPosterior``); a posterior of
 another family skips them with a reason in the report.
+
+Tolerance of checks 5 and 6 (the default of ``condition_tol``)
+
+The reference of check 5 is computed in float64 (it adds no rounding of its own). Both sides of checks 5 and 6 come
+from the model's own floating-point algebra, whose rounding sets what can be asked. The default tolerance is derived
+per check from two numbers the checker measures:
+
+* the condition number :math:`\kappa` of the conditioning, :math:`\kappa = (1 + g) \max(1 + g, 1 + \sqrt{v}
+  \lVert S^{-1} r \rVert)`, with :math:`S = \Sigma_{nn} + N` the new points' joint covariance plus noise, the gain
+  :math:`g = \lVert \Sigma_{\cdot n} S^{-1} \rVert_2`, the residual :math:`r = y_n - \mu_n` and the prior scale
+  :math:`v`: to first order a relative perturbation :math:`\varepsilon` of the joint moments moves the conditioned
+  moments by at most :math:`\kappa \varepsilon` (variances in units of :math:`v`, means of :math:`\sqrt{v}`);
+* below float64, the rounding :math:`\rho` of the model's joint moments (mean, covariance and noise at the new and
+  test points, relative to :math:`v` and :math:`\sqrt{v}`), measured against the model's float64 copy
+  (``deepcopy(model).to(torch.float64)``: the same parameters and data), i.e. the model's own condition number
+  :math:`\rho / \varepsilon_{\text{mach}}`.
+
+The conditioned model's computation is the model's computation updated by that conditioning, so its error is at most
+:math:`(1 + \kappa)(\rho + \varepsilon_{\text{mach}})` to first order; the default is twice that,
+``condition_tol = 2 (1 + kappa) (rho + eps)`` (``eps = torch.finfo(dtype).eps``). A float64 model has no wider copy:
+its default is ``max(1e-6, 2 (1 + kappa) eps)`` (1e-6 unless :math:`\kappa > 2 \cdot 10^9`). Below float64 the
+float64 copy is also checked by checks 5 and 6 at the float64 default (messages ``float64 copy of the model: ...``),
+so a conditioning that is wrong in any dtype fails at 1e-6 while the float32 model's own rounding is given its
+measured room. Where no float64 copy can be made (no ``.to``, a copy that still computes in the model's precision)
+the former fixed default (1e-3) applies and ``measured`` says why. Measured (float32 ``ExactGPModel``, 30 points,
+noise sd 1e-1 / 1e-2 / 1e-3 of the outputs): errors 1e-5 / 5e-3 / 0.066 of the prior scale against derived tolerances
+3e-4 / 0.042 / 1.4 (:math:`\kappa \approx 7-19`, :math:`\rho = 2 \cdot 10^{-5}` / 1e-3 / 0.036), while conditioning
+on the posterior mean, with a noise 1e3 times too small, with a doubled lengthscale or on swapped points is off by
+0.3-40 in float32 and 0.05-20 in float64.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,6 +94,19 @@ __all__ = ["check_botorch_model", "joint_moments"]
 #: ignores the noise gives 0 (up to the one-ulp rounding of a separately computed ``Var_noisy``). A noise below one
 #: ulp of the variance is not resolvable in the dtype (float32: ``s < 1.2e-7 Var``) and fails the check.
 _NOISE_ULPS = 0.5
+
+
+#: Safety factor of the derived default tolerances of checks 5 and 6 over their first-order rounding estimates
+#: (module docstring).
+_TOL_SAFETY = 2.0
+
+#: Default tolerance of checks 5 and 6 for float64 models (also the floor of the derived one), and where the
+#: rounding of a lower-precision model cannot be measured (no float64 twin, or a non-Gaussian posterior with
+#: ``refit``): the former defaults.
+#: Prefix of the messages of the float64 copy's checks.
+_TWIN = "float64 copy of the model:"
+
+_FIXED_TOL: dict[torch.dtype | None, float] = {torch.float64: 1e-6, None: 1e-3}
 
 
 def _fail(what: str, expected: object, got: object) -> None:
@@ -179,8 +222,11 @@ def check_botorch_model(
             ``lambda X: model.predict(X, return_std=True)``; compared with the posterior's mean and variance.
         num_fantasies: Number of fantasies.
         rtol, atol: Tolerances of the plumbing comparisons (predict vs posterior, output selection).
-        condition_tol: Tolerance of checks 5 and 6, relative to the prior scale (default ``1e-6`` in float64,
-            ``1e-3`` in float32).
+        condition_tol: Tolerance of checks 5 and 6, relative to the prior scale. Default (``None``): derived per
+            check from the measured condition number ``kappa`` of the conditioning and, below float64, the measured
+            rounding ``rho`` of the model's joint moments against its float64 copy, ``2 (1 + kappa) (rho + eps)``
+            (float64: ``max(1e-6, 2 (1 + kappa) eps)``; module docstring); the float64 copy is checked at the
+            float64 default. Given, it applies to the model and to its float64 copy.
         refit: Optional ``(X_n, Y_n) -> Model``: the model rebuilt from scratch on its training data plus
             ``(X_n, Y_n)`` with the same hyperparameters; its posterior must equal the conditioned one.
         refit_tol: Tolerance of the ``refit`` comparison (default: ``condition_tol``).
@@ -195,7 +241,12 @@ def check_botorch_model(
     Returns:
         A dict with ``num_outputs``, ``batch_shape``, ``checks`` (names of the checks that ran), ``skipped``
         (check -> reason), ``candidate`` (``q x d``, when optimised), ``acq_value``, ``measured`` (the errors of
-        checks 5-8: ``condition_error``, ``refit_error``, ``fantasy_error``, ``train_r2``, ``z_rms``) and ``seconds``.
+        checks 5-8: ``condition_error``, ``refit_error``, ``fantasy_error``, ``train_r2``, ``z_rms``; the
+        tolerances used, ``condition_tol_used``, ``fantasy_tol_used``, ``refit_tol_used``; the ingredients of the
+        default ones, ``condition_schur_condition`` / ``fantasy_schur_condition`` (``kappa``),
+        ``condition_rounding_joint`` / ``fantasy_rounding_joint`` (``rho``, below float64) or a
+        ``..._tol_note``; and below float64 the float64 copy's ``condition_error_float64``,
+        ``fantasy_error_float64``) and ``seconds``.
 
     Raises:
         AssertionError: When the model breaks the contract (the message says where).
@@ -237,7 +288,14 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
     measured: dict[str, float] = {}
     d, dtype = _infer_d_dtype(model, bounds, choices)
     tkw = {"dtype": dtype, "device": _infer_device(model, bounds, choices)}
-    ctol = kw["condition_tol"] if kw["condition_tol"] is not None else (1e-6 if dtype == torch.float64 else 1e-3)
+    ctol = kw["condition_tol"] if kw["condition_tol"] is not None else _FIXED_TOL.get(dtype, _FIXED_TOL[None])
+    twins: list[tuple[Model | None, str]] = []
+
+    def twin() -> tuple[Model | None, str]:  # the float64 copy of a lower-precision model, built once
+        if not twins:
+            twins.append((None, "float64 model") if dtype == torch.float64 else _float64_twin(model, X_test))
+        return twins[0]
+
     if bounds is not None:
         bounds = bounds.to(**tkw)
         if bounds.shape != (2, d):
@@ -393,22 +451,36 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
         _check_finite("condition_on_observations(...).posterior(X).mean", cpost.mean)
         checks.append("condition_on_observations")
         if gaussian:
-            want_mean, want_var, scale = _schur(model, Xn, Yn, X_test)
-            got_mean, got_var = cpost.mean.detach(), cpost.variance.detach()
-            measured["condition_error"] = max(
-                float(((got_mean - want_mean).abs() / scale.sqrt()).max()),
-                float(((got_var - want_var).abs() / scale).max()),
-            )
-            _rel_close("conditioned posterior mean vs Bayes' rule on the model's joint", got_mean, want_mean,
-                       scale.sqrt(), ctol)  # fmt: skip
-            _rel_close("conditioned posterior variance vs Bayes' rule on the model's joint", got_var, want_var,
-                       scale, ctol)  # fmt: skip
+            model64, why = twin()
+            ref, tol_kw = (model, {}) if model64 is None else (model64, {"model64": model64})
+            want_mean, want_var, scale = _schur(ref, Xn.double(), Yn.double(), X_test.double())
+            measured["condition_error"] = _rel_err(cpost, want_mean, want_var, scale)
+            ctol = kw["condition_tol"]
+            if ctol is None:
+                ctol = _default_condition_tol(model, Xn, Yn, X_test, scale, measured, why=why, **tol_kw)
+            measured["condition_tol_used"] = ctol
+            _rel_close("conditioned posterior mean vs Bayes' rule on the model's joint", cpost.mean.detach().double(),
+                       want_mean, scale.sqrt(), ctol)  # fmt: skip
+            _rel_close("conditioned posterior variance vs Bayes' rule on the model's joint",
+                       cpost.variance.detach().double(), want_var, scale, ctol)  # fmt: skip
+            if model64 is not None:  # the meaning without the rounding: the float64 copy, at the float64 tolerance
+                Xn64, Yn64, Xt64 = Xn.double(), Yn.double(), X_test.double()
+                cpost64 = model64.condition_on_observations(Xn64, Yn64).posterior(torch.cat([Xn64, Xt64], dim=-2))
+                measured["condition_error_float64"] = _rel_err(cpost64, want_mean, want_var, scale)
+                tol64 = kw["condition_tol"]
+                if tol64 is None:
+                    tol64 = _default_condition_tol(model64, Xn64, Yn64, Xt64, scale, {})
+                _rel_close(f"{_TWIN} conditioned posterior mean vs Bayes' rule on the model's joint",
+                           cpost64.mean.detach(), want_mean, scale.sqrt(), tol64)  # fmt: skip
+                _rel_close(f"{_TWIN} conditioned posterior variance vs Bayes' rule on the model's joint",
+                           cpost64.variance.detach(), want_var, scale, tol64)  # fmt: skip
             checks.append("conditioning = Bayes' rule")
         else:
             skipped["conditioning = Bayes' rule"] = f"posterior is a {type(model.posterior(X_test)).__name__}"
         if kw["refit"] is not None:
             rpost = kw["refit"](Xn, Yn).posterior(Xt)
             rtol_refit = kw["refit_tol"] if kw["refit_tol"] is not None else ctol
+            measured["refit_tol_used"] = rtol_refit
             scale = model.posterior(Xt).variance.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
             measured["refit_error"] = max(
                 float(((cpost.mean - rpost.mean).detach().abs() / scale.sqrt()).max()),
@@ -441,10 +513,35 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 cpost = model.condition_on_observations(Xf_b, Yf).posterior(Xt)
                 scale = model.posterior(Xt).variance.detach().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-300)
                 measured["fantasy_error"] = float(((fpost.mean - cpost.mean).detach().abs() / scale.sqrt()).max())
+                model64, why = twin()
+                tol_kw = {} if model64 is None else {"model64": model64}
+                ftol = kw["condition_tol"]
+                if ftol is None:
+                    Xt_b = X_test.expand(*Xf_b.shape[:-2], *X_test.shape[-2:])
+                    ftol = _default_condition_tol(model, Xf_b, Yf, Xt_b, scale, measured, "fantasy", why, **tol_kw)
+                measured["fantasy_tol_used"] = ftol
                 _rel_close("fantasy model mean vs conditioning on the fantasy samples", fpost.mean.detach(),
-                           cpost.mean.detach(), scale.sqrt(), ctol)  # fmt: skip
+                           cpost.mean.detach(), scale.sqrt(), ftol)  # fmt: skip
                 _rel_close("fantasy model variance vs conditioning on the fantasy samples", fpost.variance.detach(),
-                           cpost.variance.detach(), scale, ctol)  # fmt: skip
+                           cpost.variance.detach(), scale, ftol)  # fmt: skip
+                if model64 is not None:  # the meaning without the rounding: the float64 copy
+                    sampler64 = SobolQMCNormalSampler(sample_shape=torch.Size([nf]), seed=kw["seed"])
+                    Xf64, Xt64 = Xf.double(), Xt.double()
+                    fpost64 = model64.fantasize(Xf64, sampler64).posterior(Xt64)
+                    Yf64 = sampler64(model64.posterior(Xf64, observation_noise=True)).detach()
+                    Xf64_b = Xf64.expand(*Yf64.shape[:-2], *Xf64.shape[-2:])
+                    cpost64 = model64.condition_on_observations(Xf64_b, Yf64).posterior(Xt64)
+                    measured["fantasy_error_float64"] = _rel_err(
+                        fpost64, cpost64.mean.detach(), cpost64.variance.detach(), scale.double()
+                    )
+                    tol64 = kw["condition_tol"]
+                    if tol64 is None:
+                        Xt64_b = X_test.double().expand(*Xf64_b.shape[:-2], *X_test.shape[-2:])
+                        tol64 = _default_condition_tol(model64, Xf64_b, Yf64, Xt64_b, scale, {})
+                    _rel_close(f"{_TWIN} fantasy model mean vs conditioning on the fantasy samples",
+                               fpost64.mean.detach(), cpost64.mean.detach(), scale.double().sqrt(), tol64)  # fmt: skip
+                    _rel_close(f"{_TWIN} fantasy model variance vs conditioning on the fantasy samples",
+                               fpost64.variance.detach(), cpost64.variance.detach(), scale.double(), tol64)  # fmt: skip
         checks += ["fantasize", "fantasize = conditioning on samples"]
 
     # 3. subset_output
@@ -504,17 +601,119 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
     }
 
 
+def _moments(model: Model, Xn: Tensor, Xt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The model's joint posterior at ``cat(Xn, Xt)``: mean ``batch x (n + t) x m``, covariance
+    ``batch x ((n + t) m) x ((n + t) m)`` (point-major), and its joint noise covariance at ``Xn``
+    (``batch x (n m) x (n m)``: ``observation_noise=True`` minus the latent covariance), detached."""
+    mean, cov = joint_moments(model.posterior(torch.cat([Xn, Xt], dim=-2)))
+    noise = joint_moments(model.posterior(Xn, observation_noise=True))[1] - joint_moments(model.posterior(Xn))[1]
+    return mean, cov, noise
+
+
+def _default_condition_tol(
+    model: Model, Xn: Tensor, Yn: Tensor, Xt: Tensor, scale: Tensor, measured: dict[str, Any],
+    check: str = "condition", why: str = "", model64: Model | None = None,
+) -> float:  # fmt: skip
+    r"""The default tolerance of check 5 (``check="condition"``: new points ``Xn``, observed ``Yn``, test points
+    ``Xt``) or 6 (``"fantasy"``: fantasy points, samples and test points) from the model's joint at ``cat(Xn, Xt)``
+    and, below float64, its float64 copy ``model64`` (module docstring); records the ingredients in ``measured``
+    under ``{check}_...``."""
+    dtype = Yn.dtype
+    eps = torch.finfo(dtype).eps
+    moments = _moments(model, Xn, Xt)
+    kappa = float(_schur_condition(*(t.double() for t in moments), Yn.double()).max())
+    measured[f"{check}_schur_condition"] = kappa
+    if dtype == torch.float64:
+        return max(_FIXED_TOL[torch.float64], _derived_tol(0.0, kappa, eps))
+    if model64 is None:
+        measured[f"{check}_tol_note"] = f"fixed default: the rounding cannot be measured ({why})"
+        return _FIXED_TOL.get(dtype, _FIXED_TOL[None])
+    rounding = _rounding(moments, _moments(model64, Xn.double(), Xt.double()), scale)
+    measured[f"{check}_rounding_joint"] = rounding
+    return _derived_tol(rounding, kappa, eps)
+
+
+def _float64_twin(model: Model, X: Tensor) -> tuple[Model | None, str]:
+    r"""The model with the same parameters and data in float64 (``deepcopy(model).to(torch.float64)``), which
+    measures the rounding of a lower-precision model, or ``None`` and why not: the copy failed, or its posterior at
+    ``X`` (``batch x q x d``) is not float64 or equals the model's bitwise (it computes in the model's precision)."""
+    if not callable(getattr(model, "to", None)):
+        return None, f"{type(model).__name__} has no .to(dtype)"
+    try:
+        twin = copy.deepcopy(model).to(torch.float64)
+        post, post64 = model.posterior(X), twin.posterior(X.double())
+    except Exception as err:  # noqa: BLE001 - any failure only means the rounding cannot be measured
+        return None, f"deepcopy(model).to(torch.float64) failed ({type(err).__name__}: {err})"
+    if post64.mean.dtype != torch.float64:
+        return None, f"deepcopy(model).to(torch.float64) predicts in {post64.mean.dtype}"
+    same = torch.equal(post.mean.detach().double(), post64.mean.detach()) and torch.equal(
+        post.variance.detach().double(), post64.variance.detach()
+    )
+    if same:
+        return None, "deepcopy(model).to(torch.float64) computes in the model's precision"
+    return twin, ""
+
+
+def _rel_err(post: Posterior, want_mean: Tensor, want_var: Tensor, scale: Tensor) -> float:
+    r"""Largest error of ``post``'s mean relative to ``sqrt(scale)`` and variance relative to ``scale``."""
+    return max(
+        float(((post.mean.detach().double() - want_mean).abs() / scale.sqrt()).max()),
+        float(((post.variance.detach().double() - want_var).abs() / scale).max()),
+    )
+
+
+def _rounding(got: Sequence[Tensor], ref: Sequence[Tensor], scale: Tensor) -> float:
+    r"""``max |got - ref|`` of the first tensor (a mean) relative to ``sqrt(scale)`` and of the others (variances,
+    covariances) relative to ``scale`` (``batch x 1 x 1``, broadcastable)."""
+    err = ((got[0].double() - ref[0]).abs() / scale.sqrt()).amax()
+    for a, b in zip(got[1:], ref[1:]):
+        err = torch.maximum(err, ((a.double() - b).abs() / scale).amax())
+    return float(err)
+
+
+def _schur_condition(mean: Tensor, cov: Tensor, noise: Tensor, Yn: Tensor) -> Tensor:
+    r"""First-order amplification :math:`\kappa` of a relative perturbation of the joint moments by the Schur
+    conditioning of :func:`_schur` (float64; per batch member, ``batch``):
+    :math:`\kappa = (1 + g) \max(1 + g, 1 + \sqrt{v} \lVert S^{-1} r \rVert)` with the gain
+    :math:`g = \lVert \Sigma_{\cdot n} S^{-1} \rVert_2`, :math:`S = \Sigma_{nn} + N` the new points' covariance
+    plus noise, :math:`r = y_n - \mu_n` and :math:`v` the prior scale (largest variance). A perturbation
+    :math:`\delta\Sigma` of relative size :math:`\varepsilon` (of :math:`v`) moves the conditioned variance
+    :math:`\Sigma_{tt} - G \Sigma_{nt}` by at most :math:`(1 + g)^2 \varepsilon v` and the conditioned mean
+    :math:`\mu_t + G r` by :math:`(1 + g)(1 + \sqrt{v} \lVert S^{-1} r \rVert) \varepsilon \sqrt{v}`
+    (Golub & Van Loan 2013, sec. 2.6, for :math:`\delta(S^{-1}) = -S^{-1} \delta S S^{-1}`); :math:`g` is large
+    when :math:`S` is ill-conditioned against the joint covariance (small noise, near-duplicate points)."""
+    c = noise.shape[-1]
+    S = cov[..., :c, :c] + noise
+    S = 0.5 * (S + S.mT)
+    G = torch.linalg.solve(S, cov[..., :c, :]).mT  # Sigma_{. n} S^{-1}, symmetric S
+    g = torch.linalg.matrix_norm(G, ord=2)
+    r = torch.linalg.solve(S, (Yn.reshape(*Yn.shape[:-2], -1) - mean.reshape(*mean.shape[:-2], -1)[..., :c])[..., None])
+    v = torch.diagonal(cov, dim1=-2, dim2=-1).amax(-1).clamp_min(1e-300)
+    rho = v.sqrt() * torch.linalg.vector_norm(r[..., 0], dim=-1)
+    return (1 + g) * torch.maximum(1 + g, 1 + rho)
+
+
+def _derived_tol(rounding: float, kappa: float, eps: float) -> float:
+    r"""Default tolerance of checks 5 and 6 (module docstring): :data:`_TOL_SAFETY` times the first-order bound
+    ``(1 + kappa) * (rounding + eps)`` on the rounding of a conditioning of condition number ``kappa`` of joint moments
+    off by ``rounding`` (relative to the prior scale), in a dtype of unit roundoff ``eps``."""
+    return _TOL_SAFETY * (1.0 + kappa) * (rounding + eps)
+
+
 def _schur(model: Model, Xn: Tensor, Yn: Tensor, Xt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""Mean and variance at ``cat(Xn, Xt)`` of the model's joint posterior conditioned on ``Yn`` at ``Xn`` with
     the model's own noise (its joint covariance at ``Xn``: correlated between the outputs of a point where the model's
     is, e.g. RVGP's across its tangent frames), and the prior scale (largest variance per batch member) for relative
-    errors."""
-    n = Xn.shape[-2]
-    X = torch.cat([Xn, Xt], dim=-2)
-    mean, cov = joint_moments(model.posterior(X))
-    m = mean.shape[-1]
-    noise = joint_moments(model.posterior(Xn, observation_noise=True))[1] - joint_moments(model.posterior(Xn))[1]
-    c = n * m
+    errors; computed in float64 from the model's moments (the reference adds no rounding of its own)."""
+    return _schur_of(*_moments(model, Xn, Xt), Yn)
+
+
+def _schur_of(mean: Tensor, cov: Tensor, noise: Tensor, Yn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r""":func:`_schur` from the joint moments (:func:`_moments`), in float64: the Gaussian conditional
+    (Rasmussen & Williams 2006, eq. A.6) ``mean + K S^{-1} (y - mean_n)``, ``diag(cov - K S^{-1} K^T)`` with
+    ``S = cov_nn + noise``, shaped as ``mean`` (``batch x (n + t) x m``), and the scale ``batch x 1 x 1``."""
+    mean, cov, noise, Yn = mean.double(), cov.double(), noise.double(), Yn.double()
+    c = noise.shape[-1]
     mu = mean.reshape(*mean.shape[:-2], -1)
     S = cov[..., :c, :c] + noise
     K = cov[..., :, :c]
