@@ -40,9 +40,10 @@ another family skips them with a reason in the report.
 
 Tolerance of checks 5 and 6 (the default of ``condition_tol``)
 
-The reference of check 5 is computed in float64 (it adds no rounding of its own). Both sides of checks 5 and 6 come
-from the model's own floating-point algebra, whose rounding sets what can be asked. The default tolerance is derived
-per check from two numbers the checker measures:
+The reference of check 5 is computed in float64 (it adds no rounding of its own), from the joint of the model's
+float64 copy where there is one (below). Both sides of checks 5 and 6 come from the model's own floating-point
+algebra, whose rounding sets what can be asked. The default tolerance is derived per check from two numbers the
+checker measures:
 
 * the condition number :math:`\kappa` of the conditioning, :math:`\kappa = (1 + g) \max(1 + g, 1 + \sqrt{v}
   \lVert S^{-1} r \rVert)`, with :math:`S = \Sigma_{nn} + N` the new points' joint covariance plus noise, the gain
@@ -62,10 +63,9 @@ float64 copy is also checked by checks 5 and 6 at the float64 default (messages 
 so a conditioning that is wrong in any dtype fails at 1e-6 while the float32 model's own rounding is given its
 measured room. Where no float64 copy can be made (no ``.to``, a copy that still computes in the model's precision)
 the former fixed default (1e-3) applies and ``measured`` says why. Measured (float32 ``ExactGPModel``, 30 points,
-noise sd 1e-1 / 1e-2 / 1e-3 of the outputs): errors 1e-5 / 5e-3 / 0.066 of the prior scale against derived tolerances
-3e-4 / 0.042 / 1.4 (:math:`\kappa \approx 7-19`, :math:`\rho = 2 \cdot 10^{-5}` / 1e-3 / 0.036), while conditioning
-on the posterior mean, with a noise 1e3 times too small, with a doubled lengthscale or on swapped points is off by
-0.3-40 in float32 and 0.05-20 in float64.
+noise sd 1e-1 / 1e-2 / 1e-3 of the outputs): errors 1.8e-5 / 5.0e-3 / 0.066 of the prior scale against derived
+tolerances 3.1e-4 / 0.042 / 1.4 (:math:`\kappa` 7-19, :math:`\rho` 1.9e-5 / 1.2e-3 / 0.036), while conditioning on the
+posterior mean is off by 0.9 and fantasies on it by 1.8 (``tests/test_botorch_helper.py``).
 """
 
 from __future__ import annotations
