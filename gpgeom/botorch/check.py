@@ -516,7 +516,10 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 model64, why = twin()
                 tol_kw = {} if model64 is None else {"model64": model64}
                 ftol = kw["condition_tol"]
-                if ftol is None:
+                if ftol is None and not gaussian:  # no joint moments to measure
+                    ftol = _FIXED_TOL.get(dtype, _FIXED_TOL[None])
+                    measured["fantasy_tol_note"] = "fixed default: the posterior is not a GPyTorchPosterior"
+                elif ftol is None:
                     Xt_b = X_test.expand(*Xf_b.shape[:-2], *X_test.shape[-2:])
                     ftol = _default_condition_tol(model, Xf_b, Yf, Xt_b, scale, measured, "fantasy", why, **tol_kw)
                 measured["fantasy_tol_used"] = ftol
@@ -535,7 +538,9 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                         fpost64, cpost64.mean.detach(), cpost64.variance.detach(), scale.double()
                     )
                     tol64 = kw["condition_tol"]
-                    if tol64 is None:
+                    if tol64 is None and not gaussian:
+                        tol64 = _FIXED_TOL[torch.float64]
+                    elif tol64 is None:
                         Xt64_b = X_test.double().expand(*Xf64_b.shape[:-2], *X_test.shape[-2:])
                         tol64 = _default_condition_tol(model64, Xf64_b, Yf64, Xt64_b, scale, {})
                     _rel_close(f"{_TWIN} fantasy model mean vs conditioning on the fantasy samples",
