@@ -430,3 +430,21 @@ def test_float64_default_stays_at_1e6_unless_the_conditioning_is_worse_than_floa
     assert meas["condition_schur_condition"] < 100 and "condition_rounding_joint" not in meas
     eps = torch.finfo(DT).eps
     assert _derived_tol(0.0, 1e12, eps) > 1e-4  # a condition number of 1e12 leaves fewer than 1e-6 digits
+
+
+class NoFloat64Copy(ExactGPModel):
+    r"""``.to(dtype)`` keeps the model as it is (a copy computes in the model's precision, as an adapter that does not
+    move the model it wraps)."""
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def test_a_model_without_a_float64_copy_keeps_the_fixed_float32_default():
+    # the rounding cannot be measured: its "float64 copy" still predicts in float32, so the former fixed default
+    # applies and the report says why (measured: error 1.1e-5 against 1e-3; the real copy derives 3.1e-4)
+    model = _float32_low_noise(0.1, 1.0, NoFloat64Copy)[0]
+    meas = check_botorch_model(model, optimize=False)["measured"]
+    assert meas["condition_tol_used"] == 1e-3 and meas["fantasy_tol_used"] == 1e-3
+    assert "the rounding cannot be measured" in meas["condition_tol_note"]  # its copy predicts in float32
+    assert "condition_error_float64" not in meas and meas["condition_error"] < 1e-3
