@@ -100,12 +100,12 @@ _NOISE_ULPS = 0.5
 #: (module docstring).
 _TOL_SAFETY = 2.0
 
-#: Default tolerance of checks 5 and 6 for float64 models (also the floor of the derived one), and where the
-#: rounding of a lower-precision model cannot be measured (no float64 twin, or a non-Gaussian posterior with
-#: ``refit``): the former defaults.
 #: Prefix of the messages of the float64 copy's checks.
 _TWIN = "float64 copy of the model:"
 
+#: Default tolerance of checks 5 and 6 for float64 models (also the floor of the derived one), and where the
+#: rounding of a lower-precision model cannot be measured (no float64 copy, or a posterior that is not a
+#: ``GPyTorchPosterior``): the former defaults.
 _FIXED_TOL: dict[torch.dtype | None, float] = {torch.float64: 1e-6, None: 1e-3}
 
 
@@ -678,7 +678,9 @@ def _rounding(got: Sequence[Tensor], ref: Sequence[Tensor], scale: Tensor) -> fl
 
 def _schur_condition(mean: Tensor, cov: Tensor, noise: Tensor, Yn: Tensor) -> Tensor:
     r"""First-order amplification :math:`\kappa` of a relative perturbation of the joint moments by the Schur
-    conditioning of :func:`_schur` (float64; per batch member, ``batch``):
+    conditioning of :func:`_schur`, per batch member (``batch``), from the joint moments of :func:`_moments` (mean
+    ``batch x (n + t) x m``, covariance ``batch x ((n + t) m) x ((n + t) m)``, noise ``batch x (n m) x (n m)``) and
+    the observations ``Yn`` (``batch x n x m``), in their dtype:
     :math:`\kappa = (1 + g) \max(1 + g, 1 + \sqrt{v} \lVert S^{-1} r \rVert)` with the gain
     :math:`g = \lVert \Sigma_{\cdot n} S^{-1} \rVert_2`, :math:`S = \Sigma_{nn} + N` the new points' covariance
     plus noise, :math:`r = y_n - \mu_n` and :math:`v` the prior scale (largest variance). A perturbation
