@@ -245,3 +245,22 @@ def test_botorch_noise_tensors_are_variances_of_log_y(pair):
     want = lognormal_mean_std(p_r.mean, p_r.variance)
     torch.testing.assert_close(p_f.mean, want[0], rtol=1e-10, atol=0)
     torch.testing.assert_close(p_f.variance, want[1].square(), rtol=1e-10, atol=0)
+
+
+def test_log_normal_std_is_finite_where_the_mean_is_in_float32():
+    r"""The std of :math:`e^T` at a level of about 1e20 in float32: :math:`e^{m + v/2} \sqrt{e^v - 1}`, not the
+    square root of :math:`(e^v - 1) e^{2m + v}`, whose :math:`e^{2m + v}` (about 1e40) overflows float32. Truth: the
+    closed form in float64. A float32 model on targets 1e20 times those of the float64 one: the stds agree (the fit on
+    log y differs only by the shift log 1e20). Before, the float32 std was inf (the float64 model's 6.6e18)."""
+    m, v = torch.tensor([46.0, 0.0, -3.0], dtype=D), torch.tensor([0.01, 0.25, 1.5], dtype=D)
+    truth = torch.exp(m + 0.5 * v) * torch.sqrt(torch.expm1(v))
+    _, std32 = lognormal_mean_std(m.float(), v.float())
+    torch.testing.assert_close(std32.double(), truth, rtol=1e-5, atol=0)  # float32 rounds m + v/2 = 46 to 4e-6
+    d = _multiplicative_tensor(120, 10, seed=5)
+    big = dataclasses.replace(d, y_train=1e20 * d.y_train)
+    ref = fit_quietly(big, target_transform="log", **KW)
+    f32 = fit_quietly(big, target_transform="log", dtype=torch.float32, **KW)
+    _, sd64 = ref.predict(d.X_test, return_std=True, observation_noise=True)
+    _, sd32 = f32.predict(d.X_test, return_std=True, observation_noise=True)
+    assert bool(torch.isfinite(sd32).all())
+    torch.testing.assert_close(sd32.double(), sd64, rtol=1e-2, atol=0)

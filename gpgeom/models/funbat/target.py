@@ -67,7 +67,9 @@ def to_model_target(y: Tensor, transform: str, name: str = "y") -> Tensor:
 
 
 def lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Mean and standard deviation of :math:`e^{T}` for :math:`T \sim N(m, v)` (module docstring).
+    r"""Mean and standard deviation of :math:`e^{T}` for :math:`T \sim N(m, v)` (module docstring), the latter as
+    :math:`e^{m + v/2} \sqrt{e^{v} - 1}`: finite wherever the mean is (the square :math:`e^{2m + v}` is not in float32
+    above :math:`m \approx 44`).
 
     Args:
         mean: ``...`` means :math:`m`.
@@ -82,7 +84,9 @@ def lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
         (1.648721, 2.161197)
     """
     var = var.clamp_min(0.0)
-    return torch.exp(mean + 0.5 * var), (torch.expm1(var) * torch.exp(2.0 * mean + var)).sqrt()
+    mean_y = torch.exp(mean + 0.5 * var)
+    # the std as e^{m + v/2} sqrt(e^v - 1): e^{2m + v} overflowed float32 above y of about 1.8e19 (std inf)
+    return mean_y, mean_y * torch.expm1(var).sqrt()
 
 
 def target_standardization(y: Tensor, eps: float | None = None) -> tuple[Tensor, Tensor]:
