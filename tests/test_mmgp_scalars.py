@@ -12,7 +12,14 @@ import torch
 
 from gpgeom.geometry.mesh import Mesh
 from gpgeom.models.mmgp import MMGP
-from gpgeom.models.mmgp.scalars import check_scalar_transform, lognormal_moments, resolve_transforms, to_gp_units
+from gpgeom.models.mmgp.scalars import (
+    check_scalar_transform,
+    lognormal_moments,
+    predictive_distributions,
+    resolve_transforms,
+    scalar_prediction,
+    to_gp_units,
+)
 
 
 def _lognormal_by_quadrature(m: float, v: float) -> tuple[float, float]:
@@ -42,6 +49,23 @@ def test_lognormal_moments_match_quadrature(dtype):
     assert torch.equal(m_out[:, 1], mean[:, 1]) and torch.equal(v_out[:, 1], var[:, 1])
     same = lognormal_moments(mean, var, ["none"] * 3)
     assert torch.equal(same[0], mean) and torch.equal(same[1], var)
+
+
+def test_lognormal_std_is_finite_in_float32_where_the_mean_is():
+    r"""A log scalar of about 1e20 (:math:`m = 46`) in float32: ``scalars_std`` and the distribution's ``stddev`` are
+    :math:`e^{m + v/2} \sqrt{e^v - 1}` (Gauss-Hermite quadrature in float64, to float32's rounding of :math:`e^m`,
+    4e-6), not the square root of :math:`(e^v - 1) e^{2m + v}`, whose :math:`e^{2m + v}` overflows float32: both
+    were inf (the mean and the interval finite)."""
+    mean = torch.tensor([[46.0, 1.0], [60.0, 0.3]], dtype=torch.float32)
+    var = torch.tensor([[0.01, 0.2], [0.3, 0.05]], dtype=torch.float32)
+    out = scalar_prediction(mean, var, ["log", "none"], torch.zeros(0, 2, 2), return_std=True)
+    dist = predictive_distributions(mean, var, ["log", "none"])[0]
+    for i in range(2):
+        qm, qv = _lognormal_by_quadrature(float(mean[i, 0]), float(var[i, 0]))
+        for std in (out["scalars_std"][i, 0], dist.stddev[i]):
+            assert abs(float(std) - math.sqrt(qv)) <= 1e-5 * math.sqrt(qv)
+        assert abs(float(dist.mean[i]) - qm) <= 1e-5 * qm
+    assert torch.equal(out["scalars_std"][:, 1], var[:, 1].sqrt())  # the Gaussian column as before
 
 
 def test_lognormal_draws_have_the_moments():

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, LogNormal, Normal
+from torch.distributions import Distribution, Normal
+from torch.distributions import LogNormal as _TorchLogNormal
 
 from gpgeom.metrics._inputs import check_level, normal_quantile
 
@@ -93,6 +94,30 @@ def to_gp_units(w: Tensor, transforms: Sequence[str], names: Sequence[str] | Non
     return torch.stack(cols, 1) if cols else w
 
 
+def _lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Mean :math:`e^{m + v/2}` and standard deviation :math:`e^{m + v/2} \sqrt{e^v - 1}` of :math:`e^T`,
+    :math:`T \sim \mathcal N(m, v)` (``mean``, ``var`` of any one shape): the std without the square
+    :math:`e^{2m + v}`, which overflows float32 above :math:`w \approx 1.8 \cdot 10^{19}` (the std came out inf)."""
+    var = var.clamp_min(0.0)
+    ln_mean = torch.exp(mean + 0.5 * var)
+    return ln_mean, ln_mean * torch.expm1(var).sqrt()
+
+
+def _moments(
+    mean: Tensor, var: Tensor, transforms: Sequence[str], eps: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    r""":func:`lognormal_moments` with the standard deviation ``n x q`` in place of the variance."""
+    std = var.clamp_min(0.0).sqrt()
+    draws = None if eps is None else mean + std * eps
+    if "log" not in transforms:
+        return mean, std, draws
+    log = torch.tensor([t == "log" for t in transforms], device=mean.device)
+    ln_mean, ln_std = _lognormal_mean_std(mean, var)
+    if draws is not None:
+        draws = torch.where(log, draws.exp(), draws)
+    return torch.where(log, ln_mean, mean), torch.where(log, ln_std, std), draws
+
+
 def lognormal_moments(
     mean: Tensor, var: Tensor, transforms: Sequence[str], eps: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -101,16 +126,14 @@ def lognormal_moments(
 
     Returns ``(mean n x q, var n x q, draws S x n x q or None)``: log-normal moments (module docstring) for the
     ``"log"`` columns, unchanged otherwise; draws :math:`m + \sqrt v\,\varepsilon` (then :math:`\exp` for ``"log"``).
+    The log-normal variance is the square of the std :math:`e^{m + v/2} \sqrt{e^v - 1}` (finite up to the dtype's
+    largest value; :func:`scalar_prediction` keeps the std itself).
     """
-    draws = None if eps is None else mean + var.clamp_min(0.0).sqrt() * eps
+    out_mean, std, draws = _moments(mean, var, transforms, eps)
     if "log" not in transforms:
-        return mean, var, draws
+        return out_mean, var, draws
     log = torch.tensor([t == "log" for t in transforms], device=mean.device)
-    ln_mean = torch.exp(mean + 0.5 * var)
-    ln_var = torch.expm1(var) * torch.exp(2.0 * mean + var)
-    if draws is not None:
-        draws = torch.where(log, draws.exp(), draws)
-    return torch.where(log, ln_mean, mean), torch.where(log, ln_var, var), draws
+    return out_mean, torch.where(log, std.square(), var), draws
 
 
 def scalar_prediction(
@@ -124,10 +147,10 @@ def scalar_prediction(
     ``scalars_gp_mean``, ``scalars_gp_var`` (``return_std``) and ``scalar_transforms``: the moments of
     :func:`lognormal_moments` and the Gaussian ones they come from, which keep the predictive distribution.
     """
-    s_mean, s_var, s_draws = lognormal_moments(mean, var, transforms, eps)
+    s_mean, s_std, s_draws = _moments(mean, var, transforms, eps)
     return {
         "scalars": s_mean,
-        "scalars_std": s_var.sqrt() if return_std else None,
+        "scalars_std": s_std if return_std else None,
         "scalar_samples": s_draws if eps.shape[0] else None,
         "scalars_gp_mean": mean,
         "scalars_gp_var": var if return_std else None,
@@ -166,3 +189,17 @@ def predictive_distributions(mean: Tensor, var: Tensor, transforms: Sequence[str
     scale = var.clamp_min(0.0).sqrt()
     kinds = {"log": LogNormal, "none": Normal}
     return [kinds[t](mean[:, j], scale[:, j]) for j, t in enumerate(transforms)]
+
+
+class LogNormal(_TorchLogNormal):
+    r"""torch's :class:`~torch.distributions.LogNormal` (a subclass, of that name) with the standard deviation and
+    variance of :func:`_lognormal_mean_std` (torch's square :math:`e^{2m + v}` overflows float32 above
+    :math:`w \approx 1.8 \cdot 10^{19}`: ``stddev`` was inf where ``mean`` and ``scalars_std`` are finite)."""
+
+    @property
+    def stddev(self) -> Tensor:
+        return _lognormal_mean_std(self.loc, self.scale.square())[1]
+
+    @property
+    def variance(self) -> Tensor:
+        return self.stddev.square()
