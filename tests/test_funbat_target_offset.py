@@ -94,3 +94,25 @@ def test_to_float32_keeps_the_coordinate_map_in_float64():
     m.to(dtype=torch.float32)
     assert torch.equal(m.coord_lo, lo)
     assert float((m.predict(X[:5]).double() - mu).abs().max()) < 1e-6
+
+
+def test_targets_whose_variance_leaves_the_dtype_are_refused_at_fit():
+    r"""The predictive variances are the standardised ones times :math:`s^2` in the model's dtype: a float32 model
+    of targets 1e20 times :math:`f` (:math:`s \approx 3.5 \cdot 10^{19}`, :math:`s^2` beyond float32) predicted a
+    standard deviation of inf, intervals of -inf and a CDF of 0.5 (the float64 model: finite, CDF 0.24), silently;
+    it is refused at fit, as 1e-20 times :math:`f` (variances below float32's normal range). At 1e17 the float32
+    model agrees with the float64 one (its stds to 2e-2, as at the origin above), and constant targets (scaled by
+    their rounding) are still accepted."""
+    X, y = _data(60)
+    f = (y - OFFSET) / 0.1
+    for scale in (1e20, 1e-20):
+        with pytest.raises(ValueError, match=r"`y`: the observed targets have a standard deviation of .*float32"):
+            _fit(X, scale * f, torch.float32, sweeps=3)
+        _fit(X, scale * f, D, sweeps=3)  # float64 has the range
+    Xq = torch.rand(10, 2, generator=torch.Generator().manual_seed(1), dtype=D)
+    _, sd64 = _fit(X, 1e17 * f, D, sweeps=20).predict(Xq, return_std=True)
+    _, sd32 = _fit(X, 1e17 * f, torch.float32, sweeps=20).predict(Xq, return_std=True)
+    assert torch.allclose(sd32.double(), sd64, rtol=2e-2, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # constant to rounding
+        _fit(X, torch.full_like(f, 1e-12), torch.float32, sweeps=3)

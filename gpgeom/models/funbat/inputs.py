@@ -36,7 +36,11 @@ are rounded to the model's dtype; the predictions are mapped back in float64 and
 (a float32 mean of :math:`10^6 + \dots` is rounded to float32's spacing there, 0.0625; its standard deviation keeps
 float32's relative precision). A float32 model used to convert ``y`` to float32 first: with
 :math:`y = 10^6 + 0.1 f` the values were rounded to steps of 0.0625 before the mean was taken, and the learned noise
-standard deviation came out 0.015 against a true 0.002 (``tests/test_funbat_target_offset.py``).
+standard deviation came out 0.015 against a true 0.002 (``tests/test_funbat_target_offset.py``). The predictive
+variances are the standardised ones times :math:`s^2` in the model's dtype, so ``fit`` refuses targets whose
+standard deviation :math:`s` has a square outside that dtype's range (float32: :math:`s` in about [1.7e-18, 1.2e18];
+:func:`~gpgeom.models.funbat.target.check_target_scale`): a float32 model of targets of about 1e20 predicted a
+standard deviation of inf, silently.
 
 Labels. The modes that match coordinates by equality (the ``categorical`` ones and ``scale_mode``) keep their
 training coordinates in their original units (float64, sorted, unique) and the dtype they came in. **A query

@@ -73,6 +73,7 @@ from gpgeom.models.funbat.priors import check_categorical
 from gpgeom.models.funbat.scales import _NoiseScales
 from gpgeom.models.funbat.target import (
     TARGET_TRANSFORMS,
+    check_target_scale,
     lognormal_mean_std,
     target_standardization,
     to_model_target,
@@ -428,7 +429,9 @@ class FunBaT(
             ``self``, with :attr:`fit_result_`.
 
         Raises:
-            TypeError, ValueError: Bad shapes, NaN coordinates, ranks that do not match ``K``, no observed entry.
+            TypeError, ValueError: Bad shapes, NaN coordinates, ranks that do not match ``K``, no observed entry,
+                targets whose standard deviation has a square outside the range of the model's dtype (float32: about
+                1.7e-18 to 1.2e18; :func:`~gpgeom.models.funbat.target.check_target_scale`).
 
         A fit that raises (bad input, a divergence, an exception or ``KeyboardInterrupt`` from the ``callback``)
         leaves the model as it was before the call: unfitted, or the previous fit with its data and ``fit_result_``;
@@ -482,6 +485,7 @@ class FunBaT(
         if self.standardize:  # targets
             eps = min(torch.finfo(y_src).eps, torch.finfo(dtype).eps)  # the rounding y carries (target.py)
             y_mean, y_std = target_standardization(y, eps)  # floored at the rounding scale, warnings (target.py)
+            check_target_scale(y, y_std, dtype, self.target_transform)  # its square in the dtype's range
         else:
             y_mean = torch.zeros((), dtype=y.dtype, device=device)
             y_std = torch.ones((), dtype=y.dtype, device=device)

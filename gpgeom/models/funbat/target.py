@@ -27,6 +27,7 @@ bound as :math:`\nu \to 2` (the t variance :math:`s^2 \nu / (\nu - 2)`): there t
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -34,7 +35,13 @@ from torch import Tensor
 
 from gpgeom._warnings import user_stacklevel
 
-__all__ = ["TARGET_TRANSFORMS", "lognormal_mean_std", "target_standardization", "to_model_target"]
+__all__ = [
+    "TARGET_TRANSFORMS",
+    "check_target_scale",
+    "lognormal_mean_std",
+    "target_standardization",
+    "to_model_target",
+]
 
 #: The target transforms of :class:`~gpgeom.models.funbat.model.FunBaT`: ``"none"`` and ``"log"`` (positive targets).
 TARGET_TRANSFORMS = ("none", "log")
@@ -134,3 +141,40 @@ def target_standardization(y: Tensor, eps: float | None = None) -> tuple[Tensor,
         )
         return mean, floor
     return mean, std
+
+
+#: Headroom of :func:`check_target_scale`: the supported scales stop a factor 16 (256 in the variances) inside the
+#: dtype's normal range, as MMGP's fields (:func:`gpgeom.models.mmgp.reduction.check_field_spread`).
+SCALE_HEADROOM = 16.0
+
+
+def check_target_scale(y: Tensor, scale: Tensor, dtype: torch.dtype, transform: str = "none") -> None:
+    r"""Refuse targets whose standardisation scale :math:`s` has a square outside the normal range of the model's
+    ``dtype``: the sweeps run on standardised values, but every predictive variance (``predict``, the intervals, the
+    CDF and density, the BoTorch adapter) is :math:`s^2` times a standardised one in ``dtype``. Supported:
+    :math:`\sqrt{\text{tiny}} \cdot 16 \le s \le \sqrt{\text{max}} / 16` (float32: 1.7e-18 to 1.2e18; float64: 2.4e-153
+    to 8.4e152). Beyond, a float32 model of targets of about 1e20 (:math:`s \approx 3.5 \cdot 10^{19}`) predicted a
+    standard deviation of inf, intervals of -inf, a CDF of 0.5 and NaN log densities, silently.
+
+    Args:
+        y: ``N`` observed targets in the units the model is fitted to (:math:`\log y` for ``"log"``), float64.
+        scale: :math:`s` (0-d), from :func:`target_standardization`. Targets constant to rounding (:math:`s` the
+            rounding floor, above their own standard deviation) are left to that function's warning at the small end.
+        dtype: The model's dtype.
+        transform: The target transform, for the message.
+
+    Raises:
+        ValueError: Naming ``y``, its scale and the supported range.
+    """
+    info = torch.finfo(dtype)
+    lo, hi = math.sqrt(info.tiny) * SCALE_HEADROOM, math.sqrt(info.max) / SCALE_HEADROOM
+    s = float(scale)
+    floored = y.shape[0] < 2 or bool(y.std() < scale)  # one entry, or constant to rounding: no spread of its own
+    if s > hi or (s < lo and not floored):
+        units = " of log y" if transform == "log" else ""
+        hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"
+        raise ValueError(
+            f"`y`: the observed targets{units} have a standard deviation of {s:.3g}; the model's variances are "
+            f"squares of that, outside the range of {dtype}, which supports scales in [{lo:.2g}, {hi:.2g}]. Rescale "
+            f"y (divide by its typical size and multiply the predictions back){hint}."
+        )
