@@ -193,3 +193,19 @@ def test_train_targets_output_gp_and_files(fits, tmp_path):
     state = model._get_state()
     del state["scalar_transforms"]
     assert MMGP._from_state(state).scalar_transforms_ == ["none"]
+
+
+def test_scalars_whose_variance_leaves_the_dtype_are_refused_at_fit():
+    r"""The GP's predictive variances are squares in the scalar's units, in the model's dtype: a float32 model of a
+    ``"none"`` scalar varying by about 1e20 predicted ``scalars_std`` inf and intervals of -inf (the float64 model:
+    4.8e18), silently; it is refused at fit, naming the scalar, as the fields are. A log scalar of the same size
+    (its GP sees log w) and a constant scalar fit."""
+    from test_mmgp import _synthetic
+
+    M, mu, U, w = _synthetic(6, seed=0)
+    kw = {"n_modes_geometry": 2, "n_modes_fields": 2, "restarts": 0, "max_iter": 5, "floater_start": (0.0, 0.0)}
+    big = np.c_[1e20 * w[:, 0], 1e20 * (1.0 + w[:, 1]), np.full(6, 3.0)]
+    with pytest.raises(ValueError, match=r"`output_scalars`: the output scalar 'a' varies by up to .*float32"):
+        MMGP(**kw, dtype=torch.float32).fit(M, mu, U, big, scalar_names=["a", "b", "c"], progress=False)
+    MMGP(**kw, dtype=torch.float32).fit(M, mu, U, big[:, 1:], progress=False)  # log and constant scalars
+    MMGP(**kw).fit(M, mu, U, big, progress=False)  # float64 has the range

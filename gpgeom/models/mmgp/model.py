@@ -19,6 +19,7 @@ from gpgeom.botorch.exact_gp import ExactGPModel
 from gpgeom.botorch.model_list import SurrogateList
 from gpgeom.engine.parallel import check_executor
 from gpgeom.geometry.mesh import Mesh, as_float_array
+from gpgeom.models.mmgp import scalars
 from gpgeom.models.mmgp.fanout import fit_gps, transport_new, transport_training
 from gpgeom.models.mmgp.inputs import (
     as_mesh,
@@ -322,7 +323,8 @@ class MMGP(ModelContract):
             output_fields: ``n`` arrays ``N_i x m`` (or ``(N_i,)`` for one field, or dicts name -> ``(N_i,)``).
                 The variances are squares in each field's units: a field's spread over the meshes must lie in
                 about [2e-153, 8e152] (float64; float32: [2e-18, 1e18]; ValueError beyond, naming the field).
-            output_scalars: ``n x q`` (or ``None``).
+            output_scalars: ``n x q`` (or ``None``); the spread of each (of its log for a ``"log"`` scalar) over the
+                meshes must lie in the range of the fields' (ValueError beyond, naming the scalar).
             field_names, scalar_names: Optional names (default: the keys of the first dict of ``output_fields``,
                 or ``field0``, ... / ``scalar0``, ...); dicts of fields are read by name.
             progress: Progress bars of the GP fits (``None``: when a person is watching, :mod:`gpgeom._progress`).
@@ -376,6 +378,7 @@ class MMGP(ModelContract):
         self.scalar_names_ = output_names("scalar_names", scalar_names, w.shape[1], "scalar")
         self.scalar_transforms_ = resolve_transforms(self.scalar_transform, w, self.scalar_names_)
         warn_zero_scalars(w, self.scalar_names_)
+        scalars.check_scalar_spread(w, self.scalar_transforms_, self.scalar_names_, self.dtype)  # squares in dtype
         nmf = self.n_modes_fields if isinstance(self.n_modes_fields, list) else [self.n_modes_fields] * n_fields
         if len(nmf) != n_fields:
             raise ValueError(f"`n_modes_fields` has {len(nmf)} entries for {n_fields} fields.")

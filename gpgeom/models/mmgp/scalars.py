@@ -22,6 +22,7 @@ which holds :math:`w` exactly when the Gaussian interval :math:`m \pm z \sqrt v`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +32,12 @@ from torch.distributions import Distribution, Normal
 from torch.distributions import LogNormal as _TorchLogNormal
 
 from gpgeom.metrics._inputs import check_level, normal_quantile
+from gpgeom.models.mmgp.reduction import SPREAD_HEADROOM
+from gpgeom.models.mmgp.unexplained import ROUNDING
 
 __all__ = [
     "SCALAR_TRANSFORMS",
+    "check_scalar_spread",
     "check_scalar_transform",
     "lognormal_moments",
     "predictive_distributions",
@@ -76,6 +80,34 @@ def resolve_transforms(option: str | list[str], w: Tensor, names: Sequence[str])
         if t == "log" and not bool((w[:, j] > 0).all()):
             raise ValueError(f"`scalar_transform`='log' needs positive values of output scalar {names[j]!r}.")
     return list(option)
+
+
+def check_scalar_spread(w: Tensor, transforms: Sequence[str], names: Sequence[str], dtype: torch.dtype) -> None:
+    r"""Raise a ``ValueError`` naming the output scalar when the spread :math:`d = \max_i |t_i - \bar t|` of its GP
+    targets :math:`t` (:func:`to_gp_units` of the training scalars ``w`` ``n x q``: :math:`\log w` for ``"log"``) has
+    a square outside the normal range of the model's ``dtype``, as
+    :func:`~gpgeom.models.mmgp.reduction.check_field_spread` for the fields: the GP standardises its targets in
+    float64, but its predictive variances are squares in the scalar's units, in ``dtype``. Supported:
+    :math:`\sqrt{\text{tiny}} \cdot 16 \le d \le \sqrt{\text{max}} / 16` (float32: 1.7e-18 to 1.2e18). Beyond, a
+    float32 model of a scalar varying by 1e20 predicted ``scalars_std`` inf and intervals of -inf, silently. A scalar
+    equal on every mesh (to rounding) is not checked."""
+    info = torch.finfo(dtype)
+    lo, hi = math.sqrt(info.tiny) * SPREAD_HEADROOM, math.sqrt(info.max) / SPREAD_HEADROOM
+    t = to_gp_units(w, transforms, names)
+    for j, name in enumerate(names):
+        col = t[:, j]
+        d = float((col - col.mean()).abs().max())
+        if d <= ROUNDING * float(col.abs().max()):  # equal on every mesh: no variance to square
+            continue
+        if not lo <= d <= hi:
+            units = "log of output scalar" if transforms[j] == "log" else "output scalar"
+            hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"
+            raise ValueError(
+                f"`output_scalars`: the {units} {name!r} varies by up to {d:.3g} over the training meshes (max |w - "
+                f"mean|); the model's variances are squares of that, outside the range of {dtype}, which supports "
+                f"spreads in [{lo:.2g}, {hi:.2g}]. Rescale the scalar (divide by its typical size and multiply the "
+                f"predictions back){hint}."
+            )
 
 
 def to_gp_units(w: Tensor, transforms: Sequence[str], names: Sequence[str] | None = None) -> Tensor:
