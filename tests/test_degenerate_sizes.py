@@ -68,6 +68,22 @@ def test_funbat_botorch_posterior_of_empty_batches(funbat_data, cls):
     assert mu.shape == sd.shape == (0, 3, 1)
 
 
+@pytest.mark.parametrize("cls", [FunBaT, FunBaTCP])
+def test_funbat_botorch_conditioned_on_no_observation_is_the_model(funbat_data, cls):
+    r"""Conditioning the adapter on ``0 x d`` observations changes nothing (the truth: the unconditioned posterior,
+    and ExactGPModel's behaviour): its posterior raised torch's "cannot reshape tensor of 0 elements into shape
+    [-1, 0, 2]" from the joint covariance of the (empty) conditioning set."""
+    d = funbat_data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        bm = cls(2, max_sweeps=3).fit(d.X_train, d.y_train).as_botorch()
+    X = d.X_test[:4].to(DT)
+    cond = bm.condition_on_observations(torch.zeros(0, 2, dtype=DT), torch.zeros(0, 1, dtype=DT)).posterior(X)
+    ref = bm.posterior(X)
+    torch.testing.assert_close(cond.mean, ref.mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(cond.mvn.covariance_matrix, ref.mvn.covariance_matrix, rtol=0, atol=1e-12)
+
+
 def test_rvgp_posterior_of_an_empty_batch_and_predict_at_no_point(rvgp_fit):
     r"""RVGP's BoTorch posterior at ``0 x q x 1`` raised "cannot reshape tensor of 0 elements" from the ambient
     algebra's reshapes; now a ValueError naming ``X`` (GPyTorch's multi-task Gaussian cannot hold an empty batch).

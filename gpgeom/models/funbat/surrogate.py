@@ -32,6 +32,7 @@ point.) Gradients flow to the inputs (``optimize_acqf`` works).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -113,8 +114,9 @@ class FunBaTBoTorchModel(GaussianSurrogate):
         K = X1.shape[-1]
         batch = torch.broadcast_shapes(X1.shape[:-2], X2.shape[:-2])
         q1, q2 = X1.shape[-2], X2.shape[-2]
-        X1n = fb._normalise_query(X1.expand(*batch, q1, K), "X").reshape(-1, q1, K)
-        X2n = fb._normalise_query(X2.expand(*batch, q2, K), "X").reshape(-1, q2, K)
+        B = math.prod(batch)  # not -1: a reshape of 0 points (q = 0, conditioning on no observation) is ambiguous
+        X1n = fb._normalise_query(X1.expand(*batch, q1, K), "X").reshape(B, q1, K)
+        X2n = fb._normalise_query(X2.expand(*batch, q2, K), "X").reshape(B, q2, K)
         _, cov = entry_joint(fb, self._tables, X1n, X2n)
         return (cov * fb.y_std.square().to(cov.dtype)).reshape(*batch, q1, q2)
 
