@@ -264,3 +264,20 @@ def test_log_normal_std_is_finite_where_the_mean_is_in_float32():
     _, sd32 = f32.predict(d.X_test, return_std=True, observation_noise=True)
     assert bool(torch.isfinite(sd32).all())
     torch.testing.assert_close(sd32.double(), sd64, rtol=1e-2, atol=0)
+
+
+def test_botorch_log_normal_variance_is_finite_in_float32():
+    r"""The adapter's posterior variance of :math:`y = e^T` at levels of 2e19 to 1e20 in float32: the square of
+    :math:`e^{m + v/2} \sqrt{e^v - 1}` (inside float32), not BoTorch's :math:`(e^v - 1) e^{2m + v}`, whose
+    :math:`e^{2m + v}` overflows: the variance was inf. Truth: the float64 adapter (to 2e-2, the float32 fit's
+    difference) and the square of ``predict``'s std."""
+    d = _multiplicative_tensor(120, 10, seed=5, noise=0.05)
+    big = dataclasses.replace(d, y_train=5e19 * d.y_train**0.25)  # 2e19 to 1e20: the variances stay in float32
+    Xq = d.X_test[:, None, :]
+    v64 = fit_quietly(big, target_transform="log", **KW).as_botorch().posterior(Xq).variance
+    f32 = fit_quietly(big, target_transform="log", dtype=torch.float32, **KW)
+    v32 = f32.as_botorch().posterior(Xq.float()).variance
+    assert bool(torch.isfinite(v32).all())
+    torch.testing.assert_close(v32.double(), v64, rtol=2e-2, atol=0)
+    _, sd32 = f32.predict(d.X_test, return_std=True)
+    torch.testing.assert_close(v32.reshape(-1), sd32.reshape(-1).square(), rtol=1e-4, atol=0)  # float32 e^44: 4e-6
