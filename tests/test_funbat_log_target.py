@@ -17,9 +17,9 @@ import pytest
 import torch
 from funbat_factories import fit_quietly
 
+from gpgeom.botorch.lognormal import lognormal_mean_std
 from gpgeom.datasets.tensors import make_synthetic_tensor
 from gpgeom.models.funbat import FunBaT
-from gpgeom.models.funbat.target import lognormal_mean_std
 
 D = torch.float64
 

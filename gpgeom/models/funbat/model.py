@@ -60,6 +60,7 @@ from torch import Tensor
 
 from gpgeom._validation import check_option, check_positive
 from gpgeom.base import ModelContract
+from gpgeom.botorch.lognormal import lognormal_mean_std
 from gpgeom.models.funbat import persistence
 from gpgeom.models.funbat.conditional import latent_conditional
 from gpgeom.models.funbat.entries import entry_marginals
@@ -74,7 +75,6 @@ from gpgeom.models.funbat.scales import _NoiseScales
 from gpgeom.models.funbat.target import (
     TARGET_TRANSFORMS,
     check_target_scale,
-    lognormal_mean_std,
     target_standardization,
     to_model_target,
 )

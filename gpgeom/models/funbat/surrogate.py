@@ -36,39 +36,15 @@ import math
 from typing import Any
 
 import torch
-from botorch.models.transforms.outcome import Log as _BoTorchLog
-from botorch.models.transforms.utils import norm_to_lognorm_mean
-from botorch.posteriors.transformed import TransformedPosterior
 from torch import Tensor
 
 from gpgeom.botorch.gaussian import GaussianSurrogate
+from gpgeom.botorch.lognormal import Log
 from gpgeom.engine.sites import gain_products
 from gpgeom.models.funbat.entries import entry_joint
 from gpgeom.models.funbat.noise import noise_factor
-from gpgeom.models.funbat.target import lognormal_mean_std
 
 __all__ = ["FunBaTBoTorchModel"]
-
-
-def _lognormal_variance(mu: Tensor, var: Tensor) -> Tensor:
-    r"""The variance of :math:`e^T`, :math:`T \sim \mathcal N(\mu, v)`, as the square of the std of
-    :func:`~gpgeom.models.funbat.target.lognormal_mean_std` (``mu``, ``var`` of one shape): BoTorch's
-    :math:`(e^v - 1) e^{2\mu + v}` overflows float32 above :math:`e^T \approx 1.8 \cdot 10^{19}` (variance inf where it
-    is 3e37)."""
-    return lognormal_mean_std(mu, var)[1].square()
-
-
-class Log(_BoTorchLog):
-    r"""BoTorch's ``Log`` outcome transform (a subclass, of that name: errors name it) whose untransformed posterior
-    has the variance of :func:`_lognormal_variance` (its mean and samples as BoTorch's)."""
-
-    def untransform_posterior(self, posterior: Any, X: Tensor | None = None) -> TransformedPosterior:
-        return TransformedPosterior(
-            posterior=posterior,
-            sample_transform=torch.exp,
-            mean_transform=norm_to_lognorm_mean,
-            variance_transform=_lognormal_variance,
-        )
 
 
 class FunBaTBoTorchModel(GaussianSurrogate):

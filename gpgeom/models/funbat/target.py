@@ -19,6 +19,8 @@ adapter report in :math:`t`; Johnson, Kotz & Balakrishnan 1994, Ch. 14, Eq. (14.
 
 .. math:: \mathbb E[Y_*] = e^{m + v/2}, \qquad \operatorname{Var}[Y_*] = \bigl(e^{v} - 1\bigr)\, e^{2m + v}.
 
+(computed by :func:`gpgeom.botorch.lognormal.lognormal_mean_std`, finite wherever the mean is).
+
 For Gaussian noise these are exact; for Student-t noise :math:`\mathbb E[e^{T_*}]` is infinite (a t distribution
 has no moment generating function), so the moment-matched values are the only finite summary, and they grow without
 bound as :math:`\nu \to 2` (the t variance :math:`s^2 \nu / (\nu - 2)`): there the median :math:`e^{m}`
@@ -38,7 +40,6 @@ from gpgeom._warnings import user_stacklevel
 __all__ = [
     "TARGET_TRANSFORMS",
     "check_target_scale",
-    "lognormal_mean_std",
     "target_standardization",
     "to_model_target",
 ]
@@ -71,29 +72,6 @@ def to_model_target(y: Tensor, transform: str, name: str = "y") -> Tensor:
             f"{int(bad.sum())} value(s) <= 0 (smallest {float(y[bad].min()):g})."
         )
     return y.log()
-
-
-def lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Mean and standard deviation of :math:`e^{T}` for :math:`T \sim N(m, v)` (module docstring), the latter as
-    :math:`e^{m + v/2} \sqrt{e^{v} - 1}`: finite wherever the mean is (the square :math:`e^{2m + v}` is not in float32
-    above :math:`m \approx 44`).
-
-    Args:
-        mean: ``...`` means :math:`m`.
-        var: ``...`` variances :math:`v \ge 0`.
-
-    Returns:
-        ``(mean, std)``, shape ``...`` each.
-
-    Example:
-        >>> m, s = lognormal_mean_std(torch.tensor([0.0]), torch.tensor([1.0]))
-        >>> round(float(m), 6), round(float(s), 6)  # e^{1/2}, sqrt((e - 1) e)
-        (1.648721, 2.161197)
-    """
-    var = var.clamp_min(0.0)
-    mean_y = torch.exp(mean + 0.5 * var)
-    # the std as e^{m + v/2} sqrt(e^v - 1): e^{2m + v} overflowed float32 above y of about 1.8e19 (std inf)
-    return mean_y, mean_y * torch.expm1(var).sqrt()
 
 
 def target_standardization(y: Tensor, eps: float | None = None) -> tuple[Tensor, Tensor]:

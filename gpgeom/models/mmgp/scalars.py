@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Normal
 from torch.distributions import LogNormal as _TorchLogNormal
 
+from gpgeom.botorch.lognormal import lognormal_mean_std
 from gpgeom.metrics._inputs import check_level, normal_quantile
 from gpgeom.models.mmgp.reduction import SPREAD_HEADROOM
 from gpgeom.models.mmgp.unexplained import ROUNDING
@@ -126,15 +127,6 @@ def to_gp_units(w: Tensor, transforms: Sequence[str], names: Sequence[str] | Non
     return torch.stack(cols, 1) if cols else w
 
 
-def _lognormal_mean_std(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Mean :math:`e^{m + v/2}` and standard deviation :math:`e^{m + v/2} \sqrt{e^v - 1}` of :math:`e^T`,
-    :math:`T \sim \mathcal N(m, v)` (``mean``, ``var`` of any one shape): the std without the square
-    :math:`e^{2m + v}`, which overflows float32 above :math:`w \approx 1.8 \cdot 10^{19}` (the std came out inf)."""
-    var = var.clamp_min(0.0)
-    ln_mean = torch.exp(mean + 0.5 * var)
-    return ln_mean, ln_mean * torch.expm1(var).sqrt()
-
-
 def _moments(
     mean: Tensor, var: Tensor, transforms: Sequence[str], eps: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -144,7 +136,7 @@ def _moments(
     if "log" not in transforms:
         return mean, std, draws
     log = torch.tensor([t == "log" for t in transforms], device=mean.device)
-    ln_mean, ln_std = _lognormal_mean_std(mean, var)
+    ln_mean, ln_std = lognormal_mean_std(mean, var)
     if draws is not None:
         draws = torch.where(log, draws.exp(), draws)
     return torch.where(log, ln_mean, mean), torch.where(log, ln_std, std), draws
@@ -225,12 +217,13 @@ def predictive_distributions(mean: Tensor, var: Tensor, transforms: Sequence[str
 
 class LogNormal(_TorchLogNormal):
     r"""torch's :class:`~torch.distributions.LogNormal` (a subclass, of that name) with the standard deviation and
-    variance of :func:`_lognormal_mean_std` (torch's square :math:`e^{2m + v}` overflows float32 above
-    :math:`w \approx 1.8 \cdot 10^{19}`: ``stddev`` was inf where ``mean`` and ``scalars_std`` are finite)."""
+    variance of :func:`~gpgeom.botorch.lognormal.lognormal_mean_std` (torch's square :math:`e^{2m + v}` overflows
+    float32 above :math:`w \approx 1.8 \cdot 10^{19}`: ``stddev`` was inf where ``mean`` and ``scalars_std`` are
+    finite)."""
 
     @property
     def stddev(self) -> Tensor:
-        return _lognormal_mean_std(self.loc, self.scale.square())[1]
+        return lognormal_mean_std(self.loc, self.scale.square())[1]
 
     @property
     def variance(self) -> Tensor:
