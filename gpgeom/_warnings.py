@@ -7,6 +7,16 @@ warning then named instead of the user's script. :func:`user_stacklevel` walks t
 of gpgeom and of the wrappers and libraries gpgeom calls user-facing code through (torch, GPyTorch, BoTorch,
 linear_operator, Pyro, ``contextlib``, ``functools``), to the first frame outside them: the line that called
 gpgeom. (Python 3.12's ``skip_file_prefixes`` does this for ``warnings.warn``; Python 3.11 lacks it.)
+
+:func:`quiet` silences one known warning of a library that gpgeom calls, in the calling thread only.
+``warnings.catch_warnings()`` is not thread-safe before Python 3.14: it swaps the process's ``warnings.filters``
+list on entry and puts the saved one back on exit, so two threads' blocks that overlap leave one thread's filters
+(an "ignore" filter) for the whole process after both end, drop a filter added meanwhile, and silence the other
+threads' warnings while they run. :func:`quiet` instead keeps one filter entry per warning category at the front
+of ``warnings.filters`` while any thread is inside a block for that category (a count, under one lock); the entry
+drops a warning only when its message matches one of the patterns that the thread raising it has entered. The
+entry is removed when the last block ends: the list is as before, a filter added meanwhile stays, and other
+threads' warnings (also with the same message) are shown as their own filters say.
 """
 
 from __future__ import annotations
@@ -14,9 +24,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["user_stacklevel"]
+__all__ = ["quiet", "user_stacklevel"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # libraries whose frames sit between a gpgeom call and the check that warns (decorators, nn.Module.__call__,
@@ -62,3 +77,60 @@ def user_stacklevel() -> int:
         if not filename.startswith(prefixes) and filename not in _FILES:
             return level
     return 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# quiet: a known library warning silenced in this thread only
+
+_QUIET_LOCK = threading.Lock()
+_QUIET_LOCAL = threading.local()
+#: category -> [its filter entry, the number of blocks inside it, the filter lists it was put into]
+_QUIET_ENTRIES: dict[type[Warning], list[Any]] = {}
+
+
+class _ThisThread:
+    r"""The message part of :func:`quiet`'s filter entry for ``category``: ``warnings`` calls ``match(text)`` (as
+    on a compiled pattern), which holds only in a thread inside a :func:`quiet` block of that category whose
+    pattern matches the message."""
+
+    def __init__(self, category: type[Warning]) -> None:
+        self.category = category
+
+    def match(self, text: str) -> bool:
+        return any(c is self.category and p.match(text) for p, c in getattr(_QUIET_LOCAL, "active", ()))
+
+
+def _remove(filters: list[Any], entry: tuple[Any, ...]) -> None:
+    for i in reversed(range(len(filters))):
+        if filters[i] is entry:
+            del filters[i]
+
+
+@contextlib.contextmanager
+def quiet(message: str, category: type[Warning] = Warning) -> Iterator[None]:
+    r"""Within the block, warnings of ``category`` (and its subclasses) whose message starts with a match of the
+    regular expression ``message`` (case-insensitive, as ``warnings.filterwarnings``; ``""`` matches every message)
+    are dropped when raised in this thread; ``warnings.filters`` is as before when every block has ended (module
+    docstring). Blocks nest and may overlap in any number of threads."""
+    item = (re.compile(message, re.I), category)
+    active = _QUIET_LOCAL.__dict__.setdefault("active", [])
+    active.append(item)
+    with _QUIET_LOCK:
+        state = _QUIET_ENTRIES.get(category)
+        if state is None:
+            state = _QUIET_ENTRIES[category] = [("ignore", _ThisThread(category), category, None, 0), 0, []]
+        state[1] += 1
+        filters = warnings.filters
+        if not any(f is state[0] for f in filters):  # (again, where a catch_warnings block swapped the list)
+            filters.insert(0, state[0])
+            state[2].append(filters)
+    try:
+        yield
+    finally:
+        del active[len(active) - 1 - active[::-1].index(item)]
+        with _QUIET_LOCK:
+            state[1] -= 1
+            if state[1] == 0:
+                for filters in [*state[2], warnings.filters]:
+                    _remove(filters, state[0])
+                del _QUIET_ENTRIES[category]

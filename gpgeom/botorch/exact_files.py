@@ -20,15 +20,16 @@ predicts bitwise as the saved one. Files written before the record load as then 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
+from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.transforms.input import Normalize
 from botorch.models.utils.assorted import fantasize as fantasize_flag
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
 from torch import Tensor
 
+from gpgeom._warnings import quiet
 from gpgeom.botorch._union import data_to_build
 from gpgeom.errors import ModelFileError
 
@@ -281,8 +282,7 @@ def _replay(cls: type[ExactGPModel], state: dict[str, Any], kwargs: dict[str, An
     rows = history["rows"]
     union = tuple(None if t is None else t[..., :rows, :] for t in (X, Y, Yvar))
     model = _rebuild(cls, state, union, _leaves(history["root"], history.get("root_grad")), kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BoTorch's input warnings: given when the model was conditioned
+    with quiet("", InputDataWarning):  # BoTorch's input warnings (this thread's): given when it was conditioned
         for block in history["blocks"]:
             bX, bY, noise = _leaves([block["X"], block["Y"], block["noise"]], block.get("grad"))
             noise = {} if noise is None else {"noise": noise}

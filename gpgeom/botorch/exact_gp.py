@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import gpytorch
 import torch
+from botorch import settings as botorch_settings
 from botorch.acquisition.objective import PosteriorTransform
-from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
 from botorch.models.transforms.input import InputTransform
 from botorch.models.transforms.outcome import OutcomeTransform
-from botorch.models.utils import validate_input_scaling
+from botorch.models.utils import check_min_max_scaling, check_standardization, validate_input_scaling
 from botorch.posteriors import GPyTorchPosterior, Posterior
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.kernels import Kernel
@@ -51,6 +50,7 @@ from torch import Tensor
 
 from gpgeom._modes import eval_mode
 from gpgeom._validation import as_tensor, check_option, check_positive, check_tensor
+from gpgeom._warnings import quiet
 from gpgeom.base import ModelContract
 from gpgeom.botorch._checked_covariance import checked_lazily
 from gpgeom.botorch._copies import copy_state, copy_strategy
@@ -187,14 +187,12 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         if outcome_transform is not None:
             train_Y, train_Yvar = standardised_outputs(outcome_transform, train_Y, train_Yvar, transformed_X)
         train_Y = train_Y.to(train_X.dtype)
-        with warnings.catch_warnings():
-            if rounded_mean or getattr(outcome_transform, "constant_outputs", False):  # RoundingFloorStandardize
-                warnings.filterwarnings(
-                    "ignore", r"Data \(outcome observations\) is not standardized", InputDataWarning
-                )
-            validate_input_scaling(
-                train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=covar_module is not None
-            )
+        validate_input_scaling(train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=True)
+        if covar_module is None and botorch_settings.validate_input_scaling.on():
+            # BoTorch's scaling checks (as validate_input_scaling), without that of the outputs where it would mislead
+            check_min_max_scaling(X=transformed_X)
+            if not (rounded_mean or getattr(outcome_transform, "constant_outputs", False)):  # RoundingFloorStandardize
+                check_standardization(Y=train_Y)
         self._set_dimensions(train_X=train_X, train_Y=train_Y)
         m = self._num_outputs
         input_batch = self._input_batch_shape
@@ -282,9 +280,9 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                 stack.enter_context(
                     gpytorch.settings.cholesky_jitter(float_value=self._fit_jitter, double_value=self._fit_jitter)
                 )
-                # the jitter is known and reported in fit_result_; do not warn about it at every prediction
-                stack.enter_context(warnings.catch_warnings())
-                warnings.filterwarnings("ignore", message="A not p.d., added jitter")
+                # the jitter is known and reported in fit_result_; do not warn about it at every prediction (in this
+                # thread only: gpgeom._warnings)
+                stack.enter_context(quiet("A not p.d., added jitter"))
             yield
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -374,12 +372,13 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
             loss = None
             if kwargs.get("optimizer", "auto") in ("auto", "lbfgs") and kwargs.get("data_loader") is None:
                 loss = exact_mll_loss(self) if getattr(self, "fast_mll", True) else None
-            # a refit starts in eval mode: not holding the prediction lock (numerics), which a thread-pool attempt's
-            # objective may wait for while other work waits for this fit's attempts (tests/test_threads.py)
-            with bound(self, "fitting", True), self.numerics():
-                if loss is not None:
-                    result = fit(loss, module=self, **{**kwargs, "optimizer": "lbfgs"})
-                else:
+            if loss is not None:  # reads no GPyTorch setting (its jitter per thread: gpgeom.engine.exact_mll)
+                result = fit(loss, module=self, **{**kwargs, "optimizer": "lbfgs"})
+            else:
+                # a refit starts in eval mode: not holding the prediction lock (numerics), which a thread-pool
+                # attempt's objective may wait for while other work waits for this fit's attempts (test_threads.py);
+                # GPyTorch's settings are process-wide, so another thread's GPyTorch model sees them meanwhile
+                with bound(self, "fitting", True), self.numerics():
                     result = fit(ExactMarginalLogLikelihood(self.likelihood, self), **kwargs)
             default = gpytorch.settings.cholesky_jitter.value(self.train_inputs[0].dtype)
             self._fit_jitter = result.jitter if result.jitter > default else None

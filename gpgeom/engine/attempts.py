@@ -45,7 +45,6 @@ import functools
 import inspect
 import math
 import pickle
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any
@@ -63,7 +62,9 @@ from torch.utils.data import DataLoader
 
 from gpgeom._progress import progress_bar
 from gpgeom._seeds import global_seed
+from gpgeom._warnings import quiet
 from gpgeom.engine.distributed import raised_on_every_rank
+from gpgeom.engine.exact_mll import explicit_jitter
 from gpgeom.engine.optimizers import STEP_NOTE as _STEP_NOTE
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
 from gpgeom.engine.parallel import check_needed, derive_seed, dumps, executor_workers, loads, map_items
@@ -122,16 +123,22 @@ def jitter_levels(dtype: torch.dtype, max_jitter: float) -> list[float]:
     return levels
 
 
+_NULL = contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def jitter_context(jitter: float) -> Iterator[None]:
-    # One try per factorisation at exactly this jitter: psd_safe_cholesky first tries the matrix as it is and
-    # adds ``jitter`` only when that fails, so an unneeded jitter does not change any result.
+def jitter_context(jitter: float, settings: bool = True) -> Iterator[None]:
+    r"""One try per factorisation at exactly this jitter: psd_safe_cholesky first tries the matrix as it is and
+    adds ``jitter`` only when that fails, so an unneeded jitter does not change any result. The loss of
+    :func:`~gpgeom.engine.exact_mll.exact_mll_loss` takes it from :func:`~gpgeom.engine.exact_mll.explicit_jitter`
+    (this thread's); other losses (``settings``) from GPyTorch's process-wide settings, which a fit in another
+    thread at the same time sees and may leave set. The warning of the added jitter is silenced in this thread."""
     with (
-        gpytorch.settings.cholesky_jitter(float_value=jitter, double_value=jitter),
-        gpytorch.settings.cholesky_max_tries(1),
-        warnings.catch_warnings(),
+        explicit_jitter(jitter),
+        gpytorch.settings.cholesky_jitter(float_value=jitter, double_value=jitter) if settings else _NULL,
+        gpytorch.settings.cholesky_max_tries(1) if settings else _NULL,
+        quiet("A not p.d., added jitter"),  # this thread's only (gpgeom._warnings)
     ):
-        warnings.filterwarnings("ignore", message="A not p.d., added jitter")
         yield
 
 
@@ -251,6 +258,8 @@ class FitJob:
         self.initial = copy.deepcopy(module.state_dict())
         self.is_mll = isinstance(objective, MarginalLogLikelihood)
         self.model = objective.model if self.is_mll else module
+        #: whether the loss reads GPyTorch's jitter settings (not :func:`~gpgeom.engine.exact_mll.exact_mll_loss`)
+        self.settings = not getattr(objective, "explicit_jitter", False)
 
     def source(self) -> str:
         r"""What computes the loss, for messages: the MLL of the model, or the callable ``objective`` with its
@@ -347,7 +356,7 @@ class FitJob:
         training = self.module.training
         try:
             self.module.train()
-            with torch.no_grad(), jitter_context(self.opts["levels"][0]):
+            with torch.no_grad(), jitter_context(self.opts["levels"][0], self.settings):
                 probe = full_loss()
         except StopIteration:  # the objective asked to end the fit here: the caller (run_attempts) stops
             raise
@@ -452,7 +461,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             bar = progress_bar(total=total, desc=desc, progress=o["progress"], leave=False)
             reseed_loader(job.data_loader, loader_seed)  # every try (jitter escalation too) sees the same order
             try:
-                with jitter_context(o["levels"][level]):
+                with jitter_context(o["levels"][level], job.settings):
                     if o["optimizer"] == "lbfgs":
                         result = run_lbfgs(module, full_loss, params, bounds, o["max_iter"], bar, members=members)
                     else:
@@ -498,7 +507,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             finally:
                 bar.close()
         if result is not None and result.stopped:
-            with jitter_context(o["levels"][level]):
+            with jitter_context(o["levels"][level], job.settings):
                 _stopped_at_start(result, module, start_state, full_loss, members, job.data_loader is None)
     if result is None:
         restore(module, start_state)
@@ -590,7 +599,7 @@ def _stopped_before_tasks(job: FitJob) -> Outcome:
     training = job.module.training
     try:
         job.module.train()  # the mode the optimisers evaluate the loss in
-        with jitter_context(job.opts["levels"][0]):
+        with jitter_context(job.opts["levels"][0], job.settings):
             _stopped_at_start(result, job.module, job.initial, job.losses()[0], None)
     finally:
         job.module.train(training)

@@ -37,8 +37,10 @@ Two more savings used by :meth:`gpgeom.botorch.exact_gp.ExactGPModel.fit`:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -51,6 +53,31 @@ from torch import Tensor
 
 from gpgeom.engine.chunking import chunk_size_for, element_size
 from gpgeom.kernels.stationary import DifferenceMaternKernel, DifferenceRBFKernel, difference_distances
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def explicit_jitter(jitter: float) -> Iterator[None]:
+    r"""Within the block, in this thread, the factorisations of :func:`exact_mll_loss` try the matrix as it is and
+    then once with ``jitter`` added to its diagonal, as ``gpytorch.settings.cholesky_jitter(jitter)`` with
+    ``cholesky_max_tries(1)`` would make them, without those process-wide settings: a fit attempt
+    (:func:`gpgeom.engine.attempts.jitter_context`) of this loss leaves them to the other threads. Outside, they
+    follow GPyTorch's settings."""
+    prev = getattr(_LOCAL, "jitter", None)
+    _LOCAL.jitter = jitter
+    try:
+        yield
+    finally:
+        _LOCAL.jitter = prev
+
+
+def _cholesky(K: Tensor) -> Tensor:
+    r"""The lower Cholesky factor of ``K`` ``... x n x n`` by linear_operator's ``psd_safe_cholesky``, with the
+    jitter of :func:`explicit_jitter` where this thread is inside one."""
+    jitter = getattr(_LOCAL, "jitter", None)
+    return psd_safe_cholesky(K) if jitter is None else psd_safe_cholesky(K, jitter=jitter, max_tries=1)
+
 
 __all__ = [
     "exact_mll_loss",
@@ -175,7 +202,7 @@ class _StationaryNLL(torch.autograd.Function):
         k0_diag = k0.diagonal(dim1=-2, dim2=-1).clone() if (need and in_place) else None
         K = k0.mul_(os_) if in_place else os_ * k0
         K.diagonal(dim1=-2, dim2=-1).add_(noise)
-        L = psd_safe_cholesky(K)
+        L = _cholesky(K)
         resid = y - constant.unsqueeze(-2)  # ``kb x n x G``
         # two triangular solves: ``cholesky_solve`` would copy the factor
         alpha = torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, resid, upper=False), upper=True)
@@ -443,6 +470,7 @@ def exact_mll_loss(model: Any) -> Callable[..., Tensor] | None:
         return out
 
     loss.accepts_batch_indices = subset_ok  # type: ignore[attr-defined]
+    loss.explicit_jitter = True  # type: ignore[attr-defined]  # reads explicit_jitter, not GPyTorch's settings
     return loss
 
 

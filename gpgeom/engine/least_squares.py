@@ -175,6 +175,7 @@ def gauss_newton(
     singular_tol: float | None = None,
     chunk_size: int = 16384,
     banded: str = "auto",
+    warn: bool = True,
 ) -> GaussNewtonResult:
     r"""MAP estimate of a chain of states by Gauss-Newton or Levenberg-Marquardt.
 
@@ -260,6 +261,10 @@ def gauss_newton(
             (odd-even reduction for the factorisation, the solves and the selected inverse, ``O(log K)`` batched
             steps on any device) or ``"loop"`` (the sequential recursions throughout, the reference). The results
             agree to rounding.
+        warn: Issue the :class:`~gpgeom.errors.ConvergenceWarning` of an exhausted ``max_iter`` and the note of a
+            Gauss-Newton step refused (``False``: none; the result's ``converged`` and ``message`` say the same).
+            Passing ``False`` rather than filtering the warnings keeps ``warnings.filters`` of the process untouched
+            (``warnings.catch_warnings`` is not thread-safe).
 
     Returns:
         A :class:`GaussNewtonResult`.
@@ -392,7 +397,8 @@ def gauss_newton(
             accept = cost_new <= cost + roundoff
             if not accept:  # undamped steps no longer work here: continue damped (Levenberg-Marquardt)
                 switched, switched_at = _gn_fallback_reason(N, Lb, cost, cost_new, iterations), iterations
-                warnings.warn(switched, ConvergenceWarning, stacklevel=user_stacklevel())
+                if warn:
+                    warnings.warn(switched, ConvergenceWarning, stacklevel=user_stacklevel())
                 lam, nu = float(initial_damping), 2.0
                 continue
         else:
@@ -437,7 +443,7 @@ def gauss_newton(
             break
     if switched:
         message = f"{message} (Gauss-Newton continued as Levenberg-Marquardt from iteration {switched_at})"
-    if not converged:
+    if not converged and warn:
         warnings.warn(
             f"gauss_newton stopped after {iterations} iterations without meeting ftol/xtol/gtol/stol ({message}; "
             f"cost {cost:.6g}); increase max_iter, start from a better initial estimate, loosen the tolerances or "

@@ -67,7 +67,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +77,7 @@ import torch
 from gpgeom._progress import StageBar, stage_bar
 from gpgeom._seeds import check_seed, resolve_seed
 from gpgeom._validation import check_option, check_positive
+from gpgeom._warnings import quiet
 from gpgeom.geometry.point_cloud import (
     ProximityGraph,
     _handle_duplicates,
@@ -337,8 +337,7 @@ class ConnectionLaplacian:
             ilu = spla.spilu(M, drop_tol=1e-5, fill_factor=20)
             prec = spla.LinearOperator((nd, nd), matvec=ilu.solve, dtype=np.float64)
             X0 = rng.standard_normal((nd, k))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with quiet("", UserWarning):  # lobpcg's tolerance notes, in this thread only (gpgeom._warnings)
                 vals, vecs = spla.lobpcg(
                     A, X0, M=prec, largest=False, tol=tol or 1e-9, maxiter=2000, retLambdaHistory=False
                 )

@@ -68,6 +68,9 @@ class _Fitting:
 
     #: Set when the ``callback`` raised ``StopIteration`` (reset by every fit).
     _stopped = False
+    #: Whether a fit that stops at its sweep budget warns (off for the held-out refit of ``scale_fit="heldout"``,
+    #: which warns in no thread rather than filtering the process's warnings: ``gpgeom._warnings``).
+    _warn_unconverged = True
 
     _STATE = (
         "kernels _modes _core_mean _core_cov _core_lam _core_eta _tau_a _tau_b _tau_data _bias_mean _bias_var "
@@ -212,7 +215,7 @@ class _Fitting:
             f_bar = self._refresh_residuals()
             self.history[-1]["elbo"] = self.elbo()
             self.history[-1]["train_rmse"] = self._train_rmse(f_bar)
-        if final and not self.converged and self.tol > 0 and not self._stopped:
+        if final and not self.converged and self.tol > 0 and not self._stopped and self._warn_unconverged:
             warnings.warn(
                 f"FunBaT stopped at max_sweeps={max_sweeps}, change {self.history[-1]['delta']:.2e} > tol={self.tol:g}:"
                 " compare held-out error before raising max_sweeps (longer fits can predict worse).",

@@ -124,9 +124,8 @@ class _NoiseScales:
             cfg.update(noise="gaussian", dof=None, scale_mode=None, scale_fit="joint", target_transform="none",
                        standardize=False, normalize_coordinates=False)  # fmt: skip
             sub = type(self)._from_config(cfg, dtype=self.dtype, device=self.device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                sub.fit(self._X[fit_idx], self._ys[fit_idx], progress=progress)
+            sub._warn_unconverged = False  # its sweep budget is this fit's business: no ConvergenceWarning
+            sub.fit(self._X[fit_idx], self._ys[fit_idx], progress=progress)
             mean, sd = sub._model_moments(self._X[held], False)
             s2, dof, _ = heldout_noise_fit(self._ys[held] - mean, sd.square(), self.dof)
             self._heldout_noise = (s2, dof)

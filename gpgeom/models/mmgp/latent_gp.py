@@ -18,7 +18,6 @@ Each output keeps its own constant mean, and the outputs are independent GPs in 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +28,7 @@ from linear_operator import to_dense
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
+from gpgeom._warnings import quiet
 from gpgeom.botorch.defaults import default_covar_module
 from gpgeom.botorch.exact_gp import ExactGPModel
 
@@ -93,9 +93,8 @@ def make_gp(X: Tensor, Y: Tensor, bounds: Tensor, kernel: KernelSpec, shared: bo
     by the fixed box ``bounds`` ``2 x d`` (the training latent box; it does not move under conditioning)."""
     d, m = X.shape[-1], Y.shape[-1]
     shared = shared and m > 1
-    with warnings.catch_warnings():
-        # the zero mode of a field equal on every mesh (the POD has said so): its GP predicts zero
-        warnings.filterwarnings("ignore", r"Output\(s\) .* are all zero", UserWarning)
+    # the zero mode of a field equal on every mesh (the POD has said so): its GP predicts zero
+    with quiet(r"Output\(s\) .* are all zero", UserWarning):  # in this thread only (gpgeom._warnings)
         return ExactGPModel(
             X,
             Y,

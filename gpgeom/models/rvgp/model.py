@@ -56,7 +56,7 @@ from torch import Tensor
 from gpgeom._modes import eval_mode
 from gpgeom._progress import StageBar
 from gpgeom._validation import as_tensor, check_device, check_option, check_positive, first_bad
-from gpgeom._warnings import user_stacklevel
+from gpgeom._warnings import quiet, user_stacklevel
 from gpgeom.base import ModelContract
 from gpgeom.botorch.low_rank import LowRankSpectralGP, Minibatches
 from gpgeom.engine.chunking import chunk_size_for, chunk_slices, element_size, resolve_max_memory
@@ -511,8 +511,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
             own = np.flatnonzero(labels == lab)
             if len(own) < 8:
                 continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            with quiet(r"\d+ of \d+ PCA neighbourhoods span fewer", UserWarning):  # this thread's only
                 frames, _ = tangent_frames(pts[own], k_pca=min(15, len(own)), fit="pca")
             est = local_noise_variance(pts[own], ys[own, 0], frames)
             parts += [] if est is None else [(est, len(own))]

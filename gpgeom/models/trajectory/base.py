@@ -41,7 +41,6 @@ from gpgeom.base import ModelContract
 from gpgeom.engine.chunking import chunk_size_for, resolve_max_memory
 from gpgeom.engine.factors import Factor
 from gpgeom.engine.least_squares import gauss_newton
-from gpgeom.errors import ConvergenceWarning
 from gpgeom.geometry.lie import check_rotation, check_unit_quaternion, quat_to_rotmat, rotmat_to_quat, so3_exp
 from gpgeom.kernels.markov import WNOAKernel, WNOJKernel
 from gpgeom.models.trajectory.algebra import as_vec3
@@ -629,24 +628,22 @@ class Trajectory(ModelContract):
         factors[0] = _counting(factors[0], bar)
         t0 = time.perf_counter()
         try:
-            with warnings.catch_warnings():
-                if not warn:
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                res = gauss_newton(
-                    self._knots,
-                    factors,
-                    global_params=g0 if g0.numel() else None,
-                    retract=self.retract,
-                    tangent_dim=self.tangent_dim,
-                    bandwidth=1,
-                    method=method,
-                    max_iter=max_iter,
-                    ftol=ftol,
-                    xtol=xtol,
-                    gtol=gtol,
-                    stol=STOL if stol is None else stol,
-                    compute_covariances=compute_covariances,
-                )
+            res = gauss_newton(
+                self._knots,
+                factors,
+                global_params=g0 if g0.numel() else None,
+                retract=self.retract,
+                tangent_dim=self.tangent_dim,
+                bandwidth=1,
+                method=method,
+                max_iter=max_iter,
+                ftol=ftol,
+                xtol=xtol,
+                gtol=gtol,
+                stol=STOL if stol is None else stol,
+                compute_covariances=compute_covariances,
+                warn=warn,
+            )
             bar.update(res.iterations - bar.n)
             bar.set_postfix_str(f"cost {res.cost:.4g}, {'converged' if res.converged else 'not converged'}")
         except BaseException:  # a failed fit (singular problem, interrupt) leaves the trajectory as it was
