@@ -67,7 +67,7 @@ from gpgeom.engine.distributed import raised_on_every_rank
 from gpgeom.engine.exact_mll import explicit_jitter
 from gpgeom.engine.optimizers import STEP_NOTE as _STEP_NOTE
 from gpgeom.engine.optimizers import Attempt, batch_members, run_adam, run_lbfgs
-from gpgeom.engine.parallel import check_needed, derive_seed, dumps, executor_workers, loads, map_items
+from gpgeom.engine.parallel import _state_lock, check_needed, derive_seed, dumps, executor_workers, loads, map_items
 from gpgeom.errors import NotPSDError
 
 __all__ = [
@@ -258,8 +258,10 @@ class FitJob:
         self.initial = copy.deepcopy(module.state_dict())
         self.is_mll = isinstance(objective, MarginalLogLikelihood)
         self.model = objective.model if self.is_mll else module
-        #: whether the loss reads GPyTorch's jitter settings (not :func:`~gpgeom.engine.exact_mll.exact_mll_loss`)
-        self.settings = not getattr(objective, "explicit_jitter", False)
+        #: whether the loss reads no GPyTorch setting and draws no random number (``thread_isolated``, as
+        #: :func:`~gpgeom.engine.exact_mll.exact_mll_loss`): its attempts then set no process-wide state while
+        #: they optimise (:func:`run_attempt`)
+        self.isolated = bool(getattr(objective, "thread_isolated", False))
 
     def source(self) -> str:
         r"""What computes the loss, for messages: the MLL of the model, or the callable ``objective`` with its
@@ -356,7 +358,7 @@ class FitJob:
         training = self.module.training
         try:
             self.module.train()
-            with torch.no_grad(), jitter_context(self.opts["levels"][0], self.settings):
+            with torch.no_grad(), jitter_context(self.opts["levels"][0], not self.isolated):
                 probe = full_loss()
         except StopIteration:  # the objective asked to end the fit here: the caller (run_attempts) stops
             raise
@@ -446,12 +448,23 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
     loader_seed = None if o["seed"] is None else derive_seed(o["seed"], attempt, 1)
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     level, result, reason, named = 0, None, "", None
-    with torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext():
-        if seed is not None:
-            torch.manual_seed(seed)
-        if attempt > 0:
-            restore(module, job.initial)
-            reinitialize(model, torch.Generator().manual_seed(seed) if seed is not None else torch.default_generator)
+
+    def seeded() -> contextlib.AbstractContextManager[Any]:
+        return torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext()
+
+    # A loss that draws nothing (job.isolated) needs torch's seeded global stream only for the restart's draw: the
+    # stream is the process's, so that draw holds the engine's state lock and the optimisation runs outside it (fits
+    # in threads neither draw from nor leave behind each other's seeded streams). Any other loss may draw at every
+    # evaluation: its whole attempt runs in the seeded stream.
+    isolated = job.isolated and job.data_loader is None
+    with contextlib.nullcontext() if isolated else seeded():
+        with _state_lock if isolated else contextlib.nullcontext(), seeded() if isolated else contextlib.nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            if attempt > 0:
+                restore(module, job.initial)
+                generator = torch.Generator().manual_seed(seed) if seed is not None else torch.default_generator
+                reinitialize(model, generator)
         start_state = copy.deepcopy(module.state_dict())
         if loader_seed is None and has_own_stream(job.data_loader):
             loader_seed = global_seed()  # seed=None: one draw of torch's global stream
@@ -461,7 +474,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             bar = progress_bar(total=total, desc=desc, progress=o["progress"], leave=False)
             reseed_loader(job.data_loader, loader_seed)  # every try (jitter escalation too) sees the same order
             try:
-                with jitter_context(o["levels"][level], job.settings):
+                with jitter_context(o["levels"][level], not job.isolated):
                     if o["optimizer"] == "lbfgs":
                         result = run_lbfgs(module, full_loss, params, bounds, o["max_iter"], bar, members=members)
                     else:
@@ -507,7 +520,7 @@ def run_attempt(job: FitJob, attempt: int, on_copy: bool, members: np.ndarray | 
             finally:
                 bar.close()
         if result is not None and result.stopped:
-            with jitter_context(o["levels"][level], job.settings):
+            with jitter_context(o["levels"][level], not job.isolated):
                 _stopped_at_start(result, module, start_state, full_loss, members, job.data_loader is None)
     if result is None:
         restore(module, start_state)
@@ -599,7 +612,7 @@ def _stopped_before_tasks(job: FitJob) -> Outcome:
     training = job.module.training
     try:
         job.module.train()  # the mode the optimisers evaluate the loss in
-        with jitter_context(job.opts["levels"][0], job.settings):
+        with jitter_context(job.opts["levels"][0], not job.isolated):
             _stopped_at_start(result, job.module, job.initial, job.losses()[0], None)
     finally:
         job.module.train(training)

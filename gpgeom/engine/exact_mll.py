@@ -470,7 +470,8 @@ def exact_mll_loss(model: Any) -> Callable[..., Tensor] | None:
         return out
 
     loss.accepts_batch_indices = subset_ok  # type: ignore[attr-defined]
-    loss.explicit_jitter = True  # type: ignore[attr-defined]  # reads explicit_jitter, not GPyTorch's settings
+    # no GPyTorch setting read (the jitter: explicit_jitter) and no random draw: fits in threads run it side by side
+    loss.thread_isolated = True  # type: ignore[attr-defined]
     return loss
 
 

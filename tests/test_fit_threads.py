@@ -1,0 +1,147 @@
+r"""Fits in several threads of one process (``docs/contract.md``, *Threads*).
+
+``warnings.catch_warnings()`` is not thread-safe before Python 3.14 (it swaps the process's ``warnings.filters``
+and puts back the list it saw on entry), and GPyTorch's settings blocks are process-wide (each puts back on exit
+the value that was in force when it was made). Two fits whose blocks overlap, A entering first and leaving first,
+left B's saved state (A's) for the process. The tests force that interleaving with events (bounded waits, never
+timing luck) and check the filters, the settings, a warning of this thread and the fits' results.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Any
+
+import gpytorch
+import pytest
+import torch
+from linear_operator.utils.warnings import NumericalWarning
+
+DT = torch.float64
+WAIT = 30.0
+
+
+def _settings() -> tuple[Any, ...]:
+    st = gpytorch.settings
+    return (
+        st.max_cholesky_size.value(),
+        st.cholesky_jitter.value(torch.float32),
+        st.cholesky_jitter.value(torch.float64),
+        st.cholesky_max_tries.value(),
+    )
+
+
+def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(25, 2, dtype=DT, generator=g)
+    return X, torch.sin(5 * X[:, :1]) + 0.05 * torch.randn(25, 1, dtype=DT, generator=g)
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_overlapping_exact_gp_fits_leave_filters_settings_and_other_threads_warnings(monkeypatch, round_):
+    r"""Fits A and B of two ExactGPModels, each held at its first factorisation inside its fit attempt: B enters
+    after A, A finishes first. Before: the attempts silenced GPyTorch's jitter warning in
+    ``warnings.catch_warnings()`` and set GPyTorch's jitter settings, so while they ran this thread's own warning
+    with that message was dropped and the settings here were A's (``cholesky_max_tries`` 1, not 6; the model's
+    ``max_cholesky_size`` 1000, not 4096), and after both an "ignore" filter of that message stayed in
+    ``warnings.filters`` with A's settings. Now the fits set no filter and no setting that this thread sees."""
+    import gpgeom.engine.exact_mll as exact_mll
+    from gpgeom import ExactGPModel
+
+    data = {w: _data(i) for i, w in enumerate("AB")}
+    serial = {w: ExactGPModel(*data[w], max_cholesky_size=1000).fit(max_iter=15, seed=0, progress=False) for w in "AB"}
+    Xt = torch.linspace(0, 1, 7, dtype=DT)[:, None].expand(7, 2).contiguous()
+    ref = {w: serial[w].predict(Xt, return_std=True) for w in "AB"}
+
+    a_in, b_in, warned, a_done = (threading.Event() for _ in range(4))
+    held, waits = set(), []
+    factor = exact_mll.psd_safe_cholesky
+
+    def hooked(K: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        who = threading.current_thread().name
+        if who in "AB" and who not in held:  # the first factorisation of each fit, inside its attempt
+            held.add(who)
+            (a_in if who == "A" else b_in).set()
+            waits.append((warned if who == "A" else a_done).wait(timeout=WAIT))
+        return factor(K, *args, **kwargs)
+
+    monkeypatch.setattr(exact_mll, "psd_safe_cholesky", hooked)
+    out, errors = {}, []
+
+    def run(who: str) -> None:
+        try:
+            if who == "B":
+                assert a_in.wait(timeout=WAIT)
+            model = ExactGPModel(*data[who], max_cholesky_size=1000).fit(max_iter=15, seed=0, progress=False)
+            out[who] = model.predict(Xt, return_std=True)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    before, rng = _settings(), torch.get_rng_state()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("error", message="a filter of this thread")
+        filters = list(warnings.filters)
+        threads = {w: threading.Thread(target=run, args=(w,), name=w) for w in "AB"}
+        for t in threads.values():
+            t.start()
+        try:
+            assert b_in.wait(timeout=WAIT) and a_in.is_set()
+            during = _settings()  # both fits inside their attempts
+            warnings.warn("A not p.d., added jitter of 1.0e-06 to the diagonal", NumericalWarning)
+        finally:
+            warned.set()
+            threads["A"].join(timeout=WAIT)
+            a_done.set()
+            threads["B"].join(timeout=WAIT)
+        after = list(warnings.filters)
+    assert not errors, errors
+    assert waits == [True, True]
+    assert during == before  # A's settings before: max_cholesky_size 1000, cholesky_max_tries 1
+    assert _settings() == before
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert after == filters  # an "ignore A not p.d." filter more before
+    mine = [w for w in caught if "1.0e-06" in str(w.message)]
+    assert len(mine) == 1  # dropped before: the fits' filter was the process's
+    for w in "AB":
+        assert all(torch.equal(a, b) for a, b in zip(out[w], ref[w]))
+
+
+def test_quiet_overlapping_blocks():
+    r""":func:`gpgeom._warnings.quiet` in threads A and B, A entering first and leaving first, while this thread
+    adds a filter of its own: the message is dropped in A and B only (this thread's is shown, and A's other
+    warnings), the filters end as this thread left them (its own filter kept, no entry of ``quiet``), also after a
+    ``catch_warnings`` block here that overlapped."""
+    from gpgeom._warnings import quiet
+
+    steps = {k: threading.Event() for k in ("a_in", "b_in", "added", "a_out")}
+    shown: list[str] = []
+
+    def run(who: str) -> None:
+        if who == "B":
+            assert steps["a_in"].wait(timeout=WAIT)
+        with quiet("known message", UserWarning):
+            warnings.warn(f"known message from {who}", UserWarning)
+            steps["a_in" if who == "A" else "b_in"].set()
+            assert steps["added" if who == "A" else "a_out"].wait(timeout=WAIT)
+            warnings.warn(f"other message from {who}", UserWarning)
+        if who == "A":
+            steps["a_out"].set()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        threads = [threading.Thread(target=run, args=(w,), name=w) for w in "AB"]
+        for t in threads:
+            t.start()
+        assert steps["b_in"].wait(timeout=WAIT)
+        warnings.warn("known message from here", UserWarning)
+        warnings.filterwarnings("ignore", message="added meanwhile")
+        mine = warnings.filters[0]
+        steps["added"].set()
+        for t in threads:
+            t.join(timeout=WAIT)
+        shown = sorted(str(w.message) for w in caught)
+        assert warnings.filters == [mine, *filters]
+    assert shown == ["known message from here", "other message from A", "other message from B"]
