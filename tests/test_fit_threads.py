@@ -89,7 +89,7 @@ def test_overlapping_exact_gp_fits_leave_filters_settings_and_other_threads_warn
         try:
             assert b_in.wait(timeout=WAIT) and a_in.is_set()
             during = _settings()  # both fits inside their attempts
-            warnings.warn("A not p.d., added jitter of 1.0e-06 to the diagonal", NumericalWarning)
+            warnings.warn("A not p.d., added jitter of 1.0e-06 to the diagonal", NumericalWarning, stacklevel=1)
         finally:
             warned.set()
             threads["A"].join(timeout=WAIT)
@@ -122,10 +122,10 @@ def test_quiet_overlapping_blocks():
         if who == "B":
             assert steps["a_in"].wait(timeout=WAIT)
         with quiet("known message", UserWarning):
-            warnings.warn(f"known message from {who}", UserWarning)
+            warnings.warn(f"known message from {who}", UserWarning, stacklevel=1)
             steps["a_in" if who == "A" else "b_in"].set()
             assert steps["added" if who == "A" else "a_out"].wait(timeout=WAIT)
-            warnings.warn(f"other message from {who}", UserWarning)
+            warnings.warn(f"other message from {who}", UserWarning, stacklevel=1)
         if who == "A":
             steps["a_out"].set()
 
@@ -136,7 +136,7 @@ def test_quiet_overlapping_blocks():
         for t in threads:
             t.start()
         assert steps["b_in"].wait(timeout=WAIT)
-        warnings.warn("known message from here", UserWarning)
+        warnings.warn("known message from here", UserWarning, stacklevel=1)
         warnings.filterwarnings("ignore", message="added meanwhile")
         mine = warnings.filters[0]
         steps["added"].set()
@@ -145,3 +145,28 @@ def test_quiet_overlapping_blocks():
         shown = sorted(str(w.message) for w in caught)
         assert warnings.filters == [mine, *filters]
     assert shown == ["known message from here", "other message from A", "other message from B"]
+
+
+def test_gauss_newton_warn_false_raises_no_warning():
+    r"""``gauss_newton(..., warn=False)`` (the trajectories' ``fit(warn=False)`` and their range initialisation, which
+    silenced its ConvergenceWarnings in ``warnings.catch_warnings()`` blocks before): neither the note of a refused
+    Gauss-Newton step nor the exhausted ``max_iter`` is raised, also under an "error" filter, and the result is
+    bitwise the one that warns (which says the same in ``converged`` and ``message``)."""
+    from gpgeom.engine.least_squares import Factor, gauss_newton
+    from gpgeom.errors import ConvergenceWarning
+
+    K = 3
+    ar = torch.arange(K)
+    factors = [
+        Factor(ar[:, None], lambda x, g: x[:, 0].square() + 1.0, name="x^2 + 1"),
+        Factor(torch.stack([ar[:-1], ar[1:]], 1), lambda x, g: x[:, 1] - x[:, 0], name="chain"),
+    ]
+    x0 = torch.full((K, 1), 0.5, dtype=DT)
+    for kwargs, match in (({"method": "gn"}, "Gauss-Newton step"), ({"max_iter": 1}, "max_iter")):
+        with pytest.warns(ConvergenceWarning, match=match):
+            loud = gauss_newton(x0, factors, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet = gauss_newton(x0, factors, warn=False, **kwargs)
+        assert torch.equal(quiet.states, loud.states) and quiet.message == loud.message
+        assert quiet.converged == loud.converged
