@@ -137,6 +137,9 @@ class _HyperparameterSteps:
         r"""L-BFGS-B on ``loss`` over ``module``'s parameters; on the documented failure (module docstring) the
         previous values are restored, a ``RuntimeWarning`` is issued and its message returned."""
         state = {n: p.detach().clone() for n, p in module.named_parameters()}
+        # both losses factorise with torch.linalg and draw nothing: the engine then sets no GPyTorch setting and
+        # leaves torch's global stream alone, so FunBaT fits in threads do not see or leave each other's
+        loss.thread_isolated = True  # type: ignore[attr-defined]
         try:
             engine_fit(loss, module=module, optimizer="lbfgs", max_iter=max_iter, progress=False)
         except NotPSDError as err:
