@@ -38,72 +38,126 @@ def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return X, torch.sin(5 * X[:, :1]) + 0.05 * torch.randn(25, 1, dtype=DT, generator=g)
 
 
+class Overlap:
+    r"""Fits A and B in threads, each held at :meth:`gate` (called inside its fit attempt): B starts after A is held,
+    this thread looks (``during``: the settings, and a warning of its own with GPyTorch's jitter message) while both
+    are held, then A finishes before B goes on. Bounded waits; :meth:`run` returns what the fits returned."""
+
+    def __init__(self) -> None:
+        self.a_in, self.b_in, self.warned, self.a_done = (threading.Event() for _ in range(4))
+        self.held: set[str] = set()
+        self.waits: list[bool] = []
+
+    def gate(self) -> None:
+        who = threading.current_thread().name
+        if who in ("A", "B") and who not in self.held:  # the first time in each fit
+            self.held.add(who)
+            (self.a_in if who == "A" else self.b_in).set()
+            self.waits.append((self.warned if who == "A" else self.a_done).wait(timeout=WAIT))
+
+    def run(self, fit: Any) -> dict[str, Any]:
+        out, errors = {}, []
+
+        def work(who: str) -> None:
+            try:
+                if who == "B":
+                    assert self.a_in.wait(timeout=WAIT)
+                out[who] = fit(who)
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        before, rng = _settings(), torch.get_rng_state()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.filterwarnings("error", message="a filter of this thread")
+            filters = list(warnings.filters)
+            threads = {w: threading.Thread(target=work, args=(w,), name=w) for w in "AB"}
+            for t in threads.values():
+                t.start()
+            try:
+                assert self.b_in.wait(timeout=WAIT) and self.a_in.is_set()
+                during = _settings()  # both fits inside their attempts
+                warnings.warn("A not p.d., added jitter of 1.0e-06 to the diagonal", NumericalWarning, stacklevel=1)
+            finally:
+                self.warned.set()
+                threads["A"].join(timeout=WAIT)
+                self.a_done.set()
+                threads["B"].join(timeout=WAIT)
+            after = list(warnings.filters)
+        assert not errors, errors
+        assert self.waits == [True, True]
+        assert during == before  # the fits' settings before (ExactGPModel: max_cholesky_size 1000, max_tries 1)
+        assert _settings() == before
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert after == filters  # an "ignore A not p.d." filter more before
+        assert len([w for w in caught if "1.0e-06" in str(w.message)]) == 1  # dropped before
+        return out
+
+
 @pytest.mark.parametrize("round_", range(3))
 def test_overlapping_exact_gp_fits_leave_filters_settings_and_other_threads_warnings(monkeypatch, round_):
-    r"""Fits A and B of two ExactGPModels, each held at its first factorisation inside its fit attempt: B enters
-    after A, A finishes first. Before: the attempts silenced GPyTorch's jitter warning in
-    ``warnings.catch_warnings()`` and set GPyTorch's jitter settings, so while they ran this thread's own warning
-    with that message was dropped and the settings here were A's (``cholesky_max_tries`` 1, not 6; the model's
-    ``max_cholesky_size`` 1000, not 4096), and after both an "ignore" filter of that message stayed in
-    ``warnings.filters`` with A's settings. Now the fits set no filter and no setting that this thread sees."""
+    r"""Two ExactGPModel fits held at their first factorisation (:class:`Overlap`). Before: the attempts silenced
+    GPyTorch's jitter warning in ``warnings.catch_warnings()``, set GPyTorch's jitter settings and seeded torch's
+    global stream, so while they ran this thread's own warning with that message was dropped and the settings here
+    were A's (``cholesky_max_tries`` 1, not 6; the model's ``max_cholesky_size`` 1000, not 4096), and after both an
+    "ignore" filter of that message stayed in ``warnings.filters``, with A's settings and a seeded stream. Now the
+    fits set no filter, setting or stream that this thread sees, and give their serial results."""
     import gpgeom.engine.exact_mll as exact_mll
     from gpgeom import ExactGPModel
 
     data = {w: _data(i) for i, w in enumerate("AB")}
-    serial = {w: ExactGPModel(*data[w], max_cholesky_size=1000).fit(max_iter=15, seed=0, progress=False) for w in "AB"}
     Xt = torch.linspace(0, 1, 7, dtype=DT)[:, None].expand(7, 2).contiguous()
-    ref = {w: serial[w].predict(Xt, return_std=True) for w in "AB"}
 
-    a_in, b_in, warned, a_done = (threading.Event() for _ in range(4))
-    held, waits = set(), []
+    def fit(who: str) -> Any:
+        model = ExactGPModel(*data[who], max_cholesky_size=1000).fit(max_iter=15, restarts=1, seed=0, progress=False)
+        return model.predict(Xt, return_std=True)
+
+    ref = {w: fit(w) for w in "AB"}
+    overlap = Overlap()
     factor = exact_mll.psd_safe_cholesky
 
-    def hooked(K: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        who = threading.current_thread().name
-        if who in "AB" and who not in held:  # the first factorisation of each fit, inside its attempt
-            held.add(who)
-            (a_in if who == "A" else b_in).set()
-            waits.append((warned if who == "A" else a_done).wait(timeout=WAIT))
+    def gated(K: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        overlap.gate()
         return factor(K, *args, **kwargs)
 
-    monkeypatch.setattr(exact_mll, "psd_safe_cholesky", hooked)
-    out, errors = {}, []
+    monkeypatch.setattr(exact_mll, "psd_safe_cholesky", gated)
+    out = overlap.run(fit)
+    for w in "AB":
+        assert all(torch.equal(a, b) for a, b in zip(out[w], ref[w]))
 
-    def run(who: str) -> None:
-        try:
-            if who == "B":
-                assert a_in.wait(timeout=WAIT)
-            model = ExactGPModel(*data[who], max_cholesky_size=1000).fit(max_iter=15, seed=0, progress=False)
-            out[who] = model.predict(Xt, return_std=True)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
 
-    before, rng = _settings(), torch.get_rng_state()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        warnings.filterwarnings("error", message="a filter of this thread")
-        filters = list(warnings.filters)
-        threads = {w: threading.Thread(target=run, args=(w,), name=w) for w in "AB"}
-        for t in threads.values():
-            t.start()
-        try:
-            assert b_in.wait(timeout=WAIT) and a_in.is_set()
-            during = _settings()  # both fits inside their attempts
-            warnings.warn("A not p.d., added jitter of 1.0e-06 to the diagonal", NumericalWarning, stacklevel=1)
-        finally:
-            warned.set()
-            threads["A"].join(timeout=WAIT)
-            a_done.set()
-            threads["B"].join(timeout=WAIT)
-        after = list(warnings.filters)
-    assert not errors, errors
-    assert waits == [True, True]
-    assert during == before  # A's settings before: max_cholesky_size 1000, cholesky_max_tries 1
-    assert _settings() == before
-    assert torch.equal(torch.get_rng_state(), rng)
-    assert after == filters  # an "ignore A not p.d." filter more before
-    mine = [w for w in caught if "1.0e-06" in str(w.message)]
-    assert len(mine) == 1  # dropped before: the fits' filter was the process's
+def test_overlapping_funbat_fits_leave_the_settings(monkeypatch):
+    r"""Two FunBaT fits held in their first hyperparameter step's loss (:class:`Overlap`): its engine fit set
+    GPyTorch's jitter settings for the process, which this thread saw while both ran and which stayed after both
+    (``cholesky_max_tries`` 1, not 6; float32 jitter 1e-8, not 1e-6). Its losses factorise with ``torch.linalg`` and
+    draw nothing: now nothing is set, and the fits give their serial results."""
+    import gpgeom.models.funbat.hyper as hyper
+    from gpgeom import FunBaT
+    from gpgeom.datasets.tensors import make_synthetic_tensor
+
+    data = {w: make_synthetic_tensor(60, 6, rank=2, n_coords=6, seed=13 + i) for i, w in enumerate("AB")}
+
+    def fit(who: str) -> Any:
+        d = data[who]
+        model = FunBaT(2, max_sweeps=3, hyper_method="marginal", n_restarts=0, seed=0)
+        return model.fit(d.X_train.numpy(), d.y_train.clone(), progress=False).predict(d.X_test, return_std=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = {w: fit(w) for w in "AB"}
+    overlap = Overlap()
+    engine_fit = hyper.engine_fit
+
+    def gated_fit(loss: Any, **kwargs: Any) -> Any:
+        def gated() -> torch.Tensor:
+            overlap.gate()
+            return loss()
+
+        gated.__dict__.update(vars(loss))  # its marks (thread_isolated)
+        return engine_fit(gated, **kwargs)
+
+    monkeypatch.setattr(hyper, "engine_fit", gated_fit)
+    out = overlap.run(fit)
     for w in "AB":
         assert all(torch.equal(a, b) for a, b in zip(out[w], ref[w]))
 
