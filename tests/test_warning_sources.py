@@ -63,6 +63,13 @@ def _rgnp_predict_inverse_counts():
     m.predict_inverse(x, u, w)  # warns
 
 
+def _rgnp_predict_inverse_outside_box():
+    m = _poisson(n_points=20)
+    w = torch.tensor([1.5], dtype=DT)
+    x, u = torch.linspace(-0.9, 0.9, 20, dtype=DT)[:, None], torch.full((20,), 1e6, dtype=DT)
+    m.predict_inverse(x, u, w)  # warns
+
+
 def _rgnp_fit_size_range():
     _poisson().fit(1, n_points=(4, 9), progress=False)  # warns
 
@@ -313,6 +320,11 @@ CASES = {
         UncalibratedWarning,
         r"predict_inverse got sets of 41",
         _rgnp_predict_inverse_counts,
+    ),
+    "RGNP.predict_inverse outside the prior box": (
+        UserWarning,
+        r"posterior mean of z lies outside the prior box",
+        _rgnp_predict_inverse_outside_box,
     ),
     "RGNP.fit n_points range": (UserWarning, r"is not told a set's size", _rgnp_fit_size_range),
     "RGNP.fit after calibrate": (UserWarning, r"the calibration is dropped", _rgnp_fit_drops_calibration),

@@ -422,15 +422,27 @@ class ModelDiscrepancy(nn.Module):
         return (self._shape(d.double(), rho.double(), p)[..., :, None] * root).to(x.dtype)
 
     # -- calibration -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def informative(d: Tensor, d_scale: Tensor | None = None) -> Tensor:
+        r"""Which points tell the discrepancy anything, ``(F, n)`` bool for ``d`` ``(F, n)``: those off the
+        constrained boundary, :math:`|d| > 10^{-6} s_f`. On it the lifted field is exact and both covariances
+        vanish. ``d_scale``: :math:`s_f` ``(F,)``, the size of :math:`|d|` over the domain (RGNP: its largest value
+        on a grid of the domain); ``None``: the largest :math:`|d|` among the field's own points, which cannot tell
+        a field whose points all lie on the boundary (where :math:`d` is 0 up to rounding, e.g. :math:`\cos(\pi/2)
+        = 6 \cdot 10^{-17}`) from one inside the domain."""
+        scale = d.abs().amax(-1, keepdim=True) if d_scale is None else d_scale.to(d.dtype)[..., None]
+        return d.abs() > 1e-6 * scale
+
     def log_marginal(
-        self, theta: Tensor, errors: Tensor, base_cov: Tensor, x: Tensor, d: Tensor, rho: Tensor
-    ) -> Tensor:
+        self, theta: Tensor, errors: Tensor, base_cov: Tensor, x: Tensor, d: Tensor, rho: Tensor,
+        d_scale: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         r""":math:`\sum_f \log \mathcal N(e_f; 0, B_f + C_\delta)` for errors :math:`e_f = y_f - m_f` ``(F, n)``,
         ``base_cov`` :math:`B_f` ``(F, n, n)``, points ``x`` ``(F, n, D)`` (normalised), ``d`` ``(F, n)``, ``rho``
-        ``(F,)`` (a scalar tensor). Points on the constrained boundary (:math:`|d| \le 10^{-6} \max |d|`), where the
-        lifted field is exact and both covariances vanish, are left out; a jitter of :math:`10^{-10}` times the mean
-        variance of :math:`B_f` is added to the diagonal."""
-        keep = d.abs() > 1e-6 * d.abs().amax(-1, keepdim=True)
+        ``(F,)`` (a scalar tensor). Points on the constrained boundary (:meth:`informative`, with ``d_scale``
+        ``(F,)`` or ``None``), where the lifted field is exact and both covariances vanish, are left out; a jitter
+        of :math:`10^{-10}` times the mean variance of :math:`B_f` is added to the diagonal."""
+        keep = self.informative(d, d_scale)
         pair = keep[..., :, None] & keep[..., None, :]
         eye = torch.eye(errors.shape[-1], dtype=errors.dtype, device=errors.device)
         base_diag = base_cov.diagonal(dim1=-2, dim2=-1)
@@ -444,8 +456,9 @@ class ModelDiscrepancy(nn.Module):
         return -0.5 * (errors * sol).sum() - 0.5 * logdet - 0.5 * int(keep.sum()) * math.log(2 * math.pi)
 
     def calibrate(
-        self, errors: Tensor, base_cov: Tensor, x: Tensor, d: Tensor, rho: Tensor, *, max_iter: int = 200
-    ) -> dict[str, float]:
+        self, errors: Tensor, base_cov: Tensor, x: Tensor, d: Tensor, rho: Tensor, *, max_iter: int = 200,
+        d_scale: Tensor | None = None,
+    ) -> dict[str, float]:  # fmt: skip
         r"""Set :math:`\theta` to its maximum a posteriori estimate (see the class docstring) by L-BFGS-B
         (:func:`gpgeom.engine.fitting.fit`) in float64 from two starts (:math:`p = 0.25` and :math:`0.9`, the scale
         from the moments of the errors), and mark the discrepancy calibrated.
@@ -457,10 +470,17 @@ class ModelDiscrepancy(nn.Module):
             d: The lift's :math:`d` at the points, ``(F, n)``.
             rho: The error indicator per field, ``(F,)``.
             max_iter: L-BFGS-B iterations per start.
+            d_scale: The size of :math:`|d|` over the domain per field, ``(F,)``, against which points count as on
+                the constrained boundary (:meth:`informative`; ``None``: the largest :math:`|d|` at the field's points).
 
         Returns:
             The hyperparameters (:meth:`hyperparameters`) with ``log_posterior`` and ``log_marginal`` (nats, at the
             estimate).
+
+        Raises:
+            ValueError: When no point lies off the constrained boundary (:meth:`informative`): the errors there are
+                zero by construction and say nothing of :math:`\theta`, whose estimate would be the prior's mode
+                (:math:`\tau = 1`, :math:`\eta = 0.1`), not a calibration.
         """
         from gpgeom.engine.fitting import fit  # local: fitting imports much of GPyTorch and BoTorch
 
@@ -474,12 +494,23 @@ class ModelDiscrepancy(nn.Module):
         check_tensor("x", x, ndim=3, shape=(F, n, None), floating=True)
         check_tensor("d", d, shape=(F, n), floating=True)
         check_tensor("rho", rho, shape=(F,), floating=True)
+        if d_scale is not None:
+            check_tensor("d_scale", d_scale, shape=(F,), floating=True)
         e, bc, xx, dd, rr = (t.detach().double() for t in (errors, base_cov, x, d, rho))
+        ds = None if d_scale is None else d_scale.detach().double()
+        keep = self.informative(dd, ds)
+        if not bool(keep.any()):
+            raise ValueError(
+                f"`d` is 0 (to 1e-6 of its scale) at all {F * n} points: every point lies on the constrained "
+                "boundary, where the approximation is exact, so the errors say nothing of the discrepancy; give "
+                "reference points inside the domain."
+            )
+        count = int(keep.sum())
         excess = (e**2 - bc.diagonal(dim1=-2, dim2=-1)).clamp_min(0)
         best: tuple[float, Tensor] | None = None
         for p0 in (0.25, 0.9):
             g2 = (dd.abs() ** p0 * rr[:, None]) ** 2
-            ok = g2 > 0
+            ok = (g2 > 0) & keep  # the start from the points that count
             tau0 = float((excess[ok] / g2[ok]).mean().sqrt()) if bool(ok.any()) else 1.0
             holder = nn.Module()
             start = [
@@ -491,7 +522,8 @@ class ModelDiscrepancy(nn.Module):
             holder.theta = nn.Parameter(torch.tensor(start, dtype=torch.float64, device=e.device))
 
             def objective(holder: nn.Module = holder) -> Tensor:
-                return -(self.log_marginal(holder.theta, e, bc, xx, dd, rr) + self.log_prior(holder.theta)) / e.numel()
+                lm = self.log_marginal(holder.theta, e, bc, xx, dd, rr, ds)
+                return -(lm + self.log_prior(holder.theta)) / count  # per point that counts
 
             result = fit(objective, module=holder, optimizer="lbfgs", max_iter=max_iter, progress=False)
             if best is None or result.loss < best[0]:
@@ -501,7 +533,7 @@ class ModelDiscrepancy(nn.Module):
         with torch.no_grad():
             self.theta.copy_(theta.to(self.theta.dtype))
             self.calibrated.fill_(True)
-            log_marginal = float(self.log_marginal(theta, e, bc, xx, dd, rr))
+            log_marginal = float(self.log_marginal(theta, e, bc, xx, dd, rr, ds))
         out = self.hyperparameters()
         out.update(log_posterior=log_marginal + float(self.log_prior(theta)), log_marginal=log_marginal)
         return out

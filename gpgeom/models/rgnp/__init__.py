@@ -84,8 +84,10 @@ The package, one concept per module
   indicator, the inverse steps);
 * :mod:`~gpgeom.models.rgnp.measures`: the error measures :func:`~gpgeom.models.rgnp.measures.nse` and
   :func:`~gpgeom.models.rgnp.measures.coverage`;
-* private helpers: the checks of the user's residual, lift, data and prediction inputs (``_checks``) and what a
-  model file stores, about the PDE family and the user callables in particular (``_persistence``).
+* private helpers: the checks of the user's residual, lift, data and prediction inputs (``_checks``), what a
+  model file stores, about the PDE family and the user callables in particular (``_persistence``), and the inverse
+  posterior against the prior box of :math:`z` (``_prior_box``: its truncated moments, the warning of a mean far
+  outside).
 
 Derivatives of the field for residuals: :func:`~gpgeom.pde.autodiff.pointwise_grad` (re-exported here).
 """

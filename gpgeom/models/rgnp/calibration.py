@@ -16,17 +16,21 @@ from gpgeom._validation import check_positive
 from gpgeom.engine.fitting import fit
 from gpgeom.models.rgnp._checks import reference_fields, trained_sizes
 
-__all__ = ["calibrate", "inverse_loss", "residual_indicator"]
+__all__ = ["calibrate", "domain_grid", "inverse_loss", "residual_indicator"]
+
+
+def domain_grid(model: Any, batch: int) -> Tensor:
+    r"""The cell-centred grid of the domain (64, 12 x 12 or 6 x 6 x 6 points in 1, 2, 3-D), ``(batch, n, D)``."""
+    per_axis = {1: 64, 2: 12, 3: 6}[model.dim]
+    axes = [(torch.arange(per_axis, dtype=model.dtype, device=model.device) + 0.5) / per_axis] * model.dim
+    unit = torch.stack([g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], dim=-1)
+    return (model.lower + (model.upper - model.lower) * unit)[None].expand(batch, -1, -1)
 
 
 def residual_indicator(model: Any, z: Tensor, w: Tensor) -> Tensor:
     r""":math:`\rho(z, w)`, ``(B,)`` (detached), for ``z`` ``(B, dz)`` and ``w`` ``(B, dw)``: the body of
     :meth:`RGNP.residual_indicator <gpgeom.models.rgnp.model.RGNP.residual_indicator>`, which defines it."""
-    per_axis = {1: 64, 2: 12, 3: 6}[model.dim]
-    axes = [(torch.arange(per_axis, dtype=model.dtype, device=model.device) + 0.5) / per_axis] * model.dim
-    unit = torch.stack([g.reshape(-1) for g in torch.meshgrid(*axes, indexing="ij")], dim=-1)
-    x = (model.lower + (model.upper - model.lower) * unit)[None].expand(z.shape[0], -1, -1)
-    x = x.detach().requires_grad_(True)
+    x = domain_grid(model, z.shape[0]).detach().requires_grad_(True)
     with torch.enable_grad():
         shift = torch.zeros(z.shape[0], 1, dtype=model.dtype, device=model.device, requires_grad=True)
         b, d = model.lift(x, w)
@@ -84,14 +88,25 @@ def _calibrate(
     check_positive("n_points", n_points, integer=True)
     x, y, z, w = reference_fields(model, data, n_fields, n_points, seed, progress, leave=not inverse_steps)
     with torch.no_grad():
-        q = model.forward_dist(z, w, x)
         b, d = model.lift(x, w)
+        # the size of |d| over the domain for each field's w: a point counts where |d| exceeds 1e-6 of it (the
+        # largest |d| among a field's own points cannot tell points all on the boundary from points inside)
+        d_scale = torch.maximum(model.lift(domain_grid(model, x.shape[0]), w)[1].abs().amax(-1), d.abs().amax(-1))
+        if not bool(model.discrepancy.informative(d, d_scale).any()):
+            raise ValueError(
+                f"`data` holds no point where the model can err: all {x.shape[0]} x {x.shape[1]} points lie on the "
+                "hard (Dirichlet) boundary of the lift (|d| <= 1e-6 times its largest value on the domain), where "
+                "u = b exactly by construction, so they say nothing of the model discrepancy (its fit would return "
+                "the prior's hyperparameters, scale 1 and nugget 0.1); give reference fields at points inside the "
+                "domain."
+            )
+        q = model.forward_dist(z, w, x)
         base = d[..., :, None] * q.covariance_matrix * d[..., None, :]
         errors = y - (b + d * q.mean)
         rho = model.residual_indicator(z, w)
     model.discrepancy.reset()
     xs = model._normalise(x, model.lower, model.upper)
-    record: dict[str, Any] = model.discrepancy.calibrate(errors, base, xs, d, rho)
+    record: dict[str, Any] = model.discrepancy.calibrate(errors, base, xs, d, rho, d_scale=d_scale)
     record.update(n_fields=int(x.shape[0]), n_points=int(x.shape[1]), inverse_steps=int(inverse_steps))
     if inverse_steps:
         result = fit(

@@ -19,9 +19,25 @@ def _same_shape(what: str, *tensors: Tensor) -> None:
         )
 
 
+def _scaled_norm(t: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    r"""``(s, r)`` with :math:`\|t\|_2 = s\,r` over ``dims``: :math:`s = \max|t|` and :math:`r = \|t / s\|_2 \in
+    [1, \sqrt n]`, so that no square over- or underflows (a zero field: ``s = r = 0``)."""
+    s = t.abs().amax(dim=dims, keepdim=True)
+    r = torch.linalg.vector_norm(t / torch.where(s > 0, s, torch.ones_like(s)), dim=dims)
+    return s.reshape(r.shape), r
+
+
 def nse(mean: Tensor, truth: Tensor) -> Tensor:
     r"""Normalised squared error per field, :math:`(\|m - t\|_2 / \|t\|_2)^2`; its square root is the relative
-    :math:`L_2` error.
+    :math:`L_2` error (:func:`gpgeom.metrics.vector_fields.relative_l2` of one field). 0 for an exact prediction;
+    not the Nash-Sutcliffe efficiency :math:`1 - \|m - t\|^2 / \|t - \bar t\|^2`, which shares the abbreviation.
+
+    Each norm is taken as :math:`\max|x| \cdot \|x / \max|x|\|_2`, so fields of any magnitude the dtype holds give
+    their value (the squares of a float32 field of 1e-30 or 1e30 underflowed or overflowed to NaN). A field whose
+    truth is zero everywhere gives 0 when the prediction is exact too (no error, whatever it is measured against),
+    and a ``ValueError`` otherwise: the relative error of a zero field is undefined, as for
+    :func:`~gpgeom.metrics.vector_fields.relative_l2` (report the absolute error, e.g.
+    ``torch.linalg.vector_norm(mean - truth, dim=-1)``). Before, both were NaN and infinite, silently.
 
     Args:
         mean, truth: Tensors of one shape: ``(B, n)`` or ``(B, n, m)`` (``B`` fields; the norm runs over all other
@@ -30,10 +46,27 @@ def nse(mean: Tensor, truth: Tensor) -> Tensor:
 
     Returns:
         ``(B,)`` (a scalar tensor for 1-D inputs).
+
+    Raises:
+        ValueError: For tensors of different shapes; for a field whose ``truth`` is zero everywhere and whose
+            ``mean`` is not (the message gives the fields).
     """
     _same_shape("nse(mean, truth)", mean, truth)
     dims = tuple(range(1, mean.dim())) if mean.dim() > 1 else (0,)
-    return (torch.linalg.vector_norm(mean - truth, dim=dims) / torch.linalg.vector_norm(truth, dim=dims)) ** 2
+    s_t, r_t = _scaled_norm(truth, dims)
+    s_e, r_e = _scaled_norm(mean - truth, dims)
+    zero = s_t == 0
+    wrong = zero & (s_e > 0)
+    if bool(wrong.any()):
+        fields = wrong.reshape(-1).nonzero()[:, 0].tolist()
+        shown = ", ".join(map(str, fields[:5])) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")
+        raise ValueError(
+            f"`truth` is zero everywhere in {len(fields)} field(s) (index {shown}) where `mean` is not: the "
+            "normalised squared error of a zero field is undefined; report the absolute error there, e.g. "
+            "torch.linalg.vector_norm(mean - truth, dim=-1)."
+        )
+    ratio = (s_e / torch.where(zero, torch.ones_like(s_t), s_t)) * (r_e / torch.where(zero, torch.ones_like(r_t), r_t))
+    return ratio**2
 
 
 def coverage(mean: Tensor, std: Tensor, truth: Tensor, k: float = 2.0) -> Tensor:

@@ -59,6 +59,7 @@ from gpgeom.models.rgnp._persistence import (
     pickled_state,
     unpickled_state,
 )
+from gpgeom.models.rgnp._prior_box import truncated_moments, warn_outside_box
 from gpgeom.models.rgnp.networks import ForwardNet
 from gpgeom.nn.gicnet import GICNet
 from gpgeom.pde._checks import NonFiniteOutputError, check_finite_output
@@ -658,7 +659,12 @@ class RGNP(ModelContract, nn.Module):
 
         Raises:
             ValueError: Without ``data`` for a model without a PDE family that has a reference solver; for data
-                outside the domain or the supports of the parameters.
+                outside the domain or the supports of the parameters; for data whose points all lie on the hard
+                boundary (:math:`|d| \le 10^{-6}` times its largest value on the domain), where the lifted field
+                is exact by construction and the errors say nothing of the discrepancy (before, the model was marked
+                calibrated with the prior's hyperparameters, scale 1 and nugget 0.1). Points on the boundary among
+                others are left out of the fit, judged against :math:`d` on the whole domain (before, against the
+                field's own points: a field of boundary points, where :math:`d` is 0 to rounding, counted).
         """
         return calibration.calibrate(
             self, data, n_fields=n_fields, n_points=n_points, inverse_steps=inverse_steps, inverse_batch=inverse_batch,
@@ -706,8 +712,9 @@ class RGNP(ModelContract, nn.Module):
 
     @torch.no_grad()
     def predict_inverse(
-        self, x: Any, u: Any, w: Any = None, return_std: bool = False, *, mask: Any = None, return_dist: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor] | LowRankGaussian:
+        self, x: Any, u: Any, w: Any = None, return_std: bool = False, *, mask: Any = None, return_dist: bool = False,
+        truncate: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor] | LowRankGaussian:  # fmt: skip
         r"""The inverse problem: the posterior :math:`q_\beta(z \mid u(X), w)` from a field sampled at arbitrary
         points.
 
@@ -721,6 +728,17 @@ class RGNP(ModelContract, nn.Module):
         4.18 trained on 30 points; 0.96, 1.14, 1.85 trained on ``n_points=(5, 300)``, whose encoder is also told
         :math:`\log n` (``tests/test_rgnp_semantics.py``). Outside the trained range the spread is extrapolated.
 
+        **Its mean can leave the prior box.** :math:`q_\beta` is a Gaussian, while the prior :math:`p(z)` is uniform
+        on the box ``z_bounds``, so every posterior mean lies in the box. On the toy :math:`u - z = 0`
+        (:math:`z \in [0, 1]`, 30 points), a field of 1.0, 1.1 and 10 everywhere gave means 1.017, 1.12 and 13.6
+        (exact 0.985, 0.997 and 1.000), and of 1e6 a mean of 1.4e6. ``truncate=True`` returns the moments of each
+        marginal of :math:`q_\beta` restricted to the box (:math:`\propto q_\beta(z)\,\mathbb 1_{\text{box}}(z)`,
+        the posterior under the uniform prior; :mod:`~gpgeom.models.rgnp._prior_box`): 0.984, 0.994, 0.980 and
+        1.000 there; from 400 noisy fields with :math:`z \sim U(0, 1)`, of which 1.8 % had a mean outside, the
+        error of the mean against the exact posterior's fell from 0.048 to 0.011 (RMS) on those fields and from
+        0.017 to 0.016 on all (``tests/test_rgnp_inverse_box.py``). The default leaves the Gaussian's moments as
+        they are and warns when a mean lies outside the box by more than 3 standard deviations.
+
         Args:
             x: Points ``(B, n, D)``, or ``(n, D)`` shared by all fields, inside the domain (any number, order and
                 placement).
@@ -731,6 +749,8 @@ class RGNP(ModelContract, nn.Module):
                 NaN or outside the domain); the real ones must be finite and inside the domain.
             return_dist: Return the :class:`~gpgeom.engine.variational.LowRankGaussian` over ``z`` instead of
                 tensors.
+            truncate: Return the mean and standard deviation of each marginal of :math:`q_\beta` truncated to the
+                prior box (inside it); with ``inverse_rank > 0`` each marginal is truncated alone, not the joint.
 
         Returns:
             The posterior mean ``(B, dz)`` (``B = 1`` for a 1-D ``u``), with ``return_std`` the pair
@@ -739,14 +759,31 @@ class RGNP(ModelContract, nn.Module):
         Warns:
             UncalibratedWarning: Once per model, for sets of fewer than half or more than twice the points of the
                 grids it was trained on (``trained_sizes_``), where the spread does not hold.
+            UserWarning: Without ``truncate``, when a mean lies outside the prior box by more than 3 of its
+                standard deviations (the message names the parameters, the box and the fields).
+
+        Raises:
+            ValueError: For ``truncate=True`` with ``return_dist=True`` (the truncated posterior is not a
+                :class:`~gpgeom.engine.variational.LowRankGaussian`).
         """
         self._check_fitted()
+        if not isinstance(truncate, bool):
+            raise TypeError(f"`truncate` must be True or False, got {truncate!r}.")
+        if truncate and return_dist:
+            raise ValueError(
+                "`truncate=True` gives the moments of q_beta restricted to the prior box, which is not a "
+                "LowRankGaussian: ask for return_dist=True (the Gaussian) or truncate=True (tensors), not both."
+            )
         x, u, mask = check_inverse_points(self, x, u, mask)
         warn_observed_counts(self, u.shape[-1] if mask is None else mask.sum(-1))
         w = check_w(self, w, u.shape[0])
         if self.dim_w:
             check_in_box("w", w, self.w_low, self.w_high, "the declared support of w")
         dist = self.inverse_dist(x, u, w, mask)
+        if truncate:
+            mean, std = truncated_moments(dist.mean, dist.stddev, self.z_low, self.z_high)
+            return (mean, std) if return_std else mean
+        warn_outside_box(dist.mean, dist.stddev, self.z_low, self.z_high)
         if return_dist:
             return dist
         return (dist.mean, dist.stddev) if return_std else dist.mean
