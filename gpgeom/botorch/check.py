@@ -452,24 +452,27 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
         checks.append("condition_on_observations")
         if gaussian:
             model64, why = twin()
-            ref, tol_kw = (model, {}) if model64 is None else (model64, {"model64": model64})
-            want_mean, want_var, scale = _schur(ref, Xn.double(), Yn.double(), X_test.double())
+            Xn64, Yn64, Xt64 = Xn.double(), Yn.double(), X_test.double()
+            # each joint once: the reference's (the float64 copy's, else the model's) and, below float64, the model's
+            moments64 = None if model64 is None else _moments(model64, Xn64, Xt64)
+            moments = _moments(model, Xn, X_test) if moments64 is None or kw["condition_tol"] is None else None
+            want_mean, want_var, scale = _schur_of(*(moments if moments64 is None else moments64), Yn64)
             measured["condition_error"] = _rel_err(cpost, want_mean, want_var, scale)
             ctol = kw["condition_tol"]
             if ctol is None:
-                ctol = _default_condition_tol(model, Xn, Yn, X_test, scale, measured, why=why, **tol_kw)
+                ctol = _default_condition_tol(model, Xn, Yn, X_test, scale, measured, why=why, model64=model64,
+                                              moments=moments, moments64=moments64)  # fmt: skip
             measured["condition_tol_used"] = ctol
             _rel_close("conditioned posterior mean vs Bayes' rule on the model's joint", cpost.mean.detach().double(),
                        want_mean, scale.sqrt(), ctol)  # fmt: skip
             _rel_close("conditioned posterior variance vs Bayes' rule on the model's joint",
                        cpost.variance.detach().double(), want_var, scale, ctol)  # fmt: skip
             if model64 is not None:  # the meaning without the rounding: the float64 copy, at the float64 tolerance
-                Xn64, Yn64, Xt64 = Xn.double(), Yn.double(), X_test.double()
                 cpost64 = model64.condition_on_observations(Xn64, Yn64).posterior(torch.cat([Xn64, Xt64], dim=-2))
                 measured["condition_error_float64"] = _rel_err(cpost64, want_mean, want_var, scale)
                 tol64 = kw["condition_tol"]
                 if tol64 is None:
-                    tol64 = _default_condition_tol(model64, Xn64, Yn64, Xt64, scale, {})
+                    tol64 = _default_condition_tol(model64, Xn64, Yn64, Xt64, scale, {}, moments=moments64)
                 _rel_close(f"{_TWIN} conditioned posterior mean vs Bayes' rule on the model's joint",
                            cpost64.mean.detach(), want_mean, scale.sqrt(), tol64)  # fmt: skip
                 _rel_close(f"{_TWIN} conditioned posterior variance vs Bayes' rule on the model's joint",
@@ -519,9 +522,11 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 if ftol is None and not gaussian:  # no joint moments to measure
                     ftol = _FIXED_TOL.get(dtype, _FIXED_TOL[None])
                     measured["fantasy_tol_note"] = "fixed default: the posterior is not a GPyTorchPosterior"
-                elif ftol is None:
-                    Xt_b = X_test.expand(*Xf_b.shape[:-2], *X_test.shape[-2:])
-                    ftol = _default_condition_tol(model, Xf_b, Yf, Xt_b, scale, measured, "fantasy", why, **tol_kw)
+                elif ftol is None:  # the joint at the points, not per fantasy (the same for all; Yf broadcasts)
+                    fmoments = _moments(model, Xf, X_test)
+                    fmoments64 = None if model64 is None else _moments(model64, Xf.double(), X_test.double())
+                    ftol = _default_condition_tol(model, Xf, Yf, X_test, scale, measured, "fantasy", why,
+                                                  moments=fmoments, moments64=fmoments64, **tol_kw)  # fmt: skip
                 measured["fantasy_tol_used"] = ftol
                 _rel_close("fantasy model mean vs conditioning on the fantasy samples", fpost.mean.detach(),
                            cpost.mean.detach(), scale.sqrt(), ftol)  # fmt: skip
@@ -541,8 +546,8 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                     if tol64 is None and not gaussian:
                         tol64 = _FIXED_TOL[torch.float64]
                     elif tol64 is None:
-                        Xt64_b = X_test.double().expand(*Xf64_b.shape[:-2], *X_test.shape[-2:])
-                        tol64 = _default_condition_tol(model64, Xf64_b, Yf64, Xt64_b, scale, {})
+                        tol64 = _default_condition_tol(model64, Xf64, Yf64, X_test.double(), scale, {},
+                                                       moments=fmoments64)  # fmt: skip
                     _rel_close(f"{_TWIN} fantasy model mean vs conditioning on the fantasy samples",
                                fpost64.mean.detach(), cpost64.mean.detach(), scale.double().sqrt(), tol64)  # fmt: skip
                     _rel_close(f"{_TWIN} fantasy model variance vs conditioning on the fantasy samples",
@@ -618,14 +623,16 @@ def _moments(model: Model, Xn: Tensor, Xt: Tensor) -> tuple[Tensor, Tensor, Tens
 def _default_condition_tol(
     model: Model, Xn: Tensor, Yn: Tensor, Xt: Tensor, scale: Tensor, measured: dict[str, Any],
     check: str = "condition", why: str = "", model64: Model | None = None,
+    moments: Sequence[Tensor] | None = None, moments64: Sequence[Tensor] | None = None,
 ) -> float:  # fmt: skip
     r"""The default tolerance of check 5 (``check="condition"``: new points ``Xn``, observed ``Yn``, test points
     ``Xt``) or 6 (``"fantasy"``: fantasy points, samples and test points) from the model's joint at ``cat(Xn, Xt)``
     and, below float64, its float64 copy ``model64`` (module docstring); records the ingredients in ``measured``
-    under ``{check}_...``."""
+    under ``{check}_...``. ``moments`` / ``moments64``: those joints (:func:`_moments` of ``model`` / ``model64``)
+    where the caller has them, not computed again (``Yn`` may carry more batch dimensions: it broadcasts)."""
     dtype = Yn.dtype
     eps = torch.finfo(dtype).eps
-    moments = _moments(model, Xn, Xt)
+    moments = _moments(model, Xn, Xt) if moments is None else moments
     kappa = float(_schur_condition(*(t.double() for t in moments), Yn.double()).max())
     measured[f"{check}_schur_condition"] = kappa
     if dtype == torch.float64:
@@ -633,7 +640,9 @@ def _default_condition_tol(
     if model64 is None:
         measured[f"{check}_tol_note"] = f"fixed default: the rounding cannot be measured ({why})"
         return _FIXED_TOL.get(dtype, _FIXED_TOL[None])
-    rounding = _rounding(moments, _moments(model64, Xn.double(), Xt.double()), scale)
+    if moments64 is None:
+        moments64 = _moments(model64, Xn.double(), Xt.double())
+    rounding = _rounding(moments, moments64, scale)
     measured[f"{check}_rounding_joint"] = rounding
     return _derived_tol(rounding, kappa, eps)
 
