@@ -116,3 +116,21 @@ def test_targets_whose_variance_leaves_the_dtype_are_refused_at_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # constant to rounding
         _fit(X, torch.full_like(f, 1e-12), torch.float32, sweeps=3)
+
+
+def test_float32_targets_constant_to_their_rounding_are_accepted_at_any_size():
+    r"""Float32 targets of 1e-12 that differ by 0-3 ulps (standard deviation 1.3e-19, below the supported 1.7e-18 but
+    1 ulp of their size, so no spread the float32 model can resolve) were refused since the scale check ("standard
+    deviation of 1.28e-19"), while exactly constant ones are accepted and both fitted before it. They fit again and
+    predict their mean (the float64 mean of the targets, to float32's rounding of it) with a finite standard
+    deviation below the rounding; a real spread of that size is still refused (the test above)."""
+    X, _ = _data(60)
+    ulps = torch.randint(0, 4, (60,), generator=torch.Generator().manual_seed(2)).to(torch.float32)
+    y = torch.tensor(1e-12, dtype=torch.float32) * (1 + torch.finfo(torch.float32).eps * ulps)
+    assert 0 < float(y.double().std()) < 1.7e-18
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        mean, sd = _fit(X, y, torch.float32, sweeps=3).predict(X[:5], return_std=True)
+    truth = float(y.double().mean())
+    assert float((mean.double() - truth).abs().max()) <= 4 * torch.finfo(torch.float32).eps * truth
+    assert bool(torch.isfinite(sd).all()) and float(sd.max()) <= 4 * torch.finfo(torch.float32).eps * truth

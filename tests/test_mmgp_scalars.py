@@ -209,3 +209,26 @@ def test_scalars_whose_variance_leaves_the_dtype_are_refused_at_fit():
         MMGP(**kw, dtype=torch.float32).fit(M, mu, U, big, scalar_names=["a", "b", "c"], progress=False)
     MMGP(**kw, dtype=torch.float32).fit(M, mu, U, big[:, 1:], progress=False)  # log and constant scalars
     MMGP(**kw).fit(M, mu, U, big, progress=False)  # float64 has the range
+
+
+def test_scalars_constant_to_the_model_rounding_are_accepted_at_any_size():
+    r"""A float32 scalar of 1e-12 that differs by 0-2 ulps between the training meshes (spread 1.3e-19, below the
+    supported 1.7e-18, but within float32's rounding of its size) was refused since the spread check, though it
+    fitted before it (as an exactly constant scalar does now): it fits and predicts its mean (the float64 mean of the
+    training values, to float32's rounding of it) with a finite standard deviation below that rounding; a scalar of
+    real spread 1e-20 is still refused."""
+    from test_mmgp import _synthetic
+
+    M, mu, U, w = _synthetic(6, seed=0)
+    kw = {"scalar_transform": "none", "n_modes_geometry": 2, "n_modes_fields": 2, "restarts": 0, "max_iter": 5}
+    kw["floater_start"] = (0.0, 0.0)
+    eps = float(np.finfo(np.float32).eps)
+    near = (np.float32(1e-12) * (1 + np.float32(eps) * np.array([0, 1, 2, 0, 1, 2], np.float32))).astype(np.float32)
+    W = np.c_[near, w[:, 1]]
+    pred = MMGP(**kw, dtype=torch.float32).fit(M, mu, U, W, progress=False).predict(M[:2], mu[:2], return_std=True)
+    truth = float(near.astype(np.float64).mean())
+    assert float((pred.scalars[:, 0].double() - truth).abs().max()) <= 4 * eps * truth
+    sd = pred.scalars_std[:, 0]
+    assert bool(torch.isfinite(sd).all()) and float(sd.max()) <= 4 * eps * truth
+    with pytest.raises(ValueError, match=r"`output_scalars`: the output scalar 'a' varies by up to .*float32"):
+        MMGP(**kw, dtype=torch.float32).fit(M, mu, U, np.c_[1e-20 * w[:, 0], w[:, 1]], scalar_names=["a", "b"])

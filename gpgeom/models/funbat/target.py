@@ -125,6 +125,10 @@ def target_standardization(y: Tensor, eps: float | None = None) -> tuple[Tensor,
 #: dtype's normal range, as MMGP's fields (:func:`gpgeom.models.mmgp.reduction.check_field_spread`).
 SCALE_HEADROOM = 16.0
 
+#: Ulps of the targets' largest value within which :func:`check_target_scale` takes a standard deviation below the
+#: supported range for the rounding of the model's dtype, not a scale (as MMGP's output scalars).
+ROUNDING_ULPS = 64
+
 
 def check_target_scale(y: Tensor, scale: Tensor, dtype: torch.dtype, transform: str = "none") -> None:
     r"""Refuse targets whose standardisation scale :math:`s` has a square outside the normal range of the model's
@@ -137,7 +141,9 @@ def check_target_scale(y: Tensor, scale: Tensor, dtype: torch.dtype, transform: 
     Args:
         y: ``N`` observed targets in the units the model is fitted to (:math:`\log y` for ``"log"``), float64.
         scale: :math:`s` (0-d), from :func:`target_standardization`. Targets constant to rounding (:math:`s` the
-            rounding floor, above their own standard deviation) are left to that function's warning at the small end.
+            rounding floor, above their own standard deviation), or to the rounding of ``dtype`` (a standard deviation
+            within :data:`ROUNDING_ULPS` ulps of :math:`\max |y|` in ``dtype``), are left to that function's warning at
+            the small end.
         dtype: The model's dtype.
         transform: The target transform, for the message.
 
@@ -147,7 +153,9 @@ def check_target_scale(y: Tensor, scale: Tensor, dtype: torch.dtype, transform: 
     info = torch.finfo(dtype)
     lo, hi = math.sqrt(info.tiny) * SCALE_HEADROOM, math.sqrt(info.max) / SCALE_HEADROOM
     s = float(scale)
-    floored = y.shape[0] < 2 or bool(y.std() < scale)  # one entry, or constant to rounding: no spread of its own
+    # one entry, constant to rounding (s the floor), or a spread within the rounding of the model's dtype (float32
+    # targets of 1e-12 a few ulps apart): no spread of its own
+    floored = y.shape[0] < 2 or bool(y.std() < scale) or bool(y.std() <= ROUNDING_ULPS * info.eps * y.abs().max())
     if s > hi or (s < lo and not floored):
         units = " of log y" if transform == "log" else ""
         hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"

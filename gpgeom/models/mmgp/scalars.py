@@ -83,6 +83,11 @@ def resolve_transforms(option: str | list[str], w: Tensor, names: Sequence[str])
     return list(option)
 
 
+#: Ulps of a scalar's largest value within which :func:`check_scalar_spread` takes a spread below the supported range
+#: for the rounding of the model's dtype (as :data:`~gpgeom.models.mmgp.unexplained.ROUNDING` for float64).
+ROUNDING_ULPS = 64
+
+
 def check_scalar_spread(w: Tensor, transforms: Sequence[str], names: Sequence[str], dtype: torch.dtype) -> None:
     r"""Raise a ``ValueError`` naming the output scalar when the spread :math:`d = \max_i |t_i - \bar t|` of its GP
     targets :math:`t` (:func:`to_gp_units` of the training scalars ``w`` ``n x q``: :math:`\log w` for ``"log"``) has
@@ -91,16 +96,19 @@ def check_scalar_spread(w: Tensor, transforms: Sequence[str], names: Sequence[st
     float64, but its predictive variances are squares in the scalar's units, in ``dtype``. Supported:
     :math:`\sqrt{\text{tiny}} \cdot 16 \le d \le \sqrt{\text{max}} / 16` (float32: 1.7e-18 to 1.2e18). Beyond, a
     float32 model of a scalar varying by 1e20 predicted ``scalars_std`` inf and intervals of -inf, silently. A scalar
-    equal on every mesh (to rounding) is not checked."""
+    equal on every mesh (to float64 rounding) is not checked, nor, at the small end, one equal to the rounding of the
+    model's ``dtype`` (``d`` within 64 ulps of its largest value: float32 scalars of 1e-12 an ulp apart)."""
     info = torch.finfo(dtype)
     lo, hi = math.sqrt(info.tiny) * SPREAD_HEADROOM, math.sqrt(info.max) / SPREAD_HEADROOM
     t = to_gp_units(w, transforms, names)
     for j, name in enumerate(names):
         col = t[:, j]
-        d = float((col - col.mean()).abs().max())
-        if d <= ROUNDING * float(col.abs().max()):  # equal on every mesh: no variance to square
+        d, size = float((col - col.mean()).abs().max()), float(col.abs().max())
+        if d <= ROUNDING * size:  # equal on every mesh: no variance to square
             continue
-        if not lo <= d <= hi:
+        # equal on every mesh to the model's rounding (e.g. float32 values 1e-12 apart by an ulp): as constant
+        in_rounding = d <= ROUNDING_ULPS * info.eps * size
+        if d > hi or (d < lo and not in_rounding):
             units = "log of output scalar" if transforms[j] == "log" else "output scalar"
             hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"
             raise ValueError(
