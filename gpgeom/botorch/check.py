@@ -522,10 +522,11 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 if ftol is None and not gaussian:  # no joint moments to measure
                     ftol = _FIXED_TOL.get(dtype, _FIXED_TOL[None])
                     measured["fantasy_tol_note"] = "fixed default: the posterior is not a GPyTorchPosterior"
-                elif ftol is None:  # the joint at the points, not per fantasy (the same for all; Yf broadcasts)
-                    fmoments = _moments(model, Xf, X_test)
-                    fmoments64 = None if model64 is None else _moments(model64, Xf.double(), X_test.double())
-                    ftol = _default_condition_tol(model, Xf, Yf, X_test, scale, measured, "fantasy", why,
+                elif ftol is None:  # the joints per fantasy, as the fantasy model's batch computes them
+                    Xt_b = X_test.expand(*Xf_b.shape[:-2], *X_test.shape[-2:])
+                    fmoments = _moments(model, Xf_b, Xt_b)
+                    fmoments64 = None if model64 is None else _moments(model64, Xf_b.double(), Xt_b.double())
+                    ftol = _default_condition_tol(model, Xf_b, Yf, Xt_b, scale, measured, "fantasy", why,
                                                   moments=fmoments, moments64=fmoments64, **tol_kw)  # fmt: skip
                 measured["fantasy_tol_used"] = ftol
                 _rel_close("fantasy model mean vs conditioning on the fantasy samples", fpost.mean.detach(),
@@ -546,7 +547,8 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                     if tol64 is None and not gaussian:
                         tol64 = _FIXED_TOL[torch.float64]
                     elif tol64 is None:
-                        tol64 = _default_condition_tol(model64, Xf64, Yf64, X_test.double(), scale, {},
+                        Xt64_b = X_test.double().expand(*Xf64_b.shape[:-2], *X_test.shape[-2:])
+                        tol64 = _default_condition_tol(model64, Xf64_b, Yf64, Xt64_b, scale, {},
                                                        moments=fmoments64)  # fmt: skip
                     _rel_close(f"{_TWIN} fantasy model mean vs conditioning on the fantasy samples",
                                fpost64.mean.detach(), cpost64.mean.detach(), scale.double().sqrt(), tol64)  # fmt: skip
