@@ -148,9 +148,13 @@ def quiet(message: str, category: type[Warning] = Warning) -> Iterator[None]:
         state = _QUIET_OPEN.setdefault(category, [0, []])
         state[0] += 1
         filters = warnings.filters
-        if not any(f is entry for f in filters):  # (again, where a catch_warnings block swapped the list)
+        if not filters or filters[0] is not entry:
+            # first, as the "ignore" filter of a catch_warnings block was: also ahead of the filters added since the
+            # entry went in (an "always" of pytest.warns copied with it into a catch_warnings block's list)
+            _remove(filters, entry)
             filters.insert(0, entry)
-            state[1].append(filters)
+            if not any(f is filters for f in state[1]):
+                state[1].append(filters)
     try:
         yield
     finally:

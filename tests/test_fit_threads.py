@@ -271,3 +271,42 @@ def test_quiet_block_ending_while_another_thread_scans_the_filters():
             thread.join(timeout=WAIT)
         assert raised
         assert warnings.filters == filters
+
+
+def test_quiet_inside_a_recording_block_while_another_thread_is_inside_one():
+    r"""Thread B is inside a :func:`gpgeom._warnings.quiet` block (as a fit's attempt is) while this thread records
+    warnings as ``pytest.warns`` does (``catch_warnings(record=True)`` and an "always" filter) and enters a block of
+    its own: the block's message is dropped here, as with B not running (the truth: the same steps alone), and the
+    filters end as this thread left them. Before, the entry was already in the list that ``catch_warnings`` copied,
+    behind the "always" filter, and was left there: the message was recorded (1 warning, 0 without B; also a jittered
+    ExactGPModel's posterior recorded GPyTorch's jitter warning while another model fitted in a thread)."""
+    from gpgeom._warnings import quiet
+
+    def record() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet("known message", UserWarning):
+                warnings.warn("known message here", UserWarning, stacklevel=1)
+            warnings.warn("other message here", UserWarning, stacklevel=1)
+        return [str(w.message) for w in caught]
+
+    alone = record()
+    steps = {k: threading.Event() for k in ("in", "end")}
+
+    def run() -> None:
+        with quiet("known message", UserWarning):
+            steps["in"].set()
+            steps["end"].wait(timeout=WAIT)
+
+    filters = list(warnings.filters)
+    thread = threading.Thread(target=run, name="B")
+    thread.start()
+    try:
+        assert steps["in"].wait(timeout=WAIT)
+        beside = record()
+    finally:
+        steps["end"].set()
+        thread.join(timeout=WAIT)
+    assert alone == ["other message here"]
+    assert beside == alone
+    assert warnings.filters == filters
