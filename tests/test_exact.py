@@ -6,6 +6,7 @@ import contextlib
 import copy
 import math
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -819,6 +820,32 @@ def test_botorch_standardisation_warning_only_where_the_transform_did_not_explai
         warnings.simplefilter("always")
         ExactGPModel(X, 100 + X[:, :1], outcome_transform=None)
     assert any("is not standardized" in str(w.message) for w in caught)
+
+
+def test_botorch_input_warnings_name_botorch_as_for_its_own_models():
+    r"""BoTorch's input-scaling warnings of an ``ExactGPModel`` name BoTorch's file and line, as those of BoTorch's
+    ``SingleTaskGP`` on the same data (the truth), so a user's filter by module (``module="botorch"``) silences them
+    as it does BoTorch's. Before, the model called BoTorch's checks itself: both warnings named
+    ``gpgeom/botorch/exact_gp.py`` and stayed shown under that filter (2 warnings, 0 for ``SingleTaskGP``)."""
+    from botorch.exceptions.warnings import InputDataWarning
+    from botorch.models import SingleTaskGP
+
+    X = 10 * torch.rand(20, 2, dtype=DT, generator=torch.Generator().manual_seed(2))
+    Y = 5 + torch.sin(X[:, :1])
+
+    def record(build: Callable[[], object], **flt: str) -> list[tuple[str, str, int]]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if flt:
+                warnings.filterwarnings("ignore", **flt)
+            build()
+        return sorted((str(w.message), w.filename, w.lineno) for w in caught if w.category is InputDataWarning)
+
+    ours = lambda: ExactGPModel(X, Y, input_transform=None, outcome_transform=None)  # noqa: E731
+    theirs = lambda: SingleTaskGP(X, Y, input_transform=None, outcome_transform=None)  # noqa: E731
+    assert len(record(theirs)) == 2  # inputs outside the unit cube, outputs not standardised
+    assert record(ours) == record(theirs)
+    assert record(ours, module="botorch") == record(theirs, module="botorch") == []
 
 
 def test_training_tensors_that_require_grad_are_taken_as_data():

@@ -31,13 +31,13 @@ from typing import Any
 
 import gpytorch
 import torch
-from botorch import settings as botorch_settings
 from botorch.acquisition.objective import PosteriorTransform
+from botorch.exceptions.warnings import InputDataWarning
 from botorch.models.gpytorch import BatchedMultiOutputGPyTorchModel
 from botorch.models.model import FantasizeMixin
 from botorch.models.transforms.input import InputTransform
 from botorch.models.transforms.outcome import OutcomeTransform
-from botorch.models.utils import check_min_max_scaling, check_standardization, validate_input_scaling
+from botorch.models.utils import validate_input_scaling
 from botorch.posteriors import GPyTorchPosterior, Posterior
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.kernels import Kernel
@@ -187,12 +187,14 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         if outcome_transform is not None:
             train_Y, train_Yvar = standardised_outputs(outcome_transform, train_Y, train_Yvar, transformed_X)
         train_Y = train_Y.to(train_X.dtype)
-        validate_input_scaling(train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=True)
-        if covar_module is None and botorch_settings.validate_input_scaling.on():
-            # BoTorch's scaling checks (as validate_input_scaling), without that of the outputs where it would mislead
-            check_min_max_scaling(X=transformed_X)
-            if not (rounded_mean or getattr(outcome_transform, "constant_outputs", False)):  # RoundingFloorStandardize
-                check_standardization(Y=train_Y)
+        # BoTorch's own call, so that its warnings name BoTorch's module as for its models (a user's filter by module
+        # applies); the output check silenced in this thread where the transform explains it (RoundingFloorStandardize)
+        explained = rounded_mean or getattr(outcome_transform, "constant_outputs", False)
+        output_note = r"Data \(outcome observations\) is not standardized"
+        with quiet(output_note, InputDataWarning) if explained else contextlib.nullcontext():
+            validate_input_scaling(
+                train_X=transformed_X, train_Y=train_Y, train_Yvar=train_Yvar, check_nans_only=covar_module is not None
+            )
         self._set_dimensions(train_X=train_X, train_Y=train_Y)
         m = self._num_outputs
         input_batch = self._input_batch_shape
