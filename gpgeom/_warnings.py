@@ -103,18 +103,9 @@ class _ThreadPatterns(threading.local):
     ``match`` written in Python let another thread's block end there: a user's "error" filter of another thread
     was skipped about 16 times in 530,000 warnings)."""
 
-    #: no block of the category in this thread: no message matches (``text in frozenset()`` is False)
+    #: no block of the category in this thread: no message matches (``text in frozenset()`` is False); a thread in
+    #: blocks also holds their ``patterns``, innermost last (:func:`_hold`)
     match = frozenset().__contains__
-    #: this thread's open blocks' patterns, innermost last
-    patterns: tuple[str, ...] = ()
-
-    def hold(self, patterns: tuple[str, ...]) -> None:
-        r"""This thread's open blocks' patterns (``()``: none)."""
-        self.patterns = patterns
-        if patterns:
-            self.match = re.compile("|".join(f"(?:{p})" for p in patterns), re.I).match
-        else:
-            self.__dict__.pop("match", None)
 
     # (no __init__: a threading.local runs it in every thread that first reads the object, a Python frame)
 
@@ -123,6 +114,19 @@ class _ThreadPatterns(threading.local):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _ThreadPatterns:
         return self
+
+
+def _hold(mine: dict[str, Any], patterns: tuple[str, ...]) -> None:
+    r"""Set one thread's open blocks' ``patterns`` (``()``: none) in ``mine``, that thread's ``__dict__`` of a
+    :class:`_ThreadPatterns` (taken when a block starts, so that a block that ends in another thread, a generator
+    closed there, still updates the thread that opened it). The patterns are joined as alternatives (no numbered
+    back-references); one that does not compile changes nothing."""
+    match = re.compile("|".join(f"(?:{p})" for p in patterns), re.I).match if patterns else None
+    mine["patterns"] = patterns
+    if match is None:
+        mine.pop("match", None)
+    else:
+        mine["match"] = match
 
 
 def _remove(filters: list[Any], entry: tuple[Any, ...]) -> None:
@@ -137,13 +141,12 @@ def quiet(message: str, category: type[Warning] = Warning) -> Iterator[None]:
     regular expression ``message`` (case-insensitive, as ``warnings.filterwarnings``; ``""`` matches every message)
     are dropped when raised in this thread; ``warnings.filters`` is as before when every block has ended (module
     docstring). Blocks nest and may overlap in any number of threads."""
-    re.compile(message)  # a bad pattern raises here, before anything changes
     with _QUIET_LOCK:
         entry = _QUIET_ENTRIES.get(category)
         if entry is None:
             entry = _QUIET_ENTRIES[category] = ("ignore", _ThreadPatterns(), category, None, 0)
-    mine: _ThreadPatterns = entry[1]
-    mine.hold((*mine.patterns, message))
+    mine: dict[str, Any] = entry[1].__dict__  # this thread's
+    _hold(mine, (*mine.get("patterns", ()), message))
     with _QUIET_LOCK:
         state = _QUIET_OPEN.setdefault(category, [0, []])
         state[0] += 1
@@ -158,9 +161,9 @@ def quiet(message: str, category: type[Warning] = Warning) -> Iterator[None]:
     try:
         yield
     finally:
-        held = list(mine.patterns)
+        held = list(mine["patterns"])
         del held[len(held) - 1 - held[::-1].index(message)]
-        mine.hold(tuple(held))
+        _hold(mine, tuple(held))
         with _QUIET_LOCK:
             state[0] -= 1
             if state[0] == 0:

@@ -310,3 +310,40 @@ def test_quiet_inside_a_recording_block_while_another_thread_is_inside_one():
     assert alone == ["other message here"]
     assert beside == alone
     assert warnings.filters == filters
+
+
+def test_quiet_block_opened_in_one_thread_and_closed_in_another():
+    r"""A :func:`gpgeom._warnings.quiet` block of a generator that this thread opens and thread B closes (a generator
+    finished or collected there): after it, this thread's message is shown again (as before the block: the truth)
+    and ``warnings.filters`` is as before. The first thread-local form of the patterns (commit 96da79c) looked for
+    the pattern among B's at the end of the block and raised ``ValueError`` there, which left the block counted open
+    and its entry in the filters for good."""
+    from gpgeom._warnings import quiet
+
+    def blocks() -> Any:
+        with quiet("known message", UserWarning):
+            yield
+
+    errors: list[BaseException] = []
+
+    def close(gen: Any) -> None:
+        try:
+            gen.close()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        warnings.warn("known message before", UserWarning, stacklevel=1)
+        gen = blocks()
+        next(gen)
+        warnings.warn("known message inside", UserWarning, stacklevel=1)
+        thread = threading.Thread(target=close, args=(gen,), name="B")
+        thread.start()
+        thread.join(timeout=WAIT)
+        warnings.warn("known message after", UserWarning, stacklevel=1)
+        after = list(warnings.filters)
+    assert not errors, errors
+    assert [str(w.message) for w in caught] == ["known message before", "known message after"]
+    assert after == filters
