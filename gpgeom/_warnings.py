@@ -16,7 +16,9 @@ threads' warnings while they run. :func:`quiet` instead keeps one filter entry p
 of ``warnings.filters`` while any thread is inside a block for that category (a count, under one lock); the entry
 drops a warning only when its message matches one of the patterns that the thread raising it has entered. The
 entry is removed when the last block ends: the list is as before, a filter added meanwhile stays, and other
-threads' warnings (also with the same message) are shown as their own filters say.
+threads' warnings (also with the same message) are shown as their own filters say. A block puts the entry first
+(as the "ignore" filter of a ``catch_warnings`` block went), and the entry's test of the thread runs no Python code
+(:class:`_ThreadPatterns`), so that no block ending in another thread cuts into a scan of the filters.
 """
 
 from __future__ import annotations
