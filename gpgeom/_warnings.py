@@ -84,6 +84,10 @@ def user_stacklevel() -> int:
 # --------------------------------------------------------------------------------------------------------------
 # quiet: a known library warning silenced in this thread only
 
+#: Whether ``warnings.catch_warnings`` keeps its filters per context (Python 3.14's ``-X context_aware_warnings``,
+#: the default of free-threaded builds): it is then thread-safe, and :func:`quiet` is a plain block of it (the
+#: shared filter entry below relies on the GIL: a scan of the filters runs no Python code, so no block ends midway).
+_CONTEXT_AWARE = bool(getattr(sys.flags, "context_aware_warnings", False))
 _QUIET_LOCK = threading.Lock()
 #: category -> its filter entry (made once; in ``warnings.filters`` only while a block of the category is open)
 _QUIET_ENTRIES: dict[type[Warning], tuple[Any, ...]] = {}
@@ -143,6 +147,11 @@ def quiet(message: str, category: type[Warning] = Warning) -> Iterator[None]:
     regular expression ``message`` (case-insensitive, as ``warnings.filterwarnings``; ``""`` matches every message)
     are dropped when raised in this thread; ``warnings.filters`` is as before when every block has ended (module
     docstring). Blocks nest and may overlap in any number of threads."""
+    if _CONTEXT_AWARE:  # Python 3.14+ with context-aware warnings: catch_warnings is per thread and task already
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message, category)
+            yield
+        return
     with _QUIET_LOCK:
         entry = _QUIET_ENTRIES.get(category)
         if entry is None:

@@ -388,3 +388,19 @@ def test_a_fit_without_restarts_does_not_wait_for_another_threads_attempt():
     assert ended_beside
     for (name, a), (_, b) in zip(done["m"].state_dict().items(), ref.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_quiet_with_context_aware_warnings_is_a_catch_warnings_block(monkeypatch):
+    r"""Where ``catch_warnings`` is per context (Python 3.14+, ``-X context_aware_warnings``), ``quiet`` is one block
+    of it: the known message is dropped, another is shown, and the filters are as before afterwards."""
+    from gpgeom import _warnings
+
+    monkeypatch.setattr(_warnings, "_CONTEXT_AWARE", True)
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with _warnings.quiet("known message", UserWarning):
+            warnings.warn("known message here", UserWarning, stacklevel=1)
+            warnings.warn("another message", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another message"]
+    assert warnings.filters == before
