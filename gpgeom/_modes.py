@@ -8,11 +8,15 @@ train mode after ``predict``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["eval_mode"]
+__all__ = ["eval_mode", "in_eval_mode"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @contextlib.contextmanager
@@ -31,3 +35,14 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(modes[0][1])  # the module's own ``train`` (an ExactGP's drops its caches when leaving eval)
         for m, mode in modes:
             m.training = mode
+
+
+def in_eval_mode(method: _F) -> _F:
+    r"""A method of an ``nn.Module`` run inside :func:`eval_mode` of its ``self``."""
+
+    @functools.wraps(method)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with eval_mode(self):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

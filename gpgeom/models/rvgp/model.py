@@ -53,7 +53,7 @@ from gpytorch.kernels import ScaleKernel
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from gpgeom._modes import eval_mode
+from gpgeom._modes import in_eval_mode
 from gpgeom._progress import StageBar
 from gpgeom._validation import as_tensor, check_device, check_option, check_positive, first_bad
 from gpgeom._warnings import quiet, user_stacklevel
@@ -521,6 +521,7 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
 
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
+    @in_eval_mode
     def _predict(
         self,
         X: Tensor,
@@ -535,18 +536,6 @@ class RVGP(ModelContract, LowRankSpectralGP, _NystromExtension):
         conditioned joint (so a conditioned model predicts with its extra data)."""
         self._check_fitted()
         check_positive("chunk_size", chunk_size, integer=True)
-        with eval_mode(self):
-            return self._predict_chunks(X, return_std, return_cov, observation_noise, chunk_size, max_memory)
-
-    def _predict_chunks(
-        self,
-        X: Tensor,
-        return_std: bool,
-        return_cov: bool,
-        observation_noise: bool,
-        chunk_size: int,
-        max_memory: int | str | None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
         D = self.output_dim
         outputs = self._outputs
         step = min(chunk_size, chunk_size_for(self._bytes_per_point(new=False), max_memory, total=X.shape[-2]))
