@@ -202,31 +202,6 @@ def test_quiet_overlapping_blocks():
     assert shown == ["known message from here", "other message from A", "other message from B"]
 
 
-def test_gauss_newton_warn_false_raises_no_warning():
-    r"""``gauss_newton(..., warn=False)`` (the trajectories' ``fit(warn=False)`` and their range initialisation, which
-    silenced its ConvergenceWarnings in ``warnings.catch_warnings()`` blocks before): neither the note of a refused
-    Gauss-Newton step nor the exhausted ``max_iter`` is raised, also under an "error" filter, and the result is
-    bitwise the one that warns (which says the same in ``converged`` and ``message``)."""
-    from gpgeom.engine.least_squares import Factor, gauss_newton
-    from gpgeom.errors import ConvergenceWarning
-
-    K = 3
-    ar = torch.arange(K)
-    factors = [
-        Factor(ar[:, None], lambda x, g: x[:, 0].square() + 1.0, name="x^2 + 1"),
-        Factor(torch.stack([ar[:-1], ar[1:]], 1), lambda x, g: x[:, 1] - x[:, 0], name="chain"),
-    ]
-    x0 = torch.full((K, 1), 0.5, dtype=DT)
-    for kwargs, match in (({"method": "gn"}, "Gauss-Newton step"), ({"max_iter": 1}, "max_iter")):
-        with pytest.warns(ConvergenceWarning, match=match):
-            loud = gauss_newton(x0, factors, **kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            quiet = gauss_newton(x0, factors, warn=False, **kwargs)
-        assert torch.equal(quiet.states, loud.states) and quiet.message == loud.message
-        assert quiet.converged == loud.converged
-
-
 def test_quiet_block_ending_while_another_thread_scans_the_filters():
     r"""Thread B's :func:`gpgeom._warnings.quiet` block ends while this thread is in the middle of scanning
     ``warnings.filters`` for a warning of its own (forced: a trace function of this thread waits there for B's block

@@ -894,23 +894,44 @@ def test_gauge_freedom_gn_raises_and_lm_solves():
     assert res2.converged and res2.cost == pytest.approx(min_cost, rel=1e-8)
 
 
-def test_gauss_newton_where_the_normal_matrix_turns_singular_does_not_oscillate():
-    r"""Residuals :math:`x_k^2 + 1` (never zero) and a chain :math:`x_{k+1} - x_k`: the minimum is at :math:`x = 0`,
-    where :math:`J = 2x` vanishes and the normal matrix is singular along the common mode. Undamped steps there are
-    Newton's iteration for :math:`x^2 + 1 = 0`, which never converges (the cost jumps between 1.6 and 117)."""
+def _never_zero_chain() -> tuple[list, torch.Tensor]:
+    r"""Residuals :math:`x_k^2 + 1` (never zero) and a chain :math:`x_{k+1} - x_k` on 3 states, started at 0.5."""
     K = 3
     ar = torch.arange(K)
     factors = [
         Factor(ar[:, None], lambda x, g: x[:, 0].square() + 1.0, name="x^2 + 1"),
         Factor(torch.stack([ar[:-1], ar[1:]], 1), lambda x, g: x[:, 1] - x[:, 0], name="chain"),
     ]
-    x0 = torch.full((K, 1), 0.5, dtype=DT)
+    return factors, torch.full((K, 1), 0.5, dtype=DT)
+
+
+def test_gauss_newton_warn_false_raises_no_warning():
+    r"""``gauss_newton(..., warn=False)`` (the trajectories' ``fit(warn=False)`` and their range initialisation, which
+    silenced its ConvergenceWarnings in ``warnings.catch_warnings()`` blocks before): neither the note of a refused
+    Gauss-Newton step nor the exhausted ``max_iter`` is raised, also under an "error" filter, and the result is
+    bitwise the one that warns (which says the same in ``converged`` and ``message``)."""
+    factors, x0 = _never_zero_chain()
+    for kwargs, match in (({"method": "gn"}, "Gauss-Newton step"), ({"max_iter": 1}, "max_iter")):
+        with pytest.warns(ConvergenceWarning, match=match):
+            loud = gauss_newton(x0, factors, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            quiet = gauss_newton(x0, factors, warn=False, **kwargs)
+        assert torch.equal(quiet.states, loud.states) and quiet.message == loud.message
+        assert quiet.converged == loud.converged
+
+
+def test_gauss_newton_where_the_normal_matrix_turns_singular_does_not_oscillate():
+    r"""Residuals :math:`x_k^2 + 1` (never zero) and a chain :math:`x_{k+1} - x_k`: the minimum is at :math:`x = 0`,
+    where :math:`J = 2x` vanishes and the normal matrix is singular along the common mode. Undamped steps there are
+    Newton's iteration for :math:`x^2 + 1 = 0`, which never converges (the cost jumps between 1.6 and 117)."""
+    factors, x0 = _never_zero_chain()
     with pytest.warns(ConvergenceWarning, match=r"method='gn': the Gauss-Newton step of iteration 1 would raise"):
         res = gauss_newton(x0, factors, method="gn", max_iter=100)
     assert res.converged and "continued as Levenberg-Marquardt from iteration 1" in res.message
     hist = res.cost_history
     assert all(b <= a for a, b in zip(hist, hist[1:])), hist
-    assert res.cost == pytest.approx(0.5 * K, rel=1e-10) and float(res.states.abs().max()) < 1e-3
+    assert res.cost == pytest.approx(0.5 * x0.shape[0], rel=1e-10) and float(res.states.abs().max()) < 1e-3
     # exactly singular (a gauge freedom): refused, with the reason and the remedy
     with pytest.raises(NotPSDError, match=r"not positive definite.*method='lm'") as err:
         gauss_newton(torch.tensor([[0.0], [1.0], [3.0]], dtype=DT), factors[1:], method="gn")
