@@ -682,7 +682,8 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         r"""GPyTorch's fantasy model (``inputs``: ``batch' x n' x d``, ``targets``: ``batch' x (m) x n'``), with its
         updated caches kept as computed: with the new rows' gradient, and the mean's read (:mod:`._fantasy`)."""
         out: list[ExactGPModel] = []
-        with fantasy_caches([*(inputs if isinstance(inputs, list) else [inputs]), targets], out):
+        rows = [*(inputs if isinstance(inputs, list) else [inputs]), targets]
+        with fantasy_caches(rows, out, parent=self.prediction_strategy):
             history = conditioning_history(self)  # under the update's lock, which another thread's update empties
             out.append(super().get_fantasy_model(inputs, targets, **kwargs))
         out[0].__dict__[PARENT_HISTORY] = history  # for `record_conditioning`
