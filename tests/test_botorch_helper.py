@@ -475,3 +475,33 @@ def test_each_joint_of_the_derived_tolerances_is_computed_once(monkeypatch):
     calls.clear(), seen.clear()
     check_botorch_model(_float32_low_noise(0.1, 1.0, dtype=DT)[0], optimize=False)
     assert calls == [DT, DT]  # a float64 model: its joint once per check
+
+
+class SubsetsTheWrongOutput(ExactGPModel):
+    r"""``subset_output`` keeps output 0 whatever is asked."""
+
+    def subset_output(self, idcs):
+        return super().subset_output([0])
+
+
+def _float32_two_outputs(cls=ExactGPModel):
+    r"""A float32 ``ExactGPModel`` with the default modules on ``20 x 2`` float64 data of two outputs with noise sd
+    1e-3 of their spread (its noise at the default floor)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(20, 2, dtype=torch.float64, generator=g)
+    F = torch.stack([torch.sin(6 * X[:, 0]) + X[:, 1], torch.cos(4 * X.sum(-1))], -1)
+    Y = F + 1e-3 * F.std() * torch.randn(F.shape, dtype=torch.float64, generator=g)
+    return cls(X.float(), Y).fit(restarts=1, seed=0, progress=False)
+
+
+def test_float32_subset_output_is_checked_within_its_rounding_and_a_wrong_output_still_fails():
+    # The float32 subset model's mean differs from the full model's by float32 rounding (2.2e-6 here, as much as the
+    # full model differs from its float64 copy; the copies' subset agrees to 1e-13): the default rtol 1e-6 failed
+    # every float32 ExactGPModel of several outputs ("max abs difference 2.15e-06"). The float64 copy's subset is
+    # checked at 1e-6 and the model's within 8 times its measured rounding; a subset of the wrong output (off by
+    # the outputs' spread) still fails.
+    kw = {"check_condition": False, "check_fantasize": False, "optimize": False}
+    report = check_botorch_model(_float32_two_outputs(), **kw)
+    assert "subset_output" in report["checks"] and report["measured"]["subset_rounding"] < 1e-3
+    with pytest.raises(AssertionError, match=r"subset_output\(\[m-1\]\)\.posterior\(X\)\.mean"):
+        check_botorch_model(_float32_two_outputs(SubsetsTheWrongOutput), **kw)

@@ -99,3 +99,21 @@ def test_float32_fantasy_models_have_the_float64_variances(models):
     assert got.shape[:2] == (16, 4)
     assert float(((got - want.unsqueeze(1)).abs() / _ulps(model)).max()) < 16
     assert bool(torch.isfinite(post.rsample(torch.Size([2]))).all())
+
+
+def test_a_conditioned_model_of_a_jittered_fit_keeps_its_updated_caches(models):
+    r"""A model whose fit needed Cholesky jitter (``_fit_jitter``, here 1e-4 set by hand) conditioned: its first
+    posterior uses the caches the conditioning made (before, the state key recorded after conditioning read the
+    global jitter, not the fit's, so the caches were dropped and GPyTorch's strategy rebuilt from scratch, with the
+    explicit inverse root: in the sweep of fitted float32 models, the last NaN samples, at duplicated test points of
+    outputs of size 1e6), and its variances are still the float64 model's to 16 ulps."""
+    model, model32, Xn, Yn, Xq = models
+    jittered = copy.deepcopy(model32)
+    jittered._fit_jitter = 1e-4
+    cond = jittered.condition_on_observations(Xn.float(), Yn.float())
+    strategy = cond.prediction_strategy
+    post = cond.posterior(Xq.float())
+    assert cond.prediction_strategy is strategy
+    cond64 = model.condition_on_observations(Xn, Yn)
+    want = _diag(cond64.posterior(Xq))
+    assert float(((_diag(post) - want).abs() / _ulps(model)).max()) < 16

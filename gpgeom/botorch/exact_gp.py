@@ -54,7 +54,7 @@ from gpgeom._warnings import quiet
 from gpgeom.base import ModelContract
 from gpgeom.botorch._checked_covariance import checked_lazily
 from gpgeom.botorch._copies import copy_state, copy_strategy
-from gpgeom.botorch._fantasy import fantasy_caches
+from gpgeom.botorch._fantasy import fantasy_caches, solve_covariance
 from gpgeom.botorch._finite import (
     check_conditioned,
     check_prediction,
@@ -307,6 +307,11 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
                 out = checked_lazily(self, args[0], out)  # a lazy covariance: checked when evaluated
             return out
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "prediction_strategy":  # GPyTorch's exact strategies get their covariance by a solve
+            solve_covariance(value)  # (`gpgeom.botorch._fantasy.SolvedStrategy`: not by an explicit inverse root)
+        super().__setattr__(name, value)
+
     def _check_strategy(self, key: list[Any] | None = None) -> list[Any] | None:
         r"""Drop GPyTorch's prediction strategy (its cached training covariance, Cholesky factor and mean cache) when
         the model's state changed since it was built: a parameter or buffer set by hand or by ``load_state_dict``,
@@ -337,7 +342,10 @@ class ExactGPModel(ModelContract, BatchedMultiOutputGPyTorchModel, ExactGP, Fant
         parameters, buffers and structure of the model, its training tensors (and fixed noise) and the jitter
         settings."""
         fixed, st = isinstance(self.likelihood, FixedNoiseGaussianLikelihood), gpytorch.settings
-        settings = (self._fit_jitter, st.cholesky_jitter.value(self.dtype), st.cholesky_max_tries.value())
+        # the jitter the factorisations use: within `numerics` the fit's, if any (read outside it, as after
+        # conditioning, the global one made the key differ and the conditioned caches were dropped at the first call)
+        jitter = self._fit_jitter if self._fit_jitter is not None else st.cholesky_jitter.value(self.dtype)
+        settings = (self._fit_jitter, jitter, st.cholesky_max_tries.value())
         data = (*self.train_inputs, self.train_targets, self.likelihood.noise_covar.noise if fixed else None)
         return FactorCache.key_of(self, data, settings)
 
