@@ -507,3 +507,21 @@ def test_float32_subset_output_is_checked_within_its_rounding_and_a_wrong_output
     assert meas["subset_difference"] < 1e-4 and meas["subset_rounding"] < 1e-4
     with pytest.raises(AssertionError, match=r"subset_output\(\[m-1\]\)\.posterior\(X\)\.mean"):
         check_botorch_model(_float32_two_outputs(SubsetsTheWrongOutput), **kw)
+
+
+def test_float32_outputs_below_min_variance_are_named_not_blamed_on_the_noise():
+    # Outputs of size 1e-6 in float32: `posterior(X).variance` is clamped at GPyTorch's min_variance (1e-6 in
+    # float32) with and without observation noise, so check 4 saw an increase of 0 and said "the likelihood's noise
+    # is ignored", while `predict` (not clamped) shows the noise added (independent truth below). It now names the
+    # clamp.
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(20, 2, dtype=torch.float64, generator=g)
+    Y = 1e-6 * (torch.sin(6 * X[:, :1]) + X[:, 1:] + 1e-3 * torch.randn(20, 1, dtype=torch.float64, generator=g))
+    model = ExactGPModel(X.float(), Y).fit(restarts=1, seed=0, progress=False, max_iter=30)
+    Xt = torch.rand(4, 2, generator=g)
+    _, std = model.predict(Xt, return_std=True)
+    _, noisy_std = model.predict(Xt, return_std=True, observation_noise=True)
+    assert bool((noisy_std.square() > std.square()).all()) and float(noisy_std.max()) ** 2 < 1e-6
+    kw = {"check_condition": False, "check_fantasize": False, "optimize": False}
+    with pytest.raises(AssertionError, match="min_variance"):
+        check_botorch_model(model, **kw)

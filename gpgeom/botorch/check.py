@@ -78,6 +78,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import gpytorch
 import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.objective import ScalarizedPosteriorTransform
@@ -362,6 +363,15 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
             )
             if kw["expect_observation_noise"] and bool((added <= floor).any()):
                 bad = int(torch.argmax((added - floor).flatten().neg()))
+                clamp = gpytorch.settings.min_variance.value(post.variance.dtype)
+                if float(noisy.variance.detach().flatten()[bad]) <= clamp:  # both clamped: not the noise's fault
+                    _fail(
+                        f"{where} with observation_noise=True: variance",
+                        "the noiseless variance plus a positive noise variance",
+                        f"both variances at GPyTorch's min_variance {clamp:.3g} of {post.variance.dtype}, which "
+                        "clamps `.variance` from below (outputs in units too small for the dtype: give them in "
+                        "larger units, or use float64)",
+                    )
                 _fail(
                     f"{where} with observation_noise=True: variance",
                     "the noiseless variance plus a positive noise variance",
