@@ -110,14 +110,12 @@ class SolvedStrategy(DefaultPredictionStrategy):
         st = gpytorch.settings
         if st.fast_pred_var.off() or st.skip_posterior_variances.on():
             return super().exact_predictive_covar(test_test_covar, test_train_covar)
-        root = self.lik_train_train_covar.root_decomposition().root
-        if isinstance(root, BatchRepeatLinearOperator):  # fantasies at the same points: broadcast the one root
-            root = root.base_linear_op
-        if not isinstance(root, TriangularLinearOperator) or getattr(root, "upper", False):
+        root = _lower_root(self)
+        if root is None:
             return super().exact_predictive_covar(test_test_covar, test_train_covar)
         self._last_test_train_covar = test_train_covar
         # ``batch x N x q``; test batch dimensions beyond the root's folded into the columns (one solve per root)
-        V = solve_lower_folded(to_dense(root), to_dense(test_train_covar).mT)
+        V = solve_lower_folded(root, to_dense(test_train_covar).mT)
         return test_test_covar + MatmulLinearOperator(V.mT, V.mul(-1))
 
 
@@ -125,7 +123,7 @@ def _lower_root(strategy: Any) -> torch.Tensor | None:
     r"""The lower-triangular Cholesky root ``batch x n x n`` of ``strategy``'s noisy training covariance (the one
     its caches were made with), or ``None`` where it has none (a Lanczos root above ``max_cholesky_size``)."""
     root = strategy.lik_train_train_covar.root_decomposition().root
-    if isinstance(root, BatchRepeatLinearOperator):
+    if isinstance(root, BatchRepeatLinearOperator):  # fantasies at the same points: broadcast the one root
         root = root.base_linear_op
     if not isinstance(root, TriangularLinearOperator) or getattr(root, "upper", False):
         return None
