@@ -46,3 +46,27 @@ def test_fields_of_any_size_give_their_value(dtype, size):
     got = nse(mean, truth)
     assert got.dtype == dtype
     assert float(got[0]) == pytest.approx(0.5, rel=1e-6)  # was NaN (squares under- or overflowed)
+
+
+def test_a_diverged_prediction_is_infinitely_wrong_not_nan():
+    r"""A prediction with an infinite entry has :math:`\|m - t\| = \infty`, so its NSE is :math:`\infty` (as before
+    the scaled norms), not NaN, which ``nanmean`` would drop and every comparison would pass (the scaled norm
+    divided ``inf`` by its own maximum, ``inf``: NaN). A NaN entry stays NaN."""
+    truth = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
+    mean = torch.tensor([[1.0, float("inf")], [float("-inf"), 2.0], [float("nan"), 2.0]], dtype=torch.float64)
+    got = nse(mean, truth)
+    assert float(got[0]) == float("inf") and float(got[1]) == float("inf")  # was NaN
+    assert torch.isnan(got[2])
+
+
+def test_an_error_larger_than_the_dtype_holds_is_still_measured():
+    r"""float32 ``mean = (1e38, 3e38)``, ``truth = (-3e38, 1)``: :math:`m - t = (4, 3) \cdot 10^{38}` overflows
+    float32 (max 3.4e38), but the NSE is :math:`(4^2 + 3^2) / 3^2 = 2.778` (float64: the exact value), which the
+    dtype holds (was NaN: inf / inf)."""
+    mean = torch.tensor([[1e38, 3e38]], dtype=torch.float32)
+    truth = torch.tensor([[-3e38, 1.0]], dtype=torch.float32)
+    want = float(nse(mean.double(), truth.double())[0])
+    assert want == pytest.approx(25 / 9, rel=1e-6)
+    got = nse(mean, truth)
+    assert got.dtype == torch.float32
+    assert float(got[0]) == pytest.approx(want, rel=1e-6)

@@ -24,7 +24,18 @@ def _scaled_norm(t: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     [1, \sqrt n]`, so that no square over- or underflows (a zero field: ``s = r = 0``)."""
     s = t.abs().amax(dim=dims, keepdim=True)
     r = torch.linalg.vector_norm(t / torch.where(s > 0, s, torch.ones_like(s)), dim=dims)
-    return s.reshape(r.shape), r
+    s = s.reshape(r.shape)
+    return s, torch.where(torch.isinf(s), torch.ones_like(r), r)  # an infinite entry: s = inf, r = 1 (inf / inf: NaN)
+
+
+def _power_of_two_scale(mean: Tensor, truth: Tensor, dims: tuple[int, ...]) -> Tensor:
+    r"""A power of two :math:`2^k \le \max(|m|, |t|)` per field (kept dims; 1 for a field zero, infinite or NaN):
+    dividing by it is exact (short of subnormals) and leaves every entry of :math:`m` and :math:`t` below 2 in size,
+    so that :math:`m - t` cannot overflow."""
+    big = torch.maximum(mean.abs().amax(dim=dims, keepdim=True), truth.abs().amax(dim=dims, keepdim=True))
+    ok = torch.isfinite(big) & (big > 0)
+    _, k = torch.frexp(torch.where(ok, big, torch.ones_like(big)))  # big = f 2^k, f in [0.5, 1)
+    return torch.where(ok, torch.exp2((k - 1).to(big.dtype)), torch.ones_like(big))
 
 
 def nse(mean: Tensor, truth: Tensor) -> Tensor:
@@ -32,8 +43,10 @@ def nse(mean: Tensor, truth: Tensor) -> Tensor:
     :math:`L_2` error (:func:`gpgeom.metrics.vector_fields.relative_l2` of one field). 0 for an exact prediction;
     not the Nash-Sutcliffe efficiency :math:`1 - \|m - t\|^2 / \|t - \bar t\|^2`, which shares the abbreviation.
 
-    Each norm is taken as :math:`\max|x| \cdot \|x / \max|x|\|_2`, so fields of any magnitude the dtype holds give
-    their value (the squares of a float32 field of 1e-30 or 1e30 underflowed or overflowed to NaN). A field whose
+    Each norm is taken as :math:`\max|x| \cdot \|x / \max|x|\|_2`, after dividing both fields by a power of two
+    near their largest entry, so fields of any magnitude the dtype holds give their value (the squares of a float32
+    field of 1e-30 or 1e30 underflowed or overflowed to NaN, as did an error :math:`m - t` beyond the dtype's
+    range). A prediction with an infinite entry gives :math:`\infty`, one with a NaN gives NaN. A field whose
     truth is zero everywhere gives 0 when the prediction is exact too (no error, whatever it is measured against),
     and a ``ValueError`` otherwise: the relative error of a zero field is undefined, as for
     :func:`~gpgeom.metrics.vector_fields.relative_l2` (report the absolute error, e.g.
@@ -53,9 +66,11 @@ def nse(mean: Tensor, truth: Tensor) -> Tensor:
     """
     _same_shape("nse(mean, truth)", mean, truth)
     dims = tuple(range(1, mean.dim())) if mean.dim() > 1 else (0,)
+    zero = truth.abs().amax(dim=dims) == 0
+    scale = _power_of_two_scale(mean, truth, dims)
+    truth, mean = truth / scale, mean / scale  # exact: m - t cannot overflow (float32 (1e38, 3e38) - (-3e38, 1))
     s_t, r_t = _scaled_norm(truth, dims)
     s_e, r_e = _scaled_norm(mean - truth, dims)
-    zero = s_t == 0
     wrong = zero & (s_e > 0)
     if bool(wrong.any()):
         fields = wrong.reshape(-1).nonzero()[:, 0].tolist()
