@@ -70,3 +70,10 @@ def test_an_error_larger_than_the_dtype_holds_is_still_measured():
     got = nse(mean, truth)
     assert got.dtype == torch.float32
     assert float(got[0]) == pytest.approx(want, rel=1e-6)
+
+
+def test_fields_without_entries_are_a_clear_error():
+    r"""``(B, 0)`` fields have no norm to compare: a ``ValueError`` naming the arguments and the shape (was an
+    ``IndexError`` from ``amax`` inside the scaled norms; NaN before them)."""
+    with pytest.raises(ValueError, match=r"`mean` and `truth` need at least one entry per field, got shape \(2, 0\)"):
+        nse(torch.zeros(2, 0), torch.zeros(2, 0))

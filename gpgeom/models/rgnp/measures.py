@@ -4,6 +4,8 @@ error per field, and :func:`coverage`, the fraction of entries inside a band of 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -61,11 +63,19 @@ def nse(mean: Tensor, truth: Tensor) -> Tensor:
         ``(B,)`` (a scalar tensor for 1-D inputs).
 
     Raises:
-        ValueError: For tensors of different shapes; for a field whose ``truth`` is zero everywhere and whose
-            ``mean`` is not (the message gives the fields).
+        ValueError: For tensors of different shapes or fields without entries (``(B, 0)``; no fields, ``(0, n)``,
+            give an empty result); for a field whose ``truth`` is zero everywhere and whose ``mean`` is not (the
+            message gives the fields).
     """
     _same_shape("nse(mean, truth)", mean, truth)
     dims = tuple(range(1, mean.dim())) if mean.dim() > 1 else (0,)
+    if mean.dim() > 1 and mean.shape[0] == 0:
+        return mean.new_zeros(0)  # no fields
+    if mean.dim() > 0 and math.prod(mean.shape[k] for k in dims) == 0:
+        raise ValueError(
+            f"`mean` and `truth` need at least one entry per field, got shape {tuple(mean.shape)}: (B, n) or "
+            "(B, n, m) with n, m > 0, or (n,) for one field."
+        )
     zero = truth.abs().amax(dim=dims) == 0
     scale = _power_of_two_scale(mean, truth, dims)
     truth, mean = truth / scale, mean / scale  # exact: m - t cannot overflow (float32 (1e38, 3e38) - (-3e38, 1))
