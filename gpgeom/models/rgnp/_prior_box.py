@@ -121,7 +121,9 @@ def warn_outside_box(mean: Tensor, std: Tensor, lower: Tensor, upper: Tensor, na
     if not bool(far.any()):
         return
     params = far.any(0).nonzero()[:, 0].tolist()
-    fields = int(far.any(1).sum())
+    rows = far.any(1).nonzero()[:, 0].tolist()
+    shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    fields = f"{len(rows)} of {mean.shape[0]} field(s) (index {shown})"
     where = "; ".join(
         f"z[{j}] in [{float(lower[j]):.4g}, {float(upper[j]):.4g}]: mean {float(mean[far[:, j], j][0]):.4g}"
         for j in params[:4]
@@ -129,7 +131,7 @@ def warn_outside_box(mean: Tensor, std: Tensor, lower: Tensor, upper: Tensor, na
     worst = float(excess[far].max())
     warnings.warn(
         f"RGNP.predict_inverse: the posterior mean of z lies outside the prior box by more than {OUTSIDE_SDS:g} of "
-        f"its standard deviations (up to {worst:.3g}) in {fields} of {mean.shape[0]} field(s) ({where}). q_beta is "
+        f"its standard deviations (up to {worst:.3g}) in {fields}: {where}. q_beta is "
         "a Gaussian and its mean is not bounded by the prior, whose posterior mean always lies in the box; a mean "
         "far outside means a field unlike those the model was trained on. predict_inverse(..., truncate=True) gives "
         "the moments of q_beta restricted to the box.",
