@@ -117,3 +117,29 @@ def test_a_conditioned_model_of_a_jittered_fit_keeps_its_updated_caches(models):
     cond64 = model.condition_on_observations(Xn, Yn)
     want = _diag(cond64.posterior(Xq))
     assert float(((_diag(post) - want).abs() / _ulps(model)).max()) < 16
+
+
+def test_float32_fantasies_at_the_same_points_share_one_updated_root(models):
+    r"""``fantasize`` with 16 fantasies at 2 batches of the same 3 points: the updated root is stored once per batch
+    (GPyTorch's update repeats one root over the fantasies; before, the solved update made a dense copy per fantasy:
+    16 times the storage, at ``n = 400``, 64 fantasies and 8 batches 331 MB for 5.2 MB, 787 ms for 347 ms against
+    GPyTorch's 263 ms), and each fantasy model's variances are still the float64 conditioned model's to 16 ulps of
+    the prior variance, and its means those of the float64 model conditioned on its fantasised outputs."""
+    model, model32, Xn, Yn, Xq = models
+    Xb = torch.stack([Xn, Xn.flip(-1)]).float()  # 2 x 3 x 2
+    fant = model32.fantasize(Xb, SobolQMCNormalSampler(torch.Size([16]), seed=0))
+    root = fant.prediction_strategy.lik_train_train_covar.root_decomposition().root
+    stored = getattr(root, "base_linear_op", root).to_dense()
+    assert stored.numel() <= 2 * 2 * 63 * 63  # batches x outputs x (n + n')^2: no copy per fantasy
+    Xt = Xq[:3].float().unsqueeze(1).unsqueeze(1)  # 3 x 1 (fantasies) x 1 (batches) x 1 x 2
+    post = fant.posterior(Xt)  # 3 x 16 x 2 x 1 x 2
+    for b in range(2):
+        cond64 = model.condition_on_observations(Xb[b].double(), Yn)
+        want = _diag(cond64.posterior(Xq[:3]))  # 3 x 2
+        assert float(((_diag(post)[:, :, b] - want.unsqueeze(1)).abs() / _ulps(model)).max()) < 16
+    # the fantasised outputs (original units) of fantasy 5, batch 1, conditioned on by the float64 model
+    Yf = fant.train_data[1][5, 1, -3:].double()
+    cond64 = model.condition_on_observations(Xb[1].double(), Yf)
+    want = cond64.posterior(Xq[:3]).mean.detach()
+    got = post.mean.detach().double()[:, 5, 1]
+    assert float((got - want).abs().max()) < 1e-3 * float(want.abs().max())
