@@ -81,6 +81,7 @@ def _cholesky(K: Tensor) -> Tensor:
 
 __all__ = [
     "exact_mll_loss",
+    "explicit_jitter",
     "gaussian_quad_logdet",
     "stationary_kernel_matrix",
     "stationary_kind",
