@@ -13,6 +13,27 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+#: Headroom (a power of two) between a spread (a field's, a target's) and the square root of the largest / smallest
+#: normal number of a dtype: the models' variances are sums of squares of the spread.
+SQUARE_HEADROOM = 16.0
+#: Ulps of the largest value within which a spread is the rounding of a dtype, not a scale of its own.
+ROUNDING_ULPS = 64
+
+
+def squarable_range(dtype: torch.dtype) -> tuple[float, float]:
+    r"""The spreads :math:`d` whose squares (and sums of them) stay in the normal range of ``dtype``:
+    :math:`[\sqrt{\text{tiny}} \cdot 16, \sqrt{\text{max}} / 16]` (float32: about 1.7e-18 to 1.2e18; float64:
+    2.4e-153 to 8.4e152), as ``(low, high)``."""
+    info = torch.finfo(dtype)
+    return math.sqrt(info.tiny) * SQUARE_HEADROOM, math.sqrt(info.max) / SQUARE_HEADROOM
+
+
+def within_rounding(spread: float, size: float, dtype: torch.dtype) -> bool:
+    r"""Whether ``spread`` is within :data:`ROUNDING_ULPS` ulps of ``size`` (the values' largest magnitude) in
+    ``dtype``: values equal to that dtype's rounding (float32 values of 1e-12 a few ulps apart), no spread of their
+    own."""
+    return spread <= ROUNDING_ULPS * torch.finfo(dtype).eps * size
+
 
 def _shape_str(shape: Sequence[int | None | str]) -> str:
     return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"

@@ -29,12 +29,12 @@ bound as :math:`\nu \to 2` (the t variance :math:`s^2 \nu / (\nu - 2)`): there t
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 from torch import Tensor
 
+from gpgeom._validation import squarable_range, within_rounding
 from gpgeom._warnings import user_stacklevel
 
 __all__ = [
@@ -121,15 +121,6 @@ def target_standardization(y: Tensor, eps: float | None = None) -> tuple[Tensor,
     return mean, std
 
 
-#: Headroom of :func:`check_target_scale`: the supported scales stop a factor 16 (256 in the variances) inside the
-#: dtype's normal range, as MMGP's fields (:func:`gpgeom.models.mmgp.reduction.check_field_spread`).
-SCALE_HEADROOM = 16.0
-
-#: Ulps of the targets' largest value within which :func:`check_target_scale` takes a standard deviation below the
-#: supported range for the rounding of the model's dtype, not a scale (as MMGP's output scalars).
-ROUNDING_ULPS = 64
-
-
 def check_target_scale(y: Tensor, scale: Tensor, dtype: torch.dtype, transform: str = "none") -> None:
     r"""Refuse targets whose standardisation scale :math:`s` has a square outside the normal range of the model's
     ``dtype``: the sweeps run on standardised values, but every predictive variance (``predict``, the intervals, the
@@ -142,20 +133,19 @@ def check_target_scale(y: Tensor, scale: Tensor, dtype: torch.dtype, transform: 
         y: ``N`` observed targets in the units the model is fitted to (:math:`\log y` for ``"log"``), float64.
         scale: :math:`s` (0-d), from :func:`target_standardization`. Targets constant to rounding (:math:`s` the
             rounding floor, above their own standard deviation), or to the rounding of ``dtype`` (a standard deviation
-            within :data:`ROUNDING_ULPS` ulps of :math:`\max |y|` in ``dtype``), are left to that function's warning at
-            the small end.
+            within 64 ulps of :math:`\max |y|` in ``dtype``, :func:`gpgeom._validation.within_rounding`), are left
+            to that function's warning at the small end.
         dtype: The model's dtype.
         transform: The target transform, for the message.
 
     Raises:
         ValueError: Naming ``y``, its scale and the supported range.
     """
-    info = torch.finfo(dtype)
-    lo, hi = math.sqrt(info.tiny) * SCALE_HEADROOM, math.sqrt(info.max) / SCALE_HEADROOM
+    lo, hi = squarable_range(dtype)
     s = float(scale)
     # one entry, constant to rounding (s the floor), or a spread within the rounding of the model's dtype (float32
     # targets of 1e-12 a few ulps apart): no spread of its own
-    floored = y.shape[0] < 2 or bool(y.std() < scale) or bool(y.std() <= ROUNDING_ULPS * info.eps * y.abs().max())
+    floored = y.shape[0] < 2 or bool(y.std() < scale) or within_rounding(float(y.std()), float(y.abs().max()), dtype)
     if s > hi or (s < lo and not floored):
         units = " of log y" if transform == "log" else ""
         hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"

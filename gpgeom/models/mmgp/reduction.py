@@ -41,6 +41,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from gpgeom._validation import squarable_range
 from gpgeom.geometry.fem import mass_matrix
 from gpgeom.geometry.mesh import Mesh
 from gpgeom.geometry.pod import SnapshotPOD
@@ -149,11 +150,6 @@ class GeometryPOD:
 # ----------------------------------------------------------------------------------------------------------------
 # fields
 # ----------------------------------------------------------------------------------------------------------------
-#: Headroom (a power of two) between a field's spread and the square root of the largest / smallest normal number
-#: of the model's dtype: the variances are sums of squares of the spread (over modes, nodes and training meshes).
-SPREAD_HEADROOM = 16.0
-
-
 def check_field_spread(F: np.ndarray, names: list[str], dtype: torch.dtype) -> None:
     r"""Raise a ``ValueError`` naming the field when the spread :math:`d = \max |F - \bar F|` of a field over the
     training meshes ``F`` ``(n, N_c, m)`` (transported, ``m`` fields named ``names``) has a square outside the
@@ -162,8 +158,7 @@ def check_field_spread(F: np.ndarray, names: list[str], dtype: torch.dtype) -> N
     \le d \le \sqrt{\text{max}} / 16` (float64: about 2.4e-153 to 8.4e152; float32: 1.7e-18 to 1.2e18). Beyond,
     the predicted fields came out NaN (float32, fields of 1e30), or, unchecked, wrong by orders of magnitude
     (float64, 1e-200). A field equal on every mesh (:math:`d` rounding) has no variance and is not checked."""
-    info = torch.finfo(dtype)
-    lo, hi = np.sqrt(info.tiny) * SPREAD_HEADROOM, np.sqrt(info.max) / SPREAD_HEADROOM
+    lo, hi = squarable_range(dtype)
     for k, name in enumerate(names):
         Fk = F[:, :, k]
         if _same_on_every_mesh(Fk, Fk.mean(0)):

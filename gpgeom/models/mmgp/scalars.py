@@ -22,7 +22,6 @@ which holds :math:`w` exactly when the Gaussian interval :math:`m \pm z \sqrt v`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +30,9 @@ from torch import Tensor
 from torch.distributions import Distribution, Normal
 from torch.distributions import LogNormal as _TorchLogNormal
 
+from gpgeom._validation import squarable_range, within_rounding
 from gpgeom.botorch.lognormal import lognormal_mean_std
 from gpgeom.metrics._inputs import check_level, normal_quantile
-from gpgeom.models.mmgp.reduction import SPREAD_HEADROOM
 from gpgeom.models.mmgp.unexplained import ROUNDING
 
 __all__ = [
@@ -83,11 +82,6 @@ def resolve_transforms(option: str | list[str], w: Tensor, names: Sequence[str])
     return list(option)
 
 
-#: Ulps of a scalar's largest value within which :func:`check_scalar_spread` takes a spread below the supported range
-#: for the rounding of the model's dtype (as :data:`~gpgeom.models.mmgp.unexplained.ROUNDING` for float64).
-ROUNDING_ULPS = 64
-
-
 def check_scalar_spread(w: Tensor, transforms: Sequence[str], names: Sequence[str], dtype: torch.dtype) -> None:
     r"""Raise a ``ValueError`` naming the output scalar when the spread :math:`d = \max_i |t_i - \bar t|` of its GP
     targets :math:`t` (:func:`to_gp_units` of the training scalars ``w`` ``n x q``: :math:`\log w` for ``"log"``) has
@@ -98,8 +92,7 @@ def check_scalar_spread(w: Tensor, transforms: Sequence[str], names: Sequence[st
     float32 model of a scalar varying by 1e20 predicted ``scalars_std`` inf and intervals of -inf, silently. A scalar
     equal on every mesh (to float64 rounding) is not checked, nor, at the small end, one equal to the rounding of the
     model's ``dtype`` (``d`` within 64 ulps of its largest value: float32 scalars of 1e-12 an ulp apart)."""
-    info = torch.finfo(dtype)
-    lo, hi = math.sqrt(info.tiny) * SPREAD_HEADROOM, math.sqrt(info.max) / SPREAD_HEADROOM
+    lo, hi = squarable_range(dtype)
     t = to_gp_units(w, transforms, names)
     for j, name in enumerate(names):
         col = t[:, j]
@@ -107,7 +100,7 @@ def check_scalar_spread(w: Tensor, transforms: Sequence[str], names: Sequence[st
         if d <= ROUNDING * size:  # equal on every mesh: no variance to square
             continue
         # equal on every mesh to the model's rounding (e.g. float32 values 1e-12 apart by an ulp): as constant
-        in_rounding = d <= ROUNDING_ULPS * info.eps * size
+        in_rounding = within_rounding(d, size, dtype)
         if d > hi or (d < lo and not in_rounding):
             units = "log of output scalar" if transforms[j] == "log" else "output scalar"
             hint = "" if dtype == torch.float64 else ", or use dtype=torch.float64"
