@@ -219,7 +219,7 @@ def record_conditioning(
         setattr(strategy, _HISTORY, None)
         return
     root, rows, blocks = history
-    block = tuple(None if t is None else t.detach().requires_grad_(g) for t, g in zip(block, grads))
+    block = _leaves(list(block), list(grads))
     modes = (bool(fantasize_flag.on()), torch.is_grad_enabled())
     setattr(strategy, _HISTORY, (root, rows, (*blocks, (*block, *modes))))
 
@@ -247,12 +247,9 @@ def _history_state(model: ExactGPModel) -> dict[str, Any] | None:
     if model.training or not model.__dict__.get("_conditioned", False):
         return None
     model._check_strategy()  # a strategy of an older state is not the one it predicts from
-    strategy = model.prediction_strategy
-    history = () if strategy is None else getattr(strategy, _HISTORY, ())
+    history = conditioning_history(model)
     if history is None:
         return None
-    if history == ():
-        history = (_held(model), model.train_targets.shape[-1], ())
     root, rows, blocks = history
     keys = ("X", "Y", "noise", "fantasize", "grad_enabled")
     out = [
@@ -267,9 +264,9 @@ def _history_state(model: ExactGPModel) -> dict[str, Any] | None:
 
 
 def _leaves(tensors: list[Tensor | None], grads: list[bool] | None) -> tuple[Tensor | None, ...]:
-    r"""``tensors`` (read from a file: detached) as leaves that require a gradient where ``grads`` says the recorded
-    ones did (``None``: files written before the flags, none did), as pickling restores them: GPyTorch's rounding
-    depends on it (a fantasy model's sampled outputs require one)."""
+    r"""``tensors`` (recorded, or read from a file) as detached leaves that require a gradient where ``grads`` says
+    the recorded ones did (``None``: files written before the flags, none did), as pickling restores them:
+    GPyTorch's rounding depends on it (a fantasy model's sampled outputs require one)."""
     grads = grads or [False] * len(tensors)
     return tuple(None if t is None else t.detach().requires_grad_(bool(g)) for t, g in zip(tensors, grads))
 
