@@ -144,6 +144,15 @@ def _rel_close(what: str, got: Tensor, want: Tensor, scale: Tensor, tol: float) 
         _fail(what, f"relative error <= {tol:g}", f"{float(err):.3g}")
 
 
+def _moments_close(
+    what: str, got_mean: Tensor, got_var: Tensor, want_mean: Tensor, want_var: Tensor, scale: Tensor, tol: float
+) -> None:
+    r""":func:`_rel_close` of a mean (relative to ``sqrt(scale)``) and a variance (relative to ``scale``), named by
+    ``what`` with ``{}`` standing for "mean" and "variance"."""
+    _rel_close(what.format("mean"), got_mean, want_mean, scale.sqrt(), tol)
+    _rel_close(what.format("variance"), got_var, want_var, scale, tol)
+
+
 def joint_moments(post: Posterior, detach: bool = True) -> tuple[Tensor, Tensor]:
     r"""Mean ``batch x q x m`` and joint covariance ``batch x (q m) x (q m)`` (row ``i m + a`` = output ``a`` at
     point ``i``) of a ``GPyTorchPosterior``, whatever the internal ordering of its multitask distribution."""
@@ -476,20 +485,17 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 ctol = _default_condition_tol(model, Xn, Yn, X_test, scale, measured, why=why, model64=model64,
                                               moments=moments, moments64=moments64)  # fmt: skip
             measured["condition_tol_used"] = ctol
-            _rel_close("conditioned posterior mean vs Bayes' rule on the model's joint", cpost.mean.detach().double(),
-                       want_mean, scale.sqrt(), ctol)  # fmt: skip
-            _rel_close("conditioned posterior variance vs Bayes' rule on the model's joint",
-                       cpost.variance.detach().double(), want_var, scale, ctol)  # fmt: skip
+            _moments_close("conditioned posterior {} vs Bayes' rule on the model's joint", cpost.mean.detach().double(),
+                           cpost.variance.detach().double(), want_mean, want_var, scale, ctol)  # fmt: skip
             if model64 is not None:  # the meaning without the rounding: the float64 copy, at the float64 tolerance
                 cpost64 = model64.condition_on_observations(Xn64, Yn64).posterior(torch.cat([Xn64, Xt64], dim=-2))
                 measured["condition_error_float64"] = _rel_err(cpost64, want_mean, want_var, scale)
                 tol64 = kw["condition_tol"]
                 if tol64 is None:
                     tol64 = _default_condition_tol(model64, Xn64, Yn64, Xt64, scale, {}, moments=moments64)
-                _rel_close(f"{_TWIN} conditioned posterior mean vs Bayes' rule on the model's joint",
-                           cpost64.mean.detach(), want_mean, scale.sqrt(), tol64)  # fmt: skip
-                _rel_close(f"{_TWIN} conditioned posterior variance vs Bayes' rule on the model's joint",
-                           cpost64.variance.detach(), want_var, scale, tol64)  # fmt: skip
+                _moments_close(f"{_TWIN} conditioned posterior {{}} vs Bayes' rule on the model's joint",
+                               cpost64.mean.detach(), cpost64.variance.detach(), want_mean, want_var, scale,
+                               tol64)  # fmt: skip
             checks.append("conditioning = Bayes' rule")
         else:
             skipped["conditioning = Bayes' rule"] = f"posterior is a {type(model.posterior(X_test)).__name__}"
@@ -502,10 +508,9 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                 float(((cpost.mean - rpost.mean).detach().abs() / scale.sqrt()).max()),
                 float(((cpost.variance - rpost.variance).detach().abs() / scale).max()),
             )
-            _rel_close("conditioned posterior mean vs the model refitted on the union", cpost.mean.detach(),
-                       rpost.mean.detach(), scale.sqrt(), rtol_refit)  # fmt: skip
-            _rel_close("conditioned posterior variance vs the model refitted on the union", cpost.variance.detach(),
-                       rpost.variance.detach(), scale, rtol_refit)  # fmt: skip
+            _moments_close("conditioned posterior {} vs the model refitted on the union", cpost.mean.detach(),
+                           cpost.variance.detach(), rpost.mean.detach(), rpost.variance.detach(), scale,
+                           rtol_refit)  # fmt: skip
             checks.append("conditioning = refit on the union")
 
     # 3./6. fantasize: shapes, and equal to conditioning on the sampled values
@@ -542,10 +547,9 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                     ftol = _default_condition_tol(model, Xf_b, Yf, Xt_b, scale, measured, "fantasy", why,
                                                   moments=fmoments, moments64=fmoments64, **tol_kw)  # fmt: skip
                 measured["fantasy_tol_used"] = ftol
-                _rel_close("fantasy model mean vs conditioning on the fantasy samples", fpost.mean.detach(),
-                           cpost.mean.detach(), scale.sqrt(), ftol)  # fmt: skip
-                _rel_close("fantasy model variance vs conditioning on the fantasy samples", fpost.variance.detach(),
-                           cpost.variance.detach(), scale, ftol)  # fmt: skip
+                _moments_close("fantasy model {} vs conditioning on the fantasy samples", fpost.mean.detach(),
+                               fpost.variance.detach(), cpost.mean.detach(), cpost.variance.detach(), scale,
+                               ftol)  # fmt: skip
                 if model64 is not None:  # the meaning without the rounding: the float64 copy
                     sampler64 = SobolQMCNormalSampler(sample_shape=torch.Size([nf]), seed=kw["seed"])
                     Xf64, Xt64 = Xf.double(), Xt.double()
@@ -563,10 +567,9 @@ def _check(model: Model, start: float, **kw: Any) -> dict[str, Any]:
                         Xt64_b = X_test.double().expand(*Xf64_b.shape[:-2], *X_test.shape[-2:])
                         tol64 = _default_condition_tol(model64, Xf64_b, Yf64, Xt64_b, scale, {},
                                                        moments=fmoments64)  # fmt: skip
-                    _rel_close(f"{_TWIN} fantasy model mean vs conditioning on the fantasy samples",
-                               fpost64.mean.detach(), cpost64.mean.detach(), scale.double().sqrt(), tol64)  # fmt: skip
-                    _rel_close(f"{_TWIN} fantasy model variance vs conditioning on the fantasy samples",
-                               fpost64.variance.detach(), cpost64.variance.detach(), scale.double(), tol64)  # fmt: skip
+                    _moments_close(f"{_TWIN} fantasy model {{}} vs conditioning on the fantasy samples",
+                                   fpost64.mean.detach(), fpost64.variance.detach(), cpost64.mean.detach(),
+                                   cpost64.variance.detach(), scale.double(), tol64)  # fmt: skip
         checks += ["fantasize", "fantasize = conditioning on samples"]
 
     # 3. subset_output
